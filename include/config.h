@@ -1,0 +1,55 @@
+/* config: command-line flags and environment variables, validated into one
+ * struct.  Every problem is reported as one line naming the flag or
+ * variable and what is wrong with it. */
+#ifndef REGISTER_CONFIG_H
+#define REGISTER_CONFIG_H
+
+#include "log.h"
+
+#include <stddef.h>
+
+#define REGISTER_VERSION "0.1.0"
+
+typedef enum { ETCD_API_V2 = 2, ETCD_API_V3 = 3 } etcd_api_t;
+
+typedef struct {
+  char host_ip[64];
+  char hostname[256];
+
+  char **etcd;         /* normalised base URLs: scheme://host:port */
+  size_t n_etcd;
+  etcd_api_t etcd_api;
+  char *etcd_cacert, *etcd_cert, *etcd_key;
+  char *etcd_user;     /* USER or USER:PASSWORD; never logged */
+  char *etcd_password_file;
+
+  char *docker_url;    /* as given */
+  char *docker_socket; /* unix socket path, or NULL for TCP */
+  char *docker_base;   /* http(s)://host:port, or http://docker for unix */
+  char *docker_cacert, *docker_cert, *docker_key; /* DOCKER_CERT_PATH */
+
+  char *policy_file;   /* NULL: the embedded default policy */
+  log_level_t log_level;
+  log_format_t log_format;
+  int deregister_on_exit;
+  long ttl;            /* seconds, 0 = keys never expire */
+  long resync;         /* seconds, 0 = only on (re)connect */
+  char *metrics_addr;  /* host:port, or NULL */
+  int dry_run;
+  int once;
+} config_t;
+
+/* Returns 0 to run, 1 when --help/--version was printed (exit 0), and -1
+ * with a one-line message in err (exit 2). */
+int config_parse(config_t *cfg, int argc, char **argv, char *err,
+                 size_t errlen);
+void config_free(config_t *cfg);
+void config_usage(const char *prog);
+
+/* Exposed for tests: normalises one etcd endpoint ("10.1.2.3:4001",
+ * "https://[::1]:2379/") to scheme://host:port. */
+int config_parse_endpoint(const char *in, char **out, char *err,
+                          size_t errlen);
+int config_valid_ip(const char *s);
+
+#endif

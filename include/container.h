@@ -1,0 +1,28 @@
+/* container: Docker's inspect JSON -> the `container` table a policy sees.
+ *
+ * Fields: id, name (no leading '/'), image (Config.Image as created),
+ * image_id, hostname, created, labels, env (name -> value), ports
+ * (published bindings in Docker's order: private_port, proto, host_ip,
+ * host_port, all strings as Docker reports them), exposed (private_port,
+ * proto), networks (name -> ip, ip6, gateway, mac), state (status, running,
+ * paused, restarting, health, started_at) and inspect (the whole document).
+ */
+#ifndef REGISTER_CONTAINER_H
+#define REGISTER_CONTAINER_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "json.h"
+
+/* Pushes the container table.  Returns 0, or -1 (pushing nothing) with a
+ * one-line reason when the document is not a container inspect. */
+int container_push(lua_State *L, const json_value_t *inspect, char *err,
+                   size_t errlen);
+/* Pushes any JSON value as Lua: objects and arrays as tables, null as
+ * cjson.null (a NULL light userdata), integers as integers. */
+void container_push_json(lua_State *L, const json_value_t *v);
+/* Config.Image, or "" */
+const char *container_image(const json_value_t *inspect);
+
+#endif

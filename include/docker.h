@@ -1,0 +1,76 @@
+/* docker: the Docker Engine API side.  Negotiates the API version, opens
+ * the event stream *before* listing containers (so a container started in
+ * between is not missed), lists and inspects running containers with
+ * bounded concurrency, turns events into "inspect again" or "gone", and
+ * reconnects with capped exponential backoff and jitter, resyncing after.
+ *
+ * It knows nothing of etcd or Lua: it reports each container's inspect
+ * document (or its disappearance) to its owner through callbacks. */
+#ifndef REGISTER_DOCKER_H
+#define REGISTER_DOCKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "http.h"
+#include "json.h"
+
+typedef struct docker docker_t;
+
+typedef struct {
+  const char *type;   /* "container", "network", ... */
+  const char *action; /* "start", "die", "health_status: healthy", ... */
+  const char *id;     /* Actor.ID (legacy: id) */
+  const json_value_t *attributes; /* Actor.Attributes, may be NULL */
+  const char *image;  /* Attributes.image (legacy: from), may be NULL */
+  int64_t time;       /* seconds */
+  int64_t time_nano;  /* 0 if the daemon did not send it */
+  const json_value_t *raw;
+} docker_event_t;
+
+typedef struct {
+  /* A running container's current inspect document (valid during the
+   * call).  Called again whenever an event may have changed it. */
+  void (*update)(void *ud, const char *id, const json_value_t *inspect);
+  /* The container stopped, vanished, or is not running any more. */
+  void (*gone)(void *ud, const char *id);
+  /* Every event from the stream, before docker.c acts on it. */
+  void (*event)(void *ud, const docker_event_t *ev);
+  /* A full list + inspect pass finished: what was reported is the truth. */
+  void (*synced)(void *ud);
+  /* The event stream went up (1) or down (0). */
+  void (*connection)(void *ud, int up);
+} docker_cbs_t;
+
+typedef struct {
+  const char *base;        /* http://docker, http(s)://host:port */
+  const char *socket;      /* unix socket path or NULL */
+  const http_tls_t *tls;   /* for https, or NULL */
+  int max_inspects;        /* concurrent inspect requests; 0 = 32 */
+} docker_opts_t;
+
+docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
+                     const docker_cbs_t *cbs, void *ud);
+void docker_start(docker_t *d);
+/* Lists containers again: inspects new ones, reports vanished ones. */
+void docker_resync(docker_t *d);
+/* Inspects one container again (e.g. after a policy reload). */
+void docker_refresh(docker_t *d, const char *id);
+void docker_refresh_all(docker_t *d);
+/* Stops everything; no callbacks afterwards.  Frees d. */
+void docker_free(docker_t *d);
+
+const char *docker_api_version(const docker_t *d);
+int docker_connected(const docker_t *d);
+uint64_t docker_reconnects(const docker_t *d);
+size_t docker_containers(const docker_t *d);
+
+/* Exposed for tests: parses one event line into ev (pointers into doc).
+ * legacy: the daemon's API predates Type/Action/Actor (< 1.22).
+ * Returns 0, or -1 with a reason in err. */
+int docker_parse_event(const json_value_t *root, int legacy,
+                       docker_event_t *ev, char *err, size_t errlen);
+/* Compares "1.41"-style versions: <0, 0, >0. */
+int docker_version_cmp(const char *a, const char *b);
+
+#endif

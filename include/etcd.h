@@ -1,0 +1,80 @@
+/* etcd: one client interface over the v2 keys API and (issue 4) the v3 JSON
+ * gateway: put (with TTL), refresh, delete, delete an empty directory, list
+ * a prefix.  Requests go to the current endpoint; a transport failure or a
+ * 5xx moves on to the next endpoint before the caller hears of it.
+ *
+ * Knows nothing of Docker or Lua. */
+#ifndef REGISTER_ETCD_H
+#define REGISTER_ETCD_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "config.h"
+#include "http.h"
+
+typedef struct etcd etcd_t;
+typedef struct etcd_op etcd_op_t;
+
+typedef enum {
+  ETCD_OK = 0,
+  ETCD_NOT_FOUND,   /* key (or lease) does not exist */
+  ETCD_NOT_EMPTY,   /* v2: directory not empty */
+  ETCD_UNAVAILABLE, /* no endpoint answered usefully: retry later */
+  ETCD_FAILED       /* etcd refused (permission, not a file, ...) */
+} etcd_status_t;
+
+typedef struct {
+  etcd_status_t status;
+  const char *error; /* one line, when status is not OK */
+} etcd_result_t;
+
+typedef struct {
+  const char *key;
+  const char *value;
+  size_t value_len;
+  long ttl;          /* seconds left, or 0 when the key never expires */
+} etcd_kv_t;
+
+typedef void (*etcd_done_cb)(void *data, const etcd_result_t *res);
+/* kvs and dirs are valid during the call only.  dirs: v2 directories
+ * under the prefix that hold nothing. */
+typedef void (*etcd_list_cb)(void *data, const etcd_result_t *res,
+                             const etcd_kv_t *kvs, size_t n,
+                             const char *const *dirs, size_t ndirs);
+
+typedef struct {
+  char *const *endpoints;
+  size_t n_endpoints;
+  etcd_api_t api;
+  const http_tls_t *tls;
+  const char *user;     /* "user:password"; NULL for none */
+  long timeout_ms;      /* per attempt; 0 = 5000 */
+} etcd_opts_t;
+
+etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
+/* Cancels every request without callbacks; frees e. */
+void etcd_free(etcd_t *e);
+
+etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value,
+                    size_t vlen, long ttl, etcd_done_cb cb, void *data);
+/* v2: extend the TTL of an existing key without waking watchers
+ * (refresh=true, prevExist=true); ETCD_NOT_FOUND when it is gone. */
+etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
+                        void *data);
+etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
+                       void *data);
+/* v2 only: deletes an empty directory (ETCD_NOT_EMPTY otherwise). */
+etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
+                           void *data);
+etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
+                     void *data);
+/* Stops an operation; its callback does not run. */
+void etcd_cancel(etcd_op_t *op);
+
+/* v2 has directories to clean up after the last key in them goes. */
+int etcd_has_dirs(const etcd_t *e);
+const char *etcd_endpoint(const etcd_t *e);
+size_t etcd_pending(const etcd_t *e);
+
+#endif

@@ -1,0 +1,80 @@
+/* http: HTTP requests through one curl multi handle driven by a libuv loop
+ * (curl's multi-uv.c pattern): keep-alive connection reuse, unix sockets,
+ * TLS, timeouts, buffered or streamed bodies.
+ *
+ * No user callback ever runs inside a curl callback: curl's write and
+ * header callbacks only buffer, and http.c hands the data on after
+ * curl_multi_socket_action() returns.  So callbacks may start and cancel
+ * requests freely. */
+#ifndef REGISTER_HTTP_H
+#define REGISTER_HTTP_H
+
+#include <stddef.h>
+#include <uv.h>
+
+typedef struct http http_t;
+typedef struct http_req http_req_t;
+
+typedef struct {
+  long status;          /* HTTP status; 0 when no response arrived */
+  int error;            /* 0, or the CURLcode of a transport failure */
+  const char *errmsg;   /* one line when error != 0 */
+  const char *body;     /* buffered body (empty for streamed requests) */
+  size_t body_len;
+  const char *headers;  /* raw header block of the final response */
+  size_t headers_len;
+} http_resp_t;
+
+/* Called once per request, unless it was cancelled. */
+typedef void (*http_done_cb)(http_req_t *req, const http_resp_t *resp,
+                             void *data);
+/* Streaming: body bytes as they arrive.  Return 0 to go on; non-zero
+ * cancels the request (no done callback follows). */
+typedef int (*http_data_cb)(http_req_t *req, const char *p, size_t n,
+                            void *data);
+/* Once the status line and headers of the final response are in. */
+typedef void (*http_head_cb)(http_req_t *req, const http_resp_t *resp,
+                             void *data);
+
+typedef struct {
+  const char *cacert; /* CA bundle; NULL = system default */
+  const char *cert;   /* client certificate, PEM */
+  const char *key;    /* client key, PEM */
+} http_tls_t;
+
+typedef struct {
+  const char *method;          /* NULL = GET */
+  const char *url;
+  const char *unix_socket;     /* connect here instead of the URL's host */
+  const char *const *headers;  /* NULL-terminated "Name: value" lines */
+  const char *body;            /* copied; may be NULL */
+  size_t body_len;
+  long timeout_ms;             /* whole request; 0 = none (streams) */
+  long connect_timeout_ms;     /* 0 = 5 s */
+  const http_tls_t *tls;       /* copied */
+  const char *userpwd;         /* basic auth "user:password"; copied */
+  size_t max_body;             /* buffered body cap; 0 = 256 MiB */
+  http_head_cb on_head;
+  http_data_cb on_data;        /* set: stream; unset: buffer the body */
+  http_done_cb on_done;
+  void *data;
+} http_opts_t;
+
+http_t *http_new(uv_loop_t *loop, int max_host_conns);
+/* Cancels every request without callbacks and closes every handle; the
+ * memory goes once the loop has run the close callbacks. */
+void http_free(http_t *h);
+
+/* Starts a request.  Returns NULL (and never calls back) if curl refused
+ * the options. */
+http_req_t *http_request(http_t *h, const http_opts_t *opts);
+/* Stops a request; none of its callbacks runs afterwards. */
+void http_cancel(http_req_t *req);
+size_t http_active(const http_t *h);
+
+/* Finds a response header (case-insensitive name); copies its trimmed value
+ * into out.  Returns 0 if found. */
+int http_header(const http_resp_t *resp, const char *name, char *out,
+                size_t outlen);
+
+#endif

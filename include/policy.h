@@ -1,0 +1,65 @@
+/* policy: the Lua state that decides what to write.
+ *
+ * A policy script returns a table; `records(container, host)` (required)
+ * returns key -> value (string as is, table JSON-encoded) or nil/{} for
+ * "nothing"; `prefix(host)` (optional) names the subtree this host owns.
+ * Every call into Lua goes through one protected-call helper with a
+ * traceback, an instruction budget and a memory cap: a script error is
+ * reported, never fatal. */
+#ifndef REGISTER_POLICY_H
+#define REGISTER_POLICY_H
+
+#include <stddef.h>
+
+#include "json.h"
+
+typedef struct policy policy_t;
+
+typedef struct {
+  const char *file;      /* NULL: the embedded default policy */
+  const char *host_ip;
+  const char *hostname;
+  long budget;           /* instructions per call; 0 = default (10M) */
+  size_t mem_limit;      /* bytes; 0 = default (64 MiB) */
+} policy_opts_t;
+
+typedef struct {
+  char *key;
+  char *value;
+  size_t value_len;
+} record_t;
+
+/* Records one container produced, sorted by key.  Owns its strings. */
+typedef struct {
+  record_t *v;
+  size_t n, cap;
+  size_t rejected;       /* records dropped by validation (logged) */
+} records_t;
+
+/* Loads and runs the script.  NULL with a one-line reason in err (the full
+ * traceback, when there is one, is logged at debug level). */
+policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen);
+void policy_free(policy_t *p);
+
+/* The owned prefix ("/registered/10.0.0.1"), or NULL without prefix(). */
+const char *policy_prefix(const policy_t *p);
+const char *policy_name(const policy_t *p);
+
+/* Runs records() for one inspect document.  0: out holds the valid records
+ * (invalid ones are logged, named by container and key, and skipped).
+ * -1: the call failed as a whole (err says why); out is empty. */
+int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
+                   char *err, size_t errlen);
+/* The traceback of the last failed call, or "". */
+const char *policy_traceback(const policy_t *p);
+
+void records_init(records_t *r);
+void records_free(records_t *r);
+void records_add(records_t *r, const char *key, const char *value,
+                 size_t vlen);
+
+/* Checks a key: absolute, no empty, "." or ".." segments, no trailing '/',
+ * at most 4096 bytes, no control characters.  0 or -1 with a reason. */
+int policy_check_key(const char *key, size_t len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,70 @@
+/* reconcile: the only code that writes to etcd, and the only owner of
+ * "what was written".
+ *
+ * For every key it keeps the owners that produce it (containers, newest
+ * first: the newest owner's value wins) and what etcd holds as far as it
+ * knows.  A key whose owners all go is deleted, whatever the policy says
+ * now.  Work is a queue of keys, each at most once, so memory is bounded by
+ * the number of keys, never by the number of events; requests run with a
+ * bounded concurrency, and failures back off and retry.
+ *
+ * Nothing under the owned prefix is written before the prefix has been
+ * listed (start-up reconciles instead of wiping), and no key that this
+ * process never owned is deleted before Docker's truth is complete. */
+#ifndef REGISTER_RECONCILE_H
+#define REGISTER_RECONCILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "etcd.h"
+#include "policy.h"
+
+typedef struct reconcile reconcile_t;
+
+typedef struct {
+  uv_loop_t *loop;
+  etcd_t *etcd;          /* NULL with dry_run */
+  const char *prefix;    /* owned subtree, or NULL */
+  long ttl;              /* seconds; 0 = keys never expire */
+  int max_inflight;      /* 0 = 64 */
+  int dry_run;           /* print JSON lines on stdout instead of writing */
+  /* after etcd acknowledged a write ("put") or delete ("delete") */
+  void (*changed)(void *ud, const char *op, const char *key,
+                  const char *value, size_t vlen);
+  /* each time everything known has reached etcd */
+  void (*converged)(void *ud);
+  void *ud;
+} reconcile_opts_t;
+
+typedef struct {
+  size_t keys;           /* keys some container produces */
+  size_t containers;     /* containers with at least one record */
+  size_t queued, inflight, failed;
+  uint64_t puts, refreshes, deletes, errors;
+} reconcile_stats_t;
+
+reconcile_t *reconcile_new(const reconcile_opts_t *o);
+/* Cancels outstanding requests (no callbacks) and frees r. */
+void reconcile_free(reconcile_t *r);
+
+/* Lists the owned prefix so later writes are diffs, then starts writing. */
+void reconcile_start(reconcile_t *r);
+/* Replaces the records of one owner (container id).  recs NULL or empty:
+ * the owner produces nothing any more. */
+void reconcile_set(reconcile_t *r, const char *owner, const char *image,
+                   const records_t *recs);
+/* 1: every running container has been reported (orphans may go);
+ * 0: Docker's truth is unknown (connection lost). */
+void reconcile_docker_synced(reconcile_t *r, int synced);
+/* Lists the owned prefix again and repairs any drift. */
+void reconcile_resync(reconcile_t *r);
+/* Drops every owner, so every key written is deleted (shutdown). */
+void reconcile_deregister(reconcile_t *r);
+/* Everything known is in etcd: primed, Docker synced, nothing queued,
+ * in flight or failed. */
+int reconcile_converged(const reconcile_t *r);
+void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s);
+
+#endif

@@ -1,0 +1,57 @@
+/* util: allocation that never returns NULL, a growable byte buffer, and the
+ * small string helpers every module needs (percent-encoding, base64). */
+#ifndef REGISTER_UTIL_H
+#define REGISTER_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Out of memory is not something a 2 MB daemon can recover from in a
+ * useful way: these log one line and abort(), like redis' zmalloc. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A growable buffer, always NUL-terminated after its length.  The buffer
+ * owns `data`; buf_detach() hands it to the caller. */
+typedef struct {
+  char *data;
+  size_t len;
+  size_t cap;
+} buf_t;
+
+void buf_init(buf_t *b);
+void buf_free(buf_t *b);
+void buf_reset(buf_t *b);
+void buf_reserve(buf_t *b, size_t extra);
+void buf_append(buf_t *b, const void *p, size_t n);
+void buf_puts(buf_t *b, const char *s);
+void buf_putc(buf_t *b, char c);
+void buf_printf(buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void buf_vprintf(buf_t *b, const char *fmt, va_list ap);
+/* Drops the first n bytes. */
+void buf_consume(buf_t *b, size_t n);
+char *buf_detach(buf_t *b);
+
+/* Percent-encodes everything but RFC 3986 unreserved characters and the
+ * characters in `keep` (e.g. "/" for a path). */
+void util_urlencode(buf_t *out, const char *s, size_t n, const char *keep);
+/* Standard base64 with padding, and its inverse (returns -1 on bad input). */
+void util_base64_encode(buf_t *out, const void *p, size_t n);
+int util_base64_decode(buf_t *out, const char *s, size_t n);
+
+/* Monotonic milliseconds, for intervals that must not jump with the clock. */
+uint64_t util_now_ms(void);
+/* A uniformly distributed value in [0, n): jitter for backoffs. */
+uint32_t util_rand(uint32_t n);
+/* Parses a whole decimal number in [min, max]; -1 if it is not one. */
+int util_parse_long(const char *s, long min, long max, long *out);
+
+#endif

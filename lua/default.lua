@@ -1,0 +1,43 @@
+-- The default policy: the /registered schema of the original Ruby service,
+-- byte for byte.
+--
+--   key    /registered/<host ip>/<image, '/' -> '::'>/<full container id>
+--   value  [{"container":"<id>","image":"<image>","ip":"<HostIp>",
+--            "public_port":"<HostPort>","private_port":"<port>",
+--            "port_type":"<proto>"}, ...]
+--
+-- One object per published binding, in Docker's order of
+-- NetworkSettings.Ports and then binding order; containers without a
+-- published binding are not registered.
+local register = require "register"
+
+local ORDER = { "container", "image", "ip", "public_port", "private_port",
+  "port_type" }
+
+local policy = {}
+
+function policy.prefix(host)
+  return "/registered/" .. host.ip
+end
+
+function policy.records(c, host)
+  if #c.ports == 0 then
+    return nil
+  end
+  local image = c.image:gsub("/", "::")
+  local bindings = {}
+  for i, p in ipairs(c.ports) do
+    bindings[i] = {
+      container = c.id,
+      image = image,
+      ip = p.host_ip,
+      public_port = p.host_port,
+      private_port = p.private_port,
+      port_type = p.proto,
+    }
+  end
+  local key = policy.prefix(host) .. "/" .. image .. "/" .. c.id
+  return { [key] = register.json.encode(bindings, ORDER) }
+end
+
+return policy

@@ -1,0 +1,341 @@
+/* app: wiring, signals, resync timer, orderly shutdown. */
+#include "app.h"
+#include "container.h"
+#include "docker.h"
+#include "etcd.h"
+#include "http.h"
+#include "log.h"
+#include "policy.h"
+#include "reconcile.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ONCE_TIMEOUT_MS 60000
+#define DEREGISTER_TIMEOUT_MS 10000
+
+typedef struct {
+  const config_t *cfg;
+  uv_loop_t loop;
+  http_t *http;
+  etcd_t *etcd;
+  policy_t *policy;
+  reconcile_t *rec;
+  docker_t *docker;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t resync_timer, stop_timer, deadline_timer;
+  int stopping;
+  int deregistering;
+  int exit_code;
+} app_t;
+
+static void begin_stop(app_t *a, int code);
+
+/* ---- Docker -> policy -> reconciler ---- */
+
+static void on_update(void *ud, const char *id, const json_value_t *inspect) {
+  app_t *a = ud;
+  records_t recs;
+  char err[600];
+  if (policy_records(a->policy, inspect, &recs, err, sizeof err) < 0) {
+    /* keep whatever this container had: a script error loses nothing */
+    log_fields(LOG_ERROR, err, "container", id, NULL);
+    return;
+  }
+  reconcile_set(a->rec, id, container_image(inspect), &recs);
+  records_free(&recs);
+}
+
+static void on_gone(void *ud, const char *id) {
+  app_t *a = ud;
+  reconcile_set(a->rec, id, NULL, NULL);
+}
+
+static void on_synced(void *ud) {
+  app_t *a = ud;
+  reconcile_docker_synced(a->rec, 1);
+}
+
+static void on_connection(void *ud, int up) {
+  app_t *a = ud;
+  if (!up) reconcile_docker_synced(a->rec, 0);
+}
+
+static void on_converged(void *ud) {
+  app_t *a = ud;
+  if (a->cfg->once && !a->stopping) {
+    log_info("sync complete: etcd matches the running containers");
+    begin_stop(a, 0);
+  } else if (a->deregistering) {
+    begin_stop(a, a->exit_code);
+  }
+}
+
+/* ---- timers and signals ---- */
+
+static void resync_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  log_debug("periodic resync");
+  docker_resync(a->docker);
+  reconcile_resync(a->rec);
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Runs from a timer, never from inside another module's callback. */
+static void stop_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->cfg->deregister_on_exit && !a->deregistering && !a->cfg->once) {
+    a->deregistering = 1;
+    log_info("deregistering this host's keys before exit");
+    docker_free(a->docker);
+    a->docker = NULL;
+    uv_timer_start(&a->deadline_timer, stop_cb, DEREGISTER_TIMEOUT_MS, 0);
+    reconcile_deregister(a->rec);
+    if (!reconcile_converged(a->rec)) return; /* on_converged comes back */
+  }
+  if (a->deregistering && !reconcile_converged(a->rec))
+    log_warn("exiting before every key could be deleted");
+  docker_free(a->docker);
+  a->docker = NULL;
+  reconcile_free(a->rec);
+  a->rec = NULL;
+  etcd_free(a->etcd);
+  a->etcd = NULL;
+  http_free(a->http);
+  a->http = NULL;
+  uv_walk(&a->loop, close_walk_cb, NULL);
+}
+
+static void begin_stop(app_t *a, int code) {
+  if (a->stopping && !a->deregistering) return;
+  if (!a->stopping) a->exit_code = code;
+  a->stopping = 1;
+  uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
+}
+
+static void signal_cb(uv_signal_t *s, int signum) {
+  app_t *a = s->data;
+  if (a->stopping) {
+    log_warn("second signal: exiting now");
+    a->deregistering = 1; /* skip waiting */
+    uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
+    return;
+  }
+  log_info("%s received, shutting down", strsignal(signum));
+  begin_stop(a, 0);
+}
+
+static void deadline_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->cfg->once) {
+    log_error("--once: etcd does not match after %d s", ONCE_TIMEOUT_MS / 1000);
+    begin_stop(a, 1);
+  }
+}
+
+int app_run(const config_t *cfg) {
+  app_t *a = xcalloc(1, sizeof *a);
+  a->cfg = cfg;
+  a->exit_code = 1;
+  char err[600];
+  int rc = 1;
+
+  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0};
+  a->policy = policy_new(&po, err, sizeof err);
+  if (!a->policy) {
+    log_error("%s", err);
+    free(a);
+    return 1;
+  }
+  uv_loop_init(&a->loop);
+  a->http = http_new(&a->loop, 64);
+  if (!a->http) {
+    log_error("cannot initialise libcurl");
+    goto out;
+  }
+  if (!cfg->dry_run) {
+    http_tls_t tls = {cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
+    etcd_opts_t eo = {cfg->etcd,
+                      cfg->n_etcd,
+                      cfg->etcd_api,
+                      (tls.cacert || tls.cert) ? &tls : NULL,
+                      cfg->etcd_user,
+                      0};
+    a->etcd = etcd_new(&a->loop, a->http, &eo);
+  }
+  reconcile_opts_t ro = {0};
+  ro.loop = &a->loop;
+  ro.etcd = a->etcd;
+  ro.prefix = policy_prefix(a->policy);
+  ro.ttl = cfg->ttl;
+  ro.dry_run = cfg->dry_run;
+  ro.converged = on_converged;
+  ro.ud = a;
+  a->rec = reconcile_new(&ro);
+
+  http_tls_t dtls = {cfg->docker_cacert, cfg->docker_cert, cfg->docker_key};
+  docker_opts_t dopts = {cfg->docker_base, cfg->docker_socket,
+                         cfg->docker_cacert ? &dtls : NULL, 0};
+  docker_cbs_t dcbs = {on_update, on_gone, NULL, on_synced, on_connection};
+  a->docker = docker_new(&a->loop, a->http, &dopts, &dcbs, a);
+
+  uv_signal_init(&a->loop, &a->sigterm);
+  uv_signal_init(&a->loop, &a->sigint);
+  a->sigterm.data = a->sigint.data = a;
+  uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
+  uv_signal_start(&a->sigint, signal_cb, SIGINT);
+  uv_timer_init(&a->loop, &a->resync_timer);
+  uv_timer_init(&a->loop, &a->stop_timer);
+  uv_timer_init(&a->loop, &a->deadline_timer);
+  a->resync_timer.data = a->stop_timer.data = a->deadline_timer.data = a;
+  if (cfg->resync > 0)
+    uv_timer_start(&a->resync_timer, resync_cb, (uint64_t)cfg->resync * 1000,
+                   (uint64_t)cfg->resync * 1000);
+  if (cfg->once) uv_timer_start(&a->deadline_timer, deadline_cb,
+                                ONCE_TIMEOUT_MS, 0);
+
+  log_info("register %s: host %s, policy %s, prefix %s, etcd %s (%s), "
+           "docker %s%s",
+           REGISTER_VERSION, cfg->host_ip, policy_name(a->policy),
+           policy_prefix(a->policy) ? policy_prefix(a->policy) : "(none)",
+           cfg->dry_run ? "-" : cfg->etcd[0],
+           cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2", cfg->docker_url,
+           cfg->dry_run ? ", dry run" : "");
+  reconcile_start(a->rec);
+  docker_start(a->docker);
+
+  uv_run(&a->loop, UV_RUN_DEFAULT);
+  rc = a->exit_code;
+out:
+  if (a->http) { /* setup failed half way */
+    docker_free(a->docker);
+    reconcile_free(a->rec);
+    etcd_free(a->etcd);
+    http_free(a->http);
+    uv_walk(&a->loop, close_walk_cb, NULL);
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+  }
+  if (uv_loop_close(&a->loop) != 0) log_warn("libuv loop still has handles");
+  policy_free(a->policy);
+  free(a);
+  return rc;
+}
+
+/* ---- register check ---- */
+
+static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+  if (!f) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return NULL;
+  }
+  buf_t b;
+  buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(&b, chunk, n);
+  int bad = ferror(f);
+  if (f != stdin) fclose(f);
+  if (bad) {
+    snprintf(err, errlen, "%s: read error", path);
+    buf_free(&b);
+    return NULL;
+  }
+  *len = b.len;
+  return buf_detach(&b);
+}
+
+static int check_one(policy_t *p, const char *file, const json_value_t *doc) {
+  records_t recs;
+  char err[600];
+  const char *id = json_get_str(doc, "Id");
+  if (policy_records(p, doc, &recs, err, sizeof err) < 0) {
+    fprintf(stderr, "register: %s: %s\n", file, err);
+    if (*policy_traceback(p)) fprintf(stderr, "%s\n", policy_traceback(p));
+    return -1;
+  }
+  buf_t b;
+  buf_init(&b);
+  for (size_t i = 0; i < recs.n; i++) {
+    buf_reset(&b);
+    buf_puts(&b, "{\"container\":");
+    json_escape(&b, id ? id : "", id ? strlen(id) : 0);
+    buf_puts(&b, ",\"key\":");
+    json_escape(&b, recs.v[i].key, strlen(recs.v[i].key));
+    buf_puts(&b, ",\"value\":");
+    json_escape(&b, recs.v[i].value, recs.v[i].value_len);
+    buf_puts(&b, "}\n");
+    fwrite(b.data, 1, b.len, stdout);
+  }
+  buf_free(&b);
+  int rejected = recs.rejected > 0;
+  records_free(&recs);
+  return rejected ? -1 : 0;
+}
+
+int app_check(int argc, char **argv) {
+  const char *host_ip = getenv("HOST_IP");
+  const char *hostname = "localhost";
+  int i = 2;
+  for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
+    if (strcmp(argv[i], "--host-ip") == 0 && i + 1 < argc) host_ip = argv[++i];
+    else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
+      hostname = argv[++i];
+    else {
+      fprintf(stderr, "register check: unknown option \"%s\"\n", argv[i]);
+      return 2;
+    }
+  }
+  if (i >= argc) {
+    fprintf(stderr, "usage: register check [--host-ip IP] [--hostname NAME] "
+                    "POLICY|default [INSPECT.json|- ...]\n");
+    return 2;
+  }
+  if (!host_ip || !*host_ip) host_ip = "127.0.0.1";
+  const char *file = argv[i++];
+  char err[600];
+  policy_opts_t po = {strcmp(file, "default") == 0 ? NULL : file, host_ip,
+                      hostname, 0, 0};
+  policy_t *p = policy_new(&po, err, sizeof err);
+  if (!p) {
+    fprintf(stderr, "register: %s\n", err);
+    return 1;
+  }
+  int rc = 0;
+  if (i >= argc)
+    fprintf(stderr, "policy %s loads; prefix %s\n", policy_name(p),
+            policy_prefix(p) ? policy_prefix(p) : "(none)");
+  for (; i < argc; i++) {
+    size_t len;
+    char *text = read_all(argv[i], &len, err, sizeof err);
+    if (!text) {
+      fprintf(stderr, "register: %s\n", err);
+      rc = 1;
+      continue;
+    }
+    json_doc_t *doc = json_parse(text, len, err, sizeof err);
+    free(text);
+    if (!doc) {
+      fprintf(stderr, "register: %s: %s\n", argv[i], err);
+      rc = 1;
+      continue;
+    }
+    const json_value_t *root = json_root(doc);
+    if (root->type == JSON_ARRAY) {
+      for (const json_value_t *c = root->u.child; c; c = c->next)
+        if (check_one(p, argv[i], c) < 0) rc = 1;
+    } else if (check_one(p, argv[i], root) < 0) {
+      rc = 1;
+    }
+    json_free(doc);
+  }
+  policy_free(p);
+  return rc;
+}

@@ -1,0 +1,195 @@
+/* container: inspect JSON -> Lua container table. */
+#include "container.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <string.h>
+
+void container_push_json(lua_State *L, const json_value_t *v) {
+  luaL_checkstack(L, 3, "JSON nested too deeply");
+  switch (v->type) {
+  case JSON_NULL: lua_pushlightuserdata(L, NULL); break;
+  case JSON_BOOL: lua_pushboolean(L, v->u.boolean); break;
+  case JSON_NUMBER:
+    if (v->u.num.is_int) lua_pushinteger(L, (lua_Integer)v->u.num.i);
+    else lua_pushnumber(L, (lua_Number)v->u.num.d);
+    break;
+  case JSON_STRING: lua_pushlstring(L, v->u.str, v->len); break;
+  case JSON_ARRAY: {
+    lua_createtable(L, (int)v->len, 0);
+    lua_Integer i = 1;
+    for (const json_value_t *c = v->u.child; c; c = c->next) {
+      container_push_json(L, c);
+      lua_rawseti(L, -2, i++);
+    }
+    break;
+  }
+  case JSON_OBJECT:
+    lua_createtable(L, 0, (int)v->len);
+    for (const json_value_t *c = v->u.child; c; c = c->next) {
+      lua_pushlstring(L, c->key, c->keylen);
+      container_push_json(L, c);
+      lua_rawset(L, -3);
+    }
+    break;
+  }
+}
+
+static void set_str(lua_State *L, const char *field, const char *v) {
+  lua_pushstring(L, v ? v : "");
+  lua_setfield(L, -2, field);
+}
+
+static void set_json_str(lua_State *L, const char *field,
+                         const json_value_t *obj, const char *key) {
+  const json_value_t *v = json_get(obj, key);
+  if (v && v->type == JSON_STRING) {
+    lua_pushlstring(L, v->u.str, v->len);
+    lua_setfield(L, -2, field);
+  }
+}
+
+static void set_json_bool(lua_State *L, const char *field,
+                          const json_value_t *obj, const char *key) {
+  const json_value_t *v = json_get(obj, key);
+  lua_pushboolean(L, v && v->type == JSON_BOOL && v->u.boolean);
+  lua_setfield(L, -2, field);
+}
+
+/* "80/tcp" -> private_port "80", proto "tcp" */
+static void set_port_key(lua_State *L, const char *k, size_t n) {
+  const char *slash = memchr(k, '/', n);
+  size_t pn = slash ? (size_t)(slash - k) : n;
+  lua_pushlstring(L, k, pn);
+  lua_setfield(L, -2, "private_port");
+  if (slash) lua_pushlstring(L, slash + 1, n - pn - 1);
+  else lua_pushliteral(L, "tcp");
+  lua_setfield(L, -2, "proto");
+}
+
+static void push_ports(lua_State *L, const json_value_t *ports) {
+  lua_newtable(L);
+  if (!ports || ports->type != JSON_OBJECT) return;
+  lua_Integer i = 1;
+  for (const json_value_t *p = ports->u.child; p; p = p->next) {
+    if (p->type != JSON_ARRAY) continue; /* null: exposed, not published */
+    for (const json_value_t *b = p->u.child; b; b = b->next) {
+      if (b->type != JSON_OBJECT) continue;
+      lua_createtable(L, 0, 4);
+      set_port_key(L, p->key, p->keylen);
+      set_str(L, "host_ip", json_get_str(b, "HostIp"));
+      set_str(L, "host_port", json_get_str(b, "HostPort"));
+      lua_rawseti(L, -2, i++);
+    }
+  }
+}
+
+static void push_exposed(lua_State *L, const json_value_t *exposed) {
+  lua_newtable(L);
+  if (!exposed || exposed->type != JSON_OBJECT) return;
+  lua_Integer i = 1;
+  for (const json_value_t *p = exposed->u.child; p; p = p->next) {
+    lua_createtable(L, 0, 2);
+    set_port_key(L, p->key, p->keylen);
+    lua_rawseti(L, -2, i++);
+  }
+}
+
+static void push_env(lua_State *L, const json_value_t *env) {
+  lua_newtable(L);
+  if (!env || env->type != JSON_ARRAY) return;
+  for (const json_value_t *e = env->u.child; e; e = e->next) {
+    if (e->type != JSON_STRING) continue;
+    const char *eq = memchr(e->u.str, '=', e->len);
+    size_t kn = eq ? (size_t)(eq - e->u.str) : e->len;
+    lua_pushlstring(L, e->u.str, kn);
+    if (eq) lua_pushlstring(L, eq + 1, e->len - kn - 1);
+    else lua_pushliteral(L, "");
+    lua_rawset(L, -3);
+  }
+}
+
+static void push_labels(lua_State *L, const json_value_t *labels) {
+  lua_newtable(L);
+  if (!labels || labels->type != JSON_OBJECT) return;
+  for (const json_value_t *l = labels->u.child; l; l = l->next) {
+    if (l->type != JSON_STRING) continue;
+    lua_pushlstring(L, l->key, l->keylen);
+    lua_pushlstring(L, l->u.str, l->len);
+    lua_rawset(L, -3);
+  }
+}
+
+static void push_networks(lua_State *L, const json_value_t *nets) {
+  lua_newtable(L);
+  if (!nets || nets->type != JSON_OBJECT) return;
+  for (const json_value_t *n = nets->u.child; n; n = n->next) {
+    if (n->type != JSON_OBJECT) continue;
+    lua_pushlstring(L, n->key, n->keylen);
+    lua_createtable(L, 0, 5);
+    set_json_str(L, "ip", n, "IPAddress");
+    set_json_str(L, "ip6", n, "GlobalIPv6Address");
+    set_json_str(L, "gateway", n, "Gateway");
+    set_json_str(L, "mac", n, "MacAddress");
+    set_json_str(L, "network_id", n, "NetworkID");
+    lua_rawset(L, -3);
+  }
+}
+
+static void push_state(lua_State *L, const json_value_t *st) {
+  lua_createtable(L, 0, 6);
+  set_json_str(L, "status", st, "Status");
+  set_json_bool(L, "running", st, "Running");
+  set_json_bool(L, "paused", st, "Paused");
+  set_json_bool(L, "restarting", st, "Restarting");
+  set_json_str(L, "started_at", st, "StartedAt");
+  const char *health = json_get_str(json_get(st, "Health"), "Status");
+  if (health) {
+    lua_pushstring(L, health);
+    lua_setfield(L, -2, "health");
+  }
+}
+
+const char *container_image(const json_value_t *inspect) {
+  const char *img = json_get_str(json_get(inspect, "Config"), "Image");
+  return img ? img : "";
+}
+
+int container_push(lua_State *L, const json_value_t *inspect, char *err,
+                   size_t errlen) {
+  const char *id = json_get_str(inspect, "Id");
+  if (!inspect || inspect->type != JSON_OBJECT) {
+    snprintf(err, errlen, "inspect document is not a JSON object");
+    return -1;
+  }
+  if (!id || !*id) {
+    snprintf(err, errlen, "inspect document has no \"Id\"");
+    return -1;
+  }
+  const json_value_t *config = json_get(inspect, "Config");
+  const json_value_t *netset = json_get(inspect, "NetworkSettings");
+  luaL_checkstack(L, 8, "container table");
+  lua_createtable(L, 0, 14);
+  set_str(L, "id", id);
+  const char *name = json_get_str(inspect, "Name");
+  set_str(L, "name", name && name[0] == '/' ? name + 1 : name);
+  set_str(L, "image", container_image(inspect));
+  set_str(L, "image_id", json_get_str(inspect, "Image"));
+  set_str(L, "hostname", json_get_str(config, "Hostname"));
+  set_str(L, "created", json_get_str(inspect, "Created"));
+  push_labels(L, json_get(config, "Labels"));
+  lua_setfield(L, -2, "labels");
+  push_env(L, json_get(config, "Env"));
+  lua_setfield(L, -2, "env");
+  push_ports(L, json_get(netset, "Ports"));
+  lua_setfield(L, -2, "ports");
+  push_exposed(L, json_get(config, "ExposedPorts"));
+  lua_setfield(L, -2, "exposed");
+  push_networks(L, json_get(netset, "Networks"));
+  lua_setfield(L, -2, "networks");
+  push_state(L, json_get(inspect, "State"));
+  lua_setfield(L, -2, "state");
+  container_push_json(L, inspect);
+  lua_setfield(L, -2, "inspect");
+  return 0;
+}

@@ -1,0 +1,812 @@
+/* docker: API negotiation, event stream, list and inspect, reconnects. */
+#include "docker.h"
+#include "linesplit.h"
+#include "log.h"
+#include "map.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_MAX "1.52"      /* newest API this code was written against */
+#define API_NEW_EVENTS "1.22" /* Type/Action/Actor appeared here */
+#define MAX_EVENT_LINE (1u << 20)
+#define BACKOFF_MIN_MS 250
+#define BACKOFF_MAX_MS 30000
+#define RETRY_MAX_MS 60000
+
+typedef struct dcont {
+  char *id;             /* owned; also the map key */
+  docker_t *d;
+  http_req_t *req;      /* inspect in flight */
+  unsigned queued : 1;  /* on the inspect queue */
+  unsigned dirty : 1;   /* an event came while inspecting: inspect again */
+  unsigned sync_wait : 1; /* the current sync waits for this one */
+  unsigned retrying : 1;
+  unsigned failures;
+  uint64_t seq;         /* d->seq at the last event or listing touching it */
+  uint64_t retry_at;
+  struct dcont *qnext;
+} dcont_t;
+
+typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
+
+struct docker {
+  uv_loop_t *loop;
+  http_t *http;
+  char *base, *socket;
+  http_tls_t tls;      /* points at the owned copies below */
+  char *tls_files[3];
+  int use_tls;
+  docker_cbs_t cbs;
+  void *ud;
+
+  state_t state;
+  char api[16];
+  int legacy;
+  int connected;
+  http_req_t *ping_req, *events_req, *list_req;
+  linesplit_t split;
+  buf_t errbody; /* body of a refused event stream request */
+
+  map_t *conts;
+  dcont_t *q_head, **q_tail;
+  int inflight, max_inspects;
+  uint64_t seq;
+  uint64_t list_seq;
+  int list_full;     /* this listing re-inspects every container */
+  size_t sync_pending;
+  int syncing;
+  int resync_wanted; /* a resync was asked for while one was running */
+
+  uv_timer_t reconnect_timer, retry_timer;
+  int open_handles;
+  uint64_t backoff_ms;
+  uint64_t reconnects;
+  char last_err[256];
+};
+
+static void connect_start(docker_t *d);
+static void pump(docker_t *d);
+static void start_list(docker_t *d, int full);
+
+/* ---- small helpers ---- */
+
+int docker_version_cmp(const char *a, const char *b) {
+  long amaj = 0, amin = 0, bmaj = 0, bmin = 0;
+  sscanf(a, "%ld.%ld", &amaj, &amin);
+  sscanf(b, "%ld.%ld", &bmaj, &bmin);
+  if (amaj != bmaj) return amaj < bmaj ? -1 : 1;
+  if (amin != bmin) return amin < bmin ? -1 : 1;
+  return 0;
+}
+
+static char *url(docker_t *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static char *url(docker_t *d, const char *fmt, ...) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, d->base);
+  if (d->api[0]) buf_printf(&b, "/v%s", d->api);
+  va_list ap;
+  va_start(ap, fmt);
+  buf_vprintf(&b, fmt, ap);
+  va_end(ap);
+  return buf_detach(&b);
+}
+
+static http_req_t *get(docker_t *d, const char *u, long timeout_ms,
+                       http_done_cb done, void *data) {
+  http_opts_t o = {0};
+  o.url = u;
+  o.unix_socket = d->socket;
+  o.tls = d->use_tls ? &d->tls : NULL;
+  o.timeout_ms = timeout_ms;
+  o.on_done = done;
+  o.data = data;
+  return http_request(d->http, &o);
+}
+
+/* Logs a connection problem once; repeats of the same one go to debug. */
+static void conn_problem(docker_t *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void conn_problem(docker_t *d, const char *fmt, ...) {
+  char msg[sizeof d->last_err];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (strcmp(msg, d->last_err) != 0) {
+    log_warn("%s", msg);
+    snprintf(d->last_err, sizeof d->last_err, "%s", msg);
+  } else {
+    log_debug("%s", msg);
+  }
+}
+
+/* A response's reason for failure, on one line. */
+static void describe(const http_resp_t *r, char *out, size_t n) {
+  if (r->error) {
+    snprintf(out, n, "%s", r->errmsg);
+    return;
+  }
+  char msg[200] = "";
+  json_doc_t *doc = json_parse(r->body, r->body_len, NULL, 0);
+  const char *m = doc ? json_get_str(json_root(doc), "message") : NULL;
+  if (m) snprintf(msg, sizeof msg, ": %s", m);
+  else if (r->body_len && r->body_len < 160)
+    snprintf(msg, sizeof msg, ": %.*s", (int)r->body_len, r->body);
+  json_free(doc);
+  for (char *p = msg; *p; p++)
+    if (*p == '\n' || *p == '\r') *p = ' ';
+  snprintf(out, n, "HTTP %ld%s", r->status, msg);
+}
+
+/* ---- containers ---- */
+
+static dcont_t *cont_get(docker_t *d, const char *id, int create) {
+  dcont_t *c = map_get(d->conts, id);
+  if (c || !create) return c;
+  c = xcalloc(1, sizeof *c);
+  c->id = xstrdup(id);
+  c->d = d;
+  map_put(d->conts, c->id, c);
+  return c;
+}
+
+/* One container (or the listing itself) no longer holds the sync back. */
+static void sync_release(docker_t *d) {
+  if (d->sync_pending && --d->sync_pending == 0 && d->syncing) {
+    d->syncing = 0;
+    d->backoff_ms = 0;
+    d->last_err[0] = '\0';
+    log_debug("docker: sync complete, %zu running containers",
+              map_size(d->conts));
+    if (d->cbs.synced) d->cbs.synced(d->ud);
+    if (d->resync_wanted) {
+      d->resync_wanted = 0;
+      start_list(d, 0);
+    }
+  }
+}
+
+static void sync_done_one(docker_t *d, dcont_t *c) {
+  if (!c->sync_wait) return;
+  c->sync_wait = 0;
+  sync_release(d);
+}
+
+static void unqueue(docker_t *d, dcont_t *c) {
+  if (!c->queued) return;
+  for (dcont_t **pp = &d->q_head; *pp; pp = &(*pp)->qnext) {
+    if (*pp == c) {
+      *pp = c->qnext;
+      if (d->q_tail == &c->qnext) d->q_tail = pp;
+      break;
+    }
+  }
+  c->queued = 0;
+  c->qnext = NULL;
+}
+
+/* Forgets a container and tells the owner it is gone. */
+static void cont_gone(docker_t *d, dcont_t *c) {
+  if (c->req) {
+    http_cancel(c->req);
+    c->req = NULL;
+    d->inflight--;
+  }
+  unqueue(d, c);
+  map_del(d->conts, c->id);
+  char *id = c->id;
+  int waited = c->sync_wait;
+  c->sync_wait = 0;
+  free(c);
+  if (d->cbs.gone) d->cbs.gone(d->ud, id);
+  free(id);
+  if (waited) sync_release(d);
+}
+
+static void want_inspect(docker_t *d, dcont_t *c) {
+  if (c->req) {
+    c->dirty = 1;
+    return;
+  }
+  if (c->queued) return;
+  c->retrying = 0;
+  c->queued = 1;
+  c->qnext = NULL;
+  *d->q_tail = c;
+  d->q_tail = &c->qnext;
+}
+
+static void retry_timer_cb(uv_timer_t *t);
+
+static void schedule_retry(docker_t *d, dcont_t *c) {
+  uint64_t delay = 1000u << (c->failures < 6 ? c->failures : 6);
+  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+  c->failures++;
+  c->retrying = 1;
+  c->retry_at = uv_now(d->loop) + delay;
+  uint64_t due = uv_timer_get_due_in(&d->retry_timer);
+  if (!uv_is_active((uv_handle_t *)&d->retry_timer) || delay < due)
+    uv_timer_start(&d->retry_timer, retry_timer_cb, delay, 0);
+}
+
+static void retry_timer_cb(uv_timer_t *t) {
+  docker_t *d = t->data;
+  uint64_t now = uv_now(d->loop), next = 0;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, NULL, &v)) {
+    dcont_t *c = v;
+    if (!c->retrying) continue;
+    if (c->retry_at <= now) {
+      want_inspect(d, c);
+    } else if (!next || c->retry_at - now < next) {
+      next = c->retry_at - now;
+    }
+  }
+  if (next) uv_timer_start(&d->retry_timer, retry_timer_cb, next, 0);
+  pump(d);
+}
+
+static int is_running(const json_value_t *root) {
+  const json_value_t *st = json_get(root, "State");
+  const json_value_t *r = json_get(st, "Running");
+  return r && r->type == JSON_BOOL && r->u.boolean;
+}
+
+static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  dcont_t *c = data;
+  docker_t *d = c->d;
+  c->req = NULL;
+  d->inflight--;
+  char why[300];
+
+  if (!r->error && r->status == 404) {
+    log_debug("docker: container %.12s is gone (inspect: 404)", c->id);
+    cont_gone(d, c);
+    pump(d);
+    return;
+  }
+  if (r->error || r->status != 200) {
+    describe(r, why, sizeof why);
+    log_warn("docker: inspect of container %.12s failed: %s; retrying",
+             c->id, why);
+    schedule_retry(d, c);
+    pump(d);
+    return;
+  }
+  if (c->dirty) { /* an event came meanwhile: this answer may be stale */
+    c->dirty = 0;
+    want_inspect(d, c);
+    pump(d);
+    return;
+  }
+  char err[160];
+  json_doc_t *doc = json_parse(r->body, r->body_len, err, sizeof err);
+  const char *id = doc ? json_get_str(json_root(doc), "Id") : NULL;
+  if (!doc || !id || strcmp(id, c->id) != 0) {
+    log_warn("docker: inspect of container %.12s: %s; retrying", c->id,
+             !doc ? err : "answer has no matching \"Id\"");
+    json_free(doc);
+    schedule_retry(d, c);
+    pump(d);
+    return;
+  }
+  c->failures = 0;
+  if (!is_running(json_root(doc))) {
+    json_free(doc);
+    cont_gone(d, c);
+  } else {
+    if (d->cbs.update) d->cbs.update(d->ud, c->id, json_root(doc));
+    json_free(doc);
+    sync_done_one(d, c);
+  }
+  pump(d);
+}
+
+static void pump(docker_t *d) {
+  while (d->q_head && d->inflight < d->max_inspects &&
+         d->state == ST_STREAM) {
+    dcont_t *c = d->q_head;
+    d->q_head = c->qnext;
+    if (!d->q_head) d->q_tail = &d->q_head;
+    c->queued = 0;
+    c->qnext = NULL;
+    char *u = url(d, "/containers/%s/json", c->id);
+    c->req = get(d, u, 30000, inspect_done, c);
+    free(u);
+    if (!c->req) {
+      schedule_retry(d, c);
+      continue;
+    }
+    d->inflight++;
+  }
+}
+
+/* ---- listing ---- */
+
+static void list_done(http_req_t *req, const http_resp_t *r, void *data);
+
+static void start_list(docker_t *d, int full) {
+  if (d->list_req || d->syncing) {
+    d->resync_wanted = 1;
+    return;
+  }
+  char *u = url(d, "/containers/json");
+  d->list_full = full;
+  d->list_seq = d->seq;
+  d->list_req = get(d, u, 120000, list_done, d);
+  free(u);
+}
+
+static void disconnect(docker_t *d, const char *why);
+
+static void list_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  d->list_req = NULL;
+  char why[300], err[160];
+  if (r->error || r->status != 200) {
+    describe(r, why, sizeof why);
+    char msg[400];
+    snprintf(msg, sizeof msg, "listing containers failed: %s", why);
+    disconnect(d, msg);
+    return;
+  }
+  json_doc_t *doc = json_parse(r->body, r->body_len, err, sizeof err);
+  if (!doc || json_root(doc)->type != JSON_ARRAY) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "container list: %s",
+             doc ? "not a JSON array" : err);
+    json_free(doc);
+    disconnect(d, msg);
+    return;
+  }
+  map_t *listed = map_new();
+  for (const json_value_t *e = json_root(doc)->u.child; e; e = e->next) {
+    const char *id = json_get_str(e, "Id");
+    if (!id || !*id) {
+      log_warn("docker: container list entry without \"Id\"; skipped");
+      continue;
+    }
+    map_put(listed, id, listed); /* a set: any non-NULL value */
+  }
+  /* vanished: known, not listed, and not touched by an event since the
+   * listing was asked for */
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, d->conts);
+  dcont_t *gone = NULL;
+  while (map_iter_next(&it, NULL, &v)) {
+    dcont_t *c = v;
+    /* one being inspected will be settled by its answer */
+    if (!map_get(listed, c->id) && c->seq <= d->list_seq && !c->queued &&
+        !c->req) {
+      c->qnext = gone;
+      gone = c;
+    }
+  }
+  while (gone) {
+    dcont_t *next = gone->qnext;
+    gone->qnext = NULL;
+    cont_gone(d, gone);
+    gone = next;
+  }
+  d->syncing = 1;
+  d->sync_pending = 1; /* held until the loop below is done */
+  const char *id;
+  map_iter_init(&it, listed);
+  while (map_iter_next(&it, &id, NULL)) {
+    dcont_t *c = cont_get(d, id, 0);
+    int fresh = c == NULL;
+    if (!c) c = cont_get(d, id, 1);
+    if (fresh || d->list_full) {
+      if (!c->sync_wait) {
+        c->sync_wait = 1;
+        d->sync_pending++;
+      }
+      want_inspect(d, c);
+    }
+  }
+  map_free(listed);
+  json_free(doc);
+  sync_release(d);
+  pump(d);
+}
+
+/* ---- the event stream ---- */
+
+int docker_parse_event(const json_value_t *root, int legacy,
+                       docker_event_t *ev, char *err, size_t errlen) {
+  memset(ev, 0, sizeof *ev);
+  ev->raw = root;
+  if (!root || root->type != JSON_OBJECT) {
+    snprintf(err, errlen, "event is not a JSON object");
+    return -1;
+  }
+  const json_value_t *t = json_get(root, "time");
+  if (t && t->type == JSON_NUMBER) ev->time = t->u.num.i;
+  t = json_get(root, "timeNano");
+  if (t && t->type == JSON_NUMBER && t->u.num.is_int) ev->time_nano = t->u.num.i;
+  if (legacy) {
+    ev->action = json_get_str(root, "status");
+    ev->id = json_get_str(root, "id");
+    ev->image = json_get_str(root, "from");
+    /* before 1.22 only containers had "from"; image events did not */
+    ev->type = ev->image ? "container" : "image";
+    if (!ev->action || !ev->id) {
+      snprintf(err, errlen, "legacy event without \"status\" or \"id\"");
+      return -1;
+    }
+    return 0;
+  }
+  ev->type = json_get_str(root, "Type");
+  ev->action = json_get_str(root, "Action");
+  const json_value_t *actor = json_get(root, "Actor");
+  ev->id = json_get_str(actor, "ID");
+  ev->attributes = json_get(actor, "Attributes");
+  if (ev->attributes && ev->attributes->type != JSON_OBJECT)
+    ev->attributes = NULL;
+  ev->image = json_get_str(ev->attributes, "image");
+  if (!ev->type || !ev->action) {
+    snprintf(err, errlen, "event without \"Type\" or \"Action\"");
+    return -1;
+  }
+  if (!ev->id) ev->id = "";
+  return 0;
+}
+
+/* Actions after which a running container's records may differ. */
+static int action_reinspects(const char *a) {
+  static const char *const acts[] = {"start",  "restart", "unpause",
+                                     "pause",  "rename",  "update",
+                                     "health_status"};
+  for (size_t i = 0; i < ARRAY_SIZE(acts); i++) {
+    size_t n = strlen(acts[i]);
+    if (strncmp(a, acts[i], n) == 0 && (a[n] == '\0' || a[n] == ':'))
+      return 1;
+  }
+  return 0;
+}
+
+static void handle_event(docker_t *d, const docker_event_t *ev) {
+  d->seq++;
+  if (d->cbs.event) d->cbs.event(d->ud, ev);
+  if (strcmp(ev->type, "container") == 0) {
+    if (!*ev->id) return;
+    if (strcmp(ev->action, "die") == 0 || strcmp(ev->action, "destroy") == 0) {
+      dcont_t *c = cont_get(d, ev->id, 0);
+      if (c) cont_gone(d, c); /* else: never registered, nothing to do */
+    } else if (action_reinspects(ev->action)) {
+      dcont_t *c = cont_get(d, ev->id, 1);
+      c->seq = d->seq;
+      want_inspect(d, c);
+    }
+  } else if (strcmp(ev->type, "network") == 0 &&
+             (strcmp(ev->action, "connect") == 0 ||
+              strcmp(ev->action, "disconnect") == 0)) {
+    const char *cid = json_get_str(ev->attributes, "container");
+    dcont_t *c = cid ? cont_get(d, cid, 0) : NULL;
+    if (c) {
+      c->seq = d->seq;
+      want_inspect(d, c);
+    }
+  }
+  pump(d);
+}
+
+static void on_line(void *ud, const char *p, size_t n) {
+  docker_t *d = ud;
+  char err[200];
+  json_doc_t *doc = json_parse(p, n, err, sizeof err);
+  if (!doc) {
+    log_warn("docker: event skipped: %s (%zu bytes)", err, n);
+    return;
+  }
+  docker_event_t ev;
+  if (docker_parse_event(json_root(doc), d->legacy, &ev, err, sizeof err) < 0)
+    log_warn("docker: event skipped: %s", err);
+  else
+    handle_event(d, &ev);
+  json_free(doc);
+}
+
+static void on_too_long(void *ud, size_t n) {
+  (void)ud;
+  log_warn("docker: event skipped: line of %zu bytes exceeds %u bytes", n,
+           MAX_EVENT_LINE);
+}
+
+static const linesplit_cbs_t split_cbs = {on_line, on_too_long};
+
+static int events_data(http_req_t *req, const char *p, size_t n, void *data) {
+  (void)req;
+  docker_t *d = data;
+  if (!d->connected) { /* an error answer: keep a little for the log */
+    if (d->errbody.len < 512) buf_append(&d->errbody, p, n < 512 ? n : 512);
+    return 0;
+  }
+  linesplit_feed(&d->split, p, n, &split_cbs, d);
+  return 0;
+}
+
+static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  if (r->status != 200) return; /* events_done reports it */
+  d->connected = 1;
+  if (d->last_err[0] || d->reconnects)
+    log_info("docker: connected (API %s), event stream open", d->api);
+  else
+    log_info("docker: connected (API %s)", d->api);
+  if (d->cbs.connection) d->cbs.connection(d->ud, 1);
+  start_list(d, 1);
+}
+
+static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  d->events_req = NULL;
+  char why[300], msg[400];
+  if (d->connected) {
+    size_t lost = linesplit_pending(&d->split);
+    if (r->error)
+      snprintf(why, sizeof why, "%s", r->errmsg);
+    else
+      snprintf(why, sizeof why, "closed by the daemon");
+    if (lost)
+      snprintf(msg, sizeof msg,
+               "Docker event stream ended: %s (cut mid-event, %zu bytes "
+               "dropped)",
+               why, lost);
+    else
+      snprintf(msg, sizeof msg, "Docker event stream ended: %s", why);
+  } else {
+    http_resp_t er = *r;
+    er.body = d->errbody.data ? d->errbody.data : "";
+    er.body_len = d->errbody.len;
+    describe(&er, why, sizeof why);
+    snprintf(msg, sizeof msg, "cannot open the Docker event stream: %s", why);
+  }
+  buf_reset(&d->errbody);
+  disconnect(d, msg);
+}
+
+static void open_events(docker_t *d) {
+  d->state = ST_STREAM;
+  linesplit_reset(&d->split);
+  char *u = url(d, "/events?filters=%%7B%%22type%%22%%3A%%5B%%22container%%22"
+                   "%%2C%%22network%%22%%5D%%7D");
+  http_opts_t o = {0};
+  o.url = u;
+  o.unix_socket = d->socket;
+  o.tls = d->use_tls ? &d->tls : NULL;
+  o.on_head = events_head;
+  o.on_data = events_data;
+  o.on_done = events_done;
+  o.data = d;
+  d->events_req = http_request(d->http, &o);
+  free(u);
+  if (!d->events_req) disconnect(d, "cannot start the event stream request");
+}
+
+/* ---- connection lifecycle ---- */
+
+static void set_api(docker_t *d, const char *server) {
+  const char *v = docker_version_cmp(server, API_MAX) > 0 ? API_MAX : server;
+  snprintf(d->api, sizeof d->api, "%s", v);
+  d->legacy = docker_version_cmp(d->api, API_NEW_EVENTS) < 0;
+  log_debug("docker: daemon API %s, using %s%s", server, d->api,
+            d->legacy ? " (legacy events)" : "");
+}
+
+static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  d->ping_req = NULL;
+  char why[300];
+  const char *v = NULL;
+  json_doc_t *doc = NULL;
+  if (!r->error && r->status == 200) {
+    doc = json_parse(r->body, r->body_len, NULL, 0);
+    v = doc ? json_get_str(json_root(doc), "ApiVersion") : NULL;
+  }
+  if (!v) {
+    describe(r, why, sizeof why);
+    char msg[400];
+    snprintf(msg, sizeof msg, "cannot read the Docker API version: %s",
+             r->error || r->status != 200 ? why : "no ApiVersion");
+    json_free(doc);
+    disconnect(d, msg);
+    return;
+  }
+  set_api(d, v);
+  json_free(doc);
+  open_events(d);
+}
+
+static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  d->ping_req = NULL;
+  char v[32], why[300], msg[400];
+  if (r->error || r->status >= 500 || r->status == 0) {
+    describe(r, why, sizeof why);
+    snprintf(msg, sizeof msg, "cannot reach Docker at %s: %s",
+             d->socket ? d->socket : d->base, why);
+    disconnect(d, msg);
+    return;
+  }
+  if (r->status == 200 && http_header(r, "Api-Version", v, sizeof v) == 0 &&
+      v[0]) {
+    set_api(d, v);
+    open_events(d);
+    return;
+  }
+  /* very old daemons: ask /version */
+  d->state = ST_VERSION;
+  char *u = xasprintf("%s/version", d->base);
+  d->ping_req = get(d, u, 10000, version_done, d);
+  free(u);
+}
+
+static void connect_start(docker_t *d) {
+  d->state = ST_PING;
+  d->api[0] = '\0';
+  char *u = xasprintf("%s/_ping", d->base);
+  d->ping_req = get(d, u, 10000, ping_done, d);
+  free(u);
+  if (!d->ping_req) disconnect(d, "cannot start a request to Docker");
+}
+
+static void reconnect_cb(uv_timer_t *t) {
+  docker_t *d = t->data;
+  d->reconnects++;
+  connect_start(d);
+}
+
+/* Drops the connection state (keeping what is known of containers) and
+ * tries again after a capped, jittered exponential backoff. */
+static void disconnect(docker_t *d, const char *why) {
+  int was_up = d->connected;
+  conn_problem(d, "docker: %s", why);
+  if (d->events_req) http_cancel(d->events_req);
+  if (d->list_req) http_cancel(d->list_req);
+  if (d->ping_req) http_cancel(d->ping_req);
+  d->events_req = d->list_req = d->ping_req = NULL;
+  d->connected = 0;
+  d->syncing = 0;
+  d->sync_pending = 0;
+  d->resync_wanted = 0;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, NULL, &v)) {
+    dcont_t *c = v;
+    if (c->req) http_cancel(c->req);
+    c->req = NULL;
+    c->queued = c->dirty = c->sync_wait = c->retrying = 0;
+    c->qnext = NULL;
+  }
+  d->q_head = NULL;
+  d->q_tail = &d->q_head;
+  d->inflight = 0;
+  uv_timer_stop(&d->retry_timer);
+  linesplit_reset(&d->split);
+  d->state = ST_IDLE;
+  if (was_up && d->cbs.connection) d->cbs.connection(d->ud, 0);
+
+  d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : BACKOFF_MIN_MS;
+  if (d->backoff_ms > BACKOFF_MAX_MS) d->backoff_ms = BACKOFF_MAX_MS;
+  uint64_t delay = d->backoff_ms / 2 + util_rand((uint32_t)d->backoff_ms / 2 + 1);
+  log_debug("docker: reconnecting in %llu ms", (unsigned long long)delay);
+  uv_timer_start(&d->reconnect_timer, reconnect_cb, delay, 0);
+}
+
+/* ---- public ---- */
+
+docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
+                     const docker_cbs_t *cbs, void *ud) {
+  docker_t *d = xcalloc(1, sizeof *d);
+  d->loop = loop;
+  d->http = http;
+  d->base = xstrdup(o->base);
+  d->socket = o->socket ? xstrdup(o->socket) : NULL;
+  if (o->tls) {
+    d->use_tls = 1;
+    const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
+    for (int i = 0; i < 3; i++)
+      d->tls_files[i] = in[i] ? xstrdup(in[i]) : NULL;
+    d->tls.cacert = d->tls_files[0];
+    d->tls.cert = d->tls_files[1];
+    d->tls.key = d->tls_files[2];
+  }
+  d->cbs = *cbs;
+  d->ud = ud;
+  d->max_inspects = o->max_inspects > 0 ? o->max_inspects : 32;
+  d->conts = map_new();
+  d->q_tail = &d->q_head;
+  linesplit_init(&d->split, MAX_EVENT_LINE);
+  uv_timer_init(loop, &d->reconnect_timer);
+  uv_timer_init(loop, &d->retry_timer);
+  d->reconnect_timer.data = d;
+  d->retry_timer.data = d;
+  return d;
+}
+
+void docker_start(docker_t *d) {
+  connect_start(d);
+}
+
+void docker_resync(docker_t *d) {
+  if (d->state != ST_STREAM || !d->connected) return;
+  start_list(d, 0);
+}
+
+void docker_refresh(docker_t *d, const char *id) {
+  dcont_t *c = cont_get(d, id, 0);
+  if (!c) return;
+  want_inspect(d, c);
+  pump(d);
+}
+
+void docker_refresh_all(docker_t *d) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, NULL, &v)) want_inspect(d, v);
+  pump(d);
+}
+
+const char *docker_api_version(const docker_t *d) {
+  return d->api;
+}
+
+int docker_connected(const docker_t *d) {
+  return d->connected;
+}
+
+uint64_t docker_reconnects(const docker_t *d) {
+  return d->reconnects;
+}
+
+size_t docker_containers(const docker_t *d) {
+  return map_size(d->conts);
+}
+
+static void timer_closed(uv_handle_t *h) {
+  docker_t *d = h->data;
+  if (--d->open_handles == 0) free(d);
+}
+
+void docker_free(docker_t *d) {
+  if (!d) return;
+  if (d->events_req) http_cancel(d->events_req);
+  if (d->list_req) http_cancel(d->list_req);
+  if (d->ping_req) http_cancel(d->ping_req);
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, NULL, &v)) {
+    dcont_t *c = v;
+    if (c->req) http_cancel(c->req);
+    free(c->id);
+    free(c);
+  }
+  map_free(d->conts);
+  linesplit_free(&d->split);
+  buf_free(&d->errbody);
+  free(d->base);
+  free(d->socket);
+  for (int i = 0; i < 3; i++) free(d->tls_files[i]);
+  d->state = ST_CLOSED;
+  d->open_handles = 2;
+  uv_close((uv_handle_t *)&d->reconnect_timer, timer_closed);
+  uv_close((uv_handle_t *)&d->retry_timer, timer_closed);
+}

@@ -1,0 +1,442 @@
+/* http: libcurl multi inside libuv, as curl's docs/examples/multi-uv.c does
+ * it, with user callbacks deferred until curl has returned. */
+#include "http.h"
+#include "log.h"
+#include "util.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define POOL_MAX 64
+#define DEFAULT_MAX_BODY (256u << 20)
+
+/* One per socket curl asks us to watch; freed in the poll close callback. */
+typedef struct sock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  http_t *h;
+  struct sock *prev, *next;
+} sock_t;
+
+struct http_req {
+  http_t *h;
+  CURL *easy;
+  struct curl_slist *hdrs;
+  buf_t in;         /* buffered body, or stream bytes not yet handed on */
+  buf_t head;       /* header block of the latest response */
+  size_t max_body;
+  int head_done;    /* the final header block is complete */
+  int head_sent;    /* on_head has run */
+  int too_large;
+  int attached;     /* added to the multi handle */
+  int cancelled;
+  int in_cb;        /* a user callback for this request is running */
+  int on_pending;
+  http_head_cb on_head;
+  http_data_cb on_data;
+  http_done_cb on_done;
+  void *data;
+  http_req_t *prev, *next; /* active list */
+  http_req_t *pnext;       /* pending list: has something to hand on */
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+struct http {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t timer;
+  sock_t *socks;
+  http_req_t *reqs;
+  http_req_t *pending, **pending_tail;
+  CURL *pool[POOL_MAX];
+  int npool;
+  size_t active;
+  int dispatching;
+};
+
+static void dispatch(http_t *h);
+
+/* ---- sockets and timer (curl -> libuv) ---- */
+
+static void poll_close_cb(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+static void sock_close(sock_t *s) {
+  if (s->prev) s->prev->next = s->next;
+  else s->h->socks = s->next;
+  if (s->next) s->next->prev = s->prev;
+  uv_poll_stop(&s->poll);
+  uv_close((uv_handle_t *)&s->poll, poll_close_cb);
+}
+
+static void poll_cb(uv_poll_t *handle, int status, int events) {
+  sock_t *s = handle->data;
+  http_t *h = s->h;
+  int flags = 0, running;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  curl_multi_socket_action(h->multi, s->fd, flags, &running);
+  dispatch(h);
+}
+
+static int socket_fn(CURL *easy, curl_socket_t fd, int action, void *userp,
+                     void *socketp) {
+  (void)easy;
+  http_t *h = userp;
+  sock_t *s = socketp;
+  if (action == CURL_POLL_REMOVE) {
+    if (s) {
+      curl_multi_assign(h->multi, fd, NULL);
+      sock_close(s);
+    }
+    return 0;
+  }
+  if (!s) {
+    s = xcalloc(1, sizeof *s);
+    s->fd = fd;
+    s->h = h;
+    if (uv_poll_init_socket(h->loop, &s->poll, fd) < 0) {
+      free(s);
+      return -1;
+    }
+    s->poll.data = s;
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    curl_multi_assign(h->multi, fd, s);
+  }
+  int events = 0;
+  if (action != CURL_POLL_IN) events |= UV_WRITABLE;
+  if (action != CURL_POLL_OUT) events |= UV_READABLE;
+  uv_poll_start(&s->poll, events, poll_cb);
+  return 0;
+}
+
+static void timer_cb(uv_timer_t *t) {
+  http_t *h = t->data;
+  int running;
+  curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  dispatch(h);
+}
+
+/* curl asks for a timeout; never call back into curl from here. */
+static int timer_fn(CURLM *multi, long timeout_ms, void *userp) {
+  (void)multi;
+  http_t *h = userp;
+  if (timeout_ms < 0) {
+    uv_timer_stop(&h->timer);
+  } else {
+    uv_timer_start(&h->timer, timer_cb, timeout_ms ? (uint64_t)timeout_ms : 1,
+                   0);
+  }
+  return 0;
+}
+
+/* ---- curl's per-transfer callbacks: buffer only ---- */
+
+static void mark_pending(http_req_t *r) {
+  if (r->on_pending) return;
+  r->on_pending = 1;
+  r->pnext = NULL;
+  *r->h->pending_tail = r;
+  r->h->pending_tail = &r->pnext;
+}
+
+static size_t write_fn(char *p, size_t size, size_t n, void *ud) {
+  http_req_t *r = ud;
+  size_t len = size * n;
+  if (r->cancelled) return 0;
+  if (!r->on_data && r->in.len + len > r->max_body) {
+    r->too_large = 1;
+    return 0;
+  }
+  buf_append(&r->in, p, len);
+  if (r->on_data) mark_pending(r);
+  return len;
+}
+
+static size_t header_fn(char *p, size_t size, size_t n, void *ud) {
+  http_req_t *r = ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+    /* a new response (after a 1xx): start over */
+    buf_reset(&r->head);
+    r->head_done = 0;
+  }
+  buf_append(&r->head, p, len);
+  if ((len == 2 && p[0] == '\r') || (len == 1 && p[0] == '\n')) {
+    const char *sp = strchr(r->head.data, ' ');
+    if (!(sp && sp[1] == '1')) { /* not an interim 1xx response */
+      r->head_done = 1;
+      if (r->on_head) mark_pending(r);
+    }
+  }
+  return len;
+}
+
+/* ---- requests ---- */
+
+static void req_free(http_req_t *r) {
+  http_t *h = r->h;
+  if (r->easy) {
+    if (h->npool < POOL_MAX) {
+      curl_easy_reset(r->easy);
+      h->pool[h->npool++] = r->easy;
+    } else {
+      curl_easy_cleanup(r->easy);
+    }
+  }
+  curl_slist_free_all(r->hdrs);
+  buf_free(&r->in);
+  buf_free(&r->head);
+  free(r);
+}
+
+/* Takes the request off the multi handle and the active list. */
+static void req_detach(http_req_t *r) {
+  http_t *h = r->h;
+  if (!r->attached) return;
+  r->attached = 0;
+  curl_multi_remove_handle(h->multi, r->easy);
+  if (r->prev) r->prev->next = r->next;
+  else h->reqs = r->next;
+  if (r->next) r->next->prev = r->prev;
+  h->active--;
+}
+
+static void fill_resp(http_req_t *r, http_resp_t *resp) {
+  memset(resp, 0, sizeof *resp);
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp->status);
+  resp->headers = r->head.data ? r->head.data : "";
+  resp->headers_len = r->head.len;
+  if (!r->on_data) {
+    resp->body = r->in.data ? r->in.data : "";
+    resp->body_len = r->in.len;
+  } else {
+    resp->body = "";
+  }
+}
+
+/* Hands on headers and stream data.  Returns 0 if the request is gone. */
+static int deliver(http_req_t *r) {
+  if (r->head_done && !r->head_sent) {
+    r->head_sent = 1;
+    if (r->on_head) {
+      http_resp_t resp;
+      fill_resp(r, &resp);
+      r->in_cb = 1;
+      r->on_head(r, &resp, r->data);
+      r->in_cb = 0;
+      if (r->cancelled) return 0;
+    }
+  }
+  if (r->on_data && r->in.len) {
+    r->in_cb = 1;
+    int stop = r->on_data(r, r->in.data, r->in.len, r->data);
+    r->in_cb = 0;
+    buf_reset(&r->in);
+    if (stop && !r->cancelled) {
+      r->cancelled = 1;
+      req_detach(r);
+    }
+    if (r->cancelled) return 0;
+  }
+  return 1;
+}
+
+static void dispatch(http_t *h) {
+  if (h->dispatching) return;
+  h->dispatching = 1;
+  while (h->pending) {
+    http_req_t *r = h->pending;
+    h->pending = r->pnext;
+    if (!h->pending) h->pending_tail = &h->pending;
+    r->on_pending = 0;
+    if (r->cancelled || !deliver(r)) req_free(r);
+  }
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(h->multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    http_req_t *r;
+    CURLcode code = msg->data.result;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    req_detach(r); /* msg is invalid from here on */
+    if (!deliver(r)) {
+      req_free(r);
+      continue;
+    }
+    http_resp_t resp;
+    fill_resp(r, &resp);
+    if (r->too_large) {
+      resp.error = CURLE_FILESIZE_EXCEEDED;
+      resp.errmsg = "response body too large";
+    } else if (code != CURLE_OK) {
+      resp.error = (int)code;
+      resp.errmsg = r->errbuf[0] ? r->errbuf : curl_easy_strerror(code);
+    }
+    if (r->on_done) {
+      r->in_cb = 1;
+      r->on_done(r, &resp, r->data);
+      r->in_cb = 0;
+    }
+    req_free(r);
+  }
+  h->dispatching = 0;
+}
+
+http_req_t *http_request(http_t *h, const http_opts_t *o) {
+  http_req_t *r = xcalloc(1, sizeof *r);
+  r->h = h;
+  r->easy = h->npool ? h->pool[--h->npool] : curl_easy_init();
+  if (!r->easy) {
+    free(r);
+    return NULL;
+  }
+  buf_init(&r->in);
+  buf_init(&r->head);
+  r->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
+  r->on_head = o->on_head;
+  r->on_data = o->on_data;
+  r->on_done = o->on_done;
+  r->data = o->data;
+
+  CURL *e = r->easy;
+  const char *method = o->method ? o->method : "GET";
+  curl_easy_setopt(e, CURLOPT_URL, o->url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_fn);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_fn);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   o->connect_timeout_ms ? o->connect_timeout_ms : 5000L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (o->unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
+  if (strcmp(method, "GET") == 0) {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  } else {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  if (o->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+  }
+  if (o->tls) {
+    if (o->tls->cacert) curl_easy_setopt(e, CURLOPT_CAINFO, o->tls->cacert);
+    if (o->tls->cert) curl_easy_setopt(e, CURLOPT_SSLCERT, o->tls->cert);
+    if (o->tls->key) curl_easy_setopt(e, CURLOPT_SSLKEY, o->tls->key);
+  }
+  if (o->userpwd) {
+    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(e, CURLOPT_USERPWD, o->userpwd);
+  }
+  /* never wait for a 100-continue that a server may not send */
+  r->hdrs = curl_slist_append(NULL, "Expect:");
+  for (const char *const *p = o->headers; p && *p; p++)
+    r->hdrs = curl_slist_append(r->hdrs, *p);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs);
+
+  if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
+    log_error("http: cannot start %s %s", method, o->url);
+    req_free(r);
+    return NULL;
+  }
+  r->attached = 1;
+  r->next = h->reqs;
+  if (h->reqs) h->reqs->prev = r;
+  h->reqs = r;
+  h->active++;
+  return r;
+}
+
+void http_cancel(http_req_t *r) {
+  if (!r || r->cancelled) return;
+  r->cancelled = 1;
+  req_detach(r);
+  /* the dispatcher frees it once its callback or pending slot is done */
+  if (!r->in_cb && !r->on_pending) req_free(r);
+}
+
+size_t http_active(const http_t *h) {
+  return h->active;
+}
+
+int http_header(const http_resp_t *resp, const char *name, char *out,
+                size_t outlen) {
+  size_t n = strlen(name);
+  const char *p = resp->headers, *end = p + resp->headers_len;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol) eol = end;
+    if ((size_t)(eol - p) > n && strncasecmp(p, name, n) == 0 && p[n] == ':') {
+      const char *v = p + n + 1;
+      while (v < eol && (*v == ' ' || *v == '\t')) v++;
+      const char *ve = eol;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+      size_t len = (size_t)(ve - v);
+      if (len >= outlen) len = outlen - 1;
+      memcpy(out, v, len);
+      out[len] = '\0';
+      return 0;
+    }
+    p = eol + 1;
+  }
+  return -1;
+}
+
+http_t *http_new(uv_loop_t *loop, int max_host_conns) {
+  http_t *h = xcalloc(1, sizeof *h);
+  h->loop = loop;
+  h->pending_tail = &h->pending;
+  h->multi = curl_multi_init();
+  if (!h->multi) {
+    free(h);
+    return NULL;
+  }
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_fn);
+  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
+  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+  curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                    (long)max_host_conns);
+  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)max_host_conns * 2);
+  return h;
+}
+
+static void timer_close_cb(uv_handle_t *handle) {
+  free(handle->data);
+}
+
+void http_free(http_t *h) {
+  if (!h) return;
+  while (h->reqs) {
+    http_req_t *r = h->reqs;
+    r->cancelled = 1;
+    req_detach(r);
+    if (!r->on_pending && !r->in_cb) req_free(r);
+  }
+  while (h->pending) {
+    http_req_t *r = h->pending;
+    h->pending = r->pnext;
+    req_free(r);
+  }
+  h->pending_tail = &h->pending;
+  for (int i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+  h->npool = 0;
+  curl_multi_cleanup(h->multi); /* may still report CURL_POLL_REMOVE */
+  h->multi = NULL;
+  while (h->socks) sock_close(h->socks);
+  uv_timer_stop(&h->timer);
+  uv_close((uv_handle_t *)&h->timer, timer_close_cb);
+}

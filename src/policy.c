@@ -1,0 +1,418 @@
+/* policy: the Lua state, protected calls, budget, memory cap, records. */
+#include "policy.h"
+#include "container.h"
+#include "log.h"
+#include "luareg.h"
+#include "util.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_BUDGET 10000000L
+#define DEFAULT_MEM (64u << 20)
+#define HOOK_EVERY 1000
+#define MAX_KEY 4096
+#define MAX_VALUE (1u << 20)
+
+struct policy {
+  lua_State *L;
+  char *name;        /* file name, or "default" */
+  char *prefix;
+  int ref_policy;    /* the table the script returned */
+  int ref_host;
+  long budget;
+  long steps;        /* instructions run in the current call (approx.) */
+  size_t mem_used, mem_limit;
+  buf_t trace;       /* traceback of the last failure */
+};
+
+/* ---- allocation with a cap (the state's memory limit) ---- */
+
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  policy_t *p = ud;
+  if (!ptr) osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    p->mem_used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && p->mem_used + (nsize - osize) > p->mem_limit)
+    return NULL; /* Lua raises "not enough memory" */
+  void *q = realloc(ptr, nsize);
+  if (!q) return NULL;
+  p->mem_used = p->mem_used - osize + nsize;
+  return q;
+}
+
+static int l_panic(lua_State *L) {
+  log_error("policy: unprotected Lua error: %s", lua_tostring(L, -1));
+  abort(); /* never reached: every entry into Lua is protected */
+}
+
+/* ---- the one protected-call helper ---- */
+
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)",
+                          luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  policy_t *p = *(policy_t **)lua_getextraspace(L);
+  p->steps += HOOK_EVERY;
+  if (p->steps > p->budget)
+    luaL_error(L, "instruction budget of %d exceeded (an endless loop?)",
+               (int)p->budget);
+}
+
+/* Calls the function below nargs arguments.  On failure: -1, the first
+ * line of the message in err, the traceback kept in p->trace. */
+static int pcall(policy_t *p, int nargs, int nres, char *err, size_t errlen) {
+  lua_State *L = p->L;
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  p->steps = 0;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  int st = lua_pcall(L, nargs, nres, base);
+  lua_sethook(L, NULL, 0, 0);
+  lua_remove(L, base);
+  if (st == LUA_OK) return 0;
+  const char *msg = lua_tostring(L, -1);
+  if (!msg) msg = st == LUA_ERRMEM ? "not enough memory" : "unknown error";
+  buf_reset(&p->trace);
+  buf_puts(&p->trace, msg);
+  if (st == LUA_ERRMEM)
+    snprintf(err, errlen, "Lua memory limit of %zu bytes reached",
+             p->mem_limit);
+  else
+    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
+  lua_pop(L, 1);
+  return -1;
+}
+
+/* ---- keys ---- */
+
+int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
+  if (len == 0 || key[0] != '/') {
+    snprintf(err, errlen, "key is not absolute (must start with '/')");
+    return -1;
+  }
+  if (len > MAX_KEY) {
+    snprintf(err, errlen, "key is longer than %d bytes", MAX_KEY);
+    return -1;
+  }
+  if (len > 1 && key[len - 1] == '/') {
+    snprintf(err, errlen, "key ends with '/'");
+    return -1;
+  }
+  if (len == 1) {
+    snprintf(err, errlen, "key is the root \"/\"");
+    return -1;
+  }
+  const char *seg = key + 1, *end = key + len;
+  while (seg <= end) {
+    const char *slash = memchr(seg, '/', (size_t)(end - seg));
+    size_t n = slash ? (size_t)(slash - seg) : (size_t)(end - seg);
+    if (n == 0) {
+      snprintf(err, errlen, "key has an empty segment (\"//\")");
+      return -1;
+    }
+    if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.')) {
+      snprintf(err, errlen, "key has a \".\" or \"..\" segment");
+      return -1;
+    }
+    if (!slash) break;
+    seg = slash + 1;
+  }
+  for (size_t i = 0; i < len; i++) {
+    if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f) {
+      snprintf(err, errlen, "key has a control character");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* ---- records ---- */
+
+void records_init(records_t *r) {
+  memset(r, 0, sizeof *r);
+}
+
+void records_free(records_t *r) {
+  for (size_t i = 0; i < r->n; i++) {
+    free(r->v[i].key);
+    free(r->v[i].value);
+  }
+  free(r->v);
+  records_init(r);
+}
+
+void records_add(records_t *r, const char *key, const char *value,
+                 size_t vlen) {
+  if (r->n == r->cap) {
+    r->cap = r->cap ? r->cap * 2 : 4;
+    r->v = xrealloc(r->v, r->cap * sizeof *r->v);
+  }
+  r->v[r->n].key = xstrdup(key);
+  r->v[r->n].value = xstrndup(value, vlen);
+  r->v[r->n].value_len = vlen;
+  r->n++;
+}
+
+static int record_cmp(const void *a, const void *b) {
+  return strcmp(((const record_t *)a)->key, ((const record_t *)b)->key);
+}
+
+/* ---- loading ---- */
+
+typedef struct {
+  policy_t *p;
+  const policy_opts_t *o;
+} setup_t;
+
+/* Runs inside a protected call (as lua.c's pmain): loads the libraries and
+ * the script, and checks what it returned. */
+static int setup(lua_State *L) {
+  setup_t *s = lua_touserdata(L, 1);
+  policy_t *p = s->p;
+  luareg_open(L);
+
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, s->o->host_ip);
+  lua_setfield(L, -2, "ip");
+  lua_pushstring(L, s->o->hostname);
+  lua_setfield(L, -2, "hostname");
+  p->ref_host = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  int rc = s->o->file ? luaL_loadfilex(L, s->o->file, "t")
+                      : luareg_load_embedded(L, "register.default");
+  if (rc != LUA_OK) return lua_error(L);
+  lua_call(L, 0, 1);
+  if (!lua_istable(L, -1))
+    return luaL_error(L, "the script must return a table, not %s",
+                      luaL_typename(L, -1));
+  if (lua_getfield(L, -1, "records") != LUA_TFUNCTION)
+    return luaL_error(L, "the returned table has no records(container, "
+                         "host) function");
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  p->ref_policy = luaL_ref(L, LUA_REGISTRYINDEX);
+
+  if (lua_getfield(L, -1, "prefix") == LUA_TFUNCTION) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+    lua_call(L, 1, 1);
+    if (!lua_isnil(L, -1)) {
+      size_t len;
+      const char *pre = lua_tolstring(L, -1, &len);
+      char err[200];
+      if (!pre) return luaL_error(L, "prefix() must return a string");
+      if (policy_check_key(pre, len, err, sizeof err) < 0)
+        return luaL_error(L, "prefix() returned \"%s\": %s", pre, err);
+      p->prefix = xstrndup(pre, len);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    return luaL_error(L, "prefix must be a function");
+  }
+  return 0;
+}
+
+policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
+  policy_t *p = xcalloc(1, sizeof *p);
+  p->name = xstrdup(o->file ? o->file : "default");
+  p->budget = o->budget > 0 ? o->budget : DEFAULT_BUDGET;
+  p->mem_limit = o->mem_limit ? o->mem_limit : DEFAULT_MEM;
+  p->ref_policy = p->ref_host = LUA_NOREF;
+  buf_init(&p->trace);
+  p->L = lua_newstate(l_alloc, p);
+  if (!p->L) {
+    snprintf(err, errlen, "cannot create a Lua state");
+    policy_free(p);
+    return NULL;
+  }
+  lua_atpanic(p->L, l_panic);
+  *(policy_t **)lua_getextraspace(p->L) = p;
+  lua_gc(p->L, LUA_GCGEN, 0, 0);
+
+  setup_t s = {p, o};
+  char why[400];
+  lua_pushcfunction(p->L, setup);
+  lua_pushlightuserdata(p->L, &s);
+  if (pcall(p, 1, 0, why, sizeof why) < 0) {
+    snprintf(err, errlen, "policy %s: %s", p->name, why);
+    log_debug("policy %s: %s", p->name, p->trace.data);
+    policy_free(p);
+    return NULL;
+  }
+  return p;
+}
+
+void policy_free(policy_t *p) {
+  if (!p) return;
+  if (p->L) lua_close(p->L);
+  free(p->name);
+  free(p->prefix);
+  buf_free(&p->trace);
+  free(p);
+}
+
+const char *policy_prefix(const policy_t *p) {
+  return p->prefix;
+}
+
+const char *policy_name(const policy_t *p) {
+  return p->name;
+}
+
+const char *policy_traceback(const policy_t *p) {
+  return p->trace.data ? p->trace.data : "";
+}
+
+/* Builds the container table inside Lua's protection (it allocates). */
+typedef struct {
+  const json_value_t *inspect;
+} inspect_box_t;
+
+static int push_container(lua_State *L) {
+  const json_value_t *inspect = ((inspect_box_t *)lua_touserdata(L, 1))->inspect;
+  char err[200];
+  if (container_push(L, inspect, err, sizeof err) < 0)
+    return luaL_error(L, "%s", err);
+  return 1;
+}
+
+/* Walks the table records() returned (at the top of the stack) inside a
+ * protected call: JSON-encoding a table value may raise. */
+typedef struct {
+  policy_t *p;
+  records_t *out;
+  const char *id;
+} collect_t;
+
+static int collect(lua_State *L) {
+  collect_t *c = lua_touserdata(L, 2);
+  int t = 1;
+  char err[200];
+  buf_t enc;
+  buf_init(&enc);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    size_t klen = 0;
+    const char *key =
+        lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
+    if (!key) {
+      log_error("policy %s: container %.12s: a record key is a %s, not a "
+                "string; record skipped",
+                c->p->name, c->id, luaL_typename(L, -2));
+      c->out->rejected++;
+      lua_pop(L, 1);
+      continue;
+    }
+    if (policy_check_key(key, klen, err, sizeof err) < 0) {
+      log_error("policy %s: container %.12s: key \"%s\": %s; record skipped",
+                c->p->name, c->id, key, err);
+      c->out->rejected++;
+      lua_pop(L, 1);
+      continue;
+    }
+    int vt = lua_type(L, -1);
+    const char *val = NULL;
+    size_t vlen = 0;
+    if (vt == LUA_TSTRING) {
+      val = lua_tolstring(L, -1, &vlen);
+    } else if (vt == LUA_TTABLE) {
+      buf_reset(&enc);
+      if (luareg_json_encode(L, -1, 0, &enc, err, sizeof err) < 0) {
+        log_error("policy %s: container %.12s: key \"%s\": %s; record "
+                  "skipped",
+                  c->p->name, c->id, key, err);
+        c->out->rejected++;
+        lua_pop(L, 1);
+        continue;
+      }
+      val = enc.data ? enc.data : "";
+      vlen = enc.len;
+    } else {
+      log_error("policy %s: container %.12s: key \"%s\": value is a %s, not "
+                "a string or table; record skipped",
+                c->p->name, c->id, key, luaL_typename(L, -1));
+      c->out->rejected++;
+      lua_pop(L, 1);
+      continue;
+    }
+    if (vlen > MAX_VALUE) {
+      log_error("policy %s: container %.12s: key \"%s\": value of %zu bytes "
+                "is over the %u byte limit; record skipped",
+                c->p->name, c->id, key, vlen, MAX_VALUE);
+      c->out->rejected++;
+    } else {
+      records_add(c->out, key, val, vlen);
+    }
+    lua_pop(L, 1);
+  }
+  buf_free(&enc);
+  return 0;
+}
+
+int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
+                   char *err, size_t errlen) {
+  lua_State *L = p->L;
+  const char *id = json_get_str(inspect, "Id");
+  char why[400];
+  records_init(out);
+  if (!id) id = "?";
+
+  inspect_box_t box = {inspect};
+  lua_pushcfunction(L, push_container);
+  lua_pushlightuserdata(L, &box);
+  if (pcall(p, 1, 1, why, sizeof why) < 0) {
+    snprintf(err, errlen, "container %.12s: %s", id, why);
+    return -1;
+  }
+  /* stack: container */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
+  lua_getfield(L, -1, "records");
+  lua_remove(L, -2);
+  lua_insert(L, -2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  if (pcall(p, 2, 1, why, sizeof why) < 0) {
+    snprintf(err, errlen, "policy %s: records() failed for container %.12s: "
+             "%s",
+             p->name, id, why);
+    log_debug("%s", p->trace.data);
+    return -1;
+  }
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!lua_istable(L, -1)) {
+    snprintf(err, errlen, "policy %s: records() returned a %s for container "
+             "%.12s, not a table or nil",
+             p->name, luaL_typename(L, -1), id);
+    lua_pop(L, 1);
+    return -1;
+  }
+  collect_t c = {p, out, id};
+  lua_pushcfunction(L, collect);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, &c);
+  if (pcall(p, 2, 0, why, sizeof why) < 0) {
+    snprintf(err, errlen, "policy %s: container %.12s: %s", p->name, id, why);
+    records_free(out);
+    return -1;
+  }
+  if (out->n > 1) qsort(out->v, out->n, sizeof *out->v, record_cmp);
+  return 0;
+}

@@ -1,0 +1,790 @@
+/* reconcile: desired records per container vs what etcd holds; a queue of
+ * keys, bounded concurrency, backoff, TTL refresh, listing and repair. */
+#include "reconcile.h"
+#include "json.h"
+#include "log.h"
+#include "map.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 30000
+
+/* An immutable, reference-counted value: the value a container wants and
+ * the value etcd holds are usually the same bytes, kept once. */
+typedef struct rstr {
+  size_t refs;
+  size_t len;
+  char s[];
+} rstr_t;
+
+typedef struct rkey rkey_t;
+typedef struct rcont rcont_t;
+
+typedef struct owner {
+  rkey_t *key;
+  rcont_t *cont;
+  rstr_t *value;
+  struct owner *knext; /* the key's owners, newest first */
+  struct owner *cnext; /* the container's owners */
+  unsigned seen;       /* generation mark used by reconcile_set */
+} owner_t;
+
+struct rcont {
+  char *id;
+  char *image;
+  owner_t *owners;
+};
+
+typedef enum { ACT_NONE, ACT_PUT, ACT_REFRESH, ACT_DELETE, ACT_RMDIR } act_t;
+
+struct rkey {
+  char *key;           /* also the map key */
+  owner_t *owners;     /* newest first; owners->value is what we want */
+  rstr_t *have;        /* what etcd holds (NULL: absent), if have_known */
+  rstr_t *sent;        /* the value of the write in flight */
+  unsigned have_known : 1;
+  unsigned have_ttl : 1;   /* etcd's copy expires (from a listing) */
+  unsigned queued : 1;
+  unsigned inflight : 1;
+  unsigned refresh_due : 1;
+  unsigned owned_once : 1; /* owned in this process: may go before sync */
+  unsigned failed : 1;     /* refused by etcd; waits for a change/resync */
+  unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
+  unsigned again : 1;      /* touched while in flight: look again after */
+  unsigned mark;           /* listing generation that saw this key */
+  act_t act;           /* the request in flight */
+  char *gone_id;       /* last owner, for the removal log line */
+  char *gone_image;
+  rkey_t *qnext;
+  etcd_op_t *op;
+  reconcile_t *r;
+};
+
+struct reconcile {
+  uv_loop_t *loop;
+  etcd_t *etcd;
+  char *prefix;
+  size_t prefix_len;
+  long ttl;
+  int max_inflight;
+  int dry_run;
+  void (*changed)(void *, const char *, const char *, const char *, size_t);
+  void (*converged_cb)(void *);
+  void *ud;
+
+  map_t *keys;         /* key -> rkey_t */
+  map_t *dirs;         /* directory -> rkey_t (is_dir) */
+  map_t *conts;        /* container id -> rcont_t */
+  rkey_t *q_head, **q_tail;
+  size_t nqueued;
+  int inflight;
+  size_t nfailed;
+  unsigned gen;
+
+  int primed;          /* the prefix has been listed once */
+  int docker_synced;
+  int was_converged;
+  int pumping;
+  etcd_op_t *list_op;
+  int list_again;      /* a resync was asked while a listing ran */
+  uv_timer_t backoff_timer, refresh_timer, list_timer;
+  int paused;
+  unsigned failures;
+  uint64_t list_backoff_ms;
+  int open_handles;
+  uint64_t puts, refreshes, deletes, errors;
+};
+
+static void pump(reconcile_t *r);
+static void start_list(reconcile_t *r);
+
+/* ---- values ---- */
+
+static rstr_t *rstr_new(const char *s, size_t len) {
+  rstr_t *v = xmalloc(sizeof *v + len + 1);
+  v->refs = 1;
+  v->len = len;
+  memcpy(v->s, s, len);
+  v->s[len] = '\0';
+  return v;
+}
+
+static rstr_t *rstr_ref(rstr_t *v) {
+  if (v) v->refs++;
+  return v;
+}
+
+static void rstr_unref(rstr_t *v) {
+  if (v && --v->refs == 0) free(v);
+}
+
+static int rstr_eq(const rstr_t *a, const char *s, size_t len) {
+  return a && a->len == len && memcmp(a->s, s, len) == 0;
+}
+
+static void set_have(rkey_t *k, rstr_t *v) {
+  rstr_t *old = k->have;
+  k->have = rstr_ref(v);
+  rstr_unref(old);
+  k->have_known = 1;
+}
+
+/* ---- keys and the queue ---- */
+
+static int in_prefix(const reconcile_t *r, const char *key) {
+  if (!r->prefix) return 0;
+  return strncmp(key, r->prefix, r->prefix_len) == 0 &&
+         (key[r->prefix_len] == '/' || key[r->prefix_len] == '\0');
+}
+
+static rkey_t *key_get(reconcile_t *r, const char *key, int create) {
+  rkey_t *k = map_get(r->keys, key);
+  if (k || !create) return k;
+  k = xcalloc(1, sizeof *k);
+  k->r = r;
+  k->key = xstrdup(key);
+  /* after the listing, absence from it (and from the map) means absent */
+  if (r->primed && in_prefix(r, key)) k->have_known = 1;
+  map_put(r->keys, k->key, k);
+  return k;
+}
+
+static void key_free(rkey_t *k) {
+  rstr_unref(k->have);
+  rstr_unref(k->sent);
+  free(k->gone_id);
+  free(k->gone_image);
+  free(k->key);
+  free(k);
+}
+
+/* Forgets a key nobody wants that etcd does not hold. */
+static void maybe_drop(reconcile_t *r, rkey_t *k) {
+  if (k->owners || k->queued || k->inflight) return;
+  if (!k->is_dir && !(k->have_known && !k->have)) return;
+  if (k->failed) r->nfailed--;
+  map_del(k->is_dir ? r->dirs : r->keys, k->key);
+  key_free(k);
+}
+
+static void touch(reconcile_t *r, rkey_t *k) {
+  if (k->queued) return;
+  k->queued = 1;
+  k->qnext = NULL;
+  *r->q_tail = k;
+  r->q_tail = &k->qnext;
+  r->nqueued++;
+}
+
+static void touch_all(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->failed) {
+      k->failed = 0;
+      r->nfailed--;
+    }
+    touch(r, k);
+  }
+}
+
+static void set_failed(reconcile_t *r, rkey_t *k, int failed) {
+  if (k->failed == (unsigned)!!failed) return;
+  k->failed = !!failed;
+  if (failed) r->nfailed++;
+  else r->nfailed--;
+}
+
+/* ---- converged ---- */
+
+int reconcile_converged(const reconcile_t *r) {
+  return r->primed && r->docker_synced && !r->q_head && r->inflight == 0 &&
+         r->nfailed == 0 && !r->paused && !r->list_op;
+}
+
+static void check_converged(reconcile_t *r) {
+  int now = reconcile_converged(r);
+  if (now && !r->was_converged) {
+    log_debug("reconcile: converged, %zu keys", map_size(r->keys));
+    r->was_converged = 1;
+    if (r->converged_cb) r->converged_cb(r->ud);
+    return;
+  }
+  r->was_converged = now;
+}
+
+/* ---- backoff ---- */
+
+static void backoff_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  r->paused = 0;
+  pump(r);
+}
+
+static void backoff(reconcile_t *r) {
+  if (r->paused) return;
+  r->paused = 1;
+  uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
+  if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
+  r->failures++;
+  d = d / 2 + util_rand((uint32_t)d / 2 + 1);
+  uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* ---- requests ---- */
+
+static const char *owner_id(const rkey_t *k) {
+  return k->owners ? k->owners->cont->id : k->gone_id;
+}
+
+static const char *owner_image(const rkey_t *k) {
+  return k->owners ? k->owners->cont->image : k->gone_image;
+}
+
+static void dry_print(const char *op, const rkey_t *k, const rstr_t *v) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "{\"op\":");
+  json_escape(&b, op, strlen(op));
+  buf_puts(&b, ",\"key\":");
+  json_escape(&b, k->key, strlen(k->key));
+  if (v) {
+    buf_puts(&b, ",\"value\":");
+    json_escape(&b, v->s, v->len);
+  }
+  const char *id = owner_id(k);
+  if (id) {
+    buf_puts(&b, ",\"container\":");
+    json_escape(&b, id, strlen(id));
+  }
+  buf_puts(&b, "}\n");
+  fwrite(b.data, 1, b.len, stdout);
+  fflush(stdout);
+  buf_free(&b);
+}
+
+/* The parent directory of a key, if it is still inside the prefix. */
+static void queue_parent_dir(reconcile_t *r, const char *key) {
+  if (!r->etcd || !etcd_has_dirs(r->etcd) || !r->prefix) return;
+  const char *slash = strrchr(key, '/');
+  if (!slash || slash == key) return;
+  size_t n = (size_t)(slash - key);
+  if (n < r->prefix_len) return;
+  char *dir = xstrndup(key, n);
+  if (!in_prefix(r, dir)) {
+    free(dir);
+    return;
+  }
+  rkey_t *d = map_get(r->dirs, dir);
+  if (!d) {
+    d = xcalloc(1, sizeof *d);
+    d->r = r;
+    d->key = dir;
+    d->is_dir = 1;
+    map_put(r->dirs, d->key, d);
+  } else {
+    free(dir);
+  }
+  touch(r, d);
+}
+
+static void op_done(void *data, const etcd_result_t *res);
+
+static void issue(reconcile_t *r, rkey_t *k, act_t act) {
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  k->act = act;
+  k->inflight = 1;
+  r->inflight++;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  if (r->dry_run) {
+    if (act == ACT_PUT) dry_print("put", k, want);
+    else if (act == ACT_DELETE) dry_print("delete", k, NULL);
+    etcd_result_t ok = {ETCD_OK, NULL};
+    op_done(k, &ok);
+    return;
+  }
+  switch (act) {
+  case ACT_PUT:
+    k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl, op_done, k);
+    break;
+  case ACT_REFRESH:
+    k->op = etcd_refresh(r->etcd, k->key, r->ttl, op_done, k);
+    break;
+  case ACT_DELETE: k->op = etcd_delete(r->etcd, k->key, op_done, k); break;
+  case ACT_RMDIR: k->op = etcd_delete_dir(r->etcd, k->key, op_done, k); break;
+  case ACT_NONE: break;
+  }
+  if (!k->op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    op_done(k, &fail);
+  }
+}
+
+static void log_change(const char *what, const rkey_t *k) {
+  log_fields(LOG_INFO, what, "key", k->key, "container", owner_id(k), "image",
+             owner_image(k), NULL);
+}
+
+static void op_done(void *data, const etcd_result_t *res) {
+  static const etcd_result_t ok = {ETCD_OK, NULL};
+  rkey_t *k = data;
+  reconcile_t *r = k->r;
+  act_t act = k->act;
+  int again = k->again;
+  k->again = 0;
+  k->op = NULL;
+  k->inflight = 0;
+  k->act = ACT_NONE;
+  r->inflight--;
+
+  if (res->status == ETCD_UNAVAILABLE) {
+    r->errors++;
+    log_fields(LOG_WARN, "etcd unavailable; will retry", "key", k->key,
+               "error", res->error, NULL);
+    backoff(r);
+    touch(r, k);
+    pump(r);
+    return;
+  }
+  r->failures = 0;
+  switch (act) {
+  case ACT_PUT:
+    if (res->status == ETCD_OK) {
+      r->puts++;
+      log_change(k->have_known && k->have ? "updated" : "registered", k);
+      set_have(k, k->sent);
+      k->have_ttl = r->ttl > 0;
+      k->refresh_due = 0;
+      if (r->changed) r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+    }
+    break;
+  case ACT_REFRESH:
+    if (res->status == ETCD_OK) {
+      r->refreshes++;
+      k->refresh_due = 0;
+      k->have_ttl = 1;
+      log_fields(LOG_DEBUG, "refreshed", "key", k->key, NULL);
+    } else if (res->status == ETCD_NOT_FOUND) {
+      /* expired, or etcd lost it: write it again */
+      log_fields(LOG_WARN, "key vanished from etcd; writing it again", "key",
+                 k->key, NULL);
+      k->refresh_due = 0;
+      set_have(k, NULL);
+      res = &ok;
+    }
+    break;
+  case ACT_DELETE:
+    if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+      r->deletes++;
+      if (res->status == ETCD_OK || r->dry_run) {
+        log_change(owner_id(k) ? "removed" : "removed stale key", k);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      set_have(k, NULL);
+      res = &ok;
+      queue_parent_dir(r, k->key);
+    }
+    break;
+  case ACT_RMDIR:
+    if (res->status == ETCD_OK) {
+      log_fields(LOG_DEBUG, "removed empty directory", "key", k->key, NULL);
+      queue_parent_dir(r, k->key);
+    }
+    /* not empty, or gone already: either way nothing more to do here */
+    res = &ok;
+    break;
+  case ACT_NONE: break;
+  }
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    log_fields(LOG_ERROR, "etcd refused the write; retrying at the next "
+                          "change or resync",
+               "key", k->key, "error", res->error, NULL);
+    set_failed(r, k, 1);
+  } else if (!k->is_dir || again) {
+    touch(r, k); /* it may have changed while in flight */
+  }
+  if (k->is_dir && !k->queued) maybe_drop(r, k);
+  pump(r);
+}
+
+/* What a key needs now. */
+static act_t decide(reconcile_t *r, rkey_t *k) {
+  if (k->is_dir) return ACT_RMDIR;
+  if (k->failed) return ACT_NONE;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  if (!r->primed && in_prefix(r, k->key)) return ACT_NONE; /* wait */
+  if (want) {
+    if (!k->have_known || !rstr_eq(k->have, want->s, want->len))
+      return ACT_PUT;
+    if (r->ttl > 0) /* also gives a TTL to a key written without one */
+      return k->refresh_due || !k->have_ttl ? ACT_REFRESH : ACT_NONE;
+    return k->have_ttl ? ACT_PUT : ACT_NONE; /* ours must not expire */
+  }
+  if (k->have_known && !k->have) return ACT_NONE;
+  if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+  return ACT_DELETE;
+}
+
+static void pump(reconcile_t *r) {
+  if (r->pumping) return;
+  r->pumping = 1;
+  while (!r->paused && r->q_head && r->inflight < r->max_inflight) {
+    rkey_t *k = r->q_head;
+    r->q_head = k->qnext;
+    if (!r->q_head) r->q_tail = &r->q_head;
+    k->queued = 0;
+    r->nqueued--;
+    if (k->inflight) { /* look again when it completes */
+      k->again = 1;
+      continue;
+    }
+    act_t act = decide(r, k);
+    if (act == ACT_NONE) {
+      maybe_drop(r, k);
+      continue;
+    }
+    issue(r, k, act);
+  }
+  r->pumping = 0;
+  check_converged(r);
+}
+
+/* ---- owners ---- */
+
+static void owner_detach(reconcile_t *r, owner_t *o) {
+  rkey_t *k = o->key;
+  for (owner_t **pp = &k->owners; *pp; pp = &(*pp)->knext) {
+    if (*pp == o) {
+      *pp = o->knext;
+      break;
+    }
+  }
+  k->owned_once = 1;
+  if (!k->owners) {
+    free(k->gone_id);
+    free(k->gone_image);
+    k->gone_id = xstrdup(o->cont->id);
+    k->gone_image = xstrdup(o->cont->image ? o->cont->image : "");
+  }
+  set_failed(r, k, 0);
+  touch(r, k);
+  rstr_unref(o->value);
+  free(o);
+}
+
+static void cont_drop(reconcile_t *r, rcont_t *c) {
+  while (c->owners) {
+    owner_t *o = c->owners;
+    c->owners = o->cnext;
+    owner_detach(r, o);
+  }
+  map_del(r->conts, c->id);
+  free(c->id);
+  free(c->image);
+  free(c);
+}
+
+void reconcile_set(reconcile_t *r, const char *id, const char *image,
+                   const records_t *recs) {
+  rcont_t *c = map_get(r->conts, id);
+  if (!recs || recs->n == 0) {
+    if (c) cont_drop(r, c);
+    pump(r);
+    return;
+  }
+  if (!c) {
+    c = xcalloc(1, sizeof *c);
+    c->id = xstrdup(id);
+    map_put(r->conts, c->id, c);
+  }
+  if (!c->image || strcmp(c->image, image ? image : "") != 0) {
+    free(c->image);
+    c->image = xstrdup(image ? image : "");
+  }
+  unsigned gen = ++r->gen;
+  for (size_t i = 0; i < recs->n; i++) {
+    const record_t *rec = &recs->v[i];
+    rkey_t *k = key_get(r, rec->key, 1);
+    owner_t *o = NULL;
+    for (owner_t *x = k->owners; x; x = x->knext)
+      if (x->cont == c) o = x;
+    if (o && rstr_eq(o->value, rec->value, rec->value_len)) {
+      o->seen = gen;
+      continue;
+    }
+    if (!o) {
+      o = xcalloc(1, sizeof *o);
+      o->key = k;
+      o->cont = c;
+      o->cnext = c->owners;
+      c->owners = o;
+    } else {
+      rstr_unref(o->value);
+      for (owner_t **pp = &k->owners; *pp; pp = &(*pp)->knext) {
+        if (*pp == o) {
+          *pp = o->knext;
+          break;
+        }
+      }
+    }
+    /* share the bytes etcd already holds when they are the same */
+    o->value = rstr_eq(k->have, rec->value, rec->value_len)
+                   ? rstr_ref(k->have)
+                   : rstr_new(rec->value, rec->value_len);
+    o->seen = gen;
+    o->knext = k->owners; /* the newest owner's value wins */
+    k->owners = o;
+    free(k->gone_id);
+    free(k->gone_image);
+    k->gone_id = k->gone_image = NULL;
+    set_failed(r, k, 0);
+    touch(r, k);
+  }
+  for (owner_t **pp = &c->owners; *pp;) {
+    owner_t *o = *pp;
+    if (o->seen == gen) {
+      pp = &o->cnext;
+      continue;
+    }
+    *pp = o->cnext;
+    owner_detach(r, o);
+  }
+  pump(r);
+}
+
+/* ---- listing: start-up and resync ---- */
+
+static void list_timer_cb(uv_timer_t *t) {
+  start_list(t->data);
+}
+
+static void list_done(void *data, const etcd_result_t *res,
+                      const etcd_kv_t *kvs, size_t n, const char *const *dirs,
+                      size_t ndirs) {
+  reconcile_t *r = data;
+  r->list_op = NULL;
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
+    if (r->list_backoff_ms > BACKOFF_MAX_MS) r->list_backoff_ms = BACKOFF_MAX_MS;
+    log_fields(LOG_WARN, "cannot list the owned prefix; will retry", "prefix",
+               r->prefix, "error", res->error, NULL);
+    uv_timer_start(&r->list_timer, list_timer_cb,
+                   r->list_backoff_ms / 2 +
+                       util_rand((uint32_t)r->list_backoff_ms / 2 + 1),
+                   0);
+    check_converged(r);
+    return;
+  }
+  if (r->list_backoff_ms) log_info("etcd: prefix %s listed again", r->prefix);
+  r->list_backoff_ms = 0;
+  /* what etcd holds now, for every key not being written right now */
+  unsigned gen = ++r->gen;
+  for (size_t i = 0; i < n; i++) {
+    if (!in_prefix(r, kvs[i].key)) continue;
+    rkey_t *k = key_get(r, kvs[i].key, 1);
+    k->mark = gen;
+    if (!k->inflight) {
+      if (!rstr_eq(k->have, kvs[i].value, kvs[i].value_len)) {
+        rstr_t *v = rstr_new(kvs[i].value, kvs[i].value_len);
+        set_have(k, v);
+        rstr_unref(v);
+      }
+      k->have_known = 1;
+      k->have_ttl = kvs[i].ttl > 0;
+      /* a key of a previous run keeps its old TTL: make it ours */
+      if (r->ttl > 0 && !r->primed) k->refresh_due = 1;
+    }
+  }
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->mark == gen || k->inflight || !in_prefix(r, k->key)) continue;
+    set_have(k, NULL); /* not listed: etcd does not hold it */
+  }
+  for (size_t i = 0; i < ndirs; i++) {
+    if (strcmp(dirs[i], r->prefix) == 0 || in_prefix(r, dirs[i])) {
+      char *child = xasprintf("%s/x", dirs[i]);
+      queue_parent_dir(r, child);
+      free(child);
+    }
+  }
+  if (!r->primed) {
+    r->primed = 1;
+    log_info("etcd: %zu keys under %s", n, r->prefix);
+  }
+  touch_all(r);
+  if (r->list_again) {
+    r->list_again = 0;
+    start_list(r);
+  }
+  pump(r);
+}
+
+static void start_list(reconcile_t *r) {
+  if (r->list_op) {
+    r->list_again = 1;
+    return;
+  }
+  r->list_op = etcd_list(r->etcd, r->prefix, list_done, r);
+  if (!r->list_op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    list_done(r, &fail, NULL, 0, NULL, 0);
+  }
+}
+
+void reconcile_start(reconcile_t *r) {
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    pump(r);
+    return;
+  }
+  start_list(r);
+}
+
+void reconcile_resync(reconcile_t *r) {
+  if (!r->primed || !r->prefix || r->dry_run) {
+    touch_all(r);
+    pump(r);
+    return;
+  }
+  start_list(r);
+}
+
+void reconcile_docker_synced(reconcile_t *r, int synced) {
+  int was = r->docker_synced;
+  r->docker_synced = synced;
+  if (synced && !was) touch_all(r); /* orphans may go now */
+  pump(r);
+}
+
+void reconcile_deregister(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->conts);
+  while (map_iter_next(&it, NULL, &v)) cont_drop(r, v);
+  pump(r);
+}
+
+/* ---- TTL refresh ---- */
+
+static void refresh_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->primed) return;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->owners && k->have) {
+      k->refresh_due = 1;
+      touch(r, k);
+    }
+  }
+  pump(r);
+}
+
+/* ---- life cycle ---- */
+
+reconcile_t *reconcile_new(const reconcile_opts_t *o) {
+  reconcile_t *r = xcalloc(1, sizeof *r);
+  r->loop = o->loop;
+  r->etcd = o->etcd;
+  if (o->prefix) {
+    r->prefix = xstrdup(o->prefix);
+    r->prefix_len = strlen(r->prefix);
+  }
+  r->ttl = o->ttl;
+  r->max_inflight = o->max_inflight > 0 ? o->max_inflight : 64;
+  r->dry_run = o->dry_run;
+  r->changed = o->changed;
+  r->converged_cb = o->converged;
+  r->ud = o->ud;
+  r->keys = map_new();
+  r->dirs = map_new();
+  r->conts = map_new();
+  r->q_tail = &r->q_head;
+  uv_timer_init(r->loop, &r->backoff_timer);
+  uv_timer_init(r->loop, &r->refresh_timer);
+  uv_timer_init(r->loop, &r->list_timer);
+  r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
+  if (r->ttl > 0) {
+    /* refresh well before expiry: a third of the TTL, at least 1 s */
+    uint64_t every = (uint64_t)r->ttl * 1000 / 3;
+    if (every < 1000) every = 1000;
+    uv_timer_start(&r->refresh_timer, refresh_cb, every, every);
+  }
+  return r;
+}
+
+void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
+  memset(s, 0, sizeof *s);
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v))
+    if (((rkey_t *)v)->owners) s->keys++;
+  s->containers = map_size(r->conts);
+  s->queued = r->nqueued;
+  s->inflight = (size_t)r->inflight;
+  s->failed = r->nfailed;
+  s->puts = r->puts;
+  s->refreshes = r->refreshes;
+  s->deletes = r->deletes;
+  s->errors = r->errors;
+}
+
+static void timer_closed(uv_handle_t *h) {
+  reconcile_t *r = h->data;
+  if (--r->open_handles == 0) free(r);
+}
+
+static void free_keys(map_t *m) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, m);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->op) etcd_cancel(k->op);
+    key_free(k);
+  }
+  map_free(m);
+}
+
+void reconcile_free(reconcile_t *r) {
+  if (!r) return;
+  if (r->list_op) etcd_cancel(r->list_op);
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->conts);
+  while (map_iter_next(&it, NULL, &v)) {
+    rcont_t *c = v;
+    while (c->owners) {
+      owner_t *o = c->owners;
+      c->owners = o->cnext;
+      rstr_unref(o->value);
+      free(o);
+    }
+    free(c->id);
+    free(c->image);
+    free(c);
+  }
+  map_free(r->conts);
+  free_keys(r->keys);
+  free_keys(r->dirs);
+  free(r->prefix);
+  r->open_handles = 3;
+  uv_close((uv_handle_t *)&r->backoff_timer, timer_closed);
+  uv_close((uv_handle_t *)&r->refresh_timer, timer_closed);
+  uv_close((uv_handle_t *)&r->list_timer, timer_closed);
+}

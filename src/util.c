@@ -1,0 +1,213 @@
+/* util: allocation, buffers and string helpers shared by every module. */
+#include "util.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void oom(size_t n) {
+  log_error("out of memory allocating %zu bytes", n);
+  abort();
+}
+
+void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) oom(n);
+  return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (!p) oom(n * size);
+  return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+  void *q = realloc(p, n ? n : 1);
+  if (!q) oom(n);
+  return q;
+}
+
+char *xstrdup(const char *s) {
+  return xstrndup(s, strlen(s));
+}
+
+char *xstrndup(const char *s, size_t n) {
+  char *p = xmalloc(n + 1);
+  memcpy(p, s, n);
+  p[n] = '\0';
+  return p;
+}
+
+char *xasprintf(const char *fmt, ...) {
+  buf_t b;
+  va_list ap;
+  buf_init(&b);
+  va_start(ap, fmt);
+  buf_vprintf(&b, fmt, ap);
+  va_end(ap);
+  return buf_detach(&b);
+}
+
+void buf_init(buf_t *b) {
+  b->data = NULL;
+  b->len = 0;
+  b->cap = 0;
+}
+
+void buf_free(buf_t *b) {
+  free(b->data);
+  buf_init(b);
+}
+
+void buf_reset(buf_t *b) {
+  b->len = 0;
+  if (b->data) b->data[0] = '\0';
+}
+
+void buf_reserve(buf_t *b, size_t extra) {
+  size_t need = b->len + extra + 1;
+  if (need <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 64;
+  while (cap < need) cap *= 2;
+  b->data = xrealloc(b->data, cap);
+  b->cap = cap;
+}
+
+void buf_append(buf_t *b, const void *p, size_t n) {
+  buf_reserve(b, n);
+  if (n) memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+}
+
+void buf_puts(buf_t *b, const char *s) {
+  buf_append(b, s, strlen(s));
+}
+
+void buf_putc(buf_t *b, char c) {
+  buf_reserve(b, 1);
+  b->data[b->len++] = c;
+  b->data[b->len] = '\0';
+}
+
+void buf_vprintf(buf_t *b, const char *fmt, va_list ap) {
+  va_list cp;
+  va_copy(cp, ap);
+  int n = vsnprintf(NULL, 0, fmt, cp);
+  va_end(cp);
+  if (n < 0) return;
+  buf_reserve(b, (size_t)n);
+  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+  b->len += (size_t)n;
+}
+
+void buf_printf(buf_t *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  buf_vprintf(b, fmt, ap);
+  va_end(ap);
+}
+
+void buf_consume(buf_t *b, size_t n) {
+  if (n >= b->len) {
+    buf_reset(b);
+    return;
+  }
+  memmove(b->data, b->data + n, b->len - n);
+  b->len -= n;
+  b->data[b->len] = '\0';
+}
+
+char *buf_detach(buf_t *b) {
+  char *p = b->data ? b->data : xstrdup("");
+  buf_init(b);
+  return p;
+}
+
+void util_urlencode(buf_t *out, const char *s, size_t n, const char *keep) {
+  static const char hex[] = "0123456789ABCDEF";
+  buf_reserve(out, n);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+        c == '~' || (c && keep && strchr(keep, c))) {
+      buf_putc(out, (char)c);
+    } else {
+      char e[3] = {'%', hex[c >> 4], hex[c & 15]};
+      buf_append(out, e, 3);
+    }
+  }
+}
+
+static const char b64[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void util_base64_encode(buf_t *out, const void *p, size_t n) {
+  const unsigned char *s = p;
+  buf_reserve(out, (n + 2) / 3 * 4);
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)s[i] << 16;
+    if (i + 1 < n) v |= (uint32_t)s[i + 1] << 8;
+    if (i + 2 < n) v |= s[i + 2];
+    char q[4] = {b64[(v >> 18) & 63], b64[(v >> 12) & 63],
+                 i + 1 < n ? b64[(v >> 6) & 63] : '=',
+                 i + 2 < n ? b64[v & 63] : '='};
+    buf_append(out, q, 4);
+  }
+}
+
+static int b64val(char c) {
+  const char *p = c ? strchr(b64, c) : NULL;
+  return p ? (int)(p - b64) : -1;
+}
+
+int util_base64_decode(buf_t *out, const char *s, size_t n) {
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t i = 0;
+  for (; i < n && s[i] != '='; i++) {
+    int v = b64val(s[i]);
+    if (v < 0) return -1;
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      buf_putc(out, (char)((acc >> bits) & 0xff));
+    }
+  }
+  for (; i < n; i++)
+    if (s[i] != '=') return -1;
+  return 0;
+}
+
+uint64_t util_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint32_t util_rand(uint32_t n) {
+  static int seeded;
+  if (!seeded) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    srandom((unsigned)(ts.tv_nsec ^ ts.tv_sec));
+    seeded = 1;
+  }
+  return n ? (uint32_t)random() % n : 0;
+}
+
+int util_parse_long(const char *s, long min, long max, long *out) {
+  char *end;
+  if (!s || !*s) return -1;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
