@@ -88,6 +88,8 @@ struct reconcile {
   int primed;          /* the prefix has been listed once */
   int docker_synced;
   int was_converged;
+  int ever_converged;
+  uint64_t errors_at_converge; /* say "in sync" again after trouble */
   int pumping;
   etcd_op_t *list_op;
   int list_again;      /* a resync was asked while a listing ran */
@@ -211,7 +213,16 @@ int reconcile_converged(const reconcile_t *r) {
 static void check_converged(reconcile_t *r) {
   int now = reconcile_converged(r);
   if (now && !r->was_converged) {
-    log_debug("reconcile: converged, %zu keys", map_size(r->keys));
+    reconcile_stats_t st;
+    reconcile_stats(r, &st);
+    if (!r->ever_converged || r->errors != r->errors_at_converge)
+      log_info("in sync: %zu keys from %zu containers", st.keys,
+               st.containers);
+    else
+      log_debug("in sync: %zu keys from %zu containers", st.keys,
+                st.containers);
+    r->ever_converged = 1;
+    r->errors_at_converge = r->errors;
     r->was_converged = 1;
     if (r->converged_cb) r->converged_cb(r->ud);
     return;

@@ -1,0 +1,428 @@
+"""Test harness: real etcd, real dockerd and the register binary, on loopback.
+
+Every test starts what it needs and stops it again; nothing talks to an
+address outside 127.0.0.0/8.  Readers are independent of register:
+etcdctl (v2 and v3) and the docker CLI.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+BUILD = os.environ.get("REGISTER_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+REGISTER = os.environ.get("REGISTER_BIN", os.path.join(BUILD, "register"))
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# One data root for every test's dockerd, so images are built once.
+DOCKER_ROOT = os.environ.get("REGISTER_DOCKER_ROOT", "/var/tmp/register-test-docker")
+VALGRIND = os.environ.get("REGISTER_VALGRIND")  # run register under valgrind
+
+
+def log(*a):
+    print("[test]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
+    """Polls pred() until it returns a truthy value; fails the test after timeout."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # a service still starting
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def tmpdir(prefix="rt"):
+    # short paths: unix sockets have a 108-byte limit
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+class Etcd:
+    """One etcd member or a cluster member; v2 enabled."""
+
+    def __init__(self, name="default", cluster=None, client_port=None, peer_port=None, data_dir=None):
+        self.name = name
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.dir = data_dir or tmpdir("re")
+        self.cluster = cluster  # "n1=http://...,n2=..." or None
+        self.proc = None
+        self.url = f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, wait=True):
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            "etcd", "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", self.cluster or f"{self.name}={peer}",
+            "--initial-cluster-state", "new", "--enable-v2=true",
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+        ]
+        self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        wait_for(lambda: self.health(), timeout, what=f"etcd {self.name} healthy")
+
+    def health(self):
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except urllib.error.HTTPError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def wipe(self):
+        """Stops etcd and deletes its data: a member that lost everything."""
+        self.kill()
+        shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- v2 reads, straight over HTTP (the tests also use etcdctl) --
+    def v2(self, path, method="GET", data=None, timeout=5):
+        req = urllib.request.Request(self.url + "/v2/keys" + urllib.parse.quote(path), method=method, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read()), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read() or b"{}"), dict(e.headers)
+
+    def tree(self, prefix="/registered"):
+        """{key: value} for every key below prefix (v2, recursive)."""
+        req = urllib.request.Request(self.url + "/v2/keys" + urllib.parse.quote(prefix) + "?recursive=true")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return {}
+            raise
+        out = {}
+
+        def walk(n):
+            if n.get("dir"):
+                for c in n.get("nodes", []):
+                    walk(c)
+            else:
+                out[n["key"]] = n.get("value")
+        walk(body["node"])
+        return out
+
+    def etcdctl(self, *args, api="2", check=True):
+        env = dict(os.environ, ETCDCTL_API=api)
+        ep = ["--endpoints", self.url]
+        r = subprocess.run(["etcdctl", *ep, *args], env=env, capture_output=True, text=True, timeout=20)
+        if check and r.returncode != 0:
+            raise AssertionError(f"etcdctl {args} failed: {r.stderr}")
+        return r.stdout
+
+    def ls(self, prefix="/registered"):
+        """etcdctl ls --recursive, as the original README shows it."""
+        out = self.etcdctl("ls", "--recursive", prefix, check=False)
+        return [l for l in out.splitlines() if l]
+
+    def index(self):
+        _, h = self.v2("/")
+        return int(h.get("X-Etcd-Index", 0))
+
+
+class Cluster:
+    """Three etcd members on loopback."""
+
+    def __init__(self, n=3):
+        names = [f"m{i}" for i in range(n)]
+        ports = [(free_port(), free_port()) for _ in names]
+        cluster = ",".join(f"{nm}=http://127.0.0.1:{pp}" for nm, (_, pp) in zip(names, ports))
+        self.members = [Etcd(nm, cluster, cp, pp) for nm, (cp, pp) in zip(names, ports)]
+
+    def start(self):
+        for m in self.members:
+            m.start(wait=False)
+        for m in self.members:
+            m.wait_ready(60)
+        return self
+
+    def endpoints(self):
+        return ",".join(m.url for m in self.members)
+
+    def cleanup(self):
+        for m in self.members:
+            m.cleanup()
+
+
+def sh(*args, env=None, check=True, timeout=120, input=None):
+    r = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+class Dockerd:
+    """A dockerd of our own: its own socket, exec root and pidfile, one shared
+    data root (so images are built once), no iptables, vfs storage."""
+
+    BIP = "172.31.254.1/24"
+
+    def __init__(self):
+        self.dir = tmpdir("rd")
+        self.sock = os.path.join(self.dir, "d.sock")
+        self.host = "unix://" + self.sock
+        self.env = dict(os.environ, DOCKER_HOST=self.host)
+        self.proc = None
+
+    def start(self, timeout=60):
+        # a docker0 left by another dockerd with another address blocks us
+        r = subprocess.run(["ip", "-4", "addr", "show", "docker0"], capture_output=True, text=True)
+        if r.returncode == 0 and self.BIP.split("/")[0] not in r.stdout:
+            subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+        os.makedirs(DOCKER_ROOT, exist_ok=True)
+        args = ["dockerd", "--host", self.host, "--data-root", DOCKER_ROOT,
+                "--exec-root", os.path.join(self.dir, "x"), "--pidfile", os.path.join(self.dir, "d.pid"),
+                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", "--bip", self.BIP]
+        self.log = open(os.path.join(self.dir, "dockerd.log"), "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.ping(), timeout, what="dockerd to answer")
+        return self
+
+    def ping(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("dockerd exited: see " + self.log.name)
+        r = subprocess.run(["curl", "-sf", "--unix-socket", self.sock, "http://d/_ping"], capture_output=True)
+        return r.returncode == 0
+
+    def docker(self, *args, check=True, timeout=120):
+        return sh("docker", *args, env=self.env, check=check, timeout=timeout)
+
+    def clean(self):
+        ids = self.docker("ps", "-aq").split()
+        if ids:
+            self.docker("rm", "-f", *ids)
+
+    def images(self):
+        """The test images: bbx (EXPOSE 80 53/udp 9200), and tags of it."""
+        have = self.docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        if "bbx:latest" not in have:
+            ctx = tmpdir("ri")
+            try:
+                os.makedirs(os.path.join(ctx, "root", "bin"))
+                shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
+                for a in ("sh", "sleep", "nc", "true", "cat"):
+                    os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
+                sh("tar", "-C", os.path.join(ctx, "root"), "-cf", os.path.join(ctx, "base.tar"), ".")
+                self.docker("import", os.path.join(ctx, "base.tar"), "bbbase:latest")
+                bctx = os.path.join(ctx, "build")
+                os.makedirs(bctx)
+                with open(os.path.join(bctx, "Dockerfile"), "w") as f:
+                    f.write('FROM bbbase:latest\nEXPOSE 80 53/udp 9200\nCMD ["/bin/sleep","3600"]\n')
+                self.docker("build", "-q", "-t", "bbx:latest", bctx)
+            finally:
+                shutil.rmtree(ctx, ignore_errors=True)
+        return self
+
+    def run(self, *args, image="bbx"):
+        """docker run -d ARGS IMAGE; returns the full container id."""
+        return self.docker("run", "-d", *args, image)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self):
+        """kill -9 dockerd only (containerd and shims live on, as in real life)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.clean()
+            except Exception as e:
+                log("cleanup:", e)
+        self.stop()
+        # dockerd -9 leaves its containerd behind: stop ours
+        subprocess.run(["pkill", "-f", "containerd.*" + self.dir], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Register:
+    """The daemon under test; stderr goes to a log file the test can read."""
+
+    def __init__(self, *args, env=None, host_ip="10.9.8.7"):
+        self.args = list(args)
+        self.host_ip = host_ip
+        self.dir = tmpdir("rr")
+        self.logpath = os.path.join(self.dir, "register.log")
+        self.env = dict(os.environ)
+        self.env.pop("DOCKER_HOST", None)
+        self.env.pop("ETCD_ENDPOINT", None)
+        self.env["HOST_IP"] = host_ip
+        if env:
+            self.env.update(env)
+        self.proc = None
+
+    def start(self):
+        cmd = [REGISTER, *self.args]
+        if VALGRIND:
+            cmd = ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+                   "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
+                   "--log-file=" + os.path.join(self.dir, "valgrind.%p"), *cmd]
+        self.logf = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=self.logf)
+        return self
+
+    def output(self):
+        with open(self.logpath, "r", errors="replace") as f:
+            return f.read()
+
+    def wait_log(self, text, timeout=20, count=1):
+        def seen():
+            if self.proc.poll() is not None and self.output().count(text) < count:
+                raise AssertionError(f"register exited ({self.proc.returncode}) before logging {text!r}:\n" + self.output())
+            return self.output().count(text) >= count
+        wait_for(seen, timeout, what=f"log line {text!r}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("register did not exit after signal:\n" + self.output())
+        self.proc = None
+        if VALGRIND and sig != signal.SIGKILL:
+            for f in os.listdir(self.dir):
+                if f.startswith("valgrind."):
+                    text = open(os.path.join(self.dir, f)).read()
+                    assert "definitely lost: 0" in text or "no leaks are possible" in text, text
+                    assert "ERROR SUMMARY: 0 errors" in text, text
+        return rc
+
+    def kill9(self):
+        return self.stop(signal.SIGKILL)
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if os.environ.get("REGISTER_KEEP_LOGS"):
+            log("register log kept in", self.logpath)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def default_value(cid, image, bindings):
+    """The exact bytes the default policy must write: bindings are
+    (host_ip, host_port, private_port, proto) in Docker's order."""
+    objs = [
+        '{"container":"%s","image":"%s","ip":"%s","public_port":"%s","private_port":"%s","port_type":"%s"}'
+        % (cid, image, ip, hp, pp, proto)
+        for ip, hp, pp, proto in bindings
+    ]
+    return "[" + ",".join(objs) + "]"
+
+
+def inspect_bindings(d, cid):
+    """Bindings from docker inspect, in the order Docker sends them."""
+    doc = json.loads(d.docker("inspect", cid), object_pairs_hook=list)  # keeps key order
+    netset = [v for k, v in doc[0] if k == "NetworkSettings"][0]
+    ports = [v for k, v in netset if k == "Ports"][0]
+    out = []
+    for key, binds in ports:
+        if binds is None:
+            continue
+        port, _, proto = key.partition("/")
+        for b in binds:
+            b = dict(b)
+            out.append((b["HostIp"], b["HostPort"], port, proto or "tcp"))
+    return out
+
+
+class Suite:
+    """Runs test functions in order, with cleanups; exit code for ctest."""
+
+    def __init__(self):
+        self.tests = []
+        self.cleanups = []
+
+    def test(self, fn):
+        self.tests.append(fn)
+        return fn
+
+    def defer(self, fn):
+        self.cleanups.append(fn)
+
+    def run(self):
+        only = sys.argv[1:]
+        failed = 0
+        try:
+            for fn in self.tests:
+                if only and fn.__name__ not in only:
+                    continue
+                t0 = time.time()
+                log(f"--- {fn.__name__}")
+                try:
+                    fn()
+                    log(f"ok {fn.__name__} ({time.time() - t0:.1f}s)")
+                except Exception:
+                    failed += 1
+                    import traceback
+                    traceback.print_exc()
+                    log(f"FAIL {fn.__name__}")
+        finally:
+            for c in reversed(self.cleanups):
+                try:
+                    c()
+                except Exception as e:
+                    log("cleanup failed:", e)
+        sys.exit(1 if failed else 0)
