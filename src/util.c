@@ -75,6 +75,7 @@ void buf_reserve(buf_t *b, size_t extra) {
   while (cap < need) cap *= 2;
   b->data = xrealloc(b->data, cap);
   b->cap = cap;
+  b->data[b->len] = '\0'; /* always a valid C string */
 }
 
 void buf_append(buf_t *b, const void *p, size_t n) {

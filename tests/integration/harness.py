@@ -329,7 +329,9 @@ class Register:
             return self.output().count(text) >= count
         wait_for(seen, timeout, what=f"log line {text!r}")
 
-    def stop(self, sig=signal.SIGTERM, timeout=20):
+    def stop(self, sig=signal.SIGTERM, timeout=20, expect=0):
+        """Signals register and waits; a clean exit must be 0 (under ASan that
+        also means no leaks at shutdown).  expect=None skips the check."""
         if not self.proc:
             return None
         if self.proc.poll() is None:
@@ -340,6 +342,8 @@ class Register:
             self.proc.kill()
             raise AssertionError("register did not exit after signal:\n" + self.output())
         self.proc = None
+        if sig != signal.SIGKILL and expect is not None and rc != expect:
+            raise AssertionError(f"register exited {rc}, expected {expect}:\n" + self.output()[-4000:])
         if VALGRIND and sig != signal.SIGKILL:
             for f in os.listdir(self.dir):
                 if f.startswith("valgrind."):
@@ -349,7 +353,7 @@ class Register:
         return rc
 
     def kill9(self):
-        return self.stop(signal.SIGKILL)
+        return self.stop(signal.SIGKILL, expect=None)
 
     def cleanup(self):
         if self.proc and self.proc.poll() is None:

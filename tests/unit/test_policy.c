@@ -1,0 +1,286 @@
+/* policy + container: inspect JSON -> Lua table, the default policy's exact
+ * bytes, record validation, script errors, budget and memory cap. */
+#include "json.h"
+#include "policy.h"
+#include "test.h"
+
+#include <unistd.h>
+
+static policy_t *load(const char *src, char *err, size_t n) {
+  char path[] = "/tmp/register-test-policy-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  ASSERT(write(fd, src, strlen(src)) == (ssize_t)strlen(src));
+  close(fd);
+  policy_opts_t o = {path, "10.0.0.1", "node1", 200000, 4u << 20};
+  policy_t *p = policy_new(&o, err, n);
+  unlink(path);
+  return p;
+}
+
+static policy_t *load_ok(const char *src) {
+  char err[600];
+  policy_t *p = load(src, err, sizeof err);
+  if (!p) FAIL("policy did not load: %s", err);
+  return p;
+}
+
+static json_doc_t *inspect(const char *name) {
+  size_t len;
+  char *text = test_read(name, &len), err[200];
+  json_doc_t *d = json_parse(text, len, err, sizeof err);
+  free(text);
+  if (!d) FAIL("%s: %s", name, err);
+  /* docker inspect prints an array of one */
+  return d;
+}
+
+static const json_value_t *first(json_doc_t *d) {
+  const json_value_t *r = json_root(d);
+  return r->type == JSON_ARRAY ? r->u.child : r;
+}
+
+static const char *host_port(const json_value_t *c, const char *port, int i) {
+  const char *path[] = {"NetworkSettings", "Ports", port, NULL};
+  const json_value_t *b = json_path(c, path)->u.child;
+  while (i--) b = b->next;
+  return json_get_str(b, "HostPort");
+}
+
+static const char *rec(const records_t *r, const char *key) {
+  for (size_t i = 0; i < r->n; i++)
+    if (strcmp(r->v[i].key, key) == 0) return r->v[i].value;
+  return NULL;
+}
+
+static void run(policy_t *p, const json_value_t *c, records_t *out) {
+  char err[600];
+  if (policy_records(p, c, out, err, sizeof err) < 0) FAIL("records: %s", err);
+}
+
+TEST(default_policy_exact_bytes) {
+  char err[300];
+  policy_opts_t o = {NULL, "10.0.0.1", "node1", 0, 0};
+  policy_t *p = policy_new(&o, err, sizeof err);
+  ASSERT(p);
+  ASSERT_STR_EQ(policy_prefix(p), "/registered/10.0.0.1");
+
+  json_doc_t *d = inspect("inspect/multi.json");
+  const json_value_t *c = first(d);
+  const char *id = json_get_str(c, "Id");
+  records_t r;
+  run(p, c, &r);
+  ASSERT_EQ(r.n, 1);
+  char key[200], want[1000];
+  snprintf(key, sizeof key, "/registered/10.0.0.1/bbx/%s", id);
+  snprintf(want, sizeof want,
+           "[{\"container\":\"%s\",\"image\":\"bbx\",\"ip\":\"127.0.0.1\","
+           "\"public_port\":\"5353\",\"private_port\":\"53\",\"port_type\":"
+           "\"udp\"},{\"container\":\"%s\",\"image\":\"bbx\",\"ip\":"
+           "\"127.0.0.1\",\"public_port\":\"%s\",\"private_port\":\"80\","
+           "\"port_type\":\"tcp\"},{\"container\":\"%s\",\"image\":\"bbx\","
+           "\"ip\":\"127.0.0.1\",\"public_port\":\"%s\",\"private_port\":"
+           "\"9200\",\"port_type\":\"tcp\"}]",
+           id, id, host_port(c, "80/tcp", 0), id, host_port(c, "9200/tcp", 0));
+  ASSERT_STR_EQ(r.v[0].key, key);
+  ASSERT_STR_EQ(r.v[0].value, want);
+  records_free(&r);
+  json_free(d);
+
+  d = inspect("inspect/namespaced.json");
+  c = first(d);
+  id = json_get_str(c, "Id");
+  run(p, c, &r);
+  snprintf(key, sizeof key,
+           "/registered/10.0.0.1/localhost:5000::team::web:1.2/%s", id);
+  ASSERT_STR_EQ(r.v[0].key, key);
+  ASSERT_CONTAINS(r.v[0].value, "\"image\":\"localhost:5000::team::web:1.2\"");
+  records_free(&r);
+  json_free(d);
+
+  d = inspect("inspect/twobind.json");
+  c = first(d);
+  run(p, c, &r);
+  ASSERT_EQ(r.n, 1);
+  /* both bindings of 80/tcp, in Docker's binding order */
+  char b0[300], b1[300];
+  const char *path[] = {"NetworkSettings", "Ports", "80/tcp", NULL};
+  const json_value_t *bind = json_path(c, path)->u.child;
+  snprintf(b0, sizeof b0, "\"ip\":\"%s\",\"public_port\":\"%s\"",
+           json_get_str(bind, "HostIp"), json_get_str(bind, "HostPort"));
+  snprintf(b1, sizeof b1, "\"ip\":\"%s\",\"public_port\":\"%s\"",
+           json_get_str(bind->next, "HostIp"),
+           json_get_str(bind->next, "HostPort"));
+  ASSERT(strstr(r.v[0].value, b0) < strstr(r.v[0].value, b1));
+  records_free(&r);
+  json_free(d);
+
+  d = inspect("inspect/unpublished.json");
+  run(p, first(d), &r);
+  ASSERT_EQ(r.n, 0); /* exposed, not published: nothing */
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+}
+
+TEST(container_table) {
+  policy_t *p = load_ok(
+      "local register = require 'register'\n"
+      "return { records = function(c, host)\n"
+      "  local nets = {}\n"
+      "  for name, n in pairs(c.networks) do nets[#nets+1] = name .. '=' .. "
+      "n.ip .. '/' .. n.gateway end\n"
+      "  return {\n"
+      "    ['/t/id'] = c.id, ['/t/name'] = c.name, ['/t/image'] = c.image,\n"
+      "    ['/t/image_id'] = c.image_id,\n"
+      "    ['/t/env'] = c.env.SERVICE_NAME .. '|' .. c.env.EMPTY .. '|' .. "
+      "c.env.EQ,\n"
+      "    ['/t/label'] = c.labels.team,\n"
+      "    ['/t/ports'] = register.json.encode(c.ports, {'private_port', "
+      "'proto'}),\n"
+      "    ['/t/exposed'] = register.json.encode(c.exposed, {'private_port', "
+      "'proto'}),\n"
+      "    ['/t/nets'] = table.concat(nets, ','),\n"
+      "    ['/t/state'] = tostring(c.state.running) .. ' ' .. c.state.status,\n"
+      "    ['/t/inspect'] = c.inspect.Config.Hostname .. ' ' .. "
+      "tostring(c.inspect.NetworkSettings.Ports['9200/tcp'][1].HostPort ~= "
+      "nil) .. ' ' .. tostring(c.inspect.HostConfig.Links == register.null),\n"
+      "    ['/t/host'] = host.ip .. ' ' .. host.hostname,\n"
+      "  } end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  const json_value_t *c = first(d);
+  records_t r;
+  run(p, c, &r);
+  ASSERT_STR_EQ(rec(&r, "/t/id"), json_get_str(c, "Id"));
+  ASSERT_STR_EQ(rec(&r, "/t/name"), "web-1"); /* no leading '/' */
+  ASSERT_STR_EQ(rec(&r, "/t/image"), "bbx");
+  ASSERT_STR_EQ(rec(&r, "/t/image_id"), json_get_str(c, "Image"));
+  ASSERT_STR_EQ(rec(&r, "/t/env"), "web||a=b");
+  ASSERT_STR_EQ(rec(&r, "/t/label"), "core");
+  char want[600];
+  snprintf(want, sizeof want,
+           "[{\"private_port\":\"53\",\"proto\":\"udp\",\"host_ip\":"
+           "\"127.0.0.1\",\"host_port\":\"5353\"},{\"private_port\":\"80\","
+           "\"proto\":\"tcp\",\"host_ip\":\"127.0.0.1\",\"host_port\":\"%s\"},"
+           "{\"private_port\":\"9200\",\"proto\":\"tcp\",\"host_ip\":"
+           "\"127.0.0.1\",\"host_port\":\"%s\"}]",
+           host_port(c, "80/tcp", 0), host_port(c, "9200/tcp", 0));
+  ASSERT_STR_EQ(rec(&r, "/t/ports"), want);
+  ASSERT_STR_EQ(rec(&r, "/t/exposed"),
+                "[{\"private_port\":\"53\",\"proto\":\"udp\"},{"
+                "\"private_port\":\"80\",\"proto\":\"tcp\"},{\"private_port\":"
+                "\"9200\",\"proto\":\"tcp\"}]");
+  ASSERT_CONTAINS(rec(&r, "/t/nets"), "bridge=172.31.254.");
+  ASSERT_STR_EQ(rec(&r, "/t/state"), "true running");
+  char hn[100];
+  snprintf(hn, sizeof hn, "%.12s true true", json_get_str(c, "Id"));
+  ASSERT_STR_EQ(rec(&r, "/t/inspect"), hn);
+  ASSERT_STR_EQ(rec(&r, "/t/host"), "10.0.0.1 node1");
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+}
+
+TEST(json_encode_order_escaping_types) {
+  policy_t *p = load_ok(
+      "local j = require('register').json\n"
+      "return { records = function(c)\n"
+      "  return {\n"
+      "    ['/a'] = j.encode({b=1, a='x/y', c={true,false}, d=j.array()}),\n"
+      "    ['/b'] = j.encode({z=1, y=2, x=3}, {'y', 'z'}),\n"
+      "    ['/c'] = j.encode({1.5, 2.0, -3, 'a\"\\n\\1'}),\n"
+      "    ['/d'] = j.encode({}),\n"
+      "    ['/e'] = j.encode(j.null),\n"
+      "    ['/f'] = j.encode({[1]='a', [3]='c'}),\n"
+      "    ['/g'] = {k='v', n=1},\n"
+      "  } end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  run(p, first(d), &r);
+  ASSERT_STR_EQ(rec(&r, "/a"),
+                "{\"a\":\"x/y\",\"b\":1,\"c\":[true,false],\"d\":[]}");
+  ASSERT_STR_EQ(rec(&r, "/b"), "{\"y\":2,\"z\":1,\"x\":3}");
+  ASSERT_STR_EQ(rec(&r, "/c"), "[1.5,2.0,-3,\"a\\\"\\n\\u0001\"]");
+  ASSERT_STR_EQ(rec(&r, "/d"), "{}");
+  ASSERT_STR_EQ(rec(&r, "/e"), "null");
+  ASSERT_STR_EQ(rec(&r, "/f"), "{\"1\":\"a\",\"3\":\"c\"}"); /* sparse */
+  ASSERT_STR_EQ(rec(&r, "/g"), "{\"k\":\"v\",\"n\":1}"); /* table value */
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+}
+
+TEST(bad_records_are_skipped_the_rest_kept) {
+  policy_t *p = load_ok(
+      "return { records = function(c)\n"
+      "  return { ['/ok'] = 'fine', ['relative'] = 'x', ['/a//b'] = 'x',\n"
+      "           ['/a/../b'] = 'x', ['/trailing/'] = 'x', [42] = 'x',\n"
+      "           ['/num'] = 7, ['/fn'] = print, ['/ctl\\n'] = 'x',\n"
+      "           ['/cycle'] = setmetatable({}, {}) }\n"
+      "  end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  run(p, first(d), &r);
+  ASSERT_EQ(r.n, 2); /* '/ok' and '/cycle' (an empty table: "{}") */
+  ASSERT_STR_EQ(rec(&r, "/ok"), "fine");
+  ASSERT_EQ(r.rejected, 8);
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+
+  char err[300];
+  ASSERT_EQ(policy_check_key("/registered/1.2.3.4/img/abc", 27, err, sizeof err),
+            0);
+  ASSERT_EQ(policy_check_key("/", 1, err, sizeof err), -1);
+  ASSERT_EQ(policy_check_key("/a/./b", 6, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "\".\" or \"..\"");
+}
+
+TEST(script_errors_are_reported_not_fatal) {
+  char err[600];
+  /* load errors name the file and line */
+  ASSERT(load("return {", err, sizeof err) == NULL);
+  ASSERT_CONTAINS(err, ":1: unexpected symbol near <eof>");
+  ASSERT(load("return 42", err, sizeof err) == NULL);
+  ASSERT_CONTAINS(err, "must return a table, not number");
+  ASSERT(load("return {}", err, sizeof err) == NULL);
+  ASSERT_CONTAINS(err, "no records(container, host) function");
+  ASSERT(load("return {records=print, prefix=function() return 'x' end}", err,
+              sizeof err) == NULL);
+  ASSERT_CONTAINS(err, "prefix() returned \"x\"");
+  ASSERT(load("error({})", err, sizeof err) == NULL);
+  ASSERT_CONTAINS(err, "error object is a table value");
+
+  policy_t *p = load_ok("local n = 0\n"
+                        "return { records = function(c)\n"
+                        "  n = n + 1\n"
+                        "  if n == 1 then error('boom') end\n"
+                        "  if n == 2 then return 5 end\n"
+                        "  if n == 3 then while true do end end\n"
+                        "  if n == 4 then local t = {} for i = 1, 1e9 do "
+                        "t[i] = ('x'):rep(100000) .. i end end\n"
+                        "  return { ['/ok'] = 'after' }\n"
+                        "end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, ":4: boom");
+  ASSERT_CONTAINS(policy_traceback(p), "stack traceback");
+  ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "returned a number");
+  ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "instruction budget");
+  ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "memory limit");
+  /* and the state still works afterwards */
+  run(p, first(d), &r);
+  ASSERT_STR_EQ(rec(&r, "/ok"), "after");
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+}
+
+TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
+          TEST_ENTRY(json_encode_order_escaping_types),
+          TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
+          TEST_ENTRY(script_errors_are_reported_not_fatal))
