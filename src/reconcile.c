@@ -95,6 +95,7 @@ struct reconcile {
   int list_again;      /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer;
   int paused;
+  int outage;          /* etcd is unreachable: said once, not per key */
   unsigned failures;
   uint64_t list_backoff_ms;
   int open_handles;
@@ -357,14 +358,28 @@ static void op_done(void *data, const etcd_result_t *res) {
 
   if (res->status == ETCD_UNAVAILABLE) {
     r->errors++;
-    log_fields(LOG_WARN, "etcd unavailable; will retry", "key", k->key,
-               "error", res->error, NULL);
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN, "etcd unavailable; keeping the desired state and "
+                           "retrying with backoff",
+                 "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
+                 res->error, NULL);
+    }
     backoff(r);
     touch(r, k);
     pump(r);
     return;
   }
   r->failures = 0;
+  if (r->outage) {
+    /* etcd may have restarted without its data meanwhile: look again */
+    r->outage = 0;
+    log_info("etcd reachable again; checking %s", r->prefix ? r->prefix
+                                                            : "every key");
+    reconcile_resync(r);
+  }
   switch (act) {
   case ACT_PUT:
     if (res->status == ETCD_OK) {
@@ -586,8 +601,15 @@ static void list_done(void *data, const etcd_result_t *res,
     r->errors++;
     r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
     if (r->list_backoff_ms > BACKOFF_MAX_MS) r->list_backoff_ms = BACKOFF_MAX_MS;
-    log_fields(LOG_WARN, "cannot list the owned prefix; will retry", "prefix",
-               r->prefix, "error", res->error, NULL);
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN, "etcd unavailable: cannot list the owned prefix; "
+                           "retrying with backoff",
+                 "prefix", r->prefix, "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
+                 NULL);
+    }
     uv_timer_start(&r->list_timer, list_timer_cb,
                    r->list_backoff_ms / 2 +
                        util_rand((uint32_t)r->list_backoff_ms / 2 + 1),
@@ -595,7 +617,10 @@ static void list_done(void *data, const etcd_result_t *res,
     check_converged(r);
     return;
   }
-  if (r->list_backoff_ms) log_info("etcd: prefix %s listed again", r->prefix);
+  if (r->outage) {
+    r->outage = 0;
+    log_info("etcd reachable again");
+  }
   r->list_backoff_ms = 0;
   /* what etcd holds now, for every key not being written right now */
   unsigned gen = ++r->gen;

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Installs what register needs to build, run and test on Debian 12
+# (bookworm).  Does nothing when everything is there already.
+set -eu
+
+PACKAGES="build-essential cmake pkg-config clang clang-format valgrind
+liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev
+etcd-server etcd-client docker.io busybox-static
+python3 curl iproute2 procps openssl ca-certificates"
+
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing packages:$missing (run as root to install them)" >&2
+  exit 1
+fi
+echo "install-deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+# services these packages would start are not ours: the tests start their own
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt-get update -q
+apt-get install -y -q --no-install-recommends $missing

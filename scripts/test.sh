@@ -1,0 +1,28 @@
+#!/bin/sh
+# The whole test suite: unit tests (C), policy tests (Lua) and integration
+# tests against real etcd and dockerd that the tests start themselves, on a
+# normal build and again under AddressSanitizer + UndefinedBehaviorSanitizer.
+#
+#   scripts/test.sh            everything (as root: dockerd needs it)
+#   scripts/test.sh -L unit    extra arguments go to ctest
+set -eu
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== build" >&2
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+echo "== tests" >&2
+(cd build && ctest --output-on-failure -j"$jobs" "$@")
+
+echo "== build with ASan + UBSan" >&2
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DREGISTER_ASAN=ON >/dev/null
+cmake --build build-asan -j"$jobs"
+echo "== tests under ASan + UBSan" >&2
+(cd build-asan &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --output-on-failure -j"$jobs" "$@")
+echo "== all tests passed" >&2
