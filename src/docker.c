@@ -13,8 +13,8 @@
 #define API_NEW_EVENTS "1.22" /* Type/Action/Actor appeared here */
 #define MAX_EVENT_LINE (1u << 20)
 #define BACKOFF_MIN_MS 250
-#define BACKOFF_MAX_MS 30000
-#define RETRY_MAX_MS 60000
+#define BACKOFF_MAX_MS 5000
+#define RETRY_MAX_MS 30000
 
 typedef struct dcont {
   char *id;             /* owned; also the map key */
@@ -51,6 +51,7 @@ struct docker {
   buf_t errbody; /* body of a refused event stream request */
 
   map_t *conts;
+  map_t *unknown_types; /* event types already reported as ignored */
   dcont_t *q_head, **q_tail;
   int inflight, max_inspects;
   uint64_t seq;
@@ -268,7 +269,8 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   char why[300];
 
   if (!r->error && r->status == 404) {
-    log_debug("docker: container %.12s is gone (inspect: 404)", c->id);
+    log_info("docker: container %.12s vanished before it could be inspected",
+             c->id);
     cont_gone(d, c);
     pump(d);
     return;
@@ -488,6 +490,13 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
       c->seq = d->seq;
       want_inspect(d, c);
     }
+  } else if (strcmp(ev->type, "network") != 0) {
+    /* we asked for container and network events only */
+    if (!map_get(d->unknown_types, ev->type) && map_size(d->unknown_types) < 64) {
+      char *t = xstrdup(ev->type);
+      map_put(d->unknown_types, t, t);
+      log_info("docker: ignoring events of type \"%s\"", ev->type);
+    }
   } else if (strcmp(ev->type, "network") == 0 &&
              (strcmp(ev->action, "connect") == 0 ||
               strcmp(ev->action, "disconnect") == 0)) {
@@ -501,26 +510,38 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
   pump(d);
 }
 
+/* A lost event may have been a start or a die: list again to be sure. */
+static void event_lost(docker_t *d) {
+  if (d->connected) start_list(d, 0);
+}
+
 static void on_line(void *ud, const char *p, size_t n) {
   docker_t *d = ud;
   char err[200];
   json_doc_t *doc = json_parse(p, n, err, sizeof err);
   if (!doc) {
-    log_warn("docker: event skipped: %s (%zu bytes)", err, n);
+    log_warn("docker: event skipped: %s (%zu bytes); listing containers "
+             "again",
+             err, n);
+    event_lost(d);
     return;
   }
   docker_event_t ev;
-  if (docker_parse_event(json_root(doc), d->legacy, &ev, err, sizeof err) < 0)
-    log_warn("docker: event skipped: %s", err);
-  else
+  if (docker_parse_event(json_root(doc), d->legacy, &ev, err, sizeof err) < 0) {
+    log_warn("docker: event skipped: %s; listing containers again", err);
+    event_lost(d);
+  } else {
     handle_event(d, &ev);
+  }
   json_free(doc);
 }
 
 static void on_too_long(void *ud, size_t n) {
-  (void)ud;
-  log_warn("docker: event skipped: line of %zu bytes exceeds %u bytes", n,
-           MAX_EVENT_LINE);
+  docker_t *d = ud;
+  log_warn("docker: event skipped: a line of %zu bytes is over the %u byte "
+           "limit; listing containers again",
+           n, MAX_EVENT_LINE);
+  event_lost(d);
 }
 
 static const linesplit_cbs_t split_cbs = {on_line, on_too_long};
@@ -731,6 +752,7 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   d->ud = ud;
   d->max_inspects = o->max_inspects > 0 ? o->max_inspects : 32;
   d->conts = map_new();
+  d->unknown_types = map_new();
   d->q_tail = &d->q_head;
   linesplit_init(&d->split, MAX_EVENT_LINE);
   uv_timer_init(loop, &d->reconnect_timer);
@@ -800,6 +822,9 @@ void docker_free(docker_t *d) {
     free(c);
   }
   map_free(d->conts);
+  map_iter_init(&it, d->unknown_types);
+  while (map_iter_next(&it, NULL, &v)) free(v);
+  map_free(d->unknown_types);
   linesplit_free(&d->split);
   buf_free(&d->errbody);
   free(d->base);

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define BACKOFF_MIN_MS 200
-#define BACKOFF_MAX_MS 30000
+#define BACKOFF_MAX_MS 5000
 
 /* An immutable, reference-counted value: the value a container wants and
  * the value etcd holds are usually the same bytes, kept once. */

@@ -1,0 +1,268 @@
+"""Faults a real dockerd will not produce, from a fake Docker API server:
+malformed JSON, a stream cut mid-object, one enormous line, unknown event
+types, a 500 from inspect, a container that vanishes between event and
+inspect, old and new API versions.  Each gets a clear log line, and nothing
+registered is lost."""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fake_docker import FakeDocker  # noqa: E402
+from harness import Etcd, Register, Suite, default_value, tmpdir, wait_for  # noqa: E402
+
+IP = "10.7.7.7"
+suite = Suite()
+etcd = Etcd().start()
+suite.defer(etcd.cleanup)
+
+
+def setup(api="1.41"):
+    fake = FakeDocker(os.path.join(tmpdir("rf"), "d.sock"), api=api).start()
+    suite.defer(fake.stop)
+    return fake
+
+
+def expected(fake):
+    out = {}
+    for c in fake.running():
+        binds = []
+        for port, bl in c["NetworkSettings"]["Ports"].items():
+            if bl is None:
+                continue
+            p, _, proto = port.partition("/")
+            binds += [(b["HostIp"], b["HostPort"], p, proto) for b in bl]
+        if binds:
+            img = c["Config"]["Image"].replace("/", "::")
+            out[f"/registered/{IP}/{img}/{c['Id']}"] = default_value(c["Id"], img, binds)
+    return out
+
+
+def converged(fake, timeout=15):
+    wait_for(lambda: etcd.tree(f"/registered/{IP}") == expected(fake), timeout,
+             what="etcd to equal the fake daemon's truth")
+
+
+def start(fake, *extra):
+    r = Register("--etcd", etcd.url, "--docker", fake.host, *extra, host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    return r
+
+
+def finish(r, fake):
+    """Every test ends clean: remove what it registered."""
+    for c in list(fake.containers):
+        fake.remove(c)
+        fake.emit(fake.event("destroy", c))
+    wait_for(lambda: etcd.tree(f"/registered/{IP}") == {}, what="clean up")
+    r.stop()
+
+
+@suite.test
+def malformed_event_json_is_logged_and_resynced():
+    fake = setup()
+    base = fake.add(ports=[("53/udp", [("127.0.0.1", "5353")]), ("80/tcp", [("127.0.0.1", "32768")])])
+    r = start(fake)
+    converged(fake)
+    before = etcd.tree()
+    # a container starts, but its start event arrives mangled
+    silent = fake.add()
+    fake.emit(b'{"Type":"container","Action":"start","Actor":{"ID":"' + silent.encode() + b'"\n')
+    r.wait_log("event skipped: invalid JSON at byte")
+    converged(fake)  # the listing after a lost event finds it
+    assert all(etcd.tree().get(k) == v for k, v in before.items())
+    finish(r, fake)
+
+
+@suite.test
+def stream_cut_mid_object_reconnects_and_converges():
+    fake = setup()
+    keep = fake.add()
+    gone = fake.add()
+    r = start(fake)
+    converged(fake)
+    fake.wait_streams(1)
+    # while the stream is down: one container dies, another starts
+    fake.set_running(gone, False)
+    new = fake.add()
+    fake.cut(b'{"Type":"container","Action":"st')
+    r.wait_log("Docker event stream ended")
+    assert "cut mid-event" in r.output(), r.output()
+    fake.wait_streams(2)
+    converged(fake)
+    assert f"/registered/{IP}/bbx/{keep}" in etcd.tree()
+    assert f"/registered/{IP}/bbx/{new}" in etcd.tree()
+    # and events work on the new stream
+    late = fake.add()
+    fake.emit(fake.event("start", late))
+    converged(fake)
+    finish(r, fake)
+
+
+@suite.test
+def enormous_line_is_dropped_next_events_work():
+    fake = setup()
+    base = fake.add()
+    r = start(fake)
+    converged(fake)
+    huge = b'{"Type":"container","Action":"start","x":"' + b"y" * (3 << 20) + b'"}\n'
+    fake.emit(huge)
+    r.wait_log("over the 1048576 byte limit")
+    nxt = fake.add()
+    fake.emit(fake.event("start", nxt))
+    converged(fake)
+    assert f"/registered/{IP}/bbx/{base}" in etcd.tree()
+    finish(r, fake)
+
+
+@suite.test
+def unknown_event_types_and_actions_are_ignored():
+    fake = setup()
+    base = fake.add()
+    r = start(fake)
+    converged(fake)
+    before = etcd.tree()
+    fake.emit({"Type": "plugin", "Action": "enable", "Actor": {"ID": "p1", "Attributes": {}}, "time": 1},
+              {"Type": "plugin", "Action": "disable", "Actor": {"ID": "p1", "Attributes": {}}, "time": 1},
+              fake.event("frobnicate", base),
+              fake.event("exec_start: /bin/true", base))
+    r.wait_log('ignoring events of type "plugin"')
+    time.sleep(0.3)
+    assert r.output().count('ignoring events of type "plugin"') == 1
+    assert etcd.tree() == before
+    finish(r, fake)
+
+
+@suite.test
+def inspect_500_and_bad_json_are_retried():
+    fake = setup()
+    r = start(fake)
+    c = fake.add()
+    fake.fault_inspect(c, 500, "badjson")
+    fake.emit(fake.event("start", c))
+    r.wait_log("HTTP 500: inspect exploded; retrying")
+    r.wait_log("invalid JSON")
+    converged(fake, timeout=20)  # retries after 1 s, then 2 s
+    finish(r, fake)
+
+
+@suite.test
+def container_vanishing_between_event_and_inspect():
+    fake = setup()
+    base = fake.add()
+    r = start(fake)
+    converged(fake)
+    ghost = "ab" * 32
+    fake.emit(fake.event("start", ghost))  # no such container: inspect 404
+    r.wait_log(f"container {ghost[:12]} vanished")
+    converged(fake)
+    # a die for a container never registered is a no-op
+    fake.emit(fake.event("die", "cd" * 32))
+    time.sleep(0.2)
+    converged(fake)
+    assert "error" not in r.output().lower(), r.output()
+    finish(r, fake)
+
+
+@suite.test
+def event_order_start_die_start():
+    fake = setup()
+    r = start(fake)
+    c = fake.add()
+    # start, die, start in quick succession: ends registered
+    fake.emit(fake.event("start", c), fake.event("die", c), fake.event("start", c))
+    converged(fake)
+    assert f"/registered/{IP}/bbx/{c}" in etcd.tree()
+    # start then die while the inspect is still in flight: ends unregistered
+    d = fake.add()
+    fake.fault_inspect(d, "hang")
+    fake.emit(fake.event("start", d))
+    time.sleep(0.2)
+    fake.set_running(d, False)
+    fake.emit(fake.event("die", d))
+    time.sleep(0.3)
+    converged(fake)
+    assert f"/registered/{IP}/bbx/{d}" not in etcd.tree()
+    finish(r, fake)
+
+
+@suite.test
+def legacy_api_uses_status_id_from():
+    fake = setup(api="1.21")
+    r = start(fake)
+    c = fake.add()
+    fake.emit(fake.event("start", c))  # {"status","id","from"} only
+    converged(fake)
+    fake.set_running(c, False)
+    fake.emit(fake.event("die", c))
+    converged(fake)
+    assert ("GET", "/v1.21/events") in fake.requests
+    finish(r, fake)
+
+
+@suite.test
+def api_1_52_without_legacy_fields():
+    fake = setup(api="1.52")
+    r = start(fake)
+    c = fake.add()
+    ev = fake.event("start", c)
+    assert "status" not in ev and "id" not in ev
+    fake.emit(ev)
+    converged(fake)
+    finish(r, fake)
+
+
+@suite.test
+def newer_api_is_capped_and_missing_header_uses_version():
+    fake = setup(api="1.99")
+    r = start(fake)
+    assert ("GET", "/v1.52/events") in fake.requests, fake.requests
+    finish(r, fake)
+    fake2 = setup(api=None)  # no Api-Version header on /_ping
+    r2 = start(fake2)
+    assert ("GET", "/version") in fake2.requests
+    assert ("GET", "/v1.41/containers/json") in fake2.requests
+    finish(r2, fake2)
+
+
+@suite.test
+def list_failure_and_refused_stream_retry():
+    fake = setup()
+    c = fake.add()
+    fake.list_faults = [500, "badjson"]
+    fake.events_status = 500
+    r = Register("--etcd", etcd.url, "--docker", fake.host, host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("cannot open the Docker event stream: HTTP 500: events refused")
+    fake.events_status = None
+    r.wait_log("listing containers failed: HTTP 500: list exploded")
+    r.wait_log("container list: invalid JSON")
+    r.wait_log("in sync", timeout=30)
+    converged(fake)
+    finish(r, fake)
+
+
+@suite.test
+def nothing_registered_is_lost_when_docker_goes_away():
+    fake = setup()
+    a = fake.add()
+    b = fake.add()
+    r = start(fake)
+    converged(fake)
+    before = etcd.tree()
+    sock = fake.sock
+    fake.stop()  # the daemon is gone: the socket too
+    r.wait_log("Docker event stream ended")
+    time.sleep(1.5)
+    assert etcd.tree() == before  # kept while Docker is away
+    fake2 = FakeDocker(sock).start()
+    suite.defer(fake2.stop)
+    fake2.add(cid=a)
+    r.wait_log("docker: connected", count=2, timeout=40)
+    converged(fake2)  # b is gone, a stays
+    assert f"/registered/{IP}/bbx/{b}" not in etcd.tree()
+    finish(r, fake2)
+
+
+suite.run()
