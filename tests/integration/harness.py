@@ -279,6 +279,22 @@ class Dockerd:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        # Its containerd dies with it (parent-death signal) but may linger as
+        # a zombie that only init reaps; a stale pid file would make the next
+        # dockerd wait for it, so drop the file as a restart after a crash
+        # would find it.
+        pidfile = os.path.join(self.dir, "x", "containerd", "containerd.pid")
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip() or 0)
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.unlink(pidfile)
+        except (FileNotFoundError, ValueError):
+            pass
 
     def cleanup(self):
         if self.proc and self.proc.poll() is None:
@@ -430,3 +446,44 @@ class Suite:
                 except Exception as e:
                     log("cleanup failed:", e)
         sys.exit(1 if failed else 0)
+
+
+def docker_truth(d, ip):
+    """What the default policy must have written for the running containers
+    of dockerd d: {key: value}, from docker's own inspect output."""
+    out = {}
+    ids = d.docker("ps", "-q", "--no-trunc").split()
+    for cid in ids:
+        doc = json.loads(d.docker("inspect", cid, check=False) or "[]", object_pairs_hook=list)
+        if not doc:
+            continue  # gone meanwhile
+        top = dict(doc[0])
+        if not dict(top["State"])["Running"]:
+            continue
+        image = dict(top["Config"])["Image"].replace("/", "::")
+        ports = dict(top["NetworkSettings"])["Ports"] or []
+        binds = []
+        for key, bl in ports:
+            if bl is None:
+                continue
+            p, _, proto = key.partition("/")
+            binds += [(dict(b)["HostIp"], dict(b)["HostPort"], p, proto or "tcp") for b in bl]
+        if binds:
+            out[f"/registered/{ip}/{image}/{cid}"] = default_value(cid, image, binds)
+    return out
+
+
+def wait_converged(etcd, d, ip, timeout=20):
+    """Waits until etcd under /registered/<ip> equals Docker's truth."""
+    state = {}
+
+    def ok():
+        truth = docker_truth(d, ip)
+        got = etcd.tree(f"/registered/{ip}")
+        state["diff"] = (sorted(set(truth) ^ set(got)),
+                         sorted(k for k in truth if k in got and truth[k] != got[k]))
+        return got == truth
+    try:
+        wait_for(ok, timeout, interval=0.2, what="etcd to equal Docker's truth")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; keys differing: {state.get('diff')}")
