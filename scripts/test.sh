@@ -1,7 +1,9 @@
 #!/bin/sh
 # The whole test suite: unit tests (C), policy tests (Lua) and integration
 # tests against real etcd and dockerd that the tests start themselves, on a
-# normal build and again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# normal build (with one run under valgrind) and again under
+# AddressSanitizer + UndefinedBehaviorSanitizer; then the libFuzzer targets
+# for a fixed time each (REGISTER_FUZZ_SECONDS, default 30).
 #
 #   scripts/test.sh            everything (as root: dockerd needs it)
 #   scripts/test.sh -L unit    extra arguments go to ctest
@@ -25,4 +27,11 @@ echo "== tests under ASan + UBSan" >&2
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --output-on-failure -j"$jobs" "$@")
+if [ $# -eq 0 ]; then
+  echo "== fuzz targets (clang, libFuzzer)" >&2
+  cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DREGISTER_FUZZ=ON \
+    -DREGISTER_FUZZ_SECONDS="${REGISTER_FUZZ_SECONDS:-30}" >/dev/null
+  cmake --build build-fuzz -j"$jobs"
+  (cd build-fuzz && ctest --output-on-failure -L fuzz)
+fi
 echo "== all tests passed" >&2

@@ -46,6 +46,8 @@ static void *arena_alloc(json_doc_t *doc, size_t n) {
   return p;
 }
 
+static void fail(parser_t *ps, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void fail(parser_t *ps, const char *fmt, ...) {
   if (ps->failed) return;
   ps->failed = 1;

@@ -361,11 +361,15 @@ class Register:
         if sig != signal.SIGKILL and expect is not None and rc != expect:
             raise AssertionError(f"register exited {rc}, expected {expect}:\n" + self.output()[-4000:])
         if VALGRIND and sig != signal.SIGKILL:
-            for f in os.listdir(self.dir):
-                if f.startswith("valgrind."):
-                    text = open(os.path.join(self.dir, f)).read()
-                    assert "definitely lost: 0" in text or "no leaks are possible" in text, text
-                    assert "ERROR SUMMARY: 0 errors" in text, text
+            reports = [f for f in os.listdir(self.dir) if f.startswith("valgrind.")]
+            assert reports, "no valgrind report in " + self.dir
+            for f in reports:
+                text = open(os.path.join(self.dir, f)).read()
+                log("valgrind:", " ".join(l.split("== ", 1)[-1] for l in text.splitlines()
+                                          if "lost:" in l or "ERROR SUMMARY" in l))
+                assert ("definitely lost: 0 bytes" in text and "indirectly lost: 0 bytes" in text) \
+                    or "no leaks are possible" in text, text
+                assert "ERROR SUMMARY: 0 errors" in text, text
         return rc
 
     def kill9(self):
