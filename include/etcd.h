@@ -69,6 +69,8 @@ etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
                            void *data);
 etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
                      void *data);
+/* One key: the callback gets one kv, or none when the key is missing. */
+etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data);
 /* Stops an operation; its callback does not run. */
 void etcd_cancel(etcd_op_t *op);
 

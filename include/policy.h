@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "json.h"
+#include "luaio.h"
 
 typedef struct policy policy_t;
 
@@ -21,7 +22,15 @@ typedef struct {
   const char *hostname;
   long budget;           /* instructions per call; 0 = default (10M) */
   size_t mem_limit;      /* bytes; 0 = default (64 MiB) */
+  luaio_t *io;           /* I/O for the hooks; NULL: none */
 } policy_opts_t;
+
+/* A Docker event as the event hook sees it (strings may be NULL). */
+typedef struct {
+  const char *type, *action, *id, *image;
+  const json_value_t *attributes;
+  long long time, time_nano;
+} policy_event_t;
 
 typedef struct {
   char *key;
@@ -52,6 +61,18 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen);
 /* The traceback of the last failed call, or "". */
 const char *policy_traceback(const policy_t *p);
+
+/* Optional hooks, each run in its own coroutine so that it may wait for
+ * register.http / register.etcd; failures are logged, never fatal.  At
+ * most 64 hook calls are alive at once: more are dropped and counted. */
+int policy_has_hook(const policy_t *p, const char *name);
+void policy_hook_event(policy_t *p, const policy_event_t *ev);
+void policy_hook_changed(policy_t *p, const char *op, const char *key,
+                         const char *value, size_t vlen);
+/* Hook calls alive, and dropped because too many were. */
+size_t policy_hooks_alive(const policy_t *p);
+unsigned long policy_hooks_dropped(const policy_t *p);
+unsigned long policy_errors(const policy_t *p);
 
 void records_init(records_t *r);
 void records_free(records_t *r);

@@ -58,6 +58,8 @@ void reconcile_set(reconcile_t *r, const char *owner, const char *image,
 /* 1: every running container has been reported (orphans may go);
  * 0: Docker's truth is unknown (connection lost). */
 void reconcile_docker_synced(reconcile_t *r, int synced);
+/* A reloaded policy owns another subtree: list it before writing there. */
+void reconcile_set_prefix(reconcile_t *r, const char *prefix);
 /* Lists the owned prefix again and repairs any drift. */
 void reconcile_resync(reconcile_t *r);
 /* Drops every owner, so every key written is deleted (shutdown). */

@@ -1,13 +1,22 @@
--- register: helpers for policy authors.  `local register = require "register"`
+-- register: helpers for policy authors.   local register = require "register"
 --
--- register.json.encode(value [, key_order])  JSON as Ruby's to_json writes it
---     (no whitespace, '/' not escaped); objects list the keys named in
---     key_order first, in that order, then the rest sorted by bytes.
--- register.json.decode(text)                 value, or nil and an error
--- register.json.array([t])                   marks t to encode as a JSON array
---                                            even when empty
--- register.null                              JSON null (same as cjson.null)
--- register.log.error/warn/info/debug(fmt, ...)
+-- Everything here is documented in docs/policy.md.  In short:
+--
+--   register.json.encode(value [, key_order])  JSON as Ruby's to_json writes
+--       it (no whitespace, '/' not escaped); objects list the keys named in
+--       key_order first, in that order, then the rest sorted by bytes
+--   register.json.decode(text)         value, or nil and an error
+--   register.json.array([t])           t encodes as a JSON array, even empty
+--   register.null                      JSON null (the same as cjson.null)
+--   register.log.error/warn/info/debug(fmt, ...)
+--   register.image(ref)                {registry, repository, name, basename,
+--                                        tag, digest, id}
+--   register.meta(c [, port])          SERVICE_* metadata from labels and env
+--   register.services(c)               one registrator-style service per
+--                                        published binding
+--   register.wildcard(ip)              true for 0.0.0.0, ::, and ""
+--   register.http.request(opts)        from the event/changed hooks only
+--   register.etcd.get(key), register.etcd.list(prefix)   (hooks only)
 local core = require "register.core"
 
 local register = {}
@@ -32,5 +41,137 @@ for _, level in ipairs { "error", "warn", "info", "debug" } do
     end
   end
 end
+
+-- Image references, as Docker reads them:
+--   [registry/]repository[:tag][@digest]
+-- The first path component is a registry when it has a '.' or a ':' or is
+-- "localhost".  An image given by id ("sha256:<64 hex>") has only `id`.
+function register.image(ref)
+  assert(type(ref) == "string", "register.image: a string is needed")
+  local out = { ref = ref }
+  if ref:match("^sha256:%x+$") then
+    out.id = ref
+    return out
+  end
+  local rest = ref
+  local at = rest:find("@", 1, true)
+  if at then
+    out.digest = rest:sub(at + 1)
+    rest = rest:sub(1, at - 1)
+  end
+  local first, after = rest:match("^([^/]+)/(.+)$")
+  if first and (first:find("[.:]") or first == "localhost") then
+    out.registry = first
+    rest = after
+  end
+  local repo, tag = rest:match("^(.*):([^:/]+)$")
+  if repo then
+    out.repository, out.tag = repo, tag
+  else
+    out.repository = rest
+  end
+  out.name = out.registry and (out.registry .. "/" .. out.repository) or out.repository
+  out.basename = out.repository:match("([^/]+)$")
+  return out
+end
+
+-- SERVICE_<KEY> metadata from Config.Env and labels (labels win), keys
+-- lower-cased: SERVICE_NAME -> name.  With `port` ("80" or "80/tcp"),
+-- SERVICE_<port>_<KEY> overrides SERVICE_<KEY>; the second result tells
+-- which keys came from the port-specific form.
+function register.meta(c, port)
+  local pnum = port and tostring(port):match("^(%d+)")
+  local meta, from_port = {}, {}
+  -- generic keys (env, then labels), then port-specific ones: later wins
+  for pass = 1, 2 do
+    for _, src in ipairs { c.env or {}, c.labels or {} } do
+      for k, v in pairs(src) do
+        local key = k:match("^SERVICE_(.+)$")
+        local p, pkey = (key or ""):match("^(%d+)_(.+)$")
+        if key and pass == 1 and not p then
+          meta[key:lower()] = v
+        elseif key and pass == 2 and p and p == pnum then
+          meta[pkey:lower()] = v
+          from_port[pkey:lower()] = true
+        end
+      end
+    end
+  end
+  return meta, from_port
+end
+
+local function truthy(v)
+  return v ~= nil and v ~= "" and v ~= "0" and v:lower() ~= "false"
+end
+
+function register.wildcard(ip)
+  return ip == nil or ip == "" or ip == "0.0.0.0" or ip == "::"
+end
+
+-- One service per published binding, named as registrator names them:
+-- SERVICE_<port>_NAME, else SERVICE_NAME, else the image's basename; a
+-- container publishing several ports gets "-<port>" appended to names that
+-- did not come from SERVICE_<port>_NAME.  SERVICE_IGNORE (or
+-- SERVICE_<port>_IGNORE) drops a service.  Fields: name, id
+-- (hostname:container:port[:udp]), port (private, string), proto,
+-- host_ip, host_port, ip (host_ip, or host.ip for wildcard bindings),
+-- tags (list), meta (all SERVICE_* keys).
+function register.services(c, host)
+  local out = {}
+  local published = {}
+  for _, p in ipairs(c.ports) do
+    published[p.private_port .. "/" .. p.proto] = true
+  end
+  local count = 0
+  for _ in pairs(published) do count = count + 1 end
+  local img = register.image(c.image)
+  local default = img.basename or (c.image:match("([^/]+)$") or c.image):match("^[^:@]+")
+  for _, p in ipairs(c.ports) do
+    local meta, from_port = register.meta(c, p.private_port)
+    if not truthy(meta.ignore) then
+      local name = meta.name or default
+      if count > 1 and not from_port.name then
+        name = name .. "-" .. p.private_port
+      end
+      local tags = {}
+      for t in (meta.tags or ""):gmatch("[^,%s]+") do tags[#tags + 1] = t end
+      local hostname = host and host.hostname or c.hostname
+      local id = hostname .. ":" .. c.name .. ":" .. p.private_port
+      if p.proto == "udp" then id = id .. ":udp" end
+      out[#out + 1] = {
+        name = name,
+        id = id,
+        port = p.private_port,
+        proto = p.proto,
+        host_ip = p.host_ip,
+        host_port = p.host_port,
+        ip = (register.wildcard(p.host_ip) and host) and host.ip or p.host_ip,
+        tags = tags,
+        meta = meta,
+      }
+    end
+  end
+  return out
+end
+
+-- Runtime I/O, for the event and changed hooks (never for records): each
+-- call suspends the hook's coroutine until the answer is in, so a slow
+-- endpoint never holds up registration.
+register.http = {
+  -- opts: url (required), method ("GET"), headers ({name = value}), body,
+  -- timeout (seconds, default 10).  Returns {status, body, headers} or
+  -- nil and an error.
+  request = function(opts)
+    if type(opts) == "string" then opts = { url = opts } end
+    return core.http_request(opts)
+  end,
+}
+
+register.etcd = {
+  -- the value of key, or nil (and an error when etcd could not answer)
+  get = function(key) return core.etcd_get(key) end,
+  -- {key = value} for every key under prefix, or nil and an error
+  list = function(prefix) return core.etcd_list(prefix) end,
+}
 
 return register

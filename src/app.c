@@ -5,6 +5,8 @@
 #include "etcd.h"
 #include "http.h"
 #include "log.h"
+#include "luaio.h"
+#include "map.h"
 #include "policy.h"
 #include "reconcile.h"
 #include "util.h"
@@ -17,14 +19,30 @@
 #define ONCE_TIMEOUT_MS 60000
 #define DEREGISTER_TIMEOUT_MS 10000
 
+/* A policy reload in progress: the new policy is tried on every running
+ * container before it replaces the old one. */
+typedef struct {
+  policy_t *policy;
+  map_t *records;   /* id -> pending_t: what the new policy produces */
+  map_t *touched;   /* ids that had events meanwhile (old policy ran) */
+  int failed;
+} reload_t;
+
+typedef struct {
+  char *image;
+  records_t recs;
+} pending_t;
+
 typedef struct {
   const config_t *cfg;
   uv_loop_t loop;
   http_t *http;
   etcd_t *etcd;
+  luaio_t *io;
   policy_t *policy;
   reconcile_t *rec;
   docker_t *docker;
+  reload_t *reload;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer;
   int stopping;
@@ -47,11 +65,155 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   }
   reconcile_set(a->rec, id, container_image(inspect), &recs);
   records_free(&recs);
+  if (a->reload && !map_get(a->reload->touched, id)) {
+    char *k = xstrdup(id);
+    map_put(a->reload->touched, k, k);
+  }
 }
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
   reconcile_set(a->rec, id, NULL, NULL);
+  if (a->reload && !map_get(a->reload->touched, id)) {
+    char *k = xstrdup(id);
+    map_put(a->reload->touched, k, k);
+  }
+}
+
+static void on_event(void *ud, const docker_event_t *ev) {
+  app_t *a = ud;
+  policy_event_t pe = {ev->type,       ev->action, ev->id,
+                       ev->image,      ev->attributes,
+                       (long long)ev->time, (long long)ev->time_nano};
+  policy_hook_event(a->policy, &pe);
+}
+
+static void on_changed(void *ud, const char *op, const char *key,
+                       const char *value, size_t vlen) {
+  app_t *a = ud;
+  policy_hook_changed(a->policy, op, key, value, vlen);
+}
+
+/* ---- SIGHUP: reload the policy, all or nothing ---- */
+
+static void free_strings(map_t *m) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, m);
+  while (map_iter_next(&it, NULL, &v)) free(v);
+  map_free(m);
+}
+
+static void reload_free(reload_t *rl) {
+  if (!rl) return;
+  map_iter_t it;
+  const char *k;
+  void *v;
+  map_iter_init(&it, rl->records);
+  while (map_iter_next(&it, &k, &v)) {
+    pending_t *pd = v;
+    records_free(&pd->recs);
+    free(pd->image);
+    free((void *)(uintptr_t)k);
+    free(pd);
+  }
+  map_free(rl->records);
+  free_strings(rl->touched);
+  policy_free(rl->policy);
+  free(rl);
+}
+
+static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
+  app_t *a = ud;
+  reload_t *rl = a->reload;
+  if (rl->failed) return;
+  pending_t *pd = xcalloc(1, sizeof *pd);
+  char err[600];
+  if (policy_records(rl->policy, inspect, &pd->recs, err, sizeof err) < 0) {
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    rl->failed = 1;
+    free(pd);
+    return;
+  }
+  pd->image = xstrdup(container_image(inspect));
+  pending_t *old = map_put(rl->records, xstrdup(id), pd);
+  if (old) { /* cannot happen: one inspect per id */
+    records_free(&old->recs);
+    free(old->image);
+    free(old);
+  }
+}
+
+static void reload_done(void *ud, int ok, const char *why) {
+  app_t *a = ud;
+  reload_t *rl = a->reload;
+  if (!ok || rl->failed) {
+    if (!ok)
+      log_error("policy reload failed, keeping the old policy: %s",
+                why ? why : "Docker went away");
+    a->reload = NULL;
+    reload_free(rl);
+    return;
+  }
+  /* commit: the new policy is in force from here on */
+  policy_t *old = a->policy;
+  a->policy = rl->policy;
+  rl->policy = old;
+  const char *prefix = policy_prefix(a->policy);
+  reconcile_set_prefix(a->rec, prefix);
+  map_iter_t it;
+  const char *id;
+  void *v;
+  size_t n = 0;
+  map_iter_init(&it, rl->records);
+  while (map_iter_next(&it, &id, &v)) {
+    pending_t *pd = v;
+    if (map_get(rl->touched, id)) continue; /* inspected again below */
+    reconcile_set(a->rec, id, pd->image, &pd->recs);
+    n++;
+  }
+  map_iter_init(&it, rl->touched);
+  while (map_iter_next(&it, &id, NULL)) docker_refresh(a->docker, id);
+  log_info("policy %s reloaded: %zu containers re-evaluated, prefix %s",
+           policy_name(a->policy), n + map_size(rl->touched),
+           prefix ? prefix : "(none)");
+  a->reload = NULL;
+  reload_free(rl); /* frees the old policy */
+}
+
+static void reload(app_t *a) {
+  const config_t *cfg = a->cfg;
+  if (!cfg->policy_file) {
+    log_info("SIGHUP: the embedded default policy has no file to reload");
+    return;
+  }
+  if (a->reload) {
+    log_warn("SIGHUP: a policy reload is already running");
+    return;
+  }
+  char err[600];
+  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname,
+                      0,                0,            a->io};
+  policy_t *p = policy_new(&po, err, sizeof err);
+  if (!p) {
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    return;
+  }
+  reload_t *rl = xcalloc(1, sizeof *rl);
+  rl->policy = p;
+  rl->records = map_new();
+  rl->touched = map_new();
+  a->reload = rl;
+  log_info("SIGHUP: trying policy %s on every running container",
+           cfg->policy_file);
+  if (docker_snapshot(a->docker, reload_each, reload_done, a) < 0) {
+    if (a->reload) { /* not finished synchronously */
+      a->reload = NULL;
+      reload_free(rl);
+      log_error("policy reload failed, keeping the old policy: Docker is "
+                "not connected");
+    }
+  }
 }
 
 static void on_synced(void *ud) {
@@ -106,6 +268,12 @@ static void stop_cb(uv_timer_t *t) {
   a->docker = NULL;
   reconcile_free(a->rec);
   a->rec = NULL;
+  reload_free(a->reload);
+  a->reload = NULL;
+  policy_free(a->policy); /* cancels its hooks' I/O */
+  a->policy = NULL;
+  luaio_free(a->io); /* before etcd and http: it holds their requests */
+  a->io = NULL;
   etcd_free(a->etcd);
   a->etcd = NULL;
   http_free(a->http);
@@ -122,6 +290,10 @@ static void begin_stop(app_t *a, int code) {
 
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
+  if (signum == SIGHUP) {
+    reload(a);
+    return;
+  }
   if (a->stopping) {
     log_warn("second signal: exiting now");
     a->deregistering = 1; /* skip waiting */
@@ -147,13 +319,6 @@ int app_run(const config_t *cfg) {
   char err[600];
   int rc = 1;
 
-  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0};
-  a->policy = policy_new(&po, err, sizeof err);
-  if (!a->policy) {
-    log_error("%s", err);
-    free(a);
-    return 1;
-  }
   uv_loop_init(&a->loop);
   a->http = http_new(&a->loop, 64);
   if (!a->http) {
@@ -170,6 +335,14 @@ int app_run(const config_t *cfg) {
                       0};
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
+  a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
+  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname,
+                      0,                0,            a->io};
+  a->policy = policy_new(&po, err, sizeof err);
+  if (!a->policy) {
+    log_error("%s", err);
+    goto out;
+  }
   reconcile_opts_t ro = {0};
   ro.loop = &a->loop;
   ro.etcd = a->etcd;
@@ -177,20 +350,24 @@ int app_run(const config_t *cfg) {
   ro.ttl = cfg->ttl;
   ro.dry_run = cfg->dry_run;
   ro.converged = on_converged;
+  ro.changed = on_changed;
   ro.ud = a;
   a->rec = reconcile_new(&ro);
 
   http_tls_t dtls = {cfg->docker_cacert, cfg->docker_cert, cfg->docker_key};
   docker_opts_t dopts = {cfg->docker_base, cfg->docker_socket,
                          cfg->docker_cacert ? &dtls : NULL, 0};
-  docker_cbs_t dcbs = {on_update, on_gone, NULL, on_synced, on_connection};
+  docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced,
+                       on_connection};
   a->docker = docker_new(&a->loop, a->http, &dopts, &dcbs, a);
 
   uv_signal_init(&a->loop, &a->sigterm);
   uv_signal_init(&a->loop, &a->sigint);
-  a->sigterm.data = a->sigint.data = a;
+  uv_signal_init(&a->loop, &a->sighup);
+  a->sigterm.data = a->sigint.data = a->sighup.data = a;
   uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
   uv_signal_start(&a->sigint, signal_cb, SIGINT);
+  uv_signal_start(&a->sighup, signal_cb, SIGHUP);
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);
@@ -217,6 +394,9 @@ out:
   if (a->http) { /* setup failed half way */
     docker_free(a->docker);
     reconcile_free(a->rec);
+    policy_free(a->policy);
+    a->policy = NULL;
+    luaio_free(a->io);
     etcd_free(a->etcd);
     http_free(a->http);
     uv_walk(&a->loop, close_walk_cb, NULL);
@@ -275,6 +455,10 @@ static int check_one(policy_t *p, const char *file, const json_value_t *doc) {
     fwrite(b.data, 1, b.len, stdout);
   }
   buf_free(&b);
+  /* what a changed hook would do for these writes (HTTP is printed) */
+  for (size_t i = 0; i < recs.n; i++)
+    policy_hook_changed(p, "put", recs.v[i].key, recs.v[i].value,
+                        recs.v[i].value_len);
   int rejected = recs.rejected > 0;
   records_free(&recs);
   return rejected ? -1 : 0;
@@ -301,11 +485,13 @@ int app_check(int argc, char **argv) {
   if (!host_ip || !*host_ip) host_ip = "127.0.0.1";
   const char *file = argv[i++];
   char err[600];
-  policy_opts_t po = {strcmp(file, "default") == 0 ? NULL : file, host_ip,
-                      hostname, 0, 0};
+  luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
+  policy_opts_t po = {strcmp(file, "default") == 0 ? NULL : file,
+                      host_ip, hostname, 0, 0, io};
   policy_t *p = policy_new(&po, err, sizeof err);
   if (!p) {
     fprintf(stderr, "register: %s\n", err);
+    luaio_free(io);
     return 1;
   }
   int rc = 0;
@@ -336,6 +522,8 @@ int app_check(int argc, char **argv) {
     }
     json_free(doc);
   }
+  if (policy_errors(p)) rc = 1; /* a hook failed */
   policy_free(p);
+  luaio_free(io);
   return rc;
 }

@@ -61,6 +61,18 @@ struct docker {
   int syncing;
   int resync_wanted; /* a resync was asked for while one was running */
 
+  /* a snapshot for a policy reload */
+  struct {
+    char **ids;
+    size_t n, next, inflight;
+    http_req_t *reqs[8];
+    docker_each_cb each;
+    docker_snapdone_cb done;
+    void *ud;
+    int failed;
+    char why[400];
+  } snap;
+
   uv_timer_t reconnect_timer, retry_timer;
   int open_handles;
   uint64_t backoff_ms;
@@ -617,6 +629,87 @@ static void open_events(docker_t *d) {
   if (!d->events_req) disconnect(d, "cannot start the event stream request");
 }
 
+/* ---- snapshots (policy reload) ---- */
+
+static void snap_pump(docker_t *d);
+
+static void snap_finish(docker_t *d, int ok, const char *why) {
+  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
+    if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
+    d->snap.reqs[i] = NULL;
+  }
+  for (size_t i = 0; i < d->snap.n; i++) free(d->snap.ids[i]);
+  free(d->snap.ids);
+  docker_snapdone_cb done = d->snap.done;
+  void *ud = d->snap.ud;
+  memset(&d->snap, 0, sizeof d->snap);
+  if (done) done(ud, ok, why);
+}
+
+static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
+  docker_t *d = data;
+  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++)
+    if (d->snap.reqs[i] == req) d->snap.reqs[i] = NULL;
+  d->snap.inflight--;
+  char err[200];
+  if (!r->error && r->status == 404) { /* gone meanwhile: events handle it */
+    snap_pump(d);
+    return;
+  }
+  json_doc_t *doc = NULL;
+  if (r->error || r->status != 200 ||
+      !(doc = json_parse(r->body, r->body_len, err, sizeof err))) {
+    char why[300];
+    describe(r, why, sizeof why);
+    snprintf(d->snap.why, sizeof d->snap.why, "inspect failed: %s",
+             r->error || r->status != 200 ? why : err);
+    snap_finish(d, 0, d->snap.why);
+    return;
+  }
+  const json_value_t *root = json_root(doc);
+  const char *id = json_get_str(root, "Id");
+  if (id && is_running(root)) d->snap.each(d->snap.ud, id, root);
+  json_free(doc);
+  snap_pump(d);
+}
+
+static void snap_pump(docker_t *d) {
+  while (d->snap.next < d->snap.n &&
+         d->snap.inflight < ARRAY_SIZE(d->snap.reqs)) {
+    char *u = url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
+    http_req_t *req = get(d, u, 30000, snap_done, d);
+    free(u);
+    if (!req) {
+      snap_finish(d, 0, "cannot start a request");
+      return;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
+      if (!d->snap.reqs[i]) {
+        d->snap.reqs[i] = req;
+        break;
+      }
+    }
+    d->snap.inflight++;
+  }
+  if (d->snap.next == d->snap.n && d->snap.inflight == 0)
+    snap_finish(d, 1, NULL);
+}
+
+int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,
+                    void *ud) {
+  if (d->snap.done || !d->connected) return -1;
+  d->snap.each = each;
+  d->snap.done = done;
+  d->snap.ud = ud;
+  d->snap.ids = xcalloc(map_size(d->conts) + 1, sizeof *d->snap.ids);
+  map_iter_t it;
+  const char *id;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, &id, NULL)) d->snap.ids[d->snap.n++] = xstrdup(id);
+  snap_pump(d);
+  return 0;
+}
+
 /* ---- connection lifecycle ---- */
 
 static void set_api(docker_t *d, const char *server) {
@@ -697,6 +790,7 @@ static void reconnect_cb(uv_timer_t *t) {
 static void disconnect(docker_t *d, const char *why) {
   int was_up = d->connected;
   conn_problem(d, "docker: %s", why);
+  if (d->snap.done) snap_finish(d, 0, "the Docker connection was lost");
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);
@@ -809,6 +903,8 @@ static void timer_closed(uv_handle_t *h) {
 
 void docker_free(docker_t *d) {
   if (!d) return;
+  d->snap.done = NULL; /* no callback from here on */
+  if (d->snap.ids) snap_finish(d, 0, NULL);
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);

@@ -68,7 +68,7 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
     snprintf(err + strlen(err), sizeof err - strlen(err),
              " (all %zu endpoints failed)", e->n);
   if (res.status != ETCD_OK) res.error = err;
-  if (op->kind == OP_LIST) op->list(op->data, &res, NULL, 0, NULL, 0);
+  if (op->list) op->list(op->data, &res, NULL, 0, NULL, 0);
   else if (op->done) op->done(op->data, &res);
   op_free(op);
 }
@@ -151,6 +151,10 @@ etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
 etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
                      void *data) {
   return start(e, OP_LIST, prefix, NULL, 0, 0, NULL, cb, data);
+}
+
+etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data) {
+  return start(e, OP_GET, key, NULL, 0, 0, NULL, cb, data);
 }
 
 void etcd_cancel(etcd_op_t *op) {

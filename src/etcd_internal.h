@@ -5,7 +5,14 @@
 #include "etcd.h"
 #include "util.h"
 
-typedef enum { OP_PUT, OP_REFRESH, OP_DELETE, OP_DELETE_DIR, OP_LIST } op_kind_t;
+typedef enum {
+  OP_PUT,
+  OP_REFRESH,
+  OP_DELETE,
+  OP_DELETE_DIR,
+  OP_LIST,
+  OP_GET
+} op_kind_t;
 
 struct etcd_op {
   etcd_t *e;

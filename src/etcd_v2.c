@@ -47,6 +47,10 @@ void etcd_v2_build(etcd_op_t *op, const char *key, const char *value,
     op->method = "GET";
     op->path = key_path(key, "?recursive=true");
     break;
+  case OP_GET:
+    op->method = "GET";
+    op->path = key_path(key, NULL);
+    break;
   }
 }
 
@@ -105,13 +109,15 @@ int etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   res->status = ETCD_OK;
 
   if (r->status >= 200 && r->status < 300 && !ecode) {
-    if (op->kind == OP_LIST) {
+    if (op->kind == OP_LIST || op->kind == OP_GET) {
       if (!doc) {
         snprintf(err, errlen, "etcd listing is not JSON: %s", jerr);
         res->status = ETCD_FAILED;
       } else {
         walk_t w = {0};
-        walk(&w, json_get(root, "node"), 0);
+        const json_value_t *node = json_get(root, "node");
+        if (op->kind == OP_LIST) walk(&w, node, 0);
+        else if (!json_get(node, "dir")) walk(&w, node, 0); /* a value */
         op->listed = 1;
         op->list(op->data, res, w.kvs, w.n, w.dirs, w.ndirs);
         free(w.kvs);
@@ -123,7 +129,7 @@ int etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   }
   if (ecode == 100) {
     res->status = ETCD_NOT_FOUND;
-    if (op->kind == OP_LIST) { /* nothing under the prefix yet */
+    if (op->kind == OP_LIST || op->kind == OP_GET) { /* nothing there */
       res->status = ETCD_OK;
       op->listed = 1;
       op->list(op->data, res, NULL, 0, NULL, 0);

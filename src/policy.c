@@ -16,6 +16,15 @@
 #define HOOK_EVERY 1000
 #define MAX_KEY 4096
 #define MAX_VALUE (1u << 20)
+#define MAX_HOOKS 64
+
+/* A hook call in progress: a coroutine, possibly waiting for I/O. */
+typedef struct hookco {
+  lua_State *co;
+  int ref;               /* anchors co in the registry */
+  const char *name;      /* "event" or "changed" */
+  struct hookco *prev, *next;
+} hookco_t;
 
 struct policy {
   lua_State *L;
@@ -23,10 +32,15 @@ struct policy {
   char *prefix;
   int ref_policy;    /* the table the script returned */
   int ref_host;
+  int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
   long budget;
   long steps;        /* instructions run in the current call (approx.) */
   size_t mem_used, mem_limit;
   buf_t trace;       /* traceback of the last failure */
+  luaio_t *io;
+  hookco_t *hooks;   /* hook calls alive */
+  size_t nhooks;
+  unsigned long dropped, errors;
 };
 
 /* ---- allocation with a cap (the state's memory limit) ---- */
@@ -175,6 +189,8 @@ static int record_cmp(const void *a, const void *b) {
   return strcmp(((const record_t *)a)->key, ((const record_t *)b)->key);
 }
 
+static void io_resume(void *ud, lua_State *co, int nargs);
+
 /* ---- loading ---- */
 
 typedef struct {
@@ -188,6 +204,7 @@ static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
   luareg_open(L);
+  luaio_install(L, s->o->io, io_resume, p);
 
   lua_createtable(L, 0, 2);
   lua_pushstring(L, s->o->host_ip);
@@ -209,6 +226,16 @@ static int setup(lua_State *L) {
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   p->ref_policy = luaL_ref(L, LUA_REGISTRYINDEX);
+  static const char *const hooks[] = {"event", "changed"};
+  int *refs[] = {&p->ref_event, &p->ref_changed};
+  for (int i = 0; i < 2; i++) {
+    int t = lua_getfield(L, -1, hooks[i]);
+    if (t == LUA_TFUNCTION) *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    else if (t != LUA_TNIL)
+      return luaL_error(L, "%s must be a function, not %s", hooks[i],
+                        luaL_typename(L, -1));
+    else lua_pop(L, 1);
+  }
 
   if (lua_getfield(L, -1, "prefix") == LUA_TFUNCTION) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
@@ -234,6 +261,8 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   p->budget = o->budget > 0 ? o->budget : DEFAULT_BUDGET;
   p->mem_limit = o->mem_limit ? o->mem_limit : DEFAULT_MEM;
   p->ref_policy = p->ref_host = LUA_NOREF;
+  p->ref_event = p->ref_changed = LUA_NOREF;
+  p->io = o->io;
   buf_init(&p->trace);
   p->L = lua_newstate(l_alloc, p);
   if (!p->L) {
@@ -260,6 +289,12 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
 
 void policy_free(policy_t *p) {
   if (!p) return;
+  if (p->L) luaio_cancel(p->io, p->L);
+  while (p->hooks) { /* their coroutines go with the state */
+    hookco_t *h = p->hooks;
+    p->hooks = h->next;
+    free(h);
+  }
   if (p->L) lua_close(p->L);
   free(p->name);
   free(p->prefix);
@@ -415,4 +450,174 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
   }
   if (out->n > 1) qsort(out->v, out->n, sizeof *out->v, record_cmp);
   return 0;
+}
+
+/* ---- hooks: event(ev, host) and changed(op, key, value) ---- */
+
+int policy_has_hook(const policy_t *p, const char *name) {
+  if (strcmp(name, "event") == 0) return p->ref_event != LUA_NOREF;
+  if (strcmp(name, "changed") == 0) return p->ref_changed != LUA_NOREF;
+  return 0;
+}
+
+size_t policy_hooks_alive(const policy_t *p) {
+  return p->nhooks;
+}
+
+unsigned long policy_hooks_dropped(const policy_t *p) {
+  return p->dropped;
+}
+
+unsigned long policy_errors(const policy_t *p) {
+  return p->errors;
+}
+
+static void hook_end(policy_t *p, hookco_t *h) {
+  if (h->prev) h->prev->next = h->next;
+  else p->hooks = h->next;
+  if (h->next) h->next->prev = h->prev;
+  p->nhooks--;
+  luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
+  free(h);
+}
+
+/* Runs (or continues) a hook's coroutine with the budget hook installed.
+ * It ends, fails (logged with its traceback), or waits for luaio. */
+static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
+  lua_State *co = h->co;
+  int nres = 0;
+  p->steps = 0;
+  lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  luaio_set_current(p->L, co);
+  int st = lua_resume(co, p->L, nargs, &nres);
+  luaio_set_current(p->L, NULL);
+  lua_sethook(co, NULL, 0, 0);
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    if (luaio_waiting(p->io, co)) return; /* resumed by io_resume */
+    p->errors++;
+    log_error("policy %s: %s hook yielded outside register.http/etcd; "
+              "call dropped",
+              p->name, h->name);
+  } else if (st != LUA_OK) {
+    p->errors++;
+    const char *msg = lua_tostring(co, -1);
+    if (!msg) msg = st == LUA_ERRMEM ? "not enough memory" : "error object";
+    luaL_traceback(p->L, co, msg, 0);
+    buf_reset(&p->trace);
+    buf_puts(&p->trace, lua_tostring(p->L, -1));
+    lua_pop(p->L, 1);
+    log_error("policy %s: %s hook failed: %.*s", p->name, h->name,
+              (int)strcspn(msg, "\n"), msg);
+    log_debug("%s", p->trace.data);
+  }
+  hook_end(p, h);
+}
+
+static void io_resume(void *ud, lua_State *co, int nargs) {
+  policy_t *p = ud;
+  for (hookco_t *h = p->hooks; h; h = h->next) {
+    if (h->co == co) {
+      hook_resume(p, h, nargs);
+      return;
+    }
+  }
+  lua_pop(co, nargs); /* not ours any more */
+}
+
+typedef struct {
+  policy_t *p;
+  int fn_ref;
+  const policy_event_t *ev;
+  const char *op, *key, *value;
+  size_t vlen;
+  hookco_t *h;
+} hookargs_t;
+
+/* Creates the coroutine and pushes the function and its arguments on it;
+ * inside a protected call, since all of it allocates. */
+static int hook_prepare(lua_State *L) {
+  hookargs_t *a = lua_touserdata(L, 1);
+  lua_State *co = lua_newthread(L);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, a->fn_ref);
+  if (a->ev) {
+    const policy_event_t *ev = a->ev;
+    lua_createtable(co, 0, 8);
+    const char *f[] = {"type", "action", "id", "image"};
+    const char *v[] = {ev->type, ev->action, ev->id, ev->image};
+    for (int i = 0; i < 4; i++) {
+      if (!v[i]) continue;
+      lua_pushstring(co, v[i]);
+      lua_setfield(co, -2, f[i]);
+    }
+    if (ev->attributes) container_push_json(co, ev->attributes);
+    else lua_newtable(co);
+    lua_setfield(co, -2, "attributes");
+    lua_pushinteger(co, ev->time);
+    lua_setfield(co, -2, "time");
+    lua_pushinteger(co, ev->time_nano);
+    lua_setfield(co, -2, "time_nano");
+    lua_rawgeti(co, LUA_REGISTRYINDEX, a->p->ref_host);
+  } else {
+    lua_pushstring(co, a->op);
+    lua_pushstring(co, a->key);
+    if (a->value) lua_pushlstring(co, a->value, a->vlen);
+    else lua_pushnil(co);
+  }
+  hookco_t *h = xcalloc(1, sizeof *h);
+  h->co = co;
+  h->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops the thread */
+  a->h = h;
+  return 0;
+}
+
+static void hook_call(policy_t *p, hookargs_t *a, const char *name,
+                      int nargs) {
+  if (p->nhooks >= MAX_HOOKS) {
+    if (p->dropped++ % 1000 == 0)
+      log_warn("policy %s: %zu hook calls still running; %s hook call "
+               "dropped (%lu so far)",
+               p->name, p->nhooks, name, p->dropped);
+    return;
+  }
+  char err[300];
+  a->p = p;
+  lua_pushcfunction(p->L, hook_prepare);
+  lua_pushlightuserdata(p->L, a);
+  if (pcall(p, 1, 0, err, sizeof err) < 0) {
+    p->errors++;
+    log_error("policy %s: cannot start the %s hook: %s", p->name, name, err);
+    if (a->h) {
+      luaL_unref(p->L, LUA_REGISTRYINDEX, a->h->ref);
+      free(a->h);
+    }
+    return;
+  }
+  hookco_t *h = a->h;
+  h->name = name;
+  h->next = p->hooks;
+  if (p->hooks) p->hooks->prev = h;
+  p->hooks = h;
+  p->nhooks++;
+  hook_resume(p, h, nargs);
+}
+
+void policy_hook_event(policy_t *p, const policy_event_t *ev) {
+  if (p->ref_event == LUA_NOREF) return;
+  hookargs_t a = {0};
+  a.fn_ref = p->ref_event;
+  a.ev = ev;
+  hook_call(p, &a, "event", 2);
+}
+
+void policy_hook_changed(policy_t *p, const char *op, const char *key,
+                         const char *value, size_t vlen) {
+  if (p->ref_changed == LUA_NOREF) return;
+  hookargs_t a = {0};
+  a.fn_ref = p->ref_changed;
+  a.op = op;
+  a.key = key;
+  a.value = value;
+  a.vlen = vlen;
+  hook_call(p, &a, "changed", 3);
 }

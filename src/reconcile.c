@@ -688,6 +688,23 @@ void reconcile_start(reconcile_t *r) {
   start_list(r);
 }
 
+void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
+  if ((!prefix && !r->prefix) ||
+      (prefix && r->prefix && strcmp(prefix, r->prefix) == 0))
+    return;
+  free(r->prefix);
+  r->prefix = prefix ? xstrdup(prefix) : NULL;
+  r->prefix_len = prefix ? strlen(prefix) : 0;
+  log_info("the owned prefix is now %s", prefix ? prefix : "(none)");
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    pump(r);
+    return;
+  }
+  r->primed = 0; /* hold writes under the new prefix until it is listed */
+  start_list(r);
+}
+
 void reconcile_resync(reconcile_t *r) {
   if (!r->primed || !r->prefix || r->dry_run) {
     touch_all(r);

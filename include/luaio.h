@@ -1,0 +1,44 @@
+/* luaio: the runtime's I/O as policy scripts see it, from the event and
+ * changed hooks only: register.http.request and read-only etcd access
+ * (register.etcd.get, register.etcd.list).
+ *
+ * A call suspends the hook's coroutine (lua_yield) and the loop goes on;
+ * when the answer is in, the results are pushed on the coroutine and the
+ * owner's resume function runs it again.  A call from anywhere else (from
+ * records(), or a coroutine the script made itself) is refused with a clear
+ * error, so records() stays pure.  With print_only (--dry-run, `check`),
+ * HTTP requests are printed as JSON lines on stdout instead of being sent.
+ *
+ * Knows nothing of the reconciler's state. */
+#ifndef REGISTER_LUAIO_H
+#define REGISTER_LUAIO_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "etcd.h"
+#include "http.h"
+
+typedef struct luaio luaio_t;
+
+/* Resumes coroutine co of a state with nargs results pushed on it. */
+typedef void (*luaio_resume_fn)(void *ud, lua_State *co, int nargs);
+
+/* http and etcd may be NULL (no etcd under --dry-run; nothing in check). */
+luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only);
+/* Drops every outstanding request; no coroutine is resumed. */
+void luaio_free(luaio_t *io);
+
+/* Adds http_request, etcd_get and etcd_list to register.core of state L.
+ * io may be NULL: the functions then fail with "no I/O here". */
+void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
+                   void *ud);
+/* Marks co as the coroutine allowed to do I/O now (NULL: none). */
+void luaio_set_current(lua_State *L, lua_State *co);
+/* Drops the outstanding requests of one Lua state (it is going away). */
+void luaio_cancel(luaio_t *io, lua_State *L);
+size_t luaio_pending(const luaio_t *io);
+/* Whether coroutine co waits for one of our requests. */
+int luaio_waiting(const luaio_t *io, const lua_State *co);
+
+#endif

@@ -1,0 +1,238 @@
+"""Each example policy in lua/examples/, run through `register check` over
+saved `docker inspect` output (tests/data/inspect/), variants of it made
+here (labels, health, wildcard bindings, images), and the helpers of the
+`register` module."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from harness import REGISTER, Suite  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DATA = os.path.join(ROOT, "tests", "data", "inspect")
+EX = os.path.join(ROOT, "lua", "examples")
+IP = "10.0.0.9"
+suite = Suite()
+TMP = tempfile.mkdtemp(prefix="rpx")
+
+
+def sample(name):
+    return json.load(open(os.path.join(DATA, name + ".json")))[0]
+
+
+def variant(base, **changes):
+    """A copy of a sample with fields changed: image=, labels=, env=,
+    health=, ports= (list of (key, [(ip, port)]) in order), name=."""
+    c = copy.deepcopy(sample(base))
+    if "image" in changes:
+        c["Config"]["Image"] = changes["image"]
+    if "labels" in changes:
+        c["Config"]["Labels"] = changes["labels"]
+    if "env" in changes:
+        c["Config"]["Env"] = changes["env"]
+    if "health" in changes:
+        c["State"]["Health"] = {"Status": changes["health"], "FailingStreak": 0, "Log": []}
+    if "ports" in changes:
+        c["NetworkSettings"]["Ports"] = {k: (None if b is None else [{"HostIp": i, "HostPort": p} for i, p in b])
+                                         for k, b in changes["ports"]}
+    if "name" in changes:
+        c["Name"] = "/" + changes["name"]
+    return c
+
+
+def check(policy, *docs, expect_rc=0):
+    files = []
+    for i, d in enumerate(docs):
+        if isinstance(d, str):
+            files.append(os.path.join(DATA, d + ".json"))
+        else:
+            p = os.path.join(TMP, f"doc{len(os.listdir(TMP))}-{i}.json")
+            json.dump(d, open(p, "w"))
+            files.append(p)
+    r = subprocess.run([REGISTER, "check", "--host-ip", IP, "--hostname", "node9",
+                        os.path.join(EX, policy), *files], capture_output=True, text=True, timeout=30)
+    assert r.returncode == expect_rc, (r.returncode, r.stderr)
+    return [json.loads(l) for l in r.stdout.splitlines()]
+
+
+def records(out):
+    return {o["key"]: o["value"] for o in out if "key" in o}
+
+
+def port(c, key, i=0):
+    return c["NetworkSettings"]["Ports"][key][i]["HostPort"]
+
+
+@suite.test
+def only_images():
+    ns = sample("namespaced")
+    out = records(check("only-images.lua", "multi", "namespaced",
+                        variant("multi", image="nginx:1.25"), variant("multi", image="bitnami/elasticsearch:8")))
+    keys = sorted(out)
+    assert len(keys) == 3, keys
+    assert f"/registered/{IP}/localhost:5000::team::web:1.2/{ns['Id']}" in out
+    assert any("/nginx:1.25/" in k for k in keys) and any("/bitnami::elasticsearch:8/" in k for k in keys)
+    assert not any("/bbx/" in k for k in keys)  # not in the list: left out
+
+
+@suite.test
+def registrator_style():
+    m, ns = sample("multi"), sample("namespaced")
+    out = records(check("registrator.lua", "multi", "namespaced"))
+    assert out == {
+        "/services/web-53/node9:web-1:53:udp": "127.0.0.1:5353",
+        "/services/web-80/node9:web-1:80": f"127.0.0.1:{port(m, '80/tcp')}",
+        "/services/web-9200/node9:web-1:9200": f"127.0.0.1:{port(m, '9200/tcp')}",
+        # SERVICE_80_NAME (a label) wins over SERVICE_NAME for port 80
+        "/services/frontend/node9:nsweb:80": f"127.0.0.1:{port(ns, '80/tcp')}",
+        "/services/web-53/node9:nsweb:53:udp": f"127.0.0.1:{port(ns, '53/udp')}",
+    }, out
+    # one port, no SERVICE_NAME: the image's basename, no suffix; a wildcard
+    # binding carries the host's address
+    one = variant("multi", env=[], labels={}, image="localhost:5000/team/api:2",
+                  ports=[("8080/tcp", [("0.0.0.0", "40001")])], name="api-1")
+    assert records(check("registrator.lua", one)) == {"/services/api/node9:api-1:8080": f"{IP}:40001"}
+    # SERVICE_IGNORE drops the container; SERVICE_<port>_IGNORE one port
+    assert records(check("registrator.lua", variant("multi", labels={"SERVICE_IGNORE": "true"}))) == {}
+    some = records(check("registrator.lua", variant("multi", labels={"SERVICE_53_IGNORE": "1"})))
+    assert sorted(some) == ["/services/web-80/node9:web-1:80", "/services/web-9200/node9:web-1:9200"], some
+    # labels win over env for the same key
+    lab = records(check("registrator.lua", variant("twobind", env=["SERVICE_NAME=fromenv"],
+                                                   labels={"SERVICE_NAME": "fromlabel"})))
+    assert all(k.startswith("/services/fromlabel/") for k in lab), lab
+
+
+@suite.test
+def skydns_style():
+    m = sample("multi")
+    out = records(check("skydns.lua", "multi"))
+    assert out["/skydns/local/skydns/web-80/node9-web-1-80"] == '{"host":"127.0.0.1","port":%s}' % port(m, "80/tcp")
+    assert out["/skydns/local/skydns/web-53/node9-web-1-53-udp"] == '{"host":"127.0.0.1","port":5353}'
+    assert len(out) == 3
+
+
+@suite.test
+def one_key_per_port():
+    m = sample("multi")
+    base = f"/registered/{IP}/bbx/{m['Id']}"
+    out = records(check("per-port.lua", "multi"))
+    assert out == {base + "/53/udp": "127.0.0.1:5353",
+                   base + "/80/tcp": f"127.0.0.1:{port(m, '80/tcp')}",
+                   base + "/9200/tcp": f"127.0.0.1:{port(m, '9200/tcp')}"}, out
+    wild = variant("multi", ports=[("80/tcp", [("0.0.0.0", "1"), ("::", "1")])])
+    assert records(check("per-port.lua", wild)) == {base + "/80/tcp": f"{IP}:1"}
+
+
+@suite.test
+def default_plus_latest_and_host_ip():
+    m = sample("multi")
+    out = records(check("default-plus.lua", variant("multi", ports=[("80/tcp", [("0.0.0.0", "7"), ("127.0.0.1", "8")])])))
+    key = f"/registered/{IP}/bbx:latest/{m['Id']}"
+    assert out == {key: '[{"container":"%s","image":"bbx:latest","ip":"%s","public_port":"7","private_port":"80","port_type":"tcp"},'
+                        '{"container":"%s","image":"bbx:latest","ip":"127.0.0.1","public_port":"8","private_port":"80","port_type":"tcp"}]'
+                   % (m["Id"], IP, m["Id"])}, out
+    # tagged, digested and by-id images are left as they are
+    for image in ("localhost:5000/team/web:1.2", "busybox@sha256:" + "a" * 64, "sha256:" + "b" * 64,
+                  "localhost:5000/team/web"):
+        want = image if image != "localhost:5000/team/web" else image + ":latest"
+        out = records(check("default-plus.lua", variant("multi", image=image)))
+        assert list(out)[0] == f"/registered/{IP}/{want.replace('/', '::')}/{m['Id']}", (image, out)
+
+
+@suite.test
+def healthy_only():
+    h = sample("health")
+    assert h["State"]["Health"]["Status"] == "starting"
+    assert records(check("healthy-only.lua", "health")) == {}
+    assert len(records(check("healthy-only.lua", variant("health", health="healthy")))) == 1
+    assert records(check("healthy-only.lua", variant("health", health="unhealthy"))) == {}
+    # no healthcheck at all: registered as usual
+    assert len(records(check("healthy-only.lua", "multi"))) == 1
+
+
+@suite.test
+def webhook_prints_its_calls_in_check():
+    out = check("webhook.lua", "multi")
+    assert len(out) == 2, out
+    rec, http = out
+    assert http["op"] == "http" and http["method"] == "POST"
+    assert http["url"] == "http://127.0.0.1:8080/hook"
+    assert http["headers"] == ["Content-Type: application/json"]
+    assert json.loads(http["body"]) == {"op": "put", "key": rec["key"], "value": rec["value"]}
+
+
+@suite.test
+def helpers_of_the_register_module():
+    p = os.path.join(TMP, "helpers.lua")
+    with open(p, "w") as f:
+        f.write(r'''
+local register = require "register"
+local function eq(a, b, what)
+  if a ~= b then error(("%s: got %s, want %s"):format(what, tostring(a), tostring(b)), 2) end
+end
+local function img(ref, registry, repository, tag, digest, basename)
+  local i = register.image(ref)
+  eq(i.registry, registry, ref .. " registry")
+  eq(i.repository, repository, ref .. " repository")
+  eq(i.tag, tag, ref .. " tag")
+  eq(i.digest, digest, ref .. " digest")
+  eq(i.basename, basename, ref .. " basename")
+end
+img("localhost:5000/team/web:1.2", "localhost:5000", "team/web", "1.2", nil, "web")
+img("busybox", nil, "busybox", nil, nil, "busybox")
+img("busybox:1.36", nil, "busybox", "1.36", nil, "busybox")
+img("img@sha256:abcd", nil, "img", nil, "sha256:abcd", "img")
+img("quay.io/org/app:v1@sha256:ff", "quay.io", "org/app", "v1", "sha256:ff", "app")
+img("library/nginx", nil, "library/nginx", nil, nil, "nginx")
+img("localhost/x", "localhost", "x", nil, nil, "x")
+img("registry:5000/x", "registry:5000", "x", nil, nil, "x")
+eq(register.image("sha256:" .. ("a"):rep(64)).id, "sha256:" .. ("a"):rep(64), "id")
+eq(register.image("localhost:5000/team/web:1.2").name, "localhost:5000/team/web", "name")
+
+local c = { env = { SERVICE_NAME = "envname", SERVICE_TAGS = "a,b", SERVICE_80_NAME = "envport" },
+            labels = { SERVICE_NAME = "labelname", SERVICE_80_TAGS = "x" } }
+local m, fp = register.meta(c, "80/tcp")
+eq(m.name, "envport", "port-specific beats generic (even from env)")
+eq(m.tags, "x", "port tags")
+eq(fp.name, true, "from_port")
+m = register.meta(c, 443)
+eq(m.name, "labelname", "labels win over env")
+eq(m.tags, "a,b", "generic tags")
+eq(register.wildcard("0.0.0.0") and register.wildcard("::") and register.wildcard(""), true, "wildcards")
+eq(register.wildcard("127.0.0.1"), false, "not a wildcard")
+eq(register.json.encode(register.json.array()), "[]", "empty array")
+eq(register.json.encode({ b = 1, a = { 1, 2 } }), '{"a":[1,2],"b":1}', "sorted keys")
+local v, err = register.json.decode("[1, {\"a\": null}]")
+eq(v[2].a, register.null, "null")
+eq(select(2, register.json.decode("{")) ~= nil, true, "decode error")
+-- I/O is refused in records (and at load time)
+local ok, e = pcall(register.http.request, { url = "http://127.0.0.1:1/" })
+eq(ok, false, "http from the top level")
+assert(e:find("only be called from the event and changed hooks"), e)
+return { records = function(c)
+  local ok2, e2 = pcall(register.etcd.get, "/x")
+  assert(not ok2 and e2:find("records%(%) must stay pure"), e2)
+  return { ["/ok"] = "ok" }
+end }
+''')
+    r = subprocess.run([REGISTER, "check", p, os.path.join(DATA, "multi.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["key"] == "/ok", r.stdout
+
+
+@suite.test
+def every_example_loads_and_is_tested():
+    names = sorted(f for f in os.listdir(EX) if f.endswith(".lua"))
+    assert len(names) >= 7, names
+    src = open(__file__).read()
+    for n in names:
+        assert f'"{n}"' in src, f"example {n} has no test here"
+        r = subprocess.run([REGISTER, "check", os.path.join(EX, n)], capture_output=True, text=True)
+        assert r.returncode == 0, (n, r.stderr)
+
+
+suite.run()
