@@ -37,6 +37,7 @@ typedef struct {
   char *metrics_addr;  /* host:port, or NULL */
   int dry_run;
   int once;
+  long once_timeout;   /* seconds --once waits for etcd to match */
 } config_t;
 
 /* Returns 0 to run, 1 when --help/--version was printed (exit 0), and -1

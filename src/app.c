@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ONCE_TIMEOUT_MS 60000
 #define DEREGISTER_TIMEOUT_MS 10000
 
 /* A policy reload in progress: the new policy is tried on every running
@@ -307,7 +306,13 @@ static void signal_cb(uv_signal_t *s, int signum) {
 static void deadline_cb(uv_timer_t *t) {
   app_t *a = t->data;
   if (a->cfg->once) {
-    log_error("--once: etcd does not match after %d s", ONCE_TIMEOUT_MS / 1000);
+    reconcile_stats_t st;
+    reconcile_stats(a->rec, &st);
+    log_error("--once: etcd does not match after %ld s (Docker %s, %zu keys "
+              "waiting, %zu refused)",
+              a->cfg->once_timeout,
+              docker_connected(a->docker) ? "connected" : "unreachable",
+              st.queued + st.inflight, st.failed);
     begin_stop(a, 1);
   }
 }
@@ -375,8 +380,9 @@ int app_run(const config_t *cfg) {
   if (cfg->resync > 0)
     uv_timer_start(&a->resync_timer, resync_cb, (uint64_t)cfg->resync * 1000,
                    (uint64_t)cfg->resync * 1000);
-  if (cfg->once) uv_timer_start(&a->deadline_timer, deadline_cb,
-                                ONCE_TIMEOUT_MS, 0);
+  if (cfg->once)
+    uv_timer_start(&a->deadline_timer, deadline_cb,
+                   (uint64_t)cfg->once_timeout * 1000, 0);
 
   log_info("register %s: host %s, policy %s, prefix %s, etcd %s (%s), "
            "docker %s%s",

@@ -29,6 +29,7 @@ enum {
   OPT_HOSTNAME,
   OPT_DRY_RUN,
   OPT_ONCE,
+  OPT_TIMEOUT,
   OPT_HELP,
   OPT_VERSION,
 };
@@ -53,6 +54,7 @@ static const struct option long_opts[] = {
     {"hostname", required_argument, NULL, OPT_HOSTNAME},
     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
     {"once", no_argument, NULL, OPT_ONCE},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -101,7 +103,9 @@ void config_usage(const char *prog) {
       "(REGISTER_LOG_FORMAT)\n"
       "  --dry-run               print what would be written instead of "
       "writing\n"
-      "  --once                  sync once; exit 0 when etcd matches\n"
+      "  --once                  sync once; exit 0 when etcd matches, 1 when "
+      "it does\n"
+      "                          not within --timeout SECONDS (default 30)\n"
       "  --help, --version\n",
       prog, prog);
 }
@@ -313,6 +317,7 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   cfg->log_level = LOG_INFO;
   cfg->log_format = LOG_TEXT;
   cfg->etcd_api = ETCD_API_V2;
+  cfg->once_timeout = 30;
   const char *v;
 
   /* Defaults and environment first; flags override them. */
@@ -418,6 +423,15 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       break;
     case OPT_DRY_RUN: cfg->dry_run = 1; break;
     case OPT_ONCE: cfg->once = 1; break;
+    case OPT_TIMEOUT:
+      if (parse_seconds("--timeout", optarg, 1, &cfg->once_timeout, err,
+                        errlen) < 0 ||
+          cfg->once_timeout == 0) {
+        snprintf(err, errlen, "--timeout \"%s\" is not a number of seconds "
+                 "(1 and up)", optarg);
+        return -1;
+      }
+      break;
     case 'h':
     case OPT_HELP: config_usage(argv[0]); return 1;
     case OPT_VERSION: printf("register %s\n", REGISTER_VERSION); return 1;
