@@ -246,7 +246,7 @@ class Dockerd:
             try:
                 os.makedirs(os.path.join(ctx, "root", "bin"))
                 shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
-                for a in ("sh", "sleep", "nc", "true", "cat"):
+                for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
                     os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
                 sh("tar", "-C", os.path.join(ctx, "root"), "-cf", os.path.join(ctx, "base.tar"), ".")
                 self.docker("import", os.path.join(ctx, "base.tar"), "bbbase:latest")

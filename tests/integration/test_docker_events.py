@@ -1,0 +1,66 @@
+"""Events that change what a policy produces, on a real dockerd: health
+status (healthy-only example), rename (registrator example), pause and
+unpause."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import SRC, Dockerd, Etcd, Register, Suite, wait_for  # noqa: E402
+
+IP = "10.2.2.2"
+suite = Suite()
+etcd = Etcd().start()
+suite.defer(etcd.cleanup)
+d = Dockerd().start()
+suite.defer(d.cleanup)
+d.images()
+d.clean()
+EX = os.path.join(SRC, "lua", "examples")
+
+
+def register(policy):
+    d.clean()  # whatever an earlier test left
+    etcd.etcdctl("rm", "--recursive", "/registered", check=False)
+    etcd.etcdctl("rm", "--recursive", "/services", check=False)
+    r = Register("--etcd", etcd.url, "--docker", d.host, "--policy", os.path.join(EX, policy),
+                 "--hostname", "node2", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    return r
+
+
+@suite.test
+def health_status_events_register_and_remove():
+    r = register("healthy-only.lua")
+    cid = d.run("--health-cmd", "cat /ok", "--health-interval", "1s", "--health-retries", "1",
+                "-p", "127.0.0.1::80")
+    key = f"/registered/{IP}/bbx/{cid}"
+    wait_for(lambda: "unhealthy" in d.docker("inspect", "-f", "{{.State.Health.Status}}", cid), 20,
+             what="unhealthy")
+    assert key not in etcd.tree()
+    d.docker("exec", cid, "sh", "-c", "echo ok > /ok")
+    wait_for(lambda: key in etcd.tree(), 20, what="registered once healthy")
+    d.docker("exec", cid, "rm", "/ok")
+    wait_for(lambda: key not in etcd.tree(), 20, what="removed once unhealthy")
+    assert "removed key=" + key in r.output()
+    d.clean()
+    r.stop()
+
+
+@suite.test
+def rename_re_evaluates():
+    r = register("registrator.lua")
+    cid = d.run("--name", "before", "-p", "127.0.0.1::80")
+    wait_for(lambda: any(k.endswith("node2:before:80") for k in etcd.tree("/services")), what="registered")
+    d.docker("rename", "before", "after")
+    wait_for(lambda: list(etcd.tree("/services")) == ["/services/bbx/node2:after:80"],
+             what="renamed key " + repr(etcd.tree("/services")) + r.output()[-2000:])
+    d.docker("pause", cid)
+    d.docker("unpause", cid)
+    assert [k for k in etcd.tree("/services")] == ["/services/bbx/node2:after:80"]
+    d.clean()
+    wait_for(lambda: etcd.tree("/services") == {}, what="removed")
+    r.stop()
+
+
+suite.run()
