@@ -20,7 +20,9 @@ typedef struct {
   size_t n_etcd;
   etcd_api_t etcd_api;
   char *etcd_cacert, *etcd_cert, *etcd_key;
-  char *etcd_user;     /* USER or USER:PASSWORD; never logged */
+  char *etcd_user;     /* the user name only */
+  char *etcd_password; /* from USER:PASSWORD, ETCDCTL_PASSWORD or the file;
+                          never logged */
   char *etcd_password_file;
 
   char *docker_url;    /* as given */

@@ -48,8 +48,14 @@ typedef struct {
   size_t n_endpoints;
   etcd_api_t api;
   const http_tls_t *tls;
-  const char *user;     /* "user:password"; NULL for none */
+  const char *user;     /* NULL for none */
+  const char *password;
   long timeout_ms;      /* per attempt; 0 = 5000 */
+  long ttl;             /* v3: keys hang on one lease of this TTL; 0: none */
+  /* v3: the lease vanished (expired, revoked, etcd lost it): every key
+   * has to be written again; a new lease comes with the next put */
+  void (*lease_lost)(void *ud);
+  void *ud;
 } etcd_opts_t;
 
 etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
@@ -64,6 +70,10 @@ etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
                         void *data);
 etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
                        void *data);
+/* Deletes everything under prefix + "/" in one request (v2: the
+ * directory, recursively; v3: a range). */
+etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
+                              void *data);
 /* v2 only: deletes an empty directory (ETCD_NOT_EMPTY otherwise). */
 etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
                            void *data);
@@ -76,6 +86,8 @@ void etcd_cancel(etcd_op_t *op);
 
 /* v2 has directories to clean up after the last key in them goes. */
 int etcd_has_dirs(const etcd_t *e);
+/* v2 refreshes TTLs key by key; v3 keeps one lease alive instead. */
+int etcd_has_key_refresh(const etcd_t *e);
 const char *etcd_endpoint(const etcd_t *e);
 size_t etcd_pending(const etcd_t *e);
 

@@ -62,7 +62,10 @@ void reconcile_docker_synced(reconcile_t *r, int synced);
 void reconcile_set_prefix(reconcile_t *r, const char *prefix);
 /* Lists the owned prefix again and repairs any drift. */
 void reconcile_resync(reconcile_t *r);
-/* Drops every owner, so every key written is deleted (shutdown). */
+/* v3: the lease is gone and every key with it; write them all again. */
+void reconcile_lease_lost(reconcile_t *r);
+/* Drops every owner, so every key written is deleted (shutdown); the owned
+ * prefix goes in one request. */
 void reconcile_deregister(reconcile_t *r);
 /* Everything known is in etcd: primed, Docker synced, nothing queued,
  * in flight or failed. */

@@ -93,6 +93,11 @@ static void on_changed(void *ud, const char *op, const char *key,
   policy_hook_changed(a->policy, op, key, value, vlen);
 }
 
+static void on_lease_lost(void *ud) {
+  app_t *a = ud;
+  if (a->rec) reconcile_lease_lost(a->rec);
+}
+
 /* ---- SIGHUP: reload the policy, all or nothing ---- */
 
 static void free_strings(map_t *m) {
@@ -332,12 +337,16 @@ int app_run(const config_t *cfg) {
   }
   if (!cfg->dry_run) {
     http_tls_t tls = {cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
-    etcd_opts_t eo = {cfg->etcd,
-                      cfg->n_etcd,
-                      cfg->etcd_api,
-                      (tls.cacert || tls.cert) ? &tls : NULL,
-                      cfg->etcd_user,
-                      0};
+    etcd_opts_t eo = {0};
+    eo.endpoints = cfg->etcd;
+    eo.n_endpoints = cfg->n_etcd;
+    eo.api = cfg->etcd_api;
+    eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
+    eo.user = cfg->etcd_user;
+    eo.password = cfg->etcd_password;
+    eo.ttl = cfg->ttl;
+    eo.lease_lost = on_lease_lost;
+    eo.ud = a;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
   a->io = luaio_new(a->http, a->etcd, cfg->dry_run);

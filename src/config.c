@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,6 +312,61 @@ static void docker_tls_from_env(config_t *cfg) {
   free(home);
 }
 
+static int readable(const char *what, const char *path, char *err,
+                    size_t errlen) {
+  if (path && access(path, R_OK) != 0) {
+    snprintf(err, errlen, "%s \"%s\": %s", what, path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* USER:PASSWORD splits; a password file wins; TLS files must be readable. */
+static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
+  if (cfg->etcd_user) {
+    char *colon = strchr(cfg->etcd_user, ':');
+    if (colon) {
+      *colon = '\0';
+      set_str(&cfg->etcd_password, colon + 1);
+      memset(colon + 1, 0, strlen(colon + 1));
+    }
+    if (!cfg->etcd_user[0]) {
+      snprintf(err, errlen, "--etcd-user: the user name is empty");
+      return -1;
+    }
+  }
+  if (cfg->etcd_password_file) {
+    FILE *f = fopen(cfg->etcd_password_file, "r");
+    char line[1024];
+    if (!f) {
+      snprintf(err, errlen, "--etcd-password-file \"%s\": %s",
+               cfg->etcd_password_file, strerror(errno));
+      return -1;
+    }
+    if (!fgets(line, sizeof line, f)) line[0] = '\0';
+    fclose(f);
+    line[strcspn(line, "\r\n")] = '\0';
+    set_str(&cfg->etcd_password, line);
+    memset(line, 0, sizeof line);
+  }
+  if (cfg->etcd_password && !cfg->etcd_user) {
+    snprintf(err, errlen, "an etcd password is given but no --etcd-user");
+    return -1;
+  }
+  if (readable("--etcd-cacert", cfg->etcd_cacert, err, errlen) < 0 ||
+      readable("--etcd-cert", cfg->etcd_cert, err, errlen) < 0 ||
+      readable("--etcd-key", cfg->etcd_key, err, errlen) < 0 ||
+      readable("DOCKER_CERT_PATH ca.pem", cfg->docker_cacert, err, errlen) < 0 ||
+      readable("DOCKER_CERT_PATH cert.pem", cfg->docker_cert, err, errlen) < 0 ||
+      readable("DOCKER_CERT_PATH key.pem", cfg->docker_key, err, errlen) < 0)
+    return -1;
+  if (!cfg->etcd_cert != !cfg->etcd_key) {
+    snprintf(err, errlen, "--etcd-cert and --etcd-key go together");
+    return -1;
+  }
+  return 0;
+}
+
 int config_parse(config_t *cfg, int argc, char **argv, char *err,
                  size_t errlen) {
   memset(cfg, 0, sizeof *cfg);
@@ -339,6 +395,7 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   set_str(&cfg->etcd_cert, env("ETCDCTL_CERT"));
   set_str(&cfg->etcd_key, env("ETCDCTL_KEY"));
   set_str(&cfg->etcd_user, env("ETCDCTL_USER"));
+  set_str(&cfg->etcd_password, env("ETCDCTL_PASSWORD"));
   const char *host_ip = env("HOST_IP");
   const char *host_ip_src = "HOST_IP";
   if ((v = env("REGISTER_LOG_LEVEL")) &&
@@ -471,6 +528,7 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       return -1;
     }
   }
+  if (finish_etcd_security(cfg, err, errlen) < 0) return -1;
   if (!cfg->hostname[0] && gethostname(cfg->hostname, sizeof cfg->hostname))
     snprintf(cfg->hostname, sizeof cfg->hostname, "localhost");
   cfg->hostname[sizeof cfg->hostname - 1] = '\0';
@@ -484,6 +542,9 @@ void config_free(config_t *cfg) {
   free(cfg->etcd_cert);
   free(cfg->etcd_key);
   free(cfg->etcd_user);
+  if (cfg->etcd_password)
+    memset(cfg->etcd_password, 0, strlen(cfg->etcd_password));
+  free(cfg->etcd_password);
   free(cfg->etcd_password_file);
   free(cfg->docker_url);
   free(cfg->docker_socket);

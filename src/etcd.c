@@ -1,112 +1,67 @@
-/* etcd: requests, endpoint failover and cancellation; the wire formats
- * live in etcd_v2.c (and etcd_v3.c). */
+/* etcd: requests, endpoint failover, cancellation, and for v3 the gates an
+ * operation may wait at (an auth token, the lease) and the lease's
+ * keep-alive.  The wire formats live in etcd_v2.c and etcd_v3.c. */
 #include "etcd_internal.h"
 #include "log.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct etcd {
-  uv_loop_t *loop;
-  http_t *http;
-  char **endpoints;
-  size_t n;
-  size_t current;     /* the endpoint that answered last */
-  etcd_api_t api;
-  http_tls_t tls;      /* points at the owned copies below */
-  char *tls_files[3];
-  int use_tls;
-  char *user;
-  long timeout_ms;
-  etcd_op_t *ops;     /* outstanding operations */
-  size_t pending;
-};
-
 static int send_op(etcd_op_t *op);
+static void submit(etcd_op_t *op);
+static void deliver_listing(etcd_op_t *op);
 
-static void op_free(etcd_op_t *op) {
-  etcd_t *e = op->e;
-  if (op->prev) op->prev->next = op->next;
-  else e->ops = op->next;
-  if (op->next) op->next->prev = op->prev;
-  e->pending--;
-  free(op->path);
-  buf_free(&op->body);
-  free(op);
+/* ---- listings ---- */
+
+void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
+                 size_t vlen, long ttl, int64_t lease) {
+  if (l->n == l->cap) {
+    l->cap = l->cap ? l->cap * 2 : 64;
+    l->kvs = xrealloc(l->kvs, l->cap * sizeof *l->kvs);
+    l->leases = xrealloc(l->leases, l->cap * sizeof *l->leases);
+  }
+  l->kvs[l->n].key = xstrndup(key, klen);
+  l->kvs[l->n].value = xstrndup(value, vlen);
+  l->kvs[l->n].value_len = vlen;
+  l->kvs[l->n].ttl = ttl;
+  l->leases[l->n] = lease;
+  l->n++;
 }
 
-static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
-  etcd_op_t *op = data;
-  etcd_t *e = op->e;
-  op->req = NULL;
-  char err[300] = "";
-  etcd_result_t res = {ETCD_OK, NULL};
-  int next;
-  if (r->error) {
-    snprintf(err, sizeof err, "%s: %s", e->endpoints[op->ep], r->errmsg);
-    res.status = ETCD_UNAVAILABLE;
-    next = 1;
-  } else {
-    next = etcd_v2_reply(op, r, &res, err, sizeof err);
-    if (op->listed) {
-      e->current = op->ep;
-      op_free(op);
-      return;
-    }
+void listing_add_dir(listing_t *l, const char *key) {
+  if (l->ndirs == l->dcap) {
+    l->dcap = l->dcap ? l->dcap * 2 : 8;
+    l->dirs = xrealloc(l->dirs, l->dcap * sizeof *l->dirs);
   }
-  if (next && ++op->attempts < e->n) {
-    log_debug("etcd: %s; trying the next endpoint", err);
-    op->ep = (op->ep + 1) % e->n;
-    if (send_op(op) == 0) return;
-    snprintf(err, sizeof err, "cannot start an HTTP request");
-    res.status = ETCD_UNAVAILABLE;
-  }
-  if (!next) e->current = op->ep;
-  else if (op->attempts > 1)
-    snprintf(err + strlen(err), sizeof err - strlen(err),
-             " (all %zu endpoints failed)", e->n);
-  if (res.status != ETCD_OK) res.error = err;
-  if (op->list) op->list(op->data, &res, NULL, 0, NULL, 0);
-  else if (op->done) op->done(op->data, &res);
-  op_free(op);
+  l->dirs[l->ndirs++] = xstrdup(key);
 }
 
-/* Returns -1 if curl refused the request (nothing was sent). */
-static int send_op(etcd_op_t *op) {
-  etcd_t *e = op->e;
-  char *url = xasprintf("%s%s", e->endpoints[op->ep], op->path);
-  char ctype[80];
-  const char *headers[2] = {NULL, NULL};
-  if (op->content_type) {
-    snprintf(ctype, sizeof ctype, "Content-Type: %s", op->content_type);
-    headers[0] = ctype;
+void listing_free(listing_t *l) {
+  for (size_t i = 0; i < l->n; i++) {
+    free((char *)(uintptr_t)l->kvs[i].key);
+    free((char *)(uintptr_t)l->kvs[i].value);
   }
-  http_opts_t o = {0};
-  o.method = op->method;
-  o.url = url;
-  o.headers = headers;
-  o.body = op->body.data;
-  o.body_len = op->body.len;
-  o.timeout_ms = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
-  o.connect_timeout_ms = 2000;
-  o.tls = e->use_tls ? &e->tls : NULL;
-  o.userpwd = e->user;
-  o.on_done = op_done;
-  o.data = op;
-  op->req = http_request(e->http, &o);
-  free(url);
-  return op->req ? 0 : -1;
+  for (size_t i = 0; i < l->ndirs; i++) free(l->dirs[i]);
+  free(l->kvs);
+  free(l->leases);
+  free(l->dirs);
+  memset(l, 0, sizeof *l);
 }
 
-static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, void *data) {
+/* ---- operations ---- */
+
+static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
+                         void *data) {
   etcd_op_t *op = xcalloc(1, sizeof *op);
   op->e = e;
   op->kind = kind;
+  op->key = key ? xstrdup(key) : NULL;
   op->data = data;
   op->ep = e->current;
   buf_init(&op->body);
+  buf_init(&op->cont);
   op->next = e->ops;
   if (e->ops) e->ops->prev = op;
   e->ops = op;
@@ -114,13 +69,373 @@ static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, void *data) {
   return op;
 }
 
+static void unwait(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  if (!op->waiting) return;
+  if (op->wprev) op->wprev->wnext = op->wnext;
+  else e->wait[op->waiting] = op->wnext;
+  if (op->wnext) op->wnext->wprev = op->wprev;
+  op->wprev = op->wnext = NULL;
+  op->waiting = 0;
+}
+
+static void wait_for(etcd_op_t *op, int what) {
+  etcd_t *e = op->e;
+  op->waiting = what;
+  op->wprev = NULL;
+  op->wnext = e->wait[what];
+  if (op->wnext) op->wnext->wprev = op;
+  e->wait[what] = op;
+}
+
+static void op_free(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  unwait(op);
+  if (op->prev) op->prev->next = op->next;
+  else e->ops = op->next;
+  if (op->next) op->next->prev = op->prev;
+  e->pending--;
+  /* a lease check run for this listing answers to nobody now */
+  for (etcd_op_t *o = e->ops; o; o = o->next)
+    if (o->parent == op) o->parent = NULL;
+  free(op->key);
+  free(op->value);
+  free(op->path);
+  free(op->token);
+  buf_free(&op->body);
+  buf_free(&op->cont);
+  listing_free(&op->listing);
+  free(op);
+}
+
+static void auth_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
+static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
+static void keepalive_finished(etcd_t *e, etcd_op_t *op,
+                               const etcd_result_t *res);
+
+/* The end of an operation: its callback (or internal handler), then free. */
+static void complete(etcd_op_t *op, const etcd_result_t *res) {
+  etcd_t *e = op->e;
+  switch (op->kind) {
+  case OP_AUTH: auth_finished(e, op, res); break;
+  case OP_GRANT: grant_finished(e, op, res); break;
+  case OP_KEEPALIVE: keepalive_finished(e, op, res); break;
+  case OP_LEASE_TTL:
+    if (op->parent) { /* adopt the previous run's lease if it is alive */
+      if (res->status == ETCD_OK && op->lease_ttl > 0 &&
+          op->granted_ttl == e->ttl && !e->lease) {
+        e->lease = op->lease_id;
+        log_info("etcd: keeping lease %" PRIx64 " of the previous run (%lds "
+                 "left)",
+                 (uint64_t)e->lease, op->lease_ttl);
+        uv_timer_again(&e->keepalive_timer);
+      }
+      etcd_op_t *parent = op->parent;
+      op->parent = NULL;
+      deliver_listing(parent);
+    }
+    break;
+  default:
+    if (op->list) op->list(op->data, res, NULL, 0, NULL, 0);
+    else if (op->done) op->done(op->data, res);
+  }
+  op_free(op);
+}
+
+static void fail(etcd_op_t *op, etcd_status_t st, const char *err) {
+  etcd_result_t res = {st, err};
+  complete(op, &res);
+}
+
+/* Calls back with the listing: for v3, whether a key "has a TTL" means
+ * "is attached to our lease" when we use one, any lease when we do not. */
+static void deliver_listing(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  listing_t *l = &op->listing;
+  if (e->api == ETCD_API_V3) {
+    for (size_t i = 0; i < l->n; i++) {
+      int64_t lease = l->leases[i];
+      l->kvs[i].ttl = lease && (e->ttl > 0 ? lease == e->lease : 1);
+    }
+  }
+  etcd_result_t ok = {ETCD_OK, NULL};
+  op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs,
+           l->ndirs);
+  op_free(op);
+}
+
+/* v3 after a restart: if every listed key hangs on one lease, see whether
+ * it is alive and ours to keep, so the keys need not be written again. */
+static int try_adopt(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  if (e->api != ETCD_API_V3 || e->ttl <= 0 || e->lease || e->adopt_tried ||
+      e->grant_pending)
+    return 0;
+  e->adopt_tried = 1;
+  int64_t only = 0;
+  for (size_t i = 0; i < op->listing.n; i++) {
+    int64_t l = op->listing.leases[i];
+    if (!l || (only && l != only)) return 0;
+    only = l;
+  }
+  if (!only) return 0;
+  etcd_op_t *t = op_new(e, OP_LEASE_TTL, NULL, NULL);
+  t->lease_id = only;
+  t->parent = op;
+  submit(t);
+  return 1;
+}
+
+static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  etcd_op_t *op = data;
+  etcd_t *e = op->e;
+  op->req = NULL;
+  char err[400] = "";
+  etcd_result_t res = {ETCD_OK, NULL};
+  reply_t reply;
+  if (r->error) {
+    /* a TLS server that wants a client certificate just drops us: say so
+     * (CURLE_SSL_CONNECT_ERROR, CURLE_SEND_ERROR, CURLE_RECV_ERROR) */
+    int tls_hint = strncmp(e->endpoints[op->ep], "https:", 6) == 0 &&
+                   !e->tls.cert &&
+                   (r->error == 35 || r->error == 55 || r->error == 56);
+    snprintf(err, sizeof err, "%s: %s%s", e->endpoints[op->ep], r->errmsg,
+             tls_hint ? " (does etcd want a client certificate? see "
+                        "--etcd-cert and --etcd-key)"
+                      : "");
+    res.status = ETCD_UNAVAILABLE;
+    reply = REPLY_NEXT_ENDPOINT;
+  } else if (e->api == ETCD_API_V3) {
+    reply = etcd_v3_reply(op, r, &res, err, sizeof err);
+  } else {
+    reply = etcd_v2_reply(op, r, &res, err, sizeof err);
+  }
+  switch (reply) {
+  case REPLY_MORE:
+    e->current = op->ep;
+    if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+    return;
+  case REPLY_REAUTH:
+    free(e->token);
+    e->token = NULL;
+    if (!op->reauthed && op->kind != OP_AUTH) {
+      op->reauthed = 1;
+      submit(op); /* waits for a fresh token */
+      return;
+    }
+    break;
+  case REPLY_LEASE_LOST:
+    etcd_lease_lost(e);
+    if (!op->lease_retried) {
+      op->lease_retried = 1;
+      submit(op); /* waits for a new lease */
+      return;
+    }
+    break;
+  case REPLY_NEXT_ENDPOINT:
+    if (++op->attempts < e->n) {
+      log_debug("etcd: %s; trying the next endpoint", err);
+      op->ep = (op->ep + 1) % e->n;
+      if (send_op(op) == 0) return;
+      snprintf(err, sizeof err, "cannot start a request");
+    } else if (e->n > 1) {
+      snprintf(err + strlen(err), sizeof err - strlen(err),
+               " (all %zu endpoints failed)", e->n);
+    }
+    res.status = ETCD_UNAVAILABLE;
+    break;
+  case REPLY_DONE:
+    e->current = op->ep;
+    if ((op->kind == OP_LIST || op->kind == OP_GET) &&
+        res.status == ETCD_OK) {
+      if (op->kind == OP_LIST && try_adopt(op)) return;
+      deliver_listing(op);
+      return;
+    }
+    break;
+  }
+  if (res.status != ETCD_OK && !res.error) res.error = err;
+  complete(op, &res);
+}
+
+/* Builds the wire request (again: tokens, leases and pages change it) and
+ * sends it.  -1 if curl refused the request (nothing was sent). */
+static int send_op(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  free(op->path);
+  op->path = NULL;
+  buf_reset(&op->body);
+  op->content_type = NULL;
+  if (e->api == ETCD_API_V3) etcd_v3_build(op);
+  else etcd_v2_build(op);
+
+  char *url = xasprintf("%s%s", e->endpoints[op->ep], op->path);
+  char ctype[80];
+  char *auth = NULL;
+  const char *headers[3] = {NULL, NULL, NULL};
+  int nh = 0;
+  if (op->content_type) {
+    snprintf(ctype, sizeof ctype, "Content-Type: %s", op->content_type);
+    headers[nh++] = ctype;
+  }
+  if (e->api == ETCD_API_V3 && e->token && op->kind != OP_AUTH) {
+    auth = xasprintf("Authorization: %s", e->token);
+    headers[nh++] = auth;
+  }
+  http_opts_t o = {0};
+  o.method = op->method;
+  o.url = url;
+  o.headers = headers;
+  o.body = op->body.data ? op->body.data : (op->method[0] == 'G' ? NULL : "");
+  o.body_len = op->body.len;
+  o.timeout_ms = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
+  o.connect_timeout_ms = 2000;
+  o.tls = e->use_tls ? &e->tls : NULL;
+  o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
+  o.on_done = op_done;
+  o.data = op;
+  op->req = http_request(e->http, &o);
+  free(url);
+  if (auth) {
+    memset(auth, 0, strlen(auth));
+    free(auth);
+  }
+  return op->req ? 0 : -1;
+}
+
+/* ---- v3 gates: a token, a lease ---- */
+
+static void start_auth(etcd_t *e);
+static void start_grant(etcd_t *e);
+
+/* 1 when op has to wait (it is kept on a wait list). */
+static int gate(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  unwait(op);
+  if (e->api != ETCD_API_V3 || op->kind == OP_AUTH) return 0;
+  if (e->user && !e->token) {
+    wait_for(op, WAIT_TOKEN);
+    start_auth(e);
+    return 1;
+  }
+  if (op->kind == OP_PUT && e->ttl > 0 && !e->lease) {
+    wait_for(op, WAIT_LEASE);
+    start_grant(e);
+    return 1;
+  }
+  return 0;
+}
+
+/* For callers inside callbacks: a failure to send is reported back. */
+static void submit(etcd_op_t *op) {
+  if (gate(op)) return;
+  if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+}
+
+/* Sends (or fails, with st and err) every op on one wait list.  Each is
+ * taken off the list before anything runs, so callbacks may cancel or
+ * start others freely. */
+static void release_waiting(etcd_t *e, int which, int do_fail,
+                            etcd_status_t st, const char *err) {
+  etcd_op_t *o;
+  while ((o = e->wait[which])) {
+    unwait(o);
+    if (do_fail) fail(o, st, err);
+    else submit(o);
+  }
+}
+
+static void start_auth(etcd_t *e) {
+  if (e->auth_pending) return;
+  e->auth_pending = 1;
+  etcd_op_t *op = op_new(e, OP_AUTH, NULL, NULL);
+  submit(op);
+}
+
+static void auth_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
+  e->auth_pending = 0;
+  if (res->status == ETCD_OK && op->token) {
+    free(e->token);
+    e->token = op->token;
+    op->token = NULL;
+    log_debug("etcd: authenticated as %s", e->user);
+    release_waiting(e, WAIT_TOKEN, 0, ETCD_OK, NULL);
+    return;
+  }
+  char msg[500];
+  snprintf(msg, sizeof msg, "authentication as user %s failed: %s",
+           e->user, res->error ? res->error : "no token in the answer");
+  release_waiting(e, WAIT_TOKEN, 1,
+                  res->status == ETCD_OK ? ETCD_FAILED : res->status, msg);
+}
+
+static void start_grant(etcd_t *e) {
+  if (e->grant_pending) return;
+  e->grant_pending = 1;
+  etcd_op_t *op = op_new(e, OP_GRANT, NULL, NULL);
+  submit(op);
+}
+
+static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
+  e->grant_pending = 0;
+  if (res->status == ETCD_OK && op->lease_id) {
+    e->lease = op->lease_id;
+    log_info("etcd: lease %" PRIx64 " granted (TTL %lds)", (uint64_t)e->lease,
+             op->lease_ttl);
+    uv_timer_again(&e->keepalive_timer);
+    release_waiting(e, WAIT_LEASE, 0, ETCD_OK, NULL);
+    return;
+  }
+  char msg[500];
+  snprintf(msg, sizeof msg, "cannot get an etcd lease: %s",
+           res->error ? res->error : "no lease in the answer");
+  release_waiting(e, WAIT_LEASE, 1,
+                  res->status == ETCD_OK ? ETCD_FAILED : res->status, msg);
+}
+
+void etcd_lease_lost(etcd_t *e) {
+  if (!e->lease) return;
+  log_warn("etcd: lease %" PRIx64 " is gone (expired or revoked); a new one "
+           "is granted and every key written again",
+           (uint64_t)e->lease);
+  e->lease = 0;
+  if (e->lease_lost) e->lease_lost(e->ud);
+}
+
+static void keepalive_finished(etcd_t *e, etcd_op_t *op,
+                               const etcd_result_t *res) {
+  e->keepalive_pending = 0;
+  if (res->status != ETCD_OK) {
+    log_debug("etcd: lease keep-alive failed: %s", res->error);
+    return;
+  }
+  if (op->lease_id == e->lease && op->lease_ttl <= 0) etcd_lease_lost(e);
+}
+
+static void keepalive_cb(uv_timer_t *t) {
+  etcd_t *e = t->data;
+  if (!e->lease || e->keepalive_pending) return;
+  e->keepalive_pending = 1;
+  etcd_op_t *op = op_new(e, OP_KEEPALIVE, NULL, NULL);
+  op->lease_id = e->lease;
+  submit(op);
+}
+
+/* ---- the public operations ---- */
+
 static etcd_op_t *start(etcd_t *e, op_kind_t kind, const char *key,
                         const char *value, size_t vlen, long ttl,
                         etcd_done_cb cb, etcd_list_cb lcb, void *data) {
-  etcd_op_t *op = op_new(e, kind, data);
+  etcd_op_t *op = op_new(e, kind, key, data);
   op->done = cb;
   op->list = lcb;
-  etcd_v2_build(op, key, value, vlen, ttl);
+  op->ttl = ttl;
+  if (value) {
+    op->value = xstrndup(value, vlen);
+    op->vlen = vlen;
+  }
+  if (gate(op)) return op;
   if (send_op(op) < 0) { /* as libuv: an error return means no callback */
     op_free(op);
     return NULL;
@@ -148,6 +463,11 @@ etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
   return start(e, OP_DELETE_DIR, key, NULL, 0, 0, cb, NULL, data);
 }
 
+etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
+                              void *data) {
+  return start(e, OP_DELETE_PREFIX, prefix, NULL, 0, 0, cb, NULL, data);
+}
+
 etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
                      void *data) {
   return start(e, OP_LIST, prefix, NULL, 0, 0, NULL, cb, data);
@@ -164,6 +484,10 @@ void etcd_cancel(etcd_op_t *op) {
 }
 
 int etcd_has_dirs(const etcd_t *e) {
+  return e->api == ETCD_API_V2;
+}
+
+int etcd_has_key_refresh(const etcd_t *e) {
   return e->api == ETCD_API_V2;
 }
 
@@ -184,17 +508,41 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   for (size_t i = 0; i < e->n; i++) e->endpoints[i] = xstrdup(o->endpoints[i]);
   e->api = o->api;
   if (o->tls) {
-    e->use_tls = 1;
     const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
     for (int i = 0; i < 3; i++)
       e->tls_files[i] = in[i] ? xstrdup(in[i]) : NULL;
     e->tls.cacert = e->tls_files[0];
     e->tls.cert = e->tls_files[1];
     e->tls.key = e->tls_files[2];
+    e->use_tls = 1;
   }
-  e->user = o->user ? xstrdup(o->user) : NULL;
+  if (o->user) {
+    e->user = xstrdup(o->user);
+    e->password = xstrdup(o->password ? o->password : "");
+    e->userpwd = xasprintf("%s:%s", e->user, e->password);
+  }
   e->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
+  e->ttl = o->api == ETCD_API_V3 ? o->ttl : 0;
+  e->lease_lost = o->lease_lost;
+  e->ud = o->ud;
+  uv_timer_init(loop, &e->keepalive_timer);
+  e->keepalive_timer.data = e;
+  e->timer_open = 1;
+  if (e->ttl > 0) {
+    uint64_t every = (uint64_t)e->ttl * 1000 / 3;
+    if (every < 500) every = 500;
+    uv_timer_start(&e->keepalive_timer, keepalive_cb, every, every);
+  }
   return e;
+}
+
+static void wipe(char *s) {
+  if (s) memset(s, 0, strlen(s));
+  free(s);
+}
+
+static void timer_closed(uv_handle_t *h) {
+  free(h->data);
 }
 
 void etcd_free(etcd_t *e) {
@@ -203,7 +551,9 @@ void etcd_free(etcd_t *e) {
   for (size_t i = 0; i < e->n; i++) free(e->endpoints[i]);
   free(e->endpoints);
   for (int i = 0; i < 3; i++) free(e->tls_files[i]);
-  if (e->user) memset(e->user, 0, strlen(e->user));
   free(e->user);
-  free(e);
+  wipe(e->password);
+  wipe(e->userpwd);
+  wipe(e->token);
+  uv_close((uv_handle_t *)&e->keepalive_timer, timer_closed);
 }

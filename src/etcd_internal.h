@@ -1,6 +1,9 @@
-/* Shared by etcd.c and its wire formats (etcd_v2.c); not a public API. */
+/* Shared by etcd.c and its wire formats (etcd_v2.c, etcd_v3.c); not a
+ * public API. */
 #ifndef REGISTER_ETCD_INTERNAL_H
 #define REGISTER_ETCD_INTERNAL_H
+
+#include <stdint.h>
 
 #include "etcd.h"
 #include "util.h"
@@ -10,14 +13,44 @@ typedef enum {
   OP_REFRESH,
   OP_DELETE,
   OP_DELETE_DIR,
+  OP_DELETE_PREFIX,
   OP_LIST,
-  OP_GET
+  OP_GET,
+  /* internal (v3) */
+  OP_AUTH,
+  OP_GRANT,
+  OP_KEEPALIVE,
+  OP_LEASE_TTL
 } op_kind_t;
+
+/* What a reply means for the request machinery. */
+typedef enum {
+  REPLY_DONE,          /* res holds the final result */
+  REPLY_NEXT_ENDPOINT, /* transient: try the next endpoint */
+  REPLY_MORE,          /* a listing has another page: send again */
+  REPLY_REAUTH,        /* the auth token is invalid or expired */
+  REPLY_LEASE_LOST     /* the lease a put named does not exist */
+} reply_t;
+
+enum { WAIT_TOKEN = 1, WAIT_LEASE = 2 };
+
+/* A listing being assembled page by page (owned strings). */
+typedef struct {
+  etcd_kv_t *kvs;
+  int64_t *leases;
+  size_t n, cap;
+  char **dirs;
+  size_t ndirs, dcap;
+} listing_t;
 
 struct etcd_op {
   etcd_t *e;
   op_kind_t kind;
-  /* the wire request, built by the backend */
+  char *key;          /* owned */
+  char *value;        /* owned (puts) */
+  size_t vlen;
+  long ttl;
+  /* the wire request, built by the backend for each attempt */
   const char *method;
   char *path;         /* appended to the endpoint URL */
   buf_t body;
@@ -25,21 +58,68 @@ struct etcd_op {
   /* state */
   size_t ep;          /* endpoint of the current attempt */
   size_t attempts;
+  int reauthed;       /* sent again once after a new token */
+  int lease_retried;  /* sent again once after a new lease */
+  int waiting;        /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */
+  etcd_op_t *wprev, *wnext;
   http_req_t *req;
+  listing_t listing;  /* OP_LIST / OP_GET */
+  buf_t cont;         /* v3: where the next page starts */
+  etcd_op_t *parent;  /* OP_LEASE_TTL run for a listing */
+  /* results of internal ops */
+  int64_t lease_id;
+  long lease_ttl, granted_ttl;
+  char *token;
   etcd_done_cb done;
   etcd_list_cb list;
   void *data;
-  int listed;         /* the backend has called list() already */
   etcd_op_t *prev, *next;
 };
 
+struct etcd {
+  uv_loop_t *loop;
+  http_t *http;
+  char **endpoints;
+  size_t n;
+  size_t current;      /* the endpoint that answered last */
+  etcd_api_t api;
+  http_tls_t tls;      /* points at the owned copies below */
+  char *tls_files[3];
+  int use_tls;
+  char *user, *password; /* never logged */
+  char *userpwd;       /* "user:password" for v2 basic auth */
+  long timeout_ms;
+  long ttl;            /* v3: the lease's TTL; 0 = no lease */
+  etcd_op_t *ops;      /* every outstanding operation */
+  size_t pending;
+  /* v3 */
+  etcd_op_t *wait[3]; /* ops waiting for a token [1] or a lease [2] */
+  char *token;
+  int auth_pending;
+  int64_t lease;
+  int grant_pending, keepalive_pending, adopt_tried;
+  uv_timer_t keepalive_timer;
+  int timer_open;
+  void (*lease_lost)(void *ud);
+  void *ud;
+};
+
+/* Forgets the v3 lease and tells the owner its keys must be written again. */
+void etcd_lease_lost(etcd_t *e);
+
+void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
+                 size_t vlen, long ttl, int64_t lease);
+void listing_add_dir(listing_t *l, const char *key);
+void listing_free(listing_t *l);
+
 /* v2 wire format */
-void etcd_v2_build(etcd_op_t *op, const char *key, const char *value,
-                   size_t vlen, long ttl);
-/* Turns a reply into a result.  A successful OP_LIST calls op->list
- * itself and sets op->listed.  Returns 1 when the reply says "try another
- * endpoint". */
-int etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
-                  char *err, size_t errlen);
+void etcd_v2_build(etcd_op_t *op);
+reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
+                      char *err, size_t errlen);
+
+/* v3 wire format (the JSON gateway) */
+void etcd_v3_build(etcd_op_t *op);
+reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
+                      char *err, size_t errlen);
 
 #endif

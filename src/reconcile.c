@@ -95,6 +95,8 @@ struct reconcile {
   int list_again;      /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer;
   int paused;
+  int key_refresh;     /* v2: TTLs are refreshed key by key */
+  etcd_op_t *prefix_op; /* deleting the whole owned prefix */
   int outage;          /* etcd is unreachable: said once, not per key */
   unsigned failures;
   uint64_t list_backoff_ms;
@@ -208,7 +210,7 @@ static void set_failed(reconcile_t *r, rkey_t *k, int failed) {
 
 int reconcile_converged(const reconcile_t *r) {
   return r->primed && r->docker_synced && !r->q_head && r->inflight == 0 &&
-         r->nfailed == 0 && !r->paused && !r->list_op;
+         r->nfailed == 0 && !r->paused && !r->list_op && !r->prefix_op;
 }
 
 static void check_converged(reconcile_t *r) {
@@ -360,8 +362,8 @@ static void op_done(void *data, const etcd_result_t *res) {
     r->errors++;
     if (!r->outage) {
       r->outage = 1;
-      log_fields(LOG_WARN, "etcd unavailable; keeping the desired state and "
-                           "retrying with backoff",
+      log_fields(LOG_WARN, "etcd: cannot write; keeping the desired state "
+                           "and retrying with backoff",
                  "error", res->error, NULL);
     } else {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
@@ -450,11 +452,16 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   if (want) {
     if (!k->have_known || !rstr_eq(k->have, want->s, want->len))
       return ACT_PUT;
-    if (r->ttl > 0) /* also gives a TTL to a key written without one */
+    if (r->ttl > 0) {
+      if (!r->key_refresh) /* v3: attach to our lease, or nothing to do */
+        return k->have_ttl ? ACT_NONE : ACT_PUT;
+      /* v2: refreshing also gives a TTL to a key written without one */
       return k->refresh_due || !k->have_ttl ? ACT_REFRESH : ACT_NONE;
+    }
     return k->have_ttl ? ACT_PUT : ACT_NONE; /* ours must not expire */
   }
   if (k->have_known && !k->have) return ACT_NONE;
+  if (r->prefix_op && in_prefix(r, k->key)) return ACT_NONE; /* going */
   if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
   return ACT_DELETE;
 }
@@ -603,8 +610,8 @@ static void list_done(void *data, const etcd_result_t *res,
     if (r->list_backoff_ms > BACKOFF_MAX_MS) r->list_backoff_ms = BACKOFF_MAX_MS;
     if (!r->outage) {
       r->outage = 1;
-      log_fields(LOG_WARN, "etcd unavailable: cannot list the owned prefix; "
-                           "retrying with backoff",
+      log_fields(LOG_WARN, "etcd: cannot list the owned prefix; retrying "
+                           "with backoff",
                  "prefix", r->prefix, "error", res->error, NULL);
     } else {
       log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
@@ -721,11 +728,52 @@ void reconcile_docker_synced(reconcile_t *r, int synced) {
   pump(r);
 }
 
+void reconcile_lease_lost(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (!k->inflight) set_have(k, NULL); /* they went with the lease */
+  }
+  touch_all(r);
+  pump(r);
+}
+
+static void prefix_deleted(void *data, const etcd_result_t *res) {
+  reconcile_t *r = data;
+  r->prefix_op = NULL;
+  if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, r->keys);
+    while (map_iter_next(&it, NULL, &v)) {
+      rkey_t *k = v;
+      if (k->owners || k->inflight || !in_prefix(r, k->key)) continue;
+      if (k->have) {
+        r->deletes++;
+        log_change("removed", k);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      set_have(k, NULL);
+    }
+    log_info("deleted %s in one request", r->prefix);
+  } else {
+    log_fields(LOG_WARN, "cannot delete the owned prefix; deleting key by key",
+               "prefix", r->prefix, "error", res->error, NULL);
+  }
+  touch_all(r);
+  pump(r);
+}
+
 void reconcile_deregister(reconcile_t *r) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
   while (map_iter_next(&it, NULL, &v)) cont_drop(r, v);
+  /* everything under the owned prefix is ours: one request for all of it */
+  if (r->prefix && r->etcd && !r->dry_run && r->primed)
+    r->prefix_op = etcd_delete_prefix(r->etcd, r->prefix, prefix_deleted, r);
   pump(r);
 }
 
@@ -771,7 +819,8 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
   uv_timer_init(r->loop, &r->refresh_timer);
   uv_timer_init(r->loop, &r->list_timer);
   r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
-  if (r->ttl > 0) {
+  r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
+  if (r->ttl > 0 && r->key_refresh) {
     /* refresh well before expiry: a third of the TTL, at least 1 s */
     uint64_t every = (uint64_t)r->ttl * 1000 / 3;
     if (every < 1000) every = 1000;
@@ -817,6 +866,7 @@ static void free_keys(map_t *m) {
 void reconcile_free(reconcile_t *r) {
   if (!r) return;
   if (r->list_op) etcd_cancel(r->list_op);
+  if (r->prefix_op) etcd_cancel(r->prefix_op);
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);

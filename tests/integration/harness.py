@@ -58,14 +58,18 @@ def tmpdir(prefix="rt"):
 class Etcd:
     """One etcd member or a cluster member; v2 enabled."""
 
-    def __init__(self, name="default", cluster=None, client_port=None, peer_port=None, data_dir=None):
+    def __init__(self, name="default", cluster=None, client_port=None, peer_port=None, data_dir=None,
+                 tls=None, extra=()):
         self.name = name
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.dir = data_dir or tmpdir("re")
         self.cluster = cluster  # "n1=http://...,n2=..." or None
         self.proc = None
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.tls = tls  # make_pki() paths: https, client certificates required
+        self.extra = list(extra)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
 
     def start(self, wait=True):
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -76,7 +80,10 @@ class Etcd:
             "--initial-cluster", self.cluster or f"{self.name}={peer}",
             "--initial-cluster-state", "new", "--enable-v2=true",
             "--heartbeat-interval", "50", "--election-timeout", "500",
-        ]
+        ] + self.extra
+        if self.tls:
+            args += ["--cert-file", self.tls["server"], "--key-file", self.tls["server-key"],
+                     "--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
@@ -86,9 +93,17 @@ class Etcd:
     def wait_ready(self, timeout=30):
         wait_for(lambda: self.health(), timeout, what=f"etcd {self.name} healthy")
 
+    def _ctx(self):
+        if not self.tls:
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls["ca"])
+        ctx.load_cert_chain(self.tls["client"], self.tls["client-key"])
+        return ctx
+
     def health(self):
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=2, context=self._ctx()) as r:
                 return json.loads(r.read()).get("health") == "true"
         except urllib.error.HTTPError:
             return False
@@ -130,8 +145,11 @@ class Etcd:
     def tree(self, prefix="/registered"):
         """{key: value} for every key below prefix (v2, recursive)."""
         req = urllib.request.Request(self.url + "/v2/keys" + urllib.parse.quote(prefix) + "?recursive=true")
+        if getattr(self, "auth", None):
+            import base64
+            req.add_header("Authorization", "Basic " + base64.b64encode(self.auth.encode()).decode())
         try:
-            with urllib.request.urlopen(req, timeout=5) as r:
+            with urllib.request.urlopen(req, timeout=5, context=self._ctx()) as r:
                 body = json.loads(r.read())
         except urllib.error.HTTPError as e:
             if e.code == 404:
@@ -151,6 +169,13 @@ class Etcd:
     def etcdctl(self, *args, api="2", check=True):
         env = dict(os.environ, ETCDCTL_API=api)
         ep = ["--endpoints", self.url]
+        if self.tls:
+            if api == "2":
+                ep += ["--ca-file", self.tls["ca"], "--cert-file", self.tls["client"],
+                       "--key-file", self.tls["client-key"]]
+            else:
+                ep += ["--cacert", self.tls["ca"], "--cert", self.tls["client"],
+                       "--key", self.tls["client-key"]]
         r = subprocess.run(["etcdctl", *ep, *args], env=env, capture_output=True, text=True, timeout=20)
         if check and r.returncode != 0:
             raise AssertionError(f"etcdctl {args} failed: {r.stderr}")
@@ -203,7 +228,8 @@ class Dockerd:
 
     BIP = "172.31.254.1/24"
 
-    def __init__(self):
+    def __init__(self, extra=()):
+        self.extra = list(extra)
         self.dir = tmpdir("rd")
         self.sock = os.path.join(self.dir, "d.sock")
         self.host = "unix://" + self.sock
@@ -218,7 +244,8 @@ class Dockerd:
         os.makedirs(DOCKER_ROOT, exist_ok=True)
         args = ["dockerd", "--host", self.host, "--data-root", DOCKER_ROOT,
                 "--exec-root", os.path.join(self.dir, "x"), "--pidfile", os.path.join(self.dir, "d.pid"),
-                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", "--bip", self.BIP]
+                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", "--bip", self.BIP,
+                *self.extra]
         self.log = open(os.path.join(self.dir, "dockerd.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self.ping(), timeout, what="dockerd to answer")
@@ -491,3 +518,26 @@ def wait_converged(etcd, d, ip, timeout=20):
         wait_for(ok, timeout, interval=0.2, what="etcd to equal Docker's truth")
     except AssertionError as e:
         raise AssertionError(f"{e}; keys differing: {state.get('diff')}")
+
+
+def make_pki(d, name="test"):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client
+    certificate, made with openssl in directory d.  Returns paths."""
+    os.makedirs(d, exist_ok=True)
+    p = {k: os.path.join(d, f"{name}-{k}.pem") for k in
+         ("ca", "ca-key", "server", "server-key", "client", "client-key")}
+    ext = os.path.join(d, f"{name}-ext.cnf")
+    with open(ext, "w") as f:
+        f.write("[srv]\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "# etcd's gateway dials etcd itself with this certificate\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n"
+                "[cli]\nextendedKeyUsage=clientAuth\n")
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+       "-subj", f"/CN={name} test CA", "-keyout", p["ca-key"], "-out", p["ca"])
+    for kind, cn, section in (("server", "127.0.0.1", "srv"), ("client", "register", "cli")):
+        csr = os.path.join(d, f"{name}-{kind}.csr")
+        sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+           "-keyout", p[f"{kind}-key"], "-out", csr)
+        sh("openssl", "x509", "-req", "-in", csr, "-CA", p["ca"], "-CAkey", p["ca-key"],
+           "-CAcreateserial", "-days", "2", "-extfile", ext, "-extensions", section, "-out", p[kind])
+    return p

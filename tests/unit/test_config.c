@@ -3,6 +3,7 @@
 #include "test.h"
 
 #include <stdarg.h>
+#include <unistd.h>
 
 static int parse(config_t *c, char *err, size_t n, int argc, ...) {
   char *argv[32] = {"register"};
@@ -138,15 +139,54 @@ TEST(docker_tls_from_environment) {
   char err[300];
   clean_env();
   setenv("HOST_IP", "10.0.0.1", 1);
+  char dir[] = "/tmp/register-test-certs-XXXXXX";
+  ASSERT(mkdtemp(dir));
   setenv("DOCKER_TLS_VERIFY", "1", 1);
-  setenv("DOCKER_CERT_PATH", "/certs", 1);
+  setenv("DOCKER_CERT_PATH", dir, 1);
   setenv("DOCKER_HOST", "tcp://10.0.0.2", 1);
+  /* the files must be there */
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), -1);
+  ASSERT_CONTAINS(err, "DOCKER_CERT_PATH ca.pem");
+  ASSERT_CONTAINS(err, "No such file or directory");
+  config_free(&c);
+  const char *names[] = {"ca.pem", "cert.pem", "key.pem"};
+  char path[3][128];
+  for (int i = 0; i < 3; i++) {
+    snprintf(path[i], sizeof path[i], "%s/%s", dir, names[i]);
+    FILE *f = fopen(path[i], "w");
+    ASSERT(f);
+    fclose(f);
+  }
   ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
   ASSERT_STR_EQ(c.docker_base, "https://10.0.0.2:2376");
-  ASSERT_STR_EQ(c.docker_cacert, "/certs/ca.pem");
-  ASSERT_STR_EQ(c.docker_cert, "/certs/cert.pem");
-  ASSERT_STR_EQ(c.docker_key, "/certs/key.pem");
+  ASSERT_STR_EQ(c.docker_cacert, path[0]);
+  ASSERT_STR_EQ(c.docker_cert, path[1]);
+  ASSERT_STR_EQ(c.docker_key, path[2]);
   config_free(&c);
+  /* etcd credentials: USER:PASSWORD splits, a password file wins */
+  unsetenv("DOCKER_TLS_VERIFY");
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-user", "reg:s3cr:et"), 0);
+  ASSERT_STR_EQ(c.etcd_user, "reg");
+  ASSERT_STR_EQ(c.etcd_password, "s3cr:et");
+  config_free(&c);
+  FILE *pf = fopen(path[0], "w");
+  ASSERT(pf);
+  fputs("frompass\n", pf);
+  fclose(pf);
+  ASSERT_EQ(parse(&c, err, sizeof err, 5, "--etcd-user", "reg:x",
+                  "--etcd-password-file", path[0]),
+            0);
+  ASSERT_STR_EQ(c.etcd_password, "frompass");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-cacert", "/nonexistent/ca"),
+            -1);
+  ASSERT_CONTAINS(err, "--etcd-cacert \"/nonexistent/ca\":");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-cert", path[1]), -1);
+  ASSERT_CONTAINS(err, "--etcd-cert and --etcd-key go together");
+  config_free(&c);
+  for (int i = 0; i < 3; i++) unlink(path[i]);
+  rmdir(dir);
   unsetenv("DOCKER_CERT_PATH");
   clean_env();
 }

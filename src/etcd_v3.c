@@ -1,0 +1,224 @@
+/* etcd_v3: the v3 API through etcd's JSON gateway: POST /v3/kv/put,
+ * /v3/kv/range (paginated), /v3/kv/deleterange, /v3/lease/grant,
+ * /v3/lease/keepalive, /v3/lease/timetolive, /v3/auth/authenticate.  Keys
+ * and values travel base64-encoded; 64-bit numbers as strings. */
+#include "etcd_internal.h"
+#include "json.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAGE 1000
+
+static void b64_field(buf_t *b, const char *name, const char *s, size_t n) {
+  buf_printf(b, "\"%s\":\"", name);
+  util_base64_encode(b, s, n);
+  buf_putc(b, '"');
+}
+
+/* [prefix + "/", prefix + "0"): every key below the prefix ('0' follows
+ * '/' in byte order), and nothing of a sibling such as "<prefix>0". */
+static void prefix_range(buf_t *b, const char *prefix, const buf_t *from) {
+  size_t n = strlen(prefix);
+  char *lo = xasprintf("%s/", prefix), *hi = xasprintf("%s0", prefix);
+  if (from && from->len) b64_field(b, "key", from->data, from->len);
+  else b64_field(b, "key", lo, n + 1);
+  buf_putc(b, ',');
+  b64_field(b, "range_end", hi, n + 1);
+  free(lo);
+  free(hi);
+}
+
+void etcd_v3_build(etcd_op_t *op) {
+  etcd_t *e = op->e;
+  buf_t *b = &op->body;
+  op->method = "POST";
+  op->content_type = "application/json";
+  buf_putc(b, '{');
+  switch (op->kind) {
+  case OP_PUT:
+    op->path = xstrdup("/v3/kv/put");
+    b64_field(b, "key", op->key, strlen(op->key));
+    buf_putc(b, ',');
+    b64_field(b, "value", op->value, op->vlen);
+    if (e->ttl > 0 && e->lease)
+      buf_printf(b, ",\"lease\":\"%" PRId64 "\"", e->lease);
+    break;
+  case OP_REFRESH: /* not used with v3 (the lease is kept alive): a read */
+  case OP_GET:
+    op->path = xstrdup("/v3/kv/range");
+    b64_field(b, "key", op->key, strlen(op->key));
+    break;
+  case OP_DELETE:
+  case OP_DELETE_DIR: /* v3 has no directories */
+    op->path = xstrdup("/v3/kv/deleterange");
+    b64_field(b, "key", op->key, strlen(op->key));
+    break;
+  case OP_DELETE_PREFIX:
+    op->path = xstrdup("/v3/kv/deleterange");
+    prefix_range(b, op->key, NULL);
+    break;
+  case OP_LIST:
+    op->path = xstrdup("/v3/kv/range");
+    prefix_range(b, op->key, &op->cont);
+    buf_printf(b, ",\"limit\":%d", PAGE);
+    break;
+  case OP_AUTH:
+    op->path = xstrdup("/v3/auth/authenticate");
+    buf_puts(b, "\"name\":");
+    json_escape(b, e->user, strlen(e->user));
+    buf_puts(b, ",\"password\":");
+    json_escape(b, e->password, strlen(e->password));
+    break;
+  case OP_GRANT:
+    op->path = xstrdup("/v3/lease/grant");
+    buf_printf(b, "\"TTL\":%ld", e->ttl);
+    break;
+  case OP_KEEPALIVE:
+    op->path = xstrdup("/v3/lease/keepalive");
+    buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
+    break;
+  case OP_LEASE_TTL:
+    op->path = xstrdup("/v3/lease/timetolive");
+    buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
+    break;
+  }
+  buf_putc(b, '}');
+}
+
+/* int64 fields come as strings ("123"), sometimes as numbers */
+static int64_t num(const json_value_t *v) {
+  if (!v) return 0;
+  if (v->type == JSON_NUMBER) return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
+  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
+  return 0;
+}
+
+static int decode(const json_value_t *v, buf_t *out) {
+  buf_reset(out);
+  if (!v) return 0; /* absent: empty (JSON omits empty bytes) */
+  if (v->type != JSON_STRING) return -1;
+  return util_base64_decode(out, v->u.str, v->len);
+}
+
+static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
+                           etcd_result_t *res, char *err, size_t errlen) {
+  buf_t k, v;
+  buf_init(&k);
+  buf_init(&v);
+  const json_value_t *kvs = json_get(root, "kvs");
+  for (const json_value_t *kv = kvs && kvs->type == JSON_ARRAY ? kvs->u.child
+                                                              : NULL;
+       kv; kv = kv->next) {
+    if (decode(json_get(kv, "key"), &k) < 0 ||
+        decode(json_get(kv, "value"), &v) < 0) {
+      snprintf(err, errlen, "etcd range answer has bad base64");
+      res->status = ETCD_FAILED;
+      buf_free(&k);
+      buf_free(&v);
+      return REPLY_DONE;
+    }
+    if (op->kind == OP_REFRESH) continue;
+    listing_add(&op->listing, k.data ? k.data : "", k.len,
+                v.data ? v.data : "", v.len, 0, num(json_get(kv, "lease")));
+  }
+  if (op->kind == OP_REFRESH && (!kvs || kvs->len == 0))
+    res->status = ETCD_NOT_FOUND;
+  const json_value_t *more = json_get(root, "more");
+  reply_t reply = REPLY_DONE;
+  if (op->kind == OP_LIST && more && more->type == JSON_BOOL &&
+      more->u.boolean && k.len) {
+    /* the next page starts just after the last key */
+    buf_reset(&op->cont);
+    buf_append(&op->cont, k.data, k.len);
+    buf_append(&op->cont, "", 1);
+    reply = REPLY_MORE;
+  }
+  buf_free(&k);
+  buf_free(&v);
+  return reply;
+}
+
+reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
+                      char *err, size_t errlen) {
+  char jerr[160];
+  json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
+  const json_value_t *root = doc ? json_root(doc) : NULL;
+  reply_t reply = REPLY_DONE;
+  res->status = ETCD_OK;
+
+  if (r->status == 200 && root && !json_get(root, "error")) {
+    switch (op->kind) {
+    case OP_LIST:
+    case OP_GET:
+    case OP_REFRESH: reply = range_reply(op, root, res, err, errlen); break;
+    case OP_DELETE:
+      if (num(json_get(root, "deleted")) == 0) res->status = ETCD_NOT_FOUND;
+      break;
+    case OP_AUTH: {
+      const char *t = json_get_str(root, "token");
+      op->token = t ? xstrdup(t) : NULL;
+      break;
+    }
+    case OP_GRANT:
+      op->lease_id = num(json_get(root, "ID"));
+      op->lease_ttl = (long)num(json_get(root, "TTL"));
+      break;
+    case OP_KEEPALIVE: { /* {"result": {...}}: no TTL means no lease */
+      const json_value_t *res_ = json_get(root, "result");
+      op->lease_ttl = (long)num(json_get(res_, "TTL"));
+      break;
+    }
+    case OP_LEASE_TTL:
+      op->lease_ttl = (long)num(json_get(root, "TTL"));
+      op->granted_ttl = (long)num(json_get(root, "grantedTTL"));
+      break;
+    default: break;
+    }
+    json_free(doc);
+    return reply;
+  }
+
+  /* an error: {"error": "...", "message": "...", "code": N} (gRPC codes) */
+  const char *msg = json_get_str(root, "message");
+  if (!msg) msg = json_get_str(root, "error");
+  long code = (long)num(json_get(root, "code"));
+  if (op->kind == OP_AUTH && msg && strstr(msg, "authentication is not enabled")) {
+    op->token = xstrdup(""); /* nothing to authenticate against: go on */
+    json_free(doc);
+    return REPLY_DONE;
+  }
+  switch (code) {
+  case 16: /* UNAUTHENTICATED: invalid or expired token */
+    res->status = ETCD_UNAVAILABLE;
+    reply = REPLY_REAUTH;
+    break;
+  case 5: /* NOT_FOUND: a lease */
+    res->status = ETCD_NOT_FOUND;
+    if (op->kind == OP_PUT) reply = REPLY_LEASE_LOST;
+    break;
+  case 4:  /* DEADLINE_EXCEEDED */
+  case 10: /* ABORTED */
+  case 14: /* UNAVAILABLE: no leader, stopping, ... */
+    res->status = ETCD_UNAVAILABLE;
+    reply = REPLY_NEXT_ENDPOINT;
+    break;
+  default:
+    if (r->status >= 500 || (!root && r->status != 200)) {
+      res->status = ETCD_UNAVAILABLE;
+      reply = REPLY_NEXT_ENDPOINT;
+    } else {
+      res->status = ETCD_FAILED;
+    }
+  }
+  if (msg)
+    snprintf(err, errlen, "etcd: %s", msg);
+  else
+    snprintf(err, errlen, "etcd answered HTTP %ld%s%s", r->status,
+             doc ? "" : " (not JSON: ", doc ? "" : jerr);
+  if (!doc && strchr(err, '(')) snprintf(err + strlen(err), errlen - strlen(err), ")");
+  json_free(doc);
+  return reply;
+}
