@@ -73,6 +73,10 @@ const char *docker_api_version(const docker_t *d);
 int docker_connected(const docker_t *d);
 uint64_t docker_reconnects(const docker_t *d);
 size_t docker_containers(const docker_t *d);
+/* Events seen, by action (the part before ':' of "health_status: ..."),
+ * at most 64 actions then "other".  Fills up to max; returns the count. */
+size_t docker_event_counts(const docker_t *d, const char **actions,
+                           uint64_t *counts, size_t max);
 
 /* Exposed for tests: parses one event line into ev (pointers into doc).
  * legacy: the daemon's API predates Type/Action/Actor (< 1.22).

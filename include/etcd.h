@@ -84,6 +84,27 @@ etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data);
 /* Stops an operation; its callback does not run. */
 void etcd_cancel(etcd_op_t *op);
 
+/* GET /health on the endpoints (failover as usual): OK when one is healthy. */
+etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data);
+
+/* ---- statistics, for /metrics and /healthz ---- */
+#define ETCD_BUCKETS 12
+extern const double etcd_buckets[ETCD_BUCKETS]; /* seconds, upper bounds */
+typedef struct {
+  const char *op;         /* "put", "delete", "list", ... */
+  uint64_t by_status[5];  /* indexed by etcd_status_t */
+  uint64_t buckets[ETCD_BUCKETS]; /* cumulative counts per upper bound */
+  uint64_t count;
+  double sum;             /* seconds */
+} etcd_opstat_t;
+const char *etcd_status_name(etcd_status_t st);
+/* Fills out[] (at most max); returns how many kinds there are. */
+size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max);
+/* Milliseconds since etcd last answered (any answer), or -1 if never;
+ * the last transport or server error, or "". */
+int64_t etcd_since_answer_ms(const etcd_t *e);
+const char *etcd_last_error(const etcd_t *e);
+
 /* v2 has directories to clean up after the last key in them goes. */
 int etcd_has_dirs(const etcd_t *e);
 /* v2 refreshes TTLs key by key; v3 keeps one lease alive instead. */

@@ -43,6 +43,9 @@ typedef struct {
   size_t containers;     /* containers with at least one record */
   size_t queued, inflight, failed;
   uint64_t puts, refreshes, deletes, errors;
+  int converged;
+  double last_converged;   /* unix time of the last convergence, or 0 */
+  uint64_t behind_ms;      /* how long it has not been converged, or 0 */
 } reconcile_stats_t;
 
 reconcile_t *reconcile_new(const reconcile_opts_t *o);

@@ -6,7 +6,10 @@ set -eu
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format valgrind
 liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev
 etcd-server etcd-client docker.io busybox-static
-python3 curl iproute2 procps openssl ca-certificates"
+python3 curl iproute2 procps openssl ca-certificates
+dpkg-dev file debootstrap prometheus"
+# prometheus is here for promtool (the /metrics test checks the exposition
+# with it); the tests fall back to their own strict parser without it.
 
 missing=""
 for p in $PACKAGES; do

@@ -5,8 +5,11 @@
 #include "etcd.h"
 #include "http.h"
 #include "log.h"
+#include "httpd.h"
 #include "luaio.h"
 #include "map.h"
+#include "metrics.h"
+#include "notify.h"
 #include "policy.h"
 #include "reconcile.h"
 #include "util.h"
@@ -17,6 +20,8 @@
 #include <string.h>
 
 #define DEREGISTER_TIMEOUT_MS 10000
+#define HEALTH_ETCD_FRESH_MS 3000   /* older than this: probe before answering */
+#define HEALTH_PENDING_MS 60000     /* writes pending longer: unhealthy */
 
 /* A policy reload in progress: the new policy is tried on every running
  * container before it replaces the old one. */
@@ -42,6 +47,12 @@ typedef struct {
   reconcile_t *rec;
   docker_t *docker;
   reload_t *reload;
+  notify_t *notify;
+  httpd_t *httpd;
+  httpd_req_t **health_waiting; /* /healthz requests waiting for a probe */
+  size_t nhealth_waiting;
+  etcd_op_t *probe;
+  uint64_t policy_errors, policy_rejected, reloads_ok, reloads_failed;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer;
   int stopping;
@@ -59,9 +70,11 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   char err[600];
   if (policy_records(a->policy, inspect, &recs, err, sizeof err) < 0) {
     /* keep whatever this container had: a script error loses nothing */
+    a->policy_errors++;
     log_fields(LOG_ERROR, err, "container", id, NULL);
     return;
   }
+  a->policy_rejected += recs.rejected;
   reconcile_set(a->rec, id, container_image(inspect), &recs);
   records_free(&recs);
   if (a->reload && !map_get(a->reload->touched, id)) {
@@ -155,10 +168,12 @@ static void reload_done(void *ud, int ok, const char *why) {
     if (!ok)
       log_error("policy reload failed, keeping the old policy: %s",
                 why ? why : "Docker went away");
+    a->reloads_failed++;
     a->reload = NULL;
     reload_free(rl);
     return;
   }
+  a->reloads_ok++;
   /* commit: the new policy is in force from here on */
   policy_t *old = a->policy;
   a->policy = rl->policy;
@@ -200,6 +215,7 @@ static void reload(app_t *a) {
                       0,                0,            a->io};
   policy_t *p = policy_new(&po, err, sizeof err);
   if (!p) {
+    a->reloads_failed++;
     log_error("policy reload failed, keeping the old policy: %s", err);
     return;
   }
@@ -212,6 +228,7 @@ static void reload(app_t *a) {
            cfg->policy_file);
   if (docker_snapshot(a->docker, reload_each, reload_done, a) < 0) {
     if (a->reload) { /* not finished synchronously */
+      a->reloads_failed++;
       a->reload = NULL;
       reload_free(rl);
       log_error("policy reload failed, keeping the old policy: Docker is "
@@ -227,16 +244,128 @@ static void on_synced(void *ud) {
 
 static void on_connection(void *ud, int up) {
   app_t *a = ud;
-  if (!up) reconcile_docker_synced(a->rec, 0);
+  if (!up) {
+    reconcile_docker_synced(a->rec, 0);
+    notify_status(a->notify, "Docker unreachable; keeping registrations, "
+                             "reconnecting");
+  }
 }
 
 static void on_converged(void *ud) {
   app_t *a = ud;
+  reconcile_stats_t st;
+  reconcile_stats(a->rec, &st);
+  char status[160];
+  snprintf(status, sizeof status, "in sync: %zu keys from %zu containers",
+           st.keys, st.containers);
+  notify_ready(a->notify, status);
   if (a->cfg->once && !a->stopping) {
     log_info("sync complete: etcd matches the running containers");
     begin_stop(a, 0);
   } else if (a->deregistering) {
     begin_stop(a, a->exit_code);
+  }
+}
+
+/* ---- /metrics and /healthz ---- */
+
+static void serve_metrics(app_t *a, httpd_req_t *req) {
+  metrics_input_t in = {0};
+  in.docker = a->docker;
+  in.etcd = a->etcd;
+  in.rec = a->rec;
+  in.etcd_api = a->cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2";
+  in.policy_errors = a->policy_errors + policy_errors(a->policy);
+  in.policy_rejected = a->policy_rejected;
+  in.hooks_dropped = policy_hooks_dropped(a->policy);
+  in.reloads_ok = a->reloads_ok;
+  in.reloads_failed = a->reloads_failed;
+  buf_t b;
+  buf_init(&b);
+  metrics_render(&b, &in);
+  httpd_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data,
+                b.len);
+  buf_free(&b);
+}
+
+/* 200 when the event stream is up, etcd answered recently and nothing is
+ * pending too long; else 503 with the problems, one short string each. */
+static void answer_health(app_t *a, httpd_req_t *req, const char *etcd_err) {
+  buf_t problems, b;
+  buf_init(&problems);
+  buf_init(&b);
+  char msg[400];
+  if (!a->docker || !docker_connected(a->docker)) {
+    snprintf(msg, sizeof msg, "docker: the event stream is not connected");
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  if (etcd_err) {
+    snprintf(msg, sizeof msg, "etcd: no answer: %s", etcd_err);
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  reconcile_stats_t st;
+  reconcile_stats(a->rec, &st);
+  if (st.behind_ms > HEALTH_PENDING_MS) {
+    snprintf(msg, sizeof msg, "etcd: %zu keys pending for %llu s",
+             st.queued + st.inflight + st.failed,
+             (unsigned long long)st.behind_ms / 1000);
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  if (problems.len)
+    buf_printf(&b, "{\"status\":\"unhealthy\",\"problems\":[%s]",
+               problems.data + 1);
+  else
+    buf_puts(&b, "{\"status\":\"ok\"");
+  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys,
+             st.containers);
+  httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
+                b.len);
+  buf_free(&problems);
+  buf_free(&b);
+}
+
+static void probe_done(void *data, const etcd_result_t *res) {
+  app_t *a = data;
+  a->probe = NULL;
+  const char *err = res->status == ETCD_OK ? NULL : res->error;
+  for (size_t i = 0; i < a->nhealth_waiting; i++)
+    answer_health(a, a->health_waiting[i], err ? err : NULL);
+  free(a->health_waiting);
+  a->health_waiting = NULL;
+  a->nhealth_waiting = 0;
+}
+
+static void serve_health(app_t *a, httpd_req_t *req) {
+  int64_t since = a->etcd ? etcd_since_answer_ms(a->etcd) : 0;
+  if (since >= 0 && since <= HEALTH_ETCD_FRESH_MS) {
+    answer_health(a, req, NULL);
+    return;
+  }
+  /* etcd has been quiet: ask it before answering */
+  a->health_waiting = xrealloc(a->health_waiting, (a->nhealth_waiting + 1) *
+                                                      sizeof *a->health_waiting);
+  a->health_waiting[a->nhealth_waiting++] = req;
+  if (!a->probe) a->probe = etcd_probe(a->etcd, probe_done, a);
+  if (!a->probe) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    probe_done(a, &fail);
+  }
+}
+
+static void http_handler(void *ud, httpd_req_t *req, const char *method,
+                         const char *path) {
+  (void)method;
+  app_t *a = ud;
+  if (strcmp(path, "/metrics") == 0) {
+    serve_metrics(a, req);
+  } else if (strcmp(path, "/healthz") == 0) {
+    serve_health(a, req);
+  } else {
+    static const char msg[] = "not found: try /metrics or /healthz\n";
+    httpd_respond(req, 404, "text/plain", msg, sizeof msg - 1);
   }
 }
 
@@ -268,6 +397,15 @@ static void stop_cb(uv_timer_t *t) {
   }
   if (a->deregistering && !reconcile_converged(a->rec))
     log_warn("exiting before every key could be deleted");
+  if (a->probe) {
+    etcd_cancel(a->probe);
+    etcd_result_t bye = {ETCD_UNAVAILABLE, "shutting down"};
+    probe_done(a, &bye);
+  }
+  httpd_free(a->httpd);
+  a->httpd = NULL;
+  notify_free(a->notify);
+  a->notify = NULL;
   docker_free(a->docker);
   a->docker = NULL;
   reconcile_free(a->rec);
@@ -287,7 +425,10 @@ static void stop_cb(uv_timer_t *t) {
 
 static void begin_stop(app_t *a, int code) {
   if (a->stopping && !a->deregistering) return;
-  if (!a->stopping) a->exit_code = code;
+  if (!a->stopping) {
+    a->exit_code = code;
+    notify_stopping(a->notify);
+  }
   a->stopping = 1;
   uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
 }
@@ -374,6 +515,16 @@ int app_run(const config_t *cfg) {
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced,
                        on_connection};
   a->docker = docker_new(&a->loop, a->http, &dopts, &dcbs, a);
+  a->notify = notify_new(&a->loop);
+  if (cfg->metrics_addr) {
+    a->httpd = httpd_new(&a->loop, cfg->metrics_addr, http_handler, a, err,
+                         sizeof err);
+    if (!a->httpd) {
+      log_error("%s", err);
+      goto out;
+    }
+    log_info("serving /metrics and /healthz on %s", cfg->metrics_addr);
+  }
 
   uv_signal_init(&a->loop, &a->sigterm);
   uv_signal_init(&a->loop, &a->sigint);
@@ -407,6 +558,7 @@ int app_run(const config_t *cfg) {
   rc = a->exit_code;
 out:
   if (a->http) { /* setup failed half way */
+    notify_free(a->notify);
     docker_free(a->docker);
     reconcile_free(a->rec);
     policy_free(a->policy);

@@ -529,6 +529,24 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
     }
   }
   if (finish_etcd_security(cfg, err, errlen) < 0) return -1;
+  if (cfg->metrics_addr) {
+    const char *host;
+    size_t hostlen;
+    long port;
+    char ip[64];
+    int ok = split_hostport(cfg->metrics_addr, &host, &hostlen, &port, 0) == 0 &&
+             port > 0 && hostlen < sizeof ip;
+    if (ok) {
+      size_t skip = host[0] == '[';
+      snprintf(ip, sizeof ip, "%.*s", (int)(hostlen - 2 * skip), host + skip);
+      ok = config_valid_ip(ip);
+    }
+    if (!ok) {
+      snprintf(err, errlen, "--metrics \"%s\" is not IP:PORT (e.g. "
+               "127.0.0.1:9367)", cfg->metrics_addr);
+      return -1;
+    }
+  }
   if (!cfg->hostname[0] && gethostname(cfg->hostname, sizeof cfg->hostname))
     snprintf(cfg->hostname, sizeof cfg->hostname, "localhost");
   cfg->hostname[sizeof cfg->hostname - 1] = '\0';

@@ -52,6 +52,7 @@ struct docker {
 
   map_t *conts;
   map_t *unknown_types; /* event types already reported as ignored */
+  map_t *action_counts; /* action -> uint64_t *, for /metrics */
   dcont_t *q_head, **q_tail;
   int inflight, max_inspects;
   uint64_t seq;
@@ -281,16 +282,17 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   char why[300];
 
   if (!r->error && r->status == 404) {
-    log_info("docker: container %.12s vanished before it could be inspected",
-             c->id);
+    log_fields(LOG_INFO, "docker: the container vanished before it could be "
+                         "inspected",
+               "container", c->id, NULL);
     cont_gone(d, c);
     pump(d);
     return;
   }
   if (r->error || r->status != 200) {
     describe(r, why, sizeof why);
-    log_warn("docker: inspect of container %.12s failed: %s; retrying",
-             c->id, why);
+    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container",
+               c->id, "error", why, NULL);
     schedule_retry(d, c);
     pump(d);
     return;
@@ -305,8 +307,9 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   json_doc_t *doc = json_parse(r->body, r->body_len, err, sizeof err);
   const char *id = doc ? json_get_str(json_root(doc), "Id") : NULL;
   if (!doc || !id || strcmp(id, c->id) != 0) {
-    log_warn("docker: inspect of container %.12s: %s; retrying", c->id,
-             !doc ? err : "answer has no matching \"Id\"");
+    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container",
+               c->id, "error", !doc ? err : "answer has no matching \"Id\"",
+               NULL);
     json_free(doc);
     schedule_retry(d, c);
     pump(d);
@@ -489,8 +492,40 @@ static int action_reinspects(const char *a) {
   return 0;
 }
 
+static void count_action(docker_t *d, const char *action) {
+  char name[48];
+  size_t n = strcspn(action, ":");
+  snprintf(name, sizeof name, "%.*s", (int)(n < 40 ? n : 40), action);
+  uint64_t *c = map_get(d->action_counts, name);
+  if (!c && map_size(d->action_counts) >= 64) c = map_get(d->action_counts, "other");
+  if (!c) {
+    const char *key = map_size(d->action_counts) >= 64 ? "other" : name;
+    c = xcalloc(1, sizeof *c);
+    map_put(d->action_counts, xstrdup(key), c);
+  }
+  (*c)++;
+}
+
+size_t docker_event_counts(const docker_t *d, const char **actions,
+                           uint64_t *counts, size_t max) {
+  map_iter_t it;
+  const char *k;
+  void *v;
+  size_t n = 0;
+  map_iter_init(&it, d->action_counts);
+  while (map_iter_next(&it, &k, &v)) {
+    if (n < max) {
+      actions[n] = k;
+      counts[n] = *(uint64_t *)v;
+    }
+    n++;
+  }
+  return n;
+}
+
 static void handle_event(docker_t *d, const docker_event_t *ev) {
   d->seq++;
+  count_action(d, ev->action);
   if (d->cbs.event) d->cbs.event(d->ud, ev);
   if (strcmp(ev->type, "container") == 0) {
     if (!*ev->id) return;
@@ -847,6 +882,7 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   d->max_inspects = o->max_inspects > 0 ? o->max_inspects : 32;
   d->conts = map_new();
   d->unknown_types = map_new();
+  d->action_counts = map_new();
   d->q_tail = &d->q_head;
   linesplit_init(&d->split, MAX_EVENT_LINE);
   uv_timer_init(loop, &d->reconnect_timer);
@@ -921,6 +957,13 @@ void docker_free(docker_t *d) {
   map_iter_init(&it, d->unknown_types);
   while (map_iter_next(&it, NULL, &v)) free(v);
   map_free(d->unknown_types);
+  const char *k;
+  map_iter_init(&it, d->action_counts);
+  while (map_iter_next(&it, &k, &v)) {
+    free((char *)(uintptr_t)k);
+    free(v);
+  }
+  map_free(d->action_counts);
   linesplit_free(&d->split);
   buf_free(&d->errbody);
   free(d->base);

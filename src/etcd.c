@@ -55,6 +55,7 @@ void listing_free(listing_t *l) {
 static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
                          void *data) {
   etcd_op_t *op = xcalloc(1, sizeof *op);
+  op->started = uv_hrtime();
   op->e = e;
   op->kind = kind;
   op->key = key ? xstrdup(key) : NULL;
@@ -113,9 +114,25 @@ static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
 static void keepalive_finished(etcd_t *e, etcd_op_t *op,
                                const etcd_result_t *res);
 
+const double etcd_buckets[ETCD_BUCKETS] = {0.001, 0.0025, 0.005, 0.01,
+                                           0.025, 0.05,   0.1,   0.25,
+                                           0.5,   1,      2.5,   10};
+
+static void record(etcd_t *e, const etcd_op_t *op, etcd_status_t st) {
+  double secs = (double)(uv_hrtime() - op->started) / 1e9;
+  e->counts[op->kind][st]++;
+  e->hist_n[op->kind]++;
+  e->hist_sum[op->kind] += secs;
+  for (int i = 0; i < ETCD_BUCKETS; i++)
+    if (secs <= etcd_buckets[i]) e->hist[op->kind][i]++;
+}
+
 /* The end of an operation: its callback (or internal handler), then free. */
 static void complete(etcd_op_t *op, const etcd_result_t *res) {
   etcd_t *e = op->e;
+  record(e, op, res->status);
+  if (res->status == ETCD_UNAVAILABLE && res->error)
+    snprintf(e->last_error, sizeof e->last_error, "%s", res->error);
   switch (op->kind) {
   case OP_AUTH: auth_finished(e, op, res); break;
   case OP_GRANT: grant_finished(e, op, res); break;
@@ -152,6 +169,7 @@ static void fail(etcd_op_t *op, etcd_status_t st, const char *err) {
 static void deliver_listing(etcd_op_t *op) {
   etcd_t *e = op->e;
   listing_t *l = &op->listing;
+  record(e, op, ETCD_OK);
   if (e->api == ETCD_API_V3) {
     for (size_t i = 0; i < l->n; i++) {
       int64_t lease = l->leases[i];
@@ -211,6 +229,7 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
   } else {
     reply = etcd_v2_reply(op, r, &res, err, sizeof err);
   }
+  if (!r->error && r->status && r->status < 500) e->last_ok_ms = uv_now(e->loop);
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
@@ -475,6 +494,39 @@ etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
 
 etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data) {
   return start(e, OP_GET, key, NULL, 0, 0, NULL, cb, data);
+}
+
+etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data) {
+  return start(e, OP_HEALTH, NULL, NULL, 0, 0, cb, NULL, data);
+}
+
+const char *etcd_status_name(etcd_status_t st) {
+  static const char *const names[] = {"ok", "not_found", "not_empty",
+                                      "unavailable", "failed"};
+  return (unsigned)st < 5 ? names[st] : "unknown";
+}
+
+size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
+  static const char *const names[OP_KINDS] = {
+      "put",  "refresh", "delete", "delete_dir", "delete_prefix", "list",
+      "get",  "auth",    "grant",  "keepalive",  "lease_ttl",     "health"};
+  for (size_t k = 0; k < OP_KINDS && k < max; k++) {
+    out[k].op = names[k];
+    memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);
+    memcpy(out[k].buckets, e->hist[k], sizeof out[k].buckets);
+    out[k].count = e->hist_n[k];
+    out[k].sum = e->hist_sum[k];
+  }
+  return OP_KINDS;
+}
+
+int64_t etcd_since_answer_ms(const etcd_t *e) {
+  if (!e->last_ok_ms) return -1;
+  return (int64_t)(uv_now(e->loop) - e->last_ok_ms);
+}
+
+const char *etcd_last_error(const etcd_t *e) {
+  return e->last_error;
 }
 
 void etcd_cancel(etcd_op_t *op) {

@@ -20,7 +20,9 @@ typedef enum {
   OP_AUTH,
   OP_GRANT,
   OP_KEEPALIVE,
-  OP_LEASE_TTL
+  OP_LEASE_TTL,
+  OP_HEALTH,
+  OP_KINDS
 } op_kind_t;
 
 /* What a reply means for the request machinery. */
@@ -73,6 +75,7 @@ struct etcd_op {
   etcd_done_cb done;
   etcd_list_cb list;
   void *data;
+  uint64_t started;   /* uv_hrtime() at creation, for the histogram */
   etcd_op_t *prev, *next;
 };
 
@@ -102,6 +105,13 @@ struct etcd {
   int timer_open;
   void (*lease_lost)(void *ud);
   void *ud;
+  /* statistics */
+  uint64_t last_ok_ms;  /* uv_now() of the last answer from etcd */
+  char last_error[300];
+  uint64_t counts[OP_KINDS][5];
+  uint64_t hist[OP_KINDS][ETCD_BUCKETS];
+  uint64_t hist_n[OP_KINDS];
+  double hist_sum[OP_KINDS];
 };
 
 /* Forgets the v3 lease and tells the owner its keys must be written again. */

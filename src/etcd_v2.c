@@ -50,6 +50,10 @@ void etcd_v2_build(etcd_op_t *op) {
     op->method = "GET";
     op->path = key_path(op->key, "?recursive=true");
     break;
+  case OP_HEALTH:
+    op->method = "GET";
+    op->path = xstrdup("/health");
+    break;
   case OP_GET:
   default: /* v3's internal operations never come here */
     op->method = "GET";

@@ -34,6 +34,11 @@ static void prefix_range(buf_t *b, const char *prefix, const buf_t *from) {
 void etcd_v3_build(etcd_op_t *op) {
   etcd_t *e = op->e;
   buf_t *b = &op->body;
+  if (op->kind == OP_HEALTH) {
+    op->method = "GET";
+    op->path = xstrdup("/health");
+    return;
+  }
   op->method = "POST";
   op->content_type = "application/json";
   buf_putc(b, '{');
@@ -84,6 +89,8 @@ void etcd_v3_build(etcd_op_t *op) {
     op->path = xstrdup("/v3/lease/timetolive");
     buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
     break;
+  case OP_HEALTH: /* handled above */
+  case OP_KINDS: break;
   }
   buf_putc(b, '}');
 }
@@ -174,6 +181,14 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     case OP_LEASE_TTL:
       op->lease_ttl = (long)num(json_get(root, "TTL"));
       op->granted_ttl = (long)num(json_get(root, "grantedTTL"));
+      break;
+    case OP_HEALTH:
+      if (strcmp(json_get_str(root, "health") ? json_get_str(root, "health")
+                                              : "", "true") != 0) {
+        snprintf(err, errlen, "etcd reports itself unhealthy");
+        res->status = ETCD_UNAVAILABLE;
+        reply = REPLY_NEXT_ENDPOINT;
+      }
       break;
     default: break;
     }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
@@ -89,6 +90,8 @@ struct reconcile {
   int docker_synced;
   int was_converged;
   int ever_converged;
+  double last_converged;    /* wall clock, for /metrics */
+  uint64_t behind_since;    /* uv_now() when it stopped being converged */
   uint64_t errors_at_converge; /* say "in sync" again after trouble */
   int pumping;
   etcd_op_t *list_op;
@@ -215,6 +218,14 @@ int reconcile_converged(const reconcile_t *r) {
 
 static void check_converged(reconcile_t *r) {
   int now = reconcile_converged(r);
+  if (!now && (r->was_converged || !r->behind_since))
+    r->behind_since = uv_now(r->loop);
+  if (now) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->last_converged = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    r->behind_since = 0;
+  }
   if (now && !r->was_converged) {
     reconcile_stats_t st;
     reconcile_stats(r, &st);
@@ -844,6 +855,11 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   s->refreshes = r->refreshes;
   s->deletes = r->deletes;
   s->errors = r->errors;
+  s->converged = reconcile_converged(r);
+  s->last_converged = r->last_converged;
+  s->behind_ms = !s->converged && r->behind_since
+                     ? uv_now(r->loop) - r->behind_since
+                     : 0;
 }
 
 static void timer_closed(uv_handle_t *h) {

@@ -141,8 +141,8 @@ def inspect_500_and_bad_json_are_retried():
     c = fake.add()
     fake.fault_inspect(c, 500, "badjson")
     fake.emit(fake.event("start", c))
-    r.wait_log("HTTP 500: inspect exploded; retrying")
-    r.wait_log("invalid JSON")
+    r.wait_log(f'docker: inspect failed; retrying container={c} error="HTTP 500: inspect exploded"')
+    r.wait_log("error=\"invalid JSON")
     converged(fake, timeout=20)  # retries after 1 s, then 2 s
     finish(r, fake)
 
@@ -155,7 +155,7 @@ def container_vanishing_between_event_and_inspect():
     converged(fake)
     ghost = "ab" * 32
     fake.emit(fake.event("start", ghost))  # no such container: inspect 404
-    r.wait_log(f"container {ghost[:12]} vanished")
+    r.wait_log(f"docker: the container vanished before it could be inspected container={ghost}")
     converged(fake)
     # a die for a container never registered is a no-op
     fake.emit(fake.event("die", "cd" * 32))

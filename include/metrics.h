@@ -1,0 +1,27 @@
+/* metrics: the Prometheus text exposition (format 0.0.4) of what the other
+ * modules count.  It reads their statistics at scrape time; nothing is
+ * counted twice and nothing runs between scrapes. */
+#ifndef REGISTER_METRICS_H
+#define REGISTER_METRICS_H
+
+#include <stdint.h>
+
+#include "docker.h"
+#include "etcd.h"
+#include "reconcile.h"
+#include "util.h"
+
+typedef struct {
+  const docker_t *docker;   /* may be NULL */
+  const etcd_t *etcd;       /* NULL under --dry-run */
+  const reconcile_t *rec;
+  const char *etcd_api;     /* "v2" / "v3" */
+  uint64_t policy_errors;   /* records() and hook failures */
+  uint64_t policy_rejected; /* records dropped by validation */
+  uint64_t hooks_dropped;
+  uint64_t reloads_ok, reloads_failed;
+} metrics_input_t;
+
+void metrics_render(buf_t *out, const metrics_input_t *in);
+
+#endif

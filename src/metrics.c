@@ -1,0 +1,144 @@
+/* metrics: Prometheus text exposition. */
+#include "metrics.h"
+#include "config.h"
+
+#include <string.h>
+
+static void help(buf_t *b, const char *name, const char *type,
+                 const char *text) {
+  buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+/* label values escape \ " and newline */
+static void label(buf_t *b, const char *v) {
+  buf_putc(b, '"');
+  for (; *v; v++) {
+    if (*v == '\\') buf_puts(b, "\\\\");
+    else if (*v == '"') buf_puts(b, "\\\"");
+    else if (*v == '\n') buf_puts(b, "\\n");
+    else buf_putc(b, *v);
+  }
+  buf_putc(b, '"');
+}
+
+static void gauge(buf_t *b, const char *name, const char *text, double v) {
+  help(b, name, "gauge", text);
+  buf_printf(b, "%s %.17g\n", name, v);
+}
+
+static void counter(buf_t *b, const char *name, const char *text,
+                    uint64_t v) {
+  help(b, name, "counter", text);
+  buf_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+void metrics_render(buf_t *b, const metrics_input_t *in) {
+  reconcile_stats_t rs;
+  reconcile_stats(in->rec, &rs);
+
+  help(b, "register_build_info", "gauge",
+       "Version of register, the etcd API it writes with and the Docker "
+       "API version in use.");
+  buf_puts(b, "register_build_info{version=");
+  label(b, REGISTER_VERSION);
+  buf_puts(b, ",etcd_api=");
+  label(b, in->etcd_api);
+  buf_puts(b, ",docker_api=");
+  label(b, in->docker ? docker_api_version(in->docker) : "");
+  buf_puts(b, "} 1\n");
+
+  gauge(b, "register_keys", "Keys that running containers produce.",
+        (double)rs.keys);
+  gauge(b, "register_containers_registered",
+        "Running containers with at least one record.", (double)rs.containers);
+  gauge(b, "register_containers",
+        "Running containers Docker has reported (containers seen).",
+        in->docker ? (double)docker_containers(in->docker) : 0);
+  gauge(b, "register_docker_connected",
+        "1 while the Docker event stream is connected.",
+        in->docker && docker_connected(in->docker) ? 1 : 0);
+  counter(b, "register_docker_reconnects_total",
+          "Reconnections to the Docker API after the event stream ended.",
+          in->docker ? docker_reconnects(in->docker) : 0);
+
+  help(b, "register_docker_events_total", "counter",
+       "Docker events received, by action.");
+  if (in->docker) {
+    const char *actions[65];
+    uint64_t counts[65];
+    size_t n = docker_event_counts(in->docker, actions, counts, 65);
+    for (size_t i = 0; i < n && i < 65; i++) {
+      buf_puts(b, "register_docker_events_total{action=");
+      label(b, actions[i]);
+      buf_printf(b, "} %llu\n", (unsigned long long)counts[i]);
+    }
+  }
+
+  gauge(b, "register_etcd_pending",
+        "etcd writes and deletes waiting or in flight.",
+        (double)(rs.queued + rs.inflight));
+  gauge(b, "register_etcd_refused",
+        "Keys etcd refused (waiting for a change or a resync).",
+        (double)rs.failed);
+  if (in->etcd) {
+    etcd_opstat_t st[16];
+    size_t n = etcd_stats(in->etcd, st, 16);
+    help(b, "register_etcd_requests_total", "counter",
+         "etcd operations by operation and result.");
+    for (size_t k = 0; k < n && k < 16; k++) {
+      for (int s = 0; s < 5; s++) {
+        if (!st[k].by_status[s]) continue;
+        buf_printf(b, "register_etcd_requests_total{op=\"%s\",result=\"%s\"} "
+                      "%llu\n",
+                   st[k].op, etcd_status_name((etcd_status_t)s),
+                   (unsigned long long)st[k].by_status[s]);
+      }
+    }
+    help(b, "register_etcd_request_duration_seconds", "histogram",
+         "Time from the start of an etcd operation to its result, "
+         "retries on other endpoints included.");
+    for (size_t k = 0; k < n && k < 16; k++) {
+      if (!st[k].count) continue;
+      for (int i = 0; i < ETCD_BUCKETS; i++)
+        buf_printf(b,
+                   "register_etcd_request_duration_seconds_bucket{op=\"%s\","
+                   "le=\"%g\"} %llu\n",
+                   st[k].op, etcd_buckets[i],
+                   (unsigned long long)st[k].buckets[i]);
+      buf_printf(b,
+                 "register_etcd_request_duration_seconds_bucket{op=\"%s\","
+                 "le=\"+Inf\"} %llu\n",
+                 st[k].op, (unsigned long long)st[k].count);
+      buf_printf(b,
+                 "register_etcd_request_duration_seconds_sum{op=\"%s\"} "
+                 "%.9f\n",
+                 st[k].op, st[k].sum);
+      buf_printf(b,
+                 "register_etcd_request_duration_seconds_count{op=\"%s\"} "
+                 "%llu\n",
+                 st[k].op, (unsigned long long)st[k].count);
+    }
+  }
+  counter(b, "register_policy_errors_total",
+          "Policy failures: records() or a hook raised, ran out of budget "
+          "or memory.",
+          in->policy_errors);
+  counter(b, "register_policy_records_rejected_total",
+          "Records the policy returned that failed validation.",
+          in->policy_rejected);
+  counter(b, "register_policy_hook_calls_dropped_total",
+          "Hook calls dropped because 64 were still running.",
+          in->hooks_dropped);
+  help(b, "register_policy_reloads_total", "counter",
+       "Policy reloads (SIGHUP), by result.");
+  buf_printf(b, "register_policy_reloads_total{result=\"ok\"} %llu\n",
+             (unsigned long long)in->reloads_ok);
+  buf_printf(b, "register_policy_reloads_total{result=\"failed\"} %llu\n",
+             (unsigned long long)in->reloads_failed);
+  gauge(b, "register_in_sync",
+        "1 when everything known is in etcd (the last sync converged).",
+        rs.converged ? 1 : 0);
+  gauge(b, "register_last_sync_timestamp_seconds",
+        "Unix time at which etcd last matched Docker's truth.",
+        rs.last_converged);
+}
