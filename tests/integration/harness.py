@@ -215,8 +215,9 @@ class Cluster:
             m.cleanup()
 
 
-def sh(*args, env=None, check=True, timeout=120, input=None):
-    r = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, input=input)
+def sh(*args, env=None, check=True, timeout=120, input=None, cwd=None):
+    r = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=timeout, input=input,
+                       cwd=cwd)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout.strip()

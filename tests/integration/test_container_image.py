@@ -1,0 +1,81 @@
+"""The runtime image (Dockerfile): built from a local Debian 12 base made
+with debootstrap --variant=minbase and docker import (no registry is
+reachable here), run against the test dockerd (socket mounted) and etcd on
+loopback (host network); it registers a container.  Skipped, saying so,
+where debootstrap cannot reach the package mirror."""
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import REGISTER, SRC, Dockerd, Etcd, Suite, log, sh, tmpdir, wait_for  # noqa: E402
+
+ROOTFS = os.environ.get("REGISTER_ROOTFS_TAR", "/var/tmp/register-test-bookworm-rootfs.tar")
+BASE = "register-test-base:bookworm"
+IP = "10.0.7.7"
+
+if "libasan" in subprocess.run(["ldd", REGISTER], capture_output=True, text=True).stdout:
+    print("skipped in the sanitizer build: the image carries the normal binary", file=sys.stderr)
+    sys.exit(77)
+if not os.path.exists(ROOTFS):
+    if not shutil.which("debootstrap"):
+        print("skipped: debootstrap is not installed", file=sys.stderr)
+        sys.exit(77)
+    root = tmpdir("rdb")
+    r = subprocess.run(["debootstrap", "--variant=minbase",
+                        "--include=liblua5.4-0,lua-cjson,libuv1,libcurl4,ca-certificates",
+                        "bookworm", root, "http://deb.debian.org/debian"],
+                       capture_output=True, text=True, timeout=1200)
+    if r.returncode != 0:
+        print("skipped: debootstrap cannot reach the package mirror: " +
+              (r.stderr or r.stdout).strip().splitlines()[-1:][0] if (r.stderr or r.stdout).strip() else "",
+              file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+        sys.exit(77)
+    sh("tar", "-C", root, "-cf", ROOTFS + ".tmp", ".", timeout=600)
+    os.rename(ROOTFS + ".tmp", ROOTFS)
+    shutil.rmtree(root, ignore_errors=True)
+
+suite = Suite()
+d = Dockerd().start()
+suite.defer(d.cleanup)
+d.images()
+d.clean()
+etcd = Etcd().start()
+suite.defer(etcd.cleanup)
+
+
+def logs(cid):
+    """docker logs: register logs on stderr, so read both streams."""
+    r = subprocess.run(["docker", "logs", cid], env=d.env, capture_output=True, text=True, timeout=30)
+    return r.stdout + r.stderr
+
+
+@suite.test
+def image_builds_runs_and_registers():
+    if BASE not in d.docker("images", "--format", "{{.Repository}}:{{.Tag}}").split():
+        d.docker("import", ROOTFS, BASE, timeout=600)
+    ctx = tmpdir("rx")
+    suite.defer(lambda: shutil.rmtree(ctx, ignore_errors=True))
+    os.makedirs(os.path.join(ctx, "build"))
+    shutil.copy(REGISTER, os.path.join(ctx, "build", "register"))
+    shutil.copytree(os.path.join(SRC, "lua"), os.path.join(ctx, "lua"))
+    shutil.copy(os.path.join(SRC, "Dockerfile"), ctx)
+    d.docker("build", "-q", "--build-arg", f"BASE={BASE}", "-t", "register:test", ctx, timeout=600)
+    assert d.docker("run", "--rm", "register:test", "--version") == "register 0.1.0"
+    cid = d.run("-p", "127.0.0.1::80")
+    reg = d.docker("run", "-d", "--name", "register-under-test", "--net", "host",
+                   "-v", f"{d.sock}:/var/run/docker.sock",
+                   "-e", f"HOST_IP={IP}", "-e", f"ETCD_ENDPOINT={etcd.url}", "register:test")
+    key = f"/registered/{IP}/bbx/{cid}"
+    wait_for(lambda: key in etcd.tree(), 30, what="registration from inside the container")
+    assert "in sync" in logs(reg)
+    assert not any(reg in k for k in etcd.tree())  # it publishes nothing
+    d.docker("stop", "-t", "10", reg)
+    assert d.docker("inspect", "-f", "{{.State.ExitCode}}", reg) == "0"
+    assert "Terminated received, shutting down" in logs(reg)
+    d.docker("rm", "-f", reg, cid)
+
+
+suite.run()
