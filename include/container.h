@@ -15,10 +15,20 @@
 
 #include "json.h"
 
-/* Pushes the container table.  Returns 0, or -1 (pushing nothing) with a
- * one-line reason when the document is not a container inspect. */
-int container_push(lua_State *L, const json_value_t *inspect, char *err,
-                   size_t errlen);
+/* The document behind a container table's lazy `inspect` field. */
+typedef struct {
+  const json_value_t *doc; /* NULL once the document is gone */
+} container_doc_t;
+
+/* Pushes the container table.  id, name, image, image_id, hostname,
+ * created and ports are set; labels, env, exposed, networks, state and
+ * inspect are built on first use (most policies never read them) from the
+ * document in *box, which the caller sets to NULL when the document goes
+ * away; reading one of them later is then a clear error.
+ * Returns 0, or -1 (pushing nothing) with a one-line reason when the
+ * document is not a container inspect. */
+int container_push(lua_State *L, const json_value_t *inspect,
+                   container_doc_t **box, char *err, size_t errlen);
 /* Pushes any JSON value as Lua: objects and arrays as tables, null as
  * cjson.null (a NULL light userdata), integers as integers. */
 void container_push_json(lua_State *L, const json_value_t *v);

@@ -43,6 +43,7 @@ typedef struct {
 } docker_cbs_t;
 
 typedef struct {
+  http_t *stream_http;     /* for the event stream; NULL: the main one */
   const char *base;        /* http://docker, http(s)://host:port */
   const char *socket;      /* unix socket path or NULL */
   const http_tls_t *tls;   /* for https, or NULL */

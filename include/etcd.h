@@ -81,6 +81,19 @@ etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
                      void *data);
 /* One key: the callback gets one kv, or none when the key is missing. */
 etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data);
+/* v3 only: several puts and deletes in one transaction (one request, one
+ * raft entry), all or nothing.  At most ETCD_TXN_MAX items. */
+#define ETCD_TXN_MAX 128
+typedef struct {
+  int is_delete;
+  const char *key;
+  const char *value;
+  size_t vlen;
+} etcd_txn_item_t;
+etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
+                    etcd_done_cb cb, void *data);
+/* v3 can batch writes into transactions; v2 cannot. */
+int etcd_has_txn(const etcd_t *e);
 /* Stops an operation; its callback does not run. */
 void etcd_cancel(etcd_op_t *op);
 

@@ -60,7 +60,9 @@ typedef struct {
   void *data;
 } http_opts_t;
 
-http_t *http_new(uv_loop_t *loop, int max_host_conns);
+/* max_host_conns: connections per host at once; max_idle: idle ones kept
+ * for reuse (curl keeps some memory for each). */
+http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle);
 /* Cancels every request without callbacks and closes every handle; the
  * memory goes once the loop has run the close callbacks. */
 void http_free(http_t *h);
@@ -71,6 +73,10 @@ http_req_t *http_request(http_t *h, const http_opts_t *opts);
 /* Stops a request; none of its callbacks runs afterwards. */
 void http_cancel(http_req_t *req);
 size_t http_active(const http_t *h);
+/* With no request running, closes every cached idle connection (and the
+ * memory curl keeps for each); the next request connects again.  Returns
+ * 0, or -1 when requests are running (nothing is done). */
+int http_trim(http_t *h);
 
 /* Finds a response header (case-insensitive name); copies its trimmed value
  * into out.  Returns 0 if found. */

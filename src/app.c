@@ -18,8 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #define DEREGISTER_TIMEOUT_MS 10000
+#define TRIM_DELAY_MS 2000
+#define DOCKER_CONNS 32 /* inspects at once */
 #define HEALTH_ETCD_FRESH_MS 3000   /* older than this: probe before answering */
 #define HEALTH_PENDING_MS 60000     /* writes pending longer: unhealthy */
 
@@ -40,7 +45,9 @@ typedef struct {
 typedef struct {
   const config_t *cfg;
   uv_loop_t loop;
-  http_t *http;
+  http_t *http;  /* etcd and the hooks' HTTP */
+  http_t *dhttp; /* Docker's list and inspects */
+  http_t *shttp; /* Docker's event stream, alone so dhttp can be trimmed */
   etcd_t *etcd;
   luaio_t *io;
   policy_t *policy;
@@ -54,13 +61,14 @@ typedef struct {
   etcd_op_t *probe;
   uint64_t policy_errors, policy_rejected, reloads_ok, reloads_failed;
   uv_signal_t sigterm, sigint, sighup;
-  uv_timer_t resync_timer, stop_timer, deadline_timer;
+  uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   int stopping;
   int deregistering;
   int exit_code;
 } app_t;
 
 static void begin_stop(app_t *a, int code);
+static void trim_cb(uv_timer_t *t);
 
 /* ---- Docker -> policy -> reconciler ---- */
 
@@ -255,6 +263,8 @@ static void on_converged(void *ud) {
   app_t *a = ud;
   reconcile_stats_t st;
   reconcile_stats(a->rec, &st);
+  /* once things have been quiet for a moment, give memory back */
+  uv_timer_start(&a->trim_timer, trim_cb, TRIM_DELAY_MS, 0);
   char status[160];
   snprintf(status, sizeof status, "in sync: %zu keys from %zu containers",
            st.keys, st.containers);
@@ -265,6 +275,19 @@ static void on_converged(void *ud) {
   } else if (a->deregistering) {
     begin_stop(a, a->exit_code);
   }
+}
+
+/* In sync and quiet: close the idle etcd connections a sync opened (curl
+ * keeps memory for each) and return freed heap to the system. */
+static void trim_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (!a->rec || !reconcile_converged(a->rec)) return;
+  if (a->http) http_trim(a->http);
+  if (a->dhttp) http_trim(a->dhttp); /* no-op while inspects run */
+  if (a->policy) policy_gc(a->policy);
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 /* ---- /metrics and /healthz ---- */
@@ -420,6 +443,10 @@ static void stop_cb(uv_timer_t *t) {
   a->etcd = NULL;
   http_free(a->http);
   a->http = NULL;
+  http_free(a->dhttp);
+  a->dhttp = NULL;
+  http_free(a->shttp);
+  a->shttp = NULL;
   uv_walk(&a->loop, close_walk_cb, NULL);
 }
 
@@ -471,8 +498,13 @@ int app_run(const config_t *cfg) {
   int rc = 1;
 
   uv_loop_init(&a->loop);
-  a->http = http_new(&a->loop, 64);
-  if (!a->http) {
+  /* etcd: keep as many idle connections as run at once (a sync reuses
+   * them), and close them all once quiet (trim_cb).  Docker: the event
+   * stream plus a few for inspects. */
+  a->http = http_new(&a->loop, 64, 65);
+  a->dhttp = http_new(&a->loop, DOCKER_CONNS, DOCKER_CONNS);
+  a->shttp = http_new(&a->loop, 1, 1);
+  if (!a->http || !a->dhttp || !a->shttp) {
     log_error("cannot initialise libcurl");
     goto out;
   }
@@ -510,11 +542,11 @@ int app_run(const config_t *cfg) {
   a->rec = reconcile_new(&ro);
 
   http_tls_t dtls = {cfg->docker_cacert, cfg->docker_cert, cfg->docker_key};
-  docker_opts_t dopts = {cfg->docker_base, cfg->docker_socket,
-                         cfg->docker_cacert ? &dtls : NULL, 0};
+  docker_opts_t dopts = {a->shttp, cfg->docker_base, cfg->docker_socket,
+                         cfg->docker_cacert ? &dtls : NULL, DOCKER_CONNS};
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced,
                        on_connection};
-  a->docker = docker_new(&a->loop, a->http, &dopts, &dcbs, a);
+  a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
   a->notify = notify_new(&a->loop);
   if (cfg->metrics_addr) {
     a->httpd = httpd_new(&a->loop, cfg->metrics_addr, http_handler, a, err,
@@ -536,7 +568,9 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);
+  uv_timer_init(&a->loop, &a->trim_timer);
   a->resync_timer.data = a->stop_timer.data = a->deadline_timer.data = a;
+  a->trim_timer.data = a;
   if (cfg->resync > 0)
     uv_timer_start(&a->resync_timer, resync_cb, (uint64_t)cfg->resync * 1000,
                    (uint64_t)cfg->resync * 1000);
@@ -557,7 +591,7 @@ int app_run(const config_t *cfg) {
   uv_run(&a->loop, UV_RUN_DEFAULT);
   rc = a->exit_code;
 out:
-  if (a->http) { /* setup failed half way */
+  if (a->http || a->dhttp || a->shttp) { /* setup failed half way */
     notify_free(a->notify);
     docker_free(a->docker);
     reconcile_free(a->rec);
@@ -566,6 +600,8 @@ out:
     luaio_free(a->io);
     etcd_free(a->etcd);
     http_free(a->http);
+    http_free(a->dhttp);
+    http_free(a->shttp);
     uv_walk(&a->loop, close_walk_cb, NULL);
     uv_run(&a->loop, UV_RUN_DEFAULT);
   }

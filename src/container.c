@@ -155,8 +155,46 @@ const char *container_image(const json_value_t *inspect) {
   return img ? img : "";
 }
 
-int container_push(lua_State *L, const json_value_t *inspect, char *err,
-                   size_t errlen) {
+/* The fields built on first use, from the inspect document. */
+static int build_lazy(lua_State *L, const char *k, const json_value_t *doc) {
+  const json_value_t *config = json_get(doc, "Config");
+  const json_value_t *netset = json_get(doc, "NetworkSettings");
+  if (strcmp(k, "inspect") == 0) container_push_json(L, doc);
+  else if (strcmp(k, "labels") == 0) push_labels(L, json_get(config, "Labels"));
+  else if (strcmp(k, "env") == 0) push_env(L, json_get(config, "Env"));
+  else if (strcmp(k, "exposed") == 0)
+    push_exposed(L, json_get(config, "ExposedPorts"));
+  else if (strcmp(k, "networks") == 0)
+    push_networks(L, json_get(netset, "Networks"));
+  else if (strcmp(k, "state") == 0) push_state(L, json_get(doc, "State"));
+  else return 0;
+  return 1;
+}
+
+/* __index of a container table: builds a lazy field once, then it is a
+ * plain field.  Most policies read only id, image and ports, so the rest
+ * (and above all the whole inspect document) costs nothing unless used. */
+static int lazy_index(lua_State *L) {
+  const char *k = lua_tostring(L, 2);
+  static const char *const lazy[] = {"inspect", "labels", "env",
+                                     "exposed", "networks", "state"};
+  int known = 0;
+  for (size_t i = 0; k && i < sizeof lazy / sizeof lazy[0]; i++)
+    if (strcmp(k, lazy[i]) == 0) known = 1;
+  if (!known) return 0;
+  container_doc_t *box = lua_touserdata(L, lua_upvalueindex(1));
+  if (!box->doc)
+    return luaL_error(L, "container.%s is only available while records() "
+                         "runs (keep what you need in your own table)",
+                      k);
+  build_lazy(L, k, box->doc);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, 1, k); /* plain field from now on */
+  return 1;
+}
+
+int container_push(lua_State *L, const json_value_t *inspect,
+                   container_doc_t **boxp, char *err, size_t errlen) {
   const char *id = json_get_str(inspect, "Id");
   if (!inspect || inspect->type != JSON_OBJECT) {
     snprintf(err, errlen, "inspect document is not a JSON object");
@@ -177,19 +215,18 @@ int container_push(lua_State *L, const json_value_t *inspect, char *err,
   set_str(L, "image_id", json_get_str(inspect, "Image"));
   set_str(L, "hostname", json_get_str(config, "Hostname"));
   set_str(L, "created", json_get_str(inspect, "Created"));
-  push_labels(L, json_get(config, "Labels"));
-  lua_setfield(L, -2, "labels");
-  push_env(L, json_get(config, "Env"));
-  lua_setfield(L, -2, "env");
   push_ports(L, json_get(netset, "Ports"));
   lua_setfield(L, -2, "ports");
-  push_exposed(L, json_get(config, "ExposedPorts"));
-  lua_setfield(L, -2, "exposed");
-  push_networks(L, json_get(netset, "Networks"));
-  lua_setfield(L, -2, "networks");
-  push_state(L, json_get(inspect, "State"));
-  lua_setfield(L, -2, "state");
-  container_push_json(L, inspect);
-  lua_setfield(L, -2, "inspect");
+  /* labels, env, exposed, networks, state, inspect: built on first use,
+   * from a document that lives only during this call into the policy */
+  container_doc_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->doc = inspect;
+  if (boxp) *boxp = box;
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, lazy_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -3);
+  lua_pop(L, 1); /* the box: the closure keeps it */
   return 0;
 }

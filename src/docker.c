@@ -34,7 +34,8 @@ typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
 
 struct docker {
   uv_loop_t *loop;
-  http_t *http;
+  http_t *http;        /* list and inspect */
+  http_t *stream_http;  /* the event stream (its own connection) */
   char *base, *socket;
   http_tls_t tls;      /* points at the owned copies below */
   char *tls_files[3];
@@ -659,7 +660,7 @@ static void open_events(docker_t *d) {
   o.on_data = events_data;
   o.on_done = events_done;
   o.data = d;
-  d->events_req = http_request(d->http, &o);
+  d->events_req = http_request(d->stream_http, &o);
   free(u);
   if (!d->events_req) disconnect(d, "cannot start the event stream request");
 }
@@ -866,6 +867,7 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   docker_t *d = xcalloc(1, sizeof *d);
   d->loop = loop;
   d->http = http;
+  d->stream_http = o->stream_http ? o->stream_http : http;
   d->base = xstrdup(o->base);
   d->socket = o->socket ? xstrdup(o->socket) : NULL;
   if (o->tls) {

@@ -101,6 +101,11 @@ static void op_free(etcd_op_t *op) {
     if (o->parent == op) o->parent = NULL;
   free(op->key);
   free(op->value);
+  for (size_t i = 0; i < op->nitems; i++) {
+    free((char *)(uintptr_t)op->items[i].key);
+    free((char *)(uintptr_t)op->items[i].value);
+  }
+  free(op->items);
   free(op->path);
   free(op->token);
   buf_free(&op->body);
@@ -338,7 +343,7 @@ static int gate(etcd_op_t *op) {
     start_auth(e);
     return 1;
   }
-  if (op->kind == OP_PUT && e->ttl > 0 && !e->lease) {
+  if ((op->kind == OP_PUT || op->kind == OP_TXN) && e->ttl > 0 && !e->lease) {
     wait_for(op, WAIT_LEASE);
     start_grant(e);
     return 1;
@@ -496,6 +501,32 @@ etcd_op_t *etcd_get(etcd_t *e, const char *key, etcd_list_cb cb, void *data) {
   return start(e, OP_GET, key, NULL, 0, 0, NULL, cb, data);
 }
 
+etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
+                    etcd_done_cb cb, void *data) {
+  etcd_op_t *op = op_new(e, OP_TXN, NULL, data);
+  op->done = cb;
+  op->items = xcalloc(n ? n : 1, sizeof *op->items);
+  op->nitems = n;
+  for (size_t i = 0; i < n; i++) {
+    op->items[i].is_delete = items[i].is_delete;
+    op->items[i].key = xstrdup(items[i].key);
+    if (!items[i].is_delete) {
+      op->items[i].value = xstrndup(items[i].value, items[i].vlen);
+      op->items[i].vlen = items[i].vlen;
+    }
+  }
+  if (gate(op)) return op;
+  if (send_op(op) < 0) {
+    op_free(op);
+    return NULL;
+  }
+  return op;
+}
+
+int etcd_has_txn(const etcd_t *e) {
+  return e->api == ETCD_API_V3;
+}
+
 etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data) {
   return start(e, OP_HEALTH, NULL, NULL, 0, 0, cb, NULL, data);
 }
@@ -509,7 +540,8 @@ const char *etcd_status_name(etcd_status_t st) {
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   static const char *const names[OP_KINDS] = {
       "put",  "refresh", "delete", "delete_dir", "delete_prefix", "list",
-      "get",  "auth",    "grant",  "keepalive",  "lease_ttl",     "health"};
+      "get",  "txn",     "auth",   "grant",      "keepalive",     "lease_ttl",
+      "health"};
   for (size_t k = 0; k < OP_KINDS && k < max; k++) {
     out[k].op = names[k];
     memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);

@@ -16,6 +16,7 @@ typedef enum {
   OP_DELETE_PREFIX,
   OP_LIST,
   OP_GET,
+  OP_TXN,
   /* internal (v3) */
   OP_AUTH,
   OP_GRANT,
@@ -51,6 +52,8 @@ struct etcd_op {
   char *key;          /* owned */
   char *value;        /* owned (puts) */
   size_t vlen;
+  etcd_txn_item_t *items; /* OP_TXN: owned copies */
+  size_t nitems;
   long ttl;
   /* the wire request, built by the backend for each attempt */
   const char *method;

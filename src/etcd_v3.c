@@ -70,6 +70,25 @@ void etcd_v3_build(etcd_op_t *op) {
     prefix_range(b, op->key, &op->cont);
     buf_printf(b, ",\"limit\":%d", PAGE);
     break;
+  case OP_TXN: /* no compares: the success branch always runs */
+    op->path = xstrdup("/v3/kv/txn");
+    buf_puts(b, "\"success\":[");
+    for (size_t i = 0; i < op->nitems; i++) {
+      const etcd_txn_item_t *it = &op->items[i];
+      if (i) buf_putc(b, ',');
+      buf_puts(b, it->is_delete ? "{\"request_delete_range\":{"
+                                : "{\"request_put\":{");
+      b64_field(b, "key", it->key, strlen(it->key));
+      if (!it->is_delete) {
+        buf_putc(b, ',');
+        b64_field(b, "value", it->value, it->vlen);
+        if (e->ttl > 0 && e->lease)
+          buf_printf(b, ",\"lease\":\"%" PRId64 "\"", e->lease);
+      }
+      buf_puts(b, "}}");
+    }
+    buf_putc(b, ']');
+    break;
   case OP_AUTH:
     op->path = xstrdup("/v3/auth/authenticate");
     buf_puts(b, "\"name\":");
@@ -212,7 +231,7 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     break;
   case 5: /* NOT_FOUND: a lease */
     res->status = ETCD_NOT_FOUND;
-    if (op->kind == OP_PUT) reply = REPLY_LEASE_LOST;
+    if (op->kind == OP_PUT || op->kind == OP_TXN) reply = REPLY_LEASE_LOST;
     break;
   case 4:  /* DEADLINE_EXCEEDED */
   case 10: /* ABORTED */

@@ -9,13 +9,14 @@
 #include <string.h>
 #include <strings.h>
 
-#define POOL_MAX 64
+#define POOL_MAX 2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
 #define DEFAULT_MAX_BODY (256u << 20)
 
 /* One per socket curl asks us to watch; freed in the poll close callback. */
 typedef struct sock {
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;      /* what the poll handle waits for now */
   http_t *h;
   struct sock *prev, *next;
 } sock_t;
@@ -54,6 +55,7 @@ struct http {
   int npool;
   size_t active;
   int dispatching;
+  int max_conns, max_idle;
 };
 
 static void dispatch(http_t *h);
@@ -112,7 +114,10 @@ static int socket_fn(CURL *easy, curl_socket_t fd, int action, void *userp,
   int events = 0;
   if (action != CURL_POLL_IN) events |= UV_WRITABLE;
   if (action != CURL_POLL_OUT) events |= UV_READABLE;
-  uv_poll_start(&s->poll, events, poll_cb);
+  if (events != s->events) { /* re-arming costs an epoll_ctl: only on change */
+    s->events = events;
+    uv_poll_start(&s->poll, events, poll_cb);
+  }
   return 0;
 }
 
@@ -393,25 +398,46 @@ int http_header(const http_resp_t *resp, const char *name, char *out,
   return -1;
 }
 
-http_t *http_new(uv_loop_t *loop, int max_host_conns) {
+static CURLM *multi_new(http_t *h) {
+  CURLM *m = curl_multi_init();
+  if (!m) return NULL;
+  curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, socket_fn);
+  curl_multi_setopt(m, CURLMOPT_SOCKETDATA, h);
+  curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_fn);
+  curl_multi_setopt(m, CURLMOPT_TIMERDATA, h);
+  curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)h->max_conns);
+  curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)h->max_idle);
+  return m;
+}
+
+http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle) {
   http_t *h = xcalloc(1, sizeof *h);
   h->loop = loop;
   h->pending_tail = &h->pending;
-  h->multi = curl_multi_init();
+  h->max_conns = max_host_conns;
+  h->max_idle = max_idle;
+  h->multi = multi_new(h);
   if (!h->multi) {
     free(h);
     return NULL;
   }
   uv_timer_init(loop, &h->timer);
   h->timer.data = h;
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_fn);
-  curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
-  curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
-  curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
-                    (long)max_host_conns);
-  curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)max_host_conns * 2);
   return h;
+}
+
+int http_trim(http_t *h) {
+  if (h->reqs || h->pending || h->dispatching) return -1;
+  CURLM *fresh = multi_new(h);
+  if (!fresh) return -1;
+  /* closing the old handle reports CURL_POLL_REMOVE for its sockets */
+  curl_multi_cleanup(h->multi);
+  h->multi = fresh;
+  while (h->socks) sock_close(h->socks);
+  uv_timer_stop(&h->timer);
+  for (int i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+  h->npool = 0;
+  return 0;
 }
 
 static void timer_close_cb(uv_handle_t *handle) {

@@ -317,12 +317,13 @@ const char *policy_traceback(const policy_t *p) {
 /* Builds the container table inside Lua's protection (it allocates). */
 typedef struct {
   const json_value_t *inspect;
+  container_doc_t *doc; /* set by container_push; cleared after the call */
 } inspect_box_t;
 
 static int push_container(lua_State *L) {
-  const json_value_t *inspect = ((inspect_box_t *)lua_touserdata(L, 1))->inspect;
+  inspect_box_t *b = lua_touserdata(L, 1);
   char err[200];
-  if (container_push(L, inspect, err, sizeof err) < 0)
+  if (container_push(L, b->inspect, &b->doc, err, sizeof err) < 0)
     return luaL_error(L, "%s", err);
   return 1;
 }
@@ -400,6 +401,9 @@ static int collect(lua_State *L) {
   return 0;
 }
 
+static int records_call(policy_t *p, const char *id, records_t *out,
+                        char *err, size_t errlen);
+
 int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen) {
   lua_State *L = p->L;
@@ -408,13 +412,23 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
   records_init(out);
   if (!id) id = "?";
 
-  inspect_box_t box = {inspect};
+  inspect_box_t box = {inspect, NULL};
   lua_pushcfunction(L, push_container);
   lua_pushlightuserdata(L, &box);
   if (pcall(p, 1, 1, why, sizeof why) < 0) {
     snprintf(err, errlen, "container %.12s: %s", id, why);
     return -1;
   }
+  int rc = records_call(p, id, out, err, errlen);
+  if (box.doc) box.doc->doc = NULL; /* the document dies with this call */
+  return rc;
+}
+
+/* records(container, host) with the container table on the stack. */
+static int records_call(policy_t *p, const char *id, records_t *out,
+                        char *err, size_t errlen) {
+  lua_State *L = p->L;
+  char why[400];
   /* stack: container */
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
   lua_getfield(L, -1, "records");
@@ -453,6 +467,10 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
 }
 
 /* ---- hooks: event(ev, host) and changed(op, key, value) ---- */
+
+void policy_gc(policy_t *p) {
+  lua_gc(p->L, LUA_GCCOLLECT);
+}
 
 int policy_has_hook(const policy_t *p, const char *name) {
   if (strcmp(name, "event") == 0) return p->ref_event != LUA_NOREF;

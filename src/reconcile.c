@@ -11,6 +11,8 @@
 #include <string.h>
 #include <time.h>
 
+#define BATCH_BYTES (512u << 10) /* values in one v3 transaction, at most */
+#define BATCHES_IN_FLIGHT 16
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
 
@@ -56,6 +58,7 @@ struct rkey {
   unsigned failed : 1;     /* refused by etcd; waits for a change/resync */
   unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
   unsigned again : 1;      /* touched while in flight: look again after */
+  unsigned solo : 1;       /* a transaction with it failed: alone next time */
   unsigned mark;           /* listing generation that saw this key */
   act_t act;           /* the request in flight */
   char *gone_id;       /* last owner, for the removal log line */
@@ -96,9 +99,11 @@ struct reconcile {
   int pumping;
   etcd_op_t *list_op;
   int list_again;      /* a resync was asked while a listing ran */
-  uv_timer_t backoff_timer, refresh_timer, list_timer;
+  uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
   int paused;
   int key_refresh;     /* v2: TTLs are refreshed key by key */
+  int batching;        /* v3: puts and deletes go in transactions */
+  struct batch *batch; /* the transaction being filled by pump() */
   etcd_op_t *prefix_op; /* deleting the whole owned prefix */
   int outage;          /* etcd is unreachable: said once, not per key */
   unsigned failures;
@@ -213,7 +218,8 @@ static void set_failed(reconcile_t *r, rkey_t *k, int failed) {
 
 int reconcile_converged(const reconcile_t *r) {
   return r->primed && r->docker_synced && !r->q_head && r->inflight == 0 &&
-         r->nfailed == 0 && !r->paused && !r->list_op && !r->prefix_op;
+         r->nfailed == 0 && !r->paused && !r->list_op && !r->prefix_op &&
+         !r->batch;
 }
 
 static void check_converged(reconcile_t *r) {
@@ -320,6 +326,78 @@ static void queue_parent_dir(reconcile_t *r, const char *key) {
 }
 
 static void op_done(void *data, const etcd_result_t *res);
+static void key_done(rkey_t *k, const etcd_result_t *res);
+
+/* A v3 transaction of puts and deletes, counted as one request. */
+typedef struct batch {
+  reconcile_t *r;
+  size_t n, bytes;
+  rkey_t *keys[ETCD_TXN_MAX];
+} batch_t;
+
+static void batch_done(void *data, const etcd_result_t *res) {
+  batch_t *b = data;
+  reconcile_t *r = b->r;
+  r->inflight--;
+  if (res->status == ETCD_FAILED && b->n > 1) {
+    /* one bad key fails them all: try each alone to find it */
+    log_fields(LOG_DEBUG, "etcd refused a transaction; writing its keys one "
+                          "by one",
+               "error", res->error, NULL);
+    for (size_t i = 0; i < b->n; i++) {
+      rkey_t *k = b->keys[i];
+      k->inflight = 0;
+      k->act = ACT_NONE;
+      k->solo = 1;
+      touch(r, k);
+    }
+  } else {
+    for (size_t i = 0; i < b->n; i++) key_done(b->keys[i], res);
+  }
+  free(b);
+  pump(r);
+}
+
+static void batch_flush(reconcile_t *r) {
+  batch_t *b = r->batch;
+  if (!b) return;
+  r->batch = NULL;
+  etcd_txn_item_t items[ETCD_TXN_MAX];
+  for (size_t i = 0; i < b->n; i++) {
+    rkey_t *k = b->keys[i];
+    items[i].is_delete = k->act == ACT_DELETE;
+    items[i].key = k->key;
+    items[i].value = k->sent ? k->sent->s : NULL;
+    items[i].vlen = k->sent ? k->sent->len : 0;
+  }
+  r->inflight++;
+  if (!etcd_txn(r->etcd, items, b->n, batch_done, b)) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    batch_done(b, &fail);
+  }
+}
+
+/* Adds a put or delete to the transaction being filled; sends it when
+ * full.  Returns 0 if the key was taken. */
+static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
+  if (!r->batching || k->solo || (act != ACT_PUT && act != ACT_DELETE))
+    return -1;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  size_t len = act == ACT_PUT ? want->len : 0;
+  if (r->batch && r->batch->bytes + len > BATCH_BYTES) batch_flush(r);
+  if (!r->batch) {
+    r->batch = xcalloc(1, sizeof *r->batch);
+    r->batch->r = r;
+  }
+  k->act = act;
+  k->inflight = 1;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  r->batch->keys[r->batch->n++] = k;
+  r->batch->bytes += len;
+  if (r->batch->n == ETCD_TXN_MAX) batch_flush(r);
+  return 0;
+}
 
 static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
@@ -358,16 +436,21 @@ static void log_change(const char *what, const rkey_t *k) {
 }
 
 static void op_done(void *data, const etcd_result_t *res) {
-  static const etcd_result_t ok = {ETCD_OK, NULL};
   rkey_t *k = data;
+  k->op = NULL;
+  k->r->inflight--;
+  key_done(k, res);
+}
+
+/* One key's write or delete has a result (alone or in a transaction). */
+static void key_done(rkey_t *k, const etcd_result_t *res) {
+  static const etcd_result_t ok = {ETCD_OK, NULL};
   reconcile_t *r = k->r;
   act_t act = k->act;
   int again = k->again;
   k->again = 0;
-  k->op = NULL;
   k->inflight = 0;
   k->act = ACT_NONE;
-  r->inflight--;
 
   if (res->status == ETCD_UNAVAILABLE) {
     r->errors++;
@@ -396,6 +479,7 @@ static void op_done(void *data, const etcd_result_t *res) {
   switch (act) {
   case ACT_PUT:
     if (res->status == ETCD_OK) {
+      k->solo = 0;
       r->puts++;
       log_change(k->have_known && k->have ? "updated" : "registered", k);
       set_have(k, k->sent);
@@ -477,6 +561,12 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   return ACT_DELETE;
 }
 
+static void flush_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->paused) batch_flush(r);
+  pump(r);
+}
+
 static void pump(reconcile_t *r) {
   if (r->pumping) return;
   r->pumping = 1;
@@ -495,8 +585,13 @@ static void pump(reconcile_t *r) {
       maybe_drop(r, k);
       continue;
     }
+    if (batch_add(r, k, act) == 0) continue;
     issue(r, k, act);
   }
+  /* what is left goes at the end of this loop iteration, with whatever
+   * else this iteration produces (a sync yields keys one by one) */
+  if (r->batch && !uv_is_active((uv_handle_t *)&r->flush_timer))
+    uv_timer_start(&r->flush_timer, flush_cb, 0, 0);
   r->pumping = 0;
   check_converged(r);
 }
@@ -829,8 +924,12 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
   uv_timer_init(r->loop, &r->backoff_timer);
   uv_timer_init(r->loop, &r->refresh_timer);
   uv_timer_init(r->loop, &r->list_timer);
+  uv_timer_init(r->loop, &r->flush_timer);
   r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
+  r->flush_timer.data = r;
   r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
+  r->batching = r->etcd && etcd_has_txn(r->etcd) && !r->dry_run;
+  if (r->batching) r->max_inflight = BATCHES_IN_FLIGHT;
   if (r->ttl > 0 && r->key_refresh) {
     /* refresh well before expiry: a third of the TTL, at least 1 s */
     uint64_t every = (uint64_t)r->ttl * 1000 / 3;
@@ -883,6 +982,7 @@ void reconcile_free(reconcile_t *r) {
   if (!r) return;
   if (r->list_op) etcd_cancel(r->list_op);
   if (r->prefix_op) etcd_cancel(r->prefix_op);
+  free(r->batch); /* filled but not sent: its keys go below */
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
@@ -902,7 +1002,8 @@ void reconcile_free(reconcile_t *r) {
   free_keys(r->keys);
   free_keys(r->dirs);
   free(r->prefix);
-  r->open_handles = 3;
+  r->open_handles = 4;
+  uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
   uv_close((uv_handle_t *)&r->backoff_timer, timer_closed);
   uv_close((uv_handle_t *)&r->refresh_timer, timer_closed);
   uv_close((uv_handle_t *)&r->list_timer, timer_closed);

@@ -31,6 +31,7 @@ class FakeDocker:
         self.streams = []           # open event streams (asyncio writers)
         self.stream_opens = 0
         self.requests = []          # (method, path) served
+        self.cache = {}             # id -> inspect JSON text
         self.lock = threading.Lock()
         self._n = 0
         self.loop = asyncio.new_event_loop()
@@ -125,6 +126,7 @@ class FakeDocker:
         }
         with self.lock:
             self.containers[cid] = doc
+            self.cache.pop(cid, None)
         return cid
 
     def set_running(self, cid, running):
@@ -132,10 +134,12 @@ class FakeDocker:
             st = self.containers[cid]["State"]
             st["Running"] = running
             st["Status"] = "running" if running else "exited"
+            self.cache.pop(cid, None)
 
     def remove(self, cid):
         with self.lock:
             self.containers.pop(cid, None)
+            self.cache.pop(cid, None)
 
     def running(self):
         with self.lock:
@@ -276,7 +280,9 @@ class FakeDocker:
                 faults = self.inspect_faults.get(cid)
                 fault = faults.pop(0) if faults else None
                 doc = self.containers.get(cid)
-                body = json.dumps(doc) if doc else None
+                body = self.cache.get(cid)
+                if body is None and doc:
+                    body = self.cache[cid] = json.dumps(doc)
             if fault == "hang":
                 await asyncio.sleep(3600)
             if fault == 500:

@@ -128,6 +128,31 @@ def v3_authentication_limited_role_wrong_password_expired_token():
 
 
 @suite.test
+def v3_a_refused_key_does_not_hold_back_the_others():
+    """v3 writes go in transactions; one key outside the role's prefix makes
+    a transaction fail, and register then writes the keys one by one."""
+    e = Etcd().start()
+    suite.defer(e.cleanup)
+    v3_auth_setup(e)
+    pol = os.path.join(PKI, "mixed.lua")
+    with open(pol, "w") as f:
+        f.write('local d = require "register.default"\n'
+                'return { prefix = d.prefix, records = function(c, h)\n'
+                '  local r = d.records(c, h)\n'
+                '  r["/elsewhere/" .. c.id] = "refused"\n'
+                '  return r end }\n')
+    extra = [fake.add() for _ in range(3)]
+    r = register(e.url, "--etcd-api", "v3", "--etcd-user", "reg:regpw", "--policy", pol)
+    wait_for(lambda: len(e.etcdctl("--user", "root:rootpw", "get", "--prefix", PREFIX + "/",
+                                   "--keys-only", api="3").split()) == 4, what="the permitted keys")
+    r.wait_log("etcdserver: permission denied")
+    assert e.etcdctl("--user", "root:rootpw", "get", "--prefix", "/elsewhere", api="3") == ""
+    for c in extra:
+        fake.remove(c)
+    r.stop()
+
+
+@suite.test
 def v3_revoked_token_is_renewed():
     e = Etcd().start()
     suite.defer(e.cleanup)

@@ -280,7 +280,39 @@ TEST(script_errors_are_reported_not_fatal) {
   policy_free(p);
 }
 
+TEST(inspect_is_lazy_and_only_valid_during_the_call) {
+  policy_t *p = load_ok(
+      "local kept\n"
+      "return { records = function(c)\n"
+      "  if not kept then\n"
+      "    kept = c  -- never read its inspect during this call\n"
+      "    return { ['/lazy'] = tostring(rawget(c, 'inspect') == nil) }\n"
+      "  end\n"
+      "  local ok, err = pcall(function() return kept.inspect end)\n"
+      "  local a = c.inspect\n"
+      "  return { ['/late'] = tostring(ok) .. ' ' .. tostring(err),\n"
+      "           ['/now'] = tostring(rawequal(a, c.inspect)) .. ' ' .. "
+      "a.Config.Image }\n"
+      "end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  run(p, first(d), &r);
+  ASSERT_STR_EQ(rec(&r, "/lazy"), "true"); /* not built unless read */
+  records_free(&r);
+  json_free(d); /* the first call's document is gone */
+  json_doc_t *d2 = inspect("inspect/multi.json");
+  run(p, first(d2), &r);
+  ASSERT_STR_EQ(rec(&r, "/now"), "true bbx"); /* built once, then a field */
+  ASSERT_CONTAINS(rec(&r, "/late"), "false ");
+  ASSERT_CONTAINS(rec(&r, "/late"),
+                  "container.inspect is only available while records() runs");
+  records_free(&r);
+  json_free(d2);
+  policy_free(p);
+}
+
 TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
+          TEST_ENTRY(inspect_is_lazy_and_only_valid_during_the_call),
           TEST_ENTRY(json_encode_order_escaping_types),
           TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
           TEST_ENTRY(script_errors_are_reported_not_fatal))

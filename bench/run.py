@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""register's benchmark suite: one command, prints a table.
+
+    bench/run.py              everything (about 6 minutes; dockerd needs root)
+    bench/run.py sync storm   only some: sync limit latency storm idle
+
+1. sync     start-up sync of N = 1,000 and 10,000 containers (1-3 published
+            ports each) from the fake Docker API into a real etcd: wall time
+            until etcd holds every key, requests/s, register's RssAnon
+2. limit    the same PUTs from bench/limit.c (no Docker, no Lua; the best of
+            several concurrencies): register's time as a ratio to it
+3. latency  real dockerd: Docker's event timeNano to the key seen by an etcd
+            watch, for registration and removal (p50, p99, max over 60)
+4. storm    2,000 start/die events per second for 10 s: RssAnon and pending
+            writes during it, time to converge after it
+5. idle     60 s of an idle register: CPU time, context switches, RssAnon,
+            with and without --ttl
+
+etcd runs on tmpfs (/dev/shm) so that its fsync does not dominate; both
+register and the limit client write to the same kind of etcd.  Not part of
+the tests: speed and memory targets live here, never in timed tests.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
+BUILD = os.environ.get("REGISTER_BENCH_BUILD", os.path.join(SRC, "build-bench"))
+os.environ["REGISTER_BIN"] = os.path.join(BUILD, "register")
+
+from fake_docker import FakeDocker, make_id  # noqa: E402
+from harness import (Dockerd, Etcd, Register, default_value, tmpdir,  # noqa: E402
+                     wait_for)
+
+IP = "10.99.0.1"
+PREFIX = f"/registered/{IP}"
+RESULTS = []
+
+
+def out(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def build():
+    subprocess.run(["cmake", "-S", SRC, "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release",
+                    "-DREGISTER_TESTS=OFF"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", BUILD, "-j", str(os.cpu_count() or 2)], check=True,
+                   capture_output=True)
+    subprocess.run(["cmake", "--build", BUILD, "--target", "bench_limit", "bench_fakedocker"],
+                   check=True, capture_output=True)
+
+
+def status(pid, field):
+    """A value from /proc/PID/status in kB (RssAnon, VmRSS, VmHWM, ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_and_switches(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    vol = status(pid, "voluntary_ctxt_switches")
+    nonvol = status(pid, "nonvoluntary_ctxt_switches")
+    return ticks / os.sysconf("SC_CLK_TCK"), vol + nonvol
+
+
+def tmpfs_etcd():
+    d = tempfile_dir("/dev/shm")
+    return Etcd(data_dir=d).start()
+
+
+def tempfile_dir(base):
+    import tempfile
+    return tempfile.mkdtemp(prefix="rbench", dir=base if os.path.isdir(base) else "/tmp")
+
+
+def populate(fake, n, seed=1):
+    """n running containers with 1-3 published ports; returns {key: value}."""
+    rng = random.Random(seed)
+    want = {}
+    for i in range(n):
+        ports = []
+        for j, p in enumerate(sorted(rng.sample(["443/tcp", "53/udp", "80/tcp", "8080/tcp", "9200/tcp"],
+                                               rng.randint(1, 3)))):
+            ports.append((p, [("127.0.0.1", str(20000 + (i * 3 + j) % 40000))]))
+        image = rng.choice(["bbx", "localhost:5000/team/web:1.2", "nginx:1.25"])
+        cid = fake.add(image=image, ports=ports, cid=make_id(f"bench-{seed}-{i}"))
+        img = image.replace("/", "::")
+        want[f"{PREFIX}/{img}/{cid}"] = default_value(
+            cid, img, [(b[0][0], b[0][1], p.split("/")[0], p.split("/")[1]) for p, b in ports])
+    return want
+
+
+# ---- 1 + 2: start-up sync and the limit ----
+
+def clear(etcd):
+    etcd.etcdctl("rm", "--recursive", "/registered", check=False)
+    etcd.etcdctl("del", "--prefix", "/registered", api="3", check=False)
+
+
+def v3_tree(etcd):
+    import base64
+    body = json.dumps({"key": base64.b64encode((PREFIX + "/").encode()).decode(),
+                       "range_end": base64.b64encode((PREFIX + "0").encode()).decode()}).encode()
+    with urllib.request.urlopen(urllib.request.Request(etcd.url + "/v3/kv/range", data=body), timeout=30) as r:
+        doc = json.loads(r.read())
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in doc.get("kvs", [])}
+
+def bench_sync(sizes=(1000, 10000), with_limit=True, apis=("v2", "v3")):
+    for api in apis:
+        for n in sizes:
+            sync_one(n, api, with_limit)
+
+
+def sync_one(n, api, with_limit):
+    if True:
+        # the containers, served by the fast C fake (bench/fakedocker.c)
+        d = tmpdir("rbf")
+        sock = os.path.join(d, "d.sock")
+        model = FakeDocker(sock)  # only its container model, no server
+        want = populate(model, n)
+        docs = os.path.join(d, "inspect.jsonl")
+        with open(docs, "w") as f:
+            for c in model.containers.values():
+                f.write(json.dumps(c) + "\n")
+        fake = subprocess.Popen([os.path.join(BUILD, "bench", "bench_fakedocker"), sock, docs],
+                                stderr=subprocess.DEVNULL)
+        fake.host = "unix://" + sock
+        wait_for(lambda: os.path.exists(sock), 10)
+        etcd = tmpfs_etcd()
+        try:
+            limit_best = None
+            if with_limit:
+                pairs = os.path.join(tmpdir("rbp"), "pairs")
+                with open(pairs, "w") as f:
+                    for k, v in want.items():
+                        f.write(f"{k}\t{v}\n")
+                for conc in (16, 32, 64, 128):
+                    clear(etcd)
+                    r = subprocess.run([os.path.join(BUILD, "bench", "bench_limit"), etcd.url, pairs,
+                                        str(conc), api], capture_output=True, text=True, timeout=600)
+                    secs = float(r.stdout.split()[0])
+                    out(f"  limit client ({api}), {n} PUTs, {conc} in flight: {secs:.3f} s")
+                    if limit_best is None or secs < limit_best[0]:
+                        limit_best = (secs, conc)
+                clear(etcd)
+            reg = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
+            t0 = time.time()
+            reg.start()
+            wait_for(lambda: "in sync" in reg.output(), 600, interval=0.005, what="in sync")
+            secs = time.time() - t0
+            rss_sync = status(reg.proc.pid, "RssAnon")
+            time.sleep(3)  # register trims memory 2 s after a sync: the steady state
+            rss = status(reg.proc.pid, "RssAnon")
+            hwm = status(reg.proc.pid, "VmHWM")
+            got = etcd.tree(PREFIX) if api == "v2" else v3_tree(etcd)
+            assert got == want, f"etcd holds {len(got)} keys, wanted {len(want)}"
+            row = {"bench": "sync", "api": api, "containers": n, "seconds": round(secs, 3),
+                   "puts_per_s": round(n / secs), "rss_anon_kb": rss, "rss_anon_at_sync_kb": rss_sync,
+                   "vm_hwm_kb": hwm}
+            if limit_best:
+                row.update({"limit_seconds": round(limit_best[0], 3), "limit_concurrency": limit_best[1],
+                            "ratio": round(secs / limit_best[0], 2)})
+            out(f"  register ({api}): {n} containers in sync in {secs:.3f} s, RssAnon {rss} kB")
+            # a restart with everything in place writes nothing
+            reg.stop()
+            reg2 = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
+            t0 = time.time()
+            reg2.start()
+            wait_for(lambda: "in sync" in reg2.output(), 600, interval=0.005, what="in sync")
+            row["restart_seconds"] = round(time.time() - t0, 3)
+            reg2.stop()
+            reg.cleanup()
+            reg2.cleanup()
+            RESULTS.append(row)
+        finally:
+            fake.kill()
+            fake.wait()
+            etcd.cleanup()
+
+
+# ---- 3: event latency on the real dockerd ----
+
+class Watcher(threading.Thread):
+    """Follows etcd v2 events below PREFIX and notes when each arrived."""
+
+    def __init__(self, etcd):
+        super().__init__(daemon=True)
+        self.etcd = etcd
+        self.seen = {}  # (action, key) -> time_ns
+        self.stop = False
+
+    def run(self):
+        idx = self.etcd.index() + 1
+        while not self.stop:
+            url = f"{self.etcd.url}/v2/keys{PREFIX}?wait=true&recursive=true&waitIndex={idx}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    ev = json.loads(r.read())
+            except Exception:
+                continue
+            t = time.time_ns()
+            node = ev["node"]
+            self.seen.setdefault((ev["action"], node["key"]), t)
+            idx = node["modifiedIndex"] + 1
+
+
+def bench_latency(count=60):
+    d = Dockerd().start()
+    d.images()
+    d.clean()
+    etcd = tmpfs_etcd()
+    reg = Register("--etcd", etcd.url, "--docker", d.host, host_ip=IP).start()
+    ev_proc = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
+                               env=d.env, stdout=subprocess.PIPE, text=True)
+    events = {}
+
+    def read_events():
+        for line in ev_proc.stdout:
+            e = json.loads(line)
+            events.setdefault((e.get("Action"), e["Actor"]["ID"]), e["timeNano"])
+    threading.Thread(target=read_events, daemon=True).start()
+    try:
+        wait_for(lambda: "in sync" in reg.output(), 30)
+        w = Watcher(etcd)
+        w.start()
+        time.sleep(0.3)
+        reg_ms, rm_ms = [], []
+        for i in range(count):
+            cid = d.run("-p", "127.0.0.1::80")
+            key = f"{PREFIX}/bbx/{cid}"
+            wait_for(lambda: ("set", key) in w.seen and ("start", cid) in events, 10, interval=0.002)
+            reg_ms.append((w.seen[("set", key)] - events[("start", cid)]) / 1e6)
+            d.docker("rm", "-f", cid)
+            wait_for(lambda: ("delete", key) in w.seen and ("die", cid) in events, 10, interval=0.002)
+            rm_ms.append((w.seen[("delete", key)] - events[("die", cid)]) / 1e6)
+        w.stop = True
+
+        def pct(xs, p):
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+        for what, xs in (("registration", reg_ms), ("removal", rm_ms)):
+            row = {"bench": "latency", "what": what, "n": len(xs), "p50_ms": round(pct(xs, 50), 2),
+                   "p99_ms": round(pct(xs, 99), 2), "max_ms": round(max(xs), 2)}
+            out(f"  {what}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms")
+            RESULTS.append(row)
+    finally:
+        ev_proc.kill()
+        reg.stop(expect=None)
+        reg.cleanup()
+        d.cleanup()
+        etcd.cleanup()
+
+
+# ---- 4: event storm ----
+
+def bench_storm(rate=2000, seconds=10, pool=500):
+    sock = os.path.join(tmpdir("rbf"), "d.sock")
+    fake = FakeDocker(sock).start()
+    ids = [fake.add(cid=make_id(f"storm-{i}")) for i in range(pool)]
+    etcd = tmpfs_etcd()
+    reg = Register("--etcd", etcd.url, "--docker", fake.host, "--metrics", "127.0.0.1:19367",
+                   host_ip=IP).start()
+    try:
+        wait_for(lambda: "in sync" in reg.output(), 60)
+        base_rss = status(reg.proc.pid, "RssAnon")
+        samples = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    body = urllib.request.urlopen("http://127.0.0.1:19367/metrics", timeout=2).read().decode()
+                    pend = [l for l in body.splitlines() if l.startswith("register_etcd_pending ")]
+                    samples.append((status(reg.proc.pid, "RssAnon"), float(pend[0].split()[1])))
+                except Exception:
+                    pass
+                time.sleep(0.1)
+        threading.Thread(target=sample, daemon=True).start()
+        rng = random.Random(7)
+        sent = 0
+        t0 = time.time()
+        tick = 0.01
+        while time.time() - t0 < seconds:
+            batch = []
+            for _ in range(int(rate * tick)):
+                cid = rng.choice(ids)
+                running = fake.containers[cid]["State"]["Running"]
+                fake.set_running(cid, not running)
+                batch.append(fake.event("die" if running else "start", cid))
+            fake.emit(*batch)
+            sent += len(batch)
+            next_t = t0 + tick * (sent / (rate * tick))
+            time.sleep(max(0, next_t - time.time()))
+        storm_secs = time.time() - t0
+        t_end = time.time()
+        want = {f"{PREFIX}/bbx/{c['Id']}" for c in fake.running()}
+        wait_for(lambda: set(etcd.tree(PREFIX)) == want, 60, interval=0.02, what="convergence after the storm")
+        converge = time.time() - t_end
+        stop.set()
+        max_rss = max(s[0] for s in samples) if samples else 0
+        max_pending = max(s[1] for s in samples) if samples else 0
+        row = {"bench": "storm", "events": sent, "events_per_s": round(sent / storm_secs),
+               "rss_anon_before_kb": base_rss, "rss_anon_max_kb": max_rss,
+               "pending_max": int(max_pending), "converged_after_s": round(converge, 3)}
+        out(f"  {sent} events in {storm_secs:.1f} s; RssAnon {base_rss} -> max {max_rss} kB; "
+            f"pending max {int(max_pending)}; converged {converge:.3f} s after")
+        RESULTS.append(row)
+    finally:
+        reg.stop(expect=None)
+        reg.cleanup()
+        fake.stop()
+        etcd.cleanup()
+
+
+# ---- 5: idle cost ----
+
+def bench_idle(seconds=60):
+    sock = os.path.join(tmpdir("rbf"), "d.sock")
+    fake = FakeDocker(sock).start()
+    for i in range(50):
+        fake.add(cid=make_id(f"idle-{i}"))
+    etcd = tmpfs_etcd()
+    try:
+        for extra in ([], ["--ttl", "60"]):
+            reg = Register("--etcd", etcd.url, "--docker", fake.host, *extra, host_ip=IP).start()
+            wait_for(lambda: "in sync" in reg.output(), 30)
+            time.sleep(3)  # register trims its memory 2 s after a sync
+            cpu0, sw0 = cpu_and_switches(reg.proc.pid)
+            time.sleep(seconds)
+            cpu1, sw1 = cpu_and_switches(reg.proc.pid)
+            row = {"bench": "idle", "ttl": extra[1] if extra else "off", "seconds": seconds,
+                   "cpu_s": round(cpu1 - cpu0, 3), "context_switches": sw1 - sw0,
+                   "rss_anon_kb": status(reg.proc.pid, "RssAnon"), "vm_rss_kb": status(reg.proc.pid, "VmRSS")}
+            out(f"  idle, ttl {row['ttl']}: {row['cpu_s']} s CPU, {row['context_switches']} context switches, "
+                f"RssAnon {row['rss_anon_kb']} kB")
+            RESULTS.append(row)
+            reg.stop()
+            reg.cleanup()
+    finally:
+        fake.stop()
+        etcd.cleanup()
+
+
+def table():
+    lines = ["| benchmark | result | target |", "|---|---|---|"]
+    for r in RESULTS:
+        if r["bench"] == "sync":
+            res = (f"{r['api']}, {r['containers']} containers: {r['seconds']} s ({r['puts_per_s']} keys/s); "
+                   f"RssAnon {r['rss_anon_kb'] / 1024:.1f} MB registered ({r['rss_anon_at_sync_kb'] / 1024:.1f} MB "
+                   f"at the end of the sync); restart with nothing to write {r['restart_seconds']} s")
+            if "ratio" in r:
+                res += f"; limit client {r['limit_seconds']} s ({r['limit_concurrency']} in flight): ratio {r['ratio']}"
+            tgt = "≤ 1.3× the limit; RssAnon ≤ " + ("8 MB" if r["containers"] <= 1000 else "16 MB")
+        elif r["bench"] == "latency":
+            res = f"{r['what']} ({r['n']}): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms"
+            tgt = "p99 < 10 ms"
+        elif r["bench"] == "storm":
+            res = (f"{r['events']} events ({r['events_per_s']}/s): RssAnon {r['rss_anon_before_kb'] / 1024:.1f} → "
+                   f"max {r['rss_anon_max_kb'] / 1024:.1f} MB, pending max {r['pending_max']}, "
+                   f"converged {r['converged_after_s']} s after")
+            tgt = "bounded; converged ≤ 2 s"
+        else:
+            res = (f"ttl {r['ttl']}, {r['seconds']} s: {r['cpu_s']} s CPU, {r['context_switches']} context "
+                   f"switches, RssAnon {r['rss_anon_kb'] / 1024:.2f} MB")
+            tgt = "no CPU, no wakeups (ttl off); RssAnon ≤ 1.8 MB"
+        lines.append(f"| {r['bench']} | {res} | {tgt} |")
+    return "\n".join(lines)
+
+
+def main():
+    which = sys.argv[1:] or ["sync", "latency", "storm", "idle"]
+    out("building", BUILD)
+    build()
+    if "sync" in which or "limit" in which:
+        out("== start-up sync (and the limit client)")
+        bench_sync(with_limit=True)
+    if "latency" in which:
+        out("== event latency on a real dockerd")
+        bench_latency()
+    if "storm" in which:
+        out("== event storm")
+        bench_storm()
+    if "idle" in which:
+        out("== idle cost")
+        bench_idle()
+    with open(os.path.join(BUILD, "bench-results.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1)
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
