@@ -101,8 +101,10 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
       char id[80];
       snprintf(id, sizeof id, "%.*s", (int)strcspn(rest + 12, "/"), rest + 12);
       cont_t *ct = map_get(conts, id);
-      if (ct) respond(c, 200, ct->doc, ct->len);
-      else respond(c, 404, "{\"message\":\"No such container\"}", 32);
+      if (ct)
+        respond(c, 200, ct->doc, ct->len);
+      else
+        respond(c, 404, "{\"message\":\"No such container\"}", 32);
     } else {
       respond(c, 404, "{\"message\":\"page not found\"}", 28);
     }
@@ -135,7 +137,8 @@ int main(int argc, char **argv) {
   size_t cap = 0;
   ssize_t len;
   while ((len = getline(&line, &cap, f)) > 0) {
-    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
+    while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+      len--;
     const char *p = strstr(line, "\"Id\": \"");
     size_t skip = 7;
     if (!p) p = strstr(line, "\"Id\":\""), skip = 6;

@@ -70,7 +70,8 @@ int main(int argc, char **argv) {
     char *tab = strchr(line, '\t');
     if (!tab) continue;
     *tab = '\0';
-    if (n == cap) puts_ = realloc(puts_, (cap = cap ? cap * 2 : 1024) * sizeof *puts_);
+    if (n == cap)
+      puts_ = realloc(puts_, (cap = cap ? cap * 2 : 1024) * sizeof *puts_);
     if (v3) {
       puts_[n].key = malloc(strlen(ep) + 16);
       sprintf(puts_[n].key, "%s/v3/kv/put", ep);
@@ -105,7 +106,8 @@ int main(int argc, char **argv) {
   int running = 0;
   double t0 = now();
   CURL **pool = calloc((size_t)conc, sizeof *pool);
-  for (int i = 0; i < conc; i++) pool[i] = curl_easy_init();
+  for (int i = 0; i < conc; i++)
+    pool[i] = curl_easy_init();
   int free_n = conc;
   while (done < n) {
     while (next < n && free_n > 0) {
@@ -137,7 +139,8 @@ int main(int argc, char **argv) {
   }
   double secs = now() - t0;
   printf("%.4f %zu %zu\n", secs, n, failed);
-  for (int i = 0; i < conc; i++) curl_easy_cleanup(pool[i]);
+  for (int i = 0; i < conc; i++)
+    curl_easy_cleanup(pool[i]);
   free(pool);
   curl_slist_free_all(hdrs);
   curl_multi_cleanup(m);

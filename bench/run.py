@@ -337,7 +337,10 @@ def bench_idle(seconds=60):
         for extra in ([], ["--ttl", "60"]):
             reg = Register("--etcd", etcd.url, "--docker", fake.host, *extra, host_ip=IP).start()
             wait_for(lambda: "in sync" in reg.output(), 30)
-            time.sleep(3)  # register trims its memory 2 s after a sync
+            # two one-off timers follow a start: register trims memory 2 s
+            # after the sync, and curl's connect timeout for the event
+            # stream expires 5 s after it connected; idle begins after them
+            time.sleep(6)
             cpu0, sw0 = cpu_and_switches(reg.proc.pid)
             time.sleep(seconds)
             cpu1, sw1 = cpu_and_switches(reg.proc.pid)

@@ -16,7 +16,7 @@ typedef struct {
   char host_ip[64];
   char hostname[256];
 
-  char **etcd;         /* normalised base URLs: scheme://host:port */
+  char **etcd; /* normalised base URLs: scheme://host:port */
   size_t n_etcd;
   etcd_api_t etcd_api;
   char *etcd_cacert, *etcd_cert, *etcd_key;
@@ -30,16 +30,16 @@ typedef struct {
   char *docker_base;   /* http(s)://host:port, or http://docker for unix */
   char *docker_cacert, *docker_cert, *docker_key; /* DOCKER_CERT_PATH */
 
-  char *policy_file;   /* NULL: the embedded default policy */
+  char *policy_file; /* NULL: the embedded default policy */
   log_level_t log_level;
   log_format_t log_format;
   int deregister_on_exit;
-  long ttl;            /* seconds, 0 = keys never expire */
-  long resync;         /* seconds, 0 = only on (re)connect */
-  char *metrics_addr;  /* host:port, or NULL */
+  long ttl;           /* seconds, 0 = keys never expire */
+  long resync;        /* seconds, 0 = only on (re)connect */
+  char *metrics_addr; /* host:port, or NULL */
   int dry_run;
   int once;
-  long once_timeout;   /* seconds --once waits for etcd to match */
+  long once_timeout; /* seconds --once waits for etcd to match */
 } config_t;
 
 /* Returns 0 to run, 1 when --help/--version was printed (exit 0), and -1
@@ -51,8 +51,7 @@ void config_usage(const char *prog);
 
 /* Exposed for tests: normalises one etcd endpoint ("10.1.2.3:4001",
  * "https://[::1]:2379/") to scheme://host:port. */
-int config_parse_endpoint(const char *in, char **out, char *err,
-                          size_t errlen);
+int config_parse_endpoint(const char *in, char **out, char *err, size_t errlen);
 int config_valid_ip(const char *s);
 
 #endif

@@ -22,9 +22,9 @@ typedef struct {
   const char *action; /* "start", "die", "health_status: healthy", ... */
   const char *id;     /* Actor.ID (legacy: id) */
   const json_value_t *attributes; /* Actor.Attributes, may be NULL */
-  const char *image;  /* Attributes.image (legacy: from), may be NULL */
-  int64_t time;       /* seconds */
-  int64_t time_nano;  /* 0 if the daemon did not send it */
+  const char *image; /* Attributes.image (legacy: from), may be NULL */
+  int64_t time;      /* seconds */
+  int64_t time_nano; /* 0 if the daemon did not send it */
   const json_value_t *raw;
 } docker_event_t;
 
@@ -43,11 +43,11 @@ typedef struct {
 } docker_cbs_t;
 
 typedef struct {
-  http_t *stream_http;     /* for the event stream; NULL: the main one */
-  const char *base;        /* http://docker, http(s)://host:port */
-  const char *socket;      /* unix socket path or NULL */
-  const http_tls_t *tls;   /* for https, or NULL */
-  int max_inspects;        /* concurrent inspect requests; 0 = 32 */
+  http_t *stream_http;   /* for the event stream; NULL: the main one */
+  const char *base;      /* http://docker, http(s)://host:port */
+  const char *socket;    /* unix socket path or NULL */
+  const http_tls_t *tls; /* for https, or NULL */
+  int max_inspects;      /* concurrent inspect requests; 0 = 32 */
 } docker_opts_t;
 
 docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
@@ -82,8 +82,8 @@ size_t docker_event_counts(const docker_t *d, const char **actions,
 /* Exposed for tests: parses one event line into ev (pointers into doc).
  * legacy: the daemon's API predates Type/Action/Actor (< 1.22).
  * Returns 0, or -1 with a reason in err. */
-int docker_parse_event(const json_value_t *root, int legacy,
-                       docker_event_t *ev, char *err, size_t errlen);
+int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
+                       char *err, size_t errlen);
 /* Compares "1.41"-style versions: <0, 0, >0. */
 int docker_version_cmp(const char *a, const char *b);
 

@@ -33,7 +33,7 @@ typedef struct {
   const char *key;
   const char *value;
   size_t value_len;
-  long ttl;          /* seconds left, or 0 when the key never expires */
+  long ttl; /* seconds left, or 0 when the key never expires */
 } etcd_kv_t;
 
 typedef void (*etcd_done_cb)(void *data, const etcd_result_t *res);
@@ -48,10 +48,10 @@ typedef struct {
   size_t n_endpoints;
   etcd_api_t api;
   const http_tls_t *tls;
-  const char *user;     /* NULL for none */
+  const char *user; /* NULL for none */
   const char *password;
-  long timeout_ms;      /* per attempt; 0 = 5000 */
-  long ttl;             /* v3: keys hang on one lease of this TTL; 0: none */
+  long timeout_ms; /* per attempt; 0 = 5000 */
+  long ttl;        /* v3: keys hang on one lease of this TTL; 0: none */
   /* v3: the lease vanished (expired, revoked, etcd lost it): every key
    * has to be written again; a new lease comes with the next put */
   void (*lease_lost)(void *ud);
@@ -62,14 +62,13 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
 /* Cancels every request without callbacks; frees e. */
 void etcd_free(etcd_t *e);
 
-etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value,
-                    size_t vlen, long ttl, etcd_done_cb cb, void *data);
+etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
+                    long ttl, etcd_done_cb cb, void *data);
 /* v2: extend the TTL of an existing key without waking watchers
  * (refresh=true, prevExist=true); ETCD_NOT_FOUND when it is gone. */
 etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
                         void *data);
-etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
-                       void *data);
+etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb, void *data);
 /* Deletes everything under prefix + "/" in one request (v2: the
  * directory, recursively; v3: a range). */
 etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
@@ -104,11 +103,11 @@ etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data);
 #define ETCD_BUCKETS 12
 extern const double etcd_buckets[ETCD_BUCKETS]; /* seconds, upper bounds */
 typedef struct {
-  const char *op;         /* "put", "delete", "list", ... */
-  uint64_t by_status[5];  /* indexed by etcd_status_t */
+  const char *op;                 /* "put", "delete", "list", ... */
+  uint64_t by_status[5];          /* indexed by etcd_status_t */
   uint64_t buckets[ETCD_BUCKETS]; /* cumulative counts per upper bound */
   uint64_t count;
-  double sum;             /* seconds */
+  double sum; /* seconds */
 } etcd_opstat_t;
 const char *etcd_status_name(etcd_status_t st);
 /* Fills out[] (at most max); returns how many kinds there are. */

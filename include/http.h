@@ -16,12 +16,12 @@ typedef struct http http_t;
 typedef struct http_req http_req_t;
 
 typedef struct {
-  long status;          /* HTTP status; 0 when no response arrived */
-  int error;            /* 0, or the CURLcode of a transport failure */
-  const char *errmsg;   /* one line when error != 0 */
-  const char *body;     /* buffered body (empty for streamed requests) */
+  long status;        /* HTTP status; 0 when no response arrived */
+  int error;          /* 0, or the CURLcode of a transport failure */
+  const char *errmsg; /* one line when error != 0 */
+  const char *body;   /* buffered body (empty for streamed requests) */
   size_t body_len;
-  const char *headers;  /* raw header block of the final response */
+  const char *headers; /* raw header block of the final response */
   size_t headers_len;
 } http_resp_t;
 
@@ -43,19 +43,19 @@ typedef struct {
 } http_tls_t;
 
 typedef struct {
-  const char *method;          /* NULL = GET */
+  const char *method; /* NULL = GET */
   const char *url;
-  const char *unix_socket;     /* connect here instead of the URL's host */
-  const char *const *headers;  /* NULL-terminated "Name: value" lines */
-  const char *body;            /* copied; may be NULL */
+  const char *unix_socket;    /* connect here instead of the URL's host */
+  const char *const *headers; /* NULL-terminated "Name: value" lines */
+  const char *body;           /* copied; may be NULL */
   size_t body_len;
-  long timeout_ms;             /* whole request; 0 = none (streams) */
-  long connect_timeout_ms;     /* 0 = 5 s */
-  const http_tls_t *tls;       /* copied */
-  const char *userpwd;         /* basic auth "user:password"; copied */
-  size_t max_body;             /* buffered body cap; 0 = 256 MiB */
+  long timeout_ms;         /* whole request; 0 = none (streams) */
+  long connect_timeout_ms; /* 0 = 5 s */
+  const http_tls_t *tls;   /* copied */
+  const char *userpwd;     /* basic auth "user:password"; copied */
+  size_t max_body;         /* buffered body cap; 0 = 256 MiB */
   http_head_cb on_head;
-  http_data_cb on_data;        /* set: stream; unset: buffer the body */
+  http_data_cb on_data; /* set: stream; unset: buffer the body */
   http_done_cb on_done;
   void *data;
 } http_opts_t;

@@ -24,18 +24,18 @@ typedef enum {
 typedef struct json_value json_value_t;
 struct json_value {
   json_type_t type;
-  uint32_t len;        /* string bytes, or number of children */
-  const char *key;     /* member name inside an object, else NULL */
+  uint32_t len;    /* string bytes, or number of children */
+  const char *key; /* member name inside an object, else NULL */
   uint32_t keylen;
-  json_value_t *next;  /* next sibling in the parent, in document order */
+  json_value_t *next; /* next sibling in the parent, in document order */
   union {
     int boolean;
     struct {
       double d;
       int64_t i;
-      int is_int;      /* an integer that fits int64: use i, not d */
+      int is_int; /* an integer that fits int64: use i, not d */
     } num;
-    const char *str;   /* decoded, NUL-terminated (may hold NULs: use len) */
+    const char *str;     /* decoded, NUL-terminated (may hold NULs: use len) */
     json_value_t *child; /* first child of an array or object */
   } u;
 };

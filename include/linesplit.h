@@ -9,9 +9,9 @@
 #include "util.h"
 
 typedef struct {
-  buf_t buf;        /* the incomplete last line */
+  buf_t buf; /* the incomplete last line */
   size_t max_line;
-  size_t dropping;  /* > 0: bytes dropped of an over-long line so far */
+  size_t dropping; /* > 0: bytes dropped of an over-long line so far */
 } linesplit_t;
 
 /* line: a complete line without its "\n" or "\r\n" (never empty).

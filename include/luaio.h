@@ -31,8 +31,7 @@ void luaio_free(luaio_t *io);
 
 /* Adds http_request, etcd_get and etcd_list to register.core of state L.
  * io may be NULL: the functions then fail with "no I/O here". */
-void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
-                   void *ud);
+void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume, void *ud);
 /* Marks co as the coroutine allowed to do I/O now (NULL: none). */
 void luaio_set_current(lua_State *L, lua_State *co);
 /* Drops the outstanding requests of one Lua state (it is going away). */

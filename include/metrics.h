@@ -12,8 +12,8 @@
 #include "util.h"
 
 typedef struct {
-  const docker_t *docker;   /* may be NULL */
-  const etcd_t *etcd;       /* NULL under --dry-run */
+  const docker_t *docker; /* may be NULL */
+  const etcd_t *etcd;     /* NULL under --dry-run */
   const reconcile_t *rec;
   const char *etcd_api;     /* "v2" / "v3" */
   uint64_t policy_errors;   /* records() and hook failures */

@@ -17,12 +17,12 @@
 typedef struct policy policy_t;
 
 typedef struct {
-  const char *file;      /* NULL: the embedded default policy */
+  const char *file; /* NULL: the embedded default policy */
   const char *host_ip;
   const char *hostname;
-  long budget;           /* instructions per call; 0 = default (10M) */
-  size_t mem_limit;      /* bytes; 0 = default (64 MiB) */
-  luaio_t *io;           /* I/O for the hooks; NULL: none */
+  long budget;      /* instructions per call; 0 = default (10M) */
+  size_t mem_limit; /* bytes; 0 = default (64 MiB) */
+  luaio_t *io;      /* I/O for the hooks; NULL: none */
 } policy_opts_t;
 
 /* A Docker event as the event hook sees it (strings may be NULL). */
@@ -42,7 +42,7 @@ typedef struct {
 typedef struct {
   record_t *v;
   size_t n, cap;
-  size_t rejected;       /* records dropped by validation (logged) */
+  size_t rejected; /* records dropped by validation (logged) */
 } records_t;
 
 /* Loads and runs the script.  NULL with a one-line reason in err (the full
@@ -78,8 +78,7 @@ unsigned long policy_errors(const policy_t *p);
 
 void records_init(records_t *r);
 void records_free(records_t *r);
-void records_add(records_t *r, const char *key, const char *value,
-                 size_t vlen);
+void records_add(records_t *r, const char *key, const char *value, size_t vlen);
 
 /* Checks a key: absolute, no empty, "." or ".." segments, no trailing '/',
  * at most 4096 bytes, no control characters.  0 or -1 with a reason. */

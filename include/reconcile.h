@@ -25,27 +25,27 @@ typedef struct reconcile reconcile_t;
 
 typedef struct {
   uv_loop_t *loop;
-  etcd_t *etcd;          /* NULL with dry_run */
-  const char *prefix;    /* owned subtree, or NULL */
-  long ttl;              /* seconds; 0 = keys never expire */
-  int max_inflight;      /* 0 = 64 */
-  int dry_run;           /* print JSON lines on stdout instead of writing */
+  etcd_t *etcd;       /* NULL with dry_run */
+  const char *prefix; /* owned subtree, or NULL */
+  long ttl;           /* seconds; 0 = keys never expire */
+  int max_inflight;   /* 0 = 64 */
+  int dry_run;        /* print JSON lines on stdout instead of writing */
   /* after etcd acknowledged a write ("put") or delete ("delete") */
-  void (*changed)(void *ud, const char *op, const char *key,
-                  const char *value, size_t vlen);
+  void (*changed)(void *ud, const char *op, const char *key, const char *value,
+                  size_t vlen);
   /* each time everything known has reached etcd */
   void (*converged)(void *ud);
   void *ud;
 } reconcile_opts_t;
 
 typedef struct {
-  size_t keys;           /* keys some container produces */
-  size_t containers;     /* containers with at least one record */
+  size_t keys;       /* keys some container produces */
+  size_t containers; /* containers with at least one record */
   size_t queued, inflight, failed;
   uint64_t puts, refreshes, deletes, errors;
   int converged;
-  double last_converged;   /* unix time of the last convergence, or 0 */
-  uint64_t behind_ms;      /* how long it has not been converged, or 0 */
+  double last_converged; /* unix time of the last convergence, or 0 */
+  uint64_t behind_ms;    /* how long it has not been converged, or 0 */
 } reconcile_stats_t;
 
 reconcile_t *reconcile_new(const reconcile_opts_t *o);

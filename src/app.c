@@ -24,16 +24,17 @@
 
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
-#define DOCKER_CONNS 32 /* inspects at once */
-#define HEALTH_ETCD_FRESH_MS 3000   /* older than this: probe before answering */
-#define HEALTH_PENDING_MS 60000     /* writes pending longer: unhealthy */
+#define DOCKER_CONNS 32           /* inspects at once */
+#define HEALTH_ETCD_FRESH_MS 3000 /* older than this: probe before answering   \
+                                   */
+#define HEALTH_PENDING_MS 60000   /* writes pending longer: unhealthy */
 
 /* A policy reload in progress: the new policy is tried on every running
  * container before it replaces the old one. */
 typedef struct {
   policy_t *policy;
-  map_t *records;   /* id -> pending_t: what the new policy produces */
-  map_t *touched;   /* ids that had events meanwhile (old policy ran) */
+  map_t *records; /* id -> pending_t: what the new policy produces */
+  map_t *touched; /* ids that had events meanwhile (old policy ran) */
   int failed;
 } reload_t;
 
@@ -102,9 +103,13 @@ static void on_gone(void *ud, const char *id) {
 
 static void on_event(void *ud, const docker_event_t *ev) {
   app_t *a = ud;
-  policy_event_t pe = {ev->type,       ev->action, ev->id,
-                       ev->image,      ev->attributes,
-                       (long long)ev->time, (long long)ev->time_nano};
+  policy_event_t pe = {ev->type,
+                       ev->action,
+                       ev->id,
+                       ev->image,
+                       ev->attributes,
+                       (long long)ev->time,
+                       (long long)ev->time_nano};
   policy_hook_event(a->policy, &pe);
 }
 
@@ -125,7 +130,8 @@ static void free_strings(map_t *m) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, m);
-  while (map_iter_next(&it, NULL, &v)) free(v);
+  while (map_iter_next(&it, NULL, &v))
+    free(v);
   map_free(m);
 }
 
@@ -200,7 +206,8 @@ static void reload_done(void *ud, int ok, const char *why) {
     n++;
   }
   map_iter_init(&it, rl->touched);
-  while (map_iter_next(&it, &id, NULL)) docker_refresh(a->docker, id);
+  while (map_iter_next(&it, &id, NULL))
+    docker_refresh(a->docker, id);
   log_info("policy %s reloaded: %zu containers re-evaluated, prefix %s",
            policy_name(a->policy), n + map_size(rl->touched),
            prefix ? prefix : "(none)");
@@ -219,8 +226,8 @@ static void reload(app_t *a) {
     return;
   }
   char err[600];
-  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname,
-                      0,                0,            a->io};
+  policy_opts_t po = {
+      cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0, a->io};
   policy_t *p = policy_new(&po, err, sizeof err);
   if (!p) {
     a->reloads_failed++;
@@ -342,8 +349,7 @@ static void answer_health(app_t *a, httpd_req_t *req, const char *etcd_err) {
                problems.data + 1);
   else
     buf_puts(&b, "{\"status\":\"ok\"");
-  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys,
-             st.containers);
+  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys, st.containers);
   httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
                 b.len);
   buf_free(&problems);
@@ -368,8 +374,8 @@ static void serve_health(app_t *a, httpd_req_t *req) {
     return;
   }
   /* etcd has been quiet: ask it before answering */
-  a->health_waiting = xrealloc(a->health_waiting, (a->nhealth_waiting + 1) *
-                                                      sizeof *a->health_waiting);
+  a->health_waiting = xrealloc(
+      a->health_waiting, (a->nhealth_waiting + 1) * sizeof *a->health_waiting);
   a->health_waiting[a->nhealth_waiting++] = req;
   if (!a->probe) a->probe = etcd_probe(a->etcd, probe_done, a);
   if (!a->probe) {
@@ -523,8 +529,8 @@ int app_run(const config_t *cfg) {
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
   a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
-  policy_opts_t po = {cfg->policy_file, cfg->host_ip, cfg->hostname,
-                      0,                0,            a->io};
+  policy_opts_t po = {
+      cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0, a->io};
   a->policy = policy_new(&po, err, sizeof err);
   if (!a->policy) {
     log_error("%s", err);
@@ -544,8 +550,7 @@ int app_run(const config_t *cfg) {
   http_tls_t dtls = {cfg->docker_cacert, cfg->docker_cert, cfg->docker_key};
   docker_opts_t dopts = {a->shttp, cfg->docker_base, cfg->docker_socket,
                          cfg->docker_cacert ? &dtls : NULL, DOCKER_CONNS};
-  docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced,
-                       on_connection};
+  docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced, on_connection};
   a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
   a->notify = notify_new(&a->loop);
   if (cfg->metrics_addr) {
@@ -623,7 +628,8 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
   buf_init(&b);
   char chunk[65536];
   size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_append(&b, chunk, n);
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    buf_append(&b, chunk, n);
   int bad = ferror(f);
   if (f != stdin) fclose(f);
   if (bad) {
@@ -672,7 +678,8 @@ int app_check(int argc, char **argv) {
   const char *hostname = "localhost";
   int i = 2;
   for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
-    if (strcmp(argv[i], "--host-ip") == 0 && i + 1 < argc) host_ip = argv[++i];
+    if (strcmp(argv[i], "--host-ip") == 0 && i + 1 < argc)
+      host_ip = argv[++i];
     else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
       hostname = argv[++i];
     else {
@@ -689,8 +696,8 @@ int app_check(int argc, char **argv) {
   const char *file = argv[i++];
   char err[600];
   luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
-  policy_opts_t po = {strcmp(file, "default") == 0 ? NULL : file,
-                      host_ip, hostname, 0, 0, io};
+  policy_opts_t po = {
+      strcmp(file, "default") == 0 ? NULL : file, host_ip, hostname, 0, 0, io};
   policy_t *p = policy_new(&po, err, sizeof err);
   if (!p) {
     fprintf(stderr, "register: %s\n", err);

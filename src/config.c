@@ -139,7 +139,8 @@ static int valid_host(const char *h, size_t n) {
 static int split_hostport(const char *s, const char **host, size_t *hostlen,
                           long *port, long default_port) {
   size_t n = strlen(s);
-  while (n > 0 && s[n - 1] == '/') n--;
+  while (n > 0 && s[n - 1] == '/')
+    n--;
   const char *colon = NULL;
   if (n > 0 && s[0] == '[') {
     const char *rb = memchr(s, ']', n);
@@ -169,15 +170,18 @@ static int split_hostport(const char *s, const char **host, size_t *hostlen,
 
 int config_parse_endpoint(const char *in, char **out, char *err,
                           size_t errlen) {
-  while (*in == ' ' || *in == '\t') in++;
+  while (*in == ' ' || *in == '\t')
+    in++;
   size_t n = strlen(in);
-  while (n > 0 && (in[n - 1] == ' ' || in[n - 1] == '\t')) n--;
+  while (n > 0 && (in[n - 1] == ' ' || in[n - 1] == '\t'))
+    n--;
   char *s = xstrndup(in, n);
   const char *scheme = "http";
   const char *rest = s;
   const char *sep = strstr(s, "://");
   if (sep) {
-    if ((size_t)(sep - s) == 4 && strncmp(s, "http", 4) == 0) scheme = "http";
+    if ((size_t)(sep - s) == 4 && strncmp(s, "http", 4) == 0)
+      scheme = "http";
     else if ((size_t)(sep - s) == 5 && strncmp(s, "https", 5) == 0)
       scheme = "https";
     else {
@@ -191,15 +195,15 @@ int config_parse_endpoint(const char *in, char **out, char *err,
   const char *host;
   size_t hostlen;
   long port;
-  if (strchr(rest, '/') && strspn(strchr(rest, '/'), "/") !=
-                               strlen(strchr(rest, '/'))) {
+  if (strchr(rest, '/') &&
+      strspn(strchr(rest, '/'), "/") != strlen(strchr(rest, '/'))) {
     snprintf(err, errlen, "etcd endpoint \"%s\": a path is not allowed", s);
     free(s);
     return -1;
   }
   if (split_hostport(rest, &host, &hostlen, &port, 2379) < 0) {
-    snprintf(err, errlen,
-             "etcd endpoint \"%s\" is not [scheme://]host[:port]", s);
+    snprintf(err, errlen, "etcd endpoint \"%s\" is not [scheme://]host[:port]",
+             s);
     free(s);
     return -1;
   }
@@ -210,7 +214,8 @@ int config_parse_endpoint(const char *in, char **out, char *err,
 
 static int parse_etcd_list(config_t *cfg, const char *list, char *err,
                            size_t errlen) {
-  for (size_t i = 0; i < cfg->n_etcd; i++) free(cfg->etcd[i]);
+  for (size_t i = 0; i < cfg->n_etcd; i++)
+    free(cfg->etcd[i]);
   free(cfg->etcd);
   cfg->etcd = NULL;
   cfg->n_etcd = 0;
@@ -257,9 +262,12 @@ static int parse_docker(config_t *cfg, const char *url, char *err,
     return 0;
   }
   const char *rest = NULL;
-  if (strncmp(url, "tcp://", 6) == 0) rest = url + 6;
-  else if (strncmp(url, "http://", 7) == 0) rest = url + 7, tls = 0;
-  else if (strncmp(url, "https://", 8) == 0) rest = url + 8, tls = 1;
+  if (strncmp(url, "tcp://", 6) == 0)
+    rest = url + 6;
+  else if (strncmp(url, "http://", 7) == 0)
+    rest = url + 7, tls = 0;
+  else if (strncmp(url, "https://", 8) == 0)
+    rest = url + 8, tls = 1;
   const char *host;
   size_t hostlen;
   long port;
@@ -356,8 +364,10 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
   if (readable("--etcd-cacert", cfg->etcd_cacert, err, errlen) < 0 ||
       readable("--etcd-cert", cfg->etcd_cert, err, errlen) < 0 ||
       readable("--etcd-key", cfg->etcd_key, err, errlen) < 0 ||
-      readable("DOCKER_CERT_PATH ca.pem", cfg->docker_cacert, err, errlen) < 0 ||
-      readable("DOCKER_CERT_PATH cert.pem", cfg->docker_cert, err, errlen) < 0 ||
+      readable("DOCKER_CERT_PATH ca.pem", cfg->docker_cacert, err, errlen) <
+          0 ||
+      readable("DOCKER_CERT_PATH cert.pem", cfg->docker_cert, err, errlen) <
+          0 ||
       readable("DOCKER_CERT_PATH key.pem", cfg->docker_key, err, errlen) < 0)
     return -1;
   if (!cfg->etcd_cert != !cfg->etcd_key) {
@@ -378,8 +388,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 
   /* Defaults and environment first; flags override them. */
   docker_tls_from_env(cfg);
-  if (parse_etcd_list(cfg, env("ETCD_ENDPOINT") ? env("ETCD_ENDPOINT")
-                                                : "http://127.0.0.1:2379",
+  if (parse_etcd_list(cfg,
+                      env("ETCD_ENDPOINT") ? env("ETCD_ENDPOINT")
+                                           : "http://127.0.0.1:2379",
                       err, errlen) < 0) {
     char tmp[512];
     snprintf(tmp, sizeof tmp, "ETCD_ENDPOINT: %s", err);
@@ -387,8 +398,8 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
     return -1;
   }
   const char *dh = env("DOCKER_HOST");
-  if (parse_docker(cfg, dh ? dh : "unix:///var/run/docker.sock", err,
-                   errlen) < 0)
+  if (parse_docker(cfg, dh ? dh : "unix:///var/run/docker.sock", err, errlen) <
+      0)
     return -1;
   set_str(&cfg->policy_file, env("REGISTER_POLICY"));
   set_str(&cfg->etcd_cacert, env("ETCDCTL_CACERT"));
@@ -400,8 +411,10 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   const char *host_ip_src = "HOST_IP";
   if ((v = env("REGISTER_LOG_LEVEL")) &&
       log_level_parse(v, &cfg->log_level) < 0) {
-    snprintf(err, errlen, "REGISTER_LOG_LEVEL \"%s\" is not one of error, "
-             "warn, info, debug", v);
+    snprintf(err, errlen,
+             "REGISTER_LOG_LEVEL \"%s\" is not one of error, "
+             "warn, info, debug",
+             v);
     return -1;
   }
   if ((v = env("REGISTER_LOG_FORMAT")) &&
@@ -439,17 +452,27 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       api = optarg;
       api_src = "--etcd-api";
       break;
-    case OPT_ETCD_CACERT: set_str(&cfg->etcd_cacert, optarg); break;
-    case OPT_ETCD_CERT: set_str(&cfg->etcd_cert, optarg); break;
-    case OPT_ETCD_KEY: set_str(&cfg->etcd_key, optarg); break;
-    case OPT_ETCD_USER: set_str(&cfg->etcd_user, optarg); break;
+    case OPT_ETCD_CACERT:
+      set_str(&cfg->etcd_cacert, optarg);
+      break;
+    case OPT_ETCD_CERT:
+      set_str(&cfg->etcd_cert, optarg);
+      break;
+    case OPT_ETCD_KEY:
+      set_str(&cfg->etcd_key, optarg);
+      break;
+    case OPT_ETCD_USER:
+      set_str(&cfg->etcd_user, optarg);
+      break;
     case OPT_ETCD_PASSWORD_FILE:
       set_str(&cfg->etcd_password_file, optarg);
       break;
     case OPT_DOCKER:
       if (parse_docker(cfg, optarg, err, errlen) < 0) return -1;
       break;
-    case OPT_POLICY: set_str(&cfg->policy_file, optarg); break;
+    case OPT_POLICY:
+      set_str(&cfg->policy_file, optarg);
+      break;
     case OPT_LOG_LEVEL:
       if (log_level_parse(optarg, &cfg->log_level) < 0) {
         snprintf(err, errlen,
@@ -465,7 +488,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
         return -1;
       }
       break;
-    case OPT_DEREGISTER: cfg->deregister_on_exit = 1; break;
+    case OPT_DEREGISTER:
+      cfg->deregister_on_exit = 1;
+      break;
     case OPT_TTL:
       if (parse_seconds("--ttl", optarg, 2, &cfg->ttl, err, errlen) < 0)
         return -1;
@@ -474,24 +499,36 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       if (parse_seconds("--resync", optarg, 1, &cfg->resync, err, errlen) < 0)
         return -1;
       break;
-    case OPT_METRICS: set_str(&cfg->metrics_addr, optarg); break;
+    case OPT_METRICS:
+      set_str(&cfg->metrics_addr, optarg);
+      break;
     case OPT_HOSTNAME:
       snprintf(cfg->hostname, sizeof cfg->hostname, "%s", optarg);
       break;
-    case OPT_DRY_RUN: cfg->dry_run = 1; break;
-    case OPT_ONCE: cfg->once = 1; break;
+    case OPT_DRY_RUN:
+      cfg->dry_run = 1;
+      break;
+    case OPT_ONCE:
+      cfg->once = 1;
+      break;
     case OPT_TIMEOUT:
       if (parse_seconds("--timeout", optarg, 1, &cfg->once_timeout, err,
                         errlen) < 0 ||
           cfg->once_timeout == 0) {
-        snprintf(err, errlen, "--timeout \"%s\" is not a number of seconds "
-                 "(1 and up)", optarg);
+        snprintf(err, errlen,
+                 "--timeout \"%s\" is not a number of seconds "
+                 "(1 and up)",
+                 optarg);
         return -1;
       }
       break;
     case 'h':
-    case OPT_HELP: config_usage(argv[0]); return 1;
-    case OPT_VERSION: printf("register %s\n", REGISTER_VERSION); return 1;
+    case OPT_HELP:
+      config_usage(argv[0]);
+      return 1;
+    case OPT_VERSION:
+      printf("register %s\n", REGISTER_VERSION);
+      return 1;
     case ':':
       snprintf(err, errlen, "option %s needs a value", argv[optind - 1]);
       return -1;
@@ -508,8 +545,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   }
 
   if (!host_ip) {
-    snprintf(err, errlen, "HOST_IP is not set: give --host-ip IP or set "
-                          "HOST_IP to this host's address");
+    snprintf(err, errlen,
+             "HOST_IP is not set: give --host-ip IP or set "
+             "HOST_IP to this host's address");
     return -1;
   }
   if (!config_valid_ip(host_ip) || strlen(host_ip) >= sizeof cfg->host_ip) {
@@ -534,16 +572,19 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
     size_t hostlen;
     long port;
     char ip[64];
-    int ok = split_hostport(cfg->metrics_addr, &host, &hostlen, &port, 0) == 0 &&
-             port > 0 && hostlen < sizeof ip;
+    int ok =
+        split_hostport(cfg->metrics_addr, &host, &hostlen, &port, 0) == 0 &&
+        port > 0 && hostlen < sizeof ip;
     if (ok) {
       size_t skip = host[0] == '[';
       snprintf(ip, sizeof ip, "%.*s", (int)(hostlen - 2 * skip), host + skip);
       ok = config_valid_ip(ip);
     }
     if (!ok) {
-      snprintf(err, errlen, "--metrics \"%s\" is not IP:PORT (e.g. "
-               "127.0.0.1:9367)", cfg->metrics_addr);
+      snprintf(err, errlen,
+               "--metrics \"%s\" is not IP:PORT (e.g. "
+               "127.0.0.1:9367)",
+               cfg->metrics_addr);
       return -1;
     }
   }
@@ -554,7 +595,8 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 }
 
 void config_free(config_t *cfg) {
-  for (size_t i = 0; i < cfg->n_etcd; i++) free(cfg->etcd[i]);
+  for (size_t i = 0; i < cfg->n_etcd; i++)
+    free(cfg->etcd[i]);
   free(cfg->etcd);
   free(cfg->etcd_cacert);
   free(cfg->etcd_cert);

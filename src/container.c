@@ -8,13 +8,21 @@
 void container_push_json(lua_State *L, const json_value_t *v) {
   luaL_checkstack(L, 3, "JSON nested too deeply");
   switch (v->type) {
-  case JSON_NULL: lua_pushlightuserdata(L, NULL); break;
-  case JSON_BOOL: lua_pushboolean(L, v->u.boolean); break;
-  case JSON_NUMBER:
-    if (v->u.num.is_int) lua_pushinteger(L, (lua_Integer)v->u.num.i);
-    else lua_pushnumber(L, (lua_Number)v->u.num.d);
+  case JSON_NULL:
+    lua_pushlightuserdata(L, NULL);
     break;
-  case JSON_STRING: lua_pushlstring(L, v->u.str, v->len); break;
+  case JSON_BOOL:
+    lua_pushboolean(L, v->u.boolean);
+    break;
+  case JSON_NUMBER:
+    if (v->u.num.is_int)
+      lua_pushinteger(L, (lua_Integer)v->u.num.i);
+    else
+      lua_pushnumber(L, (lua_Number)v->u.num.d);
+    break;
+  case JSON_STRING:
+    lua_pushlstring(L, v->u.str, v->len);
+    break;
   case JSON_ARRAY: {
     lua_createtable(L, (int)v->len, 0);
     lua_Integer i = 1;
@@ -62,8 +70,10 @@ static void set_port_key(lua_State *L, const char *k, size_t n) {
   size_t pn = slash ? (size_t)(slash - k) : n;
   lua_pushlstring(L, k, pn);
   lua_setfield(L, -2, "private_port");
-  if (slash) lua_pushlstring(L, slash + 1, n - pn - 1);
-  else lua_pushliteral(L, "tcp");
+  if (slash)
+    lua_pushlstring(L, slash + 1, n - pn - 1);
+  else
+    lua_pushliteral(L, "tcp");
   lua_setfield(L, -2, "proto");
 }
 
@@ -103,8 +113,10 @@ static void push_env(lua_State *L, const json_value_t *env) {
     const char *eq = memchr(e->u.str, '=', e->len);
     size_t kn = eq ? (size_t)(eq - e->u.str) : e->len;
     lua_pushlstring(L, e->u.str, kn);
-    if (eq) lua_pushlstring(L, eq + 1, e->len - kn - 1);
-    else lua_pushliteral(L, "");
+    if (eq)
+      lua_pushlstring(L, eq + 1, e->len - kn - 1);
+    else
+      lua_pushliteral(L, "");
     lua_rawset(L, -3);
   }
 }
@@ -159,15 +171,20 @@ const char *container_image(const json_value_t *inspect) {
 static int build_lazy(lua_State *L, const char *k, const json_value_t *doc) {
   const json_value_t *config = json_get(doc, "Config");
   const json_value_t *netset = json_get(doc, "NetworkSettings");
-  if (strcmp(k, "inspect") == 0) container_push_json(L, doc);
-  else if (strcmp(k, "labels") == 0) push_labels(L, json_get(config, "Labels"));
-  else if (strcmp(k, "env") == 0) push_env(L, json_get(config, "Env"));
+  if (strcmp(k, "inspect") == 0)
+    container_push_json(L, doc);
+  else if (strcmp(k, "labels") == 0)
+    push_labels(L, json_get(config, "Labels"));
+  else if (strcmp(k, "env") == 0)
+    push_env(L, json_get(config, "Env"));
   else if (strcmp(k, "exposed") == 0)
     push_exposed(L, json_get(config, "ExposedPorts"));
   else if (strcmp(k, "networks") == 0)
     push_networks(L, json_get(netset, "Networks"));
-  else if (strcmp(k, "state") == 0) push_state(L, json_get(doc, "State"));
-  else return 0;
+  else if (strcmp(k, "state") == 0)
+    push_state(L, json_get(doc, "State"));
+  else
+    return 0;
   return 1;
 }
 
@@ -176,7 +193,7 @@ static int build_lazy(lua_State *L, const char *k, const json_value_t *doc) {
  * (and above all the whole inspect document) costs nothing unless used. */
 static int lazy_index(lua_State *L) {
   const char *k = lua_tostring(L, 2);
-  static const char *const lazy[] = {"inspect", "labels", "env",
+  static const char *const lazy[] = {"inspect", "labels",   "env",
                                      "exposed", "networks", "state"};
   int known = 0;
   for (size_t i = 0; k && i < sizeof lazy / sizeof lazy[0]; i++)
@@ -184,8 +201,9 @@ static int lazy_index(lua_State *L) {
   if (!known) return 0;
   container_doc_t *box = lua_touserdata(L, lua_upvalueindex(1));
   if (!box->doc)
-    return luaL_error(L, "container.%s is only available while records() "
-                         "runs (keep what you need in your own table)",
+    return luaL_error(L,
+                      "container.%s is only available while records() "
+                      "runs (keep what you need in your own table)",
                       k);
   build_lazy(L, k, box->doc);
   lua_pushvalue(L, -1);

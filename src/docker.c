@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define API_MAX "1.52"      /* newest API this code was written against */
+#define API_MAX "1.52"        /* newest API this code was written against */
 #define API_NEW_EVENTS "1.22" /* Type/Action/Actor appeared here */
 #define MAX_EVENT_LINE (1u << 20)
 #define BACKOFF_MIN_MS 250
@@ -17,15 +17,15 @@
 #define RETRY_MAX_MS 30000
 
 typedef struct dcont {
-  char *id;             /* owned; also the map key */
+  char *id; /* owned; also the map key */
   docker_t *d;
-  http_req_t *req;      /* inspect in flight */
-  unsigned queued : 1;  /* on the inspect queue */
-  unsigned dirty : 1;   /* an event came while inspecting: inspect again */
+  http_req_t *req;        /* inspect in flight */
+  unsigned queued : 1;    /* on the inspect queue */
+  unsigned dirty : 1;     /* an event came while inspecting: inspect again */
   unsigned sync_wait : 1; /* the current sync waits for this one */
   unsigned retrying : 1;
   unsigned failures;
-  uint64_t seq;         /* d->seq at the last event or listing touching it */
+  uint64_t seq; /* d->seq at the last event or listing touching it */
   uint64_t retry_at;
   struct dcont *qnext;
 } dcont_t;
@@ -35,9 +35,9 @@ typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
 struct docker {
   uv_loop_t *loop;
   http_t *http;        /* list and inspect */
-  http_t *stream_http;  /* the event stream (its own connection) */
+  http_t *stream_http; /* the event stream (its own connection) */
   char *base, *socket;
-  http_tls_t tls;      /* points at the owned copies below */
+  http_tls_t tls; /* points at the owned copies below */
   char *tls_files[3];
   int use_tls;
   docker_cbs_t cbs;
@@ -58,7 +58,7 @@ struct docker {
   int inflight, max_inspects;
   uint64_t seq;
   uint64_t list_seq;
-  int list_full;     /* this listing re-inspects every container */
+  int list_full; /* this listing re-inspects every container */
   size_t sync_pending;
   int syncing;
   int resync_wanted; /* a resync was asked for while one was running */
@@ -149,7 +149,8 @@ static void describe(const http_resp_t *r, char *out, size_t n) {
   char msg[200] = "";
   json_doc_t *doc = json_parse(r->body, r->body_len, NULL, 0);
   const char *m = doc ? json_get_str(json_root(doc), "message") : NULL;
-  if (m) snprintf(msg, sizeof msg, ": %s", m);
+  if (m)
+    snprintf(msg, sizeof msg, ": %s", m);
   else if (r->body_len && r->body_len < 160)
     snprintf(msg, sizeof msg, ": %.*s", (int)r->body_len, r->body);
   json_free(doc);
@@ -283,8 +284,9 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   char why[300];
 
   if (!r->error && r->status == 404) {
-    log_fields(LOG_INFO, "docker: the container vanished before it could be "
-                         "inspected",
+    log_fields(LOG_INFO,
+               "docker: the container vanished before it could be "
+               "inspected",
                "container", c->id, NULL);
     cont_gone(d, c);
     pump(d);
@@ -292,8 +294,8 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   }
   if (r->error || r->status != 200) {
     describe(r, why, sizeof why);
-    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container",
-               c->id, "error", why, NULL);
+    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
+               "error", why, NULL);
     schedule_retry(d, c);
     pump(d);
     return;
@@ -308,9 +310,8 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   json_doc_t *doc = json_parse(r->body, r->body_len, err, sizeof err);
   const char *id = doc ? json_get_str(json_root(doc), "Id") : NULL;
   if (!doc || !id || strcmp(id, c->id) != 0) {
-    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container",
-               c->id, "error", !doc ? err : "answer has no matching \"Id\"",
-               NULL);
+    log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
+               "error", !doc ? err : "answer has no matching \"Id\"", NULL);
     json_free(doc);
     schedule_retry(d, c);
     pump(d);
@@ -329,8 +330,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
 }
 
 static void pump(docker_t *d) {
-  while (d->q_head && d->inflight < d->max_inspects &&
-         d->state == ST_STREAM) {
+  while (d->q_head && d->inflight < d->max_inspects && d->state == ST_STREAM) {
     dcont_t *c = d->q_head;
     d->q_head = c->qnext;
     if (!d->q_head) d->q_tail = &d->q_head;
@@ -440,8 +440,8 @@ static void list_done(http_req_t *req, const http_resp_t *r, void *data) {
 
 /* ---- the event stream ---- */
 
-int docker_parse_event(const json_value_t *root, int legacy,
-                       docker_event_t *ev, char *err, size_t errlen) {
+int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
+                       char *err, size_t errlen) {
   memset(ev, 0, sizeof *ev);
   ev->raw = root;
   if (!root || root->type != JSON_OBJECT) {
@@ -451,7 +451,8 @@ int docker_parse_event(const json_value_t *root, int legacy,
   const json_value_t *t = json_get(root, "time");
   if (t && t->type == JSON_NUMBER) ev->time = t->u.num.i;
   t = json_get(root, "timeNano");
-  if (t && t->type == JSON_NUMBER && t->u.num.is_int) ev->time_nano = t->u.num.i;
+  if (t && t->type == JSON_NUMBER && t->u.num.is_int)
+    ev->time_nano = t->u.num.i;
   if (legacy) {
     ev->action = json_get_str(root, "status");
     ev->id = json_get_str(root, "id");
@@ -482,13 +483,12 @@ int docker_parse_event(const json_value_t *root, int legacy,
 
 /* Actions after which a running container's records may differ. */
 static int action_reinspects(const char *a) {
-  static const char *const acts[] = {"start",  "restart", "unpause",
-                                     "pause",  "rename",  "update",
+  static const char *const acts[] = {"start",        "restart", "unpause",
+                                     "pause",        "rename",  "update",
                                      "health_status"};
   for (size_t i = 0; i < ARRAY_SIZE(acts); i++) {
     size_t n = strlen(acts[i]);
-    if (strncmp(a, acts[i], n) == 0 && (a[n] == '\0' || a[n] == ':'))
-      return 1;
+    if (strncmp(a, acts[i], n) == 0 && (a[n] == '\0' || a[n] == ':')) return 1;
   }
   return 0;
 }
@@ -498,7 +498,8 @@ static void count_action(docker_t *d, const char *action) {
   size_t n = strcspn(action, ":");
   snprintf(name, sizeof name, "%.*s", (int)(n < 40 ? n : 40), action);
   uint64_t *c = map_get(d->action_counts, name);
-  if (!c && map_size(d->action_counts) >= 64) c = map_get(d->action_counts, "other");
+  if (!c && map_size(d->action_counts) >= 64)
+    c = map_get(d->action_counts, "other");
   if (!c) {
     const char *key = map_size(d->action_counts) >= 64 ? "other" : name;
     c = xcalloc(1, sizeof *c);
@@ -540,7 +541,8 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
     }
   } else if (strcmp(ev->type, "network") != 0) {
     /* we asked for container and network events only */
-    if (!map_get(d->unknown_types, ev->type) && map_size(d->unknown_types) < 64) {
+    if (!map_get(d->unknown_types, ev->type) &&
+        map_size(d->unknown_types) < 64) {
       char *t = xstrdup(ev->type);
       map_put(d->unknown_types, t, t);
       log_info("docker: ignoring events of type \"%s\"", ev->type);
@@ -674,7 +676,8 @@ static void snap_finish(docker_t *d, int ok, const char *why) {
     if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
     d->snap.reqs[i] = NULL;
   }
-  for (size_t i = 0; i < d->snap.n; i++) free(d->snap.ids[i]);
+  for (size_t i = 0; i < d->snap.n; i++)
+    free(d->snap.ids[i]);
   free(d->snap.ids);
   docker_snapdone_cb done = d->snap.done;
   void *ud = d->snap.ud;
@@ -741,7 +744,8 @@ int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,
   map_iter_t it;
   const char *id;
   map_iter_init(&it, d->conts);
-  while (map_iter_next(&it, &id, NULL)) d->snap.ids[d->snap.n++] = xstrdup(id);
+  while (map_iter_next(&it, &id, NULL))
+    d->snap.ids[d->snap.n++] = xstrdup(id);
   snap_pump(d);
   return 0;
 }
@@ -855,7 +859,8 @@ static void disconnect(docker_t *d, const char *why) {
 
   d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : BACKOFF_MIN_MS;
   if (d->backoff_ms > BACKOFF_MAX_MS) d->backoff_ms = BACKOFF_MAX_MS;
-  uint64_t delay = d->backoff_ms / 2 + util_rand((uint32_t)d->backoff_ms / 2 + 1);
+  uint64_t delay =
+      d->backoff_ms / 2 + util_rand((uint32_t)d->backoff_ms / 2 + 1);
   log_debug("docker: reconnecting in %llu ms", (unsigned long long)delay);
   uv_timer_start(&d->reconnect_timer, reconnect_cb, delay, 0);
 }
@@ -914,7 +919,8 @@ void docker_refresh_all(docker_t *d) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, d->conts);
-  while (map_iter_next(&it, NULL, &v)) want_inspect(d, v);
+  while (map_iter_next(&it, NULL, &v))
+    want_inspect(d, v);
   pump(d);
 }
 
@@ -957,7 +963,8 @@ void docker_free(docker_t *d) {
   }
   map_free(d->conts);
   map_iter_init(&it, d->unknown_types);
-  while (map_iter_next(&it, NULL, &v)) free(v);
+  while (map_iter_next(&it, NULL, &v))
+    free(v);
   map_free(d->unknown_types);
   const char *k;
   map_iter_init(&it, d->action_counts);
@@ -970,7 +977,8 @@ void docker_free(docker_t *d) {
   buf_free(&d->errbody);
   free(d->base);
   free(d->socket);
-  for (int i = 0; i < 3; i++) free(d->tls_files[i]);
+  for (int i = 0; i < 3; i++)
+    free(d->tls_files[i]);
   d->state = ST_CLOSED;
   d->open_handles = 2;
   uv_close((uv_handle_t *)&d->reconnect_timer, timer_closed);

@@ -43,7 +43,8 @@ void listing_free(listing_t *l) {
     free((char *)(uintptr_t)l->kvs[i].key);
     free((char *)(uintptr_t)l->kvs[i].value);
   }
-  for (size_t i = 0; i < l->ndirs; i++) free(l->dirs[i]);
+  for (size_t i = 0; i < l->ndirs; i++)
+    free(l->dirs[i]);
   free(l->kvs);
   free(l->leases);
   free(l->dirs);
@@ -73,8 +74,10 @@ static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
 static void unwait(etcd_op_t *op) {
   etcd_t *e = op->e;
   if (!op->waiting) return;
-  if (op->wprev) op->wprev->wnext = op->wnext;
-  else e->wait[op->waiting] = op->wnext;
+  if (op->wprev)
+    op->wprev->wnext = op->wnext;
+  else
+    e->wait[op->waiting] = op->wnext;
   if (op->wnext) op->wnext->wprev = op->wprev;
   op->wprev = op->wnext = NULL;
   op->waiting = 0;
@@ -92,8 +95,10 @@ static void wait_for(etcd_op_t *op, int what) {
 static void op_free(etcd_op_t *op) {
   etcd_t *e = op->e;
   unwait(op);
-  if (op->prev) op->prev->next = op->next;
-  else e->ops = op->next;
+  if (op->prev)
+    op->prev->next = op->next;
+  else
+    e->ops = op->next;
   if (op->next) op->next->prev = op->prev;
   e->pending--;
   /* a lease check run for this listing answers to nobody now */
@@ -119,9 +124,8 @@ static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
 static void keepalive_finished(etcd_t *e, etcd_op_t *op,
                                const etcd_result_t *res);
 
-const double etcd_buckets[ETCD_BUCKETS] = {0.001, 0.0025, 0.005, 0.01,
-                                           0.025, 0.05,   0.1,   0.25,
-                                           0.5,   1,      2.5,   10};
+const double etcd_buckets[ETCD_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
 
 static void record(etcd_t *e, const etcd_op_t *op, etcd_status_t st) {
   double secs = (double)(uv_hrtime() - op->started) / 1e9;
@@ -139,9 +143,15 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
   if (res->status == ETCD_UNAVAILABLE && res->error)
     snprintf(e->last_error, sizeof e->last_error, "%s", res->error);
   switch (op->kind) {
-  case OP_AUTH: auth_finished(e, op, res); break;
-  case OP_GRANT: grant_finished(e, op, res); break;
-  case OP_KEEPALIVE: keepalive_finished(e, op, res); break;
+  case OP_AUTH:
+    auth_finished(e, op, res);
+    break;
+  case OP_GRANT:
+    grant_finished(e, op, res);
+    break;
+  case OP_KEEPALIVE:
+    keepalive_finished(e, op, res);
+    break;
   case OP_LEASE_TTL:
     if (op->parent) { /* adopt the previous run's lease if it is alive */
       if (res->status == ETCD_OK && op->lease_ttl > 0 &&
@@ -158,8 +168,10 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
     }
     break;
   default:
-    if (op->list) op->list(op->data, res, NULL, 0, NULL, 0);
-    else if (op->done) op->done(op->data, res);
+    if (op->list)
+      op->list(op->data, res, NULL, 0, NULL, 0);
+    else if (op->done)
+      op->done(op->data, res);
   }
   op_free(op);
 }
@@ -182,8 +194,7 @@ static void deliver_listing(etcd_op_t *op) {
     }
   }
   etcd_result_t ok = {ETCD_OK, NULL};
-  op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs,
-           l->ndirs);
+  op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs, l->ndirs);
   op_free(op);
 }
 
@@ -234,7 +245,8 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
   } else {
     reply = etcd_v2_reply(op, r, &res, err, sizeof err);
   }
-  if (!r->error && r->status && r->status < 500) e->last_ok_ms = uv_now(e->loop);
+  if (!r->error && r->status && r->status < 500)
+    e->last_ok_ms = uv_now(e->loop);
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
@@ -271,8 +283,7 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
     break;
   case REPLY_DONE:
     e->current = op->ep;
-    if ((op->kind == OP_LIST || op->kind == OP_GET) &&
-        res.status == ETCD_OK) {
+    if ((op->kind == OP_LIST || op->kind == OP_GET) && res.status == ETCD_OK) {
       if (op->kind == OP_LIST && try_adopt(op)) return;
       deliver_listing(op);
       return;
@@ -291,8 +302,10 @@ static int send_op(etcd_op_t *op) {
   op->path = NULL;
   buf_reset(&op->body);
   op->content_type = NULL;
-  if (e->api == ETCD_API_V3) etcd_v3_build(op);
-  else etcd_v2_build(op);
+  if (e->api == ETCD_API_V3)
+    etcd_v3_build(op);
+  else
+    etcd_v2_build(op);
 
   char *url = xasprintf("%s%s", e->endpoints[op->ep], op->path);
   char ctype[80];
@@ -360,13 +373,15 @@ static void submit(etcd_op_t *op) {
 /* Sends (or fails, with st and err) every op on one wait list.  Each is
  * taken off the list before anything runs, so callbacks may cancel or
  * start others freely. */
-static void release_waiting(etcd_t *e, int which, int do_fail,
-                            etcd_status_t st, const char *err) {
+static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
+                            const char *err) {
   etcd_op_t *o;
   while ((o = e->wait[which])) {
     unwait(o);
-    if (do_fail) fail(o, st, err);
-    else submit(o);
+    if (do_fail)
+      fail(o, st, err);
+    else
+      submit(o);
   }
 }
 
@@ -388,8 +403,8 @@ static void auth_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
     return;
   }
   char msg[500];
-  snprintf(msg, sizeof msg, "authentication as user %s failed: %s",
-           e->user, res->error ? res->error : "no token in the answer");
+  snprintf(msg, sizeof msg, "authentication as user %s failed: %s", e->user,
+           res->error ? res->error : "no token in the answer");
   release_waiting(e, WAIT_TOKEN, 1,
                   res->status == ETCD_OK ? ETCD_FAILED : res->status, msg);
 }
@@ -467,8 +482,8 @@ static etcd_op_t *start(etcd_t *e, op_kind_t kind, const char *key,
   return op;
 }
 
-etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value,
-                    size_t vlen, long ttl, etcd_done_cb cb, void *data) {
+etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
+                    long ttl, etcd_done_cb cb, void *data) {
   return start(e, OP_PUT, key, value, vlen, ttl, cb, NULL, data);
 }
 
@@ -539,9 +554,8 @@ const char *etcd_status_name(etcd_status_t st) {
 
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   static const char *const names[OP_KINDS] = {
-      "put",  "refresh", "delete", "delete_dir", "delete_prefix", "list",
-      "get",  "txn",     "auth",   "grant",      "keepalive",     "lease_ttl",
-      "health"};
+      "put", "refresh", "delete", "delete_dir", "delete_prefix", "list",  "get",
+      "txn", "auth",    "grant",  "keepalive",  "lease_ttl",     "health"};
   for (size_t k = 0; k < OP_KINDS && k < max; k++) {
     out[k].op = names[k];
     memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);
@@ -589,7 +603,8 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->http = http;
   e->n = o->n_endpoints;
   e->endpoints = xcalloc(e->n, sizeof *e->endpoints);
-  for (size_t i = 0; i < e->n; i++) e->endpoints[i] = xstrdup(o->endpoints[i]);
+  for (size_t i = 0; i < e->n; i++)
+    e->endpoints[i] = xstrdup(o->endpoints[i]);
   e->api = o->api;
   if (o->tls) {
     const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
@@ -631,10 +646,13 @@ static void timer_closed(uv_handle_t *h) {
 
 void etcd_free(etcd_t *e) {
   if (!e) return;
-  while (e->ops) etcd_cancel(e->ops);
-  for (size_t i = 0; i < e->n; i++) free(e->endpoints[i]);
+  while (e->ops)
+    etcd_cancel(e->ops);
+  for (size_t i = 0; i < e->n; i++)
+    free(e->endpoints[i]);
   free(e->endpoints);
-  for (int i = 0; i < 3; i++) free(e->tls_files[i]);
+  for (int i = 0; i < 3; i++)
+    free(e->tls_files[i]);
   free(e->user);
   wipe(e->password);
   wipe(e->userpwd);

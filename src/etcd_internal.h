@@ -49,28 +49,28 @@ typedef struct {
 struct etcd_op {
   etcd_t *e;
   op_kind_t kind;
-  char *key;          /* owned */
-  char *value;        /* owned (puts) */
+  char *key;   /* owned */
+  char *value; /* owned (puts) */
   size_t vlen;
   etcd_txn_item_t *items; /* OP_TXN: owned copies */
   size_t nitems;
   long ttl;
   /* the wire request, built by the backend for each attempt */
   const char *method;
-  char *path;         /* appended to the endpoint URL */
+  char *path; /* appended to the endpoint URL */
   buf_t body;
   const char *content_type;
   /* state */
-  size_t ep;          /* endpoint of the current attempt */
+  size_t ep; /* endpoint of the current attempt */
   size_t attempts;
-  int reauthed;       /* sent again once after a new token */
-  int lease_retried;  /* sent again once after a new lease */
-  int waiting;        /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */
+  int reauthed;      /* sent again once after a new token */
+  int lease_retried; /* sent again once after a new lease */
+  int waiting;       /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */
   etcd_op_t *wprev, *wnext;
   http_req_t *req;
-  listing_t listing;  /* OP_LIST / OP_GET */
-  buf_t cont;         /* v3: where the next page starts */
-  etcd_op_t *parent;  /* OP_LEASE_TTL run for a listing */
+  listing_t listing; /* OP_LIST / OP_GET */
+  buf_t cont;        /* v3: where the next page starts */
+  etcd_op_t *parent; /* OP_LEASE_TTL run for a listing */
   /* results of internal ops */
   int64_t lease_id;
   long lease_ttl, granted_ttl;
@@ -78,7 +78,7 @@ struct etcd_op {
   etcd_done_cb done;
   etcd_list_cb list;
   void *data;
-  uint64_t started;   /* uv_hrtime() at creation, for the histogram */
+  uint64_t started; /* uv_hrtime() at creation, for the histogram */
   etcd_op_t *prev, *next;
 };
 
@@ -87,16 +87,16 @@ struct etcd {
   http_t *http;
   char **endpoints;
   size_t n;
-  size_t current;      /* the endpoint that answered last */
+  size_t current; /* the endpoint that answered last */
   etcd_api_t api;
-  http_tls_t tls;      /* points at the owned copies below */
+  http_tls_t tls; /* points at the owned copies below */
   char *tls_files[3];
   int use_tls;
   char *user, *password; /* never logged */
-  char *userpwd;       /* "user:password" for v2 basic auth */
+  char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
-  long ttl;            /* v3: the lease's TTL; 0 = no lease */
-  etcd_op_t *ops;      /* every outstanding operation */
+  long ttl;       /* v3: the lease's TTL; 0 = no lease */
+  etcd_op_t *ops; /* every outstanding operation */
   size_t pending;
   /* v3 */
   etcd_op_t *wait[3]; /* ops waiting for a token [1] or a lease [2] */
@@ -109,7 +109,7 @@ struct etcd {
   void (*lease_lost)(void *ud);
   void *ud;
   /* statistics */
-  uint64_t last_ok_ms;  /* uv_now() of the last answer from etcd */
+  uint64_t last_ok_ms; /* uv_now() of the last answer from etcd */
   char last_error[300];
   uint64_t counts[OP_KINDS][5];
   uint64_t hist[OP_KINDS][ETCD_BUCKETS];

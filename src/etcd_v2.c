@@ -113,8 +113,8 @@ reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   }
   if (ecode == 100) {
     /* nothing there: an empty listing, or "not found" */
-    res->status = op->kind == OP_LIST || op->kind == OP_GET ? ETCD_OK
-                                                           : ETCD_NOT_FOUND;
+    res->status =
+        op->kind == OP_LIST || op->kind == OP_GET ? ETCD_OK : ETCD_NOT_FOUND;
   } else if (ecode == 108) {
     res->status = ETCD_NOT_EMPTY;
   } else if (r->status >= 500 || ecode >= 300) {
@@ -127,8 +127,9 @@ reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     snprintf(err, errlen, "etcd error %ld: %s%s%s", ecode, msg,
              cause ? ": " : "", cause ? cause : "");
   else if (r->status == 401)
-    snprintf(err, errlen, "etcd answered HTTP 401: the user or password is "
-                          "wrong");
+    snprintf(err, errlen,
+             "etcd answered HTTP 401: the user or password is "
+             "wrong");
   else
     snprintf(err, errlen, "etcd answered HTTP %ld%s", r->status,
              doc ? "" : " (not JSON)");

@@ -23,8 +23,10 @@ static void b64_field(buf_t *b, const char *name, const char *s, size_t n) {
 static void prefix_range(buf_t *b, const char *prefix, const buf_t *from) {
   size_t n = strlen(prefix);
   char *lo = xasprintf("%s/", prefix), *hi = xasprintf("%s0", prefix);
-  if (from && from->len) b64_field(b, "key", from->data, from->len);
-  else b64_field(b, "key", lo, n + 1);
+  if (from && from->len)
+    b64_field(b, "key", from->data, from->len);
+  else
+    b64_field(b, "key", lo, n + 1);
   buf_putc(b, ',');
   b64_field(b, "range_end", hi, n + 1);
   free(lo);
@@ -109,7 +111,8 @@ void etcd_v3_build(etcd_op_t *op) {
     buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
     break;
   case OP_HEALTH: /* handled above */
-  case OP_KINDS: break;
+  case OP_KINDS:
+    break;
   }
   buf_putc(b, '}');
 }
@@ -117,7 +120,8 @@ void etcd_v3_build(etcd_op_t *op) {
 /* int64 fields come as strings ("123"), sometimes as numbers */
 static int64_t num(const json_value_t *v) {
   if (!v) return 0;
-  if (v->type == JSON_NUMBER) return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
+  if (v->type == JSON_NUMBER)
+    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
   if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
   return 0;
 }
@@ -136,7 +140,7 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
   buf_init(&v);
   const json_value_t *kvs = json_get(root, "kvs");
   for (const json_value_t *kv = kvs && kvs->type == JSON_ARRAY ? kvs->u.child
-                                                              : NULL;
+                                                               : NULL;
        kv; kv = kv->next) {
     if (decode(json_get(kv, "key"), &k) < 0 ||
         decode(json_get(kv, "value"), &v) < 0) {
@@ -147,8 +151,8 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
       return REPLY_DONE;
     }
     if (op->kind == OP_REFRESH) continue;
-    listing_add(&op->listing, k.data ? k.data : "", k.len,
-                v.data ? v.data : "", v.len, 0, num(json_get(kv, "lease")));
+    listing_add(&op->listing, k.data ? k.data : "", k.len, v.data ? v.data : "",
+                v.len, 0, num(json_get(kv, "lease")));
   }
   if (op->kind == OP_REFRESH && (!kvs || kvs->len == 0))
     res->status = ETCD_NOT_FOUND;
@@ -179,7 +183,9 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     switch (op->kind) {
     case OP_LIST:
     case OP_GET:
-    case OP_REFRESH: reply = range_reply(op, root, res, err, errlen); break;
+    case OP_REFRESH:
+      reply = range_reply(op, root, res, err, errlen);
+      break;
     case OP_DELETE:
       if (num(json_get(root, "deleted")) == 0) res->status = ETCD_NOT_FOUND;
       break;
@@ -203,13 +209,15 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
       break;
     case OP_HEALTH:
       if (strcmp(json_get_str(root, "health") ? json_get_str(root, "health")
-                                              : "", "true") != 0) {
+                                              : "",
+                 "true") != 0) {
         snprintf(err, errlen, "etcd reports itself unhealthy");
         res->status = ETCD_UNAVAILABLE;
         reply = REPLY_NEXT_ENDPOINT;
       }
       break;
-    default: break;
+    default:
+      break;
     }
     json_free(doc);
     return reply;
@@ -219,7 +227,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   const char *msg = json_get_str(root, "message");
   if (!msg) msg = json_get_str(root, "error");
   long code = (long)num(json_get(root, "code"));
-  if (op->kind == OP_AUTH && msg && strstr(msg, "authentication is not enabled")) {
+  if (op->kind == OP_AUTH && msg &&
+      strstr(msg, "authentication is not enabled")) {
     op->token = xstrdup(""); /* nothing to authenticate against: go on */
     json_free(doc);
     return REPLY_DONE;
@@ -252,7 +261,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   else
     snprintf(err, errlen, "etcd answered HTTP %ld%s%s", r->status,
              doc ? "" : " (not JSON: ", doc ? "" : jerr);
-  if (!doc && strchr(err, '(')) snprintf(err + strlen(err), errlen - strlen(err), ")");
+  if (!doc && strchr(err, '('))
+    snprintf(err + strlen(err), errlen - strlen(err), ")");
   json_free(doc);
   return reply;
 }

@@ -9,14 +9,15 @@
 #include <string.h>
 #include <strings.h>
 
-#define POOL_MAX 2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
+#define POOL_MAX                                                               \
+  2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
 #define DEFAULT_MAX_BODY (256u << 20)
 
 /* One per socket curl asks us to watch; freed in the poll close callback. */
 typedef struct sock {
   uv_poll_t poll;
   curl_socket_t fd;
-  int events;      /* what the poll handle waits for now */
+  int events; /* what the poll handle waits for now */
   http_t *h;
   struct sock *prev, *next;
 } sock_t;
@@ -25,15 +26,15 @@ struct http_req {
   http_t *h;
   CURL *easy;
   struct curl_slist *hdrs;
-  buf_t in;         /* buffered body, or stream bytes not yet handed on */
-  buf_t head;       /* header block of the latest response */
+  buf_t in;   /* buffered body, or stream bytes not yet handed on */
+  buf_t head; /* header block of the latest response */
   size_t max_body;
-  int head_done;    /* the final header block is complete */
-  int head_sent;    /* on_head has run */
+  int head_done; /* the final header block is complete */
+  int head_sent; /* on_head has run */
   int too_large;
-  int attached;     /* added to the multi handle */
+  int attached; /* added to the multi handle */
   int cancelled;
-  int in_cb;        /* a user callback for this request is running */
+  int in_cb; /* a user callback for this request is running */
   int on_pending;
   http_head_cb on_head;
   http_data_cb on_data;
@@ -67,8 +68,10 @@ static void poll_close_cb(uv_handle_t *handle) {
 }
 
 static void sock_close(sock_t *s) {
-  if (s->prev) s->prev->next = s->next;
-  else s->h->socks = s->next;
+  if (s->prev)
+    s->prev->next = s->next;
+  else
+    s->h->socks = s->next;
   if (s->next) s->next->prev = s->prev;
   uv_poll_stop(&s->poll);
   uv_close((uv_handle_t *)&s->poll, poll_close_cb);
@@ -207,8 +210,10 @@ static void req_detach(http_req_t *r) {
   if (!r->attached) return;
   r->attached = 0;
   curl_multi_remove_handle(h->multi, r->easy);
-  if (r->prev) r->prev->next = r->next;
-  else h->reqs = r->next;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    h->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
   h->active--;
 }
@@ -325,7 +330,8 @@ http_req_t *http_request(http_t *h, const http_opts_t *o) {
                    o->connect_timeout_ms ? o->connect_timeout_ms : 5000L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  if (o->unix_socket) curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
+  if (o->unix_socket)
+    curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
   if (strcmp(method, "GET") == 0) {
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
   } else {
@@ -384,9 +390,11 @@ int http_header(const http_resp_t *resp, const char *name, char *out,
     if (!eol) eol = end;
     if ((size_t)(eol - p) > n && strncasecmp(p, name, n) == 0 && p[n] == ':') {
       const char *v = p + n + 1;
-      while (v < eol && (*v == ' ' || *v == '\t')) v++;
+      while (v < eol && (*v == ' ' || *v == '\t'))
+        v++;
       const char *ve = eol;
-      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' '))
+        ve--;
       size_t len = (size_t)(ve - v);
       if (len >= outlen) len = outlen - 1;
       memcpy(out, v, len);
@@ -433,9 +441,11 @@ int http_trim(http_t *h) {
   /* closing the old handle reports CURL_POLL_REMOVE for its sockets */
   curl_multi_cleanup(h->multi);
   h->multi = fresh;
-  while (h->socks) sock_close(h->socks);
+  while (h->socks)
+    sock_close(h->socks);
   uv_timer_stop(&h->timer);
-  for (int i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+  for (int i = 0; i < h->npool; i++)
+    curl_easy_cleanup(h->pool[i]);
   h->npool = 0;
   return 0;
 }
@@ -458,11 +468,13 @@ void http_free(http_t *h) {
     req_free(r);
   }
   h->pending_tail = &h->pending;
-  for (int i = 0; i < h->npool; i++) curl_easy_cleanup(h->pool[i]);
+  for (int i = 0; i < h->npool; i++)
+    curl_easy_cleanup(h->pool[i]);
   h->npool = 0;
   curl_multi_cleanup(h->multi); /* may still report CURL_POLL_REMOVE */
   h->multi = NULL;
-  while (h->socks) sock_close(h->socks);
+  while (h->socks)
+    sock_close(h->socks);
   uv_timer_stop(&h->timer);
   uv_close((uv_handle_t *)&h->timer, timer_close_cb);
 }

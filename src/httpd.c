@@ -39,7 +39,8 @@ int httpd_parse_addr(const char *addr, struct sockaddr_storage *out) {
   const char *colon;
   if (addr[0] == '[') {
     const char *rb = strchr(addr, ']');
-    if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof host) return -1;
+    if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof host)
+      return -1;
     memcpy(host, addr + 1, (size_t)(rb - addr - 1));
     host[rb - addr - 1] = '\0';
     colon = rb + 1;
@@ -74,8 +75,10 @@ static void conn_close(httpd_req_t *r) {
   if (r->closing) return;
   r->closing = 1;
   httpd_t *h = r->h;
-  if (r->prev) r->prev->next = r->next;
-  else h->conns = r->next;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    h->conns = r->next;
   if (r->next) r->next->prev = r->prev;
   h->nconns--;
   uv_timer_stop(&r->timer);
@@ -90,13 +93,20 @@ static void write_done(uv_write_t *wr, int status) {
 
 static const char *reason(int status) {
   switch (status) {
-  case 200: return "OK";
-  case 400: return "Bad Request";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 431: return "Request Header Fields Too Large";
-  case 503: return "Service Unavailable";
-  default: return "Status";
+  case 200:
+    return "OK";
+  case 400:
+    return "Bad Request";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Status";
   }
 }
 

@@ -52,8 +52,8 @@ static void fail(parser_t *ps, const char *fmt, ...) {
   if (ps->failed) return;
   ps->failed = 1;
   if (!ps->err || !ps->errlen) return;
-  int n = snprintf(ps->err, ps->errlen, "invalid JSON at byte %zu: ",
-                   (size_t)(ps->p - ps->s));
+  int n = snprintf(ps->err, ps->errlen,
+                   "invalid JSON at byte %zu: ", (size_t)(ps->p - ps->s));
   if (n < 0 || (size_t)n >= ps->errlen) return;
   va_list ap;
   va_start(ap, fmt);
@@ -154,14 +154,30 @@ static const char *parse_string(parser_t *ps, uint32_t *len) {
     if (ps->p >= ps->end) break;
     char e = *ps->p++;
     switch (e) {
-    case '"': out[n++] = '"'; break;
-    case '\\': out[n++] = '\\'; break;
-    case '/': out[n++] = '/'; break;
-    case 'b': out[n++] = '\b'; break;
-    case 'f': out[n++] = '\f'; break;
-    case 'n': out[n++] = '\n'; break;
-    case 'r': out[n++] = '\r'; break;
-    case 't': out[n++] = '\t'; break;
+    case '"':
+      out[n++] = '"';
+      break;
+    case '\\':
+      out[n++] = '\\';
+      break;
+    case '/':
+      out[n++] = '/';
+      break;
+    case 'b':
+      out[n++] = '\b';
+      break;
+    case 'f':
+      out[n++] = '\f';
+      break;
+    case 'n':
+      out[n++] = '\n';
+      break;
+    case 'r':
+      out[n++] = '\r';
+      break;
+    case 't':
+      out[n++] = '\t';
+      break;
     case 'u': {
       unsigned cp, lo;
       if (read_hex4(ps, &cp) < 0) {
@@ -203,7 +219,8 @@ static void parse_number(parser_t *ps, json_value_t *v) {
   if (*ps->p == '0') {
     ps->p++;
   } else if (*ps->p >= '1' && *ps->p <= '9') {
-    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9')
+      ps->p++;
   } else {
     goto bad;
   }
@@ -211,14 +228,16 @@ static void parse_number(parser_t *ps, json_value_t *v) {
     is_int = 0;
     ps->p++;
     if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9') goto bad;
-    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9')
+      ps->p++;
   }
   if (ps->p < ps->end && (*ps->p == 'e' || *ps->p == 'E')) {
     is_int = 0;
     ps->p++;
     if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-')) ps->p++;
     if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9') goto bad;
-    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') ps->p++;
+    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9')
+      ps->p++;
   }
   size_t n = (size_t)(ps->p - start);
   char small[64];
@@ -315,8 +334,10 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
     return NULL;
   }
   switch (*ps->p) {
-  case '{': return parse_container(ps, depth, 1);
-  case '[': return parse_container(ps, depth, 0);
+  case '{':
+    return parse_container(ps, depth, 1);
+  case '[':
+    return parse_container(ps, depth, 0);
   case '"': {
     uint32_t len;
     const char *s = parse_string(ps, &len);
@@ -329,8 +350,10 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
   case 't':
   case 'f':
     v = new_value(ps, JSON_BOOL);
-    if (match_word(ps, "true")) v->u.boolean = 1;
-    else if (!match_word(ps, "false")) break;
+    if (match_word(ps, "true"))
+      v->u.boolean = 1;
+    else if (!match_word(ps, "false"))
+      break;
     return v;
   case 'n':
     if (!match_word(ps, "null")) break;
@@ -386,7 +409,8 @@ const json_value_t *json_get(const json_value_t *obj, const char *key) {
 }
 
 const json_value_t *json_path(const json_value_t *v, const char *const *path) {
-  for (; v && *path; path++) v = json_get(v, *path);
+  for (; v && *path; path++)
+    v = json_get(v, *path);
   return v;
 }
 
@@ -410,13 +434,27 @@ void json_escape(buf_t *out, const char *s, size_t n) {
     buf_append(out, s + run, i - run);
     run = i + 1;
     switch (c) {
-    case '"': buf_append(out, "\\\"", 2); break;
-    case '\\': buf_append(out, "\\\\", 2); break;
-    case '\b': buf_append(out, "\\b", 2); break;
-    case '\f': buf_append(out, "\\f", 2); break;
-    case '\n': buf_append(out, "\\n", 2); break;
-    case '\r': buf_append(out, "\\r", 2); break;
-    case '\t': buf_append(out, "\\t", 2); break;
+    case '"':
+      buf_append(out, "\\\"", 2);
+      break;
+    case '\\':
+      buf_append(out, "\\\\", 2);
+      break;
+    case '\b':
+      buf_append(out, "\\b", 2);
+      break;
+    case '\f':
+      buf_append(out, "\\f", 2);
+      break;
+    case '\n':
+      buf_append(out, "\\n", 2);
+      break;
+    case '\r':
+      buf_append(out, "\\r", 2);
+      break;
+    case '\t':
+      buf_append(out, "\\t", 2);
+      break;
     default: {
       char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
       buf_append(out, e, 6);

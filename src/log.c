@@ -33,9 +33,12 @@ int log_level_parse(const char *s, log_level_t *out) {
 }
 
 int log_format_parse(const char *s, log_format_t *out) {
-  if (strcmp(s, "text") == 0) *out = LOG_TEXT;
-  else if (strcmp(s, "json") == 0) *out = LOG_JSON;
-  else return -1;
+  if (strcmp(s, "text") == 0)
+    *out = LOG_TEXT;
+  else if (strcmp(s, "json") == 0)
+    *out = LOG_JSON;
+  else
+    return -1;
   return 0;
 }
 
@@ -69,8 +72,10 @@ static void text_value(buf_t *b, const char *v) {
       break;
     }
   }
-  if (plain) buf_puts(b, v);
-  else json_escape(b, v, strlen(v));
+  if (plain)
+    buf_puts(b, v);
+  else
+    json_escape(b, v, strlen(v));
 }
 
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,

@@ -11,10 +11,10 @@
 #include <strings.h>
 
 /* registry keys: addresses of these statics, as luv does */
-static const char key_io = 'i';       /* luaio_t * */
-static const char key_resume = 'r';   /* resume function */
+static const char key_io = 'i';     /* luaio_t * */
+static const char key_resume = 'r'; /* resume function */
 static const char key_resume_ud = 'u';
-static const char key_current = 'c';  /* the coroutine allowed to yield */
+static const char key_current = 'c'; /* the coroutine allowed to yield */
 
 typedef struct ioreq {
   luaio_t *io;
@@ -47,8 +47,10 @@ luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only) {
 
 static void req_unlink(ioreq_t *r) {
   luaio_t *io = r->io;
-  if (r->prev) r->prev->next = r->next;
-  else io->reqs = r->next;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    io->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
   io->pending--;
 }
@@ -63,7 +65,8 @@ static void req_drop(ioreq_t *r) {
 
 void luaio_free(luaio_t *io) {
   if (!io) return;
-  while (io->reqs) req_drop(io->reqs);
+  while (io->reqs)
+    req_drop(io->reqs);
   free(io);
 }
 
@@ -86,8 +89,10 @@ int luaio_waiting(const luaio_t *io, const lua_State *co) {
 }
 
 void luaio_set_current(lua_State *L, lua_State *co) {
-  if (co) lua_pushthread(co), lua_xmove(co, L, 1);
-  else lua_pushnil(L);
+  if (co)
+    lua_pushthread(co), lua_xmove(co, L, 1);
+  else
+    lua_pushnil(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &key_current);
 }
 
@@ -97,8 +102,9 @@ static luaio_t *check_io(lua_State *L, const char *what) {
   int allowed = lua_tothread(L, -1) == L && lua_isyieldable(L);
   lua_pop(L, 1);
   if (!allowed)
-    luaL_error(L, "%s may only be called from the event and changed hooks "
-                  "(records() must stay pure)",
+    luaL_error(L,
+               "%s may only be called from the event and changed hooks "
+               "(records() must stay pure)",
                what);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &key_io);
   luaio_t *io = lua_touserdata(L, -1);
@@ -159,8 +165,10 @@ static void push_headers(lua_State *L, const char *h, size_t n) {
         for (size_t i = 0; i < nl; i++)
           name[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
         const char *v = colon + 1, *ve = eol;
-        while (v < ve && (*v == ' ' || *v == '\t')) v++;
-        while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+          v++;
+        while (ve > v && (ve[-1] == '\r' || ve[-1] == ' '))
+          ve--;
         lua_pushlstring(L, name, nl);
         lua_pushlstring(L, v, (size_t)(ve - v));
         lua_rawset(L, -3);
@@ -268,7 +276,8 @@ static int l_http_request(lua_State *L) {
   }
   const char **headers = xcalloc(nh + 1, sizeof *headers);
   const char *h = hb.data;
-  for (size_t i = 0; i < nh; i++, h += strlen(h) + 1) headers[i] = h;
+  for (size_t i = 0; i < nh; i++, h += strlen(h) + 1)
+    headers[i] = h;
   ioreq_t *r = req_new(L, io);
   http_opts_t o = {0};
   o.method = method;

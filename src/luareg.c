@@ -22,7 +22,7 @@ static const char array_mt_key = 'a';
 typedef struct {
   const char *s;
   size_t len;
-  int rank;    /* position in the key order list, or INT_MAX */
+  int rank;     /* position in the key order list, or INT_MAX */
   size_t index; /* 1-based slot in the anchor tables */
 } okey_t;
 
@@ -162,7 +162,9 @@ static int enc_value(enc_t *e, int idx, int depth) {
   }
   luaL_checkstack(L, 6, "JSON value nested too deeply");
   switch (lua_type(L, idx)) {
-  case LUA_TNIL: buf_puts(e->out, "null"); return 0;
+  case LUA_TNIL:
+    buf_puts(e->out, "null");
+    return 0;
   case LUA_TBOOLEAN:
     buf_puts(e->out, lua_toboolean(L, idx) ? "true" : "false");
     return 0;
@@ -175,8 +177,10 @@ static int enc_value(enc_t *e, int idx, int depth) {
         snprintf(e->err, e->errlen, "cannot encode %g as JSON", d);
         return -1;
       }
-      if (d == floor(d) && fabs(d) < 1e16) buf_printf(e->out, "%.1f", d);
-      else buf_printf(e->out, "%.17g", d);
+      if (d == floor(d) && fabs(d) < 1e16)
+        buf_printf(e->out, "%.1f", d);
+      else
+        buf_printf(e->out, "%.17g", d);
     }
     return 0;
   case LUA_TSTRING: {
@@ -191,7 +195,8 @@ static int enc_value(enc_t *e, int idx, int depth) {
       return 0;
     }
     break;
-  case LUA_TTABLE: return enc_table(e, idx, depth);
+  case LUA_TTABLE:
+    return enc_table(e, idx, depth);
   }
   snprintf(e->err, e->errlen, "cannot encode a %s value as JSON",
            luaL_typename(L, idx));

@@ -21,7 +21,8 @@ struct map {
 uint64_t map_hash(const char *s) {
   /* FNV-1a, 64 bit: short keys, no adversary with write access to Docker */
   uint64_t h = 1469598103934665603ULL;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
   return h;
 }
 

@@ -13,10 +13,14 @@ static void help(buf_t *b, const char *name, const char *type,
 static void label(buf_t *b, const char *v) {
   buf_putc(b, '"');
   for (; *v; v++) {
-    if (*v == '\\') buf_puts(b, "\\\\");
-    else if (*v == '"') buf_puts(b, "\\\"");
-    else if (*v == '\n') buf_puts(b, "\\n");
-    else buf_putc(b, *v);
+    if (*v == '\\')
+      buf_puts(b, "\\\\");
+    else if (*v == '"')
+      buf_puts(b, "\\\"");
+    else if (*v == '\n')
+      buf_puts(b, "\\n");
+    else
+      buf_putc(b, *v);
   }
   buf_putc(b, '"');
 }
@@ -26,8 +30,7 @@ static void gauge(buf_t *b, const char *name, const char *text, double v) {
   buf_printf(b, "%s %.17g\n", name, v);
 }
 
-static void counter(buf_t *b, const char *name, const char *text,
-                    uint64_t v) {
+static void counter(buf_t *b, const char *name, const char *text, uint64_t v) {
   help(b, name, "counter", text);
   buf_printf(b, "%s %llu\n", name, (unsigned long long)v);
 }
@@ -88,8 +91,9 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
     for (size_t k = 0; k < n && k < 16; k++) {
       for (int s = 0; s < 5; s++) {
         if (!st[k].by_status[s]) continue;
-        buf_printf(b, "register_etcd_requests_total{op=\"%s\",result=\"%s\"} "
-                      "%llu\n",
+        buf_printf(b,
+                   "register_etcd_requests_total{op=\"%s\",result=\"%s\"} "
+                   "%llu\n",
                    st[k].op, etcd_status_name((etcd_status_t)s),
                    (unsigned long long)st[k].by_status[s]);
       }

@@ -68,8 +68,7 @@ notify_t *notify_new(uv_loop_t *loop) {
 void notify_ready(notify_t *n, const char *status) {
   if (!n) return;
   char msg[300];
-  snprintf(msg, sizeof msg, "%sSTATUS=%s", n->ready ? "" : "READY=1\n",
-           status);
+  snprintf(msg, sizeof msg, "%sSTATUS=%s", n->ready ? "" : "READY=1\n", status);
   n->ready = 1;
   snprintf(n->status, sizeof n->status, "%s", status);
   send_msg(n, msg);

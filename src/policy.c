@@ -21,24 +21,24 @@
 /* A hook call in progress: a coroutine, possibly waiting for I/O. */
 typedef struct hookco {
   lua_State *co;
-  int ref;               /* anchors co in the registry */
-  const char *name;      /* "event" or "changed" */
+  int ref;          /* anchors co in the registry */
+  const char *name; /* "event" or "changed" */
   struct hookco *prev, *next;
 } hookco_t;
 
 struct policy {
   lua_State *L;
-  char *name;        /* file name, or "default" */
+  char *name; /* file name, or "default" */
   char *prefix;
-  int ref_policy;    /* the table the script returned */
+  int ref_policy; /* the table the script returned */
   int ref_host;
   int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
   long budget;
-  long steps;        /* instructions run in the current call (approx.) */
+  long steps; /* instructions run in the current call (approx.) */
   size_t mem_used, mem_limit;
-  buf_t trace;       /* traceback of the last failure */
+  buf_t trace; /* traceback of the last failure */
   luaio_t *io;
-  hookco_t *hooks;   /* hook calls alive */
+  hookco_t *hooks; /* hook calls alive */
   size_t nhooks;
   unsigned long dropped, errors;
 };
@@ -73,8 +73,8 @@ static int msghandler(lua_State *L) {
   if (!msg) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       return 1;
-    msg = lua_pushfstring(L, "(error object is a %s value)",
-                          luaL_typename(L, 1));
+    msg =
+        lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
   }
   luaL_traceback(L, L, msg, 1);
   return 1;
@@ -142,7 +142,8 @@ int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
       snprintf(err, errlen, "key has an empty segment (\"//\")");
       return -1;
     }
-    if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.')) {
+    if ((n == 1 && seg[0] == '.') ||
+        (n == 2 && seg[0] == '.' && seg[1] == '.')) {
       snprintf(err, errlen, "key has a \".\" or \"..\" segment");
       return -1;
     }
@@ -230,11 +231,13 @@ static int setup(lua_State *L) {
   int *refs[] = {&p->ref_event, &p->ref_changed};
   for (int i = 0; i < 2; i++) {
     int t = lua_getfield(L, -1, hooks[i]);
-    if (t == LUA_TFUNCTION) *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (t == LUA_TFUNCTION)
+      *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
     else if (t != LUA_TNIL)
       return luaL_error(L, "%s must be a function, not %s", hooks[i],
                         luaL_typename(L, -1));
-    else lua_pop(L, 1);
+    else
+      lua_pop(L, 1);
   }
 
   if (lua_getfield(L, -1, "prefix") == LUA_TFUNCTION) {
@@ -401,8 +404,8 @@ static int collect(lua_State *L) {
   return 0;
 }
 
-static int records_call(policy_t *p, const char *id, records_t *out,
-                        char *err, size_t errlen);
+static int records_call(policy_t *p, const char *id, records_t *out, char *err,
+                        size_t errlen);
 
 int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen) {
@@ -425,8 +428,8 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
 }
 
 /* records(container, host) with the container table on the stack. */
-static int records_call(policy_t *p, const char *id, records_t *out,
-                        char *err, size_t errlen) {
+static int records_call(policy_t *p, const char *id, records_t *out, char *err,
+                        size_t errlen) {
   lua_State *L = p->L;
   char why[400];
   /* stack: container */
@@ -436,7 +439,8 @@ static int records_call(policy_t *p, const char *id, records_t *out,
   lua_insert(L, -2);
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
   if (pcall(p, 2, 1, why, sizeof why) < 0) {
-    snprintf(err, errlen, "policy %s: records() failed for container %.12s: "
+    snprintf(err, errlen,
+             "policy %s: records() failed for container %.12s: "
              "%s",
              p->name, id, why);
     log_debug("%s", p->trace.data);
@@ -447,7 +451,8 @@ static int records_call(policy_t *p, const char *id, records_t *out,
     return 0;
   }
   if (!lua_istable(L, -1)) {
-    snprintf(err, errlen, "policy %s: records() returned a %s for container "
+    snprintf(err, errlen,
+             "policy %s: records() returned a %s for container "
              "%.12s, not a table or nil",
              p->name, luaL_typename(L, -1), id);
     lua_pop(L, 1);
@@ -491,8 +496,10 @@ unsigned long policy_errors(const policy_t *p) {
 }
 
 static void hook_end(policy_t *p, hookco_t *h) {
-  if (h->prev) h->prev->next = h->next;
-  else p->hooks = h->next;
+  if (h->prev)
+    h->prev->next = h->next;
+  else
+    p->hooks = h->next;
   if (h->next) h->next->prev = h->prev;
   p->nhooks--;
   luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
@@ -568,8 +575,10 @@ static int hook_prepare(lua_State *L) {
       lua_pushstring(co, v[i]);
       lua_setfield(co, -2, f[i]);
     }
-    if (ev->attributes) container_push_json(co, ev->attributes);
-    else lua_newtable(co);
+    if (ev->attributes)
+      container_push_json(co, ev->attributes);
+    else
+      lua_newtable(co);
     lua_setfield(co, -2, "attributes");
     lua_pushinteger(co, ev->time);
     lua_setfield(co, -2, "time");
@@ -579,8 +588,10 @@ static int hook_prepare(lua_State *L) {
   } else {
     lua_pushstring(co, a->op);
     lua_pushstring(co, a->key);
-    if (a->value) lua_pushlstring(co, a->value, a->vlen);
-    else lua_pushnil(co);
+    if (a->value)
+      lua_pushlstring(co, a->value, a->vlen);
+    else
+      lua_pushnil(co);
   }
   hookco_t *h = xcalloc(1, sizeof *h);
   h->co = co;
@@ -589,8 +600,7 @@ static int hook_prepare(lua_State *L) {
   return 0;
 }
 
-static void hook_call(policy_t *p, hookargs_t *a, const char *name,
-                      int nargs) {
+static void hook_call(policy_t *p, hookargs_t *a, const char *name, int nargs) {
   if (p->nhooks >= MAX_HOOKS) {
     if (p->dropped++ % 1000 == 0)
       log_warn("policy %s: %zu hook calls still running; %s hook call "

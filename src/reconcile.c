@@ -45,12 +45,12 @@ struct rcont {
 typedef enum { ACT_NONE, ACT_PUT, ACT_REFRESH, ACT_DELETE, ACT_RMDIR } act_t;
 
 struct rkey {
-  char *key;           /* also the map key */
-  owner_t *owners;     /* newest first; owners->value is what we want */
-  rstr_t *have;        /* what etcd holds (NULL: absent), if have_known */
-  rstr_t *sent;        /* the value of the write in flight */
+  char *key;       /* also the map key */
+  owner_t *owners; /* newest first; owners->value is what we want */
+  rstr_t *have;    /* what etcd holds (NULL: absent), if have_known */
+  rstr_t *sent;    /* the value of the write in flight */
   unsigned have_known : 1;
-  unsigned have_ttl : 1;   /* etcd's copy expires (from a listing) */
+  unsigned have_ttl : 1; /* etcd's copy expires (from a listing) */
   unsigned queued : 1;
   unsigned inflight : 1;
   unsigned refresh_due : 1;
@@ -60,8 +60,8 @@ struct rkey {
   unsigned again : 1;      /* touched while in flight: look again after */
   unsigned solo : 1;       /* a transaction with it failed: alone next time */
   unsigned mark;           /* listing generation that saw this key */
-  act_t act;           /* the request in flight */
-  char *gone_id;       /* last owner, for the removal log line */
+  act_t act;               /* the request in flight */
+  char *gone_id;           /* last owner, for the removal log line */
   char *gone_image;
   rkey_t *qnext;
   etcd_op_t *op;
@@ -80,32 +80,32 @@ struct reconcile {
   void (*converged_cb)(void *);
   void *ud;
 
-  map_t *keys;         /* key -> rkey_t */
-  map_t *dirs;         /* directory -> rkey_t (is_dir) */
-  map_t *conts;        /* container id -> rcont_t */
+  map_t *keys;  /* key -> rkey_t */
+  map_t *dirs;  /* directory -> rkey_t (is_dir) */
+  map_t *conts; /* container id -> rcont_t */
   rkey_t *q_head, **q_tail;
   size_t nqueued;
   int inflight;
   size_t nfailed;
   unsigned gen;
 
-  int primed;          /* the prefix has been listed once */
+  int primed; /* the prefix has been listed once */
   int docker_synced;
   int was_converged;
   int ever_converged;
-  double last_converged;    /* wall clock, for /metrics */
-  uint64_t behind_since;    /* uv_now() when it stopped being converged */
+  double last_converged;       /* wall clock, for /metrics */
+  uint64_t behind_since;       /* uv_now() when it stopped being converged */
   uint64_t errors_at_converge; /* say "in sync" again after trouble */
   int pumping;
   etcd_op_t *list_op;
-  int list_again;      /* a resync was asked while a listing ran */
+  int list_again; /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
   int paused;
-  int key_refresh;     /* v2: TTLs are refreshed key by key */
-  int batching;        /* v3: puts and deletes go in transactions */
-  struct batch *batch; /* the transaction being filled by pump() */
+  int key_refresh;      /* v2: TTLs are refreshed key by key */
+  int batching;         /* v3: puts and deletes go in transactions */
+  struct batch *batch;  /* the transaction being filled by pump() */
   etcd_op_t *prefix_op; /* deleting the whole owned prefix */
-  int outage;          /* etcd is unreachable: said once, not per key */
+  int outage;           /* etcd is unreachable: said once, not per key */
   unsigned failures;
   uint64_t list_backoff_ms;
   int open_handles;
@@ -210,8 +210,10 @@ static void touch_all(reconcile_t *r) {
 static void set_failed(reconcile_t *r, rkey_t *k, int failed) {
   if (k->failed == (unsigned)!!failed) return;
   k->failed = !!failed;
-  if (failed) r->nfailed++;
-  else r->nfailed--;
+  if (failed)
+    r->nfailed++;
+  else
+    r->nfailed--;
 }
 
 /* ---- converged ---- */
@@ -236,8 +238,7 @@ static void check_converged(reconcile_t *r) {
     reconcile_stats_t st;
     reconcile_stats(r, &st);
     if (!r->ever_converged || r->errors != r->errors_at_converge)
-      log_info("in sync: %zu keys from %zu containers", st.keys,
-               st.containers);
+      log_info("in sync: %zu keys from %zu containers", st.keys, st.containers);
     else
       log_debug("in sync: %zu keys from %zu containers", st.keys,
                 st.containers);
@@ -341,8 +342,9 @@ static void batch_done(void *data, const etcd_result_t *res) {
   r->inflight--;
   if (res->status == ETCD_FAILED && b->n > 1) {
     /* one bad key fails them all: try each alone to find it */
-    log_fields(LOG_DEBUG, "etcd refused a transaction; writing its keys one "
-                          "by one",
+    log_fields(LOG_DEBUG,
+               "etcd refused a transaction; writing its keys one "
+               "by one",
                "error", res->error, NULL);
     for (size_t i = 0; i < b->n; i++) {
       rkey_t *k = b->keys[i];
@@ -352,7 +354,8 @@ static void batch_done(void *data, const etcd_result_t *res) {
       touch(r, k);
     }
   } else {
-    for (size_t i = 0; i < b->n; i++) key_done(b->keys[i], res);
+    for (size_t i = 0; i < b->n; i++)
+      key_done(b->keys[i], res);
   }
   free(b);
   pump(r);
@@ -407,8 +410,10 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
   if (r->dry_run) {
-    if (act == ACT_PUT) dry_print("put", k, want);
-    else if (act == ACT_DELETE) dry_print("delete", k, NULL);
+    if (act == ACT_PUT)
+      dry_print("put", k, want);
+    else if (act == ACT_DELETE)
+      dry_print("delete", k, NULL);
     etcd_result_t ok = {ETCD_OK, NULL};
     op_done(k, &ok);
     return;
@@ -420,9 +425,14 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   case ACT_REFRESH:
     k->op = etcd_refresh(r->etcd, k->key, r->ttl, op_done, k);
     break;
-  case ACT_DELETE: k->op = etcd_delete(r->etcd, k->key, op_done, k); break;
-  case ACT_RMDIR: k->op = etcd_delete_dir(r->etcd, k->key, op_done, k); break;
-  case ACT_NONE: break;
+  case ACT_DELETE:
+    k->op = etcd_delete(r->etcd, k->key, op_done, k);
+    break;
+  case ACT_RMDIR:
+    k->op = etcd_delete_dir(r->etcd, k->key, op_done, k);
+    break;
+  case ACT_NONE:
+    break;
   }
   if (!k->op) {
     etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
@@ -456,8 +466,9 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     r->errors++;
     if (!r->outage) {
       r->outage = 1;
-      log_fields(LOG_WARN, "etcd: cannot write; keeping the desired state "
-                           "and retrying with backoff",
+      log_fields(LOG_WARN,
+                 "etcd: cannot write; keeping the desired state "
+                 "and retrying with backoff",
                  "error", res->error, NULL);
     } else {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
@@ -472,8 +483,8 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   if (r->outage) {
     /* etcd may have restarted without its data meanwhile: look again */
     r->outage = 0;
-    log_info("etcd reachable again; checking %s", r->prefix ? r->prefix
-                                                            : "every key");
+    log_info("etcd reachable again; checking %s",
+             r->prefix ? r->prefix : "every key");
     reconcile_resync(r);
   }
   switch (act) {
@@ -485,7 +496,8 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       set_have(k, k->sent);
       k->have_ttl = r->ttl > 0;
       k->refresh_due = 0;
-      if (r->changed) r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+      if (r->changed)
+        r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
     }
     break;
   case ACT_REFRESH:
@@ -523,12 +535,14 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     /* not empty, or gone already: either way nothing more to do here */
     res = &ok;
     break;
-  case ACT_NONE: break;
+  case ACT_NONE:
+    break;
   }
   if (res->status != ETCD_OK) {
     r->errors++;
-    log_fields(LOG_ERROR, "etcd refused the write; retrying at the next "
-                          "change or resync",
+    log_fields(LOG_ERROR,
+               "etcd refused the write; retrying at the next "
+               "change or resync",
                "key", k->key, "error", res->error, NULL);
     set_failed(r, k, 1);
   } else if (!k->is_dir || again) {
@@ -545,8 +559,7 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
   if (!r->primed && in_prefix(r, k->key)) return ACT_NONE; /* wait */
   if (want) {
-    if (!k->have_known || !rstr_eq(k->have, want->s, want->len))
-      return ACT_PUT;
+    if (!k->have_known || !rstr_eq(k->have, want->s, want->len)) return ACT_PUT;
     if (r->ttl > 0) {
       if (!r->key_refresh) /* v3: attach to our lease, or nothing to do */
         return k->have_ttl ? ACT_NONE : ACT_PUT;
@@ -557,7 +570,7 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   }
   if (k->have_known && !k->have) return ACT_NONE;
   if (r->prefix_op && in_prefix(r, k->key)) return ACT_NONE; /* going */
-  if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+  if (!k->owned_once && !r->docker_synced) return ACT_NONE;  /* wait */
   return ACT_DELETE;
 }
 
@@ -713,11 +726,13 @@ static void list_done(void *data, const etcd_result_t *res,
   if (res->status != ETCD_OK) {
     r->errors++;
     r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
-    if (r->list_backoff_ms > BACKOFF_MAX_MS) r->list_backoff_ms = BACKOFF_MAX_MS;
+    if (r->list_backoff_ms > BACKOFF_MAX_MS)
+      r->list_backoff_ms = BACKOFF_MAX_MS;
     if (!r->outage) {
       r->outage = 1;
-      log_fields(LOG_WARN, "etcd: cannot list the owned prefix; retrying "
-                           "with backoff",
+      log_fields(LOG_WARN,
+                 "etcd: cannot list the owned prefix; retrying "
+                 "with backoff",
                  "prefix", r->prefix, "error", res->error, NULL);
     } else {
       log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
@@ -876,7 +891,8 @@ void reconcile_deregister(reconcile_t *r) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
-  while (map_iter_next(&it, NULL, &v)) cont_drop(r, v);
+  while (map_iter_next(&it, NULL, &v))
+    cont_drop(r, v);
   /* everything under the owned prefix is ours: one request for all of it */
   if (r->prefix && r->etcd && !r->dry_run && r->primed)
     r->prefix_op = etcd_delete_prefix(r->etcd, r->prefix, prefix_deleted, r);
@@ -956,9 +972,8 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   s->errors = r->errors;
   s->converged = reconcile_converged(r);
   s->last_converged = r->last_converged;
-  s->behind_ms = !s->converged && r->behind_since
-                     ? uv_now(r->loop) - r->behind_since
-                     : 0;
+  s->behind_ms =
+      !s->converged && r->behind_since ? uv_now(r->loop) - r->behind_since : 0;
 }
 
 static void timer_closed(uv_handle_t *h) {

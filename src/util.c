@@ -72,7 +72,8 @@ void buf_reserve(buf_t *b, size_t extra) {
   size_t need = b->len + extra + 1;
   if (need <= b->cap) return;
   size_t cap = b->cap ? b->cap : 64;
-  while (cap < need) cap *= 2;
+  while (cap < need)
+    cap *= 2;
   b->data = xrealloc(b->data, cap);
   b->cap = cap;
   b->data[b->len] = '\0'; /* always a valid C string */

@@ -25,8 +25,7 @@
 #define ASSERT_EQ(a, b)                                                        \
   do {                                                                         \
     int64_t a_ = (int64_t)(a), b_ = (int64_t)(b);                              \
-    if (a_ != b_)                                                              \
-      FAIL("%s == %s: %" PRId64 " != %" PRId64, #a, #b, a_, b_);               \
+    if (a_ != b_) FAIL("%s == %s: %" PRId64 " != %" PRId64, #a, #b, a_, b_);   \
   } while (0)
 
 #define ASSERT_STR_EQ(a, b)                                                    \
@@ -50,7 +49,8 @@ typedef struct {
 } test_entry_t;
 
 #define TEST(name) static void test_##name(void)
-#define TEST_ENTRY(name) {#name, test_##name}
+#define TEST_ENTRY(name)                                                       \
+  { #name, test_##name }
 
 static inline int test_main(int argc, char **argv, const test_entry_t *tests,
                             size_t n) {

@@ -9,16 +9,23 @@ static int parse(config_t *c, char *err, size_t n, int argc, ...) {
   char *argv[32] = {"register"};
   va_list ap;
   va_start(ap, argc);
-  for (int i = 1; i < argc; i++) argv[i] = va_arg(ap, char *);
+  for (int i = 1; i < argc; i++)
+    argv[i] = va_arg(ap, char *);
   va_end(ap);
   return config_parse(c, argc, argv, err, n);
 }
 
 static void clean_env(void) {
-  const char *vars[] = {"HOST_IP", "ETCD_ENDPOINT", "DOCKER_HOST",
-                        "REGISTER_POLICY", "REGISTER_TTL", "DOCKER_TLS_VERIFY",
-                        "REGISTER_LOG_LEVEL", "REGISTER_ETCD_API"};
-  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) unsetenv(vars[i]);
+  const char *vars[] = {"HOST_IP",
+                        "ETCD_ENDPOINT",
+                        "DOCKER_HOST",
+                        "REGISTER_POLICY",
+                        "REGISTER_TTL",
+                        "DOCKER_TLS_VERIFY",
+                        "REGISTER_LOG_LEVEL",
+                        "REGISTER_ETCD_API"};
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+    unsetenv(vars[i]);
 }
 
 static void endpoint(const char *in, const char *want) {
@@ -185,7 +192,8 @@ TEST(docker_tls_from_environment) {
   ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-cert", path[1]), -1);
   ASSERT_CONTAINS(err, "--etcd-cert and --etcd-key go together");
   config_free(&c);
-  for (int i = 0; i < 3; i++) unlink(path[i]);
+  for (int i = 0; i < 3; i++)
+    unlink(path[i]);
   rmdir(dir);
   unsetenv("DOCKER_CERT_PATH");
   clean_env();

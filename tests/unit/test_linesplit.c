@@ -46,7 +46,8 @@ TEST(byte_by_byte) {
   sink_t s = {0};
   linesplit_init(&ls, 100);
   const char *in = "one\ntwo\nthree\n";
-  for (size_t i = 0; i < strlen(in); i++) linesplit_feed(&ls, in + i, 1, &cbs, &s);
+  for (size_t i = 0; i < strlen(in); i++)
+    linesplit_feed(&ls, in + i, 1, &cbs, &s);
   ASSERT_EQ(s.n, 3);
   ASSERT_STR_EQ(s.lines[2], "three");
   linesplit_free(&ls);

@@ -43,7 +43,8 @@ static const json_value_t *first(json_doc_t *d) {
 static const char *host_port(const json_value_t *c, const char *port, int i) {
   const char *path[] = {"NetworkSettings", "Ports", port, NULL};
   const json_value_t *b = json_path(c, path)->u.child;
-  while (i--) b = b->next;
+  while (i--)
+    b = b->next;
   return json_get_str(b, "HostPort");
 }
 
@@ -204,7 +205,7 @@ TEST(json_encode_order_escaping_types) {
   ASSERT_STR_EQ(rec(&r, "/d"), "{}");
   ASSERT_STR_EQ(rec(&r, "/e"), "null");
   ASSERT_STR_EQ(rec(&r, "/f"), "{\"1\":\"a\",\"3\":\"c\"}"); /* sparse */
-  ASSERT_STR_EQ(rec(&r, "/g"), "{\"k\":\"v\",\"n\":1}"); /* table value */
+  ASSERT_STR_EQ(rec(&r, "/g"), "{\"k\":\"v\",\"n\":1}");     /* table value */
   records_free(&r);
   json_free(d);
   policy_free(p);
@@ -229,8 +230,8 @@ TEST(bad_records_are_skipped_the_rest_kept) {
   policy_free(p);
 
   char err[300];
-  ASSERT_EQ(policy_check_key("/registered/1.2.3.4/img/abc", 27, err, sizeof err),
-            0);
+  ASSERT_EQ(
+      policy_check_key("/registered/1.2.3.4/img/abc", 27, err, sizeof err), 0);
   ASSERT_EQ(policy_check_key("/", 1, err, sizeof err), -1);
   ASSERT_EQ(policy_check_key("/a/./b", 6, err, sizeof err), -1);
   ASSERT_CONTAINS(err, "\".\" or \"..\"");

@@ -17,7 +17,8 @@ TEST(urlencode) {
 
 TEST(base64) {
   const char *in[] = {"", "f", "fo", "foo", "foob", "/registered/\xff"};
-  const char *out[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "L3JlZ2lzdGVyZWQv/w=="};
+  const char *out[] = {
+      "", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "L3JlZ2lzdGVyZWQv/w=="};
   for (int i = 0; i < 6; i++) {
     buf_t b, d;
     buf_init(&b);
