@@ -11,10 +11,11 @@
 -- published binding are not registered.
 local register = require "register"
 
-local ORDER = { "container", "image", "ip", "public_port", "private_port",
-  "port_type" }
-
 local policy = {}
+
+-- the keys of each object, in the original's order (for other policies too)
+policy.key_order = { "container", "image", "ip", "public_port",
+  "private_port", "port_type" }
 
 function policy.prefix(host)
   return "/registered/" .. host.ip
@@ -37,7 +38,7 @@ function policy.records(c, host)
     }
   end
   local key = policy.prefix(host) .. "/" .. image .. "/" .. c.id
-  return { [key] = register.json.encode(bindings, ORDER) }
+  return { [key] = register.json.encode(bindings, policy.key_order) }
 end
 
 return policy

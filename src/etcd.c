@@ -463,6 +463,17 @@ static void keepalive_cb(uv_timer_t *t) {
 
 /* ---- the public operations ---- */
 
+/* Sends a new operation, or parks it at a gate.  As in libuv, an error
+ * return (NULL) means its callback will never run. */
+static etcd_op_t *launch(etcd_op_t *op) {
+  if (gate(op)) return op;
+  if (send_op(op) < 0) {
+    op_free(op);
+    return NULL;
+  }
+  return op;
+}
+
 static etcd_op_t *start(etcd_t *e, op_kind_t kind, const char *key,
                         const char *value, size_t vlen, long ttl,
                         etcd_done_cb cb, etcd_list_cb lcb, void *data) {
@@ -474,12 +485,7 @@ static etcd_op_t *start(etcd_t *e, op_kind_t kind, const char *key,
     op->value = xstrndup(value, vlen);
     op->vlen = vlen;
   }
-  if (gate(op)) return op;
-  if (send_op(op) < 0) { /* as libuv: an error return means no callback */
-    op_free(op);
-    return NULL;
-  }
-  return op;
+  return launch(op);
 }
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
@@ -530,12 +536,7 @@ etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
       op->items[i].vlen = items[i].vlen;
     }
   }
-  if (gate(op)) return op;
-  if (send_op(op) < 0) {
-    op_free(op);
-    return NULL;
-  }
-  return op;
+  return launch(op);
 }
 
 int etcd_has_txn(const etcd_t *e) {

@@ -136,6 +136,17 @@ static ioreq_t *req_new(lua_State *L, luaio_t *io) {
   return r;
 }
 
+/* The request could not start: forget it and return nil, why to the
+ * script (nothing was yielded). */
+static int req_abort(lua_State *L, ioreq_t *r, const char *why) {
+  luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
+  req_unlink(r);
+  free(r);
+  luaL_pushfail(L);
+  lua_pushstring(L, why);
+  return 2;
+}
+
 /* Hands results to the waiting coroutine and forgets the request. */
 static void req_finish(ioreq_t *r, int nargs) {
   lua_State *co = r->co;
@@ -292,14 +303,7 @@ static int l_http_request(lua_State *L) {
   r->http = http_request(io->http, &o);
   free(headers);
   buf_free(&hb);
-  if (!r->http) {
-    luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
-    req_unlink(r);
-    free(r);
-    luaL_pushfail(L);
-    lua_pushliteral(L, "cannot start the HTTP request");
-    return 2;
-  }
+  if (!r->http) return req_abort(L, r, "cannot start the HTTP request");
   return lua_yield(L, 0);
 }
 
@@ -346,14 +350,7 @@ static int etcd_read(lua_State *L, int list) {
   r->want_list = list;
   r->op = list ? etcd_list(io->etcd, key, etcd_done, r)
                : etcd_get(io->etcd, key, etcd_done, r);
-  if (!r->op) {
-    luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
-    req_unlink(r);
-    free(r);
-    luaL_pushfail(L);
-    lua_pushliteral(L, "cannot start the etcd request");
-    return 2;
-  }
+  if (!r->op) return req_abort(L, r, "cannot start the etcd request");
   return lua_yield(L, 0);
 }
 

@@ -3,15 +3,9 @@
 --   * untagged images get ":latest" (busybox -> busybox:latest), in the key
 --     and in the value.  Images given by digest or id are left alone.
 local register = require "register"
+local default = require "register.default"
 
-local ORDER = { "container", "image", "ip", "public_port", "private_port",
-  "port_type" }
-
-local policy = {}
-
-function policy.prefix(host)
-  return "/registered/" .. host.ip
-end
+local policy = { prefix = default.prefix }
 
 local function full_image(ref)
   local img = register.image(ref)
@@ -34,7 +28,8 @@ function policy.records(c, host)
     }
   end
   return {
-    [policy.prefix(host) .. "/" .. image .. "/" .. c.id] = register.json.encode(list, ORDER),
+    [policy.prefix(host) .. "/" .. image .. "/" .. c.id] =
+      register.json.encode(list, default.key_order),
   }
 end
 
