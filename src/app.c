@@ -24,10 +24,11 @@
 
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
-#define DOCKER_CONNS 32           /* inspects at once */
-#define HEALTH_ETCD_FRESH_MS 3000 /* older than this: probe before answering   \
-                                   */
-#define HEALTH_PENDING_MS 60000   /* writes pending longer: unhealthy */
+#define DOCKER_CONNS 32 /* inspects at once */
+#define HEALTH_ETCD_FRESH_MS                                                   \
+  3000                          /* older than this: probe before answering     \
+                                 */
+#define HEALTH_PENDING_MS 60000 /* writes pending longer: unhealthy */
 
 /* A policy reload in progress: the new policy is tried on every running
  * container before it replaces the old one. */
@@ -454,6 +455,10 @@ static void stop_cb(uv_timer_t *t) {
   http_free(a->shttp);
   a->shttp = NULL;
   uv_walk(&a->loop, close_walk_cb, NULL);
+  /* closing the last signal handle gave SIGTERM its default action back: a
+   * second signal now must not kill the process halfway through */
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGINT, SIG_IGN);
 }
 
 static void begin_stop(app_t *a, int code) {

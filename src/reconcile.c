@@ -101,11 +101,12 @@ struct reconcile {
   int list_again; /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
   int paused;
-  int key_refresh;      /* v2: TTLs are refreshed key by key */
-  int batching;         /* v3: puts and deletes go in transactions */
-  struct batch *batch;  /* the transaction being filled by pump() */
-  etcd_op_t *prefix_op; /* deleting the whole owned prefix */
-  int outage;           /* etcd is unreachable: said once, not per key */
+  int key_refresh;       /* v2: TTLs are refreshed key by key */
+  int batching;          /* v3: puts and deletes go in transactions */
+  struct batch *batch;   /* the transaction being filled by pump() */
+  struct batch *batches; /* transactions in flight */
+  etcd_op_t *prefix_op;  /* deleting the whole owned prefix */
+  int outage;            /* etcd is unreachable: said once, not per key */
   unsigned failures;
   uint64_t list_backoff_ms;
   int open_handles;
@@ -332,13 +333,24 @@ static void key_done(rkey_t *k, const etcd_result_t *res);
 /* A v3 transaction of puts and deletes, counted as one request. */
 typedef struct batch {
   reconcile_t *r;
+  etcd_op_t *op;             /* the transaction in flight */
+  struct batch *prev, *next; /* r->batches: in flight, owned here */
   size_t n, bytes;
   rkey_t *keys[ETCD_TXN_MAX];
 } batch_t;
 
+static void batch_unlink(reconcile_t *r, batch_t *b) {
+  if (b->prev)
+    b->prev->next = b->next;
+  else
+    r->batches = b->next;
+  if (b->next) b->next->prev = b->prev;
+}
+
 static void batch_done(void *data, const etcd_result_t *res) {
   batch_t *b = data;
   reconcile_t *r = b->r;
+  batch_unlink(r, b);
   r->inflight--;
   if (res->status == ETCD_FAILED && b->n > 1) {
     /* one bad key fails them all: try each alone to find it */
@@ -374,7 +386,11 @@ static void batch_flush(reconcile_t *r) {
     items[i].vlen = k->sent ? k->sent->len : 0;
   }
   r->inflight++;
-  if (!etcd_txn(r->etcd, items, b->n, batch_done, b)) {
+  b->next = r->batches;
+  if (r->batches) r->batches->prev = b;
+  r->batches = b;
+  b->op = etcd_txn(r->etcd, items, b->n, batch_done, b);
+  if (!b->op) {
     etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
     batch_done(b, &fail);
   }
@@ -998,6 +1014,12 @@ void reconcile_free(reconcile_t *r) {
   if (r->list_op) etcd_cancel(r->list_op);
   if (r->prefix_op) etcd_cancel(r->prefix_op);
   free(r->batch); /* filled but not sent: its keys go below */
+  while (r->batches) {
+    batch_t *b = r->batches;
+    batch_unlink(r, b);
+    etcd_cancel(b->op);
+    free(b);
+  }
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);

@@ -233,7 +233,7 @@ def systemd_notify_protocol():
         m = s.recv(4096).decode()
         if "STOPPING=1" in m:
             break
-    assert r.stop() == 0
+    assert r.proc.wait(20) == 0, r.output()
     s.close()
     fake.remove(c)
 
