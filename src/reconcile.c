@@ -85,6 +85,7 @@ struct reconcile {
   map_t *conts; /* container id -> rcont_t */
   rkey_t *q_head, **q_tail;
   size_t nqueued;
+  size_t nowned; /* keys with at least one owner */
   int inflight;
   size_t nfailed;
   unsigned gen;
@@ -637,6 +638,7 @@ static void owner_detach(reconcile_t *r, owner_t *o) {
   }
   k->owned_once = 1;
   if (!k->owners) {
+    r->nowned--;
     free(k->gone_id);
     free(k->gone_image);
     k->gone_id = xstrdup(o->cont->id);
@@ -681,6 +683,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
   for (size_t i = 0; i < recs->n; i++) {
     const record_t *rec = &recs->v[i];
     rkey_t *k = key_get(r, rec->key, 1);
+    int had_owner = k->owners != NULL;
     owner_t *o = NULL;
     for (owner_t *x = k->owners; x; x = x->knext)
       if (x->cont == c) o = x;
@@ -708,6 +711,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
                    ? rstr_ref(k->have)
                    : rstr_new(rec->value, rec->value_len);
     o->seen = gen;
+    if (!had_owner) r->nowned++;
     o->knext = k->owners; /* the newest owner's value wins */
     k->owners = o;
     free(k->gone_id);
@@ -973,11 +977,7 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
 
 void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   memset(s, 0, sizeof *s);
-  map_iter_t it;
-  void *v;
-  map_iter_init(&it, r->keys);
-  while (map_iter_next(&it, NULL, &v))
-    if (((rkey_t *)v)->owners) s->keys++;
+  s->keys = r->nowned; /* kept as owners come and go: O(1), called often */
   s->containers = map_size(r->conts);
   s->queued = r->nqueued;
   s->inflight = (size_t)r->inflight;
