@@ -698,6 +698,13 @@ int app_check(int argc, char **argv) {
     return 2;
   }
   if (!host_ip || !*host_ip) host_ip = "127.0.0.1";
+  if (!config_valid_ip(host_ip)) {
+    fprintf(stderr,
+            "register check: host IP \"%s\" is not an IPv4 or IPv6 "
+            "address\n",
+            host_ip);
+    return 2;
+  }
   const char *file = argv[i++];
   char err[600];
   luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
