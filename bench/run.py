@@ -76,13 +76,9 @@ def cpu_and_switches(pid):
 
 
 def tmpfs_etcd():
-    d = tempfile_dir("/dev/shm")
-    return Etcd(data_dir=d).start()
-
-
-def tempfile_dir(base):
     import tempfile
-    return tempfile.mkdtemp(prefix="rbench", dir=base if os.path.isdir(base) else "/tmp")
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+    return Etcd(data_dir=tempfile.mkdtemp(prefix="rbench", dir=base)).start()
 
 
 def populate(fake, n, seed=1):
@@ -125,70 +121,69 @@ def bench_sync(sizes=(1000, 10000), with_limit=True, apis=("v2", "v3")):
 
 
 def sync_one(n, api, with_limit):
-    if True:
-        # the containers, served by the fast C fake (bench/fakedocker.c)
-        d = tmpdir("rbf")
-        sock = os.path.join(d, "d.sock")
-        model = FakeDocker(sock)  # only its container model, no server
-        want = populate(model, n)
-        docs = os.path.join(d, "inspect.jsonl")
-        with open(docs, "w") as f:
-            for c in model.containers.values():
-                f.write(json.dumps(c) + "\n")
-        fake = subprocess.Popen([os.path.join(BUILD, "bench", "bench_fakedocker"), sock, docs],
-                                stderr=subprocess.DEVNULL)
-        fake.host = "unix://" + sock
-        wait_for(lambda: os.path.exists(sock), 10)
-        etcd = tmpfs_etcd()
-        try:
-            limit_best = None
-            if with_limit:
-                pairs = os.path.join(tmpdir("rbp"), "pairs")
-                with open(pairs, "w") as f:
-                    for k, v in want.items():
-                        f.write(f"{k}\t{v}\n")
-                for conc in (16, 32, 64, 128):
-                    clear(etcd)
-                    r = subprocess.run([os.path.join(BUILD, "bench", "bench_limit"), etcd.url, pairs,
-                                        str(conc), api], capture_output=True, text=True, timeout=600)
-                    secs = float(r.stdout.split()[0])
-                    out(f"  limit client ({api}), {n} PUTs, {conc} in flight: {secs:.3f} s")
-                    if limit_best is None or secs < limit_best[0]:
-                        limit_best = (secs, conc)
+    # the containers, served by the fast C fake (bench/fakedocker.c)
+    d = tmpdir("rbf")
+    sock = os.path.join(d, "d.sock")
+    model = FakeDocker(sock)  # only its container model, no server
+    want = populate(model, n)
+    docs = os.path.join(d, "inspect.jsonl")
+    with open(docs, "w") as f:
+        for c in model.containers.values():
+            f.write(json.dumps(c) + "\n")
+    fake = subprocess.Popen([os.path.join(BUILD, "bench", "bench_fakedocker"), sock, docs],
+                            stderr=subprocess.DEVNULL)
+    fake.host = "unix://" + sock
+    wait_for(lambda: os.path.exists(sock), 10)
+    etcd = tmpfs_etcd()
+    try:
+        limit_best = None
+        if with_limit:
+            pairs = os.path.join(tmpdir("rbp"), "pairs")
+            with open(pairs, "w") as f:
+                for k, v in want.items():
+                    f.write(f"{k}\t{v}\n")
+            for conc in (16, 32, 64, 128):
                 clear(etcd)
-            reg = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
-            t0 = time.time()
-            reg.start()
-            wait_for(lambda: "in sync" in reg.output(), 600, interval=0.005, what="in sync")
-            secs = time.time() - t0
-            rss_sync = status(reg.proc.pid, "RssAnon")
-            time.sleep(3)  # register trims memory 2 s after a sync: the steady state
-            rss = status(reg.proc.pid, "RssAnon")
-            hwm = status(reg.proc.pid, "VmHWM")
-            got = etcd.tree(PREFIX) if api == "v2" else v3_tree(etcd)
-            assert got == want, f"etcd holds {len(got)} keys, wanted {len(want)}"
-            row = {"bench": "sync", "api": api, "containers": n, "seconds": round(secs, 3),
-                   "puts_per_s": round(n / secs), "rss_anon_kb": rss, "rss_anon_at_sync_kb": rss_sync,
-                   "vm_hwm_kb": hwm}
-            if limit_best:
-                row.update({"limit_seconds": round(limit_best[0], 3), "limit_concurrency": limit_best[1],
-                            "ratio": round(secs / limit_best[0], 2)})
-            out(f"  register ({api}): {n} containers in sync in {secs:.3f} s, RssAnon {rss} kB")
-            # a restart with everything in place writes nothing
-            reg.stop()
-            reg2 = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
-            t0 = time.time()
-            reg2.start()
-            wait_for(lambda: "in sync" in reg2.output(), 600, interval=0.005, what="in sync")
-            row["restart_seconds"] = round(time.time() - t0, 3)
-            reg2.stop()
-            reg.cleanup()
-            reg2.cleanup()
-            RESULTS.append(row)
-        finally:
-            fake.kill()
-            fake.wait()
-            etcd.cleanup()
+                r = subprocess.run([os.path.join(BUILD, "bench", "bench_limit"), etcd.url, pairs,
+                                    str(conc), api], capture_output=True, text=True, timeout=600)
+                secs = float(r.stdout.split()[0])
+                out(f"  limit client ({api}), {n} PUTs, {conc} in flight: {secs:.3f} s")
+                if limit_best is None or secs < limit_best[0]:
+                    limit_best = (secs, conc)
+            clear(etcd)
+        reg = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
+        t0 = time.time()
+        reg.start()
+        wait_for(lambda: "in sync" in reg.output(), 600, interval=0.005, what="in sync")
+        secs = time.time() - t0
+        rss_sync = status(reg.proc.pid, "RssAnon")
+        time.sleep(3)  # register trims memory 2 s after a sync: the steady state
+        rss = status(reg.proc.pid, "RssAnon")
+        hwm = status(reg.proc.pid, "VmHWM")
+        got = etcd.tree(PREFIX) if api == "v2" else v3_tree(etcd)
+        assert got == want, f"etcd holds {len(got)} keys, wanted {len(want)}"
+        row = {"bench": "sync", "api": api, "containers": n, "seconds": round(secs, 3),
+               "puts_per_s": round(n / secs), "rss_anon_kb": rss, "rss_anon_at_sync_kb": rss_sync,
+               "vm_hwm_kb": hwm}
+        if limit_best:
+            row.update({"limit_seconds": round(limit_best[0], 3), "limit_concurrency": limit_best[1],
+                        "ratio": round(secs / limit_best[0], 2)})
+        out(f"  register ({api}): {n} containers in sync in {secs:.3f} s, RssAnon {rss} kB")
+        # a restart with everything in place writes nothing
+        reg.stop()
+        reg2 = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", api, host_ip=IP)
+        t0 = time.time()
+        reg2.start()
+        wait_for(lambda: "in sync" in reg2.output(), 600, interval=0.005, what="in sync")
+        row["restart_seconds"] = round(time.time() - t0, 3)
+        reg2.stop()
+        reg.cleanup()
+        reg2.cleanup()
+        RESULTS.append(row)
+    finally:
+        fake.kill()
+        fake.wait()
+        etcd.cleanup()
 
 
 # ---- 3: event latency on the real dockerd ----

@@ -57,7 +57,6 @@ void docker_start(docker_t *d);
 void docker_resync(docker_t *d);
 /* Inspects one container again (e.g. after a policy reload). */
 void docker_refresh(docker_t *d, const char *id);
-void docker_refresh_all(docker_t *d);
 /* Inspects every running container once more, for a policy reload:
  * each(id, inspect) per container still running, then done(ok, why).  One
  * snapshot at a time; returns -1 (no callbacks) when one is running or

@@ -121,7 +121,5 @@ const char *etcd_last_error(const etcd_t *e);
 int etcd_has_dirs(const etcd_t *e);
 /* v2 refreshes TTLs key by key; v3 keeps one lease alive instead. */
 int etcd_has_key_refresh(const etcd_t *e);
-const char *etcd_endpoint(const etcd_t *e);
-size_t etcd_pending(const etcd_t *e);
 
 #endif

@@ -72,7 +72,6 @@ void http_free(http_t *h);
 http_req_t *http_request(http_t *h, const http_opts_t *opts);
 /* Stops a request; none of its callbacks runs afterwards. */
 void http_cancel(http_req_t *req);
-size_t http_active(const http_t *h);
 /* With no request running, closes every cached idle connection (and the
  * memory curl keeps for each); the next request connects again.  Returns
  * 0, or -1 when requests are running (nothing is done). */

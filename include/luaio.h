@@ -36,7 +36,6 @@ void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume, void *ud);
 void luaio_set_current(lua_State *L, lua_State *co);
 /* Drops the outstanding requests of one Lua state (it is going away). */
 void luaio_cancel(luaio_t *io, lua_State *L);
-size_t luaio_pending(const luaio_t *io);
 /* Whether coroutine co waits for one of our requests. */
 int luaio_waiting(const luaio_t *io, const lua_State *co);
 

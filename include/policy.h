@@ -71,8 +71,7 @@ void policy_hook_changed(policy_t *p, const char *op, const char *key,
                          const char *value, size_t vlen);
 /* A full garbage collection (when idle, before returning memory). */
 void policy_gc(policy_t *p);
-/* Hook calls alive, and dropped because too many were. */
-size_t policy_hooks_alive(const policy_t *p);
+/* Hook calls dropped because too many were alive. */
 unsigned long policy_hooks_dropped(const policy_t *p);
 unsigned long policy_errors(const policy_t *p);
 

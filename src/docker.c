@@ -915,15 +915,6 @@ void docker_refresh(docker_t *d, const char *id) {
   pump(d);
 }
 
-void docker_refresh_all(docker_t *d) {
-  map_iter_t it;
-  void *v;
-  map_iter_init(&it, d->conts);
-  while (map_iter_next(&it, NULL, &v))
-    want_inspect(d, v);
-  pump(d);
-}
-
 const char *docker_api_version(const docker_t *d) {
   return d->api;
 }

@@ -67,7 +67,6 @@ static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
   op->next = e->ops;
   if (e->ops) e->ops->prev = op;
   e->ops = op;
-  e->pending++;
   return op;
 }
 
@@ -100,7 +99,6 @@ static void op_free(etcd_op_t *op) {
   else
     e->ops = op->next;
   if (op->next) op->next->prev = op->prev;
-  e->pending--;
   /* a lease check run for this listing answers to nobody now */
   for (etcd_op_t *o = e->ops; o; o = o->next)
     if (o->parent == op) o->parent = NULL;
@@ -588,14 +586,6 @@ int etcd_has_dirs(const etcd_t *e) {
 
 int etcd_has_key_refresh(const etcd_t *e) {
   return e->api == ETCD_API_V2;
-}
-
-const char *etcd_endpoint(const etcd_t *e) {
-  return e->endpoints[e->current];
-}
-
-size_t etcd_pending(const etcd_t *e) {
-  return e->pending;
 }
 
 etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {

@@ -97,7 +97,6 @@ struct etcd {
   long timeout_ms;
   long ttl;       /* v3: the lease's TTL; 0 = no lease */
   etcd_op_t *ops; /* every outstanding operation */
-  size_t pending;
   /* v3 */
   etcd_op_t *wait[3]; /* ops waiting for a token [1] or a lease [2] */
   char *token;

@@ -377,10 +377,6 @@ void http_cancel(http_req_t *r) {
   if (!r->in_cb && !r->on_pending) req_free(r);
 }
 
-size_t http_active(const http_t *h) {
-  return h->active;
-}
-
 int http_header(const http_resp_t *resp, const char *name, char *out,
                 size_t outlen) {
   size_t n = strlen(name);

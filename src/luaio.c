@@ -34,7 +34,6 @@ struct luaio {
   etcd_t *etcd;
   int print_only;
   ioreq_t *reqs;
-  size_t pending;
 };
 
 luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only) {
@@ -52,7 +51,6 @@ static void req_unlink(ioreq_t *r) {
   else
     io->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
-  io->pending--;
 }
 
 static void req_drop(ioreq_t *r) {
@@ -76,10 +74,6 @@ void luaio_cancel(luaio_t *io, lua_State *L) {
     next = r->next;
     if (r->L == L) req_drop(r);
   }
-}
-
-size_t luaio_pending(const luaio_t *io) {
-  return io ? io->pending : 0;
 }
 
 int luaio_waiting(const luaio_t *io, const lua_State *co) {
@@ -132,7 +126,6 @@ static ioreq_t *req_new(lua_State *L, luaio_t *io) {
   r->next = io->reqs;
   if (io->reqs) io->reqs->prev = r;
   io->reqs = r;
-  io->pending++;
   return r;
 }
 

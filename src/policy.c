@@ -483,10 +483,6 @@ int policy_has_hook(const policy_t *p, const char *name) {
   return 0;
 }
 
-size_t policy_hooks_alive(const policy_t *p) {
-  return p->nhooks;
-}
-
 unsigned long policy_hooks_dropped(const policy_t *p) {
   return p->dropped;
 }
