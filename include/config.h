@@ -39,7 +39,9 @@ typedef struct {
   char *metrics_addr; /* host:port, or NULL */
   int dry_run;
   int once;
-  long once_timeout; /* seconds --once waits for etcd to match */
+  long once_timeout;      /* seconds --once waits for etcd to match */
+  long policy_timeout_ms; /* wall clock of one policy call */
+  long hook_timeout;      /* seconds: one hook call, waits included */
 } config_t;
 
 /* Returns 0 to run, 1 when --help/--version was printed (exit 0), and -1
@@ -53,5 +55,8 @@ void config_usage(const char *prog);
  * "https://[::1]:2379/") to scheme://host:port. */
 int config_parse_endpoint(const char *in, char **out, char *err, size_t errlen);
 int config_valid_ip(const char *s);
+/* --policy-timeout MS (also for `register check`): 10..600000. */
+int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
+                          size_t errlen);
 
 #endif

@@ -20,13 +20,15 @@ typedef struct {
   const json_value_t *doc; /* NULL once the document is gone */
 } container_doc_t;
 
-/* Pushes the container table.  id, name, image, image_id, hostname,
- * created and ports are set; labels, env, exposed, networks, state and
- * inspect are built on first use (most policies never read them) from the
- * document in *box, which the caller sets to NULL when the document goes
- * away; reading one of them later is then a clear error.
+/* Pushes two values: the box (a userdata holding the document pointer),
+ * then the container table.  id, name, image, image_id, hostname, created
+ * and ports are set; labels, env, exposed, networks, state and inspect are
+ * built on first use (most policies never read them) from the document in
+ * the box.  The caller keeps the box on its stack (anchored: the script
+ * can drop every reference it has) and sets box->doc to NULL when the
+ * document goes away; reading a lazy field later is then a clear error.
  * Returns 0, or -1 (pushing nothing) with a one-line reason when the
- * document is not a container inspect. */
+ * document is not a container inspect.  May raise (memory). */
 int container_push(lua_State *L, const json_value_t *inspect,
                    container_doc_t **box, char *err, size_t errlen);
 /* Pushes any JSON value as Lua: objects and arrays as tables, null as

@@ -53,7 +53,7 @@ typedef struct {
   long connect_timeout_ms; /* 0 = 5 s */
   const http_tls_t *tls;   /* copied */
   const char *userpwd;     /* basic auth "user:password"; copied */
-  size_t max_body;         /* buffered body cap; 0 = 256 MiB */
+  size_t max_body;         /* buffered body cap; 0 = 32 MiB */
   http_head_cb on_head;
   http_data_cb on_data; /* set: stream; unset: buffer the body */
   http_done_cb on_done;

@@ -43,10 +43,18 @@ struct json_value {
 typedef struct json_doc json_doc_t;
 
 #define JSON_MAX_DEPTH 200
+/* The memory one document may take (its arena: values and strings), about
+ * 20 times its text for Docker's JSON and up to 32 times for the worst
+ * shapes.  Past it the parse fails with a clear error. */
+#define JSON_MAX_MEMORY (512u << 20)
 
 /* Parses exactly one JSON text (surrounding whitespace allowed).  On error
- * returns NULL and writes a one-line reason naming the byte offset. */
+ * returns NULL and writes a one-line reason naming the byte offset.  The
+ * document may take up to JSON_MAX_MEMORY bytes; json_parse_max sets
+ * another cap. */
 json_doc_t *json_parse(const char *s, size_t len, char *err, size_t errlen);
+json_doc_t *json_parse_max(const char *s, size_t len, size_t max, char *err,
+                           size_t errlen);
 const json_value_t *json_root(const json_doc_t *doc);
 void json_free(json_doc_t *doc);
 

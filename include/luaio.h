@@ -3,11 +3,14 @@
  * (register.etcd.get, register.etcd.list).
  *
  * A call suspends the hook's coroutine (lua_yield) and the loop goes on;
- * when the answer is in, the results are pushed on the coroutine and the
- * owner's resume function runs it again.  A call from anywhere else (from
- * records(), or a coroutine the script made itself) is refused with a clear
- * error, so records() stays pure.  With print_only (--dry-run, `check`),
- * HTTP requests are printed as JSON lines on stdout instead of being sent.
+ * when the answer is in, the owner's resume function gets a function that
+ * builds the results (the owner runs it on the main thread inside a
+ * protected call: results allocate, and the memory cap may be reached),
+ * then resumes the coroutine with them.  Nothing is ever pushed on a
+ * coroutine unprotected.  A call from anywhere else (from records(), or a
+ * coroutine the script made itself) is refused with a clear error, so
+ * records() stays pure.  With print_only (--dry-run, `check`), HTTP
+ * requests are printed as JSON lines on stdout instead of being sent.
  *
  * Knows nothing of the reconciler's state. */
 #ifndef REGISTER_LUAIO_H
@@ -20,22 +23,34 @@
 #include "http.h"
 
 typedef struct luaio luaio_t;
+/* Per Lua state: lives in the state's registry (Lua owns it). */
+typedef struct luaio_ctx luaio_ctx_t;
 
-/* Resumes coroutine co of a state with nargs results pushed on it. */
-typedef void (*luaio_resume_fn)(void *ud, lua_State *co, int nargs);
+/* Pushes a request's results on L; returns how many.  May raise. */
+typedef int (*luaio_push_fn)(lua_State *L, void *data);
+/* Resumes coroutine co of a state with the results push builds (data is
+ * valid only during this call). */
+typedef void (*luaio_resume_fn)(void *ud, lua_State *co, luaio_push_fn push,
+                                void *data);
 
 /* http and etcd may be NULL (no etcd under --dry-run; nothing in check). */
 luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only);
 /* Drops every outstanding request; no coroutine is resumed. */
 void luaio_free(luaio_t *io);
 
-/* Adds http_request, etcd_get and etcd_list to register.core of state L.
- * io may be NULL: the functions then fail with "no I/O here". */
-void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume, void *ud);
-/* Marks co as the coroutine allowed to do I/O now (NULL: none). */
-void luaio_set_current(lua_State *L, lua_State *co);
-/* Drops the outstanding requests of one Lua state (it is going away). */
+/* Adds http_request, etcd_get and etcd_list to register.core of state L
+ * (after luareg_open).  io may be NULL: the functions then fail with "no
+ * I/O here".  Returns the state's context, which the registry anchors for
+ * the state's life.  Raises on failure (run it protected). */
+luaio_ctx_t *luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
+                           void *ud);
+/* Marks co as the coroutine allowed to do I/O now (NULL: none).  Never
+ * raises, never allocates. */
+void luaio_set_current(luaio_ctx_t *ctx, lua_State *co);
+/* Drops the outstanding requests of one Lua state (it is going away), or
+ * of one coroutine (its call was ended); none is resumed. */
 void luaio_cancel(luaio_t *io, lua_State *L);
+void luaio_cancel_co(luaio_t *io, const lua_State *co);
 /* Whether coroutine co waits for one of our requests. */
 int luaio_waiting(const luaio_t *io, const lua_State *co);
 

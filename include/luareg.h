@@ -11,9 +11,14 @@
 
 #include "util.h"
 
-/* Opens cjson, register.core, and a package searcher for the embedded
- * modules ("register", "register.default", ...). */
-void luareg_open(lua_State *L);
+/* Opens cjson and register.core (after sandbox_open: it needs package).
+ * mem_limit caps the memory of a document register.core.json_decode
+ * parses (the policy's own limit).  Raises on failure. */
+void luareg_open(lua_State *L, size_t mem_limit);
+/* Pushes a buffer that Lua owns: an error unwinding past the C function
+ * that fills it leaks nothing (the collector frees it); buf_free() it at
+ * once when done. */
+buf_t *luareg_buffer(lua_State *L);
 /* Loads an embedded module's chunk (without running it).  LUA_OK, or an
  * error pushed like luaL_loadbuffer does; -1 if there is no such module. */
 int luareg_load_embedded(lua_State *L, const char *name);

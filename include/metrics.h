@@ -15,8 +15,11 @@ typedef struct {
   const docker_t *docker; /* may be NULL */
   const etcd_t *etcd;     /* NULL under --dry-run */
   const reconcile_t *rec;
-  const char *etcd_api;     /* "v2" / "v3" */
-  uint64_t policy_errors;   /* records() and hook failures */
+  const char *etcd_api; /* "v2" / "v3" */
+  /* records(), hook and load failures by reason (policy_reason_name) */
+  size_t n_policy_reasons;
+  const char *const *policy_reasons;
+  const unsigned long *policy_errors;
   uint64_t policy_rejected; /* records dropped by validation */
   uint64_t hooks_dropped;
   uint64_t reloads_ok, reloads_failed;

@@ -3,18 +3,43 @@
  * A policy script returns a table; `records(container, host)` (required)
  * returns key -> value (string as is, table JSON-encoded) or nil/{} for
  * "nothing"; `prefix(host)` (optional) names the subtree this host owns.
- * Every call into Lua goes through one protected-call helper with a
- * traceback, an instruction budget and a memory cap: a script error is
- * reported, never fatal. */
+ * The script runs in a sandbox (sandbox.h).  Every call into Lua goes
+ * through one protected-call helper with a traceback, an instruction
+ * budget, a wall-clock limit and a memory cap that the script can neither
+ * catch nor remove: a script error costs that one call, never the daemon.
+ * A single long C call (a pathological string.find) cannot be interrupted:
+ * see docs/policy.md. */
 #ifndef REGISTER_POLICY_H
 #define REGISTER_POLICY_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
 
 #include "json.h"
 #include "luaio.h"
 
 typedef struct policy policy_t;
+
+#define POLICY_DEFAULT_TIME_LIMIT_MS 1000
+#define POLICY_DEFAULT_HOOK_LIMIT_MS 60000
+
+/* Why a call into the policy failed (the `reason` label of
+ * register_policy_errors_total). */
+typedef enum {
+  POLICY_ERR_ERROR,   /* the script raised an error */
+  POLICY_ERR_BUDGET,  /* instruction budget exceeded */
+  POLICY_ERR_TIMEOUT, /* wall-clock limit exceeded */
+  POLICY_ERR_MEMORY,  /* memory cap reached */
+  POLICY_ERR_SANDBOX, /* a forbidden function was called */
+  POLICY_ERR_REASONS
+} policy_reason_t;
+
+/* Counters that outlive one policy (a reload replaces the policy). */
+typedef struct {
+  unsigned long errors[POLICY_ERR_REASONS];
+  unsigned long hooks_dropped;
+} policy_stats_t;
 
 typedef struct {
   const char *file; /* NULL: the embedded default policy */
@@ -23,6 +48,13 @@ typedef struct {
   long budget;      /* instructions per call; 0 = default (10M) */
   size_t mem_limit; /* bytes; 0 = default (64 MiB) */
   luaio_t *io;      /* I/O for the hooks; NULL: none */
+  /* wall clock per call (records, load, each hook resume); 0 = default */
+  uint64_t time_limit_ms;
+  /* a hook call as a whole, its I/O waits included; 0 = default.  Needs
+   * loop (without one, hook calls are not timed as a whole). */
+  uint64_t hook_limit_ms;
+  uv_loop_t *loop;       /* NULL: none (register check) */
+  policy_stats_t *stats; /* NULL: the policy's own */
 } policy_opts_t;
 
 /* A Docker event as the event hook sees it (strings may be NULL). */
@@ -45,8 +77,9 @@ typedef struct {
   size_t rejected; /* records dropped by validation (logged) */
 } records_t;
 
-/* Loads and runs the script.  NULL with a one-line reason in err (the full
- * traceback, when there is one, is logged at debug level). */
+/* Loads and runs the script (under the limits).  NULL with a one-line
+ * reason in err (the full traceback, when there is one, is logged at
+ * debug level). */
 policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen);
 void policy_free(policy_t *p);
 
@@ -61,17 +94,24 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen);
 /* The traceback of the last failed call, or "". */
 const char *policy_traceback(const policy_t *p);
+/* Why the last failed call failed, and that reason's label. */
+policy_reason_t policy_last_reason(const policy_t *p);
+const char *policy_reason_name(policy_reason_t r);
 
 /* Optional hooks, each run in its own coroutine so that it may wait for
  * register.http / register.etcd; failures are logged, never fatal.  At
- * most 64 hook calls are alive at once: more are dropped and counted. */
+ * most 64 hook calls are alive at once: more are dropped and counted.
+ * Each resume runs under the per-call limits; a call as a whole (waits
+ * included) is ended past hook_limit_ms. */
 int policy_has_hook(const policy_t *p, const char *name);
 void policy_hook_event(policy_t *p, const policy_event_t *ev);
 void policy_hook_changed(policy_t *p, const char *op, const char *key,
                          const char *value, size_t vlen);
 /* A full garbage collection (when idle, before returning memory). */
 void policy_gc(policy_t *p);
-/* Hook calls dropped because too many were alive. */
+/* Hook calls dropped because too many were alive, and failed calls of
+ * every reason (both from the stats, so kept over reloads when the
+ * caller's stats are used). */
 unsigned long policy_hooks_dropped(const policy_t *p);
 unsigned long policy_errors(const policy_t *p);
 

@@ -1,6 +1,8 @@
 /* reload: SIGHUP's policy reload, all or nothing.  The new policy runs on
  * every running container (a fresh inspect of each, docker_snapshot())
- * before it replaces the old one; one failure and the old policy stays.
+ * before it replaces the old one.  It is refused when the new script does
+ * not load, or fails on a container where the policy in force succeeds; a
+ * container that fails under both is logged and keeps what it has.
  * On success every container's new records go to the reconciler, except
  * those of containers that had events meanwhile: they are inspected again
  * under the new policy.  One reload runs at a time. */
@@ -25,11 +27,13 @@ reload_t *reload_new(reload_commit_cb commit, void *ud);
  * comes first) and frees r. */
 void reload_free(reload_t *r);
 
-/* SIGHUP: loads po->file and tries it (po->file NULL: the embedded default,
- * nothing to reload; a reload already running: nothing either).  Every
- * outcome is logged.  po's strings must outlive the reload. */
-void reload_run(reload_t *r, const policy_opts_t *po, docker_t *docker,
-                reconcile_t *rec);
+/* SIGHUP: loads po->file and tries it against current, the policy in
+ * force (po->file NULL: the embedded default, nothing to reload; a reload
+ * already running: nothing either).  Every outcome is logged.  po's
+ * strings must outlive the reload, current must stay in force until it
+ * ends (only this reload's commit replaces it). */
+void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
+                docker_t *docker, reconcile_t *rec);
 /* An event touched this container: while a reload runs, the old policy
  * has run on it, so it is inspected again after a commit. */
 void reload_touch(reload_t *r, const char *id);

@@ -41,8 +41,9 @@ typedef struct {
   reload_t *reload; /* SIGHUP */
   notify_t *notify;
   httpd_t *httpd;
-  health_t *health; /* the answers httpd gives */
-  uint64_t policy_errors, policy_rejected;
+  health_t *health;      /* the answers httpd gives */
+  policy_stats_t pstats; /* kept over reloads */
+  uint64_t policy_rejected;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   int stopping;
@@ -61,7 +62,6 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   char err[600];
   if (policy_records(a->policy, inspect, &recs, err, sizeof err) < 0) {
     /* keep whatever this container had: a script error loses nothing */
-    a->policy_errors++;
     log_fields(LOG_ERROR, err, "container", id, NULL);
     return;
   }
@@ -153,9 +153,14 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->etcd = a->etcd;
   in->rec = a->rec;
   in->etcd_api = a->cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2";
-  in->policy_errors = a->policy_errors + policy_errors(a->policy);
+  static const char *reasons[POLICY_ERR_REASONS];
+  for (int i = 0; i < POLICY_ERR_REASONS; i++)
+    reasons[i] = policy_reason_name((policy_reason_t)i);
+  in->n_policy_reasons = POLICY_ERR_REASONS;
+  in->policy_reasons = reasons;
+  in->policy_errors = a->pstats.errors;
   in->policy_rejected = a->policy_rejected;
-  in->hooks_dropped = policy_hooks_dropped(a->policy);
+  in->hooks_dropped = a->pstats.hooks_dropped;
   reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed);
 }
 
@@ -169,8 +174,24 @@ static policy_t *reload_commit(void *ud, policy_t *fresh) {
   return old;
 }
 
+/* The options every policy of this daemon is made with. */
+static policy_opts_t policy_opts(app_t *a) {
+  const config_t *cfg = a->cfg;
+  policy_opts_t po = {0};
+  po.file = cfg->policy_file;
+  po.host_ip = cfg->host_ip;
+  po.hostname = cfg->hostname;
+  po.io = a->io;
+  po.time_limit_ms = (uint64_t)cfg->policy_timeout_ms;
+  po.hook_limit_ms = (uint64_t)cfg->hook_timeout * 1000;
+  po.loop = &a->loop;
+  po.stats = &a->pstats;
+  return po;
+}
+
 static void resync_cb(uv_timer_t *t) {
   app_t *a = t->data;
+  if (a->stopping) return; /* Docker may be gone already */
   log_debug("periodic resync");
   docker_resync(a->docker);
   reconcile_resync(a->rec);
@@ -216,7 +237,8 @@ static void stop_cb(uv_timer_t *t) {
   if (a->cfg->deregister_on_exit && !a->deregistering && !a->cfg->once) {
     a->deregistering = 1;
     log_info("deregistering this host's keys before exit");
-    docker_free(a->docker);
+    uv_timer_stop(&a->resync_timer); /* nothing may reach Docker now */
+    docker_free(a->docker); /* abandons a reload's snapshot, silently */
     a->docker = NULL;
     uv_timer_start(&a->deadline_timer, stop_cb, DEREGISTER_TIMEOUT_MS, 0);
     reconcile_deregister(a->rec);
@@ -245,9 +267,12 @@ static void begin_stop(app_t *a, int code) {
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
   if (signum == SIGHUP) {
-    policy_opts_t po = {
-        a->cfg->policy_file, a->cfg->host_ip, a->cfg->hostname, 0, 0, a->io};
-    reload_run(a->reload, &po, a->docker, a->rec);
+    if (a->stopping) {
+      log_warn("SIGHUP while shutting down: no reload");
+      return;
+    }
+    policy_opts_t po = policy_opts(a);
+    reload_run(a->reload, &po, a->policy, a->docker, a->rec);
     return;
   }
   if (a->stopping) {
@@ -307,8 +332,7 @@ int app_run(const config_t *cfg) {
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
   a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
-  policy_opts_t po = {
-      cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0, a->io};
+  policy_opts_t po = policy_opts(a);
   a->policy = policy_new(&po, err, sizeof err);
   if (!a->policy) {
     log_error("%s", err);

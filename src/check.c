@@ -69,20 +69,29 @@ static int check_one(policy_t *p, const char *file, const json_value_t *doc) {
 int check_main(int argc, char **argv) {
   const char *host_ip = getenv("HOST_IP");
   const char *hostname = "localhost";
+  long timeout_ms = POLICY_DEFAULT_TIME_LIMIT_MS;
+  char err[600];
   int i = 2;
   for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
     if (strcmp(argv[i], "--host-ip") == 0 && i + 1 < argc)
       host_ip = argv[++i];
     else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
       hostname = argv[++i];
-    else {
+    else if (strcmp(argv[i], "--policy-timeout") == 0 && i + 1 < argc) {
+      if (config_policy_timeout("--policy-timeout", argv[++i], &timeout_ms, err,
+                                sizeof err) < 0) {
+        fprintf(stderr, "register check: %s\n", err);
+        return 2;
+      }
+    } else {
       fprintf(stderr, "register check: unknown option \"%s\"\n", argv[i]);
       return 2;
     }
   }
   if (i >= argc) {
     fprintf(stderr, "usage: register check [--host-ip IP] [--hostname NAME] "
-                    "POLICY|default [INSPECT.json|- ...]\n");
+                    "[--policy-timeout MS] POLICY|default "
+                    "[INSPECT.json|- ...]\n");
     return 2;
   }
   if (!host_ip || !*host_ip) host_ip = "127.0.0.1";
@@ -94,10 +103,13 @@ int check_main(int argc, char **argv) {
     return 2;
   }
   const char *file = argv[i++];
-  char err[600];
   luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
-  policy_opts_t po = {
-      strcmp(file, "default") == 0 ? NULL : file, host_ip, hostname, 0, 0, io};
+  policy_opts_t po = {0};
+  po.file = strcmp(file, "default") == 0 ? NULL : file;
+  po.host_ip = host_ip;
+  po.hostname = hostname;
+  po.io = io;
+  po.time_limit_ms = (uint64_t)timeout_ms;
   policy_t *p = policy_new(&po, err, sizeof err);
   if (!p) {
     fprintf(stderr, "register: %s\n", err);

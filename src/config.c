@@ -31,6 +31,8 @@ enum {
   OPT_DRY_RUN,
   OPT_ONCE,
   OPT_TIMEOUT,
+  OPT_POLICY_TIMEOUT,
+  OPT_HOOK_TIMEOUT,
   OPT_HELP,
   OPT_VERSION,
 };
@@ -56,6 +58,8 @@ static const struct option long_opts[] = {
     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
     {"once", no_argument, NULL, OPT_ONCE},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"policy-timeout", required_argument, NULL, OPT_POLICY_TIMEOUT},
+    {"hook-timeout", required_argument, NULL, OPT_HOOK_TIMEOUT},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -98,6 +102,10 @@ void config_usage(const char *prog) {
       "(host:port)\n"
       "  --hostname NAME         host name given to the policy (default: "
       "gethostname)\n"
+      "  --policy-timeout MS     wall-clock limit of one policy call "
+      "(default 1000)\n"
+      "  --hook-timeout SECONDS  limit of one hook call, I/O waits "
+      "included (default 60)\n"
       "  --log-level LEVEL       error, warn, info (default) or debug "
       "(REGISTER_LOG_LEVEL)\n"
       "  --log-format FORMAT     text (default) or json "
@@ -293,6 +301,17 @@ static int parse_seconds(const char *name, const char *v, long min, long *out,
   return 0;
 }
 
+int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
+                          size_t errlen) {
+  if (util_parse_long(v, 10, 600000, ms) < 0) {
+    snprintf(err, errlen,
+             "%s \"%s\" is not a number of milliseconds from 10 to 600000",
+             name, v);
+    return -1;
+  }
+  return 0;
+}
+
 static void set_str(char **dst, const char *v) {
   free(*dst);
   *dst = v ? xstrdup(v) : NULL;
@@ -384,6 +403,8 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   cfg->log_format = LOG_TEXT;
   cfg->etcd_api = ETCD_API_V2;
   cfg->once_timeout = 30;
+  cfg->policy_timeout_ms = 1000;
+  cfg->hook_timeout = 60;
   const char *v;
 
   /* Defaults and environment first; flags override them. */
@@ -518,6 +539,20 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
         snprintf(err, errlen,
                  "--timeout \"%s\" is not a number of seconds "
                  "(1 and up)",
+                 optarg);
+        return -1;
+      }
+      break;
+    case OPT_POLICY_TIMEOUT:
+      if (config_policy_timeout("--policy-timeout", optarg,
+                                &cfg->policy_timeout_ms, err, errlen) < 0)
+        return -1;
+      break;
+    case OPT_HOOK_TIMEOUT:
+      if (util_parse_long(optarg, 1, 3600, &cfg->hook_timeout) < 0) {
+        snprintf(err, errlen,
+                 "--hook-timeout \"%s\" is not a number of seconds from 1 "
+                 "to 3600",
                  optarg);
         return -1;
       }

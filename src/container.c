@@ -225,6 +225,10 @@ int container_push(lua_State *L, const json_value_t *inspect,
   const json_value_t *config = json_get(inspect, "Config");
   const json_value_t *netset = json_get(inspect, "NetworkSettings");
   luaL_checkstack(L, 8, "container table");
+  /* the box first: it stays on the caller's stack, where the script
+   * cannot unanchor it (a container table's metatable can be replaced) */
+  container_doc_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->doc = NULL;
   lua_createtable(L, 0, 14);
   set_str(L, "id", id);
   const char *name = json_get_str(inspect, "Name");
@@ -237,14 +241,12 @@ int container_push(lua_State *L, const json_value_t *inspect,
   lua_setfield(L, -2, "ports");
   /* labels, env, exposed, networks, state, inspect: built on first use,
    * from a document that lives only during this call into the policy */
-  container_doc_t *box = lua_newuserdatauv(L, sizeof *box, 0);
-  box->doc = inspect;
-  if (boxp) *boxp = box;
   lua_createtable(L, 0, 1);
-  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -3);
   lua_pushcclosure(L, lazy_index, 1);
   lua_setfield(L, -2, "__index");
-  lua_setmetatable(L, -3);
-  lua_pop(L, 1); /* the box: the closure keeps it */
+  lua_setmetatable(L, -2);
+  box->doc = inspect;
+  if (boxp) *boxp = box;
   return 0;
 }

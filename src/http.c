@@ -11,7 +11,7 @@
 
 #define POOL_MAX                                                               \
   2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
-#define DEFAULT_MAX_BODY (256u << 20)
+#define DEFAULT_MAX_BODY (32u << 20) /* a reply's cap (include/http.h) */
 
 /* One per socket curl asks us to watch; freed in the poll close callback. */
 typedef struct sock {
@@ -284,7 +284,9 @@ static void dispatch(http_t *h) {
     fill_resp(r, &resp);
     if (r->too_large) {
       resp.error = CURLE_FILESIZE_EXCEEDED;
-      resp.errmsg = "response body too large";
+      snprintf(r->errbuf, sizeof r->errbuf,
+               "reply larger than the %zu byte cap; not read", r->max_body);
+      resp.errmsg = r->errbuf;
     } else if (code != CURLE_OK) {
       resp.error = (int)code;
       resp.errmsg = r->errbuf[0] ? r->errbuf : curl_easy_strerror(code);

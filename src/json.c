@@ -28,13 +28,25 @@ typedef struct {
   char *err;
   size_t errlen;
   int failed;
+  size_t max, used; /* the arena's cap and what its blocks hold */
 } parser_t;
 
-static void *arena_alloc(json_doc_t *doc, size_t n) {
+static void fail(parser_t *ps, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* NULL (and the parse fails) once the document would need more than the
+ * cap: a reply's memory is bounded, whatever its shape. */
+static void *arena_alloc(parser_t *ps, size_t n) {
+  json_doc_t *doc = ps->doc;
   n = (n + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
   arena_block_t *b = doc->blocks;
   if (!b || b->cap - b->used < n) {
     size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
+    if (ps->used + cap > ps->max) {
+      fail(ps, "the document needs more than %zu bytes of memory", ps->max);
+      return NULL;
+    }
+    ps->used += cap;
     b = xmalloc(sizeof *b + cap);
     b->used = 0;
     b->cap = cap;
@@ -46,8 +58,6 @@ static void *arena_alloc(json_doc_t *doc, size_t n) {
   return p;
 }
 
-static void fail(parser_t *ps, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 static void fail(parser_t *ps, const char *fmt, ...) {
   if (ps->failed) return;
   ps->failed = 1;
@@ -68,7 +78,8 @@ static void skip_ws(parser_t *ps) {
 }
 
 static json_value_t *new_value(parser_t *ps, json_type_t t) {
-  json_value_t *v = arena_alloc(ps->doc, sizeof *v);
+  json_value_t *v = arena_alloc(ps, sizeof *v);
+  if (!v) return NULL;
   memset(v, 0, sizeof *v);
   v->type = t;
   return v;
@@ -127,7 +138,8 @@ static const char *parse_string(parser_t *ps, uint32_t *len) {
   while (q < ps->end && *q != '"')
     q += (*q == '\\' && ps->end - q > 1) ? 2 : 1;
   size_t cap = (size_t)(q - start);
-  char *out = arena_alloc(ps->doc, cap + 1);
+  char *out = arena_alloc(ps, cap + 1);
+  if (!out) return NULL;
   size_t n = 0;
   while (ps->p < ps->end) {
     unsigned char c = (unsigned char)*ps->p;
@@ -264,6 +276,7 @@ static json_value_t *parse_value(parser_t *ps, int depth);
 
 static json_value_t *parse_container(parser_t *ps, int depth, int is_obj) {
   json_value_t *v = new_value(ps, is_obj ? JSON_OBJECT : JSON_ARRAY);
+  if (!v) return NULL;
   json_value_t **tail = &v->u.child;
   char close = is_obj ? '}' : ']';
   ps->p++;
@@ -343,6 +356,7 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
     const char *s = parse_string(ps, &len);
     if (!s) return NULL;
     v = new_value(ps, JSON_STRING);
+    if (!v) return NULL;
     v->u.str = s;
     v->len = len;
     return v;
@@ -350,6 +364,7 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
   case 't':
   case 'f':
     v = new_value(ps, JSON_BOOL);
+    if (!v) return NULL;
     if (match_word(ps, "true"))
       v->u.boolean = 1;
     else if (!match_word(ps, "false"))
@@ -361,6 +376,7 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
   default:
     if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) {
       v = new_value(ps, JSON_NUMBER);
+      if (!v) return NULL;
       parse_number(ps, v);
       return ps->failed ? NULL : v;
     }
@@ -371,7 +387,12 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
 }
 
 json_doc_t *json_parse(const char *s, size_t len, char *err, size_t errlen) {
-  parser_t ps = {s, s, s + len, NULL, err, errlen, 0};
+  return json_parse_max(s, len, JSON_MAX_MEMORY, err, errlen);
+}
+
+json_doc_t *json_parse_max(const char *s, size_t len, size_t max, char *err,
+                           size_t errlen) {
+  parser_t ps = {s, s, s + len, NULL, err, errlen, 0, max, 0};
   ps.doc = xcalloc(1, sizeof *ps.doc);
   ps.doc->root = parse_value(&ps, 0);
   if (ps.doc->root) {

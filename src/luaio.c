@@ -2,6 +2,7 @@
 #include "luaio.h"
 #include "json.h"
 #include "log.h"
+#include "luareg.h"
 #include "util.h"
 
 #include <lauxlib.h>
@@ -10,11 +11,19 @@
 #include <string.h>
 #include <strings.h>
 
-/* registry keys: addresses of these statics, as luv does */
-static const char key_io = 'i';     /* luaio_t * */
-static const char key_resume = 'r'; /* resume function */
-static const char key_resume_ud = 'u';
-static const char key_current = 'c'; /* the coroutine allowed to yield */
+#define HTTP_MAX_BODY (16u << 20)
+#define HTTP_MIN_TIMEOUT 0.001 /* seconds: below that curl's 0 is "none" */
+#define HTTP_MAX_TIMEOUT 300
+
+/* registry key: the address of this static, as luv does */
+static const char key_ctx = 'c';
+
+struct luaio_ctx {
+  luaio_t *io;
+  lua_State *current; /* the coroutine allowed to yield now */
+  luaio_resume_fn resume;
+  void *resume_ud;
+};
 
 typedef struct ioreq {
   luaio_t *io;
@@ -51,6 +60,7 @@ static void req_unlink(ioreq_t *r) {
   else
     io->reqs = r->next;
   if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = NULL;
 }
 
 static void req_drop(ioreq_t *r) {
@@ -76,61 +86,59 @@ void luaio_cancel(luaio_t *io, lua_State *L) {
   }
 }
 
+void luaio_cancel_co(luaio_t *io, const lua_State *co) {
+  if (!io) return;
+  for (ioreq_t *r = io->reqs, *next; r; r = next) {
+    next = r->next;
+    if (r->co == co) req_drop(r);
+  }
+}
+
 int luaio_waiting(const luaio_t *io, const lua_State *co) {
   for (const ioreq_t *r = io ? io->reqs : NULL; r; r = r->next)
     if (r->co == co) return 1;
   return 0;
 }
 
-void luaio_set_current(lua_State *L, lua_State *co) {
-  if (co)
-    lua_pushthread(co), lua_xmove(co, L, 1);
-  else
-    lua_pushnil(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_current);
+void luaio_set_current(luaio_ctx_t *ctx, lua_State *co) {
+  if (ctx) ctx->current = co;
 }
 
-/* The io context, after checking that L may do I/O now. */
-static luaio_t *check_io(lua_State *L, const char *what) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_current);
-  int allowed = lua_tothread(L, -1) == L && lua_isyieldable(L);
+/* The state's context, after checking that L may do I/O now. */
+static luaio_ctx_t *check_io(lua_State *L, const char *what) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_ctx);
+  luaio_ctx_t *ctx = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (!allowed)
+  if (!ctx || ctx->current != L || !lua_isyieldable(L))
     luaL_error(L,
                "%s may only be called from the event and changed hooks "
                "(records() must stay pure)",
                what);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_io);
-  luaio_t *io = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return io;
+  return ctx;
 }
 
-static ioreq_t *req_new(lua_State *L, luaio_t *io) {
-  ioreq_t *r = xcalloc(1, sizeof *r);
-  r->io = io;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_resume);
-  r->resume = *(luaio_resume_fn *)lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_resume_ud);
-  r->resume_ud = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  r->co = L;
+/* A request of the running coroutine L.  The reference is taken first: if
+ * it raises, nothing C-owned exists yet. */
+static ioreq_t *req_new(lua_State *L, luaio_ctx_t *ctx) {
   lua_pushthread(L);
-  r->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_State *main = NULL;
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  ioreq_t *r = xcalloc(1, sizeof *r);
+  r->io = ctx->io;
+  r->resume = ctx->resume;
+  r->resume_ud = ctx->resume_ud;
+  r->co = L;
+  r->co_ref = ref;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  main = lua_tothread(L, -1);
+  r->L = lua_tothread(L, -1);
   lua_pop(L, 1);
-  r->L = main;
-  r->next = io->reqs;
-  if (io->reqs) io->reqs->prev = r;
-  io->reqs = r;
+  r->next = ctx->io->reqs;
+  if (ctx->io->reqs) ctx->io->reqs->prev = r;
+  ctx->io->reqs = r;
   return r;
 }
 
 /* The request could not start: forget it and return nil, why to the
- * script (nothing was yielded). */
+ * script (nothing was yielded).  Never raises before r is freed. */
 static int req_abort(lua_State *L, ioreq_t *r, const char *why) {
   luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
   req_unlink(r);
@@ -140,8 +148,8 @@ static int req_abort(lua_State *L, ioreq_t *r, const char *why) {
   return 2;
 }
 
-/* Hands results to the waiting coroutine and forgets the request. */
-static void req_finish(ioreq_t *r, int nargs) {
+/* Hands the results to the waiting coroutine and forgets the request. */
+static void req_finish(ioreq_t *r, luaio_push_fn push, void *data) {
   lua_State *co = r->co;
   luaio_resume_fn resume = r->resume;
   void *ud = r->resume_ud;
@@ -149,8 +157,14 @@ static void req_finish(ioreq_t *r, int nargs) {
   int ref = r->co_ref;
   req_unlink(r);
   free(r);
-  resume(ud, co, nargs); /* co is still anchored by ref */
+  resume(ud, co, push, data); /* co is still anchored by ref */
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+static int push_error(lua_State *L, const char *msg) {
+  luaL_pushfail(L);
+  lua_pushstring(L, msg);
+  return 2;
 }
 
 /* ---- HTTP ---- */
@@ -182,87 +196,109 @@ static void push_headers(lua_State *L, const char *h, size_t n) {
   }
 }
 
+static int push_http(lua_State *L, void *data) {
+  const http_resp_t *resp = data;
+  if (resp->error) return push_error(L, resp->errmsg);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, resp->status);
+  lua_setfield(L, -2, "status");
+  lua_pushlstring(L, resp->body, resp->body_len);
+  lua_setfield(L, -2, "body");
+  push_headers(L, resp->headers, resp->headers_len);
+  lua_setfield(L, -2, "headers");
+  return 1;
+}
+
 static void http_done(http_req_t *req, const http_resp_t *resp, void *data) {
   (void)req;
   ioreq_t *r = data;
-  lua_State *co = r->co;
   r->http = NULL;
-  if (resp->error) {
-    luaL_pushfail(co);
-    lua_pushstring(co, resp->errmsg);
-    req_finish(r, 2);
-    return;
+  req_finish(r, push_http, (void *)(uintptr_t)resp);
+}
+
+/* opts.timeout in seconds: a number in [0.001, 300] (NaN and the rest are
+ * refused: curl would take 0 as "no timeout"). */
+static long timeout_ms(lua_State *L) {
+  if (lua_getfield(L, 1, "timeout") == LUA_TNIL) return 10000;
+  int isnum = 0;
+  lua_Number t = lua_tonumberx(L, -1, &isnum);
+  if (!isnum || !(t >= HTTP_MIN_TIMEOUT && t <= HTTP_MAX_TIMEOUT))
+    luaL_error(L,
+               "register.http.request: timeout must be a number of seconds "
+               "from %f to %d, not %s",
+               HTTP_MIN_TIMEOUT, HTTP_MAX_TIMEOUT, luaL_tolstring(L, -1, NULL));
+  long ms = (long)(t * 1000 + 0.5);
+  return ms > 0 ? ms : 1;
+}
+
+/* The one-line JSON that --dry-run and check print for a request. */
+static void print_request(const char *method, const char *url,
+                          const char *const *headers, const char *body,
+                          size_t blen, buf_t *line) {
+  buf_puts(line, "{\"op\":\"http\",\"method\":");
+  json_escape(line, method, strlen(method));
+  buf_puts(line, ",\"url\":");
+  json_escape(line, url, strlen(url));
+  buf_puts(line, ",\"headers\":[");
+  for (const char *const *h = headers; *h; h++) {
+    if (h != headers) buf_putc(line, ',');
+    json_escape(line, *h, strlen(*h));
   }
-  lua_createtable(co, 0, 3);
-  lua_pushinteger(co, resp->status);
-  lua_setfield(co, -2, "status");
-  lua_pushlstring(co, resp->body, resp->body_len);
-  lua_setfield(co, -2, "body");
-  push_headers(co, resp->headers, resp->headers_len);
-  lua_setfield(co, -2, "headers");
-  req_finish(r, 1);
+  buf_puts(line, "]");
+  if (body) {
+    buf_puts(line, ",\"body\":");
+    json_escape(line, body, blen);
+  }
+  buf_puts(line, "}\n");
+  fwrite(line->data, 1, line->len, stdout);
+  fflush(stdout);
 }
 
 static int l_http_request(lua_State *L) {
-  luaio_t *io = check_io(L, "register.http.request");
+  luaio_ctx_t *ctx = check_io(L, "register.http.request");
+  luaio_t *io = ctx->io;
   luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "url");
+  lua_settop(L, 1);
+  lua_getfield(L, 1, "url"); /* 2 */
   const char *url = luaL_optstring(L, -1, NULL);
   if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8)))
     return luaL_error(L, "register.http.request: url must be an http:// or "
                          "https:// URL");
-  lua_getfield(L, 1, "body");
+  lua_getfield(L, 1, "body"); /* 3 */
   size_t blen = 0;
   const char *body = luaL_optlstring(L, -1, NULL, &blen);
-  lua_getfield(L, 1, "method");
+  lua_getfield(L, 1, "method"); /* 4 */
   const char *method = luaL_optstring(L, -1, body ? "POST" : "GET");
-  lua_getfield(L, 1, "timeout");
-  lua_Number timeout = luaL_optnumber(L, -1, 10);
-  if (timeout <= 0 || timeout > 300)
-    return luaL_error(L, "register.http.request: timeout must be in (0, 300]");
-  /* headers: {name = value} -> "name: value" lines */
-  buf_t hb;
-  buf_init(&hb);
-  size_t nh = 0;
-  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
+  long tmo = timeout_ms(L); /* 5 */
+  /* headers {name = value} -> "name: value" strings, kept on the stack in a
+   * table (6); then an array of pointers to them that Lua owns (8) */
+  lua_newtable(L); /* 6 */
+  lua_Integer nh = 0;
+  if (lua_getfield(L, 1, "headers") == LUA_TTABLE) { /* 7 */
     lua_pushnil(L);
-    while (lua_next(L, -2)) {
+    while (lua_next(L, 7)) {
       if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
         const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
-        if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n")) {
-          buf_free(&hb);
+        if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n"))
           return luaL_error(L, "register.http.request: bad header \"%s\"", k);
-        }
-        buf_printf(&hb, "%s: %s", k, v);
-        buf_putc(&hb, '\0');
-        nh++;
+        lua_pushfstring(L, "%s: %s", k, v);
+        lua_rawseti(L, 6, ++nh);
       }
       lua_pop(L, 1);
     }
   }
+  const char **headers =
+      lua_newuserdatauv(L, (size_t)(nh + 1) * sizeof *headers, 0); /* 8 */
+  for (lua_Integer i = 0; i < nh; i++) {
+    lua_rawgeti(L, 6, i + 1);
+    headers[i] = lua_tostring(L, -1); /* anchored in table 6 */
+    lua_pop(L, 1);
+  }
+  headers[nh] = NULL;
   if (io && io->print_only) {
-    buf_t line;
-    buf_init(&line);
-    buf_puts(&line, "{\"op\":\"http\",\"method\":");
-    json_escape(&line, method, strlen(method));
-    buf_puts(&line, ",\"url\":");
-    json_escape(&line, url, strlen(url));
-    buf_puts(&line, ",\"headers\":[");
-    const char *h = hb.data;
-    for (size_t i = 0; i < nh; i++, h += strlen(h) + 1) {
-      if (i) buf_putc(&line, ',');
-      json_escape(&line, h, strlen(h));
-    }
-    buf_puts(&line, "]");
-    if (body) {
-      buf_puts(&line, ",\"body\":");
-      json_escape(&line, body, blen);
-    }
-    buf_puts(&line, "}\n");
-    fwrite(line.data, 1, line.len, stdout);
-    fflush(stdout);
-    buf_free(&line);
-    buf_free(&hb);
+    buf_t *line = luareg_buffer(L);
+    print_request(method, url, headers, body, blen, line);
+    buf_free(line);
     lua_createtable(L, 0, 3);
     lua_pushinteger(L, 0);
     lua_setfield(L, -2, "status");
@@ -272,35 +308,49 @@ static int l_http_request(lua_State *L) {
     lua_setfield(L, -2, "printed");
     return 1;
   }
-  if (!io || !io->http) {
-    buf_free(&hb);
-    luaL_pushfail(L);
-    lua_pushliteral(L, "no HTTP client here");
-    return 2;
-  }
-  const char **headers = xcalloc(nh + 1, sizeof *headers);
-  const char *h = hb.data;
-  for (size_t i = 0; i < nh; i++, h += strlen(h) + 1)
-    headers[i] = h;
-  ioreq_t *r = req_new(L, io);
+  if (!io || !io->http) return push_error(L, "no HTTP client here");
+  ioreq_t *r = req_new(L, ctx);
   http_opts_t o = {0};
   o.method = method;
   o.url = url;
   o.headers = headers;
   o.body = body;
   o.body_len = blen;
-  o.timeout_ms = (long)(timeout * 1000);
-  o.max_body = 16u << 20;
+  o.timeout_ms = tmo;
+  o.max_body = HTTP_MAX_BODY;
   o.on_done = http_done;
   o.data = r;
-  r->http = http_request(io->http, &o);
-  free(headers);
-  buf_free(&hb);
+  r->http = http_request(io->http, &o); /* copies what it keeps */
   if (!r->http) return req_abort(L, r, "cannot start the HTTP request");
   return lua_yield(L, 0);
 }
 
 /* ---- etcd, read only ---- */
+
+typedef struct {
+  const etcd_result_t *res;
+  const etcd_kv_t *kvs;
+  size_t n;
+  int want_list;
+} etcd_answer_t;
+
+static int push_etcd(lua_State *L, void *data) {
+  const etcd_answer_t *a = data;
+  if (a->res->status != ETCD_OK)
+    return push_error(L, a->res->error ? a->res->error : "etcd error");
+  if (a->want_list) {
+    lua_createtable(L, 0, (int)a->n);
+    for (size_t i = 0; i < a->n; i++) {
+      lua_pushlstring(L, a->kvs[i].value, a->kvs[i].value_len);
+      lua_setfield(L, -2, a->kvs[i].key);
+    }
+  } else if (a->n) {
+    lua_pushlstring(L, a->kvs[0].value, a->kvs[0].value_len);
+  } else {
+    lua_pushnil(L);
+  }
+  return 1;
+}
 
 static void etcd_done(void *data, const etcd_result_t *res,
                       const etcd_kv_t *kvs, size_t n, const char *const *dirs,
@@ -308,38 +358,20 @@ static void etcd_done(void *data, const etcd_result_t *res,
   (void)dirs;
   (void)ndirs;
   ioreq_t *r = data;
-  lua_State *co = r->co;
   r->op = NULL;
-  if (res->status != ETCD_OK) {
-    luaL_pushfail(co);
-    lua_pushstring(co, res->error ? res->error : "etcd error");
-    req_finish(r, 2);
-    return;
-  }
-  if (r->want_list) {
-    lua_createtable(co, 0, (int)n);
-    for (size_t i = 0; i < n; i++) {
-      lua_pushlstring(co, kvs[i].value, kvs[i].value_len);
-      lua_setfield(co, -2, kvs[i].key);
-    }
-  } else if (n) {
-    lua_pushlstring(co, kvs[0].value, kvs[0].value_len);
-  } else {
-    lua_pushnil(co);
-  }
-  req_finish(r, 1);
+  etcd_answer_t a = {res, kvs, n, r->want_list};
+  req_finish(r, push_etcd, &a);
 }
 
 static int etcd_read(lua_State *L, int list) {
-  luaio_t *io = check_io(L, list ? "register.etcd.list" : "register.etcd.get");
+  luaio_ctx_t *ctx =
+      check_io(L, list ? "register.etcd.list" : "register.etcd.get");
+  luaio_t *io = ctx->io;
   const char *key = luaL_checkstring(L, 1);
   if (key[0] != '/') return luaL_error(L, "etcd keys start with '/'");
-  if (!io || !io->etcd) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "etcd is not available here (--dry-run or check)");
-    return 2;
-  }
-  ioreq_t *r = req_new(L, io);
+  if (!io || !io->etcd)
+    return push_error(L, "etcd is not available here (--dry-run or check)");
+  ioreq_t *r = req_new(L, ctx);
   r->want_list = list;
   r->op = list ? etcd_list(io->etcd, key, etcd_done, r)
                : etcd_get(io->etcd, key, etcd_done, r);
@@ -355,15 +387,14 @@ static int l_etcd_list(lua_State *L) {
   return etcd_read(L, 1);
 }
 
-void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
-                   void *ud) {
-  lua_pushlightuserdata(L, io);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_io);
-  luaio_resume_fn *box = lua_newuserdatauv(L, sizeof *box, 0);
-  *box = resume;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_resume);
-  lua_pushlightuserdata(L, ud);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_resume_ud);
+luaio_ctx_t *luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
+                           void *ud) {
+  luaio_ctx_t *ctx = lua_newuserdatauv(L, sizeof *ctx, 0);
+  ctx->io = io;
+  ctx->current = NULL;
+  ctx->resume = resume;
+  ctx->resume_ud = ud;
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &key_ctx);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, "register.core");
   static const luaL_Reg fns[] = {{"http_request", l_http_request},
@@ -372,4 +403,5 @@ void luaio_install(lua_State *L, luaio_t *io, luaio_resume_fn resume,
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
   lua_pop(L, 2);
+  return ctx;
 }

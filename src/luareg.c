@@ -114,7 +114,8 @@ static int enc_table(enc_t *e, int idx, int depth) {
     lua_tolstring(L, -1, NULL); /* converts the copy, not the key */
     lua_rawseti(L, base + 2, (lua_Integer)nk);
   }
-  okey_t *keys = xmalloc((nk ? nk : 1) * sizeof *keys);
+  /* Lua owns the array (base+3), so an error below leaks nothing */
+  okey_t *keys = lua_newuserdatauv(L, (nk ? nk : 1) * sizeof *keys, 0);
   for (size_t i = 0; i < nk; i++) {
     lua_rawgeti(L, base + 2, (lua_Integer)i + 1);
     keys[i].s = lua_tolstring(L, -1, &keys[i].len); /* anchored in base+2 */
@@ -148,7 +149,6 @@ static int enc_table(enc_t *e, int idx, int depth) {
     lua_pop(L, 1);
   }
   buf_putc(e->out, '}');
-  free(keys);
   lua_settop(L, base);
   return rc;
 }
@@ -209,6 +209,53 @@ int luareg_json_encode(lua_State *L, int idx, int order_idx, buf_t *out,
   return enc_value(&e, lua_absindex(L, idx), 0);
 }
 
+/* ---- C memory owned by Lua: freed by the collector if an error unwinds
+ * past the C function that holds it, else at once ---- */
+
+static const char buffer_mt_key = 'b';
+static const char docbox_mt_key = 'd';
+
+static int buffer_gc(lua_State *L) {
+  buf_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+buf_t *luareg_buffer(lua_State *L) {
+  buf_t *b = lua_newuserdatauv(L, sizeof *b, 0);
+  buf_init(b);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &buffer_mt_key);
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+static int docbox_gc(lua_State *L) {
+  json_doc_t **box = lua_touserdata(L, 1);
+  json_free(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Pushes a box that frees the document it holds when collected. */
+static json_doc_t **push_docbox(lua_State *L) {
+  json_doc_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = NULL;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &docbox_mt_key);
+  lua_setmetatable(L, -2);
+  return box;
+}
+
+static void new_gc_mt(lua_State *L, const void *key, lua_CFunction gc,
+                      const char *name) {
+  lua_createtable(L, 0, 3);
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__close");
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__name");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
 /* core.json_encode(value [, key_order]) -> string */
 static int core_json_encode(lua_State *L) {
   luaL_checkany(L, 1);
@@ -217,31 +264,35 @@ static int core_json_encode(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     order = 2;
   }
-  buf_t b;
+  lua_settop(L, 2);
+  buf_t *b = luareg_buffer(L); /* 3 */
   char err[200];
-  buf_init(&b);
-  if (luareg_json_encode(L, 1, order, &b, err, sizeof err) < 0) {
-    buf_free(&b);
+  if (luareg_json_encode(L, 1, order, b, err, sizeof err) < 0)
     return luaL_error(L, "json_encode: %s", err);
-  }
-  lua_pushlstring(L, b.data ? b.data : "", b.len);
-  buf_free(&b);
+  lua_pushlstring(L, b->data ? b->data : "", b->len);
+  buf_free(b);
   return 1;
 }
 
-/* core.json_decode(text) -> value | nil, err (order is not kept) */
+/* core.json_decode(text) -> value | nil, err (order is not kept).  The
+ * parsed document may take as much memory as the policy may (upvalue 1);
+ * it is freed at once, or by the collector if pushing it raises. */
 static int core_json_decode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
+  size_t max = (size_t)lua_tointeger(L, lua_upvalueindex(1));
   char err[200];
-  json_doc_t *doc = json_parse(s, len, err, sizeof err);
-  if (!doc) {
+  lua_settop(L, 1);
+  json_doc_t **box = push_docbox(L); /* 2 */
+  *box = json_parse_max(s, len, max ? max : JSON_MAX_MEMORY, err, sizeof err);
+  if (!*box) {
     luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;
   }
-  container_push_json(L, json_root(doc));
-  json_free(doc);
+  container_push_json(L, json_root(*box));
+  json_free(*box);
+  *box = NULL;
   return 1;
 }
 
@@ -257,13 +308,15 @@ static int core_log(lua_State *L) {
 
 static const luaL_Reg core_fns[] = {
     {"json_encode", core_json_encode},
-    {"json_decode", core_json_decode},
     {"log", core_log},
     {NULL, NULL},
 };
 
 static int open_core(lua_State *L) {
   luaL_newlib(L, core_fns);
+  lua_getfield(L, LUA_REGISTRYINDEX, "register.memory_limit");
+  lua_pushcclosure(L, core_json_decode, 1);
+  lua_setfield(L, -2, "json_decode");
   lua_pushlightuserdata(L, NULL);
   lua_setfield(L, -2, "null");
   lua_rawgetp(L, LUA_REGISTRYINDEX, &array_mt_key);
@@ -281,21 +334,11 @@ int luareg_load_embedded(lua_State *L, const char *name) {
   return -1;
 }
 
-/* package.searchers entry: embedded modules come after preload. */
-static int search_embedded(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  int rc = luareg_load_embedded(L, name);
-  if (rc == -1) {
-    lua_pushfstring(L, "no embedded module '%s'", name);
-    return 1;
-  }
-  if (rc != LUA_OK) return lua_error(L);
-  lua_pushstring(L, name);
-  return 2;
-}
-
-void luareg_open(lua_State *L) {
-  luaL_openlibs(L);
+void luareg_open(lua_State *L, size_t mem_limit) {
+  new_gc_mt(L, &buffer_mt_key, buffer_gc, "register.buffer");
+  new_gc_mt(L, &docbox_mt_key, docbox_gc, "register.document");
+  lua_pushinteger(L, (lua_Integer)mem_limit);
+  lua_setfield(L, LUA_REGISTRYINDEX, "register.memory_limit");
   luaL_requiref(L, "cjson", luaopen_cjson, 0);
   lua_pop(L, 1);
   lua_newtable(L);
@@ -304,15 +347,4 @@ void luareg_open(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &array_mt_key);
   luaL_requiref(L, "register.core", open_core, 0);
   lua_pop(L, 1);
-  /* insert our searcher right after the preload searcher */
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "searchers");
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = n; i >= 2; i--) {
-    lua_rawgeti(L, -1, i);
-    lua_rawseti(L, -2, i + 1);
-  }
-  lua_pushcfunction(L, search_embedded);
-  lua_rawseti(L, -2, 2);
-  lua_pop(L, 2);
 }

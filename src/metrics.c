@@ -123,10 +123,12 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
                  st[k].op, (unsigned long long)st[k].count);
     }
   }
-  counter(b, "register_policy_errors_total",
-          "Policy failures: records() or a hook raised, ran out of budget "
-          "or memory.",
-          in->policy_errors);
+  help(b, "register_policy_errors_total", "counter",
+       "Policy failures (records(), hooks, loading), by reason: error, "
+       "budget, timeout, memory, sandbox.");
+  for (size_t i = 0; i < in->n_policy_reasons; i++)
+    buf_printf(b, "register_policy_errors_total{reason=\"%s\"} %lu\n",
+               in->policy_reasons[i], in->policy_errors[i]);
   counter(b, "register_policy_records_rejected_total",
           "Records the policy returned that failed validation.",
           in->policy_rejected);

@@ -1,10 +1,19 @@
-/* policy: the Lua state, protected calls, budget, memory cap, records. */
+/* policy: the Lua state a policy runs in.  Every entry into Lua goes
+ * through one protected-call helper (policy_pcall, or hook_resume for a
+ * hook's coroutine) that installs a count hook: an instruction budget, a
+ * wall-clock limit and a memory cap.  Once one of them is exceeded the
+ * call is stopped: the hook then raises on every instruction of every
+ * thread, so a script's own pcall, xpcall or coroutine cannot swallow it
+ * (redis re-arms its hook the same way).  The script runs in the sandbox
+ * (sandbox.c). */
 #include "policy.h"
 #include "container.h"
 #include "log.h"
 #include "luareg.h"
+#include "sandbox.h"
 #include "util.h"
 
+#include <assert.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdio.h>
@@ -13,57 +22,189 @@
 
 #define DEFAULT_BUDGET 10000000L
 #define DEFAULT_MEM (64u << 20)
-#define HOOK_EVERY 1000
+#define HOOK_EVERY 1000 /* instructions between two looks at the limits */
 #define MAX_KEY 4096
 #define MAX_VALUE (1u << 20)
 #define MAX_HOOKS 64
+#define SWEEP_MS 1000 /* how often hook calls are checked for their age */
 
 /* A hook call in progress: a coroutine, possibly waiting for I/O. */
 typedef struct hookco {
   lua_State *co;
-  int ref;          /* anchors co in the registry */
-  const char *name; /* "event" or "changed" */
+  int ref;             /* anchors co in the registry */
+  const char *name;    /* "event" or "changed" */
+  uint64_t started_ms; /* for the limit on the call as a whole */
   struct hookco *prev, *next;
 } hookco_t;
 
 struct policy {
   lua_State *L;
   char *name; /* file name, or "default" */
+  char *dir;  /* the file's directory (require), or NULL */
   char *prefix;
   int ref_policy; /* the table the script returned */
   int ref_host;
   int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
+
+  /* limits */
   long budget;
-  long steps; /* instructions run in the current call (approx.) */
-  size_t mem_used, mem_limit;
+  size_t mem_limit;
+  uint64_t time_limit_ms, hook_limit_ms;
+
+  /* the call in progress (in_call), and why it was stopped */
+  int in_call;
+  long steps;
+  uint64_t deadline_ns;
+  int stop;                    /* 0, or POLICY_ERR_BUDGET/TIMEOUT/MEMORY */
+  int sandbox_hit;             /* a forbidden function was called */
+  char where[LUA_IDSIZE + 16]; /* the last position the hook saw */
+
+  /* memory: Lua retries a refused allocation once after a full
+   * collection; the same request refused twice is out of memory */
+  size_t mem_used;
+  const void *fail_ptr;
+  size_t fail_osize, fail_nsize;
+  int oom;
+
   buf_t trace; /* traceback of the last failure */
+  policy_reason_t reason;
   luaio_t *io;
-  hookco_t *hooks; /* hook calls alive */
+  luaio_ctx_t *ioctx; /* anchored in the registry */
+  hookco_t *hooks;    /* hook calls alive */
   size_t nhooks;
-  unsigned long dropped, errors;
+  uv_timer_t *sweep; /* ends hook calls past their limit; NULL: no loop */
+  policy_stats_t own_stats;
+  policy_stats_t *stats; /* own_stats, or the caller's (kept over reloads) */
 };
+
+static const char *const reason_names[POLICY_ERR_REASONS] = {
+    "error", "budget", "timeout", "memory", "sandbox"};
+
+const char *policy_reason_name(policy_reason_t r) {
+  return (unsigned)r < POLICY_ERR_REASONS ? reason_names[r] : "error";
+}
 
 /* ---- allocation with a cap (the state's memory limit) ---- */
 
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   policy_t *p = ud;
-  if (!ptr) osize = 0;
+  size_t old = ptr ? osize : 0;
   if (nsize == 0) {
     free(ptr);
-    p->mem_used -= osize;
+    p->mem_used -= old;
     return NULL;
   }
-  if (nsize > osize && p->mem_used + (nsize - osize) > p->mem_limit)
-    return NULL; /* Lua raises "not enough memory" */
+  if (nsize > old && p->mem_used + (nsize - old) > p->mem_limit) {
+    if (p->in_call) {
+      if (p->fail_ptr == ptr && p->fail_osize == osize &&
+          p->fail_nsize == nsize)
+        p->oom = 1; /* refused again after the collection */
+      p->fail_ptr = ptr;
+      p->fail_osize = osize;
+      p->fail_nsize = nsize;
+    }
+    return NULL; /* Lua collects and asks again, then raises */
+  }
   void *q = realloc(ptr, nsize);
   if (!q) return NULL;
-  p->mem_used = p->mem_used - osize + nsize;
+  p->mem_used = p->mem_used - old + nsize;
+  if (nsize > old) p->fail_ptr = NULL, p->fail_osize = p->fail_nsize = 0;
   return q;
 }
 
 static int l_panic(lua_State *L) {
-  log_error("policy: unprotected Lua error: %s", lua_tostring(L, -1));
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+  log_error("policy: unprotected Lua error: %s", msg);
   abort(); /* never reached: every entry into Lua is protected */
+}
+
+/* ---- the limits, enforced from a count hook ---- */
+
+static void where_of(lua_State *L, lua_Debug *ar, char *out, size_t n) {
+  if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+    snprintf(out, n, "%s:%d: ", ar->short_src, ar->currentline);
+  else
+    out[0] = '\0';
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar) {
+  policy_t *p = *(policy_t **)lua_getextraspace(L);
+  where_of(L, ar, p->where, sizeof p->where);
+  if (!p->stop) {
+    p->steps += lua_gethookcount(L);
+    if (p->steps > p->budget)
+      p->stop = POLICY_ERR_BUDGET;
+    else if (uv_hrtime() > p->deadline_ns)
+      p->stop = POLICY_ERR_TIMEOUT;
+    else if (p->oom)
+      p->stop = POLICY_ERR_MEMORY;
+    if (!p->stop) {
+      if (lua_gethookcount(L) != HOOK_EVERY) /* a thread stopped before */
+        lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+      return;
+    }
+  }
+  /* stopped: from now on every instruction of this thread raises, so the
+   * error unwinds through any pcall the script wrapped around it */
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
+  if (p->stop == POLICY_ERR_BUDGET)
+    lua_pushfstring(L, "%sinstruction budget of %I exceeded (an endless loop?)",
+                    p->where, (lua_Integer)p->budget);
+  else if (p->stop == POLICY_ERR_TIMEOUT)
+    lua_pushfstring(L, "%stime limit of %I ms exceeded", p->where,
+                    (lua_Integer)p->time_limit_ms);
+  else
+    lua_pushfstring(L, "%smemory limit of %I bytes reached", p->where,
+                    (lua_Integer)p->mem_limit);
+  lua_error(L);
+}
+
+/* Arms the limits for one call (or one resume) running on thread L. */
+static void call_begin(policy_t *p, lua_State *L) {
+  assert(!p->in_call); /* calls never nest */
+  p->in_call = 1;
+  p->steps = 0;
+  p->stop = 0;
+  p->oom = 0;
+  p->sandbox_hit = 0;
+  p->where[0] = '\0';
+  p->fail_ptr = NULL;
+  p->fail_osize = p->fail_nsize = 0;
+  p->deadline_ns = uv_hrtime() + p->time_limit_ms * 1000000u;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* Disarms them; the reason a call that failed with status st failed. */
+static policy_reason_t call_end(policy_t *p, lua_State *L, int st) {
+  lua_sethook(L, NULL, 0, 0);
+  p->in_call = 0;
+  policy_reason_t r = POLICY_ERR_ERROR;
+  if (p->stop)
+    r = (policy_reason_t)p->stop;
+  else if (st == LUA_ERRMEM || p->oom)
+    r = POLICY_ERR_MEMORY;
+  else if (p->sandbox_hit)
+    r = POLICY_ERR_SANDBOX;
+  if (st != LUA_OK && st != LUA_YIELD) p->reason = r;
+  if (r == POLICY_ERR_MEMORY && st != LUA_OK && st != LUA_YIELD)
+    lua_gc(p->L, LUA_GCCOLLECT); /* give the cap back for the next call */
+  return r;
+}
+
+/* The first line of the error at the top of L (never allocates). */
+static const char *error_text(lua_State *L, int st) {
+  if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
+  return st == LUA_ERRMEM ? "not enough memory"
+                          : "(error object is not a string)";
+}
+
+static void failure_text(policy_t *p, int st, const char *msg, char *err,
+                         size_t errlen) {
+  if (p->reason == POLICY_ERR_MEMORY && (st == LUA_ERRMEM || !*msg))
+    snprintf(err, errlen, "%smemory limit of %zu bytes reached", p->where,
+             p->mem_limit);
+  else
+    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
 }
 
 /* ---- the one protected-call helper ---- */
@@ -80,39 +221,31 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-static void count_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  policy_t *p = *(policy_t **)lua_getextraspace(L);
-  p->steps += HOOK_EVERY;
-  if (p->steps > p->budget)
-    luaL_error(L, "instruction budget of %d exceeded (an endless loop?)",
-               (int)p->budget);
-}
-
-/* Calls the function below nargs arguments.  On failure: -1, the first
- * line of the message in err, the traceback kept in p->trace. */
-static int pcall(policy_t *p, int nargs, int nres, char *err, size_t errlen) {
+/* Calls the function below nargs arguments on the main thread, under the
+ * limits.  On failure: -1, the first line of the message in err, the
+ * reason in p->reason (the caller counts it where the script is to
+ * blame), the traceback kept in p->trace. */
+static int policy_pcall(policy_t *p, int nargs, int nres, char *err,
+                        size_t errlen) {
   lua_State *L = p->L;
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
-  p->steps = 0;
-  lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  call_begin(p, L);
   int st = lua_pcall(L, nargs, nres, base);
-  lua_sethook(L, NULL, 0, 0);
+  call_end(p, L, st);
   lua_remove(L, base);
   if (st == LUA_OK) return 0;
-  const char *msg = lua_tostring(L, -1);
-  if (!msg) msg = st == LUA_ERRMEM ? "not enough memory" : "unknown error";
+  const char *msg = error_text(L, st);
   buf_reset(&p->trace);
   buf_puts(&p->trace, msg);
-  if (st == LUA_ERRMEM)
-    snprintf(err, errlen, "Lua memory limit of %zu bytes reached",
-             p->mem_limit);
-  else
-    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
+  failure_text(p, st, msg, err, errlen);
   lua_pop(L, 1);
   return -1;
+}
+
+static void count_failure(policy_t *p) {
+  p->stats->errors[p->reason]++;
 }
 
 /* ---- keys ---- */
@@ -190,22 +323,23 @@ static int record_cmp(const void *a, const void *b) {
   return strcmp(((const record_t *)a)->key, ((const record_t *)b)->key);
 }
 
-static void io_resume(void *ud, lua_State *co, int nargs);
-
 /* ---- loading ---- */
+
+static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data);
 
 typedef struct {
   policy_t *p;
   const policy_opts_t *o;
 } setup_t;
 
-/* Runs inside a protected call (as lua.c's pmain): loads the libraries and
- * the script, and checks what it returned. */
+/* Runs inside a protected call (as lua.c's pmain): opens the sandbox and
+ * the libraries, loads the script, and checks what it returned. */
 static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
-  luareg_open(L);
-  luaio_install(L, s->o->io, io_resume, p);
+  sandbox_open(L, p->dir, &p->sandbox_hit);
+  luareg_open(L, p->mem_limit);
+  p->ioctx = luaio_install(L, s->o->io, io_resume, p);
 
   lua_createtable(L, 0, 2);
   lua_pushstring(L, s->o->host_ip);
@@ -245,7 +379,8 @@ static int setup(lua_State *L) {
     lua_call(L, 1, 1);
     if (!lua_isnil(L, -1)) {
       size_t len;
-      const char *pre = lua_tolstring(L, -1, &len);
+      const char *pre =
+          lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
       char err[200];
       if (!pre) return luaL_error(L, "prefix() must return a string");
       if (policy_check_key(pre, len, err, sizeof err) < 0)
@@ -258,15 +393,33 @@ static int setup(lua_State *L) {
   return 0;
 }
 
+static void sweep_cb(uv_timer_t *t);
+
 policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   policy_t *p = xcalloc(1, sizeof *p);
   p->name = xstrdup(o->file ? o->file : "default");
+  if (o->file) {
+    const char *slash = strrchr(o->file, '/');
+    p->dir = slash ? xstrndup(o->file,
+                              slash == o->file ? 1 : (size_t)(slash - o->file))
+                   : xstrdup(".");
+  }
   p->budget = o->budget > 0 ? o->budget : DEFAULT_BUDGET;
   p->mem_limit = o->mem_limit ? o->mem_limit : DEFAULT_MEM;
+  p->time_limit_ms =
+      o->time_limit_ms ? o->time_limit_ms : POLICY_DEFAULT_TIME_LIMIT_MS;
+  p->hook_limit_ms =
+      o->hook_limit_ms ? o->hook_limit_ms : POLICY_DEFAULT_HOOK_LIMIT_MS;
+  p->stats = o->stats ? o->stats : &p->own_stats;
   p->ref_policy = p->ref_host = LUA_NOREF;
   p->ref_event = p->ref_changed = LUA_NOREF;
   p->io = o->io;
   buf_init(&p->trace);
+  if (o->loop) {
+    p->sweep = xcalloc(1, sizeof *p->sweep);
+    uv_timer_init(o->loop, p->sweep);
+    p->sweep->data = p;
+  }
   p->L = lua_newstate(l_alloc, p);
   if (!p->L) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -281,13 +434,18 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   char why[400];
   lua_pushcfunction(p->L, setup);
   lua_pushlightuserdata(p->L, &s);
-  if (pcall(p, 1, 0, why, sizeof why) < 0) {
+  if (policy_pcall(p, 1, 0, why, sizeof why) < 0) {
+    count_failure(p);
     snprintf(err, errlen, "policy %s: %s", p->name, why);
     log_debug("policy %s: %s", p->name, p->trace.data);
     policy_free(p);
     return NULL;
   }
   return p;
+}
+
+static void sweep_closed(uv_handle_t *h) {
+  free(h);
 }
 
 void policy_free(policy_t *p) {
@@ -298,8 +456,10 @@ void policy_free(policy_t *p) {
     p->hooks = h->next;
     free(h);
   }
+  if (p->sweep) uv_close((uv_handle_t *)p->sweep, sweep_closed);
   if (p->L) lua_close(p->L);
   free(p->name);
+  free(p->dir);
   free(p->prefix);
   buf_free(&p->trace);
   free(p);
@@ -317,22 +477,37 @@ const char *policy_traceback(const policy_t *p) {
   return p->trace.data ? p->trace.data : "";
 }
 
-/* Builds the container table inside Lua's protection (it allocates). */
-typedef struct {
-  const json_value_t *inspect;
-  container_doc_t *doc; /* set by container_push; cleared after the call */
-} inspect_box_t;
+policy_reason_t policy_last_reason(const policy_t *p) {
+  return p->reason;
+}
 
+/* ---- records ---- */
+
+/* Pushes the box and the container table (two results). */
 static int push_container(lua_State *L) {
-  inspect_box_t *b = lua_touserdata(L, 1);
+  const json_value_t *inspect = lua_touserdata(L, 1);
   char err[200];
-  if (container_push(L, b->inspect, &b->doc, err, sizeof err) < 0)
+  if (container_push(L, inspect, NULL, err, sizeof err) < 0)
     return luaL_error(L, "%s", err);
+  return 2;
+}
+
+/* records(container, host), looked up now: a script may replace it, or
+ * give its table an __index that raises. */
+static int call_records(lua_State *L) {
+  policy_t *p = *(policy_t **)lua_getextraspace(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
+  if (lua_getfield(L, -1, "records") != LUA_TFUNCTION)
+    return luaL_error(L, "records is a %s, not a function",
+                      luaL_typename(L, -1));
+  lua_pushvalue(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  lua_call(L, 2, 1);
   return 1;
 }
 
-/* Walks the table records() returned (at the top of the stack) inside a
- * protected call: JSON-encoding a table value may raise. */
+/* Walks the table records() returned (argument 1) inside a protected call:
+ * JSON-encoding a table value may raise. */
 typedef struct {
   policy_t *p;
   records_t *out;
@@ -343,8 +518,8 @@ static int collect(lua_State *L) {
   collect_t *c = lua_touserdata(L, 2);
   int t = 1;
   char err[200];
-  buf_t enc;
-  buf_init(&enc);
+  lua_settop(L, 2);
+  buf_t *enc = luareg_buffer(L); /* Lua owns it: an error leaks nothing */
   lua_pushnil(L);
   while (lua_next(L, t)) {
     size_t klen = 0;
@@ -371,8 +546,8 @@ static int collect(lua_State *L) {
     if (vt == LUA_TSTRING) {
       val = lua_tolstring(L, -1, &vlen);
     } else if (vt == LUA_TTABLE) {
-      buf_reset(&enc);
-      if (luareg_json_encode(L, -1, 0, &enc, err, sizeof err) < 0) {
+      buf_reset(enc);
+      if (luareg_json_encode(L, -1, 0, enc, err, sizeof err) < 0) {
         log_error("policy %s: container %.12s: key \"%s\": %s; record "
                   "skipped",
                   c->p->name, c->id, key, err);
@@ -380,8 +555,8 @@ static int collect(lua_State *L) {
         lua_pop(L, 1);
         continue;
       }
-      val = enc.data ? enc.data : "";
-      vlen = enc.len;
+      val = enc->data ? enc->data : "";
+      vlen = enc->len;
     } else {
       log_error("policy %s: container %.12s: key \"%s\": value is a %s, not "
                 "a string or table; record skipped",
@@ -400,49 +575,23 @@ static int collect(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  buf_free(&enc);
+  buf_free(enc);
   return 0;
 }
 
-static int records_call(policy_t *p, const char *id, records_t *out, char *err,
-                        size_t errlen);
-
-int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
-                   char *err, size_t errlen) {
-  lua_State *L = p->L;
-  const char *id = json_get_str(inspect, "Id");
-  char why[400];
-  records_init(out);
-  if (!id) id = "?";
-
-  inspect_box_t box = {inspect, NULL};
-  lua_pushcfunction(L, push_container);
-  lua_pushlightuserdata(L, &box);
-  if (pcall(p, 1, 1, why, sizeof why) < 0) {
-    snprintf(err, errlen, "container %.12s: %s", id, why);
-    return -1;
-  }
-  int rc = records_call(p, id, out, err, errlen);
-  if (box.doc) box.doc->doc = NULL; /* the document dies with this call */
-  return rc;
-}
-
-/* records(container, host) with the container table on the stack. */
-static int records_call(policy_t *p, const char *id, records_t *out, char *err,
-                        size_t errlen) {
+static int records_run(policy_t *p, const char *id, records_t *out, char *err,
+                       size_t errlen) {
   lua_State *L = p->L;
   char why[400];
-  /* stack: container */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
-  lua_getfield(L, -1, "records");
-  lua_remove(L, -2);
+  /* stack: box, container */
+  lua_pushcfunction(L, call_records);
   lua_insert(L, -2);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
-  if (pcall(p, 2, 1, why, sizeof why) < 0) {
+  if (policy_pcall(p, 1, 1, why, sizeof why) < 0) {
+    count_failure(p);
     snprintf(err, errlen,
-             "policy %s: records() failed for container %.12s: "
-             "%s",
-             p->name, id, why);
+             "policy %s: records() failed for container %.12s: %s "
+             "(reason: %s)",
+             p->name, id, why, policy_reason_name(p->reason));
     log_debug("%s", p->trace.data);
     return -1;
   }
@@ -455,6 +604,8 @@ static int records_call(policy_t *p, const char *id, records_t *out, char *err,
              "policy %s: records() returned a %s for container "
              "%.12s, not a table or nil",
              p->name, luaL_typename(L, -1), id);
+    p->reason = POLICY_ERR_ERROR;
+    count_failure(p);
     lua_pop(L, 1);
     return -1;
   }
@@ -462,13 +613,40 @@ static int records_call(policy_t *p, const char *id, records_t *out, char *err,
   lua_pushcfunction(L, collect);
   lua_insert(L, -2);
   lua_pushlightuserdata(L, &c);
-  if (pcall(p, 2, 0, why, sizeof why) < 0) {
-    snprintf(err, errlen, "policy %s: container %.12s: %s", p->name, id, why);
+  if (policy_pcall(p, 2, 0, why, sizeof why) < 0) {
+    count_failure(p);
+    snprintf(err, errlen, "policy %s: container %.12s: %s (reason: %s)",
+             p->name, id, why, policy_reason_name(p->reason));
     records_free(out);
     return -1;
   }
   if (out->n > 1) qsort(out->v, out->n, sizeof *out->v, record_cmp);
   return 0;
+}
+
+int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
+                   char *err, size_t errlen) {
+  lua_State *L = p->L;
+  const char *id = json_get_str(inspect, "Id");
+  char why[400];
+  records_init(out);
+  if (!id) id = "?";
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, push_container);
+  lua_pushlightuserdata(L, (void *)(uintptr_t)inspect);
+  if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
+    count_failure(p);
+    snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
+             policy_reason_name(p->reason));
+    return -1;
+  }
+  /* The box stays here, below everything the call does, until the
+   * document is gone: nothing the script does can free it first. */
+  container_doc_t *box = lua_touserdata(L, top + 1);
+  int rc = records_run(p, id, out, err, errlen);
+  box->doc = NULL;
+  lua_settop(L, top);
+  return rc;
 }
 
 /* ---- hooks: event(ev, host) and changed(op, key, value) ---- */
@@ -484,11 +662,14 @@ int policy_has_hook(const policy_t *p, const char *name) {
 }
 
 unsigned long policy_hooks_dropped(const policy_t *p) {
-  return p->dropped;
+  return p->stats->hooks_dropped;
 }
 
 unsigned long policy_errors(const policy_t *p) {
-  return p->errors;
+  unsigned long n = 0;
+  for (int i = 0; i < POLICY_ERR_REASONS; i++)
+    n += p->stats->errors[i];
+  return n;
 }
 
 static void hook_end(policy_t *p, hookco_t *h) {
@@ -500,50 +681,122 @@ static void hook_end(policy_t *p, hookco_t *h) {
   p->nhooks--;
   luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
   free(h);
+  if (!p->nhooks && p->sweep) uv_timer_stop(p->sweep);
 }
 
-/* Runs (or continues) a hook's coroutine with the budget hook installed.
- * It ends, fails (logged with its traceback), or waits for luaio. */
+/* Builds the traceback of a failed coroutine (argument 1) on the main
+ * thread, inside a protected call: it allocates. */
+static int hook_traceback(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  const char *msg = lua_touserdata(L, 2); /* C memory, not Lua's */
+  luaL_traceback(L, co, msg, 0);
+  return 1;
+}
+
+static void hook_failed(policy_t *p, hookco_t *h, const char *msg) {
+  count_failure(p);
+  buf_reset(&p->trace);
+  buf_puts(&p->trace, msg);
+  log_error("policy %s: %s hook failed: %.*s (reason: %s)", p->name, h->name,
+            (int)strcspn(msg, "\n"), msg, policy_reason_name(p->reason));
+}
+
+/* Runs (or continues) a hook's coroutine under the limits.  It ends,
+ * fails (logged with its traceback), or waits for luaio. */
 static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
   lua_State *co = h->co;
   int nres = 0;
-  p->steps = 0;
-  lua_sethook(co, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-  luaio_set_current(p->L, co);
+  call_begin(p, co);
+  luaio_set_current(p->ioctx, co);
   int st = lua_resume(co, p->L, nargs, &nres);
-  luaio_set_current(p->L, NULL);
-  lua_sethook(co, NULL, 0, 0);
+  luaio_set_current(p->ioctx, NULL);
+  call_end(p, co, st);
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
     if (luaio_waiting(p->io, co)) return; /* resumed by io_resume */
-    p->errors++;
-    log_error("policy %s: %s hook yielded outside register.http/etcd; "
-              "call dropped",
-              p->name, h->name);
+    p->reason = POLICY_ERR_ERROR;
+    hook_failed(p, h, "yielded outside register.http/etcd; call dropped");
   } else if (st != LUA_OK) {
-    p->errors++;
-    const char *msg = lua_tostring(co, -1);
-    if (!msg) msg = st == LUA_ERRMEM ? "not enough memory" : "error object";
-    luaL_traceback(p->L, co, msg, 0);
-    buf_reset(&p->trace);
-    buf_puts(&p->trace, lua_tostring(p->L, -1));
-    lua_pop(p->L, 1);
-    log_error("policy %s: %s hook failed: %.*s", p->name, h->name,
-              (int)strcspn(msg, "\n"), msg);
-    log_debug("%s", p->trace.data);
+    char msg[400];
+    char err[300];
+    failure_text(p, st, error_text(co, st), msg, sizeof msg);
+    hook_failed(p, h, msg);
+    /* the traceback allocates: built under protection, or skipped */
+    lua_pushcfunction(p->L, hook_traceback);
+    lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->ref); /* co */
+    lua_pushlightuserdata(p->L, msg);
+    policy_reason_t r = p->reason;
+    if (policy_pcall(p, 2, 1, err, sizeof err) == 0) {
+      buf_reset(&p->trace);
+      buf_puts(&p->trace, lua_tostring(p->L, -1));
+      lua_pop(p->L, 1);
+      log_debug("%s", p->trace.data);
+    }
+    p->reason = r;
   }
   hook_end(p, h);
 }
 
-static void io_resume(void *ud, lua_State *co, int nargs) {
+/* The results of a hook's request are built on the main thread inside a
+ * protected call (they allocate: a body may be megabytes), then moved to
+ * the coroutine.  Upvalue-free: argument 1 is the pushctx_t. */
+typedef struct {
+  luaio_push_fn push;
+  void *data;
+} pushctx_t;
+
+static int push_results(lua_State *L) {
+  pushctx_t *c = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  return c->push(L, c->data);
+}
+
+static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
   policy_t *p = ud;
-  for (hookco_t *h = p->hooks; h; h = h->next) {
-    if (h->co == co) {
-      hook_resume(p, h, nargs);
-      return;
-    }
+  hookco_t *h = p->hooks;
+  while (h && h->co != co)
+    h = h->next;
+  if (!h) return; /* not ours any more */
+  lua_State *L = p->L;
+  int top = lua_gettop(L);
+  pushctx_t c = {push, data};
+  char err[300];
+  lua_pushcfunction(L, push_results);
+  lua_pushlightuserdata(L, &c);
+  if (policy_pcall(p, 1, LUA_MULTRET, err, sizeof err) < 0) {
+    hook_failed(p, h, err);
+    hook_end(p, h);
+    return;
   }
-  lua_pop(co, nargs); /* not ours any more */
+  int n = lua_gettop(L) - top;
+  if (!lua_checkstack(co, n + LUA_MINSTACK)) {
+    lua_settop(L, top);
+    p->reason = POLICY_ERR_MEMORY;
+    hook_failed(p, h, "no stack space for the results of its request");
+    hook_end(p, h);
+    return;
+  }
+  lua_xmove(L, co, n);
+  hook_resume(p, h, n);
+}
+
+/* Ends hook calls that have run (waiting included) past their limit. */
+static void sweep_cb(uv_timer_t *t) {
+  policy_t *p = t->data;
+  uint64_t now = util_now_ms();
+  for (hookco_t *h = p->hooks, *next; h; h = next) {
+    next = h->next;
+    if (now - h->started_ms < p->hook_limit_ms) continue;
+    luaio_cancel_co(p->io, h->co);
+    p->reason = POLICY_ERR_TIMEOUT;
+    char msg[120];
+    snprintf(msg, sizeof msg,
+             "the call ran longer than the %llu ms limit (--hook-timeout); "
+             "its I/O was cancelled",
+             (unsigned long long)p->hook_limit_ms);
+    hook_failed(p, h, msg);
+    hook_end(p, h);
+  }
 }
 
 typedef struct {
@@ -552,7 +805,8 @@ typedef struct {
   const policy_event_t *ev;
   const char *op, *key, *value;
   size_t vlen;
-  hookco_t *h;
+  int ref; /* the coroutine's */
+  lua_State *co;
 } hookargs_t;
 
 /* Creates the coroutine and pushes the function and its arguments on it;
@@ -589,40 +843,41 @@ static int hook_prepare(lua_State *L) {
     else
       lua_pushnil(co);
   }
-  hookco_t *h = xcalloc(1, sizeof *h);
-  h->co = co;
-  h->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops the thread */
-  a->h = h;
+  a->co = co;
+  a->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops the thread */
   return 0;
 }
 
 static void hook_call(policy_t *p, hookargs_t *a, const char *name, int nargs) {
   if (p->nhooks >= MAX_HOOKS) {
-    if (p->dropped++ % 1000 == 0)
+    if (p->stats->hooks_dropped++ % 1000 == 0)
       log_warn("policy %s: %zu hook calls still running; %s hook call "
                "dropped (%lu so far)",
-               p->name, p->nhooks, name, p->dropped);
+               p->name, p->nhooks, name, p->stats->hooks_dropped);
     return;
   }
   char err[300];
   a->p = p;
+  a->ref = LUA_NOREF;
   lua_pushcfunction(p->L, hook_prepare);
   lua_pushlightuserdata(p->L, a);
-  if (pcall(p, 1, 0, err, sizeof err) < 0) {
-    p->errors++;
-    log_error("policy %s: cannot start the %s hook: %s", p->name, name, err);
-    if (a->h) {
-      luaL_unref(p->L, LUA_REGISTRYINDEX, a->h->ref);
-      free(a->h);
-    }
-    return;
+  if (policy_pcall(p, 1, 0, err, sizeof err) < 0) {
+    count_failure(p);
+    log_error("policy %s: cannot start the %s hook: %s (reason: %s)", p->name,
+              name, err, policy_reason_name(p->reason));
+    return; /* the ref is taken last: nothing to release */
   }
-  hookco_t *h = a->h;
+  hookco_t *h = xcalloc(1, sizeof *h);
+  h->co = a->co;
+  h->ref = a->ref;
   h->name = name;
+  h->started_ms = util_now_ms();
   h->next = p->hooks;
   if (p->hooks) p->hooks->prev = h;
   p->hooks = h;
   p->nhooks++;
+  if (p->sweep && p->nhooks == 1)
+    uv_timer_start(p->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
   hook_resume(p, h, nargs);
 }
 

@@ -19,9 +19,10 @@ typedef struct {
   reload_t *r;
   docker_t *docker;
   reconcile_t *rec;
-  policy_t *policy; /* the new one; after a commit, the old one */
-  map_t *records;   /* id -> pending_t: what the new policy produces */
-  map_t *touched;   /* ids that had events meanwhile (old policy ran) */
+  policy_t *policy;  /* the new one; after a commit, the old one */
+  policy_t *current; /* the policy in force (not ours) */
+  map_t *records;    /* id -> pending_t: what the new policy produces */
+  map_t *touched;    /* ids that had events meanwhile (old policy ran) */
   int failed;
 } txn_t;
 
@@ -88,15 +89,28 @@ void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed) {
   *failed = r->failed;
 }
 
+/* The new policy runs on one container.  Where it fails, the reload is
+ * refused only if the policy in force succeeds on the same document: a
+ * container that fails under both is logged, keeps what it has, and does
+ * not block the reload (which may be the one that fixes it). */
 static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   txn_t *t = ud;
   if (t->failed) return;
   pending_t *pd = xcalloc(1, sizeof *pd);
-  char err[600];
+  char err[600], old_err[600];
   if (policy_records(t->policy, inspect, &pd->recs, err, sizeof err) < 0) {
-    log_error("policy reload failed, keeping the old policy: %s", err);
-    t->failed = 1;
     free(pd);
+    records_t old;
+    if (policy_records(t->current, inspect, &old, old_err, sizeof old_err) ==
+        0) {
+      records_free(&old);
+      log_error("policy reload failed, keeping the old policy: %s", err);
+      t->failed = 1;
+      return;
+    }
+    log_warn("policy reload: container %.12s fails under the old policy too; "
+             "it keeps what it has: %s",
+             id, err);
     return;
   }
   pd->image = xstrdup(container_image(inspect));
@@ -143,8 +157,8 @@ static void reload_done(void *ud, int ok, const char *why) {
   txn_free(t); /* frees the old policy */
 }
 
-void reload_run(reload_t *r, const policy_opts_t *po, docker_t *docker,
-                reconcile_t *rec) {
+void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
+                docker_t *docker, reconcile_t *rec) {
   if (!po->file) {
     log_info("SIGHUP: the embedded default policy has no file to reload");
     return;
@@ -165,6 +179,7 @@ void reload_run(reload_t *r, const policy_opts_t *po, docker_t *docker,
   t->docker = docker;
   t->rec = rec;
   t->policy = p;
+  t->current = current;
   t->records = map_new();
   t->touched = map_new();
   r->txn = t;

@@ -99,7 +99,14 @@ def metrics_exposition():
     fake.emit(fake.event("start", bad), fake.event("exec_start: /bin/sh -c true", c1),
               fake.event("health_status: healthy", c1))
     r.wait_log("nope")
-    r.proc.send_signal(signal.SIGHUP)  # fails: records() raises for "bad"
+    # the new version fails on c1 too, where the one in force works: refused
+    # ("bad" fails under both, which alone would not block a reload)
+    with open(pol, "w") as f:
+        f.write('local d = require "register.default"\n'
+                'return { prefix = d.prefix, records = function(c, h)\n'
+                '  if c.name == "bad" or c.id == "%s" then error("nope") end\n'
+                '  return d.records(c, h) end }\n' % c1)
+    r.proc.send_signal(signal.SIGHUP)
     r.wait_log("policy reload failed, keeping the old policy")
     code, ctype, body = curl(f"http://127.0.0.1:{port}/metrics")
     assert code == 200 and ctype.startswith("text/plain; version=0.0.4"), (code, ctype)
@@ -115,8 +122,12 @@ def metrics_exposition():
     assert m['register_etcd_requests_total{op="list",result="ok"}'] >= 1
     assert m['register_etcd_request_duration_seconds_count{op="put"}'] == 2
     assert m["register_etcd_pending"] == 0
-    assert m["register_policy_errors_total"] == 1  # the start event of "bad"
-    assert m['register_policy_reloads_total{result="failed"}'] == 1  # records() fails for "bad"
+    # the start event of "bad", then the reload's runs (the order of the
+    # containers decides whether "bad" was tried, under both policies)
+    assert m['register_policy_errors_total{reason="error"}'] in (2, 4), m
+    for reason in ("budget", "timeout", "memory", "sandbox"):
+        assert m[f'register_policy_errors_total{{reason="{reason}"}}'] == 0, m
+    assert m['register_policy_reloads_total{result="failed"}'] == 1  # records() fails for c1
     assert m['register_policy_reloads_total{result="ok"}'] == 0
     assert m["register_in_sync"] == 1
     assert abs(m["register_last_sync_timestamp_seconds"] - time.time()) < 60

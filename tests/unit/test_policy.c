@@ -12,7 +12,12 @@ static policy_t *load(const char *src, char *err, size_t n) {
   ASSERT(fd >= 0);
   ASSERT(write(fd, src, strlen(src)) == (ssize_t)strlen(src));
   close(fd);
-  policy_opts_t o = {path, "10.0.0.1", "node1", 200000, 4u << 20, NULL};
+  policy_opts_t o = {0};
+  o.file = path;
+  o.host_ip = "10.0.0.1";
+  o.hostname = "node1";
+  o.budget = 200000;
+  o.mem_limit = 4u << 20;
   policy_t *p = policy_new(&o, err, n);
   unlink(path);
   return p;
@@ -61,7 +66,9 @@ static void run(policy_t *p, const json_value_t *c, records_t *out) {
 
 TEST(default_policy_exact_bytes) {
   char err[300];
-  policy_opts_t o = {NULL, "10.0.0.1", "node1", 0, 0, NULL};
+  policy_opts_t o = {0};
+  o.host_ip = "10.0.0.1";
+  o.hostname = "node1";
   policy_t *p = policy_new(&o, err, sizeof err);
   ASSERT(p);
   ASSERT_STR_EQ(policy_prefix(p), "/registered/10.0.0.1");

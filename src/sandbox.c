@@ -1,0 +1,266 @@
+/* sandbox: an allow-list environment for policies (see include/sandbox.h). */
+#include "sandbox.h"
+#include "luareg.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <string.h>
+
+/* ---- stubs for what a policy may not call ---- */
+
+/* upvalues: the name, the hit flag (light userdata) */
+static int sandbox_forbidden(lua_State *L) {
+  int *hit = lua_touserdata(L, lua_upvalueindex(2));
+  if (hit) *hit = 1;
+  return luaL_error(L, "%s is not available in a policy (sandbox)",
+                    lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static void push_stub(lua_State *L, const char *name, int *hit) {
+  lua_pushstring(L, name);
+  lua_pushlightuserdata(L, hit);
+  lua_pushcclosure(L, sandbox_forbidden, 2);
+}
+
+/* t[field] = a stub named "lib.field" (or "field" when lib is NULL), for
+ * the table at the top of the stack. */
+static void set_stubs(lua_State *L, const char *lib, const char *const *fields,
+                      int *hit) {
+  for (const char *const *f = fields; *f; f++) {
+    if (lib)
+      lua_pushfstring(L, "%s.%s", lib, *f);
+    else
+      lua_pushstring(L, *f);
+    push_stub(L, lua_tostring(L, -1), hit);
+    lua_setfield(L, -3, *f);
+    lua_pop(L, 1);
+  }
+}
+
+/* Raises the sandbox error for a use of an allowed function. */
+static int sandbox_refuse(lua_State *L, const char *what) {
+  int *hit = lua_touserdata(L, lua_upvalueindex(2));
+  if (hit) *hit = 1;
+  return luaL_error(L, "%s is not available in a policy (sandbox)", what);
+}
+
+/* ---- wrappers: upvalue 1 is Lua's own function, 2 the hit flag ---- */
+
+/* load(chunk [, name [, mode [, env]]]): text only. */
+static int sandbox_load(lua_State *L) {
+  int n = lua_gettop(L);
+  const char *mode = luaL_optstring(L, 3, "t");
+  if (strchr(mode, 'b'))
+    return sandbox_refuse(L, "load of binary chunks (mode \"b\")");
+  size_t len;
+  const char *s =
+      lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &len) : NULL;
+  if (s && len > 0 && s[0] == LUA_SIGNATURE[0])
+    return sandbox_refuse(L, "load of binary chunks");
+  if (n < 3) lua_settop(L, 3); /* env (4) stays "none" when not given */
+  lua_pushliteral(L, "t");
+  lua_replace(L, 3);
+  if (n < 3) n = 3;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* setmetatable(t, mt): no __gc.  Finalizers run with hooks off, where no
+ * budget could stop them. */
+static int sandbox_setmetatable(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_pushliteral(L, "__gc");
+    int t = lua_rawget(L, 2);
+    lua_pop(L, 1);
+    if (t != LUA_TNIL)
+      return sandbox_refuse(L, "a __gc metamethod (finalizer)");
+  }
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* collectgarbage([opt [, arg]]): only what leaves the collector as it is. */
+static int sandbox_collectgarbage(lua_State *L) {
+  static const char *const allowed[] = {"collect", "count", "step", "isrunning",
+                                        NULL};
+  const char *opt = luaL_optstring(L, 1, "collect");
+  int ok = 0;
+  for (const char *const *a = allowed; *a; a++)
+    if (strcmp(opt, *a) == 0) ok = 1;
+  if (!ok) {
+    lua_pushfstring(L, "collectgarbage(\"%s\")", opt);
+    return sandbox_refuse(L, lua_tostring(L, -1));
+  }
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static void wrap(lua_State *L, const char *name, lua_CFunction fn, int *hit) {
+  lua_getfield(L, -1, name);
+  lua_pushlightuserdata(L, hit);
+  lua_pushcclosure(L, fn, 2);
+  lua_setfield(L, -2, name);
+}
+
+/* ---- require ---- */
+
+/* package.searchers entry: the modules compiled into the binary. */
+static int sandbox_search_embedded(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  int rc = luareg_load_embedded(L, name);
+  if (rc == -1) {
+    lua_pushfstring(L, "no embedded module '%s'", name);
+    return 1;
+  }
+  if (rc != LUA_OK) return lua_error(L);
+  lua_pushstring(L, name);
+  return 2;
+}
+
+/* package.searchers entry: DIR/a/b.lua for "a.b" (upvalue 1: DIR). */
+static int sandbox_search_dir(lua_State *L) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  int ok = len > 0 && len <= 200 && name[0] != '.' && name[len - 1] != '.';
+  for (size_t i = 0; ok && i < len; i++) {
+    char c = name[i];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+         (c == '.' && name[i + 1] != '.');
+  }
+  if (!ok) {
+    lua_pushfstring(L,
+                    "'%s' is not a module name for the policy's "
+                    "directory (letters, digits, '_', '-', '.')",
+                    name);
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, lua_tostring(L, lua_upvalueindex(1)));
+  luaL_addchar(&b, '/');
+  for (size_t i = 0; i < len; i++)
+    luaL_addchar(&b, name[i] == '.' ? '/' : name[i]);
+  luaL_addstring(&b, ".lua");
+  luaL_pushresult(&b);
+  const char *path = lua_tostring(L, -1);
+  int rc = luaL_loadfilex(L, path, "t");
+  if (rc == LUA_ERRFILE) {
+    lua_pushfstring(L, "no file '%s'", path);
+    return 1;
+  }
+  if (rc != LUA_OK)
+    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+                      name, path, lua_tostring(L, -1));
+  lua_pushvalue(L, -2); /* the path, as the loader's second argument */
+  return 2;
+}
+
+/* ---- the environment ---- */
+
+static const char *const io_names[] = {"close",   "flush",  "input", "lines",
+                                       "open",    "output", "popen", "read",
+                                       "tmpfile", "type",   "write", NULL};
+static const char *const debug_names[] = {
+    "debug",          "gethook",     "getinfo",      "getlocal",
+    "getmetatable",   "getregistry", "getupvalue",   "getuservalue",
+    "sethook",        "setlocal",    "setmetatable", "setupvalue",
+    "setuservalue",   "traceback",   "upvalueid",    "upvaluejoin",
+    "setcstacklimit", NULL};
+static const char *const os_forbidden[] = {
+    "execute", "exit", "remove", "rename", "tmpname", "setlocale", NULL};
+static const char *const os_allowed[] = {"time",   "date",     "clock",
+                                         "getenv", "difftime", NULL};
+
+/* A library table of stubs, as global `name` and package.loaded[name]. */
+static void stub_library(lua_State *L, const char *name,
+                         const char *const *fields, int *hit) {
+  lua_newtable(L);
+  set_stubs(L, name, fields, hit);
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, name);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
+void sandbox_open(lua_State *L, const char *dir, int *hit) {
+  static const luaL_Reg libs[] = {
+      {LUA_GNAME, luaopen_base},          {LUA_LOADLIBNAME, luaopen_package},
+      {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+      {LUA_STRLIBNAME, luaopen_string},   {LUA_MATHLIBNAME, luaopen_math},
+      {LUA_UTF8LIBNAME, luaopen_utf8},    {NULL, NULL}};
+  for (const luaL_Reg *l = libs; l->func; l++) {
+    luaL_requiref(L, l->name, l->func, 1);
+    lua_pop(L, 1);
+  }
+
+  /* base */
+  lua_pushglobaltable(L);
+  static const char *const base_forbidden[] = {"dofile", "loadfile", NULL};
+  set_stubs(L, NULL, base_forbidden, hit);
+  wrap(L, "load", sandbox_load, hit);
+  wrap(L, "setmetatable", sandbox_setmetatable, hit);
+  wrap(L, "collectgarbage", sandbox_collectgarbage, hit);
+  lua_pop(L, 1);
+
+  /* string.dump: bytecode only serves load, which takes text only */
+  lua_getglobal(L, LUA_STRLIBNAME);
+  static const char *const string_forbidden[] = {"dump", NULL};
+  set_stubs(L, LUA_STRLIBNAME, string_forbidden, hit);
+  lua_pop(L, 1);
+
+  /* os: a few pure functions of Lua's own, stubs for the rest */
+  luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
+  lua_newtable(L);
+  for (const char *const *f = os_allowed; *f; f++) {
+    lua_getfield(L, -2, *f);
+    lua_setfield(L, -2, *f);
+  }
+  set_stubs(L, LUA_OSLIBNAME, os_forbidden, hit);
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, LUA_OSLIBNAME);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, LUA_OSLIBNAME);
+  lua_pop(L, 2); /* loaded, Lua's os table */
+
+  stub_library(L, LUA_IOLIBNAME, io_names, hit);
+  stub_library(L, LUA_DBLIBNAME, debug_names, hit);
+
+  /* package: no C loaders, no file probing; searchers are preload, the
+   * embedded modules and the policy's directory */
+  lua_getglobal(L, LUA_LOADLIBNAME);
+  static const char *const package_forbidden[] = {"loadlib", "searchpath",
+                                                  NULL};
+  set_stubs(L, LUA_LOADLIBNAME, package_forbidden, hit);
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  if (dir)
+    lua_pushfstring(L, "%s/?.lua", dir);
+  else
+    lua_pushliteral(L, "");
+  lua_setfield(L, -2, "path");
+  lua_getfield(L, -1, "searchers");
+  lua_createtable(L, 3, 0);
+  lua_rawgeti(L, -2, 1); /* Lua's preload searcher */
+  lua_rawseti(L, -2, 1);
+  lua_pushcfunction(L, sandbox_search_embedded);
+  lua_rawseti(L, -2, 2);
+  if (dir) {
+    lua_pushstring(L, dir);
+    lua_pushcclosure(L, sandbox_search_dir, 1);
+    lua_rawseti(L, -2, 3);
+  }
+  lua_setfield(L, -3, "searchers");
+  lua_pop(L, 2); /* old searchers, package */
+}
