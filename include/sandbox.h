@@ -3,7 +3,9 @@
  *
  * Lua's base library without dofile/loadfile, `load` for text only, a
  * `setmetatable` that refuses __gc (finalizers would run outside the
- * budget), `collectgarbage` without the modes that change the collector;
+ * budget), `collectgarbage` without the modes that change the collector,
+ * an `xpcall` whose message handler runs after the error has unwound (Lua
+ * runs it before, with hooks off when the error came from a hook);
  * string (without string.dump), table, math, utf8, coroutine; from os only
  * time, date, clock and getenv.  No io, no debug, no package.loadlib, no C
  * modules.  Every forbidden function that Lua or its libraries name is a

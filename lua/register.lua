@@ -161,17 +161,15 @@ register.http = {
   -- opts: url (required), method ("GET"), headers ({name = value}), body,
   -- timeout (seconds, default 10).  Returns {status, body, headers} or
   -- nil and an error.
-  request = function(opts)
-    if type(opts) == "string" then opts = { url = opts } end
-    return core.http_request(opts)
-  end,
+  -- (The C functions themselves, so that an error names the caller's line.)
+  request = core.http_request,
 }
 
 register.etcd = {
   -- the value of key, or nil (and an error when etcd could not answer)
-  get = function(key) return core.etcd_get(key) end,
+  get = core.etcd_get,
   -- {key = value} for every key under prefix, or nil and an error
-  list = function(prefix) return core.etcd_list(prefix) end,
+  list = core.etcd_list,
 }
 
 return register

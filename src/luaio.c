@@ -257,6 +257,12 @@ static void print_request(const char *method, const char *url,
 static int l_http_request(lua_State *L) {
   luaio_ctx_t *ctx = check_io(L, "register.http.request");
   luaio_t *io = ctx->io;
+  if (lua_type(L, 1) == LUA_TSTRING) { /* a URL alone */
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "url");
+    lua_replace(L, 1);
+  }
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   lua_getfield(L, 1, "url"); /* 2 */

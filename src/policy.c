@@ -53,6 +53,7 @@ struct policy {
 
   /* the call in progress (in_call), and why it was stopped */
   int in_call;
+  lua_State *running; /* the thread the call runs on */
   long steps;
   uint64_t deadline_ns;
   int stop;                    /* 0, or POLICY_ERR_BUDGET/TIMEOUT/MEMORY */
@@ -86,6 +87,8 @@ const char *policy_reason_name(policy_reason_t r) {
 
 /* ---- allocation with a cap (the state's memory limit) ---- */
 
+static void where_now(policy_t *p);
+
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   policy_t *p = ud;
   size_t old = ptr ? osize : 0;
@@ -96,9 +99,15 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   if (nsize > old && p->mem_used + (nsize - old) > p->mem_limit) {
     if (p->in_call) {
-      if (p->fail_ptr == ptr && p->fail_osize == osize &&
-          p->fail_nsize == nsize)
-        p->oom = 1; /* refused again after the collection */
+      /* refused again after the collection, or more than the cap itself
+       * (some requests, such as a string buffer's, are not retried) */
+      if (((p->fail_ptr == ptr && p->fail_osize == osize &&
+            p->fail_nsize == nsize) ||
+           nsize > p->mem_limit) &&
+          !p->oom) {
+        p->oom = 1;
+        where_now(p); /* Lua raises at once, with no message handler */
+      }
       p->fail_ptr = ptr;
       p->fail_osize = osize;
       p->fail_nsize = nsize;
@@ -125,6 +134,17 @@ static void where_of(lua_State *L, lua_Debug *ar, char *out, size_t n) {
     snprintf(out, n, "%s:%d: ", ar->short_src, ar->currentline);
   else
     out[0] = '\0';
+}
+
+/* The innermost Lua line of the running thread, from the allocator: these
+ * calls neither allocate nor raise. */
+static void where_now(policy_t *p) {
+  lua_Debug ar;
+  for (int level = 0; p->running && lua_getstack(p->running, level, &ar);
+       level++) {
+    where_of(p->running, &ar, p->where, sizeof p->where);
+    if (p->where[0]) return;
+  }
 }
 
 static void count_hook(lua_State *L, lua_Debug *ar) {
@@ -163,6 +183,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 static void call_begin(policy_t *p, lua_State *L) {
   assert(!p->in_call); /* calls never nest */
   p->in_call = 1;
+  p->running = L;
   p->steps = 0;
   p->stop = 0;
   p->oom = 0;
@@ -178,6 +199,7 @@ static void call_begin(policy_t *p, lua_State *L) {
 static policy_reason_t call_end(policy_t *p, lua_State *L, int st) {
   lua_sethook(L, NULL, 0, 0);
   p->in_call = 0;
+  p->running = NULL;
   policy_reason_t r = POLICY_ERR_ERROR;
   if (p->stop)
     r = (policy_reason_t)p->stop;
@@ -198,9 +220,9 @@ static const char *error_text(lua_State *L, int st) {
                           : "(error object is not a string)";
 }
 
-static void failure_text(policy_t *p, int st, const char *msg, char *err,
+static void failure_text(policy_t *p, const char *msg, char *err,
                          size_t errlen) {
-  if (p->reason == POLICY_ERR_MEMORY && (st == LUA_ERRMEM || !*msg))
+  if (p->reason == POLICY_ERR_MEMORY) /* Lua's message has no position */
     snprintf(err, errlen, "%smemory limit of %zu bytes reached", p->where,
              p->mem_limit);
   else
@@ -239,7 +261,7 @@ static int policy_pcall(policy_t *p, int nargs, int nres, char *err,
   const char *msg = error_text(L, st);
   buf_reset(&p->trace);
   buf_puts(&p->trace, msg);
-  failure_text(p, st, msg, err, errlen);
+  failure_text(p, msg, err, errlen);
   lua_pop(L, 1);
   return -1;
 }
@@ -615,7 +637,9 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
   lua_pushlightuserdata(L, &c);
   if (policy_pcall(p, 2, 0, why, sizeof why) < 0) {
     count_failure(p);
-    snprintf(err, errlen, "policy %s: container %.12s: %s (reason: %s)",
+    snprintf(err, errlen,
+             "policy %s: records() failed for container %.12s: its result: "
+             "%s (reason: %s)",
              p->name, id, why, policy_reason_name(p->reason));
     records_free(out);
     return -1;
@@ -719,7 +743,7 @@ static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
   } else if (st != LUA_OK) {
     char msg[400];
     char err[300];
-    failure_text(p, st, error_text(co, st), msg, sizeof msg);
+    failure_text(p, error_text(co, st), msg, sizeof msg);
     hook_failed(p, h, msg);
     /* the traceback allocates: built under protection, or skipped */
     lua_pushcfunction(p->L, hook_traceback);

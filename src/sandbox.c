@@ -103,6 +103,34 @@ static int sandbox_collectgarbage(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* xpcall(f, msgh, ...) as pcall, with msgh called after the error has
+ * unwound.  Lua runs a message handler before unwinding, and when the
+ * error came from the count hook (a stopped call), with hooks still off:
+ * a handler that loops would never be stopped.  Run afterwards, it is
+ * under the budget like any code (and a stopped call stops it at once).
+ * The continuation keeps yields (a hook's I/O) working through it. */
+static int sandbox_xpcall_finish(lua_State *L, int status, lua_KContext ctx) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushvalue(L, 2); /* msgh */
+    lua_insert(L, -2);
+    lua_call(L, 1, 1);
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)ctx; /* true and the results */
+}
+
+static int sandbox_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1); /* the first result */
+  lua_pushvalue(L, 1);   /* the function */
+  lua_rotate(L, 3, 2);   /* both below the function's arguments */
+  int st = lua_pcallk(L, n - 2, LUA_MULTRET, 0, 2, sandbox_xpcall_finish);
+  return sandbox_xpcall_finish(L, st, 2);
+}
+
 static void wrap(lua_State *L, const char *name, lua_CFunction fn, int *hit) {
   lua_getfield(L, -1, name);
   lua_pushlightuserdata(L, hit);
@@ -211,6 +239,8 @@ void sandbox_open(lua_State *L, const char *dir, int *hit) {
   wrap(L, "load", sandbox_load, hit);
   wrap(L, "setmetatable", sandbox_setmetatable, hit);
   wrap(L, "collectgarbage", sandbox_collectgarbage, hit);
+  lua_pushcfunction(L, sandbox_xpcall);
+  lua_setfield(L, -2, "xpcall");
   lua_pop(L, 1);
 
   /* string.dump: bytecode only serves load, which takes text only */

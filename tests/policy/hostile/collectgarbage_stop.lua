@@ -1,0 +1,6 @@
+-- expect: sandbox
+local default = require "register.default"
+return { prefix = default.prefix, records = function(c, host)
+  if c.name == "evil" then collectgarbage("stop") end
+  return default.records(c, host)
+end }

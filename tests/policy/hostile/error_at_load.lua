@@ -1,0 +1,2 @@
+-- expect: load
+error("this policy is broken at load")

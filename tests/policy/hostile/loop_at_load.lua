@@ -1,0 +1,2 @@
+-- expect: load
+while true do end
