@@ -14,26 +14,13 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 from harness import REGISTER, Suite  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from hostile_corpus import CORPUS, cases, header  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS = os.path.join(HERE, "hostile")
 DATA = os.path.join(HERE, "..", "data", "inspect")
 HANG_GUARD = 60  # seconds: a hang, not a speed target
 suite = Suite()
-
-
-def header(path):
-    """-- expect: REASONS, -- hook: NAME, -- breaks: all"""
-    expect, hook, breaks_all = None, None, False
-    for line in open(path):
-        m = re.match(r"-- (expect|hook|breaks): (.*)", line)
-        if m and m.group(1) == "expect":
-            expect = m.group(2).split()
-        elif m and m.group(1) == "hook":
-            hook = m.group(2).strip()
-        elif m:
-            breaks_all = m.group(2).strip() == "all"
-    assert expect, f"{path}: no '-- expect:' line"
-    return expect, hook, breaks_all
 
 
 def documents():
@@ -45,25 +32,27 @@ def documents():
     return good, evil
 
 
-def run_check(policy, workdir, *docs):
+def run_check(policy, workdir, *docs, timeout_ms=None):
     path = os.path.join(workdir, "inspect.json")
     with open(path, "w") as f:
         json.dump(list(docs), f)
     env = dict(os.environ, SENTINEL=os.path.join(workdir, "sentinel"))
     env.pop("HOST_IP", None)
     t0 = time.time()
-    r = subprocess.run([REGISTER, "check", "--host-ip", "10.0.0.9", policy, path],
+    extra = ["--policy-timeout", str(timeout_ms)] if timeout_ms else []
+    r = subprocess.run([REGISTER, "check", "--host-ip", "10.0.0.9", *extra, policy, path],
                        capture_output=True, text=True, env=env, cwd=workdir, timeout=HANG_GUARD)
     return r, time.time() - t0
 
 
 def one(name):
     policy = os.path.join(CORPUS, name)
-    expect, hook, breaks_all = header(policy)
+    h = header(name)
+    expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
     good, evil = documents()
     with tempfile.TemporaryDirectory(prefix="rh") as wd:
         before = set(os.listdir(wd))
-        r, took = run_check(policy, wd, evil, good)
+        r, took = run_check(policy, wd, evil, good, timeout_ms=h["timeout_ms"])
         after = set(os.listdir(wd)) - {"inspect.json"}
         assert after == before, f"{name}: files appeared: {after - before}"
     print(f"{name}: rc {r.returncode} in {took:.2f}s: {r.stderr.splitlines()[:1]}", file=sys.stderr)
@@ -101,8 +90,7 @@ def one(name):
         (name, r.stderr)
 
 
-CASES = sorted(f for f in os.listdir(CORPUS) if f.endswith(".lua"))
-for _name in CASES:
+for _name in cases() + cases(load=True):
     def _t(name=_name):
         one(name)
     _t.__name__ = _name[:-4]

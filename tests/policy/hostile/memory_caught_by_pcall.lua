@@ -1,4 +1,5 @@
 -- expect: memory timeout
+-- policy-timeout: 1000
 -- The memory error caught and the allocation retried, for ever.
 local default = require "register.default"
 return { prefix = default.prefix, records = function(c, host)
