@@ -174,7 +174,7 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
   op_free(op);
 }
 
-static void fail(etcd_op_t *op, etcd_status_t st, const char *err) {
+static void etcd_op_fail(etcd_op_t *op, etcd_status_t st, const char *err) {
   etcd_result_t res = {st, err};
   complete(op, &res);
 }
@@ -218,7 +218,7 @@ static int try_adopt(etcd_op_t *op) {
   return 1;
 }
 
-static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
+static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_op_t *op = data;
   etcd_t *e = op->e;
@@ -248,7 +248,8 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
-    if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+    if (send_op(op) < 0)
+      etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
     return;
   case REPLY_REAUTH:
     free(e->token);
@@ -328,7 +329,7 @@ static int send_op(etcd_op_t *op) {
   o.connect_timeout_ms = 2000;
   o.tls = e->use_tls ? &e->tls : NULL;
   o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
-  o.on_done = op_done;
+  o.on_done = etcd_op_done;
   o.data = op;
   op->req = http_request(e->http, &o);
   free(url);
@@ -365,7 +366,8 @@ static int gate(etcd_op_t *op) {
 /* For callers inside callbacks: a failure to send is reported back. */
 static void submit(etcd_op_t *op) {
   if (gate(op)) return;
-  if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+  if (send_op(op) < 0)
+    etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
 }
 
 /* Sends (or fails, with st and err) every op on one wait list.  Each is
@@ -377,7 +379,7 @@ static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
   while ((o = e->wait[which])) {
     unwait(o);
     if (do_fail)
-      fail(o, st, err);
+      etcd_op_fail(o, st, err);
     else
       submit(o);
   }
@@ -631,7 +633,7 @@ static void wipe(char *s) {
   free(s);
 }
 
-static void timer_closed(uv_handle_t *h) {
+static void etcd_timer_closed(uv_handle_t *h) {
   free(h->data);
 }
 
@@ -648,5 +650,5 @@ void etcd_free(etcd_t *e) {
   wipe(e->password);
   wipe(e->userpwd);
   wipe(e->token);
-  uv_close((uv_handle_t *)&e->keepalive_timer, timer_closed);
+  uv_close((uv_handle_t *)&e->keepalive_timer, etcd_timer_closed);
 }

@@ -188,7 +188,7 @@ static size_t header_fn(char *p, size_t size, size_t n, void *ud) {
 
 /* ---- requests ---- */
 
-static void req_free(http_req_t *r) {
+static void http_req_free(http_req_t *r) {
   http_t *h = r->h;
   if (r->easy) {
     if (h->npool < POOL_MAX) {
@@ -266,7 +266,7 @@ static void dispatch(http_t *h) {
     h->pending = r->pnext;
     if (!h->pending) h->pending_tail = &h->pending;
     r->on_pending = 0;
-    if (r->cancelled || !deliver(r)) req_free(r);
+    if (r->cancelled || !deliver(r)) http_req_free(r);
   }
   CURLMsg *msg;
   int left;
@@ -277,7 +277,7 @@ static void dispatch(http_t *h) {
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
     req_detach(r); /* msg is invalid from here on */
     if (!deliver(r)) {
-      req_free(r);
+      http_req_free(r);
       continue;
     }
     http_resp_t resp;
@@ -294,7 +294,7 @@ static void dispatch(http_t *h) {
       r->on_done(r, &resp, r->data);
       r->in_cb = 0;
     }
-    req_free(r);
+    http_req_free(r);
   }
   h->dispatching = 0;
 }
@@ -358,7 +358,7 @@ http_req_t *http_request(http_t *h, const http_opts_t *o) {
 
   if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
     log_error("http: cannot start %s %s", method, o->url);
-    req_free(r);
+    http_req_free(r);
     return NULL;
   }
   r->attached = 1;
@@ -374,7 +374,7 @@ void http_cancel(http_req_t *r) {
   r->cancelled = 1;
   req_detach(r);
   /* the dispatcher frees it once its callback or pending slot is done */
-  if (!r->in_cb && !r->on_pending) req_free(r);
+  if (!r->in_cb && !r->on_pending) http_req_free(r);
 }
 
 int http_header(const http_resp_t *resp, const char *name, char *out,
@@ -456,12 +456,12 @@ void http_free(http_t *h) {
     http_req_t *r = h->reqs;
     r->cancelled = 1;
     req_detach(r);
-    if (!r->on_pending && !r->in_cb) req_free(r);
+    if (!r->on_pending && !r->in_cb) http_req_free(r);
   }
   while (h->pending) {
     http_req_t *r = h->pending;
     h->pending = r->pnext;
-    req_free(r);
+    http_req_free(r);
   }
   h->pending_tail = &h->pending;
   for (int i = 0; i < h->npool; i++)
