@@ -2,6 +2,7 @@
  * keys, bounded concurrency, backoff, TTL refresh, listing and repair. */
 #include "reconcile.h"
 #include "json.h"
+#include "list.h"
 #include "log.h"
 #include "map.h"
 #include "util.h"
@@ -51,7 +52,6 @@ struct rkey {
   rstr_t *sent;    /* the value of the write in flight */
   unsigned have_known : 1;
   unsigned have_ttl : 1; /* etcd's copy expires (from a listing) */
-  unsigned queued : 1;
   unsigned inflight : 1;
   unsigned refresh_due : 1;
   unsigned owned_once : 1; /* owned in this process: may go before sync */
@@ -63,7 +63,7 @@ struct rkey {
   act_t act;               /* the request in flight */
   char *gone_id;           /* last owner, for the removal log line */
   char *gone_image;
-  rkey_t *qnext;
+  list_t qnode; /* on r->queue: to be looked at */
   etcd_op_t *op;
   reconcile_t *r;
 };
@@ -83,7 +83,7 @@ struct reconcile {
   map_t *keys;  /* key -> rkey_t */
   map_t *dirs;  /* directory -> rkey_t (is_dir) */
   map_t *conts; /* container id -> rcont_t */
-  rkey_t *q_head, **q_tail;
+  list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
   size_t nqueued;
   size_t nowned; /* keys with at least one owner */
   int inflight;
@@ -102,20 +102,20 @@ struct reconcile {
   int list_again; /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
   int paused;
-  int key_refresh;       /* v2: TTLs are refreshed key by key */
-  int batching;          /* v3: puts and deletes go in transactions */
-  struct batch *batch;   /* the transaction being filled by pump() */
-  struct batch *batches; /* transactions in flight */
-  etcd_op_t *prefix_op;  /* deleting the whole owned prefix */
-  int outage;            /* etcd is unreachable: said once, not per key */
+  int key_refresh;      /* v2: TTLs are refreshed key by key */
+  int batching;         /* v3: puts and deletes go in transactions */
+  struct batch *batch;  /* the transaction being filled by reconcile_pump() */
+  list_t batches;       /* transactions in flight (batch_t.node) */
+  etcd_op_t *prefix_op; /* deleting the whole owned prefix */
+  int outage;           /* etcd is unreachable: said once, not per key */
   unsigned failures;
   uint64_t list_backoff_ms;
   int open_handles;
   uint64_t puts, refreshes, deletes, errors;
 };
 
-static void pump(reconcile_t *r);
-static void start_list(reconcile_t *r);
+static void reconcile_pump(reconcile_t *r);
+static void reconcile_list_start(reconcile_t *r);
 
 /* ---- values ---- */
 
@@ -179,7 +179,7 @@ static void key_free(rkey_t *k) {
 
 /* Forgets a key nobody wants that etcd does not hold. */
 static void maybe_drop(reconcile_t *r, rkey_t *k) {
-  if (k->owners || k->queued || k->inflight) return;
+  if (k->owners || list_linked(&k->qnode) || k->inflight) return;
   if (!k->is_dir && !(k->have_known && !k->have)) return;
   if (k->failed) r->nfailed--;
   map_del(k->is_dir ? r->dirs : r->keys, k->key);
@@ -187,11 +187,8 @@ static void maybe_drop(reconcile_t *r, rkey_t *k) {
 }
 
 static void touch(reconcile_t *r, rkey_t *k) {
-  if (k->queued) return;
-  k->queued = 1;
-  k->qnext = NULL;
-  *r->q_tail = k;
-  r->q_tail = &k->qnext;
+  if (list_linked(&k->qnode)) return; /* queued at most once */
+  list_insert_tail(&r->queue, &k->qnode);
   r->nqueued++;
 }
 
@@ -221,9 +218,9 @@ static void set_failed(reconcile_t *r, rkey_t *k, int failed) {
 /* ---- converged ---- */
 
 int reconcile_converged(const reconcile_t *r) {
-  return r->primed && r->docker_synced && !r->q_head && r->inflight == 0 &&
-         r->nfailed == 0 && !r->paused && !r->list_op && !r->prefix_op &&
-         !r->batch;
+  return r->primed && r->docker_synced && list_empty(&r->queue) &&
+         r->inflight == 0 && r->nfailed == 0 && !r->paused && !r->list_op &&
+         !r->prefix_op && !r->batch;
 }
 
 static void check_converged(reconcile_t *r) {
@@ -258,7 +255,7 @@ static void check_converged(reconcile_t *r) {
 static void backoff_cb(uv_timer_t *t) {
   reconcile_t *r = t->data;
   r->paused = 0;
-  pump(r);
+  reconcile_pump(r);
 }
 
 static void backoff(reconcile_t *r) {
@@ -328,30 +325,22 @@ static void queue_parent_dir(reconcile_t *r, const char *key) {
   touch(r, d);
 }
 
-static void op_done(void *data, const etcd_result_t *res);
+static void reconcile_op_done(void *data, const etcd_result_t *res);
 static void key_done(rkey_t *k, const etcd_result_t *res);
 
 /* A v3 transaction of puts and deletes, counted as one request. */
 typedef struct batch {
   reconcile_t *r;
-  etcd_op_t *op;             /* the transaction in flight */
-  struct batch *prev, *next; /* r->batches: in flight, owned here */
+  etcd_op_t *op; /* the transaction in flight */
+  list_t node;   /* on r->batches while in flight, owned there */
   size_t n, bytes;
   rkey_t *keys[ETCD_TXN_MAX];
 } batch_t;
 
-static void batch_unlink(reconcile_t *r, batch_t *b) {
-  if (b->prev)
-    b->prev->next = b->next;
-  else
-    r->batches = b->next;
-  if (b->next) b->next->prev = b->prev;
-}
-
 static void batch_done(void *data, const etcd_result_t *res) {
   batch_t *b = data;
   reconcile_t *r = b->r;
-  batch_unlink(r, b);
+  list_remove(&b->node);
   r->inflight--;
   if (res->status == ETCD_FAILED && b->n > 1) {
     /* one bad key fails them all: try each alone to find it */
@@ -371,7 +360,7 @@ static void batch_done(void *data, const etcd_result_t *res) {
       key_done(b->keys[i], res);
   }
   free(b);
-  pump(r);
+  reconcile_pump(r);
 }
 
 static void batch_flush(reconcile_t *r) {
@@ -387,9 +376,7 @@ static void batch_flush(reconcile_t *r) {
     items[i].vlen = k->sent ? k->sent->len : 0;
   }
   r->inflight++;
-  b->next = r->batches;
-  if (r->batches) r->batches->prev = b;
-  r->batches = b;
+  list_insert_head(&r->batches, &b->node);
   b->op = etcd_txn(r->etcd, items, b->n, batch_done, b);
   if (!b->op) {
     etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
@@ -432,28 +419,29 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
     else if (act == ACT_DELETE)
       dry_print("delete", k, NULL);
     etcd_result_t ok = {ETCD_OK, NULL};
-    op_done(k, &ok);
+    reconcile_op_done(k, &ok);
     return;
   }
   switch (act) {
   case ACT_PUT:
-    k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl, op_done, k);
+    k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl,
+                     reconcile_op_done, k);
     break;
   case ACT_REFRESH:
-    k->op = etcd_refresh(r->etcd, k->key, r->ttl, op_done, k);
+    k->op = etcd_refresh(r->etcd, k->key, r->ttl, reconcile_op_done, k);
     break;
   case ACT_DELETE:
-    k->op = etcd_delete(r->etcd, k->key, op_done, k);
+    k->op = etcd_delete(r->etcd, k->key, reconcile_op_done, k);
     break;
   case ACT_RMDIR:
-    k->op = etcd_delete_dir(r->etcd, k->key, op_done, k);
+    k->op = etcd_delete_dir(r->etcd, k->key, reconcile_op_done, k);
     break;
   case ACT_NONE:
     break;
   }
   if (!k->op) {
     etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    op_done(k, &fail);
+    reconcile_op_done(k, &fail);
   }
 }
 
@@ -462,7 +450,7 @@ static void log_change(const char *what, const rkey_t *k) {
              owner_image(k), NULL);
 }
 
-static void op_done(void *data, const etcd_result_t *res) {
+static void reconcile_op_done(void *data, const etcd_result_t *res) {
   rkey_t *k = data;
   k->op = NULL;
   k->r->inflight--;
@@ -493,7 +481,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     }
     backoff(r);
     touch(r, k);
-    pump(r);
+    reconcile_pump(r);
     return;
   }
   r->failures = 0;
@@ -565,8 +553,8 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   } else if (!k->is_dir || again) {
     touch(r, k); /* it may have changed while in flight */
   }
-  if (k->is_dir && !k->queued) maybe_drop(r, k);
-  pump(r);
+  if (k->is_dir && !list_linked(&k->qnode)) maybe_drop(r, k);
+  reconcile_pump(r);
 }
 
 /* What a key needs now. */
@@ -594,17 +582,15 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
 static void flush_cb(uv_timer_t *t) {
   reconcile_t *r = t->data;
   if (!r->paused) batch_flush(r);
-  pump(r);
+  reconcile_pump(r);
 }
 
-static void pump(reconcile_t *r) {
+static void reconcile_pump(reconcile_t *r) {
   if (r->pumping) return;
   r->pumping = 1;
-  while (!r->paused && r->q_head && r->inflight < r->max_inflight) {
-    rkey_t *k = r->q_head;
-    r->q_head = k->qnext;
-    if (!r->q_head) r->q_tail = &r->q_head;
-    k->queued = 0;
+  while (!r->paused && !list_empty(&r->queue) &&
+         r->inflight < r->max_inflight) {
+    rkey_t *k = list_entry(list_pop(&r->queue), rkey_t, qnode);
     r->nqueued--;
     if (k->inflight) { /* look again when it completes */
       k->again = 1;
@@ -667,7 +653,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
   rcont_t *c = map_get(r->conts, id);
   if (!recs || recs->n == 0) {
     if (c) cont_drop(r, c);
-    pump(r);
+    reconcile_pump(r);
     return;
   }
   if (!c) {
@@ -729,18 +715,18 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
     *pp = o->cnext;
     owner_detach(r, o);
   }
-  pump(r);
+  reconcile_pump(r);
 }
 
 /* ---- listing: start-up and resync ---- */
 
 static void list_timer_cb(uv_timer_t *t) {
-  start_list(t->data);
+  reconcile_list_start(t->data);
 }
 
-static void list_done(void *data, const etcd_result_t *res,
-                      const etcd_kv_t *kvs, size_t n, const char *const *dirs,
-                      size_t ndirs) {
+static void reconcile_list_done(void *data, const etcd_result_t *res,
+                                const etcd_kv_t *kvs, size_t n,
+                                const char *const *dirs, size_t ndirs) {
   reconcile_t *r = data;
   r->list_op = NULL;
   if (res->status != ETCD_OK) {
@@ -810,30 +796,30 @@ static void list_done(void *data, const etcd_result_t *res,
   touch_all(r);
   if (r->list_again) {
     r->list_again = 0;
-    start_list(r);
+    reconcile_list_start(r);
   }
-  pump(r);
+  reconcile_pump(r);
 }
 
-static void start_list(reconcile_t *r) {
+static void reconcile_list_start(reconcile_t *r) {
   if (r->list_op) {
     r->list_again = 1;
     return;
   }
-  r->list_op = etcd_list(r->etcd, r->prefix, list_done, r);
+  r->list_op = etcd_list(r->etcd, r->prefix, reconcile_list_done, r);
   if (!r->list_op) {
     etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    list_done(r, &fail, NULL, 0, NULL, 0);
+    reconcile_list_done(r, &fail, NULL, 0, NULL, 0);
   }
 }
 
 void reconcile_start(reconcile_t *r) {
   if (!r->prefix || r->dry_run) {
     r->primed = 1;
-    pump(r);
+    reconcile_pump(r);
     return;
   }
-  start_list(r);
+  reconcile_list_start(r);
 }
 
 void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
@@ -846,27 +832,27 @@ void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
   log_info("the owned prefix is now %s", prefix ? prefix : "(none)");
   if (!r->prefix || r->dry_run) {
     r->primed = 1;
-    pump(r);
+    reconcile_pump(r);
     return;
   }
   r->primed = 0; /* hold writes under the new prefix until it is listed */
-  start_list(r);
+  reconcile_list_start(r);
 }
 
 void reconcile_resync(reconcile_t *r) {
   if (!r->primed || !r->prefix || r->dry_run) {
     touch_all(r);
-    pump(r);
+    reconcile_pump(r);
     return;
   }
-  start_list(r);
+  reconcile_list_start(r);
 }
 
 void reconcile_docker_synced(reconcile_t *r, int synced) {
   int was = r->docker_synced;
   r->docker_synced = synced;
   if (synced && !was) touch_all(r); /* orphans may go now */
-  pump(r);
+  reconcile_pump(r);
 }
 
 void reconcile_lease_lost(reconcile_t *r) {
@@ -878,7 +864,7 @@ void reconcile_lease_lost(reconcile_t *r) {
     if (!k->inflight) set_have(k, NULL); /* they went with the lease */
   }
   touch_all(r);
-  pump(r);
+  reconcile_pump(r);
 }
 
 static void prefix_deleted(void *data, const etcd_result_t *res) {
@@ -904,7 +890,7 @@ static void prefix_deleted(void *data, const etcd_result_t *res) {
                "prefix", r->prefix, "error", res->error, NULL);
   }
   touch_all(r);
-  pump(r);
+  reconcile_pump(r);
 }
 
 void reconcile_deregister(reconcile_t *r) {
@@ -916,7 +902,7 @@ void reconcile_deregister(reconcile_t *r) {
   /* everything under the owned prefix is ours: one request for all of it */
   if (r->prefix && r->etcd && !r->dry_run && r->primed)
     r->prefix_op = etcd_delete_prefix(r->etcd, r->prefix, prefix_deleted, r);
-  pump(r);
+  reconcile_pump(r);
 }
 
 /* ---- TTL refresh ---- */
@@ -934,7 +920,7 @@ static void refresh_cb(uv_timer_t *t) {
       touch(r, k);
     }
   }
-  pump(r);
+  reconcile_pump(r);
 }
 
 /* ---- life cycle ---- */
@@ -956,7 +942,8 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
   r->keys = map_new();
   r->dirs = map_new();
   r->conts = map_new();
-  r->q_tail = &r->q_head;
+  list_init(&r->queue);
+  list_init(&r->batches);
   uv_timer_init(r->loop, &r->backoff_timer);
   uv_timer_init(r->loop, &r->refresh_timer);
   uv_timer_init(r->loop, &r->list_timer);
@@ -992,7 +979,7 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
       !s->converged && r->behind_since ? uv_now(r->loop) - r->behind_since : 0;
 }
 
-static void timer_closed(uv_handle_t *h) {
+static void reconcile_timer_closed(uv_handle_t *h) {
   reconcile_t *r = h->data;
   if (--r->open_handles == 0) free(r);
 }
@@ -1014,9 +1001,10 @@ void reconcile_free(reconcile_t *r) {
   if (r->list_op) etcd_cancel(r->list_op);
   if (r->prefix_op) etcd_cancel(r->prefix_op);
   free(r->batch); /* filled but not sent: its keys go below */
-  while (r->batches) {
-    batch_t *b = r->batches;
-    batch_unlink(r, b);
+  list_t *n;
+  while ((n = list_first(&r->batches))) {
+    batch_t *b = list_entry(n, batch_t, node);
+    list_remove(&b->node);
     etcd_cancel(b->op);
     free(b);
   }
@@ -1040,8 +1028,8 @@ void reconcile_free(reconcile_t *r) {
   free_keys(r->dirs);
   free(r->prefix);
   r->open_handles = 4;
-  uv_close((uv_handle_t *)&r->flush_timer, timer_closed);
-  uv_close((uv_handle_t *)&r->backoff_timer, timer_closed);
-  uv_close((uv_handle_t *)&r->refresh_timer, timer_closed);
-  uv_close((uv_handle_t *)&r->list_timer, timer_closed);
+  uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->backoff_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->refresh_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->list_timer, reconcile_timer_closed);
 }
