@@ -422,59 +422,6 @@ static void docker_list_done(http_req_t *req, const http_resp_t *r,
 
 /* ---- the event stream ---- */
 
-int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
-                       char *err, size_t errlen) {
-  memset(ev, 0, sizeof *ev);
-  ev->raw = root;
-  if (!root || root->type != JSON_OBJECT) {
-    snprintf(err, errlen, "event is not a JSON object");
-    return -1;
-  }
-  const json_value_t *t = json_get(root, "time");
-  if (t && t->type == JSON_NUMBER) ev->time = t->u.num.i;
-  t = json_get(root, "timeNano");
-  if (t && t->type == JSON_NUMBER && t->u.num.is_int)
-    ev->time_nano = t->u.num.i;
-  if (legacy) {
-    ev->action = json_get_str(root, "status");
-    ev->id = json_get_str(root, "id");
-    ev->image = json_get_str(root, "from");
-    /* before 1.22 only containers had "from"; image events did not */
-    ev->type = ev->image ? "container" : "image";
-    if (!ev->action || !ev->id) {
-      snprintf(err, errlen, "legacy event without \"status\" or \"id\"");
-      return -1;
-    }
-    return 0;
-  }
-  ev->type = json_get_str(root, "Type");
-  ev->action = json_get_str(root, "Action");
-  const json_value_t *actor = json_get(root, "Actor");
-  ev->id = json_get_str(actor, "ID");
-  ev->attributes = json_get(actor, "Attributes");
-  if (ev->attributes && ev->attributes->type != JSON_OBJECT)
-    ev->attributes = NULL;
-  ev->image = json_get_str(ev->attributes, "image");
-  if (!ev->type || !ev->action) {
-    snprintf(err, errlen, "event without \"Type\" or \"Action\"");
-    return -1;
-  }
-  if (!ev->id) ev->id = "";
-  return 0;
-}
-
-/* Actions after which a running container's records may differ. */
-static int action_reinspects(const char *a) {
-  static const char *const acts[] = {"start",        "restart", "unpause",
-                                     "pause",        "rename",  "update",
-                                     "health_status"};
-  for (size_t i = 0; i < ARRAY_SIZE(acts); i++) {
-    size_t n = strlen(acts[i]);
-    if (strncmp(a, acts[i], n) == 0 && (a[n] == '\0' || a[n] == ':')) return 1;
-  }
-  return 0;
-}
-
 static void count_action(docker_t *d, const char *action) {
   char name[48];
   size_t n = strcspn(action, ":");
@@ -511,17 +458,26 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
   d->seq++;
   count_action(d, ev->action);
   if (d->cbs.event) d->cbs.event(d->ud, ev);
-  if (strcmp(ev->type, "container") == 0) {
-    if (!*ev->id) return;
-    if (strcmp(ev->action, "die") == 0 || strcmp(ev->action, "destroy") == 0) {
-      dcont_t *c = cont_get(d, ev->id, 0);
-      if (c) cont_gone(d, c); /* else: never registered, nothing to do */
-    } else if (action_reinspects(ev->action)) {
-      dcont_t *c = cont_get(d, ev->id, 1);
+  const char *id;
+  dcont_t *c;
+  switch (docker_event_classify(ev, &id)) {
+  case DOCKER_EV_GONE:
+    c = cont_get(d, id, 0);
+    if (c) cont_gone(d, c); /* else: never registered, nothing to do */
+    break;
+  case DOCKER_EV_INSPECT:
+    c = cont_get(d, id, 1);
+    c->seq = d->seq;
+    want_inspect(d, c);
+    break;
+  case DOCKER_EV_NETWORK:
+    c = cont_get(d, id, 0);
+    if (c) {
       c->seq = d->seq;
       want_inspect(d, c);
     }
-  } else if (strcmp(ev->type, "network") != 0) {
+    break;
+  case DOCKER_EV_OTHER_TYPE:
     /* we asked for container and network events only */
     if (!map_get(d->unknown_types, ev->type) &&
         map_size(d->unknown_types) < 64) {
@@ -529,15 +485,9 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
       map_put(d->unknown_types, t, t);
       log_info("docker: ignoring events of type \"%s\"", ev->type);
     }
-  } else if (strcmp(ev->type, "network") == 0 &&
-             (strcmp(ev->action, "connect") == 0 ||
-              strcmp(ev->action, "disconnect") == 0)) {
-    const char *cid = json_get_str(ev->attributes, "container");
-    dcont_t *c = cid ? cont_get(d, cid, 0) : NULL;
-    if (c) {
-      c->seq = d->seq;
-      want_inspect(d, c);
-    }
+    break;
+  case DOCKER_EV_IGNORE:
+    break;
   }
   docker_pump(d);
 }
