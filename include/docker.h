@@ -12,21 +12,11 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "docker_event.h"
 #include "http.h"
 #include "json.h"
 
 typedef struct docker docker_t;
-
-typedef struct {
-  const char *type;   /* "container", "network", ... */
-  const char *action; /* "start", "die", "health_status: healthy", ... */
-  const char *id;     /* Actor.ID (legacy: id) */
-  const json_value_t *attributes; /* Actor.Attributes, may be NULL */
-  const char *image; /* Attributes.image (legacy: from), may be NULL */
-  int64_t time;      /* seconds */
-  int64_t time_nano; /* 0 if the daemon did not send it */
-  const json_value_t *raw;
-} docker_event_t;
 
 typedef struct {
   /* A running container's current inspect document (valid during the
@@ -78,11 +68,6 @@ size_t docker_containers(const docker_t *d);
 size_t docker_event_counts(const docker_t *d, const char **actions,
                            uint64_t *counts, size_t max);
 
-/* Exposed for tests: parses one event line into ev (pointers into doc).
- * legacy: the daemon's API predates Type/Action/Actor (< 1.22).
- * Returns 0, or -1 with a reason in err. */
-int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
-                       char *err, size_t errlen);
 /* Compares "1.41"-style versions: <0, 0, >0. */
 int docker_version_cmp(const char *a, const char *b);
 

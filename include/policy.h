@@ -18,6 +18,7 @@
 
 #include "json.h"
 #include "luaio.h"
+#include "records.h"
 
 typedef struct policy policy_t;
 
@@ -64,19 +65,6 @@ typedef struct {
   long long time, time_nano;
 } policy_event_t;
 
-typedef struct {
-  char *key;
-  char *value;
-  size_t value_len;
-} record_t;
-
-/* Records one container produced, sorted by key.  Owns its strings. */
-typedef struct {
-  record_t *v;
-  size_t n, cap;
-  size_t rejected; /* records dropped by validation (logged) */
-} records_t;
-
 /* Loads and runs the script (under the limits).  NULL with a one-line
  * reason in err (the full traceback, when there is one, is logged at
  * debug level). */
@@ -114,10 +102,6 @@ void policy_gc(policy_t *p);
  * caller's stats are used). */
 unsigned long policy_hooks_dropped(const policy_t *p);
 unsigned long policy_errors(const policy_t *p);
-
-void records_init(records_t *r);
-void records_free(records_t *r);
-void records_add(records_t *r, const char *key, const char *value, size_t vlen);
 
 /* Checks a key: absolute, no empty, "." or ".." segments, no trailing '/',
  * at most 4096 bytes, no control characters.  0 or -1 with a reason. */

@@ -19,7 +19,7 @@
 #include <uv.h>
 
 #include "etcd.h"
-#include "policy.h"
+#include "records.h"
 
 typedef struct reconcile reconcile_t;
 

@@ -9,6 +9,16 @@
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Contracts, asserted at the entry of the function that relies on them
+ * (docs/design.md, "Contracts").  REGISTER_ASSERT stays in every build: a
+ * flag or a pointer compared, nothing more.  Costlier checks use assert()
+ * and run in Debug builds only (CMake's RelWithDebInfo and Release define
+ * NDEBUG). */
+#define REGISTER_ASSERT(cond)                                                  \
+  ((cond) ? (void)0 : util_assert_failed(#cond, __FILE__, __LINE__, __func__))
+_Noreturn void util_assert_failed(const char *expr, const char *file, int line,
+                                  const char *func);
+
 /* Out of memory is not something a 2 MB daemon can recover from in a
  * useful way: these log one line and abort(), like redis' zmalloc. */
 void *xmalloc(size_t n);

@@ -312,7 +312,7 @@ int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
   return 0;
 }
 
-static void set_str(char **dst, const char *v) {
+static void config_set_str(char **dst, const char *v) {
   free(*dst);
   *dst = v ? xstrdup(v) : NULL;
 }
@@ -354,7 +354,7 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
     char *colon = strchr(cfg->etcd_user, ':');
     if (colon) {
       *colon = '\0';
-      set_str(&cfg->etcd_password, colon + 1);
+      config_set_str(&cfg->etcd_password, colon + 1);
       memset(colon + 1, 0, strlen(colon + 1));
     }
     if (!cfg->etcd_user[0]) {
@@ -373,7 +373,7 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
     if (!fgets(line, sizeof line, f)) line[0] = '\0';
     fclose(f);
     line[strcspn(line, "\r\n")] = '\0';
-    set_str(&cfg->etcd_password, line);
+    config_set_str(&cfg->etcd_password, line);
     memset(line, 0, sizeof line);
   }
   if (cfg->etcd_password && !cfg->etcd_user) {
@@ -422,12 +422,12 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
   if (parse_docker(cfg, dh ? dh : "unix:///var/run/docker.sock", err, errlen) <
       0)
     return -1;
-  set_str(&cfg->policy_file, env("REGISTER_POLICY"));
-  set_str(&cfg->etcd_cacert, env("ETCDCTL_CACERT"));
-  set_str(&cfg->etcd_cert, env("ETCDCTL_CERT"));
-  set_str(&cfg->etcd_key, env("ETCDCTL_KEY"));
-  set_str(&cfg->etcd_user, env("ETCDCTL_USER"));
-  set_str(&cfg->etcd_password, env("ETCDCTL_PASSWORD"));
+  config_set_str(&cfg->policy_file, env("REGISTER_POLICY"));
+  config_set_str(&cfg->etcd_cacert, env("ETCDCTL_CACERT"));
+  config_set_str(&cfg->etcd_cert, env("ETCDCTL_CERT"));
+  config_set_str(&cfg->etcd_key, env("ETCDCTL_KEY"));
+  config_set_str(&cfg->etcd_user, env("ETCDCTL_USER"));
+  config_set_str(&cfg->etcd_password, env("ETCDCTL_PASSWORD"));
   const char *host_ip = env("HOST_IP");
   const char *host_ip_src = "HOST_IP";
   if ((v = env("REGISTER_LOG_LEVEL")) &&
@@ -474,25 +474,25 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       api_src = "--etcd-api";
       break;
     case OPT_ETCD_CACERT:
-      set_str(&cfg->etcd_cacert, optarg);
+      config_set_str(&cfg->etcd_cacert, optarg);
       break;
     case OPT_ETCD_CERT:
-      set_str(&cfg->etcd_cert, optarg);
+      config_set_str(&cfg->etcd_cert, optarg);
       break;
     case OPT_ETCD_KEY:
-      set_str(&cfg->etcd_key, optarg);
+      config_set_str(&cfg->etcd_key, optarg);
       break;
     case OPT_ETCD_USER:
-      set_str(&cfg->etcd_user, optarg);
+      config_set_str(&cfg->etcd_user, optarg);
       break;
     case OPT_ETCD_PASSWORD_FILE:
-      set_str(&cfg->etcd_password_file, optarg);
+      config_set_str(&cfg->etcd_password_file, optarg);
       break;
     case OPT_DOCKER:
       if (parse_docker(cfg, optarg, err, errlen) < 0) return -1;
       break;
     case OPT_POLICY:
-      set_str(&cfg->policy_file, optarg);
+      config_set_str(&cfg->policy_file, optarg);
       break;
     case OPT_LOG_LEVEL:
       if (log_level_parse(optarg, &cfg->log_level) < 0) {
@@ -521,7 +521,7 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
         return -1;
       break;
     case OPT_METRICS:
-      set_str(&cfg->metrics_addr, optarg);
+      config_set_str(&cfg->metrics_addr, optarg);
       break;
     case OPT_HOSTNAME:
       snprintf(cfg->hostname, sizeof cfg->hostname, "%s", optarg);

@@ -1,6 +1,7 @@
 /* docker: API negotiation, event stream, list and inspect, reconnects. */
 #include "docker.h"
 #include "linesplit.h"
+#include "list.h"
 #include "log.h"
 #include "map.h"
 #include "util.h"
@@ -20,14 +21,13 @@ typedef struct dcont {
   char *id; /* owned; also the map key */
   docker_t *d;
   http_req_t *req;        /* inspect in flight */
-  unsigned queued : 1;    /* on the inspect queue */
   unsigned dirty : 1;     /* an event came while inspecting: inspect again */
   unsigned sync_wait : 1; /* the current sync waits for this one */
   unsigned retrying : 1;
   unsigned failures;
   uint64_t seq; /* d->seq at the last event or listing touching it */
   uint64_t retry_at;
-  struct dcont *qnext;
+  list_t qnode; /* on d->queue: waiting for an inspect */
 } dcont_t;
 
 typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
@@ -54,7 +54,7 @@ struct docker {
   map_t *conts;
   map_t *unknown_types; /* event types already reported as ignored */
   map_t *action_counts; /* action -> uint64_t *, for /metrics */
-  dcont_t *q_head, **q_tail;
+  list_t queue;         /* containers to inspect (dcont_t.qnode), in order */
   int inflight, max_inspects;
   uint64_t seq;
   uint64_t list_seq;
@@ -83,8 +83,8 @@ struct docker {
 };
 
 static void connect_start(docker_t *d);
-static void pump(docker_t *d);
-static void start_list(docker_t *d, int full);
+static void docker_pump(docker_t *d);
+static void docker_list_start(docker_t *d, int full);
 
 /* ---- small helpers ---- */
 
@@ -182,7 +182,7 @@ static void sync_release(docker_t *d) {
     if (d->cbs.synced) d->cbs.synced(d->ud);
     if (d->resync_wanted) {
       d->resync_wanted = 0;
-      start_list(d, 0);
+      docker_list_start(d, 0);
     }
   }
 }
@@ -193,17 +193,8 @@ static void sync_done_one(docker_t *d, dcont_t *c) {
   sync_release(d);
 }
 
-static void unqueue(docker_t *d, dcont_t *c) {
-  if (!c->queued) return;
-  for (dcont_t **pp = &d->q_head; *pp; pp = &(*pp)->qnext) {
-    if (*pp == c) {
-      *pp = c->qnext;
-      if (d->q_tail == &c->qnext) d->q_tail = pp;
-      break;
-    }
-  }
-  c->queued = 0;
-  c->qnext = NULL;
+static void unqueue(dcont_t *c) {
+  if (list_linked(&c->qnode)) list_remove(&c->qnode);
 }
 
 /* Forgets a container and tells the owner it is gone. */
@@ -213,7 +204,7 @@ static void cont_gone(docker_t *d, dcont_t *c) {
     c->req = NULL;
     d->inflight--;
   }
-  unqueue(d, c);
+  unqueue(c);
   map_del(d->conts, c->id);
   char *id = c->id;
   int waited = c->sync_wait;
@@ -229,12 +220,9 @@ static void want_inspect(docker_t *d, dcont_t *c) {
     c->dirty = 1;
     return;
   }
-  if (c->queued) return;
+  if (list_linked(&c->qnode)) return; /* queued at most once */
   c->retrying = 0;
-  c->queued = 1;
-  c->qnext = NULL;
-  *d->q_tail = c;
-  d->q_tail = &c->qnext;
+  list_insert_tail(&d->queue, &c->qnode);
 }
 
 static void retry_timer_cb(uv_timer_t *t);
@@ -266,7 +254,7 @@ static void retry_timer_cb(uv_timer_t *t) {
     }
   }
   if (next) uv_timer_start(&d->retry_timer, retry_timer_cb, next, 0);
-  pump(d);
+  docker_pump(d);
 }
 
 static int is_running(const json_value_t *root) {
@@ -289,7 +277,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
                "inspected",
                "container", c->id, NULL);
     cont_gone(d, c);
-    pump(d);
+    docker_pump(d);
     return;
   }
   if (r->error || r->status != 200) {
@@ -297,13 +285,13 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
                "error", why, NULL);
     schedule_retry(d, c);
-    pump(d);
+    docker_pump(d);
     return;
   }
   if (c->dirty) { /* an event came meanwhile: this answer may be stale */
     c->dirty = 0;
     want_inspect(d, c);
-    pump(d);
+    docker_pump(d);
     return;
   }
   char err[160];
@@ -314,7 +302,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
                "error", !doc ? err : "answer has no matching \"Id\"", NULL);
     json_free(doc);
     schedule_retry(d, c);
-    pump(d);
+    docker_pump(d);
     return;
   }
   c->failures = 0;
@@ -326,16 +314,13 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     json_free(doc);
     sync_done_one(d, c);
   }
-  pump(d);
+  docker_pump(d);
 }
 
-static void pump(docker_t *d) {
-  while (d->q_head && d->inflight < d->max_inspects && d->state == ST_STREAM) {
-    dcont_t *c = d->q_head;
-    d->q_head = c->qnext;
-    if (!d->q_head) d->q_tail = &d->q_head;
-    c->queued = 0;
-    c->qnext = NULL;
+static void docker_pump(docker_t *d) {
+  while (!list_empty(&d->queue) && d->inflight < d->max_inspects &&
+         d->state == ST_STREAM) {
+    dcont_t *c = list_entry(list_pop(&d->queue), dcont_t, qnode);
     char *u = url(d, "/containers/%s/json", c->id);
     c->req = get(d, u, 30000, inspect_done, c);
     free(u);
@@ -349,9 +334,9 @@ static void pump(docker_t *d) {
 
 /* ---- listing ---- */
 
-static void list_done(http_req_t *req, const http_resp_t *r, void *data);
+static void docker_list_done(http_req_t *req, const http_resp_t *r, void *data);
 
-static void start_list(docker_t *d, int full) {
+static void docker_list_start(docker_t *d, int full) {
   if (d->list_req || d->syncing) {
     d->resync_wanted = 1;
     return;
@@ -359,13 +344,14 @@ static void start_list(docker_t *d, int full) {
   char *u = url(d, "/containers/json");
   d->list_full = full;
   d->list_seq = d->seq;
-  d->list_req = get(d, u, 120000, list_done, d);
+  d->list_req = get(d, u, 120000, docker_list_done, d);
   free(u);
 }
 
 static void disconnect(docker_t *d, const char *why);
 
-static void list_done(http_req_t *req, const http_resp_t *r, void *data) {
+static void docker_list_done(http_req_t *req, const http_resp_t *r,
+                             void *data) {
   (void)req;
   docker_t *d = data;
   d->list_req = NULL;
@@ -400,22 +386,18 @@ static void list_done(http_req_t *req, const http_resp_t *r, void *data) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, d->conts);
-  dcont_t *gone = NULL;
+  dcont_t **gone = xmalloc((map_size(d->conts) + 1) * sizeof *gone);
+  size_t ngone = 0;
   while (map_iter_next(&it, NULL, &v)) {
     dcont_t *c = v;
     /* one being inspected will be settled by its answer */
-    if (!map_get(listed, c->id) && c->seq <= d->list_seq && !c->queued &&
-        !c->req) {
-      c->qnext = gone;
-      gone = c;
-    }
+    if (!map_get(listed, c->id) && c->seq <= d->list_seq &&
+        !list_linked(&c->qnode) && !c->req)
+      gone[ngone++] = c;
   }
-  while (gone) {
-    dcont_t *next = gone->qnext;
-    gone->qnext = NULL;
-    cont_gone(d, gone);
-    gone = next;
-  }
+  while (ngone) /* the last found goes first, as it always has */
+    cont_gone(d, gone[--ngone]);
+  free(gone);
   d->syncing = 1;
   d->sync_pending = 1; /* held until the loop below is done */
   const char *id;
@@ -435,63 +417,10 @@ static void list_done(http_req_t *req, const http_resp_t *r, void *data) {
   map_free(listed);
   json_free(doc);
   sync_release(d);
-  pump(d);
+  docker_pump(d);
 }
 
 /* ---- the event stream ---- */
-
-int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
-                       char *err, size_t errlen) {
-  memset(ev, 0, sizeof *ev);
-  ev->raw = root;
-  if (!root || root->type != JSON_OBJECT) {
-    snprintf(err, errlen, "event is not a JSON object");
-    return -1;
-  }
-  const json_value_t *t = json_get(root, "time");
-  if (t && t->type == JSON_NUMBER) ev->time = t->u.num.i;
-  t = json_get(root, "timeNano");
-  if (t && t->type == JSON_NUMBER && t->u.num.is_int)
-    ev->time_nano = t->u.num.i;
-  if (legacy) {
-    ev->action = json_get_str(root, "status");
-    ev->id = json_get_str(root, "id");
-    ev->image = json_get_str(root, "from");
-    /* before 1.22 only containers had "from"; image events did not */
-    ev->type = ev->image ? "container" : "image";
-    if (!ev->action || !ev->id) {
-      snprintf(err, errlen, "legacy event without \"status\" or \"id\"");
-      return -1;
-    }
-    return 0;
-  }
-  ev->type = json_get_str(root, "Type");
-  ev->action = json_get_str(root, "Action");
-  const json_value_t *actor = json_get(root, "Actor");
-  ev->id = json_get_str(actor, "ID");
-  ev->attributes = json_get(actor, "Attributes");
-  if (ev->attributes && ev->attributes->type != JSON_OBJECT)
-    ev->attributes = NULL;
-  ev->image = json_get_str(ev->attributes, "image");
-  if (!ev->type || !ev->action) {
-    snprintf(err, errlen, "event without \"Type\" or \"Action\"");
-    return -1;
-  }
-  if (!ev->id) ev->id = "";
-  return 0;
-}
-
-/* Actions after which a running container's records may differ. */
-static int action_reinspects(const char *a) {
-  static const char *const acts[] = {"start",        "restart", "unpause",
-                                     "pause",        "rename",  "update",
-                                     "health_status"};
-  for (size_t i = 0; i < ARRAY_SIZE(acts); i++) {
-    size_t n = strlen(acts[i]);
-    if (strncmp(a, acts[i], n) == 0 && (a[n] == '\0' || a[n] == ':')) return 1;
-  }
-  return 0;
-}
 
 static void count_action(docker_t *d, const char *action) {
   char name[48];
@@ -529,17 +458,26 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
   d->seq++;
   count_action(d, ev->action);
   if (d->cbs.event) d->cbs.event(d->ud, ev);
-  if (strcmp(ev->type, "container") == 0) {
-    if (!*ev->id) return;
-    if (strcmp(ev->action, "die") == 0 || strcmp(ev->action, "destroy") == 0) {
-      dcont_t *c = cont_get(d, ev->id, 0);
-      if (c) cont_gone(d, c); /* else: never registered, nothing to do */
-    } else if (action_reinspects(ev->action)) {
-      dcont_t *c = cont_get(d, ev->id, 1);
+  const char *id;
+  dcont_t *c;
+  switch (docker_event_classify(ev, &id)) {
+  case DOCKER_EV_GONE:
+    c = cont_get(d, id, 0);
+    if (c) cont_gone(d, c); /* else: never registered, nothing to do */
+    break;
+  case DOCKER_EV_INSPECT:
+    c = cont_get(d, id, 1);
+    c->seq = d->seq;
+    want_inspect(d, c);
+    break;
+  case DOCKER_EV_NETWORK:
+    c = cont_get(d, id, 0);
+    if (c) {
       c->seq = d->seq;
       want_inspect(d, c);
     }
-  } else if (strcmp(ev->type, "network") != 0) {
+    break;
+  case DOCKER_EV_OTHER_TYPE:
     /* we asked for container and network events only */
     if (!map_get(d->unknown_types, ev->type) &&
         map_size(d->unknown_types) < 64) {
@@ -547,22 +485,16 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
       map_put(d->unknown_types, t, t);
       log_info("docker: ignoring events of type \"%s\"", ev->type);
     }
-  } else if (strcmp(ev->type, "network") == 0 &&
-             (strcmp(ev->action, "connect") == 0 ||
-              strcmp(ev->action, "disconnect") == 0)) {
-    const char *cid = json_get_str(ev->attributes, "container");
-    dcont_t *c = cid ? cont_get(d, cid, 0) : NULL;
-    if (c) {
-      c->seq = d->seq;
-      want_inspect(d, c);
-    }
+    break;
+  case DOCKER_EV_IGNORE:
+    break;
   }
-  pump(d);
+  docker_pump(d);
 }
 
 /* A lost event may have been a start or a die: list again to be sure. */
 static void event_lost(docker_t *d) {
-  if (d->connected) start_list(d, 0);
+  if (d->connected) docker_list_start(d, 0);
 }
 
 static void on_line(void *ud, const char *p, size_t n) {
@@ -617,7 +549,7 @@ static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
   else
     log_info("docker: connected (API %s)", d->api);
   if (d->cbs.connection) d->cbs.connection(d->ud, 1);
-  start_list(d, 1);
+  docker_list_start(d, 1);
 }
 
 static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
@@ -839,6 +771,8 @@ static void disconnect(docker_t *d, const char *why) {
   d->syncing = 0;
   d->sync_pending = 0;
   d->resync_wanted = 0;
+  while (list_pop(&d->queue))
+    ;
   map_iter_t it;
   void *v;
   map_iter_init(&it, d->conts);
@@ -846,11 +780,8 @@ static void disconnect(docker_t *d, const char *why) {
     dcont_t *c = v;
     if (c->req) http_cancel(c->req);
     c->req = NULL;
-    c->queued = c->dirty = c->sync_wait = c->retrying = 0;
-    c->qnext = NULL;
+    c->dirty = c->sync_wait = c->retrying = 0;
   }
-  d->q_head = NULL;
-  d->q_tail = &d->q_head;
   d->inflight = 0;
   uv_timer_stop(&d->retry_timer);
   linesplit_reset(&d->split);
@@ -890,7 +821,7 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   d->conts = map_new();
   d->unknown_types = map_new();
   d->action_counts = map_new();
-  d->q_tail = &d->q_head;
+  list_init(&d->queue);
   linesplit_init(&d->split, MAX_EVENT_LINE);
   uv_timer_init(loop, &d->reconnect_timer);
   uv_timer_init(loop, &d->retry_timer);
@@ -905,14 +836,14 @@ void docker_start(docker_t *d) {
 
 void docker_resync(docker_t *d) {
   if (d->state != ST_STREAM || !d->connected) return;
-  start_list(d, 0);
+  docker_list_start(d, 0);
 }
 
 void docker_refresh(docker_t *d, const char *id) {
   dcont_t *c = cont_get(d, id, 0);
   if (!c) return;
   want_inspect(d, c);
-  pump(d);
+  docker_pump(d);
 }
 
 const char *docker_api_version(const docker_t *d) {
@@ -931,7 +862,7 @@ size_t docker_containers(const docker_t *d) {
   return map_size(d->conts);
 }
 
-static void timer_closed(uv_handle_t *h) {
+static void docker_timer_closed(uv_handle_t *h) {
   docker_t *d = h->data;
   if (--d->open_handles == 0) free(d);
 }
@@ -972,6 +903,6 @@ void docker_free(docker_t *d) {
     free(d->tls_files[i]);
   d->state = ST_CLOSED;
   d->open_handles = 2;
-  uv_close((uv_handle_t *)&d->reconnect_timer, timer_closed);
-  uv_close((uv_handle_t *)&d->retry_timer, timer_closed);
+  uv_close((uv_handle_t *)&d->reconnect_timer, docker_timer_closed);
+  uv_close((uv_handle_t *)&d->retry_timer, docker_timer_closed);
 }

@@ -64,44 +64,32 @@ static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
   op->ep = e->current;
   buf_init(&op->body);
   buf_init(&op->cont);
-  op->next = e->ops;
-  if (e->ops) e->ops->prev = op;
-  e->ops = op;
+  list_insert_head(&e->ops, &op->node);
   return op;
 }
 
 static void unwait(etcd_op_t *op) {
-  etcd_t *e = op->e;
   if (!op->waiting) return;
-  if (op->wprev)
-    op->wprev->wnext = op->wnext;
-  else
-    e->wait[op->waiting] = op->wnext;
-  if (op->wnext) op->wnext->wprev = op->wprev;
-  op->wprev = op->wnext = NULL;
+  list_remove(&op->wnode);
   op->waiting = 0;
 }
 
 static void wait_for(etcd_op_t *op, int what) {
-  etcd_t *e = op->e;
+  REGISTER_ASSERT(!op->waiting && !op->req); /* parked once, not in flight */
   op->waiting = what;
-  op->wprev = NULL;
-  op->wnext = e->wait[what];
-  if (op->wnext) op->wnext->wprev = op;
-  e->wait[what] = op;
+  list_insert_head(&op->e->wait[what], &op->wnode);
 }
 
 static void op_free(etcd_op_t *op) {
   etcd_t *e = op->e;
   unwait(op);
-  if (op->prev)
-    op->prev->next = op->next;
-  else
-    e->ops = op->next;
-  if (op->next) op->next->prev = op->prev;
+  list_remove(&op->node);
   /* a lease check run for this listing answers to nobody now */
-  for (etcd_op_t *o = e->ops; o; o = o->next)
+  list_t *n;
+  list_foreach(n, &e->ops) {
+    etcd_op_t *o = list_entry(n, etcd_op_t, node);
     if (o->parent == op) o->parent = NULL;
+  }
   free(op->key);
   free(op->value);
   for (size_t i = 0; i < op->nitems; i++) {
@@ -174,7 +162,7 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
   op_free(op);
 }
 
-static void fail(etcd_op_t *op, etcd_status_t st, const char *err) {
+static void etcd_op_fail(etcd_op_t *op, etcd_status_t st, const char *err) {
   etcd_result_t res = {st, err};
   complete(op, &res);
 }
@@ -218,7 +206,7 @@ static int try_adopt(etcd_op_t *op) {
   return 1;
 }
 
-static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
+static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_op_t *op = data;
   etcd_t *e = op->e;
@@ -248,7 +236,8 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
-    if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+    if (send_op(op) < 0)
+      etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
     return;
   case REPLY_REAUTH:
     free(e->token);
@@ -328,7 +317,7 @@ static int send_op(etcd_op_t *op) {
   o.connect_timeout_ms = 2000;
   o.tls = e->use_tls ? &e->tls : NULL;
   o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
-  o.on_done = op_done;
+  o.on_done = etcd_op_done;
   o.data = op;
   op->req = http_request(e->http, &o);
   free(url);
@@ -365,7 +354,8 @@ static int gate(etcd_op_t *op) {
 /* For callers inside callbacks: a failure to send is reported back. */
 static void submit(etcd_op_t *op) {
   if (gate(op)) return;
-  if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+  if (send_op(op) < 0)
+    etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
 }
 
 /* Sends (or fails, with st and err) every op on one wait list.  Each is
@@ -373,11 +363,12 @@ static void submit(etcd_op_t *op) {
  * start others freely. */
 static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
                             const char *err) {
-  etcd_op_t *o;
-  while ((o = e->wait[which])) {
+  list_t *n;
+  while ((n = list_first(&e->wait[which]))) {
+    etcd_op_t *o = list_entry(n, etcd_op_t, wnode);
     unwait(o);
     if (do_fail)
-      fail(o, st, err);
+      etcd_op_fail(o, st, err);
     else
       submit(o);
   }
@@ -615,6 +606,9 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->ttl = o->api == ETCD_API_V3 ? o->ttl : 0;
   e->lease_lost = o->lease_lost;
   e->ud = o->ud;
+  list_init(&e->ops);
+  for (size_t i = 0; i < ARRAY_SIZE(e->wait); i++)
+    list_init(&e->wait[i]);
   uv_timer_init(loop, &e->keepalive_timer);
   e->keepalive_timer.data = e;
   e->timer_open = 1;
@@ -631,14 +625,15 @@ static void wipe(char *s) {
   free(s);
 }
 
-static void timer_closed(uv_handle_t *h) {
+static void etcd_timer_closed(uv_handle_t *h) {
   free(h->data);
 }
 
 void etcd_free(etcd_t *e) {
   if (!e) return;
-  while (e->ops)
-    etcd_cancel(e->ops);
+  list_t *n;
+  while ((n = list_first(&e->ops)))
+    etcd_cancel(list_entry(n, etcd_op_t, node));
   for (size_t i = 0; i < e->n; i++)
     free(e->endpoints[i]);
   free(e->endpoints);
@@ -648,5 +643,5 @@ void etcd_free(etcd_t *e) {
   wipe(e->password);
   wipe(e->userpwd);
   wipe(e->token);
-  uv_close((uv_handle_t *)&e->keepalive_timer, timer_closed);
+  uv_close((uv_handle_t *)&e->keepalive_timer, etcd_timer_closed);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "etcd.h"
+#include "list.h"
 #include "util.h"
 
 typedef enum {
@@ -66,7 +67,7 @@ struct etcd_op {
   int reauthed;      /* sent again once after a new token */
   int lease_retried; /* sent again once after a new lease */
   int waiting;       /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */
-  etcd_op_t *wprev, *wnext;
+  list_t wnode;      /* on e->wait[waiting] while waiting */
   http_req_t *req;
   listing_t listing; /* OP_LIST / OP_GET */
   buf_t cont;        /* v3: where the next page starts */
@@ -79,7 +80,7 @@ struct etcd_op {
   etcd_list_cb list;
   void *data;
   uint64_t started; /* uv_hrtime() at creation, for the histogram */
-  etcd_op_t *prev, *next;
+  list_t node;      /* on e->ops from op_new() to op_free() */
 };
 
 struct etcd {
@@ -95,10 +96,10 @@ struct etcd {
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
-  long ttl;       /* v3: the lease's TTL; 0 = no lease */
-  etcd_op_t *ops; /* every outstanding operation */
+  long ttl;   /* v3: the lease's TTL; 0 = no lease */
+  list_t ops; /* every outstanding operation (etcd_op_t.node), newest first */
   /* v3 */
-  etcd_op_t *wait[3]; /* ops waiting for a token [1] or a lease [2] */
+  list_t wait[3]; /* ops waiting for a token [1] or a lease [2], newest first */
   char *token;
   int auth_pending;
   int64_t lease;

@@ -1,6 +1,7 @@
 /* http: libcurl multi inside libuv, as curl's docs/examples/multi-uv.c does
  * it, with user callbacks deferred until curl has returned. */
 #include "http.h"
+#include "list.h"
 #include "log.h"
 #include "util.h"
 
@@ -19,7 +20,7 @@ typedef struct sock {
   curl_socket_t fd;
   int events; /* what the poll handle waits for now */
   http_t *h;
-  struct sock *prev, *next;
+  list_t node; /* on h->socks until sock_close() */
 } sock_t;
 
 struct http_req {
@@ -40,8 +41,8 @@ struct http_req {
   http_data_cb on_data;
   http_done_cb on_done;
   void *data;
-  http_req_t *prev, *next; /* active list */
-  http_req_t *pnext;       /* pending list: has something to hand on */
+  list_t node;  /* on h->reqs while attached */
+  list_t pnode; /* on h->pending while on_pending: has something to hand on */
   char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -49,9 +50,9 @@ struct http {
   uv_loop_t *loop;
   CURLM *multi;
   uv_timer_t timer;
-  sock_t *socks;
-  http_req_t *reqs;
-  http_req_t *pending, **pending_tail;
+  list_t socks;   /* sock_t.node, newest first */
+  list_t reqs;    /* attached requests (http_req_t.node), newest first */
+  list_t pending; /* http_req_t.pnode, in order */
   CURL *pool[POOL_MAX];
   int npool;
   size_t active;
@@ -68,11 +69,7 @@ static void poll_close_cb(uv_handle_t *handle) {
 }
 
 static void sock_close(sock_t *s) {
-  if (s->prev)
-    s->prev->next = s->next;
-  else
-    s->h->socks = s->next;
-  if (s->next) s->next->prev = s->prev;
+  list_remove(&s->node);
   uv_poll_stop(&s->poll);
   uv_close((uv_handle_t *)&s->poll, poll_close_cb);
 }
@@ -109,9 +106,7 @@ static int socket_fn(CURL *easy, curl_socket_t fd, int action, void *userp,
       return -1;
     }
     s->poll.data = s;
-    s->next = h->socks;
-    if (h->socks) h->socks->prev = s;
-    h->socks = s;
+    list_insert_head(&h->socks, &s->node);
     curl_multi_assign(h->multi, fd, s);
   }
   int events = 0;
@@ -149,9 +144,7 @@ static int timer_fn(CURLM *multi, long timeout_ms, void *userp) {
 static void mark_pending(http_req_t *r) {
   if (r->on_pending) return;
   r->on_pending = 1;
-  r->pnext = NULL;
-  *r->h->pending_tail = r;
-  r->h->pending_tail = &r->pnext;
+  list_insert_tail(&r->h->pending, &r->pnode);
 }
 
 static size_t write_fn(char *p, size_t size, size_t n, void *ud) {
@@ -188,8 +181,11 @@ static size_t header_fn(char *p, size_t size, size_t n, void *ud) {
 
 /* ---- requests ---- */
 
-static void req_free(http_req_t *r) {
+static void http_req_free(http_req_t *r) {
   http_t *h = r->h;
+  /* off every list: no callback or hand-on can reach it any more */
+  REGISTER_ASSERT(!list_linked(&r->node) && !list_linked(&r->pnode));
+  REGISTER_ASSERT(!r->in_cb);
   if (r->easy) {
     if (h->npool < POOL_MAX) {
       curl_easy_reset(r->easy);
@@ -210,11 +206,7 @@ static void req_detach(http_req_t *r) {
   if (!r->attached) return;
   r->attached = 0;
   curl_multi_remove_handle(h->multi, r->easy);
-  if (r->prev)
-    r->prev->next = r->next;
-  else
-    h->reqs = r->next;
-  if (r->next) r->next->prev = r->prev;
+  list_remove(&r->node);
   h->active--;
 }
 
@@ -261,12 +253,11 @@ static int deliver(http_req_t *r) {
 static void dispatch(http_t *h) {
   if (h->dispatching) return;
   h->dispatching = 1;
-  while (h->pending) {
-    http_req_t *r = h->pending;
-    h->pending = r->pnext;
-    if (!h->pending) h->pending_tail = &h->pending;
+  list_t *n;
+  while ((n = list_pop(&h->pending))) {
+    http_req_t *r = list_entry(n, http_req_t, pnode);
     r->on_pending = 0;
-    if (r->cancelled || !deliver(r)) req_free(r);
+    if (r->cancelled || !deliver(r)) http_req_free(r);
   }
   CURLMsg *msg;
   int left;
@@ -277,7 +268,7 @@ static void dispatch(http_t *h) {
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
     req_detach(r); /* msg is invalid from here on */
     if (!deliver(r)) {
-      req_free(r);
+      http_req_free(r);
       continue;
     }
     http_resp_t resp;
@@ -296,7 +287,7 @@ static void dispatch(http_t *h) {
       r->on_done(r, &resp, r->data);
       r->in_cb = 0;
     }
-    req_free(r);
+    http_req_free(r);
   }
   h->dispatching = 0;
 }
@@ -360,13 +351,11 @@ http_req_t *http_request(http_t *h, const http_opts_t *o) {
 
   if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
     log_error("http: cannot start %s %s", method, o->url);
-    req_free(r);
+    http_req_free(r);
     return NULL;
   }
   r->attached = 1;
-  r->next = h->reqs;
-  if (h->reqs) h->reqs->prev = r;
-  h->reqs = r;
+  list_insert_head(&h->reqs, &r->node);
   h->active++;
   return r;
 }
@@ -376,7 +365,7 @@ void http_cancel(http_req_t *r) {
   r->cancelled = 1;
   req_detach(r);
   /* the dispatcher frees it once its callback or pending slot is done */
-  if (!r->in_cb && !r->on_pending) req_free(r);
+  if (!r->in_cb && !r->on_pending) http_req_free(r);
 }
 
 int http_header(const http_resp_t *resp, const char *name, char *out,
@@ -419,7 +408,9 @@ static CURLM *multi_new(http_t *h) {
 http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle) {
   http_t *h = xcalloc(1, sizeof *h);
   h->loop = loop;
-  h->pending_tail = &h->pending;
+  list_init(&h->socks);
+  list_init(&h->reqs);
+  list_init(&h->pending);
   h->max_conns = max_host_conns;
   h->max_idle = max_idle;
   h->multi = multi_new(h);
@@ -433,14 +424,16 @@ http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle) {
 }
 
 int http_trim(http_t *h) {
-  if (h->reqs || h->pending || h->dispatching) return -1;
+  if (!list_empty(&h->reqs) || !list_empty(&h->pending) || h->dispatching)
+    return -1;
   CURLM *fresh = multi_new(h);
   if (!fresh) return -1;
   /* closing the old handle reports CURL_POLL_REMOVE for its sockets */
   curl_multi_cleanup(h->multi);
   h->multi = fresh;
-  while (h->socks)
-    sock_close(h->socks);
+  list_t *n;
+  while ((n = list_first(&h->socks)))
+    sock_close(list_entry(n, sock_t, node));
   uv_timer_stop(&h->timer);
   for (int i = 0; i < h->npool; i++)
     curl_easy_cleanup(h->pool[i]);
@@ -454,25 +447,22 @@ static void timer_close_cb(uv_handle_t *handle) {
 
 void http_free(http_t *h) {
   if (!h) return;
-  while (h->reqs) {
-    http_req_t *r = h->reqs;
+  list_t *n;
+  while ((n = list_first(&h->reqs))) {
+    http_req_t *r = list_entry(n, http_req_t, node);
     r->cancelled = 1;
     req_detach(r);
-    if (!r->on_pending && !r->in_cb) req_free(r);
+    if (!r->on_pending && !r->in_cb) http_req_free(r);
   }
-  while (h->pending) {
-    http_req_t *r = h->pending;
-    h->pending = r->pnext;
-    req_free(r);
-  }
-  h->pending_tail = &h->pending;
+  while ((n = list_pop(&h->pending)))
+    http_req_free(list_entry(n, http_req_t, pnode));
   for (int i = 0; i < h->npool; i++)
     curl_easy_cleanup(h->pool[i]);
   h->npool = 0;
   curl_multi_cleanup(h->multi); /* may still report CURL_POLL_REMOVE */
   h->multi = NULL;
-  while (h->socks)
-    sock_close(h->socks);
+  while ((n = list_first(&h->socks)))
+    sock_close(list_entry(n, sock_t, node));
   uv_timer_stop(&h->timer);
   uv_close((uv_handle_t *)&h->timer, timer_close_cb);
 }

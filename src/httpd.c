@@ -1,5 +1,6 @@
 /* httpd: one-request-per-connection HTTP for metrics and health. */
 #include "httpd.h"
+#include "list.h"
 #include "log.h"
 #include "util.h"
 
@@ -21,7 +22,7 @@ struct httpd_req {
   int closing;      /* the connection is (being) closed */
   int handled;      /* handed to the handler, awaiting httpd_respond */
   int answered;
-  httpd_req_t *prev, *next;
+  list_t node; /* on h->conns until conn_close() */
 };
 
 struct httpd {
@@ -29,7 +30,7 @@ struct httpd {
   uv_tcp_t listener;
   httpd_handler_t handler;
   void *ud;
-  httpd_req_t *conns;
+  list_t conns; /* open connections (httpd_req_t.node), newest first */
   int nconns;
   int freeing;
 };
@@ -58,7 +59,9 @@ int httpd_parse_addr(const char *addr, struct sockaddr_storage *out) {
   return -1;
 }
 
-static void req_free(httpd_req_t *r) {
+static void httpd_req_free(httpd_req_t *r) {
+  /* both handles' close callbacks have run, and nothing lists it */
+  REGISTER_ASSERT(r->handles_open == 0 && !list_linked(&r->node));
   buf_free(&r->in);
   buf_free(&r->out);
   free(r);
@@ -68,18 +71,14 @@ static void handle_closed(uv_handle_t *handle) {
   httpd_req_t *r = handle->data;
   if (--r->handles_open > 0) return;
   /* a deferred request lives on until it is answered */
-  if (!r->handled || r->answered) req_free(r);
+  if (!r->handled || r->answered) httpd_req_free(r);
 }
 
 static void conn_close(httpd_req_t *r) {
   if (r->closing) return;
   r->closing = 1;
   httpd_t *h = r->h;
-  if (r->prev)
-    r->prev->next = r->next;
-  else
-    h->conns = r->next;
-  if (r->next) r->next->prev = r->prev;
+  list_remove(&r->node);
   h->nconns--;
   uv_timer_stop(&r->timer);
   uv_close((uv_handle_t *)&r->tcp, handle_closed);
@@ -115,7 +114,7 @@ void httpd_respond(httpd_req_t *r, int status, const char *content_type,
   if (r->answered) return;
   r->answered = 1;
   if (r->closing) { /* the client left: nothing to send; free if closed */
-    if (r->handles_open == 0) req_free(r);
+    if (r->handles_open == 0) httpd_req_free(r);
     return;
   }
   buf_printf(&r->out,
@@ -188,9 +187,7 @@ static void connection_cb(uv_stream_t *server, int status) {
   uv_timer_init(h->loop, &r->timer);
   r->tcp.data = r->timer.data = r;
   r->handles_open = 2;
-  r->next = h->conns;
-  if (h->conns) h->conns->prev = r;
-  h->conns = r;
+  list_insert_head(&h->conns, &r->node);
   h->nconns++;
   if (uv_accept(server, (uv_stream_t *)&r->tcp) < 0 || h->nconns > MAX_CONNS) {
     conn_close(r);
@@ -211,6 +208,7 @@ httpd_t *httpd_new(uv_loop_t *loop, const char *addr, httpd_handler_t handler,
   h->loop = loop;
   h->handler = handler;
   h->ud = ud;
+  list_init(&h->conns);
   uv_tcp_init(loop, &h->listener);
   h->listener.data = h;
   int rc = uv_tcp_bind(&h->listener, (const struct sockaddr *)&sa, 0);
@@ -230,8 +228,9 @@ static void listener_closed(uv_handle_t *handle) {
 
 void httpd_free(httpd_t *h) {
   if (!h) return;
-  while (h->conns) {
-    httpd_req_t *r = h->conns;
+  list_t *n;
+  while ((n = list_first(&h->conns))) {
+    httpd_req_t *r = list_entry(n, httpd_req_t, node);
     r->answered = 1; /* dropped: freed when its handles are closed */
     conn_close(r);
   }

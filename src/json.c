@@ -31,7 +31,7 @@ typedef struct {
   size_t max, used; /* the arena's cap and what its blocks hold */
 } parser_t;
 
-static void fail(parser_t *ps, const char *fmt, ...)
+static void json_fail(parser_t *ps, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* NULL (and the parse fails) once the document would need more than the
@@ -43,7 +43,7 @@ static void *arena_alloc(parser_t *ps, size_t n) {
   if (!b || b->cap - b->used < n) {
     size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
     if (ps->used + cap > ps->max) {
-      fail(ps, "the document needs more than %zu bytes of memory", ps->max);
+      json_fail(ps, "the document needs more than %zu bytes of memory", ps->max);
       return NULL;
     }
     ps->used += cap;
@@ -58,7 +58,7 @@ static void *arena_alloc(parser_t *ps, size_t n) {
   return p;
 }
 
-static void fail(parser_t *ps, const char *fmt, ...) {
+static void json_fail(parser_t *ps, const char *fmt, ...) {
   if (ps->failed) return;
   ps->failed = 1;
   if (!ps->err || !ps->errlen) return;
@@ -147,14 +147,14 @@ static const char *parse_string(parser_t *ps, uint32_t *len) {
       ps->p++;
       out[n] = '\0';
       if (n > UINT32_MAX) {
-        fail(ps, "string too long");
+        json_fail(ps, "string too long");
         return NULL;
       }
       *len = (uint32_t)n;
       return out;
     }
     if (c < 0x20) {
-      fail(ps, "control character in string");
+      json_fail(ps, "control character in string");
       return NULL;
     }
     if (c != '\\') {
@@ -193,7 +193,7 @@ static const char *parse_string(parser_t *ps, uint32_t *len) {
     case 'u': {
       unsigned cp, lo;
       if (read_hex4(ps, &cp) < 0) {
-        fail(ps, "bad \\u escape");
+        json_fail(ps, "bad \\u escape");
         return NULL;
       }
       if (cp >= 0xD800 && cp <= 0xDBFF && ps->end - ps->p >= 6 &&
@@ -215,11 +215,11 @@ static const char *parse_string(parser_t *ps, uint32_t *len) {
     }
     default:
       ps->p--;
-      fail(ps, "bad escape '\\%c'", e);
+      json_fail(ps, "bad escape '\\%c'", e);
       return NULL;
     }
   }
-  fail(ps, "unterminated string");
+  json_fail(ps, "unterminated string");
   return NULL;
 }
 
@@ -269,7 +269,7 @@ static void parse_number(parser_t *ps, json_value_t *v) {
   if (tmp != small) free(tmp);
   return;
 bad:
-  fail(ps, "bad number");
+  json_fail(ps, "bad number");
 }
 
 static json_value_t *parse_value(parser_t *ps, int depth);
@@ -291,14 +291,14 @@ static json_value_t *parse_container(parser_t *ps, int depth, int is_obj) {
     skip_ws(ps);
     if (is_obj) {
       if (ps->p >= ps->end || *ps->p != '"') {
-        fail(ps, "expected a member name");
+        json_fail(ps, "expected a member name");
         return NULL;
       }
       key = parse_string(ps, &keylen);
       if (!key) return NULL;
       skip_ws(ps);
       if (ps->p >= ps->end || *ps->p != ':') {
-        fail(ps, "expected ':'");
+        json_fail(ps, "expected ':'");
         return NULL;
       }
       ps->p++;
@@ -310,7 +310,7 @@ static json_value_t *parse_container(parser_t *ps, int depth, int is_obj) {
     *tail = c;
     tail = &c->next;
     if (v->len == UINT32_MAX) {
-      fail(ps, "too many members");
+      json_fail(ps, "too many members");
       return NULL;
     }
     v->len++;
@@ -323,7 +323,7 @@ static json_value_t *parse_container(parser_t *ps, int depth, int is_obj) {
       ps->p++;
       return v;
     }
-    fail(ps, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    json_fail(ps, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
     return NULL;
   }
 }
@@ -338,12 +338,12 @@ static int match_word(parser_t *ps, const char *w) {
 static json_value_t *parse_value(parser_t *ps, int depth) {
   json_value_t *v;
   if (depth > JSON_MAX_DEPTH) {
-    fail(ps, "nesting deeper than %d", JSON_MAX_DEPTH);
+    json_fail(ps, "nesting deeper than %d", JSON_MAX_DEPTH);
     return NULL;
   }
   skip_ws(ps);
   if (ps->p >= ps->end) {
-    fail(ps, "unexpected end of input");
+    json_fail(ps, "unexpected end of input");
     return NULL;
   }
   switch (*ps->p) {
@@ -381,8 +381,8 @@ static json_value_t *parse_value(parser_t *ps, int depth) {
       return ps->failed ? NULL : v;
     }
   }
-  fail(ps, "unexpected character '%c'",
-       (*ps->p >= 0x20 && *ps->p < 0x7f) ? *ps->p : '?');
+  json_fail(ps, "unexpected character '%c'",
+            (*ps->p >= 0x20 && *ps->p < 0x7f) ? *ps->p : '?');
   return NULL;
 }
 
@@ -397,7 +397,7 @@ json_doc_t *json_parse_max(const char *s, size_t len, size_t max, char *err,
   ps.doc->root = parse_value(&ps, 0);
   if (ps.doc->root) {
     skip_ws(&ps);
-    if (ps.p != ps.end) fail(&ps, "trailing data after the value");
+    if (ps.p != ps.end) json_fail(&ps, "trailing data after the value");
   }
   if (ps.failed) {
     json_free(ps.doc);

@@ -13,6 +13,12 @@ static void oom(size_t n) {
   abort();
 }
 
+void util_assert_failed(const char *expr, const char *file, int line,
+                        const char *func) {
+  log_error("%s:%d: %s: contract broken: %s", file, line, func, expr);
+  abort();
+}
+
 void *xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
   if (!p) oom(n);

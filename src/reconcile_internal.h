@@ -1,0 +1,172 @@
+/* Shared by the two halves of the reconciler: the state (reconcile.c)
+ * and the machine that writes it to etcd (reconcile_queue.c); not a public
+ * API. */
+#ifndef REGISTER_RECONCILE_INTERNAL_H
+#define REGISTER_RECONCILE_INTERNAL_H
+
+#include "list.h"
+#include "map.h"
+#include "reconcile.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* An immutable, reference-counted value: the value a container wants and
+ * the value etcd holds are usually the same bytes, kept once. */
+typedef struct rstr {
+  size_t refs;
+  size_t len;
+  char s[];
+} rstr_t;
+
+typedef struct rkey rkey_t;
+typedef struct rcont rcont_t;
+
+typedef struct owner {
+  rkey_t *key;
+  rcont_t *cont;
+  rstr_t *value;
+  struct owner *knext; /* the key's owners, newest first */
+  struct owner *cnext; /* the container's owners */
+  unsigned seen;       /* generation mark used by reconcile_set */
+} owner_t;
+
+struct rcont {
+  char *id;
+  char *image;
+  owner_t *owners;
+};
+
+typedef enum { ACT_NONE, ACT_PUT, ACT_REFRESH, ACT_DELETE, ACT_RMDIR } act_t;
+
+struct rkey {
+  char *key;       /* also the map key */
+  owner_t *owners; /* newest first; owners->value is what we want */
+  rstr_t *have;    /* what etcd holds (NULL: absent), if have_known */
+  rstr_t *sent;    /* the value of the write in flight */
+  unsigned have_known : 1;
+  unsigned have_ttl : 1; /* etcd's copy expires (from a listing) */
+  unsigned inflight : 1;
+  unsigned refresh_due : 1;
+  unsigned owned_once : 1; /* owned in this process: may go before sync */
+  unsigned failed : 1;     /* refused by etcd; waits for a change/resync */
+  unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
+  unsigned again : 1;      /* touched while in flight: look again after */
+  unsigned solo : 1;       /* a transaction with it failed: alone next time */
+  unsigned mark;           /* listing generation that saw this key */
+  act_t act;               /* the request in flight */
+  char *gone_id;           /* last owner, for the removal log line */
+  char *gone_image;
+  list_t qnode; /* on r->queue: to be looked at */
+  etcd_op_t *op;
+  reconcile_t *r;
+};
+
+struct reconcile {
+  uv_loop_t *loop;
+  etcd_t *etcd;
+  char *prefix;
+  size_t prefix_len;
+  long ttl;
+  int max_inflight;
+  int dry_run;
+  void (*changed)(void *, const char *, const char *, const char *, size_t);
+  void (*converged_cb)(void *);
+  void *ud;
+
+  map_t *keys;  /* key -> rkey_t */
+  map_t *dirs;  /* directory -> rkey_t (is_dir) */
+  map_t *conts; /* container id -> rcont_t */
+  list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
+  size_t nqueued;
+  size_t nowned; /* keys with at least one owner */
+  int inflight;
+  size_t nfailed;
+  unsigned gen;
+
+  int primed; /* the prefix has been listed once */
+  int docker_synced;
+  int was_converged;
+  int ever_converged;
+  double last_converged;       /* wall clock, for /metrics */
+  uint64_t behind_since;       /* uv_now() when it stopped being converged */
+  uint64_t errors_at_converge; /* say "in sync" again after trouble */
+  int pumping;
+  etcd_op_t *list_op;
+  int list_again; /* a resync was asked while a listing ran */
+  uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
+  int paused;
+  int key_refresh;      /* v2: TTLs are refreshed key by key */
+  int batching;         /* v3: puts and deletes go in transactions */
+  struct batch *batch;  /* the transaction being filled by reconcile_pump() */
+  list_t batches;       /* transactions in flight (batch_t.node) */
+  etcd_op_t *prefix_op; /* deleting the whole owned prefix */
+  int outage;           /* etcd is unreachable: said once, not per key */
+  unsigned failures;
+  uint64_t list_backoff_ms;
+  int open_handles;
+  uint64_t puts, refreshes, deletes, errors;
+};
+
+/* ---- reconcile.c: values, keys, owners ---- */
+
+/* Values: rstr_ref() and rstr_unref() take NULL; the last unref frees. */
+
+static inline rstr_t *rstr_new(const char *s, size_t len) {
+  rstr_t *v = xmalloc(sizeof *v + len + 1);
+  v->refs = 1;
+  v->len = len;
+  memcpy(v->s, s, len);
+  v->s[len] = '\0';
+  return v;
+}
+
+static inline rstr_t *rstr_ref(rstr_t *v) {
+  if (v) v->refs++;
+  return v;
+}
+
+static inline void rstr_unref(rstr_t *v) {
+  if (v && --v->refs == 0) free(v);
+}
+
+static inline int rstr_eq(const rstr_t *a, const char *s, size_t len) {
+  return a && a->len == len && memcmp(a->s, s, len) == 0;
+}
+
+/* What etcd holds for k is now v (NULL: absent). */
+void rkey_set_have(rkey_t *k, rstr_t *v);
+int reconcile_in_prefix(const reconcile_t *r, const char *key);
+/* The key's state, created (create != 0) when unknown. */
+rkey_t *rkey_get(reconcile_t *r, const char *key, int create);
+void rkey_free(rkey_t *k);
+/* Forgets a key nobody wants that etcd does not hold (frees k). */
+void rkey_maybe_drop(reconcile_t *r, rkey_t *k);
+void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed);
+/* The newest owner's container id and image, or the last owner's once it
+ * has gone (for log lines); NULL when it never had one. */
+const char *rkey_owner_id(const rkey_t *k);
+const char *rkey_owner_image(const rkey_t *k);
+/* Drops a container and every owner link it has (their keys are touched);
+ * frees c. */
+void rcont_drop(reconcile_t *r, rcont_t *c);
+
+/* ---- reconcile_queue.c: the queue and the requests ---- */
+
+/* Puts k on the queue unless it is there already. */
+void rkey_touch(reconcile_t *r, rkey_t *k);
+/* Touches every key (and clears their failed marks). */
+void reconcile_touch_all(reconcile_t *r);
+/* Works the queue as far as the concurrency allows; never re-entered. */
+void reconcile_pump(reconcile_t *r);
+void reconcile_check_converged(reconcile_t *r);
+/* The machine's part of reconcile_new(): queue, timers, batching. */
+void reconcile_queue_init(reconcile_t *r);
+/* The machine's part of reconcile_free(): cancels the listing, the prefix
+ * deletion and the transactions (no callbacks); then the state goes, and
+ * reconcile_queue_close() closes the timers: r is freed with the last. */
+void reconcile_queue_stop(reconcile_t *r);
+void reconcile_queue_close(reconcile_t *r);
+
+#endif

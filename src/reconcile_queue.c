@@ -1,0 +1,686 @@
+/* reconcile: the machine.  A queue of keys (each at most once), what each
+ * key needs now (decide), requests with bounded concurrency, v3
+ * transactions, backoff, listing the owned prefix (start-up and resync),
+ * TTL refresh, directory clean-up, the owned prefix deleted at
+ * deregistration.  The state it works on is in reconcile.c. */
+#include "reconcile_internal.h"
+#include "json.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define BATCH_BYTES (512u << 10) /* values in one v3 transaction, at most */
+#define BATCHES_IN_FLIGHT 16
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 5000
+
+static void reconcile_list_start(reconcile_t *r);
+
+/* ---- the queue ---- */
+
+void rkey_touch(reconcile_t *r, rkey_t *k) {
+  if (list_linked(&k->qnode)) return; /* queued at most once */
+  list_insert_tail(&r->queue, &k->qnode);
+  r->nqueued++;
+}
+
+void reconcile_touch_all(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->failed) {
+      k->failed = 0;
+      r->nfailed--;
+    }
+    rkey_touch(r, k);
+  }
+}
+
+/* ---- converged ---- */
+
+int reconcile_converged(const reconcile_t *r) {
+  return r->primed && r->docker_synced && list_empty(&r->queue) &&
+         r->inflight == 0 && r->nfailed == 0 && !r->paused && !r->list_op &&
+         !r->prefix_op && !r->batch;
+}
+
+void reconcile_check_converged(reconcile_t *r) {
+  int now = reconcile_converged(r);
+  if (!now && (r->was_converged || !r->behind_since))
+    r->behind_since = uv_now(r->loop);
+  if (now) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->last_converged = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    r->behind_since = 0;
+  }
+  if (now && !r->was_converged) {
+    reconcile_stats_t st;
+    reconcile_stats(r, &st);
+    if (!r->ever_converged || r->errors != r->errors_at_converge)
+      log_info("in sync: %zu keys from %zu containers", st.keys, st.containers);
+    else
+      log_debug("in sync: %zu keys from %zu containers", st.keys,
+                st.containers);
+    r->ever_converged = 1;
+    r->errors_at_converge = r->errors;
+    r->was_converged = 1;
+    if (r->converged_cb) r->converged_cb(r->ud);
+    return;
+  }
+  r->was_converged = now;
+}
+
+/* ---- backoff ---- */
+
+static void backoff_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  r->paused = 0;
+  reconcile_pump(r);
+}
+
+static void backoff(reconcile_t *r) {
+  if (r->paused) return;
+  r->paused = 1;
+  uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
+  if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
+  r->failures++;
+  d = d / 2 + util_rand((uint32_t)d / 2 + 1);
+  uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* ---- requests ---- */
+
+static void dry_print(const char *op, const rkey_t *k, const rstr_t *v) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "{\"op\":");
+  json_escape(&b, op, strlen(op));
+  buf_puts(&b, ",\"key\":");
+  json_escape(&b, k->key, strlen(k->key));
+  if (v) {
+    buf_puts(&b, ",\"value\":");
+    json_escape(&b, v->s, v->len);
+  }
+  const char *id = rkey_owner_id(k);
+  if (id) {
+    buf_puts(&b, ",\"container\":");
+    json_escape(&b, id, strlen(id));
+  }
+  buf_puts(&b, "}\n");
+  fwrite(b.data, 1, b.len, stdout);
+  fflush(stdout);
+  buf_free(&b);
+}
+
+/* The parent directory of a key, if it is still inside the prefix. */
+static void queue_parent_dir(reconcile_t *r, const char *key) {
+  if (!r->etcd || !etcd_has_dirs(r->etcd) || !r->prefix) return;
+  const char *slash = strrchr(key, '/');
+  if (!slash || slash == key) return;
+  size_t n = (size_t)(slash - key);
+  if (n < r->prefix_len) return;
+  char *dir = xstrndup(key, n);
+  if (!reconcile_in_prefix(r, dir)) {
+    free(dir);
+    return;
+  }
+  rkey_t *d = map_get(r->dirs, dir);
+  if (!d) {
+    d = xcalloc(1, sizeof *d);
+    d->r = r;
+    d->key = dir;
+    d->is_dir = 1;
+    map_put(r->dirs, d->key, d);
+  } else {
+    free(dir);
+  }
+  rkey_touch(r, d);
+}
+
+static void reconcile_op_done(void *data, const etcd_result_t *res);
+static void key_done(rkey_t *k, const etcd_result_t *res);
+
+/* A v3 transaction of puts and deletes, counted as one request. */
+typedef struct batch {
+  reconcile_t *r;
+  etcd_op_t *op; /* the transaction in flight */
+  list_t node;   /* on r->batches while in flight, owned there */
+  size_t n, bytes;
+  rkey_t *keys[ETCD_TXN_MAX];
+} batch_t;
+
+static void batch_done(void *data, const etcd_result_t *res) {
+  batch_t *b = data;
+  reconcile_t *r = b->r;
+  list_remove(&b->node);
+  r->inflight--;
+  if (res->status == ETCD_FAILED && b->n > 1) {
+    /* one bad key fails them all: try each alone to find it */
+    log_fields(LOG_DEBUG,
+               "etcd refused a transaction; writing its keys one "
+               "by one",
+               "error", res->error, NULL);
+    for (size_t i = 0; i < b->n; i++) {
+      rkey_t *k = b->keys[i];
+      k->inflight = 0;
+      k->act = ACT_NONE;
+      k->solo = 1;
+      rkey_touch(r, k);
+    }
+  } else {
+    for (size_t i = 0; i < b->n; i++)
+      key_done(b->keys[i], res);
+  }
+  free(b);
+  reconcile_pump(r);
+}
+
+static void batch_flush(reconcile_t *r) {
+  batch_t *b = r->batch;
+  if (!b) return;
+  r->batch = NULL;
+  etcd_txn_item_t items[ETCD_TXN_MAX];
+  for (size_t i = 0; i < b->n; i++) {
+    rkey_t *k = b->keys[i];
+    items[i].is_delete = k->act == ACT_DELETE;
+    items[i].key = k->key;
+    items[i].value = k->sent ? k->sent->s : NULL;
+    items[i].vlen = k->sent ? k->sent->len : 0;
+  }
+  r->inflight++;
+  list_insert_head(&r->batches, &b->node);
+  b->op = etcd_txn(r->etcd, items, b->n, batch_done, b);
+  if (!b->op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    batch_done(b, &fail);
+  }
+}
+
+/* Adds a put or delete to the transaction being filled; sends it when
+ * full.  Returns 0 if the key was taken. */
+static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
+  if (!r->batching || k->solo || (act != ACT_PUT && act != ACT_DELETE))
+    return -1;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  size_t len = act == ACT_PUT ? want->len : 0;
+  if (r->batch && r->batch->bytes + len > BATCH_BYTES) batch_flush(r);
+  if (!r->batch) {
+    r->batch = xcalloc(1, sizeof *r->batch);
+    r->batch->r = r;
+  }
+  k->act = act;
+  k->inflight = 1;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  r->batch->keys[r->batch->n++] = k;
+  r->batch->bytes += len;
+  if (r->batch->n == ETCD_TXN_MAX) batch_flush(r);
+  return 0;
+}
+
+static void issue(reconcile_t *r, rkey_t *k, act_t act) {
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  k->act = act;
+  k->inflight = 1;
+  r->inflight++;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  if (r->dry_run) {
+    if (act == ACT_PUT)
+      dry_print("put", k, want);
+    else if (act == ACT_DELETE)
+      dry_print("delete", k, NULL);
+    etcd_result_t ok = {ETCD_OK, NULL};
+    reconcile_op_done(k, &ok);
+    return;
+  }
+  switch (act) {
+  case ACT_PUT:
+    k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl,
+                     reconcile_op_done, k);
+    break;
+  case ACT_REFRESH:
+    k->op = etcd_refresh(r->etcd, k->key, r->ttl, reconcile_op_done, k);
+    break;
+  case ACT_DELETE:
+    k->op = etcd_delete(r->etcd, k->key, reconcile_op_done, k);
+    break;
+  case ACT_RMDIR:
+    k->op = etcd_delete_dir(r->etcd, k->key, reconcile_op_done, k);
+    break;
+  case ACT_NONE:
+    break;
+  }
+  if (!k->op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    reconcile_op_done(k, &fail);
+  }
+}
+
+static void log_change(const char *what, const rkey_t *k) {
+  log_fields(LOG_INFO, what, "key", k->key, "container", rkey_owner_id(k),
+             "image", rkey_owner_image(k), NULL);
+}
+
+static void reconcile_op_done(void *data, const etcd_result_t *res) {
+  rkey_t *k = data;
+  k->op = NULL;
+  k->r->inflight--;
+  key_done(k, res);
+}
+
+/* One key's write or delete has a result (alone or in a transaction). */
+static void key_done(rkey_t *k, const etcd_result_t *res) {
+  static const etcd_result_t ok = {ETCD_OK, NULL};
+  reconcile_t *r = k->r;
+  act_t act = k->act;
+  int again = k->again;
+  k->again = 0;
+  k->inflight = 0;
+  k->act = ACT_NONE;
+
+  if (res->status == ETCD_UNAVAILABLE) {
+    r->errors++;
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN,
+                 "etcd: cannot write; keeping the desired state "
+                 "and retrying with backoff",
+                 "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
+                 res->error, NULL);
+    }
+    backoff(r);
+    rkey_touch(r, k);
+    reconcile_pump(r);
+    return;
+  }
+  r->failures = 0;
+  if (r->outage) {
+    /* etcd may have restarted without its data meanwhile: look again */
+    r->outage = 0;
+    log_info("etcd reachable again; checking %s",
+             r->prefix ? r->prefix : "every key");
+    reconcile_resync(r);
+  }
+  switch (act) {
+  case ACT_PUT:
+    if (res->status == ETCD_OK) {
+      k->solo = 0;
+      r->puts++;
+      log_change(k->have_known && k->have ? "updated" : "registered", k);
+      rkey_set_have(k, k->sent);
+      k->have_ttl = r->ttl > 0;
+      k->refresh_due = 0;
+      if (r->changed)
+        r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+    }
+    break;
+  case ACT_REFRESH:
+    if (res->status == ETCD_OK) {
+      r->refreshes++;
+      k->refresh_due = 0;
+      k->have_ttl = 1;
+      log_fields(LOG_DEBUG, "refreshed", "key", k->key, NULL);
+    } else if (res->status == ETCD_NOT_FOUND) {
+      /* expired, or etcd lost it: write it again */
+      log_fields(LOG_WARN, "key vanished from etcd; writing it again", "key",
+                 k->key, NULL);
+      k->refresh_due = 0;
+      rkey_set_have(k, NULL);
+      res = &ok;
+    }
+    break;
+  case ACT_DELETE:
+    if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+      r->deletes++;
+      if (res->status == ETCD_OK || r->dry_run) {
+        log_change(rkey_owner_id(k) ? "removed" : "removed stale key", k);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      rkey_set_have(k, NULL);
+      res = &ok;
+      queue_parent_dir(r, k->key);
+    }
+    break;
+  case ACT_RMDIR:
+    if (res->status == ETCD_OK) {
+      log_fields(LOG_DEBUG, "removed empty directory", "key", k->key, NULL);
+      queue_parent_dir(r, k->key);
+    }
+    /* not empty, or gone already: either way nothing more to do here */
+    res = &ok;
+    break;
+  case ACT_NONE:
+    break;
+  }
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    log_fields(LOG_ERROR,
+               "etcd refused the write; retrying at the next "
+               "change or resync",
+               "key", k->key, "error", res->error, NULL);
+    rkey_set_failed(r, k, 1);
+  } else if (!k->is_dir || again) {
+    rkey_touch(r, k); /* it may have changed while in flight */
+  }
+  if (k->is_dir && !list_linked(&k->qnode)) rkey_maybe_drop(r, k);
+  reconcile_pump(r);
+}
+
+/* What a key needs now. */
+static act_t decide(reconcile_t *r, rkey_t *k) {
+  if (k->is_dir) return ACT_RMDIR;
+  if (k->failed) return ACT_NONE;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  if (!r->primed && reconcile_in_prefix(r, k->key)) return ACT_NONE; /* wait */
+  if (want) {
+    if (!k->have_known || !rstr_eq(k->have, want->s, want->len)) return ACT_PUT;
+    if (r->ttl > 0) {
+      if (!r->key_refresh) /* v3: attach to our lease, or nothing to do */
+        return k->have_ttl ? ACT_NONE : ACT_PUT;
+      /* v2: refreshing also gives a TTL to a key written without one */
+      return k->refresh_due || !k->have_ttl ? ACT_REFRESH : ACT_NONE;
+    }
+    return k->have_ttl ? ACT_PUT : ACT_NONE; /* ours must not expire */
+  }
+  if (k->have_known && !k->have) return ACT_NONE;
+  if (r->prefix_op && reconcile_in_prefix(r, k->key))
+    return ACT_NONE;                                        /* going */
+  if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+  return ACT_DELETE;
+}
+
+static void flush_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->paused) batch_flush(r);
+  reconcile_pump(r);
+}
+
+void reconcile_pump(reconcile_t *r) {
+  if (r->pumping) return;
+  r->pumping = 1;
+  while (!r->paused && !list_empty(&r->queue) &&
+         r->inflight < r->max_inflight) {
+    rkey_t *k = list_entry(list_pop(&r->queue), rkey_t, qnode);
+    r->nqueued--;
+    if (k->inflight) { /* look again when it completes */
+      k->again = 1;
+      continue;
+    }
+    act_t act = decide(r, k);
+    if (act == ACT_NONE) {
+      rkey_maybe_drop(r, k);
+      continue;
+    }
+    if (batch_add(r, k, act) == 0) continue;
+    issue(r, k, act);
+  }
+  /* what is left goes at the end of this loop iteration, with whatever
+   * else this iteration produces (a sync yields keys one by one) */
+  if (r->batch && !uv_is_active((uv_handle_t *)&r->flush_timer))
+    uv_timer_start(&r->flush_timer, flush_cb, 0, 0);
+  r->pumping = 0;
+  reconcile_check_converged(r);
+}
+
+/* ---- listing: start-up and resync ---- */
+
+static void list_timer_cb(uv_timer_t *t) {
+  reconcile_list_start(t->data);
+}
+
+static void reconcile_list_done(void *data, const etcd_result_t *res,
+                                const etcd_kv_t *kvs, size_t n,
+                                const char *const *dirs, size_t ndirs) {
+  reconcile_t *r = data;
+  r->list_op = NULL;
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
+    if (r->list_backoff_ms > BACKOFF_MAX_MS)
+      r->list_backoff_ms = BACKOFF_MAX_MS;
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN,
+                 "etcd: cannot list the owned prefix; retrying "
+                 "with backoff",
+                 "prefix", r->prefix, "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
+                 NULL);
+    }
+    uv_timer_start(&r->list_timer, list_timer_cb,
+                   r->list_backoff_ms / 2 +
+                       util_rand((uint32_t)r->list_backoff_ms / 2 + 1),
+                   0);
+    reconcile_check_converged(r);
+    return;
+  }
+  if (r->outage) {
+    r->outage = 0;
+    log_info("etcd reachable again");
+  }
+  r->list_backoff_ms = 0;
+  /* what etcd holds now, for every key not being written right now */
+  unsigned gen = ++r->gen;
+  for (size_t i = 0; i < n; i++) {
+    if (!reconcile_in_prefix(r, kvs[i].key)) continue;
+    rkey_t *k = rkey_get(r, kvs[i].key, 1);
+    k->mark = gen;
+    if (!k->inflight) {
+      if (!rstr_eq(k->have, kvs[i].value, kvs[i].value_len)) {
+        rstr_t *v = rstr_new(kvs[i].value, kvs[i].value_len);
+        rkey_set_have(k, v);
+        rstr_unref(v);
+      }
+      k->have_known = 1;
+      k->have_ttl = kvs[i].ttl > 0;
+      /* a key of a previous run keeps its old TTL: make it ours */
+      if (r->ttl > 0 && !r->primed) k->refresh_due = 1;
+    }
+  }
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->mark == gen || k->inflight || !reconcile_in_prefix(r, k->key))
+      continue;
+    rkey_set_have(k, NULL); /* not listed: etcd does not hold it */
+  }
+  for (size_t i = 0; i < ndirs; i++) {
+    if (strcmp(dirs[i], r->prefix) == 0 || reconcile_in_prefix(r, dirs[i])) {
+      char *child = xasprintf("%s/x", dirs[i]);
+      queue_parent_dir(r, child);
+      free(child);
+    }
+  }
+  if (!r->primed) {
+    r->primed = 1;
+    log_info("etcd: %zu keys under %s", n, r->prefix);
+  }
+  reconcile_touch_all(r);
+  if (r->list_again) {
+    r->list_again = 0;
+    reconcile_list_start(r);
+  }
+  reconcile_pump(r);
+}
+
+static void reconcile_list_start(reconcile_t *r) {
+  if (r->list_op) {
+    r->list_again = 1;
+    return;
+  }
+  r->list_op = etcd_list(r->etcd, r->prefix, reconcile_list_done, r);
+  if (!r->list_op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    reconcile_list_done(r, &fail, NULL, 0, NULL, 0);
+  }
+}
+
+void reconcile_start(reconcile_t *r) {
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    reconcile_pump(r);
+    return;
+  }
+  reconcile_list_start(r);
+}
+
+void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
+  if ((!prefix && !r->prefix) ||
+      (prefix && r->prefix && strcmp(prefix, r->prefix) == 0))
+    return;
+  free(r->prefix);
+  r->prefix = prefix ? xstrdup(prefix) : NULL;
+  r->prefix_len = prefix ? strlen(prefix) : 0;
+  log_info("the owned prefix is now %s", prefix ? prefix : "(none)");
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    reconcile_pump(r);
+    return;
+  }
+  r->primed = 0; /* hold writes under the new prefix until it is listed */
+  reconcile_list_start(r);
+}
+
+void reconcile_resync(reconcile_t *r) {
+  if (!r->primed || !r->prefix || r->dry_run) {
+    reconcile_touch_all(r);
+    reconcile_pump(r);
+    return;
+  }
+  reconcile_list_start(r);
+}
+
+void reconcile_docker_synced(reconcile_t *r, int synced) {
+  int was = r->docker_synced;
+  r->docker_synced = synced;
+  if (synced && !was) reconcile_touch_all(r); /* orphans may go now */
+  reconcile_pump(r);
+}
+
+void reconcile_lease_lost(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (!k->inflight) rkey_set_have(k, NULL); /* they went with the lease */
+  }
+  reconcile_touch_all(r);
+  reconcile_pump(r);
+}
+
+static void prefix_deleted(void *data, const etcd_result_t *res) {
+  reconcile_t *r = data;
+  r->prefix_op = NULL;
+  if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, r->keys);
+    while (map_iter_next(&it, NULL, &v)) {
+      rkey_t *k = v;
+      if (k->owners || k->inflight || !reconcile_in_prefix(r, k->key)) continue;
+      if (k->have) {
+        r->deletes++;
+        log_change("removed", k);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      rkey_set_have(k, NULL);
+    }
+    log_info("deleted %s in one request", r->prefix);
+  } else {
+    log_fields(LOG_WARN, "cannot delete the owned prefix; deleting key by key",
+               "prefix", r->prefix, "error", res->error, NULL);
+  }
+  reconcile_touch_all(r);
+  reconcile_pump(r);
+}
+
+void reconcile_deregister(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->conts);
+  while (map_iter_next(&it, NULL, &v))
+    rcont_drop(r, v);
+  /* everything under the owned prefix is ours: one request for all of it */
+  if (r->prefix && r->etcd && !r->dry_run && r->primed)
+    r->prefix_op = etcd_delete_prefix(r->etcd, r->prefix, prefix_deleted, r);
+  reconcile_pump(r);
+}
+
+/* ---- TTL refresh ---- */
+
+static void refresh_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->primed) return;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->owners && k->have) {
+      k->refresh_due = 1;
+      rkey_touch(r, k);
+    }
+  }
+  reconcile_pump(r);
+}
+
+/* ---- life cycle of the machine (reconcile_new/_free in reconcile.c) ---- */
+
+void reconcile_queue_init(reconcile_t *r) {
+  list_init(&r->queue);
+  list_init(&r->batches);
+  uv_timer_init(r->loop, &r->backoff_timer);
+  uv_timer_init(r->loop, &r->refresh_timer);
+  uv_timer_init(r->loop, &r->list_timer);
+  uv_timer_init(r->loop, &r->flush_timer);
+  r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
+  r->flush_timer.data = r;
+  r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
+  r->batching = r->etcd && etcd_has_txn(r->etcd) && !r->dry_run;
+  if (r->batching) r->max_inflight = BATCHES_IN_FLIGHT;
+  if (r->ttl > 0 && r->key_refresh) {
+    /* refresh well before expiry: a third of the TTL, at least 1 s */
+    uint64_t every = (uint64_t)r->ttl * 1000 / 3;
+    if (every < 1000) every = 1000;
+    uv_timer_start(&r->refresh_timer, refresh_cb, every, every);
+  }
+}
+
+void reconcile_queue_stop(reconcile_t *r) {
+  if (r->list_op) etcd_cancel(r->list_op);
+  if (r->prefix_op) etcd_cancel(r->prefix_op);
+  free(r->batch); /* filled but not sent: its keys go below */
+  list_t *n;
+  while ((n = list_first(&r->batches))) {
+    batch_t *b = list_entry(n, batch_t, node);
+    list_remove(&b->node);
+    etcd_cancel(b->op);
+    free(b);
+  }
+}
+
+static void reconcile_timer_closed(uv_handle_t *h) {
+  reconcile_t *r = h->data;
+  if (--r->open_handles == 0) free(r);
+}
+
+void reconcile_queue_close(reconcile_t *r) {
+  r->open_handles = 4;
+  uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->backoff_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->refresh_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->list_timer, reconcile_timer_closed);
+}
