@@ -52,6 +52,6 @@ void luaio_set_current(luaio_ctx_t *ctx, lua_State *co);
 void luaio_cancel(luaio_t *io, lua_State *L);
 void luaio_cancel_co(luaio_t *io, const lua_State *co);
 /* Whether coroutine co waits for one of our requests. */
-int luaio_waiting(const luaio_t *io, const lua_State *co);
+int luaio_waiting(luaio_t *io, const lua_State *co);
 
 #endif

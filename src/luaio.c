@@ -1,6 +1,7 @@
 /* luaio: HTTP and read-only etcd for policy hooks, as yields. */
 #include "luaio.h"
 #include "json.h"
+#include "list.h"
 #include "log.h"
 #include "luareg.h"
 #include "util.h"
@@ -35,14 +36,14 @@ typedef struct ioreq {
   http_req_t *http;
   etcd_op_t *op;
   int want_list;
-  struct ioreq *prev, *next;
+  list_t node; /* on luaio.reqs */
 } ioreq_t;
 
 struct luaio {
   http_t *http;
   etcd_t *etcd;
   int print_only;
-  ioreq_t *reqs;
+  list_t reqs; /* ioreq_t: requests in flight */
 };
 
 luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only) {
@@ -50,17 +51,12 @@ luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only) {
   io->http = http;
   io->etcd = etcd;
   io->print_only = print_only;
+  list_init(&io->reqs);
   return io;
 }
 
 static void req_unlink(ioreq_t *r) {
-  luaio_t *io = r->io;
-  if (r->prev)
-    r->prev->next = r->next;
-  else
-    io->reqs = r->next;
-  if (r->next) r->next->prev = r->prev;
-  r->prev = r->next = NULL;
+  list_remove(&r->node);
 }
 
 static void req_drop(ioreq_t *r) {
@@ -73,30 +69,36 @@ static void req_drop(ioreq_t *r) {
 
 void luaio_free(luaio_t *io) {
   if (!io) return;
-  while (io->reqs)
-    req_drop(io->reqs);
+  list_t *n;
+  while ((n = list_first(&io->reqs)))
+    req_drop(list_entry(n, ioreq_t, node));
   free(io);
 }
 
-void luaio_cancel(luaio_t *io, lua_State *L) {
+/* Drops the requests of state L (L != NULL) or of coroutine co. */
+static void drop_where(luaio_t *io, const lua_State *L, const lua_State *co) {
   if (!io) return;
-  for (ioreq_t *r = io->reqs, *next; r; r = next) {
-    next = r->next;
-    if (r->L == L) req_drop(r);
+  for (list_t *n = io->reqs.next, *next; n != &io->reqs; n = next) {
+    next = n->next;
+    ioreq_t *r = list_entry(n, ioreq_t, node);
+    if (L ? r->L == L : r->co == co) req_drop(r);
   }
+}
+
+void luaio_cancel(luaio_t *io, lua_State *L) {
+  drop_where(io, L, NULL);
 }
 
 void luaio_cancel_co(luaio_t *io, const lua_State *co) {
-  if (!io) return;
-  for (ioreq_t *r = io->reqs, *next; r; r = next) {
-    next = r->next;
-    if (r->co == co) req_drop(r);
-  }
+  drop_where(io, NULL, co);
 }
 
-int luaio_waiting(const luaio_t *io, const lua_State *co) {
-  for (const ioreq_t *r = io ? io->reqs : NULL; r; r = r->next)
-    if (r->co == co) return 1;
+int luaio_waiting(luaio_t *io, const lua_State *co) {
+  list_t *n;
+  if (!io) return 0;
+  list_foreach(n, &io->reqs) {
+    if (list_entry(n, ioreq_t, node)->co == co) return 1;
+  }
   return 0;
 }
 
@@ -131,9 +133,7 @@ static ioreq_t *req_new(lua_State *L, luaio_ctx_t *ctx) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   r->L = lua_tothread(L, -1);
   lua_pop(L, 1);
-  r->next = ctx->io->reqs;
-  if (ctx->io->reqs) ctx->io->reqs->prev = r;
-  ctx->io->reqs = r;
+  list_insert_tail(&ctx->io->reqs, &r->node);
   return r;
 }
 

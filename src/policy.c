@@ -8,6 +8,7 @@
  * (sandbox.c). */
 #include "policy.h"
 #include "container.h"
+#include "list.h"
 #include "log.h"
 #include "luareg.h"
 #include "sandbox.h"
@@ -34,7 +35,7 @@ typedef struct hookco {
   int ref;             /* anchors co in the registry */
   const char *name;    /* "event" or "changed" */
   uint64_t started_ms; /* for the limit on the call as a whole */
-  struct hookco *prev, *next;
+  list_t node;         /* on policy.hooks */
 } hookco_t;
 
 struct policy {
@@ -71,7 +72,7 @@ struct policy {
   policy_reason_t reason;
   luaio_t *io;
   luaio_ctx_t *ioctx; /* anchored in the registry */
-  hookco_t *hooks;    /* hook calls alive */
+  list_t hooks;       /* hookco_t: hook calls alive */
   size_t nhooks;
   uv_timer_t *sweep; /* ends hook calls past their limit; NULL: no loop */
   policy_stats_t own_stats;
@@ -409,6 +410,7 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   p->ref_policy = p->ref_host = LUA_NOREF;
   p->ref_event = p->ref_changed = LUA_NOREF;
   p->io = o->io;
+  list_init(&p->hooks);
   buf_init(&p->trace);
   if (o->loop) {
     p->sweep = xcalloc(1, sizeof *p->sweep);
@@ -446,11 +448,9 @@ static void sweep_closed(uv_handle_t *h) {
 void policy_free(policy_t *p) {
   if (!p) return;
   if (p->L) luaio_cancel(p->io, p->L);
-  while (p->hooks) { /* their coroutines go with the state */
-    hookco_t *h = p->hooks;
-    p->hooks = h->next;
-    free(h);
-  }
+  list_t *n;
+  while ((n = list_pop(&p->hooks))) /* their coroutines go with the state */
+    free(list_entry(n, hookco_t, node));
   if (p->sweep) uv_close((uv_handle_t *)p->sweep, sweep_closed);
   if (p->L) lua_close(p->L);
   free(p->name);
@@ -670,11 +670,7 @@ unsigned long policy_errors(const policy_t *p) {
 }
 
 static void hook_end(policy_t *p, hookco_t *h) {
-  if (h->prev)
-    h->prev->next = h->next;
-  else
-    p->hooks = h->next;
-  if (h->next) h->next->prev = h->prev;
+  list_remove(&h->node);
   p->nhooks--;
   luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
   free(h);
@@ -750,9 +746,14 @@ static int push_results(lua_State *L) {
 
 static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
   policy_t *p = ud;
-  hookco_t *h = p->hooks;
-  while (h && h->co != co)
-    h = h->next;
+  hookco_t *h = NULL;
+  list_t *it;
+  list_foreach(it, &p->hooks) {
+    if (list_entry(it, hookco_t, node)->co == co) {
+      h = list_entry(it, hookco_t, node);
+      break;
+    }
+  }
   if (!h) return; /* not ours any more */
   lua_State *L = p->L;
   int top = lua_gettop(L);
@@ -781,8 +782,9 @@ static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
 static void sweep_cb(uv_timer_t *t) {
   policy_t *p = t->data;
   uint64_t now = util_now_ms();
-  for (hookco_t *h = p->hooks, *next; h; h = next) {
-    next = h->next;
+  for (list_t *n = p->hooks.next, *next; n != &p->hooks; n = next) {
+    next = n->next;
+    hookco_t *h = list_entry(n, hookco_t, node);
     if (now - h->started_ms < p->hook_limit_ms) continue;
     luaio_cancel_co(p->io, h->co);
     p->reason = POLICY_ERR_TIMEOUT;
@@ -869,9 +871,7 @@ static void hook_call(policy_t *p, hookargs_t *a, const char *name, int nargs) {
   h->ref = a->ref;
   h->name = name;
   h->started_ms = util_now_ms();
-  h->next = p->hooks;
-  if (p->hooks) p->hooks->prev = h;
-  p->hooks = h;
+  list_insert_tail(&p->hooks, &h->node);
   p->nhooks++;
   if (p->sweep && p->nhooks == 1)
     uv_timer_start(p->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
