@@ -84,6 +84,8 @@ static void op_free(etcd_op_t *op) {
   etcd_t *e = op->e;
   unwait(op);
   list_remove(&op->node);
+  if (list_linked(&op->fnode)) list_remove(&op->fnode);
+  free(op->fail_error);
   /* a lease check run for this listing answers to nobody now */
   list_t *n;
   list_foreach(n, &e->ops) {
@@ -125,6 +127,8 @@ static void record(etcd_t *e, const etcd_op_t *op, etcd_status_t st) {
 /* The end of an operation: its callback (or internal handler), then free. */
 static void complete(etcd_op_t *op, const etcd_result_t *res) {
   etcd_t *e = op->e;
+  /* libuv's rule: never inside the call that started the operation */
+  REGISTER_ASSERT(!op->launching);
   record(e, op, res->status);
   if (res->status == ETCD_UNAVAILABLE && res->error)
     snprintf(e->last_error, sizeof e->last_error, "%s", res->error);
@@ -162,9 +166,27 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
   op_free(op);
 }
 
+/* Delivers the failures etcd_op_fail() queued. */
+static void etcd_fail_cb(uv_timer_t *t) {
+  etcd_t *e = t->data;
+  list_t *n;
+  while ((n = list_pop(&e->failing))) {
+    etcd_op_t *op = list_entry(n, etcd_op_t, fnode);
+    etcd_result_t res = {op->fail_status, op->fail_error};
+    complete(op, &res); /* its callback may cancel or fail others */
+  }
+}
+
+/* An operation fails: its callback runs from the loop, never from here,
+ * whoever calls this (the call that started the operation, among
+ * others). */
 static void etcd_op_fail(etcd_op_t *op, etcd_status_t st, const char *err) {
-  etcd_result_t res = {st, err};
-  complete(op, &res);
+  etcd_t *e = op->e;
+  REGISTER_ASSERT(!op->req && !list_linked(&op->fnode));
+  op->fail_status = st;
+  op->fail_error = err ? xstrdup(err) : NULL;
+  list_insert_tail(&e->failing, &op->fnode);
+  uv_timer_start(&e->fail_timer, etcd_fail_cb, 0, 0);
 }
 
 /* Calls back with the listing: for v3, whether a key "has a TTL" means
@@ -455,7 +477,10 @@ static void keepalive_cb(uv_timer_t *t) {
 /* Sends a new operation, or parks it at a gate.  As in libuv, an error
  * return (NULL) means its callback will never run. */
 static etcd_op_t *launch(etcd_op_t *op) {
-  if (gate(op)) return op;
+  op->launching = 1;
+  int parked = gate(op);
+  op->launching = 0;
+  if (parked) return op;
   if (send_op(op) < 0) {
     op_free(op);
     return NULL;
@@ -609,9 +634,11 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   list_init(&e->ops);
   for (size_t i = 0; i < ARRAY_SIZE(e->wait); i++)
     list_init(&e->wait[i]);
+  list_init(&e->failing);
   uv_timer_init(loop, &e->keepalive_timer);
-  e->keepalive_timer.data = e;
-  e->timer_open = 1;
+  uv_timer_init(loop, &e->fail_timer);
+  e->keepalive_timer.data = e->fail_timer.data = e;
+  e->handles_open = 2;
   if (e->ttl > 0) {
     uint64_t every = (uint64_t)e->ttl * 1000 / 3;
     if (every < 500) every = 500;
@@ -626,7 +653,8 @@ static void wipe(char *s) {
 }
 
 static void etcd_timer_closed(uv_handle_t *h) {
-  free(h->data);
+  etcd_t *e = h->data;
+  if (--e->handles_open == 0) free(e);
 }
 
 void etcd_free(etcd_t *e) {
@@ -644,4 +672,5 @@ void etcd_free(etcd_t *e) {
   wipe(e->userpwd);
   wipe(e->token);
   uv_close((uv_handle_t *)&e->keepalive_timer, etcd_timer_closed);
+  uv_close((uv_handle_t *)&e->fail_timer, etcd_timer_closed);
 }

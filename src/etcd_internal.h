@@ -81,6 +81,11 @@ struct etcd_op {
   void *data;
   uint64_t started; /* uv_hrtime() at creation, for the histogram */
   list_t node;      /* on e->ops from op_new() to op_free() */
+  /* a failure waiting to be delivered from the loop (etcd_op_fail) */
+  etcd_status_t fail_status;
+  char *fail_error; /* owned */
+  list_t fnode;     /* on e->failing */
+  int launching;    /* inside the call that started it */
 };
 
 struct etcd {
@@ -105,7 +110,9 @@ struct etcd {
   int64_t lease;
   int grant_pending, keepalive_pending, adopt_tried;
   uv_timer_t keepalive_timer;
-  int timer_open;
+  list_t failing;        /* etcd_op_t.fnode: failures to deliver */
+  uv_timer_t fail_timer; /* delivers them, from the loop */
+  int handles_open;      /* the two timers; e is freed when both closed */
   void (*lease_lost)(void *ud);
   void *ud;
   /* statistics */
