@@ -10,8 +10,4 @@
  * Returns the process exit code. */
 int app_run(const config_t *cfg);
 
-/* `register check POLICY [INSPECT.json ...]`: runs a policy over saved
- * inspect output and prints the records.  Returns the exit code. */
-int app_check(int argc, char **argv);
-
 #endif

@@ -1,17 +1,18 @@
-/* app: wiring, signals, resync timer, orderly shutdown. */
+/* app: wiring, signals, timers, orderly shutdown. */
 #include "app.h"
 #include "container.h"
 #include "docker.h"
 #include "etcd.h"
 #include "http.h"
 #include "log.h"
+#include "health.h"
 #include "httpd.h"
 #include "luaio.h"
-#include "map.h"
 #include "metrics.h"
 #include "notify.h"
 #include "policy.h"
 #include "reconcile.h"
+#include "reload.h"
 #include "util.h"
 
 #include <signal.h>
@@ -25,24 +26,6 @@
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
 #define DOCKER_CONNS 32 /* inspects at once */
-#define HEALTH_ETCD_FRESH_MS                                                   \
-  3000                          /* older than this: probe before answering     \
-                                 */
-#define HEALTH_PENDING_MS 60000 /* writes pending longer: unhealthy */
-
-/* A policy reload in progress: the new policy is tried on every running
- * container before it replaces the old one. */
-typedef struct {
-  policy_t *policy;
-  map_t *records; /* id -> pending_t: what the new policy produces */
-  map_t *touched; /* ids that had events meanwhile (old policy ran) */
-  int failed;
-} reload_t;
-
-typedef struct {
-  char *image;
-  records_t recs;
-} pending_t;
 
 typedef struct {
   const config_t *cfg;
@@ -55,13 +38,11 @@ typedef struct {
   policy_t *policy;
   reconcile_t *rec;
   docker_t *docker;
-  reload_t *reload;
+  reload_t *reload; /* SIGHUP */
   notify_t *notify;
   httpd_t *httpd;
-  httpd_req_t **health_waiting; /* /healthz requests waiting for a probe */
-  size_t nhealth_waiting;
-  etcd_op_t *probe;
-  uint64_t policy_errors, policy_rejected, reloads_ok, reloads_failed;
+  health_t *health; /* the answers httpd gives */
+  uint64_t policy_errors, policy_rejected;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   int stopping;
@@ -87,19 +68,13 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   a->policy_rejected += recs.rejected;
   reconcile_set(a->rec, id, container_image(inspect), &recs);
   records_free(&recs);
-  if (a->reload && !map_get(a->reload->touched, id)) {
-    char *k = xstrdup(id);
-    map_put(a->reload->touched, k, k);
-  }
+  reload_touch(a->reload, id);
 }
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
   reconcile_set(a->rec, id, NULL, NULL);
-  if (a->reload && !map_get(a->reload->touched, id)) {
-    char *k = xstrdup(id);
-    map_put(a->reload->touched, k, k);
-  }
+  reload_touch(a->reload, id);
 }
 
 static void on_event(void *ud, const docker_event_t *ev) {
@@ -123,134 +98,6 @@ static void on_changed(void *ud, const char *op, const char *key,
 static void on_lease_lost(void *ud) {
   app_t *a = ud;
   if (a->rec) reconcile_lease_lost(a->rec);
-}
-
-/* ---- SIGHUP: reload the policy, all or nothing ---- */
-
-static void free_strings(map_t *m) {
-  map_iter_t it;
-  void *v;
-  map_iter_init(&it, m);
-  while (map_iter_next(&it, NULL, &v))
-    free(v);
-  map_free(m);
-}
-
-static void reload_free(reload_t *rl) {
-  if (!rl) return;
-  map_iter_t it;
-  const char *k;
-  void *v;
-  map_iter_init(&it, rl->records);
-  while (map_iter_next(&it, &k, &v)) {
-    pending_t *pd = v;
-    records_free(&pd->recs);
-    free(pd->image);
-    free((void *)(uintptr_t)k);
-    free(pd);
-  }
-  map_free(rl->records);
-  free_strings(rl->touched);
-  policy_free(rl->policy);
-  free(rl);
-}
-
-static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
-  app_t *a = ud;
-  reload_t *rl = a->reload;
-  if (rl->failed) return;
-  pending_t *pd = xcalloc(1, sizeof *pd);
-  char err[600];
-  if (policy_records(rl->policy, inspect, &pd->recs, err, sizeof err) < 0) {
-    log_error("policy reload failed, keeping the old policy: %s", err);
-    rl->failed = 1;
-    free(pd);
-    return;
-  }
-  pd->image = xstrdup(container_image(inspect));
-  pending_t *old = map_put(rl->records, xstrdup(id), pd);
-  if (old) { /* cannot happen: one inspect per id */
-    records_free(&old->recs);
-    free(old->image);
-    free(old);
-  }
-}
-
-static void reload_done(void *ud, int ok, const char *why) {
-  app_t *a = ud;
-  reload_t *rl = a->reload;
-  if (!ok || rl->failed) {
-    if (!ok)
-      log_error("policy reload failed, keeping the old policy: %s",
-                why ? why : "Docker went away");
-    a->reloads_failed++;
-    a->reload = NULL;
-    reload_free(rl);
-    return;
-  }
-  a->reloads_ok++;
-  /* commit: the new policy is in force from here on */
-  policy_t *old = a->policy;
-  a->policy = rl->policy;
-  rl->policy = old;
-  const char *prefix = policy_prefix(a->policy);
-  reconcile_set_prefix(a->rec, prefix);
-  map_iter_t it;
-  const char *id;
-  void *v;
-  size_t n = 0;
-  map_iter_init(&it, rl->records);
-  while (map_iter_next(&it, &id, &v)) {
-    pending_t *pd = v;
-    if (map_get(rl->touched, id)) continue; /* inspected again below */
-    reconcile_set(a->rec, id, pd->image, &pd->recs);
-    n++;
-  }
-  map_iter_init(&it, rl->touched);
-  while (map_iter_next(&it, &id, NULL))
-    docker_refresh(a->docker, id);
-  log_info("policy %s reloaded: %zu containers re-evaluated, prefix %s",
-           policy_name(a->policy), n + map_size(rl->touched),
-           prefix ? prefix : "(none)");
-  a->reload = NULL;
-  reload_free(rl); /* frees the old policy */
-}
-
-static void reload(app_t *a) {
-  const config_t *cfg = a->cfg;
-  if (!cfg->policy_file) {
-    log_info("SIGHUP: the embedded default policy has no file to reload");
-    return;
-  }
-  if (a->reload) {
-    log_warn("SIGHUP: a policy reload is already running");
-    return;
-  }
-  char err[600];
-  policy_opts_t po = {
-      cfg->policy_file, cfg->host_ip, cfg->hostname, 0, 0, a->io};
-  policy_t *p = policy_new(&po, err, sizeof err);
-  if (!p) {
-    a->reloads_failed++;
-    log_error("policy reload failed, keeping the old policy: %s", err);
-    return;
-  }
-  reload_t *rl = xcalloc(1, sizeof *rl);
-  rl->policy = p;
-  rl->records = map_new();
-  rl->touched = map_new();
-  a->reload = rl;
-  log_info("SIGHUP: trying policy %s on every running container",
-           cfg->policy_file);
-  if (docker_snapshot(a->docker, reload_each, reload_done, a) < 0) {
-    if (a->reload) { /* not finished synchronously */
-      a->reloads_failed++;
-      a->reload = NULL;
-      reload_free(rl);
-      log_error("policy reload failed, keeping the old policy: Docker is "
-                "not connected");
-    }
-  }
 }
 
 static void on_synced(void *ud) {
@@ -298,108 +145,29 @@ static void trim_cb(uv_timer_t *t) {
 #endif
 }
 
-/* ---- /metrics and /healthz ---- */
+/* ---- /metrics and /healthz (health.c) ---- */
 
-static void serve_metrics(app_t *a, httpd_req_t *req) {
-  metrics_input_t in = {0};
-  in.docker = a->docker;
-  in.etcd = a->etcd;
-  in.rec = a->rec;
-  in.etcd_api = a->cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2";
-  in.policy_errors = a->policy_errors + policy_errors(a->policy);
-  in.policy_rejected = a->policy_rejected;
-  in.hooks_dropped = policy_hooks_dropped(a->policy);
-  in.reloads_ok = a->reloads_ok;
-  in.reloads_failed = a->reloads_failed;
-  buf_t b;
-  buf_init(&b);
-  metrics_render(&b, &in);
-  httpd_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data,
-                b.len);
-  buf_free(&b);
-}
-
-/* 200 when the event stream is up, etcd answered recently and nothing is
- * pending too long; else 503 with the problems, one short string each. */
-static void answer_health(app_t *a, httpd_req_t *req, const char *etcd_err) {
-  buf_t problems, b;
-  buf_init(&problems);
-  buf_init(&b);
-  char msg[400];
-  if (!a->docker || !docker_connected(a->docker)) {
-    snprintf(msg, sizeof msg, "docker: the event stream is not connected");
-    buf_putc(&problems, ',');
-    json_escape(&problems, msg, strlen(msg));
-  }
-  if (etcd_err) {
-    snprintf(msg, sizeof msg, "etcd: no answer: %s", etcd_err);
-    buf_putc(&problems, ',');
-    json_escape(&problems, msg, strlen(msg));
-  }
-  reconcile_stats_t st;
-  reconcile_stats(a->rec, &st);
-  if (st.behind_ms > HEALTH_PENDING_MS) {
-    snprintf(msg, sizeof msg, "etcd: %zu keys pending for %llu s",
-             st.queued + st.inflight + st.failed,
-             (unsigned long long)st.behind_ms / 1000);
-    buf_putc(&problems, ',');
-    json_escape(&problems, msg, strlen(msg));
-  }
-  if (problems.len)
-    buf_printf(&b, "{\"status\":\"unhealthy\",\"problems\":[%s]",
-               problems.data + 1);
-  else
-    buf_puts(&b, "{\"status\":\"ok\"");
-  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys, st.containers);
-  httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
-                b.len);
-  buf_free(&problems);
-  buf_free(&b);
-}
-
-static void probe_done(void *data, const etcd_result_t *res) {
-  app_t *a = data;
-  a->probe = NULL;
-  const char *err = res->status == ETCD_OK ? NULL : res->error;
-  for (size_t i = 0; i < a->nhealth_waiting; i++)
-    answer_health(a, a->health_waiting[i], err ? err : NULL);
-  free(a->health_waiting);
-  a->health_waiting = NULL;
-  a->nhealth_waiting = 0;
-}
-
-static void serve_health(app_t *a, httpd_req_t *req) {
-  int64_t since = a->etcd ? etcd_since_answer_ms(a->etcd) : 0;
-  if (since >= 0 && since <= HEALTH_ETCD_FRESH_MS) {
-    answer_health(a, req, NULL);
-    return;
-  }
-  /* etcd has been quiet: ask it before answering */
-  a->health_waiting = xrealloc(
-      a->health_waiting, (a->nhealth_waiting + 1) * sizeof *a->health_waiting);
-  a->health_waiting[a->nhealth_waiting++] = req;
-  if (!a->probe) a->probe = etcd_probe(a->etcd, probe_done, a);
-  if (!a->probe) {
-    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    probe_done(a, &fail);
-  }
-}
-
-static void http_handler(void *ud, httpd_req_t *req, const char *method,
-                         const char *path) {
-  (void)method;
+static void health_inputs(void *ud, metrics_input_t *in) {
   app_t *a = ud;
-  if (strcmp(path, "/metrics") == 0) {
-    serve_metrics(a, req);
-  } else if (strcmp(path, "/healthz") == 0) {
-    serve_health(a, req);
-  } else {
-    static const char msg[] = "not found: try /metrics or /healthz\n";
-    httpd_respond(req, 404, "text/plain", msg, sizeof msg - 1);
-  }
+  in->docker = a->docker;
+  in->etcd = a->etcd;
+  in->rec = a->rec;
+  in->etcd_api = a->cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2";
+  in->policy_errors = a->policy_errors + policy_errors(a->policy);
+  in->policy_rejected = a->policy_rejected;
+  in->hooks_dropped = policy_hooks_dropped(a->policy);
+  reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed);
 }
 
 /* ---- timers and signals ---- */
+
+/* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
+static policy_t *reload_commit(void *ud, policy_t *fresh) {
+  app_t *a = ud;
+  policy_t *old = a->policy;
+  a->policy = fresh;
+  return old;
+}
 
 static void resync_cb(uv_timer_t *t) {
   app_t *a = t->data;
@@ -413,25 +181,11 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-/* Runs from a timer, never from inside another module's callback. */
-static void stop_cb(uv_timer_t *t) {
-  app_t *a = t->data;
-  if (a->cfg->deregister_on_exit && !a->deregistering && !a->cfg->once) {
-    a->deregistering = 1;
-    log_info("deregistering this host's keys before exit");
-    docker_free(a->docker);
-    a->docker = NULL;
-    uv_timer_start(&a->deadline_timer, stop_cb, DEREGISTER_TIMEOUT_MS, 0);
-    reconcile_deregister(a->rec);
-    if (!reconcile_converged(a->rec)) return; /* on_converged comes back */
-  }
-  if (a->deregistering && !reconcile_converged(a->rec))
-    log_warn("exiting before every key could be deleted");
-  if (a->probe) {
-    etcd_cancel(a->probe);
-    etcd_result_t bye = {ETCD_UNAVAILABLE, "shutting down"};
-    probe_done(a, &bye);
-  }
+/* In order: what uses a module goes before it.  Each may be NULL (setup
+ * failed half way). */
+static void free_modules(app_t *a) {
+  health_free(a->health); /* answers what waits for a probe */
+  a->health = NULL;
   httpd_free(a->httpd);
   a->httpd = NULL;
   notify_free(a->notify);
@@ -454,6 +208,23 @@ static void stop_cb(uv_timer_t *t) {
   a->dhttp = NULL;
   http_free(a->shttp);
   a->shttp = NULL;
+}
+
+/* Runs from a timer, never from inside another module's callback. */
+static void stop_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->cfg->deregister_on_exit && !a->deregistering && !a->cfg->once) {
+    a->deregistering = 1;
+    log_info("deregistering this host's keys before exit");
+    docker_free(a->docker);
+    a->docker = NULL;
+    uv_timer_start(&a->deadline_timer, stop_cb, DEREGISTER_TIMEOUT_MS, 0);
+    reconcile_deregister(a->rec);
+    if (!reconcile_converged(a->rec)) return; /* on_converged comes back */
+  }
+  if (a->deregistering && !reconcile_converged(a->rec))
+    log_warn("exiting before every key could be deleted");
+  free_modules(a);
   uv_walk(&a->loop, close_walk_cb, NULL);
   /* closing the last signal handle gave SIGTERM its default action back: a
    * second signal now must not kill the process halfway through */
@@ -474,7 +245,9 @@ static void begin_stop(app_t *a, int code) {
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
   if (signum == SIGHUP) {
-    reload(a);
+    policy_opts_t po = {
+        a->cfg->policy_file, a->cfg->host_ip, a->cfg->hostname, 0, 0, a->io};
+    reload_run(a->reload, &po, a->docker, a->rec);
     return;
   }
   if (a->stopping) {
@@ -558,9 +331,11 @@ int app_run(const config_t *cfg) {
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced, on_connection};
   a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
   a->notify = notify_new(&a->loop);
+  a->reload = reload_new(reload_commit, a);
   if (cfg->metrics_addr) {
-    a->httpd = httpd_new(&a->loop, cfg->metrics_addr, http_handler, a, err,
-                         sizeof err);
+    a->health = health_new(a->etcd, health_inputs, a);
+    a->httpd = httpd_new(&a->loop, cfg->metrics_addr, health_handle, a->health,
+                         err, sizeof err);
     if (!a->httpd) {
       log_error("%s", err);
       goto out;
@@ -602,150 +377,12 @@ int app_run(const config_t *cfg) {
   rc = a->exit_code;
 out:
   if (a->http || a->dhttp || a->shttp) { /* setup failed half way */
-    notify_free(a->notify);
-    docker_free(a->docker);
-    reconcile_free(a->rec);
-    policy_free(a->policy);
-    a->policy = NULL;
-    luaio_free(a->io);
-    etcd_free(a->etcd);
-    http_free(a->http);
-    http_free(a->dhttp);
-    http_free(a->shttp);
+    free_modules(a);
     uv_walk(&a->loop, close_walk_cb, NULL);
     uv_run(&a->loop, UV_RUN_DEFAULT);
   }
   if (uv_loop_close(&a->loop) != 0) log_warn("libuv loop still has handles");
   policy_free(a->policy);
   free(a);
-  return rc;
-}
-
-/* ---- register check ---- */
-
-static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
-  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-  if (!f) {
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return NULL;
-  }
-  buf_t b;
-  buf_init(&b);
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    buf_append(&b, chunk, n);
-  int bad = ferror(f);
-  if (f != stdin) fclose(f);
-  if (bad) {
-    snprintf(err, errlen, "%s: read error", path);
-    buf_free(&b);
-    return NULL;
-  }
-  *len = b.len;
-  return buf_detach(&b);
-}
-
-static int check_one(policy_t *p, const char *file, const json_value_t *doc) {
-  records_t recs;
-  char err[600];
-  const char *id = json_get_str(doc, "Id");
-  if (policy_records(p, doc, &recs, err, sizeof err) < 0) {
-    fprintf(stderr, "register: %s: %s\n", file, err);
-    if (*policy_traceback(p)) fprintf(stderr, "%s\n", policy_traceback(p));
-    return -1;
-  }
-  buf_t b;
-  buf_init(&b);
-  for (size_t i = 0; i < recs.n; i++) {
-    buf_reset(&b);
-    buf_puts(&b, "{\"container\":");
-    json_escape(&b, id ? id : "", id ? strlen(id) : 0);
-    buf_puts(&b, ",\"key\":");
-    json_escape(&b, recs.v[i].key, strlen(recs.v[i].key));
-    buf_puts(&b, ",\"value\":");
-    json_escape(&b, recs.v[i].value, recs.v[i].value_len);
-    buf_puts(&b, "}\n");
-    fwrite(b.data, 1, b.len, stdout);
-  }
-  buf_free(&b);
-  /* what a changed hook would do for these writes (HTTP is printed) */
-  for (size_t i = 0; i < recs.n; i++)
-    policy_hook_changed(p, "put", recs.v[i].key, recs.v[i].value,
-                        recs.v[i].value_len);
-  int rejected = recs.rejected > 0;
-  records_free(&recs);
-  return rejected ? -1 : 0;
-}
-
-int app_check(int argc, char **argv) {
-  const char *host_ip = getenv("HOST_IP");
-  const char *hostname = "localhost";
-  int i = 2;
-  for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
-    if (strcmp(argv[i], "--host-ip") == 0 && i + 1 < argc)
-      host_ip = argv[++i];
-    else if (strcmp(argv[i], "--hostname") == 0 && i + 1 < argc)
-      hostname = argv[++i];
-    else {
-      fprintf(stderr, "register check: unknown option \"%s\"\n", argv[i]);
-      return 2;
-    }
-  }
-  if (i >= argc) {
-    fprintf(stderr, "usage: register check [--host-ip IP] [--hostname NAME] "
-                    "POLICY|default [INSPECT.json|- ...]\n");
-    return 2;
-  }
-  if (!host_ip || !*host_ip) host_ip = "127.0.0.1";
-  if (!config_valid_ip(host_ip)) {
-    fprintf(stderr,
-            "register check: host IP \"%s\" is not an IPv4 or IPv6 "
-            "address\n",
-            host_ip);
-    return 2;
-  }
-  const char *file = argv[i++];
-  char err[600];
-  luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
-  policy_opts_t po = {
-      strcmp(file, "default") == 0 ? NULL : file, host_ip, hostname, 0, 0, io};
-  policy_t *p = policy_new(&po, err, sizeof err);
-  if (!p) {
-    fprintf(stderr, "register: %s\n", err);
-    luaio_free(io);
-    return 1;
-  }
-  int rc = 0;
-  if (i >= argc)
-    fprintf(stderr, "policy %s loads; prefix %s\n", policy_name(p),
-            policy_prefix(p) ? policy_prefix(p) : "(none)");
-  for (; i < argc; i++) {
-    size_t len;
-    char *text = read_all(argv[i], &len, err, sizeof err);
-    if (!text) {
-      fprintf(stderr, "register: %s\n", err);
-      rc = 1;
-      continue;
-    }
-    json_doc_t *doc = json_parse(text, len, err, sizeof err);
-    free(text);
-    if (!doc) {
-      fprintf(stderr, "register: %s: %s\n", argv[i], err);
-      rc = 1;
-      continue;
-    }
-    const json_value_t *root = json_root(doc);
-    if (root->type == JSON_ARRAY) {
-      for (const json_value_t *c = root->u.child; c; c = c->next)
-        if (check_one(p, argv[i], c) < 0) rc = 1;
-    } else if (check_one(p, argv[i], root) < 0) {
-      rc = 1;
-    }
-    json_free(doc);
-  }
-  if (policy_errors(p)) rc = 1; /* a hook failed */
-  policy_free(p);
-  luaio_free(io);
   return rc;
 }

@@ -1,6 +1,7 @@
 /* main: the command line: `register [OPTIONS]` runs the daemon,
  * `register check ...` tries a policy offline. */
 #include "app.h"
+#include "check.h"
 #include "config.h"
 #include "log.h"
 
@@ -11,7 +12,7 @@
 
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
-  if (argc > 1 && strcmp(argv[1], "check") == 0) return app_check(argc, argv);
+  if (argc > 1 && strcmp(argv[1], "check") == 0) return check_main(argc, argv);
 
   config_t cfg;
   char err[600];

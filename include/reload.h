@@ -1,0 +1,39 @@
+/* reload: SIGHUP's policy reload, all or nothing.  The new policy runs on
+ * every running container (a fresh inspect of each, docker_snapshot())
+ * before it replaces the old one; one failure and the old policy stays.
+ * On success every container's new records go to the reconciler, except
+ * those of containers that had events meanwhile: they are inspected again
+ * under the new policy.  One reload runs at a time. */
+#ifndef REGISTER_RELOAD_H
+#define REGISTER_RELOAD_H
+
+#include <stdint.h>
+
+#include "docker.h"
+#include "policy.h"
+#include "reconcile.h"
+
+typedef struct reload reload_t;
+
+/* A reload succeeded: put `fresh` in force and return the policy it
+ * replaces (the reload frees it).  Called before the reconciler gets the
+ * new records. */
+typedef policy_t *(*reload_commit_cb)(void *ud, policy_t *fresh);
+
+reload_t *reload_new(reload_commit_cb commit, void *ud);
+/* Abandons a running reload (its snapshot ends with docker_free(), which
+ * comes first) and frees r. */
+void reload_free(reload_t *r);
+
+/* SIGHUP: loads po->file and tries it (po->file NULL: the embedded default,
+ * nothing to reload; a reload already running: nothing either).  Every
+ * outcome is logged.  po's strings must outlive the reload. */
+void reload_run(reload_t *r, const policy_opts_t *po, docker_t *docker,
+                reconcile_t *rec);
+/* An event touched this container: while a reload runs, the old policy
+ * has run on it, so it is inspected again after a commit. */
+void reload_touch(reload_t *r, const char *id);
+/* Reloads that succeeded and failed so far. */
+void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed);
+
+#endif

@@ -1,0 +1,135 @@
+/* health: /metrics and /healthz answers. */
+#include "health.h"
+#include "docker.h"
+#include "json.h"
+#include "reconcile.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEALTH_ETCD_FRESH_MS                                                   \
+  3000                          /* older than this: probe before answering     \
+                                 */
+#define HEALTH_PENDING_MS 60000 /* writes pending longer: unhealthy */
+
+struct health {
+  etcd_t *etcd;
+  health_inputs_cb inputs;
+  void *ud;
+  httpd_req_t **waiting; /* /healthz requests waiting for a probe */
+  size_t nwaiting;
+  etcd_op_t *probe;
+};
+
+health_t *health_new(etcd_t *etcd, health_inputs_cb inputs, void *ud) {
+  health_t *h = xcalloc(1, sizeof *h);
+  h->etcd = etcd;
+  h->inputs = inputs;
+  h->ud = ud;
+  return h;
+}
+
+static void serve_metrics(health_t *h, httpd_req_t *req) {
+  metrics_input_t in = {0};
+  h->inputs(h->ud, &in);
+  buf_t b;
+  buf_init(&b);
+  metrics_render(&b, &in);
+  httpd_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data,
+                b.len);
+  buf_free(&b);
+}
+
+/* 200 when the event stream is up, etcd answered recently and nothing is
+ * pending too long; else 503 with the problems, one short string each. */
+static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
+  metrics_input_t in = {0};
+  h->inputs(h->ud, &in);
+  buf_t problems, b;
+  buf_init(&problems);
+  buf_init(&b);
+  char msg[400];
+  if (!in.docker || !docker_connected(in.docker)) {
+    snprintf(msg, sizeof msg, "docker: the event stream is not connected");
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  if (etcd_err) {
+    snprintf(msg, sizeof msg, "etcd: no answer: %s", etcd_err);
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  reconcile_stats_t st;
+  reconcile_stats(in.rec, &st);
+  if (st.behind_ms > HEALTH_PENDING_MS) {
+    snprintf(msg, sizeof msg, "etcd: %zu keys pending for %llu s",
+             st.queued + st.inflight + st.failed,
+             (unsigned long long)st.behind_ms / 1000);
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
+  if (problems.len)
+    buf_printf(&b, "{\"status\":\"unhealthy\",\"problems\":[%s]",
+               problems.data + 1);
+  else
+    buf_puts(&b, "{\"status\":\"ok\"");
+  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys, st.containers);
+  httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
+                b.len);
+  buf_free(&problems);
+  buf_free(&b);
+}
+
+static void probe_done(void *data, const etcd_result_t *res) {
+  health_t *h = data;
+  h->probe = NULL;
+  const char *err = res->status == ETCD_OK ? NULL : res->error;
+  for (size_t i = 0; i < h->nwaiting; i++)
+    answer_health(h, h->waiting[i], err ? err : NULL);
+  free(h->waiting);
+  h->waiting = NULL;
+  h->nwaiting = 0;
+}
+
+static void serve_health(health_t *h, httpd_req_t *req) {
+  int64_t since = h->etcd ? etcd_since_answer_ms(h->etcd) : 0;
+  if (since >= 0 && since <= HEALTH_ETCD_FRESH_MS) {
+    answer_health(h, req, NULL);
+    return;
+  }
+  /* etcd has been quiet: ask it before answering */
+  h->waiting = xrealloc(h->waiting, (h->nwaiting + 1) * sizeof *h->waiting);
+  h->waiting[h->nwaiting++] = req;
+  if (!h->probe) h->probe = etcd_probe(h->etcd, probe_done, h);
+  if (!h->probe) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    probe_done(h, &fail);
+  }
+}
+
+void health_handle(void *ud, httpd_req_t *req, const char *method,
+                   const char *path) {
+  (void)method;
+  health_t *h = ud;
+  if (strcmp(path, "/metrics") == 0) {
+    serve_metrics(h, req);
+  } else if (strcmp(path, "/healthz") == 0) {
+    serve_health(h, req);
+  } else {
+    static const char msg[] = "not found: try /metrics or /healthz\n";
+    httpd_respond(req, 404, "text/plain", msg, sizeof msg - 1);
+  }
+}
+
+void health_free(health_t *h) {
+  if (!h) return;
+  if (h->probe) {
+    etcd_cancel(h->probe);
+    etcd_result_t bye = {ETCD_UNAVAILABLE, "shutting down"};
+    probe_done(h, &bye);
+  }
+  free(h->waiting);
+  free(h);
+}

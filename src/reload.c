@@ -1,0 +1,183 @@
+/* reload: SIGHUP's policy reload transaction. */
+#include "reload.h"
+#include "container.h"
+#include "log.h"
+#include "map.h"
+#include "util.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+/* What the new policy produced for one container, until the commit. */
+typedef struct {
+  char *image;
+  records_t recs;
+} pending_t;
+
+/* One reload in progress. */
+typedef struct {
+  reload_t *r;
+  docker_t *docker;
+  reconcile_t *rec;
+  policy_t *policy; /* the new one; after a commit, the old one */
+  map_t *records;   /* id -> pending_t: what the new policy produces */
+  map_t *touched;   /* ids that had events meanwhile (old policy ran) */
+  int failed;
+} txn_t;
+
+struct reload {
+  reload_commit_cb commit;
+  void *ud;
+  txn_t *txn; /* the reload running, or NULL */
+  uint64_t ok, failed;
+};
+
+reload_t *reload_new(reload_commit_cb commit, void *ud) {
+  reload_t *r = xcalloc(1, sizeof *r);
+  r->commit = commit;
+  r->ud = ud;
+  return r;
+}
+
+static void free_strings(map_t *m) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, m);
+  while (map_iter_next(&it, NULL, &v))
+    free(v);
+  map_free(m);
+}
+
+static void pending_free(pending_t *pd) {
+  records_free(&pd->recs);
+  free(pd->image);
+  free(pd);
+}
+
+static void txn_free(txn_t *t) {
+  if (!t) return;
+  map_iter_t it;
+  const char *k;
+  void *v;
+  map_iter_init(&it, t->records);
+  while (map_iter_next(&it, &k, &v)) {
+    pending_free(v);
+    free((void *)(uintptr_t)k);
+  }
+  map_free(t->records);
+  free_strings(t->touched);
+  policy_free(t->policy);
+  free(t);
+}
+
+void reload_free(reload_t *r) {
+  if (!r) return;
+  txn_free(r->txn);
+  free(r);
+}
+
+void reload_touch(reload_t *r, const char *id) {
+  txn_t *t = r->txn;
+  if (!t || map_get(t->touched, id)) return;
+  char *k = xstrdup(id);
+  map_put(t->touched, k, k);
+}
+
+void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed) {
+  *ok = r->ok;
+  *failed = r->failed;
+}
+
+static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
+  txn_t *t = ud;
+  if (t->failed) return;
+  pending_t *pd = xcalloc(1, sizeof *pd);
+  char err[600];
+  if (policy_records(t->policy, inspect, &pd->recs, err, sizeof err) < 0) {
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    t->failed = 1;
+    free(pd);
+    return;
+  }
+  pd->image = xstrdup(container_image(inspect));
+  pending_t *old = map_put(t->records, xstrdup(id), pd);
+  if (old) pending_free(old); /* cannot happen: one inspect per id */
+}
+
+static void reload_done(void *ud, int ok, const char *why) {
+  txn_t *t = ud;
+  reload_t *r = t->r;
+  if (!ok || t->failed) {
+    if (!ok)
+      log_error("policy reload failed, keeping the old policy: %s",
+                why ? why : "Docker went away");
+    r->failed++;
+    r->txn = NULL;
+    txn_free(t);
+    return;
+  }
+  r->ok++;
+  /* commit: the new policy is in force from here on */
+  policy_t *fresh = t->policy;
+  t->policy = r->commit(r->ud, fresh); /* the old one, freed with t */
+  const char *prefix = policy_prefix(fresh);
+  reconcile_set_prefix(t->rec, prefix);
+  map_iter_t it;
+  const char *id;
+  void *v;
+  size_t n = 0;
+  map_iter_init(&it, t->records);
+  while (map_iter_next(&it, &id, &v)) {
+    pending_t *pd = v;
+    if (map_get(t->touched, id)) continue; /* inspected again below */
+    reconcile_set(t->rec, id, pd->image, &pd->recs);
+    n++;
+  }
+  map_iter_init(&it, t->touched);
+  while (map_iter_next(&it, &id, NULL))
+    docker_refresh(t->docker, id);
+  log_info("policy %s reloaded: %zu containers re-evaluated, prefix %s",
+           policy_name(fresh), n + map_size(t->touched),
+           prefix ? prefix : "(none)");
+  r->txn = NULL;
+  txn_free(t); /* frees the old policy */
+}
+
+void reload_run(reload_t *r, const policy_opts_t *po, docker_t *docker,
+                reconcile_t *rec) {
+  if (!po->file) {
+    log_info("SIGHUP: the embedded default policy has no file to reload");
+    return;
+  }
+  if (r->txn) {
+    log_warn("SIGHUP: a policy reload is already running");
+    return;
+  }
+  char err[600];
+  policy_t *p = policy_new(po, err, sizeof err);
+  if (!p) {
+    r->failed++;
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    return;
+  }
+  txn_t *t = xcalloc(1, sizeof *t);
+  t->r = r;
+  t->docker = docker;
+  t->rec = rec;
+  t->policy = p;
+  t->records = map_new();
+  t->touched = map_new();
+  r->txn = t;
+  log_info("SIGHUP: trying policy %s on every running container", po->file);
+  /* with no running container, the snapshot ends (reload_done) before
+   * docker_snapshot() returns */
+  if (docker_snapshot(docker, reload_each, reload_done, t) < 0) {
+    if (r->txn) { /* not finished synchronously */
+      r->failed++;
+      r->txn = NULL;
+      txn_free(t);
+      log_error("policy reload failed, keeping the old policy: Docker is "
+                "not connected");
+    }
+  }
+}
