@@ -79,6 +79,7 @@ struct etcd_op {
   etcd_list_cb list;
   void *data;
   uint64_t started; /* uv_hrtime() at creation, for the histogram */
+  uint64_t sent;    /* uv_hrtime() when the current attempt was sent */
   etcd_op_t *prev, *next;
 };
 
@@ -95,6 +96,8 @@ struct etcd {
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
+  double lat_avg_ms; /* moving average of answered requests' latency */
+  uint64_t keepalive_every_ms;
   long ttl;       /* v3: the lease's TTL; 0 = no lease */
   etcd_op_t *ops; /* every outstanding operation */
   /* v3 */
