@@ -102,6 +102,7 @@ class Net:
         for k in range(nparts):
             self.ends[f"p{k}"] = (f"10.213.1.{k + 1}", "02:13:00:00:01:%02x" % (k + 1))
         self.made = []
+        self.down = set()  # endpoints cut off now
 
     def ns(self, end):
         return f"{self.tag}-{end}"
@@ -129,9 +130,11 @@ class Net:
 
     def cut(self, end):
         sh("ip", "-n", self.sw, "link", "set", "v" + end, "down")
+        self.down.add(end)
 
     def heal(self, end):
         sh("ip", "-n", self.sw, "link", "set", "v" + end, "up")
+        self.down.discard(end)
 
     def cleanup(self):
         for ns in self.made:
@@ -431,13 +434,15 @@ class Fleet:
 
     def etcd_state(self):
         """{key: value} under PREFIX from the first member that answers."""
+        # a short timeout: a member without a leader never answers a
+        # (linearizable) read, and that must not count as register's time
         for m in self.cluster.members:
-            if not m.proc:
+            if not m.proc or m.name in self.net.down:
                 continue
             try:
                 self.reads += 1
                 if self.api == "v3":
-                    return v3_range(m.url, PREFIX + "/")[0]
+                    return v3_range(m.url, PREFIX + "/", timeout=2 if self.n <= 100 else 5)[0]
                 return v2_tree(m.url, PREFIX)
             except Exception:
                 continue
@@ -725,10 +730,13 @@ def b64(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def v3_range(url, prefix):
+def v3_range(url, prefix, timeout=10):
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    body = json.dumps({"key": b64(prefix), "range_end": b64(end)}).encode()
-    with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/range", data=body), timeout=10) as r:
+    # serializable: the member's own committed state, answered without a
+    # leader (a linearizable read hangs while there is none)
+    body = json.dumps({"key": b64(prefix), "range_end": b64(end), "serializable": True}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/range", data=body),
+                                timeout=timeout) as r:
         doc = json.loads(r.read())
     kv = {base64.b64decode(x["key"]).decode(): base64.b64decode(x.get("value", "")).decode()
           for x in doc.get("kvs", [])}
@@ -1035,7 +1043,10 @@ def main():
             except subprocess.TimeoutExpired:
                 child.kill()
         net.cleanup()
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("FLEET_KEEP"):
+            out("fleet: logs kept in", base)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     print(table(results, a, load_before, os.getloadavg()[0]))
     if a.json:
         with open(a.json, "w") as fh:

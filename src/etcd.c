@@ -11,19 +11,21 @@
 
 /* Failover.  A member that lost its leader, or one cut off by a partition,
  * does not answer at all: etcd drops proposals made while it has no leader
- * and a partition drops packets.  So every attempt but the last one (on the
- * last untried endpoint) has a short deadline, and the next attempt goes
- * to the next endpoint at once:
+ * and a partition drops packets.  So an operation has a budget of
+ * --etcd-timeout (listings six times it) from its first attempt, spent in
+ * short attempts on one endpoint after the other:
  *   connect  FAILOVER_CONNECT_MS (a member that does not accept a TCP
  *            connection within it is treated as down);
  *   answer   FAILOVER_MIN_MS, or FAILOVER_LAT_FACTOR times the average
  *            latency of the answers so far when that is longer (a loaded
- *            cluster is slow everywhere: switching would only add load),
- *            never more than --etcd-timeout.
- * The last attempt has the whole --etcd-timeout (listings six times it). */
+ *            cluster is slow everywhere: switching would only add load).
+ * A failed attempt goes to the next endpoint at once, up to twice round
+ * all of them while the budget lasts; the attempt that cannot be followed
+ * by another gets what is left of the budget. */
 #define FAILOVER_CONNECT_MS 1000L
 #define FAILOVER_MIN_MS 1000.0
 #define FAILOVER_LAT_FACTOR 10.0
+#define FAILOVER_ROUNDS 2
 #define FULL_CONNECT_MS 2000L
 
 static int send_op(etcd_op_t *op);
@@ -270,6 +272,7 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
+    op->attempts = 0; /* each page has its own budget */
     if (send_op(op) < 0) fail(op, ETCD_UNAVAILABLE, "cannot start a request");
     return;
   case REPLY_REAUTH:
@@ -290,7 +293,11 @@ static void op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     break;
   case REPLY_NEXT_ENDPOINT:
-    if (++op->attempts < e->n) {
+    if (++op->attempts < FAILOVER_ROUNDS * e->n &&
+        uv_hrtime() - op->first < (uint64_t)(op->kind == OP_LIST
+                                                 ? e->timeout_ms * 6
+                                                 : e->timeout_ms) *
+                                      1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
       op->ep = (op->ep + 1) % e->n;
       /* new operations start on the next endpoint too, not on this one */
@@ -349,14 +356,17 @@ static int send_op(etcd_op_t *op) {
   o.body = op->body.data ? op->body.data : (op->method[0] == 'G' ? NULL : "");
   o.body_len = op->body.len;
   long full = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
-  if (op->attempts + 1 < e->n) { /* another endpoint is left to try */
-    double d = e->lat_avg_ms * FAILOVER_LAT_FACTOR;
-    if (d < FAILOVER_MIN_MS) d = FAILOVER_MIN_MS;
-    if (op->kind == OP_LIST) d *= 6;
-    o.timeout_ms = d < (double)full ? (long)d : full;
+  uint64_t now = uv_hrtime();
+  if (!op->attempts) op->first = now;
+  long left = full - (long)((now - op->first) / 1000000);
+  double d = e->lat_avg_ms * FAILOVER_LAT_FACTOR;
+  if (d < FAILOVER_MIN_MS) d = FAILOVER_MIN_MS;
+  if (op->kind == OP_LIST) d *= 6;
+  if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
+    o.timeout_ms = (long)d; /* another attempt can follow this one */
     o.connect_timeout_ms = FAILOVER_CONNECT_MS;
-  } else {
-    o.timeout_ms = full;
+  } else { /* the last one: the rest of the budget */
+    o.timeout_ms = (double)left > d ? left : (long)d;
     o.connect_timeout_ms = FULL_CONNECT_MS;
   }
   op->sent = uv_hrtime();

@@ -80,6 +80,7 @@ struct etcd_op {
   void *data;
   uint64_t started; /* uv_hrtime() at creation, for the histogram */
   uint64_t sent;    /* uv_hrtime() when the current attempt was sent */
+  uint64_t first;   /* uv_hrtime() when the first attempt was sent */
   etcd_op_t *prev, *next;
 };
 
