@@ -11,17 +11,16 @@
 
 /* Failover.  A member that lost its leader, or one cut off by a partition,
  * does not answer at all: etcd drops proposals made while it has no leader
- * and a partition drops packets.  So an operation has a budget of
- * --etcd-timeout (listings six times it) from its first attempt, spent in
- * short attempts on one endpoint after the other:
- *   connect  FAILOVER_CONNECT_MS (a member that does not accept a TCP
- *            connection within it is treated as down);
- *   answer   FAILOVER_MIN_MS, or FAILOVER_LAT_FACTOR times the average
- *            latency of the answers so far when that is longer (a loaded
- *            cluster is slow everywhere: switching would only add load).
- * A failed attempt goes to the next endpoint at once, up to twice round
- * all of them while the budget lasts; the attempt that cannot be followed
- * by another gets what is left of the budget. */
+ * and a partition drops packets.  So an operation has a budget of the
+ * request timeout (5 s; listings six times it) from its first attempt,
+ * spent in short attempts on one endpoint after the other.  Each attempt
+ * may take FAILOVER_CONNECT_MS to connect (a member that does not accept a
+ * TCP connection by then is treated as down) and FAILOVER_MIN_MS to answer,
+ * or FAILOVER_LAT_FACTOR times the average latency of the answers so far
+ * when that is longer (a loaded cluster is slow everywhere: switching would
+ * only add load).  A failed attempt goes to the next endpoint at once, up
+ * to twice round all of them while the budget lasts; the attempt that
+ * cannot be followed by another gets what is left of the budget. */
 #define FAILOVER_CONNECT_MS 1000L
 #define FAILOVER_MIN_MS 1000.0
 #define FAILOVER_LAT_FACTOR 10.0
