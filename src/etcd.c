@@ -9,9 +9,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Failover.  A member that lost its leader, or one cut off by a partition,
+ * does not answer at all: etcd drops proposals made while it has no leader
+ * and a partition drops packets.  So an operation has a budget of the
+ * request timeout (5 s; listings six times it) from its first attempt,
+ * spent in short attempts on one endpoint after the other.  Each attempt
+ * may take FAILOVER_CONNECT_MS to connect (a member that does not accept a
+ * TCP connection by then is treated as down) and FAILOVER_MIN_MS to answer,
+ * or FAILOVER_LAT_FACTOR times the average latency of the answers so far
+ * when that is longer (a loaded cluster is slow everywhere: switching would
+ * only add load).  A failed attempt goes to the next endpoint at once, up
+ * to twice round all of them while the budget lasts; the attempt that
+ * cannot be followed by another gets what is left of the budget. */
+#define FAILOVER_CONNECT_MS 1000L
+#define FAILOVER_MIN_MS 1000.0
+#define FAILOVER_LAT_FACTOR 10.0
+#define FAILOVER_ROUNDS 2
+#define FULL_CONNECT_MS 2000L
+
 static int send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
 static void deliver_listing(etcd_op_t *op);
+static void keepalive_arm(etcd_t *e);
+static void keepalive_cb(uv_timer_t *t);
 
 /* ---- listings ---- */
 
@@ -150,7 +170,7 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
         log_info("etcd: keeping lease %" PRIx64 " of the previous run (%lds "
                  "left)",
                  (uint64_t)e->lease, op->lease_ttl);
-        uv_timer_again(&e->keepalive_timer);
+        keepalive_arm(e);
       }
       etcd_op_t *parent = op->parent;
       op->parent = NULL;
@@ -253,11 +273,15 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   } else {
     reply = etcd_v2_reply(op, r, &res, err, sizeof err);
   }
-  if (!r->error && r->status && r->status < 500)
+  if (!r->error && r->status && r->status < 500) {
     e->last_ok_ms = uv_now(e->loop);
+    double ms = (double)(uv_hrtime() - op->sent) / 1e6;
+    e->lat_avg_ms = e->lat_avg_ms ? e->lat_avg_ms * 0.9 + ms * 0.1 : ms;
+  }
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
+    op->attempts = 0; /* each page has its own budget */
     if (send_op(op) < 0)
       etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
     return;
@@ -279,9 +303,15 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     break;
   case REPLY_NEXT_ENDPOINT:
-    if (++op->attempts < e->n) {
+    if (++op->attempts < FAILOVER_ROUNDS * e->n &&
+        uv_hrtime() - op->first < (uint64_t)(op->kind == OP_LIST
+                                                 ? e->timeout_ms * 6
+                                                 : e->timeout_ms) *
+                                      1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
       op->ep = (op->ep + 1) % e->n;
+      /* new operations start on the next endpoint too, not on this one */
+      if (e->current == (op->ep + e->n - 1) % e->n) e->current = op->ep;
       if (send_op(op) == 0) return;
       snprintf(err, sizeof err, "cannot start a request");
     } else if (e->n > 1) {
@@ -335,8 +365,21 @@ static int send_op(etcd_op_t *op) {
   o.headers = headers;
   o.body = op->body.data ? op->body.data : (op->method[0] == 'G' ? NULL : "");
   o.body_len = op->body.len;
-  o.timeout_ms = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
-  o.connect_timeout_ms = 2000;
+  long full = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
+  uint64_t now = uv_hrtime();
+  if (!op->attempts) op->first = now;
+  long left = full - (long)((now - op->first) / 1000000);
+  double d = e->lat_avg_ms * FAILOVER_LAT_FACTOR;
+  if (d < FAILOVER_MIN_MS) d = FAILOVER_MIN_MS;
+  if (op->kind == OP_LIST) d *= 6;
+  if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
+    o.timeout_ms = (long)d; /* another attempt can follow this one */
+    o.connect_timeout_ms = FAILOVER_CONNECT_MS;
+  } else { /* the last one: the rest of the budget */
+    o.timeout_ms = (double)left > d ? left : (long)d;
+    o.connect_timeout_ms = FULL_CONNECT_MS;
+  }
+  op->sent = uv_hrtime();
   o.tls = e->use_tls ? &e->tls : NULL;
   o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
   o.on_done = etcd_op_done;
@@ -433,7 +476,7 @@ static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
     e->lease = op->lease_id;
     log_info("etcd: lease %" PRIx64 " granted (TTL %lds)", (uint64_t)e->lease,
              op->lease_ttl);
-    uv_timer_again(&e->keepalive_timer);
+    keepalive_arm(e);
     release_waiting(e, WAIT_LEASE, 0, ETCD_OK, NULL);
     return;
   }
@@ -463,8 +506,18 @@ static void keepalive_finished(etcd_t *e, etcd_op_t *op,
   if (op->lease_id == e->lease && op->lease_ttl <= 0) etcd_lease_lost(e);
 }
 
+/* Every TTL/3 less up to a fifth of it, chosen anew each time: hosts
+ * started together (or back after the same outage) drift apart instead of
+ * renewing in lock-step. */
+static void keepalive_arm(etcd_t *e) {
+  uint64_t every = e->keepalive_every_ms;
+  uv_timer_start(&e->keepalive_timer, keepalive_cb,
+                 every - util_rand((uint32_t)(every / 5) + 1), 0);
+}
+
 static void keepalive_cb(uv_timer_t *t) {
   etcd_t *e = t->data;
+  keepalive_arm(e);
   if (!e->lease || e->keepalive_pending) return;
   e->keepalive_pending = 1;
   etcd_op_t *op = op_new(e, OP_KEEPALIVE, NULL, NULL);
@@ -640,9 +693,9 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->keepalive_timer.data = e->fail_timer.data = e;
   e->handles_open = 2;
   if (e->ttl > 0) {
-    uint64_t every = (uint64_t)e->ttl * 1000 / 3;
-    if (every < 500) every = 500;
-    uv_timer_start(&e->keepalive_timer, keepalive_cb, every, every);
+    e->keepalive_every_ms = (uint64_t)e->ttl * 1000 / 3;
+    if (e->keepalive_every_ms < 500) e->keepalive_every_ms = 500;
+    keepalive_arm(e);
   }
   return e;
 }

@@ -80,6 +80,8 @@ struct etcd_op {
   etcd_list_cb list;
   void *data;
   uint64_t started; /* uv_hrtime() at creation, for the histogram */
+  uint64_t sent;    /* uv_hrtime() when the current attempt was sent */
+  uint64_t first;   /* uv_hrtime() when the first attempt was sent */
   list_t node;      /* on e->ops from op_new() to op_free() */
   /* a failure waiting to be delivered from the loop (etcd_op_fail) */
   etcd_status_t fail_status;
@@ -101,6 +103,8 @@ struct etcd {
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
+  double lat_avg_ms; /* moving average of answered requests' latency */
+  uint64_t keepalive_every_ms;
   long ttl;   /* v3: the lease's TTL; 0 = no lease */
   list_t ops; /* every outstanding operation (etcd_op_t.node), newest first */
   /* v3 */

@@ -1,0 +1,74 @@
+"""A small fleet on one 3-member etcd cluster (bench/fleet.py, 20 hosts in
+private network namespaces): after each failure, etcd holds exactly what
+every host's Docker says, for v2 with TTLs and v3 with a lease.
+
+  leader     the etcd leader killed -9 while containers change
+  outage     all three members down with changes meanwhile, then back
+  kill       hosts killed -9: their keys, and only theirs, expire
+  partition  hosts cut off (packets dropped, not refused) for 2 x TTL with
+             changes meanwhile: their keys expire, the others stay exact;
+             healed, everything is exact again
+
+Timings are measured by bench/fleet.py, not asserted here."""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Suite, log, tmpdir  # noqa: E402
+
+SRC = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLEET = os.path.join(SRC, "bench", "fleet.py")
+REGISTER = os.environ["REGISTER_BIN"]
+FAKEDOCKER = os.path.join(os.path.dirname(REGISTER), "bench", "bench_fakedocker")
+
+if os.geteuid() != 0:
+    log("skip: network namespaces need root")
+    sys.exit(77)
+
+suite = Suite()
+
+
+def netns():
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+def run_fleet(api):
+    out = os.path.join(tmpdir("rfl"), "results.json")
+    before = netns()
+    r = subprocess.run([sys.executable, FLEET, "--hosts", "20", "--containers", "5", "--api", api,
+                        "--ttl", "3", "--outage", "6", "--churn", "20",
+                        "--scenarios", "leader,outage,kill,partition", "--json", out,
+                        "--register", REGISTER, "--fakedocker", FAKEDOCKER],
+                       capture_output=True, text=True, timeout=540)
+    log(r.stdout[-3000:])
+    if r.returncode not in (0, 1) or not os.path.exists(out):
+        raise AssertionError(f"fleet.py failed ({r.returncode}):\n{r.stderr[-6000:]}")
+    results = {x["scenario"]: x for x in json.load(open(out))}
+    # everything it made is gone: namespaces (and with them the veths)
+    leftover = {n for n in netns() - before if n.startswith("rf")}
+    assert not leftover, f"namespaces left behind: {leftover}"
+    assert set(results) == {"cold", "leader", "outage", "kill", "partition"}, results.keys()
+    for name, x in results.items():
+        assert x["seconds"] is not None, f"{api} {name}: never converged: {x}"
+        assert x["stale"] == 0 and x["missing"] == 0, f"{api} {name}: {x}"
+    # the partitioned hosts' keys expired while they were cut off (the
+    # partition really dropped their traffic), the others' stayed exact
+    p = results["partition"]
+    assert p["left_during"] == 0, p
+    assert p["others_during"] == [0, 0], p
+    return results
+
+
+@suite.test
+def fleet_v2_ttl():
+    run_fleet("v2")
+
+
+@suite.test
+def fleet_v3_lease():
+    run_fleet("v3")
+
+
+suite.run()
