@@ -290,6 +290,9 @@ class Dockerd:
         tagged `name` (podman qualifies local names)."""
         return name
 
+    def tick_health(self, cid):
+        """Docker runs healthchecks by itself."""
+
     def network_args(self):
         # a docker0 left by another dockerd with another address blocks us
         r = subprocess.run(["ip", "-4", "addr", "show", "docker0"], capture_output=True, text=True)
@@ -498,6 +501,11 @@ class Podman(Dockerd):
 
     def clean(self):
         self.podman("rm", "-f", "-a", "-t", "0", check=False)
+
+    def tick_health(self, cid):
+        """podman runs healthchecks from systemd timers; without systemd
+        (here) the test runs them, as the timer would."""
+        self.podman("healthcheck", "run", cid, check=False)
 
     def kill9(self):
         """kill -9 the API service (containers live on under conmon)."""
