@@ -45,8 +45,8 @@ def addr(cid, net, field="IPAddress"):
 def internal_address_follows_connect_and_disconnect():
     r = register("internal.lua")
     cid = d.run("--name", "api", "--label", "register.network=" + NET)  # on the default bridge only
-    marker = d.run("--name", "m", "--network", NET)  # registered: events were seen
-    wait_for(lambda: any(":m:" in k for k in etcd.tree("/internal")), what="marker registered")
+    marker = d.run("--name", "mark", "--network", NET)  # registered: events were seen
+    wait_for(lambda: any(":mark:" in k for k in etcd.tree("/internal")), what="marker registered")
     assert not any(":api:" in k for k in etcd.tree("/internal"))
     d.docker("network", "connect", NET, cid)
     ip = addr(cid, NET)
