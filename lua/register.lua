@@ -13,8 +13,10 @@
 --                                        tag, digest, id}
 --   register.meta(c [, port])          SERVICE_* metadata from labels and env
 --   register.services(c)               one registrator-style service per
---                                        published binding
---   register.wildcard(ip)              true for 0.0.0.0, ::, and ""
+--                                        published binding (0.0.0.0 and ::
+--                                        twins folded into the IPv4 one)
+--   register.wildcard(ip)              true for 0.0.0.0, ::, and "" (podman)
+--   register.host_network(c)           true for --network host containers
 --   register.http.request(opts)        from the event/changed hooks only
 --   register.etcd.get(key), register.etcd.list(prefix)   (hooks only)
 local core = require "register.core"
@@ -104,29 +106,64 @@ local function truthy(v)
   return v ~= nil and v ~= "" and v ~= "0" and v:lower() ~= "false"
 end
 
+-- An all-interfaces binding: Docker says 0.0.0.0 (and :: for IPv6), podman
+-- says "".
 function register.wildcard(ip)
   return ip == nil or ip == "" or ip == "0.0.0.0" or ip == "::"
 end
 
+local function v4_wildcard(ip)
+  return ip == nil or ip == "" or ip == "0.0.0.0"
+end
+
+-- Docker >= 20.10.6 lists an all-interfaces binding twice, 0.0.0.0 and ::,
+-- and Docker 26 sometimes gives the two different host ports.  These are
+-- the bindings of c.ports without the :: twin of a port/protocol that has
+-- an IPv4 (0.0.0.0 or "") binding: the IPv4 one is preferred.  Bindings to
+-- a named address (127.0.0.1, ::1, fd00::1) are all kept.
+function register.bindings(c)
+  local v4 = {}
+  for _, p in ipairs(c.ports) do
+    if v4_wildcard(p.host_ip) then v4[p.private_port .. "/" .. p.proto] = true end
+  end
+  local out = {}
+  for _, p in ipairs(c.ports) do
+    if not (p.host_ip == "::" and v4[p.private_port .. "/" .. p.proto]) then out[#out + 1] = p end
+  end
+  return out
+end
+
+-- true for a container in the host's network namespace (--network host):
+-- it has no bindings; its exposed ports are the host's.
+function register.host_network(c)
+  local ok, mode = pcall(function() return c.inspect.HostConfig.NetworkMode end)
+  return ok and mode == "host"
+end
+
 -- One service per published binding, named as registrator names them:
--- SERVICE_<port>_NAME, else SERVICE_NAME, else the image's basename; a
+-- SERVICE_<port>_NAME, else SERVICE_NAME, else the Compose service name
+-- (label com.docker.compose.service), else the image's basename; a
 -- container publishing several ports gets "-<port>" appended to names that
 -- did not come from SERVICE_<port>_NAME.  SERVICE_IGNORE (or
--- SERVICE_<port>_IGNORE) drops a service.  Fields: name, id
+-- SERVICE_<port>_IGNORE) drops a service.  The :: twin of an all-interfaces
+-- binding is left out (register.bindings).  Fields: name, id
 -- (hostname:container:port[:udp]), port (private, string), proto,
--- host_ip, host_port, ip (host_ip, or host.ip for wildcard bindings),
--- tags (list), meta (all SERVICE_* keys).
+-- host_ip, host_port, ip (host_ip, or host.ip for wildcard bindings:
+-- 0.0.0.0, :: and ""), tags (list), meta (all SERVICE_* keys).
 function register.services(c, host)
   local out = {}
+  local bindings = register.bindings(c)
   local published = {}
-  for _, p in ipairs(c.ports) do
+  for _, p in ipairs(bindings) do
     published[p.private_port .. "/" .. p.proto] = true
   end
   local count = 0
   for _ in pairs(published) do count = count + 1 end
   local img = register.image(c.image)
-  local default = img.basename or (c.image:match("([^/]+)$") or c.image):match("^[^:@]+")
-  for _, p in ipairs(c.ports) do
+  local default = (c.labels or {})["com.docker.compose.service"]
+  if default == "" then default = nil end
+  default = default or img.basename or (c.image:match("([^/]+)$") or c.image):match("^[^:@]+")
+  for _, p in ipairs(bindings) do
     local meta, from_port = register.meta(c, p.private_port)
     if not truthy(meta.ignore) then
       local name = meta.name or default

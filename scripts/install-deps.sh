@@ -7,9 +7,14 @@ PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
 liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev
 etcd-server etcd-client docker.io busybox-static
 python3 curl iproute2 procps openssl ca-certificates
-dpkg-dev file debootstrap prometheus"
+dpkg-dev file debootstrap prometheus
+podman containernetworking-plugins catatonit systemd-container"
 # prometheus is here for promtool (the /metrics test checks the exposition
 # with it); the tests fall back to their own strict parser without it.
+# podman (4.3.1) serves the Docker API for the engine matrix; systemd-container
+# (systemd-nspawn) boots the Debian 12 root the systemd test uses.  Docker 26
+# and etcd 3.5 come from Debian 13 through scripts/fetch-debian13.sh, never
+# through this machine's apt sources.
 
 missing=""
 for p in $PACKAGES; do
@@ -30,5 +35,6 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
-apt-get update -q
-apt-get install -y -q --no-install-recommends $missing
+# other installs may hold the dpkg lock (several checkouts share a machine)
+apt-get -o DPkg::Lock::Timeout=600 update -q
+apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $missing

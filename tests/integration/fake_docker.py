@@ -28,6 +28,13 @@ class FakeDocker:
         self.inspect_faults = {}    # id -> list of faults, used one per request
         self.list_faults = []       # faults for the next /containers/json calls
         self.events_status = None   # e.g. 500: refuse the event stream
+        # how the event stream looks: its Content-Type; "lines" (JSON per
+        # line) or "json-seq" (RFC 7464: RS before each record); podman 5.x
+        # sends the response head only together with the first event
+        self.events_ctype = "application/json"
+        self.events_framing = "lines"
+        self.events_head_with_first_event = False
+        self._headless = set()      # streams whose head is still unsent
         self.streams = []           # open event streams (asyncio writers)
         self.stream_opens = 0
         self.requests = []          # (method, path) served
@@ -168,7 +175,8 @@ class FakeDocker:
 
     def emit(self, *items):
         """Writes events (dicts) or raw bytes to every open event stream."""
-        data = b"".join(i if isinstance(i, bytes) else (json.dumps(i) + "\n").encode() for i in items)
+        rs = b"\x1e" if self.events_framing == "json-seq" else b""
+        data = b"".join(i if isinstance(i, bytes) else rs + (json.dumps(i) + "\n").encode() for i in items)
         self.call(self._write_streams, data)
 
     def start_container(self, cid):
@@ -197,11 +205,18 @@ class FakeDocker:
             time.sleep(0.02)
         raise AssertionError(f"event stream opened {self.stream_opens} times, wanted {n}")
 
+    def _events_head(self):
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: " + self.events_ctype.encode() +
+                b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+
     def _write_streams(self, data):
         for w in list(self.streams):
             if w.is_closing():
                 self.streams.remove(w)
                 continue
+            if w in self._headless:
+                self._headless.discard(w)
+                w.write(self._events_head())
             w.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _ver(self):
@@ -303,9 +318,11 @@ class FakeDocker:
             if self.events_status:
                 self._respond(writer, self.events_status, '{"message":"events refused"}')
                 return True
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n")
-            await writer.drain()
+            if self.events_head_with_first_event:
+                self._headless.add(writer)
+            else:
+                writer.write(self._events_head())
+                await writer.drain()
             self.streams.append(writer)
             self.stream_opens += 1
             return False  # the connection now belongs to the stream

@@ -3,6 +3,19 @@
 Every test starts what it needs and stops it again; nothing talks to an
 address outside 127.0.0.0/8.  Readers are independent of register:
 etcdctl (v2 and v3) and the docker CLI.
+
+The engine and the etcd come from the environment, so that one test runs
+against each (tests/CMakeLists.txt has the matrix entries):
+
+  REGISTER_TEST_ENGINE=docker    Debian 12's dockerd (20.10), the default
+  REGISTER_TEST_ENGINE=docker26  Debian 13's dockerd (26.1) from the cache
+                                 that scripts/fetch-debian13.sh fills, on a
+                                 bridge of its own (docker0 is left alone)
+  REGISTER_TEST_ENGINE=podman    podman's Docker API (podman system service)
+                                 in a network namespace of its own
+  REGISTER_TEST_ETCD=PATH        the etcd binary (default: etcd on PATH);
+                                 REGISTER_TEST_ETCD=debian13 means etcd 3.5
+                                 from that cache
 """
 import json
 import os
@@ -23,6 +36,24 @@ SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # One data root for every test's dockerd, so images are built once.
 DOCKER_ROOT = os.environ.get("REGISTER_DOCKER_ROOT", "/var/tmp/register-test-docker")
 VALGRIND = os.environ.get("REGISTER_VALGRIND")  # run register under valgrind
+ENGINE = os.environ.get("REGISTER_TEST_ENGINE", "docker")
+DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/debian13")
+
+
+def debian13(rel):
+    """A file from Debian 13's packages, fetched into the cache on first use."""
+    path = os.path.join(DEBIAN13, rel)
+    if not os.path.exists(path):
+        subprocess.run([os.path.join(SRC, "scripts", "fetch-debian13.sh"), DEBIAN13], check=True,
+                       stdout=subprocess.DEVNULL)
+    return path
+
+
+def etcd_binary():
+    e = os.environ.get("REGISTER_TEST_ETCD", "etcd")
+    if e == "debian13":
+        return debian13("etcd-server/usr/bin/etcd")
+    return e
 
 
 def log(*a):
@@ -74,7 +105,7 @@ class Etcd:
     def start(self, wait=True):
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
-            "etcd", "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
+            etcd_binary(), "--name", self.name, "--data-dir", os.path.join(self.dir, "data"),
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", self.cluster or f"{self.name}={peer}",
@@ -92,6 +123,10 @@ class Etcd:
 
     def wait_ready(self, timeout=30):
         wait_for(lambda: self.health(), timeout, what=f"etcd {self.name} healthy")
+        if not getattr(Etcd, "_logged", False):
+            Etcd._logged = True
+            with urllib.request.urlopen(self.url + "/version", timeout=2, context=self._ctx()) as r:
+                log("etcd:", etcd_binary(), json.loads(r.read()).get("etcdserver"))
 
     def _ctx(self):
         if not self.tls:
@@ -225,9 +260,22 @@ def sh(*args, env=None, check=True, timeout=120, input=None, cwd=None):
 
 class Dockerd:
     """A dockerd of our own: its own socket, exec root and pidfile, one shared
-    data root (so images are built once), no iptables, vfs storage."""
+    data root (so images are built once), no iptables, vfs storage.
+
+    REGISTER_TEST_ENGINE picks the engine (see the top of this file):
+    Dockerd() then makes a Docker 26 daemon or a podman service with the
+    same methods."""
 
     BIP = "172.31.254.1/24"
+
+    def __new__(cls, *a, **kw):
+        if cls is Dockerd:
+            cls = {"docker": Dockerd, "docker26": Dockerd26, "podman": Podman}[ENGINE]
+        return object.__new__(cls)
+
+    engine = "docker"
+    dockerd = "dockerd"
+    data_root = DOCKER_ROOT
 
     def __init__(self, extra=()):
         self.extra = list(extra)
@@ -237,20 +285,38 @@ class Dockerd:
         self.env = dict(os.environ, DOCKER_HOST=self.host)
         self.proc = None
 
-    def start(self, timeout=60):
+    def image(self, name):
+        """What the engine reports as Config.Image for an image the tests
+        tagged `name` (podman qualifies local names)."""
+        return name
+
+    def tick_health(self, cid):
+        """Docker runs healthchecks by itself."""
+
+    def network_args(self):
         # a docker0 left by another dockerd with another address blocks us
         r = subprocess.run(["ip", "-4", "addr", "show", "docker0"], capture_output=True, text=True)
         if r.returncode == 0 and self.BIP.split("/")[0] not in r.stdout:
             subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
-        os.makedirs(DOCKER_ROOT, exist_ok=True)
-        args = ["dockerd", "--host", self.host, "--data-root", DOCKER_ROOT,
+        return ["--bip", self.BIP]
+
+    def start(self, timeout=60):
+        os.makedirs(self.data_root, exist_ok=True)
+        args = [self.dockerd, "--host", self.host, "--data-root", self.data_root,
                 "--exec-root", os.path.join(self.dir, "x"), "--pidfile", os.path.join(self.dir, "d.pid"),
-                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", "--bip", self.BIP,
+                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", *self.network_args(),
                 *self.extra]
         self.log = open(os.path.join(self.dir, "dockerd.log"), "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self.ping(), timeout, what="dockerd to answer")
+        self.log_version()
         return self
+
+    def log_version(self):
+        if not getattr(self, "_logged", False):
+            self._logged = True
+            log(f"engine {self.engine}:", self.docker("version", "--format",
+                                                      "{{.Server.Version}} (API {{.Server.APIVersion}})"))
 
     def ping(self):
         if self.proc.poll() is not None:
@@ -333,6 +399,132 @@ class Dockerd:
         self.stop()
         # dockerd -9 leaves its containerd behind: stop ours
         subprocess.run(["pkill", "-f", "containerd.*" + self.dir], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Dockerd26(Dockerd):
+    """Docker 26.1 (Debian 13's dockerd) with Debian 12's containerd and runc,
+    on a bridge of its own that this class makes with ip link; its own data
+    root (a newer daemon migrates what it finds)."""
+
+    engine = "docker26"
+    BRIDGE = "regbr26"
+    BRIDGE_ADDR = "172.31.253.1/24"
+    data_root = DOCKER_ROOT + "26"
+
+    def __init__(self, extra=()):
+        super().__init__(extra)
+        self.dockerd = debian13("docker.io/usr/sbin/dockerd")
+
+    def network_args(self):
+        r = subprocess.run(["ip", "-4", "addr", "show", self.BRIDGE], capture_output=True, text=True)
+        if r.returncode != 0:
+            sh("ip", "link", "add", self.BRIDGE, "type", "bridge")
+        if self.BRIDGE_ADDR.split("/")[0] not in r.stdout:
+            sh("ip", "addr", "add", self.BRIDGE_ADDR, "dev", self.BRIDGE)
+        sh("ip", "link", "set", self.BRIDGE, "up")
+        return ["--bridge", self.BRIDGE]
+
+
+PODMAN_ROOT = os.environ.get("REGISTER_PODMAN_ROOT", "/var/tmp/register-test-podman")
+
+
+class Podman(Dockerd):
+    """podman 4.3's Docker-compatible API (`podman system service`), rootful,
+    in a network namespace of its own (its CNI bridge and port-forward rules
+    live there, not on this machine's network), cgroupfs, vfs storage,
+    events in a file.  Containers get rlimits from containers.conf: runc
+    cannot set podman's defaults in this sandbox."""
+
+    engine = "podman"
+
+    def __init__(self, extra=()):
+        super().__init__(extra)
+        self.netns = "regpod-" + os.path.basename(self.dir)
+        conf = os.path.join(self.dir, "containers.conf")
+        with open(conf, "w") as f:
+            f.write('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
+                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+                    f'events_logfile_path = "{self.dir}/events.log"\ntmp_dir = "{self.dir}/libpod"\n')
+        storage = os.path.join(self.dir, "storage.conf")
+        with open(storage, "w") as f:
+            f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{PODMAN_ROOT}"\nrunroot = "{self.dir}/run"\n')
+        self.penv = dict(os.environ, CONTAINERS_CONF=conf, CONTAINERS_STORAGE_CONF=storage)
+
+    def image(self, name):
+        # images() imports bbx as localhost/bbx; names given to `docker tag`
+        # through the compatible API become Docker Hub names
+        tagged = name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+        if name == "bbx":
+            return "localhost/" + tagged
+        first = name.split("/", 1)[0]
+        if "/" in name and ("." in first or ":" in first or first == "localhost"):
+            return tagged
+        return "docker.io/" + ("" if "/" in name else "library/") + tagged
+
+    def podman(self, *args, check=True, timeout=120):
+        return sh(*self.inns("podman"), *args, env=self.penv, check=check, timeout=timeout)
+
+    def inns(self, *cmd):
+        # nsenter, not `ip netns exec`: that one mounts a new /sys, without
+        # the cgroup mounts runc needs
+        return ["nsenter", "--net=/run/netns/" + self.netns, *cmd]
+
+    def start(self, timeout=60):
+        if subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True).returncode != 0:
+            sh("ip", "netns", "add", self.netns)
+            sh(*self.inns("ip", "link", "set", "lo", "up"))
+        os.makedirs(PODMAN_ROOT, exist_ok=True)
+        self.log = open(os.path.join(self.dir, "podman.log"), "ab")
+        self.proc = subprocess.Popen(self.inns("podman", "system", "service", "--time=0", self.host), env=self.penv, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.ping(), timeout, what="podman service to answer")
+        self.log_version()
+        return self
+
+    def images(self):
+        have = self.podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        if "localhost/bbx:latest" not in have:
+            ctx = tmpdir("ri")
+            try:
+                os.makedirs(os.path.join(ctx, "root", "bin"))
+                shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
+                for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
+                    os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
+                tar = os.path.join(ctx, "base.tar")
+                sh("tar", "-C", os.path.join(ctx, "root"), "-cf", tar, ".")
+                self.podman("import", "-c", "EXPOSE 80", "-c", "EXPOSE 53/udp", "-c", "EXPOSE 9200",
+                            "-c", 'CMD ["/bin/sleep","3600"]', tar, "bbx:latest")
+            finally:
+                shutil.rmtree(ctx, ignore_errors=True)
+        return self
+
+    def clean(self):
+        self.podman("rm", "-f", "-a", "-t", "0", check=False)
+
+    def tick_health(self, cid):
+        """podman runs healthchecks from systemd timers; without systemd
+        (here) the test runs them, as the timer would."""
+        self.podman("healthcheck", "run", cid, check=False)
+
+    def kill9(self):
+        """kill -9 the API service (containers live on under conmon)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        try:
+            os.unlink(self.sock)
+        except FileNotFoundError:
+            pass
+
+    def cleanup(self):
+        try:
+            self.clean()
+        except Exception as e:
+            log("cleanup:", e)
+        self.stop()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

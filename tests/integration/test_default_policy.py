@@ -19,6 +19,12 @@ d.images()
 d.clean()
 
 
+def img(name):
+    """The image as the default policy writes it: what the engine reports
+    (podman qualifies local names: localhost/bbx:latest), "/" as "::"."""
+    return d.image(name).replace("/", "::")
+
+
 def key(image, cid):
     return f"/registered/{IP}/{image}/{cid}"
 
@@ -50,14 +56,14 @@ def running_before_start_exact_bytes():
     b = inspect_bindings(d, cid)
     # Docker's order is the byte order of "<port>/<proto>"
     assert [(x[2], x[3]) for x in b] == [("53", "udp"), ("80", "tcp"), ("9200", "tcp")], b
-    want = default_value(cid, "bbx", b)
-    got = wait_key(key("bbx", cid), want)
+    want = default_value(cid, img("bbx"), b)
+    got = wait_key(key(img("bbx"), cid), want)
     assert got == want, (got, want)
     # an independent reader sees the same bytes
-    assert etcd.etcdctl("get", key("bbx", cid)).rstrip("\n") == want
+    assert etcd.etcdctl("get", key(img("bbx"), cid)).rstrip("\n") == want
     assert len(cid) == 64
     d.docker("rm", "-f", cid)
-    wait_gone(key("bbx", cid))
+    wait_gone(key(img("bbx"), cid))
     r.stop()
 
 
@@ -67,13 +73,13 @@ def one_port_two_bindings_and_udp_example():
     cid = d.run("-p", "127.0.0.1:5353:53/udp", "-p", "127.0.0.1::80", "-p", "127.0.0.2::80")
     b = inspect_bindings(d, cid)
     assert len(b) == 3 and b[0] == ("127.0.0.1", "5353", "53", "udp"), b
-    got = wait_key(key("bbx", cid))
-    assert got == default_value(cid, "bbx", b), got
+    got = wait_key(key(img("bbx"), cid))
+    assert got == default_value(cid, img("bbx"), b), got
     # the issue's example shape, literally
-    assert got.startswith('[{"container":"%s","image":"bbx","ip":"127.0.0.1","public_port":"5353",'
-                          '"private_port":"53","port_type":"udp"},{' % cid), got
+    assert got.startswith('[{"container":"%s","image":"%s","ip":"127.0.0.1","public_port":"5353",'
+                          '"private_port":"53","port_type":"udp"},{' % (cid, img("bbx"))), got
     d.docker("rm", "-f", cid)
-    wait_gone(key("bbx", cid))
+    wait_gone(key(img("bbx"), cid))
     r.stop()
 
 
@@ -86,17 +92,21 @@ def registry_qualified_namespaced_and_untagged_images():
     c2 = d.run("-p", "127.0.0.1::80", image="bbx2")
     image_id = d.docker("images", "-q", "--no-trunc", "bbx").split()[0]  # sha256:...
     c3 = d.run("-p", "127.0.0.1::80", image=image_id)
-    img1 = "localhost:5000::team::web:1.2"
+    img1 = img("localhost:5000/team/web:1.2")
+    assert img1 == "localhost:5000::team::web:1.2"
+    # an image given by id: Docker reports it verbatim, podman by its name
+    img3 = d.docker("inspect", "-f", "{{.Config.Image}}", c3).replace("/", "::")
+    assert img3 == (image_id if d.engine != "podman" else img("bbx")), img3
     v1 = wait_key(key(img1, c1))
     assert v1 == default_value(c1, img1, inspect_bindings(d, c1)), v1
-    v2 = wait_key(key("bbx2", c2))
-    assert v2 == default_value(c2, "bbx2", inspect_bindings(d, c2)), v2
+    v2 = wait_key(key(img("bbx2"), c2))
+    assert v2 == default_value(c2, img("bbx2"), inspect_bindings(d, c2)), v2
     # an image given by id: Config.Image verbatim, nothing added
-    v3 = wait_key(key(image_id, c3))
-    assert '"image":"%s"' % image_id in v3, v3
+    v3 = wait_key(key(img3, c3))
+    assert '"image":"%s"' % img3 in v3, v3
     assert f"/registered/{IP}/{img1}" in etcd.ls()
     d.docker("rm", "-f", c1, c2, c3)
-    for k in (key(img1, c1), key("bbx2", c2), key(image_id, c3)):
+    for k in (key(img1, c1), key(img("bbx2"), c2), key(img3, c3)):
         wait_gone(k)
     r.stop()
 
@@ -106,12 +116,12 @@ def exposed_but_unpublished_is_not_registered():
     r = start_register()
     quiet = d.run()  # EXPOSE 80 53/udp 9200, nothing published
     marker = d.run("-p", "127.0.0.1::80")  # started after: once it is in, events were seen
-    wait_key(key("bbx", marker))
+    wait_key(key(img("bbx"), marker))
     time.sleep(0.3)
     assert not any(quiet in k for k in etcd.tree()), etcd.tree()
     assert "in sync" in r.output()
     d.docker("rm", "-f", quiet, marker)
-    wait_gone(key("bbx", marker))
+    wait_gone(key(img("bbx"), marker))
     r.stop()
 
 
@@ -122,21 +132,21 @@ def removal_cleans_image_and_host_directories():
     a2 = d.run("-p", "127.0.0.1::80")
     d.docker("tag", "bbx", "other:1")
     b1 = d.run("-p", "127.0.0.1::80", image="other:1")
-    for k in (key("bbx", a1), key("bbx", a2), key("other:1", b1)):
+    for k in (key(img("bbx"), a1), key(img("bbx"), a2), key(img("other:1"), b1)):
         wait_key(k)
     d.docker("rm", "-f", a1)
-    wait_gone(key("bbx", a1))
-    assert f"/registered/{IP}/bbx" in etcd.ls()  # a2 is still there
+    wait_gone(key(img("bbx"), a1))
+    assert f"/registered/{IP}/{img('bbx')}" in etcd.ls()  # a2 is still there
     d.docker("rm", "-f", a2)
-    wait_for(lambda: f"/registered/{IP}/bbx" not in etcd.ls(), what="empty image dir removed")
-    assert f"/registered/{IP}/other:1" in etcd.ls()
+    wait_for(lambda: f"/registered/{IP}/{img('bbx')}" not in etcd.ls(), what="empty image dir removed")
+    assert f"/registered/{IP}/{img('other:1')}" in etcd.ls()
     d.docker("rm", "-f", b1)
     wait_for(lambda: not any(l.startswith(f"/registered/{IP}") for l in etcd.ls()),
              what="host dir removed")
     # the log names key, container and image for registration and removal
     out = r.output()
-    assert f"registered key={key('bbx', a1)} container={a1} image=bbx" in out, out
-    assert f"removed key={key('bbx', a1)} container={a1} image=bbx" in out, out
+    assert f"registered key={key(img('bbx'), a1)} container={a1} image={d.image('bbx')}" in out, out
+    assert f"removed key={key(img('bbx'), a1)} container={a1} image={d.image('bbx')}" in out, out
     r.stop()
 
 
@@ -144,14 +154,14 @@ def removal_cleans_image_and_host_directories():
 def stop_and_start_again():
     r = start_register()
     cid = d.run("-p", "127.0.0.1::80")
-    wait_key(key("bbx", cid))
+    wait_key(key(img("bbx"), cid))
     d.docker("stop", "-t", "0", cid)  # die
-    wait_gone(key("bbx", cid))
+    wait_gone(key(img("bbx"), cid))
     d.docker("start", cid)
-    v = wait_key(key("bbx", cid))
-    assert v == default_value(cid, "bbx", inspect_bindings(d, cid))
+    v = wait_key(key(img("bbx"), cid))
+    assert v == default_value(cid, img("bbx"), inspect_bindings(d, cid))
     d.docker("rm", "-f", cid)
-    wait_gone(key("bbx", cid))
+    wait_gone(key(img("bbx"), cid))
     r.stop()
 
 
@@ -160,11 +170,11 @@ def restart_of_register_has_no_gap():
     keep = d.run("-p", "127.0.0.1::80")
     going = d.run("-p", "127.0.0.1::80")
     r = start_register()
-    wait_key(key("bbx", keep))
-    wait_key(key("bbx", going))
+    wait_key(key(img("bbx"), keep))
+    wait_key(key(img("bbx"), going))
     assert r.stop() == 0
     # SIGTERM: registrations stay, as the original did
-    assert key("bbx", keep) in etcd.tree()
+    assert key(img("bbx"), keep) in etcd.tree()
     idx = etcd.index()
     # a clean restart with nothing changed writes nothing at all
     r2 = start_register()
@@ -173,16 +183,16 @@ def restart_of_register_has_no_gap():
     assert r2.stop() == 0
     # changes while register is down are reconciled at start, keys that
     # are still right are never touched
-    keep_index = etcd.v2(key("bbx", keep))[0]["node"]["modifiedIndex"]
+    keep_index = etcd.v2(key(img("bbx"), keep))[0]["node"]["modifiedIndex"]
     d.docker("rm", "-f", going)
     new = d.run("-p", "127.0.0.1::80")
     r3 = start_register()
-    wait_gone(key("bbx", going))
-    wait_key(key("bbx", new))
-    assert etcd.v2(key("bbx", keep))[0]["node"]["modifiedIndex"] == keep_index
+    wait_gone(key(img("bbx"), going))
+    wait_key(key(img("bbx"), new))
+    assert etcd.v2(key(img("bbx"), keep))[0]["node"]["modifiedIndex"] == keep_index
     assert "removed stale key" in r3.output()
     d.docker("rm", "-f", keep, new)
-    wait_gone(key("bbx", keep))
+    wait_gone(key(img("bbx"), keep))
     r3.stop()
 
 
@@ -192,7 +202,7 @@ def deregister_on_exit_removes_this_hosts_keys():
     etcd.etcdctl("set", other, "x")
     r = start_register("--deregister-on-exit")
     cid = d.run("-p", "127.0.0.1::80")
-    wait_key(key("bbx", cid))
+    wait_key(key(img("bbx"), cid))
     assert r.stop(signal.SIGINT) == 0
     assert not any(l.startswith(f"/registered/{IP}") for l in etcd.ls()), etcd.ls()
     assert etcd.tree().get(other) == "x"

@@ -34,14 +34,16 @@ def health_status_events_register_and_remove():
     r = register("healthy-only.lua")
     cid = d.run("--health-cmd", "cat /ok", "--health-interval", "1s", "--health-retries", "1",
                 "-p", "127.0.0.1::80")
-    key = f"/registered/{IP}/bbx/{cid}"
-    wait_for(lambda: "unhealthy" in d.docker("inspect", "-f", "{{.State.Health.Status}}", cid), 20,
-             what="unhealthy")
+    key = f"/registered/{IP}/{d.image('bbx').replace('/', '::')}/{cid}"
+    def health():
+        d.tick_health(cid)
+        return d.docker("inspect", "-f", "{{.State.Health.Status}}", cid)
+    wait_for(lambda: "unhealthy" in health(), 20, interval=1, what="unhealthy")
     assert key not in etcd.tree()
     d.docker("exec", cid, "sh", "-c", "echo ok > /ok")
-    wait_for(lambda: key in etcd.tree(), 20, what="registered once healthy")
+    wait_for(lambda: health() and key in etcd.tree(), 20, interval=1, what="registered once healthy")
     d.docker("exec", cid, "rm", "/ok")
-    wait_for(lambda: key not in etcd.tree(), 20, what="removed once unhealthy")
+    wait_for(lambda: health() and key not in etcd.tree(), 20, interval=1, what="removed once unhealthy")
     assert "removed key=" + key in r.output()
     d.clean()
     r.stop()

@@ -17,6 +17,7 @@ d = Dockerd().start()
 suite.defer(d.cleanup)
 d.images()
 d.clean()
+IMG = d.image("bbx").replace("/", "::")  # podman: localhost::bbx:latest
 
 
 def register(etcd_url, *extra):
@@ -49,10 +50,10 @@ def dockerd_killed_and_restarted_while_containers_come_and_go():
     d.docker("rm", "-f", c, check=False)
     r.wait_log("docker: connected", count=2, timeout=30)
     wait_converged(etcd, d, IP, timeout=30)
-    assert f"{PREFIX}/bbx/{e}" in etcd.tree()
-    assert f"{PREFIX}/bbx/{c}" not in etcd.tree()
+    assert f"{PREFIX}/{IMG}/{e}" in etcd.tree()
+    assert f"{PREFIX}/{IMG}/{c}" not in etcd.tree()
     # b had no restart policy: Docker stopped it when it came back
-    assert (f"{PREFIX}/bbx/{b}" in etcd.tree()) == (b in d.docker("ps", "-q", "--no-trunc"))
+    assert (f"{PREFIX}/{IMG}/{b}" in etcd.tree()) == (b in d.docker("ps", "-q", "--no-trunc"))
     d.clean()
     wait_converged(etcd, d, IP)
     r.stop()
@@ -115,8 +116,8 @@ def keys_deleted_by_hand_come_back_by_resync():
     r.wait_log("in sync")
     cid = d.run("-p", "127.0.0.1::80")
     wait_converged(etcd, d, IP)
-    etcd.etcdctl("rm", f"{PREFIX}/bbx/{cid}")          # someone deletes a key
-    etcd.etcdctl("set", f"{PREFIX}/bbx/{'e' * 64}", "stale")  # someone adds junk
+    etcd.etcdctl("rm", f"{PREFIX}/{IMG}/{cid}")          # someone deletes a key
+    etcd.etcdctl("set", f"{PREFIX}/{IMG}/{'e' * 64}", "stale")  # someone adds junk
     wait_converged(etcd, d, IP, timeout=10)
     d.clean()
     wait_converged(etcd, d, IP)
@@ -130,7 +131,7 @@ def three_member_cluster_one_member_killed():
     r = register(cl.endpoints())
     r.wait_log("in sync")
     a = d.run("-p", "127.0.0.1::80")
-    wait_for(lambda: f"{PREFIX}/bbx/{a}" in cl.members[1].tree(PREFIX), what="registered")
+    wait_for(lambda: f"{PREFIX}/{IMG}/{a}" in cl.members[1].tree(PREFIX), what="registered")
     cl.members[0].kill()  # the first endpoint, the one in use
     b = d.run("-p", "127.0.0.1::80")
     d.docker("rm", "-f", a)
@@ -138,7 +139,7 @@ def three_member_cluster_one_member_killed():
     wait_for(lambda: reader.tree(PREFIX) == docker_truth(d, IP), 20,
              what="registration through the surviving members")
     out = reader.etcdctl("ls", "--recursive", PREFIX)
-    assert f"{PREFIX}/bbx/{b}" in out, out
+    assert f"{PREFIX}/{IMG}/{b}" in out, out
     d.clean()
     wait_for(lambda: reader.tree(PREFIX) == {}, 20, what="removal through the others")
     r.stop()

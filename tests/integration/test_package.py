@@ -44,7 +44,13 @@ def deb_installs_and_runs():
               "./usr/share/register/examples/registrator.lua", "./usr/lib/systemd/system/register.service",
               "./usr/share/man/man8/register.8.gz", "./usr/share/doc/register/README.md"):
         assert f in files, (f, files)
-    suite.defer(lambda: subprocess.run(["dpkg", "-r", "register"], capture_output=True))
+    # Debian's conventions for a service: maintainer scripts, conffiles
+    control = sh("dpkg-deb", "-I", deb)
+    for f in ("postinst", "prerm", "postrm", "conffiles"):
+        assert f" {f}" in control, (f, control)
+    assert "./etc/default/register" in files and "./etc/register/policy.lua" in files, files
+    assert "init-system-helpers" in info, info
+    suite.defer(lambda: subprocess.run(["dpkg", "--purge", "register"], capture_output=True))
     sh("dpkg", "-i", deb, timeout=120)
     assert sh("/usr/bin/register", "--version") == "register 0.1.0"
     out = sh("/usr/bin/register", "check", "--host-ip", "10.0.0.9", "--hostname", "node9",
@@ -58,8 +64,20 @@ def deb_installs_and_runs():
     assert man.startswith(".TH REGISTER 8") and "--deregister-on-exit" in man.replace("\\-", "-")
     unit = open("/usr/lib/systemd/system/register.service").read()
     assert "Type=notify" in unit and "[X-Fleet]" in unit
+    assert "Requires=" not in unit and "sh -c" not in unit and "SyslogIdentifier=register" in unit
+    assert "EnvironmentFile=-/etc/default/register" in unit
+    assert "REGISTER_POLICY=/etc/register/policy.lua" in open("/etc/default/register").read()
+    # the shipped policy is the default schema, and loads
+    out = sh("/usr/bin/register", "check", "--host-ip", "10.0.0.9", "/etc/register/policy.lua",
+             os.path.join(SRC, "tests/data/inspect/multi.json"))
+    assert json.loads(out)["key"].startswith("/registered/10.0.0.9/bbx/")
+    status = sh("dpkg-query", "-W", "-f", "${Conffiles}", "register")
+    assert "/etc/default/register" in status and "/etc/register/policy.lua" in status, status
     sh("dpkg", "-r", "register", timeout=120)
     assert not os.path.exists("/usr/bin/register")
+    assert os.path.exists("/etc/default/register")  # conffiles stay until purge
+    sh("dpkg", "--purge", "register", timeout=120)
+    assert not os.path.exists("/etc/default/register")
 
 
 suite.run()

@@ -204,6 +204,10 @@ eq(m.name, "labelname", "labels win over env")
 eq(m.tags, "a,b", "generic tags")
 eq(register.wildcard("0.0.0.0") and register.wildcard("::") and register.wildcard(""), true, "wildcards")
 eq(register.wildcard("127.0.0.1"), false, "not a wildcard")
+eq(#register.bindings({ ports = {
+  { private_port = "80", proto = "tcp", host_ip = "0.0.0.0", host_port = "1" },
+  { private_port = "80", proto = "tcp", host_ip = "::", host_port = "2" },
+  { private_port = "80", proto = "udp", host_ip = "::", host_port = "3" } } }), 2, "twin folded, udp kept")
 eq(register.json.encode(register.json.array()), "[]", "empty array")
 eq(register.json.encode({ b = 1, a = { 1, 2 } }), '{"a":[1,2],"b":1}', "sorted keys")
 local v, err = register.json.decode("[1, {\"a\": null}]")
@@ -222,6 +226,85 @@ end }
     r = subprocess.run([REGISTER, "check", p, os.path.join(DATA, "multi.json")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["key"] == "/ok", r.stdout
+
+
+def on_networks(base, nets, mode=None, **changes):
+    """A variant on networks {name: (ipv4, ipv6)}; mode sets NetworkMode."""
+    c = variant(base, **changes)
+    tmpl = next(iter(c["NetworkSettings"]["Networks"].values()))
+    c["NetworkSettings"]["Networks"] = {
+        n: dict(copy.deepcopy(tmpl), IPAddress=ip4, GlobalIPv6Address=ip6, NetworkID="id-" + n)
+        for n, (ip4, ip6) in nets.items()}
+    if mode:
+        c["HostConfig"]["NetworkMode"] = mode
+    return c
+
+
+@suite.test
+def services_fold_wildcard_twins_and_name_compose_services():
+    # Docker >= 20.10.6: 0.0.0.0 and :: for one -p, Docker 26 with different
+    # host ports: one service, the IPv4 binding's
+    twins = variant("multi", env=[], labels={}, name="w", image="web",
+                    ports=[("80/tcp", [("0.0.0.0", "32768"), ("::", "32769")])])
+    assert records(check("registrator.lua", twins)) == {"/services/web/node9:w:80": f"{IP}:32768"}
+    # the :: binding alone (no IPv4 twin) stays, and named addresses stay
+    six = variant("multi", env=[], labels={}, name="w", image="web",
+                  ports=[("80/tcp", [("::", "32769")]), ("81/tcp", [("::1", "5"), ("127.0.0.1", "6")])])
+    assert records(check("registrator.lua", six)) == {
+        "/services/web-80/node9:w:80": f"{IP}:32769",
+        "/services/web-81/node9:w:81": "127.0.0.1:6"}, records(check("registrator.lua", six))
+    # podman: HostIp "" is a wildcard, and folds its :: twin too
+    pod = variant("multi", env=[], labels={}, name="w", image="localhost/web:latest",
+                  ports=[("80/tcp", [("", "40001"), ("::", "40002")])])
+    assert records(check("registrator.lua", pod)) == {"/services/web/node9:w:80": f"{IP}:40001"}
+    # Compose: the service label names it when there is no SERVICE_NAME
+    comp = variant("multi", env=[], labels={"com.docker.compose.service": "api"}, name="proj-api-1",
+                   image="proj-api", ports=[("80/tcp", [("0.0.0.0", "7")])])
+    assert records(check("registrator.lua", comp)) == {"/services/api/node9:proj-api-1:80": f"{IP}:7"}
+    comp["Config"]["Labels"]["SERVICE_NAME"] = "named"
+    assert records(check("registrator.lua", comp)) == {"/services/named/node9:proj-api-1:80": f"{IP}:7"}
+
+
+@suite.test
+def internal_address_on_the_labelled_network():
+    two = on_networks("multi", {"bridge": ("172.17.0.2", ""), "backend": ("172.20.0.5", "")},
+                      labels={"register.network": "backend"})
+    out = records(check("internal.lua", two))
+    assert out == {"/internal/web-53/node9:web-1:53:udp": "172.20.0.5:53",
+                   "/internal/web-80/node9:web-1:80": "172.20.0.5:80",
+                   "/internal/web-9200/node9:web-1:9200": "172.20.0.5:9200"}, out
+    # labelled with a network it is not on: nothing (until it connects)
+    gone = on_networks("multi", {"bridge": ("172.17.0.2", "")}, labels={"register.network": "backend"})
+    assert records(check("internal.lua", gone)) == {}
+    # no label, one network: that one; no label, two networks: nothing
+    assert set(records(check("internal.lua", "multi")).values()) == {
+        "172.31.254.2:53", "172.31.254.2:80", "172.31.254.2:9200"}
+    assert records(check("internal.lua", on_networks("multi", {"a": ("1.1.1.1", ""), "b": ("2.2.2.2", "")}))) == {}
+
+
+@suite.test
+def every_network_ipv4_and_ipv6():
+    c = on_networks("multi", {"bridge": ("172.17.0.2", ""), "v6net": ("172.21.0.3", "fd00:5e:1::3"),
+                              "only6": ("", "fd00:5e:2::4")})
+    out = records(check("networks.lua", c))
+    assert out["/networks/node9/web-1/v6net/80"] == '{"ip":"172.21.0.3","ip6":"fd00:5e:1::3","port":80}', out
+    assert out["/networks/node9/web-1/only6/53/udp"] == '{"ip6":"fd00:5e:2::4","port":53}', out
+    assert out["/networks/node9/web-1/bridge/9200"] == '{"ip":"172.17.0.2","port":9200}', out
+    assert len(out) == 9, sorted(out)
+    host = on_networks("multi", {"host": ("", "")}, mode="host")
+    assert records(check("networks.lua", host)) == {}
+
+
+@suite.test
+def host_network_containers_get_the_host_address():
+    host = on_networks("multi", {"host": ("", "")}, mode="host", ports=[], name="h", env=[], labels={})
+    host["Config"]["ExposedPorts"] = {"8080/tcp": {}}
+    assert records(check("host-network.lua", host)) == {"/services/bbx/node9:h:8080": f"{IP}:8080"}
+    host["Config"]["ExposedPorts"] = {"8080/tcp": {}, "53/udp": {}}
+    assert records(check("host-network.lua", host)) == {"/services/bbx-8080/node9:h:8080": f"{IP}:8080",
+                                                        "/services/bbx-53/node9:h:53:udp": f"{IP}:53"}
+    # other containers: registrator's keys
+    assert records(check("host-network.lua", "multi")) == records(check("registrator.lua", "multi"))
 
 
 @suite.test
