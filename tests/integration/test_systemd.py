@@ -100,8 +100,6 @@ class Machine:
         def pid1():
             # nspawn's child forks the container's init and exits: wait for
             # the child that is PID 1 in a PID namespace of its own
-            if self.proc.poll() is not None:
-                raise AssertionError("systemd-nspawn exited: " + self.nspawn_log())
             for t in os.listdir(f"/proc/{self.proc.pid}/task"):
                 with open(f"/proc/{self.proc.pid}/task/{t}/children") as f:
                     for kid in f.read().split():
@@ -110,23 +108,28 @@ class Machine:
                         if len(nspid) == 2 and nspid[1] == "1":
                             return int(kid)
             return None
-        self.pid1 = wait_for(pid1, timeout, what="the container's PID 1")
+        self.pid1 = self.wait(pid1, timeout, "the container's PID 1")
         t0 = time.time()
         state = {}
 
         def booted():
-            if self.proc.poll() is not None:
-                raise AssertionError("systemd-nspawn exited: " + self.nspawn_log())
             r = self.run("systemctl", "is-system-running", check=False)
             state["s"] = r.stdout.strip()
             # "offline": systemctl cannot reach systemd yet
             return state["s"] not in ("offline", "starting", "initializing", "")
-        wait_for(booted, timeout, interval=0.1, what="systemd in the container to finish booting")
+        self.wait(booted, timeout, "systemd in the container to finish booting")
         assert state["s"] == "running", \
             (state["s"], self.run("systemctl", "--failed", "--no-pager", check=False).stdout)
         log(f"container {self.name}: systemd",
             self.run("systemctl", "--version").stdout.split()[1], f"booted in {time.time() - t0:.1f}s")
         return self
+
+    def wait(self, pred, timeout, what):
+        """wait_for, but a dead nspawn fails at once."""
+        v = wait_for(lambda: self.proc.poll() is not None or pred(), timeout, interval=0.1, what=what)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited ({self.proc.returncode}): {self.nspawn_log()}")
+        return v
 
     def nspawn_log(self):
         with open(os.path.join(self.dir, "nspawn.log"), errors="replace") as f:
