@@ -14,6 +14,7 @@ failure: the machine, its cgroups, /run/systemd/nspawn's entries for it,
 the overlay and the temporary directories.
 """
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import REGISTER, SRC, Etcd, Suite, free_port, log, sh, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, SRC, Etcd, debian13, Suite, free_port, log, sh, tmpdir, wait_for  # noqa: E402
 from fake_docker import FakeDocker  # noqa: E402
 
 SKIP = 77
@@ -59,8 +60,10 @@ def cgroup_roots():
 class Machine:
     """A booted systemd in an overlay of the cached root."""
 
-    def __init__(self, cache, binds=()):
+    def __init__(self, cache, binds=(), env=None, args=()):
         self.cache = cache
+        self.args = list(args)
+        self.extra_env = dict(env or {})
         self.dir = tmpdir("rsn")
         self.name = "regtest-" + os.path.basename(self.dir)[3:].lower().replace("_", "x")
         self.root = os.path.join(self.dir, "root")
@@ -92,8 +95,9 @@ class Machine:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         self.log = open(os.path.join(self.dir, "nspawn.log"), "ab")
         args = ["systemd-nspawn", "-D", self.root, "-M", self.name, "-b", "--register=no",
-                "--keep-unit", "--console=passive"] + [f"--bind={b}" for b in self.binds]
+                "--keep-unit", "--console=passive", *self.args] + [f"--bind={b}" for b in self.binds]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_"))}
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=into_cgroups, start_new_session=True, env=env)
 
@@ -295,8 +299,10 @@ def boot_and_install_the_deb():
     deb = build_deb()
     log(f".deb built in {time.time() - t0:.0f}s")
     cache = sh(os.path.join(SRC, "scripts", "nspawn-root.sh"), timeout=900).splitlines()[-1]
+    st.update(deb=deb, cache=cache)
     etcd = Etcd().start()
     suite.defer(etcd.cleanup)
+    st["etcd"] = etcd
     fdir = tmpdir("rsf")
     suite.defer(lambda: shutil.rmtree(fdir, ignore_errors=True))
     fake = FakeDocker(os.path.join(fdir, "d.sock")).start()
@@ -491,6 +497,127 @@ def etcd_down_at_boot_does_not_block_the_start():
     wait_for(lambda: status_text(m) == want, 60, interval=0.2, what=f"STATUS={want!r} once etcd is up")
     assert len(e2.tree("/registered")) == 2
     m.run("systemctl", "stop", "register")
+
+
+
+# ---- register-docker.service: register in a container, on a real dockerd
+# inside a second machine.  containerd, runc, docker-init and the docker
+# CLI are this machine's (Debian 12's docker.io, containerd, runc), dockerd
+# is Docker 26.1 (Debian 13's, from scripts/fetch-debian13.sh's cache: Debian
+# 12's dockerd 20.10 cannot make the host network's sandbox inside nspawn,
+# "failed to create default sandbox: operation not permitted"), all
+# bind-mounted; the root has their libraries.  The machine gets a
+# cgroup2 hierarchy of its own (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1): in the
+# hybrid layout nspawn mounts the v1 controllers read-only and runc cannot
+# make a container's cgroups there.  dockerd runs with --bridge=none and
+# --iptables=false: it shares this machine's network namespace and must not
+# touch docker0 or the firewall; containers use the host network (as
+# register-docker.service does), so they publish no ports and the test's
+# policy registers containers by name.
+DOCKER_BINARIES = ["/usr/bin/docker", "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc",
+                   "/usr/bin/docker-init"]
+DOCKER_UNIT = """[Unit]
+Description=Docker (the test machine's docker.io, bind-mounted): no bridge, no iptables
+[Service]
+Type=notify
+ExecStart=/usr/sbin/dockerd -H unix:///run/docker.sock --bridge=none --iptables=false --ip6tables=false --storage-driver=vfs
+[Install]
+WantedBy=multi-user.target
+"""
+BY_NAME = """-- test policy: every running container, by name
+local policy = {}
+function policy.prefix(host) return "/bydocker/" .. host.ip end
+function policy.records(c, host)
+  return { [policy.prefix(host) .. "/%s" .. c.name] = c.image }
+end
+return policy
+"""
+
+
+@suite.test
+def register_docker_unit_on_a_real_dockerd():
+    missing = [b for b in DOCKER_BINARIES if not os.path.exists(b)]
+    assert not missing, f"no {missing}: scripts/install-deps.sh installs docker.io"
+    deb, cache, etcd = need("deb", "cache", "etcd")
+    # one dockerd at a time on this machine (the other tests' rule), even
+    # though this one has no bridge
+    lock = open("/tmp/register-dockerd.lock", "a")
+    suite.defer(lock.close)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    binds = [f"{b}:{b}" for b in DOCKER_BINARIES] + [
+        debian13("docker.io/usr/sbin/dockerd") + ":/usr/sbin/dockerd",
+        debian13("docker.io/usr/sbin/docker-proxy") + ":/usr/sbin/docker-proxy"]
+    m = Machine(cache, binds=binds, args=["--capability=CAP_NET_ADMIN", "--system-call-filter=add_key keyctl request_key bpf"],
+                env={"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
+    suite.defer(m.cleanup)
+    m.start()
+    shutil.copy(deb, os.path.join(m.root, "root", "register.deb"))
+    m.run("dpkg", "-i", "/root/register.deb", timeout=120)
+    m.run("systemctl", "disable", "--now", "register")  # one or the other, says the unit
+    m.write("/etc/systemd/system/docker.service", DOCKER_UNIT)
+    m.run("systemctl", "daemon-reload")
+    m.run("systemctl", "start", "docker", timeout=120)
+    log("dockerd in the machine:", m.run("docker", "version", "--format", "{{.Server.Version}}").stdout.strip())
+    # images: a busybox one for a test container, and register's from the
+    # repository's Dockerfile on a base made from the machine's own root
+    # (it has register's libraries; no registry is reachable here)
+    bb = os.path.join(m.root, "root", "bb")
+    os.makedirs(os.path.join(bb, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(bb, "bin", "busybox"))
+    for a in ("sh", "sleep"):
+        os.symlink("busybox", os.path.join(bb, "bin", a))
+    m.run("sh", "-c", "tar -C /root/bb -c . | docker import -c 'CMD [\"/bin/sleep\",\"3600\"]' - bb:latest")
+    web = m.run("docker", "run", "-d", "--net", "host", "--name", "web", "bb").stdout.strip()
+    ctx = os.path.join(m.root, "root", "ctx")
+    os.makedirs(os.path.join(ctx, "build"))
+    shutil.copy(os.path.join(SRC, "Dockerfile"), ctx)
+    shutil.copytree(os.path.join(SRC, "lua"), os.path.join(ctx, "lua"))
+    shutil.copy(os.path.join(m.root, "usr", "bin", "register"), os.path.join(ctx, "build", "register"))
+    t0 = time.time()
+    excl = " ".join(f"--exclude=./{d}" for d in (
+        "proc", "sys", "dev", "run", "tmp", "root", "var/lib/docker", "var/cache", "var/lib/apt",
+        "usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/zoneinfo", "usr/bin/register",
+        "usr/share/register"))
+    m.run("sh", "-c", f"cd / && tar -c {excl} . 2>/dev/null | docker import - register-test-base", timeout=300)
+    m.run("sh", "-c", "cd /root/ctx && DOCKER_BUILDKIT=0 docker build -q --network host "
+          "--build-arg BASE=register-test-base -t register:latest .", timeout=600)
+    log(f"register:latest built in the machine in {time.time() - t0:.0f}s")
+
+    ip = "10.1.2.4"
+    m.write("/etc/default/register", settings(etcd.url, host_ip=ip))
+    m.write("/etc/register/policy.lua", BY_NAME % "")
+    m.run("systemctl", "start", "register-docker", timeout=120)
+    want = {f"/bydocker/{ip}/web": "bb", f"/bydocker/{ip}/register": "register:latest"}
+    try:
+        wait_for(lambda: etcd.tree("/bydocker") == want, 60, interval=0.2,
+                 what="register in its container to register web and itself")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {etcd.tree('/bydocker')}\n" + journal(m, "-u", "register-docker")[-3000:])
+    assert "in sync: 2 keys from 2 containers" in journal(m, "-t", "register")
+    # reload: docker kill -s HUP, the new policy's names
+    m.write("/etc/register/policy.lua", BY_NAME % "v2/")
+    m.run("systemctl", "reload", "register-docker")
+    want2 = {k.replace(f"/{ip}/", f"/{ip}/v2/"): v for k, v in want.items()}
+    wait_for(lambda: etcd.tree("/bydocker") == want2, 30, interval=0.2, what="the reloaded policy's keys")
+    # Restart=always: the container killed, the unit runs it again
+    first = m.run("docker", "inspect", "-f", "{{.Id}}", "register").stdout.strip()
+    m.run("docker", "kill", "register")
+
+    def again():
+        r = m.run("docker", "inspect", "-f", "{{.Id}} {{.State.Running}}", "register", check=False)
+        return r.returncode == 0 and r.stdout.split() != [first, "true"] and r.stdout.split()[1] == "true"
+    wait_for(again, 30, interval=0.5, what="register-docker to run register again")
+    assert int(m.show("register-docker", "NRestarts")["NRestarts"]) >= 1
+    wait_for(lambda: etcd.tree("/bydocker") == want2, 30, interval=0.2, what="the new container to sync")
+    # stop: docker stop, register exits 0, --rm removes the container
+    t0 = time.time()
+    m.run("systemctl", "stop", "register-docker", timeout=60)
+    s = m.show("register-docker", "ActiveState", "Result", "ExecMainStatus")
+    assert s == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, s
+    assert m.run("docker", "ps", "-aq", "--filter", "name=^register$").stdout.strip() == ""
+    log(f"register-docker stopped in {time.time() - t0:.1f}s")
+    assert m.run("docker", "inspect", "-f", "{{.State.Running}}", web).stdout.strip() == "true"
+    m.run("systemctl", "stop", "docker", timeout=60)
 
 
 suite.run()
