@@ -543,7 +543,10 @@ def register_docker_unit_on_a_real_dockerd():
     # though this one has no bridge
     lock = open("/tmp/register-dockerd.lock", "a")
     suite.defer(lock.close)
+    t0 = time.time()
     fcntl.flock(lock, fcntl.LOCK_EX)
+    if time.time() - t0 > 1:
+        log(f"waited {time.time() - t0:.0f}s for /tmp/register-dockerd.lock")
     binds = [f"{b}:{b}" for b in DOCKER_BINARIES] + [
         debian13("docker.io/usr/sbin/dockerd") + ":/usr/sbin/dockerd",
         debian13("docker.io/usr/sbin/docker-proxy") + ":/usr/sbin/docker-proxy"]
