@@ -26,6 +26,7 @@
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
 #define DOCKER_CONNS 32 /* inspects at once */
+#define STATUS_EVERY_MS 5000 /* STATUS= refreshed while not in sync */
 
 typedef struct {
   const config_t *cfg;
@@ -46,6 +47,7 @@ typedef struct {
   uint64_t policy_rejected;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
+  uv_timer_t status_timer;
   int stopping;
   int deregistering;
   int exit_code;
@@ -100,9 +102,45 @@ static void on_lease_lost(void *ud) {
   if (a->rec) reconcile_lease_lost(a->rec);
 }
 
+/* STATUS= for systemd: in sync, or what the sync waits for. */
+static void sync_status(app_t *a, char *out, size_t n) {
+  reconcile_stats_t st;
+  reconcile_stats(a->rec, &st);
+  if (reconcile_converged(a->rec)) {
+    snprintf(out, n, "in sync: %zu keys from %zu containers", st.keys,
+             st.containers);
+    return;
+  }
+  const char *why = a->etcd ? etcd_last_error(a->etcd) : NULL;
+  if (why && *why)
+    snprintf(out, n,
+             "waiting for etcd: %zu keys from %zu containers to sync (%s)",
+             st.keys, st.containers, why);
+  else
+    snprintf(out, n, "syncing: %zu keys from %zu containers", st.keys,
+             st.containers);
+}
+
+static void status_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->stopping) return;
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_status(a->notify, status);
+}
+
+/* Docker's containers are listed and its events followed: register is
+ * ready (READY=1), whatever etcd does; how far the sync is goes in
+ * STATUS=, kept fresh from here on.  etcd down at boot must not hold up
+ * the units ordered after this one. */
 static void on_synced(void *ud) {
   app_t *a = ud;
   reconcile_docker_synced(a->rec, 1);
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_ready(a->notify, status);
+  uv_timer_start(&a->status_timer, status_cb, STATUS_EVERY_MS,
+                 STATUS_EVERY_MS);
 }
 
 static void on_connection(void *ud, int up) {
@@ -116,14 +154,11 @@ static void on_connection(void *ud, int up) {
 
 static void on_converged(void *ud) {
   app_t *a = ud;
-  reconcile_stats_t st;
-  reconcile_stats(a->rec, &st);
   /* once things have been quiet for a moment, give memory back */
   uv_timer_start(&a->trim_timer, trim_cb, TRIM_DELAY_MS, 0);
-  char status[160];
-  snprintf(status, sizeof status, "in sync: %zu keys from %zu containers",
-           st.keys, st.containers);
-  notify_ready(a->notify, status);
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_status(a->notify, status);
   if (a->cfg->once && !a->stopping) {
     log_info("sync complete: etcd matches the running containers");
     begin_stop(a, 0);
@@ -378,6 +413,8 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);
   uv_timer_init(&a->loop, &a->trim_timer);
+  uv_timer_init(&a->loop, &a->status_timer);
+  a->status_timer.data = a;
   a->resync_timer.data = a->stop_timer.data = a->deadline_timer.data = a;
   a->trim_timer.data = a;
   if (cfg->resync > 0)

@@ -227,10 +227,12 @@ def systemd_notify_protocol():
     suite.defer(r.cleanup)
     got = []
     deadline = time.time() + 10
-    while time.time() < deadline and not any("READY=1" in g for g in got):
+    while time.time() < deadline and not any("STATUS=in sync: 1 keys from 1 containers" in g for g in got):
         got.append(s.recv(4096).decode())
+    # READY=1 once Docker is followed (with how far the sync is), once
     ready = [g for g in got if "READY=1" in g]
-    assert ready and "STATUS=in sync: 1 keys from 1 containers" in ready[0], got
+    assert len(ready) == 1 and "STATUS=" in ready[0], got
+    assert any("STATUS=in sync: 1 keys from 1 containers" in g for g in got[got.index(ready[0]):]), got
     assert "in sync" in r.output()
     # the watchdog keeps coming, at half of WATCHDOG_USEC
     t0 = time.time()
@@ -263,6 +265,39 @@ def metrics_flag_errors():
     assert p.returncode == 1, p.stderr
     assert f"--metrics 127.0.0.1:{port}: cannot listen: address already in use" in p.stderr, p.stderr
     busy.close()
+
+
+
+@suite.test
+def ready_while_etcd_is_down():
+    """etcd down at boot: READY=1 all the same (Docker is followed), with the
+    wait in STATUS=; "in sync" once etcd is back."""
+    reset()
+    d = tmpdir("rn")
+    path = os.path.join(d, "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(10)
+    c = fake.add()
+    down = Etcd()  # not started yet
+    suite.defer(down.cleanup)
+    r = Register("--etcd", down.url, "--docker", fake.host, host_ip=IP,
+                 env={"NOTIFY_SOCKET": path}).start()
+    suite.defer(r.cleanup)
+    got = []
+    deadline = time.time() + 15
+    while time.time() < deadline and not any("waiting for etcd: 1 keys from 1 containers to sync (" in g for g in got):
+        got.append(s.recv(4096).decode())
+    ready = [g for g in got if "READY=1" in g]
+    assert len(ready) == 1, got
+    assert any("STATUS=waiting for etcd: 1 keys from 1 containers to sync (" in g for g in got), got
+    down.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not any("STATUS=in sync: 1 keys from 1 containers" in g for g in got):
+        got.append(s.recv(4096).decode())
+    assert any("STATUS=in sync: 1 keys from 1 containers" in g for g in got), got
+    assert list(down.tree(f"/registered/{IP}")) == [f"/registered/{IP}/bbx/{c}"]
+    r.stop()
 
 
 suite.run()
