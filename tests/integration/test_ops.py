@@ -300,4 +300,36 @@ def ready_while_etcd_is_down():
     r.stop()
 
 
+
+@suite.test
+def deregistration_window_ignores_resync_and_sighup():
+    """--deregister-on-exit: while the deletes wait for an etcd that does not
+    answer (frozen), the resync timer and a SIGHUP must not reach the Docker
+    module, which is already gone; register exits 0 after its 10 s window."""
+    reset()
+    c = fake.add()
+    slow = Etcd().start()
+    suite.defer(slow.cleanup)
+    pol = os.path.join(tmpdir("rp"), "p.lua")
+    with open(pol, "w") as f:
+        f.write('return require "register.default"\n')
+    r = Register("--etcd", slow.url, "--docker", fake.host, "--policy", pol, "--resync", "1",
+                 "--deregister-on-exit", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    assert f"/registered/{IP}/bbx/{c}" in slow.tree(f"/registered/{IP}")
+    os.kill(slow.proc.pid, signal.SIGSTOP)
+    try:
+        r.proc.send_signal(signal.SIGTERM)
+        r.wait_log("deregistering this host's keys before exit")
+        time.sleep(1.5)  # at least one resync period inside the window
+        r.proc.send_signal(signal.SIGHUP)
+        r.wait_log("SIGHUP while shutting down: no reload")
+        rc = r.proc.wait(30)
+    finally:
+        os.kill(slow.proc.pid, signal.SIGCONT)
+    assert rc == 0, (rc, r.output()[-3000:])
+    assert "exiting before every key could be deleted" in r.output(), r.output()[-3000:]
+
+
 suite.run()
