@@ -409,9 +409,19 @@ static void on_done(http_req_t *req, const http_resp_t *resp, void *data) {
   int ok = 0;
   if (resp->error) {
     const char *m = resp->errmsg ? resp->errmsg : "request failed";
-    if (resp->error == CURLE_COULDNT_CONNECT && strstr(m, "refused"))
-      m = "connection refused";
-    else if (resp->error == CURLE_OPERATION_TIMEDOUT) {
+    if (resp->error == CURLE_COULDNT_CONNECT) {
+      /* curl's message names the port and the milliseconds; keep the
+       * cause.  (Older curl says "Couldn't connect to server" for a
+       * refused connection: http_resp_t has no errno to tell.) */
+      const char *tail = strrchr(m, ':');
+      if (strstr(m, "refused"))
+        m = "connection refused";
+      else {
+        snprintf(why, sizeof why, "cannot connect: %s",
+                 tail && tail[1] == ' ' ? tail + 2 : m);
+        m = why;
+      }
+    } else if (resp->error == CURLE_OPERATION_TIMEDOUT) {
       snprintf(why, sizeof why, "timeout after %ld ms", c->timeout_ms);
       m = why;
     }
