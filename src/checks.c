@@ -10,6 +10,9 @@
 
 #define DEFAULT_INFLIGHT 32
 #define REASON_MAX 160
+#ifndef TICK_MAX
+#define TICK_MAX 50
+#endif
 
 const double checks_buckets[CHECKS_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
@@ -55,7 +58,7 @@ struct check {
   char reason[REASON_MAX];
   uint64_t runs;
   phase_t phase;
-  uint64_t started_ms; /* loop time of the current/last run's start */
+  uint64_t due_ms;     /* loop time the current/next run is due */
   uint64_t started_ns; /* uv_hrtime() of the current run's start */
   int deferred;        /* RUNNING: the timer reports deferred_reason */
   char deferred_reason[REASON_MAX];
@@ -255,6 +258,19 @@ int checks_resolve(const json_value_t *inspect, const char *port,
   return 0;
 }
 
+/* Runs start on a grid of ticks (interval / 20, at most 50 ms): checks due
+ * in the same tick share one wake-up of the loop, and their connections
+ * complete in the same few polls; the jitter still spreads them over the
+ * interval.  Arms c's timer for a run `delay` ms from now. */
+static void schedule(check_t *c, uint64_t delay) {
+  uint64_t tick = (uint64_t)c->interval_ms / 20;
+  if (tick > TICK_MAX) tick = TICK_MAX;
+  uint64_t now = uv_now(c->ck->loop), due = now + delay;
+  if (tick > 1) due = (due + tick - 1) / tick * tick;
+  c->due_ms = due;
+  uv_timer_start(&c->timer, check_timer_cb, due - now, 0);
+}
+
 /* ---- the run queue ---- */
 
 static void queue_push(checks_t *ck, check_t *c) {
@@ -358,8 +374,8 @@ static void check_done(check_t *c, int ok, const char *reason) {
 
   /* the next run: one interval after this one started */
   uint64_t now = uv_now(ck->loop);
-  uint64_t due = c->started_ms + (uint64_t)c->interval_ms;
-  uv_timer_start(&c->timer, check_timer_cb, due > now ? due - now : 0, 0);
+  uint64_t due = c->due_ms + (uint64_t)c->interval_ms;
+  schedule(c, due > now ? due - now : 0);
 
   queue_pump(ck);
 
@@ -492,7 +508,6 @@ static void check_start(check_t *c) {
   c->phase = PH_RUNNING;
   c->deferred = 0;
   ck->inflight++;
-  c->started_ms = uv_now(ck->loop);
   c->started_ns = uv_hrtime();
   uv_timer_start(&c->timer, check_timer_cb, (uint64_t)c->timeout_ms, 0);
   if (!c->target_host)
@@ -588,8 +603,7 @@ static check_t *check_new(checks_t *ck, cont_t *cont, const checks_spec_t *s,
   uv_timer_init(ck->loop, &c->timer);
   c->timer.data = c;
   /* jitter: the first run somewhere in the first interval */
-  uv_timer_start(&c->timer, check_timer_cb, util_rand((uint32_t)c->interval_ms),
-                 0);
+  schedule(c, util_rand((uint32_t)c->interval_ms));
   return c;
 }
 
