@@ -1,10 +1,10 @@
 /* bench/checks_bench: what health checks cost, and how fast they notice.
  *
  * A child process serves one listener per container on 127.0.0.1 (TCP:
- * accept and close; HTTP: answer 200, or 503 after SIGUSR1 until the next
- * SIGUSR1).  This process runs the checks module with the daemon's curl
- * multi: C containers, one check each (half tcp, half http by default),
- * every INTERVAL ms.  After a warm-up it measures its own CPU time
+ * accept and hold until the client closes; HTTP: answer 200, or 503 after
+ * SIGUSR1 until the next SIGUSR1).  This process runs the checks module with
+ * the daemon's curl multi: C containers, one check each (half tcp, half http by
+ * default), every INTERVAL ms.  After a warm-up it measures its own CPU time
  * (getrusage: this process only, not the servers) over SECONDS, then flips
  * the HTTP servers to 503 and back, and times each HTTP check's transition
  * against the targets fall x interval + 1 s and rise x interval + 1 s.
@@ -91,10 +91,8 @@ static void sconn(uv_stream_t *l, int st) {
     uv_close((uv_handle_t *)&c->tcp, sclose_cb);
     return;
   }
-  if (l->data) /* tcp listener: close at once */
-    uv_close((uv_handle_t *)&c->tcp, sclose_cb);
-  else
-    uv_read_start((uv_stream_t *)&c->tcp, salloc, sread);
+  /* http: answer the request; tcp: nothing comes, close on EOF */
+  uv_read_start((uv_stream_t *)&c->tcp, salloc, sread);
 }
 
 static void sflip(uv_signal_t *s, int sig) {

@@ -10,6 +10,10 @@
 
 #define DEFAULT_INFLIGHT 32
 #define REASON_MAX 160
+/* After a connect, how long a TCP check waits for the peer to close: a
+ * proxy in front of the port (docker-proxy, for published ports reached on
+ * loopback) accepts even when nothing listens behind it, then closes. */
+#define GRACE_MS 100
 #ifndef TICK_MAX
 #define TICK_MAX 50
 #endif
@@ -34,6 +38,7 @@ typedef struct {
   uv_tcp_t tcp;
   uv_connect_t req;
   check_t *check;
+  char buf[64]; /* what the peer sends first (unused) */
 } tcp_op_t;
 
 struct check {
@@ -60,7 +65,9 @@ struct check {
   phase_t phase;
   uint64_t due_ms;     /* loop time the current/next run is due */
   uint64_t started_ns; /* uv_hrtime() of the current run's start */
+  uint64_t run_ms;     /* loop time the current run started */
   int deferred;        /* RUNNING: the timer reports deferred_reason */
+  int grace;           /* RUNNING, tcp: connected; the timer ends the wait */
   char deferred_reason[REASON_MAX];
   tcp_op_t *op;
   http_req_t *req;
@@ -402,14 +409,53 @@ static void fail_later(check_t *c, const char *reason) {
   uv_timer_start(&c->timer, check_timer_cb, 0, 0);
 }
 
+/* Ends a TCP run: the connection is closed, the result reported. */
+static void tcp_done(tcp_op_t *op, int ok, const char *reason) {
+  check_t *c = op->check;
+  op->check = NULL;
+  c->op = NULL;
+  c->grace = 0;
+  uv_close((uv_handle_t *)&op->tcp, op_close_cb);
+  check_done(c, ok, reason);
+}
+
+static void op_alloc_cb(uv_handle_t *h, size_t size, uv_buf_t *buf) {
+  (void)size;
+  tcp_op_t *op = h->data;
+  *buf = uv_buf_init(op->buf, sizeof op->buf);
+}
+
+static void op_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  tcp_op_t *op = s->data;
+  if (!op->check || n == 0) return;
+  if (n > 0) /* a banner: someone is there */
+    tcp_done(op, 1, "connected");
+  else if (n == UV_EOF)
+    tcp_done(op, 0, "connection closed at once");
+  else
+    tcp_done(op, 0, uv_strerror((int)n));
+}
+
 static void connect_cb(uv_connect_t *req, int status) {
   tcp_op_t *op = req->data;
   check_t *c = op->check;
   if (!c) return; /* abandoned: closing already */
-  op->check = NULL;
-  c->op = NULL;
-  uv_close((uv_handle_t *)&op->tcp, op_close_cb);
-  check_done(c, status == 0, status == 0 ? "connected" : uv_strerror(status));
+  if (status < 0) {
+    tcp_done(op, 0, uv_strerror(status));
+    return;
+  }
+  /* connected: passing unless the peer closes within the grace */
+  uint64_t spent = uv_now(c->ck->loop) - c->run_ms;
+  uint64_t left =
+      (uint64_t)c->timeout_ms > spent ? (uint64_t)c->timeout_ms - spent : 0;
+  if (uv_read_start((uv_stream_t *)&op->tcp, op_alloc_cb, op_read_cb) < 0) {
+    tcp_done(op, 1, "connected");
+    return;
+  }
+  c->grace = 1;
+  uv_timer_start(&c->timer, check_timer_cb, left < GRACE_MS ? left : GRACE_MS,
+                 0);
 }
 
 static int on_data(http_req_t *req, const char *p, size_t n, void *data) {
@@ -437,6 +483,8 @@ static void on_done(http_req_t *req, const http_resp_t *resp, void *data) {
                  tail && tail[1] == ' ' ? tail + 2 : m);
         m = why;
       }
+    } else if (resp->error == CURLE_GOT_NOTHING) {
+      m = "connection closed without a response"; /* docker-proxy, too */
     } else if (resp->error == CURLE_OPERATION_TIMEDOUT) {
       snprintf(why, sizeof why, "timeout after %ld ms", c->timeout_ms);
       m = why;
@@ -507,6 +555,8 @@ static void check_start(check_t *c) {
   checks_t *ck = c->ck;
   c->phase = PH_RUNNING;
   c->deferred = 0;
+  c->grace = 0;
+  c->run_ms = uv_now(ck->loop);
   ck->inflight++;
   c->started_ns = uv_hrtime();
   uv_timer_start(&c->timer, check_timer_cb, (uint64_t)c->timeout_ms, 0);
@@ -530,6 +580,10 @@ static void check_timer_cb(uv_timer_t *t) {
   }
   if (c->phase != PH_RUNNING) return;
   char why[REASON_MAX];
+  if (c->grace) { /* connected, and the peer kept the connection open */
+    tcp_done(c->op, 1, "connected");
+    return;
+  }
   if (c->deferred) {
     snprintf(why, sizeof why, "%s", c->deferred_reason);
   } else {

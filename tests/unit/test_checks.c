@@ -435,30 +435,38 @@ TEST(resolve_targets) {
 
 TEST(tcp_connect_and_refused) {
   setup(0);
-  srv_t s;
-  srv_start(&s, SRV_CLOSE, "127.0.0.1");
+  srv_t s, shut;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  /* accepts and closes at once, as docker-proxy does when nothing listens
+   * behind it */
+  srv_start(&shut, SRV_CLOSE, "127.0.0.1");
   int closed = closed_port();
-  checks_spec_t specs[2] = {tcp_spec(s.port, 100, 100),
-                            tcp_spec(closed, 100, 100)};
+  checks_spec_t specs[3] = {tcp_spec(s.port, 200, 200),
+                            tcp_spec(closed, 200, 200),
+                            tcp_spec(shut.port, 200, 200)};
   specs[1].port = "81/tcp";
   char err[200];
-  ASSERT_EQ(checks_set(ck, A, NULL, specs, 2, err, sizeof err), 0);
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 3, err, sizeof err), 0);
   ASSERT_EQ(nseen, 0); /* never inside checks_set */
-  ASSERT_EQ(checks_count(ck, A), 2);
+  ASSERT_EQ(checks_count(ck, A), 3);
   checks_info_t info;
   ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
   ASSERT_EQ(info.state, CHECKS_PENDING);
   ASSERT_STR_EQ(info.reason, "");
   ASSERT_STR_EQ(info.type, "tcp");
   ASSERT_EQ(checks_healthy(ck, A), 0);
-  RUN_UNTIL(nseen >= 2, 2000);
+  RUN_UNTIL(nseen >= 3, 2000);
   int p = find_trans(A, 0, CHECKS_PASSING),
-      f = find_trans(A, 1, CHECKS_FAILING);
-  ASSERT(p >= 0 && f >= 0);
+      f = find_trans(A, 1, CHECKS_FAILING),
+      x = find_trans(A, 2, CHECKS_FAILING);
+  ASSERT(p >= 0 && f >= 0 && x >= 0);
   ASSERT_EQ(seen[p].from, CHECKS_PENDING);
   ASSERT_STR_EQ(seen[p].reason, "connected");
   ASSERT_STR_EQ(seen[f].reason, "connection refused");
+  ASSERT_STR_EQ(seen[x].reason, "connection closed at once");
   ASSERT(s.accepted >= 1);
+  /* the check closes its connection after the grace */
+  RUN_UNTIL(s.open == 0, 1000);
   ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
   ASSERT_STR_EQ(info.port, "81/tcp");
   char want[40];
@@ -466,8 +474,8 @@ TEST(tcp_connect_and_refused) {
   ASSERT_STR_EQ(info.target, want);
   ASSERT_EQ(checks_healthy(ck, A), 0);
   /* they keep running, with no new transitions */
-  run_for(350);
-  ASSERT_EQ(nseen, 2);
+  run_for(700);
+  ASSERT_EQ(nseen, 3);
   ASSERT(s.accepted >= 3);
   ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
   ASSERT(info.runs >= 3);
@@ -480,9 +488,10 @@ TEST(tcp_connect_and_refused) {
   ASSERT_EQ(st.by_state[CHECKS_PASSING], 1);
   ASSERT_EQ(st.by_state[CHECKS_FAILING], 0);
   ASSERT_EQ(st.transitions[CHECKS_PASSING], 1);
-  ASSERT_EQ(st.transitions[CHECKS_FAILING], 1);
-  ASSERT(st.runs[CHECKS_TCP][0] >= 3 && st.runs[CHECKS_TCP][1] >= 3);
+  ASSERT_EQ(st.transitions[CHECKS_FAILING], 2);
+  ASSERT(st.runs[CHECKS_TCP][0] >= 6 && st.runs[CHECKS_TCP][1] >= 3);
   srv_stop(&s);
+  srv_stop(&shut);
   teardown();
 }
 
@@ -650,7 +659,7 @@ static void reload_in_callback(const trans_t *t) {
 TEST(reload_keeps_state) {
   setup(0);
   srv_t s;
-  srv_start(&s, SRV_CLOSE, "127.0.0.1");
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
   int closed = closed_port();
   char err[200];
   checks_spec_t a = tcp_spec(s.port, 50, 50);
