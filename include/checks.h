@@ -10,9 +10,17 @@
  * pending).  Each change of state is logged in one line and reported to the
  * transition callback, always from the loop.
  *
+ * A TCP check passes when the connection is made and the peer does not
+ * close it within 100 ms: docker-proxy, which holds published ports reached
+ * on loopback, accepts even when nothing listens in the container, then
+ * closes.  An HTTP check sends `Connection: close` (no idle connection per
+ * check in the shared curl cache) and passes on a status in the range.
+ *
  * At most max_inflight checks run at once; the rest wait in a FIFO queue.
  * A check's first run is at a random offset in [0, interval), so checks of
- * many containers do not fire together.
+ * many containers do not fire together; runs start on a grid of ticks
+ * (interval/20, at most 50 ms) so that checks due together share a wake-up.
+ * The next run is due one interval after the last was due.
  *
  * checks_set() replaces a container's list: checks whose spec did not
  * change keep their state and schedule.  checks_remove() stops them all; a
@@ -71,9 +79,11 @@ typedef struct {
   const char *port; /* "80/tcp" */
   const char *type; /* "tcp" / "http" */
   checks_state_t state;
-  const char *reason; /* last result: "HTTP 503", "timeout after 2000 ms",
-                         "connection refused", "connected", "HTTP 200"; ""
-                         before the first run */
+  const char *reason; /* last result: "connected", "HTTP 200", "HTTP 503",
+                         "timeout after 2000 ms", "connection refused",
+                         "connection closed at once" (tcp), "connection
+                         closed without a response" (http), "80/tcp is not
+                         published ..."; "" before the first run */
   const char *target; /* "127.0.0.1:32768", "[::1]:80", or "" when the
                          target could not be resolved */
   uint64_t runs;      /* completed runs */
@@ -113,7 +123,8 @@ typedef struct {
 
 checks_t *checks_new(const checks_opts_t *opts);
 /* Stops every check; the memory goes with the loop's close callbacks (run
- * the loop once more before uv_loop_close). */
+ * the loop once more before uv_loop_close).  Call it before http_free() of
+ * the http_t it was given (it cancels requests there). */
 void checks_free(checks_t *ck);
 
 /* Defaults, as noted in checks_spec_t. */
