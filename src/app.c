@@ -1,5 +1,6 @@
 /* app: wiring, signals, timers, orderly shutdown. */
 #include "app.h"
+#include "checks.h"
 #include "container.h"
 #include "docker.h"
 #include "etcd.h"
@@ -25,7 +26,7 @@
 
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
-#define DOCKER_CONNS 32 /* inspects at once */
+#define DOCKER_CONNS 32      /* inspects at once */
 #define STATUS_EVERY_MS 5000 /* STATUS= refreshed while not in sync */
 
 typedef struct {
@@ -37,6 +38,7 @@ typedef struct {
   etcd_t *etcd;
   luaio_t *io;
   policy_t *policy;
+  checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
   docker_t *docker;
   reload_t *reload; /* SIGHUP */
@@ -58,11 +60,36 @@ static void trim_cb(uv_timer_t *t);
 
 /* ---- Docker -> policy -> reconciler ---- */
 
+/* checks(): the container's checks are set (kept as they were when the
+ * call fails), or removed when the policy asks for none. */
+static void update_checks(app_t *a, const char *id,
+                          const json_value_t *inspect) {
+  char err[600];
+  if (!policy_has_checks(a->policy)) {
+    checks_remove(a->checks, id);
+    return;
+  }
+  policy_checks_t pc;
+  if (policy_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
+    log_fields(LOG_ERROR, err, "container", id, NULL);
+    return;
+  }
+  if (checks_set(a->checks, id, inspect, pc.v, pc.n, err, sizeof err) < 0)
+    log_error("policy %s: checks() for container %.12s: %s",
+              policy_name(a->policy), id, err);
+  policy_checks_free(&pc);
+}
+
 static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   app_t *a = ud;
   records_t recs;
   char err[600];
-  if (policy_records(a->policy, inspect, &recs, err, sizeof err) < 0) {
+  update_checks(a, id, inspect);
+  policy_check_state_t states[POLICY_MAX_CHECKS];
+  policy_check_view_t view;
+  policy_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
+  if (policy_records_checked(a->policy, inspect, &view, &recs, err,
+                             sizeof err) < 0) {
     /* keep whatever this container had: a script error loses nothing */
     log_fields(LOG_ERROR, err, "container", id, NULL);
     return;
@@ -75,6 +102,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
+  checks_remove(a->checks, id);
   reconcile_set(a->rec, id, NULL, NULL);
   reload_touch(a->reload, id);
 }
@@ -95,6 +123,19 @@ static void on_changed(void *ud, const char *op, const char *key,
                        const char *value, size_t vlen) {
   app_t *a = ud;
   policy_hook_changed(a->policy, op, key, value, vlen);
+}
+
+/* A check passed or failed (after rise/fall): records() runs again for
+ * that container, on a fresh inspect.  Nothing else re-runs it. */
+static void on_check_transition(void *ud, const char *id, size_t index,
+                                checks_state_t old_state,
+                                checks_state_t new_state, const char *reason) {
+  (void)index;
+  (void)old_state;
+  (void)new_state;
+  (void)reason; /* the checks module logged the transition */
+  app_t *a = ud;
+  if (!a->stopping && a->docker) docker_refresh(a->docker, id);
 }
 
 static void on_lease_lost(void *ud) {
@@ -139,8 +180,7 @@ static void on_synced(void *ud) {
   char status[400];
   sync_status(a, status, sizeof status);
   notify_ready(a->notify, status);
-  uv_timer_start(&a->status_timer, status_cb, STATUS_EVERY_MS,
-                 STATUS_EVERY_MS);
+  uv_timer_start(&a->status_timer, status_cb, STATUS_EVERY_MS, STATUS_EVERY_MS);
 }
 
 static void on_connection(void *ud, int up) {
@@ -197,6 +237,7 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->policy_rejected = a->policy_rejected;
   in->hooks_dropped = a->pstats.hooks_dropped;
   reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed);
+  in->checks = a->checks;
 }
 
 /* ---- timers and signals ---- */
@@ -252,6 +293,8 @@ static void free_modules(app_t *a) {
   a->rec = NULL;
   reload_free(a->reload);
   a->reload = NULL;
+  checks_free(a->checks); /* before http: it cancels requests there */
+  a->checks = NULL;
   policy_free(a->policy); /* cancels its hooks' I/O */
   a->policy = NULL;
   luaio_free(a->io); /* before etcd and http: it holds their requests */
@@ -367,6 +410,12 @@ int app_run(const config_t *cfg) {
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
   a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
+  checks_opts_t co = {0};
+  co.loop = &a->loop;
+  co.http = a->http;
+  co.on_transition = on_check_transition;
+  co.ud = a;
+  a->checks = checks_new(&co);
   policy_opts_t po = policy_opts(a);
   a->policy = policy_new(&po, err, sizeof err);
   if (!a->policy) {
@@ -390,7 +439,7 @@ int app_run(const config_t *cfg) {
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced, on_connection};
   a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
   a->notify = notify_new(&a->loop);
-  a->reload = reload_new(reload_commit, a);
+  a->reload = reload_new(reload_commit, a->checks, a);
   if (cfg->metrics_addr) {
     a->health = health_new(a->etcd, health_inputs, a);
     a->httpd = httpd_new(&a->loop, cfg->metrics_addr, health_handle, a->health,

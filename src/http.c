@@ -78,7 +78,11 @@ static void poll_cb(uv_poll_t *handle, int status, int events) {
   sock_t *s = handle->data;
   http_t *h = s->h;
   int flags = 0, running;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  /* libuv reports POLLERR as an error status (and stops the handle): let
+   * curl read the socket, so that it finds and names the real error
+   * ("Connection reset by peer", "Empty reply from server") rather than
+   * "select/poll returned error" */
+  if (status < 0) flags = CURL_CSELECT_IN | CURL_CSELECT_OUT | CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   curl_multi_socket_action(h->multi, s->fd, flags, &running);

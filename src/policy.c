@@ -46,6 +46,7 @@ struct policy {
   int ref_policy; /* the table the script returned */
   int ref_host;
   int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
+  int has_checks;             /* the table has a checks() function */
 
   /* limits */
   long budget;
@@ -355,6 +356,12 @@ static int setup(lua_State *L) {
     return luaL_error(L, "the returned table has no records(container, "
                          "host) function");
   lua_pop(L, 1);
+  int ct = lua_getfield(L, -1, "checks");
+  if (ct != LUA_TNIL && ct != LUA_TFUNCTION)
+    return luaL_error(L, "checks must be a function, not %s",
+                      luaL_typename(L, -1));
+  p->has_checks = ct == LUA_TFUNCTION;
+  lua_pop(L, 1);
   lua_pushvalue(L, -1);
   p->ref_policy = luaL_ref(L, LUA_REGISTRYINDEX);
   static const char *const hooks[] = {"event", "changed"};
@@ -478,12 +485,43 @@ policy_reason_t policy_last_reason(const policy_t *p) {
 
 /* ---- records ---- */
 
-/* Pushes the box and the container table (two results). */
+/* What push_container builds a container table from. */
+typedef struct {
+  const json_value_t *inspect;
+  const policy_check_view_t *checks; /* NULL: none (healthy) */
+} pushargs_t;
+
+/* Pushes the box and the container table (two results), with
+ * container.checks (the state of each check) and container.healthy. */
 static int push_container(lua_State *L) {
-  const json_value_t *inspect = lua_touserdata(L, 1);
+  const pushargs_t *a = lua_touserdata(L, 1);
   char err[200];
-  if (container_push(L, inspect, NULL, err, sizeof err) < 0)
+  if (container_push(L, a->inspect, NULL, err, sizeof err) < 0)
     return luaL_error(L, "%s", err);
+  size_t n = a->checks ? a->checks->n : 0;
+  int healthy = 1;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    const policy_check_state_t *c = &a->checks->v[i];
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, c->port);
+    lua_setfield(L, -2, "port");
+    lua_pushstring(L, c->type);
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, c->state);
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, c->reason ? c->reason : "");
+    lua_setfield(L, -2, "reason");
+    if (c->target && *c->target) {
+      lua_pushstring(L, c->target);
+      lua_setfield(L, -2, "target");
+    }
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    if (strcmp(c->state, "passing") != 0) healthy = 0;
+  }
+  lua_setfield(L, -2, "checks");
+  lua_pushboolean(L, healthy);
+  lua_setfield(L, -2, "healthy");
   return 2;
 }
 
@@ -623,14 +661,21 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
 
 int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen) {
+  return policy_records_checked(p, inspect, NULL, out, err, errlen);
+}
+
+int policy_records_checked(policy_t *p, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen) {
   lua_State *L = p->L;
   const char *id = json_get_str(inspect, "Id");
   char why[400];
   records_init(out);
   if (!id) id = "?";
   int top = lua_gettop(L);
+  pushargs_t args = {inspect, checks};
   lua_pushcfunction(L, push_container);
-  lua_pushlightuserdata(L, (void *)(uintptr_t)inspect);
+  lua_pushlightuserdata(L, &args);
   if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
     count_failure(p);
     snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
@@ -644,6 +689,196 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
   box->doc = NULL;
   lua_settop(L, top);
   return rc;
+}
+
+/* ---- checks(container, host) ---- */
+
+int policy_has_checks(const policy_t *p) {
+  return p->has_checks;
+}
+
+void policy_check_view(const checks_t *ck, const char *id,
+                       policy_check_state_t *buf, size_t cap,
+                       policy_check_view_t *view) {
+  size_t n = ck ? checks_count(ck, id) : 0;
+  if (n > cap) n = cap;
+  for (size_t i = 0; i < n; i++) {
+    checks_info_t in;
+    if (checks_get(ck, id, i, &in) < 0) {
+      n = i;
+      break;
+    }
+    buf[i].port = in.port;
+    buf[i].type = in.type;
+    buf[i].state = checks_state_name(in.state);
+    buf[i].reason = in.reason;
+    buf[i].target = in.target;
+  }
+  view->v = buf;
+  view->n = n;
+}
+
+void policy_checks_free(policy_checks_t *pc) {
+  for (size_t i = 0; i < pc->nstrs; i++)
+    free(pc->strs[i]);
+  free(pc->strs);
+  free(pc->v);
+  memset(pc, 0, sizeof *pc);
+}
+
+/* A copy of the string field k of the table at -1 (owned by pc), or NULL
+ * when absent; raises on another type. */
+static const char *check_str(lua_State *L, policy_checks_t *pc, size_t i,
+                             const char *k) {
+  int t = lua_getfield(L, -1, k);
+  const char *v = NULL;
+  if (t == LUA_TSTRING) {
+    if (pc->nstrs == pc->scap) {
+      pc->scap = pc->scap ? pc->scap * 2 : 8;
+      pc->strs = xrealloc(pc->strs, pc->scap * sizeof *pc->strs);
+    }
+    v = pc->strs[pc->nstrs++] = xstrdup(lua_tostring(L, -1));
+  } else if (t != LUA_TNIL) {
+    luaL_error(L, "check %d: %s is a %s, not a string", (int)i + 1, k,
+               luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The number field k (seconds, for durations: scale 1000), or dflt. */
+static long check_num(lua_State *L, size_t i, const char *k, double scale,
+                      long dflt) {
+  int t = lua_getfield(L, -1, k);
+  long v = dflt;
+  if (t == LUA_TNUMBER) {
+    double d = lua_tonumber(L, -1) * scale;
+    if (!(d >= 0 && d <= 1e9))
+      luaL_error(L, "check %d: %s is out of range", (int)i + 1, k);
+    v = (long)(d + 0.5);
+  } else if (t != LUA_TNIL) {
+    luaL_error(L, "check %d: %s is a %s, not a number", (int)i + 1, k,
+               luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+typedef struct {
+  policy_checks_t *out;
+} checksargs_t;
+
+/* checks(container, host) -> a list of check tables, converted into C
+ * specs (strings copied: nothing points into Lua afterwards).  The specs
+ * are the caller's (freed by it, also when this raises half way). */
+static int call_checks(lua_State *L) {
+  policy_t *p = *(policy_t **)lua_getextraspace(L);
+  checksargs_t *a = lua_touserdata(L, 2);
+  policy_checks_t *pc = a->out;
+  lua_settop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
+  if (lua_getfield(L, -1, "checks") != LUA_TFUNCTION)
+    return luaL_error(L, "checks is a %s, not a function",
+                      luaL_typename(L, -1));
+  lua_pushvalue(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  lua_call(L, 2, 1);
+  if (lua_isnil(L, -1)) return 0;
+  if (!lua_istable(L, -1))
+    return luaL_error(L, "checks() returned a %s, not a list or nil",
+                      luaL_typename(L, -1));
+  int list = lua_gettop(L);
+  size_t n = (size_t)lua_rawlen(L, list);
+  if (n > POLICY_MAX_CHECKS)
+    return luaL_error(L, "checks() returned %d checks; at most %d", (int)n,
+                      POLICY_MAX_CHECKS);
+  pc->v = xcalloc(n ? n : 1, sizeof *pc->v);
+  for (size_t i = 0; i < n; i++) {
+    if (lua_rawgeti(L, list, (lua_Integer)i + 1) != LUA_TTABLE)
+      return luaL_error(L, "check %d is a %s, not a table", (int)i + 1,
+                        luaL_typename(L, -1));
+    checks_spec_t *c = &pc->v[i];
+    checks_spec_init(c);
+    c->port = check_str(L, pc, i, "port");
+    const char *type = check_str(L, pc, i, "type");
+    if (type && strcmp(type, "http") == 0)
+      c->type = CHECKS_HTTP;
+    else if (type && strcmp(type, "tcp") != 0)
+      return luaL_error(L,
+                        "check %d: type \"%s\" is not \"tcp\" or "
+                        "\"http\"",
+                        (int)i + 1, type);
+    const char *path = check_str(L, pc, i, "path");
+    const char *method = check_str(L, pc, i, "method");
+    if (path) c->path = path;
+    if (method) c->method = method;
+    c->host = check_str(L, pc, i, "host");
+    c->address = check_str(L, pc, i, "address");
+    int st = lua_getfield(L, -1, "status");
+    if (st == LUA_TNUMBER) {
+      c->status_min = c->status_max = (int)lua_tointeger(L, -1);
+    } else if (st == LUA_TTABLE) {
+      lua_rawgeti(L, -1, 1);
+      lua_rawgeti(L, -2, 2);
+      c->status_min = (int)lua_tointeger(L, -2);
+      c->status_max =
+          lua_isnil(L, -1) ? c->status_min : (int)lua_tointeger(L, -1);
+      lua_pop(L, 2);
+    } else if (st != LUA_TNIL) {
+      return luaL_error(L, "check %d: status is a %s", (int)i + 1,
+                        luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+    c->interval_ms = check_num(L, i, "interval", 1000, c->interval_ms);
+    c->timeout_ms = check_num(L, i, "timeout", 1000, c->timeout_ms);
+    c->rise = (int)check_num(L, i, "rise", 1, c->rise);
+    c->fall = (int)check_num(L, i, "fall", 1, c->fall);
+    pc->n = i + 1;
+    char why[200];
+    if (checks_spec_validate(c, why, sizeof why) < 0)
+      return luaL_error(L, "check %d (%s): %s", (int)i + 1,
+                        c->port ? c->port : "no port", why);
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+int policy_checks(policy_t *p, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen) {
+  lua_State *L = p->L;
+  const char *id = json_get_str(inspect, "Id");
+  char why[400];
+  memset(out, 0, sizeof *out);
+  if (!id) id = "?";
+  if (!p->has_checks) return 0;
+  int top = lua_gettop(L);
+  pushargs_t args = {inspect, NULL};
+  lua_pushcfunction(L, push_container);
+  lua_pushlightuserdata(L, &args);
+  if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
+    count_failure(p);
+    snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
+             policy_reason_name(p->reason));
+    return -1;
+  }
+  container_doc_t *box = lua_touserdata(L, top + 1);
+  checksargs_t a = {out};
+  lua_pushcfunction(L, call_checks);
+  lua_insert(L, -2);
+  lua_pushlightuserdata(L, &a);
+  int rc = policy_pcall(p, 2, 0, why, sizeof why);
+  box->doc = NULL;
+  lua_settop(L, top);
+  if (rc < 0) {
+    count_failure(p);
+    snprintf(err, errlen,
+             "policy %s: checks() failed for container %.12s: %s (reason: "
+             "%s)",
+             p->name, id, why, policy_reason_name(p->reason));
+    policy_checks_free(out);
+    return -1;
+  }
+  return 0;
 }
 
 /* ---- hooks: event(ev, host) and changed(op, key, value) ---- */
