@@ -202,6 +202,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   dcont_t *c = data;
   docker_t *d = c->d;
+  REGISTER_ASSERT(c->req == req); /* its one inspect, answered once */
   c->req = NULL;
   d->inflight--;
   char why[300];
@@ -289,6 +290,7 @@ static void docker_list_done(http_req_t *req, const http_resp_t *r,
                              void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->list_req == req);
   d->list_req = NULL;
   char why[300], err[160];
   if (r->error || r->status != 200) {
@@ -477,6 +479,7 @@ static int events_data(http_req_t *req, const char *p, size_t n, void *data) {
 static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
   if (r->status != 200) return; /* events_done reports it */
   d->connected = 1;
   if (d->last_err[0] || d->reconnects)
@@ -490,6 +493,7 @@ static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
 static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
   d->events_req = NULL;
   char why[300], msg[400];
   if (d->connected) {
@@ -548,6 +552,7 @@ static void set_api(docker_t *d, const char *server) {
 static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char why[300];
   const char *v = NULL;
@@ -573,6 +578,7 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
 static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char v[32], why[300], msg[400];
   if (r->error || r->status >= 500 || r->status == 0) {
@@ -717,6 +723,7 @@ size_t docker_containers(const docker_t *d) {
 
 static void docker_timer_closed(uv_handle_t *h) {
   docker_t *d = h->data;
+  REGISTER_ASSERT(d->open_handles > 0); /* one close callback per timer */
   if (--d->open_handles == 0) free(d);
 }
 

@@ -4,6 +4,7 @@
 #include "etcd_internal.h"
 #include "log.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +126,9 @@ static void record(etcd_t *e, const etcd_op_t *op, etcd_status_t st) {
 /* The end of an operation: its callback (or internal handler), then free. */
 static void complete(etcd_op_t *op, const etcd_result_t *res) {
   etcd_t *e = op->e;
+  /* never inside the call that started it (debug only: a failed auth or
+   * grant request breaks this, see docs/design.md, "Contracts") */
+  assert(op != e->launching);
   record(e, op, res->status);
   if (res->status == ETCD_UNAVAILABLE && res->error)
     snprintf(e->last_error, sizeof e->last_error, "%s", res->error);
@@ -455,7 +459,14 @@ static void keepalive_cb(uv_timer_t *t) {
 /* Sends a new operation, or parks it at a gate.  As in libuv, an error
  * return (NULL) means its callback will never run. */
 static etcd_op_t *launch(etcd_op_t *op) {
-  if (gate(op)) return op;
+  etcd_t *e = op->e;
+  etcd_op_t *outer = e->launching; /* a callback may launch another */
+  e->launching = op;
+  if (gate(op)) {
+    e->launching = outer;
+    return op;
+  }
+  e->launching = outer;
   if (send_op(op) < 0) {
     op_free(op);
     return NULL;

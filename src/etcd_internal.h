@@ -96,7 +96,8 @@ struct etcd {
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
-  long ttl;   /* v3: the lease's TTL; 0 = no lease */
+  long ttl;             /* v3: the lease's TTL; 0 = no lease */
+  etcd_op_t *launching; /* the op in launch(): it must not complete there */
   list_t ops; /* every outstanding operation (etcd_op_t.node), newest first */
   /* v3 */
   list_t wait[3]; /* ops waiting for a token [1] or a lease [2], newest first */
