@@ -23,6 +23,10 @@ typedef struct rstr {
 typedef struct rkey rkey_t;
 typedef struct rcont rcont_t;
 
+/* One container producing one key.  The two chains stay singly linked (not
+ * list.h): there is one owner per key and container, the chains are short
+ * (usually one owner per key) and walked only when records change, and two
+ * more pointers per owner would cost 16 bytes for every key registered. */
 typedef struct owner {
   rkey_t *key;
   rcont_t *cont;
