@@ -23,6 +23,10 @@ typedef struct rstr {
 typedef struct rkey rkey_t;
 typedef struct rcont rcont_t;
 
+/* One container producing one key.  The two chains stay singly linked (not
+ * list.h): there is one owner per key and container, the chains are short
+ * (usually one owner per key) and walked only when records change, and two
+ * more pointers per owner would cost 16 bytes for every key registered. */
 typedef struct owner {
   rkey_t *key;
   rcont_t *cont;
@@ -54,8 +58,9 @@ struct rkey {
   unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
   unsigned again : 1;      /* touched while in flight: look again after */
   unsigned solo : 1;       /* a transaction with it failed: alone next time */
+  unsigned act : 3;        /* act_t: the request in flight (a bit-field: the key
+                            * stays 88 bytes with its list node) */
   unsigned mark;           /* listing generation that saw this key */
-  act_t act;               /* the request in flight */
   char *gone_id;           /* last owner, for the removal log line */
   char *gone_image;
   list_t qnode; /* on r->queue: to be looked at */

@@ -278,6 +278,7 @@ static void reconcile_op_done(void *data, const etcd_result_t *res) {
 /* One key's write or delete has a result (alone or in a transaction). */
 static void key_done(rkey_t *k, const etcd_result_t *res) {
   static const etcd_result_t ok = {ETCD_OK, NULL};
+  REGISTER_ASSERT(k->inflight); /* a write or delete was in flight */
   reconcile_t *r = k->r;
   act_t act = k->act;
   int again = k->again;
@@ -674,6 +675,7 @@ void reconcile_queue_stop(reconcile_t *r) {
 
 static void reconcile_timer_closed(uv_handle_t *h) {
   reconcile_t *r = h->data;
+  REGISTER_ASSERT(r->open_handles > 0); /* one close callback per timer */
   if (--r->open_handles == 0) free(r);
 }
 
