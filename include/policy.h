@@ -64,6 +64,7 @@ typedef struct {
   const char *type, *action, *id, *image;
   const json_value_t *attributes;
   long long time, time_nano;
+  const char *health_status; /* health_status events only */
 } policy_event_t;
 
 /* Loads and runs the script (under the limits).  NULL with a one-line

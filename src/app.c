@@ -115,7 +115,8 @@ static void on_event(void *ud, const docker_event_t *ev) {
                        ev->image,
                        ev->attributes,
                        (long long)ev->time,
-                       (long long)ev->time_nano};
+                       (long long)ev->time_nano,
+                       ev->health_status};
   policy_hook_event(a->policy, &pe);
 }
 

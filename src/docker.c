@@ -18,6 +18,7 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
 #define RETRY_MAX_MS 30000
+#define HEAD_WAIT_MS 500 /* the event stream's head, before listing anyway */
 
 static void connect_start(docker_t *d);
 static void docker_pump(docker_t *d);
@@ -476,11 +477,9 @@ static int events_data(http_req_t *req, const char *p, size_t n, void *data) {
   return 0;
 }
 
-static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
-  docker_t *d = data;
-  REGISTER_ASSERT(d->events_req == req);
-  if (r->status != 200) return; /* events_done reports it */
+/* Connected: the event stream is open (its head came, or is late), so the
+ * running containers are listed now and no event between is missed. */
+static void stream_open(docker_t *d) {
   d->connected = 1;
   if (d->last_err[0] || d->reconnects)
     log_info("docker: connected (API %s), event stream open", d->api);
@@ -488,6 +487,34 @@ static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
     log_info("docker: connected (API %s)", d->api);
   if (d->cbs.connection) d->cbs.connection(d->ud, 1);
   docker_list_start(d, 1);
+}
+
+static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
+  uv_timer_stop(&d->head_timer);
+  if (r->status != 200) return; /* events_done reports it */
+  if (d->connected) {
+    /* the head came late, with the first event: the list started without
+     * it is done again, for what started before the stream was open */
+    log_debug("docker: the event stream's head came with its first event; "
+              "listing again");
+    docker_list_start(d, 0);
+    return;
+  }
+  stream_open(d);
+}
+
+/* podman 5 sends the event stream's head only with the first event: the
+ * first sync does not wait for it longer than this. */
+static void head_late_cb(uv_timer_t *t) {
+  docker_t *d = t->data;
+  if (d->state != ST_STREAM || d->connected || !d->events_req) return;
+  log_debug("docker: no event stream head after %d ms (podman 5 sends it "
+            "with the first event): listing now",
+            HEAD_WAIT_MS);
+  stream_open(d);
 }
 
 static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
@@ -536,7 +563,11 @@ static void open_events(docker_t *d) {
   o.data = d;
   d->events_req = http_request(d->stream_http, &o);
   free(u);
-  if (!d->events_req) disconnect(d, "cannot start the event stream request");
+  if (!d->events_req) {
+    disconnect(d, "cannot start the event stream request");
+    return;
+  }
+  uv_timer_start(&d->head_timer, head_late_cb, HEAD_WAIT_MS, 0);
 }
 
 /* ---- connection lifecycle ---- */
@@ -643,6 +674,7 @@ static void disconnect(docker_t *d, const char *why) {
   }
   d->inflight = 0;
   uv_timer_stop(&d->retry_timer);
+  uv_timer_stop(&d->head_timer);
   linesplit_reset(&d->split);
   d->state = ST_IDLE;
   if (was_up && d->cbs.connection) d->cbs.connection(d->ud, 0);
@@ -684,8 +716,10 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   linesplit_init(&d->split, MAX_EVENT_LINE);
   uv_timer_init(loop, &d->reconnect_timer);
   uv_timer_init(loop, &d->retry_timer);
+  uv_timer_init(loop, &d->head_timer);
   d->reconnect_timer.data = d;
   d->retry_timer.data = d;
+  d->head_timer.data = d;
   return d;
 }
 
@@ -762,7 +796,8 @@ void docker_free(docker_t *d) {
   for (int i = 0; i < 3; i++)
     free(d->tls_files[i]);
   d->state = ST_CLOSED;
-  d->open_handles = 2;
+  d->open_handles = 3;
   uv_close((uv_handle_t *)&d->reconnect_timer, docker_timer_closed);
   uv_close((uv_handle_t *)&d->retry_timer, docker_timer_closed);
+  uv_close((uv_handle_t *)&d->head_timer, docker_timer_closed);
 }

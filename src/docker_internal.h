@@ -67,6 +67,7 @@ struct docker {
   } snap;
 
   uv_timer_t reconnect_timer, retry_timer;
+  uv_timer_t head_timer; /* the event stream's head is late (podman 5) */
   int open_handles;
   uint64_t backoff_ms;
   uint64_t reconnects;

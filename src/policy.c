@@ -1052,9 +1052,10 @@ static int hook_prepare(lua_State *L) {
   if (a->ev) {
     const policy_event_t *ev = a->ev;
     lua_createtable(co, 0, 8);
-    const char *f[] = {"type", "action", "id", "image"};
-    const char *v[] = {ev->type, ev->action, ev->id, ev->image};
-    for (int i = 0; i < 4; i++) {
+    const char *f[] = {"type", "action", "id", "image", "health_status"};
+    const char *v[] = {ev->type, ev->action, ev->id, ev->image,
+                       ev->health_status};
+    for (int i = 0; i < 5; i++) {
       if (!v[i]) continue;
       lua_pushstring(co, v[i]);
       lua_setfield(co, -2, f[i]);
