@@ -19,6 +19,7 @@
 #define BACKOFF_MAX_MS 5000
 #define RETRY_MAX_MS 30000
 #define HEAD_WAIT_MS 500 /* the event stream's head, before listing anyway */
+#define DISCONNECT_SETTLE_MS 100 /* a disconnect's inspect waits for a die */
 
 static void connect_start(docker_t *d);
 static void docker_pump(docker_t *d);
@@ -163,15 +164,21 @@ static void want_inspect(docker_t *d, dcont_t *c) {
 
 static void retry_timer_cb(uv_timer_t *t);
 
-static void schedule_retry(docker_t *d, dcont_t *c) {
-  uint64_t delay = 1000u << (c->failures < 6 ? c->failures : 6);
-  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
-  c->failures++;
+/* An inspect of c after delay ms (unless something asks for it sooner, or
+ * the container goes first). */
+static void inspect_later(docker_t *d, dcont_t *c, uint64_t delay) {
   c->retrying = 1;
   c->retry_at = uv_now(d->loop) + delay;
   uint64_t due = uv_timer_get_due_in(&d->retry_timer);
   if (!uv_is_active((uv_handle_t *)&d->retry_timer) || delay < due)
     uv_timer_start(&d->retry_timer, retry_timer_cb, delay, 0);
+}
+
+static void schedule_retry(docker_t *d, dcont_t *c) {
+  uint64_t delay = 1000u << (c->failures < 6 ? c->failures : 6);
+  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+  c->failures++;
+  inspect_later(d, c, delay);
 }
 
 static void retry_timer_cb(uv_timer_t *t) {
@@ -412,7 +419,15 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
     c = cont_get(d, id, 0);
     if (c) {
       c->seq = d->seq;
-      want_inspect(d, c);
+      /* `docker rm -f` and `docker stop` disconnect a container just
+       * before it dies: wait a moment for the die instead of inspecting
+       * a container that is going (a wasted inspect, which dockerd ends
+       * with a broken pipe) */
+      if (strcmp(ev->action, "disconnect") == 0 && !c->req &&
+          !list_linked(&c->qnode))
+        inspect_later(d, c, DISCONNECT_SETTLE_MS);
+      else
+        want_inspect(d, c);
     }
     break;
   case DOCKER_EV_OTHER_TYPE:
