@@ -57,6 +57,10 @@ typedef struct {
   uint64_t hook_limit_ms;
   uv_loop_t *loop;       /* NULL: none (register check) */
   policy_stats_t *stats; /* NULL: the policy's own */
+  /* the script's text, instead of reading file (which then only names
+   * it); for tests and fuzzing */
+  const char *source;
+  size_t source_len;
 } policy_opts_t;
 
 /* A Docker event as the event hook sees it (strings may be NULL). */

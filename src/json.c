@@ -428,9 +428,11 @@ void json_free(json_doc_t *doc) {
 
 /* Debug builds: a value read from a freed document (json_free() poisons
  * it) has no valid type.  A cheap check on every accessor's argument. */
+#ifndef NDEBUG
 static inline int json_ok(const json_value_t *v) {
   return !v || (unsigned)v->type <= JSON_OBJECT;
 }
+#endif
 
 const json_value_t *json_get(const json_value_t *obj, const char *key) {
   assert(json_ok(obj)); /* its document is alive */

@@ -345,8 +345,11 @@ static int setup(lua_State *L) {
   lua_setfield(L, -2, "hostname");
   p->ref_host = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  int rc = s->o->file ? luaL_loadfilex(L, s->o->file, "t")
-                      : luareg_load_embedded(L, "register.default");
+  int rc = s->o->source
+               ? luaL_loadbufferx(L, s->o->source, s->o->source_len,
+                                  s->o->file ? s->o->file : "=source", "t")
+           : s->o->file ? luaL_loadfilex(L, s->o->file, "t")
+                        : luareg_load_embedded(L, "register.default");
   if (rc != LUA_OK) return lua_error(L);
   lua_call(L, 0, 1);
   if (!lua_istable(L, -1))
