@@ -144,6 +144,12 @@ def inspect_500_and_bad_json_are_retried():
     r.wait_log(f'docker: inspect failed; retrying container={c} error="HTTP 500: inspect exploded"')
     r.wait_log("error=\"invalid JSON")
     converged(fake, timeout=20)  # retries after 1 s, then 2 s
+    # a reply past the cap: a clear error, not read, retried
+    c2 = fake.add()
+    fake.fault_inspect(c2, "huge")
+    fake.emit(fake.event("start", c2))
+    r.wait_log("reply larger than the 33554432 byte cap; not read")
+    converged(fake, timeout=20)
     finish(r, fake)
 
 
