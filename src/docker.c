@@ -101,8 +101,9 @@ void docker_describe(const http_resp_t *r, char *out, size_t n) {
 static dcont_t *cont_get(docker_t *d, const char *id, int create) {
   dcont_t *c = map_get(d->conts, id);
   if (c || !create) return c;
-  c = xcalloc(1, sizeof *c);
-  c->id = xstrdup(id);
+  size_t n = strlen(id) + 1;
+  c = xcalloc(1, sizeof *c + n);
+  memcpy(c->id, id, n);
   c->d = d;
   map_put(d->conts, c->id, c);
   return c;
@@ -143,12 +144,11 @@ static void cont_gone(docker_t *d, dcont_t *c) {
   }
   unqueue(c);
   map_del(d->conts, c->id);
-  char *id = c->id;
   int waited = c->sync_wait;
   c->sync_wait = 0;
+  /* off the map and the queue, nothing in flight: unreachable now */
+  if (d->cbs.gone) d->cbs.gone(d->ud, c->id);
   free(c);
-  if (d->cbs.gone) d->cbs.gone(d->ud, id);
-  free(id);
   if (waited) sync_release(d);
 }
 
@@ -789,7 +789,6 @@ void docker_free(docker_t *d) {
   while (map_iter_next(&it, NULL, &v)) {
     dcont_t *c = v;
     if (c->req) http_cancel(c->req);
-    free(c->id);
     free(c);
   }
   map_free(d->conts);

@@ -9,7 +9,6 @@
 #include "util.h"
 
 typedef struct dcont {
-  char *id; /* owned; also the map key */
   docker_t *d;
   http_req_t *req;        /* inspect in flight */
   unsigned dirty : 1;     /* an event came while inspecting: inspect again */
@@ -19,6 +18,7 @@ typedef struct dcont {
   uint64_t seq; /* d->seq at the last event or listing touching it */
   uint64_t retry_at;
   list_t qnode; /* on d->queue: waiting for an inspect */
+  char id[];    /* in the same allocation; also the map key */
 } dcont_t;
 
 typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
