@@ -41,12 +41,56 @@ void reconcile_touch_all(reconcile_t *r) {
   }
 }
 
+/* ---- make-before-break ---- */
+
+enum { NEW_IN_ETCD, NEW_IN_BATCH, NEW_PENDING };
+
+/* Where the keys c produces are: all in etcd, the missing ones all in the
+ * v3 transaction being filled (a delete may join it: one revision), or
+ * some still to be written. */
+static int rcont_new_keys(const rcont_t *c) {
+  int where = NEW_IN_ETCD;
+  for (const owner_t *o = c->owners; o; o = o->cnext) {
+    const rkey_t *k = o->key;
+    if (k->have_known && k->have && !(k->inflight && k->act == ACT_DELETE))
+      continue; /* a consumer sees it (maybe with an older value) */
+    if (k->filling && k->act == ACT_PUT) {
+      where = NEW_IN_BATCH;
+      continue;
+    }
+    return NEW_PENDING;
+  }
+  return where;
+}
+
+void rkey_unhold(reconcile_t *r, rkey_t *k) {
+  if (!list_linked(&k->hnode)) return;
+  list_remove(&k->hnode);
+  r->nheld--;
+}
+
+static void rkey_hold(reconcile_t *r, rkey_t *k, rcont_t *c) {
+  rkey_unhold(r, k);
+  list_insert_tail(&c->held, &k->hnode);
+  r->nheld++;
+}
+
+void rcont_release(reconcile_t *r, rcont_t *c, int all) {
+  if (list_empty(&c->held) || (!all && rcont_new_keys(c) == NEW_PENDING))
+    return;
+  list_t *n;
+  while ((n = list_pop(&c->held))) {
+    r->nheld--;
+    rkey_touch(r, list_entry(n, rkey_t, hnode));
+  }
+}
+
 /* ---- converged ---- */
 
 int reconcile_converged(const reconcile_t *r) {
   return r->primed && r->docker_synced && list_empty(&r->queue) &&
-         r->inflight == 0 && r->nfailed == 0 && !r->paused && !r->list_op &&
-         !r->prefix_op && !r->batch;
+         r->nheld == 0 && r->inflight == 0 && r->nfailed == 0 && !r->paused &&
+         !r->list_op && !r->prefix_op && !r->batch;
 }
 
 void reconcile_check_converged(reconcile_t *r) {
@@ -188,6 +232,7 @@ static void batch_flush(reconcile_t *r) {
   etcd_txn_item_t items[ETCD_TXN_MAX];
   for (size_t i = 0; i < b->n; i++) {
     rkey_t *k = b->keys[i];
+    k->filling = 0;
     items[i].is_delete = k->act == ACT_DELETE;
     items[i].key = k->key;
     items[i].value = k->sent ? k->sent->s : NULL;
@@ -216,6 +261,7 @@ static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
   }
   k->act = act;
   k->inflight = 1;
+  k->filling = 1;
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
   r->batch->keys[r->batch->n++] = k;
@@ -255,6 +301,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
     k->op = etcd_delete_dir(r->etcd, k->key, reconcile_op_done, k);
     break;
   case ACT_NONE:
+  case ACT_HOLD:
     break;
   }
   if (!k->op) {
@@ -321,6 +368,9 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       k->refresh_due = 0;
       if (r->changed)
         r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+      /* the deletes this key was holding back may go now */
+      for (owner_t *o = k->owners; o; o = o->knext)
+        rcont_release(r, o->cont, 0);
     }
     break;
   case ACT_REFRESH:
@@ -359,6 +409,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     res = &ok;
     break;
   case ACT_NONE:
+  case ACT_HOLD:
     break;
   }
   if (res->status != ETCD_OK) {
@@ -375,8 +426,9 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   reconcile_pump(r);
 }
 
-/* What a key needs now. */
-static act_t decide(reconcile_t *r, rkey_t *k) {
+/* What a key needs now; for ACT_HOLD, *holder is the container its delete
+ * waits for. */
+static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   if (k->is_dir) return ACT_RMDIR;
   if (k->failed) return ACT_NONE;
   rstr_t *want = k->owners ? k->owners->value : NULL;
@@ -395,6 +447,17 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   if (r->prefix_op && reconcile_in_prefix(r, k->key))
     return ACT_NONE;                                        /* going */
   if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+  /* make-before-break: a container that still runs and no longer produces
+   * this key (a reload, a re-keying) has its new keys in etcd first */
+  rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
+  int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
+  if (where == NEW_PENDING ||
+      (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
+    /* v2: it must not expire meanwhile */
+    if (r->key_refresh && r->ttl > 0 && k->refresh_due) return ACT_REFRESH;
+    *holder = c;
+    return ACT_HOLD;
+  }
   return ACT_DELETE;
 }
 
@@ -415,7 +478,13 @@ void reconcile_pump(reconcile_t *r) {
       k->again = 1;
       continue;
     }
-    act_t act = decide(r, k);
+    rcont_t *holder = NULL;
+    act_t act = decide(r, k, &holder);
+    if (act == ACT_HOLD) {
+      rkey_hold(r, k, holder);
+      continue;
+    }
+    rkey_unhold(r, k);
     if (act == ACT_NONE) {
       rkey_maybe_drop(r, k);
       continue;
@@ -629,7 +698,7 @@ static void refresh_cb(uv_timer_t *t) {
   map_iter_init(&it, r->keys);
   while (map_iter_next(&it, NULL, &v)) {
     rkey_t *k = v;
-    if (k->owners && k->have) {
+    if ((k->owners || list_linked(&k->hnode)) && k->have) {
       k->refresh_due = 1;
       rkey_touch(r, k);
     }
