@@ -68,6 +68,7 @@ struct rkey {
   unsigned filling : 1;    /* in the v3 transaction not sent yet (r->batch) */
   unsigned mark;           /* listing generation that saw this key */
   act_t act;               /* the request in flight */
+  uint64_t sent_ms;        /* uv_now() when that request was started */
   char *gone_id;           /* last owner, for the removal log line */
   char *gone_image;
   list_t qnode; /* on r->queue: to be looked at */

@@ -122,20 +122,40 @@ void reconcile_check_converged(reconcile_t *r) {
 
 /* ---- backoff ---- */
 
+/* Writes pause after a failure: 200 ms doubling to 5 s, jittered (a half
+ * to all of it).  The pause counts from when the failed request was sent:
+ * one that hung through its whole budget (a partition, a member without a
+ * leader) has waited already, so the next goes after a little jitter and
+ * a host cut off always has a request out to notice the heal.  The first
+ * write that etcd answers again ends the pause (see resume()). */
+#define RESUME_JITTER_MS 100
+
 static void backoff_cb(uv_timer_t *t) {
   reconcile_t *r = t->data;
   r->paused = 0;
   reconcile_pump(r);
 }
 
-static void backoff(reconcile_t *r) {
+static void backoff(reconcile_t *r, uint64_t waited_ms) {
   if (r->paused) return;
   r->paused = 1;
   uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
   if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
   r->failures++;
   d = d / 2 + util_rand((uint32_t)d / 2 + 1);
+  d = d > waited_ms + RESUME_JITTER_MS ? d - waited_ms
+                                       : util_rand(RESUME_JITTER_MS + 1);
   uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* etcd answered a write: what still waits out a pause goes now, after a
+ * little jitter so that hosts coming back together do not write in
+ * lock-step. */
+static void resume(reconcile_t *r) {
+  if (!r->paused) return;
+  uint64_t j = util_rand(RESUME_JITTER_MS + 1);
+  if (uv_timer_get_due_in(&r->backoff_timer) > j)
+    uv_timer_start(&r->backoff_timer, backoff_cb, j, 0);
 }
 
 /* ---- requests ---- */
@@ -233,6 +253,7 @@ static void batch_flush(reconcile_t *r) {
   for (size_t i = 0; i < b->n; i++) {
     rkey_t *k = b->keys[i];
     k->filling = 0;
+    k->sent_ms = uv_now(r->loop);
     items[i].is_delete = k->act == ACT_DELETE;
     items[i].key = k->key;
     items[i].value = k->sent ? k->sent->s : NULL;
@@ -274,6 +295,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
   k->act = act;
   k->inflight = 1;
+  k->sent_ms = uv_now(r->loop);
   r->inflight++;
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
@@ -344,12 +366,13 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
                  res->error, NULL);
     }
-    backoff(r);
+    backoff(r, uv_now(r->loop) - k->sent_ms);
     rkey_touch(r, k);
     reconcile_pump(r);
     return;
   }
   r->failures = 0;
+  resume(r);
   if (r->outage) {
     /* etcd may have restarted without its data meanwhile: look again */
     r->outage = 0;
