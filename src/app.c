@@ -202,33 +202,24 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Frees a module and forgets it; every _free() takes NULL. */
+#define DROP(fn, field) (fn(a->field), a->field = NULL)
+
 /* In order: what uses a module goes before it.  Each may be NULL (setup
  * failed half way). */
 static void free_modules(app_t *a) {
-  health_free(a->health); /* answers what waits for a probe */
-  a->health = NULL;
-  httpd_free(a->httpd);
-  a->httpd = NULL;
-  notify_free(a->notify);
-  a->notify = NULL;
-  docker_free(a->docker);
-  a->docker = NULL;
-  reconcile_free(a->rec);
-  a->rec = NULL;
-  reload_free(a->reload);
-  a->reload = NULL;
-  policy_free(a->policy); /* cancels its hooks' I/O */
-  a->policy = NULL;
-  luaio_free(a->io); /* before etcd and http: it holds their requests */
-  a->io = NULL;
-  etcd_free(a->etcd);
-  a->etcd = NULL;
-  http_free(a->http);
-  a->http = NULL;
-  http_free(a->dhttp);
-  a->dhttp = NULL;
-  http_free(a->shttp);
-  a->shttp = NULL;
+  DROP(health_free, health); /* answers what waits for a probe */
+  DROP(httpd_free, httpd);
+  DROP(notify_free, notify);
+  DROP(docker_free, docker);
+  DROP(reconcile_free, rec);
+  DROP(reload_free, reload);
+  DROP(policy_free, policy); /* cancels its hooks' I/O */
+  DROP(luaio_free, io);      /* before etcd and http: it holds their requests */
+  DROP(etcd_free, etcd);
+  DROP(http_free, http);
+  DROP(http_free, dhttp);
+  DROP(http_free, shttp);
 }
 
 /* Runs from a timer, never from inside another module's callback. */

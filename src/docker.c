@@ -1,5 +1,7 @@
-/* docker: API negotiation, event stream, list and inspect, reconnects. */
-#include "docker.h"
+/* docker: API negotiation, event stream, list and inspect, reconnects.
+ * Events are parsed and classified in docker_event.c; the snapshot for a
+ * policy reload is in docker_snapshot.c. */
+#include "docker_internal.h"
 #include "linesplit.h"
 #include "list.h"
 #include "log.h"
@@ -17,71 +19,6 @@
 #define BACKOFF_MAX_MS 5000
 #define RETRY_MAX_MS 30000
 
-typedef struct dcont {
-  char *id; /* owned; also the map key */
-  docker_t *d;
-  http_req_t *req;        /* inspect in flight */
-  unsigned dirty : 1;     /* an event came while inspecting: inspect again */
-  unsigned sync_wait : 1; /* the current sync waits for this one */
-  unsigned retrying : 1;
-  unsigned failures;
-  uint64_t seq; /* d->seq at the last event or listing touching it */
-  uint64_t retry_at;
-  list_t qnode; /* on d->queue: waiting for an inspect */
-} dcont_t;
-
-typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
-
-struct docker {
-  uv_loop_t *loop;
-  http_t *http;        /* list and inspect */
-  http_t *stream_http; /* the event stream (its own connection) */
-  char *base, *socket;
-  http_tls_t tls; /* points at the owned copies below */
-  char *tls_files[3];
-  int use_tls;
-  docker_cbs_t cbs;
-  void *ud;
-
-  state_t state;
-  char api[16];
-  int legacy;
-  int connected;
-  http_req_t *ping_req, *events_req, *list_req;
-  linesplit_t split;
-  buf_t errbody; /* body of a refused event stream request */
-
-  map_t *conts;
-  map_t *unknown_types; /* event types already reported as ignored */
-  map_t *action_counts; /* action -> uint64_t *, for /metrics */
-  list_t queue;         /* containers to inspect (dcont_t.qnode), in order */
-  int inflight, max_inspects;
-  uint64_t seq;
-  uint64_t list_seq;
-  int list_full; /* this listing re-inspects every container */
-  size_t sync_pending;
-  int syncing;
-  int resync_wanted; /* a resync was asked for while one was running */
-
-  /* a snapshot for a policy reload */
-  struct {
-    char **ids;
-    size_t n, next, inflight;
-    http_req_t *reqs[8];
-    docker_each_cb each;
-    docker_snapdone_cb done;
-    void *ud;
-    int failed;
-    char why[400];
-  } snap;
-
-  uv_timer_t reconnect_timer, retry_timer;
-  int open_handles;
-  uint64_t backoff_ms;
-  uint64_t reconnects;
-  char last_err[256];
-};
-
 static void connect_start(docker_t *d);
 static void docker_pump(docker_t *d);
 static void docker_list_start(docker_t *d, int full);
@@ -97,9 +34,7 @@ int docker_version_cmp(const char *a, const char *b) {
   return 0;
 }
 
-static char *url(docker_t *d, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static char *url(docker_t *d, const char *fmt, ...) {
+char *docker_url(docker_t *d, const char *fmt, ...) {
   buf_t b;
   buf_init(&b);
   buf_puts(&b, d->base);
@@ -111,7 +46,7 @@ static char *url(docker_t *d, const char *fmt, ...) {
   return buf_detach(&b);
 }
 
-static http_req_t *get(docker_t *d, const char *u, long timeout_ms,
+http_req_t *docker_get(docker_t *d, const char *u, long timeout_ms,
                        http_done_cb done, void *data) {
   http_opts_t o = {0};
   o.url = u;
@@ -141,7 +76,7 @@ static void conn_problem(docker_t *d, const char *fmt, ...) {
 }
 
 /* A response's reason for failure, on one line. */
-static void describe(const http_resp_t *r, char *out, size_t n) {
+void docker_describe(const http_resp_t *r, char *out, size_t n) {
   if (r->error) {
     snprintf(out, n, "%s", r->errmsg);
     return;
@@ -257,7 +192,7 @@ static void retry_timer_cb(uv_timer_t *t) {
   docker_pump(d);
 }
 
-static int is_running(const json_value_t *root) {
+int docker_is_running(const json_value_t *root) {
   const json_value_t *st = json_get(root, "State");
   const json_value_t *r = json_get(st, "Running");
   return r && r->type == JSON_BOOL && r->u.boolean;
@@ -267,6 +202,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   dcont_t *c = data;
   docker_t *d = c->d;
+  REGISTER_ASSERT(c->req == req); /* its one inspect, answered once */
   c->req = NULL;
   d->inflight--;
   char why[300];
@@ -281,7 +217,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   if (r->error || r->status != 200) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
                "error", why, NULL);
     schedule_retry(d, c);
@@ -306,7 +242,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   c->failures = 0;
-  if (!is_running(json_root(doc))) {
+  if (!docker_is_running(json_root(doc))) {
     json_free(doc);
     cont_gone(d, c);
   } else {
@@ -321,8 +257,8 @@ static void docker_pump(docker_t *d) {
   while (!list_empty(&d->queue) && d->inflight < d->max_inspects &&
          d->state == ST_STREAM) {
     dcont_t *c = list_entry(list_pop(&d->queue), dcont_t, qnode);
-    char *u = url(d, "/containers/%s/json", c->id);
-    c->req = get(d, u, 30000, inspect_done, c);
+    char *u = docker_url(d, "/containers/%s/json", c->id);
+    c->req = docker_get(d, u, 30000, inspect_done, c);
     free(u);
     if (!c->req) {
       schedule_retry(d, c);
@@ -341,10 +277,10 @@ static void docker_list_start(docker_t *d, int full) {
     d->resync_wanted = 1;
     return;
   }
-  char *u = url(d, "/containers/json");
+  char *u = docker_url(d, "/containers/json");
   d->list_full = full;
   d->list_seq = d->seq;
-  d->list_req = get(d, u, 120000, docker_list_done, d);
+  d->list_req = docker_get(d, u, 120000, docker_list_done, d);
   free(u);
 }
 
@@ -354,10 +290,11 @@ static void docker_list_done(http_req_t *req, const http_resp_t *r,
                              void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->list_req == req);
   d->list_req = NULL;
   char why[300], err[160];
   if (r->error || r->status != 200) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     char msg[400];
     snprintf(msg, sizeof msg, "listing containers failed: %s", why);
     disconnect(d, msg);
@@ -542,6 +479,7 @@ static int events_data(http_req_t *req, const char *p, size_t n, void *data) {
 static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
   if (r->status != 200) return; /* events_done reports it */
   d->connected = 1;
   if (d->last_err[0] || d->reconnects)
@@ -555,6 +493,7 @@ static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
 static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
   d->events_req = NULL;
   char why[300], msg[400];
   if (d->connected) {
@@ -574,7 +513,7 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
     http_resp_t er = *r;
     er.body = d->errbody.data ? d->errbody.data : "";
     er.body_len = d->errbody.len;
-    describe(&er, why, sizeof why);
+    docker_describe(&er, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot open the Docker event stream: %s", why);
   }
   buf_reset(&d->errbody);
@@ -584,8 +523,9 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
 static void open_events(docker_t *d) {
   d->state = ST_STREAM;
   linesplit_reset(&d->split);
-  char *u = url(d, "/events?filters=%%7B%%22type%%22%%3A%%5B%%22container%%22"
-                   "%%2C%%22network%%22%%5D%%7D");
+  char *u =
+      docker_url(d, "/events?filters=%%7B%%22type%%22%%3A%%5B%%22container%%22"
+                    "%%2C%%22network%%22%%5D%%7D");
   http_opts_t o = {0};
   o.url = u;
   o.unix_socket = d->socket;
@@ -597,89 +537,6 @@ static void open_events(docker_t *d) {
   d->events_req = http_request(d->stream_http, &o);
   free(u);
   if (!d->events_req) disconnect(d, "cannot start the event stream request");
-}
-
-/* ---- snapshots (policy reload) ---- */
-
-static void snap_pump(docker_t *d);
-
-static void snap_finish(docker_t *d, int ok, const char *why) {
-  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
-    if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
-    d->snap.reqs[i] = NULL;
-  }
-  for (size_t i = 0; i < d->snap.n; i++)
-    free(d->snap.ids[i]);
-  free(d->snap.ids);
-  docker_snapdone_cb done = d->snap.done;
-  void *ud = d->snap.ud;
-  memset(&d->snap, 0, sizeof d->snap);
-  if (done) done(ud, ok, why);
-}
-
-static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
-  docker_t *d = data;
-  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++)
-    if (d->snap.reqs[i] == req) d->snap.reqs[i] = NULL;
-  d->snap.inflight--;
-  char err[200];
-  if (!r->error && r->status == 404) { /* gone meanwhile: events handle it */
-    snap_pump(d);
-    return;
-  }
-  json_doc_t *doc = NULL;
-  if (r->error || r->status != 200 ||
-      !(doc = json_parse(r->body, r->body_len, err, sizeof err))) {
-    char why[300];
-    describe(r, why, sizeof why);
-    snprintf(d->snap.why, sizeof d->snap.why, "inspect failed: %s",
-             r->error || r->status != 200 ? why : err);
-    snap_finish(d, 0, d->snap.why);
-    return;
-  }
-  const json_value_t *root = json_root(doc);
-  const char *id = json_get_str(root, "Id");
-  if (id && is_running(root)) d->snap.each(d->snap.ud, id, root);
-  json_free(doc);
-  snap_pump(d);
-}
-
-static void snap_pump(docker_t *d) {
-  while (d->snap.next < d->snap.n &&
-         d->snap.inflight < ARRAY_SIZE(d->snap.reqs)) {
-    char *u = url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
-    http_req_t *req = get(d, u, 30000, snap_done, d);
-    free(u);
-    if (!req) {
-      snap_finish(d, 0, "cannot start a request");
-      return;
-    }
-    for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
-      if (!d->snap.reqs[i]) {
-        d->snap.reqs[i] = req;
-        break;
-      }
-    }
-    d->snap.inflight++;
-  }
-  if (d->snap.next == d->snap.n && d->snap.inflight == 0)
-    snap_finish(d, 1, NULL);
-}
-
-int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,
-                    void *ud) {
-  if (d->snap.done || !d->connected) return -1;
-  d->snap.each = each;
-  d->snap.done = done;
-  d->snap.ud = ud;
-  d->snap.ids = xcalloc(map_size(d->conts) + 1, sizeof *d->snap.ids);
-  map_iter_t it;
-  const char *id;
-  map_iter_init(&it, d->conts);
-  while (map_iter_next(&it, &id, NULL))
-    d->snap.ids[d->snap.n++] = xstrdup(id);
-  snap_pump(d);
-  return 0;
 }
 
 /* ---- connection lifecycle ---- */
@@ -695,6 +552,7 @@ static void set_api(docker_t *d, const char *server) {
 static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char why[300];
   const char *v = NULL;
@@ -704,7 +562,7 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
     v = doc ? json_get_str(json_root(doc), "ApiVersion") : NULL;
   }
   if (!v) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     char msg[400];
     snprintf(msg, sizeof msg, "cannot read the Docker API version: %s",
              r->error || r->status != 200 ? why : "no ApiVersion");
@@ -720,10 +578,11 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
 static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char v[32], why[300], msg[400];
   if (r->error || r->status >= 500 || r->status == 0) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot reach Docker at %s: %s",
              d->socket ? d->socket : d->base, why);
     disconnect(d, msg);
@@ -738,7 +597,7 @@ static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   /* very old daemons: ask /version */
   d->state = ST_VERSION;
   char *u = xasprintf("%s/version", d->base);
-  d->ping_req = get(d, u, 10000, version_done, d);
+  d->ping_req = docker_get(d, u, 10000, version_done, d);
   free(u);
 }
 
@@ -746,7 +605,7 @@ static void connect_start(docker_t *d) {
   d->state = ST_PING;
   d->api[0] = '\0';
   char *u = xasprintf("%s/_ping", d->base);
-  d->ping_req = get(d, u, 10000, ping_done, d);
+  d->ping_req = docker_get(d, u, 10000, ping_done, d);
   free(u);
   if (!d->ping_req) disconnect(d, "cannot start a request to Docker");
 }
@@ -762,7 +621,7 @@ static void reconnect_cb(uv_timer_t *t) {
 static void disconnect(docker_t *d, const char *why) {
   int was_up = d->connected;
   conn_problem(d, "docker: %s", why);
-  if (d->snap.done) snap_finish(d, 0, "the Docker connection was lost");
+  if (d->snap.done) docker_snap_finish(d, 0, "the Docker connection was lost");
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);
@@ -864,13 +723,14 @@ size_t docker_containers(const docker_t *d) {
 
 static void docker_timer_closed(uv_handle_t *h) {
   docker_t *d = h->data;
+  REGISTER_ASSERT(d->open_handles > 0); /* one close callback per timer */
   if (--d->open_handles == 0) free(d);
 }
 
 void docker_free(docker_t *d) {
   if (!d) return;
   d->snap.done = NULL; /* no callback from here on */
-  if (d->snap.ids) snap_finish(d, 0, NULL);
+  if (d->snap.ids) docker_snap_finish(d, 0, NULL);
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);

@@ -4,6 +4,7 @@
 #include "etcd_internal.h"
 #include "log.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

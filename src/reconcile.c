@@ -50,9 +50,8 @@ void rkey_free(rkey_t *k) {
 
 /* Forgets a key nobody wants that etcd does not hold. */
 void rkey_maybe_drop(reconcile_t *r, rkey_t *k) {
-  if (k->owners || list_linked(&k->qnode) || list_linked(&k->hnode) ||
-      k->inflight)
-    return;
+  if (k->owners || list_linked(&k->qnode) || k->inflight)
+    return; /* wanted, queued or held, or in flight */
   if (!k->is_dir && !(k->have_known && !k->have)) return;
   if (k->failed) r->nfailed--;
   map_del(k->is_dir ? r->dirs : r->keys, k->key);

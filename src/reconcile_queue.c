@@ -21,7 +21,10 @@ static void reconcile_list_start(reconcile_t *r);
 
 /* ---- the queue ---- */
 
+static void rkey_unhold(reconcile_t *r, rkey_t *k);
+
 void rkey_touch(reconcile_t *r, rkey_t *k) {
+  rkey_unhold(r, k);                  /* looked at again now */
   if (list_linked(&k->qnode)) return; /* queued at most once */
   list_insert_tail(&r->queue, &k->qnode);
   r->nqueued++;
@@ -63,15 +66,20 @@ static int rcont_new_keys(const rcont_t *c) {
   return where;
 }
 
-void rkey_unhold(reconcile_t *r, rkey_t *k) {
-  if (!list_linked(&k->hnode)) return;
-  list_remove(&k->hnode);
+/* A held key's qnode is on its container's held list instead of r->queue:
+ * a key is queued, held, or neither. */
+static void rkey_unhold(reconcile_t *r, rkey_t *k) {
+  if (!k->held) return;
+  list_remove(&k->qnode);
+  k->held = 0;
   r->nheld--;
 }
 
+/* k was just taken off the queue. */
 static void rkey_hold(reconcile_t *r, rkey_t *k, rcont_t *c) {
-  rkey_unhold(r, k);
-  list_insert_tail(&c->held, &k->hnode);
+  REGISTER_ASSERT(!k->held && !list_linked(&k->qnode));
+  list_insert_tail(&c->held, &k->qnode);
+  k->held = 1;
   r->nheld++;
 }
 
@@ -79,10 +87,8 @@ void rcont_release(reconcile_t *r, rcont_t *c, int all) {
   if (list_empty(&c->held) || (!all && rcont_new_keys(c) == NEW_PENDING))
     return;
   list_t *n;
-  while ((n = list_pop(&c->held))) {
-    r->nheld--;
-    rkey_touch(r, list_entry(n, rkey_t, hnode));
-  }
+  while ((n = list_first(&c->held)))
+    rkey_touch(r, list_entry(n, rkey_t, qnode)); /* unholds it */
 }
 
 /* ---- converged ---- */
@@ -146,6 +152,15 @@ static void backoff(reconcile_t *r, uint64_t waited_ms) {
   d = d > waited_ms + RESUME_JITTER_MS ? d - waited_ms
                                        : util_rand(RESUME_JITTER_MS + 1);
   uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* rkey_t.sent_ds: tenths of a second, modulo 2^16 */
+static unsigned sent_stamp(const reconcile_t *r) {
+  return (unsigned)(uv_now(r->loop) / 100) & 0xffffu;
+}
+
+static uint64_t waited_ms(const reconcile_t *r, const rkey_t *k) {
+  return (uint64_t)((sent_stamp(r) - k->sent_ds) & 0xffffu) * 100;
 }
 
 /* etcd answered a write: what still waits out a pause goes now, after a
@@ -253,7 +268,7 @@ static void batch_flush(reconcile_t *r) {
   for (size_t i = 0; i < b->n; i++) {
     rkey_t *k = b->keys[i];
     k->filling = 0;
-    k->sent_ms = uv_now(r->loop);
+    k->sent_ds = sent_stamp(r);
     items[i].is_delete = k->act == ACT_DELETE;
     items[i].key = k->key;
     items[i].value = k->sent ? k->sent->s : NULL;
@@ -295,7 +310,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
   k->act = act;
   k->inflight = 1;
-  k->sent_ms = uv_now(r->loop);
+  k->sent_ds = sent_stamp(r);
   r->inflight++;
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
@@ -347,6 +362,7 @@ static void reconcile_op_done(void *data, const etcd_result_t *res) {
 /* One key's write or delete has a result (alone or in a transaction). */
 static void key_done(rkey_t *k, const etcd_result_t *res) {
   static const etcd_result_t ok = {ETCD_OK, NULL};
+  REGISTER_ASSERT(k->inflight); /* a write or delete was in flight */
   reconcile_t *r = k->r;
   act_t act = k->act;
   int again = k->again;
@@ -366,7 +382,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
                  res->error, NULL);
     }
-    backoff(r, uv_now(r->loop) - k->sent_ms);
+    backoff(r, waited_ms(r, k));
     rkey_touch(r, k);
     reconcile_pump(r);
     return;
@@ -507,7 +523,6 @@ void reconcile_pump(reconcile_t *r) {
       rkey_hold(r, k, holder);
       continue;
     }
-    rkey_unhold(r, k);
     if (act == ACT_NONE) {
       rkey_maybe_drop(r, k);
       continue;
@@ -721,7 +736,7 @@ static void refresh_cb(uv_timer_t *t) {
   map_iter_init(&it, r->keys);
   while (map_iter_next(&it, NULL, &v)) {
     rkey_t *k = v;
-    if ((k->owners || list_linked(&k->hnode)) && k->have) {
+    if ((k->owners || k->held) && k->have) {
       k->refresh_due = 1;
       rkey_touch(r, k);
     }
@@ -766,6 +781,7 @@ void reconcile_queue_stop(reconcile_t *r) {
 
 static void reconcile_timer_closed(uv_handle_t *h) {
   reconcile_t *r = h->data;
+  REGISTER_ASSERT(r->open_handles > 0); /* one close callback per timer */
   if (--r->open_handles == 0) free(r);
 }
 

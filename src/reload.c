@@ -121,6 +121,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
 static void reload_done(void *ud, int ok, const char *why) {
   txn_t *t = ud;
   reload_t *r = t->r;
+  REGISTER_ASSERT(r->txn == t); /* the running reload ends once */
   if (!ok || t->failed) {
     if (!ok)
       log_error("policy reload failed, keeping the old policy: %s",
