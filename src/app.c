@@ -159,7 +159,7 @@ static void sync_status(app_t *a, char *out, size_t n) {
              "waiting for etcd: %zu keys from %zu containers to sync (%s)",
              st.keys, st.containers, why);
   else
-    snprintf(out, n, "syncing: %zu keys from %zu containers", st.keys,
+    snprintf(out, n, "syncing to etcd: %zu keys from %zu containers", st.keys,
              st.containers);
 }
 
