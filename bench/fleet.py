@@ -790,7 +790,15 @@ class Watcher:
         return c
 
     def start(self):
-        m = next(m for m in self.f.cluster.members if m.proc)
+        # a member that serves now: a restarted one may not yet
+        deadline = time.time() + 30
+        while True:
+            m = next((m for m in self.f.cluster.members if m.proc and m.healthy()), None)
+            if m or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        if m is None:
+            raise RuntimeError("watcher: no etcd member answers")
         self.url = m.url
         if self.f.api == "v3":
             self.keys, rev = v3_range(m.url, PREFIX + "/")

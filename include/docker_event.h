@@ -17,6 +17,9 @@ typedef struct {
   const char *id;     /* Actor.ID (legacy: id) */
   const json_value_t *attributes; /* Actor.Attributes, may be NULL */
   const char *image; /* Attributes.image (legacy: from), may be NULL */
+  /* "healthy", ... for health_status events: podman's HealthStatus, or
+   * what follows "health_status: " in Docker's action; else NULL */
+  const char *health_status;
   int64_t time;      /* seconds */
   int64_t time_nano; /* 0 if the daemon did not send it */
   const json_value_t *raw;

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "checks.h"
 #include "docker.h"
 #include "etcd.h"
 #include "reconcile.h"
@@ -23,6 +24,7 @@ typedef struct {
   uint64_t policy_rejected; /* records dropped by validation */
   uint64_t hooks_dropped;
   uint64_t reloads_ok, reloads_failed;
+  const checks_t *checks; /* the health checks; NULL: none */
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "checks.h"
 #include "json.h"
 #include "luaio.h"
 #include "records.h"
@@ -56,6 +57,10 @@ typedef struct {
   uint64_t hook_limit_ms;
   uv_loop_t *loop;       /* NULL: none (register check) */
   policy_stats_t *stats; /* NULL: the policy's own */
+  /* the script's text, instead of reading file (which then only names
+   * it); for tests and fuzzing */
+  const char *source;
+  size_t source_len;
 } policy_opts_t;
 
 /* A Docker event as the event hook sees it (strings may be NULL). */
@@ -63,6 +68,7 @@ typedef struct {
   const char *type, *action, *id, *image;
   const json_value_t *attributes;
   long long time, time_nano;
+  const char *health_status; /* health_status events only */
 } policy_event_t;
 
 /* Loads and runs the script (under the limits).  NULL with a one-line
@@ -75,11 +81,56 @@ void policy_free(policy_t *p);
 const char *policy_prefix(const policy_t *p);
 const char *policy_name(const policy_t *p);
 
+/* The state of a container's checks, as records() sees it in
+ * container.checks (and container.healthy: every check passing). */
+typedef struct {
+  const char *port, *type; /* "80/tcp", "tcp" / "http" */
+  const char *state;       /* "pending", "passing", "failing" */
+  const char *reason;      /* the last result, or "" */
+  const char *target;      /* "127.0.0.1:32768", or "" */
+} policy_check_state_t;
+
+typedef struct {
+  const policy_check_state_t *v;
+  size_t n;
+} policy_check_view_t;
+
+/* The checks one container asks for (checks() converted).  Owns its
+ * strings; policy_checks_free() releases it. */
+#define POLICY_MAX_CHECKS 64
+typedef struct {
+  checks_spec_t *v;
+  size_t n;
+  char **strs;
+  size_t nstrs, scap;
+} policy_checks_t;
+
+/* Whether the policy has a checks(container, host) function. */
+int policy_has_checks(const policy_t *p);
+/* Runs checks() for one inspect document (nothing when the policy has
+ * none: out empty).  0, or -1 with a one-line reason (the call failed, or
+ * a check is malformed: then out is empty and the container's checks
+ * should stay as they were). */
+int policy_checks(policy_t *p, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen);
+void policy_checks_free(policy_checks_t *pc);
+/* The view of container id's checks in ck (NULL: none), in buf (cap
+ * entries; POLICY_MAX_CHECKS is enough).  Its strings are ck's: use it at
+ * once. */
+void policy_check_view(const checks_t *ck, const char *id,
+                       policy_check_state_t *buf, size_t cap,
+                       policy_check_view_t *view);
+
 /* Runs records() for one inspect document.  0: out holds the valid records
  * (invalid ones are logged, named by container and key, and skipped).
  * -1: the call failed as a whole (err says why); out is empty. */
 int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen);
+/* The same, with the container's checks in container.checks and
+ * container.healthy (checks NULL: none, healthy). */
+int policy_records_checked(policy_t *p, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen);
 /* The traceback of the last failed call, or "". */
 const char *policy_traceback(const policy_t *p);
 /* Why the last failed call failed, and that reason's label. */

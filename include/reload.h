@@ -22,7 +22,9 @@ typedef struct reload reload_t;
  * new records. */
 typedef policy_t *(*reload_commit_cb)(void *ud, policy_t *fresh);
 
-reload_t *reload_new(reload_commit_cb commit, void *ud);
+/* checks: the containers' health checks, whose states records() sees
+ * (may be NULL); not owned. */
+reload_t *reload_new(reload_commit_cb commit, const checks_t *checks, void *ud);
 /* Abandons a running reload (its snapshot ends with docker_free(), which
  * comes first) and frees r. */
 void reload_free(reload_t *r);

@@ -9,6 +9,11 @@
 -- One object per published binding, in Docker's order of
 -- NetworkSettings.Ports and then binding order; containers without a
 -- published binding are not registered.
+--
+-- A container that asks for health checks with registrator's labels or
+-- env (SERVICE_CHECK_HTTP, SERVICE_CHECK_TCP, ...: see register.checks) is
+-- registered only while all of its checks pass; one without them is
+-- registered exactly as the original did.
 local register = require "register"
 
 local policy = {}
@@ -21,8 +26,12 @@ function policy.prefix(host)
   return "/registered/" .. host.ip
 end
 
+function policy.checks(c, host)
+  return register.checks(c)
+end
+
 function policy.records(c, host)
-  if #c.ports == 0 then
+  if #c.ports == 0 or c.healthy == false then
     return nil
   end
   local image = c.image:gsub("/", "::")

@@ -191,6 +191,146 @@ function register.services(c, host)
   return out
 end
 
+-- register.checks(c): the health checks a container asks for with
+-- registrator's names, in labels or env (labels win), for the policy's
+-- checks(container, host) to return:
+--
+--   SERVICE_CHECK_HTTP=/path     an HTTP check of that path
+--   SERVICE_CHECK_TCP=true       a TCP connect check
+--   SERVICE_CHECK_INTERVAL=5s    between runs (default 5s)
+--   SERVICE_CHECK_TIMEOUT=2s     per run (default 2s, at most the interval)
+--   SERVICE_CHECK_RISE=2         successes in a row to pass (default 1)
+--   SERVICE_CHECK_FALL=3         failures in a row to fail (default 1)
+-- and, not in registrator:
+--   SERVICE_CHECK_METHOD=GET     HTTP method (default GET)
+--   SERVICE_CHECK_STATUS=200-299 passing statuses, "N" or "N-M" (200-399)
+--   SERVICE_CHECK_HOST=name      Host header (default: the target)
+--   SERVICE_CHECK_ADDRESS=net    check the container's IP on network `net`
+--                                (or a literal IP) on the private port,
+--                                e.g. for ports that are not published
+--
+-- The generic form applies to every published TCP port; the per-port form
+-- SERVICE_<port>_CHECK_* wins over it (as in register.meta), and
+-- SERVICE_<port>_CHECK_HTTP / _TCP choose that port's kind of check
+-- whatever the generic form says (SERVICE_<port>_CHECK_TCP=false turns
+-- checks off for that port).  Exposed ports that are not published are
+-- checked only when they have an address.  Durations are "500ms", "5s",
+-- "1m", "1m30s" or a number of seconds.  A malformed value raises an error
+-- naming the variable.
+--
+-- Returns a list (ports in Docker's order) of check tables:
+--   { port = "80/tcp", type = "http" | "tcp",
+--     path = "/health", method = "GET", status = { 200, 399 },
+--     host = nil | "name",                          -- http only
+--     interval = 5, timeout = 2,                     -- seconds (numbers)
+--     rise = 1, fall = 1, address = nil | "bridge" }
+-- An empty list when the container asks for no check.
+local duration_units = { ms = 0.001, s = 1, m = 60, h = 3600 }
+
+local function check_duration(v, what)
+  local n = tonumber(v)
+  if n then
+    if n <= 0 then error(("%s: %q is not a positive duration"):format(what, v), 0) end
+    return n
+  end
+  local total, rest = 0, v
+  if rest == "" then error(("%s: empty duration"):format(what), 0) end
+  while rest ~= "" do
+    local num, unit, tail = rest:match("^(%d+%.?%d*)(%a+)(.*)$")
+    if not num or not duration_units[unit] then
+      error(("%s: %q is not a duration (like 500ms, 5s, 1m)"):format(what, v), 0)
+    end
+    total = total + tonumber(num) * duration_units[unit]
+    rest = tail
+  end
+  if total <= 0 then error(("%s: %q is not a positive duration"):format(what, v), 0) end
+  return total
+end
+
+local function check_count(v, what)
+  local n = tonumber(v)
+  if not n or n < 1 or n ~= math.floor(n) then
+    error(("%s: %q is not a whole number >= 1"):format(what, v), 0)
+  end
+  return math.tointeger(n)
+end
+
+function register.checks(c)
+  local out = {}
+  local ports, seen = {}, {}
+  for _, p in ipairs(c.ports or {}) do
+    local key = p.private_port .. "/" .. p.proto
+    if p.proto == "tcp" and not seen[key] then
+      seen[key] = true
+      ports[#ports + 1] = { key = key, num = p.private_port, published = true }
+    end
+  end
+  for _, p in ipairs(c.exposed or {}) do
+    local key = p.private_port .. "/" .. p.proto
+    if p.proto == "tcp" and not seen[key] then
+      seen[key] = true
+      ports[#ports + 1] = { key = key, num = p.private_port }
+    end
+  end
+  for _, p in ipairs(ports) do
+    local meta, from_port = register.meta(c, p.num)
+    local function name(k)
+      return "SERVICE_" .. (from_port[k] and (p.num .. "_") or "") .. k:upper()
+    end
+    local kind
+    if from_port.check_http then
+      kind = meta.check_http ~= "" and "http" or nil
+    elseif from_port.check_tcp then
+      kind = truthy(meta.check_tcp) and "tcp" or nil
+    elseif meta.check_http and meta.check_http ~= "" then
+      kind = "http"
+    elseif truthy(meta.check_tcp) then
+      kind = "tcp"
+    end
+    local address = meta.check_address ~= "" and meta.check_address or nil
+    if kind and (p.published or address) then
+      local interval = meta.check_interval and
+          check_duration(meta.check_interval, name("check_interval")) or 5
+      local timeout = meta.check_timeout and
+          check_duration(meta.check_timeout, name("check_timeout")) or math.min(2, interval)
+      if timeout > interval then
+        error(("%s (%s) is longer than the interval (%ss)"):format(
+          name("check_timeout"), meta.check_timeout, interval), 0)
+      end
+      local check = {
+        port = p.key,
+        type = kind,
+        interval = interval,
+        timeout = timeout,
+        rise = meta.check_rise and check_count(meta.check_rise, name("check_rise")) or 1,
+        fall = meta.check_fall and check_count(meta.check_fall, name("check_fall")) or 1,
+        address = address,
+      }
+      if kind == "http" then
+        check.path = meta.check_http
+        if check.path:sub(1, 1) ~= "/" then
+          error(("%s: %q does not start with /"):format(name("check_http"), check.path), 0)
+        end
+        check.method = (meta.check_method or "GET"):upper()
+        check.host = meta.check_host ~= "" and meta.check_host or nil
+        local status = meta.check_status or "200-399"
+        local lo, hi = status:match("^%s*(%d%d%d)%s*%-%s*(%d%d%d)%s*$")
+        if not lo then
+          lo = status:match("^%s*(%d%d%d)%s*$")
+          hi = lo
+        end
+        if not lo or tonumber(lo) > tonumber(hi) then
+          error(("%s: %q is not a status or a range like 200-399"):format(
+            name("check_status"), status), 0)
+        end
+        check.status = { math.tointeger(tonumber(lo)), math.tointeger(tonumber(hi)) }
+      end
+      out[#out + 1] = check
+    end
+  end
+  return out
+end
+
 -- Runtime I/O, for the event and changed hooks (never for records): each
 -- call suspends the hook's coroutine until the answer is in, so a slow
 -- endpoint never holds up registration.

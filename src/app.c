@@ -1,5 +1,6 @@
 /* app: wiring, signals, timers, orderly shutdown. */
 #include "app.h"
+#include "checks.h"
 #include "container.h"
 #include "docker.h"
 #include "etcd.h"
@@ -25,7 +26,8 @@
 
 #define DEREGISTER_TIMEOUT_MS 10000
 #define TRIM_DELAY_MS 2000
-#define DOCKER_CONNS 32 /* inspects at once */
+#define DOCKER_CONNS 32      /* inspects at once */
+#define STATUS_EVERY_MS 5000 /* STATUS= refreshed while not in sync */
 
 typedef struct {
   const config_t *cfg;
@@ -36,6 +38,7 @@ typedef struct {
   etcd_t *etcd;
   luaio_t *io;
   policy_t *policy;
+  checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
   docker_t *docker;
   reload_t *reload; /* SIGHUP */
@@ -46,6 +49,7 @@ typedef struct {
   uint64_t policy_rejected;
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
+  uv_timer_t status_timer;
   int stopping;
   int deregistering;
   int exit_code;
@@ -56,11 +60,36 @@ static void trim_cb(uv_timer_t *t);
 
 /* ---- Docker -> policy -> reconciler ---- */
 
+/* checks(): the container's checks are set (kept as they were when the
+ * call fails), or removed when the policy asks for none. */
+static void update_checks(app_t *a, const char *id,
+                          const json_value_t *inspect) {
+  char err[600];
+  if (!policy_has_checks(a->policy)) {
+    checks_remove(a->checks, id);
+    return;
+  }
+  policy_checks_t pc;
+  if (policy_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
+    log_fields(LOG_ERROR, err, "container", id, NULL);
+    return;
+  }
+  if (checks_set(a->checks, id, inspect, pc.v, pc.n, err, sizeof err) < 0)
+    log_error("policy %s: checks() for container %.12s: %s",
+              policy_name(a->policy), id, err);
+  policy_checks_free(&pc);
+}
+
 static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   app_t *a = ud;
   records_t recs;
   char err[600];
-  if (policy_records(a->policy, inspect, &recs, err, sizeof err) < 0) {
+  update_checks(a, id, inspect);
+  policy_check_state_t states[POLICY_MAX_CHECKS];
+  policy_check_view_t view;
+  policy_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
+  if (policy_records_checked(a->policy, inspect, &view, &recs, err,
+                             sizeof err) < 0) {
     /* keep whatever this container had: a script error loses nothing */
     log_fields(LOG_ERROR, err, "container", id, NULL);
     return;
@@ -73,6 +102,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
+  checks_remove(a->checks, id);
   reconcile_set(a->rec, id, NULL, NULL);
   reload_touch(a->reload, id);
 }
@@ -85,7 +115,8 @@ static void on_event(void *ud, const docker_event_t *ev) {
                        ev->image,
                        ev->attributes,
                        (long long)ev->time,
-                       (long long)ev->time_nano};
+                       (long long)ev->time_nano,
+                       ev->health_status};
   policy_hook_event(a->policy, &pe);
 }
 
@@ -95,14 +126,62 @@ static void on_changed(void *ud, const char *op, const char *key,
   policy_hook_changed(a->policy, op, key, value, vlen);
 }
 
+/* A check passed or failed (after rise/fall): records() runs again for
+ * that container, on a fresh inspect.  Nothing else re-runs it. */
+static void on_check_transition(void *ud, const char *id, size_t index,
+                                checks_state_t old_state,
+                                checks_state_t new_state, const char *reason) {
+  (void)index;
+  (void)old_state;
+  (void)new_state;
+  (void)reason; /* the checks module logged the transition */
+  app_t *a = ud;
+  if (!a->stopping && a->docker) docker_refresh(a->docker, id);
+}
+
 static void on_lease_lost(void *ud) {
   app_t *a = ud;
   if (a->rec) reconcile_lease_lost(a->rec);
 }
 
+/* STATUS= for systemd: in sync, or what the sync waits for. */
+static void sync_status(app_t *a, char *out, size_t n) {
+  reconcile_stats_t st;
+  reconcile_stats(a->rec, &st);
+  if (reconcile_converged(a->rec)) {
+    snprintf(out, n, "in sync: %zu keys from %zu containers", st.keys,
+             st.containers);
+    return;
+  }
+  const char *why = a->etcd ? etcd_last_error(a->etcd) : NULL;
+  if (why && *why)
+    snprintf(out, n,
+             "waiting for etcd: %zu keys from %zu containers to sync (%s)",
+             st.keys, st.containers, why);
+  else
+    snprintf(out, n, "syncing to etcd: %zu keys from %zu containers", st.keys,
+             st.containers);
+}
+
+static void status_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->stopping) return;
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_status(a->notify, status);
+}
+
+/* Docker's containers are listed and its events followed: register is
+ * ready (READY=1), whatever etcd does; how far the sync is goes in
+ * STATUS=, kept fresh from here on.  etcd down at boot must not hold up
+ * the units ordered after this one. */
 static void on_synced(void *ud) {
   app_t *a = ud;
   reconcile_docker_synced(a->rec, 1);
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_ready(a->notify, status);
+  uv_timer_start(&a->status_timer, status_cb, STATUS_EVERY_MS, STATUS_EVERY_MS);
 }
 
 static void on_connection(void *ud, int up) {
@@ -116,14 +195,11 @@ static void on_connection(void *ud, int up) {
 
 static void on_converged(void *ud) {
   app_t *a = ud;
-  reconcile_stats_t st;
-  reconcile_stats(a->rec, &st);
   /* once things have been quiet for a moment, give memory back */
   uv_timer_start(&a->trim_timer, trim_cb, TRIM_DELAY_MS, 0);
-  char status[160];
-  snprintf(status, sizeof status, "in sync: %zu keys from %zu containers",
-           st.keys, st.containers);
-  notify_ready(a->notify, status);
+  char status[400];
+  sync_status(a, status, sizeof status);
+  notify_status(a->notify, status);
   if (a->cfg->once && !a->stopping) {
     log_info("sync complete: etcd matches the running containers");
     begin_stop(a, 0);
@@ -162,6 +238,7 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->policy_rejected = a->policy_rejected;
   in->hooks_dropped = a->pstats.hooks_dropped;
   reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed);
+  in->checks = a->checks;
 }
 
 /* ---- timers and signals ---- */
@@ -202,33 +279,25 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* Frees a module and forgets it; every _free() takes NULL. */
+#define DROP(fn, field) (fn(a->field), a->field = NULL)
+
 /* In order: what uses a module goes before it.  Each may be NULL (setup
  * failed half way). */
 static void free_modules(app_t *a) {
-  health_free(a->health); /* answers what waits for a probe */
-  a->health = NULL;
-  httpd_free(a->httpd);
-  a->httpd = NULL;
-  notify_free(a->notify);
-  a->notify = NULL;
-  docker_free(a->docker);
-  a->docker = NULL;
-  reconcile_free(a->rec);
-  a->rec = NULL;
-  reload_free(a->reload);
-  a->reload = NULL;
-  policy_free(a->policy); /* cancels its hooks' I/O */
-  a->policy = NULL;
-  luaio_free(a->io); /* before etcd and http: it holds their requests */
-  a->io = NULL;
-  etcd_free(a->etcd);
-  a->etcd = NULL;
-  http_free(a->http);
-  a->http = NULL;
-  http_free(a->dhttp);
-  a->dhttp = NULL;
-  http_free(a->shttp);
-  a->shttp = NULL;
+  DROP(health_free, health); /* answers what waits for a probe */
+  DROP(httpd_free, httpd);
+  DROP(notify_free, notify);
+  DROP(docker_free, docker);
+  DROP(reconcile_free, rec);
+  DROP(reload_free, reload);
+  DROP(checks_free, checks); /* before http: it cancels requests there */
+  DROP(policy_free, policy); /* cancels its hooks' I/O */
+  DROP(luaio_free, io);      /* before etcd and http: it holds their requests */
+  DROP(etcd_free, etcd);
+  DROP(http_free, http);
+  DROP(http_free, dhttp);
+  DROP(http_free, shttp);
 }
 
 /* Runs from a timer, never from inside another module's callback. */
@@ -332,6 +401,12 @@ int app_run(const config_t *cfg) {
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
   a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
+  checks_opts_t co = {0};
+  co.loop = &a->loop;
+  co.http = a->http;
+  co.on_transition = on_check_transition;
+  co.ud = a;
+  a->checks = checks_new(&co);
   policy_opts_t po = policy_opts(a);
   a->policy = policy_new(&po, err, sizeof err);
   if (!a->policy) {
@@ -355,7 +430,7 @@ int app_run(const config_t *cfg) {
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced, on_connection};
   a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
   a->notify = notify_new(&a->loop);
-  a->reload = reload_new(reload_commit, a);
+  a->reload = reload_new(reload_commit, a->checks, a);
   if (cfg->metrics_addr) {
     a->health = health_new(a->etcd, health_inputs, a);
     a->httpd = httpd_new(&a->loop, cfg->metrics_addr, health_handle, a->health,
@@ -378,6 +453,8 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);
   uv_timer_init(&a->loop, &a->trim_timer);
+  uv_timer_init(&a->loop, &a->status_timer);
+  a->status_timer.data = a;
   a->resync_timer.data = a->stop_timer.data = a->deadline_timer.data = a;
   a->trim_timer.data = a;
   if (cfg->resync > 0)

@@ -581,8 +581,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 
   if (!host_ip) {
     snprintf(err, errlen,
-             "HOST_IP is not set: give --host-ip IP or set "
-             "HOST_IP to this host's address");
+             "HOST_IP is not set or empty: give --host-ip IP, or set "
+             "HOST_IP to this host's address (the systemd unit reads it from "
+             "/etc/default/register or /etc/environment)");
     return -1;
   }
   if (!config_valid_ip(host_ip) || strlen(host_ip) >= sizeof cfg->host_ip) {

@@ -1,5 +1,7 @@
-/* docker: API negotiation, event stream, list and inspect, reconnects. */
-#include "docker.h"
+/* docker: API negotiation, event stream, list and inspect, reconnects.
+ * Events are parsed and classified in docker_event.c; the snapshot for a
+ * policy reload is in docker_snapshot.c. */
+#include "docker_internal.h"
 #include "linesplit.h"
 #include "list.h"
 #include "log.h"
@@ -16,71 +18,8 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 5000
 #define RETRY_MAX_MS 30000
-
-typedef struct dcont {
-  char *id; /* owned; also the map key */
-  docker_t *d;
-  http_req_t *req;        /* inspect in flight */
-  unsigned dirty : 1;     /* an event came while inspecting: inspect again */
-  unsigned sync_wait : 1; /* the current sync waits for this one */
-  unsigned retrying : 1;
-  unsigned failures;
-  uint64_t seq; /* d->seq at the last event or listing touching it */
-  uint64_t retry_at;
-  list_t qnode; /* on d->queue: waiting for an inspect */
-} dcont_t;
-
-typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
-
-struct docker {
-  uv_loop_t *loop;
-  http_t *http;        /* list and inspect */
-  http_t *stream_http; /* the event stream (its own connection) */
-  char *base, *socket;
-  http_tls_t tls; /* points at the owned copies below */
-  char *tls_files[3];
-  int use_tls;
-  docker_cbs_t cbs;
-  void *ud;
-
-  state_t state;
-  char api[16];
-  int legacy;
-  int connected;
-  http_req_t *ping_req, *events_req, *list_req;
-  linesplit_t split;
-  buf_t errbody; /* body of a refused event stream request */
-
-  map_t *conts;
-  map_t *unknown_types; /* event types already reported as ignored */
-  map_t *action_counts; /* action -> uint64_t *, for /metrics */
-  list_t queue;         /* containers to inspect (dcont_t.qnode), in order */
-  int inflight, max_inspects;
-  uint64_t seq;
-  uint64_t list_seq;
-  int list_full; /* this listing re-inspects every container */
-  size_t sync_pending;
-  int syncing;
-  int resync_wanted; /* a resync was asked for while one was running */
-
-  /* a snapshot for a policy reload */
-  struct {
-    char **ids;
-    size_t n, next, inflight;
-    http_req_t *reqs[8];
-    docker_each_cb each;
-    docker_snapdone_cb done;
-    void *ud;
-    int failed;
-    char why[400];
-  } snap;
-
-  uv_timer_t reconnect_timer, retry_timer;
-  int open_handles;
-  uint64_t backoff_ms;
-  uint64_t reconnects;
-  char last_err[256];
-};
+#define HEAD_WAIT_MS 500 /* the event stream's head, before listing anyway */
+#define DISCONNECT_SETTLE_MS 100 /* a disconnect's inspect waits for a die */
 
 static void connect_start(docker_t *d);
 static void docker_pump(docker_t *d);
@@ -97,9 +36,7 @@ int docker_version_cmp(const char *a, const char *b) {
   return 0;
 }
 
-static char *url(docker_t *d, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static char *url(docker_t *d, const char *fmt, ...) {
+char *docker_url(docker_t *d, const char *fmt, ...) {
   buf_t b;
   buf_init(&b);
   buf_puts(&b, d->base);
@@ -111,7 +48,7 @@ static char *url(docker_t *d, const char *fmt, ...) {
   return buf_detach(&b);
 }
 
-static http_req_t *get(docker_t *d, const char *u, long timeout_ms,
+http_req_t *docker_get(docker_t *d, const char *u, long timeout_ms,
                        http_done_cb done, void *data) {
   http_opts_t o = {0};
   o.url = u;
@@ -141,7 +78,7 @@ static void conn_problem(docker_t *d, const char *fmt, ...) {
 }
 
 /* A response's reason for failure, on one line. */
-static void describe(const http_resp_t *r, char *out, size_t n) {
+void docker_describe(const http_resp_t *r, char *out, size_t n) {
   if (r->error) {
     snprintf(out, n, "%s", r->errmsg);
     return;
@@ -164,8 +101,9 @@ static void describe(const http_resp_t *r, char *out, size_t n) {
 static dcont_t *cont_get(docker_t *d, const char *id, int create) {
   dcont_t *c = map_get(d->conts, id);
   if (c || !create) return c;
-  c = xcalloc(1, sizeof *c);
-  c->id = xstrdup(id);
+  size_t n = strlen(id) + 1;
+  c = xcalloc(1, sizeof *c + n);
+  memcpy(c->id, id, n);
   c->d = d;
   map_put(d->conts, c->id, c);
   return c;
@@ -206,12 +144,11 @@ static void cont_gone(docker_t *d, dcont_t *c) {
   }
   unqueue(c);
   map_del(d->conts, c->id);
-  char *id = c->id;
   int waited = c->sync_wait;
   c->sync_wait = 0;
+  /* off the map and the queue, nothing in flight: unreachable now */
+  if (d->cbs.gone) d->cbs.gone(d->ud, c->id);
   free(c);
-  if (d->cbs.gone) d->cbs.gone(d->ud, id);
-  free(id);
   if (waited) sync_release(d);
 }
 
@@ -227,15 +164,21 @@ static void want_inspect(docker_t *d, dcont_t *c) {
 
 static void retry_timer_cb(uv_timer_t *t);
 
-static void schedule_retry(docker_t *d, dcont_t *c) {
-  uint64_t delay = 1000u << (c->failures < 6 ? c->failures : 6);
-  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
-  c->failures++;
+/* An inspect of c after delay ms (unless something asks for it sooner, or
+ * the container goes first). */
+static void inspect_later(docker_t *d, dcont_t *c, uint64_t delay) {
   c->retrying = 1;
   c->retry_at = uv_now(d->loop) + delay;
   uint64_t due = uv_timer_get_due_in(&d->retry_timer);
   if (!uv_is_active((uv_handle_t *)&d->retry_timer) || delay < due)
     uv_timer_start(&d->retry_timer, retry_timer_cb, delay, 0);
+}
+
+static void schedule_retry(docker_t *d, dcont_t *c) {
+  uint64_t delay = 1000u << (c->failures < 6 ? c->failures : 6);
+  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+  c->failures++;
+  inspect_later(d, c, delay);
 }
 
 static void retry_timer_cb(uv_timer_t *t) {
@@ -257,7 +200,7 @@ static void retry_timer_cb(uv_timer_t *t) {
   docker_pump(d);
 }
 
-static int is_running(const json_value_t *root) {
+int docker_is_running(const json_value_t *root) {
   const json_value_t *st = json_get(root, "State");
   const json_value_t *r = json_get(st, "Running");
   return r && r->type == JSON_BOOL && r->u.boolean;
@@ -267,6 +210,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   dcont_t *c = data;
   docker_t *d = c->d;
+  REGISTER_ASSERT(c->req == req); /* its one inspect, answered once */
   c->req = NULL;
   d->inflight--;
   char why[300];
@@ -281,7 +225,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   if (r->error || r->status != 200) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
                "error", why, NULL);
     schedule_retry(d, c);
@@ -306,7 +250,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   c->failures = 0;
-  if (!is_running(json_root(doc))) {
+  if (!docker_is_running(json_root(doc))) {
     json_free(doc);
     cont_gone(d, c);
   } else {
@@ -321,8 +265,8 @@ static void docker_pump(docker_t *d) {
   while (!list_empty(&d->queue) && d->inflight < d->max_inspects &&
          d->state == ST_STREAM) {
     dcont_t *c = list_entry(list_pop(&d->queue), dcont_t, qnode);
-    char *u = url(d, "/containers/%s/json", c->id);
-    c->req = get(d, u, 30000, inspect_done, c);
+    char *u = docker_url(d, "/containers/%s/json", c->id);
+    c->req = docker_get(d, u, 30000, inspect_done, c);
     free(u);
     if (!c->req) {
       schedule_retry(d, c);
@@ -341,10 +285,10 @@ static void docker_list_start(docker_t *d, int full) {
     d->resync_wanted = 1;
     return;
   }
-  char *u = url(d, "/containers/json");
+  char *u = docker_url(d, "/containers/json");
   d->list_full = full;
   d->list_seq = d->seq;
-  d->list_req = get(d, u, 120000, docker_list_done, d);
+  d->list_req = docker_get(d, u, 120000, docker_list_done, d);
   free(u);
 }
 
@@ -354,10 +298,11 @@ static void docker_list_done(http_req_t *req, const http_resp_t *r,
                              void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->list_req == req);
   d->list_req = NULL;
   char why[300], err[160];
   if (r->error || r->status != 200) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     char msg[400];
     snprintf(msg, sizeof msg, "listing containers failed: %s", why);
     disconnect(d, msg);
@@ -474,7 +419,15 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
     c = cont_get(d, id, 0);
     if (c) {
       c->seq = d->seq;
-      want_inspect(d, c);
+      /* `docker rm -f` and `docker stop` disconnect a container just
+       * before it dies: wait a moment for the die instead of inspecting
+       * a container that is going (a wasted inspect, which dockerd ends
+       * with a broken pipe) */
+      if (strcmp(ev->action, "disconnect") == 0 && !c->req &&
+          !list_linked(&c->qnode))
+        inspect_later(d, c, DISCONNECT_SETTLE_MS);
+      else
+        want_inspect(d, c);
     }
     break;
   case DOCKER_EV_OTHER_TYPE:
@@ -539,10 +492,9 @@ static int events_data(http_req_t *req, const char *p, size_t n, void *data) {
   return 0;
 }
 
-static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
-  docker_t *d = data;
-  if (r->status != 200) return; /* events_done reports it */
+/* Connected: the event stream is open (its head came, or is late), so the
+ * running containers are listed now and no event between is missed. */
+static void stream_open(docker_t *d) {
   d->connected = 1;
   if (d->last_err[0] || d->reconnects)
     log_info("docker: connected (API %s), event stream open", d->api);
@@ -552,9 +504,38 @@ static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
   docker_list_start(d, 1);
 }
 
+static void events_head(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
+  uv_timer_stop(&d->head_timer);
+  if (r->status != 200) return; /* events_done reports it */
+  if (d->connected) {
+    /* the head came late, with the first event: the list started without
+     * it is done again, for what started before the stream was open */
+    log_debug("docker: the event stream's head came with its first event; "
+              "listing again");
+    docker_list_start(d, 0);
+    return;
+  }
+  stream_open(d);
+}
+
+/* podman 5 sends the event stream's head only with the first event: the
+ * first sync does not wait for it longer than this. */
+static void head_late_cb(uv_timer_t *t) {
+  docker_t *d = t->data;
+  if (d->state != ST_STREAM || d->connected || !d->events_req) return;
+  log_debug("docker: no event stream head after %d ms (podman 5 sends it "
+            "with the first event): listing now",
+            HEAD_WAIT_MS);
+  stream_open(d);
+}
+
 static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->events_req == req);
   d->events_req = NULL;
   char why[300], msg[400];
   if (d->connected) {
@@ -574,7 +555,7 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
     http_resp_t er = *r;
     er.body = d->errbody.data ? d->errbody.data : "";
     er.body_len = d->errbody.len;
-    describe(&er, why, sizeof why);
+    docker_describe(&er, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot open the Docker event stream: %s", why);
   }
   buf_reset(&d->errbody);
@@ -584,8 +565,9 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
 static void open_events(docker_t *d) {
   d->state = ST_STREAM;
   linesplit_reset(&d->split);
-  char *u = url(d, "/events?filters=%%7B%%22type%%22%%3A%%5B%%22container%%22"
-                   "%%2C%%22network%%22%%5D%%7D");
+  char *u =
+      docker_url(d, "/events?filters=%%7B%%22type%%22%%3A%%5B%%22container%%22"
+                    "%%2C%%22network%%22%%5D%%7D");
   http_opts_t o = {0};
   o.url = u;
   o.unix_socket = d->socket;
@@ -596,90 +578,11 @@ static void open_events(docker_t *d) {
   o.data = d;
   d->events_req = http_request(d->stream_http, &o);
   free(u);
-  if (!d->events_req) disconnect(d, "cannot start the event stream request");
-}
-
-/* ---- snapshots (policy reload) ---- */
-
-static void snap_pump(docker_t *d);
-
-static void snap_finish(docker_t *d, int ok, const char *why) {
-  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
-    if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
-    d->snap.reqs[i] = NULL;
-  }
-  for (size_t i = 0; i < d->snap.n; i++)
-    free(d->snap.ids[i]);
-  free(d->snap.ids);
-  docker_snapdone_cb done = d->snap.done;
-  void *ud = d->snap.ud;
-  memset(&d->snap, 0, sizeof d->snap);
-  if (done) done(ud, ok, why);
-}
-
-static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
-  docker_t *d = data;
-  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++)
-    if (d->snap.reqs[i] == req) d->snap.reqs[i] = NULL;
-  d->snap.inflight--;
-  char err[200];
-  if (!r->error && r->status == 404) { /* gone meanwhile: events handle it */
-    snap_pump(d);
+  if (!d->events_req) {
+    disconnect(d, "cannot start the event stream request");
     return;
   }
-  json_doc_t *doc = NULL;
-  if (r->error || r->status != 200 ||
-      !(doc = json_parse(r->body, r->body_len, err, sizeof err))) {
-    char why[300];
-    describe(r, why, sizeof why);
-    snprintf(d->snap.why, sizeof d->snap.why, "inspect failed: %s",
-             r->error || r->status != 200 ? why : err);
-    snap_finish(d, 0, d->snap.why);
-    return;
-  }
-  const json_value_t *root = json_root(doc);
-  const char *id = json_get_str(root, "Id");
-  if (id && is_running(root)) d->snap.each(d->snap.ud, id, root);
-  json_free(doc);
-  snap_pump(d);
-}
-
-static void snap_pump(docker_t *d) {
-  while (d->snap.next < d->snap.n &&
-         d->snap.inflight < ARRAY_SIZE(d->snap.reqs)) {
-    char *u = url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
-    http_req_t *req = get(d, u, 30000, snap_done, d);
-    free(u);
-    if (!req) {
-      snap_finish(d, 0, "cannot start a request");
-      return;
-    }
-    for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
-      if (!d->snap.reqs[i]) {
-        d->snap.reqs[i] = req;
-        break;
-      }
-    }
-    d->snap.inflight++;
-  }
-  if (d->snap.next == d->snap.n && d->snap.inflight == 0)
-    snap_finish(d, 1, NULL);
-}
-
-int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,
-                    void *ud) {
-  if (d->snap.done || !d->connected) return -1;
-  d->snap.each = each;
-  d->snap.done = done;
-  d->snap.ud = ud;
-  d->snap.ids = xcalloc(map_size(d->conts) + 1, sizeof *d->snap.ids);
-  map_iter_t it;
-  const char *id;
-  map_iter_init(&it, d->conts);
-  while (map_iter_next(&it, &id, NULL))
-    d->snap.ids[d->snap.n++] = xstrdup(id);
-  snap_pump(d);
-  return 0;
+  uv_timer_start(&d->head_timer, head_late_cb, HEAD_WAIT_MS, 0);
 }
 
 /* ---- connection lifecycle ---- */
@@ -695,6 +598,7 @@ static void set_api(docker_t *d, const char *server) {
 static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char why[300];
   const char *v = NULL;
@@ -704,7 +608,7 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
     v = doc ? json_get_str(json_root(doc), "ApiVersion") : NULL;
   }
   if (!v) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     char msg[400];
     snprintf(msg, sizeof msg, "cannot read the Docker API version: %s",
              r->error || r->status != 200 ? why : "no ApiVersion");
@@ -720,10 +624,11 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
 static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   docker_t *d = data;
+  REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
   char v[32], why[300], msg[400];
   if (r->error || r->status >= 500 || r->status == 0) {
-    describe(r, why, sizeof why);
+    docker_describe(r, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot reach Docker at %s: %s",
              d->socket ? d->socket : d->base, why);
     disconnect(d, msg);
@@ -738,7 +643,7 @@ static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   /* very old daemons: ask /version */
   d->state = ST_VERSION;
   char *u = xasprintf("%s/version", d->base);
-  d->ping_req = get(d, u, 10000, version_done, d);
+  d->ping_req = docker_get(d, u, 10000, version_done, d);
   free(u);
 }
 
@@ -746,7 +651,7 @@ static void connect_start(docker_t *d) {
   d->state = ST_PING;
   d->api[0] = '\0';
   char *u = xasprintf("%s/_ping", d->base);
-  d->ping_req = get(d, u, 10000, ping_done, d);
+  d->ping_req = docker_get(d, u, 10000, ping_done, d);
   free(u);
   if (!d->ping_req) disconnect(d, "cannot start a request to Docker");
 }
@@ -762,7 +667,7 @@ static void reconnect_cb(uv_timer_t *t) {
 static void disconnect(docker_t *d, const char *why) {
   int was_up = d->connected;
   conn_problem(d, "docker: %s", why);
-  if (d->snap.done) snap_finish(d, 0, "the Docker connection was lost");
+  if (d->snap.done) docker_snap_finish(d, 0, "the Docker connection was lost");
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);
@@ -784,6 +689,7 @@ static void disconnect(docker_t *d, const char *why) {
   }
   d->inflight = 0;
   uv_timer_stop(&d->retry_timer);
+  uv_timer_stop(&d->head_timer);
   linesplit_reset(&d->split);
   d->state = ST_IDLE;
   if (was_up && d->cbs.connection) d->cbs.connection(d->ud, 0);
@@ -825,8 +731,10 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   linesplit_init(&d->split, MAX_EVENT_LINE);
   uv_timer_init(loop, &d->reconnect_timer);
   uv_timer_init(loop, &d->retry_timer);
+  uv_timer_init(loop, &d->head_timer);
   d->reconnect_timer.data = d;
   d->retry_timer.data = d;
+  d->head_timer.data = d;
   return d;
 }
 
@@ -864,13 +772,14 @@ size_t docker_containers(const docker_t *d) {
 
 static void docker_timer_closed(uv_handle_t *h) {
   docker_t *d = h->data;
+  REGISTER_ASSERT(d->open_handles > 0); /* one close callback per timer */
   if (--d->open_handles == 0) free(d);
 }
 
 void docker_free(docker_t *d) {
   if (!d) return;
   d->snap.done = NULL; /* no callback from here on */
-  if (d->snap.ids) snap_finish(d, 0, NULL);
+  if (d->snap.ids) docker_snap_finish(d, 0, NULL);
   if (d->events_req) http_cancel(d->events_req);
   if (d->list_req) http_cancel(d->list_req);
   if (d->ping_req) http_cancel(d->ping_req);
@@ -880,7 +789,6 @@ void docker_free(docker_t *d) {
   while (map_iter_next(&it, NULL, &v)) {
     dcont_t *c = v;
     if (c->req) http_cancel(c->req);
-    free(c->id);
     free(c);
   }
   map_free(d->conts);
@@ -902,7 +810,8 @@ void docker_free(docker_t *d) {
   for (int i = 0; i < 3; i++)
     free(d->tls_files[i]);
   d->state = ST_CLOSED;
-  d->open_handles = 2;
+  d->open_handles = 3;
   uv_close((uv_handle_t *)&d->reconnect_timer, docker_timer_closed);
   uv_close((uv_handle_t *)&d->retry_timer, docker_timer_closed);
+  uv_close((uv_handle_t *)&d->head_timer, docker_timer_closed);
 }

@@ -43,19 +43,29 @@ int docker_parse_event(const json_value_t *root, int legacy, docker_event_t *ev,
     return -1;
   }
   if (!ev->id) ev->id = "";
+  /* podman: "HealthStatus" beside "Action": "health_status"; Docker: in
+   * the action, "health_status: healthy" */
+  ev->health_status = json_get_str(root, "HealthStatus");
+  if (!ev->health_status && strncmp(ev->action, "health_status:", 14) == 0) {
+    const char *h = ev->action + 14;
+    while (*h == ' ')
+      h++;
+    ev->health_status = h;
+  }
   return 0;
 }
 
 /* Container actions.  An action matches by its name: the whole action for
  * GONE ("die"), the part before ':' for INSPECT ("health_status: healthy").
  * Actions not listed are ignored (exec_*, create, kill, stop, ...; "stop"
- * and "kill" are followed by "die"). */
+ * and "kill" are followed by "die"; podman's init, cleanup, attach). */
 static const struct {
   const char *name;
   docker_event_class_t cls;
 } container_actions[] = {
     {"die", DOCKER_EV_GONE},
     {"destroy", DOCKER_EV_GONE},
+    {"remove", DOCKER_EV_GONE}, /* podman's destroy */
     {"start", DOCKER_EV_INSPECT},
     {"restart", DOCKER_EV_INSPECT},
     {"unpause", DOCKER_EV_INSPECT},

@@ -4,6 +4,7 @@
 #include "etcd_internal.h"
 #include "log.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,16 +16,21 @@
  * request timeout (5 s; listings six times it) from its first attempt,
  * spent in short attempts on one endpoint after the other.  Each attempt
  * may take FAILOVER_CONNECT_MS to connect (a member that does not accept a
- * TCP connection by then is treated as down) and FAILOVER_MIN_MS to answer,
- * or FAILOVER_LAT_FACTOR times the average latency of the answers so far
- * when that is longer (a loaded cluster is slow everywhere: switching would
- * only add load).  A failed attempt goes to the next endpoint at once, up
- * to twice round all of them while the budget lasts; the attempt that
- * cannot be followed by another gets what is left of the budget. */
+ * TCP connection by then is treated as down) and FAILOVER_MIN_MS to answer
+ * (FAILOVER_FIRST_MS until an answer has been timed), or
+ * FAILOVER_LAT_FACTOR times the average latency of the answers so far when
+ * that is longer (a loaded cluster is slow everywhere: switching would only
+ * add load).  The short answer time bounds how long after a new leader is
+ * elected the writes resume: a proposal a member dropped while it had none
+ * is never answered, only sent again.  A failed attempt goes to the next
+ * endpoint at once, up to FAILOVER_ROUNDS times round all of them while the
+ * budget lasts; the attempt that cannot be followed by another gets what is
+ * left of the budget. */
 #define FAILOVER_CONNECT_MS 1000L
-#define FAILOVER_MIN_MS 1000.0
+#define FAILOVER_MIN_MS 400.0
+#define FAILOVER_FIRST_MS 1000.0
 #define FAILOVER_LAT_FACTOR 10.0
-#define FAILOVER_ROUNDS 2
+#define FAILOVER_ROUNDS 4
 #define FULL_CONNECT_MS 2000L
 
 static int send_op(etcd_op_t *op);
@@ -370,7 +376,8 @@ static int send_op(etcd_op_t *op) {
   if (!op->attempts) op->first = now;
   long left = full - (long)((now - op->first) / 1000000);
   double d = e->lat_avg_ms * FAILOVER_LAT_FACTOR;
-  if (d < FAILOVER_MIN_MS) d = FAILOVER_MIN_MS;
+  double floor = e->lat_avg_ms > 0 ? FAILOVER_MIN_MS : FAILOVER_FIRST_MS;
+  if (d < floor) d = floor;
   if (op->kind == OP_LIST) d *= 6;
   if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
     o.timeout_ms = (long)d; /* another attempt can follow this one */

@@ -57,6 +57,7 @@ struct http {
   int npool;
   size_t active;
   int dispatching;
+  int in_request; /* inside http_request(): no callback may run */
   int max_conns, max_idle;
 };
 
@@ -78,7 +79,11 @@ static void poll_cb(uv_poll_t *handle, int status, int events) {
   sock_t *s = handle->data;
   http_t *h = s->h;
   int flags = 0, running;
-  if (status < 0) flags = CURL_CSELECT_ERR;
+  /* libuv reports POLLERR as an error status (and stops the handle): let
+   * curl read the socket, so that it finds and names the real error
+   * ("Connection reset by peer", "Empty reply from server") rather than
+   * "select/poll returned error" */
+  if (status < 0) flags = CURL_CSELECT_IN | CURL_CSELECT_OUT | CURL_CSELECT_ERR;
   if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
   if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   curl_multi_socket_action(h->multi, s->fd, flags, &running);
@@ -251,6 +256,8 @@ static int deliver(http_req_t *r) {
 }
 
 static void dispatch(http_t *h) {
+  /* callbacks run from the loop, never inside the call that started them */
+  REGISTER_ASSERT(!h->in_request);
   if (h->dispatching) return;
   h->dispatching = 1;
   list_t *n;
@@ -292,7 +299,16 @@ static void dispatch(http_t *h) {
   h->dispatching = 0;
 }
 
+static http_req_t *request(http_t *h, const http_opts_t *o);
+
 http_req_t *http_request(http_t *h, const http_opts_t *o) {
+  h->in_request++;
+  http_req_t *r = request(h, o);
+  h->in_request--;
+  return r;
+}
+
+static http_req_t *request(http_t *h, const http_opts_t *o) {
   http_req_t *r = xcalloc(1, sizeof *r);
   r->h = h;
   r->easy = h->npool ? h->pool[--h->npool] : curl_easy_init();

@@ -69,6 +69,7 @@ static void httpd_req_free(httpd_req_t *r) {
 
 static void handle_closed(uv_handle_t *handle) {
   httpd_req_t *r = handle->data;
+  REGISTER_ASSERT(r->handles_open > 0); /* one close callback per handle */
   if (--r->handles_open > 0) return;
   /* a deferred request lives on until it is answered */
   if (!r->handled || r->answered) httpd_req_free(r);

@@ -2,6 +2,7 @@
  * Ruby-compatible string escaper. */
 #include "json.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -415,13 +416,26 @@ void json_free(json_doc_t *doc) {
   arena_block_t *b = doc->blocks;
   while (b) {
     arena_block_t *next = b->next;
+#ifndef NDEBUG
+    /* a value read after this has no valid type: json_ok() says so */
+    memset(b->data, 0xdb, b->cap);
+#endif
     free(b);
     b = next;
   }
   free(doc);
 }
 
+/* Debug builds: a value read from a freed document (json_free() poisons
+ * it) has no valid type.  A cheap check on every accessor's argument. */
+#ifndef NDEBUG
+static inline int json_ok(const json_value_t *v) {
+  return !v || (unsigned)v->type <= JSON_OBJECT;
+}
+#endif
+
 const json_value_t *json_get(const json_value_t *obj, const char *key) {
+  assert(json_ok(obj)); /* its document is alive */
   if (!obj || obj->type != JSON_OBJECT) return NULL;
   size_t n = strlen(key);
   for (const json_value_t *c = obj->u.child; c; c = c->next)
@@ -441,6 +455,7 @@ const char *json_get_str(const json_value_t *obj, const char *key) {
 }
 
 int json_is(const json_value_t *v, json_type_t t) {
+  assert(json_ok(v)); /* its document is alive */
   return v && v->type == t;
 }
 

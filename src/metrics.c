@@ -147,4 +147,5 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
   gauge(b, "register_last_sync_timestamp_seconds",
         "Unix time at which etcd last matched Docker's truth.",
         rs.last_converged);
+  if (in->checks) checks_metrics(in->checks, b);
 }

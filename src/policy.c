@@ -5,8 +5,10 @@
  * call is stopped: the hook then raises on every instruction of every
  * thread, so a script's own pcall, xpcall or coroutine cannot swallow it
  * (redis re-arms its hook the same way).  The script runs in the sandbox
- * (sandbox.c). */
-#include "policy.h"
+ * (sandbox.c).  This file: the state, the limits, the protected call,
+ * loading and records(); checks() is in policy_checks.c, the hooks in
+ * policy_hooks.c. */
+#include "policy_internal.h"
 #include "container.h"
 #include "list.h"
 #include "log.h"
@@ -26,59 +28,6 @@
 #define HOOK_EVERY 1000 /* instructions between two looks at the limits */
 #define MAX_KEY 4096
 #define MAX_VALUE (1u << 20)
-#define MAX_HOOKS 64
-#define SWEEP_MS 1000 /* how often hook calls are checked for their age */
-
-/* A hook call in progress: a coroutine, possibly waiting for I/O. */
-typedef struct hookco {
-  lua_State *co;
-  int ref;             /* anchors co in the registry */
-  const char *name;    /* "event" or "changed" */
-  uint64_t started_ms; /* for the limit on the call as a whole */
-  list_t node;         /* on policy.hooks */
-} hookco_t;
-
-struct policy {
-  lua_State *L;
-  char *name; /* file name, or "default" */
-  char *dir;  /* the file's directory (require), or NULL */
-  char *prefix;
-  int ref_policy; /* the table the script returned */
-  int ref_host;
-  int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
-
-  /* limits */
-  long budget;
-  size_t mem_limit;
-  uint64_t time_limit_ms, hook_limit_ms;
-
-  /* the call in progress (in_call), and why it was stopped */
-  int in_call;
-  lua_State *running; /* the thread the call runs on */
-  long steps;
-  uint64_t deadline_ns;
-  int stop;                    /* 0, or POLICY_ERR_BUDGET/TIMEOUT/MEMORY */
-  int sandbox_hit;             /* a forbidden function was called */
-  char where[LUA_IDSIZE + 16]; /* the last position the hook saw */
-
-  /* memory: Lua retries a refused allocation once after a full
-   * collection; the same request refused twice is out of memory */
-  size_t mem_used;
-  const void *fail_ptr;
-  size_t fail_osize, fail_nsize;
-  int oom;
-
-  buf_t trace; /* traceback of the last failure */
-  policy_reason_t reason;
-  luaio_t *io;
-  luaio_ctx_t *ioctx; /* anchored in the registry */
-  list_t hooks;       /* hookco_t: hook calls alive */
-  size_t nhooks;
-  uv_timer_t *sweep; /* ends hook calls past their limit; NULL: no loop */
-  policy_stats_t own_stats;
-  policy_stats_t *stats; /* own_stats, or the caller's (kept over reloads) */
-};
-
 static const char *const reason_names[POLICY_ERR_REASONS] = {
     "error", "budget", "timeout", "memory", "sandbox"};
 
@@ -181,7 +130,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* Arms the limits for one call (or one resume) running on thread L. */
-static void call_begin(policy_t *p, lua_State *L) {
+void policy_call_begin(policy_t *p, lua_State *L) {
   assert(!p->in_call); /* calls never nest */
   p->in_call = 1;
   p->running = L;
@@ -197,7 +146,7 @@ static void call_begin(policy_t *p, lua_State *L) {
 }
 
 /* Disarms them; the reason a call that failed with status st failed. */
-static policy_reason_t call_end(policy_t *p, lua_State *L, int st) {
+policy_reason_t policy_call_end(policy_t *p, lua_State *L, int st) {
   lua_sethook(L, NULL, 0, 0);
   p->in_call = 0;
   p->running = NULL;
@@ -215,13 +164,13 @@ static policy_reason_t call_end(policy_t *p, lua_State *L, int st) {
 }
 
 /* The first line of the error at the top of L (never allocates). */
-static const char *error_text(lua_State *L, int st) {
+const char *policy_error_text(lua_State *L, int st) {
   if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
   return st == LUA_ERRMEM ? "not enough memory"
                           : "(error object is not a string)";
 }
 
-static void failure_text(policy_t *p, const char *msg, char *err,
+void policy_failure_text(policy_t *p, const char *msg, char *err,
                          size_t errlen) {
   if (p->reason == POLICY_ERR_MEMORY) /* Lua's message has no position */
     snprintf(err, errlen, "%smemory limit of %zu bytes reached", p->where,
@@ -248,26 +197,25 @@ static int msghandler(lua_State *L) {
  * limits.  On failure: -1, the first line of the message in err, the
  * reason in p->reason (the caller counts it where the script is to
  * blame), the traceback kept in p->trace. */
-static int policy_pcall(policy_t *p, int nargs, int nres, char *err,
-                        size_t errlen) {
+int policy_pcall(policy_t *p, int nargs, int nres, char *err, size_t errlen) {
   lua_State *L = p->L;
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msghandler);
   lua_insert(L, base);
-  call_begin(p, L);
+  policy_call_begin(p, L);
   int st = lua_pcall(L, nargs, nres, base);
-  call_end(p, L, st);
+  policy_call_end(p, L, st);
   lua_remove(L, base);
   if (st == LUA_OK) return 0;
-  const char *msg = error_text(L, st);
+  const char *msg = policy_error_text(L, st);
   buf_reset(&p->trace);
   buf_puts(&p->trace, msg);
-  failure_text(p, msg, err, errlen);
+  policy_failure_text(p, msg, err, errlen);
   lua_pop(L, 1);
   return -1;
 }
 
-static void count_failure(policy_t *p) {
+void policy_count_failure(policy_t *p) {
   p->stats->errors[p->reason]++;
 }
 
@@ -321,8 +269,6 @@ static int record_cmp(const void *a, const void *b) {
 
 /* ---- loading ---- */
 
-static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data);
-
 typedef struct {
   policy_t *p;
   const policy_opts_t *o;
@@ -335,7 +281,7 @@ static int setup(lua_State *L) {
   policy_t *p = s->p;
   sandbox_open(L, p->dir, &p->sandbox_hit);
   luareg_open(L, p->mem_limit);
-  p->ioctx = luaio_install(L, s->o->io, io_resume, p);
+  p->ioctx = luaio_install(L, s->o->io, policy_io_resume, p);
 
   lua_createtable(L, 0, 2);
   lua_pushstring(L, s->o->host_ip);
@@ -344,8 +290,11 @@ static int setup(lua_State *L) {
   lua_setfield(L, -2, "hostname");
   p->ref_host = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  int rc = s->o->file ? luaL_loadfilex(L, s->o->file, "t")
-                      : luareg_load_embedded(L, "register.default");
+  int rc = s->o->source
+               ? luaL_loadbufferx(L, s->o->source, s->o->source_len,
+                                  s->o->file ? s->o->file : "=source", "t")
+           : s->o->file ? luaL_loadfilex(L, s->o->file, "t")
+                        : luareg_load_embedded(L, "register.default");
   if (rc != LUA_OK) return lua_error(L);
   lua_call(L, 0, 1);
   if (!lua_istable(L, -1))
@@ -354,6 +303,12 @@ static int setup(lua_State *L) {
   if (lua_getfield(L, -1, "records") != LUA_TFUNCTION)
     return luaL_error(L, "the returned table has no records(container, "
                          "host) function");
+  lua_pop(L, 1);
+  int ct = lua_getfield(L, -1, "checks");
+  if (ct != LUA_TNIL && ct != LUA_TFUNCTION)
+    return luaL_error(L, "checks must be a function, not %s",
+                      luaL_typename(L, -1));
+  p->has_checks = ct == LUA_TFUNCTION;
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
   p->ref_policy = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -389,8 +344,6 @@ static int setup(lua_State *L) {
   return 0;
 }
 
-static void sweep_cb(uv_timer_t *t);
-
 policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   policy_t *p = xcalloc(1, sizeof *p);
   p->name = xstrdup(o->file ? o->file : "default");
@@ -410,13 +363,8 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   p->ref_policy = p->ref_host = LUA_NOREF;
   p->ref_event = p->ref_changed = LUA_NOREF;
   p->io = o->io;
-  list_init(&p->hooks);
   buf_init(&p->trace);
-  if (o->loop) {
-    p->sweep = xcalloc(1, sizeof *p->sweep);
-    uv_timer_init(o->loop, p->sweep);
-    p->sweep->data = p;
-  }
+  policy_hooks_init(p, o->loop);
   p->L = lua_newstate(l_alloc, p);
   if (!p->L) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -432,7 +380,7 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   lua_pushcfunction(p->L, setup);
   lua_pushlightuserdata(p->L, &s);
   if (policy_pcall(p, 1, 0, why, sizeof why) < 0) {
-    count_failure(p);
+    policy_count_failure(p);
     snprintf(err, errlen, "policy %s: %s", p->name, why);
     log_debug("policy %s: %s", p->name, p->trace.data);
     policy_free(p);
@@ -441,17 +389,10 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   return p;
 }
 
-static void sweep_closed(uv_handle_t *h) {
-  free(h);
-}
-
 void policy_free(policy_t *p) {
   if (!p) return;
   if (p->L) luaio_cancel(p->io, p->L);
-  list_t *n;
-  while ((n = list_pop(&p->hooks))) /* their coroutines go with the state */
-    free(list_entry(n, hookco_t, node));
-  if (p->sweep) uv_close((uv_handle_t *)p->sweep, sweep_closed);
+  policy_hooks_free(p); /* their coroutines go with the state */
   if (p->L) lua_close(p->L);
   free(p->name);
   free(p->dir);
@@ -478,12 +419,37 @@ policy_reason_t policy_last_reason(const policy_t *p) {
 
 /* ---- records ---- */
 
-/* Pushes the box and the container table (two results). */
-static int push_container(lua_State *L) {
-  const json_value_t *inspect = lua_touserdata(L, 1);
+/* Pushes the box and the container table (two results), with
+ * container.checks (the state of each check) and container.healthy. */
+int policy_push_container(lua_State *L) {
+  const policy_pushargs_t *a = lua_touserdata(L, 1);
   char err[200];
-  if (container_push(L, inspect, NULL, err, sizeof err) < 0)
+  if (container_push(L, a->inspect, NULL, err, sizeof err) < 0)
     return luaL_error(L, "%s", err);
+  size_t n = a->checks ? a->checks->n : 0;
+  int healthy = 1;
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    const policy_check_state_t *c = &a->checks->v[i];
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, c->port);
+    lua_setfield(L, -2, "port");
+    lua_pushstring(L, c->type);
+    lua_setfield(L, -2, "type");
+    lua_pushstring(L, c->state);
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, c->reason ? c->reason : "");
+    lua_setfield(L, -2, "reason");
+    if (c->target && *c->target) {
+      lua_pushstring(L, c->target);
+      lua_setfield(L, -2, "target");
+    }
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    if (strcmp(c->state, "passing") != 0) healthy = 0;
+  }
+  lua_setfield(L, -2, "checks");
+  lua_pushboolean(L, healthy);
+  lua_setfield(L, -2, "healthy");
   return 2;
 }
 
@@ -582,7 +548,7 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
   lua_pushcfunction(L, call_records);
   lua_insert(L, -2);
   if (policy_pcall(p, 1, 1, why, sizeof why) < 0) {
-    count_failure(p);
+    policy_count_failure(p);
     snprintf(err, errlen,
              "policy %s: records() failed for container %.12s: %s "
              "(reason: %s)",
@@ -600,7 +566,7 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
              "%.12s, not a table or nil",
              p->name, luaL_typename(L, -1), id);
     p->reason = POLICY_ERR_ERROR;
-    count_failure(p);
+    policy_count_failure(p);
     lua_pop(L, 1);
     return -1;
   }
@@ -609,7 +575,7 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
   lua_insert(L, -2);
   lua_pushlightuserdata(L, &c);
   if (policy_pcall(p, 2, 0, why, sizeof why) < 0) {
-    count_failure(p);
+    policy_count_failure(p);
     snprintf(err, errlen,
              "policy %s: records() failed for container %.12s: its result: "
              "%s (reason: %s)",
@@ -623,16 +589,23 @@ static int records_run(policy_t *p, const char *id, records_t *out, char *err,
 
 int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
                    char *err, size_t errlen) {
+  return policy_records_checked(p, inspect, NULL, out, err, errlen);
+}
+
+int policy_records_checked(policy_t *p, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen) {
   lua_State *L = p->L;
   const char *id = json_get_str(inspect, "Id");
   char why[400];
   records_init(out);
   if (!id) id = "?";
   int top = lua_gettop(L);
-  lua_pushcfunction(L, push_container);
-  lua_pushlightuserdata(L, (void *)(uintptr_t)inspect);
+  policy_pushargs_t args = {inspect, checks};
+  lua_pushcfunction(L, policy_push_container);
+  lua_pushlightuserdata(L, &args);
   if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
-    count_failure(p);
+    policy_count_failure(p);
     snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
              policy_reason_name(p->reason));
     return -1;
@@ -646,20 +619,8 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
   return rc;
 }
 
-/* ---- hooks: event(ev, host) and changed(op, key, value) ---- */
-
 void policy_gc(policy_t *p) {
   lua_gc(p->L, LUA_GCCOLLECT);
-}
-
-int policy_has_hook(const policy_t *p, const char *name) {
-  if (strcmp(name, "event") == 0) return p->ref_event != LUA_NOREF;
-  if (strcmp(name, "changed") == 0) return p->ref_changed != LUA_NOREF;
-  return 0;
-}
-
-unsigned long policy_hooks_dropped(const policy_t *p) {
-  return p->stats->hooks_dropped;
 }
 
 unsigned long policy_errors(const policy_t *p) {
@@ -667,233 +628,4 @@ unsigned long policy_errors(const policy_t *p) {
   for (int i = 0; i < POLICY_ERR_REASONS; i++)
     n += p->stats->errors[i];
   return n;
-}
-
-static void hook_end(policy_t *p, hookco_t *h) {
-  list_remove(&h->node);
-  p->nhooks--;
-  luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
-  free(h);
-  if (!p->nhooks && p->sweep) uv_timer_stop(p->sweep);
-}
-
-/* Builds the traceback of a failed coroutine (argument 1) on the main
- * thread, inside a protected call: it allocates. */
-static int hook_traceback(lua_State *L) {
-  lua_State *co = lua_tothread(L, 1);
-  const char *msg = lua_touserdata(L, 2); /* C memory, not Lua's */
-  luaL_traceback(L, co, msg, 0);
-  return 1;
-}
-
-static void hook_failed(policy_t *p, hookco_t *h, const char *msg) {
-  count_failure(p);
-  buf_reset(&p->trace);
-  buf_puts(&p->trace, msg);
-  log_error("policy %s: %s hook failed: %.*s (reason: %s)", p->name, h->name,
-            (int)strcspn(msg, "\n"), msg, policy_reason_name(p->reason));
-}
-
-/* Runs (or continues) a hook's coroutine under the limits.  It ends,
- * fails (logged with its traceback), or waits for luaio. */
-static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
-  lua_State *co = h->co;
-  int nres = 0;
-  call_begin(p, co);
-  luaio_set_current(p->ioctx, co);
-  int st = lua_resume(co, p->L, nargs, &nres);
-  luaio_set_current(p->ioctx, NULL);
-  call_end(p, co, st);
-  if (st == LUA_YIELD) {
-    lua_pop(co, nres);
-    if (luaio_waiting(p->io, co)) return; /* resumed by io_resume */
-    p->reason = POLICY_ERR_ERROR;
-    hook_failed(p, h, "yielded outside register.http/etcd; call dropped");
-  } else if (st != LUA_OK) {
-    char msg[400];
-    char err[300];
-    failure_text(p, error_text(co, st), msg, sizeof msg);
-    hook_failed(p, h, msg);
-    /* the traceback allocates: built under protection, or skipped */
-    lua_pushcfunction(p->L, hook_traceback);
-    lua_rawgeti(p->L, LUA_REGISTRYINDEX, h->ref); /* co */
-    lua_pushlightuserdata(p->L, msg);
-    policy_reason_t r = p->reason;
-    if (policy_pcall(p, 2, 1, err, sizeof err) == 0) {
-      buf_reset(&p->trace);
-      buf_puts(&p->trace, lua_tostring(p->L, -1));
-      lua_pop(p->L, 1);
-      log_debug("%s", p->trace.data);
-    }
-    p->reason = r;
-  }
-  hook_end(p, h);
-}
-
-/* The results of a hook's request are built on the main thread inside a
- * protected call (they allocate: a body may be megabytes), then moved to
- * the coroutine.  Upvalue-free: argument 1 is the pushctx_t. */
-typedef struct {
-  luaio_push_fn push;
-  void *data;
-} pushctx_t;
-
-static int push_results(lua_State *L) {
-  pushctx_t *c = lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  return c->push(L, c->data);
-}
-
-static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
-  policy_t *p = ud;
-  hookco_t *h = NULL;
-  list_t *it;
-  list_foreach(it, &p->hooks) {
-    if (list_entry(it, hookco_t, node)->co == co) {
-      h = list_entry(it, hookco_t, node);
-      break;
-    }
-  }
-  if (!h) return; /* not ours any more */
-  lua_State *L = p->L;
-  int top = lua_gettop(L);
-  pushctx_t c = {push, data};
-  char err[300];
-  lua_pushcfunction(L, push_results);
-  lua_pushlightuserdata(L, &c);
-  if (policy_pcall(p, 1, LUA_MULTRET, err, sizeof err) < 0) {
-    hook_failed(p, h, err);
-    hook_end(p, h);
-    return;
-  }
-  int n = lua_gettop(L) - top;
-  if (!lua_checkstack(co, n + LUA_MINSTACK)) {
-    lua_settop(L, top);
-    p->reason = POLICY_ERR_MEMORY;
-    hook_failed(p, h, "no stack space for the results of its request");
-    hook_end(p, h);
-    return;
-  }
-  lua_xmove(L, co, n);
-  hook_resume(p, h, n);
-}
-
-/* Ends hook calls that have run (waiting included) past their limit. */
-static void sweep_cb(uv_timer_t *t) {
-  policy_t *p = t->data;
-  uint64_t now = util_now_ms();
-  for (list_t *n = p->hooks.next, *next; n != &p->hooks; n = next) {
-    next = n->next;
-    hookco_t *h = list_entry(n, hookco_t, node);
-    if (now - h->started_ms < p->hook_limit_ms) continue;
-    luaio_cancel_co(p->io, h->co);
-    p->reason = POLICY_ERR_TIMEOUT;
-    char msg[120];
-    snprintf(msg, sizeof msg,
-             "the call ran longer than the %llu ms limit (--hook-timeout); "
-             "its I/O was cancelled",
-             (unsigned long long)p->hook_limit_ms);
-    hook_failed(p, h, msg);
-    hook_end(p, h);
-  }
-}
-
-typedef struct {
-  policy_t *p;
-  int fn_ref;
-  const policy_event_t *ev;
-  const char *op, *key, *value;
-  size_t vlen;
-  int ref; /* the coroutine's */
-  lua_State *co;
-} hookargs_t;
-
-/* Creates the coroutine and pushes the function and its arguments on it;
- * inside a protected call, since all of it allocates. */
-static int hook_prepare(lua_State *L) {
-  hookargs_t *a = lua_touserdata(L, 1);
-  lua_State *co = lua_newthread(L);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, a->fn_ref);
-  if (a->ev) {
-    const policy_event_t *ev = a->ev;
-    lua_createtable(co, 0, 8);
-    const char *f[] = {"type", "action", "id", "image"};
-    const char *v[] = {ev->type, ev->action, ev->id, ev->image};
-    for (int i = 0; i < 4; i++) {
-      if (!v[i]) continue;
-      lua_pushstring(co, v[i]);
-      lua_setfield(co, -2, f[i]);
-    }
-    if (ev->attributes)
-      container_push_json(co, ev->attributes);
-    else
-      lua_newtable(co);
-    lua_setfield(co, -2, "attributes");
-    lua_pushinteger(co, ev->time);
-    lua_setfield(co, -2, "time");
-    lua_pushinteger(co, ev->time_nano);
-    lua_setfield(co, -2, "time_nano");
-    lua_rawgeti(co, LUA_REGISTRYINDEX, a->p->ref_host);
-  } else {
-    lua_pushstring(co, a->op);
-    lua_pushstring(co, a->key);
-    if (a->value)
-      lua_pushlstring(co, a->value, a->vlen);
-    else
-      lua_pushnil(co);
-  }
-  a->co = co;
-  a->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops the thread */
-  return 0;
-}
-
-static void hook_call(policy_t *p, hookargs_t *a, const char *name, int nargs) {
-  if (p->nhooks >= MAX_HOOKS) {
-    if (p->stats->hooks_dropped++ % 1000 == 0)
-      log_warn("policy %s: %zu hook calls still running; %s hook call "
-               "dropped (%lu so far)",
-               p->name, p->nhooks, name, p->stats->hooks_dropped);
-    return;
-  }
-  char err[300];
-  a->p = p;
-  a->ref = LUA_NOREF;
-  lua_pushcfunction(p->L, hook_prepare);
-  lua_pushlightuserdata(p->L, a);
-  if (policy_pcall(p, 1, 0, err, sizeof err) < 0) {
-    count_failure(p);
-    log_error("policy %s: cannot start the %s hook: %s (reason: %s)", p->name,
-              name, err, policy_reason_name(p->reason));
-    return; /* the ref is taken last: nothing to release */
-  }
-  hookco_t *h = xcalloc(1, sizeof *h);
-  h->co = a->co;
-  h->ref = a->ref;
-  h->name = name;
-  h->started_ms = util_now_ms();
-  list_insert_tail(&p->hooks, &h->node);
-  p->nhooks++;
-  if (p->sweep && p->nhooks == 1)
-    uv_timer_start(p->sweep, sweep_cb, SWEEP_MS, SWEEP_MS);
-  hook_resume(p, h, nargs);
-}
-
-void policy_hook_event(policy_t *p, const policy_event_t *ev) {
-  if (p->ref_event == LUA_NOREF) return;
-  hookargs_t a = {0};
-  a.fn_ref = p->ref_event;
-  a.ev = ev;
-  hook_call(p, &a, "event", 2);
-}
-
-void policy_hook_changed(policy_t *p, const char *op, const char *key,
-                         const char *value, size_t vlen) {
-  if (p->ref_changed == LUA_NOREF) return;
-  hookargs_t a = {0};
-  a.fn_ref = p->ref_changed;
-  a.op = op;
-  a.key = key;
-  a.value = value;
-  a.vlen = vlen;
-  hook_call(p, &a, "changed", 3);
 }

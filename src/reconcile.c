@@ -50,7 +50,8 @@ void rkey_free(rkey_t *k) {
 
 /* Forgets a key nobody wants that etcd does not hold. */
 void rkey_maybe_drop(reconcile_t *r, rkey_t *k) {
-  if (k->owners || list_linked(&k->qnode) || k->inflight) return;
+  if (k->owners || list_linked(&k->qnode) || k->inflight)
+    return; /* wanted, queued or held, or in flight */
   if (!k->is_dir && !(k->have_known && !k->have)) return;
   if (k->failed) r->nfailed--;
   map_del(k->is_dir ? r->dirs : r->keys, k->key);
@@ -99,6 +100,7 @@ static void owner_detach(reconcile_t *r, owner_t *o) {
 }
 
 void rcont_drop(reconcile_t *r, rcont_t *c) {
+  rcont_release(r, c, 1); /* gone: nothing new to wait for */
   while (c->owners) {
     owner_t *o = c->owners;
     c->owners = o->cnext;
@@ -121,6 +123,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
   if (!c) {
     c = xcalloc(1, sizeof *c);
     c->id = xstrdup(id);
+    list_init(&c->held);
     map_put(r->conts, c->id, c);
   }
   if (!c->image || strcmp(c->image, image ? image : "") != 0) {
@@ -177,6 +180,8 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
     *pp = o->cnext;
     owner_detach(r, o);
   }
+  /* a key it wants again, or one it no longer wants, may end a wait */
+  rcont_release(r, c, 0);
   reconcile_pump(r);
 }
 
@@ -207,7 +212,7 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   memset(s, 0, sizeof *s);
   s->keys = r->nowned; /* kept as owners come and go: O(1), called often */
   s->containers = map_size(r->conts);
-  s->queued = r->nqueued;
+  s->queued = r->nqueued + r->nheld; /* held deletes wait too */
   s->inflight = (size_t)r->inflight;
   s->failed = r->nfailed;
   s->puts = r->puts;

@@ -23,6 +23,10 @@ typedef struct rstr {
 typedef struct rkey rkey_t;
 typedef struct rcont rcont_t;
 
+/* One container producing one key.  The two chains stay singly linked (not
+ * list.h): there is one owner per key and container, the chains are short
+ * (usually one owner per key) and walked only when records change, and two
+ * more pointers per owner would cost 16 bytes for every key registered. */
 typedef struct owner {
   rkey_t *key;
   rcont_t *cont;
@@ -36,9 +40,20 @@ struct rcont {
   char *id;
   char *image;
   owner_t *owners;
+  /* make-before-break: the keys it no longer produces whose delete waits
+   * until the keys it produces now are in etcd (rkey_t.qnode, held) */
+  list_t held;
 };
 
-typedef enum { ACT_NONE, ACT_PUT, ACT_REFRESH, ACT_DELETE, ACT_RMDIR } act_t;
+/* ACT_HOLD is only ever a decision: a delete that must wait (rcont_t.held) */
+typedef enum {
+  ACT_NONE,
+  ACT_PUT,
+  ACT_REFRESH,
+  ACT_DELETE,
+  ACT_RMDIR,
+  ACT_HOLD
+} act_t;
 
 struct rkey {
   char *key;       /* also the map key */
@@ -54,11 +69,17 @@ struct rkey {
   unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
   unsigned again : 1;      /* touched while in flight: look again after */
   unsigned solo : 1;       /* a transaction with it failed: alone next time */
+  unsigned filling : 1;    /* in the v3 transaction not sent yet (r->batch) */
+  unsigned held : 1;       /* qnode is on a container's held list */
+  unsigned act : 3;        /* act_t: the request in flight (a bit-field: the key
+                            * stays 88 bytes with its list node) */
+  unsigned sent_ds : 16;   /* uv_now() / 100 when that request was started,
+                            * modulo 2^16 (about 109 minutes) */
   unsigned mark;           /* listing generation that saw this key */
-  act_t act;               /* the request in flight */
   char *gone_id;           /* last owner, for the removal log line */
   char *gone_image;
-  list_t qnode; /* on r->queue: to be looked at */
+  list_t qnode; /* on r->queue: to be looked at; or, if held, on its last
+                 owner's held list: its delete waits (rcont_t.held) */
   etcd_op_t *op;
   reconcile_t *r;
 };
@@ -80,6 +101,7 @@ struct reconcile {
   map_t *conts; /* container id -> rcont_t */
   list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
   size_t nqueued;
+  size_t nheld;  /* deletes waiting on rcont_t.held lists */
   size_t nowned; /* keys with at least one owner */
   int inflight;
   size_t nfailed;
@@ -154,8 +176,17 @@ void rcont_drop(reconcile_t *r, rcont_t *c);
 
 /* ---- reconcile_queue.c: the queue and the requests ---- */
 
-/* Puts k on the queue unless it is there already. */
+/* Puts k on the queue unless it is there already (a held key leaves its
+ * held list: it is looked at again). */
 void rkey_touch(reconcile_t *r, rkey_t *k);
+/* Make-before-break.  A key that its last container no longer produces is
+ * deleted only once every key that container produces now is in etcd
+ * (acknowledged), or goes in the same v3 transaction as the last of them;
+ * until then it waits on the container's held list.  A container that is
+ * gone has no new keys: its deletes go at once. */
+/* Queues c's held deletes again if its keys are in etcd now; with all != 0
+ * unconditionally (c is going away). */
+void rcont_release(reconcile_t *r, rcont_t *c, int all);
 /* Touches every key (and clears their failed marks). */
 void reconcile_touch_all(reconcile_t *r);
 /* Works the queue as far as the concurrency allows; never re-entered. */

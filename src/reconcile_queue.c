@@ -21,7 +21,10 @@ static void reconcile_list_start(reconcile_t *r);
 
 /* ---- the queue ---- */
 
+static void rkey_unhold(reconcile_t *r, rkey_t *k);
+
 void rkey_touch(reconcile_t *r, rkey_t *k) {
+  rkey_unhold(r, k);                  /* looked at again now */
   if (list_linked(&k->qnode)) return; /* queued at most once */
   list_insert_tail(&r->queue, &k->qnode);
   r->nqueued++;
@@ -41,12 +44,59 @@ void reconcile_touch_all(reconcile_t *r) {
   }
 }
 
+/* ---- make-before-break ---- */
+
+enum { NEW_IN_ETCD, NEW_IN_BATCH, NEW_PENDING };
+
+/* Where the keys c produces are: all in etcd, the missing ones all in the
+ * v3 transaction being filled (a delete may join it: one revision), or
+ * some still to be written. */
+static int rcont_new_keys(const rcont_t *c) {
+  int where = NEW_IN_ETCD;
+  for (const owner_t *o = c->owners; o; o = o->cnext) {
+    const rkey_t *k = o->key;
+    if (k->have_known && k->have && !(k->inflight && k->act == ACT_DELETE))
+      continue; /* a consumer sees it (maybe with an older value) */
+    if (k->filling && k->act == ACT_PUT) {
+      where = NEW_IN_BATCH;
+      continue;
+    }
+    return NEW_PENDING;
+  }
+  return where;
+}
+
+/* A held key's qnode is on its container's held list instead of r->queue:
+ * a key is queued, held, or neither. */
+static void rkey_unhold(reconcile_t *r, rkey_t *k) {
+  if (!k->held) return;
+  list_remove(&k->qnode);
+  k->held = 0;
+  r->nheld--;
+}
+
+/* k was just taken off the queue. */
+static void rkey_hold(reconcile_t *r, rkey_t *k, rcont_t *c) {
+  REGISTER_ASSERT(!k->held && !list_linked(&k->qnode));
+  list_insert_tail(&c->held, &k->qnode);
+  k->held = 1;
+  r->nheld++;
+}
+
+void rcont_release(reconcile_t *r, rcont_t *c, int all) {
+  if (list_empty(&c->held) || (!all && rcont_new_keys(c) == NEW_PENDING))
+    return;
+  list_t *n;
+  while ((n = list_first(&c->held)))
+    rkey_touch(r, list_entry(n, rkey_t, qnode)); /* unholds it */
+}
+
 /* ---- converged ---- */
 
 int reconcile_converged(const reconcile_t *r) {
   return r->primed && r->docker_synced && list_empty(&r->queue) &&
-         r->inflight == 0 && r->nfailed == 0 && !r->paused && !r->list_op &&
-         !r->prefix_op && !r->batch;
+         r->nheld == 0 && r->inflight == 0 && r->nfailed == 0 && !r->paused &&
+         !r->list_op && !r->prefix_op && !r->batch;
 }
 
 void reconcile_check_converged(reconcile_t *r) {
@@ -78,20 +128,49 @@ void reconcile_check_converged(reconcile_t *r) {
 
 /* ---- backoff ---- */
 
+/* Writes pause after a failure: 200 ms doubling to 5 s, jittered (a half
+ * to all of it).  The pause counts from when the failed request was sent:
+ * one that hung through its whole budget (a partition, a member without a
+ * leader) has waited already, so the next goes after a little jitter and
+ * a host cut off always has a request out to notice the heal.  The first
+ * write that etcd answers again ends the pause (see resume()). */
+#define RESUME_JITTER_MS 100
+
 static void backoff_cb(uv_timer_t *t) {
   reconcile_t *r = t->data;
   r->paused = 0;
   reconcile_pump(r);
 }
 
-static void backoff(reconcile_t *r) {
+static void backoff(reconcile_t *r, uint64_t waited_ms) {
   if (r->paused) return;
   r->paused = 1;
   uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
   if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
   r->failures++;
   d = d / 2 + util_rand((uint32_t)d / 2 + 1);
+  d = d > waited_ms + RESUME_JITTER_MS ? d - waited_ms
+                                       : util_rand(RESUME_JITTER_MS + 1);
   uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* rkey_t.sent_ds: tenths of a second, modulo 2^16 */
+static unsigned sent_stamp(const reconcile_t *r) {
+  return (unsigned)(uv_now(r->loop) / 100) & 0xffffu;
+}
+
+static uint64_t waited_ms(const reconcile_t *r, const rkey_t *k) {
+  return (uint64_t)((sent_stamp(r) - k->sent_ds) & 0xffffu) * 100;
+}
+
+/* etcd answered a write: what still waits out a pause goes now, after a
+ * little jitter so that hosts coming back together do not write in
+ * lock-step. */
+static void resume(reconcile_t *r) {
+  if (!r->paused) return;
+  uint64_t j = util_rand(RESUME_JITTER_MS + 1);
+  if (uv_timer_get_due_in(&r->backoff_timer) > j)
+    uv_timer_start(&r->backoff_timer, backoff_cb, j, 0);
 }
 
 /* ---- requests ---- */
@@ -188,6 +267,8 @@ static void batch_flush(reconcile_t *r) {
   etcd_txn_item_t items[ETCD_TXN_MAX];
   for (size_t i = 0; i < b->n; i++) {
     rkey_t *k = b->keys[i];
+    k->filling = 0;
+    k->sent_ds = sent_stamp(r);
     items[i].is_delete = k->act == ACT_DELETE;
     items[i].key = k->key;
     items[i].value = k->sent ? k->sent->s : NULL;
@@ -216,6 +297,7 @@ static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
   }
   k->act = act;
   k->inflight = 1;
+  k->filling = 1;
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
   r->batch->keys[r->batch->n++] = k;
@@ -228,6 +310,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
   k->act = act;
   k->inflight = 1;
+  k->sent_ds = sent_stamp(r);
   r->inflight++;
   rstr_unref(k->sent);
   k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
@@ -255,6 +338,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
     k->op = etcd_delete_dir(r->etcd, k->key, reconcile_op_done, k);
     break;
   case ACT_NONE:
+  case ACT_HOLD:
     break;
   }
   if (!k->op) {
@@ -278,6 +362,7 @@ static void reconcile_op_done(void *data, const etcd_result_t *res) {
 /* One key's write or delete has a result (alone or in a transaction). */
 static void key_done(rkey_t *k, const etcd_result_t *res) {
   static const etcd_result_t ok = {ETCD_OK, NULL};
+  REGISTER_ASSERT(k->inflight); /* a write or delete was in flight */
   reconcile_t *r = k->r;
   act_t act = k->act;
   int again = k->again;
@@ -297,12 +382,13 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
                  res->error, NULL);
     }
-    backoff(r);
+    backoff(r, waited_ms(r, k));
     rkey_touch(r, k);
     reconcile_pump(r);
     return;
   }
   r->failures = 0;
+  resume(r);
   if (r->outage) {
     /* etcd may have restarted without its data meanwhile: look again */
     r->outage = 0;
@@ -321,6 +407,9 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       k->refresh_due = 0;
       if (r->changed)
         r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+      /* the deletes this key was holding back may go now */
+      for (owner_t *o = k->owners; o; o = o->knext)
+        rcont_release(r, o->cont, 0);
     }
     break;
   case ACT_REFRESH:
@@ -359,6 +448,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     res = &ok;
     break;
   case ACT_NONE:
+  case ACT_HOLD:
     break;
   }
   if (res->status != ETCD_OK) {
@@ -375,8 +465,9 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   reconcile_pump(r);
 }
 
-/* What a key needs now. */
-static act_t decide(reconcile_t *r, rkey_t *k) {
+/* What a key needs now; for ACT_HOLD, *holder is the container its delete
+ * waits for. */
+static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   if (k->is_dir) return ACT_RMDIR;
   if (k->failed) return ACT_NONE;
   rstr_t *want = k->owners ? k->owners->value : NULL;
@@ -395,6 +486,17 @@ static act_t decide(reconcile_t *r, rkey_t *k) {
   if (r->prefix_op && reconcile_in_prefix(r, k->key))
     return ACT_NONE;                                        /* going */
   if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+  /* make-before-break: a container that still runs and no longer produces
+   * this key (a reload, a re-keying) has its new keys in etcd first */
+  rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
+  int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
+  if (where == NEW_PENDING ||
+      (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
+    /* v2: it must not expire meanwhile */
+    if (r->key_refresh && r->ttl > 0 && k->refresh_due) return ACT_REFRESH;
+    *holder = c;
+    return ACT_HOLD;
+  }
   return ACT_DELETE;
 }
 
@@ -415,7 +517,12 @@ void reconcile_pump(reconcile_t *r) {
       k->again = 1;
       continue;
     }
-    act_t act = decide(r, k);
+    rcont_t *holder = NULL;
+    act_t act = decide(r, k, &holder);
+    if (act == ACT_HOLD) {
+      rkey_hold(r, k, holder);
+      continue;
+    }
     if (act == ACT_NONE) {
       rkey_maybe_drop(r, k);
       continue;
@@ -629,7 +736,7 @@ static void refresh_cb(uv_timer_t *t) {
   map_iter_init(&it, r->keys);
   while (map_iter_next(&it, NULL, &v)) {
     rkey_t *k = v;
-    if (k->owners && k->have) {
+    if ((k->owners || k->held) && k->have) {
       k->refresh_due = 1;
       rkey_touch(r, k);
     }
@@ -674,6 +781,7 @@ void reconcile_queue_stop(reconcile_t *r) {
 
 static void reconcile_timer_closed(uv_handle_t *h) {
   reconcile_t *r = h->data;
+  REGISTER_ASSERT(r->open_handles > 0); /* one close callback per timer */
   if (--r->open_handles == 0) free(r);
 }
 

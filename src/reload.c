@@ -28,14 +28,17 @@ typedef struct {
 
 struct reload {
   reload_commit_cb commit;
+  const checks_t *checks; /* the states records() sees; not ours */
   void *ud;
   txn_t *txn; /* the reload running, or NULL */
   uint64_t ok, failed;
 };
 
-reload_t *reload_new(reload_commit_cb commit, void *ud) {
+reload_t *reload_new(reload_commit_cb commit, const checks_t *checks,
+                     void *ud) {
   reload_t *r = xcalloc(1, sizeof *r);
   r->commit = commit;
+  r->checks = checks;
   r->ud = ud;
   return r;
 }
@@ -98,11 +101,15 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   if (t->failed) return;
   pending_t *pd = xcalloc(1, sizeof *pd);
   char err[600], old_err[600];
-  if (policy_records(t->policy, inspect, &pd->recs, err, sizeof err) < 0) {
+  policy_check_state_t states[POLICY_MAX_CHECKS];
+  policy_check_view_t view;
+  policy_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
+  if (policy_records_checked(t->policy, inspect, &view, &pd->recs, err,
+                             sizeof err) < 0) {
     free(pd);
     records_t old;
-    if (policy_records(t->current, inspect, &old, old_err, sizeof old_err) ==
-        0) {
+    if (policy_records_checked(t->current, inspect, &view, &old, old_err,
+                               sizeof old_err) == 0) {
       records_free(&old);
       log_error("policy reload failed, keeping the old policy: %s", err);
       t->failed = 1;
@@ -121,6 +128,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
 static void reload_done(void *ud, int ok, const char *why) {
   txn_t *t = ud;
   reload_t *r = t->r;
+  REGISTER_ASSERT(r->txn == t); /* the running reload ends once */
   if (!ok || t->failed) {
     if (!ok)
       log_error("policy reload failed, keeping the old policy: %s",
@@ -131,8 +139,11 @@ static void reload_done(void *ud, int ok, const char *why) {
     return;
   }
   r->ok++;
-  /* commit: the new policy is in force from here on */
+  /* commit: the new policy is in force from here on.  With checks() in
+   * either policy, every container is inspected again under the new one:
+   * that sets the checks it asks for, and runs records() with them. */
   policy_t *fresh = t->policy;
+  int recheck = policy_has_checks(fresh) || policy_has_checks(t->current);
   t->policy = r->commit(r->ud, fresh); /* the old one, freed with t */
   const char *prefix = policy_prefix(fresh);
   reconcile_set_prefix(t->rec, prefix);
@@ -145,6 +156,7 @@ static void reload_done(void *ud, int ok, const char *why) {
     pending_t *pd = v;
     if (map_get(t->touched, id)) continue; /* inspected again below */
     reconcile_set(t->rec, id, pd->image, &pd->recs);
+    if (recheck) docker_refresh(t->docker, id);
     n++;
   }
   map_iter_init(&it, t->touched);

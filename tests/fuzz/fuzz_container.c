@@ -12,7 +12,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static policy_t *p;
   char err[600];
   if (!p) {
-    policy_opts_t o = {NULL, "10.0.0.1", "fuzz", 0, 0, NULL};
+    policy_opts_t o = {0};
+    o.host_ip = "10.0.0.1";
+    o.hostname = "fuzz";
     p = policy_new(&o, err, sizeof err);
     if (!p) abort();
   }

@@ -153,7 +153,8 @@ class FakeDocker:
             return [c for c in self.containers.values() if c["State"]["Running"]]
 
     def fault_inspect(self, cid, *faults):
-        """Faults for the next inspects of cid: 500, 404, "badjson", "cut", "hang"."""
+        """Faults for the next inspects of cid: 500, 404, "badjson", "cut", "hang",
+        "huge" (a 33 MiB body)."""
         with self.lock:
             self.inspect_faults.setdefault(cid, []).extend(faults)
 
@@ -306,6 +307,8 @@ class FakeDocker:
                 self._respond(writer, 404, '{"message":"No such container: %s"}' % cid)
             elif fault == "badjson":
                 self._respond(writer, 200, body[: len(body) // 2] + "}}}")
+            elif fault == "huge":  # a reply past register's cap (32 MiB)
+                self._respond(writer, 200, body[:-1] + ',"Junk":"' + "x" * (33 << 20) + '"}')
             elif fault == "cut":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + body[:50].encode())
                 await writer.drain()

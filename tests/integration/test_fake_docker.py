@@ -144,6 +144,12 @@ def inspect_500_and_bad_json_are_retried():
     r.wait_log(f'docker: inspect failed; retrying container={c} error="HTTP 500: inspect exploded"')
     r.wait_log("error=\"invalid JSON")
     converged(fake, timeout=20)  # retries after 1 s, then 2 s
+    # a reply past the cap: a clear error, not read, retried
+    c2 = fake.add()
+    fake.fault_inspect(c2, "huge")
+    fake.emit(fake.event("start", c2))
+    r.wait_log("reply larger than the 33554432 byte cap; not read")
+    converged(fake, timeout=20)
     finish(r, fake)
 
 
@@ -263,6 +269,36 @@ def nothing_registered_is_lost_when_docker_goes_away():
     converged(fake2)  # b is gone, a stays
     assert f"/registered/{IP}/bbx/{b}" not in etcd.tree()
     finish(r, fake2)
+
+
+
+@suite.test
+def docker_rm_costs_no_wasted_inspect():
+    """`docker rm -f` sends a network disconnect just before die: the
+    disconnect's inspect waits for the die, so none is sent; a disconnect
+    alone is still followed by an inspect (the policy may use networks)."""
+    fake = setup()
+    c = fake.add()
+    r = start(fake)
+    converged(fake)
+    path = f"/v1.41/containers/{c}/json"
+    inspects = lambda: sum(1 for m, p in list(fake.requests) if p.startswith(path))  # noqa: E731
+    before = inspects()
+    fake.emit(fake.event("disconnect", "n1", etype="network", attrs={"container": c, "name": "bridge"}))
+    time.sleep(0.03)  # dockerd sends die a few ms after the disconnect
+    fake.die(c)
+    converged(fake)
+    time.sleep(0.5)
+    assert inspects() == before, (before, inspects())
+    c2 = fake.add()
+    fake.start_container(c2)
+    converged(fake)
+    path2 = f"/v1.41/containers/{c2}/json"
+    n2 = sum(1 for m, p in list(fake.requests) if p.startswith(path2))
+    fake.emit(fake.event("disconnect", "n1", etype="network", attrs={"container": c2, "name": "bridge"}))
+    wait_for(lambda: sum(1 for m, p in list(fake.requests) if p.startswith(path2)) == n2 + 1,
+             what="the inspect after a disconnect alone")
+    finish(r, fake)
 
 
 suite.run()

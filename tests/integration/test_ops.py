@@ -227,10 +227,12 @@ def systemd_notify_protocol():
     suite.defer(r.cleanup)
     got = []
     deadline = time.time() + 10
-    while time.time() < deadline and not any("READY=1" in g for g in got):
+    while time.time() < deadline and not any("STATUS=in sync: 1 keys from 1 containers" in g for g in got):
         got.append(s.recv(4096).decode())
+    # READY=1 once Docker is followed (with how far the sync is), once
     ready = [g for g in got if "READY=1" in g]
-    assert ready and "STATUS=in sync: 1 keys from 1 containers" in ready[0], got
+    assert len(ready) == 1 and "STATUS=" in ready[0], got
+    assert any("STATUS=in sync: 1 keys from 1 containers" in g for g in got[got.index(ready[0]):]), got
     assert "in sync" in r.output()
     # the watchdog keeps coming, at half of WATCHDOG_USEC
     t0 = time.time()
@@ -263,6 +265,71 @@ def metrics_flag_errors():
     assert p.returncode == 1, p.stderr
     assert f"--metrics 127.0.0.1:{port}: cannot listen: address already in use" in p.stderr, p.stderr
     busy.close()
+
+
+
+@suite.test
+def ready_while_etcd_is_down():
+    """etcd down at boot: READY=1 all the same (Docker is followed), with the
+    wait in STATUS=; "in sync" once etcd is back."""
+    reset()
+    d = tmpdir("rn")
+    path = os.path.join(d, "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(10)
+    c = fake.add()
+    down = Etcd()  # not started yet
+    suite.defer(down.cleanup)
+    r = Register("--etcd", down.url, "--docker", fake.host, host_ip=IP,
+                 env={"NOTIFY_SOCKET": path}).start()
+    suite.defer(r.cleanup)
+    got = []
+    deadline = time.time() + 15
+    while time.time() < deadline and not any("waiting for etcd: 1 keys from 1 containers to sync (" in g for g in got):
+        got.append(s.recv(4096).decode())
+    ready = [g for g in got if "READY=1" in g]
+    assert len(ready) == 1, got
+    assert any("STATUS=waiting for etcd: 1 keys from 1 containers to sync (" in g for g in got), got
+    down.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and not any("STATUS=in sync: 1 keys from 1 containers" in g for g in got):
+        got.append(s.recv(4096).decode())
+    assert any("STATUS=in sync: 1 keys from 1 containers" in g for g in got), got
+    assert list(down.tree(f"/registered/{IP}")) == [f"/registered/{IP}/bbx/{c}"]
+    r.stop()
+
+
+
+@suite.test
+def deregistration_window_ignores_resync_and_sighup():
+    """--deregister-on-exit: while the deletes wait for an etcd that does not
+    answer (frozen), the resync timer and a SIGHUP must not reach the Docker
+    module, which is already gone; register exits 0 after its 10 s window."""
+    reset()
+    c = fake.add()
+    slow = Etcd().start()
+    suite.defer(slow.cleanup)
+    pol = os.path.join(tmpdir("rp"), "p.lua")
+    with open(pol, "w") as f:
+        f.write('return require "register.default"\n')
+    r = Register("--etcd", slow.url, "--docker", fake.host, "--policy", pol, "--resync", "1",
+                 "--deregister-on-exit", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    assert f"/registered/{IP}/bbx/{c}" in slow.tree(f"/registered/{IP}")
+    os.kill(slow.proc.pid, signal.SIGSTOP)
+    try:
+        r.proc.send_signal(signal.SIGTERM)
+        r.wait_log("deregistering this host's keys before exit")
+        time.sleep(1.5)  # at least one resync period inside the window
+        r.proc.send_signal(signal.SIGHUP)
+        r.wait_log("SIGHUP while shutting down: no reload")
+        rc = r.proc.wait(30)
+    finally:
+        os.kill(slow.proc.pid, signal.SIGCONT)
+    assert rc == 0, (rc, r.output()[-3000:])
+    assert "exiting before every key could be deleted" in r.output(), r.output()[-3000:]
 
 
 suite.run()

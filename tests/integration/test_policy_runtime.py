@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
@@ -305,6 +307,132 @@ return {
     assert f'container {bad[:12]}: key "relative/key": key is not absolute' in out, out
     assert not any(loop in k or io in k for k in etcd.tree()), [k for k in etcd.tree() if loop in k or io in k]
     r.stop()
+
+
+class SlowWrites(http.server.ThreadingHTTPServer):
+    """A proxy in front of etcd that holds every v2 write (PUT) for `delay`
+    seconds and passes everything else (deletes, reads) through at once: a
+    put in flight while the delete of the same container's old key is
+    sent would land after it, and a consumer would see the service lose a
+    backend."""
+
+    def __init__(self, upstream, delay=0.0):
+        self.delay = delay
+        host, port = upstream[len("http://"):].split(":")
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+                if self.command == "PUT":
+                    time.sleep(outer.delay)
+                import http.client
+                c = http.client.HTTPConnection(host, int(port), timeout=30)
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
+                c.request(self.command, self.path, body=body or None, headers=hdrs)
+                resp = c.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                c.close()
+            do_GET = do_PUT = do_DELETE = do_POST = forward
+
+            def log_message(self, *a):
+                pass
+        super().__init__(("127.0.0.1", 0), H)
+        self.daemon_threads = True
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        suite.defer(self.shutdown)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def v2_events_since(index, prefix):
+    """etcd v2 history after `index` below prefix, as a watcher sees it."""
+    evs = []
+    while True:
+        url = f"{etcd.url}/v2/keys{prefix}?wait=true&recursive=true&waitIndex={index + 1}"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                ev = json.loads(resp.read())
+        except Exception:
+            return evs  # nothing more: the watch would block
+        evs.append(ev)
+        index = ev["node"]["modifiedIndex"]
+
+
+MBB = '''return {
+  prefix = function(h) return "/p/" .. h.ip end,
+  records = function(c, h)
+    if NAMING == "a" then return { ["/p/" .. h.ip .. "/a/" .. c.name] = "up" } end
+    if c.name:sub(1, 1) == "f" then return { ["/mbb-blocked/" .. c.name] = "up" } end
+    return { ["/p/" .. h.ip .. "/b/" .. c.name] = "up" }
+  end }
+'''
+
+
+@suite.test
+def reload_rekeying_is_make_before_break():
+    """A reload that renames every container's key (v2): for each of 40
+    containers a watcher of the prefix sees the new key written before the
+    old one is deleted, even though etcd answers the writes slowly and the
+    deletes at once.  Two containers whose new key etcd refuses keep their
+    old key; one of them removed, its old key goes at once."""
+    reset()
+    etcd.etcdctl("rm", "--recursive", "/mbb-blocked", check=False)
+    pol = policy("mbb.lua", 'NAMING = "a"\n' + MBB)
+    names = [f"c{i:02d}" for i in range(40)] + ["f0", "f1"]
+    ids = {n: fake.add(name=n) for n in names}
+    proxy = SlowWrites(etcd.url)
+    r = Register("--etcd", proxy.url, "--docker", fake.host, "--policy", pol, "--ttl", "30",
+                 host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    P = f"/p/{IP}"
+    wait_for(lambda: sorted(tree()) == sorted(f"{P}/a/{n}" for n in names), what="the old naming")
+    # etcd refuses a put where a directory is
+    for n in ("f0", "f1"):
+        etcd.etcdctl("mkdir", f"/mbb-blocked/{n}")
+    idx = etcd.index()
+    proxy.delay = 0.3
+    policy("mbb.lua", 'NAMING = "b"\n' + MBB)
+    r.proc.send_signal(signal.SIGHUP)
+    r.wait_log(f"policy {pol} reloaded: 42 containers re-evaluated")
+    want = {f"{P}/b/{n}": "up" for n in names if n[0] == "c"}
+    want.update({f"{P}/a/f0": "up", f"{P}/a/f1": "up"})
+    wait_for(lambda: tree() == want, 20, what="the new naming")
+    r.wait_log("etcd refused the write", count=2)
+    time.sleep(1.0)  # the refused ones keep their old key
+    assert tree() == want, tree()
+    evs = v2_events_since(idx, "/p")
+    at = {}
+    for e in evs:
+        at.setdefault((e["action"], e["node"]["key"]), e["node"]["modifiedIndex"])
+    for n in names:
+        if n[0] != "c":
+            continue
+        put = min((at[(a, f"{P}/b/{n}")] for a in ("set", "create", "update") if (a, f"{P}/b/{n}") in at), default=None)
+        gone = at.get(("delete", f"{P}/a/{n}"))
+        assert put and gone, (n, put, gone, evs)
+        assert put < gone, f"{n}: old key deleted at {gone} before the new one was written at {put}"
+    assert not [e for e in evs if e["action"] in ("delete", "expire") and "/a/f" in e["node"]["key"]], evs
+    # a container that goes has nothing to wait for: its held delete goes
+    proxy.delay = 0.0
+    fake.remove(ids["f0"])
+    fake.emit(fake.event("destroy", ids["f0"]))
+    wait_for(lambda: f"{P}/a/f0" not in tree(), 5, what="the removed container's key")
+    assert f"{P}/a/f1" in tree()
+    r.stop()
+    etcd.etcdctl("rm", "--recursive", "/mbb-blocked", check=False)
 
 
 suite.run()

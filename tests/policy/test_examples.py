@@ -311,7 +311,8 @@ def host_network_containers_get_the_host_address():
 def every_example_loads_and_is_tested():
     names = sorted(f for f in os.listdir(EX) if f.endswith(".lua"))
     assert len(names) >= 7, names
-    src = open(__file__).read()
+    # an example's test is here, or in test_checks.py (health-checks.lua)
+    src = open(__file__).read() + open(os.path.join(os.path.dirname(__file__), "test_checks.py")).read()
     for n in names:
         assert f'"{n}"' in src, f"example {n} has no test here"
         r = subprocess.run([REGISTER, "check", os.path.join(EX, n)], capture_output=True, text=True)

@@ -48,7 +48,7 @@ TEST(container_actions_that_reinspect) {
 }
 
 TEST(container_actions_that_remove) {
-  static const char *const acts[] = {"die", "destroy"};
+  static const char *const acts[] = {"die", "destroy", "remove" /* podman */};
   for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
     json_doc_t *doc;
     const char *id;
@@ -61,7 +61,7 @@ TEST(container_actions_that_remove) {
 
 TEST(container_actions_ignored) {
   /* a name matches whole (or before ':' for the reinspecting ones);
-   * podman's remove/init/cleanup/attach are not handled yet */
+   * podman's init, cleanup and attach change nothing */
   static const char *const acts[] = {"create",
                                      "kill",
                                      "stop",
@@ -71,7 +71,7 @@ TEST(container_actions_ignored) {
                                      "health_statusx",
                                      "die: 137",
                                      "resize",
-                                     "remove",
+                                     "removex",
                                      "init",
                                      "cleanup",
                                      "",
@@ -85,6 +85,34 @@ TEST(container_actions_ignored) {
     ASSERT(id == NULL);
     json_free(doc);
   }
+}
+
+TEST(health_status_from_the_action_or_podmans_field) {
+  json_doc_t *doc;
+  char err[200];
+  docker_event_t ev;
+  const char *docker = "{\"Type\":\"container\",\"Action\":\"health_status: "
+                       "unhealthy\",\"Actor\":{\"ID\":\"c1\"},\"time\":1}";
+  doc = json_parse(docker, strlen(docker), err, sizeof err);
+  ASSERT(doc);
+  ASSERT_EQ(docker_parse_event(json_root(doc), 0, &ev, err, sizeof err), 0);
+  ASSERT_STR_EQ(ev.health_status, "unhealthy");
+  json_free(doc);
+  const char *podman = "{\"Type\":\"container\",\"Action\":\"health_status\","
+                       "\"HealthStatus\":\"healthy\",\"Actor\":{\"ID\":"
+                       "\"c1\"},\"time\":1}";
+  doc = json_parse(podman, strlen(podman), err, sizeof err);
+  ASSERT(doc);
+  ASSERT_EQ(docker_parse_event(json_root(doc), 0, &ev, err, sizeof err), 0);
+  ASSERT_STR_EQ(ev.health_status, "healthy");
+  json_free(doc);
+  const char *start = "{\"Type\":\"container\",\"Action\":\"start\","
+                      "\"Actor\":{\"ID\":\"c1\"},\"time\":1}";
+  doc = json_parse(start, strlen(start), err, sizeof err);
+  ASSERT(doc);
+  ASSERT_EQ(docker_parse_event(json_root(doc), 0, &ev, err, sizeof err), 0);
+  ASSERT(ev.health_status == NULL);
+  json_free(doc);
 }
 
 TEST(container_event_without_id) {
@@ -171,5 +199,6 @@ TEST(legacy_events) {
 TEST_MAIN(TEST_ENTRY(container_actions_that_reinspect),
           TEST_ENTRY(container_actions_that_remove),
           TEST_ENTRY(container_actions_ignored),
+          TEST_ENTRY(health_status_from_the_action_or_podmans_field),
           TEST_ENTRY(container_event_without_id), TEST_ENTRY(network_events),
           TEST_ENTRY(other_types), TEST_ENTRY(legacy_events))

@@ -1,0 +1,1 @@
+return { records = function(c) return { ["/a"] = { c.labels, c.env, c.networks, c.state, c.exposed } } end }

@@ -1,0 +1,1 @@
+return { records = function(c) local t = {} for i = 1, 1e9 do t[i] = ("x"):rep(100) .. i end end }

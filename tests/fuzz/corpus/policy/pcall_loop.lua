@@ -1,0 +1,1 @@
+return { records = function(c) while true do pcall(function() while true do end end) end end }

@@ -1,0 +1,1 @@
+return { records = function(c) setmetatable({}, {__gc = print}); os.execute("x") end }

@@ -1,0 +1,1 @@
+return { records = function(c) return { [1] = 2, ["/x"] = 3, ["rel"] = "y" } end, checks = function(c) return {{port = "80/tcp", type = "http", interval = 1}} end }

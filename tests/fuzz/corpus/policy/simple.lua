@@ -1,0 +1,1 @@
+return { records = function(c, h) return { ["/k/" .. c.name] = c.image } end }

@@ -1,0 +1,170 @@
+"""register.checks(c): registrator's SERVICE_CHECK_* names read from labels
+and env, run through `register check` over variants of saved inspect
+documents; and the health-checks.lua example (this part needs the
+runtime's checks(): `register check --assume-checks passing|failing`)."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+from harness import REGISTER, Suite  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DATA = os.path.join(ROOT, "tests", "data", "inspect")
+EX = os.path.join(ROOT, "lua", "examples")
+IP = "10.0.0.9"
+suite = Suite()
+TMP = tempfile.mkdtemp(prefix="rpc")
+
+# records() returns what register.checks(c) made of the container, or the
+# error it raised
+HELPER = os.path.join(TMP, "checks-helper.lua")
+with open(HELPER, "w") as f:
+    f.write(r'''
+local register = require "register"
+return { records = function(c)
+  local ok, v = pcall(register.checks, c)
+  if not ok then return { ["/error"] = tostring(v) } end
+  return { ["/checks"] = register.json.encode(register.json.array(v)) }
+end }
+''')
+
+
+def sample(name):
+    return json.load(open(os.path.join(DATA, name + ".json")))[0]
+
+
+def doc(base="multi", labels=None, env=None, ports=None):
+    c = copy.deepcopy(sample(base))
+    c["Config"]["Labels"] = labels or {}
+    c["Config"]["Env"] = ["PATH=/bin"] + [f"{k}={v}" for k, v in (env or {}).items()]
+    if ports is not None:
+        c["NetworkSettings"]["Ports"] = ports
+    return c
+
+
+def run(policy, d, *extra):
+    p = os.path.join(TMP, f"doc{len(os.listdir(TMP))}.json")
+    json.dump(d, open(p, "w"))
+    r = subprocess.run([REGISTER, "check", "--host-ip", IP, "--hostname", "node9", *extra, policy, p],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    return {o["key"]: o["value"] for o in map(json.loads, r.stdout.splitlines()) if "key" in o}
+
+
+def checks(**kw):
+    out = run(HELPER, doc(**kw))
+    assert "/checks" in out, out
+    return json.loads(out["/checks"])
+
+
+def error(**kw):
+    out = run(HELPER, doc(**kw))
+    assert "/error" in out, out
+    return out["/error"]
+
+
+@suite.test
+def no_labels_no_checks():
+    assert checks() == []
+    # other SERVICE_* keys do not ask for checks
+    assert checks(labels={"SERVICE_NAME": "web", "SERVICE_80_TAGS": "a"}) == []
+    assert checks(labels={"SERVICE_CHECK_TCP": "false"}) == []
+
+
+@suite.test
+def generic_http_applies_to_every_published_tcp_port():
+    got = checks(labels={"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_INTERVAL": "5s",
+                         "SERVICE_CHECK_TIMEOUT": "2s"})
+    # multi publishes 53/udp, 80/tcp, 9200/tcp: the TCP ones, in Docker's order
+    assert [c["port"] for c in got] == ["80/tcp", "9200/tcp"], got
+    assert got[0] == {"port": "80/tcp", "type": "http", "path": "/health", "method": "GET",
+                      "status": [200, 399], "interval": 5, "timeout": 2, "rise": 1, "fall": 1}, got[0]
+
+
+@suite.test
+def defaults_and_durations():
+    got = checks(env={"SERVICE_CHECK_TCP": "true"})
+    assert got[0] == {"port": "80/tcp", "type": "tcp", "interval": 5, "timeout": 2, "rise": 1, "fall": 1}
+    for text, secs in (("500ms", 0.5), ("1m", 60), ("1m30s", 90), ("1.5s", 1.5), ("3", 3), ("2h", 7200)):
+        got = checks(labels={"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INTERVAL": text,
+                             "SERVICE_CHECK_TIMEOUT": "100ms"})
+        assert got[0]["interval"] == secs, (text, got)
+        assert got[0]["timeout"] == 0.1, got
+    # the default timeout never exceeds a short interval
+    got = checks(labels={"SERVICE_CHECK_TCP": "yes", "SERVICE_CHECK_INTERVAL": "500ms"})
+    assert got[0]["timeout"] == 0.5, got
+
+
+@suite.test
+def per_port_wins_over_generic():
+    got = checks(env={"SERVICE_CHECK_HTTP": "/env", "SERVICE_CHECK_RISE": "2"},
+                 labels={"SERVICE_CHECK_HTTP": "/label", "SERVICE_CHECK_FALL": "3",
+                         "SERVICE_9200_CHECK_TCP": "true", "SERVICE_9200_CHECK_INTERVAL": "10s",
+                         "SERVICE_80_CHECK_STATUS": "200-204", "SERVICE_80_CHECK_METHOD": "post",
+                         "SERVICE_80_CHECK_HOST": "web.example"})
+    by = {c["port"]: c for c in got}
+    # labels win over env; generic keys still apply where no per-port one does
+    assert by["80/tcp"] == {"port": "80/tcp", "type": "http", "path": "/label", "method": "POST",
+                            "status": [200, 204], "host": "web.example", "interval": 5, "timeout": 2,
+                            "rise": 2, "fall": 3}, by
+    # a per-port kind wins over the generic kind
+    assert by["9200/tcp"] == {"port": "9200/tcp", "type": "tcp", "interval": 10, "timeout": 2,
+                              "rise": 2, "fall": 3}, by
+    # a per-port false turns the generic check off for that port
+    got = checks(labels={"SERVICE_CHECK_HTTP": "/h", "SERVICE_9200_CHECK_TCP": "false"})
+    assert [c["port"] for c in got] == ["80/tcp"], got
+    # per-port only: that port alone
+    got = checks(labels={"SERVICE_80_CHECK_HTTP": "/only", "SERVICE_80_CHECK_STATUS": "204"})
+    assert got == [{"port": "80/tcp", "type": "http", "path": "/only", "method": "GET",
+                    "status": [204, 204], "interval": 5, "timeout": 2, "rise": 1, "fall": 1}], got
+
+
+@suite.test
+def unpublished_ports_need_an_address():
+    assert checks(base="unpublished", labels={"SERVICE_CHECK_TCP": "true"}) == []
+    got = checks(base="unpublished", labels={"SERVICE_80_CHECK_TCP": "true",
+                                             "SERVICE_80_CHECK_ADDRESS": "bridge"})
+    assert got == [{"port": "80/tcp", "type": "tcp", "interval": 5, "timeout": 2, "rise": 1,
+                    "fall": 1, "address": "bridge"}], got
+
+
+@suite.test
+def malformed_values_name_the_variable():
+    for labels, want in (
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INTERVAL": "5 s"}, "SERVICE_CHECK_INTERVAL: \"5 s\" is not a duration"),
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_80_CHECK_TIMEOUT": "2x"}, "SERVICE_80_CHECK_TIMEOUT: \"2x\" is not a duration"),
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INTERVAL": "0"}, "not a positive duration"),
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INTERVAL": "1s", "SERVICE_CHECK_TIMEOUT": "2s"},
+             "SERVICE_CHECK_TIMEOUT (2s) is longer than the interval"),
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_RISE": "0"}, "SERVICE_CHECK_RISE: \"0\" is not a whole number"),
+            ({"SERVICE_CHECK_TCP": "1", "SERVICE_80_CHECK_FALL": "1.5"}, "SERVICE_80_CHECK_FALL"),
+            ({"SERVICE_CHECK_HTTP": "health"}, "SERVICE_CHECK_HTTP: \"health\" does not start with /"),
+            ({"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_STATUS": "2xx"}, "SERVICE_CHECK_STATUS: \"2xx\""),
+            ({"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_STATUS": "399-200"}, "SERVICE_CHECK_STATUS")):
+        e = error(labels=labels)
+        assert want in e, (labels, e)
+
+
+# ---- the example (needs the runtime's checks(): --assume-checks) ----
+
+@suite.test
+def health_checks_example():
+    ex = os.path.join(EX, "health-checks.lua")
+    default = os.path.join(ROOT, "lua", "default.lua")
+    checked = doc(labels={"SERVICE_CHECK_HTTP": "/health"})
+    plain = doc()
+    want = run(default, checked)
+    assert len(want) == 1, want
+    # with its checks passing, a container is registered as the default
+    # policy registers it; with them failing, not at all
+    assert run(ex, checked, "--assume-checks", "passing") == want
+    assert run(ex, checked, "--assume-checks", "failing") == {}
+    # a container that asks for no check is registered either way
+    assert run(ex, plain, "--assume-checks", "failing") == run(default, plain)
+
+
+suite.run()

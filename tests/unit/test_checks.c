@@ -1,0 +1,987 @@
+/* checks: health checks against real sockets on 127.0.0.1 that the test
+ * makes itself (a listener that accepts and closes, one that accepts and
+ * never answers, a tiny HTTP server, a closed port), target resolution
+ * from saved inspect documents. */
+#include "checks.h"
+#include "http.h"
+#include "json.h"
+#include "test.h"
+
+#include <curl/curl.h>
+#include <uv.h>
+
+/* ---- a small server in the loop ---- */
+
+typedef enum {
+  SRV_CLOSE,  /* accept and close at once */
+  SRV_SILENT, /* accept, read, never answer */
+  SRV_HTTP    /* answer each request head with `status` */
+} srv_mode_t;
+
+typedef struct conn conn_t;
+
+typedef struct {
+  uv_tcp_t listener;
+  srv_mode_t mode;
+  int status;
+  int port;
+  int accepted;
+  int open; /* connections open now */
+  uint64_t accept_ms[4096];
+  char last_head[2048];
+  conn_t *conns;
+} srv_t;
+
+struct conn {
+  uv_tcp_t tcp;
+  srv_t *srv;
+  char in[4096];
+  size_t len;
+  int answered;
+  uv_write_t wr;
+  char out[256];
+  conn_t *prev, *next;
+};
+
+static uv_loop_t loop;
+static http_t *http;
+static uv_timer_t tick;
+
+static void conn_close_cb(uv_handle_t *h) {
+  conn_t *c = h->data;
+  srv_t *s = c->srv;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  s->open--;
+  free(c);
+}
+
+static void conn_close(conn_t *c) {
+  if (!uv_is_closing((uv_handle_t *)&c->tcp))
+    uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t size, uv_buf_t *buf) {
+  (void)size;
+  conn_t *c = h->data;
+  size_t room = sizeof c->in - 1 - c->len;
+  if (room == 0) { /* a head this long: drop what we have */
+    c->len = 0;
+    room = sizeof c->in - 1;
+  }
+  *buf = uv_buf_init(c->in + c->len, (unsigned)room);
+}
+
+static void write_cb(uv_write_t *w, int status) {
+  (void)status;
+  conn_close(w->data);
+}
+
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  conn_t *c = st->data;
+  if (n < 0) {
+    conn_close(c);
+    return;
+  }
+  c->len += (size_t)n;
+  c->in[c->len] = '\0';
+  if (c->srv->mode != SRV_HTTP || c->answered) return;
+  char *end = strstr(c->in, "\r\n\r\n");
+  if (!end) return;
+  snprintf(c->srv->last_head, sizeof c->srv->last_head, "%.*s",
+           (int)(end - c->in), c->in);
+  c->answered = 1;
+  int len = snprintf(c->out, sizeof c->out,
+                     "HTTP/1.1 %d X\r\nContent-Length: 2\r\nConnection: "
+                     "close\r\n\r\nok",
+                     c->srv->status);
+  uv_buf_t b = uv_buf_init(c->out, (unsigned)len);
+  c->wr.data = c;
+  uv_write(&c->wr, st, &b, 1, write_cb);
+}
+
+static void connection_cb(uv_stream_t *l, int status) {
+  srv_t *s = l->data;
+  ASSERT_EQ(status, 0);
+  conn_t *c = calloc(1, sizeof *c);
+  c->srv = s;
+  uv_tcp_init(&loop, &c->tcp);
+  c->tcp.data = c;
+  ASSERT_EQ(uv_accept(l, (uv_stream_t *)&c->tcp), 0);
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  s->open++;
+  if (s->accepted < (int)ARRAY_SIZE(s->accept_ms))
+    s->accept_ms[s->accepted] = uv_now(&loop);
+  s->accepted++;
+  if (s->mode == SRV_CLOSE)
+    conn_close(c);
+  else
+    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+}
+
+static int bound_port(uv_tcp_t *t) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  ASSERT_EQ(uv_tcp_getsockname(t, (struct sockaddr *)&ss, &len), 0);
+  return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static void srv_start(srv_t *s, srv_mode_t mode, const char *ip) {
+  memset(s, 0, sizeof *s);
+  s->mode = mode;
+  s->status = 200;
+  struct sockaddr_storage sa;
+  if (strchr(ip, ':'))
+    ASSERT_EQ(uv_ip6_addr(ip, 0, (struct sockaddr_in6 *)&sa), 0);
+  else
+    ASSERT_EQ(uv_ip4_addr(ip, 0, (struct sockaddr_in *)&sa), 0);
+  uv_tcp_init(&loop, &s->listener);
+  s->listener.data = s;
+  ASSERT_EQ(uv_tcp_bind(&s->listener, (struct sockaddr *)&sa, 0), 0);
+  ASSERT_EQ(uv_listen((uv_stream_t *)&s->listener, 512, connection_cb), 0);
+  s->port = bound_port(&s->listener);
+}
+
+static void srv_stop(srv_t *s) {
+  uv_close((uv_handle_t *)&s->listener, NULL);
+  for (conn_t *c = s->conns; c; c = c->next)
+    conn_close(c);
+}
+
+/* A port on 127.0.0.1 that nothing listens on: bound, then closed. */
+static int closed_port(void) {
+  uv_tcp_t t;
+  struct sockaddr_in sa;
+  uv_ip4_addr("127.0.0.1", 0, &sa);
+  uv_tcp_init(&loop, &t);
+  ASSERT_EQ(uv_tcp_bind(&t, (struct sockaddr *)&sa, 0), 0);
+  int port = bound_port(&t);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  return port;
+}
+
+/* ---- transitions seen ---- */
+
+typedef struct {
+  char id[80];
+  size_t index;
+  checks_state_t from, to;
+  char reason[160];
+  uint64_t runs; /* of the check, when it changed */
+  uint64_t at;   /* loop time */
+} trans_t;
+
+static trans_t seen[4096];
+static int nseen;
+static checks_t *ck;
+/* optional extra behaviour inside the callback */
+static void (*on_trans_hook)(const trans_t *t);
+
+static void on_transition(void *ud, const char *id, size_t index,
+                          checks_state_t from, checks_state_t to,
+                          const char *reason) {
+  ASSERT(ud == &seen);
+  ASSERT(nseen < (int)ARRAY_SIZE(seen));
+  trans_t *t = &seen[nseen++];
+  snprintf(t->id, sizeof t->id, "%s", id);
+  t->index = index;
+  t->from = from;
+  t->to = to;
+  snprintf(t->reason, sizeof t->reason, "%s", reason);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, id, index, &info), 0);
+  ASSERT_EQ(info.state, to);
+  ASSERT_STR_EQ(info.reason, reason);
+  t->runs = info.runs;
+  t->at = uv_now(&loop);
+  if (on_trans_hook) on_trans_hook(t);
+}
+
+static void tick_cb(uv_timer_t *t) {
+  (void)t;
+}
+
+static void setup(int max_inflight) {
+  ASSERT_EQ(uv_loop_init(&loop), 0);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  http = http_new(&loop, 64, 8);
+  ASSERT(http);
+  uv_timer_init(&loop, &tick);
+  uv_timer_start(&tick, tick_cb, 5, 5); /* so UV_RUN_ONCE returns */
+  checks_opts_t o = {.loop = &loop,
+                     .http = http,
+                     .max_inflight = max_inflight,
+                     .on_transition = on_transition,
+                     .ud = &seen};
+  ck = checks_new(&o);
+  nseen = 0;
+  on_trans_hook = NULL;
+}
+
+static void teardown(void) {
+  checks_free(ck);
+  ck = NULL;
+  http_free(http);
+  uv_close((uv_handle_t *)&tick, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+  curl_global_cleanup();
+}
+
+/* Runs the loop until cond() holds; fails after ms. */
+#define RUN_UNTIL(cond, ms)                                                    \
+  do {                                                                         \
+    uv_update_time(&loop);                                                     \
+    uint64_t dl_ = uv_now(&loop) + (ms);                                       \
+    while (!(cond)) {                                                          \
+      if (uv_now(&loop) > dl_) FAIL("timed out waiting for %s", #cond);        \
+      uv_run(&loop, UV_RUN_ONCE);                                              \
+    }                                                                          \
+  } while (0)
+
+static void run_for(uint64_t ms) {
+  uv_update_time(&loop);
+  uint64_t end = uv_now(&loop) + ms;
+  while (uv_now(&loop) < end)
+    uv_run(&loop, UV_RUN_ONCE);
+}
+
+static checks_spec_t tcp_spec(int port, long interval, long timeout) {
+  checks_spec_t s;
+  checks_spec_init(&s);
+  s.port = "80/tcp";
+  s.target_host = "127.0.0.1";
+  s.target_port = port;
+  s.interval_ms = interval;
+  s.timeout_ms = timeout;
+  return s;
+}
+
+static checks_spec_t http_spec(int port, long interval, long timeout) {
+  checks_spec_t s = tcp_spec(port, interval, timeout);
+  s.type = CHECKS_HTTP;
+  return s;
+}
+
+static int find_trans(const char *id, size_t index, checks_state_t to) {
+  for (int i = 0; i < nseen; i++)
+    if (strcmp(seen[i].id, id) == 0 && seen[i].index == index &&
+        seen[i].to == to)
+      return i;
+  return -1;
+}
+
+static const char *const A =
+    "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000001";
+static const char *const B =
+    "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000002";
+
+/* ---- tests ---- */
+
+TEST(spec_validation) {
+  char err[200];
+  checks_spec_t s;
+  checks_spec_init(&s);
+  s.port = "80/tcp";
+  ASSERT_EQ(checks_spec_validate(&s, err, sizeof err), 0);
+  ASSERT_EQ(s.interval_ms, 5000);
+  ASSERT_EQ(s.timeout_ms, 2000);
+  ASSERT_EQ(s.rise, 1);
+  ASSERT_EQ(s.fall, 1);
+  ASSERT_EQ(s.status_min, 200);
+  ASSERT_EQ(s.status_max, 399);
+  ASSERT_STR_EQ(s.method, "GET");
+  ASSERT_STR_EQ(s.path, "/");
+#define EXPECT_BAD(stmt, msg)                                                  \
+  do {                                                                         \
+    checks_spec_t x_ = s;                                                      \
+    checks_spec_t *x = &x_;                                                    \
+    stmt;                                                                      \
+    ASSERT_EQ(checks_spec_validate(x, err, sizeof err), -1);                   \
+    ASSERT_CONTAINS(err, msg);                                                 \
+  } while (0)
+  EXPECT_BAD(x->port = NULL, "needs a port");
+  EXPECT_BAD(x->port = "80", "is not \"N/tcp\"");
+  EXPECT_BAD(x->port = "80/udp", "is not \"N/tcp\"");
+  EXPECT_BAD(x->port = "0/tcp", "is not \"N/tcp\"");
+  EXPECT_BAD(x->port = "65536/tcp", "is not \"N/tcp\"");
+  EXPECT_BAD(x->port = "8a/tcp", "is not \"N/tcp\"");
+  EXPECT_BAD(x->type = (checks_type_t)7, "tcp or http");
+  EXPECT_BAD(x->interval_ms = 0, "interval must be > 0");
+  EXPECT_BAD(x->timeout_ms = 0, "timeout must be > 0");
+  EXPECT_BAD(x->timeout_ms = 6000, "must not exceed the interval");
+  EXPECT_BAD(x->rise = 0, "rise must be >= 1");
+  EXPECT_BAD(x->fall = -1, "fall must be >= 1");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->status_min = 400, x->status_max = 300),
+             "status range 400-300");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->status_max = 600), "status range");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->path = "health"), "path must start");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->path = "/a b"), "path must start");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->method = "get"), "upper-case");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->method = "HEAD"), "not supported");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->host = "a\r\nX: y"),
+             "control characters");
+  /* http fields do not matter for tcp */
+  checks_spec_t t = s;
+  t.status_min = 0;
+  ASSERT_EQ(checks_spec_validate(&t, err, sizeof err), 0);
+  t.type = CHECKS_HTTP;
+  t.status_min = 204;
+  t.status_max = 204;
+  t.method = "POST";
+  t.path = "/health?deep=1";
+  ASSERT_EQ(checks_spec_validate(&t, err, sizeof err), 0);
+  /* checks_set refuses an invalid spec and changes nothing */
+  setup(0);
+  checks_spec_t v = tcp_spec(1, 100, 200);
+  ASSERT_EQ(checks_set(ck, A, NULL, &v, 1, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "must not exceed");
+  ASSERT_EQ(checks_count(ck, A), 0);
+  teardown();
+}
+
+static json_doc_t *parse(const char *text) {
+  char err[200];
+  json_doc_t *d = json_parse(text, strlen(text), err, sizeof err);
+  if (!d) FAIL("%s", err);
+  return d;
+}
+
+static json_doc_t *load(const char *name) {
+  size_t len;
+  char *text = test_read(name, &len);
+  char err[200];
+  json_doc_t *d = json_parse(text, len, err, sizeof err);
+  free(text);
+  if (!d) FAIL("%s: %s", name, err);
+  return d;
+}
+
+#define RESOLVES(doc, port, addr, want_host, want_port)                        \
+  do {                                                                         \
+    char hb_[64], e_[200];                                                     \
+    int p_ = -1;                                                               \
+    if (checks_resolve(json_root(doc), port, addr, hb_, sizeof hb_, &p_, e_,   \
+                       sizeof e_) != 0)                                        \
+      FAIL("%s: %s", port, e_);                                                \
+    ASSERT_STR_EQ(hb_, want_host);                                             \
+    ASSERT_EQ(p_, want_port);                                                  \
+  } while (0)
+
+#define UNRESOLVED(doc, port, addr, want_err)                                  \
+  do {                                                                         \
+    char hb_[64], e_[200];                                                     \
+    int p_ = -1;                                                               \
+    ASSERT_EQ(checks_resolve(json_root(doc), port, addr, hb_, sizeof hb_, &p_, \
+                             e_, sizeof e_),                                   \
+              -1);                                                             \
+    ASSERT_CONTAINS(e_, want_err);                                             \
+  } while (0)
+
+TEST(resolve_targets) {
+  json_doc_t *multi = load("inspect/multi.json");
+  RESOLVES(multi, "80/tcp", NULL, "127.0.0.1", 32769);
+  RESOLVES(multi, "9200/tcp", "", "127.0.0.1", 32768);
+  /* an address: the private port, on that network or IP */
+  RESOLVES(multi, "80/tcp", "bridge", "172.31.254.2", 80);
+  RESOLVES(multi, "8080/tcp", "10.1.2.3", "10.1.2.3", 8080);
+  RESOLVES(multi, "8080/tcp", "fd00::5", "fd00::5", 8080);
+  UNRESOLVED(multi, "80/tcp", "nonet", "not on network \"nonet\"");
+  UNRESOLVED(multi, "53/udp", NULL, "is not \"N/tcp\"");
+  UNRESOLVED(multi, "81/tcp", NULL, "81/tcp is not published");
+  json_free(multi);
+
+  /* two bindings: the first, in Docker's order */
+  json_doc_t *two = load("inspect/twobind.json");
+  RESOLVES(two, "80/tcp", NULL, "127.0.0.2", 32768);
+  json_free(two);
+
+  json_doc_t *unpub = load("inspect/unpublished.json");
+  UNRESOLVED(unpub, "80/tcp", NULL, "80/tcp is not published");
+  RESOLVES(unpub, "80/tcp", "bridge", "172.31.254.5", 80);
+  json_free(unpub);
+
+  /* wildcards (Docker's 0.0.0.0 and ::, podman's ""), IPv6-only networks,
+   * a network without an address */
+  json_doc_t *w = parse(
+      "{\"NetworkSettings\":{\"Ports\":{"
+      "\"80/tcp\":[{\"HostIp\":\"0.0.0.0\",\"HostPort\":\"8080\"},"
+      "{\"HostIp\":\"::\",\"HostPort\":\"8080\"}],"
+      "\"81/tcp\":[{\"HostIp\":\"::\",\"HostPort\":\"8181\"}],"
+      "\"82/tcp\":[{\"HostIp\":\"\",\"HostPort\":\"8282\"}],"
+      "\"83/tcp\":[],\"84/tcp\":[{\"HostIp\":\"10.0.0.1\",\"HostPort\":\"\"}]},"
+      "\"Networks\":{\"v6\":{\"IPAddress\":\"\",\"GlobalIPv6Address\":"
+      "\"fd00::2\"},\"none\":{\"IPAddress\":\"\"}}}}");
+  RESOLVES(w, "80/tcp", NULL, "127.0.0.1", 8080);
+  RESOLVES(w, "81/tcp", NULL, "::1", 8181);
+  RESOLVES(w, "82/tcp", NULL, "127.0.0.1", 8282);
+  UNRESOLVED(w, "83/tcp", NULL, "not published");
+  UNRESOLVED(w, "84/tcp", NULL, "no usable HostPort");
+  RESOLVES(w, "80/tcp", "v6", "fd00::2", 80);
+  UNRESOLVED(w, "80/tcp", "none", "no address on network \"none\"");
+  json_free(w);
+
+  json_doc_t *junk = parse("{\"Id\":\"x\"}");
+  UNRESOLVED(junk, "80/tcp", NULL, "not a container inspect");
+  json_free(junk);
+}
+
+TEST(tcp_connect_and_refused) {
+  setup(0);
+  srv_t s, shut;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  /* accepts and closes at once, as docker-proxy does when nothing listens
+   * behind it */
+  srv_start(&shut, SRV_CLOSE, "127.0.0.1");
+  int closed = closed_port();
+  checks_spec_t specs[3] = {tcp_spec(s.port, 200, 200),
+                            tcp_spec(closed, 200, 200),
+                            tcp_spec(shut.port, 200, 200)};
+  specs[1].port = "81/tcp";
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 3, err, sizeof err), 0);
+  ASSERT_EQ(nseen, 0); /* never inside checks_set */
+  ASSERT_EQ(checks_count(ck, A), 3);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PENDING);
+  ASSERT_STR_EQ(info.reason, "");
+  ASSERT_STR_EQ(info.type, "tcp");
+  ASSERT_EQ(checks_healthy(ck, A), 0);
+  RUN_UNTIL(nseen >= 3, 2000);
+  int p = find_trans(A, 0, CHECKS_PASSING),
+      f = find_trans(A, 1, CHECKS_FAILING),
+      x = find_trans(A, 2, CHECKS_FAILING);
+  ASSERT(p >= 0 && f >= 0 && x >= 0);
+  ASSERT_EQ(seen[p].from, CHECKS_PENDING);
+  ASSERT_STR_EQ(seen[p].reason, "connected");
+  ASSERT_STR_EQ(seen[f].reason, "connection refused");
+  ASSERT_STR_EQ(seen[x].reason, "connection closed at once");
+  ASSERT(s.accepted >= 1);
+  /* the check closes its connection after the grace */
+  RUN_UNTIL(s.open == 0, 1000);
+  ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
+  ASSERT_STR_EQ(info.port, "81/tcp");
+  char want[40];
+  snprintf(want, sizeof want, "127.0.0.1:%d", closed);
+  ASSERT_STR_EQ(info.target, want);
+  ASSERT_EQ(checks_healthy(ck, A), 0);
+  /* they keep running, with no new transitions */
+  run_for(700);
+  ASSERT_EQ(nseen, 3);
+  ASSERT(s.accepted >= 3);
+  ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
+  ASSERT(info.runs >= 3);
+  /* only the passing check: healthy */
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 1, err, sizeof err), 0);
+  ASSERT_EQ(checks_healthy(ck, A), 1);
+  ASSERT_EQ(checks_healthy(ck, B), 1); /* no checks at all */
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.by_state[CHECKS_PASSING], 1);
+  ASSERT_EQ(st.by_state[CHECKS_FAILING], 0);
+  ASSERT_EQ(st.transitions[CHECKS_PASSING], 1);
+  ASSERT_EQ(st.transitions[CHECKS_FAILING], 2);
+  ASSERT(st.runs[CHECKS_TCP][0] >= 6 && st.runs[CHECKS_TCP][1] >= 3);
+  srv_stop(&s);
+  srv_stop(&shut);
+  teardown();
+}
+
+/* rise 3, fall 2: 200 -> passing after exactly 3 runs; 503 from then on ->
+ * failing 2 runs later; 200 again -> passing 3 runs after that. */
+static srv_t *hsrv;
+static void flip_status(const trans_t *t) {
+  hsrv->status = t->to == CHECKS_PASSING ? 503 : 200;
+}
+
+TEST(http_status_and_hysteresis) {
+  setup(0);
+  srv_t s;
+  srv_start(&s, SRV_HTTP, "127.0.0.1");
+  hsrv = &s;
+  on_trans_hook = flip_status;
+  checks_spec_t h = http_spec(s.port, 60, 50);
+  h.path = "/health?x=1";
+  h.host = "svc.example";
+  h.rise = 3;
+  h.fall = 2;
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, &h, 1, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 3, 5000);
+  ASSERT_EQ(seen[0].to, CHECKS_PASSING);
+  ASSERT_EQ(seen[0].runs, 3);
+  ASSERT_STR_EQ(seen[0].reason, "HTTP 200");
+  ASSERT_EQ(seen[1].from, CHECKS_PASSING);
+  ASSERT_EQ(seen[1].to, CHECKS_FAILING);
+  ASSERT_EQ(seen[1].runs, 5);
+  ASSERT_STR_EQ(seen[1].reason, "HTTP 503");
+  ASSERT_EQ(seen[2].to, CHECKS_PASSING);
+  ASSERT_EQ(seen[2].runs, 8);
+  ASSERT_CONTAINS(s.last_head, "GET /health?x=1 HTTP/1.1\r\n");
+  ASSERT_CONTAINS(s.last_head, "\r\nHost: svc.example");
+  /* about one run per interval (60 ms): 7 intervals between runs 1 and 8 */
+  ASSERT(seen[2].at - seen[0].at >= 5 * 60 - 20);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_STR_EQ(info.type, "http");
+  /* a status outside a custom range fails */
+  on_trans_hook = NULL;
+  s.status = 200;
+  h.status_min = 204;
+  h.status_max = 204;
+  h.rise = h.fall = 1;
+  h.method = "POST";
+  nseen = 0;
+  ASSERT_EQ(checks_set(ck, A, NULL, &h, 1, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 1, 2000);
+  ASSERT_EQ(seen[0].to, CHECKS_FAILING);
+  ASSERT_STR_EQ(seen[0].reason, "HTTP 200");
+  ASSERT_CONTAINS(s.last_head, "POST /health?x=1 HTTP/1.1\r\n");
+  srv_stop(&s);
+  teardown();
+}
+
+TEST(timeouts_and_http_refused) {
+  setup(0);
+  srv_t s;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  int closed = closed_port();
+  checks_spec_t specs[2] = {http_spec(s.port, 2000, 150),
+                            http_spec(closed, 2000, 150)};
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 2, err, sizeof err), 0);
+  uv_update_time(&loop);
+  RUN_UNTIL(nseen >= 2, 3000);
+  int t = find_trans(A, 0, CHECKS_FAILING),
+      r = find_trans(A, 1, CHECKS_FAILING);
+  ASSERT(t >= 0 && r >= 0);
+  ASSERT_STR_EQ(seen[t].reason, "timeout after 150 ms");
+  /* curl names the cause only in its message, which varies by version */
+  if (strcmp(seen[r].reason, "connection refused") != 0)
+    ASSERT_STR_EQ(seen[r].reason, "cannot connect: Couldn't connect to server");
+  ASSERT_EQ(s.accepted, 1);
+  /* the timed-out request's connection is closed */
+  RUN_UNTIL(s.open == 0, 1000);
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  checks_info_t i0, i1;
+  ASSERT_EQ(checks_get(ck, A, 0, &i0), 0);
+  ASSERT_EQ(checks_get(ck, A, 1, &i1), 0);
+  ASSERT_EQ(i0.runs, 1);
+  ASSERT_EQ(st.count[CHECKS_HTTP], i0.runs + i1.runs);
+  ASSERT(st.sum[CHECKS_HTTP] >= 0.150);
+  /* the timeout is in the 0.25 s bucket, not in the 0.1 s one */
+  ASSERT_EQ(st.buckets[CHECKS_HTTP][6], i1.runs);
+  ASSERT_EQ(st.buckets[CHECKS_HTTP][7], i0.runs + i1.runs);
+  srv_stop(&s);
+  teardown();
+}
+
+static void remove_self(const trans_t *t) {
+  checks_remove(ck, t->id);
+}
+
+static int idle_removed;
+static void remove_when_inflight(uv_idle_t *i) {
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  if (st.inflight == 0) return;
+  checks_remove(ck, A);
+  idle_removed = 1;
+  uv_idle_stop(i);
+}
+
+TEST(removal_while_in_flight) {
+  setup(0);
+  srv_t s, c;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  srv_start(&c, SRV_CLOSE, "127.0.0.1");
+  char err[200];
+  /* an HTTP request that hangs: removed once the server has it */
+  checks_spec_t h = http_spec(s.port, 1000, 1000);
+  ASSERT_EQ(checks_set(ck, A, NULL, &h, 1, err, sizeof err), 0);
+  RUN_UNTIL(s.accepted == 1, 2000);
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.inflight, 1);
+  checks_remove(ck, A);
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.inflight, 0);
+  ASSERT_EQ(st.containers, 0);
+  ASSERT_EQ(st.by_state[CHECKS_PENDING], 0);
+  RUN_UNTIL(s.open == 0, 1000); /* the request was cancelled */
+  /* a TCP connect, removed before its callback (between the timer that
+   * started it and the poll that completes it) */
+  checks_spec_t t = tcp_spec(c.port, 50, 50);
+  ASSERT_EQ(checks_set(ck, A, NULL, &t, 1, err, sizeof err), 0);
+  uv_idle_t idle;
+  uv_idle_init(&loop, &idle);
+  uv_idle_start(&idle, remove_when_inflight);
+  RUN_UNTIL(idle_removed, 2000);
+  uv_close((uv_handle_t *)&idle, NULL);
+  ASSERT_EQ(checks_count(ck, A), 0);
+  run_for(200);
+  ASSERT_EQ(nseen, 0); /* nothing reported after removal */
+  /* a TCP check removed while it waits for the peer to close (connected,
+   * within the grace) */
+  checks_spec_t g = tcp_spec(s.port, 1000, 1000);
+  int before = s.accepted;
+  ASSERT_EQ(checks_set(ck, A, NULL, &g, 1, err, sizeof err), 0);
+  RUN_UNTIL(s.accepted == before + 1, 2000);
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.inflight, 1);
+  checks_remove(ck, A);
+  RUN_UNTIL(s.open == 0, 1000);
+  run_for(150);
+  ASSERT_EQ(nseen, 0);
+  /* removal from inside the transition callback */
+  on_trans_hook = remove_self;
+  int closed = closed_port();
+  checks_spec_t r[2] = {tcp_spec(closed, 50, 50), tcp_spec(c.port, 50, 50)};
+  ASSERT_EQ(checks_set(ck, B, NULL, r, 2, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 1, 2000);
+  ASSERT_EQ(checks_count(ck, B), 0);
+  run_for(200);
+  ASSERT_EQ(nseen, 1);
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.inflight + st.queued + st.containers, 0);
+  /* checks_free with a request in flight */
+  before = s.accepted;
+  ASSERT_EQ(checks_set(ck, A, NULL, &h, 1, err, sizeof err), 0);
+  RUN_UNTIL(s.accepted == before + 1, 2000);
+  srv_stop(&s);
+  srv_stop(&c);
+  teardown(); /* no leak (ASan), loop closes */
+}
+
+static checks_spec_t reload_specs[3];
+static void reload_in_callback(const trans_t *t) {
+  /* a reload from inside the callback: same spec, state kept */
+  char err[200];
+  ASSERT_EQ(checks_set(ck, t->id, NULL, reload_specs, 1, err, sizeof err), 0);
+}
+
+TEST(reload_keeps_state) {
+  setup(0);
+  srv_t s;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  int closed = closed_port();
+  char err[200];
+  checks_spec_t a = tcp_spec(s.port, 50, 50);
+  checks_spec_t b = tcp_spec(closed, 50, 50);
+  checks_spec_t two[2] = {a, b};
+  reload_specs[0] = a;
+  on_trans_hook = reload_in_callback;
+  ASSERT_EQ(checks_set(ck, A, NULL, two, 2, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 1, 2000);
+  /* the first transition reloaded to [a] alone */
+  on_trans_hook = NULL;
+  ASSERT_EQ(checks_count(ck, A), 1);
+  RUN_UNTIL(find_trans(A, 0, CHECKS_PASSING) >= 0, 2000);
+  run_for(120);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PASSING);
+  uint64_t runs = info.runs;
+  ASSERT(runs >= 2);
+  /* a reload: a unchanged (now second), a new check c first */
+  checks_spec_t c = tcp_spec(s.port, 50, 50);
+  c.port = "443/tcp";
+  checks_spec_t next[2] = {c, a};
+  int before = nseen;
+  ASSERT_EQ(checks_set(ck, A, NULL, next, 2, err, sizeof err), 0);
+  ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PASSING);
+  ASSERT(info.runs >= runs); /* the same check: its runs go on */
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PENDING);
+  ASSERT_STR_EQ(info.port, "443/tcp");
+  ASSERT_EQ(checks_healthy(ck, A), 0);
+  RUN_UNTIL(nseen > before, 2000);
+  ASSERT_EQ(seen[before].index, 0); /* only the new check changed */
+  ASSERT_EQ(seen[before].to, CHECKS_PASSING);
+  ASSERT_EQ(checks_healthy(ck, A), 1);
+  /* a changed interval is a new check */
+  next[1].interval_ms = 60;
+  ASSERT_EQ(checks_set(ck, A, NULL, next, 2, err, sizeof err), 0);
+  ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PENDING);
+  ASSERT_EQ(info.runs, 0);
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PASSING);
+  /* so is a changed target (the container was restarted on another port) */
+  next[0].target_port = closed;
+  ASSERT_EQ(checks_set(ck, A, NULL, next, 2, err, sizeof err), 0);
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_EQ(info.state, CHECKS_PENDING);
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.by_state[CHECKS_PENDING], 2);
+  ASSERT_EQ(st.by_state[CHECKS_PASSING] + st.by_state[CHECKS_FAILING], 0);
+  srv_stop(&s);
+  teardown();
+}
+
+static int max_inflight_seen, max_queued_seen;
+static void sample_cb(uv_timer_t *t) {
+  (void)t;
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  if ((int)st.inflight > max_inflight_seen)
+    max_inflight_seen = (int)st.inflight;
+  if ((int)st.queued > max_queued_seen) max_queued_seen = (int)st.queued;
+}
+
+TEST(bounded_concurrency) {
+  setup(3);
+  srv_t s;
+  srv_start(&s, SRV_SILENT, "127.0.0.1");
+  uv_timer_t sampler;
+  uv_timer_init(&loop, &sampler);
+  uv_timer_start(&sampler, sample_cb, 1, 1);
+  /* 12 checks that each hang for their 100 ms timeout, every 200 ms:
+   * unbounded, 60 requests a second; with 3 slots at most 30 */
+  checks_spec_t specs[12];
+  for (int i = 0; i < 12; i++)
+    specs[i] = http_spec(s.port, 200, 100);
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 12, err, sizeof err), 0);
+  run_for(1000);
+  ASSERT(max_inflight_seen <= 3);
+  ASSERT_EQ(max_inflight_seen, 3);
+  ASSERT(max_queued_seen >= 1);
+  ASSERT(s.accepted <= 3 * 10 + 3);
+  ASSERT(s.accepted >= 20);
+  /* every check got its turn */
+  for (size_t i = 0; i < 12; i++) {
+    checks_info_t info;
+    ASSERT_EQ(checks_get(ck, A, i, &info), 0);
+    ASSERT(info.runs >= 1);
+    ASSERT_STR_EQ(info.reason, "timeout after 100 ms");
+  }
+  uv_close((uv_handle_t *)&sampler, NULL);
+  srv_stop(&s);
+  teardown();
+}
+
+TEST(jitter_spread) {
+  setup(256);
+  srv_t s;
+  srv_start(&s, SRV_CLOSE, "127.0.0.1");
+  /* 100 containers, one check each, every second */
+  char ids[100][16];
+  char err[200];
+  uv_update_time(&loop);
+  uint64_t t0 = uv_now(&loop);
+  for (int i = 0; i < 100; i++) {
+    snprintf(ids[i], sizeof ids[i], "c%03d", i);
+    checks_spec_t t = tcp_spec(s.port, 1000, 500);
+    ASSERT_EQ(checks_set(ck, ids[i], NULL, &t, 1, err, sizeof err), 0);
+  }
+  RUN_UNTIL(s.accepted >= 100, 3000);
+  int quarter[4] = {0};
+  for (int i = 0; i < 100; i++) {
+    uint64_t d = s.accept_ms[i] - t0;
+    ASSERT(d <= 1100);
+    quarter[d >= 1000 ? 3 : d / 250]++;
+  }
+  /* uniform: about 25 in each quarter of the interval (P(< 8) ~ 1e-5) */
+  for (int q = 0; q < 4; q++)
+    if (quarter[q] < 8)
+      FAIL("first runs not spread: %d %d %d %d", quarter[0], quarter[1],
+           quarter[2], quarter[3]);
+  srv_stop(&s);
+  teardown();
+}
+
+TEST(unresolved_target_fails_with_reason) {
+  setup(0);
+  json_doc_t *d = load("inspect/unpublished.json");
+  checks_spec_t s[2];
+  checks_spec_init(&s[0]);
+  s[0].port = "80/tcp";
+  s[0].interval_ms = 50;
+  s[0].timeout_ms = 50;
+  s[1] = s[0];
+  s[1].address = "bridge";
+  s[1].interval_ms = 100000; /* not run here: only loopback in tests */
+  s[1].timeout_ms = 1000;
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, json_root(d), s, 2, err, sizeof err), 0);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
+  ASSERT_STR_EQ(info.target, "172.31.254.5:80");
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_STR_EQ(info.target, "");
+  /* only index 0 may run: remove index 1 before the loop runs */
+  ASSERT_EQ(checks_set(ck, A, json_root(d), s, 1, err, sizeof err), 0);
+  json_free(d); /* nothing of the document is kept */
+  RUN_UNTIL(nseen >= 1, 2000);
+  ASSERT_EQ(seen[0].to, CHECKS_FAILING);
+  ASSERT_CONTAINS(seen[0].reason, "80/tcp is not published");
+  teardown();
+}
+
+TEST(ipv6_loopback) {
+  setup(0);
+  srv_t s;
+  struct sockaddr_in6 sa;
+  uv_ip6_addr("::1", 0, &sa);
+  uv_tcp_t probe;
+  uv_tcp_init(&loop, &probe);
+  int rc = uv_tcp_bind(&probe, (struct sockaddr *)&sa, 0);
+  uv_close((uv_handle_t *)&probe, NULL);
+  if (rc != 0) {
+    fprintf(stderr, "skip: no ::1 here (%s)\n", uv_strerror(rc));
+    teardown();
+    return;
+  }
+  srv_start(&s, SRV_HTTP, "::1");
+  checks_spec_t h = http_spec(s.port, 100, 100);
+  h.target_host = "::1";
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, &h, 1, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 1, 2000);
+  ASSERT_EQ(seen[0].to, CHECKS_PASSING);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  char want[40];
+  snprintf(want, sizeof want, "[::1]:%d", s.port);
+  ASSERT_STR_EQ(info.target, want);
+  srv_stop(&s);
+  teardown();
+}
+
+TEST(metrics_text) {
+  setup(0);
+  srv_t s;
+  srv_start(&s, SRV_HTTP, "127.0.0.1");
+  checks_spec_t specs[2] = {http_spec(s.port, 50, 50),
+                            tcp_spec(closed_port(), 50, 50)};
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, NULL, specs, 2, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 2, 2000);
+  checks_remove(ck, A); /* the counters stand still from here */
+  buf_t b;
+  buf_init(&b);
+  checks_metrics(ck, &b);
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT_CONTAINS(b.data, "# TYPE register_checks gauge\n"
+                          "register_checks{state=\"pending\"} 0\n"
+                          "register_checks{state=\"passing\"} 0\n"
+                          "register_checks{state=\"failing\"} 0\n");
+  ASSERT_CONTAINS(b.data,
+                  "register_check_transitions_total{to=\"passing\"} 1\n"
+                  "register_check_transitions_total{to=\"failing\"} 1\n");
+  char line[200];
+  snprintf(line, sizeof line,
+           "register_check_duration_seconds_bucket{type=\"http\",le=\"+Inf\"}"
+           " %llu\n",
+           (unsigned long long)st.count[CHECKS_HTTP]);
+  ASSERT_CONTAINS(b.data, line);
+  snprintf(line, sizeof line,
+           "register_check_runs_total{type=\"tcp\",result=\"failure\"} %llu\n",
+           (unsigned long long)st.runs[CHECKS_TCP][0]);
+  ASSERT_CONTAINS(b.data, line);
+  ASSERT(st.runs[CHECKS_TCP][0] >= 1 && st.runs[CHECKS_HTTP][1] >= 1);
+  ASSERT_CONTAINS(b.data, "register_check_duration_seconds_bucket{type=\"tcp\","
+                          "le=\"0.001\"}");
+  ASSERT_CONTAINS(b.data, "# TYPE register_check_duration_seconds histogram\n");
+  ASSERT_CONTAINS(b.data, "register_checks_queued 0\n");
+  /* every line is a comment or `name{labels} value` */
+  for (char *p = b.data; *p;) {
+    char *nl = strchr(p, '\n');
+    ASSERT(nl);
+    ASSERT(*p == '#' || strstr(p, "register_") == p);
+    p = nl + 1;
+  }
+  buf_free(&b);
+  srv_stop(&s);
+  teardown();
+}
+
+/* Random sets and removals, from the test and from inside callbacks, over
+ * every kind of target: nothing leaks or crashes (run it under ASan), and
+ * the counters add up. */
+static srv_t *churn_srv[3];
+static int churn_ports[4];
+static char churn_ids[40][16];
+static uint32_t churn_seed = 7;
+static uint32_t churn_rand(uint32_t n) {
+  churn_seed = churn_seed * 1103515245u + 12345u;
+  return (churn_seed >> 8) % n;
+}
+static void churn_one(const char *id) {
+  checks_spec_t specs[3];
+  size_t n = churn_rand(4);
+  for (size_t i = 0; i < n; i++) {
+    int k = (int)churn_rand(4);
+    specs[i] = churn_rand(2) ? http_spec(churn_ports[k], 40, 30)
+                             : tcp_spec(churn_ports[k], 40, 30);
+    specs[i].rise = (int)churn_rand(2) + 1;
+  }
+  char err[200];
+  ASSERT_EQ(checks_set(ck, id, NULL, specs, n, err, sizeof err), 0);
+}
+static void churn_in_callback(const trans_t *t) {
+  if (churn_rand(3) == 0) churn_one(t->id);
+  if (churn_rand(5) == 0) checks_remove(ck, churn_ids[churn_rand(40)]);
+}
+
+TEST(churn) {
+  setup(8);
+  srv_t a, b, c;
+  srv_start(&a, SRV_SILENT, "127.0.0.1");
+  srv_start(&b, SRV_HTTP, "127.0.0.1");
+  srv_start(&c, SRV_CLOSE, "127.0.0.1");
+  churn_srv[0] = &a, churn_srv[1] = &b, churn_srv[2] = &c;
+  churn_ports[0] = a.port, churn_ports[1] = b.port, churn_ports[2] = c.port;
+  churn_ports[3] = closed_port();
+  for (int i = 0; i < 40; i++)
+    snprintf(churn_ids[i], sizeof churn_ids[i], "churn%02d", i);
+  on_trans_hook = churn_in_callback;
+  uv_update_time(&loop);
+  uint64_t end = uv_now(&loop) + 1500;
+  while (uv_now(&loop) < end) {
+    for (int k = 0; k < 5; k++) {
+      const char *id = churn_ids[churn_rand(40)];
+      if (churn_rand(4) == 0)
+        checks_remove(ck, id);
+      else
+        churn_one(id);
+    }
+    run_for(7);
+  }
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT(st.inflight <= 8);
+  size_t total = 0;
+  for (int i = 0; i < 40; i++)
+    total += checks_count(ck, churn_ids[i]);
+  ASSERT_EQ(st.by_state[0] + st.by_state[1] + st.by_state[2], total);
+  ASSERT(nseen > 20);
+  ASSERT(st.count[0] + st.count[1] > 100);
+  srv_stop(&a);
+  srv_stop(&b);
+  srv_stop(&c);
+  teardown();
+}
+
+TEST_MAIN(TEST_ENTRY(spec_validation), TEST_ENTRY(resolve_targets),
+          TEST_ENTRY(tcp_connect_and_refused),
+          TEST_ENTRY(http_status_and_hysteresis),
+          TEST_ENTRY(timeouts_and_http_refused),
+          TEST_ENTRY(removal_while_in_flight), TEST_ENTRY(reload_keeps_state),
+          TEST_ENTRY(bounded_concurrency), TEST_ENTRY(jitter_spread),
+          TEST_ENTRY(unresolved_target_fails_with_reason),
+          TEST_ENTRY(ipv6_loopback), TEST_ENTRY(metrics_text),
+          TEST_ENTRY(churn))
