@@ -513,13 +513,19 @@ def etcd_down_at_boot_does_not_block_the_start():
 # ---- register-docker.service: register in a container, on a real dockerd
 # inside a second machine.  containerd, runc, docker-init and the docker
 # CLI are this machine's (Debian 12's docker.io, containerd, runc), dockerd
-# is Docker 26.1 (Debian 13's, from scripts/fetch-debian13.sh's cache: Debian
-# 12's dockerd 20.10 cannot make the host network's sandbox inside nspawn,
-# "failed to create default sandbox: operation not permitted"), all
-# bind-mounted; the root has their libraries.  The machine gets a
-# cgroup2 hierarchy of its own (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1): in the
-# hybrid layout nspawn mounts the v1 controllers read-only and runc cannot
-# make a container's cgroups there.  dockerd runs with --bridge=none and
+# is Docker 26.1 (Debian 13's, from scripts/fetch-debian13.sh's cache, as
+# the engine matrix uses it), all bind-mounted; the root has their
+# libraries.  What a dockerd needs in an nspawn machine:
+# - a cgroup2 hierarchy of its own (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1): in
+#   the hybrid layout nspawn mounts the v1 controllers read-only, and runc
+#   cannot make a container's cgroups there;
+# - CAP_NET_ADMIN, which nspawn drops without --private-network: without it
+#   "failed to create default sandbox: operation not permitted" (Debian
+#   12's dockerd 20.10 failed the same way before this was granted; it was
+#   not tried with it);
+# - the keyring system calls (runc joins a session keyring) and bpf (runc's
+#   cgroup2 device filter), which nspawn's seccomp filter refuses.
+# dockerd runs with --bridge=none and
 # --iptables=false: it shares this machine's network namespace and must not
 # touch docker0 or the firewall; containers use the host network (as
 # register-docker.service does), so they publish no ports and the test's
