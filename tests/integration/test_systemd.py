@@ -533,10 +533,11 @@ def etcd_down_at_boot_does_not_block_the_start():
 DOCKER_BINARIES = ["/usr/bin/docker", "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc",
                    "/usr/bin/docker-init"]
 DOCKER_UNIT = """[Unit]
-Description=Docker (the test machine's docker.io, bind-mounted): no bridge, no iptables
+Description=Docker (binaries bind-mounted from the test's host): no bridge, no iptables
 [Service]
 Type=notify
-ExecStart=/usr/sbin/dockerd -H unix:///run/docker.sock --bridge=none --iptables=false --ip6tables=false --storage-driver=vfs
+ExecStart=/usr/sbin/dockerd -H unix:///run/docker.sock --bridge=none --iptables=false --ip6tables=false \\
+  --storage-driver=vfs
 [Install]
 WantedBy=multi-user.target
 """
@@ -566,7 +567,8 @@ def register_docker_unit_on_a_real_dockerd():
     binds = [f"{b}:{b}" for b in DOCKER_BINARIES] + [
         debian13("docker.io/usr/sbin/dockerd") + ":/usr/sbin/dockerd",
         debian13("docker.io/usr/sbin/docker-proxy") + ":/usr/sbin/docker-proxy"]
-    m = Machine(cache, binds=binds, args=["--capability=CAP_NET_ADMIN", "--system-call-filter=add_key keyctl request_key bpf"],
+    m = Machine(cache, binds=binds,
+                args=["--capability=CAP_NET_ADMIN", "--system-call-filter=add_key keyctl request_key bpf"],
                 env={"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
     suite.defer(m.cleanup)
     m.start()
