@@ -22,7 +22,6 @@ comment above register_docker_unit_on_a_real_dockerd for what that takes.
                               too: every other step needs it)
 """
 import ctypes
-import fcntl
 import os
 import re
 import shutil
@@ -556,14 +555,6 @@ def register_docker_unit_on_a_real_dockerd():
     missing = [b for b in DOCKER_BINARIES if not os.path.exists(b)]
     assert not missing, f"no {missing}: scripts/install-deps.sh installs docker.io"
     deb, cache, etcd = need("deb", "cache", "etcd")
-    # one dockerd at a time on this machine (the other tests' rule), even
-    # though this one has no bridge
-    lock = open("/tmp/register-dockerd.lock", "a")
-    suite.defer(lock.close)
-    t0 = time.time()
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if time.time() - t0 > 1:
-        log(f"waited {time.time() - t0:.0f}s for /tmp/register-dockerd.lock")
     binds = [f"{b}:{b}" for b in DOCKER_BINARIES] + [
         debian13("docker.io/usr/sbin/dockerd") + ":/usr/sbin/dockerd",
         debian13("docker.io/usr/sbin/docker-proxy") + ":/usr/sbin/docker-proxy"]
