@@ -540,8 +540,10 @@ static int collect(lua_State *L) {
   return 0;
 }
 
-static int records_run(policy_t *p, const char *id, records_t *out, char *err,
+/* records() with the container table on top of the stack. */
+static int records_run(policy_t *p, const char *id, void *ud, char *err,
                        size_t errlen) {
+  records_t *out = ud;
   lua_State *L = p->L;
   char why[400];
   /* stack: box, container */
@@ -592,31 +594,38 @@ int policy_records(policy_t *p, const json_value_t *inspect, records_t *out,
   return policy_records_checked(p, inspect, NULL, out, err, errlen);
 }
 
-int policy_records_checked(policy_t *p, const json_value_t *inspect,
-                           const policy_check_view_t *checks, records_t *out,
-                           char *err, size_t errlen) {
+int policy_with_container(policy_t *p, const json_value_t *inspect,
+                          const policy_check_view_t *checks,
+                          policy_container_fn fn, void *ud, char *err,
+                          size_t errlen) {
   lua_State *L = p->L;
   const char *id = json_get_str(inspect, "Id");
   char why[400];
-  records_init(out);
-  if (!id) id = "?";
   int top = lua_gettop(L);
   policy_pushargs_t args = {inspect, checks};
   lua_pushcfunction(L, policy_push_container);
   lua_pushlightuserdata(L, &args);
   if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
     policy_count_failure(p);
-    snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
-             policy_reason_name(p->reason));
+    snprintf(err, errlen, "container %.12s: %s (reason: %s)", id ? id : "?",
+             why, policy_reason_name(p->reason));
     return -1;
   }
   /* The box stays here, below everything the call does, until the
    * document is gone: nothing the script does can free it first. */
   container_doc_t *box = lua_touserdata(L, top + 1);
-  int rc = records_run(p, id, out, err, errlen);
+  int rc = fn(p, id ? id : "?", ud, err, errlen);
   box->doc = NULL;
   lua_settop(L, top);
   return rc;
+}
+
+int policy_records_checked(policy_t *p, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen) {
+  records_init(out);
+  return policy_with_container(p, inspect, checks, records_run, out, err,
+                               errlen);
 }
 
 void policy_gc(policy_t *p) {

@@ -157,40 +157,27 @@ static int call_checks(lua_State *L) {
   return 0;
 }
 
+/* checks() with the container table on top of the stack. */
+static int checks_fn(policy_t *p, const char *id, void *ud, char *err,
+                     size_t errlen) {
+  policy_checks_t *out = ud;
+  char why[400];
+  checksargs_t a = {out};
+  lua_pushcfunction(p->L, call_checks);
+  lua_insert(p->L, -2);
+  lua_pushlightuserdata(p->L, &a);
+  if (policy_pcall(p, 2, 0, why, sizeof why) == 0) return 0;
+  policy_count_failure(p);
+  snprintf(err, errlen,
+           "policy %s: checks() failed for container %.12s: %s (reason: %s)",
+           p->name, id, why, policy_reason_name(p->reason));
+  policy_checks_free(out);
+  return -1;
+}
+
 int policy_checks(policy_t *p, const json_value_t *inspect,
                   policy_checks_t *out, char *err, size_t errlen) {
-  lua_State *L = p->L;
-  const char *id = json_get_str(inspect, "Id");
-  char why[400];
   memset(out, 0, sizeof *out);
-  if (!id) id = "?";
   if (!p->has_checks) return 0;
-  int top = lua_gettop(L);
-  policy_pushargs_t args = {inspect, NULL};
-  lua_pushcfunction(L, policy_push_container);
-  lua_pushlightuserdata(L, &args);
-  if (policy_pcall(p, 1, 2, why, sizeof why) < 0) {
-    policy_count_failure(p);
-    snprintf(err, errlen, "container %.12s: %s (reason: %s)", id, why,
-             policy_reason_name(p->reason));
-    return -1;
-  }
-  container_doc_t *box = lua_touserdata(L, top + 1);
-  checksargs_t a = {out};
-  lua_pushcfunction(L, call_checks);
-  lua_insert(L, -2);
-  lua_pushlightuserdata(L, &a);
-  int rc = policy_pcall(p, 2, 0, why, sizeof why);
-  box->doc = NULL;
-  lua_settop(L, top);
-  if (rc < 0) {
-    policy_count_failure(p);
-    snprintf(err, errlen,
-             "policy %s: checks() failed for container %.12s: %s (reason: "
-             "%s)",
-             p->name, id, why, policy_reason_name(p->reason));
-    policy_checks_free(out);
-    return -1;
-  }
-  return 0;
+  return policy_with_container(p, inspect, NULL, checks_fn, out, err, errlen);
 }

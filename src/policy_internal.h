@@ -84,6 +84,17 @@ void policy_count_failure(policy_t *p);
  * document box and the container table. */
 int policy_push_container(lua_State *L);
 
+/* Runs fn with the container table of inspect (and checks) on top of the
+ * stack, its document box anchored below and cleared after: the document
+ * is never read once this returns.  fn gets the container's id; it writes
+ * its own error. */
+typedef int (*policy_container_fn)(policy_t *p, const char *id, void *ud,
+                                   char *err, size_t errlen);
+int policy_with_container(policy_t *p, const json_value_t *inspect,
+                          const policy_check_view_t *checks,
+                          policy_container_fn fn, void *ud, char *err,
+                          size_t errlen);
+
 /* policy_hooks.c */
 void policy_hooks_init(policy_t *p, uv_loop_t *loop); /* loop may be NULL */
 void policy_hooks_free(policy_t *p);
