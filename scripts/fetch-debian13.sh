@@ -35,16 +35,7 @@ if [ $have = 1 ]; then
   exit 0
 fi
 
-mirror=${REGISTER_DEBIAN_MIRROR:-}
-if [ -z "$mirror" ]; then
-  # the first Debian archive URI of this machine's sources (deb822 or one-line)
-  mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-fi
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-    awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-fi
+mirror=$("$(dirname "$0")/debian-mirror.sh") || mirror=""
 if [ -z "$mirror" ]; then
   echo "fetch-debian13: no Debian mirror in this machine's apt sources; set REGISTER_DEBIAN_MIRROR" >&2
   exit 1

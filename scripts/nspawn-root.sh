@@ -26,15 +26,7 @@ if [ -e "$DIR/.complete" ] && [ "$(cat "$DIR/.complete")" = "$PKGS" ]; then
   echo "$DIR"
   exit 0
 fi
-mirror=${REGISTER_DEBIAN_MIRROR:-}
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-    awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-fi
-if [ -z "$mirror" ]; then
-  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-    awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }')
-fi
+mirror=$("$(dirname "$0")/debian-mirror.sh") || mirror=""
 [ -n "$mirror" ] || { echo "nspawn-root: no Debian mirror in the apt sources; set REGISTER_DEBIAN_MIRROR" >&2; exit 1; }
 rm -rf "$DIR.tmp"
 echo "nspawn-root: debootstrap bookworm into $DIR (once)" >&2
