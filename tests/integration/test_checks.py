@@ -7,8 +7,7 @@ busybox httpd serves a health file that `docker exec` removes and restores;
 accepts and never answers (a timeout); a published port nothing listens on
 refuses.  Timing targets are in bench/checks_bench.c, not here: these tests
 wait generously.
-
-Needs the runtime's wiring of checks() (policy.c, app.c)."""
+"""
 import os
 import random
 import sys

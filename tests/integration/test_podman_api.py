@@ -3,10 +3,7 @@ Docker API: `remove` instead of `destroy`; `init`, `cleanup` and `attach`
 that change nothing; `health_status` with the status in a separate
 HealthStatus field; an event stream whose response head comes only with
 the first event (podman 5.x), which must not delay the initial sync; and
-event streams typed application/x-ndjson or application/json-seq.
-
-Some of these need changes in src/docker.c (see each test); until they land
-the test fails, naming what is missing."""
+event streams typed application/x-ndjson or application/json-seq."""
 import shutil
 import os
 import sys

@@ -149,7 +149,7 @@ def malformed_values_name_the_variable():
         assert want in e, (labels, e)
 
 
-# ---- the example (needs the runtime's checks(): --assume-checks) ----
+# ---- the example, through register check --assume-checks ----
 
 @suite.test
 def health_checks_example():
