@@ -10,7 +10,13 @@
 2. limit    the same PUTs from bench/limit.c (no Docker, no Lua; the best of
             several concurrencies): register's time as a ratio to it
 3. latency  real dockerd: Docker's event timeNano to the key seen by an etcd
-            watch, for registration and removal (p50, p99, max over 60)
+            watch, for registration and removal (p50, p99, max over 60);
+            and stage by stage from register's --trace-latency lines: event
+            read, inspect sent, inspect answered, policy run, write sent,
+            write acknowledged; register's own work is all but the engine's
+            delivery of the event and the inspect's and the write's round
+            trips (the floor).  REGISTER_TEST_ENGINE=docker26 and
+            REGISTER_TEST_ETCD=debian13 measure on Docker 26 and etcd 3.5
 4. storm    2,000 start/die events per second for 10 s: RssAnon and pending
             writes during it, time to converge after it
 5. idle     60 s of an idle register: CPU time, context switches, RssAnon,
@@ -212,45 +218,134 @@ class Watcher(threading.Thread):
             idx = node["modifiedIndex"] + 1
 
 
+STAGES = (("read", "event read (Docker's timeNano to register)"),
+          ("inspect_sent", "inspect sent"),
+          ("inspect_answered", "inspect answered (dockerd)"),
+          ("policy", "policy run"),
+          ("write_sent", "write sent"),
+          ("write_acked", "write acknowledged (etcd)"))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def latency_traces(text):
+    """register --trace-latency lines: {container: {stage: us after Docker's event}}, in order."""
+    import re
+    got = []
+    for line in text.splitlines():
+        if " latency " not in line or "docker_ns=" not in line:
+            continue
+        f = dict(re.findall(r"(\w+)=(\S+)", line))
+        got.append((f["container"], {k: int(f[k]) for k, _ in STAGES if f.get(k, "-") != "-"}))
+    return got
+
+
+def stage_rows(what, traces):
+    """Each stage's own time (from the stage before it that the event
+    passed), p50 and p99 in ms; and register's own work: the time from
+    reading the event to the write's acknowledgement less the inspect's and
+    the write's round trips (the floor).  The event's delivery by the
+    engine (read) is reported beside it, with a plain reader's."""
+    per = {k: [] for k, _ in STAGES}
+    own = []
+    for t in traces:
+        prev = 0
+        for k, _ in STAGES:
+            if k in t:
+                per[k].append((t[k] - prev) / 1000)
+                prev = t[k]
+        trips = (t["write_acked"] - t["write_sent"]) + (
+            t["inspect_answered"] - t["inspect_sent"] if "inspect_sent" in t else 0)
+        own.append((t["write_acked"] - t["read"] - trips) / 1000)
+    stages = {k: (round(pct(v, 50), 3), round(pct(v, 99), 3)) for k, v in per.items() if v}
+    row = {"bench": "stages", "what": what, "n": len(traces), "stages": stages,
+           "own_p50_ms": round(pct(own, 50), 3), "own_p99_ms": round(pct(own, 99), 3)}
+    for k, label in STAGES:
+        if k in stages:
+            out(f"    {label}: p50 {stages[k][0]} ms, p99 {stages[k][1]} ms")
+    out(f"    register's own work (event read to write acknowledged, less the two round trips): "
+        f"p50 {row['own_p50_ms']} ms, p99 {row['own_p99_ms']} ms")
+    RESULTS.append(row)
+
+
 def bench_latency(count=60):
     d = Dockerd().start()
     d.images()
     d.clean()
     etcd = tmpfs_etcd()
-    reg = Register("--etcd", etcd.url, "--docker", d.host, host_ip=IP).start()
+    reg = Register("--etcd", etcd.url, "--docker", d.host, "--trace-latency", host_ip=IP).start()
     ev_proc = subprocess.Popen(["docker", "events", "--filter", "type=container", "--format", "{{json .}}"],
                                env=d.env, stdout=subprocess.PIPE, text=True)
     events = {}
+    raw_read = {}  # (action, id) -> ns after timeNano that a plain socket reader got it
 
     def read_events():
         for line in ev_proc.stdout:
             e = json.loads(line)
             events.setdefault((e.get("Action"), e["Actor"]["ID"]), e["timeNano"])
+
+    def read_raw():
+        # the event stream read straight off dockerd's socket, as register
+        # reads it: how long dockerd itself takes to deliver an event
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(d.sock)
+        s.sendall(b'GET /events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D HTTP/1.1\r\nHost: d\r\n\r\n')
+        pend = b""
+        while True:
+            chunk = s.recv(65536)
+            t = time.time_ns()
+            if not chunk:
+                return
+            pend += chunk
+            *lines, pend = pend.split(b"\n")
+            for line in lines:
+                line = line.strip()
+                if line.startswith(b"{"):
+                    e = json.loads(line)
+                    raw_read.setdefault((e.get("Action"), e["Actor"]["ID"]), t - e["timeNano"])
     threading.Thread(target=read_events, daemon=True).start()
+    threading.Thread(target=read_raw, daemon=True).start()
     try:
         wait_for(lambda: "in sync" in reg.output(), 30)
         w = Watcher(etcd)
         w.start()
         time.sleep(0.3)
         reg_ms, rm_ms = [], []
+        reg_ids, rm_ids = set(), set()
         for i in range(count):
             cid = d.run("-p", "127.0.0.1::80")
             key = f"{PREFIX}/bbx/{cid}"
             wait_for(lambda: ("set", key) in w.seen and ("start", cid) in events, 10, interval=0.002)
             reg_ms.append((w.seen[("set", key)] - events[("start", cid)]) / 1e6)
+            reg_ids.add(cid)
             d.docker("rm", "-f", cid)
             wait_for(lambda: ("delete", key) in w.seen and ("die", cid) in events, 10, interval=0.002)
             rm_ms.append((w.seen[("delete", key)] - events[("die", cid)]) / 1e6)
+            rm_ids.add(cid)
         w.stop = True
-
-        def pct(xs, p):
-            xs = sorted(xs)
-            return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
-        for what, xs in (("registration", reg_ms), ("removal", rm_ms)):
+        traces = latency_traces(reg.output())
+        for what, xs, ids in (("registration", reg_ms, reg_ids), ("removal", rm_ms, rm_ids)):
             row = {"bench": "latency", "what": what, "n": len(xs), "p50_ms": round(pct(xs, 50), 2),
                    "p99_ms": round(pct(xs, 99), 2), "max_ms": round(max(xs), 2)}
             out(f"  {what}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, max {row['max_ms']} ms")
             RESULTS.append(row)
+            # a container's first trace is its registration, its second its removal
+            first = {}
+            for cid, t in traces:
+                first.setdefault(cid, []).append(t)
+            mine = [ts[0 if what == "registration" else 1] for cid, ts in first.items()
+                    if cid in ids and len(ts) >= (1 if what == "registration" else 2)]
+            stage_rows(what, mine)
+            action = "start" if what == "registration" else "die"
+            raw = [raw_read[(action, c)] / 1e6 for c in ids if (action, c) in raw_read]
+            if raw:
+                out(f"    (the same events read by a plain socket client: p50 {pct(raw, 50):.3f} ms, "
+                    f"p99 {pct(raw, 99):.3f} ms)")
+                RESULTS[-1]["plain_read_p50_ms"] = round(pct(raw, 50), 3)
     finally:
         ev_proc.kill()
         reg.stop(expect=None)
@@ -365,6 +460,13 @@ def table():
         elif r["bench"] == "latency":
             res = f"{r['what']} ({r['n']}): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms"
             tgt = "p99 < 10 ms"
+        elif r["bench"] == "stages":
+            st = "; ".join(f"{k.replace('_', ' ')} {v[0]}" for k, v in r["stages"].items())
+            res = (f"{r['what']}, stage by stage (p50 ms, each from the stage before): {st}; register's own "
+                   f"work p50 {r['own_p50_ms']} ms, p99 {r['own_p99_ms']} ms")
+            if "plain_read_p50_ms" in r:
+                res += f"; a plain reader gets the event {r['plain_read_p50_ms']} ms after timeNano"
+            tgt = "own work ≤ 0.5 ms"
         elif r["bench"] == "storm":
             res = (f"{r['events']} events ({r['events_per_s']}/s): RssAnon {r['rss_anon_before_kb'] / 1024:.1f} → "
                    f"max {r['rss_anon_max_kb'] / 1024:.1f} MB, pending max {r['pending_max']}, "

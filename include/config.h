@@ -38,6 +38,7 @@ typedef struct {
   long resync;        /* seconds, 0 = only on (re)connect */
   char *metrics_addr; /* host:port, or NULL */
   int dry_run;
+  int trace_latency; /* log each event's stage times (trace.h) */
   int once;
   long once_timeout;      /* seconds --once waits for etcd to match */
   long policy_timeout_ms; /* wall clock of one policy call */

@@ -14,6 +14,7 @@
 #include "policy.h"
 #include "reconcile.h"
 #include "reload.h"
+#include "trace.h"
 #include "util.h"
 
 #include <signal.h>
@@ -95,6 +96,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
     return;
   }
   a->policy_rejected += recs.rejected;
+  trace_mark(id, TRACE_POLICY);
   reconcile_set(a->rec, id, container_image(inspect), &recs);
   records_free(&recs);
   reload_touch(a->reload, id);

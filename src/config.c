@@ -29,6 +29,7 @@ enum {
   OPT_METRICS,
   OPT_HOSTNAME,
   OPT_DRY_RUN,
+  OPT_TRACE_LATENCY,
   OPT_ONCE,
   OPT_TIMEOUT,
   OPT_POLICY_TIMEOUT,
@@ -56,6 +57,7 @@ static const struct option long_opts[] = {
     {"metrics", required_argument, NULL, OPT_METRICS},
     {"hostname", required_argument, NULL, OPT_HOSTNAME},
     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+    {"trace-latency", no_argument, NULL, OPT_TRACE_LATENCY},
     {"once", no_argument, NULL, OPT_ONCE},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"policy-timeout", required_argument, NULL, OPT_POLICY_TIMEOUT},
@@ -112,6 +114,8 @@ void config_usage(const char *prog) {
       "(REGISTER_LOG_FORMAT)\n"
       "  --dry-run               print what would be written instead of "
       "writing\n"
+      "  --trace-latency         log where each event's time went, stage by "
+      "stage\n"
       "  --once                  sync once; exit 0 when etcd matches, 1 when "
       "it does\n"
       "                          not within --timeout SECONDS (default 30)\n"
@@ -528,6 +532,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
       break;
     case OPT_DRY_RUN:
       cfg->dry_run = 1;
+      break;
+    case OPT_TRACE_LATENCY:
+      cfg->trace_latency = 1;
       break;
     case OPT_ONCE:
       cfg->once = 1;

@@ -6,6 +6,7 @@
 #include "list.h"
 #include "log.h"
 #include "map.h"
+#include "trace.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -213,6 +214,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   REGISTER_ASSERT(c->req == req); /* its one inspect, answered once */
   c->req = NULL;
   d->inflight--;
+  trace_mark(c->id, TRACE_INSPECT_ANSWERED);
   char why[300];
 
   if (!r->error && r->status == 404) {
@@ -273,6 +275,7 @@ static void docker_pump(docker_t *d) {
       continue;
     }
     d->inflight++;
+    trace_mark(c->id, TRACE_INSPECT_SENT);
   }
 }
 
@@ -408,9 +411,13 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
   switch (docker_event_classify(ev, &id)) {
   case DOCKER_EV_GONE:
     c = cont_get(d, id, 0);
-    if (c) cont_gone(d, c); /* else: never registered, nothing to do */
+    if (c) { /* else: never registered, nothing to do */
+      trace_event(id, ev->time_nano);
+      cont_gone(d, c);
+    }
     break;
   case DOCKER_EV_INSPECT:
+    trace_event(id, ev->time_nano);
     c = cont_get(d, id, 1);
     c->seq = d->seq;
     want_inspect(d, c);
@@ -418,6 +425,7 @@ static void handle_event(docker_t *d, const docker_event_t *ev) {
   case DOCKER_EV_NETWORK:
     c = cont_get(d, id, 0);
     if (c) {
+      trace_event(id, ev->time_nano);
       c->seq = d->seq;
       /* `docker rm -f` and `docker stop` disconnect a container just
        * before it dies: wait a moment for the die instead of inspecting

@@ -57,6 +57,7 @@ struct http {
   int npool;
   size_t active;
   int dispatching;
+  int in_timer;   /* inside timer_cb: curl's own timeout handling */
   int in_request; /* inside http_request(): no callback may run */
   int max_conns, max_idle;
 };
@@ -127,19 +128,29 @@ static int socket_fn(CURL *easy, curl_socket_t fd, int action, void *userp,
 static void timer_cb(uv_timer_t *t) {
   http_t *h = t->data;
   int running;
+  h->in_timer = 1;
   curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  h->in_timer = 0;
   dispatch(h);
 }
 
-/* curl asks for a timeout; never call back into curl from here. */
+/* curl asks for a timeout; never call back into curl from here.  0 means
+ * "as soon as possible" (a request just added): the timer runs in this
+ * loop iteration's timer phase or the next, not a millisecond later (that
+ * millisecond was most of register's latency above the floor, once for the
+ * inspect and once for the etcd write).  Only a 0 asked for from within
+ * curl's own timeout handling waits 1 ms: libuv 1.44 runs a 0 ms timer
+ * started from a timer callback in the same pass, so curl could keep the
+ * loop in its timer phase. */
 static int timer_fn(CURLM *multi, long timeout_ms, void *userp) {
   (void)multi;
   http_t *h = userp;
   if (timeout_ms < 0) {
     uv_timer_stop(&h->timer);
   } else {
-    uv_timer_start(&h->timer, timer_cb, timeout_ms ? (uint64_t)timeout_ms : 1,
-                   0);
+    uint64_t ms = (uint64_t)timeout_ms;
+    if (ms == 0 && h->in_timer) ms = 1;
+    uv_timer_start(&h->timer, timer_cb, ms, 0);
   }
   return 0;
 }

@@ -4,6 +4,7 @@
 #include "check.h"
 #include "config.h"
 #include "log.h"
+#include "trace.h"
 
 #include <curl/curl.h>
 #include <signal.h>
@@ -23,12 +24,14 @@ int main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
+  trace_setup(cfg.trace_latency);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");
     config_free(&cfg);
     return 1;
   }
   rc = app_run(&cfg);
+  trace_close();
   curl_global_cleanup();
   config_free(&cfg);
   return rc;

@@ -6,6 +6,7 @@
 #include "reconcile_internal.h"
 #include "json.h"
 #include "log.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,6 +274,7 @@ static void batch_flush(reconcile_t *r) {
     items[i].key = k->key;
     items[i].value = k->sent ? k->sent->s : NULL;
     items[i].vlen = k->sent ? k->sent->len : 0;
+    trace_mark(rkey_owner_id(k), TRACE_WRITE_SENT);
   }
   r->inflight++;
   list_insert_head(&r->batches, &b->node);
@@ -323,6 +325,8 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
     reconcile_op_done(k, &ok);
     return;
   }
+  if (act == ACT_PUT || act == ACT_DELETE)
+    trace_mark(rkey_owner_id(k), TRACE_WRITE_SENT);
   switch (act) {
   case ACT_PUT:
     k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl,
@@ -402,6 +406,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       k->solo = 0;
       r->puts++;
       log_change(k->have_known && k->have ? "updated" : "registered", k);
+      trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
       rkey_set_have(k, k->sent);
       k->have_ttl = r->ttl > 0;
       k->refresh_due = 0;
@@ -432,6 +437,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       r->deletes++;
       if (res->status == ETCD_OK || r->dry_run) {
         log_change(rkey_owner_id(k) ? "removed" : "removed stale key", k);
+        trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
         if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
       }
       rkey_set_have(k, NULL);
