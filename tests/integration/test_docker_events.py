@@ -1,8 +1,10 @@
 """Events that change what a policy produces, on a real dockerd: health
 status (healthy-only example), rename (registrator example), pause and
-unpause."""
+unpause; and --trace-latency's stage times."""
 import os
+import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import SRC, Dockerd, Etcd, Register, Suite, wait_for  # noqa: E402
@@ -63,6 +65,49 @@ def rename_re_evaluates():
     d.clean()
     wait_for(lambda: etcd.tree("/services") == {}, what="removed")
     r.stop()
+
+
+STAGES = ("read", "inspect_sent", "inspect_answered", "policy", "write_sent", "write_acked")
+
+
+def traces(r, cid):
+    return [dict(re.findall(r"(\w+)=(\S+)", line)) for line in r.output().splitlines()
+            if " latency " in line and f"container={cid}" in line]
+
+
+@suite.test
+def trace_latency_gives_each_stage_in_order():
+    d.clean()
+    etcd.etcdctl("rm", "--recursive", "/registered", check=False)
+    r = Register("--etcd", etcd.url, "--docker", d.host, "--trace-latency", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    before = time.time_ns()
+    cid = d.run("-p", "127.0.0.1::80")
+    wait_for(lambda: traces(r, cid), what="a latency line for the registration\n" + r.output())
+    t = traces(r, cid)[0]
+    # Docker's own time for the start event, then every stage after it
+    assert before - 5 * 10**9 < int(t["docker_ns"]) < time.time_ns(), t
+    us = [int(t[k]) for k in STAGES]
+    assert us == sorted(us) and us[0] >= 0 and us[-1] < 10 * 10**6, t
+    d.docker("rm", "-f", cid)
+    wait_for(lambda: len(traces(r, cid)) == 2, what="a latency line for the removal\n" + r.output())
+    t = traces(r, cid)[1]
+    # a removal is not inspected and runs no policy
+    assert [t[k] for k in ("inspect_sent", "inspect_answered", "policy")] == ["-"] * 3, t
+    us = [int(t[k]) for k in ("read", "write_sent", "write_acked")]
+    assert us == sorted(us) and us[0] >= 0, t
+    r.stop()
+    # without the flag there is none
+    r2 = Register("--etcd", etcd.url, "--docker", d.host, host_ip=IP).start()
+    suite.defer(r2.cleanup)
+    r2.wait_log("in sync")
+    cid = d.run("-p", "127.0.0.1::80")
+    wait_for(lambda: cid in etcd.tree().get(f"/registered/{IP}/{d.image('bbx').replace('/', '::')}/{cid}", ""),
+             what="registered")
+    assert " latency " not in r2.output()
+    d.clean()
+    r2.stop()
 
 
 suite.run()
