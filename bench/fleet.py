@@ -422,6 +422,19 @@ class Fleet:
                     pass
         return vals
 
+    def cpu_seconds(self):
+        """utime + stime of every running host."""
+        vals = []
+        for p in self.procs:
+            if p and p.poll() is None:
+                try:
+                    with open(f"/proc/{p.pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    vals.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+                except OSError:
+                    pass
+        return vals
+
     # ---- what etcd holds ----
     def expected(self, hosts=None):
         want = {}
@@ -503,9 +516,12 @@ class Fleet:
         spawn = time.time() - t0
         conv, sm = self.converge(t0, 120 + self.n * 0.2)
         rss = self.rss_anon()
-        rss_note = f"RssAnon mean {sum(rss) / max(1, len(rss)) / 1024:.2f} MB, max {max(rss or [0]) / 1024:.2f} MB"
+        cpu = self.cpu_seconds()
+        rss_note = (f"RssAnon mean {sum(rss) / max(1, len(rss)) / 1024:.2f} MB, max {max(rss or [0]) / 1024:.2f} MB; "
+                    f"CPU per host {1000 * sum(cpu) / max(1, len(cpu)):.0f} ms (start-up and sync)")
         self.record("cold", conv, sm, f"spawning took {spawn:.1f}s; {rss_note}",
-                    rss_mean_kb=sum(rss) / max(1, len(rss)), rss_max_kb=max(rss or [0]))
+                    rss_mean_kb=sum(rss) / max(1, len(rss)), rss_max_kb=max(rss or [0]),
+                    spawn=spawn, cpu_mean_s=sum(cpu) / max(1, len(cpu)))
 
     def steady_rate(self, secs):
         c0 = self.counter.sample()
@@ -555,14 +571,51 @@ class Fleet:
         self.barrier()
         return hosts
 
+    def new_leader_after(self, t0, gone, timeout=30):
+        """Seconds from t0 until a member other than gone leads (etcd's own
+        election, polled every 20 ms), or None."""
+        while time.time() - t0 < timeout:
+            for m in self.cluster.members:
+                if m is not gone and m.proc and m.is_leader():
+                    return time.time() - t0
+            time.sleep(0.02)
+        return None
+
+    def writes_after(self, hosts, t0):
+        """For each host, seconds from t0 to the last write its log shows
+        (registered/removed lines, millisecond timestamps)."""
+        import datetime
+        res = []
+        for h in hosts:
+            last = None
+            try:
+                for line in open(self.logs[h], errors="replace"):
+                    if " registered " not in line and " removed " not in line:
+                        continue
+                    ts = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+                    t = ts.replace(tzinfo=datetime.timezone.utc).timestamp()
+                    if t >= t0:
+                        last = t - t0
+            except (OSError, ValueError, IndexError):
+                pass
+            if last is not None:
+                res.append(last)
+        return sorted(res)
+
     def sc_leader(self):
         self.settle()
         leader = self.cluster.leader()
         t0 = time.time()
         leader.kill()
         hosts = self.changes_on_some()
+        elected = self.new_leader_after(t0, leader)
         conv, sm = self.converge(t0, 60)
-        self.record("leader", conv, sm, f"killed {leader.name}; changes on {len(hosts)} hosts; time after the kill")
+        w = self.writes_after(hosts, t0)
+        wnote = (f"; the changed hosts' last writes (their logs): median {w[len(w) // 2]:.2f} s, "
+                 f"slowest {w[-1]:.2f} s" if w else "")
+        self.record("leader", conv, sm, f"killed {leader.name}; new leader after {fmt_s(elected)}; "
+                    f"changes on {len(hosts)} hosts; time after the kill{wnote}",
+                    elected=elected, host_writes=w)
         leader.start()
         self.cluster.wait_healthy()
 
