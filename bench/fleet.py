@@ -481,10 +481,13 @@ class Fleet:
         deadline = time.time() + timeout
         sm = (None, None)
         while time.time() < deadline:
+            # the time the read was sent: etcd answers with its state then;
+            # reading and comparing 10,000 keys here takes a few 100 ms
+            t = time.time()
             sm = self.diff(hosts)
             if sm == (0, 0):
-                return time.time() - t0, sm
-            time.sleep(0.1 if self.n <= 100 else 0.3)
+                return t - t0, sm
+            time.sleep(0.1)
         return None, sm
 
     def record(self, name, conv, sm, note="", **extra):

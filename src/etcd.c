@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,14 +19,16 @@
  * may take FAILOVER_CONNECT_MS to connect (a member that does not accept a
  * TCP connection by then is treated as down) and FAILOVER_MIN_MS to answer
  * (FAILOVER_FIRST_MS until an answer has been timed), or
- * FAILOVER_LAT_FACTOR times the average latency of the answers so far when
+ * FAILOVER_LAT_FACTOR times the recent latency of answers (lat_note) when
  * that is longer (a loaded cluster is slow everywhere: switching would only
- * add load).  The short answer time bounds how long after a new leader is
- * elected the writes resume: a proposal a member dropped while it had none
- * is never answered, only sent again.  A failed attempt goes to the next
- * endpoint at once, up to FAILOVER_ROUNDS times round all of them while the
- * budget lasts; the attempt that cannot be followed by another gets what is
- * left of the budget. */
+ * add load: when 500 hosts start at once, answers take seconds, and
+ * abandoning them after one second made every host send each write many
+ * times, which the cluster never caught up with).  The short answer
+ * time bounds how long after a new leader is elected the writes resume: a
+ * proposal a member dropped while it had none is never answered, only sent
+ * again.  A failed attempt goes to the next endpoint at once, up to
+ * FAILOVER_ROUNDS times round all of them while the budget lasts; the attempt
+ * that cannot be followed by another gets what is left of the budget. */
 #define FAILOVER_CONNECT_MS 1000L
 #define FAILOVER_MIN_MS 400.0
 #define FAILOVER_FIRST_MS 1000.0
@@ -35,6 +38,37 @@
 
 static int send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
+
+/* The latency the attempt timeout scales with is the recent one: a moving
+ * average whose samples count less the older they are (half after
+ * LAT_HALF_LIFE_S; a new sample takes at least a tenth), read decayed the
+ * same way (lat_recent).  A plain average of the answers kept the start-up
+ * storm of a large fleet (seconds per request while 500 hosts synced) for
+ * minutes after it, when only lease keep-alives were timed: an etcd leader
+ * lost then meant one attempt of the whole 5 s budget on a member that
+ * would never answer, instead of 400 ms ones.  A cluster that is slow now
+ * answers every write slowly, which keeps the average up. */
+#define LAT_HALF_LIFE_S 2.0
+
+static double lat_keep(const etcd_t *e, uint64_t now) {
+  return exp2(-(double)(now - e->lat_at) / 1e9 / LAT_HALF_LIFE_S);
+}
+
+static void lat_note(etcd_t *e, double ms) {
+  uint64_t now = uv_hrtime();
+  if (e->lat_avg_ms <= 0) {
+    e->lat_avg_ms = ms;
+  } else {
+    double keep = lat_keep(e, now);
+    if (keep > 0.9) keep = 0.9;
+    e->lat_avg_ms = e->lat_avg_ms * keep + ms * (1 - keep);
+  }
+  e->lat_at = now;
+}
+
+static double lat_recent(const etcd_t *e) {
+  return e->lat_avg_ms > 0 ? e->lat_avg_ms * lat_keep(e, uv_hrtime()) : 0;
+}
 static void deliver_listing(etcd_op_t *op);
 static void keepalive_arm(etcd_t *e);
 static void keepalive_cb(uv_timer_t *t);
@@ -281,8 +315,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   }
   if (!r->error && r->status && r->status < 500) {
     e->last_ok_ms = uv_now(e->loop);
-    double ms = (double)(uv_hrtime() - op->sent) / 1e6;
-    e->lat_avg_ms = e->lat_avg_ms ? e->lat_avg_ms * 0.9 + ms * 0.1 : ms;
+    lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
   }
   switch (reply) {
   case REPLY_MORE:
@@ -375,7 +408,7 @@ static int send_op(etcd_op_t *op) {
   uint64_t now = uv_hrtime();
   if (!op->attempts) op->first = now;
   long left = full - (long)((now - op->first) / 1000000);
-  double d = e->lat_avg_ms * FAILOVER_LAT_FACTOR;
+  double d = lat_recent(e) * FAILOVER_LAT_FACTOR;
   double floor = e->lat_avg_ms > 0 ? FAILOVER_MIN_MS : FAILOVER_FIRST_MS;
   if (d < floor) d = floor;
   if (op->kind == OP_LIST) d *= 6;

@@ -103,7 +103,8 @@ struct etcd {
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */
   long timeout_ms;
-  double lat_avg_ms; /* moving average of answered requests' latency */
+  double lat_avg_ms; /* recent answered requests' latency (lat_note) */
+  uint64_t lat_at;   /* uv_hrtime() of the last answer timed */
   uint64_t keepalive_every_ms;
   long ttl;   /* v3: the lease's TTL; 0 = no lease */
   list_t ops; /* every outstanding operation (etcd_op_t.node), newest first */
