@@ -482,13 +482,32 @@ class Fleet:
         sm = (None, None)
         while time.time() < deadline:
             # the time the read was sent: etcd answers with its state then;
-            # reading and comparing 10,000 keys here takes a few 100 ms
+            # reading and comparing 10,000 keys here takes a few 100 ms of
+            # the CPU the hosts share, so v3 first counts the keys (cheap)
+            # and reads them all only when the count is right
             t = time.time()
+            if hosts is None and self.api == "v3" and self.key_count() not in (None, len(self.expected())):
+                time.sleep(0.05)
+                continue
             sm = self.diff(hosts)
             if sm == (0, 0):
                 return t - t0, sm
             time.sleep(0.1)
+        if sm == (None, None) or hosts is None:
+            sm = self.diff(hosts)
         return None, sm
+
+    def key_count(self):
+        """The number of keys under PREFIX (v3), or None."""
+        for m in self.cluster.members:
+            if not m.proc or m.name in self.net.down:
+                continue
+            try:
+                self.reads += 1
+                return v3_range(m.url, PREFIX + "/", timeout=2, count_only=True)[0]
+            except Exception:
+                continue
+        return None
 
     def record(self, name, conv, sm, note="", **extra):
         stale, missing = sm
@@ -522,9 +541,12 @@ class Fleet:
         cpu = self.cpu_seconds()
         rss_note = (f"RssAnon mean {sum(rss) / max(1, len(rss)) / 1024:.2f} MB, max {max(rss or [0]) / 1024:.2f} MB; "
                     f"CPU per host {1000 * sum(cpu) / max(1, len(cpu)):.0f} ms (start-up and sync)")
-        self.record("cold", conv, sm, f"spawning took {spawn:.1f}s; {rss_note}",
+        st = self.start_to_sync()
+        st_note = (f"; each host's own start to in sync: median {st[len(st) // 2]:.2f} s, max {st[-1]:.2f} s"
+                   if st else "")
+        self.record("cold", conv, sm, f"spawning took {spawn:.1f}s; {rss_note}{st_note}",
                     rss_mean_kb=sum(rss) / max(1, len(rss)), rss_max_kb=max(rss or [0]),
-                    spawn=spawn, cpu_mean_s=sum(cpu) / max(1, len(cpu)))
+                    spawn=spawn, cpu_mean_s=sum(cpu) / max(1, len(cpu)), start_to_sync=st)
 
     def steady_rate(self, secs):
         c0 = self.counter.sample()
@@ -583,6 +605,25 @@ class Fleet:
                     return time.time() - t0
             time.sleep(0.02)
         return None
+
+    def start_to_sync(self):
+        """Per host, seconds from its first log line (its start) to its
+        first "in sync" line."""
+        import datetime
+
+        def ts(line):
+            t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+        res = []
+        for h in range(self.n):
+            try:
+                lines = open(self.logs[h], errors="replace").read().splitlines()
+                synced = [l for l in lines if " in sync" in l]
+                if lines and synced:
+                    res.append(ts(synced[0]) - ts(lines[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return sorted(res)
 
     def writes_after(self, hosts, t0):
         """For each host, seconds from t0 to the last write its log shows
@@ -786,14 +827,18 @@ def b64(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def v3_range(url, prefix, timeout=10):
+def v3_range(url, prefix, timeout=10, count_only=False):
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     # serializable: the member's own committed state, answered without a
     # leader (a linearizable read hangs while there is none)
-    body = json.dumps({"key": b64(prefix), "range_end": b64(end), "serializable": True}).encode()
-    with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/range", data=body),
+    req = {"key": b64(prefix), "range_end": b64(end), "serializable": True}
+    if count_only:
+        req["count_only"] = True
+    with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/range", data=json.dumps(req).encode()),
                                 timeout=timeout) as r:
         doc = json.loads(r.read())
+    if count_only:
+        return int(doc.get("count", 0)), int(doc["header"]["revision"])
     kv = {base64.b64decode(x["key"]).decode(): base64.b64decode(x.get("value", "")).decode()
           for x in doc.get("kvs", [])}
     return kv, int(doc["header"]["revision"])
