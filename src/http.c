@@ -57,7 +57,7 @@ struct http {
   int npool;
   size_t active;
   int dispatching;
-  int in_timer;   /* inside timer_cb: curl's own timeout handling */
+  int in_timer;   /* inside timer_cb (see timer_fn) */
   int in_request; /* inside http_request(): no callback may run */
   int max_conns, max_idle;
 };
@@ -130,8 +130,8 @@ static void timer_cb(uv_timer_t *t) {
   int running;
   h->in_timer = 1;
   curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-  h->in_timer = 0;
   dispatch(h);
+  h->in_timer = 0;
 }
 
 /* curl asks for a timeout; never call back into curl from here.  0 means
@@ -139,9 +139,11 @@ static void timer_cb(uv_timer_t *t) {
  * loop iteration's timer phase or the next, not a millisecond later (that
  * millisecond was most of register's latency above the floor, once for the
  * inspect and once for the etcd write).  Only a 0 asked for from within
- * curl's own timeout handling waits 1 ms: libuv 1.44 runs a 0 ms timer
- * started from a timer callback in the same pass, so curl could keep the
- * loop in its timer phase. */
+ * timer_cb (curl's timeout handling, or a callback it completed that starts
+ * another request) waits 1 ms: libuv 1.44 runs a 0 ms timer started from a
+ * timer callback in the same pass, so a request that fails at once and is
+ * started again at once (a hook's loop) would keep the loop in its timer
+ * phase, where no I/O and no other timer (the hook's time limit) runs. */
 static int timer_fn(CURLM *multi, long timeout_ms, void *userp) {
   (void)multi;
   http_t *h = userp;

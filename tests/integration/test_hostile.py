@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -149,6 +150,52 @@ def policies_that_fail_to_load():
     good2 = fake.add(name="good2")
     fake.emit(fake.event("start", good2))
     wait_for(lambda: key(good1) in etcd.tree() and key(good2) in etcd.tree(), what="registrations")
+    r.stop()
+
+
+@suite.test
+def hook_looping_on_failing_requests_is_ended_by_its_time_limit():
+    """A hook that sends request after request that curl fails at once,
+    inside its own processing (a port number out of range), alternating with
+    ones to a port nobody listens on.  The loop must still reach I/O and its
+    other timers (/metrics answers, events are handled) and --hook-timeout
+    ends the call.  Without http.c's 1 ms hold on a request started from
+    inside its timer callback, this kept libuv in its timer phase for good
+    (tried: /metrics never answered)."""
+    reset()
+    closed = free_port()
+    policy = os.path.join(WORK, "http_loop.lua")
+    with open(policy, "w") as f:
+        f.write('''local register = require "register"
+local default = require "register.default"
+return { prefix = default.prefix, records = default.records,
+  event = function(ev, host)
+    if ev.attributes and ev.attributes.name == "evil" then
+      while true do
+        register.http.request { url = "http://127.0.0.1:999999/", timeout = 1 }
+        register.http.request { url = "http://127.0.0.1:%d/", timeout = 1 }
+      end
+    end
+  end }
+''' % closed)
+    good1 = fake.add(name="good1")
+    evil = fake.add(name="evil", image="evil")
+    port = free_port()
+    r = Register("--etcd", etcd.url, "--docker", fake.host, "--policy", policy,
+                 "--metrics", f"127.0.0.1:{port}", "--hook-timeout", "3", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync", timeout=60)
+    fake.emit(fake.event("start", evil))
+    time.sleep(0.5)  # the hook is looping now
+    assert "register_policy_errors_total" in urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    good2 = fake.add(name="good2")
+    fake.emit(fake.event("start", good2))
+    wait_for(lambda: key(good2) in etcd.tree(), what="a container started while the hook loops")
+    r.wait_log("event hook failed: the call ran longer than the 3000 ms limit (--hook-timeout)", timeout=30)
+    wait_for(lambda: metrics(port).get('register_policy_errors_total{reason="timeout"}', 0) >= 1,
+             what="counted as a timeout")
+    assert key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree()
     r.stop()
 
 
