@@ -9,7 +9,10 @@
  *     inspect_answered=U policy=U write_sent=U write_acked=U
  *
  * A stage the event did not pass through (a removal is not inspected) is
- * "-".  bench/run.py latency reads these lines.  Like log, module state:
+ * "-".  An event that causes no write (a container without published
+ * ports) logs nothing; its trace waits for the container's next event, and
+ * past 1,024 open traces all are dropped.  bench/run.py latency reads these
+ * lines.  Like log, module state:
  * there is one trace per process.  Off, every call is one branch. */
 #ifndef REGISTER_TRACE_H
 #define REGISTER_TRACE_H
