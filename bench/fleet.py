@@ -409,31 +409,27 @@ class Fleet:
             p.wait()
         self.procs[h] = None
 
-    def rss_anon(self):
+    def per_host(self, name, parse):
+        """parse(text of /proc/PID/name) for every running host."""
         vals = []
         for p in self.procs:
             if p and p.poll() is None:
                 try:
-                    with open(f"/proc/{p.pid}/status") as f:
-                        for line in f:
-                            if line.startswith("RssAnon:"):
-                                vals.append(int(line.split()[1]))
-                except OSError:
+                    with open(f"/proc/{p.pid}/{name}") as f:
+                        vals.append(parse(f.read()))
+                except (OSError, ValueError, IndexError):
                     pass
         return vals
 
+    def rss_anon(self):
+        return self.per_host("status", lambda t: int(t.split("RssAnon:", 1)[1].split()[0]))
+
     def cpu_seconds(self):
         """utime + stime of every running host."""
-        vals = []
-        for p in self.procs:
-            if p and p.poll() is None:
-                try:
-                    with open(f"/proc/{p.pid}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    vals.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-                except OSError:
-                    pass
-        return vals
+        def parse(t):
+            fields = t.rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.per_host("stat", parse)
 
     # ---- what etcd holds ----
     def expected(self, hosts=None):
@@ -445,21 +441,26 @@ class Fleet:
                     want[f"{PREFIX}/{ip}/{image}/{self.naming}{cid}"] = value_of(cid, image, port)
         return want
 
-    def etcd_state(self):
-        """{key: value} under PREFIX from the first member that answers."""
-        # a short timeout: a member without a leader never answers a
-        # (linearizable) read, and that must not count as register's time
+    def first_answer(self, read):
+        """read(member) from the first member that answers, or None."""
         for m in self.cluster.members:
             if not m.proc or m.name in self.net.down:
                 continue
             try:
                 self.reads += 1
-                if self.api == "v3":
-                    return v3_range(m.url, PREFIX + "/", timeout=2 if self.n <= 100 else 5)[0]
-                return v2_tree(m.url, PREFIX)
+                return read(m)
             except Exception:
                 continue
         return None
+
+    def etcd_state(self):
+        """{key: value} under PREFIX from the first member that answers."""
+        # a short timeout: a member without a leader never answers a
+        # (linearizable) read, and that must not count as register's time
+        if self.api == "v3":
+            return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/",
+                                                        timeout=2 if self.n <= 100 else 5)[0])
+        return self.first_answer(lambda m: v2_tree(m.url, PREFIX))
 
     def diff(self, hosts=None):
         """(stale, missing): keys etcd has but should not (or with a wrong
@@ -499,15 +500,7 @@ class Fleet:
 
     def key_count(self):
         """The number of keys under PREFIX (v3), or None."""
-        for m in self.cluster.members:
-            if not m.proc or m.name in self.net.down:
-                continue
-            try:
-                self.reads += 1
-                return v3_range(m.url, PREFIX + "/", timeout=2, count_only=True)[0]
-            except Exception:
-                continue
-        return None
+        return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/", timeout=2, count_only=True)[0])
 
     def record(self, name, conv, sm, note="", **extra):
         stale, missing = sm
@@ -609,18 +602,13 @@ class Fleet:
     def start_to_sync(self):
         """Per host, seconds from its first log line (its start) to its
         first "in sync" line."""
-        import datetime
-
-        def ts(line):
-            t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
-            return t.replace(tzinfo=datetime.timezone.utc).timestamp()
         res = []
         for h in range(self.n):
             try:
                 lines = open(self.logs[h], errors="replace").read().splitlines()
                 synced = [l for l in lines if " in sync" in l]
                 if lines and synced:
-                    res.append(ts(synced[0]) - ts(lines[0]))
+                    res.append(log_time(synced[0]) - log_time(lines[0]))
             except (OSError, ValueError, IndexError):
                 pass
         return sorted(res)
@@ -628,7 +616,6 @@ class Fleet:
     def writes_after(self, hosts, t0):
         """For each host, seconds from t0 to the last write its log shows
         (registered/removed lines, millisecond timestamps)."""
-        import datetime
         res = []
         for h in hosts:
             last = None
@@ -636,8 +623,7 @@ class Fleet:
                 for line in open(self.logs[h], errors="replace"):
                     if " registered " not in line and " removed " not in line:
                         continue
-                    ts = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
-                    t = ts.replace(tzinfo=datetime.timezone.utc).timestamp()
+                    t = log_time(line)
                     if t >= t0:
                         last = t - t0
             except (OSError, ValueError, IndexError):
@@ -815,6 +801,13 @@ class Fleet:
 
 def net_parts(a):
     return min(10, max(2, a.hosts // 50))
+
+
+def log_time(line):
+    """The time of a register log line (text format, UTC, milliseconds)."""
+    import datetime
+    t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def fmt_s(v):
