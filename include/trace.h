@@ -30,7 +30,6 @@ typedef enum {
 } trace_stage_t;
 
 void trace_setup(int on);
-int trace_on(void);
 /* A new event for container id (Docker's time, 0 if unknown): the trace
  * starts again at TRACE_READ. */
 void trace_event(const char *id, int64_t docker_ns);

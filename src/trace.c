@@ -41,10 +41,6 @@ void trace_setup(int on) {
   if (!on) trace_close();
 }
 
-int trace_on(void) {
-  return traces != NULL;
-}
-
 void trace_event(const char *id, int64_t docker_ns) {
   if (!traces || !id || !*id) return;
   trace_t *t = map_get(traces, id);
