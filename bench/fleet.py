@@ -935,65 +935,55 @@ class Watcher:
                 body = json.dumps({"create_request": {"key": b64(PREFIX + "/"), "range_end": b64(end),
                                                       "start_revision": self.start_rev}})
                 self.conn.request("POST", "/v3/watch", body=body)
-                r = self.conn.getresponse()
-                dec = json.JSONDecoder()
-                buf = ""
-                while not self.stopping:
-                    chunk = r.read1(65536).decode()
-                    if not chunk:
-                        break
-                    buf += chunk
-                    while True:
-                        buf = buf.lstrip()
-                        try:
-                            doc, idx = dec.raw_decode(buf)
-                        except ValueError:
-                            break
-                        buf = buf[idx:]
-                        evs = doc.get("result", {}).get("events", [])
-                        # group by revision: a transaction is one revision
-                        byrev = {}
-                        for ev in evs:
-                            byrev.setdefault(int(ev["kv"].get("mod_revision", 0)), []).append(ev)
-                        for rev in sorted(byrev):
-                            touched = set()
-                            for ev in byrev[rev]:
-                                k = base64.b64decode(ev["kv"]["key"]).decode()
-                                s = self.apply("del" if ev.get("type") == "DELETE" else "put", k)
-                                if s:
-                                    touched.add(s)
-                            self.check(touched)
+                for doc in self.stream(self.conn.getresponse()):
+                    evs = doc.get("result", {}).get("events", [])
+                    # group by revision: a transaction is one revision
+                    byrev = {}
+                    for ev in evs:
+                        byrev.setdefault(int(ev["kv"].get("mod_revision", 0)), []).append(ev)
+                    for rev in sorted(byrev):
+                        touched = set()
+                        for ev in byrev[rev]:
+                            k = base64.b64decode(ev["kv"]["key"]).decode()
+                            s = self.apply("del" if ev.get("type") == "DELETE" else "put", k)
+                            if s:
+                                touched.add(s)
+                        self.check(touched)
             else:
                 self.conn.request("GET", f"/v2/keys{PREFIX}?wait=true&recursive=true&stream=true"
                                   f"&waitIndex={self.start_rev}")
-                r = self.conn.getresponse()
-                dec = json.JSONDecoder()
-                buf = ""
-                while not self.stopping:
-                    chunk = r.read1(65536).decode()
-                    if not chunk:
-                        break
-                    buf += chunk
-                    while True:
-                        buf = buf.lstrip()
-                        try:
-                            doc, idx = dec.raw_decode(buf)
-                        except ValueError:
-                            break
-                        buf = buf[idx:]
-                        if "errorCode" in doc:
-                            raise RuntimeError(f"v2 watch: {doc}")
-                        act = doc.get("action")
-                        k = doc.get("node", {}).get("key", "")
-                        kind = "put" if act in ("set", "create", "update", "compareAndSwap") else (
-                            "del" if act in ("delete", "expire", "compareAndDelete") else None)
-                        if kind and not doc.get("node", {}).get("dir"):
-                            s = self.apply(kind, k)
-                            if s:
-                                self.check([s])
+                for doc in self.stream(self.conn.getresponse()):
+                    if "errorCode" in doc:
+                        raise RuntimeError(f"v2 watch: {doc}")
+                    act = doc.get("action")
+                    k = doc.get("node", {}).get("key", "")
+                    kind = "put" if act in ("set", "create", "update", "compareAndSwap") else (
+                        "del" if act in ("delete", "expire", "compareAndDelete") else None)
+                    if kind and not doc.get("node", {}).get("dir"):
+                        s = self.apply(kind, k)
+                        if s:
+                            self.check([s])
         except Exception as e:
             if not self.stopping:
                 self.error = f"{type(e).__name__}: {e}"
+
+    def stream(self, r):
+        """The JSON documents of a streamed watch reply, as they come."""
+        dec = json.JSONDecoder()
+        buf = ""
+        while not self.stopping:
+            chunk = r.read1(65536).decode()
+            if not chunk:
+                return
+            buf += chunk
+            while True:
+                buf = buf.lstrip()
+                try:
+                    doc, idx = dec.raw_decode(buf)
+                except ValueError:
+                    break
+                buf = buf[idx:]
+                yield doc
 
     def stop(self):
         self.stopping = True
