@@ -258,6 +258,18 @@ def sh(*args, env=None, check=True, timeout=120, input=None, cwd=None):
     return r.stdout.strip()
 
 
+def busybox_tar(ctx):
+    """A root file system of busybox-static and the applets the tests use,
+    as ctx/base.tar (both engines import it as the test image's base)."""
+    os.makedirs(os.path.join(ctx, "root", "bin"))
+    shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
+    for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
+        os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
+    tar = os.path.join(ctx, "base.tar")
+    sh("tar", "-C", os.path.join(ctx, "root"), "-cf", tar, ".")
+    return tar
+
+
 class Dockerd:
     """A dockerd of our own: its own socket, exec root and pidfile, one shared
     data root (so images are built once), no iptables, vfs storage.
@@ -338,12 +350,7 @@ class Dockerd:
         if "bbx:latest" not in have:
             ctx = tmpdir("ri")
             try:
-                os.makedirs(os.path.join(ctx, "root", "bin"))
-                shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
-                for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
-                    os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
-                sh("tar", "-C", os.path.join(ctx, "root"), "-cf", os.path.join(ctx, "base.tar"), ".")
-                self.docker("import", os.path.join(ctx, "base.tar"), "bbbase:latest")
+                self.docker("import", busybox_tar(ctx), "bbbase:latest")
                 bctx = os.path.join(ctx, "build")
                 os.makedirs(bctx)
                 with open(os.path.join(bctx, "Dockerfile"), "w") as f:
@@ -487,12 +494,7 @@ class Podman(Dockerd):
         if "localhost/bbx:latest" not in have:
             ctx = tmpdir("ri")
             try:
-                os.makedirs(os.path.join(ctx, "root", "bin"))
-                shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
-                for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
-                    os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
-                tar = os.path.join(ctx, "base.tar")
-                sh("tar", "-C", os.path.join(ctx, "root"), "-cf", tar, ".")
+                tar = busybox_tar(ctx)
                 self.podman("import", "-c", "EXPOSE 80", "-c", "EXPOSE 53/udp", "-c", "EXPOSE 9200",
                             "-c", 'CMD ["/bin/sleep","3600"]', tar, "bbx:latest")
             finally:
