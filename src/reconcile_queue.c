@@ -506,9 +506,12 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   return ACT_DELETE;
 }
 
+/* A batch filled before a pause waits for the pause to end: backoff_cb()
+ * pumps, and the pump arms this timer again. */
 static void flush_cb(uv_timer_t *t) {
   reconcile_t *r = t->data;
-  if (!r->paused) batch_flush(r);
+  if (r->paused) return;
+  batch_flush(r);
   reconcile_pump(r);
 }
 
@@ -537,8 +540,11 @@ void reconcile_pump(reconcile_t *r) {
     issue(r, k, act);
   }
   /* what is left goes at the end of this loop iteration, with whatever
-   * else this iteration produces (a sync yields keys one by one) */
-  if (r->batch && !uv_is_active((uv_handle_t *)&r->flush_timer))
+   * else this iteration produces (a sync yields keys one by one); not while
+   * paused: libuv runs a 0 ms timer started from a timer callback in the
+   * same pass, and a flush_cb that may not send would start itself again
+   * for good, the loop stuck in its timer phase (seen in a fleet outage) */
+  if (r->batch && !r->paused && !uv_is_active((uv_handle_t *)&r->flush_timer))
     uv_timer_start(&r->flush_timer, flush_cb, 0, 0);
   r->pumping = 0;
   reconcile_check_converged(r);

@@ -1,0 +1,280 @@
+/* reconcile against an etcd double: the test decides when and how each
+ * request ends, so orders of events that a real etcd gives only by chance
+ * (a failure between a batch being filled and its flush) are exact.
+ *
+ * The double defines the etcd_* functions reconcile calls; linked before
+ * register_core, it stands in for etcd.c (which this binary never pulls
+ * in).  Every result is delivered from the loop, as etcd.c does. */
+#include <signal.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "etcd.h"
+#include "reconcile.h"
+#include "records.h"
+#include "test.h"
+
+/* ---- the etcd double ---- */
+
+struct etcd_op {
+  const char *kind; /* "list", "txn", "put", "delete", ... */
+  char keys[8][64]; /* what it writes or deletes, in order */
+  size_t nkeys;
+  etcd_done_cb done;
+  etcd_list_cb list;
+  void *data;
+  int cancelled, ended;
+};
+
+struct etcd {
+  int txn;
+};
+
+#define MAX_OPS 64
+static etcd_op_t ops[MAX_OPS];
+static size_t nops;
+
+static etcd_op_t *op_add(const char *kind, etcd_done_cb done, etcd_list_cb list,
+                         void *data) {
+  ASSERT(nops < MAX_OPS);
+  etcd_op_t *op = &ops[nops++];
+  memset(op, 0, sizeof *op);
+  op->kind = kind;
+  op->done = done;
+  op->list = list;
+  op->data = data;
+  return op;
+}
+
+static void op_key(etcd_op_t *op, const char *key) {
+  ASSERT(op->nkeys < 8);
+  snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", key);
+}
+
+etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
+                    long ttl, etcd_done_cb cb, void *data) {
+  (void)e, (void)value, (void)vlen, (void)ttl;
+  etcd_op_t *op = op_add("put", cb, NULL, data);
+  op_key(op, key);
+  return op;
+}
+
+etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
+                        void *data) {
+  (void)ttl;
+  return etcd_put(e, key, NULL, 0, 0, cb, data);
+}
+
+etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
+                       void *data) {
+  (void)e;
+  etcd_op_t *op = op_add("delete", cb, NULL, data);
+  op_key(op, key);
+  return op;
+}
+
+etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
+                              void *data) {
+  return etcd_delete(e, prefix, cb, data);
+}
+
+etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
+                           void *data) {
+  return etcd_delete(e, key, cb, data);
+}
+
+etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
+                     void *data) {
+  (void)e;
+  etcd_op_t *op = op_add("list", NULL, cb, data);
+  op_key(op, prefix);
+  return op;
+}
+
+etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
+                    etcd_done_cb cb, void *data) {
+  (void)e;
+  etcd_op_t *op = op_add("txn", cb, NULL, data);
+  for (size_t i = 0; i < n; i++)
+    op_key(op, items[i].key);
+  return op;
+}
+
+int etcd_has_txn(const etcd_t *e) {
+  return e->txn;
+}
+int etcd_has_dirs(const etcd_t *e) {
+  return !e->txn;
+}
+int etcd_has_key_refresh(const etcd_t *e) {
+  return !e->txn;
+}
+void etcd_cancel(etcd_op_t *op) {
+  op->cancelled = 1;
+}
+
+/* What the double holds: the keys written and acknowledged (value "v"). */
+static char store[16][64];
+static size_t nstore;
+
+static void store_put(const char *key) {
+  for (size_t i = 0; i < nstore; i++)
+    if (strcmp(store[i], key) == 0) return;
+  ASSERT(nstore < 16);
+  snprintf(store[nstore++], sizeof store[0], "%s", key);
+}
+
+/* Ends op now, as etcd would (an OK write is stored, a list lists the
+ * store): call it from the loop, never inside a reconcile call. */
+static void op_end(etcd_op_t *op, etcd_status_t st) {
+  ASSERT(!op->ended && !op->cancelled);
+  op->ended = 1;
+  etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no"};
+  if (op->list) {
+    etcd_kv_t kvs[16];
+    for (size_t i = 0; i < nstore; i++)
+      kvs[i] = (etcd_kv_t){store[i], "v", 1, 0};
+    op->list(op->data, &res, kvs, st == ETCD_OK ? nstore : 0, NULL, 0);
+    return;
+  }
+  if (st == ETCD_OK && strcmp(op->kind, "delete") != 0)
+    for (size_t i = 0; i < op->nkeys; i++)
+      store_put(op->keys[i]);
+  op->done(op->data, &res);
+}
+
+/* The newest op of a kind that has not ended, or NULL. */
+static etcd_op_t *open_op(const char *kind) {
+  for (size_t i = nops; i-- > 0;)
+    if (!ops[i].ended && !ops[i].cancelled && strcmp(ops[i].kind, kind) == 0)
+      return &ops[i];
+  return NULL;
+}
+
+/* ---- helpers ---- */
+
+static uv_loop_t loop;
+static etcd_t fake_etcd = {1};
+static int converged;
+
+static void on_converged(void *ud) {
+  (void)ud;
+  converged++;
+}
+
+static int run_until(int (*pred)(void));
+static int is_converged(void);
+
+static reconcile_t *start(void) {
+  nops = nstore = 0;
+  converged = 0;
+  uv_loop_init(&loop);
+  reconcile_opts_t o = {0};
+  o.loop = &loop;
+  o.etcd = &fake_etcd;
+  o.prefix = "/p";
+  o.converged = on_converged;
+  reconcile_t *r = reconcile_new(&o);
+  reconcile_start(r);
+  etcd_op_t *l = open_op("list");
+  ASSERT(l);
+  op_end(l, ETCD_OK); /* nothing under /p */
+  reconcile_docker_synced(r, 1);
+  run_until(is_converged); /* nothing to write: in sync at once */
+  converged = 0;
+  return r;
+}
+
+static void set(reconcile_t *r, const char *owner, const char *key) {
+  records_t recs;
+  records_init(&recs);
+  records_add(&recs, key, "v", 1);
+  reconcile_set(r, owner, "img", &recs);
+  records_free(&recs);
+}
+
+static void finish(reconcile_t *r) {
+  reconcile_free(r);
+  uv_run(&loop, UV_RUN_DEFAULT); /* the close callbacks */
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+static void stuck(int sig) {
+  (void)sig;
+  static const char msg[] = "the loop is stuck (a timer starting itself)\n";
+  (void)!write(2, msg, sizeof msg - 1);
+  _exit(1);
+}
+
+/* Runs the loop until pred() or 10 s have passed; a loop that never
+ * returns fails the test rather than hanging it. */
+static int run_until(int (*pred)(void)) {
+  signal(SIGALRM, stuck);
+  alarm(10);
+  uint64_t end = uv_now(&loop) + 10000;
+  while (!pred() && uv_now(&loop) < end)
+    uv_run(&loop, UV_RUN_ONCE);
+  alarm(0);
+  return pred();
+}
+
+/* ---- tests ---- */
+
+static reconcile_t *the_r;
+static etcd_op_t *first_txn;
+
+/* In one loop callback: a second key joins a new batch (its flush is due in
+ * this same timer pass), then the first batch fails: writes pause with a
+ * batch filled and not sent. */
+static void fill_then_fail(uv_timer_t *t) {
+  set(the_r, "c2", "/p/b");
+  op_end(first_txn, ETCD_UNAVAILABLE);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static int txn_with_both(void) {
+  etcd_op_t *op = open_op("txn");
+  return op && op != first_txn && op->nkeys == 2;
+}
+
+static int is_converged(void) {
+  return converged > 0;
+}
+static int list_open(void) {
+  return open_op("list") != NULL;
+}
+
+TEST(batch_filled_before_a_pause_waits_for_its_end) {
+  reconcile_t *r = the_r = start();
+  set(r, "c1", "/p/a");
+  uv_run(&loop, UV_RUN_NOWAIT); /* the flush */
+  first_txn = open_op("txn");
+  ASSERT(first_txn);
+  ASSERT_EQ(first_txn->nkeys, 1);
+  ASSERT_STR_EQ(first_txn->keys[0], "/p/a");
+
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  uv_timer_start(&t, fill_then_fail, 0, 0);
+  /* the pause (200 ms, jittered) ends, and both keys go in one txn */
+  ASSERT(run_until(txn_with_both));
+  etcd_op_t *again = open_op("txn");
+  int a = strcmp(again->keys[0], "/p/a") == 0 ? 0 : 1;
+  ASSERT_STR_EQ(again->keys[a], "/p/a");
+  ASSERT_STR_EQ(again->keys[1 - a], "/p/b");
+  ASSERT(!converged);
+  op_end(again, ETCD_OK);
+  /* etcd answered again: the prefix is listed anew, then all is in sync */
+  ASSERT(run_until(list_open));
+  op_end(open_op("list"), ETCD_OK);
+  ASSERT(run_until(is_converged));
+  ASSERT_EQ(nstore, 2);
+  finish(r);
+}
+
+int main(int argc, char **argv) {
+  static const test_entry_t tests[] = {
+      TEST_ENTRY(batch_filled_before_a_pause_waits_for_its_end),
+  };
+  return test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
+}
