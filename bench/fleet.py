@@ -332,6 +332,8 @@ class Fleet:
         self.fake = None
         self.counter = None
         self.results = []
+        self.problems = []  # hosts that misbehaved (see problem())
+        self.told = 0  # how many of them a result holds
         self.reads = 0
 
     # ---- fake docker ----
@@ -406,8 +408,47 @@ class Fleet:
         p = self.procs[h]
         if p and p.poll() is None:
             p.send_signal(sig)
-            p.wait()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                # a stopped loop: say where it is, then kill it
+                self.problem(h, f"did not exit within 10 s of signal {sig}")
+                p.kill()
+                p.wait()
         self.procs[h] = None
+
+    def problem(self, h, what):
+        """A host misbehaved: say so with its log's tail and, if it runs,
+        its state and stack; the run fails."""
+        p = self.procs[h]
+        lines = [f"host h{h} ({host_ip(h)}): {what}"]
+        try:
+            lines += ["  log: " + l for l in open(self.logs[h], errors="replace").read().splitlines()[-8:]]
+        except OSError:
+            pass
+        if p and p.poll() is None:
+            try:
+                st = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+                lines.append(f"  pid {p.pid} state {st[0]} utime {st[11]} stime {st[12]} "
+                             f"wchan {open(f'/proc/{p.pid}/wchan').read()}")
+            except OSError:
+                pass
+            if shutil.which("gdb"):
+                bt = subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex", "thread apply all bt"],
+                                    capture_output=True, text=True, timeout=60).stdout
+                lines += ["  " + l for l in bt.splitlines() if l.startswith(("#", "Thread"))]
+        elif p:
+            lines.append(f"  exited with {p.returncode}")
+        out("\n".join(lines))
+        self.problems.append(f"h{h}: {what}")
+
+    def check_hosts(self, hosts=None):
+        """Every host that should run still runs, and after a scenario that
+        did not converge, the hosts whose keys are off are named."""
+        for h, p in enumerate(self.procs):
+            if p and p.poll() is not None:
+                self.problem(h, "exited on its own")
+                self.procs[h] = None
 
     def per_host(self, name, parse):
         """parse(text of /proc/PID/name) for every running host."""
@@ -498,14 +539,34 @@ class Fleet:
             sm = self.diff(hosts)
         return None, sm
 
+    def name_off_hosts(self):
+        """After a scenario that did not converge: which hosts are off."""
+        have = self.etcd_state()
+        if have is None:
+            out(f"[{self.api}] no member answers a read")
+            return
+        want = self.expected()
+        off = {}
+        for k in set(have) | set(want):
+            if have.get(k) != want.get(k):
+                ip = k.split("/")[2]
+                off[ip] = off.get(ip, 0) + 1
+        for h in range(self.n):
+            if host_ip(h) in off and self.procs[h]:
+                self.problem(h, f"{off[host_ip(h)]} keys off after the scenario")
+
     def key_count(self):
         """The number of keys under PREFIX (v3), or None."""
         return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/", timeout=2, count_only=True)[0])
 
     def record(self, name, conv, sm, note="", **extra):
         stale, missing = sm
+        self.check_hosts()
+        if conv is None:
+            self.name_off_hosts()
         r = {"api": self.api, "scenario": name, "seconds": conv, "stale": stale,
-             "missing": missing, "note": note}
+             "missing": missing, "note": note, "problems": self.problems[self.told:]}
+        self.told = len(self.problems)
         r.update(extra)
         self.results.append(r)
         out(f"[{self.api}] {name}: {fmt_s(conv)}  stale={stale} missing={missing}  {note}")
@@ -793,6 +854,8 @@ class Fleet:
             getattr(self, "sc_" + s)()
         for h in range(self.n):
             self.stop_host(h, signal.SIGTERM)
+        if self.results:  # a host that would not stop fails the last one
+            self.results[-1]["problems"] += self.problems[self.told:]
         self.cluster.stop()
         self.fake.stdin.close()
         self.fake.wait()
@@ -1030,7 +1093,8 @@ def table(results, a, load_before, load_after):
              "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['api']} | {r['scenario']} | {fmt_s(r['seconds'])} | {r['stale']} | "
-                     f"{r['missing']} | {TARGETS.get(r['scenario'], '')} | {r['note']} |")
+                     f"{r['missing']} | {TARGETS.get(r['scenario'], '')} | {r['note']}"
+                     + "".join(f"; **{x}**" for x in r.get("problems", [])) + " |")
     return "\n".join(lines)
 
 
@@ -1143,7 +1207,7 @@ def main():
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=1)
-    bad = [r for r in results if r["stale"] != 0 or r["missing"] != 0]
+    bad = [r for r in results if r["stale"] != 0 or r["missing"] != 0 or r.get("problems")]
     return 1 if bad else 0
 
 

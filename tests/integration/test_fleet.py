@@ -37,15 +37,25 @@ def netns():
 def run_fleet(api):
     out = os.path.join(tmpdir("rfl"), "results.json")
     before = netns()
-    r = subprocess.run([sys.executable, FLEET, "--hosts", "20", "--containers", "5", "--api", api,
-                        "--ttl", "3", "--outage", "6", "--churn", "20",
-                        "--scenarios", "leader,outage,kill,partition", "--json", out,
-                        "--register", REGISTER, "--fakedocker", FAKEDOCKER],
-                       capture_output=True, text=True, timeout=540)
-    log(r.stdout[-3000:])
-    if r.returncode not in (0, 1) or not os.path.exists(out):
-        raise AssertionError(f"fleet.py failed ({r.returncode}):\n{r.stderr[-6000:]}")
+    p = subprocess.Popen([sys.executable, FLEET, "--hosts", "20", "--containers", "5", "--api", api,
+                          "--ttl", "3", "--outage", "6", "--churn", "20",
+                          "--scenarios", "leader,outage,kill,partition", "--json", out,
+                          "--register", REGISTER, "--fakedocker", FAKEDOCKER],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = p.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: fleet.py removes its namespaces and processes
+        p.terminate()
+        stdout, stderr = p.communicate(timeout=60)
+        raise AssertionError(f"fleet.py ran over 540 s:\n{stderr[-8000:]}")
+    log(stdout[-3000:])
+    if p.returncode not in (0, 1) or not os.path.exists(out):
+        raise AssertionError(f"fleet.py failed ({p.returncode}):\n{stderr[-8000:]}")
     results = {x["scenario"]: x for x in json.load(open(out))}
+    # a host that stopped working, exited, or would not stop is named
+    trouble = [f"{name}: {x}" for name, x in results.items() for x in x.get("problems", [])]
+    assert not trouble, "\n".join(trouble) + "\n" + stderr[-8000:]
     # everything it made is gone: namespaces (and with them the veths)
     leftover = {n for n in netns() - before if n.startswith("rf")}
     assert not leftover, f"namespaces left behind: {leftover}"
