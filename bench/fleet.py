@@ -442,9 +442,8 @@ class Fleet:
         out("\n".join(lines))
         self.problems.append(f"h{h}: {what}")
 
-    def check_hosts(self, hosts=None):
-        """Every host that should run still runs, and after a scenario that
-        did not converge, the hosts whose keys are off are named."""
+    def check_hosts(self):
+        """Every host that should run still runs."""
         for h, p in enumerate(self.procs):
             if p and p.poll() is not None:
                 self.problem(h, "exited on its own")
