@@ -546,7 +546,10 @@ class Register:
             self.env.update(env)
         self.proc = None
 
+    started = []  # every Register started, in order (Suite shows their logs)
+
     def start(self):
+        Register.started.append(self)
         cmd = [REGISTER, *self.args]
         if VALGRIND:
             cmd = ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
@@ -656,6 +659,7 @@ class Suite:
                 if only and fn.__name__ not in only:
                     continue
                 t0 = time.time()
+                started = len(Register.started)
                 log(f"--- {fn.__name__}")
                 try:
                     fn()
@@ -664,6 +668,15 @@ class Suite:
                     failed += 1
                     import traceback
                     traceback.print_exc()
+                    # what the daemons of this test said last
+                    for r in Register.started[started:]:
+                        try:
+                            tail = r.output().splitlines()[-40:]
+                        except OSError:
+                            continue
+                        log(f"register log ({r.logpath}), last {len(tail)} lines:")
+                        for line in tail:
+                            print("    " + line, file=sys.stderr)
                     log(f"FAIL {fn.__name__}")
         finally:
             for c in reversed(self.cleanups):
