@@ -47,14 +47,18 @@ def run_fleet(api):
     except subprocess.TimeoutExpired:
         # SIGTERM: fleet.py removes its namespaces and processes
         p.terminate()
-        stdout, stderr = p.communicate(timeout=60)
+        try:
+            stdout, stderr = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
         raise AssertionError(f"fleet.py ran over 540 s:\n{stderr[-8000:]}")
     log(stdout[-3000:])
     if p.returncode not in (0, 1) or not os.path.exists(out):
         raise AssertionError(f"fleet.py failed ({p.returncode}):\n{stderr[-8000:]}")
     results = {x["scenario"]: x for x in json.load(open(out))}
     # a host that stopped working, exited, or would not stop is named
-    trouble = [f"{name}: {x}" for name, x in results.items() for x in x.get("problems", [])]
+    trouble = [f"{name}: {msg}" for name, x in results.items() for msg in x.get("problems", [])]
     assert not trouble, "\n".join(trouble) + "\n" + stderr[-8000:]
     # everything it made is gone: namespaces (and with them the veths)
     leftover = {n for n in netns() - before if n.startswith("rf")}
