@@ -180,7 +180,7 @@ static reconcile_t *start(void) {
   ASSERT(l);
   op_end(l, ETCD_OK); /* nothing under /p */
   reconcile_docker_synced(r, 1);
-  run_until(is_converged); /* nothing to write: in sync at once */
+  ASSERT(run_until(is_converged)); /* nothing to write: in sync at once */
   converged = 0;
   return r;
 }
