@@ -34,8 +34,9 @@ struct etcd {
 static etcd_op_t ops[MAX_OPS];
 static size_t nops;
 
-static etcd_op_t *op_add(const char *kind, etcd_done_cb done, etcd_list_cb list,
-                         void *data) {
+/* Records a request (key: what it writes, deletes or lists; NULL none). */
+static etcd_op_t *op_add(const char *kind, const char *key, etcd_done_cb done,
+                         etcd_list_cb list, void *data) {
   ASSERT(nops < MAX_OPS);
   etcd_op_t *op = &ops[nops++];
   memset(op, 0, sizeof *op);
@@ -43,20 +44,14 @@ static etcd_op_t *op_add(const char *kind, etcd_done_cb done, etcd_list_cb list,
   op->done = done;
   op->list = list;
   op->data = data;
+  if (key) snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", key);
   return op;
-}
-
-static void op_key(etcd_op_t *op, const char *key) {
-  ASSERT(op->nkeys < 8);
-  snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", key);
 }
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
                     long ttl, etcd_done_cb cb, void *data) {
   (void)e, (void)value, (void)vlen, (void)ttl;
-  etcd_op_t *op = op_add("put", cb, NULL, data);
-  op_key(op, key);
-  return op;
+  return op_add("put", key, cb, NULL, data);
 }
 
 etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
@@ -68,9 +63,7 @@ etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
 etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
                        void *data) {
   (void)e;
-  etcd_op_t *op = op_add("delete", cb, NULL, data);
-  op_key(op, key);
-  return op;
+  return op_add("delete", key, cb, NULL, data);
 }
 
 etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
@@ -86,17 +79,16 @@ etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
 etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
                      void *data) {
   (void)e;
-  etcd_op_t *op = op_add("list", NULL, cb, data);
-  op_key(op, prefix);
-  return op;
+  return op_add("list", prefix, NULL, cb, data);
 }
 
 etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
                     etcd_done_cb cb, void *data) {
   (void)e;
-  etcd_op_t *op = op_add("txn", cb, NULL, data);
+  ASSERT(n <= 8);
+  etcd_op_t *op = op_add("txn", NULL, cb, NULL, data);
   for (size_t i = 0; i < n; i++)
-    op_key(op, items[i].key);
+    snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", items[i].key);
   return op;
 }
 
