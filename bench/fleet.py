@@ -434,9 +434,12 @@ class Fleet:
             except OSError:
                 pass
             if shutil.which("gdb"):
-                bt = subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex", "thread apply all bt"],
-                                    capture_output=True, text=True, timeout=60).stdout
-                lines += ["  " + l for l in bt.splitlines() if l.startswith(("#", "Thread"))]
+                try:
+                    bt = subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex", "thread apply all bt"],
+                                        capture_output=True, text=True, timeout=60).stdout
+                    lines += ["  " + l for l in bt.splitlines() if l.startswith(("#", "Thread"))]
+                except subprocess.TimeoutExpired:
+                    lines.append("  (gdb took over 60 s)")
         elif p:
             lines.append(f"  exited with {p.returncode}")
         out("\n".join(lines))
