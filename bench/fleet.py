@@ -258,14 +258,12 @@ class Counter:
         self.cluster, self.api = cluster, api
         self.last = [0, 0, 0]
         self.total = 0
-        self.own = 0  # requests this script made itself (reads, watch)
         self.lock = threading.Lock()
 
     def sample(self):
         with self.lock:
             for i, m in enumerate(self.cluster.members):
                 v = m.requests(self.api)
-                self.own += 1  # not counted by etcd, but keeps the books honest
                 if v is None:
                     continue
                 if v < self.last[i]:
@@ -334,7 +332,6 @@ class Fleet:
         self.results = []
         self.problems = []  # hosts that misbehaved (see problem())
         self.told = 0  # how many of them a result holds
-        self.reads = 0
 
     # ---- fake docker ----
     def start_fake(self):
@@ -490,7 +487,6 @@ class Fleet:
             if not m.proc or m.name in self.net.down:
                 continue
             try:
-                self.reads += 1
                 return read(m)
             except Exception:
                 continue
