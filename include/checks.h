@@ -23,9 +23,12 @@
  * The next run is due one interval after the last was due.
  *
  * checks_set() replaces a container's list: checks whose spec did not
- * change keep their state and schedule.  checks_remove() stops them all; a
- * check in flight is cancelled (its handles are freed in close callbacks,
- * no callback follows). */
+ * change keep their state and schedule; a changed check of a port (another
+ * interval, rise, path, target...) starts from the state of the check it
+ * replaces (make-before-break: a passing one stays passing until the new
+ * check fails `fall` times), and one line "checks reset" is logged.
+ * checks_remove() stops them all; a check in flight is cancelled (its handles
+ * are freed in close callbacks, no callback follows). */
 #ifndef REGISTER_CHECKS_H
 #define REGISTER_CHECKS_H
 

@@ -721,6 +721,7 @@ int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
     map_put(ck->conts, cont->id, cont);
   }
   check_t **nv = xcalloc(n, sizeof *nv);
+  unsigned char *fresh = xcalloc(n, 1);
   for (size_t i = 0; i < n; i++) {
     const checks_spec_t *s = &specs[i];
     char hbuf[INET6_ADDRSTRLEN + 64], ebuf[REASON_MAX];
@@ -744,8 +745,44 @@ int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
         cont->v[j] = NULL;
       }
     }
-    if (!nv[i]) nv[i] = check_new(ck, cont, s, thost, tport, terr);
+    if (!nv[i]) {
+      nv[i] = check_new(ck, cont, s, thost, tport, terr);
+      fresh[i] = 1;
+    }
   }
+  /* make-before-break for checks: a changed check of a port starts from
+   * the state its predecessor had (a passing one stays passing until the
+   * new check fails `fall` times), so a reload that changes a check does
+   * not drop a healthy registration while the new one is still pending */
+  size_t reset = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!fresh[i]) continue;
+    for (size_t j = 0; j < cont->n; j++) {
+      check_t *o = cont->v[j];
+      if (!o || strcmp(o->port, nv[i]->port) != 0) continue;
+      check_t *c = nv[i];
+      ck->by_state[c->state]--;
+      c->state = o->state;
+      ck->by_state[c->state]++;
+      if (c->state == CHECKS_PASSING) c->ok_streak = c->rise;
+      if (c->state == CHECKS_FAILING) c->fail_streak = c->fall;
+      snprintf(c->reason, sizeof c->reason, "%s", o->reason);
+      check_destroy(o);
+      cont->v[j] = NULL;
+      reset++;
+      break;
+    }
+  }
+  if (reset) {
+    char nbuf[32], id12[13];
+    snprintf(nbuf, sizeof nbuf, "%zu", reset);
+    snprintf(id12, sizeof id12, "%s", id);
+    log_fields(LOG_INFO,
+               "checks reset: changed checks start from the state of the "
+               "ones they replace",
+               "container", id12, "checks", nbuf, NULL);
+  }
+  free(fresh);
   for (size_t j = 0; j < cont->n; j++)
     if (cont->v[j]) check_destroy(cont->v[j]);
   free(cont->v);
