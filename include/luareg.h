@@ -22,6 +22,8 @@ buf_t *luareg_buffer(lua_State *L);
 /* Loads an embedded module's chunk (without running it).  LUA_OK, or an
  * error pushed like luaL_loadbuffer does; -1 if there is no such module. */
 int luareg_load_embedded(lua_State *L, const char *name);
+/* An embedded module's source, or NULL. */
+const char *luareg_embedded_source(const char *name, size_t *len);
 /* Encodes the value at idx as JSON into out; order_idx (0 = none) is a
  * table listing keys that come first, in that order.  Returns 0, or -1
  * with a reason in err. */

@@ -25,6 +25,12 @@ typedef struct {
   uint64_t hooks_dropped;
   uint64_t reloads_ok, reloads_failed;
   const checks_t *checks; /* the health checks; NULL: none */
+  /* running containers whose last policy call failed or rejected a record
+   * (they keep what they had); the first of them, "name (reason)", for
+   * /healthz */
+  size_t containers_failed;
+  const char *failed_example;
+  const char *policy_sha256; /* of the policy in force, hex; NULL: unknown */
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);

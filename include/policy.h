@@ -80,6 +80,8 @@ void policy_free(policy_t *p);
 /* The owned prefix ("/registered/10.0.0.1"), or NULL without prefix(). */
 const char *policy_prefix(const policy_t *p);
 const char *policy_name(const policy_t *p);
+/* The SHA-256 (hex) of the policy's source as loaded, or "". */
+const char *policy_sha256(const policy_t *p);
 
 /* The state of a container's checks, as records() sees it in
  * container.checks (and container.healthy: every check passing). */

@@ -58,6 +58,21 @@ void reconcile_start(reconcile_t *r);
  * the owner produces nothing any more. */
 void reconcile_set(reconcile_t *r, const char *owner, const char *image,
                    const records_t *recs);
+/* The evaluation of a running container is not final: its policy call
+ * failed or rejected a record (recs NULL), or one of its checks is still
+ * pending (recs: what it produces meanwhile, added to what it has).
+ * Nothing it has is deleted: its keys keep their values, and the keys
+ * under the prefix that no container produces (orphans) and that name it
+ * (its id, its 12-character short id or `name`, as a whole token in the
+ * key or the value) are adopted at the value etcd holds, now or once the
+ * prefix is listed.  The next reconcile_set() for it is final again:
+ * whatever it no longer produces goes then (make-before-break). */
+void reconcile_keep(reconcile_t *r, const char *owner, const char *image,
+                    const char *name, const records_t *recs);
+/* 1: keys under the prefix that nothing produces are kept, not deleted as
+ * stale (every running container's evaluation failed: a broken policy is
+ * not an instruction to wipe the host); 0: they go again. */
+void reconcile_hold_orphans(reconcile_t *r, int hold);
 /* 1: every running container has been reported (orphans may go);
  * 0: Docker's truth is unknown (connection lost). */
 void reconcile_docker_synced(reconcile_t *r, int synced);

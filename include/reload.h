@@ -1,8 +1,9 @@
 /* reload: SIGHUP's policy reload, all or nothing.  The new policy runs on
  * every running container (a fresh inspect of each, docker_snapshot())
  * before it replaces the old one.  It is refused when the new script does
- * not load, or fails on a container where the policy in force succeeds; a
- * container that fails under both is logged and keeps what it has.
+ * not load, or fails (an error, or a rejected record) on a container where
+ * the policy in force succeeds, naming each such container; a container
+ * that fails under both is logged and keeps what it has.
  * On success every container's new records go to the reconciler, except
  * those of containers that had events meanwhile: they are inspected again
  * under the new policy.  One reload runs at a time. */
@@ -39,7 +40,9 @@ void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
 /* An event touched this container: while a reload runs, the old policy
  * has run on it, so it is inspected again after a commit. */
 void reload_touch(reload_t *r, const char *id);
-/* Reloads that succeeded and failed so far. */
-void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed);
+/* Reloads that succeeded and failed so far, and the records that the new
+ * policies rejected while they were tried. */
+void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed,
+                   uint64_t *rejected);
 
 #endif

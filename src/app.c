@@ -8,7 +8,9 @@
 #include "log.h"
 #include "health.h"
 #include "httpd.h"
+#include "json.h"
 #include "luaio.h"
+#include "map.h"
 #include "metrics.h"
 #include "notify.h"
 #include "policy.h"
@@ -48,6 +50,12 @@ typedef struct {
   health_t *health;      /* the answers httpd gives */
   policy_stats_t pstats; /* kept over reloads */
   uint64_t policy_rejected;
+  /* the running containers whose last policy call failed or rejected a
+   * record: id -> "name (reason)" (both strings owned here); they keep
+   * what they had */
+  map_t *failed;
+  size_t running; /* containers reported and not gone (failed among them) */
+  map_t *live;    /* id -> id: those containers (the key owns the value) */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   uv_timer_t status_timer;
@@ -61,9 +69,64 @@ static void trim_cb(uv_timer_t *t);
 
 /* ---- Docker -> policy -> reconciler ---- */
 
+/* The container's name without Docker's leading '/', or "". */
+static const char *cont_name(const json_value_t *inspect) {
+  const char *n = json_get_str(inspect, "Name");
+  if (!n) return "";
+  return *n == '/' ? n + 1 : n;
+}
+
+static void hold_orphans_update(app_t *a) {
+  size_t nf = map_size(a->failed);
+  reconcile_hold_orphans(a->rec, nf > 0 && nf == map_size(a->live));
+}
+
+/* The container's evaluation failed (why: "reason") or succeeded (NULL). */
+static void note_result(app_t *a, const char *id, const char *name,
+                        const char *why) {
+  if (!map_get(a->live, id)) {
+    char *k = xstrdup(id);
+    map_put(a->live, k, k);
+  }
+  char *old = map_del(a->failed, id);
+  /* one block per entry: the id (the map's key), a NUL, the description
+   * (the map's value); freed from the value */
+  if (old) free(old - strlen(id) - 1);
+  if (why) {
+    size_t il = strlen(id);
+    char *blk = xasprintf("%s%c%s (%s)", id, '\0', *name ? name : id, why);
+    map_put(a->failed, blk, blk + il + 1);
+  }
+  hold_orphans_update(a);
+}
+
+static void note_gone(app_t *a, const char *id) {
+  char *old = map_del(a->failed, id);
+  if (old) free(old - strlen(id) - 1);
+  char *k = map_del(a->live, id);
+  free(k);
+  hold_orphans_update(a);
+}
+
+/* "web2 (error), web3 (budget)": at most max names, then "and N more". */
+static void failed_names(const app_t *a, char *out, size_t n, size_t max) {
+  map_iter_t it;
+  void *v;
+  size_t i = 0, total = map_size(a->failed), len = 0;
+  out[0] = '\0';
+  map_iter_init(&it, a->failed);
+  while (map_iter_next(&it, NULL, &v) && i < max) {
+    int w = snprintf(out + len, n - len, "%s%s", i ? ", " : "", (char *)v);
+    if (w < 0 || (size_t)w >= n - len) break;
+    len += (size_t)w;
+    i++;
+  }
+  if (total > i) snprintf(out + len, n - len, " and %zu more", total - i);
+}
+
 /* checks(): the container's checks are set (kept as they were when the
  * call fails), or removed when the policy asks for none. */
-static void update_checks(app_t *a, const char *id,
+static void update_checks(app_t *a, const char *id, const char *name,
                           const json_value_t *inspect) {
   char err[600];
   if (!policy_has_checks(a->policy)) {
@@ -72,12 +135,14 @@ static void update_checks(app_t *a, const char *id,
   }
   policy_checks_t pc;
   if (policy_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
-    log_fields(LOG_ERROR, err, "container", id, NULL);
+    log_fields(LOG_ERROR, err, "container", id, "name", name, "reason",
+               policy_reason_name(policy_last_reason(a->policy)), NULL);
     return;
   }
   if (checks_set(a->checks, id, inspect, pc.v, pc.n, err, sizeof err) < 0)
-    log_error("policy %s: checks() for container %.12s: %s",
-              policy_name(a->policy), id, err);
+    log_fields(LOG_ERROR, "checks() returned a check that cannot run",
+               "container", id, "name", name, "policy", policy_name(a->policy),
+               "error", err, NULL);
   policy_checks_free(&pc);
 }
 
@@ -85,19 +150,43 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   app_t *a = ud;
   records_t recs;
   char err[600];
-  update_checks(a, id, inspect);
+  const char *name = cont_name(inspect);
+  update_checks(a, id, name, inspect);
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   policy_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
-  if (policy_records_checked(a->policy, inspect, &view, &recs, err,
-                             sizeof err) < 0) {
-    /* keep whatever this container had: a script error loses nothing */
-    log_fields(LOG_ERROR, err, "container", id, NULL);
+  int rc =
+      policy_records_checked(a->policy, inspect, &view, &recs, err, sizeof err);
+  if (rc == 0) a->policy_rejected += recs.rejected;
+  if (rc < 0 || recs.rejected) {
+    /* keep whatever this container had: only a successful evaluation
+     * deletes (a rejected record fails the whole evaluation) */
+    const char *reason =
+        rc < 0 ? policy_reason_name(policy_last_reason(a->policy)) : "rejected";
+    if (rc == 0) {
+      snprintf(err, sizeof err,
+               "policy %s: %zu record%s rejected; the container keeps the "
+               "keys it had",
+               policy_name(a->policy), recs.rejected,
+               recs.rejected == 1 ? "" : "s");
+      records_free(&recs);
+    }
+    log_fields(LOG_ERROR, err, "container", id, "name", name, "reason", reason,
+               NULL);
+    note_result(a, id, name, reason);
+    reconcile_keep(a->rec, id, container_image(inspect), name, NULL);
+    reload_touch(a->reload, id);
     return;
   }
-  a->policy_rejected += recs.rejected;
+  note_result(a, id, name, NULL);
   trace_mark(id, TRACE_POLICY);
-  reconcile_set(a->rec, id, container_image(inspect), &recs);
+  int pending = 0;
+  for (size_t i = 0; i < view.n; i++)
+    if (strcmp(view.v[i].state, "pending") == 0) pending = 1;
+  if (pending) /* "pending" never deletes what is there */
+    reconcile_keep(a->rec, id, container_image(inspect), name, &recs);
+  else
+    reconcile_set(a->rec, id, container_image(inspect), &recs);
   records_free(&recs);
   reload_touch(a->reload, id);
 }
@@ -105,6 +194,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
   checks_remove(a->checks, id);
+  note_gone(a, id);
   reconcile_set(a->rec, id, NULL, NULL);
   reload_touch(a->reload, id);
 }
@@ -203,8 +293,22 @@ static void on_converged(void *ud) {
   sync_status(a, status, sizeof status);
   notify_status(a->notify, status);
   if (a->cfg->once && !a->stopping) {
-    log_info("sync complete: etcd matches the running containers");
-    begin_stop(a, 0);
+    size_t nf = map_size(a->failed);
+    if (nf) {
+      char names[1024];
+      failed_names(a, names, sizeof names, 20);
+      log_error("--once: %zu container%s failed the policy call and kept "
+                "what they had: %s",
+                nf, nf == 1 ? "" : "s", names);
+      begin_stop(a, 1);
+    } else if (a->cfg->dry_run) {
+      log_info("dry run complete: every running container evaluated; etcd "
+               "was neither read nor written");
+      begin_stop(a, 0);
+    } else {
+      log_info("sync complete: etcd matches the running containers");
+      begin_stop(a, 0);
+    }
   } else if (a->deregistering) {
     begin_stop(a, a->exit_code);
   }
@@ -237,10 +341,18 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->n_policy_reasons = POLICY_ERR_REASONS;
   in->policy_reasons = reasons;
   in->policy_errors = a->pstats.errors;
-  in->policy_rejected = a->policy_rejected;
   in->hooks_dropped = a->pstats.hooks_dropped;
-  reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed);
+  uint64_t tried_rejected;
+  reload_counts(a->reload, &in->reloads_ok, &in->reloads_failed,
+                &tried_rejected);
+  in->policy_rejected = a->policy_rejected + tried_rejected;
   in->checks = a->checks;
+  in->containers_failed = map_size(a->failed);
+  static char example[300];
+  failed_names(a, example, sizeof example, 1);
+  in->failed_example = example;
+  in->policy_sha256 =
+      a->policy && *policy_sha256(a->policy) ? policy_sha256(a->policy) : NULL;
 }
 
 /* ---- timers and signals ---- */
@@ -250,6 +362,13 @@ static policy_t *reload_commit(void *ud, policy_t *fresh) {
   app_t *a = ud;
   policy_t *old = a->policy;
   a->policy = fresh;
+  /* the containers that failed under the old policy are evaluated again
+   * under the new one (it may be the fix) */
+  map_iter_t it;
+  const char *id;
+  map_iter_init(&it, a->failed);
+  while (map_iter_next(&it, &id, NULL))
+    if (a->docker) docker_refresh(a->docker, id);
   return old;
 }
 
@@ -361,12 +480,29 @@ static void deadline_cb(uv_timer_t *t) {
   if (a->cfg->once) {
     reconcile_stats_t st;
     reconcile_stats(a->rec, &st);
+    char names[1024];
+    failed_names(a, names, sizeof names, 20);
     log_error("--once: etcd does not match after %ld s (Docker %s, %zu keys "
-              "waiting, %zu refused)",
+              "waiting, %zu refused, %zu containers failed the policy "
+              "call%s%s)",
               a->cfg->once_timeout,
               docker_connected(a->docker) ? "connected" : "unreachable",
-              st.queued + st.inflight, st.failed);
+              st.queued + st.inflight, st.failed, map_size(a->failed),
+              *names ? ": " : "", names);
     begin_stop(a, 1);
+  }
+}
+
+/* The failed and live sets; each entry is one block, named by its key. */
+static void free_containers(app_t *a) {
+  map_t *maps[] = {a->failed, a->live};
+  for (int i = 0; i < 2; i++) {
+    map_iter_t it;
+    const char *k;
+    map_iter_init(&it, maps[i]);
+    while (map_iter_next(&it, &k, NULL))
+      free((void *)(uintptr_t)k);
+    map_free(maps[i]);
   }
 }
 
@@ -374,6 +510,8 @@ int app_run(const config_t *cfg) {
   app_t *a = xcalloc(1, sizeof *a);
   a->cfg = cfg;
   a->exit_code = 1;
+  a->failed = map_new();
+  a->live = map_new();
   char err[600];
   int rc = 1;
 
@@ -473,6 +611,11 @@ int app_run(const config_t *cfg) {
            cfg->dry_run ? "-" : cfg->etcd[0],
            cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2", cfg->docker_url,
            cfg->dry_run ? ", dry run" : "");
+  if (!policy_prefix(a->policy) && cfg->ttl == 0 && !cfg->dry_run)
+    log_warn("policy %s has no prefix() and --ttl is 0: the keys of "
+             "containers that go while register is not running stay in etcd "
+             "for good; give the policy a prefix() or set --ttl",
+             policy_name(a->policy));
   reconcile_start(a->rec);
   docker_start(a->docker);
 
@@ -486,6 +629,7 @@ out:
   }
   if (uv_loop_close(&a->loop) != 0) log_warn("libuv loop still has handles");
   policy_free(a->policy);
+  free_containers(a);
   free(a);
   return rc;
 }

@@ -70,12 +70,22 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
     buf_putc(&problems, ',');
     json_escape(&problems, msg, strlen(msg));
   }
+  if (in.containers_failed) {
+    snprintf(msg, sizeof msg,
+             "policy: %zu running container%s failed the policy call (%s)",
+             in.containers_failed, in.containers_failed == 1 ? "" : "s",
+             in.failed_example ? in.failed_example : "-");
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
   if (problems.len)
     buf_printf(&b, "{\"status\":\"unhealthy\",\"problems\":[%s]",
                problems.data + 1);
   else
     buf_puts(&b, "{\"status\":\"ok\"");
-  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu}\n", st.keys, st.containers);
+  buf_printf(&b,
+             ",\"keys\":%zu,\"containers\":%zu,\"containers_failed\":%zu}\n",
+             st.keys, st.containers, in.containers_failed);
   httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
                 b.len);
   buf_free(&problems);

@@ -334,6 +334,17 @@ int luareg_load_embedded(lua_State *L, const char *name) {
   return -1;
 }
 
+const char *luareg_embedded_source(const char *name, size_t *len) {
+  for (size_t i = 0; i < luareg_nmodules; i++) {
+    const luareg_module_t *m = &luareg_modules[i];
+    if (strcmp(m->name, name) == 0) {
+      *len = m->len;
+      return (const char *)m->src;
+    }
+  }
+  return NULL;
+}
+
 void luareg_open(lua_State *L, size_t mem_limit) {
   new_gc_mt(L, &buffer_mt_key, buffer_gc, "register.buffer");
   new_gc_mt(L, &docbox_mt_key, docbox_gc, "register.document");

@@ -141,9 +141,19 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
              (unsigned long long)in->reloads_ok);
   buf_printf(b, "register_policy_reloads_total{result=\"failed\"} %llu\n",
              (unsigned long long)in->reloads_failed);
+  gauge(b, "register_containers_failed",
+        "Running containers whose last policy call failed or rejected a "
+        "record; they keep what they had.",
+        (double)in->containers_failed);
+  if (in->policy_sha256) {
+    help(b, "register_policy_info", "gauge",
+         "The policy in force, by the SHA-256 of its source.");
+    buf_printf(b, "register_policy_info{sha256=\"%s\"} 1\n", in->policy_sha256);
+  }
   gauge(b, "register_in_sync",
-        "1 when everything known is in etcd (the last sync converged).",
-        rs.converged ? 1 : 0);
+        "1 when everything known is in etcd (the last sync converged) and "
+        "every running container was evaluated.",
+        rs.converged && !in->containers_failed ? 1 : 0);
   gauge(b, "register_last_sync_timestamp_seconds",
         "Unix time at which etcd last matched Docker's truth.",
         rs.last_converged);

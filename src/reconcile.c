@@ -99,6 +99,14 @@ static void owner_detach(reconcile_t *r, owner_t *o) {
   free(o);
 }
 
+static void rcont_forget_tokens(rcont_t *c) {
+  for (size_t i = 0; i < c->ntokens; i++)
+    free(c->tokens[i]);
+  free(c->tokens);
+  c->tokens = NULL;
+  c->ntokens = 0;
+}
+
 void rcont_drop(reconcile_t *r, rcont_t *c) {
   rcont_release(r, c, 1); /* gone: nothing new to wait for */
   while (c->owners) {
@@ -107,19 +115,55 @@ void rcont_drop(reconcile_t *r, rcont_t *c) {
     owner_detach(r, o);
   }
   map_del(r->conts, c->id);
+  rcont_forget_tokens(c);
   free(c->id);
   free(c->image);
   free(c);
 }
 
-void reconcile_set(reconcile_t *r, const char *id, const char *image,
-                   const records_t *recs) {
-  rcont_t *c = map_get(r->conts, id);
-  if (!recs || recs->n == 0) {
-    if (c) rcont_drop(r, c);
-    reconcile_pump(r);
+/* c produces k with this value (generation gen): a new owner, or the
+ * owner it had, moved to the front (the newest owner's value wins). */
+static void owner_put(reconcile_t *r, rcont_t *c, rkey_t *k, const char *value,
+                      size_t vlen, unsigned gen) {
+  int had_owner = k->owners != NULL;
+  owner_t *o = NULL;
+  for (owner_t *x = k->owners; x; x = x->knext)
+    if (x->cont == c) o = x;
+  if (o && rstr_eq(o->value, value, vlen)) {
+    o->seen = gen;
     return;
   }
+  if (!o) {
+    o = xcalloc(1, sizeof *o);
+    o->key = k;
+    o->cont = c;
+    o->cnext = c->owners;
+    c->owners = o;
+  } else {
+    rstr_unref(o->value);
+    for (owner_t **pp = &k->owners; *pp; pp = &(*pp)->knext) {
+      if (*pp == o) {
+        *pp = o->knext;
+        break;
+      }
+    }
+  }
+  /* share the bytes etcd already holds when they are the same */
+  o->value =
+      rstr_eq(k->have, value, vlen) ? rstr_ref(k->have) : rstr_new(value, vlen);
+  o->seen = gen;
+  if (!had_owner) r->nowned++;
+  o->knext = k->owners;
+  k->owners = o;
+  free(k->gone_id);
+  free(k->gone_image);
+  k->gone_id = k->gone_image = NULL;
+  rkey_set_failed(r, k, 0);
+  rkey_touch(r, k);
+}
+
+static rcont_t *rcont_get(reconcile_t *r, const char *id, const char *image) {
+  rcont_t *c = map_get(r->conts, id);
   if (!c) {
     c = xcalloc(1, sizeof *c);
     c->id = xstrdup(id);
@@ -130,47 +174,23 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
     free(c->image);
     c->image = xstrdup(image ? image : "");
   }
-  unsigned gen = ++r->gen;
-  for (size_t i = 0; i < recs->n; i++) {
-    const record_t *rec = &recs->v[i];
-    rkey_t *k = rkey_get(r, rec->key, 1);
-    int had_owner = k->owners != NULL;
-    owner_t *o = NULL;
-    for (owner_t *x = k->owners; x; x = x->knext)
-      if (x->cont == c) o = x;
-    if (o && rstr_eq(o->value, rec->value, rec->value_len)) {
-      o->seen = gen;
-      continue;
-    }
-    if (!o) {
-      o = xcalloc(1, sizeof *o);
-      o->key = k;
-      o->cont = c;
-      o->cnext = c->owners;
-      c->owners = o;
-    } else {
-      rstr_unref(o->value);
-      for (owner_t **pp = &k->owners; *pp; pp = &(*pp)->knext) {
-        if (*pp == o) {
-          *pp = o->knext;
-          break;
-        }
-      }
-    }
-    /* share the bytes etcd already holds when they are the same */
-    o->value = rstr_eq(k->have, rec->value, rec->value_len)
-                   ? rstr_ref(k->have)
-                   : rstr_new(rec->value, rec->value_len);
-    o->seen = gen;
-    if (!had_owner) r->nowned++;
-    o->knext = k->owners; /* the newest owner's value wins */
-    k->owners = o;
-    free(k->gone_id);
-    free(k->gone_image);
-    k->gone_id = k->gone_image = NULL;
-    rkey_set_failed(r, k, 0);
-    rkey_touch(r, k);
+  return c;
+}
+
+void reconcile_set(reconcile_t *r, const char *id, const char *image,
+                   const records_t *recs) {
+  rcont_t *c = map_get(r->conts, id);
+  if (!recs || recs->n == 0) {
+    if (c) rcont_drop(r, c);
+    reconcile_pump(r);
+    return;
   }
+  c = rcont_get(r, id, image);
+  rcont_forget_tokens(c); /* final: what it does not produce now goes */
+  unsigned gen = ++r->gen;
+  for (size_t i = 0; i < recs->n; i++)
+    owner_put(r, c, rkey_get(r, recs->v[i].key, 1), recs->v[i].value,
+              recs->v[i].value_len, gen);
   for (owner_t **pp = &c->owners; *pp;) {
     owner_t *o = *pp;
     if (o->seen == gen) {
@@ -182,6 +202,111 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
   }
   /* a key it wants again, or one it no longer wants, may end a wait */
   rcont_release(r, c, 0);
+  reconcile_pump(r);
+}
+
+/* ---- undecided containers: keep what they have, adopt what names them */
+
+static int token_char(char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-';
+}
+
+/* Does s[0..n) hold tok as a whole token? */
+static int names_token(const char *s, size_t n, const char *tok) {
+  size_t tn = strlen(tok);
+  if (tn == 0 || tn > n) return 0;
+  for (size_t i = 0; i + tn <= n; i++) {
+    if (s[i] != tok[0] || memcmp(s + i, tok, tn) != 0) continue;
+    if ((i == 0 || !token_char(s[i - 1])) &&
+        (i + tn == n || !token_char(s[i + tn])))
+      return 1;
+  }
+  return 0;
+}
+
+static int rcont_named_by(const rcont_t *c, const rkey_t *k) {
+  for (size_t i = 0; i < c->ntokens; i++) {
+    if (names_token(k->key, strlen(k->key), c->tokens[i]) ||
+        (k->have && names_token(k->have->s, k->have->len, c->tokens[i])))
+      return 1;
+  }
+  return 0;
+}
+
+/* The orphans that name c become c's, at the value etcd holds.  An orphan
+ * is a key under the prefix that etcd holds, that nothing produces and
+ * that this process never owned (it knows where those came from). */
+static void rcont_adopt(reconcile_t *r, rcont_t *c) {
+  if (!c->ntokens || !r->primed || !r->prefix) return;
+  unsigned gen = ++r->gen;
+  size_t adopted = 0;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->owners || k->owned_once || k->inflight || k->is_dir ||
+        !k->have_known || !k->have || !reconcile_in_prefix(r, k->key) ||
+        !rcont_named_by(c, k))
+      continue;
+    rstr_t *have = rstr_ref(k->have);
+    owner_put(r, c, k, have->s, have->len, gen);
+    rstr_unref(have);
+    adopted++;
+  }
+  if (adopted) {
+    char n[32];
+    snprintf(n, sizeof n, "%zu", adopted);
+    log_fields(LOG_INFO,
+               "keeping the keys in etcd that name a container whose "
+               "evaluation is not final",
+               "container", c->id, "keys", n, NULL);
+  }
+}
+
+void reconcile_adopt_all(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->conts);
+  while (map_iter_next(&it, NULL, &v))
+    rcont_adopt(r, v);
+}
+
+void reconcile_keep(reconcile_t *r, const char *id, const char *image,
+                    const char *name, const records_t *recs) {
+  rcont_t *c = rcont_get(r, id, image);
+  if (!c->ntokens) {
+    const char *toks[3] = {id, NULL, name && *name ? name : NULL};
+    char shortid[13];
+    if (strlen(id) > 12) {
+      memcpy(shortid, id, 12);
+      shortid[12] = '\0';
+      toks[1] = shortid;
+    }
+    c->tokens = xcalloc(3, sizeof *c->tokens);
+    for (size_t i = 0; i < 3; i++)
+      if (toks[i]) c->tokens[c->ntokens++] = xstrdup(toks[i]);
+  }
+  if (recs && recs->n) {
+    unsigned gen = ++r->gen;
+    for (size_t i = 0; i < recs->n; i++)
+      owner_put(r, c, rkey_get(r, recs->v[i].key, 1), recs->v[i].value,
+                recs->v[i].value_len, gen);
+  }
+  rcont_adopt(r, c);
+  rcont_release(r, c, 0);
+  reconcile_pump(r);
+}
+
+void reconcile_hold_orphans(reconcile_t *r, int hold) {
+  if (r->hold_orphans == !!hold) return;
+  r->hold_orphans = !!hold;
+  if (hold)
+    log_warn("every running container's policy call failed: keeping every "
+             "key under the prefix until one succeeds");
+  else
+    reconcile_touch_all(r); /* the stale ones may go now */
   reconcile_pump(r);
 }
 
@@ -251,6 +376,7 @@ void reconcile_free(reconcile_t *r) {
       rstr_unref(o->value);
       free(o);
     }
+    rcont_forget_tokens(c);
     free(c->id);
     free(c->image);
     free(c);

@@ -40,6 +40,11 @@ struct rcont {
   char *id;
   char *image;
   owner_t *owners;
+  /* its last evaluation was not final (the policy call failed, or a check
+   * is still pending): what it has stays, and the orphans under the prefix
+   * that name one of its tokens (id, short id, name) are adopted */
+  char **tokens;
+  size_t ntokens;
   /* make-before-break: the keys it no longer produces whose delete waits
    * until the keys it produces now are in etcd (rkey_t.qnode, held) */
   list_t held;
@@ -109,6 +114,8 @@ struct reconcile {
 
   int primed; /* the prefix has been listed once */
   int docker_synced;
+  int hold_orphans; /* keys nobody produces are not deleted (every running
+                       container's evaluation failed) */
   int was_converged;
   int ever_converged;
   double last_converged;       /* wall clock, for /metrics */
@@ -118,6 +125,8 @@ struct reconcile {
   etcd_op_t *list_op;
   int list_again; /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
+  uv_timer_t retry_timer; /* refused keys are tried again (retry_cb) */
+  uint64_t retry_ms;      /* its next delay; 0: the first */
   int paused;
   int key_refresh;      /* v2: TTLs are refreshed key by key */
   int batching;         /* v3: puts and deletes go in transactions */
@@ -173,6 +182,9 @@ const char *rkey_owner_image(const rkey_t *k);
 /* Drops a container and every owner link it has (their keys are touched);
  * frees c. */
 void rcont_drop(reconcile_t *r, rcont_t *c);
+/* Every undecided container adopts the orphans that name it (after a
+ * listing: the keys etcd holds are known). */
+void reconcile_adopt_all(reconcile_t *r);
 
 /* ---- reconcile_queue.c: the queue and the requests ---- */
 

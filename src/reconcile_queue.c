@@ -17,6 +17,8 @@
 #define BATCHES_IN_FLIGHT 16
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
+#define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
+#define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
 
 static void reconcile_list_start(reconcile_t *r);
 
@@ -102,6 +104,7 @@ int reconcile_converged(const reconcile_t *r) {
 
 void reconcile_check_converged(reconcile_t *r) {
   int now = reconcile_converged(r);
+  if (!r->nfailed) r->retry_ms = 0; /* the next refusal starts at 1 s */
   if (!now && (r->was_converged || !r->behind_since))
     r->behind_since = uv_now(r->loop);
   if (now) {
@@ -225,6 +228,8 @@ static void queue_parent_dir(reconcile_t *r, const char *key) {
 
 static void reconcile_op_done(void *data, const etcd_result_t *res);
 static void key_done(rkey_t *k, const etcd_result_t *res);
+static uint64_t retry_delay(const reconcile_t *r);
+static void retry_arm(reconcile_t *r);
 
 /* A v3 transaction of puts and deletes, counted as one request. */
 typedef struct batch {
@@ -405,7 +410,10 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     if (res->status == ETCD_OK) {
       k->solo = 0;
       r->puts++;
-      log_change(k->have_known && k->have ? "updated" : "registered", k);
+      log_change(r->dry_run                 ? "would register"
+                 : k->have_known && k->have ? "updated"
+                                            : "registered",
+                 k);
       trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
       rkey_set_have(k, k->sent);
       k->have_ttl = r->ttl > 0;
@@ -436,7 +444,10 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
       r->deletes++;
       if (res->status == ETCD_OK || r->dry_run) {
-        log_change(rkey_owner_id(k) ? "removed" : "removed stale key", k);
+        log_change(r->dry_run         ? "would remove"
+                   : rkey_owner_id(k) ? "removed"
+                                      : "removed stale key",
+                   k);
         trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
         if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
       }
@@ -459,16 +470,45 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   }
   if (res->status != ETCD_OK) {
     r->errors++;
-    log_fields(LOG_ERROR,
-               "etcd refused the write; retrying at the next "
-               "change or resync",
-               "key", k->key, "error", res->error, NULL);
+    char in[32];
+    snprintf(in, sizeof in, "%.1f s", (double)retry_delay(r) / 1000);
+    log_fields(LOG_ERROR, "etcd refused the write; retrying with backoff",
+               "key", k->key, "error", res->error, "retry_in", in, NULL);
     rkey_set_failed(r, k, 1);
+    retry_arm(r);
   } else if (!k->is_dir || again) {
     rkey_touch(r, k); /* it may have changed while in flight */
   }
   if (k->is_dir && !list_linked(&k->qnode)) rkey_maybe_drop(r, k);
   reconcile_pump(r);
+}
+
+/* ---- keys etcd refused (permissions, NOSPACE, a value too large) ----
+ *
+ * A refused key is marked failed and left alone (decide() skips it) until
+ * the retry timer: then every refused key is tried again, after 1 s
+ * doubling to 30 s while refusals go on, back to 1 s once none is left.
+ * A change of its container or a resync tries it at once, as before. */
+
+static uint64_t retry_delay(const reconcile_t *r) {
+  return r->retry_ms ? r->retry_ms : RETRY_MIN_MS;
+}
+
+static void retry_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->nfailed) return;
+  uint64_t next = retry_delay(r) * 2;
+  r->retry_ms = next > RETRY_MAX_MS ? RETRY_MAX_MS : next;
+  log_fields(LOG_DEBUG, "trying the keys etcd refused again", NULL);
+  reconcile_touch_all(r); /* clears the failed marks */
+  reconcile_pump(r);
+}
+
+static void retry_arm(reconcile_t *r) {
+  if (uv_is_active((uv_handle_t *)&r->retry_timer)) return;
+  uint64_t d = retry_delay(r);
+  uv_timer_start(&r->retry_timer, retry_cb,
+                 d / 2 + util_rand((uint32_t)d / 2 + 1), 0);
 }
 
 /* What a key needs now; for ACT_HOLD, *holder is the container its delete
@@ -490,8 +530,9 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   }
   if (k->have_known && !k->have) return ACT_NONE;
   if (r->prefix_op && reconcile_in_prefix(r, k->key))
-    return ACT_NONE;                                        /* going */
-  if (!k->owned_once && !r->docker_synced) return ACT_NONE; /* wait */
+    return ACT_NONE; /* going */
+  /* wait: Docker's truth is incomplete, or every evaluation failed */
+  if (!k->owned_once && (!r->docker_synced || r->hold_orphans)) return ACT_NONE;
   /* make-before-break: a container that still runs and no longer produces
    * this key (a reload, a re-keying) has its new keys in etcd first */
   rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
@@ -626,6 +667,9 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
     r->primed = 1;
     log_info("etcd: %zu keys under %s", n, r->prefix);
   }
+  /* what etcd holds is known: the containers whose evaluation is not final
+   * keep the keys that name them, before anything is decided */
+  reconcile_adopt_all(r);
   reconcile_touch_all(r);
   if (r->list_again) {
     r->list_again = 0;
@@ -765,8 +809,9 @@ void reconcile_queue_init(reconcile_t *r) {
   uv_timer_init(r->loop, &r->refresh_timer);
   uv_timer_init(r->loop, &r->list_timer);
   uv_timer_init(r->loop, &r->flush_timer);
+  uv_timer_init(r->loop, &r->retry_timer);
   r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
-  r->flush_timer.data = r;
+  r->flush_timer.data = r->retry_timer.data = r;
   r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
   r->batching = r->etcd && etcd_has_txn(r->etcd) && !r->dry_run;
   if (r->batching) r->max_inflight = BATCHES_IN_FLIGHT;
@@ -798,7 +843,8 @@ static void reconcile_timer_closed(uv_handle_t *h) {
 }
 
 void reconcile_queue_close(reconcile_t *r) {
-  r->open_handles = 4;
+  r->open_handles = 5;
+  uv_close((uv_handle_t *)&r->retry_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->backoff_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->refresh_timer, reconcile_timer_closed);

@@ -1,6 +1,7 @@
 /* reload: SIGHUP's policy reload transaction. */
 #include "reload.h"
 #include "container.h"
+#include "json.h"
 #include "log.h"
 #include "map.h"
 #include "util.h"
@@ -23,8 +24,12 @@ typedef struct {
   policy_t *current; /* the policy in force (not ours) */
   map_t *records;    /* id -> pending_t: what the new policy produces */
   map_t *touched;    /* ids that had events meanwhile (old policy ran) */
-  int failed;
+  size_t failed;     /* containers the new policy fails where the old one
+                        does not */
+  buf_t why;         /* the first RELOAD_NAMED of them: "name (reason)" */
 } txn_t;
+
+#define RELOAD_NAMED 10
 
 struct reload {
   reload_commit_cb commit;
@@ -32,6 +37,7 @@ struct reload {
   void *ud;
   txn_t *txn; /* the reload running, or NULL */
   uint64_t ok, failed;
+  uint64_t rejected; /* records the new policies' tries rejected */
 };
 
 reload_t *reload_new(reload_commit_cb commit, const checks_t *checks,
@@ -71,6 +77,7 @@ static void txn_free(txn_t *t) {
   map_free(t->records);
   free_strings(t->touched);
   policy_free(t->policy);
+  buf_free(&t->why);
   free(t);
 }
 
@@ -87,37 +94,72 @@ void reload_touch(reload_t *r, const char *id) {
   map_put(t->touched, k, k);
 }
 
-void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed) {
+void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed,
+                   uint64_t *rejected) {
   *ok = r->ok;
   *failed = r->failed;
+  *rejected = r->rejected;
 }
 
-/* The new policy runs on one container.  Where it fails, the reload is
- * refused only if the policy in force succeeds on the same document: a
- * container that fails under both is logged, keeps what it has, and does
- * not block the reload (which may be the one that fixes it). */
+/* One run of a policy on a container: 0 when it succeeded with no record
+ * rejected, else -1 with why ("error: ...", "2 records rejected"). */
+static int try_policy(policy_t *p, const json_value_t *inspect,
+                      const policy_check_view_t *view, records_t *recs,
+                      uint64_t *rejected, char *why, size_t n) {
+  char err[600];
+  if (policy_records_checked(p, inspect, view, recs, err, sizeof err) < 0) {
+    snprintf(why, n, "%s: %s", policy_reason_name(policy_last_reason(p)), err);
+    return -1;
+  }
+  if (!recs->rejected) return 0;
+  *rejected += recs->rejected;
+  snprintf(why, n, "%zu record%s rejected", recs->rejected,
+           recs->rejected == 1 ? "" : "s");
+  records_free(recs);
+  return -1;
+}
+
+/* The new policy runs on one container.  Where it fails (an error, or a
+ * record rejected), the reload is refused only if the policy in force
+ * succeeds on the same document: a container that fails under both is
+ * logged, keeps what it has, and does not block the reload (which may be
+ * the one that fixes it).  Every container is tried, so that a refusal
+ * names each one the new policy fails on. */
 static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   txn_t *t = ud;
-  if (t->failed) return;
   pending_t *pd = xcalloc(1, sizeof *pd);
-  char err[600], old_err[600];
+  char why[700];
+  const char *name = json_get_str(inspect, "Name");
+  name = !name ? id : *name == '/' ? name + 1 : name;
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   policy_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
-  if (policy_records_checked(t->policy, inspect, &view, &pd->recs, err,
-                             sizeof err) < 0) {
+  if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected, why,
+                 sizeof why) < 0) {
     free(pd);
     records_t old;
-    if (policy_records_checked(t->current, inspect, &view, &old, old_err,
-                               sizeof old_err) == 0) {
+    uint64_t ignored = 0;
+    char old_why[700];
+    if (try_policy(t->current, inspect, &view, &old, &ignored, old_why,
+                   sizeof old_why) == 0) {
       records_free(&old);
-      log_error("policy reload failed, keeping the old policy: %s", err);
-      t->failed = 1;
+      log_fields(LOG_ERROR,
+                 "policy reload: the new policy fails on a container the "
+                 "policy in force handles",
+                 "container", id, "name", name, "error", why, NULL);
+      if (t->failed < RELOAD_NAMED)
+        buf_printf(&t->why, "%s%s (%s)", t->failed ? ", " : "", name, why);
+      t->failed++;
       return;
     }
-    log_warn("policy reload: container %.12s fails under the old policy too; "
-             "it keeps what it has: %s",
-             id, err);
+    log_fields(LOG_WARN,
+               "policy reload: container fails under the old policy too; it "
+               "keeps what it has",
+               "container", id, "name", name, "error", why, NULL);
+    return;
+  }
+  if (t->failed) { /* refused already: only the names are still wanted */
+    pending_free(pd);
     return;
   }
   pd->image = xstrdup(container_image(inspect));
@@ -133,6 +175,11 @@ static void reload_done(void *ud, int ok, const char *why) {
     if (!ok)
       log_error("policy reload failed, keeping the old policy: %s",
                 why ? why : "Docker went away");
+    else
+      log_error("policy reload failed, keeping the old policy: it fails on "
+                "%zu container%s that the policy in force handles: %s%s",
+                t->failed, t->failed == 1 ? "" : "s", t->why.data,
+                t->failed > RELOAD_NAMED ? ", ..." : "");
     r->failed++;
     r->txn = NULL;
     txn_free(t);
@@ -194,6 +241,7 @@ void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
   t->current = current;
   t->records = map_new();
   t->touched = map_new();
+  buf_init(&t->why);
   r->txn = t;
   log_info("SIGHUP: trying policy %s on every running container", po->file);
   /* with no running container, the snapshot ends (reload_done) before

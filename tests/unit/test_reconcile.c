@@ -264,9 +264,135 @@ TEST(batch_filled_before_a_pause_waits_for_its_end) {
   finish(r);
 }
 
+/* ---- nothing registered is lost to a failed evaluation ---- */
+
+#define ID2 "2222222222223333333333334444444444445555555555556666666666667777"
+
+/* The newest op of a kind for key (ended or not), or NULL. */
+static etcd_op_t *op_for(const char *kind, const char *key) {
+  for (size_t i = nops; i-- > 0;)
+    if (strcmp(ops[i].kind, kind) == 0)
+      for (size_t j = 0; j < ops[i].nkeys; j++)
+        if (strcmp(ops[i].keys[j], key) == 0) return &ops[i];
+  return NULL;
+}
+
+/* A transaction that deletes key is open: ends every open txn OK first so
+ * that the flush of the orphans' deletes goes out. */
+static const char *want_key;
+static int txn_open_for_key(void) {
+  etcd_op_t *op = open_op("txn");
+  if (!op) return 0;
+  for (size_t j = 0; j < op->nkeys; j++)
+    if (strcmp(op->keys[j], want_key) == 0) return 1;
+  op_end(op, ETCD_OK);
+  return 0;
+}
+
+/* Lists /p holding the given keys; the container ID2 ("web2") failed its
+ * evaluation before the listing ended. */
+static reconcile_t *start_with(const char *const *keys, size_t n) {
+  nops = nstore = 0;
+  converged = 0;
+  for (size_t i = 0; i < n; i++)
+    store_put(keys[i]);
+  uv_loop_init(&loop);
+  reconcile_opts_t o = {0};
+  o.loop = &loop;
+  o.etcd = &fake_etcd;
+  o.prefix = "/p";
+  o.converged = on_converged;
+  reconcile_t *r = reconcile_new(&o);
+  reconcile_start(r);
+  return r;
+}
+
+TEST(failed_container_keeps_the_keys_that_name_it) {
+  static const char *const keys[] = {"/p/web2/80", "/p/gone/80",
+                                     "/p/x/222222222222", "/p/web22/80"};
+  reconcile_t *r = start_with(keys, 4);
+  reconcile_keep(r, ID2, "img", "web2", NULL); /* records() failed */
+  op_end(open_op("list"), ETCD_OK);
+  reconcile_docker_synced(r, 1);
+  want_key = "/p/gone/80";
+  ASSERT(run_until(txn_open_for_key));
+  etcd_op_t *del = open_op("txn");
+  /* the orphans that name nobody go (web22 is another name), those that
+   * name web2 by name or id stay */
+  ASSERT_EQ(del->nkeys, 2);
+  ASSERT(op_for("txn", "/p/web22/80"));
+  ASSERT(!op_for("txn", "/p/web2/80"));
+  ASSERT(!op_for("txn", "/p/x/222222222222"));
+  op_end(del, ETCD_OK);
+  ASSERT(run_until(is_converged));
+
+  /* a successful evaluation is final: what it no longer produces goes once
+   * its new key is in etcd */
+  converged = 0;
+  set(r, ID2, "/p/web2/81");
+  want_key = "/p/web2/81";
+  ASSERT(run_until(txn_open_for_key));
+  /* the old key goes in the same transaction (one revision) or after */
+  etcd_op_t *put = open_op("txn");
+  etcd_op_t *gone = op_for("txn", "/p/web2/80");
+  ASSERT(!gone || gone == put);
+  op_end(put, ETCD_OK);
+  if (!gone) {
+    want_key = "/p/web2/80";
+    ASSERT(run_until(txn_open_for_key));
+    op_end(open_op("txn"), ETCD_OK);
+  }
+  ASSERT(run_until(is_converged));
+  ASSERT(op_for("txn", "/p/x/222222222222"));
+  finish(r);
+}
+
+TEST(when_every_evaluation_failed_no_orphan_is_deleted) {
+  static const char *const keys[] = {"/p/a/80", "/p/b/80"};
+  reconcile_t *r = start_with(keys, 2);
+  reconcile_hold_orphans(r, 1);
+  op_end(open_op("list"), ETCD_OK);
+  reconcile_docker_synced(r, 1);
+  ASSERT(run_until(is_converged)); /* nothing to do: every key is kept */
+  ASSERT(!op_for("txn", "/p/a/80"));
+  ASSERT(!op_for("txn", "/p/b/80"));
+  /* one container evaluates: the stale keys go again */
+  converged = 0;
+  reconcile_hold_orphans(r, 0);
+  want_key = "/p/a/80";
+  ASSERT(run_until(txn_open_for_key));
+  op_end(open_op("txn"), ETCD_OK);
+  ASSERT(run_until(is_converged));
+  finish(r);
+}
+
+static int txn_for_a_again(void) {
+  etcd_op_t *op = open_op("txn");
+  return op && op != first_txn && op->nkeys == 1 &&
+         strcmp(op->keys[0], "/p/a") == 0;
+}
+
+TEST(refused_key_is_tried_again_without_a_change) {
+  reconcile_t *r = start();
+  set(r, "c1", "/p/a");
+  uv_run(&loop, UV_RUN_NOWAIT); /* the flush */
+  first_txn = open_op("txn");
+  ASSERT(first_txn);
+  op_end(first_txn, ETCD_FAILED); /* permission denied, NOSPACE, ... */
+  ASSERT(!is_converged());
+  ASSERT(run_until(txn_for_a_again)); /* after about a second */
+  op_end(open_op("txn"), ETCD_OK);
+  ASSERT(run_until(is_converged));
+  ASSERT_EQ(nstore, 1);
+  finish(r);
+}
+
 int main(int argc, char **argv) {
   static const test_entry_t tests[] = {
       TEST_ENTRY(batch_filled_before_a_pause_waits_for_its_end),
+      TEST_ENTRY(failed_container_keeps_the_keys_that_name_it),
+      TEST_ENTRY(when_every_evaluation_failed_no_orphan_is_deleted),
+      TEST_ENTRY(refused_key_is_tried_again_without_a_change),
   };
   return test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }
