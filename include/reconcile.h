@@ -60,15 +60,18 @@ void reconcile_set(reconcile_t *r, const char *owner, const char *image,
                    const records_t *recs);
 /* The evaluation of a running container is not final: its policy call
  * failed or rejected a record (recs NULL), or one of its checks is still
- * pending (recs: what it produces meanwhile, added to what it has).
+ * pending (recs: what it produces meanwhile, added to what it has;
+ * claims: the keys it would produce with its checks passing, or NULL).
  * Nothing it has is deleted: its keys keep their values, and the keys
- * under the prefix that no container produces (orphans) and that name it
- * (its id, its 12-character short id or `name`, as a whole token in the
- * key or the value) are adopted at the value etcd holds, now or once the
- * prefix is listed.  The next reconcile_set() for it is final again:
- * whatever it no longer produces goes then (make-before-break). */
+ * under the prefix that no container produces (orphans) and that it
+ * claims or that name it (its id, its 12-character short id or `name`, as
+ * a whole token in the key or the value) are adopted at the value etcd
+ * holds, now or once the prefix is listed.  The next reconcile_set() for
+ * it is final again: whatever it no longer produces goes then
+ * (make-before-break). */
 void reconcile_keep(reconcile_t *r, const char *owner, const char *image,
-                    const char *name, const records_t *recs);
+                    const char *name, const records_t *recs,
+                    const records_t *claims);
 /* 1: keys under the prefix that nothing produces are kept, not deleted as
  * stale (every running container's evaluation failed: a broken policy is
  * not an instruction to wipe the host); 0: they go again. */

@@ -174,19 +174,35 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
     log_fields(LOG_ERROR, err, "container", id, "name", name, "reason", reason,
                NULL);
     note_result(a, id, name, reason);
-    reconcile_keep(a->rec, id, container_image(inspect), name, NULL);
+    reconcile_keep(a->rec, id, container_image(inspect), name, NULL, NULL);
     reload_touch(a->reload, id);
     return;
   }
   note_result(a, id, name, NULL);
   trace_mark(id, TRACE_POLICY);
+  /* "pending" never deletes what is there: the keys this container would
+   * produce with its pending checks passing stay while they are pending
+   * (a restart of register must not drop a healthy service) */
+  policy_check_state_t assumed[POLICY_MAX_CHECKS];
+  policy_check_view_t passing = {assumed, view.n};
   int pending = 0;
-  for (size_t i = 0; i < view.n; i++)
-    if (strcmp(view.v[i].state, "pending") == 0) pending = 1;
-  if (pending) /* "pending" never deletes what is there */
-    reconcile_keep(a->rec, id, container_image(inspect), name, &recs);
-  else
+  for (size_t i = 0; i < view.n; i++) {
+    assumed[i] = view.v[i];
+    if (strcmp(view.v[i].state, "pending") == 0) {
+      assumed[i].state = "passing";
+      pending = 1;
+    }
+  }
+  records_t claims;
+  if (!pending) {
     reconcile_set(a->rec, id, container_image(inspect), &recs);
+  } else if (policy_records_checked(a->policy, inspect, &passing, &claims, err,
+                                    sizeof err) == 0) {
+    reconcile_keep(a->rec, id, container_image(inspect), name, &recs, &claims);
+    records_free(&claims);
+  } else {
+    reconcile_keep(a->rec, id, container_image(inspect), name, &recs, NULL);
+  }
   records_free(&recs);
   reload_touch(a->reload, id);
 }

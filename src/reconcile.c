@@ -99,12 +99,17 @@ static void owner_detach(reconcile_t *r, owner_t *o) {
   free(o);
 }
 
+static void free_strv(char ***v, size_t *n) {
+  for (size_t i = 0; i < *n; i++)
+    free((*v)[i]);
+  free(*v);
+  *v = NULL;
+  *n = 0;
+}
+
 static void rcont_forget_tokens(rcont_t *c) {
-  for (size_t i = 0; i < c->ntokens; i++)
-    free(c->tokens[i]);
-  free(c->tokens);
-  c->tokens = NULL;
-  c->ntokens = 0;
+  free_strv(&c->tokens, &c->ntokens);
+  free_strv(&c->claims, &c->nclaims);
 }
 
 void rcont_drop(reconcile_t *r, rcont_t *c) {
@@ -226,6 +231,8 @@ static int names_token(const char *s, size_t n, const char *tok) {
 }
 
 static int rcont_named_by(const rcont_t *c, const rkey_t *k) {
+  for (size_t i = 0; i < c->nclaims; i++)
+    if (strcmp(k->key, c->claims[i]) == 0) return 1;
   for (size_t i = 0; i < c->ntokens; i++) {
     if (names_token(k->key, strlen(k->key), c->tokens[i]) ||
         (k->have && names_token(k->have->s, k->have->len, c->tokens[i])))
@@ -238,7 +245,7 @@ static int rcont_named_by(const rcont_t *c, const rkey_t *k) {
  * is a key under the prefix that etcd holds, that nothing produces and
  * that this process never owned (it knows where those came from). */
 static void rcont_adopt(reconcile_t *r, rcont_t *c) {
-  if (!c->ntokens || !r->primed || !r->prefix) return;
+  if ((!c->ntokens && !c->nclaims) || !r->primed || !r->prefix) return;
   unsigned gen = ++r->gen;
   size_t adopted = 0;
   map_iter_t it;
@@ -274,8 +281,15 @@ void reconcile_adopt_all(reconcile_t *r) {
 }
 
 void reconcile_keep(reconcile_t *r, const char *id, const char *image,
-                    const char *name, const records_t *recs) {
+                    const char *name, const records_t *recs,
+                    const records_t *claims) {
   rcont_t *c = rcont_get(r, id, image);
+  free_strv(&c->claims, &c->nclaims);
+  if (claims && claims->n) {
+    c->claims = xcalloc(claims->n, sizeof *c->claims);
+    for (size_t i = 0; i < claims->n; i++)
+      c->claims[c->nclaims++] = xstrdup(claims->v[i].key);
+  }
   if (!c->ntokens) {
     const char *toks[3] = {id, NULL, name && *name ? name : NULL};
     char shortid[13];

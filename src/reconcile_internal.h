@@ -42,9 +42,13 @@ struct rcont {
   owner_t *owners;
   /* its last evaluation was not final (the policy call failed, or a check
    * is still pending): what it has stays, and the orphans under the prefix
-   * that name one of its tokens (id, short id, name) are adopted */
+   * that name one of its tokens (id, short id, name), or that are among the
+   * keys it claims (what it would produce with its checks passing), are
+   * adopted */
   char **tokens;
   size_t ntokens;
+  char **claims;
+  size_t nclaims;
   /* make-before-break: the keys it no longer produces whose delete waits
    * until the keys it produces now are in etcd (rkey_t.qnode, held) */
   list_t held;

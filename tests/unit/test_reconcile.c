@@ -311,7 +311,7 @@ TEST(failed_container_keeps_the_keys_that_name_it) {
   static const char *const keys[] = {"/p/web2/80", "/p/gone/80",
                                      "/p/x/222222222222", "/p/web22/80"};
   reconcile_t *r = start_with(keys, 4);
-  reconcile_keep(r, ID2, "img", "web2", NULL); /* records() failed */
+  reconcile_keep(r, ID2, "img", "web2", NULL, NULL); /* records() failed */
   op_end(open_op("list"), ETCD_OK);
   reconcile_docker_synced(r, 1);
   want_key = "/p/gone/80";
@@ -366,6 +366,37 @@ TEST(when_every_evaluation_failed_no_orphan_is_deleted) {
   finish(r);
 }
 
+static int a_txn_is_open(void) {
+  return open_op("txn") != NULL;
+}
+
+TEST(pending_checks_keep_the_keys_they_would_produce) {
+  static const char *const keys[] = {"/p/svc/10.0.0.5:32768", "/p/old/1"};
+  reconcile_t *r = start_with(keys, 2);
+  records_t now, claims;
+  records_init(&now);
+  records_init(&claims);
+  records_add(&claims, "/p/svc/10.0.0.5:32768", "v", 1);
+  /* a check is pending: nothing is produced yet, the key is claimed */
+  reconcile_keep(r, ID2, "img", "web2", &now, &claims);
+  op_end(open_op("list"), ETCD_OK);
+  reconcile_docker_synced(r, 1);
+  want_key = "/p/old/1";
+  ASSERT(run_until(txn_open_for_key));
+  ASSERT_EQ(open_op("txn")->nkeys, 1); /* the stale one, not the claimed */
+  op_end(open_op("txn"), ETCD_OK);
+  ASSERT(run_until(is_converged));
+  /* the check passes: the same key, the same value: nothing is written */
+  size_t before = nops;
+  reconcile_set(r, ID2, "img", &claims);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  ASSERT(!a_txn_is_open());
+  ASSERT_EQ(nops, before);
+  records_free(&now);
+  records_free(&claims);
+  finish(r);
+}
+
 static int txn_for_a_again(void) {
   etcd_op_t *op = open_op("txn");
   return op && op != first_txn && op->nkeys == 1 &&
@@ -393,6 +424,7 @@ int main(int argc, char **argv) {
       TEST_ENTRY(failed_container_keeps_the_keys_that_name_it),
       TEST_ENTRY(when_every_evaluation_failed_no_orphan_is_deleted),
       TEST_ENTRY(refused_key_is_tried_again_without_a_change),
+      TEST_ENTRY(pending_checks_keep_the_keys_they_would_produce),
   };
   return test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }
