@@ -15,8 +15,10 @@
 -- there is none), and container.checks lists each check's state:
 -- { port = "80/tcp", type = "http", state = "passing", reason = "HTTP 200" }.
 --
--- With PER_PORT, a failing check drops only the bindings of its port; the
--- container stays registered with the ports that pass (or have no check).
+-- With PER_PORT, a check that does not pass (failing, or still pending)
+-- drops only the bindings of its port; the container stays registered with
+-- the ports that pass (or have no check), and is not registered at all
+-- when none is left.
 local register = require "register"
 local default = require "register.default"
 
@@ -42,8 +44,11 @@ function policy.records(c, host)
   for _, p in ipairs(c.ports) do
     if not down[p.private_port .. "/" .. p.proto] then ports[#ports + 1] = p end
   end
-  -- the default policy reads ports, image and id: a view with fewer ports
-  return default.records(setmetatable({ ports = ports }, { __index = c }), host)
+  -- The default policy reads ports, image, id and healthy: a view with
+  -- fewer ports.  The view is healthy: the ports whose checks do not pass
+  -- are gone from it, and c.healthy (false as soon as one check does not
+  -- pass) must not hide the ones that do.
+  return default.records(setmetatable({ ports = ports, healthy = true }, { __index = c }), host)
 end
 
 return policy

@@ -13,6 +13,12 @@ local register = require "register"
 
 local ROOT = "/internal"
 
+-- "<ip>:<port>", an IPv6 address in brackets (as Go's net.JoinHostPort)
+local function hostport(ip, port)
+  if ip:find(":", 1, true) then return "[" .. ip .. "]:" .. port end
+  return ip .. ":" .. port
+end
+
 local policy = {}
 
 local function network_of(c)
@@ -37,7 +43,7 @@ function policy.records(c, host)
       if #c.exposed > 1 and not from_port.name then name = name .. "-" .. e.private_port end
       local id = host.hostname .. ":" .. c.name .. ":" .. e.private_port
       if e.proto == "udp" then id = id .. ":udp" end
-      out[ROOT .. "/" .. name .. "/" .. id] = net.ip .. ":" .. e.private_port
+      out[ROOT .. "/" .. name .. "/" .. id] = hostport(net.ip, e.private_port)
     end
   end
   return out

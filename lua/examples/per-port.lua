@@ -3,11 +3,18 @@
 --   /registered/<host ip>/<image>/<container id>/<private port>/<proto>
 --     -> "<ip>:<public port>"
 --
--- <ip> is the binding's address, or the host's for wildcard bindings.  A
--- port bound twice (two host addresses) keeps the first binding.
+-- <ip> is the binding's address, or the host's for wildcard bindings; an
+-- IPv6 address is written in brackets ("[::1]:18091").  A port bound twice
+-- (two host addresses) keeps the first binding.
 local register = require "register"
 
 local policy = {}
+
+-- "<ip>:<port>", an IPv6 address in brackets (as Go's net.JoinHostPort)
+local function hostport(ip, port)
+  if ip:find(":", 1, true) then return "[" .. ip .. "]:" .. port end
+  return ip .. ":" .. port
+end
 
 function policy.prefix(host)
   return "/registered/" .. host.ip
@@ -21,7 +28,7 @@ function policy.records(c, host)
     local key = base .. "/" .. p.private_port .. "/" .. p.proto
     if not out[key] then
       local ip = register.wildcard(p.host_ip) and host.ip or p.host_ip
-      out[key] = ip .. ":" .. p.host_port
+      out[key] = hostport(ip, p.host_port)
     end
   end
   return out

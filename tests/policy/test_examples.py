@@ -44,7 +44,7 @@ def variant(base, **changes):
     return c
 
 
-def check(policy, *docs, expect_rc=0):
+def check(policy, *docs, expect_rc=0, host_ip=IP):
     files = []
     for i, d in enumerate(docs):
         if isinstance(d, str):
@@ -53,7 +53,7 @@ def check(policy, *docs, expect_rc=0):
             p = os.path.join(TMP, f"doc{len(os.listdir(TMP))}-{i}.json")
             json.dump(d, open(p, "w"))
             files.append(p)
-    r = subprocess.run([REGISTER, "check", "--host-ip", IP, "--hostname", "node9",
+    r = subprocess.run([REGISTER, "check", "--host-ip", host_ip, "--hostname", "node9",
                         os.path.join(EX, policy), *files], capture_output=True, text=True, timeout=30)
     assert r.returncode == expect_rc, (r.returncode, r.stderr)
     return [json.loads(l) for l in r.stdout.splitlines()]
@@ -113,6 +113,115 @@ def skydns_style():
     assert out["/skydns/local/skydns/web-80/node9-web-1-80"] == '{"host":"127.0.0.1","port":%s}' % port(m, "80/tcp")
     assert out["/skydns/local/skydns/web-53/node9-web-1-53-udp"] == '{"host":"127.0.0.1","port":5353}'
     assert len(out) == 3
+
+
+@suite.test
+def coredns_layout():
+    m = sample("multi")
+    out = records(check("coredns.lua", "multi"))
+    # the SkyDNS layout, a DNS label per segment, the value with a ttl
+    assert out == {
+        "/skydns/local/skydns/web-53/node9-web-1-53-udp": '{"host":"127.0.0.1","port":5353,"ttl":30}',
+        "/skydns/local/skydns/web-80/node9-web-1-80": '{"host":"127.0.0.1","port":%s,"ttl":30}' % port(m, "80/tcp"),
+        "/skydns/local/skydns/web-9200/node9-web-1-9200": '{"host":"127.0.0.1","port":%s,"ttl":30}' % port(m, "9200/tcp"),
+    }, out
+    # wildcard bindings: the host's address (an IPv6 one bare: an AAAA record)
+    wild = variant("multi", env=[], labels={}, name="api-1", image="api",
+                   ports=[("8080/tcp", [("0.0.0.0", "40001"), ("::", "40001")])])
+    assert records(check("coredns.lua", wild)) == {
+        "/skydns/local/skydns/api/node9-api-1-8080": '{"host":"%s","port":40001,"ttl":30}' % IP}
+    assert records(check("coredns.lua", wild, host_ip="fd00::5")) == {
+        "/skydns/local/skydns/api/node9-api-1-8080": '{"host":"fd00::5","port":40001,"ttl":30}'}
+    six = variant("multi", env=[], labels={}, name="api-1", image="api", ports=[("8080/tcp", [("::1", "7")])])
+    assert records(check("coredns.lua", six)) == {
+        "/skydns/local/skydns/api/node9-api-1-8080": '{"host":"::1","port":7,"ttl":30}'}
+    # names are lower case, one label each: anything but [a-z0-9-] is '-',
+    # and a label longer than 63 bytes is cut and ends in a hash of the whole
+    odd = variant("multi", env=[], labels={"SERVICE_NAME": "My_App.v2"}, name="Web_1." + "x" * 80,
+                  ports=[("80/tcp", [("127.0.0.1", "9")])])
+    out = records(check("coredns.lua", odd))
+    assert len(out) == 1, out
+    key = list(out)[0]
+    root, svc, inst = key.rsplit("/", 2)
+    assert root == "/skydns/local/skydns" and svc == "my-app-v2", key
+    assert len(inst) <= 63 and inst.startswith("node9-web-1-xxx"), inst
+    assert all(ch.isdigit() or ch == "-" or "a" <= ch <= "z" for ch in inst), inst
+    longer = variant("multi", env=[], labels={"SERVICE_NAME": "My_App.v2"}, name="Web_1." + "x" * 81,
+                     ports=[("80/tcp", [("127.0.0.1", "9")])])
+    inst2 = list(records(check("coredns.lua", longer)))[0].rsplit("/", 1)[1]
+    assert inst2 != inst and len(inst2) <= 63, (inst, inst2)  # the hash tells them apart
+    # two bindings of one port: two instances, the address in the label
+    two = variant("multi", env=[], labels={}, name="w", image="web",
+                  ports=[("80/tcp", [("127.0.0.1", "8080"), ("127.0.0.2", "8080"), ("::1", "8081")])])
+    assert records(check("coredns.lua", two)) == {
+        "/skydns/local/skydns/web/node9-w-80-127-0-0-1": '{"host":"127.0.0.1","port":8080,"ttl":30}',
+        "/skydns/local/skydns/web/node9-w-80-127-0-0-2": '{"host":"127.0.0.2","port":8080,"ttl":30}',
+        "/skydns/local/skydns/web/node9-w-80-1": '{"host":"::1","port":8081,"ttl":30}'}
+    # SERVICE_IGNORE, as in registrator.lua
+    assert records(check("coredns.lua", variant("multi", labels={"SERVICE_IGNORE": "true"}))) == {}
+
+
+@suite.test
+def ipv6_host_port_in_brackets():
+    # a binding to an IPv6 address, and a :: wildcard on a host with an IPv6
+    # HOST_IP: "[addr]:port" wherever an example writes host:port
+    ports = [("80/tcp", [("::1", "18091")]), ("81/tcp", [("::", "18092")]),
+             ("82/tcp", [("127.0.0.1", "18093")])]
+    c = variant("multi", env=[], labels={}, name="w", image="web", ports=ports)
+    want = {"/services/web-80/node9:w:80": "[::1]:18091",
+            "/services/web-81/node9:w:81": "[fd00::5]:18092",
+            "/services/web-82/node9:w:82": "127.0.0.1:18093"}
+    assert records(check("registrator.lua", c, host_ip="fd00::5")) == want
+    assert records(check("host-network.lua", c, host_ip="fd00::5")) == want
+    # an IPv4 HOST_IP for the :: wildcard
+    assert records(check("registrator.lua", c))["/services/web-81/node9:w:81"] == f"{IP}:18092"
+    base = f"/registered/fd00::5/web/{c['Id']}"
+    assert records(check("per-port.lua", c, host_ip="fd00::5")) == {
+        base + "/80/tcp": "[::1]:18091", base + "/81/tcp": "[fd00::5]:18092",
+        base + "/82/tcp": "127.0.0.1:18093"}
+    # a host-network container on an IPv6 HOST_IP
+    host = on_networks("multi", {"host": ("", "")}, mode="host", ports=[], name="h", env=[], labels={})
+    host["Config"]["ExposedPorts"] = {"8080/tcp": {}}
+    assert records(check("host-network.lua", host, host_ip="fd00::5")) == {
+        "/services/bbx/node9:h:8080": "[fd00::5]:8080"}
+
+
+@suite.test
+def registrator_ids_of_a_port_bound_twice():
+    # -p 127.0.0.1:8080:80 -p 127.0.0.2:8080:80: one key each, the address
+    # at the end of the id (an IPv6 one in brackets)
+    two = variant("multi", env=[], labels={}, name="w", image="web",
+                  ports=[("80/tcp", [("127.0.0.1", "8080"), ("127.0.0.2", "8080"), ("::1", "8081")]),
+                         ("53/udp", [("127.0.0.1", "53"), ("127.0.0.2", "53")]),
+                         ("90/tcp", [("127.0.0.1", "9090")])])
+    want = {"/services/web-80/node9:w:80:127.0.0.1": "127.0.0.1:8080",
+            "/services/web-80/node9:w:80:127.0.0.2": "127.0.0.2:8080",
+            "/services/web-80/node9:w:80:[::1]": "[::1]:8081",
+            "/services/web-53/node9:w:53:udp:127.0.0.1": "127.0.0.1:53",
+            "/services/web-53/node9:w:53:udp:127.0.0.2": "127.0.0.2:53",
+            # a port with one binding keeps registrator's id
+            "/services/web-90/node9:w:90": "127.0.0.1:9090"}
+    assert records(check("registrator.lua", two)) == want
+    assert records(check("host-network.lua", two)) == want
+    # two bindings on one address (two host ports): the address and the port
+    same = variant("multi", env=[], labels={}, name="w", image="web",
+                   ports=[("80/tcp", [("127.0.0.1", "8080"), ("127.0.0.1", "8081"), ("127.0.0.2", "8080")])])
+    assert records(check("registrator.lua", same)) == {
+        "/services/web/node9:w:80:127.0.0.1:8080": "127.0.0.1:8080",
+        "/services/web/node9:w:80:127.0.0.1:8081": "127.0.0.1:8081",
+        "/services/web/node9:w:80:127.0.0.2": "127.0.0.2:8080"}
+    # a wildcard and a named binding of one port: the wildcard's address is
+    # the host's, as in its value
+    mixed = variant("multi", env=[], labels={}, name="w", image="web",
+                    ports=[("80/tcp", [("0.0.0.0", "8080"), ("::", "8080"), ("127.0.0.1", "9090")])])
+    assert records(check("registrator.lua", mixed)) == {
+        f"/services/web/node9:w:80:{IP}": f"{IP}:8080",
+        "/services/web/node9:w:80:127.0.0.1": "127.0.0.1:9090"}
+    # skydns.lua: the same, as DNS labels
+    assert sorted(records(check("skydns.lua", same))) == [
+        "/skydns/local/skydns/web/node9-w-80-127-0-0-1-8080",
+        "/skydns/local/skydns/web/node9-w-80-127-0-0-1-8081",
+        "/skydns/local/skydns/web/node9-w-80-127-0-0-2"]
 
 
 @suite.test
@@ -248,11 +357,13 @@ def services_fold_wildcard_twins_and_name_compose_services():
                     ports=[("80/tcp", [("0.0.0.0", "32768"), ("::", "32769")])])
     assert records(check("registrator.lua", twins)) == {"/services/web/node9:w:80": f"{IP}:32768"}
     # the :: binding alone (no IPv4 twin) stays, and named addresses stay
+    # (each its own key: registrator_ids_of_a_port_bound_twice)
     six = variant("multi", env=[], labels={}, name="w", image="web",
                   ports=[("80/tcp", [("::", "32769")]), ("81/tcp", [("::1", "5"), ("127.0.0.1", "6")])])
     assert records(check("registrator.lua", six)) == {
         "/services/web-80/node9:w:80": f"{IP}:32769",
-        "/services/web-81/node9:w:81": "127.0.0.1:6"}, records(check("registrator.lua", six))
+        "/services/web-81/node9:w:81:[::1]": "[::1]:5",
+        "/services/web-81/node9:w:81:127.0.0.1": "127.0.0.1:6"}, records(check("registrator.lua", six))
     # podman: HostIp "" is a wildcard, and folds its :: twin too
     pod = variant("multi", env=[], labels={}, name="w", image="localhost/web:latest",
                   ports=[("80/tcp", [("", "40001"), ("::", "40002")])])
