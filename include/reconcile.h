@@ -54,10 +54,11 @@ void reconcile_free(reconcile_t *r);
 
 /* Lists the owned prefix so later writes are diffs, then starts writing. */
 void reconcile_start(reconcile_t *r);
-/* Replaces the records of one owner (container id).  recs NULL or empty:
- * the owner produces nothing any more. */
+/* Replaces the records of one owner (container id; image and name are
+ * for log lines, NULL allowed).  recs NULL or empty: the owner produces
+ * nothing any more. */
 void reconcile_set(reconcile_t *r, const char *owner, const char *image,
-                   const records_t *recs);
+                   const char *name, const records_t *recs);
 /* The evaluation of a running container is not final: its policy call
  * failed or rejected a record (recs NULL), or one of its checks is still
  * pending (recs: what it produces meanwhile, added to what it has;

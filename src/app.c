@@ -195,7 +195,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   }
   records_t claims;
   if (!pending) {
-    reconcile_set(a->rec, id, container_image(inspect), &recs);
+    reconcile_set(a->rec, id, container_image(inspect), name, &recs);
   } else if (policy_records_checked(a->policy, inspect, &passing, &claims, err,
                                     sizeof err) == 0) {
     reconcile_keep(a->rec, id, container_image(inspect), name, &recs, &claims);
@@ -211,7 +211,7 @@ static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
   checks_remove(a->checks, id);
   note_gone(a, id);
-  reconcile_set(a->rec, id, NULL, NULL);
+  reconcile_set(a->rec, id, NULL, NULL, NULL);
   reload_touch(a->reload, id);
 }
 

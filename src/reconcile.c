@@ -43,7 +43,6 @@ void rkey_free(rkey_t *k) {
   rstr_unref(k->have);
   rstr_unref(k->sent);
   free(k->gone_id);
-  free(k->gone_image);
   free(k->key);
   free(k);
 }
@@ -72,7 +71,14 @@ const char *rkey_owner_id(const rkey_t *k) {
 }
 
 const char *rkey_owner_image(const rkey_t *k) {
-  return k->owners ? k->owners->cont->image : k->gone_image;
+  if (k->owners) return k->owners->cont->image;
+  return k->gone_id ? k->gone_id + strlen(k->gone_id) + 1 : NULL;
+}
+
+const char *rkey_owner_name(const rkey_t *k) {
+  if (k->owners) return k->owners->cont->name;
+  const char *img = rkey_owner_image(k);
+  return img ? img + strlen(img) + 1 : NULL;
 }
 
 /* ---- owners ---- */
@@ -89,9 +95,12 @@ static void owner_detach(reconcile_t *r, owner_t *o) {
   if (!k->owners) {
     r->nowned--;
     free(k->gone_id);
-    free(k->gone_image);
-    k->gone_id = xstrdup(o->cont->id);
-    k->gone_image = xstrdup(o->cont->image ? o->cont->image : "");
+    const rcont_t *c = o->cont;
+    size_t il = strlen(c->id), ml = strlen(c->image), nl = strlen(c->name);
+    k->gone_id = xmalloc(il + ml + nl + 3);
+    memcpy(k->gone_id, c->id, il + 1);
+    memcpy(k->gone_id + il + 1, c->image, ml + 1);
+    memcpy(k->gone_id + il + ml + 2, c->name, nl + 1);
   }
   rkey_set_failed(r, k, 0);
   rkey_touch(r, k);
@@ -123,6 +132,7 @@ void rcont_drop(reconcile_t *r, rcont_t *c) {
   rcont_forget_tokens(c);
   free(c->id);
   free(c->image);
+  free(c->name);
   free(c);
 }
 
@@ -161,13 +171,19 @@ static void owner_put(reconcile_t *r, rcont_t *c, rkey_t *k, const char *value,
   o->knext = k->owners;
   k->owners = o;
   free(k->gone_id);
-  free(k->gone_image);
-  k->gone_id = k->gone_image = NULL;
+  k->gone_id = NULL;
   rkey_set_failed(r, k, 0);
   rkey_touch(r, k);
 }
 
-static rcont_t *rcont_get(reconcile_t *r, const char *id, const char *image) {
+static void set_str(char **dst, const char *s) {
+  if (*dst && strcmp(*dst, s ? s : "") == 0) return;
+  free(*dst);
+  *dst = xstrdup(s ? s : "");
+}
+
+static rcont_t *rcont_get(reconcile_t *r, const char *id, const char *image,
+                          const char *name) {
   rcont_t *c = map_get(r->conts, id);
   if (!c) {
     c = xcalloc(1, sizeof *c);
@@ -175,22 +191,20 @@ static rcont_t *rcont_get(reconcile_t *r, const char *id, const char *image) {
     list_init(&c->held);
     map_put(r->conts, c->id, c);
   }
-  if (!c->image || strcmp(c->image, image ? image : "") != 0) {
-    free(c->image);
-    c->image = xstrdup(image ? image : "");
-  }
+  set_str(&c->image, image);
+  set_str(&c->name, name);
   return c;
 }
 
 void reconcile_set(reconcile_t *r, const char *id, const char *image,
-                   const records_t *recs) {
+                   const char *name, const records_t *recs) {
   rcont_t *c = map_get(r->conts, id);
   if (!recs || recs->n == 0) {
     if (c) rcont_drop(r, c);
     reconcile_pump(r);
     return;
   }
-  c = rcont_get(r, id, image);
+  c = rcont_get(r, id, image, name);
   rcont_forget_tokens(c); /* final: what it does not produce now goes */
   unsigned gen = ++r->gen;
   for (size_t i = 0; i < recs->n; i++)
@@ -283,7 +297,7 @@ void reconcile_adopt_all(reconcile_t *r) {
 void reconcile_keep(reconcile_t *r, const char *id, const char *image,
                     const char *name, const records_t *recs,
                     const records_t *claims) {
-  rcont_t *c = rcont_get(r, id, image);
+  rcont_t *c = rcont_get(r, id, image, name);
   free_strv(&c->claims, &c->nclaims);
   if (claims && claims->n) {
     c->claims = xcalloc(claims->n, sizeof *c->claims);
@@ -393,6 +407,7 @@ void reconcile_free(reconcile_t *r) {
     rcont_forget_tokens(c);
     free(c->id);
     free(c->image);
+    free(c->name);
     free(c);
   }
   map_free(r->conts);

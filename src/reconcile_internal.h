@@ -39,6 +39,7 @@ typedef struct owner {
 struct rcont {
   char *id;
   char *image;
+  char *name; /* for log lines; "" when unknown */
   owner_t *owners;
   /* its last evaluation was not final (the policy call failed, or a check
    * is still pending): what it has stays, and the orphans under the prefix
@@ -85,8 +86,9 @@ struct rkey {
   unsigned sent_ds : 16;   /* uv_now() / 100 when that request was started,
                             * modulo 2^16 (about 109 minutes) */
   unsigned mark;           /* listing generation that saw this key */
-  char *gone_id;           /* last owner, for the removal log line */
-  char *gone_image;
+  /* the last owner, for the removal log line: its id, image and name in
+   * one block ("id\0image\0name"); rkey_owner_*() read it */
+  char *gone_id;
   list_t qnode; /* on r->queue: to be looked at; or, if held, on its last
                  owner's held list: its delete waits (rcont_t.held) */
   etcd_op_t *op;
@@ -179,10 +181,11 @@ void rkey_free(rkey_t *k);
 /* Forgets a key nobody wants that etcd does not hold (frees k). */
 void rkey_maybe_drop(reconcile_t *r, rkey_t *k);
 void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed);
-/* The newest owner's container id and image, or the last owner's once it
- * has gone (for log lines); NULL when it never had one. */
+/* The newest owner's container id, image and name, or the last owner's
+ * once it has gone (for log lines); NULL when it never had one. */
 const char *rkey_owner_id(const rkey_t *k);
 const char *rkey_owner_image(const rkey_t *k);
+const char *rkey_owner_name(const rkey_t *k);
 /* Drops a container and every owner link it has (their keys are touched);
  * frees c. */
 void rcont_drop(reconcile_t *r, rcont_t *c);

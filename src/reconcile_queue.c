@@ -357,8 +357,10 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
 }
 
 static void log_change(const char *what, const rkey_t *k) {
+  const char *name = rkey_owner_name(k);
   log_fields(LOG_INFO, what, "key", k->key, "container", rkey_owner_id(k),
-             "image", rkey_owner_image(k), NULL);
+             "name", name && *name ? name : NULL, "image", rkey_owner_image(k),
+             NULL);
 }
 
 static void reconcile_op_done(void *data, const etcd_result_t *res) {

@@ -12,6 +12,7 @@
 /* What the new policy produced for one container, until the commit. */
 typedef struct {
   char *image;
+  char *name;
   records_t recs;
 } pending_t;
 
@@ -61,6 +62,7 @@ static void free_strings(map_t *m) {
 static void pending_free(pending_t *pd) {
   records_free(&pd->recs);
   free(pd->image);
+  free(pd->name);
   free(pd);
 }
 
@@ -163,6 +165,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
     return;
   }
   pd->image = xstrdup(container_image(inspect));
+  pd->name = xstrdup(name);
   pending_t *old = map_put(t->records, xstrdup(id), pd);
   if (old) pending_free(old); /* cannot happen: one inspect per id */
 }
@@ -202,7 +205,7 @@ static void reload_done(void *ud, int ok, const char *why) {
   while (map_iter_next(&it, &id, &v)) {
     pending_t *pd = v;
     if (map_get(t->touched, id)) continue; /* inspected again below */
-    reconcile_set(t->rec, id, pd->image, &pd->recs);
+    reconcile_set(t->rec, id, pd->image, pd->name, &pd->recs);
     if (recheck) docker_refresh(t->docker, id);
     n++;
   }

@@ -181,7 +181,7 @@ static void set(reconcile_t *r, const char *owner, const char *key) {
   records_t recs;
   records_init(&recs);
   records_add(&recs, key, "v", 1);
-  reconcile_set(r, owner, "img", &recs);
+  reconcile_set(r, owner, "img", NULL, &recs);
   records_free(&recs);
 }
 
@@ -388,7 +388,7 @@ TEST(pending_checks_keep_the_keys_they_would_produce) {
   ASSERT(run_until(is_converged));
   /* the check passes: the same key, the same value: nothing is written */
   size_t before = nops;
-  reconcile_set(r, ID2, "img", &claims);
+  reconcile_set(r, ID2, "img", "web2", &claims);
   uv_run(&loop, UV_RUN_NOWAIT);
   ASSERT(!a_txn_is_open());
   ASSERT_EQ(nops, before);
