@@ -310,6 +310,9 @@ class Dockerd:
         r = subprocess.run(["ip", "-4", "addr", "show", "docker0"], capture_output=True, text=True)
         if r.returncode == 0 and self.BIP.split("/")[0] not in r.stdout:
             subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
+            r = subprocess.run(["true"])
+        # the bridge our dockerd makes goes with it (cleanup)
+        self.made_bridge = "docker0" if r.returncode != 0 else None
         return ["--bip", self.BIP]
 
     def start(self, timeout=60):
@@ -407,6 +410,9 @@ class Dockerd:
         # dockerd -9 leaves its containerd behind: stop ours
         subprocess.run(["pkill", "-f", "containerd.*" + self.dir], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        # a test leaves no bridge behind: the one made for this daemon goes
+        if getattr(self, "made_bridge", None):
+            subprocess.run(["ip", "link", "del", self.made_bridge], capture_output=True)
 
 
 class Dockerd26(Dockerd):
@@ -425,8 +431,10 @@ class Dockerd26(Dockerd):
 
     def network_args(self):
         r = subprocess.run(["ip", "-4", "addr", "show", self.BRIDGE], capture_output=True, text=True)
+        self.made_bridge = None
         if r.returncode != 0:
             sh("ip", "link", "add", self.BRIDGE, "type", "bridge")
+            self.made_bridge = self.BRIDGE
         if self.BRIDGE_ADDR.split("/")[0] not in r.stdout:
             sh("ip", "addr", "add", self.BRIDGE_ADDR, "dev", self.BRIDGE)
         sh("ip", "link", "set", self.BRIDGE, "up")
