@@ -84,6 +84,10 @@ void reconcile_docker_synced(reconcile_t *r, int synced);
 void reconcile_set_prefix(reconcile_t *r, const char *prefix);
 /* Lists the owned prefix again and repairs any drift. */
 void reconcile_resync(reconcile_t *r);
+/* etcd went back in time (a restored snapshot): what it holds is not
+ * what was acknowledged.  With a prefix, it is listed again and repaired;
+ * without, every key is written again. */
+void reconcile_etcd_rewound(reconcile_t *r);
 /* v3: the lease is gone and every key with it; write them all again. */
 void reconcile_lease_lost(reconcile_t *r);
 /* Drops every owner, so every key written is deleted (shutdown); the owned

@@ -727,6 +727,19 @@ void reconcile_resync(reconcile_t *r) {
   reconcile_list_start(r);
 }
 
+void reconcile_etcd_rewound(reconcile_t *r) {
+  if (!r->prefix || r->dry_run) {
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, r->keys);
+    while (map_iter_next(&it, NULL, &v)) {
+      rkey_t *k = v;
+      if (!k->inflight) k->have_known = 0; /* write it again */
+    }
+  }
+  reconcile_resync(r);
+}
+
 void reconcile_docker_synced(reconcile_t *r, int synced) {
   int was = r->docker_synced;
   r->docker_synced = synced;
