@@ -70,7 +70,7 @@ static const struct option long_opts[] = {
 void config_usage(const char *prog) {
   printf(
       "Usage: %s [OPTIONS]\n"
-      "       %s check POLICY [INSPECT.json ...]\n"
+      "       %s check [OPTIONS] POLICY|default [INSPECT.json|- ...]\n"
       "\n"
       "Keeps etcd in sync with the ports that running Docker containers "
       "publish.\n"
@@ -119,7 +119,21 @@ void config_usage(const char *prog) {
       "  --once                  sync once; exit 0 when etcd matches, 1 when "
       "it does\n"
       "                          not within --timeout SECONDS (default 30)\n"
-      "  --help, --version\n",
+      "  --help, --version\n"
+      "\n"
+      "register check: a policy tried on inspect documents, no etcd; one "
+      "JSON\n"
+      "line per record, a summary on stderr (register check --help):\n"
+      "  --host-ip IP, --hostname NAME, --policy-timeout MS   as above\n"
+      "  --assume-checks STATES  the checks' states: passing (default), "
+      "failing,\n"
+      "                          pending, or 80/tcp=passing,2=failing (by "
+      "port or\n"
+      "                          number; checks not named are pending)\n"
+      "  --container NAME|ID     inspect it on the engine instead of a file\n"
+      "                          (repeatable)\n"
+      "  --docker URL            that engine (DOCKER_HOST; default\n"
+      "                          unix:///var/run/docker.sock)\n",
       prog, prog);
 }
 

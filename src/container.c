@@ -77,21 +77,66 @@ static void set_port_key(lua_State *L, const char *k, size_t n) {
   lua_setfield(L, -2, "proto");
 }
 
+/* The fields of a container table and of a port table (c.ports[i]), as
+ * the error for a name that is none of them lists them. */
+static const char *const container_fields[] = {
+    "id",       "name",  "image",   "image_id", "hostname",
+    "created",  "ports", "labels",  "env",      "exposed",
+    "networks", "state", "inspect", "checks",   "healthy"};
+#define CONTAINER_FIELDS                                                       \
+  "id, name, image, image_id, hostname, created, ports, labels, env, "         \
+  "exposed, networks, state, inspect, checks, healthy"
+static const char *const port_fields[] = {"private_port", "proto", "host_ip",
+                                          "host_port"};
+#define PORT_FIELDS "private_port, proto, host_ip, host_port"
+
+static int is_one_of(const char *k, const char *const *names, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(k, names[i]) == 0) return 1;
+  return 0;
+}
+
+/* __index of a port table: every field is set, so a miss is a name that
+ * is not a field (a typo, another schema's name: public_port), or one the
+ * script cleared itself (nil).  Other keys than strings are nil, so that
+ * ipairs() and p[1] stay harmless. */
+static int port_index(lua_State *L) {
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;
+  const char *k = lua_tostring(L, 2);
+  if (is_one_of(k, port_fields, sizeof port_fields / sizeof port_fields[0]))
+    return 0;
+  return luaL_error(L, "unknown field %s; the port has " PORT_FIELDS, k);
+}
+
 static void push_ports(lua_State *L, const json_value_t *ports) {
   lua_newtable(L);
   if (!ports || ports->type != JSON_OBJECT) return;
   lua_Integer i = 1;
+  int has_mt = 0;
   for (const json_value_t *p = ports->u.child; p; p = p->next) {
     if (p->type != JSON_ARRAY) continue; /* null: exposed, not published */
     for (const json_value_t *b = p->u.child; b; b = b->next) {
       if (b->type != JSON_OBJECT) continue;
+      if (!has_mt) {
+        /* one metatable per container, below the list: a script that
+         * changes it (getmetatable) changes only these ports, which exist
+         * already (a __gc added later finalizes nothing) */
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, port_index);
+        lua_setfield(L, -2, "__index");
+        lua_insert(L, -2);
+        has_mt = 1;
+      }
       lua_createtable(L, 0, 4);
       set_port_key(L, p->key, p->keylen);
       set_str(L, "host_ip", json_get_str(b, "HostIp"));
       set_str(L, "host_port", json_get_str(b, "HostPort"));
+      lua_pushvalue(L, -3);
+      lua_setmetatable(L, -2);
       lua_rawseti(L, -2, i++);
     }
   }
+  if (has_mt) lua_remove(L, -2);
 }
 
 static void push_exposed(lua_State *L, const json_value_t *exposed) {
@@ -190,15 +235,22 @@ static int build_lazy(lua_State *L, const char *k, const json_value_t *doc) {
 
 /* __index of a container table: builds a lazy field once, then it is a
  * plain field.  Most policies read only id, image and ports, so the rest
- * (and above all the whole inspect document) costs nothing unless used. */
+ * (and above all the whole inspect document) costs nothing unless used.
+ * A string that is no field at all is an error naming the fields; a field
+ * that is not set (checks and healthy come from the runtime, a field the
+ * script cleared) is nil, as is any key that is not a string. */
 static int lazy_index(lua_State *L) {
+  if (lua_type(L, 2) != LUA_TSTRING) return 0;
   const char *k = lua_tostring(L, 2);
   static const char *const lazy[] = {"inspect", "labels",   "env",
                                      "exposed", "networks", "state"};
-  int known = 0;
-  for (size_t i = 0; k && i < sizeof lazy / sizeof lazy[0]; i++)
-    if (strcmp(k, lazy[i]) == 0) known = 1;
-  if (!known) return 0;
+  if (!is_one_of(k, lazy, sizeof lazy / sizeof lazy[0])) {
+    if (is_one_of(k, container_fields,
+                  sizeof container_fields / sizeof container_fields[0]))
+      return 0;
+    return luaL_error(
+        L, "unknown field %s; the container has " CONTAINER_FIELDS, k);
+  }
   container_doc_t *box = lua_touserdata(L, lua_upvalueindex(1));
   if (!box->doc)
     return luaL_error(L,

@@ -300,11 +300,14 @@ return {
     for c in (loop, io, bad, fine):
         fake.emit(fake.event("start", c))
     wait_for(lambda: f"/registered/{IP}/bbx/{fine}" in etcd.tree(), what="the fine container")
-    wait_for(lambda: etcd.tree().get(f"/registered/{IP}/good/{bad}") == "kept", what="the good record of bad")
+    # a rejected record fails the evaluation as a whole: none of its records
+    # is applied (the container keeps what it had: nothing here)
+    wait_for(lambda: "1 record rejected" in r.output(), what="the rejection of bad")
     out = r.output()
     assert "instruction budget" in out and loop[:12] in out, out
     assert "may only be called from the event and changed hooks" in out, out
     assert f'container {bad[:12]}: key "relative/key": key is not absolute' in out, out
+    assert f"/registered/{IP}/good/{bad}" not in etcd.tree()
     assert not any(loop in k or io in k for k in etcd.tree()), [k for k in etcd.tree() if loop in k or io in k]
     r.stop()
 

@@ -189,6 +189,85 @@ TEST(container_table) {
   policy_free(p);
 }
 
+/* Every field of the container and port tables reads without error (the
+ * lists in the errors stay true); any other name is an error naming them. */
+TEST(container_unknown_fields_are_errors) {
+  policy_t *p = load_ok(
+      "local cf = {'id', 'name', 'image', 'image_id', 'hostname', 'created',\n"
+      "  'ports', 'labels', 'env', 'exposed', 'networks', 'state', 'inspect',\n"
+      "  'checks', 'healthy'}\n"
+      "local pf = {'private_port', 'proto', 'host_ip', 'host_port'}\n"
+      "local function try(f) local ok, e = pcall(f) return ok and type(e) "
+      "or e end\n"
+      "return { records = function(c)\n"
+      "  local out, p = {}, c.ports[1]\n"
+      "  for _, f in ipairs(cf) do out['/c/' .. f] = try(function() return "
+      "c[f] end) end\n"
+      "  for _, f in ipairs(pf) do out['/p/' .. f] = try(function() return "
+      "p[f] end) end\n"
+      "  out['/c/bogus'] = try(function() return c.bogus end)\n"
+      "  out['/p/public_port'] = try(function() return p.public_port end)\n"
+      "  out['/c/1'] = try(function() return c[1] end)\n"
+      "  out['/p/true'] = try(function() return p[true] end)\n"
+      "  return out\n"
+      "end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  run(p, first(d), &r);
+  static const char *const want[][2] = {
+      {"/c/id", "string"},        {"/c/name", "string"},
+      {"/c/image", "string"},     {"/c/image_id", "string"},
+      {"/c/hostname", "string"},  {"/c/created", "string"},
+      {"/c/ports", "table"},      {"/c/labels", "table"},
+      {"/c/env", "table"},        {"/c/exposed", "table"},
+      {"/c/networks", "table"},   {"/c/state", "table"},
+      {"/c/inspect", "table"},    {"/c/checks", "table"},
+      {"/c/healthy", "boolean"},  {"/p/private_port", "string"},
+      {"/p/proto", "string"},     {"/p/host_ip", "string"},
+      {"/p/host_port", "string"}, {"/c/1", "nil"},
+      {"/p/true", "nil"}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    ASSERT_STR_EQ(rec(&r, want[i][0]), want[i][1]);
+  ASSERT_CONTAINS(rec(&r, "/c/bogus"),
+                  ":10: unknown field bogus; the container has id, name, "
+                  "image, image_id, hostname, created, ports, labels, env, "
+                  "exposed, networks, state, inspect, checks, healthy");
+  ASSERT_CONTAINS(rec(&r, "/p/public_port"),
+                  ":11: unknown field public_port; the port has "
+                  "private_port, proto, host_ip, host_port");
+  records_free(&r);
+  json_free(d);
+  policy_free(p);
+}
+
+/* The port tables' metatable is the container's own: a __gc a script adds
+ * to it (getmetatable) reaches no port table made afterwards, so no
+ * finalizer, which would run beyond every limit, is ever installed. */
+TEST(port_metatable_is_per_container) {
+  policy_t *p = load_ok(
+      "local n, hits, mt1 = 0, 0\n"
+      "return { records = function(c)\n"
+      "  n = n + 1\n"
+      "  local mt = getmetatable(c.ports[1])\n"
+      "  if n == 1 then mt1 = mt; mt.__gc = function() hits = hits + 1 end "
+      "end\n"
+      "  collectgarbage() collectgarbage()\n"
+      "  return { ['/r'] = n .. ' ' .. hits .. ' ' .. "
+      "tostring(rawequal(mt, mt1)) .. ' ' .. "
+      "tostring(rawequal(getmetatable(c.ports[2]), mt)) }\n"
+      "end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  const char *want[] = {"1 0 true true", "2 0 false true", "3 0 false true"};
+  for (int i = 0; i < 3; i++) {
+    run(p, first(d), &r);
+    ASSERT_STR_EQ(rec(&r, "/r"), want[i]);
+    records_free(&r);
+  }
+  json_free(d);
+  policy_free(p);
+}
+
 TEST(json_encode_order_escaping_types) {
   policy_t *p = load_ok(
       "local j = require('register').json\n"
@@ -320,6 +399,8 @@ TEST(inspect_is_lazy_and_only_valid_during_the_call) {
 }
 
 TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
+          TEST_ENTRY(container_unknown_fields_are_errors),
+          TEST_ENTRY(port_metatable_is_per_container),
           TEST_ENTRY(inspect_is_lazy_and_only_valid_during_the_call),
           TEST_ENTRY(json_encode_order_escaping_types),
           TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
