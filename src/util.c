@@ -1,22 +1,41 @@
 /* util: allocation, buffers and string helpers shared by every module. */
 #include "util.h"
-#include "log.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+/* The last line before abort(): formatted on the stack and written to
+ * stderr in one write(2), without the log room (which allocates, and sits
+ * above this one) and without malloc (it may be what failed). */
+__attribute__((format(printf, 1, 2), noreturn)) static void
+fatal(const char *fmt, ...) {
+  char line[512];
+  int n = snprintf(line, sizeof line, "register: error: ");
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  va_end(ap);
+  size_t len = (size_t)n + (m < 0 ? 0
+                            : (size_t)m >= sizeof line - (size_t)n - 1
+                                ? sizeof line - (size_t)n - 2
+                                : (size_t)m);
+  line[len++] = '\n';
+  (void)!write(2, line, len);
+  abort();
+}
 
 static void oom(size_t n) {
-  log_error("out of memory allocating %zu bytes", n);
-  abort();
+  fatal("out of memory allocating %zu bytes", n);
 }
 
 void util_assert_failed(const char *expr, const char *file, int line,
                         const char *func) {
-  log_error("%s:%d: %s: contract broken: %s", file, line, func, expr);
-  abort();
+  fatal("%s:%d: %s: contract broken: %s", file, line, func, expr);
 }
 
 void *xmalloc(size_t n) {
