@@ -48,9 +48,10 @@ void docker_resync(docker_t *d);
 /* Inspects one container again (e.g. after a policy reload). */
 void docker_refresh(docker_t *d, const char *id);
 /* Inspects every running container once more, for a policy reload:
- * each(id, inspect) per container still running, then done(ok, why).  One
- * snapshot at a time; returns -1 (no callbacks) when one is running or
- * Docker is not connected. */
+ * each(id, inspect) per container still running, then done(ok, why),
+ * always from the loop (never inside this call, even with no container
+ * running).  One snapshot at a time; returns -1 (no callbacks) when one
+ * is running or Docker is not connected. */
 typedef void (*docker_each_cb)(void *ud, const char *id,
                                const json_value_t *inspect);
 typedef void (*docker_snapdone_cb)(void *ud, int ok, const char *why);

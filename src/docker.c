@@ -1,7 +1,7 @@
-/* docker: API negotiation, event stream, list and inspect, reconnects.
- * Events are parsed and classified in docker_event.c; the snapshot for a
- * policy reload is in docker_snapshot.c. */
-#include "docker_internal.h"
+/* docker: API negotiation, event stream, list and inspect, reconnects,
+ * and the snapshot for a policy reload (every running container inspected
+ * once more).  Events are parsed and classified in docker_event.c. */
+#include "docker.h"
 #include "linesplit.h"
 #include "list.h"
 #include "log.h"
@@ -22,7 +22,76 @@
 #define HEAD_WAIT_MS 500 /* the event stream's head, before listing anyway */
 #define DISCONNECT_SETTLE_MS 100 /* a disconnect's inspect waits for a die */
 
+typedef struct dcont {
+  docker_t *d;
+  http_req_t *req;        /* inspect in flight */
+  unsigned dirty : 1;     /* an event came while inspecting: inspect again */
+  unsigned sync_wait : 1; /* the current sync waits for this one */
+  unsigned retrying : 1;
+  unsigned failures;
+  uint64_t seq; /* d->seq at the last event or listing touching it */
+  uint64_t retry_at;
+  list_t qnode; /* on d->queue: waiting for an inspect */
+  char id[];    /* in the same allocation; also the map key */
+} dcont_t;
+
+typedef enum { ST_IDLE, ST_PING, ST_VERSION, ST_STREAM, ST_CLOSED } state_t;
+
+struct docker {
+  uv_loop_t *loop;
+  http_t *http;        /* list and inspect */
+  http_t *stream_http; /* the event stream (its own connection) */
+  char *base, *socket;
+  http_tls_t tls; /* points at the owned copies below */
+  char *tls_files[3];
+  int use_tls;
+  docker_cbs_t cbs;
+  void *ud;
+
+  state_t state;
+  char api[16];
+  int legacy;
+  int connected;
+  http_req_t *ping_req, *events_req, *list_req;
+  linesplit_t split;
+  buf_t errbody; /* body of a refused event stream request */
+
+  map_t *conts;
+  map_t *unknown_types; /* event types already reported as ignored */
+  map_t *action_counts; /* action -> uint64_t *, for /metrics */
+  list_t queue;         /* containers to inspect (dcont_t.qnode), in order */
+  int inflight, max_inspects;
+  uint64_t seq;
+  uint64_t list_seq;
+  int list_full; /* this listing re-inspects every container */
+  size_t sync_pending;
+  int syncing;
+  int resync_wanted; /* a resync was asked for while one was running */
+
+  /* a snapshot for a policy reload */
+  struct {
+    char **ids;
+    size_t n, next, inflight;
+    http_req_t *reqs[8];
+    docker_each_cb each;
+    docker_snapdone_cb done;
+    void *ud;
+    int failed;
+    char why[400];
+  } snap;
+  uv_timer_t snap_timer; /* starts a snapshot from the loop, never inside
+                            docker_snapshot() */
+
+  uv_timer_t reconnect_timer, retry_timer;
+  uv_timer_t head_timer; /* the event stream's head is late (podman 5) */
+  int open_handles;
+  uint64_t backoff_ms;
+  uint64_t reconnects;
+  char last_err[256];
+};
+
 static void connect_start(docker_t *d);
+static void docker_snap_finish(docker_t *d, int ok, const char *why);
 static void docker_pump(docker_t *d);
 static void docker_list_start(docker_t *d, int full);
 
@@ -37,7 +106,7 @@ int docker_version_cmp(const char *a, const char *b) {
   return 0;
 }
 
-char *docker_url(docker_t *d, const char *fmt, ...) {
+static char *docker_url(docker_t *d, const char *fmt, ...) {
   buf_t b;
   buf_init(&b);
   buf_puts(&b, d->base);
@@ -49,8 +118,8 @@ char *docker_url(docker_t *d, const char *fmt, ...) {
   return buf_detach(&b);
 }
 
-http_req_t *docker_get(docker_t *d, const char *u, long timeout_ms,
-                       http_done_cb done, void *data) {
+static http_req_t *docker_get(docker_t *d, const char *u, long timeout_ms,
+                              http_done_cb done, void *data) {
   http_opts_t o = {0};
   o.url = u;
   o.unix_socket = d->socket;
@@ -79,7 +148,7 @@ static void conn_problem(docker_t *d, const char *fmt, ...) {
 }
 
 /* A response's reason for failure, on one line. */
-void docker_describe(const http_resp_t *r, char *out, size_t n) {
+static void docker_describe(const http_resp_t *r, char *out, size_t n) {
   if (r->error) {
     snprintf(out, n, "%s", r->errmsg);
     return;
@@ -201,7 +270,7 @@ static void retry_timer_cb(uv_timer_t *t) {
   docker_pump(d);
 }
 
-int docker_is_running(const json_value_t *root) {
+static int docker_is_running(const json_value_t *root) {
   const json_value_t *st = json_get(root, "State");
   const json_value_t *r = json_get(st, "Running");
   return r && r->type == JSON_BOOL && r->u.boolean;
@@ -740,9 +809,10 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   uv_timer_init(loop, &d->reconnect_timer);
   uv_timer_init(loop, &d->retry_timer);
   uv_timer_init(loop, &d->head_timer);
+  uv_timer_init(loop, &d->snap_timer);
   d->reconnect_timer.data = d;
   d->retry_timer.data = d;
-  d->head_timer.data = d;
+  d->head_timer.data = d->snap_timer.data = d;
   return d;
 }
 
@@ -776,6 +846,96 @@ uint64_t docker_reconnects(const docker_t *d) {
 
 size_t docker_containers(const docker_t *d) {
   return map_size(d->conts);
+}
+
+/* ---- the snapshot for a policy reload ---- */
+
+static void snap_pump(docker_t *d);
+
+static void docker_snap_finish(docker_t *d, int ok, const char *why) {
+  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
+    if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
+    d->snap.reqs[i] = NULL;
+  }
+  for (size_t i = 0; i < d->snap.n; i++)
+    free(d->snap.ids[i]);
+  free(d->snap.ids);
+  docker_snapdone_cb done = d->snap.done;
+  void *ud = d->snap.ud;
+  memset(&d->snap, 0, sizeof d->snap);
+  if (done) done(ud, ok, why);
+}
+
+static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
+  docker_t *d = data;
+  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++)
+    if (d->snap.reqs[i] == req) d->snap.reqs[i] = NULL;
+  d->snap.inflight--;
+  char err[200];
+  if (!r->error && r->status == 404) { /* gone meanwhile: events handle it */
+    snap_pump(d);
+    return;
+  }
+  json_doc_t *doc = NULL;
+  if (r->error || r->status != 200 ||
+      !(doc = json_parse(r->body, r->body_len, err, sizeof err))) {
+    char why[300];
+    docker_describe(r, why, sizeof why);
+    snprintf(d->snap.why, sizeof d->snap.why, "inspect failed: %s",
+             r->error || r->status != 200 ? why : err);
+    docker_snap_finish(d, 0, d->snap.why);
+    return;
+  }
+  const json_value_t *root = json_root(doc);
+  const char *id = json_get_str(root, "Id");
+  if (id && docker_is_running(root)) d->snap.each(d->snap.ud, id, root);
+  json_free(doc);
+  snap_pump(d);
+}
+
+static void snap_pump(docker_t *d) {
+  while (d->snap.next < d->snap.n &&
+         d->snap.inflight < ARRAY_SIZE(d->snap.reqs)) {
+    char *u = docker_url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
+    http_req_t *req = docker_get(d, u, 30000, snap_done, d);
+    free(u);
+    if (!req) {
+      docker_snap_finish(d, 0, "cannot start a request");
+      return;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
+      if (!d->snap.reqs[i]) {
+        d->snap.reqs[i] = req;
+        break;
+      }
+    }
+    d->snap.inflight++;
+  }
+  if (d->snap.next == d->snap.n && d->snap.inflight == 0)
+    docker_snap_finish(d, 1, NULL);
+}
+
+static void snap_start_cb(uv_timer_t *t) {
+  docker_t *d = t->data;
+  if (d->snap.done) snap_pump(d); /* else it ended meanwhile */
+}
+
+int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,
+                    void *ud) {
+  if (d->snap.done || !d->connected) return -1;
+  d->snap.each = each;
+  d->snap.done = done;
+  d->snap.ud = ud;
+  d->snap.ids = xcalloc(map_size(d->conts) + 1, sizeof *d->snap.ids);
+  map_iter_t it;
+  const char *id;
+  map_iter_init(&it, d->conts);
+  while (map_iter_next(&it, &id, NULL))
+    d->snap.ids[d->snap.n++] = xstrdup(id);
+  /* the first requests go from the loop: even a snapshot of nothing ends
+   * after this call has returned */
+  uv_timer_start(&d->snap_timer, snap_start_cb, 0, 0);
+  return 0;
 }
 
 static void docker_timer_closed(uv_handle_t *h) {
@@ -818,7 +978,8 @@ void docker_free(docker_t *d) {
   for (int i = 0; i < 3; i++)
     free(d->tls_files[i]);
   d->state = ST_CLOSED;
-  d->open_handles = 3;
+  d->open_handles = 4;
+  uv_close((uv_handle_t *)&d->snap_timer, docker_timer_closed);
   uv_close((uv_handle_t *)&d->reconnect_timer, docker_timer_closed);
   uv_close((uv_handle_t *)&d->retry_timer, docker_timer_closed);
   uv_close((uv_handle_t *)&d->head_timer, docker_timer_closed);

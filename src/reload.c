@@ -28,6 +28,7 @@ typedef struct {
   size_t failed;     /* containers the new policy fails where the old one
                         does not */
   buf_t why;         /* the first RELOAD_NAMED of them: "name (reason)" */
+  int starting;      /* inside docker_snapshot(): no callback may come */
 } txn_t;
 
 #define RELOAD_NAMED 10
@@ -129,6 +130,7 @@ static int try_policy(policy_t *p, const json_value_t *inspect,
  * names each one the new policy fails on. */
 static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   txn_t *t = ud;
+  REGISTER_ASSERT(!t->starting);
   pending_t *pd = xcalloc(1, sizeof *pd);
   char why[700];
   const char *name = json_get_str(inspect, "Name");
@@ -173,7 +175,8 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
 static void reload_done(void *ud, int ok, const char *why) {
   txn_t *t = ud;
   reload_t *r = t->r;
-  REGISTER_ASSERT(r->txn == t); /* the running reload ends once */
+  REGISTER_ASSERT(r->txn == t);  /* the running reload ends once */
+  REGISTER_ASSERT(!t->starting); /* and never inside docker_snapshot() */
   if (!ok || t->failed) {
     if (!ok)
       log_error("policy reload failed, keeping the old policy: %s",
@@ -247,15 +250,16 @@ void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
   buf_init(&t->why);
   r->txn = t;
   log_info("SIGHUP: trying policy %s on every running container", po->file);
-  /* with no running container, the snapshot ends (reload_done) before
-   * docker_snapshot() returns */
-  if (docker_snapshot(docker, reload_each, reload_done, t) < 0) {
-    if (r->txn) { /* not finished synchronously */
-      r->failed++;
-      r->txn = NULL;
-      txn_free(t);
-      log_error("policy reload failed, keeping the old policy: Docker is "
-                "not connected");
-    }
+  /* the snapshot ends from the loop, never inside docker_snapshot() (even
+   * with no running container): reload_done() asserts it */
+  t->starting = 1;
+  int rc = docker_snapshot(docker, reload_each, reload_done, t);
+  t->starting = 0;
+  if (rc < 0) {
+    r->failed++;
+    r->txn = NULL;
+    txn_free(t);
+    log_error("policy reload failed, keeping the old policy: Docker is "
+              "not connected");
   }
 }
