@@ -1,18 +1,249 @@
-/* reconcile: the state.  Per key, the owners that produce it (newest
- * first) and what etcd holds; per container, its owner links; values shared
- * by reference count.  reconcile_set() changes the state and queues every
- * key it touched for the machine in reconcile_queue.c, which talks to etcd.
- */
-#include "reconcile_internal.h"
+/* reconcile: the only code that writes to etcd, and the only owner of
+ * "what was written" (include/reconcile.h has the contract).
+ *
+ * Two halves in one room, the state and the machine:
+ *  - the state: per key, the owners that produce it (newest first) and
+ *    what etcd holds; per container, its owner links; values shared by
+ *    reference count.  reconcile_set() and reconcile_keep() change it and
+ *    queue every key they touched;
+ *  - the machine: a queue of keys (each at most once), what each key needs
+ *    now (decide), requests with bounded concurrency, v3 transactions,
+ *    backoff, refused keys' retry, listing the owned prefix (start-up and
+ *    resync), TTL refresh, directory clean-up, the owned prefix deleted at
+ *    deregistration.
+ * They share every structure, so they are one file (they were two that
+ * called each other). */
+#include "reconcile.h"
+#include "json.h"
 #include "log.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include "list.h"
+#include "map.h"
+#include "reconcile.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* An immutable, reference-counted value: the value a container wants and
+ * the value etcd holds are usually the same bytes, kept once. */
+typedef struct rstr {
+  size_t refs;
+  size_t len;
+  char s[];
+} rstr_t;
+
+typedef struct rkey rkey_t;
+typedef struct rcont rcont_t;
+
+/* One container producing one key.  The two chains stay singly linked (not
+ * list.h): there is one owner per key and container, the chains are short
+ * (usually one owner per key) and walked only when records change, and two
+ * more pointers per owner would cost 16 bytes for every key registered. */
+typedef struct owner {
+  rkey_t *key;
+  rcont_t *cont;
+  rstr_t *value;
+  struct owner *knext; /* the key's owners, newest first */
+  struct owner *cnext; /* the container's owners */
+  unsigned seen;       /* generation mark used by reconcile_set */
+} owner_t;
+
+struct rcont {
+  char *id;
+  char *image;
+  char *name; /* for log lines; "" when unknown */
+  owner_t *owners;
+  /* its last evaluation was not final (the policy call failed, or a check
+   * is still pending): what it has stays, and the orphans under the prefix
+   * that name one of its tokens (id, short id, name), or that are among the
+   * keys it claims (what it would produce with its checks passing), are
+   * adopted */
+  char **tokens;
+  size_t ntokens;
+  char **claims;
+  size_t nclaims;
+  /* make-before-break: the keys it no longer produces whose delete waits
+   * until the keys it produces now are in etcd (rkey_t.qnode, held) */
+  list_t held;
+};
+
+/* ACT_HOLD is only ever a decision: a delete that must wait (rcont_t.held) */
+typedef enum {
+  ACT_NONE,
+  ACT_PUT,
+  ACT_REFRESH,
+  ACT_DELETE,
+  ACT_RMDIR,
+  ACT_HOLD
+} act_t;
+
+struct rkey {
+  char *key;       /* also the map key */
+  owner_t *owners; /* newest first; owners->value is what we want */
+  rstr_t *have;    /* what etcd holds (NULL: absent), if have_known */
+  rstr_t *sent;    /* the value of the write in flight */
+  unsigned have_known : 1;
+  unsigned have_ttl : 1; /* etcd's copy expires (from a listing) */
+  unsigned inflight : 1;
+  unsigned refresh_due : 1;
+  unsigned owned_once : 1; /* owned in this process: may go before sync */
+  unsigned failed : 1;     /* refused by etcd; waits for a change/resync */
+  unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
+  unsigned again : 1;      /* touched while in flight: look again after */
+  unsigned solo : 1;       /* a transaction with it failed: alone next time */
+  unsigned filling : 1;    /* in the v3 transaction not sent yet (r->batch) */
+  unsigned held : 1;       /* qnode is on a container's held list */
+  unsigned act : 3;        /* act_t: the request in flight (a bit-field: the key
+                            * stays 88 bytes with its list node) */
+  unsigned sent_ds : 16;   /* uv_now() / 100 when that request was started,
+                            * modulo 2^16 (about 109 minutes) */
+  unsigned mark;           /* listing generation that saw this key */
+  /* the last owner, for the removal log line: its id, image and name in
+   * one block ("id\0image\0name"); rkey_owner_*() read it */
+  char *gone_id;
+  list_t qnode; /* on r->queue: to be looked at; or, if held, on its last
+                 owner's held list: its delete waits (rcont_t.held) */
+  etcd_op_t *op;
+  reconcile_t *r;
+};
+
+struct reconcile {
+  uv_loop_t *loop;
+  etcd_t *etcd;
+  char *prefix;
+  size_t prefix_len;
+  long ttl;
+  int max_inflight;
+  int dry_run;
+  void (*changed)(void *, const char *, const char *, const char *, size_t);
+  void (*converged_cb)(void *);
+  void *ud;
+
+  map_t *keys;  /* key -> rkey_t */
+  map_t *dirs;  /* directory -> rkey_t (is_dir) */
+  map_t *conts; /* container id -> rcont_t */
+  list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
+  size_t nqueued;
+  size_t nheld;  /* deletes waiting on rcont_t.held lists */
+  size_t nowned; /* keys with at least one owner */
+  int inflight;
+  size_t nfailed;
+  unsigned gen;
+
+  int primed; /* the prefix has been listed once */
+  int docker_synced;
+  int hold_orphans; /* keys nobody produces are not deleted (every running
+                       container's evaluation failed) */
+  int was_converged;
+  int ever_converged;
+  double last_converged;       /* wall clock, for /metrics */
+  uint64_t behind_since;       /* uv_now() when it stopped being converged */
+  uint64_t errors_at_converge; /* say "in sync" again after trouble */
+  int pumping;
+  etcd_op_t *list_op;
+  int list_again; /* a resync was asked while a listing ran */
+  uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
+  uv_timer_t retry_timer; /* refused keys are tried again (retry_cb) */
+  uint64_t retry_ms;      /* its next delay; 0: the first */
+  int paused;
+  int key_refresh;      /* v2: TTLs are refreshed key by key */
+  int batching;         /* v3: puts and deletes go in transactions */
+  struct batch *batch;  /* the transaction being filled by reconcile_pump() */
+  list_t batches;       /* transactions in flight (batch_t.node) */
+  etcd_op_t *prefix_op; /* deleting the whole owned prefix */
+  int outage;           /* etcd is unreachable: said once, not per key */
+  unsigned failures;
+  uint64_t list_backoff_ms;
+  int open_handles;
+  uint64_t puts, refreshes, deletes, errors;
+};
+
+/* ---- values, keys, owners (declared here: the machine below uses them) ----
+ */
+
+/* Values: rstr_ref() and rstr_unref() take NULL; the last unref frees. */
+
+static inline rstr_t *rstr_new(const char *s, size_t len) {
+  rstr_t *v = xmalloc(sizeof *v + len + 1);
+  v->refs = 1;
+  v->len = len;
+  memcpy(v->s, s, len);
+  v->s[len] = '\0';
+  return v;
+}
+
+static inline rstr_t *rstr_ref(rstr_t *v) {
+  if (v) v->refs++;
+  return v;
+}
+
+static inline void rstr_unref(rstr_t *v) {
+  if (v && --v->refs == 0) free(v);
+}
+
+static inline int rstr_eq(const rstr_t *a, const char *s, size_t len) {
+  return a && a->len == len && memcmp(a->s, s, len) == 0;
+}
+
+/* What etcd holds for k is now v (NULL: absent). */
+static void rkey_set_have(rkey_t *k, rstr_t *v);
+static int reconcile_in_prefix(const reconcile_t *r, const char *key);
+/* The key's state, created (create != 0) when unknown. */
+static rkey_t *rkey_get(reconcile_t *r, const char *key, int create);
+static void rkey_free(rkey_t *k);
+/* Forgets a key nobody wants that etcd does not hold (frees k). */
+static void rkey_maybe_drop(reconcile_t *r, rkey_t *k);
+static void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed);
+/* The newest owner's container id, image and name, or the last owner's
+ * once it has gone (for log lines); NULL when it never had one. */
+static const char *rkey_owner_id(const rkey_t *k);
+static const char *rkey_owner_image(const rkey_t *k);
+static const char *rkey_owner_name(const rkey_t *k);
+/* Drops a container and every owner link it has (their keys are touched);
+ * frees c. */
+static void rcont_drop(reconcile_t *r, rcont_t *c);
+/* Every undecided container adopts the orphans that name it (after a
+ * listing: the keys etcd holds are known). */
+static void reconcile_adopt_all(reconcile_t *r);
+
+/* ---- the machine: the queue and the requests ---- */
+
+/* Puts k on the queue unless it is there already (a held key leaves its
+ * held list: it is looked at again). */
+static void rkey_touch(reconcile_t *r, rkey_t *k);
+/* Make-before-break.  A key that its last container no longer produces is
+ * deleted only once every key that container produces now is in etcd
+ * (acknowledged), or goes in the same v3 transaction as the last of them;
+ * until then it waits on the container's held list.  A container that is
+ * gone has no new keys: its deletes go at once. */
+/* Queues c's held deletes again if its keys are in etcd now; with all != 0
+ * unconditionally (c is going away). */
+static void rcont_release(reconcile_t *r, rcont_t *c, int all);
+/* Touches every key (and clears their failed marks). */
+static void reconcile_touch_all(reconcile_t *r);
+/* Works the queue as far as the concurrency allows; never re-entered. */
+static void reconcile_pump(reconcile_t *r);
+static void reconcile_check_converged(reconcile_t *r);
+/* The machine's part of reconcile_new(): queue, timers, batching. */
+static void reconcile_queue_init(reconcile_t *r);
+/* The machine's part of reconcile_free(): cancels the listing, the prefix
+ * deletion and the transactions (no callbacks); then the state goes, and
+ * reconcile_queue_close() closes the timers: r is freed with the last. */
+static void reconcile_queue_stop(reconcile_t *r);
+static void reconcile_queue_close(reconcile_t *r);
+
+/* ==== the state ==== */
 
 /* ---- values ---- */
 
-void rkey_set_have(rkey_t *k, rstr_t *v) {
+static void rkey_set_have(rkey_t *k, rstr_t *v) {
   rstr_t *old = k->have;
   k->have = rstr_ref(v);
   rstr_unref(old);
@@ -21,13 +252,13 @@ void rkey_set_have(rkey_t *k, rstr_t *v) {
 
 /* ---- keys ---- */
 
-int reconcile_in_prefix(const reconcile_t *r, const char *key) {
+static int reconcile_in_prefix(const reconcile_t *r, const char *key) {
   if (!r->prefix) return 0;
   return strncmp(key, r->prefix, r->prefix_len) == 0 &&
          (key[r->prefix_len] == '/' || key[r->prefix_len] == '\0');
 }
 
-rkey_t *rkey_get(reconcile_t *r, const char *key, int create) {
+static rkey_t *rkey_get(reconcile_t *r, const char *key, int create) {
   rkey_t *k = map_get(r->keys, key);
   if (k || !create) return k;
   k = xcalloc(1, sizeof *k);
@@ -39,7 +270,7 @@ rkey_t *rkey_get(reconcile_t *r, const char *key, int create) {
   return k;
 }
 
-void rkey_free(rkey_t *k) {
+static void rkey_free(rkey_t *k) {
   rstr_unref(k->have);
   rstr_unref(k->sent);
   free(k->gone_id);
@@ -48,7 +279,7 @@ void rkey_free(rkey_t *k) {
 }
 
 /* Forgets a key nobody wants that etcd does not hold. */
-void rkey_maybe_drop(reconcile_t *r, rkey_t *k) {
+static void rkey_maybe_drop(reconcile_t *r, rkey_t *k) {
   if (k->owners || list_linked(&k->qnode) || k->inflight)
     return; /* wanted, queued or held, or in flight */
   if (!k->is_dir && !(k->have_known && !k->have)) return;
@@ -57,7 +288,7 @@ void rkey_maybe_drop(reconcile_t *r, rkey_t *k) {
   rkey_free(k);
 }
 
-void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed) {
+static void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed) {
   if (k->failed == (unsigned)!!failed) return;
   k->failed = !!failed;
   if (failed)
@@ -66,16 +297,16 @@ void rkey_set_failed(reconcile_t *r, rkey_t *k, int failed) {
     r->nfailed--;
 }
 
-const char *rkey_owner_id(const rkey_t *k) {
+static const char *rkey_owner_id(const rkey_t *k) {
   return k->owners ? k->owners->cont->id : k->gone_id;
 }
 
-const char *rkey_owner_image(const rkey_t *k) {
+static const char *rkey_owner_image(const rkey_t *k) {
   if (k->owners) return k->owners->cont->image;
   return k->gone_id ? k->gone_id + strlen(k->gone_id) + 1 : NULL;
 }
 
-const char *rkey_owner_name(const rkey_t *k) {
+static const char *rkey_owner_name(const rkey_t *k) {
   if (k->owners) return k->owners->cont->name;
   const char *img = rkey_owner_image(k);
   return img ? img + strlen(img) + 1 : NULL;
@@ -121,7 +352,7 @@ static void rcont_forget_tokens(rcont_t *c) {
   free_strv(&c->claims, &c->nclaims);
 }
 
-void rcont_drop(reconcile_t *r, rcont_t *c) {
+static void rcont_drop(reconcile_t *r, rcont_t *c) {
   rcont_release(r, c, 1); /* gone: nothing new to wait for */
   while (c->owners) {
     owner_t *o = c->owners;
@@ -286,7 +517,7 @@ static void rcont_adopt(reconcile_t *r, rcont_t *c) {
   }
 }
 
-void reconcile_adopt_all(reconcile_t *r) {
+static void reconcile_adopt_all(reconcile_t *r) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
@@ -415,4 +646,859 @@ void reconcile_free(reconcile_t *r) {
   free_keys(r->dirs);
   free(r->prefix);
   reconcile_queue_close(r); /* r is freed with the last timer */
+}
+
+/* ==== the machine ==== */
+
+#define BATCH_BYTES (512u << 10) /* values in one v3 transaction, at most */
+#define BATCHES_IN_FLIGHT 16
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 5000
+#define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
+#define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
+
+static void reconcile_list_start(reconcile_t *r);
+
+/* ---- the queue ---- */
+
+static void rkey_unhold(reconcile_t *r, rkey_t *k);
+
+static void rkey_touch(reconcile_t *r, rkey_t *k) {
+  rkey_unhold(r, k);                  /* looked at again now */
+  if (list_linked(&k->qnode)) return; /* queued at most once */
+  list_insert_tail(&r->queue, &k->qnode);
+  r->nqueued++;
+}
+
+static void reconcile_touch_all(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->failed) {
+      k->failed = 0;
+      r->nfailed--;
+    }
+    rkey_touch(r, k);
+  }
+}
+
+/* ---- make-before-break ---- */
+
+enum { NEW_IN_ETCD, NEW_IN_BATCH, NEW_PENDING };
+
+/* Where the keys c produces are: all in etcd, the missing ones all in the
+ * v3 transaction being filled (a delete may join it: one revision), or
+ * some still to be written. */
+static int rcont_new_keys(const rcont_t *c) {
+  int where = NEW_IN_ETCD;
+  for (const owner_t *o = c->owners; o; o = o->cnext) {
+    const rkey_t *k = o->key;
+    if (k->have_known && k->have && !(k->inflight && k->act == ACT_DELETE))
+      continue; /* a consumer sees it (maybe with an older value) */
+    if (k->filling && k->act == ACT_PUT) {
+      where = NEW_IN_BATCH;
+      continue;
+    }
+    return NEW_PENDING;
+  }
+  return where;
+}
+
+/* A held key's qnode is on its container's held list instead of r->queue:
+ * a key is queued, held, or neither. */
+static void rkey_unhold(reconcile_t *r, rkey_t *k) {
+  if (!k->held) return;
+  list_remove(&k->qnode);
+  k->held = 0;
+  r->nheld--;
+}
+
+/* k was just taken off the queue. */
+static void rkey_hold(reconcile_t *r, rkey_t *k, rcont_t *c) {
+  REGISTER_ASSERT(!k->held && !list_linked(&k->qnode));
+  list_insert_tail(&c->held, &k->qnode);
+  k->held = 1;
+  r->nheld++;
+}
+
+static void rcont_release(reconcile_t *r, rcont_t *c, int all) {
+  if (list_empty(&c->held) || (!all && rcont_new_keys(c) == NEW_PENDING))
+    return;
+  list_t *n;
+  while ((n = list_first(&c->held)))
+    rkey_touch(r, list_entry(n, rkey_t, qnode)); /* unholds it */
+}
+
+/* ---- converged ---- */
+
+int reconcile_converged(const reconcile_t *r) {
+  return r->primed && r->docker_synced && list_empty(&r->queue) &&
+         r->nheld == 0 && r->inflight == 0 && r->nfailed == 0 && !r->paused &&
+         !r->list_op && !r->prefix_op && !r->batch;
+}
+
+static void reconcile_check_converged(reconcile_t *r) {
+  int now = reconcile_converged(r);
+  if (!r->nfailed) r->retry_ms = 0; /* the next refusal starts at 1 s */
+  if (!now && (r->was_converged || !r->behind_since))
+    r->behind_since = uv_now(r->loop);
+  if (now) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->last_converged = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    r->behind_since = 0;
+  }
+  if (now && !r->was_converged) {
+    reconcile_stats_t st;
+    reconcile_stats(r, &st);
+    if (!r->ever_converged || r->errors != r->errors_at_converge)
+      log_info("in sync: %zu keys from %zu containers", st.keys, st.containers);
+    else
+      log_debug("in sync: %zu keys from %zu containers", st.keys,
+                st.containers);
+    r->ever_converged = 1;
+    r->errors_at_converge = r->errors;
+    r->was_converged = 1;
+    if (r->converged_cb) r->converged_cb(r->ud);
+    return;
+  }
+  r->was_converged = now;
+}
+
+/* ---- backoff ---- */
+
+/* Writes pause after a failure: 200 ms doubling to 5 s, jittered (a half
+ * to all of it).  The pause counts from when the failed request was sent:
+ * one that hung through its whole budget (a partition, a member without a
+ * leader) has waited already, so the next goes after a little jitter and
+ * a host cut off always has a request out to notice the heal.  The first
+ * write that etcd answers again ends the pause (see resume()). */
+#define RESUME_JITTER_MS 100
+
+static void backoff_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  r->paused = 0;
+  reconcile_pump(r);
+}
+
+static void backoff(reconcile_t *r, uint64_t waited_ms) {
+  if (r->paused) return;
+  r->paused = 1;
+  uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
+  if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
+  r->failures++;
+  d = d / 2 + util_rand((uint32_t)d / 2 + 1);
+  d = d > waited_ms + RESUME_JITTER_MS ? d - waited_ms
+                                       : util_rand(RESUME_JITTER_MS + 1);
+  uv_timer_start(&r->backoff_timer, backoff_cb, d, 0);
+}
+
+/* rkey_t.sent_ds: tenths of a second, modulo 2^16 */
+static unsigned sent_stamp(const reconcile_t *r) {
+  return (unsigned)(uv_now(r->loop) / 100) & 0xffffu;
+}
+
+static uint64_t waited_ms(const reconcile_t *r, const rkey_t *k) {
+  return (uint64_t)((sent_stamp(r) - k->sent_ds) & 0xffffu) * 100;
+}
+
+/* etcd answered a write: what still waits out a pause goes now, after a
+ * little jitter so that hosts coming back together do not write in
+ * lock-step. */
+static void resume(reconcile_t *r) {
+  if (!r->paused) return;
+  uint64_t j = util_rand(RESUME_JITTER_MS + 1);
+  if (uv_timer_get_due_in(&r->backoff_timer) > j)
+    uv_timer_start(&r->backoff_timer, backoff_cb, j, 0);
+}
+
+/* ---- requests ---- */
+
+static void dry_print(const char *op, const rkey_t *k, const rstr_t *v) {
+  buf_t b;
+  buf_init(&b);
+  buf_puts(&b, "{\"op\":");
+  json_escape(&b, op, strlen(op));
+  buf_puts(&b, ",\"key\":");
+  json_escape(&b, k->key, strlen(k->key));
+  if (v) {
+    buf_puts(&b, ",\"value\":");
+    json_escape(&b, v->s, v->len);
+  }
+  const char *id = rkey_owner_id(k);
+  if (id) {
+    buf_puts(&b, ",\"container\":");
+    json_escape(&b, id, strlen(id));
+  }
+  buf_puts(&b, "}\n");
+  fwrite(b.data, 1, b.len, stdout);
+  fflush(stdout);
+  buf_free(&b);
+}
+
+/* The parent directory of a key, if it is still inside the prefix. */
+static void queue_parent_dir(reconcile_t *r, const char *key) {
+  if (!r->etcd || !etcd_has_dirs(r->etcd) || !r->prefix) return;
+  const char *slash = strrchr(key, '/');
+  if (!slash || slash == key) return;
+  size_t n = (size_t)(slash - key);
+  if (n < r->prefix_len) return;
+  char *dir = xstrndup(key, n);
+  if (!reconcile_in_prefix(r, dir)) {
+    free(dir);
+    return;
+  }
+  rkey_t *d = map_get(r->dirs, dir);
+  if (!d) {
+    d = xcalloc(1, sizeof *d);
+    d->r = r;
+    d->key = dir;
+    d->is_dir = 1;
+    map_put(r->dirs, d->key, d);
+  } else {
+    free(dir);
+  }
+  rkey_touch(r, d);
+}
+
+static void reconcile_op_done(void *data, const etcd_result_t *res);
+static void key_done(rkey_t *k, const etcd_result_t *res);
+static uint64_t retry_delay(const reconcile_t *r);
+static void retry_arm(reconcile_t *r);
+
+/* A v3 transaction of puts and deletes, counted as one request. */
+typedef struct batch {
+  reconcile_t *r;
+  etcd_op_t *op; /* the transaction in flight */
+  list_t node;   /* on r->batches while in flight, owned there */
+  size_t n, bytes;
+  rkey_t *keys[ETCD_TXN_MAX];
+} batch_t;
+
+static void batch_done(void *data, const etcd_result_t *res) {
+  batch_t *b = data;
+  reconcile_t *r = b->r;
+  list_remove(&b->node);
+  r->inflight--;
+  if (res->status == ETCD_FAILED && b->n > 1) {
+    /* one bad key fails them all: try each alone to find it */
+    log_fields(LOG_DEBUG,
+               "etcd refused a transaction; writing its keys one "
+               "by one",
+               "error", res->error, NULL);
+    for (size_t i = 0; i < b->n; i++) {
+      rkey_t *k = b->keys[i];
+      k->inflight = 0;
+      k->act = ACT_NONE;
+      k->solo = 1;
+      rkey_touch(r, k);
+    }
+  } else {
+    for (size_t i = 0; i < b->n; i++)
+      key_done(b->keys[i], res);
+  }
+  free(b);
+  reconcile_pump(r);
+}
+
+static void batch_flush(reconcile_t *r) {
+  batch_t *b = r->batch;
+  if (!b) return;
+  r->batch = NULL;
+  etcd_txn_item_t items[ETCD_TXN_MAX];
+  for (size_t i = 0; i < b->n; i++) {
+    rkey_t *k = b->keys[i];
+    k->filling = 0;
+    k->sent_ds = sent_stamp(r);
+    items[i].is_delete = k->act == ACT_DELETE;
+    items[i].key = k->key;
+    items[i].value = k->sent ? k->sent->s : NULL;
+    items[i].vlen = k->sent ? k->sent->len : 0;
+    trace_mark(rkey_owner_id(k), TRACE_WRITE_SENT);
+  }
+  r->inflight++;
+  list_insert_head(&r->batches, &b->node);
+  b->op = etcd_txn(r->etcd, items, b->n, batch_done, b);
+  if (!b->op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    batch_done(b, &fail);
+  }
+}
+
+/* Adds a put or delete to the transaction being filled; sends it when
+ * full.  Returns 0 if the key was taken. */
+static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
+  if (!r->batching || k->solo || (act != ACT_PUT && act != ACT_DELETE))
+    return -1;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  size_t len = act == ACT_PUT ? want->len : 0;
+  if (r->batch && r->batch->bytes + len > BATCH_BYTES) batch_flush(r);
+  if (!r->batch) {
+    r->batch = xcalloc(1, sizeof *r->batch);
+    r->batch->r = r;
+  }
+  k->act = act;
+  k->inflight = 1;
+  k->filling = 1;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  r->batch->keys[r->batch->n++] = k;
+  r->batch->bytes += len;
+  if (r->batch->n == ETCD_TXN_MAX) batch_flush(r);
+  return 0;
+}
+
+static void issue(reconcile_t *r, rkey_t *k, act_t act) {
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  k->act = act;
+  k->inflight = 1;
+  k->sent_ds = sent_stamp(r);
+  r->inflight++;
+  rstr_unref(k->sent);
+  k->sent = act == ACT_PUT ? rstr_ref(want) : NULL;
+  if (r->dry_run) {
+    if (act == ACT_PUT)
+      dry_print("put", k, want);
+    else if (act == ACT_DELETE)
+      dry_print("delete", k, NULL);
+    etcd_result_t ok = {ETCD_OK, NULL};
+    reconcile_op_done(k, &ok);
+    return;
+  }
+  if (act == ACT_PUT || act == ACT_DELETE)
+    trace_mark(rkey_owner_id(k), TRACE_WRITE_SENT);
+  switch (act) {
+  case ACT_PUT:
+    k->op = etcd_put(r->etcd, k->key, want->s, want->len, r->ttl,
+                     reconcile_op_done, k);
+    break;
+  case ACT_REFRESH:
+    k->op = etcd_refresh(r->etcd, k->key, r->ttl, reconcile_op_done, k);
+    break;
+  case ACT_DELETE:
+    k->op = etcd_delete(r->etcd, k->key, reconcile_op_done, k);
+    break;
+  case ACT_RMDIR:
+    k->op = etcd_delete_dir(r->etcd, k->key, reconcile_op_done, k);
+    break;
+  case ACT_NONE:
+  case ACT_HOLD:
+    break;
+  }
+  if (!k->op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    reconcile_op_done(k, &fail);
+  }
+}
+
+static void log_change(const char *what, const rkey_t *k) {
+  const char *name = rkey_owner_name(k);
+  log_fields(LOG_INFO, what, "key", k->key, "container", rkey_owner_id(k),
+             "name", name && *name ? name : NULL, "image", rkey_owner_image(k),
+             NULL);
+}
+
+static void reconcile_op_done(void *data, const etcd_result_t *res) {
+  rkey_t *k = data;
+  k->op = NULL;
+  k->r->inflight--;
+  key_done(k, res);
+}
+
+/* One key's write or delete has a result (alone or in a transaction). */
+static void key_done(rkey_t *k, const etcd_result_t *res) {
+  static const etcd_result_t ok = {ETCD_OK, NULL};
+  REGISTER_ASSERT(k->inflight); /* a write or delete was in flight */
+  reconcile_t *r = k->r;
+  act_t act = k->act;
+  int again = k->again;
+  k->again = 0;
+  k->inflight = 0;
+  k->act = ACT_NONE;
+
+  if (res->status == ETCD_UNAVAILABLE) {
+    r->errors++;
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN,
+                 "etcd: cannot write; keeping the desired state "
+                 "and retrying with backoff",
+                 "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
+                 res->error, NULL);
+    }
+    backoff(r, waited_ms(r, k));
+    rkey_touch(r, k);
+    reconcile_pump(r);
+    return;
+  }
+  r->failures = 0;
+  resume(r);
+  if (r->outage) {
+    /* etcd may have restarted without its data meanwhile: look again */
+    r->outage = 0;
+    log_info("etcd reachable again; checking %s",
+             r->prefix ? r->prefix : "every key");
+    reconcile_resync(r);
+  }
+  switch (act) {
+  case ACT_PUT:
+    if (res->status == ETCD_OK) {
+      k->solo = 0;
+      r->puts++;
+      log_change(r->dry_run                 ? "would register"
+                 : k->have_known && k->have ? "updated"
+                                            : "registered",
+                 k);
+      trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
+      rkey_set_have(k, k->sent);
+      k->have_ttl = r->ttl > 0;
+      k->refresh_due = 0;
+      if (r->changed)
+        r->changed(r->ud, "put", k->key, k->sent->s, k->sent->len);
+      /* the deletes this key was holding back may go now */
+      for (owner_t *o = k->owners; o; o = o->knext)
+        rcont_release(r, o->cont, 0);
+    }
+    break;
+  case ACT_REFRESH:
+    if (res->status == ETCD_OK) {
+      r->refreshes++;
+      k->refresh_due = 0;
+      k->have_ttl = 1;
+      log_fields(LOG_DEBUG, "refreshed", "key", k->key, NULL);
+    } else if (res->status == ETCD_NOT_FOUND) {
+      /* expired, or etcd lost it: write it again */
+      log_fields(LOG_WARN, "key vanished from etcd; writing it again", "key",
+                 k->key, NULL);
+      k->refresh_due = 0;
+      rkey_set_have(k, NULL);
+      res = &ok;
+    }
+    break;
+  case ACT_DELETE:
+    if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+      r->deletes++;
+      if (res->status == ETCD_OK || r->dry_run) {
+        log_change(r->dry_run         ? "would remove"
+                   : rkey_owner_id(k) ? "removed"
+                                      : "removed stale key",
+                   k);
+        trace_mark(rkey_owner_id(k), TRACE_WRITE_ACKED);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      rkey_set_have(k, NULL);
+      res = &ok;
+      queue_parent_dir(r, k->key);
+    }
+    break;
+  case ACT_RMDIR:
+    if (res->status == ETCD_OK) {
+      log_fields(LOG_DEBUG, "removed empty directory", "key", k->key, NULL);
+      queue_parent_dir(r, k->key);
+    }
+    /* not empty, or gone already: either way nothing more to do here */
+    res = &ok;
+    break;
+  case ACT_NONE:
+  case ACT_HOLD:
+    break;
+  }
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    char in[32];
+    snprintf(in, sizeof in, "%.1f s", (double)retry_delay(r) / 1000);
+    log_fields(LOG_ERROR, "etcd refused the write; retrying with backoff",
+               "key", k->key, "error", res->error, "retry_in", in, NULL);
+    rkey_set_failed(r, k, 1);
+    retry_arm(r);
+  } else if (!k->is_dir || again) {
+    rkey_touch(r, k); /* it may have changed while in flight */
+  }
+  if (k->is_dir && !list_linked(&k->qnode)) rkey_maybe_drop(r, k);
+  reconcile_pump(r);
+}
+
+/* ---- keys etcd refused (permissions, NOSPACE, a value too large) ----
+ *
+ * A refused key is marked failed and left alone (decide() skips it) until
+ * the retry timer: then every refused key is tried again, after 1 s
+ * doubling to 30 s while refusals go on, back to 1 s once none is left.
+ * A change of its container or a resync tries it at once, as before. */
+
+static uint64_t retry_delay(const reconcile_t *r) {
+  return r->retry_ms ? r->retry_ms : RETRY_MIN_MS;
+}
+
+static void retry_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->nfailed) return;
+  uint64_t next = retry_delay(r) * 2;
+  r->retry_ms = next > RETRY_MAX_MS ? RETRY_MAX_MS : next;
+  log_fields(LOG_DEBUG, "trying the keys etcd refused again", NULL);
+  reconcile_touch_all(r); /* clears the failed marks */
+  reconcile_pump(r);
+}
+
+static void retry_arm(reconcile_t *r) {
+  if (uv_is_active((uv_handle_t *)&r->retry_timer)) return;
+  uint64_t d = retry_delay(r);
+  uv_timer_start(&r->retry_timer, retry_cb,
+                 d / 2 + util_rand((uint32_t)d / 2 + 1), 0);
+}
+
+/* What a key needs now; for ACT_HOLD, *holder is the container its delete
+ * waits for. */
+static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
+  if (k->is_dir) return ACT_RMDIR;
+  if (k->failed) return ACT_NONE;
+  rstr_t *want = k->owners ? k->owners->value : NULL;
+  if (!r->primed && reconcile_in_prefix(r, k->key)) return ACT_NONE; /* wait */
+  if (want) {
+    if (!k->have_known || !rstr_eq(k->have, want->s, want->len)) return ACT_PUT;
+    if (r->ttl > 0) {
+      if (!r->key_refresh) /* v3: attach to our lease, or nothing to do */
+        return k->have_ttl ? ACT_NONE : ACT_PUT;
+      /* v2: refreshing also gives a TTL to a key written without one */
+      return k->refresh_due || !k->have_ttl ? ACT_REFRESH : ACT_NONE;
+    }
+    return k->have_ttl ? ACT_PUT : ACT_NONE; /* ours must not expire */
+  }
+  if (k->have_known && !k->have) return ACT_NONE;
+  if (r->prefix_op && reconcile_in_prefix(r, k->key))
+    return ACT_NONE; /* going */
+  /* wait: Docker's truth is incomplete, or every evaluation failed */
+  if (!k->owned_once && (!r->docker_synced || r->hold_orphans)) return ACT_NONE;
+  /* make-before-break: a container that still runs and no longer produces
+   * this key (a reload, a re-keying) has its new keys in etcd first */
+  rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
+  int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
+  if (where == NEW_PENDING ||
+      (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
+    /* v2: it must not expire meanwhile */
+    if (r->key_refresh && r->ttl > 0 && k->refresh_due) return ACT_REFRESH;
+    *holder = c;
+    return ACT_HOLD;
+  }
+  return ACT_DELETE;
+}
+
+/* A batch filled before a pause waits for the pause to end: backoff_cb()
+ * pumps, and the pump arms this timer again. */
+static void flush_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (r->paused) return;
+  batch_flush(r);
+  reconcile_pump(r);
+}
+
+static void reconcile_pump(reconcile_t *r) {
+  if (r->pumping) return;
+  r->pumping = 1;
+  while (!r->paused && !list_empty(&r->queue) &&
+         r->inflight < r->max_inflight) {
+    rkey_t *k = list_entry(list_pop(&r->queue), rkey_t, qnode);
+    r->nqueued--;
+    if (k->inflight) { /* look again when it completes */
+      k->again = 1;
+      continue;
+    }
+    rcont_t *holder = NULL;
+    act_t act = decide(r, k, &holder);
+    if (act == ACT_HOLD) {
+      rkey_hold(r, k, holder);
+      continue;
+    }
+    if (act == ACT_NONE) {
+      rkey_maybe_drop(r, k);
+      continue;
+    }
+    if (batch_add(r, k, act) == 0) continue;
+    issue(r, k, act);
+  }
+  /* what is left goes at the end of this loop iteration, with whatever
+   * else this iteration produces (a sync yields keys one by one); not while
+   * paused: libuv runs a 0 ms timer started from a timer callback in the
+   * same pass, and a flush_cb that may not send would start itself again
+   * for good, the loop stuck in its timer phase (seen in a fleet outage) */
+  if (r->batch && !r->paused && !uv_is_active((uv_handle_t *)&r->flush_timer))
+    uv_timer_start(&r->flush_timer, flush_cb, 0, 0);
+  r->pumping = 0;
+  reconcile_check_converged(r);
+}
+
+/* ---- listing: start-up and resync ---- */
+
+static void list_timer_cb(uv_timer_t *t) {
+  reconcile_list_start(t->data);
+}
+
+static void reconcile_list_done(void *data, const etcd_result_t *res,
+                                const etcd_kv_t *kvs, size_t n,
+                                const char *const *dirs, size_t ndirs) {
+  reconcile_t *r = data;
+  r->list_op = NULL;
+  if (res->status != ETCD_OK) {
+    r->errors++;
+    r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
+    if (r->list_backoff_ms > BACKOFF_MAX_MS)
+      r->list_backoff_ms = BACKOFF_MAX_MS;
+    if (!r->outage) {
+      r->outage = 1;
+      log_fields(LOG_WARN,
+                 "etcd: cannot list the owned prefix; retrying "
+                 "with backoff",
+                 "prefix", r->prefix, "error", res->error, NULL);
+    } else {
+      log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
+                 NULL);
+    }
+    uv_timer_start(&r->list_timer, list_timer_cb,
+                   r->list_backoff_ms / 2 +
+                       util_rand((uint32_t)r->list_backoff_ms / 2 + 1),
+                   0);
+    reconcile_check_converged(r);
+    return;
+  }
+  if (r->outage) {
+    r->outage = 0;
+    log_info("etcd reachable again");
+  }
+  r->list_backoff_ms = 0;
+  /* what etcd holds now, for every key not being written right now */
+  unsigned gen = ++r->gen;
+  for (size_t i = 0; i < n; i++) {
+    if (!reconcile_in_prefix(r, kvs[i].key)) continue;
+    rkey_t *k = rkey_get(r, kvs[i].key, 1);
+    k->mark = gen;
+    if (!k->inflight) {
+      if (!rstr_eq(k->have, kvs[i].value, kvs[i].value_len)) {
+        rstr_t *v = rstr_new(kvs[i].value, kvs[i].value_len);
+        rkey_set_have(k, v);
+        rstr_unref(v);
+      }
+      k->have_known = 1;
+      k->have_ttl = kvs[i].ttl > 0;
+      /* a key of a previous run keeps its old TTL: make it ours */
+      if (r->ttl > 0 && !r->primed) k->refresh_due = 1;
+    }
+  }
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (k->mark == gen || k->inflight || !reconcile_in_prefix(r, k->key))
+      continue;
+    rkey_set_have(k, NULL); /* not listed: etcd does not hold it */
+  }
+  for (size_t i = 0; i < ndirs; i++) {
+    if (strcmp(dirs[i], r->prefix) == 0 || reconcile_in_prefix(r, dirs[i])) {
+      char *child = xasprintf("%s/x", dirs[i]);
+      queue_parent_dir(r, child);
+      free(child);
+    }
+  }
+  if (!r->primed) {
+    r->primed = 1;
+    log_info("etcd: %zu keys under %s", n, r->prefix);
+  }
+  /* what etcd holds is known: the containers whose evaluation is not final
+   * keep the keys that name them, before anything is decided */
+  reconcile_adopt_all(r);
+  reconcile_touch_all(r);
+  if (r->list_again) {
+    r->list_again = 0;
+    reconcile_list_start(r);
+  }
+  reconcile_pump(r);
+}
+
+static void reconcile_list_start(reconcile_t *r) {
+  if (r->list_op) {
+    r->list_again = 1;
+    return;
+  }
+  r->list_op = etcd_list(r->etcd, r->prefix, reconcile_list_done, r);
+  if (!r->list_op) {
+    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
+    reconcile_list_done(r, &fail, NULL, 0, NULL, 0);
+  }
+}
+
+void reconcile_start(reconcile_t *r) {
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    reconcile_pump(r);
+    return;
+  }
+  reconcile_list_start(r);
+}
+
+void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
+  if ((!prefix && !r->prefix) ||
+      (prefix && r->prefix && strcmp(prefix, r->prefix) == 0))
+    return;
+  free(r->prefix);
+  r->prefix = prefix ? xstrdup(prefix) : NULL;
+  r->prefix_len = prefix ? strlen(prefix) : 0;
+  log_info("the owned prefix is now %s", prefix ? prefix : "(none)");
+  if (!r->prefix || r->dry_run) {
+    r->primed = 1;
+    reconcile_pump(r);
+    return;
+  }
+  r->primed = 0; /* hold writes under the new prefix until it is listed */
+  reconcile_list_start(r);
+}
+
+void reconcile_resync(reconcile_t *r) {
+  if (!r->primed || !r->prefix || r->dry_run) {
+    reconcile_touch_all(r);
+    reconcile_pump(r);
+    return;
+  }
+  reconcile_list_start(r);
+}
+
+void reconcile_etcd_rewound(reconcile_t *r) {
+  if (!r->prefix || r->dry_run) {
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, r->keys);
+    while (map_iter_next(&it, NULL, &v)) {
+      rkey_t *k = v;
+      if (!k->inflight) k->have_known = 0; /* write it again */
+    }
+  }
+  reconcile_resync(r);
+}
+
+void reconcile_docker_synced(reconcile_t *r, int synced) {
+  int was = r->docker_synced;
+  r->docker_synced = synced;
+  if (synced && !was) reconcile_touch_all(r); /* orphans may go now */
+  reconcile_pump(r);
+}
+
+void reconcile_lease_lost(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (!k->inflight) rkey_set_have(k, NULL); /* they went with the lease */
+  }
+  reconcile_touch_all(r);
+  reconcile_pump(r);
+}
+
+static void prefix_deleted(void *data, const etcd_result_t *res) {
+  reconcile_t *r = data;
+  r->prefix_op = NULL;
+  if (res->status == ETCD_OK || res->status == ETCD_NOT_FOUND) {
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, r->keys);
+    while (map_iter_next(&it, NULL, &v)) {
+      rkey_t *k = v;
+      if (k->owners || k->inflight || !reconcile_in_prefix(r, k->key)) continue;
+      if (k->have) {
+        r->deletes++;
+        log_change("removed", k);
+        if (r->changed) r->changed(r->ud, "delete", k->key, NULL, 0);
+      }
+      rkey_set_have(k, NULL);
+    }
+    log_info("deleted %s in one request", r->prefix);
+  } else {
+    log_fields(LOG_WARN, "cannot delete the owned prefix; deleting key by key",
+               "prefix", r->prefix, "error", res->error, NULL);
+  }
+  reconcile_touch_all(r);
+  reconcile_pump(r);
+}
+
+void reconcile_deregister(reconcile_t *r) {
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->conts);
+  while (map_iter_next(&it, NULL, &v))
+    rcont_drop(r, v);
+  /* everything under the owned prefix is ours: one request for all of it */
+  if (r->prefix && r->etcd && !r->dry_run && r->primed)
+    r->prefix_op = etcd_delete_prefix(r->etcd, r->prefix, prefix_deleted, r);
+  reconcile_pump(r);
+}
+
+/* ---- TTL refresh ---- */
+
+static void refresh_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  if (!r->primed) return;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if ((k->owners || k->held) && k->have) {
+      k->refresh_due = 1;
+      rkey_touch(r, k);
+    }
+  }
+  reconcile_pump(r);
+}
+
+/* ---- life cycle of the machine (reconcile_new/_free in reconcile.c) ---- */
+
+static void reconcile_queue_init(reconcile_t *r) {
+  list_init(&r->queue);
+  list_init(&r->batches);
+  uv_timer_init(r->loop, &r->backoff_timer);
+  uv_timer_init(r->loop, &r->refresh_timer);
+  uv_timer_init(r->loop, &r->list_timer);
+  uv_timer_init(r->loop, &r->flush_timer);
+  uv_timer_init(r->loop, &r->retry_timer);
+  r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
+  r->flush_timer.data = r->retry_timer.data = r;
+  r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
+  r->batching = r->etcd && etcd_has_txn(r->etcd) && !r->dry_run;
+  if (r->batching) r->max_inflight = BATCHES_IN_FLIGHT;
+  if (r->ttl > 0 && r->key_refresh) {
+    /* refresh well before expiry: a third of the TTL, at least 1 s */
+    uint64_t every = (uint64_t)r->ttl * 1000 / 3;
+    if (every < 1000) every = 1000;
+    uv_timer_start(&r->refresh_timer, refresh_cb, every, every);
+  }
+}
+
+static void reconcile_queue_stop(reconcile_t *r) {
+  if (r->list_op) etcd_cancel(r->list_op);
+  if (r->prefix_op) etcd_cancel(r->prefix_op);
+  free(r->batch); /* filled but not sent: its keys go below */
+  list_t *n;
+  while ((n = list_first(&r->batches))) {
+    batch_t *b = list_entry(n, batch_t, node);
+    list_remove(&b->node);
+    etcd_cancel(b->op);
+    free(b);
+  }
+}
+
+static void reconcile_timer_closed(uv_handle_t *h) {
+  reconcile_t *r = h->data;
+  REGISTER_ASSERT(r->open_handles > 0); /* one close callback per timer */
+  if (--r->open_handles == 0) free(r);
+}
+
+static void reconcile_queue_close(reconcile_t *r) {
+  r->open_handles = 5;
+  uv_close((uv_handle_t *)&r->retry_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->backoff_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->refresh_timer, reconcile_timer_closed);
+  uv_close((uv_handle_t *)&r->list_timer, reconcile_timer_closed);
 }
