@@ -277,12 +277,19 @@ typedef struct {
 
 /* Runs inside a protected call (as lua.c's pmain): opens the sandbox and
  * the libraries, loads the script, and checks what it returned. */
+/* luaio answered a request: only a hook can have made it, so the hooks
+ * have registered where the answer goes. */
+static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
+  policy_t *p = ud;
+  if (p->hooks_resume) p->hooks_resume(ud, co, push, data);
+}
+
 static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
   sandbox_open(L, p->dir, &p->sandbox_hit);
   luareg_open(L, p->mem_limit);
-  p->ioctx = luaio_install(L, s->o->io, policy_io_resume, p);
+  p->ioctx = luaio_install(L, s->o->io, io_resume, p);
 
   lua_createtable(L, 0, 2);
   lua_pushstring(L, s->o->host_ip);
@@ -405,7 +412,8 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   p->ref_event = p->ref_changed = LUA_NOREF;
   p->io = o->io;
   buf_init(&p->trace);
-  policy_hooks_init(p, o->loop);
+  list_init(&p->hooks);
+  p->loop = o->loop;
   p->L = lua_newstate(l_alloc, p);
   if (!p->L) {
     snprintf(err, errlen, "cannot create a Lua state");
@@ -433,7 +441,7 @@ policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
 void policy_free(policy_t *p) {
   if (!p) return;
   if (p->L) luaio_cancel(p->io, p->L);
-  policy_hooks_free(p); /* their coroutines go with the state */
+  if (p->hooks_free) p->hooks_free(p); /* their coroutines go with L */
   if (p->L) lua_close(p->L);
   free(p->name);
   free(p->dir);

@@ -10,24 +10,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-void policy_hooks_init(policy_t *p, uv_loop_t *loop) {
-  list_init(&p->hooks);
-  if (!loop) return;
-  p->sweep = xcalloc(1, sizeof *p->sweep);
-  uv_timer_init(loop, p->sweep);
-  p->sweep->data = p;
-}
-
 static void sweep_closed(uv_handle_t *h) {
   free(h);
 }
 
-void policy_hooks_free(policy_t *p) {
+/* policy_free() calls it (registered by hooks_attach()). */
+static void hooks_free(policy_t *p) {
   list_t *n;
   while ((n = list_pop(&p->hooks)))
     free(list_entry(n, hookco_t, node));
   if (p->sweep) uv_close((uv_handle_t *)p->sweep, sweep_closed);
   p->sweep = NULL;
+}
+
+static void hooks_io_resume(void *ud, lua_State *co, luaio_push_fn push,
+                            void *data);
+
+/* The first hook call of a policy: its sweep timer, and the two functions
+ * policy.c calls back (the seam is one-way: policy.c knows nothing of this
+ * file, only what it registered). */
+static void hooks_attach(policy_t *p) {
+  if (p->hooks_free) return;
+  p->hooks_free = hooks_free;
+  p->hooks_resume = hooks_io_resume;
+  if (!p->loop) return;
+  p->sweep = xcalloc(1, sizeof *p->sweep);
+  uv_timer_init(p->loop, p->sweep);
+  p->sweep->data = p;
 }
 
 int policy_has_hook(const policy_t *p, const char *name) {
@@ -115,7 +124,9 @@ static int push_results(lua_State *L) {
   return c->push(L, c->data);
 }
 
-void policy_io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
+/* luaio's answer to a hook's request (through policy.c's resume). */
+static void hooks_io_resume(void *ud, lua_State *co, luaio_push_fn push,
+                            void *data) {
   policy_t *p = ud;
   hookco_t *h = NULL;
   list_t *it;
@@ -228,6 +239,7 @@ static void hook_call(policy_t *p, hookargs_t *a, const char *name, int nargs) {
     return;
   }
   char err[300];
+  hooks_attach(p);
   a->p = p;
   a->ref = LUA_NOREF;
   lua_pushcfunction(p->L, hook_prepare);

@@ -1,5 +1,7 @@
-/* Shared by the files of the policy room (policy.c, policy_checks.c,
- * policy_hooks.c); not a public API. */
+/* Shared by the files of the policy room; not a public API.  The layers:
+ * policy_hooks.c and policy_checks.c use policy.c's protected call and
+ * container table; policy.c calls neither (the hooks register two
+ * functions in struct policy). */
 #ifndef REGISTER_POLICY_INTERNAL_H
 #define REGISTER_POLICY_INTERNAL_H
 
@@ -62,7 +64,12 @@ struct policy {
   luaio_ctx_t *ioctx; /* anchored in the registry */
   list_t hooks;       /* hookco_t: hook calls alive */
   size_t nhooks;
+  uv_loop_t *loop;   /* NULL: none (register check) */
   uv_timer_t *sweep; /* ends hook calls past their limit; NULL: no loop */
+  /* registered by policy_hooks.c at the first hook call (the seam is
+   * one-way): policy_free() and luaio's answers go through them */
+  void (*hooks_free)(policy_t *p);
+  luaio_resume_fn hooks_resume;
   policy_stats_t own_stats;
   policy_stats_t *stats; /* own_stats, or the caller's (kept over reloads) */
 };
@@ -95,11 +102,5 @@ int policy_with_container(policy_t *p, const json_value_t *inspect,
                           const policy_check_view_t *checks,
                           policy_container_fn fn, void *ud, char *err,
                           size_t errlen);
-
-/* policy_hooks.c */
-void policy_hooks_init(policy_t *p, uv_loop_t *loop); /* loop may be NULL */
-void policy_hooks_free(policy_t *p);
-/* luaio's resume function (a hook's request answered). */
-void policy_io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data);
 
 #endif

@@ -996,7 +996,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
 static void log_change(const char *what, const rkey_t *k) {
   const char *name = rkey_owner_name(k);
   log_fields(LOG_INFO, what, "key", k->key, "container", rkey_owner_id(k),
-             "name", name && *name ? name : NULL, "image", rkey_owner_image(k),
+             "image", rkey_owner_image(k), "name", name && *name ? name : NULL,
              NULL);
 }
 
