@@ -8,6 +8,7 @@
 #define REGISTER_ETCD_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "config.h"
@@ -55,6 +56,44 @@ typedef struct {
   /* v3: the lease vanished (expired, revoked, etcd lost it): every key
    * has to be written again; a new lease comes with the next put */
   void (*lease_lost)(void *ud);
+  /* Optional (issue 22): etcd went back in time (a restored snapshot, a
+   * cluster rebuilt from a backup, a member that lost its data): keys
+   * acknowledged earlier may be missing, and keys deleted since may be back,
+   * with nothing that looks like an outage (a restored lease is kept alive
+   * as before).  why: what was seen, one line ("revision 40 after 57 (a
+   * restored snapshot?)"), valid during the call.  Called from the loop (a
+   * zero timer), never inside an etcd_*() call, once per detection;
+   * detections before it ran are folded into one call.  The owner should
+   * compare the prefix with what it wants (list it, repair).
+   *
+   * The rule.  Every answer etcd sends names its cluster and where it is in
+   * its history: v3 the response header (cluster_id, member_id, revision,
+   * raft_term; keep-alives too), v2 the headers X-Etcd-Cluster-Id and
+   * X-Etcd-Index (the v2 store's index).  etcd keeps high-water marks of
+   * them, and a rewind is:
+   *  - the cluster id changed (both APIs);
+   *  - one member (v3: member_id; v2: the endpoint, as v2 names no member)
+   *    answers with a revision (v2: index) or a raft term (v3) below the
+   *    highest it answered before: a member's applied revision and its term
+   *    never go down, whatever the others do;
+   *  - an answer that is linearizable (v3: put, delete, txn and range, all
+   *    quorum reads here; v2: successful writes, which go through raft)
+   *    carries a revision (v2: index) below the highest any member showed
+   *    before it was sent: linearizability orders it after every revision
+   *    committed by then.
+   * Not a rewind: a member that lags the one that answered before (a
+   * follower's keep-alive or v2 read after failover carries its own, older
+   * revision): different members are compared only through linearizable
+   * answers; answers that cross in flight (a mark raised after a request
+   * was sent is not held against its answer); an answer from the old
+   * cluster still in flight when the id changed.  Not detected: a rewind
+   * that the cluster has already written past (other writers pushed the
+   * restored revision above the mark) before it answers us, with the same
+   * cluster id and a term that did not go down; v2 behind a load balancer
+   * that spreads one endpoint over several members can see a lagging
+   * member as a rewind on reads (a needless resync, nothing worse).
+   * After a rewind the marks start again from the answer that showed it. */
+  void (*rewound)(void *ud, const char *why);
   void *ud;
 } etcd_opts_t;
 
@@ -116,6 +155,8 @@ size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max);
  * the last transport or server error, or "". */
 int64_t etcd_since_answer_ms(const etcd_t *e);
 const char *etcd_last_error(const etcd_t *e);
+/* How many times etcd was seen going back in time (rewound above). */
+uint64_t etcd_rewinds(const etcd_t *e);
 
 /* v2 has directories to clean up after the last key in them goes. */
 int etcd_has_dirs(const etcd_t *e);

@@ -15,6 +15,7 @@ typedef struct {
   const map_t *map;
   size_t bucket;
   void *node, *next;
+  uint64_t inserts, deletes; /* the map's counts, for the contract */
 } map_iter_t;
 
 map_t *map_new(void);
@@ -27,7 +28,8 @@ void *map_put(map_t *m, const char *key, void *val);
 void *map_del(map_t *m, const char *key);
 
 /* Iteration in no particular order; deleting the entry just returned is
- * allowed, inserting during iteration is not. */
+ * allowed, inserting (or deleting another entry) during iteration is not:
+ * map_iter_next() asserts it (REGISTER_ASSERT, every build). */
 void map_iter_init(map_iter_t *it, const map_t *m);
 int map_iter_next(map_iter_t *it, const char **key, void **val);
 

@@ -31,6 +31,11 @@
 #define TRIM_DELAY_MS 2000
 #define DOCKER_CONNS 32      /* inspects at once */
 #define STATUS_EVERY_MS 5000 /* STATUS= refreshed while not in sync */
+/* etcd's content is compared with what register wants this often, whatever
+ * --resync says (a restore or an outside writer that nothing else shows);
+ * a listing of the owned prefix, jittered so that hosts do not list
+ * together */
+#define AUDIT_EVERY_MS (300 * 1000)
 
 typedef struct {
   const config_t *cfg;
@@ -56,9 +61,10 @@ typedef struct {
   map_t *failed;
   size_t running; /* containers reported and not gone (failed among them) */
   map_t *live;    /* id -> id: those containers (the key owns the value) */
+  int listed;     /* Docker's containers were listed and evaluated once */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
-  uv_timer_t status_timer;
+  uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
   int exit_code;
@@ -76,9 +82,13 @@ static const char *cont_name(const json_value_t *inspect) {
   return *n == '/' ? n + 1 : n;
 }
 
+/* Every running container failed its policy call: keep every key under
+ * the prefix.  Decided once Docker's list is complete (orphans wait for it
+ * anyway), so that the first of many containers failing says nothing. */
 static void hold_orphans_update(app_t *a) {
   size_t nf = map_size(a->failed);
-  reconcile_hold_orphans(a->rec, nf > 0 && nf == map_size(a->live));
+  reconcile_hold_orphans(a->rec,
+                         a->listed && nf > 0 && nf == map_size(a->live));
 }
 
 /* The container's evaluation failed (why: "reason") or succeeded (NULL). */
@@ -247,6 +257,13 @@ static void on_check_transition(void *ud, const char *id, size_t index,
   if (!a->stopping && a->docker) docker_refresh(a->docker, id);
 }
 
+/* etcd went back in time (etcd.c logged what it saw). */
+static void on_rewound(void *ud, const char *why) {
+  (void)why;
+  app_t *a = ud;
+  if (a->rec) reconcile_etcd_rewound(a->rec);
+}
+
 static void on_lease_lost(void *ud) {
   app_t *a = ud;
   if (a->rec) reconcile_lease_lost(a->rec);
@@ -285,6 +302,8 @@ static void status_cb(uv_timer_t *t) {
  * the units ordered after this one. */
 static void on_synced(void *ud) {
   app_t *a = ud;
+  a->listed = 1;
+  hold_orphans_update(a); /* before the orphans may go */
   reconcile_docker_synced(a->rec, 1);
   char status[400];
   sync_status(a, status, sizeof status);
@@ -409,6 +428,15 @@ static void resync_cb(uv_timer_t *t) {
   log_debug("periodic resync");
   docker_resync(a->docker);
   reconcile_resync(a->rec);
+}
+
+static void audit_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->stopping) return;
+  log_debug("comparing etcd with what register wants");
+  reconcile_resync(a->rec);
+  uv_timer_start(t, audit_cb,
+                 AUDIT_EVERY_MS * 9 / 10 + util_rand(AUDIT_EVERY_MS / 5), 0);
 }
 
 static void close_walk_cb(uv_handle_t *h, void *arg) {
@@ -553,6 +581,7 @@ int app_run(const config_t *cfg) {
     eo.password = cfg->etcd_password;
     eo.ttl = cfg->ttl;
     eo.lease_lost = on_lease_lost;
+    eo.rewound = on_rewound;
     eo.ud = a;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
@@ -610,12 +639,17 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->deadline_timer);
   uv_timer_init(&a->loop, &a->trim_timer);
   uv_timer_init(&a->loop, &a->status_timer);
-  a->status_timer.data = a;
+  uv_timer_init(&a->loop, &a->audit_timer);
+  a->status_timer.data = a->audit_timer.data = a;
   a->resync_timer.data = a->stop_timer.data = a->deadline_timer.data = a;
   a->trim_timer.data = a;
   if (cfg->resync > 0)
     uv_timer_start(&a->resync_timer, resync_cb, (uint64_t)cfg->resync * 1000,
                    (uint64_t)cfg->resync * 1000);
+  if (!cfg->dry_run && !cfg->once &&
+      (cfg->resync == 0 || (uint64_t)cfg->resync * 1000 > AUDIT_EVERY_MS))
+    uv_timer_start(&a->audit_timer, audit_cb,
+                   AUDIT_EVERY_MS * 9 / 10 + util_rand(AUDIT_EVERY_MS / 5), 0);
   if (cfg->once)
     uv_timer_start(&a->deadline_timer, deadline_cb,
                    (uint64_t)cfg->once_timeout * 1000, 0);

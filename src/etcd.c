@@ -71,6 +71,7 @@ static double lat_recent(const etcd_t *e) {
 }
 static void deliver_listing(etcd_op_t *op);
 static void keepalive_arm(etcd_t *e);
+static void keepalive_episode_reset(etcd_t *e, long left);
 static void keepalive_cb(uv_timer_t *t);
 
 /* ---- listings ---- */
@@ -210,6 +211,7 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
         log_info("etcd: keeping lease %" PRIx64 " of the previous run (%lds "
                  "left)",
                  (uint64_t)e->lease, op->lease_ttl);
+        keepalive_episode_reset(e, op->lease_ttl);
         keepalive_arm(e);
       }
       etcd_op_t *parent = op->parent;
@@ -226,7 +228,8 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
   op_free(op);
 }
 
-/* Delivers the failures etcd_op_fail() queued. */
+/* Delivers the failures etcd_op_fail() queued, then a rewind that
+ * observe() saw (the owner hears of it after the answer that showed it). */
 static void etcd_fail_cb(uv_timer_t *t) {
   etcd_t *e = t->data;
   list_t *n;
@@ -234,6 +237,12 @@ static void etcd_fail_cb(uv_timer_t *t) {
     etcd_op_t *op = list_entry(n, etcd_op_t, fnode);
     etcd_result_t res = {op->fail_status, op->fail_error};
     complete(op, &res); /* its callback may cancel or fail others */
+  }
+  if (e->rewind_pending) {
+    char why[sizeof e->rewind_why];
+    memcpy(why, e->rewind_why, sizeof why);
+    e->rewind_pending = 0; /* a rewind seen during the call is a new one */
+    e->rewound(e->ud, why);
   }
 }
 
@@ -288,6 +297,116 @@ static int try_adopt(etcd_op_t *op) {
   return 1;
 }
 
+/* ---- going back in time (etcd_opts_t.rewound states the rule) ---- */
+
+/* Answers that etcd orders after every revision committed before the
+ * request was sent: v3 writes and (quorum) reads, v2 writes that
+ * succeeded.  A v2 read is the member's own store, however far behind. */
+static int linearizable(const etcd_t *e, const etcd_op_t *op,
+                        etcd_status_t st) {
+  switch (op->kind) {
+  case OP_PUT:
+  case OP_REFRESH:
+  case OP_DELETE:
+  case OP_DELETE_DIR:
+  case OP_DELETE_PREFIX:
+  case OP_TXN:
+    return e->api == ETCD_API_V3 || st == ETCD_OK;
+  case OP_LIST:
+  case OP_GET:
+    return e->api == ETCD_API_V3;
+  default:
+    return 0;
+  }
+}
+
+/* The marks of one source; a new one takes a free slot or the one used
+ * least recently. */
+static etcd_mark_t *mark_for(etcd_t *e, uint64_t source) {
+  etcd_mark_t *slot = &e->marks[0];
+  for (size_t i = 0; i < ETCD_MARKS; i++) {
+    etcd_mark_t *m = &e->marks[i];
+    if (m->source == source) return m;
+    if (slot->source && (!m->source || m->used_seq < slot->used_seq)) slot = m;
+  }
+  memset(slot, 0, sizeof *slot);
+  slot->source = source;
+  return slot;
+}
+
+static void raise_mark(etcd_mark_t *m, const etcd_hdr_t *h, uint64_t seq) {
+  if (h->revision > m->rev) {
+    m->rev = h->revision;
+    m->rev_seq = seq;
+  }
+  if (h->raft_term > m->term) {
+    m->term = h->raft_term;
+    m->term_seq = seq;
+  }
+  m->used_seq = seq;
+}
+
+/* A mark that was known when op was sent, and that the answer is below. */
+static int below_rev(const etcd_op_t *op, const etcd_mark_t *m, int64_t rev) {
+  return rev && rev < m->rev && m->rev_seq <= op->sent_seen;
+}
+
+static void rewind_seen(etcd_t *e, const etcd_op_t *op, const char *what,
+                        const char *hint) {
+  e->rewinds++;
+  log_warn("etcd went back in time: %s at %s (%s); %s", what,
+           e->endpoints[op->ep], hint,
+           e->rewound ? "checking every key"
+                      : "keys written before may be missing");
+  memset(e->marks, 0, sizeof e->marks);
+  memset(&e->all, 0, sizeof e->all);
+  e->cluster_id = 0;
+  if (!e->rewound) return;
+  if (!e->rewind_pending)
+    snprintf(e->rewind_why, sizeof e->rewind_why, "%s (%s)", what, hint);
+  e->rewind_pending = 1;
+  uv_timer_start(&e->fail_timer, etcd_fail_cb, 0, 0);
+}
+
+static void observe(etcd_t *e, const etcd_op_t *op, const etcd_hdr_t *h,
+                    etcd_status_t st) {
+  if (!h->cluster_id && !h->revision && !h->raft_term) return;
+  uint64_t seq = ++e->seen;
+  const char *idx = e->api == ETCD_API_V3 ? "revision" : "index";
+  char what[120] = "";
+  const char *hint = "a restored snapshot?";
+  if (h->cluster_id && e->cluster_id && h->cluster_id != e->cluster_id) {
+    if (e->cluster_seq > op->sent_seen) return; /* sent before the change */
+    snprintf(what, sizeof what, "cluster id %" PRIx64 " after %" PRIx64,
+             h->cluster_id, e->cluster_id);
+    hint = "a new or rebuilt cluster?";
+  }
+  /* the source: a v3 member, or a v2 endpoint (v2 names no member) */
+  uint64_t src = e->api == ETCD_API_V3 ? h->member_id : (uint64_t)op->ep + 1;
+  etcd_mark_t *m = src ? mark_for(e, src) : NULL;
+  if (!what[0] && m && below_rev(op, m, h->revision))
+    snprintf(what, sizeof what, "%s %" PRId64 " after %" PRId64, idx,
+             h->revision, m->rev);
+  if (!what[0] && m && h->raft_term && h->raft_term < m->term &&
+      m->term_seq <= op->sent_seen)
+    snprintf(what, sizeof what, "raft term %" PRIu64 " after %" PRIu64,
+             h->raft_term, m->term);
+  if (!what[0] && linearizable(e, op, st) &&
+      below_rev(op, &e->all, h->revision))
+    snprintf(what, sizeof what, "%s %" PRId64 " after %" PRId64, idx,
+             h->revision, e->all.rev);
+  if (what[0]) { /* start again from this answer */
+    rewind_seen(e, op, what, hint);
+    m = src ? mark_for(e, src) : NULL;
+  }
+  if (h->cluster_id && h->cluster_id != e->cluster_id) {
+    e->cluster_id = h->cluster_id;
+    e->cluster_seq = seq;
+  }
+  if (m) raise_mark(m, h, seq);
+  raise_mark(&e->all, h, seq);
+}
+
 static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_op_t *op = data;
@@ -295,6 +414,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   op->req = NULL;
   char err[400] = "";
   etcd_result_t res = {ETCD_OK, NULL};
+  etcd_hdr_t hdr = {0};
   reply_t reply;
   if (r->error) {
     /* a TLS server that wants a client certificate just drops us: say so
@@ -309,14 +429,15 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     res.status = ETCD_UNAVAILABLE;
     reply = REPLY_NEXT_ENDPOINT;
   } else if (e->api == ETCD_API_V3) {
-    reply = etcd_v3_reply(op, r, &res, err, sizeof err);
+    reply = etcd_v3_reply(op, r, &res, &hdr, err, sizeof err);
   } else {
-    reply = etcd_v2_reply(op, r, &res, err, sizeof err);
+    reply = etcd_v2_reply(op, r, &res, &hdr, err, sizeof err);
   }
   if (!r->error && r->status && r->status < 500) {
     e->last_ok_ms = uv_now(e->loop);
     lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
   }
+  if (!r->error && r->status) observe(e, op, &hdr, res.status);
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
@@ -420,6 +541,7 @@ static int send_op(etcd_op_t *op) {
     o.connect_timeout_ms = FULL_CONNECT_MS;
   }
   op->sent = uv_hrtime();
+  op->sent_seen = e->seen;
   o.tls = e->use_tls ? &e->tls : NULL;
   o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
   o.on_done = etcd_op_done;
@@ -443,7 +565,10 @@ static int gate(etcd_op_t *op) {
   etcd_t *e = op->e;
   unwait(op);
   if (e->api != ETCD_API_V3 || op->kind == OP_AUTH) return 0;
-  if (e->user && !e->token) {
+  /* Keep-alives go with the token we have, or none: etcd 3.4 checks no
+   * permission on them, and a login that fails (a changed password) must
+   * not cost the lease and every key on it. */
+  if (e->user && !e->token && op->kind != OP_KEEPALIVE) {
     wait_for(op, WAIT_TOKEN);
     start_auth(e);
     return 1;
@@ -516,6 +641,7 @@ static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
     e->lease = op->lease_id;
     log_info("etcd: lease %" PRIx64 " granted (TTL %lds)", (uint64_t)e->lease,
              op->lease_ttl);
+    keepalive_episode_reset(e, op->lease_ttl);
     keepalive_arm(e);
     release_waiting(e, WAIT_LEASE, 0, ETCD_OK, NULL);
     return;
@@ -536,14 +662,56 @@ void etcd_lease_lost(etcd_t *e) {
   if (e->lease_lost) e->lease_lost(e->ud);
 }
 
+/* A new lease (granted, adopted) or none: no keep-alive trouble yet.
+ * left: seconds the lease has to live. */
+static void keepalive_episode_reset(etcd_t *e, long left) {
+  uint64_t now = uv_now(e->loop);
+  uint64_t gone = left < e->ttl ? (uint64_t)(e->ttl - left) * 1000 : 0;
+  e->ka_failures = 0;
+  e->ka_expired_warned = 0;
+  e->ka_ok_ms = now > gone ? now - gone : 0;
+}
+
+/* A failed keep-alive puts the lease, and every key on it, at risk: the
+ * first of an episode is a warning with the time left, the one that finds
+ * the TTL run out another; the first to get through again says so. */
 static void keepalive_finished(etcd_t *e, etcd_op_t *op,
                                const etcd_result_t *res) {
   e->keepalive_pending = 0;
+  if (op->lease_id != e->lease) return; /* a lease dropped meanwhile */
+  uint64_t now = uv_now(e->loop);
+  long long since = (long long)(now - e->ka_ok_ms) / 1000;
   if (res->status != ETCD_OK) {
-    log_debug("etcd: lease keep-alive failed: %s", res->error);
+    e->ka_failures++;
+    if (e->ka_failures == 1 && since < e->ttl) {
+      log_warn("etcd: keep-alive of lease %" PRIx64 " failed: %s; its keys "
+               "expire in %llds unless one gets through",
+               (uint64_t)e->lease, res->error ? res->error : "?",
+               (long long)e->ttl - since);
+    } else if (since >= e->ttl && !e->ka_expired_warned) {
+      e->ka_expired_warned = 1;
+      log_warn("etcd: lease %" PRIx64 " not renewed for %llds (TTL %lds): "
+               "its keys have probably expired, and are written again once "
+               "etcd answers (%s)",
+               (uint64_t)e->lease, since, e->ttl,
+               res->error ? res->error : "?");
+    } else {
+      log_debug("etcd: keep-alive of lease %" PRIx64 " failed (%u in a "
+                "row): %s",
+                (uint64_t)e->lease, e->ka_failures,
+                res->error ? res->error : "?");
+    }
     return;
   }
-  if (op->lease_id == e->lease && op->lease_ttl <= 0) etcd_lease_lost(e);
+  if (op->lease_ttl <= 0) {
+    etcd_lease_lost(e);
+    return;
+  }
+  if (e->ka_failures)
+    log_info("etcd: keep-alive of lease %" PRIx64 " works again after %u "
+             "failed (%llds since the last renewal)",
+             (uint64_t)e->lease, e->ka_failures, since);
+  keepalive_episode_reset(e, op->lease_ttl);
 }
 
 /* Every TTL/3 less up to a fifth of it, chosen anew each time: hosts
@@ -686,6 +854,10 @@ const char *etcd_last_error(const etcd_t *e) {
   return e->last_error;
 }
 
+uint64_t etcd_rewinds(const etcd_t *e) {
+  return e->rewinds;
+}
+
 void etcd_cancel(etcd_op_t *op) {
   if (!op) return;
   if (op->req) http_cancel(op->req);
@@ -726,6 +898,7 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 5000;
   e->ttl = o->api == ETCD_API_V3 ? o->ttl : 0;
   e->lease_lost = o->lease_lost;
+  e->rewound = o->rewound;
   e->ud = o->ud;
   list_init(&e->ops);
   for (size_t i = 0; i < ARRAY_SIZE(e->wait); i++)

@@ -38,6 +38,27 @@ typedef enum {
 
 enum { WAIT_TOKEN = 1, WAIT_LEASE = 2 };
 
+/* Where an answer places etcd in its history (rewind detection, see
+ * etcd_opts_t.rewound); 0 where the answer does not say. */
+typedef struct {
+  uint64_t cluster_id;
+  uint64_t member_id; /* v3 */
+  int64_t revision;   /* v3: header.revision; v2: X-Etcd-Index */
+  uint64_t raft_term; /* v3 */
+} etcd_hdr_t;
+
+/* High-water marks of one source of answers (a v3 member, a v2 endpoint)
+ * or, for linearizable answers, of all of them.  *_seq: the answer count
+ * (etcd_t.seen) when the mark was raised: a mark is held only against
+ * answers to requests sent after it. */
+#define ETCD_MARKS 8
+typedef struct {
+  uint64_t source; /* v3 member_id, v2 endpoint + 1; 0 = free slot */
+  int64_t rev;
+  uint64_t term;
+  uint64_t rev_seq, term_seq, used_seq;
+} etcd_mark_t;
+
 /* A listing being assembled page by page (owned strings). */
 typedef struct {
   etcd_kv_t *kvs;
@@ -79,10 +100,11 @@ struct etcd_op {
   etcd_done_cb done;
   etcd_list_cb list;
   void *data;
-  uint64_t started; /* uv_hrtime() at creation, for the histogram */
-  uint64_t sent;    /* uv_hrtime() when the current attempt was sent */
-  uint64_t first;   /* uv_hrtime() when the first attempt was sent */
-  list_t node;      /* on e->ops from op_new() to op_free() */
+  uint64_t started;   /* uv_hrtime() at creation, for the histogram */
+  uint64_t sent;      /* uv_hrtime() when the current attempt was sent */
+  uint64_t first;     /* uv_hrtime() when the first attempt was sent */
+  uint64_t sent_seen; /* e->seen when the current attempt was sent */
+  list_t node;        /* on e->ops from op_new() to op_free() */
   /* a failure waiting to be delivered from the loop (etcd_op_fail) */
   etcd_status_t fail_status;
   char *fail_error; /* owned */
@@ -116,9 +138,22 @@ struct etcd {
   int grant_pending, keepalive_pending, adopt_tried;
   uv_timer_t keepalive_timer;
   list_t failing;        /* etcd_op_t.fnode: failures to deliver */
-  uv_timer_t fail_timer; /* delivers them, from the loop */
+  uv_timer_t fail_timer; /* delivers them (and rewound), from the loop */
   int handles_open;      /* the two timers; e is freed when both closed */
+  /* keep-alive trouble, said once per episode */
+  unsigned ka_failures;  /* failed keep-alives since the last good one */
+  uint64_t ka_ok_ms;     /* uv_now() of the last renewal (or the grant) */
+  int ka_expired_warned; /* "has probably expired" said this episode */
+  /* going back in time (etcd_opts_t.rewound) */
+  uint64_t seen; /* answers that carried a header */
+  uint64_t cluster_id, cluster_seq;
+  etcd_mark_t all; /* linearizable answers, whichever member */
+  etcd_mark_t marks[ETCD_MARKS];
+  int rewind_pending; /* the callback is due from fail_timer */
+  char rewind_why[200];
+  uint64_t rewinds;
   void (*lease_lost)(void *ud);
+  void (*rewound)(void *ud, const char *why);
   void *ud;
   /* statistics */
   uint64_t last_ok_ms; /* uv_now() of the last answer from etcd */
@@ -140,11 +175,11 @@ void listing_free(listing_t *l);
 /* v2 wire format */
 void etcd_v2_build(etcd_op_t *op);
 reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
-                      char *err, size_t errlen);
+                      etcd_hdr_t *hdr, char *err, size_t errlen);
 
 /* v3 wire format (the JSON gateway) */
 void etcd_v3_build(etcd_op_t *op);
 reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
-                      char *err, size_t errlen);
+                      etcd_hdr_t *hdr, char *err, size_t errlen);
 
 #endif

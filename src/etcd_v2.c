@@ -85,8 +85,21 @@ static void walk(listing_t *l, const json_value_t *node, int depth) {
   listing_add(l, key, strlen(key), v->u.str, v->len, t, 0);
 }
 
+/* X-Etcd-Cluster-Id (hex) and X-Etcd-Index: on every answer of the keys
+ * API, errors included (where etcd knows them). */
+static void read_headers(const http_resp_t *r, etcd_hdr_t *hdr) {
+  char v[64];
+  if (http_header(r, "X-Etcd-Cluster-Id", v, sizeof v) == 0)
+    hdr->cluster_id = strtoull(v, NULL, 16);
+  if (http_header(r, "X-Etcd-Index", v, sizeof v) == 0) {
+    long long i = strtoll(v, NULL, 10);
+    hdr->revision = i > 0 ? (int64_t)i : 0;
+  }
+}
+
 reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
-                      char *err, size_t errlen) {
+                      etcd_hdr_t *hdr, char *err, size_t errlen) {
+  if (op->kind != OP_HEALTH) read_headers(r, hdr);
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;

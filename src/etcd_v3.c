@@ -126,6 +126,42 @@ static int64_t num(const json_value_t *v) {
   return 0;
 }
 
+/* uint64 fields (cluster and member ids use all 64 bits) */
+static uint64_t unum(const json_value_t *v) {
+  if (!v) return 0;
+  if (v->type == JSON_NUMBER)
+    return v->u.num.is_int ? (uint64_t)v->u.num.i : (uint64_t)v->u.num.d;
+  if (v->type == JSON_STRING) return strtoull(v->u.str, NULL, 10);
+  return 0;
+}
+
+/* The response header every answer carries ({"result": {"header": ...}}
+ * for a keep-alive, a streamed call). */
+static void read_header(const json_value_t *root, etcd_hdr_t *hdr) {
+  const json_value_t *h = json_get(root, "header");
+  if (!h) h = json_get(json_get(root, "result"), "header");
+  if (!h || h->type != JSON_OBJECT) return;
+  hdr->cluster_id = unum(json_get(h, "cluster_id"));
+  hdr->member_id = unum(json_get(h, "member_id"));
+  int64_t rev = num(json_get(h, "revision"));
+  hdr->revision = rev > 0 ? rev : 0;
+  hdr->raft_term = unum(json_get(h, "raft_term"));
+}
+
+/* Errors that mean "log in again": the token expired or was revoked
+ * (UNAUTHENTICATED, "invalid auth token"); a JWT signed before the last
+ * change of users, roles or permissions ("revision of auth store is old",
+ * InvalidArgument: with --auth-token jwt every write after `etcdctl user
+ * add` gets it); a request sent without a token because auth was off when
+ * we logged in and is on now ("user name is empty"). */
+static int token_refused(const etcd_op_t *op, long code, const char *msg) {
+  if (code == 16) return 1;
+  if (!op->e->user || !msg || op->kind == OP_AUTH) return 0;
+  return strstr(msg, "invalid auth token") ||
+         strstr(msg, "revision of auth store is old") ||
+         strstr(msg, "user name is empty");
+}
+
 static int decode(const json_value_t *v, buf_t *out) {
   buf_reset(out);
   if (!v) return 0; /* absent: empty (JSON omits empty bytes) */
@@ -172,7 +208,7 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
 }
 
 reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
-                      char *err, size_t errlen) {
+                      etcd_hdr_t *hdr, char *err, size_t errlen) {
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;
@@ -180,6 +216,7 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   res->status = ETCD_OK;
 
   if (r->status == 200 && root && !json_get(root, "error")) {
+    if (op->kind != OP_HEALTH) read_header(root, hdr);
     switch (op->kind) {
     case OP_LIST:
     case OP_GET:
@@ -233,8 +270,9 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     json_free(doc);
     return REPLY_DONE;
   }
+  if (token_refused(op, code, msg)) code = 16;
   switch (code) {
-  case 16: /* UNAUTHENTICATED: invalid or expired token */
+  case 16: /* UNAUTHENTICATED: log in again (token_refused) */
     res->status = ETCD_UNAVAILABLE;
     reply = REPLY_REAUTH;
     break;

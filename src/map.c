@@ -16,6 +16,10 @@ struct map {
   node_t **buckets;
   size_t nbuckets; /* power of two */
   size_t size;
+  /* for the iteration contract (asserted in map_iter_next): insertions
+   * ever made, deletions ever made and the last node deleted */
+  uint64_t inserts, deletes;
+  const void *last_deleted;
 };
 
 uint64_t map_hash(const char *s) {
@@ -95,6 +99,7 @@ void *map_put(map_t *m, const char *key, void *val) {
   n->hash = h;
   n->val = val;
   *pp = n;
+  m->inserts++;
   if (++m->size > m->nbuckets) grow(m);
   return NULL;
 }
@@ -105,6 +110,8 @@ void *map_del(map_t *m, const char *key) {
   if (!n) return NULL;
   void *val = n->val;
   *pp = n->next;
+  m->deletes++;
+  m->last_deleted = n;
   free(n);
   m->size--;
   return val;
@@ -112,6 +119,8 @@ void *map_del(map_t *m, const char *key) {
 
 void map_iter_init(map_iter_t *it, const map_t *m) {
   it->map = m;
+  it->inserts = m->inserts;
+  it->deletes = m->deletes;
   it->bucket = 0;
   it->node = NULL;
   it->next = m->nbuckets ? m->buckets[0] : NULL;
@@ -119,6 +128,14 @@ void map_iter_init(map_iter_t *it, const map_t *m) {
 
 int map_iter_next(map_iter_t *it, const char **key, void **val) {
   const map_t *m = it->map;
+  /* the contract: nothing inserted since the iteration began (a rehash
+   * would move the nodes), and nothing deleted but the entry just
+   * returned (the next one is held) */
+  REGISTER_ASSERT(m->inserts == it->inserts);
+  REGISTER_ASSERT(m->deletes == it->deletes ||
+                  (m->deletes == it->deletes + 1 &&
+                   m->last_deleted == it->node && it->node));
+  it->deletes = m->deletes;
   node_t *n = it->next;
   while (!n) {
     if (++it->bucket >= m->nbuckets) return 0;

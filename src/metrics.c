@@ -81,8 +81,12 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
         "etcd writes and deletes waiting or in flight.",
         (double)(rs.queued + rs.inflight));
   gauge(b, "register_etcd_refused",
-        "Keys etcd refused (waiting for a change or a resync).",
-        (double)rs.failed);
+        "Keys etcd refused (tried again with backoff).", (double)rs.failed);
+  if (in->etcd)
+    counter(b, "register_etcd_rewinds_total",
+            "Times etcd was seen going back in time (a restored snapshot, "
+            "another cluster id); each one lists the owned prefix again.",
+            etcd_rewinds(in->etcd));
   if (in->etcd) {
     etcd_opstat_t st[16];
     size_t n = etcd_stats(in->etcd, st, 16);

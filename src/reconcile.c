@@ -69,6 +69,7 @@ struct rcont {
   size_t ntokens;
   char **claims;
   size_t nclaims;
+  int counted; /* it has owners, and r->ncounted counts it */
   /* make-before-break: the keys it no longer produces whose delete waits
    * until the keys it produces now are in etcd (rkey_t.qnode, held) */
   list_t held;
@@ -131,8 +132,9 @@ struct reconcile {
   map_t *conts; /* container id -> rcont_t */
   list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
   size_t nqueued;
-  size_t nheld;  /* deletes waiting on rcont_t.held lists */
-  size_t nowned; /* keys with at least one owner */
+  size_t nheld;    /* deletes waiting on rcont_t.held lists */
+  size_t nowned;   /* keys with at least one owner */
+  size_t ncounted; /* containers with at least one owner (rcont_count) */
   int inflight;
   size_t nfailed;
   unsigned gen;
@@ -151,7 +153,12 @@ struct reconcile {
   int list_again; /* a resync was asked while a listing ran */
   uv_timer_t backoff_timer, refresh_timer, list_timer, flush_timer;
   uv_timer_t retry_timer; /* refused keys are tried again (retry_cb) */
-  uint64_t retry_ms;      /* its next delay; 0: the first */
+  /* --dry-run: the writes "sent" in this loop iteration, acknowledged from
+   * a zero timer (dry_cb), never inside the pump that sent them */
+  uv_timer_t dry_timer;
+  rkey_t **dry;
+  size_t ndry, dry_cap;
+  uint64_t retry_ms; /* its next delay; 0: the first */
   int paused;
   int key_refresh;      /* v2: TTLs are refreshed key by key */
   int batching;         /* v3: puts and deletes go in transactions */
@@ -352,6 +359,18 @@ static void rcont_forget_tokens(rcont_t *c) {
   free_strv(&c->claims, &c->nclaims);
 }
 
+/* Keeps r->ncounted right after c's owners changed: a container that
+ * failed and has nothing yet (an rcont_t for its tokens) is not counted. */
+static void rcont_count(reconcile_t *r, rcont_t *c) {
+  int has = c->owners != NULL;
+  if (has == c->counted) return;
+  c->counted = has;
+  if (has)
+    r->ncounted++;
+  else
+    r->ncounted--;
+}
+
 static void rcont_drop(reconcile_t *r, rcont_t *c) {
   rcont_release(r, c, 1); /* gone: nothing new to wait for */
   while (c->owners) {
@@ -359,6 +378,7 @@ static void rcont_drop(reconcile_t *r, rcont_t *c) {
     c->owners = o->cnext;
     owner_detach(r, o);
   }
+  rcont_count(r, c);
   map_del(r->conts, c->id);
   rcont_forget_tokens(c);
   free(c->id);
@@ -450,6 +470,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
     *pp = o->cnext;
     owner_detach(r, o);
   }
+  rcont_count(r, c);
   /* a key it wants again, or one it no longer wants, may end a wait */
   rcont_release(r, c, 0);
   reconcile_pump(r);
@@ -521,8 +542,10 @@ static void reconcile_adopt_all(reconcile_t *r) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
-  while (map_iter_next(&it, NULL, &v))
+  while (map_iter_next(&it, NULL, &v)) {
     rcont_adopt(r, v);
+    rcont_count(r, v);
+  }
 }
 
 void reconcile_keep(reconcile_t *r, const char *id, const char *image,
@@ -554,6 +577,7 @@ void reconcile_keep(reconcile_t *r, const char *id, const char *image,
                 recs->v[i].value_len, gen);
   }
   rcont_adopt(r, c);
+  rcont_count(r, c);
   rcont_release(r, c, 0);
   reconcile_pump(r);
 }
@@ -595,7 +619,7 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
 void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   memset(s, 0, sizeof *s);
   s->keys = r->nowned; /* kept as owners come and go: O(1), called often */
-  s->containers = map_size(r->conts);
+  s->containers = r->ncounted;
   s->queued = r->nqueued + r->nheld; /* held deletes wait too */
   s->inflight = (size_t)r->inflight;
   s->failed = r->nfailed;
@@ -741,7 +765,7 @@ int reconcile_converged(const reconcile_t *r) {
 
 static void reconcile_check_converged(reconcile_t *r) {
   int now = reconcile_converged(r);
-  if (!r->nfailed) r->retry_ms = 0; /* the next refusal starts at 1 s */
+  if (now) r->retry_ms = 0; /* the next refusal starts at 1 s again */
   if (!now && (r->was_converged || !r->behind_since))
     r->behind_since = uv_now(r->loop);
   if (now) {
@@ -950,6 +974,21 @@ static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
   return 0;
 }
 
+/* --dry-run: what was "sent" is acknowledged now, from the loop.  Each
+ * run acknowledges at least one key (the zero-timer contract); what the
+ * acknowledgements queue again comes in a later run. */
+static void dry_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  size_t n = r->ndry;
+  rkey_t **keys = r->dry;
+  r->dry = NULL;
+  r->ndry = r->dry_cap = 0;
+  static const etcd_result_t ok = {ETCD_OK, NULL};
+  for (size_t i = 0; i < n; i++)
+    reconcile_op_done(keys[i], &ok);
+  free(keys);
+}
+
 static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   rstr_t *want = k->owners ? k->owners->value : NULL;
   k->act = act;
@@ -963,8 +1002,13 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
       dry_print("put", k, want);
     else if (act == ACT_DELETE)
       dry_print("delete", k, NULL);
-    etcd_result_t ok = {ETCD_OK, NULL};
-    reconcile_op_done(k, &ok);
+    if (r->ndry == r->dry_cap) {
+      r->dry_cap = r->dry_cap ? 2 * r->dry_cap : 16;
+      r->dry = xrealloc(r->dry, r->dry_cap * sizeof *r->dry);
+    }
+    r->dry[r->ndry++] = k;
+    if (!uv_is_active((uv_handle_t *)&r->dry_timer))
+      uv_timer_start(&r->dry_timer, dry_cb, 0, 0);
     return;
   }
   if (act == ACT_PUT || act == ACT_DELETE)
@@ -1111,8 +1155,11 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     r->errors++;
     char in[32];
     snprintf(in, sizeof in, "%.1f s", (double)retry_delay(r) / 1000);
-    log_fields(LOG_ERROR, "etcd refused the write; retrying with backoff",
-               "key", k->key, "error", res->error, "retry_in", in, NULL);
+    /* said at error level once per episode (until all is in sync again),
+     * then at debug at each retry */
+    log_fields(r->retry_ms ? LOG_DEBUG : LOG_ERROR,
+               "etcd refused the write; retrying with backoff", "key", k->key,
+               "error", res->error, "retry_in", in, NULL);
     rkey_set_failed(r, k, 1);
     retry_arm(r);
   } else if (!k->is_dir || again) {
@@ -1462,6 +1509,8 @@ static void reconcile_queue_init(reconcile_t *r) {
   uv_timer_init(r->loop, &r->list_timer);
   uv_timer_init(r->loop, &r->flush_timer);
   uv_timer_init(r->loop, &r->retry_timer);
+  uv_timer_init(r->loop, &r->dry_timer);
+  r->dry_timer.data = r;
   r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
   r->flush_timer.data = r->retry_timer.data = r;
   r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
@@ -1495,7 +1544,9 @@ static void reconcile_timer_closed(uv_handle_t *h) {
 }
 
 static void reconcile_queue_close(reconcile_t *r) {
-  r->open_handles = 5;
+  free(r->dry); /* keys not acknowledged yet: freed with the state */
+  r->open_handles = 6;
+  uv_close((uv_handle_t *)&r->dry_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->retry_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->backoff_timer, reconcile_timer_closed);

@@ -1,6 +1,7 @@
 """Operating it: /metrics (checked by a strict parser of the Prometheus
 text format, and promtool when it is installed), /healthz, JSON logs, and
 systemd's readiness protocol through a fake NOTIFY_SOCKET."""
+import hashlib
 import json
 import os
 import re
@@ -86,11 +87,12 @@ def metrics_exposition():
     c1 = fake.add()
     fake.add(ports=[("53/udp", [("127.0.0.1", "5353")])])
     pol = os.path.join(tmpdir("rp"), "p.lua")
+    first = ('local d = require "register.default"\n'
+             'return { prefix = d.prefix, records = function(c, h)\n'
+             '  if c.name == "bad" then error("nope") end\n'
+             '  return d.records(c, h) end }\n')
     with open(pol, "w") as f:
-        f.write('local d = require "register.default"\n'
-                'return { prefix = d.prefix, records = function(c, h)\n'
-                '  if c.name == "bad" then error("nope") end\n'
-                '  return d.records(c, h) end }\n')
+        f.write(first)
     r = Register("--etcd", etcd.url, "--docker", fake.host, "--policy", pol,
                  "--metrics", f"127.0.0.1:{port}", host_ip=IP).start()
     suite.defer(r.cleanup)
@@ -122,14 +124,20 @@ def metrics_exposition():
     assert m['register_etcd_requests_total{op="list",result="ok"}'] >= 1
     assert m['register_etcd_request_duration_seconds_count{op="put"}'] == 2
     assert m["register_etcd_pending"] == 0
-    # the start event of "bad", then the reload's runs (the order of the
-    # containers decides whether "bad" was tried, under both policies)
-    assert m['register_policy_errors_total{reason="error"}'] in (2, 4), m
+    # the start event of "bad", then the reload's runs: every container is
+    # tried (so that a refusal names them all): "bad" under both policies,
+    # c1 under the new one
+    assert m['register_policy_errors_total{reason="error"}'] == 4, m
     for reason in ("budget", "timeout", "memory", "sandbox"):
         assert m[f'register_policy_errors_total{{reason="{reason}"}}'] == 0, m
     assert m['register_policy_reloads_total{result="failed"}'] == 1  # records() fails for c1
     assert m['register_policy_reloads_total{result="ok"}'] == 0
-    assert m["register_in_sync"] == 1
+    # etcd matches, but "bad" is not evaluated: not in sync, and said so
+    assert m["register_in_sync"] == 0
+    assert m["register_containers_failed"] == 1
+    # the policy in force is the first one: the refused reload changed nothing
+    info = [k for k in m if k.startswith("register_policy_info{")]
+    assert info == ['register_policy_info{sha256="%s"}' % hashlib.sha256(first.encode()).hexdigest()], info
     assert abs(m["register_last_sync_timestamp_seconds"] - time.time()) < 60
     build = [k for k in m if k.startswith("register_build_info{")][0]
     assert 'etcd_api="v2"' in build and 'docker_api="1.41"' in build and 'version="' in build
@@ -160,7 +168,7 @@ def healthz():
     r.wait_log("in sync")
     code, ctype, body = curl(f"http://127.0.0.1:{port}/healthz")
     assert code == 200 and ctype == "application/json", (code, body)
-    assert json.loads(body) == {"status": "ok", "keys": 1, "containers": 1}
+    assert json.loads(body) == {"status": "ok", "keys": 1, "containers": 1, "containers_failed": 0}
     time.sleep(3.5)  # etcd quiet: /healthz asks it first, and it answers
     code, _, body = curl(f"http://127.0.0.1:{port}/healthz")
     assert code == 200, body

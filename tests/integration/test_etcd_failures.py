@@ -1,0 +1,347 @@
+"""Issue 22: the etcd failures that lose keys, on a real etcd 3.4 with the
+fake Docker API: a snapshot restored under register (etcd goes back in
+time: keys deleted since are back, keys written since are gone, the lease
+is alive and nothing looks like an outage), a permission revoked and
+granted back, JWT tokens made stale by an auth change, keep-alives that
+fail (said at warn) and keep-alives after a password change.
+
+Each test starts its own etcd (free loopback ports) and fake Docker and
+stops them, with everything in its temporary directories, when it ends.
+`python3 test_etcd_failures.py NAME...` runs some of them."""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from fake_docker import FakeDocker  # noqa: E402
+from harness import Cluster, Etcd, Register, Suite, default_value, log, sh, tmpdir, wait_for  # noqa: E402
+
+IP = "10.22.22.22"
+PREFIX = f"/registered/{IP}"
+ROOT = "root:rootpw"
+suite = Suite()
+
+
+class Env:
+    """One test's etcd, fake Docker and registers; all gone on exit."""
+
+    def __init__(self, etcd_extra=(), members=1):
+        self.cleanups = []
+        self.cluster = Cluster(members) if members > 1 else None
+        self.etcd = self.cluster.members[0] if self.cluster else Etcd(extra=etcd_extra)
+        self.endpoints = self.cluster.endpoints() if self.cluster else self.etcd.url
+        self.cleanups.append(self.cluster.cleanup if self.cluster else self.etcd.cleanup)
+        self.fdir = tmpdir("rf")
+        self.cleanups.append(lambda: shutil.rmtree(self.fdir, ignore_errors=True))
+        self.fake = FakeDocker(os.path.join(self.fdir, "d.sock"))
+        self.auth = None  # "user:password" for etcdctl once auth is on
+
+    def __enter__(self):
+        try:
+            (self.cluster or self.etcd).start()
+            self.fake.start()
+            self.cleanups.append(self.fake.stop)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for c in reversed(self.cleanups):
+            try:
+                c()
+            except Exception as e:
+                log("cleanup failed:", e)
+        return False
+
+    def register(self, *extra):
+        r = Register("--etcd", self.endpoints, "--docker", self.fake.host, *extra, host_ip=IP).start()
+        # before the etcd and the fake go (cleanups run in reverse)
+        self.cleanups.append(r.cleanup)
+        return r
+
+    def ctl3(self, *args, check=True):
+        auth = ["--user", self.auth] if self.auth else []
+        return self.etcd.etcdctl(*auth, *args, api="3", check=check)
+
+    def v3_tree(self):
+        doc = json.loads(self.ctl3("get", "--prefix", PREFIX + "/", "-w", "json"))
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
+                for kv in doc.get("kvs", [])}
+
+    def tree(self, api):
+        return self.v3_tree() if api == "v3" else self.etcd.tree(PREFIX)
+
+    def expected(self):
+        """What the default policy must have written for the running containers."""
+        out = {}
+        for c in self.fake.running():
+            binds = []
+            for port, bl in c["NetworkSettings"]["Ports"].items():
+                if bl is None:
+                    continue
+                p, _, proto = port.partition("/")
+                binds += [(b["HostIp"], b["HostPort"], p, proto) for b in bl]
+            if binds:
+                img = c["Config"]["Image"].replace("/", "::")
+                out[f"{PREFIX}/{img}/{c['Id']}"] = default_value(c["Id"], img, binds)
+        return out
+
+    def converged(self, api, timeout=15, what="etcd to equal the fake Docker's truth"):
+        state = {}
+
+        def ok():
+            want, got = self.expected(), self.tree(api)
+            state["diff"] = {"missing": sorted(set(want) - set(got)),
+                             "stale": sorted(set(got) - set(want)),
+                             "wrong": sorted(k for k in want if k in got and got[k] != want[k])}
+            return got == want
+        try:
+            wait_for(ok, timeout, interval=0.2, what=what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; {state.get('diff')}")
+
+    def start_new(self, n):
+        """n new running containers, each announced by a start event."""
+        ids = []
+        for _ in range(n):
+            cid = self.fake.add()
+            self.fake.start_container(cid)
+            ids.append(cid)
+        return ids
+
+    def v3_auth(self, user="reg:regpw"):
+        """root, and a user whose role may read and write this host's prefix
+        only; auth on.  etcdctl goes as root from now on."""
+        name = user.split(":")[0]
+        for cmd in (["user", "add", ROOT], ["user", "add", user], ["role", "add", "regrole"],
+                    ["role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/"],
+                    ["user", "grant-role", name, "regrole"], ["auth", "enable"]):
+            self.ctl3(*cmd)
+        self.auth = ROOT
+
+
+def log_line(r, level, text):
+    """The lines of register's log at level (text format) that contain text."""
+    return [ln for ln in r.output().splitlines() if f" {level} " in ln and text in ln]
+
+
+def wait_line(r, level, text, timeout=20):
+    wait_for(lambda: log_line(r, level, text), timeout, interval=0.1, what=f"a {level} line {text!r}")
+    return log_line(r, level, text)
+
+
+def wired():
+    """The rewound callback is wired to a resync in app.c (the lead's part)."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "src", "app.c")) as f:
+        return "rewound" in f.read()
+
+
+# ---- a. a snapshot restored under register ----
+
+def snapshot_restore(api):
+    with Env() as env:
+        first = [env.fake.add() for _ in range(3)]
+        r = env.register("--etcd-api", api, "--ttl", "10")
+        r.wait_log("in sync")
+        env.converged(api)
+        snap = os.path.join(env.etcd.dir, "snap.db")
+        env.ctl3("snapshot", "save", snap)
+        # after the snapshot: two stop, two others start
+        for cid in first[:2]:
+            env.fake.die(cid)
+        env.start_new(2)
+        env.converged(api, what="etcd to follow the changes after the snapshot")
+        before = env.tree(api)
+        # etcd restored from the snapshot: same name, peer URL, cluster
+        # token and client URL, in a fresh data directory
+        env.etcd.stop()
+        data = os.path.join(env.etcd.dir, "data")
+        shutil.rmtree(data)
+        peer = f"http://127.0.0.1:{env.etcd.peer_port}"
+        sh("etcdctl", "snapshot", "restore", snap, "--name", env.etcd.name, "--data-dir", data,
+           "--initial-cluster", f"{env.etcd.name}={peer}", "--initial-advertise-peer-urls", peer,
+           "--initial-cluster-token", "etcd-cluster", env=dict(os.environ, ETCDCTL_API="3"))
+        env.etcd.start()
+        restored = env.tree(api)
+        assert restored != before, "the restore changed nothing: the test proves nothing"
+        log(f"{api}: restored {len(restored)} keys, Docker has {len(env.expected())}")
+        t0 = time.time()
+        # etcd.c's line names what it saw ("revision 7 after 12 at URL");
+        # app.c may say it again in its own words
+        lines = wait_line(r, "warn", "etcd went back in time: ", timeout=15)
+        assert "a restored snapshot?" in lines[0] and "checking every key" in lines[0], lines
+        env.converged(api, timeout=max(1, 15 - (time.time() - t0)), what="etcd to converge after the restore")
+        # one detection, one line
+        time.sleep(4)
+        assert len(log_line(r, "warn", "went back in time: ")) == 1, log_line(r, "warn", "went back in time")
+        env.converged(api, timeout=1)
+        r.stop()
+
+
+@suite.test
+def snapshot_restore_v3_converges():
+    if not wired():
+        log("note: app.c does not wire etcd's rewound callback yet: this test is expected to fail")
+    snapshot_restore("v3")
+
+
+@suite.test
+def snapshot_restore_v2_converges():
+    # a v3 snapshot holds no v2 keys: the restored v2 store is empty and its
+    # index back at the start; register must see it and write everything
+    snapshot_restore("v2")
+
+
+# ---- failover is not going back in time ----
+
+@suite.test
+def failover_between_members_is_not_a_rewind():
+    # members stopped and started one after the other under load: register
+    # moves between members, some of them behind the others while they
+    # catch up; none of that is a rewind
+    for api in ("v3", "v2"):
+        with Env(members=3) as env:
+            m = env.cluster.members
+            ids = [env.fake.add() for _ in range(3)]
+            r = env.register("--etcd-api", api, "--ttl", "6", "--log-level", "debug")
+            r.wait_log("in sync")
+            env.converged(api)
+            for down, reader in ((0, 1), (1, 2), (2, 0)):
+                m[down].stop()
+                env.etcd = m[reader]
+                env.fake.die(ids.pop(0))
+                ids += env.start_new(2)
+                env.converged(api, timeout=20)
+                m[down].start(wait=False)
+                ids += env.start_new(1)
+                time.sleep(3)  # keep-alives, refreshes, the member catching up
+                m[down].wait_ready()
+            env.converged(api, timeout=20)
+            assert not log_line(r, "warn", "went back in time"), log_line(r, "warn", "went back in time")
+            r.stop()
+
+
+# ---- b. a permission revoked and granted back ----
+
+@suite.test
+def permission_revoked_and_granted_back_converges():
+    with Env() as env:
+        env.v3_auth()
+        a, b, c = (env.fake.add() for _ in range(3))
+        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg:regpw")
+        r.wait_log("in sync")
+        env.converged("v3")
+        env.ctl3("role", "revoke-permission", "regrole", PREFIX + "/", "--prefix=true")
+        env.fake.die(a)
+        env.start_new(1)
+        wait_for(lambda: "permission denied" in r.output(), 10, what="register to hear the refusal")
+        time.sleep(8)  # refused for a while, not a blip
+        assert env.v3_tree() != env.expected(), "the refusal had no effect: the test proves nothing"
+        env.ctl3("role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/")
+        # no container changes from here on
+        env.converged("v3", timeout=15, what="etcd to converge once the permission is back")
+        r.stop()
+
+
+# ---- c. JWT tokens and an auth change ----
+
+@suite.test
+def jwt_token_made_old_by_an_auth_change_is_renewed():
+    keys = tmpdir("rk")
+    try:
+        priv, pub = os.path.join(keys, "jwt.key"), os.path.join(keys, "jwt.pub")
+        sh("openssl", "genrsa", "-out", priv, "2048")
+        sh("openssl", "rsa", "-in", priv, "-pubout", "-out", pub)
+        jwt = f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=10m"
+        with Env(etcd_extra=["--auth-token", jwt]) as env:
+            env.v3_auth()
+            a, b, c = (env.fake.add() for _ in range(3))
+            r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg:regpw")
+            r.wait_log("in sync")
+            env.converged("v3")
+            # any auth change makes every JWT signed before it "old"
+            env.ctl3("user", "add", "other:otherpw")
+            env.fake.die(a)
+            env.start_new(2)
+            env.converged("v3", timeout=5, what="writes to succeed after the auth change")
+            # the stale token was replaced, not reported as a refusal
+            assert "revision of auth store is old" not in r.output(), r.output()[-3000:]
+            assert not log_line(r, "warn", "refused"), log_line(r, "warn", "refused")
+            r.stop()
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+
+
+# ---- d. keep-alive trouble is a warning, and its end news ----
+
+@suite.test
+def keepalive_failure_is_a_warning_and_recovery_is_said():
+    with Env() as env:
+        env.fake.add()
+        env.fake.add()
+        r = env.register("--etcd-api", "v3", "--ttl", "10")
+        r.wait_log("in sync")
+        env.converged("v3")
+        want = env.v3_tree()
+        # etcd away for longer than a keep-alive period (10/3 s, up to a
+        # fifth more), shorter than the TTL: the lease lives on
+        env.etcd.stop()
+        lines = wait_line(r, "warn", "keep-alive of lease", timeout=12)
+        assert "failed" in lines[0] and "expire in" in lines[0], lines
+        env.etcd.start()
+        wait_line(r, "info", "works again", timeout=12)
+        assert len(log_line(r, "warn", "keep-alive of lease")) == 1, log_line(r, "warn", "keep-alive")
+        assert env.v3_tree() == want
+        assert not log_line(r, "warn", "is gone")
+        r.stop()
+
+
+@suite.test
+def keepalive_failure_past_the_ttl_says_the_keys_expired():
+    with Env() as env:
+        env.fake.add()
+        r = env.register("--etcd-api", "v3", "--ttl", "4")
+        r.wait_log("in sync")
+        env.converged("v3")
+        env.etcd.stop()
+        wait_line(r, "warn", "keep-alive of lease", timeout=8)
+        wait_line(r, "warn", "have probably expired", timeout=15)
+        env.etcd.start()
+        env.converged("v3", timeout=20, what="the keys back after the outage")
+        r.stop()
+
+
+# ---- keep-alives do not wait for a login that cannot succeed ----
+
+@suite.test
+def keepalives_survive_a_password_change():
+    # tokens live 2 s: every write after that logs in again, and after the
+    # password change that login fails; the lease must live on regardless
+    with Env(etcd_extra=["--auth-token-ttl", "2"]) as env:
+        env.v3_auth()
+        keep = env.fake.add()
+        r = env.register("--etcd-api", "v3", "--ttl", "4", "--etcd-user", "reg:regpw")
+        r.wait_log("in sync")
+        env.converged("v3")
+        key = f"{PREFIX}/bbx/{keep}"
+        subprocess.run(["etcdctl", "--endpoints", env.etcd.url, "--user", ROOT, "user", "passwd", "reg",
+                        "--interactive=false"], input="changed\n", text=True, check=True,
+                       env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, timeout=20)
+        time.sleep(3)  # the token expires
+        env.start_new(1)  # a write: "invalid auth token", and the login fails
+        wait_for(lambda: "authentication as user reg failed" in r.output(), 10,
+                 what="the failed login")
+        # three TTLs later the first key is still there: keep-alives went on
+        time.sleep(12)
+        assert key in env.v3_tree(), r.output()[-3000:]
+        assert not log_line(r, "warn", "keep-alive of lease"), log_line(r, "warn", "keep-alive")
+        assert not log_line(r, "warn", "is gone"), r.output()[-3000:]
+        r.stop()
+
+
+suite.run()
