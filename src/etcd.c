@@ -1,7 +1,7 @@
 /* etcd: requests, endpoint failover, cancellation, and for v3 the gates an
  * operation may wait at (an auth token, the lease) and the lease's
  * keep-alive.  The wire formats live in etcd_v2.c and etcd_v3.c. */
-#include "etcd_internal.h"
+#include "etcd_op.h"
 #include "log.h"
 
 #include <assert.h>
@@ -70,47 +70,11 @@ static double lat_recent(const etcd_t *e) {
   return e->lat_avg_ms > 0 ? e->lat_avg_ms * lat_keep(e, uv_hrtime()) : 0;
 }
 static void deliver_listing(etcd_op_t *op);
+/* Forgets the v3 lease and tells the owner its keys must be written again. */
+static void etcd_lease_lost(etcd_t *e);
 static void keepalive_arm(etcd_t *e);
 static void keepalive_episode_reset(etcd_t *e, long left);
 static void keepalive_cb(uv_timer_t *t);
-
-/* ---- listings ---- */
-
-void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
-                 size_t vlen, long ttl, int64_t lease) {
-  if (l->n == l->cap) {
-    l->cap = l->cap ? l->cap * 2 : 64;
-    l->kvs = xrealloc(l->kvs, l->cap * sizeof *l->kvs);
-    l->leases = xrealloc(l->leases, l->cap * sizeof *l->leases);
-  }
-  l->kvs[l->n].key = xstrndup(key, klen);
-  l->kvs[l->n].value = xstrndup(value, vlen);
-  l->kvs[l->n].value_len = vlen;
-  l->kvs[l->n].ttl = ttl;
-  l->leases[l->n] = lease;
-  l->n++;
-}
-
-void listing_add_dir(listing_t *l, const char *key) {
-  if (l->ndirs == l->dcap) {
-    l->dcap = l->dcap ? l->dcap * 2 : 8;
-    l->dirs = xrealloc(l->dirs, l->dcap * sizeof *l->dirs);
-  }
-  l->dirs[l->ndirs++] = xstrdup(key);
-}
-
-void listing_free(listing_t *l) {
-  for (size_t i = 0; i < l->n; i++) {
-    free((char *)(uintptr_t)l->kvs[i].key);
-    free((char *)(uintptr_t)l->kvs[i].value);
-  }
-  for (size_t i = 0; i < l->ndirs; i++)
-    free(l->dirs[i]);
-  free(l->kvs);
-  free(l->leases);
-  free(l->dirs);
-  memset(l, 0, sizeof *l);
-}
 
 /* ---- operations ---- */
 
@@ -653,7 +617,7 @@ static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
                   res->status == ETCD_OK ? ETCD_FAILED : res->status, msg);
 }
 
-void etcd_lease_lost(etcd_t *e) {
+static void etcd_lease_lost(etcd_t *e) {
   if (!e->lease) return;
   log_warn("etcd: lease %" PRIx64 " is gone (expired or revoked); a new one "
            "is granted and every key written again",

@@ -1,6 +1,6 @@
 /* etcd_v2: the v2 keys API wire format (form-encoded PUTs, JSON replies
  * with errorCode, recursive GET for listings). */
-#include "etcd_internal.h"
+#include "etcd_op.h"
 #include "json.h"
 
 #include <stdio.h>

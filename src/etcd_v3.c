@@ -2,7 +2,7 @@
  * /v3/kv/range (paginated), /v3/kv/deleterange, /v3/lease/grant,
  * /v3/lease/keepalive, /v3/lease/timetolive, /v3/auth/authenticate.  Keys
  * and values travel base64-encoded; 64-bit numbers as strings. */
-#include "etcd_internal.h"
+#include "etcd_op.h"
 #include "json.h"
 
 #include <inttypes.h>

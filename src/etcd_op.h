@@ -1,7 +1,10 @@
-/* Shared by etcd.c and its wire formats (etcd_v2.c, etcd_v3.c); not a
- * public API. */
-#ifndef REGISTER_ETCD_INTERNAL_H
-#define REGISTER_ETCD_INTERNAL_H
+/* etcd_op: the structures of the etcd client, below both its request
+ * machinery (etcd.c) and its wire formats (etcd_v2.c, etcd_v3.c), and the
+ * listing a reply fills (etcd_listing.c); not a public API.  The layers:
+ * etcd.c calls the wire formats; they read an op's fields, write its wire
+ * request and fill its listing, and call nothing of etcd.c. */
+#ifndef REGISTER_ETCD_OP_H
+#define REGISTER_ETCD_OP_H
 
 #include <stdint.h>
 
@@ -164,9 +167,7 @@ struct etcd {
   double hist_sum[OP_KINDS];
 };
 
-/* Forgets the v3 lease and tells the owner its keys must be written again. */
-void etcd_lease_lost(etcd_t *e);
-
+/* etcd_listing.c: a listing being filled (owned copies). */
 void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
                  size_t vlen, long ttl, int64_t lease);
 void listing_add_dir(listing_t *l, const char *key);
