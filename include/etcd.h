@@ -98,6 +98,10 @@ typedef struct {
 } etcd_opts_t;
 
 etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
+/* Every operation below returns its op, never NULL, and its callback runs
+ * exactly once, from the loop, never inside the call that started it
+ * (even when the request cannot start: that is a failure like any other),
+ * unless etcd_cancel() or etcd_free() comes first.  etcd.c asserts it. */
 /* Cancels every request without callbacks; frees e. */
 void etcd_free(etcd_t *e);
 

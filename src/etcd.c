@@ -702,17 +702,16 @@ static void keepalive_cb(uv_timer_t *t) {
 
 /* ---- the public operations ---- */
 
-/* Sends a new operation, or parks it at a gate.  As in libuv, an error
- * return (NULL) means its callback will never run. */
+/* Sends a new operation, or parks it at a gate.  It always returns the
+ * op: a request that cannot start (curl refused it) fails from the loop,
+ * like every other failure, never inside this call. */
 static etcd_op_t *launch(etcd_op_t *op) {
   op->launching = 1;
   int parked = gate(op);
   op->launching = 0;
   if (parked) return op;
-  if (send_op(op) < 0) {
-    op_free(op);
-    return NULL;
-  }
+  if (send_op(op) < 0)
+    etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
   return op;
 }
 

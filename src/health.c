@@ -113,10 +113,7 @@ static void serve_health(health_t *h, httpd_req_t *req) {
   h->waiting = xrealloc(h->waiting, (h->nwaiting + 1) * sizeof *h->waiting);
   h->waiting[h->nwaiting++] = req;
   if (!h->probe) h->probe = etcd_probe(h->etcd, probe_done, h);
-  if (!h->probe) {
-    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    probe_done(h, &fail);
-  }
+  REGISTER_ASSERT(h->probe); /* fails from the loop if it cannot start */
 }
 
 void health_handle(void *ud, httpd_req_t *req, const char *method,

@@ -381,7 +381,7 @@ static int etcd_read(lua_State *L, int list) {
   r->want_list = list;
   r->op = list ? etcd_list(io->etcd, key, etcd_done, r)
                : etcd_get(io->etcd, key, etcd_done, r);
-  if (!r->op) return req_abort(L, r, "cannot start the etcd request");
+  REGISTER_ASSERT(r->op); /* fails from the loop if it cannot start */
   return lua_yield(L, 0);
 }
 

@@ -945,10 +945,7 @@ static void batch_flush(reconcile_t *r) {
   r->inflight++;
   list_insert_head(&r->batches, &b->node);
   b->op = etcd_txn(r->etcd, items, b->n, batch_done, b);
-  if (!b->op) {
-    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    batch_done(b, &fail);
-  }
+  REGISTER_ASSERT(b->op); /* etcd always returns one: it fails from the loop */
 }
 
 /* Adds a put or delete to the transaction being filled; sends it when
@@ -1031,10 +1028,7 @@ static void issue(reconcile_t *r, rkey_t *k, act_t act) {
   case ACT_HOLD:
     break;
   }
-  if (!k->op) {
-    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    reconcile_op_done(k, &fail);
-  }
+  REGISTER_ASSERT(k->op); /* etcd always returns one: it fails from the loop */
 }
 
 static void log_change(const char *what, const rkey_t *k) {
@@ -1370,10 +1364,7 @@ static void reconcile_list_start(reconcile_t *r) {
     return;
   }
   r->list_op = etcd_list(r->etcd, r->prefix, reconcile_list_done, r);
-  if (!r->list_op) {
-    etcd_result_t fail = {ETCD_UNAVAILABLE, "cannot start a request"};
-    reconcile_list_done(r, &fail, NULL, 0, NULL, 0);
-  }
+  REGISTER_ASSERT(r->list_op); /* fails from the loop if it cannot start */
 }
 
 void reconcile_start(reconcile_t *r) {
