@@ -281,6 +281,7 @@ static void schedule(check_t *c, uint64_t delay) {
 /* ---- the run queue ---- */
 
 static void queue_push(checks_t *ck, check_t *c) {
+  REGISTER_ASSERT(c->phase == PH_IDLE); /* queued at most once */
   c->phase = PH_QUEUED;
   c->qnext = NULL;
   c->qprev = ck->qtail;
@@ -293,6 +294,7 @@ static void queue_push(checks_t *ck, check_t *c) {
 }
 
 static void queue_unlink(checks_t *ck, check_t *c) {
+  REGISTER_ASSERT(c->phase == PH_QUEUED && ck->queued > 0);
   if (c->qprev)
     c->qprev->qnext = c->qnext;
   else
@@ -353,6 +355,8 @@ static void log_transition(const check_t *c, checks_state_t old) {
  * transition callback may remove it. */
 static void check_done(check_t *c, int ok, const char *reason) {
   checks_t *ck = c->ck;
+  /* a run ends once: it was running, and counted */
+  REGISTER_ASSERT(c->phase == PH_RUNNING && ck->inflight > 0);
   c->phase = PH_IDLE;
   ck->inflight--;
   uv_timer_stop(&c->timer);
@@ -553,6 +557,9 @@ static void start_http(check_t *c) {
 
 static void check_start(check_t *c) {
   checks_t *ck = c->ck;
+  /* one run at a time, never past the concurrency bound */
+  REGISTER_ASSERT(c->phase != PH_RUNNING && c->phase != PH_CLOSING &&
+                  ck->inflight < (size_t)ck->max_inflight);
   c->phase = PH_RUNNING;
   c->deferred = 0;
   c->grace = 0;

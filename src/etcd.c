@@ -886,6 +886,7 @@ static void wipe(char *s) {
 
 static void etcd_timer_closed(uv_handle_t *h) {
   etcd_t *e = h->data;
+  REGISTER_ASSERT(e->handles_open > 0); /* one close callback per timer */
   if (--e->handles_open == 0) free(e);
 }
 

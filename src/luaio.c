@@ -150,6 +150,7 @@ static int req_abort(lua_State *L, ioreq_t *r, const char *why) {
 
 /* Hands the results to the waiting coroutine and forgets the request. */
 static void req_finish(ioreq_t *r, luaio_push_fn push, void *data) {
+  REGISTER_ASSERT(list_linked(&r->node)); /* in flight until now */
   lua_State *co = r->co;
   luaio_resume_fn resume = r->resume;
   void *ud = r->resume_ud;
@@ -210,8 +211,8 @@ static int push_http(lua_State *L, void *data) {
 }
 
 static void http_done(http_req_t *req, const http_resp_t *resp, void *data) {
-  (void)req;
   ioreq_t *r = data;
+  REGISTER_ASSERT(r->http == req); /* the answer to the request it waits for */
   r->http = NULL;
   req_finish(r, push_http, (void *)(uintptr_t)resp);
 }
@@ -364,6 +365,7 @@ static void etcd_done(void *data, const etcd_result_t *res,
   (void)dirs;
   (void)ndirs;
   ioreq_t *r = data;
+  REGISTER_ASSERT(r->op && !r->http); /* answered once, while in flight */
   r->op = NULL;
   etcd_answer_t a = {res, kvs, n, r->want_list};
   req_finish(r, push_etcd, &a);
