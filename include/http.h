@@ -15,9 +15,22 @@
 typedef struct http http_t;
 typedef struct http_req http_req_t;
 
+/* Why a request got no usable response (the transport's kind of failure,
+ * so that callers need not know curl's codes). */
+typedef enum {
+  HTTP_ERR_NONE = 0,  /* a response arrived (any status) */
+  HTTP_ERR_CONNECT,   /* no connection: refused, unreachable, no such host */
+  HTTP_ERR_TIMEOUT,   /* the request's time limit ran out */
+  HTTP_ERR_TLS,       /* the TLS handshake or the peer's certificate */
+  HTTP_ERR_DROPPED,   /* the connection broke while sending or receiving */
+  HTTP_ERR_EMPTY,     /* the peer closed without a response */
+  HTTP_ERR_TOO_LARGE, /* the body passed the request's cap (not read) */
+  HTTP_ERR_OTHER
+} http_err_t;
+
 typedef struct {
   long status;        /* HTTP status; 0 when no response arrived */
-  int error;          /* 0, or the CURLcode of a transport failure */
+  http_err_t error;   /* HTTP_ERR_NONE (0), or why there is no response */
   const char *errmsg; /* one line when error != 0 */
   const char *body;   /* buffered body (empty for streamed requests) */
   size_t body_len;

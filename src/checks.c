@@ -4,7 +4,6 @@
 #include "map.h"
 
 #include <arpa/inet.h>
-#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -475,7 +474,7 @@ static void on_done(http_req_t *req, const http_resp_t *resp, void *data) {
   int ok = 0;
   if (resp->error) {
     const char *m = resp->errmsg ? resp->errmsg : "request failed";
-    if (resp->error == CURLE_COULDNT_CONNECT) {
+    if (resp->error == HTTP_ERR_CONNECT) {
       /* curl's message names the port and the milliseconds; keep the
        * cause.  (Older curl says "Couldn't connect to server" for a
        * refused connection: http_resp_t has no errno to tell.) */
@@ -487,9 +486,9 @@ static void on_done(http_req_t *req, const http_resp_t *resp, void *data) {
                  tail && tail[1] == ' ' ? tail + 2 : m);
         m = why;
       }
-    } else if (resp->error == CURLE_GOT_NOTHING) {
+    } else if (resp->error == HTTP_ERR_EMPTY) {
       m = "connection closed without a response"; /* docker-proxy, too */
-    } else if (resp->error == CURLE_OPERATION_TIMEDOUT) {
+    } else if (resp->error == HTTP_ERR_TIMEOUT) {
       snprintf(why, sizeof why, "timeout after %ld ms", c->timeout_ms);
       m = why;
     }

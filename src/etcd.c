@@ -381,11 +381,10 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   etcd_hdr_t hdr = {0};
   reply_t reply;
   if (r->error) {
-    /* a TLS server that wants a client certificate just drops us: say so
-     * (CURLE_SSL_CONNECT_ERROR, CURLE_SEND_ERROR, CURLE_RECV_ERROR) */
+    /* a TLS server that wants a client certificate just drops us: say so */
     int tls_hint = strncmp(e->endpoints[op->ep], "https:", 6) == 0 &&
                    !e->tls.cert &&
-                   (r->error == 35 || r->error == 55 || r->error == 56);
+                   (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED);
     snprintf(err, sizeof err, "%s: %s%s", e->endpoints[op->ep], r->errmsg,
              tls_hint ? " (does etcd want a client certificate? see "
                         "--etcd-cert and --etcd-key)"

@@ -268,6 +268,38 @@ static int deliver(http_req_t *r) {
   return 1;
 }
 
+/* curl's code as the kind of failure callers act on. */
+static http_err_t err_kind(CURLcode code) {
+  switch (code) {
+  case CURLE_OK:
+    return HTTP_ERR_NONE;
+  case CURLE_COULDNT_CONNECT:
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_RESOLVE_PROXY:
+    return HTTP_ERR_CONNECT;
+  case CURLE_OPERATION_TIMEDOUT:
+    return HTTP_ERR_TIMEOUT;
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_USE_SSL_FAILED:
+    return HTTP_ERR_TLS;
+  case CURLE_SEND_ERROR:
+  case CURLE_RECV_ERROR:
+    return HTTP_ERR_DROPPED;
+  case CURLE_GOT_NOTHING:
+    return HTTP_ERR_EMPTY;
+  case CURLE_FILESIZE_EXCEEDED:
+    return HTTP_ERR_TOO_LARGE;
+  default:
+    return HTTP_ERR_OTHER;
+  }
+}
+
 static void dispatch(http_t *h) {
   /* callbacks run from the loop, never inside the call that started them */
   REGISTER_ASSERT(!h->in_request);
@@ -294,12 +326,12 @@ static void dispatch(http_t *h) {
     http_resp_t resp;
     fill_resp(r, &resp);
     if (r->too_large) {
-      resp.error = CURLE_FILESIZE_EXCEEDED;
+      resp.error = HTTP_ERR_TOO_LARGE;
       snprintf(r->errbuf, sizeof r->errbuf,
                "reply larger than the %zu byte cap; not read", r->max_body);
       resp.errmsg = r->errbuf;
     } else if (code != CURLE_OK) {
-      resp.error = (int)code;
+      resp.error = err_kind(code);
       resp.errmsg = r->errbuf[0] ? r->errbuf : curl_easy_strerror(code);
     }
     if (r->on_done) {
