@@ -1,4 +1,4 @@
-/* etcd: one client interface over the v2 keys API and (issue 4) the v3 JSON
+/* etcd: one client interface over the v2 keys API and the v3 JSON
  * gateway: put (with TTL), refresh, delete, delete an empty directory, list
  * a prefix.  Requests go to the current endpoint; a transport failure or a
  * 5xx moves on to the next endpoint before the caller hears of it.
@@ -56,7 +56,7 @@ typedef struct {
   /* v3: the lease vanished (expired, revoked, etcd lost it): every key
    * has to be written again; a new lease comes with the next put */
   void (*lease_lost)(void *ud);
-  /* Optional (issue 22): etcd went back in time (a restored snapshot, a
+  /* Optional: etcd went back in time (a restored snapshot, a
    * cluster rebuilt from a backup, a member that lost its data): keys
    * acknowledged earlier may be missing, and keys deleted since may be back,
    * with nothing that looks like an outage (a restored lease is kept alive
