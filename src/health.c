@@ -63,7 +63,14 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
   }
   reconcile_stats_t st;
   reconcile_stats(in.rec, &st);
-  if (st.behind_ms > HEALTH_PENDING_MS) {
+  if (st.failed) { /* a refusal is not an outage: it does not heal by
+                      waiting, so it is said at once */
+    snprintf(msg, sizeof msg,
+             "etcd: %zu key%s refused (permissions? NOSPACE?); retrying",
+             st.failed, st.failed == 1 ? "" : "s");
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  } else if (st.behind_ms > HEALTH_PENDING_MS) {
     snprintf(msg, sizeof msg, "etcd: %zu keys pending for %llu s",
              st.queued + st.inflight + st.failed,
              (unsigned long long)st.behind_ms / 1000);

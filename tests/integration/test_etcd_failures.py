@@ -10,6 +10,8 @@ stops them, with everything in its temporary directories, when it ends.
 `python3 test_etcd_failures.py NAME...` runs some of them."""
 import base64
 import json
+import urllib.error
+import urllib.request
 import os
 import shutil
 import subprocess
@@ -18,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
-from harness import Cluster, Etcd, Register, Suite, default_value, log, sh, tmpdir, wait_for  # noqa: E402
+from harness import Cluster, Etcd, Register, Suite, default_value, free_port, log, sh, tmpdir, wait_for  # noqa: E402
 
 IP = "10.22.22.22"
 PREFIX = f"/registered/{IP}"
@@ -233,18 +235,34 @@ def permission_revoked_and_granted_back_converges():
     with Env() as env:
         env.v3_auth()
         a, b, c = (env.fake.add() for _ in range(3))
-        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg:regpw")
+        port = free_port()
+        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg:regpw",
+                         "--metrics", f"127.0.0.1:{port}")
         r.wait_log("in sync")
         env.converged("v3")
+
+        def healthz():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert healthz()[0] == 200
         env.ctl3("role", "revoke-permission", "regrole", PREFIX + "/", "--prefix=true")
         env.fake.die(a)
         env.start_new(1)
         wait_for(lambda: "permission denied" in r.output(), 10, what="register to hear the refusal")
+        # a refusal does not heal by waiting: /healthz says so at once
+        code, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(healthz()), 5,
+                              what="/healthz to report the refused keys")
+        assert any("refused" in p for p in body["problems"]), body
         time.sleep(8)  # refused for a while, not a blip
         assert env.v3_tree() != env.expected(), "the refusal had no effect: the test proves nothing"
         env.ctl3("role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/")
         # no container changes from here on
         env.converged("v3", timeout=15, what="etcd to converge once the permission is back")
+        wait_for(lambda: healthz()[0] == 200, 10, what="/healthz to be ok again")
         r.stop()
 
 
