@@ -59,9 +59,9 @@ typedef struct {
    * record: id -> "name (reason)" (both strings owned here); they keep
    * what they had */
   map_t *failed;
-  size_t running; /* containers reported and not gone (failed among them) */
-  map_t *live;    /* id -> id: those containers (the key owns the value) */
-  int listed;     /* Docker's containers were listed and evaluated once */
+  map_t *live; /* id -> id: every container reported and not gone (the key
+                  owns the value) */
+  int listed;  /* Docker's containers were listed and evaluated once */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   uv_timer_t status_timer, audit_timer;
