@@ -1,152 +1,20 @@
-/* reconcile against an etcd double: the test decides when and how each
- * request ends, so orders of events that a real etcd gives only by chance
- * (a failure between a batch being filled and its flush) are exact.
- *
- * The double defines the etcd_* functions reconcile calls; linked before
- * register_core, it stands in for etcd.c (which this binary never pulls
- * in).  Every result is delivered from the loop, as etcd.c does. */
+/* reconcile against an etcd double (etcd_double.h): the test decides when
+ * and how each request ends, so orders of events that a real etcd gives
+ * only by chance (a failure between a batch being filled and its flush) are
+ * exact.  Every result is delivered from the loop, as etcd.c does. */
 #include <signal.h>
 #include <unistd.h>
 #include <uv.h>
 
-#include "etcd.h"
+#include "etcd_double.h"
 #include "reconcile.h"
 #include "records.h"
 #include "test.h"
 
-/* ---- the etcd double ---- */
-
-struct etcd_op {
-  const char *kind; /* "list", "txn", "put", "delete", ... */
-  char keys[8][64]; /* what it writes or deletes, in order */
-  size_t nkeys;
-  etcd_done_cb done;
-  etcd_list_cb list;
-  void *data;
-  int cancelled, ended;
-};
-
-struct etcd {
-  int txn;
-};
-
-#define MAX_OPS 64
-static etcd_op_t ops[MAX_OPS];
-static size_t nops;
-
-/* Records a request (key: what it writes, deletes or lists; NULL none). */
-static etcd_op_t *op_add(const char *kind, const char *key, etcd_done_cb done,
-                         etcd_list_cb list, void *data) {
-  ASSERT(nops < MAX_OPS);
-  etcd_op_t *op = &ops[nops++];
-  memset(op, 0, sizeof *op);
-  op->kind = kind;
-  op->done = done;
-  op->list = list;
-  op->data = data;
-  if (key) snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", key);
-  return op;
-}
-
-etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
-                    long ttl, etcd_done_cb cb, void *data) {
-  (void)e, (void)value, (void)vlen, (void)ttl;
-  return op_add("put", key, cb, NULL, data);
-}
-
-etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
-                        void *data) {
-  (void)ttl;
-  return etcd_put(e, key, NULL, 0, 0, cb, data);
-}
-
-etcd_op_t *etcd_delete(etcd_t *e, const char *key, etcd_done_cb cb,
-                       void *data) {
-  (void)e;
-  return op_add("delete", key, cb, NULL, data);
-}
-
-etcd_op_t *etcd_delete_prefix(etcd_t *e, const char *prefix, etcd_done_cb cb,
-                              void *data) {
-  return etcd_delete(e, prefix, cb, data);
-}
-
-etcd_op_t *etcd_delete_dir(etcd_t *e, const char *key, etcd_done_cb cb,
-                           void *data) {
-  return etcd_delete(e, key, cb, data);
-}
-
-etcd_op_t *etcd_list(etcd_t *e, const char *prefix, etcd_list_cb cb,
-                     void *data) {
-  (void)e;
-  return op_add("list", prefix, NULL, cb, data);
-}
-
-etcd_op_t *etcd_txn(etcd_t *e, const etcd_txn_item_t *items, size_t n,
-                    etcd_done_cb cb, void *data) {
-  (void)e;
-  ASSERT(n <= 8);
-  etcd_op_t *op = op_add("txn", NULL, cb, NULL, data);
-  for (size_t i = 0; i < n; i++)
-    snprintf(op->keys[op->nkeys++], sizeof op->keys[0], "%s", items[i].key);
-  return op;
-}
-
-int etcd_has_txn(const etcd_t *e) {
-  return e->txn;
-}
-int etcd_has_dirs(const etcd_t *e) {
-  return !e->txn;
-}
-int etcd_has_key_refresh(const etcd_t *e) {
-  return !e->txn;
-}
-void etcd_cancel(etcd_op_t *op) {
-  op->cancelled = 1;
-}
-
-/* What the double holds: the keys written and acknowledged (value "v"). */
-static char store[16][64];
-static size_t nstore;
-
-static void store_put(const char *key) {
-  for (size_t i = 0; i < nstore; i++)
-    if (strcmp(store[i], key) == 0) return;
-  ASSERT(nstore < 16);
-  snprintf(store[nstore++], sizeof store[0], "%s", key);
-}
-
-/* Ends op now, as etcd would (an OK write is stored, a list lists the
- * store): call it from the loop, never inside a reconcile call. */
-static void op_end(etcd_op_t *op, etcd_status_t st) {
-  ASSERT(!op->ended && !op->cancelled);
-  op->ended = 1;
-  etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no"};
-  if (op->list) {
-    etcd_kv_t kvs[16];
-    for (size_t i = 0; i < nstore; i++)
-      kvs[i] = (etcd_kv_t){store[i], "v", 1, 0};
-    op->list(op->data, &res, kvs, st == ETCD_OK ? nstore : 0, NULL, 0);
-    return;
-  }
-  if (st == ETCD_OK && strcmp(op->kind, "delete") != 0)
-    for (size_t i = 0; i < op->nkeys; i++)
-      store_put(op->keys[i]);
-  op->done(op->data, &res);
-}
-
-/* The newest op of a kind that has not ended, or NULL. */
-static etcd_op_t *open_op(const char *kind) {
-  for (size_t i = nops; i-- > 0;)
-    if (!ops[i].ended && !ops[i].cancelled && strcmp(ops[i].kind, kind) == 0)
-      return &ops[i];
-  return NULL;
-}
-
 /* ---- helpers ---- */
 
 static uv_loop_t loop;
-static etcd_t fake_etcd = {1};
+static etcd_t fake_etcd = {.txn = 1};
 static int converged;
 
 static void on_converged(void *ud) {
@@ -158,7 +26,7 @@ static int run_until(int (*pred)(void));
 static int is_converged(void);
 
 static reconcile_t *start(void) {
-  nops = nstore = 0;
+  dbl_reset();
   converged = 0;
   uv_loop_init(&loop);
   reconcile_opts_t o = {0};
@@ -271,9 +139,9 @@ TEST(batch_filled_before_a_pause_waits_for_its_end) {
 /* The newest op of a kind for key (ended or not), or NULL. */
 static etcd_op_t *op_for(const char *kind, const char *key) {
   for (size_t i = nops; i-- > 0;)
-    if (strcmp(ops[i].kind, kind) == 0)
-      for (size_t j = 0; j < ops[i].nkeys; j++)
-        if (strcmp(ops[i].keys[j], key) == 0) return &ops[i];
+    if (strcmp(ops[i]->kind, kind) == 0)
+      for (size_t j = 0; j < ops[i]->nkeys; j++)
+        if (strcmp(ops[i]->keys[j], key) == 0) return ops[i];
   return NULL;
 }
 
@@ -292,7 +160,7 @@ static int txn_open_for_key(void) {
 /* Lists /p holding the given keys; the container ID2 ("web2") failed its
  * evaluation before the listing ended. */
 static reconcile_t *start_with(const char *const *keys, size_t n) {
-  nops = nstore = 0;
+  dbl_reset();
   converged = 0;
   for (size_t i = 0; i < n; i++)
     store_put(keys[i]);
