@@ -101,11 +101,16 @@ struct rkey {
   unsigned solo : 1;       /* a transaction with it failed: alone next time */
   unsigned filling : 1;    /* in the v3 transaction not sent yet (r->batch) */
   unsigned held : 1;       /* qnode is on a container's held list */
-  unsigned act : 3;        /* act_t: the request in flight (a bit-field: the key
-                            * stays 88 bytes with its list node) */
-  unsigned sent_ds : 16;   /* uv_now() / 100 when that request was started,
-                            * modulo 2^16 (about 109 minutes) */
-  unsigned mark;           /* listing generation that saw this key */
+  /* what etcd holds became uncertain while a request of it was in flight:
+   * the lease went (whatever the answer, the key may be gone), or a
+   * listing skipped it (an answer other than OK leaves it unknown) */
+  unsigned lease_stale : 1;
+  unsigned list_stale : 1;
+  unsigned act : 3;      /* act_t: the request in flight (a bit-field: the key
+                          * stays 88 bytes with its list node) */
+  unsigned sent_ds : 16; /* uv_now() / 100 when that request was started,
+                          * modulo 2^16 (about 109 minutes) */
+  unsigned mark;         /* listing generation that saw this key */
   /* the last owner, for the removal log line: its id, image and name in
    * one block ("id\0image\0name"); rkey_owner_*() read it */
   char *gone_id;
@@ -759,8 +764,9 @@ static void rcont_release(reconcile_t *r, rcont_t *c, int all) {
 
 int reconcile_converged(const reconcile_t *r) {
   return r->primed && r->docker_synced && list_empty(&r->queue) &&
-         r->nheld == 0 && r->inflight == 0 && r->nfailed == 0 && !r->paused &&
-         !r->list_op && !r->prefix_op && !r->batch;
+         !uv_is_active((const uv_handle_t *)&r->list_timer) && r->nheld == 0 &&
+         r->inflight == 0 && r->nfailed == 0 && !r->paused && !r->list_op &&
+         !r->prefix_op && !r->batch;
 }
 
 static void reconcile_check_converged(reconcile_t *r) {
@@ -901,6 +907,23 @@ typedef struct batch {
   rkey_t *keys[ETCD_TXN_MAX];
 } batch_t;
 
+/* A request of k has ended (applied: etcd said OK): what a lease loss or a
+ * listing during it left uncertain is unknown now, and will be looked at
+ * (a put goes again, a delete too; both are idempotent). */
+static void key_settle(rkey_t *k, int applied) {
+  if (k->lease_stale || (k->list_stale && !applied)) k->have_known = 0;
+  k->lease_stale = k->list_stale = 0;
+}
+
+/* A request of k has ended, whatever its result: the deletes that k's
+ * containers hold back may go now (a key they want again while its delete
+ * was in flight counted as missing; a failed delete leaves it in etcd,
+ * and no acknowledgement of a put would come to release them). */
+static void release_owners(reconcile_t *r, rkey_t *k) {
+  for (owner_t *o = k->owners; o; o = o->knext)
+    rcont_release(r, o->cont, 0);
+}
+
 static void batch_done(void *data, const etcd_result_t *res) {
   batch_t *b = data;
   reconcile_t *r = b->r;
@@ -917,7 +940,9 @@ static void batch_done(void *data, const etcd_result_t *res) {
       k->inflight = 0;
       k->act = ACT_NONE;
       k->solo = 1;
+      key_settle(k, 0);
       rkey_touch(r, k);
+      release_owners(r, k);
     }
   } else {
     for (size_t i = 0; i < b->n; i++)
@@ -1068,8 +1093,13 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
                  res->error, NULL);
     }
+    /* etcd may have applied it before the answer was lost (a timeout
+     * after the commit): what it holds is unknown until it answers */
+    k->have_known = 0;
+    k->lease_stale = k->list_stale = 0;
     backoff(r, waited_ms(r, k));
     rkey_touch(r, k);
+    release_owners(r, k);
     reconcile_pump(r);
     return;
   }
@@ -1145,6 +1175,8 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
   case ACT_HOLD:
     break;
   }
+  key_settle(k, res->status == ETCD_OK);
+  release_owners(r, k);
   if (res->status != ETCD_OK) {
     r->errors++;
     char in[32];
@@ -1315,6 +1347,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
     if (!reconcile_in_prefix(r, kvs[i].key)) continue;
     rkey_t *k = rkey_get(r, kvs[i].key, 1);
     k->mark = gen;
+    if (k->inflight) k->list_stale = 1; /* see key_settle() */
     if (!k->inflight) {
       if (!rstr_eq(k->have, kvs[i].value, kvs[i].value_len)) {
         rstr_t *v = rstr_new(kvs[i].value, kvs[i].value_len);
@@ -1332,8 +1365,11 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
   map_iter_init(&it, r->keys);
   while (map_iter_next(&it, NULL, &v)) {
     rkey_t *k = v;
-    if (k->mark == gen || k->inflight || !reconcile_in_prefix(r, k->key))
+    if (k->mark == gen || !reconcile_in_prefix(r, k->key)) continue;
+    if (k->inflight) {
+      k->list_stale = 1; /* see key_settle() */
       continue;
+    }
     rkey_set_have(k, NULL); /* not listed: etcd does not hold it */
   }
   for (size_t i = 0; i < ndirs; i++) {
@@ -1428,7 +1464,11 @@ void reconcile_lease_lost(reconcile_t *r) {
   map_iter_init(&it, r->keys);
   while (map_iter_next(&it, NULL, &v)) {
     rkey_t *k = v;
-    if (!k->inflight) rkey_set_have(k, NULL); /* they went with the lease */
+    if (k->inflight)
+      k->lease_stale = 1; /* its answer cannot tell (key_settle()) */
+    else if (k->have_ttl)
+      rkey_set_have(k, NULL); /* on the lease: gone with it */
+    /* a key not on the lease (no TTL, another run's) is where it was */
   }
   reconcile_touch_all(r);
   reconcile_pump(r);
