@@ -8,7 +8,9 @@
 
 #include <stddef.h>
 
-#define REGISTER_VERSION "0.1.0"
+/* REGISTER_VERSION: project(VERSION) in CMakeLists.txt, through the header
+ * CMake generates from cmake/register_version.h.in */
+#include "register_version.h"
 
 typedef enum { ETCD_API_V2 = 2, ETCD_API_V3 = 3 } etcd_api_t;
 

@@ -7,7 +7,7 @@ PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format
 liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev libssl-dev
 etcd-server etcd-client docker.io busybox-static
 python3 curl iproute2 procps openssl ca-certificates
-dpkg-dev file debootstrap prometheus
+dpkg-dev file debootstrap lintian prometheus
 podman containernetworking-plugins catatonit systemd-container"
 # prometheus is here for promtool (the /metrics test checks the exposition
 # with it); the tests fall back to their own strict parser without it.

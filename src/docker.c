@@ -106,7 +106,8 @@ int docker_version_cmp(const char *a, const char *b) {
   return 0;
 }
 
-static char *docker_url(docker_t *d, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static char *
+docker_url(docker_t *d, const char *fmt, ...) {
   buf_t b;
   buf_init(&b);
   buf_puts(&b, d->base);

@@ -384,6 +384,7 @@ static inline int dbl_kv_cmp(const void *a, const void *b) {
  * is the answer, whether or not etcd applied it.  Call it from the loop,
  * never inside a reconcile call. */
 DBL_API void op_end(etcd_op_t *op, etcd_status_t st) {
+  ASSERT(op); /* the request the test means to end exists */
   ASSERT(!op->ended && !op->cancelled);
   if (op->list) {
     op->ended = 1;

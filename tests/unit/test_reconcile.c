@@ -119,6 +119,7 @@ TEST(batch_filled_before_a_pause_waits_for_its_end) {
   /* the pause (200 ms, jittered) ends, and both keys go in one txn */
   ASSERT(run_until(txn_with_both));
   etcd_op_t *again = open_op("txn");
+  ASSERT(again);
   int a = strcmp(again->keys[0], "/p/a") == 0 ? 0 : 1;
   ASSERT_STR_EQ(again->keys[a], "/p/a");
   ASSERT_STR_EQ(again->keys[1 - a], "/p/b");
@@ -185,6 +186,7 @@ TEST(failed_container_keeps_the_keys_that_name_it) {
   want_key = "/p/gone/80";
   ASSERT(run_until(txn_open_for_key));
   etcd_op_t *del = open_op("txn");
+  ASSERT(del);
   /* the orphans that name nobody go (web22 is another name), those that
    * name web2 by name or id stay */
   ASSERT_EQ(del->nkeys, 2);
@@ -251,8 +253,10 @@ TEST(pending_checks_keep_the_keys_they_would_produce) {
   reconcile_docker_synced(r, 1);
   want_key = "/p/old/1";
   ASSERT(run_until(txn_open_for_key));
-  ASSERT_EQ(open_op("txn")->nkeys, 1); /* the stale one, not the claimed */
-  op_end(open_op("txn"), ETCD_OK);
+  etcd_op_t *stale = open_op("txn");
+  ASSERT(stale);
+  ASSERT_EQ(stale->nkeys, 1); /* the stale one, not the claimed */
+  op_end(stale, ETCD_OK);
   ASSERT(run_until(is_converged));
   /* the check passes: the same key, the same value: nothing is written */
   size_t before = nops;
