@@ -1,141 +1,56 @@
-/* config: flags and environment -> config_t, with one-line errors. */
+/* config: flags and environment -> config_t, with one-line errors.  One
+ * table, opts[], gives the getopt_long options, the environment variables
+ * read and the --help text. */
 #include "config.h"
 #include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* How an option's value becomes part of config_t. */
+typedef enum {
+  KIND_STRING,  /* char * at off, replaced */
+  KIND_FLAG,    /* int at off, set to 1; takes no value */
+  KIND_SECONDS, /* long at off: see number() */
+  KIND_MS,      /* the same in milliseconds */
+  KIND_CALL,    /* set() parses and stores it */
+  KIND_HELP,    /* --help: the usage, exit 0 */
+  KIND_VERSION, /* --version: the version, exit 0 */
+} opt_kind_t;
+
+/* src is where v came from: "--ttl", "REGISTER_TTL" or "default". */
+typedef int (*opt_set_t)(config_t *cfg, const char *src, const char *v,
+                         char *err, size_t errlen);
+
+/* One option: a row of opts[] gives the first five fields in order, then
+ * how the value is taken (STRING(field), CALL(fn), ...), then any of how,
+ * shown and short_name. */
+typedef struct {
+  const char *flag; /* "--ttl"; NULL: an environment variable only */
+  const char *env;  /* NULL: none */
+  const char *arg;  /* the value's name in --help; NULL: the flag takes none */
+  const char *help;
+  const char *dflt; /* taken first, as a value is; --help: "default DFLT" */
+  opt_kind_t kind;
+  size_t off;        /* KIND_STRING, _FLAG, _SECONDS, _MS: the field */
+  opt_set_t set;     /* KIND_CALL */
+  long min, max;     /* KIND_SECONDS, _MS; max 0: a year, "MIN and up" */
+  unsigned how;      /* OPT_ZERO, OPT_LATE */
+  const char *shown; /* what --help says instead of "default DFLT" */
+  char short_name;   /* -h, or 0 */
+} opt_t;
+
 enum {
-  OPT_HOST_IP = 256,
-  OPT_ETCD,
-  OPT_ETCD_API,
-  OPT_ETCD_CACERT,
-  OPT_ETCD_CERT,
-  OPT_ETCD_KEY,
-  OPT_ETCD_USER,
-  OPT_ETCD_PASSWORD_FILE,
-  OPT_DOCKER,
-  OPT_POLICY,
-  OPT_LOG_LEVEL,
-  OPT_LOG_FORMAT,
-  OPT_DEREGISTER,
-  OPT_TTL,
-  OPT_RESYNC,
-  OPT_METRICS,
-  OPT_HOSTNAME,
-  OPT_DRY_RUN,
-  OPT_TRACE_LATENCY,
-  OPT_ONCE,
-  OPT_TIMEOUT,
-  OPT_POLICY_TIMEOUT,
-  OPT_HOOK_TIMEOUT,
-  OPT_HELP,
-  OPT_VERSION,
+  OPT_ZERO = 1, /* KIND_SECONDS: 0 is allowed too (off) */
+  OPT_LATE = 2, /* KIND_CALL: set() runs once every flag is read, with the
+                   last value (NULL: none), so a flag's error comes first */
 };
-
-static const struct option long_opts[] = {
-    {"host-ip", required_argument, NULL, OPT_HOST_IP},
-    {"etcd", required_argument, NULL, OPT_ETCD},
-    {"etcd-api", required_argument, NULL, OPT_ETCD_API},
-    {"etcd-cacert", required_argument, NULL, OPT_ETCD_CACERT},
-    {"etcd-cert", required_argument, NULL, OPT_ETCD_CERT},
-    {"etcd-key", required_argument, NULL, OPT_ETCD_KEY},
-    {"etcd-user", required_argument, NULL, OPT_ETCD_USER},
-    {"etcd-password-file", required_argument, NULL, OPT_ETCD_PASSWORD_FILE},
-    {"docker", required_argument, NULL, OPT_DOCKER},
-    {"policy", required_argument, NULL, OPT_POLICY},
-    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-    {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
-    {"deregister-on-exit", no_argument, NULL, OPT_DEREGISTER},
-    {"ttl", required_argument, NULL, OPT_TTL},
-    {"resync", required_argument, NULL, OPT_RESYNC},
-    {"metrics", required_argument, NULL, OPT_METRICS},
-    {"hostname", required_argument, NULL, OPT_HOSTNAME},
-    {"dry-run", no_argument, NULL, OPT_DRY_RUN},
-    {"trace-latency", no_argument, NULL, OPT_TRACE_LATENCY},
-    {"once", no_argument, NULL, OPT_ONCE},
-    {"timeout", required_argument, NULL, OPT_TIMEOUT},
-    {"policy-timeout", required_argument, NULL, OPT_POLICY_TIMEOUT},
-    {"hook-timeout", required_argument, NULL, OPT_HOOK_TIMEOUT},
-    {"help", no_argument, NULL, OPT_HELP},
-    {"version", no_argument, NULL, OPT_VERSION},
-    {NULL, 0, NULL, 0},
-};
-
-void config_usage(const char *prog) {
-  printf(
-      "Usage: %s [OPTIONS]\n"
-      "       %s check [OPTIONS] POLICY|default [INSPECT.json|- ...]\n"
-      "\n"
-      "Keeps etcd in sync with the ports that running Docker containers "
-      "publish.\n"
-      "\n"
-      "  --host-ip IP            this host's address, used in keys "
-      "(HOST_IP; required)\n"
-      "  --etcd LIST             comma-separated etcd endpoints, scheme "
-      "optional\n"
-      "                          (ETCD_ENDPOINT; default "
-      "http://127.0.0.1:2379)\n"
-      "  --etcd-api v2|v3        etcd API to write with (REGISTER_ETCD_API; "
-      "default v2)\n"
-      "  --etcd-cacert FILE      CA bundle for https endpoints "
-      "(ETCDCTL_CACERT)\n"
-      "  --etcd-cert FILE        client certificate (ETCDCTL_CERT)\n"
-      "  --etcd-key FILE         client key (ETCDCTL_KEY)\n"
-      "  --etcd-user USER[:PW]   etcd user and password (ETCDCTL_USER)\n"
-      "  --etcd-password-file F  read the etcd password from F\n"
-      "  --docker URL            Docker API: unix:///path or tcp://host:port\n"
-      "                          (DOCKER_HOST; default "
-      "unix:///var/run/docker.sock)\n"
-      "  --policy FILE           Lua policy (REGISTER_POLICY; default: the "
-      "embedded\n"
-      "                          /registered schema)\n"
-      "  --ttl SECONDS           write keys with a TTL and keep them fresh "
-      "(REGISTER_TTL)\n"
-      "  --resync SECONDS        compare Docker and etcd every SECONDS "
-      "(REGISTER_RESYNC)\n"
-      "  --deregister-on-exit    delete this host's keys on SIGTERM/SIGINT\n"
-      "  --metrics ADDR          serve /metrics and /healthz on ADDR "
-      "(host:port)\n"
-      "  --hostname NAME         host name given to the policy (default: "
-      "gethostname)\n"
-      "  --policy-timeout MS     wall-clock limit of one policy call "
-      "(default 1000)\n"
-      "  --hook-timeout SECONDS  limit of one hook call, I/O waits "
-      "included (default 60)\n"
-      "  --log-level LEVEL       error, warn, info (default) or debug "
-      "(REGISTER_LOG_LEVEL)\n"
-      "  --log-format FORMAT     text (default) or json "
-      "(REGISTER_LOG_FORMAT)\n"
-      "  --dry-run               print what would be written instead of "
-      "writing\n"
-      "  --trace-latency         log where each event's time went, stage by "
-      "stage\n"
-      "  --once                  sync once; exit 0 when etcd matches, 1 when "
-      "it does\n"
-      "                          not within --timeout SECONDS (default 30)\n"
-      "  --help, --version\n"
-      "\n"
-      "register check: a policy tried on inspect documents, no etcd; one "
-      "JSON\n"
-      "line per record, a summary on stderr (register check --help):\n"
-      "  --host-ip IP, --hostname NAME, --policy-timeout MS   as above\n"
-      "  --assume-checks STATES  the checks' states: passing (default), "
-      "failing,\n"
-      "                          pending, or 80/tcp=passing,2=failing (by "
-      "port or\n"
-      "                          number; checks not named are pending)\n"
-      "  --container NAME|ID     inspect it on the engine instead of a file\n"
-      "                          (repeatable)\n"
-      "  --docker URL            that engine (DOCKER_HOST; default\n"
-      "                          unix:///var/run/docker.sock)\n",
-      prog, prog);
-}
 
 int config_valid_ip(const char *s) {
   unsigned char buf[sizeof(struct in6_addr)];
@@ -267,8 +182,10 @@ static int parse_etcd_list(config_t *cfg, const char *list, char *err,
   return rc;
 }
 
-static int parse_docker(config_t *cfg, const char *url, char *err,
-                        size_t errlen) {
+/* DOCKER_HOST, --docker: errors name the URL, not where it came from. */
+static int set_docker(config_t *cfg, const char *src, const char *url,
+                      char *err, size_t errlen) {
+  (void)src;
   free(cfg->docker_url);
   free(cfg->docker_socket);
   free(cfg->docker_base);
@@ -308,26 +225,21 @@ static int parse_docker(config_t *cfg, const char *url, char *err,
   return 0;
 }
 
-static int parse_seconds(const char *name, const char *v, long min, long *out,
-                         char *err, size_t errlen) {
-  if (util_parse_long(v, 0, 86400 * 365, out) < 0 || (*out && *out < min)) {
-    snprintf(err, errlen,
-             "%s \"%s\" is not a number of seconds (0, or %ld and up)", name, v,
-             min);
-    return -1;
-  }
-  return 0;
-}
-
-int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
-                          size_t errlen) {
-  if (util_parse_long(v, 10, 600000, ms) < 0) {
-    snprintf(err, errlen,
-             "%s \"%s\" is not a number of milliseconds from 10 to 600000",
-             name, v);
-    return -1;
-  }
-  return 0;
+/* "0, or MIN and up" or "from MIN to MAX" seconds or milliseconds. */
+static int number(const opt_t *o, const char *src, const char *v, long *out,
+                  char *err, size_t errlen) {
+  long max = o->max ? o->max : 86400L * 365;
+  if (util_parse_long(v, o->how & OPT_ZERO ? 0 : o->min, max, out) == 0 &&
+      (*out == 0 || *out >= o->min))
+    return 0;
+  const char *unit = o->kind == KIND_MS ? "milliseconds" : "seconds";
+  if (o->max)
+    snprintf(err, errlen, "%s \"%s\" is not a number of %s from %ld to %ld",
+             src, v, unit, o->min, o->max);
+  else
+    snprintf(err, errlen, "%s \"%s\" is not a number of %s (%s%ld and up)", src,
+             v, unit, o->how & OPT_ZERO ? "0, or " : "", o->min);
+  return -1;
 }
 
 static void config_set_str(char **dst, const char *v) {
@@ -341,9 +253,10 @@ static const char *env(const char *name) {
 }
 
 /* DOCKER_TLS_VERIFY / DOCKER_CERT_PATH, as the docker CLI reads them. */
-static void docker_tls_from_env(config_t *cfg) {
-  const char *verify = env("DOCKER_TLS_VERIFY");
-  if (!verify || strcmp(verify, "0") == 0) return;
+static int set_docker_tls(config_t *cfg, const char *src, const char *verify,
+                          char *err, size_t errlen) {
+  (void)src, (void)err, (void)errlen;
+  if (strcmp(verify, "0") == 0) return 0;
   const char *path = env("DOCKER_CERT_PATH");
   char *home = NULL;
   if (!path) {
@@ -355,6 +268,7 @@ static void docker_tls_from_env(config_t *cfg) {
   cfg->docker_cert = xasprintf("%s/cert.pem", path);
   cfg->docker_key = xasprintf("%s/key.pem", path);
   free(home);
+  return 0;
 }
 
 static int readable(const char *what, const char *path, char *err,
@@ -414,237 +328,362 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
-int config_parse(config_t *cfg, int argc, char **argv, char *err,
-                 size_t errlen) {
-  memset(cfg, 0, sizeof *cfg);
-  cfg->log_level = LOG_INFO;
-  cfg->log_format = LOG_TEXT;
-  cfg->etcd_api = ETCD_API_V2;
-  cfg->once_timeout = 30;
-  cfg->policy_timeout_ms = 1000;
-  cfg->hook_timeout = 60;
-  const char *v;
-
-  /* Defaults and environment first; flags override them. */
-  docker_tls_from_env(cfg);
-  if (parse_etcd_list(cfg,
-                      env("ETCD_ENDPOINT") ? env("ETCD_ENDPOINT")
-                                           : "http://127.0.0.1:2379",
-                      err, errlen) < 0) {
-    char tmp[512];
-    snprintf(tmp, sizeof tmp, "ETCD_ENDPOINT: %s", err);
-    snprintf(err, errlen, "%s", tmp);
-    return -1;
-  }
-  const char *dh = env("DOCKER_HOST");
-  if (parse_docker(cfg, dh ? dh : "unix:///var/run/docker.sock", err, errlen) <
-      0)
-    return -1;
-  config_set_str(&cfg->policy_file, env("REGISTER_POLICY"));
-  config_set_str(&cfg->etcd_cacert, env("ETCDCTL_CACERT"));
-  config_set_str(&cfg->etcd_cert, env("ETCDCTL_CERT"));
-  config_set_str(&cfg->etcd_key, env("ETCDCTL_KEY"));
-  config_set_str(&cfg->etcd_user, env("ETCDCTL_USER"));
-  config_set_str(&cfg->etcd_password, env("ETCDCTL_PASSWORD"));
-  const char *host_ip = env("HOST_IP");
-  const char *host_ip_src = "HOST_IP";
-  if ((v = env("REGISTER_LOG_LEVEL")) &&
-      log_level_parse(v, &cfg->log_level) < 0) {
-    snprintf(err, errlen,
-             "REGISTER_LOG_LEVEL \"%s\" is not one of error, "
-             "warn, info, debug",
-             v);
-    return -1;
-  }
-  if ((v = env("REGISTER_LOG_FORMAT")) &&
-      log_format_parse(v, &cfg->log_format) < 0) {
-    snprintf(err, errlen, "REGISTER_LOG_FORMAT \"%s\" is not text or json", v);
-    return -1;
-  }
-  if ((v = env("REGISTER_TTL")) &&
-      parse_seconds("REGISTER_TTL", v, 2, &cfg->ttl, err, errlen) < 0)
-    return -1;
-  if ((v = env("REGISTER_RESYNC")) &&
-      parse_seconds("REGISTER_RESYNC", v, 1, &cfg->resync, err, errlen) < 0)
-    return -1;
-  const char *api = env("REGISTER_ETCD_API");
-  const char *api_src = "REGISTER_ETCD_API";
-
-  optind = 1;
-  opterr = 0;
-  int c;
-  while ((c = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
-    switch (c) {
-    case OPT_HOST_IP:
-      host_ip = optarg;
-      host_ip_src = "--host-ip";
-      break;
-    case OPT_ETCD:
-      if (parse_etcd_list(cfg, optarg, err, errlen) < 0) {
-        char tmp[512];
-        snprintf(tmp, sizeof tmp, "--etcd: %s", err);
-        snprintf(err, errlen, "%s", tmp);
-        return -1;
-      }
-      break;
-    case OPT_ETCD_API:
-      api = optarg;
-      api_src = "--etcd-api";
-      break;
-    case OPT_ETCD_CACERT:
-      config_set_str(&cfg->etcd_cacert, optarg);
-      break;
-    case OPT_ETCD_CERT:
-      config_set_str(&cfg->etcd_cert, optarg);
-      break;
-    case OPT_ETCD_KEY:
-      config_set_str(&cfg->etcd_key, optarg);
-      break;
-    case OPT_ETCD_USER:
-      config_set_str(&cfg->etcd_user, optarg);
-      break;
-    case OPT_ETCD_PASSWORD_FILE:
-      config_set_str(&cfg->etcd_password_file, optarg);
-      break;
-    case OPT_DOCKER:
-      if (parse_docker(cfg, optarg, err, errlen) < 0) return -1;
-      break;
-    case OPT_POLICY:
-      config_set_str(&cfg->policy_file, optarg);
-      break;
-    case OPT_LOG_LEVEL:
-      if (log_level_parse(optarg, &cfg->log_level) < 0) {
-        snprintf(err, errlen,
-                 "--log-level \"%s\" is not one of error, warn, info, debug",
-                 optarg);
-        return -1;
-      }
-      break;
-    case OPT_LOG_FORMAT:
-      if (log_format_parse(optarg, &cfg->log_format) < 0) {
-        snprintf(err, errlen, "--log-format \"%s\" is not text or json",
-                 optarg);
-        return -1;
-      }
-      break;
-    case OPT_DEREGISTER:
-      cfg->deregister_on_exit = 1;
-      break;
-    case OPT_TTL:
-      if (parse_seconds("--ttl", optarg, 2, &cfg->ttl, err, errlen) < 0)
-        return -1;
-      break;
-    case OPT_RESYNC:
-      if (parse_seconds("--resync", optarg, 1, &cfg->resync, err, errlen) < 0)
-        return -1;
-      break;
-    case OPT_METRICS:
-      config_set_str(&cfg->metrics_addr, optarg);
-      break;
-    case OPT_HOSTNAME:
-      snprintf(cfg->hostname, sizeof cfg->hostname, "%s", optarg);
-      break;
-    case OPT_DRY_RUN:
-      cfg->dry_run = 1;
-      break;
-    case OPT_TRACE_LATENCY:
-      cfg->trace_latency = 1;
-      break;
-    case OPT_ONCE:
-      cfg->once = 1;
-      break;
-    case OPT_TIMEOUT:
-      if (parse_seconds("--timeout", optarg, 1, &cfg->once_timeout, err,
-                        errlen) < 0 ||
-          cfg->once_timeout == 0) {
-        snprintf(err, errlen,
-                 "--timeout \"%s\" is not a number of seconds "
-                 "(1 and up)",
-                 optarg);
-        return -1;
-      }
-      break;
-    case OPT_POLICY_TIMEOUT:
-      if (config_policy_timeout("--policy-timeout", optarg,
-                                &cfg->policy_timeout_ms, err, errlen) < 0)
-        return -1;
-      break;
-    case OPT_HOOK_TIMEOUT:
-      if (util_parse_long(optarg, 1, 3600, &cfg->hook_timeout) < 0) {
-        snprintf(err, errlen,
-                 "--hook-timeout \"%s\" is not a number of seconds from 1 "
-                 "to 3600",
-                 optarg);
-        return -1;
-      }
-      break;
-    case 'h':
-    case OPT_HELP:
-      config_usage(argv[0]);
-      return 1;
-    case OPT_VERSION:
-      printf("register %s\n", REGISTER_VERSION);
-      return 1;
-    case ':':
-      snprintf(err, errlen, "option %s needs a value", argv[optind - 1]);
-      return -1;
-    default:
-      snprintf(err, errlen, "unknown option \"%s\" (see --help)",
-               argv[optind - 1]);
-      return -1;
-    }
-  }
-  if (optind < argc) {
-    snprintf(err, errlen, "unexpected argument \"%s\" (see --help)",
-             argv[optind]);
-    return -1;
-  }
-
-  if (!host_ip) {
+static int set_host_ip(config_t *cfg, const char *src, const char *v, char *err,
+                       size_t errlen) {
+  if (!v) {
     snprintf(err, errlen,
              "HOST_IP is not set or empty: give --host-ip IP, or set "
              "HOST_IP to this host's address (the systemd unit reads it from "
              "/etc/default/register or /etc/environment)");
     return -1;
   }
-  if (!config_valid_ip(host_ip) || strlen(host_ip) >= sizeof cfg->host_ip) {
-    snprintf(err, errlen, "%s \"%s\" is not an IPv4 or IPv6 address",
-             host_ip_src, host_ip);
+  if (!config_valid_ip(v) || strlen(v) >= sizeof cfg->host_ip) {
+    snprintf(err, errlen, "%s \"%s\" is not an IPv4 or IPv6 address", src, v);
     return -1;
   }
-  snprintf(cfg->host_ip, sizeof cfg->host_ip, "%s", host_ip);
-  if (api) {
-    if (strcmp(api, "v2") == 0 || strcmp(api, "2") == 0)
-      cfg->etcd_api = ETCD_API_V2;
-    else if (strcmp(api, "v3") == 0 || strcmp(api, "3") == 0)
-      cfg->etcd_api = ETCD_API_V3;
-    else {
-      snprintf(err, errlen, "%s \"%s\" is not v2 or v3", api_src, api);
-      return -1;
+  snprintf(cfg->host_ip, sizeof cfg->host_ip, "%s", v);
+  return 0;
+}
+
+static int set_etcd(config_t *cfg, const char *src, const char *v, char *err,
+                    size_t errlen) {
+  if (parse_etcd_list(cfg, v, err, errlen) == 0) return 0;
+  char tmp[512];
+  snprintf(tmp, sizeof tmp, "%s: %s", src, err);
+  snprintf(err, errlen, "%s", tmp);
+  return -1;
+}
+
+static int set_etcd_api(config_t *cfg, const char *src, const char *v,
+                        char *err, size_t errlen) {
+  if (strcmp(v, "v2") == 0 || strcmp(v, "2") == 0)
+    cfg->etcd_api = ETCD_API_V2;
+  else if (strcmp(v, "v3") == 0 || strcmp(v, "3") == 0)
+    cfg->etcd_api = ETCD_API_V3;
+  else {
+    snprintf(err, errlen, "%s \"%s\" is not v2 or v3", src, v);
+    return -1;
+  }
+  return 0;
+}
+
+static int set_log_level(config_t *cfg, const char *src, const char *v,
+                         char *err, size_t errlen) {
+  if (log_level_parse(v, &cfg->log_level) == 0) return 0;
+  snprintf(err, errlen, "%s \"%s\" is not one of error, warn, info, debug", src,
+           v);
+  return -1;
+}
+
+static int set_log_format(config_t *cfg, const char *src, const char *v,
+                          char *err, size_t errlen) {
+  if (log_format_parse(v, &cfg->log_format) == 0) return 0;
+  snprintf(err, errlen, "%s \"%s\" is not text or json", src, v);
+  return -1;
+}
+
+static int set_hostname(config_t *cfg, const char *src, const char *v,
+                        char *err, size_t errlen) {
+  (void)src, (void)err, (void)errlen;
+  snprintf(cfg->hostname, sizeof cfg->hostname, "%s", v);
+  return 0;
+}
+
+#define STRING(f) .kind = KIND_STRING, .off = offsetof(config_t, f)
+#define FLAG(f) .kind = KIND_FLAG, .off = offsetof(config_t, f)
+#define SECONDS(f, lo, hi)                                                     \
+  .kind = KIND_SECONDS, .off = offsetof(config_t, f), .min = lo, .max = hi
+#define MS(f, lo, hi)                                                          \
+  .kind = KIND_MS, .off = offsetof(config_t, f), .min = lo, .max = hi
+#define CALL(fn) .kind = KIND_CALL, .set = fn
+
+/* In --help's order.  The environment is read in this order too, before
+ * the flags: its first bad variable is the error. */
+static const opt_t opts[] = {
+    {"--host-ip", "HOST_IP", "IP", "this host's address, used in keys", NULL,
+     CALL(set_host_ip), .how = OPT_LATE, .shown = "required"},
+    {"--etcd", "ETCD_ENDPOINT", "LIST",
+     "comma-separated etcd endpoints, scheme optional", "http://127.0.0.1:2379",
+     CALL(set_etcd)},
+    {"--etcd-api", "REGISTER_ETCD_API", "v2|v3", "etcd API to write with", "v2",
+     CALL(set_etcd_api), .how = OPT_LATE},
+    {"--etcd-cacert", "ETCDCTL_CACERT", "FILE", "CA bundle for https endpoints",
+     NULL, STRING(etcd_cacert)},
+    {"--etcd-cert", "ETCDCTL_CERT", "FILE", "client certificate", NULL,
+     STRING(etcd_cert)},
+    {"--etcd-key", "ETCDCTL_KEY", "FILE", "client key", NULL, STRING(etcd_key)},
+    {"--etcd-user", "ETCDCTL_USER", "USER[:PW]", "etcd user and password", NULL,
+     STRING(etcd_user)},
+    {NULL, "ETCDCTL_PASSWORD", NULL,
+     "the etcd password, when --etcd-user has no :PW", NULL,
+     STRING(etcd_password)},
+    {"--etcd-password-file", NULL, "F", "read the etcd password from F", NULL,
+     STRING(etcd_password_file)},
+    {NULL, "DOCKER_TLS_VERIFY", NULL,
+     "not 0: TLS to Docker, with ca.pem, cert.pem and key.pem from "
+     "DOCKER_CERT_PATH (default ~/.docker)",
+     NULL, CALL(set_docker_tls)},
+    {"--docker", "DOCKER_HOST", "URL",
+     "Docker API: unix:///path or tcp://host:port",
+     "unix:///var/run/docker.sock", CALL(set_docker)},
+    {"--policy", "REGISTER_POLICY", "FILE", "Lua policy", NULL,
+     STRING(policy_file), .shown = "default: the embedded /registered schema"},
+    {"--log-level", "REGISTER_LOG_LEVEL", "LEVEL", "error, warn, info or debug",
+     "info", CALL(set_log_level)},
+    {"--log-format", "REGISTER_LOG_FORMAT", "FORMAT", "text or json", "text",
+     CALL(set_log_format)},
+    {"--ttl", "REGISTER_TTL", "SECONDS",
+     "write keys with a TTL and keep them fresh; 0: no TTL", "0",
+     SECONDS(ttl, 2, 0), .how = OPT_ZERO},
+    {"--resync", "REGISTER_RESYNC", "SECONDS",
+     "compare Docker and etcd every SECONDS; 0: only on (re)connect", "0",
+     SECONDS(resync, 1, 0), .how = OPT_ZERO},
+    {"--deregister-on-exit", NULL, NULL,
+     "delete this host's keys on SIGTERM/SIGINT", NULL,
+     FLAG(deregister_on_exit)},
+    {"--metrics", NULL, "ADDR",
+     "serve /metrics and /healthz on ADDR (host:port)", NULL,
+     STRING(metrics_addr)},
+    {"--hostname", NULL, "NAME", "host name given to the policy", NULL,
+     CALL(set_hostname), .shown = "default: gethostname"},
+    {"--policy-timeout", NULL, "MS", "wall-clock limit of one policy call",
+     "1000", MS(policy_timeout_ms, 10, 600000)},
+    {"--hook-timeout", NULL, "SECONDS",
+     "limit of one hook call, I/O waits included", "60",
+     SECONDS(hook_timeout, 1, 3600)},
+    {"--dry-run", NULL, NULL, "print what would be written instead of writing",
+     NULL, FLAG(dry_run)},
+    {"--trace-latency", NULL, NULL,
+     "log where each event's time went, stage by stage", NULL,
+     FLAG(trace_latency)},
+    {"--once", NULL, NULL,
+     "sync once; exit 0 when etcd matches, 1 when it does not within --timeout",
+     NULL, FLAG(once)},
+    {"--timeout", NULL, "SECONDS", "how long --once waits for etcd to match",
+     "30", SECONDS(once_timeout, 1, 0)},
+    {"--help", NULL, NULL, "this text", NULL, .kind = KIND_HELP,
+     .short_name = 'h'},
+    {"--version", NULL, NULL, "print the version", NULL, .kind = KIND_VERSION},
+};
+
+#undef STRING
+#undef FLAG
+#undef SECONDS
+#undef MS
+#undef CALL
+
+/* getopt_long returns OPT_VAL + the row, above any short option. */
+enum { N_OPTS = ARRAY_SIZE(opts), OPT_VAL = 256 };
+
+static const opt_t *opt_named(const char *flag) {
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (opts[i].flag && strcmp(opts[i].flag, flag) == 0) return &opts[i];
+  abort();
+}
+
+int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
+                          size_t errlen) {
+  return number(opt_named("--policy-timeout"), name, v, ms, err, errlen);
+}
+
+/* A late option's value and where it came from, until every flag is read. */
+typedef struct {
+  const char *v[N_OPTS], *src[N_OPTS];
+} late_t;
+
+static int take(config_t *cfg, late_t *late, const opt_t *o, const char *src,
+                const char *v, char *err, size_t errlen) {
+  void *field = (char *)cfg + o->off;
+  if (o->how & OPT_LATE) {
+    late->v[o - opts] = v;
+    late->src[o - opts] = src;
+    return 0;
+  }
+  switch (o->kind) {
+  case KIND_STRING:
+    config_set_str(field, v);
+    return 0;
+  case KIND_FLAG:
+    *(int *)field = 1;
+    return 0;
+  case KIND_SECONDS:
+  case KIND_MS:
+    return number(o, src, v, field, err, errlen);
+  case KIND_CALL:
+    return o->set(cfg, src, v, err, errlen);
+  case KIND_HELP:
+  case KIND_VERSION:
+    break;
+  }
+  return 0;
+}
+
+/* 0: every flag taken; 1: --help or --version printed; -1: an error. */
+static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
+                      char *err, size_t errlen) {
+  struct option longs[N_OPTS + 1];
+  char shorts[2 * N_OPTS + 2] = ":"; /* ':' for a missing value */
+  size_t nl = 0, ns = 1;
+  for (size_t i = 0; i < N_OPTS; i++) {
+    const opt_t *o = &opts[i];
+    if (!o->flag) continue;
+    longs[nl++] =
+        (struct option){o->flag + 2, o->arg ? required_argument : no_argument,
+                        NULL, OPT_VAL + (int)i};
+    if (o->short_name) {
+      shorts[ns++] = o->short_name;
+      if (o->arg) shorts[ns++] = ':';
     }
   }
-  if (finish_etcd_security(cfg, err, errlen) < 0) return -1;
-  if (cfg->metrics_addr) {
-    const char *host;
-    size_t hostlen;
-    long port;
-    char ip[64];
-    int ok =
-        split_hostport(cfg->metrics_addr, &host, &hostlen, &port, 0) == 0 &&
-        port > 0 && hostlen < sizeof ip;
-    if (ok) {
-      size_t skip = host[0] == '[';
-      snprintf(ip, sizeof ip, "%.*s", (int)(hostlen - 2 * skip), host + skip);
-      ok = config_valid_ip(ip);
-    }
-    if (!ok) {
-      snprintf(err, errlen,
-               "--metrics \"%s\" is not IP:PORT (e.g. "
-               "127.0.0.1:9367)",
-               cfg->metrics_addr);
+  longs[nl] = (struct option){NULL, 0, NULL, 0};
+  shorts[ns] = '\0';
+
+  optind = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, shorts, longs, NULL)) != -1) {
+    const opt_t *o = NULL;
+    for (size_t i = 0; i < N_OPTS && !o; i++)
+      if (c == OPT_VAL + (int)i ||
+          (opts[i].short_name && c == opts[i].short_name))
+        o = &opts[i];
+    if (!o) {
+      if (c == ':')
+        snprintf(err, errlen, "option %s needs a value", argv[optind - 1]);
+      else
+        snprintf(err, errlen, "unknown option \"%s\" (see --help)",
+                 argv[optind - 1]);
       return -1;
     }
+    if (o->kind == KIND_HELP) {
+      config_usage(argv[0]);
+      return 1;
+    }
+    if (o->kind == KIND_VERSION) {
+      printf("register %s\n", REGISTER_VERSION);
+      return 1;
+    }
+    if (take(cfg, late, o, o->flag, optarg, err, errlen) < 0) return -1;
   }
+  if (optind < argc) {
+    snprintf(err, errlen, "unexpected argument \"%s\" (see --help)",
+             argv[optind]);
+    return -1;
+  }
+  return 0;
+}
+
+/* "  --flag ARG  help (ENV; default X)", wrapped at 80 columns under the
+ * help's first column; the note in parentheses is kept whole if it fits. */
+static void usage_row(const opt_t *o) {
+  enum { INDENT = 26, WIDTH = 80, NBSP = '\x1f' };
+  char left[64], dflt[128] = "", note[192] = "", text[512];
+  if (!o->flag)
+    snprintf(left, sizeof left, "%s", o->env);
+  else if (o->short_name)
+    snprintf(left, sizeof left, "-%c, %s", o->short_name, o->flag);
+  else
+    snprintf(left, sizeof left, "%s", o->flag);
+  const char *env = o->flag ? o->env : NULL; /* else it is on the left */
+  if (o->shown)
+    snprintf(dflt, sizeof dflt, "%s", o->shown);
+  else if (o->dflt)
+    snprintf(dflt, sizeof dflt, "default %s", o->dflt);
+  if (env || dflt[0])
+    snprintf(note, sizeof note, " (%s%s%s)", env ? env : "",
+             env && dflt[0] ? "; " : "", dflt);
+  /* " (...)" kept whole when the "(...)" fits on a line of its own */
+  if (note[0] && strlen(note) - 1 <= WIDTH - INDENT)
+    for (char *p = strchr(note + 1, ' '); p; p = strchr(p, ' '))
+      *p = NBSP;
+  snprintf(text, sizeof text, "%s%s", o->help, note);
+
+  int col = printf("  %s%s%s", left, o->arg ? " " : "", o->arg ? o->arg : "");
+  for (const char *p = text; *p; p += strspn(p, " ")) {
+    int n = (int)strcspn(p, " ");
+    if (col > INDENT && col + 1 + n > WIDTH) {
+      putchar('\n');
+      col = 0;
+    }
+    col += printf("%*s", col < INDENT ? INDENT - col : 1, "") + n;
+    for (; n > 0; n--, p++)
+      putchar(*p == NBSP ? ' ' : *p);
+  }
+  putchar('\n');
+}
+
+void config_usage(const char *prog) {
+  printf("Usage: %s [OPTIONS]\n"
+         "       %s check [OPTIONS] POLICY|default [INSPECT.json|- ...]\n"
+         "\n"
+         "Keeps etcd in sync with the ports that running Docker containers "
+         "publish.\n"
+         "\n",
+         prog, prog);
+  for (size_t i = 0; i < N_OPTS; i++)
+    usage_row(&opts[i]);
+  fputs("\n"
+        "register check: a policy tried on inspect documents, no etcd; one "
+        "JSON\n"
+        "line per record, a summary on stderr (register check --help):\n"
+        "  --host-ip IP, --hostname NAME, --policy-timeout MS   as above\n"
+        "  --assume-checks STATES  the checks' states: passing (default), "
+        "failing,\n"
+        "                          pending, or 80/tcp=passing,2=failing (by "
+        "port or\n"
+        "                          number; checks not named are pending)\n"
+        "  --container NAME|ID     inspect it on the engine instead of a file\n"
+        "                          (repeatable)\n"
+        "  --docker URL            that engine (DOCKER_HOST; default\n"
+        "                          unix:///var/run/docker.sock)\n",
+        stdout);
+}
+
+static int check_metrics(const config_t *cfg, char *err, size_t errlen) {
+  if (!cfg->metrics_addr) return 0;
+  const char *host;
+  size_t hostlen;
+  long port;
+  char ip[64];
+  int ok = split_hostport(cfg->metrics_addr, &host, &hostlen, &port, 0) == 0 &&
+           port > 0 && hostlen < sizeof ip;
+  if (ok) {
+    size_t skip = host[0] == '[';
+    snprintf(ip, sizeof ip, "%.*s", (int)(hostlen - 2 * skip), host + skip);
+    ok = config_valid_ip(ip);
+  }
+  if (!ok) {
+    snprintf(err, errlen,
+             "--metrics \"%s\" is not IP:PORT (e.g. 127.0.0.1:9367)",
+             cfg->metrics_addr);
+    return -1;
+  }
+  return 0;
+}
+
+int config_parse(config_t *cfg, int argc, char **argv, char *err,
+                 size_t errlen) {
+  memset(cfg, 0, sizeof *cfg);
+  late_t late = {{NULL}, {NULL}};
+  /* Defaults, then the environment, then flags: the last one wins. */
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (opts[i].dflt &&
+        take(cfg, &late, &opts[i], "default", opts[i].dflt, err, errlen) < 0)
+      return -1;
+  for (size_t i = 0; i < N_OPTS; i++) {
+    const char *v = opts[i].env ? env(opts[i].env) : NULL;
+    if (v && take(cfg, &late, &opts[i], opts[i].env, v, err, errlen) < 0)
+      return -1;
+  }
+  int rc = take_flags(cfg, &late, argc, argv, err, errlen);
+  if (rc != 0) return rc;
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (opts[i].how & OPT_LATE &&
+        opts[i].set(cfg, late.src[i], late.v[i], err, errlen) < 0)
+      return -1;
+  if (finish_etcd_security(cfg, err, errlen) < 0 ||
+      check_metrics(cfg, err, errlen) < 0)
+    return -1;
   if (!cfg->hostname[0] && gethostname(cfg->hostname, sizeof cfg->hostname))
     snprintf(cfg->hostname, sizeof cfg->hostname, "localhost");
   cfg->hostname[sizeof cfg->hostname - 1] = '\0';

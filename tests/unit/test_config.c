@@ -3,6 +3,7 @@
 #include "test.h"
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <unistd.h>
 
 static int parse(config_t *c, char *err, size_t n, int argc, ...) {
@@ -15,17 +16,52 @@ static int parse(config_t *c, char *err, size_t n, int argc, ...) {
   return config_parse(c, argc, argv, err, n);
 }
 
+/* Every variable config_parse reads. */
+static const char *const env_vars[] = {"HOST_IP",
+                                       "ETCD_ENDPOINT",
+                                       "REGISTER_ETCD_API",
+                                       "ETCDCTL_CACERT",
+                                       "ETCDCTL_CERT",
+                                       "ETCDCTL_KEY",
+                                       "ETCDCTL_USER",
+                                       "ETCDCTL_PASSWORD",
+                                       "DOCKER_TLS_VERIFY",
+                                       "DOCKER_CERT_PATH",
+                                       "DOCKER_HOST",
+                                       "REGISTER_POLICY",
+                                       "REGISTER_LOG_LEVEL",
+                                       "REGISTER_LOG_FORMAT",
+                                       "REGISTER_TTL",
+                                       "REGISTER_RESYNC"};
+
 static void clean_env(void) {
-  const char *vars[] = {"HOST_IP",
-                        "ETCD_ENDPOINT",
-                        "DOCKER_HOST",
-                        "REGISTER_POLICY",
-                        "REGISTER_TTL",
-                        "DOCKER_TLS_VERIFY",
-                        "REGISTER_LOG_LEVEL",
-                        "REGISTER_ETCD_API"};
-  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
-    unsetenv(vars[i]);
+  for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++)
+    unsetenv(env_vars[i]);
+}
+
+/* What fn(arg) prints on stdout. */
+static char *stdout_of(void (*fn)(void *), void *arg) {
+  fflush(stdout);
+  FILE *tmp = tmpfile();
+  ASSERT(tmp);
+  int saved = dup(STDOUT_FILENO);
+  ASSERT(saved >= 0 && dup2(fileno(tmp), STDOUT_FILENO) >= 0);
+  fn(arg);
+  fflush(stdout);
+  ASSERT(dup2(saved, STDOUT_FILENO) >= 0);
+  close(saved);
+  long n = ftell(tmp);
+  ASSERT(n >= 0);
+  char *out = calloc(1, (size_t)n + 1);
+  ASSERT(out);
+  rewind(tmp);
+  ASSERT(fread(out, 1, (size_t)n, tmp) == (size_t)n);
+  fclose(tmp);
+  return out;
+}
+
+static void usage(void *prog) {
+  config_usage(prog);
 }
 
 static void endpoint(const char *in, const char *want) {
@@ -199,6 +235,359 @@ TEST(docker_tls_from_environment) {
   clean_env();
 }
 
+TEST(defaults) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT_EQ(c.log_level, LOG_INFO);
+  ASSERT_EQ(c.log_format, LOG_TEXT);
+  ASSERT_EQ(c.etcd_api, ETCD_API_V2);
+  ASSERT_STR_EQ(c.docker_url, "unix:///var/run/docker.sock");
+  ASSERT_STR_EQ(c.docker_base, "http://docker");
+  ASSERT(c.docker_cacert == NULL && c.etcd_user == NULL);
+  ASSERT(c.etcd_password == NULL && c.metrics_addr == NULL);
+  ASSERT_EQ(c.ttl, 0);
+  ASSERT_EQ(c.resync, 0);
+  ASSERT_EQ(c.once_timeout, 30);
+  ASSERT_EQ(c.policy_timeout_ms, 1000);
+  ASSERT_EQ(c.hook_timeout, 60);
+  ASSERT(!c.deregister_on_exit && !c.dry_run && !c.trace_latency && !c.once);
+  ASSERT(c.hostname[0] != '\0'); /* gethostname */
+  config_free(&c);
+  clean_env();
+}
+
+/* Each variable, then each flag over it; the last flag wins. */
+TEST(environment_then_flags) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  setenv("REGISTER_ETCD_API", "3", 1);
+  setenv("REGISTER_POLICY", "/p/env.lua", 1);
+  setenv("REGISTER_LOG_LEVEL", "warning", 1);
+  setenv("REGISTER_LOG_FORMAT", "json", 1);
+  setenv("REGISTER_TTL", "10", 1);
+  setenv("REGISTER_RESYNC", "5", 1);
+  setenv("ETCDCTL_USER", "envuser", 1);
+  setenv("ETCDCTL_PASSWORD", "envpw", 1);
+  setenv("ETCDCTL_KEY", "", 1); /* empty is unset */
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT_STR_EQ(c.host_ip, "10.0.0.1");
+  ASSERT_EQ(c.etcd_api, ETCD_API_V3);
+  ASSERT_STR_EQ(c.policy_file, "/p/env.lua");
+  ASSERT_EQ(c.log_level, LOG_WARN);
+  ASSERT_EQ(c.log_format, LOG_JSON);
+  ASSERT_EQ(c.ttl, 10);
+  ASSERT_EQ(c.resync, 5);
+  ASSERT_STR_EQ(c.etcd_user, "envuser");
+  ASSERT_STR_EQ(c.etcd_password, "envpw");
+  ASSERT(c.etcd_key == NULL);
+  config_free(&c);
+
+  char *argv[] = {"register",
+                  "--host-ip",
+                  "10.9.9.9",
+                  "--host-ip=10.0.0.2",
+                  "--etcd-api",
+                  "v2",
+                  "--policy",
+                  "/p/flag.lua",
+                  "--log-level",
+                  "debug",
+                  "--log-format",
+                  "text",
+                  "--ttl",
+                  "0",
+                  "--resync",
+                  "7",
+                  "--etcd-user",
+                  "flaguser:flagpw",
+                  "--deregister-on-exit",
+                  "--dry-run",
+                  "--trace-latency",
+                  "--once",
+                  "--timeout",
+                  "5",
+                  "--policy-timeout",
+                  "600000",
+                  "--hook-timeout",
+                  "3600",
+                  "--hostname",
+                  "node7",
+                  "--metrics",
+                  "[::1]:9367"};
+  ASSERT_EQ(
+      config_parse(&c, sizeof argv / sizeof argv[0], argv, err, sizeof err), 0);
+  ASSERT_STR_EQ(c.host_ip, "10.0.0.2");
+  ASSERT_EQ(c.etcd_api, ETCD_API_V2);
+  ASSERT_STR_EQ(c.policy_file, "/p/flag.lua");
+  ASSERT_EQ(c.log_level, LOG_DEBUG);
+  ASSERT_EQ(c.log_format, LOG_TEXT);
+  ASSERT_EQ(c.ttl, 0);
+  ASSERT_EQ(c.resync, 7);
+  ASSERT_STR_EQ(c.etcd_user, "flaguser");
+  ASSERT_STR_EQ(c.etcd_password, "flagpw"); /* USER:PW wins the variable */
+  ASSERT(c.deregister_on_exit && c.dry_run && c.trace_latency && c.once);
+  ASSERT_EQ(c.once_timeout, 5);
+  ASSERT_EQ(c.policy_timeout_ms, 600000);
+  ASSERT_EQ(c.hook_timeout, 3600);
+  ASSERT_STR_EQ(c.hostname, "node7");
+  ASSERT_STR_EQ(c.metrics_addr, "[::1]:9367");
+  config_free(&c);
+  clean_env();
+}
+
+/* The exact line for each option, from a flag and from its variable. */
+TEST(every_message) {
+  config_t c;
+  char err[300];
+  struct {
+    const char *var, *flag, *val, *want;
+  } cases[] = {
+      {"REGISTER_TTL", "--ttl", "1",
+       "\"1\" is not a number of seconds (0, or 2 and up)"},
+      {"REGISTER_RESYNC", "--resync", "x",
+       "\"x\" is not a number of seconds (0, or 1 and up)"},
+      {NULL, "--timeout", "0", "\"0\" is not a number of seconds (1 and up)"},
+      {NULL, "--hook-timeout", "3601",
+       "\"3601\" is not a number of seconds from 1 to 3600"},
+      {NULL, "--policy-timeout", "9",
+       "\"9\" is not a number of milliseconds from 10 to 600000"},
+      {"REGISTER_LOG_LEVEL", "--log-level", "loud",
+       "\"loud\" is not one of error, warn, info, debug"},
+      {"REGISTER_LOG_FORMAT", "--log-format", "xml",
+       "\"xml\" is not text or json"},
+      {"REGISTER_ETCD_API", "--etcd-api", "v9", "\"v9\" is not v2 or v3"},
+      {"HOST_IP", "--host-ip", "10.1",
+       "\"10.1\" is not an IPv4 or IPv6 address"},
+      {"ETCD_ENDPOINT", "--etcd", "h:0",
+       ": etcd endpoint \"h:0\" is not [scheme://]host[:port]"},
+      {NULL, "--metrics", "1.2.3.4",
+       "\"1.2.3.4\" is not IP:PORT (e.g. 127.0.0.1:9367)"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char want[300];
+    clean_env();
+    setenv("HOST_IP", "10.0.0.1", 1);
+    snprintf(want, sizeof want, "%s %s", cases[i].flag, cases[i].want);
+    if (cases[i].want[0] == ':')
+      snprintf(want, sizeof want, "%s%s", cases[i].flag, cases[i].want);
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, cases[i].flag, cases[i].val), -1);
+    ASSERT_STR_EQ(err, want);
+    config_free(&c);
+    if (!cases[i].var) continue;
+    setenv(cases[i].var, cases[i].val, 1);
+    snprintf(want, sizeof want, "%s %s", cases[i].var, cases[i].want);
+    if (cases[i].want[0] == ':')
+      snprintf(want, sizeof want, "%s%s", cases[i].var, cases[i].want);
+    ASSERT_EQ(parse(&c, err, sizeof err, 1), -1);
+    ASSERT_STR_EQ(err, want);
+    config_free(&c);
+  }
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  long ms;
+  ASSERT_EQ(
+      config_policy_timeout("policy_timeout", "600001", &ms, err, sizeof err),
+      -1);
+  ASSERT_STR_EQ(err, "policy_timeout \"600001\" is not a number of "
+                     "milliseconds from 10 to 600000");
+  ASSERT_EQ(config_policy_timeout("x", "10", &ms, err, sizeof err), 0);
+  ASSERT_EQ(ms, 10);
+  setenv("DOCKER_HOST", "ssh://x", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), -1);
+  ASSERT_STR_EQ(err, "Docker host \"ssh://x\" is not unix:///path or "
+                     "tcp://host:port");
+  config_free(&c);
+  unsetenv("DOCKER_HOST");
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-user", ":pw"), -1);
+  ASSERT_STR_EQ(err, "--etcd-user: the user name is empty");
+  config_free(&c);
+  setenv("ETCDCTL_PASSWORD", "pw", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), -1);
+  ASSERT_STR_EQ(err, "an etcd password is given but no --etcd-user");
+  config_free(&c);
+  unsetenv("ETCDCTL_PASSWORD");
+  ASSERT_EQ(
+      parse(&c, err, sizeof err, 3, "--etcd-password-file", "/nonexistent/pw"),
+      -1);
+  ASSERT_STR_EQ(err,
+                "--etcd-password-file \"/nonexistent/pw\": No such file or "
+                "directory");
+  config_free(&c);
+  /* a flag without a value takes none; a short option that is not -h */
+  ASSERT_EQ(parse(&c, err, sizeof err, 2, "--once=1"), -1);
+  ASSERT_STR_EQ(err, "unknown option \"--once=1\" (see --help)");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 2, "-x"), -1);
+  ASSERT_STR_EQ(err, "unknown option \"-x\" (see --help)");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--dry-run", "stray"), -1);
+  ASSERT_STR_EQ(err, "unexpected argument \"stray\" (see --help)");
+  config_free(&c);
+  clean_env();
+}
+
+/* Which of several problems is the error: the environment in --help's
+ * order, then the flags in argv's order, then --host-ip, --etcd-api, the
+ * etcd credentials and files, --metrics. */
+TEST(which_error_comes_first) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("REGISTER_LOG_LEVEL", "loud", 1);
+  setenv("REGISTER_TTL", "x", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--ttl", "5"), -1);
+  ASSERT_CONTAINS(err, "REGISTER_LOG_LEVEL \"loud\"");
+  config_free(&c);
+  unsetenv("REGISTER_LOG_LEVEL");
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--ttl", "5"), -1);
+  ASSERT_CONTAINS(err, "REGISTER_TTL \"x\"");
+  config_free(&c);
+  unsetenv("REGISTER_TTL");
+  /* no HOST_IP, a bad --etcd-api: a bad flag is still the first error */
+  ASSERT_EQ(parse(&c, err, sizeof err, 6, "--etcd-api", "v9", "--ttl", "x",
+                  "--resync", "y"),
+            -1);
+  ASSERT_CONTAINS(err, "--ttl \"x\"");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-api", "v9"), -1);
+  ASSERT_CONTAINS(err, "HOST_IP is not set");
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 7, "--metrics", "x", "--etcd-user",
+                  ":pw", "--etcd-api", "v9"),
+            -1);
+  ASSERT_CONTAINS(err, "HOST_IP is not set");
+  config_free(&c);
+  setenv("HOST_IP", "10.0.0.1", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 7, "--metrics", "x", "--etcd-user",
+                  ":pw", "--etcd-api", "v9"),
+            -1);
+  ASSERT_CONTAINS(err, "--etcd-api \"v9\"");
+  config_free(&c);
+  ASSERT_EQ(
+      parse(&c, err, sizeof err, 5, "--metrics", "x", "--etcd-user", ":pw"),
+      -1);
+  ASSERT_CONTAINS(err, "--etcd-user: the user name is empty");
+  config_free(&c);
+  clean_env();
+}
+
+static void parse_help(void *flag) {
+  config_t c;
+  char err[300];
+  ASSERT_EQ(parse(&c, err, sizeof err, 2, (char *)flag), 1);
+  config_free(&c);
+}
+
+/* --help lists every flag (each one getopt knows), every variable and
+ * every default, in 80 columns; --help, -h and --version exit 0. */
+TEST(help_lists_every_option) {
+  clean_env();
+  char *help = stdout_of(usage, "register");
+  const char *flags[] = {"--host-ip IP",
+                         "--etcd LIST",
+                         "--etcd-api v2|v3",
+                         "--etcd-cacert FILE",
+                         "--etcd-cert FILE",
+                         "--etcd-key FILE",
+                         "--etcd-user USER[:PW]",
+                         "--etcd-password-file F",
+                         "--docker URL",
+                         "--policy FILE",
+                         "--log-level LEVEL",
+                         "--log-format FORMAT",
+                         "--ttl SECONDS",
+                         "--resync SECONDS",
+                         "--deregister-on-exit",
+                         "--metrics ADDR",
+                         "--hostname NAME",
+                         "--policy-timeout MS",
+                         "--hook-timeout SECONDS",
+                         "--dry-run",
+                         "--trace-latency",
+                         "--once",
+                         "--timeout SECONDS",
+                         "-h, --help",
+                         "--version"};
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    char line[80];
+    snprintf(line, sizeof line, "\n  %s ", flags[i]);
+    ASSERT_CONTAINS(help, line);
+  }
+  for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++)
+    ASSERT_CONTAINS(help, env_vars[i]);
+  const char *defaults[] = {
+      "(HOST_IP; required)",
+      "default http://127.0.0.1:2379",
+      "(REGISTER_ETCD_API; default v2)",
+      "(DOCKER_HOST; default unix:///var/run/docker.sock)",
+      "default: the embedded",
+      "(REGISTER_LOG_LEVEL; default info)",
+      "(REGISTER_LOG_FORMAT; default text)",
+      "(REGISTER_TTL; default 0)",
+      "(REGISTER_RESYNC; default 0)",
+      "(default: gethostname)",
+      "(default 1000)",
+      "(default 60)",
+      "(default 30)"};
+  for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+    ASSERT_CONTAINS(help, defaults[i]);
+  ASSERT_CONTAINS(help, "Usage: register [OPTIONS]\n       register check "
+                        "[OPTIONS] POLICY|default [INSPECT.json|- ...]\n");
+  ASSERT_CONTAINS(help, "\nregister check: a policy tried on inspect");
+  ASSERT_CONTAINS(help, "  --container NAME|ID     inspect it on the engine");
+
+  /* every "  --flag" line of the daemon's part is a flag config_parse
+   * knows: with a value when --help shows one */
+  size_t known = 0;
+  char *end = strstr(help, "\nregister check:");
+  ASSERT(end);
+  for (char *line = help; line < end; line = strchr(line, '\n') + 1) {
+    size_t len = strcspn(line, "\n");
+    ASSERT(len <= 80);
+    if (strncmp(line, "  --", 4) != 0) continue;
+    char flag[64], arg[64];
+    int words = sscanf(line, " %63s %63s", flag, arg);
+    if (strcmp(flag, "--help") == 0 || strcmp(flag, "--version") == 0) continue;
+    int takes_value = words == 2 && arg[0] != '\0' &&
+                      line[2 + strlen(flag)] == ' ' &&
+                      line[3 + strlen(flag)] != ' ';
+    config_t c;
+    char err[300];
+    setenv("HOST_IP", "10.0.0.1", 1);
+    int rc = takes_value ? parse(&c, err, sizeof err, 3, flag, "1")
+                         : parse(&c, err, sizeof err, 2, flag);
+    if (rc < 0) {
+      ASSERT(strstr(err, "unknown option") == NULL);
+      ASSERT(strstr(err, "needs a value") == NULL);
+      ASSERT(strstr(err, "unexpected argument") == NULL);
+    }
+    config_free(&c);
+    known++;
+  }
+  ASSERT_EQ(known, sizeof flags / sizeof flags[0] - 2);
+  free(help);
+
+  char *exits[] = {"--help", "-h"};
+  for (size_t i = 0; i < 2; i++) {
+    char *out = stdout_of(parse_help, exits[i]);
+    ASSERT_CONTAINS(out, "Usage: register [OPTIONS]");
+    free(out);
+  }
+  char *out = stdout_of(parse_help, "--version");
+  ASSERT(strncmp(out, "register ", 9) == 0);
+  ASSERT_EQ(strlen(out), 9 + strlen(REGISTER_VERSION) + 1);
+  free(out);
+  clean_env();
+}
+
 TEST_MAIN(TEST_ENTRY(endpoints), TEST_ENTRY(defaults_and_environment),
           TEST_ENTRY(bad_input_is_one_line),
-          TEST_ENTRY(docker_tls_from_environment))
+          TEST_ENTRY(docker_tls_from_environment), TEST_ENTRY(defaults),
+          TEST_ENTRY(environment_then_flags), TEST_ENTRY(every_message),
+          TEST_ENTRY(which_error_comes_first),
+          TEST_ENTRY(help_lists_every_option))
