@@ -54,6 +54,13 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 void config_free(config_t *cfg);
 void config_usage(const char *prog);
 
+/* A Docker URL (--docker, DOCKER_HOST): unix:///path (or /path),
+ * tcp://host[:port] (2375, or 2376 when tls), http://, https://.  Sets
+ * *socket (unix; else NULL) and *base ("http://docker", or
+ * "http(s)://host:port"), both the caller's to free.  0, or -1 with one
+ * line naming what (e.g. "Docker host") and the URL. */
+int config_docker_url(const char *what, const char *url, int tls, char **socket,
+                      char **base, char *err, size_t errlen);
 /* Exposed for tests: normalises one etcd endpoint ("10.1.2.3:4001",
  * "https://[::1]:2379/") to scheme://host:port. */
 int config_parse_endpoint(const char *in, char **out, char *err, size_t errlen);

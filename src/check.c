@@ -284,56 +284,10 @@ static int engine_parse(engine_t *e, const char *url, char *err,
   e->url = url;
   const char *verify = env("DOCKER_TLS_VERIFY");
   int tls = verify && strcmp(verify, "0") != 0;
-  if (strncmp(url, "unix://", 7) == 0 || url[0] == '/') {
-    const char *path = url[0] == '/' ? url : url + 7;
-    if (path[0] != '/') {
-      snprintf(err, errlen,
-               "--docker \"%s\": a unix socket needs an absolute path", url);
-      return -1;
-    }
-    e->socket = xstrdup(path);
-    e->base = xstrdup("http://docker");
-    return 0;
-  }
-  const char *rest = NULL;
-  if (strncmp(url, "tcp://", 6) == 0)
-    rest = url + 6;
-  else if (strncmp(url, "http://", 7) == 0)
-    rest = url + 7, tls = 0;
-  else if (strncmp(url, "https://", 8) == 0)
-    rest = url + 8, tls = 1;
-  size_t n = rest ? strcspn(rest, "/") : 0;
-  const char *host = rest, *colon = NULL;
-  size_t hostlen = n;
-  if (rest && rest[0] == '[') {
-    const char *close = memchr(rest, ']', n);
-    if (close) {
-      hostlen = (size_t)(close + 1 - rest);
-      colon = close[1] == ':' ? close + 1 : NULL;
-      if (!colon && close + 1 != rest + n) hostlen = 0;
-    } else {
-      hostlen = 0;
-    }
-  } else if (rest) {
-    colon = memchr(rest, ':', n);
-    if (colon) hostlen = (size_t)(colon - rest);
-    if (colon && memchr(colon + 1, ':', n - hostlen - 1)) hostlen = 0;
-  }
-  long port = tls ? 2376 : 2375;
-  char pbuf[8] = "";
-  if (colon) {
-    size_t pl = (size_t)(rest + n - colon - 1);
-    snprintf(pbuf, sizeof pbuf, "%.*s", (int)(pl < 7 ? pl : 7), colon + 1);
-    if (pl >= 7 || util_parse_long(pbuf, 1, 65535, &port) < 0) hostlen = 0;
-  }
-  if (!rest || hostlen == 0 || (rest[n] && strcmp(rest + n, "/") != 0)) {
-    snprintf(err, errlen,
-             "--docker \"%s\" is not unix:///path or tcp://host:port", url);
+  if (config_docker_url("--docker", url, tls, &e->socket, &e->base, err,
+                        errlen) < 0)
     return -1;
-  }
-  e->base = xasprintf("%s://%.*s:%ld", tls ? "https" : "http", (int)hostlen,
-                      host, port);
-  if (tls && verify && strcmp(verify, "0") != 0) {
+  if (strncmp(e->base, "https:", 6) == 0 && tls) {
     const char *dir = env("DOCKER_CERT_PATH");
     char *home = NULL;
     if (!dir) {

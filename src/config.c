@@ -183,25 +183,18 @@ static int parse_etcd_list(config_t *cfg, const char *list, char *err,
 }
 
 /* DOCKER_HOST, --docker: errors name the URL, not where it came from. */
-static int set_docker(config_t *cfg, const char *src, const char *url,
-                      char *err, size_t errlen) {
-  (void)src;
-  free(cfg->docker_url);
-  free(cfg->docker_socket);
-  free(cfg->docker_base);
-  cfg->docker_url = xstrdup(url);
-  cfg->docker_socket = NULL;
-  cfg->docker_base = NULL;
-  int tls = cfg->docker_cacert != NULL;
+int config_docker_url(const char *what, const char *url, int tls, char **socket,
+                      char **base, char *err, size_t errlen) {
+  *socket = *base = NULL;
   if (strncmp(url, "unix://", 7) == 0 || url[0] == '/') {
     const char *path = url[0] == '/' ? url : url + 7;
     if (path[0] != '/') {
-      snprintf(err, errlen,
-               "Docker host \"%s\": a unix socket needs an absolute path", url);
+      snprintf(err, errlen, "%s \"%s\": a unix socket needs an absolute path",
+               what, url);
       return -1;
     }
-    cfg->docker_socket = xstrdup(path);
-    cfg->docker_base = xstrdup("http://docker");
+    *socket = xstrdup(path);
+    *base = xstrdup("http://docker");
     return 0;
   }
   const char *rest = NULL;
@@ -216,13 +209,25 @@ static int set_docker(config_t *cfg, const char *src, const char *url,
   long port;
   if (!rest ||
       split_hostport(rest, &host, &hostlen, &port, tls ? 2376 : 2375) < 0) {
-    snprintf(err, errlen,
-             "Docker host \"%s\" is not unix:///path or tcp://host:port", url);
+    snprintf(err, errlen, "%s \"%s\" is not unix:///path or tcp://host:port",
+             what, url);
     return -1;
   }
-  cfg->docker_base = xasprintf("%s://%.*s:%ld", tls ? "https" : "http",
-                               (int)hostlen, host, port);
+  *base = xasprintf("%s://%.*s:%ld", tls ? "https" : "http", (int)hostlen, host,
+                    port);
   return 0;
+}
+
+/* DOCKER_HOST, --docker: errors name the URL, not where it came from. */
+static int set_docker(config_t *cfg, const char *src, const char *url,
+                      char *err, size_t errlen) {
+  (void)src;
+  free(cfg->docker_url);
+  free(cfg->docker_socket);
+  free(cfg->docker_base);
+  cfg->docker_url = xstrdup(url);
+  return config_docker_url("Docker host", url, cfg->docker_cacert != NULL,
+                           &cfg->docker_socket, &cfg->docker_base, err, errlen);
 }
 
 /* "0, or MIN and up" or "from MIN to MAX" seconds or milliseconds. */
