@@ -54,11 +54,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
+
+from toolkit import Cluster, default_value, etcd_binary, v2_tree_index  # noqa: E402
 
 ETCD_IPS = ["10.213.0.10", "10.213.0.11", "10.213.0.12"]
 MAIN_IP = "10.213.0.2"
@@ -154,100 +156,15 @@ class Net:
 
 
 # ---------------------------------------------------------------------------
-# etcd
+# etcd (the launcher is tests/integration/toolkit.py's, shared with the tests)
 # ---------------------------------------------------------------------------
 
-class Member:
-    def __init__(self, net, i, base):
-        self.i = i
-        self.name = f"m{i}"
-        self.ip = ETCD_IPS[i]
-        self.url = f"http://{self.ip}:2379"
-        self.net = net
-        self.dir = os.path.join(base, self.name)
-        self.proc = None
-        self.log = None
-
-    def start(self):
-        cluster = ",".join(f"m{j}=http://{ip}:2380" for j, ip in enumerate(ETCD_IPS))
-        state = "existing" if os.path.isdir(os.path.join(self.dir, "member")) else "new"
-        args = ["ip", "netns", "exec", self.net.ns(self.name), "etcd", "--name", self.name,
-                "--data-dir", self.dir,
-                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                "--listen-peer-urls", f"http://{self.ip}:2380",
-                "--initial-advertise-peer-urls", f"http://{self.ip}:2380",
-                "--initial-cluster", cluster, "--initial-cluster-state", state,
-                "--enable-v2=true", "--metrics", "extensive", "--quota-backend-bytes", str(4 << 30)]
-        self.log = open(self.dir + ".log", "ab")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def get(self, path, timeout=2):
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return r.read()
-
-    def healthy(self):
-        try:
-            return json.loads(self.get("/health")).get("health") == "true"
-        except Exception:
-            return False
-
-    def is_leader(self):
-        try:
-            return json.loads(self.get("/v2/stats/self"))["state"] == "StateLeader"
-        except Exception:
-            return False
-
-    def requests(self, api):
-        """Requests this member has seen since it started (client API only)."""
-        try:
-            text = self.get("/metrics").decode()
-        except Exception:
-            return None
-        n = 0
-        for line in text.splitlines():
-            if api == "v2" and line.startswith("etcd_http_received_total{"):
-                n += int(float(line.rsplit(" ", 1)[1]))
-            elif (api == "v3" and line.startswith("grpc_server_started_total{")
-                  and 'grpc_method="Watch"' not in line):
-                n += int(float(line.rsplit(" ", 1)[1]))
-        return n
-
-
-class Cluster:
-    def __init__(self, net, base):
-        os.makedirs(base, exist_ok=True)
-        self.members = [Member(net, i, base) for i in range(3)]
-        self.endpoints = ",".join(m.url for m in self.members)
-
-    def start(self):
-        for m in self.members:
-            if not m.proc:
-                m.start()
-        self.wait_healthy()
-
-    def wait_healthy(self, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if sum(m.healthy() for m in self.members if m.proc) >= 2 and self.leader():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("the etcd cluster did not become healthy")
-
-    def leader(self):
-        for m in self.members:
-            if m.proc and m.is_leader():
-                return m
-        return None
-
-    def stop(self):
-        for m in self.members:
-            m.kill()
+def etcd_cluster(net, base):
+    """The 3 members, each in its own namespace (<p>-m<i>, ETCD_IPS) with
+    etcd's own raft timings, metrics for Counter and room for big fleets."""
+    return Cluster(len(ETCD_IPS), ips=ETCD_IPS, netns=[net.ns(f"m{i}") for i in range(len(ETCD_IPS))],
+                   base=base, extra=["--metrics", "extensive", "--quota-backend-bytes", str(4 << 30)],
+                   timing=None)
 
 
 class Counter:
@@ -302,8 +219,8 @@ return policy
 
 
 def value_of(cid, image, port):
-    return ('[{"container":"%s","image":"%s","ip":"0.0.0.0","public_port":"%d",'
-            '"private_port":"80","port_type":"tcp"}]' % (cid, image, port))
+    """What the default schema writes for a fake container (one binding)."""
+    return default_value(cid, image, [("0.0.0.0", port, 80, "tcp")])
 
 
 class Fleet:
@@ -316,7 +233,7 @@ class Fleet:
         self.nparts = net_parts(a)
         # hosts n - nparts .. n - 1 live in the cut-off namespaces
         self.part_hosts = list(range(self.n - self.nparts, self.n))
-        self.cluster = Cluster(net, os.path.join(base, "etcd"))
+        self.cluster = etcd_cluster(net, os.path.join(base, "etcd"))
         self.truth = [dict() for _ in range(self.n)]  # host -> {cid: (image, port)}
         self.procs = [None] * self.n
         self.logs = [os.path.join(base, "logs", f"h{i}.log") for i in range(self.n)]
@@ -391,7 +308,7 @@ class Fleet:
 
     # ---- hosts ----
     def start_host(self, h):
-        args = [self.a.register, "--host-ip", host_ip(h), "--etcd", self.cluster.endpoints,
+        args = [self.a.register, "--host-ip", host_ip(h), "--etcd", self.cluster.endpoints(),
                 "--etcd-api", self.api, "--ttl", str(self.a.ttl),
                 "--docker", f"unix://{self.sockdir}/h{h}.sock", "--policy", self.policy,
                 "--log-level", self.a.log_level]
@@ -705,7 +622,7 @@ class Fleet:
         self.record("leader", conv, sm, f"killed {leader.name}; new leader after {fmt_s(elected)}; "
                     f"changes on {len(hosts)} hosts; time after the kill{wnote}",
                     elected=elected, host_writes=w)
-        leader.start()
+        leader.start(wait=False)
         self.cluster.wait_healthy()
 
     def sc_member(self):
@@ -724,12 +641,10 @@ class Fleet:
         self.settle()
         if not getattr(self, "steady", None):
             self.steady = self.steady_rate(max(6.0, self.a.ttl))
-        self.cluster.stop()
+        self.cluster.kill()
         n = self.churn(self.a.outage, max(1.0, self.a.churn / 4))
         self.barrier()
-        for m in self.cluster.members:
-            m.start()
-        self.cluster.wait_healthy()
+        self.cluster.start(quorum=True)
         t0 = time.time()
         # the request rate at etcd, sampled every 0.5 s while converging
         peak, done = [0.0], threading.Event()
@@ -843,7 +758,7 @@ class Fleet:
 
     def run(self):
         self.start_fake()
-        self.cluster.start()
+        self.cluster.start(quorum=True)
         self.counter = Counter(self.cluster, self.api)
         scen = self.a.scenarios
         if "cold" not in scen:
@@ -854,7 +769,7 @@ class Fleet:
             self.stop_host(h, signal.SIGTERM)
         if self.results:  # a host that would not stop fails the last one
             self.results[-1]["problems"] += self.problems[self.told:]
-        self.cluster.stop()
+        self.cluster.kill()
         self.fake.stdin.close()
         self.fake.wait()
         return self.results
@@ -899,25 +814,10 @@ def v3_range(url, prefix, timeout=10, count_only=False):
 
 
 def v2_tree(url, prefix):
-    try:
-        with urllib.request.urlopen(url + "/v2/keys" + prefix + "?recursive=true", timeout=10) as r:
-            body = json.loads(r.read())
-            index = int(r.headers.get("X-Etcd-Index", 0))
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return {}
-        raise
-    res = {}
-
-    def walk(n):
-        if n.get("dir"):
-            for c in n.get("nodes", []):
-                walk(c)
-        else:
-            res[n["key"]] = n.get("value")
-    walk(body["node"])
-    res_index[url] = index
-    return res
+    tree, index = v2_tree_index(url, prefix, timeout=10)
+    if index is not None:
+        res_index[url] = index
+    return tree
 
 
 res_index = {}
@@ -1111,7 +1011,7 @@ def inner(a):
                     f.stop_host(h)
                 except Exception:
                     pass
-            f.cluster.stop()
+            f.cluster.kill()
             if f.fake and f.fake.poll() is None:
                 f.fake.kill()
         for e in net.ends:  # every port up again for the next run
@@ -1162,7 +1062,7 @@ def main():
         if not os.access(exe, os.X_OK):
             out(f"fleet: {exe} missing (build it: cmake --build build)")
             return 2
-    if not shutil.which("etcd"):
+    if not shutil.which(etcd_binary()):
         out("fleet: etcd missing (Debian etcd-server)")
         return 77
     tag = f"rf{os.getpid() % 100000}"

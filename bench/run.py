@@ -42,8 +42,8 @@ BUILD = os.environ.get("REGISTER_BENCH_BUILD", os.path.join(SRC, "build-bench"))
 os.environ["REGISTER_BIN"] = os.path.join(BUILD, "register")
 
 from fake_docker import FakeDocker, make_id  # noqa: E402
-from harness import (Dockerd, Etcd, Register, default_value, tmpdir,  # noqa: E402
-                     wait_for)
+from harness import Dockerd, Register  # noqa: E402
+from toolkit import Etcd, default_value, tmpdir, wait_for  # noqa: E402
 
 IP = "10.99.0.1"
 PREFIX = f"/registered/{IP}"

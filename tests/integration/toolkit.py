@@ -1,0 +1,404 @@
+"""One toolkit for tests/ and bench/: the etcd launcher (a member, a
+cluster; on loopback or, for bench/fleet.py, one member per network
+namespace), the v2 tree reader and the default schema's value.
+
+tests/integration/harness.py and bench/*.py import these; nothing here
+knows about Docker or register.  lua/default.lua is what writes the value
+that default_value() builds; keep the two in step.
+
+  REGISTER_TEST_ETCD=PATH   the etcd binary (default: etcd on PATH);
+                            REGISTER_TEST_ETCD=debian13 means etcd 3.5 from
+                            the cache that scripts/fetch-debian13.sh fills
+"""
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/debian13")
+
+
+def debian13(rel):
+    """A file from Debian 13's packages, fetched into the cache on first use."""
+    path = os.path.join(DEBIAN13, rel)
+    if not os.path.exists(path):
+        subprocess.run([os.path.join(SRC, "scripts", "fetch-debian13.sh"), DEBIAN13], check=True,
+                       stdout=subprocess.DEVNULL)
+    return path
+
+
+def etcd_binary():
+    e = os.environ.get("REGISTER_TEST_ETCD", "etcd")
+    if e == "debian13":
+        return debian13("etcd-server/usr/bin/etcd")
+    return e
+
+
+def log(*a):
+    print("[test]", *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
+    """Polls pred() until it returns a truthy value; fails the test after timeout."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # a service still starting
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def tmpdir(prefix="rt"):
+    # short paths: unix sockets have a 108-byte limit
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+# ---------------------------------------------------------------------------
+# the default schema's value
+# ---------------------------------------------------------------------------
+
+def default_value(cid, image, bindings):
+    """The exact bytes the default policy must write: bindings are
+    (host_ip, host_port, private_port, proto) in Docker's order."""
+    objs = [
+        '{"container":"%s","image":"%s","ip":"%s","public_port":"%s","private_port":"%s","port_type":"%s"}'
+        % (cid, image, ip, hp, pp, proto)
+        for ip, hp, pp, proto in bindings
+    ]
+    return "[" + ",".join(objs) + "]"
+
+
+# ---------------------------------------------------------------------------
+# the v2 tree reader
+# ---------------------------------------------------------------------------
+
+def v2_tree_index(url, prefix="/registered", timeout=5, context=None, auth=None):
+    """({key: value} for every key below prefix, X-Etcd-Index) from the v2
+    API at url (recursive read); ({}, None) when prefix does not exist.
+    auth is "user:password" (basic authentication) or None."""
+    req = urllib.request.Request(url + "/v2/keys" + urllib.parse.quote(prefix) + "?recursive=true")
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
+            body = json.loads(r.read())
+            index = int(r.headers.get("X-Etcd-Index", 0))
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return {}, None
+        raise
+    out = {}
+
+    def walk(n):
+        if n.get("dir"):
+            for c in n.get("nodes", []):
+                walk(c)
+        else:
+            out[n["key"]] = n.get("value")
+    walk(body["node"])
+    return out, index
+
+
+def v2_tree(url, prefix="/registered", timeout=5, context=None, auth=None):
+    """{key: value} for every key below prefix (v2, recursive)."""
+    return v2_tree_index(url, prefix, timeout, context, auth)[0]
+
+
+# ---------------------------------------------------------------------------
+# etcd
+# ---------------------------------------------------------------------------
+
+class Etcd:
+    """One etcd member or a cluster member; v2 enabled.
+
+    By default on 127.0.0.1 with free ports and short raft timings (50 ms
+    heartbeat, 500 ms election).  ip= listens on that address instead and
+    netns= runs the member in that network namespace (`ip netns exec`);
+    timing=None keeps etcd's own heartbeat and election timeout."""
+
+    def __init__(self, name="default", cluster=None, client_port=None, peer_port=None, data_dir=None,
+                 tls=None, extra=(), ip="127.0.0.1", netns=None, timing=(50, 500)):
+        self.name = name
+        self.ip = ip
+        self.netns = netns
+        self.timing = timing
+        self.client_port = client_port or free_port()
+        self.peer_port = peer_port or free_port()
+        self.dir = data_dir or tmpdir("re")
+        self.cluster = cluster  # "n1=http://...,n2=..." or None
+        self.proc = None
+        self.tls = tls  # make_pki() paths: https, client certificates required
+        self.extra = list(extra)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{ip}:{self.client_port}"
+        self.peer_url = f"http://{ip}:{self.peer_port}"
+
+    def start(self, wait=True):
+        peer = self.peer_url
+        data = os.path.join(self.dir, "data")
+        # "existing" only matters (and only is right) for a member that has
+        # its data already: etcd ignores the flag then; a new or wiped one
+        # starts "new"
+        state = "existing" if os.path.isdir(os.path.join(data, "member")) else "new"
+        args = [
+            etcd_binary(), "--name", self.name, "--data-dir", data,
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", self.cluster or f"{self.name}={peer}",
+            "--initial-cluster-state", state, "--enable-v2=true",
+        ]
+        if self.timing:
+            args += ["--heartbeat-interval", str(self.timing[0]), "--election-timeout", str(self.timing[1])]
+        args += self.extra
+        if self.tls:
+            args += ["--cert-file", self.tls["server"], "--key-file", self.tls["server-key"],
+                     "--client-cert-auth", "--trusted-ca-file", self.tls["ca"]]
+        if self.netns:
+            args = ["ip", "netns", "exec", self.netns] + args
+        os.makedirs(self.dir, exist_ok=True)
+        self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        wait_for(lambda: self.health(), timeout, what=f"etcd {self.name} healthy")
+        if not getattr(Etcd, "_logged", False):
+            Etcd._logged = True
+            with urllib.request.urlopen(self.url + "/version", timeout=2, context=self._ctx()) as r:
+                log("etcd:", etcd_binary(), json.loads(r.read()).get("etcdserver"))
+
+    def _ctx(self):
+        if not self.tls:
+            return None
+        import ssl
+        ctx = ssl.create_default_context(cafile=self.tls["ca"])
+        ctx.load_cert_chain(self.tls["client"], self.tls["client-key"])
+        return ctx
+
+    def health(self):
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2, context=self._ctx()) as r:
+                return json.loads(r.read()).get("health") == "true"
+        except urllib.error.HTTPError:
+            return False
+
+    def healthy(self):
+        """health() that is False, never an exception, for a member that
+        does not answer."""
+        try:
+            return self.health()
+        except Exception:
+            return False
+
+    def get(self, path, timeout=2):
+        with urllib.request.urlopen(self.url + path, timeout=timeout, context=self._ctx()) as r:
+            return r.read()
+
+    def is_leader(self):
+        try:
+            return json.loads(self.get("/v2/stats/self"))["state"] == "StateLeader"
+        except Exception:
+            return False
+
+    def requests(self, api):
+        """Client requests (api "v2" or "v3"; v3 without Watch streams) this
+        member has seen since it started, from /metrics; None if it does not
+        answer."""
+        try:
+            text = self.get("/metrics").decode()
+        except Exception:
+            return None
+        n = 0
+        for line in text.splitlines():
+            if api == "v2" and line.startswith("etcd_http_received_total{"):
+                n += int(float(line.rsplit(" ", 1)[1]))
+            elif (api == "v3" and line.startswith("grpc_server_started_total{")
+                  and 'grpc_method="Watch"' not in line):
+                n += int(float(line.rsplit(" ", 1)[1]))
+        return n
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def wipe(self):
+        """Stops etcd and deletes its data: a member that lost everything."""
+        self.kill()
+        shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- v2 reads, straight over HTTP (the tests also use etcdctl) --
+    def v2(self, path, method="GET", data=None, timeout=5):
+        req = urllib.request.Request(self.url + "/v2/keys" + urllib.parse.quote(path), method=method, data=data)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read()), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read() or b"{}"), dict(e.headers)
+
+    def tree(self, prefix="/registered", timeout=5):
+        """{key: value} for every key below prefix (v2, recursive)."""
+        return v2_tree(self.url, prefix, timeout, self._ctx(), getattr(self, "auth", None))
+
+    def etcdctl(self, *args, api="2", check=True):
+        env = dict(os.environ, ETCDCTL_API=api)
+        ep = ["--endpoints", self.url]
+        if self.tls:
+            if api == "2":
+                ep += ["--ca-file", self.tls["ca"], "--cert-file", self.tls["client"],
+                       "--key-file", self.tls["client-key"]]
+            else:
+                ep += ["--cacert", self.tls["ca"], "--cert", self.tls["client"],
+                       "--key", self.tls["client-key"]]
+        r = subprocess.run(["etcdctl", *ep, *args], env=env, capture_output=True, text=True, timeout=20)
+        if check and r.returncode != 0:
+            raise AssertionError(f"etcdctl {args} failed: {r.stderr}")
+        return r.stdout
+
+    def ls(self, prefix="/registered"):
+        """etcdctl ls --recursive, as the original README shows it."""
+        out = self.etcdctl("ls", "--recursive", prefix, check=False)
+        return [l for l in out.splitlines() if l]
+
+    def index(self):
+        _, h = self.v2("/")
+        return int(h.get("X-Etcd-Index", 0))
+
+    HISTORY_END = "/register-test-history-end"
+
+    def events_since(self, index, prefix, timeout=10):
+        """etcd's v2 history after `index` below prefix (what a watcher of
+        the prefix saw), complete up to now: a marker key is written (outside
+        prefix; deleted again) and the history of the whole key space is read
+        up to it, so the end is that write, not a watch that happened to be
+        slow.  A history etcd no longer has (it keeps the last 1000 events),
+        a read that fails or times out is an error, never a shorter list."""
+        body, _ = self.v2(self.HISTORY_END, "PUT", data=b"value=end")
+        assert "node" in body, f"cannot write the history marker: {body}"
+        end = body["node"]["modifiedIndex"]
+        inside = prefix.rstrip("/") + "/"
+        evs = []
+        try:
+            while index < end:
+                url = f"{self.url}/v2/keys/?wait=true&recursive=true&waitIndex={index + 1}"
+                try:
+                    with urllib.request.urlopen(url, timeout=timeout, context=self._ctx()) as r:
+                        ev = json.loads(r.read())
+                except urllib.error.HTTPError as e:
+                    raise AssertionError(f"etcd's history after index {index} cannot be read "
+                                         f"(HTTP {e.code}): {e.read()[:300]!r}") from None
+                except OSError as e:
+                    raise AssertionError(f"etcd's history after index {index} cannot be read: {e!r}") from None
+                node = ev["node"]
+                assert node["modifiedIndex"] > index, (index, ev)
+                index = node["modifiedIndex"]
+                if node["key"] == prefix or node["key"].startswith(inside):
+                    evs.append(ev)
+        finally:
+            try:
+                self.v2(self.HISTORY_END, "DELETE")
+            except OSError:
+                pass  # what failed is said above
+        return evs
+
+
+class Cluster:
+    """n etcd members, named m0, m1, ...: by default on loopback with free
+    ports; with ips= (one address per member) on those addresses at ports
+    2379 and 2380, and with netns= (one namespace name per member) each in
+    its own network namespace.  base= puts member i's files in base/m<i>
+    (default: a temporary directory each); extra= and timing= go to every
+    member (see Etcd)."""
+
+    def __init__(self, n=3, ips=None, netns=None, base=None, extra=(), timing=(50, 500)):
+        names = [f"m{i}" for i in range(n)]
+        if ips:
+            assert len(ips) == n, (n, ips)
+            addrs = [(ip, 2379, 2380) for ip in ips]
+        else:
+            addrs = [("127.0.0.1", free_port(), free_port()) for _ in names]
+        cluster = ",".join(f"{nm}=http://{ip}:{pp}" for nm, (ip, _, pp) in zip(names, addrs))
+        if base:
+            os.makedirs(base, exist_ok=True)
+        self.members = [Etcd(nm, cluster, cp, pp, data_dir=os.path.join(base, nm) if base else None,
+                             extra=extra, ip=ip, netns=netns[i] if netns else None, timing=timing)
+                        for i, (nm, (ip, cp, pp)) in enumerate(zip(names, addrs))]
+
+    def start(self, quorum=False):
+        """Starts every member that does not run; waits until each is
+        healthy, or with quorum=True until a majority is and one leads."""
+        for m in self.members:
+            if not m.proc:
+                m.start(wait=False)
+        if quorum:
+            self.wait_healthy()
+        else:
+            for m in self.members:
+                m.wait_ready(60)
+        return self
+
+    def wait_healthy(self, timeout=60):
+        """Waits until a majority of the running members is healthy and one
+        of them leads."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if (sum(m.healthy() for m in self.members if m.proc) > len(self.members) // 2
+                    and self.leader()):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the etcd cluster did not become healthy")
+
+    def leader(self):
+        for m in self.members:
+            if m.proc and m.is_leader():
+                return m
+        return None
+
+    def endpoints(self):
+        return ",".join(m.url for m in self.members)
+
+    def kill(self):
+        """kill -9 every member; their data stays."""
+        for m in self.members:
+            m.kill()
+
+    def cleanup(self):
+        for m in self.members:
+            m.cleanup()
