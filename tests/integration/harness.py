@@ -225,6 +225,43 @@ class Etcd:
         _, h = self.v2("/")
         return int(h.get("X-Etcd-Index", 0))
 
+    HISTORY_END = "/register-test-history-end"
+
+    def events_since(self, index, prefix, timeout=10):
+        """etcd's v2 history after `index` below prefix (what a watcher of
+        the prefix saw), complete up to now: a marker key is written (outside
+        prefix; deleted again) and the history of the whole key space is read
+        up to it, so the end is that write, not a watch that happened to be
+        slow.  A history etcd no longer has (it keeps the last 1000 events),
+        a read that fails or times out is an error, never a shorter list."""
+        body, _ = self.v2(self.HISTORY_END, "PUT", data=b"value=end")
+        assert "node" in body, f"cannot write the history marker: {body}"
+        end = body["node"]["modifiedIndex"]
+        inside = prefix.rstrip("/") + "/"
+        evs = []
+        try:
+            while index < end:
+                url = f"{self.url}/v2/keys/?wait=true&recursive=true&waitIndex={index + 1}"
+                try:
+                    with urllib.request.urlopen(url, timeout=timeout, context=self._ctx()) as r:
+                        ev = json.loads(r.read())
+                except urllib.error.HTTPError as e:
+                    raise AssertionError(f"etcd's history after index {index} cannot be read "
+                                         f"(HTTP {e.code}): {e.read()[:300]!r}") from None
+                except OSError as e:
+                    raise AssertionError(f"etcd's history after index {index} cannot be read: {e!r}") from None
+                node = ev["node"]
+                assert node["modifiedIndex"] > index, (index, ev)
+                index = node["modifiedIndex"]
+                if node["key"] == prefix or node["key"].startswith(inside):
+                    evs.append(ev)
+        finally:
+            try:
+                self.v2(self.HISTORY_END, "DELETE")
+            except OSError:
+                pass  # what failed is said above
+        return evs
+
 
 class Cluster:
     """Three etcd members on loopback."""
@@ -660,8 +697,21 @@ class Suite:
         self.cleanups.append(fn)
 
     def run(self):
+        """`script.py` runs every test; `script.py NAME...` runs those (ctest
+        has one entry per name for some scripts); `script.py --list` prints
+        the names, one a line (tests/CMakeLists.txt reads them).  A name
+        that is no test here is an error, not a run of nothing."""
         only = sys.argv[1:]
-        failed = 0
+        names = [fn.__name__ for fn in self.tests]
+        if only == ["--list"]:
+            self.tests = []
+            only = []
+            print("\n".join(names))
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            log(f"no test named {', '.join(unknown)} in {sys.argv[0]}; its tests are: {', '.join(names)}")
+            self.tests = []
+        failed = len(unknown)
         try:
             for fn in self.tests:
                 if only and fn.__name__ not in only:

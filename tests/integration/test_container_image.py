@@ -1,8 +1,11 @@
 """The runtime image (Dockerfile): built from a local Debian 12 base made
 with debootstrap --variant=minbase and docker import (no registry is
 reachable here), run against the test dockerd (socket mounted) and etcd on
-loopback (host network); it registers a container.  Skipped, saying so,
-where debootstrap cannot reach the package mirror."""
+loopback (host network); it registers a container.  debootstrap uses the
+Debian mirror of this machine's apt sources (scripts/debian-mirror.sh;
+REGISTER_DEBIAN_MIRROR overrides it), as scripts/nspawn-root.sh does for
+the systemd test; the root is cached (REGISTER_ROOTFS_TAR).  The normal
+build only (tests/CMakeLists.txt): the image carries the normal binary."""
 import os
 import shutil
 import subprocess
@@ -15,24 +18,32 @@ ROOTFS = os.environ.get("REGISTER_ROOTFS_TAR", "/var/tmp/register-test-bookworm-
 BASE = "register-test-base:bookworm"
 IP = "10.0.7.7"
 
-if "libasan" in subprocess.run(["ldd", REGISTER], capture_output=True, text=True).stdout:
-    print("skipped in the sanitizer build: the image carries the normal binary", file=sys.stderr)
+
+def skip(why):
+    print("skipped: " + why, file=sys.stderr)
     sys.exit(77)
+
+
+if "libasan" in subprocess.run(["ldd", REGISTER], capture_output=True, text=True).stdout:
+    skip("the sanitizer build: the image carries the normal binary")
 if not os.path.exists(ROOTFS):
     if not shutil.which("debootstrap"):
-        print("skipped: debootstrap is not installed", file=sys.stderr)
-        sys.exit(77)
+        skip("debootstrap is not installed (scripts/install-deps.sh installs it)")
+    m = subprocess.run([os.path.join(SRC, "scripts", "debian-mirror.sh")], capture_output=True, text=True)
+    if m.returncode != 0 or not m.stdout.strip():
+        skip("no Debian mirror in this machine's apt sources; set REGISTER_DEBIAN_MIRROR")
+    mirror = m.stdout.strip()
     root = tmpdir("rdb")
+    log(f"debootstrap bookworm from {mirror} (once, cached in {ROOTFS})")
     r = subprocess.run(["debootstrap", "--variant=minbase",
                         "--include=liblua5.4-0,lua-cjson,libuv1,libcurl4,ca-certificates",
-                        "bookworm", root, "http://deb.debian.org/debian"],
+                        "bookworm", root, mirror],
                        capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:
-        print("skipped: debootstrap cannot reach the package mirror: " +
-              (r.stderr or r.stdout).strip().splitlines()[-1:][0] if (r.stderr or r.stdout).strip() else "",
-              file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
-        sys.exit(77)
+        # the mirror apt uses here: a failure, not a skip
+        sys.exit(f"debootstrap from {mirror} failed ({r.returncode}):\n" +
+                 "\n".join((r.stderr or r.stdout).strip().splitlines()[-20:]))
     sh("tar", "-C", root, "-cf", ROOTFS + ".tmp", ".", timeout=600)
     os.rename(ROOTFS + ".tmp", ROOTFS)
     shutil.rmtree(root, ignore_errors=True)

@@ -7,7 +7,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SRC, Dockerd, Etcd, Register, Suite, wait_for  # noqa: E402
+from harness import SRC, Dockerd, Etcd, Register, Suite, tmpdir, wait_for  # noqa: E402
 
 IP = "10.2.2.2"
 suite = Suite()
@@ -18,6 +18,24 @@ suite.defer(d.cleanup)
 d.images()
 d.clean()
 EX = os.path.join(SRC, "lua", "examples")
+
+
+def evaluations_logged(policy):
+    """An example with a log line for each evaluation of a container: what
+    shows that register re-evaluated it after an event that changes
+    nothing in etcd."""
+    src = open(os.path.join(EX, policy)).read()
+    p = os.path.join(tmpdir("rp"), policy)
+    with open(p, "w") as f:
+        f.write("local policy_ = (function()\n" + src + "\nend)()\n" + """local register_ = require "register"
+local records_ = policy_.records
+policy_.records = function(c, host)
+  register_.log.info("evaluated %s paused=%s", c.name, tostring(c.state.paused))
+  return records_(c, host)
+end
+return policy_
+""")
+    return p
 
 
 def register(policy):
@@ -53,15 +71,25 @@ def health_status_events_register_and_remove():
 
 @suite.test
 def rename_re_evaluates():
-    r = register("registrator.lua")
+    r = register(evaluations_logged("registrator.lua"))
     cid = d.run("--name", "before", "-p", "127.0.0.1::80")
     wait_for(lambda: any(k.endswith("node2:before:80") for k in etcd.tree("/services")), what="registered")
     d.docker("rename", "before", "after")
     wait_for(lambda: list(etcd.tree("/services")) == ["/services/bbx/node2:after:80"],
              what="renamed key " + repr(etcd.tree("/services")) + r.output()[-2000:])
+    # pause and unpause: each re-evaluated (the policy sees state.paused),
+    # the key neither rewritten nor deleted
+    key = "/services/bbx/node2:after:80"
+    idx = etcd.v2(key)[0]["node"]["modifiedIndex"]
+    unpaused = r.output().count("evaluated after paused=false")
     d.docker("pause", cid)
+    r.wait_log("evaluated after paused=true")
+    assert list(etcd.tree("/services")) == [key]
     d.docker("unpause", cid)
-    assert [k for k in etcd.tree("/services")] == ["/services/bbx/node2:after:80"]
+    r.wait_log("evaluated after paused=false", count=unpaused + 1)
+    assert list(etcd.tree("/services")) == [key]
+    assert etcd.v2(key)[0]["node"]["modifiedIndex"] == idx, etcd.v2(key)
+    assert "removed key=" + key not in r.output(), r.output()
     d.clean()
     wait_for(lambda: etcd.tree("/services") == {}, what="removed")
     r.stop()

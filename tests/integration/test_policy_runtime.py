@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
@@ -133,15 +131,24 @@ def dry_run_output_lines():
     reset()
     c = fake.add(ports=[("80/tcp", [("127.0.0.1", "32768")])])
     env = dict(os.environ, HOST_IP=IP)
+    errf = open(os.path.join(POL, "dry-run.err"), "w+")
     p = subprocess.Popen([REGISTER, "--dry-run", "--etcd", etcd.url, "--docker", fake.host],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+                         env=env, stdout=subprocess.PIPE, stderr=errf, text=True)
+    suite.defer(lambda: p.poll() is None and p.kill())
+    out = []
+    reader = threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)
+    reader.start()
+    # the put line says the container was seen; the delete line, the die
+    wait_for(lambda: len(out) >= 1, what="the dry run's put line")
     fake.die(c)
-    time.sleep(0.5)
+    wait_for(lambda: len(out) >= 2, what="the dry run's delete line")
     p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=10)
-    assert p.returncode == 0, err
-    lines = [json.loads(l) for l in out.splitlines()]
+    p.wait(10)
+    reader.join(10)
+    errf.seek(0)
+    assert p.returncode == 0, errf.read()
+    lines = [json.loads(l) for l in out]
+    assert len(lines) == 2, lines
     key = f"/registered/{IP}/bbx/{c}"
     assert lines[0]["op"] == "put" and lines[0]["key"] == key and lines[0]["container"] == c
     assert lines[0]["value"].startswith('[{"container":"%s"' % c)
@@ -359,20 +366,6 @@ class SlowWrites(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def v2_events_since(index, prefix):
-    """etcd v2 history after `index` below prefix, as a watcher sees it."""
-    evs = []
-    while True:
-        url = f"{etcd.url}/v2/keys{prefix}?wait=true&recursive=true&waitIndex={index + 1}"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as resp:
-                ev = json.loads(resp.read())
-        except Exception:
-            return evs  # nothing more: the watch would block
-        evs.append(ev)
-        index = ev["node"]["modifiedIndex"]
-
-
 MBB = '''return {
   prefix = function(h) return "/p/" .. h.ip end,
   records = function(c, h)
@@ -416,7 +409,7 @@ def reload_rekeying_is_make_before_break():
     r.wait_log("etcd refused the write", count=2)
     time.sleep(1.0)  # the refused ones keep their old key
     assert tree() == want, tree()
-    evs = v2_events_since(idx, "/p")
+    evs = etcd.events_since(idx, "/p")  # the whole history, or an error
     at = {}
     for e in evs:
         at.setdefault((e["action"], e["node"]["key"]), e["node"]["modifiedIndex"])

@@ -2,10 +2,13 @@
 and env, run through `register check` over variants of saved inspect
 documents; and the health-checks.lua example, whole and per port (this
 part needs the runtime's checks(): `register check --assume-checks
-passing|failing|pending`, or a state per check: `80/tcp=passing,...`)."""
+passing|failing|pending`, or a state per check: `80/tcp=passing,...`).
+REGISTER_TEST_EXAMPLES and REGISTER_TEST_EXAMPLES_LOG: as in
+test_examples.py (every_example_loads_and_is_tested)."""
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,10 +18,25 @@ from harness import REGISTER, Suite  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data", "inspect")
-EX = os.path.join(ROOT, "lua", "examples")
+EX = os.environ.get("REGISTER_TEST_EXAMPLES") or os.path.join(ROOT, "lua", "examples")
 IP = "10.0.0.9"
 suite = Suite()
 TMP = tempfile.mkdtemp(prefix="rpc")
+suite.defer(lambda: shutil.rmtree(TMP, ignore_errors=True))
+# copies of an example made here: {path: the example's file name}
+DERIVED = {}
+
+
+def ran_example(path):
+    """Notes that this test ran an example (see test_examples.py)."""
+    log = os.environ.get("REGISTER_TEST_EXAMPLES_LOG")
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(EX):
+        name = os.path.basename(path)
+    else:
+        name = DERIVED.get(path)
+    if log and name:
+        with open(log, "a") as f:
+            f.write(name + "\n")
 
 # records() returns what register.checks(c) made of the container, or the
 # error it raised
@@ -50,6 +68,7 @@ def doc(base="multi", labels=None, env=None, ports=None):
 def run(policy, d, *extra):
     p = os.path.join(TMP, f"doc{len(os.listdir(TMP))}.json")
     json.dump(d, open(p, "w"))
+    ran_example(policy)
     r = subprocess.run([REGISTER, "check", "--host-ip", IP, "--hostname", "node9", *extra, policy, p],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, (r.returncode, r.stderr)
@@ -175,6 +194,7 @@ def per_port_example():
     p = os.path.join(TMP, "health-checks-per-port.lua")
     with open(p, "w") as f:
         f.write(src.replace("\nlocal PER_PORT = false\n", "\nlocal PER_PORT = true\n"))
+    DERIVED[p] = "health-checks.lua"
     return p
 
 

@@ -1,23 +1,43 @@
 """Each example policy in lua/examples/, run through `register check` over
 saved `docker inspect` output (tests/data/inspect/), variants of it made
 here (labels, health, wildcard bindings, images), and the helpers of the
-`register` module."""
+`register` module.
+
+every_example_loads_and_is_tested runs the tests of this script and of
+test_checks.py (health-checks.lua), notes which examples each one runs
+(REGISTER_TEST_EXAMPLES_LOG), then runs them again on broken copies of
+each example (REGISTER_TEST_EXAMPLES names the directory of examples):
+every example must be run by a test, and each broken copy must make one
+of its tests fail."""
+import concurrent.futures
 import copy
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from harness import REGISTER, Suite  # noqa: E402
+from harness import REGISTER, Suite, log  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(ROOT, "tests", "data", "inspect")
-EX = os.path.join(ROOT, "lua", "examples")
+EX = os.environ.get("REGISTER_TEST_EXAMPLES") or os.path.join(ROOT, "lua", "examples")
+DEFAULT = os.path.join(ROOT, "lua", "default.lua")
 IP = "10.0.0.9"
 suite = Suite()
 TMP = tempfile.mkdtemp(prefix="rpx")
+suite.defer(lambda: shutil.rmtree(TMP, ignore_errors=True))
+
+
+def ran_example(path):
+    """Notes that this test ran the example at path (see the top)."""
+    used = os.environ.get("REGISTER_TEST_EXAMPLES_LOG")
+    if used and os.path.dirname(os.path.abspath(path)) == os.path.abspath(EX):
+        with open(used, "a") as f:
+            f.write(os.path.basename(path) + "\n")
 
 
 def sample(name):
@@ -53,8 +73,10 @@ def check(policy, *docs, expect_rc=0, host_ip=IP):
             p = os.path.join(TMP, f"doc{len(os.listdir(TMP))}-{i}.json")
             json.dump(d, open(p, "w"))
             files.append(p)
+    path = os.path.join(EX, policy)  # policy may be a path of its own (DEFAULT)
+    ran_example(path)
     r = subprocess.run([REGISTER, "check", "--host-ip", host_ip, "--hostname", "node9",
-                        os.path.join(EX, policy), *files], capture_output=True, text=True, timeout=30)
+                        path, *files], capture_output=True, text=True, timeout=30)
     assert r.returncode == expect_rc, (r.returncode, r.stderr)
     return [json.loads(l) for l in r.stdout.splitlines()]
 
@@ -70,13 +92,15 @@ def port(c, key, i=0):
 @suite.test
 def only_images():
     ns = sample("namespaced")
-    out = records(check("only-images.lua", "multi", "namespaced",
-                        variant("multi", image="nginx:1.25"), variant("multi", image="bitnami/elasticsearch:8")))
+    wanted = ("namespaced", variant("multi", image="nginx:1.25"), variant("multi", image="bitnami/elasticsearch:8"))
+    out = records(check("only-images.lua", "multi", *wanted))
     keys = sorted(out)
     assert len(keys) == 3, keys
     assert f"/registered/{IP}/localhost:5000::team::web:1.2/{ns['Id']}" in out
     assert any("/nginx:1.25/" in k for k in keys) and any("/bitnami::elasticsearch:8/" in k for k in keys)
     assert not any("/bbx/" in k for k in keys)  # not in the list: left out
+    # what it registers, it registers as the default policy does
+    assert out == records(check(DEFAULT, *wanted)), out
 
 
 @suite.test
@@ -257,10 +281,12 @@ def healthy_only():
     h = sample("health")
     assert h["State"]["Health"]["Status"] == "starting"
     assert records(check("healthy-only.lua", "health")) == {}
-    assert len(records(check("healthy-only.lua", variant("health", health="healthy")))) == 1
+    healthy = variant("health", health="healthy")
+    out = records(check("healthy-only.lua", healthy))
+    assert len(out) == 1 and out == records(check(DEFAULT, healthy)), out
     assert records(check("healthy-only.lua", variant("health", health="unhealthy"))) == {}
     # no healthcheck at all: registered as usual
-    assert len(records(check("healthy-only.lua", "multi"))) == 1
+    assert records(check("healthy-only.lua", "multi")) == records(check(DEFAULT, "multi"))
 
 
 @suite.test
@@ -268,6 +294,8 @@ def webhook_prints_its_calls_in_check():
     out = check("webhook.lua", "multi")
     assert len(out) == 2, out
     rec, http = out
+    # the default policy's record, and its POST
+    assert records([rec]) == records(check(DEFAULT, "multi")), rec
     assert http["op"] == "http" and http["method"] == "POST"
     assert http["url"] == "http://127.0.0.1:8080/hook"
     assert http["headers"] == ["Content-Type: application/json"]
@@ -418,16 +446,108 @@ def host_network_containers_get_the_host_address():
     assert records(check("host-network.lua", "multi")) == records(check("registrator.lua", "multi"))
 
 
+# Broken copies of an example (see every_example_loads_and_is_tested): the
+# example runs as it is, inside a function, and then one thing of the
+# policy table it returns is changed.
+WRAP = "local policy_ = (function()\n%s\nend)()\n%s\nreturn policy_\n"
+WRAPPED_RECORDS = """local register_ = require "register"
+local records_ = policy_.records
+policy_.records = function(c, host)
+  local out = records_(c, host)
+  if type(out) ~= "table" then return out end
+  local keys = {}
+  for k in pairs(out) do keys[#keys + 1] = k end
+  table.sort(keys)
+  %s
+  return out
+end"""
+MUTANTS = [
+    ("registers nothing", "policy_.records = function() return nil end"),
+    ("a value changed", WRAPPED_RECORDS % """for _, k in ipairs(keys) do
+    local v = out[k]
+    out[k] = (type(v) == "string" and v or register_.json.encode(v)) .. " "
+  end"""),
+    ("one record more", WRAPPED_RECORDS % 'if keys[1] then out[keys[1] .. "-mutant"] = out[keys[1]] end'),
+    ("one record fewer", WRAPPED_RECORDS % "if keys[1] then out[keys[#keys]] = nil end"),
+]
+# hooks that `register check` runs: checks() (with --assume-checks) and
+# changed() (its HTTP requests are printed); an example that has one must
+# have a test that sees it go.  (event() is not run there.)
+HOOKS = ("checks", "changed")
+OTHER_SCRIPTS = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_checks.py")]
+
+
+def mutants(src):
+    out = [(what, WRAP % (src, lua)) for what, lua in MUTANTS]
+    for hook in HOOKS:
+        if re.search(r"function\s+policy\.%s\b|\bpolicy\.%s\s*=|[{,]\s*%s\s*=" % (hook, hook, hook), src):
+            out.append((f"no {hook} hook", WRAP % (src, f"policy_.{hook} = nil")))
+    return out
+
+
+def run_test(script, name, examples, used=None):
+    """Runs one test of a script on the examples in a directory; used: a
+    file where it notes the examples it runs."""
+    env = dict(os.environ, REGISTER_TEST_EXAMPLES=examples)
+    env.pop("REGISTER_TEST_EXAMPLES_LOG", None)
+    if used:
+        env["REGISTER_TEST_EXAMPLES_LOG"] = used
+    return subprocess.run([sys.executable, script, name], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
 @suite.test
 def every_example_loads_and_is_tested():
     names = sorted(f for f in os.listdir(EX) if f.endswith(".lua"))
     assert len(names) >= 7, names
-    # an example's test is here, or in test_checks.py (health-checks.lua)
-    src = open(__file__).read() + open(os.path.join(os.path.dirname(__file__), "test_checks.py")).read()
     for n in names:
-        assert f'"{n}"' in src, f"example {n} has no test here"
         r = subprocess.run([REGISTER, "check", os.path.join(EX, n)], capture_output=True, text=True)
         assert r.returncode == 0, (n, r.stderr)
+    # every test of this script and of test_checks.py, once on the examples
+    # as they are, noting which examples each runs
+    me = os.path.abspath(__file__)
+    tests = []
+    for script in [me] + OTHER_SCRIPTS:
+        r = subprocess.run([sys.executable, script, "--list"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.split(), (script, r.returncode, r.stderr)
+        tests += [(script, t) for t in r.stdout.split() if (script, t) != (me, "every_example_loads_and_is_tested")]
+    workers = min(8, os.cpu_count() or 2)
+
+    def baseline(st):
+        ran = os.path.join(TMP, "ran-%s-%s" % (os.path.basename(st[0]), st[1]))
+        open(ran, "w").close()
+        r = run_test(*st, EX, ran)
+        return st, r, set(open(ran).read().split())
+
+    used = {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for (script, t), r, ran in pool.map(baseline, tests):
+            assert r.returncode == 0, f"{os.path.basename(script)} {t} fails on the examples as they are " \
+                                      f"(rc {r.returncode}):\n{r.stderr[-3000:]}"
+            for n in ran:
+                used.setdefault(n, []).append((script, t))
+    untested = [n for n in names if n not in used]
+    assert not untested, f"no test runs {untested}"
+    log("examples and the tests that run them:\n  " +
+        "\n  ".join("%s: %s" % (n, ", ".join(t for _, t in used[n])) for n in names))
+
+    # then each broken copy of an example: one of its tests must fail
+    def survives(job):
+        n, what, src = job
+        d = os.path.join(TMP, "ex-%s-%s" % (n, what.replace(" ", "-")))
+        shutil.copytree(EX, d)
+        with open(os.path.join(d, n), "w") as f:
+            f.write(src)
+        for script, t in used[n]:
+            if run_test(script, t, d).returncode != 0:
+                return None
+        return f"{n} {what}: {', '.join(t for _, t in used[n])} still pass"
+
+    jobs = [(n, what, src) for n in names for what, src in mutants(open(os.path.join(EX, n)).read())]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        survivors = [s for s in pool.map(survives, jobs) if s]
+    log(f"{len(jobs) - len(survivors)} of {len(jobs)} broken examples caught")
+    assert not survivors, "broken examples that no test notices:\n  " + "\n  ".join(survivors)
 
 
 suite.run()
