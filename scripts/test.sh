@@ -36,13 +36,13 @@ run_ctest() {
 }
 
 echo "== build" >&2
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DREGISTER_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
 echo "== tests" >&2
 (cd build && run_ctest --output-on-failure -j"$jobs" "$@")
 
 echo "== build with ASan + UBSan" >&2
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DREGISTER_ASAN=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DREGISTER_ASAN=ON -DREGISTER_WERROR=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 echo "== tests under ASan + UBSan" >&2
 (cd build-asan &&
@@ -51,7 +51,7 @@ echo "== tests under ASan + UBSan" >&2
   run_ctest --output-on-failure -j"$jobs" "$@")
 if [ $# -eq 0 ]; then
   echo "== fuzz targets (clang, libFuzzer)" >&2
-  cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DREGISTER_FUZZ=ON \
+  cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DREGISTER_FUZZ=ON -DREGISTER_WERROR=ON \
     -DREGISTER_FUZZ_SECONDS="${REGISTER_FUZZ_SECONDS:-30}" >/dev/null
   cmake --build build-fuzz -j"$jobs"
   (cd build-fuzz && run_ctest --output-on-failure -L fuzz)

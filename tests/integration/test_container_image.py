@@ -14,6 +14,13 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import REGISTER, SRC, Dockerd, Etcd, Suite, log, sh, tmpdir, wait_for  # noqa: E402
 
+
+def project_version():
+    """project(register VERSION x.y.z) in CMakeLists.txt: what --version says."""
+    import re
+    with open(os.path.join(SRC, "CMakeLists.txt")) as f:
+        return re.search(r"project\(register VERSION ([0-9.]+)", f.read()).group(1)
+
 ROOTFS = os.environ.get("REGISTER_ROOTFS_TAR", "/var/tmp/register-test-bookworm-rootfs.tar")
 BASE = "register-test-base:bookworm"
 IP = "10.0.7.7"
@@ -74,7 +81,7 @@ def image_builds_runs_and_registers():
     shutil.copytree(os.path.join(SRC, "lua"), os.path.join(ctx, "lua"))
     shutil.copy(os.path.join(SRC, "Dockerfile"), ctx)
     d.docker("build", "-q", "--build-arg", f"BASE={BASE}", "-t", "register:test", ctx, timeout=600)
-    assert d.docker("run", "--rm", "register:test", "--version") == "register 0.1.0"
+    assert d.docker("run", "--rm", "register:test", "--version") == "register " + project_version()
     cid = d.run("-p", "127.0.0.1::80")
     reg = d.docker("run", "-d", "--name", "register-under-test", "--net", "host",
                    "-v", f"{d.sock}:/var/run/docker.sock",

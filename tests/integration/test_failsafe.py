@@ -154,23 +154,8 @@ def settled(r, port, containers):
     time.sleep(3)
 
 
-def events_since(index, prefix):
-    """etcd's v2 history after `index` below prefix: what a watcher of the
-    prefix saw."""
-    evs = []
-    while True:
-        url = f"{etcd.url}/v2/keys{prefix}?wait=true&recursive=true&waitIndex={index + 1}"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as resp:
-                ev = json.loads(resp.read())
-        except Exception:
-            return evs  # nothing more: the watch would block
-        evs.append(ev)
-        index = ev["node"]["modifiedIndex"]
-
-
 def deletes_since(index, prefix):
-    return [(e["action"], e["node"]["key"]) for e in events_since(index, prefix)
+    return [(e["action"], e["node"]["key"]) for e in etcd.events_since(index, prefix)
             if e["action"] in ("delete", "compareAndDelete", "expire")]
 
 
