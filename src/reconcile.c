@@ -1093,9 +1093,11 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",
                  res->error, NULL);
     }
-    /* etcd may have applied it before the answer was lost (a timeout
-     * after the commit): what it holds is unknown until it answers */
-    k->have_known = 0;
+    /* etcd may have applied a put or delete before the answer was lost (a
+     * timeout after the commit): what it holds is unknown until it answers.
+     * A refresh changes no value either way (it is tried again: refresh_due
+     * stays), so a v2 outage does not turn every refresh into a put. */
+    if (act == ACT_PUT || act == ACT_DELETE) k->have_known = 0;
     k->lease_stale = k->list_stale = 0;
     backoff(r, waited_ms(r, k));
     rkey_touch(r, k);

@@ -106,9 +106,9 @@ class Dockerd:
         r = subprocess.run(["ip", "-4", "addr", "show", "docker0"], capture_output=True, text=True)
         if r.returncode == 0 and self.BIP.split("/")[0] not in r.stdout:
             subprocess.run(["ip", "link", "del", "docker0"], capture_output=True)
-            r = subprocess.run(["true"])
-        # the bridge our dockerd makes goes with it (cleanup)
-        self.made_bridge = "docker0" if r.returncode != 0 else None
+        # docker0 with our address is the tests' (their own subnet): it goes
+        # with the daemon (cleanup), whichever test's daemon made it
+        self.made_bridge = "docker0"
         return ["--bip", self.BIP]
 
     def start(self, timeout=60):
@@ -205,6 +205,16 @@ class Dockerd:
         self.stop()
         # dockerd -9 leaves its containerd behind: stop ours
         subprocess.run(["pkill", "-f", "containerd.*" + self.dir], capture_output=True)
+        # a daemon killed with -9 leaves its network namespaces mounted in
+        # its exec root: unmount them, or the directory stays
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f]
+        for m in sorted((m for m in mounts if m.startswith(self.dir + "/")), reverse=True):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        # dockerd makes its data root a mount of its own: it goes too (the
+        # files stay, for the next test's images)
+        if self.data_root in mounts:
+            subprocess.run(["umount", "-l", self.data_root], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
         # a test leaves no bridge behind: the one made for this daemon goes
         if getattr(self, "made_bridge", None):
@@ -227,10 +237,9 @@ class Dockerd26(Dockerd):
 
     def network_args(self):
         r = subprocess.run(["ip", "-4", "addr", "show", self.BRIDGE], capture_output=True, text=True)
-        self.made_bridge = None
+        self.made_bridge = self.BRIDGE  # the tests' own bridge: it goes at cleanup
         if r.returncode != 0:
             sh("ip", "link", "add", self.BRIDGE, "type", "bridge")
-            self.made_bridge = self.BRIDGE
         if self.BRIDGE_ADDR.split("/")[0] not in r.stdout:
             sh("ip", "addr", "add", self.BRIDGE_ADDR, "dev", self.BRIDGE)
         sh("ip", "link", "set", self.BRIDGE, "up")
