@@ -25,9 +25,12 @@ static void on_converged(void *ud) {
 static int run_until(int (*pred)(void));
 static int is_converged(void);
 
-static reconcile_t *start(void) {
+/* A reconciler owning /p whose listing is open, the double holding keys[]. */
+static reconcile_t *start_with(const char *const *keys, size_t n) {
   dbl_reset();
   converged = 0;
+  for (size_t i = 0; i < n; i++)
+    store_put(keys[i]);
   uv_loop_init(&loop);
   reconcile_opts_t o = {0};
   o.loop = &loop;
@@ -36,6 +39,11 @@ static reconcile_t *start(void) {
   o.converged = on_converged;
   reconcile_t *r = reconcile_new(&o);
   reconcile_start(r);
+  return r;
+}
+
+static reconcile_t *start(void) {
+  reconcile_t *r = start_with(NULL, 0);
   etcd_op_t *l = open_op("list");
   ASSERT(l);
   op_end(l, ETCD_OK); /* nothing under /p */
@@ -156,24 +164,6 @@ static int txn_open_for_key(void) {
     if (strcmp(op->keys[j], want_key) == 0) return 1;
   op_end(op, ETCD_OK);
   return 0;
-}
-
-/* Lists /p holding the given keys; the container ID2 ("web2") failed its
- * evaluation before the listing ended. */
-static reconcile_t *start_with(const char *const *keys, size_t n) {
-  dbl_reset();
-  converged = 0;
-  for (size_t i = 0; i < n; i++)
-    store_put(keys[i]);
-  uv_loop_init(&loop);
-  reconcile_opts_t o = {0};
-  o.loop = &loop;
-  o.etcd = &fake_etcd;
-  o.prefix = "/p";
-  o.converged = on_converged;
-  reconcile_t *r = reconcile_new(&o);
-  reconcile_start(r);
-  return r;
 }
 
 TEST(failed_container_keeps_the_keys_that_name_it) {
