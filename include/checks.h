@@ -157,6 +157,8 @@ int checks_get(const checks_t *ck, const char *id, size_t i,
  * else 0. */
 int checks_healthy(const checks_t *ck, const char *id);
 const char *checks_state_name(checks_state_t s);
+/* "N/tcp" with N in 1..65535: N, or -1. */
+int checks_port_number(const char *port);
 
 void checks_stats(const checks_t *ck, checks_stats_t *out);
 /* Appends the Prometheus text of the statistics (register_checks,

@@ -68,5 +68,9 @@ int json_is(const json_value_t *v, json_type_t t);
 /* Appends `s` as a quoted JSON string: `"` `\` and control characters are
  * escaped (\b \f \n \r \t, else \u00xx); `/` and non-ASCII pass as is. */
 void json_escape(buf_t *out, const char *s, size_t n);
+/* Appends v as JSON text that json_parse() reads back as the same value
+ * (member order kept; integers exact, other numbers to 17 digits).  The
+ * recursion is bounded by JSON_MAX_DEPTH, as the parser's. */
+void json_write(buf_t *out, const json_value_t *v);
 
 #endif

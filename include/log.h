@@ -14,6 +14,13 @@ int log_level_parse(const char *s, log_level_t *out);
 int log_format_parse(const char *s, log_format_t *out);
 void log_setup(log_level_t level, log_format_t format);
 int log_enabled(log_level_t level);
+/* Where lines go instead of stderr: fn gets the level, the fields
+ * (name/value pairs, NULL-terminated, values may be NULL) and the message,
+ * all valid during the call.  The policy worker sends its lines to the
+ * daemon this way.  NULL: stderr again.  Process-wide, like the level. */
+typedef void (*log_sink_fn)(log_level_t level, const char *const *fields,
+                            const char *msg);
+void log_set_sink(log_sink_fn fn);
 
 /* fields: NULL, or NULL-terminated name/value pairs; a NULL value skips the
  * pair.  The message is printf-formatted. */

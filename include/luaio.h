@@ -3,24 +3,26 @@
  * (register.etcd.get, register.etcd.list).
  *
  * A call suspends the hook's coroutine (lua_yield) and the loop goes on;
- * when the answer is in, the owner's resume function gets a function that
+ * when the backend's answer is in (luaio_answer()), the owner's resume
+ * function gets a function that
  * builds the results (the owner runs it on the main thread inside a
  * protected call: results allocate, and the memory cap may be reached),
  * then resumes the coroutine with them.  Nothing is ever pushed on a
  * coroutine unprotected.  A call from anywhere else (from records(), or a
  * coroutine the script made itself) is refused with a clear error, so
- * records() stays pure.  With print_only (--dry-run, `check`), HTTP
- * requests are printed as JSON lines on stdout instead of being sent.
+ * records() stays pure.  With a print function (--dry-run, `check`), HTTP
+ * requests are printed as JSON lines instead of being sent.
  *
- * Knows nothing of the reconciler's state. */
+ * The I/O itself is the backend's: in the policy worker, a request to the
+ * daemon, which does it (hookio.c) and sends the answer back.  Knows
+ * nothing of HTTP, etcd or the reconciler. */
 #ifndef REGISTER_LUAIO_H
 #define REGISTER_LUAIO_H
 
 #include <lua.h>
 #include <stddef.h>
 
-#include "etcd.h"
-#include "http.h"
+#include "iocall.h"
 
 typedef struct luaio luaio_t;
 /* Per Lua state: lives in the state's registry (Lua owns it). */
@@ -33,8 +35,25 @@ typedef int (*luaio_push_fn)(lua_State *L, void *data);
 typedef void (*luaio_resume_fn)(void *ud, lua_State *co, luaio_push_fn push,
                                 void *data);
 
-/* http and etcd may be NULL (no etcd under --dry-run; nothing in check). */
-luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only);
+/* Who does the I/O.  Every member may be 0/NULL. */
+typedef struct {
+  /* Starts request id (a new number each time).  It never completes
+   * inside this call: luaio_answer() comes later.  0, or -1 with a
+   * reason (the script gets nil, reason). */
+  int (*start)(void *ud, uint64_t id, const iocall_t *call, char *why,
+               size_t whylen);
+  void (*cancel)(void *ud, uint64_t id); /* no answer is wanted any more */
+  /* set: HTTP requests are printed (line, with its newline), not sent */
+  void (*print)(void *ud, const char *line, size_t len);
+  int has_http, has_etcd; /* 0: "no HTTP client here", "etcd is not ..." */
+  void *ud;
+} luaio_backend_t;
+
+/* b NULL: no I/O at all. */
+luaio_t *luaio_new(const luaio_backend_t *b);
+/* The answer to request id (ignored when it is no longer waited for):
+ * resumes the coroutine that made it. */
+void luaio_answer(luaio_t *io, uint64_t id, const iocall_answer_t *a);
 /* Drops every outstanding request; no coroutine is resumed. */
 void luaio_free(luaio_t *io);
 

@@ -34,6 +34,7 @@ typedef enum {
   POLICY_ERR_TIMEOUT, /* wall-clock limit exceeded */
   POLICY_ERR_MEMORY,  /* memory cap reached */
   POLICY_ERR_SANDBOX, /* a forbidden function was called */
+  POLICY_ERR_CRASH,   /* the policy worker died (a signal, an exit) */
   POLICY_ERR_REASONS
 } policy_reason_t;
 
@@ -80,8 +81,6 @@ void policy_free(policy_t *p);
 /* The owned prefix ("/registered/10.0.0.1"), or NULL without prefix(). */
 const char *policy_prefix(const policy_t *p);
 const char *policy_name(const policy_t *p);
-/* The SHA-256 (hex) of the policy's source as loaded, or "". */
-const char *policy_sha256(const policy_t *p);
 
 /* The state of a container's checks, as records() sees it in
  * container.checks (and container.healthy: every check passing). */
@@ -116,13 +115,6 @@ int policy_has_checks(const policy_t *p);
 int policy_checks(policy_t *p, const json_value_t *inspect,
                   policy_checks_t *out, char *err, size_t errlen);
 void policy_checks_free(policy_checks_t *pc);
-/* The view of container id's checks in ck (NULL: none), in buf (cap
- * entries; POLICY_MAX_CHECKS is enough).  Its strings are ck's: use it at
- * once. */
-void policy_check_view(const checks_t *ck, const char *id,
-                       policy_check_state_t *buf, size_t cap,
-                       policy_check_view_t *view);
-
 /* Runs records() for one inspect document.  0: out holds the valid records
  * (invalid ones are logged, named by container and key, and skipped).
  * -1: the call failed as a whole (err says why); out is empty. */
@@ -148,6 +140,12 @@ int policy_has_hook(const policy_t *p, const char *name);
 void policy_hook_event(policy_t *p, const policy_event_t *ev);
 void policy_hook_changed(policy_t *p, const char *op, const char *key,
                          const char *value, size_t vlen);
+/* Hook calls alive (running or waiting for I/O). */
+size_t policy_hooks_alive(const policy_t *p);
+/* Ends the hook calls that have run (waiting included) past
+ * hook_limit_ms; a policy with a loop does it from its own timer, the
+ * policy worker when the daemon's tick comes. */
+void policy_hooks_sweep(policy_t *p);
 /* A full garbage collection (when idle, before returning memory). */
 void policy_gc(policy_t *p);
 /* Hook calls dropped because too many were alive, and failed calls of

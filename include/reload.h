@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #include "docker.h"
-#include "policy.h"
+#include "worker.h"
 #include "reconcile.h"
 
 typedef struct reload reload_t;
@@ -21,7 +21,7 @@ typedef struct reload reload_t;
 /* A reload succeeded: put `fresh` in force and return the policy it
  * replaces (the reload frees it).  Called before the reconciler gets the
  * new records. */
-typedef policy_t *(*reload_commit_cb)(void *ud, policy_t *fresh);
+typedef worker_t *(*reload_commit_cb)(void *ud, worker_t *fresh);
 
 /* checks: the containers' health checks, whose states records() sees
  * (may be NULL); not owned. */
@@ -35,7 +35,7 @@ void reload_free(reload_t *r);
  * already running: nothing either).  Every outcome is logged.  po's
  * strings must outlive the reload, current must stay in force until it
  * ends (only this reload's commit replaces it). */
-void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
+void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
                 docker_t *docker, reconcile_t *rec);
 /* An event touched this container: while a reload runs, the old policy
  * has run on it, so it is inspected again after a commit. */

@@ -26,5 +26,13 @@
  * whenever a script calls a forbidden function; it must outlive L.  Raises
  * on failure (run it inside a protected call). */
 void sandbox_open(lua_State *L, const char *dir, int *hit);
+/* Where `require` reads DIR/a/b.lua from, process-wide: fn gets the path
+ * under DIR ("a/b.lua") and returns the text (n bytes, valid until L's
+ * next allocation; it may anchor it on L's stack) or NULL when there is no
+ * such module.  NULL (the default): the file system.  The policy worker
+ * cannot open files; the daemon reads them for it. */
+typedef const char *(*sandbox_reader_fn)(lua_State *L, const char *rel,
+                                         size_t *n);
+void sandbox_set_reader(sandbox_reader_fn fn);
 
 #endif

@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="build-essential cmake pkg-config clang libclang-rt-14-dev clang-format valgrind
-liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev libssl-dev
+liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev libssl-dev libseccomp-dev
 etcd-server etcd-client docker.io busybox-static
 python3 curl iproute2 procps openssl ca-certificates
 dpkg-dev file debootstrap lintian prometheus

@@ -7,17 +7,17 @@
 #include "http.h"
 #include "log.h"
 #include "health.h"
+#include "hookio.h"
 #include "httpd.h"
 #include "json.h"
-#include "luaio.h"
 #include "map.h"
 #include "metrics.h"
 #include "notify.h"
-#include "policy.h"
 #include "reconcile.h"
 #include "reload.h"
 #include "trace.h"
 #include "util.h"
+#include "worker.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -44,8 +44,8 @@ typedef struct {
   http_t *dhttp; /* Docker's list and inspects */
   http_t *shttp; /* Docker's event stream, alone so dhttp can be trimmed */
   etcd_t *etcd;
-  luaio_t *io;
-  policy_t *policy;
+  hookio_t *io; /* the hooks' I/O, for the policy worker */
+  worker_t *policy;
   checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
   docker_t *docker;
@@ -54,6 +54,7 @@ typedef struct {
   httpd_t *httpd;
   health_t *health;      /* the answers httpd gives */
   policy_stats_t pstats; /* kept over reloads */
+  worker_stats_t wstats; /* policy worker processes, kept over reloads */
   uint64_t policy_rejected;
   /* the running containers whose last policy call failed or rejected a
    * record: id -> "name (reason)" (both strings owned here); they keep
@@ -139,19 +140,19 @@ static void failed_names(const app_t *a, char *out, size_t n, size_t max) {
 static void update_checks(app_t *a, const char *id, const char *name,
                           const json_value_t *inspect) {
   char err[600];
-  if (!policy_has_checks(a->policy)) {
+  if (!worker_has_checks(a->policy)) {
     checks_remove(a->checks, id);
     return;
   }
   policy_checks_t pc;
-  if (policy_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
+  if (worker_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
     log_fields(LOG_ERROR, err, "container", id, "name", name, "reason",
-               policy_reason_name(policy_last_reason(a->policy)), NULL);
+               policy_reason_name(worker_last_reason(a->policy)), NULL);
     return;
   }
   if (checks_set(a->checks, id, inspect, pc.v, pc.n, err, sizeof err) < 0)
     log_fields(LOG_ERROR, "checks() returned a check that cannot run",
-               "container", id, "name", name, "policy", policy_name(a->policy),
+               "container", id, "name", name, "policy", worker_name(a->policy),
                "error", err, NULL);
   policy_checks_free(&pc);
 }
@@ -164,20 +165,20 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   update_checks(a, id, name, inspect);
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
-  policy_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
+  worker_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
   int rc =
-      policy_records_checked(a->policy, inspect, &view, &recs, err, sizeof err);
+      worker_records_checked(a->policy, inspect, &view, &recs, err, sizeof err);
   if (rc == 0) a->policy_rejected += recs.rejected;
   if (rc < 0 || recs.rejected) {
     /* keep whatever this container had: only a successful evaluation
      * deletes (a rejected record fails the whole evaluation) */
     const char *reason =
-        rc < 0 ? policy_reason_name(policy_last_reason(a->policy)) : "rejected";
+        rc < 0 ? policy_reason_name(worker_last_reason(a->policy)) : "rejected";
     if (rc == 0) {
       snprintf(err, sizeof err,
                "policy %s: %zu record%s rejected; the container keeps the "
                "keys it had",
-               policy_name(a->policy), recs.rejected,
+               worker_name(a->policy), recs.rejected,
                recs.rejected == 1 ? "" : "s");
       records_free(&recs);
     }
@@ -206,7 +207,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   records_t claims;
   if (!pending) {
     reconcile_set(a->rec, id, container_image(inspect), name, &recs);
-  } else if (policy_records_checked(a->policy, inspect, &passing, &claims, err,
+  } else if (worker_records_checked(a->policy, inspect, &passing, &claims, err,
                                     sizeof err) == 0) {
     reconcile_keep(a->rec, id, container_image(inspect), name, &recs, &claims);
     records_free(&claims);
@@ -235,13 +236,13 @@ static void on_event(void *ud, const docker_event_t *ev) {
                        (long long)ev->time,
                        (long long)ev->time_nano,
                        ev->health_status};
-  policy_hook_event(a->policy, &pe);
+  worker_hook_event(a->policy, &pe);
 }
 
 static void on_changed(void *ud, const char *op, const char *key,
                        const char *value, size_t vlen) {
   app_t *a = ud;
-  policy_hook_changed(a->policy, op, key, value, vlen);
+  worker_hook_changed(a->policy, op, key, value, vlen);
 }
 
 /* A check passed or failed (after rise/fall): records() runs again for
@@ -356,7 +357,7 @@ static void trim_cb(uv_timer_t *t) {
   if (!a->rec || !reconcile_converged(a->rec)) return;
   if (a->http) http_trim(a->http);
   if (a->dhttp) http_trim(a->dhttp); /* no-op while inspects run */
-  if (a->policy) policy_gc(a->policy);
+  if (a->policy) worker_gc(a->policy);
 #ifdef __GLIBC__
   malloc_trim(0);
 #endif
@@ -387,15 +388,15 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   failed_names(a, example, sizeof example, 1);
   in->failed_example = example;
   in->policy_sha256 =
-      a->policy && *policy_sha256(a->policy) ? policy_sha256(a->policy) : NULL;
+      a->policy && *worker_sha256(a->policy) ? worker_sha256(a->policy) : NULL;
 }
 
 /* ---- timers and signals ---- */
 
 /* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
-static policy_t *reload_commit(void *ud, policy_t *fresh) {
+static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
-  policy_t *old = a->policy;
+  worker_t *old = a->policy;
   a->policy = fresh;
   /* the containers that failed under the old policy are evaluated again
    * under the new one (it may be the fix) */
@@ -407,18 +408,37 @@ static policy_t *reload_commit(void *ud, policy_t *fresh) {
   return old;
 }
 
+/* A policy worker that kept dying may be tried again: the containers that
+ * failed meanwhile are evaluated again. */
+static void on_worker_restart(void *ud) {
+  app_t *a = ud;
+  map_iter_t it;
+  const char *id;
+  if (a->stopping) return;
+  map_iter_init(&it, a->failed);
+  while (map_iter_next(&it, &id, NULL))
+    if (a->docker) docker_refresh(a->docker, id);
+}
+
 /* The options every policy of this daemon is made with. */
-static policy_opts_t policy_opts(app_t *a) {
+static worker_opts_t policy_opts(app_t *a) {
   const config_t *cfg = a->cfg;
-  policy_opts_t po = {0};
+  worker_opts_t po = {0};
   po.file = cfg->policy_file;
   po.host_ip = cfg->host_ip;
   po.hostname = cfg->hostname;
   po.io = a->io;
+  po.has_etcd = a->etcd != NULL;
+  po.print_only = cfg->dry_run;
   po.time_limit_ms = (uint64_t)cfg->policy_timeout_ms;
   po.hook_limit_ms = (uint64_t)cfg->hook_timeout * 1000;
   po.loop = &a->loop;
   po.stats = &a->pstats;
+  po.wstats = &a->wstats;
+  po.env = NULL; // TODO(merge limits): cfg->policy_env
+  po.log_level = cfg->log_level;
+  po.on_restart = on_worker_restart;
+  po.ud = a;
   return po;
 }
 
@@ -457,8 +477,8 @@ static void free_modules(app_t *a) {
   DROP(reconcile_free, rec);
   DROP(reload_free, reload);
   DROP(checks_free, checks); /* before http: it cancels requests there */
-  DROP(policy_free, policy); /* cancels its hooks' I/O */
-  DROP(luaio_free, io);      /* before etcd and http: it holds their requests */
+  DROP(worker_free, policy); /* cancels its hooks' I/O */
+  DROP(hookio_free, io);     /* before etcd and http: it holds their requests */
   DROP(etcd_free, etcd);
   DROP(http_free, http);
   DROP(http_free, dhttp);
@@ -505,7 +525,7 @@ static void signal_cb(uv_signal_t *s, int signum) {
       log_warn("SIGHUP while shutting down: no reload");
       return;
     }
-    policy_opts_t po = policy_opts(a);
+    worker_opts_t po = policy_opts(a);
     reload_run(a->reload, &po, a->policy, a->docker, a->rec);
     return;
   }
@@ -585,15 +605,15 @@ int app_run(const config_t *cfg) {
     eo.ud = a;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
-  a->io = luaio_new(a->http, a->etcd, cfg->dry_run);
+  a->io = hookio_new(&a->loop, a->http, a->etcd);
   checks_opts_t co = {0};
   co.loop = &a->loop;
   co.http = a->http;
   co.on_transition = on_check_transition;
   co.ud = a;
   a->checks = checks_new(&co);
-  policy_opts_t po = policy_opts(a);
-  a->policy = policy_new(&po, err, sizeof err);
+  worker_opts_t po = policy_opts(a);
+  a->policy = worker_new(&po, err, sizeof err);
   if (!a->policy) {
     log_error("%s", err);
     goto out;
@@ -601,7 +621,7 @@ int app_run(const config_t *cfg) {
   reconcile_opts_t ro = {0};
   ro.loop = &a->loop;
   ro.etcd = a->etcd;
-  ro.prefix = policy_prefix(a->policy);
+  ro.prefix = worker_prefix(a->policy);
   ro.ttl = cfg->ttl;
   ro.dry_run = cfg->dry_run;
   ro.converged = on_converged;
@@ -656,16 +676,16 @@ int app_run(const config_t *cfg) {
 
   log_info("register %s: host %s, policy %s, prefix %s, etcd %s (%s), "
            "docker %s%s",
-           REGISTER_VERSION, cfg->host_ip, policy_name(a->policy),
-           policy_prefix(a->policy) ? policy_prefix(a->policy) : "(none)",
+           REGISTER_VERSION, cfg->host_ip, worker_name(a->policy),
+           worker_prefix(a->policy) ? worker_prefix(a->policy) : "(none)",
            cfg->dry_run ? "-" : cfg->etcd[0],
            cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2", cfg->docker_url,
            cfg->dry_run ? ", dry run" : "");
-  if (!policy_prefix(a->policy) && cfg->ttl == 0 && !cfg->dry_run)
+  if (!worker_prefix(a->policy) && cfg->ttl == 0 && !cfg->dry_run)
     log_warn("policy %s has no prefix() and --ttl is 0: the keys of "
              "containers that go while register is not running stay in etcd "
              "for good; give the policy a prefix() or set --ttl",
-             policy_name(a->policy));
+             worker_name(a->policy));
   reconcile_start(a->rec);
   docker_start(a->docker);
 
@@ -678,7 +698,7 @@ out:
     uv_run(&a->loop, UV_RUN_DEFAULT);
   }
   if (uv_loop_close(&a->loop) != 0) log_warn("libuv loop still has handles");
-  policy_free(a->policy);
+  worker_free(a->policy);
   free_containers(a);
   free(a);
   return rc;

@@ -4,8 +4,8 @@
 #include "config.h"
 #include "docker.h"
 #include "json.h"
-#include "luaio.h"
-#include "policy.h"
+#include "worker.h"
+#include "log.h"
 #include "util.h"
 
 #include <curl/curl.h>
@@ -465,14 +465,14 @@ typedef struct {
 
 /* The checks the policy asks for, in the assumed states (check cannot
  * reach containers), pointing into pc.  -1 when checks() fails. */
-static int assumed_checks(policy_t *p, const char *label,
+static int assumed_checks(worker_t *p, const char *label,
                           const json_value_t *doc, assume_t *assume,
                           policy_checks_t *pc, policy_check_state_t *states,
                           policy_check_view_t *view) {
   char err[600];
   view->v = states;
   view->n = 0;
-  if (policy_checks(p, doc, pc, err, sizeof err) < 0) {
+  if (worker_checks(p, doc, pc, err, sizeof err) < 0) {
     fprintf(stderr, "register: %s: %s\n", label, err);
     return -1;
   }
@@ -486,7 +486,7 @@ static int assumed_checks(policy_t *p, const char *label,
   return 0;
 }
 
-static int check_one(policy_t *p, const char *label, const json_value_t *doc,
+static int check_one(worker_t *p, const char *label, const json_value_t *doc,
                      assume_t *assume, tally_t *t) {
   records_t recs;
   char err[600];
@@ -494,17 +494,17 @@ static int check_one(policy_t *p, const char *label, const json_value_t *doc,
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   policy_checks_t pc;
-  unsigned long errors = policy_errors(p);
+  unsigned long errors = worker_errors(p);
   t->containers++;
   if (assumed_checks(p, label, doc, assume, &pc, states, &view) < 0) {
     t->failed++;
     return -1;
   }
-  int rc = policy_records_checked(p, doc, &view, &recs, err, sizeof err);
+  int rc = worker_records_checked(p, doc, &view, &recs, err, sizeof err);
   policy_checks_free(&pc);
   if (rc < 0) {
     fprintf(stderr, "register: %s: %s\n", label, err);
-    if (*policy_traceback(p)) fprintf(stderr, "%s\n", policy_traceback(p));
+    if (*worker_traceback(p)) fprintf(stderr, "%s\n", worker_traceback(p));
     t->failed++;
     return -1;
   }
@@ -524,11 +524,11 @@ static int check_one(policy_t *p, const char *label, const json_value_t *doc,
   buf_free(&b);
   /* what a changed hook would do for these writes (HTTP is printed) */
   for (size_t i = 0; i < recs.n; i++)
-    policy_hook_changed(p, "put", recs.v[i].key, recs.v[i].value,
+    worker_hook_changed(p, "put", recs.v[i].key, recs.v[i].value,
                         recs.v[i].value_len);
   t->records += recs.n;
   t->rejected += recs.rejected;
-  int failed = policy_errors(p) != errors; /* a hook failed */
+  int failed = worker_errors(p) != errors; /* a hook failed */
   if (failed) t->failed++;
   int rejected = recs.rejected > 0;
   records_free(&recs);
@@ -536,7 +536,7 @@ static int check_one(policy_t *p, const char *label, const json_value_t *doc,
 }
 
 /* Every document in a parsed input: an array of them, or one. */
-static int check_doc(policy_t *p, const char *label, const json_doc_t *doc,
+static int check_doc(worker_t *p, const char *label, const json_doc_t *doc,
                      assume_t *assume, tally_t *t) {
   int rc = 0;
   const json_value_t *root = json_root(doc);
@@ -670,7 +670,7 @@ static int parse_args(int argc, char **argv, check_opts_t *o) {
 }
 
 /* The saved documents: files, or - for stdin.  0, or -1 when one failed. */
-static int check_files(policy_t *p, char **files, int n, assume_t *assume,
+static int check_files(worker_t *p, char **files, int n, assume_t *assume,
                        tally_t *t) {
   char err[600];
   int rc = 0;
@@ -697,7 +697,7 @@ static int check_files(policy_t *p, char **files, int n, assume_t *assume,
 
 /* --container: each inspected on the engine, in order.  0, or -1 when
  * one failed (an engine that does not answer is said once). */
-static int check_containers(policy_t *p, engine_t *e, check_opts_t *o,
+static int check_containers(worker_t *p, engine_t *e, check_opts_t *o,
                             tally_t *t) {
   char err[600];
   int rc = 0;
@@ -793,17 +793,16 @@ int check_main(int argc, char **argv) {
               own);
   }
   const char *file = argv[o.first];
-  luaio_t *io = luaio_new(NULL, NULL, 1); /* hooks' HTTP is printed */
-  policy_opts_t po = {0};
+  worker_opts_t po = {0};
+  po.print_only = 1; /* hooks' HTTP is printed */
   po.file = strcmp(file, "default") == 0 ? NULL : file;
   po.host_ip = o.host_ip;
   po.hostname = o.hostname;
-  po.io = io;
   po.time_limit_ms = (uint64_t)o.timeout_ms;
-  policy_t *p = policy_new(&po, err, sizeof err);
+  po.log_level = log_enabled(LOG_DEBUG) ? LOG_DEBUG : LOG_INFO;
+  worker_t *p = worker_new(&po, err, sizeof err);
   if (!p) {
     fprintf(stderr, "register: %s\n", err);
-    luaio_free(io);
     engine_close(&engine);
     free(o.containers);
     return 1;
@@ -811,16 +810,15 @@ int check_main(int argc, char **argv) {
   int nfiles = argc - o.first - 1;
   tally_t t = {0};
   if (nfiles == 0 && o.ncont == 0) {
-    fprintf(stderr, "policy %s loads; prefix %s\n", policy_name(p),
-            policy_prefix(p) ? policy_prefix(p) : "(none)");
+    fprintf(stderr, "policy %s loads; prefix %s\n", worker_name(p),
+            worker_prefix(p) ? worker_prefix(p) : "(none)");
   } else {
     if (check_files(p, argv + o.first + 1, nfiles, &o.assume, &t) < 0) rc = 1;
     if (o.ncont && check_containers(p, &engine, &o, &t) < 0) rc = 1;
     summary(&o.assume, &t);
   }
-  if (policy_errors(p)) rc = 1; /* a hook failed */
-  policy_free(p);
-  luaio_free(io);
+  if (worker_errors(p)) rc = 1; /* a hook failed */
+  worker_free(p);
   engine_close(&engine);
   free(o.containers);
   return rc;

@@ -44,7 +44,8 @@ static void *arena_alloc(parser_t *ps, size_t n) {
   if (!b || b->cap - b->used < n) {
     size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
     if (ps->used + cap > ps->max) {
-      json_fail(ps, "the document needs more than %zu bytes of memory", ps->max);
+      json_fail(ps, "the document needs more than %zu bytes of memory",
+                ps->max);
       return NULL;
     }
     ps->used += cap;
@@ -499,4 +500,41 @@ void json_escape(buf_t *out, const char *s, size_t n) {
   }
   buf_append(out, s + run, n - run);
   buf_putc(out, '"');
+}
+
+/* ---- writing ---- */
+
+void json_write(buf_t *out, const json_value_t *v) {
+  switch (v->type) {
+  case JSON_NULL:
+    buf_puts(out, "null");
+    break;
+  case JSON_BOOL:
+    buf_puts(out, v->u.boolean ? "true" : "false");
+    break;
+  case JSON_NUMBER:
+    if (v->u.num.is_int)
+      buf_printf(out, "%lld", (long long)v->u.num.i);
+    else
+      buf_printf(out, "%.17g", v->u.num.d);
+    break;
+  case JSON_STRING:
+    json_escape(out, v->u.str, v->len);
+    break;
+  case JSON_ARRAY:
+  case JSON_OBJECT: {
+    int obj = v->type == JSON_OBJECT;
+    buf_putc(out, obj ? '{' : '[');
+    for (const json_value_t *c = v->u.child; c; c = c->next) {
+      if (c != v->u.child) buf_putc(out, ',');
+      if (obj) {
+        json_escape(out, c->key, c->keylen);
+        buf_putc(out, ':');
+      }
+      json_write(out, c);
+    }
+    buf_putc(out, obj ? '}' : ']');
+    break;
+  }
+  }
 }

@@ -14,6 +14,7 @@
 static log_level_t log_level = LOG_INFO;
 static log_format_t log_format = LOG_TEXT;
 static int log_journal = -1; /* unknown until first use */
+static log_sink_fn log_sink; /* NULL: stderr */
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 static const int journal_prio[] = {3, 4, 6, 7};
@@ -45,6 +46,10 @@ int log_format_parse(const char *s, log_format_t *out) {
 void log_setup(log_level_t level, log_format_t format) {
   log_level = level;
   log_format = format;
+}
+
+void log_set_sink(log_sink_fn fn) {
+  log_sink = fn;
 }
 
 int log_enabled(log_level_t level) {
@@ -81,8 +86,6 @@ static void text_value(buf_t *b, const char *v) {
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,
               ...) {
   if (!log_enabled(level)) return;
-  if (log_journal < 0) log_journal = stderr_is_journal();
-
   buf_t msg, line;
   buf_init(&msg);
   buf_init(&line);
@@ -90,8 +93,14 @@ void log_emit(log_level_t level, const char *const *fields, const char *fmt,
   va_start(ap, fmt);
   buf_vprintf(&msg, fmt, ap);
   va_end(ap);
+  if (log_sink) {
+    log_sink(level, fields, msg.data ? msg.data : "");
+    buf_free(&msg);
+    return;
+  }
 
   char ts[40] = "";
+  if (log_journal < 0) log_journal = stderr_is_journal();
   if (log_format == LOG_JSON || !log_journal) {
     struct timespec now;
     struct tm tm;

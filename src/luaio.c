@@ -1,8 +1,8 @@
-/* luaio: HTTP and read-only etcd for policy hooks, as yields. */
+/* luaio: HTTP and read-only etcd for policy hooks, as yields; the I/O
+ * itself is the backend's. */
 #include "luaio.h"
 #include "json.h"
 #include "list.h"
-#include "log.h"
 #include "luareg.h"
 #include "util.h"
 
@@ -12,7 +12,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define HTTP_MAX_BODY (16u << 20)
 #define HTTP_MIN_TIMEOUT 0.001 /* seconds: below that curl's 0 is "none" */
 #define HTTP_MAX_TIMEOUT 300
 
@@ -33,24 +32,20 @@ typedef struct ioreq {
   int co_ref;    /* keeps co alive while waiting */
   luaio_resume_fn resume;
   void *resume_ud;
-  http_req_t *http;
-  etcd_op_t *op;
-  int want_list;
+  uint64_t id; /* the backend's name for it */
+  iocall_kind_t kind;
   list_t node; /* on luaio.reqs */
 } ioreq_t;
 
 struct luaio {
-  http_t *http;
-  etcd_t *etcd;
-  int print_only;
+  luaio_backend_t b;
+  uint64_t next_id;
   list_t reqs; /* ioreq_t: requests in flight */
 };
 
-luaio_t *luaio_new(http_t *http, etcd_t *etcd, int print_only) {
+luaio_t *luaio_new(const luaio_backend_t *b) {
   luaio_t *io = xcalloc(1, sizeof *io);
-  io->http = http;
-  io->etcd = etcd;
-  io->print_only = print_only;
+  if (b) io->b = *b;
   list_init(&io->reqs);
   return io;
 }
@@ -60,8 +55,7 @@ static void req_unlink(ioreq_t *r) {
 }
 
 static void req_drop(ioreq_t *r) {
-  if (r->http) http_cancel(r->http);
-  if (r->op) etcd_cancel(r->op);
+  if (r->io->b.cancel) r->io->b.cancel(r->io->b.ud, r->id);
   luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
   req_unlink(r);
   free(r);
@@ -130,6 +124,7 @@ static ioreq_t *req_new(lua_State *L, luaio_ctx_t *ctx) {
   r->resume_ud = ctx->resume_ud;
   r->co = L;
   r->co_ref = ref;
+  r->id = ++ctx->io->next_id;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   r->L = lua_tothread(L, -1);
   lua_pop(L, 1);
@@ -197,24 +192,53 @@ static void push_headers(lua_State *L, const char *h, size_t n) {
   }
 }
 
-static int push_http(lua_State *L, void *data) {
-  const http_resp_t *resp = data;
-  if (resp->error) return push_error(L, resp->errmsg);
+static int push_http(lua_State *L, const iocall_answer_t *a) {
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, resp->status);
+  lua_pushinteger(L, a->status);
   lua_setfield(L, -2, "status");
-  lua_pushlstring(L, resp->body, resp->body_len);
+  lua_pushlstring(L, a->body ? a->body : "", a->body_len);
   lua_setfield(L, -2, "body");
-  push_headers(L, resp->headers, resp->headers_len);
+  push_headers(L, a->headers ? a->headers : "", a->headers_len);
   lua_setfield(L, -2, "headers");
   return 1;
 }
 
-static void http_done(http_req_t *req, const http_resp_t *resp, void *data) {
-  ioreq_t *r = data;
-  REGISTER_ASSERT(r->http == req); /* the answer to the request it waits for */
-  r->http = NULL;
-  req_finish(r, push_http, (void *)(uintptr_t)resp);
+static int push_etcd(lua_State *L, const iocall_answer_t *a, int list) {
+  if (list) {
+    lua_createtable(L, 0, (int)a->n);
+    for (size_t i = 0; i < a->n; i++) {
+      lua_pushlstring(L, a->kvs[i].value, a->kvs[i].value_len);
+      lua_setfield(L, -2, a->kvs[i].key);
+    }
+  } else if (a->n) {
+    lua_pushlstring(L, a->kvs[0].value, a->kvs[0].value_len);
+  } else {
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+typedef struct {
+  const iocall_answer_t *a;
+  iocall_kind_t kind;
+} answer_t;
+
+static int push_answer(lua_State *L, void *data) {
+  const answer_t *x = data;
+  if (x->a->error) return push_error(L, x->a->error);
+  if (x->kind == IOCALL_HTTP) return push_http(L, x->a);
+  return push_etcd(L, x->a, x->kind == IOCALL_ETCD_LIST);
+}
+
+void luaio_answer(luaio_t *io, uint64_t id, const iocall_answer_t *a) {
+  list_t *n;
+  list_foreach(n, &io->reqs) {
+    ioreq_t *r = list_entry(n, ioreq_t, node);
+    if (r->id != id) continue;
+    answer_t x = {a, r->kind};
+    req_finish(r, push_answer, &x);
+    return;
+  }
 }
 
 /* opts.timeout in seconds: a number in [0.001, 300] (NaN and the rest are
@@ -233,7 +257,7 @@ static long timeout_ms(lua_State *L) {
 }
 
 /* The one-line JSON that --dry-run and check print for a request. */
-static void print_request(const char *method, const char *url,
+static void print_request(luaio_t *io, const char *method, const char *url,
                           const char *const *headers, const char *body,
                           size_t blen, buf_t *line) {
   buf_puts(line, "{\"op\":\"http\",\"method\":");
@@ -251,8 +275,7 @@ static void print_request(const char *method, const char *url,
     json_escape(line, body, blen);
   }
   buf_puts(line, "}\n");
-  fwrite(line->data, 1, line->len, stdout);
-  fflush(stdout);
+  io->b.print(io->b.ud, line->data, line->len);
 }
 
 static int l_http_request(lua_State *L) {
@@ -302,9 +325,9 @@ static int l_http_request(lua_State *L) {
     lua_pop(L, 1);
   }
   headers[nh] = NULL;
-  if (io && io->print_only) {
+  if (io && io->b.print) {
     buf_t *line = luareg_buffer(L);
-    print_request(method, url, headers, body, blen, line);
+    print_request(io, method, url, headers, body, blen, line);
     buf_free(line);
     lua_createtable(L, 0, 3);
     lua_pushinteger(L, 0);
@@ -315,61 +338,24 @@ static int l_http_request(lua_State *L) {
     lua_setfield(L, -2, "printed");
     return 1;
   }
-  if (!io || !io->http) return push_error(L, "no HTTP client here");
+  if (!io || !io->b.has_http) return push_error(L, "no HTTP client here");
   ioreq_t *r = req_new(L, ctx);
-  http_opts_t o = {0};
-  o.method = method;
-  o.url = url;
-  o.headers = headers;
-  o.body = body;
-  o.body_len = blen;
-  o.timeout_ms = tmo;
-  o.max_body = HTTP_MAX_BODY;
-  o.on_done = http_done;
-  o.data = r;
-  r->http = http_request(io->http, &o); /* copies what it keeps */
-  if (!r->http) return req_abort(L, r, "cannot start the HTTP request");
+  r->kind = IOCALL_HTTP;
+  iocall_t call = {0};
+  call.kind = IOCALL_HTTP;
+  call.method = method;
+  call.url = url;
+  call.headers = headers;
+  call.body = body;
+  call.body_len = blen;
+  call.timeout_ms = tmo;
+  char why[160];
+  if (io->b.start(io->b.ud, r->id, &call, why, sizeof why) < 0)
+    return req_abort(L, r, why);
   return lua_yield(L, 0);
 }
 
 /* ---- etcd, read only ---- */
-
-typedef struct {
-  const etcd_result_t *res;
-  const etcd_kv_t *kvs;
-  size_t n;
-  int want_list;
-} etcd_answer_t;
-
-static int push_etcd(lua_State *L, void *data) {
-  const etcd_answer_t *a = data;
-  if (a->res->status != ETCD_OK)
-    return push_error(L, a->res->error ? a->res->error : "etcd error");
-  if (a->want_list) {
-    lua_createtable(L, 0, (int)a->n);
-    for (size_t i = 0; i < a->n; i++) {
-      lua_pushlstring(L, a->kvs[i].value, a->kvs[i].value_len);
-      lua_setfield(L, -2, a->kvs[i].key);
-    }
-  } else if (a->n) {
-    lua_pushlstring(L, a->kvs[0].value, a->kvs[0].value_len);
-  } else {
-    lua_pushnil(L);
-  }
-  return 1;
-}
-
-static void etcd_done(void *data, const etcd_result_t *res,
-                      const etcd_kv_t *kvs, size_t n, const char *const *dirs,
-                      size_t ndirs) {
-  (void)dirs;
-  (void)ndirs;
-  ioreq_t *r = data;
-  REGISTER_ASSERT(r->op && !r->http); /* answered once, while in flight */
-  r->op = NULL;
-  etcd_answer_t a = {res, kvs, n, r->want_list};
-  req_finish(r, push_etcd, &a);
-}
 
 static int etcd_read(lua_State *L, int list) {
   luaio_ctx_t *ctx =
@@ -377,13 +363,16 @@ static int etcd_read(lua_State *L, int list) {
   luaio_t *io = ctx->io;
   const char *key = luaL_checkstring(L, 1);
   if (key[0] != '/') return luaL_error(L, "etcd keys start with '/'");
-  if (!io || !io->etcd)
+  if (!io || !io->b.has_etcd)
     return push_error(L, "etcd is not available here (--dry-run or check)");
   ioreq_t *r = req_new(L, ctx);
-  r->want_list = list;
-  r->op = list ? etcd_list(io->etcd, key, etcd_done, r)
-               : etcd_get(io->etcd, key, etcd_done, r);
-  REGISTER_ASSERT(r->op); /* fails from the loop if it cannot start */
+  r->kind = list ? IOCALL_ETCD_LIST : IOCALL_ETCD_GET;
+  iocall_t call = {0};
+  call.kind = r->kind;
+  call.key = key;
+  char why[160];
+  if (io->b.start(io->b.ud, r->id, &call, why, sizeof why) < 0)
+    return req_abort(L, r, why);
   return lua_yield(L, 0);
 }
 

@@ -19,7 +19,6 @@
 #include <assert.h>
 #include <lauxlib.h>
 #include <lua.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +29,7 @@
 #define MAX_KEY 4096
 #define MAX_VALUE (1u << 20)
 static const char *const reason_names[POLICY_ERR_REASONS] = {
-    "error", "budget", "timeout", "memory", "sandbox"};
+    "error", "budget", "timeout", "memory", "sandbox", "crash"};
 
 const char *policy_reason_name(policy_reason_t r) {
   return (unsigned)r < POLICY_ERR_REASONS ? reason_names[r] : "error";
@@ -298,11 +297,14 @@ static int setup(lua_State *L) {
   lua_setfield(L, -2, "hostname");
   p->ref_host = luaL_ref(L, LUA_REGISTRYINDEX);
 
-  int rc = s->o->source
-               ? luaL_loadbufferx(L, s->o->source, s->o->source_len,
-                                  s->o->file ? s->o->file : "=source", "t")
-           : s->o->file ? luaL_loadfilex(L, s->o->file, "t")
-                        : luareg_load_embedded(L, "register.default");
+  /* a file's text read by someone else is named as the file would be */
+  if (s->o->source && s->o->file) lua_pushfstring(L, "@%s", s->o->file);
+  int rc =
+      s->o->source
+          ? luaL_loadbufferx(L, s->o->source, s->o->source_len,
+                             s->o->file ? lua_tostring(L, -1) : "=source", "t")
+      : s->o->file ? luaL_loadfilex(L, s->o->file, "t")
+                   : luareg_load_embedded(L, "register.default");
   if (rc != LUA_OK) return lua_error(L);
   lua_call(L, 0, 1);
   if (!lua_istable(L, -1))
@@ -352,49 +354,9 @@ static int setup(lua_State *L) {
   return 0;
 }
 
-/* The SHA-256 of the policy's source, in hex (register_policy_info says
- * which policy is in force); "" when the file cannot be read. */
-static void source_sha256(const policy_opts_t *o, char out[65]) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int mdlen = 0;
-  buf_t b;
-  buf_init(&b);
-  out[0] = '\0';
-  const char *src = o->source;
-  size_t len = o->source_len;
-  if (!src && o->file) {
-    FILE *f = fopen(o->file, "rb");
-    if (!f) return;
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-      buf_append(&b, chunk, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-      buf_free(&b);
-      return;
-    }
-    src = b.data ? b.data : "";
-    len = b.len;
-  } else if (!src) {
-    src = luareg_embedded_source("register.default", &len);
-  }
-  if (src && EVP_Digest(src, len, md, &mdlen, EVP_sha256(), NULL) == 1) {
-    for (unsigned i = 0; i < mdlen && i < 32; i++)
-      snprintf(out + 2 * i, 3, "%02x", md[i]);
-  }
-  buf_free(&b);
-}
-
-const char *policy_sha256(const policy_t *p) {
-  return p->sha256;
-}
-
 policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   policy_t *p = xcalloc(1, sizeof *p);
   p->name = xstrdup(o->file ? o->file : "default");
-  source_sha256(o, p->sha256);
   if (o->file) {
     const char *slash = strrchr(o->file, '/');
     p->dir = slash ? xstrndup(o->file,

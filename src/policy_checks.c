@@ -1,6 +1,5 @@
 /* policy_checks: a policy's checks(container, host), converted into the
- * specs the checks room runs, and the view of their states that records()
- * sees. */
+ * specs the checks room runs. */
 #include "container.h"
 #include "policy_internal.h"
 
@@ -9,27 +8,6 @@
 
 int policy_has_checks(const policy_t *p) {
   return p->has_checks;
-}
-
-void policy_check_view(const checks_t *ck, const char *id,
-                       policy_check_state_t *buf, size_t cap,
-                       policy_check_view_t *view) {
-  size_t n = ck ? checks_count(ck, id) : 0;
-  if (n > cap) n = cap;
-  for (size_t i = 0; i < n; i++) {
-    checks_info_t in;
-    if (checks_get(ck, id, i, &in) < 0) {
-      n = i;
-      break;
-    }
-    buf[i].port = in.port;
-    buf[i].type = in.type;
-    buf[i].state = checks_state_name(in.state);
-    buf[i].reason = in.reason;
-    buf[i].target = in.target;
-  }
-  view->v = buf;
-  view->n = n;
 }
 
 void policy_checks_free(policy_checks_t *pc) {

@@ -160,9 +160,11 @@ static void hooks_io_resume(void *ud, lua_State *co, luaio_push_fn push,
   hook_resume(p, h, n);
 }
 
-/* Ends hook calls that have run (waiting included) past their limit. */
-static void sweep_cb(uv_timer_t *t) {
-  policy_t *p = t->data;
+size_t policy_hooks_alive(const policy_t *p) {
+  return p->nhooks;
+}
+
+void policy_hooks_sweep(policy_t *p) {
   uint64_t now = util_now_ms();
   for (list_t *n = p->hooks.next, *next; n != &p->hooks; n = next) {
     next = n->next;
@@ -178,6 +180,10 @@ static void sweep_cb(uv_timer_t *t) {
     hook_failed(p, h, msg);
     hook_end(p, h);
   }
+}
+
+static void sweep_cb(uv_timer_t *t) {
+  policy_hooks_sweep(t->data);
 }
 
 typedef struct {

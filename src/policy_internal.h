@@ -29,7 +29,6 @@ typedef struct hookco {
 struct policy {
   lua_State *L;
   char *name;      /* file name, or "default" */
-  char sha256[65]; /* of the source (hex), "" when it could not be read */
   char *dir;       /* the file's directory (require), or NULL */
   char *prefix;
   int ref_policy; /* the table the script returned */

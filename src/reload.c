@@ -21,8 +21,8 @@ typedef struct {
   reload_t *r;
   docker_t *docker;
   reconcile_t *rec;
-  policy_t *policy;  /* the new one; after a commit, the old one */
-  policy_t *current; /* the policy in force (not ours) */
+  worker_t *policy;  /* the new one; after a commit, the old one */
+  worker_t *current; /* the policy in force (not ours) */
   map_t *records;    /* id -> pending_t: what the new policy produces */
   map_t *touched;    /* ids that had events meanwhile (old policy ran) */
   size_t failed;     /* containers the new policy fails where the old one
@@ -79,7 +79,7 @@ static void txn_free(txn_t *t) {
   }
   map_free(t->records);
   free_strings(t->touched);
-  policy_free(t->policy);
+  worker_free(t->policy);
   buf_free(&t->why);
   free(t);
 }
@@ -106,12 +106,12 @@ void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed,
 
 /* One run of a policy on a container: 0 when it succeeded with no record
  * rejected, else -1 with why ("error: ...", "2 records rejected"). */
-static int try_policy(policy_t *p, const json_value_t *inspect,
+static int try_policy(worker_t *p, const json_value_t *inspect,
                       const policy_check_view_t *view, records_t *recs,
                       uint64_t *rejected, char *why, size_t n) {
   char err[600];
-  if (policy_records_checked(p, inspect, view, recs, err, sizeof err) < 0) {
-    snprintf(why, n, "%s: %s", policy_reason_name(policy_last_reason(p)), err);
+  if (worker_records_checked(p, inspect, view, recs, err, sizeof err) < 0) {
+    snprintf(why, n, "%s: %s", policy_reason_name(worker_last_reason(p)), err);
     return -1;
   }
   if (!recs->rejected) return 0;
@@ -137,7 +137,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   name = !name ? id : *name == '/' ? name + 1 : name;
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
-  policy_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
+  worker_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
   if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected, why,
                  sizeof why) < 0) {
     free(pd);
@@ -195,10 +195,10 @@ static void reload_done(void *ud, int ok, const char *why) {
   /* commit: the new policy is in force from here on.  With checks() in
    * either policy, every container is inspected again under the new one:
    * that sets the checks it asks for, and runs records() with them. */
-  policy_t *fresh = t->policy;
-  int recheck = policy_has_checks(fresh) || policy_has_checks(t->current);
+  worker_t *fresh = t->policy;
+  int recheck = worker_has_checks(fresh) || worker_has_checks(t->current);
   t->policy = r->commit(r->ud, fresh); /* the old one, freed with t */
-  const char *prefix = policy_prefix(fresh);
+  const char *prefix = worker_prefix(fresh);
   reconcile_set_prefix(t->rec, prefix);
   map_iter_t it;
   const char *id;
@@ -216,13 +216,13 @@ static void reload_done(void *ud, int ok, const char *why) {
   while (map_iter_next(&it, &id, NULL))
     docker_refresh(t->docker, id);
   log_info("policy %s reloaded: %zu containers re-evaluated, prefix %s",
-           policy_name(fresh), n + map_size(t->touched),
+           worker_name(fresh), n + map_size(t->touched),
            prefix ? prefix : "(none)");
   r->txn = NULL;
   txn_free(t); /* frees the old policy */
 }
 
-void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
+void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
                 docker_t *docker, reconcile_t *rec) {
   if (!po->file) {
     log_info("SIGHUP: the embedded default policy has no file to reload");
@@ -233,7 +233,7 @@ void reload_run(reload_t *r, const policy_opts_t *po, policy_t *current,
     return;
   }
   char err[600];
-  policy_t *p = policy_new(po, err, sizeof err);
+  worker_t *p = worker_new(po, err, sizeof err);
   if (!p) {
     r->failed++;
     log_error("policy reload failed, keeping the old policy: %s", err);

@@ -153,7 +153,14 @@ static int sandbox_search_embedded(lua_State *L) {
   return 2;
 }
 
-/* package.searchers entry: DIR/a/b.lua for "a.b" (upvalue 1: DIR). */
+static sandbox_reader_fn module_reader;
+
+void sandbox_set_reader(sandbox_reader_fn fn) {
+  module_reader = fn;
+}
+
+/* package.searchers entry: DIR/a/b.lua for "a.b" (upvalue 1: DIR); read by
+ * the reader when one is set. */
 static int sandbox_search_dir(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
@@ -173,14 +180,26 @@ static int sandbox_search_dir(lua_State *L) {
   }
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  luaL_addstring(&b, lua_tostring(L, lua_upvalueindex(1)));
-  luaL_addchar(&b, '/');
   for (size_t i = 0; i < len; i++)
     luaL_addchar(&b, name[i] == '.' ? '/' : name[i]);
   luaL_addstring(&b, ".lua");
-  luaL_pushresult(&b);
+  luaL_pushresult(&b); /* the path under DIR */
+  lua_pushfstring(L, "%s/%s", lua_tostring(L, lua_upvalueindex(1)),
+                  lua_tostring(L, -1));
   const char *path = lua_tostring(L, -1);
-  int rc = luaL_loadfilex(L, path, "t");
+  int rc;
+  if (module_reader) {
+    size_t n = 0;
+    const char *text = module_reader(L, lua_tostring(L, -2), &n);
+    if (!text) {
+      lua_pushfstring(L, "no file '%s'", path);
+      return 1;
+    }
+    lua_pushfstring(L, "@%s", path);
+    rc = luaL_loadbufferx(L, text, n, lua_tostring(L, -1), "t");
+  } else {
+    rc = luaL_loadfilex(L, path, "t");
+  }
   if (rc == LUA_ERRFILE) {
     lua_pushfstring(L, "no file '%s'", path);
     return 1;
@@ -188,7 +207,7 @@ static int sandbox_search_dir(lua_State *L) {
   if (rc != LUA_OK)
     return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
                       name, path, lua_tostring(L, -1));
-  lua_pushvalue(L, -2); /* the path, as the loader's second argument */
+  lua_pushstring(L, path); /* the loader's second argument */
   return 2;
 }
 

@@ -136,7 +136,7 @@ assert(not ok and err:find("is not a module name"), err)
 ok, err = pcall(require, "nothere")
 assert(not ok and err:find("no file '.*/nothere.lua'"), err)
 return { records = function(c, h)
-  local v = { os.time() > 0, os.date("!%Y", 0), os.clock() >= 0, os.getenv("HOME") ~= nil,
+  local v = { os.time() > 0, os.date("!%Y", 0), os.clock() >= 0, os.getenv("HOME") == nil,  -- the worker's environment is empty
               math.floor(2.5), utf8.char(9731), string.format("%q", "x"), #table.pack(1, 2),
               coroutine.wrap(function() coroutine.yield(7) end)(), cjson.encode({1}),
               load("return 1 + 1")(), select('#', pcall(error)), collectgarbage("count") > 0 }

@@ -1,0 +1,127 @@
+/* worker: the policy as the daemon sees it, run in a process of its own.
+ *
+ * Every policy call (loading, checks(), records(), the hooks' runs) is a
+ * request to a policy worker process (register-worker, worker_main.c): a
+ * policy may crash, hang or bloat only that process.  The daemon keeps all
+ * I/O and all state; the worker asks it for the hooks' I/O (hookio.c),
+ * for the modules it requires, and sends its log lines through it.
+ *
+ * A call blocks the caller until the worker's reply, for at most the
+ * policy's wall-clock limit plus a grace period; the daemon enforces from
+ * outside what nothing in the worker can stop:
+ *   - past the wall clock, the worker is killed (SIGKILL): reason timeout;
+ *   - its whole memory (C libraries included): an address-space rlimit,
+ *     and its resident size watched during each call: reason memory;
+ *   - a death of any other kind: reason crash (sandbox for a forbidden
+ *     system call);
+ *   - log lines: at most WORKER_LOG_PER_CALL per call and
+ *     WORKER_LOG_PER_SEC per second, the rest counted and dropped.
+ * A death costs the call that was running; the next call gets a fresh
+ * worker (the policy loaded again, its globals and hook calls lost).  A
+ * worker that dies again before any call succeeded is restarted with a
+ * backoff (1 s doubling to 30 s); calls meanwhile fail at once with the
+ * last death's reason, and on_restart is called (from the loop) when a
+ * new worker can be tried.
+ *
+ * Replies are not trusted: records and checks are validated again here
+ * (keys, sizes, caps, order), and a malformed frame is a crash. */
+#ifndef REGISTER_WORKER_H
+#define REGISTER_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "checks.h"
+#include "hookio.h"
+#include "json.h"
+#include "log.h"
+#include "policy.h"
+#include "records.h"
+
+typedef struct worker worker_t;
+
+#define WORKER_LOG_PER_CALL 100
+#define WORKER_LOG_PER_SEC 200
+/* the whole worker may use this much more than the Lua heap's cap */
+#define WORKER_MEM_HEADROOM (64u << 20)
+/* past the wall-clock limit, before the kill */
+#define WORKER_GRACE_MS 250
+
+/* Counters of worker processes (kept over reloads by the caller). */
+typedef struct {
+  unsigned long spawned;
+  unsigned long deaths[POLICY_ERR_REASONS]; /* by reason */
+  unsigned long log_dropped;
+} worker_stats_t;
+
+typedef struct {
+  const char *file; /* NULL: the embedded default policy */
+  const char *host_ip, *hostname;
+  long budget;            /* instructions per call; 0: default */
+  size_t mem_limit;       /* the Lua heap's cap; 0: 64 MiB */
+  uint64_t time_limit_ms; /* 0: default */
+  uint64_t hook_limit_ms; /* 0: default */
+  uv_loop_t *loop;        /* NULL: none (register check): no hook I/O */
+  hookio_t *io;           /* the hooks' I/O; NULL: none */
+  int has_etcd;           /* io can read etcd */
+  int print_only;         /* hooks' HTTP requests printed on stdout, not sent */
+  /* names of the variables the worker's environment keeps
+   * (--policy-env, comma-separated); NULL: an empty environment */
+  const char *env;
+  const char *path;       /* the worker binary; NULL: worker_path() */
+  policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
+  worker_stats_t *wstats; /* NULL: the worker's own */
+  log_level_t log_level;
+  /* a new worker can be tried after a backoff (from the loop) */
+  void (*on_restart)(void *ud);
+  void *ud;
+} worker_opts_t;
+
+/* Starts a worker and loads the policy in it.  NULL with a one-line
+ * reason in err. */
+worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen);
+/* Kills the worker; outstanding hook I/O is cancelled.  Its timers are
+ * closed (their memory goes in their close callbacks). */
+void worker_free(worker_t *w);
+
+/* The binary: next to the running one (a build tree), else the installed
+ * one (REGISTER_LIBEXECDIR). */
+const char *worker_path(void);
+
+const char *worker_prefix(const worker_t *w); /* NULL without prefix() */
+const char *worker_name(const worker_t *w);
+const char *worker_sha256(const worker_t *w); /* of the source, hex, or "" */
+int worker_has_checks(const worker_t *w);
+int worker_has_hook(const worker_t *w, const char *name);
+pid_t worker_pid(const worker_t *w); /* 0 when none runs */
+/* 1 while a worker that keeps dying waits for its backoff to end */
+int worker_backing_off(const worker_t *w);
+
+/* As policy_checks() and policy_records_checked() (policy.h). */
+int worker_checks(worker_t *w, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen);
+int worker_records_checked(worker_t *w, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen);
+const char *worker_traceback(const worker_t *w);
+policy_reason_t worker_last_reason(const worker_t *w);
+
+/* The hooks: each run is a call; their I/O is done here and answered from
+ * the loop; a 1 s tick ends hook calls past their limit. */
+void worker_hook_event(worker_t *w, const policy_event_t *ev);
+void worker_hook_changed(worker_t *w, const char *op, const char *key,
+                         const char *value, size_t vlen);
+void worker_gc(worker_t *w);
+unsigned long worker_hooks_dropped(const worker_t *w);
+unsigned long worker_errors(const worker_t *w);
+
+/* The view of container id's checks in ck (NULL: none), in buf (cap
+ * entries; POLICY_MAX_CHECKS is enough).  Its strings are ck's: use it at
+ * once. */
+void worker_check_view(const checks_t *ck, const char *id,
+                       policy_check_state_t *buf, size_t cap,
+                       policy_check_view_t *view);
+
+#endif

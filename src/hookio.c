@@ -1,0 +1,187 @@
+/* hookio: HTTP and etcd reads for policy hooks, done in the daemon. */
+#include "hookio.h"
+#include "list.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define HTTP_MAX_BODY (16u << 20)
+
+typedef struct hreq {
+  hookio_t *h;
+  uint64_t tag, id;
+  iocall_kind_t kind;
+  hookio_done_fn done;
+  void *ud;
+  http_req_t *http;
+  etcd_op_t *op;
+  char *error; /* an answer that is an error, sent from the timer */
+  list_t node; /* on hookio.reqs or hookio.failed */
+} hreq_t;
+
+struct hookio {
+  http_t *http;
+  etcd_t *etcd;
+  list_t reqs;      /* hreq_t in flight */
+  list_t failed;    /* hreq_t answered with their error by the timer */
+  uv_timer_t timer; /* delivers the failed ones from the loop */
+  size_t n;
+};
+
+static void timer_closed(uv_handle_t *t) {
+  free(t->data);
+}
+
+hookio_t *hookio_new(uv_loop_t *loop, http_t *http, etcd_t *etcd) {
+  hookio_t *h = xcalloc(1, sizeof *h);
+  h->http = http;
+  h->etcd = etcd;
+  list_init(&h->reqs);
+  list_init(&h->failed);
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  return h;
+}
+
+static void req_free(hreq_t *r) {
+  list_remove(&r->node);
+  r->h->n--;
+  free(r->error);
+  free(r);
+}
+
+static void req_drop(hreq_t *r) {
+  if (r->http) http_cancel(r->http);
+  if (r->op) etcd_cancel(r->op);
+  req_free(r);
+}
+
+void hookio_free(hookio_t *h) {
+  if (!h) return;
+  list_t *n;
+  while ((n = list_first(&h->reqs)))
+    req_drop(list_entry(n, hreq_t, node));
+  while ((n = list_first(&h->failed)))
+    req_drop(list_entry(n, hreq_t, node));
+  uv_close((uv_handle_t *)&h->timer, timer_closed);
+}
+
+size_t hookio_inflight(const hookio_t *h) {
+  return h ? h->n : 0;
+}
+
+/* Hands the answer over and forgets the request. */
+static void finish(hreq_t *r, const iocall_answer_t *a) {
+  hookio_done_fn done = r->done;
+  void *ud = r->ud;
+  uint64_t tag = r->tag, id = r->id;
+  r->http = NULL;
+  r->op = NULL;
+  done(ud, tag, id, a);
+  /* done may have cancelled requests, never this one: it is answered */
+  req_free(r);
+}
+
+static void failed_cb(uv_timer_t *t) {
+  hookio_t *h = t->data;
+  list_t *n;
+  while ((n = list_first(&h->failed))) {
+    hreq_t *r = list_entry(n, hreq_t, node);
+    iocall_answer_t a = {0};
+    a.error = r->error;
+    finish(r, &a);
+  }
+}
+
+/* Answers r with an error from the loop. */
+static void fail_later(hreq_t *r, const char *why) {
+  r->error = xstrdup(why);
+  list_remove(&r->node);
+  list_insert_tail(&r->h->failed, &r->node);
+  uv_timer_start(&r->h->timer, failed_cb, 0, 0);
+}
+
+static void http_done(http_req_t *req, const http_resp_t *resp, void *data) {
+  hreq_t *r = data;
+  REGISTER_ASSERT(r->http == req); /* the request it waits for */
+  iocall_answer_t a = {0};
+  if (resp->error) {
+    a.error = resp->errmsg ? resp->errmsg : "HTTP request failed";
+  } else {
+    a.status = resp->status;
+    a.body = resp->body;
+    a.body_len = resp->body_len;
+    a.headers = resp->headers;
+    a.headers_len = resp->headers_len;
+  }
+  finish(r, &a);
+}
+
+static void etcd_done(void *data, const etcd_result_t *res,
+                      const etcd_kv_t *kvs, size_t n, const char *const *dirs,
+                      size_t ndirs) {
+  (void)dirs;
+  (void)ndirs;
+  hreq_t *r = data;
+  REGISTER_ASSERT(r->op && !r->http); /* answered once, while in flight */
+  iocall_answer_t a = {0};
+  iocall_kv_t *v = NULL;
+  if (res->status != ETCD_OK) {
+    a.error = res->error ? res->error : "etcd error";
+  } else {
+    v = n ? xcalloc(n, sizeof *v) : NULL;
+    for (size_t i = 0; i < n; i++)
+      v[i] = (iocall_kv_t){kvs[i].key, kvs[i].value, kvs[i].value_len};
+    a.kvs = v;
+    a.n = r->kind == IOCALL_ETCD_GET && n > 1 ? 1 : n;
+  }
+  finish(r, &a);
+  free(v);
+}
+
+void hookio_start(hookio_t *h, uint64_t tag, uint64_t id, const iocall_t *c,
+                  hookio_done_fn done, void *ud) {
+  hreq_t *r = xcalloc(1, sizeof *r);
+  r->h = h;
+  r->tag = tag;
+  r->id = id;
+  r->kind = c->kind;
+  r->done = done;
+  r->ud = ud;
+  list_insert_tail(&h->reqs, &r->node);
+  h->n++;
+  if (c->kind == IOCALL_HTTP) {
+    if (!h->http) return fail_later(r, "no HTTP client here");
+    http_opts_t o = {0};
+    o.method = c->method;
+    o.url = c->url;
+    o.headers = c->headers;
+    o.body = c->body;
+    o.body_len = c->body_len;
+    o.timeout_ms = c->timeout_ms;
+    o.max_body = HTTP_MAX_BODY;
+    o.on_done = http_done;
+    o.data = r;
+    r->http = http_request(h->http, &o); /* copies what it keeps */
+    if (!r->http) fail_later(r, "cannot start the HTTP request");
+    return;
+  }
+  if (!h->etcd)
+    return fail_later(r, "etcd is not available here (--dry-run or check)");
+  r->op = c->kind == IOCALL_ETCD_LIST ? etcd_list(h->etcd, c->key, etcd_done, r)
+                                      : etcd_get(h->etcd, c->key, etcd_done, r);
+  REGISTER_ASSERT(r->op); /* fails from the loop if it cannot start */
+}
+
+void hookio_cancel(hookio_t *h, uint64_t tag, uint64_t id) {
+  if (!h) return;
+  list_t *lists[] = {&h->reqs, &h->failed};
+  for (int i = 0; i < 2; i++) {
+    for (list_t *n = lists[i]->next, *next; n != lists[i]; n = next) {
+      next = n->next;
+      hreq_t *r = list_entry(n, hreq_t, node);
+      if (r->tag == tag && (id == 0 || r->id == id)) req_drop(r);
+    }
+  }
+}

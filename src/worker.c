@@ -1,0 +1,1051 @@
+/* worker: the daemon's side of the policy worker process. */
+#include "worker.h"
+#include "luareg.h"
+#include "util.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef REGISTER_LIBEXECDIR
+#define REGISTER_LIBEXECDIR "/usr/libexec/register"
+#endif
+
+#define WATCH_MS 20         /* how often a call's memory is looked at */
+#define BACKOFF_MIN_MS 1000 /* after the second death in a row */
+#define BACKOFF_MAX_MS 30000
+#define MAX_MODULE (1u << 20) /* a required file's size */
+#define MAX_KEYS_REPLY 100000 /* records in one reply (the policy caps lower)  \
+                               */
+
+extern char **environ;
+
+struct worker {
+  /* what every incarnation is made with (owned copies) */
+  char *file, *dir, *host_ip, *hostname, *env, *path;
+  buf_t source; /* the policy's text (empty: the embedded default) */
+  int has_source;
+  long budget;
+  size_t mem_limit;
+  uint64_t time_limit_ms, hook_limit_ms, mem_cap;
+  uv_loop_t *loop;
+  hookio_t *io;
+  int has_etcd, print_only;
+  log_level_t log_level;
+  void (*on_restart)(void *ud);
+  void *ud;
+
+  /* what the first incarnation said */
+  char *name, *prefix;
+  char sha256[65];
+  int loaded;
+  int has_checks, has_event, has_changed;
+
+  /* the incarnation running now (pid 0: none) */
+  pid_t pid;
+  int fd;
+  uint64_t tag;   /* incarnation number, names its hook I/O */
+  buf_t in, out;  /* bytes read and not consumed; a request being built */
+  size_t in_used; /* the reply frame handed out, consumed at next wait */
+  uint64_t seen[POLICY_ERR_REASONS + 2]; /* its counters at its last reply */
+  size_t nhooks;                         /* hook calls alive in it */
+
+  /* dying */
+  unsigned deaths_in_row;
+  uint64_t retry_at; /* no new incarnation before (util_now_ms) */
+  policy_reason_t death_reason;
+  char death[200];
+
+  /* the last call */
+  policy_reason_t reason;
+  buf_t trace;
+
+  /* log lines: this call's, this second's */
+  unsigned call_lines, sec_lines;
+  uint64_t sec_start;
+  unsigned long call_dropped;
+
+  uv_timer_t *tick;    /* ends hook calls past their limit; NULL: no loop */
+  uv_timer_t *restart; /* the end of a backoff */
+  policy_stats_t own_stats, *stats;
+  worker_stats_t own_ws, *ws;
+};
+
+/* ---- where the binary is ---- */
+
+const char *worker_path(void) {
+  static char path[PATH_MAX + 32];
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash) {
+      *slash = '\0';
+      snprintf(path, sizeof path, "%s/register-worker", self);
+      if (access(path, X_OK) == 0) return path;
+    }
+  }
+  snprintf(path, sizeof path, "%s/register-worker", REGISTER_LIBEXECDIR);
+  return path;
+}
+
+/* ---- the incarnation's end ---- */
+
+static void timer_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void restart_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  if (w->on_restart) w->on_restart(w->ud);
+}
+
+/* Reaps the incarnation (it is dead or dying) and says why it ended. */
+static void reap(worker_t *w, int killed, policy_reason_t why) {
+  int st = 0;
+  struct rusage ru;
+  memset(&ru, 0, sizeof ru);
+  while (wait4(w->pid, &st, 0, &ru) < 0 && errno == EINTR) {
+  }
+  policy_reason_t r = why;
+  if (!killed) {
+    r = POLICY_ERR_CRASH;
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS) r = POLICY_ERR_SANDBOX;
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGXCPU) r = POLICY_ERR_TIMEOUT;
+    /* the C libraries ran out of address space (cjson exits, others
+     * crash): seen from outside as a peak near the cap */
+    if ((uint64_t)ru.ru_maxrss * 1024 >= w->mem_cap / 2) r = POLICY_ERR_MEMORY;
+    char how[80];
+    if (WIFSIGNALED(st))
+      snprintf(how, sizeof how, "died of signal %d (%s)", WTERMSIG(st),
+               strsignal(WTERMSIG(st)));
+    else
+      snprintf(how, sizeof how, "exited with status %d",
+               WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    snprintf(w->death, sizeof w->death, "the policy worker %s%s", how,
+             r == POLICY_ERR_MEMORY ? " near its memory limit" : "");
+  }
+  w->death_reason = r;
+}
+
+/* Ends the incarnation: killed (reason why, message msg) or found dead.
+ * Logged, and counted as a death, unless quiet (a policy that failed to
+ * load has said so itself). */
+static void end_quietly(worker_t *w, int kill_it, policy_reason_t why,
+                        const char *msg, int quiet) {
+  REGISTER_ASSERT(w->pid > 0);
+  if (kill_it) {
+    kill(w->pid, SIGKILL);
+    snprintf(w->death, sizeof w->death, "%s", msg);
+  }
+  reap(w, kill_it, why);
+  close(w->fd);
+  w->fd = -1;
+  w->pid = 0;
+  buf_reset(&w->in);
+  w->in_used = 0;
+  if (w->io) hookio_cancel(w->io, w->tag, 0);
+  w->nhooks = 0;
+  if (w->tick) uv_timer_stop(w->tick);
+  if (!quiet) w->ws->deaths[w->death_reason]++;
+  w->deaths_in_row++;
+  uint64_t delay = 0;
+  if (w->deaths_in_row >= 2) {
+    delay =
+        BACKOFF_MIN_MS << (w->deaths_in_row - 2 > 5 ? 5 : w->deaths_in_row - 2);
+    if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
+  }
+  w->retry_at = util_now_ms() + delay;
+  if (delay && w->restart) uv_timer_start(w->restart, restart_cb, delay, 0);
+  if (quiet) return;
+  log_warn("policy %s: %s (reason: %s); %s", w->name, w->death,
+           policy_reason_name(w->death_reason),
+           delay ? "a new worker after a backoff"
+                 : "the next call gets a new "
+                   "worker");
+}
+
+static void end_incarnation(worker_t *w, int kill_it, policy_reason_t why,
+                            const char *msg) {
+  end_quietly(w, kill_it, why, msg, 0);
+}
+
+/* ---- sending and waiting ---- */
+
+static void fail(worker_t *w, policy_reason_t r, const char *msg, char *err,
+                 size_t errlen) {
+  w->reason = r;
+  buf_reset(&w->trace);
+  snprintf(err, errlen, "%s", msg);
+}
+
+static int send_all(worker_t *w, const char *p, size_t n, uint64_t deadline) {
+  while (n) {
+    ssize_t k = write(w->fd, p, n);
+    if (k > 0) {
+      p += k;
+      n -= (size_t)k;
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0 && errno != EAGAIN) return -1;
+    uint64_t now = util_now_ms();
+    if (now >= deadline) return -2;
+    struct pollfd pf = {w->fd, POLLOUT, 0};
+    poll(&pf, 1, (int)(deadline - now));
+  }
+  return 0;
+}
+
+/* The worker's resident memory, in bytes (0: unknown). */
+static uint64_t rss(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+  FILE *f = fopen(path, "r");
+  unsigned long size = 0, res = 0;
+  if (!f) return 0;
+  if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+  fclose(f);
+  return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void on_log(worker_t *w, wire_rd_t *rd) {
+  log_level_t level = (log_level_t)wire_get_num(rd);
+  size_t nf = (size_t)wire_get_num(rd);
+  if (level > LOG_DEBUG || nf > 16) rd->bad = 1;
+  const char *fields[2 * 16 + 1];
+  for (size_t i = 0; !rd->bad && i < nf; i++) {
+    fields[2 * i] = wire_get_str(rd, NULL);
+    fields[2 * i + 1] = wire_get_str(rd, NULL);
+    if (!fields[2 * i]) rd->bad = 1;
+  }
+  const char *msg = wire_get_str(rd, NULL);
+  if (rd->bad || !msg) {
+    rd->bad = 1;
+    return;
+  }
+  fields[2 * nf] = NULL;
+  uint64_t now = util_now_ms();
+  if (now - w->sec_start >= 1000) {
+    w->sec_start = now;
+    w->sec_lines = 0;
+  }
+  if (w->call_lines >= WORKER_LOG_PER_CALL ||
+      w->sec_lines >= WORKER_LOG_PER_SEC) {
+    w->call_dropped++;
+    w->ws->log_dropped++;
+    return;
+  }
+  w->call_lines++;
+  w->sec_lines++;
+  log_emit(level, nf ? fields : NULL, "%s", msg);
+}
+
+/* A module for `require`: DIR/rel, rel as sandbox.c made it. */
+static void on_read(worker_t *w, wire_rd_t *rd, uint64_t deadline) {
+  const char *rel = wire_get_str(rd, NULL);
+  if (rd->bad || !rel) {
+    rd->bad = 1;
+    return;
+  }
+  int ok = w->dir && *rel && *rel != '/' && !strstr(rel, "..") &&
+           strspn(rel, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                       "0123456789_-./") == strlen(rel);
+  buf_t text;
+  buf_init(&text);
+  int found = 0;
+  if (ok) {
+    char *path = xasprintf("%s/%s", w->dir, rel);
+    FILE *f = fopen(path, "rb");
+    free(path);
+    if (f) {
+      char chunk[8192];
+      size_t n;
+      found = 1;
+      while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && found) {
+        buf_append(&text, chunk, n);
+        if (text.len > MAX_MODULE) found = 0;
+      }
+      if (ferror(f)) found = 0;
+      fclose(f);
+    }
+  }
+  buf_t ans;
+  buf_init(&ans);
+  size_t off = wire_begin(&ans, WIRE_READ_ANSWER);
+  wire_num(&ans, (uint64_t)found);
+  wire_str(&ans, found ? (text.data ? text.data : "") : NULL, text.len);
+  wire_end(&ans, off);
+  buf_free(&text);
+  if (send_all(w, ans.data, ans.len, deadline) < 0) rd->bad = 1;
+  buf_free(&ans);
+}
+
+static void io_done(void *ud, uint64_t tag, uint64_t id,
+                    const iocall_answer_t *a);
+
+static void on_io(worker_t *w, wire_rd_t *rd) {
+  uint64_t id = wire_get_num(rd);
+  iocall_t c = {0};
+  c.kind = (iocall_kind_t)wire_get_num(rd);
+  c.method = wire_get_str(rd, NULL);
+  c.url = wire_get_str(rd, NULL);
+  size_t nh = (size_t)wire_get_num(rd);
+  if (nh > 256 || c.kind > IOCALL_ETCD_LIST) rd->bad = 1;
+  const char *headers[257];
+  for (size_t i = 0; !rd->bad && i < nh; i++)
+    if (!(headers[i] = wire_get_str(rd, NULL))) rd->bad = 1;
+  if (rd->bad) return;
+  headers[nh] = NULL;
+  c.headers = headers;
+  c.body = wire_get_str(rd, &c.body_len);
+  c.timeout_ms = (long)wire_get_num(rd);
+  c.key = wire_get_str(rd, NULL);
+  if (rd->bad || !w->io) { /* it was told it has no I/O */
+    rd->bad = 1;
+    return;
+  }
+  if (c.kind == IOCALL_HTTP ? !c.url || !c.method : !c.key) {
+    rd->bad = 1;
+    return;
+  }
+  hookio_start(w->io, w->tag, id, &c, io_done, w);
+}
+
+/* Reads frames until a reply; handles what comes on the way.  0: rd is
+ * the reply, after its counters; -1: the incarnation ended (err says
+ * why, w->reason is the reason). */
+static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
+                      char *err, size_t errlen) {
+  buf_consume(&w->in, w->in_used);
+  w->in_used = 0;
+  wire_rd_init(rd, "", 0);
+  for (;;) {
+    const char *f;
+    size_t n;
+    int got;
+    while ((got = wire_frame(&w->in, &f, &n)) == 1) {
+      wire_rd_init(rd, f, n);
+      int t = wire_type(rd);
+      if (t >= WIRE_READY && t <= WIRE_STEP) {
+        uint64_t
+            c[POLICY_ERR_REASONS + 2]; /* errors, hooks and lines dropped */
+        for (int i = 0; i < POLICY_ERR_REASONS + 2; i++)
+          c[i] = wire_get_num(rd);
+        if (rd->bad) break;
+        if (c[POLICY_ERR_REASONS + 1] > w->seen[POLICY_ERR_REASONS + 1]) {
+          uint64_t d =
+              c[POLICY_ERR_REASONS + 1] - w->seen[POLICY_ERR_REASONS + 1];
+          w->call_dropped += d;
+          w->ws->log_dropped += d;
+        }
+        for (int i = 0; i < POLICY_ERR_REASONS; i++)
+          if (c[i] > w->seen[i]) w->stats->errors[i] += c[i] - w->seen[i];
+        if (c[POLICY_ERR_REASONS] > w->seen[POLICY_ERR_REASONS])
+          w->stats->hooks_dropped +=
+              c[POLICY_ERR_REASONS] - w->seen[POLICY_ERR_REASONS];
+        memcpy(w->seen, c, sizeof c);
+        w->in_used = n + 4;
+        *type = t;
+        return 0;
+      }
+      if (t == WIRE_LOG)
+        on_log(w, rd);
+      else if (t == WIRE_PRINT) {
+        size_t len;
+        const char *line = wire_get_str(rd, &len);
+        if (line) {
+          fwrite(line, 1, len, stdout);
+          fflush(stdout);
+        } else
+          rd->bad = 1;
+      } else if (t == WIRE_IO)
+        on_io(w, rd);
+      else if (t == WIRE_IO_CANCEL) {
+        uint64_t id = wire_get_num(rd);
+        if (!rd->bad && w->io) hookio_cancel(w->io, w->tag, id);
+      } else if (t == WIRE_READ)
+        on_read(w, rd, deadline);
+      else
+        rd->bad = 1;
+      if (rd->bad) break;
+      buf_consume(&w->in, n + 4);
+    }
+    if (got < 0 || rd->bad) {
+      end_incarnation(w, 1, POLICY_ERR_CRASH,
+                      "the policy worker sent a malformed message");
+      break;
+    }
+    uint64_t now = util_now_ms();
+    if (now >= deadline) {
+      char msg[160];
+      snprintf(msg, sizeof msg,
+               "the policy call ran past the %llu ms limit; its worker was "
+               "killed",
+               (unsigned long long)w->time_limit_ms);
+      end_incarnation(w, 1, POLICY_ERR_TIMEOUT, msg);
+      break;
+    }
+    struct pollfd pf = {w->fd, POLLIN, 0};
+    uint64_t left = deadline - now;
+    int pr = poll(&pf, 1, (int)(left < WATCH_MS ? left : WATCH_MS));
+    if (pr == 0) {
+      uint64_t r = rss(w->pid);
+      if (r > w->mem_cap) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "the policy worker used %llu MiB, over its %llu MiB limit; "
+                 "it was killed",
+                 (unsigned long long)(r >> 20),
+                 (unsigned long long)(w->mem_cap >> 20));
+        end_incarnation(w, 1, POLICY_ERR_MEMORY, msg);
+        break;
+      }
+      continue;
+    }
+    if (pr < 0) continue; /* EINTR */
+    char chunk[65536];
+    ssize_t k = read(w->fd, chunk, sizeof chunk);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (k <= 0) {
+      end_incarnation(w, 0, POLICY_ERR_CRASH, NULL);
+      break;
+    }
+    if (w->in.len + (size_t)k > WIRE_MAX_FRAME + 64) {
+      end_incarnation(w, 1, POLICY_ERR_CRASH,
+                      "the policy worker sent more than a message may hold");
+      break;
+    }
+    buf_append(&w->in, chunk, (size_t)k);
+  }
+  fail(w, w->death_reason, w->death, err, errlen);
+  return -1;
+}
+
+/* ---- starting an incarnation ---- */
+
+static char **make_env(const char *names) {
+  size_t cap = 4, n = 0;
+  char **env = xcalloc(cap, sizeof *env);
+  if (names) {
+    char *copy = xstrdup(names), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+      const char *v = getenv(t);
+      if (!v) continue;
+      if (n + 2 > cap) env = xrealloc(env, (cap *= 2) * sizeof *env);
+      env[n++] = xasprintf("%s=%s", t, v);
+    }
+    free(copy);
+  }
+  env[n] = NULL;
+  return env;
+}
+
+static void free_env(char **env) {
+  for (char **e = env; *e; e++)
+    free(*e);
+  free(env);
+}
+
+static int spawn(worker_t *w, char *err, size_t errlen) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+    snprintf(err, errlen, "cannot make the policy worker's socket: %s",
+             strerror(errno));
+    return -1;
+  }
+  if (sv[1] == 3) { /* dup2(3, 3) would keep close-on-exec */
+    int d = fcntl(sv[1], F_DUPFD_CLOEXEC, 4);
+    close(sv[1]);
+    sv[1] = d;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&at);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  if (!getenv("REGISTER_WORKER_STDERR"))
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  sigdelset(&all, SIGPIPE); /* stays ignored: a write to a gone daemon */
+  posix_spawnattr_setsigmask(&at, &none);
+  posix_spawnattr_setsigdefault(&at, &all);
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  char **env = make_env(w->env);
+  char *argv[] = {w->path, NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, w->path, &fa, &at, argv, env);
+  free_env(env);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  close(sv[1]);
+  if (rc != 0) {
+    close(sv[0]);
+    snprintf(err, errlen, "cannot start the policy worker %s: %s", w->path,
+             strerror(rc));
+    return -1;
+  }
+  fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+  w->pid = pid;
+  w->fd = sv[0];
+  w->tag++;
+  memset(w->seen, 0, sizeof w->seen);
+  w->ws->spawned++;
+
+  uint64_t deadline = util_now_ms() + w->time_limit_ms + WORKER_GRACE_MS;
+  buf_t init; /* not w->out: that may hold the request waiting for us */
+  buf_t *o = &init;
+  buf_init(o);
+  size_t off = wire_begin(o, WIRE_INIT);
+  wire_num(o, (uint64_t)w->log_level);
+  wire_num(o, w->mem_cap);
+  wire_cstr(o, w->file);
+  wire_str(o, w->has_source ? (w->source.data ? w->source.data : "") : NULL,
+           w->source.len);
+  wire_cstr(o, w->host_ip);
+  wire_cstr(o, w->hostname);
+  wire_num(o, (uint64_t)w->budget);
+  wire_num(o, w->mem_limit);
+  wire_num(o, w->time_limit_ms);
+  wire_num(o, w->hook_limit_ms);
+  wire_num(o, (uint64_t)w->print_only);
+  wire_num(o, (uint64_t)(w->io && !w->print_only));
+  wire_num(o, (uint64_t)(w->io && w->has_etcd));
+  wire_end(o, off);
+  int sent = send_all(w, o->data, o->len, deadline);
+  buf_free(o);
+  if (sent < 0) {
+    end_incarnation(w, 1, POLICY_ERR_CRASH,
+                    "the policy worker did not take its start-up message");
+    snprintf(err, errlen, "%s", w->death);
+    return -1;
+  }
+  wire_rd_t rd;
+  int type;
+  w->call_lines = 0;
+  if (wait_reply(w, deadline, &rd, &type, err, errlen) < 0) return -1;
+  if (type == WIRE_FAIL) {
+    w->reason = (policy_reason_t)wire_get_num(&rd);
+    const char *msg = wire_get_str(&rd, NULL);
+    snprintf(err, errlen, "%s", msg ? msg : "the policy failed to load");
+    if ((unsigned)w->reason >= POLICY_ERR_REASONS) w->reason = POLICY_ERR_ERROR;
+    policy_reason_t r = w->reason;
+    end_quietly(w, 1, r, "the policy failed to load", 1);
+    w->reason = r;
+    return -1;
+  }
+  const char *prefix = wire_get_str(&rd, NULL);
+  int hc = (int)wire_get_num(&rd), he = (int)wire_get_num(&rd),
+      hch = (int)wire_get_num(&rd);
+  char why[200];
+  if (type != WIRE_READY || rd.bad ||
+      (prefix &&
+       policy_check_key(prefix, strlen(prefix), why, sizeof why) < 0)) {
+    end_incarnation(w, 1, POLICY_ERR_CRASH,
+                    "the policy worker's start-up reply was malformed");
+    snprintf(err, errlen, "%s", w->death);
+    return -1;
+  }
+  if (!w->loaded) { /* the first incarnation says what the policy is */
+    w->loaded = 1;
+    w->prefix = prefix ? xstrdup(prefix) : NULL;
+    w->has_checks = hc;
+    w->has_event = he;
+    w->has_changed = hch;
+  }
+  return 0;
+}
+
+/* A running incarnation for the next call: 0, or -1 (err) while a worker
+ * that keeps dying backs off, or when a new one cannot start. */
+static int ensure(worker_t *w, char *err, size_t errlen) {
+  if (w->pid) return 0;
+  uint64_t now = util_now_ms();
+  if (now < w->retry_at) {
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "the policy worker is restarting after %u deaths in a row "
+             "(last: %s); next try in %.1f s",
+             w->deaths_in_row, w->death, (double)(w->retry_at - now) / 1000.0);
+    fail(w, w->death_reason, msg, err, errlen);
+    return -1;
+  }
+  return spawn(w, err, errlen);
+}
+
+/* One request (built in w->out) and its reply. */
+static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
+                size_t errlen) {
+  if (ensure(w, err, errlen) < 0) {
+    w->stats->errors[w->reason]++;
+    return -1;
+  }
+  uint64_t deadline = util_now_ms() + w->time_limit_ms + WORKER_GRACE_MS;
+  w->call_lines = 0;
+  w->call_dropped = 0;
+  if (send_all(w, w->out.data, w->out.len, deadline) < 0) {
+    end_incarnation(w, 1, POLICY_ERR_CRASH,
+                    "the policy worker did not take its request");
+    fail(w, w->death_reason, w->death, err, errlen);
+    w->stats->errors[w->reason]++;
+    return -1;
+  }
+  int rc = wait_reply(w, deadline, rd, type, err, errlen);
+  if (w->call_dropped)
+    log_warn("policy %s: %lu log lines of one call dropped (at most %d per "
+             "call and %d per second)",
+             w->name, w->call_dropped, WORKER_LOG_PER_CALL, WORKER_LOG_PER_SEC);
+  if (rc < 0) {
+    w->stats->errors[w->reason]++;
+    return -1;
+  }
+  w->deaths_in_row = 0;
+  return 0;
+}
+
+/* A call that the worker did not answer (it died, or backs off): the
+ * message as the policy's own failures read. */
+static int died(worker_t *w, const char *fn, const json_value_t *inspect,
+                char *err, size_t errlen) {
+  char msg[400];
+  const char *id = json_get_str(inspect, "Id");
+  snprintf(msg, sizeof msg, "%s", err);
+  snprintf(err, errlen,
+           "policy %s: %s() failed for container %.12s: %s "
+           "(reason: %s)",
+           w->name, fn, id ? id : "?", msg, policy_reason_name(w->reason));
+  return -1;
+}
+
+/* A FAIL reply: the call failed inside the policy (counted by the worker). */
+static int failed_reply(worker_t *w, wire_rd_t *rd, char *err, size_t errlen) {
+  uint64_t r = wire_get_num(rd);
+  const char *msg = wire_get_str(rd, NULL);
+  const char *tb = wire_get_str(rd, NULL);
+  w->reason = r < POLICY_ERR_REASONS ? (policy_reason_t)r : POLICY_ERR_ERROR;
+  buf_reset(&w->trace);
+  if (tb) buf_puts(&w->trace, tb);
+  snprintf(err, errlen, "%s", msg ? msg : "the policy call failed");
+  return -1;
+}
+
+/* The reply could not be trusted: this incarnation goes. */
+static int bad_reply(worker_t *w, const char *what, char *err, size_t errlen) {
+  char msg[300];
+  snprintf(msg, sizeof msg, "the policy worker's reply was malformed: %s",
+           what);
+  end_incarnation(w, 1, POLICY_ERR_CRASH, msg);
+  fail(w, POLICY_ERR_CRASH, msg, err, errlen);
+  w->stats->errors[POLICY_ERR_CRASH]++;
+  return -1;
+}
+
+/* ---- the API ---- */
+
+static void source_sha256(const char *src, size_t len, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  out[0] = '\0';
+  if (src && EVP_Digest(src, len, md, &mdlen, EVP_sha256(), NULL) == 1)
+    for (unsigned i = 0; i < mdlen && i < 32; i++)
+      snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static char *dup_or_null(const char *s) {
+  return s ? xstrdup(s) : NULL;
+}
+
+worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
+  worker_t *w = xcalloc(1, sizeof *w);
+  w->fd = -1;
+  w->file = dup_or_null(o->file);
+  w->host_ip = xstrdup(o->host_ip ? o->host_ip : "");
+  w->hostname = xstrdup(o->hostname ? o->hostname : "");
+  w->env = dup_or_null(o->env);
+  w->path = xstrdup(o->path ? o->path : worker_path());
+  w->name = xstrdup(o->file ? o->file : "default");
+  w->budget = o->budget;
+  w->mem_limit = o->mem_limit ? o->mem_limit : (64u << 20);
+  w->mem_cap = w->mem_limit + WORKER_MEM_HEADROOM;
+  w->time_limit_ms =
+      o->time_limit_ms ? o->time_limit_ms : POLICY_DEFAULT_TIME_LIMIT_MS;
+  w->hook_limit_ms =
+      o->hook_limit_ms ? o->hook_limit_ms : POLICY_DEFAULT_HOOK_LIMIT_MS;
+  w->loop = o->loop;
+  w->io = o->loop ? o->io : NULL;
+  w->has_etcd = o->has_etcd;
+  w->print_only = o->print_only;
+  w->log_level = o->log_level;
+  w->on_restart = o->on_restart;
+  w->ud = o->ud;
+  w->stats = o->stats ? o->stats : &w->own_stats;
+  w->ws = o->wstats ? o->wstats : &w->own_ws;
+  buf_init(&w->source);
+  buf_init(&w->in);
+  buf_init(&w->out);
+  buf_init(&w->trace);
+  if (w->file) {
+    const char *slash = strrchr(w->file, '/');
+    w->dir = slash ? xstrndup(w->file,
+                              slash == w->file ? 1 : (size_t)(slash - w->file))
+                   : xstrdup(".");
+    FILE *f = fopen(w->file, "rb");
+    if (!f) {
+      snprintf(err, errlen, "policy %s: cannot read it: %s", w->file,
+               strerror(errno));
+      worker_free(w);
+      return NULL;
+    }
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+      buf_append(&w->source, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+      snprintf(err, errlen, "policy %s: cannot read it", w->file);
+      worker_free(w);
+      return NULL;
+    }
+    w->has_source = 1;
+    source_sha256(w->source.data ? w->source.data : "", w->source.len,
+                  w->sha256);
+  } else {
+    size_t len = 0;
+    const char *src = luareg_embedded_source("register.default", &len);
+    source_sha256(src, len, w->sha256);
+  }
+  if (w->loop) {
+    w->tick = xcalloc(1, sizeof *w->tick);
+    uv_timer_init(w->loop, w->tick);
+    w->tick->data = w;
+    w->restart = xcalloc(1, sizeof *w->restart);
+    uv_timer_init(w->loop, w->restart);
+    w->restart->data = w;
+  }
+  char why[600];
+  if (spawn(w, why, sizeof why) < 0) {
+    const char *n = w->file ? w->file : "default";
+    if (strncmp(why, "policy ", 7) == 0)
+      snprintf(err, errlen, "%s", why);
+    else
+      snprintf(err, errlen, "policy %s: %s (reason: %s)", n, why,
+               policy_reason_name(w->reason));
+    worker_free(w);
+    return NULL;
+  }
+  return w;
+}
+
+void worker_free(worker_t *w) {
+  if (!w) return;
+  if (w->pid) {
+    kill(w->pid, SIGKILL);
+    while (waitpid(w->pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    close(w->fd);
+  }
+  if (w->io) hookio_cancel(w->io, w->tag, 0);
+  if (w->tick) uv_close((uv_handle_t *)w->tick, timer_closed);
+  if (w->restart) uv_close((uv_handle_t *)w->restart, timer_closed);
+  free(w->file);
+  free(w->dir);
+  free(w->host_ip);
+  free(w->hostname);
+  free(w->env);
+  free(w->path);
+  free(w->name);
+  free(w->prefix);
+  buf_free(&w->source);
+  buf_free(&w->in);
+  buf_free(&w->out);
+  buf_free(&w->trace);
+  free(w);
+}
+
+const char *worker_prefix(const worker_t *w) {
+  return w->prefix;
+}
+const char *worker_name(const worker_t *w) {
+  return w->name;
+}
+const char *worker_sha256(const worker_t *w) {
+  return w->sha256;
+}
+int worker_has_checks(const worker_t *w) {
+  return w->has_checks;
+}
+int worker_has_hook(const worker_t *w, const char *name) {
+  if (strcmp(name, "event") == 0) return w->has_event;
+  if (strcmp(name, "changed") == 0) return w->has_changed;
+  return 0;
+}
+pid_t worker_pid(const worker_t *w) {
+  return w->pid;
+}
+int worker_backing_off(const worker_t *w) {
+  return !w->pid && util_now_ms() < w->retry_at;
+}
+const char *worker_traceback(const worker_t *w) {
+  return w->trace.data ? w->trace.data : "";
+}
+policy_reason_t worker_last_reason(const worker_t *w) {
+  return w->reason;
+}
+unsigned long worker_hooks_dropped(const worker_t *w) {
+  return w->stats->hooks_dropped;
+}
+unsigned long worker_errors(const worker_t *w) {
+  unsigned long n = 0;
+  for (int i = 0; i < POLICY_ERR_REASONS; i++)
+    n += w->stats->errors[i];
+  return n;
+}
+
+static void put_doc(buf_t *o, const json_value_t *inspect) {
+  buf_t doc;
+  buf_init(&doc);
+  json_write(&doc, inspect);
+  wire_str(o, doc.data ? doc.data : "", doc.len);
+  buf_free(&doc);
+}
+
+static char *keep_str(policy_checks_t *pc, const char *s) {
+  if (!s) return NULL;
+  if (pc->nstrs == pc->scap) {
+    pc->scap = pc->scap ? pc->scap * 2 : 8;
+    pc->strs = xrealloc(pc->strs, pc->scap * sizeof *pc->strs);
+  }
+  return pc->strs[pc->nstrs++] = xstrdup(s);
+}
+
+int worker_checks(worker_t *w, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  if (!w->has_checks) return 0;
+  buf_reset(&w->out);
+  size_t off = wire_begin(&w->out, WIRE_CHECKS);
+  put_doc(&w->out, inspect);
+  wire_end(&w->out, off);
+  wire_rd_t rd;
+  int type;
+  if (call(w, &rd, &type, err, errlen) < 0)
+    return died(w, "checks", inspect, err, errlen);
+  if (type == WIRE_FAIL) return failed_reply(w, &rd, err, errlen);
+  size_t n = (size_t)wire_get_num(&rd);
+  if (type != WIRE_CHECKS_OK || rd.bad || n > POLICY_MAX_CHECKS)
+    return bad_reply(w, "checks", err, errlen);
+  out->v = n ? xcalloc(n, sizeof *out->v) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    checks_spec_t *s = &out->v[i];
+    checks_spec_init(s);
+    s->port = keep_str(out, wire_get_str(&rd, NULL));
+    s->type = (checks_type_t)wire_get_num(&rd);
+    s->path = keep_str(out, wire_get_str(&rd, NULL));
+    s->method = keep_str(out, wire_get_str(&rd, NULL));
+    s->status_min = (int)wire_get_num(&rd);
+    s->status_max = (int)wire_get_num(&rd);
+    s->host = keep_str(out, wire_get_str(&rd, NULL));
+    s->interval_ms = (long)wire_get_num(&rd);
+    s->timeout_ms = (long)wire_get_num(&rd);
+    s->rise = (int)wire_get_num(&rd);
+    s->fall = (int)wire_get_num(&rd);
+    s->address = keep_str(out, wire_get_str(&rd, NULL));
+    out->n = i + 1;
+    char why[200];
+    if (rd.bad || checks_spec_validate(s, why, sizeof why) < 0) {
+      policy_checks_free(out);
+      return bad_reply(w, rd.bad ? "checks" : why, err, errlen);
+    }
+  }
+  return 0;
+}
+
+int worker_records_checked(worker_t *w, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen) {
+  records_init(out);
+  buf_t *o = &w->out;
+  buf_reset(o);
+  size_t off = wire_begin(o, WIRE_RECORDS);
+  put_doc(o, inspect);
+  wire_num(o, checks != NULL);
+  size_t nv = checks ? checks->n : 0;
+  wire_num(o, nv);
+  for (size_t i = 0; i < nv; i++) {
+    const policy_check_state_t *c = &checks->v[i];
+    wire_cstr(o, c->port ? c->port : "");
+    wire_cstr(o, c->type ? c->type : "");
+    wire_cstr(o, c->state ? c->state : "");
+    wire_cstr(o, c->reason ? c->reason : "");
+    wire_cstr(o, c->target ? c->target : "");
+  }
+  wire_end(o, off);
+  wire_rd_t rd;
+  int type;
+  if (call(w, &rd, &type, err, errlen) < 0)
+    return died(w, "records", inspect, err, errlen);
+  if (type == WIRE_FAIL) return failed_reply(w, &rd, err, errlen);
+  size_t rejected = (size_t)wire_get_num(&rd);
+  size_t n = (size_t)wire_get_num(&rd);
+  if (type != WIRE_RECORDS_OK || rd.bad || n > MAX_KEYS_REPLY)
+    return bad_reply(w, "records", err, errlen);
+  const char *prev = NULL;
+  for (size_t i = 0; i < n; i++) {
+    size_t kl, vl;
+    const char *k = wire_get_str(&rd, &kl), *v = wire_get_str(&rd, &vl);
+    char why[200];
+    const char *what = NULL;
+    if (rd.bad || !k || !v)
+      what = "records";
+    else if (policy_check_key(k, kl, why, sizeof why) < 0)
+      what = why;
+    else if (prev && strcmp(prev, k) >= 0)
+      what = "records out of order";
+    if (what) {
+      records_free(out);
+      return bad_reply(w, what, err, errlen);
+    }
+    records_add(out, k, v, vl);
+    prev = out->v[out->n - 1].key;
+  }
+  out->rejected = rejected;
+  return 0;
+}
+
+/* ---- hooks ---- */
+
+static void tick_cb(uv_timer_t *t);
+
+/* A hook step (w->out): its reply says how many hook calls are alive. */
+static void step(worker_t *w) {
+  wire_rd_t rd;
+  int type;
+  char err[400];
+  if (call(w, &rd, &type, err, sizeof err) < 0) {
+    log_error("policy %s: a hook call failed: %s (reason: %s)", w->name, err,
+              policy_reason_name(w->reason));
+    return;
+  }
+  uint64_t n = wire_get_num(&rd);
+  if (type != WIRE_STEP || rd.bad) {
+    bad_reply(w, "hook step", err, sizeof err);
+    return;
+  }
+  w->nhooks = (size_t)n;
+  if (w->tick) {
+    if (w->nhooks && !uv_is_active((uv_handle_t *)w->tick))
+      uv_timer_start(w->tick, tick_cb, 1000, 1000);
+    else if (!w->nhooks)
+      uv_timer_stop(w->tick);
+  }
+}
+
+static void tick_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  if (!w->pid) return;
+  buf_reset(&w->out);
+  wire_end(&w->out, wire_begin(&w->out, WIRE_TICK));
+  step(w);
+}
+
+static void io_done(void *ud, uint64_t tag, uint64_t id,
+                    const iocall_answer_t *a) {
+  worker_t *w = ud;
+  if (tag != w->tag || !w->pid) return; /* an incarnation that is gone */
+  buf_t *o = &w->out;
+  buf_reset(o);
+  size_t off = wire_begin(o, WIRE_IO_ANSWER);
+  wire_num(o, id);
+  wire_cstr(o, a->error);
+  wire_num(o, (uint64_t)a->status);
+  wire_str(o, a->body ? a->body : "", a->body_len);
+  wire_str(o, a->headers ? a->headers : "", a->headers_len);
+  wire_num(o, a->n);
+  for (size_t i = 0; i < a->n; i++) {
+    wire_cstr(o, a->kvs[i].key);
+    wire_str(o, a->kvs[i].value, a->kvs[i].value_len);
+  }
+  wire_end(o, off);
+  step(w);
+}
+
+void worker_hook_event(worker_t *w, const policy_event_t *ev) {
+  if (!w->has_event) return;
+  buf_t *o = &w->out;
+  buf_reset(o);
+  size_t off = wire_begin(o, WIRE_EVENT);
+  wire_cstr(o, ev->type);
+  wire_cstr(o, ev->action);
+  wire_cstr(o, ev->id);
+  wire_cstr(o, ev->image);
+  if (ev->attributes)
+    put_doc(o, ev->attributes);
+  else
+    wire_str(o, NULL, 0);
+  wire_num(o, (uint64_t)ev->time);
+  wire_num(o, (uint64_t)ev->time_nano);
+  wire_cstr(o, ev->health_status);
+  wire_end(o, off);
+  step(w);
+}
+
+void worker_hook_changed(worker_t *w, const char *op, const char *key,
+                         const char *value, size_t vlen) {
+  if (!w->has_changed) return;
+  buf_t *o = &w->out;
+  buf_reset(o);
+  size_t off = wire_begin(o, WIRE_CHANGED);
+  wire_cstr(o, op);
+  wire_cstr(o, key);
+  wire_str(o, value, vlen);
+  wire_end(o, off);
+  step(w);
+}
+
+void worker_gc(worker_t *w) {
+  if (!w->pid) return;
+  buf_reset(&w->out);
+  wire_end(&w->out, wire_begin(&w->out, WIRE_GC));
+  step(w);
+}
+
+void worker_check_view(const checks_t *ck, const char *id,
+                       policy_check_state_t *buf, size_t cap,
+                       policy_check_view_t *view) {
+  size_t n = ck ? checks_count(ck, id) : 0;
+  if (n > cap) n = cap;
+  for (size_t i = 0; i < n; i++) {
+    checks_info_t in;
+    if (checks_get(ck, id, i, &in) < 0) {
+      n = i;
+      break;
+    }
+    buf[i].port = in.port;
+    buf[i].type = in.type;
+    buf[i].state = checks_state_name(in.state);
+    buf[i].reason = in.reason;
+    buf[i].target = in.target;
+  }
+  view->v = buf;
+  view->n = n;
+}
