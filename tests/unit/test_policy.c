@@ -3,6 +3,7 @@
 #include "json.h"
 #include "policy.h"
 #include "test.h"
+#include "util.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -495,6 +496,73 @@ TEST(records_caps_per_container) {
   policy_free(p);
 }
 
+/* A stop in a coroutine stops the call: the script cannot swallow it
+ * with resume's false or a pcall around a wrapped coroutine, and a
+ * coroutine that a hook's call made (which loses its hook when that call
+ * ends) runs under the budget when the script resumes or closes it later. */
+TEST(coroutines_run_under_the_budget) {
+  static const char *const swallowers[] = {
+      "local ok = coroutine.resume(coroutine.create(function() "
+      "while true do end end))\n",
+      "local ok = pcall(coroutine.wrap(function() while true do end end))\n",
+      "local co = coroutine.wrap(function() coroutine.yield(1) "
+      "while true do end end)\n co() local ok = pcall(co)\n",
+  };
+  json_doc_t *d = inspect("inspect/multi.json");
+  char err[600], src[600];
+  records_t r;
+  for (size_t i = 0; i < ARRAY_SIZE(swallowers); i++) {
+    snprintf(src, sizeof src,
+             "return { records = function(c)\n%s"
+             "  return { ['/swallowed'] = tostring(ok) }\nend }\n",
+             swallowers[i]);
+    policy_t *p = load_ok(src);
+    ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "instruction budget of 200000 exceeded");
+    ASSERT_EQ(policy_last_reason(p), POLICY_ERR_BUDGET);
+    policy_free(p);
+  }
+  /* wrap keeps Lua's behaviour: values through, errors with the caller's
+   * position */
+  policy_t *p = load_ok(
+      "return { records = function(c)\n"
+      "  local co = coroutine.wrap(function(a) local b = coroutine.yield(a + 1)"
+      " error('boom ' .. b) end)\n"
+      "  local one = co(1)\n"
+      "  local ok, e = pcall(co, 'x')\n"
+      "  return { ['/w'] = one .. ' ' .. tostring(ok) .. ' ' .. e }\n"
+      "end }\n");
+  run(p, first(d), &r);
+  ASSERT_CONTAINS(rec(&r, "/w"), "2 false ");
+  ASSERT_CONTAINS(rec(&r, "/w"), ":2: boom x");
+  records_free(&r);
+  policy_free(p);
+
+  /* a hook's coroutine kept by the script, resumed or closed by records()
+   * after that call ended */
+  static const char *const later[] = {
+      "event = function(ev) kept = coroutine.running()\n"
+      "  coroutine.yield()\n"
+      "  for i = 1, 3e7 do end end,\n"
+      "records = function(c) coroutine.resume(kept) return {} end }\n",
+      "event = function(ev) kept = coroutine.running()\n"
+      "  local x <close> = setmetatable({}, { __close = function()\n"
+      "    for i = 1, 3e7 do end end })\n"
+      "  coroutine.yield() end,\n"
+      "records = function(c) coroutine.close(kept) return {} end }\n",
+  };
+  for (size_t i = 0; i < ARRAY_SIZE(later); i++) {
+    snprintf(src, sizeof src, "return { %s", later[i]);
+    p = load_ok(src);
+    policy_event_t ev = {.type = "container", .action = "start"};
+    policy_hook_event(p, &ev); /* yields outside luaio: dropped */
+    ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "instruction budget of 200000 exceeded");
+    policy_free(p);
+  }
+  json_free(d);
+}
+
 TEST(script_errors_are_reported_not_fatal) {
   char err[600];
   /* load errors name the file and line */
@@ -578,4 +646,5 @@ TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
           TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
           TEST_ENTRY(keys_and_values_must_be_utf8),
           TEST_ENTRY(records_caps_per_container),
+          TEST_ENTRY(coroutines_run_under_the_budget),
           TEST_ENTRY(script_errors_are_reported_not_fatal))
