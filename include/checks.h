@@ -61,8 +61,8 @@ typedef struct {
   int status_min;      /* http: a passing status is in [min, max]; */
   int status_max;      /*       200 and 399 by default */
   const char *host;    /* http: Host header; NULL: the target's host:port */
-  long interval_ms;    /* between runs; 5000 by default */
-  long timeout_ms;     /* per run, <= interval_ms; 2000 by default */
+  long interval_ms;    /* between runs; 5000 by default, >= 100 */
+  long timeout_ms;     /* per run, <= interval_ms; 2000 by default, >= 100 */
   int rise;            /* consecutive successes to pass; 1 by default */
   int fall;            /* consecutive failures to fail; 1 by default */
   const char *address; /* NULL: the port's published binding; else a
@@ -105,6 +105,16 @@ typedef struct {
   uv_loop_t *loop;
   http_t *http;     /* the daemon's curl multi; NULL: http checks fail */
   int max_inflight; /* checks running at once; 0 = 32 */
+  /* Where a check may connect.  A target on this host is always allowed:
+   * loopback, 0.0.0.0 and ::, host_ip, and the container's own addresses
+   * in its inspect document (its published bindings' HostIp, its
+   * IPAddress and GlobalIPv6Address on every network).  Any other target
+   * must be within allow; else the check never connects and fails with
+   * "target 10.9.9.9 is not on this host (allow it with --check-allow)". */
+  const char *host_ip; /* --host-ip, or NULL */
+  const char *allow;   /* --check-allow: comma-separated CIDRs, or NULL
+                          (none); one that does not parse allows nothing
+                          beyond this host, and is logged */
   checks_transition_cb on_transition;
   void *ud;
 } checks_opts_t;
@@ -132,7 +142,11 @@ void checks_free(checks_t *ck);
 
 /* Defaults, as noted in checks_spec_t. */
 void checks_spec_init(checks_spec_t *s);
-/* 0, or -1 with a one-line reason ("interval must be > 0", ...). */
+/* The shortest interval and timeout a check may have. */
+#define CHECKS_MIN_MS 100
+
+/* 0, or -1 with a one-line reason ("check interval of 1 ms is below the
+ * minimum of 100 ms", ...). */
 int checks_spec_validate(const checks_spec_t *s, char *err, size_t errlen);
 
 /* Replaces the checks of container `id` (copied) with specs[0..n) (each
@@ -140,8 +154,9 @@ int checks_spec_validate(const checks_spec_t *s, char *err, size_t errlen);
  * the container's inspect document, for specs without target_host (may be
  * NULL when every spec has one).  A spec whose target cannot be resolved
  * is kept as a check that fails with the reason ("80/tcp is not
- * published").  A spec equal to a current one (same fields and target)
- * keeps that check's state and schedule.  n == 0 is checks_remove(). */
+ * published"), and so is one whose target is neither on this host nor
+ * allowed (checks_opts_t).  A spec equal to a current one (same fields and
+ * target) keeps that check's state and schedule.  n == 0 is checks_remove(). */
 int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
                const checks_spec_t *specs, size_t n, char *err, size_t errlen);
 /* Stops and forgets the checks of a container (in-flight runs are

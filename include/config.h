@@ -45,7 +45,17 @@ typedef struct {
   long once_timeout;      /* seconds --once waits for etcd to match */
   long policy_timeout_ms; /* wall clock of one policy call */
   long hook_timeout;      /* seconds: one hook call, waits included */
+  char *check_allow;      /* --check-allow: comma-separated CIDRs, or NULL */
+  char *policy_env;       /* comma-separated variable names, or NULL */
 } config_t;
+
+/* One network of --check-allow.  Every address is held as IPv6, IPv4 as
+ * ::ffff:a.b.c.d (bits counted from the start of the 16 bytes: an IPv4
+ * /8 is 104 bits), so that an IPv4-mapped IPv6 address is the IPv4 one. */
+typedef struct {
+  unsigned char addr[16];
+  int bits;
+} config_cidr_t;
 
 /* Returns 0 to run, 1 when --help/--version was printed (exit 0), and -1
  * with a one-line message in err (exit 2). */
@@ -66,6 +76,16 @@ int config_docker_url(const char *what, const char *url, int tls, char **socket,
 int config_parse_endpoint(const char *in, char **out, char *err, size_t errlen);
 int config_valid_ip(const char *s);
 /* --policy-timeout MS (also for `register check`): 10..600000. */
+/* A list of networks, "10.0.0.0/8, fd00::/8,192.0.2.7" (a bare IP is a
+ * /32 or /128; empty entries are skipped), into *out (the caller frees
+ * it; NULL when empty) and *n.  0, or -1 with one line naming the bad
+ * entry. */
+int config_parse_cidrs(const char *list, config_cidr_t **out, size_t *n,
+                       char *err, size_t errlen);
+/* An address ("10.1.2.3", "::1") as config_cidr_t holds it: 0 or -1. */
+int config_addr16(const char *ip, unsigned char out[16]);
+/* Whether addr (as config_addr16 makes it) is in network c. */
+int config_cidr_has(const config_cidr_t *c, const unsigned char addr[16]);
 int config_policy_timeout(const char *name, const char *v, long *ms, char *err,
                           size_t errlen);
 

@@ -154,8 +154,25 @@ void policy_gc(policy_t *p);
 unsigned long policy_hooks_dropped(const policy_t *p);
 unsigned long policy_errors(const policy_t *p);
 
+/* What one record may be, and what one container's records() may return
+ * as a whole.  A key is at most POLICY_MAX_KEY bytes and a value at most
+ * POLICY_MAX_VALUE (a record over either is rejected, the rest kept).  A
+ * call that returns more than POLICY_MAX_RECORDS entries, or records of
+ * more than POLICY_MAX_RECORD_BYTES (keys and values together), fails as a
+ * whole: it is stopped while its table is read, at the first entry past a
+ * cap, so that no one container can delay another's registration.  The
+ * default policy makes one key per container (about 150 bytes of value per
+ * published binding); 1000 keys is a key per port for a range of 1000
+ * published ports. */
+#define POLICY_MAX_KEY 4096
+#define POLICY_MAX_VALUE (1u << 20)
+#define POLICY_MAX_RECORDS 1000
+#define POLICY_MAX_RECORD_BYTES (1u << 20)
+
 /* Checks a key: absolute, no empty, "." or ".." segments, no trailing '/',
- * at most 4096 bytes, no control characters.  0 or -1 with a reason. */
+ * at most POLICY_MAX_KEY bytes, no control characters, valid UTF-8 (RFC
+ * 3629: no overlong forms, no surrogates, nothing past U+10FFFF; etcd's
+ * JSON APIs carry nothing else).  0 or -1 with a reason. */
 int policy_check_key(const char *key, size_t len, char *err, size_t errlen);
 
 #endif

@@ -435,7 +435,7 @@ static worker_opts_t policy_opts(app_t *a) {
   po.loop = &a->loop;
   po.stats = &a->pstats;
   po.wstats = &a->wstats;
-  po.env = NULL; // TODO(merge limits): cfg->policy_env
+  po.env = cfg->policy_env;
   po.log_level = cfg->log_level;
   po.on_restart = on_worker_restart;
   po.ud = a;
@@ -609,6 +609,8 @@ int app_run(const config_t *cfg) {
   checks_opts_t co = {0};
   co.loop = &a->loop;
   co.http = a->http;
+  co.host_ip = cfg->host_ip; /* on this host: always allowed */
+  co.allow = cfg->check_allow; /* --check-allow, or NULL */
   co.on_transition = on_check_transition;
   co.ud = a;
   a->checks = checks_new(&co);

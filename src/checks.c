@@ -1,5 +1,6 @@
 /* checks: health checks of containers' ports in the libuv loop. */
 #include "checks.h"
+#include "config.h"
 #include "log.h"
 #include "map.h"
 
@@ -86,6 +87,11 @@ struct checks {
   int max_inflight;
   checks_transition_cb on_transition;
   void *ud;
+  /* where checks may connect beyond the container's own addresses */
+  unsigned char host_ip[16];
+  int has_host_ip;
+  config_cidr_t *allow;
+  size_t nallow;
   map_t *conts;
   check_t *qhead, *qtail;
   size_t inflight, queued;
@@ -172,6 +178,67 @@ int checks_resolve(const json_value_t *inspect, const char *port,
   snprintf(host, hostlen, "%s", ip);
   *out_port = (int)hport;
   return 0;
+}
+
+/* ---- which targets a check may reach ---- */
+
+/* ip (text) is a in 16 bytes, as config_addr16 makes it. */
+static int same_ip(const char *ip, const unsigned char a[16]) {
+  unsigned char b[16];
+  return ip && *ip && config_addr16(ip, b) == 0 && memcmp(a, b, 16) == 0;
+}
+
+/* Is a one of the container's own addresses: a published binding's
+ * HostIp, or its address on one of its networks? */
+static int container_has(const json_value_t *inspect,
+                         const unsigned char a[16]) {
+  if (json_is(inspect, JSON_ARRAY))
+    inspect = inspect->len ? inspect->u.child : NULL;
+  const json_value_t *ns = json_get(inspect, "NetworkSettings");
+  if (same_ip(json_get_str(ns, "IPAddress"), a) ||
+      same_ip(json_get_str(ns, "GlobalIPv6Address"), a))
+    return 1;
+  const json_value_t *nets = json_get(ns, "Networks");
+  for (const json_value_t *n = json_is(nets, JSON_OBJECT) ? nets->u.child
+                                                          : NULL;
+       n; n = n->next)
+    if (same_ip(json_get_str(n, "IPAddress"), a) ||
+        same_ip(json_get_str(n, "GlobalIPv6Address"), a))
+      return 1;
+  const json_value_t *ports = json_get(ns, "Ports");
+  for (const json_value_t *p = json_is(ports, JSON_OBJECT) ? ports->u.child
+                                                           : NULL;
+       p; p = p->next)
+    for (const json_value_t *b = json_is(p, JSON_ARRAY) ? p->u.child : NULL; b;
+         b = b->next)
+      if (same_ip(json_get_str(b, "HostIp"), a)) return 1;
+  return 0;
+}
+
+/* 1 when a check may connect to host: on this host (loopback, the
+ * unspecified addresses, --host-ip, the container's own addresses) or
+ * within --check-allow.  0 with the reason in why. */
+static int target_allowed(const checks_t *ck, const json_value_t *inspect,
+                          const char *host, char *why, size_t whylen) {
+  static const unsigned char any6[16] = {0}, lo6[16] = {[15] = 1},
+                             v4[12] = {[10] = 0xff, [11] = 0xff};
+  unsigned char a[16];
+  if (config_addr16(host, a) < 0) {
+    snprintf(why, whylen, "target %.60s is not an IP address", host);
+    return 0;
+  }
+  int ok =
+      memcmp(a, any6, 16) == 0 || memcmp(a, lo6, 16) == 0 ||
+      (memcmp(a, v4, 12) == 0 && (a[12] == 127 || !memcmp(a + 12, any6, 4)));
+  ok = ok || (ck->has_host_ip && memcmp(a, ck->host_ip, 16) == 0);
+  for (size_t i = 0; !ok && i < ck->nallow; i++)
+    ok = config_cidr_has(&ck->allow[i], a);
+  ok = ok || (inspect && container_has(inspect, a));
+  if (!ok)
+    snprintf(why, whylen,
+             "target %.60s is not on this host (allow it with --check-allow)",
+             host);
+  return ok;
 }
 
 /* Runs start on a grid of ticks (interval / 20, at most 50 ms): checks due
@@ -655,6 +722,11 @@ int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
       terr = ebuf;
       tport = 0;
     }
+    if (thost && !target_allowed(ck, inspect, thost, ebuf, sizeof ebuf)) {
+      thost = NULL; /* never connected to: the check fails with why */
+      terr = ebuf;
+      tport = 0;
+    }
     for (size_t j = 0; j < cont->n && !nv[i]; j++) {
       if (cont->v[j] && same(cont->v[j], s, thost, tport, terr)) {
         nv[i] = cont->v[j];
@@ -808,6 +880,13 @@ checks_t *checks_new(const checks_opts_t *o) {
   ck->max_inflight = o->max_inflight > 0 ? o->max_inflight : DEFAULT_INFLIGHT;
   ck->on_transition = o->on_transition;
   ck->ud = o->ud;
+  ck->has_host_ip = o->host_ip && config_addr16(o->host_ip, ck->host_ip) == 0;
+  char err[300];
+  if (o->allow && config_parse_cidrs(o->allow, &ck->allow, &ck->nallow, err,
+                                     sizeof err) < 0)
+    log_error("checks: --check-allow: %s; checks reach nothing beyond this "
+              "host",
+              err);
   ck->conts = map_new();
   return ck;
 }
@@ -823,5 +902,6 @@ void checks_free(checks_t *ck) {
     cont_free(v);
   }
   map_free(ck->conts);
+  free(ck->allow);
   free(ck);
 }

@@ -64,8 +64,12 @@ int checks_spec_validate(const checks_spec_t *s, char *err, size_t errlen) {
     BAD("check port \"%.40s\" is not \"N/tcp\" (N in 1-65535)", s->port);
   if (s->type != CHECKS_TCP && s->type != CHECKS_HTTP)
     BAD("check type must be tcp or http");
-  if (s->interval_ms <= 0) BAD("check interval must be > 0");
-  if (s->timeout_ms <= 0) BAD("check timeout must be > 0");
+  if (s->interval_ms < CHECKS_MIN_MS)
+    BAD("check interval of %ld ms is below the minimum of %d ms",
+        s->interval_ms, CHECKS_MIN_MS);
+  if (s->timeout_ms < CHECKS_MIN_MS)
+    BAD("check timeout of %ld ms is below the minimum of %d ms", s->timeout_ms,
+        CHECKS_MIN_MS);
   if (s->timeout_ms > s->interval_ms)
     BAD("check timeout (%ld ms) must not exceed the interval (%ld ms)",
         s->timeout_ms, s->interval_ms);

@@ -182,6 +182,67 @@ static int parse_etcd_list(config_t *cfg, const char *list, char *err,
   return rc;
 }
 
+int config_addr16(const char *ip, unsigned char out[16]) {
+  unsigned char a4[4];
+  if (inet_pton(AF_INET, ip, a4) == 1) {
+    memset(out, 0, 10);
+    out[10] = out[11] = 0xff;
+    memcpy(out + 12, a4, 4);
+    return 0;
+  }
+  return inet_pton(AF_INET6, ip, out) == 1 ? 0 : -1;
+}
+
+int config_cidr_has(const config_cidr_t *c, const unsigned char addr[16]) {
+  int full = c->bits / 8, rest = c->bits % 8;
+  if (memcmp(c->addr, addr, (size_t)full) != 0) return 0;
+  if (!rest) return 1;
+  unsigned char mask = (unsigned char)(0xff00 >> rest);
+  return (c->addr[full] & mask) == (addr[full] & mask);
+}
+
+int config_parse_cidrs(const char *list, config_cidr_t **out, size_t *n,
+                       char *err, size_t errlen) {
+  *out = NULL;
+  *n = 0;
+  char *copy = xstrdup(list);
+  char *save = NULL;
+  for (char *tok = strtok_r(copy, ",", &save); tok;
+       tok = strtok_r(NULL, ",", &save)) {
+    tok += strspn(tok, " \t");
+    size_t len = strcspn(tok, " \t");
+    if (tok[len + strspn(tok + len, " \t")] != '\0') len = strlen(tok);
+    if (len == 0) continue;
+    tok[len] = '\0';
+    char *slash = strchr(tok, '/');
+    if (slash) *slash = '\0';
+    config_cidr_t c;
+    long bits = -1;
+    int v4 = strchr(tok, ':') == NULL;
+    if (config_addr16(tok, c.addr) == 0 &&
+        (!slash ||
+         (strspn(slash + 1, "0123456789") == strlen(slash + 1) &&
+          util_parse_long(slash + 1, 0, v4 ? 32 : 128, &bits) == 0))) {
+      c.bits = (int)(slash ? bits : v4 ? 32 : 128) + (v4 ? 96 : 0);
+      *out = xrealloc(*out, (*n + 1) * sizeof **out);
+      (*out)[(*n)++] = c;
+      continue;
+    }
+    if (slash) *slash = '/';
+    snprintf(err, errlen,
+             "\"%.80s\" is not an IPv4 or IPv6 address or network "
+             "(10.0.0.0/8, fd00::/8, 192.0.2.7)",
+             tok);
+    free(copy);
+    free(*out);
+    *out = NULL;
+    *n = 0;
+    return -1;
+  }
+  free(copy);
+  return 0;
+}
+
 /* DOCKER_HOST, --docker: errors name the URL, not where it came from. */
 int config_docker_url(const char *what, const char *url, int tls, char **socket,
                       char **base, char *err, size_t errlen) {
@@ -394,6 +455,57 @@ static int set_hostname(config_t *cfg, const char *src, const char *v,
   return 0;
 }
 
+static int set_check_allow(config_t *cfg, const char *src, const char *v,
+                           char *err, size_t errlen) {
+  config_cidr_t *c;
+  size_t n;
+  char why[300];
+  if (config_parse_cidrs(v, &c, &n, why, sizeof why) < 0) {
+    snprintf(err, errlen, "%s: %s", src, why);
+    return -1;
+  }
+  free(c);
+  config_set_str(&cfg->check_allow, n ? v : NULL);
+  return 0;
+}
+
+/* NAME,NAME...: environment variable names, kept as "A,B" (NULL: none). */
+static int set_policy_env(config_t *cfg, const char *src, const char *v,
+                          char *err, size_t errlen) {
+  buf_t b;
+  buf_init(&b);
+  char *copy = xstrdup(v);
+  char *save = NULL;
+  int rc = 0;
+  for (char *tok = strtok_r(copy, ",", &save); tok;
+       tok = strtok_r(NULL, ",", &save)) {
+    tok += strspn(tok, " \t");
+    size_t len = strlen(tok);
+    while (len > 0 && (tok[len - 1] == ' ' || tok[len - 1] == '\t'))
+      len--;
+    if (len == 0) continue;
+    tok[len] = '\0';
+    static const char first[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "abcdefghijklmnopqrstuvwxyz_";
+    if (!strchr(first, tok[0]) ||
+        strspn(tok, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
+                    "0123456789") != len) {
+      snprintf(err, errlen,
+               "%s: \"%.80s\" is not an environment variable name "
+               "([A-Za-z_][A-Za-z0-9_]*)",
+               src, tok);
+      rc = -1;
+      break;
+    }
+    if (b.len) buf_puts(&b, ",");
+    buf_puts(&b, tok);
+  }
+  free(copy);
+  if (rc == 0) config_set_str(&cfg->policy_env, b.len ? b.data : NULL);
+  buf_free(&b);
+  return rc;
+}
+
 #define STRING(f) .kind = KIND_STRING, .off = offsetof(config_t, f)
 #define FLAG(f) .kind = KIND_FLAG, .off = offsetof(config_t, f)
 #define SECONDS(f, lo, hi)                                                     \
@@ -456,6 +568,13 @@ static const opt_t opts[] = {
     {"--hook-timeout", NULL, "SECONDS",
      "limit of one hook call, I/O waits included", "60",
      SECONDS(hook_timeout, 1, 3600)},
+    {"--policy-env", "REGISTER_POLICY_ENV", "NAMES",
+     "the environment variables the policy worker gets, comma-separated", NULL,
+     CALL(set_policy_env), .shown = "default: none"},
+    {"--check-allow", "REGISTER_CHECK_ALLOW", "CIDRS",
+     "networks beyond this host that health checks may reach, "
+     "comma-separated CIDRs or IPs",
+     NULL, CALL(set_check_allow), .shown = "default: none"},
     {"--dry-run", NULL, NULL, "print what would be written instead of writing",
      NULL, FLAG(dry_run)},
     {"--trace-latency", NULL, NULL,
@@ -715,5 +834,7 @@ void config_free(config_t *cfg) {
   free(cfg->docker_key);
   free(cfg->policy_file);
   free(cfg->metrics_addr);
+  free(cfg->check_allow);
+  free(cfg->policy_env);
   memset(cfg, 0, sizeof *cfg);
 }

@@ -26,8 +26,8 @@
 #define DEFAULT_BUDGET 10000000L
 #define DEFAULT_MEM (64u << 20)
 #define HOOK_EVERY 1000 /* instructions between two looks at the limits */
-#define MAX_KEY 4096
-#define MAX_VALUE (1u << 20)
+#define MAX_KEY POLICY_MAX_KEY
+#define MAX_VALUE POLICY_MAX_VALUE
 static const char *const reason_names[POLICY_ERR_REASONS] = {
     "error", "budget", "timeout", "memory", "sandbox", "crash"};
 
@@ -221,6 +221,77 @@ void policy_count_failure(policy_t *p) {
 
 /* ---- keys ---- */
 
+/* The offset of the first byte of s that does not start a well-formed
+ * UTF-8 sequence (Unicode's table 3-7: no overlong forms, no surrogates,
+ * nothing past U+10FFFF), or len when s is valid throughout. */
+static size_t utf8_bad_at(const char *str, size_t len) {
+  const unsigned char *s = (const unsigned char *)str;
+  size_t i = 0;
+  while (i < len) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
+    if (c >= 0xc2 && c <= 0xdf)
+      n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) lo = 0xa0; /* overlong */
+      if (c == 0xed) hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) lo = 0x90; /* overlong */
+      if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
+    } else {
+      return i; /* a continuation byte, C0, C1 or F5..FF */
+    }
+    if (len - i < n || s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k < n; k++)
+      if (s[i + k] < 0x80 || s[i + k] > 0xbf) return i;
+    i += n;
+  }
+  return len;
+}
+
+/* s for a log line or an error: quotes, backslashes, control characters
+ * and bytes that are not UTF-8 as \xNN, cut to what fits in out (with
+ * "..."). */
+static const char *printable(const char *s, size_t len, char *out,
+                             size_t outlen) {
+  size_t o = 0, i = 0;
+  while (i < len) {
+    size_t bad = utf8_bad_at(s + i, len - i);
+    size_t run = bad == 0 ? 1 : bad; /* a valid run, or one bad byte */
+    for (size_t k = 0; k < run; k++) {
+      unsigned char c = (unsigned char)s[i + k];
+      char tmp[5];
+      size_t tn;
+      if (bad == 0 || c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+        snprintf(tmp, sizeof tmp, "\\x%02x", c);
+        tn = 4;
+      } else {
+        tmp[0] = (char)c;
+        tn = 1;
+      }
+      /* a multi-byte character is copied whole or not at all */
+      size_t need = tn;
+      if (c >= 0xc0 && bad != 0) need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+      if (o + need + 4 > outlen) {
+        snprintf(out + o, outlen - o, "...");
+        return out;
+      }
+      memcpy(out + o, tmp, tn);
+      o += tn;
+    }
+    i += run;
+  }
+  out[o] = '\0';
+  return out;
+}
+
 int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
   if (len == 0 || key[0] != '/') {
     snprintf(err, errlen, "key is not absolute (must start with '/')");
@@ -259,6 +330,12 @@ int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
       snprintf(err, errlen, "key has a control character");
       return -1;
     }
+  }
+  size_t bad = utf8_bad_at(key, len);
+  if (bad < len) {
+    snprintf(err, errlen, "key is not valid UTF-8 (byte 0x%02x at offset %zu)",
+             (unsigned char)key[bad], bad);
+    return -1;
   }
   return 0;
 }
@@ -479,21 +556,40 @@ static int call_records(lua_State *L) {
 }
 
 /* Walks the table records() returned (argument 1) inside a protected call:
- * JSON-encoding a table value may raise. */
+ * JSON-encoding a table value may raise.  Past a cap (POLICY_MAX_RECORDS
+ * entries, POLICY_MAX_RECORD_BYTES of keys and values) it raises at once,
+ * with the message in capped: the rest of the table is never read. */
 typedef struct {
   policy_t *p;
   records_t *out;
   const char *id;
+  char capped[160];
 } collect_t;
+
+/* One record rejected: logged (the key made printable) and counted. */
+static void reject(collect_t *c, const char *key, size_t klen,
+                   const char *why) {
+  char pk[200];
+  log_error("policy %s: container %.12s: key \"%s\": %s; record skipped",
+            c->p->name, c->id, printable(key, klen, pk, sizeof pk), why);
+  c->out->rejected++;
+}
 
 static int collect(lua_State *L) {
   collect_t *c = lua_touserdata(L, 2);
   int t = 1;
   char err[200];
+  size_t entries = 0, bytes = 0;
   lua_settop(L, 2);
   buf_t *enc = luareg_buffer(L); /* Lua owns it: an error leaks nothing */
   lua_pushnil(L);
   while (lua_next(L, t)) {
+    if (++entries > POLICY_MAX_RECORDS) {
+      snprintf(c->capped, sizeof c->capped,
+               "records() returned more than %d keys (the cap per container)",
+               POLICY_MAX_RECORDS);
+      return luaL_error(L, "%s", c->capped);
+    }
     size_t klen = 0;
     const char *key =
         lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &klen) : NULL;
@@ -506,9 +602,7 @@ static int collect(lua_State *L) {
       continue;
     }
     if (policy_check_key(key, klen, err, sizeof err) < 0) {
-      log_error("policy %s: container %.12s: key \"%s\": %s; record skipped",
-                c->p->name, c->id, key, err);
-      c->out->rejected++;
+      reject(c, key, klen, err);
       lua_pop(L, 1);
       continue;
     }
@@ -520,28 +614,37 @@ static int collect(lua_State *L) {
     } else if (vt == LUA_TTABLE) {
       buf_reset(enc);
       if (luareg_json_encode(L, -1, 0, enc, err, sizeof err) < 0) {
-        log_error("policy %s: container %.12s: key \"%s\": %s; record "
-                  "skipped",
-                  c->p->name, c->id, key, err);
-        c->out->rejected++;
+        reject(c, key, klen, err);
         lua_pop(L, 1);
         continue;
       }
       val = enc->data ? enc->data : "";
       vlen = enc->len;
     } else {
-      log_error("policy %s: container %.12s: key \"%s\": value is a %s, not "
-                "a string or table; record skipped",
-                c->p->name, c->id, key, luaL_typename(L, -1));
-      c->out->rejected++;
+      snprintf(err, sizeof err, "value is a %s, not a string or table",
+               luaL_typename(L, -1));
+      reject(c, key, klen, err);
       lua_pop(L, 1);
       continue;
     }
+    size_t bad;
     if (vlen > MAX_VALUE) {
-      log_error("policy %s: container %.12s: key \"%s\": value of %zu bytes "
-                "is over the %u byte limit; record skipped",
-                c->p->name, c->id, key, vlen, MAX_VALUE);
-      c->out->rejected++;
+      snprintf(err, sizeof err, "value of %zu bytes is over the %u byte limit",
+               vlen, MAX_VALUE);
+      reject(c, key, klen, err);
+    } else if ((bad = utf8_bad_at(val, vlen)) < vlen) {
+      /* etcd v2 and the v3 gateway return values in JSON too: one that is
+       * not UTF-8 comes back changed, and never converges */
+      snprintf(err, sizeof err,
+               "value is not valid UTF-8 (byte 0x%02x at offset %zu)",
+               (unsigned char)val[bad], bad);
+      reject(c, key, klen, err);
+    } else if ((bytes += klen + vlen) > POLICY_MAX_RECORD_BYTES) {
+      snprintf(c->capped, sizeof c->capped,
+               "records() returned more than %u bytes of keys and values "
+               "(the cap per container)",
+               POLICY_MAX_RECORD_BYTES);
+      return luaL_error(L, "%s", c->capped);
     } else {
       records_add(c->out, key, val, vlen);
     }
@@ -583,16 +686,20 @@ static int records_run(policy_t *p, const char *id, void *ud, char *err,
     lua_pop(L, 1);
     return -1;
   }
-  collect_t c = {p, out, id};
+  collect_t c = {p, out, id, ""};
   lua_pushcfunction(L, collect);
   lua_insert(L, -2);
   lua_pushlightuserdata(L, &c);
   if (policy_pcall(p, 2, 0, why, sizeof why) < 0) {
     policy_count_failure(p);
-    snprintf(err, errlen,
-             "policy %s: records() failed for container %.12s: its result: "
-             "%s (reason: %s)",
-             p->name, id, why, policy_reason_name(p->reason));
+    if (c.capped[0] && p->reason == POLICY_ERR_ERROR)
+      snprintf(err, errlen, "policy %s: container %.12s: %s (reason: %s)",
+               p->name, id, c.capped, policy_reason_name(p->reason));
+    else
+      snprintf(err, errlen,
+               "policy %s: records() failed for container %.12s: its "
+               "result: %s (reason: %s)",
+               p->name, id, why, policy_reason_name(p->reason));
     records_free(out);
     return -1;
   }

@@ -131,6 +131,80 @@ static int sandbox_xpcall(lua_State *L) {
   return sandbox_xpcall_finish(L, st, 2);
 }
 
+/* ---- coroutines run under the caller's count hook ----
+ *
+ * A hook is per thread.  A coroutine made by the script inherits the
+ * hook of the thread that made it, but one made from C (a hook call's)
+ * loses its hook when that call ends: resumed later by the script, it
+ * would run with no budget.  So coroutine.resume and coroutine.close (whose
+ * __close handlers run on the coroutine) give the coroutine the running
+ * thread's hook first; and a hook that the coroutine tightened (the count
+ * hook stopping the call sets a count of 1) comes back to the caller, so
+ * that a stop cannot be swallowed by resume's false. */
+
+static void hook_to(lua_State *from, lua_State *to) {
+  if (to == from) return;
+  lua_sethook(to, lua_gethook(from), lua_gethookmask(from),
+              lua_gethookcount(from));
+}
+
+static void hook_back(lua_State *co, lua_State *L) {
+  if (co == L || lua_gethook(co) != lua_gethook(L) ||
+      !(lua_gethookmask(co) & LUA_MASKCOUNT))
+    return;
+  if (!(lua_gethookmask(L) & LUA_MASKCOUNT) ||
+      lua_gethookcount(co) < lua_gethookcount(L))
+    lua_sethook(L, lua_gethook(co), lua_gethookmask(L) | LUA_MASKCOUNT,
+                lua_gethookcount(co));
+}
+
+/* coroutine.resume(co, ...) and coroutine.close(co): upvalue 1 is Lua's. */
+static int sandbox_co_call(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "coroutine");
+  hook_to(L, co);
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  hook_back(co, L);
+  return lua_gettop(L);
+}
+
+/* coroutine.wrap(f): the thread it makes inherits the running hook; what
+ * it tightens comes back, as for resume.  Lua's wrap function, called
+ * through here, keeps its behaviour: errors propagate, with the caller's
+ * position (which auxwrap would take from this C function). */
+static int sandbox_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(2));
+  hook_to(L, co);
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  int st = lua_pcall(L, n, LUA_MULTRET, 0);
+  hook_back(co, L);
+  if (st != LUA_OK) {
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return lua_gettop(L);
+}
+
+static int sandbox_wrap(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 1, 1); /* Lua's wrap: a C closure over the new thread */
+  if (!lua_getupvalue(L, -1, 1) || !lua_isthread(L, -1))
+    return luaL_error(L, "coroutine.wrap: no thread (sandbox)");
+  lua_pushcclosure(L, sandbox_wrapped, 2);
+  return 1;
+}
+
 static void wrap(lua_State *L, const char *name, lua_CFunction fn, int *hit) {
   lua_getfield(L, -1, name);
   lua_pushlightuserdata(L, hit);
@@ -260,6 +334,19 @@ void sandbox_open(lua_State *L, const char *dir, int *hit) {
   wrap(L, "collectgarbage", sandbox_collectgarbage, hit);
   lua_pushcfunction(L, sandbox_xpcall);
   lua_setfield(L, -2, "xpcall");
+  lua_pop(L, 1);
+
+  /* coroutines run under the hook of the thread that resumes them */
+  lua_getglobal(L, LUA_COLIBNAME);
+  static const char *const co_calls[] = {"resume", "close", NULL};
+  for (const char *const *f = co_calls; *f; f++) {
+    lua_getfield(L, -1, *f);
+    lua_pushcclosure(L, sandbox_co_call, 1);
+    lua_setfield(L, -2, *f);
+  }
+  lua_getfield(L, -1, "wrap");
+  lua_pushcclosure(L, sandbox_wrap, 1);
+  lua_setfield(L, -2, "wrap");
   lua_pop(L, 1);
 
   /* string.dump: bytecode only serves load, which takes text only */

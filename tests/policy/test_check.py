@@ -307,4 +307,78 @@ end }
     }, got
 
 
+# ---- limits on what a policy returns (issue 18) ----
+
+@suite.test
+def keys_and_values_that_are_not_utf8_are_rejected():
+    # etcd's JSON APIs carry only UTF-8: such a key would never converge
+    p = write("utf8.lua", r"""
+return { records = function(c)
+  return { ["/ok/caf\u{e9}"] = "\u{263a}", ["/bad/\xff"] = "x", ["/overlong/\xc0\xaf"] = "x",
+           ["/surrogate/\xed\xa0\x80"] = "x", ["/value"] = "a\xf4\x90\x80\x80" }
+end }
+""")
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, os.path.join(DATA, "multi.json"))
+    assert r.returncode == 1, r.stderr  # a rejected record fails the check
+    assert summary(r) == "1 container, 1 record, 0 failed, 4 rejected", r.stderr
+    assert [json.loads(l)["key"] for l in r.stdout.splitlines()] == ["/ok/caf\u00e9"], r.stdout
+    cid = sample("multi.json")["Id"][:12]
+    assert (f'container {cid}: key "/bad/\\xff": key is not valid UTF-8 (byte 0xff at offset 5); '
+            'record skipped') in r.stderr, r.stderr
+    assert 'key "/value": value is not valid UTF-8 (byte 0xf4 at offset 1)' in r.stderr, r.stderr
+    # every line of the log is UTF-8 (the keys are shown escaped)
+    assert all(l.isprintable() for l in r.stderr.splitlines()), r.stderr
+
+
+@suite.test
+def more_records_than_the_cap_fail_the_call_fast():
+    p = write("flood.lua", """
+return { records = function(c)
+  local n = tonumber(c.labels.n) or 250000
+  local t = {}
+  for i = 1, n do t["/k/" .. i] = "v" end
+  return t
+end }
+""")
+    doc = sample("multi.json")
+    f = write("doc.json", json.dumps([doc]))
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, f)
+    assert r.returncode == 1, r.stderr
+    assert summary(r) == "1 container, 0 records, 1 failed, 0 rejected", r.stderr
+    assert (f"container {doc['Id'][:12]}: records() returned more than 1000 keys (the cap per "
+            "container)") in r.stderr, r.stderr
+    doc["Config"]["Labels"] = {"n": "1000"}
+    f = write("doc.json", json.dumps([doc]))
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, f)
+    assert r.returncode == 0 and summary(r) == "1 container, 1000 records, 0 failed, 0 rejected", r.stderr
+    big = write("big.lua", """
+return { records = function(c)
+  return { ["/a"] = ("x"):rep(600000), ["/b"] = ("y"):rep(600000) }
+end }
+""")
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", big, f)
+    assert r.returncode == 1, r.stderr
+    assert "records() returned more than 1048576 bytes of keys and values (the cap per container)" \
+        in r.stderr, r.stderr
+
+
+@suite.test
+def check_intervals_and_timeouts_under_100_ms_are_refused():
+    for field, value, want in (("interval", 0.001, "check interval of 1 ms is below the minimum of 100 ms"),
+                               ("timeout", 0.05, "check timeout of 50 ms is below the minimum of 100 ms")):
+        p = write("fast.lua", f"""
+return {{ checks = function(c) return {{ {{ port = "80/tcp", {field} = {value} }} }} end,
+          records = function(c) return {{ ["/x"] = "y" }} end }}
+""")
+        r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, os.path.join(DATA, "multi.json"))
+        assert r.returncode == 1, r.stderr
+        assert "check 1 (80/tcp): " + want in r.stderr, r.stderr
+    p = write("ok.lua", """
+return { checks = function(c) return { { port = "80/tcp", interval = 0.1, timeout = 0.1 } } end,
+         records = function(c) return { ["/x"] = "y" } end }
+""")
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, os.path.join(DATA, "multi.json"))
+    assert r.returncode == 0, r.stderr
+
+
 suite.run()

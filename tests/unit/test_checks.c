@@ -221,6 +221,9 @@ static void tick_cb(uv_timer_t *t) {
   (void)t;
 }
 
+/* what setup() gives checks_new() beyond the loop */
+static const char *setup_host_ip, *setup_allow;
+
 static void setup(int max_inflight) {
   ASSERT_EQ(uv_loop_init(&loop), 0);
   curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -232,7 +235,9 @@ static void setup(int max_inflight) {
                      .http = http,
                      .max_inflight = max_inflight,
                      .on_transition = on_transition,
-                     .ud = &seen};
+                     .ud = &seen,
+                     .host_ip = setup_host_ip,
+                     .allow = setup_allow};
   ck = checks_new(&o);
   nseen = 0;
   on_trans_hook = NULL;
@@ -327,8 +332,14 @@ TEST(spec_validation) {
   EXPECT_BAD(x->port = "65536/tcp", "is not \"N/tcp\"");
   EXPECT_BAD(x->port = "8a/tcp", "is not \"N/tcp\"");
   EXPECT_BAD(x->type = (checks_type_t)7, "tcp or http");
-  EXPECT_BAD(x->interval_ms = 0, "interval must be > 0");
-  EXPECT_BAD(x->timeout_ms = 0, "timeout must be > 0");
+  EXPECT_BAD(x->interval_ms = 0,
+             "check interval of 0 ms is below the minimum of 100 ms");
+  EXPECT_BAD(x->interval_ms = -5, "check interval of -5 ms is below");
+  EXPECT_BAD((x->interval_ms = 99, x->timeout_ms = 99),
+             "check interval of 99 ms is below the minimum of 100 ms");
+  EXPECT_BAD(x->timeout_ms = 0,
+             "check timeout of 0 ms is below the minimum of 100 ms");
+  EXPECT_BAD(x->timeout_ms = 1, "check timeout of 1 ms is below");
   EXPECT_BAD(x->timeout_ms = 6000, "must not exceed the interval");
   EXPECT_BAD(x->rise = 0, "rise must be >= 1");
   EXPECT_BAD(x->fall = -1, "fall must be >= 1");
@@ -604,7 +615,7 @@ TEST(http_status_and_hysteresis) {
   srv_start(&s, SRV_HTTP, "127.0.0.1");
   hsrv = &s;
   on_trans_hook = flip_status;
-  checks_spec_t h = http_spec(s.port, 60, 50);
+  checks_spec_t h = http_spec(s.port, 100, 100);
   h.path = "/health?x=1";
   h.host = "svc.example";
   h.rise = 3;
@@ -657,10 +668,10 @@ TEST(http_status_and_hysteresis) {
   ASSERT_EQ(seen[0].from, CHECKS_PENDING);
   ASSERT_CONTAINS(s.last_head, "GET /health?x=1 HTTP/1.1\r\n");
   ASSERT_CONTAINS(s.last_head, "\r\nHost: svc.example");
-  /* one run per interval (60 ms) at most: run N starts N - 1 intervals or
+  /* one run per interval (100 ms) at most: run N starts N - 1 intervals or
    * more after the first, which comes within the first interval (late
    * runs start when they can, never early) */
-  ASSERT(seen[nseen - 1].at - t_set >= (seen[nseen - 1].runs - 1) * 60);
+  ASSERT(seen[nseen - 1].at - t_set >= (seen[nseen - 1].runs - 1) * 100);
   checks_info_t info;
   ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
   ASSERT_STR_EQ(info.type, "http");
@@ -826,7 +837,7 @@ TEST(removal_while_in_flight) {
   RUN_UNTIL(s.open == 0, 1000); /* the request was cancelled */
   /* a TCP connect, removed before its callback (between the timer that
    * started it and the poll that completes it) */
-  checks_spec_t t = tcp_spec(c.port, 50, 50);
+  checks_spec_t t = tcp_spec(c.port, 100, 100);
   ASSERT_EQ(checks_set(ck, A, NULL, &t, 1, err, sizeof err), 0);
   uv_idle_t idle;
   uv_idle_init(&loop, &idle);
@@ -851,7 +862,7 @@ TEST(removal_while_in_flight) {
   /* removal from inside the transition callback */
   on_trans_hook = remove_self;
   int closed = closed_port();
-  checks_spec_t r[2] = {tcp_spec(closed, 50, 50), tcp_spec(c.port, 50, 50)};
+  checks_spec_t r[2] = {tcp_spec(closed, 100, 100), tcp_spec(c.port, 100, 100)};
   ASSERT_EQ(checks_set(ck, B, NULL, r, 2, err, sizeof err), 0);
   RUN_UNTIL(nseen >= 1, 2000);
   ASSERT_EQ(checks_count(ck, B), 0);
@@ -881,8 +892,8 @@ TEST(reload_keeps_state) {
   srv_start(&s, SRV_SILENT, "127.0.0.1");
   int closed = closed_port();
   char err[200];
-  checks_spec_t a = tcp_spec(s.port, 50, 50);
-  checks_spec_t b = tcp_spec(closed, 50, 50);
+  checks_spec_t a = tcp_spec(s.port, 100, 100);
+  checks_spec_t b = tcp_spec(closed, 100, 100);
   checks_spec_t two[2] = {a, b};
   reload_specs[0] = a;
   on_trans_hook = reload_in_callback;
@@ -892,14 +903,14 @@ TEST(reload_keeps_state) {
   on_trans_hook = NULL;
   ASSERT_EQ(checks_count(ck, A), 1);
   RUN_UNTIL(find_trans(A, 0, CHECKS_PASSING) >= 0, 2000);
-  run_for(120);
+  run_for(250);
   checks_info_t info;
   ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
   ASSERT_EQ(info.state, CHECKS_PASSING);
   uint64_t runs = info.runs;
   ASSERT(runs >= 2);
   /* a reload: a unchanged (now second), a new check c first */
-  checks_spec_t c = tcp_spec(s.port, 50, 50);
+  checks_spec_t c = tcp_spec(s.port, 100, 100);
   c.port = "443/tcp";
   checks_spec_t next[2] = {c, a};
   int before = nseen;
@@ -918,7 +929,7 @@ TEST(reload_keeps_state) {
   /* a changed interval is a new check, which starts from the state of the
    * one it replaces (make-before-break: a reload that changes a check does
    * not drop a healthy registration) */
-  next[1].interval_ms = 60;
+  next[1].interval_ms = 150;
   ASSERT_EQ(checks_set(ck, A, NULL, next, 2, err, sizeof err), 0);
   ASSERT_EQ(checks_get(ck, A, 1, &info), 0);
   ASSERT_EQ(info.state, CHECKS_PASSING);
@@ -1021,8 +1032,8 @@ TEST(unresolved_target_fails_with_reason) {
   checks_spec_t s[2];
   checks_spec_init(&s[0]);
   s[0].port = "80/tcp";
-  s[0].interval_ms = 50;
-  s[0].timeout_ms = 50;
+  s[0].interval_ms = 100;
+  s[0].timeout_ms = 100;
   s[1] = s[0];
   s[1].address = "bridge";
   s[1].interval_ms = 100000; /* not run here: only loopback in tests */
@@ -1041,6 +1052,100 @@ TEST(unresolved_target_fails_with_reason) {
   ASSERT_EQ(seen[0].to, CHECKS_FAILING);
   ASSERT_CONTAINS(seen[0].reason, "80/tcp is not published");
   teardown();
+}
+
+/* The target a check of `address` (or of target_host `host`) gets in
+ * container doc: "" when it is refused. */
+static const char *target_of(const json_value_t *doc, const char *address,
+                             const char *host) {
+  static char out[80];
+  checks_spec_t s;
+  checks_spec_init(&s);
+  s.port = "8080/tcp";
+  s.address = address;
+  s.target_host = host;
+  s.target_port = host ? 8080 : 0;
+  s.interval_ms = 100000; /* never run here */
+  char err[200];
+  ASSERT_EQ(checks_set(ck, A, doc, &s, 1, err, sizeof err), 0);
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  snprintf(out, sizeof out, "%s", info.target);
+  checks_remove(ck, A);
+  return out;
+}
+
+TEST(targets_beyond_this_host) {
+  static const char doc_text[] =
+      "{\"Id\": \"x\", \"NetworkSettings\": {"
+      "\"IPAddress\": \"\", \"Ports\": {\"80/tcp\": [{\"HostIp\": "
+      "\"192.0.2.50\", \"HostPort\": \"8000\"}], \"81/tcp\": null},"
+      "\"Networks\": {\"mynet\": {\"IPAddress\": \"172.20.0.7\","
+      "\"GlobalIPv6Address\": \"fd00:1::7\"}}}}";
+  char err[200];
+  json_doc_t *d = json_parse(doc_text, strlen(doc_text), err, sizeof err);
+  if (!d) FAIL("%s", err);
+  const json_value_t *doc = json_root(d);
+  setup_host_ip = "10.0.0.1";
+  setup_allow = "10.9.0.0/16, fd00:9::/32";
+  setup(0);
+  setup_host_ip = setup_allow = NULL;
+  /* on this host: loopback, the unspecified addresses, --host-ip, the
+   * container's own addresses (networks, published bindings) */
+  ASSERT_STR_EQ(target_of(doc, "127.0.0.53", NULL), "127.0.0.53:8080");
+  ASSERT_STR_EQ(target_of(doc, "::1", NULL), "[::1]:8080");
+  ASSERT_STR_EQ(target_of(doc, "0.0.0.0", NULL), "0.0.0.0:8080");
+  ASSERT_STR_EQ(target_of(doc, "10.0.0.1", NULL), "10.0.0.1:8080");
+  ASSERT_STR_EQ(target_of(doc, "172.20.0.7", NULL), "172.20.0.7:8080");
+  ASSERT_STR_EQ(target_of(doc, "mynet", NULL), "172.20.0.7:8080");
+  ASSERT_STR_EQ(target_of(doc, "fd00:1::7", NULL), "[fd00:1::7]:8080");
+  ASSERT_STR_EQ(target_of(doc, "192.0.2.50", NULL), "192.0.2.50:8080");
+  ASSERT_STR_EQ(target_of(NULL, NULL, "127.0.0.1"), "127.0.0.1:8080");
+  /* allowed: within --check-allow (IPv4-mapped IPv6 is the IPv4 address) */
+  ASSERT_STR_EQ(target_of(doc, "10.9.1.1", NULL), "10.9.1.1:8080");
+  ASSERT_STR_EQ(target_of(doc, "::ffff:10.9.1.1", NULL),
+                "[::ffff:10.9.1.1]:8080");
+  ASSERT_STR_EQ(target_of(doc, "fd00:9:1::1", NULL), "[fd00:9:1::1]:8080");
+  /* refused: anything else, however it is written or given */
+  ASSERT_STR_EQ(target_of(doc, "10.8.8.8", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "::ffff:10.8.8.8", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "172.20.0.8", NULL), ""); /* a neighbour */
+  ASSERT_STR_EQ(target_of(doc, "2001:db8::1", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "fd00:1::8", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, NULL, "10.8.8.8"), "");
+  ASSERT_STR_EQ(target_of(NULL, "172.20.0.7", NULL), ""); /* no document */
+  /* a refused check never connects: it fails with the reason at once */
+  checks_spec_t s;
+  checks_spec_init(&s);
+  s.port = "8080/tcp";
+  s.address = "10.9.9.9";
+  s.interval_ms = s.timeout_ms = 100;
+  teardown();
+  setup(0); /* no --check-allow, no --host-ip */
+  ASSERT_STR_EQ(target_of(doc, "10.9.1.1", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "10.0.0.1", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "172.20.0.7", NULL), "172.20.0.7:8080");
+  ASSERT_EQ(checks_set(ck, A, doc, &s, 1, err, sizeof err), 0);
+  RUN_UNTIL(nseen >= 1, 2000);
+  ASSERT_EQ(seen[0].to, CHECKS_FAILING);
+  ASSERT_STR_EQ(seen[0].reason, "target 10.9.9.9 is not on this host (allow "
+                                "it with --check-allow)");
+  checks_info_t info;
+  ASSERT_EQ(checks_get(ck, A, 0, &info), 0);
+  ASSERT_STR_EQ(info.reason, seen[0].reason);
+  ASSERT_STR_EQ(info.target, "");
+  checks_stats_t st;
+  checks_stats(ck, &st);
+  ASSERT_EQ(st.runs[CHECKS_TCP][0], 1); /* a failed run, counted */
+  teardown();
+  /* an allow list that does not parse allows nothing beyond this host */
+  setup_allow = "10.9.0.0/99";
+  setup(0);
+  setup_allow = NULL;
+  ASSERT_STR_EQ(target_of(doc, "10.9.1.1", NULL), "");
+  ASSERT_STR_EQ(target_of(doc, "127.0.0.1", NULL), "127.0.0.1:8080");
+  teardown();
+  json_free(d);
 }
 
 TEST(ipv6_loopback) {
@@ -1076,8 +1181,8 @@ TEST(metrics_text) {
   setup(0);
   srv_t s;
   srv_start(&s, SRV_HTTP, "127.0.0.1");
-  checks_spec_t specs[2] = {http_spec(s.port, 50, 50),
-                            tcp_spec(closed_port(), 50, 50)};
+  checks_spec_t specs[2] = {http_spec(s.port, 100, 100),
+                            tcp_spec(closed_port(), 100, 100)};
   char err[200];
   ASSERT_EQ(checks_set(ck, A, NULL, specs, 2, err, sizeof err), 0);
   RUN_UNTIL(nseen >= 2, 2000);
@@ -1137,8 +1242,8 @@ static void churn_one(const char *id) {
   size_t n = churn_rand(4);
   for (size_t i = 0; i < n; i++) {
     int k = (int)churn_rand(4);
-    specs[i] = churn_rand(2) ? http_spec(churn_ports[k], 40, 30)
-                             : tcp_spec(churn_ports[k], 40, 30);
+    specs[i] = churn_rand(2) ? http_spec(churn_ports[k], 100, 100)
+                             : tcp_spec(churn_ports[k], 100, 100);
     specs[i].rise = (int)churn_rand(2) + 1;
   }
   char err[200];
@@ -1201,6 +1306,7 @@ int main(int argc, char **argv) {
       TEST_ENTRY(bounded_concurrency),
       TEST_ENTRY(jitter_spread),
       TEST_ENTRY(unresolved_target_fails_with_reason),
+      TEST_ENTRY(targets_beyond_this_host),
       TEST_ENTRY(ipv6_loopback),
       TEST_ENTRY(metrics_text),
       TEST_ENTRY(churn),

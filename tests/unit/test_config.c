@@ -1,6 +1,7 @@
 /* config: flags, environment, endpoints, one-line errors. */
 #include "config.h"
 #include "test.h"
+#include "util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,7 +33,9 @@ static const char *const env_vars[] = {"HOST_IP",
                                        "REGISTER_LOG_LEVEL",
                                        "REGISTER_LOG_FORMAT",
                                        "REGISTER_TTL",
-                                       "REGISTER_RESYNC"};
+                                       "REGISTER_RESYNC",
+                                       "REGISTER_POLICY_ENV",
+                                       "REGISTER_CHECK_ALLOW"};
 
 static void clean_env(void) {
   for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++)
@@ -367,6 +370,12 @@ TEST(every_message) {
        ": etcd endpoint \"h:0\" is not [scheme://]host[:port]"},
       {NULL, "--metrics", "1.2.3.4",
        "\"1.2.3.4\" is not IP:PORT (e.g. 127.0.0.1:9367)"},
+      {"REGISTER_CHECK_ALLOW", "--check-allow", "10.0.0.0/8,10.1/16",
+       ": \"10.1/16\" is not an IPv4 or IPv6 address or network "
+       "(10.0.0.0/8, fd00::/8, 192.0.2.7)"},
+      {"REGISTER_POLICY_ENV", "--policy-env", "HOME,2X",
+       ": \"2X\" is not an environment variable name "
+       "([A-Za-z_][A-Za-z0-9_]*)"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char want[300];
@@ -429,6 +438,83 @@ TEST(every_message) {
   ASSERT_STR_EQ(err, "unexpected argument \"stray\" (see --help)");
   config_free(&c);
   clean_env();
+}
+
+static int in(const char *list, const char *ip) {
+  config_cidr_t *c;
+  size_t n;
+  char err[200];
+  unsigned char a[16];
+  if (config_parse_cidrs(list, &c, &n, err, sizeof err) < 0)
+    FAIL("%s: %s", list, err);
+  ASSERT_EQ(config_addr16(ip, a), 0);
+  int found = 0;
+  for (size_t i = 0; i < n; i++)
+    found |= config_cidr_has(&c[i], a);
+  free(c);
+  return found;
+}
+
+TEST(check_allow_and_policy_env) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT(c.check_allow == NULL); /* none by default */
+  ASSERT(c.policy_env == NULL);
+  config_free(&c);
+  setenv("REGISTER_CHECK_ALLOW", "10.0.0.0/8, fd00::/8,192.0.2.7", 1);
+  setenv("REGISTER_POLICY_ENV", " TZ , LANG,_X1,", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT_STR_EQ(c.check_allow, "10.0.0.0/8, fd00::/8,192.0.2.7");
+  ASSERT_STR_EQ(c.policy_env, "TZ,LANG,_X1");
+  config_free(&c);
+  /* a flag wins over the environment; an empty list is none */
+  ASSERT_EQ(parse(&c, err, sizeof err, 5, "--check-allow", "::1",
+                  "--policy-env", " , "),
+            0);
+  ASSERT_STR_EQ(c.check_allow, "::1");
+  ASSERT(c.policy_env == NULL);
+  config_free(&c);
+  static const char *const bad_cidrs[] = {
+      "10.0.0.0/33", "fd00::/129",   "10.0.0.0/",
+      "10.0.0.0/-1", "host.example", "10.0.0.0/8/8",
+      "10.0.0 .0",   "10.0.0.0/ 8",  "::/x"};
+  for (size_t i = 0; i < ARRAY_SIZE(bad_cidrs); i++) {
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--check-allow", bad_cidrs[i]), -1);
+    ASSERT_CONTAINS(err, "--check-allow: \"");
+    ASSERT_CONTAINS(err, "is not an IPv4 or IPv6 address or network");
+    ASSERT(!strchr(err, '\n'));
+    config_free(&c);
+  }
+  static const char *const bad_names[] = {"A-B", "A=B", "1A", "A B",
+                                          "\xc3\xa9"};
+  for (size_t i = 0; i < ARRAY_SIZE(bad_names); i++) {
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-env", bad_names[i]), -1);
+    ASSERT_CONTAINS(err, "is not an environment variable name");
+    config_free(&c);
+  }
+  clean_env();
+
+  /* membership: IPv4 in IPv4 networks (also written as IPv4-mapped IPv6),
+   * IPv6 in IPv6 ones, a bare IP is one address */
+  ASSERT(in("10.0.0.0/8", "10.255.1.2"));
+  ASSERT(!in("10.0.0.0/8", "11.0.0.1"));
+  ASSERT(in("10.0.0.0/8", "::ffff:10.9.9.9"));
+  ASSERT(!in("10.0.0.0/8", "::a09:909")); /* IPv4-compatible is not IPv4 */
+  ASSERT(in("172.16.0.0/12", "172.31.255.255"));
+  ASSERT(!in("172.16.0.0/12", "172.32.0.0"));
+  ASSERT(in("192.0.2.7", "192.0.2.7"));
+  ASSERT(!in("192.0.2.7", "192.0.2.8"));
+  ASSERT(in("0.0.0.0/0", "8.8.8.8"));
+  ASSERT(!in("0.0.0.0/0", "2001:db8::1"));
+  ASSERT(in("::/0", "2001:db8::1"));
+  ASSERT(in("fd00::/8", "fdff::1"));
+  ASSERT(!in("fd00::/8", "fe00::1"));
+  ASSERT(in("2001:db8::/33", "2001:db8:7fff::1"));
+  ASSERT(!in("2001:db8::/33", "2001:db8:8000::1"));
+  ASSERT(!in("", "10.0.0.1"));
 }
 
 /* Which of several problems is the error: the environment in --help's
@@ -507,6 +593,8 @@ TEST(help_lists_every_option) {
                          "--hostname NAME",
                          "--policy-timeout MS",
                          "--hook-timeout SECONDS",
+                         "--policy-env NAMES",
+                         "--check-allow CIDRS",
                          "--dry-run",
                          "--trace-latency",
                          "--once",
@@ -533,7 +621,9 @@ TEST(help_lists_every_option) {
       "(default: gethostname)",
       "(default 1000)",
       "(default 60)",
-      "(default 30)"};
+      "(default 30)",
+      "(REGISTER_POLICY_ENV; default: none)",
+      "(REGISTER_CHECK_ALLOW; default: none)"};
   for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
     ASSERT_CONTAINS(help, defaults[i]);
   ASSERT_CONTAINS(help, "Usage: register [OPTIONS]\n       register check "
@@ -590,4 +680,5 @@ TEST_MAIN(TEST_ENTRY(endpoints), TEST_ENTRY(defaults_and_environment),
           TEST_ENTRY(docker_tls_from_environment), TEST_ENTRY(defaults),
           TEST_ENTRY(environment_then_flags), TEST_ENTRY(every_message),
           TEST_ENTRY(which_error_comes_first),
-          TEST_ENTRY(help_lists_every_option))
+          TEST_ENTRY(help_lists_every_option),
+          TEST_ENTRY(check_allow_and_policy_env))

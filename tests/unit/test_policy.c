@@ -3,10 +3,13 @@
 #include "json.h"
 #include "policy.h"
 #include "test.h"
+#include "util.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
-static policy_t *load(const char *src, char *err, size_t n) {
+static policy_t *load_limits(const char *src, long budget, size_t mem,
+                             char *err, size_t n) {
   char path[] = "/tmp/register-test-policy-XXXXXX";
   int fd = mkstemp(path);
   ASSERT(fd >= 0);
@@ -16,11 +19,15 @@ static policy_t *load(const char *src, char *err, size_t n) {
   o.file = path;
   o.host_ip = "10.0.0.1";
   o.hostname = "node1";
-  o.budget = 200000;
-  o.mem_limit = 4u << 20;
+  o.budget = budget;
+  o.mem_limit = mem;
   policy_t *p = policy_new(&o, err, n);
   unlink(path);
   return p;
+}
+
+static policy_t *load(const char *src, char *err, size_t n) {
+  return load_limits(src, 200000, 4u << 20, err, n);
 }
 
 static policy_t *load_ok(const char *src) {
@@ -323,6 +330,239 @@ TEST(bad_records_are_skipped_the_rest_kept) {
   ASSERT_CONTAINS(err, "\".\" or \"..\"");
 }
 
+/* stderr (the log) into a file while fn runs; the text, to free. */
+static char *captured(void (*fn)(void *), void *ud) {
+  char path[] = "/tmp/register-test-log-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  fflush(stderr);
+  int saved = dup(2);
+  ASSERT(saved >= 0 && dup2(fd, 2) == 2);
+  fn(ud);
+  fflush(stderr);
+  ASSERT(dup2(saved, 2) == 2);
+  close(saved);
+  off_t len = lseek(fd, 0, SEEK_END);
+  char *text = calloc(1, (size_t)len + 1);
+  ASSERT(pread(fd, text, (size_t)len, 0) == (ssize_t)len);
+  close(fd);
+  unlink(path);
+  return text;
+}
+
+static size_t count_of(const char *hay, const char *needle) {
+  size_t n = 0;
+  for (const char *h = strstr(hay, needle); h; h = strstr(h + 1, needle))
+    n++;
+  return n;
+}
+
+typedef struct {
+  policy_t *p;
+  const json_value_t *c;
+  records_t r;
+  int rc;
+  char err[600];
+} call_t;
+
+static void call_records(void *ud) {
+  call_t *k = ud;
+  k->rc = policy_records(k->p, k->c, &k->r, k->err, sizeof k->err);
+}
+
+TEST(keys_and_values_must_be_utf8) {
+  /* etcd's JSON APIs carry nothing else: such a key never converges */
+  policy_t *p =
+      load_ok("return { records = function(c)\n"
+              "  return {\n"
+              "    ['/ok/\\u{e9}/\\u{1f600}/\\u{10ffff}'] = 'caf\\u{e9}',\n"
+              "    ['/bad/\\xff'] = 'x',              -- not UTF-8 at all\n"
+              "    ['/overlong/\\xc0\\xaf'] = 'x',     -- '/' in two bytes\n"
+              "    ['/overlong3/\\xe0\\x80\\xaf'] = 'x',\n"
+              "    ['/surrogate/\\xed\\xa0\\x80'] = 'x',\n"
+              "    ['/past-max/\\xf4\\x90\\x80\\x80'] = 'x',\n"
+              "    ['/cut/\\xe2\\x82'] = 'x',\n"
+              "    ['/lone/\\x80'] = 'x',\n"
+              "    ['/value'] = 'a\\xffb',\n"
+              "    ['/table-value'] = { s = '\\xed\\xbf\\xbf' },\n"
+              "    ['/good-table'] = { s = '\\u{263a}' },\n"
+              "  } end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  call_t k = {p, first(d), {0}, 0, ""};
+  char *log = captured(call_records, &k);
+  ASSERT_EQ(k.rc, 0);
+  ASSERT_EQ(k.r.n, 2);
+  ASSERT_STR_EQ(rec(&k.r, "/ok/\xc3\xa9/\xf0\x9f\x98\x80/\xf4\x8f\xbf\xbf"),
+                "caf\xc3\xa9");
+  ASSERT_STR_EQ(rec(&k.r, "/good-table"), "{\"s\":\"\xe2\x98\xba\"}");
+  ASSERT_EQ(k.r.rejected, 9);
+  /* one line per record, naming the container, the key made printable */
+  ASSERT_CONTAINS(log, "container e48286c81ee8: key \"/bad/\\xff\": key is "
+                       "not valid UTF-8 (byte 0xff at offset 5); record "
+                       "skipped");
+  ASSERT_CONTAINS(log, "key \"/overlong/\\xc0\\xaf\": key is not valid UTF-8");
+  ASSERT_CONTAINS(log, "key \"/surrogate/\\xed\\xa0\\x80\": key is not valid");
+  ASSERT_CONTAINS(log, "key \"/value\": value is not valid UTF-8 (byte 0xff "
+                       "at offset 1)");
+  ASSERT_CONTAINS(log, "key \"/table-value\": value is not valid UTF-8");
+  ASSERT_EQ(count_of(log, "record skipped"), 9);
+  free(log);
+  records_free(&k.r);
+  json_free(d);
+  policy_free(p);
+
+  char err[200];
+  static const char *const bad[] = {"/a\xff",
+                                    "/a\xc1\xbf",
+                                    "/a\xe0\x9f\xbf",
+                                    "/a\xed\xbf\xbf",
+                                    "/a\xf0\x8f\xbf\xbf",
+                                    "/a\xf5\x80\x80\x80",
+                                    "/a\xf4\x90\x80\x80",
+                                    "/a\xc3",
+                                    "/a\xe2\x82",
+                                    "/a\xbf"};
+  for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+    ASSERT_EQ(policy_check_key(bad[i], strlen(bad[i]), err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "not valid UTF-8 (byte 0x");
+    ASSERT_CONTAINS(err, "at offset 2)");
+  }
+  static const char *const good[] = {"/a\xc2\x80",        "/a\xdf\xbf",
+                                     "/a\xe0\xa0\x80",    "/a\xed\x9f\xbf",
+                                     "/a\xee\x80\x80",    "/a\xf0\x90\x80\x80",
+                                     "/a\xf4\x8f\xbf\xbf"};
+  for (size_t i = 0; i < ARRAY_SIZE(good); i++)
+    ASSERT_EQ(policy_check_key(good[i], strlen(good[i]), err, sizeof err), 0);
+}
+
+TEST(records_caps_per_container) {
+  /* each call returns what the next row of `calls` says: n entries with
+   * keys /k/1.. (or k/1..: each rejected, with a log line) and values of
+   * vlen bytes */
+  char err[600];
+  policy_t *p = load_limits(
+      "local calls = { {1000, 1}, {1001, 1}, {250000, 1, true},\n"
+      "  {250000, 1}, {3, 340000}, {4, 340000}, {2, 1048576 - 10} }\n"
+      "local i = 0\n"
+      "return { records = function(c)\n"
+      "  i = i + 1\n"
+      "  local n, vlen, bad = table.unpack(calls[i])\n"
+      "  local t, v = {}, ('v'):rep(vlen)\n"
+      "  for k = 1, n do t[(bad and 'k/' or '/k/') .. k] = v end\n"
+      "  return t\n"
+      "end }\n",
+      50000000, 64u << 20, err, sizeof err);
+  if (!p) FAIL("policy did not load: %s", err);
+  json_doc_t *d = inspect("inspect/multi.json");
+  call_t k = {p, first(d), {0}, 0, ""};
+  /* the cap itself is fine */
+  call_records(&k);
+  ASSERT_EQ(k.rc, 0);
+  ASSERT_EQ(k.r.n, POLICY_MAX_RECORDS);
+  records_free(&k.r);
+  /* one more fails the whole call, not one record */
+  call_records(&k);
+  ASSERT_EQ(k.rc, -1);
+  ASSERT_EQ(k.r.n, 0);
+  ASSERT_CONTAINS(k.err, "container e48286c81ee8: records() returned more "
+                         "than 1000 keys (the cap per container)");
+  ASSERT_EQ(policy_last_reason(p), POLICY_ERR_ERROR);
+  /* it is found while the table is read: 250,000 rejected keys make at
+   * most 1000 log lines, not 250,000 */
+  char *log = captured(call_records, &k);
+  ASSERT_EQ(k.rc, -1);
+  ASSERT_CONTAINS(k.err, "more than 1000 keys");
+  ASSERT(count_of(log, "record skipped") <= POLICY_MAX_RECORDS);
+  free(log);
+  call_records(&k);
+  ASSERT_EQ(k.rc, -1);
+  ASSERT_CONTAINS(k.err, "more than 1000 keys");
+  /* bytes: keys and values together */
+  call_records(&k);
+  ASSERT_EQ(k.rc, 0);
+  ASSERT_EQ(k.r.n, 3);
+  records_free(&k.r);
+  call_records(&k);
+  ASSERT_EQ(k.rc, -1);
+  ASSERT_CONTAINS(k.err, "container e48286c81ee8: records() returned more "
+                         "than 1048576 bytes of keys and values (the cap per "
+                         "container)");
+  call_records(&k);
+  ASSERT_EQ(k.rc, -1);
+  ASSERT_CONTAINS(k.err, "more than 1048576 bytes");
+  /* and the state still works afterwards */
+  ASSERT_EQ(policy_errors(p), 5);
+  json_free(d);
+  policy_free(p);
+}
+
+/* A stop in a coroutine stops the call: the script cannot swallow it
+ * with resume's false or a pcall around a wrapped coroutine, and a
+ * coroutine that a hook's call made (which loses its hook when that call
+ * ends) runs under the budget when the script resumes or closes it later. */
+TEST(coroutines_run_under_the_budget) {
+  static const char *const swallowers[] = {
+      "local ok = coroutine.resume(coroutine.create(function() "
+      "while true do end end))\n",
+      "local ok = pcall(coroutine.wrap(function() while true do end end))\n",
+      "local co = coroutine.wrap(function() coroutine.yield(1) "
+      "while true do end end)\n co() local ok = pcall(co)\n",
+  };
+  json_doc_t *d = inspect("inspect/multi.json");
+  char err[600], src[600];
+  records_t r;
+  for (size_t i = 0; i < ARRAY_SIZE(swallowers); i++) {
+    snprintf(src, sizeof src,
+             "return { records = function(c)\n%s"
+             "  return { ['/swallowed'] = tostring(ok) }\nend }\n",
+             swallowers[i]);
+    policy_t *p = load_ok(src);
+    ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "instruction budget of 200000 exceeded");
+    ASSERT_EQ(policy_last_reason(p), POLICY_ERR_BUDGET);
+    policy_free(p);
+  }
+  /* wrap keeps Lua's behaviour: values through, errors with the caller's
+   * position */
+  policy_t *p = load_ok(
+      "return { records = function(c)\n"
+      "  local co = coroutine.wrap(function(a) local b = coroutine.yield(a + 1)"
+      " error('boom ' .. b) end)\n"
+      "  local one = co(1)\n"
+      "  local ok, e = pcall(co, 'x')\n"
+      "  return { ['/w'] = one .. ' ' .. tostring(ok) .. ' ' .. e }\n"
+      "end }\n");
+  run(p, first(d), &r);
+  ASSERT_CONTAINS(rec(&r, "/w"), "2 false ");
+  ASSERT_CONTAINS(rec(&r, "/w"), ":2: boom x");
+  records_free(&r);
+  policy_free(p);
+
+  /* a hook's coroutine kept by the script, resumed or closed by records()
+   * after that call ended */
+  static const char *const later[] = {
+      "event = function(ev) kept = coroutine.running()\n"
+      "  coroutine.yield()\n"
+      "  for i = 1, 3e7 do end end,\n"
+      "records = function(c) coroutine.resume(kept) return {} end }\n",
+      "event = function(ev) kept = coroutine.running()\n"
+      "  local x <close> = setmetatable({}, { __close = function()\n"
+      "    for i = 1, 3e7 do end end })\n"
+      "  coroutine.yield() end,\n"
+      "records = function(c) coroutine.close(kept) return {} end }\n",
+  };
+  for (size_t i = 0; i < ARRAY_SIZE(later); i++) {
+    snprintf(src, sizeof src, "return { %s", later[i]);
+    p = load_ok(src);
+    policy_event_t ev = {.type = "container", .action = "start"};
+    policy_hook_event(p, &ev); /* yields outside luaio: dropped */
+    ASSERT_EQ(policy_records(p, first(d), &r, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "instruction budget of 200000 exceeded");
+    policy_free(p);
+  }
+  json_free(d);
+}
+
 TEST(script_errors_are_reported_not_fatal) {
   char err[600];
   /* load errors name the file and line */
@@ -404,4 +644,7 @@ TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
           TEST_ENTRY(inspect_is_lazy_and_only_valid_during_the_call),
           TEST_ENTRY(json_encode_order_escaping_types),
           TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
+          TEST_ENTRY(keys_and_values_must_be_utf8),
+          TEST_ENTRY(records_caps_per_container),
+          TEST_ENTRY(coroutines_run_under_the_budget),
           TEST_ENTRY(script_errors_are_reported_not_fatal))
