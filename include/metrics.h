@@ -31,6 +31,12 @@ typedef struct {
   size_t containers_failed;
   const char *failed_example;
   const char *policy_sha256; /* of the policy in force, hex; NULL: unknown */
+  /* policy worker processes: started, deaths by reason (as policy_errors'
+   * reasons), log lines dropped; whether the one in force backs off */
+  unsigned long workers_spawned;
+  const unsigned long *worker_deaths;
+  unsigned long worker_log_dropped;
+  int worker_backoff;
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);

@@ -47,7 +47,7 @@ typedef struct worker worker_t;
 /* the whole worker may use this much more than the Lua heap's cap */
 #define WORKER_MEM_HEADROOM (64u << 20)
 /* past the wall-clock limit, before the kill */
-#define WORKER_GRACE_MS 250
+#define WORKER_GRACE_MS 500
 
 /* Counters of worker processes (kept over reloads by the caller). */
 typedef struct {

@@ -384,6 +384,10 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->policy_rejected = a->policy_rejected + tried_rejected;
   in->checks = a->checks;
   in->containers_failed = map_size(a->failed);
+  in->workers_spawned = a->wstats.spawned;
+  in->worker_deaths = a->wstats.deaths;
+  in->worker_log_dropped = a->wstats.log_dropped;
+  in->worker_backoff = a->policy && worker_backing_off(a->policy);
   static char example[300];
   failed_names(a, example, sizeof example, 1);
   in->failed_example = example;
@@ -609,7 +613,7 @@ int app_run(const config_t *cfg) {
   checks_opts_t co = {0};
   co.loop = &a->loop;
   co.http = a->http;
-  co.host_ip = cfg->host_ip; /* on this host: always allowed */
+  co.host_ip = cfg->host_ip;   /* on this host: always allowed */
   co.allow = cfg->check_allow; /* --check-allow, or NULL */
   co.on_transition = on_check_transition;
   co.ud = a;

@@ -46,6 +46,9 @@ static void usage(FILE *f) {
       "                          daemon)\n"
       "  --policy-timeout MS     wall-clock limit of one policy call "
       "(default 1000)\n"
+      "  --policy-env NAME,...   the variables the policy worker's "
+      "environment\n"
+      "                          keeps (default: none)\n"
       "  --assume-checks STATES  the states records() sees for the checks "
       "that\n"
       "                          checks() asks for (none is run):\n"
@@ -576,6 +579,7 @@ typedef struct {
   const char *host_ip, *hostname, *docker_url;
   int docker_given; /* --docker: checked even without --container */
   long timeout_ms;
+  char *env; /* --policy-env, "A,B" (owned), or NULL */
   assume_t assume;
   const char **containers; /* argv's strings */
   size_t ncont;
@@ -585,9 +589,9 @@ typedef struct {
 /* 0: run; 1: --help was printed (exit 0); -1: a usage error was printed
  * (exit 2). */
 static int parse_args(int argc, char **argv, check_opts_t *o) {
-  static const char *const names[] = {"--host-ip",        "--hostname",
-                                      "--policy-timeout", "--assume-checks",
-                                      "--container",      "--docker"};
+  static const char *const names[] = {
+      "--host-ip",   "--hostname", "--policy-timeout", "--assume-checks",
+      "--container", "--docker",   "--policy-env"};
   char err[600];
   int i = 2;
   for (; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
@@ -639,6 +643,9 @@ static int parse_args(int argc, char **argv, check_opts_t *o) {
     case 5:
       o->docker_url = v;
       o->docker_given = 1;
+      break;
+    case 6:
+      bad = config_policy_env("--policy-env", v, &o->env, err, sizeof err) < 0;
       break;
     default:
       fprintf(stderr,
@@ -775,6 +782,7 @@ int check_main(int argc, char **argv) {
   if (rc != 0) {
     engine_close(&engine);
     free(o.containers);
+    free(o.env);
     return rc < 0 ? 2 : 0;
   }
   /* host.hostname as the daemon has it; register check used to say
@@ -799,12 +807,14 @@ int check_main(int argc, char **argv) {
   po.host_ip = o.host_ip;
   po.hostname = o.hostname;
   po.time_limit_ms = (uint64_t)o.timeout_ms;
+  po.env = o.env;
   po.log_level = log_enabled(LOG_DEBUG) ? LOG_DEBUG : LOG_INFO;
   worker_t *p = worker_new(&po, err, sizeof err);
   if (!p) {
     fprintf(stderr, "register: %s\n", err);
     engine_close(&engine);
     free(o.containers);
+    free(o.env);
     return 1;
   }
   int nfiles = argc - o.first - 1;
@@ -821,5 +831,6 @@ int check_main(int argc, char **argv) {
   worker_free(p);
   engine_close(&engine);
   free(o.containers);
+  free(o.env);
   return rc;
 }

@@ -470,8 +470,8 @@ static int set_check_allow(config_t *cfg, const char *src, const char *v,
 }
 
 /* NAME,NAME...: environment variable names, kept as "A,B" (NULL: none). */
-static int set_policy_env(config_t *cfg, const char *src, const char *v,
-                          char *err, size_t errlen) {
+int config_policy_env(const char *src, const char *v, char **out, char *err,
+                      size_t errlen) {
   buf_t b;
   buf_init(&b);
   char *copy = xstrdup(v);
@@ -501,9 +501,17 @@ static int set_policy_env(config_t *cfg, const char *src, const char *v,
     buf_puts(&b, tok);
   }
   free(copy);
-  if (rc == 0) config_set_str(&cfg->policy_env, b.len ? b.data : NULL);
+  if (rc == 0) {
+    free(*out);
+    *out = b.len ? xstrdup(b.data) : NULL;
+  }
   buf_free(&b);
   return rc;
+}
+
+static int set_policy_env(config_t *cfg, const char *src, const char *v,
+                          char *err, size_t errlen) {
+  return config_policy_env(src, v, &cfg->policy_env, err, errlen);
 }
 
 #define STRING(f) .kind = KIND_STRING, .off = offsetof(config_t, f)

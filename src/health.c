@@ -77,6 +77,13 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
     buf_putc(&problems, ',');
     json_escape(&problems, msg, strlen(msg));
   }
+  if (in.worker_backoff) {
+    snprintf(msg, sizeof msg,
+             "policy: the policy worker keeps dying; restarted after a "
+             "backoff");
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  }
   if (in.containers_failed) {
     snprintf(msg, sizeof msg,
              "policy: %zu running container%s failed the policy call (%s)",

@@ -129,7 +129,7 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
   }
   help(b, "register_policy_errors_total", "counter",
        "Policy failures (records(), hooks, loading), by reason: error, "
-       "budget, timeout, memory, sandbox.");
+       "budget, timeout, memory, sandbox, crash.");
   for (size_t i = 0; i < in->n_policy_reasons; i++)
     buf_printf(b, "register_policy_errors_total{reason=\"%s\"} %lu\n",
                in->policy_reasons[i], in->policy_errors[i]);
@@ -145,6 +145,26 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
              (unsigned long long)in->reloads_ok);
   buf_printf(b, "register_policy_reloads_total{result=\"failed\"} %llu\n",
              (unsigned long long)in->reloads_failed);
+  counter(b, "register_policy_workers_started_total",
+          "Policy worker processes started (one per policy, and one after "
+          "each death).",
+          in->workers_spawned);
+  if (in->worker_deaths) {
+    help(b, "register_policy_worker_deaths_total", "counter",
+         "Policy worker processes that died or were killed, by reason: "
+         "timeout (past the wall clock), memory, crash, sandbox.");
+    for (size_t i = 0; i < in->n_policy_reasons; i++)
+      buf_printf(b, "register_policy_worker_deaths_total{reason=\"%s\"} %lu\n",
+                 in->policy_reasons[i], in->worker_deaths[i]);
+  }
+  counter(b, "register_policy_log_lines_dropped_total",
+          "Policy log lines dropped: more than 100 in one call or 200 in one "
+          "second.",
+          in->worker_log_dropped);
+  gauge(b, "register_policy_worker_backoff",
+        "1 while the policy worker keeps dying and is restarted only after "
+        "a backoff (policy calls fail meanwhile).",
+        in->worker_backoff);
   gauge(b, "register_containers_failed",
         "Running containers whose last policy call failed or rejected a "
         "record; they keep what they had.",

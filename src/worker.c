@@ -27,8 +27,9 @@
 #define BACKOFF_MIN_MS 1000 /* after the second death in a row */
 #define BACKOFF_MAX_MS 30000
 #define MAX_MODULE (1u << 20) /* a required file's size */
-#define MAX_KEYS_REPLY 100000 /* records in one reply (the policy caps lower)  \
-                               */
+#define MAX_KEYS_REPLY                                                         \
+  100000 /* records in one reply (the policy caps lower)                       \
+          */
 
 extern char **environ;
 

@@ -2,7 +2,9 @@
 -- acknowledged is POSTed as JSON to WEBHOOK (e.g. to tell a load balancer
 -- to reload).  The POST runs in the changed hook's coroutine: a slow or
 -- failing endpoint never holds up registration.  The webhook's URL can
--- also come from the environment of register itself (REGISTER_WEBHOOK).
+-- also come from register's environment (REGISTER_WEBHOOK), passed on to
+-- the policy with --policy-env REGISTER_WEBHOOK (a policy sees no
+-- variable that the operator did not name).
 local register = require "register"
 local default = require "register.default"
 

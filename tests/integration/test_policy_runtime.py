@@ -207,7 +207,7 @@ def webhook_example_posts_every_change():
     rcv = Receiver()
     c = fake.add()
     r = register("--policy", os.path.join(SRC, "lua", "examples", "webhook.lua"), "--log-level", "debug",
-                 env={"REGISTER_WEBHOOK": rcv.url})
+                 "--policy-env", "REGISTER_WEBHOOK", env={"REGISTER_WEBHOOK": rcv.url})
     r.wait_log("in sync")
     key = f"/registered/{IP}/bbx/{c}"
     wait_for(lambda: any(g[2]["op"] == "put" for g in rcv.got), what="webhook for the put")
@@ -229,7 +229,7 @@ def slow_or_dead_webhook_never_blocks_registration():
     reset()
     rcv = Receiver(delay=3.0)
     r = register("--policy", os.path.join(SRC, "lua", "examples", "webhook.lua"),
-                 env={"REGISTER_WEBHOOK": rcv.url})
+                 "--policy-env", "REGISTER_WEBHOOK", env={"REGISTER_WEBHOOK": rcv.url})
     r.wait_log("in sync")
     t0 = time.time()
     cs = [fake.add() for _ in range(3)]
@@ -242,7 +242,7 @@ def slow_or_dead_webhook_never_blocks_registration():
     # a webhook that nobody answers: a warning, registrations go on
     reset()
     r = register("--policy", os.path.join(SRC, "lua", "examples", "webhook.lua"),
-                 env={"REGISTER_WEBHOOK": "http://127.0.0.1:1/hook"})
+                 "--policy-env", "REGISTER_WEBHOOK", env={"REGISTER_WEBHOOK": "http://127.0.0.1:1/hook"})
     r.wait_log("in sync")
     c = fake.add()
     fake.emit(fake.event("start", c))
