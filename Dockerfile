@@ -16,10 +16,12 @@ RUN if [ ! -e /usr/lib/x86_64-linux-gnu/liblua5.4.so.0 ] || \
        [ ! -e /usr/lib/x86_64-linux-gnu/libuv.so.1 ]; then \
       apt-get update && \
       apt-get install -y --no-install-recommends liblua5.4-0 lua-cjson libuv1 \
-        libcurl4 ca-certificates && \
+        libcurl4 libseccomp2 ca-certificates && \
       rm -rf /var/lib/apt/lists/*; \
     fi
 COPY build/register /usr/bin/register
+# the policy worker, found next to the binary
+COPY build/register-worker /usr/bin/register-worker
 COPY lua/default.lua /usr/share/register/default.lua
 COPY lua/examples/ /usr/share/register/examples/
 ENTRYPOINT ["/usr/bin/register"]

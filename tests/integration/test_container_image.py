@@ -43,7 +43,7 @@ if not os.path.exists(ROOTFS):
     root = tmpdir("rdb")
     log(f"debootstrap bookworm from {mirror} (once, cached in {ROOTFS})")
     r = subprocess.run(["debootstrap", "--variant=minbase",
-                        "--include=liblua5.4-0,lua-cjson,libuv1,libcurl4,ca-certificates",
+                        "--include=liblua5.4-0,lua-cjson,libuv1,libcurl4,libseccomp2,ca-certificates",
                         "bookworm", root, mirror],
                        capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:

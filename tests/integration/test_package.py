@@ -71,13 +71,13 @@ def deb_installs_and_runs():
     assert pkg_version.startswith(version + "-"), (pkg_version, version)
     assert debs[0] == f"register_{pkg_version}_amd64.deb", debs
     info = sh("dpkg-deb", "-f", deb, "Depends")
-    for lib in ("liblua5.4-0", "lua-cjson", "libuv1", "libcurl4"):
+    for lib in ("liblua5.4-0", "lua-cjson", "libuv1", "libcurl4", "libseccomp2"):
         assert lib in info, info
     # register-docker.service needs the docker CLI; register.service does not
     assert sh("dpkg-deb", "-f", deb, "Suggests") == "docker.io"
     assert "localhost" not in sh("dpkg-deb", "-f", deb, "Maintainer")
     files = sh("dpkg-deb", "-c", deb)
-    for f in ("./usr/bin/register", "./usr/share/register/default.lua",
+    for f in ("./usr/bin/register", "./usr/libexec/register/register-worker", "./usr/share/register/default.lua",
               "./usr/share/register/examples/registrator.lua", "./usr/lib/systemd/system/register.service",
               "./usr/share/man/man8/register.8.gz", "./usr/share/doc/register/README.md",
               "./usr/share/doc/register/copyright", "./usr/share/doc/register/changelog.Debian.gz"):
