@@ -46,6 +46,9 @@ typedef struct worker worker_t;
 #define WORKER_LOG_PER_SEC 200
 /* the whole worker may use this much more than the Lua heap's cap */
 #define WORKER_MEM_HEADROOM (64u << 20)
+/* the worker's exit status when a C library exits on a failed allocation
+ * (lua-cjson does: exit(-1) with errno ENOMEM) */
+#define WORKER_EXIT_NOMEM 86
 /* past the wall-clock limit, before the kill */
 #define WORKER_GRACE_MS 500
 
@@ -70,7 +73,11 @@ typedef struct {
   /* names of the variables the worker's environment keeps
    * (--policy-env, comma-separated); NULL: an empty environment */
   const char *env;
-  const char *path;       /* the worker binary; NULL: worker_path() */
+  const char *path; /* the worker binary; NULL: worker_path() */
+  /* the script's text instead of reading file (which then only names it);
+   * for tests and fuzzing */
+  const char *source;
+  size_t source_len;
   policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
   worker_stats_t *wstats; /* NULL: the worker's own */
   log_level_t log_level;

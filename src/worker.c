@@ -31,7 +31,19 @@
   100000 /* records in one reply (the policy caps lower)                       \
           */
 
-extern char **environ;
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+/* AddressSanitizer's shadow memory and quarantine count in the worker's
+ * resident size: a sanitized build gives it more room */
+#define MEM_HEADROOM (UNDER_ASAN ? (320u << 20) : WORKER_MEM_HEADROOM)
 
 struct worker {
   /* what every incarnation is made with (owned copies) */
@@ -126,6 +138,8 @@ static void reap(worker_t *w, int killed, policy_reason_t why) {
     r = POLICY_ERR_CRASH;
     if (WIFSIGNALED(st) && WTERMSIG(st) == SIGSYS) r = POLICY_ERR_SANDBOX;
     if (WIFSIGNALED(st) && WTERMSIG(st) == SIGXCPU) r = POLICY_ERR_TIMEOUT;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == WORKER_EXIT_NOMEM)
+      r = POLICY_ERR_MEMORY; /* a C library gave up on a failed allocation */
     /* the C libraries ran out of address space (cjson exits, others
      * crash): seen from outside as a peak near the cap */
     if ((uint64_t)ru.ru_maxrss * 1024 >= w->mem_cap / 2) r = POLICY_ERR_MEMORY;
@@ -137,7 +151,9 @@ static void reap(worker_t *w, int killed, policy_reason_t why) {
       snprintf(how, sizeof how, "exited with status %d",
                WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     snprintf(w->death, sizeof w->death, "the policy worker %s%s", how,
-             r == POLICY_ERR_MEMORY ? " near its memory limit" : "");
+             r == POLICY_ERR_MEMORY ? ": out of memory (its limit is "
+                                      "the Lua cap + 64 MiB)"
+                                    : "");
   }
   w->death_reason = r;
 }
@@ -148,10 +164,10 @@ static void reap(worker_t *w, int killed, policy_reason_t why) {
 static void end_quietly(worker_t *w, int kill_it, policy_reason_t why,
                         const char *msg, int quiet) {
   REGISTER_ASSERT(w->pid > 0);
-  if (kill_it) {
-    kill(w->pid, SIGKILL);
-    snprintf(w->death, sizeof w->death, "%s", msg);
-  }
+  /* found dead: it may still be dying (a closed socket), so the kill
+   * either way; a dead one keeps the status it died with */
+  kill(w->pid, SIGKILL);
+  if (kill_it) snprintf(w->death, sizeof w->death, "%s", msg);
   reap(w, kill_it, why);
   close(w->fd);
   w->fd = -1;
@@ -195,7 +211,7 @@ static void fail(worker_t *w, policy_reason_t r, const char *msg, char *err,
 
 static int send_all(worker_t *w, const char *p, size_t n, uint64_t deadline) {
   while (n) {
-    ssize_t k = write(w->fd, p, n);
+    ssize_t k = send(w->fd, p, n, MSG_NOSIGNAL);
     if (k > 0) {
       p += k;
       n -= (size_t)k;
@@ -441,6 +457,8 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
 static char **make_env(const char *names) {
   size_t cap = 4, n = 0;
   char **env = xcalloc(cap, sizeof *env);
+  if (UNDER_ASAN) /* a small quarantine; its reports on its stderr */
+    env[n++] = xstrdup("ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=0");
   if (names) {
     char *copy = xstrdup(names), *save = NULL;
     for (char *t = strtok_r(copy, ",", &save); t;
@@ -603,8 +621,9 @@ static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
   uint64_t deadline = util_now_ms() + w->time_limit_ms + WORKER_GRACE_MS;
   w->call_lines = 0;
   w->call_dropped = 0;
-  if (send_all(w, w->out.data, w->out.len, deadline) < 0) {
-    end_incarnation(w, 1, POLICY_ERR_CRASH,
+  int sent = send_all(w, w->out.data, w->out.len, deadline);
+  if (sent < 0) { /* -1: it is gone (found dead); -2: it stopped reading */
+    end_incarnation(w, sent == -2, POLICY_ERR_CRASH,
                     "the policy worker did not take its request");
     fail(w, w->death_reason, w->death, err, errlen);
     w->stats->errors[w->reason]++;
@@ -686,7 +705,7 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   w->name = xstrdup(o->file ? o->file : "default");
   w->budget = o->budget;
   w->mem_limit = o->mem_limit ? o->mem_limit : (64u << 20);
-  w->mem_cap = w->mem_limit + WORKER_MEM_HEADROOM;
+  w->mem_cap = w->mem_limit + MEM_HEADROOM;
   w->time_limit_ms =
       o->time_limit_ms ? o->time_limit_ms : POLICY_DEFAULT_TIME_LIMIT_MS;
   w->hook_limit_ms =
@@ -709,8 +728,10 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     w->dir = slash ? xstrndup(w->file,
                               slash == w->file ? 1 : (size_t)(slash - w->file))
                    : xstrdup(".");
-    FILE *f = fopen(w->file, "rb");
-    if (!f) {
+    FILE *f = o->source ? NULL : fopen(w->file, "rb");
+    if (o->source) {
+      buf_append(&w->source, o->source, o->source_len);
+    } else if (!f) {
       snprintf(err, errlen, "policy %s: cannot read it: %s", w->file,
                strerror(errno));
       worker_free(w);
@@ -718,10 +739,10 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     }
     char chunk[8192];
     size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    while (f && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
       buf_append(&w->source, chunk, n);
-    int bad = ferror(f);
-    fclose(f);
+    int bad = f && ferror(f);
+    if (f) fclose(f);
     if (bad) {
       snprintf(err, errlen, "policy %s: cannot read it", w->file);
       worker_free(w);

@@ -12,6 +12,7 @@
 #include "records.h"
 #include "sandbox.h"
 #include "wire.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -46,6 +47,16 @@ static policy_t *P;
 static luaio_t *IO;
 static policy_stats_t stats;
 static unsigned long log_lines, log_dropped;
+
+/* Policy code cannot call exit() (os.exit is a stub); the one C library
+ * that does, during a request, is lua-cjson, on a failed allocation
+ * (strbuf's die(): exit(-1)).  The exit status says so: the daemon
+ * reports "memory". */
+static int in_request;
+
+static void on_exit_nomem(void) {
+  if (in_request) _exit(WORKER_EXIT_NOMEM);
+}
 
 /* The daemon is gone or spoke nonsense: nothing is left to do. */
 __attribute__((noreturn)) static void quit(int rc) {
@@ -398,6 +409,7 @@ static void take_limits(uint64_t mem_cap) {
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
+  atexit(on_exit_nomem);
   buf_init(&in);
   buf_init(&out);
   wire_rd_t r;
@@ -430,7 +442,9 @@ int main(void) {
   po.io = IO;
   po.stats = &stats;
   char err[600];
+  in_request = 1;
   P = policy_new(&po, err, sizeof err);
+  in_request = 0;
   if (!P) {
     reply_fail(err);
     quit(0);
@@ -445,6 +459,7 @@ int main(void) {
   for (;;) {
     next_frame(&r);
     log_lines = 0;
+    in_request = 1;
     switch (wire_type(&r)) {
     case WIRE_CHECKS:
       do_checks(&r);
@@ -472,5 +487,6 @@ int main(void) {
     default:
       quit(1);
     }
+    in_request = 0;
   }
 }
