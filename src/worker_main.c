@@ -382,7 +382,12 @@ static void seccomp_close(void) {
   ALLOW(getrandom);
   ALLOW(sched_yield);
   ALLOW(sigaltstack); /* AddressSanitizer asks at every longjmp (a Lua error) */
+  ALLOW(getrusage);
 #undef ALLOW
+  /* its own CPU limit, renewed before each request (cpu_limit()) */
+  rc |= seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 2,
+                         SCMP_A0(SCMP_CMP_EQ, 0),
+                         SCMP_A1(SCMP_CMP_EQ, RLIMIT_CPU));
   rc |= seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(read), 1,
                          SCMP_A0(SCMP_CMP_EQ, SOCK));
   rc |= seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(write), 1,
@@ -392,6 +397,19 @@ static void seccomp_close(void) {
                            SCMP_A0(SCMP_CMP_EQ, 2));
   if (rc || seccomp_load(ctx) < 0) quit(3);
   seccomp_release(ctx);
+}
+
+/* CPU time: what it used so far plus the wall-clock limit and a second;
+ * past it the kernel sends SIGXCPU (the daemon reports "timeout").  The
+ * daemon's wall clock comes first; this holds if that ever fails. */
+static uint64_t time_limit_ms;
+
+static void cpu_limit(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) < 0) return;
+  rlim_t used = (rlim_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec);
+  struct rlimit rl = {used + (rlim_t)(time_limit_ms / 1000) + 2, RLIM_INFINITY};
+  setrlimit(RLIMIT_CPU, &rl);
 }
 
 static void take_limits(uint64_t mem_cap) {
@@ -435,7 +453,10 @@ int main(void) {
   b.has_etcd = (int)wire_get_num(&r);
   if (r.bad || level > LOG_DEBUG || !po.host_ip || !po.hostname) quit(1);
 
+  time_limit_ms =
+      po.time_limit_ms ? po.time_limit_ms : POLICY_DEFAULT_TIME_LIMIT_MS;
   take_limits(mem_cap);
+  cpu_limit();
   log_setup(level, LOG_TEXT);
   log_set_sink(sink);
   sandbox_set_reader(reader);
@@ -460,6 +481,7 @@ int main(void) {
   for (;;) {
     next_frame(&r);
     log_lines = 0;
+    cpu_limit();
     in_request = 1;
     switch (wire_type(&r)) {
     case WIRE_CHECKS:
