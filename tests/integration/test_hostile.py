@@ -114,6 +114,14 @@ def no_secret_anywhere(r, h):
         assert text not in tree, f"{text!r} reached etcd"
 
 
+def own_sanitizer_reports(r):
+    """The sanitizer reports ("==PID==ERROR: AddressSanitizer: ...") made by
+    the daemon's own process; a leak at exit shows in stop()'s status."""
+    pid = r.proc.pid
+    return [m.group(0) for m in re.finditer(r"^==(\d+)==ERROR: \w+Sanitizer.*$", r.output(), re.M)
+            if int(m.group(1)) == pid]
+
+
 def policy_log_lines(r):
     return sum(1 for l in r.output().splitlines() if l.endswith(" source=policy"))
 
@@ -121,7 +129,6 @@ def policy_log_lines(r):
 def one(name):
     path = os.path.join(CORPUS, name)
     h = header(name)
-    expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
     reset()
     # a private copy: the reload below reads it again
     policy = os.path.join(WORK, name)
@@ -142,7 +149,9 @@ def one(name):
         answers, failures = poller.stop()
     assert answers and not failures, f"{name}: /metrics: {answers} answers, unanswered: {failures}"
     assert "unprotected" not in r.output(), r.output()
-    assert "Sanitizer" not in r.output(), r.output()[-4000:]  # the worker's end is not the daemon's
+    # the worker's end is not the daemon's: no sanitizer report of the
+    # daemon's own (a worker's, under its own pid, may be in the log)
+    assert not own_sanitizer_reports(r), r.output()[-4000:]
     no_secret_anywhere(r, h)
     t1 = time.time()
     r.stop(timeout=5)  # exit status 0, within 5 s
@@ -334,10 +343,10 @@ def sigterm_and_metrics_during_a_hang():
     time.sleep(2)  # the call for evil is under way (the first sync)
     answers, failures = poller.stop()
     assert answers >= 2 and not failures, (answers, failures)
+    assert not own_sanitizer_reports(r), r.output()[-4000:]
     t1 = time.time()
     r.stop(timeout=5)
     assert time.time() - t1 <= 5
-    assert "Sanitizer" not in r.output(), r.output()[-4000:]
 
 
 @suite.test
