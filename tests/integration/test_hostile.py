@@ -114,6 +114,17 @@ def no_secret_anywhere(r, h):
         assert text not in tree, f"{text!r} reached etcd"
 
 
+DAEMON_PEAK_KB = 200 * 1024
+
+
+def proc_status_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
 def own_sanitizer_reports(r):
     """The sanitizer reports ("==PID==ERROR: AddressSanitizer: ...") made by
     the daemon's own process; a leak at exit shows in stop()'s status."""
@@ -153,6 +164,11 @@ def one(name):
     # daemon's own (a worker's, under its own pid, may be in the log)
     assert not own_sanitizer_reports(r), r.output()[-4000:]
     no_secret_anywhere(r, h)
+    # memory a policy blows up is the worker's, bounded and given back: the
+    # daemon's own peak stays small (cjson's encoder buffers, hundreds of
+    # MB, stayed in the daemon for good; the bound leaves room for ASan)
+    peak = proc_status_kb(r.proc.pid, "VmHWM")
+    assert peak <= DAEMON_PEAK_KB, f"{name}: the daemon's peak RSS is {peak // 1024} MB"
     t1 = time.time()
     r.stop(timeout=5)  # exit status 0, within 5 s
     assert time.time() - t1 <= 5, name
