@@ -156,6 +156,13 @@ def one(name):
     poller = MetricsPoller(port)
     try:
         checked(name, h, r, port, policy, good1, evil, t0)
+    except BaseException:
+        # a daemon held by a policy call spins: end it now, not at the end
+        # of the suite (its log stays for the report)
+        if r.proc and r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+        raise
     finally:
         answers, failures = poller.stop()
     assert answers and not failures, f"{name}: /metrics: {answers} answers, unanswered: {failures}"
