@@ -13,6 +13,7 @@ a crash, kill or limit in the policy worker is never the daemon's (no
 sanitizer report, exit 0); `-- secret:` variables set for the daemon reach
 neither its output nor etcd; `-- absent:` text neither; `-- max-log-lines:`
 bounds the policy's log lines."""
+import contextlib
 import os
 import re
 import shutil
@@ -70,6 +71,20 @@ def register(policy, port, timeout_ms, env=None):
     return r, sentinel
 
 
+@contextlib.contextmanager
+def ended_on_failure(r):
+    """A test that fails kills its daemon at once: one held by a policy call
+    spins, and any left running would fight the next test's daemon over the
+    same prefix (its log stays for the report)."""
+    try:
+        yield
+    except BaseException:
+        if r.proc and r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+        raise
+
+
 class MetricsPoller:
     """Asks /metrics every 0.2 s from a thread, with a 2 s HTTP timeout,
     until stop(): a loop held by a policy call shows as an unanswered
@@ -84,20 +99,26 @@ class MetricsPoller:
 
     def run(self):
         while not self.done.is_set():
-            t0 = time.time()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
-                    r.read()
-                self.answers += 1
-            except Exception as e:  # noqa: BLE001
-                refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
-                if self.answers or not refused:  # refused before the first answer: not up yet
-                    self.failures.append(f"{time.time() - t0:.1f} s: {e!r}")
+            self.poll_once()
             self.done.wait(0.2)
 
+    def poll_once(self):
+        t0 = time.time()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                r.read()
+            self.answers += 1
+        except Exception as e:  # noqa: BLE001
+            refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+            if self.answers or not refused:  # refused before the first answer: not up yet
+                self.failures.append(f"{time.time() - t0:.1f} s: {e!r}")
+
     def stop(self):
+        """(answers, failures); one last request first, so that a run shorter
+        than the first poll still asks once."""
         self.done.set()
         self.thread.join()
+        self.poll_once()
         return self.answers, self.failures
 
 
@@ -153,32 +174,27 @@ def one(name):
     # it): the_daemons_environment_never_reaches_etcd runs that one with auth
     env = {v: secret_value(v) for v in h["secrets"] if v != "ETCDCTL_PASSWORD"}
     r, sentinel = register(policy, port, h["timeout_ms"], env=env)
-    poller = MetricsPoller(port)
-    try:
-        checked(name, h, r, port, policy, good1, evil, t0)
-    except BaseException:
-        # a daemon held by a policy call spins: end it now, not at the end
-        # of the suite (its log stays for the report)
-        if r.proc and r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
-        raise
-    finally:
-        answers, failures = poller.stop()
-    assert answers and not failures, f"{name}: /metrics: {answers} answers, unanswered: {failures}"
-    assert "unprotected" not in r.output(), r.output()
-    # the worker's end is not the daemon's: no sanitizer report of the
-    # daemon's own (a worker's, under its own pid, may be in the log)
-    assert not own_sanitizer_reports(r), r.output()[-4000:]
-    no_secret_anywhere(r, h)
-    # memory a policy blows up is the worker's, bounded and given back: the
-    # daemon's own peak stays small (cjson's encoder buffers, hundreds of
-    # MB, stayed in the daemon for good; the bound leaves room for ASan)
-    peak = proc_status_kb(r.proc.pid, "VmHWM")
-    assert peak <= DAEMON_PEAK_KB, f"{name}: the daemon's peak RSS is {peak // 1024} MB"
-    t1 = time.time()
-    r.stop(timeout=5)  # exit status 0, within 5 s
-    assert time.time() - t1 <= 5, name
+    with ended_on_failure(r):
+        poller = MetricsPoller(port)
+        try:
+            checked(name, h, r, port, policy, good1, evil, t0)
+        finally:
+            answers, failures = poller.stop()
+        assert answers and not failures, f"{name}: /metrics: {answers} answers, unanswered: {failures}"
+        assert "unprotected" not in r.output(), r.output()
+        # the worker's end is not the daemon's: no sanitizer report of the
+        # daemon's own (a worker's, under its own pid, may be in the log)
+        assert not own_sanitizer_reports(r), r.output()[-4000:]
+        no_secret_anywhere(r, h)
+        # memory a policy blows up is the worker's, bounded and given back:
+        # the daemon's own peak stays small (cjson's encoder buffers,
+        # hundreds of MB, stayed in the daemon for good; the bound leaves
+        # room for ASan)
+        peak = proc_status_kb(r.proc.pid, "VmHWM")
+        assert peak <= DAEMON_PEAK_KB, f"{name}: the daemon's peak RSS is {peak // 1024} MB"
+        t1 = time.time()
+        r.stop(timeout=5)  # exit status 0, within 5 s
+        assert time.time() - t1 <= 5, name
     assert not os.path.exists(sentinel), name
     assert set(os.listdir(WORK)) == work_before, (name, set(os.listdir(WORK)) ^ work_before)
 
@@ -361,15 +377,16 @@ def sigterm_and_metrics_during_a_hang():
     fake.add(name="evil", image="evil")
     port = free_port()
     r, _ = register(policy, port, 30000)
-    poller = MetricsPoller(port)
-    wait_for(lambda: poller.answers >= 1 or poller.failures, timeout=10, what="/metrics answering")
-    time.sleep(2)  # the call for evil is under way (the first sync)
-    answers, failures = poller.stop()
-    assert answers >= 2 and not failures, (answers, failures)
-    assert not own_sanitizer_reports(r), r.output()[-4000:]
-    t1 = time.time()
-    r.stop(timeout=5)
-    assert time.time() - t1 <= 5
+    with ended_on_failure(r):
+        poller = MetricsPoller(port)
+        wait_for(lambda: poller.answers >= 1 or poller.failures, timeout=10, what="/metrics answering")
+        time.sleep(2)  # the call for evil is under way (the first sync)
+        answers, failures = poller.stop()
+        assert answers >= 2 and not failures, (answers, failures)
+        assert not own_sanitizer_reports(r), r.output()[-4000:]
+        t1 = time.time()
+        r.stop(timeout=5)
+        assert time.time() - t1 <= 5
 
 
 @suite.test
@@ -416,23 +433,24 @@ return { prefix = default.prefix,
                  "--metrics", f"127.0.0.1:{port}", "--policy-env", "REGISTER_VISIBLE", host_ip=IP,
                  env={**secrets, "ETCDCTL_USER": "reg", "REGISTER_VISIBLE": "visible-4711"}).start()
     suite.defer(r.cleanup)
-    r.wait_log("in sync", timeout=60)
-    good2 = fake.add(name="good2")
-    fake.emit(fake.event("start", good2))
-    tree = lambda: e.etcdctl("--user", "root:rootpw", "get", "--prefix", "/registered/", api="3")  # noqa: E731
-    wait_for(lambda: f"{PREFIX}/env/good2" in tree(), what="the record written from os.getenv")
-    r.wait_log("event env: ")
-    everything = tree()
-    value = everything.split(f"{PREFIX}/env/good1\n", 1)[1].split("\n", 1)[0]
-    # what --policy-env names reaches the policy, nothing else does
-    assert "REGISTER_VISIBLE=visible-4711" in value, value
-    for var in ("ETCDCTL_PASSWORD", "ETCDCTL_USER", "ETCD_PASSWORD", "REGISTER_TEST_SECRET", "HOME", "PATH",
-                "HOST_IP"):
-        assert f"{var}=nil" in value, value
-    for var, secret in secrets.items():
-        assert secret not in everything, f"${var} reached etcd"
-        assert secret not in r.output(), f"${var} reached the daemon's log"
-    r.stop(timeout=5)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        good2 = fake.add(name="good2")
+        fake.emit(fake.event("start", good2))
+        tree = lambda: e.etcdctl("--user", "root:rootpw", "get", "--prefix", "/registered/", api="3")  # noqa: E731
+        wait_for(lambda: f"{PREFIX}/env/good2" in tree(), what="the record written from os.getenv")
+        r.wait_log("event env: ")
+        everything = tree()
+        value = everything.split(f"{PREFIX}/env/good1\n", 1)[1].split("\n", 1)[0]
+        # what --policy-env names reaches the policy, nothing else does
+        assert "REGISTER_VISIBLE=visible-4711" in value, value
+        for var in ("ETCDCTL_PASSWORD", "ETCDCTL_USER", "ETCD_PASSWORD", "REGISTER_TEST_SECRET", "HOME", "PATH",
+                    "HOST_IP"):
+            assert f"{var}=nil" in value, value
+        for var, secret in secrets.items():
+            assert secret not in everything, f"${var} reached etcd"
+            assert secret not in r.output(), f"${var} reached the daemon's log"
+        r.stop(timeout=5)
 
 
 @suite.test
@@ -457,12 +475,13 @@ end }
     evil = fake.add(name="evil", image="evil")
     port = free_port()
     r, _ = register(policy, port, 30000)
-    r.wait_log("in sync", timeout=60)
-    wait_for(lambda: key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree(), what="both registered")
-    n = policy_log_lines(r)
-    assert 1 <= n <= 500, f"{n} policy log lines for one call (at most a few hundred)"
-    assert "chatty line 1 of evil's call" in r.output()  # the first lines are the ones kept
-    r.stop(timeout=5)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        wait_for(lambda: key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree(), what="both registered")
+        n = policy_log_lines(r)
+        assert 1 <= n <= 500, f"{n} policy log lines for one call (at most a few hundred)"
+        assert "chatty line 1 of evil's call" in r.output()  # the first lines are the ones kept
+        r.stop(timeout=5)
 
 
 suite.run()
