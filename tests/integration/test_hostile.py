@@ -4,13 +4,23 @@ registered, the attacked one is not (or, for a hook, only its hook fails),
 one log line names the container, the file and line, and the reason, the
 metric counts it under that reason, events keep being handled (a container
 started afterwards is registered), a reload works, nothing is written to the
-filesystem, and SIGTERM exits 0 (under ASan: with no leak)."""
+filesystem, and SIGTERM exits 0 (under ASan: with no leak).
+
+While the attacked call runs, /metrics answers (polled throughout, each
+answer within 2 s); a file that sets its own wall-clock limit fails within
+it plus 1 s (plus the daemon's start); SIGTERM ends the daemon within 5 s;
+a crash, kill or limit in the policy worker is never the daemon's (no
+sanitizer report, exit 0); `-- secret:` variables set for the daemon reach
+neither its output nor etcd; `-- absent:` text neither; `-- max-log-lines:`
+bounds the policy's log lines."""
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -18,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "policy"))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import REGISTER, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
-from hostile_corpus import CORPUS, cases, header  # noqa: E402
+from hostile_corpus import CORPUS, OUTSIDE, cases, header, secret_value  # noqa: E402
 
 IP = "10.6.6.6"
 PREFIX = f"/registered/{IP}"
@@ -41,65 +51,224 @@ def key(cid, image="bbx"):
     return f"{PREFIX}/{image}/{cid}"
 
 
-def metrics(port):
+def metrics_text(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+        return r.read().decode()
+
+
+def metrics(port):
+    text = metrics_text(port)
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r'^(register_policy_errors_total\{reason="\w+"\}) (\S+)$', text, re.M)}
 
 
-def register(policy, port, timeout_ms):
+def register(policy, port, timeout_ms, env=None):
     sentinel = os.path.join(WORK, "sentinel")
     r = Register("--etcd", etcd.url, "--docker", fake.host, "--policy", policy,
                  "--metrics", f"127.0.0.1:{port}", "--policy-timeout", str(timeout_ms),
-                 host_ip=IP, env={"SENTINEL": sentinel}).start()
+                 host_ip=IP, env={"SENTINEL": sentinel, **(env or {})}).start()
     suite.defer(r.cleanup)
     return r, sentinel
+
+
+@contextlib.contextmanager
+def ended_on_failure(r):
+    """A test that fails kills its daemon at once: one held by a policy call
+    spins, and any left running would fight the next test's daemon over the
+    same prefix (its log stays for the report)."""
+    try:
+        yield
+    except BaseException:
+        if r.proc and r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+        raise
+
+
+class MetricsPoller:
+    """Asks /metrics every 0.2 s from a thread, with a 2 s HTTP timeout,
+    until stop(): a loop held by a policy call shows as an unanswered
+    request (a refused connection before the first answer is the server
+    not up yet)."""
+
+    def __init__(self, port):
+        self.port, self.answers, self.failures = port, 0, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.is_set():
+            self.poll_once()
+            self.done.wait(0.2)
+
+    def poll_once(self):
+        t0 = time.time()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                r.read()
+            self.answers += 1
+        except Exception as e:  # noqa: BLE001
+            refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+            if self.answers or not refused:  # refused before the first answer: not up yet
+                self.failures.append(f"{time.time() - t0:.1f} s: {e!r}")
+
+    def stop(self):
+        """(answers, failures); one last request first, so that a run shorter
+        than the first poll still asks once."""
+        self.done.set()
+        self.thread.join()
+        self.poll_once()
+        return self.answers, self.failures
+
+
+def no_secret_anywhere(r, h):
+    """Neither a `-- secret:` variable's value nor an `-- absent:` text in
+    the daemon's log or anywhere in etcd."""
+    tree = "\n".join(f"{k} {v}" for k, v in etcd.tree().items())
+    for var in h["secrets"]:
+        value = secret_value(var)
+        assert value not in r.output(), f"${var} reached the daemon's log"
+        assert value not in tree, f"${var} reached etcd"
+    for text in h["absent"]:
+        assert text not in r.output(), f"{text!r} reached the daemon's log"
+        assert text not in tree, f"{text!r} reached etcd"
+
+
+DAEMON_PEAK_KB = 200 * 1024
+
+
+def proc_status_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def own_sanitizer_reports(r):
+    """The sanitizer reports ("==PID==ERROR: AddressSanitizer: ...") made by
+    the daemon's own process; a leak at exit shows in stop()'s status."""
+    pid = r.proc.pid
+    return [m.group(0) for m in re.finditer(r"^==(\d+)==ERROR: \w+Sanitizer.*$", r.output(), re.M)
+            if int(m.group(1)) == pid]
+
+
+def policy_log_lines(r):
+    return sum(1 for l in r.output().splitlines() if l.endswith(" source=policy"))
 
 
 def one(name):
     path = os.path.join(CORPUS, name)
     h = header(name)
-    expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
     reset()
     # a private copy: the reload below reads it again
     policy = os.path.join(WORK, name)
     shutil.copy(path, policy)
+    work_before = set(os.listdir(WORK))
     good1 = fake.add(name="good1")
     evil = fake.add(name="evil", image="evil")
     port = free_port()
-    r, sentinel = register(policy, port, h["timeout_ms"])
-    r.wait_log("in sync", timeout=60)
+    t0 = time.time()
+    # the daemon reads ETCDCTL_PASSWORD itself (and wants --etcd-user with
+    # it): the_daemons_environment_never_reaches_etcd runs that one with auth
+    env = {v: secret_value(v) for v in h["secrets"] if v != "ETCDCTL_PASSWORD"}
+    r, sentinel = register(policy, port, h["timeout_ms"], env=env)
+    with ended_on_failure(r):
+        poller = MetricsPoller(port)
+        try:
+            checked(name, h, r, port, policy, good1, evil, t0)
+        finally:
+            answers, failures = poller.stop()
+        assert answers and not failures, f"{name}: /metrics: {answers} answers, unanswered: {failures}"
+        assert "unprotected" not in r.output(), r.output()
+        # the worker's end is not the daemon's: no sanitizer report of the
+        # daemon's own (a worker's, under its own pid, may be in the log)
+        assert not own_sanitizer_reports(r), r.output()[-4000:]
+        no_secret_anywhere(r, h)
+        # memory a policy blows up is the worker's, bounded and given back:
+        # the daemon's own peak stays small (cjson's encoder buffers,
+        # hundreds of MB, stayed in the daemon for good; the bound leaves
+        # room for ASan)
+        peak = proc_status_kb(r.proc.pid, "VmHWM")
+        assert peak <= DAEMON_PEAK_KB, f"{name}: the daemon's peak RSS is {peak // 1024} MB"
+        t1 = time.time()
+        r.stop(timeout=5)  # exit status 0, within 5 s
+        assert time.time() - t1 <= 5, name
+    assert not os.path.exists(sentinel), name
+    assert set(os.listdir(WORK)) == work_before, (name, set(os.listdir(WORK)) ^ work_before)
+
+
+def checked(name, h, r, port, policy, good1, evil, t0):
+    expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
     out = lambda: r.output()  # noqa: E731
     if hook == "event":
+        # the event hook runs only once the daemon is in sync
+        r.wait_log("in sync", timeout=60)
+        t0 = time.time()
         fake.emit(fake.event("start", evil))
     if breaks_all:  # evil was evaluated: the next container shows it
+        r.wait_log("in sync", timeout=60)
         fake.emit(fake.event("start", fake.add(name="after")))
-    if expect != ["ok"]:
+    if expect == ["rejected"]:
+        r.wait_log("rejected; the container keeps the keys it had")
+        line = [l for l in out().splitlines() if "rejected; the container keeps" in l][0]
+        assert f"container={evil}" in line or evil[:12] in line, (name, line)
+        wait_for(lambda: re.search(r"^register_policy_records_rejected_total [1-9]", metrics_text(port), re.M),
+                 what="the rejected record counted")
+    elif expect != ["ok"]:
         what = (f"{hook} hook failed:" if hook else
                 "records() failed for container " + ("" if breaks_all else f"{evil[:12]}:"))
-        r.wait_log(what)
-        line = [l for l in out().splitlines() if what in l][0]
+        # a file with its own limit fails within it plus 1 s (the daemon's
+        # start and first sync: 5 s more); the others within the log wait
+        limit = (h["timeout_ms"] / 1000 + 1 + 5) if h["timed"] else 60
+
+        def failed():  # the line with an expected reason (a hook may fail another way first)
+            lines = [l for l in out().splitlines() if what in l]
+            for l in lines:
+                if re.findall(r"\(reason: (\w+)\)", l)[:1] in ([e] for e in expect):
+                    return l
+            if r.proc.poll() is not None:
+                raise AssertionError(f"{name}: register exited ({r.proc.returncode}):\n{out()[-4000:]}")
+            return None
+        deadline = time.time() + limit
+        while not failed() and time.time() < deadline:
+            time.sleep(0.1)
+        line = failed()
+        assert line, (name, f"no {what!r} line with reason {expect} within {limit:.0f} s",
+                      [l for l in out().splitlines() if what in l][:5])
+        if h["timed"]:
+            assert time.time() - t0 <= limit, (name, time.time() - t0)
         reasons = re.findall(r"\(reason: (\w+)\)", line)
-        assert reasons and reasons[0] in expect, (name, line)
         # the file and line (the policy's, or a helper's it called), or
-        # what records() returned when the failure is in encoding it
-        assert re.search(r"\.lua:\d+: ", line) or ": its result: " in line, (name, line)
+        # what records() returned when the failure is in encoding it; a
+        # worker stopped from outside (crash, timeout, memory) cannot know
+        # the line: the policy's name
+        if reasons[0] in OUTSIDE:
+            assert name in line, (name, line)
+        else:
+            assert re.search(r"\.lua:\d+: ", line) or ": its result: " in line, (name, line)
         wait_for(lambda: metrics(port).get(f'register_policy_errors_total{{reason="{reasons[0]}"}}', 0) >= 1,
                  what="the failure counted under its reason")
+    r.wait_log("in sync", timeout=60)
+    if h["max_log_lines"] is not None:
+        n = policy_log_lines(r)
+        assert n <= h["max_log_lines"], f"{name}: {n} policy log lines (at most {h['max_log_lines']})"
     if not breaks_all:
         wait_for(lambda: key(good1) in etcd.tree(), what="the other container")
         if hook or expect == ["ok"]:
             wait_for(lambda: key(evil, "evil") in etcd.tree(), what="evil's records (its hook failed, not records)")
         else:
             assert key(evil, "evil") not in etcd.tree(), (name, etcd.tree())
+        if expect == ["rejected"]:
+            assert not [k for k in etcd.tree() if "evil" in k or k.startswith("/elsewhere")], (name, etcd.tree())
         # events are still handled
         good2 = fake.add(name="good2")
         fake.emit(fake.event("start", good2))
         wait_for(lambda: key(good2) in etcd.tree(), what="a container started afterwards")
         # a reload of the same file works: evil fails under both policies
         r.proc.send_signal(signal.SIGHUP)
-        r.wait_log("reloaded:")
+        r.wait_log("reloaded:", timeout=h["timeout_ms"] / 1000 + 20)
         good3 = fake.add(name="good3")
         fake.emit(fake.event("start", good3))
         wait_for(lambda: key(good3) in etcd.tree(), what="a container started after the reload")
@@ -111,9 +280,6 @@ def one(name):
         r.wait_log("reloaded:")
         wait_for(lambda: key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree(),
                  what="every container after the reload")
-    assert "unprotected" not in out(), out()
-    r.stop()  # exit status 0
-    assert not os.path.exists(sentinel), name
 
 
 for _name in cases():
@@ -197,6 +363,125 @@ return { prefix = default.prefix, records = default.records,
              what="counted as a timeout")
     assert key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree()
     r.stop()
+
+
+@suite.test
+def sigterm_and_metrics_during_a_hang():
+    """A policy call that hangs in one C call, with a wall-clock limit far
+    away (30 s): while it runs /metrics answers, and SIGTERM ends the daemon
+    within 5 s with exit 0 (the worker is killed with it, not waited for)."""
+    reset()
+    policy = os.path.join(WORK, "hang.lua")
+    shutil.copy(os.path.join(CORPUS, "string_rep_empty.lua"), policy)
+    fake.add(name="good1")
+    fake.add(name="evil", image="evil")
+    port = free_port()
+    r, _ = register(policy, port, 30000)
+    with ended_on_failure(r):
+        poller = MetricsPoller(port)
+        wait_for(lambda: poller.answers >= 1 or poller.failures, timeout=10, what="/metrics answering")
+        time.sleep(2)  # the call for evil is under way (the first sync)
+        answers, failures = poller.stop()
+        assert answers >= 2 and not failures, (answers, failures)
+        assert not own_sanitizer_reports(r), r.output()[-4000:]
+        t1 = time.time()
+        r.stop(timeout=5)
+        assert time.time() - t1 <= 5
+
+
+@suite.test
+def the_daemons_environment_never_reaches_etcd():
+    """The daemon logs in to etcd as ETCDCTL_USER with ETCDCTL_PASSWORD from
+    its environment (v3, auth on); the policy writes what os.getenv gives it
+    into etcd, for every container, and logs it from its event hook.  The
+    password, and the rest of the daemon's environment, reach neither etcd
+    nor the log: the worker's environment holds only what --policy-env
+    names."""
+    reset()
+    secrets = {v: secret_value(v) for v in ("ETCDCTL_PASSWORD", "ETCD_PASSWORD", "REGISTER_TEST_SECRET")}
+    e = Etcd().start()
+    suite.defer(e.cleanup)
+    for cmd in (["user", "add", "root:rootpw"], ["user", "add", "reg:" + secrets["ETCDCTL_PASSWORD"]],
+                ["role", "add", "regrole"],
+                ["role", "grant-permission", "regrole", "--prefix=true", "readwrite", "/registered/"],
+                ["user", "grant-role", "reg", "regrole"], ["auth", "enable"]):
+        e.etcdctl(*cmd, api="3")
+    policy = os.path.join(WORK, "env.lua")
+    with open(policy, "w") as f:
+        f.write("""local register = require "register"
+local default = require "register.default"
+local function env()
+  local names = { "ETCDCTL_PASSWORD", "ETCDCTL_USER", "ETCD_PASSWORD", "REGISTER_TEST_SECRET", "HOME",
+                  "PATH", "HOST_IP", "REGISTER_VISIBLE" }
+  local seen = {}
+  for _, n in ipairs(names) do seen[#seen + 1] = n .. "=" .. tostring(os.getenv(n)) end
+  return table.concat(seen, " ")
+end
+return { prefix = default.prefix,
+  records = function(c, host)
+    local out = default.records(c, host)
+    out["/registered/" .. host.ip .. "/env/" .. c.name] = env()
+    return out
+  end,
+  event = function(ev, host)
+    register.log.info("event env: %s", env())
+  end }
+""")
+    fake.add(name="good1")
+    port = free_port()
+    r = Register("--etcd", e.url, "--etcd-api", "v3", "--docker", fake.host, "--policy", policy,
+                 "--metrics", f"127.0.0.1:{port}", "--policy-env", "REGISTER_VISIBLE", host_ip=IP,
+                 env={**secrets, "ETCDCTL_USER": "reg", "REGISTER_VISIBLE": "visible-4711"}).start()
+    suite.defer(r.cleanup)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        good2 = fake.add(name="good2")
+        fake.emit(fake.event("start", good2))
+        tree = lambda: e.etcdctl("--user", "root:rootpw", "get", "--prefix", "/registered/", api="3")  # noqa: E731
+        wait_for(lambda: f"{PREFIX}/env/good2" in tree(), what="the record written from os.getenv")
+        r.wait_log("event env: ")
+        everything = tree()
+        value = everything.split(f"{PREFIX}/env/good1\n", 1)[1].split("\n", 1)[0]
+        # what --policy-env names reaches the policy, nothing else does
+        assert "REGISTER_VISIBLE=visible-4711" in value, value
+        for var in ("ETCDCTL_PASSWORD", "ETCDCTL_USER", "ETCD_PASSWORD", "REGISTER_TEST_SECRET", "HOME", "PATH",
+                    "HOST_IP"):
+            assert f"{var}=nil" in value, value
+        for var, secret in secrets.items():
+            assert secret not in everything, f"${var} reached etcd"
+            assert secret not in r.output(), f"${var} reached the daemon's log"
+        r.stop(timeout=5)
+
+
+@suite.test
+def log_lines_of_one_call_are_capped():
+    """records() logs 20,000 lines for one container and then succeeds: the
+    call is not failed for it, and only a bounded number of lines reaches
+    the daemon's stderr (the exact cap per call and per second is the
+    daemon's choice: here, at most a few hundred)."""
+    reset()
+    policy = os.path.join(WORK, "chatty.lua")
+    with open(policy, "w") as f:
+        f.write("""local register = require "register"
+local default = require "register.default"
+return { prefix = default.prefix, records = function(c, host)
+  if c.name == "evil" then
+    for i = 1, 20000 do register.log.warn("chatty line %d of evil's call", i) end
+  end
+  return default.records(c, host)
+end }
+""")
+    good1 = fake.add(name="good1")
+    evil = fake.add(name="evil", image="evil")
+    port = free_port()
+    r, _ = register(policy, port, 30000)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        wait_for(lambda: key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree(), what="both registered")
+        n = policy_log_lines(r)
+        assert 1 <= n <= 500, f"{n} policy log lines for one call (at most a few hundred)"
+        assert "chatty line 1 of evil's call" in r.output()  # the first lines are the ones kept
+        r.stop(timeout=5)
 
 
 suite.run()

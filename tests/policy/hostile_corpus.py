@@ -10,15 +10,36 @@ CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hostile")
 TIMEOUT_MS = 30000
 
 
+# the reasons a worker gives when it is stopped from outside (killed past
+# the wall clock, dead of a signal, over the memory limit of the whole
+# process): the daemon cannot know the policy's line then
+OUTSIDE = {"crash", "timeout", "memory"}
+
+
+def secret_value(var):
+    """The value the tests give a `-- secret:` variable: unique enough that
+    finding it anywhere means it leaked."""
+    return f"s3cret-{var.lower()}-7f3a9c"
+
+
 def header(name):
-    """{expect: [REASON...], hook: NAME|None, breaks_all: bool, timeout_ms}"""
-    h = {"expect": None, "hook": None, "breaks_all": False, "timeout_ms": TIMEOUT_MS}
-    for line in open(os.path.join(CORPUS, name)):
-        m = re.match(r"-- (expect|hook|breaks|policy-timeout): (.*)", line)
+    """{expect: [REASON...], hook: NAME|None, breaks_all: bool, timeout_ms,
+    timed: bool (the file sets its own limit: the call must end within it
+    plus 1 s), secrets: [VAR...], absent: [TEXT...], max_log_lines: N|None}"""
+    h = {"expect": None, "hook": None, "breaks_all": False, "timeout_ms": TIMEOUT_MS,
+         "timed": False, "secrets": [], "absent": [], "max_log_lines": None}
+    for line in open(os.path.join(CORPUS, name), errors="replace"):
+        m = re.match(r"-- (expect|hook|breaks|policy-timeout|secret|absent|max-log-lines): (.*)", line)
         if not m:
             continue
         k, v = m.group(1), m.group(2).strip()
-        if k == "expect":
+        if k == "secret":
+            h["secrets"].append(v)
+        elif k == "absent":
+            h["absent"].append(v)
+        elif k == "max-log-lines":
+            h["max_log_lines"] = int(v)
+        elif k == "expect":
             h["expect"] = v.split()
         elif k == "hook":
             h["hook"] = v
@@ -26,6 +47,7 @@ def header(name):
             h["breaks_all"] = v == "all"
         else:
             h["timeout_ms"] = int(v)
+            h["timed"] = True
     assert h["expect"], f"{name}: no '-- expect:' line"
     return h
 

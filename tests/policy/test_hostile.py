@@ -9,13 +9,14 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 from harness import REGISTER, Suite  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hostile_corpus import CORPUS, cases, header  # noqa: E402
+from hostile_corpus import CORPUS, OUTSIDE, cases, header, secret_value  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data", "inspect")
@@ -32,17 +33,85 @@ def documents():
     return good, evil
 
 
-def run_check(policy, workdir, *docs, timeout_ms=None):
+KEEP = 16 << 20  # bytes of stdout and of stderr a test keeps (a flood is counted, not kept)
+
+
+def _drain(pipe, out):
+    """Reads pipe to its end; keeps its first KEEP bytes, counts the rest."""
+    while True:
+        chunk = pipe.read(1 << 16)
+        if not chunk:
+            break
+        out["total"] += len(chunk)
+        if len(out["data"]) < KEEP:
+            out["data"] += chunk[:KEEP - len(out["data"])]
+
+
+class Result:
+    def __init__(self, pid, returncode, stdout, stderr, out_total, err_total):
+        self.pid, self.returncode, self.stdout, self.stderr = pid, returncode, stdout, stderr
+        self.out_total, self.err_total = out_total, err_total
+
+
+def run_check(policy, workdir, *docs, timeout_ms=None, env_extra=None, guard=HANG_GUARD):
+    """`register check` on docs; (Result, seconds).  Output is read as it
+    comes (a policy may flood it) and decoded leniently (a policy may print
+    bytes that are not UTF-8); past `guard` seconds it is killed and the
+    test fails."""
     path = os.path.join(workdir, "inspect.json")
     with open(path, "w") as f:
         json.dump(list(docs), f)
-    env = dict(os.environ, SENTINEL=os.path.join(workdir, "sentinel"))
+    env = dict(os.environ, SENTINEL=os.path.join(workdir, "sentinel"), **(env_extra or {}))
     env.pop("HOST_IP", None)
-    t0 = time.time()
     extra = ["--policy-timeout", str(timeout_ms)] if timeout_ms else []
-    r = subprocess.run([REGISTER, "check", "--host-ip", "10.0.0.9", *extra, policy, path],
-                       capture_output=True, text=True, env=env, cwd=workdir, timeout=HANG_GUARD)
-    return r, time.time() - t0
+    t0 = time.time()
+    proc = subprocess.Popen([REGISTER, "check", "--host-ip", "10.0.0.9", *extra, policy, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=workdir)
+    outs = [{"data": b"", "total": 0}, {"data": b"", "total": 0}]
+    readers = [threading.Thread(target=_drain, args=(p, o), daemon=True)
+               for p, o in ((proc.stdout, outs[0]), (proc.stderr, outs[1]))]
+    for t in readers:
+        t.start()
+    try:
+        rc = proc.wait(guard)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{os.path.basename(policy)}: still running after {guard:.0f} s (killed)")
+    took = time.time() - t0
+    for t in readers:
+        t.join()
+    text = [o["data"].decode("utf-8", errors="replace") for o in outs]
+    return Result(proc.pid, rc, text[0], text[1], outs[0]["total"], outs[1]["total"]), took
+
+
+_baseline = []
+
+
+def baseline():
+    """Seconds `register check` takes for the default policy on the same two
+    documents: what a run costs besides the policy's own call."""
+    if not _baseline:
+        with tempfile.TemporaryDirectory(prefix="rh") as wd:
+            pol = os.path.join(wd, "p.lua")
+            with open(pol, "w") as f:
+                f.write('return require "register.default"\n')
+            _, took = run_check(pol, wd, *documents())
+        _baseline.append(took)
+    return _baseline[0]
+
+
+def record_keys(stdout):
+    """The keys of the record lines (a line cut short where KEEP ended the
+    copy is left out)."""
+    keys = []
+    for line in stdout.splitlines():
+        if line.startswith("{\"container\""):
+            try:
+                keys.append(json.loads(line)["key"])
+            except ValueError:
+                pass
+    return keys
 
 
 def one(name):
@@ -50,20 +119,53 @@ def one(name):
     h = header(name)
     expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
     good, evil = documents()
+    secrets = {v: secret_value(v) for v in h["secrets"]}
+    limit = h["timeout_ms"] / 1000
+    # a file that sets its own wall-clock limit is ended within it plus 1 s;
+    # the guard only keeps a hang from holding the suite up
+    guard = min(HANG_GUARD, baseline() + limit + 10) if h["timed"] else HANG_GUARD
     with tempfile.TemporaryDirectory(prefix="rh") as wd:
         before = set(os.listdir(wd))
-        r, took = run_check(policy, wd, evil, good, timeout_ms=h["timeout_ms"])
+        r, took = run_check(policy, wd, evil, good, timeout_ms=h["timeout_ms"], env_extra=secrets,
+                            guard=guard)
         after = set(os.listdir(wd)) - {"inspect.json"}
         assert after == before, f"{name}: files appeared: {after - before}"
-    print(f"{name}: rc {r.returncode} in {took:.2f}s: {r.stderr.splitlines()[:1]}", file=sys.stderr)
+    said = [l for l in r.stderr.splitlines() if not l.startswith("register check: host.hostname")]
+    print(f"{name}: rc {r.returncode} in {took:.2f}s, {r.err_total} bytes on stderr: {said[:1]}",
+          file=sys.stderr)
+    # a crash is a policy failure (rc 1 and a line), never register's own
+    assert r.returncode >= 0, f"{name}: register check died of signal {-r.returncode}: {r.stderr[-2000:]}"
+    # under ASan: no report of register's own (a worker's, under its own
+    # pid, may be there; a leak at exit is in the exit status)
+    assert not re.search(r"^==%d==ERROR: \w+Sanitizer" % r.pid, r.stderr, re.M), (name, r.stderr[-4000:])
+    if h["timed"]:
+        assert took <= baseline() + limit + 1, \
+            f"{name}: took {took:.2f} s, the limit is {limit:.1f} s (+1 s, +{baseline():.2f} s for the run)"
+    for var, value in secrets.items():  # the daemon's environment never reaches the policy
+        assert value not in r.stdout and value not in r.stderr, f"{name}: ${var} reached the output"
+    for text in h["absent"]:
+        assert text not in r.stdout and text not in r.stderr, f"{name}: {text!r} reached the output"
+    if h["max_log_lines"] is not None:
+        # the exact cap is the daemon's choice; the file says how many lines
+        # one call may leave at most
+        n = sum(1 for l in r.stderr.splitlines() if l.endswith(" source=policy"))
+        assert n <= h["max_log_lines"] and r.err_total <= KEEP, \
+            f"{name}: {n} policy log lines, {r.err_total} bytes on stderr (at most {h['max_log_lines']} lines)"
     errors = [l for l in r.stderr.splitlines() if l.startswith("register: ")]
-    keys = [json.loads(l)["key"] for l in r.stdout.splitlines() if l.startswith("{\"container\"")]
+    keys = record_keys(r.stdout)
     good_key = "/registered/10.0.0.9/bbx/" + good["Id"]
     evil_key = "/registered/10.0.0.9/evil/" + evil["Id"]
     if expect == ["load"]:
         assert r.returncode == 1, (name, r.returncode, r.stderr)
         assert errors and f"policy {policy}:" in errors[0], (name, r.stderr)
         assert keys == [], (name, r.stdout)
+        return
+    if expect == ["rejected"]:  # a bad record: the run fails, the record is not printed
+        assert r.returncode == 1, (name, r.returncode, r.stderr)
+        assert good_key in keys, (name, keys)
+        assert all(k == evil_key or not k.startswith(("/registered/10.0.0.9/evil", "/elsewhere/"))
+                   for k in keys), (name, keys)
+        assert re.search(r"container eeeeeeeeeeee: key \".*\": .*; record skipped", r.stderr), (name, r.stderr)
         return
     if expect == ["ok"] or (hook == "event"):  # check runs no event hooks
         assert r.returncode == 0, (name, r.stderr)
@@ -75,8 +177,10 @@ def one(name):
         return
     assert good_key in keys, (name, keys, r.stderr)  # the other container is not touched
     if hook == "changed":
-        line = [l for l in r.stderr.splitlines() if "changed hook failed:" in l]
-        assert line, (name, r.stderr)
+        # the one with an expected reason (a hook may fail another way first)
+        lines = [l for l in r.stderr.splitlines() if "changed hook failed:" in l]
+        assert lines, (name, r.stderr[:4000])
+        line = [l for l in lines if re.findall(r"\(reason: (\w+)\)", l)[:1] in ([e] for e in expect)] or lines
         reasons = re.findall(r"\(reason: (\w+)\)", line[0])
     else:
         assert evil_key not in keys, (name, keys)
@@ -85,9 +189,13 @@ def one(name):
         reasons = re.findall(r"\(reason: (\w+)\)$", errors[0])
     assert reasons and reasons[0] in expect, (name, expect, r.stderr)
     # the message names the policy's file and line; a failure in encoding
-    # what records() returned has no line: it says so
-    assert re.search(re.escape(name) + r":\d+: ", r.stderr) or ": its result: " in r.stderr, \
-        (name, r.stderr)
+    # what records() returned has no line: it says so; a worker stopped from
+    # outside (crash, timeout, memory) has none either: the policy's name
+    if reasons[0] in OUTSIDE:
+        assert f"policy {policy}:" in r.stderr, (name, r.stderr[:4000])
+    else:
+        assert re.search(re.escape(name) + r":\d+: ", r.stderr) or ": its result: " in r.stderr, \
+            (name, r.stderr[:4000])
 
 
 for _name in cases() + cases(load=True):
