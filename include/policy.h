@@ -91,9 +91,13 @@ typedef struct {
   const char *target;      /* "127.0.0.1:32768", or "" */
 } policy_check_state_t;
 
+/* What records() sees of a container besides its document: its checks,
+ * and whether it got its stop signal (container.stopping: Docker asked it
+ * to stop; it is still running, draining). */
 typedef struct {
   const policy_check_state_t *v;
   size_t n;
+  int stopping;
 } policy_check_view_t;
 
 /* The checks one container asks for (checks() converted).  Owns its

@@ -28,6 +28,7 @@
 #ifndef REGISTER_WORKER_H
 #define REGISTER_WORKER_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -81,6 +82,9 @@ typedef struct {
   policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
   worker_stats_t *wstats; /* NULL: the worker's own */
   log_level_t log_level;
+  /* set (by a signal handler): the daemon is stopping; a call in
+   * progress is abandoned (the worker killed), later ones fail at once */
+  volatile sig_atomic_t *interrupted;
   /* a new worker can be tried after a backoff (from the loop) */
   void (*on_restart)(void *ud);
   void *ud;

@@ -31,7 +31,9 @@ function policy.checks(c, host)
 end
 
 function policy.records(c, host)
-  if #c.ports == 0 or c.healthy == false then
+  -- c.stopping: Docker sent the container its stop signal; its keys go
+  -- now, so that load balancers drain it while it finishes its requests
+  if #c.ports == 0 or c.healthy == false or c.stopping then
     return nil
   end
   local image = c.image:gsub("/", "::")

@@ -60,9 +60,11 @@ typedef struct {
    * record: id -> "name (reason)" (both strings owned here); they keep
    * what they had */
   map_t *failed;
-  map_t *live; /* id -> id: every container reported and not gone (the key
-                  owns the value) */
-  int listed;  /* Docker's containers were listed and evaluated once */
+  map_t *live;  /* id -> id: every container reported and not gone (the key
+                   owns the value) */
+  map_t *stops; /* id -> stop_t: how each running container is stopped,
+                   and whether its stop signal came (drain) */
+  int listed;   /* Docker's containers were listed and evaluated once */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   uv_timer_t status_timer, audit_timer;
@@ -72,6 +74,141 @@ typedef struct {
 } app_t;
 
 static void begin_stop(app_t *a, int code);
+
+/* ---- SIGTERM and SIGINT while a policy call runs ---- */
+
+/* A policy call blocks the loop (for at most --policy-timeout + 0.5 s).
+ * So that a stop is not kept waiting, SIGTERM and SIGINT also set this
+ * flag, which the worker's wait looks at: the call is abandoned at once
+ * (the worker killed) and later calls fail at once.  The handler is
+ * chained in front of libuv's, which still delivers the signal to the loop
+ * (signal_cb) as before. */
+static volatile sig_atomic_t stop_signalled;
+static struct sigaction uv_actions[2]; /* libuv's, for SIGTERM and SIGINT */
+
+static void on_stop_signal(int sig) {
+  stop_signalled = 1;
+  const struct sigaction *o = &uv_actions[sig == SIGINT];
+  if (o->sa_handler != SIG_DFL && o->sa_handler != SIG_IGN) o->sa_handler(sig);
+}
+
+/* After uv_signal_start() for both: put on_stop_signal in front. */
+static void chain_stop_signals(void) {
+  const int sigs[2] = {SIGTERM, SIGINT};
+  for (int i = 0; i < 2; i++) {
+    struct sigaction sa;
+    if (sigaction(sigs[i], NULL, &uv_actions[i]) < 0) continue;
+    if (uv_actions[i].sa_flags & SA_SIGINFO) continue; /* not libuv's */
+    sa = uv_actions[i];
+    sa.sa_handler = on_stop_signal;
+    sigaction(sigs[i], &sa, NULL);
+  }
+}
+
+/* ---- drain: a container's stop signal ---- */
+
+#define STOP_MARGIN_MS 5000 /* past its stop timeout: it was not a stop */
+
+/* How a running container is stopped (its last inspect), and whether its
+ * stop signal came.  Owned by a->stops; the timer by itself (freed in its
+ * close callback). */
+typedef struct {
+  app_t *a;
+  int signal;        /* Config.StopSignal as a number (SIGTERM by default) */
+  long timeout_ms;   /* Config.StopTimeout (10 s by default) */
+  int stopping;      /* the stop signal came; the container still runs */
+  uv_timer_t *timer; /* NULL, or: registers it again if it still runs */
+  char id[];
+} stop_t;
+
+/* "SIGTERM", "TERM", "15" -> 15; unknown -> SIGTERM, Docker's default. */
+static int signal_number(const char *s) {
+  static const struct {
+    const char *name;
+    int n;
+  } names[] = {{"HUP", SIGHUP},   {"INT", SIGINT},     {"QUIT", SIGQUIT},
+               {"KILL", SIGKILL}, {"USR1", SIGUSR1},   {"USR2", SIGUSR2},
+               {"TERM", SIGTERM}, {"WINCH", SIGWINCH}, {"PWR", SIGPWR}};
+  long n;
+  if (!s || !*s) return SIGTERM;
+  if (util_parse_long(s, 1, 64, &n) == 0) return (int)n;
+  if (strncmp(s, "SIG", 3) == 0) s += 3;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(s, names[i].name) == 0) return names[i].n;
+  return SIGTERM;
+}
+
+static void stop_timer_closed(uv_handle_t *h) {
+  free(h);
+}
+
+static void stop_free(stop_t *st) {
+  if (st->timer) uv_close((uv_handle_t *)st->timer, stop_timer_closed);
+  free(st);
+}
+
+/* The container's stop record, made at its first inspect. */
+static stop_t *stop_note(app_t *a, const char *id,
+                         const json_value_t *inspect) {
+  stop_t *st = map_get(a->stops, id);
+  if (!st) {
+    size_t n = strlen(id);
+    st = xcalloc(1, sizeof *st + n + 1);
+    memcpy(st->id, id, n + 1);
+    st->a = a;
+    map_put(a->stops, st->id, st);
+  }
+  const json_value_t *cfg = json_get(inspect, "Config");
+  st->signal = signal_number(json_get_str(cfg, "StopSignal"));
+  const json_value_t *t = json_get(cfg, "StopTimeout");
+  st->timeout_ms = t && t->type == JSON_NUMBER && t->u.num.is_int &&
+                           t->u.num.i >= 0 && t->u.num.i < 86400
+                       ? (long)t->u.num.i * 1000
+                       : 10000;
+  return st;
+}
+
+static void stop_gone(app_t *a, const char *id) {
+  stop_t *st = map_del(a->stops, id);
+  if (st) stop_free(st);
+}
+
+/* Still running past its stop timeout and the margin: the signal was not
+ * a stop after all.  Registered again. */
+static void stop_expired(uv_timer_t *t) {
+  stop_t *st = t->data;
+  st->stopping = 0;
+  log_fields(LOG_INFO, "still running after its stop signal: registered again",
+             "container", st->id, NULL);
+  if (st->a->docker) docker_refresh(st->a->docker, st->id);
+}
+
+/* A kill event: the container's stop signal (or SIGKILL) means it is
+ * stopping; its records are evaluated at once with container.stopping, so
+ * its keys go (the default policy) while it still finishes its requests. */
+static void stop_signal(app_t *a, const docker_event_t *ev) {
+  if (strcmp(ev->type, "container") != 0 || strcmp(ev->action, "kill") != 0)
+    return;
+  stop_t *st = map_get(a->stops, ev->id);
+  long sig;
+  const char *sv = json_get_str(ev->attributes, "signal");
+  if (!st || st->stopping || !sv || util_parse_long(sv, 1, 64, &sig) < 0)
+    return;
+  if (sig != st->signal && sig != SIGKILL) return;
+  st->stopping = 1;
+  char sigs[16];
+  snprintf(sigs, sizeof sigs, "%ld", sig);
+  log_fields(LOG_INFO, "stop signal: draining (its keys go now)", "container",
+             st->id, "signal", sigs, NULL);
+  if (!st->timer) {
+    st->timer = xcalloc(1, sizeof *st->timer);
+    uv_timer_init(&a->loop, st->timer);
+    st->timer->data = st;
+  }
+  uv_timer_start(st->timer, stop_expired,
+                 (uint64_t)st->timeout_ms + STOP_MARGIN_MS, 0);
+  if (a->docker) docker_refresh(a->docker, st->id);
+}
 static void trim_cb(uv_timer_t *t);
 
 /* ---- Docker -> policy -> reconciler ---- */
@@ -166,6 +303,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   worker_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
+  view.stopping = stop_note(a, id, inspect)->stopping;
   int rc =
       worker_records_checked(a->policy, inspect, &view, &recs, err, sizeof err);
   if (rc == 0) a->policy_rejected += recs.rejected;
@@ -195,7 +333,7 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
    * produce with its pending checks passing stay while they are pending
    * (a restart of register must not drop a healthy service) */
   policy_check_state_t assumed[POLICY_MAX_CHECKS];
-  policy_check_view_t passing = {assumed, view.n};
+  policy_check_view_t passing = {assumed, view.n, view.stopping};
   int pending = 0;
   for (size_t i = 0; i < view.n; i++) {
     assumed[i] = view.v[i];
@@ -222,6 +360,7 @@ static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
   checks_remove(a->checks, id);
   note_gone(a, id);
+  stop_gone(a, id);
   reconcile_set(a->rec, id, NULL, NULL, NULL);
   reload_touch(a->reload, id);
 }
@@ -236,6 +375,7 @@ static void on_event(void *ud, const docker_event_t *ev) {
                        (long long)ev->time,
                        (long long)ev->time_nano,
                        ev->health_status};
+  stop_signal(a, ev);
   worker_hook_event(a->policy, &pe);
 }
 
@@ -442,6 +582,7 @@ static worker_opts_t policy_opts(app_t *a) {
   po.env = cfg->policy_env;
   po.log_level = cfg->log_level;
   po.on_restart = on_worker_restart;
+  po.interrupted = &stop_signalled;
   po.ud = a;
   return po;
 }
@@ -481,6 +622,15 @@ static void free_modules(app_t *a) {
   DROP(reconcile_free, rec);
   DROP(reload_free, reload);
   DROP(checks_free, checks); /* before http: it cancels requests there */
+  if (a->stops) {            /* their timers close with the loop */
+    map_iter_t it;
+    void *v;
+    map_iter_init(&it, a->stops);
+    while (map_iter_next(&it, NULL, &v))
+      stop_free(v);
+    map_free(a->stops);
+    a->stops = NULL;
+  }
   DROP(worker_free, policy); /* cancels its hooks' I/O */
   DROP(hookio_free, io);     /* before etcd and http: it holds their requests */
   DROP(etcd_free, etcd);
@@ -580,6 +730,7 @@ int app_run(const config_t *cfg) {
   a->exit_code = 1;
   a->failed = map_new();
   a->live = map_new();
+  a->stops = map_new();
   char err[600];
   int rc = 1;
 
@@ -660,6 +811,7 @@ int app_run(const config_t *cfg) {
   uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
   uv_signal_start(&a->sigint, signal_cb, SIGINT);
   uv_signal_start(&a->sighup, signal_cb, SIGHUP);
+  chain_stop_signals();
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);

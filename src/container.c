@@ -80,12 +80,12 @@ static void set_port_key(lua_State *L, const char *k, size_t n) {
 /* The fields of a container table and of a port table (c.ports[i]), as
  * the error for a name that is none of them lists them. */
 static const char *const container_fields[] = {
-    "id",       "name",  "image",   "image_id", "hostname",
-    "created",  "ports", "labels",  "env",      "exposed",
-    "networks", "state", "inspect", "checks",   "healthy"};
+    "id",      "name",   "image",   "image_id", "hostname", "created",
+    "ports",   "labels", "env",     "exposed",  "networks", "state",
+    "inspect", "checks", "healthy", "stopping"};
 #define CONTAINER_FIELDS                                                       \
   "id, name, image, image_id, hostname, created, ports, labels, env, "         \
-  "exposed, networks, state, inspect, checks, healthy"
+  "exposed, networks, state, inspect, checks, healthy, stopping"
 static const char *const port_fields[] = {"private_port", "proto", "host_ip",
                                           "host_port"};
 #define PORT_FIELDS "private_port, proto, host_ip, host_port"

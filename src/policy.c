@@ -538,6 +538,8 @@ int policy_push_container(lua_State *L) {
   lua_setfield(L, -2, "checks");
   lua_pushboolean(L, healthy);
   lua_setfield(L, -2, "healthy");
+  lua_pushboolean(L, a->checks && a->checks->stopping);
+  lua_setfield(L, -2, "stopping");
   return 2;
 }
 
@@ -586,7 +588,7 @@ static int collect(lua_State *L) {
   while (lua_next(L, t)) {
     if (++entries > POLICY_MAX_RECORDS) {
       snprintf(c->capped, sizeof c->capped,
-               "records() returned more than %d keys (the cap per container)",
+               "it returned more than %d keys (the cap per container)",
                POLICY_MAX_RECORDS);
       return luaL_error(L, "%s", c->capped);
     }
@@ -641,7 +643,7 @@ static int collect(lua_State *L) {
       reject(c, key, klen, err);
     } else if ((bytes += klen + vlen) > POLICY_MAX_RECORD_BYTES) {
       snprintf(c->capped, sizeof c->capped,
-               "records() returned more than %u bytes of keys and values "
+               "it returned more than %u bytes of keys and values "
                "(the cap per container)",
                POLICY_MAX_RECORD_BYTES);
       return luaL_error(L, "%s", c->capped);
@@ -693,7 +695,9 @@ static int records_run(policy_t *p, const char *id, void *ud, char *err,
   if (policy_pcall(p, 2, 0, why, sizeof why) < 0) {
     policy_count_failure(p);
     if (c.capped[0] && p->reason == POLICY_ERR_ERROR)
-      snprintf(err, errlen, "policy %s: container %.12s: %s (reason: %s)",
+      snprintf(err, errlen,
+               "policy %s: records() failed for container %.12s: %s "
+               "(reason: %s)",
                p->name, id, c.capped, policy_reason_name(p->reason));
     else
       snprintf(err, errlen,

@@ -1,6 +1,7 @@
 /* worker: the daemon's side of the policy worker process. */
 #include "worker.h"
 #include "luareg.h"
+#include "map.h"
 #include "util.h"
 #include "wire.h"
 
@@ -59,6 +60,7 @@ struct worker {
   log_level_t log_level;
   void (*on_restart)(void *ud);
   void *ud;
+  volatile sig_atomic_t *interrupted;
 
   /* what the first incarnation said */
   char *name, *prefix;
@@ -76,6 +78,8 @@ struct worker {
   size_t nhooks;                         /* hook calls alive in it */
 
   /* dying */
+  int died;          /* the last call ended its incarnation */
+  map_t *quarantine; /* id -> quar_t: containers whose calls ended one */
   unsigned deaths_in_row;
   uint64_t retry_at; /* no new incarnation before (util_now_ms) */
   policy_reason_t death_reason;
@@ -95,6 +99,18 @@ struct worker {
   policy_stats_t own_stats, *stats;
   worker_stats_t own_ws, *ws;
 };
+
+/* A container whose call ended the worker (a crash, the wall clock, its
+ * memory): its calls fail at once for a while (1 s, doubling to 30 s with
+ * each death of its own), so that one container cannot keep the worker
+ * from the others.  Owned by worker.quarantine; the id is its key. */
+typedef struct {
+  uint64_t until;
+  unsigned deaths;
+  policy_reason_t reason;
+  char msg[200];
+  char id[];
+} quar_t;
 
 /* ---- where the binary is ---- */
 
@@ -121,9 +137,35 @@ static void timer_closed(uv_handle_t *h) {
   free(h);
 }
 
+static void arm_restart(worker_t *w, uint64_t delay);
+
+/* A backoff or a quarantine ended (the loop's clock may run behind
+ * util_now_ms() after a long call: the timer is what says so). */
 static void restart_cb(uv_timer_t *t) {
   worker_t *w = t->data;
+  uint64_t now = util_now_ms() + WATCH_MS, next = 0;
+  w->retry_at = 0;
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, w->quarantine);
+  while (map_iter_next(&it, NULL, &v)) {
+    quar_t *q = v;
+    if (q->until <= now)
+      q->until = 0; /* tried again at its next call; the deaths stay */
+    else if (!next || q->until - now < next)
+      next = q->until - now;
+  }
+  if (next) arm_restart(w, next);
   if (w->on_restart) w->on_restart(w->ud);
+}
+
+/* The restart timer fires in delay ms, or sooner if it was due sooner. */
+static void arm_restart(worker_t *w, uint64_t delay) {
+  if (!w->restart) return;
+  if (uv_is_active((uv_handle_t *)w->restart) &&
+      uv_timer_get_due_in(w->restart) <= delay)
+    return;
+  uv_timer_start(w->restart, restart_cb, delay, 0);
 }
 
 /* Reaps the incarnation (it is dead or dying) and says why it ended. */
@@ -186,7 +228,8 @@ static void end_quietly(worker_t *w, int kill_it, policy_reason_t why,
     if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
   }
   w->retry_at = util_now_ms() + delay;
-  if (delay && w->restart) uv_timer_start(w->restart, restart_cb, delay, 0);
+  if (delay) arm_restart(w, delay);
+  w->died = 1;
   if (quiet) return;
   log_warn("policy %s: %s (reason: %s); %s", w->name, w->death,
            policy_reason_name(w->death_reason),
@@ -406,6 +449,11 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
                       "the policy worker sent a malformed message");
       break;
     }
+    if (w->interrupted && *w->interrupted) {
+      end_quietly(w, 1, POLICY_ERR_TIMEOUT,
+                  "the daemon is stopping: the policy call was abandoned", 1);
+      break;
+    }
     uint64_t now = util_now_ms();
     if (now >= deadline) {
       char msg[160];
@@ -597,6 +645,12 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
 /* A running incarnation for the next call: 0, or -1 (err) while a worker
  * that keeps dying backs off, or when a new one cannot start. */
 static int ensure(worker_t *w, char *err, size_t errlen) {
+  if (w->interrupted && *w->interrupted) {
+    fail(w, POLICY_ERR_TIMEOUT, "the daemon is stopping: no policy calls", err,
+         errlen);
+    if (w->pid) end_quietly(w, 1, POLICY_ERR_TIMEOUT, "stopping", 1);
+    return -1;
+  }
   if (w->pid) return 0;
   uint64_t now = util_now_ms();
   if (now < w->retry_at) {
@@ -614,6 +668,7 @@ static int ensure(worker_t *w, char *err, size_t errlen) {
 /* One request (built in w->out) and its reply. */
 static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
                 size_t errlen) {
+  w->died = 0;
   if (ensure(w, err, errlen) < 0) {
     w->stats->errors[w->reason]++;
     return -1;
@@ -649,6 +704,23 @@ static int died(worker_t *w, const char *fn, const json_value_t *inspect,
   char msg[400];
   const char *id = json_get_str(inspect, "Id");
   snprintf(msg, sizeof msg, "%s", err);
+  if (id && w->died) { /* this container's call ended the worker */
+    quar_t *q = map_get(w->quarantine, id);
+    if (!q) {
+      size_t n = strlen(id);
+      q = xcalloc(1, sizeof *q + n + 1);
+      memcpy(q->id, id, n + 1);
+      map_put(w->quarantine, q->id, q);
+    }
+    q->deaths++;
+    uint64_t delay = (uint64_t)BACKOFF_MIN_MS
+                     << (q->deaths - 1 > 5 ? 5 : q->deaths - 1);
+    if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
+    q->until = util_now_ms() + delay;
+    q->reason = w->reason;
+    snprintf(q->msg, sizeof q->msg, "%.199s", msg);
+    arm_restart(w, delay);
+  }
   snprintf(err, errlen,
            "policy %s: %s() failed for container %.12s: %s "
            "(reason: %s)",
@@ -716,9 +788,11 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   w->print_only = o->print_only;
   w->log_level = o->log_level;
   w->on_restart = o->on_restart;
+  w->interrupted = o->interrupted;
   w->ud = o->ud;
   w->stats = o->stats ? o->stats : &w->own_stats;
   w->ws = o->wstats ? o->wstats : &w->own_ws;
+  w->quarantine = map_new();
   buf_init(&w->source);
   buf_init(&w->in);
   buf_init(&w->out);
@@ -789,6 +863,12 @@ void worker_free(worker_t *w) {
   if (w->io) hookio_cancel(w->io, w->tag, 0);
   if (w->tick) uv_close((uv_handle_t *)w->tick, timer_closed);
   if (w->restart) uv_close((uv_handle_t *)w->restart, timer_closed);
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, w->quarantine);
+  while (map_iter_next(&it, NULL, &v))
+    free(v);
+  map_free(w->quarantine);
   free(w->file);
   free(w->dir);
   free(w->host_ip);
@@ -851,6 +931,32 @@ static void put_doc(buf_t *o, const json_value_t *inspect) {
   buf_free(&doc);
 }
 
+/* 0, or -1 (err) while the container is in quarantine. */
+static int quarantined(worker_t *w, const char *fn, const json_value_t *inspect,
+                       char *err, size_t errlen) {
+  const char *id = json_get_str(inspect, "Id");
+  quar_t *q = id ? map_get(w->quarantine, id) : NULL;
+  uint64_t now = util_now_ms();
+  if (!q || q->until <= now) return 0;
+  w->reason = q->reason;
+  buf_reset(&w->trace);
+  snprintf(err, errlen,
+           "policy %s: %s() failed for container %.12s: its calls ended the "
+           "policy worker %u time%s (last: %s); tried again in %.1f s "
+           "(reason: %s)",
+           w->name, fn, id, q->deaths, q->deaths == 1 ? "" : "s", q->msg,
+           (double)(q->until - now) / 1000.0, policy_reason_name(q->reason));
+  w->stats->errors[w->reason]++;
+  return -1;
+}
+
+/* A call for the container succeeded: it is out of quarantine. */
+static void released(worker_t *w, const json_value_t *inspect) {
+  const char *id = json_get_str(inspect, "Id");
+  quar_t *q = id ? map_del(w->quarantine, id) : NULL;
+  free(q);
+}
+
 static char *keep_str(policy_checks_t *pc, const char *s) {
   if (!s) return NULL;
   if (pc->nstrs == pc->scap) {
@@ -864,6 +970,7 @@ int worker_checks(worker_t *w, const json_value_t *inspect,
                   policy_checks_t *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   if (!w->has_checks) return 0;
+  if (quarantined(w, "checks", inspect, err, errlen) < 0) return -1;
   buf_reset(&w->out);
   size_t off = wire_begin(&w->out, WIRE_CHECKS);
   put_doc(&w->out, inspect);
@@ -906,6 +1013,7 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
                            const policy_check_view_t *checks, records_t *out,
                            char *err, size_t errlen) {
   records_init(out);
+  if (quarantined(w, "records", inspect, err, errlen) < 0) return -1;
   buf_t *o = &w->out;
   buf_reset(o);
   size_t off = wire_begin(o, WIRE_RECORDS);
@@ -921,6 +1029,7 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
     wire_cstr(o, c->reason ? c->reason : "");
     wire_cstr(o, c->target ? c->target : "");
   }
+  wire_num(o, (uint64_t)(checks && checks->stopping));
   wire_end(o, off);
   wire_rd_t rd;
   int type;
@@ -951,6 +1060,7 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
     prev = out->v[out->n - 1].key;
   }
   out->rejected = rejected;
+  released(w, inspect);
   return 0;
 }
 
@@ -1070,4 +1180,5 @@ void worker_check_view(const checks_t *ck, const char *id,
   }
   view->v = buf;
   view->n = n;
+  view->stopping = 0;
 }

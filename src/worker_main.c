@@ -257,7 +257,9 @@ static void do_records(wire_rd_t *r) {
     st[i].target = wire_get_str(r, NULL);
   }
   if (r->bad) quit(1);
-  policy_check_view_t view = {st, n};
+  int stopping = (int)wire_get_num(r);
+  if (r->bad) quit(1);
+  policy_check_view_t view = {st, n, stopping};
   records_t recs;
   char err[400];
   int rc = policy_records_checked(P, json_root(d), has_view ? &view : NULL,

@@ -298,7 +298,7 @@ end }
         "/raw": "nil nil nil",
         # c: id, name, image, image_id, hostname, created, ports, checks, healthy (lazy ones
         # not read yet); a port: its four fields
-        "/pairs": "9 4 true",
+        "/pairs": "10 4 true",  # ... checks, healthy, stopping
         "/ipairs": "0 nil nil 0",
         "/pcall": "false true false true",
         "/own": "m nil",
@@ -345,8 +345,8 @@ end }
     r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, f)
     assert r.returncode == 1, r.stderr
     assert summary(r) == "1 container, 0 records, 1 failed, 0 rejected", r.stderr
-    assert (f"container {doc['Id'][:12]}: records() returned more than 1000 keys (the cap per "
-            "container)") in r.stderr, r.stderr
+    assert (f"records() failed for container {doc['Id'][:12]}: it returned more than 1000 keys "
+            "(the cap per container)") in r.stderr, r.stderr
     doc["Config"]["Labels"] = {"n": "1000"}
     f = write("doc.json", json.dumps([doc]))
     r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, f)
@@ -358,7 +358,7 @@ end }
 """)
     r = check("--host-ip", "10.0.0.9", "--hostname", "n", big, f)
     assert r.returncode == 1, r.stderr
-    assert "records() returned more than 1048576 bytes of keys and values (the cap per container)" \
+    assert "it returned more than 1048576 bytes of keys and values (the cap per container)" \
         in r.stderr, r.stderr
 
 

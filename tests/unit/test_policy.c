@@ -469,8 +469,9 @@ TEST(records_caps_per_container) {
   call_records(&k);
   ASSERT_EQ(k.rc, -1);
   ASSERT_EQ(k.r.n, 0);
-  ASSERT_CONTAINS(k.err, "container e48286c81ee8: records() returned more "
-                         "than 1000 keys (the cap per container)");
+  ASSERT_CONTAINS(k.err, "records() failed for container e48286c81ee8: it "
+                         "returned more than 1000 keys (the cap per "
+                         "container)");
   ASSERT_EQ(policy_last_reason(p), POLICY_ERR_ERROR);
   /* it is found while the table is read: 250,000 rejected keys make at
    * most 1000 log lines, not 250,000 */
@@ -489,9 +490,9 @@ TEST(records_caps_per_container) {
   records_free(&k.r);
   call_records(&k);
   ASSERT_EQ(k.rc, -1);
-  ASSERT_CONTAINS(k.err, "container e48286c81ee8: records() returned more "
-                         "than 1048576 bytes of keys and values (the cap per "
-                         "container)");
+  ASSERT_CONTAINS(k.err, "records() failed for container e48286c81ee8: it "
+                         "returned more than 1048576 bytes of keys and values "
+                         "(the cap per container)");
   call_records(&k);
   ASSERT_EQ(k.rc, -1);
   ASSERT_CONTAINS(k.err, "more than 1048576 bytes");

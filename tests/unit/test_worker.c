@@ -25,13 +25,6 @@ static const char inspect[] =
     "\"Ports\":{\"80/tcp\":[{\"HostIp\":\"0.0.0.0\",\"HostPort\":\"32768\"}]},"
     "\"Networks\":{\"bridge\":{\"IPAddress\":\"172.17.0.2\"}}}}";
 
-static json_doc_t *doc(void) {
-  char err[200];
-  json_doc_t *d = json_parse(inspect, sizeof inspect - 1, err, sizeof err);
-  ASSERT(d);
-  return d;
-}
-
 static worker_t *start(const char *src, const char *env, uint64_t limit_ms) {
   worker_opts_t o = {0};
   o.file = src ? "/tmp/register-test-policy.lua" : NULL;
@@ -49,12 +42,28 @@ static worker_t *start(const char *src, const char *env, uint64_t limit_ms) {
   return w;
 }
 
-/* records() of the inspect document: 0 or -1 (err). */
-static int records(worker_t *w, records_t *r, char *err, size_t n) {
-  json_doc_t *d = doc();
+/* records() of the inspect document as container `id` (64 hex digits
+ * made of one: "a" -> aaaa...), or the document's own id (NULL): 0 or -1
+ * (err). */
+static int records_of(worker_t *w, const char *id, records_t *r, char *err,
+                      size_t n) {
+  char *text = xstrdup(inspect);
+  if (id) {
+    char *p = strstr(text, "0123456789abcdef");
+    REGISTER_ASSERT(p);
+    memset(p, id[0], 64);
+  }
+  char e[200];
+  json_doc_t *d = json_parse(text, strlen(text), e, sizeof e);
+  ASSERT(d);
   int rc = worker_records_checked(w, json_root(d), NULL, r, err, n);
   json_free(d);
+  free(text);
   return rc;
+}
+
+static int records(worker_t *w, records_t *r, char *err, size_t n) {
+  return records_of(w, NULL, r, err, n);
 }
 
 TEST(default_schema_through_the_worker) {
@@ -105,14 +114,43 @@ TEST(a_crash_costs_one_call) {
   records_free(&r);
   kill(worker_pid(w), SIGSEGV);
   usleep(50 * 1000);
-  /* the death is seen by the next call, which a new worker answers */
+  /* the death is seen by the next call, which fails; the next container
+   * gets a new worker */
   ASSERT_EQ(records(w, &r, err, sizeof err), -1);
   ASSERT_EQ(worker_last_reason(w), POLICY_ERR_CRASH);
   /* "died of signal 11" (under ASan: its handler's "exited with status 1") */
   ASSERT_CONTAINS(err, "the policy worker ");
-  ASSERT_EQ(records(w, &r, err, sizeof err), 0);
+  ASSERT_EQ(records_of(w, "b", &r, err, sizeof err), 0);
   records_free(&r);
   ASSERT(worker_pid(w) > 0);
+  worker_free(w);
+}
+
+/* One container whose calls end the worker does not keep it from the
+ * others: it is tried again only after a while, the others at once. */
+TEST(the_container_that_kills_it_waits_the_others_do_not) {
+  worker_t *w = start("return { records = function(c) "
+                      "if c.id:sub(1, 1) == 'e' then string.rep('', 1 << 62) "
+                      "end return { ['/k/' .. c.id] = 'v' } end }",
+                      NULL, 200);
+  records_t r;
+  char err[600];
+  ASSERT_EQ(records_of(w, "e", &r, err, sizeof err), -1);
+  ASSERT_EQ(worker_last_reason(w), POLICY_ERR_TIMEOUT);
+  uint64_t t0 = util_now_ms();
+  ASSERT_EQ(records_of(w, "e", &r, err, sizeof err), -1); /* at once */
+  ASSERT(util_now_ms() - t0 < 100);
+  ASSERT_CONTAINS(err, "its calls ended the policy worker 1 time");
+  ASSERT_EQ(worker_last_reason(w), POLICY_ERR_TIMEOUT);
+  for (int i = 0; i < 3; i++) { /* the others, at once, by a new worker */
+    ASSERT_EQ(records_of(w, "b", &r, err, sizeof err), 0);
+    ASSERT_EQ(r.n, 1);
+    records_free(&r);
+  }
+  ASSERT(!worker_backing_off(w));
+  usleep(1100 * 1000); /* its quarantine (1 s) is over: tried, killed again */
+  ASSERT_EQ(records_of(w, "e", &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "ran past the 200 ms limit");
   worker_free(w);
 }
 
@@ -122,11 +160,12 @@ TEST(keeps_dying_backs_off) {
                       NULL, 200);
   records_t r;
   char err[600];
-  ASSERT_EQ(records(w, &r, err, sizeof err), -1); /* killed */
-  ASSERT_EQ(records(w, &r, err, sizeof err), -1); /* a new one, killed */
+  ASSERT_EQ(records_of(w, "a", &r, err, sizeof err), -1); /* killed */
+  ASSERT(!worker_backing_off(w));
+  ASSERT_EQ(records_of(w, "b", &r, err, sizeof err), -1); /* a new one, too */
   ASSERT(worker_backing_off(w));
   uint64_t t0 = util_now_ms();
-  ASSERT_EQ(records(w, &r, err, sizeof err), -1); /* at once */
+  ASSERT_EQ(records_of(w, "c", &r, err, sizeof err), -1); /* at once */
   ASSERT(util_now_ms() - t0 < 100);
   ASSERT_CONTAINS(err, "restarting after 2 deaths in a row");
   ASSERT_EQ(worker_last_reason(w), POLICY_ERR_TIMEOUT);
@@ -250,7 +289,9 @@ TEST(frames_refuse_what_does_not_add_up) {
 
 TEST_MAIN(TEST_ENTRY(default_schema_through_the_worker),
           TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
-          TEST_ENTRY(a_crash_costs_one_call), TEST_ENTRY(keeps_dying_backs_off),
+          TEST_ENTRY(a_crash_costs_one_call),
+          TEST_ENTRY(the_container_that_kills_it_waits_the_others_do_not),
+          TEST_ENTRY(keeps_dying_backs_off),
           TEST_ENTRY(memory_outside_lua_is_capped),
           TEST_ENTRY(environment_is_the_operators),
           TEST_ENTRY(require_is_served_by_the_daemon),
