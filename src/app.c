@@ -200,6 +200,7 @@ static void stop_signal(app_t *a, const docker_event_t *ev) {
   snprintf(sigs, sizeof sigs, "%ld", sig);
   log_fields(LOG_INFO, "stop signal: draining (its keys go now)", "container",
              st->id, "signal", sigs, NULL);
+  trace_event(st->id, ev->time_nano); /* --trace-latency: the drain's stages */
   if (!st->timer) {
     st->timer = xcalloc(1, sizeof *st->timer);
     uv_timer_init(&a->loop, st->timer);

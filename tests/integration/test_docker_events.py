@@ -111,14 +111,15 @@ def trace_latency_gives_each_stage_in_order():
     suite.defer(r.cleanup)
     r.wait_log("in sync")
     before = time.time_ns()
-    cid = d.run("-p", "127.0.0.1::80")
+    # it exits by itself: its removal comes at die (a docker stop or rm -f
+    # would remove it at its stop signal, after an inspect: the drain)
+    cid = d.docker("run", "-d", "-p", "127.0.0.1::80", "bbx", "sleep", "4")
     wait_for(lambda: traces(r, cid), what="a latency line for the registration\n" + r.output())
     t = traces(r, cid)[0]
     # Docker's own time for the start event, then every stage after it
     assert before - 5 * 10**9 < int(t["docker_ns"]) < time.time_ns(), t
     us = [int(t[k]) for k in STAGES]
     assert us == sorted(us) and us[0] >= 0 and us[-1] < 10 * 10**6, t
-    d.docker("rm", "-f", cid)
     wait_for(lambda: len(traces(r, cid)) == 2, what="a latency line for the removal\n" + r.output())
     t = traces(r, cid)[1]
     # a removal is not inspected and runs no policy
