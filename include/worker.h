@@ -107,6 +107,9 @@ const char *worker_sha256(const worker_t *w); /* of the source, hex, or "" */
 int worker_has_checks(const worker_t *w);
 int worker_has_hook(const worker_t *w, const char *name);
 pid_t worker_pid(const worker_t *w); /* 0 when none runs */
+/* 1 when a call for container id ended a worker of this policy and none
+ * has succeeded since (its quarantine may be over: it is tried again) */
+int worker_quarantined(const worker_t *w, const char *id);
 /* 1 while a worker that keeps dying waits for its backoff to end */
 int worker_backing_off(const worker_t *w);
 

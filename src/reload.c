@@ -144,7 +144,10 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
     records_t old;
     uint64_t ignored = 0;
     char old_why[700];
-    if (try_policy(t->current, inspect, &view, &old, &ignored, old_why,
+    /* a container whose calls end the policy in force's worker fails
+     * under it: not tried again (each try holds the loop up to its limit) */
+    if (!worker_quarantined(t->current, id) &&
+        try_policy(t->current, inspect, &view, &old, &ignored, old_why,
                    sizeof old_why) == 0) {
       records_free(&old);
       log_fields(LOG_ERROR,

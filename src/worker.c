@@ -697,6 +697,27 @@ static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
   return 0;
 }
 
+/* The container's call ended the worker, or ran to the wall clock: its
+ * calls fail at once for a while (each one would hold the loop that long
+ * again). */
+static void quarantine(worker_t *w, const char *id, const char *msg) {
+  quar_t *q = map_get(w->quarantine, id);
+  if (!q) {
+    size_t n = strlen(id);
+    q = xcalloc(1, sizeof *q + n + 1);
+    memcpy(q->id, id, n + 1);
+    map_put(w->quarantine, q->id, q);
+  }
+  q->deaths++;
+  uint64_t delay = (uint64_t)BACKOFF_MIN_MS
+                   << (q->deaths - 1 > 5 ? 5 : q->deaths - 1);
+  if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
+  q->until = util_now_ms() + delay;
+  q->reason = w->reason;
+  snprintf(q->msg, sizeof q->msg, "%.199s", msg);
+  arm_restart(w, delay);
+}
+
 /* A call that the worker did not answer (it died, or backs off): the
  * message as the policy's own failures read. */
 static int died(worker_t *w, const char *fn, const json_value_t *inspect,
@@ -704,23 +725,7 @@ static int died(worker_t *w, const char *fn, const json_value_t *inspect,
   char msg[400];
   const char *id = json_get_str(inspect, "Id");
   snprintf(msg, sizeof msg, "%s", err);
-  if (id && w->died) { /* this container's call ended the worker */
-    quar_t *q = map_get(w->quarantine, id);
-    if (!q) {
-      size_t n = strlen(id);
-      q = xcalloc(1, sizeof *q + n + 1);
-      memcpy(q->id, id, n + 1);
-      map_put(w->quarantine, q->id, q);
-    }
-    q->deaths++;
-    uint64_t delay = (uint64_t)BACKOFF_MIN_MS
-                     << (q->deaths - 1 > 5 ? 5 : q->deaths - 1);
-    if (delay > BACKOFF_MAX_MS) delay = BACKOFF_MAX_MS;
-    q->until = util_now_ms() + delay;
-    q->reason = w->reason;
-    snprintf(q->msg, sizeof q->msg, "%.199s", msg);
-    arm_restart(w, delay);
-  }
+  if (id && w->died) quarantine(w, id, msg); /* its call ended the worker */
   snprintf(err, errlen,
            "policy %s: %s() failed for container %.12s: %s "
            "(reason: %s)",
@@ -942,12 +947,16 @@ static int quarantined(worker_t *w, const char *fn, const json_value_t *inspect,
   buf_reset(&w->trace);
   snprintf(err, errlen,
            "policy %s: %s() failed for container %.12s: its calls ended the "
-           "policy worker %u time%s (last: %s); tried again in %.1f s "
-           "(reason: %s)",
+           "policy worker or ran to the wall clock %u time%s (last: %s); "
+           "tried again in %.1f s (reason: %s)",
            w->name, fn, id, q->deaths, q->deaths == 1 ? "" : "s", q->msg,
            (double)(q->until - now) / 1000.0, policy_reason_name(q->reason));
   w->stats->errors[w->reason]++;
   return -1;
+}
+
+int worker_quarantined(const worker_t *w, const char *id) {
+  return map_get(w->quarantine, id) != NULL;
 }
 
 /* A call for the container succeeded: it is out of quarantine. */
@@ -1035,7 +1044,12 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
   int type;
   if (call(w, &rd, &type, err, errlen) < 0)
     return died(w, "records", inspect, err, errlen);
-  if (type == WIRE_FAIL) return failed_reply(w, &rd, err, errlen);
+  if (type == WIRE_FAIL) {
+    failed_reply(w, &rd, err, errlen);
+    const char *id = json_get_str(inspect, "Id");
+    if (id && w->reason == POLICY_ERR_TIMEOUT) quarantine(w, id, err);
+    return -1;
+  }
   size_t rejected = (size_t)wire_get_num(&rd);
   size_t n = (size_t)wire_get_num(&rd);
   if (type != WIRE_RECORDS_OK || rd.bad || n > MAX_KEYS_REPLY)
