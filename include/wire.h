@@ -27,7 +27,8 @@
 typedef enum {
   /* daemon -> worker: requests */
   WIRE_INIT = 1,    /* limits, host, the source; reply READY or FAIL */
-  WIRE_CHECKS,      /* inspect document; reply CHECKS or FAIL */
+  WIRE_CHECKS,      /* inspect document, records too, stopping; reply CHECKS_OK
+                      or FAIL */
   WIRE_RECORDS,     /* inspect document, check view; reply RECORDS or FAIL */
   WIRE_EVENT,       /* a Docker event for the event hook; reply STEP */
   WIRE_CHANGED,     /* op, key, value for the changed hook; reply STEP */
@@ -38,7 +39,9 @@ typedef enum {
   /* worker -> daemon: replies */
   WIRE_READY = 32, /* name, prefix, has_checks, has_event, has_changed */
   WIRE_FAIL,       /* reason, message, traceback */
-  WIRE_CHECKS_OK,  /* the specs */
+  WIRE_CHECKS_OK,  /* the specs; then 0, or (records asked for and no
+                      check) records() with no checks: 1 and RECORDS_OK's
+                      fields, or 2 and FAIL's */
   WIRE_RECORDS_OK, /* rejected, the records */
   WIRE_STEP,       /* hook calls alive */
   /* worker -> daemon: on the way */

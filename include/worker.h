@@ -116,6 +116,15 @@ int worker_backing_off(const worker_t *w);
 /* As policy_checks() and policy_records_checked() (policy.h). */
 int worker_checks(worker_t *w, const json_value_t *inspect,
                   policy_checks_t *out, char *err, size_t errlen);
+/* worker_checks(), and when checks() asks for no checks, records() as
+ * worker_records_checked() with no checks (and `stopping`) in the same
+ * round trip: *have 1 (recs filled) or -1 (records() failed: rerr, and
+ * worker_last_reason()); *have 0: records() was not run (checks() failed,
+ * asked for checks, or the policy has none).  The return is checks()'s. */
+int worker_checks_records(worker_t *w, const json_value_t *inspect,
+                          int stopping, policy_checks_t *out, records_t *recs,
+                          int *have, char *rerr, size_t rerrlen, char *err,
+                          size_t errlen);
 int worker_records_checked(worker_t *w, const json_value_t *inspect,
                            const policy_check_view_t *checks, records_t *out,
                            char *err, size_t errlen);

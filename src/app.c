@@ -275,15 +275,23 @@ static void failed_names(const app_t *a, char *out, size_t n, size_t max) {
 
 /* checks(): the container's checks are set (kept as they were when the
  * call fails), or removed when the policy asks for none. */
+/* checks(): the container's checks are set (kept as they were when the
+ * call fails), or removed when the policy asks for none.  When it asks for
+ * none, the worker runs records() in the same round trip: *have 1 (recs)
+ * or -1 (failed: rerr); else 0. */
 static void update_checks(app_t *a, const char *id, const char *name,
-                          const json_value_t *inspect) {
+                          const json_value_t *inspect, int stopping,
+                          records_t *recs, int *have, char *rerr,
+                          size_t rerrlen) {
   char err[600];
+  *have = 0;
   if (!worker_has_checks(a->policy)) {
     checks_remove(a->checks, id);
     return;
   }
   policy_checks_t pc;
-  if (worker_checks(a->policy, inspect, &pc, err, sizeof err) < 0) {
+  if (worker_checks_records(a->policy, inspect, stopping, &pc, recs, have, rerr,
+                            rerrlen, err, sizeof err) < 0) {
     log_fields(LOG_ERROR, err, "container", id, "name", name, "reason",
                policy_reason_name(worker_last_reason(a->policy)), NULL);
     return;
@@ -300,13 +308,18 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
   records_t recs;
   char err[600];
   const char *name = cont_name(inspect);
-  update_checks(a, id, name, inspect);
+  int stopping = stop_note(a, id, inspect)->stopping, have;
+  update_checks(a, id, name, inspect, stopping, &recs, &have, err, sizeof err);
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   worker_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
-  view.stopping = stop_note(a, id, inspect)->stopping;
-  int rc =
-      worker_records_checked(a->policy, inspect, &view, &recs, err, sizeof err);
+  view.stopping = stopping;
+  /* no checks: records() came with checks() (then view.n is 0 too) */
+  REGISTER_ASSERT(!have || view.n == 0);
+  int rc = have > 0   ? 0
+           : have < 0 ? -1
+                      : worker_records_checked(a->policy, inspect, &view, &recs,
+                                               err, sizeof err);
   if (rc == 0) a->policy_rejected += recs.rejected;
   if (rc < 0 || recs.rejected) {
     /* keep whatever this container had: only a successful evaluation

@@ -975,14 +975,60 @@ static char *keep_str(policy_checks_t *pc, const char *s) {
   return pc->strs[pc->nstrs++] = xstrdup(s);
 }
 
-int worker_checks(worker_t *w, const json_value_t *inspect,
-                  policy_checks_t *out, char *err, size_t errlen) {
+/* A records() outcome in a reply, at rd: FAIL's fields (fail set) or
+ * RECORDS_OK's.  0, or -1 (err). */
+static int read_records(worker_t *w, wire_rd_t *rd, int fail,
+                        const json_value_t *inspect, records_t *out, char *err,
+                        size_t errlen) {
+  records_init(out);
+  if (fail) {
+    failed_reply(w, rd, err, errlen);
+    if (rd->bad) return bad_reply(w, "records", err, errlen);
+    const char *id = json_get_str(inspect, "Id");
+    if (id && w->reason == POLICY_ERR_TIMEOUT) quarantine(w, id, err);
+    return -1;
+  }
+  size_t rejected = (size_t)wire_get_num(rd);
+  size_t n = (size_t)wire_get_num(rd);
+  if (rd->bad || n > MAX_KEYS_REPLY)
+    return bad_reply(w, "records", err, errlen);
+  const char *prev = NULL;
+  for (size_t i = 0; i < n; i++) {
+    size_t kl, vl;
+    const char *k = wire_get_str(rd, &kl), *v = wire_get_str(rd, &vl);
+    char why[200];
+    const char *what = NULL;
+    if (rd->bad || !k || !v)
+      what = "records";
+    else if (policy_check_key(k, kl, why, sizeof why) < 0)
+      what = why;
+    else if (prev && strcmp(prev, k) >= 0)
+      what = "records out of order";
+    if (what) {
+      records_free(out);
+      return bad_reply(w, what, err, errlen);
+    }
+    records_add(out, k, v, vl);
+    prev = out->v[out->n - 1].key;
+  }
+  out->rejected = rejected;
+  released(w, inspect);
+  return 0;
+}
+
+int worker_checks_records(worker_t *w, const json_value_t *inspect,
+                          int stopping, policy_checks_t *out, records_t *recs,
+                          int *have, char *rerr, size_t rerrlen, char *err,
+                          size_t errlen) {
   memset(out, 0, sizeof *out);
+  if (have) *have = 0;
   if (!w->has_checks) return 0;
   if (quarantined(w, "checks", inspect, err, errlen) < 0) return -1;
   buf_reset(&w->out);
   size_t off = wire_begin(&w->out, WIRE_CHECKS);
   put_doc(&w->out, inspect);
+  wire_num(&w->out, recs != NULL);
+  wire_num(&w->out, (uint64_t)stopping);
   wire_end(&w->out, off);
   wire_rd_t rd;
   int type;
@@ -1015,7 +1061,27 @@ int worker_checks(worker_t *w, const json_value_t *inspect,
       return bad_reply(w, rd.bad ? "checks" : why, err, errlen);
     }
   }
+  uint64_t ran = wire_get_num(&rd);
+  if (rd.bad || ran > 2 || (ran && (!recs || n))) {
+    policy_checks_free(out);
+    return bad_reply(w, "checks", err, errlen);
+  }
+  if (ran) {
+    int rc = read_records(w, &rd, ran == 2, inspect, recs, rerr, rerrlen);
+    if (rc < 0 && !w->pid) { /* a malformed reply: the checks go too */
+      policy_checks_free(out);
+      snprintf(err, errlen, "%s", rerr);
+      return -1;
+    }
+    *have = rc < 0 ? -1 : 1;
+  }
   return 0;
+}
+
+int worker_checks(worker_t *w, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen) {
+  return worker_checks_records(w, inspect, 0, out, NULL, NULL, NULL, 0, err,
+                               errlen);
 }
 
 int worker_records_checked(worker_t *w, const json_value_t *inspect,
@@ -1044,38 +1110,9 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
   int type;
   if (call(w, &rd, &type, err, errlen) < 0)
     return died(w, "records", inspect, err, errlen);
-  if (type == WIRE_FAIL) {
-    failed_reply(w, &rd, err, errlen);
-    const char *id = json_get_str(inspect, "Id");
-    if (id && w->reason == POLICY_ERR_TIMEOUT) quarantine(w, id, err);
-    return -1;
-  }
-  size_t rejected = (size_t)wire_get_num(&rd);
-  size_t n = (size_t)wire_get_num(&rd);
-  if (type != WIRE_RECORDS_OK || rd.bad || n > MAX_KEYS_REPLY)
+  if (type != WIRE_FAIL && type != WIRE_RECORDS_OK)
     return bad_reply(w, "records", err, errlen);
-  const char *prev = NULL;
-  for (size_t i = 0; i < n; i++) {
-    size_t kl, vl;
-    const char *k = wire_get_str(&rd, &kl), *v = wire_get_str(&rd, &vl);
-    char why[200];
-    const char *what = NULL;
-    if (rd.bad || !k || !v)
-      what = "records";
-    else if (policy_check_key(k, kl, why, sizeof why) < 0)
-      what = why;
-    else if (prev && strcmp(prev, k) >= 0)
-      what = "records out of order";
-    if (what) {
-      records_free(out);
-      return bad_reply(w, what, err, errlen);
-    }
-    records_add(out, k, v, vl);
-    prev = out->v[out->n - 1].key;
-  }
-  out->rejected = rejected;
-  released(w, inspect);
-  return 0;
+  return read_records(w, &rd, type == WIRE_FAIL, inspect, out, err, errlen);
 }
 
 /* ---- hooks ---- */

@@ -78,6 +78,9 @@ def image_builds_runs_and_registers():
     suite.defer(lambda: shutil.rmtree(ctx, ignore_errors=True))
     os.makedirs(os.path.join(ctx, "build"))
     shutil.copy(REGISTER, os.path.join(ctx, "build", "register"))
+    # the policy worker, built next to it
+    shutil.copy(os.path.join(os.path.dirname(REGISTER), "register-worker"),
+                os.path.join(ctx, "build", "register-worker"))
     shutil.copytree(os.path.join(SRC, "lua"), os.path.join(ctx, "lua"))
     shutil.copy(os.path.join(SRC, "Dockerfile"), ctx)
     d.docker("build", "-q", "--build-arg", f"BASE={BASE}", "-t", "register:test", ctx, timeout=600)

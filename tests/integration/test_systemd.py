@@ -650,6 +650,8 @@ def register_docker_unit_on_a_real_dockerd():
     shutil.copy(os.path.join(SRC, "Dockerfile"), ctx)
     shutil.copytree(os.path.join(SRC, "lua"), os.path.join(ctx, "lua"))
     shutil.copy(os.path.join(m.root, "usr", "bin", "register"), os.path.join(ctx, "build", "register"))
+    shutil.copy(os.path.join(m.root, "usr", "libexec", "register", "register-worker"),
+                os.path.join(ctx, "build", "register-worker"))
     t0 = time.time()
     excl = " ".join(f"--exclude=./{d}" for d in (
         "proc", "sys", "dev", "run", "tmp", "root", "var/lib/docker", "var/cache", "var/lib/apt",
