@@ -194,25 +194,20 @@ class Counter:
 # the fleet (inner process, in the <p>-h namespace)
 # ---------------------------------------------------------------------------
 
-POLICY = """-- bench/fleet.py: the default schema under %(prefix)s, naming %(naming)r
-local register = require "register"
+POLICY = """-- bench/fleet.py: the default schema (register.default's records,
+-- the one copy of it) under %(prefix)s, naming %(naming)r
+local default = require "register.default"
 local policy = {}
-policy.key_order = { "container", "image", "ip", "public_port",
-  "private_port", "port_type" }
 function policy.prefix(host)
   return "%(prefix)s/" .. host.ip
 end
 function policy.records(c, host)
-  if #c.ports == 0 then return nil end
-  local image = c.image:gsub("/", "::")
-  local b = {}
-  for i, p in ipairs(c.ports) do
-    b[i] = { container = c.id, image = image, ip = p.host_ip,
-      public_port = p.host_port, private_port = p.private_port,
-      port_type = p.proto }
+  local out, from = {}, #default.prefix(host) + 2
+  for k, v in pairs(default.records(c, host) or {}) do
+    local image, id = k:sub(from):match("^(.*)/([^/]+)$")
+    out[policy.prefix(host) .. "/" .. image .. "/%(naming)s" .. id] = v
   end
-  return { [policy.prefix(host) .. "/" .. image .. "/%(naming)s" .. c.id] =
-    register.json.encode(b, policy.key_order) }
+  return out
 end
 return policy
 """
