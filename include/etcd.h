@@ -104,6 +104,10 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
  * unless etcd_cancel() or etcd_free() comes first.  etcd.c asserts it. */
 /* Cancels every request without callbacks; frees e. */
 void etcd_free(etcd_t *e);
+/* A new password for the user (a rotated --etcd-password-file): v2 sends
+ * it from the next request, v3 logs in with it when the token is refused
+ * (or next needed).  No user: nothing. */
+void etcd_set_password(etcd_t *e, const char *password);
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
                     long ttl, etcd_done_cb cb, void *data);

@@ -686,6 +686,23 @@ static void begin_stop(app_t *a, int code) {
   uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
 }
 
+/* SIGHUP: a rotated --etcd-password-file is read again (the next login,
+ * or the next v2 request, uses it). */
+static void reread_password(app_t *a) {
+  if (!a->cfg->etcd_password_file || !a->etcd) return;
+  char *pw = NULL, err[600];
+  if (config_read_password(a->cfg->etcd_password_file, &pw, err, sizeof err) <
+      0) {
+    log_error("SIGHUP: %s; the password in use stays", err);
+    return;
+  }
+  etcd_set_password(a->etcd, pw);
+  memset(pw, 0, strlen(pw));
+  free(pw);
+  log_info("SIGHUP: etcd password read again from %s",
+           a->cfg->etcd_password_file);
+}
+
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
   if (signum == SIGHUP) {
@@ -693,6 +710,7 @@ static void signal_cb(uv_signal_t *s, int signum) {
       log_warn("SIGHUP while shutting down: no reload");
       return;
     }
+    reread_password(a);
     worker_opts_t po = policy_opts(a);
     reload_run(a->reload, &po, a->policy, a->docker, a->rec);
     return;

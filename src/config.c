@@ -346,6 +346,24 @@ static int readable(const char *what, const char *path, char *err,
   return 0;
 }
 
+int config_read_password(const char *file, char **out, char *err,
+                         size_t errlen) {
+  FILE *f = fopen(file, "r");
+  char line[1024];
+  if (!f) {
+    snprintf(err, errlen, "--etcd-password-file \"%s\": %s", file,
+             strerror(errno));
+    return -1;
+  }
+  if (!fgets(line, sizeof line, f)) line[0] = '\0';
+  fclose(f);
+  line[strcspn(line, "\r\n")] = '\0';
+  if (*out) memset(*out, 0, strlen(*out));
+  config_set_str(out, line);
+  memset(line, 0, sizeof line);
+  return 0;
+}
+
 /* USER:PASSWORD splits; a password file wins; TLS files must be readable. */
 static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
   if (cfg->etcd_user) {
@@ -360,20 +378,10 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
       return -1;
     }
   }
-  if (cfg->etcd_password_file) {
-    FILE *f = fopen(cfg->etcd_password_file, "r");
-    char line[1024];
-    if (!f) {
-      snprintf(err, errlen, "--etcd-password-file \"%s\": %s",
-               cfg->etcd_password_file, strerror(errno));
-      return -1;
-    }
-    if (!fgets(line, sizeof line, f)) line[0] = '\0';
-    fclose(f);
-    line[strcspn(line, "\r\n")] = '\0';
-    config_set_str(&cfg->etcd_password, line);
-    memset(line, 0, sizeof line);
-  }
+  if (cfg->etcd_password_file &&
+      config_read_password(cfg->etcd_password_file, &cfg->etcd_password, err,
+                           errlen) < 0)
+    return -1;
   if (cfg->etcd_password && !cfg->etcd_user) {
     snprintf(err, errlen, "an etcd password is given but no --etcd-user");
     return -1;

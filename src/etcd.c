@@ -889,6 +889,14 @@ static void etcd_timer_closed(uv_handle_t *h) {
   if (--e->handles_open == 0) free(e);
 }
 
+void etcd_set_password(etcd_t *e, const char *password) {
+  if (!e->user) return;
+  wipe(e->password);
+  wipe(e->userpwd);
+  e->password = xstrdup(password ? password : "");
+  e->userpwd = xasprintf("%s:%s", e->user, e->password);
+}
+
 void etcd_free(etcd_t *e) {
   if (!e) return;
   list_t *n;

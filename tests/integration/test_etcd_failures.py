@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -359,6 +360,35 @@ def keepalives_survive_a_password_change():
         assert key in env.v3_tree(), r.output()[-3000:]
         assert not log_line(r, "warn", "keep-alive of lease"), log_line(r, "warn", "keep-alive")
         assert not log_line(r, "warn", "is gone"), r.output()[-3000:]
+        r.stop()
+
+
+
+@suite.test
+def a_rotated_password_file_is_read_again_at_sighup():
+    # the password changes in etcd and in the file; SIGHUP reads the file:
+    # the next login (tokens live 2 s) succeeds and writes go on
+    with Env(etcd_extra=["--auth-token-ttl", "2"]) as env:
+        env.v3_auth()
+        pwfile = os.path.join(env.fdir, "pw")
+        with open(pwfile, "w") as f:
+            f.write("regpw\n")
+        env.fake.add()
+        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg",
+                         "--etcd-password-file", pwfile)
+        r.wait_log("in sync")
+        env.converged("v3")
+        subprocess.run(["etcdctl", "--endpoints", env.etcd.url, "--user", ROOT, "user", "passwd", "reg",
+                        "--interactive=false"], input="rotated\n", text=True, check=True,
+                       env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, timeout=20)
+        with open(pwfile, "w") as f:
+            f.write("rotated\n")
+        r.proc.send_signal(signal.SIGHUP)
+        r.wait_log("etcd password read again from " + pwfile)
+        time.sleep(3)  # the old token expires: the next write logs in again
+        env.start_new(2)
+        env.converged("v3", what="containers started after the rotation")
+        assert "authentication as user reg failed" not in r.output(), r.output()[-3000:]
         r.stop()
 
 
