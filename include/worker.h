@@ -47,6 +47,19 @@ typedef struct worker worker_t;
 #define WORKER_LOG_PER_SEC 200
 /* the whole worker may use this much more than the Lua heap's cap */
 #define WORKER_MEM_HEADROOM (64u << 20)
+/* 1 in an AddressSanitizer build (GCC says so one way, clang another):
+ * the worker then needs more memory, sigaltstack and its stderr */
+#if defined(__SANITIZE_ADDRESS__)
+#define WORKER_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WORKER_UNDER_ASAN 1
+#endif
+#endif
+#ifndef WORKER_UNDER_ASAN
+#define WORKER_UNDER_ASAN 0
+#endif
+
 /* the worker's exit status when a C library exits on a failed allocation
  * (lua-cjson does: exit(-1) with errno ENOMEM) */
 #define WORKER_EXIT_NOMEM 86

@@ -28,23 +28,12 @@
 #define BACKOFF_MIN_MS 1000 /* after the second death in a row */
 #define BACKOFF_MAX_MS 30000
 #define MAX_MODULE (1u << 20) /* a required file's size */
-#define MAX_KEYS_REPLY                                                         \
-  100000 /* records in one reply (the policy caps lower)                       \
-          */
+/* records in one reply (the policy caps them lower) */
+#define MAX_KEYS_REPLY 100000
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
 /* AddressSanitizer's shadow memory and quarantine count in the worker's
  * resident size: a sanitized build gives it more room */
-#define MEM_HEADROOM (UNDER_ASAN ? (320u << 20) : WORKER_MEM_HEADROOM)
+#define MEM_HEADROOM (WORKER_UNDER_ASAN ? (320u << 20) : WORKER_MEM_HEADROOM)
 
 struct worker {
   /* what every incarnation is made with (owned copies) */
@@ -505,7 +494,7 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
 static char **make_env(const char *names) {
   size_t cap = 4, n = 0;
   char **env = xcalloc(cap, sizeof *env);
-  if (UNDER_ASAN) /* a small quarantine; its reports on its stderr */
+  if (WORKER_UNDER_ASAN) /* a small quarantine; its reports on its stderr */
     env[n++] = xstrdup("ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=0");
   if (names) {
     char *copy = xstrdup(names), *save = NULL;

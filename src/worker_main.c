@@ -29,17 +29,6 @@
 #define SOCK 3
 #define LOG_PER_CALL 100 /* lines one request may log (the daemon caps too) */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
-
 static buf_t in;       /* bytes read, not yet consumed */
 static size_t in_used; /* the frame handed out last, consumed at next read */
 static buf_t out;
@@ -426,7 +415,7 @@ static void seccomp_close(void) {
       seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(read), 1, arg_eq(0, SOCK));
   rc |= seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(write), 1,
                          arg_eq(0, SOCK));
-  if (UNDER_ASAN) /* its reports go to stderr */
+  if (WORKER_UNDER_ASAN) /* its reports go to stderr */
     rc |=
         seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(write), 1, arg_eq(0, 2));
   if (rc || seccomp_load(ctx) < 0) quit(3);
@@ -463,7 +452,7 @@ static void take_limits(uint64_t mem_cap) {
   limit(RLIMIT_CORE, 0);
   limit(RLIMIT_FSIZE, 0); /* no file writes */
   limit(RLIMIT_NPROC, 0); /* no child processes */
-  if (!UNDER_ASAN && mem_cap) limit(RLIMIT_AS, vm_size() + mem_cap);
+  if (!WORKER_UNDER_ASAN && mem_cap) limit(RLIMIT_AS, vm_size() + mem_cap);
   tzset();                 /* os.date: the zone is read now, never again */
   limit(RLIMIT_NOFILE, 0); /* no new files (fd 3 stays open) */
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) quit(3);

@@ -3,6 +3,7 @@
  * stubs, odd return values), loading and records() must end, within the
  * limits, without a crash, a leak or an abort.  The limits are small so
  * that each input is quick. */
+#include "fuzz_inspect.h"
 #include "json.h"
 #include "policy.h"
 
@@ -10,22 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char inspect[] =
-    "{\"Id\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd"
-    "ef\",\"Name\":\"/web\",\"Image\":\"sha256:1\",\"Created\":\"2026-01-01\","
-    "\"State\":{\"Running\":true,\"Status\":\"running\"},"
-    "\"Config\":{\"Image\":\"team/web:1\",\"Hostname\":\"h\",\"Env\":["
-    "\"A=1\",\"SERVICE_NAME=web\"],\"Labels\":{\"l\":\"v\"},"
-    "\"ExposedPorts\":{\"80/tcp\":{}}},\"NetworkSettings\":{\"Ports\":{"
-    "\"80/tcp\":[{\"HostIp\":\"0.0.0.0\",\"HostPort\":\"32768\"}]},"
-    "\"Networks\":{\"bridge\":{\"IPAddress\":\"172.17.0.2\"}}}}";
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static json_doc_t *doc;
   char err[600];
   if (!doc) {
-    doc = json_parse(inspect, sizeof inspect - 1, err, sizeof err);
+    doc = json_parse(fuzz_inspect, sizeof fuzz_inspect - 1, err, sizeof err);
     if (!doc) abort();
   }
   policy_opts_t o = {0};
