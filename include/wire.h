@@ -26,7 +26,8 @@
 
 typedef enum {
   /* daemon -> worker: requests */
-  WIRE_INIT = 1,    /* limits, host, the source; reply READY or FAIL */
+  WIRE_INIT = 1,    /* log level, memory cap, the daemon's pid, the policy
+                       (file, source), host, limits, I/O; reply READY or FAIL */
   WIRE_CHECKS,      /* inspect document, records too, stopping; reply CHECKS_OK
                       or FAIL */
   WIRE_RECORDS,     /* inspect document, check view; reply RECORDS or FAIL */

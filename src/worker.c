@@ -574,6 +574,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   size_t off = wire_begin(o, WIRE_INIT);
   wire_num(o, (uint64_t)w->log_level);
   wire_num(o, w->mem_cap);
+  wire_num(o, (uint64_t)getpid()); /* its parent, as it should see it */
   wire_cstr(o, w->file);
   wire_str(o, w->has_source ? (w->source.data ? w->source.data : "") : NULL,
            w->source.len);

@@ -445,9 +445,11 @@ static void cpu_limit(void) {
   setrlimit(RLIMIT_CPU, &rl);
 }
 
-static void take_limits(uint64_t mem_cap) {
+static void take_limits(uint64_t mem_cap, pid_t daemon) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() == 1) quit(0); /* the daemon is gone already */
+  /* the daemon went before the death signal was set (it may be pid 1, in
+   * a container: its pid is what says so, not 1) */
+  if (getppid() != daemon) quit(0);
   prctl(PR_SET_DUMPABLE, 0);
   limit(RLIMIT_CORE, 0);
   limit(RLIMIT_FSIZE, 0); /* no file writes */
@@ -469,6 +471,7 @@ int main(void) {
   if (wire_type(&r) != WIRE_INIT) quit(1);
   log_level_t level = (log_level_t)wire_get_num(&r);
   uint64_t mem_cap = wire_get_num(&r);
+  pid_t daemon = (pid_t)wire_get_num(&r);
   policy_opts_t po = {0};
   po.file = wire_get_str(&r, NULL);
   po.source = wire_get_str(&r, &po.source_len);
@@ -488,7 +491,7 @@ int main(void) {
 
   time_limit_ms =
       po.time_limit_ms ? po.time_limit_ms : POLICY_DEFAULT_TIME_LIMIT_MS;
-  take_limits(mem_cap);
+  take_limits(mem_cap, daemon);
   cpu_limit();
   log_setup(level, LOG_TEXT);
   log_set_sink(sink);
