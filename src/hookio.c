@@ -71,16 +71,15 @@ size_t hookio_inflight(const hookio_t *h) {
   return h ? h->n : 0;
 }
 
-/* Hands the answer over and forgets the request. */
+/* Hands the answer over and forgets the request: unlinked first, since
+ * done may cancel every request of its worker (one that dies on the
+ * answer); freed after, since the answer may point into it. */
 static void finish(hreq_t *r, const iocall_answer_t *a) {
-  hookio_done_fn done = r->done;
-  void *ud = r->ud;
-  uint64_t tag = r->tag, id = r->id;
-  r->http = NULL;
-  r->op = NULL;
-  done(ud, tag, id, a);
-  /* done may have cancelled requests, never this one: it is answered */
-  req_free(r);
+  list_remove(&r->node);
+  r->h->n--;
+  r->done(r->ud, r->tag, r->id, a);
+  free(r->error);
+  free(r);
 }
 
 static void failed_cb(uv_timer_t *t) {

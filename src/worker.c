@@ -65,6 +65,8 @@ struct worker {
   size_t in_used; /* the reply frame handed out, consumed at next wait */
   uint64_t seen[POLICY_ERR_REASONS + 2]; /* its counters at its last reply */
   size_t nhooks;                         /* hook calls alive in it */
+  const char *step_label;                /* the hook whose run is in progress */
+  map_t *io_labels; /* its I/O requests (decimal id) -> their hook's label */
 
   /* dying */
   int died;          /* the last call ended its incarnation */
@@ -157,6 +159,39 @@ static void arm_restart(worker_t *w, uint64_t delay) {
   uv_timer_start(w->restart, restart_cb, delay, 0);
 }
 
+/* The hook label of I/O request `key`: set (label), or taken (NULL: the
+ * entry goes; its label, a literal, is returned). */
+static const char *io_label(worker_t *w, const char *key, const char *label) {
+  if (label) {
+    if (!map_get(w->io_labels, key))
+      map_put(w->io_labels, xstrdup(key), (void *)(uintptr_t)label);
+    return label;
+  }
+  const char *l = NULL;
+  map_iter_t it;
+  const char *k;
+  void *v;
+  map_iter_init(&it, w->io_labels);
+  while (map_iter_next(&it, &k, &v)) {
+    if (strcmp(k, key) != 0) continue;
+    l = v;
+    map_del(w->io_labels, k);
+    free((void *)(uintptr_t)k);
+    break;
+  }
+  return l;
+}
+
+static void io_labels_clear(worker_t *w) {
+  map_iter_t it;
+  const char *k;
+  map_iter_init(&it, w->io_labels);
+  while (map_iter_next(&it, &k, NULL)) {
+    map_del(w->io_labels, k);
+    free((void *)(uintptr_t)k);
+  }
+}
+
 /* Reaps the incarnation (it is dead or dying) and says why it ended. */
 static void reap(worker_t *w, int killed, policy_reason_t why) {
   int st = 0;
@@ -206,6 +241,7 @@ static void end_quietly(worker_t *w, int kill_it, policy_reason_t why,
   buf_reset(&w->in);
   w->in_used = 0;
   if (w->io) hookio_cancel(w->io, w->tag, 0);
+  io_labels_clear(w);
   w->nhooks = 0;
   if (w->tick) uv_timer_stop(w->tick);
   if (!quiet) w->ws->deaths[w->death_reason]++;
@@ -371,6 +407,9 @@ static void on_io(worker_t *w, wire_rd_t *rd) {
     rd->bad = 1;
     return;
   }
+  char key[24];
+  snprintf(key, sizeof key, "%llu", (unsigned long long)id);
+  io_label(w, key, w->step_label ? w->step_label : "a");
   hookio_start(w->io, w->tag, id, &c, io_done, w);
 }
 
@@ -788,6 +827,7 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   w->stats = o->stats ? o->stats : &w->own_stats;
   w->ws = o->wstats ? o->wstats : &w->own_ws;
   w->quarantine = map_new();
+  w->io_labels = map_new();
   buf_init(&w->source);
   buf_init(&w->in);
   buf_init(&w->out);
@@ -864,6 +904,8 @@ void worker_free(worker_t *w) {
   while (map_iter_next(&it, NULL, &v))
     free(v);
   map_free(w->quarantine);
+  io_labels_clear(w);
+  map_free(w->io_labels);
   free(w->file);
   free(w->dir);
   free(w->host_ip);
@@ -1110,12 +1152,15 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
 static void tick_cb(uv_timer_t *t);
 
 /* A hook step (w->out): its reply says how many hook calls are alive. */
-static void step(worker_t *w) {
+static void step(worker_t *w, const char *label) {
   wire_rd_t rd;
   int type;
   char err[400];
-  if (call(w, &rd, &type, err, sizeof err) < 0) {
-    log_error("policy %s: a hook call failed: %s (reason: %s)", w->name, err,
+  w->step_label = label;
+  int rc = call(w, &rd, &type, err, sizeof err);
+  w->step_label = NULL;
+  if (rc < 0) {
+    log_error("policy %s: %s hook failed: %s (reason: %s)", w->name, label, err,
               policy_reason_name(w->reason));
     return;
   }
@@ -1138,12 +1183,15 @@ static void tick_cb(uv_timer_t *t) {
   if (!w->pid) return;
   buf_reset(&w->out);
   wire_end(&w->out, wire_begin(&w->out, WIRE_TICK));
-  step(w);
+  step(w, "a");
 }
 
 static void io_done(void *ud, uint64_t tag, uint64_t id,
                     const iocall_answer_t *a) {
   worker_t *w = ud;
+  char key[24];
+  snprintf(key, sizeof key, "%llu", (unsigned long long)id);
+  const char *label = io_label(w, key, NULL);
   if (tag != w->tag || !w->pid) return; /* an incarnation that is gone */
   buf_t *o = &w->out;
   buf_reset(o);
@@ -1159,7 +1207,7 @@ static void io_done(void *ud, uint64_t tag, uint64_t id,
     wire_str(o, a->kvs[i].value, a->kvs[i].value_len);
   }
   wire_end(o, off);
-  step(w);
+  step(w, label ? label : "a");
 }
 
 void worker_hook_event(worker_t *w, const policy_event_t *ev) {
@@ -1179,7 +1227,7 @@ void worker_hook_event(worker_t *w, const policy_event_t *ev) {
   wire_num(o, (uint64_t)ev->time_nano);
   wire_cstr(o, ev->health_status);
   wire_end(o, off);
-  step(w);
+  step(w, "event");
 }
 
 void worker_hook_changed(worker_t *w, const char *op, const char *key,
@@ -1192,14 +1240,14 @@ void worker_hook_changed(worker_t *w, const char *op, const char *key,
   wire_cstr(o, key);
   wire_str(o, value, vlen);
   wire_end(o, off);
-  step(w);
+  step(w, "changed");
 }
 
 void worker_gc(worker_t *w) {
   if (!w->pid) return;
   buf_reset(&w->out);
   wire_end(&w->out, wire_begin(&w->out, WIRE_GC));
-  step(w);
+  step(w, "a");
 }
 
 void worker_check_view(const checks_t *ck, const char *id,
