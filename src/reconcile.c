@@ -724,8 +724,12 @@ static int rcont_new_keys(const rcont_t *c) {
   int where = NEW_IN_ETCD;
   for (const owner_t *o = c->owners; o; o = o->cnext) {
     const rkey_t *k = o->key;
-    if (k->have_known && k->have && !(k->inflight && k->act == ACT_DELETE))
-      continue; /* a consumer sees it (maybe with an older value) */
+    /* a consumer sees it (maybe with an older value); not when what is
+     * known may be from before a lost lease or a listing that its request
+     * crossed (key_settle() will tell) */
+    if (k->have_known && k->have && !(k->inflight && k->act == ACT_DELETE) &&
+        !k->lease_stale && !k->list_stale)
+      continue;
     if (k->filling && k->act == ACT_PUT) {
       where = NEW_IN_BATCH;
       continue;
