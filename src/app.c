@@ -563,6 +563,12 @@ static worker_t *reload_commit(void *ud, worker_t *fresh) {
   map_iter_init(&it, a->failed);
   while (map_iter_next(&it, &id, NULL))
     if (a->docker) docker_refresh(a->docker, id);
+  /* the reload tried them as if running on: draining again */
+  void *v;
+  map_iter_init(&it, a->stops);
+  while (map_iter_next(&it, NULL, &v))
+    if (((stop_t *)v)->stopping && a->docker)
+      docker_refresh(a->docker, ((stop_t *)v)->id);
   return old;
 }
 

@@ -473,8 +473,7 @@ static int assumed_checks(worker_t *p, const char *label,
                           policy_checks_t *pc, policy_check_state_t *states,
                           policy_check_view_t *view) {
   char err[600];
-  view->v = states;
-  view->n = 0;
+  *view = (policy_check_view_t){states, 0, 0}; /* not stopping */
   if (worker_checks(p, doc, pc, err, sizeof err) < 0) {
     fprintf(stderr, "register: %s: %s\n", label, err);
     return -1;
