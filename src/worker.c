@@ -33,7 +33,7 @@
 
 /* AddressSanitizer's shadow memory and quarantine count in the worker's
  * resident size: a sanitized build gives it more room */
-#define MEM_HEADROOM (WORKER_UNDER_ASAN ? (320u << 20) : WORKER_MEM_HEADROOM)
+#define MEM_HEADROOM (WORKER_UNDER_ASAN ? (128u << 20) : WORKER_MEM_HEADROOM)
 
 struct worker {
   /* what every incarnation is made with (owned copies) */

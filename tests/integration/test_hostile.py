@@ -28,9 +28,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "policy"))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import REGISTER, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from hostile_corpus import expected, is_sanitized  # noqa: E402
 from hostile_corpus import CORPUS, OUTSIDE, cases, header, secret_value  # noqa: E402
 
 IP = "10.6.6.6"
+SANITIZED = is_sanitized(REGISTER)
 PREFIX = f"/registered/{IP}"
 suite = Suite()
 etcd = Etcd().start()
@@ -202,7 +204,7 @@ def one(name):
 
 
 def checked(name, h, r, port, policy, good1, evil, t0):
-    expect, hook, breaks_all = h["expect"], h["hook"], h["breaks_all"]
+    expect, hook, breaks_all = expected(h, SANITIZED), h["hook"], h["breaks_all"]
     out = lambda: r.output()  # noqa: E731
     if hook == "event":
         # the event hook runs only once the daemon is in sync
