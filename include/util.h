@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -60,6 +61,10 @@ int util_base64_decode(buf_t *out, const char *s, size_t n);
 
 /* Monotonic milliseconds, for intervals that must not jump with the clock. */
 uint64_t util_now_ms(void);
+/* Appends what f holds (to its end), or the file at path, to out: 0, or
+ * -1 with errno (EFBIG past max bytes when max is not 0). */
+int util_read_fp(FILE *f, size_t max, buf_t *out);
+int util_read_file(const char *path, size_t max, buf_t *out);
 /* A uniformly distributed value in [0, n): jitter for backoffs. */
 uint32_t util_rand(uint32_t n);
 /* Parses a whole decimal number in [min, max]; -1 if it is not one. */

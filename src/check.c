@@ -242,11 +242,7 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
   }
   buf_t b;
   buf_init(&b);
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    buf_append(&b, chunk, n);
-  int bad = ferror(f);
+  int bad = util_read_fp(f, 0, &b) < 0;
   if (f != stdin) fclose(f);
   if (bad) {
     snprintf(err, errlen, "%s: read error", path);

@@ -238,3 +238,29 @@ int util_parse_long(const char *s, long min, long max, long *out) {
   *out = v;
   return 0;
 }
+
+int util_read_fp(FILE *f, size_t max, buf_t *out) {
+  char chunk[65536];
+  size_t n, start = out->len;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+    buf_append(out, chunk, n);
+    if (max && out->len - start > max) {
+      errno = EFBIG;
+      return -1;
+    }
+  }
+  if (ferror(f)) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+int util_read_file(const char *path, size_t max, buf_t *out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  int rc = util_read_fp(f, max, out), e = errno;
+  fclose(f);
+  errno = e;
+  return rc;
+}

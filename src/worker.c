@@ -28,8 +28,8 @@
 #define BACKOFF_MIN_MS 1000 /* after the second death in a row */
 #define BACKOFF_MAX_MS 30000
 #define MAX_MODULE (1u << 20) /* a required file's size */
-/* records in one reply (the policy caps them lower) */
-#define MAX_KEYS_REPLY 100000
+/* records in one reply: the worker's own cap (policy.h) */
+#define MAX_KEYS_REPLY POLICY_MAX_RECORDS
 
 /* AddressSanitizer's shadow memory and quarantine count in the worker's
  * resident size: a sanitized build gives it more room */
@@ -159,36 +159,37 @@ static void arm_restart(worker_t *w, uint64_t delay) {
   uv_timer_start(w->restart, restart_cb, delay, 0);
 }
 
+/* Which hook made an I/O request: one block per request, named by its
+ * decimal id (the map's key points into it). */
+typedef struct {
+  const char *label; /* a literal: "event", "changed", "a" */
+  char key[24];
+} io_label_t;
+
 /* The hook label of I/O request `key`: set (label), or taken (NULL: the
- * entry goes; its label, a literal, is returned). */
+ * entry goes; its label is returned). */
 static const char *io_label(worker_t *w, const char *key, const char *label) {
   if (label) {
-    if (!map_get(w->io_labels, key))
-      map_put(w->io_labels, xstrdup(key), (void *)(uintptr_t)label);
+    if (map_get(w->io_labels, key)) return label;
+    io_label_t *l = xcalloc(1, sizeof *l);
+    l->label = label;
+    snprintf(l->key, sizeof l->key, "%s", key);
+    map_put(w->io_labels, l->key, l);
     return label;
   }
-  const char *l = NULL;
-  map_iter_t it;
-  const char *k;
-  void *v;
-  map_iter_init(&it, w->io_labels);
-  while (map_iter_next(&it, &k, &v)) {
-    if (strcmp(k, key) != 0) continue;
-    l = v;
-    map_del(w->io_labels, k);
-    free((void *)(uintptr_t)k);
-    break;
-  }
-  return l;
+  io_label_t *l = map_del(w->io_labels, key);
+  const char *taken = l ? l->label : NULL;
+  free(l);
+  return taken;
 }
 
 static void io_labels_clear(worker_t *w) {
   map_iter_t it;
-  const char *k;
+  void *v;
   map_iter_init(&it, w->io_labels);
-  while (map_iter_next(&it, &k, NULL)) {
-    map_del(w->io_labels, k);
-    free((void *)(uintptr_t)k);
+  while (map_iter_next(&it, NULL, &v)) {
+    map_del(w->io_labels, ((io_label_t *)v)->key);
+    free(v);
   }
 }
 
@@ -354,19 +355,8 @@ static void on_read(worker_t *w, wire_rd_t *rd, uint64_t deadline) {
   int found = 0;
   if (ok) {
     char *path = xasprintf("%s/%s", w->dir, rel);
-    FILE *f = fopen(path, "rb");
+    found = util_read_file(path, MAX_MODULE, &text) == 0;
     free(path);
-    if (f) {
-      char chunk[8192];
-      size_t n;
-      found = 1;
-      while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && found) {
-        buf_append(&text, chunk, n);
-        if (text.len > MAX_MODULE) found = 0;
-      }
-      if (ferror(f)) found = 0;
-      fclose(f);
-    }
   }
   buf_t ans;
   buf_init(&ans);
@@ -837,23 +827,11 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     w->dir = slash ? xstrndup(w->file,
                               slash == w->file ? 1 : (size_t)(slash - w->file))
                    : xstrdup(".");
-    FILE *f = o->source ? NULL : fopen(w->file, "rb");
     if (o->source) {
       buf_append(&w->source, o->source, o->source_len);
-    } else if (!f) {
+    } else if (util_read_file(w->file, 0, &w->source) < 0) {
       snprintf(err, errlen, "policy %s: cannot read it: %s", w->file,
                strerror(errno));
-      worker_free(w);
-      return NULL;
-    }
-    char chunk[8192];
-    size_t n;
-    while (f && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
-      buf_append(&w->source, chunk, n);
-    int bad = f && ferror(f);
-    if (f) fclose(f);
-    if (bad) {
-      snprintf(err, errlen, "policy %s: cannot read it", w->file);
       worker_free(w);
       return NULL;
     }
