@@ -146,8 +146,19 @@ def one(name):
         # the worker's limit + 1 s; a sanitized build (several times slower,
         # and a new sanitized worker after a kill) gets 2 s more
         slack = 1 + (2 if SANITIZED else 0)
-        assert took <= baseline() + limit + slack, \
-            f"{name}: took {took:.2f} s, the limit is {limit:.1f} s (+{slack} s, +{baseline():.2f} s for the run)"
+        bound = baseline() + limit + slack
+        if took > bound:
+            # the machine may be busy with other tests (ctest -j): the same
+            # file once more; a daemon that does not end the call at its
+            # limit is over the bound both times
+            with tempfile.TemporaryDirectory(prefix="rh") as wd:
+                _, again = run_check(policy, wd, evil, good, timeout_ms=h["timeout_ms"],
+                                     env_extra=secrets, guard=guard)
+            print(f"{name}: over the bound ({took:.2f} s > {bound:.2f} s); again: {again:.2f} s",
+                  file=sys.stderr)
+            took = again
+        assert took <= bound, \
+            f"{name}: took {took:.2f} s twice, the limit is {limit:.1f} s (+{slack} s, +{baseline():.2f} s for the run)"
     for var, value in secrets.items():  # the daemon's environment never reaches the policy
         assert value not in r.stdout and value not in r.stderr, f"{name}: ${var} reached the output"
     for text in h["absent"]:
