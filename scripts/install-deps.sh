@@ -8,11 +8,14 @@ liblua5.4-dev lua5.4 lua-cjson-dev libuv1-dev libcurl4-openssl-dev libssl-dev li
 etcd-server etcd-client docker.io busybox-static
 python3 curl iproute2 procps openssl ca-certificates
 dpkg-dev file debootstrap lintian prometheus
-podman containernetworking-plugins catatonit systemd-container"
+podman containernetworking-plugins catatonit systemd-container
+haproxy nginx"
 # prometheus is here for promtool (the /metrics test checks the exposition
 # with it); the tests fall back to their own strict parser without it.
 # podman (4.3.1) serves the Docker API for the engine matrix; systemd-container
-# (systemd-nspawn) boots the Debian 12 root the systemd test uses.  Docker 26
+# (systemd-nspawn) boots the Debian 12 root the systemd test uses.  haproxy
+# and nginx check what the renderers of `register watch` write, and haproxy
+# carries the traffic test's requests.  Docker 26
 # and etcd 3.5 come from Debian 13 through scripts/fetch-debian13.sh, never
 # through this machine's apt sources.
 
