@@ -54,12 +54,16 @@ def sh(*args, env=None, check=True, timeout=120, input=None, cwd=None):
     return r.stdout.strip()
 
 
+# the applets the tests use (a link each in the image's /bin)
+APPLETS = ("sh", "sleep", "nc", "true", "cat", "rm", "touch", "httpd", "hostname", "pidof", "mkdir")
+
+
 def busybox_tar(ctx):
     """A root file system of busybox-static and the applets the tests use,
     as ctx/base.tar (both engines import it as the test image's base)."""
     os.makedirs(os.path.join(ctx, "root", "bin"))
     shutil.copy("/bin/busybox", os.path.join(ctx, "root", "bin", "busybox"))
-    for a in ("sh", "sleep", "nc", "true", "cat", "rm", "touch"):
+    for a in APPLETS:
         os.symlink("busybox", os.path.join(ctx, "root", "bin", a))
     tar = os.path.join(ctx, "base.tar")
     sh("tar", "-C", os.path.join(ctx, "root"), "-cf", tar, ".")
@@ -146,6 +150,11 @@ class Dockerd:
     def images(self):
         """The test images: bbx (EXPOSE 80 53/udp 9200), and tags of it."""
         have = self.docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        # an image built before an applet was added to APPLETS is built again
+        applets = ",".join(APPLETS)
+        if "bbx:latest" in have and self.docker(
+                "image", "inspect", "-f", '{{index .Config.Labels "register.test.applets"}}', "bbx") != applets:
+            have.remove("bbx:latest")
         if "bbx:latest" not in have:
             ctx = tmpdir("ri")
             try:
@@ -153,7 +162,8 @@ class Dockerd:
                 bctx = os.path.join(ctx, "build")
                 os.makedirs(bctx)
                 with open(os.path.join(bctx, "Dockerfile"), "w") as f:
-                    f.write('FROM bbbase:latest\nEXPOSE 80 53/udp 9200\nCMD ["/bin/sleep","3600"]\n')
+                    f.write('FROM bbbase:latest\nEXPOSE 80 53/udp 9200\nCMD ["/bin/sleep","3600"]\n'
+                            f'LABEL register.test.applets="{applets}"\n')
                 self.docker("build", "-q", "-t", "bbx:latest", bctx)
             finally:
                 shutil.rmtree(ctx, ignore_errors=True)
