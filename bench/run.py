@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """register's benchmark suite: one command, prints a table.
 
-    bench/run.py              everything (about 7 minutes; dockerd needs root)
-    bench/run.py sync storm   only some: sync limit latency latency-fake storm idle
+    bench/run.py              everything (about 12 minutes; dockerd needs root)
+    bench/run.py sync storm   only some: sync limit latency latency-fake storm idle traffic
     bench/run.py sync10k      only the 10,000-container sync (v2 and v3), no limit client
 
 REGISTER_BENCH_BUILD=DIR builds into (and runs from) DIR instead of
@@ -34,6 +34,12 @@ also go to DIR/bench-results.json, or to REGISTER_BENCH_RESULTS.
             and worker), memory, with and without --ttl
    sync10k  only the 10,000-container sync, v2 and v3, without the limit
             client; with the CPU time of the daemon and of the worker
+6. traffic  zero failed requests at a real haproxy that `register watch`
+            reloads: 100 requests/s through it during a rolling deploy of
+            10 backends, a scale-down, docker stop, a failing health check,
+            a policy reload, register restarted, the etcd leader killed and
+            etcd down 5 s; failed requests, latency, key -> reload
+            (bench/traffic.py, which also runs alone, with options)
 
 Memory: since policies run in register-worker, a process of the daemon's
 own (spawned at start, one per policy generation), every memory reading is
@@ -623,6 +629,20 @@ def bench_idle(seconds=60):
         etcd.cleanup()
 
 
+# ---- 6: traffic through haproxy ----
+
+def bench_traffic():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_traffic", os.path.join(HERE, "traffic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.run(os.path.join(BUILD, "register"), [])
+    from trafficrig import table as traffic_table
+    out(traffic_table(rows))
+    for r in rows:
+        RESULTS.append({"bench": "traffic", **r})
+
+
 def mem_cell(m, fields=("rss_anon", "vm_rss", "pss")):
     """daemon + worker = together, in MB, for the table."""
     names = {"rss_anon": "RssAnon", "vm_rss": "VmRSS", "pss": "Pss"}
@@ -654,6 +674,17 @@ def table():
                 res += (f"; a plain reader gets the event {r['plain_read_p50_ms']} ms after timeNano, register "
                         f"{r['read_after_plain_p50_ms']} ms after it")
             tgt = "own work p50 ≤ 0.3 ms"
+        elif r["bench"] == "traffic":
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(r["kinds"].items()))
+            res = (f"{r['scenario']}: {r['requests']} requests, {r['failed']} failed"
+                   + (f" ({kinds})" if kinds else "")
+                   + (f", {r['failed_after']} after the check's window" if "failed_after" in r else "")
+                   + f"; p50 {r['p50_ms'] or 0:.1f} ms, p99 {r['p99_ms'] or 0:.1f} ms"
+                   + (f"; key → reload p50 {r['key_reload_p50_ms']:.0f} ms, p99 {r['key_reload_p99_ms']:.0f} ms"
+                      f" ({len(r['key_reload_ms'])} events)" if r["key_reload_ms"] else "")
+                   + f"; {r['note']}")
+            tgt = ("0 failed (a failing check: 0 after fall × interval + 1 s); "
+                   "key → reload p50 ≤ 100 ms, p99 ≤ 300 ms")
         elif r["bench"] == "storm":
             res = (f"{r['events']} events ({r['events_per_s']}/s): before: {mem_cell(r['mem_before'])}; "
                    f"max during: {mem_cell(r['mem_max'])}; pending max {r['pending_max']}, "
@@ -669,7 +700,7 @@ def table():
 
 
 def main():
-    which = sys.argv[1:] or ["sync", "latency", "storm", "idle"]
+    which = sys.argv[1:] or ["sync", "latency", "storm", "idle", "traffic"]
     out("building", BUILD)
     build()
     if "sync" in which or "limit" in which:
@@ -690,6 +721,9 @@ def main():
     if "idle" in which:
         out("== idle cost")
         bench_idle()
+    if "traffic" in which:
+        out("== traffic through haproxy")
+        bench_traffic()
     with open(os.environ.get("REGISTER_BENCH_RESULTS", os.path.join(BUILD, "bench-results.json")), "w") as f:
         json.dump(RESULTS, f, indent=1)
     print(table())
