@@ -1,8 +1,7 @@
 -- register.render.haproxy: a complete haproxy configuration from the
 -- default /registered schema, for `register watch`:
 --
---   register watch /registered --render haproxy.lua --out /etc/haproxy/haproxy.cfg \
---     --check 'haproxy -c -q -f %s' --reload 'systemctl reload haproxy'
+--   register watch /registered --render haproxy.lua --out /etc/haproxy/haproxy.cfg ...
 --
 -- with haproxy.lua (or the module itself, with its defaults):
 --

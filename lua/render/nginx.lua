@@ -1,8 +1,7 @@
 -- register.render.nginx: an nginx `upstream` block per service, for
--- `register watch`, to include in nginx's http {} (or stream {}) context:
+-- `register watch`, to include in nginx's http {} context:
 --
---   register watch /registered --render nginx.lua --out /etc/nginx/conf.d/upstreams.conf \
---     --check 'nginx -t -q' --reload 'nginx -s reload'
+--   register watch /registered --render nginx.lua --out /etc/nginx/conf.d/upstreams.conf ...
 --
 -- From the default /registered schema, a service is an image and a
 -- private TCP port ("example::web:80"), its upstream is named by the

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 from harness import REGISTER, Suite, log  # noqa: E402
@@ -473,6 +474,59 @@ def haproxy_from_register_check():
         "bbx:9200": [(ids["multi"] + "_32768", "127.0.0.1:32768", "")],
         "localhost:5000::team::web:1.2:80": [(ids["namespaced"] + "_32771", "127.0.0.1:32771", "")],
     }, text
+
+
+@suite.test
+def haproxy_service_function():
+    """service(b): one backend across image tags, and images left out."""
+    kv = dict([
+        entry("10.0.0.9", "localhost:5000/team/web:1.1", 1, [("10.0.0.9", "1", "80", "tcp")]),
+        entry("10.0.0.9", "localhost:5000/team/web:1.2", 2, [("10.0.0.9", "2", "80", "tcp")]),
+        entry("10.0.0.9", "localhost:5000/team/web", 3, [("10.0.0.9", "3", "80", "tcp")]),
+        entry("10.0.0.9", "redis:7", 4, [("10.0.0.9", "4", "6379", "tcp")]),
+    ])
+    example = [b for b in docs_lua_blocks() if "register.image" in b]
+    assert len(example) == 1, example
+    text, _ = render(example[0], kv)
+    haproxy_check(text)
+    assert backends(text) == {"localhost:5000::team::web:80": [
+        (cid(1)[:12] + "_1", "10.0.0.9:1", ""), (cid(2)[:12] + "_2", "10.0.0.9:2", ""),
+        (cid(3)[:12] + "_3", "10.0.0.9:3", "")]}, text
+
+
+def docs_lua_blocks():
+    """The ```lua blocks of docs/policy.md's "Renderers: register watch"."""
+    text = open(os.path.join(ROOT, "docs", "policy.md")).read()
+    text = text[text.index("## Renderers: register watch"):]
+    return [textwrap.dedent(b) for b in re.findall(r"^ *```lua\n(.*?)^ *```", text, re.M | re.S)]
+
+
+@suite.test
+def docs_examples_render_and_pass_the_checks():
+    blocks = docs_lua_blocks()
+    assert len(blocks) >= 7, blocks
+    kv, _ = several()
+    ran = 0
+    for b in blocks:
+        if "register.render.nginx" in b:
+            registrator = 'layout = "registrator"' in b
+            text, err = render(b, registrator_kv() if registrator else kv,
+                               prefix="/services" if registrator else "/registered")
+            nginx_check(text)
+            assert upstreams(text) and not err, (b, text, err)
+        elif "register.render." in b and "register.render.services" not in b:
+            registrator = "registrator_haproxy" in b
+            text, err = render(b, registrator_kv() if registrator else kv,
+                               prefix="/services" if registrator else "/registered")
+            haproxy_check(text)
+            assert backends(text) and not err, (b, text, err)
+        elif b.startswith("return {") or "register.render.services" in b:
+            text, err = render(b, kv)  # the API's examples: any text
+            assert text and not err and cid(1) in text or "10.0.0.9:49165" in text, (b, text)
+        else:
+            continue
+        ran += 1
+    assert ran == len(blocks), (ran, blocks)
 
 
 # ---- haproxy, registrator's layout ----
