@@ -47,7 +47,20 @@ typedef struct {
   long hook_timeout;      /* seconds: one hook call, waits included */
   char *check_allow;      /* --check-allow: comma-separated CIDRs, or NULL */
   char *policy_env;       /* comma-separated variable names, or NULL */
+
+  /* `register watch` (cmd CONFIG_WATCH) */
+  int cmd;              /* CONFIG_DAEMON or CONFIG_WATCH */
+  char *watch_prefix;   /* the prefix followed, without a trailing '/' */
+  char *render_file;    /* --render */
+  char *out_file;       /* --out */
+  char *check_cmd;      /* --check, or NULL */
+  char *reload_cmd;     /* --reload, or NULL */
+  long wait_min_ms;     /* --wait: quiet period after a change */
+  long wait_max_ms;     /*         and the longest a change waits */
+  long command_timeout; /* seconds one --check or --reload may take */
 } config_t;
+
+enum { CONFIG_DAEMON = 1, CONFIG_WATCH = 2 };
 
 /* One network of --check-allow.  Every address is held as IPv6, IPv4 as
  * ::ffff:a.b.c.d (bits counted from the start of the 16 bytes: an IPv4
@@ -61,6 +74,9 @@ typedef struct {
  * with a one-line message in err (exit 2). */
 int config_parse(config_t *cfg, int argc, char **argv, char *err,
                  size_t errlen);
+/* `register watch PREFIX ...`: argv[0] is "watch"; the same returns. */
+int config_parse_watch(config_t *cfg, int argc, char **argv, char *err,
+                       size_t errlen);
 void config_free(config_t *cfg);
 void config_usage(const char *prog);
 

@@ -28,6 +28,9 @@ typedef enum {
 typedef struct {
   etcd_status_t status;
   const char *error; /* one line, when status is not OK */
+  /* a listing's: where in etcd's history it was read (v3: the revision,
+   * every page read at the first page's; v2: X-Etcd-Index); 0 otherwise */
+  int64_t revision;
 } etcd_result_t;
 
 typedef struct {

@@ -20,6 +20,7 @@
 #include "json.h"
 #include "luaio.h"
 #include "records.h"
+#include "util.h"
 
 typedef struct policy policy_t;
 
@@ -62,6 +63,10 @@ typedef struct {
    * it); for tests and fuzzing */
   const char *source;
   size_t source_len;
+  /* a renderer (register watch), not a policy: the script returns a table
+   * with render(kv, ctx), or the function itself, or defines a global
+   * render; records() and the rest are not looked for */
+  int render;
 } policy_opts_t;
 
 /* A Docker event as the event hook sees it (strings may be NULL). */
@@ -157,6 +162,36 @@ void policy_gc(policy_t *p);
  * caller's stats are used). */
 unsigned long policy_hooks_dropped(const policy_t *p);
 unsigned long policy_errors(const policy_t *p);
+
+/* ---- renderers (register watch) ---- */
+
+/* One key under the watched prefix and its value. */
+typedef struct {
+  const char *key, *value;
+  size_t klen, vlen;
+} policy_kv_t;
+
+/* What render() gets besides the keys: ctx.prefix, ctx.revision, ctx.api
+ * ("v2" or "v3"), ctx.keys (the keys, sorted) and ctx.host ({ip,
+ * hostname}, as a policy's host). */
+typedef struct {
+  const char *prefix;
+  int64_t revision;
+  const char *api;
+} policy_render_ctx_t;
+
+/* A rendered file is at most this long; longer is a failed render. */
+#define POLICY_MAX_RENDER (16u << 20)
+
+/* Runs render(kv, ctx) on kv[0..n) (sorted by key, no duplicates): 0 and
+ * the text in out (replaced), or -1 with a one-line reason (the call
+ * failed, or returned something other than a string, or a string over
+ * POLICY_MAX_RENDER). */
+int policy_render(policy_t *p, const policy_kv_t *kv, size_t n,
+                  const policy_render_ctx_t *ctx, buf_t *out, char *err,
+                  size_t errlen);
+/* Whether the script was loaded as a renderer. */
+int policy_is_renderer(const policy_t *p);
 
 /* What one record may be, and what one container's records() may return
  * as a whole.  A key is at most POLICY_MAX_KEY bytes and a value at most

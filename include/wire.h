@@ -27,7 +27,8 @@
 typedef enum {
   /* daemon -> worker: requests */
   WIRE_INIT = 1,    /* log level, memory cap, the daemon's pid, the policy
-                       (file, source), host, limits, I/O; reply READY or FAIL */
+                       (file, source), host, limits, I/O, renderer; reply
+                       READY or FAIL */
   WIRE_CHECKS,      /* inspect document, records too, stopping; reply CHECKS_OK
                       or FAIL */
   WIRE_RECORDS,     /* inspect document, check view; reply RECORDS or FAIL */
@@ -37,6 +38,8 @@ typedef enum {
   WIRE_TICK,        /* end hook calls past their limit; reply STEP */
   WIRE_GC,          /* a full collection; reply STEP */
   WIRE_READ_ANSWER, /* found, text (answers READ) */
+  WIRE_RENDER,      /* prefix, revision, api, n, n x (key, value); reply
+                       RENDER_OK or FAIL */
   /* worker -> daemon: replies */
   WIRE_READY = 32, /* name, prefix, has_checks, has_event, has_changed */
   WIRE_FAIL,       /* reason, message, traceback */
@@ -45,6 +48,7 @@ typedef enum {
                       fields, or 2 and FAIL's */
   WIRE_RECORDS_OK, /* rejected, the records */
   WIRE_STEP,       /* hook calls alive */
+  WIRE_RENDER_OK,  /* the rendered text */
   /* worker -> daemon: on the way */
   WIRE_LOG = 64,  /* level, fields, message */
   WIRE_PRINT,     /* a line for stdout (print-only HTTP) */

@@ -92,6 +92,7 @@ typedef struct {
    * for tests and fuzzing */
   const char *source;
   size_t source_len;
+  int render; /* a renderer (register watch): see policy_opts_t.render */
   policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
   worker_stats_t *wstats; /* NULL: the worker's own */
   log_level_t log_level;
@@ -141,6 +142,10 @@ int worker_checks_records(worker_t *w, const json_value_t *inspect,
 int worker_records_checked(worker_t *w, const json_value_t *inspect,
                            const policy_check_view_t *checks, records_t *out,
                            char *err, size_t errlen);
+/* As policy_render() (policy.h), in the worker; err is one line. */
+int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,
+                  const policy_render_ctx_t *ctx, buf_t *out, char *err,
+                  size_t errlen);
 const char *worker_traceback(const worker_t *w);
 policy_reason_t worker_last_reason(const worker_t *w);
 

@@ -44,6 +44,7 @@ typedef struct {
   unsigned how;      /* OPT_ZERO, OPT_LATE */
   const char *shown; /* what --help says instead of "default DFLT" */
   char short_name;   /* -h, or 0 */
+  int only;          /* CONFIG_DAEMON or CONFIG_WATCH; 0: both */
 } opt_t;
 
 enum {
@@ -404,6 +405,7 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
 
 static int set_host_ip(config_t *cfg, const char *src, const char *v, char *err,
                        size_t errlen) {
+  if (!v && cfg->cmd == CONFIG_WATCH) return 0; /* ctx.host.ip is "" */
   if (!v) {
     snprintf(err, errlen,
              "HOST_IP is not set or empty: give --host-ip IP, or set "
@@ -522,6 +524,49 @@ static int set_policy_env(config_t *cfg, const char *src, const char *v,
   return config_policy_env(src, v, &cfg->policy_env, err, errlen);
 }
 
+/* --wait MIN[:MAX]: durations with ms or s (a bare number is ms). */
+static int duration_ms(const char *s, size_t n, long *out) {
+  char tmp[32];
+  if (n == 0 || n >= sizeof tmp) return -1;
+  memcpy(tmp, s, n);
+  tmp[n] = '\0';
+  char *end;
+  errno = 0;
+  double v = strtod(tmp, &end);
+  if (errno || end == tmp || v < 0) return -1;
+  double mul = 1;
+  if (strcmp(end, "s") == 0)
+    mul = 1000;
+  else if (*end && strcmp(end, "ms") != 0)
+    return -1;
+  v *= mul;
+  if (v > 600000) return -1;
+  *out = (long)v;
+  return 0;
+}
+
+static int set_wait(config_t *cfg, const char *src, const char *v, char *err,
+                    size_t errlen) {
+  const char *colon = strchr(v, ':');
+  long lo, hi;
+  if (duration_ms(v, colon ? (size_t)(colon - v) : strlen(v), &lo) < 0 ||
+      (colon && duration_ms(colon + 1, strlen(colon + 1), &hi) < 0)) {
+    snprintf(err, errlen,
+             "%s \"%s\" is not MIN[:MAX], durations up to 600s (e.g. "
+             "50ms:250ms)",
+             src, v);
+    return -1;
+  }
+  if (!colon) hi = lo * 4 > lo + 1000 ? lo * 4 : lo + 1000;
+  if (hi < lo) {
+    snprintf(err, errlen, "%s \"%s\": MAX is below MIN", src, v);
+    return -1;
+  }
+  cfg->wait_min_ms = lo;
+  cfg->wait_max_ms = hi;
+  return 0;
+}
+
 #define STRING(f) .kind = KIND_STRING, .off = offsetof(config_t, f)
 #define FLAG(f) .kind = KIND_FLAG, .off = offsetof(config_t, f)
 #define SECONDS(f, lo, hi)                                                     \
@@ -555,25 +600,26 @@ static const opt_t opts[] = {
     {NULL, "DOCKER_TLS_VERIFY", NULL,
      "not 0: TLS to Docker, with ca.pem, cert.pem and key.pem from "
      "DOCKER_CERT_PATH (default ~/.docker)",
-     NULL, CALL(set_docker_tls)},
+     NULL, CALL(set_docker_tls), .only = CONFIG_DAEMON},
     {"--docker", "DOCKER_HOST", "URL",
      "Docker API: unix:///path or tcp://host:port",
-     "unix:///var/run/docker.sock", CALL(set_docker)},
+     "unix:///var/run/docker.sock", CALL(set_docker), .only = CONFIG_DAEMON},
     {"--policy", "REGISTER_POLICY", "FILE", "Lua policy", NULL,
-     STRING(policy_file), .shown = "default: the embedded /registered schema"},
+     STRING(policy_file), .shown = "default: the embedded /registered schema",
+     .only = CONFIG_DAEMON},
     {"--log-level", "REGISTER_LOG_LEVEL", "LEVEL", "error, warn, info or debug",
      "info", CALL(set_log_level)},
     {"--log-format", "REGISTER_LOG_FORMAT", "FORMAT", "text or json", "text",
      CALL(set_log_format)},
     {"--ttl", "REGISTER_TTL", "SECONDS",
      "write keys with a TTL and keep them fresh; 0: no TTL", "0",
-     SECONDS(ttl, 2, 0), .how = OPT_ZERO},
+     SECONDS(ttl, 2, 0), .how = OPT_ZERO, .only = CONFIG_DAEMON},
     {"--resync", "REGISTER_RESYNC", "SECONDS",
      "compare Docker and etcd every SECONDS; 0: only on (re)connect", "0",
-     SECONDS(resync, 1, 0), .how = OPT_ZERO},
+     SECONDS(resync, 1, 0), .how = OPT_ZERO, .only = CONFIG_DAEMON},
     {"--deregister-on-exit", NULL, NULL,
      "delete this host's keys on SIGTERM/SIGINT", NULL,
-     FLAG(deregister_on_exit)},
+     FLAG(deregister_on_exit), .only = CONFIG_DAEMON},
     {"--metrics", NULL, "ADDR",
      "serve /metrics and /healthz on ADDR (host:port)", NULL,
      STRING(metrics_addr)},
@@ -583,24 +629,40 @@ static const opt_t opts[] = {
      "1000", MS(policy_timeout_ms, 10, 600000)},
     {"--hook-timeout", NULL, "SECONDS",
      "limit of one hook call, I/O waits included", "60",
-     SECONDS(hook_timeout, 1, 3600)},
+     SECONDS(hook_timeout, 1, 3600), .only = CONFIG_DAEMON},
     {"--policy-env", "REGISTER_POLICY_ENV", "NAMES",
      "the environment variables the policy worker gets, comma-separated", NULL,
      CALL(set_policy_env), .shown = "default: none"},
     {"--check-allow", "REGISTER_CHECK_ALLOW", "CIDRS",
      "networks beyond this host that health checks may reach, "
      "comma-separated CIDRs or IPs",
-     NULL, CALL(set_check_allow), .shown = "default: none"},
+     NULL, CALL(set_check_allow), .shown = "default: none",
+     .only = CONFIG_DAEMON},
     {"--dry-run", NULL, NULL, "print what would be written instead of writing",
-     NULL, FLAG(dry_run)},
+     NULL, FLAG(dry_run), .only = CONFIG_DAEMON},
     {"--trace-latency", NULL, NULL,
      "log where each event's time went, stage by stage", NULL,
-     FLAG(trace_latency)},
+     FLAG(trace_latency), .only = CONFIG_DAEMON},
     {"--once", NULL, NULL,
      "sync once; exit 0 when etcd matches, 1 when it does not within --timeout",
      NULL, FLAG(once)},
     {"--timeout", NULL, "SECONDS", "how long --once waits for etcd to match",
      "30", SECONDS(once_timeout, 1, 0)},
+    {"--render", NULL, "FILE", "the Lua renderer: render(kv, ctx)", NULL,
+     STRING(render_file), .only = CONFIG_WATCH, .shown = "required"},
+    {"--out", NULL, "PATH", "the file rendered", NULL, STRING(out_file),
+     .only = CONFIG_WATCH, .shown = "required"},
+    {"--check", NULL, "CMD",
+     "run CMD on a new file first (%s: its path); it must exit 0", NULL,
+     STRING(check_cmd), .only = CONFIG_WATCH},
+    {"--reload", NULL, "CMD", "run CMD after a new file is in place", NULL,
+     STRING(reload_cmd), .only = CONFIG_WATCH},
+    {"--wait", NULL, "MIN[:MAX]",
+     "after a change, wait until MIN passes quietly, MAX at most", "50ms:250ms",
+     CALL(set_wait), .only = CONFIG_WATCH},
+    {"--command-timeout", NULL, "SECONDS",
+     "kill a --check or --reload command after SECONDS", "30",
+     SECONDS(command_timeout, 1, 3600), .only = CONFIG_WATCH},
     {"--help", NULL, NULL, "this text", NULL, .kind = KIND_HELP,
      .short_name = 'h'},
     {"--version", NULL, NULL, "print the version", NULL, .kind = KIND_VERSION},
@@ -614,6 +676,10 @@ static const opt_t opts[] = {
 
 /* getopt_long returns OPT_VAL + the row, above any short option. */
 enum { N_OPTS = ARRAY_SIZE(opts), OPT_VAL = 256 };
+
+static int in_mode(const opt_t *o, int cmd) {
+  return !o->only || o->only == cmd;
+}
 
 static const opt_t *opt_named(const char *flag) {
   for (size_t i = 0; i < N_OPTS; i++)
@@ -658,6 +724,8 @@ static int take(config_t *cfg, late_t *late, const opt_t *o, const char *src,
   return 0;
 }
 
+static void config_usage_watch(void);
+
 /* 0: every flag taken; 1: --help or --version printed; -1: an error. */
 static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
                       char *err, size_t errlen) {
@@ -666,7 +734,7 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
   size_t nl = 0, ns = 1;
   for (size_t i = 0; i < N_OPTS; i++) {
     const opt_t *o = &opts[i];
-    if (!o->flag) continue;
+    if (!o->flag || !in_mode(o, cfg->cmd)) continue;
     longs[nl++] =
         (struct option){o->flag + 2, o->arg ? required_argument : no_argument,
                         NULL, OPT_VAL + (int)i};
@@ -696,7 +764,10 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
       return -1;
     }
     if (o->kind == KIND_HELP) {
-      config_usage(argv[0]);
+      if (cfg->cmd == CONFIG_WATCH)
+        config_usage_watch();
+      else
+        config_usage(argv[0]);
       return 1;
     }
     if (o->kind == KIND_VERSION) {
@@ -705,6 +776,8 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
     }
     if (take(cfg, late, o, o->flag, optarg, err, errlen) < 0) return -1;
   }
+  if (cfg->cmd == CONFIG_WATCH && optind < argc) /* PREFIX */
+    config_set_str(&cfg->watch_prefix, argv[optind++]);
   if (optind < argc) {
     snprintf(err, errlen, "unexpected argument \"%s\" (see --help)",
              argv[optind]);
@@ -752,17 +825,35 @@ static void usage_row(const opt_t *o) {
   putchar('\n');
 }
 
+static void config_usage_watch(void) {
+  printf("Usage: register watch PREFIX --render FILE.lua --out PATH [OPTIONS]\n"
+         "\n"
+         "Follows PREFIX in etcd and keeps PATH rendered from it by the Lua\n"
+         "renderer (render(kv, ctx) returns the file's text, in a policy "
+         "worker);\n"
+         "a new text is checked (--check), put in place atomically and "
+         "reloaded\n"
+         "(--reload).  Commands run without a shell unless they ask for one.\n"
+         "\n");
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (in_mode(&opts[i], CONFIG_WATCH)) usage_row(&opts[i]);
+}
+
 void config_usage(const char *prog) {
   printf("Usage: %s [OPTIONS]\n"
          "       %s check [OPTIONS] POLICY|default [INSPECT.json|- ...]\n"
+         "       %s watch PREFIX --render FILE.lua --out PATH [OPTIONS]\n"
          "\n"
          "Keeps etcd in sync with the ports that running Docker containers "
          "publish.\n"
          "\n",
-         prog, prog);
+         prog, prog, prog);
   for (size_t i = 0; i < N_OPTS; i++)
-    usage_row(&opts[i]);
+    if (in_mode(&opts[i], CONFIG_DAEMON)) usage_row(&opts[i]);
   fputs("\n"
+        "register watch PREFIX: a file kept rendered from etcd (register "
+        "watch --help)\n"
+        "\n"
         "register check: a policy tried on inspect documents, no etcd; one "
         "JSON\n"
         "line per record, a summary on stderr (register check --help):\n"
@@ -801,26 +892,59 @@ static int check_metrics(const config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
-int config_parse(config_t *cfg, int argc, char **argv, char *err,
+static int check_watch(config_t *cfg, char *err, size_t errlen) {
+  char *p = cfg->watch_prefix;
+  if (!p) {
+    snprintf(err, errlen,
+             "register watch: which PREFIX? (e.g. register "
+             "watch /registered --render haproxy.lua --out "
+             "haproxy.cfg)");
+    return -1;
+  }
+  size_t n = strlen(p);
+  while (n > 1 && p[n - 1] == '/')
+    p[--n] = '\0';
+  if (p[0] != '/' || n < 2 || strstr(p, "//")) {
+    snprintf(err, errlen,
+             "register watch: PREFIX \"%s\" must be an absolute key path "
+             "below the root, e.g. /registered",
+             cfg->watch_prefix);
+    return -1;
+  }
+  if (!cfg->render_file || !*cfg->render_file) {
+    snprintf(err, errlen, "register watch: --render FILE.lua is required");
+    return -1;
+  }
+  if (!cfg->out_file || !*cfg->out_file) {
+    snprintf(err, errlen, "register watch: --out PATH is required");
+    return -1;
+  }
+  return 0;
+}
+
+static int parse(config_t *cfg, int cmd, int argc, char **argv, char *err,
                  size_t errlen) {
   memset(cfg, 0, sizeof *cfg);
+  cfg->cmd = cmd;
   late_t late = {{NULL}, {NULL}};
   /* Defaults, then the environment, then flags: the last one wins. */
   for (size_t i = 0; i < N_OPTS; i++)
-    if (opts[i].dflt &&
+    if (opts[i].dflt && in_mode(&opts[i], cmd) &&
         take(cfg, &late, &opts[i], "default", opts[i].dflt, err, errlen) < 0)
       return -1;
   for (size_t i = 0; i < N_OPTS; i++) {
-    const char *v = opts[i].env ? env(opts[i].env) : NULL;
+    const char *v =
+        opts[i].env && in_mode(&opts[i], cmd) ? env(opts[i].env) : NULL;
     if (v && take(cfg, &late, &opts[i], opts[i].env, v, err, errlen) < 0)
       return -1;
   }
   int rc = take_flags(cfg, &late, argc, argv, err, errlen);
   if (rc != 0) return rc;
   for (size_t i = 0; i < N_OPTS; i++)
-    if (opts[i].how & OPT_LATE &&
+    if (opts[i].how & OPT_LATE && in_mode(&opts[i], cmd) &&
         opts[i].set(cfg, late.src[i], late.v[i], err, errlen) < 0)
       return -1;
+  if (cmd == CONFIG_WATCH && check_watch(cfg, err, errlen) < 0) return -1;
   if (finish_etcd_security(cfg, err, errlen) < 0 ||
       check_metrics(cfg, err, errlen) < 0)
     return -1;
@@ -828,6 +952,16 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
     snprintf(cfg->hostname, sizeof cfg->hostname, "localhost");
   cfg->hostname[sizeof cfg->hostname - 1] = '\0';
   return 0;
+}
+
+int config_parse(config_t *cfg, int argc, char **argv, char *err,
+                 size_t errlen) {
+  return parse(cfg, CONFIG_DAEMON, argc, argv, err, errlen);
+}
+
+int config_parse_watch(config_t *cfg, int argc, char **argv, char *err,
+                       size_t errlen) {
+  return parse(cfg, CONFIG_WATCH, argc, argv, err, errlen);
 }
 
 void config_free(config_t *cfg) {
@@ -852,5 +986,10 @@ void config_free(config_t *cfg) {
   free(cfg->metrics_addr);
   free(cfg->check_allow);
   free(cfg->policy_env);
+  free(cfg->watch_prefix);
+  free(cfg->render_file);
+  free(cfg->out_file);
+  free(cfg->check_cmd);
+  free(cfg->reload_cmd);
   memset(cfg, 0, sizeof *cfg);
 }

@@ -199,7 +199,7 @@ static void etcd_fail_cb(uv_timer_t *t) {
   list_t *n;
   while ((n = list_pop(&e->failing))) {
     etcd_op_t *op = list_entry(n, etcd_op_t, fnode);
-    etcd_result_t res = {op->fail_status, op->fail_error};
+    etcd_result_t res = {op->fail_status, op->fail_error, 0};
     complete(op, &res); /* its callback may cancel or fail others */
   }
   if (e->rewind_pending) {
@@ -234,7 +234,7 @@ static void deliver_listing(etcd_op_t *op) {
       l->kvs[i].ttl = lease && (e->ttl > 0 ? lease == e->lease : 1);
     }
   }
-  etcd_result_t ok = {ETCD_OK, NULL};
+  etcd_result_t ok = {ETCD_OK, NULL, op->list_rev};
   op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs, l->ndirs);
   op_free(op);
 }
@@ -377,7 +377,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   etcd_t *e = op->e;
   op->req = NULL;
   char err[400] = "";
-  etcd_result_t res = {ETCD_OK, NULL};
+  etcd_result_t res = {ETCD_OK, NULL, 0};
   etcd_hdr_t hdr = {0};
   reply_t reply;
   if (r->error) {
@@ -401,6 +401,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
   }
   if (!r->error && r->status) observe(e, op, &hdr, res.status);
+  if ((reply == REPLY_MORE || reply == REPLY_DONE) && !op->list_rev &&
+      (op->kind == OP_LIST || op->kind == OP_GET))
+    op->list_rev = hdr.revision; /* later pages are read at it (v3) */
   switch (reply) {
   case REPLY_MORE:
     e->current = op->ep;
@@ -899,6 +902,7 @@ void etcd_set_password(etcd_t *e, const char *password) {
 
 void etcd_free(etcd_t *e) {
   if (!e) return;
+  REGISTER_ASSERT(e->watches == 0); /* their owners cancel them first */
   list_t *n;
   while ((n = list_first(&e->ops)))
     etcd_cancel(list_entry(n, etcd_op_t, node));

@@ -95,6 +95,7 @@ struct etcd_op {
   http_req_t *req;
   listing_t listing; /* OP_LIST / OP_GET */
   buf_t cont;        /* v3: where the next page starts */
+  int64_t list_rev;  /* the revision (v2: index) the first page was read at */
   etcd_op_t *parent; /* OP_LEASE_TTL run for a listing */
   /* results of internal ops */
   int64_t lease_id;
@@ -131,8 +132,9 @@ struct etcd {
   double lat_avg_ms; /* recent answered requests' latency (lat_note) */
   uint64_t lat_at;   /* uv_hrtime() of the last answer timed */
   uint64_t keepalive_every_ms;
-  long ttl;   /* v3: the lease's TTL; 0 = no lease */
-  list_t ops; /* every outstanding operation (etcd_op_t.node), newest first */
+  long ttl;    /* v3: the lease's TTL; 0 = no lease */
+  list_t ops;  /* every outstanding operation (etcd_op_t.node), newest first */
+  int watches; /* etcd_watch.c's, alive (none may be at etcd_free) */
   /* v3 */
   list_t wait[3]; /* ops waiting for a token [1] or a lease [2], newest first */
   char *token;

@@ -71,6 +71,9 @@ void etcd_v3_build(etcd_op_t *op) {
     op->path = xstrdup("/v3/kv/range");
     prefix_range(b, op->key, &op->cont);
     buf_printf(b, ",\"limit\":%d", PAGE);
+    /* every page at the first one's revision: one snapshot of the prefix */
+    if (op->list_rev > 0)
+      buf_printf(b, ",\"revision\":\"%" PRId64 "\"", op->list_rev);
     break;
   case OP_TXN: /* no compares: the success branch always runs */
     op->path = xstrdup("/v3/kv/txn");

@@ -360,6 +360,34 @@ static void io_resume(void *ud, lua_State *co, luaio_push_fn push, void *data) {
   if (p->hooks_resume) p->hooks_resume(ud, co, push, data);
 }
 
+/* A renderer's chunk returned (on top): a table with render(), the
+ * function itself, or nothing, with a global render().  ref_policy becomes
+ * a table whose render is looked up at each call. */
+static int setup_renderer(lua_State *L, policy_t *p) {
+  p->render = 1;
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "render") != LUA_TFUNCTION)
+      return luaL_error(L, "a renderer must return a table with a "
+                           "render(kv, ctx) function, or the function");
+  }
+  if (lua_isfunction(L, -1)) {
+    lua_createtable(L, 0, 1);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "render");
+  }
+  if (!lua_istable(L, -1))
+    return luaL_error(L,
+                      "a renderer must return a table with a render(kv, "
+                      "ctx) function, not %s",
+                      luaL_typename(L, -1));
+  if (lua_getfield(L, -1, "render") != LUA_TFUNCTION)
+    return luaL_error(L, "the returned table has no render(kv, ctx) function");
+  lua_pop(L, 1);
+  p->ref_policy = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
 static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
@@ -384,6 +412,7 @@ static int setup(lua_State *L) {
                    : luareg_load_embedded(L, "register.default");
   if (rc != LUA_OK) return lua_error(L);
   lua_call(L, 0, 1);
+  if (s->o->render) return setup_renderer(L, p);
   if (!lua_istable(L, -1))
     return luaL_error(L, "the script must return a table, not %s",
                       luaL_typename(L, -1));
@@ -748,6 +777,97 @@ int policy_records_checked(policy_t *p, const json_value_t *inspect,
   records_init(out);
   return policy_with_container(p, inspect, checks, records_run, out, err,
                                errlen);
+}
+
+/* ---- renderers ---- */
+
+typedef struct {
+  const policy_kv_t *kv;
+  size_t n;
+  const policy_render_ctx_t *ctx;
+} render_args_t;
+
+/* render(kv, ctx), looked up now; its result on top. */
+static int call_render(lua_State *L) {
+  const render_args_t *a = lua_touserdata(L, 1);
+  policy_t *p = *(policy_t **)lua_getextraspace(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_policy);
+  if (lua_getfield(L, -1, "render") != LUA_TFUNCTION)
+    return luaL_error(L, "render is a %s, not a function",
+                      luaL_typename(L, -1));
+  lua_createtable(L, 0, (int)(a->n < INT32_MAX ? a->n : 0));
+  for (size_t i = 0; i < a->n; i++) {
+    lua_pushlstring(L, a->kv[i].key, a->kv[i].klen);
+    lua_pushlstring(L, a->kv[i].value, a->kv[i].vlen);
+    lua_rawset(L, -3);
+  }
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, a->ctx->prefix ? a->ctx->prefix : "");
+  lua_setfield(L, -2, "prefix");
+  lua_pushinteger(L, (lua_Integer)a->ctx->revision);
+  lua_setfield(L, -2, "revision");
+  lua_pushstring(L, a->ctx->api ? a->ctx->api : "");
+  lua_setfield(L, -2, "api");
+  lua_createtable(L, (int)(a->n < INT32_MAX ? a->n : 0), 0);
+  for (size_t i = 0; i < a->n; i++) {
+    lua_pushlstring(L, a->kv[i].key, a->kv[i].klen);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "keys");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  lua_setfield(L, -2, "host");
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+int policy_is_renderer(const policy_t *p) {
+  return p->render;
+}
+
+int policy_render(policy_t *p, const policy_kv_t *kv, size_t n,
+                  const policy_render_ctx_t *ctx, buf_t *out, char *err,
+                  size_t errlen) {
+  lua_State *L = p->L;
+  char why[400];
+  buf_reset(out);
+  if (!p->render) {
+    snprintf(err, errlen, "policy %s is not a renderer", p->name);
+    return -1;
+  }
+  int top = lua_gettop(L);
+  render_args_t a = {kv, n, ctx};
+  lua_pushcfunction(L, call_render);
+  lua_pushlightuserdata(L, &a);
+  if (policy_pcall(p, 1, 1, why, sizeof why) < 0) {
+    policy_count_failure(p);
+    snprintf(err, errlen, "renderer %s: render() failed: %s (reason: %s)",
+             p->name, why, policy_reason_name(p->reason));
+    log_debug("%s", p->trace.data);
+    lua_settop(L, top);
+    return -1;
+  }
+  size_t len = 0;
+  const char *text =
+      lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+  if (!text || len > POLICY_MAX_RENDER) {
+    if (!text)
+      snprintf(err, errlen,
+               "renderer %s: render() returned a %s, not the file's text (a "
+               "string)",
+               p->name, luaL_typename(L, -1));
+    else
+      snprintf(err, errlen,
+               "renderer %s: render() returned %zu bytes, over the %u byte "
+               "limit",
+               p->name, len, POLICY_MAX_RENDER);
+    p->reason = POLICY_ERR_ERROR;
+    policy_count_failure(p);
+    lua_settop(L, top);
+    return -1;
+  }
+  buf_append(out, text, len);
+  lua_settop(L, top);
+  return 0;
 }
 
 void policy_gc(policy_t *p) {

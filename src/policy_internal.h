@@ -35,6 +35,7 @@ struct policy {
   int ref_host;
   int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */
   int has_checks;             /* the table has a checks() function */
+  int render;                 /* a renderer: ref_policy has render() */
 
   /* limits */
   long budget;

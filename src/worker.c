@@ -45,7 +45,7 @@ struct worker {
   uint64_t time_limit_ms, hook_limit_ms, mem_cap;
   uv_loop_t *loop;
   hookio_t *io;
-  int has_etcd, print_only;
+  int has_etcd, print_only, render;
   log_level_t log_level;
   void (*on_restart)(void *ud);
   void *ud;
@@ -418,7 +418,7 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
     while ((got = wire_frame(&w->in, &f, &n)) == 1) {
       wire_rd_init(rd, f, n);
       int t = wire_type(rd);
-      if (t >= WIRE_READY && t <= WIRE_STEP) {
+      if (t >= WIRE_READY && t <= WIRE_RENDER_OK) {
         uint64_t
             c[POLICY_ERR_REASONS + 2]; /* errors, hooks and lines dropped */
         for (int i = 0; i < POLICY_ERR_REASONS + 2; i++)
@@ -616,6 +616,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   wire_num(o, (uint64_t)w->print_only);
   wire_num(o, (uint64_t)(w->io && !w->print_only));
   wire_num(o, (uint64_t)(w->io && w->has_etcd));
+  wire_num(o, (uint64_t)w->render);
   wire_end(o, off);
   int sent = send_all(w, o->data, o->len, deadline);
   buf_free(o);
@@ -810,6 +811,7 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   w->io = o->loop ? o->io : NULL;
   w->has_etcd = o->has_etcd;
   w->print_only = o->print_only;
+  w->render = o->render;
   w->log_level = o->log_level;
   w->on_restart = o->on_restart;
   w->interrupted = o->interrupted;
@@ -1123,6 +1125,56 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
   if (type != WIRE_FAIL && type != WIRE_RECORDS_OK)
     return bad_reply(w, "records", err, errlen);
   return read_records(w, &rd, type == WIRE_FAIL, inspect, out, err, errlen);
+}
+
+/* ---- renderers ---- */
+
+int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,
+                  const policy_render_ctx_t *ctx, buf_t *out, char *err,
+                  size_t errlen) {
+  buf_reset(out);
+  buf_t *o = &w->out;
+  buf_reset(o);
+  size_t off = wire_begin(o, WIRE_RENDER);
+  wire_cstr(o, ctx->prefix ? ctx->prefix : "");
+  wire_num(o, (uint64_t)ctx->revision);
+  wire_cstr(o, ctx->api ? ctx->api : "");
+  wire_num(o, n);
+  for (size_t i = 0; i < n; i++) {
+    wire_str(o, kv[i].key, kv[i].klen);
+    wire_str(o, kv[i].value, kv[i].vlen);
+  }
+  wire_end(o, off);
+  if (o->len > WIRE_MAX_FRAME) {
+    snprintf(err, errlen,
+             "renderer %s: %zu keys of %zu bytes in all: over the %u byte "
+             "limit of one call (reason: error)",
+             w->name, n, o->len, WIRE_MAX_FRAME);
+    w->reason = POLICY_ERR_ERROR;
+    w->stats->errors[w->reason]++;
+    buf_reset(o);
+    return -1;
+  }
+  wire_rd_t rd;
+  int type;
+  if (call(w, &rd, &type, err, errlen) < 0) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s", err);
+    snprintf(err, errlen, "renderer %s: render() failed: %s (reason: %s)",
+             w->name, msg, policy_reason_name(w->reason));
+    return -1;
+  }
+  if (type == WIRE_FAIL) {
+    failed_reply(w, &rd, err, errlen);
+    if (rd.bad) return bad_reply(w, "render", err, errlen);
+    return -1;
+  }
+  size_t len;
+  const char *text = wire_get_str(&rd, &len);
+  if (type != WIRE_RENDER_OK || rd.bad || !text || len > POLICY_MAX_RENDER)
+    return bad_reply(w, "render", err, errlen);
+  buf_append(out, text, len);
+  return 0;
 }
 
 /* ---- hooks ---- */

@@ -295,6 +295,38 @@ static void do_records(wire_rd_t *r) {
   reply_end(off);
 }
 
+/* render(kv, ctx) on the keys the daemon read. */
+static void do_render(wire_rd_t *r) {
+  policy_render_ctx_t ctx;
+  ctx.prefix = wire_get_str(r, NULL);
+  ctx.revision = (int64_t)wire_get_num(r);
+  ctx.api = wire_get_str(r, NULL);
+  size_t n = (size_t)wire_get_num(r);
+  /* each key and value takes a byte at least */
+  if (r->bad || n > (size_t)(r->end - r->p) / 2) quit(1);
+  policy_kv_t *kv = n ? xcalloc(n, sizeof *kv) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    kv[i].key = wire_get_str(r, &kv[i].klen);
+    kv[i].value = wire_get_str(r, &kv[i].vlen);
+    if (!kv[i].key || !kv[i].value) r->bad = 1;
+  }
+  if (r->bad) quit(1);
+  buf_t text;
+  buf_init(&text);
+  char err[600];
+  int rc = policy_render(P, kv, n, &ctx, &text, err, sizeof err);
+  free(kv);
+  if (rc < 0) {
+    buf_free(&text);
+    reply_fail(err);
+    return;
+  }
+  size_t off = reply_begin(WIRE_RENDER_OK);
+  wire_str(&out, text.data ? text.data : "", text.len);
+  buf_free(&text);
+  reply_end(off);
+}
+
 static void do_event(wire_rd_t *r) {
   policy_event_t ev = {0};
   ev.type = wire_get_str(r, NULL);
@@ -487,6 +519,7 @@ int main(void) {
   if (wire_get_num(&r)) b.print = io_print;
   b.has_http = (int)wire_get_num(&r);
   b.has_etcd = (int)wire_get_num(&r);
+  po.render = (int)wire_get_num(&r);
   if (r.bad || level > LOG_DEBUG || !po.host_ip || !po.hostname) quit(1);
 
   time_limit_ms =
@@ -538,6 +571,9 @@ int main(void) {
     case WIRE_TICK:
       policy_hooks_sweep(P);
       reply_step();
+      break;
+    case WIRE_RENDER:
+      do_render(&r);
       break;
     case WIRE_GC:
       policy_gc(P);

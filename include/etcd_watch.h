@@ -1,0 +1,45 @@
+/* etcd_watch: the changes under a prefix of etcd after a revision: v2's
+ * long poll (?wait=true&recursive=true&waitIndex=), v3's watch stream
+ * through the JSON gateway (/v3/watch).  A layer above etcd.c: it uses the
+ * client's endpoint, TLS and credentials, and leaves failover to the
+ * owner (a failed watch is followed by a listing, which fails over, and a
+ * new watch on the endpoint that answered it).
+ *
+ * Knows nothing of what the keys mean. */
+#ifndef REGISTER_ETCD_WATCH_H
+#define REGISTER_ETCD_WATCH_H
+
+#include <stdint.h>
+
+#include "etcd.h"
+
+typedef struct etcd_watch etcd_watch_t;
+
+typedef enum {
+  ETCD_WATCH_CHANGED,   /* a key under the prefix changed at rev */
+  ETCD_WATCH_COMPACTED, /* etcd no longer has the history from `from`: list
+                           again (v2: "event index cleared") */
+  ETCD_WATCH_FAILED     /* the watch broke or etcd refused it (error) */
+} etcd_watch_kind_t;
+
+/* CHANGED any number of times (rev rising; one call may stand for several
+ * changes at that revision and below), then at most one COMPACTED or
+ * FAILED, after which the watch is over and freed: the pointer is dead
+ * once that callback returns.  error: one line, FAILED only. */
+typedef void (*etcd_watch_cb)(void *data, etcd_watch_kind_t kind, int64_t rev,
+                              const char *error);
+
+/* Every key under prefix + "/" (what etcd_list(prefix) lists), from
+ * revision `from` (v2: index) on: from is a listing's revision + 1.  A
+ * quiet watch is renewed every ETCD_WATCH_RENEW_MS, from the last
+ * revision seen (a member that went silent is left).  Callbacks run from
+ * the loop, never inside this call.  NULL when the request cannot start
+ * (nothing is called back).  The owner cancels its watches before
+ * etcd_free(). */
+#define ETCD_WATCH_RENEW_MS 60000
+etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
+                         etcd_watch_cb cb, void *data);
+/* Stops a watch that is not over; no callback runs afterwards. */
+void etcd_watch_cancel(etcd_watch_t *w);
+
+#endif

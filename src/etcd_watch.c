@@ -1,0 +1,349 @@
+/* etcd_watch: v2's long poll and v3's watch stream, on the client's
+ * current endpoint.  See etcd_watch.h. */
+#include "etcd_watch.h"
+#include "etcd_op.h"
+#include "json.h"
+#include "linesplit.h"
+#include "log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* a v3 stream message (one JSON object per line); longer is a failure */
+#define MAX_MESSAGE (4u << 20)
+/* what a refusal's body may add to its one-line error */
+#define MAX_ERROR_BODY 300
+
+struct etcd_watch {
+  etcd_t *e;
+  char *prefix;
+  int64_t next; /* the first revision (v2: index) not seen yet */
+  etcd_watch_cb cb;
+  void *data;
+  http_req_t *req;
+  size_t ep;           /* the endpoint of the current request */
+  long status;         /* v3: the stream's HTTP status, once its head is in */
+  linesplit_t lines;   /* v3: the stream, cut into messages */
+  buf_t errbody;       /* v3: a refusal's body (the first bytes) */
+  int in_cb, gone;     /* inside a callback; cancelled meanwhile */
+  int over;            /* the final callback ran or is running */
+  char final_err[400]; /* set by a message that ends the watch */
+  etcd_watch_kind_t final_kind;
+};
+
+static int start(etcd_watch_t *w);
+
+static void watch_free(etcd_watch_t *w) {
+  if (w->req) http_cancel(w->req);
+  w->e->watches--;
+  linesplit_free(&w->lines);
+  buf_free(&w->errbody);
+  free(w->prefix);
+  free(w);
+}
+
+/* A change: 1 when the owner cancelled the watch meanwhile (w->gone: the
+ * caller frees it). */
+static int notify(etcd_watch_t *w, int64_t rev) {
+  if (rev >= w->next) w->next = rev + 1;
+  w->in_cb = 1;
+  w->cb(w->data, ETCD_WATCH_CHANGED, rev, NULL);
+  w->in_cb = 0;
+  return w->gone;
+}
+
+/* The same, freeing a watch cancelled meanwhile: 1 then. */
+static int changed(etcd_watch_t *w, int64_t rev) {
+  if (!notify(w, rev)) return 0;
+  watch_free(w);
+  return 1;
+}
+
+/* The end: the last callback, then the watch goes. */
+static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
+  w->over = 1;
+  if (w->req) {
+    http_cancel(w->req);
+    w->req = NULL;
+  }
+  w->cb(w->data, kind, w->next - 1, err);
+  watch_free(w);
+}
+
+static int64_t num(const json_value_t *v) {
+  if (!v) return 0;
+  if (v->type == JSON_NUMBER)
+    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
+  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
+  return 0;
+}
+
+/* ---- v2: one long poll per change ---- */
+
+static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  etcd_watch_t *w = data;
+  etcd_t *e = w->e;
+  w->req = NULL;
+  char err[400];
+  if (r->error == HTTP_ERR_TIMEOUT || (r->status == 200 && !r->body_len)) {
+    if (start(w) == 0) return; /* quiet: renewed */
+    snprintf(err, sizeof err, "%s: cannot start a request",
+             e->endpoints[w->ep]);
+    finish(w, ETCD_WATCH_FAILED, err);
+    return;
+  }
+  if (r->error) {
+    snprintf(err, sizeof err, "%s: %s", e->endpoints[w->ep], r->errmsg);
+    finish(w, ETCD_WATCH_FAILED, err);
+    return;
+  }
+  char jerr[160];
+  json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
+  const json_value_t *root = doc ? json_root(doc) : NULL;
+  int64_t code = root ? num(json_get(root, "errorCode")) : 0;
+  if (r->status == 200 && root && !code) {
+    int64_t rev = num(json_get(json_get(root, "node"), "modifiedIndex"));
+    json_free(doc);
+    if (rev <= 0) {
+      snprintf(err, sizeof err, "%s: a watch answer without modifiedIndex",
+               e->endpoints[w->ep]);
+      finish(w, ETCD_WATCH_FAILED, err);
+      return;
+    }
+    if (changed(w, rev)) return;
+    if (start(w) == 0) return;
+    snprintf(err, sizeof err, "%s: cannot start a request",
+             e->endpoints[w->ep]);
+    finish(w, ETCD_WATCH_FAILED, err);
+    return;
+  }
+  if (code == 401) { /* "The event in requested index is outdated and
+                        cleared" */
+    json_free(doc);
+    finish(w, ETCD_WATCH_COMPACTED, NULL);
+    return;
+  }
+  const char *msg = root ? json_get_str(root, "message") : NULL;
+  snprintf(err, sizeof err, "%s: HTTP %ld%s%s", e->endpoints[w->ep], r->status,
+           msg ? ": " : (doc ? "" : ": "), msg ? msg : (doc ? "" : jerr));
+  json_free(doc);
+  finish(w, ETCD_WATCH_FAILED, err);
+}
+
+/* ---- v3: a stream of messages ---- */
+
+/* The end a message asked for, kept until the stream's bytes are
+ * handled (the watch, and the line splitter in it, live until then). */
+static int v3_end(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
+  w->final_kind = kind;
+  snprintf(w->final_err, sizeof w->final_err, "%s", err ? err : "");
+  return 1;
+}
+
+/* One message of the stream: 0 to go on; 1 when the watch ends
+ * (v3_end) or was cancelled in the callback (w->gone). */
+static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
+  char jerr[160], err[400];
+  json_doc_t *doc = json_parse(p, n, jerr, sizeof jerr);
+  const json_value_t *root = doc ? json_root(doc) : NULL;
+  const json_value_t *res = root ? json_get(root, "result") : NULL;
+  const char *ep = w->e->endpoints[w->ep];
+  if (!res) {
+    const json_value_t *e = root ? json_get(root, "error") : NULL;
+    const char *msg = e ? json_get_str(e, "message") : NULL;
+    snprintf(err, sizeof err, "%s: the watch stream said %s%s", ep,
+             msg ? msg : (doc ? "something else than a result" : "no JSON: "),
+             msg || doc ? "" : jerr);
+    json_free(doc);
+    return v3_end(w, ETCD_WATCH_FAILED, err);
+  }
+  int64_t compact = num(json_get(res, "compact_revision"));
+  const json_value_t *canceled = json_get(res, "canceled");
+  if (compact > 0) {
+    json_free(doc);
+    return v3_end(w, ETCD_WATCH_COMPACTED, NULL);
+  }
+  if (canceled && canceled->type == JSON_BOOL && canceled->u.boolean) {
+    const char *why = json_get_str(res, "cancel_reason");
+    snprintf(err, sizeof err, "%s: etcd cancelled the watch%s%s", ep,
+             why && *why ? ": " : "", why ? why : "");
+    json_free(doc);
+    return v3_end(w, ETCD_WATCH_FAILED, err);
+  }
+  const json_value_t *events = json_get(res, "events");
+  int64_t rev = 0;
+  if (events && events->type == JSON_ARRAY)
+    for (const json_value_t *ev = events->u.child; ev; ev = ev->next) {
+      int64_t r = num(json_get(json_get(ev, "kv"), "mod_revision"));
+      if (r > rev) rev = r;
+    }
+  if (events && events->type == JSON_ARRAY && events->len && !rev)
+    rev = num(json_get(json_get(res, "header"), "revision"));
+  json_free(doc);
+  if (rev > 0 && rev >= w->next) return notify(w, rev);
+  return 0;
+}
+
+typedef struct {
+  etcd_watch_t *w;
+  int ended;
+} v3_feed_t;
+
+static void v3_line(void *ud, const char *p, size_t n) {
+  v3_feed_t *f = ud;
+  if (f->ended) return;
+  f->ended = v3_message(f->w, p, n);
+}
+
+static void v3_too_long(void *ud, size_t n) {
+  v3_feed_t *f = ud;
+  if (f->ended) return;
+  char err[200];
+  snprintf(err, sizeof err, "%s: a watch message of %zu bytes, over %u",
+           f->w->e->endpoints[f->w->ep], n, MAX_MESSAGE);
+  f->ended = v3_end(f->w, ETCD_WATCH_FAILED, err);
+}
+
+static void v3_head(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  etcd_watch_t *w = data;
+  w->status = r->status;
+}
+
+static int v3_data(http_req_t *req, const char *p, size_t n, void *data) {
+  (void)req;
+  etcd_watch_t *w = data;
+  if (w->status != 200) { /* a refusal: keep its start for the error */
+    size_t room =
+        MAX_ERROR_BODY > w->errbody.len ? MAX_ERROR_BODY - w->errbody.len : 0;
+    buf_append(&w->errbody, p, n < room ? n : room);
+    return 0;
+  }
+  static const linesplit_cbs_t cbs = {v3_line, v3_too_long};
+  v3_feed_t f = {w, 0};
+  linesplit_feed(&w->lines, p, n, &cbs, &f);
+  if (!f.ended) return 0;
+  /* the request goes with the watch (cancelled: no callback of it runs) */
+  if (w->gone)
+    watch_free(w);
+  else
+    finish(w, w->final_kind, w->final_err[0] ? w->final_err : NULL);
+  return 0;
+}
+
+static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
+  (void)req;
+  etcd_watch_t *w = data;
+  const char *ep = w->e->endpoints[w->ep];
+  w->req = NULL;
+  char err[600];
+  if (w->status == 200 && r->error == HTTP_ERR_TIMEOUT) {
+    if (start(w) == 0) return; /* quiet: renewed */
+    snprintf(err, sizeof err, "%s: cannot start a request", ep);
+  } else if (r->error) {
+    snprintf(err, sizeof err, "%s: %s", ep, r->errmsg);
+  } else if (w->status != 200) {
+    for (size_t i = 0; i < w->errbody.len; i++)
+      if (w->errbody.data[i] == '\n' || w->errbody.data[i] == '\r')
+        w->errbody.data[i] = ' ';
+    snprintf(err, sizeof err, "%s: HTTP %ld: %.*s", ep, w->status,
+             (int)w->errbody.len, w->errbody.data ? w->errbody.data : "");
+  } else {
+    snprintf(err, sizeof err, "%s: the watch stream ended", ep);
+  }
+  finish(w, ETCD_WATCH_FAILED, err);
+}
+
+/* ---- requests ---- */
+
+static int start(etcd_watch_t *w) {
+  etcd_t *e = w->e;
+  w->ep = e->current;
+  w->status = 0;
+  linesplit_reset(&w->lines);
+  buf_reset(&w->errbody);
+  buf_t path, body;
+  buf_init(&path);
+  buf_init(&body);
+  const char *headers[3] = {NULL, NULL, NULL};
+  char *auth = NULL;
+  http_opts_t o = {0};
+  o.timeout_ms = ETCD_WATCH_RENEW_MS;
+  o.connect_timeout_ms = 2000;
+  o.tls = e->use_tls ? &e->tls : NULL;
+  o.data = w;
+  if (e->api == ETCD_API_V3) {
+    size_t n = strlen(w->prefix);
+    char *lo = xasprintf("%s/", w->prefix), *hi = xasprintf("%s0", w->prefix);
+    buf_printf(&path, "%s/v3/watch", e->endpoints[w->ep]);
+    buf_puts(&body, "{\"create_request\":{\"key\":\"");
+    util_base64_encode(&body, lo, n + 1);
+    buf_puts(&body, "\",\"range_end\":\"");
+    util_base64_encode(&body, hi, n + 1);
+    buf_printf(&body, "\",\"start_revision\":\"%" PRId64 "\"}}", w->next);
+    free(lo);
+    free(hi);
+    o.method = "POST";
+    o.body = body.data;
+    o.body_len = body.len;
+    headers[0] = "Content-Type: application/json";
+    if (e->token) {
+      auth = xasprintf("Authorization: %s", e->token);
+      headers[1] = auth;
+    }
+    o.on_head = v3_head;
+    o.on_data = v3_data;
+    o.on_done = v3_done;
+  } else {
+    buf_printf(&path, "%s/v2/keys", e->endpoints[w->ep]);
+    util_urlencode(&path, w->prefix, strlen(w->prefix), "/:");
+    buf_printf(&path, "?wait=true&recursive=true&waitIndex=%" PRId64, w->next);
+    o.method = "GET";
+    o.userpwd = e->userpwd;
+    o.on_done = v2_done;
+  }
+  o.url = path.data;
+  o.headers = headers;
+  w->req = http_request(e->http, &o);
+  buf_free(&path);
+  buf_free(&body);
+  if (auth) {
+    memset(auth, 0, strlen(auth));
+    free(auth);
+  }
+  return w->req ? 0 : -1;
+}
+
+etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
+                         etcd_watch_cb cb, void *data) {
+  etcd_watch_t *w = xcalloc(1, sizeof *w);
+  w->e = e;
+  w->prefix = xstrdup(prefix);
+  w->next = from > 0 ? from : 1;
+  w->cb = cb;
+  w->data = data;
+  linesplit_init(&w->lines, MAX_MESSAGE);
+  buf_init(&w->errbody);
+  e->watches++;
+  if (start(w) < 0) {
+    watch_free(w);
+    return NULL;
+  }
+  return w;
+}
+
+void etcd_watch_cancel(etcd_watch_t *w) {
+  if (!w || w->over) return;
+  if (w->in_cb) { /* freed when the callback returns */
+    w->gone = 1;
+    if (w->req) {
+      http_cancel(w->req);
+      w->req = NULL;
+    }
+    return;
+  }
+  watch_free(w);
+}

@@ -1,0 +1,787 @@
+/* watch: `register watch`: a file kept rendered from a prefix of etcd.
+ * See watch.h.
+ *
+ * One cycle at a time: list -> render -> write the candidate -> check ->
+ * rename -> reload.  Changes seen meanwhile make the next cycle, after the
+ * debounce.  Ownership: watch_t owns every module it creates; the text
+ * buffers are its own; a listing's keys live only during its callback
+ * (rendering happens there). */
+#include "watch.h"
+#include "command.h"
+#include "etcd.h"
+#include "etcd_watch.h"
+#include "http.h"
+#include "httpd.h"
+#include "log.h"
+#include "notify.h"
+#include "policy.h"
+#include "util.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* etcd failures in a row: the next try after 1 s, doubling to 30 s */
+#define RETRY_MIN_MS 1000u
+#define RETRY_MAX_MS 30000u
+/* the file we compare with is read whole up to this size */
+#define MAX_FILE (POLICY_MAX_RENDER + 1u)
+
+typedef enum { PHASE_IDLE, PHASE_LIST, PHASE_CHECK, PHASE_RELOAD } phase_t;
+
+typedef struct {
+  const config_t *cfg;
+  uv_loop_t loop;
+  http_t *http;
+  etcd_t *etcd;
+  worker_t *worker;
+  worker_stats_t wstats;
+  policy_stats_t pstats;
+  httpd_t *httpd;
+  notify_t *notify;
+  uv_signal_t sigterm, sigint, sighup;
+  uv_timer_t debounce; /* the next cycle, after the quiet period */
+  uv_timer_t retry;    /* the next cycle after an etcd failure */
+  uv_timer_t deadline; /* --once: --timeout */
+  etcd_watch_t *watch;
+  etcd_op_t *listing;
+  command_t *cmd;
+  phase_t phase;
+
+  /* changes */
+  int64_t rev;       /* the revision the file was rendered from */
+  int dirty;         /* a change not yet read */
+  int64_t dirty_rev; /* the newest change seen */
+  uint64_t first_ms; /* uv_now() of the first change not yet read, or 0 */
+  uint64_t last_ms;  /* of the last one */
+  uint64_t cycle_change_ms; /* the first change the running cycle reads */
+  unsigned failures;        /* etcd failures in a row */
+  char etcd_error[400];
+
+  /* the file */
+  buf_t current;   /* the text PATH holds (what we wrote or found) */
+  buf_t candidate; /* the text being put in place */
+  char *tmp;       /* the candidate's temporary file, while checked */
+  size_t nkeys;    /* in the last listing */
+  char render_error[600], check_error[900], reload_error[900];
+
+  /* --once */
+  int once_done;
+  int exit_code;
+  int stopping;
+  int ready;
+
+  /* statistics */
+  unsigned long renders_ok, renders_unchanged, renders_failed;
+  unsigned long checks_ok, checks_failed, reloads_ok, reloads_failed;
+  unsigned long writes_failed, etcd_failures, watch_restarts, compactions;
+  double last_good_unix; /* wall clock of the last good render */
+  double lag_last, lag_sum;
+  unsigned long lag_n;
+} watch_t;
+
+static void cycle(watch_t *w);
+static void cycle_cb(uv_timer_t *t);
+static void maybe_next(watch_t *w);
+
+static double unix_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the end ---- */
+
+static void close_cb(uv_handle_t *h) {
+  (void)h;
+}
+
+static void stop(watch_t *w, int code) {
+  if (w->stopping) return;
+  w->stopping = 1;
+  w->exit_code = code;
+  notify_stopping(w->notify);
+  etcd_watch_cancel(w->watch);
+  w->watch = NULL;
+  if (w->listing) etcd_cancel(w->listing);
+  w->listing = NULL;
+  command_cancel(w->cmd);
+  w->cmd = NULL;
+  if (w->tmp) {
+    unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+  }
+  uv_close((uv_handle_t *)&w->debounce, close_cb);
+  uv_close((uv_handle_t *)&w->retry, close_cb);
+  uv_close((uv_handle_t *)&w->deadline, close_cb);
+  uv_close((uv_handle_t *)&w->sigterm, close_cb);
+  uv_close((uv_handle_t *)&w->sigint, close_cb);
+  uv_close((uv_handle_t *)&w->sighup, close_cb);
+  httpd_free(w->httpd);
+  w->httpd = NULL;
+  notify_free(w->notify);
+  w->notify = NULL;
+  etcd_free(w->etcd);
+  w->etcd = NULL;
+  http_free(w->http);
+  w->http = NULL;
+}
+
+/* ---- the renderer ---- */
+
+static worker_t *load_renderer(watch_t *w, char *err, size_t errlen) {
+  const config_t *cfg = w->cfg;
+  worker_opts_t o = {0};
+  o.file = cfg->render_file;
+  o.host_ip = cfg->host_ip;
+  o.hostname = cfg->hostname;
+  o.time_limit_ms = (uint64_t)cfg->policy_timeout_ms;
+  o.env = cfg->policy_env;
+  o.render = 1;
+  o.stats = &w->pstats;
+  o.wstats = &w->wstats;
+  o.log_level = cfg->log_level;
+  return worker_new(&o, err, errlen);
+}
+
+/* ---- the file ---- */
+
+static char *dir_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) return xstrdup(".");
+  if (slash == path) return xstrdup("/");
+  return xstrndup(path, (size_t)(slash - path));
+}
+
+/* The candidate in a temporary file beside PATH, with PATH's mode and
+ * owner (or 0644 less the umask for a new file), on disk.  0, or -1. */
+static int write_candidate(watch_t *w, char *err, size_t errlen) {
+  const char *out = w->cfg->out_file;
+  char *dir = dir_of(out);
+  const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+  w->tmp = xasprintf("%s/.%s.register-XXXXXX", dir, base);
+  free(dir);
+  int fd = mkstemp(w->tmp);
+  if (fd < 0) {
+    snprintf(err, errlen, "cannot create a file beside %s: %s", out,
+             strerror(errno));
+    free(w->tmp);
+    w->tmp = NULL;
+    return -1;
+  }
+  const char *p = w->candidate.data ? w->candidate.data : "";
+  size_t left = w->candidate.len;
+  int rc = 0;
+  while (left && rc == 0) {
+    ssize_t k = write(fd, p, left);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0)
+      rc = -1;
+    else {
+      p += k;
+      left -= (size_t)k;
+    }
+  }
+  struct stat st;
+  if (rc == 0) {
+    if (stat(out, &st) == 0) {
+      rc = fchmod(fd, st.st_mode & 07777);
+      if (rc == 0 && fchown(fd, st.st_uid, st.st_gid) < 0 &&
+          (st.st_uid != geteuid() || st.st_gid != getegid()))
+        log_warn("watch: cannot give the new %s its owner %ld:%ld: %s", out,
+                 (long)st.st_uid, (long)st.st_gid, strerror(errno));
+    } else {
+      mode_t mask = umask(0);
+      umask(mask);
+      rc = fchmod(fd, 0644 & ~mask);
+    }
+  }
+  if (rc == 0) rc = fsync(fd);
+  int saved = errno;
+  if (close(fd) < 0 && rc == 0) {
+    rc = -1;
+    saved = errno;
+  }
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot write %s: %s", w->tmp, strerror(saved));
+    unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* The candidate becomes PATH (rename, then the directory on disk). */
+static int put_in_place(watch_t *w, char *err, size_t errlen) {
+  const char *out = w->cfg->out_file;
+  if (rename(w->tmp, out) < 0) {
+    snprintf(err, errlen, "cannot rename %s to %s: %s", w->tmp, out,
+             strerror(errno));
+    unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+    return -1;
+  }
+  free(w->tmp);
+  w->tmp = NULL;
+  char *dir = dir_of(out);
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
+  free(dir);
+  buf_reset(&w->current);
+  buf_append(&w->current, w->candidate.data ? w->candidate.data : "",
+             w->candidate.len);
+  return 0;
+}
+
+/* ---- the end of a cycle ---- */
+
+static void once_over(uv_timer_t *t) {
+  watch_t *w = t->data;
+  stop(w, w->exit_code);
+}
+
+static void cycle_done(watch_t *w, int ok) {
+  w->phase = PHASE_IDLE;
+  if (ok) w->last_good_unix = unix_now();
+  if (!w->ready) {
+    w->ready = 1;
+    notify_ready(w->notify, ok ? "rendered" : "rendering failed");
+  }
+  if (w->cfg->once) { /* from the loop: this may be inside etcd's call */
+    w->exit_code = ok ? 0 : 1;
+    uv_timer_start(&w->deadline, once_over, 0, 0);
+    return;
+  }
+  maybe_next(w);
+}
+
+static void log_lag(watch_t *w) {
+  if (!w->cycle_change_ms) return;
+  double lag = (double)(uv_now(&w->loop) - w->cycle_change_ms) / 1000.0;
+  w->lag_last = lag;
+  w->lag_sum += lag;
+  w->lag_n++;
+}
+
+static void on_reload(void *ud, const command_result_t *r) {
+  watch_t *w = ud;
+  w->cmd = NULL;
+  if (r->ok) {
+    w->reloads_ok++;
+    w->reload_error[0] = '\0';
+    log_lag(w);
+    log_info("watch: reloaded (%s, %.0f ms)%s%s", w->cfg->reload_cmd,
+             r->seconds * 1000, *r->output ? ": " : "", r->output);
+  } else {
+    w->reloads_failed++;
+    char how[80];
+    if (r->timed_out)
+      snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
+    else if (r->term_signal)
+      snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
+    else
+      snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+    snprintf(w->reload_error, sizeof w->reload_error,
+             "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
+             *r->output ? ": " : "", r->output);
+    log_error("watch: %s; %s is in place, the reload will be tried again "
+              "with the next change",
+              w->reload_error, w->cfg->out_file);
+  }
+  cycle_done(w, r->ok);
+}
+
+static void installed(watch_t *w) {
+  char err[600];
+  if (put_in_place(w, err, sizeof err) < 0) {
+    w->writes_failed++;
+    snprintf(w->render_error, sizeof w->render_error, "%s", err);
+    log_error("watch: %s; keeping the last good file", err);
+    cycle_done(w, 0);
+    return;
+  }
+  w->renders_ok++;
+  w->render_error[0] = '\0';
+  log_info("watch: wrote %s (%zu keys under %s, %s %" PRId64 ", %zu bytes)",
+           w->cfg->out_file, w->nkeys, w->cfg->watch_prefix,
+           w->cfg->etcd_api == ETCD_API_V3 ? "revision" : "index", w->rev,
+           w->current.len);
+  if (!w->cfg->reload_cmd) {
+    log_lag(w);
+    cycle_done(w, 1);
+    return;
+  }
+  w->phase = PHASE_RELOAD;
+  w->cmd = command_run(&w->loop, w->cfg->reload_cmd, w->cfg->out_file,
+                       w->cfg->command_timeout * 1000, on_reload, w, err,
+                       sizeof err);
+  if (!w->cmd) {
+    w->reloads_failed++;
+    snprintf(w->reload_error, sizeof w->reload_error, "%s", err);
+    log_error("watch: --reload: %s", err);
+    cycle_done(w, 0);
+  }
+}
+
+static void on_check(void *ud, const command_result_t *r) {
+  watch_t *w = ud;
+  w->cmd = NULL;
+  if (r->ok) {
+    w->checks_ok++;
+    w->check_error[0] = '\0';
+    installed(w);
+    return;
+  }
+  w->checks_failed++;
+  char how[80];
+  if (r->timed_out)
+    snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
+  else if (r->term_signal)
+    snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
+  else
+    snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+  snprintf(w->check_error, sizeof w->check_error,
+           "--check \"%s\" refused the new file (%s)%s%s", w->cfg->check_cmd,
+           how, *r->output ? ": " : "", r->output);
+  log_error("watch: %s; keeping the last good %s", w->check_error,
+            w->cfg->out_file);
+  unlink(w->tmp);
+  free(w->tmp);
+  w->tmp = NULL;
+  cycle_done(w, 0);
+}
+
+/* A new text: written beside PATH, checked, then put in place. */
+static void install(watch_t *w) {
+  char err[600];
+  if (write_candidate(w, err, sizeof err) < 0) {
+    w->writes_failed++;
+    snprintf(w->render_error, sizeof w->render_error, "%s", err);
+    log_error("watch: %s; keeping the last good file", err);
+    cycle_done(w, 0);
+    return;
+  }
+  if (!w->cfg->check_cmd) {
+    installed(w);
+    return;
+  }
+  w->phase = PHASE_CHECK;
+  w->cmd =
+      command_run(&w->loop, w->cfg->check_cmd, w->tmp,
+                  w->cfg->command_timeout * 1000, on_check, w, err, sizeof err);
+  if (!w->cmd) {
+    w->checks_failed++;
+    snprintf(w->check_error, sizeof w->check_error, "%s", err);
+    log_error("watch: --check: %s; keeping the last good file", err);
+    unlink(w->tmp);
+    free(w->tmp);
+    w->tmp = NULL;
+    cycle_done(w, 0);
+  }
+}
+
+/* ---- reading etcd ---- */
+
+static int kv_cmp(const void *a, const void *b) {
+  const policy_kv_t *x = a, *y = b;
+  size_t n = x->klen < y->klen ? x->klen : y->klen;
+  int c = memcmp(x->key, y->key, n);
+  return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
+                     const char *error);
+
+static void start_watch(watch_t *w) {
+  etcd_watch_cancel(w->watch);
+  w->watch = etcd_watch(w->etcd, w->cfg->watch_prefix, w->rev + 1, on_watch, w);
+  if (!w->watch) { /* curl refused: try again with the next cycle */
+    log_warn("watch: cannot start watching %s; reading it again in %u s",
+             w->cfg->watch_prefix, RETRY_MIN_MS / 1000);
+    w->dirty = 1;
+    uv_timer_start(&w->retry, cycle_cb, RETRY_MIN_MS, 0);
+  }
+}
+
+static void etcd_failed(watch_t *w, const char *error) {
+  w->failures++;
+  w->etcd_failures++;
+  w->dirty = 1;
+  uint64_t delay = (uint64_t)RETRY_MIN_MS
+                   << (w->failures - 1 > 5 ? 5 : w->failures - 1);
+  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+  if (w->failures == 1 || strcmp(w->etcd_error, error) != 0)
+    log_warn("watch: etcd: %s; the file stays as it is; reading %s again "
+             "in %.1f s",
+             error, w->cfg->watch_prefix, (double)delay / 1000);
+  snprintf(w->etcd_error, sizeof w->etcd_error, "%s", error);
+  w->phase = PHASE_IDLE;
+  uv_timer_start(&w->retry, cycle_cb, delay, 0);
+}
+
+static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
+                    size_t n, const char *const *dirs, size_t ndirs) {
+  (void)dirs;
+  (void)ndirs;
+  watch_t *w = data;
+  w->listing = NULL;
+  if (res->status != ETCD_OK) {
+    etcd_failed(w, res->error ? res->error : "the listing failed");
+    return;
+  }
+  if (w->failures)
+    log_info("watch: etcd answers again (after %u failures)", w->failures);
+  w->failures = 0;
+  w->etcd_error[0] = '\0';
+  w->rev = res->revision;
+  if (w->dirty_rev <= w->rev) w->dirty = 0; /* the listing has them */
+  w->nkeys = n;
+  if (!w->cfg->once) start_watch(w);
+
+  policy_kv_t *kv = n ? xcalloc(n, sizeof *kv) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    kv[i].key = kvs[i].key;
+    kv[i].klen = strlen(kvs[i].key);
+    kv[i].value = kvs[i].value;
+    kv[i].vlen = kvs[i].value_len;
+  }
+  if (n > 1) qsort(kv, n, sizeof *kv, kv_cmp);
+  policy_render_ctx_t ctx = {w->cfg->watch_prefix, w->rev,
+                             w->cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2"};
+  char err[600];
+  int rc =
+      worker_render(w->worker, kv, n, &ctx, &w->candidate, err, sizeof err);
+  free(kv);
+  if (rc < 0) {
+    w->renders_failed++;
+    snprintf(w->render_error, sizeof w->render_error, "%s", err);
+    log_error("watch: %s; keeping the last good %s", err, w->cfg->out_file);
+    cycle_done(w, 0);
+    return;
+  }
+  w->render_error[0] = '\0';
+  if (w->candidate.len == w->current.len &&
+      (w->current.len == 0 ||
+       memcmp(w->candidate.data, w->current.data, w->current.len) == 0)) {
+    w->renders_unchanged++;
+    log_debug("watch: %s unchanged (%zu keys, %s %" PRId64 ")",
+              w->cfg->out_file, n,
+              w->cfg->etcd_api == ETCD_API_V3 ? "revision" : "index", w->rev);
+    /* an unchanged text after a failed reload: reload again */
+    if (w->reload_error[0] && w->cfg->reload_cmd) {
+      w->phase = PHASE_RELOAD;
+      w->cmd = command_run(&w->loop, w->cfg->reload_cmd, w->cfg->out_file,
+                           w->cfg->command_timeout * 1000, on_reload, w, err,
+                           sizeof err);
+      if (w->cmd) return;
+      log_error("watch: --reload: %s", err);
+    }
+    cycle_done(w, !w->reload_error[0]);
+    return;
+  }
+  install(w);
+}
+
+/* A cycle: read the prefix again, then render it. */
+static void cycle(watch_t *w) {
+  if (w->stopping || w->phase != PHASE_IDLE) return;
+  uv_timer_stop(&w->debounce);
+  uv_timer_stop(&w->retry);
+  w->phase = PHASE_LIST;
+  w->cycle_change_ms = w->first_ms;
+  w->first_ms = 0;
+  w->dirty = 0;
+  w->listing = etcd_list(w->etcd, w->cfg->watch_prefix, on_list, w);
+}
+
+static void cycle_cb(uv_timer_t *t) {
+  cycle(t->data);
+}
+
+/* After a cycle, or a change: the next cycle when changes wait. */
+static void maybe_next(watch_t *w) {
+  if (w->stopping || w->phase != PHASE_IDLE || !w->dirty) return;
+  if (uv_is_active((uv_handle_t *)&w->retry)) return; /* etcd backs off */
+  uint64_t now = uv_now(&w->loop);
+  if (!w->first_ms) w->first_ms = w->last_ms = now;
+  uint64_t at = w->last_ms + (uint64_t)w->cfg->wait_min_ms;
+  uint64_t latest = w->first_ms + (uint64_t)w->cfg->wait_max_ms;
+  if (at > latest) at = latest;
+  uv_timer_start(&w->debounce, cycle_cb, at > now ? at - now : 0, 0);
+}
+
+static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
+                     const char *error) {
+  watch_t *w = data;
+  uint64_t now = uv_now(&w->loop);
+  switch (kind) {
+  case ETCD_WATCH_CHANGED:
+    if (rev <= w->rev) return;
+    w->dirty = 1;
+    if (rev > w->dirty_rev) w->dirty_rev = rev;
+    if (!w->first_ms) w->first_ms = now;
+    w->last_ms = now;
+    maybe_next(w);
+    return;
+  case ETCD_WATCH_COMPACTED:
+    w->watch = NULL;
+    w->compactions++;
+    log_info("watch: etcd compacted past revision %" PRId64
+             "; reading %s again",
+             rev + 1, w->cfg->watch_prefix);
+    break;
+  case ETCD_WATCH_FAILED:
+    w->watch = NULL;
+    w->watch_restarts++;
+    log_warn("watch: the watch on %s ended: %s; reading it again",
+             w->cfg->watch_prefix, error ? error : "?");
+    break;
+  }
+  /* read the whole prefix again (its listing fails over), then watch */
+  w->dirty = 1;
+  if (!w->first_ms) w->first_ms = w->last_ms = now;
+  if (w->phase == PHASE_IDLE && !uv_is_active((uv_handle_t *)&w->retry))
+    uv_timer_start(&w->debounce, cycle_cb, 0, 0);
+}
+
+/* etcd went back in time (a restored snapshot): what the file was rendered
+ * from may be gone; read it all again. */
+static void on_rewound(void *ud, const char *why) {
+  watch_t *w = ud;
+  log_warn("watch: etcd went back in time (%s); reading %s again", why,
+           w->cfg->watch_prefix);
+  w->rev = 0;
+  w->dirty = 1;
+  maybe_next(w);
+}
+
+/* ---- /metrics, /healthz ---- */
+
+static void metrics(watch_t *w, buf_t *b) {
+  double age = w->last_good_unix > 0 ? unix_now() - w->last_good_unix : -1;
+  buf_printf(b,
+             "# HELP register_watch_renders_total Renders of the file, by "
+             "result.\n"
+             "# TYPE register_watch_renders_total counter\n"
+             "register_watch_renders_total{result=\"written\"} %lu\n"
+             "register_watch_renders_total{result=\"unchanged\"} %lu\n"
+             "register_watch_renders_total{result=\"failed\"} %lu\n",
+             w->renders_ok, w->renders_unchanged,
+             w->renders_failed + w->writes_failed);
+  buf_printf(b,
+             "# HELP register_watch_checks_total --check runs, by result.\n"
+             "# TYPE register_watch_checks_total counter\n"
+             "register_watch_checks_total{result=\"ok\"} %lu\n"
+             "register_watch_checks_total{result=\"failed\"} %lu\n"
+             "# HELP register_watch_reloads_total --reload runs, by result.\n"
+             "# TYPE register_watch_reloads_total counter\n"
+             "register_watch_reloads_total{result=\"ok\"} %lu\n"
+             "register_watch_reloads_total{result=\"failed\"} %lu\n",
+             w->checks_ok, w->checks_failed, w->reloads_ok, w->reloads_failed);
+  buf_printf(b,
+             "# HELP register_watch_last_good_render_age_seconds Seconds "
+             "since the file last matched etcd (-1: never).\n"
+             "# TYPE register_watch_last_good_render_age_seconds gauge\n"
+             "register_watch_last_good_render_age_seconds %.3f\n",
+             age);
+  buf_printf(b,
+             "# HELP register_watch_lag_seconds From a change seen in etcd to "
+             "the file in place and reloaded: the last one.\n"
+             "# TYPE register_watch_lag_seconds gauge\n"
+             "register_watch_lag_seconds %.6f\n"
+             "# HELP register_watch_lag_seconds_total The same, summed over "
+             "register_watch_lags_total changes.\n"
+             "# TYPE register_watch_lag_seconds_total counter\n"
+             "register_watch_lag_seconds_total %.6f\n"
+             "# TYPE register_watch_lags_total counter\n"
+             "register_watch_lags_total %lu\n",
+             w->lag_last, w->lag_sum, w->lag_n);
+  buf_printf(b,
+             "# HELP register_watch_keys Keys under the prefix at the last "
+             "reading.\n"
+             "# TYPE register_watch_keys gauge\n"
+             "register_watch_keys %zu\n"
+             "# HELP register_watch_revision The etcd revision (v2: index) "
+             "the file was rendered from.\n"
+             "# TYPE register_watch_revision gauge\n"
+             "register_watch_revision %" PRId64 "\n"
+             "# HELP register_watch_etcd_failures_total Failed readings of "
+             "the prefix.\n"
+             "# TYPE register_watch_etcd_failures_total counter\n"
+             "register_watch_etcd_failures_total %lu\n"
+             "# HELP register_watch_watch_restarts_total Watches that broke "
+             "(compactions apart).\n"
+             "# TYPE register_watch_watch_restarts_total counter\n"
+             "register_watch_watch_restarts_total %lu\n"
+             "# TYPE register_watch_compactions_total counter\n"
+             "register_watch_compactions_total %lu\n",
+             w->nkeys, w->rev, w->etcd_failures, w->watch_restarts,
+             w->compactions);
+  buf_printf(b,
+             "# HELP register_policy_workers_started_total Renderer worker "
+             "processes started.\n"
+             "# TYPE register_policy_workers_started_total counter\n"
+             "register_policy_workers_started_total %lu\n",
+             w->wstats.spawned);
+}
+
+static void handle(void *ud, httpd_req_t *req, const char *method,
+                   const char *path) {
+  watch_t *w = ud;
+  buf_t b;
+  buf_init(&b);
+  int status = 200;
+  if (strcmp(method, "GET") != 0) {
+    status = 405;
+    buf_puts(&b, "GET only\n");
+  } else if (strcmp(path, "/metrics") == 0) {
+    metrics(w, &b);
+    httpd_respond(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    buf_free(&b);
+    return;
+  } else if (strcmp(path, "/healthz") == 0) {
+    const char *why = w->etcd_error[0]     ? w->etcd_error
+                      : w->render_error[0] ? w->render_error
+                      : w->check_error[0]  ? w->check_error
+                      : w->reload_error[0] ? w->reload_error
+                      : !w->last_good_unix ? "not rendered yet"
+                                           : NULL;
+    status = why ? 503 : 200;
+    if (why)
+      buf_printf(&b, "unhealthy: %s\n", why);
+    else
+      buf_printf(&b, "ok: %s rendered from %zu keys, %s %" PRId64 "\n",
+                 w->cfg->out_file, w->nkeys,
+                 w->cfg->etcd_api == ETCD_API_V3 ? "revision" : "index",
+                 w->rev);
+  } else {
+    status = 404;
+    buf_puts(&b, "not found: /metrics or /healthz\n");
+  }
+  httpd_respond(req, status, "text/plain", b.data, b.len);
+  buf_free(&b);
+}
+
+/* ---- signals ---- */
+
+static void on_signal(uv_signal_t *s, int signum) {
+  watch_t *w = s->data;
+  if (signum != SIGHUP) {
+    log_info("watch: %s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    stop(w, 0);
+    return;
+  }
+  char err[600];
+  worker_t *nw = load_renderer(w, err, sizeof err);
+  if (!nw) {
+    log_error("watch: SIGHUP: %s; keeping the renderer in use", err);
+    return;
+  }
+  worker_free(w->worker);
+  w->worker = nw;
+  log_info("watch: SIGHUP: renderer %s loaded again", w->cfg->render_file);
+  w->dirty = 1;
+  maybe_next(w);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  watch_t *w = t->data;
+  log_error("watch: --once: %s not rendered within %ld s%s%s", w->cfg->out_file,
+            w->cfg->once_timeout, w->etcd_error[0] ? ": etcd: " : "",
+            w->etcd_error);
+  stop(w, 1);
+}
+
+int watch_run(const config_t *cfg) {
+  watch_t *w = xcalloc(1, sizeof *w);
+  w->cfg = cfg;
+  w->exit_code = 1;
+  buf_init(&w->current);
+  buf_init(&w->candidate);
+  char err[600];
+  int rc = 1;
+  uv_loop_init(&w->loop);
+
+  if (util_read_file(cfg->out_file, MAX_FILE, &w->current) < 0 &&
+      errno != ENOENT) {
+    log_error("watch: cannot read %s: %s", cfg->out_file, strerror(errno));
+    buf_reset(&w->current);
+  }
+  w->worker = load_renderer(w, err, sizeof err);
+  if (!w->worker) {
+    log_error("watch: %s", err);
+    goto out;
+  }
+  w->http = http_new(&w->loop, 4, 4);
+  if (!w->http) {
+    log_error("cannot initialise libcurl");
+    goto out;
+  }
+  http_tls_t tls = {cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
+  etcd_opts_t eo = {0};
+  eo.endpoints = cfg->etcd;
+  eo.n_endpoints = cfg->n_etcd;
+  eo.api = cfg->etcd_api;
+  eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
+  eo.user = cfg->etcd_user;
+  eo.password = cfg->etcd_password;
+  eo.rewound = on_rewound;
+  eo.ud = w;
+  w->etcd = etcd_new(&w->loop, w->http, &eo);
+  w->notify = notify_new(&w->loop);
+  if (cfg->metrics_addr) {
+    w->httpd =
+        httpd_new(&w->loop, cfg->metrics_addr, handle, w, err, sizeof err);
+    if (!w->httpd) {
+      log_error("%s", err);
+      etcd_free(w->etcd);
+      http_free(w->http);
+      notify_free(w->notify);
+      uv_run(&w->loop, UV_RUN_DEFAULT);
+      goto out;
+    }
+  }
+  uv_timer_init(&w->loop, &w->debounce);
+  uv_timer_init(&w->loop, &w->retry);
+  uv_timer_init(&w->loop, &w->deadline);
+  w->debounce.data = w->retry.data = w->deadline.data = w;
+  uv_signal_init(&w->loop, &w->sigterm);
+  uv_signal_init(&w->loop, &w->sigint);
+  uv_signal_init(&w->loop, &w->sighup);
+  w->sigterm.data = w->sigint.data = w->sighup.data = w;
+  uv_signal_start(&w->sigterm, on_signal, SIGTERM);
+  uv_signal_start(&w->sigint, on_signal, SIGINT);
+  uv_signal_start(&w->sighup, on_signal, SIGHUP);
+  if (cfg->once)
+    uv_timer_start(&w->deadline, on_deadline,
+                   (uint64_t)cfg->once_timeout * 1000, 0);
+  log_info("register %s watch: %s from etcd %s (%s) into %s, renderer %s%s%s",
+           REGISTER_VERSION, cfg->watch_prefix, cfg->etcd[0],
+           cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2", cfg->out_file,
+           cfg->render_file, cfg->metrics_addr ? ", metrics on " : "",
+           cfg->metrics_addr ? cfg->metrics_addr : "");
+  uv_timer_start(&w->debounce, cycle_cb, 0, 0);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  rc = w->exit_code;
+out:
+  if (uv_loop_close(&w->loop) != 0) log_warn("libuv loop still has handles");
+  worker_free(w->worker);
+  buf_free(&w->current);
+  buf_free(&w->candidate);
+  free(w);
+  return rc;
+}
