@@ -567,6 +567,23 @@ def docs_examples_render_and_pass_the_checks():
     assert ran == len(blocks), (ran, blocks)
 
 
+@suite.test
+def module_files_work_as_render_files():
+    """share/register/render/*.lua, given to --render as they are, render
+    as the modules do."""
+    kv, _ = several()
+    for f, module in (("haproxy.lua", HAPROXY), ("nginx.lua", NGINX)):
+        text, _ = render(open(os.path.join(ROOT, "lua", "render", f)).read(), kv)
+        assert text == render(module, kv)[0], f
+    rkv = registrator_kv()
+    text, _ = render(open(os.path.join(ROOT, "lua", "render", "registrator-haproxy.lua")).read(), rkv,
+                     prefix="/services")
+    assert text == render(REGISTRATOR, rkv, prefix="/services")[0]
+    # services.lua is no renderer: said, and no file
+    _, err = render(open(os.path.join(ROOT, "lua", "render", "services.lua")).read(), kv, expect_ok=False)
+    assert "render" in err, err
+
+
 # ---- haproxy, registrator's layout ----
 
 def registrator_kv():
