@@ -7,7 +7,7 @@
 --   register watch /services --render registrator-haproxy.lua --out haproxy.cfg ...
 --
 -- One backend per service name, a server per key, named after the service
--- id (sanitized); ids ending in ":udp" are left out, as are values that
+-- id (sanitized); UDP ids (with ":udp") are left out, as are values that
 -- are not "ip:port" with an IP literal (a warning each).  A wildcard
 -- address (0.0.0.0, ::) becomes opts.wildcard_ip, else ctx.host.ip.
 --

@@ -24,7 +24,9 @@
 --     key   .../<service name>/<service id>
 --     value "<ip>:<port>", an IPv6 address in brackets ("[fd00::5]:80")
 --     one service per name; a server per key, id = the service id.  Ids
---     ending in ":udp" (registrator's UDP services) are left out.
+--     with ":udp" (registrator's UDP services: "host:name:53:udp", and
+--     "host:name:53:udp:127.0.0.1" from lua/examples/registrator.lua when a
+--     port has several bindings) are left out.
 --
 -- A wildcard address (0.0.0.0, :: or "") becomes opts.wildcard_ip when it
 -- is set; else, in the "registered" layout, the host address in the key
@@ -232,7 +234,9 @@ local function registrator(key, value, resolve)
   local seg = segments(key)
   if #seg < 2 then return nil, "the key is not .../<service name>/<service id>" end
   local name, id = seg[#seg - 1], seg[#seg]
-  if id:sub(-4) == ":udp" then return {} end
+  -- registrator's UDP ids end in ":udp"; register's registrator.lua adds
+  -- the address after it when a port has several bindings
+  if (id .. ":"):find(":udp:", 1, true) then return {} end
   if type(value) ~= "string" then return nil, "the value is not a string" end
   local ip, port = value:match("^%[([^%]]*)%]:(%d+)$")
   if ip and not M.is_ipv6(ip) then ip = nil end
