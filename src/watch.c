@@ -64,6 +64,7 @@ typedef struct {
   uint64_t last_ms;  /* of the last one */
   uint64_t cycle_change_ms; /* the first change the running cycle reads */
   unsigned failures;        /* etcd failures in a row */
+  unsigned compacted; /* watches in a row that ended compacted, no change */
   char etcd_error[400];
 
   /* the file */
@@ -530,6 +531,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   uint64_t now = uv_now(&w->loop);
   switch (kind) {
   case ETCD_WATCH_CHANGED:
+    w->compacted = 0;
     if (rev <= w->rev) return;
     w->dirty = 1;
     if (rev > w->dirty_rev) w->dirty_rev = rev;
@@ -540,6 +542,17 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   case ETCD_WATCH_COMPACTED:
     w->watch = NULL;
     w->compactions++;
+    if (++w->compacted > 1) { /* again, straight after a fresh read */
+      char why[200];
+      snprintf(why, sizeof why,
+               "a watch from revision %" PRId64 " was compacted %u times in "
+               "a row",
+               rev + 1, w->compacted);
+      w->dirty = 1; /* a cycle running now reads again when it ends */
+      if (w->phase == PHASE_IDLE && !uv_is_active((uv_handle_t *)&w->retry))
+        etcd_failed(w, why);
+      return;
+    }
     log_info("watch: etcd compacted past revision %" PRId64
              "; reading %s again",
              rev + 1, w->cfg->watch_prefix);

@@ -307,6 +307,87 @@ def a_watch_left_behind_by_the_history_reads_again():
     assert w.stop() == 0
 
 
+class CompactingGateway:
+    """A v3 gateway that a real etcd cannot be made to be on cue: its
+    listing is at revision 10, and every watch it is asked for answers
+    that revision 20 has been compacted (as etcd does when a watch starts
+    below the compaction).  Where a real etcd cannot go, a fake."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        gw = self
+        self.ranges = 0
+        self.watches = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/v3/kv/range":
+                    gw.ranges += 1
+                    kv = {"key": b64("/fake/a"), "value": b64(f"read {gw.ranges}"), "mod_revision": "10"}
+                    out = json.dumps({"header": {"cluster_id": "1", "member_id": "2", "revision": "10",
+                                                 "raft_term": "2"}, "kvs": [kv], "count": "1"}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                if self.path == "/v3/watch":
+                    gw.watches.append(body["create_request"]["start_revision"])
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    hdr = {"cluster_id": "1", "member_id": "2", "revision": "30", "raft_term": "2"}
+                    try:
+                        for msg in ({"result": {"header": hdr, "created": True}},
+                                    {"result": {"header": hdr, "compact_revision": "20", "canceled": True}}):
+                            line = (json.dumps(msg) + "\n").encode()
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                            self.wfile.flush()
+                        time.sleep(0.5)
+                        self.wfile.write(b"0\r\n\r\n")
+                    except OSError:
+                        pass  # the watcher went (it reads the prefix again)
+                    return
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@suite.test
+def a_v3_watch_below_the_compaction_reads_again():
+    gw = CompactingGateway()
+    suite.defer(gw.close)
+    w = Watch("/fake", "v3", render=LINES)
+    w.cmd[w.cmd.index("--etcd") + 1] = gw.url
+    w.start()
+    wait_for(lambda: gw.ranges >= 3, what="the prefix read again after each compaction")
+    assert gw.watches[0] == "11", gw.watches  # from the listing's revision + 1
+    assert "compacted past" in w.output(), w.output()
+    # compaction again and again (this gateway never stops): read again
+    # with a backoff, not in a tight loop
+    time.sleep(3)
+    assert gw.ranges <= 6, gw.ranges
+    wait_for(lambda: (w.text() or "").startswith("# v3 /fake 1\n/fake/a=read "), what="rendered")
+    assert w.stop() == 0
+
+
 @suite.test
 def bad_flags_say_what():
     for args, said in [
