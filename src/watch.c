@@ -449,7 +449,10 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   w->failures = 0;
   w->etcd_error[0] = '\0';
   w->rev = res->revision;
-  if (w->dirty_rev <= w->rev) w->dirty = 0; /* the listing has them */
+  if (w->dirty_rev <= w->rev) { /* the listing has every change seen */
+    w->dirty = 0;
+    w->first_ms = 0;
+  }
   w->nkeys = n;
   if (!w->cfg->once) start_watch(w);
 
