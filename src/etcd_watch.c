@@ -72,14 +72,6 @@ static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
   watch_free(w);
 }
 
-static int64_t num(const json_value_t *v) {
-  if (!v) return 0;
-  if (v->type == JSON_NUMBER)
-    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
-  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
-  return 0;
-}
-
 /* ---- v2: one long poll per change ---- */
 
 static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
@@ -103,9 +95,9 @@ static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;
-  int64_t code = root ? num(json_get(root, "errorCode")) : 0;
+  int64_t code = root ? json_int(json_get(root, "errorCode")) : 0;
   if (r->status == 200 && root && !code) {
-    int64_t rev = num(json_get(json_get(root, "node"), "modifiedIndex"));
+    int64_t rev = json_int(json_get(json_get(root, "node"), "modifiedIndex"));
     json_free(doc);
     if (rev <= 0) {
       snprintf(err, sizeof err, "%s: a watch answer without modifiedIndex",
@@ -160,7 +152,7 @@ static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
     json_free(doc);
     return v3_end(w, ETCD_WATCH_FAILED, err);
   }
-  int64_t compact = num(json_get(res, "compact_revision"));
+  int64_t compact = json_int(json_get(res, "compact_revision"));
   const json_value_t *canceled = json_get(res, "canceled");
   if (compact > 0) {
     json_free(doc);
@@ -177,11 +169,11 @@ static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
   int64_t rev = 0;
   if (events && events->type == JSON_ARRAY)
     for (const json_value_t *ev = events->u.child; ev; ev = ev->next) {
-      int64_t r = num(json_get(json_get(ev, "kv"), "mod_revision"));
+      int64_t r = json_int(json_get(json_get(ev, "kv"), "mod_revision"));
       if (r > rev) rev = r;
     }
   if (events && events->type == JSON_ARRAY && events->len && !rev)
-    rev = num(json_get(json_get(res, "header"), "revision"));
+    rev = json_int(json_get(json_get(res, "header"), "revision"));
   json_free(doc);
   if (rev > 0 && rev >= w->next) return notify(w, rev);
   return 0;

@@ -278,6 +278,17 @@ static void log_lag(watch_t *w) {
   w->lag_n++;
 }
 
+/* How a command that failed ended, in a few words. */
+static void how_it_ended(const watch_t *w, const command_result_t *r, char *out,
+                         size_t n) {
+  if (r->timed_out)
+    snprintf(out, n, "killed after %ld s", w->cfg->command_timeout);
+  else if (r->term_signal)
+    snprintf(out, n, "killed by signal %d", r->term_signal);
+  else
+    snprintf(out, n, "exit status %ld", r->exit_status);
+}
+
 static void on_reload(void *ud, const command_result_t *r) {
   watch_t *w = ud;
   w->cmd = NULL;
@@ -290,12 +301,7 @@ static void on_reload(void *ud, const command_result_t *r) {
   } else {
     w->reloads_failed++;
     char how[80];
-    if (r->timed_out)
-      snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
-    else if (r->term_signal)
-      snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
-    else
-      snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+    how_it_ended(w, r, how, sizeof how);
     snprintf(w->reload_error, sizeof w->reload_error,
              "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
              *r->output ? ": " : "", r->output);
@@ -349,12 +355,7 @@ static void on_check(void *ud, const command_result_t *r) {
   }
   w->checks_failed++;
   char how[80];
-  if (r->timed_out)
-    snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
-  else if (r->term_signal)
-    snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
-  else
-    snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+  how_it_ended(w, r, how, sizeof how);
   snprintf(w->check_error, sizeof w->check_error,
            "--check \"%s\" refused the new file (%s)%s%s", w->cfg->check_cmd,
            how, *r->output ? ": " : "", r->output);
