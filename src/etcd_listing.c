@@ -48,7 +48,10 @@ void members_read(etcd_op_t *op, const json_value_t *root) {
   const json_value_t *ms = json_get(root, "members");
   if (!ms || ms->type != JSON_ARRAY) return;
   for (const json_value_t *m = ms->u.child; m; m = m->next) {
-    /* a member added but not started yet has no client URLs */
+    /* a learner refuses most requests; a member added but not started
+     * yet has no client URLs */
+    const json_value_t *learner = json_get(m, "isLearner");
+    if (learner && learner->type == JSON_BOOL && learner->u.boolean) continue;
     const json_value_t *urls = json_get(m, "clientURLs");
     if (!urls || urls->type != JSON_ARRAY) continue;
     for (const json_value_t *u = urls->u.child; u; u = u->next) {
