@@ -445,6 +445,19 @@ static int set_etcd_api(config_t *cfg, const char *src, const char *v,
   return 0;
 }
 
+static int set_etcd_discovery(config_t *cfg, const char *src, const char *v,
+                              char *err, size_t errlen) {
+  if (strcmp(v, "on") == 0)
+    cfg->etcd_discovery = 1;
+  else if (strcmp(v, "off") == 0)
+    cfg->etcd_discovery = 0;
+  else {
+    snprintf(err, errlen, "%s \"%s\" is not on or off", src, v);
+    return -1;
+  }
+  return 0;
+}
+
 static int set_log_level(config_t *cfg, const char *src, const char *v,
                          char *err, size_t errlen) {
   if (log_level_parse(v, &cfg->log_level) == 0) return 0;
@@ -589,6 +602,10 @@ static const opt_t opts[] = {
      CALL(set_etcd)},
     {"--etcd-api", "REGISTER_ETCD_API", "v2|v3", "etcd API to write with", "v2",
      CALL(set_etcd_api), .how = OPT_LATE, .whelp = "etcd API to read with"},
+    {"--etcd-discovery", "REGISTER_ETCD_DISCOVERY", "on|off",
+     "also use the client URLs of the members etcd lists (the --etcd "
+     "endpoints are always kept); off: --etcd only",
+     "on", CALL(set_etcd_discovery)},
     {"--etcd-cacert", "ETCDCTL_CACERT", "FILE", "CA bundle for https endpoints",
      NULL, STRING(etcd_cacert)},
     {"--etcd-cert", "ETCDCTL_CERT", "FILE", "client certificate", NULL,

@@ -113,6 +113,9 @@ void etcd_v3_build(etcd_op_t *op) {
     op->path = xstrdup("/v3/lease/timetolive");
     buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
     break;
+  case OP_MEMBERS: /* {} */
+    op->path = xstrdup("/v3/cluster/member/list");
+    break;
   case OP_HEALTH: /* handled above */
   case OP_KINDS:
     break;
@@ -211,7 +214,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   res->status = ETCD_OK;
 
   if (r->status == 200 && root && !json_get(root, "error")) {
-    if (op->kind != OP_HEALTH) read_header(root, hdr);
+    /* a member list is the member's own view: no place in the history */
+    if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_header(root, hdr);
     switch (op->kind) {
     case OP_LIST:
     case OP_GET:
@@ -239,6 +243,9 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     case OP_LEASE_TTL:
       op->lease_ttl = (long)json_int(json_get(root, "TTL"));
       op->granted_ttl = (long)json_int(json_get(root, "grantedTTL"));
+      break;
+    case OP_MEMBERS:
+      members_read(op, root);
       break;
     case OP_HEALTH:
       if (strcmp(json_get_str(root, "health") ? json_get_str(root, "health")

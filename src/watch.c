@@ -781,6 +781,7 @@ int watch_run(const config_t *cfg) {
   eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
   eo.user = cfg->etcd_user;
   eo.password = cfg->etcd_password;
+  eo.discover = cfg->etcd_discovery;
   eo.rewound = on_rewound;
   eo.ud = w;
   w->etcd = etcd_new(&w->loop, w->http, &eo);
