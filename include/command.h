@@ -1,8 +1,8 @@
 /* command: an operator's command line run from the loop (`register watch`'s
  * --check and --reload): split into words like a shell would split a
  * simple command (spaces, '...' and "..." quotes, backslash), never
- * through a shell unless the command line names one; "%s" in a word
- * becomes the given path ("%%" a '%').  It runs in a session of its own
+ * through a shell unless the command line names one; "%s" anywhere, in
+ * quotes too, becomes the given path ("%%" a '%').  It runs in a session of its own
  * with a time limit, after which its whole process group is killed; the
  * start of its output (stdout and stderr) is kept for the log.
  *

@@ -26,6 +26,7 @@ typedef struct {
   char *etcd_password; /* from USER:PASSWORD, ETCDCTL_PASSWORD or the file;
                           never logged */
   char *etcd_password_file;
+  int etcd_discovery; /* learn the cluster's members from etcd (default 1) */
 
   char *docker_url;    /* as given */
   char *docker_socket; /* unix socket path, or NULL for TCP */

@@ -56,6 +56,13 @@ typedef struct {
   const char *password;
   long timeout_ms; /* per attempt; 0 = 5000 */
   long ttl;        /* v3: keys hang on one lease of this TTL; 0: none */
+  /* Learn the cluster's members from etcd (v2 /v2/members, v3
+   * /v3/cluster/member/list) and use their client URLs beside the
+   * endpoints above, which are always kept; members that leave are
+   * dropped.  Asked after the first answer, every 30 s, and soon after an
+   * endpoint failed (from any that answers).  0: the endpoints above only
+   * (etcd behind a proxy whose member list names unreachable addresses). */
+  int discover;
   /* v3: the lease vanished (expired, revoked, etcd lost it): every key
    * has to be written again; a new lease comes with the next put */
   void (*lease_lost)(void *ud);
@@ -168,6 +175,8 @@ int64_t etcd_since_answer_ms(const etcd_t *e);
 const char *etcd_last_error(const etcd_t *e);
 /* How many times etcd was seen going back in time (rewound above). */
 uint64_t etcd_rewinds(const etcd_t *e);
+/* The endpoints known now: the configured ones and those discovered. */
+size_t etcd_endpoints(const etcd_t *e);
 
 /* v2 has directories to clean up after the last key in them goes. */
 int etcd_has_dirs(const etcd_t *e);

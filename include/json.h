@@ -64,6 +64,9 @@ const json_value_t *json_get(const json_value_t *obj, const char *key);
 const json_value_t *json_path(const json_value_t *v, const char *const *path);
 const char *json_get_str(const json_value_t *obj, const char *key);
 int json_is(const json_value_t *v, json_type_t t);
+/* A number, or a string of digits (etcd's gateway quotes its 64-bit
+ * integers), as an int64_t; 0 for anything else or NULL. */
+int64_t json_int(const json_value_t *v);
 
 /* Appends `s` as a quoted JSON string: `"` `\` and control characters are
  * escaped (\b \f \n \r \t, else \u00xx); `/` and non-ASCII pass as is. */

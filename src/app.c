@@ -793,6 +793,7 @@ int app_run(const config_t *cfg) {
     eo.user = cfg->etcd_user;
     eo.password = cfg->etcd_password;
     eo.ttl = cfg->ttl;
+    eo.discover = cfg->etcd_discovery;
     eo.lease_lost = on_lease_lost;
     eo.rewound = on_rewound;
     eo.ud = a;

@@ -50,7 +50,13 @@ char **command_words(const char *cmdline, const char *path, char *err,
     buf_init(&w);
     char quote = 0;
     for (; *p && (quote || (*p != ' ' && *p != '\t' && *p != '\n')); p++) {
-      if (quote == '\'' && *p != '\'') {
+      if (*p == '%' && p[1] == 's') { /* in quotes too: sh -c '... %s' */
+        buf_puts(&w, path ? path : "");
+        p++;
+      } else if (*p == '%' && p[1] == '%') {
+        buf_putc(&w, '%');
+        p++;
+      } else if (quote == '\'' && *p != '\'') {
         buf_putc(&w, *p);
       } else if (*p == quote) {
         quote = 0;
@@ -58,12 +64,6 @@ char **command_words(const char *cmdline, const char *path, char *err,
         quote = *p;
       } else if (*p == '\\' && p[1] && quote != '\'') {
         buf_putc(&w, *++p);
-      } else if (*p == '%' && p[1] == 's') {
-        buf_puts(&w, path ? path : "");
-        p++;
-      } else if (*p == '%' && p[1] == '%') {
-        buf_putc(&w, '%');
-        p++;
       } else {
         buf_putc(&w, *p);
       }

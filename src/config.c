@@ -38,13 +38,15 @@ typedef struct {
   const char *help;
   const char *dflt; /* taken first, as a value is; --help: "default DFLT" */
   opt_kind_t kind;
-  size_t off;        /* KIND_STRING, _FLAG, _SECONDS, _MS: the field */
-  opt_set_t set;     /* KIND_CALL */
-  long min, max;     /* KIND_SECONDS, _MS; max 0: a year, "MIN and up" */
-  unsigned how;      /* OPT_ZERO, OPT_LATE */
-  const char *shown; /* what --help says instead of "default DFLT" */
-  char short_name;   /* -h, or 0 */
-  int only;          /* CONFIG_DAEMON or CONFIG_WATCH; 0: both */
+  size_t off;         /* KIND_STRING, _FLAG, _SECONDS, _MS: the field */
+  opt_set_t set;      /* KIND_CALL */
+  long min, max;      /* KIND_SECONDS, _MS; max 0: a year, "MIN and up" */
+  unsigned how;       /* OPT_ZERO, OPT_LATE */
+  const char *shown;  /* what --help says instead of "default DFLT" */
+  char short_name;    /* -h, or 0 */
+  int only;           /* CONFIG_DAEMON or CONFIG_WATCH; 0: both */
+  const char *whelp;  /* register watch --help's help, when it differs */
+  const char *wshown; /* and its shown */
 } opt_t;
 
 enum {
@@ -443,6 +445,19 @@ static int set_etcd_api(config_t *cfg, const char *src, const char *v,
   return 0;
 }
 
+static int set_etcd_discovery(config_t *cfg, const char *src, const char *v,
+                              char *err, size_t errlen) {
+  if (strcmp(v, "on") == 0)
+    cfg->etcd_discovery = 1;
+  else if (strcmp(v, "off") == 0)
+    cfg->etcd_discovery = 0;
+  else {
+    snprintf(err, errlen, "%s \"%s\" is not on or off", src, v);
+    return -1;
+  }
+  return 0;
+}
+
 static int set_log_level(config_t *cfg, const char *src, const char *v,
                          char *err, size_t errlen) {
   if (log_level_parse(v, &cfg->log_level) == 0) return 0;
@@ -579,12 +594,18 @@ static int set_wait(config_t *cfg, const char *src, const char *v, char *err,
  * the flags: its first bad variable is the error. */
 static const opt_t opts[] = {
     {"--host-ip", "HOST_IP", "IP", "this host's address, used in keys", NULL,
-     CALL(set_host_ip), .how = OPT_LATE, .shown = "required"},
+     CALL(set_host_ip), .how = OPT_LATE, .shown = "required",
+     .whelp = "this host's address: the renderer's ctx.host.ip",
+     .wshown = "optional"},
     {"--etcd", "ETCD_ENDPOINT", "LIST",
      "comma-separated etcd endpoints, scheme optional", "http://127.0.0.1:2379",
      CALL(set_etcd)},
     {"--etcd-api", "REGISTER_ETCD_API", "v2|v3", "etcd API to write with", "v2",
-     CALL(set_etcd_api), .how = OPT_LATE},
+     CALL(set_etcd_api), .how = OPT_LATE, .whelp = "etcd API to read with"},
+    {"--etcd-discovery", "REGISTER_ETCD_DISCOVERY", "on|off",
+     "also use the client URLs of the members etcd lists (the --etcd "
+     "endpoints are always kept); off: --etcd only",
+     "on", CALL(set_etcd_discovery)},
     {"--etcd-cacert", "ETCDCTL_CACERT", "FILE", "CA bundle for https endpoints",
      NULL, STRING(etcd_cacert)},
     {"--etcd-cert", "ETCDCTL_CERT", "FILE", "client certificate", NULL,
@@ -624,15 +645,19 @@ static const opt_t opts[] = {
      "serve /metrics and /healthz on ADDR (host:port)", NULL,
      STRING(metrics_addr)},
     {"--hostname", NULL, "NAME", "host name given to the policy", NULL,
-     CALL(set_hostname), .shown = "default: gethostname"},
+     CALL(set_hostname), .shown = "default: gethostname",
+     .whelp = "host name: the renderer's ctx.host.hostname"},
     {"--policy-timeout", NULL, "MS", "wall-clock limit of one policy call",
-     "1000", MS(policy_timeout_ms, 10, 600000)},
+     "1000", MS(policy_timeout_ms, 10, 600000),
+     .whelp = "wall-clock limit of one render"},
     {"--hook-timeout", NULL, "SECONDS",
      "limit of one hook call, I/O waits included", "60",
      SECONDS(hook_timeout, 1, 3600), .only = CONFIG_DAEMON},
     {"--policy-env", "REGISTER_POLICY_ENV", "NAMES",
      "the environment variables the policy worker gets, comma-separated", NULL,
-     CALL(set_policy_env), .shown = "default: none"},
+     CALL(set_policy_env), .shown = "default: none",
+     .whelp = "the environment variables the renderer's worker gets, "
+              "comma-separated"},
     {"--check-allow", "REGISTER_CHECK_ALLOW", "CIDRS",
      "networks beyond this host that health checks may reach, "
      "comma-separated CIDRs or IPs",
@@ -645,19 +670,23 @@ static const opt_t opts[] = {
      FLAG(trace_latency), .only = CONFIG_DAEMON},
     {"--once", NULL, NULL,
      "sync once; exit 0 when etcd matches, 1 when it does not within --timeout",
-     NULL, FLAG(once)},
+     NULL, FLAG(once),
+     .whelp = "render once; exit 0 when the file is in place, 1 when it is not "
+              "within --timeout"},
     {"--timeout", NULL, "SECONDS", "how long --once waits for etcd to match",
-     "30", SECONDS(once_timeout, 1, 0)},
-    {"--render", NULL, "FILE", "the Lua renderer: render(kv, ctx)", NULL,
-     STRING(render_file), .only = CONFIG_WATCH, .shown = "required"},
-    {"--out", NULL, "PATH", "the file rendered", NULL, STRING(out_file),
+     "30", SECONDS(once_timeout, 1, 0), .whelp = "how long --once waits"},
+    {"--render", "REGISTER_WATCH_RENDER", "FILE",
+     "the Lua renderer: render(kv, ctx)", NULL, STRING(render_file),
      .only = CONFIG_WATCH, .shown = "required"},
-    {"--check", NULL, "CMD",
+    {"--out", "REGISTER_WATCH_OUT", "PATH", "the file rendered", NULL,
+     STRING(out_file), .only = CONFIG_WATCH, .shown = "required"},
+    {"--check", "REGISTER_WATCH_CHECK", "CMD",
      "run CMD on a new file first (%s: its path); it must exit 0", NULL,
      STRING(check_cmd), .only = CONFIG_WATCH},
-    {"--reload", NULL, "CMD", "run CMD after a new file is in place", NULL,
-     STRING(reload_cmd), .only = CONFIG_WATCH},
-    {"--wait", NULL, "MIN[:MAX]",
+    {"--reload", "REGISTER_WATCH_RELOAD", "CMD",
+     "run CMD after a new file is in place", NULL, STRING(reload_cmd),
+     .only = CONFIG_WATCH},
+    {"--wait", "REGISTER_WATCH_WAIT", "MIN[:MAX]",
      "after a change, wait until MIN passes quietly, MAX at most", "50ms:250ms",
      CALL(set_wait), .only = CONFIG_WATCH},
     {"--command-timeout", NULL, "SECONDS",
@@ -778,6 +807,8 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
   }
   if (cfg->cmd == CONFIG_WATCH && optind < argc) /* PREFIX */
     config_set_str(&cfg->watch_prefix, argv[optind++]);
+  else if (cfg->cmd == CONFIG_WATCH && env("REGISTER_WATCH_PREFIX"))
+    config_set_str(&cfg->watch_prefix, env("REGISTER_WATCH_PREFIX"));
   if (optind < argc) {
     snprintf(err, errlen, "unexpected argument \"%s\" (see --help)",
              argv[optind]);
@@ -788,7 +819,7 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
 
 /* "  --flag ARG  help (ENV; default X)", wrapped at 80 columns under the
  * help's first column; the note in parentheses is kept whole if it fits. */
-static void usage_row(const opt_t *o) {
+static void usage_row(const opt_t *o, int cmd) {
   enum { INDENT = 26, WIDTH = 80, NBSP = '\x1f' };
   char left[64], dflt[128] = "", note[192] = "", text[512];
   if (!o->flag)
@@ -798,8 +829,9 @@ static void usage_row(const opt_t *o) {
   else
     snprintf(left, sizeof left, "%s", o->flag);
   const char *env = o->flag ? o->env : NULL; /* else it is on the left */
-  if (o->shown)
-    snprintf(dflt, sizeof dflt, "%s", o->shown);
+  const char *shown = cmd == CONFIG_WATCH && o->wshown ? o->wshown : o->shown;
+  if (shown)
+    snprintf(dflt, sizeof dflt, "%s", shown);
   else if (o->dflt)
     snprintf(dflt, sizeof dflt, "default %s", o->dflt);
   if (env || dflt[0])
@@ -809,7 +841,8 @@ static void usage_row(const opt_t *o) {
   if (note[0] && strlen(note) - 1 <= WIDTH - INDENT)
     for (char *p = strchr(note + 1, ' '); p; p = strchr(p, ' '))
       *p = NBSP;
-  snprintf(text, sizeof text, "%s%s", o->help, note);
+  snprintf(text, sizeof text, "%s%s",
+           cmd == CONFIG_WATCH && o->whelp ? o->whelp : o->help, note);
 
   int col = printf("  %s%s%s", left, o->arg ? " " : "", o->arg ? o->arg : "");
   for (const char *p = text; *p; p += strspn(p, " ")) {
@@ -827,6 +860,7 @@ static void usage_row(const opt_t *o) {
 
 static void config_usage_watch(void) {
   printf("Usage: register watch PREFIX --render FILE.lua --out PATH [OPTIONS]\n"
+         "       (PREFIX: or REGISTER_WATCH_PREFIX)\n"
          "\n"
          "Follows PREFIX in etcd and keeps PATH rendered from it by the Lua\n"
          "renderer (render(kv, ctx) returns the file's text, in a policy "
@@ -836,7 +870,7 @@ static void config_usage_watch(void) {
          "(--reload).  Commands run without a shell unless they ask for one.\n"
          "\n");
   for (size_t i = 0; i < N_OPTS; i++)
-    if (in_mode(&opts[i], CONFIG_WATCH)) usage_row(&opts[i]);
+    if (in_mode(&opts[i], CONFIG_WATCH)) usage_row(&opts[i], CONFIG_WATCH);
 }
 
 void config_usage(const char *prog) {
@@ -849,7 +883,7 @@ void config_usage(const char *prog) {
          "\n",
          prog, prog, prog);
   for (size_t i = 0; i < N_OPTS; i++)
-    if (in_mode(&opts[i], CONFIG_DAEMON)) usage_row(&opts[i]);
+    if (in_mode(&opts[i], CONFIG_DAEMON)) usage_row(&opts[i], CONFIG_DAEMON);
   fputs("\n"
         "register watch PREFIX: a file kept rendered from etcd (register "
         "watch --help)\n"

@@ -38,6 +38,10 @@
 
 static int send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
+static void discover_soon(etcd_t *e);
+static etcd_ep_t *ep_after(etcd_t *e, const etcd_ep_t *ep);
+static void members_finished(etcd_t *e, etcd_op_t *op,
+                             const etcd_result_t *res);
 
 /* The latency the attempt timeout scales with is the recent one: a moving
  * average whose samples count less the older they are (half after
@@ -86,7 +90,7 @@ static etcd_op_t *op_new(etcd_t *e, op_kind_t kind, const char *key,
   op->kind = kind;
   op->key = key ? xstrdup(key) : NULL;
   op->data = data;
-  op->ep = e->current;
+  op->ep = etcd_ep_hold(e->current);
   buf_init(&op->body);
   buf_init(&op->cont);
   list_insert_head(&e->ops, &op->node);
@@ -126,6 +130,10 @@ static void op_free(etcd_op_t *op) {
   free(op->items);
   free(op->path);
   free(op->token);
+  for (size_t i = 0; i < op->nurls; i++)
+    free(op->urls[i]);
+  free(op->urls);
+  etcd_ep_drop(op->ep);
   buf_free(&op->body);
   buf_free(&op->cont);
   listing_free(&op->listing);
@@ -166,6 +174,9 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
     break;
   case OP_KEEPALIVE:
     keepalive_finished(e, op, res);
+    break;
+  case OP_MEMBERS:
+    members_finished(e, op, res);
     break;
   case OP_LEASE_TTL:
     if (op->parent) { /* adopt the previous run's lease if it is alive */
@@ -318,8 +329,7 @@ static int below_rev(const etcd_op_t *op, const etcd_mark_t *m, int64_t rev) {
 static void rewind_seen(etcd_t *e, const etcd_op_t *op, const char *what,
                         const char *hint) {
   e->rewinds++;
-  log_warn("etcd went back in time: %s at %s (%s); %s", what,
-           e->endpoints[op->ep], hint,
+  log_warn("etcd went back in time: %s at %s (%s); %s", what, op->ep->url, hint,
            e->rewound ? "checking every key"
                       : "keys written before may be missing");
   memset(e->marks, 0, sizeof e->marks);
@@ -345,8 +355,9 @@ static void observe(etcd_t *e, const etcd_op_t *op, const etcd_hdr_t *h,
              h->cluster_id, e->cluster_id);
     hint = "a new or rebuilt cluster?";
   }
-  /* the source: a v3 member, or a v2 endpoint (v2 names no member) */
-  uint64_t src = e->api == ETCD_API_V3 ? h->member_id : (uint64_t)op->ep + 1;
+  /* the source: a v3 member, or a v2 endpoint (v2 names no member; its
+   * id stays the same whatever the list does around it) */
+  uint64_t src = e->api == ETCD_API_V3 ? h->member_id : op->ep->id;
   etcd_mark_t *m = src ? mark_for(e, src) : NULL;
   if (!what[0] && m && below_rev(op, m, h->revision))
     snprintf(what, sizeof what, "%s %" PRId64 " after %" PRId64, idx,
@@ -382,10 +393,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   reply_t reply;
   if (r->error) {
     /* a TLS server that wants a client certificate just drops us: say so */
-    int tls_hint = strncmp(e->endpoints[op->ep], "https:", 6) == 0 &&
-                   !e->tls.cert &&
+    int tls_hint = strncmp(op->ep->url, "https:", 6) == 0 && !e->tls.cert &&
                    (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED);
-    snprintf(err, sizeof err, "%s: %s%s", e->endpoints[op->ep], r->errmsg,
+    snprintf(err, sizeof err, "%s: %s%s", op->ep->url, r->errmsg,
              tls_hint ? " (does etcd want a client certificate? see "
                         "--etcd-cert and --etcd-key)"
                       : "");
@@ -399,6 +409,10 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   if (!r->error && r->status && r->status < 500) {
     e->last_ok_ms = uv_now(e->loop);
     lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
+    if (!e->answered) { /* the first answer: who else is there? */
+      e->answered = 1;
+      discover_soon(e);
+    }
   }
   if (!r->error && r->status) observe(e, op, &hdr, res.status);
   if ((reply == REPLY_MORE || reply == REPLY_DONE) && !op->list_rev &&
@@ -406,7 +420,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     op->list_rev = hdr.revision; /* later pages are read at it (v3) */
   switch (reply) {
   case REPLY_MORE:
-    e->current = op->ep;
+    if (op->ep->listed) e->current = op->ep;
     op->attempts = 0; /* each page has its own budget */
     if (send_op(op) < 0)
       etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
@@ -429,15 +443,20 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     break;
   case REPLY_NEXT_ENDPOINT:
+    /* a member that fails may have left the cluster, and every endpoint
+     * may fail next: ask for the member list (whoever answers) */
+    if (op->kind != OP_MEMBERS) discover_soon(e);
     if (++op->attempts < FAILOVER_ROUNDS * e->n &&
         uv_hrtime() - op->first < (uint64_t)(op->kind == OP_LIST
                                                  ? e->timeout_ms * 6
                                                  : e->timeout_ms) *
                                       1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
-      op->ep = (op->ep + 1) % e->n;
+      etcd_ep_t *failed = op->ep, *next = ep_after(e, failed);
+      op->ep = etcd_ep_hold(next);
       /* new operations start on the next endpoint too, not on this one */
-      if (e->current == (op->ep + e->n - 1) % e->n) e->current = op->ep;
+      if (e->current == failed) e->current = next;
+      etcd_ep_drop(failed);
       if (send_op(op) == 0) return;
       snprintf(err, sizeof err, "cannot start a request");
     } else if (e->n > 1) {
@@ -447,7 +466,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     res.status = ETCD_UNAVAILABLE;
     break;
   case REPLY_DONE:
-    e->current = op->ep;
+    if (op->ep->listed) e->current = op->ep;
     if ((op->kind == OP_LIST || op->kind == OP_GET) && res.status == ETCD_OK) {
       if (op->kind == OP_LIST && try_adopt(op)) return;
       deliver_listing(op);
@@ -472,7 +491,13 @@ static int send_op(etcd_op_t *op) {
   else
     etcd_v2_build(op);
 
-  char *url = xasprintf("%s%s", e->endpoints[op->ep], op->path);
+  /* an endpoint dropped from the list since the last attempt (it left the
+   * cluster): go on with the current one */
+  if (!op->ep->listed) {
+    etcd_ep_drop(op->ep);
+    op->ep = etcd_ep_hold(e->current);
+  }
+  char *url = xasprintf("%s%s", op->ep->url, op->path);
   char ctype[80];
   char *auth = NULL;
   const char *headers[3] = {NULL, NULL, NULL};
@@ -702,6 +727,140 @@ static void keepalive_cb(uv_timer_t *t) {
   submit(op);
 }
 
+/* ---- endpoints: the configured ones and the cluster's members ---- */
+
+/* Discovery.  The operator's endpoints are seeds, always kept (one may be
+ * a load balancer or a DNS name that the member list never names); the
+ * client URLs of the cluster's members are added, and those of members
+ * that left dropped, so that members replaced one by one at new addresses
+ * are followed.  The member list is asked for after the first answer,
+ * every DISCOVER_EVERY_MS (DISCOVER_RETRY_MS after one that failed), and
+ * soon after an endpoint failed (at most one per DISCOVER_GAP_MS), from
+ * whichever endpoint answers: when every known endpoint fails (all of
+ * them replaced), only a list learnt earlier helps, so members replaced
+ * one by one are followed if each step lasts DISCOVER_EVERY_MS or an
+ * endpoint register uses fails meanwhile. */
+#define DISCOVER_EVERY_MS 30000
+#define DISCOVER_RETRY_MS 5000
+#define DISCOVER_GAP_MS 2000
+
+/* The endpoint after ep in the list; the current one when ep was dropped
+ * from the list meanwhile. */
+static etcd_ep_t *ep_after(etcd_t *e, const etcd_ep_t *ep) {
+  for (size_t i = 0; i < e->n; i++)
+    if (e->eps[i] == ep) return e->eps[(i + 1) % e->n];
+  REGISTER_ASSERT(!ep->listed);
+  return e->current;
+}
+
+static int ep_in(etcd_ep_t *const *eps, size_t n, const etcd_ep_t *ep) {
+  for (size_t i = 0; i < n; i++)
+    if (eps[i] == ep) return 1;
+  return 0;
+}
+
+static etcd_ep_t *ep_named(etcd_ep_t *const *eps, size_t n, const char *url) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(eps[i]->url, url) == 0) return eps[i];
+  return NULL;
+}
+
+/* The seeds, then the members' client URLs (normalised as --etcd is,
+ * deduplicated, at most ETCD_MAX_DISCOVERED); endpoints held by requests
+ * in flight outlive their place in the list (etcd_ep_t). */
+static void endpoints_merge(etcd_t *e, const etcd_op_t *op) {
+  etcd_ep_t **next = xcalloc(e->cap, sizeof *next);
+  size_t n = 0;
+  for (size_t i = 0; i < e->n; i++)
+    if (e->eps[i]->seed) next[n++] = e->eps[i];
+  for (size_t i = 0; i < op->nurls && n < e->cap; i++) {
+    char *url, err[300];
+    if (config_parse_endpoint(op->urls[i], &url, err, sizeof err) < 0) {
+      log_debug("etcd: member list from %s: %s", op->ep->url, err);
+      continue;
+    }
+    etcd_ep_t *ep = ep_named(next, n, url);
+    if (ep) { /* named twice, or a seed */
+      free(url);
+      continue;
+    }
+    ep = ep_named(e->eps, e->n, url);
+    if (ep) {
+      free(url);
+    } else {
+      ep = xcalloc(1, sizeof *ep);
+      ep->url = url;
+      ep->id = ++e->ep_ids;
+      ep->listed = 1;
+    }
+    next[n++] = ep;
+  }
+  REGISTER_ASSERT(n > 0 && n <= e->cap);
+  int changed = n != e->n;
+  for (size_t i = 0; i < n && !changed; i++)
+    changed = next[i] != e->eps[i];
+  if (!changed) {
+    free(next);
+    return;
+  }
+  if (!ep_in(next, n, e->current))
+    e->current = ep_in(next, n, op->ep) ? op->ep : next[0];
+  for (size_t i = 0; i < e->n; i++) {
+    etcd_ep_t *ep = e->eps[i];
+    if (ep_in(next, n, ep)) continue;
+    REGISTER_ASSERT(!ep->seed);
+    ep->listed = 0;
+    if (!ep->refs) { /* else its last holder frees it */
+      free(ep->url);
+      free(ep);
+    }
+  }
+  free(e->eps);
+  e->eps = next;
+  e->n = n;
+  REGISTER_ASSERT(e->current->listed);
+  buf_t b;
+  buf_init(&b);
+  for (size_t i = 0; i < n; i++)
+    buf_printf(&b, "%s%s", i ? ", " : "", next[i]->url);
+  log_info("etcd: endpoints now %s (from the member list)", b.data);
+  buf_free(&b);
+}
+
+static void discover_cb(uv_timer_t *t) {
+  etcd_t *e = t->data;
+  if (e->discover_pending) return;
+  e->discover_pending = 1;
+  e->discover_ms = uv_now(e->loop);
+  submit(op_new(e, OP_MEMBERS, NULL, NULL));
+}
+
+static void discover_soon(etcd_t *e) {
+  if (!e->discover || e->discover_pending) return;
+  uint64_t now = uv_now(e->loop), wait = 0;
+  if (e->discover_ms && now - e->discover_ms < DISCOVER_GAP_MS)
+    wait = DISCOVER_GAP_MS - (now - e->discover_ms);
+  uv_timer_start(&e->discover_timer, discover_cb, wait, 0);
+}
+
+static void members_finished(etcd_t *e, etcd_op_t *op,
+                             const etcd_result_t *res) {
+  e->discover_pending = 0;
+  if (res->status == ETCD_OK && op->nurls) {
+    endpoints_merge(e, op);
+  } else {
+    log_debug("etcd: no member list: %s",
+              res->error ? res->error : "no client URLs in it");
+  }
+  uv_timer_start(&e->discover_timer, discover_cb,
+                 res->status == ETCD_OK ? DISCOVER_EVERY_MS : DISCOVER_RETRY_MS,
+                 0);
+}
+
+size_t etcd_endpoints(const etcd_t *e) {
+  return e->n;
+}
+
 /* ---- the public operations ---- */
 
 /* Sends a new operation, or parks it at a gate.  It always returns the
@@ -798,8 +957,9 @@ const char *etcd_status_name(etcd_status_t st) {
 
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   static const char *const names[OP_KINDS] = {
-      "put", "refresh", "delete", "delete_dir", "delete_prefix", "list",  "get",
-      "txn", "auth",    "grant",  "keepalive",  "lease_ttl",     "health"};
+      "put",       "refresh",   "delete", "delete_dir", "delete_prefix",
+      "list",      "get",       "txn",    "auth",       "grant",
+      "keepalive", "lease_ttl", "health", "members"};
   for (size_t k = 0; k < OP_KINDS && k < max; k++) {
     out[k].op = names[k];
     memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);
@@ -841,10 +1001,19 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   etcd_t *e = xcalloc(1, sizeof *e);
   e->loop = loop;
   e->http = http;
+  REGISTER_ASSERT(o->n_endpoints > 0);
   e->n = o->n_endpoints;
-  e->endpoints = xcalloc(e->n, sizeof *e->endpoints);
-  for (size_t i = 0; i < e->n; i++)
-    e->endpoints[i] = xstrdup(o->endpoints[i]);
+  e->cap = e->n + ETCD_MAX_DISCOVERED;
+  e->eps = xcalloc(e->cap, sizeof *e->eps);
+  for (size_t i = 0; i < e->n; i++) {
+    etcd_ep_t *ep = xcalloc(1, sizeof *ep);
+    ep->url = xstrdup(o->endpoints[i]);
+    ep->id = ++e->ep_ids;
+    ep->seed = ep->listed = 1;
+    e->eps[i] = ep;
+  }
+  e->current = e->eps[0];
+  e->discover = o->discover;
   e->api = o->api;
   if (o->tls) {
     const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
@@ -871,8 +1040,9 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   list_init(&e->failing);
   uv_timer_init(loop, &e->keepalive_timer);
   uv_timer_init(loop, &e->fail_timer);
-  e->keepalive_timer.data = e->fail_timer.data = e;
-  e->handles_open = 2;
+  uv_timer_init(loop, &e->discover_timer);
+  e->keepalive_timer.data = e->fail_timer.data = e->discover_timer.data = e;
+  e->handles_open = 3;
   if (e->ttl > 0) {
     e->keepalive_every_ms = (uint64_t)e->ttl * 1000 / 3;
     if (e->keepalive_every_ms < 500) e->keepalive_every_ms = 500;
@@ -906,9 +1076,12 @@ void etcd_free(etcd_t *e) {
   list_t *n;
   while ((n = list_first(&e->ops)))
     etcd_cancel(list_entry(n, etcd_op_t, node));
-  for (size_t i = 0; i < e->n; i++)
-    free(e->endpoints[i]);
-  free(e->endpoints);
+  for (size_t i = 0; i < e->n; i++) { /* nothing holds them now */
+    REGISTER_ASSERT(e->eps[i]->refs == 0);
+    free(e->eps[i]->url);
+    free(e->eps[i]);
+  }
+  free(e->eps);
   for (int i = 0; i < 3; i++)
     free(e->tls_files[i]);
   free(e->user);
@@ -917,4 +1090,5 @@ void etcd_free(etcd_t *e) {
   wipe(e->token);
   uv_close((uv_handle_t *)&e->keepalive_timer, etcd_timer_closed);
   uv_close((uv_handle_t *)&e->fail_timer, etcd_timer_closed);
+  uv_close((uv_handle_t *)&e->discover_timer, etcd_timer_closed);
 }

@@ -2,6 +2,7 @@
  * reply's pages fill, with owned copies; the request machinery hands it to
  * the caller when the last page is in. */
 #include "etcd_op.h"
+#include "json.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,4 +42,22 @@ void listing_free(listing_t *l) {
   free(l->leases);
   free(l->dirs);
   memset(l, 0, sizeof *l);
+}
+
+void members_read(etcd_op_t *op, const json_value_t *root) {
+  const json_value_t *ms = json_get(root, "members");
+  if (!ms || ms->type != JSON_ARRAY) return;
+  for (const json_value_t *m = ms->u.child; m; m = m->next) {
+    /* a learner refuses most requests; a member added but not started
+     * yet has no client URLs */
+    const json_value_t *learner = json_get(m, "isLearner");
+    if (learner && learner->type == JSON_BOOL && learner->u.boolean) continue;
+    const json_value_t *urls = json_get(m, "clientURLs");
+    if (!urls || urls->type != JSON_ARRAY) continue;
+    for (const json_value_t *u = urls->u.child; u; u = u->next) {
+      if (u->type != JSON_STRING || !u->len) continue;
+      op->urls = xrealloc(op->urls, (op->nurls + 1) * sizeof *op->urls);
+      op->urls[op->nurls++] = xstrndup(u->u.str, u->len);
+    }
+  }
 }

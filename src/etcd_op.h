@@ -7,6 +7,7 @@
 #define REGISTER_ETCD_OP_H
 
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "etcd.h"
 #include "list.h"
@@ -27,6 +28,7 @@ typedef enum {
   OP_KEEPALIVE,
   OP_LEASE_TTL,
   OP_HEALTH,
+  OP_MEMBERS, /* the cluster's members (discovery) */
   OP_KINDS
 } op_kind_t;
 
@@ -62,6 +64,37 @@ typedef struct {
   uint64_t rev_seq, term_seq, used_seq;
 } etcd_mark_t;
 
+/* One endpoint: a base URL (scheme://host:port).  An op or a watch that
+ * uses one holds it (etcd_ep_hold), so the list may change under requests
+ * in flight: one dropped from the list (listed = 0) is freed when the last
+ * holder lets go (etcd_ep_drop), and the list itself frees the ones it
+ * drops that nobody holds.  Never indexed by position outside e->eps. */
+typedef struct {
+  char *url;     /* owned */
+  uint64_t id;   /* stable and never reused (v2 rewind marks: the source) */
+  int seed;      /* configured by the operator: never dropped */
+  int listed;    /* in e->eps */
+  unsigned refs; /* ops and watches holding it */
+} etcd_ep_t;
+
+/* Endpoints learnt from the member list, beyond the configured ones. */
+#define ETCD_MAX_DISCOVERED 16
+
+static inline etcd_ep_t *etcd_ep_hold(etcd_ep_t *ep) {
+  REGISTER_ASSERT(ep && ep->listed); /* only a listed one is handed out */
+  ep->refs++;
+  return ep;
+}
+
+static inline void etcd_ep_drop(etcd_ep_t *ep) {
+  if (!ep) return;
+  REGISTER_ASSERT(ep->refs > 0);
+  if (--ep->refs == 0 && !ep->listed) {
+    free(ep->url);
+    free(ep);
+  }
+}
+
 /* A listing being assembled page by page (owned strings). */
 typedef struct {
   etcd_kv_t *kvs;
@@ -86,7 +119,7 @@ struct etcd_op {
   buf_t body;
   const char *content_type;
   /* state */
-  size_t ep; /* endpoint of the current attempt */
+  etcd_ep_t *ep; /* endpoint of the current attempt (held) */
   size_t attempts;
   int reauthed;      /* sent again once after a new token */
   int lease_retried; /* sent again once after a new lease */
@@ -101,6 +134,8 @@ struct etcd_op {
   int64_t lease_id;
   long lease_ttl, granted_ttl;
   char *token;
+  char **urls; /* OP_MEMBERS: the members' client URLs (owned) */
+  size_t nurls;
   etcd_done_cb done;
   etcd_list_cb list;
   void *data;
@@ -119,9 +154,20 @@ struct etcd_op {
 struct etcd {
   uv_loop_t *loop;
   http_t *http;
-  char **endpoints;
-  size_t n;
-  size_t current; /* the endpoint that answered last */
+  /* the endpoints, the configured ones (seeds) first, then those learnt
+   * from the member list; never empty.  Changed only by
+   * endpoints_merge() (etcd.c), between requests' callbacks. */
+  etcd_ep_t **eps;
+  size_t n, cap;      /* cap: the seeds + ETCD_MAX_DISCOVERED */
+  etcd_ep_t *current; /* the endpoint that answered last; always listed */
+  uint64_t ep_ids;    /* the last etcd_ep_t.id given */
+  /* discovery: the member list, after the first answer, every
+   * DISCOVER_EVERY_MS, and soon after every endpoint failed */
+  int discover;         /* on (etcd_opts_t.discover) */
+  int discover_pending; /* an OP_MEMBERS in flight */
+  int answered;         /* etcd answered once */
+  uint64_t discover_ms; /* uv_now() of the last OP_MEMBERS sent */
+  uv_timer_t discover_timer;
   etcd_api_t api;
   http_tls_t tls; /* points at the owned copies below */
   char *tls_files[3];
@@ -144,7 +190,7 @@ struct etcd {
   uv_timer_t keepalive_timer;
   list_t failing;        /* etcd_op_t.fnode: failures to deliver */
   uv_timer_t fail_timer; /* delivers them (and rewound), from the loop */
-  int handles_open;      /* the two timers; e is freed when both closed */
+  int handles_open;      /* the three timers; e is freed when all closed */
   /* keep-alive trouble, said once per episode */
   unsigned ka_failures;  /* failed keep-alives since the last good one */
   uint64_t ka_ok_ms;     /* uv_now() of the last renewal (or the grant) */
@@ -174,6 +220,10 @@ void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
                  size_t vlen, long ttl, int64_t lease);
 void listing_add_dir(listing_t *l, const char *key);
 void listing_free(listing_t *l);
+/* A member list (v2 /v2/members, v3 /v3/cluster/member/list: the same
+ * shape but for the id's name): every member's clientURLs into op->urls. */
+struct json_value;
+void members_read(etcd_op_t *op, const struct json_value *root);
 
 /* v2 wire format */
 void etcd_v2_build(etcd_op_t *op);

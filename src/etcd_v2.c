@@ -54,6 +54,10 @@ void etcd_v2_build(etcd_op_t *op) {
     op->method = "GET";
     op->path = xstrdup("/health");
     break;
+  case OP_MEMBERS:
+    op->method = "GET";
+    op->path = xstrdup("/v2/members");
+    break;
   case OP_GET:
   default: /* v3's internal operations never come here */
     op->method = "GET";
@@ -99,10 +103,25 @@ static void read_headers(const http_resp_t *r, etcd_hdr_t *hdr) {
 
 reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
                       etcd_hdr_t *hdr, char *err, size_t errlen) {
-  if (op->kind != OP_HEALTH) read_headers(r, hdr);
+  /* the keys API's headers (the members API sends no index) */
+  if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_headers(r, hdr);
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;
+  if (op->kind == OP_MEMBERS) { /* {"members": [...]}, or an error */
+    reply_t reply = REPLY_DONE;
+    res->status = ETCD_OK;
+    if (r->status >= 200 && r->status < 300 && doc) {
+      members_read(op, root);
+    } else {
+      res->status = r->status >= 500 ? ETCD_UNAVAILABLE : ETCD_FAILED;
+      if (r->status >= 500) reply = REPLY_NEXT_ENDPOINT;
+      snprintf(err, errlen, "etcd member list: HTTP %ld%s", r->status,
+               doc ? "" : " (not JSON)");
+    }
+    json_free(doc);
+    return reply;
+  }
   const json_value_t *code = json_get(root, "errorCode");
   long ecode = code && code->type == JSON_NUMBER ? (long)code->u.num.i : 0;
   const char *msg = json_get_str(root, "message");

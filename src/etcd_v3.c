@@ -113,6 +113,9 @@ void etcd_v3_build(etcd_op_t *op) {
     op->path = xstrdup("/v3/lease/timetolive");
     buf_printf(b, "\"ID\":\"%" PRId64 "\"", op->lease_id);
     break;
+  case OP_MEMBERS: /* {} */
+    op->path = xstrdup("/v3/cluster/member/list");
+    break;
   case OP_HEALTH: /* handled above */
   case OP_KINDS:
     break;
@@ -121,14 +124,6 @@ void etcd_v3_build(etcd_op_t *op) {
 }
 
 /* int64 fields come as strings ("123"), sometimes as numbers */
-static int64_t num(const json_value_t *v) {
-  if (!v) return 0;
-  if (v->type == JSON_NUMBER)
-    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
-  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
-  return 0;
-}
-
 /* uint64 fields (cluster and member ids use all 64 bits) */
 static uint64_t unum(const json_value_t *v) {
   if (!v) return 0;
@@ -146,7 +141,7 @@ static void read_header(const json_value_t *root, etcd_hdr_t *hdr) {
   if (!h || h->type != JSON_OBJECT) return;
   hdr->cluster_id = unum(json_get(h, "cluster_id"));
   hdr->member_id = unum(json_get(h, "member_id"));
-  int64_t rev = num(json_get(h, "revision"));
+  int64_t rev = json_int(json_get(h, "revision"));
   hdr->revision = rev > 0 ? rev : 0;
   hdr->raft_term = unum(json_get(h, "raft_term"));
 }
@@ -191,7 +186,7 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
     }
     if (op->kind == OP_REFRESH) continue;
     listing_add(&op->listing, k.data ? k.data : "", k.len, v.data ? v.data : "",
-                v.len, 0, num(json_get(kv, "lease")));
+                v.len, 0, json_int(json_get(kv, "lease")));
   }
   if (op->kind == OP_REFRESH && (!kvs || kvs->len == 0))
     res->status = ETCD_NOT_FOUND;
@@ -219,7 +214,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   res->status = ETCD_OK;
 
   if (r->status == 200 && root && !json_get(root, "error")) {
-    if (op->kind != OP_HEALTH) read_header(root, hdr);
+    /* a member list is the member's own view: no place in the history */
+    if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_header(root, hdr);
     switch (op->kind) {
     case OP_LIST:
     case OP_GET:
@@ -227,7 +223,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
       reply = range_reply(op, root, res, err, errlen);
       break;
     case OP_DELETE:
-      if (num(json_get(root, "deleted")) == 0) res->status = ETCD_NOT_FOUND;
+      if (json_int(json_get(root, "deleted")) == 0)
+        res->status = ETCD_NOT_FOUND;
       break;
     case OP_AUTH: {
       const char *t = json_get_str(root, "token");
@@ -235,17 +232,20 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
       break;
     }
     case OP_GRANT:
-      op->lease_id = num(json_get(root, "ID"));
-      op->lease_ttl = (long)num(json_get(root, "TTL"));
+      op->lease_id = json_int(json_get(root, "ID"));
+      op->lease_ttl = (long)json_int(json_get(root, "TTL"));
       break;
     case OP_KEEPALIVE: { /* {"result": {...}}: no TTL means no lease */
       const json_value_t *res_ = json_get(root, "result");
-      op->lease_ttl = (long)num(json_get(res_, "TTL"));
+      op->lease_ttl = (long)json_int(json_get(res_, "TTL"));
       break;
     }
     case OP_LEASE_TTL:
-      op->lease_ttl = (long)num(json_get(root, "TTL"));
-      op->granted_ttl = (long)num(json_get(root, "grantedTTL"));
+      op->lease_ttl = (long)json_int(json_get(root, "TTL"));
+      op->granted_ttl = (long)json_int(json_get(root, "grantedTTL"));
+      break;
+    case OP_MEMBERS:
+      members_read(op, root);
       break;
     case OP_HEALTH:
       if (strcmp(json_get_str(root, "health") ? json_get_str(root, "health")
@@ -266,7 +266,7 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   /* an error: {"error": "...", "message": "...", "code": N} (gRPC codes) */
   const char *msg = json_get_str(root, "message");
   if (!msg) msg = json_get_str(root, "error");
-  long code = (long)num(json_get(root, "code"));
+  long code = (long)json_int(json_get(root, "code"));
   if (op->kind == OP_AUTH && msg &&
       strstr(msg, "authentication is not enabled")) {
     op->token = xstrdup(""); /* nothing to authenticate against: go on */

@@ -23,7 +23,7 @@ struct etcd_watch {
   etcd_watch_cb cb;
   void *data;
   http_req_t *req;
-  size_t ep;           /* the endpoint of the current request */
+  etcd_ep_t *ep;       /* the endpoint of the current request (held) */
   long status;         /* v3: the stream's HTTP status, once its head is in */
   linesplit_t lines;   /* v3: the stream, cut into messages */
   buf_t errbody;       /* v3: a refusal's body (the first bytes) */
@@ -38,6 +38,7 @@ static int start(etcd_watch_t *w);
 static void watch_free(etcd_watch_t *w) {
   if (w->req) http_cancel(w->req);
   w->e->watches--;
+  etcd_ep_drop(w->ep);
   linesplit_free(&w->lines);
   buf_free(&w->errbody);
   free(w->prefix);
@@ -72,51 +73,40 @@ static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
   watch_free(w);
 }
 
-static int64_t num(const json_value_t *v) {
-  if (!v) return 0;
-  if (v->type == JSON_NUMBER)
-    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
-  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
-  return 0;
-}
-
 /* ---- v2: one long poll per change ---- */
 
 static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_watch_t *w = data;
-  etcd_t *e = w->e;
   w->req = NULL;
   char err[400];
   if (r->error == HTTP_ERR_TIMEOUT || (r->status == 200 && !r->body_len)) {
     if (start(w) == 0) return; /* quiet: renewed */
-    snprintf(err, sizeof err, "%s: cannot start a request",
-             e->endpoints[w->ep]);
+    snprintf(err, sizeof err, "%s: cannot start a request", w->ep->url);
     finish(w, ETCD_WATCH_FAILED, err);
     return;
   }
   if (r->error) {
-    snprintf(err, sizeof err, "%s: %s", e->endpoints[w->ep], r->errmsg);
+    snprintf(err, sizeof err, "%s: %s", w->ep->url, r->errmsg);
     finish(w, ETCD_WATCH_FAILED, err);
     return;
   }
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;
-  int64_t code = root ? num(json_get(root, "errorCode")) : 0;
+  int64_t code = root ? json_int(json_get(root, "errorCode")) : 0;
   if (r->status == 200 && root && !code) {
-    int64_t rev = num(json_get(json_get(root, "node"), "modifiedIndex"));
+    int64_t rev = json_int(json_get(json_get(root, "node"), "modifiedIndex"));
     json_free(doc);
     if (rev <= 0) {
       snprintf(err, sizeof err, "%s: a watch answer without modifiedIndex",
-               e->endpoints[w->ep]);
+               w->ep->url);
       finish(w, ETCD_WATCH_FAILED, err);
       return;
     }
     if (changed(w, rev)) return;
     if (start(w) == 0) return;
-    snprintf(err, sizeof err, "%s: cannot start a request",
-             e->endpoints[w->ep]);
+    snprintf(err, sizeof err, "%s: cannot start a request", w->ep->url);
     finish(w, ETCD_WATCH_FAILED, err);
     return;
   }
@@ -127,7 +117,7 @@ static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   const char *msg = root ? json_get_str(root, "message") : NULL;
-  snprintf(err, sizeof err, "%s: HTTP %ld%s%s", e->endpoints[w->ep], r->status,
+  snprintf(err, sizeof err, "%s: HTTP %ld%s%s", w->ep->url, r->status,
            msg ? ": " : (doc ? "" : ": "), msg ? msg : (doc ? "" : jerr));
   json_free(doc);
   finish(w, ETCD_WATCH_FAILED, err);
@@ -150,7 +140,7 @@ static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
   json_doc_t *doc = json_parse(p, n, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;
   const json_value_t *res = root ? json_get(root, "result") : NULL;
-  const char *ep = w->e->endpoints[w->ep];
+  const char *ep = w->ep->url;
   if (!res) {
     const json_value_t *e = root ? json_get(root, "error") : NULL;
     const char *msg = e ? json_get_str(e, "message") : NULL;
@@ -160,7 +150,7 @@ static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
     json_free(doc);
     return v3_end(w, ETCD_WATCH_FAILED, err);
   }
-  int64_t compact = num(json_get(res, "compact_revision"));
+  int64_t compact = json_int(json_get(res, "compact_revision"));
   const json_value_t *canceled = json_get(res, "canceled");
   if (compact > 0) {
     json_free(doc);
@@ -177,11 +167,11 @@ static int v3_message(etcd_watch_t *w, const char *p, size_t n) {
   int64_t rev = 0;
   if (events && events->type == JSON_ARRAY)
     for (const json_value_t *ev = events->u.child; ev; ev = ev->next) {
-      int64_t r = num(json_get(json_get(ev, "kv"), "mod_revision"));
+      int64_t r = json_int(json_get(json_get(ev, "kv"), "mod_revision"));
       if (r > rev) rev = r;
     }
   if (events && events->type == JSON_ARRAY && events->len && !rev)
-    rev = num(json_get(json_get(res, "header"), "revision"));
+    rev = json_int(json_get(json_get(res, "header"), "revision"));
   json_free(doc);
   if (rev > 0 && rev >= w->next) return notify(w, rev);
   return 0;
@@ -203,7 +193,7 @@ static void v3_too_long(void *ud, size_t n) {
   if (f->ended) return;
   char err[200];
   snprintf(err, sizeof err, "%s: a watch message of %zu bytes, over %u",
-           f->w->e->endpoints[f->w->ep], n, MAX_MESSAGE);
+           f->w->ep->url, n, MAX_MESSAGE);
   f->ended = v3_end(f->w, ETCD_WATCH_FAILED, err);
 }
 
@@ -237,7 +227,7 @@ static int v3_data(http_req_t *req, const char *p, size_t n, void *data) {
 static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_watch_t *w = data;
-  const char *ep = w->e->endpoints[w->ep];
+  const char *ep = w->ep->url;
   w->req = NULL;
   char err[600];
   if (w->status == 200 && r->error == HTTP_ERR_TIMEOUT) {
@@ -261,7 +251,9 @@ static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
 
 static int start(etcd_watch_t *w) {
   etcd_t *e = w->e;
-  w->ep = e->current;
+  /* the client's current endpoint, whatever the list did meanwhile */
+  etcd_ep_drop(w->ep);
+  w->ep = etcd_ep_hold(e->current);
   w->status = 0;
   linesplit_reset(&w->lines);
   buf_reset(&w->errbody);
@@ -278,7 +270,7 @@ static int start(etcd_watch_t *w) {
   if (e->api == ETCD_API_V3) {
     size_t n = strlen(w->prefix);
     char *lo = xasprintf("%s/", w->prefix), *hi = xasprintf("%s0", w->prefix);
-    buf_printf(&path, "%s/v3/watch", e->endpoints[w->ep]);
+    buf_printf(&path, "%s/v3/watch", w->ep->url);
     buf_puts(&body, "{\"create_request\":{\"key\":\"");
     util_base64_encode(&body, lo, n + 1);
     buf_puts(&body, "\",\"range_end\":\"");
@@ -298,7 +290,7 @@ static int start(etcd_watch_t *w) {
     o.on_data = v3_data;
     o.on_done = v3_done;
   } else {
-    buf_printf(&path, "%s/v2/keys", e->endpoints[w->ep]);
+    buf_printf(&path, "%s/v2/keys", w->ep->url);
     util_urlencode(&path, w->prefix, strlen(w->prefix), "/:");
     buf_printf(&path, "?wait=true&recursive=true&waitIndex=%" PRId64, w->next);
     o.method = "GET";

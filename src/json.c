@@ -455,6 +455,14 @@ const char *json_get_str(const json_value_t *obj, const char *key) {
   return v && v->type == JSON_STRING ? v->u.str : NULL;
 }
 
+int64_t json_int(const json_value_t *v) {
+  if (!v) return 0;
+  if (v->type == JSON_NUMBER)
+    return v->u.num.is_int ? v->u.num.i : (int64_t)v->u.num.d;
+  if (v->type == JSON_STRING) return strtoll(v->u.str, NULL, 10);
+  return 0;
+}
+
 int json_is(const json_value_t *v, json_type_t t) {
   assert(json_ok(v)); /* its document is alive */
   return v && v->type == t;

@@ -87,6 +87,11 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
             "Times etcd was seen going back in time (a restored snapshot, "
             "another cluster id); each one lists the owned prefix again.",
             etcd_rewinds(in->etcd));
+  if (in->etcd)
+    gauge(b, "register_etcd_endpoints",
+          "etcd endpoints known: the configured ones and the members' "
+          "client URLs learnt from etcd.",
+          (double)etcd_endpoints(in->etcd));
   if (in->etcd) {
     etcd_opstat_t st[16];
     size_t n = etcd_stats(in->etcd, st, 16);

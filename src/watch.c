@@ -64,6 +64,9 @@ typedef struct {
   uint64_t last_ms;  /* of the last one */
   uint64_t cycle_change_ms; /* the first change the running cycle reads */
   unsigned failures;        /* etcd failures in a row */
+  unsigned render_failures; /* failed renders in a row */
+  int retry_etcd;           /* the retry timer is an etcd failure's */
+  unsigned compacted; /* watches in a row that ended compacted, no change */
   char etcd_error[400];
 
   /* the file */
@@ -277,6 +280,17 @@ static void log_lag(watch_t *w) {
   w->lag_n++;
 }
 
+/* How a command that failed ended, in a few words. */
+static void how_it_ended(const watch_t *w, const command_result_t *r, char *out,
+                         size_t n) {
+  if (r->timed_out)
+    snprintf(out, n, "killed after %ld s", w->cfg->command_timeout);
+  else if (r->term_signal)
+    snprintf(out, n, "killed by signal %d", r->term_signal);
+  else
+    snprintf(out, n, "exit status %ld", r->exit_status);
+}
+
 static void on_reload(void *ud, const command_result_t *r) {
   watch_t *w = ud;
   w->cmd = NULL;
@@ -289,12 +303,7 @@ static void on_reload(void *ud, const command_result_t *r) {
   } else {
     w->reloads_failed++;
     char how[80];
-    if (r->timed_out)
-      snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
-    else if (r->term_signal)
-      snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
-    else
-      snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+    how_it_ended(w, r, how, sizeof how);
     snprintf(w->reload_error, sizeof w->reload_error,
              "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
              *r->output ? ": " : "", r->output);
@@ -348,12 +357,7 @@ static void on_check(void *ud, const command_result_t *r) {
   }
   w->checks_failed++;
   char how[80];
-  if (r->timed_out)
-    snprintf(how, sizeof how, "killed after %ld s", w->cfg->command_timeout);
-  else if (r->term_signal)
-    snprintf(how, sizeof how, "killed by signal %d", r->term_signal);
-  else
-    snprintf(how, sizeof how, "exit status %ld", r->exit_status);
+  how_it_ended(w, r, how, sizeof how);
   snprintf(w->check_error, sizeof w->check_error,
            "--check \"%s\" refused the new file (%s)%s%s", w->cfg->check_cmd,
            how, *r->output ? ": " : "", r->output);
@@ -417,6 +421,12 @@ static void start_watch(watch_t *w) {
   }
 }
 
+/* The retry timer waits out an etcd failure (not a failed render: a
+ * change does not wait for that one). */
+static int etcd_backing_off(watch_t *w) {
+  return w->retry_etcd && uv_is_active((uv_handle_t *)&w->retry);
+}
+
 static void etcd_failed(watch_t *w, const char *error) {
   w->failures++;
   w->etcd_failures++;
@@ -430,6 +440,7 @@ static void etcd_failed(watch_t *w, const char *error) {
              error, w->cfg->watch_prefix, (double)delay / 1000);
   snprintf(w->etcd_error, sizeof w->etcd_error, "%s", error);
   w->phase = PHASE_IDLE;
+  w->retry_etcd = 1;
   uv_timer_start(&w->retry, cycle_cb, delay, 0);
 }
 
@@ -448,7 +459,10 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   w->failures = 0;
   w->etcd_error[0] = '\0';
   w->rev = res->revision;
-  if (w->dirty_rev <= w->rev) w->dirty = 0; /* the listing has them */
+  if (w->dirty_rev <= w->rev) { /* the listing has every change seen */
+    w->dirty = 0;
+    w->first_ms = 0;
+  }
   w->nkeys = n;
   if (!w->cfg->once) start_watch(w);
 
@@ -467,13 +481,30 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
       worker_render(w->worker, kv, n, &ctx, &w->candidate, err, sizeof err);
   free(kv);
   if (rc < 0) {
+    /* tried again after 1 s, doubling to 30 s (a worker killed on a busy
+     * machine, a renderer that gave up on a moment's data); the same error
+     * again is said at debug level */
     w->renders_failed++;
+    w->render_failures++;
+    uint64_t delay =
+        (uint64_t)RETRY_MIN_MS
+        << (w->render_failures - 1 > 5 ? 5 : w->render_failures - 1);
+    if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+    if (strcmp(w->render_error, err) != 0)
+      log_error("watch: %s; keeping the last good %s (tried again in %.0f s)",
+                err, w->cfg->out_file, (double)delay / 1000);
+    else
+      log_debug("watch: %s, again", err);
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
-    log_error("watch: %s; keeping the last good %s", err, w->cfg->out_file);
     cycle_done(w, 0);
+    if (!w->cfg->once && !w->stopping) {
+      w->retry_etcd = 0;
+      uv_timer_start(&w->retry, cycle_cb, delay, 0);
+    }
     return;
   }
   w->render_error[0] = '\0';
+  w->render_failures = 0;
   if (w->candidate.len == w->current.len &&
       (w->current.len == 0 ||
        memcmp(w->candidate.data, w->current.data, w->current.len) == 0)) {
@@ -515,7 +546,7 @@ static void cycle_cb(uv_timer_t *t) {
 /* After a cycle, or a change: the next cycle when changes wait. */
 static void maybe_next(watch_t *w) {
   if (w->stopping || w->phase != PHASE_IDLE || !w->dirty) return;
-  if (uv_is_active((uv_handle_t *)&w->retry)) return; /* etcd backs off */
+  if (etcd_backing_off(w)) return;
   uint64_t now = uv_now(&w->loop);
   if (!w->first_ms) w->first_ms = w->last_ms = now;
   uint64_t at = w->last_ms + (uint64_t)w->cfg->wait_min_ms;
@@ -530,6 +561,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   uint64_t now = uv_now(&w->loop);
   switch (kind) {
   case ETCD_WATCH_CHANGED:
+    w->compacted = 0;
     if (rev <= w->rev) return;
     w->dirty = 1;
     if (rev > w->dirty_rev) w->dirty_rev = rev;
@@ -540,6 +572,16 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   case ETCD_WATCH_COMPACTED:
     w->watch = NULL;
     w->compactions++;
+    if (++w->compacted > 1) { /* again, straight after a fresh read */
+      char why[200];
+      snprintf(why, sizeof why,
+               "a watch from revision %" PRId64 " was compacted %u times in "
+               "a row",
+               rev + 1, w->compacted);
+      w->dirty = 1; /* a cycle running now reads again when it ends */
+      if (w->phase == PHASE_IDLE && !etcd_backing_off(w)) etcd_failed(w, why);
+      return;
+    }
     log_info("watch: etcd compacted past revision %" PRId64
              "; reading %s again",
              rev + 1, w->cfg->watch_prefix);
@@ -554,7 +596,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   /* read the whole prefix again (its listing fails over), then watch */
   w->dirty = 1;
   if (!w->first_ms) w->first_ms = w->last_ms = now;
-  if (w->phase == PHASE_IDLE && !uv_is_active((uv_handle_t *)&w->retry))
+  if (w->phase == PHASE_IDLE && !etcd_backing_off(w))
     uv_timer_start(&w->debounce, cycle_cb, 0, 0);
 }
 
@@ -739,6 +781,7 @@ int watch_run(const config_t *cfg) {
   eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
   eo.user = cfg->etcd_user;
   eo.password = cfg->etcd_password;
+  eo.discover = cfg->etcd_discovery;
   eo.rewound = on_rewound;
   eo.ud = w;
   w->etcd = etcd_new(&w->loop, w->http, &eo);

@@ -10,6 +10,7 @@ stops them, with everything in its temporary directories, when it ends.
 `python3 test_etcd_failures.py NAME...` runs some of them."""
 import base64
 import json
+import re
 import urllib.error
 import urllib.request
 import os
@@ -390,6 +391,92 @@ def a_rotated_password_file_is_read_again_at_sighup():
         env.converged("v3", what="containers started after the rotation")
         assert "authentication as user reg failed" not in r.output(), r.output()[-3000:]
         r.stop()
+
+
+# ---- every member replaced at a new address (issue 22) ----
+
+def replace_every_member(api):
+    # --etcd names the first three members only; each is replaced in turn
+    # (member add at new ports, started with --initial-cluster-state
+    # existing, member remove of an old one, stopped) while containers
+    # change: register learns the new members from etcd's member list and
+    # keeps writing after every configured endpoint is gone
+    with Env(members=3) as env:
+        ids = [env.fake.add() for _ in range(3)]
+        r = env.register("--etcd-api", api, "--ttl", "10")
+        r.wait_log("in sync")
+        env.converged(api)
+        alive = list(env.cluster.members)
+        news = []
+
+        def replace(old, i):
+            env.etcd = next(m for m in alive if m is not old)  # etcdctl's member
+            cp, pp = free_port(), free_port()
+            peer = f"http://127.0.0.1:{pp}"
+            # etcd refuses a member add until every member has been
+            # connected for a while ("unhealthy cluster"): again until then
+            added = {}
+            wait_for(lambda: added.setdefault("out", env.ctl3("member", "add", f"n{i}", f"--peer-urls={peer}",
+                                                              check=False)) or added.pop("out"),
+                     30, interval=1, what=f"etcd to take member n{i}")
+            init = re.search(r'ETCD_INITIAL_CLUSTER="([^"]+)"', added["out"]).group(1)
+            new = Etcd(f"n{i}", init, cp, pp, extra=["--initial-cluster-state", "existing"])
+            env.cleanups.append(new.cleanup)
+            new.start()
+            alive.append(new)
+            news.append(new)
+            # register learns it (the member list, within 30 s) before the
+            # old member goes: an operator's pace, one member at a time
+            wait_for(lambda: any(new.url in ln for ln in log_line(r, "info", "etcd: endpoints now")),
+                     40, interval=0.2, what=f"register to name {new.url}")
+            members = json.loads(env.ctl3("member", "list", "-w", "json"))["members"]
+            mid = next(m["ID"] for m in members if m["name"] == old.name)
+            env.ctl3("member", "remove", format(mid, "x"))
+            old.stop()
+            alive.remove(old)
+            env.etcd = new
+            env.fake.die(ids.pop(0))
+            ids.extend(env.start_new(1))
+            env.converged(api, timeout=20, what=f"etcd to follow the containers after {old.name} left")
+
+        for i, old in enumerate(list(alive)):
+            replace(old, i)
+        # every configured endpoint is gone now
+        assert not any(m.proc for m in env.cluster.members)
+        line = log_line(r, "info", "etcd: endpoints now")[-1]
+        assert all(n.url in line for n in news), line
+        if api == "v3":
+            # a learnt member replaced in turn: its URL leaves the list
+            # (requests in flight on it finish first), the seeds stay
+            gone = news.pop(0)
+            replace(gone, 3)
+            wait_for(lambda: gone.url not in log_line(r, "info", "etcd: endpoints now")[-1], 40,
+                     interval=0.2, what=f"register to drop {gone.url}")
+            line = log_line(r, "info", "etcd: endpoints now")[-1]
+            assert all(m.url in line for m in env.cluster.members + news), line
+        env.fake.die(ids.pop(0))
+        ids += env.start_new(2)
+        env.converged(api, timeout=20, what="etcd to follow the containers on the new members only")
+        # the keys live on past two TTLs: keep-alives (v3) and refreshes
+        # (v2) reach the new members
+        t_end = time.time() + 22
+        while time.time() < t_end:
+            env.converged(api, timeout=5, what="the keys to stay")
+            time.sleep(1)
+        assert not log_line(r, "warn", "is gone"), log_line(r, "warn", "is gone")
+        assert not log_line(r, "warn", "have probably expired"), r.output()[-3000:]
+        r.stop()
+
+
+@suite.test
+def every_member_replaced_at_a_new_address_v3():
+    replace_every_member("v3")
+
+
+@suite.test
+def every_member_replaced_at_a_new_address_v2():
+    replace_every_member("v2")
+
 
 
 suite.run()

@@ -11,10 +11,11 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import REGISTER, SRC, Suite, log, sh, tmpdir  # noqa: E402
+from harness import REGISTER, SRC, Suite, free_port, log, sh, tmpdir  # noqa: E402
 
 if os.geteuid() != 0 or not shutil.which("dpkg") or not shutil.which("cpack"):
     print("skipped: needs root, dpkg and cpack", file=sys.stderr)
@@ -79,6 +80,7 @@ def deb_installs_and_runs():
     files = sh("dpkg-deb", "-c", deb)
     for f in ("./usr/bin/register", "./usr/libexec/register/register-worker", "./usr/share/register/default.lua",
               "./usr/share/register/examples/registrator.lua", "./usr/lib/systemd/system/register.service",
+              "./usr/lib/systemd/system/register-watch.service", "./etc/default/register-watch",
               "./usr/share/man/man8/register.8.gz", "./usr/share/doc/register/README.md",
               "./usr/share/doc/register/copyright", "./usr/share/doc/register/changelog.Debian.gz"):
         assert f in files, (f, files)
@@ -132,6 +134,21 @@ def deb_installs_and_runs():
     wants = "/etc/systemd/system/multi-user.target.wants/"
     links = unit_links()
     assert wants + "register.service" in links and wants + "register-docker.service" not in links, links
+    # register watch needs its settings first: installed, not enabled
+    assert wants + "register-watch.service" not in links, links
+    assert "/etc/default/register-watch" in status, status
+    wunit = open("/usr/lib/systemd/system/register-watch.service").read()
+    assert "ExecStart=/usr/bin/register watch" in wunit and "EnvironmentFile=-/etc/default/register-watch" in wunit
+    # with only the environment, the way the unit runs it: a file rendered
+    wd = tempfile.mkdtemp(prefix="rp")
+    suite.defer(lambda: shutil.rmtree(wd, ignore_errors=True))
+    with open(os.path.join(wd, "r.lua"), "w") as f:
+        f.write('return function(kv, ctx) return "prefix " .. ctx.prefix .. "\\n" end\n')
+    r = subprocess.run(["/usr/bin/register", "watch", "--once", "--timeout", "1"], capture_output=True, text=True,
+                       env=dict(os.environ, REGISTER_WATCH_PREFIX="/x", REGISTER_WATCH_RENDER=os.path.join(wd, "r.lua"),
+                                REGISTER_WATCH_OUT=os.path.join(wd, "out"), ETCD_ENDPOINT=f"127.0.0.1:{free_port()}"),
+                       timeout=30)
+    assert r.returncode == 1 and "not rendered within 1 s" in r.stderr, r.stderr
     sh("dpkg", "-r", "register", timeout=120)
     assert not os.path.exists("/usr/bin/register")
     assert os.path.exists("/etc/default/register")  # conffiles stay until purge

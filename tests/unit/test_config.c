@@ -21,6 +21,7 @@ static int parse(config_t *c, char *err, size_t n, int argc, ...) {
 static const char *const env_vars[] = {"HOST_IP",
                                        "ETCD_ENDPOINT",
                                        "REGISTER_ETCD_API",
+                                       "REGISTER_ETCD_DISCOVERY",
                                        "ETCDCTL_CACERT",
                                        "ETCDCTL_CERT",
                                        "ETCDCTL_KEY",
@@ -258,7 +259,22 @@ TEST(defaults) {
   ASSERT_EQ(c.hook_timeout, 60);
   ASSERT(!c.deregister_on_exit && !c.dry_run && !c.trace_latency && !c.once);
   ASSERT(c.hostname[0] != '\0'); /* gethostname */
+  ASSERT_EQ(c.etcd_discovery, 1);
   config_free(&c);
+
+  /* member discovery: on by default, off by flag or variable */
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-discovery", "off"), 0);
+  ASSERT_EQ(c.etcd_discovery, 0);
+  config_free(&c);
+  setenv("REGISTER_ETCD_DISCOVERY", "off", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT_EQ(c.etcd_discovery, 0);
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-discovery", "on"), 0);
+  ASSERT_EQ(c.etcd_discovery, 1);
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-discovery", "maybe"), -1);
+  ASSERT_CONTAINS(err, "--etcd-discovery \"maybe\" is not on or off");
   clean_env();
 }
 
@@ -577,6 +593,7 @@ TEST(help_lists_every_option) {
   const char *flags[] = {"--host-ip IP",
                          "--etcd LIST",
                          "--etcd-api v2|v3",
+                         "--etcd-discovery on|off",
                          "--etcd-cacert FILE",
                          "--etcd-cert FILE",
                          "--etcd-key FILE",
@@ -612,6 +629,7 @@ TEST(help_lists_every_option) {
       "(HOST_IP; required)",
       "default http://127.0.0.1:2379",
       "(REGISTER_ETCD_API; default v2)",
+      "(REGISTER_ETCD_DISCOVERY; default on)",
       "(DOCKER_HOST; default unix:///var/run/docker.sock)",
       "default: the embedded",
       "(REGISTER_LOG_LEVEL; default info)",

@@ -1,0 +1,411 @@
+"""`register watch` on a real etcd 3.4, v2 and v3: the file follows the
+prefix (a full read, then the watch), is written only when its text
+changes, atomically, with its mode kept; --check runs on the candidate and
+a refusal keeps the old file; --reload runs once per burst of changes;
+renders that raise, return a non-string or loop forever keep the last
+good file with a one-line error; a watch that etcd's history has left
+behind (v2: "event index cleared") reads the prefix again; --once exits
+0/1.  Every test starts its processes in its own temporary directory and
+stops them."""
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import REGISTER, Etcd, Suite, free_port, tmpdir, wait_for  # noqa: E402
+
+suite = Suite()
+etcd = Etcd().start()
+suite.defer(etcd.cleanup)
+
+LINES = """return { render = function(kv, ctx)
+  local out = { "# " .. ctx.api .. " " .. ctx.prefix .. " " .. #ctx.keys }
+  for _, k in ipairs(ctx.keys) do out[#out + 1] = k .. "=" .. kv[k] end
+  return table.concat(out, "\\n") .. "\\n"
+end }
+"""
+
+
+def v3(path, body):
+    req = urllib.request.Request(etcd.url + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def b64(s):
+    return base64.b64encode(s.encode()).decode()
+
+
+def put(api, key, value):
+    if api == "v2":
+        etcd.v2(key, method="PUT", data=urllib.parse.urlencode({"value": value}).encode())
+    else:
+        v3("/v3/kv/put", {"key": b64(key), "value": b64(value)})
+
+
+def delete(api, key):
+    if api == "v2":
+        etcd.v2(key, method="DELETE")
+    else:
+        v3("/v3/kv/deleterange", {"key": b64(key)})
+
+
+def expected(prefix, api, kv):
+    lines = [f"# {api} {prefix} {len(kv)}"] + [f"{k}={kv[k]}" for k in sorted(kv)]
+    return "\n".join(lines) + "\n"
+
+
+class Watch:
+    """A `register watch` process of the test's own."""
+
+    def __init__(self, prefix, api="v2", render=LINES, args=(), out=None):
+        self.dir = tmpdir("rw")
+        self.render = os.path.join(self.dir, "render.lua")
+        with open(self.render, "w") as f:
+            f.write(render)
+        self.out = out or os.path.join(self.dir, "out.cfg")
+        self.log = os.path.join(self.dir, "watch.log")
+        self.port = free_port()
+        self.cmd = [REGISTER, "watch", prefix, "--render", self.render, "--out", self.out,
+                    "--etcd", etcd.url, "--etcd-api", api, "--metrics", f"127.0.0.1:{self.port}",
+                    *args]
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "w"))
+        suite.defer(self.stop)
+        return self
+
+    def once(self, *extra, timeout=30):
+        r = subprocess.run(self.cmd + ["--once", *extra], capture_output=True, text=True,
+                           timeout=timeout)
+        return r.returncode, r.stderr
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("register watch did not stop on SIGTERM")
+        return self.proc.returncode if self.proc else None
+
+    def text(self):
+        try:
+            with open(self.out) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def output(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def metric(self, name):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[-1])
+        raise AssertionError(f"no metric {name}")
+
+    def healthz(self):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+
+def follows(api):
+    prefix = f"/follow{api}"
+    kv = {f"{prefix}/a": "1", f"{prefix}/b/c": "two words"}
+    for k, v in kv.items():
+        put(api, k, v)
+    reloads = os.path.join(tmpdir("rr"), "reloads")
+    w = Watch(prefix, api, args=["--reload", f"sh -c 'echo reloaded >> {reloads}'"]).start()
+    wait_for(lambda: w.text() == expected(prefix, api, kv), what="the first render")
+    os.chmod(w.out, 0o640)
+    ino = os.stat(w.out).st_ino
+    # a burst of changes: one file, a reload or two, never one per change
+    wait_for(lambda: os.path.exists(reloads), what="the first reload")
+    with open(reloads) as f:
+        first = len(f.read().splitlines())
+    for i in range(20):
+        kv[f"{prefix}/k{i:02d}"] = str(i)
+        put(api, f"{prefix}/k{i:02d}", str(i))
+    del kv[f"{prefix}/a"]
+    delete(api, f"{prefix}/a")
+    wait_for(lambda: w.text() == expected(prefix, api, kv), what="the burst rendered")
+    time.sleep(1)
+    with open(reloads) as f:
+        n = len(f.read().splitlines()) - first
+    assert 1 <= n <= 6, f"{n} reloads for a burst of 21 changes"
+    st = os.stat(w.out)
+    assert st.st_ino != ino, "the file was rewritten in place, not renamed over"
+    assert st.st_mode & 0o777 == 0o640, oct(st.st_mode)
+    assert not [f for f in os.listdir(os.path.dirname(w.out)) if f.startswith(".out.cfg")], \
+        "a temporary file was left behind"
+    # a sibling that only shares the prefix's start is not ours
+    put(api, f"{prefix}x/other", "no")
+    assert w.metric("register_watch_keys") == len(kv)
+    status, body = w.healthz()
+    assert status == 200, body
+    assert w.metric("register_watch_lags_total") >= 1
+    # the same text is not written again
+    mtime = os.stat(w.out).st_mtime_ns
+    put(api, f"{prefix}/b/c", "two words")  # a change of nothing
+    time.sleep(1)
+    assert os.stat(w.out).st_mtime_ns == mtime
+    assert w.stop() == 0
+
+
+@suite.test
+def follows_the_prefix_v2():
+    follows("v2")
+
+
+@suite.test
+def follows_the_prefix_v3():
+    follows("v3")
+
+
+@suite.test
+def once_renders_and_exits():
+    prefix = "/once"
+    put("v3", f"{prefix}/x", "y")
+    w = Watch(prefix, "v3")
+    rc, err = w.once()
+    assert rc == 0, err
+    assert w.text() == expected(prefix, "v3", {f"{prefix}/x": "y"})
+    # a render that fails: exit 1, with one line naming the renderer's line
+    bad = Watch(prefix, "v3", render='return { render = function(kv, ctx) error("no backends") end }')
+    rc, err = bad.once()
+    assert rc == 1 and bad.text() is None, (rc, err)
+    assert "render.lua:1: no backends" in err and "render() failed" in err, err
+    # etcd that never answers: exit 1 after --timeout
+    dead = Watch(prefix, "v2")
+    dead.cmd[dead.cmd.index("--etcd") + 1] = f"127.0.0.1:{free_port()}"
+    t0 = time.time()
+    rc, err = dead.once("--timeout", "2")
+    assert rc == 1 and time.time() - t0 < 10, (rc, err)
+    assert "not rendered within 2 s" in err, err
+
+
+BAD_RENDERS = {
+    "raises": ('error("boom")', "boom"),
+    "returns a table": ("return {}", "returned a table, not the file's text"),
+    "loops": ("while true do end", "(reason: budget)"),
+    "runs long in C": ('string.rep("a", 1e6):find(string.rep("a", 5e5) .. "b", 1, true)',
+                       "(reason: timeout)"),
+}
+
+
+@suite.test
+def a_bad_render_keeps_the_last_good_file():
+    prefix = "/badrender"
+    put("v2", f"{prefix}/a", "1")
+    for what, (body, said) in BAD_RENDERS.items():
+        w = Watch(prefix, "v2", render=(
+            'return { render = function(kv, ctx)\n'
+            '  if kv["' + prefix + '/trigger"] then ' + body + ' end\n'
+            '  local n = 0 for _ in pairs(kv) do n = n + 1 end\n'
+            '  return "keys " .. n .. "\\n"\n'
+            'end }\n'))
+        w.start()
+        wait_for(lambda: w.text() == "keys 1\n", what="the first render")
+        put("v2", f"{prefix}/trigger", "1")
+        wait_for(lambda: said in w.output(), 10, what=f"{what}: the error")
+        assert w.text() == "keys 1\n", (what, w.text())
+        status, body_ = w.healthz()
+        assert status == 503 and "render()" in body_, (what, status, body_)
+        lines = [l for l in w.output().splitlines() if said in l and " watch: " in l]
+        assert lines[0].count("\n") == 0 and "keeping the last good" in lines[0], lines
+        delete("v2", f"{prefix}/trigger")
+        put("v2", f"{prefix}/b", "2")
+        wait_for(lambda: w.text() == "keys 2\n", 10, what=f"{what}: a good render after")
+        assert w.healthz()[0] == 200
+        assert w.stop() == 0
+        delete("v2", f"{prefix}/b")
+
+
+@suite.test
+def check_refuses_and_reload_fails():
+    prefix = "/checked"
+    put("v2", f"{prefix}/a", "ok")
+    marks = tmpdir("rc")
+    # the check refuses any file with "bad" in it, and says why
+    check = f"sh -c 'if grep -q bad %s; then echo \"line 2: bad server\" >&2; exit 1; fi'"
+    reload_ = f"sh -c 'if [ -e {marks}/fail ]; then echo reload broke; exit 3; fi; touch {marks}/reloaded'"
+    w = Watch(prefix, "v2", args=["--check", check, "--reload", reload_]).start()
+    wait_for(lambda: os.path.exists(f"{marks}/reloaded"), what="the first reload")
+    good = w.text()
+    os.unlink(f"{marks}/reloaded")
+    put("v2", f"{prefix}/b", "bad")
+    wait_for(lambda: "refused the new file" in w.output(), what="the check's refusal")
+    line = [l for l in w.output().splitlines() if "refused the new file" in l][0]
+    assert "exit status 1" in line and "line 2: bad server" in line, line
+    assert w.text() == good and not os.path.exists(f"{marks}/reloaded")
+    assert not [f for f in os.listdir(os.path.dirname(w.out)) if f.startswith(".out.cfg")]
+    assert w.healthz()[0] == 503
+    # fixed: the new file goes in and is reloaded
+    put("v2", f"{prefix}/b", "fine")
+    wait_for(lambda: os.path.exists(f"{marks}/reloaded"), what="a reload after the fix")
+    assert "fine" in w.text()
+    # a reload that fails is said, with its output; the file is in place
+    open(f"{marks}/fail", "w").close()
+    put("v2", f"{prefix}/c", "3")
+    def failed():
+        return [l for l in w.output().splitlines() if "failed (exit" in l and "reload broke" in l]
+    wait_for(failed, what="the failed reload")
+    line = failed()[0]
+    assert "exit status 3" in line, line
+    assert f"{prefix}/c=3" in w.text()
+    assert w.metric('register_watch_reloads_total{result="failed"}') == 1
+    assert w.stop() == 0
+
+
+@suite.test
+def a_check_that_hangs_is_killed():
+    prefix = "/hangs"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2", args=["--check", "sh -c 'sleep 60'", "--command-timeout", "1"])
+    t0 = time.time()
+    rc, err = w.once()
+    assert rc == 1 and time.time() - t0 < 15, (rc, err)
+    assert "killed after 1 s" in err and w.text() is None, err
+
+
+@suite.test
+def a_watch_left_behind_by_the_history_reads_again():
+    """etcd v2 keeps the last 1000 events: a watcher stopped (SIGSTOP)
+    while 1100 changes go by asks, once woken, for an index that is gone;
+    it reads the prefix again and renders what is there."""
+    prefix = "/behind"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2", render='return function(kv, ctx) local n = 0 '
+              'for _ in pairs(kv) do n = n + 1 end return "keys " .. n .. "\\n" end').start()
+    wait_for(lambda: w.text() == "keys 1\n", what="the first render")
+    w.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(1100):
+            put("v2", f"{prefix}/k", str(i))
+        put("v2", f"{prefix}/z", "last")
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: w.text() == "keys 3\n", 15, what="the prefix read again")
+    assert "compacted past" in w.output(), w.output()[-2000:]
+    assert w.stop() == 0
+
+
+class CompactingGateway:
+    """A v3 gateway that a real etcd cannot be made to be on cue: its
+    listing is at revision 10, and every watch it is asked for answers
+    that revision 20 has been compacted (as etcd does when a watch starts
+    below the compaction).  Where a real etcd cannot go, a fake."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        gw = self
+        self.ranges = 0
+        self.watches = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/v3/kv/range":
+                    gw.ranges += 1
+                    kv = {"key": b64("/fake/a"), "value": b64(f"read {gw.ranges}"), "mod_revision": "10"}
+                    out = json.dumps({"header": {"cluster_id": "1", "member_id": "2", "revision": "10",
+                                                 "raft_term": "2"}, "kvs": [kv], "count": "1"}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                if self.path == "/v3/watch":
+                    gw.watches.append(body["create_request"]["start_revision"])
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    hdr = {"cluster_id": "1", "member_id": "2", "revision": "30", "raft_term": "2"}
+                    try:
+                        for msg in ({"result": {"header": hdr, "created": True}},
+                                    {"result": {"header": hdr, "compact_revision": "20", "canceled": True}}):
+                            line = (json.dumps(msg) + "\n").encode()
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                            self.wfile.flush()
+                        time.sleep(0.5)
+                        self.wfile.write(b"0\r\n\r\n")
+                    except OSError:
+                        pass  # the watcher went (it reads the prefix again)
+                    return
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@suite.test
+def a_v3_watch_below_the_compaction_reads_again():
+    gw = CompactingGateway()
+    suite.defer(gw.close)
+    w = Watch("/fake", "v3", render=LINES)
+    w.cmd[w.cmd.index("--etcd") + 1] = gw.url
+    w.start()
+    wait_for(lambda: gw.ranges >= 3, what="the prefix read again after each compaction")
+    assert gw.watches[0] == "11", gw.watches  # from the listing's revision + 1
+    assert "compacted past" in w.output(), w.output()
+    # compaction again and again (this gateway never stops): read again
+    # with a backoff, not in a tight loop
+    time.sleep(3)
+    assert gw.ranges <= 6, gw.ranges
+    wait_for(lambda: (w.text() or "").startswith("# v3 /fake 1\n/fake/a=read "), what="rendered")
+    assert w.stop() == 0
+
+
+@suite.test
+def bad_flags_say_what():
+    for args, said in [
+        ([], "which PREFIX"),
+        (["/p"], "--render FILE.lua is required"),
+        (["/p", "--render", "x.lua"], "--out PATH is required"),
+        (["p", "--render", "x.lua", "--out", "o"], "must be an absolute key path"),
+        (["/p", "--render", "x.lua", "--out", "o", "--wait", "5parsecs"], "is not MIN[:MAX]"),
+        (["/p", "--render", "x.lua", "--out", "o", "--docker", "unix:///x"], "unknown option"),
+    ]:
+        r = subprocess.run([REGISTER, "watch", *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and said in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    r = subprocess.run([REGISTER, "watch", "/p", "--render", "/nonexistent.lua", "--out", "o", "--once"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "/nonexistent.lua" in r.stderr, r.stderr
+    r = subprocess.run([REGISTER, "watch", "--help"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and "--render" in r.stdout and "--docker" not in r.stdout
+
+
+if __name__ == "__main__":
+    suite.run()
