@@ -119,7 +119,7 @@ class Bench:
             f.write(DEFAULT_POLICY)
         self.rig = Rig(self.d, self.cluster.endpoints(), self.bin, policy=self.policy, rate=self.a.rate,
                        checks=CHECKS, watch_extra=["--wait", self.a.wait] if self.a.wait else [],
-                       watch_check=not self.a.no_check)
+                       watch_check=not self.a.no_check, shipped=self.a.shipped_renderer)
         self.defer(self.rig.cleanup)
         self.rig.start()
 
@@ -304,6 +304,8 @@ def parse(argv=None):
     p.add_argument("--rate", type=float, default=100, help="requests per second (100)")
     p.add_argument("--scenarios", default=",".join(ALL), help="comma-separated, of: " + ",".join(ALL))
     p.add_argument("--wait", help="register watch's --wait MIN[:MAX] (its default: 50ms:250ms)")
+    p.add_argument("--shipped-renderer", action="store_true",
+                   help="render with register.render.haproxy (its defaults) instead of the rig's own renderer")
     p.add_argument("--no-check", action="store_true",
                    help="no --check (haproxy -c) before a reload: haproxy's own reload keeps the old worker "
                         "when the new config does not load")
@@ -325,7 +327,8 @@ def run(register_bin, argv=None):
     finally:
         b.cleanup()
     log(f"rate {a.rate:g} requests/s; register watch --wait {a.wait or '(default)'}"
-        f"{', no --check' if a.no_check else ''}; load average {os.getloadavg()[0]:.2f}")
+        f"{', no --check' if a.no_check else ''}"
+        f"{', the shipped renderer' if a.shipped_renderer else ''}; load average {os.getloadavg()[0]:.2f}")
     return [{k: v for k, v in r.items() if k != "_recs"} for r in rows]
 
 

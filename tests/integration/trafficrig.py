@@ -163,13 +163,29 @@ def write_renderer(path, frontend, stats):
     return path
 
 
+# the shipped renderer (lua/render/haproxy.lua), with its defaults (no
+# retries, no redispatch, no stats socket): the service is image:port
+SHIPPED = """return require("register.render.haproxy").new{
+  frontends = { [@SERVICE@] = @FRONTEND@ },
+  stats = false,
+}
+"""
+
+
+def write_shipped_renderer(path, frontend):
+    with open(path, "w") as f:
+        f.write(SHIPPED.replace("@SERVICE@", json.dumps(SERVICE + ":80")).replace("@FRONTEND@", json.dumps(frontend)))
+    return path
+
+
 def servers_in(text):
-    """{container 12: address} of the servers of a rendered config."""
+    """{container 12: address} of the servers of a rendered config (both
+    renderers name a server after the container's short id first)."""
     out = {}
     for line in text.splitlines():
         p = line.split()
-        if len(p) == 3 and p[0] == "server":
-            out[p[1].split("-")[0]] = p[2]
+        if len(p) >= 3 and p[0] == "server":
+            out[p[1][:12]] = p[2]
     return out
 
 
@@ -688,7 +704,7 @@ class Rig:
     action under load and returns its row."""
 
     def __init__(self, d, urls, register_bin, policy=None, rate=100, timeout=5.0, checks=None, watch_extra=(),
-                 watch_check=True):
+                 watch_check=True, shipped=False):
         self.d = d
         self.checks = checks or {}  # check_labels() arguments
         self.timeout = timeout  # a request not answered in time is a failure
@@ -698,6 +714,7 @@ class Rig:
         self.rate = rate
         self.watch_extra = list(watch_extra)  # more options of register watch (--wait ...)
         self.watch_check = watch_check  # --check "haproxy -c -q -f %s"
+        self.shipped = shipped  # the shipped renderer instead of RENDERER
         self.dir = tmpdir("rt")
         self.cfg = os.path.join(self.dir, "haproxy.cfg")
         self.port = free_port()
@@ -718,8 +735,11 @@ class Rig:
 
     def start(self):
         self.start_register()
-        renderer = write_renderer(os.path.join(self.dir, "haproxy.lua"), f"127.0.0.1:{self.port}",
-                                  os.path.join(self.dir, "admin.sock"))
+        path = os.path.join(self.dir, "haproxy.lua")
+        if self.shipped:
+            renderer = write_shipped_renderer(path, f"127.0.0.1:{self.port}")
+        else:
+            renderer = write_renderer(path, f"127.0.0.1:{self.port}", os.path.join(self.dir, "admin.sock"))
         render_once(self.bin, self.dir, self.urls, renderer, self.cfg)
         self.haproxy = Haproxy(self.cfg, self.dir).start()
         self.keys = KeyWatcher(self.urls).start()
