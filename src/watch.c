@@ -65,6 +65,7 @@ typedef struct {
   uint64_t cycle_change_ms; /* the first change the running cycle reads */
   unsigned failures;        /* etcd failures in a row */
   unsigned render_failures; /* failed renders in a row */
+  unsigned reload_failures; /* failed reloads in a row */
   int retry_etcd;           /* the retry timer is an etcd failure's */
   unsigned compacted; /* watches in a row that ended compacted, no change */
   char etcd_error[400];
@@ -307,11 +308,23 @@ static void on_reload(void *ud, const command_result_t *r) {
     snprintf(w->reload_error, sizeof w->reload_error,
              "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
              *r->output ? ": " : "", r->output);
-    log_error("watch: %s; %s is in place, the reload will be tried again "
-              "with the next change",
-              w->reload_error, w->cfg->out_file);
+    w->reload_failures++;
+    uint64_t delay =
+        (uint64_t)RETRY_MIN_MS
+        << (w->reload_failures - 1 > 5 ? 5 : w->reload_failures - 1);
+    if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+    log_error("watch: %s; %s is in place, the reload is tried again in "
+              "%.0f s",
+              w->reload_error, w->cfg->out_file, (double)delay / 1000);
+    cycle_done(w, 0);
+    if (!w->cfg->once && !w->stopping) {
+      w->retry_etcd = 0;
+      uv_timer_start(&w->retry, cycle_cb, delay, 0);
+    }
+    return;
   }
-  cycle_done(w, r->ok);
+  w->reload_failures = 0;
+  cycle_done(w, 1);
 }
 
 static void installed(watch_t *w) {
