@@ -275,6 +275,7 @@ TEST(defaults) {
   config_free(&c);
   ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-discovery", "maybe"), -1);
   ASSERT_CONTAINS(err, "--etcd-discovery \"maybe\" is not on or off");
+  config_free(&c); /* what was parsed before the error, as main.c does */
   clean_env();
 }
 
