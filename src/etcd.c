@@ -393,8 +393,14 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   reply_t reply;
   if (r->error) {
     /* a TLS server that wants a client certificate just drops us: say so */
+    /* (the server's alert comes as whatever curl was doing then: the
+     * handshake, a send, a read, or an answer never finished) */
     int tls_hint = strncmp(op->ep->url, "https:", 6) == 0 && !e->tls.cert &&
-                   (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED);
+                   (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED ||
+                    r->error == HTTP_ERR_EMPTY ||
+                    (r->errmsg && (strstr(r->errmsg, "alert") ||
+                                   strstr(r->errmsg, "bad certificate") ||
+                                   strstr(r->errmsg, "certificate required"))));
     snprintf(err, sizeof err, "%s: %s%s", op->ep->url, r->errmsg,
              tls_hint ? " (does etcd want a client certificate? see "
                         "--etcd-cert and --etcd-key)"
