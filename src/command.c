@@ -10,7 +10,7 @@
 #include <string.h>
 
 /* after the process exited, how long its pipes may still bring output */
-#define DRAIN_MS 100
+#define DRAIN_MS 1000 /* both pipes at their end finish it sooner */
 
 struct command {
   uv_loop_t *loop;
