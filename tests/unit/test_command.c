@@ -70,10 +70,11 @@ static seen_t run(const char *line, long timeout_ms) {
 TEST(exit_and_output) {
   seen_t s = run("sh -c 'echo one; echo two >&2; exit 3'", 5000);
   ASSERT(!s.r.ok && !s.r.timed_out && s.r.exit_status == 3);
-  ASSERT(strstr(s.r.output, "one") && strstr(s.r.output, "two"));
-  ASSERT(strstr(s.r.output, " | ")); /* one line */
+  /* s.out: s.r.output pointed into run()'s own copy */
+  ASSERT(strstr(s.out, "one") && strstr(s.out, "two"));
+  ASSERT(strstr(s.out, " | ")); /* one line */
   s = run("true", 5000);
-  ASSERT(s.r.ok && s.r.exit_status == 0 && s.r.output[0] == '\0');
+  ASSERT(s.r.ok && s.r.exit_status == 0 && s.out[0] == '\0');
 }
 
 TEST(time_limit_kills_the_whole_group) {
