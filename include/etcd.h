@@ -107,6 +107,11 @@ typedef struct {
   void *ud;
 } etcd_opts_t;
 
+/* The options the flags give: endpoints, API, TLS (its files in *tls,
+ * which must outlive etcd_new()), credentials, discovery; the caller adds
+ * its TTL and callbacks.  For the daemon and `register watch` alike. */
+void etcd_opts_from_config(const config_t *cfg, http_tls_t *tls,
+                           etcd_opts_t *o);
 etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o);
 /* Every operation below returns its op, never NULL, and its callback runs
  * exactly once, from the loop, never inside the call that started it

@@ -784,16 +784,10 @@ int app_run(const config_t *cfg) {
     goto out;
   }
   if (!cfg->dry_run) {
-    http_tls_t tls = {cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
-    etcd_opts_t eo = {0};
-    eo.endpoints = cfg->etcd;
-    eo.n_endpoints = cfg->n_etcd;
-    eo.api = cfg->etcd_api;
-    eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
-    eo.user = cfg->etcd_user;
-    eo.password = cfg->etcd_password;
+    http_tls_t tls;
+    etcd_opts_t eo;
+    etcd_opts_from_config(cfg, &tls, &eo);
     eo.ttl = cfg->ttl;
-    eo.discover = cfg->etcd_discovery;
     eo.lease_lost = on_lease_lost;
     eo.rewound = on_rewound;
     eo.ud = a;

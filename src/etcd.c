@@ -1003,6 +1003,19 @@ int etcd_has_key_refresh(const etcd_t *e) {
   return e->api == ETCD_API_V2;
 }
 
+void etcd_opts_from_config(const config_t *cfg, http_tls_t *tls,
+                           etcd_opts_t *o) {
+  *tls = (http_tls_t){cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
+  memset(o, 0, sizeof *o);
+  o->endpoints = cfg->etcd;
+  o->n_endpoints = cfg->n_etcd;
+  o->api = cfg->etcd_api;
+  o->tls = (tls->cacert || tls->cert) ? tls : NULL;
+  o->user = cfg->etcd_user;
+  o->password = cfg->etcd_password;
+  o->discover = cfg->etcd_discovery;
+}
+
 etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   etcd_t *e = xcalloc(1, sizeof *e);
   e->loop = loop;

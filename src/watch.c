@@ -786,15 +786,9 @@ int watch_run(const config_t *cfg) {
     log_error("cannot initialise libcurl");
     goto out;
   }
-  http_tls_t tls = {cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
-  etcd_opts_t eo = {0};
-  eo.endpoints = cfg->etcd;
-  eo.n_endpoints = cfg->n_etcd;
-  eo.api = cfg->etcd_api;
-  eo.tls = (tls.cacert || tls.cert) ? &tls : NULL;
-  eo.user = cfg->etcd_user;
-  eo.password = cfg->etcd_password;
-  eo.discover = cfg->etcd_discovery;
+  http_tls_t tls;
+  etcd_opts_t eo;
+  etcd_opts_from_config(cfg, &tls, &eo);
   eo.rewound = on_rewound;
   eo.ud = w;
   w->etcd = etcd_new(&w->loop, w->http, &eo);
