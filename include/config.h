@@ -59,9 +59,23 @@ typedef struct {
   long wait_min_ms;     /* --wait: quiet period after a change */
   long wait_max_ms;     /*         and the longest a change waits */
   long command_timeout; /* seconds one --check or --reload may take */
+
+  /* the fleet's policy in etcd: the daemon follows it (--policy-key),
+   * `register policy ...` (cmd CONFIG_POLICY) changes it (--key) */
+  char *policy_key;    /* without a trailing '/', or NULL */
+  char *policy_pubkey; /* --policy-pubkey FILE, or NULL */
+  int policy_unsigned; /* --policy-unsigned */
+  char *state_dir;     /* --state-dir */
+  char *policy_action; /* push, status, promote or rollback */
+  char **policy_args;  /* the words after the action (push: FILE [INSPECT..]) */
+  size_t n_policy_args;
+  char *policy_sign;   /* --sign KEYFILE, or NULL */
+  char *policy_canary; /* --canary IP,...|N%, or NULL */
+  int policy_json;     /* --json */
 } config_t;
 
-enum { CONFIG_DAEMON = 1, CONFIG_WATCH = 2 };
+/* bits: an option names the commands that take it */
+enum { CONFIG_DAEMON = 1, CONFIG_WATCH = 2, CONFIG_POLICY = 4 };
 
 /* One network of --check-allow.  Every address is held as IPv6, IPv4 as
  * ::ffff:a.b.c.d (bits counted from the start of the 16 bytes: an IPv4
@@ -78,6 +92,9 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 /* `register watch PREFIX ...`: argv[0] is "watch"; the same returns. */
 int config_parse_watch(config_t *cfg, int argc, char **argv, char *err,
                        size_t errlen);
+/* `register policy ACTION ...`: argv[0] is "policy"; the same returns. */
+int config_parse_policy(config_t *cfg, int argc, char **argv, char *err,
+                        size_t errlen);
 void config_free(config_t *cfg);
 void config_usage(const char *prog);
 

@@ -22,8 +22,10 @@ typedef enum {
   ETCD_NOT_FOUND,   /* key (or lease) does not exist */
   ETCD_NOT_EMPTY,   /* v2: directory not empty */
   ETCD_UNAVAILABLE, /* no endpoint answered usefully: retry later */
-  ETCD_FAILED       /* etcd refused (permission, not a file, ...) */
+  ETCD_FAILED,      /* etcd refused (permission, not a file, ...) */
+  ETCD_CONFLICT     /* etcd_put_if(): the key did not hold what was expected */
 } etcd_status_t;
+#define ETCD_STATUSES 6
 
 typedef struct {
   etcd_status_t status;
@@ -126,6 +128,14 @@ void etcd_set_password(etcd_t *e, const char *password);
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
                     long ttl, etcd_done_cb cb, void *data);
+/* Compare-and-swap: writes value at key only if the key holds exactly
+ * prev (prev NULL: only if the key does not exist); ETCD_CONFLICT
+ * otherwise.  Never with a TTL or the lease: a document, not a
+ * registration.  v2: prevValue / prevExist=false; v3: a transaction
+ * comparing the value (or create_revision 0). */
+etcd_op_t *etcd_put_if(etcd_t *e, const char *key, const char *value,
+                       size_t vlen, const char *prev, size_t prevlen,
+                       etcd_done_cb cb, void *data);
 /* v2: extend the TTL of an existing key without waking watchers
  * (refresh=true, prevExist=true); ETCD_NOT_FOUND when it is gone. */
 etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
@@ -165,9 +175,9 @@ etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data);
 #define ETCD_BUCKETS 12
 extern const double etcd_buckets[ETCD_BUCKETS]; /* seconds, upper bounds */
 typedef struct {
-  const char *op;                 /* "put", "delete", "list", ... */
-  uint64_t by_status[5];          /* indexed by etcd_status_t */
-  uint64_t buckets[ETCD_BUCKETS]; /* cumulative counts per upper bound */
+  const char *op;                    /* "put", "delete", "list", ... */
+  uint64_t by_status[ETCD_STATUSES]; /* indexed by etcd_status_t */
+  uint64_t buckets[ETCD_BUCKETS];    /* cumulative counts per upper bound */
   uint64_t count;
   double sum; /* seconds */
 } etcd_opstat_t;

@@ -38,13 +38,13 @@ typedef struct {
   const char *help;
   const char *dflt; /* taken first, as a value is; --help: "default DFLT" */
   opt_kind_t kind;
-  size_t off;         /* KIND_STRING, _FLAG, _SECONDS, _MS: the field */
-  opt_set_t set;      /* KIND_CALL */
-  long min, max;      /* KIND_SECONDS, _MS; max 0: a year, "MIN and up" */
-  unsigned how;       /* OPT_ZERO, OPT_LATE */
-  const char *shown;  /* what --help says instead of "default DFLT" */
-  char short_name;    /* -h, or 0 */
-  int only;           /* CONFIG_DAEMON or CONFIG_WATCH; 0: both */
+  size_t off;        /* KIND_STRING, _FLAG, _SECONDS, _MS: the field */
+  opt_set_t set;     /* KIND_CALL */
+  long min, max;     /* KIND_SECONDS, _MS; max 0: a year, "MIN and up" */
+  unsigned how;      /* OPT_ZERO, OPT_LATE */
+  const char *shown; /* what --help says instead of "default DFLT" */
+  char short_name;   /* -h, or 0 */
+  int only; /* the commands that take it (CONFIG_DAEMON | ...); 0: all */
   const char *whelp;  /* register watch --help's help, when it differs */
   const char *wshown; /* and its shown */
 } opt_t;
@@ -407,7 +407,8 @@ static int finish_etcd_security(config_t *cfg, char *err, size_t errlen) {
 
 static int set_host_ip(config_t *cfg, const char *src, const char *v, char *err,
                        size_t errlen) {
-  if (!v && cfg->cmd == CONFIG_WATCH) return 0; /* ctx.host.ip is "" */
+  /* watch: ctx.host.ip is ""; policy: a check's host */
+  if (!v && cfg->cmd != CONFIG_DAEMON) return 0;
   if (!v) {
     snprintf(err, errlen,
              "HOST_IP is not set or empty: give --host-ip IP, or set "
@@ -628,6 +629,30 @@ static const opt_t opts[] = {
     {"--policy", "REGISTER_POLICY", "FILE", "Lua policy", NULL,
      STRING(policy_file), .shown = "default: the embedded /registered schema",
      .only = CONFIG_DAEMON},
+    {"--policy-key", "REGISTER_POLICY_KEY", "KEY",
+     "follow the fleet's policy kept in etcd at KEY (register policy push)",
+     NULL, STRING(policy_key), .only = CONFIG_DAEMON},
+    {"--policy-pubkey", "REGISTER_POLICY_PUBKEY", "FILE",
+     "apply only policies from --policy-key signed with a key in FILE (PEM, "
+     "Ed25519)",
+     NULL, STRING(policy_pubkey), .only = CONFIG_DAEMON},
+    {"--policy-unsigned", "REGISTER_POLICY_UNSIGNED", NULL,
+     "apply unsigned policies from --policy-key (unsafe: anyone who can "
+     "write KEY runs code on every host)",
+     NULL, FLAG(policy_unsigned), .only = CONFIG_DAEMON},
+    {"--state-dir", "REGISTER_STATE_DIR", "DIR",
+     "where the last policy applied from --policy-key is kept",
+     "/var/lib/register", STRING(state_dir), .only = CONFIG_DAEMON},
+    {"--key", "REGISTER_POLICY_KEY", "KEY", "the policy key in etcd", NULL,
+     STRING(policy_key), .only = CONFIG_POLICY, .shown = "required"},
+    {"--sign", "REGISTER_POLICY_SIGN", "KEYFILE",
+     "push: sign with this Ed25519 private key (PEM)", NULL,
+     STRING(policy_sign), .only = CONFIG_POLICY},
+    {"--canary", NULL, "IP,IP,...|N%",
+     "push: only these hosts, or a stable N% of them, take the revision", NULL,
+     STRING(policy_canary), .only = CONFIG_POLICY},
+    {"--json", NULL, NULL, "status: one JSON document instead of lines", NULL,
+     FLAG(policy_json), .only = CONFIG_POLICY},
     {"--log-level", "REGISTER_LOG_LEVEL", "LEVEL", "error, warn, info or debug",
      "info", CALL(set_log_level)},
     {"--log-format", "REGISTER_LOG_FORMAT", "FORMAT", "text or json", "text",
@@ -643,7 +668,7 @@ static const opt_t opts[] = {
      FLAG(deregister_on_exit), .only = CONFIG_DAEMON},
     {"--metrics", NULL, "ADDR",
      "serve /metrics and /healthz on ADDR (host:port)", NULL,
-     STRING(metrics_addr)},
+     STRING(metrics_addr), .only = CONFIG_DAEMON | CONFIG_WATCH},
     {"--hostname", NULL, "NAME", "host name given to the policy", NULL,
      CALL(set_hostname), .shown = "default: gethostname",
      .whelp = "host name: the renderer's ctx.host.hostname"},
@@ -670,11 +695,12 @@ static const opt_t opts[] = {
      FLAG(trace_latency), .only = CONFIG_DAEMON},
     {"--once", NULL, NULL,
      "sync once; exit 0 when etcd matches, 1 when it does not within --timeout",
-     NULL, FLAG(once),
+     NULL, FLAG(once), .only = CONFIG_DAEMON | CONFIG_WATCH,
      .whelp = "render once; exit 0 when the file is in place, 1 when it is not "
               "within --timeout"},
     {"--timeout", NULL, "SECONDS", "how long --once waits for etcd to match",
-     "30", SECONDS(once_timeout, 1, 0), .whelp = "how long --once waits"},
+     "30", SECONDS(once_timeout, 1, 0), .whelp = "how long --once waits",
+     .only = CONFIG_DAEMON | CONFIG_WATCH},
     {"--render", "REGISTER_WATCH_RENDER", "FILE",
      "the Lua renderer: render(kv, ctx)", NULL, STRING(render_file),
      .only = CONFIG_WATCH, .shown = "required"},
@@ -707,7 +733,7 @@ static const opt_t opts[] = {
 enum { N_OPTS = ARRAY_SIZE(opts), OPT_VAL = 256 };
 
 static int in_mode(const opt_t *o, int cmd) {
-  return !o->only || o->only == cmd;
+  return !o->only || (o->only & cmd);
 }
 
 static const opt_t *opt_named(const char *flag) {
@@ -754,6 +780,7 @@ static int take(config_t *cfg, late_t *late, const opt_t *o, const char *src,
 }
 
 static void config_usage_watch(void);
+static void config_usage_policy(void);
 
 /* 0: every flag taken; 1: --help or --version printed; -1: an error. */
 static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
@@ -795,6 +822,8 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
     if (o->kind == KIND_HELP) {
       if (cfg->cmd == CONFIG_WATCH)
         config_usage_watch();
+      else if (cfg->cmd == CONFIG_POLICY)
+        config_usage_policy();
       else
         config_usage(argv[0]);
       return 1;
@@ -809,6 +838,12 @@ static int take_flags(config_t *cfg, late_t *late, int argc, char **argv,
     config_set_str(&cfg->watch_prefix, argv[optind++]);
   else if (cfg->cmd == CONFIG_WATCH && env("REGISTER_WATCH_PREFIX"))
     config_set_str(&cfg->watch_prefix, env("REGISTER_WATCH_PREFIX"));
+  if (cfg->cmd == CONFIG_POLICY && optind < argc) { /* ACTION [ARGS...] */
+    config_set_str(&cfg->policy_action, argv[optind++]);
+    cfg->policy_args = xcalloc((size_t)(argc - optind) + 1, sizeof(char *));
+    while (optind < argc)
+      cfg->policy_args[cfg->n_policy_args++] = xstrdup(argv[optind++]);
+  }
   if (optind < argc) {
     snprintf(err, errlen, "unexpected argument \"%s\" (see --help)",
              argv[optind]);
@@ -873,20 +908,45 @@ static void config_usage_watch(void) {
     if (in_mode(&opts[i], CONFIG_WATCH)) usage_row(&opts[i], CONFIG_WATCH);
 }
 
+static void config_usage_policy(void) {
+  printf("Usage: register policy push FILE [INSPECT.json ...] --key KEY "
+         "[--sign KEYFILE]\n"
+         "                                   [--canary IP,IP,...|N%%]\n"
+         "       register policy status --key KEY [--json]\n"
+         "       register policy promote --key KEY\n"
+         "       register policy rollback --key KEY\n"
+         "\n"
+         "The fleet's policy, kept in etcd at KEY and followed by every "
+         "daemon run\n"
+         "with --policy-key KEY.  push checks FILE first (on the inspect "
+         "documents\n"
+         "given) and writes a new revision, to every host or to a canary; "
+         "promote\n"
+         "gives the canary's revision to every host; rollback returns every "
+         "host to\n"
+         "the previous revision.  Writes are compare-and-swap.\n"
+         "\n");
+  for (size_t i = 0; i < N_OPTS; i++)
+    if (in_mode(&opts[i], CONFIG_POLICY)) usage_row(&opts[i], CONFIG_POLICY);
+}
+
 void config_usage(const char *prog) {
   printf("Usage: %s [OPTIONS]\n"
          "       %s check [OPTIONS] POLICY|default [INSPECT.json|- ...]\n"
          "       %s watch PREFIX --render FILE.lua --out PATH [OPTIONS]\n"
+         "       %s policy push|status|promote|rollback --key KEY [OPTIONS]\n"
          "\n"
          "Keeps etcd in sync with the ports that running Docker containers "
          "publish.\n"
          "\n",
-         prog, prog, prog);
+         prog, prog, prog, prog);
   for (size_t i = 0; i < N_OPTS; i++)
     if (in_mode(&opts[i], CONFIG_DAEMON)) usage_row(&opts[i], CONFIG_DAEMON);
   fputs("\n"
         "register watch PREFIX: a file kept rendered from etcd (register "
         "watch --help)\n"
+        "register policy: the fleet's policy in etcd (register policy "
+        "--help)\n"
         "\n"
         "register check: a policy tried on inspect documents, no etcd; one "
         "JSON\n"
@@ -956,6 +1016,86 @@ static int check_watch(config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
+/* A policy key: an absolute key path below the root, no trailing '/'. */
+static int check_policy_key(config_t *cfg, const char *flag, char *err,
+                            size_t errlen) {
+  char *k = cfg->policy_key;
+  if (!k) return 0;
+  size_t n = strlen(k);
+  while (n > 1 && k[n - 1] == '/')
+    k[--n] = '\0';
+  if (k[0] != '/' || n < 2 || strstr(k, "//") || n > 512) {
+    snprintf(err, errlen,
+             "%s \"%s\" must be an absolute key path below the root, e.g. "
+             "/register/policy",
+             flag, k);
+    return -1;
+  }
+  return 0;
+}
+
+static int check_policy(config_t *cfg, char *err, size_t errlen) {
+  if (cfg->cmd == CONFIG_DAEMON) {
+    if (check_policy_key(cfg, "--policy-key", err, errlen) < 0) return -1;
+    if (cfg->policy_pubkey && cfg->policy_unsigned) {
+      snprintf(err, errlen,
+               "--policy-unsigned contradicts --policy-pubkey: a host "
+               "either verifies signatures or does not");
+      return -1;
+    }
+    if (!cfg->policy_key && (cfg->policy_pubkey || cfg->policy_unsigned)) {
+      snprintf(err, errlen, "%s needs --policy-key KEY",
+               cfg->policy_pubkey ? "--policy-pubkey" : "--policy-unsigned");
+      return -1;
+    }
+    if (cfg->policy_key && (!cfg->state_dir || !*cfg->state_dir)) {
+      snprintf(err, errlen, "--state-dir must name a directory");
+      return -1;
+    }
+    return 0;
+  }
+  static const char *const actions[] = {"push", "status", "promote",
+                                        "rollback"};
+  const char *a = cfg->policy_action;
+  size_t i = 0;
+  while (a && i < ARRAY_SIZE(actions) && strcmp(a, actions[i]) != 0)
+    i++;
+  if (!a || i == ARRAY_SIZE(actions)) {
+    snprintf(err, errlen,
+             a ? "register policy: unknown action \"%s\" (push, status, "
+                 "promote or rollback)"
+               : "register policy: which action? (push, status, promote or "
+                 "rollback)%s",
+             a ? a : "");
+    return -1;
+  }
+  if (!cfg->policy_key) {
+    snprintf(err, errlen,
+             "register policy %s: --key KEY is required (or "
+             "REGISTER_POLICY_KEY), e.g. --key /register/policy",
+             a);
+    return -1;
+  }
+  if (check_policy_key(cfg, "--key", err, errlen) < 0) return -1;
+  if (strcmp(a, "push") == 0 && cfg->n_policy_args == 0) {
+    snprintf(err, errlen, "register policy push: which FILE?");
+    return -1;
+  }
+  if (strcmp(a, "push") != 0 &&
+      (cfg->n_policy_args || cfg->policy_sign || cfg->policy_canary)) {
+    snprintf(err, errlen, "register policy %s takes no %s", a,
+             cfg->n_policy_args ? "FILE"
+             : cfg->policy_sign ? "--sign"
+                                : "--canary");
+    return -1;
+  }
+  if (cfg->policy_json && strcmp(a, "status") != 0) {
+    snprintf(err, errlen, "register policy %s takes no --json", a);
+    return -1;
+  }
+  return 0;
+}
+
 static int parse(config_t *cfg, int cmd, int argc, char **argv, char *err,
                  size_t errlen) {
   memset(cfg, 0, sizeof *cfg);
@@ -979,6 +1119,7 @@ static int parse(config_t *cfg, int cmd, int argc, char **argv, char *err,
         opts[i].set(cfg, late.src[i], late.v[i], err, errlen) < 0)
       return -1;
   if (cmd == CONFIG_WATCH && check_watch(cfg, err, errlen) < 0) return -1;
+  if (cmd != CONFIG_WATCH && check_policy(cfg, err, errlen) < 0) return -1;
   if (finish_etcd_security(cfg, err, errlen) < 0 ||
       check_metrics(cfg, err, errlen) < 0)
     return -1;
@@ -996,6 +1137,11 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 int config_parse_watch(config_t *cfg, int argc, char **argv, char *err,
                        size_t errlen) {
   return parse(cfg, CONFIG_WATCH, argc, argv, err, errlen);
+}
+
+int config_parse_policy(config_t *cfg, int argc, char **argv, char *err,
+                        size_t errlen) {
+  return parse(cfg, CONFIG_POLICY, argc, argv, err, errlen);
 }
 
 void config_free(config_t *cfg) {
@@ -1025,5 +1171,14 @@ void config_free(config_t *cfg) {
   free(cfg->out_file);
   free(cfg->check_cmd);
   free(cfg->reload_cmd);
+  free(cfg->policy_key);
+  free(cfg->policy_action);
+  free(cfg->policy_pubkey);
+  free(cfg->state_dir);
+  free(cfg->policy_sign);
+  free(cfg->policy_canary);
+  for (size_t i = 0; i < cfg->n_policy_args; i++)
+    free(cfg->policy_args[i]);
+  free(cfg->policy_args);
   memset(cfg, 0, sizeof *cfg);
 }

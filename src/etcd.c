@@ -956,9 +956,9 @@ etcd_op_t *etcd_probe(etcd_t *e, etcd_done_cb cb, void *data) {
 }
 
 const char *etcd_status_name(etcd_status_t st) {
-  static const char *const names[] = {"ok", "not_found", "not_empty",
-                                      "unavailable", "failed"};
-  return (unsigned)st < 5 ? names[st] : "unknown";
+  static const char *const names[ETCD_STATUSES] = {
+      "ok", "not_found", "not_empty", "unavailable", "failed", "conflict"};
+  return (unsigned)st < ETCD_STATUSES ? names[st] : "unknown";
 }
 
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {

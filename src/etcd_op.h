@@ -209,7 +209,7 @@ struct etcd {
   /* statistics */
   uint64_t last_ok_ms; /* uv_now() of the last answer from etcd */
   char last_error[300];
-  uint64_t counts[OP_KINDS][5];
+  uint64_t counts[OP_KINDS][ETCD_STATUSES];
   uint64_t hist[OP_KINDS][ETCD_BUCKETS];
   uint64_t hist_n[OP_KINDS];
   double hist_sum[OP_KINDS];

@@ -98,7 +98,7 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
     help(b, "register_etcd_requests_total", "counter",
          "etcd operations by operation and result.");
     for (size_t k = 0; k < n && k < 16; k++) {
-      for (int s = 0; s < 5; s++) {
+      for (int s = 0; s < ETCD_STATUSES; s++) {
         if (!st[k].by_status[s]) continue;
         buf_printf(b,
                    "register_etcd_requests_total{op=\"%s\",result=\"%s\"} "

@@ -1,0 +1,1 @@
+/* fleet: see include/fleet.h */

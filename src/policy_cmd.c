@@ -1,0 +1,2 @@
+/* policy_cmd: see include/policy_cmd.h */
+#include "policy_cmd.h"

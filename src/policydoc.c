@@ -1,0 +1,2 @@
+/* policydoc: see include/policydoc.h */
+#include "policydoc.h"

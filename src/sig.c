@@ -1,0 +1,2 @@
+/* sig: see include/sig.h */
+#include "sig.h"
