@@ -237,6 +237,11 @@ int policydoc_parse(const char *text, size_t len, policydoc_t *out, char *err,
                   : "generation is not an integer >= 1");
     goto out;
   }
+  got = get_int(root, "last_revision", &out->last_revision);
+  if (got < 0 || out->last_revision < 0) {
+    fail(err, errlen, "last_revision is not an integer >= 0");
+    goto out;
+  }
   v = json_get(root, "stable");
   if (!v || v->type == JSON_NULL) {
     fail(err, errlen, "stable is missing");
@@ -295,6 +300,8 @@ char *policydoc_write(const policydoc_t *d, size_t *len) {
   buf_init(&b);
   buf_printf(&b, "{\"register_policy\":1,\"generation\":%lld",
              (long long)d->generation);
+  if (d->last_revision > 0)
+    buf_printf(&b, ",\"last_revision\":%lld", (long long)d->last_revision);
   if (d->stable) {
     buf_puts(&b, ",\"stable\":");
     write_rev(&b, d->stable);
@@ -326,11 +333,22 @@ char *policydoc_write(const policydoc_t *d, size_t *len) {
 }
 
 int64_t policydoc_top(const policydoc_t *d) {
-  int64_t top = 0;
+  int64_t top = d->last_revision;
   const policydoc_rev_t *r[] = {d->stable, d->previous, d->canary};
   for (size_t i = 0; i < 3; i++)
     if (r[i] && r[i]->revision > top) top = r[i]->revision;
   return top;
+}
+
+void policydoc_drop_canary(policydoc_t *d) {
+  policydoc_rev_free(d->canary);
+  d->canary = NULL;
+  for (size_t i = 0; i < d->n_canary_hosts; i++)
+    free(d->canary_hosts[i]);
+  free(d->canary_hosts);
+  d->canary_hosts = NULL;
+  d->n_canary_hosts = 0;
+  d->canary_percent = 0;
 }
 
 /* ---- a host's revision ---- */
