@@ -53,6 +53,7 @@ typedef struct {
   reload_t *reload;        /* SIGHUP */
   fleet_t *fleet;          /* --policy-key, or NULL */
   char *status_key;        /* where fleet's report goes (owned), or NULL */
+  int status_set;          /* the report is one of the reconciler's keys */
   fleet_view_t fleet_view; /* for health_inputs */
   notify_t *notify;
   httpd_t *httpd;
