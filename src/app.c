@@ -621,7 +621,7 @@ static worker_opts_t policy_opts(app_t *a) {
 
 /* The owner of the host's report among the reconciler's keys: not a
  * container id (those are hex). */
-#define FLEET_OWNER "register:policy-status"
+#define FLEET_OWNER RECONCILE_DAEMON_OWNER "policy-status"
 
 static void fleet_done(void *ud, int ok, const char *why) {
   app_t *a = ud;
