@@ -74,7 +74,14 @@ static void set_state(fleet_t *f, policydoc_state_t st, const char *error) {
   if (same) return;
   f->state = st;
   free(f->error);
-  f->error = error ? xstrndup(error, ERROR_MAX) : NULL;
+  f->error = NULL;
+  if (error) { /* at most ERROR_MAX bytes, not cutting a UTF-8 sequence */
+    size_t n = strnlen(error, ERROR_MAX);
+    if (error[n])
+      while (n > 0 && ((unsigned char)error[n] & 0xC0) == 0x80)
+        n--;
+    f->error = xstrndup(error, n);
+  }
   f->since = (int64_t)time(NULL);
 }
 
