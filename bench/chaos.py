@@ -24,7 +24,9 @@ then a quiet point: every fault healed, then the checks:
   leaks       per process, RssAnon and open fds do not grow beyond noise
               from one quiet point to the next (RSS_STEP_KB + RSS_STEP_FRAC,
               FD_STEP) nor from its first quiet point (RSS_TOTAL_KB +
-              RSS_TOTAL_FRAC, FD_TOTAL)
+              RSS_TOTAL_FRAC, FD_TOTAL); TCP sockets are curl's connection
+              cache (idle connections kept, up to CURLMOPT_MAXCONNECTS 65):
+              at most TCP_MAX, whatever the step
   alive       no host exited on its own
 
 The faults (random.Random(seed) draws every one of them, with its time,
@@ -78,7 +80,8 @@ HEALTHZ_WAIT = 10.0
 # leak noise, per process (a restarted host starts over)
 RSS_STEP_KB, RSS_STEP_FRAC = 1024, 0.10
 RSS_TOTAL_KB, RSS_TOTAL_FRAC = 2048, 0.25
-FD_STEP, FD_TOTAL = 3, 6
+FD_STEP, FD_TOTAL = 3, 6   # fds other than TCP sockets
+TCP_MAX = 65 + 4           # TCP sockets: curl's connection cache (app.c: CURLMOPT_MAXCONNECTS 65) + a few
 METRICS_PORT = 9400
 
 KINDS = ["member_kill", "leader_kill", "outage", "member_cut", "host_cut", "docker_restart",
@@ -771,22 +774,30 @@ class ChaosFleet(Fleet):
         # leaks
         rss, fds = {}, {}
         for h, pid in pids.items():
-            r, n = self.rss_of(pid), self.fds_of(pid)
-            if r is None or n is None:
+            r, nf = self.rss_of(pid), self.fds_of(pid)
+            if r is None or nf is None:
                 continue
-            rss[h], fds[h] = r, n
+            tcp, n = nf
+            rss[h], fds[h] = r, tcp + n
             hist = self.hist.setdefault(pid, [])
+            bad = []
+            if tcp > TCP_MAX:
+                bad.append(f"{tcp} TCP connections open, over curl's cache ({TCP_MAX})")
             if hist:
                 (r0, n0), (rp, np_) = hist[0], hist[-1]
                 if r > rp + RSS_STEP_KB + RSS_STEP_FRAC * rp:
-                    fails.append(f"leaks: h{h} RssAnon {rp} -> {r} kB since the last quiet point")
+                    bad.append(f"RssAnon {rp} -> {r} kB since the last quiet point")
                 if r > r0 + RSS_TOTAL_KB + RSS_TOTAL_FRAC * r0:
-                    fails.append(f"leaks: h{h} RssAnon {r0} -> {r} kB since its first quiet point")
+                    bad.append(f"RssAnon {r0} -> {r} kB since its first quiet point")
                 if n > np_ + FD_STEP:
-                    fails.append(f"leaks: h{h} open fds {np_} -> {n} since the last quiet point")
+                    bad.append(f"fds (not TCP) {np_} -> {n} since the last quiet point")
                 if n > n0 + FD_TOTAL:
-                    fails.append(f"leaks: h{h} open fds {n0} -> {n} since its first quiet point")
+                    bad.append(f"fds (not TCP) {n0} -> {n} since its first quiet point")
             hist.append((r, n))
+            for b in bad:
+                fails.append(f"leaks: h{h} {b}")
+            if bad:
+                self.problem(h, "; ".join(bad) + "; fds: " + self.fd_detail(pid))
         self.check_hosts()
         fails += [f"alive: {p}" for p in self.problems[self.told:] if "exited on its own" in p]
         self.told = len(self.problems)
@@ -833,10 +844,58 @@ class ChaosFleet(Fleet):
 
     @staticmethod
     def fds_of(pid):
+        """(TCP sockets, every other fd) of pid, or None."""
         try:
-            return len(os.listdir(f"/proc/{pid}/fd"))
+            links = []
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                except OSError:
+                    pass
+            tcp = set()
+            for name in ("tcp", "tcp6"):
+                try:
+                    for line in open(f"/proc/{pid}/net/{name}").readlines()[1:]:
+                        tcp.add(line.split()[9])
+                except OSError:
+                    pass
         except OSError:
             return None
+        n_tcp = sum(1 for x in links if x.startswith("socket:[") and x[8:-1] in tcp)
+        return n_tcp, len(links) - n_tcp
+
+    @staticmethod
+    def fd_detail(pid):
+        """What pid's fds are: a count by kind, TCP sockets by state and peer."""
+        states = {"01": "ESTABLISHED", "02": "SYN_SENT", "06": "TIME_WAIT", "07": "CLOSE",
+                  "08": "CLOSE_WAIT", "0A": "LISTEN", "09": "LAST_ACK", "04": "FIN_WAIT1", "05": "FIN_WAIT2"}
+        tcp = {}
+        for name in ("tcp", "tcp6"):
+            try:
+                for line in open(f"/proc/{pid}/net/{name}").readlines()[1:]:
+                    f = line.split()
+                    ip, port = f[2].split(":")
+                    peer = ".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(ip) == 8 else ip
+                    tcp[f[9]] = f"tcp {states.get(f[3], f[3])} {peer}:{int(port, 16)}"
+            except OSError:
+                pass
+        kinds = {}
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    x = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if x.startswith("socket:["):
+                    x = tcp.get(x[8:-1], "socket (unix)")
+                elif x.startswith("/"):
+                    x = "file " + x
+                else:
+                    x = x.split(":")[0] + ":" + x.split(":", 1)[1][:6] if ":" in x else x
+                kinds[x] = kinds.get(x, 0) + 1
+        except OSError:
+            pass
+        return ", ".join(f"{v} x {k}" for k, v in sorted(kinds.items()))
 
     # ---- the run ----
     def fail_report(self, epoch):
@@ -949,7 +1008,8 @@ def table(res, a):
              f"fleet: {a.hosts} hosts x {a.containers} containers, TTL {a.ttl}s, chaos {a.chaos:g}s per API; "
              f"quiet point: converged within {QUIET_BUDGET:.0f}s, idle <= {100 * IDLE_CPU:.0f}% of a core, "
              f"RssAnon +{RSS_STEP_KB} kB+{100 * RSS_STEP_FRAC:.0f}% a step / +{RSS_TOTAL_KB} kB+"
-             f"{100 * RSS_TOTAL_FRAC:.0f}% in all, fds +{FD_STEP} a step / +{FD_TOTAL} in all", "",
+             f"{100 * RSS_TOTAL_FRAC:.0f}% in all, fds other than TCP +{FD_STEP} a step / +{FD_TOTAL} in all, "
+             f"TCP sockets <= {TCP_MAX}", "",
              "| api | quiet point | faults in the storm | converged after | stale | missing | watch events | "
              "mbb violations | watch gaps | unhealthy | max CPU | max RssAnon | max fds | kill checks "
              "(done/skipped/failed) | result |",
