@@ -241,7 +241,20 @@ class ChaosWatcher(Watcher):
             cid, ip = self.cid_of(k)
             if cid and self.cnt.get(cid, 0) == 0:
                 lost.add(cid)
-        self.check(lost)
+        self.check(lost, "gone in a watch gap")
+
+    def drift(self):
+        """At a quiet point: the keys the watch knows against a fresh read
+        (from the member it would use): keys it missed or still holds."""
+        m = self.member()
+        if m is None:
+            return None
+        keys, _ = self.read_all(m)
+        time.sleep(1.0)  # what the watch may still be delivering
+        keys2, _ = self.read_all(m)
+        if keys2 != keys:
+            return None  # still moving: not a quiet point
+        return len(keys ^ self.keys)
 
     def start(self):
         deadline = time.time() + 30
@@ -270,7 +283,7 @@ class ChaosWatcher(Watcher):
         self.events += 1
         return cid
 
-    def check(self, cids):
+    def check(self, cids, how="delete"):
         now = time.time()
         for cid in cids:
             if self.cnt.get(cid, 0) > 0:
@@ -281,9 +294,9 @@ class ChaosWatcher(Watcher):
             with self.c.lock:
                 running = cid in self.c.truth[h]
             if running and not self.c.excused(h, now):
-                self.violations.append((round(now - self.c.t_start, 2), f"h{h}", cid[:12]))
+                self.violations.append((round(now - self.c.t_start, 2), f"h{h}", cid[:12], how))
                 self.c.note(f"watcher: h{h}'s running container {cid[:12]} has no key left "
-                            f"(host not excused)")
+                            f"({how}, at etcd index/revision {self.last}; host not excused)")
 
     def run(self):
         while not self.stopping:
@@ -344,7 +357,7 @@ class ChaosWatcher(Watcher):
                     if kind and not node.get("dir"):
                         s = self.apply(kind, node.get("key", ""))
                         if s:
-                            self.check([s])
+                            self.check([s], act)
                     elif kind == "del" and node.get("dir"):
                         # a directory gone takes its keys
                         pre = node.get("key", "") + "/"
@@ -740,6 +753,10 @@ class ChaosFleet(Fleet):
                          f"(stale {sm[0]}, missing {sm[1]})")
         # the watcher (it has had the convergence time to catch up)
         w = self.watcher
+        drift = w.drift()
+        if drift:
+            fails.append(f"watcher: its view differs from etcd's by {drift} keys at the quiet point "
+                         f"(it missed events; its make-before-break verdicts are not to be trusted)")
         new_v = w.violations[self.seen_v:]
         self.seen_v = len(w.violations)
         if new_v:
@@ -803,7 +820,7 @@ class ChaosFleet(Fleet):
         self.told = len(self.problems)
         row = {"api": self.api, "epoch": epoch, "faults": [f.kind for f in faults],
                "converged": conv, "stale": sm[0], "missing": sm[1],
-               "watch_events": w.events, "violations": len(new_v), "gaps": w.gaps,
+               "watch_events": w.events, "violations": len(new_v), "gaps": w.gaps, "drift": drift,
                "unhealthy": len(unhealthy), "cpu_max": max(busy.values() or [0]),
                "rss_max_kb": max(rss.values() or [0]), "fds_max": max(fds.values() or [0]),
                "kill_checks": list(self.kill_checks), "failures": list(fails)}
