@@ -341,6 +341,13 @@ class ChaosWatcher(Watcher):
                         self.check(touched)
                         self.last = max(self.last, rev)
             else:
+                # a restarted member's v2 event history starts empty, and a
+                # watch from an index it no longer has waits silently for
+                # later ones: read afresh at every reconnect, watch from there
+                before = set(self.keys)
+                self.resync(m)
+                if self.keys != before:
+                    self.gaps += 1
                 self.conn.request("GET", f"/v2/keys{PREFIX}?wait=true&recursive=true&stream=true"
                                   f"&waitIndex={self.last + 1}")
                 for doc in self.stream(self.conn.getresponse()):
@@ -869,16 +876,15 @@ class ChaosFleet(Fleet):
                     links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
                 except OSError:
                     pass
-            tcp = set()
-            for name in ("tcp", "tcp6"):
-                try:
-                    for line in open(f"/proc/{pid}/net/{name}").readlines()[1:]:
-                        tcp.add(line.split()[9])
-                except OSError:
-                    pass
-        except OSError:
+            unix = set()
+            for line in open(f"/proc/{pid}/net/unix").readlines()[1:]:
+                unix.add(line.split()[6])
+        except (OSError, IndexError):
             return None
-        n_tcp = sum(1 for x in links if x.startswith("socket:[") and x[8:-1] in tcp)
+        # a socket that is not a unix one is TCP: one whose peer reset it
+        # (a member killed) is no longer listed in /proc/net/tcp, but curl
+        # keeps it in its cache until it tries to reuse it
+        n_tcp = sum(1 for x in links if x.startswith("socket:[") and x[8:-1] not in unix)
         return n_tcp, len(links) - n_tcp
 
     @staticmethod
@@ -896,6 +902,11 @@ class ChaosFleet(Fleet):
                     tcp[f[9]] = f"tcp {states.get(f[3], f[3])} {peer}:{int(port, 16)}"
             except OSError:
                 pass
+        unix = set()
+        try:
+            unix = {line.split()[6] for line in open(f"/proc/{pid}/net/unix").readlines()[1:]}
+        except (OSError, IndexError):
+            pass
         kinds = {}
         try:
             for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -904,7 +915,8 @@ class ChaosFleet(Fleet):
                 except OSError:
                     continue
                 if x.startswith("socket:["):
-                    x = tcp.get(x[8:-1], "socket (unix)")
+                    ino = x[8:-1]
+                    x = "socket (unix)" if ino in unix else tcp.get(ino, "tcp (reset, not yet closed)")
                 elif x.startswith("/"):
                     x = "file " + x
                 else:
