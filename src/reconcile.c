@@ -742,6 +742,25 @@ static int rcont_new_keys(const rcont_t *c) {
   return where;
 }
 
+/* v2 keeps keys and directories apart: a key cannot be written while a
+ * path above it is a key, nor while it is itself a directory.  1 when old
+ * (a key c no longer produces) stands in the way of a key c produces now
+ * (one a path below the other): make-before-break cannot hold for that
+ * pair, the new key waits for the old one to go. */
+static int rcont_blocked_by(const reconcile_t *r, const rcont_t *c,
+                            const char *old) {
+  if (!r->etcd || !etcd_has_dirs(r->etcd)) return 0;
+  size_t ol = strlen(old);
+  for (const owner_t *o = c->owners; o; o = o->cnext) {
+    const char *nk = o->key->key;
+    size_t nl = strlen(nk);
+    if ((nl > ol && strncmp(nk, old, ol) == 0 && nk[ol] == '/') ||
+        (ol > nl && strncmp(old, nk, nl) == 0 && old[nl] == '/'))
+      return 1;
+  }
+  return 0;
+}
+
 /* A held key's qnode is on its container's held list instead of r->queue:
  * a key is queued, held, or neither. */
 static void rkey_unhold(reconcile_t *r, rkey_t *k) {
@@ -1260,6 +1279,14 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
   if (where == NEW_PENDING ||
       (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
+    if (rcont_blocked_by(r, c, k->key)) { /* v2: it goes first */
+      log_fields(LOG_WARN,
+                 "v2: this key stands in the way of a key its container "
+                 "produces now (one path below the other: a key cannot be "
+                 "a directory too); deleted before the new one is written",
+                 "key", k->key, "container", c->id, NULL);
+      return ACT_DELETE;
+    }
     /* v2: it must not expire meanwhile */
     if (r->key_refresh && r->ttl > 0 && k->refresh_due) return ACT_REFRESH;
     *holder = c;
