@@ -16,8 +16,13 @@ dockerd of its own and writes to a real etcd 3.4.  Meanwhile:
     make-before-break).
 
 register's RssAnon (daemon and policy worker), open file descriptors and
-CPU time are read after the first minute and at the end; growth beyond 5 %
-(file descriptors: beyond 5 % or 2) is reported as a failure.  At the end
+CPU time are read at quiet points: the churn pauses (--quiet-every, 5
+minutes) until etcd is exact and register has trimmed (it closes idle
+connections and returns freed memory 2 s after a sync), so that each
+reading is of the same state and not of whatever is in flight.  The first
+quiet point is after the first minute, the last one at the end; growth
+from the first to the last beyond 5 % (file descriptors: beyond 5 % or 2)
+is reported as a failure.  The readings at every quiet point are printed.  At the end
 the churn stops, the flipping containers go, and etcd must equal what the
 engine runs (the default schema of every remaining, healthy container).
 
@@ -152,6 +157,7 @@ def main():
     ap.add_argument("--rate", type=float, default=50, help="starts and removals per second")
     ap.add_argument("--pool", type=int, default=60, help="containers running at most")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--quiet-every", type=float, default=5, help="minutes between quiet points")
     ap.add_argument("--json", help="write the result here")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(1 << 31)
@@ -180,11 +186,19 @@ def main():
         lock = threading.Lock()
         stop = threading.Event()
         counts = {"starts": 0, "removals": 0, "errors": 0, "reloads": 0}
+        go = threading.Event()  # cleared: the churn pauses (a quiet point)
+        go.set()
+        busy = [0]  # churn calls in progress
 
         def churn():
             gap = 1.0 / a.rate
             nxt = time.time()
             while not stop.is_set():
+                if not go.is_set():
+                    go.wait()
+                    nxt = time.time()
+                with lock:
+                    busy[0] += 1
                 nxt += gap
                 try:
                     with lock:
@@ -203,12 +217,31 @@ def main():
                     counts["errors"] += 1
                     if counts["errors"] <= 3:
                         out("engine:", e)
+                with lock:
+                    busy[0] -= 1
                 delay = nxt - time.time()
                 if delay > 0:
                     time.sleep(delay)
                 else:
                     nxt = time.time()  # behind: as fast as the engine goes
 
+        def quiet_point(label):
+            """Churn paused, flipping containers' checks may still flip:
+            etcd exact is not waited for here (the end does); in flight
+            settles, register syncs and trims (2 s after), then a reading."""
+            go.clear()
+            wait_for(lambda: busy[0] == 0, 120, interval=0.1, what="the churn to pause")
+            time.sleep(8)
+            s = sample(r.proc.pid)
+            s["label"] = label
+            quiet.append(s)
+            out(f"quiet point {label}: RssAnon {s['rss_daemon_kb']} + {s['rss_worker_kb']} kB, "
+                f"fds {s['fds']}, CPU {s['cpu_s']:.1f} s, {counts['starts'] + counts['removals']} "
+                "starts and removals so far")
+            go.set()
+            return s
+
+        quiet = []
         threads = [threading.Thread(target=churn, daemon=True) for _ in range(4)]
         t0 = time.time()
         for t in threads:
@@ -216,18 +249,19 @@ def main():
         end = t0 + a.minutes * 60
         first = None
         next_reload = t0 + 60
-        samples = []
+        next_quiet = t0 + 60
+        paused = 0.0
         which = 0
-        while time.time() < end:
-            time.sleep(min(5, max(0.1, end - time.time())))
+        while time.time() < end + paused:
+            time.sleep(min(1, max(0.1, end + paused - time.time())))
             if r.proc.poll() is not None:
                 raise AssertionError("register exited:\n" + r.output()[-3000:])
-            s = sample(r.proc.pid)
-            samples.append(s)
-            if first is None and time.time() - t0 >= 60:
-                first = s
-                out(f"after 1 min: RssAnon {s['rss_kb']} kB, fds {s['fds']}, "
-                    f"{counts['starts'] + counts['removals']} starts and removals")
+            if time.time() >= next_quiet and time.time() < end + paused - 30:
+                tq = time.time()
+                s = quiet_point(f"{(tq - t0 - paused) / 60:.0f} min")
+                first = first or s
+                paused += time.time() - tq
+                next_quiet = time.time() + a.quiet_every * 60
             if time.time() >= next_reload:
                 which ^= 1
                 with open(live, "w") as f:
@@ -236,10 +270,10 @@ def main():
                 counts["reloads"] += 1
                 next_reload += 60
         stop.set()
+        go.set()
         for t in threads:
             t.join(60)
-        secs = time.time() - t0
-        last = sample(r.proc.pid)
+        secs = time.time() - t0 - paused
         achieved = (counts["starts"] + counts["removals"]) / secs
         out(f"churn over: {counts}, {achieved:.1f}/s")
         # the end: only steady containers, every one healthy, etcd exact
@@ -258,8 +292,12 @@ def main():
             exact_ok, exact_s = True, time.time() - t1
         except AssertionError:
             exact_ok, exact_s = False, None
+        time.sleep(8)  # register trims 2 s after the sync
+        last = sample(r.proc.pid)
+        last["label"] = "end"
+        quiet.append(last)
         if first is None:
-            first = samples[0]
+            first = quiet[0]
         growth = {k: (last[k] - first[k]) / first[k] * 100 if first[k] else 0.0
                   for k in ("rss_kb", "fds")}
         fd_ok = last["fds"] - first["fds"] <= max(2, first["fds"] * 0.05)
@@ -270,13 +308,17 @@ def main():
                "first": first, "last": last, "growth_pct": growth,
                "cpu_s_after_first_minute": round(cpu, 1),
                "cpu_pct": round(cpu / max(1, last["t"] - first["t"]) * 100, 1),
-               "etcd_exact": exact_ok, "exact_after_s": exact_s,
+               "etcd_exact": exact_ok, "exact_after_s": exact_s, "quiet_points": quiet,
                "rss_ok": rss_ok, "fds_ok": fd_ok}
         print(f"| soak ({a.minutes:g} min, seed {seed}) | value |")
         print("|---|---|")
         print(f"| starts + removals | {counts['starts']} + {counts['removals']} "
               f"({achieved:.1f}/s achieved, {a.rate:g}/s asked; {counts['errors']} refused by the engine) |")
         print(f"| reloads (re-keying every container) | {counts['reloads']} |")
+        print("| RssAnon daemon + worker at each quiet point (kB) | " +
+              ", ".join(f"{q['label']}: {q['rss_daemon_kb']} + {q['rss_worker_kb']}" for q in quiet) + " |")
+        print("| open fds at each quiet point | " +
+              ", ".join(f"{q['label']}: {q['fds']}" for q in quiet) + " |")
         print(f"| RssAnon daemon + worker, after 1 min -> end | {first['rss_daemon_kb']} + "
               f"{first['rss_worker_kb']} -> {last['rss_daemon_kb']} + {last['rss_worker_kb']} kB "
               f"({growth['rss_kb']:+.1f} %) {'ok' if rss_ok else 'OVER 5 %'} |")
