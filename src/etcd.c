@@ -143,6 +143,9 @@ static void op_free(etcd_op_t *op) {
 
 static void auth_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
 static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
+static void start_grant(etcd_t *e);
+static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
+                            const char *err);
 static void keepalive_finished(etcd_t *e, etcd_op_t *op,
                                const etcd_result_t *res);
 
@@ -190,6 +193,13 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
         keepalive_episode_reset(e, op->lease_ttl);
         keepalive_arm(e);
       }
+      e->adopt_pending = 0;
+      /* the puts that waited for the answer: with the adopted lease, or
+       * a new one */
+      if (e->lease)
+        release_waiting(e, WAIT_LEASE, 0, ETCD_OK, NULL);
+      else if (!list_empty(&e->wait[WAIT_LEASE]))
+        start_grant(e);
       etcd_op_t *parent = op->parent;
       op->parent = NULL;
       deliver_listing(parent);
@@ -269,6 +279,7 @@ static int try_adopt(etcd_op_t *op) {
   etcd_op_t *t = op_new(e, OP_LEASE_TTL, NULL, NULL);
   t->lease_id = only;
   t->parent = op;
+  e->adopt_pending = 1;
   submit(t);
   return 1;
 }
@@ -574,7 +585,7 @@ static int gate(etcd_op_t *op) {
   }
   if ((op->kind == OP_PUT || op->kind == OP_TXN) && e->ttl > 0 && !e->lease) {
     wait_for(op, WAIT_LEASE);
-    start_grant(e);
+    if (!e->adopt_pending) start_grant(e); /* else after its answer */
     return 1;
   }
   return 0;
@@ -636,6 +647,9 @@ static void start_grant(etcd_t *e) {
 
 static void grant_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
   e->grant_pending = 0;
+  /* a grant and an adoption never overlap (try_adopt waits for neither
+   * and gate() waits for the adoption): no lease is replaced here */
+  REGISTER_ASSERT(!e->adopt_pending);
   if (res->status == ETCD_OK && op->lease_id) {
     e->lease = op->lease_id;
     log_info("etcd: lease %" PRIx64 " granted (TTL %lds)", (uint64_t)e->lease,

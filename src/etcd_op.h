@@ -190,6 +190,10 @@ struct etcd {
   int auth_pending;
   int64_t lease;
   int grant_pending, keepalive_pending, adopt_tried;
+  /* asking whether the previous run's lease lives (try_adopt): puts that
+   * need a lease wait for the answer instead of granting one (a grant
+   * meanwhile would replace the lease the listing's keys hang on) */
+  int adopt_pending;
   uv_timer_t keepalive_timer;
   list_t failing;        /* etcd_op_t.fnode: failures to deliver */
   uv_timer_t fail_timer; /* delivers them (and rewound), from the loop */

@@ -1269,7 +1269,11 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   if (k->is_dir) return ACT_RMDIR;
   if (k->failed) return ACT_NONE;
   rstr_t *want = k->owners ? k->owners->value : NULL;
-  if (!r->primed && reconcile_in_prefix(r, k->key)) return ACT_NONE; /* wait */
+  /* wait for the listing: under the prefix, to write diffs; elsewhere too
+   * (the fleet's report), so that the first write does not take a new
+   * lease before the previous run's is adopted (v3: the listed keys hang
+   * on it) */
+  if (!r->primed) return ACT_NONE;
   if (want) {
     if (!k->have_known || !rstr_eq(k->have, want->s, want->len)) return ACT_PUT;
     if (r->ttl > 0) {
