@@ -24,9 +24,11 @@ then a quiet point: every fault healed, then the checks:
   leaks       per process, RssAnon and open fds do not grow beyond noise
               from one quiet point to the next (RSS_STEP_KB + RSS_STEP_FRAC,
               FD_STEP) nor from its first quiet point (RSS_TOTAL_KB +
-              RSS_TOTAL_FRAC, FD_TOTAL); TCP sockets are curl's connection
-              cache (idle connections kept, up to CURLMOPT_MAXCONNECTS 65):
-              at most TCP_MAX, whatever the step
+              RSS_TOTAL_FRAC, FD_TOTAL) for fds other than sockets;
+              TCP sockets are curl's connection cache for etcd (idle
+              connections kept, up to CURLMOPT_MAXCONNECTS 65): at most
+              TCP_MAX; unix sockets the Docker API's (32 idle kept until
+              a quiet sync trims them): at most UNIX_MAX
   alive       no host exited on its own
 
 The faults (random.Random(seed) draws every one of them, with its time,
@@ -80,8 +82,12 @@ HEALTHZ_WAIT = 10.0
 # leak noise, per process (a restarted host starts over)
 RSS_STEP_KB, RSS_STEP_FRAC = 1024, 0.10
 RSS_TOTAL_KB, RSS_TOTAL_FRAC = 2048, 0.25
-FD_STEP, FD_TOTAL = 3, 6   # fds other than TCP sockets
+FD_STEP, FD_TOTAL = 3, 6   # fds other than sockets
 TCP_MAX = 65 + 4           # TCP sockets: curl's connection cache (app.c: CURLMOPT_MAXCONNECTS 65) + a few
+# unix sockets: the Docker API's connection cache (app.c: DOCKER_CONNS 32
+# idle connections, trimmed only once in sync and quiet), its event stream,
+# the policy worker's socketpair, sd_notify
+UNIX_MAX = 32 + 4
 METRICS_PORT = 9400
 
 KINDS = ["member_kill", "leader_kill", "outage", "member_cut", "host_cut", "docker_restart",
@@ -801,12 +807,14 @@ class ChaosFleet(Fleet):
             r, nf = self.rss_of(pid), self.fds_of(pid)
             if r is None or nf is None:
                 continue
-            tcp, n = nf
-            rss[h], fds[h] = r, tcp + n
+            tcp, nunix, n = nf
+            rss[h], fds[h] = r, tcp + nunix + n
             hist = self.hist.setdefault(pid, [])
             bad = []
             if tcp > TCP_MAX:
                 bad.append(f"{tcp} TCP connections open, over curl's cache ({TCP_MAX})")
+            if nunix > UNIX_MAX:
+                bad.append(f"{nunix} unix sockets open, over the Docker API's cache ({UNIX_MAX})")
             if hist:
                 (r0, n0), (rp, np_) = hist[0], hist[-1]
                 if r > rp + RSS_STEP_KB + RSS_STEP_FRAC * rp:
@@ -814,9 +822,9 @@ class ChaosFleet(Fleet):
                 if r > r0 + RSS_TOTAL_KB + RSS_TOTAL_FRAC * r0:
                     bad.append(f"RssAnon {r0} -> {r} kB since its first quiet point")
                 if n > np_ + FD_STEP:
-                    bad.append(f"fds (not TCP) {np_} -> {n} since the last quiet point")
+                    bad.append(f"fds (not sockets) {np_} -> {n} since the last quiet point")
                 if n > n0 + FD_TOTAL:
-                    bad.append(f"fds (not TCP) {n0} -> {n} since its first quiet point")
+                    bad.append(f"fds (not sockets) {n0} -> {n} since its first quiet point")
             hist.append((r, n))
             for b in bad:
                 fails.append(f"leaks: h{h} {b}")
@@ -868,7 +876,7 @@ class ChaosFleet(Fleet):
 
     @staticmethod
     def fds_of(pid):
-        """(TCP sockets, every other fd) of pid, or None."""
+        """(TCP sockets, unix sockets, every other fd) of pid, or None."""
         try:
             links = []
             for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -885,7 +893,8 @@ class ChaosFleet(Fleet):
         # (a member killed) is no longer listed in /proc/net/tcp, but curl
         # keeps it in its cache until it tries to reuse it
         n_tcp = sum(1 for x in links if x.startswith("socket:[") and x[8:-1] not in unix)
-        return n_tcp, len(links) - n_tcp
+        n_unix = sum(1 for x in links if x.startswith("socket:[") and x[8:-1] in unix)
+        return n_tcp, n_unix, len(links) - n_tcp - n_unix
 
     @staticmethod
     def fd_detail(pid):
@@ -1037,8 +1046,8 @@ def table(res, a):
              f"fleet: {a.hosts} hosts x {a.containers} containers, TTL {a.ttl}s, chaos {a.chaos:g}s per API; "
              f"quiet point: converged within {QUIET_BUDGET:.0f}s, idle <= {100 * IDLE_CPU:.0f}% of a core, "
              f"RssAnon +{RSS_STEP_KB} kB+{100 * RSS_STEP_FRAC:.0f}% a step / +{RSS_TOTAL_KB} kB+"
-             f"{100 * RSS_TOTAL_FRAC:.0f}% in all, fds other than TCP +{FD_STEP} a step / +{FD_TOTAL} in all, "
-             f"TCP sockets <= {TCP_MAX}", "",
+             f"{100 * RSS_TOTAL_FRAC:.0f}% in all, fds other than sockets +{FD_STEP} a step / +{FD_TOTAL} in all, "
+             f"TCP sockets <= {TCP_MAX}, unix sockets <= {UNIX_MAX}", "",
              "| api | quiet point | faults in the storm | converged after | stale | missing | watch events | "
              "mbb violations | watch gaps | unhealthy | max CPU | max RssAnon | max fds | kill checks "
              "(done/skipped/failed) | result |",
