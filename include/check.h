@@ -5,10 +5,22 @@
 #ifndef REGISTER_CHECK_H
 #define REGISTER_CHECK_H
 
+#include <stdio.h>
+
+#include "worker.h"
+
 /* argv[1] is "check".  Prints one JSON line per record on stdout, errors
  * and a summary line on stderr (`register check --help` has the options).
  * Returns the exit code: 0, 1 (the policy, a call, a record or an input
  * failed), 2 (usage). */
 int check_main(int argc, char **argv);
+
+/* The saved inspect documents in files (an array or one object per file,
+ * - for stdin) run through the policy in p as register check runs them,
+ * every check assumed passing; each record as a JSON line on out (NULL:
+ * not written), every problem on stderr.  0, or -1 when a file cannot be
+ * read, a policy call or a hook fails, or a record is rejected.  For
+ * `register policy push`. */
+int check_inspect_files(worker_t *p, char **files, int n, FILE *out);
 
 #endif

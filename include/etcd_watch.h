@@ -39,6 +39,9 @@ typedef void (*etcd_watch_cb)(void *data, etcd_watch_kind_t kind, int64_t rev,
 #define ETCD_WATCH_RENEW_MS 60000
 etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
                          etcd_watch_cb cb, void *data);
+/* The same for one key: its changes, deletion included. */
+etcd_watch_t *etcd_watch_key(etcd_t *e, const char *key, int64_t from,
+                             etcd_watch_cb cb, void *data);
 /* Stops a watch that is not over; no callback runs afterwards. */
 void etcd_watch_cancel(etcd_watch_t *w);
 

@@ -9,6 +9,7 @@
 #include "checks.h"
 #include "docker.h"
 #include "etcd.h"
+#include "fleet.h"
 #include "reconcile.h"
 #include "util.h"
 
@@ -37,6 +38,7 @@ typedef struct {
   const unsigned long *worker_deaths;
   unsigned long worker_log_dropped;
   int worker_backoff;
+  const fleet_view_t *fleet; /* --policy-key; NULL: none */
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);

@@ -11,6 +11,10 @@
  *    "previous": REV,                      what rollback returns to (opt.)
  *    "canary":   REV + {"hosts": ["10.0.0.1", ...]} or {"percent": 10}
  *                                          (optional)
+ *    "last_revision": 5                    the highest revision ever
+ *                                          written (optional): a rollback
+ *                                          drops one, its number is not
+ *                                          given again
  *   }
  *   REV = {"revision": 4, "sha256": "<hex of source>", "source": "...",
  *          "signature": "<base64 Ed25519 over source>" (optional),
@@ -69,7 +73,8 @@ typedef struct {
   policydoc_rev_t *canary;   /* or NULL */
   char **canary_hosts;       /* owned; with canary */
   size_t n_canary_hosts;
-  int canary_percent; /* 0..100; with canary, when no hosts are named */
+  int canary_percent;    /* 0..100; with canary, when no hosts are named */
+  int64_t last_revision; /* the highest revision ever written; 0: unknown */
 } policydoc_t;
 
 /* Parses and validates a document (sizes, fields, sha256 == the source's,
@@ -87,8 +92,11 @@ policydoc_rev_t *policydoc_rev_new(int64_t revision, const char *source,
                                    const char *name, const char *pushed_by);
 /* The document as JSON (malloc'd, NUL-terminated; *len without it). */
 char *policydoc_write(const policydoc_t *d, size_t *len);
-/* The highest revision number in d (stable, previous, canary). */
+/* The highest revision number in d (stable, previous, canary, and
+ * last_revision: the next push takes policydoc_top() + 1). */
 int64_t policydoc_top(const policydoc_t *d);
+/* Frees the canary (if any) and its selection. */
+void policydoc_drop_canary(policydoc_t *d);
 
 /* 0..99, stable for an address. */
 unsigned policydoc_bucket(const char *host_ip);

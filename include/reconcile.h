@@ -54,6 +54,10 @@ void reconcile_free(reconcile_t *r);
 
 /* Lists the owned prefix so later writes are diffs, then starts writing. */
 void reconcile_start(reconcile_t *r);
+/* An owner whose id starts with this is the daemon itself (its report
+ * under --policy-key), not a container: its keys are kept like the
+ * others' but it is not counted in reconcile_stats_t.containers. */
+#define RECONCILE_DAEMON_OWNER "register:"
 /* Replaces the records of one owner (container id; image and name are
  * for log lines, NULL allowed).  recs NULL or empty: the owner produces
  * nothing any more. */

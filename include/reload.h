@@ -37,6 +37,16 @@ void reload_free(reload_t *r);
  * ends (only this reload's commit replaces it). */
 void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
                 docker_t *docker, reconcile_t *rec);
+/* A reload's outcome: ok, or why not (one line, valid during the call). */
+typedef void (*reload_done_cb)(void *ud, int ok, const char *why);
+/* As reload_run, for po's policy (po->source: a text; the fleet's), and
+ * done called from the loop when it is over (after the commit).  -1 with
+ * err when it cannot start (*busy: 1 when another reload runs or Docker
+ * is not connected: not the policy's fault, try again later), nothing
+ * called back then. */
+int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
+               docker_t *docker, reconcile_t *rec, reload_done_cb done,
+               void *ud, char *err, size_t errlen, int *busy);
 /* An event touched this container: while a reload runs, the old policy
  * has run on it, so it is inspected again after a commit. */
 void reload_touch(reload_t *r, const char *id);

@@ -93,6 +93,9 @@ typedef struct {
   const char *source;
   size_t source_len;
   int render; /* a renderer (register watch): see policy_opts_t.render */
+  /* `require` finds only the embedded modules: the policy has no
+   * directory on this host (the fleet's, from etcd) */
+  int no_files;
   policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
   worker_stats_t *wstats; /* NULL: the worker's own */
   log_level_t log_level;

@@ -4,6 +4,7 @@
 #include "container.h"
 #include "docker.h"
 #include "etcd.h"
+#include "fleet.h"
 #include "http.h"
 #include "log.h"
 #include "health.h"
@@ -49,7 +50,11 @@ typedef struct {
   checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
   docker_t *docker;
-  reload_t *reload; /* SIGHUP */
+  reload_t *reload;        /* SIGHUP */
+  fleet_t *fleet;          /* --policy-key, or NULL */
+  char *status_key;        /* where fleet's report goes (owned), or NULL */
+  int status_set;          /* the report is one of the reconciler's keys */
+  fleet_view_t fleet_view; /* for health_inputs */
   notify_t *notify;
   httpd_t *httpd;
   health_t *health;      /* the answers httpd gives */
@@ -396,6 +401,7 @@ static void on_event(void *ud, const docker_event_t *ev) {
 static void on_changed(void *ud, const char *op, const char *key,
                        const char *value, size_t vlen) {
   app_t *a = ud;
+  if (a->status_key && strcmp(key, a->status_key) == 0) return; /* ours */
   worker_hook_changed(a->policy, op, key, value, vlen);
 }
 
@@ -547,6 +553,10 @@ static void health_inputs(void *ud, metrics_input_t *in) {
   in->failed_example = example;
   in->policy_sha256 =
       a->policy && *worker_sha256(a->policy) ? worker_sha256(a->policy) : NULL;
+  if (a->fleet) {
+    fleet_view(a->fleet, &a->fleet_view);
+    in->fleet = &a->fleet_view;
+  }
 }
 
 /* ---- timers and signals ---- */
@@ -607,6 +617,58 @@ static worker_opts_t policy_opts(app_t *a) {
   return po;
 }
 
+/* ---- the fleet's policy (fleet.c) ---- */
+
+/* The owner of the host's report among the reconciler's keys: not a
+ * container id (those are hex). */
+#define FLEET_OWNER RECONCILE_DAEMON_OWNER "policy-status"
+
+static void fleet_done(void *ud, int ok, const char *why) {
+  app_t *a = ud;
+  if (a->fleet) fleet_tried(a->fleet, ok, why);
+}
+
+/* A revision from etcd, tried as SIGHUP's reload tries a file. */
+static int fleet_apply(void *ud, const char *source, size_t len,
+                       const char *name, char *err, size_t errlen, int *busy) {
+  app_t *a = ud;
+  if (a->stopping || !a->listed) { /* Docker's containers not known yet */
+    *busy = 1;
+    snprintf(err, errlen, "%s",
+             a->stopping ? "shutting down" : "Docker not listed yet");
+    return -1;
+  }
+  worker_opts_t po = policy_opts(a);
+  po.file = name;
+  po.source = source;
+  po.source_len = len;
+  po.no_files = 1;
+  return reload_try(a->reload, &po, a->policy, a->docker, a->rec, fleet_done, a,
+                    err, errlen, busy);
+}
+
+/* The host's report: one key among the host's own, on its lease or TTL,
+ * written and kept like theirs. */
+static void fleet_publish(void *ud, const char *key, const char *value,
+                          size_t len) {
+  app_t *a = ud;
+  if (!a->rec || a->stopping) return;
+  records_t recs;
+  records_init(&recs);
+  records_add(&recs, key, value, len);
+  reconcile_set(a->rec, FLEET_OWNER, NULL, "policy status", &recs);
+  records_free(&recs);
+  a->status_set = 1;
+}
+
+static uint64_t fleet_keys(void *ud) {
+  app_t *a = ud;
+  reconcile_stats_t st;
+  reconcile_stats(a->rec, &st);
+  /* not the report itself */
+  return a->status_set && st.keys > 0 ? st.keys - 1 : st.keys;
+}
+
 static void resync_cb(uv_timer_t *t) {
   app_t *a = t->data;
   if (a->stopping) return; /* Docker may be gone already */
@@ -639,6 +701,7 @@ static void free_modules(app_t *a) {
   DROP(httpd_free, httpd);
   DROP(notify_free, notify);
   DROP(docker_free, docker);
+  DROP(fleet_free, fleet); /* before etcd: it cancels its read and watch */
   DROP(reconcile_free, rec);
   DROP(reload_free, reload);
   DROP(checks_free, checks); /* before http: it cancels requests there */
@@ -717,6 +780,11 @@ static void signal_cb(uv_signal_t *s, int signum) {
       return;
     }
     reread_password(a);
+    if (a->fleet) { /* the fleet's policy, not --policy's file */
+      log_info("SIGHUP: reading the policy key %s again", a->cfg->policy_key);
+      fleet_reread(a->fleet);
+      return;
+    }
     worker_opts_t po = policy_opts(a);
     reload_run(a->reload, &po, a->policy, a->docker, a->rec);
     return;
@@ -803,7 +871,43 @@ int app_run(const config_t *cfg) {
   co.ud = a;
   a->checks = checks_new(&co);
   worker_opts_t po = policy_opts(a);
-  a->policy = worker_new(&po, err, sizeof err);
+  if (cfg->policy_key && a->etcd) {
+    fleet_opts_t fo = {0};
+    fo.loop = &a->loop;
+    fo.etcd = a->etcd;
+    fo.key = cfg->policy_key;
+    fo.host_ip = cfg->host_ip;
+    fo.state_dir = cfg->state_dir;
+    fo.pubkey = cfg->policy_pubkey;
+    fo.allow_unsigned = cfg->policy_unsigned;
+    fo.apply = fleet_apply;
+    fo.publish = fleet_publish;
+    fo.keys = fleet_keys;
+    fo.ud = a;
+    a->fleet = fleet_new(&fo, err, sizeof err);
+    if (!a->fleet) {
+      log_error("%s", err);
+      goto out;
+    }
+    a->status_key = policydoc_status_key(cfg->policy_key, cfg->host_ip);
+    /* the revision applied last, kept in --state-dir: etcd may be down */
+    const char *src, *name;
+    size_t len;
+    if (fleet_cached(a->fleet, &src, &len, &name)) {
+      worker_opts_t fpo = po;
+      fpo.file = name;
+      fpo.source = src;
+      fpo.source_len = len;
+      fpo.no_files = 1;
+      a->policy = worker_new(&fpo, err, sizeof err);
+      if (!a->policy)
+        log_error("policy cache: %s; starting with the host's own policy", err);
+    }
+    fleet_started(a->fleet, a->policy != NULL);
+  } else if (cfg->policy_key) {
+    log_warn("--dry-run: the policy key %s is not followed", cfg->policy_key);
+  }
+  if (!a->policy) a->policy = worker_new(&po, err, sizeof err);
   if (!a->policy) {
     log_error("%s", err);
     goto out;
@@ -879,6 +983,7 @@ int app_run(const config_t *cfg) {
              worker_name(a->policy));
   reconcile_start(a->rec);
   docker_start(a->docker);
+  if (a->fleet) fleet_start(a->fleet);
 
   uv_run(&a->loop, UV_RUN_DEFAULT);
   rc = a->exit_code;
@@ -891,6 +996,7 @@ out:
   if (uv_loop_close(&a->loop) != 0) log_warn("libuv loop still has handles");
   worker_free(a->policy);
   free_containers(a);
+  free(a->status_key);
   free(a);
   return rc;
 }

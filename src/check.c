@@ -485,7 +485,7 @@ static int assumed_checks(worker_t *p, const char *label,
 }
 
 static int check_one(worker_t *p, const char *label, const json_value_t *doc,
-                     assume_t *assume, tally_t *t) {
+                     assume_t *assume, tally_t *t, FILE *out) {
   records_t recs;
   char err[600];
   const char *id = json_get_str(doc, "Id");
@@ -517,7 +517,7 @@ static int check_one(worker_t *p, const char *label, const json_value_t *doc,
     buf_puts(&b, ",\"value\":");
     json_escape(&b, recs.v[i].value, recs.v[i].value_len);
     buf_puts(&b, "}\n");
-    fwrite(b.data, 1, b.len, stdout);
+    if (out) fwrite(b.data, 1, b.len, out);
   }
   buf_free(&b);
   /* what a changed hook would do for these writes (HTTP is printed) */
@@ -535,13 +535,13 @@ static int check_one(worker_t *p, const char *label, const json_value_t *doc,
 
 /* Every document in a parsed input: an array of them, or one. */
 static int check_doc(worker_t *p, const char *label, const json_doc_t *doc,
-                     assume_t *assume, tally_t *t) {
+                     assume_t *assume, tally_t *t, FILE *out) {
   int rc = 0;
   const json_value_t *root = json_root(doc);
   if (root->type == JSON_ARRAY) {
     for (const json_value_t *c = root->u.child; c; c = c->next)
-      if (check_one(p, label, c, assume, t) < 0) rc = -1;
-  } else if (check_one(p, label, root, assume, t) < 0) {
+      if (check_one(p, label, c, assume, t, out) < 0) rc = -1;
+  } else if (check_one(p, label, root, assume, t, out) < 0) {
     rc = -1;
   }
   return rc;
@@ -673,7 +673,7 @@ static int parse_args(int argc, char **argv, check_opts_t *o) {
 
 /* The saved documents: files, or - for stdin.  0, or -1 when one failed. */
 static int check_files(worker_t *p, char **files, int n, assume_t *assume,
-                       tally_t *t) {
+                       tally_t *t, FILE *out) {
   char err[600];
   int rc = 0;
   for (int i = 0; i < n; i++) {
@@ -691,10 +691,19 @@ static int check_files(worker_t *p, char **files, int n, assume_t *assume,
       rc = -1;
       continue;
     }
-    if (check_doc(p, files[i], doc, assume, t) < 0) rc = -1;
+    if (check_doc(p, files[i], doc, assume, t, out) < 0) rc = -1;
     json_free(doc);
   }
   return rc;
+}
+
+int check_inspect_files(worker_t *p, char **files, int n, FILE *out) {
+  assume_t assume = {0};
+  assume.rest = "passing";
+  tally_t t = {0};
+  unsigned long errors = worker_errors(p);
+  int rc = check_files(p, files, n, &assume, &t, out);
+  return rc < 0 || worker_errors(p) != errors ? -1 : 0;
 }
 
 /* --container: each inspected on the engine, in order.  0, or -1 when
@@ -723,7 +732,7 @@ static int check_containers(worker_t *p, engine_t *e, check_opts_t *o,
     }
     char label[300];
     snprintf(label, sizeof label, "--container %s", name);
-    if (check_doc(p, label, doc, &o->assume, t) < 0) rc = -1;
+    if (check_doc(p, label, doc, &o->assume, t, stdout) < 0) rc = -1;
     json_free(doc);
   }
   buf_free(&r.body);
@@ -818,7 +827,8 @@ int check_main(int argc, char **argv) {
     fprintf(stderr, "policy %s loads; prefix %s\n", worker_name(p),
             worker_prefix(p) ? worker_prefix(p) : "(none)");
   } else {
-    if (check_files(p, argv + o.first + 1, nfiles, &o.assume, &t) < 0) rc = 1;
+    if (check_files(p, argv + o.first + 1, nfiles, &o.assume, &t, stdout) < 0)
+      rc = 1;
     if (o.ncont && check_containers(p, &engine, &o, &t) < 0) rc = 1;
     summary(&o.assume, &t);
   }

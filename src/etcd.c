@@ -123,6 +123,7 @@ static void op_free(etcd_op_t *op) {
   }
   free(op->key);
   free(op->value);
+  free(op->prev);
   for (size_t i = 0; i < op->nitems; i++) {
     free((char *)(uintptr_t)op->items[i].key);
     free((char *)(uintptr_t)op->items[i].value);
@@ -286,6 +287,7 @@ static int linearizable(const etcd_t *e, const etcd_op_t *op,
   case OP_DELETE_DIR:
   case OP_DELETE_PREFIX:
   case OP_TXN:
+  case OP_PUT_IF:
     return e->api == ETCD_API_V3 || st == ETCD_OK;
   case OP_LIST:
   case OP_GET:
@@ -901,6 +903,20 @@ etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
   return start(e, OP_PUT, key, value, vlen, ttl, cb, NULL, data);
 }
 
+etcd_op_t *etcd_put_if(etcd_t *e, const char *key, const char *value,
+                       size_t vlen, const char *prev, size_t prevlen,
+                       etcd_done_cb cb, void *data) {
+  etcd_op_t *op = op_new(e, OP_PUT_IF, key, data);
+  op->done = cb;
+  op->value = xstrndup(value, vlen);
+  op->vlen = vlen;
+  if (prev) {
+    op->prev = xstrndup(prev, prevlen);
+    op->prevlen = prevlen;
+  }
+  return launch(op);
+}
+
 etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,
                         void *data) {
   return start(e, OP_REFRESH, key, NULL, 0, ttl, cb, NULL, data);
@@ -963,9 +979,9 @@ const char *etcd_status_name(etcd_status_t st) {
 
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   static const char *const names[OP_KINDS] = {
-      "put",       "refresh",   "delete", "delete_dir", "delete_prefix",
-      "list",      "get",       "txn",    "auth",       "grant",
-      "keepalive", "lease_ttl", "health", "members"};
+      "put",   "refresh",   "delete",    "delete_dir", "delete_prefix",
+      "list",  "get",       "txn",       "put_if",     "auth",
+      "grant", "keepalive", "lease_ttl", "health",     "members"};
   for (size_t k = 0; k < OP_KINDS && k < max; k++) {
     out[k].op = names[k];
     memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);

@@ -22,6 +22,7 @@ typedef enum {
   OP_LIST,
   OP_GET,
   OP_TXN,
+  OP_PUT_IF, /* compare-and-swap (etcd_put_if) */
   /* internal (v3) */
   OP_AUTH,
   OP_GRANT,
@@ -110,6 +111,8 @@ struct etcd_op {
   char *key;   /* owned */
   char *value; /* owned (puts) */
   size_t vlen;
+  char *prev; /* OP_PUT_IF: the value expected (owned), NULL: no key */
+  size_t prevlen;
   etcd_txn_item_t *items; /* OP_TXN: owned copies */
   size_t nitems;
   long ttl;

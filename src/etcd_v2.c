@@ -28,6 +28,19 @@ void etcd_v2_build(etcd_op_t *op) {
     util_urlencode(&op->body, op->value, op->vlen, NULL);
     if (op->ttl > 0) buf_printf(&op->body, "&ttl=%ld", op->ttl);
     break;
+  case OP_PUT_IF: /* compare-and-swap: never a TTL (a document) */
+    op->method = "PUT";
+    op->path = key_path(op->key, NULL);
+    op->content_type = "application/x-www-form-urlencoded";
+    buf_puts(&op->body, "value=");
+    util_urlencode(&op->body, op->value, op->vlen, NULL);
+    if (op->prev) {
+      buf_puts(&op->body, "&prevValue=");
+      util_urlencode(&op->body, op->prev, op->prevlen, NULL);
+    } else {
+      buf_puts(&op->body, "&prevExist=false");
+    }
+    break;
   case OP_REFRESH:
     op->method = "PUT";
     op->path = key_path(op->key, NULL);
@@ -143,7 +156,11 @@ reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     json_free(doc);
     return REPLY_DONE;
   }
-  if (ecode == 100) {
+  if (op->kind == OP_PUT_IF && (ecode == 101 || ecode == 105 || ecode == 100)) {
+    /* 101 Compare failed, 105 Key already exists, 100 the key expected
+     * is gone */
+    res->status = ETCD_CONFLICT;
+  } else if (ecode == 100) {
     /* nothing there: an empty listing, or "not found" */
     res->status =
         op->kind == OP_LIST || op->kind == OP_GET ? ETCD_OK : ETCD_NOT_FOUND;

@@ -94,6 +94,23 @@ void etcd_v3_build(etcd_op_t *op) {
     }
     buf_putc(b, ']');
     break;
+  case OP_PUT_IF: /* compare-and-swap, no lease: a document */
+    op->path = xstrdup("/v3/kv/txn");
+    buf_puts(b, "\"compare\":[{");
+    b64_field(b, "key", op->key, strlen(op->key));
+    if (op->prev) {
+      buf_puts(b, ",\"target\":\"VALUE\",\"result\":\"EQUAL\",");
+      b64_field(b, "value", op->prev, op->prevlen);
+    } else {
+      buf_puts(b, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+                  "\"create_revision\":\"0\"");
+    }
+    buf_puts(b, "}],\"success\":[{\"request_put\":{");
+    b64_field(b, "key", op->key, strlen(op->key));
+    buf_putc(b, ',');
+    b64_field(b, "value", op->value, op->vlen);
+    buf_puts(b, "}}]");
+    break;
   case OP_AUTH:
     op->path = xstrdup("/v3/auth/authenticate");
     buf_puts(b, "\"name\":");
@@ -247,6 +264,14 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     case OP_MEMBERS:
       members_read(op, root);
       break;
+    case OP_PUT_IF: { /* the gateway leaves out false: absent is false */
+      const json_value_t *ok = json_get(root, "succeeded");
+      if (!ok || ok->type != JSON_BOOL || !ok->u.boolean) {
+        res->status = ETCD_CONFLICT;
+        snprintf(err, errlen, "%s did not hold what was expected", op->key);
+      }
+      break;
+    }
     case OP_HEALTH:
       if (strcmp(json_get_str(root, "health") ? json_get_str(root, "health")
                                               : "",

@@ -19,6 +19,7 @@
 struct etcd_watch {
   etcd_t *e;
   char *prefix;
+  int exact;    /* the key prefix itself, not what is under it */
   int64_t next; /* the first revision (v2: index) not seen yet */
   etcd_watch_cb cb;
   void *data;
@@ -272,9 +273,13 @@ static int start(etcd_watch_t *w) {
     char *lo = xasprintf("%s/", w->prefix), *hi = xasprintf("%s0", w->prefix);
     buf_printf(&path, "%s/v3/watch", w->ep->url);
     buf_puts(&body, "{\"create_request\":{\"key\":\"");
-    util_base64_encode(&body, lo, n + 1);
-    buf_puts(&body, "\",\"range_end\":\"");
-    util_base64_encode(&body, hi, n + 1);
+    if (w->exact) { /* no range_end: the one key */
+      util_base64_encode(&body, w->prefix, n);
+    } else {
+      util_base64_encode(&body, lo, n + 1);
+      buf_puts(&body, "\",\"range_end\":\"");
+      util_base64_encode(&body, hi, n + 1);
+    }
     buf_printf(&body, "\",\"start_revision\":\"%" PRId64 "\"}}", w->next);
     free(lo);
     free(hi);
@@ -292,7 +297,8 @@ static int start(etcd_watch_t *w) {
   } else {
     buf_printf(&path, "%s/v2/keys", w->ep->url);
     util_urlencode(&path, w->prefix, strlen(w->prefix), "/:");
-    buf_printf(&path, "?wait=true&recursive=true&waitIndex=%" PRId64, w->next);
+    buf_printf(&path, "?wait=true%s&waitIndex=%" PRId64,
+               w->exact ? "" : "&recursive=true", w->next);
     o.method = "GET";
     o.userpwd = e->userpwd;
     o.on_done = v2_done;
@@ -309,11 +315,12 @@ static int start(etcd_watch_t *w) {
   return w->req ? 0 : -1;
 }
 
-etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
-                         etcd_watch_cb cb, void *data) {
+static etcd_watch_t *watch_new(etcd_t *e, const char *prefix, int exact,
+                               int64_t from, etcd_watch_cb cb, void *data) {
   etcd_watch_t *w = xcalloc(1, sizeof *w);
   w->e = e;
   w->prefix = xstrdup(prefix);
+  w->exact = exact;
   w->next = from > 0 ? from : 1;
   w->cb = cb;
   w->data = data;
@@ -325,6 +332,16 @@ etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
     return NULL;
   }
   return w;
+}
+
+etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
+                         etcd_watch_cb cb, void *data) {
+  return watch_new(e, prefix, 0, from, cb, data);
+}
+
+etcd_watch_t *etcd_watch_key(etcd_t *e, const char *key, int64_t from,
+                             etcd_watch_cb cb, void *data) {
+  return watch_new(e, key, 1, from, cb, data);
 }
 
 void etcd_watch_cancel(etcd_watch_t *w) {

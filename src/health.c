@@ -97,9 +97,25 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
                problems.data + 1);
   else
     buf_puts(&b, "{\"status\":\"ok\"");
-  buf_printf(&b,
-             ",\"keys\":%zu,\"containers\":%zu,\"containers_failed\":%zu}\n",
+  buf_printf(&b, ",\"keys\":%zu,\"containers\":%zu,\"containers_failed\":%zu",
              st.keys, st.containers, in.containers_failed);
+  if (in.fleet) { /* said, not a problem: the host keeps what it runs */
+    const fleet_view_t *f = in.fleet;
+    buf_puts(&b, ",\"policy\":{\"key\":");
+    json_escape(&b, f->key, strlen(f->key));
+    buf_printf(&b, ",\"revision\":%lld,\"offered\":%lld,\"state\":\"%s\"",
+               (long long)f->revision, (long long)f->offered, f->state);
+    if (f->error) {
+      buf_puts(&b, ",\"error\":");
+      json_escape(&b, f->error, strlen(f->error));
+    }
+    buf_putc(&b, '}');
+    if (f->allow_unsigned)
+      buf_puts(&b, ",\"warnings\":[\"policy: --policy-unsigned: policies "
+                   "from etcd run unsigned; anyone who can write the policy "
+                   "key runs code on this host\"]");
+  }
+  buf_puts(&b, "}\n");
   httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,
                 b.len);
   buf_free(&problems);

@@ -1,10 +1,12 @@
 /* main: the command line: `register [OPTIONS]` runs the daemon,
  * `register check ...` tries a policy offline, `register watch ...` keeps
- * a file rendered from etcd. */
+ * a file rendered from etcd, `register policy ...` changes the fleet's
+ * policy in etcd. */
 #include "app.h"
 #include "check.h"
 #include "config.h"
 #include "log.h"
+#include "policy_cmd.h"
 #include "trace.h"
 #include "watch.h"
 
@@ -39,6 +41,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc > 1 && strcmp(argv[1], "check") == 0) return check_main(argc, argv);
   if (argc > 1 && strcmp(argv[1], "watch") == 0) return watch_main(argc, argv);
+  if (argc > 1 && strcmp(argv[1], "policy") == 0)
+    return policy_cmd_main(argc - 1, argv + 1);
 
   config_t cfg;
   char err[600];

@@ -179,6 +179,35 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
          "The policy in force, by the SHA-256 of its source.");
     buf_printf(b, "register_policy_info{sha256=\"%s\"} 1\n", in->policy_sha256);
   }
+  if (in->fleet) {
+    const fleet_view_t *f = in->fleet;
+    gauge(b, "register_policy_revision",
+          "The revision of --policy-key in force (0: the host's own policy).",
+          (double)f->revision);
+    gauge(b, "register_policy_offered_revision",
+          "The revision --policy-key offers this host (0: none).",
+          (double)f->offered);
+    gauge(b, "register_policy_generation",
+          "The generation of the policy document last read.",
+          (double)f->generation);
+    help(b, "register_policy_state", "gauge",
+         "1 for this host's state of --policy-key: applied, refused or "
+         "waiting.");
+    static const char *const states[] = {"applied", "refused", "waiting"};
+    for (size_t i = 0; i < 3; i++)
+      buf_printf(b, "register_policy_state{state=\"%s\"} %d\n", states[i],
+                 strcmp(f->state, states[i]) == 0);
+    help(b, "register_policy_revisions_total", "counter",
+         "Revisions of --policy-key applied and refused since start.");
+    buf_printf(b,
+               "register_policy_revisions_total{result=\"applied\"} %llu\n"
+               "register_policy_revisions_total{result=\"refused\"} %llu\n",
+               (unsigned long long)f->applied, (unsigned long long)f->refused);
+    gauge(b, "register_policy_unsigned",
+          "1 when policies from --policy-key are applied without a "
+          "signature (--policy-unsigned).",
+          f->allow_unsigned);
+  }
   gauge(b, "register_in_sync",
         "1 when everything known is in etcd (the last sync converged) and "
         "every running container was evaluated.",

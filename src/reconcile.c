@@ -70,6 +70,7 @@ struct rcont {
   char **claims;
   size_t nclaims;
   int counted; /* it has owners, and r->ncounted counts it */
+  int daemon;  /* not a container: RECONCILE_DAEMON_OWNER (never counted) */
   /* make-before-break: the keys it no longer produces whose delete waits
    * until the keys it produces now are in etcd (rkey_t.qnode, held) */
   list_t held;
@@ -367,7 +368,7 @@ static void rcont_forget_tokens(rcont_t *c) {
 /* Keeps r->ncounted right after c's owners changed: a container that
  * failed and has nothing yet (an rcont_t for its tokens) is not counted. */
 static void rcont_count(reconcile_t *r, rcont_t *c) {
-  int has = c->owners != NULL;
+  int has = c->owners != NULL && !c->daemon;
   if (has == c->counted) return;
   c->counted = has;
   if (has)
@@ -444,6 +445,8 @@ static rcont_t *rcont_get(reconcile_t *r, const char *id, const char *image,
   if (!c) {
     c = xcalloc(1, sizeof *c);
     c->id = xstrdup(id);
+    c->daemon = strncmp(id, RECONCILE_DAEMON_OWNER,
+                        sizeof RECONCILE_DAEMON_OWNER - 1) == 0;
     list_init(&c->held);
     map_put(r->conts, c->id, c);
   }

@@ -21,14 +21,16 @@ typedef struct {
   reload_t *r;
   docker_t *docker;
   reconcile_t *rec;
-  worker_t *policy;  /* the new one; after a commit, the old one */
-  worker_t *current; /* the policy in force (not ours) */
-  map_t *records;    /* id -> pending_t: what the new policy produces */
-  map_t *touched;    /* ids that had events meanwhile (old policy ran) */
-  size_t failed;     /* containers the new policy fails where the old one
-                        does not */
-  buf_t why;         /* the first RELOAD_NAMED of them: "name (reason)" */
-  int starting;      /* inside docker_snapshot(): no callback may come */
+  worker_t *policy;    /* the new one; after a commit, the old one */
+  worker_t *current;   /* the policy in force (not ours) */
+  map_t *records;      /* id -> pending_t: what the new policy produces */
+  map_t *touched;      /* ids that had events meanwhile (old policy ran) */
+  size_t failed;       /* containers the new policy fails where the old one
+                          does not */
+  buf_t why;           /* the first RELOAD_NAMED of them: "name (reason)" */
+  int starting;        /* inside docker_snapshot(): no callback may come */
+  reload_done_cb done; /* or NULL (SIGHUP) */
+  void *done_ud;
 } txn_t;
 
 #define RELOAD_NAMED 10
@@ -180,18 +182,23 @@ static void reload_done(void *ud, int ok, const char *why) {
   reload_t *r = t->r;
   REGISTER_ASSERT(r->txn == t);  /* the running reload ends once */
   REGISTER_ASSERT(!t->starting); /* and never inside docker_snapshot() */
+  reload_done_cb done = t->done;
+  void *done_ud = t->done_ud;
   if (!ok || t->failed) {
+    char line[1200];
     if (!ok)
-      log_error("policy reload failed, keeping the old policy: %s",
-                why ? why : "Docker went away");
+      snprintf(line, sizeof line, "%s", why ? why : "Docker went away");
     else
-      log_error("policy reload failed, keeping the old policy: it fails on "
-                "%zu container%s that the policy in force handles: %s%s",
-                t->failed, t->failed == 1 ? "" : "s", t->why.data,
-                t->failed > RELOAD_NAMED ? ", ..." : "");
+      snprintf(line, sizeof line,
+               "it fails on %zu container%s that the policy in force "
+               "handles: %s%s",
+               t->failed, t->failed == 1 ? "" : "s", t->why.data,
+               t->failed > RELOAD_NAMED ? ", ..." : "");
+    log_error("policy reload failed, keeping the old policy: %s", line);
     r->failed++;
     r->txn = NULL;
     txn_free(t);
+    if (done) done(done_ud, 0, line);
     return;
   }
   r->ok++;
@@ -223,6 +230,47 @@ static void reload_done(void *ud, int ok, const char *why) {
            prefix ? prefix : "(none)");
   r->txn = NULL;
   txn_free(t); /* frees the old policy */
+  if (done) done(done_ud, 1, NULL);
+}
+
+/* Starts a reload of po's policy: 0, or -1 with err (nothing called
+ * back). */
+static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
+                 docker_t *docker, reconcile_t *rec, reload_done_cb done,
+                 void *ud, char *err, size_t errlen, int *busy) {
+  worker_t *p = worker_new(po, err, errlen);
+  if (!p) {
+    r->failed++;
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    return -1;
+  }
+  txn_t *t = xcalloc(1, sizeof *t);
+  t->r = r;
+  t->docker = docker;
+  t->rec = rec;
+  t->policy = p;
+  t->current = current;
+  t->records = map_new();
+  t->touched = map_new();
+  t->done = done;
+  t->done_ud = ud;
+  buf_init(&t->why);
+  r->txn = t;
+  /* the snapshot ends from the loop, never inside docker_snapshot() (even
+   * with no running container): reload_done() asserts it */
+  t->starting = 1;
+  int rc = docker_snapshot(docker, reload_each, reload_done, t);
+  t->starting = 0;
+  if (rc < 0) {
+    r->failed++;
+    r->txn = NULL;
+    txn_free(t);
+    snprintf(err, errlen, "Docker is not connected");
+    log_error("policy reload failed, keeping the old policy: %s", err);
+    if (busy) *busy = 1; /* not the policy's fault: again later */
+    return -1;
+  }
+  return 0;
 }
 
 void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
@@ -236,33 +284,18 @@ void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
     return;
   }
   char err[600];
-  worker_t *p = worker_new(po, err, sizeof err);
-  if (!p) {
-    r->failed++;
-    log_error("policy reload failed, keeping the old policy: %s", err);
-    return;
-  }
-  txn_t *t = xcalloc(1, sizeof *t);
-  t->r = r;
-  t->docker = docker;
-  t->rec = rec;
-  t->policy = p;
-  t->current = current;
-  t->records = map_new();
-  t->touched = map_new();
-  buf_init(&t->why);
-  r->txn = t;
   log_info("SIGHUP: trying policy %s on every running container", po->file);
-  /* the snapshot ends from the loop, never inside docker_snapshot() (even
-   * with no running container): reload_done() asserts it */
-  t->starting = 1;
-  int rc = docker_snapshot(docker, reload_each, reload_done, t);
-  t->starting = 0;
-  if (rc < 0) {
-    r->failed++;
-    r->txn = NULL;
-    txn_free(t);
-    log_error("policy reload failed, keeping the old policy: Docker is "
-              "not connected");
+  start(r, po, current, docker, rec, NULL, NULL, err, sizeof err, NULL);
+}
+
+int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
+               docker_t *docker, reconcile_t *rec, reload_done_cb done,
+               void *ud, char *err, size_t errlen, int *busy) {
+  *busy = 0;
+  if (r->txn) {
+    *busy = 1;
+    snprintf(err, errlen, "a policy reload is already running");
+    return -1;
   }
+  return start(r, po, current, docker, rec, done, ud, err, errlen, busy);
 }

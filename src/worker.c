@@ -829,6 +829,10 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     w->dir = slash ? xstrndup(w->file,
                               slash == w->file ? 1 : (size_t)(slash - w->file))
                    : xstrdup(".");
+    if (o->no_files) { /* no directory to require from */
+      free(w->dir);
+      w->dir = NULL;
+    }
     if (o->source) {
       buf_append(&w->source, o->source, o->source_len);
     } else if (util_read_file(w->file, 0, &w->source) < 0) {

@@ -1,0 +1,413 @@
+"""The fleet's policy kept in etcd (issue 19), the daemon's side, on a real
+dockerd and a real etcd: a daemon run with --policy-key KEY
+
+- refuses a revision without a signature unless told --policy-unsigned,
+  and says so in its report under dirname(KEY)/status/HOST_IP;
+- applies a signed revision with make-before-break (no key of a running
+  container is deleted before its new keys are in etcd: checked in etcd's
+  v2 history), reports it (applied, revision, signed, keys) and exports it
+  in /metrics and /healthz;
+- refuses, keeping every key: a revision signed with a key it does not
+  know, a revision that fails on its containers, a deleted key, a
+  corrupted document, an oversized one;
+- follows a canary: waiting while it is not in it, applied once it is;
+- reads its public keys again on SIGHUP;
+- starts with the last revision applied (--state-dir) while etcd is down;
+- does the same with etcd v3 (the report on the lease).
+
+The documents are written here by hand (Python and the openssl command),
+not by `register policy`: a second implementation of the format that
+policydoc.h describes.
+
+Run one test: python3 test_fleet_policy.py <test_function_name>
+"""
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Dockerd, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+
+IP = "10.21.0.31"
+KEY = "/fleettest/policy"
+STATUS = f"/fleettest/status/{IP}"
+REG = f"/registered/{IP}"  # the default policy's prefix
+FLEET = f"/fleet/{IP}"
+
+suite = Suite()
+etcd = Etcd().start()
+suite.defer(etcd.cleanup)
+d = Dockerd().start()
+suite.defer(d.cleanup)
+d.images()
+d.clean()
+WORK = tmpdir("rfp")
+suite.defer(lambda: shutil.rmtree(WORK, ignore_errors=True))
+
+HTTPD = "busybox mkdir -p /www && exec busybox httpd -f -p 80 -h /www"
+
+# /fleet/<ip>/<name>/<port> -> "<ip>:<public port>"; NAMING varies it
+FLEET_POLICY = """\
+local policy = {}
+function policy.prefix(host) return "/fleet/" .. host.ip end
+function policy.records(c, host)
+  %(fail)s
+  local out = {}
+  for _, p in ipairs(c.ports) do
+    out["/fleet/" .. host.ip .. "/" .. c.name .. %(naming)s] = host.ip .. ":" .. p.host_port
+  end
+  return out
+end
+return policy
+"""
+REV_A = FLEET_POLICY % {"fail": "", "naming": '"/" .. p.private_port'}
+REV_B = FLEET_POLICY % {"fail": "", "naming": '"/port-" .. p.private_port'}
+BROKEN = FLEET_POLICY % {"fail": 'error("broken on purpose")', "naming": '""'}
+
+
+def openssl(*args, input=None):
+    r = subprocess.run(["openssl", *args], capture_output=True, input=input)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout
+
+
+def keypair(name):
+    priv = os.path.join(WORK, name + ".pem")
+    pub = os.path.join(WORK, name + ".pub")
+    openssl("genpkey", "-algorithm", "ed25519", "-out", priv)
+    openssl("pkey", "-in", priv, "-pubout", "-out", pub)
+    return priv, pub
+
+
+K1, K1PUB = keypair("k1")
+K2, K2PUB = keypair("k2")
+
+
+def sign(source, priv):
+    src = os.path.join(WORK, "to-sign")
+    with open(src, "wb") as f:
+        f.write(source.encode())
+    return base64.b64encode(openssl("pkeyutl", "-sign", "-inkey", priv, "-rawin", "-in", src)).decode()
+
+
+def rev(n, source, priv=None):
+    r = {"revision": n, "sha256": hashlib.sha256(source.encode()).hexdigest(), "source": source,
+         "name": f"rev{n}.lua"}
+    if priv:
+        r["signature"] = sign(source, priv)
+    return r
+
+
+GEN = [0]
+
+
+def doc(stable, canary=None, hosts=None, percent=None):
+    GEN[0] += 1
+    out = {"register_policy": 1, "generation": GEN[0], "stable": stable}
+    if canary:
+        c = dict(canary)
+        if hosts is not None:
+            c["hosts"] = hosts
+        if percent is not None:
+            c["percent"] = percent
+        out["canary"] = c
+    return json.dumps(out)
+
+
+def put(text, api="2"):
+    if api == "3":
+        body = json.dumps({"key": base64.b64encode(KEY.encode()).decode(),
+                           "value": base64.b64encode(text.encode()).decode()}).encode()
+        req = urllib.request.Request(etcd.url + "/v3/kv/put", data=body, method="POST")
+        urllib.request.urlopen(req, timeout=10).read()
+        return
+    data = urllib.parse.urlencode({"value": text}).encode()
+    req = urllib.request.Request(etcd.url + "/v2/keys" + KEY, data=data, method="PUT")
+    req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+def report(api="2"):
+    """The host's report, or None."""
+    if api == "3":
+        out = etcd.etcdctl("get", STATUS, "--print-value-only", api="3").strip()
+        return json.loads(out) if out else None
+    t = etcd.tree(os.path.dirname(STATUS))
+    return json.loads(t[STATUS]) if STATUS in t else None
+
+
+def report_is(api="2", **want):
+    def ok():
+        r = report(api)
+        return r is not None and all(r.get(k) == v for k, v in want.items())
+    try:
+        wait_for(ok, 30, interval=0.2, what=f"the host's report to say {want}")
+    except AssertionError:
+        raise AssertionError(f"report {report(api)} is not {want}")
+    return report(api)
+
+
+def curl(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metrics(port):
+    code, body = curl(f"http://127.0.0.1:{port}/metrics")
+    assert code == 200, (code, body)
+    return {l.rpartition(" ")[0]: float(l.rpartition(" ")[2])
+            for l in body.splitlines() if l and not l.startswith("#")}
+
+
+def webs(n=3):
+    return {f"web{i}": d.docker("run", "-d", "--name", f"web{i}", "-p", "127.0.0.1::80",
+                                "bbx", "sh", "-c", HTTPD)
+            for i in range(1, n + 1)}
+
+
+def port_of(name):
+    return d.docker("port", name, "80/tcp").split()[0].rsplit(":", 1)[1]
+
+
+def truth(names, naming="/80"):
+    return {f"{FLEET}/{n}{naming}": f"{IP}:{port_of(n)}" for n in names}
+
+
+def reset():
+    d.clean()
+    for p in ("/fleet", "/registered", "/fleettest"):
+        etcd.etcdctl("rm", "--recursive", p, check=False)
+        etcd.etcdctl("del", "--prefix", p, api="3", check=False)
+
+
+def start(*extra, port=None, state=None, api="2"):
+    state = state or tmpdir("rfs")
+    args = ["--etcd", etcd.url, "--docker", d.host, "--policy-key", KEY, "--state-dir", state,
+            "--etcd-api", f"v{api}"]
+    if port:
+        args += ["--metrics", f"127.0.0.1:{port}"]
+    r = Register(*args, *extra, host_ip=IP).start()
+    suite.defer(r.cleanup)
+    return r, state
+
+
+def deletes_since(index, prefix):
+    return [e["node"]["key"] for e in etcd.events_since(index, prefix)
+            if e["action"] in ("delete", "compareAndDelete", "expire")]
+
+
+def unchanged_since(index, tree_before, prefix=FLEET):
+    """Nothing under prefix deleted since index, and the tree is as it was."""
+    dels = deletes_since(index, prefix)
+    assert not dels, f"deleted: {dels}"
+    assert etcd.tree(prefix) == tree_before, (etcd.tree(prefix), tree_before)
+
+
+def default_keys(n):
+    wait_for(lambda: len(etcd.tree(REG)) == n, 30, what=f"{n} keys of the default policy")
+
+
+# ---- tests ----
+
+@suite.test
+def an_unsigned_revision_is_refused_without_policy_unsigned():
+    reset()
+    webs(2)
+    r, _ = start()
+    default_keys(2)
+    before = etcd.tree(REG)
+    idx = etcd.index()
+    put(doc(rev(1, REV_A)))
+    rep = report_is(state="refused", offered=1, revision=0)
+    assert "--policy-pubkey" in rep["error"] and "--policy-unsigned" in rep["error"], rep
+    r.wait_log("policy revision 1 of /fleettest/policy refused")
+    time.sleep(1)
+    unchanged_since(idx, before, REG)
+    assert etcd.tree("/fleet") == {}, etcd.tree("/fleet")
+    r.stop()
+
+
+@suite.test
+def a_signed_revision_is_applied_make_before_break_then_bad_ones_are_refused():
+    reset()
+    ids = webs(3)
+    names = list(ids)
+    port = free_port()
+    r, _ = start("--policy-pubkey", K1PUB, port=port)
+    default_keys(3)
+    idx = etcd.index()
+    put(doc(rev(1, REV_A, K1)))
+    rep = report_is(state="applied", revision=1, offered=1)
+    assert rep["signed"] is True and rep["host"] == IP and rep["key"] == KEY, rep
+    assert rep["sha256"] == hashlib.sha256(REV_A.encode()).hexdigest(), rep
+    want = truth(names)
+    wait_for(lambda: etcd.tree(FLEET) == want and etcd.tree(REG) == {}, 20,
+             what="the revision's keys in place of the default ones")
+    # make-before-break: each container's old key is deleted after its new
+    # one is in etcd
+    ev = [(e["action"], e["node"]["key"]) for e in etcd.events_since(idx, "/")]
+    for name, cid in ids.items():
+        put_at = [i for i, (a, k) in enumerate(ev) if a == "set" and k == f"{FLEET}/{name}/80"]
+        del_at = [i for i, (a, k) in enumerate(ev) if a == "delete" and k.startswith(REG + "/")
+                  and k.endswith("/" + cid)]
+        assert len(put_at) == 1 and len(del_at) == 1 and put_at[0] < del_at[0], (name, ev)
+    report_is(keys=3)  # the report counts the host's keys, not itself
+    m = metrics(port)
+    assert m["register_policy_revision"] == 1 and m["register_policy_offered_revision"] == 1, m
+    assert m['register_policy_state{state="applied"}'] == 1, m
+    assert m['register_policy_revisions_total{result="applied"}'] == 1, m
+    assert m["register_policy_unsigned"] == 0, m
+    code, body = curl(f"http://127.0.0.1:{port}/healthz")
+    h = json.loads(body)
+    assert code == 200 and h["policy"]["state"] == "applied" and h["policy"]["revision"] == 1, body
+    assert "warnings" not in h, h
+
+    before = etcd.tree(FLEET)
+    idx = etcd.index()
+    cases = [
+        ("a key it does not know", doc(rev(2, REV_B, K2)), "not in"),
+        ("a revision that fails on its containers", doc(rev(3, BROKEN, K1)), "broken on purpose"),
+        ("not JSON", "{this is not a policy", "policy key " + KEY),
+        ("a sha256 that does not match", doc(dict(rev(4, REV_B, K1), sha256="0" * 64)), "sha256"),
+        ("oversized", doc(rev(5, REV_B + "--" + "x" * (1100 * 1024), K1)), "policy key " + KEY),
+    ]
+    for what, text, says in cases:
+        put(text)
+
+        def refused():
+            rep = report()
+            return rep["state"] == "refused" and says in (rep.get("error") or "")
+        try:
+            wait_for(refused, 30, interval=0.2, what=f"{what}: refused")
+        except AssertionError:
+            raise AssertionError(f"{what}: report {report()}")
+        rep = report()
+        assert rep["revision"] == 1 and len(rep["error"]) < 600, rep
+        unchanged_since(idx, before)
+    n = metrics(port)['register_policy_revisions_total{result="refused"}']
+    assert n >= 2, n
+    etcd.etcdctl("rm", KEY)
+    rep = report_is(state="refused", revision=1, offered=0)
+    assert "deleted" in rep["error"], rep
+    r.wait_log("policy key /fleettest/policy was deleted; keeping the revision in force")
+    unchanged_since(idx, before)
+    # a good revision after all that: applied
+    put(doc(rev(6, REV_B, K1)))
+    report_is(state="applied", revision=6, offered=6)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names, "/port-80"), 20, what="revision 6's keys")
+    r.stop()
+
+
+@suite.test
+def a_canary_elsewhere_leaves_the_host_waiting_then_it_takes_it():
+    reset()
+    names = list(webs(2))
+    r, _ = start("--policy-unsigned")
+    put(doc(rev(1, REV_A)))
+    report_is(state="applied", revision=1)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
+    put(doc(rev(1, REV_A), canary=rev(2, REV_B), hosts=["10.99.0.1"]))
+    rep = report_is(state="waiting", revision=1, offered=1, generation=GEN[0])
+    assert rep.get("error") is None, rep
+    assert etcd.tree(FLEET) == truth(names)
+    put(doc(rev(1, REV_A), canary=rev(2, REV_B), hosts=["10.99.0.1", IP]))
+    report_is(state="applied", revision=2, offered=2)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names, "/port-80"), 20, what="the canary's keys")
+    # everyone back to stable (a rollback of the canary)
+    put(doc(rev(1, REV_A)))
+    report_is(state="applied", revision=1, offered=1)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys again")
+    # 100%: every host
+    put(doc(rev(1, REV_A), canary=rev(3, REV_B), percent=100))
+    report_is(state="applied", revision=3)
+    assert "--policy-unsigned" in r.output()  # said loudly at start
+    r.stop()
+
+
+@suite.test
+def sighup_reads_the_public_keys_again():
+    reset()
+    webs(1)
+    pub = os.path.join(WORK, "rotating.pub")
+    shutil.copy(K1PUB, pub)
+    port = free_port()
+    r, _ = start("--policy-pubkey", pub, port=port)
+    default_keys(1)
+    put(doc(rev(1, REV_A, K2)))
+    report_is(state="refused", revision=0)
+    with open(pub, "w") as f:  # the rotation: both keys
+        f.write(open(K1PUB).read() + open(K2PUB).read())
+    r.proc.send_signal(signal.SIGHUP)
+    report_is(state="applied", revision=1)
+    r.wait_log("2 policy public keys read again")
+    r.stop()
+
+
+@suite.test
+def a_restart_while_etcd_is_down_starts_with_the_cached_revision():
+    reset()
+    names = list(webs(2))
+    r, state = start("--policy-pubkey", K1PUB)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    want = truth(names)
+    wait_for(lambda: etcd.tree(FLEET) == want, 20, what="revision 1's keys")
+    r.stop()
+    files = os.listdir(state)
+    assert len(files) == 1 and oct(os.stat(os.path.join(state, files[0])).st_mode & 0o777) == "0o600", files
+    etcd.stop()
+    try:
+        r2, _ = start("--policy-pubkey", K1PUB, state=state)
+        r2.wait_log("policy revision 1 of /fleettest/policy from the cache")
+        assert "prefix /fleet/" + IP in r2.output(), r2.output()
+    finally:
+        etcd.start()
+    idx = etcd.index()
+    report_is(state="applied", revision=1)
+    time.sleep(2)
+    assert etcd.tree(FLEET) == want, etcd.tree(FLEET)
+    assert etcd.tree("/registered") == {}, "the default policy ran after the restart"
+    assert not deletes_since(idx, FLEET)
+    r2.stop()
+    # a cache signed with a key no longer trusted is not used
+    r3, _ = start("--policy-pubkey", K2PUB, state=state)
+    r3.wait_log("policy cache")
+    assert "starting with the host's own policy" in r3.output(), r3.output()
+    r3.stop()
+
+
+@suite.test
+def v3_applies_and_reports_on_the_lease():
+    reset()
+    names = list(webs(2))
+    r, _ = start("--policy-pubkey", K1PUB, "--ttl", "10", api="3")
+    put(doc(rev(1, REV_A, K1)), api="3")
+    report_is(api="3", state="applied", revision=1)
+    want = truth(names)
+
+    def v3_fleet():
+        out = json.loads(etcd.etcdctl("get", "--prefix", FLEET + "/", "-w", "json", api="3"))
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
+                for kv in out.get("kvs", [])}
+    wait_for(lambda: v3_fleet() == want, 20, what="revision 1's keys (v3)")
+    out = json.loads(etcd.etcdctl("get", STATUS, "-w", "json", api="3"))
+    assert out["kvs"][0].get("lease"), out  # goes with the host
+    put(doc(rev(2, BROKEN, K1)), api="3")
+    rep = report_is(api="3", state="refused", revision=1, offered=2)
+    assert "broken on purpose" in rep["error"], rep
+    assert v3_fleet() == want
+    r.stop()
+
+
+suite.run()
