@@ -876,22 +876,42 @@ class Fleet:
             return "state %s revision %s offered %s generation %s" % got
         return None
 
-    def wait_reports(self, t0, want, gen, timeout):
+    def etcd_exact(self):
+        """(stale, missing) now; v3 first counts the keys (cheap) and reads
+        them all only when the count is right (as converge())."""
+        if self.api == "v3":
+            c = self.key_count()
+            if c is not None and c != len(self.expected()):
+                return None, None
+        return self.diff()
+
+    def wait_step(self, t0, want, gen, timeout):
         """Seconds from t0 until every host reports want(h) at generation
-        gen (from the read that saw it), or None; and the hosts off at the
-        last read [(h, what, report)]."""
+        gen, and until etcd is exact, each from the read that saw it (None:
+        not within timeout); the hosts off at the last read [(h, what)];
+        the last reports; the last (stale, missing)."""
         deadline = t0 + timeout
-        off = None
-        while time.time() < deadline:
-            t = time.time()
-            reps = self.reports()
-            if reps is not None:
-                off = [(h, x, reps.get(host_ip(h))) for h in range(self.n)
-                       for x in [self.report_off(reps.get(host_ip(h)), want(h), gen)] if x]
-                if not off:
-                    return t - t0, [], reps
-            time.sleep(0.1)
-        return None, off, None
+        rep_s = etcd_s = None
+        off, reps, sm = None, None, (None, None)
+        while time.time() < deadline and (rep_s is None or etcd_s is None):
+            if rep_s is None:
+                t = time.time()
+                r = self.reports()
+                if r is not None:
+                    reps = r
+                    off = [(h, x) for h in range(self.n)
+                           for x in [self.report_off(r.get(host_ip(h)), want(h), gen)] if x]
+                    if not off:
+                        rep_s = t - t0
+            if etcd_s is None:
+                t = time.time()
+                sm = self.etcd_exact()
+                if sm == (0, 0):
+                    etcd_s = t - t0
+            time.sleep(0.05 if self.n <= 100 else 0.1)
+        if etcd_s is None:
+            sm = self.diff()
+        return rep_s, etcd_s, off, reps, sm
 
     def policy_step(self, name, w, args, want, hold=0.0):
         """One step: register policy ARGS, then the time until every host
@@ -904,8 +924,11 @@ class Fleet:
         doc = self.policy_doc() or {}
         gen = doc.get("generation")
         timeout = 60 + self.n * 0.1
-        rep_s, off, reps = self.wait_reports(t0, want, gen, timeout) if rc == 0 else (None, None, None)
-        etcd_s, sm = self.converge(t0, max(10.0, t0 + timeout - time.time()))
+        if rc == 0:
+            rep_s, etcd_s, off, reps, sm = self.wait_step(t0, want, gen, timeout)
+        else:  # nothing to wait for; etcd should still be exact
+            rep_s, off, reps = None, None, None
+            etcd_s, sm = self.converge(t0, 10)
         if hold and etcd_s is not None:
             time.sleep(hold)
             sm2 = self.diff()
@@ -916,12 +939,12 @@ class Fleet:
         step = {"step": name, "seconds": None if rep_s is None or etcd_s is None else max(rep_s, etcd_s),
                 "reports_s": rep_s, "etcd_s": etcd_s, "command_s": cmd_s, "rc": rc, "generation": gen,
                 "stale": sm[0], "missing": sm[1], "violations": (len(w.violations) - v0) if w else None,
-                "states": {}, "off": [f"{host_ip(h)}: {x}" for h, x, _ in (off or [])[:5]],
+                "states": {}, "off": [f"{host_ip(h)}: {x}" for h, x in (off or [])[:5]],
                 "n_off": len(off or [])}
         for r in reps.values():
             step["states"][r.get("state")] = step["states"].get(r.get("state"), 0) + 1
         errors = sorted({r.get("error") for r in reps.values() if r.get("error")})
-        step["errors"] = errors[:3]
+        step["errors"] = [e[:200] for e in errors[:3]]
         out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
             f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
             f"stale={sm[0]} missing={sm[1]} violations={step['violations']}"
@@ -1303,7 +1326,8 @@ def step_rows(r):
                 f"states {s['states']}; violations {'-' if s['violations'] is None else s['violations']}")
         if "refused" in s:
             note += (f"; refused by {s['refused']}, keys lost {s['keys_lost']}, "
-                     f"reports' keys off the truth on {s['keys_field_off']} hosts; error {s['errors'][:1]}")
+                     f"reports' keys off the truth on {s['keys_field_off']} hosts; "
+                     f"their error: {(s['errors'] or ['-'])[0][:160]}")
         if s["n_off"]:
             note += f"; **{s['n_off']} hosts off**, e.g. {'; '.join(s['off'][:3])}"
         rows.append(f"| {r['api']} | {name} | {fmt_s(s['seconds'])} | {s['stale']} | {s['missing']} | "
