@@ -279,6 +279,7 @@ class Fleet:
             sh("openssl", "genpkey", "-algorithm", "ed25519", "-out", self.sign_key)
             sh("openssl", "pkey", "-in", self.sign_key, "-pubout", "-out", self.pub_key)
         self.seq = 0
+        self.healed_at = None  # when the last cut-off host was healed
         self.lock = threading.Lock()
         self.rng = random.Random(1)
         self.fake = None
@@ -748,7 +749,7 @@ class Fleet:
         sm_others = self.diff(others)
         for e in ends:
             self.net.heal(e)
-        t0 = time.time()
+        t0 = self.healed_at = time.time()
         conv, sm = self.converge(t0, 60)
         self.record("partition", conv, sm,
                     f"{len(ends)} hosts cut off {2 * self.a.ttl}s; their keys left at the end of it: {left}; "
@@ -786,6 +787,7 @@ class Fleet:
             time.sleep(max(0.0, t + self.a.ttl / 3 - time.time()))
             self.net.heal(e)
             cut.pop(0)
+        self.healed_at = time.time()
         conv, sm = self.converge(t0, 120)
         time.sleep(0.5)
         w.stop()
@@ -936,11 +938,12 @@ class Fleet:
                 etcd_s, sm = None, sm2
         if reps is None:
             reps = self.reports() or {}
+        wrong = self.wrong_keys() if sm != (0, 0) else []
         step = {"step": name, "seconds": None if rep_s is None or etcd_s is None else max(rep_s, etcd_s),
                 "reports_s": rep_s, "etcd_s": etcd_s, "command_s": cmd_s, "rc": rc, "generation": gen,
                 "stale": sm[0], "missing": sm[1], "violations": (len(w.violations) - v0) if w else None,
                 "states": {}, "off": [f"{host_ip(h)}: {x}" for h, x in (off or [])[:5]],
-                "n_off": len(off or [])}
+                "n_off": len(off or []), "wrong_keys": wrong}
         for r in reps.values():
             step["states"][r.get("state")] = step["states"].get(r.get("state"), 0) + 1
         errors = sorted({r.get("error") for r in reps.values() if r.get("error")})
@@ -948,8 +951,20 @@ class Fleet:
         out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
             f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
             f"stale={sm[0]} missing={sm[1]} violations={step['violations']}"
-            + (f" off: {step['off']}" if off else ""))
+            + (f" off: {step['off']}" if off else "") + (f" keys off: {wrong}" if wrong else ""))
         return step, reps
+
+    def wrong_keys(self, limit=5):
+        """Up to limit keys where etcd is off the truth, each with what etcd
+        has and what it should have (values shortened)."""
+        have, want = self.etcd_state() or {}, self.expected()
+        res = []
+        for k in sorted(set(have) | set(want)):
+            if have.get(k) != want.get(k):
+                res.append(f"{k}: etcd {(have.get(k) or 'none')[:60]!r}, truth {(want.get(k) or 'none')[:60]!r}")
+                if len(res) >= limit:
+                    break
+        return res
 
     def status_check(self, st, reps, want, gen, stable):
         """Where `register policy status --json` (st) disagrees with a
@@ -989,6 +1004,25 @@ class Fleet:
 
     def sc_policy(self):
         self.settle()
+        # after a partition: requests a host gave up on while it was cut off
+        # still sit in its kernel's send queues and reach etcd when the
+        # retransmission timer fires after the heal (seconds later; v2 and
+        # v3 writes have no compare, so such a put lands as sent); the
+        # steps below delete keys, and an old put landing after such a
+        # delete would bring a key back that no host owns.  So wait them
+        # out here (3 x TTL after the heal) and count what lands meanwhile.
+        late = None
+        if self.healed_at is not None:
+            quiet = self.healed_at + 3 * self.a.ttl - time.time()
+            if quiet > 0:
+                w = Watcher(self)
+                w.start()
+                time.sleep(quiet)
+                w.stop()
+                late = w.events
+                out(f"[{self.api}] policy: {quiet:.1f}s after the last heal: {late} writes under {PREFIX} "
+                    f"with nothing changing")
+                self.settle()
         pct_or_hosts = self.a.policy_canary
         if pct_or_hosts.endswith("%"):
             pct = int(pct_or_hosts[:-1])
@@ -1081,7 +1115,7 @@ class Fleet:
                     steps=steps, violations=violations, watch_events=w.events, watch_error=w.error,
                     refused=refused, keys_lost=keys_lost, status_correct=status_correct,
                     status_seconds=status_s, canary_hosts=len(canary), converged=converged,
-                    keys_field_off=keys_field_off)
+                    keys_field_off=keys_field_off, late_writes=late)
 
     def run(self):
         self.start_fake()
