@@ -915,12 +915,63 @@ class Fleet:
             sm = self.diff()
         return rep_s, etcd_s, off, reps, sm
 
-    def policy_step(self, name, w, args, want, hold=0.0):
+    def tree_cpu(self):
+        """utime + stime of every running host and its children (the policy
+        workers), seconds."""
+        tck = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid):
+            try:
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+            except (OSError, ValueError, IndexError):
+                return 0.0
+            return (int(f[11]) + int(f[12])) / tck + sum(cpu(k) for k in kids)
+        return sum(cpu(p.pid) for p in self.procs if p and p.poll() is None)
+
+    @staticmethod
+    def busy():
+        """(busy, total) jiffies of the machine, all CPUs (/proc/stat)."""
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v[:8]) - idle, sum(v[:8])
+
+    def etcd_cpu(self):
+        """utime + stime of the etcd members, seconds."""
+        tot = 0.0
+        for m in self.cluster.members:
+            try:
+                f = open(f"/proc/{m.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+                tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            except (AttributeError, OSError, ValueError, IndexError):
+                pass
+        return tot
+
+    def decided_after(self, t0, rev, word):
+        """Per host that logged "policy revision REV of KEY WORD" after t0,
+        seconds from t0 to that line (the host's own view, millisecond
+        timestamps), sorted."""
+        pat = f" policy revision {rev} of {POLICY_KEY} {word}"
+        res = []
+        for h in range(self.n):
+            try:
+                for line in open(self.logs[h], errors="replace"):
+                    if pat in line:
+                        t = log_time(line)
+                        if t >= t0:
+                            res.append(t - t0)
+                            break
+            except (OSError, ValueError, IndexError):
+                pass
+        return sorted(res)
+
+    def policy_step(self, name, w, args, want, hold=0.0, logged=None):
         """One step: register policy ARGS, then the time until every host
         reports want(h) at the document's new generation and etcd is exact
         (the later of the two; self.expected() must already say what etcd
         should hold).  hold: seconds to watch etcd stay exact after that."""
         v0 = len(w.violations) if w else 0
+        cpu0, ecpu0, b0 = self.tree_cpu(), self.etcd_cpu(), self.busy()
         t0 = time.time()
         rc, stdout, cmd_s = self.policy_cmd(*args)
         doc = self.policy_doc() or {}
@@ -936,21 +987,34 @@ class Fleet:
             sm2 = self.diff()
             if sm2 != (0, 0):
                 etcd_s, sm = None, sm2
+        t1 = time.time()
+        cpu1, ecpu1, b1 = self.tree_cpu(), self.etcd_cpu(), self.busy()
         if reps is None:
             reps = self.reports() or {}
+        # logged = (revision, "applied"|"refused"): when the hosts decided,
+        # by their own logs
+        dec = self.decided_after(t0, *logged) if logged else []
         wrong = self.wrong_keys() if sm != (0, 0) else []
         step = {"step": name, "seconds": None if rep_s is None or etcd_s is None else max(rep_s, etcd_s),
                 "reports_s": rep_s, "etcd_s": etcd_s, "command_s": cmd_s, "rc": rc, "generation": gen,
                 "stale": sm[0], "missing": sm[1], "violations": (len(w.violations) - v0) if w else None,
                 "states": {}, "off": [f"{host_ip(h)}: {x}" for h, x in (off or [])[:5]],
-                "n_off": len(off or []), "wrong_keys": wrong}
+                "n_off": len(off or []), "wrong_keys": wrong,
+                "logged": len(dec) if logged else None, "logged_median": dec[len(dec) // 2] if dec else None,
+                "logged_max": dec[-1] if dec else None, "wall_s": t1 - t0,
+                "host_cpu_s": cpu1 - cpu0, "etcd_cpu_s": ecpu1 - ecpu0,
+                "machine_busy": (b1[0] - b0[0]) / max(1, b1[1] - b0[1])}
         for r in reps.values():
             step["states"][r.get("state")] = step["states"].get(r.get("state"), 0) + 1
         errors = sorted({r.get("error") for r in reps.values() if r.get("error")})
         step["errors"] = [e[:200] for e in errors[:3]]
         out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
             f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
-            f"stale={sm[0]} missing={sm[1]} violations={step['violations']}"
+            f"stale={sm[0]} missing={sm[1]} violations={step['violations']}; "
+            + (f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}; "
+               if logged else "") +
+            f"CPU in {t1 - t0:.2f}s: hosts {cpu1 - cpu0:.2f}s, etcd {ecpu1 - ecpu0:.2f}s, "
+            f"machine {100 * step['machine_busy']:.0f}% busy"
             + (f" off: {step['off']}" if off else "") + (f" keys off: {wrong}" if wrong else ""))
         return step, reps
 
@@ -1037,7 +1101,7 @@ class Fleet:
         # on the fleet's policy before anything is measured
         step, _ = self.policy_step("push r1 (all, same naming)", None,
                                    ["push", self.policy_source(1, old), "--sign", self.sign_key],
-                                   lambda h: ("applied", 1, 1))
+                                   lambda h: ("applied", 1, 1), logged=(1, "applied"))
         steps.append(step)
         w = Watcher(self)
         w.start()
@@ -1046,16 +1110,18 @@ class Fleet:
         step, _ = self.policy_step(f"canary {pct_or_hosts} ({len(canary)} hosts)", w,
                                    ["push", self.policy_source(2, new), "--sign", self.sign_key,
                                     "--canary", pct_or_hosts],
-                                   lambda h: ("applied", 2, 2) if h in canary else ("waiting", 1, 1))
+                                   lambda h: ("applied", 2, 2) if h in canary else ("waiting", 1, 1),
+                                   logged=(2, "applied"))
         steps.append(step)
         # 2: promote
         self.naming, self.host_naming = new, {}
-        step, _ = self.policy_step("promote", w, ["promote"], lambda h: ("applied", 2, 2))
+        step, _ = self.policy_step("promote", w, ["promote"], lambda h: ("applied", 2, 2),
+                                   logged=(2, "applied"))
         steps.append(step)
         # 3: a broken revision to every host: all refuse it, keep their keys
         step, reps = self.policy_step("broken r3 (all)", w,
                                       ["push", self.policy_source(3, None), "--sign", self.sign_key],
-                                      lambda h: ("refused", 2, 3), hold=1.0)
+                                      lambda h: ("refused", 2, 3), hold=1.0, logged=(3, "refused"))
         refused = sum(1 for h in range(self.n) if (reps.get(host_ip(h)) or {}).get("state") == "refused"
                       and (reps.get(host_ip(h)) or {}).get("offered") == 3)
         keys_lost = (step["missing"] or 0) + (step["stale"] or 0) if step["missing"] is not None else None
@@ -1357,7 +1423,11 @@ def step_rows(r):
             continue
         note = (f"reports {fmt_s(s['reports_s'])}, etcd exact {fmt_s(s['etcd_s'])} after the command "
                 f"(which took {s['command_s']:.2f}s, exit {s['rc']}); generation {s['generation']}; "
-                f"states {s['states']}; violations {'-' if s['violations'] is None else s['violations']}")
+                f"states {s['states']}; violations {'-' if s['violations'] is None else s['violations']}; "
+                + (f"{s['logged']} hosts logged it (median {fmt_s(s['logged_median'])}, "
+                   f"last {fmt_s(s['logged_max'])}); " if s.get("logged") is not None else "") +
+                f"CPU in those {s['wall_s']:.1f}s: hosts {s['host_cpu_s']:.1f}s, etcd {s['etcd_cpu_s']:.1f}s, "
+                f"the machine {100 * s['machine_busy']:.0f}% busy")
         if "refused" in s:
             note += (f"; refused by {s['refused']}, keys lost {s['keys_lost']}, "
                      f"reports' keys off the truth on {s['keys_field_off']} hosts; "
