@@ -894,6 +894,7 @@ class Fleet:
         the last reports; the last (stale, missing)."""
         deadline = t0 + timeout
         rep_s = etcd_s = None
+        self.not_yet = [None, None]  # the last read that did not see it yet
         off, reps, sm = None, None, (None, None)
         while time.time() < deadline and (rep_s is None or etcd_s is None):
             if rep_s is None:
@@ -905,11 +906,15 @@ class Fleet:
                            for x in [self.report_off(r.get(host_ip(h)), want(h), gen)] if x]
                     if not off:
                         rep_s = t - t0
+                    else:
+                        self.not_yet[0] = t - t0
             if etcd_s is None:
                 t = time.time()
                 sm = self.etcd_exact()
                 if sm == (0, 0):
                     etcd_s = t - t0
+                else:
+                    self.not_yet[1] = t - t0
             time.sleep(0.05 if self.n <= 100 else 0.1)
         if etcd_s is None:
             sm = self.diff()
@@ -950,20 +955,26 @@ class Fleet:
     def decided_after(self, t0, rev, word):
         """Per host that logged "policy revision REV of KEY WORD" after t0,
         seconds from t0 to that line (the host's own view, millisecond
-        timestamps), sorted."""
+        timestamps), and to its next write of its report that etcd
+        acknowledged; each sorted."""
         pat = f" policy revision {rev} of {POLICY_KEY} {word}"
-        res = []
+        dec, rep = [], []
         for h in range(self.n):
+            mine = f" key={POLICY_STATUS}{host_ip(h)} "
             try:
+                seen = False
                 for line in open(self.logs[h], errors="replace"):
-                    if pat in line:
+                    if not seen and pat in line:
                         t = log_time(line)
                         if t >= t0:
-                            res.append(t - t0)
-                            break
+                            dec.append(t - t0)
+                            seen = True
+                    elif seen and mine in line and (" updated " in line or " registered " in line):
+                        rep.append(log_time(line) - t0)
+                        break
             except (OSError, ValueError, IndexError):
                 pass
-        return sorted(res)
+        return sorted(dec), sorted(rep)
 
     def policy_step(self, name, w, args, want, hold=0.0, logged=None):
         """One step: register policy ARGS, then the time until every host
@@ -988,12 +999,15 @@ class Fleet:
             if sm2 != (0, 0):
                 etcd_s, sm = None, sm2
         t1 = time.time()
+        not_yet = getattr(self, "not_yet", [None, None]) if rc == 0 else [None, None]
         cpu1, ecpu1, b1 = self.tree_cpu(), self.etcd_cpu(), self.busy()
         if reps is None:
             reps = self.reports() or {}
         # logged = (revision, "applied"|"refused"): when the hosts decided,
         # by their own logs
-        dec = self.decided_after(t0, *logged) if logged else []
+        dec, acked = self.decided_after(t0, *logged) if logged else ([], [])
+        # the watcher: when the last write under PREFIX came, if in this step
+        last_w = (w.last_event - t0) if w and w.last_event and w.last_event > t0 else None
         wrong = self.wrong_keys() if sm != (0, 0) else []
         step = {"step": name, "seconds": None if rep_s is None or etcd_s is None else max(rep_s, etcd_s),
                 "reports_s": rep_s, "etcd_s": etcd_s, "command_s": cmd_s, "rc": rc, "generation": gen,
@@ -1002,6 +1016,9 @@ class Fleet:
                 "n_off": len(off or []), "wrong_keys": wrong,
                 "logged": len(dec) if logged else None, "logged_median": dec[len(dec) // 2] if dec else None,
                 "logged_max": dec[-1] if dec else None, "wall_s": t1 - t0,
+                "reported": len(acked) if logged else None, "reported_max": acked[-1] if acked else None,
+                "reported_median": acked[len(acked) // 2] if acked else None, "watch_last_s": last_w,
+                "reports_not_yet_s": not_yet[0], "etcd_not_yet_s": not_yet[1],
                 "host_cpu_s": cpu1 - cpu0, "etcd_cpu_s": ecpu1 - ecpu0,
                 "machine_busy": (b1[0] - b0[0]) / max(1, b1[1] - b0[1])}
         for r in reps.values():
@@ -1011,8 +1028,11 @@ class Fleet:
         out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
             f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
             f"stale={sm[0]} missing={sm[1]} violations={step['violations']}; "
-            + (f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}; "
-               if logged else "") +
+            + (f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}, "
+               f"their reports acknowledged: median {fmt_s(step['reported_median'])} max "
+               f"{fmt_s(step['reported_max'])}; " if logged else "")
+            + (f"last write under {PREFIX} seen {fmt_s(last_w)}; " if w else "")
+            + f"not yet at {fmt_s(not_yet[0])} (reports) and {fmt_s(not_yet[1])} (etcd); " +
             f"CPU in {t1 - t0:.2f}s: hosts {cpu1 - cpu0:.2f}s, etcd {ecpu1 - ecpu0:.2f}s, "
             f"machine {100 * step['machine_busy']:.0f}% busy"
             + (f" off: {step['off']}" if off else "") + (f" keys off: {wrong}" if wrong else ""))
@@ -1259,6 +1279,7 @@ class Watcher:
     def __init__(self, fleet):
         self.f = fleet
         self.events = 0
+        self.last_event = None  # when the last event came (time.time())
         self.violations = []
         self.error = None
         self.stopping = False
@@ -1312,6 +1333,7 @@ class Watcher:
             self.keys.discard(key)
             self.cur[svc] -= 1
         self.events += 1
+        self.last_event = time.time()
         return svc
 
     def run(self):
@@ -1421,13 +1443,18 @@ def step_rows(r):
                        else f"**disagrees** on {s['n_off']}: {'; '.join(s['off'])}"))
             rows.append(f"| {r['api']} | {name} | {fmt_s(s['seconds'])} | - | - | | {note} |")
             continue
-        note = (f"reports {fmt_s(s['reports_s'])}, etcd exact {fmt_s(s['etcd_s'])} after the command "
-                f"(which took {s['command_s']:.2f}s, exit {s['rc']}); generation {s['generation']}; "
-                f"states {s['states']}; violations {'-' if s['violations'] is None else s['violations']}; "
-                + (f"{s['logged']} hosts logged it (median {fmt_s(s['logged_median'])}, "
-                   f"last {fmt_s(s['logged_max'])}); " if s.get("logged") is not None else "") +
-                f"CPU in those {s['wall_s']:.1f}s: hosts {s['host_cpu_s']:.1f}s, etcd {s['etcd_cpu_s']:.1f}s, "
-                f"the machine {100 * s['machine_busy']:.0f}% busy")
+        note = (f"reports {fmt_s(s['reports_s'])} (not yet at {fmt_s(s['reports_not_yet_s'])}), etcd exact "
+                f"{fmt_s(s['etcd_s'])} (not yet at {fmt_s(s['etcd_not_yet_s'])}) after the command, which "
+                f"took {s['command_s']:.2f}s (exit {s['rc']}); generation {s['generation']}; states {s['states']}; "
+                f"violations {'-' if s['violations'] is None else s['violations']}")
+        if s.get("logged") is not None:
+            note += (f"; {s['logged']} hosts logged it (median {fmt_s(s['logged_median'])}, last "
+                     f"{fmt_s(s['logged_max'])}), their reports acknowledged (median {fmt_s(s['reported_median'])}, "
+                     f"last {fmt_s(s['reported_max'])})")
+        if s.get("watch_last_s"):
+            note += f"; the watcher's last event {fmt_s(s['watch_last_s'])}"
+        note += (f"; CPU in those {s['wall_s']:.1f}s: hosts {s['host_cpu_s']:.1f}s, etcd {s['etcd_cpu_s']:.1f}s, "
+                 f"the machine {100 * s['machine_busy']:.0f}% busy")
         if "refused" in s:
             note += (f"; refused by {s['refused']}, keys lost {s['keys_lost']}, "
                      f"reports' keys off the truth on {s['keys_field_off']} hosts; "
