@@ -955,16 +955,23 @@ class Fleet:
     def decided_after(self, t0, rev, word):
         """Per host that logged "policy revision REV of KEY WORD" after t0,
         seconds from t0 to that line (the host's own view, millisecond
-        timestamps), and to its next write of its report that etcd
-        acknowledged; each sorted."""
+        timestamps), to its next write of its report that etcd
+        acknowledged, and to the line before, "... offered" (it has read
+        the document); each sorted."""
         pat = f" policy revision {rev} of {POLICY_KEY} {word}"
-        dec, rep = [], []
+        offer = f" policy revision {rev} of {POLICY_KEY} offered"
+        dec, rep, offered = [], [], []
         for h in range(self.n):
             mine = f" key={POLICY_STATUS}{host_ip(h)} "
             try:
-                seen = False
+                seen = got = False
                 for line in open(self.logs[h], errors="replace"):
-                    if not seen and pat in line:
+                    if not got and offer in line:
+                        t = log_time(line)
+                        if t >= t0:
+                            offered.append(t - t0)
+                            got = True
+                    elif not seen and pat in line:
                         t = log_time(line)
                         if t >= t0:
                             dec.append(t - t0)
@@ -974,7 +981,7 @@ class Fleet:
                         break
             except (OSError, ValueError, IndexError):
                 pass
-        return sorted(dec), sorted(rep)
+        return sorted(dec), sorted(rep), sorted(offered)
 
     def policy_step(self, name, w, args, want, hold=0.0, logged=None):
         """One step: register policy ARGS, then the time until every host
@@ -982,7 +989,7 @@ class Fleet:
         (the later of the two; self.expected() must already say what etcd
         should hold).  hold: seconds to watch etcd stay exact after that."""
         v0 = len(w.violations) if w else 0
-        cpu0, ecpu0, b0 = self.tree_cpu(), self.etcd_cpu(), self.busy()
+        cpu0, ecpu0, b0, drv0 = self.tree_cpu(), self.etcd_cpu(), self.busy(), sum(os.times()[:2])
         t0 = time.time()
         rc, stdout, cmd_s = self.policy_cmd(*args)
         doc = self.policy_doc() or {}
@@ -1000,12 +1007,12 @@ class Fleet:
                 etcd_s, sm = None, sm2
         t1 = time.time()
         not_yet = getattr(self, "not_yet", [None, None]) if rc == 0 else [None, None]
-        cpu1, ecpu1, b1 = self.tree_cpu(), self.etcd_cpu(), self.busy()
+        cpu1, ecpu1, b1, drv1 = self.tree_cpu(), self.etcd_cpu(), self.busy(), sum(os.times()[:2])
         if reps is None:
             reps = self.reports() or {}
         # logged = (revision, "applied"|"refused"): when the hosts decided,
         # by their own logs
-        dec, acked = self.decided_after(t0, *logged) if logged else ([], [])
+        dec, acked, offered = self.decided_after(t0, *logged) if logged else ([], [], [])
         # the watcher: when the last write under PREFIX came, if in this step
         last_w = (w.last_event - t0) if w and w.last_event and w.last_event > t0 else None
         wrong = self.wrong_keys() if sm != (0, 0) else []
@@ -1018,6 +1025,8 @@ class Fleet:
                 "logged_max": dec[-1] if dec else None, "wall_s": t1 - t0,
                 "reported": len(acked) if logged else None, "reported_max": acked[-1] if acked else None,
                 "reported_median": acked[len(acked) // 2] if acked else None, "watch_last_s": last_w,
+                "offered_median": offered[len(offered) // 2] if offered else None,
+                "offered_max": offered[-1] if offered else None, "driver_cpu_s": drv1 - drv0,
                 "reports_not_yet_s": not_yet[0], "etcd_not_yet_s": not_yet[1],
                 "host_cpu_s": cpu1 - cpu0, "etcd_cpu_s": ecpu1 - ecpu0,
                 "machine_busy": (b1[0] - b0[0]) / max(1, b1[1] - b0[1])}
@@ -1028,12 +1037,14 @@ class Fleet:
         out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
             f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
             f"stale={sm[0]} missing={sm[1]} violations={step['violations']}; "
-            + (f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}, "
+            + (f"read it (offered) median {fmt_s(step['offered_median'])} max {fmt_s(step['offered_max'])}, "
+               f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}, "
                f"their reports acknowledged: median {fmt_s(step['reported_median'])} max "
                f"{fmt_s(step['reported_max'])}; " if logged else "")
             + (f"last write under {PREFIX} seen {fmt_s(last_w)}; " if w else "")
             + f"not yet at {fmt_s(not_yet[0])} (reports) and {fmt_s(not_yet[1])} (etcd); " +
             f"CPU in {t1 - t0:.2f}s: hosts {cpu1 - cpu0:.2f}s, etcd {ecpu1 - ecpu0:.2f}s, "
+            f"this driver {drv1 - drv0:.2f}s, "
             f"machine {100 * step['machine_busy']:.0f}% busy"
             + (f" off: {step['off']}" if off else "") + (f" keys off: {wrong}" if wrong else ""))
         return step, reps
@@ -1448,12 +1459,15 @@ def step_rows(r):
                 f"took {s['command_s']:.2f}s (exit {s['rc']}); generation {s['generation']}; states {s['states']}; "
                 f"violations {'-' if s['violations'] is None else s['violations']}")
         if s.get("logged") is not None:
+            note += (f"; the hosts read it (\"offered\" in their logs) after {fmt_s(s['offered_median'])} "
+                     f"(median), {fmt_s(s['offered_max'])} (last)")
             note += (f"; {s['logged']} hosts logged it (median {fmt_s(s['logged_median'])}, last "
                      f"{fmt_s(s['logged_max'])}), their reports acknowledged (median {fmt_s(s['reported_median'])}, "
                      f"last {fmt_s(s['reported_max'])})")
         if s.get("watch_last_s"):
             note += f"; the watcher's last event {fmt_s(s['watch_last_s'])}"
         note += (f"; CPU in those {s['wall_s']:.1f}s: hosts {s['host_cpu_s']:.1f}s, etcd {s['etcd_cpu_s']:.1f}s, "
+                 f"this script {s['driver_cpu_s']:.1f}s, "
                  f"the machine {100 * s['machine_busy']:.0f}% busy")
         if "refused" in s:
             note += (f"; refused by {s['refused']}, keys lost {s['keys_lost']}, "
