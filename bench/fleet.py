@@ -271,9 +271,13 @@ class Fleet:
         self.host_naming = {}  # host -> its naming, where not self.naming
         self.policy = os.path.join(base, "policy.lua")
         self.write_policy("")
-        # scenario policy: every host follows POLICY_KEY from the start
-        self.follow = "policy" in a.scenarios
-        if self.follow:
+        # scenario policy: every host follows POLICY_KEY from its start;
+        # but with --policy-key, SIGHUP reads the key again, not --policy's
+        # file (by design), so with reload in the run too the hosts start
+        # without it and sc_policy restarts them with it
+        self.follow = "policy" in a.scenarios and "reload" not in a.scenarios
+        self.restarted = None
+        if "policy" in a.scenarios:
             self.sign_key = os.path.join(base, "sign.pem")
             self.pub_key = os.path.join(base, "sign.pub")
             sh("openssl", "genpkey", "-algorithm", "ed25519", "-out", self.sign_key)
@@ -1099,6 +1103,20 @@ class Fleet:
 
     def sc_policy(self):
         self.settle()
+        if not self.follow:
+            # SIGTERM leaves the keys; each host starts again following
+            # POLICY_KEY (none there yet: its own --policy, state waiting)
+            t = time.time()
+            for h in range(self.n):
+                self.stop_host(h, signal.SIGTERM)
+            self.follow = True
+            for h in range(self.n):
+                self.start_host(h)
+            ok = self.wait_step(t, lambda h: ("waiting", 0, 0), 0, 60 + self.n * 0.2)[0]
+            self.restarted = time.time() - t
+            out(f"[{self.api}] policy: every host restarted with --policy-key: reporting after "
+                f"{self.restarted:.1f}s" + ("" if ok is not None else " (NOT every host reports waiting)"))
+            self.settle()
         # after a partition: requests a host gave up on while it was cut off
         # still sit in its kernel's send queues and reach etcd when the
         # retransmission timer fires after the heal (seconds later; v2 and
@@ -1208,11 +1226,13 @@ class Fleet:
                     f"canary {pct_or_hosts} = {len(canary)} hosts; watcher {w.events} events, "
                     f"{violations} violations; broken revision refused by {refused}/{self.n}, "
                     f"{keys_lost} keys lost; status --json {'correct' if status_correct else 'WRONG'} "
-                    f"({status_s:.2f}s); time: promote's (steps below)",
+                    f"({status_s:.2f}s); time: promote's (steps below)"
+                    + (f"; the hosts restarted with --policy-key first ({self.restarted:.1f}s)" if self.restarted else "")
+                    + (f"; {late} writes landed in the {3 * self.a.ttl}s after the last heal" if late else ""),
                     steps=steps, violations=violations, watch_events=w.events, watch_error=w.error,
                     refused=refused, keys_lost=keys_lost, status_correct=status_correct,
                     status_seconds=status_s, canary_hosts=len(canary), converged=converged,
-                    keys_field_off=keys_field_off, late_writes=late)
+                    keys_field_off=keys_field_off, late_writes=late, restarted=self.restarted)
 
     def run(self):
         self.start_fake()
