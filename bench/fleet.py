@@ -35,13 +35,19 @@ holds exactly what every host's Docker says, nothing stale or missing):
   reload    rolling SIGHUP of every host with a new key naming; a watcher
             checks make-before-break (no service ever has fewer backends
             than before), while some hosts are cut off midway
-  policy    the fleet's policy in etcd (register policy): a signed revision
-            with a new key naming to a 10% canary (--policy-canary), promote,
-            a broken revision to all (every host refuses it, keeps its keys),
-            rollback, `register policy status --json` against every host's
-            report; the watcher runs throughout.  With this scenario every
-            host runs with --policy-key/--policy-pubkey/--state-dir from the
-            start (also in the scenarios before it)
+  policy    the fleet's policy in etcd (register policy): revision 1 (the
+            naming in use) to all, then with the watcher running: revision 2
+            (a new key naming) to a 10% canary (--policy-canary; FNV-1a
+            buckets, computed here too), promote, a broken revision 3 to
+            all (every host must refuse it and keep its keys), rollback,
+            and `register policy status --json` checked against every
+            host's own report; a row per step.  With this scenario every
+            host runs with --policy-key, --policy-pubkey (a key pair made
+            in the run's directory; every revision signed) and a
+            --state-dir of its own from its start, through the scenarios
+            before it; with reload in the run too (SIGHUP then reads the
+            key again, not the file) they start without and are restarted
+            with them first
 
 Needs root (namespaces), iproute2 and etcd-server.  Not a test: the timings
 here are measurements; tests/integration/test_fleet.py runs a small fleet
