@@ -900,35 +900,45 @@ class Fleet:
     def wait_step(self, t0, want, gen, timeout):
         """Seconds from t0 until every host reports want(h) at generation
         gen, and until etcd is exact, each from the read that saw it (None:
-        not within timeout); the hosts off at the last read [(h, what)];
-        the last reports; the last (stale, missing)."""
+        not within timeout), polled in two threads so that a slow read of
+        one does not delay the other; the hosts off at the last read
+        [(h, what)]; the last reports; the last (stale, missing)."""
         deadline = t0 + timeout
-        rep_s = etcd_s = None
+        res = {"rep": None, "etcd": None, "off": None, "reps": None, "sm": (None, None)}
         self.not_yet = [None, None]  # the last read that did not see it yet
-        off, reps, sm = None, None, (None, None)
-        while time.time() < deadline and (rep_s is None or etcd_s is None):
-            if rep_s is None:
+        pause = 0.05 if self.n <= 100 else 0.1
+
+        def reports():
+            while time.time() < deadline:
                 t = time.time()
                 r = self.reports()
                 if r is not None:
-                    reps = r
-                    off = [(h, x) for h in range(self.n)
-                           for x in [self.report_off(r.get(host_ip(h)), want(h), gen)] if x]
-                    if not off:
-                        rep_s = t - t0
-                    else:
-                        self.not_yet[0] = t - t0
-            if etcd_s is None:
+                    res["reps"] = r
+                    res["off"] = [(h, x) for h in range(self.n)
+                                  for x in [self.report_off(r.get(host_ip(h)), want(h), gen)] if x]
+                    if not res["off"]:
+                        res["rep"] = t - t0
+                        return
+                    self.not_yet[0] = t - t0
+                time.sleep(pause)
+
+        def etcd():
+            while time.time() < deadline:
                 t = time.time()
                 sm = self.etcd_exact()
+                res["sm"] = sm
                 if sm == (0, 0):
-                    etcd_s = t - t0
-                else:
-                    self.not_yet[1] = t - t0
-            time.sleep(0.05 if self.n <= 100 else 0.1)
-        if etcd_s is None:
-            sm = self.diff()
-        return rep_s, etcd_s, off, reps, sm
+                    res["etcd"] = t - t0
+                    return
+                self.not_yet[1] = t - t0
+                time.sleep(pause)
+        th = [threading.Thread(target=f, daemon=True) for f in (reports, etcd)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(max(0.0, deadline - time.time()) + 15)
+        sm = res["sm"] if res["etcd"] is not None else self.diff()
+        return res["rep"], res["etcd"], res["off"], res["reps"], sm
 
     def tree_cpu(self):
         """utime + stime of every running host and its children (the policy
