@@ -15,6 +15,8 @@
  *         d H ID              remove it; emit "die"
  *         p TOKEN             answer "p TOKEN" on stdout once every command
  *                             before it is done (a barrier)
+ *         x H                 close host H's event streams (Docker's stream
+ *                             cut: the client must reconnect and list again)
  *       Event streams get each event as one chunk.  Small buffers: 500
  *       hosts fit in a few MB. */
 #include "map.h"
@@ -286,6 +288,8 @@ static void cmd_line(char *line) {
   } else if (sscanf(line, "d %d %99s", &hi, id) == 2 && hi >= 0 &&
              hi < nhosts) {
     cmd_del(hi, id);
+  } else if (sscanf(line, "x %d", &hi) == 1 && hi >= 0 && hi < nhosts) {
+    while (hosts[hi].streams) conn_close(hosts[hi].streams);
   } else if (sscanf(line, "p %99s", tok) == 1) {
     printf("p %s\n", tok);
     fflush(stdout);

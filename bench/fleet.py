@@ -1571,6 +1571,8 @@ def parse():
     p.add_argument("--register", default=os.environ.get("REGISTER_BIN",
                                                         os.path.join(SRC, "build", "register")))
     p.add_argument("--fakedocker")
+    p.add_argument("--chaos", type=float, metavar="SECONDS", help="a seeded chaos run instead (bench/chaos.py)")
+    p.add_argument("--seed", type=int, help="--chaos: the seed (drawn at random if not given)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tag", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -1589,6 +1591,9 @@ def parse():
 
 def main():
     a = parse()
+    if a.chaos is not None:
+        import chaos
+        return chaos.main(a)
     if a.inner:
         inner(a)
         return 0

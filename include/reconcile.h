@@ -45,6 +45,14 @@ typedef struct {
   uint64_t puts, refreshes, deletes, errors;
   int converged;
   double last_converged; /* unix time of the last convergence, or 0 */
+  /* unix time at which etcd was last compared with what is wanted (the
+   * owned prefix listed) and found equal, once what the listing found
+   * different was repaired; 0: never (no prefix: never listed) */
+  double compared;
+  /* keys that a listing (or a v2 refresh) found otherwise than this
+   * process believed them (changed or gone behind its back: a restore,
+   * another writer, an expiry) */
+  uint64_t drift;
   uint64_t behind_ms;    /* how long it has not been converged, or 0 */
 } reconcile_stats_t;
 

@@ -669,6 +669,45 @@ static uint64_t fleet_keys(void *ud) {
   return a->status_set && st.keys > 0 ? st.keys - 1 : st.keys;
 }
 
+/* --policy-key: the fleet's follower, and the policy it starts with (the
+ * revision kept in --state-dir, if any, in a->policy).  -1 with err when
+ * it cannot be made (the public key file). */
+static int start_fleet(app_t *a, const worker_opts_t *po, char *err,
+                       size_t errlen) {
+  const config_t *cfg = a->cfg;
+  fleet_opts_t fo = {0};
+  fo.loop = &a->loop;
+  fo.etcd = a->etcd;
+  fo.key = cfg->policy_key;
+  fo.host_ip = cfg->host_ip;
+  fo.state_dir = cfg->state_dir;
+  fo.pubkey = cfg->policy_pubkey;
+  fo.allow_unsigned = cfg->policy_unsigned;
+  fo.apply = fleet_apply;
+  fo.publish = fleet_publish;
+  fo.keys = fleet_keys;
+  fo.ud = a;
+  a->fleet = fleet_new(&fo, err, errlen);
+  if (!a->fleet) return -1;
+  a->status_key = policydoc_status_key(cfg->policy_key, cfg->host_ip);
+  /* the revision applied last, kept in --state-dir: etcd may be down */
+  const char *src, *name;
+  size_t len;
+  if (fleet_cached(a->fleet, &src, &len, &name)) {
+    worker_opts_t fpo = *po;
+    fpo.file = name;
+    fpo.source = src;
+    fpo.source_len = len;
+    fpo.no_files = 1;
+    char werr[600];
+    a->policy = worker_new(&fpo, werr, sizeof werr);
+    if (!a->policy)
+      log_error("policy cache: %s; starting with the host's own policy", werr);
+  }
+  fleet_started(a->fleet, a->policy != NULL);
+  return 0;
+}
+
 static void resync_cb(uv_timer_t *t) {
   app_t *a = t->data;
   if (a->stopping) return; /* Docker may be gone already */
@@ -872,38 +911,10 @@ int app_run(const config_t *cfg) {
   a->checks = checks_new(&co);
   worker_opts_t po = policy_opts(a);
   if (cfg->policy_key && a->etcd) {
-    fleet_opts_t fo = {0};
-    fo.loop = &a->loop;
-    fo.etcd = a->etcd;
-    fo.key = cfg->policy_key;
-    fo.host_ip = cfg->host_ip;
-    fo.state_dir = cfg->state_dir;
-    fo.pubkey = cfg->policy_pubkey;
-    fo.allow_unsigned = cfg->policy_unsigned;
-    fo.apply = fleet_apply;
-    fo.publish = fleet_publish;
-    fo.keys = fleet_keys;
-    fo.ud = a;
-    a->fleet = fleet_new(&fo, err, sizeof err);
-    if (!a->fleet) {
+    if (start_fleet(a, &po, err, sizeof err) < 0) {
       log_error("%s", err);
       goto out;
     }
-    a->status_key = policydoc_status_key(cfg->policy_key, cfg->host_ip);
-    /* the revision applied last, kept in --state-dir: etcd may be down */
-    const char *src, *name;
-    size_t len;
-    if (fleet_cached(a->fleet, &src, &len, &name)) {
-      worker_opts_t fpo = po;
-      fpo.file = name;
-      fpo.source = src;
-      fpo.source_len = len;
-      fpo.no_files = 1;
-      a->policy = worker_new(&fpo, err, sizeof err);
-      if (!a->policy)
-        log_error("policy cache: %s; starting with the host's own policy", err);
-    }
-    fleet_started(a->fleet, a->policy != NULL);
   } else if (cfg->policy_key) {
     log_warn("--dry-run: the policy key %s is not followed", cfg->policy_key);
   }

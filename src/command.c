@@ -95,6 +95,8 @@ char **command_words(const char *cmdline, const char *path, char *err,
 
 static void closed(uv_handle_t *h) {
   command_t *c = h->data;
+  REGISTER_ASSERT(c->open > 0); /* one close callback per handle */
+  REGISTER_ASSERT(c->finished || c->cancelled);
   if (--c->open == 0) {
     buf_free(&c->output);
     free(c);
@@ -137,6 +139,7 @@ static void finish(command_t *c) {
   for (int i = 0; i < 2; i++)
     if (!uv_is_closing((uv_handle_t *)&c->out[i]))
       uv_read_stop((uv_stream_t *)&c->out[i]);
+  REGISTER_ASSERT(c->exited || c->cancelled); /* the result waits for it */
   if (!c->cancelled) {
     flatten(&c->output);
     command_result_t r = {0};
@@ -163,6 +166,7 @@ static void on_timer(uv_timer_t *t) {
 
 static void on_proc_exit(uv_process_t *p, int64_t status, int sig) {
   command_t *c = p->data;
+  REGISTER_ASSERT(!c->exited); /* libuv reports an exit once */
   c->exited = 1;
   c->exit_status = status;
   c->term_signal = sig;
@@ -190,7 +194,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     return;
   }
   if (n == 0) return;
-  uv_read_stop(s); /* EOF or an error: this pipe is done */
+  uv_read_stop(s);                 /* EOF or an error: this pipe is done */
+  REGISTER_ASSERT(c->reading > 0); /* each pipe ends once */
   if (--c->reading == 0 && c->exited) finish(c);
 }
 
@@ -245,6 +250,9 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
     c->reading++;
   }
   uv_timer_start(&c->timer, on_timer, (uint64_t)timeout_ms, 0);
+  /* every handle is open and nothing has completed: the callback comes
+   * from the loop, never from here */
+  REGISTER_ASSERT(c->open == 4 && !c->finished && !c->exited);
   return c;
 }
 

@@ -30,6 +30,7 @@ struct etcd_watch {
   buf_t errbody;       /* v3: a refusal's body (the first bytes) */
   int in_cb, gone;     /* inside a callback; cancelled meanwhile */
   int over;            /* the final callback ran or is running */
+  int starting;        /* inside etcd_watch(): no callback may run */
   char final_err[400]; /* set by a message that ends the watch */
   etcd_watch_kind_t final_kind;
 };
@@ -38,6 +39,7 @@ static int start(etcd_watch_t *w);
 
 static void watch_free(etcd_watch_t *w) {
   if (w->req) http_cancel(w->req);
+  REGISTER_ASSERT(w->e->watches > 0); /* etcd_free() waits for none */
   w->e->watches--;
   etcd_ep_drop(w->ep);
   linesplit_free(&w->lines);
@@ -49,6 +51,8 @@ static void watch_free(etcd_watch_t *w) {
 /* A change: 1 when the owner cancelled the watch meanwhile (w->gone: the
  * caller frees it). */
 static int notify(etcd_watch_t *w, int64_t rev) {
+  /* from the loop, before the end, and never twice at once */
+  REGISTER_ASSERT(!w->starting && !w->over && !w->in_cb);
   if (rev >= w->next) w->next = rev + 1;
   w->in_cb = 1;
   w->cb(w->data, ETCD_WATCH_CHANGED, rev, NULL);
@@ -65,6 +69,7 @@ static int changed(etcd_watch_t *w, int64_t rev) {
 
 /* The end: the last callback, then the watch goes. */
 static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
+  REGISTER_ASSERT(!w->starting && !w->over); /* the end comes once */
   w->over = 1;
   if (w->req) {
     http_cancel(w->req);
@@ -77,8 +82,8 @@ static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
 /* ---- v2: one long poll per change ---- */
 
 static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
   etcd_watch_t *w = data;
+  REGISTER_ASSERT(w->req == req); /* the request this watch waits for */
   w->req = NULL;
   char err[400];
   if (r->error == HTTP_ERR_TIMEOUT || (r->status == 200 && !r->body_len)) {
@@ -199,14 +204,14 @@ static void v3_too_long(void *ud, size_t n) {
 }
 
 static void v3_head(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
   etcd_watch_t *w = data;
+  REGISTER_ASSERT(w->req == req);
   w->status = r->status;
 }
 
 static int v3_data(http_req_t *req, const char *p, size_t n, void *data) {
-  (void)req;
   etcd_watch_t *w = data;
+  REGISTER_ASSERT(w->req == req && !w->over);
   if (w->status != 200) { /* a refusal: keep its start for the error */
     size_t room =
         MAX_ERROR_BODY > w->errbody.len ? MAX_ERROR_BODY - w->errbody.len : 0;
@@ -226,8 +231,8 @@ static int v3_data(http_req_t *req, const char *p, size_t n, void *data) {
 }
 
 static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
-  (void)req;
   etcd_watch_t *w = data;
+  REGISTER_ASSERT(w->req == req && !w->over);
   const char *ep = w->ep->url;
   w->req = NULL;
   char err[600];
@@ -327,7 +332,10 @@ static etcd_watch_t *watch_new(etcd_t *e, const char *prefix, int exact,
   linesplit_init(&w->lines, MAX_MESSAGE);
   buf_init(&w->errbody);
   e->watches++;
-  if (start(w) < 0) {
+  w->starting = 1;
+  int rc = start(w);
+  w->starting = 0;
+  if (rc < 0) {
     watch_free(w);
     return NULL;
   }

@@ -74,7 +74,14 @@ static void set_state(fleet_t *f, policydoc_state_t st, const char *error) {
   if (same) return;
   f->state = st;
   free(f->error);
-  f->error = error ? xstrndup(error, ERROR_MAX) : NULL;
+  f->error = NULL;
+  if (error) { /* at most ERROR_MAX bytes, not cutting a UTF-8 sequence */
+    size_t n = strnlen(error, ERROR_MAX);
+    if (error[n])
+      while (n > 0 && ((unsigned char)error[n] & 0xC0) == 0x80)
+        n--;
+    f->error = xstrndup(error, n);
+  }
   f->since = (int64_t)time(NULL);
 }
 
@@ -275,6 +282,7 @@ static void retry_later(fleet_t *f, uint64_t ms) {
 static void watch_cb(void *data, etcd_watch_kind_t kind, int64_t rev,
                      const char *error) {
   fleet_t *f = data;
+  REGISTER_ASSERT(f->watch); /* a cancelled watch calls back no more */
   (void)rev;
   if (kind == ETCD_WATCH_FAILED) { /* over (freed by etcd_watch): a new one
                                       after the next read, in a moment */
@@ -379,6 +387,7 @@ static void got_key(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   (void)dirs;
   (void)ndirs;
   fleet_t *f = data;
+  REGISTER_ASSERT(f->get); /* the read this fleet waits for, once */
   f->get = NULL;
   if (res->status != ETCD_OK) {
     log_warn("policy key %s: cannot read it: %s; again in %" PRIu64 " s",
@@ -424,9 +433,11 @@ static void read_key(fleet_t *f) {
   }
   f->reread = 0;
   f->get = etcd_get(f->o.etcd, f->key, got_key, f);
+  REGISTER_ASSERT(f->get); /* never NULL, and never answered inside */
 }
 
 void fleet_start(fleet_t *f) {
+  REGISTER_ASSERT(!f->seen && !f->get && !f->watch); /* once */
   set_state(f, POLICYDOC_WAITING, NULL);
   uv_timer_start(f->report, report_cb, REPORT_EVERY_MS, REPORT_EVERY_MS);
   read_key(f);

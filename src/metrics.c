@@ -215,5 +215,16 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
   gauge(b, "register_last_sync_timestamp_seconds",
         "Unix time at which etcd last matched Docker's truth.",
         rs.last_converged);
+  gauge(b, "register_etcd_compared_timestamp_seconds",
+        "Unix time at which the owned prefix was last read back from etcd "
+        "and found equal to what register wants (after repairing what the "
+        "read found different); 0: never.",
+        rs.compared);
+  help(b, "register_etcd_drift_total", "counter",
+       "Keys that a read of the owned prefix (or a v2 refresh) found "
+       "otherwise than register believed (changed, deleted or expired "
+       "behind its back).");
+  buf_printf(b, "register_etcd_drift_total %llu\n",
+             (unsigned long long)rs.drift);
   if (in->checks) checks_metrics(in->checks, b);
 }

@@ -235,6 +235,7 @@ static int check_source(const config_t *cfg, const char *file, const char *src,
   po.source = src;
   po.source_len = len;
   po.print_only = 1; /* a hook's HTTP is printed, never sent */
+  po.no_files = 1;   /* as on the hosts: require finds built-in modules only */
   po.host_ip = cfg->host_ip[0] ? cfg->host_ip : "127.0.0.1";
   po.hostname = cfg->hostname[0] ? cfg->hostname : "localhost";
   po.time_limit_ms = (uint64_t)cfg->policy_timeout_ms;

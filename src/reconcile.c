@@ -152,6 +152,11 @@ struct reconcile {
   int was_converged;
   int ever_converged;
   double last_converged;       /* wall clock, for /metrics */
+  /* comparisons with etcd: a listing, then the convergence that repaired
+   * what it found (reconcile_stats_t.compared) */
+  int compare_pending; /* a listing is in, its repairs not yet all done */
+  double compared;     /* wall clock of the last comparison found equal */
+  uint64_t drift;      /* keys a listing found otherwise than believed */
   uint64_t behind_since;       /* uv_now() when it stopped being converged */
   uint64_t errors_at_converge; /* say "in sync" again after trouble */
   int pumping;
@@ -637,6 +642,8 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   s->errors = r->errors;
   s->converged = reconcile_converged(r);
   s->last_converged = r->last_converged;
+  s->compared = r->compared;
+  s->drift = r->drift;
   s->behind_ms =
       !s->converged && r->behind_since ? uv_now(r->loop) - r->behind_since : 0;
 }
@@ -742,6 +749,25 @@ static int rcont_new_keys(const rcont_t *c) {
   return where;
 }
 
+/* v2 keeps keys and directories apart: a key cannot be written while a
+ * path above it is a key, nor while it is itself a directory.  1 when old
+ * (a key c no longer produces) stands in the way of a key c produces now
+ * (one a path below the other): make-before-break cannot hold for that
+ * pair, the new key waits for the old one to go. */
+static int rcont_blocked_by(const reconcile_t *r, const rcont_t *c,
+                            const char *old) {
+  if (!r->etcd || !etcd_has_dirs(r->etcd)) return 0;
+  size_t ol = strlen(old);
+  for (const owner_t *o = c->owners; o; o = o->cnext) {
+    const char *nk = o->key->key;
+    size_t nl = strlen(nk);
+    if ((nl > ol && strncmp(nk, old, ol) == 0 && nk[ol] == '/') ||
+        (ol > nl && strncmp(old, nk, nl) == 0 && old[nl] == '/'))
+      return 1;
+  }
+  return 0;
+}
+
 /* A held key's qnode is on its container's held list instead of r->queue:
  * a key is queued, held, or neither. */
 static void rkey_unhold(reconcile_t *r, rkey_t *k) {
@@ -786,6 +812,10 @@ static void reconcile_check_converged(reconcile_t *r) {
     clock_gettime(CLOCK_REALTIME, &ts);
     r->last_converged = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     r->behind_since = 0;
+    if (r->compare_pending) { /* listed, and every difference repaired */
+      r->compare_pending = 0;
+      r->compared = r->last_converged;
+    }
   }
   if (now && !r->was_converged) {
     reconcile_stats_t st;
@@ -1151,6 +1181,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
       /* expired, or etcd lost it: write it again */
       log_fields(LOG_WARN, "key vanished from etcd; writing it again", "key",
                  k->key, NULL);
+      r->drift++; /* gone behind our back: drift found by the refresh */
       k->refresh_due = 0;
       rkey_set_have(k, NULL);
       res = &ok;
@@ -1260,6 +1291,14 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
   if (where == NEW_PENDING ||
       (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
+    if (rcont_blocked_by(r, c, k->key)) { /* v2: it goes first */
+      log_fields(LOG_WARN,
+                 "v2: this key stands in the way of a key its container "
+                 "produces now (one path below the other: a key cannot be "
+                 "a directory too); deleted before the new one is written",
+                 "key", k->key, "container", c->id, NULL);
+      return ACT_DELETE;
+    }
     /* v2: it must not expire meanwhile */
     if (r->key_refresh && r->ttl > 0 && k->refresh_due) return ACT_REFRESH;
     *holder = c;
@@ -1359,6 +1398,8 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
     if (k->inflight) k->list_stale = 1; /* see key_settle() */
     if (!k->inflight) {
       if (!rstr_eq(k->have, kvs[i].value, kvs[i].value_len)) {
+        /* held otherwise than believed (a restore, another writer) */
+        if (r->primed && k->have_known) r->drift++;
         rstr_t *v = rstr_new(kvs[i].value, kvs[i].value_len);
         rkey_set_have(k, v);
         rstr_unref(v);
@@ -1379,6 +1420,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
       k->list_stale = 1; /* see key_settle() */
       continue;
     }
+    if (r->primed && k->have_known && k->have) r->drift++; /* gone */
     rkey_set_have(k, NULL); /* not listed: etcd does not hold it */
   }
   for (size_t i = 0; i < ndirs; i++) {
@@ -1392,6 +1434,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
     r->primed = 1;
     log_info("etcd: %zu keys under %s", n, r->prefix);
   }
+  r->compare_pending = 1;
   /* what etcd holds is known: the containers whose evaluation is not final
    * keep the keys that name them, before anything is decided */
   reconcile_adopt_all(r);

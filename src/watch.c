@@ -259,6 +259,8 @@ static void once_over(uv_timer_t *t) {
 }
 
 static void cycle_done(watch_t *w, int ok) {
+  /* a cycle ends once, with no request or command of it outstanding */
+  REGISTER_ASSERT(w->phase != PHASE_IDLE && !w->listing && !w->cmd);
   w->phase = PHASE_IDLE;
   if (ok) w->last_good_unix = unix_now();
   if (!w->ready) {
@@ -294,6 +296,7 @@ static void how_it_ended(const watch_t *w, const command_result_t *r, char *out,
 
 static void on_reload(void *ud, const command_result_t *r) {
   watch_t *w = ud;
+  REGISTER_ASSERT(w->cmd && w->phase == PHASE_RELOAD); /* the one it runs */
   w->cmd = NULL;
   if (r->ok) {
     w->reloads_ok++;
@@ -361,6 +364,7 @@ static void installed(watch_t *w) {
 
 static void on_check(void *ud, const command_result_t *r) {
   watch_t *w = ud;
+  REGISTER_ASSERT(w->cmd && w->phase == PHASE_CHECK); /* the one it runs */
   w->cmd = NULL;
   if (r->ok) {
     w->checks_ok++;
@@ -462,6 +466,7 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   (void)dirs;
   (void)ndirs;
   watch_t *w = data;
+  REGISTER_ASSERT(w->listing && w->phase == PHASE_LIST); /* its cycle's */
   w->listing = NULL;
   if (res->status != ETCD_OK) {
     etcd_failed(w, res->error ? res->error : "the listing failed");
@@ -550,6 +555,7 @@ static void cycle(watch_t *w) {
   w->first_ms = 0;
   w->dirty = 0;
   w->listing = etcd_list(w->etcd, w->cfg->watch_prefix, on_list, w);
+  REGISTER_ASSERT(w->listing); /* never NULL; answered from the loop */
 }
 
 static void cycle_cb(uv_timer_t *t) {

@@ -24,6 +24,9 @@ class FakeDocker:
         self.sock = sock_path
         self.host = "unix://" + sock_path
         self.api = api              # None: no Api-Version header (use /version)
+        # Docker 29 and later refuse a versioned path below their minimum
+        # API (1.44) with a 400: None accepts every version
+        self.min_api = None
         self.containers = {}        # id -> inspect document (dict, ordered)
         self.inspect_faults = {}    # id -> list of faults, used one per request
         self.list_faults = []       # faults for the next /containers/json calls
@@ -259,7 +262,8 @@ class FakeDocker:
     def _respond(self, writer, status, body, ctype="application/json", extra=""):
         if isinstance(body, str):
             body = body.encode()
-        reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}.get(status, "X")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
+                  500: "Internal Server Error"}.get(status, "X")
         hdr = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                f"Content-Length: {len(body)}\r\n{extra}Server: fake-docker\r\n\r\n")
         writer.write(hdr.encode() + body)
@@ -277,6 +281,18 @@ class FakeDocker:
             self._respond(writer, 404, '{"message":"page not found"}')
             return True
         rest = "/" + "/".join(parts[2:])
+        if self.min_api:
+            want = tuple(int(x) for x in self.min_api.split("."))
+            try:
+                got = tuple(int(x) for x in parts[1][1:].split("."))
+            except ValueError:
+                got = (0, 0)
+            if got < want:
+                self._respond(writer, 400, json.dumps({
+                    "message": f"client version {parts[1][1:]} is too old. Minimum supported API "
+                               f"version is {self.min_api}, please upgrade your client to a newer "
+                               "version"}))
+                return True
         if rest == "/containers/json":
             with self.lock:
                 fault = self.list_faults.pop(0) if self.list_faults else None

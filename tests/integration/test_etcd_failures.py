@@ -150,9 +150,20 @@ def wired():
 def snapshot_restore(api):
     with Env() as env:
         first = [env.fake.add() for _ in range(3)]
-        r = env.register("--etcd-api", api, "--ttl", "10")
+        port = free_port()
+        r = env.register("--etcd-api", api, "--ttl", "10", "--metrics", f"127.0.0.1:{port}")
         r.wait_log("in sync")
         env.converged(api)
+
+        def sample(name):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
+                for line in m.read().decode().splitlines():
+                    if line.startswith(name + " "):
+                        return float(line.split()[1])
+            raise AssertionError(f"no {name} in /metrics")
+        wait_for(lambda: sample("register_etcd_compared_timestamp_seconds") > 0, 10,
+                 what="the first comparison with etcd")
+        assert sample("register_etcd_drift_total") == 0
         snap = os.path.join(env.etcd.dir, "snap.db")
         env.ctl3("snapshot", "save", snap)
         # after the snapshot: two stop, two others start
@@ -180,6 +191,11 @@ def snapshot_restore(api):
         lines = wait_line(r, "warn", "etcd went back in time: ", timeout=15)
         assert "a restored snapshot?" in lines[0] and "checking every key" in lines[0], lines
         env.converged(api, timeout=max(1, 15 - (time.time() - t0)), what="etcd to converge after the restore")
+        # the read after the restore found keys otherwise than believed, and
+        # etcd was compared (and found equal, repaired) after the restore
+        wait_for(lambda: sample("register_etcd_compared_timestamp_seconds") >= t0 - 1, 10,
+                 what="a comparison after the restore")
+        assert sample("register_etcd_drift_total") >= 2, sample("register_etcd_drift_total")
         # one detection, one line
         time.sleep(4)
         assert len(log_line(r, "warn", "went back in time: ")) == 1, log_line(r, "warn", "went back in time")

@@ -290,6 +290,32 @@ def api_1_52_without_legacy_fields():
 
 
 @suite.test
+def docker_29_refuses_versions_below_1_44():
+    """Upstream Docker 29 answers a path below API 1.44 with a 400: register
+    speaks the version the daemon names (capped at the newest it knows), so
+    every request it makes is accepted."""
+    for api in ("1.52", "1.53"):
+        fake = setup(api=api)
+        fake.min_api = "1.44"
+        r = start(fake)
+        c = fake.add()
+        fake.emit(fake.event("start", c))
+        converged(fake)
+        versioned = [p for _, p in fake.requests if p.startswith("/v")]
+        assert versioned and all(p.startswith("/v1.52/") for p in versioned), versioned
+        assert "too old" not in r.output(), r.output()
+        finish(r, fake)
+    # the fake refuses for real: a daemon whose header names an old version
+    # while it refuses it gets the daemon's own message in register's log
+    fake = setup(api="1.41")
+    fake.min_api = "1.44"
+    r = Register("--etcd", etcd.url, "--docker", fake.host, host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("Minimum supported API version is 1.44")
+    r.stop()
+
+
+@suite.test
 def newer_api_is_capped_and_missing_header_uses_version():
     fake = setup(api="1.99")
     r = start(fake)

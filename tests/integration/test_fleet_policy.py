@@ -313,9 +313,14 @@ def a_signed_revision_is_applied_make_before_break_then_bad_ones_are_refused():
 def a_canary_elsewhere_leaves_the_host_waiting_then_it_takes_it():
     reset()
     names = list(webs(2))
-    r, _ = start("--policy-unsigned")
+    port = free_port()
+    r, _ = start("--policy-unsigned", port=port)
     put(doc(rev(1, REV_A)))
-    report_is(state="applied", revision=1)
+    rep = report_is(state="applied", revision=1)
+    assert rep["signed"] is False, rep
+    code, body = curl(f"http://127.0.0.1:{port}/healthz")
+    assert code == 200 and "--policy-unsigned" in " ".join(json.loads(body)["warnings"]), body
+    assert metrics(port)["register_policy_unsigned"] == 1
     wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
     put(doc(rev(1, REV_A), canary=rev(2, REV_B), hosts=["10.99.0.1"]))
     rep = report_is(state="waiting", revision=1, offered=1, generation=GEN[0])

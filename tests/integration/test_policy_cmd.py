@@ -266,6 +266,13 @@ def bad_inputs():
     for api in APIS:
         key = f"/{api}{api_key}"
         bad(api, "does not load", "push", write("syntax.lua", "return {"), "--key", key)
+        # a module beside the file: a host has no such directory, so the
+        # check does not look there either
+        write("helper.lua", "return {}")
+        line = bad(api, "does not load", "push",
+                   write("needs.lua", 'local h = require "helper"\nreturn dofile and {} or {}'),
+                   "--key", key)
+        assert "helper" in line, line
         failing = write("fails.lua", open(POLICY).read().replace(
             "function policy.records(c, host)", "function policy.records(c, host)\n  error('boom')"))
         line = bad(api, "fails its check", "push", failing, INSPECT, "--key", key, details=True)

@@ -431,4 +431,31 @@ def reload_rekeying_is_make_before_break():
     etcd.etcdctl("rm", "--recursive", "/mbb-blocked", check=False)
 
 
+@suite.test
+def v2_rekeying_into_a_directory_of_the_old_key_and_back():
+    """A reload from the default schema to lua/examples/per-port.lua puts
+    <id>/80/tcp where <id> was a key: v2 cannot write it while <id> is a
+    key, so make-before-break cannot hold for that pair; the old key goes
+    first (a warning) and the reload converges, both ways (back: <id> where
+    <id>/80/tcp was, and the empty directories it leaves)."""
+    reset()
+    pol = policy("switch.lua", open(os.path.join(SRC, "lua", "default.lua")).read())
+    r = register("--policy", pol)
+    c = fake.add()
+    fake.emit(fake.event("start", c))
+    base = f"/registered/{IP}"
+    wait_for(lambda: list(etcd.tree(base)) == [f"{base}/bbx/{c}"], 10, what="the default key")
+    for src, want in ((os.path.join(SRC, "lua", "examples", "per-port.lua"), f"{base}/bbx/{c}/80/tcp"),
+                      (os.path.join(SRC, "lua", "default.lua"), f"{base}/bbx/{c}")):
+        policy("switch.lua", open(src).read())
+        r.proc.send_signal(signal.SIGHUP)
+        try:
+            wait_for(lambda: list(etcd.tree(base)) == [want], 10, what=f"{want} alone")
+        except AssertionError:
+            raise AssertionError(f"{etcd.tree(base)}\n{r.output()[-2000:]}")
+    assert "stands in the way of a key its container produces now" in r.output()
+    r.stop()
+    reset()
+
+
 suite.run()
