@@ -283,11 +283,7 @@ class Fleet:
         # without it and sc_policy restarts them with it
         self.follow = "policy" in a.scenarios and "reload" not in a.scenarios
         self.restarted = None
-        if "policy" in a.scenarios:
-            self.sign_key = os.path.join(base, "sign.pem")
-            self.pub_key = os.path.join(base, "sign.pub")
-            sh("openssl", "genpkey", "-algorithm", "ed25519", "-out", self.sign_key)
-            sh("openssl", "pkey", "-in", self.sign_key, "-pubout", "-out", self.pub_key)
+        self.sign_key = self.pub_key = None  # made when first needed (policy_keys())
         self.seq = 0
         self.healed_at = None  # when the last cut-off host was healed
         self.lock = threading.Lock()
@@ -361,6 +357,7 @@ class Fleet:
                 "--docker", f"unix://{self.sockdir}/h{h}.sock", "--policy", self.policy,
                 "--log-level", self.a.log_level]
         if self.follow:
+            self.policy_keys()
             state = os.path.join(self.base, "state", f"h{h}")
             os.makedirs(state, exist_ok=True)
             args += ["--policy-key", POLICY_KEY, "--policy-pubkey", self.pub_key, "--state-dir", state]
@@ -822,6 +819,14 @@ class Fleet:
                 f.write(POLICY % {"prefix": PREFIX, "naming": naming})
         return path
 
+    def policy_keys(self):
+        """The signing key pair (Ed25519, in the run's directory)."""
+        if not self.sign_key:
+            self.sign_key = os.path.join(self.base, "sign.pem")
+            self.pub_key = os.path.join(self.base, "sign.pub")
+            sh("openssl", "genpkey", "-algorithm", "ed25519", "-out", self.sign_key)
+            sh("openssl", "pkey", "-in", self.sign_key, "-pubout", "-out", self.pub_key)
+
     def policy_cmd(self, *args):
         """register policy ARGS --key POLICY_KEY on this fleet's etcd:
         (exit status, stdout, seconds the command took)."""
@@ -1119,6 +1124,7 @@ class Fleet:
 
     def sc_policy(self):
         self.settle()
+        self.policy_keys()
         if not self.follow:
             # SIGTERM leaves the keys; each host starts again following
             # POLICY_KEY (none there yet: its own --policy, state waiting)
