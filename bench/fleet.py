@@ -1155,8 +1155,8 @@ class Fleet:
                 time.sleep(quiet)
                 w.stop()
                 late = w.events
-                out(f"[{self.api}] policy: {quiet:.1f}s after the last heal: {late} writes under {PREFIX} "
-                    f"with nothing changing")
+                out(f"[{self.api}] policy: the {quiet:.1f}s up to 3 x TTL after the last heal: {late} events "
+                    f"under {PREFIX} with nothing changing")
                 self.settle()
         pct_or_hosts = self.a.policy_canary
         if pct_or_hosts.endswith("%"):
@@ -1250,7 +1250,8 @@ class Fleet:
                     f"{keys_lost} keys lost; status --json {'correct' if status_correct else 'WRONG'} "
                     f"({status_s:.2f}s); time: promote's (steps below)"
                     + (f"; the hosts restarted with --policy-key first ({self.restarted:.1f}s)" if self.restarted else "")
-                    + (f"; {late} writes landed in the {3 * self.a.ttl}s after the last heal" if late else ""),
+                    + (f"; {late} events under {PREFIX} (nothing changing) up to 3 x TTL after the last heal"
+                       if late else ""),
                     steps=steps, violations=violations, watch_events=w.events, watch_error=w.error,
                     refused=refused, keys_lost=keys_lost, status_correct=status_correct,
                     status_seconds=status_s, canary_hosts=len(canary), converged=converged,
