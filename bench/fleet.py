@@ -35,6 +35,19 @@ holds exactly what every host's Docker says, nothing stale or missing):
   reload    rolling SIGHUP of every host with a new key naming; a watcher
             checks make-before-break (no service ever has fewer backends
             than before), while some hosts are cut off midway
+  policy    the fleet's policy in etcd (register policy): revision 1 (the
+            naming in use) to all, then with the watcher running: revision 2
+            (a new key naming) to a 10% canary (--policy-canary; FNV-1a
+            buckets, computed here too), promote, a broken revision 3 to
+            all (every host must refuse it and keep its keys), rollback,
+            and `register policy status --json` checked against every
+            host's own report; a row per step.  With this scenario every
+            host runs with --policy-key, --policy-pubkey (a key pair made
+            in the run's directory; every revision signed) and a
+            --state-dir of its own from its start, through the scenarios
+            before it; with reload in the run too (SIGHUP then reads the
+            key again, not the file) they start without and are restarted
+            with them first
 
 Needs root (namespaces), iproute2 and etcd-server.  Not a test: the timings
 here are measurements; tests/integration/test_fleet.py runs a small fleet
@@ -54,6 +67,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,7 +81,11 @@ MAIN_IP = "10.213.0.2"
 PREFIX = "/fleet"
 IMAGES = [f"svc{i}" for i in range(10)]
 ALL_SCENARIOS = ["cold", "steady", "churn", "leader", "member", "outage", "kill", "partition",
-                 "reload"]
+                 "reload", "policy"]
+# the fleet's policy in etcd (scenario policy): outside PREFIX, so that the
+# hosts' reports (POLICY_KEY's sibling status/) are not theirs to check
+POLICY_KEY = "/fleetpolicy/policy"
+POLICY_STATUS = "/fleetpolicy/status/"
 
 
 def out(*a):
@@ -213,6 +231,28 @@ return policy
 """
 
 
+BROKEN_POLICY = """-- bench/fleet.py: revision %(rev)s, broken on purpose: it loads (register
+-- policy push checks it without inspect documents), but fails on every
+-- container, so every host must refuse it and keep its keys
+local policy = {}
+function policy.prefix(host)
+  return "%(prefix)s/" .. host.ip
+end
+function policy.records(c, host)
+  error("bench/fleet.py: revision %(rev)s is broken on purpose")
+end
+return policy
+"""
+
+
+def bucket(ip):
+    """policydoc_bucket(): FNV-1a (32 bits) of the address, mod 100."""
+    h = 2166136261
+    for c in ip.encode():
+        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+    return h % 100
+
+
 def value_of(cid, image, port):
     """What the default schema writes for a fake container (one binding)."""
     return default_value(cid, image, [("0.0.0.0", port, 80, "tcp")])
@@ -234,9 +274,18 @@ class Fleet:
         self.logs = [os.path.join(base, "logs", f"h{i}.log") for i in range(self.n)]
         os.makedirs(os.path.join(base, "logs"))
         self.naming = ""
+        self.host_naming = {}  # host -> its naming, where not self.naming
         self.policy = os.path.join(base, "policy.lua")
         self.write_policy("")
+        # scenario policy: every host follows POLICY_KEY from its start;
+        # but with --policy-key, SIGHUP reads the key again, not --policy's
+        # file (by design), so with reload in the run too the hosts start
+        # without it and sc_policy restarts them with it
+        self.follow = "policy" in a.scenarios and "reload" not in a.scenarios
+        self.restarted = None
+        self.sign_key = self.pub_key = None  # made when first needed (policy_keys())
         self.seq = 0
+        self.healed_at = None  # when the last cut-off host was healed
         self.lock = threading.Lock()
         self.rng = random.Random(1)
         self.fake = None
@@ -307,6 +356,11 @@ class Fleet:
                 "--etcd-api", self.api, "--ttl", str(self.a.ttl),
                 "--docker", f"unix://{self.sockdir}/h{h}.sock", "--policy", self.policy,
                 "--log-level", self.a.log_level]
+        if self.follow:
+            self.policy_keys()
+            state = os.path.join(self.base, "state", f"h{h}")
+            os.makedirs(state, exist_ok=True)
+            args += ["--policy-key", POLICY_KEY, "--policy-pubkey", self.pub_key, "--state-dir", state]
         if h in self.part_hosts:
             args = ["ip", "netns", "exec", self.net.ns(f"p{self.part_hosts.index(h)}")] + args
         env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "ETCD_ENDPOINT")}
@@ -389,8 +443,9 @@ class Fleet:
         with self.lock:
             for h in (range(self.n) if hosts is None else hosts):
                 ip = host_ip(h)
+                naming = self.host_naming.get(h, self.naming)
                 for cid, (image, port) in self.truth[h].items():
-                    want[f"{PREFIX}/{ip}/{image}/{self.naming}{cid}"] = value_of(cid, image, port)
+                    want[f"{PREFIX}/{ip}/{image}/{naming}{cid}"] = value_of(cid, image, port)
         return want
 
     def first_answer(self, read):
@@ -701,7 +756,7 @@ class Fleet:
         sm_others = self.diff(others)
         for e in ends:
             self.net.heal(e)
-        t0 = time.time()
+        t0 = self.healed_at = time.time()
         conv, sm = self.converge(t0, 60)
         self.record("partition", conv, sm,
                     f"{len(ends)} hosts cut off {2 * self.a.ttl}s; their keys left at the end of it: {left}; "
@@ -739,6 +794,7 @@ class Fleet:
             time.sleep(max(0.0, t + self.a.ttl / 3 - time.time()))
             self.net.heal(e)
             cut.pop(0)
+        self.healed_at = time.time()
         conv, sm = self.converge(t0, 120)
         time.sleep(0.5)
         w.stop()
@@ -750,6 +806,456 @@ class Fleet:
                     violations=len(w.violations), watch_events=w.events, watch_error=w.error)
         if w.violations or w.error:
             self.results[-1]["stale"] = (self.results[-1]["stale"] or 0) + len(w.violations) + (1 if w.error else 0)
+
+    # ---- the fleet's policy in etcd (scenario policy) ----
+    def policy_source(self, rev, naming):
+        """Revision rev's source: the fleet's schema with naming, or (naming
+        None) one that loads but fails on every container."""
+        path = os.path.join(self.base, f"policy-r{rev}.lua")
+        with open(path, "w") as f:
+            if naming is None:
+                f.write(BROKEN_POLICY % {"prefix": PREFIX, "rev": rev})
+            else:
+                f.write(POLICY % {"prefix": PREFIX, "naming": naming})
+        return path
+
+    def policy_keys(self):
+        """The signing key pair (Ed25519, in the run's directory)."""
+        if not self.sign_key:
+            self.sign_key = os.path.join(self.base, "sign.pem")
+            self.pub_key = os.path.join(self.base, "sign.pub")
+            sh("openssl", "genpkey", "-algorithm", "ed25519", "-out", self.sign_key)
+            sh("openssl", "pkey", "-in", self.sign_key, "-pubout", "-out", self.pub_key)
+
+    def policy_cmd(self, *args):
+        """register policy ARGS --key POLICY_KEY on this fleet's etcd:
+        (exit status, stdout, seconds the command took)."""
+        cmd = [self.a.register, "policy", *args, "--key", POLICY_KEY, "--etcd", self.cluster.endpoints(),
+               "--etcd-api", self.api]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTER_", "ETCD_"))}
+        t = time.time()
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        except subprocess.TimeoutExpired:
+            out(f"[{self.api}] register policy {' '.join(args)}: over 120 s")
+            return None, "", time.time() - t
+        dt = time.time() - t
+        if r.returncode != 0:
+            out(f"[{self.api}] register policy {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.returncode, r.stdout, dt
+
+    def policy_doc(self):
+        """The document at POLICY_KEY (a linearizable read: what the last
+        command wrote), {} when there is none, None when no member answers."""
+        def read(m):
+            if self.api == "v3":
+                req = {"key": b64(POLICY_KEY)}
+                with urllib.request.urlopen(urllib.request.Request(m.url + "/v3/kv/range",
+                                                                   data=json.dumps(req).encode()),
+                                            timeout=5) as r:
+                    kvs = json.loads(r.read()).get("kvs", [])
+                v = base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+            else:
+                try:
+                    with urllib.request.urlopen(m.url + "/v2/keys" + POLICY_KEY + "?quorum=true", timeout=5) as r:
+                        v = json.loads(r.read())["node"]["value"]
+                except urllib.error.HTTPError as e:
+                    if e.code != 404:
+                        raise
+                    v = None
+            return json.loads(v) if v else {}
+        return self.first_answer(read)
+
+    def reports(self):
+        """{host ip: its report} under POLICY_STATUS, or None."""
+        def read(m):
+            if self.api == "v3":
+                kv = v3_range(m.url, POLICY_STATUS, timeout=5)[0]
+            else:
+                kv = v2_tree_index(m.url, POLICY_STATUS.rstrip("/"), timeout=5)[0]
+            res = {}
+            for k, v in kv.items():
+                try:
+                    res[k.rsplit("/", 1)[1]] = json.loads(v)
+                except ValueError:
+                    res[k.rsplit("/", 1)[1]] = {"unreadable": v}
+            return res
+        return self.first_answer(read)
+
+    @staticmethod
+    def report_off(r, want, gen):
+        """What is off in report r against want = (state, revision,
+        offered) at generation gen, or None."""
+        if r is None:
+            return "no report"
+        got = (r.get("state"), r.get("revision"), r.get("offered"), r.get("generation"))
+        if got != (*want, gen):
+            return "state %s revision %s offered %s generation %s" % got
+        return None
+
+    def etcd_exact(self):
+        """(stale, missing) now; v3 first counts the keys (cheap) and reads
+        them all only when the count is right (as converge())."""
+        if self.api == "v3":
+            c = self.key_count()
+            if c is not None and c != len(self.expected()):
+                return None, None
+        return self.diff()
+
+    def wait_step(self, t0, want, gen, timeout):
+        """Seconds from t0 until every host reports want(h) at generation
+        gen, and until etcd is exact, each from the read that saw it (None:
+        not within timeout), polled in two threads so that a slow read of
+        one does not delay the other; the hosts off at the last read
+        [(h, what)]; the last reports; the last (stale, missing)."""
+        deadline = t0 + timeout
+        res = {"rep": None, "etcd": None, "off": None, "reps": None, "sm": (None, None)}
+        self.not_yet = [None, None]  # the last read that did not see it yet
+        pause = 0.05 if self.n <= 100 else 0.1
+
+        def reports():
+            while time.time() < deadline:
+                t = time.time()
+                r = self.reports()
+                if r is not None:
+                    res["reps"] = r
+                    res["off"] = [(h, x) for h in range(self.n)
+                                  for x in [self.report_off(r.get(host_ip(h)), want(h), gen)] if x]
+                    if not res["off"]:
+                        res["rep"] = t - t0
+                        return
+                    self.not_yet[0] = t - t0
+                time.sleep(pause)
+
+        def etcd():
+            while time.time() < deadline:
+                t = time.time()
+                sm = self.etcd_exact()
+                res["sm"] = sm
+                if sm == (0, 0):
+                    res["etcd"] = t - t0
+                    return
+                self.not_yet[1] = t - t0
+                time.sleep(pause)
+        th = [threading.Thread(target=f, daemon=True) for f in (reports, etcd)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(max(0.0, deadline - time.time()) + 15)
+        sm = res["sm"] if res["etcd"] is not None else self.diff()
+        return res["rep"], res["etcd"], res["off"], res["reps"], sm
+
+    def tree_cpu(self):
+        """utime + stime of every running host and its children (the policy
+        workers), seconds."""
+        tck = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pid):
+            try:
+                f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+            except (OSError, ValueError, IndexError):
+                return 0.0
+            return (int(f[11]) + int(f[12])) / tck + sum(cpu(k) for k in kids)
+        return sum(cpu(p.pid) for p in self.procs if p and p.poll() is None)
+
+    @staticmethod
+    def busy():
+        """(busy, total) jiffies of the machine, all CPUs (/proc/stat)."""
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v[:8]) - idle, sum(v[:8])
+
+    def etcd_cpu(self):
+        """utime + stime of the etcd members, seconds."""
+        tot = 0.0
+        for m in self.cluster.members:
+            try:
+                f = open(f"/proc/{m.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+                tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            except (AttributeError, OSError, ValueError, IndexError):
+                pass
+        return tot
+
+    def decided_after(self, t0, rev, word):
+        """Per host that logged "policy revision REV of KEY WORD" after t0,
+        seconds from t0 to that line (the host's own view, millisecond
+        timestamps), to its next write of its report that etcd
+        acknowledged, and to the line before, "... offered" (it has read
+        the document); each sorted."""
+        pat = f" policy revision {rev} of {POLICY_KEY} {word}"
+        offer = f" policy revision {rev} of {POLICY_KEY} offered"
+        dec, rep, offered = [], [], []
+        for h in range(self.n):
+            mine = f" key={POLICY_STATUS}{host_ip(h)} "
+            try:
+                seen = got = False
+                for line in open(self.logs[h], errors="replace"):
+                    if not got and offer in line:
+                        t = log_time(line)
+                        if t >= t0:
+                            offered.append(t - t0)
+                            got = True
+                    elif not seen and pat in line:
+                        t = log_time(line)
+                        if t >= t0:
+                            dec.append(t - t0)
+                            seen = True
+                    elif seen and mine in line and (" updated " in line or " registered " in line):
+                        rep.append(log_time(line) - t0)
+                        break
+            except (OSError, ValueError, IndexError):
+                pass
+        return sorted(dec), sorted(rep), sorted(offered)
+
+    def policy_step(self, name, w, args, want, hold=0.0, logged=None):
+        """One step: register policy ARGS, then the time until every host
+        reports want(h) at the document's new generation and etcd is exact
+        (the later of the two; self.expected() must already say what etcd
+        should hold).  hold: seconds to watch etcd stay exact after that."""
+        v0 = len(w.violations) if w else 0
+        cpu0, ecpu0, b0, drv0 = self.tree_cpu(), self.etcd_cpu(), self.busy(), sum(os.times()[:2])
+        t0 = time.time()
+        rc, stdout, cmd_s = self.policy_cmd(*args)
+        doc = self.policy_doc() or {}
+        gen = doc.get("generation")
+        timeout = 60 + self.n * 0.1
+        if rc == 0:
+            rep_s, etcd_s, off, reps, sm = self.wait_step(t0, want, gen, timeout)
+        else:  # nothing to wait for; etcd should still be exact
+            rep_s, off, reps = None, None, None
+            etcd_s, sm = self.converge(t0, 10)
+        if hold and etcd_s is not None:
+            time.sleep(hold)
+            sm2 = self.diff()
+            if sm2 != (0, 0):
+                etcd_s, sm = None, sm2
+        t1 = time.time()
+        not_yet = getattr(self, "not_yet", [None, None]) if rc == 0 else [None, None]
+        cpu1, ecpu1, b1, drv1 = self.tree_cpu(), self.etcd_cpu(), self.busy(), sum(os.times()[:2])
+        if reps is None:
+            reps = self.reports() or {}
+        # logged = (revision, "applied"|"refused"): when the hosts decided,
+        # by their own logs
+        dec, acked, offered = self.decided_after(t0, *logged) if logged else ([], [], [])
+        # the watcher: when the last write under PREFIX came, if in this step
+        last_w = (w.last_event - t0) if w and w.last_event and w.last_event > t0 else None
+        wrong = self.wrong_keys() if sm != (0, 0) else []
+        step = {"step": name, "seconds": None if rep_s is None or etcd_s is None else max(rep_s, etcd_s),
+                "reports_s": rep_s, "etcd_s": etcd_s, "command_s": cmd_s, "rc": rc, "generation": gen,
+                "stale": sm[0], "missing": sm[1], "violations": (len(w.violations) - v0) if w else None,
+                "states": {}, "off": [f"{host_ip(h)}: {x}" for h, x in (off or [])[:5]],
+                "n_off": len(off or []), "wrong_keys": wrong,
+                "logged": len(dec) if logged else None, "logged_median": dec[len(dec) // 2] if dec else None,
+                "logged_max": dec[-1] if dec else None, "wall_s": t1 - t0,
+                "reported": len(acked) if logged else None, "reported_max": acked[-1] if acked else None,
+                "reported_median": acked[len(acked) // 2] if acked else None, "watch_last_s": last_w,
+                "offered_median": offered[len(offered) // 2] if offered else None,
+                "offered_max": offered[-1] if offered else None, "driver_cpu_s": drv1 - drv0,
+                "reports_not_yet_s": not_yet[0], "etcd_not_yet_s": not_yet[1],
+                "host_cpu_s": cpu1 - cpu0, "etcd_cpu_s": ecpu1 - ecpu0,
+                "machine_busy": (b1[0] - b0[0]) / max(1, b1[1] - b0[1])}
+        for r in reps.values():
+            step["states"][r.get("state")] = step["states"].get(r.get("state"), 0) + 1
+        errors = sorted({r.get("error") for r in reps.values() if r.get("error")})
+        step["errors"] = [e[:200] for e in errors[:3]]
+        out(f"[{self.api}] policy {name}: {fmt_s(step['seconds'])} (reports {fmt_s(rep_s)}, etcd {fmt_s(etcd_s)}, "
+            f"command {cmd_s:.2f}s, exit {rc}) generation {gen} states {step['states']} "
+            f"stale={sm[0]} missing={sm[1]} violations={step['violations']}; "
+            + (f"read it (offered) median {fmt_s(step['offered_median'])} max {fmt_s(step['offered_max'])}, "
+               f"{len(dec)} hosts logged it, median {fmt_s(step['logged_median'])} max {fmt_s(step['logged_max'])}, "
+               f"their reports acknowledged: median {fmt_s(step['reported_median'])} max "
+               f"{fmt_s(step['reported_max'])}; " if logged else "")
+            + (f"last write under {PREFIX} seen {fmt_s(last_w)}; " if w else "")
+            + f"not yet at {fmt_s(not_yet[0])} (reports) and {fmt_s(not_yet[1])} (etcd); " +
+            f"CPU in {t1 - t0:.2f}s: hosts {cpu1 - cpu0:.2f}s, etcd {ecpu1 - ecpu0:.2f}s, "
+            f"this driver {drv1 - drv0:.2f}s, "
+            f"machine {100 * step['machine_busy']:.0f}% busy"
+            + (f" off: {step['off']}" if off else "") + (f" keys off: {wrong}" if wrong else ""))
+        return step, reps
+
+    def wrong_keys(self, limit=5):
+        """Up to limit keys where etcd is off the truth, each with what etcd
+        has and what it should have (values shortened)."""
+        have, want = self.etcd_state() or {}, self.expected()
+        res = []
+        for k in sorted(set(have) | set(want)):
+            if have.get(k) != want.get(k):
+                res.append(f"{k}: etcd {(have.get(k) or 'none')[:60]!r}, truth {(want.get(k) or 'none')[:60]!r}")
+                if len(res) >= limit:
+                    break
+        return res
+
+    def status_check(self, st, reps, want, gen, stable):
+        """Where `register policy status --json` (st) disagrees with a
+        host's own report (reps) or with the expectation: a list of lines."""
+        bad = []
+        hosts = st.get("hosts")
+        by = hosts if isinstance(hosts, dict) else {x.get("host"): x for x in hosts or [] if isinstance(x, dict)}
+        ips = set()
+        for h in range(self.n):
+            ip = host_ip(h)
+            ips.add(ip)
+            s, r = by.get(ip), reps.get(ip)
+            if s is None:
+                bad.append(f"{ip}: not in the status")
+                continue
+            diff = [f"{k} {s.get(k)!r} (its report: {r.get(k) if r else None!r})"
+                    for k in ("state", "revision", "offered", "generation", "keys")
+                    if r is None or s.get(k) != r.get(k)]
+            x = self.report_off(s, want(h), gen)
+            if x:
+                diff.append(f"expected {want(h)} at generation {gen}, status says {x}")
+            if diff:
+                bad.append(f"{ip}: " + ", ".join(diff))
+        for ip in set(by) - ips:
+            bad.append(f"{ip}: in the status, not in the fleet")
+        if st.get("generation") != gen:
+            bad.append(f"generation {st.get('generation')!r}, the document's is {gen}")
+        if (st.get("stable") or {}).get("revision") != stable:
+            bad.append(f"stable {(st.get('stable') or {}).get('revision')!r}, expected {stable}")
+        if st.get("canary"):
+            bad.append(f"a canary {st.get('canary')!r}, expected none")
+        summ = st.get("summary") or {}
+        for k, v in (("hosts", self.n), ("refused", 0), ("waiting", 0)):
+            if k in summ and summ[k] != v:
+                bad.append(f"summary {k} {summ[k]!r}, expected {v}")
+        return bad
+
+    def sc_policy(self):
+        self.settle()
+        self.policy_keys()
+        if not self.follow:
+            # SIGTERM leaves the keys; each host starts again following
+            # POLICY_KEY (none there yet: its own --policy, state waiting)
+            t = time.time()
+            for h in range(self.n):
+                self.stop_host(h, signal.SIGTERM)
+            self.follow = True
+            for h in range(self.n):
+                self.start_host(h)
+            ok = self.wait_step(t, lambda h: ("waiting", 0, 0), 0, 60 + self.n * 0.2)[0]
+            self.restarted = time.time() - t
+            out(f"[{self.api}] policy: every host restarted with --policy-key: reporting after "
+                f"{self.restarted:.1f}s" + ("" if ok is not None else " (NOT every host reports waiting)"))
+            self.settle()
+        # after a partition: requests a host gave up on while it was cut off
+        # still sit in its kernel's send queues and reach etcd when the
+        # retransmission timer fires after the heal (seconds later; v2 and
+        # v3 writes have no compare, so such a put lands as sent); the
+        # steps below delete keys, and an old put landing after such a
+        # delete would bring a key back that no host owns.  So wait them
+        # out here (3 x TTL after the heal) and count what lands meanwhile.
+        late = None
+        if self.healed_at is not None:
+            quiet = self.healed_at + 3 * self.a.ttl - time.time()
+            if quiet > 0:
+                w = Watcher(self)
+                w.start()
+                time.sleep(quiet)
+                w.stop()
+                late = w.events
+                out(f"[{self.api}] policy: the {quiet:.1f}s up to 3 x TTL after the last heal: {late} events "
+                    f"under {PREFIX} with nothing changing")
+                self.settle()
+        pct_or_hosts = self.a.policy_canary
+        if pct_or_hosts.endswith("%"):
+            pct = int(pct_or_hosts[:-1])
+            canary = {h for h in range(self.n) if bucket(host_ip(h)) < pct}
+        else:
+            named = set(pct_or_hosts.split(","))
+            canary = {h for h in range(self.n) if host_ip(h) in named}
+        old = self.naming
+        new = "p2-" if old != "p2-" else "p3-"
+        steps = []
+        # revision 1, the fleet's naming of now, to every host: the fleet
+        # on the fleet's policy before anything is measured
+        step, _ = self.policy_step("push r1 (all, same naming)", None,
+                                   ["push", self.policy_source(1, old), "--sign", self.sign_key],
+                                   lambda h: ("applied", 1, 1), logged=(1, "applied"))
+        steps.append(step)
+        w = Watcher(self)
+        w.start()
+        # 1: revision 2, a new naming, to the canary
+        self.host_naming = {h: new for h in canary}
+        step, _ = self.policy_step(f"canary {pct_or_hosts} ({len(canary)} hosts)", w,
+                                   ["push", self.policy_source(2, new), "--sign", self.sign_key,
+                                    "--canary", pct_or_hosts],
+                                   lambda h: ("applied", 2, 2) if h in canary else ("waiting", 1, 1),
+                                   logged=(2, "applied"))
+        steps.append(step)
+        # 2: promote
+        self.naming, self.host_naming = new, {}
+        step, _ = self.policy_step("promote", w, ["promote"], lambda h: ("applied", 2, 2),
+                                   logged=(2, "applied"))
+        steps.append(step)
+        # 3: a broken revision to every host: all refuse it, keep their keys
+        step, reps = self.policy_step("broken r3 (all)", w,
+                                      ["push", self.policy_source(3, None), "--sign", self.sign_key],
+                                      lambda h: ("refused", 2, 3), hold=1.0, logged=(3, "refused"))
+        refused = sum(1 for h in range(self.n) if (reps.get(host_ip(h)) or {}).get("state") == "refused"
+                      and (reps.get(host_ip(h)) or {}).get("offered") == 3)
+        keys_lost = (step["missing"] or 0) + (step["stale"] or 0) if step["missing"] is not None else None
+        # the reports' key counts against what each host's Docker has
+        keys_field_off = sum(1 for h in range(self.n)
+                             if (reps.get(host_ip(h)) or {}).get("keys") != len(self.truth[h]))
+        step.update(refused=refused, keys_lost=keys_lost, keys_field_off=keys_field_off)
+        steps.append(step)
+        # 4: rollback to revision 2
+        step, reps = self.policy_step("rollback", w, ["rollback"], lambda h: ("applied", 2, 2))
+        steps.append(step)
+        gen = step["generation"]
+        # 5: register policy status --json against every report
+        rc, stdout, status_s = self.policy_cmd("status", "--json")
+        reps = self.reports() or {}
+        try:
+            st = json.loads(stdout) if rc == 0 else None
+        except ValueError as e:
+            st = None
+            out(f"[{self.api}] policy status --json: not JSON ({e}): {stdout[:300]!r}")
+        status_off = (self.status_check(st, reps, lambda h: ("applied", 2, 2), gen, 2) if st is not None
+                      else ["no status (exit %s)" % rc])
+        status_correct = not status_off
+        steps.append({"step": "status --json", "seconds": status_s if rc == 0 else None,
+                      "command_s": status_s, "rc": rc, "status_correct": status_correct,
+                      "off": status_off[:5], "n_off": len(status_off)})
+        out(f"[{self.api}] policy status --json: {status_s:.2f}s exit {rc}, "
+            f"{'agrees with every report' if status_correct else status_off[:5]}")
+        time.sleep(0.5)
+        w.stop()
+        sm = self.diff()
+        measured = steps[1:5]
+        violations = len(w.violations)
+        for s in measured:
+            if s["seconds"] is None:
+                self.problems.append(f"policy: step {s['step']} did not converge (command exit {s['rc']}; "
+                                     f"{s['n_off']} hosts off, "
+                                     f"e.g. {s['off'][:2]}; stale {s['stale']} missing {s['missing']})")
+        if steps[0]["seconds"] is None:
+            self.problems.append(f"policy: revision 1 never applied everywhere (e.g. {steps[0]['off'][:2]})")
+        if violations or w.error:
+            self.problems.append(f"policy: watcher: {violations} make-before-break violations "
+                                 f"{w.violations[:3]} {w.error or ''}")
+        if refused != self.n:
+            self.problems.append(f"policy: broken revision refused by {refused} of {self.n} hosts")
+        if keys_lost:
+            self.problems.append(f"policy: {keys_lost} keys lost or changed at the broken revision")
+        if not status_correct:
+            self.problems.append(f"policy: status --json disagrees on {len(status_off)} points: {status_off[:3]}")
+        converged = all(s["seconds"] is not None for s in steps)
+        promote = steps[2]["seconds"]
+        self.record("policy", promote if converged else None, sm,
+                    f"canary {pct_or_hosts} = {len(canary)} hosts; watcher {w.events} events, "
+                    f"{violations} violations; broken revision refused by {refused}/{self.n}, "
+                    f"{keys_lost} keys lost; status --json {'correct' if status_correct else 'WRONG'} "
+                    f"({status_s:.2f}s); time: promote's (steps below)"
+                    + (f"; the hosts restarted with --policy-key first ({self.restarted:.1f}s)" if self.restarted else "")
+                    + (f"; {late} events under {PREFIX} (nothing changing) up to 3 x TTL after the last heal"
+                       if late else ""),
+                    steps=steps, violations=violations, watch_events=w.events, watch_error=w.error,
+                    refused=refused, keys_lost=keys_lost, status_correct=status_correct,
+                    status_seconds=status_s, canary_hosts=len(canary), converged=converged,
+                    keys_field_off=keys_field_off, late_writes=late, restarted=self.restarted)
 
     def run(self):
         self.start_fake()
@@ -827,6 +1333,7 @@ class Watcher:
     def __init__(self, fleet):
         self.f = fleet
         self.events = 0
+        self.last_event = None  # when the last event came (time.time())
         self.violations = []
         self.error = None
         self.stopping = False
@@ -880,6 +1387,7 @@ class Watcher:
             self.keys.discard(key)
             self.cur[svc] -= 1
         self.events += 1
+        self.last_event = time.time()
         return svc
 
     def run(self):
@@ -974,7 +1482,45 @@ def machine():
 
 TARGETS = {"cold": "<= 15 s (500 hosts)", "leader": "<= 2 s", "outage": "<= 5 s",
            "kill": "<= TTL + 1 s", "partition": "<= 2 s", "member": "", "churn": "", "reload": "",
-           "steady": "v3: <= 1 per host per TTL/3"}
+           "steady": "v3: <= 1 per host per TTL/3", "policy": "promote <= 3 s (500 hosts)",
+           "policy: promote": "<= 3 s (500 hosts)"}
+
+
+def step_rows(r):
+    """The policy scenario's steps, a row each below its own."""
+    rows = []
+    for s in r.get("steps", []):
+        name = "policy: " + s["step"]
+        if "status_correct" in s:
+            note = (f"the command took {s['command_s']:.2f}s (exit {s['rc']}); "
+                    + ("agrees with every host's report and the expectation" if s["status_correct"]
+                       else f"**disagrees** on {s['n_off']}: {'; '.join(s['off'])}"))
+            rows.append(f"| {r['api']} | {name} | {fmt_s(s['seconds'])} | - | - | | {note} |")
+            continue
+        note = (f"reports {fmt_s(s['reports_s'])} (not yet at {fmt_s(s['reports_not_yet_s'])}), etcd exact "
+                f"{fmt_s(s['etcd_s'])} (not yet at {fmt_s(s['etcd_not_yet_s'])}) after the command, which "
+                f"took {s['command_s']:.2f}s (exit {s['rc']}); generation {s['generation']}; states {s['states']}; "
+                f"violations {'-' if s['violations'] is None else s['violations']}")
+        if s.get("logged") is not None:
+            note += (f"; the hosts read it (\"offered\" in their logs) after {fmt_s(s['offered_median'])} "
+                     f"(median), {fmt_s(s['offered_max'])} (last)")
+            note += (f"; {s['logged']} hosts logged it (median {fmt_s(s['logged_median'])}, last "
+                     f"{fmt_s(s['logged_max'])}), their reports acknowledged (median {fmt_s(s['reported_median'])}, "
+                     f"last {fmt_s(s['reported_max'])})")
+        if s.get("watch_last_s"):
+            note += f"; the watcher's last event {fmt_s(s['watch_last_s'])}"
+        note += (f"; CPU in those {s['wall_s']:.1f}s: hosts {s['host_cpu_s']:.1f}s, etcd {s['etcd_cpu_s']:.1f}s, "
+                 f"this script {s['driver_cpu_s']:.1f}s, "
+                 f"the machine {100 * s['machine_busy']:.0f}% busy")
+        if "refused" in s:
+            note += (f"; refused by {s['refused']}, keys lost {s['keys_lost']}, "
+                     f"reports' keys off the truth on {s['keys_field_off']} hosts; "
+                     f"their error: {(s['errors'] or ['-'])[0][:160]}")
+        if s["n_off"]:
+            note += f"; **{s['n_off']} hosts off**, e.g. {'; '.join(s['off'][:3])}"
+        rows.append(f"| {r['api']} | {name} | {fmt_s(s['seconds'])} | {s['stale']} | {s['missing']} | "
+                    f"{TARGETS.get(name, '')} | {note} |")
+    return rows
 
 
 def table(results, a, load_before, load_after):
@@ -988,6 +1534,7 @@ def table(results, a, load_before, load_after):
         lines.append(f"| {r['api']} | {r['scenario']} | {fmt_s(r['seconds'])} | {r['stale']} | "
                      f"{r['missing']} | {TARGETS.get(r['scenario'], '')} | {r['note']}"
                      + "".join(f"; **{x}**" for x in r.get("problems", [])) + " |")
+        lines += step_rows(r)
     return "\n".join(lines)
 
 
@@ -1023,6 +1570,8 @@ def parse():
     p.add_argument("--ttl", type=int, default=10)
     p.add_argument("--churn", type=float, default=20.0, help="changes per second in 'churn'")
     p.add_argument("--outage", type=float, default=30.0, help="seconds all members are down")
+    p.add_argument("--policy-canary", default="10%",
+                   help="'policy': the canary of revision 2 (register policy push --canary: N%% or IP,IP,...)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--log-level", default="info")

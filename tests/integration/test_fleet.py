@@ -8,6 +8,15 @@ every host's Docker says, for v2 with TTLs and v3 with a lease.
   partition  hosts cut off (packets dropped, not refused) for 2 x TTL with
              changes meanwhile: their keys expire, the others stay exact;
              healed, everything is exact again
+  policy     the fleet's policy in etcd (register policy, issue 19), every
+             host following it (--policy-key, signed): a new key naming to a
+             canary (25%: 3 of the 20 hosts), promote, a broken revision
+             (every host refuses it and keeps its keys), rollback; every
+             step converges (reports and etcd), a watcher of the prefix sees
+             no make-before-break violation, and `register policy status
+             --json` agrees with every host's report.  Because it is in the
+             run, the hosts follow the policy key through the failures above
+             too (no policy there yet: their own --policy)
 
 Timings are measured by bench/fleet.py, not asserted here."""
 import json
@@ -39,7 +48,8 @@ def run_fleet(api):
     before = netns()
     p = subprocess.Popen([sys.executable, FLEET, "--hosts", "20", "--containers", "5", "--api", api,
                           "--ttl", "3", "--outage", "6", "--churn", "20",
-                          "--scenarios", "leader,outage,kill,partition", "--json", out,
+                          "--scenarios", "leader,outage,kill,partition,policy", "--policy-canary", "25%",
+                          "--json", out,
                           "--register", REGISTER, "--fakedocker", FAKEDOCKER],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -63,7 +73,7 @@ def run_fleet(api):
     # everything it made is gone: namespaces (and with them the veths)
     leftover = {n for n in netns() - before if n.startswith("rf")}
     assert not leftover, f"namespaces left behind: {leftover}"
-    assert set(results) == {"cold", "leader", "outage", "kill", "partition"}, results.keys()
+    assert set(results) == {"cold", "leader", "outage", "kill", "partition", "policy"}, results.keys()
     for name, x in results.items():
         assert x["seconds"] is not None, f"{api} {name}: never converged: {x}"
         assert x["stale"] == 0 and x["missing"] == 0, f"{api} {name}: {x}"
@@ -72,6 +82,27 @@ def run_fleet(api):
     p = results["partition"]
     assert p["left_during"] == 0, p
     assert p["others_during"] == [0, 0], p
+    # the fleet's policy: every step converged (the hosts' reports and
+    # etcd), the canary had hosts in it and others out of it, no watcher
+    # saw a service lose a backend, the broken revision was refused by all
+    # 20 with no key lost, and the status command told the truth
+    pol = results["policy"]
+    steps = {s["step"].split(" ")[0]: s for s in pol["steps"]}
+    assert [s["step"].split(" ")[0] for s in pol["steps"]] == ["push", "canary", "promote", "broken", "rollback",
+                                                             "status"], pol["steps"]
+    for s in pol["steps"]:
+        assert s["seconds"] is not None, f"{api} policy: {s['step']} never converged: {s}"
+        assert s.get("violations") in (None, 0), f"{api} policy: {s['step']}: {s}"
+    assert 0 < pol["canary_hosts"] < 20, pol
+    assert steps["canary"]["states"] == {"applied": pol["canary_hosts"], "waiting": 20 - pol["canary_hosts"]}, \
+        steps["canary"]
+    assert pol["violations"] == 0 and not pol["watch_error"], pol
+    assert pol["watch_events"] > 0, pol  # the watcher saw the re-keying
+    assert pol["refused"] == 20, steps["broken"]
+    assert pol["keys_lost"] == 0, steps["broken"]
+    assert steps["broken"]["states"] == {"refused": 20}, steps["broken"]
+    assert steps["rollback"]["states"] == {"applied": 20}, steps["rollback"]
+    assert pol["status_correct"], steps["status"]
     return results
 
 
