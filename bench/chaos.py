@@ -56,7 +56,6 @@ import http.client
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -1073,52 +1072,10 @@ def main(a):
         return inner(a)
     print(f"chaos: seed {a.seed}", flush=True)
     out(f"chaos: seed {a.seed}")
-    if os.geteuid() != 0:
-        out("chaos: needs root (network namespaces)")
-        return 77
-    for exe in (a.register, a.fakedocker):
-        if not os.access(exe, os.X_OK):
-            out(f"chaos: {exe} missing (build it: cmake --build build)")
-            return 2
-    if not shutil.which(fleet.etcd_binary()):
-        out("chaos: etcd missing (Debian etcd-server)")
-        return 77
-    tag = f"rf{os.getpid() % 100000}"
-    base = tempfile.mkdtemp(prefix="chaos-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    net = Net(tag, net_parts(a))
-    results_path = os.path.join(base, "results.json")
-    child = None
-
-    def on_signal(sig, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        net.setup()
-        argv = list(sys.argv[1:]) + ["--seed", str(a.seed)]
-        child = subprocess.Popen(["ip", "netns", "exec", net.ns("h"), sys.executable,
-                                  os.path.join(HERE, "fleet.py"), *argv, "--inner", "--tag", tag,
-                                  "--base", base, "--results", results_path, "--register", a.register,
-                                  "--fakedocker", a.fakedocker])
-        rc = child.wait()
-        if rc != 0 or not os.path.exists(results_path):
-            out(f"chaos: the run failed ({rc}); seed {a.seed}")
-            return 1
-        res = json.load(open(results_path))
-    except KeyboardInterrupt:
-        out(f"chaos: interrupted; cleaning up (seed {a.seed})")
-        return 130
-    finally:
-        if child and child.poll() is None:
-            child.send_signal(signal.SIGINT)
-            try:
-                child.wait(5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        net.cleanup()
-        if os.environ.get("FLEET_KEEP"):
-            out("chaos: logs kept in", base)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    rc, res = fleet.run_outside(a, "chaos", ["--seed", str(a.seed)])
+    if rc is not None:
+        out(f"chaos: seed {a.seed}")
+        return rc
     print(table(res, a), flush=True)
     if a.json:
         with open(a.json, "w") as fh:

@@ -1596,26 +1596,23 @@ def parse():
     return a
 
 
-def main():
-    a = parse()
-    if a.chaos is not None:
-        import chaos
-        return chaos.main(a)
-    if a.inner:
-        inner(a)
-        return 0
+def run_outside(a, what, extra_argv=()):
+    """The part of a run outside the namespaces: checks what it needs, builds
+    the network, runs this script inside it (--inner) and cleans up, also on
+    Ctrl-C or SIGTERM.  (None, the inner run's results), or (exit code,
+    None) when it cannot run or failed (said, prefixed with what)."""
     if os.geteuid() != 0:
-        out("fleet: needs root (network namespaces)")
-        return 77
+        out(f"{what}: needs root (network namespaces)")
+        return 77, None
     for exe in (a.register, a.fakedocker):
         if not os.access(exe, os.X_OK):
-            out(f"fleet: {exe} missing (build it: cmake --build build)")
-            return 2
+            out(f"{what}: {exe} missing (build it: cmake --build build)")
+            return 2, None
     if not shutil.which(etcd_binary()):
-        out("fleet: etcd missing (Debian etcd-server)")
-        return 77
+        out(f"{what}: etcd missing (Debian etcd-server)")
+        return 77, None
     tag = f"rf{os.getpid() % 100000}"
-    base = tempfile.mkdtemp(prefix="fleet-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    base = tempfile.mkdtemp(prefix=f"{what}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     net = Net(tag, net_parts(a))
     results_path = os.path.join(base, "results.json")
     child = None
@@ -1623,21 +1620,22 @@ def main():
     def on_signal(sig, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_signal)
-    load_before = os.getloadavg()[0]
     try:
         net.setup()
-        argv = [x for x in sys.argv[1:]]
-        child = subprocess.Popen(["ip", "netns", "exec", net.ns("h"), sys.executable, os.path.abspath(__file__),
-                                  *argv, "--inner", "--tag", tag, "--base", base, "--results",
-                                  results_path, "--register", a.register, "--fakedocker", a.fakedocker])
+        argv = list(sys.argv[1:]) + list(extra_argv)
+        child = subprocess.Popen(["ip", "netns", "exec", net.ns("h"), sys.executable,
+                                  os.path.abspath(__file__), *argv, "--inner", "--tag", tag,
+                                  "--base", base, "--results", results_path, "--register", a.register,
+                                  "--fakedocker", a.fakedocker])
         rc = child.wait()
         if rc != 0 or not os.path.exists(results_path):
-            out(f"fleet: the run failed ({rc})")
-            return 1
-        results = json.load(open(results_path))
+            out(f"{what}: the run failed ({rc})")
+            return 1, None
+        with open(results_path) as fh:
+            return None, json.load(fh)
     except KeyboardInterrupt:
-        out("fleet: interrupted; cleaning up")
-        return 130
+        out(f"{what}: interrupted; cleaning up")
+        return 130, None
     finally:
         if child and child.poll() is None:
             child.send_signal(signal.SIGINT)
@@ -1647,9 +1645,23 @@ def main():
                 child.kill()
         net.cleanup()
         if os.environ.get("FLEET_KEEP"):
-            out("fleet: logs kept in", base)
+            out(f"{what}: logs kept in", base)
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def main():
+    a = parse()
+    if a.chaos is not None:
+        import chaos
+        return chaos.main(a)
+    if a.inner:
+        inner(a)
+        return 0
+    load_before = os.getloadavg()[0]
+    rc, results = run_outside(a, "fleet")
+    if rc is not None:
+        return rc
     print(table(results, a, load_before, os.getloadavg()[0]))
     if a.json:
         with open(a.json, "w") as fh:
