@@ -160,7 +160,11 @@ def draw_epoch(rng, n, nparts, ttl):
             p["rate"] = round(rate, 1)
             p["changes"] = [(rng.uniform(0, min(dur, room)), rng.randrange(n), rng.choice("acr"))
                             for _ in range(max(1, int(rate * min(dur, room))))]
-        dur = min(dur, room)
+        if kind != "host_kill":
+            dur = min(dur, room)
+        # a kill may outlast the storm (which waits for its heal): a host
+        # down past TTL + KILL_MARGIN is what the "killed" check needs, and
+        # a storm is 12 s at most
         f = Fault(kind, start, dur, **p)
         clash = False
         for g in faults:
