@@ -1085,3 +1085,7 @@ def main(a):
         with open(a.json, "w") as fh:
             json.dump(dict(res, seed=a.seed), fh, indent=1)
     return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":  # through bench/fleet.py --chaos (its arguments)
+    sys.exit(main(fleet.parse()))

@@ -406,11 +406,14 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   reply_t reply;
   if (r->error) {
     /* a TLS server that wants a client certificate just drops us: say so */
-    /* (the server's alert comes as whatever curl was doing then: the
-     * handshake, a send, a read, or an answer never finished) */
+    /* TLS 1.3: the client's handshake ends before the server checks for
+     * a certificate, so its refusal comes as whatever curl was doing
+     * then; seen: "alert bad certificate", "Send failure: Broken pipe",
+     * "HTTP/2 stream 1 was not closed cleanly" (every kind but a failed
+     * connect, a timeout or an oversized answer) */
     int tls_hint = strncmp(op->ep->url, "https:", 6) == 0 && !e->tls.cert &&
                    (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED ||
-                    r->error == HTTP_ERR_EMPTY ||
+                    r->error == HTTP_ERR_EMPTY || r->error == HTTP_ERR_OTHER ||
                     (r->errmsg && (strstr(r->errmsg, "alert") ||
                                    strstr(r->errmsg, "bad certificate") ||
                                    strstr(r->errmsg, "certificate required"))));
