@@ -632,10 +632,12 @@ static void fleet_done(void *ud, int ok, const char *why) {
 static int fleet_apply(void *ud, const char *source, size_t len,
                        const char *name, char *err, size_t errlen, int *busy) {
   app_t *a = ud;
-  if (a->stopping || !a->listed) { /* Docker's containers not known yet */
+  /* Docker's containers not known (yet, or while it is away): again
+   * later, without a failed reload per try */
+  if (a->stopping || !a->listed || !docker_connected(a->docker)) {
     *busy = 1;
     snprintf(err, errlen, "%s",
-             a->stopping ? "shutting down" : "Docker not listed yet");
+             a->stopping ? "shutting down" : "Docker not connected");
     return -1;
   }
   worker_opts_t po = policy_opts(a);
