@@ -6,9 +6,12 @@
  * I/O and all state; the worker asks it for the hooks' I/O (hookio.c),
  * for the modules it requires, and sends its log lines through it.
  *
- * A call blocks the caller until the worker's reply, for at most the
- * policy's wall-clock limit plus a grace period; the daemon enforces from
- * outside what nothing in the worker can stop:
+ * The containers' updates are pipelined (worker_update_start, below):
+ * sent at once, answered from the loop, so that the daemon's I/O goes on
+ * while the worker computes.  Every other call blocks the caller until the
+ * worker's reply, for at most the policy's wall-clock limit plus a grace
+ * period.  The daemon enforces from outside, per call or update, what
+ * nothing in the worker can stop:
  *   - past the wall clock, the worker is killed (SIGKILL): reason timeout;
  *   - its whole memory (C libraries included): an address-space rlimit,
  *     and its resident size watched during each call: reason memory;
@@ -110,8 +113,10 @@ typedef struct {
 /* Starts a worker and loads the policy in it.  NULL with a one-line
  * reason in err. */
 worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen);
-/* Kills the worker; outstanding hook I/O is cancelled.  Its timers are
- * closed (their memory goes in their close callbacks). */
+/* Kills the worker; outstanding hook I/O is cancelled, and every update
+ * not yet done gets its done() here, with cancelled set.  Its timers are
+ * closed (their memory goes in their close callbacks).  Not from a
+ * done(). */
 void worker_free(worker_t *w);
 
 /* The binary: next to the running one (a build tree), else the installed
@@ -145,6 +150,42 @@ int worker_checks_records(worker_t *w, const json_value_t *inspect,
 int worker_records_checked(worker_t *w, const json_value_t *inspect,
                            const policy_check_view_t *checks, records_t *out,
                            char *err, size_t errlen);
+/* ---- pipelined updates: the daemon's path for containers ----
+ * worker_update_start() sends one container's update (checks() and, when
+ * it asks for none, records() with no checks in the same request; for a
+ * policy without checks(), records() with no checks) and returns at once.
+ * The worker answers in order while the daemon's loop goes on, and done()
+ * is called from the loop, never inside this call, exactly once per
+ * update, in the order they were started.  At most 32 updates (128 KiB
+ * of documents) are sent and unanswered: past that, starting one waits
+ * for the oldest reply.  Each one has the limits of a synchronous call:
+ * its wall clock runs from the reply before it; a death costs the one
+ * that was running (its container quarantined) and those after it go to
+ * the next incarnation.  A synchronous call (the functions above, hooks)
+ * first waits for the replies of those sent: their done() still comes
+ * from the loop.  The outcome is as worker_checks_records()'s; u and
+ * what it holds are valid during done() only. */
+typedef struct {
+  int cancelled;          /* worker_free() came first: nothing else is set */
+  int rc;                 /* checks(): 0, or -1 (err, reason) */
+  policy_checks_t checks; /* rc 0: what checks() asked for (n may be 0) */
+  int have; /* records(): 1 (recs), -1 (failed: rerr, reason), 0: not run
+               (checks() failed or asked for checks) */
+  records_t recs;
+  policy_reason_t reason;
+  const char *err, *rerr;
+} worker_update_t;
+typedef void (*worker_update_cb)(void *ud, const worker_update_t *u);
+void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
+                         worker_update_cb done, void *ud);
+/* The update's inspect document, parsed again from the request at the
+ * first ask (for checks_set() and further calls); NULL if it cannot be.
+ * Valid during done(). */
+const json_value_t *worker_update_inspect(const worker_update_t *u);
+/* Waits for the reply of every update sent and calls the done() of every
+ * one started, here, before returning (not from a done()). */
+void worker_flush(worker_t *w);
+
 /* As policy_render() (policy.h), in the worker; err is one line. */
 int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,
                   const policy_render_ctx_t *ctx, buf_t *out, char *err,

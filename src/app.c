@@ -278,73 +278,88 @@ static void failed_names(const app_t *a, char *out, size_t n, size_t max) {
   if (total > i) snprintf(out + len, n - len, " and %zu more", total - i);
 }
 
+/* One container's update on its way through the policy worker: what
+ * the continuation needs of the inspect document (owned copies). */
+typedef struct {
+  app_t *a;
+  char *id, *name, *image;
+} upd_t;
+
 /* checks(): the container's checks are set (kept as they were when the
  * call fails), or removed when the policy asks for none. */
-/* checks(): the container's checks are set (kept as they were when the
- * call fails), or removed when the policy asks for none.  When it asks for
- * none, the worker runs records() in the same round trip: *have 1 (recs)
- * or -1 (failed: rerr); else 0. */
-static void update_checks(app_t *a, const char *id, const char *name,
-                          const json_value_t *inspect, int stopping,
-                          records_t *recs, int *have, char *rerr,
-                          size_t rerrlen) {
+static void update_checks(app_t *a, const upd_t *p, const worker_update_t *u) {
   char err[600];
-  *have = 0;
   if (!worker_has_checks(a->policy)) {
-    checks_remove(a->checks, id);
+    checks_remove(a->checks, p->id);
     return;
   }
-  policy_checks_t pc;
-  if (worker_checks_records(a->policy, inspect, stopping, &pc, recs, have, rerr,
-                            rerrlen, err, sizeof err) < 0) {
-    log_fields(LOG_ERROR, err, "container", id, "name", name, "reason",
-               policy_reason_name(worker_last_reason(a->policy)), NULL);
+  if (u->rc < 0) {
+    log_fields(LOG_ERROR, u->err, "container", p->id, "name", p->name, "reason",
+               policy_reason_name(u->reason), NULL);
     return;
   }
-  if (checks_set(a->checks, id, inspect, pc.v, pc.n, err, sizeof err) < 0)
+  const json_value_t *inspect = u->checks.n ? worker_update_inspect(u) : NULL;
+  if (checks_set(a->checks, p->id, inspect, u->checks.v, u->checks.n, err,
+                 sizeof err) < 0)
     log_fields(LOG_ERROR, "checks() returned a check that cannot run",
-               "container", id, "name", name, "policy", worker_name(a->policy),
-               "error", err, NULL);
-  policy_checks_free(&pc);
+               "container", p->id, "name", p->name, "policy",
+               worker_name(a->policy), "error", err, NULL);
 }
 
-static void on_update(void *ud, const char *id, const json_value_t *inspect) {
-  app_t *a = ud;
-  records_t recs;
-  char err[600];
-  const char *name = cont_name(inspect);
-  int stopping = stop_note(a, id, inspect)->stopping, have;
-  update_checks(a, id, name, inspect, stopping, &recs, &have, err, sizeof err);
+/* The policy's answer for one container (worker_update_start). */
+static void update_done(void *ud, const worker_update_t *u) {
+  upd_t *p = ud;
+  app_t *a = p->a;
+  if (u->cancelled) goto out;
+  const char *id = p->id, *name = p->name, *image = p->image;
+  update_checks(a, p, u);
+  stop_t *st = map_get(a->stops, id);
+  int stopping = st && st->stopping;
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   worker_check_view(a->checks, id, states, POLICY_MAX_CHECKS, &view);
   view.stopping = stopping;
   /* no checks: records() came with checks() (then view.n is 0 too) */
-  REGISTER_ASSERT(!have || view.n == 0);
-  int rc = have > 0   ? 0
-           : have < 0 ? -1
-                      : worker_records_checked(a->policy, inspect, &view, &recs,
-                                               err, sizeof err);
-  if (rc == 0) a->policy_rejected += recs.rejected;
-  if (rc < 0 || recs.rejected) {
+  REGISTER_ASSERT(u->have == 0 || view.n == 0);
+  records_t recs;
+  const records_t *rp = &recs;
+  records_init(&recs);
+  char err[600];
+  const char *reason = NULL;
+  int rc;
+  if (u->have > 0) {
+    rc = 0;
+    rp = &u->recs; /* u's: not freed here */
+  } else if (u->have < 0) {
+    rc = -1;
+    snprintf(err, sizeof err, "%s", u->rerr);
+    reason = policy_reason_name(u->reason);
+  } else { /* checks asked for: records() with their states */
+    const json_value_t *inspect = worker_update_inspect(u);
+    rc = inspect ? worker_records_checked(a->policy, inspect, &view, &recs, err,
+                                          sizeof err)
+                 : -1;
+    if (!inspect) snprintf(err, sizeof err, "the inspect document was lost");
+    if (rc < 0) reason = policy_reason_name(worker_last_reason(a->policy));
+  }
+  if (rc == 0) a->policy_rejected += rp->rejected;
+  if (rc < 0 || rp->rejected) {
     /* keep whatever this container had: only a successful evaluation
      * deletes (a rejected record fails the whole evaluation) */
-    const char *reason =
-        rc < 0 ? policy_reason_name(worker_last_reason(a->policy)) : "rejected";
     if (rc == 0) {
+      reason = "rejected";
       snprintf(err, sizeof err,
                "policy %s: %zu record%s rejected; the container keeps the "
                "keys it had",
-               worker_name(a->policy), recs.rejected,
-               recs.rejected == 1 ? "" : "s");
-      records_free(&recs);
+               worker_name(a->policy), rp->rejected,
+               rp->rejected == 1 ? "" : "s");
     }
     log_fields(LOG_ERROR, err, "container", id, "name", name, "reason", reason,
                NULL);
     note_result(a, id, name, reason);
-    reconcile_keep(a->rec, id, container_image(inspect), name, NULL, NULL);
+    reconcile_keep(a->rec, id, image, name, NULL, NULL);
     reload_touch(a->reload, id);
-    return;
+    goto done;
   }
   note_result(a, id, name, NULL);
   trace_mark(id, TRACE_POLICY);
@@ -362,21 +377,42 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
     }
   }
   records_t claims;
+  const json_value_t *inspect = pending ? worker_update_inspect(u) : NULL;
   if (!pending) {
-    reconcile_set(a->rec, id, container_image(inspect), name, &recs);
-  } else if (worker_records_checked(a->policy, inspect, &passing, &claims, err,
-                                    sizeof err) == 0) {
-    reconcile_keep(a->rec, id, container_image(inspect), name, &recs, &claims);
+    reconcile_set(a->rec, id, image, name, rp);
+  } else if (inspect && worker_records_checked(a->policy, inspect, &passing,
+                                               &claims, err, sizeof err) == 0) {
+    reconcile_keep(a->rec, id, image, name, rp, &claims);
     records_free(&claims);
   } else {
-    reconcile_keep(a->rec, id, container_image(inspect), name, &recs, NULL);
+    reconcile_keep(a->rec, id, image, name, rp, NULL);
   }
-  records_free(&recs);
   reload_touch(a->reload, id);
+done:
+  records_free(&recs);
+out:
+  free(p->id);
+  free(p->name);
+  free(p->image);
+  free(p);
+}
+
+/* A container's inspect document: to the policy worker, answered in
+ * update_done() (several are in flight during a sync). */
+static void on_update(void *ud, const char *id, const json_value_t *inspect) {
+  app_t *a = ud;
+  upd_t *p = xcalloc(1, sizeof *p);
+  p->a = a;
+  p->id = xstrdup(id);
+  p->name = xstrdup(cont_name(inspect));
+  p->image = xstrdup(container_image(inspect));
+  int stopping = stop_note(a, id, inspect)->stopping;
+  worker_update_start(a->policy, inspect, stopping, update_done, p);
 }
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
+  worker_flush(a->policy); /* an update on its way comes first */
   checks_remove(a->checks, id);
   note_gone(a, id);
   stop_gone(a, id);
@@ -463,6 +499,7 @@ static void status_cb(uv_timer_t *t) {
  * the units ordered after this one. */
 static void on_synced(void *ud) {
   app_t *a = ud;
+  worker_flush(a->policy); /* every container reported is evaluated */
   a->listed = 1;
   hold_orphans_update(a); /* before the orphans may go */
   reconcile_docker_synced(a->rec, 1);
@@ -565,6 +602,9 @@ static void health_inputs(void *ud, metrics_input_t *in) {
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
   worker_t *old = a->policy;
+  /* the updates the old policy has on their way are done under it (and
+   * touched: reload.c evaluates them again under the new one) */
+  worker_flush(old);
   a->policy = fresh;
   /* the containers that failed under the old policy are evaluated again
    * under the new one (it may be the fix) */

@@ -12,6 +12,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@
 /* AddressSanitizer's shadow memory and quarantine count in the worker's
  * resident size: a sanitized build gives it more room */
 #define MEM_HEADROOM (WORKER_UNDER_ASAN ? (128u << 20) : WORKER_MEM_HEADROOM)
+
+/* A pipelined update (worker_update_start); owned by worker.jobs. */
+typedef struct job job_t;
 
 struct worker {
   /* what every incarnation is made with (owned copies) */
@@ -87,6 +91,19 @@ struct worker {
 
   uv_timer_t *tick;    /* ends hook calls past their limit; NULL: no loop */
   uv_timer_t *restart; /* the end of a backoff */
+
+  /* pipelined updates (worker_update_start), in the order started: those
+   * done (answered or failed) first, then those sent and not answered
+   * (jobs_sent of them) */
+  job_t *jobs, **jobs_tail;
+  size_t jobs_sent, jobs_bytes; /* sent, unanswered: their requests' size */
+  size_t jobs_queued;           /* started, not sent (or to be sent again) */
+  int no_fill;                  /* settle(): no more are sent meanwhile */
+  uint64_t head_since;          /* when the first unanswered one began to run */
+  int dispatching;              /* inside a done() */
+  uv_poll_t *poll;   /* the incarnation's socket while jobs are sent */
+  uv_timer_t *pipe;  /* their wall clock and memory, every WATCH_MS */
+  uv_timer_t *later; /* done() from the loop after a synchronous call */
   policy_stats_t own_stats, *stats;
   worker_stats_t own_ws, *ws;
 };
@@ -129,6 +146,7 @@ static void timer_closed(uv_handle_t *h) {
 }
 
 static void arm_restart(worker_t *w, uint64_t delay);
+static void poll_drop(worker_t *w);
 
 /* A backoff or a quarantine ended (the loop's clock may run behind
  * util_now_ms() after a long call: the timer is what says so). */
@@ -236,6 +254,7 @@ static void end_quietly(worker_t *w, int kill_it, policy_reason_t why,
   kill(w->pid, SIGKILL);
   if (kill_it) snprintf(w->death, sizeof w->death, "%s", msg);
   reap(w, kill_it, why);
+  poll_drop(w);
   close(w->fd);
   w->fd = -1;
   w->pid = 0;
@@ -405,9 +424,10 @@ static void on_io(worker_t *w, wire_rd_t *rd) {
 
 /* Reads frames until a reply; handles what comes on the way.  0: rd is
  * the reply, after its counters; -1: the incarnation ended (err says
- * why, w->reason is the reason). */
+ * why, w->reason is the reason); 1 (nonblock only): no reply yet and
+ * nothing more to read now. */
 static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
-                      char *err, size_t errlen) {
+                      char *err, size_t errlen, int nonblock) {
   buf_consume(&w->in, w->in_used);
   w->in_used = 0;
   wire_rd_init(rd, "", 0);
@@ -484,7 +504,9 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
     }
     struct pollfd pf = {w->fd, POLLIN, 0};
     uint64_t left = deadline - now;
-    int pr = poll(&pf, 1, (int)(left < WATCH_MS ? left : WATCH_MS));
+    /* nonblock: the loop watches the socket and the memory (pipe_cb) */
+    int pr =
+        nonblock ? 1 : poll(&pf, 1, (int)(left < WATCH_MS ? left : WATCH_MS));
     if (pr == 0) {
       uint64_t r = rss(w->pid);
       if (r > w->mem_cap) {
@@ -502,6 +524,7 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
     if (pr < 0) continue; /* EINTR */
     char chunk[65536];
     ssize_t k = read(w->fd, chunk, sizeof chunk);
+    if (k < 0 && nonblock && errno == EAGAIN) return 1;
     if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (k <= 0) {
       end_incarnation(w, 0, POLICY_ERR_CRASH, NULL);
@@ -629,7 +652,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   wire_rd_t rd;
   int type;
   w->call_lines = 0;
-  if (wait_reply(w, deadline, &rd, &type, err, errlen) < 0) return -1;
+  if (wait_reply(w, deadline, &rd, &type, err, errlen, 0) < 0) return -1;
   if (type == WIRE_FAIL) {
     w->reason = (policy_reason_t)wire_get_num(&rd);
     const char *msg = wire_get_str(&rd, NULL);
@@ -685,9 +708,13 @@ static int ensure(worker_t *w, char *err, size_t errlen) {
   return spawn(w, err, errlen);
 }
 
-/* One request (built in w->out) and its reply. */
+static void settle(worker_t *w);
+
+/* One request (built in w->out) and its reply, after the replies of the
+ * pipelined updates sent before it. */
 static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
                 size_t errlen) {
+  settle(w);
   w->died = 0;
   if (ensure(w, err, errlen) < 0) {
     w->stats->errors[w->reason]++;
@@ -704,7 +731,7 @@ static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
     w->stats->errors[w->reason]++;
     return -1;
   }
-  int rc = wait_reply(w, deadline, rd, type, err, errlen);
+  int rc = wait_reply(w, deadline, rd, type, err, errlen, 0);
   if (w->call_dropped)
     log_warn("policy %s: %lu log lines of one call dropped (at most %d per "
              "call and %d per second)",
@@ -740,10 +767,9 @@ static void quarantine(worker_t *w, const char *id, const char *msg) {
 
 /* A call that the worker did not answer (it died, or backs off): the
  * message as the policy's own failures read. */
-static int died(worker_t *w, const char *fn, const json_value_t *inspect,
-                char *err, size_t errlen) {
+static int died(worker_t *w, const char *fn, const char *id, char *err,
+                size_t errlen) {
   char msg[400];
-  const char *id = json_get_str(inspect, "Id");
   snprintf(msg, sizeof msg, "%s", err);
   if (id && w->died) quarantine(w, id, msg); /* its call ended the worker */
   snprintf(err, errlen,
@@ -820,6 +846,7 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   w->ws = o->wstats ? o->wstats : &w->own_ws;
   w->quarantine = map_new();
   w->io_labels = map_new();
+  w->jobs_tail = &w->jobs;
   buf_init(&w->source);
   buf_init(&w->in);
   buf_init(&w->out);
@@ -856,6 +883,12 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     w->restart = xcalloc(1, sizeof *w->restart);
     uv_timer_init(w->loop, w->restart);
     w->restart->data = w;
+    w->pipe = xcalloc(1, sizeof *w->pipe);
+    uv_timer_init(w->loop, w->pipe);
+    w->pipe->data = w;
+    w->later = xcalloc(1, sizeof *w->later);
+    uv_timer_init(w->loop, w->later);
+    w->later->data = w;
   }
   char why[600];
   if (spawn(w, why, sizeof why) < 0) {
@@ -871,17 +904,24 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
   return w;
 }
 
+static void jobs_cancel(worker_t *w);
+
 void worker_free(worker_t *w) {
   if (!w) return;
+  REGISTER_ASSERT(!w->dispatching); /* not from a done() */
+  poll_drop(w);
   if (w->pid) {
     kill(w->pid, SIGKILL);
     while (waitpid(w->pid, NULL, 0) < 0 && errno == EINTR) {
     }
     close(w->fd);
   }
+  jobs_cancel(w);
   if (w->io) hookio_cancel(w->io, w->tag, 0);
   if (w->tick) uv_close((uv_handle_t *)w->tick, timer_closed);
   if (w->restart) uv_close((uv_handle_t *)w->restart, timer_closed);
+  if (w->pipe) uv_close((uv_handle_t *)w->pipe, timer_closed);
+  if (w->later) uv_close((uv_handle_t *)w->later, timer_closed);
   map_iter_t it;
   void *v;
   map_iter_init(&it, w->quarantine);
@@ -953,9 +993,8 @@ static void put_doc(buf_t *o, const json_value_t *inspect) {
 }
 
 /* 0, or -1 (err) while the container is in quarantine. */
-static int quarantined(worker_t *w, const char *fn, const json_value_t *inspect,
-                       char *err, size_t errlen) {
-  const char *id = json_get_str(inspect, "Id");
+static int quarantined(worker_t *w, const char *fn, const char *id, char *err,
+                       size_t errlen) {
   quar_t *q = id ? map_get(w->quarantine, id) : NULL;
   uint64_t now = util_now_ms();
   if (!q || q->until <= now) return 0;
@@ -976,8 +1015,7 @@ int worker_quarantined(const worker_t *w, const char *id) {
 }
 
 /* A call for the container succeeded: it is out of quarantine. */
-static void released(worker_t *w, const json_value_t *inspect) {
-  const char *id = json_get_str(inspect, "Id");
+static void released(worker_t *w, const char *id) {
   quar_t *q = id ? map_del(w->quarantine, id) : NULL;
   free(q);
 }
@@ -993,14 +1031,12 @@ static char *keep_str(policy_checks_t *pc, const char *s) {
 
 /* A records() outcome in a reply, at rd: FAIL's fields (fail set) or
  * RECORDS_OK's.  0, or -1 (err). */
-static int read_records(worker_t *w, wire_rd_t *rd, int fail,
-                        const json_value_t *inspect, records_t *out, char *err,
-                        size_t errlen) {
+static int read_records(worker_t *w, wire_rd_t *rd, int fail, const char *id,
+                        records_t *out, char *err, size_t errlen) {
   records_init(out);
   if (fail) {
     failed_reply(w, rd, err, errlen);
     if (rd->bad) return bad_reply(w, "records", err, errlen);
-    const char *id = json_get_str(inspect, "Id");
     if (id && w->reason == POLICY_ERR_TIMEOUT) quarantine(w, id, err);
     return -1;
   }
@@ -1028,85 +1064,23 @@ static int read_records(worker_t *w, wire_rd_t *rd, int fail,
     prev = out->v[out->n - 1].key;
   }
   out->rejected = rejected;
-  released(w, inspect);
+  released(w, id);
   return 0;
 }
 
-int worker_checks_records(worker_t *w, const json_value_t *inspect,
-                          int stopping, policy_checks_t *out, records_t *recs,
-                          int *have, char *rerr, size_t rerrlen, char *err,
-                          size_t errlen) {
-  memset(out, 0, sizeof *out);
-  if (have) *have = 0;
-  if (!w->has_checks) return 0;
-  if (quarantined(w, "checks", inspect, err, errlen) < 0) return -1;
-  buf_reset(&w->out);
-  size_t off = wire_begin(&w->out, WIRE_CHECKS);
-  put_doc(&w->out, inspect);
-  wire_num(&w->out, recs != NULL);
-  wire_num(&w->out, (uint64_t)stopping);
-  wire_end(&w->out, off);
-  wire_rd_t rd;
-  int type;
-  if (call(w, &rd, &type, err, errlen) < 0)
-    return died(w, "checks", inspect, err, errlen);
-  if (type == WIRE_FAIL) return failed_reply(w, &rd, err, errlen);
-  size_t n = (size_t)wire_get_num(&rd);
-  if (type != WIRE_CHECKS_OK || rd.bad || n > POLICY_MAX_CHECKS)
-    return bad_reply(w, "checks", err, errlen);
-  out->v = n ? xcalloc(n, sizeof *out->v) : NULL;
-  for (size_t i = 0; i < n; i++) {
-    checks_spec_t *s = &out->v[i];
-    checks_spec_init(s);
-    s->port = keep_str(out, wire_get_str(&rd, NULL));
-    s->type = (checks_type_t)wire_get_num(&rd);
-    s->path = keep_str(out, wire_get_str(&rd, NULL));
-    s->method = keep_str(out, wire_get_str(&rd, NULL));
-    s->status_min = (int)wire_get_num(&rd);
-    s->status_max = (int)wire_get_num(&rd);
-    s->host = keep_str(out, wire_get_str(&rd, NULL));
-    s->interval_ms = (long)wire_get_num(&rd);
-    s->timeout_ms = (long)wire_get_num(&rd);
-    s->rise = (int)wire_get_num(&rd);
-    s->fall = (int)wire_get_num(&rd);
-    s->address = keep_str(out, wire_get_str(&rd, NULL));
-    out->n = i + 1;
-    char why[200];
-    if (rd.bad || checks_spec_validate(s, why, sizeof why) < 0) {
-      policy_checks_free(out);
-      return bad_reply(w, rd.bad ? "checks" : why, err, errlen);
-    }
-  }
-  uint64_t ran = wire_get_num(&rd);
-  if (rd.bad || ran > 2 || (ran && (!recs || n))) {
-    policy_checks_free(out);
-    return bad_reply(w, "checks", err, errlen);
-  }
-  if (ran) {
-    int rc = read_records(w, &rd, ran == 2, inspect, recs, rerr, rerrlen);
-    if (rc < 0 && !w->pid) { /* a malformed reply: the checks go too */
-      policy_checks_free(out);
-      snprintf(err, errlen, "%s", rerr);
-      return -1;
-    }
-    *have = rc < 0 ? -1 : 1;
-  }
-  return 0;
+/* The request of worker_checks_records() in o. */
+static void put_checks(buf_t *o, const json_value_t *inspect, int records,
+                       int stopping) {
+  size_t off = wire_begin(o, WIRE_CHECKS);
+  put_doc(o, inspect);
+  wire_num(o, (uint64_t)records);
+  wire_num(o, (uint64_t)stopping);
+  wire_end(o, off);
 }
 
-int worker_checks(worker_t *w, const json_value_t *inspect,
-                  policy_checks_t *out, char *err, size_t errlen) {
-  return worker_checks_records(w, inspect, 0, out, NULL, NULL, NULL, 0, err,
-                               errlen);
-}
-
-int worker_records_checked(worker_t *w, const json_value_t *inspect,
-                           const policy_check_view_t *checks, records_t *out,
-                           char *err, size_t errlen) {
-  records_init(out);
-  if (quarantined(w, "records", inspect, err, errlen) < 0) return -1;
-  buf_t *o = &w->out;
-  buf_reset(o);
+/* The request of worker_records_checked() in o. */
+static void put_records(buf_t *o, const json_value_t *inspect,
+                        const policy_check_view_t *checks) {
   size_t off = wire_begin(o, WIRE_RECORDS);
   put_doc(o, inspect);
   wire_num(o, checks != NULL);
@@ -1122,13 +1096,452 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
   }
   wire_num(o, (uint64_t)(checks && checks->stopping));
   wire_end(o, off);
+}
+
+/* A reply to put_checks(), at rd (of type): as worker_checks_records()
+ * (recs: records were asked for). */
+static int read_checks(worker_t *w, wire_rd_t *rd, int type, const char *id,
+                       policy_checks_t *out, records_t *recs, int *have,
+                       char *rerr, size_t rerrlen, char *err, size_t errlen) {
+  if (type == WIRE_FAIL) return failed_reply(w, rd, err, errlen);
+  size_t n = (size_t)wire_get_num(rd);
+  if (type != WIRE_CHECKS_OK || rd->bad || n > POLICY_MAX_CHECKS)
+    return bad_reply(w, "checks", err, errlen);
+  out->v = n ? xcalloc(n, sizeof *out->v) : NULL;
+  for (size_t i = 0; i < n; i++) {
+    checks_spec_t *s = &out->v[i];
+    checks_spec_init(s);
+    s->port = keep_str(out, wire_get_str(rd, NULL));
+    s->type = (checks_type_t)wire_get_num(rd);
+    s->path = keep_str(out, wire_get_str(rd, NULL));
+    s->method = keep_str(out, wire_get_str(rd, NULL));
+    s->status_min = (int)wire_get_num(rd);
+    s->status_max = (int)wire_get_num(rd);
+    s->host = keep_str(out, wire_get_str(rd, NULL));
+    s->interval_ms = (long)wire_get_num(rd);
+    s->timeout_ms = (long)wire_get_num(rd);
+    s->rise = (int)wire_get_num(rd);
+    s->fall = (int)wire_get_num(rd);
+    s->address = keep_str(out, wire_get_str(rd, NULL));
+    out->n = i + 1;
+    char why[200];
+    if (rd->bad || checks_spec_validate(s, why, sizeof why) < 0) {
+      policy_checks_free(out);
+      return bad_reply(w, rd->bad ? "checks" : why, err, errlen);
+    }
+  }
+  uint64_t ran = wire_get_num(rd);
+  if (rd->bad || ran > 2 || (ran && (!recs || n))) {
+    policy_checks_free(out);
+    return bad_reply(w, "checks", err, errlen);
+  }
+  if (ran) {
+    int rc = read_records(w, rd, ran == 2, id, recs, rerr, rerrlen);
+    if (rc < 0 && !w->pid) { /* a malformed reply: the checks go too */
+      policy_checks_free(out);
+      snprintf(err, errlen, "%s", rerr);
+      return -1;
+    }
+    *have = rc < 0 ? -1 : 1;
+  }
+  return 0;
+}
+
+int worker_checks_records(worker_t *w, const json_value_t *inspect,
+                          int stopping, policy_checks_t *out, records_t *recs,
+                          int *have, char *rerr, size_t rerrlen, char *err,
+                          size_t errlen) {
+  memset(out, 0, sizeof *out);
+  if (have) *have = 0;
+  if (!w->has_checks) return 0;
+  const char *id = json_get_str(inspect, "Id");
+  if (quarantined(w, "checks", id, err, errlen) < 0) return -1;
+  buf_reset(&w->out);
+  put_checks(&w->out, inspect, recs != NULL, stopping);
   wire_rd_t rd;
   int type;
   if (call(w, &rd, &type, err, errlen) < 0)
-    return died(w, "records", inspect, err, errlen);
+    return died(w, "checks", id, err, errlen);
+  return read_checks(w, &rd, type, id, out, recs, have, rerr, rerrlen, err,
+                     errlen);
+}
+
+int worker_checks(worker_t *w, const json_value_t *inspect,
+                  policy_checks_t *out, char *err, size_t errlen) {
+  return worker_checks_records(w, inspect, 0, out, NULL, NULL, NULL, 0, err,
+                               errlen);
+}
+
+int worker_records_checked(worker_t *w, const json_value_t *inspect,
+                           const policy_check_view_t *checks, records_t *out,
+                           char *err, size_t errlen) {
+  records_init(out);
+  const char *id = json_get_str(inspect, "Id");
+  if (quarantined(w, "records", id, err, errlen) < 0) return -1;
+  buf_reset(&w->out);
+  put_records(&w->out, inspect, checks);
+  wire_rd_t rd;
+  int type;
+  if (call(w, &rd, &type, err, errlen) < 0)
+    return died(w, "records", id, err, errlen);
   if (type != WIRE_FAIL && type != WIRE_RECORDS_OK)
     return bad_reply(w, "records", err, errlen);
-  return read_records(w, &rd, type == WIRE_FAIL, inspect, out, err, errlen);
+  return read_records(w, &rd, type == WIRE_FAIL, id, out, err, errlen);
+}
+
+/* ---- pipelined updates ---- */
+
+/* Updates sent and not answered, at most: a bound on the loop's wait when
+ * a synchronous call must first see them answered, and on the bytes in
+ * the socket (below its buffer, so that a send never waits for the worker
+ * to read while it writes replies that nobody reads) */
+#define JOBS_MAX 32
+#define JOBS_BYTES (128u << 10)
+/* Started and not yet sent (the worker is behind), at most: past that,
+ * starting one waits for a reply (the documents wait in memory) */
+#define JOBS_QUEUED 256
+
+struct job {
+  job_t *next;
+  worker_update_cb done;
+  void *ud;
+  char *id;       /* the container's, owned ("" when the document has none) */
+  buf_t req;      /* the request, kept to be sent again to a new incarnation */
+  int has_checks; /* put_checks(); else put_records() with no checks */
+  int answered;   /* u is its outcome */
+  uint64_t tag;   /* the incarnation it went to; 0: not sent */
+  worker_update_t u;
+  char err[600], rerr[600];
+  json_doc_t *doc; /* worker_update_inspect()'s, parsed from req */
+};
+
+static void poll_cb(uv_poll_t *h, int status, int events);
+static void pipe_cb(uv_timer_t *t);
+
+static void poll_closed(uv_handle_t *h) {
+  free(h);
+}
+
+/* The incarnation's socket is closing: its poll handle goes first. */
+static void poll_drop(worker_t *w) {
+  if (!w->poll) return;
+  uv_close((uv_handle_t *)w->poll, poll_closed);
+  w->poll = NULL;
+}
+
+static job_t *first_sent(worker_t *w) {
+  for (job_t *j = w->jobs; j; j = j->next)
+    if (!j->answered && j->tag) return j;
+  return NULL;
+}
+
+/* The job is over with a failure (err: the message). */
+static void job_failed(worker_t *w, job_t *j, const char *err) {
+  j->answered = 1;
+  j->u.reason = w->reason;
+  if (j->has_checks) {
+    j->u.rc = -1;
+    snprintf(j->err, sizeof j->err, "%s", err);
+  } else {
+    j->u.have = -1;
+    snprintf(j->rerr, sizeof j->rerr, "%s", err);
+  }
+}
+
+static void job_unsent(worker_t *w, job_t *j) {
+  REGISTER_ASSERT(j->tag && w->jobs_sent > 0);
+  j->tag = 0;
+  w->jobs_sent--;
+  w->jobs_bytes -= j->req.len;
+}
+
+static int job_send(worker_t *w, job_t *j);
+
+/* Sends the jobs waiting, in order, while the caps allow. */
+static void fill(worker_t *w) {
+  if (w->no_fill) return;
+  for (job_t *j = w->jobs; j && w->jobs_queued; j = j->next) {
+    if (j->answered || j->tag) continue;
+    if (w->jobs_sent &&
+        (w->jobs_sent >= JOBS_MAX || w->jobs_bytes + j->req.len > JOBS_BYTES))
+      return;
+    w->jobs_queued--;
+    job_send(w, j);
+  }
+}
+
+/* Sends j to the incarnation running (started if none): 0, or -1 (j is
+ * over: the worker cannot be had). */
+static int job_send(worker_t *w, job_t *j) {
+  char err[600];
+  REGISTER_ASSERT(!j->answered && !j->tag);
+  w->died = 0;
+  if (ensure(w, err, sizeof err) < 0) {
+    w->stats->errors[w->reason]++;
+    job_failed(w, j, err);
+    return -1;
+  }
+  if (!w->poll) {
+    w->poll = xcalloc(1, sizeof *w->poll);
+    uv_poll_init(w->loop, w->poll, w->fd);
+    w->poll->data = w;
+  }
+  uint64_t now = util_now_ms();
+  if (!w->jobs_sent) { /* it runs first: its wall clock starts now */
+    w->head_since = now;
+    w->call_lines = 0;
+    w->call_dropped = 0;
+    uv_poll_start(w->poll, UV_READABLE, poll_cb);
+    uv_timer_start(w->pipe, pipe_cb, WATCH_MS, WATCH_MS);
+  }
+  int sent = send_all(w, j->req.data, j->req.len,
+                      now + w->time_limit_ms + WORKER_GRACE_MS);
+  if (sent < 0 && !w->jobs_sent) { /* as a synchronous call's */
+    end_incarnation(w, sent == -2, POLICY_ERR_CRASH,
+                    "the policy worker did not take its request");
+    fail(w, w->death_reason, w->death, err, sizeof err);
+    w->stats->errors[w->reason]++;
+    job_failed(w, j, err);
+    return -1;
+  }
+  if (sent < 0) /* the one running is to blame: pump() finds it dead */
+    end_incarnation(w, sent == -2, POLICY_ERR_CRASH,
+                    "the policy worker did not take its request");
+  j->tag = w->tag;
+  w->jobs_sent++;
+  w->jobs_bytes += j->req.len;
+  return 0;
+}
+
+/* The incarnation the sent jobs went to is gone: they go to a new one, in
+ * their order. */
+static void resend(worker_t *w) {
+  for (job_t *j = w->jobs; j; j = j->next)
+    if (!j->answered && j->tag) {
+      job_unsent(w, j);
+      w->jobs_queued++;
+    }
+  fill(w);
+}
+
+/* j's call ended the incarnation (w->death; j->err says so): j fails as
+ * a synchronous call would (its container quarantined), the others are
+ * sent again. */
+static void lost(worker_t *w, job_t *j) {
+  job_unsent(w, j);
+  w->stats->errors[w->reason]++;
+  char err[600];
+  snprintf(err, sizeof err, "%s", j->err);
+  died(w, j->has_checks ? "checks" : "records", *j->id ? j->id : NULL, err,
+       sizeof err);
+  job_failed(w, j, err);
+  resend(w);
+}
+
+/* j's reply, at rd. */
+static void answered(worker_t *w, job_t *j, wire_rd_t *rd, int type) {
+  job_unsent(w, j);
+  j->answered = 1;
+  w->deaths_in_row = 0;
+  if (w->call_dropped)
+    log_warn("policy %s: %lu log lines of one call dropped (at most %d per "
+             "call and %d per second)",
+             w->name, w->call_dropped, WORKER_LOG_PER_CALL, WORKER_LOG_PER_SEC);
+  worker_update_t *u = &j->u;
+  const char *id = *j->id ? j->id : NULL;
+  if (j->has_checks)
+    u->rc = read_checks(w, rd, type, id, &u->checks, &u->recs, &u->have,
+                        j->rerr, sizeof j->rerr, j->err, sizeof j->err);
+  else if (type != WIRE_FAIL && type != WIRE_RECORDS_OK)
+    u->have = bad_reply(w, "records", j->rerr, sizeof j->rerr);
+  else
+    u->have = read_records(w, rd, type == WIRE_FAIL, id, &u->recs, j->rerr,
+                           sizeof j->rerr) < 0
+                  ? -1
+                  : 1;
+  if (u->rc < 0 || u->have < 0) u->reason = w->reason;
+  if (!w->pid)
+    resend(w); /* a malformed reply ended it */
+  else
+    fill(w);
+}
+
+enum { PUMP_NOW, PUMP_ONE, PUMP_ALL };
+
+/* Reads the sent jobs' replies: those there now (PUMP_NOW), or waiting for
+ * one (PUMP_ONE) or all (PUMP_ALL). */
+static void pump(worker_t *w, int mode) {
+  while (w->jobs_sent) {
+    job_t *j = first_sent(w);
+    REGISTER_ASSERT(j);
+    if (!w->pid || j->tag != w->tag) { /* found dead by a send */
+      fail(w, w->death_reason, w->death, j->err, sizeof j->err);
+      lost(w, j);
+      continue;
+    }
+    wire_rd_t rd;
+    int type;
+    w->died = 0;
+    int rc = wait_reply(w, w->head_since + w->time_limit_ms + WORKER_GRACE_MS,
+                        &rd, &type, j->err, sizeof j->err, mode == PUMP_NOW);
+    if (rc == 1) break;
+    if (rc == 0)
+      answered(w, j, &rd, type);
+    else
+      lost(w, j);
+    w->head_since = util_now_ms(); /* the next one runs from here */
+    w->call_lines = 0;
+    w->call_dropped = 0;
+    if (mode == PUMP_ONE) break;
+  }
+  if (!w->jobs_sent) {
+    if (w->poll) uv_poll_stop(w->poll);
+    uv_timer_stop(w->pipe);
+  }
+}
+
+/* done() for the jobs answered at the head of the line, in order. */
+static void dispatch(worker_t *w) {
+  if (w->dispatching) return; /* a done() made a synchronous call */
+  w->dispatching = 1;
+  while (w->jobs && w->jobs->answered) {
+    job_t *j = w->jobs;
+    w->jobs = j->next;
+    if (!w->jobs) w->jobs_tail = &w->jobs;
+    j->u.err = j->err;
+    j->u.rerr = j->rerr;
+    j->done(j->ud, &j->u);
+    policy_checks_free(&j->u.checks);
+    records_free(&j->u.recs);
+    json_free(j->doc);
+    buf_free(&j->req);
+    free(j->id);
+    free(j);
+  }
+  w->dispatching = 0;
+}
+
+static void later_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  fill(w);
+  dispatch(w);
+}
+
+/* After a synchronous step: the jobs it answered are done, and those
+ * waiting sent, from the loop. */
+static void dispatch_later(worker_t *w) {
+  if (((w->jobs && w->jobs->answered) || w->jobs_queued) && w->later)
+    uv_timer_start(w->later, later_cb, 0, 0);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  (void)status; /* an error reads as the socket's end */
+  (void)events;
+  worker_t *w = h->data;
+  pump(w, PUMP_NOW);
+  dispatch(w);
+}
+
+/* While jobs are sent: the wall clock of the one running (pump()) and
+ * the whole worker's memory. */
+static void pipe_cb(uv_timer_t *t) {
+  worker_t *w = t->data;
+  job_t *j = first_sent(w);
+  uint64_t r = j && w->pid ? rss(w->pid) : 0;
+  if (r > w->mem_cap) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "the policy worker used %llu MiB, over its %llu MiB limit; "
+             "it was killed",
+             (unsigned long long)(r >> 20),
+             (unsigned long long)(w->mem_cap >> 20));
+    end_incarnation(w, 1, POLICY_ERR_MEMORY, msg);
+    fail(w, w->death_reason, w->death, j->err, sizeof j->err);
+    lost(w, j);
+  }
+  pump(w, PUMP_NOW);
+  dispatch(w);
+}
+
+/* Before a synchronous call: the jobs sent are answered first. */
+static void settle(worker_t *w) {
+  if (w->jobs_sent) {
+    w->no_fill = 1; /* those waiting go after this call */
+    pump(w, PUMP_ALL);
+    w->no_fill = 0;
+  }
+  dispatch_later(w);
+}
+
+void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
+                         worker_update_cb done, void *ud) {
+  REGISTER_ASSERT(w->loop && done);
+  job_t *j = xcalloc(1, sizeof *j);
+  const char *id = json_get_str(inspect, "Id");
+  j->id = xstrdup(id ? id : "");
+  j->done = done;
+  j->ud = ud;
+  j->has_checks = w->has_checks;
+  buf_init(&j->req);
+  records_init(&j->u.recs);
+  if (j->has_checks) {
+    put_checks(&j->req, inspect, 1, stopping);
+  } else {
+    policy_check_view_t none = {NULL, 0, stopping};
+    put_records(&j->req, inspect, &none);
+  }
+  *w->jobs_tail = j;
+  w->jobs_tail = &j->next;
+  char err[600];
+  if (quarantined(w, j->has_checks ? "checks" : "records", id, err,
+                  sizeof err) < 0) {
+    job_failed(w, j, err);
+  } else {
+    w->jobs_queued++;
+    fill(w);
+    while (w->jobs_queued > JOBS_QUEUED && w->jobs_sent)
+      pump(w, PUMP_ONE); /* the worker is far behind: wait for it */
+  }
+  /* never done() inside this call */
+  dispatch_later(w);
+}
+
+const json_value_t *worker_update_inspect(const worker_update_t *u) {
+  /* u is a job's: the job is found from it (the document goes with it) */
+  job_t *j = (job_t *)((uintptr_t)u - offsetof(job_t, u));
+  if (!j->doc && j->req.len > 4) {
+    wire_rd_t rd;
+    wire_rd_init(&rd, j->req.data + 4, j->req.len - 4);
+    wire_type(&rd);
+    size_t len;
+    const char *doc = wire_get_str(&rd, &len);
+    char err[160];
+    if (doc) j->doc = json_parse(doc, len, err, sizeof err);
+  }
+  return j->doc ? json_root(j->doc) : NULL;
+}
+
+void worker_flush(worker_t *w) {
+  REGISTER_ASSERT(!w->no_fill);
+  while (w->jobs_sent || w->jobs_queued) {
+    fill(w);
+    if (!w->jobs_sent) break; /* none could be sent: all are answered */
+    pump(w, PUMP_ALL);
+  }
+  dispatch(w);
+}
+
+/* worker_free(): every job not yet done is, cancelled. */
+static void jobs_cancel(worker_t *w) {
+  for (job_t *j = w->jobs; j; j = j->next) {
+    policy_checks_free(&j->u.checks);
+    records_free(&j->u.recs);
+    memset(&j->u, 0, sizeof j->u);
+    j->u.cancelled = 1;
+    j->answered = 1;
+  }
+  w->jobs_sent = w->jobs_bytes = w->jobs_queued = 0;
+  dispatch(w);
 }
 
 /* ---- renderers ---- */

@@ -288,12 +288,228 @@ TEST(frames_refuse_what_does_not_add_up) {
   buf_free(&d);
 }
 
-TEST_MAIN(TEST_ENTRY(default_schema_through_the_worker),
-          TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
-          TEST_ENTRY(a_crash_costs_one_call),
-          TEST_ENTRY(the_container_that_kills_it_waits_the_others_do_not),
-          TEST_ENTRY(keeps_dying_backs_off),
-          TEST_ENTRY(memory_outside_lua_is_capped),
-          TEST_ENTRY(environment_is_the_operators),
-          TEST_ENTRY(require_is_served_by_the_daemon),
-          TEST_ENTRY(frames_refuse_what_does_not_add_up))
+/* ---- pipelined updates (worker_update_start) ---- */
+
+static uv_loop_t loop;
+
+static worker_t *start_on_loop(const char *src, uint64_t limit_ms) {
+  worker_opts_t o = {0};
+  o.file = src ? "/tmp/register-test-policy.lua" : NULL;
+  o.source = src;
+  o.source_len = src ? strlen(src) : 0;
+  o.host_ip = "10.0.0.1";
+  o.hostname = "h";
+  o.time_limit_ms = limit_ms;
+  o.path = REGISTER_WORKER_PATH;
+  o.log_level = LOG_ERROR;
+  o.loop = &loop;
+  char err[600];
+  worker_t *w = worker_new(&o, err, sizeof err);
+  if (!w) FAIL("worker_new: %s", err);
+  return w;
+}
+
+/* What done() saw, in the order it was called. */
+typedef struct {
+  int n;
+  char ids[80][2]; /* the first digit of each container's id */
+  int have[80], cancelled[80];
+  policy_reason_t reason[80];
+  size_t nrecs[80];
+  char key0[80][160];
+} seen_t;
+
+typedef struct {
+  seen_t *seen;
+  char id;
+} upd_ud_t;
+
+static void upd_done(void *ud, const worker_update_t *u) {
+  upd_ud_t *x = ud;
+  seen_t *s = x->seen;
+  int i = s->n++;
+  REGISTER_ASSERT(i < 80);
+  s->ids[i][0] = x->id;
+  s->ids[i][1] = '\0';
+  s->cancelled[i] = u->cancelled;
+  s->have[i] = u->have;
+  s->reason[i] = u->reason;
+  s->nrecs[i] = u->cancelled ? 0 : u->recs.n;
+  snprintf(s->key0[i], sizeof s->key0[i], "%s",
+           !u->cancelled && u->recs.n ? u->recs.v[0].key : "");
+  if (!u->cancelled && u->have > 0) { /* the document comes back whole */
+    const json_value_t *doc = worker_update_inspect(u);
+    REGISTER_ASSERT(doc && json_get_str(doc, "Id")[0] == x->id);
+  }
+  free(x);
+}
+
+/* Starts the update of container `id` (as in records_of()). */
+static void update_of(worker_t *w, char id, seen_t *seen) {
+  char *text = xstrdup(inspect);
+  char *p = strstr(text, "0123456789abcdef");
+  memset(p, id, 64);
+  char e[200];
+  json_doc_t *d = json_parse(text, strlen(text), e, sizeof e);
+  ASSERT(d);
+  upd_ud_t *x = xcalloc(1, sizeof *x);
+  x->seen = seen;
+  x->id = id;
+  worker_update_start(w, json_root(d), 0, upd_done, x);
+  json_free(d); /* the worker keeps what it needs */
+  free(text);
+}
+
+static void run_until(seen_t *s, int n) {
+  uint64_t t0 = util_now_ms();
+  while (s->n < n && util_now_ms() - t0 < 10000)
+    uv_run(&loop, UV_RUN_ONCE);
+  ASSERT_EQ(s->n, n);
+}
+
+static const char ids[] = "0123456789abcdef";
+
+TEST(updates_are_pipelined_and_done_in_order_from_the_loop) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop(NULL, 1000);
+  seen_t s = {0};
+  for (int round = 0; round < 4; round++) /* 64: past the 32 sent at once */
+    for (int i = 0; i < 16; i++)
+      update_of(w, ids[i], &s);
+  ASSERT_EQ(s.n, 0); /* never inside worker_update_start() */
+  run_until(&s, 64);
+  for (int i = 0; i < 64; i++) {
+    ASSERT_EQ(s.ids[i][0], ids[i % 16]);
+    ASSERT_EQ(s.have[i], 1);
+    ASSERT_EQ(s.nrecs[i], 1);
+    ASSERT_CONTAINS(s.key0[i], "/registered/10.0.0.1/team::web:1/");
+  }
+  worker_free(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+/* The one that hangs is killed at its limit and costs its container
+ * only: those sent after it go to a new worker, in their order. */
+TEST(a_hang_in_the_pipeline_costs_only_its_container) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop("return { records = function(c) "
+                              "if c.id:sub(1, 1) == 'e' then "
+                              "string.rep('', 1 << 62) end "
+                              "return { ['/k/' .. c.id] = 'v' } end }",
+                              300);
+  pid_t first = worker_pid(w);
+  seen_t s = {0};
+  const char order[] = "abcdefgh";
+  uint64_t t0 = util_now_ms();
+  for (int i = 0; i < 8; i++)
+    update_of(w, order[i], &s);
+  ASSERT_EQ(s.n, 0);
+  run_until(&s, 8);
+  uint64_t took = util_now_ms() - t0;
+  ASSERT(took >= 300 && took < 300 + WORKER_GRACE_MS + 1500);
+  for (int i = 0; i < 8; i++) {
+    ASSERT_EQ(s.ids[i][0], order[i]);
+    if (order[i] == 'e') {
+      ASSERT_EQ(s.have[i], -1);
+      ASSERT_EQ(s.reason[i], POLICY_ERR_TIMEOUT);
+    } else {
+      ASSERT_EQ(s.have[i], 1);
+      ASSERT_EQ(s.nrecs[i], 1);
+    }
+  }
+  ASSERT(worker_pid(w) > 0 && worker_pid(w) != first);
+  ASSERT(worker_quarantined(w,
+                            "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+                            "eeeeeeeeeeeeeeee"));
+  worker_free(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+/* A crash (the C stack run out in cjson) in the middle of the line: the
+ * container that ran it pays (reason crash), and the others, sent to the
+ * same worker behind it, are answered by the next one. */
+TEST(a_crash_in_the_pipeline_costs_only_its_container) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop(
+      "local cjson = require 'cjson' "
+      "return { records = function(c) "
+      "if c.id:sub(1, 1) == 'c' then cjson.decode_max_depth(0x7fffffff) "
+      "cjson.decode(string.rep('[', 1000000)) end "
+      "return { ['/k/' .. c.id] = 'v' } end }",
+      1000);
+  pid_t first = worker_pid(w);
+  seen_t s = {0};
+  const char order[] = "abcdefgh";
+  for (int i = 0; i < 8; i++)
+    update_of(w, order[i], &s);
+  run_until(&s, 8);
+  for (int i = 0; i < 8; i++) {
+    ASSERT_EQ(s.ids[i][0], order[i]);
+    if (order[i] == 'c') {
+      ASSERT_EQ(s.have[i], -1);
+      ASSERT_EQ(s.reason[i], POLICY_ERR_CRASH);
+    } else {
+      ASSERT_EQ(s.have[i], 1);
+      ASSERT_EQ(s.nrecs[i], 1);
+    }
+  }
+  ASSERT(worker_pid(w) > 0 && worker_pid(w) != first);
+  worker_free(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+/* A synchronous call after updates: it waits for their replies, and their
+ * done() still comes from the loop; worker_flush() calls them at once;
+ * worker_free() cancels those not done. */
+TEST(synchronous_calls_flush_and_free_with_updates_on_their_way) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop(NULL, 1000);
+  seen_t s = {0};
+  for (int i = 0; i < 5; i++)
+    update_of(w, ids[i], &s);
+  records_t r;
+  char err[600];
+  ASSERT_EQ(records_of(w, "f", &r, err, sizeof err), 0);
+  ASSERT_EQ(r.n, 1);
+  records_free(&r);
+  ASSERT_EQ(s.n, 0);
+  run_until(&s, 5);
+  for (int i = 0; i < 5; i++)
+    ASSERT_EQ(s.have[i], 1);
+
+  seen_t f = {0};
+  for (int i = 0; i < 40; i++)
+    update_of(w, ids[i % 16], &f);
+  ASSERT_EQ(f.n, 0);
+  worker_flush(w);
+  ASSERT_EQ(f.n, 40);
+  for (int i = 0; i < 40; i++)
+    ASSERT_EQ(f.ids[i][0], ids[i % 16]);
+
+  seen_t x = {0};
+  for (int i = 0; i < 3; i++)
+    update_of(w, ids[i], &x);
+  worker_free(w);
+  ASSERT_EQ(x.n, 3);
+  for (int i = 0; i < 3; i++)
+    ASSERT_EQ(x.cancelled[i], 1);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+TEST_MAIN(
+    TEST_ENTRY(default_schema_through_the_worker),
+    TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
+    TEST_ENTRY(a_crash_costs_one_call),
+    TEST_ENTRY(the_container_that_kills_it_waits_the_others_do_not),
+    TEST_ENTRY(keeps_dying_backs_off), TEST_ENTRY(memory_outside_lua_is_capped),
+    TEST_ENTRY(environment_is_the_operators),
+    TEST_ENTRY(require_is_served_by_the_daemon),
+    TEST_ENTRY(frames_refuse_what_does_not_add_up),
+    TEST_ENTRY(updates_are_pipelined_and_done_in_order_from_the_loop),
+    TEST_ENTRY(a_hang_in_the_pipeline_costs_only_its_container),
+    TEST_ENTRY(a_crash_in_the_pipeline_costs_only_its_container),
+    TEST_ENTRY(synchronous_calls_flush_and_free_with_updates_on_their_way))
