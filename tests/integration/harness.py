@@ -376,7 +376,7 @@ class DockerdSid(Dockerd):
     runc) in this process's sid machine (sidmachine.py), which shares this
     machine's network: on a bridge of its own that this class makes
     (regbrsid, 10.217.0.1/24: no other dockerd here uses it), no iptables,
-    vfs storage.  Published ports are docker-proxy's, on this machine's
+    no IP forwarding (this machine's sysctl is left alone), vfs storage.  Published ports are docker-proxy's, on this machine's
     loopback.  Its data root is in the machine (a throwaway overlay: the
     test images are built again in each test process); its socket, exec
     root and pidfile are in the test's directory below /tmp, which the
@@ -397,8 +397,8 @@ class DockerdSid(Dockerd):
     def start(self, timeout=60):
         args = [self.dockerd, "--host", self.host, "--data-root", self.data_root,
                 "--exec-root", os.path.join(self.dir, "x"), "--pidfile", os.path.join(self.dir, "d.pid"),
-                "--iptables=false", "--ip6tables=false", "--storage-driver=vfs", *self.network_args(),
-                *self.extra]
+                "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--storage-driver=vfs",
+                *self.network_args(), *self.extra]
         self.log = open(os.path.join(self.dir, "dockerd.log"), "ab")
         self.proc = self.machine.popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self.ping(), timeout, what="dockerd to answer")

@@ -10,7 +10,8 @@ the process exits (atexit; also after a failed test).  The machine:
   and Docker's published ports (docker-proxy) are on this machine's
   loopback; it keeps CAP_NET_ADMIN (which nspawn drops otherwise) for
   dockerd's bridge and podman's network namespace;
-- sees this machine's /tmp at /tmp (a bind mount), where the tests keep
+- sees this machine's /tmp at /tmp (a bind mount, made a slave: what the
+  machine mounts there stays in it), where the tests keep
   their directories: sockets, data directories and configuration have the
   same paths on both sides, and register on the host reaches the engine's
   API socket through it;
@@ -168,8 +169,12 @@ class SidMachine:
                 "sleep", "infinity"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "LISTEN_"))}
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
-        # dockerd writes net sysctls and bridge settings; nspawn mounts
-        # /proc/sys and /sys read-only without this
+        # dockerd and netavark set sysctls of their containers' interfaces
+        # ("failed to disable IPv6 on container's interface eth0", "set
+        # sysctl net/ipv4/conf/eth0/arp_notify: Read-only file system"):
+        # nspawn mounts /proc/sys and /sys read-only without this.  Nothing
+        # here changes this machine's own sysctls (dockerd runs with
+        # --ip-forward=false)
         env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "1"
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=into_cgroups, start_new_session=True, env=env)
@@ -196,6 +201,11 @@ class SidMachine:
                 raise AssertionError(f"no PID 1 in machine {self.name} after {timeout}s: {self.nspawn_log()}")
             time.sleep(0.05)
         atexit.register(self.cleanup)
+        # the bind mount of /tmp is a peer of this machine's root mount:
+        # mounts made in the machine (dockerd's network namespaces in its
+        # exec root) would show up here too, and outlive the machine.  A
+        # slave gets this machine's mounts and gives none back
+        self.run("mount", "--make-rslave", "/tmp")
         return self
 
     def nspawn_log(self):
