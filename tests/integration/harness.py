@@ -16,7 +16,7 @@ against each (tests/CMakeLists.txt has the matrix entries):
   REGISTER_TEST_ENGINE=docker-sid  Debian unstable's dockerd (28.5) in a
                                  systemd-nspawn machine (sidmachine.py) on
                                  this machine's network, on a bridge of its
-                                 own (regbrsid, 10.217.0.0/24)
+                                 own (rsb*, 10.217.0.0/24)
   REGISTER_TEST_ENGINE=podman-sid  Debian unstable's podman (5.8) service in
                                  such a machine, in a network namespace of
                                  its own
@@ -375,7 +375,8 @@ class DockerdSid(Dockerd):
     """Docker 28.5 (Debian unstable's docker.io, with its containerd and
     runc) in this process's sid machine (sidmachine.py), which shares this
     machine's network: on a bridge of its own that this class makes
-    (regbrsid, 10.217.0.1/24: no other dockerd here uses it), no iptables,
+    (rsb<machine>, 10.217.0.1/24: no other dockerd here uses that subnet;
+    the machine deletes it, also after a test killed), no iptables,
     no IP forwarding (this machine's sysctl is left alone), vfs storage.  Published ports are docker-proxy's, on this machine's
     loopback.  Its data root is in the machine (a throwaway overlay: the
     test images are built again in each test process); its socket, exec
@@ -384,13 +385,13 @@ class DockerdSid(Dockerd):
     same path.  The docker CLI is this machine's (20.10, API 1.41)."""
 
     engine = "docker-sid"
-    BRIDGE = "regbrsid"
     BRIDGE_ADDR = "10.217.0.1/24"
     data_root = "/var/lib/register-test-docker"  # inside the machine
 
     def __init__(self, extra=()):
         super().__init__(extra)
         self.machine = sidmachine.machine()
+        self.BRIDGE = self.machine.bridge()
 
     network_args = Dockerd26.network_args
 

@@ -206,6 +206,21 @@ class SidMachine:
         # exec root) would show up here too, and outlive the machine.  A
         # slave gets this machine's mounts and gives none back
         self.run("mount", "--make-rslave", "/tmp")
+        # cgroup2 lets a cgroup hand controllers to its children only when
+        # it has no processes of its own: the machine's processes go to a
+        # leaf, init/, as docker-in-docker does, so that runc can make its
+        # containers' cgroups below the machine's root with the controllers
+        # this machine delegates (where it delegates none, as in a hybrid
+        # layout, this changes nothing)
+        self.run("sh", "-c", "mkdir -p /sys/fs/cgroup/init && "
+                 "for p in $(cat /sys/fs/cgroup/cgroup.procs); do echo $p > /sys/fs/cgroup/init/cgroup.procs || :; done")
+        self.leaf = None
+        with open(f"/proc/{self.pid1}/cgroup") as f:
+            path = [l.split(":", 2)[2].strip() for l in f if l.startswith("0::")]
+        if path:
+            top = "/sys/fs/cgroup" if cgroup_roots() == ["/sys/fs/cgroup"] else "/sys/fs/cgroup/unified"
+            self.leaf = top + path[0]
+            assert self.leaf.endswith("/init") and os.path.isdir(self.leaf), (self.leaf, path)
         return self
 
     def nspawn_log(self):
@@ -219,11 +234,23 @@ class SidMachine:
         """The command line that runs cmd in the machine."""
         return ["nsenter", "-t", str(self.pid1), "-a", *cmd]
 
+    def bridge(self):
+        """A bridge of this machine's own (made on this machine's network,
+        which the machine shares): its name, recorded so that cleanup()
+        deletes it, also that of a machine reaped after its test was
+        killed."""
+        name = "rsb" + self.name[len("regsid-"):][:8]
+        with open(os.path.join(self.dir, "bridges"), "a") as f:
+            f.write(name + "\n")
+        return name
+
     def into_cgroups(self):
         """preexec_fn: a process started into the machine joins its cgroups
         too, so that cleanup() finds it there (the machine's PID namespace
         ending kills it anyway)."""
         for cg in self.cgroups:
+            if self.leaf and self.leaf.startswith(cg + "/"):
+                cg = self.leaf  # the cgroup2 hierarchy: the machine's leaf
             try:
                 with open(os.path.join(cg, "cgroup.procs"), "w") as f:
                     f.write(str(os.getpid()))
@@ -333,7 +360,29 @@ class SidMachine:
             if subprocess.run(["umount", self.root], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", self.root], capture_output=True)
             self.mounted = False
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            with open(os.path.join(self.dir, "bridges")) as f:
+                for br in f.read().split():
+                    subprocess.run(["ip", "link", "del", br], capture_output=True)
+            os.unlink(os.path.join(self.dir, "bridges"))
+        except FileNotFoundError:
+            pass
+        # never a recursive delete through the root: were anything still
+        # mounted there (the machine's view of /tmp), it would go too
+        for sub in ("upper", "work"):
+            shutil.rmtree(os.path.join(self.dir, sub), ignore_errors=True)
+        for f in ("owner", "nspawn.log"):
+            try:
+                os.unlink(os.path.join(self.dir, f))
+            except FileNotFoundError:
+                pass
+        for d in (self.root, self.dir):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log("cleanup: rmdir", d, e)
 
 
 def tempfile_dir():
@@ -353,6 +402,10 @@ def machine():
         if why:
             raise Unavailable(why)
         SidMachine.reap_stale()
+        # ctest's timeout and ^C: the cleanups (Suite.run's finally, then
+        # atexit) run on the way out
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         _machine = SidMachine().start()
         v = _machine.versions()
         log(f"sid machine {_machine.name}:", ", ".join(f"{p} {v[p]}" for p in
