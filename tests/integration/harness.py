@@ -417,7 +417,7 @@ class DockerdSid(Dockerd):
         try:
             with open(pidfile) as f:
                 pid = int(f.read().strip() or 0)
-            if pid:
+            if pid > 1:  # never the machine's init
                 self.machine.run("kill", "-9", str(pid), check=False)
             os.unlink(pidfile)
         except (FileNotFoundError, ValueError):
