@@ -17,7 +17,10 @@ haproxy nginx"
 # and nginx check what the renderers of `register watch` write, and haproxy
 # carries the traffic test's requests.  Docker 26
 # and etcd 3.5 come from Debian 13 through scripts/fetch-debian13.sh, never
-# through this machine's apt sources.
+# through this machine's apt sources; Docker 28, podman 5 and etcd 3.5.30
+# from Debian unstable, installed by apt inside the root that
+# scripts/nspawn-sid.sh debootstraps (debootstrap, systemd-container) on
+# the first test that needs them.
 
 missing=""
 for p in $PACKAGES; do

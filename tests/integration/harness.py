@@ -13,9 +13,17 @@ against each (tests/CMakeLists.txt has the matrix entries):
                                  bridge of its own (docker0 is left alone)
   REGISTER_TEST_ENGINE=podman    podman's Docker API (podman system service)
                                  in a network namespace of its own
+  REGISTER_TEST_ENGINE=docker-sid  Debian unstable's dockerd (28.5) in a
+                                 systemd-nspawn machine (sidmachine.py) on
+                                 this machine's network, on a bridge of its
+                                 own (rsb*, 10.217.0.0/24)
+  REGISTER_TEST_ENGINE=podman-sid  Debian unstable's podman (5.8) service in
+                                 such a machine, in a network namespace of
+                                 its own
   REGISTER_TEST_ETCD=PATH        the etcd binary (default: etcd on PATH);
                                  REGISTER_TEST_ETCD=debian13 means etcd 3.5
-                                 from that cache
+                                 from that cache, REGISTER_TEST_ETCD=sid
+                                 Debian unstable's etcd (3.5) in the machine
 """
 import json
 import os
@@ -44,6 +52,15 @@ DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/d
 # are shared with bench/ (issue 23); re-exported here for the tests
 from toolkit import (Cluster, Etcd, debian13, default_value, etcd_binary,  # noqa: E402,F401
                      free_port, log, tmpdir, v2_tree, wait_for)
+import sidmachine  # noqa: E402
+
+# a sid engine or etcd that cannot run here: skipped (exit 77), saying why
+# (scripts/test.sh fails on any skip with CI=true)
+if ENGINE.endswith("-sid") or os.environ.get("REGISTER_TEST_ETCD") == "sid":
+    _why = sidmachine.prerequisites()
+    if _why:
+        print("skipped: the Debian unstable machine " + _why, file=sys.stderr)
+        sys.exit(77)
 
 
 def sh(*args, env=None, check=True, timeout=120, input=None, cwd=None):
@@ -82,7 +99,8 @@ class Dockerd:
 
     def __new__(cls, *a, **kw):
         if cls is Dockerd:
-            cls = {"docker": Dockerd, "docker26": Dockerd26, "podman": Podman}[ENGINE]
+            cls = {"docker": Dockerd, "docker26": Dockerd26, "podman": Podman,
+                   "docker-sid": DockerdSid, "podman-sid": PodmanSid}[ENGINE]
         return object.__new__(cls)
 
     engine = "docker"
@@ -350,6 +368,125 @@ class Podman(Dockerd):
             log("cleanup:", e)
         self.stop()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DockerdSid(Dockerd):
+    """Docker 28.5 (Debian unstable's docker.io, with its containerd and
+    runc) in this process's sid machine (sidmachine.py), which shares this
+    machine's network: on a bridge of its own that this class makes
+    (rsb<machine>, 10.217.0.1/24: no other dockerd here uses that subnet;
+    the machine deletes it, also after a test killed), no iptables,
+    no IP forwarding (this machine's sysctl is left alone), vfs storage.  Published ports are docker-proxy's, on this machine's
+    loopback.  Its data root is in the machine (a throwaway overlay: the
+    test images are built again in each test process); its socket, exec
+    root and pidfile are in the test's directory below /tmp, which the
+    machine shares, so register and the docker CLI reach the socket at the
+    same path.  The docker CLI is this machine's (20.10, API 1.41)."""
+
+    engine = "docker-sid"
+    BRIDGE_ADDR = "10.217.0.1/24"
+    data_root = "/var/lib/register-test-docker"  # inside the machine
+
+    def __init__(self, extra=()):
+        super().__init__(extra)
+        self.machine = sidmachine.machine()
+        self.BRIDGE = self.machine.bridge()
+
+    network_args = Dockerd26.network_args
+
+    def start(self, timeout=60):
+        args = [self.dockerd, "--host", self.host, "--data-root", self.data_root,
+                "--exec-root", os.path.join(self.dir, "x"), "--pidfile", os.path.join(self.dir, "d.pid"),
+                "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--storage-driver=vfs",
+                *self.network_args(), *self.extra]
+        self.log = open(os.path.join(self.dir, "dockerd.log"), "ab")
+        self.proc = self.machine.popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.ping(), timeout, what="dockerd to answer")
+        self.log_version()
+        return self
+
+    def kill9(self):
+        """kill -9 dockerd only (containerd and shims live on); its
+        containerd's pid file holds a pid of the machine's PID namespace."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        pidfile = os.path.join(self.dir, "x", "containerd", "containerd.pid")
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip() or 0)
+            if pid > 1:  # never the machine's init
+                self.machine.run("kill", "-9", str(pid), check=False)
+            os.unlink(pidfile)
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.clean()
+            except Exception as e:
+                log("cleanup:", e)
+        self.stop()
+        # its containerd (dockerd killed with -9 leaves it) and the mounts
+        # of its exec root are the machine's: they go with it
+        self.machine.run("sh", "-c", f"pkill -9 -f 'containerd.*{self.dir}'; "
+                         f"grep -o ' {self.dir}/[^ ]*' /proc/mounts | sort -r | xargs -r umount -l",
+                         check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if getattr(self, "made_bridge", None):
+            subprocess.run(["ip", "link", "del", self.made_bridge], capture_output=True)
+
+
+class PodmanSid(Podman):
+    """podman 5.8's Docker-compatible API (Debian unstable's podman, netavark
+    and conmon) in this process's sid machine, set up as Podman above: its
+    service and CLI run in a network namespace of their own made in the
+    machine (netavark's bridge and firewall rules live there), cgroupfs,
+    vfs storage in the machine, events in a file."""
+
+    engine = "podman-sid"
+
+    def __init__(self, extra=()):
+        super().__init__(extra)
+        self.machine = sidmachine.machine()
+        # as Podman's, and: podman 5 stops a container with its stop
+        # timeout (10 s) before it removes it at `docker rm -f` (Docker and
+        # podman 4.3 kill it at once): 1 s, or each removal of a test's
+        # container (busybox sleep, which ignores SIGTERM) takes 10 s
+        with open(os.path.join(self.dir, "containers.conf"), "w") as f:
+            f.write('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
+                    '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nstop_timeout = 1\n'
+                    f'events_logfile_path = "{self.dir}/events.log"\ntmp_dir = "{self.dir}/libpod"\n')
+        with open(os.path.join(self.dir, "storage.conf"), "w") as f:
+            f.write('[storage]\ndriver = "vfs"\ngraphroot = "/var/lib/register-test-podman"\n'
+                    f'runroot = "{self.dir}/run"\n')
+
+    def inns(self, *cmd):
+        return self.machine.cmd("nsenter", "--net=/run/netns/" + self.netns, *cmd)
+
+    def start(self, timeout=60):
+        m = self.machine
+        if m.run("ip", "netns", "pids", self.netns, check=False).returncode != 0:
+            m.run("ip", "netns", "add", self.netns)
+            m.run("nsenter", "--net=/run/netns/" + self.netns, "ip", "link", "set", "lo", "up")
+        self.log = open(os.path.join(self.dir, "podman.log"), "ab")
+        self.proc = m.popen(["nsenter", "--net=/run/netns/" + self.netns, "podman", "system", "service",
+                             "--time=0", self.host], env=self.penv, stdout=self.log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.ping(), timeout, what="podman service to answer")
+        self.log_version()
+        return self
+
+    def cleanup(self):
+        try:
+            self.clean()
+        except Exception as e:
+            log("cleanup:", e)
+        self.stop()
+        self.machine.run("ip", "netns", "del", self.netns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -8,7 +8,10 @@ that default_value() builds; keep the two in step.
 
   REGISTER_TEST_ETCD=PATH   the etcd binary (default: etcd on PATH);
                             REGISTER_TEST_ETCD=debian13 means etcd 3.5 from
-                            the cache that scripts/fetch-debian13.sh fills
+                            the cache that scripts/fetch-debian13.sh fills;
+                            REGISTER_TEST_ETCD=sid Debian unstable's etcd
+                            3.5 in a systemd-nspawn machine (sidmachine.py)
+                            on this machine's network
 """
 import base64
 import json
@@ -40,7 +43,13 @@ def etcd_binary():
     e = os.environ.get("REGISTER_TEST_ETCD", "etcd")
     if e == "debian13":
         return debian13("etcd-server/usr/bin/etcd")
+    if e == "sid":
+        return "/usr/bin/etcd"  # in the sid machine
     return e
+
+
+def etcd_in_sid():
+    return os.environ.get("REGISTER_TEST_ETCD") == "sid"
 
 
 def log(*a):
@@ -177,7 +186,14 @@ class Etcd:
             args = ["ip", "netns", "exec", self.netns] + args
         os.makedirs(self.dir, exist_ok=True)
         self.log = open(os.path.join(self.dir, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        if etcd_in_sid():
+            # the machine shares this machine's network and /tmp (the data
+            # directory's path is the same inside)
+            assert not self.netns, "REGISTER_TEST_ETCD=sid runs etcd on this machine's network only"
+            import sidmachine
+            self.proc = sidmachine.machine().popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        else:
+            self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
             self.wait_ready()
         return self
@@ -187,7 +203,8 @@ class Etcd:
         if not getattr(Etcd, "_logged", False):
             Etcd._logged = True
             with urllib.request.urlopen(self.url + "/version", timeout=2, context=self._ctx()) as r:
-                log("etcd:", etcd_binary(), json.loads(r.read()).get("etcdserver"))
+                log("etcd:", etcd_binary() + (" (in the sid machine)" if etcd_in_sid() else ""),
+                    json.loads(r.read()).get("etcdserver"))
 
     def _ctx(self):
         if not self.tls:
