@@ -1259,7 +1259,9 @@ static int job_send(worker_t *w, job_t *j);
 
 /* Sends the jobs waiting, in order, while the caps allow. */
 static void fill(worker_t *w) {
-  if (w->no_fill) return;
+  /* nor while jobs wait on a dead incarnation: pump() first blames the
+   * one it was running and sends the others again, these behind them */
+  if (w->no_fill || (!w->pid && w->jobs_sent)) return;
   for (job_t *j = w->jobs; j && w->jobs_queued; j = j->next) {
     if (j->answered || j->tag) continue;
     if (w->jobs_sent &&
