@@ -82,8 +82,9 @@ static void begin_stop(app_t *a, int code);
 
 /* ---- SIGTERM and SIGINT while a policy call runs ---- */
 
-/* A policy call blocks the loop (for at most --policy-timeout + 0.5 s).
- * So that a stop is not kept waiting, SIGTERM and SIGINT also set this
+/* A synchronous policy call, or waiting for the containers' updates on
+ * their way (worker_flush), blocks the loop (for at most --policy-timeout
+ * + 0.5 s per call).  So that a stop is not kept waiting, SIGTERM and SIGINT also set this
  * flag, which the worker's wait looks at: the call is abandoned at once
  * (the worker killed) and later calls fail at once.  The handler is
  * chained in front of libuv's, which still delivers the signal to the loop
