@@ -65,8 +65,9 @@ typedef struct {
    * record: id -> "name (reason)" (both strings owned here); they keep
    * what they had */
   map_t *failed;
-  map_t *live;  /* id -> id: every container reported and not gone (the key
-                   owns the value) */
+  /* containers reported, not gone, and evaluated once (stop_t.evaluated;
+   * every running container has its stop_t) */
+  size_t nlive;
   map_t *stops; /* id -> stop_t: how each running container is stopped,
                    and whether its stop signal came (drain) */
   int listed;   /* Docker's containers were listed and evaluated once */
@@ -84,9 +85,9 @@ static void begin_stop(app_t *a, int code);
 
 /* A synchronous policy call, or waiting for the containers' updates on
  * their way (worker_flush), blocks the loop (for at most --policy-timeout
- * + 0.5 s per call).  So that a stop is not kept waiting, SIGTERM and SIGINT also set this
- * flag, which the worker's wait looks at: the call is abandoned at once
- * (the worker killed) and later calls fail at once.  The handler is
+ * + 0.5 s per call).  So that a stop is not kept waiting, SIGTERM and SIGINT
+ * also set this flag, which the worker's wait looks at: the call is abandoned
+ * at once (the worker killed) and later calls fail at once.  The handler is
  * chained in front of libuv's, which still delivers the signal to the loop
  * (signal_cb) as before. */
 static volatile sig_atomic_t stop_signalled;
@@ -123,6 +124,7 @@ typedef struct {
   int signal;        /* Config.StopSignal as a number (SIGTERM by default) */
   long timeout_ms;   /* Config.StopTimeout (10 s by default) */
   int stopping;      /* the stop signal came; the container still runs */
+  int evaluated;     /* its policy call came back once (app.nlive) */
   uv_timer_t *timer; /* NULL, or: registers it again if it still runs */
   char id[];
 } stop_t;
@@ -232,16 +234,17 @@ static const char *cont_name(const json_value_t *inspect) {
  * anyway), so that the first of many containers failing says nothing. */
 static void hold_orphans_update(app_t *a) {
   size_t nf = map_size(a->failed);
-  reconcile_hold_orphans(a->rec,
-                         a->listed && nf > 0 && nf == map_size(a->live));
+  reconcile_hold_orphans(a->rec, a->listed && nf > 0 && nf == a->nlive);
 }
 
 /* The container's evaluation failed (why: "reason") or succeeded (NULL). */
 static void note_result(app_t *a, const char *id, const char *name,
                         const char *why) {
-  if (!map_get(a->live, id)) {
-    char *k = xstrdup(id);
-    map_put(a->live, k, k);
+  stop_t *st = map_get(a->stops, id); /* made by on_update() */
+  REGISTER_ASSERT(st);
+  if (!st->evaluated) {
+    st->evaluated = 1;
+    a->nlive++;
   }
   char *old = map_del(a->failed, id);
   /* one block per entry: the id (the map's key), a NUL, the description
@@ -258,8 +261,11 @@ static void note_result(app_t *a, const char *id, const char *name,
 static void note_gone(app_t *a, const char *id) {
   char *old = map_del(a->failed, id);
   if (old) free(old - strlen(id) - 1);
-  char *k = map_del(a->live, id);
-  free(k);
+  stop_t *st = map_get(a->stops, id);
+  if (st && st->evaluated) {
+    st->evaluated = 0;
+    a->nlive--;
+  }
   hold_orphans_update(a);
 }
 
@@ -899,17 +905,14 @@ static void deadline_cb(uv_timer_t *t) {
   }
 }
 
-/* The failed and live sets; each entry is one block, named by its key. */
+/* The failed set; each entry is one block, named by its key. */
 static void free_containers(app_t *a) {
-  map_t *maps[] = {a->failed, a->live};
-  for (int i = 0; i < 2; i++) {
-    map_iter_t it;
-    const char *k;
-    map_iter_init(&it, maps[i]);
-    while (map_iter_next(&it, &k, NULL))
-      free((void *)(uintptr_t)k);
-    map_free(maps[i]);
-  }
+  map_iter_t it;
+  const char *k;
+  map_iter_init(&it, a->failed);
+  while (map_iter_next(&it, &k, NULL))
+    free((void *)(uintptr_t)k);
+  map_free(a->failed);
 }
 
 int app_run(const config_t *cfg) {
@@ -917,7 +920,6 @@ int app_run(const config_t *cfg) {
   a->cfg = cfg;
   a->exit_code = 1;
   a->failed = map_new();
-  a->live = map_new();
   a->stops = map_new();
   char err[600];
   int rc = 1;

@@ -472,6 +472,79 @@ def reload_rereads_the_policy():
              what="the shipped policy's keys again")
 
 
+WATCH_RENDER = """return { render = function(kv, ctx)
+  local keys = {}
+  for k in pairs(kv) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return "%s " .. ctx.prefix .. "\\n" .. table.concat(keys, "\\n") .. "\\n"
+end }
+"""
+WATCH_RELOAD = "#!/bin/sh\necho reload >> /var/lib/register-watch-reloads\n"
+
+
+def watch_settings(etcd_url):
+    """/etc/default/register-watch as an operator writes it: the shipped
+    one with its settings filled in."""
+    with open(os.path.join(SRC, "packaging", "default-watch")) as f:
+        text = f.read()
+    for k, v in {"REGISTER_WATCH_PREFIX": "/registered",
+                 "REGISTER_WATCH_RENDER": "/etc/register/watch.lua",
+                 "REGISTER_WATCH_OUT": "/etc/haproxy/backends.txt",
+                 "REGISTER_WATCH_CHECK": "/bin/grep -q /registered/ %s",
+                 "REGISTER_WATCH_RELOAD": "/usr/local/bin/test-lb-reload",
+                 "ETCD_ENDPOINT": etcd_url}.items():
+        text, n = re.subn(rf"(?m)^#?{k}=.*$", f"{k}={v}", text, count=1)
+        assert n == 1, f"{k} is not in packaging/default-watch"
+    return text
+
+
+@suite.test
+def register_watch_unit_renders_checks_and_reloads():
+    """register-watch.service as shipped (issue 20): disabled by the .deb;
+    enabled with /etc/default/register-watch, its start returns once the
+    file is rendered (Type=notify), a change in etcd is rendered, checked
+    and reloaded under the unit's sandbox, `systemctl reload` reads the
+    renderer again in the same process, and it stops cleanly."""
+    m, etcd, _ = need("m", "etcd", "started")
+    assert m.run("systemctl", "is-enabled", "register-watch", check=False).stdout.strip() == "disabled"
+    m.run("mkdir", "-p", "/etc/haproxy")
+    m.write("/etc/register/watch.lua", WATCH_RENDER % "#")
+    m.write("/usr/local/bin/test-lb-reload", WATCH_RELOAD)
+    m.run("chmod", "755", "/usr/local/bin/test-lb-reload")
+    m.write("/etc/default/register-watch", watch_settings(etcd.url))
+    m.run("systemctl", "enable", "--now", "register-watch", timeout=60)
+    s = m.show("register-watch", "ActiveState", "SubState", "MainPID")
+    assert s["ActiveState"] == "active" and s["SubState"] == "running", s
+
+    def rendered():
+        return m.run("cat", "/etc/haproxy/backends.txt", check=False).stdout
+
+    def reloads():
+        return m.run("cat", "/var/lib/register-watch-reloads", check=False).stdout.count("reload")
+    keys = sorted(etcd.tree("/registered"))
+    assert len(keys) == 2, keys
+    # READY=1 came after the first render: the file is there at once
+    assert rendered() == "# /registered\n" + "\n".join(keys) + "\n", rendered()
+    assert reloads() == 1
+    extra = "/registered/10.9.9.9/watch::test/x"
+    etcd.v2(extra, method="PUT", data=b"value=v")
+    try:
+        wait_for(lambda: extra in rendered() and reloads() == 2, 20, interval=0.2,
+                 what="the new key rendered and haproxy reloaded")
+        m.write("/etc/register/watch.lua", WATCH_RENDER % "##")
+        m.run("systemctl", "reload", "register-watch")
+        wait_for(lambda: rendered().startswith("## /registered\n") and reloads() == 3, 20, interval=0.2,
+                 what="the renderer read again on reload")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n" + journal(m, "-u", "register-watch")[-3000:])
+    finally:
+        etcd.v2(extra, method="DELETE")
+    assert m.show("register-watch", "MainPID")["MainPID"] == s["MainPID"]  # the same process
+    m.run("systemctl", "disable", "--now", "register-watch", timeout=60)
+    s = m.show("register-watch", "ActiveState", "Result", "ExecMainStatus")
+    assert s == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, s
+
+
 @suite.test
 def a_hung_register_is_killed_by_the_watchdog_and_restarted():
     m, etcd, _ = need("m", "etcd", "started")
