@@ -479,7 +479,10 @@ static int start_creds(app_t *a, char *err, size_t errlen) {
     co.key = cfg->etcd_key;
     co.changed = on_etcd_creds;
     if (!(a->ecreds = creds_new(&co, err, errlen))) return -1;
-    /* the contents read now, not the files, from the first request on */
+    /* what was read now, from the first request on: the TLS contents, not
+     * the files; the password as the watch knows it */
+    if (creds_password(a->ecreds))
+      etcd_set_password(a->etcd, creds_password(a->ecreds));
     if (creds_has_tls(a->ecreds)) {
       http_tls_t t;
       creds_tls(a->ecreds, &t);

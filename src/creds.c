@@ -17,6 +17,11 @@
 #define MAX_FILE (1u << 20) /* a credential file larger than this is wrong */
 
 enum { F_PASSWORD, F_CACERT, F_CERT, F_KEY, F_N };
+/* a file's index is its bit in the owner's mask (include/creds.h) */
+_Static_assert(CREDS_PASSWORD == 1u << F_PASSWORD &&
+                   CREDS_CACERT == 1u << F_CACERT &&
+                   CREDS_CERT == 1u << F_CERT && CREDS_KEY == 1u << F_KEY,
+               "CREDS_* bits follow the file indexes");
 
 static const char *const what_names[F_N] = {"password file", "CA bundle",
                                             "client certificate", "client key"};

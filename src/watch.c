@@ -837,6 +837,8 @@ int watch_run(const config_t *cfg) {
       uv_run(&w->loop, UV_RUN_DEFAULT);
       goto out;
     }
+    if (creds_password(w->creds)) /* as the watch knows it */
+      etcd_set_password(w->etcd, creds_password(w->creds));
     if (creds_has_tls(w->creds)) { /* the contents read now, not the files */
       creds_tls(w->creds, &tls);
       etcd_set_tls(w->etcd, &tls);
