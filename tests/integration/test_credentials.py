@@ -392,6 +392,11 @@ def client_certificate_and_ca_rotated_without_sighup():
         for n in ("ca.crt", "tls.crt", "tls.key"):
             assert metric(port, "register_credentials_reloaded_total", files[n]) == 1
             assert metric(port, "register_credentials_refused_total", files[n]) == 0
+        if shutil.which("promtool"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+            p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+            assert p.returncode == 0, p.stdout + p.stderr
         r.stop()
 
 
