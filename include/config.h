@@ -120,10 +120,6 @@ int config_parse_cidrs(const char *list, config_cidr_t **out, size_t *n,
 int config_addr16(const char *ip, unsigned char out[16]);
 /* Whether addr (as config_addr16 makes it) is in network c. */
 int config_cidr_has(const config_cidr_t *c, const unsigned char addr[16]);
-/* The first line of an --etcd-password-file into *out (the old one wiped
- * and freed): 0, or -1 with a one-line error. */
-int config_read_password(const char *file, char **out, char *err,
-                         size_t errlen);
 /* --policy-env NAME,... (also for `register check`): *out becomes "A,B"
  * (a copy; NULL for none), or -1 with a one-line error. */
 int config_policy_env(const char *name, const char *v, char **out, char *err,

@@ -43,6 +43,10 @@ typedef struct {
 docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
                      const docker_cbs_t *cbs, void *ud);
 void docker_start(docker_t *d);
+/* New TLS material (rotated files, read by creds.c; copied) for every
+ * request from now on: new connections use it; the event stream and
+ * requests in flight go on where they are.  Nothing without TLS. */
+void docker_set_tls(docker_t *d, const http_tls_t *tls);
 /* Lists containers again: inspects new ones, reports vanished ones. */
 void docker_resync(docker_t *d);
 /* Inspects one container again (e.g. after a policy reload). */

@@ -125,6 +125,10 @@ void etcd_free(etcd_t *e);
  * it from the next request, v3 logs in with it when the token is refused
  * (or next needed).  No user: nothing. */
 void etcd_set_password(etcd_t *e, const char *password);
+/* New TLS material (rotated files, read by creds.c; copied): every request
+ * from now on uses it, so new connections are made with it; requests in
+ * flight finish on the connection they have. */
+void etcd_set_tls(etcd_t *e, const http_tls_t *tls);
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
                     long ttl, etcd_done_cb cb, void *data);

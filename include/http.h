@@ -49,11 +49,27 @@ typedef int (*http_data_cb)(http_req_t *req, const char *p, size_t n,
 typedef void (*http_head_cb)(http_req_t *req, const http_resp_t *resp,
                              void *data);
 
+/* TLS material: files that curl reads per connection, or their contents
+ * (PEM) read by the caller, which win over the files.  Contents are what a
+ * rotation needs: curl copies them into each request and reuses a
+ * connection (or resumes a TLS session) only for a request with the same
+ * certificate and CA bytes, so new contents never go over a connection
+ * made with the old ones; and a CA given as bytes is not held in curl's CA
+ * cache (24 h since 7.87). */
 typedef struct {
   const char *cacert; /* CA bundle; NULL = system default */
   const char *cert;   /* client certificate, PEM */
   const char *key;    /* client key, PEM */
+  const char *cacert_pem, *cert_pem, *key_pem; /* contents, or NULL */
+  size_t cacert_len, cert_len, key_len;
 } http_tls_t;
+
+/* A deep copy of src into *dst (freed with http_tls_free()). */
+void http_tls_copy(http_tls_t *dst, const http_tls_t *src);
+/* Frees what http_tls_copy() made (keys wiped) and zeroes *t. */
+void http_tls_free(http_tls_t *t);
+/* Whether t names a client certificate (a file or contents). */
+int http_tls_has_cert(const http_tls_t *t);
 
 typedef struct {
   const char *method; /* NULL = GET */

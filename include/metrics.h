@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "checks.h"
+#include "creds.h"
 #include "docker.h"
 #include "etcd.h"
 #include "fleet.h"
@@ -39,6 +40,7 @@ typedef struct {
   unsigned long worker_log_dropped;
   int worker_backoff;
   const fleet_view_t *fleet; /* --policy-key; NULL: none */
+  const creds_t *creds[2];   /* watched credential files; NULL: none */
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);

@@ -2,6 +2,7 @@
 #include "app.h"
 #include "checks.h"
 #include "container.h"
+#include "creds.h"
 #include "docker.h"
 #include "etcd.h"
 #include "fleet.h"
@@ -45,7 +46,9 @@ typedef struct {
   http_t *dhttp; /* Docker's list and inspects */
   http_t *shttp; /* Docker's event stream, alone so dhttp can be trimmed */
   etcd_t *etcd;
-  hookio_t *io; /* the hooks' I/O, for the policy worker */
+  creds_t *ecreds; /* etcd's password and TLS files, watched; or NULL */
+  creds_t *dcreds; /* Docker's TLS files (DOCKER_CERT_PATH), or NULL */
+  hookio_t *io;    /* the hooks' I/O, for the policy worker */
   worker_t *policy;
   checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
@@ -473,6 +476,76 @@ static void on_lease_lost(void *ud) {
   if (a->rec) reconcile_lease_lost(a->rec);
 }
 
+/* ---- rotated credentials (creds.c) ---- */
+
+/* etcd's password file or TLS files changed and passed their checks (creds.c
+ * logged it): the next requests use them (new connections; requests in
+ * flight finish where they are), and what etcd refused or failed is tried
+ * again now rather than at the end of its backoff. */
+static void on_etcd_creds(void *ud, unsigned what) {
+  app_t *a = ud;
+  if (!a->etcd || a->stopping) return;
+  if (what & CREDS_PASSWORD)
+    etcd_set_password(a->etcd, creds_password(a->ecreds));
+  if (what & CREDS_TLS) {
+    http_tls_t t;
+    creds_tls(a->ecreds, &t);
+    etcd_set_tls(a->etcd, &t);
+    http_trim(a->http); /* idle connections go now, when nothing runs */
+  }
+  if (a->rec) reconcile_resync(a->rec);
+}
+
+static void on_docker_creds(void *ud, unsigned what) {
+  app_t *a = ud;
+  if (!a->docker || a->stopping || !(what & CREDS_TLS)) return;
+  http_tls_t t;
+  creds_tls(a->dcreds, &t);
+  docker_set_tls(a->docker, &t);
+  http_trim(a->dhttp); /* idle connections go now, when nothing runs */
+}
+
+/* The credential files of etcd (--etcd-password-file, --etcd-cacert,
+ * --etcd-cert, --etcd-key) and Docker (DOCKER_CERT_PATH), read, checked and
+ * watched.  -1 with err when one is unreadable or invalid at start. */
+static int start_creds(app_t *a, char *err, size_t errlen) {
+  const config_t *cfg = a->cfg;
+  creds_opts_t co = {0};
+  co.loop = &a->loop;
+  co.ud = a;
+  if (a->etcd &&
+      (cfg->etcd_password_file || cfg->etcd_cacert || cfg->etcd_cert)) {
+    co.name = "etcd";
+    co.password_file = cfg->etcd_password_file;
+    co.cacert = cfg->etcd_cacert;
+    co.cert = cfg->etcd_cert;
+    co.key = cfg->etcd_key;
+    co.changed = on_etcd_creds;
+    if (!(a->ecreds = creds_new(&co, err, errlen))) return -1;
+    /* what was read now, from the first request on: the TLS contents, not
+     * the files; the password as the watch knows it */
+    if (creds_password(a->ecreds))
+      etcd_set_password(a->etcd, creds_password(a->ecreds));
+    if (creds_has_tls(a->ecreds)) {
+      http_tls_t t;
+      creds_tls(a->ecreds, &t);
+      etcd_set_tls(a->etcd, &t);
+    }
+  }
+  if (cfg->docker_cacert) {
+    co = (creds_opts_t){0};
+    co.loop = &a->loop;
+    co.ud = a;
+    co.name = "docker";
+    co.cacert = cfg->docker_cacert;
+    co.cert = cfg->docker_cert;
+    co.key = cfg->docker_key;
+    co.changed = on_docker_creds;
+    if (!(a->dcreds = creds_new(&co, err, errlen))) return -1;
+  }
+  return 0;
+}
+
 /* STATUS= for systemd: in sync, or what the sync waits for. */
 static void sync_status(app_t *a, char *out, size_t n) {
   reconcile_stats_t st;
@@ -601,6 +674,8 @@ static void health_inputs(void *ud, metrics_input_t *in) {
     fleet_view(a->fleet, &a->fleet_view);
     in->fleet = &a->fleet_view;
   }
+  in->creds[0] = a->ecreds;
+  in->creds[1] = a->dcreds;
 }
 
 /* ---- timers and signals ---- */
@@ -805,6 +880,8 @@ static void free_modules(app_t *a) {
   DROP(worker_free, policy); /* cancels its hooks' I/O */
   DROP(hookio_free, io);     /* before etcd and http: it holds their requests */
   DROP(etcd_free, etcd);
+  DROP(creds_free, ecreds);
+  DROP(creds_free, dcreds);
   DROP(http_free, http);
   DROP(http_free, dhttp);
   DROP(http_free, shttp);
@@ -843,23 +920,6 @@ static void begin_stop(app_t *a, int code) {
   uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
 }
 
-/* SIGHUP: a rotated --etcd-password-file is read again (the next login,
- * or the next v2 request, uses it). */
-static void reread_password(app_t *a) {
-  if (!a->cfg->etcd_password_file || !a->etcd) return;
-  char *pw = NULL, err[600];
-  if (config_read_password(a->cfg->etcd_password_file, &pw, err, sizeof err) <
-      0) {
-    log_error("SIGHUP: %s; the password in use stays", err);
-    return;
-  }
-  etcd_set_password(a->etcd, pw);
-  memset(pw, 0, strlen(pw));
-  free(pw);
-  log_info("SIGHUP: etcd password read again from %s",
-           a->cfg->etcd_password_file);
-}
-
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
   if (signum == SIGHUP) {
@@ -867,7 +927,8 @@ static void signal_cb(uv_signal_t *s, int signum) {
       log_warn("SIGHUP while shutting down: no reload");
       return;
     }
-    reread_password(a);
+    creds_reread(a->ecreds); /* rotated credentials: read again */
+    creds_reread(a->dcreds);
     if (a->fleet) { /* the fleet's policy, not --policy's file */
       log_info("SIGHUP: reading the policy key %s again", a->cfg->policy_key);
       fleet_reread(a->fleet);
@@ -945,6 +1006,10 @@ int app_run(const config_t *cfg) {
     eo.ud = a;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }
+  if (start_creds(a, err, sizeof err) < 0) {
+    log_error("%s", err);
+    goto out;
+  }
   a->io = hookio_new(&a->loop, a->http, a->etcd);
   checks_opts_t co = {0};
   co.loop = &a->loop;
@@ -979,11 +1044,18 @@ int app_run(const config_t *cfg) {
   ro.ud = a;
   a->rec = reconcile_new(&ro);
 
-  http_tls_t dtls = {cfg->docker_cacert, cfg->docker_cert, cfg->docker_key};
+  http_tls_t dtls = {.cacert = cfg->docker_cacert,
+                     .cert = cfg->docker_cert,
+                     .key = cfg->docker_key};
   docker_opts_t dopts = {a->shttp, cfg->docker_base, cfg->docker_socket,
                          cfg->docker_cacert ? &dtls : NULL, DOCKER_CONNS};
   docker_cbs_t dcbs = {on_update, on_gone, on_event, on_synced, on_connection};
   a->docker = docker_new(&a->loop, a->dhttp, &dopts, &dcbs, a);
+  if (a->dcreds) { /* the contents read now, not the files */
+    http_tls_t t;
+    creds_tls(a->dcreds, &t);
+    docker_set_tls(a->docker, &t);
+  }
   a->notify = notify_new(&a->loop);
   a->reload = reload_new(reload_commit, a->checks, a);
   if (cfg->metrics_addr) {

@@ -349,8 +349,11 @@ static int readable(const char *what, const char *path, char *err,
   return 0;
 }
 
-int config_read_password(const char *file, char **out, char *err,
-                         size_t errlen) {
+/* The first line of an --etcd-password-file into *out (the old one wiped
+ * and freed): 0, or -1 with a one-line error.  Read again when it changes
+ * by creds.c. */
+static int config_read_password(const char *file, char **out, char *err,
+                                size_t errlen) {
   FILE *f = fopen(file, "r");
   char line[1024];
   if (!f) {

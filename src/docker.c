@@ -42,8 +42,7 @@ struct docker {
   http_t *http;        /* list and inspect */
   http_t *stream_http; /* the event stream (its own connection) */
   char *base, *socket;
-  http_tls_t tls; /* points at the owned copies below */
-  char *tls_files[3];
+  http_tls_t tls; /* owned (http_tls_copy()) */
   int use_tls;
   docker_cbs_t cbs;
   void *ud;
@@ -792,12 +791,7 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   d->socket = o->socket ? xstrdup(o->socket) : NULL;
   if (o->tls) {
     d->use_tls = 1;
-    const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
-    for (int i = 0; i < 3; i++)
-      d->tls_files[i] = in[i] ? xstrdup(in[i]) : NULL;
-    d->tls.cacert = d->tls_files[0];
-    d->tls.cert = d->tls_files[1];
-    d->tls.key = d->tls_files[2];
+    http_tls_copy(&d->tls, o->tls);
   }
   d->cbs = *cbs;
   d->ud = ud;
@@ -815,6 +809,12 @@ docker_t *docker_new(uv_loop_t *loop, http_t *http, const docker_opts_t *o,
   d->retry_timer.data = d;
   d->head_timer.data = d->snap_timer.data = d;
   return d;
+}
+
+void docker_set_tls(docker_t *d, const http_tls_t *tls) {
+  if (!d->use_tls) return;
+  http_tls_free(&d->tls);
+  http_tls_copy(&d->tls, tls);
 }
 
 void docker_start(docker_t *d) {
@@ -976,8 +976,7 @@ void docker_free(docker_t *d) {
   buf_free(&d->errbody);
   free(d->base);
   free(d->socket);
-  for (int i = 0; i < 3; i++)
-    free(d->tls_files[i]);
+  http_tls_free(&d->tls);
   d->state = ST_CLOSED;
   d->open_handles = 4;
   uv_close((uv_handle_t *)&d->snap_timer, docker_timer_closed);

@@ -411,7 +411,8 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
      * then; seen: "alert bad certificate", "Send failure: Broken pipe",
      * "HTTP/2 stream 1 was not closed cleanly" (every kind but a failed
      * connect, a timeout or an oversized answer) */
-    int tls_hint = strncmp(op->ep->url, "https:", 6) == 0 && !e->tls.cert &&
+    int tls_hint = strncmp(op->ep->url, "https:", 6) == 0 &&
+                   !http_tls_has_cert(&e->tls) &&
                    (r->error == HTTP_ERR_TLS || r->error == HTTP_ERR_DROPPED ||
                     r->error == HTTP_ERR_EMPTY || r->error == HTTP_ERR_OTHER ||
                     (r->errmsg && (strstr(r->errmsg, "alert") ||
@@ -1038,7 +1039,8 @@ int etcd_has_key_refresh(const etcd_t *e) {
 
 void etcd_opts_from_config(const config_t *cfg, http_tls_t *tls,
                            etcd_opts_t *o) {
-  *tls = (http_tls_t){cfg->etcd_cacert, cfg->etcd_cert, cfg->etcd_key};
+  *tls = (http_tls_t){
+      .cacert = cfg->etcd_cacert, .cert = cfg->etcd_cert, .key = cfg->etcd_key};
   memset(o, 0, sizeof *o);
   o->endpoints = cfg->etcd;
   o->n_endpoints = cfg->n_etcd;
@@ -1068,12 +1070,7 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->discover = o->discover;
   e->api = o->api;
   if (o->tls) {
-    const char *in[3] = {o->tls->cacert, o->tls->cert, o->tls->key};
-    for (int i = 0; i < 3; i++)
-      e->tls_files[i] = in[i] ? xstrdup(in[i]) : NULL;
-    e->tls.cacert = e->tls_files[0];
-    e->tls.cert = e->tls_files[1];
-    e->tls.key = e->tls_files[2];
+    http_tls_copy(&e->tls, o->tls);
     e->use_tls = 1;
   }
   if (o->user) {
@@ -1122,6 +1119,12 @@ void etcd_set_password(etcd_t *e, const char *password) {
   e->userpwd = xasprintf("%s:%s", e->user, e->password);
 }
 
+void etcd_set_tls(etcd_t *e, const http_tls_t *tls) {
+  http_tls_free(&e->tls);
+  http_tls_copy(&e->tls, tls);
+  e->use_tls = 1;
+}
+
 void etcd_free(etcd_t *e) {
   if (!e) return;
   REGISTER_ASSERT(e->watches == 0); /* their owners cancel them first */
@@ -1134,8 +1137,7 @@ void etcd_free(etcd_t *e) {
     free(e->eps[i]);
   }
   free(e->eps);
-  for (int i = 0; i < 3; i++)
-    free(e->tls_files[i]);
+  http_tls_free(&e->tls);
   free(e->user);
   wipe(e->password);
   wipe(e->userpwd);

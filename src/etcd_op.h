@@ -172,8 +172,7 @@ struct etcd {
   uint64_t discover_ms; /* uv_now() of the last OP_MEMBERS sent */
   uv_timer_t discover_timer;
   etcd_api_t api;
-  http_tls_t tls; /* points at the owned copies below */
-  char *tls_files[3];
+  http_tls_t tls; /* owned (http_tls_copy()) */
   int use_tls;
   char *user, *password; /* never logged */
   char *userpwd;         /* "user:password" for v2 basic auth */

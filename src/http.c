@@ -346,6 +346,74 @@ static void dispatch(http_t *h) {
 
 static http_req_t *request(http_t *h, const http_opts_t *o);
 
+/* Contents win over files (include/http.h).  A blob is copied by curl. */
+static void set_blob(CURL *e, CURLoption opt, const char *p, size_t len) {
+  struct curl_blob b = {(void *)(uintptr_t)p, len, CURL_BLOB_COPY};
+  curl_easy_setopt(e, opt, &b);
+}
+
+static void set_tls(CURL *e, const http_tls_t *t) {
+  if (t->cacert_pem) {
+    set_blob(e, CURLOPT_CAINFO_BLOB, t->cacert_pem, t->cacert_len);
+  } else if (t->cacert) {
+    curl_easy_setopt(e, CURLOPT_CAINFO, t->cacert);
+#if LIBCURL_VERSION_NUM >= 0x075700
+    /* 7.87 keeps a CA file's store for 24 h: a replaced bundle would not
+     * be seen by new connections */
+    curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
+  }
+  if (t->cert_pem)
+    set_blob(e, CURLOPT_SSLCERT_BLOB, t->cert_pem, t->cert_len);
+  else if (t->cert)
+    curl_easy_setopt(e, CURLOPT_SSLCERT, t->cert);
+  if (t->key_pem)
+    set_blob(e, CURLOPT_SSLKEY_BLOB, t->key_pem, t->key_len);
+  else if (t->key)
+    curl_easy_setopt(e, CURLOPT_SSLKEY, t->key);
+}
+
+static char *dup_mem(const char *p, size_t n) {
+  if (!p) return NULL;
+  char *d = xmalloc(n + 1);
+  memcpy(d, p, n);
+  d[n] = '\0';
+  return d;
+}
+
+void http_tls_copy(http_tls_t *dst, const http_tls_t *src) {
+  memset(dst, 0, sizeof *dst);
+  dst->cacert = src->cacert ? xstrdup(src->cacert) : NULL;
+  dst->cert = src->cert ? xstrdup(src->cert) : NULL;
+  dst->key = src->key ? xstrdup(src->key) : NULL;
+  dst->cacert_pem = dup_mem(src->cacert_pem, src->cacert_len);
+  dst->cacert_len = src->cacert_pem ? src->cacert_len : 0;
+  dst->cert_pem = dup_mem(src->cert_pem, src->cert_len);
+  dst->cert_len = src->cert_pem ? src->cert_len : 0;
+  dst->key_pem = dup_mem(src->key_pem, src->key_len);
+  dst->key_len = src->key_pem ? src->key_len : 0;
+}
+
+static void free_const(const char *p, size_t wipe) {
+  char *m = (char *)(uintptr_t)p;
+  if (m && wipe) memset(m, 0, wipe);
+  free(m);
+}
+
+void http_tls_free(http_tls_t *t) {
+  free_const(t->cacert, 0);
+  free_const(t->cert, 0);
+  free_const(t->key, 0);
+  free_const(t->cacert_pem, 0);
+  free_const(t->cert_pem, 0);
+  free_const(t->key_pem, t->key_len);
+  memset(t, 0, sizeof *t);
+}
+
+int http_tls_has_cert(const http_tls_t *t) {
+  return t && (t->cert || t->cert_pem);
+}
+
 http_req_t *http_request(http_t *h, const http_opts_t *o) {
   h->in_request++;
   http_req_t *r = request(h, o);
@@ -399,11 +467,7 @@ static http_req_t *request(http_t *h, const http_opts_t *o) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
   }
-  if (o->tls) {
-    if (o->tls->cacert) curl_easy_setopt(e, CURLOPT_CAINFO, o->tls->cacert);
-    if (o->tls->cert) curl_easy_setopt(e, CURLOPT_SSLCERT, o->tls->cert);
-    if (o->tls->key) curl_easy_setopt(e, CURLOPT_SSLKEY, o->tls->key);
-  }
+  if (o->tls) set_tls(e, o->tls);
   if (o->userpwd) {
     curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
     curl_easy_setopt(e, CURLOPT_USERPWD, o->userpwd);

@@ -8,6 +8,7 @@
  * (rendering happens there). */
 #include "watch.h"
 #include "command.h"
+#include "creds.h"
 #include "etcd.h"
 #include "etcd_watch.h"
 #include "http.h"
@@ -42,6 +43,7 @@ typedef struct {
   uv_loop_t loop;
   http_t *http;
   etcd_t *etcd;
+  creds_t *creds; /* etcd's password and TLS files, watched; or NULL */
   worker_t *worker;
   worker_stats_t wstats;
   policy_stats_t pstats;
@@ -136,6 +138,8 @@ static void stop(watch_t *w, int code) {
   w->notify = NULL;
   etcd_free(w->etcd);
   w->etcd = NULL;
+  creds_free(w->creds);
+  w->creds = NULL;
   http_free(w->http);
   w->http = NULL;
 }
@@ -746,6 +750,7 @@ static void on_signal(uv_signal_t *s, int signum) {
     stop(w, 0);
     return;
   }
+  creds_reread(w->creds); /* rotated credentials: read again */
   char err[600];
   worker_t *nw = load_renderer(w, err, sizeof err);
   if (!nw) {
@@ -757,6 +762,23 @@ static void on_signal(uv_signal_t *s, int signum) {
   log_info("watch: SIGHUP: renderer %s loaded again", w->cfg->render_file);
   w->dirty = 1;
   maybe_next(w);
+}
+
+/* etcd's password file or TLS files changed and passed their checks (creds.c
+ * logged it): the next requests use them, and a cycle waiting out an etcd
+ * failure is tried again soon rather than at the end of its backoff. */
+static void on_creds(void *ud, unsigned what) {
+  watch_t *w = ud;
+  if (w->stopping) return;
+  if (what & CREDS_PASSWORD)
+    etcd_set_password(w->etcd, creds_password(w->creds));
+  if (what & CREDS_TLS) {
+    http_tls_t t;
+    creds_tls(w->creds, &t);
+    etcd_set_tls(w->etcd, &t);
+    http_trim(w->http); /* idle connections go now, when nothing runs */
+  }
+  if (etcd_backing_off(w)) uv_timer_start(&w->retry, cycle_cb, 100, 0);
 }
 
 static void on_deadline(uv_timer_t *t) {
@@ -798,6 +820,30 @@ int watch_run(const config_t *cfg) {
   eo.rewound = on_rewound;
   eo.ud = w;
   w->etcd = etcd_new(&w->loop, w->http, &eo);
+  if (cfg->etcd_password_file || cfg->etcd_cacert || cfg->etcd_cert) {
+    creds_opts_t co = {&w->loop,
+                       "etcd",
+                       cfg->etcd_password_file,
+                       cfg->etcd_cacert,
+                       cfg->etcd_cert,
+                       cfg->etcd_key,
+                       on_creds,
+                       w};
+    w->creds = creds_new(&co, err, sizeof err);
+    if (!w->creds) {
+      log_error("watch: %s", err);
+      etcd_free(w->etcd);
+      http_free(w->http);
+      uv_run(&w->loop, UV_RUN_DEFAULT);
+      goto out;
+    }
+    if (creds_password(w->creds)) /* as the watch knows it */
+      etcd_set_password(w->etcd, creds_password(w->creds));
+    if (creds_has_tls(w->creds)) { /* the contents read now, not the files */
+      creds_tls(w->creds, &tls);
+      etcd_set_tls(w->etcd, &tls);
+    }
+  }
   w->notify = notify_new(&w->loop);
   if (cfg->metrics_addr) {
     w->httpd =
@@ -805,6 +851,7 @@ int watch_run(const config_t *cfg) {
     if (!w->httpd) {
       log_error("%s", err);
       etcd_free(w->etcd);
+      creds_free(w->creds);
       http_free(w->http);
       notify_free(w->notify);
       uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -401,7 +401,7 @@ def a_rotated_password_file_is_read_again_at_sighup():
         with open(pwfile, "w") as f:
             f.write("rotated\n")
         r.proc.send_signal(signal.SIGHUP)
-        r.wait_log("etcd password read again from " + pwfile)
+        r.wait_log("etcd: credentials read again (SIGHUP): password file " + pwfile)
         time.sleep(3)  # the old token expires: the next write logs in again
         env.start_new(2)
         env.converged("v3", what="containers started after the rotation")
