@@ -327,6 +327,21 @@ static uint64_t rss(pid_t pid) {
   return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+/* The worker's resident size is over its cap: it is killed (reason
+ * memory), and 1. */
+static int over_memory(worker_t *w) {
+  uint64_t r = rss(w->pid);
+  if (r <= w->mem_cap) return 0;
+  char msg[160];
+  snprintf(msg, sizeof msg,
+           "the policy worker used %llu MiB, over its %llu MiB limit; it was "
+           "killed",
+           (unsigned long long)(r >> 20),
+           (unsigned long long)(w->mem_cap >> 20));
+  end_incarnation(w, 1, POLICY_ERR_MEMORY, msg);
+  return 1;
+}
+
 static void on_log(worker_t *w, wire_rd_t *rd) {
   log_level_t level = (log_level_t)wire_get_num(rd);
   size_t nf = (size_t)wire_get_num(rd);
@@ -508,17 +523,7 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
     int pr =
         nonblock ? 1 : poll(&pf, 1, (int)(left < WATCH_MS ? left : WATCH_MS));
     if (pr == 0) {
-      uint64_t r = rss(w->pid);
-      if (r > w->mem_cap) {
-        char msg[160];
-        snprintf(msg, sizeof msg,
-                 "the policy worker used %llu MiB, over its %llu MiB limit; "
-                 "it was killed",
-                 (unsigned long long)(r >> 20),
-                 (unsigned long long)(w->mem_cap >> 20));
-        end_incarnation(w, 1, POLICY_ERR_MEMORY, msg);
-        break;
-      }
+      if (over_memory(w)) break;
       continue;
     }
     if (pr < 0) continue; /* EINTR */
@@ -1449,15 +1454,7 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
 static void pipe_cb(uv_timer_t *t) {
   worker_t *w = t->data;
   job_t *j = first_sent(w);
-  uint64_t r = j && w->pid ? rss(w->pid) : 0;
-  if (r > w->mem_cap) {
-    char msg[160];
-    snprintf(msg, sizeof msg,
-             "the policy worker used %llu MiB, over its %llu MiB limit; "
-             "it was killed",
-             (unsigned long long)(r >> 20),
-             (unsigned long long)(w->mem_cap >> 20));
-    end_incarnation(w, 1, POLICY_ERR_MEMORY, msg);
+  if (j && w->pid && over_memory(w)) {
     fail(w, w->death_reason, w->death, j->err, sizeof j->err);
     lost(w, j);
   }

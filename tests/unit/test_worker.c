@@ -461,6 +461,40 @@ TEST(a_crash_in_the_pipeline_costs_only_its_container) {
   ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* Memory outside Lua's allocator (cjson's buffer) in the middle of the
+ * line: that container pays (reason memory), the others do not. */
+TEST(memory_in_the_pipeline_costs_only_its_container) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop(
+      "local cjson = require 'cjson' "
+      "return { records = function(c) "
+      "if c.id:sub(1, 1) == 'c' then "
+      "local s = string.rep('x', 1 << 20) local t = {} "
+      "for i = 1, 60 do t[i] = s end "
+      "local u = {} for i = 1, 8 do u[i] = t end cjson.encode(u) end "
+      "return { ['/k/' .. c.id] = 'v' } end }",
+      10000);
+  seen_t s = {0};
+  const char order[] = "abcdef";
+  uint64_t t0 = util_now_ms();
+  for (int i = 0; i < 6; i++)
+    update_of(w, order[i], &s);
+  run_until(&s, 6);
+  ASSERT(util_now_ms() - t0 < 10000);
+  for (int i = 0; i < 6; i++) {
+    ASSERT_EQ(s.ids[i][0], order[i]);
+    if (order[i] == 'c') {
+      ASSERT_EQ(s.have[i], -1);
+      ASSERT_EQ(s.reason[i], POLICY_ERR_MEMORY);
+    } else {
+      ASSERT_EQ(s.have[i], 1);
+    }
+  }
+  worker_free(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
 /* A synchronous call after updates: it waits for their replies, and their
  * done() still comes from the loop; worker_flush() calls them at once;
  * worker_free() cancels those not done. */
@@ -512,4 +546,5 @@ TEST_MAIN(
     TEST_ENTRY(updates_are_pipelined_and_done_in_order_from_the_loop),
     TEST_ENTRY(a_hang_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(a_crash_in_the_pipeline_costs_only_its_container),
+    TEST_ENTRY(memory_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(synchronous_calls_flush_and_free_with_updates_on_their_way))
