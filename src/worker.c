@@ -775,7 +775,7 @@ static void quarantine(worker_t *w, const char *id, const char *msg) {
 static int died(worker_t *w, const char *fn, const char *id, char *err,
                 size_t errlen) {
   char msg[400];
-  snprintf(msg, sizeof msg, "%s", err);
+  snprintf(msg, sizeof msg, "%.399s", err);  /* cut to fit */
   if (id && w->died) quarantine(w, id, msg); /* its call ended the worker */
   snprintf(err, errlen,
            "policy %s: %s() failed for container %.12s: %s "
