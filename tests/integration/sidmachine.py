@@ -50,6 +50,48 @@ def log(*a):
     print("[test]", *a, file=sys.stderr, flush=True)
 
 
+def cgroups_kill(cgroups, rounds):
+    """SIGKILL every process in the cgroup trees (a machine's engines,
+    containers and shims), again until they are empty or `rounds` tries
+    (0.1 s apart) are spent."""
+    for _ in range(rounds):
+        pids = set()
+        for cg in cgroups:
+            for d, _, files in os.walk(cg):
+                if "cgroup.procs" in files:
+                    try:
+                        with open(os.path.join(d, "cgroup.procs")) as f:
+                            pids |= {int(p) for p in f.read().split()}
+                    except OSError:
+                        pass
+        if not pids:
+            return
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def cgroups_remove(cgroups):
+    """Removes the cgroup trees, deepest first; a directory still busy
+    with a process on its way out is tried again for 2 s."""
+    for cg in cgroups:
+        for d, _, _ in sorted(os.walk(cg), key=lambda w: -w[0].count("/")):
+            for _ in range(20):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != 16:  # EBUSY: a process still leaving
+                        log("cleanup: rmdir", d, e)
+                        break
+                    time.sleep(0.1)
+
+
 class Unavailable(Exception):
     """A prerequisite of the sid machine is missing (the message says which)."""
 
@@ -305,42 +347,13 @@ class SidMachine:
                 pass
         # whatever is still in the machine's cgroups (the engines, their
         # containers, their shims): killed
-        for _ in range(100):
-            pids = set()
-            for cg in self.cgroups:
-                for d, _, files in os.walk(cg):
-                    if "cgroup.procs" in files:
-                        try:
-                            with open(os.path.join(d, "cgroup.procs")) as f:
-                                pids |= {int(p) for p in f.read().split()}
-                        except OSError:
-                            pass
-            if not pids:
-                break
-            for p in pids:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        cgroups_kill(self.cgroups, 100)
         if self.proc:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 log("cleanup: systemd-nspawn of", self.name, "did not exit")
-        for cg in self.cgroups:
-            for d, _, _ in sorted(os.walk(cg), key=lambda w: -w[0].count("/")):
-                for _ in range(20):
-                    try:
-                        os.rmdir(d)
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError as e:
-                        if e.errno != 16:  # EBUSY: a process still leaving
-                            log("cleanup: rmdir", d, e)
-                            break
-                        time.sleep(0.1)
+        cgroups_remove(self.cgroups)
         # /run is no tmpfs here: nspawn leaves its state in /run/systemd/nspawn
         base = "/run/systemd/nspawn"
         if self.mounted:

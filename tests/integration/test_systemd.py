@@ -33,6 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import REGISTER, SRC, Etcd, debian13, Suite, free_port, log, sh, tmpdir, wait_for  # noqa: E402
 from fake_docker import FakeDocker  # noqa: E402
+from sidmachine import cgroups_kill, cgroups_remove  # noqa: E402
 
 SKIP = 77
 
@@ -198,37 +199,13 @@ class Machine:
             except subprocess.TimeoutExpired:
                 log("nspawn did not stop in 30 s: killing the container's cgroups")
         # whatever is still in our cgroups (all of it, if nspawn hung)
-        for _ in range(50):
-            pids = set()
-            for cg in self.cgroups:
-                for d, _, files in os.walk(cg):
-                    if "cgroup.procs" in files:
-                        try:
-                            with open(os.path.join(d, "cgroup.procs")) as f:
-                                pids |= {int(p) for p in f.read().split()}
-                        except OSError:
-                            pass
-            if not pids:
-                break
-            for p in pids:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        cgroups_kill(self.cgroups, 50)
         if self.proc:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        for cg in self.cgroups:
-            for d, _, _ in sorted(os.walk(cg), key=lambda w: -w[0].count("/")):
-                try:
-                    os.rmdir(d)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    log("cleanup: rmdir", d, e)
+        cgroups_remove(self.cgroups)
         # /run is no tmpfs here: nspawn leaves its state in /run/systemd/nspawn
         base = "/run/systemd/nspawn"
         if self.mounted:
