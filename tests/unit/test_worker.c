@@ -389,15 +389,19 @@ TEST(updates_are_pipelined_and_done_in_order_from_the_loop) {
   ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
-/* The one that hangs is killed at its limit and costs its container
- * only: those sent after it go to a new worker, in their order. */
-TEST(a_hang_in_the_pipeline_costs_only_its_container) {
-  uv_loop_init(&loop);
-  worker_t *w = start_on_loop("return { records = function(c) "
-                              "if c.id:sub(1, 1) == 'e' then "
-                              "string.rep('', 1 << 62) end "
-                              "return { ['/k/' .. c.id] = 'v' } end }",
-                              300);
+/* Eight updates in a line, of containers a..h; `bad` runs `code` first
+ * (then all answer one record): bad's update fails with `reason`, every
+ * other one is answered, in order, and a new worker took over.  Returns
+ * how long the line took, in ms. */
+static uint64_t one_pays(const char *code, char bad, uint64_t limit_ms,
+                         policy_reason_t reason, worker_t **wp) {
+  char *src = xasprintf("local cjson = require 'cjson' "
+                        "return { records = function(c) "
+                        "if c.id:sub(1, 1) == '%c' then %s end "
+                        "return { ['/k/' .. c.id] = 'v' } end }",
+                        bad, code);
+  worker_t *w = start_on_loop(src, limit_ms);
+  free(src);
   pid_t first = worker_pid(w);
   seen_t s = {0};
   const char order[] = "abcdefgh";
@@ -407,24 +411,39 @@ TEST(a_hang_in_the_pipeline_costs_only_its_container) {
   ASSERT_EQ(s.n, 0);
   run_until(&s, 8);
   uint64_t took = util_now_ms() - t0;
-  ASSERT(took >= 300 && took < 300 + WORKER_GRACE_MS + 1500);
   for (int i = 0; i < 8; i++) {
     ASSERT_EQ(s.ids[i][0], order[i]);
-    if (order[i] == 'e') {
+    if (order[i] == bad) {
       ASSERT_EQ(s.have[i], -1);
-      ASSERT_EQ(s.reason[i], POLICY_ERR_TIMEOUT);
+      ASSERT_EQ(s.reason[i], reason);
     } else {
       ASSERT_EQ(s.have[i], 1);
       ASSERT_EQ(s.nrecs[i], 1);
     }
   }
   ASSERT(worker_pid(w) > 0 && worker_pid(w) != first);
-  ASSERT(worker_quarantined(w,
-                            "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
-                            "eeeeeeeeeeeeeeee"));
+  *wp = w;
+  return took;
+}
+
+static void line_end(worker_t *w) {
   worker_free(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
+/* The one that hangs is killed at its limit and costs its container
+ * only: those sent after it go to a new worker, in their order. */
+TEST(a_hang_in_the_pipeline_costs_only_its_container) {
+  uv_loop_init(&loop);
+  worker_t *w;
+  uint64_t took =
+      one_pays("string.rep('', 1 << 62)", 'e', 300, POLICY_ERR_TIMEOUT, &w);
+  ASSERT(took >= 300 && took < 300 + WORKER_GRACE_MS + 1500);
+  ASSERT(worker_quarantined(w,
+                            "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"
+                            "eeeeeeeeeeeeeeee"));
+  line_end(w);
 }
 
 /* A crash (the C stack run out in cjson) in the middle of the line: the
@@ -432,67 +451,25 @@ TEST(a_hang_in_the_pipeline_costs_only_its_container) {
  * same worker behind it, are answered by the next one. */
 TEST(a_crash_in_the_pipeline_costs_only_its_container) {
   uv_loop_init(&loop);
-  worker_t *w = start_on_loop(
-      "local cjson = require 'cjson' "
-      "return { records = function(c) "
-      "if c.id:sub(1, 1) == 'c' then cjson.decode_max_depth(0x7fffffff) "
-      "cjson.decode(string.rep('[', 1000000)) end "
-      "return { ['/k/' .. c.id] = 'v' } end }",
-      1000);
-  pid_t first = worker_pid(w);
-  seen_t s = {0};
-  const char order[] = "abcdefgh";
-  for (int i = 0; i < 8; i++)
-    update_of(w, order[i], &s);
-  run_until(&s, 8);
-  for (int i = 0; i < 8; i++) {
-    ASSERT_EQ(s.ids[i][0], order[i]);
-    if (order[i] == 'c') {
-      ASSERT_EQ(s.have[i], -1);
-      ASSERT_EQ(s.reason[i], POLICY_ERR_CRASH);
-    } else {
-      ASSERT_EQ(s.have[i], 1);
-      ASSERT_EQ(s.nrecs[i], 1);
-    }
-  }
-  ASSERT(worker_pid(w) > 0 && worker_pid(w) != first);
-  worker_free(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  ASSERT_EQ(uv_loop_close(&loop), 0);
+  worker_t *w;
+  one_pays("cjson.decode_max_depth(0x7fffffff) "
+           "cjson.decode(string.rep('[', 1000000))",
+           'c', 1000, POLICY_ERR_CRASH, &w);
+  line_end(w);
 }
 
 /* Memory outside Lua's allocator (cjson's buffer) in the middle of the
  * line: that container pays (reason memory), the others do not. */
 TEST(memory_in_the_pipeline_costs_only_its_container) {
   uv_loop_init(&loop);
-  worker_t *w = start_on_loop(
-      "local cjson = require 'cjson' "
-      "return { records = function(c) "
-      "if c.id:sub(1, 1) == 'c' then "
-      "local s = string.rep('x', 1 << 20) local t = {} "
-      "for i = 1, 60 do t[i] = s end "
-      "local u = {} for i = 1, 8 do u[i] = t end cjson.encode(u) end "
-      "return { ['/k/' .. c.id] = 'v' } end }",
-      10000);
-  seen_t s = {0};
-  const char order[] = "abcdef";
-  uint64_t t0 = util_now_ms();
-  for (int i = 0; i < 6; i++)
-    update_of(w, order[i], &s);
-  run_until(&s, 6);
-  ASSERT(util_now_ms() - t0 < 10000);
-  for (int i = 0; i < 6; i++) {
-    ASSERT_EQ(s.ids[i][0], order[i]);
-    if (order[i] == 'c') {
-      ASSERT_EQ(s.have[i], -1);
-      ASSERT_EQ(s.reason[i], POLICY_ERR_MEMORY);
-    } else {
-      ASSERT_EQ(s.have[i], 1);
-    }
-  }
-  worker_free(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  ASSERT_EQ(uv_loop_close(&loop), 0);
+  worker_t *w;
+  uint64_t took = one_pays("local s = string.rep('x', 1 << 20) local t = {} "
+                           "for i = 1, 60 do t[i] = s end "
+                           "local u = {} for i = 1, 8 do u[i] = t end "
+                           "cjson.encode(u)",
+                           'c', 10000, POLICY_ERR_MEMORY, &w);
+  ASSERT(took < 10000);
+  line_end(w);
 }
 
 /* A synchronous call after updates: it waits for their replies, and their
