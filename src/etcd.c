@@ -595,7 +595,8 @@ static int gate(etcd_op_t *op) {
   return 0;
 }
 
-/* For callers inside callbacks: a failure to send is reported back. */
+/* Sends an op, or parks it at a gate.  A request that cannot start
+ * (curl refused it) fails from the loop (etcd_op_fail), never here. */
 static void submit(etcd_op_t *op) {
   if (gate(op)) return;
   if (send_op(op) < 0)
@@ -893,12 +894,9 @@ size_t etcd_endpoints(const etcd_t *e) {
  * op: a request that cannot start (curl refused it) fails from the loop,
  * like every other failure, never inside this call. */
 static etcd_op_t *launch(etcd_op_t *op) {
-  op->launching = 1;
-  int parked = gate(op);
+  op->launching = 1; /* done() asserts it is not called from here */
+  submit(op);
   op->launching = 0;
-  if (parked) return op;
-  if (send_op(op) < 0)
-    etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
   return op;
 }
 
