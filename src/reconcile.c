@@ -151,13 +151,13 @@ struct reconcile {
                        container's evaluation failed) */
   int was_converged;
   int ever_converged;
-  double last_converged;       /* wall clock, for /metrics */
+  double last_converged; /* wall clock, for /metrics */
   /* comparisons with etcd: a listing, then the convergence that repaired
    * what it found (reconcile_stats_t.compared) */
-  int compare_pending; /* a listing is in, its repairs not yet all done */
-  double compared;     /* wall clock of the last comparison found equal */
-  uint64_t drift;      /* keys a listing found otherwise than believed */
-  uint64_t behind_since;       /* uv_now() when it stopped being converged */
+  int compare_pending;   /* a listing is in, its repairs not yet all done */
+  double compared;       /* wall clock of the last comparison found equal */
+  uint64_t drift;        /* keys a listing found otherwise than believed */
+  uint64_t behind_since; /* uv_now() when it stopped being converged */
   uint64_t errors_at_converge; /* say "in sync" again after trouble */
   int pumping;
   etcd_op_t *list_op;
@@ -964,6 +964,7 @@ static void release_owners(reconcile_t *r, rkey_t *k) {
 static void batch_done(void *data, const etcd_result_t *res) {
   batch_t *b = data;
   reconcile_t *r = b->r;
+  REGISTER_ASSERT(r->inflight > 0 && b->n > 0); /* one answer per batch */
   list_remove(&b->node);
   r->inflight--;
   if (res->status == ETCD_FAILED && b->n > 1) {
@@ -1010,11 +1011,25 @@ static void batch_flush(reconcile_t *r) {
   REGISTER_ASSERT(b->op); /* etcd always returns one: it fails from the loop */
 }
 
+/* What decide() promises, at the moment a request is made: one request
+ * per key at a time, none before the listing (writes are diffs; a v2
+ * directory of the old prefix may go meanwhile), a put has an owner's
+ * value, and no key this process never owned is deleted before Docker's
+ * truth is complete or while orphans are held (reconcile.h). */
+static void sendable(const reconcile_t *r, const rkey_t *k, act_t act) {
+  REGISTER_ASSERT(!k->inflight && !k->held && !list_linked(&k->qnode));
+  REGISTER_ASSERT(r->primed || act == ACT_RMDIR);
+  REGISTER_ASSERT(act != ACT_PUT || k->owners);
+  REGISTER_ASSERT(act != ACT_DELETE || k->owned_once ||
+                  (r->docker_synced && !r->hold_orphans));
+}
+
 /* Adds a put or delete to the transaction being filled; sends it when
  * full.  Returns 0 if the key was taken. */
 static int batch_add(reconcile_t *r, rkey_t *k, act_t act) {
   if (!r->batching || k->solo || (act != ACT_PUT && act != ACT_DELETE))
     return -1;
+  sendable(r, k, act);
   rstr_t *want = k->owners ? k->owners->value : NULL;
   size_t len = act == ACT_PUT ? want->len : 0;
   if (r->batch && r->batch->bytes + len > BATCH_BYTES) batch_flush(r);
@@ -1049,6 +1064,7 @@ static void dry_cb(uv_timer_t *t) {
 }
 
 static void issue(reconcile_t *r, rkey_t *k, act_t act) {
+  sendable(r, k, act);
   rstr_t *want = k->owners ? k->owners->value : NULL;
   k->act = act;
   k->inflight = 1;
@@ -1102,6 +1118,7 @@ static void log_change(const char *what, const rkey_t *k) {
 
 static void reconcile_op_done(void *data, const etcd_result_t *res) {
   rkey_t *k = data;
+  REGISTER_ASSERT(k->r->inflight > 0 && (k->op || k->r->dry_run));
   k->op = NULL;
   k->r->inflight--;
   key_done(k, res);

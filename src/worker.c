@@ -101,6 +101,7 @@ struct worker {
   int no_fill;                  /* settle(): no more are sent meanwhile */
   uint64_t head_since;          /* when the first unanswered one began to run */
   int dispatching;              /* inside a done() */
+  int starting;                 /* inside worker_update_start() */
   uv_poll_t *poll;   /* the incarnation's socket while jobs are sent */
   uv_timer_t *pipe;  /* their wall clock and memory, every WATCH_MS */
   uv_timer_t *later; /* done() from the loop after a synchronous call */
@@ -1317,6 +1318,9 @@ static int job_send(worker_t *w, job_t *j) {
   j->tag = w->tag;
   w->jobs_sent++;
   w->jobs_bytes += j->req.len;
+  /* the caps (fill()); one may pass the bytes' when it is the only one */
+  REGISTER_ASSERT(w->jobs_sent <= JOBS_MAX &&
+                  (w->jobs_sent == 1 || w->jobs_bytes <= JOBS_BYTES));
   return 0;
 }
 
@@ -1347,6 +1351,7 @@ static void lost(worker_t *w, job_t *j) {
 
 /* j's reply, at rd. */
 static void answered(worker_t *w, job_t *j, wire_rd_t *rd, int type) {
+  REGISTER_ASSERT(j->tag == w->tag); /* this incarnation's reply */
   job_unsent(w, j);
   j->answered = 1;
   w->deaths_in_row = 0;
@@ -1409,7 +1414,8 @@ static void pump(worker_t *w, int mode) {
 
 /* done() for the jobs answered at the head of the line, in order. */
 static void dispatch(worker_t *w) {
-  if (w->dispatching) return; /* a done() made a synchronous call */
+  REGISTER_ASSERT(!w->starting); /* never done() inside the start */
+  if (w->dispatching) return;    /* a done() made a synchronous call */
   w->dispatching = 1;
   while (w->jobs && w->jobs->answered) {
     job_t *j = w->jobs;
@@ -1474,7 +1480,8 @@ static void settle(worker_t *w) {
 
 void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
                          worker_update_cb done, void *ud) {
-  REGISTER_ASSERT(w->loop && done);
+  REGISTER_ASSERT(w->loop && done && !w->starting && !w->no_fill);
+  w->starting = 1;
   job_t *j = xcalloc(1, sizeof *j);
   const char *id = json_get_str(inspect, "Id");
   j->id = xstrdup(id ? id : "");
@@ -1503,6 +1510,7 @@ void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
   }
   /* never done() inside this call */
   dispatch_later(w);
+  w->starting = 0;
 }
 
 const json_value_t *worker_update_inspect(const worker_update_t *u) {
@@ -1521,12 +1529,13 @@ const json_value_t *worker_update_inspect(const worker_update_t *u) {
 }
 
 void worker_flush(worker_t *w) {
-  REGISTER_ASSERT(!w->no_fill);
+  REGISTER_ASSERT(!w->no_fill && !w->dispatching); /* not from a done() */
   while (w->jobs_sent || w->jobs_queued) {
     fill(w);
     if (!w->jobs_sent) break; /* none could be sent: all are answered */
     pump(w, PUMP_ALL);
   }
+  REGISTER_ASSERT(!w->jobs_sent && !w->jobs_queued);
   dispatch(w);
 }
 
@@ -1541,6 +1550,7 @@ static void jobs_cancel(worker_t *w) {
   }
   w->jobs_sent = w->jobs_bytes = w->jobs_queued = 0;
   dispatch(w);
+  REGISTER_ASSERT(!w->jobs); /* each done() once, cancelled */
 }
 
 /* ---- renderers ---- */
