@@ -2,7 +2,8 @@
 """register's benchmark suite: one command, prints a table.
 
     bench/run.py              everything (about 12 minutes; dockerd needs root)
-    bench/run.py sync storm   only some: sync limit latency latency-fake storm idle traffic
+    bench/run.py sync storm   only some: sync limit failsafe latency latency-fake storm idle
+                              traffic
     bench/run.py sync10k      only the 10,000-container sync (v2 and v3), no limit client
 
 REGISTER_BENCH_BUILD=DIR builds into (and runs from) DIR instead of
@@ -34,6 +35,10 @@ also go to DIR/bench-results.json, or to REGISTER_BENCH_RESULTS.
             and worker), memory, with and without --ttl
    sync10k  only the 10,000-container sync, v2 and v3, without the limit
             client; with the CPU time of the daemon and of the worker
+   failsafe  1,000 and 10,000 registered containers, register restarted
+            with a policy that fails on every one: the time until every
+            evaluation failed, with every key kept (each failed container
+            adopts the keys that name it: linear, not quadratic)
 6. traffic  zero failed requests at a real haproxy that `register watch`
             reloads: 100 requests/s through it during a rolling deploy of
             10 backends, a scale-down, docker stop, a failing health check,
@@ -236,8 +241,9 @@ def bench_sync(sizes=(1000, 10000), with_limit=True, apis=("v2", "v3")):
             sync_one(n, api, with_limit)
 
 
-def sync_one(n, api, with_limit):
-    # the containers, served by the fast C fake (bench/fakedocker.c)
+def fast_fake(n):
+    """n containers served by the fast C fake (bench/fakedocker.c): the
+    process (.host is its address) and {key: value} of the default schema."""
     d = tmpdir("rbf")
     sock = os.path.join(d, "d.sock")
     model = FakeDocker(sock)  # only its container model, no server
@@ -250,6 +256,11 @@ def sync_one(n, api, with_limit):
                             stderr=subprocess.DEVNULL)
     fake.host = "unix://" + sock
     wait_for(lambda: os.path.exists(sock), 10)
+    return fake, want
+
+
+def sync_one(n, api, with_limit):
+    fake, want = fast_fake(n)
     etcd = tmpfs_etcd()
     try:
         limit_best = None
@@ -311,6 +322,55 @@ def sync_one(n, api, with_limit):
         fake.kill()
         fake.wait()
         etcd.cleanup()
+
+
+# ---- failsafe: a restart with a policy that fails on every container ----
+
+BROKEN_POLICY = """local default = require "register.default"
+local policy = { prefix = default.prefix }
+function policy.records(c, host) error("broken on purpose (bench/run.py failsafe)") end
+return policy
+"""
+
+
+def bench_failsafe(sizes=(1000, 10000)):
+    """N containers registered, then register restarted with a policy that
+    fails on every one: the time until every evaluation has failed (each
+    failed container adopts the keys that name it, so nothing is deleted)
+    and the CPU it took; etcd must still hold every key."""
+    for n in sizes:
+        fake, want = fast_fake(n)
+        etcd = tmpfs_etcd()
+        try:
+            reg = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", "v2", host_ip=IP)
+            reg.start()
+            wait_for(lambda: "in sync" in reg.output(), 600, interval=0.01, what="in sync")
+            reg.stop()
+            policy = os.path.join(reg.dir, "broken.lua")
+            with open(policy, "w") as f:
+                f.write(BROKEN_POLICY)
+            reg2 = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", "v2", "--policy", policy,
+                            host_ip=IP)
+            t0 = time.time()
+            reg2.start()
+            wait_for(lambda: reg2.output().count("broken on purpose") >= n, 900, interval=0.02,
+                     what="every evaluation failed")
+            secs = time.time() - t0
+            cpu = cpu_of(reg2.proc.pid)
+            got = etcd.tree(PREFIX)
+            assert got == want, f"etcd holds {len(got)} keys, wanted {len(want)}"
+            row = {"bench": "failsafe", "containers": n, "seconds": round(secs, 3), "cpu_s": cpu["daemon"],
+                   "worker_cpu_s": cpu["worker"]}
+            out(f"  restart with a broken policy, {n} containers: every evaluation failed after {secs:.3f} s; "
+                f"CPU daemon {cpu['daemon']} s + worker {cpu['worker']} s; every key kept")
+            reg2.stop()
+            reg.cleanup()
+            reg2.cleanup()
+            RESULTS.append(row)
+        finally:
+            fake.kill()
+            fake.wait()
+            etcd.cleanup()
 
 
 # ---- 3: event latency on the real dockerd ----
@@ -685,6 +745,11 @@ def table():
                    + f"; {r['note']}")
             tgt = ("0 failed (a failing check: 0 after fall × interval + 1 s); "
                    "key → reload p50 ≤ 100 ms, p99 ≤ 300 ms")
+        elif r["bench"] == "failsafe":
+            res = (f"{r['containers']} registered containers, restarted with a policy that fails on each: "
+                   f"every evaluation failed after {r['seconds']} s (CPU daemon {r['cpu_s']} s + worker "
+                   f"{r['worker_cpu_s']} s), every key kept")
+            tgt = "every key kept; linear in the containers"
         elif r["bench"] == "storm":
             res = (f"{r['events']} events ({r['events_per_s']}/s): before: {mem_cell(r['mem_before'])}; "
                    f"max during: {mem_cell(r['mem_max'])}; pending max {r['pending_max']}, "
@@ -700,7 +765,7 @@ def table():
 
 
 def main():
-    which = sys.argv[1:] or ["sync", "latency", "storm", "idle", "traffic"]
+    which = sys.argv[1:] or ["sync", "failsafe", "latency", "storm", "idle", "traffic"]
     out("building", BUILD)
     build()
     if "sync" in which or "limit" in which:
@@ -709,6 +774,9 @@ def main():
     if "sync10k" in which:
         out("== start-up sync of 10,000 containers")
         bench_sync(sizes=(10000,), with_limit=False)
+    if "failsafe" in which:
+        out("== restart with a policy that fails on every container")
+        bench_failsafe()
     if "latency" in which:
         out("== event latency on a real dockerd")
         bench_latency()

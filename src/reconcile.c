@@ -181,6 +181,10 @@ struct reconcile {
   uint64_t list_backoff_ms;
   int open_handles;
   uint64_t puts, refreshes, deletes, errors;
+  /* token -> rtok_t: the orphans whose key or value holds it as a whole
+   * token (rcont_adopt); NULL until an adoption needs it */
+  map_t *orphan_toks;
+  int orphan_toks_busy; /* an adoption walks one of its lists */
 };
 
 /* ---- values, keys, owners (declared here: the machine below uses them) ----
@@ -261,7 +265,12 @@ static void reconcile_queue_close(reconcile_t *r);
 
 /* ---- values ---- */
 
+static void orphans_drop(reconcile_t *r);
+
 static void rkey_set_have(rkey_t *k, rstr_t *v) {
+  /* what etcd holds of a key nobody owns: it may be an orphan now, or
+   * name other tokens */
+  if (!k->owners && !k->owned_once) orphans_drop(k->r);
   rstr_t *old = k->have;
   k->have = rstr_ref(v);
   rstr_unref(old);
@@ -289,6 +298,7 @@ static rkey_t *rkey_get(reconcile_t *r, const char *key, int create) {
 }
 
 static void rkey_free(rkey_t *k) {
+  orphans_drop(k->r); /* its lists may hold k */
   rstr_unref(k->have);
   rstr_unref(k->sent);
   free(k->gone_id);
@@ -509,15 +519,106 @@ static int names_token(const char *s, size_t n, const char *tok) {
   return 0;
 }
 
-static int rcont_named_by(const rcont_t *c, const rkey_t *k) {
-  for (size_t i = 0; i < c->nclaims; i++)
-    if (strcmp(k->key, c->claims[i]) == 0) return 1;
-  for (size_t i = 0; i < c->ntokens; i++) {
-    if (names_token(k->key, strlen(k->key), c->tokens[i]) ||
-        (k->have && names_token(k->have->s, k->have->len, c->tokens[i])))
-      return 1;
+/* The orphans' tokens.  Adoption looks for a container's id, short id
+ * and name in the orphans' keys and values; scanning every key for every
+ * undecided container is quadratic (a policy that fails everywhere, on a
+ * host of 6,000 containers, cost 40 s of CPU at start-up).  So an index
+ * maps each whole token of an orphan's key and value to the orphans that
+ * hold it.  It is built at the first adoption that needs it, so about
+ * once per listing, and dropped when an orphan may have changed (what etcd
+ * holds of a key nobody owns, a key freed, the prefix) or, once Docker's
+ * list is complete, after each adoption (few come then: no memory kept). */
+typedef struct {
+  char *tok;     /* also the map key */
+  rkey_t **keys; /* not owned: the index is dropped before any is freed */
+  size_t n, cap;
+} rtok_t;
+
+static void orphans_drop(reconcile_t *r) {
+  if (!r->orphan_toks) return;
+  REGISTER_ASSERT(!r->orphan_toks_busy); /* not under an adoption's walk */
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->orphan_toks);
+  while (map_iter_next(&it, NULL, &v)) {
+    rtok_t *t = v;
+    free(t->keys);
+    free(t->tok);
+    free(t);
   }
-  return 0;
+  map_free(r->orphan_toks);
+  r->orphan_toks = NULL;
+}
+
+/* An orphan as far as the index goes: the rest (in flight, a directory)
+ * may change without a drop, and is looked at when it is used. */
+static int orphan_indexed(const reconcile_t *r, const rkey_t *k) {
+  return !k->owners && !k->owned_once && k->have_known && k->have &&
+         reconcile_in_prefix(r, k->key);
+}
+
+static int adoptable(const reconcile_t *r, const rkey_t *k) {
+  return orphan_indexed(r, k) && !k->inflight && !k->is_dir;
+}
+
+static void index_tokens(map_t *m, const char *s, size_t n, rkey_t *k) {
+  size_t i = 0;
+  while (i < n) {
+    if (!token_char(s[i])) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && token_char(s[j]))
+      j++;
+    char small[128];
+    char *tok = j - i < sizeof small ? small : xmalloc(j - i + 1);
+    memcpy(tok, s + i, j - i);
+    tok[j - i] = '\0';
+    rtok_t *t = map_get(m, tok);
+    if (!t) {
+      t = xcalloc(1, sizeof *t);
+      t->tok = xstrdup(tok);
+      map_put(m, t->tok, t);
+    }
+    if (tok != small) free(tok);
+    if (!t->n || t->keys[t->n - 1] != k) { /* once per key */
+      if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 2;
+        t->keys = xrealloc(t->keys, t->cap * sizeof *t->keys);
+      }
+      t->keys[t->n++] = k;
+    }
+    i = j;
+  }
+}
+
+static void orphans_index(reconcile_t *r) {
+  r->orphan_toks = map_new();
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (!orphan_indexed(r, k)) continue;
+    index_tokens(r->orphan_toks, k->key, strlen(k->key), k);
+    index_tokens(r->orphan_toks, k->have->s, k->have->len, k);
+  }
+}
+
+/* A whole token only ever matches one run of token characters; a name
+ * with other characters in it is looked for the slow way. */
+static int plain_token(const char *tok) {
+  if (!*tok) return 0;
+  for (const char *p = tok; *p; p++)
+    if (!token_char(*p)) return 0;
+  return 1;
+}
+
+static void adopt_one(reconcile_t *r, rcont_t *c, rkey_t *k, unsigned gen) {
+  rstr_t *have = rstr_ref(k->have);
+  owner_put(r, c, k, have->s, have->len, gen);
+  rstr_unref(have);
 }
 
 /* The orphans that name c become c's, at the value etcd holds.  An orphan
@@ -527,20 +628,40 @@ static void rcont_adopt(reconcile_t *r, rcont_t *c) {
   if ((!c->ntokens && !c->nclaims) || !r->primed || !r->prefix) return;
   unsigned gen = ++r->gen;
   size_t adopted = 0;
-  map_iter_t it;
-  void *v;
-  map_iter_init(&it, r->keys);
-  while (map_iter_next(&it, NULL, &v)) {
-    rkey_t *k = v;
-    if (k->owners || k->owned_once || k->inflight || k->is_dir ||
-        !k->have_known || !k->have || !reconcile_in_prefix(r, k->key) ||
-        !rcont_named_by(c, k))
-      continue;
-    rstr_t *have = rstr_ref(k->have);
-    owner_put(r, c, k, have->s, have->len, gen);
-    rstr_unref(have);
-    adopted++;
+  for (size_t i = 0; i < c->nclaims; i++) {
+    rkey_t *k = map_get(r->keys, c->claims[i]);
+    if (k && adoptable(r, k)) {
+      adopt_one(r, c, k, gen);
+      adopted++;
+    }
   }
+  for (size_t i = 0; i < c->ntokens; i++) {
+    const char *tok = c->tokens[i];
+    if (!plain_token(tok)) {
+      map_iter_t it;
+      void *v;
+      map_iter_init(&it, r->keys);
+      while (map_iter_next(&it, NULL, &v)) {
+        rkey_t *k = v;
+        if (adoptable(r, k) && (names_token(k->key, strlen(k->key), tok) ||
+                                names_token(k->have->s, k->have->len, tok))) {
+          adopt_one(r, c, k, gen);
+          adopted++;
+        }
+      }
+      continue;
+    }
+    if (!r->orphan_toks) orphans_index(r);
+    rtok_t *t = map_get(r->orphan_toks, tok);
+    r->orphan_toks_busy = 1; /* owner_put() frees no key, drops no index */
+    for (size_t j = 0; t && j < t->n; j++) {
+      if (!adoptable(r, t->keys[j])) continue; /* adopted, in flight */
+      adopt_one(r, c, t->keys[j], gen);
+      adopted++;
+    }
+    r->orphan_toks_busy = 0;
+  }
+  if (r->docker_synced) orphans_drop(r); /* few come now: keep no memory */
   if (adopted) {
     char n[32];
     snprintf(n, sizeof n, "%zu", adopted);
@@ -681,6 +802,7 @@ void reconcile_free(reconcile_t *r) {
     free(c);
   }
   map_free(r->conts);
+  orphans_drop(r);
   free_keys(r->keys);
   free_keys(r->dirs);
   free(r->prefix);
@@ -1489,6 +1611,7 @@ void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
   if ((!prefix && !r->prefix) ||
       (prefix && r->prefix && strcmp(prefix, r->prefix) == 0))
     return;
+  orphans_drop(r); /* what is in the prefix changes */
   free(r->prefix);
   r->prefix = prefix ? xstrdup(prefix) : NULL;
   r->prefix_len = prefix ? strlen(prefix) : 0;
@@ -1527,6 +1650,7 @@ void reconcile_etcd_rewound(reconcile_t *r) {
 void reconcile_docker_synced(reconcile_t *r, int synced) {
   int was = r->docker_synced;
   r->docker_synced = synced;
+  if (synced) orphans_drop(r); /* its start-up adoptions are over */
   if (synced && !was) reconcile_touch_all(r); /* orphans may go now */
   reconcile_pump(r);
 }

@@ -280,6 +280,77 @@ TEST(refused_key_is_tried_again_without_a_change) {
   finish(r);
 }
 
+/* Adoption among many (the orphans' token index): every key that names a
+ * failed container by id, short id or name, in its key or its value, is
+ * kept, however many keys name the same container; a name one character
+ * longer names someone else; a name with a character outside tokens is
+ * found too; the rest go.  Half the containers fail before the listing
+ * ends, half after. */
+#define MANY 300
+static char many_ids[MANY][65];
+
+static void many_key(char *out, size_t n, int kind, int i) {
+  if (kind == 0) snprintf(out, n, "/p/svc%d/80", i);              /* name */
+  if (kind == 1) snprintf(out, n, "/p/x/%.12s/tcp", many_ids[i]); /* short */
+  if (kind == 2) snprintf(out, n, "/p/y/%d", i); /* the id in its value */
+  if (kind == 3) snprintf(out, n, "/p/nobody/svc%dx", i); /* no one's */
+  if (kind == 4) snprintf(out, n, "/p/svc%d/443", i);     /* the name again */
+}
+
+static int answer_until_converged(void) {
+  etcd_op_t *op;
+  while ((op = open_op("txn")) != NULL)
+    op_end(op, ETCD_OK);
+  while ((op = open_op("delete")) != NULL)
+    op_end(op, ETCD_OK);
+  return is_converged();
+}
+
+static void keep_many(reconcile_t *r, int from, int to) {
+  for (int i = from; i < to; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "svc%d", i);
+    reconcile_keep(r, many_ids[i], "img", name, NULL, NULL);
+  }
+}
+
+TEST(failed_containers_keep_every_key_that_names_them_among_many) {
+  reconcile_t *r = start_with(NULL, 0);
+  char key[128], value[160];
+  for (int i = 0; i < MANY; i++) {
+    snprintf(many_ids[i], sizeof many_ids[i], "%012x%052x", 0xabc000 + i, i);
+    for (int kind = 0; kind < 5; kind++) {
+      many_key(key, sizeof key, kind, i);
+      int n = kind == 2 ? snprintf(value, sizeof value,
+                                   "{\"container\":\"%s\"}", many_ids[i])
+                        : snprintf(value, sizeof value, "v");
+      store_set(key, value, (size_t)n, 0);
+    }
+  }
+  store_put("/p/a+b/80"); /* named by "a+b": not a token of its own */
+  keep_many(r, 0, MANY / 2);
+  op_end(open_op("list"), ETCD_OK);
+  keep_many(r, MANY / 2, MANY - 10);
+  /* a key that appears after the index was built, found by a listing */
+  store_put("/p/late/svc295");
+  reconcile_resync(r);
+  ASSERT(run_until(list_open));
+  op_end(open_op("list"), ETCD_OK);
+  keep_many(r, MANY - 10, MANY);
+  reconcile_keep(r, ID2, "img", "a+b", NULL, NULL);
+  reconcile_docker_synced(r, 1);
+  ASSERT(run_until(answer_until_converged));
+  for (int i = 0; i < MANY; i++)
+    for (int kind = 0; kind < 5; kind++) {
+      many_key(key, sizeof key, kind, i);
+      ASSERT_EQ(store_get(key) != NULL, kind != 3);
+    }
+  ASSERT(store_get("/p/a+b/80"));
+  ASSERT(store_get("/p/late/svc295"));
+  ASSERT_EQ(nstore, (size_t)(4 * MANY + 2));
+  finish(r);
+}
+
 int main(int argc, char **argv) {
   static const test_entry_t tests[] = {
       TEST_ENTRY(batch_filled_before_a_pause_waits_for_its_end),
@@ -287,6 +358,7 @@ int main(int argc, char **argv) {
       TEST_ENTRY(when_every_evaluation_failed_no_orphan_is_deleted),
       TEST_ENTRY(refused_key_is_tried_again_without_a_change),
       TEST_ENTRY(pending_checks_keep_the_keys_they_would_produce),
+      TEST_ENTRY(failed_containers_keep_every_key_that_names_them_among_many),
   };
   return test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }
