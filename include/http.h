@@ -83,6 +83,11 @@ typedef struct {
   const http_tls_t *tls;   /* copied */
   const char *userpwd;     /* basic auth "user:password"; copied */
   size_t max_body;         /* buffered body cap; 0 = 32 MiB */
+  /* 1: the connection it opens ends with a reset (SO_LINGER 0), so that
+   * a request given up on (a timeout, a cut network) is dropped from the
+   * kernel's send queue when curl closes it, instead of reaching the
+   * server late (a put landing after a later delete of the same key) */
+  int reset_at_close;
   http_head_cb on_head;
   http_data_cb on_data; /* set: stream; unset: buffer the body */
   http_done_cb on_done;

@@ -3,8 +3,10 @@
 # It uses the Docker daemon at $DOCKER_HOST (default /var/run/docker.sock)
 # and etcd at $ETCD_ENDPOINT (default http://127.0.0.1:2379) when they
 # answer; when they do not, it starts its own in a temporary directory
-# (etcd with the v2 API on loopback, dockerd without iptables) and stops
-# them again on exit (Ctrl-C stops register first, then them).  Arguments
+# (etcd with the v2 API on loopback, dockerd without iptables on a bridge
+# of its own, regrun0, 172.31.252.1/24; the machine's docker0 is left
+# alone) and stops them again on exit, the bridge too (Ctrl-C stops
+# register first, then them).  Arguments
 # go to register (e.g. --ttl 30).
 #
 #   sudo scripts/run.sh                     HOST_IP defaults to 127.0.0.1
@@ -17,9 +19,11 @@ cmake --build build -j"$(nproc 2>/dev/null || echo 2)"
 
 T=$(mktemp -d /tmp/register-run.XXXXXX)
 pids=""
+bridge=""
 cleanup() {
   for p in $pids; do kill "$p" 2>/dev/null || true; done
   for p in $pids; do wait "$p" 2>/dev/null || true; done
+  [ -z "$bridge" ] || ip link del "$bridge" 2>/dev/null || true
   rm -rf "$T"
 }
 trap cleanup EXIT INT TERM
@@ -57,13 +61,14 @@ elif [ "$sock" = "$DOCKER_HOST" ]; then
   echo "run: using Docker at $DOCKER_HOST" >&2
 else
   echo "run: starting dockerd on $T/docker.sock" >&2
-  if ip -4 addr show docker0 >/dev/null 2>&1 &&
-     ! ip -4 addr show docker0 | grep -q 172.31.254.1; then
-    ip link del docker0
-  fi
+  bridge=regrun0
+  ip link show "$bridge" >/dev/null 2>&1 || ip link add "$bridge" type bridge
+  ip -4 addr show "$bridge" | grep -q 172.31.252.1 ||
+    ip addr add 172.31.252.1/24 dev "$bridge"
+  ip link set "$bridge" up
   setsid dockerd --host "unix://$T/docker.sock" --data-root /var/tmp/register-run-docker \
     --exec-root "$T/x" --pidfile "$T/docker.pid" --iptables=false \
-    --ip6tables=false --storage-driver=vfs --bip 172.31.254.1/24 \
+    --ip6tables=false --storage-driver=vfs --bridge "$bridge" \
     >"$T/dockerd.log" 2>&1 &
   pids="$pids $!"
   export DOCKER_HOST="unix://$T/docker.sock"

@@ -558,6 +558,7 @@ static int send_op(etcd_op_t *op) {
   op->sent_seen = e->seen;
   o.tls = e->use_tls ? &e->tls : NULL;
   o.userpwd = e->api == ETCD_API_V2 ? e->userpwd : NULL;
+  o.reset_at_close = 1; /* a write given up on never lands later */
   o.on_done = etcd_op_done;
   o.data = op;
   op->req = http_request(e->http, &o);

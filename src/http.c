@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #define POOL_MAX                                                               \
   2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
@@ -421,6 +422,17 @@ http_req_t *http_request(http_t *h, const http_opts_t *o) {
   return r;
 }
 
+/* CURLOPT_SOCKOPTFUNCTION for reset_at_close (http.h). */
+static int sockopt_reset(void *clientp, curl_socket_t fd,
+                         curlsocktype purpose) {
+  (void)clientp;
+  if (purpose == CURLSOCKTYPE_IPCXN) {
+    struct linger l = {1, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  return CURL_SOCKOPT_OK;
+}
+
 static http_req_t *request(http_t *h, const http_opts_t *o) {
   http_req_t *r = xcalloc(1, sizeof *r);
   r->h = h;
@@ -456,6 +468,9 @@ static http_req_t *request(http_t *h, const http_opts_t *o) {
   curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 10L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 5L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  /* set either way: the easy handle may come from the pool */
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION,
+                   o->reset_at_close ? sockopt_reset : NULL);
   if (o->unix_socket)
     curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
   if (strcmp(method, "GET") == 0) {

@@ -493,9 +493,10 @@ class PodmanSid(Podman):
 class Register:
     """The daemon under test; stderr goes to a log file the test can read."""
 
-    def __init__(self, *args, env=None, host_ip="10.9.8.7"):
+    def __init__(self, *args, env=None, host_ip="10.9.8.7", netns=None):
         self.args = list(args)
         self.host_ip = host_ip
+        self.netns = netns  # run it in this network namespace (ip netns exec)
         self.dir = tmpdir("rr")
         self.logpath = os.path.join(self.dir, "register.log")
         self.env = dict(os.environ)
@@ -515,6 +516,8 @@ class Register:
             cmd = ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect",
                    "--errors-for-leak-kinds=definite,indirect", "--error-exitcode=99",
                    "--log-file=" + os.path.join(self.dir, "valgrind.%p"), *cmd]
+        if self.netns:  # ip execs it: the pid is register's
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=self.logf)
         return self

@@ -33,10 +33,10 @@ suite = Suite()
 class Env:
     """One test's etcd, fake Docker and registers; all gone on exit."""
 
-    def __init__(self, etcd_extra=(), members=1):
+    def __init__(self, etcd_extra=(), members=1, ip="127.0.0.1"):
         self.cleanups = []
         self.cluster = Cluster(members) if members > 1 else None
-        self.etcd = self.cluster.members[0] if self.cluster else Etcd(extra=etcd_extra)
+        self.etcd = self.cluster.members[0] if self.cluster else Etcd(extra=etcd_extra, ip=ip)
         self.endpoints = self.cluster.endpoints() if self.cluster else self.etcd.url
         self.cleanups.append(self.cluster.cleanup if self.cluster else self.etcd.cleanup)
         self.fdir = tmpdir("rf")
@@ -62,8 +62,9 @@ class Env:
                 log("cleanup failed:", e)
         return False
 
-    def register(self, *extra):
-        r = Register("--etcd", self.endpoints, "--docker", self.fake.host, *extra, host_ip=IP).start()
+    def register(self, *extra, netns=None):
+        r = Register("--etcd", self.endpoints, "--docker", self.fake.host, *extra, host_ip=IP,
+                     netns=netns).start()
         # before the etcd and the fake go (cleanups run in reverse)
         self.cleanups.append(r.cleanup)
         return r
@@ -493,6 +494,85 @@ def every_member_replaced_at_a_new_address_v3():
 def every_member_replaced_at_a_new_address_v2():
     replace_every_member("v2")
 
+
+
+class Veth:
+    """A network namespace behind a veth pair: etcd listens on HERE (this
+    side), register runs in the namespace (THERE).  cut() drops every packet
+    between them silently (this end down: the other keeps its route, and
+    its sockets keep what they have not delivered and retransmit it);
+    heal() brings the link back."""
+
+    HERE, THERE = "10.219.0.1", "10.219.0.2"
+
+    def __init__(self):
+        self.ns = f"rlw{os.getpid()}"
+        self.here, self.there = f"rlwa{os.getpid()}", f"rlwb{os.getpid()}"
+
+    def __enter__(self):
+        try:
+            sh("ip", "netns", "add", self.ns)
+            sh("ip", "link", "add", self.here, "type", "veth", "peer", "name", self.there)
+            sh("ip", "link", "set", self.there, "netns", self.ns)
+            sh("ip", "addr", "add", self.HERE + "/30", "dev", self.here)
+            sh("ip", "link", "set", self.here, "up")
+            sh("ip", "-n", self.ns, "addr", "add", self.THERE + "/30", "dev", self.there)
+            sh("ip", "-n", self.ns, "link", "set", self.there, "up")
+            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def cut(self):
+        sh("ip", "link", "set", self.here, "down")
+
+    def heal(self):
+        sh("ip", "link", "set", self.here, "up")
+
+    def sockets(self):
+        """(state, Send-Q, owned by a process) of the namespace's TCP
+        sockets to HERE."""
+        out = subprocess.run(["ip", "netns", "exec", self.ns, "ss", "-tanpH", "dst", self.HERE],
+                             capture_output=True, text=True, check=True).stdout
+        return [(f[0], int(f[2]), "users:" in ln) for ln in out.splitlines() if (f := ln.split())]
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "link", "del", self.here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        return False
+
+
+@suite.test
+def a_put_given_up_on_in_a_partition_never_lands_later():
+    """register gives up on a put while etcd is cut off (its 5 s limit),
+    the container goes, the network heals and register deletes the key.
+    The put's bytes must not still sit in the kernel's send queue of the
+    connection curl closed: retransmitted after the heal, they would land
+    after the delete and bring the removed container's key back (the fleet
+    benchmark saw such writes seconds after a heal).  register closes its
+    etcd connections with a reset, which drops them."""
+    with Veth() as net, Env(ip=Veth.HERE) as env:
+        env.start_new(1)
+        r = env.register("--etcd-api", "v2", "--etcd-discovery", "off", netns=net.ns)
+        env.converged("v2")
+        net.cut()
+        late = env.start_new(1)[0]
+        wait_line(r, "warn", "etcd: cannot write")  # the put was given up on
+        # no socket that register let go of still holds bytes for etcd
+        left = [s for s in net.sockets() if not s[2] and s[1] > 0]
+        assert not left, f"closed connections still hold data for etcd: {left}"
+        env.fake.die(late)
+        env.fake.remove(late)
+        time.sleep(1)  # register has seen it go (nothing to wait for: it cannot write)
+        net.heal()
+        env.converged("v2", timeout=30)
+        # a late put would land within seconds of the heal (TCP's
+        # retransmission backoff): the key must stay gone
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            assert env.tree("v2") == env.expected(), f"a key came back after the heal: {env.tree('v2')}"
+            time.sleep(0.2)
 
 
 suite.run()
