@@ -767,6 +767,7 @@ static void summary(const assume_t *a, const tally_t *t) {
 }
 
 int check_main(int argc, char **argv) {
+  REGISTER_ASSERT(argc >= 2 && strcmp(argv[1], "check") == 0); /* check.h */
   check_opts_t o = {0};
   o.docker_url = env("DOCKER_HOST");
   o.host_ip = getenv("HOST_IP");

@@ -71,6 +71,7 @@ struct check {
   char deferred_reason[REASON_MAX];
   tcp_op_t *op;
   http_req_t *req;
+  int starting; /* inside check_start(): the run cannot end */
   uv_timer_t timer;
   check_t *qprev, *qnext; /* run queue */
 };
@@ -95,6 +96,8 @@ struct checks {
   map_t *conts;
   check_t *qhead, *qtail;
   size_t inflight, queued;
+  int in_api;        /* inside checks_set()/checks_remove(): no transition */
+  int in_transition; /* inside on_transition: checks_free() may not run */
   /* statistics */
   uint64_t by_state[3];
   uint64_t transitions[3];
@@ -331,8 +334,10 @@ static void log_transition(const check_t *c, checks_state_t old) {
  * transition callback may remove it. */
 static void check_done(check_t *c, int ok, const char *reason) {
   checks_t *ck = c->ck;
-  /* a run ends once: it was running, and counted */
+  /* a run ends once: it was running, and counted; never inside the
+   * check_start() that began it, nor inside checks_set/checks_remove */
   REGISTER_ASSERT(c->phase == PH_RUNNING && ck->inflight > 0);
+  REGISTER_ASSERT(!c->starting && !ck->in_api);
   c->phase = PH_IDLE;
   ck->inflight--;
   uv_timer_stop(&c->timer);
@@ -378,7 +383,9 @@ static void check_done(check_t *c, int ok, const char *reason) {
   char id[128], why[REASON_MAX];
   snprintf(id, sizeof id, "%s", c->cont->id);
   snprintf(why, sizeof why, "%s", c->reason);
+  ck->in_transition++;
   ck->on_transition(ck->ud, id, index, old, c->state, why);
+  ck->in_transition--;
 }
 
 /* A failure found while starting: reported from the loop, never inside the
@@ -392,6 +399,7 @@ static void fail_later(check_t *c, const char *reason) {
 /* Ends a TCP run: the connection is closed, the result reported. */
 static void tcp_done(tcp_op_t *op, int ok, const char *reason) {
   check_t *c = op->check;
+  REGISTER_ASSERT(c && c->op == op); /* the connect this run waits for */
   op->check = NULL;
   c->op = NULL;
   c->grace = 0;
@@ -421,6 +429,7 @@ static void connect_cb(uv_connect_t *req, int status) {
   tcp_op_t *op = req->data;
   check_t *c = op->check;
   if (!c) return; /* abandoned: closing already */
+  REGISTER_ASSERT(c->op == op && c->phase == PH_RUNNING && !c->grace);
   if (status < 0) {
     tcp_done(op, 0, uv_strerror(status));
     return;
@@ -444,8 +453,9 @@ static int on_data(http_req_t *req, const char *p, size_t n, void *data) {
 }
 
 static void on_done(http_req_t *req, const http_resp_t *resp, void *data) {
-  (void)req;
   check_t *c = data;
+  /* the request this run waits for (an abandoned one is cancelled) */
+  REGISTER_ASSERT(c->req == req && c->phase == PH_RUNNING);
   c->req = NULL;
   char why[REASON_MAX];
   int ok = 0;
@@ -543,12 +553,14 @@ static void check_start(check_t *c) {
   ck->inflight++;
   c->started_ns = uv_hrtime();
   uv_timer_start(&c->timer, check_timer_cb, (uint64_t)c->timeout_ms, 0);
+  c->starting = 1;
   if (!c->target_host)
     fail_later(c, c->target_error);
   else if (c->type == CHECKS_TCP)
     start_tcp(c);
   else
     start_http(c);
+  c->starting = 0;
 }
 
 static void check_timer_cb(uv_timer_t *t) {
@@ -684,9 +696,14 @@ static void cont_free(cont_t *cont) {
 void checks_remove(checks_t *ck, const char *id) {
   cont_t *cont = map_del(ck->conts, id);
   if (!cont) return;
+  ck->in_api++;
   cont_free(cont);
   queue_pump(ck); /* slots freed: start waiting checks (no callbacks) */
+  ck->in_api--;
 }
+
+static int set(checks_t *ck, const char *id, const json_value_t *inspect,
+               const checks_spec_t *specs, size_t n);
 
 int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
                const checks_spec_t *specs, size_t n, char *err, size_t errlen) {
@@ -697,6 +714,15 @@ int checks_set(checks_t *ck, const char *id, const json_value_t *inspect,
     checks_remove(ck, id);
     return 0;
   }
+  ck->in_api++;
+  int rc = set(ck, id, inspect, specs, n);
+  ck->in_api--;
+  return rc;
+}
+
+/* checks_set() of n > 0 valid specs. */
+static int set(checks_t *ck, const char *id, const json_value_t *inspect,
+               const checks_spec_t *specs, size_t n) {
   cont_t *cont = map_get(ck->conts, id);
   if (!cont) {
     cont = xcalloc(1, sizeof *cont);
@@ -893,6 +919,7 @@ checks_t *checks_new(const checks_opts_t *o) {
 
 void checks_free(checks_t *ck) {
   if (!ck) return;
+  REGISTER_ASSERT(!ck->in_transition); /* not from the callback (checks.h) */
   map_iter_t it;
   const char *k;
   void *v;

@@ -197,6 +197,8 @@ int config_addr16(const char *ip, unsigned char out[16]) {
 }
 
 int config_cidr_has(const config_cidr_t *c, const unsigned char addr[16]) {
+  /* a network config_parse_cidrs() made: a prefix of the 16 bytes */
+  REGISTER_ASSERT(c->bits >= 0 && c->bits <= 128);
   int full = c->bits / 8, rest = c->bits % 8;
   if (memcmp(c->addr, addr, (size_t)full) != 0) return 0;
   if (!rest) return 1;
@@ -1139,11 +1141,13 @@ int config_parse(config_t *cfg, int argc, char **argv, char *err,
 
 int config_parse_watch(config_t *cfg, int argc, char **argv, char *err,
                        size_t errlen) {
+  REGISTER_ASSERT(argc >= 1 && strcmp(argv[0], "watch") == 0); /* config.h */
   return parse(cfg, CONFIG_WATCH, argc, argv, err, errlen);
 }
 
 int config_parse_policy(config_t *cfg, int argc, char **argv, char *err,
                         size_t errlen) {
+  REGISTER_ASSERT(argc >= 1 && strcmp(argv[0], "policy") == 0); /* config.h */
   return parse(cfg, CONFIG_POLICY, argc, argv, err, errlen);
 }
 

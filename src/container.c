@@ -6,6 +6,7 @@
 #include <string.h>
 
 void container_push_json(lua_State *L, const json_value_t *v) {
+  REGISTER_ASSERT(v); /* a value (callers test optional fields first) */
   luaL_checkstack(L, 3, "JSON nested too deeply");
   switch (v->type) {
   case JSON_NULL:
@@ -40,6 +41,8 @@ void container_push_json(lua_State *L, const json_value_t *v) {
       lua_rawset(L, -3);
     }
     break;
+  default: /* one value pushed, always: a live document's values are typed */
+    REGISTER_ASSERT(!"a JSON value of a live document");
   }
 }
 

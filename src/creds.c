@@ -297,6 +297,7 @@ static void name_files(const creds_t *c, unsigned mask, char *out, size_t n) {
 
 static void settle_cb(uv_timer_t *t) {
   creds_t *c = t->data;
+  REGISTER_ASSERT(!c->freeing); /* creds_free() stopped and closed it */
   int sighup = c->sighup;
   c->sighup = 0;
   unsigned taken = (unsigned)read_all(c, 0, NULL, 0);
@@ -432,6 +433,7 @@ static void creds_release(creds_t *c) {
 static void closed_cb(uv_handle_t *h) {
   creds_t *c = h->type == UV_TIMER ? h->data : ((cfile_t *)h->data)->c;
   REGISTER_ASSERT(c->handles_open > 0); /* one close callback per handle */
+  REGISTER_ASSERT(c->freeing);          /* handles close only in creds_free() */
   if (--c->handles_open == 0) creds_release(c);
 }
 

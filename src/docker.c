@@ -84,6 +84,8 @@ struct docker {
   uv_timer_t reconnect_timer, retry_timer;
   uv_timer_t head_timer; /* the event stream's head is late (podman 5) */
   int open_handles;
+  int in_call; /* inside docker_start/resync/refresh: the owner's
+                  callbacks come from the loop, never from there */
   uint64_t backoff_ms;
   uint64_t reconnects;
   char last_err[256];
@@ -187,6 +189,7 @@ static void sync_release(docker_t *d) {
     d->last_err[0] = '\0';
     log_debug("docker: sync complete, %zu running containers",
               map_size(d->conts));
+    REGISTER_ASSERT(!d->in_call);
     if (d->cbs.synced) d->cbs.synced(d->ud);
     if (d->resync_wanted) {
       d->resync_wanted = 0;
@@ -217,6 +220,7 @@ static void cont_gone(docker_t *d, dcont_t *c) {
   int waited = c->sync_wait;
   c->sync_wait = 0;
   /* off the map and the queue, nothing in flight: unreachable now */
+  REGISTER_ASSERT(!d->in_call);
   if (d->cbs.gone) d->cbs.gone(d->ud, c->id);
   free(c);
   if (waited) sync_release(d);
@@ -325,6 +329,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     json_free(doc);
     cont_gone(d, c);
   } else {
+    REGISTER_ASSERT(!d->in_call);
     if (d->cbs.update) d->cbs.update(d->ud, c->id, json_root(doc));
     json_free(doc);
     sync_done_one(d, c);
@@ -474,6 +479,7 @@ size_t docker_event_counts(const docker_t *d, const char **actions,
 static void handle_event(docker_t *d, const docker_event_t *ev) {
   d->seq++;
   count_action(d, ev->action);
+  REGISTER_ASSERT(!d->in_call);
   if (d->cbs.event) d->cbs.event(d->ud, ev);
   const char *id;
   dcont_t *c;
@@ -577,6 +583,7 @@ static void stream_open(docker_t *d) {
     log_info("docker: connected (API %s), event stream open", d->api);
   else
     log_info("docker: connected (API %s)", d->api);
+  REGISTER_ASSERT(!d->in_call);
   if (d->cbs.connection) d->cbs.connection(d->ud, 1);
   docker_list_start(d, 1);
 }
@@ -769,6 +776,7 @@ static void disconnect(docker_t *d, const char *why) {
   uv_timer_stop(&d->head_timer);
   linesplit_reset(&d->split);
   d->state = ST_IDLE;
+  REGISTER_ASSERT(!was_up || !d->in_call); /* docker_start(): never up */
   if (was_up && d->cbs.connection) d->cbs.connection(d->ud, 0);
 
   d->backoff_ms = d->backoff_ms ? d->backoff_ms * 2 : BACKOFF_MIN_MS;
@@ -818,19 +826,26 @@ void docker_set_tls(docker_t *d, const http_tls_t *tls) {
 }
 
 void docker_start(docker_t *d) {
+  REGISTER_ASSERT(d->state == ST_IDLE && !d->ping_req); /* started once */
+  d->in_call++;
   connect_start(d);
+  d->in_call--;
 }
 
 void docker_resync(docker_t *d) {
   if (d->state != ST_STREAM || !d->connected) return;
+  d->in_call++;
   docker_list_start(d, 0);
+  d->in_call--;
 }
 
 void docker_refresh(docker_t *d, const char *id) {
   dcont_t *c = cont_get(d, id, 0);
   if (!c) return;
+  d->in_call++;
   want_inspect(d, c);
   docker_pump(d);
+  d->in_call--;
 }
 
 const char *docker_api_version(const docker_t *d) {
@@ -864,13 +879,20 @@ static void docker_snap_finish(docker_t *d, int ok, const char *why) {
   docker_snapdone_cb done = d->snap.done;
   void *ud = d->snap.ud;
   memset(&d->snap, 0, sizeof d->snap);
+  REGISTER_ASSERT(!done || !d->in_call);
   if (done) done(ud, ok, why);
 }
 
 static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
   docker_t *d = data;
-  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++)
-    if (d->snap.reqs[i] == req) d->snap.reqs[i] = NULL;
+  int found = 0;
+  for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
+    if (d->snap.reqs[i] != req) continue;
+    d->snap.reqs[i] = NULL;
+    found = 1;
+  }
+  /* one of the snapshot's requests in flight, answered once */
+  REGISTER_ASSERT(found && d->snap.inflight > 0 && d->snap.done);
   d->snap.inflight--;
   char err[200];
   if (!r->error && r->status == 404) { /* gone meanwhile: events handle it */
@@ -904,12 +926,12 @@ static void snap_pump(docker_t *d) {
       docker_snap_finish(d, 0, "cannot start a request");
       return;
     }
-    for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
-      if (!d->snap.reqs[i]) {
-        d->snap.reqs[i] = req;
-        break;
-      }
-    }
+    size_t i = 0;
+    while (i < ARRAY_SIZE(d->snap.reqs) && d->snap.reqs[i])
+      i++;
+    /* a free slot: one per request in flight, and inflight < the slots */
+    REGISTER_ASSERT(i < ARRAY_SIZE(d->snap.reqs));
+    d->snap.reqs[i] = req;
     d->snap.inflight++;
   }
   if (d->snap.next == d->snap.n && d->snap.inflight == 0)

@@ -91,6 +91,8 @@ static docker_event_class_t container_action(const char *a) {
 
 docker_event_class_t docker_event_classify(const docker_event_t *ev,
                                            const char **id) {
+  /* an event docker_parse_event() accepted: these are set (id maybe "") */
+  REGISTER_ASSERT(ev->type && ev->action && ev->id);
   *id = NULL;
   if (strcmp(ev->type, "container") == 0) {
     if (!*ev->id) return DOCKER_EV_IGNORE;

@@ -10,6 +10,9 @@
 
 void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
                  size_t vlen, long ttl, int64_t lease) {
+  /* the callers pass pointers they checked (the reply's contents are
+   * theirs to judge); the array has room for what it counts */
+  REGISTER_ASSERT(l->n <= l->cap && key && value);
   if (l->n == l->cap) {
     l->cap = l->cap ? l->cap * 2 : 64;
     l->kvs = xrealloc(l->kvs, l->cap * sizeof *l->kvs);
@@ -24,6 +27,7 @@ void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
 }
 
 void listing_add_dir(listing_t *l, const char *key) {
+  REGISTER_ASSERT(l->ndirs <= l->dcap && key);
   if (l->ndirs == l->dcap) {
     l->dcap = l->dcap ? l->dcap * 2 : 8;
     l->dirs = xrealloc(l->dirs, l->dcap * sizeof *l->dirs);

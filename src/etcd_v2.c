@@ -19,6 +19,14 @@ static char *key_path(const char *key, const char *query) {
 }
 
 void etcd_v2_build(etcd_op_t *op) {
+  /* built afresh for each attempt (send_op() clears the last one) */
+  REGISTER_ASSERT(!op->path && op->body.len == 0);
+  /* a transaction only where etcd_has_txn() (v3); v3's internal
+   * operations never come here; every other one names a key */
+  REGISTER_ASSERT(op->kind != OP_TXN && op->kind != OP_AUTH &&
+                  op->kind != OP_GRANT && op->kind != OP_KEEPALIVE &&
+                  op->kind != OP_LEASE_TTL && op->kind < OP_KINDS);
+  REGISTER_ASSERT(op->key || op->kind == OP_HEALTH || op->kind == OP_MEMBERS);
   switch (op->kind) {
   case OP_PUT:
     op->method = "PUT";

@@ -36,6 +36,11 @@ static void prefix_range(buf_t *b, const char *prefix, const buf_t *from) {
 void etcd_v3_build(etcd_op_t *op) {
   etcd_t *e = op->e;
   buf_t *b = &op->body;
+  /* built afresh for each attempt (send_op() clears the last one) */
+  REGISTER_ASSERT(!op->path && b->len == 0 && op->kind < OP_KINDS);
+  /* the operations on a key name one; a value is there for its length */
+  REGISTER_ASSERT(op->key || op->kind == OP_TXN || op->kind >= OP_AUTH);
+  REGISTER_ASSERT(op->value || !op->vlen);
   if (op->kind == OP_HEALTH) {
     op->method = "GET";
     op->path = xstrdup("/health");
@@ -111,14 +116,16 @@ void etcd_v3_build(etcd_op_t *op) {
     b64_field(b, "value", op->value, op->vlen);
     buf_puts(b, "}}]");
     break;
-  case OP_AUTH:
+  case OP_AUTH: /* only with a user (etcd.c asks for a token then) */
+    REGISTER_ASSERT(e->user && e->password);
     op->path = xstrdup("/v3/auth/authenticate");
     buf_puts(b, "\"name\":");
     json_escape(b, e->user, strlen(e->user));
     buf_puts(b, ",\"password\":");
     json_escape(b, e->password, strlen(e->password));
     break;
-  case OP_GRANT:
+  case OP_GRANT: /* only with --etcd-ttl: keys hang on a lease */
+    REGISTER_ASSERT(e->ttl > 0);
     op->path = xstrdup("/v3/lease/grant");
     buf_printf(b, "\"TTL\":%ld", e->ttl);
     break;

@@ -39,6 +39,7 @@ struct fleet {
   /* the revision being tried (owned), and the offer behind it */
   policydoc_rev_t *trying;
   int trying_signed;
+  int applying; /* inside the owner's apply(): fleet_tried() comes later */
   int64_t offered;
   int in_canary, canary_out;
   /* a refused revision is not tried again before the document changes */
@@ -325,9 +326,11 @@ static void try_offer(fleet_t *f, const policydoc_rev_t *r) {
   log_info("policy revision %" PRId64 " of %s offered: trying it on every "
            "running container",
            r->revision, f->key);
-  if (f->o.apply(f->o.ud, r->source, r->source_len, name, err, sizeof err,
-                 &busy) == 0)
-    return;   /* fleet_tried() comes */
+  f->applying = 1;
+  int rc = f->o.apply(f->o.ud, r->source, r->source_len, name, err, sizeof err,
+                      &busy);
+  f->applying = 0;
+  if (rc == 0) return; /* fleet_tried() comes */
   if (busy) { /* a SIGHUP reload runs: read and try again in a moment */
     policydoc_rev_free(f->trying);
     f->trying = NULL;
@@ -444,7 +447,9 @@ void fleet_start(fleet_t *f) {
 }
 
 void fleet_tried(fleet_t *f, int ok, const char *why) {
-  REGISTER_ASSERT(f->trying);
+  /* the answer to the revision being tried, once, from the loop (fleet.h:
+   * never inside the apply() that started it) */
+  REGISTER_ASSERT(f->trying && !f->applying);
   policydoc_rev_t *r = f->trying;
   f->trying = NULL;
   if (ok) {

@@ -21,6 +21,7 @@ struct health {
   httpd_req_t **waiting; /* /healthz requests waiting for a probe */
   size_t nwaiting;
   etcd_op_t *probe;
+  int probing; /* inside etcd_probe(): its answer cannot come */
 };
 
 health_t *health_new(etcd_t *etcd, health_inputs_cb inputs, void *ud) {
@@ -124,6 +125,9 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
 
 static void probe_done(void *data, const etcd_result_t *res) {
   health_t *h = data;
+  /* the probe in flight, answered once and never inside etcd_probe(); it
+   * was started for a request that waits for it */
+  REGISTER_ASSERT(h->probe && !h->probing && h->nwaiting > 0);
   h->probe = NULL;
   const char *err = res->status == ETCD_OK ? NULL : res->error;
   for (size_t i = 0; i < h->nwaiting; i++)
@@ -142,7 +146,12 @@ static void serve_health(health_t *h, httpd_req_t *req) {
   /* etcd has been quiet: ask it before answering */
   h->waiting = xrealloc(h->waiting, (h->nwaiting + 1) * sizeof *h->waiting);
   h->waiting[h->nwaiting++] = req;
-  if (!h->probe) h->probe = etcd_probe(h->etcd, probe_done, h);
+  if (!h->probe) {
+    REGISTER_ASSERT(h->etcd && h->nwaiting == 1); /* a probe for the first */
+    h->probing = 1;
+    h->probe = etcd_probe(h->etcd, probe_done, h);
+    h->probing = 0;
+  }
   REGISTER_ASSERT(h->probe); /* fails from the loop if it cannot start */
 }
 

@@ -27,6 +27,7 @@ struct hookio {
   list_t failed;    /* hreq_t answered with their error by the timer */
   uv_timer_t timer; /* delivers the failed ones from the loop */
   size_t n;
+  int starting; /* inside hookio_start(): no answer may be given */
 };
 
 static void timer_closed(uv_handle_t *t) {
@@ -45,6 +46,7 @@ hookio_t *hookio_new(uv_loop_t *loop, http_t *http, etcd_t *etcd) {
 }
 
 static void req_free(hreq_t *r) {
+  REGISTER_ASSERT(r->h->n > 0); /* counted while on a list */
   list_remove(&r->node);
   r->h->n--;
   free(r->error);
@@ -75,6 +77,8 @@ size_t hookio_inflight(const hookio_t *h) {
  * done may cancel every request of its worker (one that dies on the
  * answer); freed after, since the answer may point into it. */
 static void finish(hreq_t *r, const iocall_answer_t *a) {
+  /* from the loop, never inside hookio_start(); once (it leaves its list) */
+  REGISTER_ASSERT(!r->h->starting && r->h->n > 0);
   list_remove(&r->node);
   r->h->n--;
   r->done(r->ud, r->tag, r->id, a);
@@ -87,6 +91,7 @@ static void failed_cb(uv_timer_t *t) {
   list_t *n;
   while ((n = list_first(&h->failed))) {
     hreq_t *r = list_entry(n, hreq_t, node);
+    REGISTER_ASSERT(r->error && !r->http && !r->op); /* failed, not started */
     iocall_answer_t a = {0};
     a.error = r->error;
     finish(r, &a);
@@ -139,8 +144,11 @@ static void etcd_done(void *data, const etcd_result_t *res,
   free(v);
 }
 
+static void start(hookio_t *h, hreq_t *r, const iocall_t *c);
+
 void hookio_start(hookio_t *h, uint64_t tag, uint64_t id, const iocall_t *c,
                   hookio_done_fn done, void *ud) {
+  REGISTER_ASSERT(done && !h->starting); /* not re-entered from its start */
   hreq_t *r = xcalloc(1, sizeof *r);
   r->h = h;
   r->tag = tag;
@@ -150,6 +158,13 @@ void hookio_start(hookio_t *h, uint64_t tag, uint64_t id, const iocall_t *c,
   r->ud = ud;
   list_insert_tail(&h->reqs, &r->node);
   h->n++;
+  h->starting = 1;
+  start(h, r, c);
+  h->starting = 0;
+}
+
+/* Sends r on its way; a failure is answered from the loop (fail_later). */
+static void start(hookio_t *h, hreq_t *r, const iocall_t *c) {
   if (c->kind == IOCALL_HTTP) {
     if (!h->http) return fail_later(r, "no HTTP client here");
     http_opts_t o = {0};

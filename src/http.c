@@ -309,6 +309,7 @@ static void dispatch(http_t *h) {
   list_t *n;
   while ((n = list_pop(&h->pending))) {
     http_req_t *r = list_entry(n, http_req_t, pnode);
+    REGISTER_ASSERT(r->on_pending); /* the flag says it is on the list */
     r->on_pending = 0;
     if (r->cancelled || !deliver(r)) http_req_free(r);
   }
@@ -319,6 +320,9 @@ static void dispatch(http_t *h) {
     http_req_t *r;
     CURLcode code = msg->data.result;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    /* a request completes once, and only while attached: a cancelled one
+     * left the multi handle, so curl cannot report it */
+    REGISTER_ASSERT(r->attached && !r->cancelled && !r->in_cb);
     req_detach(r); /* msg is invalid from here on */
     if (!deliver(r)) {
       http_req_free(r);

@@ -79,6 +79,7 @@ static void conn_close(httpd_req_t *r) {
   if (r->closing) return;
   r->closing = 1;
   httpd_t *h = r->h;
+  REGISTER_ASSERT(h->nconns > 0); /* counted while open */
   list_remove(&r->node);
   h->nconns--;
   uv_timer_stop(&r->timer);
@@ -88,7 +89,9 @@ static void conn_close(httpd_req_t *r) {
 
 static void write_done(uv_write_t *wr, int status) {
   (void)status;
-  conn_close(wr->data);
+  httpd_req_t *r = wr->data;
+  REGISTER_ASSERT(r->answered); /* the one write is the answer */
+  conn_close(r);
 }
 
 static const char *reason(int status) {
@@ -112,6 +115,8 @@ static const char *reason(int status) {
 
 void httpd_respond(httpd_req_t *r, int status, const char *content_type,
                    const char *body, size_t len) {
+  /* only a request handed to the handler is answered (httpd.h) */
+  REGISTER_ASSERT(r->handled);
   if (r->answered) return;
   r->answered = 1;
   if (r->closing) { /* the client left: nothing to send; free if closed */

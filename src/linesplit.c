@@ -4,16 +4,20 @@
 #include <string.h>
 
 void linesplit_init(linesplit_t *ls, size_t max_line) {
+  REGISTER_ASSERT(max_line > 0);
   buf_init(&ls->buf);
   ls->max_line = max_line;
   ls->dropping = 0;
+  ls->feeding = 0;
 }
 
 void linesplit_free(linesplit_t *ls) {
+  REGISTER_ASSERT(!ls->feeding); /* not from its own callbacks */
   buf_free(&ls->buf);
 }
 
 void linesplit_reset(linesplit_t *ls) {
+  REGISTER_ASSERT(!ls->feeding); /* not from its own callbacks */
   buf_free(&ls->buf);
   ls->dropping = 0;
 }
@@ -30,6 +34,8 @@ static void emit(const char *p, size_t n, const linesplit_cbs_t *cbs,
 
 void linesplit_feed(linesplit_t *ls, const char *p, size_t n,
                     const linesplit_cbs_t *cbs, void *ud) {
+  REGISTER_ASSERT(cbs->line && !ls->feeding); /* not re-entered */
+  ls->feeding = 1;
   while (n) {
     const char *nl = memchr(p, '\n', n);
     size_t chunk = nl ? (size_t)(nl - p) : n;
@@ -55,10 +61,15 @@ void linesplit_feed(linesplit_t *ls, const char *p, size_t n,
         buf_reset(&ls->buf);
       }
     }
+    /* what is held is part of one line within the cap; a line being
+     * dropped holds nothing */
+    REGISTER_ASSERT(ls->buf.len <= ls->max_line &&
+                    (!ls->dropping || !ls->buf.len));
     if (!nl) break;
     p = nl + 1;
     n -= chunk + 1;
   }
+  ls->feeding = 0;
   /* don't keep a large allocation around after a big line */
   if (ls->buf.len == 0 && ls->buf.cap > 65536) buf_free(&ls->buf);
 }

@@ -44,6 +44,7 @@ int log_format_parse(const char *s, log_format_t *out) {
 }
 
 void log_setup(log_level_t level, log_format_t format) {
+  REGISTER_ASSERT((unsigned)level <= LOG_DEBUG && (unsigned)format <= LOG_JSON);
   log_level = level;
   log_format = format;
 }
@@ -86,6 +87,8 @@ static void text_value(buf_t *b, const char *v) {
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,
               ...) {
   if (!log_enabled(level)) return;
+  /* a level of the enum (worker.c checks the worker's before relaying) */
+  REGISTER_ASSERT((unsigned)level <= LOG_DEBUG);
   buf_t msg, line;
   buf_init(&msg);
   buf_init(&line);

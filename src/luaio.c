@@ -40,7 +40,8 @@ typedef struct ioreq {
 struct luaio {
   luaio_backend_t b;
   uint64_t next_id;
-  list_t reqs; /* ioreq_t: requests in flight */
+  list_t reqs;  /* ioreq_t: requests in flight */
+  int starting; /* inside the backend's start(): no answer may come */
 };
 
 luaio_t *luaio_new(const luaio_backend_t *b) {
@@ -55,6 +56,7 @@ static void req_unlink(ioreq_t *r) {
 }
 
 static void req_drop(ioreq_t *r) {
+  REGISTER_ASSERT(list_linked(&r->node)); /* dropped once */
   if (r->io->b.cancel) r->io->b.cancel(r->io->b.ud, r->id);
   luaL_unref(r->L, LUA_REGISTRYINDEX, r->co_ref);
   req_unlink(r);
@@ -141,6 +143,17 @@ static int req_abort(lua_State *L, ioreq_t *r, const char *why) {
   luaL_pushfail(L);
   lua_pushstring(L, why);
   return 2;
+}
+
+/* The backend's start() of request r; it never answers inside (luaio.h),
+ * which the flag lets luaio_answer() assert. */
+static int backend_start(luaio_t *io, ioreq_t *r, const iocall_t *call,
+                         char *why, size_t whylen) {
+  REGISTER_ASSERT(io->b.start && !io->starting);
+  io->starting = 1;
+  int rc = io->b.start(io->b.ud, r->id, call, why, whylen);
+  io->starting = 0;
+  return rc;
 }
 
 /* Hands the results to the waiting coroutine and forgets the request. */
@@ -231,6 +244,8 @@ static int push_answer(lua_State *L, void *data) {
 }
 
 void luaio_answer(luaio_t *io, uint64_t id, const iocall_answer_t *a) {
+  /* the backend's contract (luaio.h): never inside the start() */
+  REGISTER_ASSERT(!io->starting);
   list_t *n;
   list_foreach(n, &io->reqs) {
     ioreq_t *r = list_entry(n, ioreq_t, node);
@@ -350,7 +365,7 @@ static int l_http_request(lua_State *L) {
   call.body_len = blen;
   call.timeout_ms = tmo;
   char why[160];
-  if (io->b.start(io->b.ud, r->id, &call, why, sizeof why) < 0)
+  if (backend_start(io, r, &call, why, sizeof why) < 0)
     return req_abort(L, r, why);
   return lua_yield(L, 0);
 }
@@ -371,7 +386,7 @@ static int etcd_read(lua_State *L, int list) {
   call.kind = r->kind;
   call.key = key;
   char why[160];
-  if (io->b.start(io->b.ud, r->id, &call, why, sizeof why) < 0)
+  if (backend_start(io, r, &call, why, sizeof why) < 0)
     return req_abort(L, r, why);
   return lua_yield(L, 0);
 }

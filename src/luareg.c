@@ -223,7 +223,9 @@ static int buffer_gc(lua_State *L) {
 buf_t *luareg_buffer(lua_State *L) {
   buf_t *b = lua_newuserdatauv(L, sizeof *b, 0);
   buf_init(b);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &buffer_mt_key);
+  int t = lua_rawgetp(L, LUA_REGISTRYINDEX, &buffer_mt_key);
+  /* after luareg_open(): without its __gc the buffer would leak */
+  REGISTER_ASSERT(t == LUA_TTABLE);
   lua_setmetatable(L, -2);
   return b;
 }
@@ -239,7 +241,8 @@ static int docbox_gc(lua_State *L) {
 static json_doc_t **push_docbox(lua_State *L) {
   json_doc_t **box = lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &docbox_mt_key);
+  int t = lua_rawgetp(L, LUA_REGISTRYINDEX, &docbox_mt_key);
+  REGISTER_ASSERT(t == LUA_TTABLE); /* luareg_open() made it */
   lua_setmetatable(L, -2);
   return box;
 }

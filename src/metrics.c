@@ -65,6 +65,10 @@ static void creds_render(buf_t *b, const metrics_input_t *in) {
 }
 
 void metrics_render(buf_t *b, const metrics_input_t *in) {
+  /* the inputs metrics.h does not let be NULL */
+  REGISTER_ASSERT(in->rec && in->etcd_api);
+  REGISTER_ASSERT(!in->n_policy_reasons ||
+                  (in->policy_reasons && in->policy_errors));
   reconcile_stats_t rs;
   reconcile_stats(in->rec, &rs);
 

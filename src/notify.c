@@ -21,6 +21,7 @@ struct notify {
 };
 
 static void send_msg(notify_t *n, const char *msg) {
+  REGISTER_ASSERT(n->fd >= 0); /* no message after notify_free() */
   ssize_t w = sendto(n->fd, msg, strlen(msg), MSG_NOSIGNAL,
                      (const struct sockaddr *)&n->addr, n->addrlen);
   if (w < 0) log_debug("notify: %s", strerror(errno));
@@ -94,6 +95,7 @@ static void closed(uv_handle_t *h) {
 void notify_free(notify_t *n) {
   if (!n) return;
   close(n->fd);
+  n->fd = -1;
   uv_timer_stop(&n->watchdog);
   uv_close((uv_handle_t *)&n->watchdog, closed);
 }

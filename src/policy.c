@@ -16,7 +16,6 @@
 #include "sandbox.h"
 #include "util.h"
 
-#include <assert.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <stdio.h>
@@ -131,7 +130,7 @@ static void count_hook(lua_State *L, lua_Debug *ar) {
 
 /* Arms the limits for one call (or one resume) running on thread L. */
 void policy_call_begin(policy_t *p, lua_State *L) {
-  assert(!p->in_call); /* calls never nest */
+  REGISTER_ASSERT(!p->in_call); /* calls never nest */
   p->in_call = 1;
   p->running = L;
   p->steps = 0;
@@ -147,6 +146,7 @@ void policy_call_begin(policy_t *p, lua_State *L) {
 
 /* Disarms them; the reason a call that failed with status st failed. */
 policy_reason_t policy_call_end(policy_t *p, lua_State *L, int st) {
+  REGISTER_ASSERT(p->in_call && p->running == L); /* the call begun on L */
   lua_sethook(L, NULL, 0, 0);
   p->in_call = 0;
   p->running = NULL;

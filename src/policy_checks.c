@@ -139,6 +139,8 @@ static int call_checks(lua_State *L) {
 static int checks_fn(policy_t *p, const char *id, void *ud, char *err,
                      size_t errlen) {
   policy_checks_t *out = ud;
+  /* policy_with_container() hands over the container table on top */
+  REGISTER_ASSERT(lua_type(p->L, -1) == LUA_TTABLE);
   char why[400];
   checksargs_t a = {out};
   lua_pushcfunction(p->L, call_checks);

@@ -34,6 +34,7 @@ typedef struct {
   uv_loop_t loop;
   http_t *http;
   etcd_t *etcd;
+  int starting; /* inside etcd_get/list/put_if: no answer may come */
   /* the answer of the last request */
   int done;
   etcd_status_t status;
@@ -53,6 +54,9 @@ static void kvs_clear(client_t *c) {
 }
 
 static void note(client_t *c, const etcd_result_t *res) {
+  /* one answer per request, from the loop (client_wait), never inside the
+   * call that started it */
+  REGISTER_ASSERT(!c->done && !c->starting);
   c->done = 1;
   c->status = res->status;
   snprintf(c->error, sizeof c->error, "%s",
@@ -112,14 +116,20 @@ static void client_wait(client_t *c) {
 
 static etcd_status_t client_get(client_t *c, const char *key) {
   kvs_clear(c);
-  etcd_get(c->etcd, key, on_list, c);
+  c->starting = 1;
+  etcd_op_t *op = etcd_get(c->etcd, key, on_list, c);
+  c->starting = 0;
+  REGISTER_ASSERT(op); /* never NULL: a failure comes from the loop */
   client_wait(c);
   return c->status;
 }
 
 static etcd_status_t client_list(client_t *c, const char *prefix) {
   kvs_clear(c);
-  etcd_list(c->etcd, prefix, on_list, c);
+  c->starting = 1;
+  etcd_op_t *op = etcd_list(c->etcd, prefix, on_list, c);
+  c->starting = 0;
+  REGISTER_ASSERT(op); /* never NULL: a failure comes from the loop */
   client_wait(c);
   return c->status;
 }
@@ -127,7 +137,11 @@ static etcd_status_t client_list(client_t *c, const char *prefix) {
 static etcd_status_t client_put_if(client_t *c, const char *key,
                                    const char *value, size_t vlen,
                                    const char *prev, size_t prevlen) {
-  etcd_put_if(c->etcd, key, value, vlen, prev, prevlen, on_done, c);
+  c->starting = 1;
+  etcd_op_t *op =
+      etcd_put_if(c->etcd, key, value, vlen, prev, prevlen, on_done, c);
+  c->starting = 0;
+  REGISTER_ASSERT(op); /* never NULL: a failure comes from the loop */
   client_wait(c);
   return c->status;
 }

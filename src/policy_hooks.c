@@ -50,6 +50,7 @@ unsigned long policy_hooks_dropped(const policy_t *p) {
 }
 
 static void hook_end(policy_t *p, hookco_t *h) {
+  REGISTER_ASSERT(p->nhooks > 0 && !h->resuming); /* alive, counted, once */
   list_remove(&h->node);
   p->nhooks--;
   luaL_unref(p->L, LUA_REGISTRYINDEX, h->ref);
@@ -79,9 +80,12 @@ static void hook_failed(policy_t *p, hookco_t *h, const char *msg) {
 static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
   lua_State *co = h->co;
   int nres = 0;
+  REGISTER_ASSERT(!h->resuming); /* a coroutine runs once at a time */
   policy_call_begin(p, co);
   luaio_set_current(p->ioctx, co);
+  h->resuming = 1;
   int st = lua_resume(co, p->L, nargs, &nres);
+  h->resuming = 0;
   luaio_set_current(p->ioctx, NULL);
   policy_call_end(p, co, st);
   if (st == LUA_YIELD) {
@@ -137,6 +141,8 @@ static void hooks_io_resume(void *ud, lua_State *co, luaio_push_fn push,
     }
   }
   if (!h) return; /* not ours any more */
+  /* an answer comes from the loop, never inside the resume that asked */
+  REGISTER_ASSERT(!h->resuming);
   lua_State *L = p->L;
   int top = lua_gettop(L);
   pushctx_t c = {push, data};

@@ -23,13 +23,14 @@ typedef struct hookco {
   int ref;             /* anchors co in the registry */
   const char *name;    /* "event" or "changed" */
   uint64_t started_ms; /* for the limit on the call as a whole */
+  int resuming;        /* inside lua_resume(): its answer cannot come */
   list_t node;         /* on policy.hooks */
 } hookco_t;
 
 struct policy {
   lua_State *L;
-  char *name;      /* file name, or "default" */
-  char *dir;       /* the file's directory (require), or NULL */
+  char *name; /* file name, or "default" */
+  char *dir;  /* the file's directory (require), or NULL */
   char *prefix;
   int ref_policy; /* the table the script returned */
   int ref_host;

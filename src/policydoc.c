@@ -65,6 +65,7 @@ static char *dup_or_null(const char *s) {
 policydoc_rev_t *policydoc_rev_new(int64_t revision, const char *source,
                                    size_t len, const char *sig,
                                    const char *name, const char *pushed_by) {
+  REGISTER_ASSERT(revision >= 1 && (source || !len)); /* policydoc_rev_t */
   policydoc_rev_t *r = xcalloc(1, sizeof *r);
   r->revision = revision;
   r->source = xmalloc(len + 1);
@@ -286,6 +287,7 @@ static void put_str(buf_t *b, const char *name, const char *s) {
 }
 
 static void write_rev(buf_t *b, const policydoc_rev_t *r) {
+  REGISTER_ASSERT(r->revision >= 1 && r->source); /* policydoc_rev_t */
   buf_printf(b, "{\"revision\":%lld,\"sha256\":\"%s\",\"source\":",
              (long long)r->revision, r->sha256);
   json_escape(b, r->source, r->source_len);
@@ -296,6 +298,9 @@ static void write_rev(buf_t *b, const policydoc_rev_t *r) {
 }
 
 char *policydoc_write(const policydoc_t *d, size_t *len) {
+  /* a canary's selection goes with a canary, and percent is 0..100 */
+  REGISTER_ASSERT(!d->n_canary_hosts || d->canary);
+  REGISTER_ASSERT(d->canary_percent >= 0 && d->canary_percent <= 100);
   buf_t b;
   buf_init(&b);
   buf_printf(&b, "{\"register_policy\":1,\"generation\":%lld",

@@ -79,6 +79,7 @@ sig_keys_t *sig_keys_load(const char *file, char *err, size_t errlen) {
   }
   sig_keys_t *k = xcalloc(1, sizeof *k);
   k->file = xstrdup(file);
+  REGISTER_ASSERT(len <= KEYFILE_MAX); /* read_keyfile()'s cap: fits an int */
   BIO *bio = BIO_new_mem_buf(text, (int)len);
   EVP_PKEY *p;
   int bad = 0;
@@ -132,6 +133,7 @@ int sig_verify(const sig_keys_t *k, const void *data, size_t len,
     buf_free(&raw);
     return -1;
   }
+  REGISTER_ASSERT(!k || k->n > 0); /* a loaded key set is never empty */
   int ok = 0;
   for (size_t i = 0; k && i < k->n && !ok; i++) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -159,6 +161,7 @@ char *sig_sign(const char *keyfile, const void *data, size_t len, char *err,
   char *text = read_keyfile(keyfile, &tlen, err, errlen);
   if (!text) return NULL;
   EVP_PKEY *p = NULL;
+  REGISTER_ASSERT(tlen <= KEYFILE_MAX);
   BIO *bio = BIO_new_mem_buf(text, (int)tlen);
   if (bio) p = PEM_read_bio_PrivateKey(bio, NULL, no_password, NULL);
   BIO_free(bio);

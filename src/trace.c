@@ -65,6 +65,7 @@ static void us_after(char *buf, size_t len, int64_t at, int64_t base) {
 
 void trace_mark(const char *id, trace_stage_t stage) {
   if (!traces || !id) return;
+  REGISTER_ASSERT((unsigned)stage < TRACE_STAGES); /* one of trace.h's */
   trace_t *t = map_get(traces, id);
   if (!t) return;
   t->at[stage] = now_ns();

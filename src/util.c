@@ -94,6 +94,8 @@ void buf_reset(buf_t *b) {
 }
 
 void buf_reserve(buf_t *b, size_t extra) {
+  /* NUL-terminated after its length (util.h): room for it, or nothing */
+  REGISTER_ASSERT(b->cap ? b->data && b->len < b->cap : !b->data && !b->len);
   size_t need = b->len + extra + 1;
   if (need <= b->cap) return;
   size_t cap = b->cap ? b->cap : 64;
@@ -105,6 +107,7 @@ void buf_reserve(buf_t *b, size_t extra) {
 }
 
 void buf_append(buf_t *b, const void *p, size_t n) {
+  REGISTER_ASSERT(p || !n);
   buf_reserve(b, n);
   if (n) memcpy(b->data + b->len, p, n);
   b->len += n;
