@@ -33,8 +33,9 @@ typedef void (*etcd_watch_cb)(void *data, etcd_watch_kind_t kind, int64_t rev,
  * revision `from` (v2: index) on: from is a listing's revision + 1.  A
  * quiet watch is renewed every ETCD_WATCH_RENEW_MS, from the last
  * revision seen (a member that went silent is left).  Callbacks run from
- * the loop, never inside this call.  NULL when the request cannot start
- * (nothing is called back).  The owner cancels its watches before
+ * the loop, never inside this call; never NULL (a request that cannot
+ * start ends the watch from the loop, with its error).  The owner cancels
+ * its watches before
  * etcd_free(). */
 #define ETCD_WATCH_RENEW_MS 60000
 etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,

@@ -101,8 +101,9 @@ http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle);
  * memory goes once the loop has run the close callbacks. */
 void http_free(http_t *h);
 
-/* Starts a request.  Returns NULL (and never calls back) if curl refused
- * the options. */
+/* Starts a request; never NULL.  A request curl will not take (no easy
+ * handle, the multi handle refused it) fails from the loop, as every other
+ * failure does: its done() gets HTTP_ERR_OTHER, never inside this call. */
 http_req_t *http_request(http_t *h, const http_opts_t *opts);
 /* Stops a request; none of its callbacks runs afterwards. */
 void http_cancel(http_req_t *req);

@@ -538,7 +538,7 @@ static void start_http(check_t *c) {
   o.on_done = on_done;
   o.data = c;
   c->req = http_request(c->ck->http, &o);
-  if (!c->req) fail_later(c, "the HTTP request could not be started");
+  REGISTER_ASSERT(c->req); /* one that cannot start fails from the loop */
 }
 
 static void check_start(check_t *c) {

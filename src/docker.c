@@ -120,6 +120,7 @@ docker_url(docker_t *d, const char *fmt, ...) {
   return buf_detach(&b);
 }
 
+/* Never NULL: a request that cannot start fails from the loop (http.h). */
 static http_req_t *docker_get(docker_t *d, const char *u, long timeout_ms,
                               http_done_cb done, void *data) {
   http_opts_t o = {0};
@@ -344,10 +345,6 @@ static void docker_pump(docker_t *d) {
     char *u = docker_url(d, "/containers/%s/json", c->id);
     c->req = docker_get(d, u, 30000, inspect_done, c);
     free(u);
-    if (!c->req) {
-      schedule_retry(d, c);
-      continue;
-    }
     d->inflight++;
     trace_mark(c->id, TRACE_INSPECT_SENT);
   }
@@ -662,10 +659,6 @@ static void open_events(docker_t *d) {
   o.data = d;
   d->events_req = http_request(d->stream_http, &o);
   free(u);
-  if (!d->events_req) {
-    disconnect(d, "cannot start the event stream request");
-    return;
-  }
   uv_timer_start(&d->head_timer, head_late_cb, HEAD_WAIT_MS, 0);
 }
 
@@ -737,7 +730,6 @@ static void connect_start(docker_t *d) {
   char *u = xasprintf("%s/_ping", d->base);
   d->ping_req = docker_get(d, u, 10000, ping_done, d);
   free(u);
-  if (!d->ping_req) disconnect(d, "cannot start a request to Docker");
 }
 
 static void reconnect_cb(uv_timer_t *t) {
@@ -922,10 +914,6 @@ static void snap_pump(docker_t *d) {
     char *u = docker_url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
     http_req_t *req = docker_get(d, u, 30000, snap_done, d);
     free(u);
-    if (!req) {
-      docker_snap_finish(d, 0, "cannot start a request");
-      return;
-    }
     size_t i = 0;
     while (i < ARRAY_SIZE(d->snap.reqs) && d->snap.reqs[i])
       i++;

@@ -36,7 +36,7 @@
 #define FAILOVER_ROUNDS 4
 #define FULL_CONNECT_MS 2000L
 
-static int send_op(etcd_op_t *op);
+static void send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
 static void discover_soon(etcd_t *e);
 static etcd_ep_t *ep_after(etcd_t *e, const etcd_ep_t *ep);
@@ -445,8 +445,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   case REPLY_MORE:
     if (op->ep->listed) e->current = op->ep;
     op->attempts = 0; /* each page has its own budget */
-    if (send_op(op) < 0)
-      etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+    send_op(op);
     return;
   case REPLY_REAUTH:
     free(e->token);
@@ -480,9 +479,10 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
       /* new operations start on the next endpoint too, not on this one */
       if (e->current == failed) e->current = next;
       etcd_ep_drop(failed);
-      if (send_op(op) == 0) return;
-      snprintf(err, sizeof err, "cannot start a request");
-    } else if (e->n > 1) {
+      send_op(op);
+      return;
+    }
+    if (e->n > 1) {
       snprintf(err + strlen(err), sizeof err - strlen(err),
                " (all %zu endpoints failed)", e->n);
     }
@@ -502,8 +502,8 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
 }
 
 /* Builds the wire request (again: tokens, leases and pages change it) and
- * sends it.  -1 if curl refused the request (nothing was sent). */
-static int send_op(etcd_op_t *op) {
+ * sends it (one that curl will not take fails from the loop, http.h). */
+static void send_op(etcd_op_t *op) {
   etcd_t *e = op->e;
   free(op->path);
   op->path = NULL;
@@ -567,7 +567,7 @@ static int send_op(etcd_op_t *op) {
     memset(auth, 0, strlen(auth));
     free(auth);
   }
-  return op->req ? 0 : -1;
+  REGISTER_ASSERT(op->req);
 }
 
 /* ---- v3 gates: a token, a lease ---- */
@@ -597,11 +597,9 @@ static int gate(etcd_op_t *op) {
 }
 
 /* Sends an op, or parks it at a gate.  A request that cannot start
- * (curl refused it) fails from the loop (etcd_op_fail), never here. */
+ * (curl refused it) fails from the loop like any other (http.h). */
 static void submit(etcd_op_t *op) {
-  if (gate(op)) return;
-  if (send_op(op) < 0)
-    etcd_op_fail(op, ETCD_UNAVAILABLE, "cannot start a request");
+  if (!gate(op)) send_op(op);
 }
 
 /* Sends (or fails, with st and err) every op on one wait list.  Each is

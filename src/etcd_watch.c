@@ -35,7 +35,7 @@ struct etcd_watch {
   etcd_watch_kind_t final_kind;
 };
 
-static int start(etcd_watch_t *w);
+static void start(etcd_watch_t *w);
 
 static void watch_free(etcd_watch_t *w) {
   if (w->req) http_cancel(w->req);
@@ -87,9 +87,7 @@ static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
   w->req = NULL;
   char err[400];
   if (r->error == HTTP_ERR_TIMEOUT || (r->status == 200 && !r->body_len)) {
-    if (start(w) == 0) return; /* quiet: renewed */
-    snprintf(err, sizeof err, "%s: cannot start a request", w->ep->url);
-    finish(w, ETCD_WATCH_FAILED, err);
+    start(w); /* quiet: renewed */
     return;
   }
   if (r->error) {
@@ -110,10 +108,7 @@ static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
       finish(w, ETCD_WATCH_FAILED, err);
       return;
     }
-    if (changed(w, rev)) return;
-    if (start(w) == 0) return;
-    snprintf(err, sizeof err, "%s: cannot start a request", w->ep->url);
-    finish(w, ETCD_WATCH_FAILED, err);
+    if (!changed(w, rev)) start(w);
     return;
   }
   if (code == 401) { /* "The event in requested index is outdated and
@@ -237,9 +232,10 @@ static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
   w->req = NULL;
   char err[600];
   if (w->status == 200 && r->error == HTTP_ERR_TIMEOUT) {
-    if (start(w) == 0) return; /* quiet: renewed */
-    snprintf(err, sizeof err, "%s: cannot start a request", ep);
-  } else if (r->error) {
+    start(w); /* quiet: renewed */
+    return;
+  }
+  if (r->error) {
     snprintf(err, sizeof err, "%s: %s", ep, r->errmsg);
   } else if (w->status != 200) {
     for (size_t i = 0; i < w->errbody.len; i++)
@@ -255,7 +251,9 @@ static void v3_done(http_req_t *req, const http_resp_t *r, void *data) {
 
 /* ---- requests ---- */
 
-static int start(etcd_watch_t *w) {
+/* Never fails here: a request curl will not take fails from the loop
+ * (http.h), and the watch ends with its error. */
+static void start(etcd_watch_t *w) {
   etcd_t *e = w->e;
   /* the client's current endpoint, whatever the list did meanwhile */
   etcd_ep_drop(w->ep);
@@ -317,7 +315,7 @@ static int start(etcd_watch_t *w) {
     memset(auth, 0, strlen(auth));
     free(auth);
   }
-  return w->req ? 0 : -1;
+  REGISTER_ASSERT(w->req);
 }
 
 static etcd_watch_t *watch_new(etcd_t *e, const char *prefix, int exact,
@@ -333,12 +331,8 @@ static etcd_watch_t *watch_new(etcd_t *e, const char *prefix, int exact,
   buf_init(&w->errbody);
   e->watches++;
   w->starting = 1;
-  int rc = start(w);
+  start(w);
   w->starting = 0;
-  if (rc < 0) {
-    watch_free(w);
-    return NULL;
-  }
   return w;
 }
 

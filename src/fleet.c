@@ -405,7 +405,7 @@ static void got_key(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   if (!f->watch) {
     f->watch =
         etcd_watch_key(f->o.etcd, f->key, res->revision + 1, watch_cb, f);
-    if (!f->watch) retry_later(f, RETRY_MIN_MS); /* read and watch again */
+    REGISTER_ASSERT(f->watch); /* never NULL: a failure comes from the loop */
   }
   int first = !f->seen;
   f->seen = 1;

@@ -178,7 +178,7 @@ static void start(hookio_t *h, hreq_t *r, const iocall_t *c) {
     o.on_done = http_done;
     o.data = r;
     r->http = http_request(h->http, &o); /* copies what it keeps */
-    if (!r->http) fail_later(r, "cannot start the HTTP request");
+    REGISTER_ASSERT(r->http); /* one that cannot start fails from the loop */
     return;
   }
   if (!h->etcd)

@@ -38,6 +38,7 @@ struct http_req {
   int cancelled;
   int in_cb; /* a user callback for this request is running */
   int on_pending;
+  int start_failed; /* curl would not take it: fails from the loop */
   http_head_cb on_head;
   http_data_cb on_data;
   http_done_cb on_done;
@@ -51,9 +52,11 @@ struct http {
   uv_loop_t *loop;
   CURLM *multi;
   uv_timer_t timer;
-  list_t socks;   /* sock_t.node, newest first */
-  list_t reqs;    /* attached requests (http_req_t.node), newest first */
-  list_t pending; /* http_req_t.pnode, in order */
+  uv_timer_t later; /* dispatches requests that could not start */
+  int handles_open; /* timer and later: h is freed with the last */
+  list_t socks;     /* sock_t.node, newest first */
+  list_t reqs;      /* attached requests (http_req_t.node), newest first */
+  list_t pending;   /* http_req_t.pnode, in order */
   CURL *pool[POOL_MAX];
   int npool;
   size_t active;
@@ -311,7 +314,21 @@ static void dispatch(http_t *h) {
     http_req_t *r = list_entry(n, http_req_t, pnode);
     REGISTER_ASSERT(r->on_pending); /* the flag says it is on the list */
     r->on_pending = 0;
-    if (r->cancelled || !deliver(r)) http_req_free(r);
+    if (r->start_failed && !r->cancelled) {
+      http_resp_t resp;
+      memset(&resp, 0, sizeof resp);
+      resp.error = HTTP_ERR_OTHER;
+      resp.errmsg = r->errbuf;
+      resp.body = resp.headers = "";
+      if (r->on_done) {
+        r->in_cb = 1;
+        r->on_done(r, &resp, r->data);
+        r->in_cb = 0;
+      }
+      http_req_free(r);
+    } else if (r->cancelled || !deliver(r)) {
+      http_req_free(r);
+    }
   }
   CURLMsg *msg;
   int left;
@@ -437,14 +454,22 @@ static int sockopt_reset(void *clientp, curl_socket_t fd,
   return CURL_SOCKOPT_OK;
 }
 
+static void later_cb(uv_timer_t *t) {
+  dispatch(t->data);
+}
+
+/* r cannot start: it fails from the loop (dispatch()), with why. */
+static http_req_t *start_failed(http_req_t *r, const char *why) {
+  snprintf(r->errbuf, sizeof r->errbuf, "cannot start the request: %s", why);
+  r->start_failed = 1;
+  mark_pending(r);
+  uv_timer_start(&r->h->later, later_cb, 0, 0);
+  return r;
+}
+
 static http_req_t *request(http_t *h, const http_opts_t *o) {
   http_req_t *r = xcalloc(1, sizeof *r);
   r->h = h;
-  r->easy = h->npool ? h->pool[--h->npool] : curl_easy_init();
-  if (!r->easy) {
-    free(r);
-    return NULL;
-  }
   buf_init(&r->in);
   buf_init(&r->head);
   r->max_body = o->max_body ? o->max_body : DEFAULT_MAX_BODY;
@@ -452,6 +477,8 @@ static http_req_t *request(http_t *h, const http_opts_t *o) {
   r->on_data = o->on_data;
   r->on_done = o->on_done;
   r->data = o->data;
+  r->easy = h->npool ? h->pool[--h->npool] : curl_easy_init();
+  if (!r->easy) return start_failed(r, "curl has no handle for it");
 
   CURL *e = r->easy;
   const char *method = o->method ? o->method : "GET";
@@ -499,8 +526,7 @@ static http_req_t *request(http_t *h, const http_opts_t *o) {
 
   if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
     log_error("http: cannot start %s %s", method, o->url);
-    http_req_free(r);
-    return NULL;
+    return start_failed(r, "curl refused it");
   }
   r->attached = 1;
   list_insert_head(&h->reqs, &r->node);
@@ -568,6 +594,9 @@ http_t *http_new(uv_loop_t *loop, int max_host_conns, int max_idle) {
   }
   uv_timer_init(loop, &h->timer);
   h->timer.data = h;
+  uv_timer_init(loop, &h->later);
+  h->later.data = h;
+  h->handles_open = 2;
   return h;
 }
 
@@ -590,7 +619,9 @@ int http_trim(http_t *h) {
 }
 
 static void timer_close_cb(uv_handle_t *handle) {
-  free(handle->data);
+  http_t *h = handle->data;
+  REGISTER_ASSERT(h->handles_open > 0); /* one close callback per timer */
+  if (--h->handles_open == 0) free(h);
 }
 
 void http_free(http_t *h) {
@@ -613,4 +644,5 @@ void http_free(http_t *h) {
     sock_close(list_entry(n, sock_t, node));
   uv_timer_stop(&h->timer);
   uv_close((uv_handle_t *)&h->timer, timer_close_cb);
+  uv_close((uv_handle_t *)&h->later, timer_close_cb);
 }

@@ -434,12 +434,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
 static void start_watch(watch_t *w) {
   etcd_watch_cancel(w->watch);
   w->watch = etcd_watch(w->etcd, w->cfg->watch_prefix, w->rev + 1, on_watch, w);
-  if (!w->watch) { /* curl refused: try again with the next cycle */
-    log_warn("watch: cannot start watching %s; reading it again in %u s",
-             w->cfg->watch_prefix, RETRY_MIN_MS / 1000);
-    w->dirty = 1;
-    uv_timer_start(&w->retry, cycle_cb, RETRY_MIN_MS, 0);
-  }
+  REGISTER_ASSERT(w->watch); /* never NULL: a failure comes from the loop */
 }
 
 /* The retry timer waits out an etcd failure (not a failed render: a
