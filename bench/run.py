@@ -58,6 +58,7 @@ etcd runs on tmpfs (/dev/shm) so that its fsync does not dominate; both
 register and the limit client write to the same kind of etcd.  Not part of
 the tests: speed and memory targets live here, never in timed tests.
 """
+import contextlib
 import json
 import os
 import random
@@ -241,9 +242,11 @@ def bench_sync(sizes=(1000, 10000), with_limit=True, apis=("v2", "v3")):
             sync_one(n, api, with_limit)
 
 
+@contextlib.contextmanager
 def fast_fake(n):
-    """n containers served by the fast C fake (bench/fakedocker.c): the
-    process (.host is its address) and {key: value} of the default schema."""
+    """n containers served by the fast C fake (bench/fakedocker.c) and an
+    etcd on tmpfs: (the fake's process, .host its address; {key: value} of
+    the default schema; the etcd), both gone at the end."""
     d = tmpdir("rbf")
     sock = os.path.join(d, "d.sock")
     model = FakeDocker(sock)  # only its container model, no server
@@ -255,14 +258,20 @@ def fast_fake(n):
     fake = subprocess.Popen([os.path.join(BUILD, "bench", "bench_fakedocker"), sock, docs],
                             stderr=subprocess.DEVNULL)
     fake.host = "unix://" + sock
-    wait_for(lambda: os.path.exists(sock), 10)
-    return fake, want
+    try:
+        wait_for(lambda: os.path.exists(sock), 10)
+        etcd = tmpfs_etcd()
+        try:
+            yield fake, want, etcd
+        finally:
+            etcd.cleanup()
+    finally:
+        fake.kill()
+        fake.wait()
 
 
 def sync_one(n, api, with_limit):
-    fake, want = fast_fake(n)
-    etcd = tmpfs_etcd()
-    try:
+    with fast_fake(n) as (fake, want, etcd):
         limit_best = None
         if with_limit:
             pairs = os.path.join(tmpdir("rbp"), "pairs")
@@ -318,10 +327,6 @@ def sync_one(n, api, with_limit):
         reg.cleanup()
         reg2.cleanup()
         RESULTS.append(row)
-    finally:
-        fake.kill()
-        fake.wait()
-        etcd.cleanup()
 
 
 # ---- failsafe: a restart with a policy that fails on every container ----
@@ -339,9 +344,7 @@ def bench_failsafe(sizes=(1000, 10000)):
     failed container adopts the keys that name it, so nothing is deleted)
     and the CPU it took; etcd must still hold every key."""
     for n in sizes:
-        fake, want = fast_fake(n)
-        etcd = tmpfs_etcd()
-        try:
+        with fast_fake(n) as (fake, want, etcd):
             reg = Register("--etcd", etcd.url, "--docker", fake.host, "--etcd-api", "v2", host_ip=IP)
             reg.start()
             wait_for(lambda: "in sync" in reg.output(), 600, interval=0.01, what="in sync")
@@ -367,10 +370,6 @@ def bench_failsafe(sizes=(1000, 10000)):
             reg.cleanup()
             reg2.cleanup()
             RESULTS.append(row)
-        finally:
-            fake.kill()
-            fake.wait()
-            etcd.cleanup()
 
 
 # ---- 3: event latency on the real dockerd ----
