@@ -44,5 +44,10 @@ typedef struct {
 } metrics_input_t;
 
 void metrics_render(buf_t *out, const metrics_input_t *in);
+/* The credential files' counters alone (register watch's /metrics too):
+ * register_credentials_reloaded_total and _refused_total, per file, of
+ * the n rooms in creds (NULL entries skipped); nothing when none is
+ * watched. */
+void metrics_creds(buf_t *out, const creds_t *const *creds, size_t n);
 
 #endif

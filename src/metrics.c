@@ -37,12 +37,12 @@ static void counter(buf_t *b, const char *name, const char *text, uint64_t v) {
 
 /* The credential files watched (creds.c): new content taken, and content
  * refused or a file unreadable (each distinct failure once). */
-static void creds_render(buf_t *b, const metrics_input_t *in) {
+void metrics_creds(buf_t *b, const creds_t *const *creds, size_t n) {
   creds_stat_t st[8];
-  size_t n[2] = {0, 0};
-  for (int i = 0; i < 2; i++)
-    if (in->creds[i]) n[i] = creds_stats(in->creds[i], st, 0);
-  if (!n[0] && !n[1]) return;
+  size_t files = 0;
+  for (size_t i = 0; i < n; i++)
+    if (creds[i]) files += creds_stats(creds[i], st, 0);
+  if (!files) return;
   static const char *const names[2] = {"register_credentials_reloaded_total",
                                        "register_credentials_refused_total"};
   static const char *const helps[2] = {
@@ -51,9 +51,9 @@ static void creds_render(buf_t *b, const metrics_input_t *in) {
       "valid PEM, a key that does not match): what was in use stays."};
   for (int k = 0; k < 2; k++) {
     help(b, names[k], "counter", helps[k]);
-    for (int i = 0; i < 2; i++) {
-      if (!in->creds[i]) continue;
-      size_t m = creds_stats(in->creds[i], st, 8);
+    for (size_t i = 0; i < n; i++) {
+      if (!creds[i]) continue;
+      size_t m = creds_stats(creds[i], st, 8);
       for (size_t j = 0; j < m && j < 8; j++) {
         buf_printf(b, "%s{file=", names[k]);
         label(b, st[j].path);
@@ -260,5 +260,5 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
   buf_printf(b, "register_etcd_drift_total %llu\n",
              (unsigned long long)rs.drift);
   if (in->checks) checks_metrics(in->checks, b);
-  creds_render(b, in);
+  metrics_creds(b, in->creds, 2);
 }

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "httpd.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "policy.h"
 #include "util.h"
@@ -697,6 +698,8 @@ static void metrics(watch_t *w, buf_t *b) {
              "# TYPE register_policy_workers_started_total counter\n"
              "register_policy_workers_started_total %lu\n",
              w->wstats.spawned);
+  const creds_t *creds[1] = {w->creds};
+  metrics_creds(b, creds, 1);
 }
 
 static void handle(void *ud, httpd_req_t *req, const char *method,

@@ -337,13 +337,19 @@ def watch_reads_a_rotated_password_file():
             f.write(LINES)
         out = os.path.join(env.fdir, "out.cfg")
         v2_put(env.etcd, PREFIX + "/a", "1", ROOT)
+        port = free_port()
         w = Register("watch", PREFIX, "--render", render, "--out", out, "--etcd", env.etcd.url,
-                     "--etcd-user", "reg", "--etcd-password-file", pwfile, "--wait", "100ms").start()
+                     "--etcd-user", "reg", "--etcd-password-file", pwfile, "--wait", "100ms",
+                     "--metrics", f"127.0.0.1:{port}").start()
         env.cleanups.append(w.cleanup)
         wait_for(lambda: os.path.exists(out) and read(out) == f"{PREFIX}/a=1\n", what="the first render")
+        assert metric(port, "register_credentials_reloaded_total", pwfile) == 0
         v2_call(env.etcd, "PUT", "/v2/auth/users/reg", {"user": "reg", "password": "rotated"}, auth=ROOT)
         replace(pwfile, "rotated\n")
         wait_line(w, "info", "etcd: credentials read again (changed): password file " + pwfile, 10)
+        # register watch counts it as the daemon does
+        assert metric(port, "register_credentials_reloaded_total", pwfile) == 1
+        assert metric(port, "register_credentials_refused_total", pwfile) == 0
         v2_put(env.etcd, PREFIX + "/b", "2", ROOT)
         wait_for(lambda: read(out) == f"{PREFIX}/a=1\n{PREFIX}/b=2\n", what="a render after the rotation")
         w.stop()
