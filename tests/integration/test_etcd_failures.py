@@ -543,8 +543,7 @@ class Veth:
         return False
 
 
-@suite.test
-def a_put_given_up_on_in_a_partition_never_lands_later():
+def put_given_up_on_in_a_partition(api):
     """register gives up on a put while etcd is cut off (its 5 s limit),
     the container goes, the network heals and register deletes the key.
     The put's bytes must not still sit in the kernel's send queue of the
@@ -554,8 +553,8 @@ def a_put_given_up_on_in_a_partition_never_lands_later():
     etcd connections with a reset, which drops them."""
     with Veth() as net, Env(ip=Veth.HERE) as env:
         env.start_new(1)
-        r = env.register("--etcd-api", "v2", "--etcd-discovery", "off", netns=net.ns)
-        env.converged("v2")
+        r = env.register("--etcd-api", api, "--etcd-discovery", "off", netns=net.ns)
+        env.converged(api)
         net.cut()
         late = env.start_new(1)[0]
         wait_line(r, "warn", "etcd: cannot write")  # the put was given up on
@@ -566,13 +565,23 @@ def a_put_given_up_on_in_a_partition_never_lands_later():
         env.fake.remove(late)
         time.sleep(1)  # register has seen it go (nothing to wait for: it cannot write)
         net.heal()
-        env.converged("v2", timeout=30)
+        env.converged(api, timeout=30)
         # a late put would land within seconds of the heal (TCP's
         # retransmission backoff): the key must stay gone
         deadline = time.time() + 15
         while time.time() < deadline:
-            assert env.tree("v2") == env.expected(), f"a key came back after the heal: {env.tree('v2')}"
+            assert env.tree(api) == env.expected(), f"a key came back after the heal: {env.tree(api)}"
             time.sleep(0.2)
+
+
+@suite.test
+def a_put_given_up_on_in_a_partition_never_lands_later_v2():
+    put_given_up_on_in_a_partition("v2")
+
+
+@suite.test
+def a_put_given_up_on_in_a_partition_never_lands_later_v3():
+    put_given_up_on_in_a_partition("v3")
 
 
 suite.run()
