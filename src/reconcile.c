@@ -527,7 +527,7 @@ static int names_token(const char *s, size_t n, const char *tok) {
  * hold it.  It is built at the first adoption that needs it, so about
  * once per listing, and dropped when an orphan may have changed (what etcd
  * holds of a key nobody owns, a key freed, the prefix) or, once Docker's
- * list is complete, after each adoption (few come then: no memory kept). */
+ * list is complete, after each adoption or pass of them (orphans_done()). */
 typedef struct {
   char *tok;     /* also the map key */
   rkey_t **keys; /* not owned: the index is dropped before any is freed */
@@ -661,7 +661,6 @@ static void rcont_adopt(reconcile_t *r, rcont_t *c) {
     }
     r->orphan_toks_busy = 0;
   }
-  if (r->docker_synced) orphans_drop(r); /* few come now: keep no memory */
   if (adopted) {
     char n[32];
     snprintf(n, sizeof n, "%zu", adopted);
@@ -672,14 +671,21 @@ static void rcont_adopt(reconcile_t *r, rcont_t *c) {
   }
 }
 
+/* Once Docker's list is complete few adoptions come: the index is not
+ * kept between them (no memory held for it). */
+static void orphans_done(reconcile_t *r) {
+  if (r->docker_synced) orphans_drop(r);
+}
+
 static void reconcile_adopt_all(reconcile_t *r) {
   map_iter_t it;
   void *v;
   map_iter_init(&it, r->conts);
   while (map_iter_next(&it, NULL, &v)) {
-    rcont_adopt(r, v);
+    rcont_adopt(r, v); /* one index for them all */
     rcont_count(r, v);
   }
+  orphans_done(r);
 }
 
 void reconcile_keep(reconcile_t *r, const char *id, const char *image,
@@ -711,6 +717,7 @@ void reconcile_keep(reconcile_t *r, const char *id, const char *image,
                 recs->v[i].value_len, gen);
   }
   rcont_adopt(r, c);
+  orphans_done(r);
   rcont_count(r, c);
   rcont_release(r, c, 0);
   reconcile_pump(r);
