@@ -122,12 +122,14 @@ class Net:
         for k in range(nparts):
             self.ends[f"p{k}"] = (f"10.213.1.{k + 1}", "02:13:00:00:01:%02x" % (k + 1))
         self.made = []
+        self.run_netns_mounted = True  # until setup() knows better
         self.down = set()  # endpoints cut off now
 
     def ns(self, end):
         return f"{self.tag}-{end}"
 
     def setup(self):
+        self.run_netns_mounted = os.path.ismount("/run/netns")
         sh("ip", "netns", "add", self.sw)
         self.made.append(self.sw)
         sh("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
@@ -157,6 +159,7 @@ class Net:
         self.down.discard(end)
 
     def cleanup(self):
+        made = bool(self.made)
         for ns in self.made:
             for _ in range(3):
                 pids = sh("ip", "netns", "pids", ns, check=False).split()
@@ -171,6 +174,13 @@ class Net:
         for ns in reversed(self.made):
             sh("ip", "netns", "del", ns, check=False)
         self.made = []
+        # `ip netns add` bind-mounts /run/netns on itself the first time
+        # (to make it shared); once the last namespace is gone that mount
+        # is left behind: undone when this run made it and nothing else
+        # uses it now
+        if made and not self.run_netns_mounted and os.path.ismount("/run/netns") \
+                and not os.listdir("/run/netns"):
+            sh("umount", "/run/netns", check=False)
 
 
 # ---------------------------------------------------------------------------
