@@ -129,7 +129,7 @@ class Net:
         return f"{self.tag}-{end}"
 
     def setup(self):
-        self.run_netns_mounted = os.path.ismount("/run/netns")
+        self.run_netns_mounted = run_netns_mounted()
         sh("ip", "netns", "add", self.sw)
         self.made.append(self.sw)
         sh("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
@@ -178,9 +178,18 @@ class Net:
         # (to make it shared); once the last namespace is gone that mount
         # is left behind: undone when this run made it and nothing else
         # uses it now
-        if made and not self.run_netns_mounted and os.path.ismount("/run/netns") \
-                and not os.listdir("/run/netns"):
+        if made and not self.run_netns_mounted and run_netns_mounted() and not os.listdir("/run/netns"):
             sh("umount", "/run/netns", check=False)
+
+
+def run_netns_mounted():
+    """Whether something is mounted on /run/netns (os.path.ismount() does
+    not see a bind mount of a directory on itself: the same device)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == "/run/netns" for line in f)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------
