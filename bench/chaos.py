@@ -47,6 +47,38 @@ length and target; the member a leader kill hits is whichever leads then):
                every host
   churn        containers stopped and started at a few per second
 
+With --etcd-faults (v3 only) etcd runs with auth on (JWT tokens, RS256,
+valid JWT_TTL), root and, per host, a user h<i> whose role r<i> may read
+and write PREFIX/<ip>/ only; each host gets --etcd-user h<i> and
+--etcd-password-file (a file of its own); this script reads as root.  The
+quota is QUOTA (8 MiB).  The etcd-side failures seen in production are
+drawn too:
+  perm_revoke  a host's role loses its permission on its prefix (a
+               container of that host changes meanwhile), granted back
+  jwt_change   a user added (an auth change: every token is "old"), a
+               container changes, the user deleted (old again)
+  passwd_rotate  a host's password changed in etcd, a container of that
+               host changes, the new password written to its file (a new
+               file renamed over) after a while
+  nospace      512 KiB values (FILL_PREFIX, as root) until etcd raises
+               NOSPACE, a container changes, held, then healed: the filler
+               deleted, compacted, every member defragmented, alarms
+               disarmed
+  snapshot_restore  a snapshot saved, containers change on two hosts,
+               then every member stopped, restored from the snapshot
+               (etcdctl snapshot restore, same names and peer URLs) and
+               started: etcd goes back in time (keys, leases, revision)
+  member_replace  a member added at an address none has (namespaces
+               m3, m4, then the longest free), started, and after a
+               while the old one removed and stopped; the hosts learn it
+               from etcd's member list
+Each heals itself at its end; a heal etcd refuses (no quorum) is tried
+again every 0.5 s from the storm's loop, and whatever is still not done
+at the quiet point is finished there first (said in the schedule).  The
+quiet-point invariants are the same; etcd faults conflict as draw_epoch()
+says.  Not drawn: client certificates that expire (the fleet's etcd has
+no TLS).
+
 The seed is printed first; the same seed replays the same schedule.  A
 failure prints the seed, the schedule so far (what ran, when), the broken
 invariant and the hosts' log tails, and stops the run (exit 1).
@@ -736,7 +768,21 @@ class ChaosFleet(Fleet):
         revision, with the keys, leases and auth store it had then."""
         ef = [time.time(), None]
         self.etcd_faults.append(ef)
-        # the cluster is down meanwhile, as in an outage: the same excuse
+        # What make-before-break excuses here, and why.  (1) The members are
+        # down for the restore: nobody can write or keep a lease alive, as
+        # in an outage, so every host gets the outage's excuse, which ends
+        # TTL + GRACE after the restart: the snapshot's leases come back
+        # with a full TTL, and one that no host keeps alive any more (a
+        # host restarted since the snapshot holds another, which etcd no
+        # longer knows) expires then, taking keys that its host can only
+        # write again once it has heard that its own lease is gone.  (2)
+        # The rewind deletes, at once, every key written after the
+        # snapshot; register never deleted them: the watcher leaves those
+        # keys out at its first read after the restart (resync(rewound=True))
+        # and nothing else.  Past that window every delete is checked as
+        # anywhere: the stale keys the snapshot brought back and an old
+        # naming are register's to delete, new keys first.  NOSPACE,
+        # permissions, passwords and JWT changes delete nothing: no excuse.
         ex = self.excuse(None)
         self.cluster.kill()
         self.watcher.rewind_pending = True
