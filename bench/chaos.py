@@ -837,13 +837,22 @@ class ChaosFleet(Fleet):
                     time.sleep(0.5)
             else:
                 fails.append(f"etcd: could not heal: {what}: {err}")
-        try:
-            if self.admin("/v3/maintenance/alarm", {"action": "GET"}).get("alarms"):
-                self.note("quiet point: an alarm is still raised; freeing space")
-                if not self.free_space():
-                    fails.append("etcd: the NOSPACE alarm could not be disarmed")
-        except RuntimeError as e:
-            fails.append(f"etcd: alarm list: {e}")
+        # the members may still be starting (an outage just healed): asked
+        # until one answers
+        deadline = time.time() + 60
+        while True:
+            try:
+                alarms = self.admin("/v3/maintenance/alarm", {"action": "GET"}).get("alarms")
+                break
+            except RuntimeError as e:
+                if time.time() > deadline:
+                    fails.append(f"etcd: alarm list: {e}")
+                    return fails
+                time.sleep(0.3)
+        if alarms:
+            self.note("quiet point: an alarm is still raised; freeing space")
+            if not self.free_space():
+                fails.append("etcd: the NOSPACE alarm could not be disarmed")
         return fails
 
     # ---- bookkeeping ----
