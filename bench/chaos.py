@@ -1065,9 +1065,14 @@ class ChaosFleet(Fleet):
             self.change(p["host"])  # a write etcd refuses
             return ("nospace", st)
         if k == "snapshot_restore":
-            m = next((m for m in self.live_members() if m.healthy()), None)
+            # a member back from a cut may have started an election just now
+            # (etcd 3.4 has no pre-vote): no member is healthy for a moment
+            deadline = time.time() + 10
+            while not (m := next((m for m in self.live_members() if m.healthy()), None)) \
+                    and time.time() < deadline:
+                time.sleep(0.2)
             if m is None:
-                self.note("snapshot_restore: no healthy member to save a snapshot from; skipped")
+                self.note("snapshot_restore: no healthy member to save a snapshot from for 10 s; skipped")
                 return None
             self.ngen += 1
             snap = os.path.join(self.base, f"snap{self.ngen}.db")
