@@ -419,9 +419,9 @@ class ChaosWatcher(Watcher):
                 time.sleep(0.2)
                 continue
             try:
-                if self.rewind_pending:
-                    self.rewind_pending = False
+                if self.rewind_pending:  # cleared once the read succeeded
                     self.resync(m, rewound=True)
+                    self.rewind_pending = False
                 self.watch(m)
             except Exception:
                 pass
