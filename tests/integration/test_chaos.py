@@ -9,8 +9,9 @@ container lost its last key while its host was healthy (make-before-break),
 killed hosts' keys went within their TTL, every host answers /healthz, none
 is busy, none leaks memory or fds.
 
-chaos_v3_etcd_faults (ctest integration.chaos_etcd) is a third run, v3
-with --etcd-faults: etcd with auth (JWT, a user per host), an 8 MiB
+chaos_v3_etcd_faults is a third run, v3 with --etcd-faults (by hand:
+`python3 test_chaos.py chaos_v3_etcd_faults`; ctest's integration.chaos
+runs the other two, see tests/CMakeLists.txt for why): etcd with auth (JWT, a user per host), an 8 MiB
 quota, and the etcd-side faults drawn too (a permission revoked and
 granted back, JWT tokens made old, a password rotated in etcd and in its
 file, NOSPACE filled and freed, a snapshot restored, a member replaced at
