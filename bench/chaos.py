@@ -47,21 +47,56 @@ length and target; the member a leader kill hits is whichever leads then):
                every host
   churn        containers stopped and started at a few per second
 
+With --etcd-faults (v3 only) etcd runs with auth on (JWT tokens, RS256,
+valid JWT_TTL), root and, per host, a user h<i> whose role r<i> may read
+and write PREFIX/<ip>/ only; each host gets --etcd-user h<i> and
+--etcd-password-file (a file of its own); this script reads as root.  The
+quota is QUOTA (8 MiB).  The etcd-side failures seen in production are
+drawn too:
+  perm_revoke  a host's role loses its permission on its prefix (a
+               container of that host changes meanwhile), granted back
+  jwt_change   a user added (an auth change: every token is "old"), a
+               container changes, the user deleted (old again)
+  passwd_rotate  a host's password changed in etcd, a container of that
+               host changes, the new password written to its file (a new
+               file renamed over) after a while
+  nospace      512 KiB values (FILL_PREFIX, as root) until etcd raises
+               NOSPACE, a container changes, held, then healed: the filler
+               deleted, compacted, every member defragmented, alarms
+               disarmed
+  snapshot_restore  a snapshot saved, containers change on two hosts,
+               then every member stopped, restored from the snapshot
+               (etcdctl snapshot restore, same names and peer URLs) and
+               started: etcd goes back in time (keys, leases, revision)
+  member_replace  a member added at an address none has (namespaces
+               m3, m4, then the longest free), started, and after a
+               while the old one removed and stopped; the hosts learn it
+               from etcd's member list
+Each heals itself at its end; a heal etcd refuses (no quorum) is tried
+again every 0.5 s from the storm's loop, and whatever is still not done
+at the quiet point is finished there first (said in the schedule).  The
+quiet-point invariants are the same; etcd faults conflict as draw_epoch()
+says.  Not drawn: client certificates that expire (the fleet's etcd has
+no TLS).
+
 The seed is printed first; the same seed replays the same schedule.  A
 failure prints the seed, the schedule so far (what ran, when), the broken
 invariant and the hosts' log tails, and stops the run (exit 1).
 """
+import base64
 import hashlib
 import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,8 +104,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import fleet  # noqa: E402
-from fleet import (PREFIX, Fleet, Net, Watcher, b64, host_ip, net_parts, out, res_index,  # noqa: E402
-                   v2_tree, v3_range)
+from fleet import (PREFIX, Fleet, Net, V3Auth, Watcher, b64, host_ip, net_parts, net_spares, out,  # noqa: E402
+                   res_index, v2_tree, v3_post, v3_range)
+from toolkit import Etcd  # noqa: E402
 
 QUIET_BUDGET = 30.0    # s: from the last heal (and quorum) until etcd must equal the truth
 GRACE = 3.0            # s: a host stays excused TTL + GRACE after its fault healed
@@ -94,6 +130,20 @@ KINDS = ["member_kill", "leader_kill", "outage", "member_cut", "host_cut", "dock
 WEIGHTS = [1.0, 1.0, 0.6, 0.8, 1.0, 0.6, 0.8, 1.2, 1.0, 0.7, 1.5]
 MEMBER_FAULTS = ("member_kill", "leader_kill", "member_cut")
 ETCD_FAULTS = MEMBER_FAULTS + ("outage",)
+# --etcd-faults: the etcd-side failures seen in production (issue 22),
+# drawn beside the others (the list grows only with the option, so that a
+# seed without it replays exactly what it did before)
+ETCD_KINDS = ["perm_revoke", "jwt_change", "passwd_rotate", "nospace", "snapshot_restore", "member_replace"]
+ETCD_WEIGHTS = [1.0, 0.6, 1.0, 0.6, 0.5, 0.5]
+AUTH_FAULTS = ("perm_revoke", "jwt_change", "passwd_rotate")
+# cluster-wide: none of these overlaps another of them, a member fault or an
+# outage (a defrag needs every member, a restore replaces every member's
+# data, a member add or remove needs every member connected)
+CLUSTER_FAULTS = ("nospace", "snapshot_restore", "member_replace")
+QUOTA = 8 << 20            # --quota-backend-bytes with --etcd-faults
+FILL_PREFIX = "/chaosfill/"  # nospace's filler keys (outside PREFIX, written as root)
+ROOT_PW = "rootpw"
+JWT_TTL = "1m"             # the hosts' tokens expire (and are renewed) during a run
 
 
 # ---------------------------------------------------------------------------
@@ -115,10 +165,14 @@ class Fault:
         return f"+{self.start:5.2f}s {self.kind}{' ' + what if what else ''}{length}"
 
 
-def draw_epoch(rng, n, nparts, ttl):
+def draw_epoch(rng, n, nparts, ttl, etcd_faults=False):
     """One storm: (length, [Fault]).  Only rng decides; conflicting faults
     (the same target twice at once, a fourth member fault, an outage beside
-    a member fault) are dropped, deterministically."""
+    a member fault; with etcd_faults: a cluster-wide etcd fault beside
+    another or beside a member fault or an outage, an auth change beside an
+    outage or a snapshot restore, which would rewind it) are dropped,
+    deterministically."""
+    kinds, weights = (KINDS + ETCD_KINDS, WEIGHTS + ETCD_WEIGHTS) if etcd_faults else (KINDS, WEIGHTS)
     length = rng.uniform(3.0, 12.0)
     k = rng.randint(1, 4)
     faults = []
@@ -127,7 +181,7 @@ def draw_epoch(rng, n, nparts, ttl):
         return f.start < g.end() + 0.2 and g.start < f.end() + 0.2
 
     for _ in range(k):
-        kind = rng.choices(KINDS, WEIGHTS)[0]
+        kind = rng.choices(kinds, weights)[0]
         start = rng.uniform(0.0, length * 0.7)
         room = length - start
         p = {}
@@ -154,6 +208,28 @@ def draw_epoch(rng, n, nparts, ttl):
             dur = rng.uniform(0.3, 2 * ttl)
         elif kind == "reload":
             dur = 0.0
+        elif kind == "perm_revoke":
+            p["host"] = rng.randrange(n)
+            dur = rng.uniform(1.0, 2 * ttl + 2)
+        elif kind == "passwd_rotate":
+            # the time between the change in etcd and the new file
+            p["host"] = rng.randrange(n)
+            dur = rng.uniform(0.2, 4.0)
+        elif kind == "jwt_change":
+            p["host"] = rng.randrange(n)  # the host whose container changes then
+            dur = rng.uniform(0.3, 3.0)
+        elif kind == "nospace":
+            p["host"] = rng.randrange(n)  # the host whose container changes while etcd is full
+            dur = rng.uniform(1.0, 6.0)
+        elif kind == "snapshot_restore":
+            # the snapshot at the start, the restore at the end; a container
+            # changes on each of these hosts in between
+            p["hosts"] = sorted(rng.sample(range(n), min(n, 2)))
+            dur = rng.uniform(2.0, 8.0)
+        elif kind == "member_replace":
+            # the new member added at the start, the old one removed at the end
+            p["member"] = rng.randrange(3)
+            dur = rng.uniform(2.0, 6.0)
         else:  # churn
             dur = rng.uniform(1.0, 6.0)
             rate = rng.uniform(2.0, 15.0)
@@ -181,6 +257,16 @@ def draw_epoch(rng, n, nparts, ttl):
                     and f.p["host"] == g.p["host"]:
                 clash = True
             if kind == g.kind == "host_cut" and f.p["part"] == g.p["part"]:
+                clash = True
+            pair = {kind, g.kind}
+            if pair & set(CLUSTER_FAULTS) and (pair & set(ETCD_FAULTS) or kind == g.kind
+                                               or len(pair & set(CLUSTER_FAULTS)) == 2):
+                clash = True
+            if pair & set(AUTH_FAULTS) and pair & {"outage", "snapshot_restore"}:
+                clash = True
+            if kind == g.kind and kind in ("perm_revoke", "passwd_rotate") and f.p["host"] == g.p["host"]:
+                clash = True
+            if kind == g.kind == "jwt_change":
                 clash = True
         if kind == "reload" and any(g.kind == "reload" for g in faults):
             clash = True  # one a storm: a second SIGHUP during a reload is ignored by design
@@ -214,6 +300,11 @@ class ChaosWatcher(Watcher):
         self.gaps = 0
         self.reconnects = 0
         self.last = 0
+        # snapshot_restore: set once every member is down for the restore;
+        # the next connection reads afresh and the keys the rewind took are
+        # not violations (see resync())
+        self.rewind_pending = False
+        self.rewound = 0
         self.ip_host = {host_ip(h): h for h in range(chaos.n)}
 
     @staticmethod
@@ -231,15 +322,23 @@ class ChaosWatcher(Watcher):
 
     def read_all(self, m):
         if self.c.api == "v3":
-            kv, rev = v3_range(m.url, PREFIX + "/")
+            kv, rev = v3_range(m.url, PREFIX + "/", auth=self.c.auth)
             return set(kv), rev
         tree = v2_tree(m.url, PREFIX)
         return set(tree), res_index[m.url]
 
-    def resync(self, m):
-        """A fresh read replaces what the watch knew."""
+    def resync(self, m, rewound=False):
+        """A fresh read replaces what the watch knew.  rewound: the read
+        after a snapshot restore.  The keys it lacks against the watch's view
+        are the ones the rewind took (written after the snapshot: a
+        container started since, a reload's new names), taken by etcd, not
+        by register: those alone are not checked, here only.  What register
+        deletes from then on (the snapshot's stale keys, the old naming it
+        brought back) is checked as everywhere; the hosts' excuse for the
+        downtime itself is the outage's (restore())."""
         keys, last = self.read_all(m)
         gone = self.keys - keys
+        back = keys - self.keys
         self.keys = set()
         self.cnt = {}
         for k in keys:
@@ -250,6 +349,12 @@ class ChaosWatcher(Watcher):
             cid, ip = self.cid_of(k)
             if cid and self.cnt.get(cid, 0) == 0:
                 lost.add(cid)
+        if rewound:
+            self.rewound += len(gone)
+            self.c.note(f"watcher: etcd went back in time to revision {last}: {len(gone)} keys gone, "
+                        f"{len(back)} back; {len(lost)} containers without a key for now "
+                        f"(the rewind's, not checked)")
+            return
         self.check(lost, "gone in a watch gap")
 
     def drift(self):
@@ -314,6 +419,9 @@ class ChaosWatcher(Watcher):
                 time.sleep(0.2)
                 continue
             try:
+                if self.rewind_pending:  # cleared once the read succeeded
+                    self.resync(m, rewound=True)
+                    self.rewind_pending = False
                 self.watch(m)
             except Exception:
                 pass
@@ -330,9 +438,13 @@ class ChaosWatcher(Watcher):
             if self.c.api == "v3":
                 body = json.dumps({"create_request": {"key": b64(PREFIX + "/"), "range_end": b64(PREFIX + "0"),
                                                       "start_revision": self.last + 1}})
-                self.conn.request("POST", "/v3/watch", body=body)
+                auth = self.c.auth
+                self.conn.request("POST", "/v3/watch", body=body, headers=auth.headers(m.url) if auth else {})
                 for doc in self.stream(self.conn.getresponse()):
                     res = doc.get("result", {})
+                    if auth and ("error" in doc or (res.get("canceled") and not res.get("compact_revision"))):
+                        auth.headers(m.url, fresh=True)  # a token made old: a new one for the next watch
+                        return
                     if res.get("canceled") or res.get("compact_revision"):
                         self.gaps += 1
                         self.resync(m)
@@ -417,8 +529,331 @@ class ChaosFleet(Fleet):
         self.reloads_repeated = 0
         self.kill_checks = [0, 0, 0]      # done, skipped (etcd fault overlapped), failed
         self.t_start = time.time()
-        self.later = []                   # (time, fn): deferred SIGHUPs
+        self.later = []                   # (time, fn): deferred SIGHUPs, etcd heals tried again
         self.quorum_excuse = None
+        # --etcd-faults
+        self.efaults = bool(getattr(a, "etcd_faults", False))
+        self.root = None                  # V3Auth as root (this script's reads and the faults)
+        self.revoked = set()              # hosts whose role may not write (not yet granted back)
+        self.pw_pending = {}              # host -> a new password in etcd, not yet in its file
+        self.pwgen = 0
+        self.jwt_users = set()            # users jwt_change added, not yet deleted
+        self.nusers = 0
+        self.replacing = []               # member_replace states not yet finished
+        # the member namespaces free for a new member: the spares first,
+        # then the removed members' (the longest free first), so that a
+        # new member comes at an address no member had lately
+        self.free_ends = [e for e in net.ends if e.startswith("m") and int(e[1:]) >= len(fleet.ETCD_IPS)]
+        self.ngen = 0                     # new members and snapshots made
+        self.etcd_counts = {}             # fault kind -> how many took effect
+
+    # ---- --etcd-faults: etcd's set-up and its admin requests ----
+    def etcd_extra(self):
+        """With --etcd-faults: JWT tokens (RS256, a key pair made here) and a
+        small quota, instead of fleet.py's room for big fleets."""
+        if not getattr(self.a, "etcd_faults", False):
+            return None
+        d = os.path.join(self.base, "jwt")
+        os.makedirs(d)
+        priv, pub = os.path.join(d, "jwt.key"), os.path.join(d, "jwt.pub")
+        fleet.sh("openssl", "genrsa", "-out", priv, "2048")
+        fleet.sh("openssl", "rsa", "-in", priv, "-pubout", "-out", pub)
+        return ["--quota-backend-bytes", str(QUOTA),
+                "--auth-token", f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl={JWT_TTL}"]
+
+    @staticmethod
+    def host_prefix(h):
+        return f"{PREFIX}/{host_ip(h)}/"
+
+    def pw_file(self, h):
+        return os.path.join(self.base, "pw", f"h{h}")
+
+    def write_pw(self, h, pw):
+        """A new file renamed over the old one, as an operator's tool does."""
+        tmp = self.pw_file(h) + ".new"
+        with open(tmp, "w") as fh:
+            fh.write(pw + "\n")
+        os.replace(tmp, self.pw_file(h))
+
+    def live_members(self):
+        return [m for m in self.cluster.members if m.proc and m.name not in self.net.down]
+
+    def admin(self, path, req, timeout=3):
+        """A v3 request as root (before auth is on: as nobody) to the first
+        live member that takes it; RuntimeError with etcd's answer if none."""
+        err = "no member runs"
+        for m in self.live_members():
+            try:
+                return v3_post(m.url, path, req, timeout, self.root)
+            except urllib.error.HTTPError as e:
+                err = f"{m.name}: HTTP {e.code} {e.read()[:200].decode(errors='replace')}"
+            except Exception as e:
+                err = f"{m.name}: {type(e).__name__}: {e}"
+        raise RuntimeError(f"{path}: {err}")
+
+    def setup_auth(self):
+        """Auth on: root, and per host a user h<i> whose role r<i> may read
+        and write that host's keys (PREFIX/<ip>/) and nothing else; each
+        host's password in a file of its own (--etcd-password-file)."""
+        os.makedirs(os.path.join(self.base, "pw"))
+        self.admin("/v3/auth/user/add", {"name": "root", "password": ROOT_PW})
+        self.admin("/v3/auth/role/add", {"name": "root"})
+        self.admin("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        for h in range(self.n):
+            self.admin("/v3/auth/role/add", {"name": f"r{h}"})
+            self.grant(h)
+            self.admin("/v3/auth/user/add", {"name": f"h{h}", "password": f"pw-h{h}-0"})
+            self.admin("/v3/auth/user/grant", {"user": f"h{h}", "role": f"r{h}"})
+            self.write_pw(h, f"pw-h{h}-0")
+        self.admin("/v3/auth/enable", {})
+        self.root = self.auth = V3Auth("root", ROOT_PW)
+        self.note(f"etcd: auth on (JWT), a user and role per host, quota {QUOTA >> 20} MiB")
+
+    def cred_args(self, h):
+        if not self.efaults:
+            return []
+        return ["--etcd-user", f"h{h}", "--etcd-password-file", self.pw_file(h)]
+
+    def retry(self, what, fn, tries=40):
+        """fn() until it does not raise: now, then every 0.5 s from the
+        storm's loop (self.later), which goes on meanwhile; what is still
+        not done at the quiet point, heal_etcd() does.  what (if not None)
+        goes to the schedule once done."""
+        try:
+            fn()
+            if what:
+                self.note(what)
+            return
+        except Exception as e:
+            err = e
+        if tries <= 0:
+            self.note(f"{what or fn}: still failing ({err}); left to the quiet point")
+            return
+        self.later.append((time.time() + 0.5, lambda: self.retry(what, fn, tries - 1)))
+
+    def count(self, kind):
+        self.etcd_counts[kind] = self.etcd_counts.get(kind, 0) + 1
+
+    def grant(self, h):
+        pfx = self.host_prefix(h)
+        self.admin("/v3/auth/role/grant", {"name": f"r{h}", "perm": {
+            "permType": "READWRITE", "key": b64(pfx), "range_end": b64(pfx[:-1] + "0")}})
+        self.revoked.discard(h)
+
+    def del_user(self, u):
+        try:
+            self.admin("/v3/auth/user/delete", {"name": u})
+        except RuntimeError as e:
+            if "not found" not in str(e):  # an add that never went through
+                raise
+        self.jwt_users.discard(u)
+
+    def rotate_done(self, h, new):
+        """etcd has the new password (a change that timed out may not have
+        gone through: made again then), then the host's file has it."""
+        try:
+            V3Auth(f"h{h}", new).headers(self.live_members()[0].url)
+        except Exception:
+            self.admin("/v3/auth/user/changepw", {"name": f"h{h}", "password": new})
+        self.write_pw(h, new)
+        self.pw_pending.pop(h, None)
+
+    def fill(self, st):
+        """nospace: 512 KiB values under FILL_PREFIX until etcd refuses one
+        for want of space (its NOSPACE alarm is raised then)."""
+        val = base64.b64encode(os.urandom(512 << 10)).decode()
+        errors = 0
+        for i in range(4 * QUOTA // (512 << 10)):
+            try:
+                self.admin("/v3/kv/put", {"key": b64(f"{FILL_PREFIX}{i}"), "value": val}, timeout=10)
+                st["puts"] = i + 1
+            except RuntimeError as e:
+                if "space exceeded" in str(e):
+                    st["full"] = True
+                    self.note(f"nospace: etcd full after {i} puts of 512 KiB (NOSPACE alarm)")
+                    return
+                errors += 1
+                if errors > 20:
+                    break
+                time.sleep(0.2)
+        self.note(f"nospace: etcd not full after {st.get('puts', 0)} puts")
+
+    def free_space(self):
+        """nospace's heal: the filler deleted, the history compacted,
+        every member defragmented, the alarms disarmed."""
+        deadline = time.time() + 60
+        while True:
+            try:
+                doc = self.admin("/v3/kv/deleterange", {"key": b64(FILL_PREFIX),
+                                                        "range_end": b64(FILL_PREFIX[:-1] + "0")})
+                rev = int(doc["header"]["revision"])
+                try:
+                    self.admin("/v3/kv/compaction", {"revision": rev, "physical": True}, timeout=20)
+                except RuntimeError as e:
+                    if "compacted" not in str(e):
+                        raise
+                for m in list(self.cluster.members):
+                    if m.proc:
+                        v3_post(m.url, "/v3/maintenance/defragment", {}, 30, self.root)
+                alarms = self.admin("/v3/maintenance/alarm", {"action": "GET"}).get("alarms", [])
+                for x in alarms:
+                    self.admin("/v3/maintenance/alarm", {"action": "DEACTIVATE", "memberID": x["memberID"],
+                                                         "alarm": x["alarm"]})
+                self.note(f"nospace healed: filler deleted, compacted at {rev}, every member defragmented, "
+                          f"{len(alarms)} alarms disarmed")
+                return True
+            except Exception as e:
+                if time.time() > deadline:
+                    self.note(f"nospace: freeing space failed for 60 s: {e}")
+                    return False
+                time.sleep(0.5)
+
+    def add_member(self, st):
+        """member_replace: the new member added (etcd refuses while a member
+        has not been connected for a while: tried again) and started."""
+        if st["cancel"] or st["new"]:
+            return
+        ip = self.net.ends[st["end"]][0]
+        peer = f"http://{ip}:2380"
+        members = self.admin("/v3/cluster/member/list", {}).get("members", [])
+        if not any(peer in x.get("peerURLs", []) for x in members):  # an add that timed out may be in
+            members = self.admin("/v3/cluster/member/add", {"peerURLs": [peer]}, timeout=5)["members"]
+        init = ",".join(f"{x.get('name') or st['end']}={x['peerURLs'][0]}" for x in members)
+        self.ngen += 1
+        old = st["old"]
+        new = Etcd(st["end"], init, 2379, 2380, data_dir=os.path.join(self.base, "etcd", f"{st['end']}-{self.ngen}"),
+                   extra=old.extra + ["--initial-cluster-state", "existing"], ip=ip,
+                   netns=self.net.ns(st["end"]), timing=None)
+        new.start(wait=False)
+        self.cluster.members.append(new)
+        st["new"] = new
+        self.note(f"member_replace: {new.name} ({new.url}) added and started beside {old.name}")
+
+    def remove_member(self, st):
+        """member_replace's end: the old member removed, stopped, its data
+        gone; the new one takes its place in the list."""
+        if st.get("done"):
+            return
+        old, new = st["old"], st["new"]
+        members = self.admin("/v3/cluster/member/list", {}).get("members", [])
+        x = next((x for x in members if old.peer_url in x.get("peerURLs", [])), None)
+        if x:
+            self.admin("/v3/cluster/member/remove", {"ID": x["ID"]}, timeout=5)
+        old.kill()
+        shutil.rmtree(old.dir, ignore_errors=True)
+        self.free_ends.append(old.name)
+        ms = self.cluster.members
+        ms.remove(new)
+        ms[ms.index(old)] = new
+        self.faulted_members.pop(st["i"], None)
+        self.replacing.remove(st)
+        st["ef"][1] = time.time()
+        st["done"] = True
+        self.count("member_replace")
+        self.note(f"member_replace: {old.name} removed and stopped; the members now "
+                  f"{', '.join(m.name for m in ms)}")
+        # a new member replays the raft log, a nospace's filler with it, but
+        # not the defragmentation that followed (it is each member's own):
+        # its backend passes the quota and it raises NOSPACE for the whole
+        # cluster (seed 1870946746).  An operator defragments it and
+        # disarms; so does this.
+        if self.admin("/v3/maintenance/alarm", {"action": "GET"}).get("alarms"):
+            self.note(f"member_replace: {new.name} raised an alarm catching up (the log's filler, no defrag)")
+            self.free_space()
+
+    def restore(self, snap):
+        """snapshot_restore's end: every member stopped, its data replaced
+        by the snapshot's (etcdctl snapshot restore, the same names, peer
+        URLs and cluster token), restarted: etcd is back at the snapshot's
+        revision, with the keys, leases and auth store it had then."""
+        ef = [time.time(), None]
+        self.etcd_faults.append(ef)
+        # What make-before-break excuses here, and why.  (1) The members are
+        # down for the restore: nobody can write or keep a lease alive, as
+        # in an outage, so every host gets the outage's excuse, which ends
+        # TTL + GRACE after the restart: the snapshot's leases come back
+        # with a full TTL, and one that no host keeps alive any more (a
+        # host restarted since the snapshot holds another, which etcd no
+        # longer knows) expires then, taking keys that its host can only
+        # write again once it has heard that its own lease is gone.  (2)
+        # The rewind deletes, at once, every key written after the
+        # snapshot; register never deleted them: the watcher leaves those
+        # keys out at its first read after the restart (resync(rewound=True))
+        # and nothing else.  Past that window every delete is checked as
+        # anywhere: the stale keys the snapshot brought back and an old
+        # naming are register's to delete, new keys first.  NOSPACE,
+        # permissions, passwords and JWT changes delete nothing: no excuse.
+        ex = self.excuse(None)
+        self.cluster.kill()
+        self.watcher.rewind_pending = True
+        members = self.cluster.members
+        init = ",".join(f"{m.name}={m.peer_url}" for m in members)
+        for m in members:
+            data = os.path.join(m.dir, "data")
+            shutil.rmtree(data, ignore_errors=True)
+            r = subprocess.run(["etcdctl", "snapshot", "restore", snap, "--name", m.name, "--data-dir", data,
+                                "--initial-cluster", init, "--initial-advertise-peer-urls", m.peer_url,
+                                "--initial-cluster-token", "etcd-cluster"], env=dict(os.environ, ETCDCTL_API="3"),
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError(f"etcdctl snapshot restore for {m.name}: {r.stderr.strip()}")
+        for m in members:
+            m.start(wait=False)
+        try:
+            self.cluster.wait_healthy(60)
+        except RuntimeError:
+            self.note("snapshot_restore: the restored cluster is not healthy after 60 s")
+        ef[1] = time.time()
+        self.unexcuse(ex)
+        self.count("snapshot_restore")
+        self.note("snapshot_restore: every member restored from the snapshot and restarted "
+                  "(etcd went back in time)")
+
+    def heal_etcd(self):
+        """At the quiet point: whatever etcd fault a storm could not finish
+        healing is healed now (said in the schedule); failures returned."""
+        fails = []
+        steps = [(f"r{h} granted back", lambda h=h: self.grant(h)) for h in sorted(self.revoked)]
+        steps += [(f"h{h}'s new password in its file", lambda h=h, pw=pw: self.rotate_done(h, pw))
+                  for h, pw in sorted(self.pw_pending.items())]
+        steps += [(f"user {u} deleted", lambda u=u: self.del_user(u)) for u in sorted(self.jwt_users)]
+        for st in list(self.replacing):
+            if st["new"] is None:
+                st["cancel"] = True
+                self.free_ends.insert(0, st["end"])
+                self.replacing.remove(st)
+                self.faulted_members.pop(st["i"], None)
+                st["ef"][1] = time.time()
+            else:
+                steps.append((f"{st['old'].name} removed", lambda st=st: self.remove_member(st)))
+        for what, fn in steps:
+            for _ in range(40):
+                try:
+                    fn()
+                    self.note(f"quiet point: {what} (its storm could not)")
+                    break
+                except Exception as e:
+                    err = e
+                    time.sleep(0.5)
+            else:
+                fails.append(f"etcd: could not heal: {what}: {err}")
+        # the members may still be starting (an outage just healed): asked
+        # until one answers
+        deadline = time.time() + 60
+        while True:
+            try:
+                alarms = self.admin("/v3/maintenance/alarm", {"action": "GET"}).get("alarms")
+                break
+            except RuntimeError as e:
+                if time.time() > deadline:
+                    fails.append(f"etcd: alarm list: {e}")
+                    return fails
+                time.sleep(0.3)
+        if alarms:
+            self.note("quiet point: an alarm is still raised; freeing space")
+            if not self.free_space():
+                fails.append("etcd: the NOSPACE alarm could not be disarmed")
+        return fails
 
     # ---- bookkeeping ----
     def note(self, text):
@@ -455,7 +890,7 @@ class ChaosFleet(Fleet):
         args = [self.a.register, "--host-ip", host_ip(h), "--etcd", self.cluster.endpoints(),
                 "--etcd-api", self.api, "--ttl", str(self.a.ttl),
                 "--docker", f"unix://{self.sockdir}/h{h}.sock", "--policy", self.policy,
-                "--log-level", self.a.log_level, "--metrics", self.metrics_addr(h)]
+                "--log-level", self.a.log_level, "--metrics", self.metrics_addr(h)] + self.cred_args(h)
         if h in self.part_hosts:
             args = ["ip", "netns", "exec", self.net.ns(f"p{self.part_hosts.index(h)}")] + args
         env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "ETCD_ENDPOINT")}
@@ -581,7 +1016,121 @@ class ChaosFleet(Fleet):
             for h in range(self.n):
                 self.hup(h)
             return None
+        return self.begin_etcd(f)
+
+    def begin_etcd(self, f):
+        """The --etcd-faults kinds' start; their state for end_etcd()."""
+        k, p = f.kind, f.p
+        if k == "perm_revoke":
+            h = p["host"]
+            pfx = self.host_prefix(h)
+            self.revoked.add(h)  # first: a revoke that times out may still go through
+            try:
+                self.admin("/v3/auth/role/revoke", {"role": f"r{h}", "key": b64(pfx),
+                                                    "range_end": b64(pfx[:-1] + "0")})
+                self.count(k)
+                self.note(f"perm_revoke h{h}: role r{h} may no longer read or write {pfx}")
+            except RuntimeError as e:
+                self.note(f"perm_revoke h{h}: the revoke failed ({e}); granted back at its end all the same")
+            self.change(h)  # something for h to write while it may not
+            return ("perm", h)
+        if k == "jwt_change":
+            self.nusers += 1
+            u = f"chaos{self.nusers}"
+            self.jwt_users.add(u)
+            try:
+                self.admin("/v3/auth/user/add", {"name": u, "password": "x"})
+                self.count(k)
+                self.note(f"jwt_change: user {u} added (every token signed before is old now)")
+            except RuntimeError as e:
+                self.note(f"jwt_change: user add failed ({e})")
+            self.change(p["host"])  # a write with an old token
+            return ("jwt", u)
+        if k == "passwd_rotate":
+            h = p["host"]
+            self.pwgen += 1
+            new = f"pw-h{h}-{self.pwgen}"
+            self.pw_pending[h] = new
+            try:
+                self.admin("/v3/auth/user/changepw", {"name": f"h{h}", "password": new})
+                self.count(k)
+                self.note(f"passwd_rotate h{h}: password changed in etcd, its file has the old one")
+            except RuntimeError as e:
+                self.note(f"passwd_rotate h{h}: the change failed ({e}); made at its end with the file")
+            self.change(h)  # a write: a login with the old password
+            return ("pw", h, new)
+        if k == "nospace":
+            st = {}
+            self.fill(st)  # about a second
+            self.change(p["host"])  # a write etcd refuses
+            return ("nospace", st)
+        if k == "snapshot_restore":
+            # a member back from a cut may have started an election just now
+            # (etcd 3.4 has no pre-vote): no member is healthy for a moment
+            deadline = time.time() + 10
+            while not (m := next((m for m in self.live_members() if m.healthy()), None)) \
+                    and time.time() < deadline:
+                time.sleep(0.2)
+            if m is None:
+                self.note("snapshot_restore: no healthy member to save a snapshot from for 10 s; skipped")
+                return None
+            self.ngen += 1
+            snap = os.path.join(self.base, f"snap{self.ngen}.db")
+            r = subprocess.run(["etcdctl", "--endpoints", m.url, "--user", f"root:{ROOT_PW}",
+                                "--command-timeout=20s", "snapshot", "save", snap],
+                               env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                self.note(f"snapshot_restore: snapshot save failed ({r.stderr.strip()[:200]}); skipped")
+                return None
+            self.note(f"snapshot_restore: snapshot saved from {m.name}")
+            for h in p["hosts"]:
+                self.change(h)  # keys the restore takes away, and keys it brings back
+            return ("restore", snap)
+        if k == "member_replace":
+            i = p["member"]
+            old = self.cluster.members[i]
+            end = self.free_ends[0] if self.free_ends else None
+            if not self.members_free(old) or len(self.cluster.members) != 3 or end is None:
+                self.note(f"member_replace: {old.name} is busy or a replacement is under way; skipped")
+                return None
+            ef = [time.time(), None]
+            self.etcd_faults.append(ef)  # a new leader may renew every lease: no kill check over it
+            self.free_ends.pop(0)
+            st = {"i": i, "old": old, "end": end, "new": None, "cancel": False, "ef": ef}
+            self.faulted_members[i] = k
+            self.replacing.append(st)
+            self.retry(None, lambda: self.add_member(st), tries=16)
+            return ("replace", st)
         raise AssertionError(k)
+
+    def end_etcd(self, f, st):
+        kind = st[0]
+        if kind == "perm":
+            h = st[1]
+            self.retry(f"perm_revoke h{h}: r{h} granted back", lambda: self.grant(h))
+        elif kind == "jwt":
+            u = st[1]
+            self.retry(f"jwt_change: user {u} deleted (tokens old again)", lambda: self.del_user(u))
+        elif kind == "pw":
+            _, h, new = st
+            self.retry(f"passwd_rotate h{h}: the new password in its file", lambda: self.rotate_done(h, new))
+        elif kind == "nospace":
+            if st[1].get("full"):
+                self.count("nospace")
+            self.free_space()
+        elif kind == "restore":
+            self.restore(st[1])
+        elif kind == "replace":
+            rs = st[1]
+            rs["cancel"] = True
+            if rs["new"] is None:
+                self.free_ends.insert(0, rs["end"])
+                self.replacing.remove(rs)
+                self.faulted_members.pop(rs["i"], None)
+                rs["ef"][1] = time.time()
+                self.note(f"member_replace: etcd did not take a new member in time; {rs['old'].name} stays")
+            else:
+                self.retry(None, lambda: self.remove_member(rs))
 
     def hup(self, h, tries=0):
         p = self.procs[h]
@@ -650,6 +1199,8 @@ class ChaosFleet(Fleet):
             self.stopped.discard(h)
             self.unexcuse(ex)
             self.note(f"host_stop h{h}: SIGCONT")
+        else:
+            self.end_etcd(f, st)
 
     def kill_check(self, h, t_kill):
         """The killed host h is still down TTL + KILL_MARGIN after the kill:
@@ -733,6 +1284,9 @@ class ChaosFleet(Fleet):
         for m in self.cluster.members:
             if not m.proc:
                 m.start(wait=False)
+        if self.efaults:
+            # first: a raised alarm makes every member's /health false
+            fails += self.heal_etcd()
         try:
             self.cluster.wait_healthy(60)
         except RuntimeError:
@@ -942,7 +1496,8 @@ class ChaosFleet(Fleet):
     def fail_report(self, epoch):
         lines = ["", f"chaos: FAILED at quiet point {epoch} ({self.api}); seed {self.seed}",
                  f"replay: bench/fleet.py --chaos {self.a.chaos:g} --seed {self.seed} --hosts {self.n} "
-                 f"--containers {self.a.containers} --api {self.api} --ttl {self.a.ttl}",
+                 f"--containers {self.a.containers} --api {self.api} --ttl {self.a.ttl}"
+                 + (" --etcd-faults" if self.efaults else ""),
                  "invariants broken:"] + ["  " + x for x in self.rows[-1]["failures"]]
         lines += ["schedule so far (seconds since the chaos began):"]
         lines += [f"  {t:7.2f}s {x}" for t, x in self.actions]
@@ -965,6 +1520,8 @@ class ChaosFleet(Fleet):
     def run(self):
         self.start_fake()
         self.cluster.start(quorum=True)
+        if self.efaults:
+            self.setup_auth()
         self.counter = fleet.Counter(self.cluster, self.api)
         self.quorum_excuse = None
         self.sc_cold()
@@ -980,7 +1537,7 @@ class ChaosFleet(Fleet):
         epoch = 0
         while time.time() - self.t_start < self.a.chaos:
             epoch += 1
-            length, faults = draw_epoch(sched, self.n, self.nparts, self.a.ttl)
+            length, faults = draw_epoch(sched, self.n, self.nparts, self.a.ttl, self.efaults)
             self.note(f"epoch {epoch}: storm of {length:.2f}s: " + "; ".join(str(f) for f in faults))
             self.storm(length, faults)
             self.note(f"epoch {epoch}: quiet point")
@@ -1011,7 +1568,7 @@ class ChaosFleet(Fleet):
 # ---------------------------------------------------------------------------
 
 def inner(a):
-    net = Net(a.tag, net_parts(a))
+    net = Net(a.tag, net_parts(a), net_spares(a))
     rows, ok = [], True
     extra = {}
     for api in a.apis:
@@ -1023,7 +1580,9 @@ def inner(a):
         finally:
             rows += f.rows
             extra[api] = {"reloads_repeated": f.reloads_repeated, "kill_checks": f.kill_checks,
-                          "watch_reconnects": f.watcher.reconnects if hasattr(f, "watcher") else 0}
+                          "watch_reconnects": f.watcher.reconnects if hasattr(f, "watcher") else 0,
+                          "etcd_faults": f.etcd_counts,
+                          "rewound_keys": f.watcher.rewound if hasattr(f, "watcher") else 0}
             for h in range(f.n):
                 try:
                     if f.procs[h]:
@@ -1046,7 +1605,9 @@ def inner(a):
 def table(res, a):
     lines = ["", f"register chaos run, seed {a.seed}", "machine: " + fleet.machine(),
              "command: " + " ".join(sys.argv),
-             f"fleet: {a.hosts} hosts x {a.containers} containers, TTL {a.ttl}s, chaos {a.chaos:g}s per API; "
+             f"fleet: {a.hosts} hosts x {a.containers} containers, TTL {a.ttl}s, chaos {a.chaos:g}s per API"
+             + (f", etcd faults (auth with JWT, a user per host, quota {QUOTA >> 20} MiB)" if a.etcd_faults else "")
+             + "; "
              f"quiet point: converged within {QUIET_BUDGET:.0f}s, idle <= {100 * IDLE_CPU:.0f}% of a core, "
              f"RssAnon +{RSS_STEP_KB} kB+{100 * RSS_STEP_FRAC:.0f}% a step / +{RSS_TOTAL_KB} kB+"
              f"{100 * RSS_TOTAL_FRAC:.0f}% in all, fds other than sockets +{FD_STEP} a step / +{FD_TOTAL} in all, "
@@ -1064,6 +1625,10 @@ def table(res, a):
     for api, x in res.get("extra", {}).items():
         lines.append(f"\n{api}: reloads sent again after a refusal: {x['reloads_repeated']}; "
                      f"watch reconnects: {x['watch_reconnects']}")
+        if a.etcd_faults:
+            done = ", ".join(f"{k} {v}" for k, v in sorted(x.get("etcd_faults", {}).items())) or "none"
+            lines.append(f"{api}: etcd faults that took effect: {done}; keys a restore rewound away "
+                         f"(not checked for make-before-break): {x.get('rewound_keys', 0)}")
     lines.append(f"\nresult: {'every invariant held at every quiet point' if res['ok'] else 'FAILED'} "
                  f"(seed {a.seed})")
     return "\n".join(lines)
@@ -1072,6 +1637,9 @@ def table(res, a):
 def main(a):
     if a.seed is None:
         a.seed = random.SystemRandom().randrange(1, 1 << 31)
+    if a.etcd_faults and a.apis != ["v3"]:
+        out("chaos: --etcd-faults needs --api v3 (its faults are the v3 API's: auth, alarms, snapshots)")
+        return 2
     if a.inner:
         return inner(a)
     print(f"chaos: seed {a.seed}", flush=True)

@@ -77,6 +77,9 @@ sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
 from toolkit import Cluster, default_value, etcd_binary, v2_tree_index  # noqa: E402
 
 ETCD_IPS = ["10.213.0.10", "10.213.0.11", "10.213.0.12"]
+# --etcd-faults (chaos.py's member_replace): namespaces m3, m4 ready for a
+# member that replaces one of the three at a new address
+SPARE_IPS = ["10.213.0.13", "10.213.0.14"]
 MAIN_IP = "10.213.0.2"
 PREFIX = "/fleet"
 IMAGES = [f"svc{i}" for i in range(10)]
@@ -111,23 +114,25 @@ class Net:
     """The namespaces, the bridge and the veths; cleanup() removes them and
     kills whatever still runs inside."""
 
-    def __init__(self, tag, nparts):
+    def __init__(self, tag, nparts, spares=0):
         self.tag = tag
         self.sw = f"{tag}-sw"
         # endpoint name -> (ip, mac)
         self.ends = {}
-        for i, ip in enumerate(ETCD_IPS):
+        for i, ip in enumerate(ETCD_IPS + SPARE_IPS[:spares]):
             self.ends[f"m{i}"] = (ip, "02:13:00:00:00:%02x" % (0x10 + i))
         self.ends["h"] = (MAIN_IP, "02:13:00:00:00:02")
         for k in range(nparts):
             self.ends[f"p{k}"] = (f"10.213.1.{k + 1}", "02:13:00:00:01:%02x" % (k + 1))
         self.made = []
+        self.run_netns_mounted = True  # until setup() knows better
         self.down = set()  # endpoints cut off now
 
     def ns(self, end):
         return f"{self.tag}-{end}"
 
     def setup(self):
+        self.run_netns_mounted = run_netns_mounted()
         sh("ip", "netns", "add", self.sw)
         self.made.append(self.sw)
         sh("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
@@ -157,6 +162,7 @@ class Net:
         self.down.discard(end)
 
     def cleanup(self):
+        made = bool(self.made)
         for ns in self.made:
             for _ in range(3):
                 pids = sh("ip", "netns", "pids", ns, check=False).split()
@@ -171,18 +177,73 @@ class Net:
         for ns in reversed(self.made):
             sh("ip", "netns", "del", ns, check=False)
         self.made = []
+        # `ip netns add` bind-mounts /run/netns on itself the first time
+        # (to make it shared); once the last namespace is gone that mount
+        # is left behind: undone when this run made it and nothing else
+        # uses it now
+        if made and not self.run_netns_mounted and run_netns_mounted() and not os.listdir("/run/netns"):
+            sh("umount", "/run/netns", check=False)
+
+
+def run_netns_mounted():
+    """Whether something is mounted on /run/netns (os.path.ismount() does
+    not see a bind mount of a directory on itself: the same device)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == "/run/netns" for line in f)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------
 # etcd (the launcher is tests/integration/toolkit.py's, shared with the tests)
 # ---------------------------------------------------------------------------
 
-def etcd_cluster(net, base):
+def etcd_cluster(net, base, extra=None):
     """The 3 members, each in its own namespace (<p>-m<i>, ETCD_IPS) with
-    etcd's own raft timings, metrics for Counter and room for big fleets."""
+    etcd's own raft timings, metrics for Counter and room for big fleets
+    (extra: other flags instead of that room: chaos.py --etcd-faults)."""
+    if extra is None:
+        extra = ["--quota-backend-bytes", str(4 << 30)]
     return Cluster(len(ETCD_IPS), ips=ETCD_IPS, netns=[net.ns(f"m{i}") for i in range(len(ETCD_IPS))],
-                   base=base, extra=["--metrics", "extensive", "--quota-backend-bytes", str(4 << 30)],
-                   timing=None)
+                   base=base, extra=["--metrics", "extensive"] + list(extra), timing=None)
+
+
+class V3Auth:
+    """A user's token for the v3 JSON gateway (etcd with auth on): asked
+    for at first use, per member (a simple token is one member's), and
+    again when a request with it is refused (a JWT made old by an auth
+    change, a member restarted).  headers(url) for a request."""
+
+    def __init__(self, user, password):
+        self.user, self.password = user, password
+        self.tokens = {}
+        self.lock = threading.Lock()
+
+    def headers(self, url, fresh=False):
+        with self.lock:
+            if fresh or url not in self.tokens:
+                body = json.dumps({"name": self.user, "password": self.password}).encode()
+                with urllib.request.urlopen(urllib.request.Request(url + "/v3/auth/authenticate", data=body),
+                                            timeout=5) as r:
+                    self.tokens[url] = json.loads(r.read())["token"]
+            return {"Authorization": self.tokens[url]}
+
+
+def v3_post(url, path, req, timeout=10, auth=None):
+    """POST req (a dict) to the v3 gateway at url; the answer's document.
+    With auth (V3Auth) a refused token is renewed and the request sent
+    once more."""
+    data = json.dumps(req).encode()
+    for fresh in (False, True):
+        headers = auth.headers(url, fresh) if auth else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, data=data, headers=headers),
+                                        timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if not auth or fresh or e.code not in (400, 401, 403):
+                raise
 
 
 class Counter:
@@ -268,7 +329,8 @@ class Fleet:
         self.nparts = net_parts(a)
         # hosts n - nparts .. n - 1 live in the cut-off namespaces
         self.part_hosts = list(range(self.n - self.nparts, self.n))
-        self.cluster = etcd_cluster(net, os.path.join(base, "etcd"))
+        self.cluster = etcd_cluster(net, os.path.join(base, "etcd"), self.etcd_extra())
+        self.auth = None  # V3Auth for this script's reads, once etcd has auth on (chaos.py --etcd-faults)
         self.truth = [dict() for _ in range(self.n)]  # host -> {cid: (image, port)}
         self.procs = [None] * self.n
         self.logs = [os.path.join(base, "logs", f"h{i}.log") for i in range(self.n)]
@@ -293,6 +355,10 @@ class Fleet:
         self.results = []
         self.problems = []  # hosts that misbehaved (see problem())
         self.told = 0  # how many of them a result holds
+
+    def etcd_extra(self):
+        """etcd's flags beyond etcd_cluster()'s own (None: its default)."""
+        return None
 
     # ---- fake docker ----
     def start_fake(self):
@@ -465,7 +531,7 @@ class Fleet:
         # (linearizable) read, and that must not count as register's time
         if self.api == "v3":
             return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/",
-                                                        timeout=2 if self.n <= 100 else 5)[0])
+                                                        timeout=2 if self.n <= 100 else 5, auth=self.auth)[0])
         return self.first_answer(lambda m: v2_tree(m.url, PREFIX))
 
     def diff(self, hosts=None):
@@ -522,7 +588,8 @@ class Fleet:
 
     def key_count(self):
         """The number of keys under PREFIX (v3), or None."""
-        return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/", timeout=2, count_only=True)[0])
+        return self.first_answer(lambda m: v3_range(m.url, PREFIX + "/", timeout=2, count_only=True,
+                                                    auth=self.auth)[0])
 
     def record(self, name, conv, sm, note="", **extra):
         stale, missing = sm
@@ -1280,6 +1347,10 @@ def net_parts(a):
     return min(10, max(2, a.hosts // 50))
 
 
+def net_spares(a):
+    return len(SPARE_IPS) if getattr(a, "etcd_faults", False) else 0
+
+
 def log_time(line):
     """The time of a register log line (text format, UTC, milliseconds)."""
     import datetime
@@ -1297,16 +1368,14 @@ def b64(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def v3_range(url, prefix, timeout=10, count_only=False):
+def v3_range(url, prefix, timeout=10, count_only=False, auth=None):
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     # serializable: the member's own committed state, answered without a
     # leader (a linearizable read hangs while there is none)
     req = {"key": b64(prefix), "range_end": b64(end), "serializable": True}
     if count_only:
         req["count_only"] = True
-    with urllib.request.urlopen(urllib.request.Request(url + "/v3/kv/range", data=json.dumps(req).encode()),
-                                timeout=timeout) as r:
-        doc = json.loads(r.read())
+    doc = v3_post(url, "/v3/kv/range", req, timeout, auth)
     if count_only:
         return int(doc.get("count", 0)), int(doc["header"]["revision"])
     kv = {base64.b64decode(x["key"]).decode(): base64.b64decode(x.get("value", "")).decode()
@@ -1539,7 +1608,7 @@ def table(results, a, load_before, load_after):
 
 
 def inner(a):
-    net = Net(a.tag, net_parts(a))
+    net = Net(a.tag, net_parts(a), net_spares(a))
     results = []
     for api in a.apis:
         a.api = api
@@ -1580,6 +1649,9 @@ def parse():
     p.add_argument("--fakedocker")
     p.add_argument("--chaos", type=float, metavar="SECONDS", help="a seeded chaos run instead (bench/chaos.py)")
     p.add_argument("--seed", type=int, help="--chaos: the seed (drawn at random if not given)")
+    p.add_argument("--etcd-faults", action="store_true",
+                   help="--chaos, v3 only: etcd with auth (JWT tokens, a user per host), a small quota and "
+                        "room for a new member; etcd-side faults drawn too (bench/chaos.py)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tag", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -1613,7 +1685,7 @@ def run_outside(a, what, extra_argv=()):
         return 77, None
     tag = f"rf{os.getpid() % 100000}"
     base = tempfile.mkdtemp(prefix=f"{what}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    net = Net(tag, net_parts(a))
+    net = Net(tag, net_parts(a), net_spares(a))
     results_path = os.path.join(base, "results.json")
     child = None
 

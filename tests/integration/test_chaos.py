@@ -9,9 +9,18 @@ container lost its last key while its host was healthy (make-before-break),
 killed hosts' keys went within their TTL, every host answers /healthz, none
 is busy, none leaks memory or fds.
 
+chaos_v3_etcd_faults is a third run, v3 with --etcd-faults (by hand:
+`python3 test_chaos.py chaos_v3_etcd_faults`; ctest's integration.chaos
+runs the other two, see tests/CMakeLists.txt for why): etcd with auth (JWT, a user per host), an 8 MiB
+quota, and the etcd-side faults drawn too (a permission revoked and
+granted back, JWT tokens made old, a password rotated in etcd and in its
+file, NOSPACE filled and freed, a snapshot restored, a member replaced at
+a new address).
+
 The seed is drawn at random and logged first; CHAOS_SEED=N replays one
 (bench/fleet.py --chaos 90 --seed N --hosts 10 --containers 5 --api v2
---ttl 10, or --api v3 --ttl 3, by hand does the same)."""
+--ttl 10, or --api v3 --ttl 3 [--etcd-faults], by hand does the same).
+`python3 test_chaos.py NAME...` runs some of the three."""
 import json
 import os
 import random
@@ -38,14 +47,14 @@ def netns():
     return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
 
 
-def run_chaos(api, ttl):
+def run_chaos(api, ttl, extra=()):
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1, 1 << 31))
-    log(f"chaos {api}: seed {seed}")
+    log(f"chaos {api}{' ' + ' '.join(extra) if extra else ''}: seed {seed}")
     out = os.path.join(tmpdir("rch"), "results.json")
     before = netns()
     cmd = [sys.executable, FLEET, "--chaos", f"{SECONDS:g}", "--seed", str(seed), "--hosts", "10",
            "--containers", "5", "--api", api, "--ttl", str(ttl), "--json", out,
-           "--register", REGISTER, "--fakedocker", FAKEDOCKER]
+           "--register", REGISTER, "--fakedocker", FAKEDOCKER, *extra]
     log(" ".join(cmd))
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     limit = SECONDS + 150
@@ -86,6 +95,14 @@ def chaos_v2_ttl():
 @suite.test
 def chaos_v3_lease():
     run_chaos("v3", 3)
+
+
+@suite.test
+def chaos_v3_etcd_faults():
+    # --etcd-faults: auth with JWT and a user per host, an 8 MiB quota; the
+    # etcd-side faults (permission revoked, JWT made old, password rotated,
+    # NOSPACE, snapshot restore, member replaced) drawn beside the others
+    run_chaos("v3", 3, ["--etcd-faults"])
 
 
 suite.run()
