@@ -104,8 +104,21 @@ typedef struct {
    * cluster id and a term that did not go down; v2 behind a load balancer
    * that spreads one endpoint over several members can see a lagging
    * member as a rewind on reads (a needless resync, nothing worse).
-   * After a rewind the marks start again from the answer that showed it. */
+   * After a rewind the marks start again from the answer that showed it.
+   * A member this client has no mark of yet (one it fails over to) has no
+   * revision of its own to compare with: see new_member. */
   void (*rewound)(void *ud, const char *why);
+  /* Optional, v3: an answer that is not linearizable (a keep-alive) came
+   * from a member this client has no history of (it failed over to it),
+   * while others have answered before.  A rewind of that member would not
+   * show in it (the rule above): a daemon whose only traffic is
+   * keep-alives could go on for good under a restored snapshot.  The
+   * owner should read what it relies on again (a listing, linearizable),
+   * which shows a rewind if there was one and repairs what differs
+   * either way.  url: the member's, valid during the call.  From the loop,
+   * as rewound; not in the same pass as a rewind (whose listing does the
+   * same); about once per member first heard from. */
+  void (*new_member)(void *ud, const char *url);
   void *ud;
 } etcd_opts_t;
 

@@ -471,6 +471,16 @@ static void on_rewound(void *ud, const char *why) {
   if (a->rec) reconcile_etcd_rewound(a->rec);
 }
 
+/* A member etcd failed over to, with no history of it: the prefix is read
+ * again, a linearizable listing that shows a rewind there (a restored
+ * snapshot under a daemon that only keeps its lease alive) and repairs
+ * what differs either way. */
+static void on_new_member(void *ud, const char *url) {
+  (void)url;
+  app_t *a = ud;
+  if (a->rec) reconcile_resync(a->rec);
+}
+
 static void on_lease_lost(void *ud) {
   app_t *a = ud;
   if (a->rec) reconcile_lease_lost(a->rec);
@@ -1003,6 +1013,7 @@ int app_run(const config_t *cfg) {
     eo.ttl = cfg->ttl;
     eo.lease_lost = on_lease_lost;
     eo.rewound = on_rewound;
+    eo.new_member = on_new_member;
     eo.ud = a;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
   }

@@ -224,11 +224,18 @@ static void etcd_fail_cb(uv_timer_t *t) {
     etcd_result_t res = {op->fail_status, op->fail_error, 0};
     complete(op, &res); /* its callback may cancel or fail others */
   }
-  if (e->rewind_pending) {
+  int rewound = e->rewind_pending;
+  if (rewound) {
     char why[sizeof e->rewind_why];
     memcpy(why, e->rewind_why, sizeof why);
     e->rewind_pending = 0; /* a rewind seen during the call is a new one */
     e->rewound(e->ud, why);
+  }
+  if (e->check_pending) {
+    char url[sizeof e->check_url];
+    memcpy(url, e->check_url, sizeof url);
+    e->check_pending = 0;
+    if (!rewound) e->new_member(e->ud, url); /* the rewind's listing checks */
   }
 }
 
@@ -372,6 +379,7 @@ static void observe(etcd_t *e, const etcd_op_t *op, const etcd_hdr_t *h,
    * id stays the same whatever the list does around it) */
   uint64_t src = e->api == ETCD_API_V3 ? h->member_id : op->ep->id;
   etcd_mark_t *m = src ? mark_for(e, src) : NULL;
+  int first = m && !m->rev && !m->term; /* no history of this member */
   if (!what[0] && m && below_rev(op, m, h->revision))
     snprintf(what, sizeof what, "%s %" PRId64 " after %" PRId64, idx,
              h->revision, m->rev);
@@ -386,6 +394,15 @@ static void observe(etcd_t *e, const etcd_op_t *op, const etcd_hdr_t *h,
   if (what[0]) { /* start again from this answer */
     rewind_seen(e, op, what, hint);
     m = src ? mark_for(e, src) : NULL;
+  } else if (first && e->api == ETCD_API_V3 && e->all.rev &&
+             !linearizable(e, op, st) && e->new_member) {
+    /* nothing to hold this answer against: the owner reads again */
+    log_info("etcd: %s answers for the first time (failover); reading the "
+             "prefix again to check it is not behind",
+             op->ep->url);
+    snprintf(e->check_url, sizeof e->check_url, "%s", op->ep->url);
+    e->check_pending = 1;
+    uv_timer_start(&e->fail_timer, etcd_fail_cb, 0, 0);
   }
   if (h->cluster_id && h->cluster_id != e->cluster_id) {
     e->cluster_id = h->cluster_id;
@@ -1079,6 +1096,7 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->ttl = o->api == ETCD_API_V3 ? o->ttl : 0;
   e->lease_lost = o->lease_lost;
   e->rewound = o->rewound;
+  e->new_member = o->new_member;
   e->ud = o->ud;
   list_init(&e->ops);
   for (size_t i = 0; i < ARRAY_SIZE(e->wait); i++)

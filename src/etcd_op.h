@@ -208,9 +208,12 @@ struct etcd {
   etcd_mark_t marks[ETCD_MARKS];
   int rewind_pending; /* the callback is due from fail_timer */
   char rewind_why[200];
+  int check_pending; /* new_member is due from fail_timer, for check_url */
+  char check_url[200];
   uint64_t rewinds;
   void (*lease_lost)(void *ud);
   void (*rewound)(void *ud, const char *why);
+  void (*new_member)(void *ud, const char *url);
   void *ud;
   /* statistics */
   uint64_t last_ok_ms; /* uv_now() of the last answer from etcd */
