@@ -74,7 +74,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
 
-from toolkit import Cluster, default_value, etcd_binary, v2_tree_index  # noqa: E402
+from toolkit import (Cluster, default_value, etcd_binary, run_netns_mounted, run_netns_unmount,  # noqa: E402
+                     v2_tree_index)
 
 ETCD_IPS = ["10.213.0.10", "10.213.0.11", "10.213.0.12"]
 # --etcd-faults (chaos.py's member_replace): namespaces m3, m4 ready for a
@@ -181,18 +182,8 @@ class Net:
         # (to make it shared); once the last namespace is gone that mount
         # is left behind: undone when this run made it and nothing else
         # uses it now
-        if made and not self.run_netns_mounted and run_netns_mounted() and not os.listdir("/run/netns"):
-            sh("umount", "/run/netns", check=False)
-
-
-def run_netns_mounted():
-    """Whether something is mounted on /run/netns (os.path.ismount() does
-    not see a bind mount of a directory on itself: the same device)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == "/run/netns" for line in f)
-    except OSError:
-        return False
+        if made:
+            run_netns_unmount(self.run_netns_mounted)
 
 
 # ---------------------------------------------------------------------------

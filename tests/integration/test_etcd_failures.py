@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import Cluster, Etcd, Register, Suite, default_value, free_port, log, sh, tmpdir, wait_for  # noqa: E402
+from toolkit import run_netns_mounted, run_netns_unmount  # noqa: E402
 
 IP = "10.22.22.22"
 PREFIX = f"/registered/{IP}"
@@ -574,6 +575,7 @@ class Veth:
         self.here, self.there = f"rlwa{os.getpid()}", f"rlwb{os.getpid()}"
 
     def __enter__(self):
+        self.netns_mounted = run_netns_mounted()
         try:
             sh("ip", "netns", "add", self.ns)
             sh("ip", "link", "add", self.here, "type", "veth", "peer", "name", self.there)
@@ -604,6 +606,7 @@ class Veth:
     def __exit__(self, *exc):
         subprocess.run(["ip", "link", "del", self.here], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        run_netns_unmount(self.netns_mounted)  # a test leaves no mount behind
         return False
 
 

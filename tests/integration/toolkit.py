@@ -77,6 +77,25 @@ def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def run_netns_mounted():
+    """Whether something is mounted on /run/netns (os.path.ismount() does
+    not see a bind mount of a directory on itself: the same device).
+    `ip netns add` makes that bind mount the first time and leaves it
+    behind once the last namespace is gone."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == "/run/netns" for line in f)
+    except OSError:
+        return False
+
+
+def run_netns_unmount(was_mounted):
+    """Undoes the /run/netns bind mount when it was not there before
+    (was_mounted: run_netns_mounted() then) and no namespace is left."""
+    if not was_mounted and run_netns_mounted() and not os.listdir("/run/netns"):
+        subprocess.run(["umount", "/run/netns"], capture_output=True)
+
+
 def tmpdir(prefix="rt"):
     # short paths: unix sockets have a 108-byte limit
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
