@@ -51,7 +51,7 @@ DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/d
 # etcd, the v2 tree reader, the default schema's value and the small helpers
 # are shared with bench/ (issue 23); re-exported here for the tests
 from toolkit import (Cluster, Etcd, debian13, default_value, etcd_binary,  # noqa: E402,F401
-                     free_port, log, tmpdir, v2_tree, wait_for)
+                     free_port, log, run_netns_mounted, run_netns_unmount, tmpdir, v2_tree, wait_for)
 import sidmachine  # noqa: E402
 
 # a sid engine or etcd that cannot run here: skipped (exit 77), saying why
@@ -320,6 +320,8 @@ class Podman(Dockerd):
 
     def start(self, timeout=60):
         if subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True).returncode != 0:
+            if not hasattr(self, "netns_mounted"):
+                self.netns_mounted = run_netns_mounted()
             sh("ip", "netns", "add", self.netns)
             sh(*self.inns("ip", "link", "set", "lo", "up"))
         os.makedirs(PODMAN_ROOT, exist_ok=True)
@@ -368,6 +370,8 @@ class Podman(Dockerd):
             log("cleanup:", e)
         self.stop()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        # `ip netns add` bind-mounted /run/netns: a test leaves no mount behind
+        run_netns_unmount(getattr(self, "netns_mounted", True))
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
