@@ -177,12 +177,7 @@ def snapshot_restore(api):
         # etcd restored from the snapshot: same name, peer URL, cluster
         # token and client URL, in a fresh data directory
         env.etcd.stop()
-        data = os.path.join(env.etcd.dir, "data")
-        shutil.rmtree(data)
-        peer = f"http://127.0.0.1:{env.etcd.peer_port}"
-        sh("etcdctl", "snapshot", "restore", snap, "--name", env.etcd.name, "--data-dir", data,
-           "--initial-cluster", f"{env.etcd.name}={peer}", "--initial-advertise-peer-urls", peer,
-           "--initial-cluster-token", "etcd-cluster", env=dict(os.environ, ETCDCTL_API="3"))
+        env.etcd.restore(snap)
         env.etcd.start()
         restored = env.tree(api)
         assert restored != before, "the restore changed nothing: the test proves nothing"
@@ -540,11 +535,7 @@ def snapshot_restore_seen_after_failover_to_a_member_never_heard_from_v3():
         for m in cluster.members:
             m.stop()
         for m in cluster.members:
-            data = os.path.join(m.dir, "data")
-            shutil.rmtree(data)
-            sh("etcdctl", "snapshot", "restore", snap, "--name", m.name, "--data-dir", data,
-               "--initial-cluster", init, "--initial-advertise-peer-urls", m.peer_url,
-               "--initial-cluster-token", "etcd-cluster", env=dict(os.environ, ETCDCTL_API="3"))
+            m.restore(snap, init)
         m1.start(wait=False)
         m2.start(wait=False)
         m1.wait_ready(30)

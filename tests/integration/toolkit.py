@@ -296,6 +296,18 @@ class Etcd:
         self.kill()
         shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
 
+    def restore(self, snap, initial_cluster=None):
+        """This (stopped) member's data replaced by snapshot snap (etcdctl
+        snapshot restore: its name, peer URL and the default cluster token;
+        initial_cluster names every member, or this one alone)."""
+        data = os.path.join(self.dir, "data")
+        shutil.rmtree(data, ignore_errors=True)
+        subprocess.run(["etcdctl", "snapshot", "restore", snap, "--name", self.name, "--data-dir", data,
+                        "--initial-cluster", initial_cluster or f"{self.name}={self.peer_url}",
+                        "--initial-advertise-peer-urls", self.peer_url, "--initial-cluster-token",
+                        "etcd-cluster"], env=dict(os.environ, ETCDCTL_API="3"), check=True,
+                       capture_output=True)
+
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
