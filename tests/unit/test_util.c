@@ -3,6 +3,11 @@
 #include "test.h"
 #include "util.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
 TEST(urlencode) {
   buf_t b;
   buf_init(&b);
@@ -66,5 +71,83 @@ TEST(map_put_get_delete_iterate) {
   map_free(m);
 }
 
+/* The map against a model (an array indexed by key number), over random
+ * puts, replacements, deletes, lookups and iterations that delete what
+ * they return; churn grows and shrinks it through its rehashes and
+ * tombstones.  Seeded: REGISTER_TEST_SEED=n replays (printed). */
+static uint64_t map_rng;
+static unsigned map_rand(unsigned n) {
+  map_rng ^= map_rng << 13;
+  map_rng ^= map_rng >> 7;
+  map_rng ^= map_rng << 17;
+  return (unsigned)(map_rng % n);
+}
+
+TEST(map_against_a_model) {
+  enum { NKEYS = 3000, STEPS = 200000 };
+  const char *s = getenv("REGISTER_TEST_SEED");
+  uint64_t seed = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL);
+  fprintf(stderr, "map_against_a_model: REGISTER_TEST_SEED=%llu\n",
+          (unsigned long long)seed);
+  map_rng = seed * 2654435761u + 1;
+  static char keys[NKEYS][24];
+  static void *model[NKEYS];
+  static int vals[NKEYS];
+  for (int i = 0; i < NKEYS; i++) {
+    /* container-id-like: a long shared prefix, differing at the end */
+    snprintf(keys[i], sizeof keys[i], "/registered/x/%08d", i * 7919);
+    model[i] = NULL;
+  }
+  map_t *m = map_new();
+  size_t n = 0;
+  /* phases: fill up to a ceiling that moves, so the map grows and shrinks */
+  unsigned ceiling = 1 + map_rand(NKEYS);
+  for (int step = 0; step < STEPS; step++) {
+    if (step % 5000 == 0) ceiling = 1 + map_rand(NKEYS);
+    unsigned k = map_rand(ceiling), op = map_rand(10);
+    if (op < 5) {
+      void *v = &vals[map_rand(NKEYS)];
+      ASSERT(map_put(m, keys[k], v) == model[k]);
+      if (!model[k]) n++;
+      model[k] = v;
+    } else if (op < 8) {
+      k = map_rand(NKEYS); /* also above the ceiling: the shrinking side */
+      ASSERT(map_del(m, keys[k]) == model[k]);
+      if (model[k]) n--;
+      model[k] = NULL;
+    } else if (op < 9) {
+      ASSERT(map_get(m, keys[k]) == model[k]);
+    } else if (map_rand(50) == 0) {
+      /* iterate: every entry once, deleting some as they come */
+      static char seen[NKEYS];
+      memset(seen, 0, sizeof seen);
+      map_iter_t it;
+      const char *key;
+      void *v;
+      size_t count = 0, before = n;
+      unsigned every = 1 + map_rand(4);
+      map_iter_init(&it, m);
+      while (map_iter_next(&it, &key, &v)) {
+        int i = atoi(key + 14) / 7919;
+        ASSERT(i >= 0 && i < NKEYS && key == keys[i] && !seen[i]);
+        ASSERT(v == model[i]);
+        seen[i] = 1;
+        count++;
+        if (count % every == 0) {
+          ASSERT(map_del(m, key) == v);
+          model[i] = NULL;
+          n--;
+        }
+      }
+      ASSERT_EQ(count, before);
+    }
+    ASSERT_EQ(map_size(m), n);
+  }
+  for (int i = 0; i < NKEYS; i++)
+    ASSERT(map_get(m, keys[i]) == model[i]);
+  map_free(m);
+}
+
 TEST_MAIN(TEST_ENTRY(urlencode), TEST_ENTRY(base64),
-          TEST_ENTRY(map_put_get_delete_iterate))
+          TEST_ENTRY(map_put_get_delete_iterate),
+          TEST_ENTRY(map_against_a_model))
