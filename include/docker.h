@@ -51,6 +51,12 @@ void docker_set_tls(docker_t *d, const http_tls_t *tls);
 void docker_resync(docker_t *d);
 /* Inspects one container again (e.g. after a policy reload). */
 void docker_refresh(docker_t *d, const char *id);
+/* A word the owner keeps with each container docker.c knows (listed or
+ * seen in an event): 0 when docker.c first knows it, readable until its
+ * gone() has returned (also inside it), then dropped.  NULL for an id
+ * docker.c does not know.  (So that per-container state of the owner's
+ * costs no record and no map entry of its own.) */
+uint32_t *docker_cont_word(docker_t *d, const char *id);
 /* Inspects every running container once more, for a policy reload:
  * each(id, inspect) per container still running, then done(ok, why),
  * always from the loop (never inside this call, even with no container

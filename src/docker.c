@@ -29,7 +29,8 @@ typedef struct dcont {
   unsigned sync_wait : 1; /* the current sync waits for this one */
   unsigned retrying : 1;
   unsigned failures;
-  uint64_t seq; /* d->seq at the last event or listing touching it */
+  uint32_t word; /* the owner's (docker_cont_word) */
+  uint64_t seq;  /* d->seq at the last event or listing touching it */
   uint64_t retry_at;
   list_t qnode; /* on d->queue: waiting for an inspect */
   char id[];    /* in the same allocation; also the map key */
@@ -84,8 +85,10 @@ struct docker {
   uv_timer_t reconnect_timer, retry_timer;
   uv_timer_t head_timer; /* the event stream's head is late (podman 5) */
   int open_handles;
-  int in_call; /* inside docker_start/resync/refresh: the owner's
-                  callbacks come from the loop, never from there */
+  dcont_t *going; /* off the map, its gone() running: its word is still
+                     readable (docker_cont_word) */
+  int in_call;    /* inside docker_start/resync/refresh: the owner's
+                     callbacks come from the loop, never from there */
   uint64_t backoff_ms;
   uint64_t reconnects;
   char last_err[256];
@@ -222,7 +225,10 @@ static void cont_gone(docker_t *d, dcont_t *c) {
   c->sync_wait = 0;
   /* off the map and the queue, nothing in flight: unreachable now */
   REGISTER_ASSERT(!d->in_call);
+  REGISTER_ASSERT(!d->going); /* gone() never makes another go */
+  d->going = c;
   if (d->cbs.gone) d->cbs.gone(d->ud, c->id);
+  d->going = NULL;
   free(c);
   if (waited) sync_release(d);
 }
@@ -838,6 +844,12 @@ void docker_refresh(docker_t *d, const char *id) {
   want_inspect(d, c);
   docker_pump(d);
   d->in_call--;
+}
+
+uint32_t *docker_cont_word(docker_t *d, const char *id) {
+  if (d->going && strcmp(d->going->id, id) == 0) return &d->going->word;
+  dcont_t *c = cont_get(d, id, 0);
+  return c ? &c->word : NULL;
 }
 
 const char *docker_api_version(const docker_t *d) {
