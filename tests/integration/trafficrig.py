@@ -124,6 +124,7 @@ function M.render(kv, ctx)
     "global",
     "  stats socket " .. STATS .. " mode 600 level admin expose-fd listeners",
     "  hard-stop-after 30s",
+    "  httpclient.ssl.verify none",  -- as the shipped renderer: no CA store loaded at each reload
     "defaults",
     "  mode http",
     "  timeout connect 5s",
