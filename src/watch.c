@@ -31,9 +31,18 @@
 #include <time.h>
 #include <unistd.h>
 
-/* etcd failures in a row: the next try after 1 s, doubling to 30 s */
+/* failures in a row of a render, check or reload command: the next try
+ * after 1 s, doubling to 30 s */
 #define RETRY_MIN_MS 1000u
 #define RETRY_MAX_MS 30000u
+/* an etcd failure: as the daemon's reconciler, so that the file follows
+ * etcd within about 5 s of its return (halved at random, so that many
+ * watchers do not come back together); a watch that etcd compacts again
+ * right after a fresh read starts at 1 s (each read succeeds, so the
+ * failures in a row never grow: this is its rate) */
+#define ETCD_RETRY_MIN_MS 200u
+#define ETCD_RETRY_MAX_MS 5000u
+#define COMPACTED_RETRY_MS 1000u
 /* the file we compare with is read whole up to this size */
 #define MAX_FILE (POLICY_MAX_RENDER + 1u)
 
@@ -444,13 +453,16 @@ static int etcd_backing_off(watch_t *w) {
   return w->retry_etcd && uv_is_active((uv_handle_t *)&w->retry);
 }
 
-static void etcd_failed(watch_t *w, const char *error) {
+/* min_ms: the first delay (doubling to ETCD_RETRY_MAX_MS); jitter: each
+ * delay halved at random (an outage that every watcher of the fleet sees) */
+static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
+                        int jitter) {
   w->failures++;
   w->etcd_failures++;
   w->dirty = 1;
-  uint64_t delay = (uint64_t)RETRY_MIN_MS
-                   << (w->failures - 1 > 5 ? 5 : w->failures - 1);
-  if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+  uint64_t delay = min_ms << (w->failures - 1 > 5 ? 5 : w->failures - 1);
+  if (delay > ETCD_RETRY_MAX_MS) delay = ETCD_RETRY_MAX_MS;
+  if (jitter) delay = delay / 2 + util_rand((uint32_t)delay / 2 + 1);
   if (w->failures == 1 || strcmp(w->etcd_error, error) != 0)
     log_warn("watch: etcd: %s; the file stays as it is; reading %s again "
              "in %.1f s",
@@ -469,7 +481,8 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   REGISTER_ASSERT(w->listing && w->phase == PHASE_LIST); /* its cycle's */
   w->listing = NULL;
   if (res->status != ETCD_OK) {
-    etcd_failed(w, res->error ? res->error : "the listing failed");
+    etcd_failed(w, res->error ? res->error : "the listing failed",
+                ETCD_RETRY_MIN_MS, 1);
     return;
   }
   if (w->failures)
@@ -598,7 +611,8 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
                "a row",
                rev + 1, w->compacted);
       w->dirty = 1; /* a cycle running now reads again when it ends */
-      if (w->phase == PHASE_IDLE && !etcd_backing_off(w)) etcd_failed(w, why);
+      if (w->phase == PHASE_IDLE && !etcd_backing_off(w))
+        etcd_failed(w, why, COMPACTED_RETRY_MS, 0);
       return;
     }
     log_info("watch: etcd compacted past revision %" PRId64

@@ -10,6 +10,7 @@ stops them."""
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,47 @@ def follows_the_prefix_v2():
 @suite.test
 def follows_the_prefix_v3():
     follows("v3")
+
+
+@suite.test
+def follows_etcd_within_seconds_of_its_return_after_a_long_outage():
+    # etcd down 20 s: the watch's retries back off as the daemon's do
+    # (0.2 s doubling to 5 s, halved at random), so a change made right
+    # after etcd is back is in the file within about 5 s.  With the old
+    # 1 s -> 30 s backoff the tries came at 0, 1, 3, 7, 15, 31 s: 11 s late.
+    own = Etcd()
+    own.start()
+    suite.defer(own.cleanup)
+    prefix = "/outage"
+    w = Watch(prefix, "v3")
+    w.cmd[w.cmd.index("--etcd") + 1] = own.url
+
+    def put_own(k, v):
+        with urllib.request.urlopen(urllib.request.Request(
+                own.url + "/v3/kv/put", data=json.dumps({"key": b64(k), "value": b64(v)}).encode()),
+                timeout=5) as r:
+            r.read()
+
+    put_own(f"{prefix}/a", "1")
+    w.start()
+    wait_for(lambda: w.text() == expected(prefix, "v3", {f"{prefix}/a": "1"}), what="the first render")
+    own.stop()
+    time.sleep(20)
+    own.start()
+    t0 = time.time()
+    put_own(f"{prefix}/b", "2")
+    want = expected(prefix, "v3", {f"{prefix}/a": "1", f"{prefix}/b": "2"})
+    wait_for(lambda: w.text() == want, timeout=30, interval=0.05, what="the change after etcd's return")
+    late = time.time() - t0
+    assert late < 8, f"the file followed etcd {late:.1f} s after its return (backoff not capped at 5 s?)"
+    with open(w.log) as f:
+        log = f.read()
+    assert "watch: etcd:" in log and "the file stays as it is" in log, log[-2000:]
+    # tried at least every 5 s meanwhile: 8 failures or more in the 20 s
+    # (0.2 s doubling to 5 s, at most; 1 s doubling to 30 s made 5)
+    m = re.search(r"etcd answers again \(after (\d+) failures\)", log)
+    assert m and int(m.group(1)) >= 8, log[-2000:]
+    assert w.stop() == 0
 
 
 @suite.test
@@ -391,7 +433,7 @@ def a_v3_watch_below_the_compaction_reads_again():
     # compaction again and again (this gateway never stops): read again
     # with a backoff, not in a tight loop
     time.sleep(3)
-    assert gw.ranges <= 6, gw.ranges
+    assert gw.ranges <= 6, (gw.ranges, w.output()[-3000:])
     wait_for(lambda: (w.text() or "").startswith("# v3 /fake 1\n/fake/a=read "), what="rendered")
     assert w.stop() == 0
 
