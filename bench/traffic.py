@@ -51,7 +51,7 @@ of the write) to the "Loading success." that haproxy's master prints when
 the new worker of the first reload that began after the config with the
 change was written is up (its stderr lines are time-stamped as they
 arrive).  That is the debounce of register watch (--wait, default
-50ms:250ms), the render, `haproxy -c` and haproxy's re-exec.
+20ms:250ms), the render, `haproxy -c` and haproxy's re-exec.
 
 Needs root (dockerd), haproxy, etcd-server.  Not a test: the timings here
 are measurements; tests/integration/test_traffic.py runs a deploy and a
@@ -303,7 +303,7 @@ def parse(argv=None):
     p.add_argument("--backends", type=int, default=10, help="N of the deploy and scale-down (10)")
     p.add_argument("--rate", type=float, default=100, help="requests per second (100)")
     p.add_argument("--scenarios", default=",".join(ALL), help="comma-separated, of: " + ",".join(ALL))
-    p.add_argument("--wait", help="register watch's --wait MIN[:MAX] (its default: 50ms:250ms)")
+    p.add_argument("--wait", help="register watch's --wait MIN[:MAX] (its default: 20ms:250ms)")
     p.add_argument("--shipped-renderer", action="store_true",
                    help="render with register.render.haproxy (its defaults) instead of the rig's own renderer")
     p.add_argument("--no-check", action="store_true",

@@ -718,7 +718,7 @@ static const opt_t opts[] = {
      "run CMD after a new file is in place", NULL, STRING(reload_cmd),
      .only = CONFIG_WATCH},
     {"--wait", "REGISTER_WATCH_WAIT", "MIN[:MAX]",
-     "after a change, wait until MIN passes quietly, MAX at most", "50ms:250ms",
+     "after a change, wait until MIN passes quietly, MAX at most", "20ms:250ms",
      CALL(set_wait), .only = CONFIG_WATCH},
     {"--command-timeout", NULL, "SECONDS",
      "kill a --check or --reload command after SECONDS", "30",

@@ -256,13 +256,19 @@ class Stamped:
 # for a watch that may reload twice in a row.  After the signal, this waits
 # until the master's CLI answers again with its reload counter past the one
 # it had (its loop runs again: a signal now is taken); register watch runs
-# one command at a time, so the next reload comes after that.
-RELOAD_WAIT = r"""import os, socket, sys, time
-sock, state = sys.argv[1], sys.argv[2]
+# one command at a time, so the next reload comes after that.  A reload
+# that has not happened 1 s after the signal is signalled again (seen: with
+# reloads 20 ms apart, one dropped even so).
+RELOAD_WAIT = r"""import os, signal, socket, sys, time
+sock, state, master = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(state) as f:
     want = int(f.read()) + 1
 deadline = time.time() + 20
+again = time.time() + 1
 while time.time() < deadline:
+    if time.time() > again:  # no reload after 1 s: the signal was dropped
+        os.kill(master, signal.SIGUSR2)
+        again = time.time() + 1
     try:
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(2)
@@ -337,7 +343,8 @@ class Haproxy(Stamped):
         kill = f"kill -USR2 {self.proc.pid}"
         if not wait:
             return kill
-        return f"sh -c '{kill} && exec {sys.executable} -S {self.waiter} {self.master_sock} {self.state}'"
+        return (f"sh -c '{kill} && exec {sys.executable} -S {self.waiter} {self.master_sock} {self.state} "
+                f"{self.proc.pid}'")
 
     def _up(self):
         if self.proc.poll() is not None:
