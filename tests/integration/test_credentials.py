@@ -497,7 +497,7 @@ def expired_client_certificate_said_and_its_renewal_taken():
         r.wait_log("in sync")
         env.converged("v3")
         t = time.time()
-        issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "register", key=paths["client-key"],
+        issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/CN=register", key=paths["client-key"],
                    not_before=t - 86400, not_after=t - 60)
         os.rename(paths["client"] + ".new", paths["client"])
         until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t - 60)))
@@ -519,7 +519,7 @@ def expired_client_certificate_said_and_its_renewal_taken():
         wait_for(lambda: len(retries()) >= 5, 20, what="five attempts at the put")
         n = len(retries())
         wait_for(lambda: len(retries()) > n, 10, what="one more attempt at the put")
-        cert, key = issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "register")
+        cert, key = issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/CN=register")
         os.rename(key, paths["client-key"])
         os.rename(cert, paths["client"])
         r.proc.send_signal(signal.SIGHUP)

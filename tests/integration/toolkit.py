@@ -168,7 +168,8 @@ policy = any
 unique_subject = no
 copy_extensions = none
 [any]
-commonName = supplied
+commonName = optional
+organizationName = optional
 [ext]
 basicConstraints = CA:FALSE
 extendedKeyUsage = %(usage)s
@@ -176,10 +177,12 @@ extendedKeyUsage = %(usage)s
 """
 
 
-def issue_cert(ca, ca_key, out, cn, key=None, days=2, not_before=None, not_after=None,
+def issue_cert(ca, ca_key, out, subject, key=None, days=2, not_before=None, not_after=None,
                usage="clientAuth", ips=(), dns=()):
-    """A certificate for cn signed by the CA (files ca, ca_key), written to
-    out: for key (a PEM private key file; None: a new P-256 key written to
+    """A certificate for subject ("/CN=name", "/O=org": etcd 3.4 refuses a
+    request through its JSON gateway made with a client certificate that
+    has a CN, once auth is on) signed by the CA (files ca, ca_key), written
+    to out: for key (a PEM private key file; None: a new P-256 key written to
     out's name with -key.pem for .pem), valid for days from now, or from
     not_before to not_after (seconds since the epoch: `openssl ca
     -startdate/-enddate`, so an expired certificate too, which `openssl x509
@@ -202,7 +205,7 @@ def issue_cert(ca, ca_key, out, cn, key=None, days=2, not_before=None, not_after
         with open(os.path.join(d, "serial"), "w") as f:
             f.write("%032x\n" % int.from_bytes(os.urandom(15), "big"))
         csr = os.path.join(d, "req.csr")
-        steps = [["openssl", "req", "-new", "-key", os.path.abspath(key), "-subj", f"/CN={cn}", "-out", csr]]
+        steps = [["openssl", "req", "-new", "-key", os.path.abspath(key), "-subj", subject, "-out", csr]]
         if not_before is not None:
             fmt = "%Y%m%d%H%M%SZ"
             when = ["-startdate", time.strftime(fmt, time.gmtime(not_before)),
