@@ -15,6 +15,9 @@ without SIGHUP, on a real etcd 3.4 with the fake Docker API.
   file, as if it had expired in place): a warning says so, etcd refuses
   the host and its keys expire, every warning with etcd's error says
   why; a renewed certificate and key renamed over: every key back;
+- a client certificate with a CN, which etcd's JSON gateway refuses once
+  auth is on: the warning gives etcd's plain-text reason; one without a
+  CN renamed over: every key written;
 - Docker's DOCKER_CERT_PATH files rotated in place, behind a TLS proxy
   to the fake Docker API that is restarted trusting the new CA only;
 - SIGHUP reads every file again and says so.
@@ -530,6 +533,37 @@ def expired_client_certificate_said_and_its_renewal_taken():
         took = log_time(done[-1]) - log_time(got[0])
         assert took < 1.5, f"the put went {took:.2f}s after the renewal was read (its backoff's pause?)"
         assert len(lines(r, "warn", "etcd: client certificate")) == 1, lines(r, "warn", "etcd: client certificate")
+        r.stop()
+
+
+@suite.test
+def client_certificate_with_a_cn_refused_by_the_gateway_is_said():
+    # etcd 3.4 with auth on refuses every /v3 request through its JSON
+    # gateway made with a client certificate that has a CN (it could not
+    # pass the CN on as the user), in plain text, not JSON
+    with Env(tls=A) as env:
+        env.v3_auth()
+        pwfile = os.path.join(env.fdir, "pw")
+        with open(pwfile, "w") as f:
+            f.write("regpw\n")
+        cdir = os.path.join(env.fdir, "certs")
+        os.makedirs(cdir)
+        paths = {}
+        for k in ("ca", "client", "client-key"):
+            paths[k] = os.path.join(cdir, k + ".pem")
+            shutil.copy(A[k], paths[k])  # CN=register
+        env.start_new(2)
+        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg", "--etcd-password-file", pwfile,
+                         "--etcd-cacert", paths["ca"], "--etcd-cert", paths["client"], "--etcd-key",
+                         paths["client-key"])
+        wait_line(r, "warn", "etcd answered HTTP 400: CommonName of client sending a request against gateway "
+                  "will be ignored and not used as expected", 10)
+        # a certificate without a CN: the user is the password's
+        cert, key = issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/O=register")
+        os.rename(key, paths["client-key"])
+        os.rename(cert, paths["client"])
+        wait_line(r, "info", "etcd: credentials read again (changed): client certificate", 10)
+        env.converged("v3", timeout=10, what="the keys written with a certificate without a CN")
         r.stop()
 
 
