@@ -51,8 +51,14 @@ With --etcd-faults (v3 only) etcd runs with auth on (JWT tokens, RS256,
 valid JWT_TTL), root and, per host, a user h<i> whose role r<i> may read
 and write PREFIX/<ip>/ only; each host gets --etcd-user h<i> and
 --etcd-password-file (a file of its own); this script reads as root.  The
-quota is QUOTA (8 MiB).  The etcd-side failures seen in production are
-drawn too:
+quota is QUOTA (8 MiB).  The members serve clients over TLS and require a
+client certificate (--client-cert-auth; a CA made for the run, a server
+certificate for every member address, the spares too; peers stay on
+http); each host gets --etcd-cacert, --etcd-cert and --etcd-key, files of
+its own (a certificate of its own, O=register OU=h<i>, no CN: etcd's
+gateway refuses one with a CN once auth is on; valid CERT_DAYS),
+and this script has a certificate of its own for every request, watch and
+etcdctl call.  The etcd-side failures seen in production are drawn too:
   perm_revoke  a host's role loses its permission on its prefix (a
                container of that host changes meanwhile), granted back
   jwt_change   a user added (an auth change: every token is "old"), a
@@ -72,12 +78,17 @@ drawn too:
                m3, m4, then the longest free), started, and after a
                while the old one removed and stopped; the hosts learn it
                from etcd's member list
+  cert_expire  a host's client certificate file replaced (a new file
+               renamed over) by an expired one (the same CA and key), a
+               container of that host changes; at its end a fresh
+               certificate and a new key renamed over (as cert-manager
+               renews); etcd refuses the host meanwhile: it is excused as
+               a host cut off is
 Each heals itself at its end; a heal etcd refuses (no quorum) is tried
 again every 0.5 s from the storm's loop, and whatever is still not done
 at the quiet point is finished there first (said in the schedule).  The
 quiet-point invariants are the same; etcd faults conflict as draw_epoch()
-says.  Not drawn: client certificates that expire (the fleet's etcd has
-no TLS).
+says.
 
 The seed is printed first; the same seed replays the same schedule.  A
 failure prints the seed, the schedule so far (what ran, when), the broken
@@ -85,12 +96,12 @@ invariant and the hosts' log tails, and stops the run (exit 1).
 """
 import base64
 import hashlib
-import http.client
 import json
 import os
 import random
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -106,7 +117,7 @@ if HERE not in sys.path:
 import fleet  # noqa: E402
 from fleet import (PREFIX, Fleet, Net, V3Auth, Watcher, b64, host_ip, net_parts, net_spares, out,  # noqa: E402
                    res_index, v2_tree, v3_post, v3_range)
-from toolkit import Etcd  # noqa: E402
+from toolkit import Etcd, issue_cert, make_ca  # noqa: E402
 
 QUIET_BUDGET = 30.0    # s: from the last heal (and quorum) until etcd must equal the truth
 GRACE = 3.0            # s: a host stays excused TTL + GRACE after its fault healed
@@ -133,8 +144,9 @@ ETCD_FAULTS = MEMBER_FAULTS + ("outage",)
 # --etcd-faults: the etcd-side failures seen in production (issue 22),
 # drawn beside the others (the list grows only with the option, so that a
 # seed without it replays exactly what it did before)
-ETCD_KINDS = ["perm_revoke", "jwt_change", "passwd_rotate", "nospace", "snapshot_restore", "member_replace"]
-ETCD_WEIGHTS = [1.0, 0.6, 1.0, 0.6, 0.5, 0.5]
+ETCD_KINDS = ["perm_revoke", "jwt_change", "passwd_rotate", "nospace", "snapshot_restore", "member_replace",
+              "cert_expire"]
+ETCD_WEIGHTS = [1.0, 0.6, 1.0, 0.6, 0.5, 0.5, 1.0]
 AUTH_FAULTS = ("perm_revoke", "jwt_change", "passwd_rotate")
 # cluster-wide: none of these overlaps another of them, a member fault or an
 # outage (a defrag needs every member, a restore replaces every member's
@@ -144,6 +156,7 @@ QUOTA = 8 << 20            # --quota-backend-bytes with --etcd-faults
 FILL_PREFIX = "/chaosfill/"  # nospace's filler keys (outside PREFIX, written as root)
 ROOT_PW = "rootpw"
 JWT_TTL = "1m"             # the hosts' tokens expire (and are renewed) during a run
+CERT_DAYS = 2              # the hosts' client certificates (and their renewals) are valid this long
 
 
 # ---------------------------------------------------------------------------
@@ -211,6 +224,10 @@ def draw_epoch(rng, n, nparts, ttl, etcd_faults=False):
         elif kind == "perm_revoke":
             p["host"] = rng.randrange(n)
             dur = rng.uniform(1.0, 2 * ttl + 2)
+        elif kind == "cert_expire":
+            # the time the host's certificate file holds an expired one
+            p["host"] = rng.randrange(n)
+            dur = rng.uniform(1.0, 2 * ttl + 2)
         elif kind == "passwd_rotate":
             # the time between the change in etcd and the new file
             p["host"] = rng.randrange(n)
@@ -264,7 +281,8 @@ def draw_epoch(rng, n, nparts, ttl, etcd_faults=False):
                 clash = True
             if pair & set(AUTH_FAULTS) and pair & {"outage", "snapshot_restore"}:
                 clash = True
-            if kind == g.kind and kind in ("perm_revoke", "passwd_rotate") and f.p["host"] == g.p["host"]:
+            if kind == g.kind and kind in ("perm_revoke", "passwd_rotate", "cert_expire") \
+                    and f.p["host"] == g.p["host"]:
                 clash = True
             if kind == g.kind == "jwt_change":
                 clash = True
@@ -430,10 +448,9 @@ class ChaosWatcher(Watcher):
                 time.sleep(0.05)
 
     def watch(self, m):
-        host, port = m.url[len("http://"):].split(":")
         # a short timeout: a member killed while cut off never resets the
         # connection; an idle watch just starts again from where it was
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=3)
+        self.conn = fleet.etcd_conn(m.url, 3)
         try:
             if self.c.api == "v3":
                 body = json.dumps({"create_request": {"key": b64(PREFIX + "/"), "range_end": b64(PREFIX + "0"),
@@ -546,6 +563,7 @@ class ChaosFleet(Fleet):
         self.free_ends = [e for e in net.ends if e.startswith("m") and int(e[1:]) >= len(fleet.ETCD_IPS)]
         self.ngen = 0                     # new members and snapshots made
         self.etcd_counts = {}             # fault kind -> how many took effect
+        self.expired = {}                 # host -> its excuse: its certificate file holds an expired one
 
     # ---- --etcd-faults: etcd's set-up and its admin requests ----
     def etcd_extra(self):
@@ -560,6 +578,64 @@ class ChaosFleet(Fleet):
         fleet.sh("openssl", "rsa", "-in", priv, "-pubout", "-out", pub)
         return ["--quota-backend-bytes", str(QUOTA),
                 "--auth-token", f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl={JWT_TTL}"]
+
+    def etcd_tls(self):
+        """With --etcd-faults: a CA made for the run; a server certificate
+        for every member address (the spares too: member_replace) that
+        etcd's gateway also presents to etcd itself (clientAuth); this
+        script's client certificate; per host its own CA, certificate and
+        key files (tls/h<i>/), which cert_expire replaces.  The client
+        certificates have no CN (cert_subject()); the server's is none of
+        etcd's users (its gateway presents it to etcd)."""
+        if not getattr(self.a, "etcd_faults", False):
+            return None
+        d = os.path.join(self.base, "tls")
+        ca, ca_key = make_ca(d, "chaos")
+        self.ca = (ca, ca_key)
+        ips = [ip for end, (ip, _) in self.net.ends.items() if end.startswith("m")]
+        srv, srv_key = issue_cert(ca, ca_key, os.path.join(d, "server.pem"), "/CN=chaos etcd", days=CERT_DAYS,
+                                  usage="serverAuth,clientAuth", ips=ips)
+        cli, cli_key = issue_cert(ca, ca_key, os.path.join(d, "driver.pem"), "/O=chaos driver", days=CERT_DAYS)
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.load_cert_chain(cli, cli_key)
+        fleet.CLIENT_TLS = ctx
+        self.driver_tls = {"ca": ca, "client": cli, "client-key": cli_key}
+        for h in range(self.n):
+            os.makedirs(self.tls_dir(h))
+            shutil.copy(ca, self.tls_file(h, "ca"))
+            issue_cert(ca, ca_key, self.tls_file(h, "cert"), self.cert_subject(h), days=CERT_DAYS)
+        return {"ca": ca, "server": srv, "server-key": srv_key, "client": cli, "client-key": cli_key}
+
+    @staticmethod
+    def cert_subject(h):
+        # no CN: with auth on, etcd 3.4's JSON gateway refuses a request
+        # made with a client certificate that has one (HTTP 400 "CommonName
+        # of client sending a request against gateway will be ignored")
+        return f"/O=register/OU=h{h}"
+
+    def tls_dir(self, h):
+        return os.path.join(self.base, "tls", f"h{h}")
+
+    def tls_file(self, h, what):
+        """Host h's CA bundle, certificate or key file."""
+        return os.path.join(self.tls_dir(h), {"ca": "ca.pem", "cert": "cert.pem", "key": "cert-key.pem"}[what])
+
+    def write_cert(self, h, expired):
+        """Host h's certificate file replaced as an operator's tooling does
+        (written beside it, renamed over): expired, an expired one for its
+        key (valid from a day ago until a minute ago), else a fresh one
+        for a new key (the key renamed first; register takes the two once
+        they match)."""
+        ca, ca_key = self.ca
+        cert, key = self.tls_file(h, "cert"), self.tls_file(h, "key")
+        t = time.time()
+        if expired:
+            issue_cert(ca, ca_key, cert + ".new", self.cert_subject(h), key=key, not_before=t - 86400,
+                       not_after=t - 60)
+        else:
+            _, new_key = issue_cert(ca, ca_key, cert + ".new", self.cert_subject(h), days=CERT_DAYS)
+            os.replace(new_key, key)
+        os.replace(cert + ".new", cert)
 
     @staticmethod
     def host_prefix(h):
@@ -612,7 +688,14 @@ class ChaosFleet(Fleet):
     def cred_args(self, h):
         if not self.efaults:
             return []
-        return ["--etcd-user", f"h{h}", "--etcd-password-file", self.pw_file(h)]
+        return ["--etcd-user", f"h{h}", "--etcd-password-file", self.pw_file(h),
+                "--etcd-cacert", self.tls_file(h, "ca"), "--etcd-cert", self.tls_file(h, "cert"),
+                "--etcd-key", self.tls_file(h, "key")]
+
+    def etcdctl_tls(self):
+        """etcdctl's flags for this script's certificate."""
+        t = self.driver_tls
+        return ["--cacert", t["ca"], "--cert", t["client"], "--key", t["client-key"]]
 
     def retry(self, what, fn, tries=40):
         """fn() until it does not raise: now, then every 0.5 s from the
@@ -657,6 +740,13 @@ class ChaosFleet(Fleet):
             self.admin("/v3/auth/user/changepw", {"name": f"h{h}", "password": new})
         self.write_pw(h, new)
         self.pw_pending.pop(h, None)
+
+    def renew_cert(self, h):
+        """cert_expire's heal: a fresh certificate (and key) in h's files;
+        h stays excused TTL + GRACE more (register reads the files within
+        CREDS_POLL_MS + CREDS_SETTLE_MS, 2.5 s, and writes again)."""
+        self.write_cert(h, expired=False)
+        self.unexcuse(self.expired.pop(h))
 
     def fill(self, st):
         """nospace: 512 KiB values under FILL_PREFIX until etcd refuses one
@@ -722,7 +812,7 @@ class ChaosFleet(Fleet):
         self.ngen += 1
         old = st["old"]
         new = Etcd(st["end"], init, 2379, 2380, data_dir=os.path.join(self.base, "etcd", f"{st['end']}-{self.ngen}"),
-                   extra=old.extra + ["--initial-cluster-state", "existing"], ip=ip,
+                   tls=old.tls, extra=old.extra + ["--initial-cluster-state", "existing"], ip=ip,
                    netns=self.net.ns(st["end"]), timing=None)
         new.start(wait=False)
         self.cluster.members.append(new)
@@ -817,6 +907,8 @@ class ChaosFleet(Fleet):
         steps += [(f"h{h}'s new password in its file", lambda h=h, pw=pw: self.rotate_done(h, pw))
                   for h, pw in sorted(self.pw_pending.items())]
         steps += [(f"user {u} deleted", lambda u=u: self.del_user(u)) for u in sorted(self.jwt_users)]
+        steps += [(f"h{h}'s fresh certificate in its files", lambda h=h: self.renew_cert(h))
+                  for h in sorted(self.expired)]
         for st in list(self.replacing):
             if st["new"] is None:
                 st["cancel"] = True
@@ -1076,7 +1168,7 @@ class ChaosFleet(Fleet):
                 return None
             self.ngen += 1
             snap = os.path.join(self.base, f"snap{self.ngen}.db")
-            r = subprocess.run(["etcdctl", "--endpoints", m.url, "--user", f"root:{ROOT_PW}",
+            r = subprocess.run(["etcdctl", "--endpoints", m.url, "--user", f"root:{ROOT_PW}", *self.etcdctl_tls(),
                                 "--command-timeout=20s", "snapshot", "save", snap],
                                env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, text=True, timeout=60)
             if r.returncode != 0:
@@ -1086,6 +1178,19 @@ class ChaosFleet(Fleet):
             for h in p["hosts"]:
                 self.change(h)  # keys the restore takes away, and keys it brings back
             return ("restore", snap)
+        if k == "cert_expire":
+            h = p["host"]
+            # the host cannot reach etcd until the renewal: its keys may
+            # expire, as a host's cut off from etcd
+            self.expired[h] = self.excuse({h})  # first: a file replaced before a failure is renewed all the same
+            try:
+                self.write_cert(h, expired=True)
+                self.count(k)
+                self.note(f"cert_expire h{h}: its client certificate file holds an expired certificate")
+            except Exception as e:
+                self.note(f"cert_expire h{h}: the expired certificate could not be written ({e})")
+            self.change(h)  # something for h to write while etcd refuses it
+            return ("cert", h)
         if k == "member_replace":
             i = p["member"]
             old = self.cluster.members[i]
@@ -1118,6 +1223,9 @@ class ChaosFleet(Fleet):
             if st[1].get("full"):
                 self.count("nospace")
             self.free_space()
+        elif kind == "cert":
+            h = st[1]
+            self.retry(f"cert_expire h{h}: a fresh certificate and key in its files", lambda: self.renew_cert(h))
         elif kind == "restore":
             self.restore(st[1])
         elif kind == "replace":
@@ -1606,7 +1714,8 @@ def table(res, a):
     lines = ["", f"register chaos run, seed {a.seed}", "machine: " + fleet.machine(),
              "command: " + " ".join(sys.argv),
              f"fleet: {a.hosts} hosts x {a.containers} containers, TTL {a.ttl}s, chaos {a.chaos:g}s per API"
-             + (f", etcd faults (auth with JWT, a user per host, quota {QUOTA >> 20} MiB)" if a.etcd_faults else "")
+             + (f", etcd faults (auth with JWT, a user per host, quota {QUOTA >> 20} MiB, TLS with a client "
+                f"certificate per host)" if a.etcd_faults else "")
              + "; "
              f"quiet point: converged within {QUIET_BUDGET:.0f}s, idle <= {100 * IDLE_CPU:.0f}% of a core, "
              f"RssAnon +{RSS_STEP_KB} kB+{100 * RSS_STEP_FRAC:.0f}% a step / +{RSS_TOTAL_KB} kB+"

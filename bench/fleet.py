@@ -68,6 +68,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -190,14 +191,34 @@ class Net:
 # etcd (the launcher is tests/integration/toolkit.py's, shared with the tests)
 # ---------------------------------------------------------------------------
 
-def etcd_cluster(net, base, extra=None):
+def etcd_cluster(net, base, extra=None, tls=None):
     """The 3 members, each in its own namespace (<p>-m<i>, ETCD_IPS) with
     etcd's own raft timings, metrics for Counter and room for big fleets
-    (extra: other flags instead of that room: chaos.py --etcd-faults)."""
+    (extra: other flags instead of that room: chaos.py --etcd-faults;
+    tls: toolkit's TLS files, https with client certificates required,
+    and this script's requests then go with client_tls())."""
     if extra is None:
         extra = ["--quota-backend-bytes", str(4 << 30)]
     return Cluster(len(ETCD_IPS), ips=ETCD_IPS, netns=[net.ns(f"m{i}") for i in range(len(ETCD_IPS))],
-                   base=base, extra=["--metrics", "extensive"] + list(extra), timing=None)
+                   base=base, extra=["--metrics", "extensive"] + list(extra), timing=None, tls=tls)
+
+
+# this script's TLS context for https:// members (chaos.py --etcd-faults
+# sets it up: the run's CA and a client certificate of its own)
+CLIENT_TLS = None
+
+
+def client_tls(url):
+    """The ssl context for a request to url: CLIENT_TLS for https, else None."""
+    return CLIENT_TLS if url.startswith("https:") else None
+
+
+def etcd_conn(url, timeout):
+    """An http.client connection to the member at url (http or https)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        return http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=client_tls(url))
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
 
 
 class V3Auth:
@@ -216,7 +237,7 @@ class V3Auth:
             if fresh or url not in self.tokens:
                 body = json.dumps({"name": self.user, "password": self.password}).encode()
                 with urllib.request.urlopen(urllib.request.Request(url + "/v3/auth/authenticate", data=body),
-                                            timeout=5) as r:
+                                            timeout=5, context=client_tls(url)) as r:
                     self.tokens[url] = json.loads(r.read())["token"]
             return {"Authorization": self.tokens[url]}
 
@@ -230,7 +251,7 @@ def v3_post(url, path, req, timeout=10, auth=None):
         headers = auth.headers(url, fresh) if auth else {}
         try:
             with urllib.request.urlopen(urllib.request.Request(url + path, data=data, headers=headers),
-                                        timeout=timeout) as r:
+                                        timeout=timeout, context=client_tls(url)) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             if not auth or fresh or e.code not in (400, 401, 403):
@@ -320,7 +341,7 @@ class Fleet:
         self.nparts = net_parts(a)
         # hosts n - nparts .. n - 1 live in the cut-off namespaces
         self.part_hosts = list(range(self.n - self.nparts, self.n))
-        self.cluster = etcd_cluster(net, os.path.join(base, "etcd"), self.etcd_extra())
+        self.cluster = etcd_cluster(net, os.path.join(base, "etcd"), self.etcd_extra(), self.etcd_tls())
         self.auth = None  # V3Auth for this script's reads, once etcd has auth on (chaos.py --etcd-faults)
         self.truth = [dict() for _ in range(self.n)]  # host -> {cid: (image, port)}
         self.procs = [None] * self.n
@@ -349,6 +370,10 @@ class Fleet:
 
     def etcd_extra(self):
         """etcd's flags beyond etcd_cluster()'s own (None: its default)."""
+        return None
+
+    def etcd_tls(self):
+        """etcd's TLS files (toolkit's dict), or None: plain http."""
         return None
 
     # ---- fake docker ----
@@ -1451,9 +1476,8 @@ class Watcher:
         return svc
 
     def run(self):
-        host, port = self.url[len("http://"):].split(":")
         try:
-            self.conn = http.client.HTTPConnection(host, int(port), timeout=3600)
+            self.conn = etcd_conn(self.url, 3600)
             if self.f.api == "v3":
                 end = PREFIX + "0"
                 body = json.dumps({"create_request": {"key": b64(PREFIX + "/"), "range_end": b64(end),
@@ -1641,8 +1665,11 @@ def parse():
     p.add_argument("--chaos", type=float, metavar="SECONDS", help="a seeded chaos run instead (bench/chaos.py)")
     p.add_argument("--seed", type=int, help="--chaos: the seed (drawn at random if not given)")
     p.add_argument("--etcd-faults", action="store_true",
-                   help="--chaos, v3 only: etcd with auth (JWT tokens, a user per host), a small quota and "
-                        "room for a new member; etcd-side faults drawn too (bench/chaos.py)")
+                   help="--chaos, v3 only: etcd with auth (JWT tokens, a user per host), a small quota, "
+                        "TLS with a client certificate per host and room for a new member; etcd-side faults "
+                        "drawn too: perm_revoke, jwt_change, passwd_rotate, nospace, snapshot_restore, "
+                        "member_replace, cert_expire (a host's client certificate expired, then renewed; "
+                        "bench/chaos.py)")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tag", help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)

@@ -62,6 +62,9 @@ typedef struct {
   const char *key;    /* client key, PEM */
   const char *cacert_pem, *cert_pem, *key_pem; /* contents, or NULL */
   size_t cacert_len, cert_len, key_len;
+  /* the client certificate's validity, seconds since the epoch (0: not
+   * known); creds_tls() fills it, for http_tls_cert_invalid() */
+  long long cert_not_before, cert_not_after;
 } http_tls_t;
 
 /* A deep copy of src into *dst (freed with http_tls_free()). */
@@ -70,6 +73,12 @@ void http_tls_copy(http_tls_t *dst, const http_tls_t *src);
 void http_tls_free(http_tls_t *t);
 /* Whether t names a client certificate (a file or contents). */
 int http_tls_has_cert(const http_tls_t *t);
+/* Whether t's client certificate is outside its validity at now (seconds
+ * since the epoch), which a server refuses: 1 with "expired at
+ * 2026-12-06T18:32:19Z" or "not valid before ..." in out; 0 (out empty)
+ * when it is valid or its validity is not known. */
+int http_tls_cert_invalid(const http_tls_t *t, long long now, char *out,
+                          size_t n);
 
 typedef struct {
   const char *method; /* NULL = GET */

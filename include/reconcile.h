@@ -96,6 +96,11 @@ void reconcile_docker_synced(reconcile_t *r, int synced);
 void reconcile_set_prefix(reconcile_t *r, const char *prefix);
 /* Lists the owned prefix again and repairs any drift. */
 void reconcile_resync(reconcile_t *r);
+/* New etcd credentials are in force: what etcd refused or could not take
+ * meanwhile is tried again now, not at the end of its backoff (a renewed
+ * client certificate after the expired one etcd refused, a new password),
+ * and the owned prefix is listed again (reconcile_resync()). */
+void reconcile_retry_now(reconcile_t *r);
 /* etcd went back in time (a restored snapshot): what it holds is not
  * what was acknowledged.  With a prefix, it is listed again and repaired;
  * without, every key is written again. */

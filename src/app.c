@@ -517,7 +517,7 @@ static void on_etcd_creds(void *ud, unsigned what) {
     etcd_set_tls(a->etcd, &t);
     http_trim(a->http); /* idle connections go now, when nothing runs */
   }
-  if (a->rec) reconcile_resync(a->rec);
+  if (a->rec) reconcile_retry_now(a->rec);
 }
 
 static void on_docker_creds(void *ud, unsigned what) {

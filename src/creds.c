@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_FILE (1u << 20) /* a credential file larger than this is wrong */
 
@@ -42,7 +43,8 @@ struct creds {
   uv_loop_t *loop;
   char *name;
   cfile_t f[F_N];
-  char *password; /* the first line of f[F_PASSWORD].have */
+  char *password;             /* the first line of f[F_PASSWORD].have */
+  long long cert_nb, cert_na; /* f[F_CERT].have's validity (0: not known) */
   uv_timer_t settle;
   int sighup;       /* the next read is creds_reread()'s */
   int handles_open; /* the polls started and the timer */
@@ -205,6 +207,44 @@ static const char *check_pair(creds_t *c, int *bad, char *buf, size_t n) {
   return why;
 }
 
+/* Seconds since the epoch of t; 0 when it cannot be read. */
+static long long asn1_epoch(const ASN1_TIME *t) {
+  ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+  int days = 0, secs = 0;
+  int ok = epoch && t && ASN1_TIME_diff(&days, &secs, epoch, t);
+  ASN1_TIME_free(epoch);
+  ERR_clear_error();
+  return ok ? (long long)days * 86400 + secs : 0;
+}
+
+/* The validity of the client certificate in force (its first one). */
+static void cert_validity(creds_t *c) {
+  X509 *x = NULL;
+  c->cert_nb = c->cert_na = 0;
+  if (pem_certs(&c->f[F_CERT].have, &x) > 0) {
+    c->cert_nb = asn1_epoch(X509_get0_notBefore(x));
+    c->cert_na = asn1_epoch(X509_get0_notAfter(x));
+  }
+  X509_free(x);
+}
+
+/* A client certificate just taken that has expired (or is not valid yet)
+ * is used as given, the file being what the operator's tooling wrote, and
+ * said: a server refuses connections made with it.  (Refusing it would
+ * keep a certificate that is about to expire too, or has, and one not yet
+ * valid for a skewed clock would never be taken.) */
+static void cert_check(const creds_t *c) {
+  http_tls_t t = {.cert = c->f[F_CERT].path,
+                  .cert_not_before = c->cert_nb,
+                  .cert_not_after = c->cert_na};
+  char why[80];
+  if (http_tls_cert_invalid(&t, (long long)time(NULL), why, sizeof why))
+    log_warn("%s: client certificate %s: %s; in use all the same: "
+             "connections made with it are refused until the file holds a "
+             "renewed one",
+             c->name, c->f[F_CERT].path, why);
+}
+
 /* Reads every file and takes what changed and passes its checks.  Returns
  * the CREDS_* bits taken; at start (at_start), a failure is -1 with err. */
 static int read_all(creds_t *c, int at_start, char *err, size_t errlen) {
@@ -270,6 +310,7 @@ static int read_all(creds_t *c, int at_start, char *err, size_t errlen) {
         take(c, i, !at_start);
         taken |= 1u << i;
       }
+      if (taken & CREDS_CERT) cert_validity(c);
     }
   }
   for (int i = 0; i < F_N; i++)
@@ -314,6 +355,7 @@ static void settle_cb(uv_timer_t *t) {
   } else {
     log_debug("%s: credential files touched, nothing new taken", c->name);
   }
+  if (taken & CREDS_CERT) cert_check(c);
   if (taken && c->changed) c->changed(c->ud, taken);
 }
 
@@ -358,6 +400,7 @@ creds_t *creds_new(const creds_opts_t *o, char *err, size_t errlen) {
     creds_free(c); /* no handle yet: freed here */
     return NULL;
   }
+  if (c->f[F_CERT].path) cert_check(c);
   uv_timer_init(c->loop, &c->settle);
   c->settle.data = c;
   c->handles_open = 1;
@@ -402,6 +445,8 @@ void creds_tls(const creds_t *c, http_tls_t *out) {
     out->cert_len = f[F_CERT].have.len;
     out->key_pem = f[F_KEY].have.data ? f[F_KEY].have.data : "";
     out->key_len = f[F_KEY].have.len;
+    out->cert_not_before = c->cert_nb;
+    out->cert_not_after = c->cert_na;
   }
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Failover.  A member that lost its leader, or one cut off by a partition,
  * does not answer at all: etcd drops proposals made while it has no leader
@@ -417,7 +418,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   etcd_op_t *op = data;
   etcd_t *e = op->e;
   op->req = NULL;
-  char err[400] = "";
+  char err[700] = "";
   etcd_result_t res = {ETCD_OK, NULL, 0};
   etcd_hdr_t hdr = {0};
   reply_t reply;
@@ -435,10 +436,20 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
                     (r->errmsg && (strstr(r->errmsg, "alert") ||
                                    strstr(r->errmsg, "bad certificate") ||
                                    strstr(r->errmsg, "certificate required"))));
-    snprintf(err, sizeof err, "%s: %s%s", op->ep->url, r->errmsg,
+    /* a client certificate that has expired: etcd refuses it (seen: "alert
+     * bad certificate"), which does not say why; this does */
+    char when[80], cert_hint[400] = "";
+    if (http_tls_cert_invalid(&e->tls, (long long)time(NULL), when,
+                              sizeof when))
+      snprintf(cert_hint, sizeof cert_hint,
+               " (client certificate %s %s: renew it; it is read again "
+               "when it changes)",
+               e->tls.cert ? e->tls.cert : "", when);
+    snprintf(err, sizeof err, "%s: %s%s%s", op->ep->url, r->errmsg,
              tls_hint ? " (does etcd want a client certificate? see "
                         "--etcd-cert and --etcd-key)"
-                      : "");
+                      : "",
+             cert_hint);
     res.status = ETCD_UNAVAILABLE;
     reply = REPLY_NEXT_ENDPOINT;
   } else if (e->api == ETCD_API_V3) {

@@ -229,6 +229,18 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
   return reply;
 }
 
+/* The first line of a plain-text body in out (n bytes), anything but
+ * printable ASCII as '?', cut to fit; empty for an empty body. */
+static void text_line(const char *body, size_t len, char *out, size_t n) {
+  size_t o = 0;
+  for (size_t i = 0; i < len && o + 1 < n; i++) {
+    unsigned char c = (unsigned char)body[i];
+    if (c == '\n' || c == '\r') break;
+    out[o++] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+  }
+  if (n) out[o] = '\0';
+}
+
 reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
                       etcd_hdr_t *hdr, char *err, size_t errlen) {
   char jerr[160];
@@ -329,11 +341,19 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
       res->status = ETCD_FAILED;
     }
   }
-  if (msg)
+  if (msg) {
     snprintf(err, errlen, "etcd: %s", msg);
-  else
-    snprintf(err, errlen, "etcd answered HTTP %ld%s%s", r->status,
+  } else {
+    /* a plain-text answer says why; e.g. etcd's gateway, with auth on,
+     * to a client certificate that has a CN: "CommonName of client
+     * sending a request against gateway will be ignored and not used as
+     * expected" */
+    char text[200];
+    text_line(r->body, r->body_len, text, sizeof text);
+    snprintf(err, errlen, "etcd answered HTTP %ld%s%s%s%s", r->status,
+             !doc && text[0] ? ": " : "", doc ? "" : text,
              doc ? "" : " (not JSON: ", doc ? "" : jerr);
+  }
   if (!doc && strchr(err, '('))
     snprintf(err + strlen(err), errlen - strlen(err), ")");
   json_free(doc);

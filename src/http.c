@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define POOL_MAX                                                               \
   2 /* pooled handles keep curl's 16 KiB buffer: few, for memory */
@@ -414,6 +415,8 @@ void http_tls_copy(http_tls_t *dst, const http_tls_t *src) {
   dst->cert_len = src->cert_pem ? src->cert_len : 0;
   dst->key_pem = dup_mem(src->key_pem, src->key_len);
   dst->key_len = src->key_pem ? src->key_len : 0;
+  dst->cert_not_before = src->cert_not_before;
+  dst->cert_not_after = src->cert_not_after;
 }
 
 static void free_const(const char *p, size_t wipe) {
@@ -434,6 +437,28 @@ void http_tls_free(http_tls_t *t) {
 
 int http_tls_has_cert(const http_tls_t *t) {
   return t && (t->cert || t->cert_pem);
+}
+
+int http_tls_cert_invalid(const http_tls_t *t, long long now, char *out,
+                          size_t n) {
+  if (n) out[0] = '\0';
+  if (!http_tls_has_cert(t) || !t->cert_not_after) return 0;
+  const char *what;
+  time_t when;
+  if (now > t->cert_not_after) {
+    what = "expired at";
+    when = (time_t)t->cert_not_after;
+  } else if (now < t->cert_not_before) {
+    what = "not valid before";
+    when = (time_t)t->cert_not_before;
+  } else {
+    return 0;
+  }
+  struct tm tm;
+  char ts[32] = "?";
+  if (gmtime_r(&when, &tm)) strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  snprintf(out, n, "%s %s", what, ts);
+  return 1;
 }
 
 http_req_t *http_request(http_t *h, const http_opts_t *o) {

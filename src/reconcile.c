@@ -1641,6 +1641,14 @@ void reconcile_resync(reconcile_t *r) {
   reconcile_list_start(r);
 }
 
+void reconcile_retry_now(reconcile_t *r) {
+  /* the writes' pause (backoff()) ends as when etcd answers a write; the
+   * refused keys are tried again once the listing is in (its
+   * reconcile_touch_all()), or at once without a prefix */
+  resume(r);
+  reconcile_resync(r);
+}
+
 void reconcile_etcd_rewound(reconcile_t *r) {
   if (!r->prefix || r->dry_run) {
     map_iter_t it;

@@ -12,10 +12,11 @@ is busy, none leaks memory or fds.
 chaos_v3_etcd_faults is a third run, v3 with --etcd-faults (by hand:
 `python3 test_chaos.py chaos_v3_etcd_faults`; ctest's integration.chaos
 runs the other two, see tests/CMakeLists.txt for why): etcd with auth (JWT, a user per host), an 8 MiB
-quota, and the etcd-side faults drawn too (a permission revoked and
-granted back, JWT tokens made old, a password rotated in etcd and in its
-file, NOSPACE filled and freed, a snapshot restored, a member replaced at
-a new address).
+quota, TLS with client certificates (a certificate per host), and the
+etcd-side faults drawn too (a permission revoked and granted back, JWT
+tokens made old, a password rotated in etcd and in its file, NOSPACE
+filled and freed, a snapshot restored, a member replaced at a new
+address, a host's client certificate expired and renewed).
 
 The seed is drawn at random and logged first; CHAOS_SEED=N replays one
 (bench/fleet.py --chaos 90 --seed N --hosts 10 --containers 5 --api v2
@@ -99,9 +100,10 @@ def chaos_v3_lease():
 
 @suite.test
 def chaos_v3_etcd_faults():
-    # --etcd-faults: auth with JWT and a user per host, an 8 MiB quota; the
-    # etcd-side faults (permission revoked, JWT made old, password rotated,
-    # NOSPACE, snapshot restore, member replaced) drawn beside the others
+    # --etcd-faults: auth with JWT and a user per host, an 8 MiB quota, TLS
+    # with a client certificate per host; the etcd-side faults (permission
+    # revoked, JWT made old, password rotated, NOSPACE, snapshot restore,
+    # member replaced, certificate expired) drawn beside the others
     run_chaos("v3", 3, ["--etcd-faults"])
 
 

@@ -11,6 +11,13 @@ without SIGHUP, on a real etcd 3.4 with the fake Docker API.
 - garbage in the certificate file, a key that does not match, an empty
   password file: one warning line each, what was in use stays, and new
   connections (etcd restarted, a new login) still work with it;
+- a client certificate that has expired (an expired one renamed over the
+  file, as if it had expired in place): a warning says so, etcd refuses
+  the host and its keys expire, every warning with etcd's error says
+  why; a renewed certificate and key renamed over: every key back;
+- a client certificate with a CN, which etcd's JSON gateway refuses once
+  auth is on: the warning gives etcd's plain-text reason; one without a
+  CN renamed over: every key written;
 - Docker's DOCKER_CERT_PATH files rotated in place, behind a TLS proxy
   to the fake Docker API that is restarted trusting the new CA only;
 - SIGHUP reads every file again and says so.
@@ -35,6 +42,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import Etcd, Register, Suite, default_value, free_port, log, make_pki, tmpdir, wait_for  # noqa: E402
+from toolkit import issue_cert  # noqa: E402
 
 IP = "10.22.33.44"
 PREFIX = f"/registered/{IP}"
@@ -463,6 +471,100 @@ def invalid_certificate_replacements_keep_the_pair_in_use():
                          "--etcd-key", paths["client-key"])
         assert r.proc.wait(20) == 1
         assert f"etcd: client key {paths['client-key']}: no PEM private key in it" in r.output(), r.output()
+
+
+def log_time(line):
+    """The time of a register log line (text format, UTC)."""
+    import datetime
+    t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+@suite.test
+def expired_client_certificate_said_and_its_renewal_taken():
+    # etcd 3.4 refuses an expired client certificate with a bare "alert bad
+    # certificate" (TLS 1.3: after the handshake, at the first read).  A
+    # certificate expires in place, its file unchanged: here an expired one
+    # (the same CA and key) is renamed over it, which register takes as
+    # given (it is what the operator's tooling wrote) and says
+    with Env(tls=A) as env:
+        cdir = os.path.join(env.fdir, "certs")
+        os.makedirs(cdir)
+        paths = {}
+        for k in ("ca", "client", "client-key"):
+            paths[k] = os.path.join(cdir, k + ".pem")
+            shutil.copy(A[k], paths[k])
+        env.start_new(2)
+        r = env.register("--etcd-api", "v3", "--ttl", "3", "--etcd-cacert", paths["ca"],
+                         "--etcd-cert", paths["client"], "--etcd-key", paths["client-key"], "--log-level", "debug")
+        r.wait_log("in sync")
+        env.converged("v3")
+        t = time.time()
+        issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/CN=register", key=paths["client-key"],
+                   not_before=t - 86400, not_after=t - 60)
+        os.rename(paths["client"] + ".new", paths["client"])
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t - 60)))
+        wait_line(r, "warn", f"etcd: client certificate {paths['client']}: expired at {until}; in use all the "
+                  "same: connections made with it are refused until the file holds a renewed one", 10)
+        # etcd refuses it: the lease's keep-alive fails, its keys expire,
+        # and each warning with etcd's error says why
+        hint = f"(client certificate {paths['client']} expired at {until}: renew it; it is read again when it changes)"
+        wait_line(r, "warn", hint, 10)
+        new = env.start_new(1)[0]
+        wait_for(lambda: not env.tree("v3"), 10, what="the keys to expire with the lease")
+        wait_line(r, "warn", "its keys have probably expired", 10)
+        assert all(hint in ln for ln in lines(r, "warn", "https://")), lines(r, "warn", "https://")
+        # the new container's put has failed for seconds: its pause is
+        # 2.5-5 s now.  The certificate renewed (a fresh one for a new key,
+        # the key renamed first) right after a failed attempt and read at
+        # once (SIGHUP): the put must go then, not at the end of the pause
+        retries = lambda: lines(r, "debug", "etcd still unavailable key=")  # noqa: E731
+        wait_for(lambda: len(retries()) >= 5, 20, what="five attempts at the put")
+        n = len(retries())
+        wait_for(lambda: len(retries()) > n, 10, what="one more attempt at the put")
+        cert, key = issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/CN=register")
+        os.rename(key, paths["client-key"])
+        os.rename(cert, paths["client"])
+        r.proc.send_signal(signal.SIGHUP)
+        got = wait_line(r, "info", "etcd: credentials read again (SIGHUP): client certificate", 10)
+        env.converged("v3", timeout=10, what="every key back after the renewal")
+        done = lines(r, "info", f"registered key={PREFIX}/bbx/{new}")
+        assert done, r.output()[-3000:]
+        took = log_time(done[-1]) - log_time(got[0])
+        assert took < 1.5, f"the put went {took:.2f}s after the renewal was read (its backoff's pause?)"
+        assert len(lines(r, "warn", "etcd: client certificate")) == 1, lines(r, "warn", "etcd: client certificate")
+        r.stop()
+
+
+@suite.test
+def client_certificate_with_a_cn_refused_by_the_gateway_is_said():
+    # etcd 3.4 with auth on refuses every /v3 request through its JSON
+    # gateway made with a client certificate that has a CN (it could not
+    # pass the CN on as the user), in plain text, not JSON
+    with Env(tls=A) as env:
+        env.v3_auth()
+        pwfile = os.path.join(env.fdir, "pw")
+        with open(pwfile, "w") as f:
+            f.write("regpw\n")
+        cdir = os.path.join(env.fdir, "certs")
+        os.makedirs(cdir)
+        paths = {}
+        for k in ("ca", "client", "client-key"):
+            paths[k] = os.path.join(cdir, k + ".pem")
+            shutil.copy(A[k], paths[k])  # CN=register
+        env.start_new(2)
+        r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg", "--etcd-password-file", pwfile,
+                         "--etcd-cacert", paths["ca"], "--etcd-cert", paths["client"], "--etcd-key",
+                         paths["client-key"])
+        wait_line(r, "warn", "etcd answered HTTP 400: CommonName of client sending a request against gateway "
+                  "will be ignored and not used as expected", 10)
+        # a certificate without a CN: the user is the password's
+        cert, key = issue_cert(A["ca"], A["ca-key"], paths["client"] + ".new", "/O=register")
+        os.rename(key, paths["client-key"])
+        os.rename(cert, paths["client"])
+        wait_line(r, "info", "etcd: credentials read again (changed): client certificate", 10)
+        env.converged("v3", timeout=10, what="the keys written with a certificate without a CN")
+        r.stop()
 
 
 # ---- Docker's TLS files ----

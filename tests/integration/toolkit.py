@@ -3,7 +3,8 @@ cluster; on loopback or, for bench/fleet.py, one member per network
 namespace), the v2 tree reader and the default schema's value.
 
 tests/integration/harness.py and bench/*.py import these; nothing here
-knows about Docker or register.  lua/default.lua is what writes the value
+knows about Docker or register.  issue_cert() makes certificates with any
+validity window (an expired one too) for the TLS tests and bench/chaos.py.  lua/default.lua is what writes the value
 that default_value() builds; keep the two in step.
 
   REGISTER_TEST_ETCD=PATH   the etcd binary (default: etcd on PATH);
@@ -150,6 +151,89 @@ def v2_tree_index(url, prefix="/registered", timeout=5, context=None, auth=None)
 def v2_tree(url, prefix="/registered", timeout=5, context=None, auth=None):
     """{key: value} for every key below prefix (v2, recursive)."""
     return v2_tree_index(url, prefix, timeout, context, auth)[0]
+
+
+# ---------------------------------------------------------------------------
+# certificates
+# ---------------------------------------------------------------------------
+
+CA_CNF = """[ca]
+default_ca = issuer
+[issuer]
+database = index.txt
+new_certs_dir = .
+serial = serial
+default_md = sha256
+policy = any
+unique_subject = no
+copy_extensions = none
+[any]
+commonName = optional
+organizationName = optional
+[ext]
+basicConstraints = CA:FALSE
+extendedKeyUsage = %(usage)s
+%(san)s
+"""
+
+
+def issue_cert(ca, ca_key, out, subject, key=None, days=2, not_before=None, not_after=None,
+               usage="clientAuth", ips=(), dns=()):
+    """A certificate for subject ("/CN=name", "/O=org": etcd 3.4 refuses a
+    request through its JSON gateway made with a client certificate that
+    has a CN, once auth is on) signed by the CA (files ca, ca_key), written
+    to out: for key (a PEM private key file; None: a new P-256 key written to
+    out's name with -key.pem for .pem), valid for days from now, or from
+    not_before to not_after (seconds since the epoch: `openssl ca
+    -startdate/-enddate`, so an expired certificate too, which `openssl x509
+    -days` cannot make).  usage: extendedKeyUsage; ips, dns: subjectAltName.
+    The file is written in place (callers that replace a file in use write
+    elsewhere and rename).  Returns (certificate, key) paths."""
+    out = os.path.abspath(out)
+    if key is None:
+        key = out[:-4] + "-key.pem" if out.endswith(".pem") else out + ".key"
+        r = subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-out", key], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl genpkey: {r.stderr.strip()}")
+    d = tempfile.mkdtemp(prefix="ca-")
+    try:
+        san = ",".join([f"IP:{ip}" for ip in ips] + [f"DNS:{n}" for n in dns])
+        with open(os.path.join(d, "ca.cnf"), "w") as f:
+            f.write(CA_CNF % {"usage": usage, "san": f"subjectAltName = {san}" if san else ""})
+        open(os.path.join(d, "index.txt"), "w").close()
+        with open(os.path.join(d, "serial"), "w") as f:
+            f.write("%032x\n" % int.from_bytes(os.urandom(15), "big"))
+        csr = os.path.join(d, "req.csr")
+        steps = [["openssl", "req", "-new", "-key", os.path.abspath(key), "-subj", subject, "-out", csr]]
+        if not_before is not None:
+            fmt = "%Y%m%d%H%M%SZ"
+            when = ["-startdate", time.strftime(fmt, time.gmtime(not_before)),
+                    "-enddate", time.strftime(fmt, time.gmtime(not_after))]
+        else:
+            when = ["-days", str(days)]
+        steps.append(["openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", os.path.abspath(ca),
+                      "-keyfile", os.path.abspath(ca_key), "-in", csr, "-out", out,
+                      "-extensions", "ext", "-notext", *when])
+        for cmd in steps:
+            r = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[:2])}: {r.stderr.strip()}")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return out, key
+
+
+def make_ca(d, name="test"):
+    """A CA (P-256, 30 days) in directory d: (certificate, key) paths."""
+    os.makedirs(d, exist_ok=True)
+    ca, key = os.path.join(d, f"{name}-ca.pem"), os.path.join(d, f"{name}-ca-key.pem")
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "30", "-subj", f"/CN={name} CA", "-keyout", key, "-out", ca],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl req -x509: {r.stderr.strip()}")
+    return ca, key
 
 
 # ---------------------------------------------------------------------------
@@ -392,10 +476,10 @@ class Cluster:
     ports; with ips= (one address per member) on those addresses at ports
     2379 and 2380, and with netns= (one namespace name per member) each in
     its own network namespace.  base= puts member i's files in base/m<i>
-    (default: a temporary directory each); extra= and timing= go to every
-    member (see Etcd)."""
+    (default: a temporary directory each); extra=, timing= and tls= go to
+    every member (see Etcd)."""
 
-    def __init__(self, n=3, ips=None, netns=None, base=None, extra=(), timing=(50, 500)):
+    def __init__(self, n=3, ips=None, netns=None, base=None, extra=(), timing=(50, 500), tls=None):
         names = [f"m{i}" for i in range(n)]
         if ips:
             assert len(ips) == n, (n, ips)
@@ -406,7 +490,7 @@ class Cluster:
         if base:
             os.makedirs(base, exist_ok=True)
         self.members = [Etcd(nm, cluster, cp, pp, data_dir=os.path.join(base, nm) if base else None,
-                             extra=extra, ip=ip, netns=netns[i] if netns else None, timing=timing)
+                             tls=tls, extra=extra, ip=ip, netns=netns[i] if netns else None, timing=timing)
                         for i, (nm, (ip, cp, pp)) in enumerate(zip(names, addrs))]
 
     def start(self, quorum=False):

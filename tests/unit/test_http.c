@@ -1,7 +1,9 @@
 /* http: a request curl will not take fails from the loop, never inside
- * http_request(), and never as NULL.  curl refuses only when it is out of
- * memory, so this test is linked with -Wl,--wrap=curl_multi_add_handle
- * (tests/CMakeLists.txt) and refuses when told to. */
+ * http_request(), and never as NULL; a client certificate out of its
+ * validity is said (http_tls_cert_invalid()).  curl refuses only when it
+ * is out of memory, so this test is linked with
+ * -Wl,--wrap=curl_multi_add_handle (tests/CMakeLists.txt) and refuses when
+ * told to. */
 #include <curl/curl.h>
 #include <uv.h>
 
@@ -93,10 +95,34 @@ TEST(a_refused_request_cancelled_or_freed_never_calls_back) {
   ASSERT_EQ(done_calls, 0);
 }
 
+/* A client certificate outside its validity is said, with the time; one
+ * within it, or of unknown validity, or no certificate, is not. */
+TEST(a_client_certificate_outside_its_validity_is_said) {
+  char out[80];
+  http_tls_t t = {.cert = "/c.pem",
+                  .cert_not_before = 1577836800, /* 2020-01-01 */
+                  .cert_not_after = 1577923200}; /* 2020-01-02 */
+  ASSERT_EQ(http_tls_cert_invalid(&t, 1577923201, out, sizeof out), 1);
+  ASSERT_STR_EQ(out, "expired at 2020-01-02T00:00:00Z");
+  ASSERT_EQ(http_tls_cert_invalid(&t, 1577836799, out, sizeof out), 1);
+  ASSERT_STR_EQ(out, "not valid before 2020-01-01T00:00:00Z");
+  ASSERT_EQ(http_tls_cert_invalid(&t, 1577923200, out, sizeof out), 0);
+  ASSERT_STR_EQ(out, "");
+  http_tls_t copy;
+  http_tls_copy(&copy, &t); /* the validity goes with the copy */
+  ASSERT_EQ(http_tls_cert_invalid(&copy, 1577923201, out, sizeof out), 1);
+  http_tls_free(&copy);
+  t.cert_not_after = 0; /* not known */
+  ASSERT_EQ(http_tls_cert_invalid(&t, 1577923201, out, sizeof out), 0);
+  t = (http_tls_t){.cert_not_after = 1}; /* no certificate */
+  ASSERT_EQ(http_tls_cert_invalid(&t, 1577923201, out, sizeof out), 0);
+}
+
 int main(int argc, char **argv) {
   static const test_entry_t tests[] = {
       TEST_ENTRY(a_refused_request_fails_from_the_loop),
       TEST_ENTRY(a_refused_request_cancelled_or_freed_never_calls_back),
+      TEST_ENTRY(a_client_certificate_outside_its_validity_is_said),
   };
   return test_main(argc, argv, tests, sizeof tests / sizeof tests[0]);
 }
