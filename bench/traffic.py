@@ -105,7 +105,9 @@ class Bench:
     def setup(self):
         from harness import Dockerd
         base = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
-        self.cluster = Cluster(3, base=tempfile.mkdtemp(prefix="rtraffic", dir=base))
+        etcd_base = tempfile.mkdtemp(prefix="rtraffic", dir=base)
+        self.defer(lambda: __import__("shutil").rmtree(etcd_base, ignore_errors=True))
+        self.cluster = Cluster(3, base=etcd_base)
         self.defer(self.cluster.cleanup)
         self.cluster.start(quorum=True)
         self.d = Dockerd()
