@@ -39,6 +39,7 @@
 
 static void send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
+static int long_op(const etcd_op_t *op);
 static void discover_soon(etcd_t *e);
 static etcd_ep_t *ep_after(etcd_t *e, const etcd_ep_t *ep);
 static void members_finished(etcd_t *e, etcd_op_t *op,
@@ -497,10 +498,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
      * may fail next: ask for the member list (whoever answers) */
     if (op->kind != OP_MEMBERS) discover_soon(e);
     if (++op->attempts < FAILOVER_ROUNDS * e->n &&
-        uv_hrtime() - op->first < (uint64_t)(op->kind == OP_LIST
-                                                 ? e->timeout_ms * 6
-                                                 : e->timeout_ms) *
-                                      1000000) {
+        uv_hrtime() - op->first <
+            (uint64_t)(long_op(op) ? e->timeout_ms * 6 : e->timeout_ms) *
+                1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
       etcd_ep_t *failed = op->ep, *next = ep_after(e, failed);
       op->ep = etcd_ep_hold(next);
@@ -531,6 +531,18 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
 
 /* Builds the wire request (again: tokens, leases and pages change it) and
  * sends it (one that curl will not take fails from the loop, http.h). */
+/* A listing (its answer can be large) and a login have six times the
+ * budget.  A login is also never abandoned for the next member while its
+ * budget lasts: etcd checks the password with bcrypt (about 70 ms of CPU
+ * at its default cost), and when a fleet logs in at once (a start, new
+ * tokens after an auth change) the answers queue for seconds; abandoning
+ * each after a second made every member check every password again, and
+ * the logins never caught up (50 hosts with TLS and auth, one 2-core
+ * machine). */
+static int long_op(const etcd_op_t *op) {
+  return op->kind == OP_LIST || op->kind == OP_AUTH;
+}
+
 static void send_op(etcd_op_t *op) {
   etcd_t *e = op->e;
   free(op->path);
@@ -567,7 +579,7 @@ static void send_op(etcd_op_t *op) {
   o.headers = headers;
   o.body = op->body.data ? op->body.data : (op->method[0] == 'G' ? NULL : "");
   o.body_len = op->body.len;
-  long full = op->kind == OP_LIST ? e->timeout_ms * 6 : e->timeout_ms;
+  long full = long_op(op) ? e->timeout_ms * 6 : e->timeout_ms;
   uint64_t now = uv_hrtime();
   if (!op->attempts) op->first = now;
   long left = full - (long)((now - op->first) / 1000000);
@@ -575,7 +587,8 @@ static void send_op(etcd_op_t *op) {
   double floor = e->lat_avg_ms > 0 ? FAILOVER_MIN_MS : FAILOVER_FIRST_MS;
   if (d < floor) d = floor;
   if (op->kind == OP_LIST) d *= 6;
-  if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
+  if (op->kind != OP_AUTH && op->attempts + 1 < FAILOVER_ROUNDS * e->n &&
+      (double)left > d) {
     o.timeout_ms = (long)d; /* another attempt can follow this one */
     o.connect_timeout_ms = FAILOVER_CONNECT_MS;
   } else { /* the last one: the rest of the budget */
