@@ -532,13 +532,14 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
 /* Builds the wire request (again: tokens, leases and pages change it) and
  * sends it (one that curl will not take fails from the loop, http.h). */
 /* A listing (its answer can be large) and a login have six times the
- * budget.  A login is also never abandoned for the next member while its
- * budget lasts: etcd checks the password with bcrypt (about 70 ms of CPU
- * at its default cost), and when a fleet logs in at once (a start, new
- * tokens after an auth change) the answers queue for seconds; abandoning
- * each after a second made every member check every password again, and
- * the logins never caught up (50 hosts with TLS and auth, one 2-core
- * machine). */
+ * budget.  A login is also given a whole --etcd-timeout on each member
+ * before the next is tried (not the latency-scaled second of other
+ * requests): etcd checks the password with bcrypt (about 70 ms of CPU at
+ * its default cost), and when a fleet logs in at once (a start, new tokens
+ * after an auth change) the answers queue for seconds; abandoning each
+ * after a second made every member check every password again, and the
+ * logins never caught up (50 hosts with TLS and auth, one 2-core machine).
+ * A member cut off is still left after --etcd-timeout. */
 static int long_op(const etcd_op_t *op) {
   return op->kind == OP_LIST || op->kind == OP_AUTH;
 }
@@ -587,8 +588,8 @@ static void send_op(etcd_op_t *op) {
   double floor = e->lat_avg_ms > 0 ? FAILOVER_MIN_MS : FAILOVER_FIRST_MS;
   if (d < floor) d = floor;
   if (op->kind == OP_LIST) d *= 6;
-  if (op->kind != OP_AUTH && op->attempts + 1 < FAILOVER_ROUNDS * e->n &&
-      (double)left > d) {
+  if (op->kind == OP_AUTH && d < (double)e->timeout_ms) d = e->timeout_ms;
+  if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
     o.timeout_ms = (long)d; /* another attempt can follow this one */
     o.connect_timeout_ms = FAILOVER_CONNECT_MS;
   } else { /* the last one: the rest of the budget */
