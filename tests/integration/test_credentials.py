@@ -414,15 +414,22 @@ def client_certificate_and_ca_rotated_without_sighup():
         r.stop()
 
 
+def own_copies(env):
+    """CA A's bundle, client certificate and key copied to files of the
+    test's own (which it may then rewrite): {"ca", "client", "client-key"}."""
+    cdir = os.path.join(env.fdir, "certs")
+    os.makedirs(cdir)
+    paths = {}
+    for k in ("ca", "client", "client-key"):
+        paths[k] = os.path.join(cdir, k + ".pem")
+        shutil.copy(A[k], paths[k])
+    return paths
+
+
 @suite.test
 def invalid_certificate_replacements_keep_the_pair_in_use():
     with Env(tls=A) as env:
-        cdir = os.path.join(env.fdir, "certs")
-        os.makedirs(cdir)
-        paths = {}
-        for k in ("ca", "client", "client-key"):
-            paths[k] = os.path.join(cdir, k + ".pem")
-            shutil.copy(A[k], paths[k])
+        paths = own_copies(env)
         env.start_new(2)
         port = free_port()
         r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-cacert", paths["ca"],
@@ -488,12 +495,7 @@ def expired_client_certificate_said_and_its_renewal_taken():
     # (the same CA and key) is renamed over it, which register takes as
     # given (it is what the operator's tooling wrote) and says
     with Env(tls=A) as env:
-        cdir = os.path.join(env.fdir, "certs")
-        os.makedirs(cdir)
-        paths = {}
-        for k in ("ca", "client", "client-key"):
-            paths[k] = os.path.join(cdir, k + ".pem")
-            shutil.copy(A[k], paths[k])
+        paths = own_copies(env)
         env.start_new(2)
         r = env.register("--etcd-api", "v3", "--ttl", "3", "--etcd-cacert", paths["ca"],
                          "--etcd-cert", paths["client"], "--etcd-key", paths["client-key"], "--log-level", "debug")
@@ -546,12 +548,7 @@ def client_certificate_with_a_cn_refused_by_the_gateway_is_said():
         pwfile = os.path.join(env.fdir, "pw")
         with open(pwfile, "w") as f:
             f.write("regpw\n")
-        cdir = os.path.join(env.fdir, "certs")
-        os.makedirs(cdir)
-        paths = {}
-        for k in ("ca", "client", "client-key"):
-            paths[k] = os.path.join(cdir, k + ".pem")
-            shutil.copy(A[k], paths[k])  # CN=register
+        paths = own_copies(env)  # A's client certificate has CN=register
         env.start_new(2)
         r = env.register("--etcd-api", "v3", "--ttl", "10", "--etcd-user", "reg", "--etcd-password-file", pwfile,
                          "--etcd-cacert", paths["ca"], "--etcd-cert", paths["client"], "--etcd-key",
