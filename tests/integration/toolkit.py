@@ -97,35 +97,9 @@ def run_netns_unmount(was_mounted):
         subprocess.run(["umount", "/run/netns"], capture_output=True)
 
 
-_TMPDIRS = []
-
-
 def tmpdir(prefix="rt"):
-    """A new directory in /tmp, removed when this process exits
-    (REGISTER_KEEP_LOGS=1 keeps them, with the logs in them)."""
     # short paths: unix sockets have a 108-byte limit
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
-    if not _TMPDIRS:
-        import atexit
-        atexit.register(_remove_tmpdirs, os.getpid())
-    _TMPDIRS.append(d)
-    return d
-
-
-def _remove_tmpdirs(pid):
-    if os.environ.get("REGISTER_KEEP_LOGS") or os.getpid() != pid:  # not a fork's
-        return
-    try:
-        with open("/proc/self/mountinfo") as f:
-            mounts = [line.split()[4] for line in f]
-    except OSError:
-        return
-    for d in _TMPDIRS:
-        # never into something still mounted there (a container's root
-        # left behind would take the cached images' files with it)
-        if any(m == d or m.startswith(d + "/") for m in mounts):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
 # ---------------------------------------------------------------------------
