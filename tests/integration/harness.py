@@ -53,6 +53,7 @@ DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/d
 from toolkit import (Cluster, Etcd, debian13, default_value, etcd_binary,  # noqa: E402,F401
                      free_port, log, run_netns_mounted, run_netns_unmount, tmpdir, v2_tree, wait_for)
 import sidmachine  # noqa: E402
+import toolkit  # noqa: E402
 
 # a sid engine or etcd that cannot run here: skipped (exit 77), saying why
 # (scripts/test.sh fails on any skip with CI=true)
@@ -657,6 +658,14 @@ class Suite:
                     c()
                 except Exception as e:
                     log("cleanup failed:", e)
+        # the test directories in /tmp go once every test has passed; a
+        # failure's stay, with its logs (ctest's output names them)
+        if failed:
+            kept = [d for d in toolkit._TMPDIRS if os.path.exists(d)]
+        else:
+            kept = toolkit.remove_tmpdirs()
+        if kept:
+            log(f"kept {len(kept)} test directories: {' '.join(kept)}")
         sys.exit(1 if failed else 0)
 
 

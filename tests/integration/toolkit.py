@@ -17,6 +17,7 @@ that default_value() builds; keep the two in step.
 import base64
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -58,9 +59,28 @@ def log(*a):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1, drawn below the kernel's ephemeral range
+    (ip_local_port_range, 32768 and up here): a port the kernel hands out
+    itself is taken again by any outgoing connection (curl's, etcd's
+    peers', another test's under ctest -j2) before the service it was
+    meant for binds it.  Seen: an etcd member added at a port that was no
+    longer free 30 s later."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            top = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        top = 32768
+    low = max(1024, top - 12000)
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(low, top)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on 127.0.0.1 between {low} and {top}")
 
 
 def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
@@ -97,9 +117,39 @@ def run_netns_unmount(was_mounted):
         subprocess.run(["umount", "/run/netns"], capture_output=True)
 
 
+_TMPDIRS = []
+
+
 def tmpdir(prefix="rt"):
+    """A new directory in /tmp.  A test script's Suite removes those it
+    made once every test in it has passed (remove_tmpdirs()); after a
+    failure they stay, with the logs in them, and the Suite names them."""
     # short paths: unix sockets have a 108-byte limit
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    _TMPDIRS.append(d)
+    return d
+
+
+def remove_tmpdirs():
+    """Removes the directories tmpdir() made in this process, except one
+    with something still mounted in it (a container's root left behind
+    would take the cached images' files with it) or, with
+    REGISTER_KEEP_LOGS=1, all of them.  Returns those it kept."""
+    if os.environ.get("REGISTER_KEEP_LOGS"):
+        return [d for d in _TMPDIRS if os.path.exists(d)]
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f]
+    except OSError:
+        return list(_TMPDIRS)
+    kept = []
+    for d in _TMPDIRS:
+        if any(m == d or m.startswith(d + "/") for m in mounts):
+            kept.append(d)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+    del _TMPDIRS[:]
+    return kept
 
 
 # ---------------------------------------------------------------------------

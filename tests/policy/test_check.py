@@ -4,10 +4,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
-from harness import REGISTER, Suite  # noqa: E402
+from harness import REGISTER, Suite, tmpdir  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data", "inspect")
 suite = Suite()
@@ -53,7 +52,7 @@ def host_ip_from_environment_and_stdin():
 
 @suite.test
 def broken_policy_exits_non_zero_with_traceback():
-    d = tempfile.mkdtemp()
+    d = tmpdir("rpk")
     p = os.path.join(d, "broken.lua")
     with open(p, "w") as f:
         f.write("local function helper(c)\n  return c.labels.nothing.here\nend\n"
@@ -72,7 +71,7 @@ def broken_policy_exits_non_zero_with_traceback():
 
 @suite.test
 def bad_inspect_input_is_an_error():
-    d = tempfile.mkdtemp()
+    d = tmpdir("rpk")
     p = os.path.join(d, "bad.json")
     with open(p, "w") as f:
         f.write('[{"Id": "abc", "Config": ')
@@ -84,7 +83,7 @@ def bad_inspect_input_is_an_error():
 # ---- the summary line, --help, the host name ----
 
 def write(name, text):
-    d = tempfile.mkdtemp(prefix="rpk")
+    d = tmpdir("rpk")
     p = os.path.join(d, name)
     with open(p, "w") as f:
         f.write(text)
