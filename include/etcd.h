@@ -33,6 +33,10 @@ typedef struct {
   /* a listing's: where in etcd's history it was read (v3: the revision,
    * every page read at the first page's; v2: X-Etcd-Index); 0 otherwise */
   int64_t revision;
+  /* ETCD_UNAVAILABLE: every attempt failed to connect (nothing listening
+   * at any endpoint, or no route to it): etcd itself is down, and a
+   * probe costs it nothing */
+  int refused;
 } etcd_result_t;
 
 typedef struct {

@@ -223,7 +223,7 @@ static void etcd_fail_cb(uv_timer_t *t) {
   list_t *n;
   while ((n = list_pop(&e->failing))) {
     etcd_op_t *op = list_entry(n, etcd_op_t, fnode);
-    etcd_result_t res = {op->fail_status, op->fail_error, 0};
+    etcd_result_t res = {op->fail_status, op->fail_error, 0, 0};
     complete(op, &res); /* its callback may cancel or fail others */
   }
   int rewound = e->rewind_pending;
@@ -265,7 +265,7 @@ static void deliver_listing(etcd_op_t *op) {
       l->kvs[i].ttl = lease && (e->ttl > 0 ? lease == e->lease : 1);
     }
   }
-  etcd_result_t ok = {ETCD_OK, NULL, op->list_rev};
+  etcd_result_t ok = {ETCD_OK, NULL, op->list_rev, 0};
   op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs, l->ndirs);
   op_free(op);
 }
@@ -420,7 +420,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   etcd_t *e = op->e;
   op->req = NULL;
   char err[700] = "";
-  etcd_result_t res = {ETCD_OK, NULL, 0};
+  etcd_result_t res = {ETCD_OK, NULL, 0, 0};
   etcd_hdr_t hdr = {0};
   reply_t reply;
   if (r->error) {
@@ -452,6 +452,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
                       : "",
              cert_hint);
     res.status = ETCD_UNAVAILABLE;
+    if (r->error == HTTP_ERR_CONNECT) op->refusals++;
     reply = REPLY_NEXT_ENDPOINT;
   } else if (e->api == ETCD_API_V3) {
     reply = etcd_v3_reply(op, r, &res, &hdr, err, sizeof err);
@@ -473,7 +474,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   switch (reply) {
   case REPLY_MORE:
     if (op->ep->listed) e->current = op->ep;
-    op->attempts = 0; /* each page has its own budget */
+    op->attempts = op->refusals = 0; /* each page has its own budget */
     send_op(op);
     return;
   case REPLY_REAUTH:
@@ -515,6 +516,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
                " (all %zu endpoints failed)", e->n);
     }
     res.status = ETCD_UNAVAILABLE;
+    res.refused = op->refusals == op->attempts;
     break;
   case REPLY_DONE:
     if (op->ep->listed) e->current = op->ep;

@@ -124,6 +124,7 @@ struct etcd_op {
   /* state */
   etcd_ep_t *ep; /* endpoint of the current attempt (held) */
   size_t attempts;
+  size_t refusals;   /* of those attempts, the ones that could not connect */
   int reauthed;      /* sent again once after a new token */
   int lease_retried; /* sent again once after a new lease */
   int waiting;       /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */

@@ -173,7 +173,7 @@ void health_free(health_t *h) {
   if (!h) return;
   if (h->probe) {
     etcd_cancel(h->probe);
-    etcd_result_t bye = {ETCD_UNAVAILABLE, "shutting down", 0};
+    etcd_result_t bye = {ETCD_UNAVAILABLE, "shutting down", 0, 0};
     probe_done(h, &bye);
   }
   free(h->waiting);

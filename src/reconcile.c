@@ -1186,7 +1186,7 @@ static void dry_cb(uv_timer_t *t) {
   rkey_t **keys = r->dry;
   r->dry = NULL;
   r->ndry = r->dry_cap = 0;
-  static const etcd_result_t ok = {ETCD_OK, NULL, 0};
+  static const etcd_result_t ok = {ETCD_OK, NULL, 0, 0};
   for (size_t i = 0; i < n; i++)
     reconcile_op_done(keys[i], &ok);
   free(keys);
@@ -1255,7 +1255,7 @@ static void reconcile_op_done(void *data, const etcd_result_t *res) {
 
 /* One key's write or delete has a result (alone or in a transaction). */
 static void key_done(rkey_t *k, const etcd_result_t *res) {
-  static const etcd_result_t ok = {ETCD_OK, NULL, 0};
+  static const etcd_result_t ok = {ETCD_OK, NULL, 0, 0};
   REGISTER_ASSERT(k->inflight); /* a write or delete was in flight */
   reconcile_t *r = k->r;
   act_t act = k->act;

@@ -43,6 +43,13 @@
 #define ETCD_RETRY_MIN_MS 200u
 #define ETCD_RETRY_MAX_MS 5000u
 #define COMPACTED_RETRY_MS 1000u
+/* ...except while no etcd endpoint even takes a connection (every member
+ * down, being restarted): a refused connect costs etcd nothing, so the
+ * listing is tried every 125-250 ms and the file follows within a fraction
+ * of a second of etcd's return, not at the end of a 5 s backoff.  Those
+ * tries do not lengthen the backoff for what follows (a member that
+ * listens but has no leader yet). */
+#define ETCD_PROBE_MS 250u
 /* the file we compare with is read whole up to this size */
 #define MAX_FILE (POLICY_MAX_RENDER + 1u)
 
@@ -76,6 +83,7 @@ typedef struct {
   uint64_t last_ms;  /* of the last one */
   uint64_t cycle_change_ms; /* the first change the running cycle reads */
   unsigned failures;        /* etcd failures in a row */
+  unsigned backoff;         /* of those, the ones that were not refusals */
   unsigned render_failures; /* failed renders in a row */
   unsigned reload_failures; /* failed reloads in a row */
   int retry_etcd;           /* the retry timer is an etcd failure's */
@@ -454,14 +462,21 @@ static int etcd_backing_off(watch_t *w) {
 }
 
 /* min_ms: the first delay (doubling to ETCD_RETRY_MAX_MS); jitter: each
- * delay halved at random (an outage that every watcher of the fleet sees) */
+ * delay halved at random (an outage that every watcher of the fleet sees);
+ * refused: no endpoint took the connection (ETCD_PROBE_MS instead) */
 static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
-                        int jitter) {
+                        int jitter, int refused) {
   w->failures++;
   w->etcd_failures++;
   w->dirty = 1;
-  uint64_t delay = min_ms << (w->failures - 1 > 5 ? 5 : w->failures - 1);
-  if (delay > ETCD_RETRY_MAX_MS) delay = ETCD_RETRY_MAX_MS;
+  uint64_t delay;
+  if (refused) {
+    delay = ETCD_PROBE_MS;
+  } else {
+    w->backoff++;
+    delay = min_ms << (w->backoff - 1 > 5 ? 5 : w->backoff - 1);
+    if (delay > ETCD_RETRY_MAX_MS) delay = ETCD_RETRY_MAX_MS;
+  }
   if (jitter) delay = delay / 2 + util_rand((uint32_t)delay / 2 + 1);
   if (w->failures == 1 || strcmp(w->etcd_error, error) != 0)
     log_warn("watch: etcd: %s; the file stays as it is; reading %s again "
@@ -482,12 +497,12 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   w->listing = NULL;
   if (res->status != ETCD_OK) {
     etcd_failed(w, res->error ? res->error : "the listing failed",
-                ETCD_RETRY_MIN_MS, 1);
+                ETCD_RETRY_MIN_MS, 1, res->refused);
     return;
   }
   if (w->failures)
     log_info("watch: etcd answers again (after %u failures)", w->failures);
-  w->failures = 0;
+  w->failures = w->backoff = 0;
   w->etcd_error[0] = '\0';
   w->rev = res->revision;
   if (w->dirty_rev <= w->rev) { /* the listing has every change seen */
@@ -612,7 +627,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
                rev + 1, w->compacted);
       w->dirty = 1; /* a cycle running now reads again when it ends */
       if (w->phase == PHASE_IDLE && !etcd_backing_off(w))
-        etcd_failed(w, why, COMPACTED_RETRY_MS, 0);
+        etcd_failed(w, why, COMPACTED_RETRY_MS, 0, 0);
       return;
     }
     log_info("watch: etcd compacted past revision %" PRId64

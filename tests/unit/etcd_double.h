@@ -388,7 +388,7 @@ DBL_API void op_end(etcd_op_t *op, etcd_status_t st) {
   ASSERT(!op->ended && !op->cancelled);
   if (op->list) {
     op->ended = 1;
-    etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no", 0};
+    etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no", 0, 0};
     const char *prefix = op->keys[0];
     etcd_kv_t *kvs = calloc(nstore + 1, sizeof *kvs);
     const char **dirs = calloc(nstore_dirs + 1, sizeof *dirs);
@@ -414,7 +414,7 @@ DBL_API void op_end(etcd_op_t *op, etcd_status_t st) {
     st = op->applied_st;
   }
   op->ended = 1;
-  etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no", 0};
+  etcd_result_t res = {st, st == ETCD_OK ? NULL : "the double says no", 0, 0};
   op->done(op->data, &res);
 }
 
