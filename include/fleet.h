@@ -37,6 +37,17 @@
 
 typedef struct fleet fleet_t;
 
+/* What came of trying a revision. */
+typedef enum {
+  FLEET_APPLIED,
+  FLEET_REFUSED,
+  /* refused, every failure a call past the wall clock (--policy-timeout):
+   * a policy that hangs, or a host too loaded to run it in time; tried
+   * again after a backoff while it is still the one offered */
+  FLEET_TIMED_OUT,
+  FLEET_BUSY /* not tried (another reload runs, Docker is away): shortly */
+} fleet_outcome_t;
+
 typedef struct {
   uv_loop_t *loop;
   etcd_t *etcd;
@@ -47,10 +58,11 @@ typedef struct {
   int allow_unsigned;    /* --policy-unsigned */
   /* Try source (len bytes; name: how logs call it) and put it in force if
    * it passes.  0: started, the answer comes later (from the loop) through
-   * fleet_tried(); -1: could not start (err: one line; busy: 1 when
-   * another reload runs, which is tried again shortly). */
+   * fleet_tried(); -1: could not start (err: one line; *outcome:
+   * FLEET_BUSY when another reload runs, tried again shortly, or
+   * FLEET_REFUSED, FLEET_TIMED_OUT). */
   int (*apply)(void *ud, const char *source, size_t len, const char *name,
-               char *err, size_t errlen, int *busy);
+               char *err, size_t errlen, fleet_outcome_t *outcome);
   /* Write the report (value: JSON) at key, on the host's lease or TTL. */
   void (*publish)(void *ud, const char *key, const char *value, size_t len);
   /* This host's keys in etcd, for the report. */
@@ -74,8 +86,9 @@ int fleet_cached(fleet_t *f, const char **source, size_t *len,
 void fleet_started(fleet_t *f, int in_force);
 /* Reads KEY and follows it.  Once. */
 void fleet_start(fleet_t *f);
-/* The answer to apply(): ok, or why not (one line). */
-void fleet_tried(fleet_t *f, int ok, const char *why);
+/* The answer to apply(): FLEET_APPLIED, or _REFUSED or _TIMED_OUT and why
+ * (one line). */
+void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why);
 /* SIGHUP: the public keys read again, KEY read again, a refused revision
  * tried again. */
 void fleet_reread(fleet_t *f);

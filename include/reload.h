@@ -37,16 +37,29 @@ void reload_free(reload_t *r);
  * ends (only this reload's commit replaces it). */
 void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
                 docker_t *docker, reconcile_t *rec);
-/* A reload's outcome: ok, or why not (one line, valid during the call). */
-typedef void (*reload_done_cb)(void *ud, int ok, const char *why);
+/* A reload's outcome. */
+typedef enum {
+  RELOAD_APPLIED, /* in force */
+  RELOAD_REFUSED, /* it fails where the policy in force does not */
+  /* refused, and every failure was a call past the wall clock: a policy
+   * that hangs, or one starved of CPU on a loaded host (another try later
+   * may pass) */
+  RELOAD_TIMED_OUT,
+  /* not tried: another reload runs, or Docker is not connected (not the
+   * policy's doing: try again shortly) */
+  RELOAD_BUSY
+} reload_outcome_t;
+/* ...and why, when it is not RELOAD_APPLIED (one line, valid during the
+ * call). */
+typedef void (*reload_done_cb)(void *ud, reload_outcome_t outcome,
+                               const char *why);
 /* As reload_run, for po's policy (po->source: a text; the fleet's), and
  * done called from the loop when it is over (after the commit).  -1 with
- * err when it cannot start (*busy: 1 when another reload runs or Docker
- * is not connected: not the policy's fault, try again later), nothing
- * called back then. */
+ * err and *outcome (RELOAD_BUSY, _REFUSED, _TIMED_OUT) when it cannot
+ * start (the policy does not load), nothing called back then. */
 int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
                docker_t *docker, reconcile_t *rec, reload_done_cb done,
-               void *ud, char *err, size_t errlen, int *busy);
+               void *ud, char *err, size_t errlen, reload_outcome_t *outcome);
 /* An event touched this container: while a reload runs, the old policy
  * has run on it, so it is inspected again after a commit. */
 void reload_touch(reload_t *r, const char *id);

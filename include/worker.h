@@ -113,6 +113,11 @@ typedef struct {
 /* Starts a worker and loads the policy in it.  NULL with a one-line
  * reason in err. */
 worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen);
+/* The same, with why a start failed in *reason (POLICY_ERR_TIMEOUT: the
+ * policy's load ran past the wall clock; POLICY_ERR_ERROR as well for a
+ * file that cannot be read). */
+worker_t *worker_new_why(const worker_opts_t *o, policy_reason_t *reason,
+                         char *err, size_t errlen);
 /* Kills the worker; outstanding hook I/O is cancelled, and every update
  * not yet done gets its done() here, with cancelled set.  Its timers are
  * closed (their memory goes in their close callbacks).  Not from a

@@ -767,19 +767,34 @@ static worker_opts_t policy_opts(app_t *a) {
  * container id (those are hex). */
 #define FLEET_OWNER RECONCILE_DAEMON_OWNER "policy-status"
 
-static void fleet_done(void *ud, int ok, const char *why) {
+static fleet_outcome_t fleet_outcome(reload_outcome_t o) {
+  switch (o) {
+  case RELOAD_APPLIED:
+    return FLEET_APPLIED;
+  case RELOAD_TIMED_OUT:
+    return FLEET_TIMED_OUT;
+  case RELOAD_BUSY:
+    return FLEET_BUSY;
+  case RELOAD_REFUSED:
+    break;
+  }
+  return FLEET_REFUSED;
+}
+
+static void fleet_done(void *ud, reload_outcome_t outcome, const char *why) {
   app_t *a = ud;
-  if (a->fleet) fleet_tried(a->fleet, ok, why);
+  if (a->fleet) fleet_tried(a->fleet, fleet_outcome(outcome), why);
 }
 
 /* A revision from etcd, tried as SIGHUP's reload tries a file. */
 static int fleet_apply(void *ud, const char *source, size_t len,
-                       const char *name, char *err, size_t errlen, int *busy) {
+                       const char *name, char *err, size_t errlen,
+                       fleet_outcome_t *outcome) {
   app_t *a = ud;
   /* Docker's containers not known (yet, or while it is away): again
    * later, without a failed reload per try */
   if (a->stopping || !a->listed || !docker_connected(a->docker)) {
-    *busy = 1;
+    *outcome = FLEET_BUSY;
     snprintf(err, errlen, "%s",
              a->stopping ? "shutting down" : "Docker not connected");
     return -1;
@@ -789,8 +804,11 @@ static int fleet_apply(void *ud, const char *source, size_t len,
   po.source = source;
   po.source_len = len;
   po.no_files = 1;
-  return reload_try(a->reload, &po, a->policy, a->docker, a->rec, fleet_done, a,
-                    err, errlen, busy);
+  reload_outcome_t ro;
+  int rc = reload_try(a->reload, &po, a->policy, a->docker, a->rec, fleet_done,
+                      a, err, errlen, &ro);
+  *outcome = fleet_outcome(ro);
+  return rc;
 }
 
 /* The host's report: one key among the host's own, on its lease or TTL,

@@ -18,6 +18,10 @@
 #define RETRY_MIN_MS 1000
 #define RETRY_MAX_MS 30000
 #define BUSY_RETRY_MS 1000
+/* a revision refused for timeouts only is tried again after this, doubling
+ * to AGAIN_MAX_MS while it stays the one offered (fleet.h) */
+#define AGAIN_MIN_MS 5000
+#define AGAIN_MAX_MS 300000
 #define REPORT_EVERY_MS 30000 /* the key count in the report */
 #define ERROR_MAX 480         /* a report's error, in bytes */
 
@@ -31,6 +35,8 @@ struct fleet {
   uint64_t retry_ms;    /* the next failed read waits this long */
   uv_timer_t *retry;    /* reads again (or tries again when busy) */
   uv_timer_t *report;   /* the key count, every REPORT_EVERY_MS */
+  uv_timer_t *again;    /* a revision refused for timeouts, tried again */
+  uint64_t again_ms;    /* the next such refusal waits this long */
   int seen;             /* KEY was read once (present or not) */
   int present;          /* KEY held a document at the last read */
   int64_t generation;   /* of the last document read */
@@ -322,22 +328,23 @@ static void try_offer(fleet_t *f, const policydoc_rev_t *r) {
   f->trying_signed = is_signed;
   char name[600], err[600];
   snprintf(name, sizeof name, "%s@%" PRId64, f->key, r->revision);
-  int busy = 0;
+  fleet_outcome_t outcome = FLEET_REFUSED;
   log_info("policy revision %" PRId64 " of %s offered: trying it on every "
            "running container",
            r->revision, f->key);
   f->applying = 1;
   int rc = f->o.apply(f->o.ud, r->source, r->source_len, name, err, sizeof err,
-                      &busy);
+                      &outcome);
   f->applying = 0;
-  if (rc == 0) return; /* fleet_tried() comes */
-  if (busy) { /* a SIGHUP reload runs: read and try again in a moment */
+  if (rc == 0) return;         /* fleet_tried() comes */
+  if (outcome == FLEET_BUSY) { /* a SIGHUP reload runs: again in a moment */
     policydoc_rev_free(f->trying);
     f->trying = NULL;
     retry_later(f, BUSY_RETRY_MS);
     return;
   }
-  fleet_tried(f, 0, err);
+  fleet_tried(f, outcome == FLEET_TIMED_OUT ? FLEET_TIMED_OUT : FLEET_REFUSED,
+              err);
 }
 
 /* A document read from KEY (text, len). */
@@ -446,13 +453,24 @@ void fleet_start(fleet_t *f) {
   read_key(f);
 }
 
-void fleet_tried(fleet_t *f, int ok, const char *why) {
+/* A revision refused for timeouts only: offered again (the document read
+ * again, the refusal forgotten), unless the document changed meanwhile. */
+static void again_cb(uv_timer_t *t) {
+  fleet_t *f = t->data;
+  f->refused_rev = 0;
+  read_key(f);
+}
+
+void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why) {
   /* the answer to the revision being tried, once, from the loop (fleet.h:
    * never inside the apply() that started it) */
   REGISTER_ASSERT(f->trying && !f->applying);
+  REGISTER_ASSERT(outcome != FLEET_BUSY); /* those go back to try_offer() */
   policydoc_rev_t *r = f->trying;
   f->trying = NULL;
-  if (ok) {
+  uv_timer_stop(f->again);
+  if (outcome == FLEET_APPLIED) {
+    f->again_ms = AGAIN_MIN_MS;
     policydoc_rev_free(f->cur);
     f->cur = r;
     f->cur_signed = f->trying_signed;
@@ -466,13 +484,26 @@ void fleet_tried(fleet_t *f, int ok, const char *why) {
                                              : POLICYDOC_APPLIED,
               NULL);
   } else {
+    /* timeouts only: the policy may hang, or this host may be too loaded
+     * to run it within --policy-timeout; a second try settles which */
+    char again[120] = "";
+    if (outcome == FLEET_TIMED_OUT) {
+      uv_timer_start(f->again, again_cb, f->again_ms, 0);
+      snprintf(again, sizeof again,
+               "; it only timed out: tried again in %" PRIu64 " s",
+               f->again_ms / 1000);
+      f->again_ms =
+          f->again_ms * 2 > AGAIN_MAX_MS ? AGAIN_MAX_MS : f->again_ms * 2;
+    } else {
+      f->again_ms = AGAIN_MIN_MS;
+    }
     char line[700];
-    snprintf(line, sizeof line, "revision %" PRId64 " refused: %s", r->revision,
-             why ? why : "?");
-    log_error("policy revision %" PRId64 " of %s refused, keeping %s: %s",
+    snprintf(line, sizeof line, "revision %" PRId64 " refused: %.500s%s",
+             r->revision, why ? why : "?", again);
+    log_error("policy revision %" PRId64 " of %s refused, keeping %s: %s%s",
               r->revision, f->key,
               f->cur ? "the revision in force" : "the host's own policy",
-              why ? why : "?");
+              why ? why : "?", again);
     f->refused_rev = r->revision;
     f->refused_gen = f->generation;
     memcpy(f->refused_sha, r->sha256, sizeof f->refused_sha);
@@ -533,6 +564,8 @@ fleet_t *fleet_new(const fleet_opts_t *o, char *err, size_t errlen) {
   f->retry_ms = RETRY_MIN_MS;
   f->retry = timer_new(f);
   f->report = timer_new(f);
+  f->again = timer_new(f);
+  f->again_ms = AGAIN_MIN_MS;
   f->since = (int64_t)time(NULL);
   if (o->allow_unsigned)
     log_warn("--policy-unsigned: policies from %s are applied without a "
@@ -548,6 +581,7 @@ void fleet_free(fleet_t *f) {
   etcd_watch_cancel(f->watch);
   uv_close((uv_handle_t *)f->retry, timer_closed);
   uv_close((uv_handle_t *)f->report, timer_closed);
+  uv_close((uv_handle_t *)f->again, timer_closed);
   sig_keys_free(f->keys);
   policydoc_rev_free(f->cur);
   policydoc_rev_free(f->trying);

@@ -27,6 +27,7 @@ typedef struct {
   map_t *touched;      /* ids that had events meanwhile (old policy ran) */
   size_t failed;       /* containers the new policy fails where the old one
                           does not */
+  size_t not_timeouts; /* of those, the ones that did not time out */
   buf_t why;           /* the first RELOAD_NAMED of them: "name (reason)" */
   int starting;        /* inside docker_snapshot(): no callback may come */
   reload_done_cb done; /* or NULL (SIGHUP) */
@@ -110,9 +111,11 @@ void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed,
  * rejected, else -1 with why ("error: ...", "2 records rejected"). */
 static int try_policy(worker_t *p, const json_value_t *inspect,
                       const policy_check_view_t *view, records_t *recs,
-                      uint64_t *rejected, char *why, size_t n) {
+                      uint64_t *rejected, int *timed_out, char *why, size_t n) {
   char err[600];
+  *timed_out = 0;
   if (worker_records_checked(p, inspect, view, recs, err, sizeof err) < 0) {
+    *timed_out = worker_last_reason(p) == POLICY_ERR_TIMEOUT;
     snprintf(why, n, "%s: %s", policy_reason_name(worker_last_reason(p)), err);
     return -1;
   }
@@ -140,8 +143,9 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   worker_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
-  if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected, why,
-                 sizeof why) < 0) {
+  int timed_out, old_timed_out;
+  if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected,
+                 &timed_out, why, sizeof why) < 0) {
     free(pd);
     records_t old;
     uint64_t ignored = 0;
@@ -149,8 +153,8 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
     /* a container whose calls end the policy in force's worker fails
      * under it: not tried again (each try holds the loop up to its limit) */
     if (!worker_quarantined(t->current, id) &&
-        try_policy(t->current, inspect, &view, &old, &ignored, old_why,
-                   sizeof old_why) == 0) {
+        try_policy(t->current, inspect, &view, &old, &ignored, &old_timed_out,
+                   old_why, sizeof old_why) == 0) {
       records_free(&old);
       log_fields(LOG_ERROR,
                  "policy reload: the new policy fails on a container the "
@@ -159,6 +163,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
       if (t->failed < RELOAD_NAMED)
         buf_printf(&t->why, "%s%s (%s)", t->failed ? ", " : "", name, why);
       t->failed++;
+      if (!timed_out) t->not_timeouts++;
       return;
     }
     log_fields(LOG_WARN,
@@ -195,10 +200,12 @@ static void reload_done(void *ud, int ok, const char *why) {
                t->failed, t->failed == 1 ? "" : "s", t->why.data,
                t->failed > RELOAD_NAMED ? ", ..." : "");
     log_error("policy reload failed, keeping the old policy: %s", line);
+    reload_outcome_t outcome =
+        ok && !t->not_timeouts ? RELOAD_TIMED_OUT : RELOAD_REFUSED;
     r->failed++;
     r->txn = NULL;
     txn_free(t);
-    if (done) done(done_ud, 0, line);
+    if (done) done(done_ud, outcome, line);
     return;
   }
   r->ok++;
@@ -230,18 +237,23 @@ static void reload_done(void *ud, int ok, const char *why) {
            prefix ? prefix : "(none)");
   r->txn = NULL;
   txn_free(t); /* frees the old policy */
-  if (done) done(done_ud, 1, NULL);
+  if (done) done(done_ud, RELOAD_APPLIED, NULL);
 }
 
 /* Starts a reload of po's policy: 0, or -1 with err (nothing called
  * back). */
 static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
                  docker_t *docker, reconcile_t *rec, reload_done_cb done,
-                 void *ud, char *err, size_t errlen, int *busy) {
-  worker_t *p = worker_new(po, err, errlen);
+                 void *ud, char *err, size_t errlen,
+                 reload_outcome_t *outcome) {
+  policy_reason_t reason;
+  worker_t *p = worker_new_why(po, &reason, err, errlen);
   if (!p) {
     r->failed++;
     log_error("policy reload failed, keeping the old policy: %s", err);
+    if (outcome)
+      *outcome =
+          reason == POLICY_ERR_TIMEOUT ? RELOAD_TIMED_OUT : RELOAD_REFUSED;
     return -1;
   }
   txn_t *t = xcalloc(1, sizeof *t);
@@ -267,7 +279,7 @@ static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
     txn_free(t);
     snprintf(err, errlen, "Docker is not connected");
     log_error("policy reload failed, keeping the old policy: %s", err);
-    if (busy) *busy = 1; /* not the policy's fault: again later */
+    if (outcome) *outcome = RELOAD_BUSY; /* not the policy's fault */
     return -1;
   }
   return 0;
@@ -290,12 +302,12 @@ void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
 
 int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
                docker_t *docker, reconcile_t *rec, reload_done_cb done,
-               void *ud, char *err, size_t errlen, int *busy) {
-  *busy = 0;
+               void *ud, char *err, size_t errlen, reload_outcome_t *outcome) {
+  *outcome = RELOAD_REFUSED;
   if (r->txn) {
-    *busy = 1;
+    *outcome = RELOAD_BUSY;
     snprintf(err, errlen, "a policy reload is already running");
     return -1;
   }
-  return start(r, po, current, docker, rec, done, ud, err, errlen, busy);
+  return start(r, po, current, docker, rec, done, ud, err, errlen, outcome);
 }

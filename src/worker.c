@@ -824,6 +824,13 @@ static char *dup_or_null(const char *s) {
 }
 
 worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
+  policy_reason_t ignored;
+  return worker_new_why(o, &ignored, err, errlen);
+}
+
+worker_t *worker_new_why(const worker_opts_t *o, policy_reason_t *reason,
+                         char *err, size_t errlen) {
+  *reason = POLICY_ERR_ERROR;
   worker_t *w = xcalloc(1, sizeof *w);
   w->fd = -1;
   w->file = dup_or_null(o->file);
@@ -904,6 +911,7 @@ worker_t *worker_new(const worker_opts_t *o, char *err, size_t errlen) {
     else
       snprintf(err, errlen, "policy %s: %s (reason: %s)", n, why,
                policy_reason_name(w->reason));
+    *reason = w->reason;
     worker_free(w);
     return NULL;
   }
