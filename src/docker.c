@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define API_MAX "1.52"        /* newest API this code was written against */
 #define API_NEW_EVENTS "1.22" /* Type/Action/Actor appeared here */
@@ -77,7 +78,7 @@ struct docker {
     docker_snapdone_cb done;
     void *ud;
     int failed;
-    char why[400];
+    char why[700];
   } snap;
   uv_timer_t snap_timer; /* starts a snapshot from the loop, never inside
                             docker_snapshot() */
@@ -91,7 +92,7 @@ struct docker {
                      callbacks come from the loop, never from there */
   uint64_t backoff_ms;
   uint64_t reconnects;
-  char last_err[256];
+  char last_err[1024];
 };
 
 static void connect_start(docker_t *d);
@@ -153,10 +154,27 @@ static void conn_problem(docker_t *d, const char *fmt, ...) {
   }
 }
 
-/* A response's reason for failure, on one line. */
-static void docker_describe(const http_resp_t *r, char *out, size_t n) {
-  if (r->error) {
+/* A transport failure's message, naming a client certificate that has
+ * expired or is not valid yet: Docker's refusal ("alert bad certificate",
+ * a reset) does not say why. */
+static void transport_error(const docker_t *d, const http_resp_t *r, char *out,
+                            size_t n) {
+  char when[80];
+  if (d->use_tls &&
+      http_tls_cert_invalid(&d->tls, (long long)time(NULL), when, sizeof when))
+    snprintf(out, n,
+             "%s (client certificate %s %s: renew it; it is read again when "
+             "it changes)",
+             r->errmsg, d->tls.cert ? d->tls.cert : "", when);
+  else
     snprintf(out, n, "%s", r->errmsg);
+}
+
+/* A response's reason for failure, on one line. */
+static void docker_describe(const docker_t *d, const http_resp_t *r, char *out,
+                            size_t n) {
+  if (r->error) {
+    transport_error(d, r, out, n);
     return;
   }
   char msg[200] = "";
@@ -295,7 +313,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
   c->req = NULL;
   d->inflight--;
   trace_mark(c->id, TRACE_INSPECT_ANSWERED);
-  char why[300];
+  char why[600];
 
   if (!r->error && r->status == 404) {
     log_fields(LOG_INFO,
@@ -307,7 +325,7 @@ static void inspect_done(http_req_t *req, const http_resp_t *r, void *data) {
     return;
   }
   if (r->error || r->status != 200) {
-    docker_describe(r, why, sizeof why);
+    docker_describe(d, r, why, sizeof why);
     log_fields(LOG_WARN, "docker: inspect failed; retrying", "container", c->id,
                "error", why, NULL);
     schedule_retry(d, c);
@@ -380,17 +398,17 @@ static void docker_list_done(http_req_t *req, const http_resp_t *r,
   docker_t *d = data;
   REGISTER_ASSERT(d->list_req == req);
   d->list_req = NULL;
-  char why[300], err[160];
+  char why[600], err[160];
   if (r->error || r->status != 200) {
-    docker_describe(r, why, sizeof why);
-    char msg[400];
+    docker_describe(d, r, why, sizeof why);
+    char msg[800];
     snprintf(msg, sizeof msg, "listing containers failed: %s", why);
     disconnect(d, msg);
     return;
   }
   json_doc_t *doc = json_parse(r->body, r->body_len, err, sizeof err);
   if (!doc || json_root(doc)->type != JSON_ARRAY) {
-    char msg[400];
+    char msg[800];
     snprintf(msg, sizeof msg, "container list: %s",
              doc ? "not a JSON array" : err);
     json_free(doc);
@@ -624,11 +642,11 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
   docker_t *d = data;
   REGISTER_ASSERT(d->events_req == req);
   d->events_req = NULL;
-  char why[300], msg[400];
+  char why[600], msg[800];
   if (d->connected) {
     size_t lost = linesplit_pending(&d->split);
     if (r->error)
-      snprintf(why, sizeof why, "%s", r->errmsg);
+      transport_error(d, r, why, sizeof why);
     else
       snprintf(why, sizeof why, "closed by the daemon");
     if (lost)
@@ -642,7 +660,7 @@ static void events_done(http_req_t *req, const http_resp_t *r, void *data) {
     http_resp_t er = *r;
     er.body = d->errbody.data ? d->errbody.data : "";
     er.body_len = d->errbody.len;
-    docker_describe(&er, why, sizeof why);
+    docker_describe(d, &er, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot open the Docker event stream: %s", why);
   }
   buf_reset(&d->errbody);
@@ -683,7 +701,7 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
   docker_t *d = data;
   REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
-  char why[300];
+  char why[600];
   const char *v = NULL;
   json_doc_t *doc = NULL;
   if (!r->error && r->status == 200) {
@@ -691,8 +709,8 @@ static void version_done(http_req_t *req, const http_resp_t *r, void *data) {
     v = doc ? json_get_str(json_root(doc), "ApiVersion") : NULL;
   }
   if (!v) {
-    docker_describe(r, why, sizeof why);
-    char msg[400];
+    docker_describe(d, r, why, sizeof why);
+    char msg[800];
     snprintf(msg, sizeof msg, "cannot read the Docker API version: %s",
              r->error || r->status != 200 ? why : "no ApiVersion");
     json_free(doc);
@@ -709,9 +727,9 @@ static void ping_done(http_req_t *req, const http_resp_t *r, void *data) {
   docker_t *d = data;
   REGISTER_ASSERT(d->ping_req == req);
   d->ping_req = NULL;
-  char v[32], why[300], msg[400];
+  char v[32], why[600], msg[800];
   if (r->error || r->status >= 500 || r->status == 0) {
-    docker_describe(r, why, sizeof why);
+    docker_describe(d, r, why, sizeof why);
     snprintf(msg, sizeof msg, "cannot reach Docker at %s: %s",
              d->socket ? d->socket : d->base, why);
     disconnect(d, msg);
@@ -906,8 +924,8 @@ static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
   json_doc_t *doc = NULL;
   if (r->error || r->status != 200 ||
       !(doc = json_parse(r->body, r->body_len, err, sizeof err))) {
-    char why[300];
-    docker_describe(r, why, sizeof why);
+    char why[600];
+    docker_describe(d, r, why, sizeof why);
     snprintf(d->snap.why, sizeof d->snap.why, "inspect failed: %s",
              r->error || r->status != 200 ? why : err);
     docker_snap_finish(d, 0, d->snap.why);
