@@ -62,6 +62,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -763,7 +764,12 @@ def table():
     return "\n".join(lines)
 
 
+def on_sigterm(sig, frame):
+    raise KeyboardInterrupt  # as ^C: the finally blocks clean up
+
+
 def main():
+    signal.signal(signal.SIGTERM, on_sigterm)
     which = sys.argv[1:] or ["sync", "failsafe", "latency", "storm", "idle", "traffic"]
     out("building", BUILD)
     build()

@@ -151,7 +151,12 @@ def sample(pid):
             "fds": d[1], "cpu_s": d[2] + ws[2], "t": time.time()}
 
 
+def on_sigterm(sig, frame):
+    raise KeyboardInterrupt  # as ^C: the finally blocks clean up
+
+
 def main():
+    signal.signal(signal.SIGTERM, on_sigterm)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--rate", type=float, default=50, help="starts and removals per second")

@@ -334,7 +334,14 @@ def run(register_bin, argv=None):
     return [{k: v for k, v in r.items() if k != "_recs"} for r in rows]
 
 
+def on_sigterm(sig, frame):
+    # as ^C: the finally blocks stop dockerd, haproxy, etcd and register
+    # watch and remove the bridge (the default SIGTERM left them running)
+    raise KeyboardInterrupt
+
+
 def main():
+    signal.signal(signal.SIGTERM, on_sigterm)
     binary = os.environ.get("REGISTER_BIN", os.path.join(SRC, "build", "register"))
     rows = run(binary, sys.argv[1:])
     print(table(rows))
