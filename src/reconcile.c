@@ -822,6 +822,7 @@ void reconcile_free(reconcile_t *r) {
 #define BATCHES_IN_FLIGHT 16
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
+#define PROBE_MS 250 /* nothing of etcd listens: see backoff() */
 #define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
 #define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
 
@@ -966,7 +967,11 @@ static void reconcile_check_converged(reconcile_t *r) {
 /* ---- backoff ---- */
 
 /* Writes pause after a failure: 200 ms doubling to 5 s, jittered (a half
- * to all of it).  The pause counts from when the failed request was sent:
+ * to all of it); but while no etcd endpoint even takes a connection (every
+ * member down or restarting: etcd_result_t.refused), 125-250 ms, which
+ * costs etcd nothing and does not lengthen the pause for what follows (a
+ * member without a leader yet): the writes an outage held go within a
+ * fraction of a second of etcd's return, not at the end of a 5 s pause.  The pause counts from when the failed request was sent:
  * one that hung through its whole budget (a partition, a member without a
  * leader) has waited already, so the next goes after a little jitter and
  * a host cut off always has a request out to notice the heal.  The first
@@ -979,12 +984,15 @@ static void backoff_cb(uv_timer_t *t) {
   reconcile_pump(r);
 }
 
-static void backoff(reconcile_t *r, uint64_t waited_ms) {
+static void backoff(reconcile_t *r, uint64_t waited_ms, int refused) {
   if (r->paused) return;
   r->paused = 1;
-  uint64_t d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
-  if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
-  r->failures++;
+  uint64_t d = PROBE_MS;
+  if (!refused) {
+    d = (uint64_t)BACKOFF_MIN_MS << (r->failures < 8 ? r->failures : 8);
+    if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
+    r->failures++;
+  }
   d = d / 2 + util_rand((uint32_t)d / 2 + 1);
   d = d > waited_ms + RESUME_JITTER_MS ? d - waited_ms
                                        : util_rand(RESUME_JITTER_MS + 1);
@@ -1282,7 +1290,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
      * stays), so a v2 outage does not turn every refresh into a put. */
     if (act == ACT_PUT || act == ACT_DELETE) k->have_known = 0;
     k->lease_stale = k->list_stale = 0;
-    backoff(r, waited_ms(r, k));
+    backoff(r, waited_ms(r, k), res->refused);
     rkey_touch(r, k);
     release_owners(r, k);
     reconcile_pump(r);
@@ -1514,9 +1522,13 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
   r->list_op = NULL;
   if (res->status != ETCD_OK) {
     r->errors++;
-    r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
-    if (r->list_backoff_ms > BACKOFF_MAX_MS)
-      r->list_backoff_ms = BACKOFF_MAX_MS;
+    uint64_t delay = PROBE_MS; /* refused: as backoff() */
+    if (!res->refused) {
+      r->list_backoff_ms = r->list_backoff_ms ? r->list_backoff_ms * 2 : 500;
+      if (r->list_backoff_ms > BACKOFF_MAX_MS)
+        r->list_backoff_ms = BACKOFF_MAX_MS;
+      delay = r->list_backoff_ms;
+    }
     if (!r->outage) {
       r->outage = 1;
       log_fields(LOG_WARN,
@@ -1528,9 +1540,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
                  NULL);
     }
     uv_timer_start(&r->list_timer, list_timer_cb,
-                   r->list_backoff_ms / 2 +
-                       util_rand((uint32_t)r->list_backoff_ms / 2 + 1),
-                   0);
+                   delay / 2 + util_rand((uint32_t)delay / 2 + 1), 0);
     reconcile_check_converged(r);
     return;
   }

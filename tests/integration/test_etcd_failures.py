@@ -349,6 +349,54 @@ def keepalive_failure_past_the_ttl_says_the_keys_expired():
         r.stop()
 
 
+def outage_changes_follow_etcd_back(api):
+    # a container stops while etcd is down (nothing listens: connections
+    # refused): its delete is tried every 125-250 ms, which costs a stopped
+    # etcd nothing, and reaches etcd within a fraction of a second of its
+    # return.  With the writes' backoff alone (0.2 s doubling to 5 s, halved
+    # at random) the tries came 2.5-5 s apart after the first 3 s: about 7
+    # in 8 s, and the stale key stayed up to 5 s after etcd was back (a load
+    # balancer sending requests to a container that is gone).
+    with Env() as env:
+        ids = [env.fake.add() for _ in range(2)]
+        port = free_port()
+        r = env.register("--etcd-api", api, "--ttl", "30", "--metrics", f"127.0.0.1:{port}")
+        r.wait_log("in sync")
+        env.converged(api)
+
+        def unavailable():
+            n = 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
+                for line in m.read().decode().splitlines():
+                    if line.startswith("register_etcd_requests_total{") and 'result="unavailable"' in line:
+                        n += float(line.split()[-1])
+            return n
+
+        before = unavailable()
+        env.etcd.stop()
+        time.sleep(0.5)
+        env.fake.die(ids[0])
+        time.sleep(8)
+        env.etcd.start()
+        t0 = time.time()
+        env.converged(api, timeout=10, what="the stopped container's key deleted")
+        late = time.time() - t0
+        tries = unavailable() - before
+        assert late < 1.5, f"etcd followed {late:.1f} s after its return ({tries:.0f} failed tries)"
+        assert tries >= 20, f"{tries:.0f} failed tries in the 8 s outage"
+        r.stop()
+
+
+@suite.test
+def changes_in_an_outage_reach_etcd_as_it_returns_v2():
+    outage_changes_follow_etcd_back("v2")
+
+
+@suite.test
+def changes_in_an_outage_reach_etcd_as_it_returns_v3():
+    outage_changes_follow_etcd_back("v3")
+
+
 # ---- keep-alives do not wait for a login that cannot succeed ----
 
 @suite.test
