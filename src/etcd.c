@@ -461,7 +461,12 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   }
   if (!r->error && r->status && r->status < 500) {
     e->last_ok_ms = uv_now(e->loop);
-    lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
+    /* not a login's: etcd checks its password with bcrypt, slow on
+     * purpose (tens to hundreds of ms, seconds when a fleet logs in at
+     * once), which says nothing of how soon a member that does not answer
+     * should be left (long_op()) */
+    if (op->kind != OP_AUTH)
+      lat_note(e, (double)(uv_hrtime() - op->sent) / 1e6);
     if (!e->answered) { /* the first answer: who else is there? */
       e->answered = 1;
       discover_soon(e);
@@ -591,6 +596,15 @@ static void send_op(etcd_op_t *op) {
   if (d < floor) d = floor;
   if (op->kind == OP_LIST) d *= 6;
   if (op->kind == OP_AUTH && d < (double)e->timeout_ms) d = e->timeout_ms;
+  /* a keep-alive's attempt fits its lease: a quarter of the TTL, so that
+   * one sent a third of the TTL after the last can still fail over twice
+   * before the lease expires (a member cut off then, with the latency
+   * high, held it past a 3 s TTL: every key of the host gone) */
+  if (op->kind == OP_KEEPALIVE && e->ttl > 0) {
+    double cap = (double)e->ttl * 1000 / 4;
+    if (cap < FAILOVER_MIN_MS) cap = FAILOVER_MIN_MS;
+    if (d > cap) d = cap;
+  }
   if (op->attempts + 1 < FAILOVER_ROUNDS * e->n && (double)left > d) {
     o.timeout_ms = (long)d; /* another attempt can follow this one */
     o.connect_timeout_ms = FAILOVER_CONNECT_MS;
