@@ -822,7 +822,7 @@ void reconcile_free(reconcile_t *r) {
 #define BATCHES_IN_FLIGHT 16
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 5000
-#define PROBE_MS 250 /* nothing of etcd listens: see backoff() */
+#define PROBE_MS 250       /* nothing of etcd listens: see backoff() */
 #define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
 #define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
 
@@ -971,11 +971,12 @@ static void reconcile_check_converged(reconcile_t *r) {
  * member down or restarting: etcd_result_t.refused), 125-250 ms, which
  * costs etcd nothing and does not lengthen the pause for what follows (a
  * member without a leader yet): the writes an outage held go within a
- * fraction of a second of etcd's return, not at the end of a 5 s pause.  The pause counts from when the failed request was sent:
- * one that hung through its whole budget (a partition, a member without a
- * leader) has waited already, so the next goes after a little jitter and
- * a host cut off always has a request out to notice the heal.  The first
- * write that etcd answers again ends the pause (see resume()). */
+ * fraction of a second of etcd's return, not at the end of a 5 s pause.  The
+ * pause counts from when the failed request was sent: one that hung through its
+ * whole budget (a partition, a member without a leader) has waited already, so
+ * the next goes after a little jitter and a host cut off always has a request
+ * out to notice the heal.  The first write that etcd answers again ends the
+ * pause (see resume()). */
 #define RESUME_JITTER_MS 100
 
 static void backoff_cb(uv_timer_t *t) {
