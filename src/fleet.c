@@ -37,6 +37,7 @@ struct fleet {
   uv_timer_t *report;   /* the key count, every REPORT_EVERY_MS */
   uv_timer_t *again;    /* a revision refused for timeouts, tried again */
   uint64_t again_ms;    /* the next such refusal waits this long */
+  int refused_timeout;  /* the refusal in refused_rev was for timeouts only */
   int seen;             /* KEY was read once (present or not) */
   int present;          /* KEY held a document at the last read */
   int64_t generation;   /* of the last document read */
@@ -308,6 +309,7 @@ static void try_offer(fleet_t *f, const policydoc_rev_t *r) {
   char why[700];
   int is_signed;
   if (check_signature(f, r, &is_signed, why, sizeof why) < 0) {
+    f->refused_timeout = 0; /* final: again_cb() leaves it */
     f->refused_rev = r->revision;
     f->refused_gen = f->generation;
     memcpy(f->refused_sha, r->sha256, sizeof f->refused_sha);
@@ -457,6 +459,7 @@ void fleet_start(fleet_t *f) {
  * again, the refusal forgotten), unless the document changed meanwhile. */
 static void again_cb(uv_timer_t *t) {
   fleet_t *f = t->data;
+  if (!f->refused_timeout) return; /* refused since for another reason */
   f->refused_rev = 0;
   read_key(f);
 }
@@ -487,7 +490,11 @@ void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why) {
     /* timeouts only: the policy may hang, or this host may be too loaded
      * to run it within --policy-timeout; a second try settles which */
     char again[120] = "";
+    f->refused_timeout = outcome == FLEET_TIMED_OUT;
     if (outcome == FLEET_TIMED_OUT) {
+      /* the trial's calls held the loop (seconds, when they timed out):
+       * the wait counts from now, not from the loop's last look */
+      uv_update_time(f->o.loop);
       uv_timer_start(f->again, again_cb, f->again_ms, 0);
       snprintf(again, sizeof again,
                "; it only timed out: tried again in %" PRIu64 " s",

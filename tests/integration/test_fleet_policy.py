@@ -393,6 +393,18 @@ def a_revision_refused_for_timeouts_only_is_tried_again():
     out = r.output()
     assert out.count("policy revision 4 of /fleettest/policy refused") == 1, out[-3000:]
     assert out.count("policy revision 2 of /fleettest/policy offered") == 2, out[-3000:]
+    # a timed-out revision, then, before its second try, one signed with a
+    # key this host does not know: that refusal is final, the pending try
+    # does not undo it
+    put(doc(rev(5, slow_until(int(time.time()) + 60, True), K1)))
+    report_is(state="refused", revision=3, offered=5)
+    put(doc(rev(6, REV_A, K2)))
+    rep = report_is(state="refused", revision=3, offered=6)
+    assert "not in" in rep["error"], rep
+    time.sleep(7)
+    out = r.output()
+    assert out.count("policy revision 6 of /fleettest/policy refused") == 1, out[-3000:]
+    assert out.count("policy revision 5 of /fleettest/policy offered") == 1, out[-3000:]
     r.stop()
 
 
