@@ -34,8 +34,8 @@ typedef struct {
    * every page read at the first page's; v2: X-Etcd-Index); 0 otherwise */
   int64_t revision;
   /* ETCD_UNAVAILABLE: every attempt failed to connect (nothing listening
-   * at any endpoint, or no route to it): etcd itself is down, and a
-   * probe costs it nothing */
+   * at any endpoint, or no route to it; not a name that did not resolve):
+   * etcd itself is down, and a probe costs it nothing */
   int refused;
 } etcd_result_t;
 

@@ -19,7 +19,8 @@ typedef struct http_req http_req_t;
  * so that callers need not know curl's codes). */
 typedef enum {
   HTTP_ERR_NONE = 0,  /* a response arrived (any status) */
-  HTTP_ERR_CONNECT,   /* no connection: refused, unreachable, no such host */
+  HTTP_ERR_CONNECT,   /* no connection: refused, unreachable */
+  HTTP_ERR_RESOLVE,   /* the host name (or the proxy's) did not resolve */
   HTTP_ERR_TIMEOUT,   /* the request's time limit ran out */
   HTTP_ERR_TLS,       /* the TLS handshake or the peer's certificate */
   HTTP_ERR_DROPPED,   /* the connection broke while sending or receiving */

@@ -452,6 +452,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
                       : "",
              cert_hint);
     res.status = ETCD_UNAVAILABLE;
+    /* a connection refused or unreachable: cheap to try again soon; a
+     * name that does not resolve is not (a DNS outage: every host of a
+     * fleet would ask its resolver four times a second) */
     if (r->error == HTTP_ERR_CONNECT) op->refusals++;
     reply = REPLY_NEXT_ENDPOINT;
   } else if (e->api == ETCD_API_V3) {

@@ -279,9 +279,10 @@ static http_err_t err_kind(CURLcode code) {
   case CURLE_OK:
     return HTTP_ERR_NONE;
   case CURLE_COULDNT_CONNECT:
+    return HTTP_ERR_CONNECT;
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY:
-    return HTTP_ERR_CONNECT;
+    return HTTP_ERR_RESOLVE;
   case CURLE_OPERATION_TIMEDOUT:
     return HTTP_ERR_TIMEOUT;
   case CURLE_SSL_CONNECT_ERROR:

@@ -261,6 +261,21 @@ def backs_off_from_an_etcd_that_answers_with_errors():
 
 
 @suite.test
+def backs_off_from_an_etcd_name_that_does_not_resolve():
+    # a name that does not resolve is no stopped etcd: probing it every
+    # 250 ms would have every host of a fleet ask its resolver four times
+    # a second through a DNS outage; it backs off as other failures do
+    w = Watch("/nodns", "v3")
+    w.cmd[w.cmd.index("--etcd") + 1] = "http://etcd.invalid:2379"
+    w.start()
+    time.sleep(10)
+    failures = wait_for(lambda: w.metric("register_watch_etcd_failures_total"), what="the failures' metric")
+    assert 1 <= failures <= 12, (failures, w.output()[-2000:])
+    assert "etcd.invalid" in w.output(), w.output()[-2000:]
+    assert w.stop() == 0
+
+
+@suite.test
 def once_renders_and_exits():
     prefix = "/once"
     put("v3", f"{prefix}/x", "y")
