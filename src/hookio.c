@@ -163,10 +163,31 @@ void hookio_start(hookio_t *h, uint64_t tag, uint64_t id, const iocall_t *c,
   h->starting = 0;
 }
 
+/* A hook's request body is at most this (each one in flight is a copy
+ * the daemon holds, outside the worker's memory limit). */
+#define HOOK_MAX_REQUEST_BODY (1024 * 1024)
+
+/* The worker is not trusted: what it asks for is checked here, whatever it
+ * checked itself.  NULL, or why the request is refused. */
+static const char *http_call_refused(const iocall_t *c) {
+  static const char token[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv"
+                              "wxyz0123456789!#$%&'*+-.^_`|~";
+  size_t n = c->method ? strlen(c->method) : 0;
+  if (c->method && (n == 0 || n > 32 || strspn(c->method, token) != n))
+    return "bad method (letters, digits and !#$%&'*+-.^_`|~, at most 32)";
+  if (c->body_len > HOOK_MAX_REQUEST_BODY)
+    return "request body larger than 1 MiB";
+  for (const char *const *hd = c->headers; hd && *hd; hd++)
+    if (strpbrk(*hd, "\r\n")) return "bad header (a line break in it)";
+  return NULL;
+}
+
 /* Sends r on its way; a failure is answered from the loop (fail_later). */
 static void start(hookio_t *h, hreq_t *r, const iocall_t *c) {
   if (c->kind == IOCALL_HTTP) {
     if (!h->http) return fail_later(r, "no HTTP client here");
+    const char *refused = http_call_refused(c);
+    if (refused) return fail_later(r, refused);
     http_opts_t o = {0};
     o.method = c->method;
     o.url = c->url;

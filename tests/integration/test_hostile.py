@@ -492,4 +492,91 @@ end }
         r.stop(timeout=5)
 
 
+@suite.test
+def hook_requests_and_log_lines_cannot_smuggle_or_swell():
+    """Found by a hostile-policy review (2026-12-07), each in the daemon:
+    a line break in a hook request's method smuggled a second request to
+    the server (curl sends the method as given); a 30 MB body per request,
+    64 in flight, held 2 GB in the daemon, outside the worker's memory cap;
+    register.log's text reached the log raw: a line break forged whole log
+    lines, escape sequences drove the terminal, and one 30 MB message made
+    a 30 MB line.  Now the daemon refuses such requests (whatever the worker
+    checked), and a log line's message is escaped and cut."""
+    reset()
+    import socket
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    got = bytearray()
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            c.settimeout(1)
+            try:
+                while True:
+                    d = c.recv(65536)
+                    if not d:
+                        break
+                    got.extend(d)
+                    if b"\r\n\r\n" in d:
+                        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    suite.defer(lambda: (stop.set(), srv.close()))
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    policy = os.path.join(WORK, "smuggle.lua")
+    lua = r'''local register = require "register"
+local default = require "register.default"
+return { prefix = default.prefix, records = function(c, host)
+    if c.name == "evil" then
+      register.log.error("x\n2024-01-01T00:00:00.000Z error FORGED LINE\n\27[2J\r")
+      register.log.error(string.rep("A", 1024 * 1024))
+    end
+    return default.records(c, host)
+  end,
+  event = function(ev, host)
+    if ev.attributes and ev.attributes.name == "evil" then
+      local _, e1 = register.http.request { url = "URL/a", timeout = 2,
+        method = "GET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\nPOST" }
+      local _, e2 = register.http.request { url = "URL/b", timeout = 2,
+        body = string.rep("x", 2 * 1024 * 1024) }
+      local ok = register.http.request { url = "URL/fine", timeout = 2 }
+      register.log.warn("hook answers: %s | %s | %s", tostring(e1), tostring(e2),
+                        ok and tostring(ok.status) or "none")
+    end
+  end }
+'''
+    with open(policy, "w") as f:
+        f.write(lua.replace("URL", url))
+    good1 = fake.add(name="good1")
+    evil = fake.add(name="evil", image="evil")
+    port = free_port()
+    r, _ = register(policy, port, 5000)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        fake.emit(fake.event("start", evil))
+        r.wait_log("hook answers:", timeout=30)
+        out = r.output()
+        line = next(ln for ln in out.splitlines() if "hook answers:" in ln)
+        assert "bad method" in line and "larger than 1 MiB" in line and "| 200 source=policy" in line, line
+        assert b"/fine" in got, bytes(got)  # the server was reached: the refusals are the daemon's
+        assert b"smuggled" not in got and b"/b " not in got and b"/a " not in got, bytes(got)
+        assert not [ln for ln in out.splitlines() if ln.startswith("2024-01-01")], "a forged log line"
+        assert "\x1b" not in out and "\r" not in out, "raw control characters in the log"
+        assert r"\x0a2024-01-01T00:00:00.000Z error FORGED LINE\x0a\x1b[2J\x0d" in out, out[-3000:]
+        assert max(len(ln) for ln in out.splitlines()) < 20000, "a log line of a megabyte"
+        assert "bytes more)" in out
+        assert key(good1) in etcd.tree() and key(evil, "evil") in etcd.tree()
+        r.stop(timeout=5)
+
+
 suite.run()
