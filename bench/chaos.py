@@ -682,7 +682,8 @@ class ChaosFleet(Fleet):
 
     def setup_auth(self):
         """Auth on: root, and per host a user h<i> whose role r<i> may read
-        and write that host's keys (PREFIX/<ip>/) and nothing else; each
+        and write that host's keys (PREFIX/<ip>/) and its write fence, and
+        nothing else; each
         host's password in a file of its own (--etcd-password-file)."""
         os.makedirs(os.path.join(self.base, "pw"))
         self.admin("/v3/auth/user/add", {"name": "root", "password": ROOT_PW})
@@ -691,6 +692,10 @@ class ChaosFleet(Fleet):
         for h in range(self.n):
             self.admin("/v3/auth/role/add", {"name": f"r{h}"})
             self.grant(h)
+            # the host's write fence (--etcd-fence's default), as README's
+            # RBAC example grants it
+            self.admin("/v3/auth/role/grant", {"name": f"r{h}", "perm": {
+                "permType": "READWRITE", "key": b64(f"/register/fence/{host_ip(h)}")}})
             self.admin("/v3/auth/user/add", {"name": f"h{h}", "password": f"pw-h{h}-0"})
             self.admin("/v3/auth/user/grant", {"user": f"h{h}", "role": f"r{h}"})
             self.write_pw(h, f"pw-h{h}-0")

@@ -27,6 +27,8 @@ typedef struct {
                           never logged */
   char *etcd_password_file;
   int etcd_discovery; /* learn the cluster's members from etcd (default 1) */
+  char *etcd_fence;   /* --etcd-fence: a key, "off", or NULL: the default
+                         (/register/fence/<HOST_IP>) */
 
   char *docker_url;    /* as given */
   char *docker_socket; /* unix socket path, or NULL for TCP */

@@ -123,6 +123,23 @@ typedef struct {
    * as rewound; not in the same pass as a rewind (whose listing does the
    * same); about once per member first heard from. */
   void (*new_member)(void *ud, const char *url);
+  /* Optional, v3: the write fence, a key of this writer's own (the daemon:
+   * /register/fence/<HOST_IP>).  A write given up on is not always lost:
+   * a member cut off by a partition can hold it (a proposal in the
+   * kernel's send queue to its leader, a proxy in front of it) and apply
+   * it when the cut heals, after later writes of the same key: a key
+   * deleted since comes back, stale.  So every put, delete and
+   * transaction is sent as a transaction that compares the fence key's
+   * mod_revision with the one this client's last move of it left, and
+   * the fence is moved (written again) before the next write after any
+   * write whose fate is unknown (an attempt that timed out or failed
+   * after it was sent): a late copy finds the fence moved and changes
+   * nothing.  A write that finds it moved is sent again (after a move).
+   * The key hangs on the lease, when there is one.  A fence etcd refuses
+   * (no permission, no space) is tried again after 30 s; writes go
+   * unfenced meanwhile, and the first refusal is a warning.  NULL: no
+   * fence (v2 cannot carry one: its compares name one key). */
+  const char *fence_key;
   void *ud;
 } etcd_opts_t;
 
@@ -211,6 +228,10 @@ int64_t etcd_since_answer_ms(const etcd_t *e);
 const char *etcd_last_error(const etcd_t *e);
 /* How many times etcd was seen going back in time (rewound above). */
 uint64_t etcd_rewinds(const etcd_t *e);
+/* The write fence: moves etcd acknowledged, and fenced writes given up on
+ * in doubt (each asks for a move). */
+uint64_t etcd_fence_moves(const etcd_t *e);
+uint64_t etcd_fence_doubts(const etcd_t *e);
 /* The endpoints known now: the configured ones and those discovered. */
 size_t etcd_endpoints(const etcd_t *e);
 

@@ -1045,7 +1045,16 @@ int app_run(const config_t *cfg) {
     eo.rewound = on_rewound;
     eo.new_member = on_new_member;
     eo.ud = a;
+    /* this host's write fence (v3): a key of its own, next to the fleet's
+     * status reports */
+    char *fence = NULL;
+    if (!cfg->etcd_fence)
+      fence = xasprintf("/register/fence/%s", cfg->host_ip);
+    else if (strcmp(cfg->etcd_fence, "off") != 0)
+      fence = xstrdup(cfg->etcd_fence);
+    eo.fence_key = fence;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
+    free(fence); /* etcd_new() copies it */
   }
   if (start_creds(a, err, sizeof err) < 0) {
     log_error("%s", err);

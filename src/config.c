@@ -612,6 +612,11 @@ static const opt_t opts[] = {
      "also use the client URLs of the members etcd lists (the --etcd "
      "endpoints are always kept); off: --etcd only",
      "on", CALL(set_etcd_discovery)},
+    {"--etcd-fence", "REGISTER_ETCD_FENCE", "KEY|off",
+     "v3: this host's write fence: a late copy of a write given up on "
+     "changes nothing; off: no fence",
+     NULL, STRING(etcd_fence), .shown = "default: /register/fence/HOST_IP",
+     .only = CONFIG_DAEMON},
     {"--etcd-cacert", "ETCDCTL_CACERT", "FILE", "CA bundle for https endpoints",
      NULL, STRING(etcd_cacert)},
     {"--etcd-cert", "ETCDCTL_CERT", "FILE", "client certificate", NULL,
@@ -1021,10 +1026,9 @@ static int check_watch(config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
-/* A policy key: an absolute key path below the root, no trailing '/'. */
-static int check_policy_key(config_t *cfg, const char *flag, char *err,
-                            size_t errlen) {
-  char *k = cfg->policy_key;
+/* A key of register's own (a policy key, the fence): an absolute key path
+ * below the root, no trailing '/'. */
+static int check_key(char *k, const char *flag, char *err, size_t errlen) {
   if (!k) return 0;
   size_t n = strlen(k);
   while (n > 1 && k[n - 1] == '/')
@@ -1032,16 +1036,26 @@ static int check_policy_key(config_t *cfg, const char *flag, char *err,
   if (k[0] != '/' || n < 2 || strstr(k, "//") || n > 512) {
     snprintf(err, errlen,
              "%s \"%s\" must be an absolute key path below the root, e.g. "
-             "/register/policy",
-             flag, k);
+             "%s",
+             flag, k,
+             strcmp(flag, "--etcd-fence") == 0 ? "/register/fence/10.0.0.1"
+                                               : "/register/policy");
     return -1;
   }
   return 0;
 }
 
+static int check_policy_key(config_t *cfg, const char *flag, char *err,
+                            size_t errlen) {
+  return check_key(cfg->policy_key, flag, err, errlen);
+}
+
 static int check_policy(config_t *cfg, char *err, size_t errlen) {
   if (cfg->cmd == CONFIG_DAEMON) {
     if (check_policy_key(cfg, "--policy-key", err, errlen) < 0) return -1;
+    if (cfg->etcd_fence && strcmp(cfg->etcd_fence, "off") != 0 &&
+        check_key(cfg->etcd_fence, "--etcd-fence", err, errlen) < 0)
+      return -1;
     if (cfg->policy_pubkey && cfg->policy_unsigned) {
       snprintf(err, errlen,
                "--policy-unsigned contradicts --policy-pubkey: a host "
@@ -1163,6 +1177,7 @@ void config_free(config_t *cfg) {
     memset(cfg->etcd_password, 0, strlen(cfg->etcd_password));
   free(cfg->etcd_password);
   free(cfg->etcd_password_file);
+  free(cfg->etcd_fence);
   free(cfg->docker_url);
   free(cfg->docker_socket);
   free(cfg->docker_base);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Failover.  A member that lost its leader, or one cut off by a partition,
  * does not answer at all: etcd drops proposals made while it has no leader
@@ -37,8 +38,18 @@
 #define FAILOVER_ROUNDS 4
 #define FULL_CONNECT_MS 2000L
 
+/* How often one write may find the fence moved before it fails (each time
+ * after a move of our own: only another writer of the key, or a lease
+ * lost over and over, gets that far); how long writes go unfenced after
+ * etcd refused a move. */
+#define FENCE_RETRIES 5
+#define FENCE_OFF_MS 30000
+
 static void send_op(etcd_op_t *op);
 static void submit(etcd_op_t *op);
+static int fenced(const etcd_op_t *op);
+static int fence_off(const etcd_t *e);
+static void start_fence(etcd_t *e);
 static int long_op(const etcd_op_t *op);
 static void discover_soon(etcd_t *e);
 static etcd_ep_t *ep_after(etcd_t *e, const etcd_ep_t *ep);
@@ -150,6 +161,7 @@ static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
                             const char *err);
 static void keepalive_finished(etcd_t *e, etcd_op_t *op,
                                const etcd_result_t *res);
+static void fence_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res);
 
 const double etcd_buckets[ETCD_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
@@ -183,6 +195,9 @@ static void complete(etcd_op_t *op, const etcd_result_t *res) {
     break;
   case OP_MEMBERS:
     members_finished(e, op, res);
+    break;
+  case OP_FENCE:
+    fence_finished(e, op, res);
     break;
   case OP_LEASE_TTL:
     if (op->parent) { /* adopt the previous run's lease if it is alive */
@@ -223,7 +238,7 @@ static void etcd_fail_cb(uv_timer_t *t) {
   list_t *n;
   while ((n = list_pop(&e->failing))) {
     etcd_op_t *op = list_entry(n, etcd_op_t, fnode);
-    etcd_result_t res = {op->fail_status, op->fail_error, 0, 0};
+    etcd_result_t res = {op->fail_status, op->fail_error, 0, op->fail_refused};
     complete(op, &res); /* its callback may cancel or fail others */
   }
   int rewound = e->rewind_pending;
@@ -308,6 +323,7 @@ static int linearizable(const etcd_t *e, const etcd_op_t *op,
   case OP_DELETE_PREFIX:
   case OP_TXN:
   case OP_PUT_IF:
+  case OP_FENCE:
     return e->api == ETCD_API_V3 || st == ETCD_OK;
   case OP_LIST:
   case OP_GET:
@@ -476,6 +492,23 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
   }
   if (!r->error && r->status) observe(e, op, &hdr, res.status);
+  if (op->kind == OP_FENCE && reply == REPLY_DONE && res.status == ETCD_OK)
+    op->moved_to = hdr.revision;
+  /* a fenced write that failed after it may have reached etcd: it could
+   * still be applied, late; the fence moves before the next write, so a
+   * late copy changes nothing.  Not sent (no connection, no name, no
+   * handshake): nothing to fear. */
+  if (op->fence_rev && reply == REPLY_NEXT_ENDPOINT &&
+      r->error != HTTP_ERR_CONNECT && r->error != HTTP_ERR_RESOLVE &&
+      r->error != HTTP_ERR_TLS) {
+    e->fence_doubts++;
+    if (e->fence_rev == op->fence_rev) {
+      log_debug("etcd: a write to %s is in doubt (%s); moving the fence %s "
+                "before the next write",
+                op->ep->url, err, e->fence_key);
+      e->fence_rev = 0;
+    }
+  }
   if ((reply == REPLY_MORE || reply == REPLY_DONE) && !op->list_rev &&
       (op->kind == OP_LIST || op->kind == OP_GET))
     op->list_rev = hdr.revision; /* later pages are read at it (v3) */
@@ -502,6 +535,17 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
       return;
     }
     break;
+  case REPLY_FENCED: /* not applied: move the fence (if no one has since)
+                        and send it again */
+    if (e->fence_rev == op->fence_rev) e->fence_rev = 0;
+    if (++op->fence_retries <= FENCE_RETRIES) {
+      log_debug("etcd: %s; sending the write again", err);
+      submit(op);
+      return;
+    }
+    snprintf(err + strlen(err), sizeof err - strlen(err), "; %u times in a row",
+             op->fence_retries);
+    break;
   case REPLY_NEXT_ENDPOINT:
     /* a member that fails may have left the cluster, and every endpoint
      * may fail next: ask for the member list (whoever answers) */
@@ -516,7 +560,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
       /* new operations start on the next endpoint too, not on this one */
       if (e->current == failed) e->current = next;
       etcd_ep_drop(failed);
-      send_op(op);
+      /* through the gates again: a token, the lease or the fence may have
+       * gone meanwhile (a put sent without the lease would never expire) */
+      submit(op);
       return;
     }
     if (e->n > 1) {
@@ -560,6 +606,11 @@ static void send_op(etcd_op_t *op) {
   op->path = NULL;
   buf_reset(&op->body);
   op->content_type = NULL;
+  op->fence_rev = 0;
+  if (fenced(op) && !fence_off(e)) {
+    REGISTER_ASSERT(e->fence_rev > 0); /* gate() waited for it */
+    op->fence_rev = e->fence_rev;
+  }
   if (e->api == ETCD_API_V3)
     etcd_v3_build(op);
   else
@@ -636,6 +687,27 @@ static void send_op(etcd_op_t *op) {
 static void start_auth(etcd_t *e);
 static void start_grant(etcd_t *e);
 
+/* Writes that carry the fence: every put, delete and transaction but a
+ * compare-and-swap (a document, with its own compare). */
+static int fenced(const etcd_op_t *op) {
+  if (!op->e->fence_key) return 0;
+  switch (op->kind) {
+  case OP_PUT:
+  case OP_DELETE:
+  case OP_DELETE_DIR:
+  case OP_DELETE_PREFIX:
+  case OP_TXN:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* etcd refused the fence a short while ago: write unfenced till then. */
+static int fence_off(const etcd_t *e) {
+  return e->fence_off_until_ms && uv_now(e->loop) < e->fence_off_until_ms;
+}
+
 /* 1 when op has to wait (it is kept on a wait list). */
 static int gate(etcd_op_t *op) {
   etcd_t *e = op->e;
@@ -649,9 +721,15 @@ static int gate(etcd_op_t *op) {
     start_auth(e);
     return 1;
   }
-  if ((op->kind == OP_PUT || op->kind == OP_TXN) && e->ttl > 0 && !e->lease) {
+  if ((op->kind == OP_PUT || op->kind == OP_TXN || op->kind == OP_FENCE) &&
+      e->ttl > 0 && !e->lease) {
     wait_for(op, WAIT_LEASE);
     if (!e->adopt_pending) start_grant(e); /* else after its answer */
+    return 1;
+  }
+  if (fenced(op) && !e->fence_rev && !fence_off(e)) {
+    wait_for(op, WAIT_FENCE);
+    start_fence(e);
     return 1;
   }
   return 0;
@@ -676,6 +754,62 @@ static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
       etcd_op_fail(o, st, err);
     else
       submit(o);
+  }
+}
+
+/* ---- the write fence (etcd_opts_t.fence_key) ---- */
+
+static void start_fence(etcd_t *e) {
+  if (e->fence_pending) return;
+  e->fence_pending = 1;
+  etcd_op_t *op = op_new(e, OP_FENCE, e->fence_key, NULL);
+  op->value = xasprintf("the write fence of a register (pid %ld): its writes "
+                        "compare with this key's revision",
+                        (long)getpid());
+  op->vlen = strlen(op->value);
+  submit(op);
+}
+
+static void fence_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
+  e->fence_pending = 0;
+  const char *why = res->error ? res->error : "no revision in the answer";
+  if (res->status == ETCD_OK && op->moved_to > 0) {
+    e->fence_rev = op->moved_to;
+    e->fence_moves++;
+    e->fence_off_until_ms = 0;
+    if (e->fence_refused_said) {
+      e->fence_refused_said = 0;
+      log_info("etcd: writes are fenced again (%s)", e->fence_key);
+    }
+    log_debug("etcd: fence %s moved to revision %" PRId64, e->fence_key,
+              e->fence_rev);
+    release_waiting(e, WAIT_FENCE, 0, ETCD_OK, NULL);
+    return;
+  }
+  if (res->status == ETCD_FAILED) { /* refused: permission, space, ... */
+    if (!e->fence_refused_said) {
+      e->fence_refused_said = 1;
+      log_warn("etcd: cannot write the fence key %s (%s): writing unfenced, "
+               "trying it again every %ds; a write given up on in a "
+               "partition can then land late and bring back a key deleted "
+               "since (until the next listing repairs it): give this "
+               "host's etcd user write access to the key",
+               e->fence_key, why, FENCE_OFF_MS / 1000);
+    }
+    e->fence_off_until_ms = uv_now(e->loop) + FENCE_OFF_MS;
+    release_waiting(e, WAIT_FENCE, 0, ETCD_OK, NULL); /* unfenced */
+    return;
+  }
+  /* etcd did not answer: neither would it to the writes waiting */
+  char msg[700];
+  snprintf(msg, sizeof msg, "cannot move the write fence %s: %s", e->fence_key,
+           why);
+  list_t *n;
+  while ((n = list_first(&e->wait[WAIT_FENCE]))) {
+    etcd_op_t *o = list_entry(n, etcd_op_t, wnode);
+    unwait(o);
+    o->fail_refused = res->refused; /* etcd down: they may probe */
+    etcd_op_fail(o, ETCD_UNAVAILABLE, msg);
   }
 }
 
@@ -737,6 +871,7 @@ static void etcd_lease_lost(etcd_t *e) {
            "is granted and every key written again",
            (uint64_t)e->lease);
   e->lease = 0;
+  e->fence_rev = 0; /* the fence key hung on it */
   if (e->lease_lost) e->lease_lost(e->ud);
 }
 
@@ -1055,9 +1190,10 @@ const char *etcd_status_name(etcd_status_t st) {
 
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   static const char *const names[OP_KINDS] = {
-      "put",   "refresh",   "delete",    "delete_dir", "delete_prefix",
-      "list",  "get",       "txn",       "put_if",     "auth",
-      "grant", "keepalive", "lease_ttl", "health",     "members"};
+      "put",           "refresh", "delete",  "delete_dir",
+      "delete_prefix", "list",    "get",     "txn",
+      "put_if",        "auth",    "grant",   "keepalive",
+      "lease_ttl",     "health",  "members", "fence"};
   for (size_t k = 0; k < OP_KINDS && k < max; k++) {
     out[k].op = names[k];
     memcpy(out[k].by_status, e->counts[k], sizeof out[k].by_status);
@@ -1079,6 +1215,14 @@ const char *etcd_last_error(const etcd_t *e) {
 
 uint64_t etcd_rewinds(const etcd_t *e) {
   return e->rewinds;
+}
+
+uint64_t etcd_fence_moves(const etcd_t *e) {
+  return e->fence_moves;
+}
+
+uint64_t etcd_fence_doubts(const etcd_t *e) {
+  return e->fence_doubts;
 }
 
 void etcd_cancel(etcd_op_t *op) {
@@ -1141,6 +1285,8 @@ etcd_t *etcd_new(uv_loop_t *loop, http_t *http, const etcd_opts_t *o) {
   e->lease_lost = o->lease_lost;
   e->rewound = o->rewound;
   e->new_member = o->new_member;
+  if (o->fence_key && o->api == ETCD_API_V3)
+    e->fence_key = xstrdup(o->fence_key);
   e->ud = o->ud;
   list_init(&e->ops);
   for (size_t i = 0; i < ARRAY_SIZE(e->wait); i++)
@@ -1198,6 +1344,7 @@ void etcd_free(etcd_t *e) {
   free(e->eps);
   http_tls_free(&e->tls);
   free(e->user);
+  free(e->fence_key);
   wipe(e->password);
   wipe(e->userpwd);
   wipe(e->token);

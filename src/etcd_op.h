@@ -30,6 +30,7 @@ typedef enum {
   OP_LEASE_TTL,
   OP_HEALTH,
   OP_MEMBERS, /* the cluster's members (discovery) */
+  OP_FENCE,   /* moves the write fence (etcd_opts_t.fence_key) */
   OP_KINDS
 } op_kind_t;
 
@@ -39,10 +40,11 @@ typedef enum {
   REPLY_NEXT_ENDPOINT, /* transient: try the next endpoint */
   REPLY_MORE,          /* a listing has another page: send again */
   REPLY_REAUTH,        /* the auth token is invalid or expired */
-  REPLY_LEASE_LOST     /* the lease a put named does not exist */
+  REPLY_LEASE_LOST,    /* the lease a put named does not exist */
+  REPLY_FENCED         /* a fenced write found the fence moved: not applied */
 } reply_t;
 
-enum { WAIT_TOKEN = 1, WAIT_LEASE = 2 };
+enum { WAIT_TOKEN = 1, WAIT_LEASE = 2, WAIT_FENCE = 3, WAITS = 4 };
 
 /* Where an answer places etcd in its history (rewind detection, see
  * etcd_opts_t.rewound); 0 where the answer does not say. */
@@ -127,14 +129,19 @@ struct etcd_op {
   size_t refusals;   /* of those attempts, the ones that could not connect */
   int reauthed;      /* sent again once after a new token */
   int lease_retried; /* sent again once after a new lease */
-  int waiting;       /* 0, or WAIT_TOKEN / WAIT_LEASE: queued until then */
-  list_t wnode;      /* on e->wait[waiting] while waiting */
+  /* v3 with a fence key: the fence's mod_revision this attempt's write
+   * compares with (0: sent unfenced), and how often it found it moved */
+  int64_t fence_rev;
+  unsigned fence_retries;
+  int waiting;  /* 0, or WAIT_TOKEN, _LEASE, _FENCE: queued till then */
+  list_t wnode; /* on e->wait[waiting] while waiting */
   http_req_t *req;
   listing_t listing; /* OP_LIST / OP_GET */
   buf_t cont;        /* v3: where the next page starts */
   int64_t list_rev;  /* the revision (v2: index) the first page was read at */
   etcd_op_t *parent; /* OP_LEASE_TTL run for a listing */
   /* results of internal ops */
+  int64_t moved_to; /* OP_FENCE: the revision of the fence's put */
   int64_t lease_id;
   long lease_ttl, granted_ttl;
   char *token;
@@ -151,6 +158,7 @@ struct etcd_op {
   /* a failure waiting to be delivered from the loop (etcd_op_fail) */
   etcd_status_t fail_status;
   char *fail_error; /* owned */
+  int fail_refused; /* etcd_result_t.refused */
   list_t fnode;     /* on e->failing */
   int launching;    /* inside the call that started it */
 };
@@ -185,7 +193,8 @@ struct etcd {
   list_t ops;  /* every outstanding operation (etcd_op_t.node), newest first */
   int watches; /* etcd_watch.c's, alive (none may be at etcd_free) */
   /* v3 */
-  list_t wait[3]; /* ops waiting for a token [1] or a lease [2], newest first */
+  list_t wait[WAITS]; /* ops waiting for a token [1], a lease [2] or the
+                         fence [3], newest first */
   char *token;
   int auth_pending;
   int64_t lease;
@@ -195,9 +204,20 @@ struct etcd {
    * meanwhile would replace the lease the listing's keys hang on) */
   int adopt_pending;
   uv_timer_t keepalive_timer;
-  list_t failing;        /* etcd_op_t.fnode: failures to deliver */
-  uv_timer_t fail_timer; /* delivers them (and rewound), from the loop */
-  int handles_open;      /* the three timers; e is freed when all closed */
+  /* the write fence (etcd_opts_t.fence_key): fence_rev is the fence key's
+   * mod_revision as our last move left it, 0 when it has to be moved
+   * before the next fenced write (none yet, a write in doubt, the fence
+   * found moved, the lease it hung on lost) */
+  char *fence_key; /* owned, or NULL: no fence */
+  int64_t fence_rev;
+  int fence_pending;           /* an OP_FENCE in flight */
+  uint64_t fence_off_until_ms; /* uv_now(): the fence was refused: unfenced */
+  int fence_refused_said;      /* the refusal was logged (until one works) */
+  uint64_t fence_moves;        /* moves that etcd acknowledged */
+  uint64_t fence_doubts;       /* fenced writes given up on, maybe applied */
+  list_t failing;              /* etcd_op_t.fnode: failures to deliver */
+  uv_timer_t fail_timer;       /* delivers them (and rewound), from the loop */
+  int handles_open; /* the three timers; e is freed when all closed */
   /* keep-alive trouble, said once per episode */
   unsigned ka_failures;  /* failed keep-alives since the last good one */
   uint64_t ka_ok_ms;     /* uv_now() of the last renewal (or the grant) */

@@ -1,5 +1,6 @@
 /* etcd_v3: the v3 API through etcd's JSON gateway: POST /v3/kv/put,
- * /v3/kv/range (paginated), /v3/kv/deleterange, /v3/lease/grant,
+ * /v3/kv/range (paginated), /v3/kv/deleterange, /v3/kv/txn (batches,
+ * compare-and-swap, fenced writes), /v3/lease/grant,
  * /v3/lease/keepalive, /v3/lease/timetolive, /v3/auth/authenticate.  Keys
  * and values travel base64-encoded; 64-bit numbers as strings. */
 #include "etcd_op.h"
@@ -33,6 +34,29 @@ static void prefix_range(buf_t *b, const char *prefix, const buf_t *from) {
   free(hi);
 }
 
+/* A put's fields: key, value, and the lease when keys hang on one. */
+static void put_fields(buf_t *b, const etcd_t *e, const char *key,
+                       const char *value, size_t vlen) {
+  b64_field(b, "key", key, strlen(key));
+  buf_putc(b, ',');
+  b64_field(b, "value", value, vlen);
+  if (e->ttl > 0 && e->lease)
+    buf_printf(b, ",\"lease\":\"%" PRId64 "\"", e->lease);
+}
+
+/* A fenced write (etcd_opts_t.fence_key) is a transaction whose one
+ * compare is the fence key's mod_revision: this opens it, up to the
+ * success branch's first request. */
+static void fence_open(buf_t *b, const etcd_op_t *op) {
+  const char *k = op->e->fence_key;
+  buf_puts(b, "\"compare\":[{");
+  b64_field(b, "key", k, strlen(k));
+  buf_printf(b,
+             ",\"target\":\"MOD\",\"result\":\"EQUAL\",\"mod_revision\":"
+             "\"%" PRId64 "\"}],\"success\":[",
+             op->fence_rev);
+}
+
 void etcd_v3_build(etcd_op_t *op) {
   etcd_t *e = op->e;
   buf_t *b = &op->body;
@@ -51,12 +75,20 @@ void etcd_v3_build(etcd_op_t *op) {
   buf_putc(b, '{');
   switch (op->kind) {
   case OP_PUT:
+    if (op->fence_rev) {
+      op->path = xstrdup("/v3/kv/txn");
+      fence_open(b, op);
+      buf_puts(b, "{\"request_put\":{");
+      put_fields(b, e, op->key, op->value, op->vlen);
+      buf_puts(b, "}}]");
+    } else {
+      op->path = xstrdup("/v3/kv/put");
+      put_fields(b, e, op->key, op->value, op->vlen);
+    }
+    break;
+  case OP_FENCE: /* a put of the fence key, on the lease like the keys */
     op->path = xstrdup("/v3/kv/put");
-    b64_field(b, "key", op->key, strlen(op->key));
-    buf_putc(b, ',');
-    b64_field(b, "value", op->value, op->vlen);
-    if (e->ttl > 0 && e->lease)
-      buf_printf(b, ",\"lease\":\"%" PRId64 "\"", e->lease);
+    put_fields(b, e, op->key, op->value, op->vlen);
     break;
   case OP_REFRESH: /* not used with v3 (the lease is kept alive): a read */
   case OP_GET:
@@ -65,12 +97,19 @@ void etcd_v3_build(etcd_op_t *op) {
     break;
   case OP_DELETE:
   case OP_DELETE_DIR: /* v3 has no directories */
-    op->path = xstrdup("/v3/kv/deleterange");
-    b64_field(b, "key", op->key, strlen(op->key));
-    break;
   case OP_DELETE_PREFIX:
-    op->path = xstrdup("/v3/kv/deleterange");
-    prefix_range(b, op->key, NULL);
+    if (op->fence_rev) {
+      op->path = xstrdup("/v3/kv/txn");
+      fence_open(b, op);
+      buf_puts(b, "{\"request_delete_range\":{");
+    } else {
+      op->path = xstrdup("/v3/kv/deleterange");
+    }
+    if (op->kind == OP_DELETE_PREFIX)
+      prefix_range(b, op->key, NULL);
+    else
+      b64_field(b, "key", op->key, strlen(op->key));
+    if (op->fence_rev) buf_puts(b, "}}]");
     break;
   case OP_LIST:
     op->path = xstrdup("/v3/kv/range");
@@ -80,20 +119,21 @@ void etcd_v3_build(etcd_op_t *op) {
     if (op->list_rev > 0)
       buf_printf(b, ",\"revision\":\"%" PRId64 "\"", op->list_rev);
     break;
-  case OP_TXN: /* no compares: the success branch always runs */
+  case OP_TXN: /* no compare but the fence's: all or nothing */
     op->path = xstrdup("/v3/kv/txn");
-    buf_puts(b, "\"success\":[");
+    if (op->fence_rev)
+      fence_open(b, op);
+    else
+      buf_puts(b, "\"success\":[");
     for (size_t i = 0; i < op->nitems; i++) {
       const etcd_txn_item_t *it = &op->items[i];
       if (i) buf_putc(b, ',');
-      buf_puts(b, it->is_delete ? "{\"request_delete_range\":{"
-                                : "{\"request_put\":{");
-      b64_field(b, "key", it->key, strlen(it->key));
-      if (!it->is_delete) {
-        buf_putc(b, ',');
-        b64_field(b, "value", it->value, it->vlen);
-        if (e->ttl > 0 && e->lease)
-          buf_printf(b, ",\"lease\":\"%" PRId64 "\"", e->lease);
+      if (it->is_delete) {
+        buf_puts(b, "{\"request_delete_range\":{");
+        b64_field(b, "key", it->key, strlen(it->key));
+      } else {
+        buf_puts(b, "{\"request_put\":{");
+        put_fields(b, e, it->key, it->value, it->vlen);
       }
       buf_puts(b, "}}");
     }
@@ -252,6 +292,30 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   if (r->status == 200 && root && !json_get(root, "error")) {
     /* a member list is the member's own view: no place in the history */
     if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_header(root, hdr);
+    if (op->fence_rev) { /* the gateway leaves out false: absent is false */
+      const json_value_t *ok = json_get(root, "succeeded");
+      if (!ok || ok->type != JSON_BOOL || !ok->u.boolean) {
+        res->status = ETCD_UNAVAILABLE;
+        snprintf(err, errlen,
+                 "the write fence %s moved since revision %" PRId64
+                 " (a move after a write in doubt, its lease lost, or "
+                 "another writer of it)",
+                 op->e->fence_key, op->fence_rev);
+        json_free(doc);
+        return REPLY_FENCED;
+      }
+      if (op->kind == OP_DELETE) { /* {"responses":[{"response_delete_range":
+                                      {"deleted":"1"}}]} */
+        const json_value_t *rs = json_get(root, "responses");
+        const json_value_t *first =
+            rs && rs->type == JSON_ARRAY ? rs->u.child : NULL;
+        if (json_int(json_get(json_get(first, "response_delete_range"),
+                              "deleted")) == 0)
+          res->status = ETCD_NOT_FOUND;
+      }
+      json_free(doc);
+      return REPLY_DONE;
+    }
     switch (op->kind) {
     case OP_LIST:
     case OP_GET:
@@ -325,7 +389,8 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     break;
   case 5: /* NOT_FOUND: a lease */
     res->status = ETCD_NOT_FOUND;
-    if (op->kind == OP_PUT || op->kind == OP_TXN) reply = REPLY_LEASE_LOST;
+    if (op->kind == OP_PUT || op->kind == OP_TXN || op->kind == OP_FENCE)
+      reply = REPLY_LEASE_LOST;
     break;
   case 4:  /* DEADLINE_EXCEEDED */
   case 10: /* ABORTED */

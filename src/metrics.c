@@ -120,17 +120,27 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
             "Times etcd was seen going back in time (a restored snapshot, "
             "another cluster id); each one lists the owned prefix again.",
             etcd_rewinds(in->etcd));
+  if (in->etcd) {
+    counter(b, "register_etcd_fence_moves_total",
+            "Moves of this host's write fence (v3, --etcd-fence): one at the "
+            "start, one after each write in doubt.",
+            etcd_fence_moves(in->etcd));
+    counter(b, "register_etcd_writes_in_doubt_total",
+            "Fenced writes given up on after they may have reached etcd; a "
+            "late copy of one finds the fence moved and changes nothing.",
+            etcd_fence_doubts(in->etcd));
+  }
   if (in->etcd)
     gauge(b, "register_etcd_endpoints",
           "etcd endpoints known: the configured ones and the members' "
           "client URLs learnt from etcd.",
           (double)etcd_endpoints(in->etcd));
   if (in->etcd) {
-    etcd_opstat_t st[16];
-    size_t n = etcd_stats(in->etcd, st, 16);
+    etcd_opstat_t st[24];
+    size_t n = etcd_stats(in->etcd, st, 24);
     help(b, "register_etcd_requests_total", "counter",
          "etcd operations by operation and result.");
-    for (size_t k = 0; k < n && k < 16; k++) {
+    for (size_t k = 0; k < n && k < 24; k++) {
       for (int s = 0; s < ETCD_STATUSES; s++) {
         if (!st[k].by_status[s]) continue;
         buf_printf(b,
@@ -143,7 +153,7 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
     help(b, "register_etcd_request_duration_seconds", "histogram",
          "Time from the start of an etcd operation to its result, "
          "retries on other endpoints included.");
-    for (size_t k = 0; k < n && k < 16; k++) {
+    for (size_t k = 0; k < n && k < 24; k++) {
       if (!st[k].count) continue;
       for (int i = 0; i < ETCD_BUCKETS; i++)
         buf_printf(b,

@@ -16,8 +16,10 @@ import urllib.request
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -122,10 +124,11 @@ class Env:
 
     def v3_auth(self, user="reg:regpw"):
         """root, and a user whose role may read and write this host's prefix
-        only; auth on.  etcdctl goes as root from now on."""
+        and its write fence only (README's RBAC example); auth on.  etcdctl goes as root from now on."""
         name = user.split(":")[0]
         for cmd in (["user", "add", ROOT], ["user", "add", user], ["role", "add", "regrole"],
                     ["role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/"],
+                    ["role", "grant-permission", "regrole", "readwrite", f"/register/fence/{IP}"],
                     ["user", "grant-role", name, "regrole"], ["auth", "enable"]):
             self.ctl3(*cmd)
         self.auth = ROOT
@@ -688,6 +691,176 @@ def a_put_given_up_on_in_a_partition_never_lands_later_v2():
 @suite.test
 def a_put_given_up_on_in_a_partition_never_lands_later_v3():
     put_given_up_on_in_a_partition("v3")
+
+
+# ---- g. a write that reaches etcd late, after later writes ----
+
+class HoldingProxy:
+    """A TCP proxy in front of etcd.  Passing, it forwards both ways.
+    Holding, it keeps what a client sends from then on and forwards
+    nothing, answers nothing: a member cut off with the request in hand.
+    release() delivers what it held to etcd, on a new connection, as such
+    a member does when the cut heals (a proposal in its kernel's send
+    queue to the leader, a load balancer's buffer), and keeps etcd's
+    answers."""
+
+    def __init__(self, upstream_port):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.holding = False
+        self.held = []  # one bytearray per client connection that sent while holding
+        self.answers = []
+        self.lock = threading.Lock()
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            u = socket.create_connection(self.upstream)
+            with self.lock:
+                self.socks += [c, u]
+            threading.Thread(target=self._up, args=(c, u), daemon=True).start()
+            threading.Thread(target=self._down, args=(u, c), daemon=True).start()
+
+    def _up(self, c, u):
+        mine = None
+        while True:
+            try:
+                data = c.recv(65536)
+            except OSError:  # reset by the client: what was held stays held
+                data = b""
+            if not data:
+                u.close()
+                return
+            with self.lock:
+                if self.holding:
+                    if mine is None:
+                        mine = bytearray()
+                        self.held.append(mine)
+                    mine += data
+                    continue
+            u.sendall(data)
+
+    def _down(self, u, c):
+        while True:
+            try:
+                data = u.recv(65536)
+                if not data:
+                    break
+                c.sendall(data)
+            except OSError:
+                break
+        try:
+            c.close()
+        except OSError:
+            pass
+
+    def hold(self):
+        with self.lock:
+            self.holding = True
+
+    def release(self):
+        """Sends every held request to etcd; returns etcd's answers."""
+        with self.lock:
+            self.holding = False
+            held, self.held = self.held, []
+        for req in held:
+            with socket.create_connection(self.upstream, timeout=5) as s:
+                s.sendall(bytes(req))
+                answer = b""
+                try:
+                    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                except socket.timeout:
+                    pass
+                self.answers.append(answer)
+        return held
+
+    def close(self):
+        self.lsock.close()
+        with self.lock:
+            for x in self.socks:
+                try:
+                    x.close()
+                except OSError:
+                    pass
+
+
+def late_write(fence):
+    """register writes through a member (the proxy) that keeps the put of a
+    new container and never answers; register gives up on it (the attempt's
+    time limit) and writes through the other endpoint; the container goes
+    and register deletes its key; then the held put reaches etcd.  Unfenced,
+    it brings the deleted key back, stale, until a listing repairs it (the
+    5-minute audit).  Fenced, register moved its fence after the write in
+    doubt, so the late copy's compare fails and it changes nothing."""
+    with Env() as env:
+        proxy = HoldingProxy(int(env.etcd.url.rsplit(":", 1)[1]))
+        env.cleanups.append(proxy.close)
+        env.start_new(1)
+        extra = [] if fence else ["--etcd-fence", "off"]
+        port = free_port()
+        r = env.register("--etcd-api", "v3", "--etcd-discovery", "off",
+                         "--etcd", f"http://127.0.0.1:{proxy.port},{env.etcd.url}",
+                         "--metrics", f"127.0.0.1:{port}", *extra)
+        env.converged("v3")
+        proxy.hold()
+        late = env.start_new(1)[0]
+        env.converged("v3", what="the new key written through the other endpoint")
+        env.fake.die(late)
+        env.fake.remove(late)
+        env.converged("v3", what="the gone container's key deleted")
+        held = proxy.release()
+        key_b64 = None
+        for req in held:
+            for k in re.findall(rb'"key":"([A-Za-z0-9+/=]+)"', bytes(req)):
+                name = base64.b64decode(k).decode(errors="replace")
+                if name.endswith("/" + late):
+                    key_b64 = k
+        assert key_b64, f"the proxy did not hold the new container's put: {held}"
+        assert proxy.answers and all(b" 200 OK" in a.split(b"\r\n", 1)[0] for a in proxy.answers), \
+            f"etcd did not take the late requests: {proxy.answers}"
+        log(f"{len(held)} held request(s) delivered late; etcd answered {proxy.answers[-1][-200:]!r}")
+        came_back = False
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            got = env.v3_tree()
+            if any(k.endswith("/" + late) for k in got):
+                came_back = True
+                break
+            time.sleep(0.1)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        doubts = re.search(r"^register_etcd_writes_in_doubt_total (\d+)", metrics, re.M)
+        if fence:
+            assert not came_back, "a put given up on landed late and brought a deleted key back"
+            env.converged("v3")
+            assert doubts and int(doubts.group(1)) >= 1, metrics
+            assert b"/v3/kv/txn" in held[0] and b'"compare"' in held[0], held[0][:300]
+        else:
+            # the hazard is real: what the fence is for
+            assert came_back, "unfenced, the late put did not land: this test proves nothing"
+        r.stop()
+
+
+@suite.test
+def a_write_that_lands_late_brings_a_key_back_without_the_fence_v3():
+    late_write(fence=False)
+
+
+@suite.test
+def a_write_that_lands_late_changes_nothing_with_the_fence_v3():
+    late_write(fence=True)
 
 
 suite.run()

@@ -98,6 +98,37 @@ def v3_auth_setup(e):
 
 
 @suite.test
+def v3_a_fence_key_the_role_may_not_write_is_said_once_and_writes_go_on():
+    # a role made before the write fence (v3_auth_setup grants /registered/
+    # only): etcd refuses the fence; register says so once, at warn, and
+    # writes unfenced rather than not at all
+    e = Etcd().start()
+    suite.defer(e.cleanup)
+    v3_auth_setup(e)
+    r = register(e.url, "--etcd-api", "v3", "--etcd-user", "reg:regpw", "--ttl", "30")
+    r.wait_log("in sync", timeout=30)
+    warn = [ln for ln in r.output().splitlines()
+            if " warn " in ln and "cannot write the fence key /register/fence/" + IP in ln]
+    assert len(warn) == 1 and "permission denied" in warn[0], r.output()[-2000:]
+    got = e.etcdctl("--user", "root:rootpw", "get", "--prefix", PREFIX + "/", "--keys-only", api="3")
+    assert f"{PREFIX}/bbx/{cid}" in got, got
+    # granted: the first write 30 s after the refusal fences again
+    e.etcdctl("--user", "root:rootpw", "role", "grant-permission", "regrole", "readwrite",
+              "/register/fence/" + IP, api="3")
+    time.sleep(31)
+    new = fake.add(running=False)
+    try:
+        fake.start_container(new)
+        r.wait_log("writes are fenced again", timeout=15)
+        fence = e.etcdctl("--user", "root:rootpw", "get", "/register/fence/" + IP, "--print-value-only",
+                          api="3")
+        assert "write fence" in fence, fence
+    finally:
+        fake.remove(new)  # the other tests share the fake
+    r.stop()
+
+
+@suite.test
 def v3_a_login_slower_than_a_second_is_waited_for():
     # etcd checks a password with bcrypt; at cost 14 that is about a second
     # of CPU here (at the default 10, a login takes as long when 50 hosts

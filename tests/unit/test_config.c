@@ -22,6 +22,7 @@ static const char *const env_vars[] = {"HOST_IP",
                                        "ETCD_ENDPOINT",
                                        "REGISTER_ETCD_API",
                                        "REGISTER_ETCD_DISCOVERY",
+                                       "REGISTER_ETCD_FENCE",
                                        "ETCDCTL_CACERT",
                                        "ETCDCTL_CERT",
                                        "ETCDCTL_KEY",
@@ -276,6 +277,22 @@ TEST(defaults) {
   ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-discovery", "maybe"), -1);
   ASSERT_CONTAINS(err, "--etcd-discovery \"maybe\" is not on or off");
   config_free(&c); /* what was parsed before the error, as main.c does */
+
+  /* the write fence: the default (NULL: app.c names it), a key, off */
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT(c.etcd_fence == NULL);
+  config_free(&c);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-fence", "/f/h1/"), 0);
+  ASSERT_STR_EQ(c.etcd_fence, "/f/h1");
+  config_free(&c);
+  setenv("REGISTER_ETCD_FENCE", "off", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 1), 0);
+  ASSERT_STR_EQ(c.etcd_fence, "off");
+  config_free(&c);
+  unsetenv("REGISTER_ETCD_FENCE");
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--etcd-fence", "fence"), -1);
+  ASSERT_CONTAINS(err, "--etcd-fence \"fence\" must be an absolute key path");
+  config_free(&c);
   clean_env();
 }
 
@@ -598,6 +615,7 @@ TEST(help_lists_every_option) {
                          "--etcd-cacert FILE",
                          "--etcd-cert FILE",
                          "--etcd-key FILE",
+                         "--etcd-fence KEY|off",
                          "--etcd-user USER[:PW]",
                          "--etcd-password-file F",
                          "--docker URL",
@@ -635,6 +653,7 @@ TEST(help_lists_every_option) {
       "default http://127.0.0.1:2379",
       "(REGISTER_ETCD_API; default v2)",
       "(REGISTER_ETCD_DISCOVERY; default on)",
+      "(REGISTER_ETCD_FENCE; default:",
       "(DOCKER_HOST; default unix:///var/run/docker.sock)",
       "default: the embedded",
       "(REGISTER_LOG_LEVEL; default info)",
