@@ -228,6 +228,10 @@ int64_t etcd_since_answer_ms(const etcd_t *e);
 const char *etcd_last_error(const etcd_t *e);
 /* How many times etcd was seen going back in time (rewound above). */
 uint64_t etcd_rewinds(const etcd_t *e);
+/* Deletes the fence key (the host deregistered: nothing of it is left);
+ * NULL, with no callback, when this client never wrote one.  Writes after
+ * it would write it again. */
+etcd_op_t *etcd_fence_remove(etcd_t *e, etcd_done_cb cb, void *data);
 /* The write fence: moves etcd acknowledged, and fenced writes given up on
  * in doubt (each asks for a move). */
 uint64_t etcd_fence_moves(const etcd_t *e);

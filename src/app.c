@@ -78,6 +78,9 @@ typedef struct {
   uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
+  int exit_now;        /* a second signal: no more waiting */
+  etcd_op_t *fence_op; /* deleting the write fence, deregistered */
+  int fence_done;      /* ... done (or failed, or there was none) */
   int exit_code;
 } app_t;
 
@@ -927,6 +930,19 @@ static void free_modules(app_t *a) {
   DROP(http_free, shttp);
 }
 
+static void stop_cb(uv_timer_t *t);
+
+/* The write fence is deleted last: every key of the host is gone. */
+static void fence_removed(void *data, const etcd_result_t *res) {
+  app_t *a = data;
+  a->fence_op = NULL;
+  a->fence_done = 1;
+  if (res->status != ETCD_OK && res->status != ETCD_NOT_FOUND)
+    log_warn("deregistered, but the write fence key is left: %s",
+             res->error ? res->error : "?");
+  uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
+}
+
 /* Runs from a timer, never from inside another module's callback. */
 static void stop_cb(uv_timer_t *t) {
   app_t *a = t->data;
@@ -942,6 +958,12 @@ static void stop_cb(uv_timer_t *t) {
   }
   if (a->deregistering && !reconcile_converged(a->rec))
     log_warn("exiting before every key could be deleted");
+  else if (a->deregistering && a->cfg->deregister_on_exit && a->etcd &&
+           !a->exit_now && t != &a->deadline_timer && !a->fence_done) {
+    if (!a->fence_op)
+      a->fence_op = etcd_fence_remove(a->etcd, fence_removed, a);
+    if (a->fence_op) return; /* fence_removed comes back */
+  }
   free_modules(a);
   uv_walk(&a->loop, close_walk_cb, NULL);
   /* closing the last signal handle gave SIGTERM its default action back: a
@@ -981,6 +1003,7 @@ static void signal_cb(uv_signal_t *s, int signum) {
   if (a->stopping) {
     log_warn("second signal: exiting now");
     a->deregistering = 1; /* skip waiting */
+    a->exit_now = 1;
     uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
     return;
   }

@@ -690,7 +690,7 @@ static void start_grant(etcd_t *e);
 /* Writes that carry the fence: every put, delete and transaction but a
  * compare-and-swap (a document, with its own compare). */
 static int fenced(const etcd_op_t *op) {
-  if (!op->e->fence_key) return 0;
+  if (!op->e->fence_key || op->unfenced) return 0;
   switch (op->kind) {
   case OP_PUT:
   case OP_DELETE:
@@ -1215,6 +1215,15 @@ const char *etcd_last_error(const etcd_t *e) {
 
 uint64_t etcd_rewinds(const etcd_t *e) {
   return e->rewinds;
+}
+
+etcd_op_t *etcd_fence_remove(etcd_t *e, etcd_done_cb cb, void *data) {
+  if (!e->fence_key || !e->fence_moves) return NULL;
+  e->fence_rev = 0; /* gone: a later write writes it again */
+  etcd_op_t *op = op_new(e, OP_DELETE, e->fence_key, data);
+  op->done = cb;
+  op->unfenced = 1;
+  return launch(op);
 }
 
 uint64_t etcd_fence_moves(const etcd_t *e) {

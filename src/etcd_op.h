@@ -133,6 +133,7 @@ struct etcd_op {
    * compares with (0: sent unfenced), and how often it found it moved */
   int64_t fence_rev;
   unsigned fence_retries;
+  int unfenced; /* a write that carries no fence (the fence's own delete) */
   int waiting;  /* 0, or WAIT_TOKEN, _LEASE, _FENCE: queued till then */
   list_t wnode; /* on e->wait[waiting] while waiting */
   http_req_t *req;

@@ -184,9 +184,12 @@ def large_prefix_is_listed_in_pages():
     r3 = register("--etcd-api", "v3", "--deregister-on-exit")
     r3.wait_log("in sync", timeout=60)
     wait_for(lambda: stale not in v3_tree(), what="stale key removed")
+    assert "write fence" in etcd.etcdctl("get", "/register/fence/" + IP, api="3")  # r3 wrote
     r3.stop()  # deregister: the whole prefix in one request
     assert "deleted " + PREFIX + " in one request" in r3.output()
     assert v3_tree() == {}
+    # and the host's write fence after it: nothing of the host is left
+    assert etcd.etcdctl("get", "/register/fence/" + IP, api="3") == ""
     for c in list(fake.containers):
         fake.remove(c)
 
