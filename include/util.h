@@ -59,6 +59,17 @@ void util_urlencode(buf_t *out, const char *s, size_t n, const char *keep);
 void util_base64_encode(buf_t *out, const void *p, size_t n);
 int util_base64_decode(buf_t *out, const char *s, size_t n);
 
+/* Text from anywhere (a policy's message, a command's output) made safe to
+ * print: C0 controls, DEL and C1 controls (in UTF-8) as \xNN and \u00NN
+ * (line breaks kept when keep_lines, for a traceback), bytes that are not
+ * UTF-8 as \xNN; at most max bytes of s, the rest cut and counted
+ * (" ... (N bytes more)"). */
+void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
+                     int keep_lines);
+/* The offset of the first byte of s that does not begin a valid UTF-8
+ * sequence (overlong forms and surrogates are not valid); n if none. */
+size_t util_utf8_bad_at(const char *s, size_t n);
+
 /* Monotonic milliseconds, for intervals that must not jump with the clock. */
 uint64_t util_now_ms(void);
 /* Appends what f holds (to its end), or the file at path, to out: 0, or

@@ -84,28 +84,11 @@ static void text_value(buf_t *b, const char *v) {
     json_escape(b, v, strlen(v));
 }
 
-/* The longest message a line carries; the rest is cut and counted. */
+/* The longest message a line carries; the rest is cut and counted.  A
+ * message (text format) is on one line: control characters escaped
+ * (util_clean_text), so that no text, whoever wrote it (a policy's error,
+ * a command's output), starts a line of its own or drives the terminal. */
 #define LOG_MSG_MAX 16384
-
-/* A message on one line: control characters (C0, DEL, and C1 in UTF-8) as
- * \xNN or \u00NN, so that no text, whoever wrote it (a policy's error, a
- * command's output), can start a line of its own or drive the terminal;
- * at most LOG_MSG_MAX bytes of it. */
-static void text_msg(buf_t *b, const char *s, size_t n) {
-  size_t keep = n > LOG_MSG_MAX ? LOG_MSG_MAX : n;
-  for (size_t i = 0; i < keep; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c < 0x20 || c == 0x7f) {
-      buf_printf(b, "\\x%02x", c);
-    } else if (c == 0xc2 && i + 1 < keep && (unsigned char)s[i + 1] >= 0x80 &&
-               (unsigned char)s[i + 1] <= 0x9f) {
-      buf_printf(b, "\\u00%02x", (unsigned char)s[++i]);
-    } else {
-      buf_putc(b, (char)c);
-    }
-  }
-  if (keep < n) buf_printf(b, " ... (%zu bytes more)", n - keep);
-}
 
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,
               ...) {
@@ -142,7 +125,17 @@ void log_emit(log_level_t level, const char *const *fields, const char *fmt,
     buf_puts(&line, "\",\"level\":\"");
     buf_puts(&line, level_names[level]);
     buf_puts(&line, "\",\"msg\":");
-    json_escape(&line, msg.data, msg.len > LOG_MSG_MAX ? LOG_MSG_MAX : msg.len);
+    const char *m = msg.data ? msg.data : "";
+    if (msg.len > LOG_MSG_MAX || util_utf8_bad_at(m, msg.len) < msg.len) {
+      /* JSON is UTF-8: bytes that are not, escaped (and the length cut) */
+      buf_t clean;
+      buf_init(&clean);
+      util_clean_text(&clean, m, msg.len, LOG_MSG_MAX, 1);
+      json_escape(&line, clean.data ? clean.data : "", clean.len);
+      buf_free(&clean);
+    } else {
+      json_escape(&line, m, msg.len);
+    }
     for (const char *const *f = fields; f && f[0]; f += 2) {
       if (!f[1]) continue;
       buf_putc(&line, ',');
@@ -157,7 +150,7 @@ void log_emit(log_level_t level, const char *const *fields, const char *fmt,
     } else {
       buf_printf(&line, "%s %-5s ", ts, level_names[level]);
     }
-    text_msg(&line, msg.data ? msg.data : "", msg.len);
+    util_clean_text(&line, msg.data ? msg.data : "", msg.len, LOG_MSG_MAX, 0);
     for (const char *const *f = fields; f && f[0]; f += 2) {
       if (!f[1]) continue;
       buf_printf(&line, " %s=", f[0]);

@@ -285,9 +285,10 @@ static void print_request(luaio_t *io, const char *method, const char *url,
     json_escape(line, *h, strlen(*h));
   }
   buf_puts(line, "]");
-  if (body) {
+  if (body) { /* its first 4 KiB, and its size */
     buf_puts(line, ",\"body\":");
-    json_escape(line, body, blen);
+    json_escape(line, body, blen > 4096 ? 4096 : blen);
+    if (blen > 4096) buf_printf(line, ",\"body_bytes\":%zu", blen);
   }
   buf_puts(line, "}\n");
   io->b.print(io->b.ud, line->data, line->len);

@@ -185,7 +185,8 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
           "Records the policy returned that failed validation.",
           in->policy_rejected);
   counter(b, "register_policy_hook_calls_dropped_total",
-          "Hook calls dropped because 64 were still running.",
+          "Hook calls dropped: 64 were still running, or the hooks had "
+          "held the daemon 250 ms of the last second.",
           in->hooks_dropped);
   help(b, "register_policy_reloads_total", "counter",
        "Policy reloads (SIGHUP), by result.");

@@ -175,8 +175,19 @@ void policy_failure_text(policy_t *p, const char *msg, char *err,
   if (p->reason == POLICY_ERR_MEMORY) /* Lua's message has no position */
     snprintf(err, errlen, "%smemory limit of %zu bytes reached", p->where,
              p->mem_limit);
-  else
-    snprintf(err, errlen, "%.*s", (int)strcspn(msg, "\n"), msg);
+  else {
+    /* the first line; and the next when the first only says where
+     * ("error loading module 'm' from file 'f':" and the reason below) */
+    int n = (int)strcspn(msg, "\n");
+    const char *next = msg[n] ? msg + n + 1 : NULL;
+    if (next && n > 0 && msg[n - 1] == ':') {
+      next += strspn(next, " \t");
+      snprintf(err, errlen, "%.*s %.*s", n, msg, (int)strcspn(next, "\n"),
+               next);
+    } else {
+      snprintf(err, errlen, "%.*s", n, msg);
+    }
+  }
 }
 
 /* ---- the one protected-call helper ---- */
@@ -221,41 +232,6 @@ void policy_count_failure(policy_t *p) {
 
 /* ---- keys ---- */
 
-/* The offset of the first byte of s that does not start a well-formed
- * UTF-8 sequence (Unicode's table 3-7: no overlong forms, no surrogates,
- * nothing past U+10FFFF), or len when s is valid throughout. */
-static size_t utf8_bad_at(const char *str, size_t len) {
-  const unsigned char *s = (const unsigned char *)str;
-  size_t i = 0;
-  while (i < len) {
-    unsigned char c = s[i];
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
-    if (c >= 0xc2 && c <= 0xdf)
-      n = 2;
-    else if (c >= 0xe0 && c <= 0xef) {
-      n = 3;
-      if (c == 0xe0) lo = 0xa0; /* overlong */
-      if (c == 0xed) hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      n = 4;
-      if (c == 0xf0) lo = 0x90; /* overlong */
-      if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
-    } else {
-      return i; /* a continuation byte, C0, C1 or F5..FF */
-    }
-    if (len - i < n || s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t k = 2; k < n; k++)
-      if (s[i + k] < 0x80 || s[i + k] > 0xbf) return i;
-    i += n;
-  }
-  return len;
-}
-
 /* s for a log line or an error: quotes, backslashes, control characters
  * and bytes that are not UTF-8 as \xNN, cut to what fits in out (with
  * "..."). */
@@ -263,7 +239,7 @@ static const char *printable(const char *s, size_t len, char *out,
                              size_t outlen) {
   size_t o = 0, i = 0;
   while (i < len) {
-    size_t bad = utf8_bad_at(s + i, len - i);
+    size_t bad = util_utf8_bad_at(s + i, len - i);
     size_t run = bad == 0 ? 1 : bad; /* a valid run, or one bad byte */
     for (size_t k = 0; k < run; k++) {
       unsigned char c = (unsigned char)s[i + k];
@@ -331,11 +307,36 @@ int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
       return -1;
     }
   }
-  size_t bad = utf8_bad_at(key, len);
+  size_t bad = util_utf8_bad_at(key, len);
   if (bad < len) {
     snprintf(err, errlen, "key is not valid UTF-8 (byte 0x%02x at offset %zu)",
              (unsigned char)key[bad], bad);
     return -1;
+  }
+  /* characters a reader of the key does not see, or that change what is
+   * seen around them: C1 controls and the soft hyphen, zero-width
+   * characters and direction marks, the line and paragraph separators,
+   * bidi embeddings, overrides and isolates, invisible operators, the BOM */
+  for (size_t i = 0; i + 1 < len; i++) {
+    const unsigned char *u = (const unsigned char *)key + i;
+    unsigned cp = 0;
+    if (u[0] == 0xc2 && (u[1] <= 0x9f || u[1] == 0xad))
+      cp = u[1];
+    else if (i + 2 < len && u[0] == 0xe2 && u[1] == 0x80 &&
+             ((u[2] >= 0x8b && u[2] <= 0x8f) || (u[2] >= 0xa8 && u[2] <= 0xae)))
+      cp = 0x2000 + (u[2] - 0x80);
+    else if (i + 2 < len && u[0] == 0xe2 && u[1] == 0x81 && u[2] >= 0xa0 &&
+             u[2] <= 0xaf)
+      cp = 0x2040 + (u[2] - 0x80);
+    else if (i + 2 < len && u[0] == 0xef && u[1] == 0xbb && u[2] == 0xbf)
+      cp = 0xfeff;
+    if (cp) {
+      snprintf(err, errlen,
+               "key has an invisible or control character (U+%04X at offset "
+               "%zu)",
+               cp, i);
+      return -1;
+    }
   }
   return 0;
 }
@@ -663,7 +664,7 @@ static int collect(lua_State *L) {
       snprintf(err, sizeof err, "value of %zu bytes is over the %u byte limit",
                vlen, MAX_VALUE);
       reject(c, key, klen, err);
-    } else if ((bad = utf8_bad_at(val, vlen)) < vlen) {
+    } else if ((bad = util_utf8_bad_at(val, vlen)) < vlen) {
       /* etcd v2 and the v3 gateway return values in JSON too: one that is
        * not UTF-8 comes back changed, and never converges */
       snprintf(err, sizeof err,

@@ -60,6 +60,14 @@ typedef struct {
   policy_checks_t *out;
 } checksargs_t;
 
+/* A status code as the policy gave it, or 0 (refused by checks_spec) when
+ * it is not an integer within 100-599: 2^32 + 200 is not 200. */
+static int status_code(lua_State *L, int idx) {
+  int isint = 0;
+  lua_Integer v = lua_tointegerx(L, idx, &isint);
+  return isint && v >= 100 && v <= 599 ? (int)v : 0;
+}
+
 /* checks(container, host) -> a list of check tables, converted into C
  * specs (strings copied: nothing points into Lua afterwards).  The specs
  * are the caller's (freed by it, also when this raises half way). */
@@ -108,13 +116,12 @@ static int call_checks(lua_State *L) {
     c->address = check_str(L, pc, i, "address");
     int st = lua_getfield(L, -1, "status");
     if (st == LUA_TNUMBER) {
-      c->status_min = c->status_max = (int)lua_tointeger(L, -1);
+      c->status_min = c->status_max = status_code(L, -1);
     } else if (st == LUA_TTABLE) {
       lua_rawgeti(L, -1, 1);
       lua_rawgeti(L, -2, 2);
-      c->status_min = (int)lua_tointeger(L, -2);
-      c->status_max =
-          lua_isnil(L, -1) ? c->status_min : (int)lua_tointeger(L, -1);
+      c->status_min = status_code(L, -2);
+      c->status_max = lua_isnil(L, -1) ? c->status_min : status_code(L, -1);
       lua_pop(L, 2);
     } else if (st != LUA_TNIL) {
       return luaL_error(L, "check %d: status is a %s", (int)i + 1,

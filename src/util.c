@@ -174,6 +174,72 @@ void util_urlencode(buf_t *out, const char *s, size_t n, const char *keep) {
   }
 }
 
+size_t util_utf8_bad_at(const char *str, size_t len) {
+  const unsigned char *s = (const unsigned char *)str;
+  size_t i = 0;
+  while (i < len) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf; /* the second byte's range */
+    if (c >= 0xc2 && c <= 0xdf)
+      n = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) lo = 0xa0; /* overlong */
+      if (c == 0xed) hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) lo = 0x90; /* overlong */
+      if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
+    } else {
+      return i; /* a continuation byte, C0, C1 or F5..FF */
+    }
+    if (len - i < n || s[i + 1] < lo || s[i + 1] > hi) return i;
+    for (size_t k = 2; k < n; k++)
+      if (s[i + k] < 0x80 || s[i + k] > 0xbf) return i;
+    i += n;
+  }
+  return len;
+}
+
+void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
+                     int keep_lines) {
+  size_t keep = n > max ? max : n;
+  size_t i = 0;
+  while (i < keep) {
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c < 0x7f) { /* the common case: a run of ASCII */
+      size_t j = i + 1;
+      while (j < keep && (unsigned char)s[j] >= 0x20 &&
+             (unsigned char)s[j] < 0x7f)
+        j++;
+      buf_append(out, s + i, j - i);
+      i = j;
+    } else if (c == '\n' && keep_lines) {
+      buf_putc(out, '\n');
+      i++;
+    } else if (c < 0x80) { /* C0 or DEL */
+      buf_printf(out, "\\x%02x", c);
+      i++;
+    } else if (util_utf8_bad_at(s + i, keep - i < 4 ? keep - i : 4) == 0) {
+      buf_printf(out, "\\x%02x", c); /* not UTF-8 (or cut by max) */
+      i++;
+    } else if (c == 0xc2 && (unsigned char)s[i + 1] <= 0x9f) {
+      buf_printf(out, "\\u00%02x", (unsigned char)s[i + 1]); /* C1 */
+      i += 2;
+    } else { /* one valid sequence */
+      size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+      buf_append(out, s + i, len);
+      i += len;
+    }
+  }
+  if (keep < n) buf_printf(out, " ... (%zu bytes more)", n - keep);
+}
+
 static const char b64[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 

@@ -70,6 +70,9 @@ struct worker {
   uint64_t seen[POLICY_ERR_REASONS + 2]; /* its counters at its last reply */
   size_t nhooks;                         /* hook calls alive in it */
   const char *step_label;                /* the hook whose run is in progress */
+  /* the hooks' share of the loop: ms their steps took in this second */
+  uint64_t hook_sec_start, hook_sec_ms;
+  unsigned long hooks_shed; /* new calls dropped for it (said 1 in 1000) */
   map_t *io_labels; /* its I/O requests (decimal id) -> their hook's label */
 
   /* dying */
@@ -343,6 +346,11 @@ static int over_memory(worker_t *w) {
   return 1;
 }
 
+/* The policy's text (its error's message, the traceback) is printed and
+ * logged: escaped (util_clean_text) and cut here, whatever the worker did. */
+#define WORKER_TRACE_MAX 16384
+#define WORKER_PRINT_MAX 65536
+
 static void on_log(worker_t *w, wire_rd_t *rd) {
   log_level_t level = (log_level_t)wire_get_num(rd);
   size_t nf = (size_t)wire_get_num(rd);
@@ -372,7 +380,53 @@ static void on_log(worker_t *w, wire_rd_t *rd) {
   }
   w->call_lines++;
   w->sec_lines++;
+  /* the policy's fields: escaped and cut (the message is, by log.c) */
+  buf_t clean[16];
+  for (size_t i = 0; i < nf; i++) {
+    buf_init(&clean[i]);
+    const char *v = fields[2 * i + 1] ? fields[2 * i + 1] : "";
+    util_clean_text(&clean[i], v, strlen(v), 1024, 0);
+    fields[2 * i + 1] = clean[i].data ? clean[i].data : "";
+  }
   log_emit(level, nf ? fields : NULL, "%s", msg);
+  for (size_t i = 0; i < nf; i++)
+    buf_free(&clean[i]);
+}
+
+/* A request `check` and --dry-run print instead of sending it (luaio.c's
+ * one-line JSON): counted with the log lines, against the same caps, and
+ * printed only if it is one line of text no longer than WORKER_PRINT_MAX
+ * (else a line says what was left out). */
+static void on_print(worker_t *w, wire_rd_t *rd) {
+  size_t len;
+  const char *line = wire_get_str(rd, &len);
+  if (!line) {
+    rd->bad = 1;
+    return;
+  }
+  uint64_t now = util_now_ms();
+  if (now - w->sec_start >= 1000) {
+    w->sec_start = now;
+    w->sec_lines = 0;
+  }
+  if (w->call_lines >= WORKER_LOG_PER_CALL ||
+      w->sec_lines >= WORKER_LOG_PER_SEC) {
+    w->call_dropped++;
+    w->ws->log_dropped++;
+    return;
+  }
+  w->call_lines++;
+  w->sec_lines++;
+  int ok = len > 0 && len <= WORKER_PRINT_MAX && line[len - 1] == '\n';
+  for (size_t i = 0; ok && i + 1 < len; i++)
+    ok = (unsigned char)line[i] >= 0x20 && line[i] != 0x7f;
+  if (ok)
+    fwrite(line, 1, len, stdout);
+  else
+    printf("{\"op\":\"http\",\"error\":\"a request of %zu bytes, not "
+           "shown: too long or not one line\"}\n",
+           len);
+  fflush(stdout);
 }
 
 /* A module for `require`: DIR/rel, rel as sandbox.c made it. */
@@ -478,15 +532,9 @@ static int wait_reply(worker_t *w, uint64_t deadline, wire_rd_t *rd, int *type,
       }
       if (t == WIRE_LOG)
         on_log(w, rd);
-      else if (t == WIRE_PRINT) {
-        size_t len;
-        const char *line = wire_get_str(rd, &len);
-        if (line) {
-          fwrite(line, 1, len, stdout);
-          fflush(stdout);
-        } else
-          rd->bad = 1;
-      } else if (t == WIRE_IO)
+      else if (t == WIRE_PRINT)
+        on_print(w, rd);
+      else if (t == WIRE_IO)
         on_io(w, rd);
       else if (t == WIRE_IO_CANCEL) {
         uint64_t id = wire_get_num(rd);
@@ -788,12 +836,21 @@ static int died(worker_t *w, const char *fn, const char *id, char *err,
 /* A FAIL reply: the call failed inside the policy (counted by the worker). */
 static int failed_reply(worker_t *w, wire_rd_t *rd, char *err, size_t errlen) {
   uint64_t r = wire_get_num(rd);
-  const char *msg = wire_get_str(rd, NULL);
-  const char *tb = wire_get_str(rd, NULL);
+  size_t mlen = 0, tlen = 0;
+  const char *msg = wire_get_str(rd, &mlen);
+  const char *tb = wire_get_str(rd, &tlen);
   w->reason = r < POLICY_ERR_REASONS ? (policy_reason_t)r : POLICY_ERR_ERROR;
   buf_reset(&w->trace);
-  if (tb) buf_puts(&w->trace, tb);
-  snprintf(err, errlen, "%s", msg ? msg : "the policy call failed");
+  if (tb) util_clean_text(&w->trace, tb, tlen, WORKER_TRACE_MAX, 1);
+  if (!msg) {
+    snprintf(err, errlen, "the policy call failed");
+    return -1;
+  }
+  buf_t m;
+  buf_init(&m);
+  util_clean_text(&m, msg, mlen, errlen, 0);
+  snprintf(err, errlen, "%s", m.data ? m.data : "");
+  buf_free(&m);
   return -1;
 }
 
@@ -1129,8 +1186,9 @@ static int read_checks(worker_t *w, wire_rd_t *rd, int type, const char *id,
     s->type = (checks_type_t)wire_get_num(rd);
     s->path = keep_str(out, wire_get_str(rd, NULL));
     s->method = keep_str(out, wire_get_str(rd, NULL));
-    s->status_min = (int)wire_get_num(rd);
-    s->status_max = (int)wire_get_num(rd);
+    uint64_t lo = wire_get_num(rd), hi = wire_get_num(rd);
+    s->status_min = lo <= 599 ? (int)lo : 0; /* else refused below */
+    s->status_max = hi <= 599 ? (int)hi : 0;
     s->host = keep_str(out, wire_get_str(rd, NULL));
     s->interval_ms = (long)wire_get_num(rd);
     s->timeout_ms = (long)wire_get_num(rd);
@@ -1616,13 +1674,39 @@ int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,
 static void tick_cb(uv_timer_t *t);
 
 /* A hook step (w->out): its reply says how many hook calls are alive. */
+/* A hook's step holds the daemon's loop while it runs (up to
+ * --policy-timeout): a policy whose hooks each stay within their limits
+ * could still take the loop from everything else (a changed() of 0.3 s,
+ * once per key).  New hook calls get at most HOOK_SHARE_MS of every
+ * second; past that they are dropped and counted with the calls dropped
+ * for MAX_HOOKS.  The steps of calls already running (I/O answers, ticks)
+ * always go on. */
+#define HOOK_SHARE_MS 250
+
 static void step(worker_t *w, const char *label) {
   wire_rd_t rd;
   int type;
   char err[400];
+  int new_call = strcmp(label, "event") == 0 || strcmp(label, "changed") == 0;
+  uint64_t t0 = util_now_ms();
+  if (t0 - w->hook_sec_start >= 1000) {
+    w->hook_sec_start = t0;
+    w->hook_sec_ms = 0;
+  }
+  if (new_call && w->hook_sec_ms >= HOOK_SHARE_MS) {
+    w->stats->hooks_dropped++;
+    if (w->hooks_shed++ % 1000 == 0)
+      log_warn("policy %s: %s hook call dropped: the hooks took %llu ms of "
+               "the last second, more than the %d ms they may hold the "
+               "daemon (%lu dropped so far)",
+               w->name, label, (unsigned long long)w->hook_sec_ms,
+               HOOK_SHARE_MS, w->hooks_shed);
+    return;
+  }
   w->step_label = label;
   int rc = call(w, &rd, &type, err, sizeof err);
   w->step_label = NULL;
+  w->hook_sec_ms += util_now_ms() - t0;
   if (rc < 0) {
     log_error("policy %s: %s hook failed: %s (reason: %s)", w->name, label, err,
               policy_reason_name(w->reason));

@@ -579,4 +579,50 @@ return { prefix = default.prefix, records = function(c, host)
         r.stop(timeout=5)
 
 
+@suite.test
+def slow_hooks_do_not_starve_registration():
+    """A changed() hook that takes 0.3 s of the daemon per call, each call
+    within --policy-timeout, once for each of 40 keys: before, a container
+    started meanwhile waited 9-12 s to be registered (every hook step holds
+    the loop).  New hook calls now get at most a quarter of each second;
+    the rest are dropped and counted."""
+    reset()
+    policy = os.path.join(WORK, "slow_changed.lua")
+    with open(policy, "w") as f:
+        f.write("""local default = require "register.default"
+return { prefix = default.prefix,
+  records = function(c, host)
+    local r = default.records(c, host)
+    if c.name == "evil" then
+      for i = 1, 40 do r["%s/evil-extra/" .. c.id .. "/" .. i] = "v" end
+    end
+    return r
+  end,
+  changed = function(op, key, value)
+    if key:find("evil-extra", 1, true) then string.find(("a"):rep(80), ".-.-.-.-b") end
+  end }
+""" % PREFIX)
+    good1 = fake.add(name="good1")
+    port = free_port()
+    r, _ = register(policy, port, 5000)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        t = time.time()
+        fake.emit(fake.event("start", fake.add(name="evil", image="evil")))
+        wait_for(lambda: sum("/evil-extra/" in k for k in etcd.tree()) == 40, 30, what="evil's keys")
+        good2 = fake.add(name="good2")
+        t2 = time.time()
+        fake.emit(fake.event("start", good2))
+        wait_for(lambda: key(good2) in etcd.tree(), 30, interval=0.05, what="a container started after")
+        late = time.time() - t2
+        print(f"[test] good2 {late:.2f} s after its start, {time.time() - t:.2f} s after evil's", flush=True)
+        text = metrics_text(port)
+        dropped = float(re.search(r"^register_policy_hook_calls_dropped_total (\S+)", text, re.M).group(1))
+        assert late < 3, f"registered {late:.1f} s after its start ({time.time() - t:.1f} s since evil's)"
+        assert dropped >= 1, text
+        assert "hook call dropped: the hooks took" in r.output()
+        assert key(good1) in etcd.tree()
+        r.stop(timeout=5)
+
+
 suite.run()

@@ -380,4 +380,83 @@ return { checks = function(c) return { { port = "80/tcp", interval = 0.1, timeou
     assert r.returncode == 0, r.stderr
 
 
+@suite.test
+def a_policys_text_is_escaped_and_cut_wherever_it_is_printed():
+    # found by a hostile-policy review (2026-12-07): an error's message
+    # drove the terminal (ESC, CR), an error object's __tostring printed 31 MB
+    # and 5 million lines as the traceback, and a hook printed 270 MB of
+    # requests in one call; register check prints only what the daemon
+    # cleaned and cut (the worker is not trusted to)
+    p = write("escapes.lua", r"""
+local register = require "register"
+local big = "line1\n" .. string.rep("\27[41m\n", 1024 * 1024)
+return { records = function(c)
+    if c.name:find("twobind", 1, true) then error("\27[2K\rOK all good\27[8m hidden\11\12\194\133x", 0) end
+    error(setmetatable({}, { __tostring = function() return big end }))
+  end,
+  changed = function() end }
+""")
+    files = [os.path.join(DATA, f) for f in ("multi.json", "twobind.json")]
+    r = subprocess.run([REGISTER, "check", "--host-ip", "10.0.0.9", p, *files], capture_output=True, timeout=30)
+    err = r.stderr.decode("utf-8")  # UTF-8 throughout
+    assert r.returncode == 1, err[-2000:]
+    assert "\x1b" not in err and "\r" not in err and "\x0b" not in err and "\x85" not in err, err[-2000:]
+    assert r"\x1b[2K\x0dOK all good\x1b[8m hidden\x0b\x0c\u0085x (reason: error)" in err, err[-2000:]
+    assert r"\x1b[41m" in err, err[-2000:]
+    assert len(r.stderr) < 100_000, f"{len(r.stderr)} bytes on stderr"
+    assert "bytes more)" in err, err[-2000:]
+
+    # requests printed instead of sent: a body is shown up to 4 KiB, and a
+    # call prints what its log lines may (the same caps)
+    p = write("prints.lua", r"""
+local register = require "register"
+local body = string.rep("\1", 5 * 1024 * 1024)
+return { records = function(c) return { ["/p/" .. c.id] = "v" } end,
+  changed = function()
+    while true do register.http.request { url = "http://x/", body = body } end
+  end }
+""")
+    r = subprocess.run([REGISTER, "check", "--host-ip", "10.0.0.9", "--policy-timeout", "2000", p,
+                        os.path.join(DATA, "multi.json")], capture_output=True, timeout=60)
+    out = r.stdout.decode()
+    printed = [json.loads(ln) for ln in out.splitlines() if '"op":"http"' in ln]
+    assert 1 <= len(printed) <= 500, len(printed)
+    assert printed[0]["body_bytes"] == 5 * 1024 * 1024 and len(printed[0]["body"]) == 4096, printed[0].keys()
+    assert len(r.stdout) < 20 * 1024 * 1024, f"{len(r.stdout)} bytes printed"
+
+
+@suite.test
+def a_module_that_fails_to_load_says_why():
+    d = tmpdir("rpk")
+    os.makedirs(os.path.join(d, "lib"))
+    with open(os.path.join(d, "lib", "broken.lua"), "w") as f:
+        f.write("return {\n")
+    p = os.path.join(d, "uses.lua")
+    with open(p, "w") as f:
+        f.write('local b = require "lib.broken"\nreturn { records = function() end }\n')
+    r = check("--host-ip", "10.0.0.9", p, os.path.join(DATA, "multi.json"))
+    assert r.returncode != 0, r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if "error loading module 'lib.broken'" in ln)
+    assert "broken.lua:" in line and "expected" in line.split("broken.lua':", 1)[1], line
+
+
+@suite.test
+def check_status_codes_out_of_range_are_refused_not_wrapped():
+    # 2^32 + 200 was taken as 200 (an int cast): a check that could never
+    # fail the way its author wrote it
+    for status in ("2^32 + 200", "{200, 2^32 + 299}", "200.5", "-200"):
+        p = write("status.lua", f"""
+return {{ checks = function(c) return {{ {{ port = "80/tcp", type = "http", status = {status} }} }} end,
+          records = function(c) return {{ ["/x"] = "y" }} end }}
+""")
+        r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, os.path.join(DATA, "multi.json"))
+        assert r.returncode == 1 and "is not within 100-599" in r.stderr, (status, r.stderr)
+    p = write("status.lua", """
+return { checks = function(c) return { { port = "80/tcp", type = "http", status = {200, 299} } } end,
+         records = function(c) return { ["/x"] = "y" } end }
+""")
+    r = check("--host-ip", "10.0.0.9", "--hostname", "n", p, os.path.join(DATA, "multi.json"))
+    assert r.returncode == 0, r.stderr
+
+
 suite.run()

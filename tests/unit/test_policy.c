@@ -430,12 +430,36 @@ TEST(keys_and_values_must_be_utf8) {
     ASSERT_CONTAINS(err, "not valid UTF-8 (byte 0x");
     ASSERT_CONTAINS(err, "at offset 2)");
   }
-  static const char *const good[] = {"/a\xc2\x80",        "/a\xdf\xbf",
+  static const char *const good[] = {"/a\xc2\xa0",        "/a\xdf\xbf",
                                      "/a\xe0\xa0\x80",    "/a\xed\x9f\xbf",
                                      "/a\xee\x80\x80",    "/a\xf0\x90\x80\x80",
                                      "/a\xf4\x8f\xbf\xbf"};
   for (size_t i = 0; i < ARRAY_SIZE(good); i++)
     ASSERT_EQ(policy_check_key(good[i], strlen(good[i]), err, sizeof err), 0);
+
+  /* valid UTF-8 that a reader does not see, or that changes what is seen:
+   * C1 controls, the soft hyphen, zero-width characters, the line
+   * separator, a right-to-left override, an isolate, the BOM */
+  static const struct {
+    const char *key, *cp;
+  } hidden[] = {{"/a\xc2\x80", "U+0080"},     {"/a\xc2\x85", "U+0085"},
+                {"/a\xc2\x9b", "U+009B"},     {"/a\xc2\xad", "U+00AD"},
+                {"/a\xe2\x80\x8b", "U+200B"}, {"/a\xe2\x80\xa8", "U+2028"},
+                {"/a\xe2\x80\xae", "U+202E"}, {"/a\xe2\x81\xa6", "U+2066"},
+                {"/a\xef\xbb\xbf", "U+FEFF"}};
+  for (size_t i = 0; i < ARRAY_SIZE(hidden); i++) {
+    ASSERT_EQ(
+        policy_check_key(hidden[i].key, strlen(hidden[i].key), err, sizeof err),
+        -1);
+    ASSERT_CONTAINS(err, "invisible or control character");
+    ASSERT_CONTAINS(err, hidden[i].cp);
+    ASSERT_CONTAINS(err, "at offset 2)");
+  }
+  /* their neighbours are fine: NBSP, U+2010 (a hyphen), U+2030, U+2070 */
+  static const char *const near[] = {"/a\xc2\xa0", "/a\xe2\x80\x90",
+                                     "/a\xe2\x80\xb0", "/a\xe2\x81\xb0"};
+  for (size_t i = 0; i < ARRAY_SIZE(near); i++)
+    ASSERT_EQ(policy_check_key(near[i], strlen(near[i]), err, sizeof err), 0);
 }
 
 TEST(records_caps_per_container) {

@@ -20,6 +20,37 @@ TEST(urlencode) {
   buf_free(&b);
 }
 
+TEST(clean_text) {
+  buf_t b;
+  buf_init(&b);
+  /* ASCII as is; C0, DEL and C1 escaped; valid UTF-8 kept; other bytes as
+   * \xNN; line breaks kept only when asked */
+  const char in[] =
+      "ok \"q\" \x1b[2J\r\nx\x7f \xc2\x9b \xc3\xa9 \xe2\x98\xba \xff\xc0\xaf\t";
+  util_clean_text(&b, in, sizeof in - 1, 1000, 0);
+  ASSERT_STR_EQ(b.data, "ok \"q\" \\x1b[2J\\x0d\\x0ax\\x7f \\u009b \xc3\xa9 "
+                        "\xe2\x98\xba \\xff\\xc0\\xaf\\x09");
+  buf_reset(&b);
+  util_clean_text(&b, "a\nb", 3, 1000, 1);
+  ASSERT_STR_EQ(b.data, "a\nb");
+  /* cut at max, and counted; a sequence cut by max is bytes, not text */
+  buf_reset(&b);
+  util_clean_text(&b, "abcdef", 6, 4, 0);
+  ASSERT_STR_EQ(b.data, "abcd ... (2 bytes more)");
+  buf_reset(&b);
+  util_clean_text(&b, "ab\xe2\x98\xba", 5, 3, 0);
+  ASSERT_STR_EQ(b.data, "ab\\xe2 ... (2 bytes more)");
+  /* what it makes is clean: a second pass changes nothing */
+  buf_t again;
+  buf_init(&again);
+  buf_reset(&b);
+  util_clean_text(&b, in, sizeof in - 1, 1000, 0);
+  util_clean_text(&again, b.data, b.len, 1000, 0);
+  ASSERT_STR_EQ(again.data, b.data);
+  buf_free(&again);
+  buf_free(&b);
+}
+
 TEST(base64) {
   const char *in[] = {"", "f", "fo", "foo", "foob", "/registered/\xff"};
   const char *out[] = {
@@ -148,6 +179,6 @@ TEST(map_against_a_model) {
   map_free(m);
 }
 
-TEST_MAIN(TEST_ENTRY(urlencode), TEST_ENTRY(base64),
+TEST_MAIN(TEST_ENTRY(urlencode), TEST_ENTRY(clean_text), TEST_ENTRY(base64),
           TEST_ENTRY(map_put_get_delete_iterate),
           TEST_ENTRY(map_against_a_model))
