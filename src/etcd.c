@@ -762,6 +762,7 @@ static void release_waiting(etcd_t *e, int which, int do_fail, etcd_status_t st,
 static void start_fence(etcd_t *e) {
   if (e->fence_pending) return;
   e->fence_pending = 1;
+  e->fence_started_ms = uv_now(e->loop);
   etcd_op_t *op = op_new(e, OP_FENCE, e->fence_key, NULL);
   op->value = xasprintf("the write fence of a register (pid %ld): its writes "
                         "compare with this key's revision",
@@ -776,6 +777,7 @@ static void fence_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
   if (res->status == ETCD_OK && op->moved_to > 0) {
     e->fence_rev = op->moved_to;
     e->fence_moves++;
+    e->fence_again = 0;
     e->fence_off_until_ms = 0;
     if (e->fence_refused_said) {
       e->fence_refused_said = 0;
@@ -800,6 +802,22 @@ static void fence_finished(etcd_t *e, etcd_op_t *op, const etcd_result_t *res) {
     release_waiting(e, WAIT_FENCE, 0, ETCD_OK, NULL); /* unfenced */
     return;
   }
+  /* A move started in a partition spends its budget on members that do
+   * not answer, and can fail just after the cut healed, when the writes
+   * waiting for it (the rewrite of a lost lease among them) would go
+   * through: if etcd answered anything since this move began, it is
+   * started again at once (a few times in a row), not failed with them
+   * (seen: 10 hosts healed from a partition, half of them 3-5 s late,
+   * their writes waiting out a back-off). */
+  if (e->last_ok_ms > e->fence_started_ms && e->fence_again < 3) {
+    e->fence_again++;
+    log_debug("etcd: moving the fence %s failed (%s), while etcd answers: "
+              "again",
+              e->fence_key, why);
+    start_fence(e);
+    return;
+  }
+  e->fence_again = 0;
   /* etcd did not answer: neither would it to the writes waiting */
   char msg[700];
   snprintf(msg, sizeof msg, "cannot move the write fence %s: %s", e->fence_key,
