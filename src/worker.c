@@ -351,6 +351,25 @@ static int over_memory(worker_t *w) {
 #define WORKER_TRACE_MAX 16384
 #define WORKER_PRINT_MAX 65536
 
+/* A line the policy sends (a log line, a printed request) within the caps
+ * per call and per second; 0: dropped, and counted. */
+static int line_allowed(worker_t *w) {
+  uint64_t now = util_now_ms();
+  if (now - w->sec_start >= 1000) {
+    w->sec_start = now;
+    w->sec_lines = 0;
+  }
+  if (w->call_lines >= WORKER_LOG_PER_CALL ||
+      w->sec_lines >= WORKER_LOG_PER_SEC) {
+    w->call_dropped++;
+    w->ws->log_dropped++;
+    return 0;
+  }
+  w->call_lines++;
+  w->sec_lines++;
+  return 1;
+}
+
 static void on_log(worker_t *w, wire_rd_t *rd) {
   log_level_t level = (log_level_t)wire_get_num(rd);
   size_t nf = (size_t)wire_get_num(rd);
@@ -367,19 +386,7 @@ static void on_log(worker_t *w, wire_rd_t *rd) {
     return;
   }
   fields[2 * nf] = NULL;
-  uint64_t now = util_now_ms();
-  if (now - w->sec_start >= 1000) {
-    w->sec_start = now;
-    w->sec_lines = 0;
-  }
-  if (w->call_lines >= WORKER_LOG_PER_CALL ||
-      w->sec_lines >= WORKER_LOG_PER_SEC) {
-    w->call_dropped++;
-    w->ws->log_dropped++;
-    return;
-  }
-  w->call_lines++;
-  w->sec_lines++;
+  if (!line_allowed(w)) return;
   /* the policy's fields: escaped and cut (the message is, by log.c) */
   buf_t clean[16];
   for (size_t i = 0; i < nf; i++) {
@@ -404,19 +411,7 @@ static void on_print(worker_t *w, wire_rd_t *rd) {
     rd->bad = 1;
     return;
   }
-  uint64_t now = util_now_ms();
-  if (now - w->sec_start >= 1000) {
-    w->sec_start = now;
-    w->sec_lines = 0;
-  }
-  if (w->call_lines >= WORKER_LOG_PER_CALL ||
-      w->sec_lines >= WORKER_LOG_PER_SEC) {
-    w->call_dropped++;
-    w->ws->log_dropped++;
-    return;
-  }
-  w->call_lines++;
-  w->sec_lines++;
+  if (!line_allowed(w)) return;
   int ok = len > 0 && len <= WORKER_PRINT_MAX && line[len - 1] == '\n';
   for (size_t i = 0; ok && i + 1 < len; i++)
     ok = (unsigned char)line[i] >= 0x20 && line[i] != 0x7f;
