@@ -232,42 +232,6 @@ void policy_count_failure(policy_t *p) {
 
 /* ---- keys ---- */
 
-/* s for a log line or an error: quotes, backslashes, control characters
- * and bytes that are not UTF-8 as \xNN, cut to what fits in out (with
- * "..."). */
-static const char *printable(const char *s, size_t len, char *out,
-                             size_t outlen) {
-  size_t o = 0, i = 0;
-  while (i < len) {
-    size_t bad = util_utf8_bad_at(s + i, len - i);
-    size_t run = bad == 0 ? 1 : bad; /* a valid run, or one bad byte */
-    for (size_t k = 0; k < run; k++) {
-      unsigned char c = (unsigned char)s[i + k];
-      char tmp[5];
-      size_t tn;
-      if (bad == 0 || c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-        snprintf(tmp, sizeof tmp, "\\x%02x", c);
-        tn = 4;
-      } else {
-        tmp[0] = (char)c;
-        tn = 1;
-      }
-      /* a multi-byte character is copied whole or not at all */
-      size_t need = tn;
-      if (c >= 0xc0 && bad != 0) need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-      if (o + need + 4 > outlen) {
-        snprintf(out + o, outlen - o, "...");
-        return out;
-      }
-      memcpy(out + o, tmp, tn);
-      o += tn;
-    }
-    i += run;
-  }
-  out[o] = '\0';
-  return out;
-}
-
 int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
   if (len == 0 || key[0] != '/') {
     snprintf(err, errlen, "key is not absolute (must start with '/')");
@@ -601,9 +565,11 @@ typedef struct {
 /* One record rejected: logged (the key made printable) and counted. */
 static void reject(collect_t *c, const char *key, size_t klen,
                    const char *why) {
-  char pk[200];
-  log_error("policy %s: container %.12s: key \"%s\": %s; record skipped",
-            c->p->name, c->id, printable(key, klen, pk, sizeof pk), why);
+  buf_t pk = {0}; /* the key, escaped and cut (util_clean_text) */
+  util_clean_text(&pk, key, klen, 160, 0);
+  log_error("policy %s: container %.12s: key \"%.*s\": %s; record skipped",
+            c->p->name, c->id, (int)pk.len, pk.data ? pk.data : "", why);
+  buf_free(&pk);
   c->out->rejected++;
 }
 
