@@ -4,6 +4,7 @@
     bench/traffic.py                      every scenario, 10 backends, 100 requests/s
     bench/traffic.py --backends 4 --rate 200 --scenarios deploy,stop
     bench/run.py traffic                  the same, from the bench suite (its build)
+    bench/traffic.py --registrator BIN    registrator (bench/registrator.sh) in register's place
 
 register (the daemon) follows a real dockerd of its own and writes the
 default schema to a 3-member etcd 3.4 cluster (on tmpfs, loopback);
@@ -53,6 +54,14 @@ change was written is up (its stderr lines are time-stamped as they
 arrive).  That is the debounce of register watch (--wait, default
 20ms:250ms), the render, `haproxy -c` and haproxy's re-exec.
 
+With --registrator, gliderlabs/registrator v7 (built by bench/registrator.sh)
+registers the same backends in its own layout (/services/<name>/<id> =
+ip:port; no TTL, deregistration at `die`, as it runs by default), and
+register watch renders them with register.render.registrator_haproxy: the
+same haproxy, load and measures, side by side.  Its scenarios are those
+that do not need what registrator lacks (health checks, policies): deploy,
+deploy-abrupt, scale-down, stop, restart, leader, etcd-down.
+
 Needs root (dockerd), haproxy, etcd-server.  Not a test: the timings here
 are measurements; tests/integration/test_traffic.py runs a deploy and a
 stop and asserts no request fails.
@@ -75,6 +84,8 @@ from trafficrig import ABRUPT, GRACEFUL, Rig, table  # noqa: E402
 # the health checks: every second, 1 s timeout, two failures in a row
 CHECKS = {"interval": 1.0, "timeout": 1.0, "fall": 2}
 
+# registrator has no health checks of its own (etcd backend) and no policy
+REGISTRATOR_SCENARIOS = ["deploy", "deploy-abrupt", "scale-down", "stop", "restart", "leader", "etcd-down"]
 ALL = ["deploy", "deploy-abrupt", "deploy-nocheck", "scale-down", "scale-down-kill", "stop", "check", "policy",
        "restart", "leader", "etcd-down"]
 
@@ -121,7 +132,8 @@ class Bench:
             f.write(DEFAULT_POLICY)
         self.rig = Rig(self.d, self.cluster.endpoints(), self.bin, policy=self.policy, rate=self.a.rate,
                        checks=CHECKS, watch_extra=["--wait", self.a.wait] if self.a.wait else [],
-                       watch_check=not self.a.no_check, shipped=self.a.shipped_renderer)
+                       watch_check=not self.a.no_check, shipped=self.a.shipped_renderer,
+                       registrator=self.a.registrator)
         self.defer(self.rig.cleanup)
         self.rig.start()
 
@@ -259,8 +271,9 @@ class Bench:
             self.rig.reg.cleanup()
             self.rig.start_register()
             time.sleep(2)
-        row = self.rig.scenario("register restarted (TERM, then -9)", act)
-        row["note"] = "3 checked backends; register stopped and started twice"
+        who = "registrator" if self.a.registrator else "register"
+        row = self.rig.scenario(f"{who} restarted (TERM, then -9)", act)
+        row["note"] = f"3 backends{'' if self.a.registrator else ' (checked)'}; {who} stopped and started twice"
 
     def sc_leader(self):
         self.have(3)
@@ -295,7 +308,11 @@ class Bench:
     def run(self):
         for name in self.a.scenarios:
             log(f"== {name}")
+            n = len(self.rig.rows)
             getattr(self, "sc_" + name.replace("-", "_"))()
+            if self.a.registrator:
+                for row in self.rig.rows[n:]:
+                    row["scenario"] = "registrator v7: " + row["scenario"]
         self.rig.remove_all()
         return self.rig.rows
 
@@ -308,12 +325,18 @@ def parse(argv=None):
     p.add_argument("--wait", help="register watch's --wait MIN[:MAX] (its default: 20ms:250ms)")
     p.add_argument("--shipped-renderer", action="store_true",
                    help="render with register.render.haproxy (its defaults) instead of the rig's own renderer")
+    p.add_argument("--registrator", metavar="BINARY",
+                   help="gliderlabs/registrator (bench/registrator.sh builds v7) registers instead of register, "
+                        "in its etcd layout (/services/<name>/<id> = ip:port), rendered by register watch with "
+                        "register.render.registrator_haproxy; scenarios: " + ",".join(REGISTRATOR_SCENARIOS))
     p.add_argument("--no-check", action="store_true",
                    help="no --check (haproxy -c) before a reload: haproxy's own reload keeps the old worker "
                         "when the new config does not load")
     a = p.parse_args(argv)
     a.scenarios = [s for s in a.scenarios.split(",") if s]
-    bad = [s for s in a.scenarios if s not in ALL]
+    if a.registrator and a.scenarios == ALL:
+        a.scenarios = REGISTRATOR_SCENARIOS
+    bad = [s for s in a.scenarios if s not in (REGISTRATOR_SCENARIOS if a.registrator else ALL)]
     if bad:
         p.error(f"unknown scenario {', '.join(bad)}")
     return a

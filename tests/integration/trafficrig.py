@@ -37,6 +37,8 @@ import asyncio
 import http.client
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -50,6 +52,18 @@ HAPROXY = os.environ.get("REGISTER_TEST_HAPROXY", "/usr/sbin/haproxy")
 PREFIX = "/registered"
 SERVICE = "bbx"  # the service: the image's name, the key's third segment
 PATH = "/app"
+# registrator's layout (bench/traffic.py --registrator): /services/<name>/<id>
+REGISTRATOR_PREFIX = "/services"
+
+
+def ident(s):
+    """The backend a key's last segment or a server's name stands for: the
+    container's short id (register's keys and servers), or, for
+    registrator, the container's name ("rb" + 10 hex digits; registrator's
+    service id is <host>:<container name>:<port>, and the rig names each
+    container and its hostname so)."""
+    m = re.search(r"rb[0-9a-f]{10}", s)
+    return m.group(0) if m else s[:12]
 
 # ---------------------------------------------------------------------------
 # backends
@@ -164,6 +178,23 @@ def write_renderer(path, frontend, stats):
     return path
 
 
+# the shipped renderer for registrator's layout, with its defaults (the
+# service is registrator's name: "<image>-<port>", since bbx exposes more
+# than one port)
+SHIPPED_REGISTRATOR = """return require("register.render.registrator_haproxy").new{
+  frontends = { [@SERVICE@] = @FRONTEND@ },
+  stats = false,
+}
+"""
+
+
+def write_registrator_renderer(path, frontend):
+    with open(path, "w") as f:
+        f.write(SHIPPED_REGISTRATOR.replace("@SERVICE@", json.dumps(SERVICE + "-80"))
+                .replace("@FRONTEND@", json.dumps(frontend)))
+    return path
+
+
 # the shipped renderer (lua/render/haproxy.lua), with its defaults (no
 # retries, no redispatch, no stats socket): the service is image:port
 SHIPPED = """return require("register.render.haproxy").new{
@@ -180,13 +211,14 @@ def write_shipped_renderer(path, frontend):
 
 
 def servers_in(text):
-    """{container 12: address} of the servers of a rendered config (both
-    renderers name a server after the container's short id first)."""
+    """{backend: address} of the servers of a rendered config (both
+    renderers name a server after the container's short id first; the
+    registrator renderer after the service id: ident())."""
     out = {}
     for line in text.splitlines():
         p = line.split()
         if len(p) >= 3 and p[0] == "server":
-            out[p[1][:12]] = p[2]
+            out[ident(p[1])] = p[2]
     return out
 
 
@@ -377,8 +409,9 @@ class Haproxy(Stamped):
 class Watch(Stamped):
     """register watch, rendering haproxy's config."""
 
-    def __init__(self, register_bin, dir, etcd_urls, renderer, out, reload_cmd=None, extra=(), check=True):
-        args = [register_bin, "watch", PREFIX, "--render", renderer, "--out", out, "--etcd", etcd_urls, *extra]
+    def __init__(self, register_bin, dir, etcd_urls, renderer, out, reload_cmd=None, extra=(), check=True,
+                 prefix=PREFIX):
+        args = [register_bin, "watch", prefix, "--render", renderer, "--out", out, "--etcd", etcd_urls, *extra]
         if check:
             args += ["--check", f"{HAPROXY} -c -q -f %s"]
         if reload_cmd:
@@ -386,9 +419,9 @@ class Watch(Stamped):
         super().__init__(args, os.path.join(dir, "watch.log"))
 
 
-def render_once(register_bin, dir, etcd_urls, renderer, out):
+def render_once(register_bin, dir, etcd_urls, renderer, out, prefix=PREFIX):
     """The first config, before haproxy runs: register watch --once."""
-    r = subprocess.run([register_bin, "watch", PREFIX, "--render", renderer, "--out", out, "--etcd", etcd_urls,
+    r = subprocess.run([register_bin, "watch", prefix, "--render", renderer, "--out", out, "--etcd", etcd_urls,
                         "--check", f"{HAPROXY} -c -q -f %s", "--once"],
                        capture_output=True, text=True, timeout=60)
     with open(os.path.join(dir, "watch-once.log"), "w") as f:
@@ -406,8 +439,9 @@ class KeyWatcher(threading.Thread):
     endpoint when one fails, from the last index seen) and notes when each
     arrived: [(time, action, key)]."""
 
-    def __init__(self, urls):
+    def __init__(self, urls, prefix=PREFIX):
         super().__init__(daemon=True)
+        self.prefix = prefix
         self.urls = urls if isinstance(urls, list) else urls.split(",")
         self.events = []
         self.halt = threading.Event()
@@ -423,7 +457,7 @@ class KeyWatcher(threading.Thread):
         from toolkit import v2_tree_index
         for i in range(len(self.urls) * 3):
             try:
-                tree, index = v2_tree_index(self.urls[i % len(self.urls)], PREFIX)
+                tree, index = v2_tree_index(self.urls[i % len(self.urls)], self.prefix)
                 if index is None:  # no PREFIX yet: the index of the whole store
                     c = self._conn(i)
                     c.request("GET", "/v2/keys/")
@@ -446,7 +480,7 @@ class KeyWatcher(threading.Thread):
             try:
                 if conn is None:
                     conn = self._conn(i)
-                conn.request("GET", f"/v2/keys{PREFIX}?wait=true&recursive=true&waitIndex={self.index + 1}")
+                conn.request("GET", f"/v2/keys{self.prefix}?wait=true&recursive=true&waitIndex={self.index + 1}")
                 r = conn.getresponse()
                 body = r.read()
                 t = time.time()
@@ -519,14 +553,14 @@ def key_to_reload(events, versions, reloads, t0, t1, initial=()):
     lat, same, lost = [], [], []
     live = set(initial)
     for t, action, key in events:
-        cid = key.rsplit("/", 1)[-1][:12]
+        cid = ident(key.rsplit("/", 1)[-1])
         if action in ("delete", "expire", "compareAndDelete"):
             live.discard(key)
         else:
             live.add(key)
         if not (t0 <= t < t1):
             continue
-        want = any(k.rsplit("/", 1)[-1][:12] == cid for k in live)
+        want = any(ident(k.rsplit("/", 1)[-1]) == cid for k in live)
 
         def has(text):
             return cid in servers_in(text or "")
@@ -560,8 +594,8 @@ def keyless(events, initial, t0, t1):
     for t, action, key in events:
         if action in ("delete", "expire", "compareAndDelete"):
             live.discard(key)
-            cid = key.rsplit("/", 1)[-1][:12]
-            if t0 <= t < t1 and not any(k.rsplit("/", 1)[-1][:12] == cid for k in live):
+            cid = ident(key.rsplit("/", 1)[-1])
+            if t0 <= t < t1 and not any(ident(k.rsplit("/", 1)[-1]) == cid for k in live):
                 out.append((t, cid))
         else:
             live.add(key)
@@ -701,6 +735,29 @@ def summary(recs):
             "backends": sorted({r["body"] for r in recs if "err" not in r and r.get("body")})}
 
 
+class Registrator(Stamped):
+    """gliderlabs/registrator (bench/registrator.sh builds v7) in register's
+    place, writing its etcd layout under REGISTRATOR_PREFIX: its defaults
+    (no TTL, deregistration at `die`), -ip as register's host ip; its etcd
+    client follows the first endpoint and the members it lists."""
+
+    def __init__(self, binary, dir, docker_host, etcd_urls, ip="127.0.0.1"):
+        first = etcd_urls.split(",")[0].split("://", 1)[-1]
+        env = dict(os.environ, DOCKER_HOST=docker_host)
+        super().__init__([binary, "-ip", ip, f"etcd://{first}{REGISTRATOR_PREFIX}"],
+                         os.path.join(dir, "registrator.log"), env)
+
+    def wait_log(self, text, timeout):
+        wait_for(lambda: text in self.output() or not self.alive(), timeout, what=f"registrator: {text}")
+        assert self.alive(), "registrator exited:\n" + self.output()
+
+    def kill9(self):
+        self.stop(signal.SIGKILL)
+
+    def cleanup(self):
+        self.stop()
+
+
 # ---------------------------------------------------------------------------
 # the rig: register, register watch, haproxy and the backends on one dockerd
 # ---------------------------------------------------------------------------
@@ -712,8 +769,11 @@ class Rig:
     action under load and returns its row."""
 
     def __init__(self, d, urls, register_bin, policy=None, rate=100, timeout=5.0, checks=None, watch_extra=(),
-                 watch_check=True, shipped=False):
+                 watch_check=True, shipped=False, registrator=None):
         self.d = d
+        # registrator's binary: it registers, in its layout, instead of register
+        self.registrator = registrator
+        self.prefix = REGISTRATOR_PREFIX if registrator else PREFIX
         self.checks = checks or {}  # check_labels() arguments
         self.timeout = timeout  # a request not answered in time is a failure
         self.urls = urls
@@ -733,6 +793,10 @@ class Rig:
 
     # -- set-up and clean-up --
     def start_register(self):
+        if self.registrator:
+            self.reg = Registrator(self.registrator, self.dir, self.d.host, self.urls).start()
+            self.reg.wait_log("Listening for Docker events", 30)
+            return self.reg
         from harness import Register
         args = ["--etcd", self.urls, "--docker", self.d.host]
         if self.policy:
@@ -744,13 +808,15 @@ class Rig:
     def start(self):
         self.start_register()
         path = os.path.join(self.dir, "haproxy.lua")
-        if self.shipped:
+        if self.registrator:
+            renderer = write_registrator_renderer(path, f"127.0.0.1:{self.port}")
+        elif self.shipped:
             renderer = write_shipped_renderer(path, f"127.0.0.1:{self.port}")
         else:
             renderer = write_renderer(path, f"127.0.0.1:{self.port}", os.path.join(self.dir, "admin.sock"))
-        render_once(self.bin, self.dir, self.urls, renderer, self.cfg)
+        render_once(self.bin, self.dir, self.urls, renderer, self.cfg, self.prefix)
         self.haproxy = Haproxy(self.cfg, self.dir).start()
-        self.keys = KeyWatcher(self.urls).start()
+        self.keys = KeyWatcher(self.urls, self.prefix).start()
         self.poller = ConfigPoller(self.cfg)
         self.poller.start()
         self.renderer = renderer
@@ -762,7 +828,7 @@ class Rig:
         if self.watch:
             self.watch.stop()
         self.watch = Watch(self.bin, self.dir, self.urls, self.renderer, self.cfg,
-                           self.haproxy.reload_cmd(wait), self.watch_extra, self.watch_check).start()
+                           self.haproxy.reload_cmd(wait), self.watch_extra, self.watch_check, self.prefix).start()
         time.sleep(1)
         assert self.watch.alive(), "register watch exited:\n" + self.watch.output()
 
@@ -796,7 +862,14 @@ class Rig:
         args = ["-p", "127.0.0.1::80"]
         if checks:
             args += check_labels(**self.checks)
+        if self.registrator:
+            # named so that registrator's service id (<host>:<name>:80)
+            # and the answers (the hostname) name it: ident()
+            name = "rb" + secrets.token_hex(5)
+            args += ["--name", name, "--hostname", name]
         cid = self.d.docker("run", "-d", *args, "bbx", "sh", "-c", script)
+        if self.registrator:
+            cid = name
         self.backends.append(cid)
         if wait:
             self.wait_in(cid)
