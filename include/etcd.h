@@ -43,7 +43,9 @@ typedef struct {
   const char *key;
   const char *value;
   size_t value_len;
-  long ttl; /* seconds left, or 0 when the key never expires */
+  long ttl;             /* seconds left, or 0 when the key never expires */
+  int64_t mod_revision; /* of its last change: v3 mod_revision, v2
+                           modifiedIndex (etcd_put_if) */
 } etcd_kv_t;
 
 typedef void (*etcd_done_cb)(void *data, const etcd_result_t *res);
@@ -166,14 +168,17 @@ void etcd_set_tls(etcd_t *e, const http_tls_t *tls);
 
 etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
                     long ttl, etcd_done_cb cb, void *data);
-/* Compare-and-swap: writes value at key only if the key holds exactly
- * prev (prev NULL: only if the key does not exist); ETCD_CONFLICT
- * otherwise.  Never with a TTL or the lease: a document, not a
- * registration.  v2: prevValue / prevExist=false; v3: a transaction
- * comparing the value (or create_revision 0). */
+/* Compare-and-swap: writes value at key only if the key's last change is
+ * still the one at prev_rev (an etcd_kv_t's mod_revision; 0: only if the
+ * key does not exist); ETCD_CONFLICT otherwise.  Never with a TTL or the
+ * lease: a document, not a registration.  v2: prevIndex /
+ * prevExist=false; v3: a transaction comparing the mod_revision (or
+ * create_revision 0).  Not the value: a request carrying the old document
+ * and the new one passed etcd's request size (1.5 MiB) with two documents
+ * of 768 KiB. */
 etcd_op_t *etcd_put_if(etcd_t *e, const char *key, const char *value,
-                       size_t vlen, const char *prev, size_t prevlen,
-                       etcd_done_cb cb, void *data);
+                       size_t vlen, int64_t prev_rev, etcd_done_cb cb,
+                       void *data);
 /* v2: extend the TTL of an existing key without waking watchers
  * (refresh=true, prevExist=true); ETCD_NOT_FOUND when it is gone. */
 etcd_op_t *etcd_refresh(etcd_t *e, const char *key, long ttl, etcd_done_cb cb,

@@ -56,6 +56,10 @@
 #define POLICYDOC_MAX_SOURCE (256u * 1024u)
 #define POLICYDOC_MAX_DOC (1024u * 1024u)
 #define POLICYDOC_MAX_HOSTS 4096
+/* the largest generation and revision number a document may hold: 2^53-1,
+ * exact in every JSON reader (a double); far from INT64_MAX, so that + 1
+ * never overflows even in a document edited by hand */
+#define POLICYDOC_MAX_NUMBER INT64_C(9007199254740991)
 
 typedef struct {
   int64_t revision; /* >= 1 */
@@ -78,7 +82,8 @@ typedef struct {
 } policydoc_t;
 
 /* Parses and validates a document (sizes, fields, sha256 == the source's,
- * revisions >= 1 and distinct, canary newer than stable).  0, or -1 with
+ * revisions in 1..POLICYDOC_MAX_NUMBER and distinct, generation in
+ * 1..POLICYDOC_MAX_NUMBER, canary newer than stable).  0, or -1 with
  * one line in err ("not JSON: ...", "stable.sha256 does not match its
  * source", ...). *out is freed by policydoc_free() either way. */
 int policydoc_parse(const char *text, size_t len, policydoc_t *out, char *err,
@@ -95,6 +100,12 @@ char *policydoc_write(const policydoc_t *d, size_t *len);
 /* The highest revision number in d (stable, previous, canary, and
  * last_revision: the next push takes policydoc_top() + 1). */
 int64_t policydoc_top(const policydoc_t *d);
+/* The numbers a document that does not parse may still show (text that is
+ * JSON, with generation, last_revision or revisions in range): *generation
+ * and *top raised to the highest found, unchanged when none.  For
+ * replacing such a document without giving a number again. */
+void policydoc_salvage(const char *text, size_t len, int64_t *generation,
+                       int64_t *top);
 /* Frees the canary (if any) and its selection. */
 void policydoc_drop_canary(policydoc_t *d);
 
@@ -106,7 +117,8 @@ int policydoc_in_canary(const policydoc_t *d, const char *host_ip);
 const policydoc_rev_t *policydoc_for_host(const policydoc_t *d,
                                           const char *host_ip);
 /* --canary "IP,IP,..." or "N%" (1..100) into d's canary selection.  0, or
- * -1 with one line. */
+ * -1 with one line (an address named twice, even written another way, is
+ * an error: a typo for another host, likely). */
 int policydoc_set_canary(policydoc_t *d, const char *spec, char *err,
                          size_t errlen);
 

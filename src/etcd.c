@@ -136,7 +136,6 @@ static void op_free(etcd_op_t *op) {
   }
   free(op->key);
   free(op->value);
-  free(op->prev);
   for (size_t i = 0; i < op->nitems; i++) {
     free((char *)(uintptr_t)op->items[i].key);
     free((char *)(uintptr_t)op->items[i].value);
@@ -1133,16 +1132,13 @@ etcd_op_t *etcd_put(etcd_t *e, const char *key, const char *value, size_t vlen,
 }
 
 etcd_op_t *etcd_put_if(etcd_t *e, const char *key, const char *value,
-                       size_t vlen, const char *prev, size_t prevlen,
-                       etcd_done_cb cb, void *data) {
+                       size_t vlen, int64_t prev_rev, etcd_done_cb cb,
+                       void *data) {
   etcd_op_t *op = op_new(e, OP_PUT_IF, key, data);
   op->done = cb;
   op->value = xstrndup(value, vlen);
   op->vlen = vlen;
-  if (prev) {
-    op->prev = xstrndup(prev, prevlen);
-    op->prevlen = prevlen;
-  }
+  op->prev_rev = prev_rev;
   return launch(op);
 }
 

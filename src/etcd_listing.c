@@ -9,7 +9,7 @@
 #include <string.h>
 
 void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
-                 size_t vlen, long ttl, int64_t lease) {
+                 size_t vlen, long ttl, int64_t lease, int64_t mod_revision) {
   /* the callers pass pointers they checked (the reply's contents are
    * theirs to judge); the array has room for what it counts */
   REGISTER_ASSERT(l->n <= l->cap && key && value);
@@ -22,6 +22,7 @@ void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
   l->kvs[l->n].value = xstrndup(value, vlen);
   l->kvs[l->n].value_len = vlen;
   l->kvs[l->n].ttl = ttl;
+  l->kvs[l->n].mod_revision = mod_revision;
   l->leases[l->n] = lease;
   l->n++;
 }

@@ -113,8 +113,7 @@ struct etcd_op {
   char *key;   /* owned */
   char *value; /* owned (puts) */
   size_t vlen;
-  char *prev; /* OP_PUT_IF: the value expected (owned), NULL: no key */
-  size_t prevlen;
+  int64_t prev_rev;       /* OP_PUT_IF: the mod_revision expected, 0: no key */
   etcd_txn_item_t *items; /* OP_TXN: owned copies */
   size_t nitems;
   long ttl;
@@ -250,7 +249,7 @@ struct etcd {
 
 /* etcd_listing.c: a listing being filled (owned copies). */
 void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
-                 size_t vlen, long ttl, int64_t lease);
+                 size_t vlen, long ttl, int64_t lease, int64_t mod_revision);
 void listing_add_dir(listing_t *l, const char *key);
 void listing_free(listing_t *l);
 /* A member list (v2 /v2/members, v3 /v3/cluster/member/list: the same

@@ -3,6 +3,7 @@
 #include "etcd_op.h"
 #include "json.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,9 +43,8 @@ void etcd_v2_build(etcd_op_t *op) {
     op->content_type = "application/x-www-form-urlencoded";
     buf_puts(&op->body, "value=");
     util_urlencode(&op->body, op->value, op->vlen, NULL);
-    if (op->prev) {
-      buf_puts(&op->body, "&prevValue=");
-      util_urlencode(&op->body, op->prev, op->prevlen, NULL);
+    if (op->prev_rev > 0) {
+      buf_printf(&op->body, "&prevIndex=%" PRId64, op->prev_rev);
     } else {
       buf_puts(&op->body, "&prevExist=false");
     }
@@ -107,7 +107,8 @@ static void walk(listing_t *l, const json_value_t *node, int depth) {
   const json_value_t *ttl = json_get(node, "ttl");
   long t = ttl && ttl->type == JSON_NUMBER ? (long)ttl->u.num.d : 0;
   if (t <= 0 && json_get(node, "expiration")) t = 1; /* about to expire */
-  listing_add(l, key, strlen(key), v->u.str, v->len, t, 0);
+  listing_add(l, key, strlen(key), v->u.str, v->len, t, 0,
+              json_int(json_get(node, "modifiedIndex")));
 }
 
 /* X-Etcd-Cluster-Id (hex) and X-Etcd-Index: on every answer of the keys

@@ -143,9 +143,11 @@ void etcd_v3_build(etcd_op_t *op) {
     op->path = xstrdup("/v3/kv/txn");
     buf_puts(b, "\"compare\":[{");
     b64_field(b, "key", op->key, strlen(op->key));
-    if (op->prev) {
-      buf_puts(b, ",\"target\":\"VALUE\",\"result\":\"EQUAL\",");
-      b64_field(b, "value", op->prev, op->prevlen);
+    if (op->prev_rev > 0) {
+      buf_printf(b,
+                 ",\"target\":\"MOD\",\"result\":\"EQUAL\","
+                 "\"mod_revision\":\"%" PRId64 "\"",
+                 op->prev_rev);
     } else {
       buf_puts(b, ",\"target\":\"CREATE\",\"result\":\"EQUAL\","
                   "\"create_revision\":\"0\"");
@@ -250,7 +252,8 @@ static reply_t range_reply(etcd_op_t *op, const json_value_t *root,
     }
     if (op->kind == OP_REFRESH) continue;
     listing_add(&op->listing, k.data ? k.data : "", k.len, v.data ? v.data : "",
-                v.len, 0, json_int(json_get(kv, "lease")));
+                v.len, 0, json_int(json_get(kv, "lease")),
+                json_int(json_get(kv, "mod_revision")));
   }
   if (op->kind == OP_REFRESH && (!kvs || kvs->len == 0))
     res->status = ETCD_NOT_FOUND;

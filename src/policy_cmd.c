@@ -28,6 +28,7 @@
 typedef struct {
   char *key, *value;
   size_t vlen;
+  int64_t mod_revision;
 } kv_copy_t;
 
 typedef struct {
@@ -41,6 +42,8 @@ typedef struct {
   char error[600];
   kv_copy_t *kvs;
   size_t n;
+  size_t ndirs; /* v2: empty directories the listing found */
+  etcd_api_t api;
 } client_t;
 
 static void kvs_clear(client_t *c) {
@@ -51,6 +54,7 @@ static void kvs_clear(client_t *c) {
   free(c->kvs);
   c->kvs = NULL;
   c->n = 0;
+  c->ndirs = 0;
 }
 
 static void note(client_t *c, const etcd_result_t *res) {
@@ -70,20 +74,23 @@ static void on_done(void *data, const etcd_result_t *res) {
 static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
                     size_t n, const char *const *dirs, size_t ndirs) {
   client_t *c = data;
-  (void)dirs, (void)ndirs;
+  (void)dirs;
   note(c, res);
   if (res->status != ETCD_OK) return;
+  c->ndirs = ndirs;
   c->kvs = xcalloc(n ? n : 1, sizeof *c->kvs);
   for (size_t i = 0; i < n; i++) {
     c->kvs[i].key = xstrdup(kvs[i].key);
     c->kvs[i].value = xstrndup(kvs[i].value, kvs[i].value_len);
     c->kvs[i].vlen = kvs[i].value_len;
+    c->kvs[i].mod_revision = kvs[i].mod_revision;
   }
   c->n = n;
 }
 
 static int client_open(client_t *c, const config_t *cfg) {
   memset(c, 0, sizeof *c);
+  c->api = cfg->etcd_api;
   uv_loop_init(&c->loop);
   c->http = http_new(&c->loop, 2, 2);
   if (!c->http) {
@@ -136,10 +143,9 @@ static etcd_status_t client_list(client_t *c, const char *prefix) {
 
 static etcd_status_t client_put_if(client_t *c, const char *key,
                                    const char *value, size_t vlen,
-                                   const char *prev, size_t prevlen) {
+                                   int64_t prev_rev) {
   c->starting = 1;
-  etcd_op_t *op =
-      etcd_put_if(c->etcd, key, value, vlen, prev, prevlen, on_done, c);
+  etcd_op_t *op = etcd_put_if(c->etcd, key, value, vlen, prev_rev, on_done, c);
   c->starting = 0;
   REGISTER_ASSERT(op); /* never NULL: a failure comes from the loop */
   client_wait(c);
@@ -159,34 +165,111 @@ static int fail(const char *fmt, ...) {
   return 1;
 }
 
-/* The document at KEY: 1 read (text kept in *text, *len), 0 absent, -1
- * failed (said). */
-static int read_doc(client_t *c, const char *key, policydoc_t *d, char **text,
-                    size_t *len) {
-  memset(d, 0, sizeof *d);
-  *text = NULL;
-  *len = 0;
-  if (client_get(c, key) != ETCD_OK) {
-    fail("etcd: %s", c->error);
-    return -1;
-  }
-  if (c->n == 0) return 0;
-  char err[300];
-  if (policydoc_parse(c->kvs[0].value, c->kvs[0].vlen, d, err, sizeof err) <
-      0) {
-    fail("%s: %s", key, err);
-    policydoc_free(d);
-    return -1;
-  }
-  *text = xstrndup(c->kvs[0].value, c->kvs[0].vlen);
-  *len = c->kvs[0].vlen;
-  return 1;
+/* etcd's error: its text may already say "etcd: " */
+static int fail_etcd(const client_t *c) {
+  const char *e = c->error;
+  if (strncmp(e, "etcd: ", 6) == 0) e += 6;
+  return fail("etcd: %s", e);
 }
 
-/* Writes d (generation + 1) over what was read (text, or NULL when the key
- * was absent): 0, or 1 (said). */
+/* Text from etcd or a policy, safe to print on one line of a terminal:
+ * control characters escaped, at most max bytes (malloc'd). */
+static char *clean(const char *s, size_t n, size_t max) {
+  buf_t b;
+  buf_init(&b);
+  util_clean_text(&b, s, n, max, 0);
+  return buf_detach(&b);
+}
+
+/* The first line of s (cleaned, at most max bytes), with " …" when more
+ * follows: a traceback or a check's many lines said in one (malloc'd). */
+static char *first_line(const char *s, size_t n, size_t max) {
+  while (n && (*s == '\n' || *s == ' ')) /* a leading blank line */
+    s++, n--;
+  const char *nl = memchr(s, '\n', n);
+  size_t k = nl ? (size_t)(nl - s) : n;
+  int more = 0;
+  for (size_t i = k; i < n && !more; i++)
+    more = s[i] != '\n' && s[i] != ' ' && s[i] != '\t';
+  buf_t b;
+  buf_init(&b);
+  util_clean_text(&b, s, k, max, 0);
+  if (more) buf_puts(&b, " \xe2\x80\xa6");
+  return buf_detach(&b);
+}
+
+enum { DOC_FAILED = -1, DOC_ABSENT = 0, DOC_READ = 1, DOC_UNREADABLE = 2 };
+
+/* The document at KEY as read (the compare-and-swap compares its
+ * mod_revision) */
+typedef struct {
+  policydoc_t d; /* DOC_READ */
+  char *text;    /* as etcd gave it, or NULL (absent) */
+  size_t len;    /* of text */
+  int64_t mod;   /* its mod_revision (v2: modifiedIndex); 0: absent */
+  char why[300]; /* DOC_UNREADABLE: what is wrong with it (cleaned) */
+} doc_t;
+
+static void doc_free(doc_t *o) {
+  policydoc_free(&o->d);
+  free(o->text);
+  o->text = NULL;
+}
+
+/* v2: KEY is a directory (etcd_get finds no value there, and a write
+ * "where nothing is" conflicts forever) */
+static int is_v2_dir(client_t *c, const char *key) {
+  if (c->api != ETCD_API_V2 || client_list(c, key) != ETCD_OK) return 0;
+  return c->ndirs > 0 || (c->n > 0 && strcmp(c->kvs[0].key, key) != 0);
+}
+
+/* The document at KEY: DOC_READ, DOC_ABSENT, DOC_UNREADABLE (there, but
+ * does not parse: o->why says why, o->text holds it), or DOC_FAILED
+ * (said). */
+static int read_doc(client_t *c, const char *key, doc_t *o) {
+  memset(o, 0, sizeof *o);
+  if (client_get(c, key) != ETCD_OK) {
+    fail_etcd(c);
+    return DOC_FAILED;
+  }
+  if (c->n == 0) {
+    if (is_v2_dir(c, key)) {
+      fail("%s is a directory in etcd (v2), not a key: the policy needs a "
+           "key of its own (remove the directory, or choose another --key)",
+           key);
+      return DOC_FAILED;
+    }
+    return DOC_ABSENT;
+  }
+  o->text = xstrndup(c->kvs[0].value, c->kvs[0].vlen);
+  o->len = c->kvs[0].vlen;
+  o->mod = c->kvs[0].mod_revision;
+  char err[300];
+  if (policydoc_parse(o->text, o->len, &o->d, err, sizeof err) < 0) {
+    policydoc_free(&o->d);
+    char *why = clean(err, strlen(err), 200);
+    snprintf(o->why, sizeof o->why, "%s", why);
+    free(why);
+    return DOC_UNREADABLE;
+  }
+  return DOC_READ;
+}
+
+/* What to do about a document that does not parse: said, 1. */
+static int fail_unreadable(const char *key, const doc_t *o) {
+  return fail("%s is unreadable (%s): register policy push FILE --key %s "
+              "--force replaces it (status still shows the hosts)",
+              key, o->why, key);
+}
+
+/* Writes d (generation + 1) over what was read (its mod_revision, or 0
+ * when the key was absent): 0, or 1 (said). */
 static int write_doc(client_t *c, const char *key, policydoc_t *d,
-                     const char *prev, size_t prevlen) {
+                     int64_t prev_rev) {
+  if (d->generation >= POLICYDOC_MAX_NUMBER)
+    return fail("%s: generation %" PRId64 " is the largest a document may "
+                "hold: nothing written (edit it lower by hand)",
+                key, d->generation);
   d->generation++;
   /* revision numbers go on from the highest ever written, whatever a
    * rollback dropped */
@@ -202,14 +285,114 @@ static int write_doc(client_t *c, const char *key, policydoc_t *d,
     free(text);
     return fail("the new document is invalid (a bug): %s", err);
   }
-  etcd_status_t st = client_put_if(c, key, text, len, prev, prevlen);
+  etcd_status_t st = client_put_if(c, key, text, len, prev_rev);
   free(text);
   if (st == ETCD_CONFLICT)
     return fail("%s changed meanwhile (another operator?): read it again and "
                 "retry",
                 key);
-  if (st != ETCD_OK) return fail("etcd: %s", c->error);
+  if (st != ETCD_OK) return fail_etcd(c);
   return 0;
+}
+
+/* ---- the hosts' reports ---- */
+
+typedef struct {
+  policydoc_status_t s;
+  int silent;
+} host_t;
+
+typedef struct {
+  host_t *hosts; /* the reports for KEY, by host */
+  size_t n;
+  size_t unreadable;
+  /* the highest numbers any readable report names, whatever its KEY */
+  int64_t max_generation, max_revision;
+} reports_t;
+
+static void reports_free(reports_t *r) {
+  for (size_t i = 0; i < r->n; i++)
+    policydoc_status_free(&r->hosts[i].s);
+  free(r->hosts);
+  memset(r, 0, sizeof *r);
+}
+
+static int by_host(const void *a, const void *b) {
+  return strcmp(((const host_t *)a)->s.host, ((const host_t *)b)->s.host);
+}
+
+/* The reports under KEY's status directory, each host named by its key
+ * (the daemon writes its own there; a value naming another host speaks
+ * for no one else).  say: the reports that cannot be read are said on
+ * stderr.  0, or 1 (said). */
+static int read_reports(client_t *c, const char *key, int say, reports_t *r) {
+  memset(r, 0, sizeof *r);
+  char *dir = policydoc_status_dir(key);
+  size_t dlen = strlen(dir);
+  if (client_list(c, dir) != ETCD_OK) {
+    free(dir);
+    return fail_etcd(c);
+  }
+  r->hosts = xcalloc(c->n ? c->n : 1, sizeof *r->hosts);
+  for (size_t i = 0; i < c->n; i++) {
+    const char *k = c->kvs[i].key;
+    char err[300];
+    host_t *h = &r->hosts[r->n];
+    const char *name =
+        strncmp(k, dir, dlen) == 0 && k[dlen] == '/' ? k + dlen + 1 : "";
+    size_t nlen = strlen(name);
+    if (nlen == 0 || nlen >= sizeof h->s.host || strchr(name, '/'))
+      snprintf(err, sizeof err,
+               "not a host's report (its key names no "
+               "address)");
+    else if (policydoc_status_parse(c->kvs[i].value, c->kvs[i].vlen, &h->s, err,
+                                    sizeof err) == 0) {
+      if (h->s.generation > r->max_generation)
+        r->max_generation = h->s.generation;
+      int64_t rev = h->s.revision > h->s.offered ? h->s.revision : h->s.offered;
+      if (rev > r->max_revision) r->max_revision = rev;
+      if (strcmp(h->s.key, key) != 0) { /* a host following another KEY */
+        policydoc_status_free(&h->s);
+        continue;
+      }
+      if (strcmp(h->s.host, name) != 0 && say) {
+        char *claimed = clean(h->s.host, strlen(h->s.host), 64);
+        char *kc = clean(k, strlen(k), 300);
+        fprintf(stderr,
+                "register policy: %s: the report names host %s: shown as "
+                "its key's\n",
+                kc, claimed);
+        free(claimed);
+        free(kc);
+      }
+      memcpy(h->s.host, name, nlen + 1);
+      r->n++;
+      continue;
+    }
+    if (say) {
+      char *kc = clean(k, strlen(k), 300), *ec = clean(err, strlen(err), 300);
+      fprintf(stderr, "register policy: %s: %s (ignored)\n", kc, ec);
+      free(kc);
+      free(ec);
+    }
+    policydoc_status_free(&h->s);
+    r->unreadable++;
+  }
+  qsort(r->hosts, r->n, sizeof *r->hosts, by_host);
+  free(dir);
+  return 0;
+}
+
+/* "a, b, c and 4 more" (malloc'd) */
+static char *host_list(const char *const *names, size_t n) {
+  buf_t b;
+  buf_init(&b);
+  for (size_t i = 0; i < n && i < 8; i++) {
+    if (i) buf_puts(&b, ", ");
+    util_clean_text(&b, names[i], strlen(names[i]), 64, 0);
+  }
+  if (n > 8) buf_printf(&b, " and %zu more", n - 8);
+  return buf_detach(&b);
 }
 
 static void selection(const policydoc_t *d, char *out, size_t n) {
@@ -241,9 +424,18 @@ static char *pushed_by(void) {
 /* ---- push ---- */
 
 /* FILE loads in a policy worker and runs cleanly on every inspect file:
- * 0, or -1 (said). */
+ * 0, or -1 (said, on one line). */
 static int check_source(const config_t *cfg, const char *file, const char *src,
                         size_t len) {
+  /* a missing inspect file is the operator's typo, not the policy's fault */
+  for (size_t i = 1; i < cfg->n_policy_args; i++) {
+    const char *f = cfg->policy_args[i];
+    if (strcmp(f, "-") != 0 && access(f, R_OK) != 0) {
+      fail("%s: %s (an inspect document to check %s on): nothing pushed", f,
+           strerror(errno), file);
+      return -1;
+    }
+  }
   worker_opts_t po = {0};
   po.file = file;
   po.source = src;
@@ -258,23 +450,71 @@ static int check_source(const config_t *cfg, const char *file, const char *src,
   char err[600];
   worker_t *w = worker_new(&po, err, sizeof err);
   if (!w) {
-    fail("%s does not load: %s", file, err);
+    char *why = first_line(err, strlen(err), 400);
+    fail("%s does not load: %s", file, why);
+    free(why);
     return -1;
   }
   int rc = 0;
-  if (cfg->n_policy_args > 1 &&
-      check_inspect_files(w, cfg->policy_args + 1, (int)cfg->n_policy_args - 1,
-                          NULL) < 0) {
-    fail("%s fails its check on the inspect documents given (register check "
-         "%s ... shows it): nothing pushed",
-         file, file);
-    rc = -1;
+  if (cfg->n_policy_args > 1) {
+    /* the check says each problem on stderr, a traceback on many lines:
+     * kept aside, so that the verdict is one line with the first */
+    fflush(stderr);
+    FILE *said = tmpfile();
+    int saved = said ? dup(STDERR_FILENO) : -1;
+    if (saved >= 0) dup2(fileno(said), STDERR_FILENO);
+    rc = check_inspect_files(w, cfg->policy_args + 1,
+                             (int)cfg->n_policy_args - 1, NULL);
+    buf_t b;
+    buf_init(&b);
+    if (saved >= 0) {
+      fflush(stderr);
+      dup2(saved, STDERR_FILENO);
+      close(saved);
+      rewind(said);
+      util_read_fp(said, 64 * 1024, &b);
+    }
+    if (said) fclose(said);
+    if (rc < 0) {
+      const char *t = b.data ? b.data : "";
+      if (strncmp(t, "register: ", 10) == 0) t += 10;
+      char *first =
+          first_line(t, b.len - (size_t)(t - (b.data ? b.data : "")), 400);
+      fail("%s fails its check on the inspect documents given%s%s (register "
+           "check %s ... shows all): nothing pushed",
+           file, *first ? ": " : "", first, file);
+      free(first);
+    } else if (b.len) {
+      fwrite(b.data, 1, b.len, stderr); /* warnings: said as they were */
+    }
+    buf_free(&b);
   }
   worker_free(w);
-  return rc;
+  return rc < 0 ? -1 : 0;
 }
 
-static int push(const config_t *cfg, client_t *c) {
+/* An unreadable document replaced (push --force): d numbered above what
+ * it still shows and what any host reports, so that revisions and
+ * generations keep growing for the hosts.  0, or 1 (said). */
+static int renumber(client_t *c, const char *key, const doc_t *o,
+                    policydoc_t *d) {
+  reports_t r;
+  if (read_reports(c, key, 0, &r) != 0) return 1;
+  int64_t gen = r.max_generation, top = r.max_revision;
+  reports_free(&r);
+  policydoc_salvage(o->text, o->len, &gen, &top);
+  if (gen >= POLICYDOC_MAX_NUMBER || top >= POLICYDOC_MAX_NUMBER)
+    return fail("%s: a host reports generation %" PRId64 " or revision %" PRId64
+                ", more than a document may hold (%" PRId64
+                "): nothing written",
+                key, gen, top, POLICYDOC_MAX_NUMBER);
+  policydoc_free(d);
+  d->generation = gen;
+  d->last_revision = top;
+  return 0;
+}
+
+static int push(const config_t *cfg, client_t *c, int force) {
   const char *file = cfg->policy_args[0], *key = cfg->policy_key;
   char err[600];
   policydoc_t scratch = {0};
@@ -295,6 +535,21 @@ static int push(const config_t *cfg, client_t *c) {
                   file, POLICYDOC_MAX_SOURCE);
     return fail("%s: %s", file, strerror(e));
   }
+  /* etcd's JSON APIs carry text: v2 gives a stray byte back as U+FFFD, and
+   * every host would then refuse a source that no longer matches its
+   * sha256 */
+  size_t at = util_utf8_bad_at(src.data, src.len);
+  if (at < src.len) {
+    size_t line = 1;
+    for (size_t i = 0; i < at; i++)
+      line += src.data[i] == '\n';
+    int rc = fail("%s is not UTF-8: byte %zu (line %zu) is 0x%02x; etcd "
+                  "cannot carry it (save the file as UTF-8): nothing pushed",
+                  file, at, line, (unsigned char)src.data[at]);
+    buf_free(&src);
+    policydoc_free(&scratch);
+    return rc;
+  }
   char *sig = NULL;
   int bad = check_source(cfg, file, src.data, src.len) < 0;
   if (!bad && cfg->policy_sign &&
@@ -307,58 +562,78 @@ static int push(const config_t *cfg, client_t *c) {
     policydoc_free(&scratch);
     return 1;
   }
-  policydoc_t d;
-  char *prev;
-  size_t prevlen;
+  doc_t o;
+  policydoc_t *d = &o.d;
   int rc = 1;
-  int found = read_doc(c, key, &d, &prev, &prevlen);
-  if (found < 0) goto out;
-  if (!found && cfg->policy_canary) {
-    fail("%s holds no policy yet: the first push goes to every host (without "
+  char replaced[200] = "";
+  int found = read_doc(c, key, &o);
+  if (found == DOC_FAILED) goto out;
+  if (found == DOC_UNREADABLE) {
+    if (!force) {
+      fail_unreadable(key, &o);
+      goto out;
+    }
+    if (renumber(c, key, &o, d) != 0) goto out;
+    if (d->generation || d->last_revision)
+      snprintf(replaced, sizeof replaced,
+               "; replaced the unreadable document: numbered above generation "
+               "%" PRId64 " and revision %" PRId64,
+               d->generation, d->last_revision);
+    else
+      snprintf(replaced, sizeof replaced,
+               "; replaced the unreadable document: no number left to go "
+               "above");
+  }
+  if (!d->stable && cfg->policy_canary) {
+    fail("%s holds no %s: the first push goes to every host (without "
          "--canary)",
-         key);
+         key, found == DOC_UNREADABLE ? "readable policy" : "policy yet");
+    goto out;
+  }
+  if (policydoc_top(d) >= POLICYDOC_MAX_NUMBER) {
+    fail("%s: revision %" PRId64 " is the largest a document may hold: "
+         "nothing pushed (edit last_revision lower by hand)",
+         key, policydoc_top(d));
     goto out;
   }
   const char *base = strrchr(file, '/');
   char *by = pushed_by();
-  policydoc_rev_t *r =
-      policydoc_rev_new(policydoc_top(&d) + 1, src.data, src.len, sig,
-                        base ? base + 1 : file, by);
+  policydoc_rev_t *r = policydoc_rev_new(
+      policydoc_top(d) + 1, src.data, src.len, sig, base ? base + 1 : file, by);
   free(by);
-  char what[1200];
+  char what[1400];
   if (cfg->policy_canary) {
-    policydoc_rev_free(d.canary);
-    d.canary = r;
-    policydoc_set_canary(&d, cfg->policy_canary, err, sizeof err);
+    policydoc_rev_free(d->canary);
+    d->canary = r;
+    policydoc_set_canary(d, cfg->policy_canary, err, sizeof err);
     char sel[1000];
-    selection(&d, sel, sizeof sel);
+    selection(d, sel, sizeof sel);
     snprintf(what, sizeof what,
              "pushed revision %" PRId64 " to %s (canary; stable stays %" PRId64
              ")%s",
-             r->revision, sel, d.stable->revision, sig ? ", signed" : "");
+             r->revision, sel, d->stable->revision, sig ? ", signed" : "");
   } else {
-    int64_t old = d.stable ? d.stable->revision : 0;
-    if (d.stable) {
-      policydoc_rev_free(d.previous);
-      d.previous = d.stable;
+    int64_t old = d->stable ? d->stable->revision : 0;
+    if (d->stable) {
+      policydoc_rev_free(d->previous);
+      d->previous = d->stable;
     }
-    d.stable = r;
-    int had_canary = d.canary != NULL;
-    policydoc_drop_canary(&d);
+    d->stable = r;
+    int had_canary = d->canary != NULL;
+    policydoc_drop_canary(d);
     char prevs[80] = "";
     if (old) snprintf(prevs, sizeof prevs, "; previous %" PRId64, old);
     snprintf(what, sizeof what,
-             "pushed revision %" PRId64 " to every host (stable%s%s)%s",
+             "pushed revision %" PRId64 " to every host (stable%s%s%s)%s",
              r->revision, prevs, had_canary ? "; the canary dropped" : "",
-             sig ? ", signed" : "");
+             replaced, sig ? ", signed" : "");
   }
-  if (write_doc(c, key, &d, prev, prevlen) == 0) {
+  if (write_doc(c, key, d, o.mod) == 0) {
     printf("%s\n", what);
     rc = 0;
   }
 out:
-  free(prev);
-  policydoc_free(&d);
+  doc_free(&o);
   policydoc_free(&scratch);
   free(sig);
   buf_free(&src);
@@ -367,73 +642,105 @@ out:
 
 /* ---- promote, rollback ---- */
 
-static int move(const config_t *cfg, client_t *c, int promote) {
-  const char *key = cfg->policy_key;
-  policydoc_t d;
-  char *prev;
-  size_t prevlen;
-  int found = read_doc(c, key, &d, &prev, &prevlen);
-  if (found <= 0) {
-    if (found == 0)
-      fail("no policy at %s (register policy push FILE --key %s)", key, key);
-    return 1;
+/* What the canary's hosts did with its revision: promote goes on when one
+ * of them applied it and none refused it, or with --force (then *note
+ * says what was overridden).  0, or 1 (said). */
+static int canary_verdict(client_t *c, const char *key, const policydoc_t *d,
+                          int force, char *note, size_t notelen) {
+  reports_t r;
+  if (read_reports(c, key, 0, &r) != 0) return 1;
+  int64_t rev = d->canary->revision;
+  const char **refused = xcalloc(r.n + 1, sizeof *refused);
+  size_t nref = 0, napplied = 0;
+  for (size_t i = 0; i < r.n; i++) {
+    const policydoc_status_t *s = &r.hosts[i].s;
+    if (!policydoc_in_canary(d, s->host)) continue;
+    if (s->state == POLICYDOC_REFUSED && s->offered == rev)
+      refused[nref++] = s->host;
+    else if (s->state == POLICYDOC_APPLIED && s->revision == rev)
+      napplied++;
   }
-  char what[300];
+  char sel[1000];
+  selection(d, sel, sizeof sel);
+  char *names = host_list(refused, nref);
+  int rc = 0;
+  if (nref && !force)
+    rc = fail("revision %" PRId64 " was refused by canary host%s %s: not "
+              "promoted (status says why; --force promotes it anyway)",
+              rev, nref == 1 ? "" : "s", names);
+  else if (!napplied && !force)
+    rc = fail("no canary host reports revision %" PRId64 " applied (the "
+              "canary: %s): not promoted (status shows the hosts; --force "
+              "promotes it anyway)",
+              rev, sel);
+  else if (nref)
+    snprintf(note, notelen, "; --force: refused by %s", names);
+  else if (!napplied)
+    snprintf(note, notelen, "; --force: no canary host reported it applied");
+  free(names);
+  free(refused);
+  reports_free(&r);
+  return rc;
+}
+
+static int move(const config_t *cfg, client_t *c, int promote, int force) {
+  const char *key = cfg->policy_key;
+  doc_t o;
+  policydoc_t *d = &o.d;
+  int found = read_doc(c, key, &o);
   int rc = 1;
+  if (found == DOC_ABSENT)
+    fail("no policy at %s (register policy push FILE --key %s)", key, key);
+  else if (found == DOC_UNREADABLE)
+    fail_unreadable(key, &o);
+  if (found != DOC_READ) goto out;
+  char what[1500];
   if (promote) {
-    if (!d.canary) {
+    if (!d->canary) {
       fail("%s has no canary to promote (stable is revision %" PRId64 ")", key,
-           d.stable->revision);
+           d->stable->revision);
       goto out;
     }
+    char note[1100] = "";
+    if (canary_verdict(c, key, d, force, note, sizeof note) != 0) goto out;
     snprintf(what, sizeof what,
              "promoted revision %" PRId64 " to every host (stable; previous "
-             "%" PRId64 ")",
-             d.canary->revision, d.stable->revision);
-    policydoc_rev_free(d.previous);
-    d.previous = d.stable;
-    d.stable = d.canary;
-    d.canary = NULL;
-  } else if (d.canary) {
+             "%" PRId64 "%s)",
+             d->canary->revision, d->stable->revision, note);
+    policydoc_rev_free(d->previous);
+    d->previous = d->stable;
+    d->stable = d->canary;
+    d->canary = NULL;
+  } else if (d->canary) {
     snprintf(what, sizeof what,
              "rolled back the canary (revision %" PRId64
              "): every host runs revision %" PRId64,
-             d.canary->revision, d.stable->revision);
-  } else if (d.previous) {
+             d->canary->revision, d->stable->revision);
+  } else if (d->previous) {
     snprintf(what, sizeof what,
              "rolled back to revision %" PRId64 " (revision %" PRId64
              " dropped)",
-             d.previous->revision, d.stable->revision);
-    policydoc_rev_free(d.stable);
-    d.stable = d.previous;
-    d.previous = NULL;
+             d->previous->revision, d->stable->revision);
+    policydoc_rev_free(d->stable);
+    d->stable = d->previous;
+    d->previous = NULL;
   } else {
     fail("nothing to roll back to: %s holds revision %" PRId64
          " alone (no canary, no previous revision)",
-         key, d.stable->revision);
+         key, d->stable->revision);
     goto out;
   }
-  policydoc_drop_canary(&d); /* its selection (promote: the canary moved) */
-  if (write_doc(c, key, &d, prev, prevlen) == 0) {
+  policydoc_drop_canary(d); /* its selection (promote: the canary moved) */
+  if (write_doc(c, key, d, o.mod) == 0) {
     printf("%s\n", what);
     rc = 0;
   }
 out:
-  free(prev);
-  policydoc_free(&d);
+  doc_free(&o);
   return rc;
 }
 
 /* ---- status ---- */
-
-typedef struct {
-  policydoc_status_t s;
-  int silent;
-} host_t;
-
-static int by_host(const void *a, const void *b) {
-  return strcmp(((const host_t *)a)->s.host, ((const host_t *)b)->s.host);
-}
 
 static void age(int64_t secs, char *out, size_t n) {
   if (secs < 0) secs = 0;
@@ -466,52 +773,40 @@ static void rev_json(buf_t *b, const policydoc_rev_t *r) {
 static void rev_line(const char *what, const policydoc_rev_t *r) {
   printf("  %-9s revision %" PRId64 "  sha256 %.12s  %s", what, r->revision,
          r->sha256, r->signature ? "signed" : "unsigned");
-  if (r->pushed)
-    printf("  pushed %s%s%s", r->pushed, r->pushed_by ? " by " : "",
-           r->pushed_by ? r->pushed_by : "");
+  if (r->pushed) {
+    /* hand-edited text reaches no terminal raw */
+    char *when = clean(r->pushed, strlen(r->pushed), 64);
+    char *by =
+        r->pushed_by ? clean(r->pushed_by, strlen(r->pushed_by), 128) : NULL;
+    printf("  pushed %s%s%s", when, by ? " by " : "", by ? by : "");
+    free(when);
+    free(by);
+  }
   printf("\n");
 }
 
 static int status(const config_t *cfg, client_t *c) {
   const char *key = cfg->policy_key;
-  policydoc_t d;
-  char *text;
-  size_t tlen;
-  int found = read_doc(c, key, &d, &text, &tlen);
-  free(text);
-  if (found <= 0) {
-    if (found == 0)
-      fail("no policy at %s (register policy push FILE --key %s)", key, key);
+  doc_t o;
+  const policydoc_t *d = &o.d;
+  int found = read_doc(c, key, &o);
+  if (found == DOC_ABSENT)
+    fail("no policy at %s (register policy push FILE --key %s)", key, key);
+  if (found == DOC_ABSENT || found == DOC_FAILED) {
+    doc_free(&o);
     return 1;
   }
-  char *dir = policydoc_status_dir(key);
-  if (client_list(c, dir) != ETCD_OK) {
-    fail("etcd: %s", c->error);
-    free(dir);
-    policydoc_free(&d);
+  /* a document that does not parse: the hosts still say what they run */
+  int readable = found == DOC_READ;
+  reports_t rep;
+  if (read_reports(c, key, 1, &rep) != 0) {
+    doc_free(&o);
     return 1;
   }
-  host_t *hosts = xcalloc(c->n ? c->n : 1, sizeof *hosts);
-  size_t nh = 0, unreadable = 0;
-  for (size_t i = 0; i < c->n; i++) {
-    char err[300];
-    host_t *h = &hosts[nh];
-    if (policydoc_status_parse(c->kvs[i].value, c->kvs[i].vlen, &h->s, err,
-                               sizeof err) < 0) {
-      fprintf(stderr, "register policy: %s: %s (ignored)\n", c->kvs[i].key,
-              err);
-      policydoc_status_free(&h->s);
-      unreadable++;
-      continue;
-    }
-    if (strcmp(h->s.key, key) != 0) { /* a host following another KEY */
-      policydoc_status_free(&h->s);
-      continue;
-    }
-    h->silent = h->s.generation < d.generation;
-    nh++;
-  }
-  qsort(hosts, nh, sizeof *hosts, by_host);
+  host_t *hosts = rep.hosts;
+  size_t nh = rep.n, unreadable = rep.unreadable;
+  for (size_t i = 0; i < nh; i++)
+    hosts[i].silent = readable && hosts[i].s.generation < d->generation;
   /* the summary: hosts per revision in force */
   int64_t revs[64];
   size_t counts[64], nrev = 0, refused = 0, waiting = 0, silent = 0;
@@ -531,33 +826,42 @@ static int status(const config_t *cfg, client_t *c) {
   }
   int64_t now = (int64_t)time(NULL);
   char sel[1000] = "";
-  if (d.canary) selection(&d, sel, sizeof sel);
+  if (d->canary) selection(d, sel, sizeof sel);
   if (cfg->policy_json) {
     buf_t b;
     buf_init(&b);
     buf_puts(&b, "{\"key\":");
     json_escape(&b, key, strlen(key));
-    buf_printf(&b, ",\"generation\":%" PRId64 ",\"stable\":", d.generation);
-    rev_json(&b, d.stable);
-    if (d.stable) buf_putc(&b, '}');
+    if (readable)
+      buf_printf(&b, ",\"generation\":%" PRId64, d->generation);
+    else
+      buf_puts(&b, ",\"generation\":null");
+    buf_puts(&b, ",\"document_error\":");
+    if (readable)
+      buf_puts(&b, "null");
+    else
+      json_escape(&b, o.why, strlen(o.why));
+    buf_puts(&b, ",\"stable\":");
+    rev_json(&b, d->stable);
+    if (d->stable) buf_putc(&b, '}');
     buf_puts(&b, ",\"canary\":");
-    rev_json(&b, d.canary);
-    if (d.canary) {
-      if (d.n_canary_hosts) {
+    rev_json(&b, d->canary);
+    if (d->canary) {
+      if (d->n_canary_hosts) {
         buf_puts(&b, ",\"hosts\":[");
-        for (size_t i = 0; i < d.n_canary_hosts; i++) {
+        for (size_t i = 0; i < d->n_canary_hosts; i++) {
           if (i) buf_putc(&b, ',');
-          json_escape(&b, d.canary_hosts[i], strlen(d.canary_hosts[i]));
+          json_escape(&b, d->canary_hosts[i], strlen(d->canary_hosts[i]));
         }
         buf_putc(&b, ']');
       } else {
-        buf_printf(&b, ",\"percent\":%d", d.canary_percent);
+        buf_printf(&b, ",\"percent\":%d", d->canary_percent);
       }
       buf_putc(&b, '}');
     }
     buf_puts(&b, ",\"previous\":");
-    rev_json(&b, d.previous);
-    if (d.previous) buf_putc(&b, '}');
+    rev_json(&b, d->previous);
+    if (d->previous) buf_putc(&b, '}');
     buf_puts(&b, ",\"hosts\":[");
     for (size_t i = 0; i < nh; i++) {
       const policydoc_status_t *s = &hosts[i].s;
@@ -572,11 +876,15 @@ static int status(const config_t *cfg, client_t *c) {
         json_escape(&b, s->error, strlen(s->error));
       else
         buf_puts(&b, "null");
+      /* since 0: the host never said when */
+      if (s->since > 0)
+        buf_printf(&b, ",\"age\":%" PRId64, now - s->since);
+      else
+        buf_puts(&b, ",\"age\":null");
       buf_printf(&b,
-                 ",\"keys\":%" PRIu64 ",\"age\":%" PRId64
-                 ",\"generation\":%" PRId64 ",\"silent\":%s,\"signed\":%s}",
-                 s->keys, now - s->since, s->generation,
-                 hosts[i].silent ? "true" : "false",
+                 ",\"keys\":%" PRIu64 ",\"generation\":%" PRId64
+                 ",\"silent\":%s,\"signed\":%s}",
+                 s->keys, s->generation, hosts[i].silent ? "true" : "false",
                  s->is_signed ? "true" : "false");
     }
     buf_printf(&b, "],\"summary\":{\"hosts\":%zu,\"revisions\":{", nh);
@@ -589,48 +897,103 @@ static int status(const config_t *cfg, client_t *c) {
     fwrite(b.data, 1, b.len, stdout);
     buf_free(&b);
   } else {
-    printf("policy %s, generation %" PRId64 "\n", key, d.generation);
-    rev_line("stable", d.stable);
-    if (d.canary) {
-      rev_line("canary", d.canary);
-      printf("            to %s\n", sel);
+    if (readable) {
+      printf("policy %s, generation %" PRId64 "\n", key, d->generation);
+      rev_line("stable", d->stable);
+      if (d->canary) {
+        rev_line("canary", d->canary);
+        printf("            to %s\n", sel);
+      }
+      if (d->previous) rev_line("previous", d->previous);
+    } else {
+      printf("policy %s: the document is unreadable (%s)\n", key, o.why);
     }
-    if (d.previous) rev_line("previous", d.previous);
     printf("\n%-40s %8s  %-8s %6s %6s  %s\n", "HOST", "REVISION", "STATE",
            "KEYS", "AGE", "ERROR");
     for (size_t i = 0; i < nh; i++) {
       const policydoc_status_t *s = &hosts[i].s;
-      char a[32];
-      age(now - s->since, a, sizeof a);
-      printf("%-40s %8" PRId64 "  %-8s %6" PRIu64 " %6s  %s%s\n", s->host,
+      char a[32] = "-";
+      if (s->since > 0) age(now - s->since, a, sizeof a);
+      char *host = clean(s->host, strlen(s->host), 64);
+      char *error = s->error ? clean(s->error, strlen(s->error), 500) : NULL;
+      printf("%-40s %8" PRId64 "  %-8s %6" PRIu64 " %6s  %s%s\n", host,
              s->revision, policydoc_state_name(s->state), s->keys, a,
              hosts[i].silent ? "(silent: has not read the last write) " : "",
-             s->error ? s->error : "");
+             error ? error : "");
+      free(host);
+      free(error);
     }
     printf("\n%zu host%s", nh, nh == 1 ? "" : "s");
     for (size_t k = 0; k < nrev; k++)
       printf("%s%zu on revision %" PRId64, k ? ", " : ": ", counts[k], revs[k]);
-    printf("; %zu refused, %zu waiting, %zu silent\n", refused, waiting,
-           silent);
+    printf("; %zu refused, %zu waiting, %zu silent, %zu unreadable\n", refused,
+           waiting, silent, unreadable);
   }
-  for (size_t i = 0; i < nh; i++)
-    policydoc_status_free(&hosts[i].s);
-  free(hosts);
-  free(dir);
-  policydoc_free(&d);
-  return 0;
+  fflush(stdout);
+  int rc = 0;
+  if (!readable) rc = fail_unreadable(key, &o);
+  reports_free(&rep);
+  doc_free(&o);
+  return rc;
 }
 
 /* ---- the command ---- */
 
+/* --force is this command's own, taken out before config.c reads the
+ * options every command shares: 1 when given (argv without it in *out,
+ * malloc'd). */
+static int take_force(int argc, char **argv, char ***out, int *outc) {
+  char **v = xcalloc((size_t)argc + 1, sizeof *v);
+  int n = 0, force = 0;
+  for (int i = 0; i < argc; i++) {
+    if (i > 0 && strcmp(argv[i], "--") == 0) {
+      while (i < argc)
+        v[n++] = argv[i++];
+      break;
+    }
+    if (i > 0 && strcmp(argv[i], "--force") == 0)
+      force = 1;
+    else
+      v[n++] = argv[i];
+  }
+  *out = v;
+  *outc = n;
+  return force;
+}
+
 int policy_cmd_main(int argc, char **argv) {
   config_t cfg;
   char err[600];
-  int rc = config_parse_policy(&cfg, argc, argv, err, sizeof err);
+  char **args;
+  int nargs;
+  int force = take_force(argc, argv, &args, &nargs);
+  int rc = config_parse_policy(&cfg, nargs, args, err, sizeof err);
   if (rc != 0) {
-    if (rc < 0) fprintf(stderr, "register policy: %s\n", err);
+    /* config.c's own messages may already name the command */
+    if (rc < 0)
+      fprintf(stderr, "%s%s\n",
+              strncmp(err, "register policy", 15) == 0 ? ""
+                                                       : "register policy: ",
+              err);
+    for (int i = 1; rc > 0 && i < nargs; i++)
+      if (strcmp(args[i], "--help") == 0 || strcmp(args[i], "-h") == 0) {
+        printf("  --force                 push: replace a document that does "
+               "not parse;\n"
+               "                          promote: although a canary host "
+               "refused the revision\n"
+               "                          or none applied it\n");
+        break;
+      }
     config_free(&cfg);
+    free(args);
     return rc < 0 ? 2 : 0;
+  }
+  free(args);
+  const char *a = cfg.policy_action;
+  if (force && strcmp(a, "push") != 0 && strcmp(a, "promote") != 0) {
+    fprintf(stderr, "register policy %s takes no --force\n", a);
+    config_free(&cfg);
+    return 2;
   }
   log_setup(cfg.log_level, cfg.log_format);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -641,13 +1004,12 @@ int policy_cmd_main(int argc, char **argv) {
   client_t c;
   rc = 1;
   if (client_open(&c, &cfg) == 0) {
-    const char *a = cfg.policy_action;
     if (strcmp(a, "push") == 0)
-      rc = push(&cfg, &c);
+      rc = push(&cfg, &c, force);
     else if (strcmp(a, "status") == 0)
       rc = status(&cfg, &c);
     else
-      rc = move(&cfg, &c, strcmp(a, "promote") == 0);
+      rc = move(&cfg, &c, strcmp(a, "promote") == 0, force);
     client_close(&c);
   }
   curl_global_cleanup();

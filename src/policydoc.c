@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -136,8 +137,9 @@ static int parse_rev(const json_value_t *v, const char *what,
   *out = r;
   int got = get_int(v, "revision", &r->revision);
   if (got == 0) return fail(err, errlen, "%s.revision is missing", what);
-  if (got < 0 || r->revision < 1)
-    return fail(err, errlen, "%s.revision is not an integer >= 1", what);
+  if (got < 0 || r->revision < 1 || r->revision > POLICYDOC_MAX_NUMBER)
+    return fail(err, errlen, "%s.revision is not an integer in 1..%" PRId64,
+                what, POLICYDOC_MAX_NUMBER);
   const json_value_t *src = json_get(v, "source");
   if (!src) return fail(err, errlen, "%s.source is missing", what);
   if (src->type != JSON_STRING)
@@ -231,16 +233,24 @@ int policydoc_parse(const char *text, size_t len, policydoc_t *out, char *err,
          "register?)");
     goto out;
   }
+  /* bounded, so that the next write's + 1 stays in range however the
+   * document was edited */
   got = get_int(root, "generation", &out->generation);
-  if (got <= 0 || out->generation < 1) {
-    fail(err, errlen,
-         got == 0 ? "generation is missing"
-                  : "generation is not an integer >= 1");
+  if (got == 0) {
+    fail(err, errlen, "generation is missing");
+    goto out;
+  }
+  if (got < 0 || out->generation < 1 ||
+      out->generation > POLICYDOC_MAX_NUMBER) {
+    fail(err, errlen, "generation is not an integer in 1..%" PRId64,
+         POLICYDOC_MAX_NUMBER);
     goto out;
   }
   got = get_int(root, "last_revision", &out->last_revision);
-  if (got < 0 || out->last_revision < 0) {
-    fail(err, errlen, "last_revision is not an integer >= 0");
+  if (got < 0 || out->last_revision < 0 ||
+      out->last_revision > POLICYDOC_MAX_NUMBER) {
+    fail(err, errlen, "last_revision is not an integer in 0..%" PRId64,
+         POLICYDOC_MAX_NUMBER);
     goto out;
   }
   v = json_get(root, "stable");
@@ -345,6 +355,31 @@ int64_t policydoc_top(const policydoc_t *d) {
   return top;
 }
 
+/* a number of the document's, if it is one in range */
+static void salvage_int(const json_value_t *obj, const char *name,
+                        int64_t *max) {
+  int64_t v;
+  if (obj && obj->type == JSON_OBJECT && get_int(obj, name, &v) == 1 &&
+      v >= 1 && v <= POLICYDOC_MAX_NUMBER && v > *max)
+    *max = v;
+}
+
+void policydoc_salvage(const char *text, size_t len, int64_t *generation,
+                       int64_t *top) {
+  if (len > POLICYDOC_MAX_DOC) return;
+  char jerr[200];
+  json_doc_t *doc = json_parse_max(text, len, DOC_MEMORY, jerr, sizeof jerr);
+  if (!doc) return;
+  const json_value_t *root = json_root(doc);
+  salvage_int(root, "generation", generation);
+  salvage_int(root, "last_revision", top);
+  static const char *const revs[] = {"stable", "previous", "canary"};
+  for (size_t i = 0; i < 3; i++)
+    if (root->type == JSON_OBJECT)
+      salvage_int(json_get(root, revs[i]), "revision", top);
+  json_free(doc);
+}
+
 void policydoc_drop_canary(policydoc_t *d) {
   policydoc_rev_free(d->canary);
   d->canary = NULL;
@@ -434,6 +469,17 @@ int policydoc_set_canary(policydoc_t *d, const char *spec, char *err,
       rc = fail(err, errlen, "--canary: \"%s\" is not an IP address", ip);
       break;
     }
+    for (size_t i = 0; i < nh && rc == 0; i++) {
+      unsigned char other[16];
+      if (ip_bytes(hosts[i], other) < 0 || memcmp(other, bytes, 16) != 0)
+        continue;
+      if (strcmp(hosts[i], ip) == 0)
+        rc = fail(err, errlen, "--canary: %s is named twice", ip);
+      else
+        rc = fail(err, errlen, "--canary: %s is named twice (also as %s)", ip,
+                  hosts[i]);
+    }
+    if (rc < 0) break;
     if (nh == POLICYDOC_MAX_HOSTS) {
       rc = fail(err, errlen, "--canary: more than %u hosts (use N%%)",
                 POLICYDOC_MAX_HOSTS);

@@ -104,6 +104,7 @@ def push_canary_promote_rollback():
         d = doc(api, key)
         assert d["canary"]["revision"] == 3 and d["canary"]["hosts"] == ["10.0.0.1", "10.0.0.2"]
         assert "percent" not in d["canary"] and d["stable"]["revision"] == 1
+        report(api, key, "10.0.0.1", generation=3, revision=3, offered=3)
         out = ok(api, "promote", "--key", key)
         assert out == "promoted revision 3 to every host (stable; previous 1)\n", out
         d = doc(api, key)
@@ -249,15 +250,236 @@ def put_if_at_etcd_level():
         key = f"/{api}/c/policy"
         ok(api, "push", POLICY, "--key", key)
         put(api, key, "{not json")
-        bad(api, f"{key}: not JSON", "status", "--key", key)
-        bad(api, f"{key}: not JSON", "push", POLICY, "--key", key)
-        bad(api, f"{key}: not JSON", "promote", "--key", key)
+        bad(api, f"{key} is unreadable (not JSON", "status", "--key", key)
+        bad(api, f"{key} is unreadable (not JSON", "push", POLICY, "--key", key)
+        bad(api, f"{key} is unreadable (not JSON", "promote", "--key", key)
         d = json.dumps({"register_policy": 1, "generation": 1,
                         "stable": {"revision": 1, "sha256": "0" * 64, "source": "x"}})
         put(api, key, d)
         bad(api, "stable.sha256 does not match its source", "rollback", "--key", key)
         put(api, key, json.dumps({"register_policy": 2}))
         bad(api, "register_policy is not 1", "status", "--key", key)
+
+
+def latin1_policy():
+    p = os.path.join(D, "latin1.lua")
+    with open(p, "wb") as f:
+        f.write(b"-- caf\xe9 (latin-1)\n" + open(POLICY, "rb").read())
+    return p
+
+
+@suite.test
+def non_utf8_source_refused():
+    """A byte that is not UTF-8 cannot cross etcd's JSON APIs (v2 gives it
+    back as U+FFFD, and every host refused the revision): push refuses it,
+    naming where it is, and writes nothing."""
+    bad_file = latin1_policy()
+    for api in APIS:
+        key = f"/{api}/u8/policy"
+        line = bad(api, "is not UTF-8: byte 6 (line 1) is 0xe9", "push", bad_file, "--key", key)
+        assert "nothing pushed" in line, line
+        assert get(api, key) is None
+        ok(api, "push", POLICY, "--key", key)
+        before = get(api, key)
+        bad(api, "is not UTF-8", "push", bad_file, "--key", key, "--canary", "10.0.0.1")
+        assert get(api, key) == before
+
+
+@suite.test
+def hand_edited_numbers():
+    """Numbers edited by hand past what a document may hold: one line and
+    exit 1, never an abort, whatever the command."""
+    for api in APIS:
+        key = f"/{api}/num/policy"
+        ok(api, "push", POLICY, "--key", key)
+        d = doc(api, key)
+        for field, want in (("last_revision", "last_revision is not an integer in 0..9007199254740991"),
+                            ("generation", "generation is not an integer in 1..9007199254740991")):
+            for n in (9223372036854775807, 9007199254740992, 10 ** 30, -1):
+                e = dict(d, **{field: n})
+                put(api, key, json.dumps(e))
+                for args in (("push", POLICY), ("promote",), ("rollback",), ("status",)):
+                    bad(api, want if n != 10 ** 30 else f"{field} is not an integer", *args, "--key", key)
+        # the largest number a document may hold: valid, and nothing above it
+        put(api, key, json.dumps(dict(d, last_revision=9007199254740991)))
+        bad(api, "revision 9007199254740991 is the largest a document may hold", "push", POLICY, "--key", key)
+        put(api, key, json.dumps(dict(d, generation=9007199254740991)))
+        bad(api, "generation 9007199254740991 is the largest a document may hold", "push", POLICY,
+            "--key", key)
+        ok(api, "status", "--key", key)
+
+
+@suite.test
+def unreadable_document_recovery():
+    """A document that does not parse: status still shows every host and
+    why; the others say how to recover; push --force replaces it, numbered
+    above anything a host reports, still compare-and-swap."""
+    for api in APIS:
+        key = f"/{api}/unr/policy"
+        ok(api, "push", POLICY, "--key", key)
+        report(api, key, "10.0.0.1", generation=9, revision=7, offered=7)
+        report(api, key, "10.0.0.2", generation=8, revision=6, offered=8, state="refused", error="boom")
+        report(api, key, "10.0.0.3", key="/elsewhere/policy", generation=30, revision=20, offered=20)
+        good = doc(api, key)
+        for text, why in (('{"register_policy": 1, "generation": 4, "stab', "not JSON"),
+                          ("[1, 2]", "not a policy document: not a JSON object"),
+                          ('{"register_policy": 1, "generation": "4"}', "generation is not an integer"),
+                          (json.dumps(dict(good, stable=dict(good["stable"], source="changed"))),
+                           "stable.sha256 does not match its source")):
+            put(api, key, text)
+            rc, out, err = run(api, "status", "--key", key)
+            assert rc == 1, (rc, err)
+            assert f"policy {key}: the document is unreadable ({why}" in out, out
+            hosts = [l.split()[0] for l in out.splitlines() if l.startswith("10.0.0.")]
+            assert hosts == ["10.0.0.1", "10.0.0.2"], out
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and why in lines[0] and "--force replaces it" in lines[0], err
+            rc, out, err = run(api, "status", "--key", key, "--json")
+            assert rc == 1, err
+            j = json.loads(out)
+            assert why in j["document_error"] and j["generation"] is None and j["stable"] is None, j
+            assert [h["host"] for h in j["hosts"]] == ["10.0.0.1", "10.0.0.2"], j
+            for args in (("push", POLICY), ("promote",), ("rollback",)):
+                line = bad(api, f"{key} is unreadable ({why}", *args, "--key", key)
+                assert f"register policy push FILE --key {key} --force" in line, line
+            assert get(api, key) == text
+        bad(api, "holds no readable policy", "push", POLICY, "--key", key, "--force", "--canary", "10.0.0.1")
+        out = ok(api, "push", POLICY, "--key", key, "--force")
+        # above every number seen: a host of another KEY under the same
+        # status directory too (numbers only grow: more is harmless)
+        assert "pushed revision 21 to every host (stable; replaced the unreadable document: numbered " \
+            "above generation 30 and revision 20)" in out, out
+        d = doc(api, key)
+        assert d["stable"]["revision"] == 21 and d["generation"] == 31 and "previous" not in d, d
+        ok(api, "status", "--key", key)
+        # the numbers the unreadable document still shows count too
+        put(api, key, json.dumps(dict(good, generation=50, last_revision=40,
+                                      stable=dict(good["stable"], source="x"))))
+        out = ok(api, "push", POLICY, "--key", key, "--force")
+        assert "pushed revision 41" in out, out
+        assert doc(api, key)["generation"] == 51
+        # --force on a document that parses: an ordinary push
+        out = ok(api, "push", POLICY, "--key", key, "--force")
+        assert "pushed revision 42 to every host (stable; previous 41)" in out, out
+        bad(api, "register policy status takes no --force", "status", "--key", key, "--force", rc=2)
+        bad(api, "register policy rollback takes no --force", "rollback", "--key", key, "--force", rc=2)
+        # --force is compare-and-swap too: the racers that lose say so
+        put(api, key, "{broken")
+        with ThreadPoolExecutor(6) as ex:
+            res = list(ex.map(lambda _: run(api, "push", POLICY, "--key", key, "--force"), range(6)))
+        wins = [r for r in res if r[0] == 0]
+        assert len(wins) >= 1, res
+        for rc, out, err in res:
+            assert rc == 0 or f"{key} changed meanwhile (another operator?)" in err, err
+        # one replaced the broken document (generation 31: above the
+        # hosts' 30), each later winner read what it wrote and pushed on
+        assert doc(api, key)["generation"] == 30 + len(wins), (doc(api, key)["generation"], len(wins))
+
+
+@suite.test
+def promote_checks_the_canary():
+    """promote goes by what the canary's hosts did with its revision."""
+    for api in APIS:
+        key = f"/{api}/pc/policy"
+        ok(api, "push", POLICY, "--key", key)
+        ok(api, "push", POLICY, "--key", key, "--canary", "10.77.0.1,10.77.0.2")  # revision 2
+        before = get(api, key)
+        # a canary naming addresses no host runs: nobody applied it
+        bad(api, "no canary host reports revision 2 applied (the canary: 2 hosts (10.77.0.1, 10.77.0.2))",
+            "promote", "--key", key)
+        # a host out of the canary applying stable does not count
+        report(api, key, "10.77.0.9", generation=2, revision=1, offered=1, state="waiting")
+        # its only canary host that answered refused it
+        report(api, key, "10.77.0.2", generation=2, revision=1, offered=2, state="refused",
+               error="signature: unsigned")
+        line = bad(api, "revision 2 was refused by canary host 10.77.0.2: not promoted", "promote", "--key", key)
+        assert "--force" in line, line
+        # even when another canary host applied it
+        report(api, key, "10.77.0.1", generation=2, revision=2, offered=2)
+        bad(api, "refused by canary host 10.77.0.2", "promote", "--key", key)
+        assert get(api, key) == before
+        out = ok(api, "promote", "--key", key, "--force")
+        assert out == "promoted revision 2 to every host (stable; previous 1; --force: refused by 10.77.0.2)\n", out
+        # applied by one, refused by none: promoted
+        ok(api, "push", POLICY, "--key", key, "--canary", "10%")  # revision 3
+        canary = next(f"10.1.0.{i}" for i in range(256) if bucket(f"10.1.0.{i}") < 10)
+        report(api, key, canary, generation=4, revision=3, offered=3)
+        out = ok(api, "promote", "--key", key)
+        assert out == "promoted revision 3 to every host (stable; previous 2)\n", out
+        ok(api, "push", POLICY, "--key", key, "--canary", "10.77.0.5")  # revision 4
+        out = ok(api, "promote", "--key", key, "--force")
+        assert "--force: no canary host reported it applied" in out, out
+
+
+def bucket(ip):
+    h = 2166136261
+    for b in ip.encode():
+        h = ((h ^ b) * 16777619) & 0xffffffff
+    return h % 100
+
+
+@suite.test
+def status_shows_reports_safely():
+    """A host is the one its report's key names; hostile or odd text from
+    reports reaches no terminal raw; every count is in the summary."""
+    for api in APIS:
+        key = f"/{api}/ss/policy"
+        ok(api, "push", POLICY, "--key", key)
+        report(api, key, "10.77.0.1", generation=1, revision=1, offered=1)
+        # a report under 10.77.0.91 claiming to be 10.77.0.1
+        r = {"host": "10.77.0.1", "key": key, "generation": 1, "revision": 1, "sha256": "",
+             "offered": 1, "state": "refused", "keys": 0, "since": 0,
+             "error": "\x1b[31mred\x1b[0m\nsecond line\rthird"}
+        put(api, key.rsplit("/", 1)[0] + "/status/10.77.0.91", json.dumps(r))
+        put(api, key.rsplit("/", 1)[0] + "/status/10.77.0.8", "garbage")
+        rc, out, err = run(api, "status", "--key", key)
+        assert rc == 0, err
+        hosts = [l for l in out.splitlines() if l.startswith("10.77.")]
+        assert [l.split()[0] for l in hosts] == ["10.77.0.1", "10.77.0.91"], out
+        assert "\x1b" not in out and "\r" not in out, repr(out)
+        line = hosts[1]
+        assert "\\x1b[31mred" in line and "second line" in line and "third" in line, line
+        assert line.split()[1:5] == ["1", "refused", "0", "-"], line
+        assert "2 hosts: 2 on revision 1; 1 refused, 0 waiting, 0 silent, 1 unreadable" in out, out
+        assert "10.77.0.91" in err and "names host 10.77.0.1" in err, err
+        j = json.loads(ok(api, "status", "--key", key, "--json"))
+        h = {x["host"]: x for x in j["hosts"]}
+        assert set(h) == {"10.77.0.1", "10.77.0.91"} and h["10.77.0.91"]["age"] is None, j
+        assert j["summary"]["unreadable"] == 1
+
+
+@suite.test
+def cli_details():
+    for api in APIS:
+        key = f"/{api}/cli/policy"
+        bad(api, "--canary: 10.77.0.1 is named twice", "push", POLICY, "--key", key,
+            "--canary", "10.77.0.1,10.0.0.2,10.77.0.1")
+        # a failed check: one line, the first of what the check said
+        failing = write("fails2.lua", open(POLICY).read().replace(
+            "function policy.records(c, host)", "function policy.records(c, host)\n  error('boom')"))
+        line = bad(api, "fails its check on the inspect documents given: ", "push", failing, INSPECT,
+                   "--key", key)
+        assert "boom" in line and "nothing pushed" in line and not line.count("register:"), line
+        loadfail = write("loadfail.lua", "local function f() error('at load') end\nf()\n")
+        bad(api, "does not load", "push", loadfail, "--key", key)
+        missing = os.path.join(D, "missing.json")
+        line = bad(api, f"{missing}: No such file or directory", "push", POLICY, missing, "--key", key)
+        assert "fails its check" not in line, line
+        assert get(api, key) is None
+        # config.c's messages name the command once
+        line = bad(api, "register policy status: --key KEY is required", "status", rc=2)
+        assert not line.startswith("register policy: register policy"), line
+        line = bad(api, "etcd", "status", "--key", key, url="http://127.0.0.1:9")
+        assert "etcd: etcd" not in line, line
+        rc, out, err = run(api, "--help")
+        assert rc == 0 and "--force" in out, out
+    # v2: a directory at KEY is not "changed meanwhile"
+    key = "/v2/cli/dir"
+    etcd.etcdctl("mkdir", key)
+    for args in (("push", POLICY), ("status",), ("promote",)):
+        bad("v2", f"{key} is a directory in etcd (v2)", *args, "--key", key)
+    etcd.etcdctl("set", key + "/x", "1")
+    bad("v2", f"{key} is a directory in etcd (v2)", "push", POLICY, "--key", key)
 
 
 @suite.test
@@ -291,6 +513,28 @@ def bad_inputs():
         # etcd unreachable: the etcd error
         line = bad(api, "etcd", "status", "--key", key, url="http://127.0.0.1:9")
         assert "127.0.0.1:9" in line, line
+
+
+@suite.test
+def three_large_revisions_fit_one_compare_and_swap():
+    """The compare-and-swap compares the key's mod_revision (v2: its index),
+    not its old value: with three revisions of about 250 KB (stable,
+    previous, canary; the document just under its 1 MiB), a v3 write that
+    carried the old document beside the new one passed etcd's request
+    limit (1.5 MiB): "etcdserver: request is too large"."""
+    base = open(POLICY).read()
+    # quotes, escaped in the document's JSON: about 330 KB each there
+    files = [write(f"big{i}.lua", base + "\n--[[ " + chr(ord("a") + i) * 175_000 + '"' * 78_000 + " ]]\n")
+             for i in range(3)]
+    for api in APIS:
+        key = f"/{api}/big/policy"
+        ok(api, "push", files[0], "--key", key)
+        ok(api, "push", files[1], "--key", key)
+        ok(api, "push", files[2], "--key", key, "--canary", "10.0.0.1")
+        d = doc(api, key)
+        assert d["canary"]["revision"] == 3 and d["stable"]["revision"] == 2, d
+        assert d["previous"]["revision"] == 1, d
+        assert 950_000 < len(get(api, key)) < 1024 * 1024
 
 
 suite.run()

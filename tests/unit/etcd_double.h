@@ -397,7 +397,7 @@ DBL_API void op_end(etcd_op_t *op, etcd_status_t st) {
     for (size_t i = 0; st == ETCD_OK && i < nstore; i++)
       if (dbl_under(store[i].key, prefix))
         kvs[n++] = (etcd_kv_t){store[i].key, store[i].value, store[i].vlen,
-                               store[i].leased ? 30 : 0};
+                               store[i].leased ? 30 : 0, 0};
     qsort(kvs, n, sizeof *kvs, dbl_kv_cmp);
     for (size_t i = 0; st == ETCD_OK && !op->e->txn && i < nstore_dirs; i++)
       if ((dbl_under(store_dirs[i], prefix) ||

@@ -112,7 +112,7 @@ TEST(rejections) {
           "stable.revision is missing");
   rejects(
       "{\"register_policy\":1,\"generation\":1,\"stable\":{\"revision\":0}}",
-      "stable.revision is not an integer >= 1");
+      "stable.revision is not an integer in 1..");
   rejects(
       "{\"register_policy\":1,\"generation\":1,\"stable\":{\"revision\":1}}",
       "stable.source is missing");
@@ -340,6 +340,83 @@ TEST(status_key) {
   free(k);
 }
 
+/* hand-edited numbers: refused when parsing, so that the next write's
+ * + 1 can never overflow (push aborted on last_revision INT64_MAX) */
+TEST(numbers_in_range) {
+  char *s1 = rev(1, "src", ""), *t;
+  policydoc_t d;
+  static const char *const huge[] = {"9223372036854775807", "9007199254740992"};
+  for (size_t i = 0; i < 2; i++) {
+    char num[200];
+    snprintf(num, sizeof num, "\"last_revision\":%s,", huge[i]);
+    t = xasprintf("{\"register_policy\":1,%s\"generation\":3,\"stable\":%s}",
+                  num, s1);
+    ASSERT_EQ(policydoc_parse(t, strlen(t), &d, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "last_revision is not an integer in "
+                         "0..9007199254740991");
+    policydoc_free(&d);
+    free(t);
+    t = xasprintf("{\"register_policy\":1,\"generation\":%s,\"stable\":%s}",
+                  huge[i], s1);
+    ASSERT_EQ(policydoc_parse(t, strlen(t), &d, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "generation is not an integer in 1..9007199254740991");
+    policydoc_free(&d);
+    free(t);
+    char *big = xstrdup(s1);
+    char *r = strstr(big, "\"revision\":1");
+    ASSERT(r);
+    char *t2 = xasprintf("%.*s\"revision\":%s%s", (int)(r - big), big, huge[i],
+                         r + strlen("\"revision\":1"));
+    t = doc(t2, NULL, NULL);
+    ASSERT_EQ(policydoc_parse(t, strlen(t), &d, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "stable.revision is not an integer in 1..");
+    policydoc_free(&d);
+    free(t);
+    free(t2);
+    free(big);
+  }
+  /* the largest is still a document (the command refuses to go past it) */
+  t = xasprintf("{\"register_policy\":1,\"last_revision\":9007199254740991,"
+                "\"generation\":9007199254740991,\"stable\":%s}",
+                s1);
+  ASSERT_EQ(policydoc_parse(t, strlen(t), &d, err, sizeof err), 0);
+  ASSERT_EQ(policydoc_top(&d), POLICYDOC_MAX_NUMBER);
+  policydoc_free(&d);
+  free(t);
+  free(s1);
+}
+
+/* what a document that does not parse still shows, for push --force */
+TEST(salvage) {
+  int64_t gen = 3, top = 4;
+  policydoc_salvage("{nope", 5, &gen, &top);
+  ASSERT_EQ(gen, 3);
+  ASSERT_EQ(top, 4);
+  const char *t = "{\"generation\":9,\"last_revision\":2,\"stable\":{"
+                  "\"revision\":7},\"canary\":{\"revision\":\"x\"},"
+                  "\"previous\":{\"revision\":9223372036854775807}}";
+  policydoc_salvage(t, strlen(t), &gen, &top);
+  ASSERT_EQ(gen, 9);
+  ASSERT_EQ(top, 7); /* out of range and not numbers: not taken */
+  policydoc_salvage("[1,2]", 5, &gen, &top);
+  ASSERT_EQ(gen, 9);
+}
+
+/* an address named twice is refused, even written another way */
+TEST(canary_named_twice) {
+  policydoc_t d = {0};
+  ASSERT_EQ(policydoc_set_canary(&d, "10.77.0.1,10.77.0.1", err, sizeof err),
+            -1);
+  ASSERT_STR_EQ(err, "--canary: 10.77.0.1 is named twice");
+  ASSERT_EQ(policydoc_set_canary(&d, "2001:db8::1,10.0.0.1,2001:db8:0::1", err,
+                                 sizeof err),
+            -1);
+  ASSERT_CONTAINS(err, "2001:db8:0::1 is named twice (also as 2001:db8::1)");
+  ASSERT_EQ(d.n_canary_hosts, 0);
+  policydoc_free(&d);
+}
+
 TEST_MAIN(TEST_ENTRY(round_trip), TEST_ENTRY(rejections),
-          TEST_ENTRY(canary_selection), TEST_ENTRY(status_round_trip),
-          TEST_ENTRY(status_key))
+          TEST_ENTRY(numbers_in_range), TEST_ENTRY(salvage),
+          TEST_ENTRY(canary_named_twice), TEST_ENTRY(canary_selection),
+          TEST_ENTRY(status_round_trip), TEST_ENTRY(status_key))
