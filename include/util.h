@@ -69,6 +69,9 @@ void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
 /* The offset of the first byte of s that does not begin a valid UTF-8
  * sequence (overlong forms and surrogates are not valid); n if none. */
 size_t util_utf8_bad_at(const char *s, size_t n);
+/* 1 when key is dir itself or below it, by whole path segments
+ * ("/a/b" holds "/a/b" and "/a/b/c", not "/a/bc"; "/a/" holds "/a/c") */
+int util_key_holds(const char *dir, const char *key);
 
 /* Monotonic milliseconds, for intervals that must not jump with the clock. */
 uint64_t util_now_ms(void);

@@ -99,6 +99,11 @@ typedef struct {
   /* `require` finds only the embedded modules: the policy has no
    * directory on this host (the fleet's, from etcd) */
   int no_files;
+  /* keys and directories (NULL-terminated; copied) that no record may be
+   * at or under: register's own (the fleet's policy key, the hosts'
+   * reports, the write fences).  Such a record is dropped, logged and
+   * counted as rejected, so that a reload with one is refused. */
+  const char *const *reserved;
   policy_stats_t *stats;  /* NULL: the worker's own; else kept over reloads */
   worker_stats_t *wstats; /* NULL: the worker's own */
   log_level_t log_level;
@@ -129,6 +134,8 @@ void worker_free(worker_t *w);
 const char *worker_path(void);
 
 const char *worker_prefix(const worker_t *w); /* NULL without prefix() */
+/* prefix() for a made-up other host (policy_prefix_other), or NULL */
+const char *worker_prefix_other(const worker_t *w);
 const char *worker_name(const worker_t *w);
 const char *worker_sha256(const worker_t *w); /* of the source, hex, or "" */
 int worker_has_checks(const worker_t *w);

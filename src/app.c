@@ -53,9 +53,13 @@ typedef struct {
   checks_t *checks; /* the containers' health checks the policy asks for */
   reconcile_t *rec;
   docker_t *docker;
-  reload_t *reload;        /* SIGHUP */
-  fleet_t *fleet;          /* --policy-key, or NULL */
-  char *status_key;        /* where fleet's report goes (owned), or NULL */
+  reload_t *reload; /* SIGHUP */
+  fleet_t *fleet;   /* --policy-key, or NULL */
+  char *status_key; /* where fleet's report goes (owned), or NULL */
+  char *fence_key;  /* this host's write fence (owned), or NULL */
+  /* keys no record may be at or under (worker_opts_t.reserved): the
+   * fleet's policy key, the reports' directory, the fences' (owned) */
+  char *reserved_keys[4];
   int status_set;          /* the report is one of the reconciler's keys */
   fleet_view_t fleet_view; /* for health_inputs */
   notify_t *notify;
@@ -708,6 +712,62 @@ static void health_inputs(void *ud, metrics_input_t *in) {
 /* ---- timers and signals ---- */
 
 /* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
+/* A policy's prefix is owned: every key under it that this host's
+ * containers do not make is deleted as stale.  So it must leave alone the
+ * keys register keeps for itself (the fleet's policy key, the hosts'
+ * reports, the write fences) and, from the fleet's key, be this host's
+ * own: a prefix that prefix() gives every host alike makes each host
+ * delete the others' keys (a revision with the prefix "/svc", sent to one
+ * canary, deleted every other host's keys).  0, or -1 with why in err. */
+static int vet_policy(void *ud, const worker_t *w, int fleet, char *err,
+                      size_t errlen) {
+  app_t *a = ud;
+  const config_t *cfg = a->cfg;
+  const char *pre = worker_prefix(w), *other = worker_prefix_other(w);
+  if (!pre) return 0;
+  if (cfg->policy_key && util_key_holds(pre, cfg->policy_key)) {
+    snprintf(err, errlen, "its prefix %s holds the fleet's policy key %s", pre,
+             cfg->policy_key);
+    return -1;
+  }
+  char *dir = cfg->policy_key ? policydoc_status_dir(cfg->policy_key) : NULL;
+  int reports = dir && util_key_holds(pre, dir);
+  if (reports)
+    snprintf(err, errlen, "its prefix %s holds the hosts' reports under %s",
+             pre, dir);
+  free(dir);
+  if (reports) return -1;
+  if (a->fence_key) {
+    char *fdir = xstrdup(a->fence_key);
+    char *slash = strrchr(fdir, '/');
+    if (slash && slash != fdir) *slash = '\0';
+    int holds = util_key_holds(pre, a->fence_key) ||
+                (slash && slash != fdir && util_key_holds(pre, fdir));
+    if (holds)
+      snprintf(err, errlen,
+               "its prefix %s holds this host's write fence %s (or the "
+               "other hosts')",
+               pre, a->fence_key);
+    free(fdir);
+    if (holds) return -1;
+  }
+  if (other && (util_key_holds(pre, other) || util_key_holds(other, pre))) {
+    if (fleet) {
+      snprintf(err, errlen,
+               "its prefix %s is not this host's own: prefix() gives %s for "
+               "another host, and each host would delete the others' keys "
+               "as stale",
+               pre, other);
+      return -1;
+    }
+    log_warn("policy %s: its prefix %s is the same for any host (prefix() "
+             "gives %s for another): each host that runs it deletes the "
+             "others' keys under it as stale",
+             worker_name(w), pre, other);
+  }
+  return 0;
+}
+
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
   worker_t *old = a->policy;
@@ -742,6 +802,25 @@ static void on_worker_restart(void *ud) {
 }
 
 /* The options every policy of this daemon is made with. */
+/* a->reserved_keys: register's own keys, which no record may touch: the
+ * fleet's policy key and its hosts' reports, and the write fences (their
+ * directory, when the fence is the default /register/fence/HOST_IP). */
+static void reserve_keys(app_t *a) {
+  size_t n = 0;
+  if (a->cfg->policy_key) {
+    a->reserved_keys[n++] = xstrdup(a->cfg->policy_key);
+    a->reserved_keys[n++] = policydoc_status_dir(a->cfg->policy_key);
+  }
+  if (a->fence_key) {
+    char *dir = xstrdup(a->fence_key);
+    char *slash = strrchr(dir, '/');
+    if (!a->cfg->etcd_fence && slash && slash != dir)
+      *slash = '\0'; /* the default's directory: every host's fence */
+    a->reserved_keys[n++] = dir;
+  }
+  REGISTER_ASSERT(n < ARRAY_SIZE(a->reserved_keys)); /* NULL-terminated */
+}
+
 static worker_opts_t policy_opts(app_t *a) {
   const config_t *cfg = a->cfg;
   worker_opts_t po = {0};
@@ -760,6 +839,7 @@ static worker_opts_t policy_opts(app_t *a) {
   po.log_level = cfg->log_level;
   po.on_restart = on_worker_restart;
   po.interrupted = &stop_signalled;
+  po.reserved = (const char *const *)a->reserved_keys;
   po.ud = a;
   return po;
 }
@@ -868,6 +948,10 @@ static int start_fleet(app_t *a, const worker_opts_t *po, char *err,
     fpo.no_files = 1;
     char werr[600];
     a->policy = worker_new(&fpo, werr, sizeof werr);
+    if (a->policy && vet_policy(a, a->policy, 1, werr, sizeof werr) < 0) {
+      worker_free(a->policy);
+      a->policy = NULL;
+    }
     if (!a->policy)
       log_error("policy cache: %s; starting with the host's own policy", werr);
   }
@@ -1077,7 +1161,10 @@ int app_run(const config_t *cfg) {
       fence = xstrdup(cfg->etcd_fence);
     eo.fence_key = fence;
     a->etcd = etcd_new(&a->loop, a->http, &eo);
-    free(fence); /* etcd_new() copies it */
+    if (cfg->etcd_api == ETCD_API_V3)
+      a->fence_key = fence; /* v3 only */
+    else
+      free(fence); /* etcd_new() copies it */
   }
   if (start_creds(a, err, sizeof err) < 0) {
     log_error("%s", err);
@@ -1092,6 +1179,7 @@ int app_run(const config_t *cfg) {
   co.on_transition = on_check_transition;
   co.ud = a;
   a->checks = checks_new(&co);
+  reserve_keys(a);
   worker_opts_t po = policy_opts(a);
   if (cfg->policy_key && a->etcd) {
     if (start_fleet(a, &po, err, sizeof err) < 0) {
@@ -1101,7 +1189,17 @@ int app_run(const config_t *cfg) {
   } else if (cfg->policy_key) {
     log_warn("--dry-run: the policy key %s is not followed", cfg->policy_key);
   }
-  if (!a->policy) a->policy = worker_new(&po, err, sizeof err);
+  if (!a->policy) {
+    a->policy = worker_new(&po, err, sizeof err);
+    if (a->policy && vet_policy(a, a->policy, 0, err, sizeof err) < 0) {
+      char why[sizeof err];
+      memcpy(why, err, sizeof why);
+      snprintf(err, sizeof err, "policy %.150s: %.400s", worker_name(a->policy),
+               why);
+      worker_free(a->policy);
+      a->policy = NULL;
+    }
+  }
   if (!a->policy) {
     log_error("%s", err);
     goto out;
@@ -1131,6 +1229,7 @@ int app_run(const config_t *cfg) {
   }
   a->notify = notify_new(&a->loop);
   a->reload = reload_new(reload_commit, a->checks, a);
+  reload_set_vet(a->reload, vet_policy);
   if (cfg->metrics_addr) {
     a->health = health_new(a->etcd, health_inputs, a);
     a->httpd = httpd_new(&a->loop, cfg->metrics_addr, health_handle, a->health,
@@ -1198,6 +1297,9 @@ out:
   worker_free(a->policy);
   free_containers(a);
   free(a->status_key);
+  free(a->fence_key);
+  for (size_t i = 0; i < ARRAY_SIZE(a->reserved_keys); i++)
+    free(a->reserved_keys[i]);
   free(a);
   return rc;
 }

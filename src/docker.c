@@ -74,6 +74,12 @@ struct docker {
     char **ids;
     size_t n, next, inflight;
     http_req_t *reqs[8];
+    /* answers parsed, not yet handed to each(): one goes per turn of the
+     * loop (snap_timer), since each() runs a policy trial that may hold
+     * the loop up to its wall clock, and the etcd I/O (keep-alives) must
+     * get its turn between two trials; owned, in order of arrival */
+    json_doc_t *ready[8];
+    size_t nready;
     docker_each_cb each;
     docker_snapdone_cb done;
     void *ud;
@@ -81,7 +87,7 @@ struct docker {
     char why[700];
   } snap;
   uv_timer_t snap_timer; /* starts a snapshot from the loop, never inside
-                            docker_snapshot() */
+                            docker_snapshot(); hands it one answer per turn */
 
   uv_timer_t reconnect_timer, retry_timer;
   uv_timer_t head_timer; /* the event stream's head is late (podman 5) */
@@ -889,12 +895,16 @@ size_t docker_containers(const docker_t *d) {
 /* ---- the snapshot for a policy reload ---- */
 
 static void snap_pump(docker_t *d);
+static void snap_start_cb(uv_timer_t *t);
 
 static void docker_snap_finish(docker_t *d, int ok, const char *why) {
   for (size_t i = 0; i < ARRAY_SIZE(d->snap.reqs); i++) {
     if (d->snap.reqs[i]) http_cancel(d->snap.reqs[i]);
     d->snap.reqs[i] = NULL;
   }
+  for (size_t i = 0; i < d->snap.nready; i++)
+    json_free(d->snap.ready[i]);
+  uv_timer_stop(&d->snap_timer);
   for (size_t i = 0; i < d->snap.n; i++)
     free(d->snap.ids[i]);
   free(d->snap.ids);
@@ -931,16 +941,32 @@ static void snap_done(http_req_t *req, const http_resp_t *r, void *data) {
     docker_snap_finish(d, 0, d->snap.why);
     return;
   }
+  /* a free place: answers in flight and waiting together are at most
+   * the slots (snap_pump) */
+  REGISTER_ASSERT(d->snap.nready < ARRAY_SIZE(d->snap.ready));
+  d->snap.ready[d->snap.nready++] = doc;
+  if (d->snap.nready == 1) uv_timer_start(&d->snap_timer, snap_start_cb, 0, 0);
+}
+
+/* The oldest answer waiting goes to each(); the next one, if any, at the
+ * next turn of the loop. */
+static void snap_deliver(docker_t *d) {
+  json_doc_t *doc = d->snap.ready[0];
+  d->snap.nready--;
+  memmove(d->snap.ready, d->snap.ready + 1,
+          d->snap.nready * sizeof d->snap.ready[0]);
   const json_value_t *root = json_root(doc);
   const char *id = json_get_str(root, "Id");
   if (id && docker_is_running(root)) d->snap.each(d->snap.ud, id, root);
   json_free(doc);
+  if (!d->snap.done) return; /* each() cannot end it; kept as a guard */
+  if (d->snap.nready) uv_timer_start(&d->snap_timer, snap_start_cb, 0, 0);
   snap_pump(d);
 }
 
 static void snap_pump(docker_t *d) {
   while (d->snap.next < d->snap.n &&
-         d->snap.inflight < ARRAY_SIZE(d->snap.reqs)) {
+         d->snap.inflight + d->snap.nready < ARRAY_SIZE(d->snap.reqs)) {
     char *u = docker_url(d, "/containers/%s/json", d->snap.ids[d->snap.next++]);
     http_req_t *req = docker_get(d, u, 30000, snap_done, d);
     free(u);
@@ -952,13 +978,17 @@ static void snap_pump(docker_t *d) {
     d->snap.reqs[i] = req;
     d->snap.inflight++;
   }
-  if (d->snap.next == d->snap.n && d->snap.inflight == 0)
+  if (d->snap.next == d->snap.n && d->snap.inflight == 0 && d->snap.nready == 0)
     docker_snap_finish(d, 1, NULL);
 }
 
 static void snap_start_cb(uv_timer_t *t) {
   docker_t *d = t->data;
-  if (d->snap.done) snap_pump(d); /* else it ended meanwhile */
+  if (!d->snap.done) return; /* it ended meanwhile */
+  if (d->snap.nready)
+    snap_deliver(d);
+  else
+    snap_pump(d);
 }
 
 int docker_snapshot(docker_t *d, docker_each_cb each, docker_snapdone_cb done,

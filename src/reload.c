@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* What the new policy produced for one container, until the commit. */
 typedef struct {
@@ -28,8 +29,14 @@ typedef struct {
   size_t failed;       /* containers the new policy fails where the old one
                           does not */
   size_t not_timeouts; /* of those, the ones that did not time out */
-  buf_t why;           /* the first RELOAD_NAMED of them: "name (reason)" */
-  int starting;        /* inside docker_snapshot(): no callback may come */
+  size_t skipped;      /* containers not tried: given up (below) */
+  int gave_up;  /* the new policy ran out of time or memory on a container
+                   the policy in force handles: the reload is refused, and
+                   the others are not tried (each try of such a policy holds
+                   the loop up to its limit, on every host at once when the
+                   revision comes from the fleet's key) */
+  buf_t why;    /* the first RELOAD_NAMED of them: "name (reason)" */
+  int starting; /* inside docker_snapshot(): no callback may come */
   reload_done_cb done; /* or NULL (SIGHUP) */
   void *done_ud;
 } txn_t;
@@ -38,6 +45,7 @@ typedef struct {
 
 struct reload {
   reload_commit_cb commit;
+  reload_vet_cb vet;      /* or NULL */
   const checks_t *checks; /* the states records() sees; not ours */
   void *ud;
   txn_t *txn; /* the reload running, or NULL */
@@ -87,6 +95,10 @@ static void txn_free(txn_t *t) {
   free(t);
 }
 
+void reload_set_vet(reload_t *r, reload_vet_cb vet) {
+  r->vet = vet;
+}
+
 void reload_free(reload_t *r) {
   if (!r) return;
   txn_free(r->txn);
@@ -111,11 +123,12 @@ void reload_counts(const reload_t *r, uint64_t *ok, uint64_t *failed,
  * rejected, else -1 with why ("error: ...", "2 records rejected"). */
 static int try_policy(worker_t *p, const json_value_t *inspect,
                       const policy_check_view_t *view, records_t *recs,
-                      uint64_t *rejected, int *timed_out, char *why, size_t n) {
+                      uint64_t *rejected, policy_reason_t *reason, char *why,
+                      size_t n) {
   char err[600];
-  *timed_out = 0;
+  *reason = POLICY_ERR_ERROR;
   if (worker_records_checked(p, inspect, view, recs, err, sizeof err) < 0) {
-    *timed_out = worker_last_reason(p) == POLICY_ERR_TIMEOUT;
+    *reason = worker_last_reason(p);
     snprintf(why, n, "%s: %s", policy_reason_name(worker_last_reason(p)), err);
     return -1;
   }
@@ -136,6 +149,10 @@ static int try_policy(worker_t *p, const json_value_t *inspect,
 static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   txn_t *t = ud;
   REGISTER_ASSERT(!t->starting);
+  if (t->gave_up) {
+    t->skipped++;
+    return;
+  }
   pending_t *pd = xcalloc(1, sizeof *pd);
   char why[700];
   const char *name = json_get_str(inspect, "Name");
@@ -143,9 +160,9 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
   policy_check_state_t states[POLICY_MAX_CHECKS];
   policy_check_view_t view;
   worker_check_view(t->r->checks, id, states, POLICY_MAX_CHECKS, &view);
-  int timed_out, old_timed_out;
-  if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected,
-                 &timed_out, why, sizeof why) < 0) {
+  policy_reason_t reason, old_reason;
+  if (try_policy(t->policy, inspect, &view, &pd->recs, &t->r->rejected, &reason,
+                 why, sizeof why) < 0) {
     free(pd);
     records_t old;
     uint64_t ignored = 0;
@@ -153,7 +170,7 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
     /* a container whose calls end the policy in force's worker fails
      * under it: not tried again (each try holds the loop up to its limit) */
     if (!worker_quarantined(t->current, id) &&
-        try_policy(t->current, inspect, &view, &old, &ignored, &old_timed_out,
+        try_policy(t->current, inspect, &view, &old, &ignored, &old_reason,
                    old_why, sizeof old_why) == 0) {
       records_free(&old);
       log_fields(LOG_ERROR,
@@ -163,7 +180,10 @@ static void reload_each(void *ud, const char *id, const json_value_t *inspect) {
       if (t->failed < RELOAD_NAMED)
         buf_printf(&t->why, "%s%s (%s)", t->failed ? ", " : "", name, why);
       t->failed++;
-      if (!timed_out) t->not_timeouts++;
+      if (reason != POLICY_ERR_TIMEOUT) t->not_timeouts++;
+      if (reason == POLICY_ERR_TIMEOUT || reason == POLICY_ERR_BUDGET ||
+          reason == POLICY_ERR_MEMORY)
+        t->gave_up = 1;
       return;
     }
     log_fields(LOG_WARN,
@@ -199,6 +219,11 @@ static void reload_done(void *ud, int ok, const char *why) {
                "handles: %s%s",
                t->failed, t->failed == 1 ? "" : "s", t->why.data,
                t->failed > RELOAD_NAMED ? ", ..." : "");
+    if (t->skipped)
+      snprintf(line + strlen(line), sizeof line - strlen(line),
+               "; %zu other container%s not tried (each try of a policy "
+               "that runs out of its limits holds the loop)",
+               t->skipped, t->skipped == 1 ? "" : "s");
     log_error("policy reload failed, keeping the old policy: %s", line);
     reload_outcome_t outcome =
         ok && !t->not_timeouts ? RELOAD_TIMED_OUT : RELOAD_REFUSED;
@@ -244,10 +269,15 @@ static void reload_done(void *ud, int ok, const char *why) {
  * back). */
 static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
                  docker_t *docker, reconcile_t *rec, reload_done_cb done,
-                 void *ud, char *err, size_t errlen,
-                 reload_outcome_t *outcome) {
+                 void *ud, char *err, size_t errlen, reload_outcome_t *outcome,
+                 int fleet) {
   policy_reason_t reason;
   worker_t *p = worker_new_why(po, &reason, err, errlen);
+  if (p && r->vet && r->vet(r->ud, p, fleet, err, errlen) < 0) {
+    worker_free(p);
+    p = NULL;
+    reason = POLICY_ERR_ERROR;
+  }
   if (!p) {
     r->failed++;
     log_error("policy reload failed, keeping the old policy: %s", err);
@@ -297,7 +327,7 @@ void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
   }
   char err[600];
   log_info("SIGHUP: trying policy %s on every running container", po->file);
-  start(r, po, current, docker, rec, NULL, NULL, err, sizeof err, NULL);
+  start(r, po, current, docker, rec, NULL, NULL, err, sizeof err, NULL, 0);
 }
 
 int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
@@ -309,5 +339,5 @@ int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,
     snprintf(err, errlen, "a policy reload is already running");
     return -1;
   }
-  return start(r, po, current, docker, rec, done, ud, err, errlen, outcome);
+  return start(r, po, current, docker, rec, done, ud, err, errlen, outcome, 1);
 }

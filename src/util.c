@@ -206,6 +206,12 @@ size_t util_utf8_bad_at(const char *str, size_t len) {
   return len;
 }
 
+int util_key_holds(const char *dir, const char *key) {
+  size_t n = strlen(dir);
+  if (strncmp(dir, key, n) != 0) return 0;
+  return key[n] == '\0' || key[n] == '/' || (n > 0 && dir[n - 1] == '/');
+}
+
 void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
                      int keep_lines) {
   size_t keep = n > max ? max : n;

@@ -57,6 +57,8 @@ struct worker {
 
   /* what the first incarnation said */
   char *name, *prefix;
+  char *other_prefix; /* prefix() for another host (worker_prefix_other) */
+  char **reserved;    /* worker_opts_t.reserved, NULL-terminated, owned */
   char sha256[65];
   int loaded;
   int has_checks, has_event, has_changed;
@@ -715,6 +717,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   const char *prefix = wire_get_str(&rd, NULL);
   int hc = (int)wire_get_num(&rd), he = (int)wire_get_num(&rd),
       hch = (int)wire_get_num(&rd);
+  const char *other = wire_get_str(&rd, NULL);
   char why[200];
   if (type != WIRE_READY || rd.bad ||
       (prefix &&
@@ -727,6 +730,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   if (!w->loaded) { /* the first incarnation says what the policy is */
     w->loaded = 1;
     w->prefix = prefix ? xstrdup(prefix) : NULL;
+    w->other_prefix = other ? xstrndup(other, 1024) : NULL;
     w->has_checks = hc;
     w->has_event = he;
     w->has_changed = hch;
@@ -891,6 +895,12 @@ worker_t *worker_new_why(const worker_opts_t *o, policy_reason_t *reason,
   w->env = dup_or_null(o->env);
   w->path = xstrdup(o->path ? o->path : worker_path());
   w->name = xstrdup(o->file ? o->file : "default");
+  size_t nres = 0;
+  while (o->reserved && o->reserved[nres])
+    nres++;
+  w->reserved = xcalloc(nres + 1, sizeof *w->reserved);
+  for (size_t i = 0; i < nres; i++)
+    w->reserved[i] = xstrdup(o->reserved[i]);
   w->budget = o->budget;
   w->mem_limit = o->mem_limit ? o->mem_limit : (64u << 20);
   w->mem_cap = w->mem_limit + MEM_HEADROOM;
@@ -1004,6 +1014,10 @@ void worker_free(worker_t *w) {
   free(w->path);
   free(w->name);
   free(w->prefix);
+  free(w->other_prefix);
+  for (char **r = w->reserved; r && *r; r++)
+    free(*r);
+  free(w->reserved);
   buf_free(&w->source);
   buf_free(&w->in);
   buf_free(&w->out);
@@ -1013,6 +1027,10 @@ void worker_free(worker_t *w) {
 
 const char *worker_prefix(const worker_t *w) {
   return w->prefix;
+}
+
+const char *worker_prefix_other(const worker_t *w) {
+  return w->other_prefix;
 }
 const char *worker_name(const worker_t *w) {
   return w->name;
@@ -1095,6 +1113,14 @@ static char *keep_str(policy_checks_t *pc, const char *s) {
   return pc->strs[pc->nstrs++] = xstrdup(s);
 }
 
+/* The reserved key or directory (worker_opts_t.reserved) that holds key,
+ * or NULL. */
+static const char *reserved_for(const worker_t *w, const char *key) {
+  for (char **r = w->reserved; *r; r++)
+    if (util_key_holds(*r, key)) return *r;
+  return NULL;
+}
+
 /* A records() outcome in a reply, at rd: FAIL's fields (fail set) or
  * RECORDS_OK's.  0, or -1 (err). */
 static int read_records(worker_t *w, wire_rd_t *rd, int fail, const char *id,
@@ -1125,6 +1151,17 @@ static int read_records(worker_t *w, wire_rd_t *rd, int fail, const char *id,
     if (what) {
       records_free(out);
       return bad_reply(w, what, err, errlen);
+    }
+    const char *own = reserved_for(w, k);
+    if (own) { /* the worker cannot know these: dropped here */
+      buf_t pk = {0};
+      util_clean_text(&pk, k, kl, 160, 0);
+      log_error("policy %s: container %.12s: key \"%s\": at or under %s, "
+                "one of register's own keys; record skipped",
+                w->name, id ? id : "-", pk.data ? pk.data : "", own);
+      buf_free(&pk);
+      rejected++;
+      continue;
     }
     records_add(out, k, v, vl);
     prev = out->v[out->n - 1].key;

@@ -483,4 +483,55 @@ def v3_applies_and_reports_on_the_lease():
     r.stop()
 
 
+@suite.test
+def revisions_that_would_touch_other_hosts_or_registers_own_keys_are_refused():
+    """A revision is tried on this host's containers only, so what it would
+    do elsewhere must be ruled out by what it is: a prefix that prefix()
+    gives every host alike (each host would delete the others' keys as
+    stale: one canary with "/fleet" deleted every other host's keys), a
+    prefix that holds the policy key or the hosts' reports (the canary
+    deleted the fleet's documents and could not be rolled back), a record
+    at the policy key or under the reports.  Each is refused with its
+    reason; another host's key and the document stay."""
+    reset()
+    names = list(webs(2))
+    r, _ = start("--policy-pubkey", K1PUB)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
+    other = "/fleet/10.21.0.99/web9/80"
+    etcd.etcdctl("set", other, "10.21.0.99:1234")
+    other_report = "/fleettest/status/10.21.0.99"
+    etcd.etcdctl("set", other_report, '{"host": "10.21.0.99"}')
+    before = etcd.tree(FLEET)
+    idx = etcd.index()
+    wide = REV_A.replace('function policy.prefix(host) return "/fleet/" .. host.ip end',
+                         'function policy.prefix(host) return "/fleet" end')
+    control = REV_A.replace('function policy.prefix(host) return "/fleet/" .. host.ip end',
+                            'function policy.prefix(host) return "/fleettest" end')
+    hijack = REV_A.replace("  return out\n", '  out["%s"] = "{}"\n  return out\n' % KEY)
+    reports = REV_A.replace("  return out\n", '  out["%s"] = "{}"\n  return out\n' % other_report)
+    assert len({wide, control, hijack, reports, REV_A}) == 5
+    cases = [
+        (2, "a prefix every host gets alike", wide, "is not this host's own"),
+        (3, "a prefix holding the policy key", control, "holds the fleet's policy key"),
+        (4, "a record at the policy key", hijack, "record"),
+        (5, "a record under the hosts' reports", reports, "record"),
+    ]
+    for n, what, source, says in cases:
+        text = doc(rev(n, source, K1))
+        put(text)
+        try:
+            rep = report_is(state="refused", offered=n, revision=1)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {e}")
+        assert says in rep["error"], (what, rep)
+        unchanged_since(idx, before)
+        t = etcd.tree("/fleettest")
+        assert json.loads(t[KEY])["stable"]["revision"] == n, (what, t.get(KEY))
+        assert t.get(other_report) == '{"host": "10.21.0.99"}', (what, t)
+    assert "one of register's own keys" in r.output(), r.output()
+    r.stop()
+
+
 suite.run()

@@ -625,4 +625,77 @@ return { prefix = default.prefix,
         r.stop(timeout=5)
 
 
+def v3_count(prefix):
+    """How many keys etcd holds under prefix (v3 gateway, a count only)."""
+    import base64
+    import json
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    body = json.dumps({"key": base64.b64encode(prefix.encode()).decode(),
+                       "range_end": base64.b64encode(end.encode()).decode(), "count_only": True}).encode()
+    req = urllib.request.Request(etcd.url + "/v3/kv/range", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return int(json.loads(r.read()).get("count", 0))
+
+
+@suite.test
+def a_reload_that_runs_out_of_time_is_refused_without_losing_leased_keys():
+    """A new policy whose records() runs to --policy-timeout on every
+    container, tried by a reload (as every host tries a fleet revision) on
+    12 containers with --ttl 3: each try held the loop for the whole
+    limit, eight tries a turn, so the keep-alives waited 8 s and every key
+    expired (and again at each retry of a refusal for timeouts).  Now the
+    reload is refused at the first container the policy in force handles
+    and the new one times out on, the others are not tried, and the
+    snapshot hands the trial one container per turn of the loop."""
+    reset()
+    for i in range(12):
+        fake.add(name=f"c{i}")
+    policy = os.path.join(WORK, "reload_slow.lua")
+    with open(policy, "w") as f:
+        f.write('return require "register.default"\n')
+    port = free_port()
+    r = Register("--etcd", etcd.url, "--etcd-api", "v3", "--ttl", "3", "--docker", fake.host,
+                 "--policy", policy, "--metrics", f"127.0.0.1:{port}", "--policy-timeout", "1000",
+                 host_ip=IP).start()
+    suite.defer(r.cleanup)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=60)
+        wait_for(lambda: v3_count(PREFIX + "/") == 12, 20, what="12 keys")
+        with open(policy, "w") as f:
+            f.write('local d = require "register.default"\n'
+                    '-- one C call past the wall clock: the instruction budget never sees it\n'
+                    'return { prefix = d.prefix, records = function(c, h)\n'
+                    '  string.find(("a"):rep(100), ".-.-.-.-.-b") end }\n')
+        t = time.time()
+        r.proc.send_signal(signal.SIGHUP)
+        low = 12
+        while time.time() - t < 6:  # the trial and the refusal, and after
+            low = min(low, v3_count(PREFIX + "/"))
+            time.sleep(0.1)
+        out = r.output()
+        assert low == 12, f"keys expired during the trial: {low} of 12 at the lowest"
+        assert "policy reload failed, keeping the old policy" in out, out
+        assert re.search(r"11 other containers not tried", out), out
+        r.stop(timeout=5)
+
+
+@suite.test
+def a_prefix_holding_registers_own_keys_is_refused_at_start():
+    """A prefix is owned: every key under it that this host does not make is
+    deleted as stale.  One that holds the write fences (v3) or the fleet's
+    policy key and reports would delete them: the daemon refuses to start
+    with it, naming what it holds."""
+    reset()
+    policy = os.path.join(WORK, "prefix_register.lua")
+    with open(policy, "w") as f:
+        f.write('local d = require "register.default"\n'
+                'return { prefix = function(h) return "/register" end, records = d.records }\n')
+    for extra, says in ((["--etcd-api", "v3"], "holds this host's write fence /register/fence/" + IP),
+                        (["--policy-key", "/register/policy"], "holds the fleet's policy key /register/policy")):
+        p = subprocess.run([REGISTER, "--etcd", etcd.url, "--docker", fake.host, "--policy", policy,
+                            "--host-ip", IP, *extra], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1, (p.returncode, p.stderr)
+        assert says in p.stderr, p.stderr
+
+
 suite.run()
