@@ -101,6 +101,10 @@ typedef struct {
   const char *error; /* or NULL */
   int allow_unsigned;
   uint64_t applied, refused; /* revisions applied, refused since start */
+  /* the last write of the --state-dir cache failed: why (one line), or
+   * NULL; a restart while etcd is down would start with the host's own
+   * policy */
+  const char *cache_error;
 } fleet_view_t;
 void fleet_view(const fleet_t *f, fleet_view_t *v);
 

@@ -55,7 +55,9 @@ struct fleet {
   policydoc_state_t state;
   char *error;
   int64_t since;
-  char *published; /* the last report handed to publish() */
+  int64_t since_rev, since_offered; /* what the state was about at since */
+  char *cache_error; /* the last cache write failed: why, or NULL */
+  char *published;   /* the last report handed to publish() */
   uint64_t applied, refused;
   /* the cached revision (fleet_cached) until fleet_started() */
   policydoc_t cache;
@@ -76,10 +78,16 @@ static uv_timer_t *timer_new(fleet_t *f) {
 /* ---- the report ---- */
 
 static void set_state(fleet_t *f, policydoc_state_t st, const char *error) {
-  int same =
-      f->state == st && ((!error && !f->error) ||
-                         (error && f->error && !strcmp(error, f->error)));
+  /* "since" is when this host reached what its report says: the same
+   * state with another revision in force or offered is news too */
+  int64_t rev = f->cur ? f->cur->revision : 0;
+  int same = f->state == st && rev == f->since_rev &&
+             f->offered == f->since_offered &&
+             ((!error && !f->error) ||
+              (error && f->error && !strcmp(error, f->error)));
   if (same) return;
+  f->since_rev = rev;
+  f->since_offered = f->offered;
   f->state = st;
   free(f->error);
   f->error = NULL;
@@ -172,6 +180,8 @@ static void cache_write(fleet_t *f) {
     }
     close(fd);
   }
+  free(f->cache_error);
+  f->cache_error = NULL;
   if (ok) {
     int dfd = open(f->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
@@ -179,10 +189,12 @@ static void cache_write(fleet_t *f) {
       close(dfd);
     }
   } else {
-    log_error("policy cache: cannot %s %s: %s; a restart while etcd is "
-              "down will start with the host's own policy",
-              what, fd >= 0 || strcmp(what, "open") ? tmp : f->state_dir,
-              strerror(errno));
+    f->cache_error = xasprintf(
+        "cannot %s %s: %s", what,
+        fd >= 0 || strcmp(what, "open") ? tmp : f->state_dir, strerror(errno));
+    log_error("policy cache: %s; a restart while etcd is down will start "
+              "with the host's own policy",
+              f->cache_error);
     unlink(tmp);
   }
   free(tmp);
@@ -550,6 +562,7 @@ void fleet_view(const fleet_t *f, fleet_view_t *v) {
   v->allow_unsigned = f->o.allow_unsigned;
   v->applied = f->applied;
   v->refused = f->refused;
+  v->cache_error = f->cache_error;
 }
 
 fleet_t *fleet_new(const fleet_opts_t *o, char *err, size_t errlen) {
@@ -593,6 +606,7 @@ void fleet_free(fleet_t *f) {
   policydoc_rev_free(f->cur);
   policydoc_rev_free(f->trying);
   if (f->cache_loaded) policydoc_free(&f->cache);
+  free(f->cache_error);
   free(f->error);
   free(f->published);
   free(f->key);

@@ -111,10 +111,25 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
       json_escape(&b, f->error, strlen(f->error));
     }
     buf_putc(&b, '}');
-    if (f->allow_unsigned)
+    int warnings = 0;
+    if (f->allow_unsigned) {
       buf_puts(&b, ",\"warnings\":[\"policy: --policy-unsigned: policies "
                    "from etcd run unsigned; anyone who can write the policy "
-                   "key runs code on this host\"]");
+                   "key runs code on this host\"");
+      warnings++;
+    }
+    if (f->cache_error) {
+      buf_puts(&b, warnings++ ? "," : ",\"warnings\":[");
+      buf_t w;
+      buf_init(&w);
+      buf_printf(&w,
+                 "policy cache: %s; a restart while etcd is down starts "
+                 "with the host's own policy",
+                 f->cache_error);
+      json_escape(&b, w.data, w.len);
+      buf_free(&w);
+    }
+    if (warnings) buf_putc(&b, ']');
   }
   buf_puts(&b, "}\n");
   httpd_respond(req, problems.len ? 503 : 200, "application/json", b.data,

@@ -251,6 +251,11 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
           "1 when policies from --policy-key are applied without a "
           "signature (--policy-unsigned).",
           f->allow_unsigned);
+    gauge(b, "register_policy_cache_failed",
+          "1 when the last write of the revision in force to --state-dir "
+          "failed: a restart while etcd is down would start with the host's "
+          "own policy.",
+          f->cache_error != NULL);
   }
   gauge(b, "register_in_sync",
         "1 when everything known is in etcd (the last sync converged) and "

@@ -534,4 +534,29 @@ def revisions_that_would_touch_other_hosts_or_registers_own_keys_are_refused():
     r.stop()
 
 
+@suite.test
+def a_cache_that_cannot_be_written_is_said_and_since_follows_each_revision():
+    """A --state-dir that cannot be written was one log line: /healthz said
+    ok and no metric told, while a restart with etcd down would start with
+    the host's own policy.  And the report's "since" stayed at the first
+    "applied" when later revisions were applied."""
+    reset()
+    webs(1)
+    port = free_port()
+    state = os.path.join(WORK, "state-is-a-file")
+    open(state, "w").close()
+    r, _ = start("--policy-pubkey", K1PUB, port=port, state=state)
+    put(doc(rev(1, REV_A, K1)))
+    rep1 = report_is(state="applied", revision=1)
+    code, body = curl(f"http://127.0.0.1:{port}/healthz")
+    warnings = json.loads(body).get("warnings", [])
+    assert code == 200 and any(w.startswith("policy cache: cannot") for w in warnings), body
+    assert metrics(port)["register_policy_cache_failed"] == 1
+    time.sleep(1.2)  # "since" is in seconds
+    put(doc(rev(2, REV_B, K1)))
+    rep2 = report_is(state="applied", revision=2)
+    assert rep2["since"] > rep1["since"], (rep1, rep2)
+    r.stop()
+
+
 suite.run()
