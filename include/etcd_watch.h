@@ -3,7 +3,8 @@
  * through the JSON gateway (/v3/watch).  A layer above etcd.c: it uses the
  * client's endpoint, TLS and credentials, and leaves failover to the
  * owner (a failed watch is followed by a listing, which fails over, and a
- * new watch on the endpoint that answered it).
+ * new watch on the endpoint that answered it); a watch's probe only
+ * moves the client's current endpoint off a member that does not answer.
  *
  * Knows nothing of what the keys mean. */
 #ifndef REGISTER_ETCD_WATCH_H
@@ -43,6 +44,16 @@ etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
 /* The same for one key: its changes, deletion included. */
 etcd_watch_t *etcd_watch_key(etcd_t *e, const char *key, int64_t from,
                              etcd_watch_cb cb, void *data);
+/* Probes the watch's own endpoint (GET /health) whenever the watch has
+ * heard nothing from it for ms: a member that does not answer within ten
+ * times the recent latency (1 s at least, the client's timeout at most)
+ * ends the watch with FAILED, and later requests start on the next
+ * endpoint, so that a hung member is left within seconds, not at the
+ * renewal.  Off unless asked for: the daemon's watches do without. */
+void etcd_watch_probe_every(etcd_watch_t *w, uint64_t ms);
+/* Milliseconds since the watch's endpoint last showed it answers (the
+ * watch started, a message, a probe's answer); 0 for NULL. */
+uint64_t etcd_watch_quiet_ms(const etcd_watch_t *w);
 /* Stops a watch that is not over; no callback runs afterwards. */
 void etcd_watch_cancel(etcd_watch_t *w);
 

@@ -145,20 +145,46 @@ typedef struct {
   char id[];
 } drain_t;
 
-/* "SIGTERM", "TERM", "15" -> 15; unknown -> SIGTERM, Docker's default. */
+/* A signal's name as Docker reads Config.StopSignal (moby's ParseSignal on
+ * Linux): a number 1-64, or a name in any case, with or without "SIG":
+ * every Linux name, RTMIN, RTMIN+n, RTMAX-n, RTMAX.  RTMIN is 34 as
+ * Docker counts it (glibc's; the kill event carries Docker's number), so
+ * a systemd image's SIGRTMIN+3 is 37.  Unknown -> SIGTERM, Docker's
+ * default. */
 static int signal_number(const char *s) {
   static const struct {
     const char *name;
     int n;
-  } names[] = {{"HUP", SIGHUP},   {"INT", SIGINT},     {"QUIT", SIGQUIT},
-               {"KILL", SIGKILL}, {"USR1", SIGUSR1},   {"USR2", SIGUSR2},
-               {"TERM", SIGTERM}, {"WINCH", SIGWINCH}, {"PWR", SIGPWR}};
+  } names[] = {{"HUP", 1},     {"INT", 2},    {"QUIT", 3},    {"ILL", 4},
+               {"TRAP", 5},    {"ABRT", 6},   {"IOT", 6},     {"BUS", 7},
+               {"FPE", 8},     {"KILL", 9},   {"USR1", 10},   {"SEGV", 11},
+               {"USR2", 12},   {"PIPE", 13},  {"ALRM", 14},   {"TERM", 15},
+               {"STKFLT", 16}, {"CHLD", 17},  {"CLD", 17},    {"CONT", 18},
+               {"STOP", 19},   {"TSTP", 20},  {"TTIN", 21},   {"TTOU", 22},
+               {"URG", 23},    {"XCPU", 24},  {"XFSZ", 25},   {"VTALRM", 26},
+               {"PROF", 27},   {"WINCH", 28}, {"IO", 29},     {"POLL", 29},
+               {"PWR", 30},    {"SYS", 31},   {"UNUSED", 31}, {"RTMIN", 34},
+               {"RTMAX", 64}};
+  enum { RTMIN = 34, RTMAX = 64 };
+  char up[16];
+  size_t len = 0;
   long n;
   if (!s || !*s) return SIGTERM;
   if (util_parse_long(s, 1, 64, &n) == 0) return (int)n;
-  if (strncmp(s, "SIG", 3) == 0) s += 3;
+  for (; s[len] && len < sizeof up - 1; len++) /* case aside */
+    up[len] =
+        s[len] >= 'a' && s[len] <= 'z' ? (char)(s[len] - 'a' + 'A') : s[len];
+  if (s[len]) return SIGTERM; /* longer than any name */
+  up[len] = '\0';
+  const char *name = strncmp(up, "SIG", 3) == 0 ? up + 3 : up;
+  if (strncmp(name, "RTMIN+", 6) == 0 &&
+      util_parse_long(name + 6, 1, RTMAX - RTMIN, &n) == 0)
+    return RTMIN + (int)n;
+  if (strncmp(name, "RTMAX-", 6) == 0 &&
+      util_parse_long(name + 6, 1, RTMAX - RTMIN, &n) == 0)
+    return RTMAX - (int)n;
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (strcmp(s, names[i].name) == 0) return names[i].n;
+    if (strcmp(name, names[i].name) == 0) return names[i].n;
   return SIGTERM;
 }
 

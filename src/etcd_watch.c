@@ -13,6 +13,8 @@
 
 /* a v3 stream message (one JSON object per line); longer is a failure */
 #define MAX_MESSAGE (4u << 20)
+/* the shortest time a probe of the watch's member is given */
+#define PROBE_MIN_MS 1000.0
 /* what a refusal's body may add to its one-line error */
 #define MAX_ERROR_BODY 300
 
@@ -33,12 +35,24 @@ struct etcd_watch {
   int starting;        /* inside etcd_watch(): no callback may run */
   char final_err[400]; /* set by a message that ends the watch */
   etcd_watch_kind_t final_kind;
+  /* the probe (etcd_watch_probe_every): 0 = none */
+  uint64_t probe_every_ms;
+  uv_timer_t *probe_timer; /* heap: it closes after the watch is freed */
+  http_req_t *probe;       /* GET /health on w->ep, in flight */
+  uint64_t alive_ms;       /* uv_now(): w->ep last showed it answers */
+  long probe_limit_ms;     /* the probe in flight's time limit */
 };
 
 static void start(etcd_watch_t *w);
 
+static void probe_closed(uv_handle_t *h) {
+  free(h);
+}
+
 static void watch_free(etcd_watch_t *w) {
   if (w->req) http_cancel(w->req);
+  if (w->probe) http_cancel(w->probe);
+  if (w->probe_timer) uv_close((uv_handle_t *)w->probe_timer, probe_closed);
   REGISTER_ASSERT(w->e->watches > 0); /* etcd_free() waits for none */
   w->e->watches--;
   etcd_ep_drop(w->ep);
@@ -74,6 +88,10 @@ static void finish(etcd_watch_t *w, etcd_watch_kind_t kind, const char *err) {
   if (w->req) {
     http_cancel(w->req);
     w->req = NULL;
+  }
+  if (w->probe) {
+    http_cancel(w->probe);
+    w->probe = NULL;
   }
   w->cb(w->data, kind, w->next - 1, err);
   watch_free(w);
@@ -202,11 +220,13 @@ static void v3_head(http_req_t *req, const http_resp_t *r, void *data) {
   etcd_watch_t *w = data;
   REGISTER_ASSERT(w->req == req);
   w->status = r->status;
+  w->alive_ms = uv_now(w->e->loop);
 }
 
 static int v3_data(http_req_t *req, const char *p, size_t n, void *data) {
   etcd_watch_t *w = data;
   REGISTER_ASSERT(w->req == req && !w->over);
+  w->alive_ms = uv_now(w->e->loop);
   if (w->status != 200) { /* a refusal: keep its start for the error */
     size_t room =
         MAX_ERROR_BODY > w->errbody.len ? MAX_ERROR_BODY - w->errbody.len : 0;
@@ -258,6 +278,11 @@ static void start(etcd_watch_t *w) {
   /* the client's current endpoint, whatever the list did meanwhile */
   etcd_ep_drop(w->ep);
   w->ep = etcd_ep_hold(e->current);
+  if (w->probe) { /* a probe of the endpoint left behind */
+    http_cancel(w->probe);
+    w->probe = NULL;
+  }
+  w->alive_ms = uv_now(e->loop);
   w->status = 0;
   linesplit_reset(&w->lines);
   buf_reset(&w->errbody);
@@ -316,6 +341,94 @@ static void start(etcd_watch_t *w) {
     free(auth);
   }
   REGISTER_ASSERT(w->req);
+}
+
+/* ---- the probe: is the watch's member still there? ----
+ *
+ * A watch that hears nothing cannot tell a quiet prefix from a member
+ * that hung (a process stopped, a proxy in front of it frozen, a host
+ * cut off after the connection was made): the stream stays open, and
+ * until the renewal the owner's file stays stale with nothing said.  So
+ * a watch quiet for probe_every_ms asks its own endpoint for /health
+ * (not through etcd.c, which would fail over and answer for another
+ * member); a member that does not answer within the probe's limit
+ * (probe_tick) ends the watch (FAILED), and the owner's listing, which fails
+ * over, finds a member that does.  Any HTTP answer counts as alive: a member
+ * that answers 503 (an alarm, no leader) is not left for that, as the
+ * watches of a whole fleet would otherwise be ended every few seconds
+ * for as long as an alarm lasts. */
+
+/* The endpoint after w->ep in the client's list, for the requests that
+ * follow (the owner's listing), as etcd.c moves on after a failure. */
+static void leave_endpoint(etcd_watch_t *w) {
+  etcd_t *e = w->e;
+  if (e->current != w->ep || e->n < 2) return;
+  for (size_t i = 0; i < e->n; i++)
+    if (e->eps[i] == w->ep) {
+      e->current = e->eps[(i + 1) % e->n];
+      return;
+    }
+}
+
+static void probe_done(http_req_t *req, const http_resp_t *r, void *data) {
+  etcd_watch_t *w = data;
+  REGISTER_ASSERT(w->probe == req && !w->over);
+  w->probe = NULL;
+  if (r->status > 0) { /* it answered: alive, whatever it said */
+    w->alive_ms = uv_now(w->e->loop);
+    return;
+  }
+  char err[400];
+  snprintf(err, sizeof err,
+           "%s: no answer to a probe within %ld ms while the watch was quiet "
+           "(%s); leaving that member",
+           w->ep->url, w->probe_limit_ms, r->errmsg ? r->errmsg : "?");
+  leave_endpoint(w);
+  finish(w, ETCD_WATCH_FAILED, err);
+}
+
+static void probe_tick(uv_timer_t *t) {
+  etcd_watch_t *w = t->data;
+  if (w->over || w->in_cb || w->probe || !w->req) return;
+  uint64_t now = uv_now(w->e->loop);
+  if (now - w->alive_ms < w->probe_every_ms) return;
+  etcd_t *e = w->e;
+  char *url = xasprintf("%s/health", w->ep->url);
+  /* as etcd.c gives an attempt that can be followed by another: ten
+   * times the recent latency, at least PROBE_MIN_MS, at most the client's
+   * timeout (a busy cluster is not left for being busy) */
+  double limit = e->lat_avg_ms * 10;
+  if (limit < PROBE_MIN_MS) limit = PROBE_MIN_MS;
+  if (limit > (double)e->timeout_ms) limit = (double)e->timeout_ms;
+  w->probe_limit_ms = (long)limit;
+  http_opts_t o = {0};
+  o.method = "GET";
+  o.url = url;
+  o.timeout_ms = w->probe_limit_ms;
+  o.connect_timeout_ms = w->probe_limit_ms;
+  o.tls = e->use_tls ? &e->tls : NULL;
+  o.on_done = probe_done;
+  o.data = w;
+  w->probe = http_request(e->http, &o);
+  free(url);
+  REGISTER_ASSERT(w->probe);
+}
+
+void etcd_watch_probe_every(etcd_watch_t *w, uint64_t ms) {
+  if (!w || w->over || w->probe_timer || !ms) return;
+  w->probe_every_ms = ms;
+  w->probe_timer = xcalloc(1, sizeof *w->probe_timer);
+  uv_timer_init(w->e->loop, w->probe_timer);
+  w->probe_timer->data = w;
+  /* checked a few times per period: a probe starts at most about a
+   * quarter period late */
+  uint64_t tick = ms / 4 ? ms / 4 : 1;
+  uv_timer_start(w->probe_timer, probe_tick, tick, tick);
+}
+
+uint64_t etcd_watch_quiet_ms(const etcd_watch_t *w) {
+  if (!w || w->over) return 0;
+  return uv_now(w->e->loop) - w->alive_ms;
 }
 
 static etcd_watch_t *watch_new(etcd_t *e, const char *prefix, int exact,

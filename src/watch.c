@@ -50,6 +50,14 @@
  * tries do not lengthen the backoff for what follows (a member that
  * listens but has no leader yet). */
 #define ETCD_PROBE_MS 250u
+/* a watch that has heard nothing from its member for this long probes it
+ * (etcd_watch_probe_every): a member that hung (accepts connections, never
+ * answers) is left within this and the probe's limit (about a second on a
+ * quiet cluster), not at the 60 s renewal */
+#define WATCH_PROBE_MS 3000u
+/* /healthz: etcd not heard from for this long (a listing unanswered, a
+ * watch whose member is silent) is unhealthy before the listing fails */
+#define ETCD_SILENT_MS 10000u
 /* the file we compare with is read whole up to this size */
 #define MAX_FILE (POLICY_MAX_RENDER + 1u)
 
@@ -81,12 +89,15 @@ typedef struct {
   int64_t dirty_rev; /* the newest change seen */
   uint64_t first_ms; /* uv_now() of the first change not yet read, or 0 */
   uint64_t last_ms;  /* of the last one */
-  uint64_t cycle_change_ms; /* the first change the running cycle reads */
-  unsigned failures;        /* etcd failures in a row */
-  unsigned backoff;         /* of those, the ones that were not refusals */
-  unsigned render_failures; /* failed renders in a row */
-  unsigned reload_failures; /* failed reloads in a row */
-  int retry_etcd;           /* the retry timer is an etcd failure's */
+  uint64_t cycle_change_ms;  /* the first change the running cycle reads */
+  unsigned failures;         /* etcd failures in a row */
+  unsigned backoff;          /* of those, the ones that were not refusals */
+  unsigned render_failures;  /* failed renders in a row */
+  unsigned reload_failures;  /* failed reloads in a row */
+  unsigned install_failures; /* failed writes and checks in a row */
+  int owner_warned;          /* the file's owner could not be kept: said */
+  uint64_t list_ms;          /* uv_now() when the running listing started */
+  int retry_etcd;            /* the retry timer is an etcd failure's */
   unsigned compacted; /* watches in a row that ended compacted, no change */
   char etcd_error[400];
 
@@ -94,6 +105,7 @@ typedef struct {
   buf_t current;   /* the text PATH holds (what we wrote or found) */
   buf_t candidate; /* the text being put in place */
   char *tmp;       /* the candidate's temporary file, while checked */
+  char *dest;      /* what tmp is renamed to: PATH, or its link's target */
   size_t nkeys;    /* in the last listing */
   char render_error[600], check_error[900], reload_error[900];
 
@@ -120,6 +132,31 @@ static double unix_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The wait before a render, write, check or reload that failed
+ * `failures` times in a row is tried again: 1 s, doubling to 30 s. */
+static uint64_t retry_delay(unsigned failures) {
+  unsigned shift = failures > 1 ? failures - 1 : 0;
+  uint64_t delay = (uint64_t)RETRY_MIN_MS << (shift > 5 ? 5 : shift);
+  return delay > RETRY_MAX_MS ? RETRY_MAX_MS : delay;
+}
+
+/* What a failure's log line says of the next try: nothing with --once,
+ * which does not try again. */
+static const char *again_in(const watch_t *w, uint64_t delay, char *out,
+                            size_t n) {
+  if (w->cfg->once) return "";
+  snprintf(out, n, " (tried again in %.0f s)", (double)delay / 1000);
+  return out;
+}
+
+/* A failed cycle is tried again after delay (not with --once), whether or
+ * not etcd changes meanwhile. */
+static void retry_in(watch_t *w, uint64_t delay) {
+  if (w->cfg->once || w->stopping) return;
+  w->retry_etcd = 0;
+  uv_timer_start(&w->retry, cycle_cb, delay, 0);
 }
 
 /* ---- the end ---- */
@@ -188,10 +225,79 @@ static char *dir_of(const char *path) {
   return xstrndup(path, (size_t)(slash - path));
 }
 
-/* The candidate in a temporary file beside PATH, with PATH's mode and
- * owner (or 0644 less the umask for a new file), on disk.  0, or -1. */
+static const char *file_kind(mode_t m) {
+  return S_ISDIR(m)    ? "a directory"
+         : S_ISCHR(m)  ? "a character device"
+         : S_ISBLK(m)  ? "a block device"
+         : S_ISFIFO(m) ? "a FIFO"
+         : S_ISSOCK(m) ? "a socket"
+                       : "not a regular file";
+}
+
+/* The file PATH names: PATH itself, or what a symbolic link PATH leads to
+ * (the link is kept and its target written: a link that the operator made
+ * points at the file they mean).  A rename over a device, a FIFO, a
+ * socket or a directory would replace it (/dev/null, as root) or fail, and
+ * reading one can hang: NULL with one line in err then, and for a link
+ * that leads nowhere. */
+static char *out_target(const char *out, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(out, &st) < 0) {
+    if (errno == ENOENT) return xstrdup(out); /* created */
+    snprintf(err, errlen, "--out %s: %s", out, strerror(errno));
+    return NULL;
+  }
+  char *path;
+  if (S_ISLNK(st.st_mode)) {
+    char *real = realpath(out, NULL);
+    if (!real || stat(real, &st) < 0) {
+      snprintf(err, errlen,
+               "--out %s is a symbolic link that leads nowhere: %s", out,
+               strerror(errno));
+      free(real);
+      return NULL;
+    }
+    path = xstrdup(real);
+    free(real);
+  } else {
+    path = xstrdup(out);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    if (strcmp(path, out) != 0)
+      snprintf(err, errlen, "--out %s leads to %s, %s, not a regular file", out,
+               path, file_kind(st.st_mode));
+    else
+      snprintf(err, errlen, "--out %s is %s, not a regular file", out,
+               file_kind(st.st_mode));
+    free(path);
+    return NULL;
+  }
+  return path;
+}
+
+/* The file's owner and group on the candidate, as far as we may: a
+ * process that is not root cannot give a file away, but can keep its
+ * group when it is a member of it.  What cannot be kept is said once. */
+static void keep_owner(watch_t *w, int fd, const struct stat *st) {
+  if (fchown(fd, st->st_uid, st->st_gid) == 0) return;
+  int saved = errno;
+  int group = st->st_gid == getegid() || fchown(fd, (uid_t)-1, st->st_gid) == 0;
+  if ((st->st_uid == geteuid() && group) || w->owner_warned) return;
+  w->owner_warned = 1;
+  log_warn("watch: cannot keep %s's owner %ld:%ld (%s): the new file is "
+           "%ld:%ld (said once)",
+           w->dest, (long)st->st_uid, (long)st->st_gid, strerror(saved),
+           (long)geteuid(), group ? (long)st->st_gid : (long)getegid());
+}
+
+/* The candidate in a temporary file beside the file PATH names, with its
+ * mode and owner (or 0644 less the umask for a new file), on disk.  0, or
+ * -1. */
 static int write_candidate(watch_t *w, char *err, size_t errlen) {
-  const char *out = w->cfg->out_file;
+  free(w->dest);
+  w->dest = out_target(w->cfg->out_file, err, errlen);
+  if (!w->dest) return -1;
+  const char *out = w->dest;
   char *dir = dir_of(out);
   const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
   w->tmp = xasprintf("%s/.%s.register-XXXXXX", dir, base);
@@ -221,10 +327,7 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   if (rc == 0) {
     if (stat(out, &st) == 0) {
       rc = fchmod(fd, st.st_mode & 07777);
-      if (rc == 0 && fchown(fd, st.st_uid, st.st_gid) < 0 &&
-          (st.st_uid != geteuid() || st.st_gid != getegid()))
-        log_warn("watch: cannot give the new %s its owner %ld:%ld: %s", out,
-                 (long)st.st_uid, (long)st.st_gid, strerror(errno));
+      if (rc == 0) keep_owner(w, fd, &st);
     } else {
       mode_t mask = umask(0);
       umask(mask);
@@ -247,9 +350,9 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   return 0;
 }
 
-/* The candidate becomes PATH (rename, then the directory on disk). */
+/* The candidate becomes the file (rename, then the directory on disk). */
 static int put_in_place(watch_t *w, char *err, size_t errlen) {
-  const char *out = w->cfg->out_file;
+  const char *out = w->dest;
   if (rename(w->tmp, out) < 0) {
     snprintf(err, errlen, "cannot rename %s to %s: %s", w->tmp, out,
              strerror(errno));
@@ -291,6 +394,7 @@ static void cycle_done(watch_t *w, int ok) {
   }
   if (w->cfg->once) { /* from the loop: this may be inside etcd's call */
     w->exit_code = ok ? 0 : 1;
+    w->once_done = 1;
     uv_timer_start(&w->deadline, once_over, 0, 0);
     return;
   }
@@ -316,6 +420,19 @@ static void how_it_ended(const watch_t *w, const command_result_t *r, char *out,
     snprintf(out, n, "exit status %ld", r->exit_status);
 }
 
+/* A reload that failed or could not start: said, and tried again (the
+ * next cycle finds the text unchanged and reloads). */
+static void reload_failed(watch_t *w) {
+  w->reloads_failed++;
+  w->reload_failures++;
+  uint64_t delay = retry_delay(w->reload_failures);
+  char again[40];
+  log_error("watch: %s; %s is in place%s", w->reload_error, w->cfg->out_file,
+            again_in(w, delay, again, sizeof again));
+  cycle_done(w, 0);
+  retry_in(w, delay);
+}
+
 static void on_reload(void *ud, const command_result_t *r) {
   watch_t *w = ud;
   REGISTER_ASSERT(w->cmd && w->phase == PHASE_RELOAD); /* the one it runs */
@@ -326,30 +443,41 @@ static void on_reload(void *ud, const command_result_t *r) {
     log_lag(w);
     log_info("watch: reloaded (%s, %.0f ms)%s%s", w->cfg->reload_cmd,
              r->seconds * 1000, *r->output ? ": " : "", r->output);
-  } else {
-    w->reloads_failed++;
-    char how[80];
-    how_it_ended(w, r, how, sizeof how);
-    snprintf(w->reload_error, sizeof w->reload_error,
-             "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
-             *r->output ? ": " : "", r->output);
-    w->reload_failures++;
-    uint64_t delay =
-        (uint64_t)RETRY_MIN_MS
-        << (w->reload_failures - 1 > 5 ? 5 : w->reload_failures - 1);
-    if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
-    log_error("watch: %s; %s is in place, the reload is tried again in "
-              "%.0f s",
-              w->reload_error, w->cfg->out_file, (double)delay / 1000);
-    cycle_done(w, 0);
-    if (!w->cfg->once && !w->stopping) {
-      w->retry_etcd = 0;
-      uv_timer_start(&w->retry, cycle_cb, delay, 0);
-    }
+    w->reload_failures = 0;
+    cycle_done(w, 1);
     return;
   }
-  w->reload_failures = 0;
-  cycle_done(w, 1);
+  char how[80];
+  how_it_ended(w, r, how, sizeof how);
+  snprintf(w->reload_error, sizeof w->reload_error,
+           "--reload \"%s\" failed (%s)%s%s", w->cfg->reload_cmd, how,
+           *r->output ? ": " : "", r->output);
+  reload_failed(w);
+}
+
+/* Runs --reload (PHASE_RELOAD), or fails the cycle when it cannot start. */
+static void reload(watch_t *w) {
+  char err[600];
+  w->phase = PHASE_RELOAD;
+  w->cmd = command_run(&w->loop, w->cfg->reload_cmd, w->cfg->out_file,
+                       w->cfg->command_timeout * 1000, on_reload, w, err,
+                       sizeof err);
+  if (w->cmd) return;
+  snprintf(w->reload_error, sizeof w->reload_error, "--reload: %s", err);
+  reload_failed(w);
+}
+
+/* The new text could not be written, checked or put in place: the last
+ * good file stays, and the cycle is tried again (a full disk freed, a
+ * check that hung on a busy machine, a file the renderer fixed). */
+static void install_failed(watch_t *w, const char *error) {
+  w->install_failures++;
+  uint64_t delay = retry_delay(w->install_failures);
+  char again[40];
+  log_error("watch: %s; keeping the last good %s%s", error, w->cfg->out_file,
+            again_in(w, delay, again, sizeof again));
+  cycle_done(w, 0);
+  retry_in(w, delay);
 }
 
 static void installed(watch_t *w) {
@@ -357,11 +485,11 @@ static void installed(watch_t *w) {
   if (put_in_place(w, err, sizeof err) < 0) {
     w->writes_failed++;
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
-    log_error("watch: %s; keeping the last good file", err);
-    cycle_done(w, 0);
+    install_failed(w, err);
     return;
   }
   w->renders_ok++;
+  w->install_failures = 0;
   w->render_error[0] = '\0';
   log_info("watch: wrote %s (%zu keys under %s, %s %" PRId64 ", %zu bytes)",
            w->cfg->out_file, w->nkeys, w->cfg->watch_prefix,
@@ -372,16 +500,13 @@ static void installed(watch_t *w) {
     cycle_done(w, 1);
     return;
   }
-  w->phase = PHASE_RELOAD;
-  w->cmd = command_run(&w->loop, w->cfg->reload_cmd, w->cfg->out_file,
-                       w->cfg->command_timeout * 1000, on_reload, w, err,
-                       sizeof err);
-  if (!w->cmd) {
-    w->reloads_failed++;
-    snprintf(w->reload_error, sizeof w->reload_error, "%s", err);
-    log_error("watch: --reload: %s", err);
-    cycle_done(w, 0);
-  }
+  reload(w);
+}
+
+static void drop_tmp(watch_t *w) {
+  unlink(w->tmp);
+  free(w->tmp);
+  w->tmp = NULL;
 }
 
 static void on_check(void *ud, const command_result_t *r) {
@@ -400,22 +525,17 @@ static void on_check(void *ud, const command_result_t *r) {
   snprintf(w->check_error, sizeof w->check_error,
            "--check \"%s\" refused the new file (%s)%s%s", w->cfg->check_cmd,
            how, *r->output ? ": " : "", r->output);
-  log_error("watch: %s; keeping the last good %s", w->check_error,
-            w->cfg->out_file);
-  unlink(w->tmp);
-  free(w->tmp);
-  w->tmp = NULL;
-  cycle_done(w, 0);
+  drop_tmp(w);
+  install_failed(w, w->check_error);
 }
 
-/* A new text: written beside PATH, checked, then put in place. */
+/* A new text: written beside the file, checked, then put in place. */
 static void install(watch_t *w) {
   char err[600];
   if (write_candidate(w, err, sizeof err) < 0) {
     w->writes_failed++;
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
-    log_error("watch: %s; keeping the last good file", err);
-    cycle_done(w, 0);
+    install_failed(w, err);
     return;
   }
   if (!w->cfg->check_cmd) {
@@ -428,12 +548,9 @@ static void install(watch_t *w) {
                   w->cfg->command_timeout * 1000, on_check, w, err, sizeof err);
   if (!w->cmd) {
     w->checks_failed++;
-    snprintf(w->check_error, sizeof w->check_error, "%s", err);
-    log_error("watch: --check: %s; keeping the last good file", err);
-    unlink(w->tmp);
-    free(w->tmp);
-    w->tmp = NULL;
-    cycle_done(w, 0);
+    snprintf(w->check_error, sizeof w->check_error, "--check: %s", err);
+    drop_tmp(w);
+    install_failed(w, w->check_error);
   }
 }
 
@@ -453,6 +570,7 @@ static void start_watch(watch_t *w) {
   etcd_watch_cancel(w->watch);
   w->watch = etcd_watch(w->etcd, w->cfg->watch_prefix, w->rev + 1, on_watch, w);
   REGISTER_ASSERT(w->watch); /* never NULL: a failure comes from the loop */
+  etcd_watch_probe_every(w->watch, WATCH_PROBE_MS);
 }
 
 /* The retry timer waits out an etcd failure (not a failed render: a
@@ -478,11 +596,13 @@ static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
     if (delay > ETCD_RETRY_MAX_MS) delay = ETCD_RETRY_MAX_MS;
   }
   if (jitter) delay = delay / 2 + util_rand((uint32_t)delay / 2 + 1);
-  if (w->failures == 1 || strcmp(w->etcd_error, error) != 0)
+  char said[sizeof w->etcd_error];
+  snprintf(said, sizeof said, "etcd: %s", error); /* /healthz's reason */
+  if (w->failures == 1 || strcmp(w->etcd_error, said) != 0)
     log_warn("watch: etcd: %s; the file stays as it is; reading %s again "
              "in %.1f s",
              error, w->cfg->watch_prefix, (double)delay / 1000);
-  snprintf(w->etcd_error, sizeof w->etcd_error, "%s", error);
+  memcpy(w->etcd_error, said, sizeof said);
   w->phase = PHASE_IDLE;
   w->retry_etcd = 1;
   uv_timer_start(&w->retry, cycle_cb, delay, 0);
@@ -532,21 +652,16 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
      * again is said at debug level */
     w->renders_failed++;
     w->render_failures++;
-    uint64_t delay =
-        (uint64_t)RETRY_MIN_MS
-        << (w->render_failures - 1 > 5 ? 5 : w->render_failures - 1);
-    if (delay > RETRY_MAX_MS) delay = RETRY_MAX_MS;
+    uint64_t delay = retry_delay(w->render_failures);
+    char again[40];
     if (strcmp(w->render_error, err) != 0)
-      log_error("watch: %s; keeping the last good %s (tried again in %.0f s)",
-                err, w->cfg->out_file, (double)delay / 1000);
+      log_error("watch: %s; keeping the last good %s%s", err, w->cfg->out_file,
+                again_in(w, delay, again, sizeof again));
     else
       log_debug("watch: %s, again", err);
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
     cycle_done(w, 0);
-    if (!w->cfg->once && !w->stopping) {
-      w->retry_etcd = 0;
-      uv_timer_start(&w->retry, cycle_cb, delay, 0);
-    }
+    retry_in(w, delay);
     return;
   }
   w->render_error[0] = '\0';
@@ -558,16 +673,16 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
     log_debug("watch: %s unchanged (%zu keys, %s %" PRId64 ")",
               w->cfg->out_file, n,
               w->cfg->etcd_api == ETCD_API_V3 ? "revision" : "index", w->rev);
+    /* the file in place is what etcd says: nothing to write or check, so
+     * what a refused or failed candidate said is over */
+    w->check_error[0] = '\0';
+    w->install_failures = 0;
     /* an unchanged text after a failed reload: reload again */
     if (w->reload_error[0] && w->cfg->reload_cmd) {
-      w->phase = PHASE_RELOAD;
-      w->cmd = command_run(&w->loop, w->cfg->reload_cmd, w->cfg->out_file,
-                           w->cfg->command_timeout * 1000, on_reload, w, err,
-                           sizeof err);
-      if (w->cmd) return;
-      log_error("watch: --reload: %s", err);
+      reload(w);
+      return;
     }
-    cycle_done(w, !w->reload_error[0]);
+    cycle_done(w, 1);
     return;
   }
   install(w);
@@ -582,6 +697,7 @@ static void cycle(watch_t *w) {
   w->cycle_change_ms = w->first_ms;
   w->first_ms = 0;
   w->dirty = 0;
+  w->list_ms = uv_now(&w->loop);
   w->listing = etcd_list(w->etcd, w->cfg->watch_prefix, on_list, w);
   REGISTER_ASSERT(w->listing); /* never NULL; answered from the loop */
 }
@@ -697,6 +813,8 @@ static void metrics(watch_t *w, buf_t *b) {
              "register_watch_lags_total changes.\n"
              "# TYPE register_watch_lag_seconds_total counter\n"
              "register_watch_lag_seconds_total %.6f\n"
+             "# HELP register_watch_lags_total Changes whose lag was "
+             "measured (file in place and reloaded).\n"
              "# TYPE register_watch_lags_total counter\n"
              "register_watch_lags_total %lu\n",
              w->lag_last, w->lag_sum, w->lag_n);
@@ -746,7 +864,18 @@ static void handle(void *ud, httpd_req_t *req, const char *method,
     buf_free(&b);
     return;
   } else if (strcmp(path, "/healthz") == 0) {
+    char silent[200] = "";
+    uint64_t now = uv_now(&w->loop), quiet = etcd_watch_quiet_ms(w->watch);
+    if (w->phase == PHASE_LIST && now - w->list_ms >= ETCD_SILENT_MS)
+      snprintf(silent, sizeof silent,
+               "etcd: no answer to the listing of %s for %.0f s",
+               w->cfg->watch_prefix, (double)(now - w->list_ms) / 1000);
+    else if (quiet >= ETCD_SILENT_MS)
+      snprintf(silent, sizeof silent,
+               "etcd: the watch on %s has heard nothing for %.0f s",
+               w->cfg->watch_prefix, (double)quiet / 1000);
     const char *why = w->etcd_error[0]     ? w->etcd_error
+                      : silent[0]          ? silent
                       : w->render_error[0] ? w->render_error
                       : w->check_error[0]  ? w->check_error
                       : w->reload_error[0] ? w->reload_error
@@ -773,8 +902,15 @@ static void handle(void *ud, httpd_req_t *req, const char *method,
 static void on_signal(uv_signal_t *s, int signum) {
   watch_t *w = s->data;
   if (signum != SIGHUP) {
-    log_info("watch: %s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    stop(w, 0);
+    const char *name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (w->cfg->once && !w->once_done) { /* --once did not do its job */
+      log_error("watch: --once: %s before %s was in place", name,
+                w->cfg->out_file);
+      stop(w, 1);
+      return;
+    }
+    log_info("watch: %s: stopping", name);
+    stop(w, w->cfg->once ? w->exit_code : 0);
     return;
   }
   creds_reread(w->creds); /* rotated credentials: read again */
@@ -811,8 +947,7 @@ static void on_creds(void *ud, unsigned what) {
 static void on_deadline(uv_timer_t *t) {
   watch_t *w = t->data;
   log_error("watch: --once: %s not rendered within %ld s%s%s", w->cfg->out_file,
-            w->cfg->once_timeout, w->etcd_error[0] ? ": etcd: " : "",
-            w->etcd_error);
+            w->cfg->once_timeout, w->etcd_error[0] ? ": " : "", w->etcd_error);
   stop(w, 1);
 }
 
@@ -824,10 +959,30 @@ int watch_run(const config_t *cfg) {
   buf_init(&w->candidate);
   char err[600];
   int rc = 1;
+  /* a command line that cannot be split would fail at every change: a
+   * usage error, said now */
+  const char *cmds[2][2] = {{"--check", cfg->check_cmd},
+                            {"--reload", cfg->reload_cmd}};
+  for (int i = 0; i < 2; i++) {
+    char **words =
+        cmds[i][1] ? command_words(cmds[i][1], "F", err, sizeof err) : NULL;
+    if (cmds[i][1] && !words) {
+      fprintf(stderr, "register watch: %s: %s\n", cmds[i][0], err);
+      free(w);
+      return 2;
+    }
+    command_words_free(words);
+  }
   uv_loop_init(&w->loop);
 
-  if (util_read_file(cfg->out_file, MAX_FILE, &w->current) < 0 &&
-      errno != ENOENT) {
+  /* the file, or a link's target, must be one a rename can replace (and
+   * that reading does not hang on: a FIFO) */
+  w->dest = out_target(cfg->out_file, err, sizeof err);
+  if (!w->dest) {
+    log_error("watch: %s", err);
+    goto out;
+  }
+  if (util_read_file(w->dest, MAX_FILE, &w->current) < 0 && errno != ENOENT) {
     log_error("watch: cannot read %s: %s", cfg->out_file, strerror(errno));
     buf_reset(&w->current);
   }
@@ -910,6 +1065,7 @@ int watch_run(const config_t *cfg) {
 out:
   if (uv_loop_close(&w->loop) != 0) log_warn("libuv loop still has handles");
   worker_free(w->worker);
+  free(w->dest);
   buf_free(&w->current);
   buf_free(&w->candidate);
   free(w);

@@ -8,16 +8,32 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from fake_docker import FakeDocker  # noqa: E402
 from harness import Dockerd, Etcd, Register, Suite, tmpdir, wait_for  # noqa: E402
 
 IP = "10.4.4.4"
 suite = Suite()
 etcd = Etcd().start()
 suite.defer(etcd.cleanup)
-d = Dockerd().start()
-suite.defer(d.cleanup)
-d.images()
-d.clean()
+
+
+class LazyDockerd:
+    """The dockerd, started for the first test that uses it: the tests on
+    the fake Docker API need none."""
+
+    def __init__(self):
+        self.real = None
+
+    def __getattr__(self, name):
+        if self.real is None:
+            self.real = Dockerd().start()
+            suite.defer(self.real.cleanup)
+            self.real.images()
+            self.real.clean()
+        return getattr(self.real, name)
+
+
+d = LazyDockerd()
 # a service that, like a well-made one, goes on for 2 s after SIGTERM
 GRACEFUL = ["sh", "-c", "trap 'sleep 2; exit 0' TERM; while :; do sleep 0.1; done"]
 # one that ignores SIGTERM altogether
@@ -108,6 +124,40 @@ end }
     wait_for(lambda: etcd.tree().get(k) == "draining", 5, interval=0.05, what="draining")
     stopper.join()
     wait_for(lambda: k not in etcd.tree(), 5, what="gone at die")
+    r.stop()
+
+
+@suite.test
+def stop_signals_by_any_name():
+    """Config.StopSignal as Docker reads it: any Linux name, in any case,
+    with or without SIG, RTMIN+n / RTMAX-n (systemd images stop with
+    SIGRTMIN+3), or a number.  The fake Docker API: no dockerd needed."""
+    fake = FakeDocker(os.path.join(tmpdir("rs"), "d.sock")).start()
+    suite.defer(fake.stop)
+    etcd.etcdctl("rm", "--recursive", "/registered", check=False)
+    cases = [("SIGRTMIN+3", 37), ("rtmin+3", 37), ("SIGALRM", 14), ("tstp", 20), ("Sigwinch", 28),
+             ("RTMAX-2", 62), ("SIGRTMAX", 64), ("30", 30)]
+    cids = []
+    for name, _ in cases:
+        cid = fake.add(image="bbx")
+        fake.containers[cid]["Config"]["StopSignal"] = name
+        cids.append(cid)
+    # a systemd image sent SIGTERM: not its stop signal, its key stays
+    other = fake.add(image="bbx")
+    fake.containers[other]["Config"]["StopSignal"] = "SIGRTMIN+3"
+    r = Register("--etcd", etcd.url, "--docker", fake.host, host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+
+    def keyed(cid):
+        return any(cid in k for k in etcd.tree())
+
+    wait_for(lambda: all(keyed(c) for c in cids + [other]), what="registered")
+    fake.emit(fake.event("kill", other, attrs={"signal": "15"}))
+    for cid, (name, n) in zip(cids, cases):
+        fake.emit(fake.event("kill", cid, attrs={"signal": str(n)}))
+        wait_for(lambda: not keyed(cid), 5, interval=0.05, what=f"drained at {name} ({n})")
+    assert keyed(other), "SIGTERM taken for a SIGRTMIN+3 image's stop signal"
     r.stop()
 
 

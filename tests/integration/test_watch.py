@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import REGISTER, Etcd, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, Etcd, Suite, free_port, log, tmpdir, wait_for  # noqa: E402
 
 suite = Suite()
 etcd = Etcd().start()
@@ -489,6 +490,263 @@ def a_v3_watch_below_the_compaction_reads_again():
     assert w.stop() == 0
 
 
+# A TCP proxy in its own process: SIGSTOP freezes it as a hung member is
+# (its kernel still accepts connections; nothing is ever answered).
+PROXY = r"""
+import socket, sys, threading
+up = ("127.0.0.1", int(sys.argv[1]))
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+while True:
+    c, _ = ls.accept()
+    u = socket.create_connection(up)
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+"""
+
+
+class FreezableProxy:
+    """A proxy in front of etcd that freeze() makes a hung member."""
+
+    def __init__(self, upstream_url):
+        port = urllib.parse.urlsplit(upstream_url).port
+        self.proc = subprocess.Popen([sys.executable, "-c", PROXY, str(port)], stdout=subprocess.PIPE,
+                                     text=True)
+        suite.defer(self.close)
+        self.url = f"http://127.0.0.1:{self.proc.stdout.readline().strip()}"
+
+    def freeze(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a stopped process too
+            self.proc.wait()
+
+
+def leaves_a_hung_member(api):
+    # two endpoints, the first a member that hangs once the file is
+    # rendered: it accepts connections and never answers.  The watch on it
+    # heard nothing and waited for its renewal (60 s; v2 never left it):
+    # now its probe finds the member silent within seconds, the watch ends
+    # with a warning, and the listing and the new watch go to the other.
+    prefix = f"/hung{api}"
+    put(api, f"{prefix}/a", "1")
+    proxy = FreezableProxy(etcd.url)
+    w = Watch(prefix, api, args=["--etcd-discovery", "off"])
+    w.cmd[w.cmd.index("--etcd") + 1] = f"{proxy.url},{etcd.url}"
+    w.start()
+    wait_for(lambda: w.text() == expected(prefix, api, {f"{prefix}/a": "1"}), what="the first render")
+    time.sleep(1)  # the watch is on the proxy, waiting
+    proxy.freeze()
+    t0 = time.time()
+    put(api, f"{prefix}/b", "2")
+    want = expected(prefix, api, {f"{prefix}/a": "1", f"{prefix}/b": "2"})
+    wait_for(lambda: w.text() == want, timeout=30, interval=0.1, what="the change past the hung member")
+    late = time.time() - t0
+    assert late < 8, f"the file followed {late:.1f} s after the member hung"
+    log = w.output()
+    assert "no answer to a probe" in log and proxy.url in log, log[-2000:]
+    # from now on, changes come through the healthy member's watch
+    put(api, f"{prefix}/c", "3")
+    want = expected(prefix, api, {f"{prefix}/a": "1", f"{prefix}/b": "2", f"{prefix}/c": "3"})
+    wait_for(lambda: w.text() == want, timeout=5, interval=0.05, what="the next change")
+    assert w.healthz()[0] == 200, w.healthz()
+    assert w.stop() == 0
+
+
+@suite.test
+def leaves_a_hung_member_v2():
+    leaves_a_hung_member("v2")
+
+
+@suite.test
+def leaves_a_hung_member_v3():
+    leaves_a_hung_member("v3")
+
+
+@suite.test
+def healthz_says_etcd_when_every_member_hangs():
+    # the only member hangs: nothing to fail over to; /healthz says so
+    # ("etcd: ...") well before the listing's own budget runs out
+    prefix = "/allhung"
+    put("v3", f"{prefix}/a", "1")
+    proxy = FreezableProxy(etcd.url)
+    w = Watch(prefix, "v3", args=["--etcd-discovery", "off"])
+    w.cmd[w.cmd.index("--etcd") + 1] = proxy.url
+    w.start()
+    wait_for(lambda: w.text() is not None, what="the first render")
+    assert w.healthz()[0] == 200
+    proxy.freeze()
+    t0 = time.time()
+    wait_for(lambda: w.healthz()[0] == 503, timeout=30, what="unhealthy")
+    assert time.time() - t0 < 20, time.time() - t0
+    status, body = w.healthz()
+    assert body.startswith("unhealthy: etcd: "), body
+    assert w.stop() == 0
+
+
+@suite.test
+def a_refused_file_that_etcd_no_longer_asks_for_is_healthy():
+    # a key that makes the check refuse, then deleted: the text rendered
+    # is the file in place again, nothing to check, and /healthz is 200
+    prefix = "/refusedthengone"
+    put("v2", f"{prefix}/a", "ok")
+    check = "sh -c 'if grep -q bad %s; then echo bad >&2; exit 1; fi'"
+    w = Watch(prefix, "v2", args=["--check", check]).start()
+    wait_for(lambda: w.text() == expected(prefix, "v2", {f"{prefix}/a": "ok"}), what="the first render")
+    put("v2", f"{prefix}/b", "bad")
+    wait_for(lambda: w.healthz()[0] == 503, what="the refusal")
+    assert "refused the new file" in w.healthz()[1]
+    delete("v2", f"{prefix}/b")
+    wait_for(lambda: w.healthz()[0] == 200, timeout=10, what="healthy once etcd matches the file")
+    assert w.stop() == 0
+
+
+@suite.test
+def failures_after_the_render_are_tried_again():
+    # a check that fails once, a check that cannot start, a reload that
+    # cannot start: each is said and tried again (1 s, doubling) with no
+    # change in etcd
+    marks = tmpdir("rt")
+    prefix = "/afterrender"
+    put("v2", f"{prefix}/a", "1")
+    want = expected(prefix, "v2", {f"{prefix}/a": "1"})
+    once = f"sh -c 'if [ ! -e {marks}/checked ]; then touch {marks}/checked; exit 1; fi'"
+    w = Watch(prefix, "v2", args=["--check", once]).start()
+    wait_for(lambda: w.text() == want, 10, what="the file after a check that failed once")
+    assert "refused the new file" in w.output() and "(tried again in 1 s)" in w.output(), w.output()
+    assert w.healthz()[0] == 200, w.healthz()
+    assert w.stop() == 0
+    # --check and --reload that cannot start (no such program yet)
+    for flag in ("--check", "--reload"):
+        prog = os.path.join(marks, f"later{flag[2:]}")
+        ran = os.path.join(marks, f"ran{flag[2:]}")
+        w = Watch(prefix, "v2", args=[flag, prog]).start()
+        wait_for(lambda: "(tried again in 1 s)" in w.output(), what=f"{flag}: the failure")
+        with open(prog + ".new", "w") as f:
+            f.write(f"#!/bin/sh\ntouch {ran}\n")
+        os.chmod(prog + ".new", 0o755)
+        os.rename(prog + ".new", prog)
+        wait_for(lambda: os.path.exists(ran), 10, what=f"{flag}: tried again")
+        wait_for(lambda: w.text() == want, what=f"{flag}: the file")
+        wait_for(lambda: w.healthz()[0] == 200, what=f"{flag}: healthy")
+        assert w.stop() == 0
+    # a write that fails and is tried again: out_follows_a_link_and_refuses_what_is_no_file
+
+
+@suite.test
+def out_follows_a_link_and_refuses_what_is_no_file():
+    prefix = "/outkinds"
+    put("v3", f"{prefix}/a", "1")
+    want = expected(prefix, "v3", {f"{prefix}/a": "1"})
+    d = tmpdir("ro")
+    # a symbolic link: its target is written, the link stays
+    os.mkdir(os.path.join(d, "real"))
+    target = os.path.join(d, "real", "haproxy.cfg")
+    with open(target, "w") as f:
+        f.write("old\n")
+    link = os.path.join(d, "link.cfg")
+    os.symlink("real/haproxy.cfg", link)
+    w = Watch(prefix, "v3", out=link)
+    rc, err = w.once()
+    assert rc == 0, err
+    assert os.path.islink(link) and os.readlink(link) == "real/haproxy.cfg"
+    with open(target) as f:
+        assert f.read() == want
+    assert not [f for f in os.listdir(os.path.join(d, "real")) if f.startswith(".haproxy")]
+    # a FIFO, a directory, a device, a link to a device: one line, exit 1,
+    # at once, and nothing replaced
+    fifo = os.path.join(d, "fifo")
+    os.mkfifo(fifo)
+    devlink = os.path.join(d, "null.cfg")
+    os.symlink("/dev/null", devlink)
+    for out, said in [(fifo, "is a FIFO"), (d, "is a directory"), ("/dev/null", "is a character device"),
+                      (devlink, "leads to /dev/null, a character device")]:
+        w = Watch(prefix, "v3", out=out)
+        t0 = time.time()
+        rc, err = w.once(timeout=10)
+        assert rc == 1 and time.time() - t0 < 5, (out, rc, err)
+        lines = [l for l in err.splitlines() if said in l]
+        assert len(lines) == 1 and "not a regular file" in lines[0], (out, err)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.path.islink(devlink)
+    # one that changes kind while watched: refused at write time, said,
+    # and tried again
+    out = os.path.join(d, "changes.cfg")
+    w = Watch(prefix, "v3", out=out).start()
+    wait_for(lambda: w.text() == want, what="the first render")
+    os.unlink(out)
+    os.mkfifo(out)
+    put("v3", f"{prefix}/b", "2")
+    wait_for(lambda: "is a FIFO, not a regular file" in w.output(), what="the refusal at write time")
+    assert w.healthz()[0] == 503
+    os.unlink(out)
+    wait_for(lambda: w.text() == expected(prefix, "v3", {f"{prefix}/a": "1", f"{prefix}/b": "2"}), 10,
+             what="written once the FIFO is gone")
+    assert w.stop() == 0
+    delete("v3", f"{prefix}/b")
+
+
+@suite.test
+def sigterm_during_once_fails():
+    # --once stopped before the file is in place did not do its job
+    w = Watch("/sigonce", "v2")
+    w.cmd[w.cmd.index("--etcd") + 1] = f"127.0.0.1:{free_port()}"
+    p = subprocess.Popen(w.cmd + ["--once", "--timeout", "30"], stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=10)
+    assert p.returncode == 1 and w.text() is None, (p.returncode, err)
+    assert "SIGTERM before" in err, err
+
+
+@suite.test
+def the_group_is_kept_when_the_owner_cannot_be():
+    # not root (nobody, made with setpriv): the owner cannot be kept, the
+    # group can when the process is in it; said once
+    if os.geteuid() != 0:
+        log("the_group_is_kept_when_the_owner_cannot_be: needs root to become nobody; not run")
+        return
+    prefix = "/owner"
+    put("v2", f"{prefix}/a", "1")
+    d = tmpdir("rg")
+    os.chmod(d, 0o777)
+    out = os.path.join(d, "out.cfg")
+    with open(out, "w") as f:
+        f.write("old\n")
+    # the file's group is one the process has beside its own (nobody's)
+    nobody, users = 65534, 100
+    os.chown(out, 0, users)
+    os.chmod(out, 0o664)
+    w = Watch(prefix, "v2", out=out)
+    os.chmod(w.dir, 0o755)
+    os.chmod(w.render, 0o644)
+    r = subprocess.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", f"--groups={users}"] + w.cmd
+                       + ["--once"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    st = os.stat(out)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody, users, 0o664), st
+    said = [l for l in r.stderr.splitlines() if "cannot keep" in l]
+    assert len(said) == 1 and "owner 0:100" in said[0] and "is 65534:100" in said[0], r.stderr
+
+
 @suite.test
 def bad_flags_say_what():
     for args, said in [
@@ -498,6 +756,8 @@ def bad_flags_say_what():
         (["p", "--render", "x.lua", "--out", "o"], "must be an absolute key path"),
         (["/p", "--render", "x.lua", "--out", "o", "--wait", "5parsecs"], "is not MIN[:MAX]"),
         (["/p", "--render", "x.lua", "--out", "o", "--docker", "unix:///x"], "unknown option"),
+        (["/p", "--render", "x.lua", "--out", "o", "--check", "haproxy -c -f '%s"], "quote is not closed"),
+        (["/p", "--render", "x.lua", "--out", "o", "--reload", "  "], "is empty"),
     ]:
         r = subprocess.run([REGISTER, "watch", *args], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2 and said in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
