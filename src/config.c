@@ -1000,7 +1000,7 @@ static int check_watch(config_t *cfg, char *err, size_t errlen) {
   char *p = cfg->watch_prefix;
   if (!p) {
     snprintf(err, errlen,
-             "register watch: which PREFIX? (e.g. register "
+             "which PREFIX? (e.g. register "
              "watch /registered --render haproxy.lua --out "
              "haproxy.cfg)");
     return -1;
@@ -1010,17 +1010,17 @@ static int check_watch(config_t *cfg, char *err, size_t errlen) {
     p[--n] = '\0';
   if (p[0] != '/' || n < 2 || strstr(p, "//")) {
     snprintf(err, errlen,
-             "register watch: PREFIX \"%s\" must be an absolute key path "
+             "PREFIX \"%s\" must be an absolute key path "
              "below the root, e.g. /registered",
              cfg->watch_prefix);
     return -1;
   }
   if (!cfg->render_file || !*cfg->render_file) {
-    snprintf(err, errlen, "register watch: --render FILE.lua is required");
+    snprintf(err, errlen, "--render FILE.lua is required");
     return -1;
   }
   if (!cfg->out_file || !*cfg->out_file) {
-    snprintf(err, errlen, "register watch: --out PATH is required");
+    snprintf(err, errlen, "--out PATH is required");
     return -1;
   }
   return 0;

@@ -89,13 +89,14 @@ void etcd_v2_build(etcd_op_t *op) {
 
 static void walk(listing_t *l, const json_value_t *node, int depth) {
   if (!node || node->type != JSON_OBJECT || depth > 64) return;
-  const char *key = json_get_str(node, "key");
+  const json_value_t *kv = json_get(node, "key");
   const json_value_t *dir = json_get(node, "dir");
-  if (!key) return;
+  if (!kv || kv->type != JSON_STRING) return;
+  const char *key = kv->u.str;
   if (dir && dir->type == JSON_BOOL && dir->u.boolean) {
     const json_value_t *nodes = json_get(node, "nodes");
     if (!nodes || nodes->type != JSON_ARRAY || nodes->len == 0) {
-      listing_add_dir(l, key);
+      if (!memchr(key, '\0', kv->len)) listing_add_dir(l, key);
       return;
     }
     for (const json_value_t *c = nodes->u.child; c; c = c->next)
@@ -107,7 +108,7 @@ static void walk(listing_t *l, const json_value_t *node, int depth) {
   const json_value_t *ttl = json_get(node, "ttl");
   long t = ttl && ttl->type == JSON_NUMBER ? (long)ttl->u.num.d : 0;
   if (t <= 0 && json_get(node, "expiration")) t = 1; /* about to expire */
-  listing_add(l, key, strlen(key), v->u.str, v->len, t, 0,
+  listing_add(l, key, kv->len, v->u.str, v->len, t, 0,
               json_int(json_get(node, "modifiedIndex")));
 }
 
