@@ -182,6 +182,20 @@ static void timeout_cb(uv_timer_t *t) {
   conn_close(t->data);
 }
 
+/* At the cap, the oldest connection that has not sent its request yet
+ * goes for the new one: 32 clients that connect and say nothing (or say
+ * it slowly) would otherwise keep /healthz from every monitor for their
+ * 10 s, again and again.  Requests being answered are left alone. */
+static void make_room(httpd_t *h) {
+  for (list_t *n = h->conns.prev; n != &h->conns; n = n->prev) {
+    httpd_req_t *r = list_entry(n, httpd_req_t, node);
+    if (!r->handled && !r->closing) {
+      conn_close(r);
+      return;
+    }
+  }
+}
+
 static void connection_cb(uv_stream_t *server, int status) {
   httpd_t *h = server->data;
   if (status < 0) return;
@@ -193,6 +207,7 @@ static void connection_cb(uv_stream_t *server, int status) {
   uv_timer_init(h->loop, &r->timer);
   r->tcp.data = r->timer.data = r;
   r->handles_open = 2;
+  if (h->nconns >= MAX_CONNS) make_room(h);
   list_insert_head(&h->conns, &r->node);
   h->nconns++;
   if (uv_accept(server, (uv_stream_t *)&r->tcp) < 0 || h->nconns > MAX_CONNS) {

@@ -340,4 +340,29 @@ def deregistration_window_ignores_resync_and_sighup():
     assert "exiting before every key could be deleted" in r.output(), r.output()[-3000:]
 
 
+@suite.test
+def idle_connections_do_not_keep_healthz_away():
+    """40 clients that connect to --metrics and send nothing: past 32 open
+    connections a new one was closed at once, for the idle ones' 10 s, so a
+    monitor's /healthz failed.  Now the oldest silent one makes room."""
+    reset()
+    port = free_port()
+    r = Register("--etcd", etcd.url, "--docker", fake.host, "--metrics", f"127.0.0.1:{port}",
+                 host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    idle = []
+    try:
+        for _ in range(40):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.2)
+        for _ in range(3):
+            code, _, body = curl(f"http://127.0.0.1:{port}/healthz")
+            assert code == 200, (code, body)
+    finally:
+        for c in idle:
+            c.close()
+    r.stop()
+
+
 suite.run()
