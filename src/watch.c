@@ -106,7 +106,11 @@ typedef struct {
   buf_t candidate; /* the text being put in place */
   char *tmp;       /* the candidate's temporary file, while checked */
   char *dest;      /* what tmp is renamed to: PATH, or its link's target */
-  size_t nkeys;    /* in the last listing */
+  /* beside PATH while a file put in place has not been reloaded yet:
+   * found at start, the reload the last run did not finish is run
+   * (owned; NULL without --reload) */
+  char *pending;
+  size_t nkeys; /* in the last listing */
   char render_error[600], check_error[900], reload_error[900];
 
   /* --once */
@@ -420,6 +424,27 @@ static void how_it_ended(const watch_t *w, const command_result_t *r, char *out,
     snprintf(out, n, "exit status %ld", r->exit_status);
 }
 
+/* The pending-reload mark: made before --reload runs for a new file,
+ * removed once a reload succeeded.  A stop, a crash or a failed reload
+ * in between leaves it, so that the next run reloads even though the
+ * file it renders is the one in place (a load balancer would otherwise
+ * keep the old configuration until the next change). */
+static void mark_pending(watch_t *w, int on) {
+  if (!w->pending) return;
+  if (!on) {
+    if (unlink(w->pending) < 0 && errno != ENOENT)
+      log_warn("watch: cannot remove %s: %s", w->pending, strerror(errno));
+    return;
+  }
+  int fd = open(w->pending, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0)
+    log_warn("watch: cannot create %s (a reload cut short would not be "
+             "run again after a restart): %s",
+             w->pending, strerror(errno));
+  else
+    close(fd);
+}
+
 /* A reload that failed or could not start: said, and tried again (the
  * next cycle finds the text unchanged and reloads). */
 static void reload_failed(watch_t *w) {
@@ -444,6 +469,7 @@ static void on_reload(void *ud, const command_result_t *r) {
     log_info("watch: reloaded (%s, %.0f ms)%s%s", w->cfg->reload_cmd,
              r->seconds * 1000, *r->output ? ": " : "", r->output);
     w->reload_failures = 0;
+    mark_pending(w, 0);
     cycle_done(w, 1);
     return;
   }
@@ -500,6 +526,7 @@ static void installed(watch_t *w) {
     cycle_done(w, 1);
     return;
   }
+  mark_pending(w, 1);
   reload(w);
 }
 
@@ -1059,6 +1086,26 @@ int watch_run(const config_t *cfg) {
            cfg->etcd_api == ETCD_API_V3 ? "v3" : "v2", cfg->out_file,
            cfg->render_file, cfg->metrics_addr ? ", metrics on " : "",
            cfg->metrics_addr ? cfg->metrics_addr : "");
+  if (cfg->reload_cmd) {
+    char *dir = xstrdup(cfg->out_file), *slash = strrchr(dir, '/');
+    const char *base =
+        slash ? cfg->out_file + (slash - dir) + 1 : cfg->out_file;
+    if (slash)
+      slash[1] = '\0';
+    else
+      dir[0] = '\0';
+    w->pending = xasprintf("%s.%s.register-reload-pending", dir, base);
+    free(dir);
+    /* --once (ExecStartPre, before the load balancer runs) leaves it to
+     * the watch that follows */
+    if (access(w->pending, F_OK) == 0 && !cfg->once) {
+      log_warn("watch: %s was put in place before the last stop without a "
+               "--reload that succeeded: reloading at the first render",
+               cfg->out_file);
+      snprintf(w->reload_error, sizeof w->reload_error,
+               "a reload pending from the last run");
+    }
+  }
   uv_timer_start(&w->debounce, cycle_cb, 0, 0);
   uv_run(&w->loop, UV_RUN_DEFAULT);
   rc = w->exit_code;
@@ -1066,6 +1113,7 @@ out:
   if (uv_loop_close(&w->loop) != 0) log_warn("libuv loop still has handles");
   worker_free(w->worker);
   free(w->dest);
+  free(w->pending);
   buf_free(&w->current);
   buf_free(&w->candidate);
   free(w);

@@ -793,5 +793,35 @@ def a_key_with_a_nul_byte_is_left_out():
         assert "a key with a NUL byte is left out" in err, err
 
 
+@suite.test
+def a_reload_cut_short_is_run_at_the_next_start():
+    """The file was put in place, then the watch stopped while --reload ran
+    (or the reload failed, or the process died): the next start found the
+    file equal to its render and never reloaded, so the load balancer kept
+    the old configuration until the next change.  A mark beside the file
+    says a reload is pending; the next watch (not --once) runs it."""
+    prefix = "/pending"
+    put("v2", f"{prefix}/a", "1")
+    d = tmpdir("rpd")
+    count = os.path.join(d, "reloads")
+    w = Watch(prefix, "v2", args=["--reload", "sh -c 'sleep 1000'"])
+    w.start()
+    wait_for(lambda: w.text() == expected(prefix, "v2", {f"{prefix}/a": "1"}), 10, what="the file")
+    time.sleep(0.5)  # the reload runs (and hangs)
+    assert w.stop() == 0
+    mark = os.path.join(os.path.dirname(w.out), ".out.cfg.register-reload-pending")
+    assert os.path.exists(mark), os.listdir(os.path.dirname(w.out))
+    once = Watch(prefix, "v2", out=w.out, args=["--reload", f"sh -c 'echo once >> {count}'"])
+    rc, err = once.once()
+    assert rc == 0 and not os.path.exists(count), (rc, err)  # --once leaves it to the watch
+    again = Watch(prefix, "v2", out=w.out, args=["--reload", f"sh -c 'echo r >> {count}'"])
+    again.start()
+    wait_for(lambda: os.path.exists(count), 10, what="the pending reload")
+    wait_for(lambda: not os.path.exists(mark), 10, what="the mark removed")
+    assert "reloading at the first render" in again.output(), again.output()
+    assert again.stop() == 0
+    assert open(count).read() == "r\n"
+
+
 if __name__ == "__main__":
     suite.run()
