@@ -730,7 +730,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   if (!w->loaded) { /* the first incarnation says what the policy is */
     w->loaded = 1;
     w->prefix = prefix ? xstrdup(prefix) : NULL;
-    w->other_prefix = other ? xstrndup(other, 1024) : NULL;
+    w->other_prefix = other ? xstrndup(other, strnlen(other, 1024)) : NULL;
     w->has_checks = hc;
     w->has_event = he;
     w->has_changed = hch;
