@@ -60,6 +60,8 @@ typedef struct {
   char *reload_cmd;     /* --reload, or NULL */
   long wait_min_ms;     /* --wait: quiet period after a change */
   long wait_max_ms;     /*         and the longest a change waits */
+  long min_keys;        /* register watch: a listing with fewer keys is not
+                           rendered, the last good file stays (0: any) */
   long command_timeout; /* seconds one --check or --reload may take */
 
   /* the fleet's policy in etcd: the daemon follows it (--policy-key),

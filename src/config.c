@@ -588,6 +588,16 @@ static int set_wait(config_t *cfg, const char *src, const char *v, char *err,
   return 0;
 }
 
+static int set_min_keys(config_t *cfg, const char *src, const char *v,
+                        char *err, size_t errlen) {
+  if (util_parse_long(v, 0, 1000000000L, &cfg->min_keys) < 0) {
+    snprintf(err, errlen, "%s \"%s\" is not a number of keys (0 and up)", src,
+             v);
+    return -1;
+  }
+  return 0;
+}
+
 #define STRING(f) .kind = KIND_STRING, .off = offsetof(config_t, f)
 #define FLAG(f) .kind = KIND_FLAG, .off = offsetof(config_t, f)
 #define SECONDS(f, lo, hi)                                                     \
@@ -725,6 +735,10 @@ static const opt_t opts[] = {
     {"--wait", "REGISTER_WATCH_WAIT", "MIN[:MAX]",
      "after a change, wait until MIN passes quietly, MAX at most", "20ms:250ms",
      CALL(set_wait), .only = CONFIG_WATCH},
+    {"--min-keys", "REGISTER_WATCH_MIN_KEYS", "N",
+     "fewer than N keys under PREFIX (an etcd wiped or restored empty) are "
+     "not rendered: the last good file stays",
+     "0", CALL(set_min_keys), .only = CONFIG_WATCH},
     {"--command-timeout", NULL, "SECONDS",
      "kill a --check or --reload command after SECONDS", "30",
      SECONDS(command_timeout, 1, 3600), .only = CONFIG_WATCH},

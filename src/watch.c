@@ -658,6 +658,20 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   }
   w->nkeys = n;
   if (!w->cfg->once) start_watch(w);
+  if ((long)n < w->cfg->min_keys) {
+    /* an etcd wiped, or restored from an empty snapshot, would empty the
+     * load balancer at once; the watch's next change cycles again */
+    char err[300];
+    snprintf(err, sizeof err,
+             "%zu key%s under %s, fewer than --min-keys %ld: not rendered", n,
+             n == 1 ? "" : "s", w->cfg->watch_prefix, w->cfg->min_keys);
+    w->renders_failed++;
+    if (strcmp(w->render_error, err) != 0)
+      log_error("watch: %s; keeping the last good %s", err, w->cfg->out_file);
+    snprintf(w->render_error, sizeof w->render_error, "%s", err);
+    cycle_done(w, 0);
+    return;
+  }
 
   policy_kv_t *kv = n ? xcalloc(n, sizeof *kv) : NULL;
   for (size_t i = 0; i < n; i++) {

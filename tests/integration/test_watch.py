@@ -823,5 +823,34 @@ def a_reload_cut_short_is_run_at_the_next_start():
     assert open(count).read() == "r\n"
 
 
+@suite.test
+def min_keys_keeps_the_last_file_when_etcd_empties():
+    """An etcd wiped or restored from an empty snapshot was rendered at
+    once: every backend gone from the load balancer.  With --min-keys N a
+    listing of fewer keys is not rendered: the last good file stays,
+    /healthz says why, and a listing with enough keys renders again."""
+    prefix = "/minkeys"
+    kv = {f"{prefix}/{k}": k for k in "abc"}
+    for k, v in kv.items():
+        put("v3", k, v)
+    w = Watch(prefix, "v3", args=["--min-keys", "2"])
+    w.start()
+    full = expected(prefix, "v3", kv)
+    wait_for(lambda: w.text() == full, 10, what="three keys rendered")
+    for k in list(kv)[:2]:
+        delete("v3", k)
+    wait_for(lambda: "fewer than --min-keys 2" in w.healthz()[1], 10, what="/healthz to say why")
+    assert w.healthz()[0] == 503
+    assert w.text() == full, w.text()
+    put("v3", f"{prefix}/a", "a")
+    two = expected(prefix, "v3", {f"{prefix}/a": "a", f"{prefix}/c": "c"})
+    wait_for(lambda: w.text() == two, 10, what="two keys rendered")
+    wait_for(lambda: w.healthz()[0] == 200, 10, what="healthy again")
+    assert w.stop() == 0
+    empty = Watch("/minkeys-none", "v3", args=["--min-keys", "1"])
+    rc, err = empty.once()
+    assert rc == 1 and empty.text() is None and "fewer than --min-keys 1" in err, (rc, err)
+
+
 if __name__ == "__main__":
     suite.run()
