@@ -44,9 +44,9 @@ etcd_watch_t *etcd_watch(etcd_t *e, const char *prefix, int64_t from,
 /* The same for one key: its changes, deletion included. */
 etcd_watch_t *etcd_watch_key(etcd_t *e, const char *key, int64_t from,
                              etcd_watch_cb cb, void *data);
-/* Probes the watch's own endpoint (GET /health) whenever the watch has
+/* Probes the watch's own endpoint (GET /version) whenever the watch has
  * heard nothing from it for ms: a member that does not answer within ten
- * times the recent latency (1 s at least, the client's timeout at most)
+ * times the recent latency (2 s at least, the client's timeout at most)
  * ends the watch with FAILED, and later requests start on the next
  * endpoint, so that a hung member is left within seconds, not at the
  * renewal.  Off unless asked for: the daemon's watches do without. */

@@ -85,12 +85,6 @@ void policy_free(policy_t *p);
 
 /* The owned prefix ("/registered/10.0.0.1"), or NULL without prefix(). */
 const char *policy_prefix(const policy_t *p);
-/* What prefix() gives a made-up other host (ip 192.0.2.1, hostname
- * "register-probe"; 192.0.2.2 when that is this host's): NULL without
- * prefix() or when it fails or gives nothing for it.  A prefix that does
- * not change with the host is every host's: each would delete the
- * others' keys as stale (app.c refuses it from the fleet's key). */
-const char *policy_prefix_other(const policy_t *p);
 const char *policy_name(const policy_t *p);
 
 /* The state of a container's checks, as records() sees it in

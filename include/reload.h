@@ -26,12 +26,13 @@ typedef worker_t *(*reload_commit_cb)(void *ud, worker_t *fresh);
 /* checks: the containers' health checks, whose states records() sees
  * (may be NULL); not owned. */
 reload_t *reload_new(reload_commit_cb commit, const checks_t *checks, void *ud);
-/* Looks at a new policy once it has loaded, before it is tried on any
- * container: 0, or -1 with a one-line reason in err (the reload is then
- * refused).  fleet: it came from the fleet's key (reload_try), not from
- * SIGHUP (reload_run). */
-typedef int (*reload_vet_cb)(void *ud, const worker_t *fresh, int fleet,
-                             char *err, size_t errlen);
+/* Looks at a new policy once it has loaded (po: how it was started),
+ * before it is tried on any container: 0, or -1 with a one-line reason in
+ * err (the reload is then refused).  fleet: it came from the fleet's key
+ * (reload_try), not from SIGHUP (reload_run). */
+typedef int (*reload_vet_cb)(void *ud, const worker_t *fresh,
+                             const worker_opts_t *po, int fleet, char *err,
+                             size_t errlen);
 void reload_set_vet(reload_t *r, reload_vet_cb vet);
 /* Abandons a running reload (its snapshot ends with docker_free(), which
  * comes first) and frees r. */

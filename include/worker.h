@@ -134,8 +134,6 @@ void worker_free(worker_t *w);
 const char *worker_path(void);
 
 const char *worker_prefix(const worker_t *w); /* NULL without prefix() */
-/* prefix() for a made-up other host (policy_prefix_other), or NULL */
-const char *worker_prefix_other(const worker_t *w);
 const char *worker_name(const worker_t *w);
 const char *worker_sha256(const worker_t *w); /* of the source, hex, or "" */
 int worker_has_checks(const worker_t *w);

@@ -738,60 +738,71 @@ static void health_inputs(void *ud, metrics_input_t *in) {
 /* ---- timers and signals ---- */
 
 /* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
+/* The prefix that the policy po starts gives a made-up other host
+ * (192.0.2.1, or .2 when that is this host's; hostname "register-probe"),
+ * loaded in a worker of its own, with no environment and no I/O, so that
+ * nothing of this host's worker sees the call: malloc'd, or NULL when it
+ * gives none or does not load for that host (nothing is said then). */
+static char *prefix_elsewhere(const worker_opts_t *po) {
+  worker_opts_t o = *po;
+  o.host_ip = po->host_ip && strcmp(po->host_ip, "192.0.2.1") == 0
+                  ? "192.0.2.2"
+                  : "192.0.2.1";
+  o.hostname = "register-probe";
+  o.env = NULL; /* a prefix from --policy-env is the host's own */
+  o.loop = NULL;
+  o.io = NULL;
+  o.has_etcd = 0;
+  o.stats = NULL;
+  o.wstats = NULL;
+  o.on_restart = NULL;
+  o.log_level = LOG_ERROR; /* its failures are not this host's */
+  char err[600];
+  worker_t *w = worker_new(&o, err, sizeof err);
+  if (!w) return NULL;
+  const char *pre = worker_prefix(w);
+  char *out = pre ? xstrdup(pre) : NULL;
+  worker_free(w);
+  return out;
+}
+
 /* A policy's prefix is owned: every key under it that this host's
- * containers do not make is deleted as stale.  So it must leave alone the
- * keys register keeps for itself (the fleet's policy key, the hosts'
- * reports, the write fences) and, from the fleet's key, be this host's
- * own: a prefix that prefix() gives every host alike makes each host
- * delete the others' keys (a revision with the prefix "/svc", sent to one
- * canary, deleted every other host's keys).  0, or -1 with why in err. */
-static int vet_policy(void *ud, const worker_t *w, int fleet, char *err,
-                      size_t errlen) {
+ * containers do not make is deleted as stale.  So it must keep clear of
+ * the keys register keeps for itself (the fleet's policy key, the hosts'
+ * reports, the write fences: neither holding them nor inside them) and,
+ * from the fleet's key, be this host's own: a prefix that prefix() gives
+ * every host alike makes each host delete the others' keys (a revision
+ * with the prefix "/svc", sent to one canary, deleted every other host's
+ * keys).  0, or -1 with why in err. */
+static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
+                      int fleet, char *err, size_t errlen) {
   app_t *a = ud;
-  const config_t *cfg = a->cfg;
-  const char *pre = worker_prefix(w), *other = worker_prefix_other(w);
+  const char *pre = worker_prefix(w);
   if (!pre) return 0;
-  if (cfg->policy_key && util_key_holds(pre, cfg->policy_key)) {
-    snprintf(err, errlen, "its prefix %s holds the fleet's policy key %s", pre,
-             cfg->policy_key);
-    return -1;
-  }
-  char *dir = cfg->policy_key ? policydoc_status_dir(cfg->policy_key) : NULL;
-  int reports = dir && util_key_holds(pre, dir);
-  if (reports)
-    snprintf(err, errlen, "its prefix %s holds the hosts' reports under %s",
-             pre, dir);
-  free(dir);
-  if (reports) return -1;
-  if (a->fence_key) {
-    char *fdir = xstrdup(a->fence_key);
-    char *slash = strrchr(fdir, '/');
-    if (slash && slash != fdir) *slash = '\0';
-    int holds = util_key_holds(pre, a->fence_key) ||
-                (slash && slash != fdir && util_key_holds(pre, fdir));
-    if (holds)
-      snprintf(err, errlen,
-               "its prefix %s holds this host's write fence %s (or the "
-               "other hosts')",
-               pre, a->fence_key);
-    free(fdir);
-    if (holds) return -1;
-  }
-  if (other && (util_key_holds(pre, other) || util_key_holds(other, pre))) {
-    if (fleet) {
-      snprintf(err, errlen,
-               "its prefix %s is not this host's own: prefix() gives %s for "
-               "another host, and each host would delete the others' keys "
-               "as stale",
-               pre, other);
+  static const char *const what[] = {"the fleet's policy key",
+                                     "the hosts' reports", "the write fences"};
+  for (size_t i = 0; i < ARRAY_SIZE(a->reserved_keys); i++) {
+    const char *k = a->reserved_keys[i];
+    if (!k) break;
+    if (util_key_holds(pre, k) || util_key_holds(k, pre)) {
+      size_t kind = !a->cfg->policy_key ? 2 : i < 2 ? i : 2;
+      snprintf(err, errlen, "its prefix %s %s %s (%s), which are register's",
+               pre, util_key_holds(pre, k) ? "holds" : "is inside", what[kind],
+               k);
       return -1;
     }
-    log_warn("policy %s: its prefix %s is the same for any host (prefix() "
-             "gives %s for another): each host that runs it deletes the "
-             "others' keys under it as stale",
-             worker_name(w), pre, other);
   }
-  return 0;
+  if (!fleet) return 0;
+  char *other = prefix_elsewhere(po);
+  int shared =
+      other && (util_key_holds(pre, other) || util_key_holds(other, pre));
+  if (shared)
+    snprintf(err, errlen,
+             "its prefix %s is not this host's own: it gives %s for another "
+             "host, and each host would delete the others' keys as stale",
+             pre, other);
+  free(other);
+  return shared ? -1 : 0;
 }
 
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
@@ -974,7 +985,7 @@ static int start_fleet(app_t *a, const worker_opts_t *po, char *err,
     fpo.no_files = 1;
     char werr[600];
     a->policy = worker_new(&fpo, werr, sizeof werr);
-    if (a->policy && vet_policy(a, a->policy, 1, werr, sizeof werr) < 0) {
+    if (a->policy && vet_policy(a, a->policy, &fpo, 1, werr, sizeof werr) < 0) {
       worker_free(a->policy);
       a->policy = NULL;
     }
@@ -1217,7 +1228,7 @@ int app_run(const config_t *cfg) {
   }
   if (!a->policy) {
     a->policy = worker_new(&po, err, sizeof err);
-    if (a->policy && vet_policy(a, a->policy, 0, err, sizeof err) < 0) {
+    if (a->policy && vet_policy(a, a->policy, &po, 0, err, sizeof err) < 0) {
       char why[sizeof err];
       memcpy(why, err, sizeof why);
       snprintf(err, sizeof err, "policy %.150s: %.400s", worker_name(a->policy),

@@ -1085,6 +1085,16 @@ static int check_policy(config_t *cfg, char *err, size_t errlen) {
       snprintf(err, errlen, "--state-dir must name a directory");
       return -1;
     }
+    /* a policy call holds the loop up to its limit (a reload's trial, a
+     * check): the keep-alives must still come before the lease runs out */
+    if (cfg->ttl > 0 && cfg->policy_timeout_ms * 2 > cfg->ttl * 1000) {
+      snprintf(err, errlen,
+               "--policy-timeout %ld ms is more than half of --ttl %ld s: "
+               "one policy call that runs to its limit would let every key "
+               "expire (shorten it, or lengthen --ttl)",
+               cfg->policy_timeout_ms, cfg->ttl);
+      return -1;
+    }
     return 0;
   }
   static const char *const actions[] = {"push", "status", "promote",

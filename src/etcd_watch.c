@@ -14,7 +14,7 @@
 /* a v3 stream message (one JSON object per line); longer is a failure */
 #define MAX_MESSAGE (4u << 20)
 /* the shortest time a probe of the watch's member is given */
-#define PROBE_MIN_MS 1000.0
+#define PROBE_MIN_MS 2000.0
 /* what a refusal's body may add to its one-line error */
 #define MAX_ERROR_BODY 300
 
@@ -38,7 +38,7 @@ struct etcd_watch {
   /* the probe (etcd_watch_probe_every): 0 = none */
   uint64_t probe_every_ms;
   uv_timer_t *probe_timer; /* heap: it closes after the watch is freed */
-  http_req_t *probe;       /* GET /health on w->ep, in flight */
+  http_req_t *probe;       /* GET /version on w->ep, in flight */
   uint64_t alive_ms;       /* uv_now(): w->ep last showed it answers */
   long probe_limit_ms;     /* the probe in flight's time limit */
 };
@@ -349,7 +349,7 @@ static void start(etcd_watch_t *w) {
  * that hung (a process stopped, a proxy in front of it frozen, a host
  * cut off after the connection was made): the stream stays open, and
  * until the renewal the owner's file stays stale with nothing said.  So
- * a watch quiet for probe_every_ms asks its own endpoint for /health
+ * a watch quiet for probe_every_ms asks its own endpoint for /version
  * (not through etcd.c, which would fail over and answer for another
  * member); a member that does not answer within the probe's limit
  * (probe_tick) ends the watch (FAILED), and the owner's listing, which fails
@@ -393,7 +393,10 @@ static void probe_tick(uv_timer_t *t) {
   uint64_t now = uv_now(w->e->loop);
   if (now - w->alive_ms < w->probe_every_ms) return;
   etcd_t *e = w->e;
-  char *url = xasprintf("%s/health", w->ep->url);
+  /* /version: answered by the member's HTTP server alone (etcd 3.4's
+   * /health is a quorum read: a raft proposal per probe, and its own 1 s
+   * limit would make a slow cluster's members look hung) */
+  char *url = xasprintf("%s/version", w->ep->url);
   /* as etcd.c gives an attempt that can be followed by another: ten
    * times the recent latency, at least PROBE_MIN_MS, at most the client's
    * timeout (a busy cluster is not left for being busy) */

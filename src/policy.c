@@ -353,29 +353,6 @@ static int setup_renderer(lua_State *L, policy_t *p) {
   return 0;
 }
 
-/* prefix() for a made-up other host, in p->other_prefix (errors are
- * ignored: the prefix this host gets was checked above).  The policy
- * table is at the top of L's stack. */
-static void probe_prefix(lua_State *L, policy_t *p, const char *host_ip) {
-  if (lua_getfield(L, -1, "prefix") != LUA_TFUNCTION) {
-    lua_pop(L, 1);
-    return;
-  }
-  const char *ip =
-      host_ip && strcmp(host_ip, "192.0.2.1") == 0 ? "192.0.2.2" : "192.0.2.1";
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, ip);
-  lua_setfield(L, -2, "ip");
-  lua_pushstring(L, "register-probe");
-  lua_setfield(L, -2, "hostname");
-  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
-    size_t len;
-    const char *pre = lua_tolstring(L, -1, &len);
-    p->other_prefix = xstrndup(pre, len);
-  }
-  lua_pop(L, 1);
-}
-
 static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
@@ -442,8 +419,6 @@ static int setup(lua_State *L) {
         return luaL_error(L, "prefix() returned \"%s\": %s", pre, err);
       p->prefix = xstrndup(pre, len);
     }
-    lua_pop(L, 1);
-    probe_prefix(L, p, s->o->host_ip);
   } else if (!lua_isnil(L, -1)) {
     return luaL_error(L, "prefix must be a function");
   }
@@ -504,17 +479,12 @@ void policy_free(policy_t *p) {
   free(p->name);
   free(p->dir);
   free(p->prefix);
-  free(p->other_prefix);
   buf_free(&p->trace);
   free(p);
 }
 
 const char *policy_prefix(const policy_t *p) {
   return p->prefix;
-}
-
-const char *policy_prefix_other(const policy_t *p) {
-  return p->other_prefix;
 }
 
 const char *policy_name(const policy_t *p) {

@@ -32,7 +32,6 @@ struct policy {
   char *name; /* file name, or "default" */
   char *dir;  /* the file's directory (require), or NULL */
   char *prefix;
-  char *other_prefix; /* prefix() for another host (policy_prefix_other) */
   int ref_policy; /* the table the script returned */
   int ref_host;
   int ref_event, ref_changed; /* optional hooks, or LUA_NOREF */

@@ -225,8 +225,10 @@ static void reload_done(void *ud, int ok, const char *why) {
                "that runs out of its limits holds the loop)",
                t->skipped, t->skipped == 1 ? "" : "s");
     log_error("policy reload failed, keeping the old policy: %s", line);
-    reload_outcome_t outcome =
-        ok && !t->not_timeouts ? RELOAD_TIMED_OUT : RELOAD_REFUSED;
+    /* Docker went away: not the policy's fault, tried again */
+    reload_outcome_t outcome = !ok                ? RELOAD_BUSY
+                               : !t->not_timeouts ? RELOAD_TIMED_OUT
+                                                  : RELOAD_REFUSED;
     r->failed++;
     r->txn = NULL;
     txn_free(t);
@@ -273,7 +275,7 @@ static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
                  int fleet) {
   policy_reason_t reason;
   worker_t *p = worker_new_why(po, &reason, err, errlen);
-  if (p && r->vet && r->vet(r->ud, p, fleet, err, errlen) < 0) {
+  if (p && r->vet && r->vet(r->ud, p, po, fleet, err, errlen) < 0) {
     worker_free(p);
     p = NULL;
     reason = POLICY_ERR_ERROR;

@@ -244,6 +244,39 @@ static const char *file_kind(mode_t m) {
  * socket or a directory would replace it (/dev/null, as root) or fail, and
  * reading one can hang: NULL with one line in err then, and for a link
  * that leads nowhere. */
+/* The path a chain of symbolic links from link ends at, when that is a
+ * name not taken in a directory that exists (malloc'd); else NULL. */
+static char *link_end(const char *link) {
+  char *cur = xstrdup(link);
+  for (int hops = 0; hops < 40; hops++) {
+    struct stat st;
+    if (lstat(cur, &st) < 0) {
+      if (errno != ENOENT) break;
+      char *dir = xstrdup(cur), *slash = strrchr(dir, '/');
+      if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+      int ok = stat(slash ? dir : ".", &st) == 0 && S_ISDIR(st.st_mode);
+      free(dir);
+      if (ok) return cur;
+      break;
+    }
+    if (!S_ISLNK(st.st_mode)) break;
+    char to[4096];
+    ssize_t n = readlink(cur, to, sizeof to - 1);
+    if (n <= 0) break;
+    to[n] = '\0';
+    char *next;
+    const char *slash = strrchr(cur, '/');
+    if (to[0] == '/' || !slash)
+      next = xstrdup(to);
+    else
+      next = xasprintf("%.*s/%s", (int)(slash - cur), cur, to);
+    free(cur);
+    cur = next;
+  }
+  free(cur);
+  return NULL;
+}
+
 static char *out_target(const char *out, char *err, size_t errlen) {
   struct stat st;
   if (lstat(out, &st) < 0) {
@@ -254,6 +287,8 @@ static char *out_target(const char *out, char *err, size_t errlen) {
   char *path;
   if (S_ISLNK(st.st_mode)) {
     char *real = realpath(out, NULL);
+    if (!real && errno == ENOENT && (path = link_end(out)))
+      return path; /* a file not rendered yet (or removed): created */
     if (!real || stat(real, &st) < 0) {
       snprintf(err, errlen,
                "--out %s is a symbolic link that leads nowhere: %s", out,
@@ -508,6 +543,8 @@ static void install_failed(watch_t *w, const char *error) {
 
 static void installed(watch_t *w) {
   char err[600];
+  /* before the rename: a crash between the two would lose the reload */
+  if (w->cfg->reload_cmd) mark_pending(w, 1);
   if (put_in_place(w, err, sizeof err) < 0) {
     w->writes_failed++;
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
@@ -526,7 +563,6 @@ static void installed(watch_t *w) {
     cycle_done(w, 1);
     return;
   }
-  mark_pending(w, 1);
   reload(w);
 }
 

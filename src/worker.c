@@ -57,8 +57,7 @@ struct worker {
 
   /* what the first incarnation said */
   char *name, *prefix;
-  char *other_prefix; /* prefix() for another host (worker_prefix_other) */
-  char **reserved;    /* worker_opts_t.reserved, NULL-terminated, owned */
+  char **reserved; /* worker_opts_t.reserved, NULL-terminated, owned */
   char sha256[65];
   int loaded;
   int has_checks, has_event, has_changed;
@@ -717,7 +716,6 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   const char *prefix = wire_get_str(&rd, NULL);
   int hc = (int)wire_get_num(&rd), he = (int)wire_get_num(&rd),
       hch = (int)wire_get_num(&rd);
-  const char *other = wire_get_str(&rd, NULL);
   char why[200];
   if (type != WIRE_READY || rd.bad ||
       (prefix &&
@@ -730,7 +728,6 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   if (!w->loaded) { /* the first incarnation says what the policy is */
     w->loaded = 1;
     w->prefix = prefix ? xstrdup(prefix) : NULL;
-    w->other_prefix = other ? xstrndup(other, strnlen(other, 1024)) : NULL;
     w->has_checks = hc;
     w->has_event = he;
     w->has_changed = hch;
@@ -1014,7 +1011,6 @@ void worker_free(worker_t *w) {
   free(w->path);
   free(w->name);
   free(w->prefix);
-  free(w->other_prefix);
   for (char **r = w->reserved; r && *r; r++)
     free(*r);
   free(w->reserved);
@@ -1027,10 +1023,6 @@ void worker_free(worker_t *w) {
 
 const char *worker_prefix(const worker_t *w) {
   return w->prefix;
-}
-
-const char *worker_prefix_other(const worker_t *w) {
-  return w->other_prefix;
 }
 const char *worker_name(const worker_t *w) {
   return w->name;

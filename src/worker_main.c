@@ -545,7 +545,6 @@ int main(void) {
   wire_num(&out, (uint64_t)policy_has_checks(P));
   wire_num(&out, (uint64_t)policy_has_hook(P, "event"));
   wire_num(&out, (uint64_t)policy_has_hook(P, "changed"));
-  wire_cstr(&out, policy_prefix_other(P));
   reply_end(off);
 
   for (;;) {

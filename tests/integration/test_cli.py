@@ -32,6 +32,9 @@ def bad_flags_are_one_line_and_exit_2():
         (("--docker", "ssh://h"), {"HOST_IP": "10.0.0.1"}, 'Docker host "ssh://h"'),
         (("--ttl", "soon"), {"HOST_IP": "10.0.0.1"}, '--ttl "soon"'),
         (("--log-level",), {"HOST_IP": "10.0.0.1"}, "option --log-level needs a value"),
+        # a policy call may hold the loop to its limit: the lease must outlast it
+        (("--ttl", "3", "--policy-timeout", "2000"), {"HOST_IP": "10.0.0.1"},
+         "--policy-timeout 2000 ms is more than half of --ttl 3 s"),
     ]
     for args, env, msg in cases:
         r = run(*args, env=env)

@@ -191,13 +191,13 @@ def reset():
         etcd.etcdctl("del", "--prefix", p, api="3", check=False)
 
 
-def start(*extra, port=None, state=None, api="2"):
+def start(*extra, port=None, state=None, api="2", env=None):
     state = state or tmpdir("rfs")
     args = ["--etcd", etcd.url, "--docker", d.host, "--policy-key", KEY, "--state-dir", state,
             "--etcd-api", f"v{api}"]
     if port:
         args += ["--metrics", f"127.0.0.1:{port}"]
-    r = Register(*args, *extra, host_ip=IP).start()
+    r = Register(*args, *extra, host_ip=IP, env=env).start()
     suite.defer(r.cleanup)
     return r, state
 
@@ -511,12 +511,15 @@ def revisions_that_would_touch_other_hosts_or_registers_own_keys_are_refused():
                             'function policy.prefix(host) return "/fleettest" end')
     hijack = REV_A.replace("  return out\n", '  out["%s"] = "{}"\n  return out\n' % KEY)
     reports = REV_A.replace("  return out\n", '  out["%s"] = "{}"\n  return out\n' % other_report)
-    assert len({wide, control, hijack, reports, REV_A}) == 5
+    inside = REV_A.replace('function policy.prefix(host) return "/fleet/" .. host.ip end',
+                           'function policy.prefix(host) return "/fleettest/status/" .. host.ip end')
+    assert len({wide, control, hijack, reports, inside, REV_A}) == 6
     cases = [
         (2, "a prefix every host gets alike", wide, "is not this host's own"),
         (3, "a prefix holding the policy key", control, "holds the fleet's policy key"),
         (4, "a record at the policy key", hijack, "record"),
         (5, "a record under the hosts' reports", reports, "record"),
+        (6, "a prefix inside the hosts' reports", inside, "is inside the hosts' reports"),
     ]
     for n, what, source, says in cases:
         text = doc(rev(n, source, K1))
@@ -556,6 +559,33 @@ def a_cache_that_cannot_be_written_is_said_and_since_follows_each_revision():
     put(doc(rev(2, REV_B, K1)))
     rep2 = report_is(state="applied", revision=2)
     assert rep2["since"] > rep1["since"], (rep1, rep2)
+    r.stop()
+
+
+@suite.test
+def a_prefix_from_the_host_or_its_environment_is_its_own():
+    """The made-up host's prefix is asked of a worker of its own: a policy
+    that keeps what prefix() was given (here: the host's address, for its
+    records) still writes under this host's name, and a prefix from a
+    --policy-env variable (each host's own value) is not taken for every
+    host's.  Before, the second call ran in the host's worker (the policy
+    then wrote under 192.0.2.1) and with its environment (refused)."""
+    reset()
+    names = list(webs(2))
+    memo = REV_A.replace('function policy.prefix(host) return "/fleet/" .. host.ip end',
+                         'local me\nfunction policy.prefix(host) me = host.ip return "/fleet/" .. host.ip end')
+    memo = memo.replace('out["/fleet/" .. host.ip .. "/"', 'out["/fleet/" .. me .. "/"')
+    assert memo != REV_A and "me .. " in memo, memo
+    r, _ = start("--policy-pubkey", K1PUB, "--policy-env", "NODE", env={"NODE": IP})
+    put(doc(rev(1, memo, K1)))
+    report_is(state="applied", revision=1)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="the keys under this host's name")
+    assert etcd.tree("/fleet/192.0.2.1") == {}, etcd.tree("/fleet")
+    from_env = REV_A.replace('"/fleet/" .. host.ip', '"/fleet/" .. os.getenv("NODE")')
+    assert from_env.count('os.getenv("NODE")') == 2, from_env
+    put(doc(rev(2, from_env, K1)))
+    report_is(state="applied", revision=2)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="the keys of revision 2")
     r.stop()
 
 

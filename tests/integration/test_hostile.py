@@ -690,8 +690,8 @@ def a_prefix_holding_registers_own_keys_is_refused_at_start():
     with open(policy, "w") as f:
         f.write('local d = require "register.default"\n'
                 'return { prefix = function(h) return "/register" end, records = d.records }\n')
-    for extra, says in ((["--etcd-api", "v3"], "holds this host's write fence /register/fence/" + IP),
-                        (["--policy-key", "/register/policy"], "holds the fleet's policy key /register/policy")):
+    for extra, says in ((["--etcd-api", "v3"], "holds the write fences (/register/fence)"),
+                        (["--policy-key", "/register/policy"], "holds the fleet's policy key (/register/policy)")):
         p = subprocess.run([REGISTER, "--etcd", etcd.url, "--docker", fake.host, "--policy", policy,
                             "--host-ip", IP, *extra], capture_output=True, text=True, timeout=30)
         assert p.returncode == 1, (p.returncode, p.stderr)

@@ -672,6 +672,17 @@ def out_follows_a_link_and_refuses_what_is_no_file():
     with open(target) as f:
         assert f.read() == want
     assert not [f for f in os.listdir(os.path.join(d, "real")) if f.startswith(".haproxy")]
+    # a link made ahead of the file it names (config management), or whose
+    # file was removed: the file is created, the link stays
+    os.unlink(target)
+    rc, err = w.once()
+    assert rc == 0, err
+    assert os.path.islink(link) and open(target).read() == want
+    dangling = os.path.join(d, "ahead.cfg")
+    os.symlink("real/not-yet.cfg", dangling)
+    rc, err = Watch(prefix, "v3", out=dangling).once()
+    assert rc == 0, err
+    assert os.path.islink(dangling) and open(os.path.join(d, "real", "not-yet.cfg")).read() == want
     # a FIFO, a directory, a device, a link to a device: one line, exit 1,
     # at once, and nothing replaced
     fifo = os.path.join(d, "fifo")
