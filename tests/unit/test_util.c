@@ -30,6 +30,18 @@ TEST(clean_text) {
   util_clean_text(&b, in, sizeof in - 1, 1000, 0);
   ASSERT_STR_EQ(b.data, "ok \"q\" \\x1b[2J\\x0d\\x0ax\\x7f \\u009b \xc3\xa9 "
                         "\xe2\x98\xba \\xff\\xc0\\xaf\\x09");
+  /* bidi overrides and isolates (they reorder what follows on a
+   * terminal) escaped; other marks kept */
+  buf_reset(&b);
+  util_clean_text(&b,
+                  "a"
+                  "\xe2\x80\xae"
+                  "b"
+                  "\xe2\x81\xa6"
+                  "c"
+                  "\xe2\x80\x8e",
+                  12, 1000, 0);
+  ASSERT_STR_EQ(b.data, "a\\u202eb\\u2066c\xe2\x80\x8e");
   buf_reset(&b);
   util_clean_text(&b, "a\nb", 3, 1000, 1);
   ASSERT_STR_EQ(b.data, "a\nb");
