@@ -737,7 +737,6 @@ static void health_inputs(void *ud, metrics_input_t *in) {
 
 /* ---- timers and signals ---- */
 
-/* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
 /* The prefix that the policy po starts gives a made-up other host
  * (192.0.2.1, or .2 when that is this host's; hostname "register-probe"),
  * loaded in a worker of its own, with no environment and no I/O, so that
@@ -786,7 +785,7 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
     if (!k) break;
     if (util_key_holds(pre, k) || util_key_holds(k, pre)) {
       size_t kind = !a->cfg->policy_key ? 2 : i < 2 ? i : 2;
-      snprintf(err, errlen, "its prefix %s %s %s (%s), which are register's",
+      snprintf(err, errlen, "its prefix %s %s %s (%s): register's own keys",
                pre, util_key_holds(pre, k) ? "holds" : "is inside", what[kind],
                k);
       return -1;
@@ -805,6 +804,7 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
   return shared ? -1 : 0;
 }
 
+/* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
   worker_t *old = a->policy;
@@ -838,7 +838,6 @@ static void on_worker_restart(void *ud) {
     if (a->docker) docker_refresh(a->docker, id);
 }
 
-/* The options every policy of this daemon is made with. */
 /* a->reserved_keys: register's own keys, which no record may touch: the
  * fleet's policy key and its hosts' reports, and the write fences (their
  * directory, when the fence is the default /register/fence/HOST_IP). */
@@ -858,6 +857,7 @@ static void reserve_keys(app_t *a) {
   REGISTER_ASSERT(n < ARRAY_SIZE(a->reserved_keys)); /* NULL-terminated */
 }
 
+/* The options every policy of this daemon is made with. */
 static worker_opts_t policy_opts(app_t *a) {
   const config_t *cfg = a->cfg;
   worker_opts_t po = {0};

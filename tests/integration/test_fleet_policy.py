@@ -218,6 +218,18 @@ def default_keys(n):
     wait_for(lambda: len(etcd.tree(REG)) == n, 30, what=f"{n} keys of the default policy")
 
 
+def on_revision_1():
+    """Two containers, a daemon that verifies K1, and REV_A applied as
+    revision 1: (the daemon, the containers' names)."""
+    reset()
+    names = list(webs(2))
+    r, _ = start("--policy-pubkey", K1PUB)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
+    return r, names
+
+
 # ---- tests ----
 
 @suite.test
@@ -365,12 +377,7 @@ def a_revision_refused_for_timeouts_only_is_tried_again():
     cores, 1 to 7 of them refused a good revision): it is tried again after
     5 s, doubling, while it is still the one offered.  A refusal for
     anything else is final until the document changes."""
-    reset()
-    names = list(webs(2))
-    r, _ = start("--policy-pubkey", K1PUB)
-    put(doc(rev(1, REV_A, K1)))
-    report_is(state="applied", revision=1)
-    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
+    r, names = on_revision_1()
     for n, at_load in ((2, False), (3, True)):
         # slow for the first try only: the clock passes DEADLINE before
         # the second, 5 s later
@@ -493,12 +500,7 @@ def revisions_that_would_touch_other_hosts_or_registers_own_keys_are_refused():
     deleted the fleet's documents and could not be rolled back), a record
     at the policy key or under the reports.  Each is refused with its
     reason; another host's key and the document stay."""
-    reset()
-    names = list(webs(2))
-    r, _ = start("--policy-pubkey", K1PUB)
-    put(doc(rev(1, REV_A, K1)))
-    report_is(state="applied", revision=1)
-    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="revision 1's keys")
+    r, names = on_revision_1()
     other = "/fleet/10.21.0.99/web9/80"
     etcd.etcdctl("set", other, "10.21.0.99:1234")
     other_report = "/fleettest/status/10.21.0.99"
