@@ -276,6 +276,12 @@ class Dockerd26(Dockerd):
 
 
 PODMAN_ROOT = os.environ.get("REGISTER_PODMAN_ROOT", "/var/tmp/register-test-podman")
+# podman's run root and tmp dir: fixed paths, removed at cleanup.  podman
+# keeps the ones of its first start in its database (in PODMAN_ROOT, which
+# lives on between runs) and uses them ever after, whatever the config says:
+# a test's own directory there was left behind, and used by every later run.
+PODMAN_RUN = PODMAN_ROOT.rstrip("/").replace("/var/tmp/", "/run/", 1) if PODMAN_ROOT.startswith("/var/tmp/") \
+    else PODMAN_ROOT.rstrip("/") + "-run"
 
 
 class Podman(Dockerd):
@@ -294,10 +300,10 @@ class Podman(Dockerd):
         with open(conf, "w") as f:
             f.write('[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
                     '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-                    f'events_logfile_path = "{self.dir}/events.log"\ntmp_dir = "{self.dir}/libpod"\n')
+                    f'events_logfile_path = "{self.dir}/events.log"\ntmp_dir = "{PODMAN_RUN}/libpod"\n')
         storage = os.path.join(self.dir, "storage.conf")
         with open(storage, "w") as f:
-            f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{PODMAN_ROOT}"\nrunroot = "{self.dir}/run"\n')
+            f.write(f'[storage]\ndriver = "vfs"\ngraphroot = "{PODMAN_ROOT}"\nrunroot = "{PODMAN_RUN}/run"\n')
         self.penv = dict(os.environ, CONTAINERS_CONF=conf, CONTAINERS_STORAGE_CONF=storage)
 
     def image(self, name):
@@ -373,6 +379,7 @@ class Podman(Dockerd):
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
         # `ip netns add` bind-mounted /run/netns: a test leaves no mount behind
         run_netns_unmount(getattr(self, "netns_mounted", True))
+        shutil.rmtree(PODMAN_RUN, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -58,13 +58,23 @@ def log(*a):
     print("[test]", *a, file=sys.stderr, flush=True)
 
 
+_ports_held = {}
+
+
 def free_port():
     """A port free on 127.0.0.1, drawn below the kernel's ephemeral range
     (ip_local_port_range, 32768 and up here): a port the kernel hands out
     itself is taken again by any outgoing connection (curl's, etcd's
     peers', another test's under ctest -j2) before the service it was
     meant for binds it.  Seen: an etcd member added at a port that was no
-    longer free 30 s later."""
+    longer free 30 s later.
+
+    A port is handed out once per run: until the service binds it, it is
+    still free, and a second call drew it again (seen: an etcd's client and
+    peer URLs on one port).  The claim is an abstract unix socket named
+    after the port, held until this process exits, so that another test
+    running beside this one (ctest -j2) does not draw it either; the kernel
+    drops it with the process, and nothing is left on disk."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             top = int(f.read().split()[0])
@@ -74,12 +84,22 @@ def free_port():
     rng = random.Random()
     for _ in range(1000):
         port = rng.randrange(low, top)
+        if port in _ports_held:
+            continue
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            claim.bind(f"\0register-test-port-{port}")
+        except OSError:  # another test process has it
+            claim.close()
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
+                claim.close()
                 continue
-            return port
+        _ports_held[port] = claim
+        return port
     raise AssertionError(f"no free port on 127.0.0.1 between {low} and {top}")
 
 
