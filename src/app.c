@@ -792,6 +792,11 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
     }
   }
   if (!fleet) return 0;
+  /* the prefix in force again: this revision changes nothing of it (and
+   * spares every host a second worker at each promote) */
+  const char *in_force =
+      a->policy && a->policy != w ? worker_prefix(a->policy) : NULL;
+  if (in_force && strcmp(in_force, pre) == 0) return 0;
   char *other = prefix_elsewhere(po);
   int shared =
       other && (util_key_holds(pre, other) || util_key_holds(other, pre));

@@ -186,7 +186,7 @@ def truth(names, naming="/80"):
 
 def reset():
     d.clean()
-    for p in ("/fleet", "/registered", "/fleettest"):
+    for p in ("/fleet", "/fleetenv", "/registered", "/fleettest"):
         etcd.etcdctl("rm", "--recursive", p, check=False)
         etcd.etcdctl("del", "--prefix", p, api="3", check=False)
 
@@ -583,11 +583,14 @@ def a_prefix_from_the_host_or_its_environment_is_its_own():
     report_is(state="applied", revision=1)
     wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="the keys under this host's name")
     assert etcd.tree("/fleet/192.0.2.1") == {}, etcd.tree("/fleet")
-    from_env = REV_A.replace('"/fleet/" .. host.ip', '"/fleet/" .. os.getenv("NODE")')
+    # another prefix, so that it is vetted (a prefix in force again is not)
+    from_env = REV_A.replace('"/fleet/" .. host.ip', '"/fleetenv/" .. os.getenv("NODE")')
     assert from_env.count('os.getenv("NODE")') == 2, from_env
     put(doc(rev(2, from_env, K1)))
     report_is(state="applied", revision=2)
-    wait_for(lambda: etcd.tree(FLEET) == truth(names), 20, what="the keys of revision 2")
+    want = {k.replace("/fleet/", "/fleetenv/", 1): v for k, v in truth(names).items()}
+    wait_for(lambda: etcd.tree(f"/fleetenv/{IP}") == want and etcd.tree(FLEET) == {}, 20,
+             what="the keys of revision 2")
     r.stop()
 
 
