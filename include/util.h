@@ -72,6 +72,11 @@ size_t util_utf8_bad_at(const char *s, size_t n);
 /* 1 when key is dir itself or below it, by whole path segments
  * ("/a/b" holds "/a/b" and "/a/b/c", not "/a/bc"; "/a/" holds "/a/c") */
 int util_key_holds(const char *dir, const char *key);
+/* The directory of a file's path, malloc'd: "." for a bare name, "/" for
+ * a name at the root ("a/b" -> "a", "b" -> ".", "/b" -> "/"). */
+char *util_path_dir(const char *path);
+/* The last segment of a path (a pointer into path). */
+const char *util_path_base(const char *path);
 
 /* Monotonic milliseconds, for intervals that must not jump with the clock. */
 uint64_t util_now_ms(void);

@@ -853,11 +853,12 @@ static void reserve_keys(app_t *a) {
     a->reserved_keys[n++] = policydoc_status_dir(a->cfg->policy_key);
   }
   if (a->fence_key) {
-    char *dir = xstrdup(a->fence_key);
-    char *slash = strrchr(dir, '/');
-    if (!a->cfg->etcd_fence && slash && slash != dir)
-      *slash = '\0'; /* the default's directory: every host's fence */
-    a->reserved_keys[n++] = dir;
+    const char *slash = strrchr(a->fence_key, '/');
+    /* the default's directory: every host's fence */
+    a->reserved_keys[n++] =
+        !a->cfg->etcd_fence && slash && slash != a->fence_key
+            ? util_path_dir(a->fence_key)
+            : xstrdup(a->fence_key);
   }
   REGISTER_ASSERT(n < ARRAY_SIZE(a->reserved_keys)); /* NULL-terminated */
 }

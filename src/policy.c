@@ -428,12 +428,7 @@ static int setup(lua_State *L) {
 policy_t *policy_new(const policy_opts_t *o, char *err, size_t errlen) {
   policy_t *p = xcalloc(1, sizeof *p);
   p->name = xstrdup(o->file ? o->file : "default");
-  if (o->file) {
-    const char *slash = strrchr(o->file, '/');
-    p->dir = slash ? xstrndup(o->file,
-                              slash == o->file ? 1 : (size_t)(slash - o->file))
-                   : xstrdup(".");
-  }
+  if (o->file) p->dir = util_path_dir(o->file);
   p->budget = o->budget > 0 ? o->budget : DEFAULT_BUDGET;
   p->mem_limit = o->mem_limit ? o->mem_limit : DEFAULT_MEM;
   p->time_limit_ms =

@@ -596,10 +596,9 @@ static int push(const config_t *cfg, client_t *c, int force) {
          key, policydoc_top(d));
     goto out;
   }
-  const char *base = strrchr(file, '/');
   char *by = pushed_by();
   policydoc_rev_t *r = policydoc_rev_new(
-      policydoc_top(d) + 1, src.data, src.len, sig, base ? base + 1 : file, by);
+      policydoc_top(d) + 1, src.data, src.len, sig, util_path_base(file), by);
   free(by);
   char what[1400];
   if (cfg->policy_canary) {

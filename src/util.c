@@ -212,6 +212,18 @@ int util_key_holds(const char *dir, const char *key) {
   return key[n] == '\0' || key[n] == '/' || (n > 0 && dir[n - 1] == '/');
 }
 
+char *util_path_dir(const char *path) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) return xstrdup(".");
+  if (slash == path) return xstrdup("/");
+  return xstrndup(path, (size_t)(slash - path));
+}
+
+const char *util_path_base(const char *path) {
+  const char *slash = strrchr(path, '/');
+  return slash ? slash + 1 : path;
+}
+
 void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
                      int keep_lines) {
   size_t keep = n > max ? max : n;

@@ -222,13 +222,6 @@ static worker_t *load_renderer(watch_t *w, char *err, size_t errlen) {
 
 /* ---- the file ---- */
 
-static char *dir_of(const char *path) {
-  const char *slash = strrchr(path, '/');
-  if (!slash) return xstrdup(".");
-  if (slash == path) return xstrdup("/");
-  return xstrndup(path, (size_t)(slash - path));
-}
-
 static const char *file_kind(mode_t m) {
   return S_ISDIR(m)    ? "a directory"
          : S_ISCHR(m)  ? "a character device"
@@ -252,9 +245,8 @@ static char *link_end(const char *link) {
     struct stat st;
     if (lstat(cur, &st) < 0) {
       if (errno != ENOENT) break;
-      char *dir = xstrdup(cur), *slash = strrchr(dir, '/');
-      if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
-      int ok = stat(slash ? dir : ".", &st) == 0 && S_ISDIR(st.st_mode);
+      char *dir = util_path_dir(cur);
+      int ok = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
       free(dir);
       if (ok) return cur;
       break;
@@ -337,8 +329,8 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   w->dest = out_target(w->cfg->out_file, err, errlen);
   if (!w->dest) return -1;
   const char *out = w->dest;
-  char *dir = dir_of(out);
-  const char *base = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+  char *dir = util_path_dir(out);
+  const char *base = util_path_base(out);
   w->tmp = xasprintf("%s/.%s.register-XXXXXX", dir, base);
   free(dir);
   int fd = mkstemp(w->tmp);
@@ -402,7 +394,7 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   }
   free(w->tmp);
   w->tmp = NULL;
-  char *dir = dir_of(out);
+  char *dir = util_path_dir(out);
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);
@@ -1137,14 +1129,10 @@ int watch_run(const config_t *cfg) {
            cfg->render_file, cfg->metrics_addr ? ", metrics on " : "",
            cfg->metrics_addr ? cfg->metrics_addr : "");
   if (cfg->reload_cmd) {
-    char *dir = xstrdup(cfg->out_file), *slash = strrchr(dir, '/');
-    const char *base =
-        slash ? cfg->out_file + (slash - dir) + 1 : cfg->out_file;
-    if (slash)
-      slash[1] = '\0';
-    else
-      dir[0] = '\0';
-    w->pending = xasprintf("%s.%s.register-reload-pending", dir, base);
+    char *dir = util_path_dir(cfg->out_file);
+    w->pending =
+        xasprintf("%s%s.%s.register-reload-pending", dir,
+                  strcmp(dir, "/") ? "/" : "", util_path_base(cfg->out_file));
     free(dir);
     /* --once (ExecStartPre, before the load balancer runs) leaves it to
      * the watch that follows */

@@ -924,10 +924,7 @@ worker_t *worker_new_why(const worker_opts_t *o, policy_reason_t *reason,
   buf_init(&w->out);
   buf_init(&w->trace);
   if (w->file) {
-    const char *slash = strrchr(w->file, '/');
-    w->dir = slash ? xstrndup(w->file,
-                              slash == w->file ? 1 : (size_t)(slash - w->file))
-                   : xstrdup(".");
+    w->dir = util_path_dir(w->file);
     if (o->no_files) { /* no directory to require from */
       free(w->dir);
       w->dir = NULL;

@@ -63,6 +63,18 @@ TEST(clean_text) {
   buf_free(&b);
 }
 
+TEST(path_dir_and_base) {
+  const char *in[] = {"a/b", "b", "/b", "/a/b/c", "a/", "./x"};
+  const char *dir[] = {"a", ".", "/", "/a/b", "a", "."};
+  const char *base[] = {"b", "b", "b", "c", "", "x"};
+  for (int i = 0; i < 6; i++) {
+    char *d = util_path_dir(in[i]);
+    ASSERT_STR_EQ(d, dir[i]);
+    ASSERT_STR_EQ(util_path_base(in[i]), base[i]);
+    free(d);
+  }
+}
+
 TEST(base64) {
   const char *in[] = {"", "f", "fo", "foo", "foob", "/registered/\xff"};
   const char *out[] = {
@@ -191,6 +203,7 @@ TEST(map_against_a_model) {
   map_free(m);
 }
 
-TEST_MAIN(TEST_ENTRY(urlencode), TEST_ENTRY(clean_text), TEST_ENTRY(base64),
+TEST_MAIN(TEST_ENTRY(urlencode), TEST_ENTRY(clean_text),
+          TEST_ENTRY(path_dir_and_base), TEST_ENTRY(base64),
           TEST_ENTRY(map_put_get_delete_iterate),
           TEST_ENTRY(map_against_a_model))
