@@ -279,6 +279,10 @@ static void deliver_listing(etcd_op_t *op) {
       l->kvs[i].ttl = lease && (e->ttl > 0 ? lease == e->lease : 1);
     }
   }
+  if (l->nul_keys > 1)
+    log_warn("etcd: %zu more keys with a NUL byte are left out of the "
+             "listing",
+             l->nul_keys - 1);
   etcd_result_t ok = {ETCD_OK, NULL, op->list_rev, 0};
   op->list(op->data, &ok, l->kvs, l->n, (const char *const *)l->dirs, l->ndirs);
   op_free(op);

@@ -17,7 +17,10 @@ void listing_add(listing_t *l, const char *key, size_t klen, const char *value,
   if (memchr(key, '\0', klen)) {
     /* no C string can hold it: cut at the NUL it would pass for another
      * key (and a listing's owner would take it for its own, or render
-     * it); left out, as a key nobody here wrote */
+     * it); left out, as a key nobody here wrote.  One line per listing
+     * (the rest are counted at its end): a writer of many such keys does
+     * not flood the log */
+    if (l->nul_keys++) return;
     buf_t k;
     buf_init(&k);
     util_clean_text(&k, key, klen, 200, 0);

@@ -105,6 +105,7 @@ typedef struct {
   size_t n, cap;
   char **dirs;
   size_t ndirs, dcap;
+  size_t nul_keys; /* left out: the first is logged, the rest counted */
 } listing_t;
 
 struct etcd_op {
