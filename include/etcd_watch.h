@@ -49,7 +49,7 @@ etcd_watch_t *etcd_watch_key(etcd_t *e, const char *key, int64_t from,
  * times the recent latency (2 s at least, the client's timeout at most)
  * ends the watch with FAILED, and later requests start on the next
  * endpoint, so that a hung member is left within seconds, not at the
- * renewal.  Off unless asked for: the daemon's watches do without. */
+ * renewal.  Off unless asked for. */
 void etcd_watch_probe_every(etcd_watch_t *w, uint64_t ms);
 /* Milliseconds since the watch's endpoint last showed it answers (the
  * watch started, a message, a probe's answer); 0 for NULL. */

@@ -18,6 +18,10 @@
 #define RETRY_MIN_MS 1000
 #define RETRY_MAX_MS 30000
 #define BUSY_RETRY_MS 1000
+/* the policy key's watch probes its member after this long without news:
+ * one GET /version per host and period while the key does not change
+ * (50 a second for a fleet of 500), a hung member left within about 12 s */
+#define FLEET_PROBE_MS 10000
 /* a revision refused for timeouts only is tried again after this, doubling
  * to AGAIN_MAX_MS while it stays the one offered (fleet.h) */
 #define AGAIN_MIN_MS 5000
@@ -307,8 +311,8 @@ static void watch_cb(void *data, etcd_watch_kind_t kind, int64_t rev,
   if (kind == ETCD_WATCH_FAILED) { /* over (freed by etcd_watch): a new one
                                       after the next read, in a moment */
     f->watch = NULL;
-    log_debug("policy key %s: the watch ended: %s", f->key,
-              error ? error : "?");
+    log_warn("policy key %s: the watch ended: %s; reading it again", f->key,
+             error ? error : "?");
     retry_later(f, RETRY_MIN_MS);
     return;
   }
@@ -427,6 +431,10 @@ static void got_key(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
     f->watch =
         etcd_watch_key(f->o.etcd, f->key, res->revision + 1, watch_cb, f);
     REGISTER_ASSERT(f->watch); /* never NULL: a failure comes from the loop */
+    /* a member that hung (takes connections, never answers) would hold
+     * the watch until its renewal (a minute); the daemon's own requests
+     * fail over, this watch is left only by a probe */
+    etcd_watch_probe_every(f->watch, FLEET_PROBE_MS);
   }
   int first = !f->seen;
   f->seen = 1;

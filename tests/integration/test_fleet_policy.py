@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dockerd, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from harness import Dockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
 
 IP = "10.21.0.31"
 KEY = "/fleettest/policy"
@@ -200,6 +200,15 @@ def start(*extra, port=None, state=None, api="2", env=None):
     r = Register(*args, *extra, host_ip=IP, env=env).start()
     suite.defer(r.cleanup)
     return r, state
+
+
+def fleet_tree(api="2"):
+    """What etcd holds under FLEET (v2's tree, or v3's keys)."""
+    if api == "2":
+        return etcd.tree(FLEET)
+    out = json.loads(etcd.etcdctl("get", "--prefix", FLEET + "/", "-w", "json", api="3"))
+    return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
+            for kv in out.get("kvs", [])}
 
 
 def deletes_since(index, prefix):
@@ -475,18 +484,13 @@ def v3_applies_and_reports_on_the_lease():
     put(doc(rev(1, REV_A, K1)), api="3")
     report_is(api="3", state="applied", revision=1)
     want = truth(names)
-
-    def v3_fleet():
-        out = json.loads(etcd.etcdctl("get", "--prefix", FLEET + "/", "-w", "json", api="3"))
-        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv["value"]).decode()
-                for kv in out.get("kvs", [])}
-    wait_for(lambda: v3_fleet() == want, 20, what="revision 1's keys (v3)")
+    wait_for(lambda: fleet_tree("3") == want, 20, what="revision 1's keys (v3)")
     out = json.loads(etcd.etcdctl("get", STATUS, "-w", "json", api="3"))
     assert out["kvs"][0].get("lease"), out  # goes with the host
     put(doc(rev(2, BROKEN, K1)), api="3")
     rep = report_is(api="3", state="refused", revision=1, offered=2)
     assert "broken on purpose" in rep["error"], rep
-    assert v3_fleet() == want
+    assert fleet_tree("3") == want
     r.stop()
 
 
@@ -592,6 +596,37 @@ def a_prefix_from_the_host_or_its_environment_is_its_own():
     wait_for(lambda: etcd.tree(f"/fleetenv/{IP}") == want and etcd.tree(FLEET) == {}, 20,
              what="the keys of revision 2")
     r.stop()
+
+
+@suite.test
+def the_policy_keys_watch_leaves_a_member_that_hung():
+    """The policy key's watch is on a member that hangs (takes connections,
+    answers nothing): the daemon's other requests fail over, but the watch
+    waited for its renewal, a minute, before a new revision reached the
+    host.  Its probe now leaves such a member within seconds."""
+    for api in ("2", "3"):
+        reset()
+        names = list(webs(1))
+        proxy = FreezableProxy(etcd.url)
+        suite.defer(proxy.close)
+        r = Register("--etcd", f"{proxy.url},{etcd.url}", "--etcd-discovery", "off", "--docker", d.host,
+                     "--policy-key", KEY, "--state-dir", tmpdir("rfs"), "--etcd-api", f"v{api}",
+                     "--policy-pubkey", K1PUB, host_ip=IP).start()
+        suite.defer(r.cleanup)
+        put(doc(rev(1, REV_A, K1)), api=api)
+        report_is(api, state="applied", revision=1)
+        time.sleep(1)  # the watch waits on the proxy
+        proxy.freeze()
+        t0 = time.time()
+        put(doc(rev(2, REV_B, K1)), api=api)
+        wait_for(lambda: (report(api) or {}).get("revision") == 2, 45, interval=0.2,
+                 what=f"revision 2 past the hung member (v{api})")
+        late = time.time() - t0
+        assert late < 25, f"v{api}: revision 2 applied {late:.1f} s after the member hung"
+        wait_for(lambda: fleet_tree(api) == truth(names, "/port-80"), 20, what="revision 2's keys")
+        assert "no answer to a probe" in r.output() and proxy.url in r.output(), r.output()[-2000:]
+        r.stop()
+        proxy.close()
 
 
 suite.run()

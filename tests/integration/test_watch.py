@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import REGISTER, Etcd, Suite, free_port, log, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, Etcd, FreezableProxy, Suite, free_port, log, tmpdir, wait_for  # noqa: E402
 
 suite = Suite()
 etcd = Etcd().start()
@@ -490,57 +490,6 @@ def a_v3_watch_below_the_compaction_reads_again():
     assert w.stop() == 0
 
 
-# A TCP proxy in its own process: SIGSTOP freezes it as a hung member is
-# (its kernel still accepts connections; nothing is ever answered).
-PROXY = r"""
-import socket, sys, threading
-up = ("127.0.0.1", int(sys.argv[1]))
-ls = socket.socket()
-ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind(("127.0.0.1", 0))
-ls.listen(64)
-print(ls.getsockname()[1], flush=True)
-def pipe(a, b):
-    try:
-        while True:
-            d = a.recv(65536)
-            if not d:
-                break
-            b.sendall(d)
-    except OSError:
-        pass
-    for s in (a, b):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-while True:
-    c, _ = ls.accept()
-    u = socket.create_connection(up)
-    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
-    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
-"""
-
-
-class FreezableProxy:
-    """A proxy in front of etcd that freeze() makes a hung member."""
-
-    def __init__(self, upstream_url):
-        port = urllib.parse.urlsplit(upstream_url).port
-        self.proc = subprocess.Popen([sys.executable, "-c", PROXY, str(port)], stdout=subprocess.PIPE,
-                                     text=True)
-        suite.defer(self.close)
-        self.url = f"http://127.0.0.1:{self.proc.stdout.readline().strip()}"
-
-    def freeze(self):
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL ends a stopped process too
-            self.proc.wait()
-
-
 def leaves_a_hung_member(api):
     # two endpoints, the first a member that hangs once the file is
     # rendered: it accepts connections and never answers.  The watch on it
@@ -550,6 +499,7 @@ def leaves_a_hung_member(api):
     prefix = f"/hung{api}"
     put(api, f"{prefix}/a", "1")
     proxy = FreezableProxy(etcd.url)
+    suite.defer(proxy.close)
     w = Watch(prefix, api, args=["--etcd-discovery", "off"])
     w.cmd[w.cmd.index("--etcd") + 1] = f"{proxy.url},{etcd.url}"
     w.start()
@@ -589,6 +539,7 @@ def healthz_says_etcd_when_every_member_hangs():
     prefix = "/allhung"
     put("v3", f"{prefix}/a", "1")
     proxy = FreezableProxy(etcd.url)
+    suite.defer(proxy.close)
     w = Watch(prefix, "v3", args=["--etcd-discovery", "off"])
     w.cmd[w.cmd.index("--etcd") + 1] = proxy.url
     w.start()

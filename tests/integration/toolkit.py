@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -604,3 +605,54 @@ class Cluster:
     def cleanup(self):
         for m in self.members:
             m.cleanup()
+
+
+# A TCP proxy in its own process: SIGSTOP freezes it as a hung member is
+# (its kernel still accepts connections; nothing is ever answered).
+PROXY = r"""
+import socket, sys, threading
+up = ("127.0.0.1", int(sys.argv[1]))
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+while True:
+    c, _ = ls.accept()
+    u = socket.create_connection(up)
+    threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+    threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+"""
+
+
+class FreezableProxy:
+    """A proxy in front of etcd that freeze() makes a hung member; the
+    caller close()s it."""
+
+    def __init__(self, upstream_url):
+        port = urllib.parse.urlsplit(upstream_url).port
+        self.proc = subprocess.Popen([sys.executable, "-c", PROXY, str(port)], stdout=subprocess.PIPE,
+                                     text=True)
+        self.url = f"http://127.0.0.1:{self.proc.stdout.readline().strip()}"
+
+    def freeze(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()  # SIGKILL ends a stopped process too
+            self.proc.wait()
