@@ -134,6 +134,14 @@ void worker_free(worker_t *w);
 const char *worker_path(void);
 
 const char *worker_prefix(const worker_t *w); /* NULL without prefix() */
+/* The prefix that the policy po starts gives a made-up other host
+ * (192.0.2.1, or .2 when po's host is .1; hostname "register-probe"),
+ * loaded in a worker of its own with no environment and no I/O, so that
+ * nothing of po's own worker sees the call: malloc'd, or NULL when it
+ * gives none or does not load for that host (nothing is said then).  A
+ * prefix that holds, or lies inside, the host's own is every host's: each
+ * would delete the others' keys as stale. */
+char *worker_prefix_elsewhere(const worker_opts_t *po);
 const char *worker_name(const worker_t *w);
 const char *worker_sha256(const worker_t *w); /* of the source, hex, or "" */
 int worker_has_checks(const worker_t *w);

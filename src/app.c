@@ -737,34 +737,6 @@ static void health_inputs(void *ud, metrics_input_t *in) {
 
 /* ---- timers and signals ---- */
 
-/* The prefix that the policy po starts gives a made-up other host
- * (192.0.2.1, or .2 when that is this host's; hostname "register-probe"),
- * loaded in a worker of its own, with no environment and no I/O, so that
- * nothing of this host's worker sees the call: malloc'd, or NULL when it
- * gives none or does not load for that host (nothing is said then). */
-static char *prefix_elsewhere(const worker_opts_t *po) {
-  worker_opts_t o = *po;
-  o.host_ip = po->host_ip && strcmp(po->host_ip, "192.0.2.1") == 0
-                  ? "192.0.2.2"
-                  : "192.0.2.1";
-  o.hostname = "register-probe";
-  o.env = NULL; /* a prefix from --policy-env is the host's own */
-  o.loop = NULL;
-  o.io = NULL;
-  o.has_etcd = 0;
-  o.stats = NULL;
-  o.wstats = NULL;
-  o.on_restart = NULL;
-  o.log_level = LOG_ERROR; /* its failures are not this host's */
-  char err[600];
-  worker_t *w = worker_new(&o, err, sizeof err);
-  if (!w) return NULL;
-  const char *pre = worker_prefix(w);
-  char *out = pre ? xstrdup(pre) : NULL;
-  worker_free(w);
-  return out;
-}
-
 /* A policy's prefix is owned: every key under it that this host's
  * containers do not make is deleted as stale.  So it must keep clear of
  * the keys register keeps for itself (the fleet's policy key, the hosts'
@@ -797,7 +769,7 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
   const char *in_force =
       a->policy && a->policy != w ? worker_prefix(a->policy) : NULL;
   if (in_force && strcmp(in_force, pre) == 0) return 0;
-  char *other = prefix_elsewhere(po);
+  char *other = worker_prefix_elsewhere(po);
   int shared =
       other && (util_key_holds(pre, other) || util_key_holds(other, pre));
   if (shared)

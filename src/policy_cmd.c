@@ -423,10 +423,53 @@ static char *pushed_by(void) {
 
 /* ---- push ---- */
 
-/* FILE loads in a policy worker and runs cleanly on every inspect file:
- * 0, or -1 (said, on one line). */
-static int check_source(const config_t *cfg, const char *file, const char *src,
-                        size_t len) {
+/* The prefix w (FILE) gives, as each host checks it before it tries a
+ * revision (app.c's vet_policy()): clear of the keys register keeps for
+ * itself (KEY, the reports under its status directory, the write fences),
+ * and each host's own, not one that every host gets alike (each would
+ * delete the others' keys).  Said here, before anything is written, rather
+ * than by every host refusing it: 0, or -1 (said). */
+static int check_prefix(const config_t *cfg, const char *file, const char *key,
+                        worker_t *w, const worker_opts_t *po) {
+  const char *pre = worker_prefix(w);
+  if (!pre) return 0;
+  char *fences = !cfg->etcd_fence ? xstrdup("/register/fence")
+                 : strcmp(cfg->etcd_fence, "off") != 0
+                     ? xstrdup(cfg->etcd_fence)
+                     : NULL;
+  char *own[] = {xstrdup(key), policydoc_status_dir(key), fences};
+  static const char *const what[] = {"the policy key", "the hosts' reports",
+                                     "the write fences"};
+  int rc = 0;
+  for (size_t i = 0; i < ARRAY_SIZE(own) && rc == 0; i++) {
+    if (!own[i] ||
+        !(util_key_holds(pre, own[i]) || util_key_holds(own[i], pre)))
+      continue;
+    fail("%s: its prefix %s %s %s (%s), register's own keys: hosts would "
+         "refuse it; nothing pushed",
+         file, pre, util_key_holds(pre, own[i]) ? "holds" : "is inside",
+         what[i], own[i]);
+    rc = -1;
+  }
+  for (size_t i = 0; i < ARRAY_SIZE(own); i++)
+    free(own[i]);
+  if (rc < 0) return rc;
+  char *other = worker_prefix_elsewhere(po);
+  if (other && (util_key_holds(pre, other) || util_key_holds(other, pre))) {
+    fail("%s: its prefix %s is not each host's own: it gives %s for another "
+         "host, so each host would delete the others' keys (hosts refuse "
+         "it); nothing pushed",
+         file, pre, other);
+    rc = -1;
+  }
+  free(other);
+  return rc;
+}
+
+/* FILE loads in a policy worker, gives a prefix each host can own, and
+ * runs cleanly on every inspect file: 0, or -1 (said, on one line). */
+static int check_source(const config_t *cfg, const char *file, const char *key,
+                        const char *src, size_t len) {
   /* a missing inspect file is the operator's typo, not the policy's fault */
   for (size_t i = 1; i < cfg->n_policy_args; i++) {
     const char *f = cfg->policy_args[i];
@@ -455,8 +498,8 @@ static int check_source(const config_t *cfg, const char *file, const char *src,
     free(why);
     return -1;
   }
-  int rc = 0;
-  if (cfg->n_policy_args > 1) {
+  int rc = check_prefix(cfg, file, key, w, &po);
+  if (rc == 0 && cfg->n_policy_args > 1) {
     /* the check says each problem on stderr, a traceback on many lines:
      * kept aside, so that the verdict is one line with the first */
     fflush(stderr);
@@ -551,7 +594,7 @@ static int push(const config_t *cfg, client_t *c, int force) {
     return rc;
   }
   char *sig = NULL;
-  int bad = check_source(cfg, file, src.data, src.len) < 0;
+  int bad = check_source(cfg, file, key, src.data, src.len) < 0;
   if (!bad && cfg->policy_sign &&
       !(sig = sig_sign(cfg->policy_sign, src.data, src.len, err, sizeof err))) {
     fail("--sign: %s", err);

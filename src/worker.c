@@ -1021,6 +1021,30 @@ void worker_free(worker_t *w) {
 const char *worker_prefix(const worker_t *w) {
   return w->prefix;
 }
+
+char *worker_prefix_elsewhere(const worker_opts_t *po) {
+  worker_opts_t o = *po;
+  o.host_ip = po->host_ip && strcmp(po->host_ip, "192.0.2.1") == 0
+                  ? "192.0.2.2"
+                  : "192.0.2.1";
+  o.hostname = "register-probe";
+  o.env = NULL; /* a prefix from --policy-env is the host's own */
+  o.loop = NULL;
+  o.io = NULL;
+  o.has_etcd = 0;
+  o.stats = NULL;
+  o.wstats = NULL;
+  o.on_restart = NULL;
+  o.log_level = LOG_ERROR; /* its failures are not this host's */
+  char err[600];
+  worker_t *w = worker_new(&o, err, sizeof err);
+  if (!w) return NULL;
+  const char *pre = worker_prefix(w);
+  char *out = pre ? xstrdup(pre) : NULL;
+  worker_free(w);
+  return out;
+}
+
 const char *worker_name(const worker_t *w) {
   return w->name;
 }

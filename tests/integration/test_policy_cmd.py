@@ -502,6 +502,22 @@ def bad_inputs():
         bad(api, "No such file", "push", os.path.join(D, "none.lua"), "--key", key)
         big = write("big.lua", "-- " + "x" * (256 * 1024) + "\n")
         bad(api, "too large", "push", big, "--key", key)
+        # a prefix every host gets alike, or one over register's own keys:
+        # every host would refuse it (each would delete the others' keys)
+        line = bad(api, "is not each host's own", "push",
+                   write("shared.lua", open(POLICY).read().replace(
+                       'function policy.prefix(host)', 'function policy.prefix(host) do return "/svc" end')),
+                   "--key", key)
+        assert "/svc" in line and "nothing pushed" in line, line
+        line = bad(api, "holds the policy key", "push",
+                   write("over.lua", open(POLICY).read().replace(
+                       'function policy.prefix(host)',
+                       f'function policy.prefix(host) do return "/{api}" end')), "--key", key)
+        assert "nothing pushed" in line, line
+        bad(api, "is inside the write fences", "push",
+            write("fence.lua", open(POLICY).read().replace(
+                'function policy.prefix(host)',
+                'function policy.prefix(host) do return "/register/fence/" .. host.ip end')), "--key", key)
         bad(api, "not an IP address", "push", POLICY, "--key", key, "--canary", "10.0.0.1,web1")
         bad(api, "N% needs N in 1..100", "push", POLICY, "--key", key, "--canary", "0%")
         assert get(api, key) is None  # nothing was written
