@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import Cluster, Etcd, Register, Suite, default_value, free_port, log, sh, tmpdir, wait_for  # noqa: E402
-from toolkit import run_netns_mounted, run_netns_unmount  # noqa: E402
+from toolkit import run_netns_mounted, run_netns_unmount, v2_tree_index  # noqa: E402
 
 IP = "10.22.22.22"
 PREFIX = f"/registered/{IP}"
@@ -667,20 +667,46 @@ def put_given_up_on_in_a_partition(api):
         net.cut()
         late = env.start_new(1)[0]
         wait_line(r, "warn", "etcd: cannot write")  # the put was given up on
-        # no socket that register let go of still holds bytes for etcd
-        left = [s for s in net.sockets() if not s[2] and s[1] > 0]
+        # no socket that register let go of still holds bytes for etcd (a
+        # SYN-SENT one holds its SYN, no request: one that curl opened between
+        # ss's scan of the processes' descriptors and its socket dump shows no
+        # owner either)
+        left = [s for s in net.sockets() if not s[2] and s[1] > 0 and s[0] != "SYN-SENT"]
         assert not left, f"closed connections still hold data for etcd: {left}"
         env.fake.die(late)
         env.fake.remove(late)
         time.sleep(1)  # register has seen it go (nothing to wait for: it cannot write)
+        synced = len(log_line(r, "info", "in sync"))
         net.heal()
+        # The retry of the put may have started before register saw the
+        # container go: still in flight across the heal, it can land then
+        # (its SYN waits in the kernel for the address to resolve, up to a
+        # second after the link is up), and the delete follows it.  The tree
+        # equals the truth before that (the key was never written): wait for
+        # register to be in sync again (nothing in flight, nothing failed)
+        # before watching for a late put.
+        wait_for(lambda: len(log_line(r, "info", "in sync")) > synced, 30, interval=0.1,
+                 what="register in sync again after the heal")
         env.converged(api, timeout=30)
+        since = v2_tree_index(env.etcd.url, PREFIX)[1] if api == "v2" else None
         # a late put would land within seconds of the heal (TCP's
         # retransmission backoff): the key must stay gone
         deadline = time.time() + 15
         while time.time() < deadline:
             assert env.tree(api) == env.expected(), f"a key came back after the heal: {env.tree(api)}"
             time.sleep(0.2)
+        if since is not None:
+            # and nothing was written under the prefix meanwhile, not even
+            # for less than a poll (a late put repaired at once)
+            url = f"{env.etcd.url}/v2/keys{PREFIX}?wait=true&recursive=true&waitIndex={since + 1}"
+            try:
+                with urllib.request.urlopen(url, timeout=1) as f:
+                    raise AssertionError(f"written after the heal: {f.read().decode()}")
+            except (socket.timeout, TimeoutError):
+                pass
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, (socket.timeout, TimeoutError)):
+                    raise
 
 
 @suite.test
