@@ -100,6 +100,8 @@ def free_port():
                 claim.close()
                 continue
         _ports_held[port] = claim
+        if len(_ports_held) > 256:  # a long run (chaos, a soak): the oldest is bound by now
+            _ports_held.pop(next(iter(_ports_held))).close()
         return port
     raise AssertionError(f"no free port on 127.0.0.1 between {low} and {top}")
 
