@@ -722,7 +722,11 @@ def register_docker_unit_on_a_real_dockerd():
                  what="register in its container to register web and itself")
     except AssertionError as e:
         raise AssertionError(f"{e}: {etcd.tree('/bydocker')}\n" + journal(m, "-u", "register-docker")[-3000:])
-    assert "in sync: 2 keys from 2 containers" in journal(m, "-t", "register")
+    # the line follows etcd's answer, and reaches the journal through
+    # dockerd's log driver: it may come a moment after the keys (CI saw the
+    # keys in etcd and no line yet)
+    wait_for(lambda: "in sync: 2 keys from 2 containers" in journal(m, "-t", "register"), 15,
+             interval=0.2, what="register's \"in sync\" line in the machine's journal")
     # reload: docker kill -s HUP, the new policy's names
     m.write("/etc/register/policy.lua", BY_NAME % "v2/")
     m.run("systemctl", "reload", "register-docker")
