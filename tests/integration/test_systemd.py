@@ -277,6 +277,24 @@ def journal(m, *args):
     return m.run("journalctl", "--no-pager", "-o", "cat", *args, check=False).stdout
 
 
+def journal_with(m, text, *args, timeout=15):
+    """The journal (journalctl ARGS) once it holds text.  A unit's output
+    reaches journald through a stream that it reads when it gets to it: a
+    line can be missing for a moment after the process that wrote it has
+    exited or after the state it led to is visible."""
+    out = ""
+
+    def has():
+        nonlocal out
+        out = journal(m, *args)
+        return text in out
+    try:
+        wait_for(has, timeout, interval=0.2, what=f"{text!r} in journalctl {' '.join(args)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{out[-3000:]}") from None
+    return out
+
+
 @suite.test
 def boot_and_install_the_deb():
     t0 = time.time()
@@ -306,7 +324,7 @@ def boot_and_install_the_deb():
     assert m.run("systemctl", "is-enabled", "register-docker", check=False).stdout.strip() == "disabled"
     s = m.show("register", "ActiveState", "SubState", "ExecMainStatus", "NRestarts")
     assert s == {"ActiveState": "failed", "SubState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}, s
-    assert "HOST_IP" in journal(m, "-u", "register")
+    journal_with(m, "HOST_IP", "-u", "register")
     m.run("systemctl", "reset-failed", "register")
     st["installed"] = True
 
@@ -322,8 +340,7 @@ def empty_host_ip_fails_clearly_and_is_not_restarted():
     s = m.show("register", "ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
     assert s == {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code",
                  "ExecMainStatus": "2", "NRestarts": "0"}, s
-    lines = [l for l in journal(m, "-t", "register").splitlines() if "HOST_IP" in l]
-    assert lines, journal(m, "-u", "register")
+    lines = [l for l in journal_with(m, "HOST_IP", "-t", "register").splitlines() if "HOST_IP" in l]
     log("register said:", lines[-1])
     # where HOST_IP was expected: the option, and the unit's environment file
     assert "--host-ip" in lines[-1] and "/etc/default/register" in lines[-1], lines[-1]
@@ -382,8 +399,7 @@ def status_shows_in_sync_and_the_host_ip_comes_from_the_environment_file():
 @suite.test
 def logs_are_tagged_register():
     m, _ = need("m", "started")
-    out = journal(m, "-t", "register")
-    assert "in sync: 2 keys from 2 containers" in out, out
+    journal_with(m, "in sync: 2 keys from 2 containers", "-t", "register")
     assert "in sync" not in journal(m, "-t", "sh")
 
 
@@ -539,7 +555,7 @@ def a_hung_register_is_killed_by_the_watchdog_and_restarted():
         return s["ActiveState"] == "active" and int(s["NRestarts"]) > restarts and s["MainPID"] != pid
     wait_for(restarted, 30, interval=0.2, what="systemd to kill and restart the stopped register")
     log(f"restarted {time.time() - t0:.1f}s after SIGSTOP")
-    assert "Watchdog timeout" in journal(m, "-u", "register"), journal(m, "-u", "register")
+    journal_with(m, "Watchdog timeout", "-u", "register")
     wait_for(lambda: key in etcd.tree("/registered"), 20, interval=0.2, what="the new register to sync")
     wait_for(lambda: status_text(m) == "in sync: 2 keys from 2 containers", 20, interval=0.2,
              what="in sync after the restart")
@@ -725,8 +741,7 @@ def register_docker_unit_on_a_real_dockerd():
     # the line follows etcd's answer, and reaches the journal through
     # dockerd's log driver: it may come a moment after the keys (CI saw the
     # keys in etcd and no line yet)
-    wait_for(lambda: "in sync: 2 keys from 2 containers" in journal(m, "-t", "register"), 15,
-             interval=0.2, what="register's \"in sync\" line in the machine's journal")
+    journal_with(m, "in sync: 2 keys from 2 containers", "-t", "register")
     # reload: docker kill -s HUP, the new policy's names
     m.write("/etc/register/policy.lua", BY_NAME % "v2/")
     m.run("systemctl", "reload", "register-docker")
