@@ -554,14 +554,15 @@ static int duration_ms(const char *s, size_t n, long *out) {
   char *end;
   errno = 0;
   double v = strtod(tmp, &end);
-  if (errno || end == tmp || v < 0) return -1;
+  /* !(v >= 0): NaN too (strtod reads "nan"); "inf" fails the cap below */
+  if (errno || end == tmp || !(v >= 0)) return -1;
   double mul = 1;
   if (strcmp(end, "s") == 0)
     mul = 1000;
   else if (*end && strcmp(end, "ms") != 0)
     return -1;
   v *= mul;
-  if (v > 600000) return -1;
+  if (!(v <= 600000)) return -1;
   *out = (long)v;
   return 0;
 }
