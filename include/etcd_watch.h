@@ -33,7 +33,10 @@ typedef void (*etcd_watch_cb)(void *data, etcd_watch_kind_t kind, int64_t rev,
 /* Every key under prefix + "/" (what etcd_list(prefix) lists), from
  * revision `from` (v2: index) on: from is a listing's revision + 1.  A
  * quiet watch is renewed every ETCD_WATCH_RENEW_MS, from the last
- * revision seen (a member that went silent is left).  Callbacks run from
+ * revision seen (v2: from the index etcd had when the quiet wait began,
+ * which it says at once) (a member that went silent is left); a quiet v3
+ * watch on a prefix etcd compacts past meanwhile ends COMPACTED at its
+ * renewal.  Callbacks run from
  * the loop, never inside this call; never NULL (a request that cannot
  * start ends the watch from the loop, with its error).  The owner cancels
  * its watches before

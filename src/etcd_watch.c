@@ -6,7 +6,9 @@
 #include "linesplit.h"
 #include "log.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,7 +107,22 @@ static void v2_done(http_req_t *req, const http_resp_t *r, void *data) {
   w->req = NULL;
   char err[400];
   if (r->error == HTTP_ERR_TIMEOUT || (r->status == 200 && !r->body_len)) {
-    start(w); /* quiet: renewed */
+    /* quiet: renewed.  etcd sends X-Etcd-Index, its index when the wait
+     * began, at once: nothing under the prefix changed up to it (an event
+     * from w->next on would have been answered from its history), so the
+     * renewal waits from after it.  Without this a quiet prefix falls out
+     * of the history's last 1000 events (writes elsewhere, and TTL
+     * refreshes inside it, which wake no watcher) and the renewal is told
+     * the index was cleared. */
+    char v[32];
+    if (r->status == 200 && http_header(r, "X-Etcd-Index", v, sizeof v) == 0) {
+      char *end;
+      errno = 0;
+      long long idx = strtoll(v, &end, 10);
+      if (!errno && end != v && !*end && idx >= w->next && idx < INT64_MAX)
+        w->next = (int64_t)idx + 1;
+    }
+    start(w);
     return;
   }
   if (r->error) {

@@ -99,13 +99,15 @@ typedef struct {
   uint64_t list_ms;          /* uv_now() when the running listing started */
   int retry_etcd;            /* the retry timer is an etcd failure's */
   unsigned compacted; /* watches in a row that ended compacted, no change */
+  uint64_t watch_ms;  /* uv_now() when the watch started */
   char etcd_error[400];
 
   /* the file */
-  buf_t current;   /* the text PATH holds (what we wrote or found) */
-  buf_t candidate; /* the text being put in place */
-  char *tmp;       /* the candidate's temporary file, while checked */
-  char *dest;      /* what tmp is renamed to: PATH, or its link's target */
+  buf_t current;     /* the text PATH holds (what we wrote or found) */
+  int current_known; /* PATH held current when last written or read */
+  buf_t candidate;   /* the text being put in place */
+  char *tmp;         /* the candidate's temporary file, while checked */
+  char *dest;        /* what tmp is renamed to: PATH, or its link's target */
   /* beside PATH while a file put in place has not been reloaded yet:
    * found at start, the reload the last run did not finish is run
    * (owned; NULL without --reload) */
@@ -404,6 +406,7 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   buf_reset(&w->current);
   buf_append(&w->current, w->candidate.data ? w->candidate.data : "",
              w->candidate.len);
+  w->current_known = 1;
   return 0;
 }
 
@@ -618,6 +621,21 @@ static int kv_cmp(const void *a, const void *b) {
   return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
 }
 
+/* The file is known to match etcd now: rendered, checked and reloaded
+ * from the last reading, the watch live and heard from, no change
+ * waiting, no failure outstanding. */
+static int in_sync(watch_t *w) {
+  return w->last_good_unix > 0 && w->phase == PHASE_IDLE && !w->dirty &&
+         w->watch && etcd_watch_quiet_ms(w->watch) < ETCD_SILENT_MS &&
+         !w->etcd_error[0] && !w->render_error[0] && !w->check_error[0] &&
+         !w->reload_error[0];
+}
+
+/* Before anything that may end that: it held until now. */
+static void note_in_sync(watch_t *w) {
+  if (in_sync(w)) w->last_good_unix = unix_now();
+}
+
 static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
                      const char *error);
 
@@ -625,6 +643,7 @@ static void start_watch(watch_t *w) {
   etcd_watch_cancel(w->watch);
   w->watch = etcd_watch(w->etcd, w->cfg->watch_prefix, w->rev + 1, on_watch, w);
   REGISTER_ASSERT(w->watch); /* never NULL: a failure comes from the loop */
+  w->watch_ms = uv_now(&w->loop);
   etcd_watch_probe_every(w->watch, WATCH_PROBE_MS);
 }
 
@@ -661,6 +680,30 @@ static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
   w->phase = PHASE_IDLE;
   w->retry_etcd = 1;
   uv_timer_start(&w->retry, cycle_cb, delay, 0);
+}
+
+/* What PATH holds now, into w->current: 1 when it is there.  Someone
+ * may have removed or edited it since it was written (a package upgrade,
+ * a hand edit): the text is compared with the file, not with a memory of
+ * it, so that the next render puts it back.  Said once per such change. */
+static int on_disk(watch_t *w) {
+  buf_t now;
+  buf_init(&now);
+  int present = util_read_file(w->dest, MAX_FILE, &now) == 0;
+  int err = present ? 0 : errno;
+  if (!present && err != ENOENT)
+    log_warn("watch: cannot read %s: %s; writing it again", w->cfg->out_file,
+             strerror(err));
+  else if (w->current_known &&
+           (!present || now.len != w->current.len ||
+            (now.len && memcmp(now.data, w->current.data, now.len) != 0)))
+    log_warn("watch: %s was %s since register watch wrote it; writing it "
+             "again",
+             w->cfg->out_file, present ? "changed" : "removed");
+  buf_free(&w->current);
+  w->current = now;
+  w->current_known = present;
+  return present;
 }
 
 static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
@@ -735,7 +778,8 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
   }
   w->render_error[0] = '\0';
   w->render_failures = 0;
-  if (w->candidate.len == w->current.len &&
+  int present = on_disk(w);
+  if (present && w->candidate.len == w->current.len &&
       (w->current.len == 0 ||
        memcmp(w->candidate.data, w->current.data, w->current.len) == 0)) {
     w->renders_unchanged++;
@@ -760,6 +804,7 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
 /* A cycle: read the prefix again, then render it. */
 static void cycle(watch_t *w) {
   if (w->stopping || w->phase != PHASE_IDLE) return;
+  note_in_sync(w);
   uv_timer_stop(&w->debounce);
   uv_timer_stop(&w->retry);
   w->phase = PHASE_LIST;
@@ -791,6 +836,7 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
                      const char *error) {
   watch_t *w = data;
   uint64_t now = uv_now(&w->loop);
+  note_in_sync(w);
   switch (kind) {
   case ETCD_WATCH_CHANGED:
     w->compacted = 0;
@@ -804,6 +850,9 @@ static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
   case ETCD_WATCH_COMPACTED:
     w->watch = NULL;
     w->compactions++;
+    /* a quiet prefix's watch, renewed from the same revision, is told so
+     * at its renewal after a compaction: that is not "in a row" */
+    if (now - w->watch_ms >= ETCD_WATCH_RENEW_MS) w->compacted = 0;
     if (++w->compacted > 1) { /* again, straight after a fresh read */
       char why[200];
       snprintf(why, sizeof why,
@@ -847,6 +896,7 @@ static void on_rewound(void *ud, const char *why) {
 /* ---- /metrics, /healthz ---- */
 
 static void metrics(watch_t *w, buf_t *b) {
+  note_in_sync(w);
   double age = w->last_good_unix > 0 ? unix_now() - w->last_good_unix : -1;
   buf_printf(b,
              "# HELP register_watch_renders_total Renders of the file, by "
@@ -869,7 +919,8 @@ static void metrics(watch_t *w, buf_t *b) {
              w->checks_ok, w->checks_failed, w->reloads_ok, w->reloads_failed);
   buf_printf(b,
              "# HELP register_watch_last_good_render_age_seconds Seconds "
-             "since the file last matched etcd (-1: never).\n"
+             "since the file last matched etcd: 0 while it does (-1: "
+             "never).\n"
              "# TYPE register_watch_last_good_render_age_seconds gauge\n"
              "register_watch_last_good_render_age_seconds %.3f\n",
              age);
@@ -904,6 +955,8 @@ static void metrics(watch_t *w, buf_t *b) {
              "(compactions apart).\n"
              "# TYPE register_watch_watch_restarts_total counter\n"
              "register_watch_watch_restarts_total %lu\n"
+             "# HELP register_watch_compactions_total Watches that etcd "
+             "compacted past (the prefix read again).\n"
              "# TYPE register_watch_compactions_total counter\n"
              "register_watch_compactions_total %lu\n",
              w->nkeys, w->rev, w->etcd_failures, w->watch_restarts,
@@ -1032,15 +1085,30 @@ int watch_run(const config_t *cfg) {
    * usage error, said now */
   const char *cmds[2][2] = {{"--check", cfg->check_cmd},
                             {"--reload", cfg->reload_cmd}};
+  static const char mark[] = "\001candidate\001";
   for (int i = 0; i < 2; i++) {
     char **words =
-        cmds[i][1] ? command_words(cmds[i][1], "F", err, sizeof err) : NULL;
+        cmds[i][1] ? command_words(cmds[i][1], mark, err, sizeof err) : NULL;
     if (cmds[i][1] && !words) {
       fprintf(stderr, "register watch: %s: %s\n", cmds[i][0], err);
       free(w);
       return 2;
     }
+    /* a check that does not name the candidate checks something else
+     * (the file in place, say) and lets any candidate through */
+    int named = 0;
+    for (char **p = words; p && *p; p++)
+      if (strstr(*p, mark)) named = 1;
     command_words_free(words);
+    if (i == 0 && cmds[i][1] && !named) {
+      fprintf(stderr,
+              "register watch: --check \"%s\" does not name the candidate: "
+              "write %%s where its path goes (e.g. --check 'haproxy -c -q -f "
+              "%%s')\n",
+              cmds[i][1]);
+      free(w);
+      return 2;
+    }
   }
   uv_loop_init(&w->loop);
 
@@ -1051,8 +1119,11 @@ int watch_run(const config_t *cfg) {
     log_error("watch: %s", err);
     goto out;
   }
-  if (util_read_file(w->dest, MAX_FILE, &w->current) < 0 && errno != ENOENT) {
-    log_error("watch: cannot read %s: %s", cfg->out_file, strerror(errno));
+  if (util_read_file(w->dest, MAX_FILE, &w->current) == 0) {
+    w->current_known = 1;
+  } else {
+    if (errno != ENOENT)
+      log_error("watch: cannot read %s: %s", cfg->out_file, strerror(errno));
     buf_reset(&w->current);
   }
   w->worker = load_renderer(w, err, sizeof err);

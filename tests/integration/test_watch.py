@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -380,7 +381,7 @@ def check_refuses_and_reload_fails():
 def a_check_that_hangs_is_killed():
     prefix = "/hangs"
     put("v2", f"{prefix}/a", "1")
-    w = Watch(prefix, "v2", args=["--check", "sh -c 'sleep 60'", "--command-timeout", "1"])
+    w = Watch(prefix, "v2", args=["--check", "sh -c 'sleep 60' %s", "--command-timeout", "1"])
     t0 = time.time()
     rc, err = w.once()
     assert rc == 1 and time.time() - t0 < 15, (rc, err)
@@ -406,6 +407,110 @@ def a_watch_left_behind_by_the_history_reads_again():
         w.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: w.text() == "keys 3\n", 15, what="the prefix read again")
     assert "compacted past" in w.output(), w.output()[-2000:]
+    assert w.stop() == 0
+
+
+@suite.test
+def a_quiet_prefix_is_not_an_etcd_failure_at_its_renewals():
+    """A quiet prefix's watch is renewed every 60 s.  Meanwhile etcd moves
+    on: v2 writes elsewhere (and TTL refreshes, which wake no watcher) push
+    the prefix out of the last 1000 events; v3 compacts.  Each renewal may
+    find its revision gone once and read the prefix again; that is no
+    failure (no warning, /healthz 200, no etcd failure counted), twice,
+    three times.  v2 renews from the index etcd says it is at when the
+    wait begins, so writes before a wait cost nothing at its renewal."""
+    ws = {}
+    for api in ("v2", "v3"):
+        prefix = f"/quiet{api}"
+        put(api, f"{prefix}/a", "1")
+        ws[api] = Watch(prefix, api).start()
+    for api, w in ws.items():
+        wait_for(lambda: w.text() == expected(f"/quiet{api}", api, {f"/quiet{api}/a": "1"}),
+                 what=f"{api}: the first render")
+
+    def move_on():
+        for i in range(1100):
+            put("v2", "/elsewhere/k", str(i))
+        rev = v3("/v3/kv/put", {"key": b64("/elsewhere/k"), "value": b64("x")})["header"]["revision"]
+        v3("/v3/kv/compaction", {"revision": rev})
+    move_on()  # during the first wait: its renewal (v2 too) is below the history
+    unhealthy = []
+    t0 = time.time()
+    moved = False
+    while time.time() - t0 < 130:  # the renewals at 60 s and 120 s
+        if not moved and time.time() - t0 > 65:
+            move_on()  # before the second
+            moved = True
+        for api, w in ws.items():
+            st = w.healthz()
+            if st[0] != 200:
+                unhealthy.append((api, round(time.time() - t0, 1), st[1].strip()))
+        time.sleep(0.25)
+    for api, w in ws.items():
+        out = w.output()
+        assert " warn " not in out and " error " not in out, out[-3000:]
+        assert w.metric("register_watch_etcd_failures_total") == 0, out[-3000:]
+        assert w.text() == expected(f"/quiet{api}", api, {f"/quiet{api}/a": "1"})
+        log(f"{api}: {int(w.metric('register_watch_compactions_total'))} compactions at the renewals")
+    assert not unhealthy, unhealthy
+    # v3's compactions were each read again (at a renewal: that is how a
+    # quiet v3 watch learns of one)
+    assert ws["v3"].metric("register_watch_compactions_total") >= 1
+    for w in ws.values():
+        assert w.stop() == 0
+
+
+@suite.test
+def the_file_removed_or_edited_is_written_again():
+    """The text is compared with the file, not with a memory of it: a file
+    removed or edited by hand since it was written is put back by the next
+    render (a change in etcd, or SIGHUP), said once at warn."""
+    prefix = "/restored"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2").start()
+    want = expected(prefix, "v2", {f"{prefix}/a": "1"})
+    wait_for(lambda: w.text() == want, what="the first render")
+    os.unlink(w.out)
+    w.proc.send_signal(signal.SIGHUP)  # the same text
+    wait_for(lambda: w.text() == want, 10, what="the removed file written again")
+    assert "was removed since register watch wrote it" in w.output(), w.output()
+    with open(w.out, "w") as f:
+        f.write("edited by hand\n")
+    put("v2", f"{prefix}/a", "1")  # a new index, the same text
+    wait_for(lambda: w.text() == want, 10, what="the edited file written again")
+    assert "was changed since register watch wrote it" in w.output(), w.output()
+    assert w.output().count("since register watch wrote it") == 2, w.output()
+    assert w.healthz()[0] == 200
+    assert w.stop() == 0
+
+
+@suite.test
+def metrics_are_valid_and_the_age_is_zero_while_in_sync():
+    prefix = "/agemetric"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2", render='return function(kv, ctx) for k, v in pairs(kv) do '
+              'if v == "boom" then error("boom in " .. k) end end return "n " .. #ctx.keys .. "\\n" end').start()
+    wait_for(lambda: w.text() == "n 1\n", what="the first render")
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    promtool = shutil.which("promtool")
+    if promtool:
+        p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    for line in body.splitlines():  # every metric has its HELP and TYPE
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split()[0]
+            assert f"# HELP {name} " in body and f"# TYPE {name} " in body, name
+    time.sleep(2)
+    assert w.metric("register_watch_last_good_render_age_seconds") == 0  # the file matches etcd
+    put("v2", f"{prefix}/b", "boom")  # a render that fails: the file is behind etcd from now
+    wait_for(lambda: w.healthz()[0] == 503, what="the failed render")
+    time.sleep(2)
+    age = w.metric("register_watch_last_good_render_age_seconds")
+    assert 1.5 < age < 30, age
+    delete("v2", f"{prefix}/b")
+    wait_for(lambda: w.healthz()[0] == 200, 10, what="in sync again")
+    assert w.metric("register_watch_last_good_render_age_seconds") == 0
     assert w.stop() == 0
 
 
@@ -580,7 +685,7 @@ def failures_after_the_render_are_tried_again():
     prefix = "/afterrender"
     put("v2", f"{prefix}/a", "1")
     want = expected(prefix, "v2", {f"{prefix}/a": "1"})
-    once = f"sh -c 'if [ ! -e {marks}/checked ]; then touch {marks}/checked; exit 1; fi'"
+    once = f"sh -c 'if [ ! -e {marks}/checked ]; then touch {marks}/checked; exit 1; fi' %s"
     w = Watch(prefix, "v2", args=["--check", once]).start()
     wait_for(lambda: w.text() == want, 10, what="the file after a check that failed once")
     assert "refused the new file" in w.output() and "(tried again in 1 s)" in w.output(), w.output()
@@ -590,7 +695,7 @@ def failures_after_the_render_are_tried_again():
     for flag in ("--check", "--reload"):
         prog = os.path.join(marks, f"later{flag[2:]}")
         ran = os.path.join(marks, f"ran{flag[2:]}")
-        w = Watch(prefix, "v2", args=[flag, prog]).start()
+        w = Watch(prefix, "v2", args=[flag, prog + (" %s" if flag == "--check" else "")]).start()
         wait_for(lambda: "(tried again in 1 s)" in w.output(), what=f"{flag}: the failure")
         with open(prog + ".new", "w") as f:
             f.write(f"#!/bin/sh\ntouch {ran}\n")
@@ -717,6 +822,10 @@ def bad_flags_say_what():
         (["/p", "--render", "x.lua"], "--out PATH is required"),
         (["p", "--render", "x.lua", "--out", "o"], "must be an absolute key path"),
         (["/p", "--render", "x.lua", "--out", "o", "--wait", "5parsecs"], "is not MIN[:MAX]"),
+        (["/p", "--render", "x.lua", "--out", "o", "--wait", "nan"], "is not MIN[:MAX]"),
+        (["/p", "--render", "x.lua", "--out", "o", "--wait", "1s:infs"], "is not MIN[:MAX]"),
+        (["/p", "--render", "x.lua", "--out", "o", "--check", "haproxy -c -q -f /etc/haproxy/haproxy.cfg"],
+         "does not name the candidate"),
         (["/p", "--render", "x.lua", "--out", "o", "--docker", "unix:///x"], "unknown option"),
         (["/p", "--render", "x.lua", "--out", "o", "--check", "haproxy -c -f '%s"], "quote is not closed"),
         (["/p", "--render", "x.lua", "--out", "o", "--reload", "  "], "is empty"),
