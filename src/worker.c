@@ -158,7 +158,12 @@ static void poll_drop(worker_t *w);
 static void restart_cb(uv_timer_t *t) {
   worker_t *w = t->data;
   uint64_t now = util_now_ms() + WATCH_MS, next = 0;
-  w->retry_at = 0;
+  /* the timer is shared with the quarantines' ends: a backoff that is
+   * not over yet stays, and the timer comes back for it */
+  if (w->retry_at <= now)
+    w->retry_at = 0;
+  else
+    next = w->retry_at - now;
   map_iter_t it;
   void *v;
   map_iter_init(&it, w->quarantine);
@@ -736,8 +741,15 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
 }
 
 /* A running incarnation for the next call: 0, or -1 (err) while a worker
- * that keeps dying backs off, or when a new one cannot start. */
-static int ensure(worker_t *w, char *err, size_t errlen) {
+ * that keeps dying backs off, or when a new one cannot start.  id: the
+ * container the call is for, or NULL.  The backoff holds calls for
+ * containers whose own calls ended a worker (in quarantine, or out of it
+ * and not yet answered once) and calls for no container; a container
+ * with no such death gets its worker, so that a few containers whose
+ * calls crash or hang cannot keep the worker from all the others.  A
+ * policy that fails every container still backs off: each container gets
+ * one try, then its quarantine. */
+static int ensure(worker_t *w, const char *id, char *err, size_t errlen) {
   if (w->interrupted && *w->interrupted) {
     fail(w, POLICY_ERR_TIMEOUT, "the daemon is stopping: no policy calls", err,
          errlen);
@@ -746,7 +758,7 @@ static int ensure(worker_t *w, char *err, size_t errlen) {
   }
   if (w->pid) return 0;
   uint64_t now = util_now_ms();
-  if (now < w->retry_at) {
+  if (now < w->retry_at && (!id || map_get(w->quarantine, id))) {
     char msg[300];
     snprintf(msg, sizeof msg,
              "the policy worker is restarting after %u deaths in a row "
@@ -762,11 +774,11 @@ static void settle(worker_t *w);
 
 /* One request (built in w->out) and its reply, after the replies of the
  * pipelined updates sent before it. */
-static int call(worker_t *w, wire_rd_t *rd, int *type, char *err,
-                size_t errlen) {
+static int call(worker_t *w, const char *id, wire_rd_t *rd, int *type,
+                char *err, size_t errlen) {
   settle(w);
   w->died = 0;
-  if (ensure(w, err, errlen) < 0) {
+  if (ensure(w, id, err, errlen) < 0) {
     w->stats->errors[w->reason]++;
     return -1;
   }
@@ -1277,7 +1289,7 @@ int worker_checks_records(worker_t *w, const json_value_t *inspect,
   put_checks(&w->out, inspect, recs != NULL, stopping);
   wire_rd_t rd;
   int type;
-  if (call(w, &rd, &type, err, errlen) < 0)
+  if (call(w, id, &rd, &type, err, errlen) < 0)
     return died(w, "checks", id, err, errlen);
   return read_checks(w, &rd, type, id, out, recs, have, rerr, rerrlen, err,
                      errlen);
@@ -1299,7 +1311,7 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
   put_records(&w->out, inspect, checks);
   wire_rd_t rd;
   int type;
-  if (call(w, &rd, &type, err, errlen) < 0)
+  if (call(w, id, &rd, &type, err, errlen) < 0)
     return died(w, "records", id, err, errlen);
   if (type != WIRE_FAIL && type != WIRE_RECORDS_OK)
     return bad_reply(w, "records", err, errlen);
@@ -1395,7 +1407,7 @@ static int job_send(worker_t *w, job_t *j) {
   char err[600];
   REGISTER_ASSERT(!j->answered && !j->tag);
   w->died = 0;
-  if (ensure(w, err, sizeof err) < 0) {
+  if (ensure(w, *j->id ? j->id : NULL, err, sizeof err) < 0) {
     w->stats->errors[w->reason]++;
     job_failed(w, j, err);
     return -1;
@@ -1694,7 +1706,7 @@ int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,
   }
   wire_rd_t rd;
   int type;
-  if (call(w, &rd, &type, err, errlen) < 0) {
+  if (call(w, NULL, &rd, &type, err, errlen) < 0) {
     char msg[400];
     snprintf(msg, sizeof msg, "%s", err);
     snprintf(err, errlen, "renderer %s: render() failed: %s (reason: %s)",
@@ -1749,7 +1761,7 @@ static void step(worker_t *w, const char *label) {
     return;
   }
   w->step_label = label;
-  int rc = call(w, &rd, &type, err, sizeof err);
+  int rc = call(w, NULL, &rd, &type, err, sizeof err);
   w->step_label = NULL;
   w->hook_sec_ms += util_now_ms() - t0;
   if (rc < 0) {

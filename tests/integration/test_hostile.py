@@ -625,6 +625,39 @@ return { prefix = default.prefix,
         r.stop(timeout=5)
 
 
+@suite.test
+def several_containers_that_hang_do_not_keep_the_others_from_their_worker():
+    """Three containers whose calls hang the worker, two that do not.  Each
+    hang kills the worker and quarantines its container; the worker that
+    keeps dying backs off.  Before, the backoff also held the other
+    containers' calls (each failed at once) and ended with the
+    quarantines, the hanging ones first again: the good ones were still
+    not registered after 30 s.  A container with no death of its own now
+    gets a worker during the backoff."""
+    reset()
+    policy = os.path.join(WORK, "hang_some.lua")
+    with open(policy, "w") as f:
+        f.write("""local default = require "register.default"
+return { prefix = default.prefix, records = function(c, host)
+  if c.name:match("^evil") then string.rep("", math.maxinteger) end
+  return default.records(c, host)
+end }
+""")
+    evil = [fake.add(name=f"evil{i}", image="evil") for i in range(3)]
+    good = [fake.add(name=f"good{i}") for i in range(2)]
+    port = free_port()
+    r, _ = register(policy, port, 1000)
+    with ended_on_failure(r):
+        wait_for(lambda: all(key(g) in etcd.tree() for g in good), 20, interval=0.2,
+                 what="the good containers registered beside three that hang")
+        assert not any(key(e, "evil") in etcd.tree() for e in evil)
+        good.append(fake.add(name="good-late"))
+        fake.emit(fake.event("start", good[-1]))
+        wait_for(lambda: key(good[-1]) in etcd.tree(), 10, interval=0.2, what="a good container started later")
+        assert "reason: timeout" in r.output()
+        r.stop(timeout=5)
+
+
 def v3_count(prefix):
     """How many keys etcd holds under prefix (v3 gateway, a count only)."""
     import base64

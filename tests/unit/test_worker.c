@@ -165,11 +165,38 @@ TEST(keeps_dying_backs_off) {
   ASSERT(!worker_backing_off(w));
   ASSERT_EQ(records_of(w, "b", &r, err, sizeof err), -1); /* a new one, too */
   ASSERT(worker_backing_off(w));
+  /* a container with no death of its own still gets a worker (one try) */
+  ASSERT_EQ(records_of(w, "c", &r, err, sizeof err), -1);
+  ASSERT_CONTAINS(err, "ran past the 200 ms limit");
+  ASSERT(worker_backing_off(w)); /* 3 in a row: 2 s */
+  usleep(1100 * 1000);           /* a's quarantine (1 s) is over */
   uint64_t t0 = util_now_ms();
-  ASSERT_EQ(records_of(w, "c", &r, err, sizeof err), -1); /* at once */
+  ASSERT_EQ(records_of(w, "a", &r, err, sizeof err), -1); /* at once */
   ASSERT(util_now_ms() - t0 < 100);
-  ASSERT_CONTAINS(err, "restarting after 2 deaths in a row");
+  ASSERT_CONTAINS(err, "restarting after 3 deaths in a row");
   ASSERT_EQ(worker_last_reason(w), POLICY_ERR_TIMEOUT);
+  worker_free(w);
+}
+
+/* Several containers whose calls end the worker back it off; a container
+ * with no such death of its own still gets a worker and its records. */
+TEST(a_backoff_does_not_hold_the_containers_that_did_not_cause_it) {
+  worker_t *w = start("return { records = function(c) "
+                      "if c.id:match('^[abc]') then string.rep('', 1 << 62) "
+                      "end return { ['/k/' .. c.id] = 'v' } end }",
+                      NULL, 200);
+  records_t r;
+  char err[600];
+  const char *bad[] = {"a", "b", "c"};
+  for (int i = 0; i < 3; i++)
+    ASSERT_EQ(records_of(w, bad[i], &r, err, sizeof err), -1);
+  ASSERT(worker_backing_off(w));
+  ASSERT_EQ(records_of(w, "1", &r, err, sizeof err), 0);
+  ASSERT_EQ(r.n, 1);
+  records_free(&r);
+  ASSERT(!worker_backing_off(w));
+  ASSERT_EQ(records_of(w, "2", &r, err, sizeof err), 0);
+  records_free(&r);
   worker_free(w);
 }
 
@@ -516,7 +543,9 @@ TEST_MAIN(
     TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
     TEST_ENTRY(a_crash_costs_one_call),
     TEST_ENTRY(the_container_that_kills_it_waits_the_others_do_not),
-    TEST_ENTRY(keeps_dying_backs_off), TEST_ENTRY(memory_outside_lua_is_capped),
+    TEST_ENTRY(keeps_dying_backs_off),
+    TEST_ENTRY(a_backoff_does_not_hold_the_containers_that_did_not_cause_it),
+    TEST_ENTRY(memory_outside_lua_is_capped),
     TEST_ENTRY(environment_is_the_operators),
     TEST_ENTRY(require_is_served_by_the_daemon),
     TEST_ENTRY(frames_refuse_what_does_not_add_up),
