@@ -789,9 +789,31 @@ static int take(config_t *cfg, late_t *late, const opt_t *o, const char *src,
   case KIND_STRING:
     config_set_str(field, v);
     return 0;
-  case KIND_FLAG:
-    *(int *)field = 1;
-    return 0;
+  case KIND_FLAG: /* a flag (no value), or its variable's yes or no */
+    if (!v) {
+      *(int *)field = 1;
+      return 0;
+    }
+    static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {
+                                                                     "0",
+                                                                     "false",
+                                                                     "no",
+                                                                     "off"};
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+      if (strcasecmp(v, yes[i]) == 0) {
+        *(int *)field = 1;
+        return 0;
+      }
+      if (strcasecmp(v, no[i]) == 0) {
+        *(int *)field = 0;
+        return 0;
+      }
+    }
+    snprintf(err, errlen,
+             "%s \"%s\" is neither yes (1, true, yes, on) nor no (0, false, "
+             "no, off)",
+             src, v);
+    return -1;
   case KIND_SECONDS:
   case KIND_MS:
     return number(o, src, v, field, err, errlen);

@@ -37,7 +37,8 @@ static const char *const env_vars[] = {"HOST_IP",
                                        "REGISTER_TTL",
                                        "REGISTER_RESYNC",
                                        "REGISTER_POLICY_ENV",
-                                       "REGISTER_CHECK_ALLOW"};
+                                       "REGISTER_CHECK_ALLOW",
+                                       "REGISTER_POLICY_UNSIGNED"};
 
 static void clean_env(void) {
   for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++)
@@ -178,6 +179,42 @@ TEST(bad_input_is_one_line) {
   setenv("ETCD_ENDPOINT", "gopher://x", 1);
   ASSERT_EQ(parse(&c, err, sizeof err, 1), -1);
   ASSERT_CONTAINS(err, "ETCD_ENDPOINT: etcd endpoint \"gopher://x\"");
+  config_free(&c);
+  clean_env();
+}
+
+/* A flag's variable says yes or no: REGISTER_POLICY_UNSIGNED=0 is off
+ * (it turned unsigned policies on: any value did). */
+TEST(a_flags_variable_is_yes_or_no) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  const char *no[] = {"0", "false", "no", "off", "FALSE"};
+  for (size_t i = 0; i < sizeof no / sizeof *no; i++) {
+    setenv("REGISTER_POLICY_UNSIGNED", no[i], 1);
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-key", "/p"), 0);
+    ASSERT_EQ(c.policy_unsigned, 0);
+    config_free(&c);
+  }
+  const char *yes[] = {"1", "true", "yes", "on", "Yes"};
+  for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
+    setenv("REGISTER_POLICY_UNSIGNED", yes[i], 1);
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-key", "/p"), 0);
+    ASSERT_EQ(c.policy_unsigned, 1);
+    config_free(&c);
+  }
+  setenv("REGISTER_POLICY_UNSIGNED", "maybe", 1);
+  ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-key", "/p"), -1);
+  ASSERT_STR_EQ(err, "REGISTER_POLICY_UNSIGNED \"maybe\" is neither yes (1, "
+                     "true, yes, on) nor no (0, false, no, off)");
+  config_free(&c);
+  /* the flag itself is yes, whatever the variable says */
+  setenv("REGISTER_POLICY_UNSIGNED", "0", 1);
+  ASSERT_EQ(
+      parse(&c, err, sizeof err, 4, "--policy-key", "/p", "--policy-unsigned"),
+      0);
+  ASSERT_EQ(c.policy_unsigned, 1);
   config_free(&c);
   clean_env();
 }
@@ -719,6 +756,7 @@ TEST(help_lists_every_option) {
 
 TEST_MAIN(TEST_ENTRY(endpoints), TEST_ENTRY(defaults_and_environment),
           TEST_ENTRY(bad_input_is_one_line),
+          TEST_ENTRY(a_flags_variable_is_yes_or_no),
           TEST_ENTRY(docker_tls_from_environment), TEST_ENTRY(defaults),
           TEST_ENTRY(environment_then_flags), TEST_ENTRY(every_message),
           TEST_ENTRY(which_error_comes_first),
