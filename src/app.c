@@ -950,7 +950,12 @@ static int start_fleet(app_t *a, const worker_opts_t *po, char *err,
   fo.keys = fleet_keys;
   fo.ud = a;
   a->fleet = fleet_new(&fo, err, errlen);
-  if (!a->fleet) return -1;
+  if (!a->fleet) { /* the public key file: the operator's flag */
+    char why[400];
+    snprintf(why, sizeof why, "%s", err);
+    snprintf(err, errlen, "--policy-pubkey: %s", why);
+    return -1;
+  }
   a->status_key = policydoc_status_key(cfg->policy_key, cfg->host_ip);
   /* the revision applied last, kept in --state-dir: etcd may be down */
   const char *src, *name;
@@ -1199,6 +1204,7 @@ int app_run(const config_t *cfg) {
   if (cfg->policy_key && a->etcd) {
     if (start_fleet(a, &po, err, sizeof err) < 0) {
       log_error("%s", err);
+      rc = 2; /* a flag's value, as config's errors */
       goto out;
     }
   } else if (cfg->policy_key) {

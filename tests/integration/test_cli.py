@@ -46,6 +46,16 @@ def bad_flags_are_one_line_and_exit_2():
 
 
 @suite.test
+def a_public_key_file_that_cannot_be_read_names_its_flag_and_exits_2():
+    r = run("--policy-key", "/register/policy", "--policy-pubkey", "/nonexistent/k.pem",
+            "--etcd", "http://127.0.0.1:9", "--docker", "unix:///nonexistent/d.sock",
+            env={"HOST_IP": "10.0.0.1"})
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    said = [l for l in r.stderr.splitlines() if " error " in l]
+    assert len(said) == 1 and "--policy-pubkey: /nonexistent/k.pem: No such file or directory" in said[0], r.stderr
+
+
+@suite.test
 def missing_policy_file_is_one_line_and_fails():
     r = run("--policy", "/nonexistent/p.lua", env={"HOST_IP": "10.0.0.1"})
     assert r.returncode == 1, r.returncode
