@@ -481,7 +481,11 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   } else {
     reply = etcd_v2_reply(op, r, &res, &hdr, err, sizeof err);
   }
-  if (!r->error && r->status && r->status < 500) {
+  /* etcd answered: a reply below 500 that reads as etcd's (not a 200
+   * page from something else on the port: v2 and v3 call that
+   * unavailable) */
+  if (!r->error && r->status && r->status < 500 &&
+      res.status != ETCD_UNAVAILABLE) {
     e->last_ok_ms = uv_now(e->loop);
     /* not a login's: etcd checks its password with bcrypt, slow on
      * purpose (tens to hundreds of ms, seconds when a fleet logs in at

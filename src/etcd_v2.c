@@ -152,6 +152,37 @@ reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   reply_t reply = REPLY_DONE;
   res->status = ETCD_OK;
 
+  /* a keys API answer says what was done to which node: a 2xx without
+   * them (a proxy's page, something else on the port) did nothing that
+   * can be counted on, and is tried again elsewhere */
+  const json_value_t *action = json_get(root, "action");
+  const json_value_t *anode = json_get(root, "node");
+  const char *health = json_get_str(root, "health");
+  if (r->status >= 200 && r->status < 300 && !ecode && op->kind == OP_HEALTH &&
+      health && strcmp(health, "true") != 0) {
+    res->status = ETCD_UNAVAILABLE;
+    snprintf(err, errlen, "etcd reports itself unhealthy");
+    json_free(doc);
+    return REPLY_NEXT_ENDPOINT;
+  }
+  if (r->status >= 200 && r->status < 300 && !ecode &&
+      (op->kind == OP_HEALTH ? !health
+                             : !action || action->type != JSON_STRING ||
+                                   !anode || anode->type != JSON_OBJECT)) {
+    res->status = ETCD_UNAVAILABLE;
+    char first[81];
+    size_t n = r->body_len < sizeof first - 1 ? r->body_len : sizeof first - 1;
+    for (size_t i = 0; i < n; i++) /* one line, printable */
+      first[i] = (unsigned char)r->body[i] < 0x20 || r->body[i] == 0x7f
+                     ? ' '
+                     : r->body[i];
+    first[n] = '\0';
+    snprintf(err, errlen, "etcd answered HTTP %ld without %s%s%s%s", r->status,
+             op->kind == OP_HEALTH ? "its health" : "a keys API answer",
+             doc ? "" : " (not JSON)", n ? ": " : "", first);
+    json_free(doc);
+    return REPLY_NEXT_ENDPOINT;
+  }
   if (r->status >= 200 && r->status < 300 && !ecode) {
     if (op->kind == OP_LIST || op->kind == OP_GET) {
       if (!doc) {

@@ -12,6 +12,7 @@ import base64
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 import os
 import shutil
@@ -458,6 +459,107 @@ def a_rotated_password_file_is_read_again_at_sighup():
 
 
 # ---- every member replaced at a new address (issue 22) ----
+
+class ImpostorProxy:
+    """An HTTP proxy in front of etcd that forwards each request, or, as
+    an impostor, answers every one with 200 and a page of HTML and
+    forwards nothing (a captive portal, a load balancer's error page, the
+    wrong service on the port)."""
+
+    def __init__(self, upstream):
+        import http.client
+        import http.server
+        up = urllib.parse.urlsplit(upstream)
+        proxy = self
+        self.impostor = False
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def handle_one(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                if proxy.impostor:
+                    page = b"<html><body>It works!</body></html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                c = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                try:
+                    hdrs = {k: v for k, v in self.headers.items()
+                            if k.lower() not in ("connection", "host", "content-length")}
+                    c.request(self.command, self.path, body=body, headers=hdrs)
+                    resp = c.getresponse()
+                    data = resp.read()
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in ("connection", "content-length", "transfer-encoding"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    c.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = handle_one
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # register resets the connections it gives up on
+
+        self.server = Server(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@suite.test
+def an_answer_that_is_not_etcds_is_no_write_v2():
+    """v2: a 200 whose body is not the keys API's answer (no action, no
+    node) was taken as a write done: a stopped container's delete and a
+    new container's put were counted as done, register said it was in
+    sync, and the keys stayed wrong until the next full listing (5 min).
+    Now it is a failed try, said at warn, and tried again; once etcd
+    itself answers, etcd follows."""
+    with Env() as env:
+        ids = [env.fake.add() for _ in range(2)]
+        proxy = ImpostorProxy(env.etcd.url)
+        env.cleanups.append(proxy.close)
+        port = free_port()
+        r = Register("--etcd", proxy.url, "--etcd-discovery", "off", "--docker", env.fake.host,
+                     "--etcd-api", "v2", "--metrics", f"127.0.0.1:{port}", host_ip=IP).start()
+        env.cleanups.append(r.cleanup)
+        r.wait_log("in sync")
+        env.converged("v2")
+        proxy.impostor = True
+        env.fake.die(ids[0])
+        env.start_new(1)
+        wait_line(r, "warn", "without a keys API answer")
+
+        def healthz():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as h:
+                    return h.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        wait_for(lambda: healthz() == 503, 10, interval=0.2, what="/healthz to say etcd does not answer")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
+            text = m.read().decode()
+        assert re.search(r"^register_in_sync 0$", text, re.M), text
+        proxy.impostor = False
+        env.converged("v2", timeout=10, what="etcd to follow once etcd answers again")
+        wait_for(lambda: healthz() == 200, 10, interval=0.2, what="/healthz 200 again")
+        r.stop()
+
 
 def replace_every_member(api):
     # --etcd names the first three members only; each is replaced in turn
