@@ -215,6 +215,13 @@ int policy_pcall(policy_t *p, int nargs, int nres, char *err, size_t errlen) {
   lua_insert(L, base);
   policy_call_begin(p, L);
   int st = lua_pcall(L, nargs, nres, base);
+  if (st == LUA_OK && p->oom) { /* the cap was reached, and a pcall in the
+                                   script caught it before the hook saw it:
+                                   the call fails all the same */
+    lua_pop(L, nres == LUA_MULTRET ? lua_gettop(L) - base : nres);
+    lua_pushnil(L); /* the error: allocates nothing (the cap) */
+    st = LUA_ERRMEM;
+  }
   policy_call_end(p, L, st);
   lua_remove(L, base);
   if (st == LUA_OK) return 0;

@@ -87,6 +87,12 @@ static void hook_resume(policy_t *p, hookco_t *h, int nargs) {
   int st = lua_resume(co, p->L, nargs, &nres);
   h->resuming = 0;
   luaio_set_current(p->ioctx, NULL);
+  if (st == LUA_OK && p->oom) { /* the cap, caught by a pcall: a failure */
+    lua_pop(co, nres);
+    nres = 0;
+    lua_pushnil(co); /* the error: allocates nothing (the cap) */
+    st = LUA_ERRMEM;
+  }
   policy_call_end(p, co, st);
   if (st == LUA_YIELD) {
     lua_pop(co, nres);
