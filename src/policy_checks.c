@@ -47,7 +47,10 @@ static long check_num(lua_State *L, size_t i, const char *k, double scale,
     double d = lua_tonumber(L, -1) * scale;
     if (!(d >= 0 && d <= 1e9))
       luaL_error(L, "check %d: %s is out of range", (int)i + 1, k);
-    v = (long)(d + 0.5);
+    /* milliseconds are cut, not rounded: 99.5 ms is under the 100 ms
+     * floor, not at it (the millionth is for seconds that binary
+     * fractions cannot hold: 0.1 s is 100 ms) */
+    v = scale > 1 ? (long)(d + 1e-6) : (long)(d + 0.5);
   } else if (t != LUA_TNIL) {
     luaL_error(L, "check %d: %s is a %s, not a number", (int)i + 1, k,
                luaL_typename(L, -1));

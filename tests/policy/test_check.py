@@ -364,7 +364,9 @@ end }
 @suite.test
 def check_intervals_and_timeouts_under_100_ms_are_refused():
     for field, value, want in (("interval", 0.001, "check interval of 1 ms is below the minimum of 100 ms"),
-                               ("timeout", 0.05, "check timeout of 50 ms is below the minimum of 100 ms")):
+                               ("timeout", 0.05, "check timeout of 50 ms is below the minimum of 100 ms"),
+                               # cut, not rounded up to the floor
+                               ("interval", 0.0995, "check interval of 99 ms is below the minimum of 100 ms")):
         p = write("fast.lua", f"""
 return {{ checks = function(c) return {{ {{ port = "80/tcp", {field} = {value} }} }} end,
           records = function(c) return {{ ["/x"] = "y" }} end }}
