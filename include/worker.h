@@ -18,12 +18,15 @@
  *   - a death of any other kind: reason crash (sandbox for a forbidden
  *     system call);
  *   - log lines: at most WORKER_LOG_PER_CALL per call and
- *     WORKER_LOG_PER_SEC per second, the rest counted and dropped.
+ *     WORKER_LOG_PER_SEC per second, the rest counted and dropped; the
+ *     runtime's own lines (a hook's failure) have WORKER_RUNTIME_LOG_PER_CALL
+ *     per call of their own.
  * A death costs the call that was running; the next call gets a fresh
  * worker (the policy loaded again, its globals and hook calls lost).  A
  * worker that dies again before any call succeeded is restarted with a
  * backoff (1 s doubling to 30 s); calls meanwhile fail at once with the
- * last death's reason, and on_restart is called (from the loop) when a
+ * last death's reason (except a container's whose calls never ended a
+ * worker: it gets one), and on_restart is called (from the loop) when a
  * new worker can be tried.
  *
  * Replies are not trusted: records and checks are validated again here
@@ -48,6 +51,7 @@ typedef struct worker worker_t;
 
 #define WORKER_LOG_PER_CALL 100
 #define WORKER_LOG_PER_SEC 200
+#define WORKER_RUNTIME_LOG_PER_CALL 16
 /* the whole worker may use this much more than the Lua heap's cap */
 #define WORKER_MEM_HEADROOM (64u << 20)
 /* 1 in an AddressSanitizer build (GCC says so one way, clang another):

@@ -90,6 +90,7 @@ struct worker {
 
   /* log lines: this call's, this second's */
   unsigned call_lines, sec_lines;
+  unsigned call_rt_lines; /* the runtime's lines in this call */
   uint64_t sec_start;
   unsigned long call_dropped;
 
@@ -358,8 +359,20 @@ static int over_memory(worker_t *w) {
 #define WORKER_PRINT_MAX 65536
 
 /* A line the policy sends (a log line, a printed request) within the caps
- * per call and per second; 0: dropped, and counted. */
-static int line_allowed(worker_t *w) {
+ * per call and per second; 0: dropped, and counted.  The worker's runtime
+ * lines (runtime: not the policy's register.log, source=policy) have
+ * their own cap per call, so that a policy's lines cannot crowd out the
+ * one that says why it failed. */
+static int line_allowed(worker_t *w, int runtime) {
+  if (runtime) {
+    if (w->call_rt_lines < WORKER_RUNTIME_LOG_PER_CALL) {
+      w->call_rt_lines++;
+      return 1;
+    }
+    w->call_dropped++;
+    w->ws->log_dropped++;
+    return 0;
+  }
   uint64_t now = util_now_ms();
   if (now - w->sec_start >= 1000) {
     w->sec_start = now;
@@ -392,7 +405,12 @@ static void on_log(worker_t *w, wire_rd_t *rd) {
     return;
   }
   fields[2 * nf] = NULL;
-  if (!line_allowed(w)) return;
+  int runtime = 1;
+  for (size_t i = 0; i < nf; i++)
+    if (strcmp(fields[2 * i], "source") == 0 && fields[2 * i + 1] &&
+        strcmp(fields[2 * i + 1], "policy") == 0)
+      runtime = 0;
+  if (!line_allowed(w, runtime)) return;
   /* the policy's fields: escaped and cut (the message is, by log.c) */
   buf_t clean[16];
   for (size_t i = 0; i < nf; i++) {
@@ -417,7 +435,7 @@ static void on_print(worker_t *w, wire_rd_t *rd) {
     rd->bad = 1;
     return;
   }
-  if (!line_allowed(w)) return;
+  if (!line_allowed(w, 0)) return;
   int ok = len > 0 && len <= WORKER_PRINT_MAX && line[len - 1] == '\n';
   for (size_t i = 0; ok && i + 1 < len; i++)
     ok = (unsigned char)line[i] >= 0x20 && line[i] != 0x7f;
@@ -706,7 +724,7 @@ static int spawn(worker_t *w, char *err, size_t errlen) {
   }
   wire_rd_t rd;
   int type;
-  w->call_lines = 0;
+  w->call_lines = w->call_rt_lines = 0;
   if (wait_reply(w, deadline, &rd, &type, err, errlen, 0) < 0) return -1;
   if (type == WIRE_FAIL) {
     w->reason = (policy_reason_t)wire_get_num(&rd);
@@ -783,7 +801,7 @@ static int call(worker_t *w, const char *id, wire_rd_t *rd, int *type,
     return -1;
   }
   uint64_t deadline = util_now_ms() + w->time_limit_ms + WORKER_GRACE_MS;
-  w->call_lines = 0;
+  w->call_lines = w->call_rt_lines = 0;
   w->call_dropped = 0;
   int sent = send_all(w, w->out.data, w->out.len, deadline);
   if (sent < 0) { /* -1: it is gone (found dead); -2: it stopped reading */
@@ -1420,7 +1438,7 @@ static int job_send(worker_t *w, job_t *j) {
   uint64_t now = util_now_ms();
   if (!w->jobs_sent) { /* it runs first: its wall clock starts now */
     w->head_since = now;
-    w->call_lines = 0;
+    w->call_lines = w->call_rt_lines = 0;
     w->call_dropped = 0;
     uv_poll_start(w->poll, UV_READABLE, poll_cb);
     uv_timer_start(w->pipe, pipe_cb, WATCH_MS, WATCH_MS);
@@ -1525,7 +1543,7 @@ static void pump(worker_t *w, int mode) {
     else
       lost(w, j);
     w->head_since = util_now_ms(); /* the next one runs from here */
-    w->call_lines = 0;
+    w->call_lines = w->call_rt_lines = 0;
     w->call_dropped = 0;
     if (mode == PUMP_ONE) break;
   }

@@ -28,6 +28,8 @@
 
 #define SOCK 3
 #define LOG_PER_CALL 100 /* lines one request may log (the daemon caps too) */
+/* the runtime's own lines in one request, beside the policy's */
+#define RUNTIME_LOG_PER_CALL 16
 
 static buf_t in;       /* bytes read, not yet consumed */
 static size_t in_used; /* the frame handed out last, consumed at next read */
@@ -35,7 +37,7 @@ static buf_t out;
 static policy_t *P;
 static luaio_t *IO;
 static policy_stats_t stats;
-static unsigned long log_lines, log_dropped;
+static unsigned long log_lines, runtime_lines, log_dropped;
 
 /* Policy code cannot call exit() (os.exit is a stub); the one C library
  * that does, during a request, is lua-cjson, on a failed allocation
@@ -83,7 +85,15 @@ static void next_frame(wire_rd_t *r) {
 
 static void sink(log_level_t level, const char *const *fields,
                  const char *msg) {
-  if (log_lines++ >= LOG_PER_CALL) {
+  /* the policy's own lines (register.log: source=policy) within their
+   * cap; the runtime's (a hook's failure and its reason) within theirs,
+   * so that a policy's chatter cannot hide why it failed */
+  int policy_line = 0;
+  for (const char *const *f = fields; f && f[0]; f += 2)
+    if (strcmp(f[0], "source") == 0 && f[1] && strcmp(f[1], "policy") == 0)
+      policy_line = 1;
+  if (!policy_line ? runtime_lines++ >= RUNTIME_LOG_PER_CALL
+                   : log_lines++ >= LOG_PER_CALL) {
     log_dropped++;
     return;
   }
@@ -549,7 +559,7 @@ int main(void) {
 
   for (;;) {
     next_frame(&r);
-    log_lines = 0;
+    log_lines = runtime_lines = 0;
     cpu_limit();
     in_request = 1;
     switch (wire_type(&r)) {
