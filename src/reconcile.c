@@ -95,13 +95,14 @@ struct rkey {
   unsigned have_ttl : 1; /* etcd's copy expires (from a listing) */
   unsigned inflight : 1;
   unsigned refresh_due : 1;
-  unsigned owned_once : 1; /* owned in this process: may go before sync */
-  unsigned failed : 1;     /* refused by etcd; waits for a change/resync */
-  unsigned is_dir : 1;     /* an (empty) v2 directory to remove */
-  unsigned again : 1;      /* touched while in flight: look again after */
-  unsigned solo : 1;       /* a transaction with it failed: alone next time */
-  unsigned filling : 1;    /* in the v3 transaction not sent yet (r->batch) */
-  unsigned held : 1;       /* qnode is on a container's held list */
+  unsigned owned_once : 1;   /* owned in this process: may go before sync */
+  unsigned failed : 1;       /* refused by etcd; waits for a change/resync */
+  unsigned refusal_said : 1; /* its refusal was said since it last went in */
+  unsigned is_dir : 1;       /* an (empty) v2 directory to remove */
+  unsigned again : 1;        /* touched while in flight: look again after */
+  unsigned solo : 1;         /* a transaction with it failed: alone next time */
+  unsigned filling : 1;      /* in the v3 transaction not sent yet (r->batch) */
+  unsigned held : 1;         /* qnode is on a container's held list */
   /* what etcd holds became uncertain while a request of it was in flight:
    * the lease went (whatever the answer, the key may be gone), or a
    * listing skipped it (an answer other than OK leaves it unknown) */
@@ -133,9 +134,10 @@ struct reconcile {
   void (*converged_cb)(void *);
   void *ud;
 
-  map_t *keys;  /* key -> rkey_t */
-  map_t *dirs;  /* directory -> rkey_t (is_dir) */
-  map_t *conts; /* container id -> rcont_t */
+  unsigned refusals_said; /* keys whose refusal was said this episode */
+  map_t *keys;            /* key -> rkey_t */
+  map_t *dirs;            /* directory -> rkey_t (is_dir) */
+  map_t *conts;           /* container id -> rcont_t */
   list_t queue; /* keys to look at (rkey_t.qnode), each at most once */
   size_t nqueued;
   size_t nheld;    /* deletes waiting on rcont_t.held lists */
@@ -825,6 +827,7 @@ void reconcile_free(reconcile_t *r) {
 #define PROBE_MS 250       /* nothing of etcd listens: see backoff() */
 #define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
 #define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
+#define REFUSALS_SAID 20   /* keys whose refusal is said, an episode */
 
 static void reconcile_list_start(reconcile_t *r);
 
@@ -934,7 +937,10 @@ int reconcile_converged(const reconcile_t *r) {
 
 static void reconcile_check_converged(reconcile_t *r) {
   int now = reconcile_converged(r);
-  if (now) r->retry_ms = 0; /* the next refusal starts at 1 s again */
+  if (now) { /* the next refusal starts at 1 s again, and is said */
+    r->retry_ms = 0;
+    r->refusals_said = 0;
+  }
   if (!now && (r->was_converged || !r->behind_since))
     r->behind_since = uv_now(r->loop);
   if (now) {
@@ -1371,16 +1377,25 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     break;
   }
   key_settle(k, res->status == ETCD_OK);
+  if (res->status == ETCD_OK) k->refusal_said = 0;
   release_owners(r, k);
   if (res->status != ETCD_OK) {
     r->errors++;
     char in[32];
     snprintf(in, sizeof in, "%.1f s", (double)retry_delay(r) / 1000);
-    /* said at error level once per episode (until all is in sync again),
-     * then at debug at each retry */
-    log_fields(r->retry_ms ? LOG_DEBUG : LOG_ERROR,
+    /* said at error level for each key once (until it goes in), at most
+     * REFUSALS_SAID keys an episode (until all is in sync again), then at
+     * debug at each retry */
+    int say = !k->refusal_said && r->refusals_said < REFUSALS_SAID;
+    log_fields(say ? LOG_ERROR : LOG_DEBUG,
                "etcd refused the write; retrying with backoff", "key", k->key,
                "error", res->error, "retry_in", in, NULL);
+    if (!k->refusal_said && ++r->refusals_said == REFUSALS_SAID + 1)
+      log_fields(LOG_ERROR,
+                 "etcd refused more keys; each is retried with backoff "
+                 "(register_etcd_refused counts them)",
+                 "error", res->error, NULL);
+    k->refusal_said = 1;
     rkey_set_failed(r, k, 1);
     retry_arm(r);
   } else if (!k->is_dir || again) {
