@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -569,6 +570,12 @@ static int push(const config_t *cfg, client_t *c, int force) {
   buf_t src;
   buf_init(&src);
   buf_reserve(&src, 1);
+  struct stat st;
+  if (stat(file, &st) == 0 && S_ISDIR(st.st_mode)) {
+    buf_free(&src);
+    policydoc_free(&scratch);
+    return fail("%s is a directory: push takes a policy file", file);
+  }
   if (util_read_file(file, POLICYDOC_MAX_SOURCE, &src) < 0) {
     int e = errno;
     buf_free(&src);

@@ -437,7 +437,11 @@ int policydoc_set_canary(policydoc_t *d, const char *spec, char *err,
       return fail(err, errlen, "--canary \"%s\": N%% needs N in 1..100", spec);
     memcpy(num, spec, n - 1);
     num[n - 1] = '\0';
-    if (util_parse_long(num, 1, 100, &pct) < 0)
+    /* digits only, as written: no sign, space or leading zero */
+    int plain = num[0] >= '1' && num[0] <= '9';
+    for (const char *q = num; plain && *q; q++)
+      plain = *q >= '0' && *q <= '9';
+    if (!plain || util_parse_long(num, 1, 100, &pct) < 0)
       return fail(err, errlen, "--canary \"%s\": N%% needs N in 1..100", spec);
     for (size_t i = 0; i < d->n_canary_hosts; i++)
       free(d->canary_hosts[i]);

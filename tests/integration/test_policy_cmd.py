@@ -520,6 +520,11 @@ def bad_inputs():
                 'function policy.prefix(host) do return "/register/fence/" .. host.ip end')), "--key", key)
         bad(api, "not an IP address", "push", POLICY, "--key", key, "--canary", "10.0.0.1,web1")
         bad(api, "N% needs N in 1..100", "push", POLICY, "--key", key, "--canary", "0%")
+        # digits and '%' only: strtol took a space, a sign, a leading zero
+        for spec in (" 5%", "+5%", "05%", "5 %", "-5%"):
+            bad(api, "N% needs N in 1..100", "push", POLICY, "--key", key, "--canary", spec)
+        # a directory: said, not "Input/output error"
+        bad(api, f"{D} is a directory", "push", D, "--key", key)
         assert get(api, key) is None  # nothing was written
         bad(api, "--key KEY is required", "status", rc=2)
         bad(api, "unknown action", "frobnicate", "--key", key, rc=2)
