@@ -264,9 +264,10 @@ static int fail_unreadable(const char *key, const doc_t *o) {
 }
 
 /* Writes d (generation + 1) over what was read (its mod_revision, or 0
- * when the key was absent): 0, or 1 (said). */
+ * when the key was absent): 0, or 1 (said).  added: the revision a push
+ * adds (named when the document would be too large), or NULL. */
 static int write_doc(client_t *c, const char *key, policydoc_t *d,
-                     int64_t prev_rev) {
+                     int64_t prev_rev, const policydoc_rev_t *added) {
   if (d->generation >= POLICYDOC_MAX_NUMBER)
     return fail("%s: generation %" PRId64 " is the largest a document may "
                 "hold: nothing written (edit it lower by hand)",
@@ -277,6 +278,22 @@ static int write_doc(client_t *c, const char *key, policydoc_t *d,
   d->last_revision = policydoc_top(d);
   size_t len;
   char *text = policydoc_write(d, &len);
+  if (len > POLICYDOC_MAX_DOC) { /* JSON escaping, and up to 3 revisions */
+    free(text);
+    if (!added)
+      return fail("%s: the document would be %zu bytes (at most %u): nothing "
+                  "written",
+                  key, len, POLICYDOC_MAX_DOC);
+    buf_t esc;
+    buf_init(&esc);
+    json_escape(&esc, added->source, added->source_len);
+    size_t elen = esc.len;
+    buf_free(&esc);
+    return fail("%s: the document would be %zu bytes with the revisions it "
+                "keeps (at most %u): the new source is %zu bytes, %zu "
+                "escaped in JSON; shorten it (nothing pushed)",
+                key, len, POLICYDOC_MAX_DOC, added->source_len, elen);
+  }
   /* what the hosts will parse: never write what they would refuse */
   policydoc_t check;
   char err[300];
@@ -677,7 +694,7 @@ static int push(const config_t *cfg, client_t *c, int force) {
              r->revision, prevs, had_canary ? "; the canary dropped" : "",
              replaced, sig ? ", signed" : "");
   }
-  if (write_doc(c, key, d, o.mod) == 0) {
+  if (write_doc(c, key, d, o.mod, r) == 0) {
     printf("%s\n", what);
     rc = 0;
   }
@@ -780,7 +797,7 @@ static int move(const config_t *cfg, client_t *c, int promote, int force) {
     goto out;
   }
   policydoc_drop_canary(d); /* its selection (promote: the canary moved) */
-  if (write_doc(c, key, d, o.mod) == 0) {
+  if (write_doc(c, key, d, o.mod, NULL) == 0) {
     printf("%s\n", what);
     rc = 0;
   }

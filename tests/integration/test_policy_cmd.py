@@ -558,4 +558,26 @@ def three_large_revisions_fit_one_compare_and_swap():
         assert 950_000 < len(get(api, key)) < 1024 * 1024
 
 
+
+@suite.test
+def a_document_too_large_once_escaped_is_said():
+    """A source under 256 KiB can make a document over 1 MiB once JSON
+    escapes it (a control byte is 6) or with the revisions kept beside it:
+    push said "the new document is invalid (a bug)"."""
+    base = open(POLICY).read()
+    ctl = write("ctl.lua", base + "\n--[[ " + "\x01" * 180_000 + " ]]\n")
+    quotes = write("quotes.lua", base + "\n--[[ " + '"' * 200_000 + " ]]\n")
+    for api in APIS:
+        key = f"/{api}/escaped/policy"
+        line = bad(api, "escaped in JSON; shorten it", "push", ctl, "--key", key)
+        assert "the document would be " in line and "at most 1048576" in line, line
+        assert "a bug" not in line, line
+        assert get(api, key) is None
+        ok(api, "push", quotes, "--key", key)  # about 400 KB escaped: fits
+        ok(api, "push", quotes, "--key", key)  # stable and previous: 800 KB
+        before = get(api, key)
+        line = bad(api, "with the revisions it keeps", "push", quotes, "--key", key, "--canary", "10.0.0.1")
+        assert "a bug" not in line and get(api, key) == before, line
+
+
 suite.run()
