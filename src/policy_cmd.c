@@ -554,7 +554,8 @@ static int check_source(const config_t *cfg, const char *file, const char *key,
   return rc < 0 ? -1 : 0;
 }
 
-/* An unreadable document replaced (push --force): d numbered above what
+/* An unreadable document replaced (push --force), or an absent one
+ * (o->text NULL: a key deleted and pushed again): d numbered above what
  * it still shows and what any host reports, so that revisions and
  * generations keep growing for the hosts.  0, or 1 (said). */
 static int renumber(client_t *c, const char *key, const doc_t *o,
@@ -563,7 +564,7 @@ static int renumber(client_t *c, const char *key, const doc_t *o,
   if (read_reports(c, key, 0, &r) != 0) return 1;
   int64_t gen = r.max_generation, top = r.max_revision;
   reports_free(&r);
-  policydoc_salvage(o->text, o->len, &gen, &top);
+  if (o->text) policydoc_salvage(o->text, o->len, &gen, &top);
   if (gen >= POLICYDOC_MAX_NUMBER || top >= POLICYDOC_MAX_NUMBER)
     return fail("%s: a host reports generation %" PRId64 " or revision %" PRId64
                 ", more than a document may hold (%" PRId64
@@ -635,6 +636,10 @@ static int push(const config_t *cfg, client_t *c, int force) {
   char replaced[200] = "";
   int found = read_doc(c, key, &o);
   if (found == DOC_FAILED) goto out;
+  /* revision numbers only grow, for the hosts too: a key deleted and
+   * pushed again goes on above what they report */
+  if (found == DOC_ABSENT && !cfg->policy_canary && renumber(c, key, &o, d))
+    goto out;
   if (found == DOC_UNREADABLE) {
     if (!force) {
       fail_unreadable(key, &o);
@@ -721,9 +726,14 @@ static int canary_verdict(client_t *c, const char *key, const policydoc_t *d,
   for (size_t i = 0; i < r.n; i++) {
     const policydoc_status_t *s = &r.hosts[i].s;
     if (!policydoc_in_canary(d, s->host)) continue;
-    if (s->state == POLICYDOC_REFUSED && s->offered == rev)
+    /* about this document's canary, not an older one with its number (a
+     * key deleted and pushed again): applied names its sha256, refused
+     * was offered it in this generation */
+    if (s->state == POLICYDOC_REFUSED && s->offered == rev &&
+        s->generation == d->generation)
       refused[nref++] = s->host;
-    else if (s->state == POLICYDOC_APPLIED && s->revision == rev)
+    else if (s->state == POLICYDOC_APPLIED && s->revision == rev &&
+             strcmp(s->sha256, d->canary->sha256) == 0)
       napplied++;
   }
   char sel[1000];

@@ -395,7 +395,8 @@ def promote_checks_the_canary():
         line = bad(api, "revision 2 was refused by canary host 10.77.0.2: not promoted", "promote", "--key", key)
         assert "--force" in line, line
         # even when another canary host applied it
-        report(api, key, "10.77.0.1", generation=2, revision=2, offered=2)
+        report(api, key, "10.77.0.1", generation=2, revision=2, offered=2,
+               sha256=doc(api, key)["canary"]["sha256"])
         bad(api, "refused by canary host 10.77.0.2", "promote", "--key", key)
         assert get(api, key) == before
         out = ok(api, "promote", "--key", key, "--force")
@@ -403,12 +404,48 @@ def promote_checks_the_canary():
         # applied by one, refused by none: promoted
         ok(api, "push", POLICY, "--key", key, "--canary", "10%")  # revision 3
         canary = next(f"10.1.0.{i}" for i in range(256) if bucket(f"10.1.0.{i}") < 10)
-        report(api, key, canary, generation=4, revision=3, offered=3)
+        report(api, key, canary, generation=4, revision=3, offered=3,
+               sha256=doc(api, key)["canary"]["sha256"])
         out = ok(api, "promote", "--key", key)
         assert out == "promoted revision 3 to every host (stable; previous 2)\n", out
         ok(api, "push", POLICY, "--key", key, "--canary", "10.77.0.5")  # revision 4
         out = ok(api, "promote", "--key", key, "--force")
         assert "--force: no canary host reported it applied" in out, out
+
+
+
+@suite.test
+def promote_goes_by_the_canarys_own_document():
+    """A report about an older document whose revision had the same number
+    (the key deleted and pushed again) is not the canary's: promote took
+    it for an applied canary.  And a push onto the absent key numbers above
+    what the hosts report (it began at 1 again)."""
+    other = write("other.lua", open(POLICY).read() + "\n-- another revision\n")
+    for api in APIS:
+        key = f"/{api}/stale/policy"
+        ok(api, "push", POLICY, "--key", key)
+        ok(api, "push", other, "--key", key, "--canary", "10.77.0.1")  # revision 2
+        old = doc(api, key)
+        report(api, key, "10.77.0.1", generation=2, revision=2, offered=2,
+               sha256=old["canary"]["sha256"])
+        etcd.etcdctl("rm", key) if api == "v2" else etcd.etcdctl("del", key, api="3")
+        out = ok(api, "push", POLICY, "--key", key)
+        assert out.startswith("pushed revision 3 to every host"), out
+        d = doc(api, key)
+        assert d["stable"]["revision"] == 3 and d["generation"] == 3, d
+        ok(api, "push", POLICY, "--key", key, "--canary", "10.77.0.1")  # revision 4
+        # a report naming revision 4 with another document's sha256, or
+        # refusing a revision 4 offered in another generation: neither counts
+        report(api, key, "10.77.0.1", generation=3, revision=4, offered=4,
+               sha256=old["canary"]["sha256"])
+        bad(api, "no canary host reports revision 4 applied", "promote", "--key", key)
+        report(api, key, "10.77.0.1", generation=1, revision=3, offered=4, state="refused",
+               error="an older document's")
+        bad(api, "no canary host reports revision 4 applied", "promote", "--key", key)
+        report(api, key, "10.77.0.1", generation=4, revision=4, offered=4,
+               sha256=doc(api, key)["canary"]["sha256"])
+        out = ok(api, "promote", "--key", key)
+        assert out == "promoted revision 4 to every host (stable; previous 3)\n", out
 
 
 def bucket(ip):
