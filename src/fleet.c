@@ -56,6 +56,7 @@ struct fleet {
   /* a refused revision is not tried again before the document changes */
   int64_t refused_rev, refused_gen;
   char refused_sha[65];
+  char *refused_why; /* its reason, what the report says while offered */
   policydoc_state_t state;
   char *error;
   int64_t since;
@@ -329,6 +330,8 @@ static void try_offer(fleet_t *f, const policydoc_rev_t *r) {
     f->refused_rev = r->revision;
     f->refused_gen = f->generation;
     memcpy(f->refused_sha, r->sha256, sizeof f->refused_sha);
+    free(f->refused_why);
+    f->refused_why = xstrdup(why);
     f->refused++;
     log_error("policy revision %" PRId64 " of %s refused, keeping %s: %s",
               r->revision, f->key,
@@ -397,7 +400,10 @@ static void on_document(fleet_t *f, const char *text, size_t len) {
     publish(f);
   } else if (f->refused_rev == r->revision && f->refused_gen == d.generation &&
              strcmp(f->refused_sha, r->sha256) == 0) {
-    publish(f); /* refused already: the same state */
+    /* refused already: its own reason again (the key may have been
+     * deleted or corrupted meanwhile, and that error is over) */
+    set_state(f, POLICYDOC_REFUSED, f->refused_why);
+    publish(f);
   } else {
     try_offer(f, r);
   }
@@ -534,6 +540,8 @@ void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why) {
     f->refused_rev = r->revision;
     f->refused_gen = f->generation;
     memcpy(f->refused_sha, r->sha256, sizeof f->refused_sha);
+    free(f->refused_why);
+    f->refused_why = xstrdup(line);
     f->refused++;
     set_state(f, POLICYDOC_REFUSED, line);
     policydoc_rev_free(r);
@@ -615,6 +623,7 @@ void fleet_free(fleet_t *f) {
   policydoc_rev_free(f->trying);
   if (f->cache_loaded) policydoc_free(&f->cache);
   free(f->cache_error);
+  free(f->refused_why);
   free(f->error);
   free(f->published);
   free(f->key);

@@ -35,6 +35,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Dockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from fake_docker import FakeDocker  # noqa: E402
 
 IP = "10.21.0.31"
 KEY = "/fleettest/policy"
@@ -45,10 +46,25 @@ FLEET = f"/fleet/{IP}"
 suite = Suite()
 etcd = Etcd().start()
 suite.defer(etcd.cleanup)
-d = Dockerd().start()
-suite.defer(d.cleanup)
-d.images()
-d.clean()
+
+
+class LazyDockerd:
+    """The real dockerd, started at the first test that uses it: the tests
+    on the fake Docker API (fake()) run without one."""
+
+    def __init__(self):
+        self.real = None
+
+    def __getattr__(self, name):
+        if self.real is None:
+            self.real = Dockerd().start()
+            suite.defer(self.real.cleanup)
+            self.real.images()
+            self.real.clean()
+        return getattr(self.real, name)
+
+
+d = LazyDockerd()
 WORK = tmpdir("rfp")
 suite.defer(lambda: shutil.rmtree(WORK, ignore_errors=True))
 
@@ -184,16 +200,17 @@ def truth(names, naming="/80"):
     return {f"{FLEET}/{n}{naming}": f"{IP}:{port_of(n)}" for n in names}
 
 
-def reset():
-    d.clean()
+def reset(docker=True):
+    if docker:
+        d.clean()
     for p in ("/fleet", "/fleetenv", "/registered", "/fleettest"):
         etcd.etcdctl("rm", "--recursive", p, check=False)
         etcd.etcdctl("del", "--prefix", p, api="3", check=False)
 
 
-def start(*extra, port=None, state=None, api="2", env=None):
+def start(*extra, port=None, state=None, api="2", env=None, docker=None, key=KEY):
     state = state or tmpdir("rfs")
-    args = ["--etcd", etcd.url, "--docker", d.host, "--policy-key", KEY, "--state-dir", state,
+    args = ["--etcd", etcd.url, "--docker", docker or d.host, "--policy-key", key, "--state-dir", state,
             "--etcd-api", f"v{api}"]
     if port:
         args += ["--metrics", f"127.0.0.1:{port}"]
@@ -221,6 +238,22 @@ def unchanged_since(index, tree_before, prefix=FLEET):
     dels = deletes_since(index, prefix)
     assert not dels, f"deleted: {dels}"
     assert etcd.tree(prefix) == tree_before, (etcd.tree(prefix), tree_before)
+
+
+def fake(n=2):
+    """A fake Docker API with n containers web0.. publishing port 80."""
+    f = FakeDocker(os.path.join(tmpdir("rff"), "d.sock")).start()
+    suite.defer(f.stop)
+    for i in range(n):
+        f.add(name=f"web{i}", ports=[("80/tcp", [("127.0.0.1", str(30000 + i))])])
+    return f
+
+
+def delete_key(api):
+    if api == "2":
+        etcd.etcdctl("rm", KEY)
+    else:
+        etcd.etcdctl("del", KEY, api="3")
 
 
 def default_keys(n):
@@ -627,6 +660,42 @@ def the_policy_keys_watch_leaves_a_member_that_hung():
         assert "no answer to a probe" in r.output() and proxy.url in r.output(), r.output()[-2000:]
         r.stop()
         proxy.close()
+
+
+
+@suite.test
+def the_report_says_what_the_key_holds_now():
+    """A refused revision, then the key deleted (or corrupted), then the
+    same document written back: the report kept "the policy key was
+    deleted" ("not JSON"), an error about a key that holds a document
+    again.  It now says the revision's own refusal again."""
+    for api in ("2", "3"):
+        reset(docker=False)
+        f = fake(2)
+        r, _ = start("--policy-pubkey", K1PUB, api=api, docker=f.host)
+        put(doc(rev(1, REV_A, K1)), api)
+        report_is(api, state="applied", revision=1)
+        broken = doc(rev(3, BROKEN, K1))
+        put(broken, api)
+        report_is(api, state="refused", revision=1, offered=3)
+        assert "broken on purpose" in report(api)["error"]
+        for what, spoil in (("deleted", lambda: delete_key(api)),
+                            ("not JSON", lambda: put("{not a policy", api))):
+            spoil()
+            wait_for(lambda: what in ((report(api) or {}).get("error") or ""), 20, interval=0.2,
+                     what=f"v{api}: the report says {what}")
+            put(broken, api)  # the very same document again
+            try:
+                rep = report_is(api, state="refused", revision=1, offered=3)
+                wait_for(lambda: "broken on purpose" in (report(api).get("error") or ""), 5,
+                         interval=0.2, what="the revision's own refusal")
+            except AssertionError:
+                raise AssertionError(f"v{api}, after {what}: report {report(api)}")
+            rep = report(api)
+            assert what not in rep["error"], rep
+        # the refusal was not tried again: the same document, refused once
+        assert r.output().count("policy revision 3 of /fleettest/policy refused") == 1, r.output()
+        r.stop()
 
 
 suite.run()
