@@ -89,6 +89,9 @@ void fleet_start(fleet_t *f);
 /* The answer to apply(): FLEET_APPLIED, or _REFUSED or _TIMED_OUT and why
  * (one line). */
 void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why);
+/* The host is in sync (its keys written): the report's key count again,
+ * at once (a report published before the first sync said 0). */
+void fleet_synced(fleet_t *f);
 /* SIGHUP: the public keys read again, KEY read again, a refused revision
  * tried again. */
 void fleet_reread(fleet_t *f);

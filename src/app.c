@@ -659,6 +659,7 @@ static void on_converged(void *ud) {
   app_t *a = ud;
   /* once things have been quiet for a moment, give memory back */
   uv_timer_start(&a->trim_timer, trim_cb, TRIM_DELAY_MS, 0);
+  if (a->fleet && !a->stopping) fleet_synced(a->fleet);
   char status[400];
   sync_status(a, status, sizeof status);
   notify_status(a->notify, status);

@@ -135,6 +135,10 @@ static void report_cb(uv_timer_t *t) {
   publish(t->data);
 }
 
+void fleet_synced(fleet_t *f) {
+  if (f->published) publish(f); /* the key count, now right */
+}
+
 /* ---- the cache in --state-dir ---- */
 
 /* "/register/policy" -> DIR/policy-_register_policy.json */

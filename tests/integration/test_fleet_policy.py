@@ -698,4 +698,25 @@ def the_report_says_what_the_key_holds_now():
         r.stop()
 
 
+@suite.test
+def the_report_counts_the_keys_once_in_sync():
+    """After a restart, the report said keys=0 for 30 s: it was published
+    at the first read of KEY, before the containers' keys were written,
+    and refreshed every 30 s.  It is published again once in sync."""
+    for api in ("2", "3"):
+        reset(docker=False)
+        f = fake(2)
+        r, state = start("--policy-pubkey", K1PUB, api=api, docker=f.host)
+        put(doc(rev(1, REV_A, K1)), api)
+        report_is(api, state="applied", revision=1, keys=2)
+        r.stop()
+        r2, _ = start("--policy-pubkey", K1PUB, api=api, docker=f.host, state=state)
+        r2.wait_log("in sync")
+        t0 = time.time()
+        wait_for(lambda: (report(api) or {}).get("keys") == 2, 5, interval=0.2,
+                 what=f"v{api}: keys=2 in the report, a moment after the sync")
+        assert time.time() - t0 < 5
+        r2.stop()
+
+
 suite.run()
