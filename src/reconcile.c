@@ -1658,7 +1658,27 @@ void reconcile_set_prefix(reconcile_t *r, const char *prefix) {
   reconcile_list_start(r);
 }
 
+/* The daemon's own keys outside the owned prefix (its report): no listing
+ * reads them, so a resync writes them again (someone may have overwritten
+ * or deleted one): a write per such key and resync, one for most hosts. */
+static void recheck_daemon_keys(reconcile_t *r) {
+  if (r->dry_run) return;
+  size_t n = strlen(RECONCILE_DAEMON_OWNER);
+  map_iter_t it;
+  void *v;
+  map_iter_init(&it, r->keys);
+  while (map_iter_next(&it, NULL, &v)) {
+    rkey_t *k = v;
+    if (!k->owners || k->inflight || reconcile_in_prefix(r, k->key) ||
+        strncmp(k->owners->cont->id, RECONCILE_DAEMON_OWNER, n) != 0)
+      continue;
+    k->have_known = 0;
+    rkey_touch(r, k);
+  }
+}
+
 void reconcile_resync(reconcile_t *r) {
+  recheck_daemon_keys(r);
   if (!r->primed || !r->prefix || r->dry_run) {
     reconcile_touch_all(r);
     reconcile_pump(r);

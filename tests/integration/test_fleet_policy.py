@@ -719,4 +719,33 @@ def the_report_counts_the_keys_once_in_sync():
         r2.stop()
 
 
+@suite.test
+def the_hosts_report_is_written_again_when_overwritten():
+    """The host's report overwritten by someone else stayed so: the report
+    was written only when its text changed, and the resync lists only the
+    owned prefix.  A resync (--resync, or the 5-minute audit) writes it
+    again."""
+    for api in ("2", "3"):
+        reset(docker=False)
+        f = fake(1)
+        r, _ = start("--policy-pubkey", K1PUB, "--resync", "1", "--ttl", "10", api=api, docker=f.host)
+        put(doc(rev(1, REV_A, K1)), api)
+        good = report_is(api, state="applied", revision=1)
+        if api == "2":
+            etcd.etcdctl("set", STATUS, "garbage")
+        else:
+            etcd.etcdctl("put", STATUS, "garbage", api="3")
+
+        def repaired():
+            try:
+                return report(api) == good
+            except ValueError:  # still the garbage
+                return False
+        wait_for(repaired, 6, interval=0.2, what=f"v{api}: the report written again")
+        if api == "3":  # on the host's lease again
+            out = json.loads(etcd.etcdctl("get", STATUS, "-w", "json", api="3"))
+            assert out["kvs"][0].get("lease"), out
+        r.stop()
+
+
 suite.run()
