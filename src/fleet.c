@@ -1,6 +1,7 @@
 /* fleet: the daemon's side of the fleet's policy in etcd (fleet.h). */
 #include "fleet.h"
 #include "etcd_watch.h"
+#include "json.h"
 #include "log.h"
 #include "sig.h"
 #include "util.h"
@@ -62,6 +63,7 @@ struct fleet {
   int64_t since;
   int64_t since_rev, since_offered; /* what the state was about at since */
   char *cache_error; /* the last cache write failed: why, or NULL */
+  char *old_cache;   /* the name an older register gave the cache */
   char *published;   /* the last report handed to publish() */
   uint64_t applied, refused;
   /* the cached revision (fleet_cached) until fleet_started() */
@@ -141,8 +143,36 @@ void fleet_synced(fleet_t *f) {
 
 /* ---- the cache in --state-dir ---- */
 
-/* "/register/policy" -> DIR/policy-_register_policy.json */
+/* "/register/policy" -> DIR/policy-_2fregister_2fpolicy.json: every byte
+ * but [A-Za-z0-9.-] as _XX, so that no two keys share a file (/a/b and
+ * /a_b did); a long key's name is cut and ends with a hash of the key,
+ * and the cache records its key (a shared name is then not used) */
 static char *cache_path(const char *dir, const char *key) {
+  buf_t b;
+  buf_init(&b);
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+        (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')
+      buf_printf(&b, "%c", *p);
+    else
+      buf_printf(&b, "_%02x", *p);
+  }
+  char *path;
+  if (b.len > 180) {
+    uint64_t h = UINT64_C(14695981039346656037);
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+      h = (h ^ *p) * UINT64_C(1099511628211);
+    path = xasprintf("%s/policy-%.160s-%016" PRIx64 ".json", dir, b.data, h);
+  } else {
+    path = xasprintf("%s/policy-%s.json", dir, b.len ? b.data : "");
+  }
+  buf_free(&b);
+  return path;
+}
+
+/* The name before: "/register/policy" -> DIR/policy-_register_policy.json
+ * (shared by /register/policy and /register_policy, and no key inside) */
+static char *old_cache_path(const char *dir, const char *key) {
   char *name = xstrdup(key);
   for (char *p = name; *p; p++)
     if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
@@ -162,8 +192,17 @@ static void cache_write(fleet_t *f) {
   memset(&d, 0, sizeof d);
   d.generation = 1;
   d.stable = f->cur;
-  size_t len;
-  char *json = policydoc_write(&d, &len);
+  size_t dlen;
+  char *doc = policydoc_write(&d, &dlen);
+  /* the document with its key first: {"cache_key":KEY,...} */
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "{\"cache_key\":");
+  json_escape(&b, f->key, strlen(f->key));
+  buf_printf(&b, ",%s", doc + 1);
+  free(doc);
+  char *json = b.data;
+  size_t len = b.len;
   char *tmp = xasprintf("%s.tmp", f->cache_file);
   const char *what = "mkdir";
   int ok = 0, fd = -1;
@@ -245,20 +284,58 @@ static int check_signature(fleet_t *f, const policydoc_rev_t *r, int *is_signed,
   return 0;
 }
 
+/* 0 when the cache (text) names KEY as its own; -1 with why. */
+static int cache_key_is(const fleet_t *f, const char *text, size_t len,
+                        char *why, size_t n) {
+  char jerr[200];
+  json_doc_t *doc = json_parse_max(text, len, 64u << 20, jerr, sizeof jerr);
+  if (!doc) {
+    snprintf(why, n, "not JSON: %s", jerr);
+    return -1;
+  }
+  const json_value_t *root = json_root(doc);
+  const json_value_t *k =
+      root->type == JSON_OBJECT ? json_get(root, "cache_key") : NULL;
+  int rc = 0;
+  if (!k || k->type != JSON_STRING) {
+    snprintf(why, n, "it does not say its key");
+    rc = -1;
+  } else if (k->len != strlen(f->key) || memcmp(k->u.str, f->key, k->len)) {
+    snprintf(why, n, "it is the cache of key %.*s, not of %s",
+             (int)(k->len > 200 ? 200 : k->len), k->u.str, f->key);
+    rc = -1;
+  }
+  json_free(doc);
+  return rc;
+}
+
 int fleet_cached(fleet_t *f, const char **source, size_t *len,
                  const char **name) {
   buf_t b;
   buf_init(&b);
-  if (util_read_file(f->cache_file, POLICYDOC_MAX_DOC, &b) < 0) {
+  if (util_read_file(f->cache_file, POLICYDOC_MAX_DOC + 4096, &b) < 0) {
+    struct stat st;
     if (errno != ENOENT)
       log_warn("policy cache %s: cannot read it: %s; starting with the "
                "host's own policy",
                f->cache_file, strerror(errno));
+    else if (stat(f->old_cache, &st) == 0)
+      log_warn("policy cache %s: written by an older register, it does not "
+               "say its key (another key may share its name): not used; "
+               "starting with the host's own policy",
+               f->old_cache);
     buf_free(&b);
     return 0;
   }
   char err[300], why[600];
   int signed_ok;
+  if (cache_key_is(f, b.data ? b.data : "", b.len, why, sizeof why) < 0) {
+    log_warn("policy cache %s: %s: not used; starting with the host's own "
+             "policy",
+             f->cache_file, why);
+    buf_free(&b);
+    return 0;
+  }
   int rc =
       policydoc_parse(b.data ? b.data : "", b.len, &f->cache, err, sizeof err);
   buf_free(&b);
@@ -601,6 +678,7 @@ fleet_t *fleet_new(const fleet_opts_t *o, char *err, size_t errlen) {
   f->keys = keys;
   f->status_key = policydoc_status_key(f->key, f->host_ip);
   f->cache_file = cache_path(f->state_dir, f->key);
+  f->old_cache = old_cache_path(f->state_dir, f->key);
   f->retry_ms = RETRY_MIN_MS;
   f->retry = timer_new(f);
   f->report = timer_new(f);
@@ -627,6 +705,7 @@ void fleet_free(fleet_t *f) {
   policydoc_rev_free(f->trying);
   if (f->cache_loaded) policydoc_free(&f->cache);
   free(f->cache_error);
+  free(f->old_cache);
   free(f->refused_why);
   free(f->error);
   free(f->published);

@@ -748,4 +748,48 @@ def the_hosts_report_is_written_again_when_overwritten():
         r.stop()
 
 
+@suite.test
+def a_cache_is_used_only_for_its_own_key():
+    """--policy-key /fleettest/policy and /fleettest_policy shared a cache
+    file (each '/' became '_'), and the file did not say its key: a host
+    started with the other key ran this key's cached revision.  The file
+    names are now distinct, the file records its key, and a cache for
+    another key, or one of an older register (which cannot say), is not
+    used (a warning)."""
+    reset(docker=False)
+    f = fake(1)
+    r, state = start("--policy-pubkey", K1PUB, docker=f.host)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    r.stop()
+    files = os.listdir(state)
+    assert len(files) == 1, files
+    cache = os.path.join(state, files[0])
+    made = json.load(open(cache))
+    assert made["cache_key"] == KEY, made.keys()
+    other = "/fleettest_policy"
+
+    def other_started(says):
+        r2, _ = start("--policy-pubkey", K1PUB, docker=f.host, key=other, state=state)
+        r2.wait_log("in sync")
+        if says:
+            r2.wait_log(says)
+        assert "from the cache" not in r2.output(), r2.output()
+        r2.stop()
+    other_started(None)
+    # this key's cache under the other key's name: said, not used
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "_%02x" % ord(c) for c in other)
+    path2 = os.path.join(state, f"policy-{name}.json")
+    assert path2 != cache
+    shutil.copy(cache, path2)
+    other_started(f"it is the cache of key {KEY}, not of {other}: not used")
+    os.unlink(path2)
+    # a cache of an older register (the old name, no key): not used
+    old = dict(made)
+    del old["cache_key"]
+    with open(os.path.join(state, "policy-" + other.replace("/", "_") + ".json"), "w") as fh:
+        json.dump(old, fh)
+    other_started("written by an older register, it does not say its key")
+
+
 suite.run()
