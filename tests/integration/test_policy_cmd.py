@@ -104,7 +104,8 @@ def push_canary_promote_rollback():
         d = doc(api, key)
         assert d["canary"]["revision"] == 3 and d["canary"]["hosts"] == ["10.0.0.1", "10.0.0.2"]
         assert "percent" not in d["canary"] and d["stable"]["revision"] == 1
-        report(api, key, "10.0.0.1", generation=3, revision=3, offered=3)
+        report(api, key, "10.0.0.1", generation=3, revision=3, offered=3,
+               sha256=doc(api, key)["canary"]["sha256"])
         out = ok(api, "promote", "--key", key)
         assert out == "promoted revision 3 to every host (stable; previous 1)\n", out
         d = doc(api, key)
