@@ -183,6 +183,18 @@ static char *old_cache_path(const char *dir, const char *key) {
   return path;
 }
 
+/* What the cache file begins with: {"cache_key":KEY, (malloc'd), then the
+ * document's members */
+static char *cache_head(const char *key, size_t *n) {
+  buf_t b;
+  buf_init(&b);
+  buf_printf(&b, "{\"cache_key\":");
+  json_escape(&b, key, strlen(key));
+  buf_printf(&b, ",");
+  *n = b.len;
+  return b.data;
+}
+
 /* The revision in force, written atomically: a temporary file beside it,
  * fsync, rename, fsync of the directory.  Failures are logged: the
  * daemon runs on without a cache. */
@@ -194,15 +206,13 @@ static void cache_write(fleet_t *f) {
   d.stable = f->cur;
   size_t dlen;
   char *doc = policydoc_write(&d, &dlen);
-  /* the document with its key first: {"cache_key":KEY,...} */
-  buf_t b;
-  buf_init(&b);
-  buf_printf(&b, "{\"cache_key\":");
-  json_escape(&b, f->key, strlen(f->key));
-  buf_printf(&b, ",%s", doc + 1);
+  /* the document with its key first */
+  size_t hlen;
+  char *head = cache_head(f->key, &hlen);
+  char *json = xasprintf("%s%s", head, doc + 1);
+  size_t len = hlen + dlen - 1;
+  free(head);
   free(doc);
-  char *json = b.data;
-  size_t len = b.len;
   char *tmp = xasprintf("%s.tmp", f->cache_file);
   const char *what = "mkdir";
   int ok = 0, fd = -1;
@@ -336,8 +346,17 @@ int fleet_cached(fleet_t *f, const char **source, size_t *len,
     buf_free(&b);
     return 0;
   }
+  /* the document without its key (as written, it fits the document's
+   * limit again) */
+  size_t hlen, off = 0;
+  char *head = cache_head(f->key, &hlen);
+  if (b.len > hlen && memcmp(b.data, head, hlen) == 0) {
+    off = hlen - 1;
+    b.data[off] = '{';
+  }
+  free(head);
   int rc =
-      policydoc_parse(b.data ? b.data : "", b.len, &f->cache, err, sizeof err);
+      policydoc_parse(b.data + off, b.len - off, &f->cache, err, sizeof err);
   buf_free(&b);
   if (rc < 0) {
     log_error("policy cache %s: %s; starting with the host's own policy",

@@ -792,4 +792,32 @@ def a_cache_is_used_only_for_its_own_key():
     other_started("written by an older register, it does not say its key")
 
 
+
+@suite.test
+def a_cache_near_the_documents_limit_is_read_back():
+    """The cache records its key beside the document: a revision whose
+    cache is within the key's length of 1 MiB is still read back (the
+    key is taken off before the document is parsed)."""
+    reset(docker=False)
+    f = fake(1)
+    r, state = start("--policy-pubkey", K1PUB, docker=f.host)
+    put(doc(rev(1, REV_A + "--" + "x" * 1000 + "\n", K1)))
+    report_is(state="applied", revision=1)
+    cache = os.path.join(state, os.listdir(state)[0])
+    head = len('{"cache_key":' + json.dumps(KEY) + ",") - 1
+    body = os.path.getsize(cache) - head  # the document alone
+    # its body 2 bytes under the limit: control bytes are 6 in JSON
+    k, x = divmod((1024 * 1024 - 2) - body, 6)
+    text = doc(rev(2, REV_A + "--" + "x" * (1000 + x) + "\x01" * k + "\n", K1))
+    assert len(text) <= 1024 * 1024, len(text)
+    put(text)
+    report_is(state="applied", revision=2)
+    r.stop()
+    assert os.path.getsize(cache) - head == 1024 * 1024 - 2, os.path.getsize(cache)
+    assert os.path.getsize(cache) > 1024 * 1024
+    r2, _ = start("--policy-pubkey", K1PUB, docker=f.host, state=state)
+    r2.wait_log("policy revision 2 of /fleettest/policy from the cache")
+    r2.stop()
+
+
 suite.run()
