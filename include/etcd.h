@@ -227,6 +227,10 @@ typedef struct {
 const char *etcd_status_name(etcd_status_t st);
 /* Fills out[] (at most max); returns how many kinds there are. */
 size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max);
+/* v3: while the lease's keep-alives fail, milliseconds since the last
+ * renewal that got through (its keys are at risk, and gone past the TTL);
+ * 0 when they work, or with no lease. */
+uint64_t etcd_lease_unrenewed_ms(const etcd_t *e);
 /* Milliseconds since etcd last answered (any answer), or -1 if never;
  * the last transport or server error, or "". */
 int64_t etcd_since_answer_ms(const etcd_t *e);

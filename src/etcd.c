@@ -1226,6 +1226,11 @@ size_t etcd_stats(const etcd_t *e, etcd_opstat_t *out, size_t max) {
   return OP_KINDS;
 }
 
+uint64_t etcd_lease_unrenewed_ms(const etcd_t *e) {
+  if (!e->lease || !e->ka_failures) return 0;
+  return uv_now(e->loop) - e->ka_ok_ms;
+}
+
 int64_t etcd_since_answer_ms(const etcd_t *e) {
   if (!e->last_ok_ms) return -1;
   return (int64_t)(uv_now(e->loop) - e->last_ok_ms);

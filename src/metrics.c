@@ -3,6 +3,7 @@
 #include "config.h"
 
 #include <string.h>
+#include <time.h>
 
 static void help(buf_t *b, const char *name, const char *type,
                  const char *text) {
@@ -257,13 +258,25 @@ void metrics_render(buf_t *b, const metrics_input_t *in) {
           "own policy.",
           f->cache_error != NULL);
   }
+  /* a lease whose keep-alives fail holds keys that may be gone */
+  uint64_t unrenewed = in->etcd ? etcd_lease_unrenewed_ms(in->etcd) : 0;
+  double last = rs.last_converged;
+  if (unrenewed) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double renewed =
+        (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 - (double)unrenewed / 1000;
+    if (renewed < last) last = renewed;
+  }
   gauge(b, "register_in_sync",
-        "1 when everything known is in etcd (the last sync converged) and "
-        "every running container was evaluated.",
-        rs.converged && !in->containers_failed ? 1 : 0);
+        "1 when everything known is in etcd (the last sync converged, the "
+        "lease renewed) and every running container was evaluated.",
+        rs.converged && !unrenewed && !in->containers_failed ? 1 : 0);
   gauge(b, "register_last_sync_timestamp_seconds",
-        "Unix time at which etcd last matched Docker's truth.",
-        rs.last_converged);
+        "Unix time at which etcd last matched Docker's truth as far as etcd "
+        "acknowledged it (now while it does; a lease last renewed earlier "
+        "counts from then).",
+        last);
   gauge(b, "register_etcd_compared_timestamp_seconds",
         "Unix time at which the owned prefix was last read back from etcd "
         "and found equal to what register wants (after repairing what the "

@@ -759,6 +759,13 @@ reconcile_t *reconcile_new(const reconcile_opts_t *o) {
   return r;
 }
 
+/* The wall clock, for /metrics' timestamps. */
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   memset(s, 0, sizeof *s);
   s->keys = r->nowned; /* kept as owners come and go: O(1), called often */
@@ -771,7 +778,8 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   s->deletes = r->deletes;
   s->errors = r->errors;
   s->converged = reconcile_converged(r);
-  s->last_converged = r->last_converged;
+  /* in sync now: it is true now */
+  s->last_converged = s->converged ? wall_now() : r->last_converged;
   s->compared = r->compared;
   s->drift = r->drift;
   s->behind_ms =
@@ -943,10 +951,10 @@ static void reconcile_check_converged(reconcile_t *r) {
   }
   if (!now && (r->was_converged || !r->behind_since))
     r->behind_since = uv_now(r->loop);
+  if (now || r->was_converged) { /* in sync now, or until now */
+    r->last_converged = wall_now();
+  }
   if (now) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r->last_converged = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     r->behind_since = 0;
     if (r->compare_pending) { /* listed, and every difference repaired */
       r->compare_pending = 0;

@@ -346,16 +346,35 @@ def keepalive_failure_is_a_warning_and_recovery_is_said():
 
 @suite.test
 def keepalive_failure_past_the_ttl_says_the_keys_expired():
+    """...and register_in_sync is 0 meanwhile (it stayed 1: every write had
+    been acknowledged), register_last_sync_timestamp_seconds no later than
+    the last renewal; both right again once etcd is back."""
     with Env() as env:
         env.fake.add()
-        r = env.register("--etcd-api", "v3", "--ttl", "4")
+        port = free_port()
+        r = env.register("--etcd-api", "v3", "--ttl", "4", "--metrics", f"127.0.0.1:{port}")
         r.wait_log("in sync")
         env.converged("v3")
+
+        def sync_metrics():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
+                text = m.read().decode()
+            get = lambda n: float(re.search(rf"^{n} (\S+)$", text, re.M).group(1))  # noqa: E731
+            return get("register_in_sync"), get("register_last_sync_timestamp_seconds")
+        in_sync, ts = sync_metrics()
+        assert in_sync == 1 and abs(ts - time.time()) < 2, (in_sync, ts)  # true now: now
         env.etcd.stop()
+        stopped = time.time()
         wait_line(r, "warn", "keep-alive of lease", timeout=8)
+        in_sync, ts = sync_metrics()
+        assert in_sync == 0 and ts <= stopped + 0.5, (in_sync, ts, stopped)
         wait_line(r, "warn", "have probably expired", timeout=15)
+        in_sync, ts = sync_metrics()
+        assert in_sync == 0 and ts <= stopped + 0.5, (in_sync, ts, stopped)
         env.etcd.start()
         env.converged("v3", timeout=20, what="the keys back after the outage")
+        wait_for(lambda: sync_metrics()[0] == 1, 10, interval=0.2, what="register_in_sync 1 again")
+        assert abs(sync_metrics()[1] - time.time()) < 2
         r.stop()
 
 
