@@ -43,6 +43,9 @@
  * lost over and over, gets that far); how long writes go unfenced after
  * etcd refused a move. */
 #define FENCE_RETRIES 5
+/* a fence moved by someone else makes every key be read again, at most
+ * this often */
+#define FENCE_CHECK_MS 10000
 #define FENCE_OFF_MS 30000
 
 static void send_op(etcd_op_t *op);
@@ -544,7 +547,21 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     break;
   case REPLY_FENCED: /* not applied: move the fence (if no one has since)
                         and send it again */
-    if (e->fence_rev == op->fence_rev) e->fence_rev = 0;
+    if (e->fence_rev == op->fence_rev) {
+      /* moved, or gone, and not by this client: another writer of it (a
+       * second register with this host's IP), or an etcd that lost it
+       * (wiped, a snapshot restored with the revision ahead): what else
+       * it lost is found by reading every key again (at most every
+       * FENCE_CHECK_MS: two writers of one fence would move it in turn) */
+      uint64_t now = uv_now(e->loop);
+      if (!e->fence_check_ms || now - e->fence_check_ms >= FENCE_CHECK_MS) {
+        e->fence_check_ms = now;
+        rewind_seen(e, op, "the write fence moved, not by this register",
+                    "another register with this host's IP, or an etcd "
+                    "that lost it: wiped, or a snapshot restored?");
+      }
+      e->fence_rev = 0;
+    }
     if (++op->fence_retries <= FENCE_RETRIES) {
       log_debug("etcd: %s; sending the write again", err);
       submit(op);

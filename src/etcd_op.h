@@ -211,9 +211,11 @@ struct etcd {
    * found moved, the lease it hung on lost) */
   char *fence_key; /* owned, or NULL: no fence */
   int64_t fence_rev;
-  int fence_pending;           /* an OP_FENCE in flight */
-  uint64_t fence_started_ms;   /* uv_now() when it was started */
-  unsigned fence_again;        /* started again at once, in a row */
+  int fence_pending;         /* an OP_FENCE in flight */
+  uint64_t fence_started_ms; /* uv_now() when it was started */
+  uint64_t
+      fence_check_ms;   /* uv_now(): a fence moved by another made us check */
+  unsigned fence_again; /* started again at once, in a row */
   uint64_t fence_off_until_ms; /* uv_now(): the fence was refused: unfenced */
   int fence_refused_said;      /* the refusal was logged (until one works) */
   uint64_t fence_moves;        /* moves that etcd acknowledged */
