@@ -7,6 +7,12 @@
 #include <string.h>
 
 #define HTTP_MAX_BODY (16u << 20)
+/* The answers of every hook request in flight together: each reserves
+ * what it may bring (HTTP_MAX_BODY, or what is left), so that 64 requests
+ * cannot hold 1 GiB of the daemon's memory; below HTTP_MIN_BODY left, a
+ * request fails at once. */
+#define HTTP_BODY_BUDGET (64u << 20)
+#define HTTP_MIN_BODY (64u << 10)
 
 typedef struct hreq {
   hookio_t *h;
@@ -16,8 +22,9 @@ typedef struct hreq {
   void *ud;
   http_req_t *http;
   etcd_op_t *op;
-  char *error; /* an answer that is an error, sent from the timer */
-  list_t node; /* on hookio.reqs or hookio.failed */
+  char *error;    /* an answer that is an error, sent from the timer */
+  size_t reserve; /* of hookio.reserved: what its answer may bring */
+  list_t node;    /* on hookio.reqs or hookio.failed */
 } hreq_t;
 
 struct hookio {
@@ -27,7 +34,8 @@ struct hookio {
   list_t failed;    /* hreq_t answered with their error by the timer */
   uv_timer_t timer; /* delivers the failed ones from the loop */
   size_t n;
-  int starting; /* inside hookio_start(): no answer may be given */
+  size_t reserved; /* bytes the HTTP answers in flight may bring */
+  int starting;    /* inside hookio_start(): no answer may be given */
 };
 
 static void timer_closed(uv_handle_t *t) {
@@ -49,6 +57,7 @@ static void req_free(hreq_t *r) {
   REGISTER_ASSERT(r->h->n > 0); /* counted while on a list */
   list_remove(&r->node);
   r->h->n--;
+  r->h->reserved -= r->reserve;
   free(r->error);
   free(r);
 }
@@ -195,7 +204,14 @@ static void start(hookio_t *h, hreq_t *r, const iocall_t *c) {
     o.body = c->body;
     o.body_len = c->body_len;
     o.timeout_ms = c->timeout_ms;
-    o.max_body = HTTP_MAX_BODY;
+    size_t left =
+        HTTP_BODY_BUDGET > h->reserved ? HTTP_BODY_BUDGET - h->reserved : 0;
+    if (left < HTTP_MIN_BODY)
+      return fail_later(r, "the hooks' HTTP requests in flight may bring "
+                           "64 MiB of answers already; try again later");
+    r->reserve = left < HTTP_MAX_BODY ? left : HTTP_MAX_BODY;
+    h->reserved += r->reserve;
+    o.max_body = r->reserve;
     o.on_done = http_done;
     o.data = r;
     r->http = http_request(h->http, &o); /* copies what it keeps */
