@@ -53,7 +53,9 @@ typedef struct {
    * process believed them (changed or gone behind its back: a restore,
    * another writer, an expiry) */
   uint64_t drift;
-  uint64_t behind_ms;    /* how long it has not been converged, or 0 */
+  uint64_t behind_ms; /* how long it has not been converged, or 0 */
+  /* etcd refuses to list the owned prefix (permissions): why, or NULL */
+  const char *list_refused;
 } reconcile_stats_t;
 
 reconcile_t *reconcile_new(const reconcile_opts_t *o);

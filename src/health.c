@@ -64,7 +64,14 @@ static void answer_health(health_t *h, httpd_req_t *req, const char *etcd_err) {
   }
   reconcile_stats_t st;
   reconcile_stats(in.rec, &st);
-  if (st.failed) { /* a refusal is not an outage: it does not heal by
+  if (st.list_refused) { /* nothing under the prefix can be known */
+    snprintf(msg, sizeof msg,
+             "etcd: the owned prefix cannot be read: %.300s (permissions?); "
+             "retrying",
+             st.list_refused);
+    buf_putc(&problems, ',');
+    json_escape(&problems, msg, strlen(msg));
+  } else if (st.failed) { /* a refusal is not an outage: it does not heal by
                       waiting, so it is said at once */
     snprintf(msg, sizeof msg,
              "etcd: %zu key%s refused (permissions? NOSPACE?); retrying",

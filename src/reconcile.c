@@ -179,6 +179,7 @@ struct reconcile {
   list_t batches;       /* transactions in flight (batch_t.node) */
   etcd_op_t *prefix_op; /* deleting the whole owned prefix */
   int outage;           /* etcd is unreachable: said once, not per key */
+  char *list_refused;   /* why etcd refused the last listing, or NULL */
   unsigned failures;
   uint64_t list_backoff_ms;
   int open_handles;
@@ -782,6 +783,7 @@ void reconcile_stats(const reconcile_t *r, reconcile_stats_t *s) {
   s->last_converged = s->converged ? wall_now() : r->last_converged;
   s->compared = r->compared;
   s->drift = r->drift;
+  s->list_refused = r->list_refused;
   s->behind_ms =
       !s->converged && r->behind_since ? uv_now(r->loop) - r->behind_since : 0;
 }
@@ -823,6 +825,8 @@ void reconcile_free(reconcile_t *r) {
   free_keys(r->keys);
   free_keys(r->dirs);
   free(r->prefix);
+  free(r->list_refused);
+  r->list_refused = NULL;
   reconcile_queue_close(r); /* r is freed with the last timer */
 }
 
@@ -1563,11 +1567,17 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
       log_fields(LOG_DEBUG, "etcd still unavailable", "error", res->error,
                  NULL);
     }
+    free(r->list_refused);
+    r->list_refused = res->status == ETCD_FAILED
+                          ? xstrdup(res->error ? res->error : "refused")
+                          : NULL;
     uv_timer_start(&r->list_timer, list_timer_cb,
                    delay / 2 + util_rand((uint32_t)delay / 2 + 1), 0);
     reconcile_check_converged(r);
     return;
   }
+  free(r->list_refused);
+  r->list_refused = NULL;
   if (r->outage) {
     r->outage = 0;
     log_info("etcd reachable again");

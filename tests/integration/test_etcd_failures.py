@@ -317,6 +317,36 @@ def permission_revoked_and_granted_back_converges():
         r.stop()
 
 
+@suite.test
+def an_owned_prefix_etcd_will_not_list_is_unhealthy():
+    """A role that may not read the owned prefix (a fleet revision moved
+    the prefix where the hosts' role does not reach, a role edited): the
+    listing is refused, nothing under the prefix can be known or written,
+    and /healthz said ok.  It says why now, and is ok once the role
+    reaches the prefix."""
+    with Env() as env:
+        env.v3_auth()
+        env.ctl3("role", "revoke-permission", "regrole", PREFIX + "/", "--prefix=true")
+        env.fake.add()
+        port = free_port()
+        r = env.register("--etcd-api", "v3", "--etcd-user", "reg:regpw", "--metrics", f"127.0.0.1:{port}")
+        wait_line(r, "warn", "cannot list the owned prefix")
+
+        def healthz():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+        code, body = healthz()
+        assert code == 503 and any("the owned prefix cannot be read" in p and "permission denied" in p
+                                   for p in body["problems"]), (code, body)
+        env.ctl3("role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/")
+        env.converged("v3", timeout=15, what="etcd to converge once the role reaches the prefix")
+        wait_for(lambda: healthz()[0] == 200, 10, what="/healthz ok again")
+        r.stop()
+
+
 # ---- c. JWT tokens and an auth change ----
 
 @suite.test
