@@ -250,6 +250,22 @@ class Dockerd:
             subprocess.run(["ip", "link", "del", self.made_bridge], capture_output=True)
 
 
+class LazyDockerd:
+    """A test file's dockerd, started at the first test that uses it (and
+    stopped with the suite): the tests on the fake Docker API need none."""
+
+    def __init__(self, suite):
+        self.suite, self.real = suite, None
+
+    def __getattr__(self, name):
+        if self.real is None:
+            self.real = Dockerd().start()
+            self.suite.defer(self.real.cleanup)
+            self.real.images()
+            self.real.clean()
+        return getattr(self.real, name)
+
+
 class Dockerd26(Dockerd):
     """Docker 26.1 (Debian 13's dockerd) with Debian 12's containerd and runc,
     on a bridge of its own that this class makes with ip link; its own data

@@ -9,7 +9,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
-from harness import Dockerd, Etcd, Register, Suite, tmpdir, wait_for  # noqa: E402
+from harness import LazyDockerd, Etcd, Register, Suite, tmpdir, wait_for  # noqa: E402
 
 IP = "10.4.4.4"
 suite = Suite()
@@ -17,23 +17,7 @@ etcd = Etcd().start()
 suite.defer(etcd.cleanup)
 
 
-class LazyDockerd:
-    """The dockerd, started for the first test that uses it: the tests on
-    the fake Docker API need none."""
-
-    def __init__(self):
-        self.real = None
-
-    def __getattr__(self, name):
-        if self.real is None:
-            self.real = Dockerd().start()
-            suite.defer(self.real.cleanup)
-            self.real.images()
-            self.real.clean()
-        return getattr(self.real, name)
-
-
-d = LazyDockerd()
+d = LazyDockerd(suite)
 # a service that, like a well-made one, goes on for 2 s after SIGTERM
 GRACEFUL = ["sh", "-c", "trap 'sleep 2; exit 0' TERM; while :; do sleep 0.1; done"]
 # one that ignores SIGTERM altogether

@@ -135,6 +135,15 @@ class Env:
         self.auth = ROOT
 
 
+def healthz(port):
+    """register's /healthz: (status, its JSON)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def log_line(r, level, text):
     """The lines of register's log at level (text format) that contain text."""
     return [ln for ln in r.output().splitlines() if f" {level} " in ln and text in ln]
@@ -286,20 +295,13 @@ def permission_revoked_and_granted_back_converges():
         r.wait_log("in sync")
         env.converged("v3")
 
-        def healthz():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read())
-
-        assert healthz()[0] == 200
+        assert healthz(port)[0] == 200
         env.ctl3("role", "revoke-permission", "regrole", PREFIX + "/", "--prefix=true")
         env.fake.die(a)
         env.start_new(1)
         wait_for(lambda: "permission denied" in r.output(), 10, what="register to hear the refusal")
         # a refusal does not heal by waiting: /healthz says so at once
-        code, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(healthz()), 5,
+        code, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(healthz(port)), 5,
                               what="/healthz to report the refused keys")
         assert any("refused" in p for p in body["problems"]), body
         time.sleep(2)  # the refused keys are retried meanwhile
@@ -313,7 +315,7 @@ def permission_revoked_and_granted_back_converges():
         env.ctl3("role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/")
         # no container changes from here on
         env.converged("v3", timeout=15, what="etcd to converge once the permission is back")
-        wait_for(lambda: healthz()[0] == 200, 10, what="/healthz to be ok again")
+        wait_for(lambda: healthz(port)[0] == 200, 10, what="/healthz to be ok again")
         r.stop()
 
 
@@ -332,18 +334,12 @@ def an_owned_prefix_etcd_will_not_list_is_unhealthy():
         r = env.register("--etcd-api", "v3", "--etcd-user", "reg:regpw", "--metrics", f"127.0.0.1:{port}")
         wait_line(r, "warn", "cannot list the owned prefix")
 
-        def healthz():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read())
-        code, body = healthz()
+        code, body = healthz(port)
         assert code == 503 and any("the owned prefix cannot be read" in p and "permission denied" in p
                                    for p in body["problems"]), (code, body)
         env.ctl3("role", "grant-permission", "regrole", "--prefix=true", "readwrite", PREFIX + "/")
         env.converged("v3", timeout=15, what="etcd to converge once the role reaches the prefix")
-        wait_for(lambda: healthz()[0] == 200, 10, what="/healthz ok again")
+        wait_for(lambda: healthz(port)[0] == 200, 10, what="/healthz ok again")
         r.stop()
 
 
@@ -626,19 +622,13 @@ def an_answer_that_is_not_etcds_is_no_write_v2():
         env.start_new(1)
         wait_line(r, "warn", "without a keys API answer")
 
-        def healthz():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as h:
-                    return h.status
-            except urllib.error.HTTPError as e:
-                return e.code
-        wait_for(lambda: healthz() == 503, 10, interval=0.2, what="/healthz to say etcd does not answer")
+        wait_for(lambda: healthz(port)[0] == 503, 10, interval=0.2, what="/healthz to say etcd does not answer")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as m:
             text = m.read().decode()
         assert re.search(r"^register_in_sync 0$", text, re.M), text
         proxy.impostor = False
         env.converged("v2", timeout=10, what="etcd to follow once etcd answers again")
-        wait_for(lambda: healthz() == 200, 10, interval=0.2, what="/healthz 200 again")
+        wait_for(lambda: healthz(port)[0] == 200, 10, interval=0.2, what="/healthz 200 again")
         r.stop()
 
 

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Dockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from harness import LazyDockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
 from fake_docker import FakeDocker  # noqa: E402
 
 IP = "10.21.0.31"
@@ -48,23 +48,7 @@ etcd = Etcd().start()
 suite.defer(etcd.cleanup)
 
 
-class LazyDockerd:
-    """The real dockerd, started at the first test that uses it: the tests
-    on the fake Docker API (fake()) run without one."""
-
-    def __init__(self):
-        self.real = None
-
-    def __getattr__(self, name):
-        if self.real is None:
-            self.real = Dockerd().start()
-            suite.defer(self.real.cleanup)
-            self.real.images()
-            self.real.clean()
-        return getattr(self.real, name)
-
-
-d = LazyDockerd()
+d = LazyDockerd(suite)
 WORK = tmpdir("rfp")
 suite.defer(lambda: shutil.rmtree(WORK, ignore_errors=True))
 
