@@ -2,9 +2,10 @@
  * --check and --reload): split into words like a shell would split a
  * simple command (spaces, '...' and "..." quotes, backslash), never
  * through a shell unless the command line names one; "%s" anywhere, in
- * quotes too, becomes the given path ("%%" a '%').  It runs in a session of its own
- * with a time limit, after which its whole process group is killed; the
- * start of its output (stdout and stderr) is kept for the log.
+ * quotes too, becomes the given path ("%%" a '%').  It runs in a session of its
+ * own with a time limit, after which its whole process group is killed; the
+ * start of its output (stdout and stderr) is kept for the log.  It gets
+ * our environment without register's own secrets (the etcd password).
  *
  * Knows nothing of etcd or files. */
 #ifndef REGISTER_COMMAND_H
@@ -47,5 +48,8 @@ void command_cancel(command_t *c);
 char **command_words(const char *cmdline, const char *path, char *err,
                      size_t errlen);
 void command_words_free(char **words);
+/* 1 when an environment entry ("NAME=value") is one of register's secrets
+ * that a command does not get.  For tests. */
+int command_secret_var(const char *entry);
 
 #endif

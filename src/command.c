@@ -91,6 +91,40 @@ char **command_words(const char *cmdline, const char *path, char *err,
   return words;
 }
 
+/* ---- the environment ---- */
+
+extern char **environ;
+
+/* register's own secrets: the etcd password, and the user, which may hold
+ * one (USER:PW).  Read by config.c; a --check or --reload command has no
+ * business with them (an `env` in a reload script would log them).  Paths
+ * (ETCDCTL_CACERT...) stay: they say where a secret is, not what it is. */
+static const char *const secret_vars[] = {"ETCDCTL_PASSWORD", "ETCDCTL_USER",
+                                          NULL};
+
+int command_secret_var(const char *entry) {
+  for (const char *const *s = secret_vars; *s; s++) {
+    size_t n = strlen(*s);
+    if (strncmp(entry, *s, n) == 0 && (entry[n] == '=' || entry[n] == '\0'))
+      return 1;
+  }
+  return 0;
+}
+
+/* Our environment less the secrets: an array of pointers into environ
+ * (free the array only). */
+static char **command_env(void) {
+  size_t n = 0;
+  for (char **e = environ; e && *e; e++)
+    n++;
+  char **env = xcalloc(n + 1, sizeof *env);
+  size_t k = 0;
+  for (char **e = environ; e && *e; e++)
+    if (!command_secret_var(*e)) env[k++] = *e;
+  env[k] = NULL;
+  return env;
+}
+
 /* ---- running ---- */
 
 static void closed(uv_handle_t *h) {
@@ -226,6 +260,8 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
   uv_process_options_t o = {0};
   o.file = argv[0];
   o.args = argv;
+  char **env = command_env();
+  o.env = env;
   o.exit_cb = on_proc_exit;
   o.stdio = stdio;
   o.stdio_count = 3;
@@ -233,6 +269,7 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
   c->started = uv_hrtime();
   c->proc.data = c;
   int rc = uv_spawn(loop, &c->proc, &o);
+  free(env); /* the strings are environ's */
   if (rc < 0) {
     snprintf(err, errlen, "command \"%s\": cannot run %s: %s", cmdline, argv[0],
              uv_strerror(rc));

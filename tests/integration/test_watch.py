@@ -926,5 +926,28 @@ def min_keys_keeps_the_last_file_when_etcd_empties():
     assert rc == 1 and empty.text() is None and "fewer than --min-keys 1" in err, (rc, err)
 
 
+@suite.test
+def commands_do_not_get_the_etcd_password():
+    """--check and --reload ran with register's whole environment: a
+    reload script's `env` (or a crash dump of it) held the etcd password.
+    They get the environment without register's secrets (ETCDCTL_PASSWORD,
+    ETCDCTL_USER, which may hold USER:PW); the rest, paths included, stay."""
+    prefix = "/secretenv"
+    put("v2", f"{prefix}/a", "1")
+    d = tmpdir("rse")
+    envs = {n: os.path.join(d, n) for n in ("check", "reload")}
+    w = Watch(prefix, "v2", args=["--check", f"sh -c 'env > {envs['check']}; test -f %s'",
+                                  "--reload", f"sh -c 'env > {envs['reload']}'"])
+    env = dict(os.environ, ETCDCTL_PASSWORD="s3cret", ETCDCTL_USER="nobody:s3cret",
+               REGISTER_KEPT="kept")
+    r = subprocess.run(w.cmd + ["--once"], capture_output=True, text=True, timeout=30, env=env)
+    # etcd has no auth: the user is sent and ignored
+    assert r.returncode == 0, r.stderr
+    for what, path in envs.items():
+        text = open(path).read()
+        assert "s3cret" not in text, (what, text)
+        assert "REGISTER_KEPT=kept" in text, (what, text)
+
+
 if __name__ == "__main__":
     suite.run()

@@ -4,6 +4,7 @@
 #include "test.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 static char **words(const char *line, const char *path) {
@@ -113,7 +114,24 @@ TEST(cancel_calls_nothing_back) {
   ASSERT((uv_hrtime() - t0) / 1000000 < 5000);
 }
 
+TEST(secrets_stay_out_of_the_environment) {
+  ASSERT(command_secret_var("ETCDCTL_PASSWORD=s3cret"));
+  ASSERT(command_secret_var("ETCDCTL_USER=root:s3cret"));
+  ASSERT(!command_secret_var("ETCDCTL_PASSWORDX=1"));
+  ASSERT(!command_secret_var("ETCDCTL_CACERT=/etc/ca.pem")); /* a path */
+  setenv("ETCDCTL_PASSWORD", "s3cret", 1);
+  setenv("ETCDCTL_USER", "root:s3cret", 1);
+  setenv("REGISTER_TEST_KEPT", "kept", 1);
+  seen_t s = run("sh -c 'env | grep -e s3cret -e REGISTER_TEST_KEPT'", 5000);
+  unsetenv("ETCDCTL_PASSWORD");
+  unsetenv("ETCDCTL_USER");
+  ASSERT(s.r.ok);
+  ASSERT(strstr(s.out, "REGISTER_TEST_KEPT=kept"));
+  ASSERT(!strstr(s.out, "s3cret"));
+}
+
 TEST_MAIN(TEST_ENTRY(words_as_a_shell_splits_them),
           TEST_ENTRY(bad_lines_are_named), TEST_ENTRY(exit_and_output),
           TEST_ENTRY(time_limit_kills_the_whole_group),
-          TEST_ENTRY(no_such_program), TEST_ENTRY(cancel_calls_nothing_back))
+          TEST_ENTRY(no_such_program), TEST_ENTRY(cancel_calls_nothing_back),
+          TEST_ENTRY(secrets_stay_out_of_the_environment))
