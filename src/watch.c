@@ -727,8 +727,24 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
     w->dirty = 0;
     w->first_ms = 0;
   }
-  w->nkeys = n;
   if (!w->cfg->once) start_watch(w);
+  /* kv maps the keys under PREFIX ("PREFIX/..."): v2 lists a key that is
+   * PREFIX itself, v3's range leaves it out; left out here for both */
+  const char *prefix = w->cfg->watch_prefix;
+  size_t plen = strlen(prefix);
+  policy_kv_t *kv = n ? xcalloc(n, sizeof *kv) : NULL;
+  size_t nkv = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (strncmp(kvs[i].key, prefix, plen) != 0 || kvs[i].key[plen] != '/')
+      continue;
+    kv[nkv].key = kvs[i].key;
+    kv[nkv].klen = strlen(kvs[i].key);
+    kv[nkv].value = kvs[i].value;
+    kv[nkv].vlen = kvs[i].value_len;
+    nkv++;
+  }
+  n = nkv;
+  w->nkeys = n;
   if ((long)n < w->cfg->min_keys) {
     /* an etcd wiped, or restored from an empty snapshot, would empty the
      * load balancer at once; the watch's next change cycles again */
@@ -740,16 +756,9 @@ static void on_list(void *data, const etcd_result_t *res, const etcd_kv_t *kvs,
     if (strcmp(w->render_error, err) != 0)
       log_error("watch: %s; keeping the last good %s", err, w->cfg->out_file);
     snprintf(w->render_error, sizeof w->render_error, "%s", err);
+    free(kv);
     cycle_done(w, 0);
     return;
-  }
-
-  policy_kv_t *kv = n ? xcalloc(n, sizeof *kv) : NULL;
-  for (size_t i = 0; i < n; i++) {
-    kv[i].key = kvs[i].key;
-    kv[i].klen = strlen(kvs[i].key);
-    kv[i].value = kvs[i].value;
-    kv[i].vlen = kvs[i].value_len;
   }
   if (n > 1) qsort(kv, n, sizeof *kv, kv_cmp);
   policy_render_ctx_t ctx = {w->cfg->watch_prefix, w->rev,

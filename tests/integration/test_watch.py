@@ -949,5 +949,22 @@ def commands_do_not_get_the_etcd_password():
         assert "REGISTER_KEPT=kept" in text, (what, text)
 
 
+@suite.test
+def a_prefix_that_is_a_key_is_not_in_kv():
+    """kv maps each key under PREFIX (PREFIX/...): v3's range leaves a key
+    that is PREFIX itself out, v2 listed it.  Both leave it out."""
+    for api in ("v2", "v3"):
+        prefix = f"/selfkey{api}"
+        put(api, prefix, "itself")  # v2: a key, not a directory
+        w = Watch(prefix, api)
+        rc, err = w.once()
+        assert rc == 0, err
+        assert w.text() == expected(prefix, api, {}), (api, w.text())
+        delete(api, prefix)
+        put(api, f"{prefix}/a", "1")
+        rc, err = w.once()
+        assert rc == 0 and w.text() == expected(prefix, api, {f"{prefix}/a": "1"}), (api, err, w.text())
+
+
 if __name__ == "__main__":
     suite.run()
