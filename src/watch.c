@@ -20,6 +20,7 @@
 #include "util.h"
 #include "worker.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -381,6 +382,44 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
     return -1;
   }
   return 0;
+}
+
+/* At start: the candidates a run killed while it checked one (SIGKILL,
+ * a crash) left beside dest, ".NAME.register-XXXXXX" exactly (mkstemp's
+ * six letters; not the reload-pending mark), regular files of our own,
+ * are removed, each said at info.  Nothing else of the directory is
+ * touched. */
+static void remove_leftovers(const char *dest) {
+  char *dir = util_path_dir(dest);
+  const char *base = util_path_base(dest);
+  char *head = xasprintf(".%s.register-", base);
+  size_t hlen = strlen(head);
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while (d && (e = readdir(d))) {
+    const char *tail = e->d_name + hlen;
+    if (strncmp(e->d_name, head, hlen) != 0 || strlen(tail) != 6) continue;
+    int ok = 1;
+    for (const char *c = tail; *c; c++)
+      if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+            (*c >= '0' && *c <= '9')))
+        ok = 0;
+    if (!ok) continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        !S_ISREG(st.st_mode) || st.st_uid != geteuid())
+      continue;
+    if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+      log_info("watch: removed %s/%s, a candidate left by a run that "
+               "stopped while it was checked",
+               dir, e->d_name);
+    else
+      log_warn("watch: cannot remove %s/%s (left by an earlier run): %s", dir,
+               e->d_name, strerror(errno));
+  }
+  if (d) closedir(d);
+  free(head);
+  free(dir);
 }
 
 /* The candidate becomes the file (rename, then the directory on disk). */
@@ -1128,6 +1167,7 @@ int watch_run(const config_t *cfg) {
     log_error("watch: %s", err);
     goto out;
   }
+  remove_leftovers(w->dest);
   if (util_read_file(w->dest, MAX_FILE, &w->current) == 0) {
     w->current_known = 1;
   } else {

@@ -966,5 +966,39 @@ def a_prefix_that_is_a_key_is_not_in_kv():
         assert rc == 0 and w.text() == expected(prefix, api, {f"{prefix}/a": "1"}), (api, err, w.text())
 
 
+@suite.test
+def a_candidate_left_by_a_kill_is_removed_at_start():
+    """A SIGKILL while --check ran left .NAME.register-XXXXXX beside --out
+    for good.  The next start removes such candidates of this --out (that
+    pattern exactly, regular files of its own), said at info; nothing else
+    of the directory."""
+    prefix = "/leftover"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2", args=["--check", "sh -c 'sleep 2; test -f \"$0\"' %s"])
+    w.start()
+    d = os.path.dirname(w.out)
+    cands = lambda: [f for f in os.listdir(d) if re.fullmatch(r"\.out\.cfg\.register-[A-Za-z0-9]{6}", f)
+                     and not os.path.islink(os.path.join(d, f))]
+    wait_for(lambda: cands(), 10, what="the candidate under --check")
+    left = cands()
+    w.proc.kill()
+    w.proc.wait()
+    time.sleep(2.5)  # the check ends by itself
+    assert cands() == left and w.text() is None, os.listdir(d)
+    keep = [".out.cfg.register-reload-pending", ".out.cfg.register-abc12", ".other.register-abcdef",
+            "out.cfg.register-abcdef"]
+    for f in keep:
+        open(os.path.join(d, f), "w").close()
+    os.symlink("/etc/hostname", os.path.join(d, ".out.cfg.register-link01"))
+    again = Watch(prefix, "v2", out=w.out)
+    rc, err = again.once()
+    assert rc == 0, err
+    assert not cands(), os.listdir(d)
+    for f in keep + [".out.cfg.register-link01"]:
+        assert os.path.lexists(os.path.join(d, f)), (f, os.listdir(d))
+    said = [l for l in err.splitlines() if left[0] in l]
+    assert len(said) == 1 and "removed" in said[0] and "info" in said[0].lower(), err
+
+
 if __name__ == "__main__":
     suite.run()
