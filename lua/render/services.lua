@@ -139,9 +139,29 @@ function M.unique(items, name_of)
   return out
 end
 
--- text safe for a one-line comment: no control characters
-function M.comment(s)
-  return (tostring(s):gsub("%c", "?"))
+-- text safe for a one-line comment: no control characters; with max, cut
+-- to max bytes and "..." (a reader that limits its words: nginx)
+function M.comment(s, max)
+  s = tostring(s):gsub("%c", "?")
+  if max and #s > max then s = s:sub(1, max) .. "..." end
+  return s
+end
+
+-- 8 hex digits of s (FNV-1a, 32 bits): a short stand-in for a long text
+function M.hash(s)
+  local h = 2166136261
+  for i = 1, #s do
+    h = ((h ~ s:byte(i)) * 16777619) & 0xffffffff
+  end
+  return string.format("%08x", h)
+end
+
+-- name when it has at most max bytes; else its first bytes, "_" and the
+-- hash of the whole name, max bytes in all (names that differ after the
+-- cut stay apart), and true
+function M.cap(name, max)
+  if #name <= max then return name, false end
+  return name:sub(1, max - 9) .. "_" .. M.hash(name), true
 end
 
 -- ---- reading etcd ----

@@ -765,5 +765,37 @@ def nginx_registrator_layout():
     }, text
 
 
+@suite.test
+def nginx_long_names_are_cut():
+    """A service name of about 4 KB made an upstream name (and a comment)
+    that `nginx -t` refuses ("too long parameter"): one key kept every
+    change out.  Names past 200 bytes are cut, with a hash of the whole
+    name (two that differ after the cut stay apart), said once each;
+    comments are cut too."""
+    long = "a" * 5000
+    kv = dict([entry("10.0.0.9", long + "x", 1, [("10.0.0.9", "49165", "80", "tcp")]),
+               entry("10.0.0.9", long + "y", 2, [("10.0.0.9", "49166", "80", "tcp")]),
+               entry("10.0.0.9", "example/web", 3, [("10.0.0.9", "49167", "80", "tcp")])])
+    text, err = render(NGINX, kv, api="v3")
+    nginx_check(text)
+    ups = upstreams(text)
+    assert len(ups) == 3 and ups["example_web_80"] == ["10.0.0.9:49167"], ups
+    cut = [n for n in ups if n != "example_web_80"]
+    assert all(len(n) == 200 and n.startswith("a" * 100) for n in cut), cut
+    assert sorted(ups[n][0] for n in cut) == ["10.0.0.9:49165", "10.0.0.9:49166"], ups
+    assert max(len(l) for l in text.splitlines()) < 400, text
+    said = [l for l in err.splitlines() if "upstream name of" in l]
+    assert len(said) == 2 and all("is cut to" in l for l in said), err
+    # the same cut every time
+    assert render(NGINX, dict(reversed(list(kv.items()))), api="v3")[0] == text
+    # registrator: a long name and a long service id
+    kv = {"/services/" + "w" * 5000 + "/" + "i" * 5000: "10.0.0.9:80"}
+    text, err = render('return require("register.render.nginx").new{ layout = "registrator" }', kv,
+                       prefix="/services", api="v3")
+    nginx_check(text)
+    assert [len(n) for n in upstreams(text)] == [200], text
+    assert "upstream name of" in err, err
+
+
 if __name__ == "__main__":
     suite.run()
