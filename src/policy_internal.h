@@ -39,7 +39,9 @@ struct policy {
   int render;                 /* a renderer: ref_policy has render() */
 
   /* limits */
-  long budget;
+  long budget;      /* of the call in progress (a render's grows with keys) */
+  long budget_base; /* a render's budget, its keys apart (0: not scaled) */
+  size_t budget_keys;
   size_t mem_limit;
   uint64_t time_limit_ms, hook_limit_ms;
 

@@ -1000,5 +1000,60 @@ def a_candidate_left_by_a_kill_is_removed_at_start():
     assert len(said) == 1 and "removed" in said[0] and "info" in said[0].lower(), err
 
 
+def put_many(kv):
+    """kv into etcd (v3) quickly: transactions of 128 puts (etcd's
+    --max-txn-ops), a few at a time."""
+    items = list(kv.items())
+    chunks = [items[i:i + 128] for i in range(0, len(items), 128)]
+
+    def run(part):
+        for chunk in part:
+            v3("/v3/kv/txn", {"success": [{"requestPut": {"key": b64(k), "value": b64(v)}} for k, v in chunk]})
+    threads = [threading.Thread(target=run, args=(chunks[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def registered(n):
+    """n containers of the default schema on 100 hosts, 400 images, one
+    published port each."""
+    kv = {}
+    for i in range(n):
+        host, image, cid = f"10.1.{i % 100}.{1 + i // 100 % 250}", f"team{i % 40}::app{i % 400}", "%064x" % (i + 1)
+        kv[f"/registered/{host}/{image}/{cid}"] = json.dumps(
+            [{"container": cid, "image": image, "ip": host, "public_port": str(30000 + i % 30000),
+              "private_port": "8080", "port_type": "tcp"}], separators=(",", ":"))
+    return kv
+
+
+@suite.test
+def forty_thousand_keys_render_with_the_shipped_haproxy():
+    """The shipped renderers ran out of their 10,000,000 instructions
+    between 15,000 and 25,000 keys ("an endless loop?"), and no flag
+    raised it: a render's budget grows with its keys, so that the wall
+    clock (--policy-timeout) is what bounds it."""
+    put_many(registered(40000))
+    try:
+        w = Watch("/registered", "v3", render='return require "register.render.haproxy"',
+                  args=["--policy-timeout", "60000", "--host-ip", "10.0.0.1"])
+        rc, err = w.once("--timeout", "120", timeout=180)
+        assert rc == 0, err[-2000:]
+        text = w.text()
+        assert text.count("\n    server ") == 40000, text[:2000]
+    finally:
+        v3("/v3/kv/deleterange", {"key": b64("/registered/"), "range_end": b64("/registered0")})
+    # a render that loops all the same: the budget it had, and why
+    loop = 'return { render = function(kv, ctx) while true do end end }'
+    put("v3", "/budget/a", "1")
+    put("v3", "/budget/b", "2")
+    rc, err = Watch("/budget", "v3", render=loop, args=["--policy-timeout", "60000"]).once()
+    assert rc == 1 and "instruction budget of 10004000 exceeded (10000000 and 2000 per key for 2 keys)" in err, err
+    assert "endless loop" not in err, err
+    rc, err = Watch("/budget-none", "v3", render=loop, args=["--policy-timeout", "60000"]).once()
+    assert rc == 1 and "instruction budget of 10000000 exceeded (an endless loop?)" in err, err
+
+
 if __name__ == "__main__":
     suite.run()
