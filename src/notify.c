@@ -17,7 +17,7 @@ struct notify {
   socklen_t addrlen;
   uv_timer_t watchdog;
   int ready;
-  char status[200];
+  char status[400]; /* the last STATUS= (a longer one is cut) */
 };
 
 static void send_msg(notify_t *n, const char *msg) {
@@ -68,7 +68,7 @@ notify_t *notify_new(uv_loop_t *loop) {
 
 void notify_ready(notify_t *n, const char *status) {
   if (!n) return;
-  char msg[300];
+  char msg[500];
   snprintf(msg, sizeof msg, "%sSTATUS=%s", n->ready ? "" : "READY=1\n", status);
   n->ready = 1;
   snprintf(n->status, sizeof n->status, "%s", status);
@@ -76,10 +76,13 @@ void notify_ready(notify_t *n, const char *status) {
 }
 
 void notify_status(notify_t *n, const char *status) {
-  if (!n || strcmp(n->status, status) == 0) return;
-  snprintf(n->status, sizeof n->status, "%s", status);
-  char msg[300];
-  snprintf(msg, sizeof msg, "STATUS=%s", status);
+  if (!n) return;
+  char cut[sizeof n->status]; /* compared as it would be kept */
+  snprintf(cut, sizeof cut, "%s", status);
+  if (strcmp(n->status, cut) == 0) return;
+  memcpy(n->status, cut, sizeof cut);
+  char msg[500];
+  snprintf(msg, sizeof msg, "STATUS=%s", cut);
   send_msg(n, msg);
 }
 

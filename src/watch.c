@@ -449,6 +449,49 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   return 0;
 }
 
+/* ---- systemd ---- */
+
+/* STATUS= for systemd, from the state: what the file follows, or what
+ * keeps it from following (etcd first: nothing else can be fixed without
+ * it). */
+static void status_text(const watch_t *w, char *out, size_t n) {
+  const config_t *cfg = w->cfg;
+  const char *what = cfg->etcd_api == ETCD_API_V3 ? "revision" : "index";
+  if (w->etcd_error[0]) {
+    const char *e = w->etcd_error;
+    if (strncmp(e, "etcd: ", 6) == 0) e += 6;
+    snprintf(out, n, "waiting for etcd: %s; %s %s", e, cfg->out_file,
+             w->current_known ? "stays as it is" : "not rendered yet");
+  } else if (w->render_error[0]) {
+    snprintf(out, n, "render failed: %s", w->render_error);
+  } else if (w->check_error[0]) {
+    snprintf(out, n, "check failed: %s", w->check_error);
+  } else if (w->reload_error[0]) {
+    snprintf(out, n, "reload failed: %s", w->reload_error);
+  } else if (w->last_good_unix > 0) {
+    snprintf(out, n, "rendered %zu keys at %s %" PRId64, w->nkeys, what,
+             w->rev);
+  } else {
+    snprintf(out, n, "reading %s from etcd", cfg->watch_prefix);
+  }
+}
+
+/* READY=1 once --out holds a file that a load balancer ordered after this
+ * unit can start with: the first cycle's end (rendered; or failed, the
+ * last good file staying), or an etcd that cannot be read while a file
+ * from before is in place.  With no file and no etcd it waits (the unit
+ * has TimeoutStartSec=infinity).  STATUS= follows every change. */
+static void tell_systemd(watch_t *w, int ready) {
+  char status[700];
+  status_text(w, status, sizeof status);
+  if (ready && !w->ready) {
+    w->ready = 1;
+    notify_ready(w->notify, status);
+    return;
+  }
+  notify_status(w->notify, status);
+}
+
 /* ---- the end of a cycle ---- */
 
 static void once_over(uv_timer_t *t) {
@@ -461,10 +504,7 @@ static void cycle_done(watch_t *w, int ok) {
   REGISTER_ASSERT(w->phase != PHASE_IDLE && !w->listing && !w->cmd);
   w->phase = PHASE_IDLE;
   if (ok) w->last_good_unix = unix_now();
-  if (!w->ready) {
-    w->ready = 1;
-    notify_ready(w->notify, ok ? "rendered" : "rendering failed");
-  }
+  tell_systemd(w, 1);
   if (w->cfg->once) { /* from the loop: this may be inside etcd's call */
     w->exit_code = ok ? 0 : 1;
     w->once_done = 1;
@@ -716,6 +756,7 @@ static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
              "in %.1f s",
              error, w->cfg->watch_prefix, (double)delay / 1000);
   memcpy(w->etcd_error, said, sizeof said);
+  tell_systemd(w, w->current_known);
   w->phase = PHASE_IDLE;
   w->retry_etcd = 1;
   uv_timer_start(&w->retry, cycle_cb, delay, 0);
@@ -1216,6 +1257,7 @@ int watch_run(const config_t *cfg) {
     }
   }
   w->notify = notify_new(&w->loop);
+  tell_systemd(w, 0); /* reading PREFIX */
   if (cfg->metrics_addr) {
     w->httpd =
         httpd_new(&w->loop, cfg->metrics_addr, handle, w, err, sizeof err);

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -83,9 +84,10 @@ class Watch:
                     *args]
         self.proc = None
 
-    def start(self):
+    def start(self, env=None):
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "w"))
+                                     stderr=open(self.log, "w"),
+                                     env=dict(os.environ, **env) if env else None)
         suite.defer(self.stop)
         return self
 
@@ -1053,6 +1055,92 @@ def forty_thousand_keys_render_with_the_shipped_haproxy():
     assert "endless loop" not in err, err
     rc, err = Watch("/budget-none", "v3", render=loop, args=["--policy-timeout", "60000"]).once()
     assert rc == 1 and "instruction budget of 10000000 exceeded (an endless loop?)" in err, err
+
+
+class Notify:
+    """systemd's side of sd_notify: a unix datagram socket of the test's."""
+
+    def __init__(self):
+        self.path = os.path.join(tmpdir("rnf"), "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.got = []
+        suite.defer(self.sock.close)
+
+    def until(self, pred, timeout=15, what="a message"):
+        """Messages until pred(message); that message."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                m = self.sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            self.got.append(m)
+            if pred(m):
+                return m
+        raise AssertionError(f"no {what} in {self.got}")
+
+    def quiet(self, seconds):
+        """The messages of the next `seconds`."""
+        out, deadline = [], time.time() + seconds
+        while time.time() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                out.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                break
+        self.got += out
+        return out
+
+
+@suite.test
+def systemd_status_follows_the_state():
+    """sd_notify: with etcd unreachable at start, nothing was sent (no
+    READY=1, no STATUS=), and after READY=1 "STATUS=rendered" stayed
+    through failing renders and etcd outages.  STATUS= now follows the
+    state; READY=1 comes once --out holds a file a load balancer can start
+    with: the first render, or, etcd unreachable, a file already there."""
+    prefix = "/notified"
+    down = Etcd()  # started later
+    suite.defer(down.cleanup)
+    n = Notify()
+    render = ('return { render = function(kv, ctx)\n'
+              '  if kv["' + prefix + '/bad"] then error("a bad key") end\n'
+              '  return #ctx.keys .. " keys\\n"\n'
+              'end }\n')
+    w = Watch(prefix, "v3", render=render)
+    w.cmd[w.cmd.index("--etcd") + 1] = down.url
+    w.start(env={"NOTIFY_SOCKET": n.path})
+    m = n.until(lambda m: "waiting for etcd: " in m, 10, what="STATUS=waiting for etcd")
+    assert "out.cfg not rendered yet" in m and "READY=1" not in m, m
+    assert not [g for g in n.quiet(1.5) + n.got if "READY=1" in g], n.got  # no file yet
+    down.start()
+    dv3 = lambda path, body: urllib.request.urlopen(urllib.request.Request(
+        down.url + path, data=json.dumps(body).encode(), method="POST"), timeout=5).read()
+    dv3("/v3/kv/put", {"key": b64(f"{prefix}/a"), "value": b64("1")})
+    m = n.until(lambda m: "READY=1" in m, 20, what="READY=1")
+    assert re.search(r"STATUS=rendered [01] keys at revision \d+", m), m  # the put may come after
+    n.until(lambda m: re.search(r"STATUS=rendered 1 keys at revision \d+", m), 10, what="1 key rendered")
+    assert w.text() == "1 keys\n"
+    dv3("/v3/kv/put", {"key": b64(f"{prefix}/bad"), "value": b64("1")})
+    m = n.until(lambda m: "STATUS=render failed: " in m, 10, what="render failed")
+    assert "a bad key" in m, m
+    dv3("/v3/kv/deleterange", {"key": b64(f"{prefix}/bad")})
+    n.until(lambda m: re.search(r"STATUS=rendered 1 keys at revision \d+", m), 10, what="rendered again")
+    down.stop()
+    m = n.until(lambda m: "STATUS=waiting for etcd: " in m, 20, what="the outage")
+    assert "out.cfg stays as it is" in m, m
+    assert len([g for g in n.got if "READY=1" in g]) == 1, n.got
+    assert w.stop() == 0
+    # a file from before and etcd unreachable: ready, with the wait in STATUS=
+    n2 = Notify()
+    again = Watch(prefix, "v3", render=render, out=w.out)
+    again.cmd[again.cmd.index("--etcd") + 1] = down.url
+    again.start(env={"NOTIFY_SOCKET": n2.path})
+    m = n2.until(lambda m: "READY=1" in m, 10, what="READY=1 with the file there")
+    assert "STATUS=waiting for etcd: " in m and "out.cfg stays as it is" in m, m
+    assert again.stop() == 0
 
 
 if __name__ == "__main__":
