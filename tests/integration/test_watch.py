@@ -1121,7 +1121,8 @@ def systemd_status_follows_the_state():
     dv3("/v3/kv/put", {"key": b64(f"{prefix}/a"), "value": b64("1")})
     m = n.until(lambda m: "READY=1" in m, 20, what="READY=1")
     assert re.search(r"STATUS=rendered [01] keys at revision \d+", m), m  # the put may come after
-    n.until(lambda m: re.search(r"STATUS=rendered 1 keys at revision \d+", m), 10, what="1 key rendered")
+    if "rendered 1 keys" not in m:
+        n.until(lambda m: re.search(r"STATUS=rendered 1 keys at revision \d+", m), 10, what="1 key rendered")
     assert w.text() == "1 keys\n"
     dv3("/v3/kv/put", {"key": b64(f"{prefix}/bad"), "value": b64("1")})
     m = n.until(lambda m: "STATUS=render failed: " in m, 10, what="render failed")

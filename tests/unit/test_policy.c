@@ -668,6 +668,59 @@ TEST(inspect_is_lazy_and_only_valid_during_the_call) {
   policy_free(p);
 }
 
+/* A render's budget grows with its keys (the shipped renderers ran out
+ * past some 20,000 keys); its error says the budget, not "an endless
+ * loop?".  A render with no key, and a policy call, keep the base. */
+TEST(render_budget_grows_with_the_keys) {
+  char path[] = "/tmp/register-test-render-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT(fd >= 0);
+  const char *src =
+      "return { render = function(kv, ctx)\n"
+      "  local n = 0\n"
+      "  for _, k in ipairs(ctx.keys) do\n"
+      "    for i = 1, 100 do n = n + #kv[k] end\n" /* ~400 per key */
+      "  end\n"
+      "  if kv['/p/loop'] then while true do end end\n"
+      "  return tostring(n)\n"
+      "end }\n";
+  ASSERT(write(fd, src, strlen(src)) == (ssize_t)strlen(src));
+  close(fd);
+  policy_opts_t o = {0};
+  o.file = path;
+  o.host_ip = "10.0.0.1";
+  o.hostname = "node1";
+  o.budget = 200000;
+  o.render = 1;
+  char err[600];
+  policy_t *p = policy_new(&o, err, sizeof err);
+  unlink(path);
+  ASSERT(p);
+  enum { N = 2000 }; /* ~800,000 instructions: four times the base */
+  static policy_kv_t kv[N + 1];
+  static char keys[N + 1][16];
+  for (int i = 0; i < N; i++) {
+    snprintf(keys[i], sizeof keys[i], "/p/k%05d", i);
+    kv[i] = (policy_kv_t){keys[i], "v", strlen(keys[i]), 1};
+  }
+  policy_render_ctx_t ctx = {"/p", 1, "v3"};
+  buf_t out;
+  buf_init(&out);
+  ASSERT_EQ(policy_render(p, kv, N, &ctx, &out, err, sizeof err), 0);
+  ASSERT_STR_EQ(out.data, "200000");
+  /* the loop: the budget it had, and why */
+  kv[N] = (policy_kv_t){"/p/loop", "1", 7, 1};
+  ASSERT(policy_render(p, kv, N + 1, &ctx, &out, err, sizeof err) < 0);
+  ASSERT_CONTAINS(err, "instruction budget of 4202000 exceeded (200000 and "
+                       "2000 per key for 2001 keys)");
+  ASSERT(!strstr(err, "endless loop"));
+  ASSERT(policy_render(p, kv + N, 1, &ctx, &out, err, sizeof err) < 0);
+  ASSERT_CONTAINS(err, "(200000 and 2000 per key for 1 keys)");
+  ASSERT(policy_render(p, NULL, 0, &ctx, &out, err, sizeof err) == 0);
+  buf_free(&out);
+  policy_free(p);
+}
+
 TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
           TEST_ENTRY(container_unknown_fields_are_errors),
           TEST_ENTRY(port_metatable_is_per_container),
@@ -677,4 +730,5 @@ TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
           TEST_ENTRY(keys_and_values_must_be_utf8),
           TEST_ENTRY(records_caps_per_container),
           TEST_ENTRY(coroutines_run_under_the_budget),
-          TEST_ENTRY(script_errors_are_reported_not_fatal))
+          TEST_ENTRY(script_errors_are_reported_not_fatal),
+          TEST_ENTRY(render_budget_grows_with_the_keys))
