@@ -769,6 +769,14 @@ static void etcd_failed(watch_t *w, const char *error, uint64_t min_ms,
 static int on_disk(watch_t *w) {
   buf_t now;
   buf_init(&now);
+  /* made a FIFO (or a directory...) since: opening a FIFO would hang the
+   * loop; not read, and the write that follows refuses it with one line */
+  struct stat st;
+  if (stat(w->dest, &st) == 0 && !S_ISREG(st.st_mode)) {
+    buf_reset(&w->current);
+    w->current_known = 0;
+    return 0;
+  }
   int present = util_read_file(w->dest, MAX_FILE, &now) == 0;
   int err = present ? 0 : errno;
   if (!present && err != ENOENT)
