@@ -953,7 +953,7 @@ static int start_fleet(app_t *a, const worker_opts_t *po, char *err,
   a->fleet = fleet_new(&fo, err, errlen);
   if (!a->fleet) { /* the public key file: the operator's flag */
     char why[400];
-    snprintf(why, sizeof why, "%s", err);
+    snprintf(why, sizeof why, "%.399s", err);
     snprintf(err, errlen, "--policy-pubkey: %s", why);
     return -1;
   }

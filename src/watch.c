@@ -463,11 +463,14 @@ static void status_text(const watch_t *w, char *out, size_t n) {
     snprintf(out, n, "waiting for etcd: %s; %s %s", e, cfg->out_file,
              w->current_known ? "stays as it is" : "not rendered yet");
   } else if (w->render_error[0]) {
-    snprintf(out, n, "render failed: %s", w->render_error);
+    snprintf(out, n, "render failed: %.*s", (int)(n > 16 ? n - 16 : 0),
+             w->render_error);
   } else if (w->check_error[0]) {
-    snprintf(out, n, "check failed: %s", w->check_error);
+    snprintf(out, n, "check failed: %.*s", (int)(n > 15 ? n - 15 : 0),
+             w->check_error);
   } else if (w->reload_error[0]) {
-    snprintf(out, n, "reload failed: %s", w->reload_error);
+    snprintf(out, n, "reload failed: %.*s", (int)(n > 16 ? n - 16 : 0),
+             w->reload_error);
   } else if (w->last_good_unix > 0) {
     snprintf(out, n, "rendered %zu keys at %s %" PRId64, w->nkeys, what,
              w->rev);
