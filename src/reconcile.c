@@ -147,7 +147,8 @@ struct reconcile {
   size_t nfailed;
   unsigned gen;
 
-  int primed; /* the prefix has been listed once */
+  int primed;      /* the prefix has been listed once */
+  int ever_primed; /* a prefix was, in this process (the lease adopted) */
   int docker_synced;
   int hold_orphans; /* keys nobody produces are not deleted (every running
                        container's evaluation failed) */
@@ -1167,14 +1168,26 @@ static void batch_flush(reconcile_t *r) {
   REGISTER_ASSERT(b->op); /* etcd always returns one: it fails from the loop */
 }
 
+/* One of the daemon's own keys outside the owned prefix (the fleet's
+ * report): after the first listing of this process it need not wait for a
+ * new prefix's (a revision's prefix that etcd will not list kept the report
+ * that would say so from being written). */
+static int daemon_key(const reconcile_t *r, const rkey_t *k) {
+  return k->owners && !reconcile_in_prefix(r, k->key) &&
+         strncmp(k->owners->cont->id, RECONCILE_DAEMON_OWNER,
+                 strlen(RECONCILE_DAEMON_OWNER)) == 0;
+}
+
 /* What decide() promises, at the moment a request is made: one request
  * per key at a time, none before the listing (writes are diffs; a v2
- * directory of the old prefix may go meanwhile), a put has an owner's
+ * directory of the old prefix may go meanwhile; the daemon's own keys
+ * outside the prefix after the first), a put has an owner's
  * value, and no key this process never owned is deleted before Docker's
  * truth is complete or while orphans are held (reconcile.h). */
 static void sendable(const reconcile_t *r, const rkey_t *k, act_t act) {
   REGISTER_ASSERT(!k->inflight && !k->held && !list_linked(&k->qnode));
-  REGISTER_ASSERT(r->primed || act == ACT_RMDIR);
+  REGISTER_ASSERT(r->primed || act == ACT_RMDIR ||
+                  (r->ever_primed && daemon_key(r, k)));
   REGISTER_ASSERT(act != ACT_PUT || k->owners);
   REGISTER_ASSERT(act != ACT_DELETE || k->owned_once ||
                   (r->docker_synced && !r->hold_orphans));
@@ -1455,7 +1468,7 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
    * (the fleet's report), so that the first write does not take a new
    * lease before the previous run's is adopted (v3: the listed keys hang
    * on it) */
-  if (!r->primed) return ACT_NONE;
+  if (!r->primed && !(r->ever_primed && daemon_key(r, k))) return ACT_NONE;
   if (want) {
     if (!k->have_known || !rstr_eq(k->have, want->s, want->len)) return ACT_PUT;
     if (r->ttl > 0) {
@@ -1625,7 +1638,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
     }
   }
   if (!r->primed) {
-    r->primed = 1;
+    r->primed = r->ever_primed = 1;
     log_info("etcd: %zu keys under %s", n, r->prefix);
   }
   r->compare_pending = 1;

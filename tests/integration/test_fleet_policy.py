@@ -804,4 +804,45 @@ def a_cache_near_the_documents_limit_is_read_back():
     r2.stop()
 
 
+
+@suite.test
+def a_revision_whose_prefix_etcd_will_not_list_is_said():
+    """etcd's RBAC as README grants it (hosts write /registered/, the
+    status directory and the fences) and a revision whose prefix is
+    elsewhere: the host applies it (it compiles, runs and verifies), but
+    etcd refuses it the new prefix.  /healthz says so, and the host's
+    report still reaches etcd: it waited behind the new prefix's refused
+    listing, and `status` showed the host as silent."""
+    own = Etcd().start()
+    suite.defer(own.cleanup)
+    root = ("--user", "root:rootpw")
+    for cmd in (["user", "add", "root:rootpw"], ["role", "add", "hosts"],
+                ["role", "grant-permission", "hosts", "read", KEY],
+                ["role", "grant-permission", "hosts", "readwrite", "--prefix=true", os.path.dirname(STATUS) + "/"],
+                ["role", "grant-permission", "hosts", "readwrite", "--prefix=true", "/registered/"],
+                ["role", "grant-permission", "hosts", "readwrite", "--prefix=true", "/register/fence/"],
+                ["user", "add", "host:hostpw"], ["user", "grant-role", "host", "hosts"], ["auth", "enable"]):
+        own.etcdctl(*cmd, api="3")
+    f = fake(2)
+    port = free_port()
+    r = Register("--etcd", own.url, "--docker", f.host, "--policy-key", KEY, "--state-dir", tmpdir("rfs"),
+                 "--etcd-api", "v3", "--etcd-user", "host:hostpw", "--policy-pubkey", K1PUB,
+                 "--metrics", f"127.0.0.1:{port}", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+
+    def own_report():
+        out = own.etcdctl(*root, "get", STATUS, "--print-value-only", api="3").strip()
+        return json.loads(out) if out else None
+    own.etcdctl(*root, "put", KEY, doc(rev(1, REV_A, K1)), api="3")
+    wait_for(lambda: (own_report() or {}).get("revision") == 1, 15, interval=0.2,
+             what="the host's report of revision 1 in etcd")
+    code, body = curl(f"http://127.0.0.1:{port}/healthz")
+    assert code == 503 and "the owned prefix cannot be read" in body and "permission denied" in body, body
+    # nothing under the old prefix was lost on the way
+    keys = own.etcdctl(*root, "get", "--prefix", "/registered/", "--keys-only", api="3").split()
+    assert len(keys) == 2, keys
+    r.stop()
+
+
 suite.run()
