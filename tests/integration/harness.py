@@ -27,6 +27,7 @@ against each (tests/CMakeLists.txt has the matrix entries):
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -566,6 +567,14 @@ class Register:
         also means no leaks at shutdown).  expect=None skips the check."""
         if not self.proc:
             return None
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            # its handlers are set before the start-up line: a signal
+            # before that line ends it as the default action does (-15),
+            # which a slow start (ASan) let a test see
+            deadline = time.time() + 10
+            while (self.proc.poll() is None and time.time() < deadline
+                   and not re.search(r"register \S+: host ", self.output())):
+                time.sleep(0.05)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
