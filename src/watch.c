@@ -775,7 +775,8 @@ static int on_disk(watch_t *w) {
   /* made a FIFO (or a directory...) since: opening a FIFO would hang the
    * loop; not read, and the write that follows refuses it with one line */
   struct stat st;
-  if (stat(w->dest, &st) == 0 && !S_ISREG(st.st_mode)) {
+  if (!w->dest || /* refused by the last write: resolved again there */
+      (stat(w->dest, &st) == 0 && !S_ISREG(st.st_mode))) {
     buf_reset(&w->current);
     w->current_known = 0;
     return 0;
