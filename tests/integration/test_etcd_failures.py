@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import Cluster, Etcd, Register, Suite, default_value, free_port, log, sh, tmpdir, wait_for  # noqa: E402
-from toolkit import run_netns_mounted, run_netns_unmount, v2_tree_index  # noqa: E402
+from toolkit import HttpServer, run_netns_mounted, run_netns_unmount, v2_tree_index  # noqa: E402
 
 IP = "10.22.22.22"
 PREFIX = f"/registered/{IP}"
@@ -586,17 +586,11 @@ class ImpostorProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = handle_one
 
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                pass  # register resets the connections it gives up on
-
-        self.server = Server(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = HttpServer(H)
+        self.url = self.http.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @suite.test

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "policy"))
 from fake_docker import FakeDocker  # noqa: E402
 from harness import REGISTER, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from toolkit import HttpServer  # noqa: E402
 from hostile_corpus import expected, is_sanitized  # noqa: E402
 from hostile_corpus import CORPUS, OUTSIDE, cases, header, secret_value  # noqa: E402
 
@@ -666,7 +667,6 @@ def hook_answers_in_flight_are_bounded_in_the_daemon():
     MB; together they may now bring 64 MiB, and a request past that fails
     at once, saying why."""
     import http.server
-    import socketserver
     reset()
     body = b"A" * ((16 << 20) - 100)
 
@@ -686,24 +686,18 @@ def hook_answers_in_flight_are_bounded_in_the_daemon():
         def log_message(self, *a):
             pass
 
-    class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    srv = S(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    suite.defer(srv.server_close)
-    suite.defer(srv.shutdown)
+    srv = HttpServer(H)
+    suite.defer(srv.close)
     policy = os.path.join(WORK, "big_answers.lua")
     with open(policy, "w") as f:
         f.write("""local default = require "register.default"
 local register = require "register"
 return { prefix = default.prefix, records = default.records,
   event = function(ev, host)
-    local r, e = register.http.request { url = "http://127.0.0.1:%d/big", timeout = 30 }
+    local r, e = register.http.request { url = "%s/big", timeout = 30 }
     if r then register.log.info("got %%d bytes", #r.body) else register.log.info("failed: %%s", tostring(e)) end
   end }
-""" % srv.server_address[1])
+""" % srv.url)
     c = fake.add(name="good1")
     port = free_port()
     r, _ = register(policy, port, 1000)

@@ -26,6 +26,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import REGISTER, Etcd, FreezableProxy, Suite, free_port, log, tmpdir, wait_for  # noqa: E402
+from toolkit import HttpServer  # noqa: E402
 
 suite = Suite()
 etcd = Etcd().start()
@@ -570,13 +571,11 @@ class CompactingGateway:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = HttpServer(H)
+        self.url = self.http.url
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @suite.test

@@ -15,6 +15,7 @@ that default_value() builds; keep the two in step.
                             on this machine's network
 """
 import base64
+import http.server
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -639,6 +641,30 @@ while True:
     threading.Thread(target=pipe, args=(c, u), daemon=True).start()
     threading.Thread(target=pipe, args=(u, c), daemon=True).start()
 """
+
+
+class HttpServer:
+    """A test's HTTP server on loopback (handler: a BaseHTTPRequestHandler
+    class), a thread per request, served from a thread of its own until
+    close().  A client that goes mid-answer (register resets connections
+    it gives up on) is not an error to print."""
+
+    class _Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 256
+
+        def handle_error(self, request, client_address):
+            pass
+
+    def __init__(self, handler):
+        self.server = self._Server(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class FreezableProxy:

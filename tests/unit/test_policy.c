@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 static uint64_t time_limit_ms; /* 0: the default */
+static int render_mode;        /* load a renderer (policy_opts_t.render) */
 
 static policy_t *load_limits(const char *src, long budget, size_t mem,
                              char *err, size_t n) {
@@ -24,6 +25,7 @@ static policy_t *load_limits(const char *src, long budget, size_t mem,
   o.budget = budget;
   o.mem_limit = mem;
   o.time_limit_ms = time_limit_ms;
+  o.render = render_mode;
   policy_t *p = policy_new(&o, err, n);
   unlink(path);
   return p;
@@ -672,9 +674,6 @@ TEST(inspect_is_lazy_and_only_valid_during_the_call) {
  * past some 20,000 keys); its error says the budget, not "an endless
  * loop?".  A render with no key, and a policy call, keep the base. */
 TEST(render_budget_grows_with_the_keys) {
-  char path[] = "/tmp/register-test-render-XXXXXX";
-  int fd = mkstemp(path);
-  ASSERT(fd >= 0);
   const char *src =
       "return { render = function(kv, ctx)\n"
       "  local n = 0\n"
@@ -684,18 +683,10 @@ TEST(render_budget_grows_with_the_keys) {
       "  if kv['/p/loop'] then while true do end end\n"
       "  return tostring(n)\n"
       "end }\n";
-  ASSERT(write(fd, src, strlen(src)) == (ssize_t)strlen(src));
-  close(fd);
-  policy_opts_t o = {0};
-  o.file = path;
-  o.host_ip = "10.0.0.1";
-  o.hostname = "node1";
-  o.budget = 200000;
-  o.render = 1;
   char err[600];
-  policy_t *p = policy_new(&o, err, sizeof err);
-  unlink(path);
-  ASSERT(p);
+  render_mode = 1;
+  policy_t *p = load_ok(src); /* the budget: 200000 */
+  render_mode = 0;
   enum { N = 2000 }; /* ~800,000 instructions: four times the base */
   static policy_kv_t kv[N + 1];
   static char keys[N + 1][16];
