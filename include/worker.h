@@ -188,8 +188,9 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
  * from the loop.  The outcome is as worker_checks_records()'s; u and
  * what it holds are valid during done() only. */
 typedef struct {
-  int cancelled;          /* worker_free() came first: nothing else is set */
-  int rc;                 /* checks(): 0, or -1 (err, reason) */
+  int cancelled; /* worker_free() or worker_drop() came first: nothing else is
+                    set */
+  int rc;        /* checks(): 0, or -1 (err, reason) */
   policy_checks_t checks; /* rc 0: what checks() asked for (n may be 0) */
   int have; /* records(): 1 (recs), -1 (failed: rerr, reason), 0: not run
                (checks() failed or asked for checks) */
@@ -204,6 +205,16 @@ void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
  * first ask (for checks_set() and further calls); NULL if it cannot be.
  * Valid during done(). */
 const json_value_t *worker_update_inspect(const worker_update_t *u);
+/* after(ud, 0) once every update started before this call is done, from
+ * the loop (never inside this call), in order with the updates' done();
+ * after(ud, 1) if the worker is freed first.  The loop is not held while
+ * they are answered, as it is by worker_flush(). */
+typedef void (*worker_after_cb)(void *ud, int cancelled);
+void worker_after(worker_t *w, worker_after_cb after, void *ud);
+/* The updates started for container id and not yet done are cancelled:
+ * their done() sees u->cancelled, from the loop (the container is gone).
+ * Those not yet sent to the worker are not sent. */
+void worker_drop(worker_t *w, const char *id);
 /* Waits for the reply of every update sent and calls the done() of every
  * one started, here, before returning (not from a done()). */
 void worker_flush(worker_t *w);

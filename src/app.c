@@ -74,9 +74,10 @@ typedef struct {
   map_t *failed;
   /* containers reported, not gone, and evaluated once (W_EVALUATED) */
   size_t nlive;
-  map_t *draining; /* id -> drain_t: the running containers whose stop
-                      signal came (W_STOPPING) */
-  int listed;      /* Docker's containers were listed and evaluated once */
+  map_t *draining;     /* id -> drain_t: the running containers whose stop
+                          signal came (W_STOPPING) */
+  int listed;          /* Docker's containers were listed and evaluated once */
+  unsigned docker_gen; /* counts Docker's connections lost (on_synced) */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   uv_timer_t status_timer, audit_timer;
@@ -93,12 +94,12 @@ static void begin_stop(app_t *a, int code);
 /* ---- SIGTERM and SIGINT while a policy call runs ---- */
 
 /* A synchronous policy call, or waiting for the containers' updates on
- * their way (worker_flush), blocks the loop (for at most --policy-timeout
- * + 0.5 s per call).  So that a stop is not kept waiting, SIGTERM and SIGINT
- * also set this flag, which the worker's wait looks at: the call is abandoned
- * at once (the worker killed) and later calls fail at once.  The handler is
- * chained in front of libuv's, which still delivers the signal to the loop
- * (signal_cb) as before. */
+ * their way (worker_flush, at a reload's commit), blocks the loop (for at
+ * most --policy-timeout + 0.5 s per call).  So that a stop is not kept waiting,
+ * SIGTERM and SIGINT also set this flag, which the worker's wait looks at: the
+ * call is abandoned at once (the worker killed) and later calls fail at once.
+ * The handler is chained in front of libuv's, which still delivers the signal
+ * to the loop (signal_cb) as before. */
 static volatile sig_atomic_t stop_signalled;
 static struct sigaction uv_actions[2]; /* libuv's, for SIGTERM and SIGINT */
 
@@ -469,7 +470,9 @@ static void on_update(void *ud, const char *id, const json_value_t *inspect) {
 
 static void on_gone(void *ud, const char *id) {
   app_t *a = ud;
-  worker_flush(a->policy); /* an update on its way comes first */
+  /* an update on its way is not done: the container is gone (docker.c
+   * forgets it when this returns), and its answer would register it again */
+  worker_drop(a->policy, id);
   checks_remove(a->checks, id);
   note_gone(a, id);
   stop_gone(a, id);
@@ -630,13 +633,23 @@ static void status_cb(uv_timer_t *t) {
   notify_status(a->notify, status);
 }
 
-/* Docker's containers are listed and its events followed: register is
- * ready (READY=1), whatever etcd does; how far the sync is goes in
- * STATUS=, kept fresh from here on.  etcd down at boot must not hold up
+typedef struct {
+  app_t *a;
+  unsigned docker_gen; /* a->docker_gen when the list was complete */
+} synced_t;
+
+/* Docker's containers are listed, each evaluated, and its events followed:
+ * register is ready (READY=1), whatever etcd does; how far the sync is goes
+ * in STATUS=, kept fresh from here on.  etcd down at boot must not hold up
  * the units ordered after this one. */
-static void on_synced(void *ud) {
-  app_t *a = ud;
-  worker_flush(a->policy); /* every container reported is evaluated */
+static void synced_done(void *ud, int cancelled) {
+  synced_t *sy = ud;
+  app_t *a = sy->a;
+  /* Docker was lost again while the list was evaluated: its next list
+   * says */
+  int current = sy->docker_gen == a->docker_gen;
+  free(sy);
+  if (cancelled || !current) return;
   a->listed = 1;
   hold_orphans_update(a); /* before the orphans may go */
   reconcile_docker_synced(a->rec, 1);
@@ -646,9 +659,21 @@ static void on_synced(void *ud) {
   uv_timer_start(&a->status_timer, status_cb, STATUS_EVERY_MS, STATUS_EVERY_MS);
 }
 
+/* The list is complete: synced_done() once every container in it is
+ * evaluated.  The loop goes on meanwhile (a policy that hangs on a few
+ * containers holds only them, each up to --policy-timeout). */
+static void on_synced(void *ud) {
+  app_t *a = ud;
+  synced_t *sy = xmalloc(sizeof *sy);
+  sy->a = a;
+  sy->docker_gen = a->docker_gen;
+  worker_after(a->policy, synced_done, sy);
+}
+
 static void on_connection(void *ud, int up) {
   app_t *a = ud;
   if (!up) {
+    a->docker_gen++;
     reconcile_docker_synced(a->rec, 0);
     notify_status(a->notify, "Docker unreachable; keeping registrations, "
                              "reconnecting");

@@ -1351,6 +1351,8 @@ int worker_records_checked(worker_t *w, const json_value_t *inspect,
 struct job {
   job_t *next;
   worker_update_cb done;
+  worker_after_cb after; /* worker_after()'s: no call, done() not used */
+  int dropped;           /* worker_drop(): done() sees it cancelled */
   void *ud;
   char *id;       /* the container's, owned ("" when the document has none) */
   buf_t req;      /* the request, kept to be sent again to a new incarnation */
@@ -1564,7 +1566,11 @@ static void dispatch(worker_t *w) {
     if (!w->jobs) w->jobs_tail = &w->jobs;
     j->u.err = j->err;
     j->u.rerr = j->rerr;
-    j->done(j->ud, &j->u);
+    if (j->dropped) j->u.cancelled = 1;
+    if (j->after)
+      j->after(j->ud, j->u.cancelled);
+    else
+      j->done(j->ud, &j->u);
     policy_checks_free(&j->u.checks);
     records_free(&j->u.recs);
     json_free(j->doc);
@@ -1667,6 +1673,33 @@ const json_value_t *worker_update_inspect(const worker_update_t *u) {
     if (doc) j->doc = json_parse(doc, len, err, sizeof err);
   }
   return j->doc ? json_root(j->doc) : NULL;
+}
+
+void worker_after(worker_t *w, worker_after_cb after, void *ud) {
+  REGISTER_ASSERT(w->later && after); /* a worker with a loop */
+  job_t *j = xcalloc(1, sizeof *j);
+  j->id = xstrdup("");
+  j->after = after;
+  j->ud = ud;
+  j->answered = 1; /* nothing to ask: it waits only for those before it */
+  buf_init(&j->req);
+  records_init(&j->u.recs);
+  *w->jobs_tail = j;
+  w->jobs_tail = &j->next;
+  dispatch_later(w); /* never after() inside this call */
+}
+
+void worker_drop(worker_t *w, const char *id) {
+  for (job_t *j = w->jobs; j; j = j->next) {
+    if (j->after || j->dropped || strcmp(j->id, id) != 0) continue;
+    j->dropped = 1;
+    if (!j->answered && !j->tag) { /* waiting: it is not sent at all */
+      REGISTER_ASSERT(w->jobs_queued > 0);
+      j->answered = 1;
+      w->jobs_queued--;
+    } /* sent: its answer is not used */
+  }
+  dispatch_later(w);
 }
 
 void worker_flush(worker_t *w) {
