@@ -538,6 +538,62 @@ TEST(synchronous_calls_flush_and_free_with_updates_on_their_way) {
   ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* worker_after()'s barrier: done from the loop, never inside the call,
+ * after every update started before it and before those started after;
+ * worker_drop(): a gone container's updates, sent or still waiting, are
+ * done as cancelled, in their place; worker_free() cancels a barrier. */
+static void after_done(void *ud, int cancelled) {
+  seen_t *s = ud;
+  int i = s->n++;
+  REGISTER_ASSERT(i < 80);
+  s->ids[i][0] = '!';
+  s->ids[i][1] = '\0';
+  s->cancelled[i] = cancelled;
+}
+
+TEST(barriers_and_drops_keep_the_order_from_the_loop) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop(NULL, 1000);
+  seen_t s = {0};
+  worker_after(w, after_done, &s); /* nothing before it */
+  ASSERT_EQ(s.n, 0);
+  run_until(&s, 1);
+  ASSERT_EQ(s.ids[0][0], '!');
+  ASSERT_EQ(s.cancelled[0], 0);
+
+  seen_t t = {0};
+  for (int i = 0; i < 48; i++) /* 32 sent at once, 16 waiting */
+    update_of(w, ids[i % 16], &t);
+  worker_after(w, after_done, &t);
+  char a[65];
+  memset(a, 'a', 64);
+  a[64] = '\0';
+  worker_drop(w, a);     /* at 10 and 26 (sent) and 42 (waiting) */
+  update_of(w, 'a', &t); /* after the drop: not dropped */
+  ASSERT_EQ(t.n, 0);
+  run_until(&t, 50);
+  for (int i = 0; i < 48; i++) {
+    ASSERT_EQ(t.ids[i][0], ids[i % 16]);
+    ASSERT_EQ(t.cancelled[i], ids[i % 16] == 'a');
+    if (ids[i % 16] != 'a') ASSERT_EQ(t.have[i], 1);
+  }
+  ASSERT_EQ(t.ids[48][0], '!');
+  ASSERT_EQ(t.cancelled[48], 0);
+  ASSERT_EQ(t.ids[49][0], 'a');
+  ASSERT_EQ(t.cancelled[49], 0);
+  ASSERT_EQ(t.have[49], 1);
+
+  seen_t x = {0};
+  update_of(w, 'b', &x);
+  worker_after(w, after_done, &x);
+  worker_free(w);
+  ASSERT_EQ(x.n, 2);
+  ASSERT_EQ(x.ids[1][0], '!');
+  ASSERT_EQ(x.cancelled[1], 1);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
 TEST_MAIN(
     TEST_ENTRY(default_schema_through_the_worker),
     TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
@@ -553,4 +609,5 @@ TEST_MAIN(
     TEST_ENTRY(a_hang_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(a_crash_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(memory_in_the_pipeline_costs_only_its_container),
-    TEST_ENTRY(synchronous_calls_flush_and_free_with_updates_on_their_way))
+    TEST_ENTRY(synchronous_calls_flush_and_free_with_updates_on_their_way),
+    TEST_ENTRY(barriers_and_drops_keep_the_order_from_the_loop))
