@@ -1676,7 +1676,8 @@ const json_value_t *worker_update_inspect(const worker_update_t *u) {
 }
 
 void worker_after(worker_t *w, worker_after_cb after, void *ud) {
-  REGISTER_ASSERT(w->later && after); /* a worker with a loop */
+  REGISTER_ASSERT(w->later && after && !w->starting); /* one with a loop */
+  w->starting = 1; /* dispatch() asserts it is not called in here */
   job_t *j = xcalloc(1, sizeof *j);
   j->id = xstrdup("");
   j->after = after;
@@ -1687,6 +1688,7 @@ void worker_after(worker_t *w, worker_after_cb after, void *ud) {
   *w->jobs_tail = j;
   w->jobs_tail = &j->next;
   dispatch_later(w); /* never after() inside this call */
+  w->starting = 0;
 }
 
 void worker_drop(worker_t *w, const char *id) {
