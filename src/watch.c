@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -108,7 +109,8 @@ typedef struct {
   int current_known; /* PATH held current when last written or read */
   buf_t candidate;   /* the text being put in place */
   char *tmp;         /* the candidate's temporary file, while checked */
-  char *dest;        /* what tmp is renamed to: PATH, or its link's target */
+  int tmp_fd; /* open on tmp, with flock(): a run's own (remove_leftovers) */
+  char *dest; /* what tmp is renamed to: PATH, or its link's target */
   /* beside PATH while a file put in place has not been reloaded yet:
    * found at start, the reload the last run did not finish is run
    * (owned; NULL without --reload) */
@@ -172,6 +174,21 @@ static void close_cb(uv_handle_t *h) {
   (void)h;
 }
 
+/* The candidate's temporary file is over: removed (unless it was renamed
+ * into place: remove 0), then closed, which lets its lock go. */
+static void tmp_end(watch_t *w, int remove) {
+  if (!w->tmp) return;
+  if (remove) unlink(w->tmp);
+  if (w->tmp_fd >= 0) close(w->tmp_fd);
+  w->tmp_fd = -1;
+  free(w->tmp);
+  w->tmp = NULL;
+}
+
+static void drop_tmp(watch_t *w) {
+  tmp_end(w, 1);
+}
+
 static void stop(watch_t *w, int code) {
   if (w->stopping) return;
   w->stopping = 1;
@@ -183,11 +200,7 @@ static void stop(watch_t *w, int code) {
   w->listing = NULL;
   command_cancel(w->cmd);
   w->cmd = NULL;
-  if (w->tmp) {
-    unlink(w->tmp);
-    free(w->tmp);
-    w->tmp = NULL;
-  }
+  tmp_end(w, 1);
   uv_close((uv_handle_t *)&w->debounce, close_cb);
   uv_close((uv_handle_t *)&w->retry, close_cb);
   uv_close((uv_handle_t *)&w->deadline, close_cb);
@@ -336,7 +349,16 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   const char *base = util_path_base(out);
   w->tmp = xasprintf("%s/.%s.register-XXXXXX", dir, base);
   free(dir);
-  int fd = mkstemp(w->tmp);
+  /* locked while it exists: another run's remove_leftovers() leaves it */
+  int fd = mkostemp(w->tmp, O_CLOEXEC);
+  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    snprintf(err, errlen, "cannot lock %s: %s", w->tmp, strerror(errno));
+    unlink(w->tmp);
+    close(fd);
+    free(w->tmp);
+    w->tmp = NULL;
+    return -1;
+  }
   if (fd < 0) {
     snprintf(err, errlen, "cannot create a file beside %s: %s", out,
              strerror(errno));
@@ -369,16 +391,10 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
     }
   }
   if (rc == 0) rc = fsync(fd);
-  int saved = errno;
-  if (close(fd) < 0 && rc == 0) {
-    rc = -1;
-    saved = errno;
-  }
+  w->tmp_fd = fd;
   if (rc < 0) {
-    snprintf(err, errlen, "cannot write %s: %s", w->tmp, strerror(saved));
-    unlink(w->tmp);
-    free(w->tmp);
-    w->tmp = NULL;
+    snprintf(err, errlen, "cannot write %s: %s", w->tmp, strerror(errno));
+    tmp_end(w, 1);
     return -1;
   }
   return 0;
@@ -387,8 +403,9 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
 /* At start: the candidates a run killed while it checked one (SIGKILL,
  * a crash) left beside dest, ".NAME.register-XXXXXX" exactly (mkstemp's
  * six letters; not the reload-pending mark), regular files of our own,
- * are removed, each said at info.  Nothing else of the directory is
- * touched. */
+ * are removed, each said at info.  A candidate a running register watch
+ * holds (its flock(); a `--once` run beside the service, say) is left to
+ * it.  Nothing else of the directory is touched. */
 static void remove_leftovers(const char *dest) {
   char *dir = util_path_dir(dest);
   const char *base = util_path_base(dest);
@@ -409,7 +426,21 @@ static void remove_leftovers(const char *dest) {
     if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
         !S_ISREG(st.st_mode) || st.st_uid != geteuid())
       continue;
-    if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+    int fd = openat(dirfd(d), e->d_name,
+                    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat fst;
+    if (fstat(fd, &fst) < 0 || fst.st_ino != st.st_ino ||
+        fst.st_dev != st.st_dev || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+      /* replaced since, or a running one's */
+      close(fd);
+      continue;
+    }
+    int rc = unlinkat(dirfd(d), e->d_name, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    if (rc == 0)
       log_info("watch: removed %s/%s, a candidate left by a run that "
                "stopped while it was checked",
                dir, e->d_name);
@@ -428,13 +459,10 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   if (rename(w->tmp, out) < 0) {
     snprintf(err, errlen, "cannot rename %s to %s: %s", w->tmp, out,
              strerror(errno));
-    unlink(w->tmp);
-    free(w->tmp);
-    w->tmp = NULL;
+    tmp_end(w, 1);
     return -1;
   }
-  free(w->tmp);
-  w->tmp = NULL;
+  tmp_end(w, 0);
   char *dir = util_path_dir(out);
   int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
@@ -641,12 +669,6 @@ static void installed(watch_t *w) {
     return;
   }
   reload(w);
-}
-
-static void drop_tmp(watch_t *w) {
-  unlink(w->tmp);
-  free(w->tmp);
-  w->tmp = NULL;
 }
 
 static void on_check(void *ud, const command_result_t *r) {
@@ -1180,6 +1202,7 @@ int watch_run(const config_t *cfg) {
   w->exit_code = 1;
   buf_init(&w->current);
   buf_init(&w->candidate);
+  w->tmp_fd = -1;
   char err[600];
   int rc = 1;
   /* a command line that cannot be split would fail at every change: a

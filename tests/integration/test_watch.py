@@ -1001,6 +1001,31 @@ def a_candidate_left_by_a_kill_is_removed_at_start():
     assert len(said) == 1 and "removed" in said[0] and "info" in said[0].lower(), err
 
 
+@suite.test
+def a_candidate_being_checked_is_not_taken_by_a_run_beside_it():
+    """A `--once` run by hand beside the service, with the same --out,
+    removed the service's candidate while its --check ran (the check then
+    failed, and the file waited for a retry).  The running one holds its
+    candidate locked; only a candidate no run holds is removed."""
+    prefix = "/beside"
+    put("v2", f"{prefix}/a", "1")
+    w = Watch(prefix, "v2", args=["--check", "sh -c 'sleep 3; test -f \"$0\"' %s"])
+    w.start()
+    d = os.path.dirname(w.out)
+    cands = lambda: [f for f in os.listdir(d) if re.fullmatch(r"\.out\.cfg\.register-[A-Za-z0-9]{6}", f)]
+    wait_for(lambda: cands(), 10, what="the candidate under --check")
+    held = cands()
+    rc, err = Watch(prefix, "v2", out=w.out).once()
+    assert rc == 0, err
+    assert all(os.path.exists(os.path.join(d, f)) for f in held), (held, os.listdir(d), err)
+    assert "removed" not in err, err
+    wait_for(lambda: w.metric('register_watch_checks_total{result="ok"}') == 1 and not cands(), 15,
+             what="the service's check to pass and its file to go in place")
+    assert w.metric('register_watch_checks_total{result="failed"}') == 0, w.output()
+    assert w.text() == expected(prefix, "v2", {f"{prefix}/a": "1"}), w.text()
+    assert w.stop() == 0
+
+
 def put_many(kv):
     """kv into etcd (v3) quickly: transactions of 128 puts (etcd's
     --max-txn-ops), a few at a time."""
