@@ -158,9 +158,18 @@ def one(name):
             with tempfile.TemporaryDirectory(prefix="rh") as wd:
                 _, again = run_check(policy, wd, evil, good, timeout_ms=h["timeout_ms"],
                                      env_extra=secrets, guard=guard)
+            # and what this file costs without evil's call: its own load
+            # (load_reader builds 16 MB at load; on a busy machine its worker
+            # took 0.7 s to start, outside the call's clock), at most 1 s
+            # more than the default policy's run
+            with tempfile.TemporaryDirectory(prefix="rh") as wd:
+                _, own = run_check(policy, wd, good, timeout_ms=h["timeout_ms"],
+                                   env_extra=secrets, guard=guard)
+            now = max(now, min(own, now + 1))
             bound = max(baseline(), now) + limit + slack
             print(f"{name}: over the bound ({took:.2f} s); again: {again:.2f} s, a run costs "
-                  f"{now:.2f} s now", file=sys.stderr)
+                  f"{now:.2f} s now (this file on the good container alone: {own:.2f} s)",
+                  file=sys.stderr)
             took = again
         assert took <= bound, \
             f"{name}: took {took:.2f} s twice, the limit is {limit:.1f} s (+{slack} s, +{bound - limit - slack:.2f} s for the run)"
