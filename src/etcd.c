@@ -436,6 +436,33 @@ static void observe(etcd_t *e, const etcd_op_t *op, const etcd_hdr_t *h,
   raise_mark(&e->all, h, seq);
 }
 
+/* etcd may have changed behind this host's back, unseen: the owner reads
+ * its prefix again (new_member: a linearizable listing, which repairs what
+ * differs).  A cluster restored from a backup has this cluster's id and
+ * members and, once the other hosts have written, a revision past what
+ * this one saw; the lease is in the backup and its keep-alives work: no
+ * answer shows it.  What does is that this host lost touch for a while. */
+static void recheck_prefix(etcd_t *e, const char *url, const char *why) {
+  if (!e->new_member || e->check_pending) return;
+  log_info("etcd: %s; reading the prefix again to check that nothing went "
+           "back",
+           why);
+  snprintf(e->check_url, sizeof e->check_url, "%s", url);
+  e->check_pending = 1;
+  uv_timer_start(&e->fail_timer, etcd_fail_cb, 0, 0);
+}
+
+/* An answer after an op failed on every endpoint: the whole cluster, or
+ * this host's way to it, was down. */
+static void back_after_outage(etcd_t *e, const etcd_op_t *op) {
+  if (!e->all_failed) return;
+  e->all_failed = 0;
+  char why[300];
+  snprintf(why, sizeof why, "%s answers after every endpoint failed",
+           op->ep->url);
+  recheck_prefix(e, op->ep->url, why);
+}
+
 static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   (void)req;
   etcd_op_t *op = data;
@@ -595,9 +622,11 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     res.status = ETCD_UNAVAILABLE;
     res.refused = op->refusals == op->attempts;
+    if (!res.refused) e->all_failed = 1; /* refusals are answers */
     break;
   case REPLY_DONE:
     if (op->ep->listed) e->current = op->ep;
+    back_after_outage(e, op);
     if ((op->kind == OP_LIST || op->kind == OP_GET) && res.status == ETCD_OK) {
       if (op->kind == OP_LIST && try_adopt(op)) return;
       deliver_listing(op);
@@ -966,6 +995,17 @@ static void keepalive_finished(etcd_t *e, etcd_op_t *op,
     log_info("etcd: keep-alive of lease %" PRIx64 " works again after %u "
              "failed (%llds since the last renewal)",
              (uint64_t)e->lease, e->ka_failures, since);
+  /* unrenewed for 0.7 TTL, where the longest wait between keep-alives is
+   * 0.4 TTL: they failed, or this process did not run (stopped, frozen) */
+  uint64_t gap = now - e->ka_ok_ms;
+  if (gap > (uint64_t)e->ttl * 700) {
+    char why[300];
+    snprintf(why, sizeof why,
+             "the lease went %.1fs without a renewal (etcd out of reach, or "
+             "this process stopped)",
+             (double)gap / 1000);
+    recheck_prefix(e, op->ep->url, why);
+  }
   keepalive_episode_reset(e, op->lease_ttl);
 }
 

@@ -235,6 +235,7 @@ struct etcd {
   int rewind_pending; /* the callback is due from fail_timer */
   char rewind_why[200];
   int check_pending; /* new_member is due from fail_timer, for check_url */
+  int all_failed; /* an op failed on every endpoint; nothing answered since */
   char check_url[200];
   uint64_t rewinds;
   void (*lease_lost)(void *ud);
