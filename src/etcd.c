@@ -457,6 +457,7 @@ static void recheck_prefix(etcd_t *e, const char *url, const char *why) {
 static void back_after_outage(etcd_t *e, const etcd_op_t *op) {
   if (!e->all_failed) return;
   e->all_failed = 0;
+  if (!op->sent_seen) return; /* nothing seen before: a start before etcd's */
   char why[300];
   snprintf(why, sizeof why, "%s answers after every endpoint failed",
            op->ep->url);
@@ -622,7 +623,9 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     res.status = ETCD_UNAVAILABLE;
     res.refused = op->refusals == op->attempts;
-    if (!res.refused) e->all_failed = 1; /* refusals are answers */
+    /* refused connections too: a stopped etcd refuses them, and a
+     * restore happens while it is stopped */
+    e->all_failed = 1;
     break;
   case REPLY_DONE:
     if (op->ep->listed) e->current = op->ep;
