@@ -608,10 +608,9 @@ class Register:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        if os.environ.get("REGISTER_KEEP_LOGS"):
-            log("register log kept in", self.logpath)
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        # its directory (the log) stays until the Suite ends: a test that
+        # fails after its cleanups ran (an Env's) still shows the log, and
+        # remove_tmpdirs() takes it once every test has passed
 
 
 def inspect_bindings(d, cid):
