@@ -77,7 +77,7 @@ os.environ["REGISTER_BIN"] = os.path.join(BUILD, "register")
 
 from fake_docker import FakeDocker, make_id  # noqa: E402
 from harness import Dockerd, Register  # noqa: E402
-from toolkit import Etcd, default_value, tmpdir, wait_for  # noqa: E402
+from toolkit import Etcd, default_value, remove_tmpdirs, tmpdir, wait_for  # noqa: E402
 
 IP = "10.99.0.1"
 PREFIX = f"/registered/{IP}"
@@ -800,6 +800,8 @@ def main():
     with open(os.environ.get("REGISTER_BENCH_RESULTS", os.path.join(BUILD, "bench-results.json")), "w") as f:
         json.dump(RESULTS, f, indent=1)
     print(table())
+    # the runs' directories in /tmp (logs, sockets); a failure leaves them
+    remove_tmpdirs()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
 os.environ.setdefault("REGISTER_BIN", os.path.join(SRC, "build", "register"))
 
 from harness import Dockerd, Etcd, Register, docker_truth, free_port, tmpdir, wait_for  # noqa: E402
+from toolkit import remove_tmpdirs  # noqa: E402
 
 IP = "10.21.9.9"
 PREFIX = f"/registered/{IP}"
@@ -351,4 +352,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    if rc == 0:  # a failure's directories stay, with the logs
+        remove_tmpdirs()
+    sys.exit(rc)

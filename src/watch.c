@@ -185,10 +185,6 @@ static void tmp_end(watch_t *w, int remove) {
   w->tmp = NULL;
 }
 
-static void drop_tmp(watch_t *w) {
-  tmp_end(w, 1);
-}
-
 static void stop(watch_t *w, int code) {
   if (w->stopping) return;
   w->stopping = 1;
@@ -351,19 +347,17 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   free(dir);
   /* locked while it exists: another run's remove_leftovers() leaves it */
   int fd = mkostemp(w->tmp, O_CLOEXEC);
-  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0) {
-    snprintf(err, errlen, "cannot lock %s: %s", w->tmp, strerror(errno));
-    unlink(w->tmp);
-    close(fd);
-    free(w->tmp);
-    w->tmp = NULL;
-    return -1;
-  }
   if (fd < 0) {
     snprintf(err, errlen, "cannot create a file beside %s: %s", out,
              strerror(errno));
     free(w->tmp);
     w->tmp = NULL;
+    return -1;
+  }
+  w->tmp_fd = fd; /* tmp_end() closes it */
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    snprintf(err, errlen, "cannot lock %s: %s", w->tmp, strerror(errno));
+    tmp_end(w, 1);
     return -1;
   }
   const char *p = w->candidate.data ? w->candidate.data : "";
@@ -391,7 +385,6 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
     }
   }
   if (rc == 0) rc = fsync(fd);
-  w->tmp_fd = fd;
   if (rc < 0) {
     snprintf(err, errlen, "cannot write %s: %s", w->tmp, strerror(errno));
     tmp_end(w, 1);
@@ -687,7 +680,7 @@ static void on_check(void *ud, const command_result_t *r) {
   snprintf(w->check_error, sizeof w->check_error,
            "--check \"%s\" refused the new file (%s)%s%s", w->cfg->check_cmd,
            how, *r->output ? ": " : "", r->output);
-  drop_tmp(w);
+  tmp_end(w, 1);
   install_failed(w, w->check_error);
 }
 
@@ -711,7 +704,7 @@ static void install(watch_t *w) {
   if (!w->cmd) {
     w->checks_failed++;
     snprintf(w->check_error, sizeof w->check_error, "--check: %s", err);
-    drop_tmp(w);
+    tmp_end(w, 1);
     install_failed(w, w->check_error);
   }
 }
