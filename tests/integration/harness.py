@@ -52,7 +52,7 @@ DEBIAN13 = os.environ.get("REGISTER_DEBIAN13_CACHE", "/var/cache/register-test/d
 # etcd, the v2 tree reader, the default schema's value and the small helpers
 # are shared with bench/ (issue 23); re-exported here for the tests
 from toolkit import (Cluster, Etcd, FreezableProxy, debian13, default_value, etcd_binary,  # noqa: E402,F401
-                     free_port, log, run_netns_mounted, run_netns_unmount, tmpdir, v2_tree, wait_for)
+                     free_port, log, run_netns_mounted, run_netns_unmount, sigstop, tmpdir, v2_tree, wait_for)
 import sidmachine  # noqa: E402
 import toolkit  # noqa: E402
 

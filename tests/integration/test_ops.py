@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
-from harness import REGISTER, Etcd, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, Etcd, Register, Suite, free_port, sigstop, tmpdir, wait_for  # noqa: E402
 
 IP = "10.6.5.4"
 suite = Suite()
@@ -326,7 +326,7 @@ def deregistration_window_ignores_resync_and_sighup():
     suite.defer(r.cleanup)
     r.wait_log("in sync")
     assert f"/registered/{IP}/bbx/{c}" in slow.tree(f"/registered/{IP}")
-    os.kill(slow.proc.pid, signal.SIGSTOP)
+    sigstop(slow.proc.pid)
     try:
         r.proc.send_signal(signal.SIGTERM)
         r.wait_log("deregistering this host's keys before exit")

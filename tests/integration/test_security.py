@@ -13,7 +13,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
-from harness import REGISTER, Cluster, Etcd, Register, Suite, make_pki, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, Cluster, Etcd, Register, Suite, make_pki, sigstop, tmpdir, wait_for  # noqa: E402
 
 IP = "10.1.2.3"
 PREFIX = f"/registered/{IP}"
@@ -173,7 +173,7 @@ def v3_a_keepalive_leaves_a_stalled_member_before_its_lease_expires():
     r = register(",".join(m.url for m in c.members), "--etcd-api", "v3", "--etcd-user", "reg:regpw",
                  "--ttl", "3")
     r.wait_log("in sync", timeout=60)
-    m0.proc.send_signal(signal.SIGSTOP)
+    sigstop(m0.proc.pid)
     suite.defer(lambda: m0.proc and m0.proc.send_signal(signal.SIGCONT))
     time.sleep(7)  # two TTLs and more
     got = m1.etcdctl("--user", "root:rootpw", "get", "--prefix", PREFIX + "/", "--keys-only", api="3")

@@ -123,6 +123,26 @@ def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def sigstop(pid, timeout=10.0):
+    """SIGSTOP, then waits until every thread of pid is stopped.  kill()
+    returns once the signal is queued; the thread that takes it stops the
+    others, and on a loaded machine a Go program (etcd) served requests for
+    a while after (CI: a delete answered 1 ms after the kill)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended
+            if state not in ("T", "t"):
+                return False
+        return True
+    wait_for(stopped, timeout, interval=0.005, what=f"every thread of {pid} stopped")
+
+
 def run_netns_mounted():
     """Whether something is mounted on /run/netns (os.path.ismount() does
     not see a bind mount of a directory on itself: the same device).
@@ -678,7 +698,7 @@ class FreezableProxy:
         self.url = f"http://127.0.0.1:{self.proc.stdout.readline().strip()}"
 
     def freeze(self):
-        self.proc.send_signal(signal.SIGSTOP)
+        sigstop(self.proc.pid)
 
     def close(self):
         if self.proc.poll() is None:
