@@ -78,7 +78,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
 
-from toolkit import Cluster, log, wait_for  # noqa: E402
+from toolkit import Cluster, log, remove_tmpdirs, wait_for  # noqa: E402
 from trafficrig import ABRUPT, GRACEFUL, Rig, table  # noqa: E402
 
 # the health checks: every second, 1 s timeout, two failures in a row
@@ -368,6 +368,9 @@ def main():
     binary = os.environ.get("REGISTER_BIN", os.path.join(SRC, "build", "register"))
     rows = run(binary, sys.argv[1:])
     print(table(rows))
+    # its registers' directories (harness: they stay until the end, for
+    # their logs); a run that failed leaves them
+    remove_tmpdirs()
 
 
 if __name__ == "__main__":
