@@ -470,20 +470,20 @@ static void seccomp_close(void) {
 static uint64_t time_limit_ms;
 
 static void cpu_limit(void) {
-  /* renewed at most once a second of wall clock: one thread uses no more
-   * CPU than that meanwhile, so at least limit + 1 s is always left */
-  static struct timespec last;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  if (last.tv_sec &&
-      (now.tv_sec - last.tv_sec) * 1000000000L + (now.tv_nsec - last.tv_nsec) <
-          1000000000L)
-    return;
-  last = now;
+  /* renewed before every request, from the time used to the microsecond:
+   * a call that keeps to its wall clock (one thread) always has its whole
+   * limit and more than a second left.  (Renewing at most once a second
+   * of wall clock, with the seconds of user and system time each rounded
+   * down, once left less than one legal call: SIGXCPU killed calls that
+   * kept to their limits.) */
   struct rusage ru;
   if (getrusage(RUSAGE_SELF, &ru) < 0) return;
-  rlim_t used = (rlim_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec);
-  struct rlimit rl = {used + (rlim_t)(time_limit_ms / 1000) + 2, RLIM_INFINITY};
+  uint64_t us =
+      (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
+      (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+  rlim_t used = (rlim_t)((us + 999999u) / 1000000u);
+  rlim_t lim = (rlim_t)((time_limit_ms + 999u) / 1000u);
+  struct rlimit rl = {used + lim + 2, RLIM_INFINITY};
   setrlimit(RLIMIT_CPU, &rl);
 }
 
