@@ -207,17 +207,22 @@ void worker_update_start(worker_t *w, const json_value_t *inspect, int stopping,
 const json_value_t *worker_update_inspect(const worker_update_t *u);
 /* after(ud, 0) once every update started before this call is done, from
  * the loop (never inside this call), in order with the updates' done();
- * after(ud, 1) if the worker is freed first.  The loop is not held while
- * they are answered, as it is by worker_flush(). */
+ * after(ud, 1) if the worker is freed first (worker_hand_over() moves it
+ * on instead).  The loop is not held while they are answered. */
 typedef void (*worker_after_cb)(void *ud, int cancelled);
 void worker_after(worker_t *w, worker_after_cb after, void *ud);
 /* The updates started for container id and not yet done are cancelled:
  * their done() sees u->cancelled, from the loop (the container is gone).
  * Those not yet sent to the worker are not sent. */
 void worker_drop(worker_t *w, const char *id);
-/* Waits for the reply of every update sent and calls the done() of every
- * one started, here, before returning (not from a done()). */
-void worker_flush(worker_t *w);
+/* A reload's commit: w's updates not yet answered are not waited for.
+ * Those answered are done now (under w); each one still on its way is
+ * cancelled (its done() sees it cancelled when w is freed) after
+ * each(ud, id) has been told its container, to be evaluated again under
+ * `to`; worker_after() barriers move to `to`'s queue, in order.  `to` is
+ * the fresh worker, with nothing started yet.  Not from a done(). */
+typedef void (*worker_each_cb)(void *ud, const char *id);
+void worker_hand_over(worker_t *w, worker_t *to, worker_each_cb each, void *ud);
 
 /* As policy_render() (policy.h), in the worker; err is one line. */
 int worker_render(worker_t *w, const policy_kv_t *kv, size_t n,

@@ -93,9 +93,8 @@ static void begin_stop(app_t *a, int code);
 
 /* ---- SIGTERM and SIGINT while a policy call runs ---- */
 
-/* A synchronous policy call, or waiting for the containers' updates on
- * their way (worker_flush, at a reload's commit), blocks the loop (for at
- * most --policy-timeout + 0.5 s per call).  So that a stop is not kept waiting,
+/* A synchronous policy call blocks the loop (for at most --policy-timeout
+ * + 0.5 s).  So that a stop is not kept waiting,
  * SIGTERM and SIGINT also set this flag, which the worker's wait looks at: the
  * call is abandoned at once (the worker killed) and later calls fail at once.
  * The handler is chained in front of libuv's, which still delivers the signal
@@ -807,14 +806,24 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
   return shared ? -1 : 0;
 }
 
+/* An update the old policy had on its way at a reload's commit: its
+ * container is inspected again, for the new one. */
+static void refresh_handed(void *ud, const char *id) {
+  app_t *a = ud;
+  if (a->docker && *id) docker_refresh(a->docker, id);
+}
+
 /* SIGHUP's reload (reload.c) succeeded: the new policy is in force. */
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
   worker_t *old = a->policy;
-  /* the updates the old policy has on their way are done under it (and
-   * touched: reload.c evaluates them again under the new one) */
-  worker_flush(old);
   a->policy = fresh;
+  /* the updates the old policy has on their way are not waited for (each
+   * may take up to its limit, and the loop would be held for all of them):
+   * their containers are evaluated again under the new one.  Until then
+   * each keeps what it had, or the new policy's records from the reload's
+   * trial (reload.c sets those after this). */
+  worker_hand_over(old, fresh, refresh_handed, a);
   /* the containers that failed under the old policy are evaluated again
    * under the new one (it may be the fix) */
   map_iter_t it;

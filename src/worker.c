@@ -1704,15 +1704,34 @@ void worker_drop(worker_t *w, const char *id) {
   dispatch_later(w);
 }
 
-void worker_flush(worker_t *w) {
-  REGISTER_ASSERT(!w->no_fill && !w->dispatching); /* not from a done() */
-  while (w->jobs_sent || w->jobs_queued) {
-    fill(w);
-    if (!w->jobs_sent) break; /* none could be sent: all are answered */
-    pump(w, PUMP_ALL);
+void worker_hand_over(worker_t *w, worker_t *to, worker_each_cb each,
+                      void *ud) {
+  REGISTER_ASSERT(w != to && to->later && !to->jobs); /* a fresh one */
+  REGISTER_ASSERT(!w->dispatching);                   /* not from a done() */
+  dispatch(w); /* those answered are done under w (in order) */
+  job_t **pp = &w->jobs;
+  while (*pp) {
+    job_t *j = *pp;
+    if (j->after) { /* the barrier goes on in to's queue */
+      *pp = j->next;
+      if (w->jobs_tail == &j->next) w->jobs_tail = pp;
+      worker_after(to, j->after, j->ud);
+      buf_free(&j->req);
+      free(j->id);
+      free(j);
+      continue;
+    }
+    if (!j->dropped) {
+      j->dropped = 1;                /* its done() sees it cancelled */
+      if (!j->answered && !j->tag) { /* waiting: it is not sent at all */
+        REGISTER_ASSERT(w->jobs_queued > 0);
+        j->answered = 1;
+        w->jobs_queued--;
+      }
+      each(ud, j->id);
+    }
+    pp = &j->next;
   }
-  REGISTER_ASSERT(!w->jobs_sent && !w->jobs_queued);
-  dispatch(w);
 }
 
 /* worker_free(): every job not yet done is, cancelled. */

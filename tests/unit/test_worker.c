@@ -500,9 +500,9 @@ TEST(memory_in_the_pipeline_costs_only_its_container) {
 }
 
 /* A synchronous call after updates: it waits for their replies, and their
- * done() still comes from the loop; worker_flush() calls them at once;
- * worker_free() cancels those not done. */
-TEST(synchronous_calls_flush_and_free_with_updates_on_their_way) {
+ * done() still comes from the loop; worker_free() cancels those not
+ * done. */
+TEST(synchronous_calls_and_free_with_updates_on_their_way) {
   uv_loop_init(&loop);
   worker_t *w = start_on_loop(NULL, 1000);
   seen_t s = {0};
@@ -517,15 +517,6 @@ TEST(synchronous_calls_flush_and_free_with_updates_on_their_way) {
   run_until(&s, 5);
   for (int i = 0; i < 5; i++)
     ASSERT_EQ(s.have[i], 1);
-
-  seen_t f = {0};
-  for (int i = 0; i < 40; i++)
-    update_of(w, ids[i % 16], &f);
-  ASSERT_EQ(f.n, 0);
-  worker_flush(w);
-  ASSERT_EQ(f.n, 40);
-  for (int i = 0; i < 40; i++)
-    ASSERT_EQ(f.ids[i][0], ids[i % 16]);
 
   seen_t x = {0};
   for (int i = 0; i < 3; i++)
@@ -594,6 +585,60 @@ TEST(barriers_and_drops_keep_the_order_from_the_loop) {
   ASSERT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* A reload's commit: the old worker's updates are not waited for, though
+ * each would run to its limit (it used to wait for every one, holding the
+ * loop): each one on its way is told, in order, and cancelled when the old
+ * worker goes; a barrier behind them moves to the fresh worker, done from
+ * the loop and not cancelled. */
+static void each_id(void *ud, const char *id) {
+  seen_t *s = ud;
+  int i = s->n++;
+  REGISTER_ASSERT(i < 80);
+  s->ids[i][0] = id[0];
+  s->ids[i][1] = '\0';
+}
+
+TEST(a_reload_hands_over_the_updates_on_their_way_without_waiting) {
+  uv_loop_init(&loop);
+  worker_t *w = start_on_loop("return { records = function(c) "
+                              "if c.id:sub(1, 1) ~= '0' then "
+                              "string.rep('', 1 << 62) end "
+                              "return { ['/k/' .. c.id] = 'v' } end }",
+                              2000);
+  seen_t s = {0};
+  update_of(w, '0', &s);
+  run_until(&s, 1); /* done under the old one */
+  ASSERT_EQ(s.have[0], 1);
+  for (int i = 1; i < 41; i++) /* 32 sent, 8 waiting; each would hang */
+    update_of(w, ids[1 + (i - 1) % 15], &s);
+  seen_t b = {0};
+  worker_after(w, after_done, &b);
+  worker_t *fresh = start_on_loop(NULL, 1000);
+  seen_t h = {0};
+  uint64_t t0 = util_now_ms();
+  worker_hand_over(w, fresh, each_id, &h);
+  ASSERT(util_now_ms() - t0 < 1000); /* no call's limit waited for */
+  ASSERT_EQ(h.n, 40);
+  for (int i = 0; i < 40; i++)
+    ASSERT_EQ(h.ids[i][0], ids[1 + i % 15]);
+  ASSERT_EQ(s.n, 1);
+  worker_free(w);
+  ASSERT_EQ(s.n, 41);
+  for (int i = 1; i < 41; i++)
+    ASSERT_EQ(s.cancelled[i], 1);
+  ASSERT_EQ(b.n, 0); /* moved, not cancelled; never inside the call */
+  run_until(&b, 1);
+  ASSERT_EQ(b.ids[0][0], '!');
+  ASSERT_EQ(b.cancelled[0], 0);
+  seen_t f = {0}; /* the fresh one works on */
+  update_of(fresh, 'e', &f);
+  run_until(&f, 1);
+  ASSERT_EQ(f.have[0], 1);
+  worker_free(fresh);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ASSERT_EQ(uv_loop_close(&loop), 0);
+}
+
 TEST_MAIN(
     TEST_ENTRY(default_schema_through_the_worker),
     TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
@@ -609,5 +654,6 @@ TEST_MAIN(
     TEST_ENTRY(a_hang_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(a_crash_in_the_pipeline_costs_only_its_container),
     TEST_ENTRY(memory_in_the_pipeline_costs_only_its_container),
-    TEST_ENTRY(synchronous_calls_flush_and_free_with_updates_on_their_way),
-    TEST_ENTRY(barriers_and_drops_keep_the_order_from_the_loop))
+    TEST_ENTRY(synchronous_calls_and_free_with_updates_on_their_way),
+    TEST_ENTRY(barriers_and_drops_keep_the_order_from_the_loop),
+    TEST_ENTRY(a_reload_hands_over_the_updates_on_their_way_without_waiting))
