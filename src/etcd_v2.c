@@ -67,9 +67,10 @@ void etcd_v2_build(etcd_op_t *op) {
     op->method = "DELETE";
     op->path = key_path(op->key, "?dir=true&recursive=true");
     break;
-  case OP_LIST:
+  case OP_LIST: /* quorum: a member cut off from the others would answer
+                  from its own copy, however old (v3's reads are so) */
     op->method = "GET";
-    op->path = key_path(op->key, "?recursive=true");
+    op->path = key_path(op->key, "?recursive=true&quorum=true");
     break;
   case OP_HEALTH:
     op->method = "GET";
@@ -82,7 +83,7 @@ void etcd_v2_build(etcd_op_t *op) {
   case OP_GET:
   default: /* v3's internal operations never come here */
     op->method = "GET";
-    op->path = key_path(op->key, NULL);
+    op->path = key_path(op->key, "?quorum=true");
     break;
   }
 }

@@ -8,6 +8,7 @@ behind (v2: "event index cleared") reads the prefix again; --once exits
 0/1.  Every test starts its processes in its own temporary directory and
 stops them."""
 import base64
+import http.client
 import http.server
 import json
 import os
@@ -26,7 +27,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import REGISTER, Etcd, FreezableProxy, Suite, free_port, log, tmpdir, wait_for  # noqa: E402
-from toolkit import HttpServer  # noqa: E402
+from toolkit import Cluster, HttpServer, sigstop  # noqa: E402
 
 suite = Suite()
 etcd = Etcd().start()
@@ -1166,6 +1167,52 @@ def systemd_status_follows_the_state():
     m = n2.until(lambda m: "READY=1" in m, 10, what="READY=1 with the file there")
     assert "STATUS=waiting for etcd: " in m and "out.cfg stays as it is" in m, m
     assert again.stop() == 0
+
+
+@suite.test
+def v2_reads_are_quorum_reads():
+    """A member cut off from the others answered v2 listings from its own
+    copy, however old: `--once` rendered a key the cluster had deleted and
+    exited 0 (v3's reads are linearizable and refused).  The member falls
+    behind while stopped and the others take enough writes that the
+    leader gives up streaming to it; then only it answers."""
+    cl = Cluster(3).start()
+    suite.defer(cl.cleanup)
+    m0, m2 = cl.members[0], cl.members[2]
+    m0.v2("/pq/b", method="PUT", data=b"value=2")
+    wait_for(lambda: '"/pq/b"' in urllib.request.urlopen(f"{m2.url}/v2/keys/pq/b").read().decode(),
+             what="the key on the third member")
+    sigstop(m2.proc.pid)
+
+    def writes(t):
+        c = http.client.HTTPConnection("127.0.0.1", int(m0.url.rsplit(":", 1)[1]), timeout=30)
+        for i in range(300):
+            c.request("PUT", f"/v2/keys/other/{t}_{i}", body="value=" + "x" * 2000,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+            c.getresponse().read()
+    ts = [threading.Thread(target=writes, args=(i,)) for i in range(10)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    m0.v2("/pq/b", method="DELETE")
+    m0.v2("/pq/c", method="PUT", data=b"value=3")
+    sigstop(cl.members[0].proc.pid)
+    sigstop(cl.members[1].proc.pid)
+    os.kill(m2.proc.pid, signal.SIGCONT)
+    try:
+        w = Watch("/pq", "v2")
+        w.cmd[w.cmd.index("--etcd") + 1] = m2.url
+        w.cmd += ["--etcd-discovery", "off"]
+        rc, err = w.once("--timeout", "4")
+        assert rc == 1 and w.text() is None, (rc, w.text(), err)
+    finally:
+        for m in cl.members:
+            os.kill(m.proc.pid, signal.SIGCONT)
+    # with the others back, the same read is the cluster's
+    rc, err = w.once("--timeout", "20")
+    assert rc == 0, err
+    assert w.text() == expected("/pq", "v2", {"/pq/c": "3"}), w.text()
 
 
 if __name__ == "__main__":
