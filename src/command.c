@@ -3,11 +3,14 @@
 #include "command.h"
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* after the process exited, how long its pipes may still bring output */
 #define DRAIN_MS 1000 /* both pipes at their end finish it sooner */
@@ -233,6 +236,24 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   if (--c->reading == 0 && c->exited) finish(c);
 }
 
+/* A command gets its stdin, stdout and stderr only: every other descriptor
+ * of the daemon's is marked close-on-exec (libuv's spawn has no closefrom,
+ * and libcurl's sockets are not).  A process it leaves behind (haproxy -D)
+ * kept register's etcd connections and sockets open after it stopped. */
+static void cloexec_all(void) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    char *end;
+    long fd = strtol(de->d_name, &end, 10);
+    if (*end || end == de->d_name || fd < 3 || fd == dirfd(d)) continue;
+    int fl = fcntl((int)fd, F_GETFD);
+    if (fl >= 0 && !(fl & FD_CLOEXEC)) fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+  }
+  closedir(d);
+}
+
 command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
                        long timeout_ms, command_done_cb cb, void *ud, char *err,
                        size_t errlen) {
@@ -268,6 +289,7 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
   o.flags = UV_PROCESS_DETACHED; /* a session of its own: killed as one */
   c->started = uv_hrtime();
   c->proc.data = c;
+  cloexec_all();
   int rc = uv_spawn(loop, &c->proc, &o);
   free(env); /* the strings are environ's */
   if (rc < 0) {

@@ -1170,6 +1170,34 @@ def systemd_status_follows_the_state():
 
 
 @suite.test
+def commands_get_their_stdio_only():
+    """--check and --reload inherited register's etcd connections (libcurl's
+    sockets are not close-on-exec), and a process a reload leaves behind
+    (haproxy -D) held them after register stopped.  Each API: the
+    commands' shell has what it has when started with stdio only."""
+    for api in ("v2", "v3"):
+        prefix = f"/fds-{api}"
+        put(api, f"{prefix}/a", "1")
+        d = tmpdir("rw")
+        seen = {k: os.path.join(d, k) for k in ("check", "reload")}
+        w = Watch(prefix, api, args=[
+            "--check", f"sh -c 'ls /proc/$$/fd > {seen['check']}; true' %s",
+            "--reload", f"sh -c 'ls /proc/$$/fd > {seen['reload']}; true'"]).start()
+        wait_for(lambda: all(os.path.exists(f) and open(f).read() for f in seen.values()),
+                 what=f"both commands ran ({api})")
+        put(api, f"{prefix}/b", "2")  # and again, with the watch's stream open
+        wait_for(lambda: "b=2" in (w.text() or ""), what=f"the change rendered ({api})")
+        # the shell's own (dash keeps one), as a process with stdio only sees
+        base = os.path.join(d, "base")
+        subprocess.run(["sh", "-c", f"ls /proc/$$/fd > {base}; true"], check=True)
+        own = sorted(int(x) for x in open(base).read().split())
+        for k, f in seen.items():
+            fds = sorted(int(x) for x in open(f).read().split())
+            assert fds == own, f"{api}: {k} command's fds: {fds} (a shell with stdio only: {own})"
+        assert w.stop() == 0
+
+
+@suite.test
 def v2_reads_are_quorum_reads():
     """A member cut off from the others answered v2 listings from its own
     copy, however old: `--once` rendered a key the cluster had deleted and
