@@ -17,6 +17,7 @@
 #include "notify.h"
 #include "reconcile.h"
 #include "reload.h"
+#include "stopsig.h"
 #include "trace.h"
 #include "util.h"
 #include "worker.h"
@@ -90,36 +91,6 @@ typedef struct {
 } app_t;
 
 static void begin_stop(app_t *a, int code);
-
-/* ---- SIGTERM and SIGINT while a policy call runs ---- */
-
-/* A synchronous policy call blocks the loop (for at most --policy-timeout
- * + 0.5 s).  So that a stop is not kept waiting,
- * SIGTERM and SIGINT also set this flag, which the worker's wait looks at: the
- * call is abandoned at once (the worker killed) and later calls fail at once.
- * The handler is chained in front of libuv's, which still delivers the signal
- * to the loop (signal_cb) as before. */
-static volatile sig_atomic_t stop_signalled;
-static struct sigaction uv_actions[2]; /* libuv's, for SIGTERM and SIGINT */
-
-static void on_stop_signal(int sig) {
-  stop_signalled = 1;
-  const struct sigaction *o = &uv_actions[sig == SIGINT];
-  if (o->sa_handler != SIG_DFL && o->sa_handler != SIG_IGN) o->sa_handler(sig);
-}
-
-/* After uv_signal_start() for both: put on_stop_signal in front. */
-static void chain_stop_signals(void) {
-  const int sigs[2] = {SIGTERM, SIGINT};
-  for (int i = 0; i < 2; i++) {
-    struct sigaction sa;
-    if (sigaction(sigs[i], NULL, &uv_actions[i]) < 0) continue;
-    if (uv_actions[i].sa_flags & SA_SIGINFO) continue; /* not libuv's */
-    sa = uv_actions[i];
-    sa.sa_handler = on_stop_signal;
-    sigaction(sigs[i], &sa, NULL);
-  }
-}
 
 /* ---- drain: a container's stop signal ---- */
 
@@ -888,7 +859,7 @@ static worker_opts_t policy_opts(app_t *a) {
   po.env = cfg->policy_env;
   po.log_level = cfg->log_level;
   po.on_restart = on_worker_restart;
-  po.interrupted = &stop_signalled;
+  po.interrupted = stopsig_flag();
   po.reserved = (const char *const *)a->reserved_keys;
   po.ud = a;
   return po;
@@ -1304,7 +1275,7 @@ int app_run(const config_t *cfg) {
   uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
   uv_signal_start(&a->sigint, signal_cb, SIGINT);
   uv_signal_start(&a->sighup, signal_cb, SIGHUP);
-  chain_stop_signals();
+  stopsig_chain();
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);

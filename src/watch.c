@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "notify.h"
 #include "policy.h"
+#include "stopsig.h"
 #include "util.h"
 #include "worker.h"
 
@@ -229,6 +230,7 @@ static worker_t *load_renderer(watch_t *w, char *err, size_t errlen) {
   o.stats = &w->pstats;
   o.wstats = &w->wstats;
   o.log_level = cfg->log_level;
+  o.interrupted = stopsig_flag();
   return worker_new(&o, err, errlen);
 }
 
@@ -503,8 +505,9 @@ static void status_text(const watch_t *w, char *out, size_t n) {
 /* READY=1 once --out holds a file that a load balancer ordered after this
  * unit can start with: the first cycle's end (rendered; or failed, the
  * last good file staying), or an etcd that cannot be read while a file
- * from before is in place.  With no file and no etcd it waits (the unit
- * has TimeoutStartSec=infinity).  STATUS= follows every change. */
+ * from before is in place.  With no file, and etcd unreadable or a render
+ * or check that fails, it waits (the unit has TimeoutStartSec=infinity).
+ * STATUS= follows every change. */
 static void tell_systemd(watch_t *w, int ready) {
   char status[700];
   status_text(w, status, sizeof status);
@@ -528,7 +531,7 @@ static void cycle_done(watch_t *w, int ok) {
   REGISTER_ASSERT(w->phase != PHASE_IDLE && !w->listing && !w->cmd);
   w->phase = PHASE_IDLE;
   if (ok) w->last_good_unix = unix_now();
-  tell_systemd(w, 1);
+  tell_systemd(w, ok || w->current_known); /* a file to start with */
   if (w->cfg->once) { /* from the loop: this may be inside etcd's call */
     w->exit_code = ok ? 0 : 1;
     w->once_done = 1;
@@ -1310,6 +1313,7 @@ int watch_run(const config_t *cfg) {
   uv_signal_start(&w->sigterm, on_signal, SIGTERM);
   uv_signal_start(&w->sigint, on_signal, SIGINT);
   uv_signal_start(&w->sighup, on_signal, SIGHUP);
+  stopsig_chain(); /* a render in progress is abandoned at SIGTERM */
   if (cfg->once)
     uv_timer_start(&w->deadline, on_deadline,
                    (uint64_t)cfg->once_timeout * 1000, 0);

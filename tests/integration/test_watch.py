@@ -1170,6 +1170,55 @@ def systemd_status_follows_the_state():
 
 
 @suite.test
+def not_ready_while_no_render_has_made_a_file():
+    """READY=1 came at the first cycle's end even when its render (or its
+    check) failed and there was no file from before: haproxy, ordered
+    after the unit, then started with no configuration.  It now waits
+    until a file is in place; STATUS= says why meanwhile."""
+    prefix = "/notready"
+    put("v3", f"{prefix}/bad", "1")
+    n = Notify()
+    render = ('return { render = function(kv, ctx)\n'
+              '  if kv["' + prefix + '/bad"] then error("a bad key") end\n'
+              '  return #ctx.keys .. " keys\\n"\n'
+              'end }\n')
+    w = Watch(prefix, "v3", render=render).start(env={"NOTIFY_SOCKET": n.path})
+    m = n.until(lambda m: "STATUS=render failed: " in m, 10, what="render failed")
+    assert "READY=1" not in m, m
+    assert not [g for g in n.quiet(1.5) + n.got if "READY=1" in g], n.got
+    assert w.text() is None
+    delete("v3", f"{prefix}/bad")
+    n.until(lambda m: "READY=1" in m, 10, what="READY=1 once rendered")
+    assert w.text() == "0 keys\n"
+    assert w.stop() == 0
+
+
+@suite.test
+def sigterm_abandons_a_render_in_progress():
+    """A render that runs long (here up to its 20 s limit) held the loop,
+    and SIGTERM waited for it; it is abandoned now, as the daemon's policy
+    calls are (the worker killed)."""
+    prefix = "/slowrender"
+    put("v2", f"{prefix}/a", "1")
+    render = ('return { render = function(kv, ctx)\n'
+              '  string.find(string.rep("a", 3000), ".-.-.-.-.-b")\n'
+              '  return "x\\n"\n'
+              'end }\n')
+    w = Watch(prefix, "v2", render=render, args=["--policy-timeout", "20000"]).start()
+    time.sleep(2)  # the render is under way
+    t0 = time.time()
+    w.proc.send_signal(signal.SIGTERM)
+    try:
+        w.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    took = time.time() - t0
+    assert w.proc.poll() is not None, "still running 10 s after SIGTERM"
+    assert took < 3, f"stopped {took:.1f} s after SIGTERM"
+    assert w.text() is None
+
+
+@suite.test
 def commands_get_their_stdio_only():
     """--check and --reload inherited register's etcd connections (libcurl's
     sockets are not close-on-exec), and a process a reload leaves behind
