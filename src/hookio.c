@@ -13,6 +13,10 @@
  * request fails at once. */
 #define HTTP_BODY_BUDGET (64u << 20)
 #define HTTP_MIN_BODY (64u << 10)
+/* etcd reads running at once; more wait in order.  Their answers are not
+ * capped below etcd.c's 32 MiB, and each is held as the body, the parsed
+ * keys and the frame to the worker: 64 at once held 557 MB. */
+#define ETCD_RUNNING 2
 
 typedef struct hreq {
   hookio_t *h;
@@ -24,18 +28,22 @@ typedef struct hreq {
   etcd_op_t *op;
   char *error;    /* an answer that is an error, sent from the timer */
   size_t reserve; /* of hookio.reserved: what its answer may bring */
-  list_t node;    /* on hookio.reqs or hookio.failed */
+  char *key;      /* an etcd read waiting to run: its key, owned */
+  int running;    /* an etcd read, counted in hookio.etcd_running */
+  list_t node;    /* on hookio.reqs, hookio.waiting or hookio.failed */
 } hreq_t;
 
 struct hookio {
   http_t *http;
   etcd_t *etcd;
   list_t reqs;      /* hreq_t in flight */
+  list_t waiting;   /* hreq_t, etcd reads waiting for one running to end */
   list_t failed;    /* hreq_t answered with their error by the timer */
   uv_timer_t timer; /* delivers the failed ones from the loop */
   size_t n;
-  size_t reserved; /* bytes the HTTP answers in flight may bring */
-  int starting;    /* inside hookio_start(): no answer may be given */
+  size_t reserved;  /* bytes the HTTP answers in flight may bring */
+  int etcd_running; /* etcd reads in flight, at most ETCD_RUNNING */
+  int starting;     /* inside hookio_start(): no answer may be given */
 };
 
 static void timer_closed(uv_handle_t *t) {
@@ -47,6 +55,7 @@ hookio_t *hookio_new(uv_loop_t *loop, http_t *http, etcd_t *etcd) {
   h->http = http;
   h->etcd = etcd;
   list_init(&h->reqs);
+  list_init(&h->waiting);
   list_init(&h->failed);
   uv_timer_init(loop, &h->timer);
   h->timer.data = h;
@@ -58,7 +67,9 @@ static void req_free(hreq_t *r) {
   list_remove(&r->node);
   r->h->n--;
   r->h->reserved -= r->reserve;
+  if (r->running) r->h->etcd_running--;
   free(r->error);
+  free(r->key);
   free(r);
 }
 
@@ -72,6 +83,8 @@ void hookio_free(hookio_t *h) {
   if (!h) return;
   list_t *n;
   while ((n = list_first(&h->reqs)))
+    req_drop(list_entry(n, hreq_t, node));
+  while ((n = list_first(&h->waiting)))
     req_drop(list_entry(n, hreq_t, node));
   while ((n = list_first(&h->failed)))
     req_drop(list_entry(n, hreq_t, node));
@@ -90,9 +103,33 @@ static void finish(hreq_t *r, const iocall_answer_t *a) {
   REGISTER_ASSERT(!r->h->starting && r->h->n > 0);
   list_remove(&r->node);
   r->h->n--;
+  if (r->running) r->h->etcd_running--;
   r->done(r->ud, r->tag, r->id, a);
   free(r->error);
+  free(r->key);
   free(r);
+}
+
+static void etcd_done(void *data, const etcd_result_t *res,
+                      const etcd_kv_t *kvs, size_t n, const char *const *dirs,
+                      size_t ndirs);
+
+/* The etcd reads waiting start, while fewer than ETCD_RUNNING run. */
+static void pump_etcd(hookio_t *h) {
+  list_t *n;
+  while (h->etcd_running < ETCD_RUNNING && (n = list_first(&h->waiting))) {
+    hreq_t *r = list_entry(n, hreq_t, node);
+    list_remove(&r->node);
+    list_insert_tail(&h->reqs, &r->node);
+    h->etcd_running++;
+    r->running = 1;
+    r->op = r->kind == IOCALL_ETCD_LIST
+                ? etcd_list(h->etcd, r->key, etcd_done, r)
+                : etcd_get(h->etcd, r->key, etcd_done, r);
+    REGISTER_ASSERT(r->op); /* fails from the loop if it cannot start */
+    free(r->key);
+    r->key = NULL;
+  }
 }
 
 static void failed_cb(uv_timer_t *t) {
@@ -149,8 +186,10 @@ static void etcd_done(void *data, const etcd_result_t *res,
     a.kvs = v;
     a.n = r->kind == IOCALL_ETCD_GET && n > 1 ? 1 : n;
   }
+  hookio_t *h = r->h;
   finish(r, &a);
   free(v);
+  pump_etcd(h); /* the next one waiting */
 }
 
 static void start(hookio_t *h, hreq_t *r, const iocall_t *c);
@@ -220,19 +259,21 @@ static void start(hookio_t *h, hreq_t *r, const iocall_t *c) {
   }
   if (!h->etcd)
     return fail_later(r, "etcd is not available here (--dry-run or check)");
-  r->op = c->kind == IOCALL_ETCD_LIST ? etcd_list(h->etcd, c->key, etcd_done, r)
-                                      : etcd_get(h->etcd, c->key, etcd_done, r);
-  REGISTER_ASSERT(r->op); /* fails from the loop if it cannot start */
+  r->key = xstrdup(c->key); /* waits its turn (pump_etcd) */
+  list_remove(&r->node);
+  list_insert_tail(&h->waiting, &r->node);
+  pump_etcd(h);
 }
 
 void hookio_cancel(hookio_t *h, uint64_t tag, uint64_t id) {
   if (!h) return;
-  list_t *lists[] = {&h->reqs, &h->failed};
-  for (int i = 0; i < 2; i++) {
+  list_t *lists[] = {&h->reqs, &h->waiting, &h->failed};
+  for (int i = 0; i < 3; i++) {
     for (list_t *n = lists[i]->next, *next; n != lists[i]; n = next) {
       next = n->next;
       hreq_t *r = list_entry(n, hreq_t, node);
       if (r->tag == tag && (id == 0 || r->id == id)) req_drop(r);
     }
   }
+  pump_etcd(h); /* in the places of the reads dropped */
 }

@@ -773,6 +773,57 @@ return { prefix = default.prefix, records = default.records,
         r.stop(timeout=5)
 
 
+@suite.test
+def hook_etcd_reads_in_flight_are_bounded_in_the_daemon():
+    """An event hook that lists a 25 MB subtree of etcd, for 64 events:
+    each etcd answer is held in the daemon (its body, the parsed keys, the
+    frame to the worker), outside the worker's memory limit, and unlike
+    HTTP answers they had no budget: 557 MB, /metrics unanswered and a
+    container started after never registered.  Two run at once now, the
+    others wait their turn."""
+    reset()
+    value = b"value=" + b"x" * 100000
+    for i in range(250):
+        etcd.v2(f"/bigtree/k{i}", method="PUT", data=value)
+    policy = os.path.join(WORK, "hook_etcd_fanout.lua")
+    with open(policy, "w") as f:
+        f.write("""local default = require "register.default"
+local register = require "register"
+return { prefix = default.prefix, records = default.records,
+  event = function(ev, host)
+    local t = register.etcd.list("/bigtree")
+    local n = 0
+    for _ in pairs(t) do n = n + 1 end
+    register.log.info("listed %d keys", n)
+  end }
+""")
+    c = fake.add(name="good1")
+    port = free_port()
+    r, _ = register(policy, port, 1000)
+    try:
+        with ended_on_failure(r):
+            r.wait_log("in sync", timeout=60)
+            poller = MetricsPoller(port, 1.5 + (2 if SANITIZED else 0))
+            try:
+                for _ in range(64):
+                    fake.emit(fake.event("exec_create: sh", c))
+                wait_for(lambda: "listed 250 keys" in r.output(), 60, what="a listing handed to the hook")
+                late = fake.add(name="good-late")
+                fake.emit(fake.event("start", late))
+                wait_for(lambda: key(late) in etcd.tree(), 30, interval=0.2, what="a container started after")
+                time.sleep(3)
+            finally:
+                answers, failures = poller.stop()
+            peak = proc_status_kb(r.proc.pid, "VmHWM")
+            print(f"[test] the daemon's peak RSS: {peak // 1024} MB", flush=True)
+            assert answers and not failures, f"/metrics: {answers} answers, unanswered: {failures}"
+            bound = DAEMON_PEAK_KB + (256 << 10 if SANITIZED else 0)
+            assert peak <= bound, f"the daemon's peak RSS is {peak // 1024} MB"
+            r.stop(timeout=5)
+    finally:
+        etcd.etcdctl("rm", "--recursive", "/bigtree", check=False)
+
+
 def v3_count(prefix):
     """How many keys etcd holds under prefix (v3 gateway, a count only)."""
     import base64
