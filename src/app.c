@@ -38,7 +38,7 @@
  * --resync says (a restore or an outside writer that nothing else shows);
  * a listing of the owned prefix, jittered so that hosts do not list
  * together */
-#define AUDIT_EVERY_MS (300 * 1000)
+#define AUDIT_EVERY_MS (60 * 1000) /* 5 minutes left a restore 5 minutes */
 
 typedef struct {
   const config_t *cfg;

@@ -127,8 +127,15 @@ static void read_headers(const http_resp_t *r, etcd_hdr_t *hdr) {
 
 reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
                       etcd_hdr_t *hdr, char *err, size_t errlen) {
-  /* the keys API's headers (the members API sends no index) */
-  if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_headers(r, hdr);
+  /* the keys API's headers (the members API sends no index; its cluster
+   * id is the cluster's: a new cluster at the same addresses) */
+  if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) {
+    read_headers(r, hdr);
+  } else if (op->kind == OP_MEMBERS) {
+    etcd_hdr_t own = {0};
+    read_headers(r, &own);
+    hdr->cluster_id = own.cluster_id;
+  }
   char jerr[160];
   json_doc_t *doc = json_parse(r->body, r->body_len, jerr, sizeof jerr);
   const json_value_t *root = doc ? json_root(doc) : NULL;

@@ -293,8 +293,16 @@ reply_t etcd_v3_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
   res->status = ETCD_OK;
 
   if (r->status == 200 && root && !json_get(root, "error")) {
-    /* a member list is the member's own view: no place in the history */
-    if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) read_header(root, hdr);
+    /* a member list is the member's own view: no place in the history,
+     * but its cluster id is the cluster's (a new cluster at the same
+     * addresses is seen within the member list's period) */
+    if (op->kind != OP_HEALTH && op->kind != OP_MEMBERS) {
+      read_header(root, hdr);
+    } else if (op->kind == OP_MEMBERS) {
+      etcd_hdr_t own = {0};
+      read_header(root, &own);
+      hdr->cluster_id = own.cluster_id;
+    }
     if (op->fence_rev) { /* the gateway leaves out false: absent is false */
       const json_value_t *ok = json_get(root, "succeeded");
       if (!ok || ok->type != JSON_BOOL || !ok->u.boolean) {

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "trace.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1598,6 +1599,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
   r->list_backoff_ms = 0;
   /* what etcd holds now, for every key not being written right now */
   unsigned gen = ++r->gen;
+  uint64_t drift0 = r->drift;
   for (size_t i = 0; i < n; i++) {
     if (!reconcile_in_prefix(r, kvs[i].key)) continue;
     rkey_t *k = rkey_get(r, kvs[i].key, 1);
@@ -1637,6 +1639,11 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
       free(child);
     }
   }
+  if (r->drift > drift0) /* each is written again, as reconcile_pump goes */
+    log_warn("etcd held %" PRIu64 " of register's keys under %s otherwise "
+             "than it wrote them (deleted or changed by another writer, or "
+             "etcd went back in time): writing them again",
+             r->drift - drift0, r->prefix);
   if (!r->primed) {
     r->primed = r->ever_primed = 1;
     log_info("etcd: %zu keys under %s", n, r->prefix);
