@@ -228,6 +228,11 @@ reply_t etcd_v2_reply(etcd_op_t *op, const http_resp_t *r, etcd_result_t *res,
     snprintf(err, errlen,
              "etcd answered HTTP 401: the user or password is "
              "wrong");
+  else if (r->status == 404 && !doc && op->kind != OP_MEMBERS)
+    /* etcd 3.4 and later serve no v2 keys API without --enable-v2 */
+    snprintf(err, errlen,
+             "etcd answered HTTP 404 (not JSON): no v2 keys API here (etcd "
+             "runs without --enable-v2?); use --etcd-api v3");
   else
     snprintf(err, errlen, "etcd answered HTTP %ld%s", r->status,
              doc ? "" : " (not JSON)");

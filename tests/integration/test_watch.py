@@ -1219,6 +1219,19 @@ def sigterm_abandons_a_render_in_progress():
 
 
 @suite.test
+def an_etcd_without_the_v2_api_is_named():
+    """etcd 3.4 without --enable-v2 answers the v2 keys API with a 404
+    that is not JSON: the error said only that, retried for ever."""
+    no_v2 = Etcd(extra=["--enable-v2=false"]).start()
+    suite.defer(no_v2.cleanup)
+    w = Watch("/nov2", "v2")
+    w.cmd[w.cmd.index("--etcd") + 1] = no_v2.url
+    rc, err = w.once("--timeout", "3")
+    assert rc == 1, err
+    assert "no v2 keys API here (etcd runs without --enable-v2?); use --etcd-api v3" in err, err
+
+
+@suite.test
 def commands_get_their_stdio_only():
     """--check and --reload inherited register's etcd connections (libcurl's
     sockets are not close-on-exec), and a process a reload leaves behind
