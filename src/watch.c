@@ -112,6 +112,9 @@ typedef struct {
   char *tmp;         /* the candidate's temporary file, while checked */
   int tmp_fd; /* open on tmp, with flock(): a run's own (remove_leftovers) */
   char *dest; /* what tmp is renamed to: PATH, or its link's target */
+  struct stat disk_st; /* dest as last written or read (disk_cb) */
+  int disk_st_known;
+  uv_timer_t disk_timer; /* looks at dest between cycles */
   /* beside PATH while a file put in place has not been reloaded yet:
    * found at start, the reload the last run did not finish is run
    * (owned; NULL without --reload) */
@@ -201,6 +204,7 @@ static void stop(watch_t *w, int code) {
   uv_close((uv_handle_t *)&w->debounce, close_cb);
   uv_close((uv_handle_t *)&w->retry, close_cb);
   uv_close((uv_handle_t *)&w->deadline, close_cb);
+  uv_close((uv_handle_t *)&w->disk_timer, close_cb);
   uv_close((uv_handle_t *)&w->sigterm, close_cb);
   uv_close((uv_handle_t *)&w->sigint, close_cb);
   uv_close((uv_handle_t *)&w->sighup, close_cb);
@@ -448,9 +452,17 @@ static void remove_leftovers(const char *dest) {
   free(dir);
 }
 
+/* What dest is on disk now, to see a change by someone else (disk_cb). */
+static void note_disk(watch_t *w) {
+  w->disk_st_known = w->dest && stat(w->dest, &w->disk_st) == 0;
+}
+
 /* The candidate becomes the file (rename, then the directory on disk). */
 static int put_in_place(watch_t *w, char *err, size_t errlen) {
   const char *out = w->dest;
+  /* what is written, as the file will be (a rename keeps the inode and
+   * the times): a change made right after the rename is seen */
+  int known = w->tmp_fd >= 0 && fstat(w->tmp_fd, &w->disk_st) == 0;
   if (rename(w->tmp, out) < 0) {
     snprintf(err, errlen, "cannot rename %s to %s: %s", w->tmp, out,
              strerror(errno));
@@ -469,6 +481,10 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   buf_append(&w->current, w->candidate.data ? w->candidate.data : "",
              w->candidate.len);
   w->current_known = 1;
+  if (known)
+    w->disk_st_known = 1;
+  else
+    note_disk(w);
   return 0;
 }
 
@@ -799,6 +815,7 @@ static int on_disk(watch_t *w) {
     w->current_known = 0;
     return 0;
   }
+  note_disk(w); /* before the read: a change after it is seen again */
   int present = util_read_file(w->dest, MAX_FILE, &now) == 0;
   int err = present ? 0 : errno;
   if (!present && err != ENOENT)
@@ -949,6 +966,29 @@ static void maybe_next(watch_t *w) {
   uint64_t latest = w->first_ms + (uint64_t)w->cfg->wait_max_ms;
   if (at > latest) at = latest;
   uv_timer_start(&w->debounce, cycle_cb, at > now ? at - now : 0, 0);
+}
+
+/* Between cycles: the file removed, replaced or edited by someone else
+ * (a hand edit, a package upgrade) is rendered again and put back, and
+ * the load balancer reloaded; with a quiet prefix nothing else would.
+ * Only a change of the file's inode, size or time is looked for here;
+ * the cycle compares the text (on_disk). */
+#define DISK_CHECK_MS 5000
+
+static void disk_cb(uv_timer_t *t) {
+  watch_t *w = t->data;
+  if (w->stopping || !w->current_known || !w->disk_st_known) return;
+  struct stat st;
+  if (stat(w->dest, &st) == 0 && st.st_ino == w->disk_st.st_ino &&
+      st.st_dev == w->disk_st.st_dev && st.st_size == w->disk_st.st_size &&
+      st.st_mtim.tv_sec == w->disk_st.st_mtim.tv_sec &&
+      st.st_mtim.tv_nsec == w->disk_st.st_mtim.tv_nsec)
+    return;
+  w->disk_st_known = 0; /* once: the cycle looks again */
+  uint64_t now = uv_now(&w->loop);
+  w->dirty = 1;
+  if (!w->first_ms) w->first_ms = w->last_ms = now;
+  maybe_next(w);
 }
 
 static void on_watch(void *data, etcd_watch_kind_t kind, int64_t rev,
@@ -1305,7 +1345,11 @@ int watch_run(const config_t *cfg) {
   uv_timer_init(&w->loop, &w->debounce);
   uv_timer_init(&w->loop, &w->retry);
   uv_timer_init(&w->loop, &w->deadline);
+  uv_timer_init(&w->loop, &w->disk_timer);
   w->debounce.data = w->retry.data = w->deadline.data = w;
+  w->disk_timer.data = w;
+  if (!cfg->once)
+    uv_timer_start(&w->disk_timer, disk_cb, DISK_CHECK_MS, DISK_CHECK_MS);
   uv_signal_init(&w->loop, &w->sigterm);
   uv_signal_init(&w->loop, &w->sigint);
   uv_signal_init(&w->loop, &w->sighup);

@@ -1232,6 +1232,32 @@ def an_etcd_without_the_v2_api_is_named():
 
 
 @suite.test
+def a_file_removed_or_edited_behind_its_back_is_put_back():
+    """With a quiet prefix, --out removed or edited by hand stayed so (for
+    good: nothing rendered again), while /healthz said ok.  The file is
+    looked at between cycles; a change is rendered again, put back and
+    reloaded.  Each API."""
+    for api in ("v2", "v3"):
+        prefix = f"/handedit-{api}"
+        put(api, f"{prefix}/a", "1")
+        d = tmpdir("rw")
+        reloads = os.path.join(d, "reloads")
+        w = Watch(prefix, api, args=["--reload", f"sh -c 'echo r >> {reloads}'"]).start()
+        want = expected(prefix, api, {f"{prefix}/a": "1"})
+        wait_for(lambda: w.text() == want, what=f"the first render ({api})")
+        wait_for(lambda: os.path.exists(reloads), what=f"the first reload ({api})")
+        os.unlink(w.out)
+        wait_for(lambda: w.text() == want, 20, what=f"the removed file put back ({api})")
+        assert f"{w.out} was removed since register watch wrote it" in w.output(), w.output()[-2000:]
+        with open(w.out, "a") as f:
+            f.write("backend hand-edited\n")
+        wait_for(lambda: w.text() == want, 20, what=f"the edited file put back ({api})")
+        assert f"{w.out} was changed since register watch wrote it" in w.output(), w.output()[-2000:]
+        wait_for(lambda: len(open(reloads).read().split()) == 3, 10, what=f"reloaded after each ({api})")
+        assert w.stop() == 0
+
+
+@suite.test
 def commands_get_their_stdio_only():
     """--check and --reload inherited register's etcd connections (libcurl's
     sockets are not close-on-exec), and a process a reload leaves behind
