@@ -42,6 +42,10 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
 /* Kills a running command (its process group); its callback does not
  * run.  The memory goes with the close callbacks. */
 void command_cancel(command_t *c);
+/* The pipes of commands done that processes they left behind still hold
+ * (read and discarded until then, so that those do not die of SIGPIPE at
+ * their next write) are closed: before the loop ends. */
+void command_shutdown(void);
 /* The words of cmdline, "%s" replaced by path: a NULL-terminated array
  * (free it with command_words_free), or NULL with a reason in err.  For
  * tests. */

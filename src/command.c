@@ -1,6 +1,7 @@
 /* command: an operator's command line, run from the loop with a time
  * limit.  See command.h. */
 #include "command.h"
+#include "list.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -22,6 +23,7 @@ struct command {
   uv_timer_t timer; /* the time limit, then the drain after the exit */
   int open;         /* handles not closed yet (free at 0) */
   int reading;      /* pipes not at their end yet */
+  int pipe_open[2]; /* out[i] not at its end yet */
   int exited, finished, cancelled, timed_out;
   int64_t exit_status;
   int term_signal;
@@ -29,7 +31,14 @@ struct command {
   uint64_t started;
   command_done_cb cb;
   void *ud;
+  list_t linger; /* on `lingering` while its pipes outlive it */
 };
+
+/* Commands done whose pipes are still open after the drain: a process
+ * they left behind holds them (a shell's `cmd &`).  Their reads go on,
+ * discarded, until its end: closing them would kill it (SIGPIPE) at its
+ * next write.  command_shutdown() closes them. */
+static list_t lingering = {&lingering, &lingering};
 
 /* ---- words ---- */
 
@@ -135,6 +144,7 @@ static void closed(uv_handle_t *h) {
   REGISTER_ASSERT(c->open > 0); /* one close callback per handle */
   REGISTER_ASSERT(c->finished || c->cancelled);
   if (--c->open == 0) {
+    if (list_linked(&c->linger)) list_remove(&c->linger);
     buf_free(&c->output);
     free(c);
   }
@@ -169,6 +179,9 @@ static void flatten(buf_t *b) {
   *b = o;
 }
 
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
+
 static void finish(command_t *c) {
   if (c->finished) return;
   c->finished = 1;
@@ -188,7 +201,32 @@ static void finish(command_t *c) {
     r.seconds = (double)(uv_hrtime() - c->started) / 1e9;
     c->cb(c->ud, &r);
   }
-  close_all(c);
+  if (c->cancelled || !c->exited || !c->reading) {
+    close_all(c);
+    return;
+  }
+  /* the drain is over with a pipe still open: it lingers */
+  uv_close((uv_handle_t *)&c->proc, closed);
+  uv_close((uv_handle_t *)&c->timer, closed);
+  for (int i = 0; i < 2; i++) {
+    uv_stream_t *s = (uv_stream_t *)&c->out[i];
+    if (uv_is_closing((uv_handle_t *)s)) continue;
+    if (uv_is_readable(s) && c->pipe_open[i])
+      uv_read_start(s, on_alloc, on_read);
+    else
+      uv_close((uv_handle_t *)s, closed);
+  }
+  list_insert_tail(&lingering, &c->linger);
+}
+
+void command_shutdown(void) {
+  list_t *n;
+  list_foreach(n, &lingering) {
+    command_t *c = list_entry(n, command_t, linger);
+    for (int i = 0; i < 2; i++)
+      if (!uv_is_closing((uv_handle_t *)&c->out[i]))
+        uv_close((uv_handle_t *)&c->out[i], closed);
+  }
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -223,6 +261,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   command_t *c = s->data;
+  if (c->finished) { /* lingering: discarded, closed at its end */
+    if (n < 0) uv_close((uv_handle_t *)s, closed);
+    return;
+  }
   if (n > 0) {
     size_t room = COMMAND_OUTPUT_MAX > c->output.len
                       ? COMMAND_OUTPUT_MAX - c->output.len
@@ -233,6 +275,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
   if (n == 0) return;
   uv_read_stop(s);                 /* EOF or an error: this pipe is done */
   REGISTER_ASSERT(c->reading > 0); /* each pipe ends once */
+  c->pipe_open[s == (uv_stream_t *)&c->out[1]] = 0;
   if (--c->reading == 0 && c->exited) finish(c);
 }
 
@@ -307,6 +350,7 @@ command_t *command_run(uv_loop_t *loop, const char *cmdline, const char *path,
   for (int i = 0; i < 2; i++) {
     uv_read_start((uv_stream_t *)&c->out[i], on_alloc, on_read);
     c->reading++;
+    c->pipe_open[i] = 1;
   }
   uv_timer_start(&c->timer, on_timer, (uint64_t)timeout_ms, 0);
   /* every handle is open and nothing has completed: the callback comes

@@ -200,6 +200,7 @@ static void stop(watch_t *w, int code) {
   w->listing = NULL;
   command_cancel(w->cmd);
   w->cmd = NULL;
+  command_shutdown(); /* what earlier commands left behind keeps running */
   tmp_end(w, 1);
   uv_close((uv_handle_t *)&w->debounce, close_cb);
   uv_close((uv_handle_t *)&w->retry, close_cb);

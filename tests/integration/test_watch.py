@@ -1258,6 +1258,33 @@ def a_file_removed_or_edited_behind_its_back_is_put_back():
 
 
 @suite.test
+def a_process_a_reload_leaves_behind_may_write_later():
+    """A process a reload leaves behind keeps the reload's stdout and
+    stderr; after the 1 s drain register closed its ends of them, and the
+    process died of SIGPIPE at its next write (the README says such
+    processes are left alone).  They are read and discarded now, until
+    the process closes them, and closed when register stops."""
+    prefix = "/leftbehind"
+    put("v2", f"{prefix}/a", "1")
+    d = tmpdir("rw")
+    alive = os.path.join(d, "alive")
+    w = Watch(prefix, "v2", args=[
+        "--reload", f"sh -c '(sleep 2; echo to stdout; echo to stderr >&2; echo $$ > {alive}; "
+                    "exec sleep 31.25) &'"]).start()
+    try:
+        wait_for(lambda: os.path.exists(alive) and open(alive).read().strip(), 10,
+                 what="the process left behind writing after the drain")
+        put("v2", f"{prefix}/b", "2")  # later reloads are not held by it
+        wait_for(lambda: "b=2" in (w.text() or ""), what="the next change rendered")
+        # it still holds the pipes: register stops all the same, cleanly
+        assert w.stop() == 0
+        assert "still has handles" not in w.output(), w.output()[-2000:]
+    finally:
+        subprocess.run(["pkill", "-f", alive])  # the subshell, until its exec
+        subprocess.run(["pkill", "-f", "^sleep 31.25$"])
+
+
+@suite.test
 def commands_get_their_stdio_only():
     """--check and --reload inherited register's etcd connections (libcurl's
     sockets are not close-on-exec), and a process a reload leaves behind
