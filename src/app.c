@@ -759,7 +759,6 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
       return -1;
     }
   }
-  if (!fleet) return 0;
   /* the prefix in force again: this revision changes nothing of it (and
    * spares every host a second worker at each promote) */
   const char *in_force =
@@ -768,13 +767,20 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
   char *other = worker_prefix_elsewhere(po);
   int shared =
       other && (util_key_holds(pre, other) || util_key_holds(other, pre));
-  if (shared)
+  if (shared && fleet)
     snprintf(err, errlen,
              "its prefix %s is not this host's own: it gives %s for another "
              "host, and each host would delete the others' keys as stale",
              pre, other);
+  else if (shared) /* a host's own file: maybe a single host's; said */
+    log_warn("policy %s: its prefix %s is not this host's own (it gives %s "
+             "for another host): every key under it that this host does not "
+             "write is deleted as stale, other hosts' too; run on more than "
+             "one host, each deletes the others' keys (put the host's "
+             "address in it, as the default's /registered/HOST_IP)",
+             worker_name(w), pre, other);
   free(other);
-  return shared ? -1 : 0;
+  return shared && fleet ? -1 : 0;
 }
 
 /* An update the old policy had on its way at a reload's commit: its

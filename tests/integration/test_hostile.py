@@ -715,6 +715,36 @@ end }
 
 
 @suite.test
+def a_local_policy_whose_prefix_is_every_hosts_is_said():
+    """A host's own policy file whose prefix() is the same for every host
+    ("/registered"): every key under it that this host does not write is
+    deleted as stale, other hosts' too.  A revision from the fleet's key
+    is refused for that; a local file may be a single host's, so it is
+    said at warn, naming the prefix, at start (and at a reload that
+    changes the prefix; one that keeps it is not said again)."""
+    reset()
+    other = "/registered/10.9.9.9/web/" + "a" * 64
+    etcd.etcdctl("set", other, "another host's")
+    policy = os.path.join(WORK, "prefix_all_hosts.lua")
+    with open(policy, "w") as f:
+        f.write("""local default = require "register.default"
+return { prefix = function(host) return "/registered" end, records = default.records }
+""")
+    c = fake.add(name="good1")
+    port = free_port()
+    r, _ = register(policy, port, 1000)
+    with ended_on_failure(r):
+        r.wait_log("in sync", timeout=30)
+        wait_for(lambda: key(c) in etcd.tree(), what="its own container")
+        line = [l for l in r.output().splitlines() if "is not this host's own" in l]
+        assert line and " warn " in line[0] and "its prefix /registered" in line[0], r.output()[-2000:]
+        r.proc.send_signal(signal.SIGHUP)
+        r.wait_log("reloaded:", timeout=20)
+        assert r.output().count("is not this host's own") == 1, r.output()[-2000:]
+        r.stop(timeout=5)
+
+
+@suite.test
 def hook_answers_in_flight_are_bounded_in_the_daemon():
     """An event hook that fetches 16 MiB from a slow server, for 100 events:
     the daemon holds the answers of the hook requests in flight (the
