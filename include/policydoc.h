@@ -11,10 +11,15 @@
  *    "previous": REV,                      what rollback returns to (opt.)
  *    "canary":   REV + {"hosts": ["10.0.0.1", ...]} or {"percent": 10}
  *                                          (optional)
- *    "last_revision": 5                    the highest revision ever
+ *    "last_revision": 5,                   the highest revision ever
  *                                          written (optional): a rollback
  *                                          drops one, its number is not
  *                                          given again
+ *    "write_id": "<32 hex digits>"         random, drawn by each write
+ *                                          (optional; hosts ignore it): a
+ *                                          command knows its own write
+ *                                          again when etcd's answer to it
+ *                                          was lost
  *   }
  *   REV = {"revision": 4, "sha256": "<hex of source>", "source": "...",
  *          "signature": "<base64 Ed25519 over source>" (optional),
@@ -79,6 +84,11 @@ typedef struct {
   size_t n_canary_hosts;
   int canary_percent;    /* 0..100; with canary, when no hosts are named */
   int64_t last_revision; /* the highest revision ever written; 0: unknown */
+  /* written as "write_id" when not empty: the command that writes the
+   * document draws it at random, to know its own write again when etcd's
+   * answer to it was lost.  Not read by policydoc_parse() (hosts ignore
+   * it). */
+  char write_id[33];
 } policydoc_t;
 
 /* Parses and validates a document (sizes, fields, sha256 == the source's,

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -263,6 +264,41 @@ static int fail_unreadable(const char *key, const doc_t *o) {
               key, o->why, key);
 }
 
+/* 128 random bits in hex: the document's write_id, that tells this
+ * command's write from another's that would otherwise be the same byte for
+ * byte (the same file pushed by the same user in the same second). */
+static void draw_write_id(char out[33]) {
+  unsigned char r[16];
+  size_t got = 0;
+  while (got < sizeof r) {
+    ssize_t k = getrandom(r + got, sizeof r - got, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    got += (size_t)k;
+  }
+  if (got < sizeof r) { /* no getrandom(): still unique to this process */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t a = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t b = (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)out;
+    memcpy(r, &a, 8);
+    memcpy(r + 8, &b, 8);
+  }
+  for (size_t i = 0; i < sizeof r; i++)
+    snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+/* KEY holds exactly text (len bytes).  A compare-and-swap that conflicts
+ * may conflict with itself: etcd applied the write but its answer was lost
+ * (a timeout, a member gone), and the request was sent again to the next
+ * endpoint, which found the key already changed -- by this very write.
+ * The text carries this write's random write_id: equal byte for byte is
+ * this write, never another command's. */
+static int holds(client_t *c, const char *key, const char *text, size_t len) {
+  return client_get(c, key) == ETCD_OK && c->n == 1 && c->kvs[0].vlen == len &&
+         memcmp(c->kvs[0].value, text, len) == 0;
+}
+
 /* Writes d (generation + 1) over what was read (its mod_revision, or 0
  * when the key was absent): 0, or 1 (said).  added: the revision a push
  * adds (named when the document would be too large), or NULL. */
@@ -276,6 +312,7 @@ static int write_doc(client_t *c, const char *key, policydoc_t *d,
   /* revision numbers go on from the highest ever written, whatever a
    * rollback dropped */
   d->last_revision = policydoc_top(d);
+  draw_write_id(d->write_id);
   size_t len;
   char *text = policydoc_write(d, &len);
   if (len > POLICYDOC_MAX_DOC) { /* JSON escaping, and up to 3 revisions */
@@ -304,6 +341,8 @@ static int write_doc(client_t *c, const char *key, policydoc_t *d,
     return fail("the new document is invalid (a bug): %s", err);
   }
   etcd_status_t st = client_put_if(c, key, text, len, prev_rev);
+  if (st == ETCD_CONFLICT && holds(c, key, text, len))
+    st = ETCD_OK; /* our own write: it landed, its answer was lost */
   free(text);
   if (st == ETCD_CONFLICT)
     return fail("%s changed meanwhile (another operator?): read it again and "

@@ -317,6 +317,7 @@ char *policydoc_write(const policydoc_t *d, size_t *len) {
              (long long)d->generation);
   if (d->last_revision > 0)
     buf_printf(&b, ",\"last_revision\":%lld", (long long)d->last_revision);
+  if (d->write_id[0]) buf_printf(&b, ",\"write_id\":\"%s\"", d->write_id);
   if (d->stable) {
     buf_puts(&b, ",\"stable\":");
     write_rev(&b, d->stable);

@@ -3,6 +3,8 @@ etcd, v2 and v3: the document written, canaries, signatures, the hosts'
 reports summed up, compare-and-swap under racing pushes, and one clear
 line and a non-zero exit for every bad input."""
 import base64
+import http.client
+import http.server
 import json
 import os
 import subprocess
@@ -12,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Etcd, Suite, tmpdir  # noqa: E402
+from toolkit import HttpServer  # noqa: E402
 
 BIN = os.environ.get("REGISTER_BIN", "register")
 SRC = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -616,6 +619,102 @@ def a_document_too_large_once_escaped_is_said():
         before = get(api, key)
         line = bad(api, "with the revisions it keeps", "push", quotes, "--key", key, "--canary", "10.0.0.1")
         assert "a bug" not in line and get(api, key) == before, line
+
+
+class LossyProxy:
+    """An HTTP proxy to etcd that forwards every request but, for the first
+    `drop` writes (v2 PUT/DELETE, v3 txn), lets etcd apply the write and
+    never answers: a write in doubt.  after(): called once such a write
+    is applied."""
+
+    def __init__(self, drop=1, after=None):
+        self.left = [drop]
+        self.dropped = []
+        up = etcd.client_port
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def fwd(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                c = http.client.HTTPConnection("127.0.0.1", up, timeout=30)
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                c.request(self.command, self.path, body=body, headers=hdrs)
+                r = c.getresponse()
+                data = r.read()
+                c.close()
+                if (self.command in ("PUT", "DELETE") or "/v3/kv/txn" in self.path) and outer.left[0] > 0:
+                    outer.left[0] -= 1
+                    outer.dropped.append(f"{self.command} {self.path}")
+                    if after:
+                        after()
+                    time.sleep(8)  # longer than the command waits for an answer
+                    self.close_connection = True
+                    return
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = fwd
+
+        self.http = HttpServer(H)
+        self.url = self.http.url
+
+    def close(self):
+        self.http.close()
+
+
+@suite.test
+def a_write_whose_answer_was_lost_is_no_conflict():
+    """etcd applies a write whose answer is lost; the command sends it again
+    to the next endpoint, which finds the key changed -- by this very write.
+    It said "changed meanwhile (another operator?)", and a rollback retried
+    as told rolled back twice; now it reads the key back and finds its own
+    document there."""
+    for api in APIS:
+        key = f"/{api}/indoubt/policy"
+        ok(api, "push", POLICY, "--key", key)
+        ok(api, "push", POLICY, "--key", key)
+        ok(api, "push", POLICY, "--key", key, "--canary", "10.9.9.9")
+        for action, want, stable in (("rollback", "rolled back the canary (revision 3): every host runs "
+                                      "revision 2\n", 2),
+                                     ("push", "pushed revision 4 to every host (stable; previous 2)\n", 4)):
+            gen = doc(api, key)["generation"]
+            px = LossyProxy()
+            try:
+                args = [action] + ([POLICY] if action == "push" else []) + ["--key", key, "--etcd-discovery", "off"]
+                rc, out, err = run(api, *args, url=f"{px.url},{etcd.url}")
+            finally:
+                px.close()
+            assert len(px.dropped) == 1, px.dropped
+            assert rc == 0 and out == want, (rc, out, err)
+            d = doc(api, key)
+            assert d["generation"] == gen + 1 and d["stable"]["revision"] == stable, d
+            assert "canary" not in d and len(d["write_id"]) == 32, d
+        # a conflict with another's write after this one is still one
+        theirs = {}
+
+        def another_operator():
+            theirs.update(doc(api, key), write_id="0" * 32)
+            put(api, key, json.dumps(theirs))
+
+        px = LossyProxy(after=another_operator)
+        try:
+            bad(api, f"{key} changed meanwhile (another operator?)", "rollback", "--key", key,
+                "--etcd-discovery", "off", url=f"{px.url},{etcd.url}")
+        finally:
+            px.close()
+        d = doc(api, key)
+        assert d == theirs, d
 
 
 suite.run()
