@@ -545,6 +545,21 @@ static int set_policy_env(config_t *cfg, const char *src, const char *v,
   return config_policy_env(src, v, &cfg->policy_env, err, errlen);
 }
 
+/* --sign, set once every flag is read (the action is known then): its
+ * variable, REGISTER_POLICY_SIGN, is for push alone, and the other actions
+ * ignore it; only --sign on their command line is refused (check_policy).
+ * An empty variable is unset, as every other (env()). */
+static int set_policy_sign(config_t *cfg, const char *src, const char *v,
+                           char *err, size_t errlen) {
+  (void)err, (void)errlen;
+  if (!v) return 0;
+  if (strcmp(src, "--sign") != 0 &&
+      (!cfg->policy_action || strcmp(cfg->policy_action, "push") != 0))
+    return 0;
+  config_set_str(&cfg->policy_sign, v);
+  return 0;
+}
+
 /* --wait MIN[:MAX]: durations with ms or s (a bare number is ms). */
 static int duration_ms(const char *s, size_t n, long *out) {
   char tmp[32];
@@ -668,7 +683,7 @@ static const opt_t opts[] = {
      STRING(policy_key), .only = CONFIG_POLICY, .shown = "required"},
     {"--sign", "REGISTER_POLICY_SIGN", "KEYFILE",
      "push: sign with this Ed25519 private key (PEM)", NULL,
-     STRING(policy_sign), .only = CONFIG_POLICY},
+     CALL(set_policy_sign), .how = OPT_LATE, .only = CONFIG_POLICY},
     {"--canary", NULL, "IP,IP,...|N%",
      "push: only these hosts, or a stable N% of them, take the revision", NULL,
      STRING(policy_canary), .only = CONFIG_POLICY},

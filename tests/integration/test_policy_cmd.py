@@ -27,9 +27,10 @@ D = tmpdir("rpc")
 APIS = ("v2", "v3")
 
 
-def run(api, *args, url=None):
+def run(api, *args, url=None, env=None):
     r = subprocess.run([BIN, "policy", *args, "--etcd", url or etcd.url, "--etcd-api", api],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=None if env is None else {**os.environ, **env})
     return r.returncode, r.stdout, r.stderr
 
 
@@ -167,6 +168,33 @@ def signed_push():
         bad(api, "holds a public key", "push", POLICY, "--key", key, "--sign", pub)
         bad(api, "not PEM", "push", POLICY, "--key", key, "--sign", POLICY)
         assert get(api, key) == before
+
+
+@suite.test
+def sign_from_the_environment():
+    """REGISTER_POLICY_SIGN signs pushes; status, promote and rollback
+    ignore it (they refused to run: "takes no --sign"), and refuse only
+    --sign on their command line.  An empty variable is unset, as every
+    other REGISTER_* one."""
+    priv = os.path.join(D, "env.key")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", priv], check=True)
+    for api in APIS:
+        key = f"/{api}/envsign/policy"
+        env = {"REGISTER_POLICY_SIGN": priv, "REGISTER_POLICY_KEY": key}
+        rc, out, err = run(api, "push", POLICY, env=env)
+        assert rc == 0 and "signed" in out, (rc, out, err)
+        assert doc(api, key)["stable"]["signature"]
+        rc, out, err = run(api, "push", POLICY, "--canary", "10.1.1.1", env=env)
+        assert rc == 0 and "signed" in out, (rc, out, err)
+        assert doc(api, key)["canary"]["signature"]
+        for args in (("status",), ("status", "--json"), ("promote", "--force"), ("rollback",)):
+            rc, out, err = run(api, *args, env=env)
+            assert rc == 0 and "--sign" not in err, (args, rc, out, err)
+        for action in ("status", "promote", "rollback"):
+            bad(api, f"register policy {action} takes no --sign", action, "--key", key, "--sign", priv, rc=2)
+        rc, out, err = run(api, "push", POLICY, env={**env, "REGISTER_POLICY_SIGN": ""})
+        assert rc == 0 and "signed" not in out, (rc, out, err)
+        assert "signature" not in doc(api, key)["stable"]
 
 
 def report(api, policy_key, host, **kw):
