@@ -154,6 +154,9 @@ static etcd_status_t client_put_if(client_t *c, const char *key,
   return c->status;
 }
 
+/* the largest --sign key file read (a PEM key is a few hundred bytes) */
+#define KEYFILE_MAX (64u * 1024)
+
 /* ---- the document ---- */
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -527,14 +530,20 @@ static int check_prefix(const config_t *cfg, const char *file, const char *key,
  * runs cleanly on every inspect file: 0, or -1 (said, on one line). */
 static int check_source(const config_t *cfg, const char *file, const char *key,
                         const char *src, size_t len) {
-  /* a missing inspect file is the operator's typo, not the policy's fault */
+  /* a missing inspect file is the operator's typo, not the policy's fault
+   * (and a FIFO, a device or a directory is not one to read) */
   for (size_t i = 1; i < cfg->n_policy_args; i++) {
     const char *f = cfg->policy_args[i];
-    if (strcmp(f, "-") != 0 && access(f, R_OK) != 0) {
-      fail("%s: %s (an inspect document to check %s on): nothing pushed", f,
-           strerror(errno), file);
+    char why[600];
+    int fd = strcmp(f, "-") == 0
+                 ? 0
+                 : check_open_input(f, CHECK_MAX_INSPECT, why, sizeof why);
+    if (fd < 0) {
+      fail("%s (an inspect document to check %s on): nothing pushed", why,
+           file);
       return -1;
     }
+    if (fd > 0) close(fd);
   }
   worker_opts_t po = {0};
   po.file = file;
@@ -627,20 +636,16 @@ static int push(const config_t *cfg, client_t *c, int force) {
   buf_t src;
   buf_init(&src);
   buf_reserve(&src, 1);
-  struct stat st;
-  if (stat(file, &st) == 0 && S_ISDIR(st.st_mode)) {
-    buf_free(&src);
-    policydoc_free(&scratch);
-    return fail("%s is a directory: push takes a policy file", file);
-  }
-  if (util_read_file(file, POLICYDOC_MAX_SOURCE, &src) < 0) {
+  if (check_read_input(file, POLICYDOC_MAX_SOURCE, &src, err, sizeof err) < 0) {
     int e = errno;
     buf_free(&src);
     policydoc_free(&scratch);
+    if (e == EISDIR)
+      return fail("%s is a directory: push takes a policy file", file);
     if (e == EFBIG)
       return fail("%s is too large: a policy in etcd may be at most %u bytes",
                   file, POLICYDOC_MAX_SOURCE);
-    return fail("%s: %s", file, strerror(e));
+    return fail("%s", err);
   }
   /* etcd's JSON APIs carry text: v2 gives a stray byte back as U+FFFD, and
    * every host would then refuse a source that no longer matches its
@@ -658,7 +663,17 @@ static int push(const config_t *cfg, client_t *c, int force) {
     return rc;
   }
   char *sig = NULL;
-  int bad = check_source(cfg, file, key, src.data, src.len) < 0;
+  int bad = 0;
+  if (cfg->policy_sign) { /* a key file: small, and a file (never blocks) */
+    int fd = check_open_input(cfg->policy_sign, KEYFILE_MAX, err, sizeof err);
+    if (fd < 0) {
+      fail("--sign: %s", err);
+      bad = 1;
+    } else {
+      close(fd);
+    }
+  }
+  bad = bad || check_source(cfg, file, key, src.data, src.len) < 0;
   if (!bad && cfg->policy_sign &&
       !(sig = sig_sign(cfg->policy_sign, src.data, src.len, err, sizeof err))) {
     fail("--sign: %s", err);

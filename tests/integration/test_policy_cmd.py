@@ -745,4 +745,53 @@ def a_write_whose_answer_was_lost_is_no_conflict():
         assert d == theirs, d
 
 
+@suite.test
+def inputs_that_are_not_regular_files():
+    """FILE, an inspect document and --sign are read only when each is a
+    regular file under its cap: a FIFO blocked push forever, /dev/zero as an
+    inspect document grew it without bound, a directory said "Input/output
+    error" or "read error"."""
+    fifo = os.path.join(D, "fifo")
+    os.mkfifo(fifo)
+    big_inspect = os.path.join(D, "big.json")
+    with open(big_inspect, "w") as f:
+        f.truncate(32 * 1024 * 1024 + 1)
+    big_key = os.path.join(D, "big.key")
+    with open(big_key, "w") as f:
+        f.truncate(64 * 1024 + 1)
+    big_src = os.path.join(D, "big.lua")
+    with open(big_src, "w") as f:
+        f.truncate(256 * 1024 + 1)
+    for api in APIS:
+        key = f"/{api}/inputs/policy"
+        t = time.monotonic()
+        bad(api, f"{fifo} is a FIFO, not a regular file", "push", fifo, "--key", key)
+        bad(api, f"{fifo} is a FIFO, not a regular file (an inspect document to check", "push", POLICY,
+            fifo, "--key", key)
+        bad(api, f"--sign: {fifo} is a FIFO, not a regular file", "push", POLICY, "--key", key,
+            "--sign", fifo)
+        assert time.monotonic() - t < 20
+        bad(api, "/dev/zero is a character device, not a regular file (an inspect document", "push", POLICY,
+            "/dev/zero", "--key", key)
+        bad(api, f"{D} is a directory: push takes a policy file", "push", D, "--key", key)
+        bad(api, f"{D} is a directory, not a file (an inspect document", "push", POLICY, D, "--key", key)
+        bad(api, f"--sign: {D} is a directory, not a file", "push", POLICY, "--key", key, "--sign", D)
+        bad(api, f"{big_inspect} is too large: 33554433 bytes (at most 33554432) (an inspect", "push",
+            POLICY, big_inspect, "--key", key)
+        bad(api, f"--sign: {big_key} is too large: 65537 bytes (at most 65536)", "push", POLICY,
+            "--key", key, "--sign", big_key)
+        bad(api, f"{big_src} is too large: a policy in etcd may be at most 262144 bytes", "push", big_src,
+            "--key", key)
+        bad(api, f"{D}/nope.lua: No such file or directory", "push", f"{D}/nope.lua", "--key", key)
+        assert get(api, key) is None
+    # register check reads its inspect documents the same way
+    for arg, want in ((fifo, f"{fifo} is a FIFO, not a regular file"), (D, f"{D} is a directory, not a file"),
+                      (big_inspect, f"{big_inspect} is too large")):
+        r = subprocess.run([BIN, "check", POLICY, arg], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 1 and f"register: {want}" in r.stderr, r
+    with open("/dev/zero") as zero:
+        r = subprocess.run([BIN, "check", POLICY, "-"], stdin=zero, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "-: stdin is too large: more than 33554432 bytes" in r.stderr, r
+
+
 suite.run()
