@@ -915,6 +915,17 @@ static void rev_line(const char *what, const policydoc_rev_t *r) {
   printf("\n");
 }
 
+typedef struct {
+  int64_t revision;
+  size_t count; /* hosts that run it */
+} rev_count_t;
+
+static int by_revision(const void *a, const void *b) {
+  int64_t x = ((const rev_count_t *)a)->revision,
+          y = ((const rev_count_t *)b)->revision;
+  return (x > y) - (x < y);
+}
+
 static int status(const config_t *cfg, client_t *c) {
   const char *key = cfg->policy_key;
   doc_t o;
@@ -937,22 +948,21 @@ static int status(const config_t *cfg, client_t *c) {
   size_t nh = rep.n, unreadable = rep.unreadable;
   for (size_t i = 0; i < nh; i++)
     hosts[i].silent = readable && hosts[i].s.generation < d->generation;
-  /* the summary: hosts per revision in force */
-  int64_t revs[64];
-  size_t counts[64], nrev = 0, refused = 0, waiting = 0, silent = 0;
+  /* the summary: hosts per revision in force, in numeric order */
+  rev_count_t *revs = xcalloc(nh ? nh : 1, sizeof *revs);
+  size_t nrev = 0, refused = 0, waiting = 0, silent = 0;
   for (size_t i = 0; i < nh; i++) {
     const policydoc_status_t *s = &hosts[i].s;
-    size_t k = 0;
-    while (k < nrev && revs[k] != s->revision)
-      k++;
-    if (k == nrev && nrev < 64) {
-      revs[nrev] = s->revision;
-      counts[nrev++] = 0;
-    }
-    if (k < nrev) counts[k]++;
+    revs[i].revision = s->revision;
     refused += s->state == POLICYDOC_REFUSED;
     waiting += s->state == POLICYDOC_WAITING;
     silent += (size_t)hosts[i].silent;
+  }
+  qsort(revs, nh, sizeof *revs, by_revision);
+  for (size_t i = 0; i < nh; i++) {
+    if (nrev == 0 || revs[nrev - 1].revision != revs[i].revision)
+      revs[nrev++].revision = revs[i].revision;
+    revs[nrev - 1].count++;
   }
   int64_t now = (int64_t)time(NULL);
   char sel[1000] = "";
@@ -1019,7 +1029,8 @@ static int status(const config_t *cfg, client_t *c) {
     }
     buf_printf(&b, "],\"summary\":{\"hosts\":%zu,\"revisions\":{", nh);
     for (size_t k = 0; k < nrev; k++)
-      buf_printf(&b, "%s\"%" PRId64 "\":%zu", k ? "," : "", revs[k], counts[k]);
+      buf_printf(&b, "%s\"%" PRId64 "\":%zu", k ? "," : "", revs[k].revision,
+                 revs[k].count);
     buf_printf(&b,
                "},\"refused\":%zu,\"waiting\":%zu,\"silent\":%zu,"
                "\"unreadable\":%zu}}\n",
@@ -1055,13 +1066,15 @@ static int status(const config_t *cfg, client_t *c) {
     }
     printf("\n%zu host%s", nh, nh == 1 ? "" : "s");
     for (size_t k = 0; k < nrev; k++)
-      printf("%s%zu on revision %" PRId64, k ? ", " : ": ", counts[k], revs[k]);
+      printf("%s%zu on revision %" PRId64, k ? ", " : ": ", revs[k].count,
+             revs[k].revision);
     printf("; %zu refused, %zu waiting, %zu silent, %zu unreadable\n", refused,
            waiting, silent, unreadable);
   }
   fflush(stdout);
   int rc = 0;
   if (!readable) rc = fail_unreadable(key, &o);
+  free(revs);
   reports_free(&rep);
   doc_free(&o);
   return rc;

@@ -230,7 +230,7 @@ def status_of_hosts():
             lines["10.0.0.1"].split()[1:4] == ["2", "applied", "5"], lines
         assert "silent" in lines["10.0.0.2"] and "waiting" in lines["10.0.0.2"]
         assert "refused" in lines["10.0.0.3"] and "signed with a key not in" in lines["10.0.0.3"]
-        assert "3 hosts: 2 on revision 2, 1 on revision 1; 1 refused, 1 waiting, 1 silent" in out, out
+        assert "3 hosts: 1 on revision 1, 2 on revision 2; 1 refused, 1 waiting, 1 silent" in out, out
         assert "10.0.0.8" in err and "not JSON" in err
         rc, out, err = run(api, "status", "--key", key, "--json")
         assert rc == 0, err
@@ -792,6 +792,29 @@ def inputs_that_are_not_regular_files():
     with open("/dev/zero") as zero:
         r = subprocess.run([BIN, "check", POLICY, "-"], stdin=zero, capture_output=True, text=True, timeout=20)
     assert r.returncode == 1 and "-: stdin is too large: more than 33554432 bytes" in r.stderr, r
+
+
+@suite.test
+def status_counts_every_revision():
+    """status summed the hosts of 64 revisions at most (a fixed array: the
+    65th and later were left out of the summary) in the order met; now
+    every revision, in numeric order."""
+    for api in APIS:
+        key = f"/{api}/many/policy"
+        ok(api, "push", POLICY, "--key", key)
+        n = 70
+        for i in range(n):  # host i runs revision n - i; 10.0.0.0 two more
+            report(api, key, f"10.0.0.{i}", revision=n - i, offered=n - i)
+        for i in (100, 101):
+            report(api, key, f"10.0.0.{i}", revision=n, offered=n)
+        j = json.loads(ok(api, "status", "--key", key, "--json"))
+        revs = j["summary"]["revisions"]
+        assert list(revs) == [str(r) for r in range(1, n + 1)], list(revs)
+        assert revs[str(n)] == 3 and all(revs[str(r)] == 1 for r in range(1, n)), revs
+        assert j["summary"]["hosts"] == n + 2
+        out = ok(api, "status", "--key", key)
+        want = ", ".join(f"{3 if r == n else 1} on revision {r}" for r in range(1, n + 1))
+        assert f"{n + 2} hosts: {want}; 0 refused" in out, out
 
 
 suite.run()
