@@ -931,13 +931,12 @@ static int status(const config_t *cfg, client_t *c) {
   doc_t o;
   const policydoc_t *d = &o.d;
   int found = read_doc(c, key, &o);
-  if (found == DOC_ABSENT)
-    fail("no policy at %s (register policy push FILE --key %s)", key, key);
-  if (found == DOC_ABSENT || found == DOC_FAILED) {
+  if (found == DOC_FAILED) {
     doc_free(&o);
     return 1;
   }
-  /* a document that does not parse: the hosts still say what they run */
+  /* a document that does not parse, or none (deleted): the hosts still say
+   * what they run */
   int readable = found == DOC_READ;
   reports_t rep;
   if (read_reports(c, key, 1, &rep) != 0) {
@@ -976,11 +975,14 @@ static int status(const config_t *cfg, client_t *c) {
       buf_printf(&b, ",\"generation\":%" PRId64, d->generation);
     else
       buf_puts(&b, ",\"generation\":null");
-    buf_puts(&b, ",\"document_error\":");
-    if (readable)
-      buf_puts(&b, "null");
-    else
+    buf_printf(&b, ",\"document\":\"%s\",\"document_error\":",
+               readable                  ? "read"
+               : found == DOC_UNREADABLE ? "unreadable"
+                                         : "absent");
+    if (found == DOC_UNREADABLE)
       json_escape(&b, o.why, strlen(o.why));
+    else
+      buf_puts(&b, "null");
     buf_puts(&b, ",\"stable\":");
     rev_json(&b, d->stable);
     if (d->stable) buf_putc(&b, '}');
@@ -1046,8 +1048,10 @@ static int status(const config_t *cfg, client_t *c) {
         printf("            to %s\n", sel);
       }
       if (d->previous) rev_line("previous", d->previous);
-    } else {
+    } else if (found == DOC_UNREADABLE) {
       printf("policy %s: the document is unreadable (%s)\n", key, o.why);
+    } else {
+      printf("policy %s: no document there (deleted, or never pushed)\n", key);
     }
     printf("\n%-40s %8s  %-8s %6s %6s  %s\n", "HOST", "REVISION", "STATE",
            "KEYS", "AGE", "ERROR");
@@ -1073,7 +1077,9 @@ static int status(const config_t *cfg, client_t *c) {
   }
   fflush(stdout);
   int rc = 0;
-  if (!readable) rc = fail_unreadable(key, &o);
+  if (found == DOC_UNREADABLE) rc = fail_unreadable(key, &o);
+  if (found == DOC_ABSENT)
+    rc = fail("no policy at %s (register policy push FILE --key %s)", key, key);
   free(revs);
   reports_free(&rep);
   doc_free(&o);

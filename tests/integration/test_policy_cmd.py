@@ -817,4 +817,36 @@ def status_counts_every_revision():
         assert f"{n + 2} hosts: {want}; 0 refused" in out, out
 
 
+@suite.test
+def status_of_a_deleted_document_shows_the_hosts():
+    """status on a key whose document was deleted said "no policy" and
+    nothing else, though the hosts still report what they run (an
+    unreadable document showed them); now it shows them, says on one line
+    that there is no policy, and exits 1 as before."""
+    for api in APIS:
+        key = f"/{api}/deleted/policy"
+        ok(api, "push", POLICY, "--key", key)
+        report(api, key, "10.0.0.1", state="refused", error="the policy key was deleted", offered=0)
+        report(api, key, "10.0.0.2")
+        if api == "v2":
+            etcd.etcdctl("rm", key)
+        else:
+            etcd.etcdctl("del", key, api="3")
+        rc, out, err = run(api, "status", "--key", key)
+        assert rc == 1, (rc, out, err)
+        assert err == f"register policy: no policy at {key} (register policy push FILE --key {key})\n", err
+        assert f"policy {key}: no document there" in out, out
+        assert "10.0.0.1" in out and "the policy key was deleted" in out and "10.0.0.2" in out, out
+        assert "2 hosts: 2 on revision 2; 1 refused, 0 waiting, 0 silent, 0 unreadable" in out, out
+        rc, out, err = run(api, "status", "--key", key, "--json")
+        assert rc == 1 and err.count("\n") == 1 and "no policy at" in err, (rc, err)
+        j = json.loads(out)
+        assert j["document"] == "absent" and j["document_error"] is None and j["generation"] is None, j
+        assert j["stable"] is None and j["canary"] is None and j["previous"] is None, j
+        assert [h["host"] for h in j["hosts"]] == ["10.0.0.1", "10.0.0.2"], j
+        assert j["summary"]["hosts"] == 2 and j["summary"]["refused"] == 1, j
+        j = json.loads(run(api, "status", "--key", f"/{api}/nothing/policy", "--json")[1])
+        assert j["document"] == "absent" and j["hosts"] == [], j
+
+
 suite.run()
