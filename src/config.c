@@ -1097,9 +1097,27 @@ static int check_key(char *k, const char *flag, char *err, size_t errlen) {
   return 0;
 }
 
+/* The policy key and its status/ directory are paths the hosts and the
+ * operators must agree on: a "." or ".." segment is one that v2 (KEY in a
+ * URL's path) resolves and v3 does not, and that util_key_holds() and the
+ * status directory's name take literally. */
 static int check_policy_key(config_t *cfg, const char *flag, char *err,
                             size_t errlen) {
-  return check_key(cfg->policy_key, flag, err, errlen);
+  if (check_key(cfg->policy_key, flag, err, errlen) < 0) return -1;
+  const char *k = cfg->policy_key;
+  for (const char *p = k; p && *p;) {
+    p++; /* past the '/' */
+    size_t n = strcspn(p, "/");
+    if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
+      snprintf(err, errlen,
+               "%s \"%s\" has a \"%.*s\" segment: name the key without "
+               "\".\" or \"..\", e.g. /register/policy",
+               flag, k, (int)n, p);
+      return -1;
+    }
+    p += n;
+  }
+  return 0;
 }
 
 static int check_policy(config_t *cfg, char *err, size_t errlen) {

@@ -600,6 +600,7 @@ def bad_inputs():
         bad(api, "register policy push: which FILE?", "push", "--key", key, rc=2)
         bad(api, "takes no --json", "promote", "--key", key, "--json", rc=2)
         bad(api, "must be an absolute key path", "status", "--key", "policy", rc=2)
+        bad(api, '--key "/a/../policy" has a ".." segment', "push", POLICY, "--key", "/a/../policy", rc=2)
         # etcd unreachable: the etcd error
         line = bad(api, "etcd", "status", "--key", key, url="http://127.0.0.1:9")
         assert "127.0.0.1:9" in line, line

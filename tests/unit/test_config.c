@@ -754,6 +754,45 @@ TEST(help_lists_every_option) {
   clean_env();
 }
 
+/* A policy key with a "." or ".." segment: v2 (the key in a URL's path)
+ * resolves it, v3 does not, so hosts and operators would not agree on
+ * the key; refused like "//". */
+TEST(policy_key_dot_segments) {
+  config_t c;
+  char err[300];
+  clean_env();
+  setenv("HOST_IP", "10.0.0.1", 1);
+  static const char *const bad[] = {"/a/../policy", "/./policy", "/a/.",
+                                    "/a/..", "/a/./b/"};
+  static const char *const want[] = {
+      "--policy-key \"/a/../policy\" has a \"..\" segment",
+      "--policy-key \"/./policy\" has a \".\" segment",
+      "--policy-key \"/a/.\" has a \".\" segment",
+      "--policy-key \"/a/..\" has a \"..\" segment",
+      "--policy-key \"/a/./b\" has a \".\" segment"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-key", bad[i]), -1);
+    ASSERT_CONTAINS(err, want[i]);
+    ASSERT(strchr(err, '\n') == NULL);
+    config_free(&c);
+    char k[64];
+    snprintf(k, sizeof k, "%s", bad[i]);
+    char *pv[] = {"policy", "status", "--key", k, NULL};
+    ASSERT_EQ(config_parse_policy(&c, 4, pv, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "--key \"");
+    ASSERT_CONTAINS(err, "segment: name the key without");
+    config_free(&c);
+  }
+  static const char *const good[] = {"/a/..b/policy", "/.a/policy", "/a/...",
+                                     "/a.b/c."};
+  for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+    ASSERT_EQ(parse(&c, err, sizeof err, 3, "--policy-key", good[i]), 0);
+    ASSERT_STR_EQ(c.policy_key, good[i]);
+    config_free(&c);
+  }
+  clean_env();
+}
+
 TEST_MAIN(TEST_ENTRY(endpoints), TEST_ENTRY(defaults_and_environment),
           TEST_ENTRY(bad_input_is_one_line),
           TEST_ENTRY(a_flags_variable_is_yes_or_no),
@@ -761,4 +800,5 @@ TEST_MAIN(TEST_ENTRY(endpoints), TEST_ENTRY(defaults_and_environment),
           TEST_ENTRY(environment_then_flags), TEST_ENTRY(every_message),
           TEST_ENTRY(which_error_comes_first),
           TEST_ENTRY(help_lists_every_option),
-          TEST_ENTRY(check_allow_and_policy_env))
+          TEST_ENTRY(check_allow_and_policy_env),
+          TEST_ENTRY(policy_key_dot_segments))
