@@ -218,7 +218,15 @@ static void cache_write(fleet_t *f) {
   int ok = 0, fd = -1;
   if (mkdir(f->state_dir, 0700) == 0 || errno == EEXIST) {
     what = "open";
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* a file of our own, never one found there: a symlink planted at tmp
+     * (a state directory others can write) is removed, not followed, and
+     * O_EXCL refuses one planted again before the open */
+    if (unlink(tmp) != 0 && errno != ENOENT) {
+      what = "remove the old";
+    } else {
+      fd =
+          open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    }
   }
   if (fd >= 0) {
     size_t off = 0;

@@ -778,6 +778,32 @@ def a_cache_is_used_only_for_its_own_key():
 
 
 @suite.test
+def the_caches_temporary_file_follows_no_symlink():
+    """The cache was written through STATE/policy-....json.tmp opened
+    without O_EXCL or O_NOFOLLOW: a symlink planted there (a state
+    directory others can write) was followed, and its target truncated and
+    overwritten with the cache.  Now the link is removed, the file made
+    anew."""
+    reset(docker=False)
+    f = fake(1)
+    state = tmpdir("rfs")
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "_%02x" % ord(c) for c in KEY)
+    cache = os.path.join(state, f"policy-{name}.json")
+    victim = os.path.join(WORK, "victim")
+    with open(victim, "w") as fh:
+        fh.write("precious\n")
+    os.symlink(victim, cache + ".tmp")
+    r, _ = start("--policy-pubkey", K1PUB, docker=f.host, state=state)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    wait_for(lambda: os.path.exists(cache), 10, what="the cache")
+    r.stop()
+    assert open(victim).read() == "precious\n"
+    assert not os.path.islink(cache) and json.load(open(cache))["cache_key"] == KEY
+    assert os.listdir(state) == [os.path.basename(cache)], os.listdir(state)
+
+
+@suite.test
 def a_cache_near_the_documents_limit_is_read_back():
     """The cache records its key beside the document: a revision whose
     cache is within the key's length of 1 MiB is still read back (the
