@@ -366,14 +366,18 @@ typedef struct {
   host_t *hosts; /* the reports for KEY, by host */
   size_t n;
   size_t unreadable;
-  /* the highest numbers any readable report names, whatever its KEY */
+  /* the highest numbers any readable report names, whatever its KEY, and
+   * the etcd key of a report that names each (malloc'd, or NULL) */
   int64_t max_generation, max_revision;
+  char *max_generation_at, *max_revision_at;
 } reports_t;
 
 static void reports_free(reports_t *r) {
   for (size_t i = 0; i < r->n; i++)
     policydoc_status_free(&r->hosts[i].s);
   free(r->hosts);
+  free(r->max_generation_at);
+  free(r->max_revision_at);
   memset(r, 0, sizeof *r);
 }
 
@@ -407,10 +411,17 @@ static int read_reports(client_t *c, const char *key, int say, reports_t *r) {
                "address)");
     else if (policydoc_status_parse(c->kvs[i].value, c->kvs[i].vlen, &h->s, err,
                                     sizeof err) == 0) {
-      if (h->s.generation > r->max_generation)
+      if (h->s.generation > r->max_generation) {
         r->max_generation = h->s.generation;
+        free(r->max_generation_at);
+        r->max_generation_at = xstrdup(k);
+      }
       int64_t rev = h->s.revision > h->s.offered ? h->s.revision : h->s.offered;
-      if (rev > r->max_revision) r->max_revision = rev;
+      if (rev > r->max_revision) {
+        r->max_revision = rev;
+        free(r->max_revision_at);
+        r->max_revision_at = xstrdup(k);
+      }
       if (strcmp(h->s.key, key) != 0) { /* a host following another KEY */
         policydoc_status_free(&h->s);
         continue;
@@ -611,13 +622,30 @@ static int renumber(client_t *c, const char *key, const doc_t *o,
   reports_t r;
   if (read_reports(c, key, 0, &r) != 0) return 1;
   int64_t gen = r.max_generation, top = r.max_revision;
-  reports_free(&r);
   if (o->text) policydoc_salvage(o->text, o->len, &gen, &top);
-  if (gen >= POLICYDOC_MAX_NUMBER || top >= POLICYDOC_MAX_NUMBER)
-    return fail("%s: a host reports generation %" PRId64 " or revision %" PRId64
-                ", more than a document may hold (%" PRId64
-                "): nothing written",
-                key, gen, top, POLICYDOC_MAX_NUMBER);
+  /* the next write takes gen + 1 and top + 1: name what holds the number
+   * that leaves no room (a report, else the document itself) */
+  int bad_gen = gen >= POLICYDOC_MAX_NUMBER;
+  if (bad_gen || top >= POLICYDOC_MAX_NUMBER) {
+    const char *what = bad_gen ? "generation" : "revision";
+    int64_t n = bad_gen ? gen : top;
+    const char *at = bad_gen ? r.max_generation_at : r.max_revision_at;
+    int in_report = bad_gen ? r.max_generation == gen : r.max_revision == top;
+    char *atc = in_report && at ? clean(at, strlen(at), 300) : NULL;
+    if (atc)
+      fail("%s: the host's report at %s names %s %" PRId64
+           ", as high as a document may hold (%" PRId64
+           "): nothing written (correct or delete that report)",
+           key, atc, what, n, POLICYDOC_MAX_NUMBER);
+    else
+      fail("%s: the document there shows %s %" PRId64
+           ", as high as a document may hold (%" PRId64 "): nothing written",
+           key, what, n, POLICYDOC_MAX_NUMBER);
+    free(atc);
+    reports_free(&r);
+    return 1;
+  }
+  reports_free(&r);
   policydoc_free(d);
   d->generation = gen;
   d->last_revision = top;

@@ -850,4 +850,34 @@ def status_of_a_deleted_document_shows_the_hosts():
         assert j["document"] == "absent" and j["hosts"] == [], j
 
 
+@suite.test
+def numbers_without_room_name_where_they_are():
+    """A push onto an absent (or unreadable) document goes on above the
+    numbers the hosts report: one at the largest a document may hold said
+    "a host reports generation N or revision N", naming no host among
+    hundreds; now the report's key, or the document."""
+    top = 9007199254740991
+    for api in APIS:
+        key = f"/{api}/room/policy"
+        status_dir = f"/{api}/room/status"
+        report(api, key, "10.0.0.1", generation=5)
+        report(api, key, "10.0.0.7", generation=top)
+        bad(api, f"{key}: the host's report at {status_dir}/10.0.0.7 names generation {top}, as high as a "
+            f"document may hold ({top}): nothing written (correct or delete that report)",
+            "push", POLICY, "--key", key)
+        report(api, key, "10.0.0.7", generation=5)
+        report(api, key, "10.0.0.9", revision=top, offered=0)
+        bad(api, f"{key}: the host's report at {status_dir}/10.0.0.9 names revision {top}",
+            "push", POLICY, "--key", key)
+        report(api, key, "10.0.0.9", revision=1, offered=top)
+        bad(api, f"the host's report at {status_dir}/10.0.0.9 names revision {top}", "push", POLICY, "--key", key)
+        assert get(api, key) is None
+        report(api, key, "10.0.0.9")
+        # an unreadable document that still shows a number without room
+        put(api, key, json.dumps({"register_policy": 1, "generation": top,
+                                  "stable": {"revision": 1, "sha256": "0" * 64, "source": "x"}}))
+        bad(api, f"{key}: the document there shows generation {top}, as high as a document may hold",
+            "push", POLICY, "--key", key, "--force")
+
+
 suite.run()
