@@ -684,6 +684,10 @@ static const opt_t opts[] = {
     {"--sign", "REGISTER_POLICY_SIGN", "KEYFILE",
      "push: sign with this Ed25519 private key (PEM)", NULL,
      CALL(set_policy_sign), .how = OPT_LATE, .only = CONFIG_POLICY},
+    {"--policy-pubkey", NULL, "FILE",
+     "status: verify the revisions' signatures with the keys in FILE (PEM, "
+     "Ed25519)",
+     NULL, STRING(policy_pubkey), .only = CONFIG_POLICY},
     {"--canary", NULL, "IP,IP,...|N%",
      "push: only these hosts, or a stable N% of them, take the revision", NULL,
      STRING(policy_canary), .only = CONFIG_POLICY},
@@ -974,7 +978,8 @@ static void config_usage_policy(void) {
   printf("Usage: register policy push FILE [INSPECT.json ...] --key KEY "
          "[--sign KEYFILE]\n"
          "                                   [--canary IP,IP,...|N%%]\n"
-         "       register policy status --key KEY [--json]\n"
+         "       register policy status --key KEY [--json] [--policy-pubkey "
+         "FILE]\n"
          "       register policy promote --key KEY\n"
          "       register policy rollback --key KEY\n"
          "\n"
@@ -1188,8 +1193,9 @@ static int check_policy(config_t *cfg, char *err, size_t errlen) {
                                 : "--canary");
     return -1;
   }
-  if (cfg->policy_json && strcmp(a, "status") != 0) {
-    snprintf(err, errlen, "register policy %s takes no --json", a);
+  if ((cfg->policy_json || cfg->policy_pubkey) && strcmp(a, "status") != 0) {
+    snprintf(err, errlen, "register policy %s takes no %s", a,
+             cfg->policy_json ? "--json" : "--policy-pubkey");
     return -1;
   }
   return 0;

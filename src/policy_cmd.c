@@ -156,6 +156,8 @@ static etcd_status_t client_put_if(client_t *c, const char *key,
 
 /* the largest --sign key file read (a PEM key is a few hundred bytes) */
 #define KEYFILE_MAX (64u * 1024)
+/* the largest --policy-pubkey file status reads (several keys) */
+#define PUBKEYS_MAX (64u * 1024)
 
 /* ---- the document ---- */
 
@@ -912,13 +914,53 @@ static void age(int64_t secs, char *out, size_t n) {
     snprintf(out, n, "%" PRId64 "d", secs / 86400);
 }
 
-static void rev_json(buf_t *b, const policydoc_rev_t *r) {
+/* What status can say of a revision's signature */
+typedef enum {
+  SIG_NONE,       /* no signature */
+  SIG_EMPTY,      /* a signature member, empty */
+  SIG_UNVERIFIED, /* one, but status was given no public key */
+  SIG_VERIFIES,   /* by a key of --policy-pubkey */
+  SIG_BAD         /* does not verify with --policy-pubkey */
+} sigstate_t;
+
+static sigstate_t sig_state(const sig_keys_t *keys, const policydoc_rev_t *r,
+                            char *why, size_t whylen) {
+  why[0] = '\0';
+  if (!r->signature) return SIG_NONE;
+  if (!*r->signature) return SIG_EMPTY;
+  if (!keys) return SIG_UNVERIFIED;
+  char err[300];
+  if (sig_verify(keys, r->source, r->source_len, r->signature, err,
+                 sizeof err) == 0)
+    return SIG_VERIFIES;
+  char *e = clean(err, strlen(err), 200);
+  snprintf(why, whylen, "%s", e);
+  free(e);
+  return SIG_BAD;
+}
+
+static void rev_json(buf_t *b, const policydoc_rev_t *r,
+                     const sig_keys_t *keys) {
   if (!r) {
     buf_puts(b, "null");
     return;
   }
-  buf_printf(b, "{\"revision\":%" PRId64 ",\"sha256\":\"%s\",\"signed\":%s",
-             r->revision, r->sha256, r->signature ? "true" : "false");
+  static const char *const sname[] = {"none", "empty", "unverified", "verifies",
+                                      "does not verify"};
+  char why[300];
+  sigstate_t st = sig_state(keys, r, why, sizeof why);
+  /* "signed": a signature verified with --policy-pubkey, or (none given)
+   * one attached, as before; "signature" says which */
+  buf_printf(b,
+             "{\"revision\":%" PRId64
+             ",\"sha256\":\"%s\",\"signed\":%s,\"signature\":\"%s\"",
+             r->revision, r->sha256,
+             st == SIG_VERIFIES || st == SIG_UNVERIFIED ? "true" : "false",
+             sname[st]);
+  if (st == SIG_BAD) {
+    buf_puts(b, ",\"signature_error\":");
+    json_escape(b, why, strlen(why));
+  }
   const char *names[] = {"name", "pushed", "pushed_by"};
   const char *vals[] = {r->name, r->pushed, r->pushed_by};
   for (size_t i = 0; i < 3; i++)
@@ -928,9 +970,30 @@ static void rev_json(buf_t *b, const policydoc_rev_t *r) {
     }
 }
 
-static void rev_line(const char *what, const policydoc_rev_t *r) {
-  printf("  %-9s revision %" PRId64 "  sha256 %.12s  %s", what, r->revision,
-         r->sha256, r->signature ? "signed" : "unsigned");
+static void rev_line(const char *what, const policydoc_rev_t *r,
+                     const sig_keys_t *keys) {
+  char why[300];
+  sigstate_t st = sig_state(keys, r, why, sizeof why);
+  printf("  %-9s revision %" PRId64 "  sha256 %.12s  ", what, r->revision,
+         r->sha256);
+  switch (st) {
+  case SIG_NONE:
+    printf("unsigned");
+    break;
+  case SIG_EMPTY:
+    printf("unsigned (an empty signature)");
+    break;
+  case SIG_UNVERIFIED:
+    printf("signature attached (not verified here: --policy-pubkey FILE "
+           "verifies it)");
+    break;
+  case SIG_VERIFIES:
+    printf("signed, verifies");
+    break;
+  case SIG_BAD:
+    printf("signature does NOT verify (%s)", why);
+    break;
+  }
   if (r->pushed) {
     /* hand-edited text reaches no terminal raw */
     char *when = clean(r->pushed, strlen(r->pushed), 64);
@@ -956,10 +1019,20 @@ static int by_revision(const void *a, const void *b) {
 
 static int status(const config_t *cfg, client_t *c) {
   const char *key = cfg->policy_key;
+  sig_keys_t *keys = NULL;
+  if (cfg->policy_pubkey) { /* a key file, never a FIFO that blocks */
+    char err[600];
+    int fd = check_open_input(cfg->policy_pubkey, PUBKEYS_MAX, err, sizeof err);
+    if (fd < 0) return fail("--policy-pubkey: %s", err);
+    close(fd);
+    if (!(keys = sig_keys_load(cfg->policy_pubkey, err, sizeof err)))
+      return fail("--policy-pubkey: %s", err);
+  }
   doc_t o;
   const policydoc_t *d = &o.d;
   int found = read_doc(c, key, &o);
   if (found == DOC_FAILED) {
+    sig_keys_free(keys);
     doc_free(&o);
     return 1;
   }
@@ -968,6 +1041,7 @@ static int status(const config_t *cfg, client_t *c) {
   int readable = found == DOC_READ;
   reports_t rep;
   if (read_reports(c, key, 1, &rep) != 0) {
+    sig_keys_free(keys);
     doc_free(&o);
     return 1;
   }
@@ -1012,10 +1086,10 @@ static int status(const config_t *cfg, client_t *c) {
     else
       buf_puts(&b, "null");
     buf_puts(&b, ",\"stable\":");
-    rev_json(&b, d->stable);
+    rev_json(&b, d->stable, keys);
     if (d->stable) buf_putc(&b, '}');
     buf_puts(&b, ",\"canary\":");
-    rev_json(&b, d->canary);
+    rev_json(&b, d->canary, keys);
     if (d->canary) {
       if (d->n_canary_hosts) {
         buf_puts(&b, ",\"hosts\":[");
@@ -1030,7 +1104,7 @@ static int status(const config_t *cfg, client_t *c) {
       buf_putc(&b, '}');
     }
     buf_puts(&b, ",\"previous\":");
-    rev_json(&b, d->previous);
+    rev_json(&b, d->previous, keys);
     if (d->previous) buf_putc(&b, '}');
     buf_puts(&b, ",\"hosts\":[");
     for (size_t i = 0; i < nh; i++) {
@@ -1070,12 +1144,12 @@ static int status(const config_t *cfg, client_t *c) {
   } else {
     if (readable) {
       printf("policy %s, generation %" PRId64 "\n", key, d->generation);
-      rev_line("stable", d->stable);
+      rev_line("stable", d->stable, keys);
       if (d->canary) {
-        rev_line("canary", d->canary);
+        rev_line("canary", d->canary, keys);
         printf("            to %s\n", sel);
       }
-      if (d->previous) rev_line("previous", d->previous);
+      if (d->previous) rev_line("previous", d->previous, keys);
     } else if (found == DOC_UNREADABLE) {
       printf("policy %s: the document is unreadable (%s)\n", key, o.why);
     } else {
@@ -1109,6 +1183,7 @@ static int status(const config_t *cfg, client_t *c) {
   if (found == DOC_ABSENT)
     rc = fail("no policy at %s (register policy push FILE --key %s)", key, key);
   free(revs);
+  sig_keys_free(keys);
   reports_free(&rep);
   doc_free(&o);
   return rc;

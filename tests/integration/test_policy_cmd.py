@@ -880,4 +880,54 @@ def numbers_without_room_name_where_they_are():
             "push", POLICY, "--key", key, "--force")
 
 
+@suite.test
+def status_says_what_it_knows_of_a_signature():
+    """status labelled a revision "signed" whenever a signature member was
+    there, even "" or garbage.  Without a public key it says a signature
+    is attached and not verified; with --policy-pubkey it verifies."""
+    priv, pub = os.path.join(D, "lab.key"), os.path.join(D, "lab.pub")
+    other = os.path.join(D, "other.key")
+    for k in (priv, other):
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", k], check=True)
+    subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True)
+    for api in APIS:
+        key = f"/{api}/label/policy"
+        ok(api, "push", POLICY, "--key", key, "--sign", priv)      # previous: verifies
+        ok(api, "push", POLICY, "--key", key, "--sign", other)     # stable: another key's
+        ok(api, "push", POLICY, "--key", key, "--canary", "10.0.0.1")  # canary: unsigned
+        lines = ok(api, "status", "--key", key).splitlines()
+        assert "signature attached (not verified here" in lines[1], lines
+        assert "  unsigned" in lines[2] and "signature attached" in lines[4], lines
+        assert not any("signed, verifies" in l for l in lines), lines
+        lines = ok(api, "status", "--key", key, "--policy-pubkey", pub).splitlines()
+        assert "signature does NOT verify (" in lines[1], lines
+        assert "  unsigned" in lines[2] and "signed, verifies" in lines[4], lines
+        j = json.loads(ok(api, "status", "--key", key, "--json", "--policy-pubkey", pub))
+        assert (j["stable"]["signed"], j["stable"]["signature"]) == (False, "does not verify"), j
+        assert j["stable"]["signature_error"], j
+        assert (j["canary"]["signed"], j["canary"]["signature"]) == (False, "none"), j
+        assert (j["previous"]["signed"], j["previous"]["signature"]) == (True, "verifies"), j
+        j = json.loads(ok(api, "status", "--key", key, "--json"))
+        assert (j["stable"]["signed"], j["stable"]["signature"]) == (True, "unverified"), j
+        # an empty signature, and garbage
+        d = doc(api, key)
+        d["stable"]["signature"] = ""
+        d["previous"]["signature"] = "Zm9v"
+        put(api, key, json.dumps(d))
+        lines = ok(api, "status", "--key", key).splitlines()
+        assert "unsigned (an empty signature)" in lines[1], lines
+        assert "signature attached (not verified here" in lines[4], lines
+        lines = ok(api, "status", "--key", key, "--policy-pubkey", pub).splitlines()
+        assert "unsigned (an empty signature)" in lines[1], lines
+        assert "signature does NOT verify (" in lines[4], lines
+        # the key file: one line when it is no key, or not a file
+        bad(api, "--policy-pubkey: ", "status", "--key", key, "--policy-pubkey", POLICY)
+        bad(api, f"--policy-pubkey: {D} is a directory", "status", "--key", key, "--policy-pubkey", D)
+        for action in ("promote", "rollback"):
+            bad(api, f"register policy {action} takes no --policy-pubkey", action, "--key", key,
+                "--policy-pubkey", pub, rc=2)
+        bad(api, "register policy push takes no --policy-pubkey", "push", POLICY, "--key", key,
+            "--policy-pubkey", pub, rc=2)
+
+
 suite.run()
