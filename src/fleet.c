@@ -267,6 +267,9 @@ static void cache_write(fleet_t *f) {
   free(json);
 }
 
+/* the largest --policy-pubkey file read (a PEM public key is 113 bytes) */
+#define PUBKEYS_MAX (64u * 1024)
+
 /* ---- checking a revision ---- */
 
 /* 0 when this host may run r (its signature, or unsigned allowed); -1
@@ -327,16 +330,82 @@ static int cache_key_is(const fleet_t *f, const char *text, size_t len,
   return rc;
 }
 
+/* path, opened when it is a regular file of at most max bytes (a FIFO
+ * does not block the open): the descriptor, or -1 with errno set (open()'s,
+ * or EISDIR, EINVAL: not a regular file, EFBIG) and one line in err naming
+ * path. */
+static int open_regular(const char *path, size_t max, char *err,
+                        size_t errlen) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int e = errno;
+    snprintf(err, errlen, "%s: %s", path, strerror(e));
+    errno = e;
+    return -1;
+  }
+  struct stat st;
+  int e = 0;
+  if (fstat(fd, &st) != 0) {
+    e = errno;
+    snprintf(err, errlen, "%s: %s", path, strerror(e));
+  } else if (S_ISDIR(st.st_mode)) {
+    e = EISDIR;
+    snprintf(err, errlen, "%s is a directory, not a file", path);
+  } else if (!S_ISREG(st.st_mode)) {
+    e = EINVAL;
+    snprintf(err, errlen, "%s is %s, not a regular file", path,
+             S_ISFIFO(st.st_mode)   ? "a FIFO"
+             : S_ISCHR(st.st_mode)  ? "a character device"
+             : S_ISBLK(st.st_mode)  ? "a block device"
+             : S_ISSOCK(st.st_mode) ? "a socket"
+                                    : "something else");
+  } else if ((uintmax_t)st.st_size > max) {
+    e = EFBIG;
+    snprintf(err, errlen, "%s is too large: %jd bytes (at most %zu)", path,
+             (intmax_t)st.st_size, max);
+  }
+  if (e) {
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
+/* The public key file, checked before sig_keys_load() reads it: 0, or -1
+ * with one line in err. */
+static int pubkey_file_ok(const char *path, char *err, size_t errlen) {
+  int fd = open_regular(path, PUBKEYS_MAX, err, errlen);
+  if (fd < 0) return -1;
+  close(fd);
+  return 0;
+}
+
 int fleet_cached(fleet_t *f, const char **source, size_t *len,
                  const char **name) {
   buf_t b;
   buf_init(&b);
-  if (util_read_file(f->cache_file, POLICYDOC_MAX_DOC + 4096, &b) < 0) {
+  char why_not[600];
+  int fd = open_regular(f->cache_file, POLICYDOC_MAX_DOC + 4096, why_not,
+                        sizeof why_not);
+  int e = errno, ok = fd >= 0;
+  FILE *fp = ok ? fdopen(fd, "rb") : NULL;
+  if (ok && (!fp || util_read_fp(fp, POLICYDOC_MAX_DOC + 4096, &b) < 0)) {
+    e = errno;
+    snprintf(why_not, sizeof why_not, "%s: %s", f->cache_file, strerror(e));
+    ok = 0;
+  }
+  if (fp)
+    fclose(fp);
+  else if (fd >= 0)
+    close(fd);
+  errno = e;
+  if (!ok) {
     struct stat st;
     if (errno != ENOENT)
-      log_warn("policy cache %s: cannot read it: %s; starting with the "
+      log_warn("policy cache %s: cannot read it (%s); starting with the "
                "host's own policy",
-               f->cache_file, strerror(errno));
+               f->cache_file, why_not);
     else if (stat(f->old_cache, &st) == 0)
       log_warn("policy cache %s: written by an older register, it does not "
                "say its key (another key may share its name): not used; "
@@ -661,7 +730,9 @@ void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why) {
 void fleet_reread(fleet_t *f) {
   if (f->pubkey) {
     char err[600];
-    sig_keys_t *k = sig_keys_load(f->pubkey, err, sizeof err);
+    sig_keys_t *k = pubkey_file_ok(f->pubkey, err, sizeof err) < 0
+                        ? NULL
+                        : sig_keys_load(f->pubkey, err, sizeof err);
     if (!k) {
       log_error("SIGHUP: %s; the public keys in use stay", err);
     } else {
@@ -691,7 +762,9 @@ void fleet_view(const fleet_t *f, fleet_view_t *v) {
 
 fleet_t *fleet_new(const fleet_opts_t *o, char *err, size_t errlen) {
   sig_keys_t *keys = NULL;
-  if (o->pubkey && !(keys = sig_keys_load(o->pubkey, err, errlen))) return NULL;
+  if (o->pubkey && (pubkey_file_ok(o->pubkey, err, errlen) < 0 ||
+                    !(keys = sig_keys_load(o->pubkey, err, errlen))))
+    return NULL;
   fleet_t *f = xcalloc(1, sizeof *f);
   f->o = *o;
   f->key = xstrdup(o->key);

@@ -804,6 +804,39 @@ def the_caches_temporary_file_follows_no_symlink():
 
 
 @suite.test
+def key_and_cache_files_that_are_not_regular_files():
+    """--policy-pubkey and the cache were read with fopen(): a FIFO blocked
+    the daemon's start (or a SIGHUP) until a writer came, a directory said
+    "Input/output error".  Now each is refused on one line."""
+    reset(docker=False)
+    f = fake(1)
+    fifo = os.path.join(WORK, "pub.fifo")
+    os.mkfifo(fifo)
+    for pub, want in ((fifo, f"--policy-pubkey: {fifo} is a FIFO, not a regular file"),
+                      (WORK, f"--policy-pubkey: {WORK} is a directory, not a file")):
+        r, _ = start("--policy-pubkey", pub, docker=f.host)
+        assert r.proc.wait(timeout=15) == 2, r.output()
+        assert want in r.output(), r.output()
+    # the cache's path is a directory: said, and the host starts
+    state = tmpdir("rfs")
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "_%02x" % ord(c) for c in KEY)
+    cache = os.path.join(state, f"policy-{name}.json")
+    os.mkdir(cache)
+    pub = os.path.join(WORK, "hup.pub")
+    shutil.copy(K1PUB, pub)
+    r, _ = start("--policy-pubkey", pub, docker=f.host, state=state)
+    r.wait_log(f"policy cache {cache}: cannot read it ({cache} is a directory, not a file)")
+    # SIGHUP with the key file turned into a FIFO: said, the keys in use stay
+    os.unlink(pub)
+    os.mkfifo(pub)
+    r.proc.send_signal(signal.SIGHUP)
+    r.wait_log(f"SIGHUP: {pub} is a FIFO, not a regular file; the public keys in use stay")
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    r.stop()
+
+
+@suite.test
 def a_cache_near_the_documents_limit_is_read_back():
     """The cache records its key beside the document: a revision whose
     cache is within the key's length of 1 MiB is still read back (the
