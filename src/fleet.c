@@ -48,6 +48,7 @@ struct fleet {
   int64_t generation;   /* of the last document read */
   policydoc_rev_t *cur; /* the revision in force, or NULL (own policy) */
   int cur_signed;
+  int cur_unverified; /* cur failed its signature check since: said once */
   /* the revision being tried (owned), and the offer behind it */
   policydoc_rev_t *trying;
   int trying_signed;
@@ -570,10 +571,31 @@ static void on_document(fleet_t *f, const char *text, size_t len) {
   f->canary_out = d.canary != NULL;
   if (f->cur && f->cur->revision == r->revision &&
       strcmp(f->cur->sha256, r->sha256) == 0) {
+    /* verified again: the public keys may have changed (SIGHUP) since it
+     * was applied.  One that no longer verifies stays in force (the keys
+     * under its prefix go only with a revision that replaces it), said in
+     * the log and the report; a restart would not start with it. */
+    int sig_ok;
+    char sigwhy[400], line[600];
+    const char *error = NULL;
+    if (check_signature(f, f->cur, &sig_ok, sigwhy, sizeof sigwhy) < 0) {
+      snprintf(line, sizeof line,
+               "the revision in force no longer verifies: %s; it stays in "
+               "force until one that verifies is offered (a restart would "
+               "not start with it)",
+               sigwhy);
+      error = line;
+      if (f->cur_signed || !f->cur_unverified)
+        log_error("policy key %s: %s", f->key, line);
+      f->cur_unverified = 1;
+    } else {
+      f->cur_unverified = 0;
+    }
+    f->cur_signed = sig_ok;
     set_state(f,
               f->canary_out && !f->in_canary ? POLICYDOC_WAITING
                                              : POLICYDOC_APPLIED,
-              NULL);
+              error);
     publish(f);
   } else if (f->refused_rev == r->revision && f->refused_gen == d.generation &&
              strcmp(f->refused_sha, r->sha256) == 0) {
@@ -680,6 +702,7 @@ void fleet_tried(fleet_t *f, fleet_outcome_t outcome, const char *why) {
     policydoc_rev_free(f->cur);
     f->cur = r;
     f->cur_signed = f->trying_signed;
+    f->cur_unverified = 0;
     f->refused_rev = 0;
     f->applied++;
     log_info("policy revision %" PRId64 " of %s applied%s", r->revision, f->key,

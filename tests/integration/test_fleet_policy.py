@@ -457,6 +457,22 @@ def sighup_reads_the_public_keys_again():
     r.proc.send_signal(signal.SIGHUP)
     report_is(state="applied", revision=1)
     r.wait_log("2 policy public keys read again")
+    # the rotation's end: K2 alone.  The revision in force (signed with
+    # K2) still verifies; then K1 alone: it does not, and says so (the
+    # report said applied and signed with no error; a restart refused it)
+    with open(pub, "w") as f:
+        f.write(open(K2PUB).read())
+    r.proc.send_signal(signal.SIGHUP)
+    r.wait_log("1 policy public key read again")
+    time.sleep(0.5)
+    rep = report()
+    assert rep["state"] == "applied" and rep["revision"] == 1 and not rep.get("error"), rep
+    shutil.copy(K1PUB, pub)
+    r.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "no longer verifies" in (report().get("error") or ""), what="the report says so")
+    rep = report()
+    assert rep["state"] == "applied" and rep["revision"] == 1 and not rep.get("signed"), rep
+    assert "the revision in force no longer verifies" in r.output(), r.output()[-2000:]
     r.stop()
 
 
