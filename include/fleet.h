@@ -96,6 +96,11 @@ void fleet_synced(fleet_t *f);
  * tried again. */
 void fleet_reread(fleet_t *f);
 
+/* 1 once KEY has been read and what it offers is decided (applied,
+ * refused, the same as in force, or no policy there), with no read or try
+ * under way or waiting: --once ends only then. */
+int fleet_settled(const fleet_t *f);
+
 /* For /metrics and /healthz. */
 typedef struct {
   const char *key;

@@ -81,6 +81,7 @@ typedef struct {
   unsigned docker_gen; /* counts Docker's connections lost (on_synced) */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
+  uv_timer_t once_timer; /* --once: waits for the fleet's policy */
   uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
@@ -650,6 +651,22 @@ static void on_connection(void *ud, int up) {
   }
 }
 
+static void on_converged(void *ud);
+
+/* --once with --policy-key: the sync is over when the fleet's policy is
+ * decided and etcd matches what it asks for (a revision applied rewrites
+ * keys: on_converged() comes again then, and from here otherwise). */
+#define ONCE_POLL_MS 50
+
+static void once_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (a->stopping) return;
+  if (a->fleet && fleet_settled(a->fleet) && reconcile_converged(a->rec))
+    on_converged(a);
+  else
+    uv_timer_start(t, once_cb, ONCE_POLL_MS, 0);
+}
+
 static void on_converged(void *ud) {
   app_t *a = ud;
   /* once things have been quiet for a moment, give memory back */
@@ -658,7 +675,12 @@ static void on_converged(void *ud) {
   char status[400];
   sync_status(a, status, sizeof status);
   notify_status(a->notify, status);
-  if (a->cfg->once && !a->stopping) {
+  if (a->cfg->once && !a->stopping && a->fleet && !fleet_settled(a->fleet)) {
+    /* the fleet's policy is not read or decided yet: its revision, once
+     * applied, is what this sync is for */
+    if (!uv_is_active((uv_handle_t *)&a->once_timer))
+      uv_timer_start(&a->once_timer, once_cb, ONCE_POLL_MS, 0);
+  } else if (a->cfg->once && !a->stopping) {
     size_t nf = map_size(a->failed);
     if (nf) {
       char names[1024];
@@ -1286,6 +1308,8 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->stop_timer);
   uv_timer_init(&a->loop, &a->deadline_timer);
   uv_timer_init(&a->loop, &a->trim_timer);
+  uv_timer_init(&a->loop, &a->once_timer);
+  a->once_timer.data = a;
   uv_timer_init(&a->loop, &a->status_timer);
   uv_timer_init(&a->loop, &a->audit_timer);
   a->status_timer.data = a->audit_timer.data = a;

@@ -769,6 +769,11 @@ void fleet_reread(fleet_t *f) {
   read_key(f);
 }
 
+int fleet_settled(const fleet_t *f) {
+  return f->seen && !f->get && !f->trying && !f->applying && !f->reread &&
+         !uv_is_active((const uv_handle_t *)f->retry);
+}
+
 void fleet_view(const fleet_t *f, fleet_view_t *v) {
   memset(v, 0, sizeof *v);
   v->key = f->key;

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import LazyDockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, LazyDockerd, Etcd, FreezableProxy, Register, Suite, free_port, tmpdir, wait_for  # noqa: E402
 from fake_docker import FakeDocker  # noqa: E402
 
 IP = "10.21.0.31"
@@ -661,6 +661,28 @@ def the_policy_keys_watch_leaves_a_member_that_hung():
         r.stop()
         proxy.close()
 
+
+
+@suite.test
+def once_syncs_with_the_fleets_policy():
+    """register --once --policy-key on a host with no cache: it ended as
+    soon as the first sync under the host's own policy converged, before
+    the key was read, so it wrote the default schema's keys, none of the
+    fleet's revision, and no report.  It now ends once the fleet's
+    revision is decided, with etcd matching it."""
+    for api in ("2", "3"):
+        reset(docker=False)
+        f = fake(2)
+        put(doc(rev(1, REV_A, K1)), api)
+        p = subprocess.run([REGISTER, "--once", "--etcd", etcd.url, "--docker", f.host, "--policy-key", KEY,
+                            "--state-dir", tmpdir("rfs"), "--etcd-api", f"v{api}", "--policy-pubkey", K1PUB,
+                            "--host-ip", IP], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "sync complete" in p.stderr, p.stderr[-3000:]
+        got = fleet_tree(api)
+        assert len(got) == 2, (got, p.stderr[-2000:])
+        rep = report(api)
+        assert rep and rep["state"] == "applied" and rep["revision"] == 1, rep
 
 
 @suite.test
