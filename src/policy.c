@@ -253,6 +253,24 @@ void policy_count_failure(policy_t *p) {
 
 /* ---- keys ---- */
 
+/* Characters a reader does not see, or that change what is seen around
+ * them: C1 controls and the soft hyphen, the Arabic letter mark, the
+ * Hangul and Mongolian fillers and separator, zero-width characters and
+ * direction marks, the line and paragraph separators, bidi embeddings,
+ * overrides and isolates, invisible operators, the BOM, the interlinear
+ * annotation controls and the tag characters. */
+static int hidden_cp(unsigned cp) {
+  static const unsigned ranges[][2] = {
+      {0x80, 0x9f},       {0xad, 0xad},     {0x61c, 0x61c},   {0x115f, 0x1160},
+      {0x180e, 0x180e},   {0x200b, 0x200f}, {0x2028, 0x202e}, {0x2060, 0x206f},
+      {0x3164, 0x3164},   {0xfeff, 0xfeff}, {0xffa0, 0xffa0}, {0xfff9, 0xfffb},
+      {0xe0000, 0xe007f},
+  };
+  for (size_t i = 0; i < sizeof ranges / sizeof *ranges; i++)
+    if (cp >= ranges[i][0] && cp <= ranges[i][1]) return 1;
+  return 0;
+}
+
 int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
   if (len == 0 || key[0] != '/') {
     snprintf(err, errlen, "key is not absolute (must start with '/')");
@@ -299,29 +317,24 @@ int policy_check_key(const char *key, size_t len, char *err, size_t errlen) {
     return -1;
   }
   /* characters a reader of the key does not see, or that change what is
-   * seen around them: C1 controls and the soft hyphen, zero-width
-   * characters and direction marks, the line and paragraph separators,
-   * bidi embeddings, overrides and isolates, invisible operators, the BOM */
-  for (size_t i = 0; i + 1 < len; i++) {
+   * seen around them (hidden_cp) */
+  for (size_t i = 0; i < len;) {
     const unsigned char *u = (const unsigned char *)key + i;
-    unsigned cp = 0;
-    if (u[0] == 0xc2 && (u[1] <= 0x9f || u[1] == 0xad))
-      cp = u[1];
-    else if (i + 2 < len && u[0] == 0xe2 && u[1] == 0x80 &&
-             ((u[2] >= 0x8b && u[2] <= 0x8f) || (u[2] >= 0xa8 && u[2] <= 0xae)))
-      cp = 0x2000 + (u[2] - 0x80);
-    else if (i + 2 < len && u[0] == 0xe2 && u[1] == 0x81 && u[2] >= 0xa0 &&
-             u[2] <= 0xaf)
-      cp = 0x2040 + (u[2] - 0x80);
-    else if (i + 2 < len && u[0] == 0xef && u[1] == 0xbb && u[2] == 0xbf)
-      cp = 0xfeff;
-    if (cp) {
+    size_t n = u[0] < 0x80 ? 1 : u[0] < 0xe0 ? 2 : u[0] < 0xf0 ? 3 : 4;
+    unsigned cp =
+        n == 1   ? u[0]
+        : n == 2 ? (u[0] & 0x1fu) << 6 | (u[1] & 0x3fu)
+        : n == 3 ? (u[0] & 0x0fu) << 12 | (u[1] & 0x3fu) << 6 | (u[2] & 0x3fu)
+                 : (u[0] & 0x07u) << 18 | (u[1] & 0x3fu) << 12 |
+                       (u[2] & 0x3fu) << 6 | (u[3] & 0x3fu);
+    if (n > 1 && hidden_cp(cp)) {
       snprintf(err, errlen,
                "key has an invisible or control character (U+%04X at offset "
                "%zu)",
                cp, i);
       return -1;
     }
+    i += n;
   }
   return 0;
 }

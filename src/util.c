@@ -250,13 +250,15 @@ void util_clean_text(buf_t *out, const char *s, size_t n, size_t max,
       buf_printf(out, "\\u00%02x", (unsigned char)s[i + 1]); /* C1 */
       i += 2;
     } else if (c == 0xe2 && (((unsigned char)s[i + 1] == 0x80 &&
-                              (unsigned char)s[i + 2] >= 0xaa &&
+                              (unsigned char)s[i + 2] >= 0xa8 &&
                               (unsigned char)s[i + 2] <= 0xae) ||
                              ((unsigned char)s[i + 1] == 0x81 &&
                               (unsigned char)s[i + 2] >= 0xa6 &&
                               (unsigned char)s[i + 2] <= 0xa9))) {
-      /* the bidi embeddings, overrides and isolates (U+202A-202E,
-       * U+2066-2069): they reorder what a terminal shows after them */
+      /* the line and paragraph separators (U+2028, U+2029: a new line to
+       * some readers), the bidi embeddings, overrides and isolates
+       * (U+202A-202E, U+2066-2069): they reorder what a terminal shows
+       * after them */
       buf_printf(out, "\\u%04x",
                  (((unsigned char)s[i + 1] & 0x3f) << 6 |
                   ((unsigned char)s[i + 2] & 0x3f)) |

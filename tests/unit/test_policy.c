@@ -444,11 +444,14 @@ TEST(keys_and_values_must_be_utf8) {
    * separator, a right-to-left override, an isolate, the BOM */
   static const struct {
     const char *key, *cp;
-  } hidden[] = {{"/a\xc2\x80", "U+0080"},     {"/a\xc2\x85", "U+0085"},
-                {"/a\xc2\x9b", "U+009B"},     {"/a\xc2\xad", "U+00AD"},
-                {"/a\xe2\x80\x8b", "U+200B"}, {"/a\xe2\x80\xa8", "U+2028"},
-                {"/a\xe2\x80\xae", "U+202E"}, {"/a\xe2\x81\xa6", "U+2066"},
-                {"/a\xef\xbb\xbf", "U+FEFF"}};
+  } hidden[] = {
+      {"/a\xc2\x80", "U+0080"},     {"/a\xc2\x85", "U+0085"},
+      {"/a\xc2\x9b", "U+009B"},     {"/a\xc2\xad", "U+00AD"},
+      {"/a\xe2\x80\x8b", "U+200B"}, {"/a\xe2\x80\xa8", "U+2028"},
+      {"/a\xe2\x80\xae", "U+202E"}, {"/a\xe2\x81\xa6", "U+2066"},
+      {"/a\xef\xbb\xbf", "U+FEFF"}, {"/a\xd8\x9c", "U+061C"},
+      {"/a\xe1\xa0\x8e", "U+180E"}, {"/a\xe3\x85\xa4", "U+3164"},
+      {"/a\xef\xbf\xb9", "U+FFF9"}, {"/a\xf3\xa0\x80\x81", "U+E0001"}};
   for (size_t i = 0; i < ARRAY_SIZE(hidden); i++) {
     ASSERT_EQ(
         policy_check_key(hidden[i].key, strlen(hidden[i].key), err, sizeof err),

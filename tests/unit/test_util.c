@@ -42,6 +42,12 @@ TEST(clean_text) {
                   "\xe2\x80\x8e",
                   12, 1000, 0);
   ASSERT_STR_EQ(b.data, "a\\u202eb\\u2066c\xe2\x80\x8e");
+  buf_reset(&b); /* the line separator: a new line to some readers */
+  util_clean_text(&b,
+                  "a\xe2\x80\xa8"
+                  "b\xe2\x80\xa9",
+                  8, 1000, 0);
+  ASSERT_STR_EQ(b.data, "a\\u2028b\\u2029");
   buf_reset(&b);
   util_clean_text(&b, "a\nb", 3, 1000, 1);
   ASSERT_STR_EQ(b.data, "a\nb");
