@@ -805,7 +805,7 @@ return { prefix = default.prefix, records = default.records,
 
 @suite.test
 def hook_etcd_reads_in_flight_are_bounded_in_the_daemon():
-    """An event hook that lists a 25 MB subtree of etcd, for 64 events:
+    """An event hook that lists a 15 MB subtree of etcd, for 64 events:
     each etcd answer is held in the daemon (its body, the parsed keys, the
     frame to the worker), outside the worker's memory limit, and unlike
     HTTP answers they had no budget: 557 MB, /metrics unanswered and a
@@ -813,7 +813,7 @@ def hook_etcd_reads_in_flight_are_bounded_in_the_daemon():
     others wait their turn."""
     reset()
     value = b"value=" + b"x" * 100000
-    for i in range(250):
+    for i in range(150):
         etcd.v2(f"/bigtree/k{i}", method="PUT", data=value)
     policy = os.path.join(WORK, "hook_etcd_fanout.lua")
     with open(policy, "w") as f:
@@ -837,7 +837,7 @@ return { prefix = default.prefix, records = default.records,
             try:
                 for _ in range(64):
                     fake.emit(fake.event("exec_create: sh", c))
-                wait_for(lambda: "listed 250 keys" in r.output(), 60, what="a listing handed to the hook")
+                wait_for(lambda: "listed 150 keys" in r.output(), 60, what="a listing handed to the hook")
                 late = fake.add(name="good-late")
                 fake.emit(fake.event("start", late))
                 wait_for(lambda: key(late) in etcd.tree(), 30, interval=0.2, what="a container started after")
