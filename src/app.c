@@ -816,13 +816,15 @@ static void refresh_handed(void *ud, const char *id) {
 static worker_t *reload_commit(void *ud, worker_t *fresh) {
   app_t *a = ud;
   worker_t *old = a->policy;
-  a->policy = fresh;
   /* the updates the old policy has on their way are not waited for (each
    * may take up to its limit, and the loop would be held for all of them):
-   * their containers are evaluated again under the new one.  Until then
-   * each keeps what it had, or the new policy's records from the reload's
-   * trial (reload.c sets those after this). */
+   * those answered are done under it, the others' containers are
+   * evaluated again under the new one (their inspects come from the loop,
+   * after the switch below).  Until then each keeps what it had, or the
+   * new policy's records from the reload's trial (reload.c sets those
+   * after this). */
   worker_hand_over(old, fresh, refresh_handed, a);
+  a->policy = fresh;
   /* the containers that failed under the old policy are evaluated again
    * under the new one (it may be the fix) */
   map_iter_t it;
