@@ -864,6 +864,9 @@ def key_and_cache_files_that_are_not_regular_files():
     shutil.copy(K1PUB, pub)
     r, _ = start("--policy-pubkey", pub, docker=f.host, state=state)
     r.wait_log(f"policy cache {cache}: cannot read it ({cache} is a directory, not a file)")
+    # the signal handlers are in place once it runs (under ASan, a SIGHUP
+    # right after the cache's line came first and ended the process)
+    r.wait_log("in sync")
     # SIGHUP with the key file turned into a FIFO: said, the keys in use stay
     os.unlink(pub)
     os.mkfifo(pub)
