@@ -518,7 +518,6 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
   if (!r->error && r->status && r->status < 500 &&
       res.status != ETCD_UNAVAILABLE) {
     e->last_ok_ms = uv_now(e->loop);
-    op->ep->warned = 0;
     /* not a login's: etcd checks its password with bcrypt, slow on
      * purpose (tens to hundreds of ms, seconds when a fleet logs in at
      * once), which says nothing of how soon a member that does not answer
@@ -607,15 +606,8 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
         uv_hrtime() - op->first <
             (uint64_t)(long_op(op) ? e->timeout_ms * 6 : e->timeout_ms) *
                 1000000) {
+      log_debug("etcd: %s; trying the next endpoint", err);
       etcd_ep_t *failed = op->ep, *next = ep_after(e, failed);
-      /* once per endpoint until it answers again: a member that hangs
-       * (takes connections, never answers) delays every request that
-       * tries it first, and the log should name it */
-      if (!failed->warned && next != failed)
-        log_warn("etcd: %s failed: %s; trying %s", failed->url, err, next->url);
-      else
-        log_debug("etcd: %s; trying the next endpoint", err);
-      failed->warned = 1;
       op->ep = etcd_ep_hold(next);
       /* new operations start on the next endpoint too, not on this one */
       if (e->current == failed) e->current = next;

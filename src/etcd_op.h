@@ -78,7 +78,6 @@ typedef struct {
   int seed;      /* configured by the operator: never dropped */
   int listed;    /* in e->eps */
   unsigned refs; /* ops and watches holding it */
-  int warned;    /* a failover away from it said at warn; 0 once it answers */
 } etcd_ep_t;
 
 /* Endpoints learnt from the member list, beyond the configured ones. */
