@@ -28,15 +28,4 @@ int check_inspect_files(worker_t *p, char **files, int n, FILE *out);
  * reply from the engine (http.h's default body cap). */
 #define CHECK_MAX_INSPECT (32u << 20)
 
-/* An input file opened for reading (a descriptor), when it is a regular
- * file of at most max bytes; else -1 with one line in err naming the path
- * and what is wrong ("... is a directory, not a file", "... is a FIFO, not
- * a regular file", "... is too large: N bytes (at most max)", or the
- * system's error) and errno set (EISDIR, EINVAL, EFBIG, ...).  A FIFO does
- * not block the call.  For check's inputs and register policy push's. */
-int check_open_input(const char *path, size_t max, char *err, size_t errlen);
-/* Its content appended to out: 0, or -1 with one line in err. */
-int check_read_input(const char *path, size_t max, buf_t *out, char *err,
-                     size_t errlen);
-
 #endif

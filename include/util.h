@@ -84,6 +84,17 @@ uint64_t util_now_ms(void);
  * -1 with errno (EFBIG past max bytes when max is not 0). */
 int util_read_fp(FILE *f, size_t max, buf_t *out);
 int util_read_file(const char *path, size_t max, buf_t *out);
+/* An input file opened for reading (a descriptor), when it is a regular
+ * file of at most max bytes; else -1 with one line in err naming the path
+ * and what is wrong ("... is a directory, not a file", "... is a FIFO, not
+ * a regular file", "... is too large: N bytes (at most max)", or the
+ * system's error) and errno set (EISDIR, EINVAL, EFBIG, or open()'s).  A
+ * FIFO does not block the call.  For files an operator names: check's
+ * inputs, the policy commands', the fleet's key and cache files. */
+int util_open_regular(const char *path, size_t max, char *err, size_t errlen);
+/* Its content appended to out: 0, or -1 with one line in err. */
+int util_read_regular(const char *path, size_t max, buf_t *out, char *err,
+                      size_t errlen);
 /* A uniformly distributed value in [0, n): jitter for backoffs. */
 uint32_t util_rand(uint32_t n);
 /* Parses a whole decimal number in [min, max]; -1 if it is not one. */

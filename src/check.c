@@ -237,75 +237,6 @@ static const char *assumed_state(assume_t *a, size_t i, const char *port) {
 
 /* ---- inputs ---- */
 
-static const char *file_type(mode_t m) {
-  return S_ISFIFO(m)   ? "a FIFO"
-         : S_ISCHR(m)  ? "a character device"
-         : S_ISBLK(m)  ? "a block device"
-         : S_ISSOCK(m) ? "a socket"
-                       : "something else";
-}
-
-int check_open_input(const char *path, size_t max, char *err, size_t errlen) {
-  /* O_NONBLOCK: opening a FIFO waits for a writer otherwise */
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return -1;
-  }
-  struct stat st;
-  int e = 0;
-  if (fstat(fd, &st) != 0) {
-    e = errno;
-    snprintf(err, errlen, "%s: %s", path, strerror(e));
-  } else if (S_ISDIR(st.st_mode)) {
-    e = EISDIR;
-    snprintf(err, errlen, "%s is a directory, not a file", path);
-  } else if (!S_ISREG(st.st_mode)) {
-    e = EINVAL;
-    snprintf(err, errlen, "%s is %s, not a regular file", path,
-             file_type(st.st_mode));
-  } else if ((uintmax_t)st.st_size > max) {
-    e = EFBIG;
-    snprintf(err, errlen, "%s is too large: %jd bytes (at most %zu)", path,
-             (intmax_t)st.st_size, max);
-  }
-  if (e) {
-    close(fd);
-    errno = e;
-    return -1;
-  }
-  return fd;
-}
-
-int check_read_input(const char *path, size_t max, buf_t *out, char *err,
-                     size_t errlen) {
-  int fd = check_open_input(path, max, err, errlen);
-  if (fd < 0) return -1;
-  size_t start = out->len;
-  char chunk[65536];
-  for (;;) {
-    ssize_t n = read(fd, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      snprintf(err, errlen, "%s: %s", path, strerror(e));
-      close(fd);
-      errno = e;
-      return -1;
-    }
-    if (n == 0) break;
-    buf_append(out, chunk, (size_t)n);
-    if (out->len - start > max) { /* it grew since fstat() */
-      snprintf(err, errlen, "%s is too large: more than %zu bytes", path, max);
-      close(fd);
-      errno = EFBIG;
-      return -1;
-    }
-  }
-  close(fd);
-  return 0;
-}
-
 static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
   buf_t b;
   buf_init(&b);
@@ -319,7 +250,7 @@ static char *read_all(const char *path, size_t *len, char *err, size_t errlen) {
       buf_free(&b);
       return NULL;
     }
-  } else if (check_read_input(path, CHECK_MAX_INSPECT, &b, err, errlen) < 0) {
+  } else if (util_read_regular(path, CHECK_MAX_INSPECT, &b, err, errlen) < 0) {
     buf_free(&b);
     return NULL;
   }

@@ -331,52 +331,10 @@ static int cache_key_is(const fleet_t *f, const char *text, size_t len,
   return rc;
 }
 
-/* path, opened when it is a regular file of at most max bytes (a FIFO
- * does not block the open): the descriptor, or -1 with errno set (open()'s,
- * or EISDIR, EINVAL: not a regular file, EFBIG) and one line in err naming
- * path. */
-static int open_regular(const char *path, size_t max, char *err,
-                        size_t errlen) {
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
-    int e = errno;
-    snprintf(err, errlen, "%s: %s", path, strerror(e));
-    errno = e;
-    return -1;
-  }
-  struct stat st;
-  int e = 0;
-  if (fstat(fd, &st) != 0) {
-    e = errno;
-    snprintf(err, errlen, "%s: %s", path, strerror(e));
-  } else if (S_ISDIR(st.st_mode)) {
-    e = EISDIR;
-    snprintf(err, errlen, "%s is a directory, not a file", path);
-  } else if (!S_ISREG(st.st_mode)) {
-    e = EINVAL;
-    snprintf(err, errlen, "%s is %s, not a regular file", path,
-             S_ISFIFO(st.st_mode)   ? "a FIFO"
-             : S_ISCHR(st.st_mode)  ? "a character device"
-             : S_ISBLK(st.st_mode)  ? "a block device"
-             : S_ISSOCK(st.st_mode) ? "a socket"
-                                    : "something else");
-  } else if ((uintmax_t)st.st_size > max) {
-    e = EFBIG;
-    snprintf(err, errlen, "%s is too large: %jd bytes (at most %zu)", path,
-             (intmax_t)st.st_size, max);
-  }
-  if (e) {
-    close(fd);
-    errno = e;
-    return -1;
-  }
-  return fd;
-}
-
 /* The public key file, checked before sig_keys_load() reads it: 0, or -1
  * with one line in err. */
 static int pubkey_file_ok(const char *path, char *err, size_t errlen) {
-  int fd = open_regular(path, PUBKEYS_MAX, err, errlen);
+  int fd = util_open_regular(path, PUBKEYS_MAX, err, errlen);
   if (fd < 0) return -1;
   close(fd);
   return 0;
@@ -387,8 +345,8 @@ int fleet_cached(fleet_t *f, const char **source, size_t *len,
   buf_t b;
   buf_init(&b);
   char why_not[600];
-  int fd = open_regular(f->cache_file, POLICYDOC_MAX_DOC + 4096, why_not,
-                        sizeof why_not);
+  int fd = util_open_regular(f->cache_file, POLICYDOC_MAX_DOC + 4096, why_not,
+                             sizeof why_not);
   int e = errno, ok = fd >= 0;
   FILE *fp = ok ? fdopen(fd, "rb") : NULL;
   if (ok && (!fp || util_read_fp(fp, POLICYDOC_MAX_DOC + 4096, &b) < 0)) {

@@ -550,7 +550,7 @@ static int check_source(const config_t *cfg, const char *file, const char *key,
     char why[600];
     int fd = strcmp(f, "-") == 0
                  ? 0
-                 : check_open_input(f, CHECK_MAX_INSPECT, why, sizeof why);
+                 : util_open_regular(f, CHECK_MAX_INSPECT, why, sizeof why);
     if (fd < 0) {
       fail("%s (an inspect document to check %s on): nothing pushed", why,
            file);
@@ -666,7 +666,8 @@ static int push(const config_t *cfg, client_t *c, int force) {
   buf_t src;
   buf_init(&src);
   buf_reserve(&src, 1);
-  if (check_read_input(file, POLICYDOC_MAX_SOURCE, &src, err, sizeof err) < 0) {
+  if (util_read_regular(file, POLICYDOC_MAX_SOURCE, &src, err, sizeof err) <
+      0) {
     int e = errno;
     buf_free(&src);
     policydoc_free(&scratch);
@@ -695,7 +696,7 @@ static int push(const config_t *cfg, client_t *c, int force) {
   char *sig = NULL;
   int bad = 0;
   if (cfg->policy_sign) { /* a key file: small, and a file (never blocks) */
-    int fd = check_open_input(cfg->policy_sign, KEYFILE_MAX, err, sizeof err);
+    int fd = util_open_regular(cfg->policy_sign, KEYFILE_MAX, err, sizeof err);
     if (fd < 0) {
       fail("--sign: %s", err);
       bad = 1;
@@ -1022,7 +1023,8 @@ static int status(const config_t *cfg, client_t *c) {
   sig_keys_t *keys = NULL;
   if (cfg->policy_pubkey) { /* a key file, never a FIFO that blocks */
     char err[600];
-    int fd = check_open_input(cfg->policy_pubkey, PUBKEYS_MAX, err, sizeof err);
+    int fd =
+        util_open_regular(cfg->policy_pubkey, PUBKEYS_MAX, err, sizeof err);
     if (fd < 0) return fail("--policy-pubkey: %s", err);
     close(fd);
     if (!(keys = sig_keys_load(cfg->policy_pubkey, err, sizeof err)))

@@ -2,10 +2,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -365,4 +368,75 @@ int util_read_file(const char *path, size_t max, buf_t *out) {
   fclose(f);
   errno = e;
   return rc;
+}
+
+static const char *file_type(mode_t m) {
+  return S_ISFIFO(m)   ? "a FIFO"
+         : S_ISCHR(m)  ? "a character device"
+         : S_ISBLK(m)  ? "a block device"
+         : S_ISSOCK(m) ? "a socket"
+                       : "something else";
+}
+
+int util_open_regular(const char *path, size_t max, char *err, size_t errlen) {
+  /* O_NONBLOCK: opening a FIFO waits for a writer otherwise */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    int e = errno;
+    snprintf(err, errlen, "%s: %s", path, strerror(e));
+    errno = e;
+    return -1;
+  }
+  struct stat st;
+  int e = 0;
+  if (fstat(fd, &st) != 0) {
+    e = errno;
+    snprintf(err, errlen, "%s: %s", path, strerror(e));
+  } else if (S_ISDIR(st.st_mode)) {
+    e = EISDIR;
+    snprintf(err, errlen, "%s is a directory, not a file", path);
+  } else if (!S_ISREG(st.st_mode)) {
+    e = EINVAL;
+    snprintf(err, errlen, "%s is %s, not a regular file", path,
+             file_type(st.st_mode));
+  } else if ((uintmax_t)st.st_size > max) {
+    e = EFBIG;
+    snprintf(err, errlen, "%s is too large: %jd bytes (at most %zu)", path,
+             (intmax_t)st.st_size, max);
+  }
+  if (e) {
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
+int util_read_regular(const char *path, size_t max, buf_t *out, char *err,
+                      size_t errlen) {
+  int fd = util_open_regular(path, max, err, errlen);
+  if (fd < 0) return -1;
+  size_t start = out->len;
+  char chunk[65536];
+  for (;;) {
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      snprintf(err, errlen, "%s: %s", path, strerror(e));
+      close(fd);
+      errno = e;
+      return -1;
+    }
+    if (n == 0) break;
+    buf_append(out, chunk, (size_t)n);
+    if (out->len - start > max) { /* it grew since fstat() */
+      snprintf(err, errlen, "%s is too large: more than %zu bytes", path, max);
+      close(fd);
+      errno = EFBIG;
+      return -1;
+    }
+  }
+  close(fd);
+  return 0;
 }
