@@ -43,6 +43,15 @@ suite.defer(fake.stop)
 WORK = tmpdir("rw")
 
 
+# a policy whose calls for containers named evil* hang in one C call
+HANG_EVIL = """local default = require "register.default"
+return { prefix = default.prefix, records = function(c, host)
+  if c.name:match("^evil") then string.rep("", math.maxinteger) end
+  return default.records(c, host)
+end }
+"""
+
+
 def reset():
     for c in list(fake.containers):
         fake.remove(c)
@@ -641,12 +650,7 @@ def several_containers_that_hang_do_not_keep_the_others_from_their_worker():
     reset()
     policy = os.path.join(WORK, "hang_some.lua")
     with open(policy, "w") as f:
-        f.write("""local default = require "register.default"
-return { prefix = default.prefix, records = function(c, host)
-  if c.name:match("^evil") then string.rep("", math.maxinteger) end
-  return default.records(c, host)
-end }
-""")
+        f.write(HANG_EVIL)
     evil = [fake.add(name=f"evil{i}", image="evil") for i in range(6)]
     good = [fake.add(name=f"good{i}") for i in range(2)]
     port = free_port()
@@ -681,12 +685,7 @@ def a_reload_does_not_wait_for_the_calls_on_their_way():
     reset()
     policy = os.path.join(WORK, "hang_then_reload.lua")
     with open(policy, "w") as f:
-        f.write("""local default = require "register.default"
-return { prefix = default.prefix, records = function(c, host)
-  if c.name:match("^evil") then string.rep("", math.maxinteger) end
-  return default.records(c, host)
-end }
-""")
+        f.write(HANG_EVIL)
     good = fake.add(name="good0")
     evil = [fake.add(name=f"evil{i}", image="evil") for i in range(12)]
     port = free_port()
