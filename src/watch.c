@@ -114,6 +114,10 @@ typedef struct {
   char *dest; /* what tmp is renamed to: PATH, or its link's target */
   struct stat disk_st; /* dest as last written or read (disk_cb) */
   int disk_st_known;
+  /* the mode and owner of the file last written: a file removed since
+   * is written again with them (not a new file's 0644) */
+  struct stat wrote_st;
+  int wrote_known;
   uv_timer_t disk_timer; /* looks at dest between cycles */
   /* beside PATH while a file put in place has not been reloaded yet:
    * found at start, the reload the last run did not finish is run
@@ -341,8 +345,8 @@ static void keep_owner(watch_t *w, int fd, const struct stat *st) {
 }
 
 /* The candidate in a temporary file beside the file PATH names, with its
- * mode and owner (or 0644 less the umask for a new file), on disk.  0, or
- * -1. */
+ * mode and owner (those it had when last written, when it was removed
+ * since; 0644 less the umask for a new file), on disk.  0, or -1. */
 static int write_candidate(watch_t *w, char *err, size_t errlen) {
   free(w->dest);
   w->dest = out_target(w->cfg->out_file, err, errlen);
@@ -382,7 +386,9 @@ static int write_candidate(watch_t *w, char *err, size_t errlen) {
   }
   struct stat st;
   if (rc == 0) {
-    if (stat(out, &st) == 0) {
+    int exists = stat(out, &st) == 0;
+    if (!exists && w->wrote_known) st = w->wrote_st;
+    if (exists || w->wrote_known) {
       rc = fchmod(fd, st.st_mode & 07777);
       if (rc == 0) keep_owner(w, fd, &st);
     } else {
@@ -456,6 +462,10 @@ static void remove_leftovers(const char *dest) {
 /* What dest is on disk now, to see a change by someone else (disk_cb). */
 static void note_disk(watch_t *w) {
   w->disk_st_known = w->dest && stat(w->dest, &w->disk_st) == 0;
+  if (w->disk_st_known) {
+    w->wrote_st = w->disk_st;
+    w->wrote_known = 1;
+  }
 }
 
 /* The candidate becomes the file (rename, then the directory on disk). */
@@ -482,9 +492,11 @@ static int put_in_place(watch_t *w, char *err, size_t errlen) {
   buf_append(&w->current, w->candidate.data ? w->candidate.data : "",
              w->candidate.len);
   w->current_known = 1;
-  if (known)
+  if (known) {
     w->disk_st_known = 1;
-  else
+    w->wrote_st = w->disk_st;
+    w->wrote_known = 1;
+  } else
     note_disk(w);
   return 0;
 }
@@ -983,8 +995,10 @@ static void disk_cb(uv_timer_t *t) {
   if (stat(w->dest, &st) == 0 && st.st_ino == w->disk_st.st_ino &&
       st.st_dev == w->disk_st.st_dev && st.st_size == w->disk_st.st_size &&
       st.st_mtim.tv_sec == w->disk_st.st_mtim.tv_sec &&
-      st.st_mtim.tv_nsec == w->disk_st.st_mtim.tv_nsec)
+      st.st_mtim.tv_nsec == w->disk_st.st_mtim.tv_nsec) {
+    w->wrote_st = st; /* a chmod or chown since is kept */
     return;
+  }
   w->disk_st_known = 0; /* once: the cycle looks again */
   uint64_t now = uv_now(&w->loop);
   w->dirty = 1;

@@ -1235,8 +1235,9 @@ def an_etcd_without_the_v2_api_is_named():
 def a_file_removed_or_edited_behind_its_back_is_put_back():
     """With a quiet prefix, --out removed or edited by hand stayed so (for
     good: nothing rendered again), while /healthz said ok.  The file is
-    looked at between cycles; a change is rendered again, put back and
-    reloaded.  Each API."""
+    looked at between cycles; a change is rendered again, put back (a
+    removed one with the mode and owner it had) and reloaded.  Each
+    API."""
     for api in ("v2", "v3"):
         prefix = f"/handedit-{api}"
         put(api, f"{prefix}/a", "1")
@@ -1246,8 +1247,15 @@ def a_file_removed_or_edited_behind_its_back_is_put_back():
         want = expected(prefix, api, {f"{prefix}/a": "1"})
         wait_for(lambda: w.text() == want, what=f"the first render ({api})")
         wait_for(lambda: os.path.exists(reloads), what=f"the first reload ({api})")
+        # its mode and group as the admin set them: kept when it is put
+        # back (it came back 0644 root:root, readable by all)
+        os.chmod(w.out, 0o640)
+        os.chown(w.out, 0, 65534)
+        time.sleep(6)  # the disk check (every 5 s) sees them
         os.unlink(w.out)
         wait_for(lambda: w.text() == want, 20, what=f"the removed file put back ({api})")
+        st = os.stat(w.out)
+        assert (st.st_mode & 0o7777, st.st_gid) == (0o640, 65534), (oct(st.st_mode), st.st_gid)
         assert f"{w.out} was removed since register watch wrote it" in w.output(), w.output()[-2000:]
         with open(w.out, "a") as f:
             f.write("backend hand-edited\n")
