@@ -1053,6 +1053,27 @@ static int check_metrics(const config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
+/* A "." or ".." segment in key k (an absolute path; NULL: none) is one
+ * that v2 (the key in a URL's path) resolves and v3 does not, and that
+ * util_key_holds() takes literally: -1 with one line in err naming flag
+ * (and an example of a key without), or 0. */
+static int dot_segments(const char *k, const char *flag, const char *example,
+                        char *err, size_t errlen) {
+  for (const char *p = k; p && *p;) {
+    p++; /* past the '/' */
+    size_t n = strcspn(p, "/");
+    if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
+      snprintf(err, errlen,
+               "%s \"%s\" has a \"%.*s\" segment: name the key without "
+               "\".\" or \"..\", e.g. %s",
+               flag, k, (int)n, p, example);
+      return -1;
+    }
+    p += n;
+  }
+  return 0;
+}
+
 static int check_watch(config_t *cfg, char *err, size_t errlen) {
   char *p = cfg->watch_prefix;
   if (!p) {
@@ -1072,6 +1093,7 @@ static int check_watch(config_t *cfg, char *err, size_t errlen) {
              cfg->watch_prefix);
     return -1;
   }
+  if (dot_segments(p, "PREFIX", "/registered", err, errlen) < 0) return -1;
   if (!cfg->render_file || !*cfg->render_file) {
     snprintf(err, errlen, "--render FILE.lua is required");
     return -1;
@@ -1103,26 +1125,11 @@ static int check_key(char *k, const char *flag, char *err, size_t errlen) {
 }
 
 /* The policy key and its status/ directory are paths the hosts and the
- * operators must agree on: a "." or ".." segment is one that v2 (KEY in a
- * URL's path) resolves and v3 does not, and that util_key_holds() and the
- * status directory's name take literally. */
+ * operators must agree on: a "." or ".." segment (dot_segments()). */
 static int check_policy_key(config_t *cfg, const char *flag, char *err,
                             size_t errlen) {
   if (check_key(cfg->policy_key, flag, err, errlen) < 0) return -1;
-  const char *k = cfg->policy_key;
-  for (const char *p = k; p && *p;) {
-    p++; /* past the '/' */
-    size_t n = strcspn(p, "/");
-    if ((n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
-      snprintf(err, errlen,
-               "%s \"%s\" has a \"%.*s\" segment: name the key without "
-               "\".\" or \"..\", e.g. /register/policy",
-               flag, k, (int)n, p);
-      return -1;
-    }
-    p += n;
-  }
-  return 0;
+  return dot_segments(cfg->policy_key, flag, "/register/policy", err, errlen);
 }
 
 static int check_policy(config_t *cfg, char *err, size_t errlen) {

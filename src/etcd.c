@@ -607,6 +607,8 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
             (uint64_t)(long_op(op) ? e->timeout_ms * 6 : e->timeout_ms) *
                 1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
+      /* what a caller that gives up meanwhile can say (watch --once) */
+      snprintf(e->last_error, sizeof e->last_error, "%.299s", err);
       etcd_ep_t *failed = op->ep, *next = ep_after(e, failed);
       op->ep = etcd_ep_hold(next);
       /* new operations start on the next endpoint too, not on this one */

@@ -1242,8 +1242,18 @@ static void on_creds(void *ud, unsigned what) {
 
 static void on_deadline(uv_timer_t *t) {
   watch_t *w = t->data;
-  log_error("watch: --once: %s not rendered within %ld s%s%s", w->cfg->out_file,
-            w->cfg->once_timeout, w->etcd_error[0] ? ": " : "", w->etcd_error);
+  /* no failure said yet: a member that holds every request, failed over
+   * from one to the next until the deadline; the last one's error */
+  const char *last = w->etcd ? etcd_last_error(w->etcd) : "";
+  char why[sizeof w->etcd_error + 320];
+  if (w->etcd_error[0])
+    snprintf(why, sizeof why, ": %s", w->etcd_error);
+  else if (*last)
+    snprintf(why, sizeof why, ": etcd: %s", last);
+  else
+    why[0] = '\0';
+  log_error("watch: --once: %s not rendered within %ld s%s", w->cfg->out_file,
+            w->cfg->once_timeout, why);
   stop(w, 1);
 }
 

@@ -301,6 +301,16 @@ def once_renders_and_exits():
     rc, err = dead.once("--timeout", "2")
     assert rc == 1 and time.time() - t0 < 10, (rc, err)
     assert "not rendered within 2 s" in err, err
+    # a member that takes connections and never answers: the line said no
+    # cause (every request failed over to the next try, none failed yet)
+    proxy = FreezableProxy(etcd.url)
+    suite.defer(proxy.close)
+    proxy.freeze()
+    hung = Watch(prefix, "v3")
+    hung.cmd[hung.cmd.index("--etcd") + 1] = proxy.url
+    rc, err = hung.once("--timeout", "8")
+    assert rc == 1, (rc, err)
+    assert re.search(r"not rendered within 8 s: etcd: .*timed out", err), err
 
 
 BAD_RENDERS = {
@@ -823,6 +833,9 @@ def bad_flags_say_what():
         (["/p"], "--render FILE.lua is required"),
         (["/p", "--render", "x.lua"], "--out PATH is required"),
         (["p", "--render", "x.lua", "--out", "o"], "must be an absolute key path"),
+        # v2 resolved it (the whole keyspace, every backend filtered out)
+        (["/registered/..", "--render", "x.lua", "--out", "o"], 'has a ".." segment'),
+        (["/registered/./", "--render", "x.lua", "--out", "o"], 'has a "." segment'),
         (["/p", "--render", "x.lua", "--out", "o", "--wait", "5parsecs"], "is not MIN[:MAX]"),
         (["/p", "--render", "x.lua", "--out", "o", "--wait", "nan"], "is not MIN[:MAX]"),
         (["/p", "--render", "x.lua", "--out", "o", "--wait", "1s:infs"], "is not MIN[:MAX]"),
