@@ -144,6 +144,9 @@ void checks_free(checks_t *ck);
 void checks_spec_init(checks_spec_t *s);
 /* The shortest interval and timeout a check may have. */
 #define CHECKS_MIN_MS 100
+/* The longest path, and host or address, a check may have (bytes). */
+#define CHECKS_MAX_PATH 4096
+#define CHECKS_MAX_NAME 255
 
 /* 0, or -1 with a one-line reason ("check interval of 1 ms is below the
  * minimum of 100 ms", ...). */

@@ -75,12 +75,23 @@ int checks_spec_validate(const checks_spec_t *s, char *err, size_t errlen) {
         s->timeout_ms, s->interval_ms);
   if (s->rise < 1) BAD("check rise must be >= 1");
   if (s->fall < 1) BAD("check fall must be >= 1");
+  /* lengths: each run hands them to curl (a URL, a header) and logs them,
+   * every interval, in the daemon */
+  if (s->address && strlen(s->address) > CHECKS_MAX_NAME)
+    BAD("check address is too long: %zu bytes (at most %d)",
+        strlen(s->address), CHECKS_MAX_NAME);
   if (has_ctl(s->address, 1)) BAD("check address must not contain spaces");
   if (s->type == CHECKS_HTTP) {
     if (s->status_min < 100 || s->status_max > 599 ||
         s->status_min > s->status_max)
       BAD("check status range %d-%d is not within 100-599 with min <= max",
           s->status_min, s->status_max);
+    if (s->path && strlen(s->path) > CHECKS_MAX_PATH)
+      BAD("check path is too long: %zu bytes (at most %d)", strlen(s->path),
+          CHECKS_MAX_PATH);
+    if (s->host && strlen(s->host) > CHECKS_MAX_NAME)
+      BAD("check host is too long: %zu bytes (at most %d)", strlen(s->host),
+          CHECKS_MAX_NAME);
     if (s->path && (s->path[0] != '/' || has_ctl(s->path, 1)))
       BAD("check path must start with / and have no spaces");
     if (s->method) {

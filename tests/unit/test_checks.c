@@ -356,6 +356,23 @@ TEST(spec_validation) {
   EXPECT_BAD((x->type = CHECKS_HTTP, x->method = "HEAD"), "not supported");
   EXPECT_BAD((x->type = CHECKS_HTTP, x->host = "a\r\nX: y"),
              "control characters");
+  /* lengths: a 4 MiB path was handed to curl every interval, in the
+   * daemon (its loop held for seconds, its memory swollen) */
+  static char longs[CHECKS_MAX_PATH + 2];
+  memset(longs, 'p', sizeof longs - 1);
+  longs[0] = '/';
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->path = longs),
+             "check path is too long: 4097 bytes (at most 4096)");
+  EXPECT_BAD((x->type = CHECKS_HTTP, x->host = longs + 1),
+             "check host is too long: 4096 bytes (at most 255)");
+  EXPECT_BAD(x->address = longs + 1,
+             "check address is too long: 4096 bytes (at most 255)");
+  longs[CHECKS_MAX_PATH] = '\0'; /* at the caps: accepted */
+  checks_spec_t at = s;
+  at.type = CHECKS_HTTP;
+  at.path = longs;
+  at.host = longs + CHECKS_MAX_PATH - CHECKS_MAX_NAME;
+  ASSERT_EQ(checks_spec_validate(&at, err, sizeof err), 0);
   /* http fields do not matter for tcp */
   checks_spec_t t = s;
   t.status_min = 0;
