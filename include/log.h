@@ -24,6 +24,11 @@ void log_set_sink(log_sink_fn fn);
 
 /* fields: NULL, or NULL-terminated name/value pairs; a NULL value skips the
  * pair.  The message is printf-formatted. */
+/* The longest message a line carries (bytes; the rest is cut, and the cut
+ * said), and the longest value of a field a policy's line carries. */
+#define LOG_MSG_MAX 16384
+#define LOG_FIELD_MAX 1024
+
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,
               ...) __attribute__((format(printf, 3, 4)));
 

@@ -38,13 +38,6 @@ void reload_set_vet(reload_t *r, reload_vet_cb vet);
  * comes first) and frees r. */
 void reload_free(reload_t *r);
 
-/* SIGHUP: loads po->file and tries it against current, the policy in
- * force (po->file NULL: the embedded default, nothing to reload; a reload
- * already running: nothing either).  Every outcome is logged.  po's
- * strings must outlive the reload, current must stay in force until it
- * ends (only this reload's commit replaces it). */
-void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
-                docker_t *docker, reconcile_t *rec);
 /* A reload's outcome. */
 typedef enum {
   RELOAD_APPLIED, /* in force */
@@ -61,6 +54,17 @@ typedef enum {
  * call). */
 typedef void (*reload_done_cb)(void *ud, reload_outcome_t outcome,
                                const char *why);
+/* SIGHUP: loads po->file and tries it against current, the policy in
+ * force (po->file NULL: the embedded default, nothing to reload; a reload
+ * already running: nothing either).  Every outcome is logged.  po's
+ * strings must outlive the reload, current must stay in force until it
+ * ends (only this reload's commit replaces it).  done (NULL: none) is
+ * called as for reload_try() once a reload that started is over. */
+void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
+                docker_t *docker, reconcile_t *rec, reload_done_cb done,
+                void *ud);
+/* 1 while a reload runs (from its start to its done). */
+int reload_running(const reload_t *r);
 /* As reload_run, for po's policy (po->source: a text; the fleet's), and
  * done called from the loop when it is over (after the commit).  -1 with
  * err and *outcome (RELOAD_BUSY, _REFUSED, _TIMED_OUT) when it cannot

@@ -60,9 +60,10 @@ typedef struct {
   char *fence_key;  /* this host's write fence (owned), or NULL */
   /* keys no record may be at or under (worker_opts_t.reserved): the
    * fleet's policy key, the reports' directory, the fences' (owned) */
-  char *reserved_keys[4];
-  int status_set;          /* the report is one of the reconciler's keys */
-  fleet_view_t fleet_view; /* for health_inputs */
+  char *reserved_keys[8];
+  const char *reserved_what[8]; /* what each is, for the refusal */
+  int status_set;               /* the report is one of the reconciler's keys */
+  fleet_view_t fleet_view;      /* for health_inputs */
   notify_t *notify;
   httpd_t *httpd;
   health_t *health;      /* the answers httpd gives */
@@ -82,6 +83,8 @@ typedef struct {
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
   uv_timer_t once_timer; /* --once: waits for the fleet's policy */
+  uv_timer_t hup_timer;  /* a SIGHUP during a reload: the next one */
+  int hup_again;         /* ... came */
   uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
@@ -253,12 +256,13 @@ static const char *cont_name(const json_value_t *inspect) {
   return *n == '/' ? n + 1 : n;
 }
 
-/* Every running container failed its policy call: keep every key under
- * the prefix.  Decided once Docker's list is complete (orphans wait for it
+/* A running container failed its policy call: keep every key under the
+ * prefix that no container produces (its own may be among them, under
+ * names that do not name it: a broken policy is not an instruction to
+ * delete).  Decided once Docker's list is complete (orphans wait for it
  * anyway), so that the first of many containers failing says nothing. */
 static void hold_orphans_update(app_t *a) {
-  size_t nf = map_size(a->failed);
-  reconcile_hold_orphans(a->rec, a->listed && nf > 0 && nf == a->nlive);
+  reconcile_hold_orphans(a->rec, a->listed && map_size(a->failed) > 0);
 }
 
 /* The container's evaluation failed (why: "reason") or succeeded (NULL). */
@@ -768,16 +772,13 @@ static int vet_policy(void *ud, const worker_t *w, const worker_opts_t *po,
   app_t *a = ud;
   const char *pre = worker_prefix(w);
   if (!pre) return 0;
-  static const char *const what[] = {"the fleet's policy key",
-                                     "the hosts' reports", "the write fences"};
   for (size_t i = 0; i < ARRAY_SIZE(a->reserved_keys); i++) {
     const char *k = a->reserved_keys[i];
     if (!k) break;
     if (util_key_holds(pre, k) || util_key_holds(k, pre)) {
-      size_t kind = !a->cfg->policy_key ? 2 : i < 2 ? i : 2;
       snprintf(err, errlen, "its prefix %s %s %s (%s): register's own keys",
-               pre, util_key_holds(pre, k) ? "holds" : "is inside", what[kind],
-               k);
+               pre, util_key_holds(pre, k) ? "holds" : "is inside",
+               a->reserved_what[i], k);
       return -1;
     }
   }
@@ -853,22 +854,40 @@ static void on_worker_restart(void *ud) {
 
 /* a->reserved_keys: register's own keys, which no record may touch: the
  * fleet's policy key and its hosts' reports, and the write fences (their
- * directory, when the fence is the default /register/fence/HOST_IP). */
+ * directory, when the fence is the default /register/fence/HOST_IP); and
+ * the defaults of those, always.  Each once. */
+static void reserve_key(app_t *a, size_t *n, char *key, const char *what) {
+  for (size_t i = 0; i < *n; i++)
+    if (strcmp(a->reserved_keys[i], key) == 0) {
+      free(key);
+      return;
+    }
+  REGISTER_ASSERT(*n + 1 < ARRAY_SIZE(a->reserved_keys)); /* NULL-ended */
+  a->reserved_what[*n] = what;
+  a->reserved_keys[(*n)++] = key;
+}
+
 static void reserve_keys(app_t *a) {
   size_t n = 0;
   if (a->cfg->policy_key) {
-    a->reserved_keys[n++] = xstrdup(a->cfg->policy_key);
-    a->reserved_keys[n++] = policydoc_status_dir(a->cfg->policy_key);
+    reserve_key(a, &n, xstrdup(a->cfg->policy_key), "the fleet's policy key");
+    reserve_key(a, &n, policydoc_status_dir(a->cfg->policy_key),
+                "the hosts' reports");
   }
   if (a->fence_key) {
     const char *slash = strrchr(a->fence_key, '/');
     /* the default's directory: every host's fence */
-    a->reserved_keys[n++] =
-        !a->cfg->etcd_fence && slash && slash != a->fence_key
-            ? util_path_dir(a->fence_key)
-            : xstrdup(a->fence_key);
+    reserve_key(a, &n,
+                !a->cfg->etcd_fence && slash && slash != a->fence_key
+                    ? util_path_dir(a->fence_key)
+                    : xstrdup(a->fence_key),
+                "the write fences");
   }
-  REGISTER_ASSERT(n < ARRAY_SIZE(a->reserved_keys)); /* NULL-terminated */
+  /* the defaults, whatever this host uses: other hosts of the same etcd
+   * may use them (a v3 host's fence, the fleet's key and reports) */
+  reserve_key(a, &n, xstrdup("/register/fence"), "the write fences");
+  reserve_key(a, &n, xstrdup("/register/policy"), "the fleet's policy key");
+  reserve_key(a, &n, xstrdup("/register/status"), "the hosts' reports");
 }
 
 /* The options every policy of this daemon is made with. */
@@ -1122,6 +1141,29 @@ static void begin_stop(app_t *a, int code) {
   uv_timer_start(&a->stop_timer, stop_cb, 0, 0);
 }
 
+static void sighup_reload(app_t *a);
+
+/* A SIGHUP came while the reload ran: the next one starts from the loop
+ * (not inside the reload's end). */
+static void hup_timer_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (!a->stopping) sighup_reload(a);
+}
+
+static void sighup_done(void *ud, reload_outcome_t outcome, const char *why) {
+  (void)outcome;
+  (void)why;
+  app_t *a = ud;
+  if (!a->hup_again) return;
+  a->hup_again = 0;
+  uv_timer_start(&a->hup_timer, hup_timer_cb, 0, 0);
+}
+
+static void sighup_reload(app_t *a) {
+  worker_opts_t po = policy_opts(a);
+  reload_run(a->reload, &po, a->policy, a->docker, a->rec, sighup_done, a);
+}
+
 static void signal_cb(uv_signal_t *s, int signum) {
   app_t *a = s->data;
   if (signum == SIGHUP) {
@@ -1136,8 +1178,14 @@ static void signal_cb(uv_signal_t *s, int signum) {
       fleet_reread(a->fleet);
       return;
     }
-    worker_opts_t po = policy_opts(a);
-    reload_run(a->reload, &po, a->policy, a->docker, a->rec);
+    if (reload_running(a->reload)) { /* the file may have changed since */
+      log_info("SIGHUP: a policy reload is running; %s is tried again once "
+               "it is over",
+               a->cfg->policy_file ? a->cfg->policy_file : "the policy");
+      a->hup_again = 1;
+      return;
+    }
+    sighup_reload(a);
     return;
   }
   if (a->stopping) {
@@ -1312,6 +1360,8 @@ int app_run(const config_t *cfg) {
   uv_timer_init(&a->loop, &a->trim_timer);
   uv_timer_init(&a->loop, &a->once_timer);
   a->once_timer.data = a;
+  uv_timer_init(&a->loop, &a->hup_timer);
+  a->hup_timer.data = a;
   uv_timer_init(&a->loop, &a->status_timer);
   uv_timer_init(&a->loop, &a->audit_timer);
   a->status_timer.data = a->audit_timer.data = a;

@@ -84,11 +84,10 @@ static void text_value(buf_t *b, const char *v) {
     json_escape(b, v, strlen(v));
 }
 
-/* The longest message a line carries; the rest is cut and counted.  A
- * message (text format) is on one line: control characters escaped
+/* A message (text format) is on one line: control characters escaped
  * (util_clean_text), so that no text, whoever wrote it (a policy's error,
- * a command's output), starts a line of its own or drives the terminal. */
-#define LOG_MSG_MAX 16384
+ * a command's output), starts a line of its own or drives the terminal;
+ * past LOG_MSG_MAX bytes it is cut. */
 
 void log_emit(log_level_t level, const char *const *fields, const char *fmt,
               ...) {

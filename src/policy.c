@@ -387,6 +387,16 @@ static int setup_renderer(lua_State *L, policy_t *p) {
   return 0;
 }
 
+void policy_push_host(lua_State *L, policy_t *p) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  lua_createtable(L, 0, 2);
+  lua_getfield(L, -2, "ip");
+  lua_setfield(L, -2, "ip");
+  lua_getfield(L, -2, "hostname");
+  lua_setfield(L, -2, "hostname");
+  lua_remove(L, -2);
+}
+
 static int setup(lua_State *L) {
   setup_t *s = lua_touserdata(L, 1);
   policy_t *p = s->p;
@@ -441,7 +451,7 @@ static int setup(lua_State *L) {
   }
 
   if (lua_getfield(L, -1, "prefix") == LUA_TFUNCTION) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+    policy_push_host(L, p);
     lua_call(L, 1, 1);
     if (!lua_isnil(L, -1)) {
       size_t len;
@@ -575,7 +585,7 @@ static int call_records(lua_State *L) {
     return luaL_error(L, "records is a %s, not a function",
                       luaL_typename(L, -1));
   lua_pushvalue(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  policy_push_host(L, p);
   lua_call(L, 2, 1);
   return 1;
 }
@@ -810,7 +820,7 @@ static int call_render(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   lua_setfield(L, -2, "keys");
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  policy_push_host(L, p);
   lua_setfield(L, -2, "host");
   lua_call(L, 2, 1);
   return 1;

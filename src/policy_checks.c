@@ -84,7 +84,7 @@ static int call_checks(lua_State *L) {
     return luaL_error(L, "checks is a %s, not a function",
                       luaL_typename(L, -1));
   lua_pushvalue(L, 1);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref_host);
+  policy_push_host(L, p);
   lua_call(L, 2, 1);
   if (lua_isnil(L, -1)) return 0;
   if (!lua_istable(L, -1))

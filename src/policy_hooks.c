@@ -234,7 +234,7 @@ static int hook_prepare(lua_State *L) {
     lua_setfield(co, -2, "time");
     lua_pushinteger(co, ev->time_nano);
     lua_setfield(co, -2, "time_nano");
-    lua_rawgeti(co, LUA_REGISTRYINDEX, a->p->ref_host);
+    policy_push_host(co, a->p);
   } else {
     lua_pushstring(co, a->op);
     lua_pushstring(co, a->key);

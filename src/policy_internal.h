@@ -94,6 +94,11 @@ void policy_count_failure(policy_t *p);
 /* A protected C function: argument 1 is a policy_pushargs_t; pushes the
  * document box and the container table. */
 int policy_push_container(lua_State *L);
+/* Pushes a host table of its own for a call ({ip, hostname}): one shared
+ * by every call let a call for one container change what the next one
+ * saw (host.ip set to "../../evil" broke every other container's
+ * records).  p->ref_host is the template, never handed out. */
+void policy_push_host(lua_State *L, policy_t *p);
 
 /* Runs fn with the container table of inspect (and checks) on top of the
  * stack, its document box anchored below and cleared after: the document

@@ -72,6 +72,7 @@ struct rcont {
   size_t nclaims;
   int counted; /* it has owners, and r->ncounted counts it */
   int daemon;  /* not a container: RECONCILE_DAEMON_OWNER (never counted) */
+  int pending; /* a check of it is pending: r->npending counts it */
   /* make-before-break: the keys it no longer produces whose delete waits
    * until the keys it produces now are in etcd (rkey_t.qnode, held) */
   list_t held;
@@ -102,6 +103,7 @@ struct rkey {
   unsigned is_dir : 1;       /* an (empty) v2 directory to remove */
   unsigned again : 1;        /* touched while in flight: look again after */
   unsigned solo : 1;         /* a transaction with it failed: alone next time */
+  unsigned orphan_ok : 1;    /* an orphan whose delete may go (orphans_wait) */
   unsigned filling : 1;      /* in the v3 transaction not sent yet (r->batch) */
   unsigned held : 1;         /* qnode is on a container's held list */
   /* what etcd holds became uncertain while a request of it was in flight:
@@ -151,8 +153,16 @@ struct reconcile {
   int primed;      /* the prefix has been listed once */
   int ever_primed; /* a prefix was, in this process (the lease adopted) */
   int docker_synced;
-  int hold_orphans; /* keys nobody produces are not deleted (every running
+  int hold_orphans; /* keys nobody produces are not deleted (a running
                        container's evaluation failed) */
+  /* make-before-break for the keys nobody in this process produced (a
+   * previous run's, under another policy, say): their deletes wait on
+   * orphans.held until the containers' own keys are all written and no
+   * container has a check pending (or ORPHANS_WAIT_MAX_MS has passed);
+   * orphans.held is an rkey_t.qnode list, as a container's */
+  rcont_t orphans;
+  size_t npending; /* containers with a check pending (rcont_t.pending) */
+  uv_timer_t orphans_timer; /* the wait's end at the latest */
   int was_converged;
   int ever_converged;
   double last_converged; /* wall clock, for /metrics */
@@ -397,7 +407,17 @@ static void rcont_count(reconcile_t *r, rcont_t *c) {
     r->ncounted--;
 }
 
+static void rcont_set_pending(reconcile_t *r, rcont_t *c, int pending) {
+  if (c->pending == !!pending) return;
+  c->pending = !!pending;
+  if (pending)
+    r->npending++;
+  else
+    r->npending--;
+}
+
 static void rcont_drop(reconcile_t *r, rcont_t *c) {
+  rcont_set_pending(r, c, 0);
   rcont_release(r, c, 1); /* gone: nothing new to wait for */
   while (c->owners) {
     owner_t *o = c->owners;
@@ -484,6 +504,7 @@ void reconcile_set(reconcile_t *r, const char *id, const char *image,
     return;
   }
   c = rcont_get(r, id, image, name);
+  rcont_set_pending(r, c, 0);
   rcont_forget_tokens(c); /* final: what it does not produce now goes */
   unsigned gen = ++r->gen;
   for (size_t i = 0; i < recs->n; i++)
@@ -697,6 +718,7 @@ void reconcile_keep(reconcile_t *r, const char *id, const char *image,
                     const char *name, const records_t *recs,
                     const records_t *claims) {
   rcont_t *c = rcont_get(r, id, image, name);
+  rcont_set_pending(r, c, recs != NULL); /* else its call failed */
   free_strv(&c->claims, &c->nclaims);
   if (claims && claims->n) {
     c->claims = xcalloc(claims->n, sizeof *c->claims);
@@ -732,8 +754,9 @@ void reconcile_hold_orphans(reconcile_t *r, int hold) {
   if (r->hold_orphans == !!hold) return;
   r->hold_orphans = !!hold;
   if (hold)
-    log_warn("every running container's policy call failed: keeping every "
-             "key under the prefix until one succeeds");
+    log_warn("a running container's policy call failed: keeping the keys "
+             "under the prefix that no container produces until every "
+             "call succeeds");
   else
     reconcile_touch_all(r); /* the stale ones may go now */
   reconcile_pump(r);
@@ -842,6 +865,7 @@ void reconcile_free(reconcile_t *r) {
 #define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
 #define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
 #define REFUSALS_SAID 20   /* keys whose refusal is said, an episode */
+#define ORPHANS_WAIT_MAX_MS 60000 /* see orphans_wait() */
 
 static void reconcile_list_start(reconcile_t *r);
 
@@ -1488,6 +1512,15 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   /* make-before-break: a container that still runs and no longer produces
    * this key (a reload, a re-keying) has its new keys in etcd first */
   rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
+  /* a key nobody in this process produced: it waits until the keys the
+   * containers produce are written (orphans_release()) */
+  if (!k->owned_once && !k->orphan_ok) {
+    /* v2: a previous run's key on its TTL must not expire meanwhile */
+    if (r->key_refresh && r->ttl > 0 && k->refresh_due && k->have_ttl)
+      return ACT_REFRESH;
+    *holder = &r->orphans;
+    return ACT_HOLD;
+  }
   int where = c ? rcont_new_keys(c) : NEW_IN_ETCD;
   if (where == NEW_PENDING ||
       (where == NEW_IN_BATCH && (!r->batching || k->solo))) {
@@ -1514,6 +1547,41 @@ static void flush_cb(uv_timer_t *t) {
   if (r->paused) return;
   batch_flush(r);
   reconcile_pump(r);
+}
+
+/* The orphans waiting (r->orphans.held) may go: their deletes are
+ * queued, and the pump sends them. */
+static void orphans_release(reconcile_t *r) {
+  uv_timer_stop(&r->orphans_timer);
+  list_t *n;
+  while ((n = list_first(&r->orphans.held))) {
+    rkey_t *k = list_entry(n, rkey_t, qnode);
+    k->orphan_ok = 1;
+    rkey_touch(r, k); /* unholds it */
+  }
+}
+
+static void orphans_timer_cb(uv_timer_t *t) {
+  reconcile_t *r = t->data;
+  orphans_release(r);
+  reconcile_pump(r);
+}
+
+/* At the end of a pump: with orphans waiting, their deletes go once every
+ * key a container produces is written (nothing queued or in flight) and
+ * no container waits for a check's first verdict (its keys may be among
+ * them under names it has not produced yet), or after
+ * ORPHANS_WAIT_MAX_MS: a busy host is never quiet, and a key nobody
+ * produces must not stay for good. */
+static void orphans_wait(reconcile_t *r) {
+  if (list_empty(&r->orphans.held)) return;
+  if (list_empty(&r->queue) && r->inflight == 0 && !r->batch && !r->paused &&
+      !r->list_op && r->npending == 0) {
+    orphans_release(r);
+    reconcile_pump(r);
+  } else if (!uv_is_active((uv_handle_t *)&r->orphans_timer)) {
+    uv_timer_start(&r->orphans_timer, orphans_timer_cb, ORPHANS_WAIT_MAX_MS, 0);
+  }
 }
 
 static void reconcile_pump(reconcile_t *r) {
@@ -1548,6 +1616,7 @@ static void reconcile_pump(reconcile_t *r) {
   if (r->batch && !r->paused && !uv_is_active((uv_handle_t *)&r->flush_timer))
     uv_timer_start(&r->flush_timer, flush_cb, 0, 0);
   r->pumping = 0;
+  orphans_wait(r);
   reconcile_check_converged(r);
 }
 
@@ -1837,7 +1906,9 @@ static void reconcile_queue_init(reconcile_t *r) {
   uv_timer_init(r->loop, &r->flush_timer);
   uv_timer_init(r->loop, &r->retry_timer);
   uv_timer_init(r->loop, &r->dry_timer);
-  r->dry_timer.data = r;
+  uv_timer_init(r->loop, &r->orphans_timer);
+  list_init(&r->orphans.held);
+  r->dry_timer.data = r->orphans_timer.data = r;
   r->backoff_timer.data = r->refresh_timer.data = r->list_timer.data = r;
   r->flush_timer.data = r->retry_timer.data = r;
   r->key_refresh = r->etcd && etcd_has_key_refresh(r->etcd);
@@ -1872,7 +1943,8 @@ static void reconcile_timer_closed(uv_handle_t *h) {
 
 static void reconcile_queue_close(reconcile_t *r) {
   free(r->dry); /* keys not acknowledged yet: freed with the state */
-  r->open_handles = 6;
+  r->open_handles = 7;
+  uv_close((uv_handle_t *)&r->orphans_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->dry_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->retry_timer, reconcile_timer_closed);
   uv_close((uv_handle_t *)&r->flush_timer, reconcile_timer_closed);

@@ -318,7 +318,8 @@ static int start(reload_t *r, const worker_opts_t *po, worker_t *current,
 }
 
 void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
-                docker_t *docker, reconcile_t *rec) {
+                docker_t *docker, reconcile_t *rec, reload_done_cb done,
+                void *ud) {
   if (!po->file) {
     log_info("SIGHUP: the embedded default policy has no file to reload");
     return;
@@ -329,7 +330,11 @@ void reload_run(reload_t *r, const worker_opts_t *po, worker_t *current,
   }
   char err[600];
   log_info("SIGHUP: trying policy %s on every running container", po->file);
-  start(r, po, current, docker, rec, NULL, NULL, err, sizeof err, NULL, 0);
+  start(r, po, current, docker, rec, done, ud, err, sizeof err, NULL, 0);
+}
+
+int reload_running(const reload_t *r) {
+  return r->txn != NULL;
 }
 
 int reload_try(reload_t *r, const worker_opts_t *po, worker_t *current,

@@ -399,7 +399,8 @@ static void on_log(worker_t *w, wire_rd_t *rd) {
     fields[2 * i + 1] = wire_get_str(rd, NULL);
     if (!fields[2 * i]) rd->bad = 1;
   }
-  const char *msg = wire_get_str(rd, NULL);
+  size_t mlen = 0;
+  const char *msg = wire_get_str(rd, &mlen);
   if (rd->bad || !msg) {
     rd->bad = 1;
     return;
@@ -416,10 +417,13 @@ static void on_log(worker_t *w, wire_rd_t *rd) {
   for (size_t i = 0; i < nf; i++) {
     buf_init(&clean[i]);
     const char *v = fields[2 * i + 1] ? fields[2 * i + 1] : "";
-    util_clean_text(&clean[i], v, strlen(v), 1024, 0);
+    util_clean_text(&clean[i], v, strnlen(v, LOG_FIELD_MAX + 4), LOG_FIELD_MAX,
+                    0);
     fields[2 * i + 1] = clean[i].data ? clean[i].data : "";
   }
-  log_emit(level, nf ? fields : NULL, "%s", msg);
+  /* cut before it is formatted (log.c cuts the line again, and says so) */
+  int shown = mlen > LOG_MSG_MAX + 4 ? LOG_MSG_MAX + 4 : (int)mlen;
+  log_emit(level, nf ? fields : NULL, "%.*s", shown, msg);
   for (size_t i = 0; i < nf; i++)
     buf_free(&clean[i]);
 }
@@ -1202,6 +1206,19 @@ static int read_records(worker_t *w, wire_rd_t *rd, int fail, const char *id,
       log_error("policy %s: container %.12s: key \"%s\": at or under %s, "
                 "one of register's own keys; record skipped",
                 w->name, id ? id : "-", pk.data ? pk.data : "", own);
+      buf_free(&pk);
+      rejected++;
+      continue;
+    }
+    const char *prefix = worker_prefix(w);
+    if (prefix && !util_key_holds(prefix, k)) {
+      /* the prefix is what a start-up lists and cleans: a key outside it
+       * is never cleaned up, and may be another host's */
+      buf_t pk = {0};
+      util_clean_text(&pk, k, kl, 160, 0);
+      log_error("policy %s: container %.12s: key \"%s\" is outside the "
+                "policy's prefix %s; record skipped",
+                w->name, id ? id : "-", pk.data ? pk.data : "", prefix);
       buf_free(&pk);
       rejected++;
       continue;

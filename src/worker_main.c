@@ -103,11 +103,13 @@ static void sink(log_level_t level, const char *const *fields,
   for (const char *const *f = fields; f && f[0]; f += 2)
     nf++;
   wire_num(&out, nf);
+  /* cut here (the daemon cuts again, and says so): a 30 MB message cost
+   * the daemon a quarter of a second per line to format */
   for (const char *const *f = fields; f && f[0]; f += 2) {
     wire_cstr(&out, f[0]);
-    wire_cstr(&out, f[1]);
+    wire_str(&out, f[1], f[1] ? strnlen(f[1], LOG_FIELD_MAX + 4) : 0);
   }
-  wire_cstr(&out, msg);
+  wire_str(&out, msg, msg ? strnlen(msg, LOG_MSG_MAX + 4) : 0);
   wire_end(&out, off);
   flush_out();
 }
@@ -182,6 +184,19 @@ static size_t reply_begin(int type) {
 }
 
 static void reply_end(size_t off) {
+  size_t n = out.len - off - 4;
+  if (n > WIRE_MAX_FRAME) { /* the daemon would take it for a crash */
+    out.len = off;
+    char err[160];
+    snprintf(err, sizeof err,
+             "the reply is too large: %zu bytes (at most %u): fewer or "
+             "smaller records or checks",
+             n, WIRE_MAX_FRAME);
+    off = reply_begin(WIRE_FAIL);
+    wire_num(&out, (uint64_t)POLICY_ERR_ERROR);
+    wire_cstr(&out, err);
+    wire_cstr(&out, "");
+  }
   wire_end(&out, off);
   flush_out();
 }

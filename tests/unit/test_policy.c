@@ -280,6 +280,26 @@ TEST(port_metatable_is_per_container) {
   policy_free(p);
 }
 
+/* The host table is each call's own: a call that changed it changed what
+ * every later call (for other containers) saw. */
+TEST(host_table_is_per_call) {
+  policy_t *p = load_ok(
+      "return { records = function(c, host)\n"
+      "  local seen = host.ip\n"
+      "  host.ip = '../../evil'; host.extra = 1\n"
+      "  return { ['/r'] = seen .. ' ' .. tostring(host.extra) }\n"
+      "end }\n");
+  json_doc_t *d = inspect("inspect/multi.json");
+  records_t r;
+  for (int i = 0; i < 2; i++) {
+    run(p, first(d), &r);
+    ASSERT_STR_EQ(rec(&r, "/r"), "10.0.0.1 1");
+    records_free(&r);
+  }
+  json_free(d);
+  policy_free(p);
+}
+
 TEST(json_encode_order_escaping_types) {
   policy_t *p = load_ok(
       "local j = require('register').json\n"
@@ -718,6 +738,7 @@ TEST(render_budget_grows_with_the_keys) {
 TEST_MAIN(TEST_ENTRY(default_policy_exact_bytes), TEST_ENTRY(container_table),
           TEST_ENTRY(container_unknown_fields_are_errors),
           TEST_ENTRY(port_metatable_is_per_container),
+      TEST_ENTRY(host_table_is_per_call),
           TEST_ENTRY(inspect_is_lazy_and_only_valid_during_the_call),
           TEST_ENTRY(json_encode_order_escaping_types),
           TEST_ENTRY(bad_records_are_skipped_the_rest_kept),
