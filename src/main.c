@@ -26,6 +26,9 @@ static int watch_main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
+  /* a reload asked before the loop handles SIGHUP (systemctl reload right
+   * after the start): its default action ended the process */
+  signal(SIGHUP, SIG_IGN);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");
     config_free(&cfg);
@@ -53,6 +56,7 @@ int main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
+  signal(SIGHUP, SIG_IGN); /* until the loop handles it: as watch_main() */
   trace_setup(cfg.trace_latency);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");
