@@ -566,7 +566,10 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
     }
     break;
   case REPLY_LEASE_LOST:
-    etcd_lease_lost(e);
+    /* a write sent on a lease lost since, answered after the new one was
+     * granted: the new one stands (it was dropped too: a second grant,
+     * every key written twice) */
+    if (op->lease_sent == e->lease) etcd_lease_lost(e);
     if (!op->lease_retried) {
       op->lease_retried = 1;
       submit(op); /* waits for a new lease */
@@ -582,7 +585,17 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
        * it lost is found by reading every key again (at most every
        * FENCE_CHECK_MS: two writers of one fence would move it in turn) */
       uint64_t now = uv_now(e->loop);
-      if (!e->fence_check_ms || now - e->fence_check_ms >= FENCE_CHECK_MS) {
+      /* the fence hangs on the lease: with no renewal for its TTL (a
+       * stalled process, an outage), it went with the lease, which the
+       * keep-alive finds gone and grants again (no going back in time) */
+      int lease_expired = e->ttl > 0 && e->lease && e->ka_ok_ms &&
+                          now - e->ka_ok_ms >= (uint64_t)e->ttl * 1000;
+      if (lease_expired)
+        log_debug("etcd: the write fence is gone with the lease (not "
+                  "renewed for %.1f s)",
+                  (double)(now - e->ka_ok_ms) / 1000);
+      else if (!e->fence_check_ms ||
+               now - e->fence_check_ms >= FENCE_CHECK_MS) {
         e->fence_check_ms = now;
         rewind_seen(e, op, "the write fence moved, not by this register",
                     "another register with this host's IP, or an etcd "
@@ -669,6 +682,7 @@ static void send_op(etcd_op_t *op) {
     REGISTER_ASSERT(e->fence_rev > 0); /* gate() waited for it */
     op->fence_rev = e->fence_rev;
   }
+  op->lease_sent = e->lease;
   if (e->api == ETCD_API_V3)
     etcd_v3_build(op);
   else

@@ -129,6 +129,7 @@ struct etcd_op {
   size_t refusals;   /* of those attempts, the ones that could not connect */
   int reauthed;      /* sent again once after a new token */
   int lease_retried; /* sent again once after a new lease */
+  int64_t lease_sent; /* the lease this attempt's writes hang on (0: none) */
   /* v3 with a fence key: the fence's mod_revision this attempt's write
    * compares with (0: sent unfenced), and how often it found it moved */
   int64_t fence_rev;

@@ -22,6 +22,11 @@ struct health {
   size_t nwaiting;
   etcd_op_t *probe;
   int probing; /* inside etcd_probe(): its answer cannot come */
+  /* the last probe failed (util_now_ms() then; 0: it did not), and why:
+   * until etcd answers again, /healthz says so at once (a probe takes up to
+   * its timeout, longer than a prober waits) while another probe runs */
+  uint64_t failed_ms;
+  char failed_err[300];
 };
 
 health_t *health_new(etcd_t *etcd, health_inputs_cb inputs, void *ud) {
@@ -149,9 +154,11 @@ static void probe_done(void *data, const etcd_result_t *res) {
   health_t *h = data;
   /* the probe in flight, answered once and never inside etcd_probe(); it
    * was started for a request that waits for it */
-  REGISTER_ASSERT(h->probe && !h->probing && h->nwaiting > 0);
+  REGISTER_ASSERT(h->probe && !h->probing);
   h->probe = NULL;
   const char *err = res->status == ETCD_OK ? NULL : res->error;
+  h->failed_ms = err ? util_now_ms() : 0;
+  snprintf(h->failed_err, sizeof h->failed_err, "%s", err ? err : "");
   for (size_t i = 0; i < h->nwaiting; i++)
     answer_health(h, h->waiting[i], err ? err : NULL);
   free(h->waiting);
@@ -165,16 +172,23 @@ static void serve_health(health_t *h, httpd_req_t *req) {
     answer_health(h, req, NULL);
     return;
   }
-  /* etcd has been quiet: ask it before answering */
-  h->waiting = xrealloc(h->waiting, (h->nwaiting + 1) * sizeof *h->waiting);
-  h->waiting[h->nwaiting++] = req;
+  /* the last probe failed and nothing of etcd answered since: said at
+   * once, and asked again meanwhile */
+  uint64_t now = util_now_ms();
+  int known_down =
+      h->failed_ms && (since < 0 || (uint64_t)since > now - h->failed_ms);
+  if (!known_down) { /* etcd has been quiet: ask it before answering */
+    h->waiting = xrealloc(h->waiting, (h->nwaiting + 1) * sizeof *h->waiting);
+    h->waiting[h->nwaiting++] = req;
+  }
   if (!h->probe) {
-    REGISTER_ASSERT(h->etcd && h->nwaiting == 1); /* a probe for the first */
+    REGISTER_ASSERT(h->etcd); /* a probe for the first */
     h->probing = 1;
     h->probe = etcd_probe(h->etcd, probe_done, h);
     h->probing = 0;
   }
   REGISTER_ASSERT(h->probe); /* fails from the loop if it cannot start */
+  if (known_down) answer_health(h, req, h->failed_err);
 }
 
 void health_handle(void *ud, httpd_req_t *req, const char *method,

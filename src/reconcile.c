@@ -191,6 +191,8 @@ struct reconcile {
   list_t batches;       /* transactions in flight (batch_t.node) */
   etcd_op_t *prefix_op; /* deleting the whole owned prefix */
   int outage;           /* etcd is unreachable: said once, not per key */
+  uint64_t outage_ms;   /* uv_now() when the outage began */
+  int ttl_warned;       /* v2: said that the keys have probably expired */
   char *list_refused;   /* why etcd refused the last listing, or NULL */
   unsigned failures;
   uint64_t list_backoff_ms;
@@ -1331,11 +1333,24 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
 
   if (res->status == ETCD_UNAVAILABLE) {
     r->errors++;
+    uint64_t now = uv_now(r->loop);
     if (!r->outage) {
       r->outage = 1;
+      r->outage_ms = now;
+      r->ttl_warned = 0;
       log_fields(LOG_WARN,
                  "etcd: cannot write; keeping the desired state "
                  "and retrying with backoff",
+                 "error", res->error, NULL);
+    } else if (r->ttl > 0 && r->key_refresh && !r->ttl_warned &&
+               now - r->outage_ms >= (uint64_t)r->ttl * 1000) {
+      /* v2: each key's TTL is refreshed by a write; none got through for
+       * longer than the TTL (v3 says so of its lease, etcd.c) */
+      r->ttl_warned = 1;
+      log_fields(LOG_WARN,
+                 "etcd: no write has got through for longer than --ttl: "
+                 "the keys have probably expired; they are written again "
+                 "when etcd answers",
                  "error", res->error, NULL);
     } else {
       log_fields(LOG_DEBUG, "etcd still unavailable", "key", k->key, "error",

@@ -529,6 +529,25 @@ def keepalive_failure_is_a_warning_and_recovery_is_said():
 
 
 @suite.test
+def v2_outage_past_the_ttl_says_the_keys_expired():
+    """v2: each key's TTL is refreshed by a write.  An outage longer than
+    the TTL lost every key with one warning at its start (v3 says so of
+    its lease); it is said at warn once the TTL has passed, and the keys
+    come back with etcd."""
+    with Env() as env:
+        env.fake.add()
+        r = env.register("--ttl", "3")
+        r.wait_log("in sync")
+        env.converged("v2")
+        env.etcd.stop()
+        wait_line(r, "warn", "cannot write", timeout=10)
+        wait_line(r, "warn", "no write has got through for longer than --ttl", timeout=15)
+        env.etcd.start()
+        env.converged("v2", timeout=20, what="the keys back after the outage")
+        r.stop()
+
+
+@suite.test
 def keepalive_failure_past_the_ttl_says_the_keys_expired():
     """...and register_in_sync is 0 meanwhile (it stayed 1: every write had
     been acknowledged), register_last_sync_timestamp_seconds no later than

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fake_docker import FakeDocker  # noqa: E402
-from harness import REGISTER, Etcd, Register, Suite, free_port, sigstop, tmpdir, wait_for  # noqa: E402
+from harness import REGISTER, Etcd, FreezableProxy, Register, Suite, free_port, sigstop, tmpdir, wait_for  # noqa: E402
 
 IP = "10.6.5.4"
 suite = Suite()
@@ -191,6 +191,35 @@ def healthz():
     suite.defer(f3.stop)
     r.wait_log("docker: connected", count=2, timeout=30)
     wait_for(lambda: curl(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20, what="healthy again")
+    r.stop()
+
+
+@suite.test
+def healthz_answers_at_once_while_etcd_hangs():
+    """etcd that takes connections and never answers: every /healthz
+    waited for a probe of its own, 5 s each, longer than a prober waits
+    (a 1 s probe timeout got no answer at all, not the 503 and its
+    reasons).  After a probe failed, /healthz says so at once until etcd
+    answers again, and asks again meanwhile."""
+    reset()
+    port = free_port()
+    proxy = FreezableProxy(etcd.url)
+    suite.defer(proxy.close)
+    fake.add()
+    r = Register("--etcd", proxy.url, "--etcd-discovery", "off", "--docker", fake.host,
+                 "--metrics", f"127.0.0.1:{port}", host_ip=IP).start()
+    suite.defer(r.cleanup)
+    r.wait_log("in sync")
+    proxy.freeze()
+    time.sleep(3.5)  # etcd quiet: the next /healthz probes it
+    code, _, body = curl(f"http://127.0.0.1:{port}/healthz")  # the probe's time
+    assert code == 503 and "etcd: no answer" in body, (code, body)
+    for _ in range(3):
+        t0 = time.time()
+        code, _, body = curl(f"http://127.0.0.1:{port}/healthz")
+        took = time.time() - t0
+        assert code == 503 and "etcd: no answer" in body, (code, body)
+        assert took < 1, f"/healthz took {took:.1f} s while etcd is known to hang"
     r.stop()
 
 
