@@ -235,6 +235,10 @@ uint64_t etcd_lease_unrenewed_ms(const etcd_t *e);
  * the last transport or server error, or "". */
 int64_t etcd_since_answer_ms(const etcd_t *e);
 const char *etcd_last_error(const etcd_t *e);
+/* The error of the last attempt that failed over to another endpoint (the
+ * operation may have succeeded there), or "": what a caller that gave up
+ * waiting can name. */
+const char *etcd_failover_error(const etcd_t *e);
 /* How many times etcd was seen going back in time (rewound above). */
 uint64_t etcd_rewinds(const etcd_t *e);
 /* Deletes the fence key (the host deregistered: nothing of it is left);

@@ -394,7 +394,6 @@ static void update_done(void *ud, const worker_update_t *u) {
     reload_touch(a->reload, id);
     goto done;
   }
-  note_result(a, id, name, NULL);
   trace_mark(id, TRACE_POLICY);
   /* "pending" never deletes what is there: the keys this container would
    * produce with its pending checks passing stay while they are pending
@@ -420,6 +419,10 @@ static void update_done(void *ud, const worker_update_t *u) {
   } else {
     reconcile_keep(a->rec, id, image, name, rp, NULL);
   }
+  /* after its records: a success that ends the hold on orphans lets them
+   * go only once what this container produces is known (the other way
+   * round, an orphan it produces again was deleted first) */
+  note_result(a, id, name, NULL);
   reload_touch(a->reload, id);
 done:
   records_free(&recs);
@@ -1353,6 +1356,10 @@ int app_run(const config_t *cfg) {
   uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
   uv_signal_start(&a->sigint, signal_cb, SIGINT);
   uv_signal_start(&a->sighup, signal_cb, SIGHUP);
+  sigset_t hup; /* held since main(): one that came meanwhile comes now */
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_UNBLOCK, &hup, NULL);
   stopsig_chain();
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);

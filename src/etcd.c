@@ -621,7 +621,7 @@ static void etcd_op_done(http_req_t *req, const http_resp_t *r, void *data) {
                 1000000) {
       log_debug("etcd: %s; trying the next endpoint", err);
       /* what a caller that gives up meanwhile can say (watch --once) */
-      snprintf(e->last_error, sizeof e->last_error, "%.299s", err);
+      snprintf(e->failover_error, sizeof e->failover_error, "%.299s", err);
       etcd_ep_t *failed = op->ep, *next = ep_after(e, failed);
       op->ep = etcd_ep_hold(next);
       /* new operations start on the next endpoint too, not on this one */
@@ -1314,6 +1314,10 @@ int64_t etcd_since_answer_ms(const etcd_t *e) {
 
 const char *etcd_last_error(const etcd_t *e) {
   return e->last_error;
+}
+
+const char *etcd_failover_error(const etcd_t *e) {
+  return e->failover_error;
 }
 
 uint64_t etcd_rewinds(const etcd_t *e) {

@@ -126,9 +126,9 @@ struct etcd_op {
   /* state */
   etcd_ep_t *ep; /* endpoint of the current attempt (held) */
   size_t attempts;
-  size_t refusals;   /* of those attempts, the ones that could not connect */
-  int reauthed;      /* sent again once after a new token */
-  int lease_retried; /* sent again once after a new lease */
+  size_t refusals;    /* of those attempts, the ones that could not connect */
+  int reauthed;       /* sent again once after a new token */
+  int lease_retried;  /* sent again once after a new lease */
   int64_t lease_sent; /* the lease this attempt's writes hang on (0: none) */
   /* v3 with a fence key: the fence's mod_revision this attempt's write
    * compares with (0: sent unfenced), and how often it found it moved */
@@ -246,6 +246,7 @@ struct etcd {
   /* statistics */
   uint64_t last_ok_ms; /* uv_now() of the last answer from etcd */
   char last_error[300];
+  char failover_error[300]; /* etcd_failover_error() */
   uint64_t counts[OP_KINDS][ETCD_STATUSES];
   uint64_t hist[OP_KINDS][ETCD_BUCKETS];
   uint64_t hist_n[OP_KINDS];

@@ -27,6 +27,7 @@ struct health {
    * its timeout, longer than a prober waits) while another probe runs */
   uint64_t failed_ms;
   char failed_err[300];
+  uint64_t probe_ms; /* when the probe in flight was sent */
 };
 
 health_t *health_new(etcd_t *etcd, health_inputs_cb inputs, void *ud) {
@@ -157,7 +158,9 @@ static void probe_done(void *data, const etcd_result_t *res) {
   REGISTER_ASSERT(h->probe && !h->probing);
   h->probe = NULL;
   const char *err = res->status == ETCD_OK ? NULL : res->error;
-  h->failed_ms = err ? util_now_ms() : 0;
+  /* from when it was sent: an answer etcd gave after that (to another
+   * request) says it is back */
+  h->failed_ms = err ? h->probe_ms : 0;
   snprintf(h->failed_err, sizeof h->failed_err, "%s", err ? err : "");
   for (size_t i = 0; i < h->nwaiting; i++)
     answer_health(h, h->waiting[i], err ? err : NULL);
@@ -184,6 +187,7 @@ static void serve_health(health_t *h, httpd_req_t *req) {
   if (!h->probe) {
     REGISTER_ASSERT(h->etcd); /* a probe for the first */
     h->probing = 1;
+    h->probe_ms = util_now_ms();
     h->probe = etcd_probe(h->etcd, probe_done, h);
     h->probing = 0;
   }

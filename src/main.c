@@ -15,6 +15,18 @@
 #include <stdio.h>
 #include <string.h>
 
+/* A reload asked before the loop handles SIGHUP (systemctl reload right
+ * after the start, while the policy loads): its default action ended the
+ * process.  Blocked, it waits (pending) until app.c or watch.c has its
+ * handler in place and unblocks it; the policy worker and the commands
+ * start with no signal blocked (posix_spawn's and libuv's masks). */
+static void hold_sighup(void) {
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_BLOCK, &hup, NULL);
+}
+
 /* `register watch ...` (watch.h) */
 static int watch_main(int argc, char **argv) {
   config_t cfg;
@@ -26,9 +38,7 @@ static int watch_main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
-  /* a reload asked before the loop handles SIGHUP (systemctl reload right
-   * after the start): its default action ended the process */
-  signal(SIGHUP, SIG_IGN);
+  hold_sighup();
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");
     config_free(&cfg);
@@ -56,7 +66,7 @@ int main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
-  signal(SIGHUP, SIG_IGN); /* until the loop handles it: as watch_main() */
+  hold_sighup();
   trace_setup(cfg.trace_latency);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");

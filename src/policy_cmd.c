@@ -498,7 +498,8 @@ static char *pushed_by(void) {
 
 /* The prefix w (FILE) gives, as each host checks it before it tries a
  * revision (app.c's vet_policy()): clear of the keys register keeps for
- * itself (KEY, the reports under its status directory, the write fences),
+ * itself (KEY, the reports under its status directory, the write fences,
+ * and the defaults of those),
  * and each host's own, not one that every host gets alike (each would
  * delete the others' keys).  Said here, before anything is written, rather
  * than by every host refusing it: 0, or -1 (said). */
@@ -506,13 +507,20 @@ static int check_prefix(const config_t *cfg, const char *file, const char *key,
                         worker_t *w, const worker_opts_t *po) {
   const char *pre = worker_prefix(w);
   if (!pre) return 0;
-  char *fences = !cfg->etcd_fence ? xstrdup("/register/fence")
-                 : strcmp(cfg->etcd_fence, "off") != 0
+  char *fences = cfg->etcd_fence && strcmp(cfg->etcd_fence, "off") != 0
                      ? xstrdup(cfg->etcd_fence)
                      : NULL;
-  char *own[] = {xstrdup(key), policydoc_status_dir(key), fences};
-  static const char *const what[] = {"the policy key", "the hosts' reports",
-                                     "the write fences"};
+  /* and the defaults of those, which hosts always keep clear (app.c's
+   * reserve_keys()) */
+  char *own[] = {xstrdup(key),
+                 policydoc_status_dir(key),
+                 fences,
+                 xstrdup("/register/fence"),
+                 xstrdup("/register/policy"),
+                 xstrdup("/register/status")};
+  static const char *const what[] = {"the policy key",   "the hosts' reports",
+                                     "the write fences", "the write fences",
+                                     "the policy key",   "the hosts' reports"};
   int rc = 0;
   for (size_t i = 0; i < ARRAY_SIZE(own) && rc == 0; i++) {
     if (!own[i] ||

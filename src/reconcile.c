@@ -867,7 +867,7 @@ void reconcile_free(reconcile_t *r) {
 #define RETRY_MIN_MS 1000  /* a key etcd refused is tried again after this, */
 #define RETRY_MAX_MS 30000 /* doubling to this while it is still refused */
 #define REFUSALS_SAID 20   /* keys whose refusal is said, an episode */
-#define ORPHANS_WAIT_MAX_MS 60000 /* see orphans_wait() */
+#define ORPHANS_WAIT_MAX_MS 20000 /* see orphans_wait() */
 
 static void reconcile_list_start(reconcile_t *r);
 
@@ -1320,6 +1320,13 @@ static void reconcile_op_done(void *data, const etcd_result_t *res) {
   key_done(k, res);
 }
 
+/* etcd stopped answering (a write or the listing found it first). */
+static void outage_begin(reconcile_t *r) {
+  r->outage = 1;
+  r->outage_ms = uv_now(r->loop);
+  r->ttl_warned = 0;
+}
+
 /* One key's write or delete has a result (alone or in a transaction). */
 static void key_done(rkey_t *k, const etcd_result_t *res) {
   static const etcd_result_t ok = {ETCD_OK, NULL, 0, 0};
@@ -1335,9 +1342,7 @@ static void key_done(rkey_t *k, const etcd_result_t *res) {
     r->errors++;
     uint64_t now = uv_now(r->loop);
     if (!r->outage) {
-      r->outage = 1;
-      r->outage_ms = now;
-      r->ttl_warned = 0;
+      outage_begin(r);
       log_fields(LOG_WARN,
                  "etcd: cannot write; keeping the desired state "
                  "and retrying with backoff",
@@ -1523,7 +1528,10 @@ static act_t decide(reconcile_t *r, rkey_t *k, rcont_t **holder) {
   if (r->prefix_op && reconcile_in_prefix(r, k->key))
     return ACT_NONE; /* going */
   /* wait: Docker's truth is incomplete, or every evaluation failed */
-  if (!k->owned_once && (!r->docker_synced || r->hold_orphans)) return ACT_NONE;
+  if (!k->owned_once && (!r->docker_synced || r->hold_orphans)) {
+    k->orphan_ok = 0; /* through the gate again when it may go */
+    return ACT_NONE;
+  }
   /* make-before-break: a container that still runs and no longer produces
    * this key (a reload, a re-keying) has its new keys in etcd first */
   rcont_t *c = k->gone_id ? map_get(r->conts, k->gone_id) : NULL;
@@ -1583,15 +1591,17 @@ static void orphans_timer_cb(uv_timer_t *t) {
 }
 
 /* At the end of a pump: with orphans waiting, their deletes go once every
- * key a container produces is written (nothing queued or in flight) and
- * no container waits for a check's first verdict (its keys may be among
- * them under names it has not produced yet), or after
+ * key a container produces is written (nothing queued, in flight or
+ * refused) and no container waits for a check's first verdict (its keys
+ * may be among them under names it has not produced yet), or after
  * ORPHANS_WAIT_MAX_MS: a busy host is never quiet, and a key nobody
- * produces must not stay for good. */
+ * produces must not stay for good (the cap is below --once's default
+ * 30 s and /healthz's 60 s of pending keys). */
 static void orphans_wait(reconcile_t *r) {
   if (list_empty(&r->orphans.held)) return;
   if (list_empty(&r->queue) && r->inflight == 0 && !r->batch && !r->paused &&
-      !r->list_op && r->npending == 0) {
+      !r->list_op && r->npending == 0 && r->nfailed == 0 && r->docker_synced &&
+      !r->hold_orphans) {
     orphans_release(r);
     reconcile_pump(r);
   } else if (!uv_is_active((uv_handle_t *)&r->orphans_timer)) {
@@ -1656,7 +1666,7 @@ static void reconcile_list_done(void *data, const etcd_result_t *res,
       delay = r->list_backoff_ms;
     }
     if (!r->outage) {
-      r->outage = 1;
+      outage_begin(r);
       log_fields(LOG_WARN,
                  "etcd: cannot list the owned prefix; retrying "
                  "with backoff",

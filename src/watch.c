@@ -1244,7 +1244,7 @@ static void on_deadline(uv_timer_t *t) {
   watch_t *w = t->data;
   /* no failure said yet: a member that holds every request, failed over
    * from one to the next until the deadline; the last one's error */
-  const char *last = w->etcd ? etcd_last_error(w->etcd) : "";
+  const char *last = w->etcd ? etcd_failover_error(w->etcd) : "";
   char why[sizeof w->etcd_error + 320];
   if (w->etcd_error[0])
     snprintf(why, sizeof why, ": %s", w->etcd_error);
@@ -1382,6 +1382,10 @@ int watch_run(const config_t *cfg) {
   uv_signal_start(&w->sigterm, on_signal, SIGTERM);
   uv_signal_start(&w->sigint, on_signal, SIGINT);
   uv_signal_start(&w->sighup, on_signal, SIGHUP);
+  sigset_t hup; /* held since main(): one that came meanwhile comes now */
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(SIG_UNBLOCK, &hup, NULL);
   stopsig_chain(); /* a render in progress is abandoned at SIGTERM */
   if (cfg->once)
     uv_timer_start(&w->deadline, on_deadline,
