@@ -370,7 +370,7 @@ MBB = '''return {
   prefix = function(h) return "/p/" .. h.ip end,
   records = function(c, h)
     if NAMING == "a" then return { ["/p/" .. h.ip .. "/a/" .. c.name] = "up" } end
-    if c.name:sub(1, 1) == "f" then return { ["/p/" .. h.ip .. "/b/c00/" .. c.name] = "up" } end
+    if c.name:sub(1, 1) == "f" then return { ["/mbb-blocked/" .. c.name] = "up" } end
     return { ["/p/" .. h.ip .. "/b/" .. c.name] = "up" }
   end }
 '''
@@ -384,6 +384,7 @@ def reload_rekeying_is_make_before_break():
     deletes at once.  Two containers whose new key etcd refuses keep their
     old key; one of them removed, its old key goes at once."""
     reset()
+    etcd.etcdctl("rm", "--recursive", "/mbb-blocked", check=False)
     pol = policy("mbb.lua", 'NAMING = "a"\n' + MBB)
     names = [f"c{i:02d}" for i in range(40)] + ["f0", "f1"]
     ids = {n: fake.add(name=n) for n in names}
@@ -394,10 +395,9 @@ def reload_rekeying_is_make_before_break():
     r.wait_log("in sync")
     P = f"/p/{IP}"
     wait_for(lambda: sorted(tree()) == sorted(f"{P}/a/{n}" for n in names), what="the old naming")
-    # etcd (v2) refuses a put under a key: c00's new key, there already
-    # (with the value it will have; adopted), is where f0's and f1's new
-    # keys need a directory
-    etcd.etcdctl("set", f"{P}/b/c00", "up")
+    # etcd refuses a put where a directory is
+    for n in ("f0", "f1"):
+        etcd.etcdctl("mkdir", f"/mbb-blocked/{n}")
     idx = etcd.index()
     proxy.delay = 0.3
     policy("mbb.lua", 'NAMING = "b"\n' + MBB)
@@ -428,6 +428,7 @@ def reload_rekeying_is_make_before_break():
     wait_for(lambda: f"{P}/a/f0" not in tree(), 5, what="the removed container's key")
     assert f"{P}/a/f1" in tree()
     r.stop()
+    etcd.etcdctl("rm", "--recursive", "/mbb-blocked", check=False)
 
 
 @suite.test
