@@ -1199,21 +1199,13 @@ static int read_records(worker_t *w, wire_rd_t *rd, int fail, const char *id,
       records_free(out);
       return bad_reply(w, what, err, errlen);
     }
-    /* dropped here (the worker cannot know register's own keys): one of
-     * those, or outside the prefix, which a start-up lists and cleans (a
-     * key outside is never cleaned up, and may be another host's) */
-    const char *own = reserved_for(w, k), *prefix = worker_prefix(w);
-    if (own || (prefix && !util_key_holds(prefix, k))) {
+    const char *own = reserved_for(w, k);
+    if (own) { /* the worker cannot know these: dropped here */
       buf_t pk = {0};
       util_clean_text(&pk, k, kl, 160, 0);
-      if (own)
-        log_error("policy %s: container %.12s: key \"%s\": at or under %s, "
-                  "one of register's own keys; record skipped",
-                  w->name, id ? id : "-", pk.data ? pk.data : "", own);
-      else
-        log_error("policy %s: container %.12s: key \"%s\" is outside the "
-                  "policy's prefix %s; record skipped",
-                  w->name, id ? id : "-", pk.data ? pk.data : "", prefix);
+      log_error("policy %s: container %.12s: key \"%s\": at or under %s, "
+                "one of register's own keys; record skipped",
+                w->name, id ? id : "-", pk.data ? pk.data : "", own);
       buf_free(&pk);
       rejected++;
       continue;

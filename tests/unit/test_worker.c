@@ -83,26 +83,6 @@ TEST(default_schema_through_the_worker) {
   worker_free(w);
 }
 
-/* With a prefix, a record outside it is rejected (it was written: never
- * cleaned up at a start-up, and maybe another host's key). */
-TEST(records_outside_the_prefix_are_rejected) {
-  worker_t *w = start(
-      "return { prefix = function(h) return '/p/' .. h.ip end,\n"
-      "  records = function(c, h)\n"
-      "    return { ['/p/' .. h.ip .. '/a'] = '1', ['/p/10.0.0.10/b'] = '2',\n"
-      "             ['/q'] = '3' }\n"
-      "  end }",
-      NULL, 5000);
-  records_t r;
-  char err[600];
-  if (records(w, &r, err, sizeof err) != 0) FAIL("records: %s", err);
-  ASSERT_EQ(r.n, 1);
-  ASSERT_STR_EQ(r.v[0].key, "/p/10.0.0.1/a");
-  ASSERT_EQ(r.rejected, 2);
-  records_free(&r);
-  worker_free(w);
-}
-
 /* A single long C call: the count hook never runs; the daemon kills. */
 TEST(a_hang_in_c_is_killed_within_the_limit) {
   worker_t *w = start("return { records = function(c) "
@@ -661,7 +641,6 @@ TEST(a_reload_hands_over_the_updates_on_their_way_without_waiting) {
 
 TEST_MAIN(
     TEST_ENTRY(default_schema_through_the_worker),
-    TEST_ENTRY(records_outside_the_prefix_are_rejected),
     TEST_ENTRY(a_hang_in_c_is_killed_within_the_limit),
     TEST_ENTRY(a_crash_costs_one_call),
     TEST_ENTRY(the_container_that_kills_it_waits_the_others_do_not),
