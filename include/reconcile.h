@@ -88,8 +88,8 @@ void reconcile_keep(reconcile_t *r, const char *owner, const char *image,
                     const char *name, const records_t *recs,
                     const records_t *claims);
 /* 1: keys under the prefix that nothing produces are kept, not deleted as
- * stale (every running container's evaluation failed: a broken policy is
- * not an instruction to wipe the host); 0: they go again. */
+ * stale (a running container's evaluation failed: a broken policy is not
+ * an instruction to delete; the caller says why); 0: they go again. */
 void reconcile_hold_orphans(reconcile_t *r, int hold);
 /* 1: every running container has been reported (orphans may go);
  * 0: Docker's truth is unknown (connection lost). */

@@ -82,9 +82,13 @@ typedef struct {
   unsigned docker_gen; /* counts Docker's connections lost (on_synced) */
   uv_signal_t sigterm, sigint, sighup;
   uv_timer_t resync_timer, stop_timer, deadline_timer, trim_timer;
-  uv_timer_t once_timer; /* --once: waits for the fleet's policy */
-  uv_timer_t hup_timer;  /* a SIGHUP during a reload: the next one */
-  int hup_again;         /* ... came */
+  uv_timer_t once_timer;  /* --once: waits for the fleet's policy */
+  uv_timer_t hup_timer;   /* a SIGHUP during a reload: the next one */
+  uv_timer_t fleet_timer; /* fleet_decide_cb() */
+  uint64_t fleet_start_ms;
+  int fleet_decided; /* the fleet's policy was decided at start */
+  int orphans_held;  /* why the orphans are kept: 0, 1 failed, 2 fleet */
+  int hup_again;     /* ... came */
   uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
@@ -256,13 +260,48 @@ static const char *cont_name(const json_value_t *inspect) {
   return *n == '/' ? n + 1 : n;
 }
 
-/* A running container failed its policy call: keep every key under the
- * prefix that no container produces (its own may be among them, under
- * names that do not name it: a broken policy is not an instruction to
- * delete).  Decided once Docker's list is complete (orphans wait for it
- * anyway), so that the first of many containers failing says nothing. */
+/* Keys under the prefix that no container produces are kept:
+ *  - while a running container's policy call fails (its own may be among
+ *    them, under names that do not name it: a broken policy is not an
+ *    instruction to delete).  Decided once Docker's list is complete
+ *    (orphans wait for it anyway), so that the first of many containers
+ *    failing says nothing;
+ *  - with --policy-key, until the fleet's policy is decided at start (a
+ *    restart without the cache: the revision's keys are not the host
+ *    policy's, and went until the revision was applied again). */
 static void hold_orphans_update(app_t *a) {
-  reconcile_hold_orphans(a->rec, a->listed && map_size(a->failed) > 0);
+  int failed = a->listed && map_size(a->failed) > 0;
+  int fleet = a->fleet && !a->fleet_decided;
+  int why = failed ? 1 : fleet ? 2 : 0;
+  if (why && why != a->orphans_held) {
+    if (why == 1)
+      log_warn("a running container's policy call failed: keeping the keys "
+               "under the prefix that no container produces until every "
+               "call succeeds");
+    else
+      log_info("keeping the keys under the prefix that no container "
+               "produces until the policy key %s is decided",
+               a->cfg->policy_key);
+  }
+  a->orphans_held = why;
+  reconcile_hold_orphans(a->rec, why != 0);
+}
+
+/* --policy-key: at start, whether the fleet's policy is decided (at most
+ * FLEET_DECIDE_MAX_MS: a key that cannot be read must not keep stale keys
+ * for good). */
+#define FLEET_DECIDE_POLL_MS 100
+#define FLEET_DECIDE_MAX_MS 30000
+
+static void fleet_decide_cb(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (!a->fleet || a->fleet_decided) return;
+  if (!fleet_settled(a->fleet) &&
+      uv_now(&a->loop) - a->fleet_start_ms < FLEET_DECIDE_MAX_MS)
+    return;
+  a->fleet_decided = 1;
+  uv_timer_stop(t);
+  hold_orphans_update(a);
 }
 
 /* The container's evaluation failed (why: "reason") or succeeded (NULL). */
@@ -1369,6 +1408,13 @@ int app_run(const config_t *cfg) {
   a->once_timer.data = a;
   uv_timer_init(&a->loop, &a->hup_timer);
   a->hup_timer.data = a;
+  uv_timer_init(&a->loop, &a->fleet_timer);
+  a->fleet_timer.data = a;
+  if (a->fleet) {
+    a->fleet_start_ms = uv_now(&a->loop);
+    uv_timer_start(&a->fleet_timer, fleet_decide_cb, FLEET_DECIDE_POLL_MS,
+                   FLEET_DECIDE_POLL_MS);
+  }
   uv_timer_init(&a->loop, &a->status_timer);
   uv_timer_init(&a->loop, &a->audit_timer);
   a->status_timer.data = a->audit_timer.data = a;

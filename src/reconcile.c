@@ -755,12 +755,7 @@ void reconcile_keep(reconcile_t *r, const char *id, const char *image,
 void reconcile_hold_orphans(reconcile_t *r, int hold) {
   if (r->hold_orphans == !!hold) return;
   r->hold_orphans = !!hold;
-  if (hold)
-    log_warn("a running container's policy call failed: keeping the keys "
-             "under the prefix that no container produces until every "
-             "call succeeds");
-  else
-    reconcile_touch_all(r); /* the stale ones may go now */
+  if (!hold) reconcile_touch_all(r); /* the stale ones may go now */
   reconcile_pump(r);
 }
 

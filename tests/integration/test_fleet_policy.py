@@ -477,6 +477,34 @@ def sighup_reads_the_public_keys_again():
 
 
 @suite.test
+def a_restart_without_the_cache_keeps_the_revisions_keys():
+    """The host's own --policy has the revision's prefix and names keys
+    otherwise.  Restarted without the cache (a lost --state-dir), the host
+    policy ran first: the revision's keys went as stale, then came back
+    once it was applied again.  Keys nobody produces now wait until the
+    policy key is decided."""
+    reset()
+    names = list(webs(2))
+    local = os.path.join(WORK, "local-b.lua")
+    with open(local, "w") as f:
+        f.write(REV_B)
+    r, _ = start("--policy-pubkey", K1PUB, "--policy", local)
+    put(doc(rev(1, REV_A, K1)))
+    report_is(state="applied", revision=1)
+    want = truth(names)
+    wait_for(lambda: etcd.tree(FLEET) == want, 20, what="revision 1's keys")
+    r.stop()
+    idx = etcd.index()
+    r2, _ = start("--policy-pubkey", K1PUB, "--policy", local)  # a new state dir
+    r2.wait_log("until the policy key /fleettest/policy is decided")
+    report_is(state="applied", revision=1)
+    wait_for(lambda: etcd.tree(FLEET) == want, 20, what="revision 1's keys, the host policy's gone")
+    gone = [k for k in deletes_since(idx, FLEET) if k in want]
+    assert not gone, f"revision 1's keys deleted at the restart: {gone}"
+    r2.stop()
+
+
+@suite.test
 def a_restart_while_etcd_is_down_starts_with_the_cached_revision():
     reset()
     names = list(webs(2))
