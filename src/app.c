@@ -88,7 +88,7 @@ typedef struct {
   uint64_t fleet_start_ms;
   int fleet_decided; /* the fleet's policy was decided at start */
   int orphans_held;  /* why the orphans are kept: 0, 1 failed, 2 fleet */
-  int hup_again;     /* ... came */
+  int hup_again;     /* a SIGHUP came during a reload (hup_timer) */
   uv_timer_t status_timer, audit_timer;
   int stopping;
   int deregistering;
