@@ -13,5 +13,11 @@
 void stopsig_chain(void);
 /* The flag: 1 once either signal came; for worker_opts_t.interrupted. */
 volatile sig_atomic_t *stopsig_flag(void);
+/* SIGHUP blocked (1: from main(), before the loop handles it) or unblocked
+ * (0: after uv_signal_start() for it).  A reload asked meanwhile (systemctl
+ * reload right after the start, while the policy loads) ended the process;
+ * blocked, it waits and comes then.  The policy worker and the commands
+ * start with no signal blocked (posix_spawn's and libuv's masks). */
+void stopsig_hup(int hold);
 
 #endif

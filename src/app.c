@@ -74,8 +74,6 @@ typedef struct {
    * record: id -> "name (reason)" (both strings owned here); they keep
    * what they had */
   map_t *failed;
-  /* containers reported, not gone, and evaluated once (W_EVALUATED) */
-  size_t nlive;
   map_t *draining;     /* id -> drain_t: the running containers whose stop
                           signal came (W_STOPPING) */
   int listed;          /* Docker's containers were listed and evaluated once */
@@ -112,7 +110,6 @@ static void begin_stop(app_t *a, int code);
 #define W_TIMEOUT_SHIFT 7
 #define W_TIMEOUT_MAX 0x1ffffu  /* Config.StopTimeout in s: 17 bits */
 #define W_STOPPING (1u << 24)   /* its stop signal came; it still runs */
-#define W_EVALUATED (1u << 25)  /* its policy call came back once (nlive) */
 #define DEFAULT_STOP_TIMEOUT 10 /* s: Docker's */
 
 /* A draining container: registers it again if it still runs after its
@@ -194,7 +191,7 @@ static int stop_note(app_t *a, const char *id, const json_value_t *inspect) {
                              t->u.num.i >= 0 && t->u.num.i < 86400
                          ? (uint32_t)t->u.num.i
                          : DEFAULT_STOP_TIMEOUT;
-  *w = (*w & (W_STOPPING | W_EVALUATED)) |
+  *w = (*w & W_STOPPING) |
        (uint32_t)signal_number(json_get_str(cfg, "StopSignal")) |
        timeout << W_TIMEOUT_SHIFT;
   return (*w & W_STOPPING) != 0;
@@ -307,11 +304,6 @@ static void fleet_decide_cb(uv_timer_t *t) {
 /* The container's evaluation failed (why: "reason") or succeeded (NULL). */
 static void note_result(app_t *a, const char *id, const char *name,
                         const char *why) {
-  uint32_t *w = cont_word(a, id);
-  if (!(*w & W_EVALUATED)) {
-    *w |= W_EVALUATED;
-    a->nlive++;
-  }
   char *old = map_del(a->failed, id);
   /* one block per entry: the id (the map's key), a NUL, the description
    * (the map's value); freed from the value */
@@ -327,11 +319,6 @@ static void note_result(app_t *a, const char *id, const char *name,
 static void note_gone(app_t *a, const char *id) {
   char *old = map_del(a->failed, id);
   if (old) free(old - strlen(id) - 1);
-  uint32_t *w = cont_word(a, id);
-  if (*w & W_EVALUATED) {
-    *w &= ~W_EVALUATED;
-    a->nlive--;
-  }
   hold_orphans_update(a);
 }
 
@@ -1395,10 +1382,7 @@ int app_run(const config_t *cfg) {
   uv_signal_start(&a->sigterm, signal_cb, SIGTERM);
   uv_signal_start(&a->sigint, signal_cb, SIGINT);
   uv_signal_start(&a->sighup, signal_cb, SIGHUP);
-  sigset_t hup; /* held since main(): one that came meanwhile comes now */
-  sigemptyset(&hup);
-  sigaddset(&hup, SIGHUP);
-  sigprocmask(SIG_UNBLOCK, &hup, NULL);
+  stopsig_hup(0); /* held since main(): one that came meanwhile comes now */
   stopsig_chain();
   uv_timer_init(&a->loop, &a->resync_timer);
   uv_timer_init(&a->loop, &a->stop_timer);

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "log.h"
 #include "policy_cmd.h"
+#include "stopsig.h"
 #include "trace.h"
 #include "watch.h"
 
@@ -14,18 +15,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-
-/* A reload asked before the loop handles SIGHUP (systemctl reload right
- * after the start, while the policy loads): its default action ended the
- * process.  Blocked, it waits (pending) until app.c or watch.c has its
- * handler in place and unblocks it; the policy worker and the commands
- * start with no signal blocked (posix_spawn's and libuv's masks). */
-static void hold_sighup(void) {
-  sigset_t hup;
-  sigemptyset(&hup);
-  sigaddset(&hup, SIGHUP);
-  sigprocmask(SIG_BLOCK, &hup, NULL);
-}
 
 /* `register watch ...` (watch.h) */
 static int watch_main(int argc, char **argv) {
@@ -38,7 +27,7 @@ static int watch_main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
-  hold_sighup();
+  stopsig_hup(1); /* until the loop handles it (stopsig.h) */
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");
     config_free(&cfg);
@@ -66,7 +55,7 @@ int main(int argc, char **argv) {
     return rc < 0 ? 2 : 0;
   }
   log_setup(cfg.log_level, cfg.log_format);
-  hold_sighup();
+  stopsig_hup(1); /* until the loop handles it (stopsig.h) */
   trace_setup(cfg.trace_latency);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     log_error("cannot initialise libcurl");

@@ -27,3 +27,10 @@ void stopsig_chain(void) {
 volatile sig_atomic_t *stopsig_flag(void) {
   return &stop_signalled;
 }
+
+void stopsig_hup(int hold) {
+  sigset_t hup;
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &hup, NULL);
+}

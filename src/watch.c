@@ -1382,10 +1382,7 @@ int watch_run(const config_t *cfg) {
   uv_signal_start(&w->sigterm, on_signal, SIGTERM);
   uv_signal_start(&w->sigint, on_signal, SIGINT);
   uv_signal_start(&w->sighup, on_signal, SIGHUP);
-  sigset_t hup; /* held since main(): one that came meanwhile comes now */
-  sigemptyset(&hup);
-  sigaddset(&hup, SIGHUP);
-  sigprocmask(SIG_UNBLOCK, &hup, NULL);
+  stopsig_hup(0);  /* held since main(): one that came meanwhile comes now */
   stopsig_chain(); /* a render in progress is abandoned at SIGTERM */
   if (cfg->once)
     uv_timer_start(&w->deadline, on_deadline,
